@@ -1,0 +1,427 @@
+"""Config stage: the typed, validated scenario (model, hardware, cluster, parallel layout, workload, targets).
+
+Every constraint is checked here, once, when a scenario is loaded; later stages trust the objects.
+Errors are `ScenarioError`s with one line that names the field path and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from simulator.hardware import DType, HardwareProfile, ProfileError, load_profile
+
+#: Bytes per element of each dtype.
+DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
+
+#: Guard against absurd magnitudes that would make the simulation hang or overflow.
+MAX_TOKENS = 10**9
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be simulated; the message is one line naming field and fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class ModelSpec(_Strict):
+    """Transformer architecture. Dense models have num_experts = 0 and an ffn_size."""
+
+    name: str = "model"
+    num_layers: PositiveInt
+    hidden_size: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt | None = None  # default: num_heads (multi-head attention)
+    head_dim: PositiveInt | None = None  # default: hidden_size / num_heads
+    num_experts: int = Field(default=0, ge=0)
+    top_k: PositiveInt = 1
+    expert_ffn_size: PositiveInt | None = None
+    ffn_size: PositiveInt | None = None  # dense FFN width (dense models)
+    activation: Literal["gelu", "relu", "swiglu", "geglu"] = "gelu"
+    dtype: DType = "fp16"
+    vocab_size: int = Field(default=0, ge=0)  # 0: no embedding / LM head in the simulated model
+    moe_impl: Literal["grouped", "per_expert"] = "grouped"
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        kv = self.kv_heads
+        if self.num_heads % kv:
+            raise ValueError(
+                f"num_kv_heads = {kv} must divide num_heads = {self.num_heads} (try {_divisors(self.num_heads)})"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size = {self.hidden_size} is not a multiple of num_heads = {self.num_heads}: set head_dim explicitly"
+            )
+        if self.num_experts > 0:
+            if self.expert_ffn_size is None:
+                raise ValueError("expert_ffn_size is required when num_experts > 0")
+            if self.top_k > self.num_experts:
+                raise ValueError(f"top_k = {self.top_k} exceeds num_experts = {self.num_experts}")
+        elif self.ffn_size is None:
+            raise ValueError("a dense model (num_experts = 0) needs ffn_size")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def dtype_bytes(self) -> float:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def gated(self) -> bool:
+        """Gated activations (SwiGLU, GeGLU) have two up-projections."""
+        return self.activation in ("swiglu", "geglu")
+
+
+class HardwareRef(_Strict):
+    """A profile name (or YAML path) plus single-field overrides."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    profile: str
+
+
+class ClusterSpec(_Strict):
+    num_gpus: PositiveInt
+    gpus_per_node: PositiveInt | None = None  # default: the hardware profile's
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClusterSpec":
+        if self.gpus_per_node and self.num_gpus > self.gpus_per_node and self.num_gpus % self.gpus_per_node:
+            raise ValueError(
+                f"num_gpus = {self.num_gpus} is not a whole number of nodes of gpus_per_node = {self.gpus_per_node}"
+            )
+        return self
+
+
+class ParallelSpec(_Strict):
+    """GPUs = pp * dp * tp; experts split over ep (x etp) folded onto each stage's dp*tp GPUs."""
+
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    dp: PositiveInt = 1
+    ep: PositiveInt = 1
+    etp: PositiveInt = 1
+    microbatches: PositiveInt = 1
+    layer_split: tuple[PositiveInt, ...] | None = None  # layers per stage; default even
+
+    @property
+    def num_gpus(self) -> int:
+        return self.pp * self.dp * self.tp
+
+
+class WorkloadSpec(_Strict):
+    batch_size: PositiveInt
+    input_len_tokens: PositiveInt
+    output_len_tokens: PositiveInt
+
+
+class RuntimeSpec(_Strict):
+    """How kernels are issued. cuda_graph: decode steps replay a captured graph; prefill runs eagerly."""
+
+    mode: Literal["eager", "cuda_graph"] = "cuda_graph"
+    memory_reserve_bytes: float = Field(default=1.0e9, ge=0.0)  # CUDA context, NCCL buffers, allocator slack
+
+
+TargetMetric = Literal[
+    "output_tokens_per_ms_per_gpu",
+    "prefill_tokens_per_ms_per_gpu",
+    "total_tokens_per_ms_per_gpu",
+    "ttft_s",
+    "tpot_s",
+    "total_s",
+    "memory_bytes_per_gpu",
+]
+
+
+class Target(_Strict):
+    min: float | None = None
+    max: float | None = None
+    stat: Literal["mean", "p50", "p99", "max"] = "max"  # for ttft_s: which statistic is checked
+
+    @model_validator(mode="after")
+    def _check(self) -> "Target":
+        if (self.min is None) == (self.max is None):
+            raise ValueError("give exactly one of min or max")
+        for bound in (self.min, self.max):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError("bound must be a finite number")
+        return self
+
+
+class Declared(_Strict):
+    """Figures a deployment claims (e.g. the origin document); audited against what moesim computes."""
+
+    source: str = ""
+    total_params: PositiveFloat | None = None
+    num_gpus: PositiveInt | None = None
+    parallel_degrees: dict[Literal["tp", "ep", "pp", "dp", "etp"], PositiveInt] | None = None
+    output_tokens_per_ms_per_gpu: PositiveFloat | None = None  # claimed "at least"
+    ttft_s: PositiveFloat | None = None  # claimed "at most"
+    memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)  # claimed fraction of capacity
+    experts_per_gpu: PositiveInt | None = None
+    layers_per_gpu: PositiveInt | None = None
+
+
+class Scenario(_Strict):
+    name: str
+    description: str = ""
+    model: ModelSpec
+    hardware: HardwareRef
+    cluster: ClusterSpec
+    parallel: ParallelSpec = ParallelSpec()
+    workload: WorkloadSpec
+    runtime: RuntimeSpec = RuntimeSpec()
+    targets: dict[TargetMetric, Target] = {}
+    declared: Declared | None = None
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _hardware_name(cls, value: Any) -> Any:
+        return {"profile": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _layout(self) -> "Scenario":
+        _check_layout(self)
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        return self.cluster.num_gpus
+
+    def stage_layers(self) -> list[list[int]]:
+        """Layer indices owned by each pipeline stage."""
+        split = self.parallel.layer_split or _even_split(self.model.num_layers, self.parallel.pp)
+        layers, start = [], 0
+        for count in split:
+            layers.append(list(range(start, start + count)))
+            start += count
+        return layers
+
+
+def _even_split(num_layers: int, pp: int) -> tuple[int, ...]:
+    base, extra = divmod(num_layers, pp)
+    return tuple(base + (1 if s < extra else 0) for s in range(pp))
+
+
+class _LayoutError(ValueError):
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def _check_layout(s: Scenario) -> None:
+    m, p, w = s.model, s.parallel, s.workload
+    if m.num_heads % p.tp:
+        raise _LayoutError("parallel.tp", f"tp = {p.tp} must divide model.num_heads = {m.num_heads} (try {_divisors(m.num_heads)})")
+    if m.kv_heads > p.tp and m.kv_heads % p.tp:
+        raise _LayoutError(
+            "parallel.tp", f"tp = {p.tp} must divide model.num_kv_heads = {m.kv_heads} (try {_divisors(m.kv_heads)})"
+        )
+    if p.pp > m.num_layers:
+        raise _LayoutError("parallel.pp", f"pp = {p.pp} exceeds model.num_layers = {m.num_layers}")
+    if p.layer_split is not None:
+        if len(p.layer_split) != p.pp or sum(p.layer_split) != m.num_layers:
+            raise _LayoutError(
+                "parallel.layer_split",
+                f"layer_split needs {p.pp} entries (one per stage) summing to num_layers = {m.num_layers}",
+            )
+    if m.is_moe:
+        if m.num_experts % p.ep:
+            raise _LayoutError(
+                "parallel.ep", f"ep = {p.ep} must divide model.num_experts = {m.num_experts} (try {_divisors(m.num_experts)})"
+            )
+        ffn = m.expert_ffn_size or 0
+        if ffn % p.etp:
+            raise _LayoutError("parallel.etp", f"etp = {p.etp} must divide model.expert_ffn_size = {ffn} (try {_divisors(ffn)[:8]})")
+        stage_gpus = p.dp * p.tp
+        if stage_gpus % (p.ep * p.etp):
+            valid = [d for d in _divisors(stage_gpus) if m.num_experts % d == 0]
+            raise _LayoutError(
+                "parallel.ep",
+                f"ep * etp = {p.ep * p.etp} must divide dp * tp = {stage_gpus}, the GPUs of a stage it folds onto (valid ep with etp=1: {valid})",
+            )
+    elif p.ep != 1 or p.etp != 1:
+        raise _LayoutError("parallel.ep", "ep and etp must be 1 for a dense model (num_experts = 0)")
+    if p.num_gpus != s.cluster.num_gpus:
+        raise _LayoutError(
+            "cluster.num_gpus",
+            f"num_gpus = {s.cluster.num_gpus} must equal pp * dp * tp = {p.pp} * {p.dp} * {p.tp} = {p.num_gpus}",
+        )
+    if w.batch_size % (p.dp * p.microbatches):
+        raise _LayoutError(
+            "workload.batch_size",
+            f"batch_size = {w.batch_size} must be a multiple of dp * microbatches = {p.dp * p.microbatches}",
+        )
+    total_tokens = w.batch_size * (w.input_len_tokens + w.output_len_tokens)
+    if total_tokens > MAX_TOKENS:
+        raise _LayoutError(
+            "workload", f"batch_size * (input + output) = {total_tokens:.3g} tokens exceeds the supported {MAX_TOKENS:.0e}"
+        )
+    if m.is_moe is False and p.ep > 1:
+        raise _LayoutError("parallel.ep", "ep must be 1 for a dense model")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _valid_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at the parent of `loc` (walks nested pydantic models)."""
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(cls, "model_fields", {})
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        cls = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")), annotation)
+    return list(getattr(cls, "model_fields", {}))
+
+
+def _one_line(exc: ValidationError, model_cls: type[BaseModel] = Scenario) -> str:
+    errors = exc.errors()
+    # A misspelt key shows up both as unknown and as a missing required field: name the typo.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc, msg, kind = err["loc"], err["msg"], err["type"]
+    path = _format_loc(loc)
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, _LayoutError):
+        return f"{cause.path}: {cause}"
+    if kind == "extra_forbidden":
+        options = _valid_keys(model_cls, loc)
+        close = difflib.get_close_matches(str(loc[-1]), options, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
+        return f"{path}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{path}: required field is missing; add it"
+    if kind in ("greater_than", "greater_than_equal") and "input" in err:
+        return f"{path} = {err['input']!r}: {msg.lower()}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) and kind != "value_error" else ""
+    prefix = f"{path}: " if path else ""
+    return f"{prefix}{msg}{got}"
+
+
+def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping; raise ScenarioError with one line."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a YAML mapping with sections model, hardware, cluster, parallel, workload, targets")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {_one_line(exc)}") from None
+    resolve_hardware(scenario, source)  # fail now, not mid-run
+    return scenario
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override (`key.path=value`) and validate a scenario file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ScenarioError(f"{path}: is a directory; give a scenario YAML file")
+    if not path.is_file():
+        raise ScenarioError(f"{path}: no such file")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:4096]:
+        raise ScenarioError(f"{path}: binary file; give a scenario YAML file")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8", errors="replace"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        raise ScenarioError(f"{path}: empty file; a scenario needs model, hardware, cluster, parallel, workload")
+    for item in overrides or []:
+        data = apply_override(data, item)
+    return parse_scenario(data, str(path))
+
+
+def apply_override(data: Any, item: str) -> dict:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a scenario mapping."""
+    if "=" not in item:
+        raise ScenarioError(f"--set {item}: expected key.path=value, e.g. parallel.tp=4")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if not isinstance(data, dict):
+        raise ScenarioError("--set: the scenario is not a mapping")
+    result = dict(data)
+    node = result
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif isinstance(child, str) and part == "hardware":
+            child = {"profile": child}
+        elif not isinstance(child, dict):
+            raise ScenarioError(f"--set {key}: '{part}' is not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return result
+
+
+def resolve_hardware(scenario: Scenario, source: str = "scenario") -> HardwareProfile:
+    """The scenario's hardware profile with its overrides applied."""
+    overrides = dict(scenario.hardware.model_extra or {})
+    try:
+        return load_profile(scenario.hardware.profile, overrides)
+    except ProfileError as exc:
+        raise ScenarioError(f"{source}: hardware.profile: {exc}") from None
+    except ValidationError as exc:
+        line = _one_line(exc, HardwareProfile)
+        raise ScenarioError(f"{source}: hardware ({scenario.hardware.profile}): {line}") from None
+
+
+def gpus_per_node(scenario: Scenario, hw: HardwareProfile) -> int:
+    return scenario.cluster.gpus_per_node or min(hw.gpus_per_node, scenario.num_gpus)
+
+
+def with_layout(scenario: Scenario, **parallel: int) -> Scenario:
+    """A copy of the scenario with other parallel degrees (validated)."""
+    data = scenario.model_dump(exclude_none=True)
+    data["parallel"] = {**data["parallel"], **parallel}
+    data["cluster"]["num_gpus"] = data["parallel"].get("pp", 1) * data["parallel"].get("dp", 1) * data["parallel"].get("tp", 1)
+    return parse_scenario(data, scenario.name)

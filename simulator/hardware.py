@@ -1,0 +1,119 @@
+"""Hardware stage: typed GPU hardware profiles and the registry of `hardware_profiles/*.yaml`.
+
+A profile holds datasheet figures (converted to SI units once, here) and the efficiency
+constants the cost model applies to them. Nothing in this module knows about models or layouts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+DType = Literal["fp32", "fp16", "bf16", "fp8"]
+
+#: Where the bundled profiles live (repository root / hardware_profiles).
+#: `MOESIM_PROFILES_DIR` points elsewhere, e.g. for an installed (non-editable) package.
+PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent / "hardware_profiles"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinkSpec(_Strict):
+    """One class of link as seen by one GPU."""
+
+    bytes_per_s: PositiveFloat = Field(description="bandwidth per direction per GPU")
+    latency_s: float = Field(ge=0.0, description="per-hop (per ring step) latency")
+    efficiency: float = Field(gt=0.0, le=1.0, description="achieved / nominal bandwidth for large messages")
+
+
+class PeakFlops(_Strict):
+    """Dense peak FLOP/s per dtype on the matrix (tensor-core) units."""
+
+    fp32: PositiveFloat
+    fp16: PositiveFloat
+    bf16: PositiveFloat
+    fp8: PositiveFloat
+
+
+class HardwareProfile(_Strict):
+    """A GPU and its links. Figures are SI: bytes, seconds, FLOP/s, bytes/s."""
+
+    name: str
+    description: str = ""
+    memory_bytes: PositiveFloat
+    peak_flops_per_s: PeakFlops
+    vector_flops_per_s: PositiveFloat = Field(description="non-tensor-core fp32 FLOP/s (element-wise ops)")
+    hbm_bytes_per_s: PositiveFloat
+    compute_efficiency: float = Field(gt=0.0, le=1.0)
+    memory_efficiency: float = Field(gt=0.0, le=1.0)
+    kernel_overhead_s: float = Field(ge=0.0, description="GPU-side fixed cost per kernel (ramp-up, tail)")
+    host_launch_s: float = Field(ge=0.0, description="host cost to launch one kernel eagerly")
+    graph_launch_s: float = Field(ge=0.0, description="host cost to launch one captured CUDA graph")
+    gpus_per_node: int = Field(ge=1)
+    intra_node: LinkSpec
+    inter_node: LinkSpec
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "HardwareProfile":
+        if self.peak_flops_per_s.fp8 < self.peak_flops_per_s.fp16:
+            raise ValueError("peak_flops_per_s.fp8 is below fp16: the figures look swapped")
+        if self.inter_node.bytes_per_s > self.intra_node.bytes_per_s * 4:
+            raise ValueError("inter_node.bytes_per_s is far above intra_node.bytes_per_s: check the units (bytes/s per direction)")
+        return self
+
+    def peak_for(self, dtype: DType) -> float:
+        return float(getattr(self.peak_flops_per_s, dtype))
+
+
+class ProfileError(ValueError):
+    """A hardware profile could not be found or read."""
+
+
+def available_profiles(directory: Path | None = None) -> list[str]:
+    """Names of the bundled profiles (file stems), sorted."""
+    directory = directory or PROFILES_DIR
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_profile_dict(name_or_path: str, directory: Path | None = None) -> dict:
+    """The raw mapping of a profile, by registry name or by path to a YAML file."""
+    directory = directory or PROFILES_DIR
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        path = candidate
+    else:
+        path = directory / f"{name_or_path}.yaml"
+        if not path.is_file():
+            names = ", ".join(available_profiles(directory)) or "(none found)"
+            raise ProfileError(f"hardware profile '{name_or_path}' not found; available: {names}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"hardware profile {path}: YAML error: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"hardware profile {path}: expected a mapping of fields")
+    return data
+
+
+def load_profile(name_or_path: str, overrides: dict | None = None, directory: Path | None = None) -> HardwareProfile:
+    """Load and validate a profile, applying single-field overrides (nested keys as dicts)."""
+    data = load_profile_dict(name_or_path, directory)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return HardwareProfile.model_validate(data)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

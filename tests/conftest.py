@@ -1,0 +1,57 @@
+"""Shared fixtures: the seed scenario, a tiny MoE scenario and hardware profiles."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulator.config import Scenario, parse_scenario
+from simulator.hardware import HardwareProfile, load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_PATH = ROOT / "scenarios" / "seed_moe_4gpu.yaml"
+
+TINY_MOE = {
+    "name": "tiny_moe",
+    "model": {"name": "tiny", "num_layers": 4, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 4,
+              "head_dim": 16, "num_experts": 4, "top_k": 2, "expert_ffn_size": 128, "activation": "gelu",
+              "dtype": "fp16"},
+    "hardware": "h100-sxm-80gb",
+    "cluster": {"num_gpus": 4, "gpus_per_node": 4},
+    "parallel": {"tp": 2, "ep": 2, "pp": 2, "dp": 1, "microbatches": 1},
+    "workload": {"batch_size": 4, "input_len_tokens": 16, "output_len_tokens": 3},
+    "targets": {"ttft_s": {"max": 1.0}, "output_tokens_per_ms_per_gpu": {"min": 1e6}},
+}
+
+
+def seed_dict() -> dict:
+    return yaml.safe_load(SEED_PATH.read_text())
+
+
+def make_scenario(base: dict, **sections) -> Scenario:
+    """A validated scenario from `base` with sections updated (shallow per section)."""
+    data = copy.deepcopy(base)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_scenario(data, "test")
+
+
+@pytest.fixture
+def tiny_moe() -> Scenario:
+    return make_scenario(TINY_MOE)
+
+
+@pytest.fixture(scope="session")
+def seed() -> Scenario:
+    return parse_scenario(seed_dict(), "seed")
+
+
+@pytest.fixture
+def h100() -> HardwareProfile:
+    return load_profile("h100-sxm-80gb")
