@@ -1,0 +1,187 @@
+"""Costs stage: pure functions for FLOPs, bytes, communication volumes, memory and the time of one op.
+
+Conventions: a multiply-add is 2 FLOPs; `b` is bytes per element; token counts may be fractional
+(expected values under a routing distribution). Every function returns values and stores nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from simulator.hardware import HardwareProfile, LinkSpec
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs and bytes of compute ops
+
+
+class OpCost(NamedTuple):
+    flops: float
+    bytes_read: float
+    bytes_written: float
+
+
+def linear_cost(tokens: float, in_features: int, out_features: int, b: float) -> OpCost:
+    """y[T, N] = x[T, K] @ W[K, N]: 2TKN FLOPs (Kaplan et al. 2020, sec. 2.1); reads x and W, writes y."""
+    return OpCost(
+        2.0 * tokens * in_features * out_features,
+        (tokens * in_features + in_features * out_features) * b,
+        tokens * out_features * b,
+    )
+
+
+def attention_pairs(q_len: int, kv_len: int, causal: bool = True) -> float:
+    """(query, key) pairs scored per head. Causal: query i (of q_len, the last q_len positions of
+    kv_len) sees kv_len - q_len + i + 1 keys, summing to q_len*kv_len - q_len*(q_len-1)/2."""
+    if not causal:
+        return float(q_len * kv_len)
+    return q_len * kv_len - q_len * (q_len - 1) / 2.0
+
+
+def attention_scores_cost(
+    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float
+) -> OpCost:
+    """QK^T inside a flash-attention kernel: 2 FLOPs per (query, key, dim); reads Q and K once
+    (Dao et al. 2022: scores stay on chip, so nothing is written to HBM)."""
+    pairs = attention_pairs(q_len, kv_len)
+    return OpCost(
+        2.0 * batch * heads * pairs * head_dim,
+        (batch * heads * q_len * head_dim + batch * kv_heads * kv_len * head_dim) * b,
+        0.0,
+    )
+
+
+SOFTMAX_FLOPS_PER_ELEMENT = 5.0  # max, subtract, exp, sum, divide (online softmax, Milakov & Gimelshein 2018)
+
+
+def attention_softmax_cost(batch: float, heads: int, q_len: int, kv_len: int) -> OpCost:
+    """Softmax of the scores, fused in the flash kernel: FLOPs on the vector units, no HBM traffic."""
+    return OpCost(SOFTMAX_FLOPS_PER_ELEMENT * batch * heads * attention_pairs(q_len, kv_len), 0.0, 0.0)
+
+
+def attention_context_cost(
+    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float
+) -> OpCost:
+    """P @ V inside the flash kernel: 2 FLOPs per (query, key, dim); reads V, writes the output."""
+    pairs = attention_pairs(q_len, kv_len)
+    return OpCost(
+        2.0 * batch * heads * pairs * head_dim,
+        batch * kv_heads * kv_len * head_dim * b,
+        batch * heads * q_len * head_dim * b,
+    )
+
+
+def elementwise_cost(elements_in: float, elements_out: float, flops_per_element: float, b: float) -> OpCost:
+    """A memory-bound element-wise op: reads its inputs once, writes its outputs once."""
+    return OpCost(flops_per_element * elements_out, elements_in * b, elements_out * b)
+
+
+# FLOPs per output element of common element-wise ops (tanh-GELU ~8, RMSNorm: square, sum, rsqrt, scale ~4).
+ACTIVATION_FLOPS_PER_ELEMENT = {"gelu": 8.0, "relu": 1.0, "swiglu": 6.0, "geglu": 9.0}
+NORM_FLOPS_PER_ELEMENT = 4.0
+
+
+def expert_ffn_costs(
+    expert_tokens: list[float], hidden: int, ffn: int, gated: bool, activation: str, b: float
+) -> tuple[OpCost, OpCost, OpCost]:
+    """FC1, activation, FC2 of a group of experts on one GPU (grouped GEMM over their tokens).
+
+    FC1: [T_e, h] x [h, f] (x2 when gated: gate and up); FC2: [T_e, f] x [f, h]. Each expert's
+    weights are read once if it receives any token (expected tokens > 0).
+    """
+    tokens = float(sum(expert_tokens))
+    active = sum(1 for t in expert_tokens if t > 0)
+    up = 2 * ffn if gated else ffn
+    fc1 = OpCost(2.0 * tokens * hidden * up, (tokens * hidden + active * hidden * up) * b, tokens * up * b)
+    act = elementwise_cost(tokens * up, tokens * ffn, ACTIVATION_FLOPS_PER_ELEMENT[activation], b)
+    fc2 = OpCost(2.0 * tokens * ffn * hidden, (tokens * ffn + active * ffn * hidden) * b, tokens * hidden * b)
+    return fc1, act, fc2
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and memory
+
+
+def attention_params(hidden: int, heads: int, kv_heads: int, head_dim: int) -> int:
+    """Q, K, V and output projection weights (no biases)."""
+    return hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+
+
+def ffn_params(hidden: int, ffn: int, gated: bool) -> int:
+    """One FFN / expert: up (and gate) [h, f] plus down [f, h]."""
+    return (3 if gated else 2) * hidden * ffn
+
+
+def kv_cache_bytes(sequences: float, tokens: int, layers: int, kv_heads: int, head_dim: int, b: float) -> float:
+    """K and V for `tokens` positions of `sequences` sequences over `layers` layers."""
+    return 2.0 * sequences * tokens * layers * kv_heads * head_dim * b
+
+
+# ---------------------------------------------------------------------------------------------
+# Communication (alpha-beta model; Thakur, Rabenseifner & Gropp 2005; NCCL's bus bandwidth docs)
+
+
+def ring_allreduce_s(message_bytes: float, n: int, link: LinkSpec) -> float:
+    """Ring all-reduce: 2(n-1)/n * S / bw + 2(n-1) * latency."""
+    if n <= 1:
+        return 0.0
+    bw = link.bytes_per_s * link.efficiency
+    return 2.0 * (n - 1) / n * message_bytes / bw + 2.0 * (n - 1) * link.latency_s
+
+
+def allgather_s(message_bytes: float, n: int, link: LinkSpec) -> float:
+    """Ring all-gather (or reduce-scatter) of a total of S bytes: (n-1)/n * S / bw + (n-1) * latency."""
+    if n <= 1:
+        return 0.0
+    bw = link.bytes_per_s * link.efficiency
+    return (n - 1) / n * message_bytes / bw + (n - 1) * link.latency_s
+
+
+def alltoall_s(send_bytes: list[float], recv_bytes: list[float], link: LinkSpec) -> float:
+    """All-to-all: the busiest rank sets the pace; each rank's port moves max(send, recv) bytes
+    (full duplex), plus one latency per peer."""
+    n = len(send_bytes)
+    if n <= 1:
+        return 0.0
+    busiest = max(max(send_bytes), max(recv_bytes))
+    return busiest / (link.bytes_per_s * link.efficiency) + (n - 1) * link.latency_s
+
+
+def sendrecv_s(message_bytes: float, link: LinkSpec) -> float:
+    """Point-to-point: S / bw + latency."""
+    return message_bytes / (link.bytes_per_s * link.efficiency) + link.latency_s
+
+
+# ---------------------------------------------------------------------------------------------
+# Time of one compute op (roofline + launch)
+
+
+def roofline_s(flops: float, bytes_moved: float, peak_flops_per_s: float, hbm_bytes_per_s: float) -> tuple[float, str]:
+    """max(compute time, memory time) and which bound applied (Williams et al. 2009)."""
+    compute_s = flops / peak_flops_per_s
+    memory_s = bytes_moved / hbm_bytes_per_s
+    return (compute_s, "compute") if compute_s >= memory_s else (memory_s, "memory")
+
+
+def compute_op_s(
+    flops: float,
+    bytes_moved: float,
+    hw: HardwareProfile,
+    dtype: str,
+    tensor_core: bool,
+    launches: int,
+    eager: bool,
+) -> tuple[float, str]:
+    """Time of one compute op on one GPU and its bound.
+
+    GPU time = roofline at the profile's efficiencies + kernel_overhead_s per launch. Eager
+    execution: the host issues kernels one at a time, so a kernel cannot take less than
+    host_launch_s (the GPU would wait for the next launch). A fused sub-op (launches = 0) adds none.
+    """
+    peak = (hw.peak_for(dtype) if tensor_core else hw.vector_flops_per_s) * hw.compute_efficiency
+    gpu_s, bound = roofline_s(flops, bytes_moved, peak, hw.hbm_bytes_per_s * hw.memory_efficiency)
+    if launches == 0:
+        return gpu_s, ("fused" if gpu_s == 0.0 else bound)
+    gpu_s += launches * hw.kernel_overhead_s
+    if eager and gpu_s < launches * hw.host_launch_s:
+        return launches * hw.host_launch_s, "launch"
+    return gpu_s, bound

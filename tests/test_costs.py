@@ -1,0 +1,93 @@
+"""Pure cost formulas against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator import costs
+from simulator.hardware import LinkSpec
+
+LINK = LinkSpec(bytes_per_s=100e9, latency_s=2e-6, efficiency=0.5)  # 50 GB/s effective
+
+
+def test_linear_cost():
+    c = costs.linear_cost(tokens=4, in_features=8, out_features=16, b=2)
+    assert c.flops == 2 * 4 * 8 * 16 == 1024
+    assert c.bytes_read == (4 * 8 + 8 * 16) * 2 == 320
+    assert c.bytes_written == 4 * 16 * 2 == 128
+
+
+def test_attention_pairs_causal_prefill_and_decode():
+    assert costs.attention_pairs(4, 4) == 10  # 1 + 2 + 3 + 4
+    assert costs.attention_pairs(1, 100) == 100  # a decode query sees every cached key
+    assert costs.attention_pairs(2, 5) == 4 + 5
+    assert costs.attention_pairs(3, 3, causal=False) == 9
+
+
+def test_attention_scores_and_context():
+    s = costs.attention_scores_cost(batch=2, heads=4, kv_heads=2, q_len=1, kv_len=10, head_dim=8, b=2)
+    assert s.flops == 2 * 2 * 4 * 10 * 8
+    assert s.bytes_read == (2 * 4 * 1 * 8 + 2 * 2 * 10 * 8) * 2
+    assert s.bytes_written == 0
+    c = costs.attention_context_cost(batch=2, heads=4, kv_heads=2, q_len=1, kv_len=10, head_dim=8, b=2)
+    assert c.flops == s.flops
+    assert c.bytes_read == 2 * 2 * 10 * 8 * 2
+    assert c.bytes_written == 2 * 4 * 1 * 8 * 2
+    sm = costs.attention_softmax_cost(batch=2, heads=4, q_len=1, kv_len=10)
+    assert sm == (5 * 2 * 4 * 10, 0.0, 0.0)
+
+
+def test_expert_ffn_costs_gelu_and_swiglu():
+    fc1, act, fc2 = costs.expert_ffn_costs([3.0, 0.0, 1.0], hidden=8, ffn=16, gated=False, activation="gelu", b=2)
+    assert fc1.flops == 2 * 4 * 8 * 16
+    assert fc1.bytes_read == (4 * 8 + 2 * 8 * 16) * 2  # two experts have tokens: two weight reads
+    assert act.flops == 8 * 4 * 16
+    assert fc2.bytes_written == 4 * 8 * 2
+    g1, gact, _ = costs.expert_ffn_costs([4.0], hidden=8, ffn=16, gated=True, activation="swiglu", b=2)
+    assert g1.flops == 2 * 4 * 8 * 32
+    assert gact.bytes_read == 4 * 32 * 2 and gact.bytes_written == 4 * 16 * 2
+
+
+def test_params_and_kv_bytes():
+    assert costs.attention_params(512, 16, 16, 32) == 4 * 512 * 512
+    assert costs.attention_params(4096, 32, 8, 128) == 4096 * 4096 * 2 + 2 * 4096 * 1024
+    assert costs.ffn_params(512, 1024, gated=False) == 2 * 512 * 1024
+    assert costs.ffn_params(4096, 14336, gated=True) == 3 * 4096 * 14336
+    assert costs.kv_cache_bytes(sequences=2, tokens=10, layers=3, kv_heads=4, head_dim=8, b=2) == 2 * 2 * 10 * 3 * 4 * 8 * 2
+
+
+def test_ring_allreduce():
+    # 2(n-1)/n * S / bw + 2(n-1) * latency with n=4, S=1e9, bw=50e9
+    assert costs.ring_allreduce_s(1e9, 4, LINK) == pytest.approx(1.5 * 1e9 / 50e9 + 6 * 2e-6)
+    assert costs.ring_allreduce_s(1e9, 1, LINK) == 0.0
+
+
+def test_allgather():
+    assert costs.allgather_s(1e9, 4, LINK) == pytest.approx(0.75 * 1e9 / 50e9 + 3 * 2e-6)
+
+
+def test_alltoall_uses_busiest_rank():
+    t = costs.alltoall_s([1e9, 3e9], [2e9, 2e9], LINK)
+    assert t == pytest.approx(3e9 / 50e9 + 1 * 2e-6)
+
+
+def test_sendrecv():
+    assert costs.sendrecv_s(5e9, LINK) == pytest.approx(0.1 + 2e-6)
+
+
+def test_roofline_picks_the_bound():
+    assert costs.roofline_s(1e12, 1e9, 1e15, 1e12) == (pytest.approx(1e-3), "compute")
+    assert costs.roofline_s(1e9, 1e10, 1e15, 1e12) == (pytest.approx(1e-2), "memory")
+
+
+def test_compute_op_eager_floor_and_overhead(h100):
+    eff_peak = h100.peak_flops_per_s.fp16 * h100.compute_efficiency
+    big, bound = costs.compute_op_s(1e15, 0.0, h100, "fp16", True, 1, eager=True)
+    assert bound == "compute"
+    assert big == pytest.approx(1e15 / eff_peak + h100.kernel_overhead_s)
+    tiny, bound = costs.compute_op_s(1.0, 1.0, h100, "fp16", True, 1, eager=True)
+    assert (tiny, bound) == (h100.host_launch_s, "launch")
+    graph, bound = costs.compute_op_s(1.0, 1.0, h100, "fp16", True, 1, eager=False)
+    assert graph == pytest.approx(h100.kernel_overhead_s, rel=1e-3)
+    fused, bound = costs.compute_op_s(0.0, 0.0, h100, "fp16", False, 0, eager=True)
+    assert (fused, bound) == (0.0, "fused")
