@@ -1,0 +1,173 @@
+"""The operator DAG: placement, annotation, conservation against closed forms."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+
+from conftest import TINY_MOE, make_scenario
+from simulator.costs import attention_pairs
+from simulator.graph import COMM, Placement, _digraph, build_dag
+
+
+@pytest.fixture(scope="module")
+def seed_small_graph():
+    from conftest import seed_dict
+
+    return build_dag(make_scenario(seed_dict(), workload={"output_len_tokens": 3}))
+
+
+def test_seed_placement_matches_origin_document(seed):
+    pl = Placement.of(seed)
+    assert [pl.layers_of_gpu(g) for g in range(4)] == [tuple(range(8))] * 2 + [tuple(range(8, 16))] * 2
+    assert pl.experts_of_gpu(0) == pl.experts_of_gpu(2) == list(range(8))
+    assert pl.experts_of_gpu(1) == pl.experts_of_gpu(3) == list(range(8, 16))
+    assert pl.tp_group(0, 0) == [0, 1] and pl.tp_group(1, 0) == [2, 3]
+    assert pl.ep_groups(0) == [[0, 1]] and pl.ep_groups(1) == [[2, 3]]
+
+
+def test_rank_order_formula():
+    s = make_scenario(TINY_MOE, parallel={"tp": 2, "dp": 2, "pp": 2, "ep": 2}, cluster={"num_gpus": 8, "gpus_per_node": 8},
+                      workload={"batch_size": 4})
+    pl = Placement.of(s)
+    assert pl.gpu(stage=1, dp_rank=1, tp_rank=0) == 1 * 4 + 1 * 2 + 0 == 6
+    assert pl.ep_groups(1) == [[4, 5], [6, 7]]  # experts replicated over the two dp ranks
+    assert pl.experts_of_gpu(6) == [0, 1] and pl.experts_of_gpu(7) == [2, 3]
+
+
+def test_seed_graph_nodes_on_their_gpus(seed_small_graph):
+    g = seed_small_graph
+    assert g.nodes["p.mb0.L0.g0.q_proj"]["gpu"] == 0
+    assert g.nodes["p.mb0.L8.g2.expert_fc1"]["experts"] == tuple(range(8))
+    assert g.nodes["p.mb0.L8.g3.expert_fc1"]["experts"] == tuple(range(8, 16))
+    assert g.nodes["p.mb0.L0.s0d0.tp_allreduce"]["gpu"] == (0, 1)
+    assert g.nodes["p.mb0.g1-g3.pp_send"]["gpu"] == (1, 3)
+
+
+def test_seed_every_operator_present(seed_small_graph):
+    ops = {a["op"] for _, a in seed_small_graph.nodes(data=True)}
+    for op in ("q_proj", "k_proj", "v_proj", "attn_scores", "attn_softmax", "attn_context", "o_proj", "tp_allreduce",
+               "router", "topk", "a2a_dispatch", "expert_fc1", "expert_act", "expert_fc2", "a2a_combine",
+               "moe_combine", "tp_allgather", "pp_send", "token_send", "norm_attn", "norm_moe", "residual_add"):
+        assert op in ops, op
+
+
+def test_seed_node_annotation_by_hand(seed_small_graph):
+    g = seed_small_graph
+    T = 128 * 10240  # prefill tokens per TP rank (dp = 1)
+    q = g.nodes["p.mb0.L0.g0.q_proj"]
+    assert q["flops"] == 2 * T * 512 * 256  # 8 of 16 heads x 32 on each TP rank
+    assert q["in_shape"] == (T, 512) and q["out_shape"] == (128, 8, 10240, 32)
+    ar = g.nodes["p.mb0.L0.s0d0.tp_allreduce"]
+    assert ar["message_bytes"] == T * 512 * 2
+    disp = g.nodes["p.mb0.L0.s0r0.a2a_dispatch"]
+    # each TP rank routes T/2 tokens, top-2: T copies, half of them to the other GPU, 512 x 2 bytes each
+    assert disp["send_bytes"] == (T / 2 * 512 * 2, T / 2 * 512 * 2)
+    assert disp["recv_bytes"] == disp["send_bytes"]
+    fc1 = g.nodes["p.mb0.L0.g0.expert_fc1"]
+    assert fc1["flops"] == 2 * T * 512 * 1024  # 8 of 16 experts receive half of the 2T copies
+    send = g.nodes["p.mb0.g0-g2.pp_send"]
+    assert send["message_bytes"] == T / 2 * 512 * 2  # each rank sends only its slice
+    d1 = g.nodes["d1.mb0.L0.g0.attn_scores"]
+    assert d1["kv_len"] == 10241 and d1["flops"] == 2 * 128 * 8 * 10241 * 32
+    assert g.nodes["d2.mb0.L0.g0.attn_scores"]["kv_len"] == 10242
+
+
+def test_decode_steps_are_output_len_minus_one(seed_small_graph):
+    steps = {a["step"] for _, a in seed_small_graph.nodes(data=True) if a["phase"] == "decode"}
+    assert steps == {1, 2}
+    assert nx.has_path(seed_small_graph, "p.mb0.token", "d1.mb0.token")
+    assert nx.has_path(seed_small_graph, "d1.mb0.token", "d2.mb0.token")
+
+
+def _closed_form_matmul_flops(s) -> float:
+    """Tensor-core FLOPs of the whole workload, written independently of the graph code."""
+    m, p, w = s.model, s.parallel, s.workload
+    h, hd, H, kv, B = m.hidden_size, m.head_size, m.num_heads, m.kv_heads, w.batch_size
+    kv_computed = max(kv, p.tp)  # KV heads replicated when fewer than TP ranks
+    up = (2 if m.gated else 1) * (m.expert_ffn_size or m.ffn_size)
+    ffn = m.expert_ffn_size or m.ffn_size
+    total = 0.0
+    passes = [(w.input_len_tokens, w.input_len_tokens)] + [(1, w.input_len_tokens + t) for t in range(1, w.output_len_tokens)]
+    for q_len, kv_len in passes:
+        T = B * q_len
+        per_layer = 2 * T * h * H * hd + 2 * 2 * T * h * kv_computed * hd + 2 * T * H * hd * h
+        per_layer += 2 * 2 * B * H * attention_pairs(q_len, kv_len) * hd
+        if m.is_moe:
+            per_layer += 2 * T * h * m.num_experts + m.top_k * T * (2 * h * up + 2 * ffn * h)
+        else:
+            per_layer += T * (2 * h * up + 2 * ffn * h)
+        total += m.num_layers * per_layer
+        if m.vocab_size:
+            total += 2 * B * h * m.vocab_size
+    return total
+
+
+LAYOUTS = [
+    dict(tp=2, ep=2, pp=2, dp=1, microbatches=1),
+    dict(tp=1, ep=1, pp=1, dp=1, microbatches=1),
+    dict(tp=4, ep=4, pp=1, dp=1, microbatches=2),
+    dict(tp=1, ep=4, pp=1, dp=4, microbatches=1),
+    dict(tp=2, ep=2, pp=1, dp=2, etp=1, microbatches=2),
+    dict(tp=2, ep=1, pp=1, dp=2, etp=2, microbatches=1),
+    dict(tp=1, ep=1, pp=4, dp=1, microbatches=4),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "-".join(f"{k}{v}" for k, v in l.items()))
+def test_flops_conserved_against_closed_form(layout):
+    n = layout["tp"] * layout["pp"] * layout["dp"]
+    s = make_scenario(TINY_MOE, parallel=layout, cluster={"num_gpus": n, "gpus_per_node": 8})
+    g = build_dag(s)
+    dag = sum(a["flops"] for _, a in g.nodes(data=True) if a.get("tensor_core"))
+    assert dag == pytest.approx(_closed_form_matmul_flops(s), rel=1e-12)
+
+
+def test_flops_conserved_dense_with_vocab_and_gqa():
+    dense = {**TINY_MOE["model"], "num_experts": 0, "expert_ffn_size": None, "ffn_size": 96, "activation": "swiglu",
+             "num_kv_heads": 1, "vocab_size": 1000}
+    s = make_scenario(TINY_MOE, model=dense, parallel={"tp": 2, "ep": 1, "pp": 2})
+    g = build_dag(s)
+    dag = sum(a["flops"] for _, a in g.nodes(data=True) if a.get("tensor_core"))
+    assert dag == pytest.approx(_closed_form_matmul_flops(s), rel=1e-12)
+    assert {"embed", "lm_head", "sample", "token_send", "ffn_fc1"} <= {a["op"] for _, a in g.nodes(data=True)}
+
+
+def test_token_copies_never_double_counted(tiny_moe):
+    """Dispatch moves each routed token copy at most once: total sent + kept = top_k x tokens."""
+    g = build_dag(tiny_moe)
+    m = tiny_moe.model
+    T = tiny_moe.workload.batch_size * tiny_moe.workload.input_len_tokens
+    d = g.nodes["p.mb0.L0.s0r0.a2a_dispatch"]
+    expert_tokens = sum(sum(a["expert_tokens"]) for n, a in g.nodes(data=True)
+                        if a["op"] == "expert_fc1" and a["layer"] == 0 and a["phase"] == "prefill")
+    assert expert_tokens == pytest.approx(T * m.top_k)
+    assert sum(d["send_bytes"]) == pytest.approx(T * m.top_k / 2 * m.hidden_size * 2)
+
+
+def test_per_expert_impl_makes_one_kernel_per_expert(tiny_moe):
+    s = make_scenario(TINY_MOE, model={"moe_impl": "per_expert"})
+    g = build_dag(s)
+    fc1 = [a for _, a in g.nodes(data=True) if a["op"] == "expert_fc1" and a["phase"] == "prefill" and a["layer"] == 0]
+    assert len(fc1) == 4 and all(len(a["experts"]) == 1 for a in fc1)
+    grouped = build_dag(tiny_moe)
+    total = lambda gr: sum(a["flops"] for _, a in gr.nodes(data=True) if a["op"] == "expert_fc1")
+    assert total(g) == pytest.approx(total(grouped))
+
+
+def test_comm_nodes_carry_per_rank_volumes(tiny_moe):
+    g = build_dag(tiny_moe)
+    for _, a in g.nodes(data=True):
+        if a["kind"] == COMM:
+            assert len(a["send_bytes"]) == len(a["recv_bytes"]) == len(a["gpu"])
+
+
+def test_fast_digraph_equals_networkx_build():
+    nodes = [("a", {"x": 1}), ("b", {"x": 2}), ("c", {})]
+    edges = [("a", "b"), ("a", "c"), ("b", "c")]
+    ref = nx.DiGraph()
+    ref.add_nodes_from(nodes)
+    ref.add_edges_from(edges)
+    assert nx.utils.graphs_equal(_digraph(nodes, edges), ref)
+    with pytest.raises(KeyError):
+        _digraph(nodes, [("a", "zz")])
