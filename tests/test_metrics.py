@@ -1,0 +1,105 @@
+"""Metric definitions on hand-built traces, memory by hand, invariants and determinism of real runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY_MOE, make_scenario, seed_dict
+from simulator.graph import build_dag
+from simulator.memory import kv_cache_bytes_per_gpu, parameter_counts, weight_bytes_per_gpu
+from simulator.metrics import compute_metrics
+from simulator.pipeline import run_scenario
+from simulator.report.summary import summary_dict
+from simulator.simulate import SimResult
+
+
+def _token_rows(times: dict[tuple[str, int, int], float]) -> pd.DataFrame:
+    rows = [{"node": f"{ph}{st}.mb{mb}.token", "op": "token", "kind": "marker", "category": "marker", "phase": ph,
+             "step": st, "microbatch": mb, "layer": -1, "stage": 1, "gpu": None, "flops": 0.0, "bytes_read": 0.0,
+             "bytes_written": 0.0, "stream": "none", "start_s": t, "end_s": t, "duration_s": 0.0, "bound": "none"}
+            for (ph, st, mb), t in times.items()]
+    return pd.DataFrame(rows)
+
+
+def test_metric_definitions_on_hand_built_trace():
+    s = make_scenario(TINY_MOE, parallel={"microbatches": 2})
+    ops = _token_rows({("prefill", 0, 0): 1.0, ("prefill", 0, 1): 2.0, ("decode", 1, 0): 1.5, ("decode", 1, 1): 2.5,
+                       ("decode", 2, 0): 2.0, ("decode", 2, 1): 3.0})
+    m = compute_metrics(build_dag(s), s, SimResult(ops=ops, makespan_s=3.0, num_events=0), 80e9)
+    # 4 sequences: two first tokens at 1.0 s, two at 2.0 s
+    assert (m.ttft_s.mean, m.ttft_s.p50, m.ttft_s.max) == (1.5, 1.5, 2.0)
+    assert m.ttft_s.p99 == pytest.approx(np.percentile([1, 1, 2, 2], 99))
+    assert m.tpot_s == pytest.approx(0.5)  # (2.0 - 1.0) / 2 and (3.0 - 2.0) / 2
+    assert (m.prefill_s, m.decode_s, m.total_s) == (2.0, 1.0, 3.0)
+    assert m.throughput["output_tokens_per_ms_per_gpu"] == pytest.approx(4 * 3 / 3000 / 4)
+    assert m.throughput["prefill_tokens_per_ms_per_gpu"] == pytest.approx(4 * 16 / 2000 / 4)
+    assert m.throughput["total_tokens_per_ms_per_gpu"] == pytest.approx(4 * 19 / 3000 / 4)
+    verdicts = {t.metric: t.met for t in m.targets}
+    assert verdicts == {"ttft_s": False, "output_tokens_per_ms_per_gpu": False}
+
+
+def test_seed_memory_by_hand(seed):
+    # GPU 0: layers 0-7, experts 0-7, 8 of 16 heads
+    per_layer = 4 * 512 * 256 + 8 * (2 * 512 * 1024) + 512 * 16 + 2 * 512
+    assert weight_bytes_per_gpu(seed, 0) == 8 * per_layer * 2
+    # K and V, 128 sequences x (10240 + 128 - 1) positions x 8 layers x 8 local heads x 32 x 2 bytes
+    assert kv_cache_bytes_per_gpu(seed, 0) == 2 * 128 * 10367 * 8 * 8 * 32 * 2
+    counts = parameter_counts(seed)
+    assert counts["total"] == 16 * (4 * 512 * 512 + 16 * 2 * 512 * 1024 + 512 * 16 + 2 * 512)
+    assert counts["active"] == 16 * (4 * 512 * 512 + 2 * 2 * 512 * 1024 + 512 * 16 + 2 * 512)
+
+
+def test_more_output_tokens_never_lower_kv_peak(seed):
+    longer = make_scenario(seed_dict(), workload={"output_len_tokens": 256})
+    assert kv_cache_bytes_per_gpu(longer, 0) > kv_cache_bytes_per_gpu(seed, 0)
+
+
+def _critical_path_s(ops: pd.DataFrame, graph) -> float:
+    dur = dict(zip(ops["node"], ops["duration_s"]))
+    finish: dict[str, float] = {}
+    import networkx as nx
+
+    for n in nx.topological_sort(graph):
+        finish[n] = dur[n] + max((finish[p] for p in graph.predecessors(n)), default=0.0)
+    return max(finish.values())
+
+
+@pytest.mark.parametrize("overrides", [{}, {"parallel": {"microbatches": 2}}, {"runtime": {"mode": "eager"}}])
+def test_engine_invariants_on_real_runs(overrides):
+    s = make_scenario(TINY_MOE, **overrides)
+    run = run_scenario(s)
+    ops = run.sim.ops
+    critical = _critical_path_s(ops, run.graph)
+    assert run.sim.makespan_s >= critical - 1e-12
+    assert critical >= ops["duration_s"].max()
+    assert run.sim.makespan_s <= ops["duration_s"].sum()
+    assert all(c.ok for c in run.checks)
+
+
+def test_seed_invariants_and_verdicts():
+    s = make_scenario(seed_dict(), workload={"output_len_tokens": 4})
+    run = run_scenario(s)
+    ops = run.sim.ops
+    assert run.sim.makespan_s >= _critical_path_s(ops, run.graph) - 1e-12
+    assert run.sim.makespan_s <= ops["duration_s"].sum()
+    # every node starts after its predecessors end
+    start, end = dict(zip(ops["node"], ops["start_s"])), dict(zip(ops["node"], ops["end_s"]))
+    assert all(start[v] >= end[u] - 1e-15 for u, v in run.graph.edges)
+    assert run.metrics.ttft_s.max == pytest.approx(run.metrics.prefill_s)
+
+
+def test_summary_is_deterministic(tiny_moe):
+    a = json.dumps(summary_dict(run_scenario(tiny_moe)), sort_keys=True)
+    b = json.dumps(summary_dict(run_scenario(tiny_moe)), sort_keys=True)
+    assert a == b
+
+
+def test_faster_hardware_is_never_slower(tiny_moe):
+    base = run_scenario(tiny_moe).metrics.total_s
+    fast = make_scenario(TINY_MOE, hardware={"profile": "h100-sxm-80gb", "hbm_bytes_per_s": 6.7e12,
+                                             "intra_node": {"bytes_per_s": 900e9, "latency_s": 3e-6, "efficiency": 0.82}})
+    assert run_scenario(fast).metrics.total_s <= base
