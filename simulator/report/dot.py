@@ -1,0 +1,523 @@
+"""Report stage: the operator DAG as node-link JSON, and as a folded Graphviz drawing (DOT, SVG, PNG).
+
+The full seed graph has ~78k operators; the drawing keeps one microbatch, the first and last layer of
+every pipeline stage and the first decode step, and folds the repeats into boxes whose edges stand for
+the dependencies of the operators they replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import networkx as nx
+
+from simulator.report.output import write_atomic
+
+try:  # orjson writes the seed graph ~3x faster than the json module; the output is the same JSON
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None
+
+FOLDED = "folded"  # kind of the boxes that stand for folded operators
+
+# ColorBrewer Set3 (pastel, black text stays readable on every entry); cycles for more GPUs.
+GPU_PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3",
+               "#fdb462", "#b3de69", "#fccde5", "#bc80bd", "#ccebc5")
+COMM_FILL, COMM_BORDER, FOLDED_FILL = "#f2f2f2", "#505050", "#fff7dc"
+SHAPES = {"compute": "box", "communication": "ellipse", "routing": "parallelogram",
+          FOLDED: "box3d", "marker": "plaintext"}
+TRANSFER_OPS = frozenset({"pp_send", "token_send"})
+ROUTING_SOURCE_OPS = frozenset({"topk", "router"})
+DOT_MISSING = "Graphviz 'dot' not found: install it (apt-get install graphviz)"
+DOT_TIMEOUT_S = 300
+MAX_SIZE_IN = (60, 166)  # larger drawings are scaled down: at 72 dpi the PNG stays within ~12k pixels
+
+
+# -- full graph as JSON ----------------------------------------------------------------------------
+def node_link(g: nx.DiGraph) -> dict:
+    """`nx.node_link_data(g, edges="edges")`, built straight from the adjacency (half the time)."""
+    return {
+        "directed": True,
+        "multigraph": False,
+        "graph": dict(g.graph),
+        "nodes": [{**attrs, "id": n} for n, attrs in g.nodes(data=True)],
+        "edges": [{**data, "source": u, "target": v} for u, v, data in g.edges(data=True)],
+    }
+
+
+def write_graph_json(g: nx.DiGraph, path: str | Path) -> Path:
+    """Write the complete DAG as compact node-link JSON (tuples become lists).
+
+    Load it back with `nx.node_link_graph(json.load(f), edges="edges")`.
+    """
+    data = node_link(g)
+    payload = None
+    if orjson is not None:
+        with contextlib.suppress(TypeError):  # e.g. an int beyond 64 bits: let json handle it
+            payload = orjson.dumps(data)
+    if payload is None:
+        payload = json.dumps(data, separators=(",", ":")).encode()
+    path = Path(path)
+    write_atomic(path, payload)
+    return path
+
+
+# -- folded view -------------------------------------------------------------------------------------
+def _span(values) -> str:
+    """'1-6' for a contiguous run, '3' for one value, '1, 3, 5' otherwise."""
+    v = sorted(set(values))
+    if not v:
+        return ""
+    if len(v) > 1 and v[-1] - v[0] == len(v) - 1:
+        return f"{v[0]}-{v[-1]}"
+    return ", ".join(str(x) for x in v)
+
+
+def _gpu_list(gpus) -> str:
+    v = sorted(set(gpus))
+    if len(v) >= 3 and v[-1] - v[0] == len(v) - 1:
+        return f"{v[0]}-{v[-1]}"
+    return ",".join(str(x) for x in v)
+
+
+def _pass_name(phase: str, step: int, mb: int) -> str:
+    return f"Prefill, microbatch {mb}" if phase == "prefill" else f"Decode step {step}, microbatch {mb}"
+
+
+def _stage_layers(g: nx.DiGraph) -> dict[int, list[int]]:
+    """Layers each pipeline stage computes, read from its compute and routing operators."""
+    layers: dict[int, set[int]] = defaultdict(set)
+    for _, a in g.nodes(data=True):
+        if a.get("kind") in ("compute", "routing") and a.get("layer", -1) >= 0:
+            layers[a["stage"]].add(a["layer"])
+    return {s: sorted(v) for s, v in sorted(layers.items())}
+
+
+def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, list[str]]:
+    """A small subgraph of `g` for drawing, and sentences saying what was folded.
+
+    Kept in full: the phase markers; prefill and the first `max_decode_steps` decode steps of the first
+    microbatch, each with the first and last layer of every pipeline stage, the stage transfers and
+    the token markers. Folded into one box each: the middle layers of a stage in a shown pass, the
+    remaining decode steps, and (per phase) the other microbatches. A box inherits every edge between
+    its operators and the rest of the graph, so the view keeps the dependency order of `g`.
+    Assumes the node attributes written by `simulator.graph.build_dag`.
+    """
+    stage_layers = _stage_layers(g)
+    middle = {s: set(ls[1:-1]) for s, ls in stage_layers.items()}
+    mbs = sorted({a["microbatch"] for _, a in g.nodes(data=True) if a.get("microbatch", -1) >= 0})
+    first_mb = mbs[0] if mbs else 0
+
+    key_of: dict[str, str] = {}
+    boxes: dict[str, dict] = {}
+    view = nx.DiGraph(**g.graph)
+    for n, a in g.nodes(data=True):
+        key = _fold_key(a, first_mb, max_decode_steps, middle)
+        if key is None:
+            view.add_node(n, **a)
+            key_of[n] = n
+            continue
+        key_of[n] = key
+        box = boxes.get(key)
+        if box is None:
+            box = boxes[key] = {"nodes": 0, "gpus": set(), "layers": set(), "steps": set(), "mbs": set(),
+                                "kv": set(), "phase": a["phase"], "stage": a["stage"]}
+            view.add_node(key)  # attributes filled in below; added now to keep the graph's order
+        box["nodes"] += 1
+        gpu = a.get("gpu")
+        box["gpus"].update(gpu if isinstance(gpu, tuple) else () if gpu is None else (gpu,))
+        if a.get("layer", -1) >= 0:
+            box["layers"].add(a["layer"])
+        box["steps"].add(a["step"])
+        box["mbs"].add(a["microbatch"])
+        if "kv_len" in a:
+            box["kv"].add(a["kv_len"])
+
+    edges: dict[tuple[str, str], None] = {}  # ordered set: the drawing follows the graph's order
+    for u, v in g.edges():
+        ku, kv = key_of[u], key_of[v]
+        if ku != kv:
+            edges[(ku, kv)] = None
+    view.add_edges_from(edges)
+
+    shown_steps = sorted({a["step"] for _, a in view.nodes(data=True)
+                          if a.get("phase") == "decode" and a.get("microbatch") == first_mb})
+    for key, box in boxes.items():
+        view.nodes[key].update(_box_attrs(key, box, stage_layers, first_mb, shown_steps))
+    notes = _notes(g, view, boxes, stage_layers, first_mb)
+    return view, notes
+
+
+def _fold_key(a: dict, first_mb: int, max_decode_steps: int, middle: dict[int, set[int]]) -> str | None:
+    """The box a node folds into, or None to keep it."""
+    mb, phase, step = a.get("microbatch", -1), a.get("phase"), a.get("step", 0)
+    if mb < 0:
+        return None  # phase markers
+    if mb != first_mb:
+        return f"fold.{phase}.microbatches"
+    if phase == "decode" and step > max_decode_steps:
+        return "fold.decode.steps"
+    stage, layer = a.get("stage", -1), a.get("layer", -1)
+    if a.get("op") not in TRANSFER_OPS and layer in middle.get(stage, ()):
+        tag = "p" if phase == "prefill" else f"d{step}"
+        return f"fold.{tag}.mb{mb}.s{stage}.layers"
+    return None
+
+
+def _plural(word: str, values) -> str:
+    """'layer 3' or 'layers 1-6'."""
+    n = len(set(values))
+    return f"{word}{'' if n == 1 else 'es' if word.endswith('h') else 's'} {_span(values)}"
+
+
+def _box_attrs(key: str, box: dict, stage_layers, first_mb: int, shown_steps: list[int]) -> dict:
+    gpus = tuple(sorted(box["gpus"]))
+    where = f"GPU {_gpu_list(gpus)}" if gpus else ""
+    if key.endswith(".layers"):
+        head = f"{_plural('layer', box['layers'])}: same as layer {stage_layers[box['stage']][0]}"
+        detail = [where]
+    elif key == "fold.decode.steps":
+        steps = _plural("decode step", box["steps"])
+        if shown_steps:
+            head = f"{steps}: same as step {shown_steps[-1]},\nKV length grows by one per step"
+        else:
+            head = f"{steps}: same layers as prefill,\none new token per sequence per step"
+        detail = [f"microbatch {first_mb}"]
+        if box["kv"]:
+            detail.append(f"KV length {_kv_range(box['kv'])}")
+    else:
+        head = f"{_plural('microbatch', box['mbs'])} ({box['phase']}): same as microbatch {first_mb}"
+        if box["phase"] == "decode":
+            head += f"\n{_plural('decode step', box['steps'])}"
+        detail = [where]
+    detail.append(f"{box['nodes']} operators folded")
+    return {
+        "op": FOLDED, "kind": FOLDED, "category": FOLDED, "phase": box["phase"],
+        "step": min(box["steps"]), "microbatch": min(box["mbs"]), "stage": box["stage"], "layer": -1,
+        "gpu": gpus, "in_shape": (), "out_shape": (), "folded_nodes": box["nodes"],
+        "label": "\n".join([head] + [d for d in detail if d]),
+    }
+
+
+def _kv_range(kv: set) -> str:
+    return f"{min(kv)}" if min(kv) == max(kv) else f"{min(kv)} -> {max(kv)}"
+
+
+def _and(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _notes(g, view, boxes, stage_layers, first_mb) -> list[str]:
+    notes = [f"The full graph has {g.number_of_nodes()} operators and {g.number_of_edges()} dependencies; "
+             f"this drawing shows {view.number_of_nodes()} nodes. Each box stands for the operators folded "
+             "into it and keeps their dependencies as edges."]
+    layer_boxes = defaultdict(list)
+    for key, box in boxes.items():
+        if key.endswith(".layers"):
+            layer_boxes[(box["phase"], min(box["steps"]))].append(box)
+    for (phase, step), bs in layer_boxes.items():
+        bs = sorted(bs, key=lambda b: b["stage"])
+        parts = [f"{_plural('layer', b['layers'])} of stage {b['stage']} (GPU {_gpu_list(b['gpus'])})" for b in bs]
+        per_layer = bs[0]["nodes"] // max(1, len(bs[0]["layers"]))
+        per = " per stage" if len(bs) > 1 else ""
+        notes.append(f"{_pass_name(phase, step, first_mb)}: {_and(parts)} folded into one box{per}; "
+                     f"each folded layer repeats the operators of its stage's first layer "
+                     f"({per_layer} operators per layer).")
+    if "fold.decode.steps" in boxes:
+        b = boxes["fold.decode.steps"]
+        kv = f" (KV length {_kv_range(b['kv'])})" if b["kv"] else ""
+        notes.append(f"{_plural('Decode step', b['steps'])} of microbatch {first_mb}: folded into one box "
+                     f"({b['nodes']} operators); each repeats the step shown with the KV length one longer "
+                     f"per step{kv}.")
+    other = [b for k, b in boxes.items() if k.endswith(".microbatches")]
+    if other:
+        mbs = set().union(*(b["mbs"] for b in other))
+        n = sum(b["nodes"] for b in other)
+        notes.append(f"{_plural('Microbatch', mbs)}: folded into one box per phase ({n} operators), the same "
+                     f"operators as microbatch {first_mb} on the same GPUs.")
+    return notes
+
+
+# -- drawing -----------------------------------------------------------------------------------------
+def _q(text: str, justify: str = "\\n") -> str:
+    """A quoted DOT string; lines end with `justify` (\\n centred, \\l left)."""
+    esc = str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\r", "")
+    lines = esc.split("\n")
+    return '"' + (justify.join(lines) + ("\\l" if justify == "\\l" else "")) + '"'
+
+
+def _attrs(**kw) -> str:
+    return "[" + ", ".join(f"{k}={v}" for k, v in kw.items() if v is not None) + "]"
+
+
+def format_shape(shape) -> str:
+    """`(655360, 512)` -> '[655360, 512]'; a tuple of shapes -> '[a, b]; [c, d]'."""
+    if shape is None or (isinstance(shape, (tuple, list)) and not shape):
+        return "[]"
+    if isinstance(shape, (tuple, list)) and any(isinstance(x, (tuple, list)) for x in shape):
+        return "; ".join(format_shape(s) for s in shape)
+    if isinstance(shape, (tuple, list)):
+        return "[" + ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in shape) + "]"
+    return str(shape)
+
+
+def format_gpus(attrs: dict) -> str:
+    """'GPU 0', 'GPU 0,1' for a group, 'GPU 0 -> 2' for a point-to-point send; '' when none."""
+    gpu = attrs.get("gpu")
+    if gpu is None or (isinstance(gpu, (tuple, list)) and not gpu):
+        return ""
+    if isinstance(gpu, (tuple, list)):
+        if attrs.get("collective") == "send_recv" and len(gpu) == 2:
+            return f"GPU {gpu[0]} -> {gpu[1]}"
+        return f"GPU {_gpu_list(gpu)}"
+    return f"GPU {gpu}"
+
+
+def gpu_colour(gpu: int) -> str:
+    return GPU_PALETTE[gpu % len(GPU_PALETTE)]
+
+
+def _node_label(n: str, a: dict) -> str:
+    kind = a.get("kind")
+    if kind == FOLDED:
+        return a.get("label", n)
+    if kind == "marker":
+        if a.get("op") == "token":
+            return f"token out\n({_pass_name(a['phase'], a['step'], a['microbatch']).lower()})"
+        return n
+    lines = [str(a.get("op", n)), format_gpus(a),
+             f"{format_shape(a.get('in_shape'))} -> {format_shape(a.get('out_shape'))}"]
+    return "\n".join(x for x in lines if x)
+
+
+def _node_style(a: dict, label: str) -> dict:
+    kind = a.get("kind", "compute")
+    style = {"shape": SHAPES.get(kind, "box")}
+    if kind == "routing":
+        # Graphviz grows a parallelogram around its label's box, to ~3x a rectangle; size it by hand.
+        chars = max(len(line) for line in label.split("\n"))
+        style.update(fixedsize="true", width=f"{chars * 11 * 0.56 / 72 + 0.7:.2f}",
+                     height=f"{0.2 + 0.19 * (label.count(chr(10)) + 1):.2f}")
+    if kind in ("compute", "routing"):
+        gpu = a.get("gpu")
+        fill = gpu_colour(gpu) if isinstance(gpu, int) else COMM_FILL
+        style.update(style='"filled,rounded"' if kind == "compute" else "filled", fillcolor=_q(fill))
+    elif kind == "communication":
+        style.update(style="filled", fillcolor=_q(COMM_FILL), color=_q(COMM_BORDER), penwidth="1.5")
+    elif kind == FOLDED:
+        style.update(style="filled", fillcolor=_q(FOLDED_FILL), penwidth="1.5", fontsize="13", margin='"0.2,0.08"')
+    else:
+        style.update(fontsize="12", fontname='"Helvetica-Bold"')
+    return style
+
+
+def _node_attrs(n: str, a: dict) -> str:
+    label = _node_label(n, a)
+    return _attrs(label=_q(label), **_node_style(a, label))
+
+
+def _edge_line(u: str, v: str, view: nx.DiGraph) -> str:
+    su, sv = view.nodes[u], view.nodes[v]
+    routing = su.get("op") in ROUTING_SOURCE_OPS and sv.get("kind") != "routing"
+    return f"  {_q(u)} -> {_q(v)}{' [style=dashed]' if routing else ''};"
+
+
+def _placement(n: str, a: dict, stage_layers: dict[int, list[int]]) -> tuple:
+    """Cluster path of a node: (phase, pass, stage); shorter for markers, transfers and boxes."""
+    phase = a.get("phase", "")
+    if a.get("microbatch", -1) < 0:
+        return (phase,)
+    if a.get("kind") == FOLDED and not n.endswith(".layers"):
+        return (phase,)
+    pass_key = (a.get("step", 0), a.get("microbatch", 0))
+    stage, layer = a.get("stage", -1), a.get("layer", -1)
+    # Stage transfers (their layer lies outside the stage) sit between the stage clusters.
+    transfer = a.get("op") in TRANSFER_OPS or a.get("kind") == "marker" or (
+        layer >= 0 and layer not in stage_layers.get(stage, ()))
+    if transfer or stage < 0:
+        return (phase, pass_key)
+    return (phase, pass_key, stage)
+
+
+def to_dot(view: nx.DiGraph, title: str, notes: list[str]) -> str:
+    """DOT text for a (folded) operator graph.
+
+    Rectangles compute, ellipses communicate, parallelograms route (router, top-k, sampling); routing
+    decisions leave the gate as dashed edges. Fill colour marks the GPU; collectives are light grey and
+    name their GPU group. Nodes sit in clusters per phase, pass and pipeline stage; a legend and the
+    fold notes head the drawing.
+    """
+    stage_layers = _stage_layers(view)
+    tree: dict = {}
+    for n, a in view.nodes(data=True):
+        node = tree
+        for part in _placement(n, a, stage_layers):
+            node = node.setdefault(part, {})
+        node.setdefault(None, []).append(n)
+
+    gpus = sorted({x for _, a in view.nodes(data=True) if a.get("kind") != FOLDED
+                   for x in (a["gpu"] if isinstance(a.get("gpu"), (tuple, list)) else
+                             () if a.get("gpu") is None else (a["gpu"],))})
+    out = [
+        "digraph dag {",
+        f"  graph [rankdir=TB, newrank=true, label={_q(title)}, labelloc=t, fontsize=26, "
+        'fontname="Helvetica-Bold", nodesep=0.18, ranksep=0.28, dpi=72, pad=0.3, '
+        f'outputorder=edgesfirst, size="{MAX_SIZE_IN[0]},{MAX_SIZE_IN[1]}"];',
+        '  node [fontname="Helvetica", fontsize=11, margin="0.10,0.04", height=0.3, penwidth=1];',
+        '  edge [color="#606060", arrowsize=0.6];',
+    ]
+    out += _legend(gpus, notes)
+    for key in sorted((k for k in tree if k is not None), key=_phase_rank):
+        out += _cluster(view, tree[key], (key,), stage_layers, depth=1)
+    out += [f"  {_q(n)} {_node_attrs(n, view.nodes[n])};"
+            for n in tree.get(None, [])]
+    out += [_edge_line(u, v, view) for u, v in view.edges()]
+    out += _stacking_edges(view, bool(notes))
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _stacking_edges(view: nx.DiGraph, has_notes: bool) -> list[str]:
+    """Invisible edges that stack legend, prefill and decode vertically instead of side by side."""
+    marks = {(a.get("phase"), a.get("op")): n for n, a in view.nodes(data=True)
+             if a.get("op") in ("phase_start", "phase_end")}
+    phases = sorted({p for p, _ in marks}, key=_phase_rank)
+    lines = []
+    if phases and (phases[0], "phase_start") in marks:
+        first = marks[(phases[0], "phase_start")]
+        for src in ("legend.compute",) + (("notes",) if has_notes else ()):
+            lines.append(f"  {_q(src)} -> {_q(first)} [style=invis];")
+    for prev, nxt in zip(phases, phases[1:]):
+        if (prev, "phase_end") in marks and (nxt, "phase_start") in marks:
+            lines.append(f"  {_q(marks[(prev, 'phase_end')])} -> {_q(marks[(nxt, 'phase_start')])} [style=invis];")
+    return lines
+
+
+def _phase_rank(key) -> tuple:
+    return ({"prefill": 0, "decode": 1}.get(key, 2), str(key))
+
+
+def _cluster_caption(path: tuple, view: nx.DiGraph, members: list[str], stage_layers) -> str:
+    if len(path) == 1:
+        return {"prefill": "PREFILL", "decode": "DECODE"}.get(path[0], str(path[0]).upper())
+    if len(path) == 2:
+        step, mb = path[1]
+        return _pass_name(path[0], step, mb)
+    stage = path[2]
+    gpus = {a["gpu"] for a in (view.nodes[n] for n in members) if isinstance(a.get("gpu"), int)}
+    layers = stage_layers.get(stage, [])
+    span = f", layers {layers[0]}-{layers[-1]}" if layers else ""
+    return f"Pipeline stage {stage}" + (f" (GPU {_gpu_list(gpus)}" + span + ")" if gpus else "")
+
+
+def _cluster(view, subtree: dict, path: tuple, stage_layers, depth: int) -> list[str]:
+    pad = "  " * depth
+    members = _members(subtree)
+    name = "cluster_" + "_".join(str(p).replace(" ", "").replace(",", "_").strip("()") for p in path)
+    fill = ("#fafafa", "#f3f6fb", "#ffffff")[min(depth - 1, 2)]
+    lines = [f"{pad}subgraph {_q(name)} {{",
+             f"{pad}  graph [label={_q(_cluster_caption(path, view, members, stage_layers))}, "
+             f"fontsize={max(14, 24 - 4 * depth)}, fontname=\"Helvetica-Bold\", labeljust=l, "
+             f"style=\"rounded,filled\", fillcolor={_q(fill)}, color=\"#9a9a9a\", margin=12];"]
+    for n in subtree.get(None, []):
+        a = view.nodes[n]
+        lines.append(f"{pad}  {_q(n)} {_node_attrs(n, a)};")
+    children = [k for k in subtree if k is not None]
+    for key in sorted(children):  # one level holds passes (step, microbatch), the next stages
+        lines += _cluster(view, subtree[key], path + (key,), stage_layers, depth + 1)
+    lines.append(f"{pad}}}")
+    return lines
+
+
+def _members(subtree: dict) -> list[str]:
+    out = list(subtree.get(None, []))
+    for k, v in subtree.items():
+        if k is not None:
+            out += _members(v)
+    return out
+
+
+def _legend(gpus: list[int], notes: list[str]) -> list[str]:
+    """A legend cluster (shapes, edge styles, GPU colours) and the fold notes, above the graph."""
+    lines = ['  subgraph "cluster_legend" {',
+             '    graph [label="Legend", fontsize=18, fontname="Helvetica-Bold", labeljust=l, style="rounded,filled", '
+             'fillcolor="#ffffff", color="#9a9a9a", margin=10];']
+    samples = [
+        ("legend.compute", "computation\n(GPU colour)", {"kind": "compute", "gpu": 0}),
+        ("legend.comm", "communication\n(GPU group named)", {"kind": "communication"}),
+        ("legend.routing", "routing\n(router, top-k, sample)", {"kind": "routing", "gpu": 0}),
+        ("legend.folded", "folded repeats\n(layers, steps, microbatches)", {"kind": FOLDED}),
+        ("legend.marker", "marker\n(phase start/end, token)", {"kind": "marker"}),
+        ("legend.edge", "solid arrow: dependency\ndashed arrow: routing decision\n(top-k -> dispatch)",
+         {"kind": "text"}),
+    ]
+    palette = len(GPU_PALETTE)
+    for i, gpu in enumerate(gpus[:palette]):
+        same = [g for g in gpus if g % palette == gpu % palette]
+        text = "GPU " + ", ".join(str(g) for g in same[:4]) + (", ..." if len(same) > 4 else "")
+        samples.append((f"legend.gpu{i}", text, {"kind": "compute", "gpu": gpu}))
+    for nid, label, attrs in samples:
+        style = {"shape": "plaintext"} if attrs["kind"] == "text" else _node_style(attrs, label)
+        lines.append(f"    {_q(nid)} {_attrs(label=_q(label), **style)};")
+    # Same rank plus invisible edges: a left-to-right row in this order.
+    lines.append("    { rank=same; " + " -> ".join(_q(nid) for nid, _, _ in samples) + " [style=invis]; }")
+    lines.append("  }")
+    if notes:
+        wrapped = "\n".join("\n".join(textwrap.wrap("- " + s, 110, subsequent_indent="  ")) for s in notes)
+        label = _q(wrapped, justify="\\l")
+        lines += ['  subgraph "cluster_notes" {',
+                  '    graph [label="What is folded", fontsize=18, fontname="Helvetica-Bold", labeljust=l, '
+                  'style="rounded,filled", fillcolor="#fffdf3", color="#9a9a9a", margin=10];',
+                  f"    \"notes\" [shape=plaintext, fontsize=13, label={label}];",
+                  "  }"]
+    return lines
+
+
+def render_dag(g: nx.DiGraph, out_dir: str | Path, title: str | None = None,
+               max_decode_steps: int = 1) -> dict[str, Path]:
+    """Write `dag.json` (the full graph) and the folded drawing as `dag.dot`, `dag.svg` and `dag.png`.
+
+    Each file is written beside its final name and renamed into place, so no half-written file is
+    left behind. Raises RuntimeError when Graphviz's `dot` is missing or fails.
+    """
+    dot = shutil.which("dot")
+    if dot is None:
+        raise RuntimeError(DOT_MISSING)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    view, notes = folded_view(g, max_decode_steps)
+    title = title or f"Operator DAG: {g.graph.get('scenario', 'scenario')}"
+    paths = {"dot": out / "dag.dot", "svg": out / "dag.svg", "png": out / "dag.png", "json": out / "dag.json"}
+    write_atomic(paths["dot"], to_dot(view, title, notes).encode())
+
+    tmp = {}
+    try:
+        for fmt in ("svg", "png"):
+            fd, tmp[fmt] = tempfile.mkstemp(dir=out, prefix=f".dag.{fmt}.", suffix=".tmp")
+            os.close(fd)
+        # One dot run lays the graph out once and writes both formats.
+        cmd = [dot, "-Tsvg", "-o", tmp["svg"], "-Tpng", "-o", tmp["png"], str(paths["dot"])]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=DOT_TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeError(f"Graphviz 'dot' took over {DOT_TIMEOUT_S} s on {paths['dot']}") from e
+        if res.returncode != 0:
+            first = (res.stderr.strip().splitlines() or ["no message"])[0]
+            raise RuntimeError(f"Graphviz 'dot' failed on {paths['dot']}: {first}")
+        for fmt in ("svg", "png"):
+            os.chmod(tmp[fmt], 0o644)
+            os.replace(tmp[fmt], paths[fmt])
+    finally:
+        for t in tmp.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(t)
+    write_graph_json(g, paths["json"])
+    return paths

@@ -1,0 +1,200 @@
+"""Reports stage: summary.json / summary.md / ops.csv of a run, and the terminal tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from simulator.audit import AuditLine
+from simulator.pipeline import DagResult, RunResult
+from simulator.report.output import write_atomic
+from simulator.verify import Check, per_gpu_table
+
+
+def fmt_s(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return str(seconds)
+    if seconds >= 1.0:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.2f} us"
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def _layout(run: RunResult | DagResult) -> dict:
+    s = run.scenario
+    return {**s.parallel.model_dump(exclude_none=True), "num_gpus": s.num_gpus, "hardware": run.hardware.name,
+            "mode": s.runtime.mode}
+
+
+def summary_dict(run: RunResult) -> dict:
+    """Everything a pipeline needs, machine-readable; deterministic for a given scenario."""
+    m = run.metrics
+    d = m.to_dict()
+    return {
+        "scenario": run.scenario.name,
+        "model": run.scenario.model.name,
+        "layout": _layout(run),
+        "workload": run.scenario.workload.model_dump(),
+        "ttft_s": d["ttft_s"],
+        "tpot_s": m.tpot_s,
+        "prefill_s": m.prefill_s,
+        "decode_s": m.decode_s,
+        "total_s": m.total_s,
+        "throughput": m.throughput,
+        "memory": d["memory"],
+        "busy_s": d["busy_s"],
+        "bottleneck": m.bottleneck,
+        "targets": d["targets"],
+        "all_targets_met": all(t.met for t in m.targets),
+        "audit": [a.to_dict() for a in run.audit],
+        "verification": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in run.checks],
+        "dag": {"nodes": run.graph.number_of_nodes(), "edges": run.graph.number_of_edges(),
+                "engine_events": run.sim.num_events},
+    }
+
+
+def _target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for t in summary["targets"]:
+        op = ">=" if t["bound"] == "min" else "<="
+        unit = _fmt_metric(t["metric"], t["actual"]), _fmt_metric(t["metric"], t["limit"])
+        rows.append((t["metric"], f"{op} {unit[1]}", unit[0], "MET" if t["met"] else "MISSED"))
+    return rows
+
+
+def _fmt_metric(metric: str, value: float) -> str:
+    if metric.endswith("_s"):
+        return fmt_s(value)
+    if metric.startswith("memory"):
+        return fmt_bytes(value)
+    return f"{value:.4g}"
+
+
+def summary_markdown(summary: dict) -> str:
+    lay = summary["layout"]
+    lines = [
+        f"# moesim run: {summary['scenario']}",
+        "",
+        f"Model `{summary['model']}` on {lay['num_gpus']} x `{lay['hardware']}`, "
+        f"TP={lay['tp']} EP={lay['ep']} ETP={lay['etp']} PP={lay['pp']} DP={lay['dp']}, "
+        f"{lay['microbatches']} microbatch(es), {lay['mode']} decode. Workload: "
+        f"batch {summary['workload']['batch_size']}, input {summary['workload']['input_len_tokens']}, "
+        f"output {summary['workload']['output_len_tokens']} tokens.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| TTFT mean / p50 / p99 / max | {' / '.join(fmt_s(summary['ttft_s'][k]) for k in ('mean', 'p50', 'p99', 'max'))} |",
+        f"| TPOT (time per output token) | {fmt_s(summary['tpot_s'])} |",
+        f"| prefill / decode / total | {fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / {fmt_s(summary['total_s'])} |",
+    ]
+    for k, v in summary["throughput"].items():
+        lines.append(f"| {k.replace('_', ' ')} | {v:.4g} |")
+    lines += ["", "## Targets", "", "| target | limit | actual | verdict |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _target_rows(summary)]
+    lines += ["", "## Memory per GPU", "", "| GPU | weights | KV cache | activations | reserve | total | of capacity | fits |",
+              "|---|---|---|---|---|---|---|---|"]
+    for mem in summary["memory"]:
+        lines.append(
+            f"| {mem['gpu']} | {fmt_bytes(mem['weight_bytes'])} | {fmt_bytes(mem['kv_cache_bytes'])} | "
+            f"{fmt_bytes(mem['activation_bytes'])} | {fmt_bytes(mem['reserve_bytes'])} | {fmt_bytes(mem['total_bytes'])} | "
+            f"{100 * mem['utilization']:.1f}% | {'yes' if mem['fits'] else 'NO: does not fit'} |")
+    lines += ["", "## What bounds the run", ""] + [f"- {v}" for v in summary["bottleneck"].values()]
+    cats = sorted({c for per in summary["busy_s"].values() for c in per})
+    lines += ["", "## Busy time per GPU (s)", "", "| GPU | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
+    for g, per in summary["busy_s"].items():
+        lines.append(f"| {g} | " + " | ".join(f"{per.get(c, 0.0):.4g}" for c in cats) + " |")
+    if summary["audit"]:
+        lines += ["", "## Claim audit", "", "| claim | declared | computed | verdict | why |", "|---|---|---|---|---|"]
+        lines += [f"| {a['claim']} | {a['declared']} | {a['computed']} | {a['verdict']} | {a['explanation']} |"
+                  for a in summary["audit"]]
+    lines += ["", "## DAG verification", ""]
+    lines += [f"- {'ok' if c['ok'] else 'FAILED'}: {c['check']} ({c['detail']})" for c in summary["verification"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_run_files(run: RunResult, out_dir: Path) -> dict:
+    summary = summary_dict(run)
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_atomic(out_dir / "summary.md", summary_markdown(summary))
+    ops = run.sim.ops.copy()
+    ops["gpu"] = [",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g)) for g in ops["gpu"]]
+    write_atomic(out_dir / "ops.csv", ops.to_csv(index=False))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal
+
+
+def print_checks(console: Console, checks: list[Check]) -> None:
+    table = Table(title="DAG verification", show_header=True)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for c in checks:
+        table.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]FAILED[/red]", c.detail)
+    console.print(table)
+
+
+def print_audit(console: Console, lines: list[AuditLine], source: str = "") -> None:
+    if not lines:
+        return
+    table = Table(title=f"Claim audit{f' ({source})' if source else ''}")
+    for col in ("claim", "declared", "computed", "verdict"):
+        table.add_column(col, overflow="fold", max_width=28)
+    table.add_column("why", overflow="fold", ratio=1, min_width=60)
+    colour = {"holds": "green", "does not hold": "red", "pending": "yellow"}
+    for a in lines:
+        table.add_row(a.claim, a.declared, a.computed, f"[{colour[a.verdict]}]{a.verdict}[/]", a.explanation)
+    console.print(table)
+
+
+def print_gpu_table(console: Console, result: DagResult | RunResult) -> None:
+    frame = per_gpu_table(result.graph, result.scenario)
+    table = Table(title="Per GPU")
+    for col in ("GPU", "stage", "layers", "experts", "weights", "FLOPs", "HBM bytes", "sent"):
+        table.add_column(col, justify="right")
+    for r in frame.itertuples():
+        table.add_row(str(r.gpu), str(r.stage), r.layers, r.experts, fmt_bytes(r.weight_bytes), f"{r.flops:.3e}",
+                      fmt_bytes(r.hbm_bytes), fmt_bytes(r.sent_bytes))
+    console.print(table)
+
+
+def print_run(console: Console, run: RunResult, summary: dict) -> None:
+    lay = summary["layout"]
+    console.print(f"[bold]{summary['scenario']}[/bold]: {summary['model']} on {lay['num_gpus']} x {lay['hardware']}, "
+                  f"TP={lay['tp']} EP={lay['ep']} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
+                  f"{lay['microbatches']} microbatch(es), {lay['mode']} decode")
+    t = Table(title="Results")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    ttft = summary["ttft_s"]
+    t.add_row("TTFT mean / p99 / max", f"{fmt_s(ttft['mean'])} / {fmt_s(ttft['p99'])} / {fmt_s(ttft['max'])}")
+    t.add_row("TPOT", fmt_s(summary["tpot_s"]))
+    t.add_row("prefill / decode / total", f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / {fmt_s(summary['total_s'])}")
+    for k, v in summary["throughput"].items():
+        t.add_row(k, f"{v:.4g}")
+    mem = max(summary["memory"], key=lambda m: m["total_bytes"])
+    t.add_row("memory (busiest GPU)", f"{fmt_bytes(mem['total_bytes'])} = {100 * mem['utilization']:.1f}% of "
+              f"{fmt_bytes(mem['capacity_bytes'])} (weights {fmt_bytes(mem['weight_bytes'])}, KV {fmt_bytes(mem['kv_cache_bytes'])}, "
+              f"activations {fmt_bytes(mem['activation_bytes'])})" + ("" if mem["fits"] else " [red]DOES NOT FIT[/red]"))
+    console.print(t)
+    if summary["targets"]:
+        tt = Table(title="Targets")
+        for col in ("target", "limit", "actual", "verdict"):
+            tt.add_column(col)
+        for a, b, c, d in _target_rows(summary):
+            tt.add_row(a, b, c, f"[green]{d}[/green]" if d == "MET" else f"[red]{d}[/red]")
+        console.print(tt)
+    for sentence in summary["bottleneck"].values():
+        console.print(f"- {sentence}")
+    print_audit(console, run.audit, (run.scenario.declared.source if run.scenario.declared else ""))
