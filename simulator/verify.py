@@ -36,6 +36,8 @@ def verify_dag(graph: nx.DiGraph, scenario: Scenario) -> list[Check]:
 
 
 def _find_cycle(graph: nx.DiGraph) -> str | None:
+    if nx.is_directed_acyclic_graph(graph):  # a topological sort: linear and fast
+        return None
     try:
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
@@ -45,13 +47,13 @@ def _find_cycle(graph: nx.DiGraph) -> str | None:
 
 def _sources_and_sinks(graph: nx.DiGraph) -> Check:
     problems = []
+    phase_of = dict(graph.nodes(data="phase"))
     for phase in ("prefill", "decode"):
-        nodes = [n for n, p in graph.nodes(data="phase") if p == phase]
+        nodes = [n for n, p in phase_of.items() if p == phase]
         if not nodes:
             continue
-        sub = graph.subgraph(nodes)
-        sources = [n for n in sub if sub.in_degree(n) == 0]
-        sinks = [n for n in sub if sub.out_degree(n) == 0]
+        sources = [n for n in nodes if not any(phase_of[u] == phase for u in graph._pred[n])]
+        sinks = [n for n in nodes if not any(phase_of[v] == phase for v in graph._succ[n])]
         if len(sources) != 1 or len(sinks) != 1:
             problems.append(f"{phase}: {len(sources)} sources ({', '.join(sources[:3])}), {len(sinks)} sinks ({', '.join(sinks[:3])})")
     return Check("one source and one sink per phase", not problems, "; ".join(problems) or "prefill and decode each have one")
@@ -75,17 +77,17 @@ def _placement(graph: nx.DiGraph, pl: Placement) -> Check:
 def _expert_ownership(graph: nx.DiGraph, pl: Placement) -> Check:
     if not pl.num_experts:
         return Check("each expert on exactly one EP rank per replica", True, "dense model: no experts")
+    held = {g: set(pl.experts_of_gpu(g)) for g in range(pl.num_gpus)}
+    replica_of = {g: i for s in range(pl.pp) for i, grp in enumerate(pl.ep_groups(s)) for g in grp}
     seen: dict[tuple, dict[int, set[int]]] = {}
     for n, a in graph.nodes(data=True):
-        if a.get("op") != "expert_fc1":
+        if a["op"] != "expert_fc1":
             continue
         gpu = a["gpu"]
+        owners = seen.setdefault((a["phase"], a["step"], a["microbatch"], a["layer"], replica_of[gpu]), {})
         for e in a["experts"]:
-            if e not in pl.experts_of_gpu(gpu):
+            if e not in held[gpu]:
                 return Check("each expert on exactly one EP rank per replica", False, f"{n}: expert {e} not held by GPU {gpu}")
-            key = (a["phase"], a["step"], a["microbatch"], a["layer"])
-            replica = next(i for i, grp in enumerate(pl.ep_groups(pl.stage_of_gpu(gpu))) if gpu in grp)
-            owners = seen.setdefault(key + (replica,), {})
             owners.setdefault(e, set()).add(gpu)
     for key, owners in seen.items():
         for e, gpus in owners.items():
