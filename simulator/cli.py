@@ -11,6 +11,15 @@ from rich.console import Console
 
 EXIT_OK, EXIT_TARGET_MISSED, EXIT_BAD_INPUT = 0, 1, 2
 
+#: Subcommands that live beside their stage: each module defines HELP, add_arguments(parser) and
+#: command(args, console) -> exit code. A module that is absent is simply not offered.
+SUBCOMMAND_MODULES = {
+    "compare": "simulator.sweep",
+    "plot": "simulator.report.plots",
+    "validate": "simulator.validate",
+    "calibrate": "simulator.calibrate",
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moesim", description="Analytical performance simulator for MoE serving.")
@@ -32,7 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     run = scenario_command("run", "simulate the scenario: TTFT, TPOT, throughput, memory, target verdicts")
     run.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     run.add_argument("--no-dag", action="store_true", help="do not render the DAG files")
+
+    for name, module_name in SUBCOMMAND_MODULES.items():
+        module = _optional_module(module_name)
+        if module is not None:
+            module.add_arguments(sub.add_parser(name, help=module.HELP))
     return parser
+
+
+def _optional_module(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "profiles":
         return _profiles(console)
+    if args.command in SUBCOMMAND_MODULES:
+        return _optional_module(SUBCOMMAND_MODULES[args.command]).command(args, console)
     from simulator.config import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)
@@ -118,6 +145,9 @@ def _run(scenario, out: Path, args, console: Console) -> int:
             from simulator.report.dot import render_dag
 
             render_dag(result.graph, staging, scenario.name)
+        plots = _optional_module("simulator.report.plots")
+        if plots is not None:
+            plots.write_run_plots(result, staging, summary)
     print_run(console, result, summary)
     failed = [c for c in result.checks if not c.ok]
     for c in failed:
