@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run = scenario_command("run", "simulate the scenario: TTFT, TPOT, throughput, memory, target verdicts")
     run.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     run.add_argument("--no-dag", action="store_true", help="do not render the DAG files")
+    run.add_argument("--decode-sample", type=int, default=0, metavar="K",
+                     help="simulate K decode steps (after the warm-up) and interpolate the rest; 0 = every step")
 
     for name, module_name in SUBCOMMAND_MODULES.items():
         module = _optional_module(module_name)
@@ -137,7 +139,7 @@ def _run(scenario, out: Path, args, console: Console) -> int:
     from simulator.report.summary import print_run, write_run_files
 
     started = time.perf_counter()
-    result = run_scenario(scenario)
+    result = run_scenario(scenario, decode_sample=args.decode_sample or None)
     elapsed = time.perf_counter() - started
     with run_directory(out, args.force) as staging:
         summary = write_run_files(result, staging)

@@ -431,11 +431,26 @@ def _as_list(dep) -> list[str]:
     return list(dep) if isinstance(dep, list) else [dep]
 
 
-def build_dag(scenario: Scenario) -> nx.DiGraph:
-    """The complete operator DAG: prefill of every microbatch, then every decode step.
+def sampled_decode_steps(total_steps: int, samples: int, warmup_steps: int = 2) -> list[int]:
+    """The first `warmup_steps` decode steps, then about `samples` more evenly spread, the last included.
+
+    The first steps are transients (they wait for the prefill of other microbatches and the
+    pipeline refills); from then on a step's time changes smoothly with its KV length, so the
+    steps between samples can be interpolated (metrics.decode_step_weights)."""
+    if samples <= 0 or samples + warmup_steps >= total_steps:
+        return list(range(1, total_steps + 1))
+    first = warmup_steps + 1
+    spread = max(samples, 2)
+    return sorted(set(range(1, first)) | {round(first + i * (total_steps - first) / (spread - 1)) for i in range(spread)})
+
+
+def build_dag(scenario: Scenario, decode_steps: list[int] | None = None) -> nx.DiGraph:
+    """The operator DAG: prefill of every microbatch, then the decode steps.
 
     Prefill produces the first output token; decode steps t = 1 .. output_len-1 produce the rest,
     attending to input_len + t cached positions. Zero-cost marker nodes open and close each phase.
+    `decode_steps` builds only those steps (chained in order; see sampled_decode_steps), for
+    sweeps where the step time is interpolated between them; the graph records which steps it holds.
     """
     bld = _Builder(scenario)
     m_count = scenario.parallel.microbatches
@@ -444,16 +459,19 @@ def build_dag(scenario: Scenario) -> nx.DiGraph:
     bld.add("prefill.start", [], op="phase_start", phase="prefill", step=0, **marker)
     tokens = [bld.build_pass("prefill", 0, mb, ["prefill.start"]) for mb in range(m_count)]
     bld.add("prefill.end", tokens, op="phase_end", phase="prefill", step=0, **marker)
-    steps = scenario.workload.output_len_tokens - 1
-    if steps > 0:
-        bld.add("decode.start", [], op="phase_start", phase="decode", step=1, **marker)
-        for step in range(1, steps + 1):
+    total_steps = scenario.workload.output_len_tokens - 1
+    steps = list(range(1, total_steps + 1)) if decode_steps is None else sorted(set(decode_steps))
+    if steps and not (1 <= steps[0] and steps[-1] <= total_steps):
+        raise ValueError(f"decode steps must lie in 1..{total_steps}")
+    if steps:
+        bld.add("decode.start", [], op="phase_start", phase="decode", step=steps[0], **marker)
+        for i, step in enumerate(steps):
             for mb in range(m_count):
-                prev = tokens[mb]
-                deps = [prev, "decode.start"] if step == 1 else [prev]
+                deps = [tokens[mb], "decode.start"] if i == 0 else [tokens[mb]]
                 tokens[mb] = bld.build_pass("decode", step, mb, deps)
-        bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps, **marker)
-    return _digraph(bld.nodes, bld.edges, scenario=scenario.name, num_gpus=bld.pl.num_gpus)
+        bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
+    return _digraph(bld.nodes, bld.edges, scenario=scenario.name, num_gpus=bld.pl.num_gpus,
+                    decode_steps=tuple(steps), total_decode_steps=total_steps)
 
 
 def _digraph(nodes: list[tuple[str, dict]], edges: list[tuple[str, str]], **graph_attrs) -> nx.DiGraph:

@@ -7,6 +7,7 @@ when the prefill pass of its microbatch ends; TPOT = (last token time - first to
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -69,15 +70,57 @@ class Metrics:
 # Timing metrics
 
 
-def token_times(ops: pd.DataFrame, microbatches: int) -> tuple[np.ndarray, np.ndarray]:
-    """End time of the first and the last token of every microbatch."""
+def decode_step_weights(steps: tuple[int, ...], total_steps: int, warmup_steps: int = 0) -> dict[int, float]:
+    """How many real decode steps each simulated step stands for.
+
+    All steps simulated: 1 each. A sample (graph.sampled_decode_steps): the warm-up steps stand for
+    themselves (transients); the time of the later steps is interpolated linearly in t between the
+    samples (exact when a step's time is linear in its KV length, as memory-bound attention is),
+    so each sample gets its share of the steps around it.
+    """
+    steps = tuple(sorted(steps))
+    weights = {s: 0.0 for s in steps}
+    if not steps:
+        return weights
+    if len(steps) == total_steps:
+        return {s: 1.0 for s in steps}
+    warm = [s for s in steps if s <= warmup_steps]
+    for s in warm:
+        weights[s] = 1.0
+    rest = steps[len(warm):]
+    for t in range(len(warm) + 1, total_steps + 1):
+        j = bisect.bisect_right(rest, t) - 1
+        if j < 0:
+            weights[rest[0]] += 1.0
+        elif rest[j] == t or j == len(rest) - 1:
+            weights[rest[j]] += 1.0
+        else:
+            lam = (t - rest[j]) / (rest[j + 1] - rest[j])
+            weights[rest[j]] += 1.0 - lam
+            weights[rest[j + 1]] += lam
+    return weights
+
+
+def token_times(ops: pd.DataFrame, microbatches: int, weights: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Time of the first and the last token of every microbatch.
+
+    The last token time is the first plus the sum of every decode step's duration (the time
+    between consecutive tokens of the microbatch), each weighted by the steps it stands for.
+    """
     tokens = ops[ops["op"] == "token"]
     first = np.zeros(microbatches)
-    last = np.zeros(microbatches)
-    for phase, mb, end in zip(tokens["phase"], tokens["microbatch"], tokens["end_s"]):
+    decode: dict[int, list[tuple[int, float]]] = {mb: [] for mb in range(microbatches)}
+    for phase, mb, step, end in zip(tokens["phase"], tokens["microbatch"], tokens["step"], tokens["end_s"]):
         if phase == "prefill":
             first[mb] = end
-        last[mb] = max(last[mb], end)
+        else:
+            decode[mb].append((step, end))
+    last = first.copy()
+    for mb, chain in decode.items():
+        previous = first[mb]
+        for step, end in sorted(chain):
+            last[mb] += (weights or {}).get(step, 1.0) * (end - previous)
+            previous = end
     return first, last
 
 
@@ -86,7 +129,8 @@ def busy_time(ops: pd.DataFrame, num_gpus: int, makespan_s: float, phase: str | 
     frame = ops if phase is None else ops[ops["phase"] == phase]
     busy: dict[int, dict[str, float]] = {g: {} for g in range(num_gpus)}
     compute_busy = [0.0] * num_gpus
-    for kind, gpu, cat, dur in zip(frame["kind"], frame["gpu"], frame["category"], frame["duration_s"]):
+    durations = frame["weighted_s"] if "weighted_s" in frame else frame["duration_s"]
+    for kind, gpu, cat, dur in zip(frame["kind"], frame["gpu"], frame["category"], durations):
         if kind == MARKER:
             continue
         members = gpu if kind == COMM else (gpu,)
@@ -104,28 +148,33 @@ def _bottleneck(ops: pd.DataFrame, phase: str) -> str:
     frame = ops[(ops["phase"] == phase) & (ops["kind"] != MARKER) & (ops["kind"] != COMM)]
     if frame.empty:
         return f"{phase}: no work"
-    per_gpu = frame.groupby("gpu")["duration_s"].sum()
+    per_gpu = frame.groupby("gpu")["weighted_s"].sum()
     gpu = int(per_gpu.idxmax())
     mine = frame[frame["gpu"] == gpu]
-    by = mine.groupby(["category", "bound"])["duration_s"].sum().sort_values(ascending=False)
+    by = mine.groupby(["category", "bound"])["weighted_s"].sum().sort_values(ascending=False)
     (cat, bound), top = by.index[0], by.iloc[0]
     comm = ops[(ops["phase"] == phase) & (ops["kind"] == COMM)]
-    comm_s = sum(d for g, d in zip(comm["gpu"], comm["duration_s"]) if gpu in g)
+    comm_s = sum(d for g, d in zip(comm["gpu"], comm["weighted_s"]) if gpu in g)
     span = frame["end_s"].max() - ops[ops["phase"] == phase]["start_s"].min()
+    span *= frame["weighted_s"].sum() / frame["duration_s"].sum() if frame["duration_s"].sum() else 1.0
     what = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
             "fused": "fused"}.get(bound, bound)
-    return (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * top / mine['duration_s'].sum():.0f}% of its "
+    return (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * top / mine['weighted_s'].sum():.0f}% of its "
             f"compute-stream time; communication occupies {100 * comm_s / span:.0f}% of the phase's span on that GPU")
 
 
 def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float) -> Metrics:
     w, p = scenario.workload, scenario.parallel
-    first, last = token_times(result.ops, p.microbatches)
+    out = w.output_len_tokens
+    sampled = graph.graph.get("decode_steps", tuple(range(1, out)))
+    weights = decode_step_weights(sampled, out - 1, graph.graph.get("warmup_steps", 0))
+    ops = result.ops.assign(weighted_s=result.ops["duration_s"] * np.where(
+        result.ops["phase"] == "decode", result.ops["step"].map(weights).fillna(1.0), 1.0))
+    first, last = token_times(ops, p.microbatches, weights)
     per_mb = w.batch_size // p.microbatches
     ttft = np.repeat(first, per_mb)
-    out = w.output_len_tokens
     tpot = float(np.mean((last - first) / (out - 1))) if out > 1 else 0.0
-    total_s = result.makespan_s
+    total_s = float(max(last.max(), first.max()))
     prefill_s = float(first.max())
     gpus = scenario.num_gpus
     throughput = {
@@ -142,8 +191,8 @@ def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, ca
         total_s=total_s,
         throughput=throughput,
         memory=memory_per_gpu(graph, scenario, capacity_bytes),
-        busy_s=busy_time(result.ops, gpus, total_s),
-        bottleneck={ph: _bottleneck(result.ops, ph) for ph in phases},
+        busy_s=busy_time(ops, gpus, total_s),
+        bottleneck={ph: _bottleneck(ops, ph) for ph in phases},
     )
     return _with_targets(metrics, scenario)
 

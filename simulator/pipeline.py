@@ -10,7 +10,7 @@ import networkx as nx
 
 from simulator.audit import AuditLine, audit
 from simulator.config import Scenario, resolve_hardware
-from simulator.graph import build_dag
+from simulator.graph import build_dag, sampled_decode_steps
 from simulator.hardware import HardwareProfile
 from simulator.memory import memory_per_gpu
 from simulator.metrics import Metrics, compute_metrics
@@ -60,10 +60,16 @@ def dag_scenario(scenario: Scenario, verify: bool = True) -> DagResult:
     return DagResult(scenario, hw, graph, checks, audit(scenario, memory))
 
 
-def run_scenario(scenario: Scenario, verify: bool = True) -> RunResult:
+def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | None = None) -> RunResult:
+    """Simulate the scenario. `decode_sample=K` simulates only K decode steps (evenly spaced,
+    first and last included) and interpolates the others; None or 0 simulates every step."""
     hw = resolve_hardware(scenario)
+    total_steps = scenario.workload.output_len_tokens - 1
+    warmup = scenario.parallel.pp + 1  # steps until the decode pipeline is in its steady state
+    steps = sampled_decode_steps(total_steps, decode_sample, warmup) if decode_sample else None
     with _no_gc():
-        graph = build_dag(scenario)
+        graph = build_dag(scenario, steps)
+        graph.graph["warmup_steps"] = warmup
         sim = simulate_dag(graph, scenario, hw)
     checks = verify_dag(graph, scenario) if verify else []
     metrics = compute_metrics(graph, scenario, sim, hw.memory_bytes)

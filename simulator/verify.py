@@ -117,17 +117,18 @@ def _collective_groups(graph: nx.DiGraph, pl: Placement) -> Check:
 
 
 def _decode_order(graph: nx.DiGraph) -> Check:
-    tokens = {}
+    chains: dict[int, list[tuple[int, str]]] = {}
     for n, a in graph.nodes(data=True):
         if a["op"] == "token":
-            tokens[(a["microbatch"], a["step"] if a["phase"] == "decode" else 0)] = n
-    for (mb, step), n in sorted(tokens.items()):
-        if step == 0:
-            continue
-        prev = tokens.get((mb, step - 1))
-        if prev is None or not nx.has_path(graph, prev, n):
-            return Check("decode steps ordered", False, f"token of step {step} (microbatch {mb}) does not follow step {step - 1}")
-    return Check("decode steps ordered", True, f"{len(tokens)} tokens per microbatch chain in order")
+            chains.setdefault(a["microbatch"], []).append((a["step"] if a["phase"] == "decode" else 0, n))
+    for mb, chain in sorted(chains.items()):
+        chain.sort()
+        for (prev_step, prev), (step, n) in zip(chain, chain[1:]):
+            if not nx.has_path(graph, prev, n):
+                return Check("decode steps ordered", False,
+                             f"token of step {step} (microbatch {mb}) does not follow step {prev_step}")
+    count = max((len(c) for c in chains.values()), default=0)
+    return Check("decode steps ordered", True, f"{count} tokens per microbatch chain in order")
 
 
 def per_gpu_table(graph: nx.DiGraph, scenario: Scenario) -> pd.DataFrame:

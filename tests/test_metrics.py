@@ -103,3 +103,25 @@ def test_faster_hardware_is_never_slower(tiny_moe):
     fast = make_scenario(TINY_MOE, hardware={"profile": "h100-sxm-80gb", "hbm_bytes_per_s": 6.7e12,
                                              "intra_node": {"bytes_per_s": 900e9, "latency_s": 3e-6, "efficiency": 0.82}})
     assert run_scenario(fast).metrics.total_s <= base
+
+
+def test_decode_step_weights_cover_every_step_once():
+    from simulator.graph import sampled_decode_steps
+    from simulator.metrics import decode_step_weights
+
+    steps = sampled_decode_steps(127, 8, warmup_steps=3)
+    assert steps[:3] == [1, 2, 3] and steps[-1] == 127
+    weights = decode_step_weights(tuple(steps), 127, warmup_steps=3)
+    assert sum(weights.values()) == pytest.approx(127)
+    assert weights[1] == weights[2] == weights[3] == 1.0
+    assert decode_step_weights((1, 2, 3), 3) == {1: 1.0, 2: 1.0, 3: 1.0}
+
+
+@pytest.mark.parametrize("parallel", [{}, {"microbatches": 2}, {"pp": 4, "tp": 1, "ep": 1, "microbatches": 4}])
+def test_sampled_decode_matches_full_simulation(parallel):
+    s = make_scenario(TINY_MOE, parallel=parallel, workload={"output_len_tokens": 40})
+    full = run_scenario(s, verify=False).metrics
+    sampled = run_scenario(s, verify=False, decode_sample=6).metrics
+    assert sampled.ttft_s == full.ttft_s  # prefill is always simulated whole
+    assert sampled.total_s == pytest.approx(full.total_s, rel=0.01)
+    assert sampled.tpot_s == pytest.approx(full.tpot_s, rel=0.01)
