@@ -60,7 +60,9 @@ class ModelSpec(_Strict):
     activation: Literal["gelu", "relu", "swiglu", "geglu"] = "gelu"
     dtype: DType = "fp16"
     vocab_size: int = Field(default=0, ge=0)  # 0: no embedding / LM head in the simulated model
-    moe_impl: Literal["grouped", "per_expert"] = "grouped"
+    fused_qkv: bool = False  # one Q/K/V GEMM (as most inference engines run it) instead of three
+    moe_impl: Literal["grouped", "per_expert", "capacity"] = "grouped"
+    capacity_factor: float = Field(default=1.25, gt=0.0)  # moe_impl capacity: slots per expert = ceil(copies / E * factor)
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":

@@ -185,3 +185,49 @@ def compute_op_s(
     if eager and gpu_s < launches * hw.host_launch_s:
         return launches * hw.host_launch_s, "launch"
     return gpu_s, bound
+
+
+# ---------------------------------------------------------------------------------------------
+# Time of one op from measured tables (hardware.Calibration): roofline / measured fraction
+
+
+def _split_roofline(flops: float, bytes_moved: float, peak: float, hbm: float) -> tuple[float, str]:
+    compute_s, memory_s = flops / peak, bytes_moved / hbm
+    return (compute_s, "compute") if compute_s >= memory_s else (memory_s, "memory")
+
+
+def calibrated_gemm_s(m: float, k: float, n: float, b: float, peak: float, hbm: float, fraction: float) -> tuple[float, str]:
+    """GEMM [m,k] x [k,n]: its roofline time divided by the measured fraction for its shape."""
+    roof, bound = _split_roofline(2.0 * m * k * n, (m * k + k * n + m * n) * b, peak, hbm)
+    return roof / fraction, bound
+
+
+def calibrated_grouped_gemm_s(experts: float, rows_per_expert: float, k: float, n: float, b: float, peak: float,
+                              hbm: float, fraction: float) -> tuple[float, str]:
+    """One batched/grouped GEMM over `experts` weight matrices [k,n], each with its rows."""
+    e, c = experts, rows_per_expert
+    roof, bound = _split_roofline(2.0 * e * c * k * n, e * (c * k + k * n + c * n) * b, peak, hbm)
+    return roof / fraction, bound
+
+
+def calibrated_attention_s(flops: float, bytes_moved: float, q_len: int, peak: float, hbm: float,
+                           fraction: float) -> tuple[float, str]:
+    """A share of a flash-attention kernel: prefill at the measured fraction of tensor peak on its
+    FLOPs, decode (one query) at the measured fraction of HBM bandwidth on its bytes."""
+    if q_len > 1:
+        return flops / (peak * fraction), "compute"
+    return bytes_moved / (hbm * fraction), "memory"
+
+
+def eager_time_s(gpu_s: float, bound: str, launches: int, kernel_overhead_s: float, floor_s: float,
+                 eager: bool) -> tuple[float, str]:
+    """A kernel takes at least the smallest kernel time on the GPU and, launched eagerly, at
+    least its class's eager floor (the host cannot issue it faster). Fused sub-ops (launches=0)
+    take only their share of the GPU time."""
+    if launches == 0:
+        return gpu_s, bound
+    if gpu_s < kernel_overhead_s:
+        gpu_s, bound = kernel_overhead_s, "launch"
+    if eager and gpu_s < launches * floor_s:
+        return launches * floor_s, "launch"
+    return gpu_s, bound

@@ -10,6 +10,7 @@ back; TP all-gather restores full activations for the next layer. No hardware fi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -135,7 +136,7 @@ class _Builder:
     def linear(self, nid, deps, op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind=COMPUTE) -> str:
         """A GEMM against a [k, n] weight."""
         return self.compute(nid, deps, op, category, ctx, gpu, costs.linear_cost(tokens, k, n, self.b), in_shape,
-                            out_shape, tensor_core=True, kind=kind, resident_bytes=k * n * self.b)
+                            out_shape, tensor_core=True, kind=kind, resident_bytes=k * n * self.b, gemm=(tokens, k, n))
 
     def collective(self, nid, deps, op, category, ctx, gpus, collective, send_bytes, recv_bytes,
                    message_bytes, shape, group) -> str:
@@ -264,26 +265,33 @@ class _Builder:
             p = f"{L}.g{g}"
             n = self.compute(f"{p}.norm_attn", dep, "norm_attn", "norm_residual", ctx, g,
                              costs.elementwise_cost(T * h, T * h, costs.NORM_FLOPS_PER_ELEMENT, b), (Td, h), (Td, h))
-            q = self.linear(f"{p}.q_proj", [n], "q_proj", "attention", ctx, g, T, h, hl * hd,
-                            (Td, h), (_dim(seqs), hl, q_len, hd))
-            k = self.linear(f"{p}.k_proj", [n], "k_proj", "attention", ctx, g, T, h, kvl * hd,
-                            (Td, h), (_dim(seqs), kvl, q_len, hd))
-            v = self.linear(f"{p}.v_proj", [n], "v_proj", "attention", ctx, g, T, h, kvl * hd,
-                            (Td, h), (_dim(seqs), kvl, q_len, hd))
+            if m.fused_qkv:  # one GEMM against the concatenated [h, (hl + 2 kvl) hd] weight
+                q = k = v = self.linear(f"{p}.qkv_proj", [n], "qkv_proj", "attention", ctx, g, T, h,
+                                        (hl + 2 * kvl) * hd, (Td, h), (Td, (hl + 2 * kvl) * hd))
+            else:
+                q = self.linear(f"{p}.q_proj", [n], "q_proj", "attention", ctx, g, T, h, hl * hd,
+                                (Td, h), (_dim(seqs), hl, q_len, hd))
+                k = self.linear(f"{p}.k_proj", [n], "k_proj", "attention", ctx, g, T, h, kvl * hd,
+                                (Td, h), (_dim(seqs), kvl, q_len, hd))
+                v = self.linear(f"{p}.v_proj", [n], "v_proj", "attention", ctx, g, T, h, kvl * hd,
+                                (Td, h), (_dim(seqs), kvl, q_len, hd))
             qshape, kvshape = (_dim(seqs), hl, q_len, hd), (_dim(seqs), kvl, kv_len, hd)
             kv_bytes = seqs * kvl * kv_len * hd * b  # K (or V) of the cache: resident, not transient
-            sc = self.compute(f"{p}.attn_scores", [q, k], "attn_scores", "attention", ctx, g,
+            # One flash-attention kernel computes scores, softmax and context; these describe it.
+            attn = {"fused": "flash_attention", "kv_len": kv_len, "q_len": q_len, "head_dim": hd,
+                    "batch_heads": seqs * hl, "kv_bytes_total": 2 * kv_bytes}
+            sc = self.compute(f"{p}.attn_scores", sorted({q, k}), "attn_scores", "attention", ctx, g,
                               costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, hd, b),
                               (qshape, kvshape), (_dim(seqs), hl, q_len, kv_len), tensor_core=True,
-                              fused="flash_attention", kv_len=kv_len, resident_bytes=kv_bytes)
+                              resident_bytes=kv_bytes, **attn)
             sm = self.compute(f"{p}.attn_softmax", [sc], "attn_softmax", "attention", ctx, g,
                               costs.attention_softmax_cost(seqs, hl, q_len, kv_len),
                               (_dim(seqs), hl, q_len, kv_len), (_dim(seqs), hl, q_len, kv_len), launches=0,
-                              fused="flash_attention", kv_len=kv_len)
-            cx = self.compute(f"{p}.attn_context", [sm, v], "attn_context", "attention", ctx, g,
+                              **attn)
+            cx = self.compute(f"{p}.attn_context", [sm, v] if v != q else [sm], "attn_context", "attention", ctx, g,
                               costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, hd, b),
                               ((_dim(seqs), hl, q_len, kv_len), kvshape), qshape, tensor_core=True, launches=0,
-                              fused="flash_attention", kv_len=kv_len, resident_bytes=kv_bytes)
+                              resident_bytes=kv_bytes, **attn)
             out_proj[g] = self.linear(f"{p}.o_proj", [cx], "o_proj", "attention", ctx, g, T, hl * hd, h,
                                       (Td, hl * hd), (Td, h))
 
@@ -317,9 +325,14 @@ class _Builder:
                               costs.elementwise_cost(Ts * h, Ts * h, costs.NORM_FLOPS_PER_ELEMENT, b), (Tsd, h), (Tsd, h))
             gate = self.linear(f"{p}.router", [n2], "router", "router", ctx, g, Ts, h, E, (Tsd, h), (Tsd, E),
                                kind=ROUTING)
-            routed[g] = self.compute(f"{p}.topk", [gate], "topk", "router", ctx, g,
-                                     costs.elementwise_cost(Ts * E, Ts * k * 2, costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k), b),
-                                     (Tsd, E), (Tsd, k), kind=ROUTING)
+            top = self.compute(f"{p}.topk", [gate], "topk", "router", ctx, g,
+                               costs.elementwise_cost(Ts * E, Ts * k * 2, costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k), b),
+                               (Tsd, E), (Tsd, k), kind=ROUTING)
+            # Gather every token copy into expert order (the send buffers of the dispatch).
+            copies = Ts * k * pl.etp
+            routed[g] = self.compute(f"{p}.moe_permute", [top], "moe_permute", "router", ctx, g,
+                                     costs.elementwise_cost(Ts * h, copies * h, 0.0, b), (Tsd, h), (_dim(copies), h),
+                                     kind=ROUTING)
 
         moe_out: dict[int, str] = {}
         for group in pl.ep_groups(stage):
@@ -368,24 +381,34 @@ class _Builder:
         return out
 
     def _experts(self, prefix, ctx, g, deps, experts, tokens_e) -> list[str]:
-        """FC1, activation, FC2 of this GPU's experts: one grouped kernel each, or one per expert."""
+        """FC1, activation, FC2 of this GPU's experts, as the model's moe_impl runs them:
+        grouped (one grouped GEMM over exactly the routed tokens), per_expert (a GEMM pair per
+        expert), or capacity (GShard: every expert padded to C slots, one batched GEMM over all)."""
         m, h, b = self.m, self.h, self.b
         ffn = (m.expert_ffn_size or 0) // self.pl.etp
         up = 2 * ffn if m.gated else ffn
-        batches = [(f"{prefix}", experts, tokens_e)]
         if m.moe_impl == "per_expert":
             batches = [(f"{prefix}.e{e}", [e], [t]) for e, t in zip(experts, tokens_e) if t > 0]
+        elif m.moe_impl == "capacity":
+            routed_total = sum(tokens_e) * m.num_experts / max(len(experts), 1)  # copies reaching this replica
+            slots = math.ceil(routed_total / m.num_experts * m.capacity_factor)
+            batches = [(prefix, experts, [float(slots)] * len(experts))]
+        else:
+            batches = [(prefix, experts, tokens_e)]
         ends = []
         for p, ex, toks in batches:
             fc1, act, fc2 = costs.expert_ffn_costs(toks, h, ffn, m.gated, m.activation, b)
-            T = _dim(sum(toks))
-            extra = {"experts": tuple(ex), "expert_tokens": tuple(toks)}
+            rows = sum(toks)
+            T = _dim(rows)
             active = sum(1 for t in toks if t > 0)
+            per_expert = rows / active if active else 0.0
+            extra = {"experts": tuple(ex), "expert_tokens": tuple(toks), "grouped": (active, per_expert)}
             a = self.compute(f"{p}.expert_fc1", deps, "expert_fc1", "experts", ctx, g, fc1, (T, h), (T, up),
-                             tensor_core=True, resident_bytes=active * h * up * b, **extra)
+                             tensor_core=True, resident_bytes=active * h * up * b, gemm=(rows, h, up), **extra)
             a = self.compute(f"{p}.expert_act", [a], "expert_act", "experts", ctx, g, act, (T, up), (T, ffn), **extra)
             ends.append(self.compute(f"{p}.expert_fc2", [a], "expert_fc2", "experts", ctx, g, fc2, (T, ffn), (T, h),
-                                     tensor_core=True, resident_bytes=active * ffn * h * b, **extra))
+                                     tensor_core=True, resident_bytes=active * ffn * h * b, gemm=(rows, ffn, h),
+                                     **extra))
         return ends
 
     def _dense_ffn(self, L, ctx, after_attn, T) -> dict[int, str]:
@@ -471,7 +494,7 @@ def build_dag(scenario: Scenario, decode_steps: list[int] | None = None) -> nx.D
                 tokens[mb] = bld.build_pass("decode", step, mb, deps)
         bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
     return _digraph(bld.nodes, bld.edges, scenario=scenario.name, num_gpus=bld.pl.num_gpus,
-                    decode_steps=tuple(steps), total_decode_steps=total_steps)
+                    decode_steps=list(steps), total_decode_steps=total_steps)
 
 
 def _digraph(nodes: list[tuple[str, dict]], edges: list[tuple[str, str]], **graph_attrs) -> nx.DiGraph:

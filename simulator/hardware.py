@@ -6,6 +6,8 @@ constants the cost model applies to them. Nothing in this module knows about mod
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -41,6 +43,24 @@ class PeakFlops(_Strict):
     fp8: PositiveFloat
 
 
+class Calibration(_Strict):
+    """Measured efficiency tables (written by `moesim calibrate`), used instead of the constants.
+
+    Every "fraction" is GPU-side achieved time over the roofline time: roofline / measured, with
+    roofline = max(FLOPs / dense peak, bytes / HBM peak). Calls that sat on the eager launch floor
+    are left out (their GPU time is hidden); the floors themselves are kept per op class.
+    """
+
+    source: str
+    eager_floor_s: dict[str, float]  # per op class: gemm, grouped_gemm, attention, elementwise
+    gemm: list[tuple[float, float, float, float]]  # M, K, N, fraction
+    grouped_gemm: list[tuple[float, float, float, float, float]]  # experts, rows per expert, K, N, fraction
+    attention_prefill: list[tuple[float, float, float]]  # head_dim, batch*heads*seq^2, fraction of tensor peak
+    attention_decode: list[tuple[float, float, float]]  # head_dim, K+V bytes, fraction of HBM peak
+    elementwise_s_per_byte: dict[str, float]  # op class -> seconds per byte of its output
+    topk_s_per_row: float = Field(ge=0.0)
+
+
 class HardwareProfile(_Strict):
     """A GPU and its links. Figures are SI: bytes, seconds, FLOP/s, bytes/s."""
 
@@ -58,6 +78,7 @@ class HardwareProfile(_Strict):
     gpus_per_node: int = Field(ge=1)
     intra_node: LinkSpec
     inter_node: LinkSpec
+    calibration: Calibration | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "HardwareProfile":
@@ -69,6 +90,47 @@ class HardwareProfile(_Strict):
 
     def peak_for(self, dtype: DType) -> float:
         return float(getattr(self.peak_flops_per_s, dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Efficiency model: interpolation of the measured tables
+
+
+def series_interpolate(points: list[tuple], key: tuple[float, ...], x: float) -> float:
+    """Interpolate y at (key, x) from points (*key, x, y).
+
+    Points are grouped into series by key. Within a series, y is interpolated linearly in log x
+    and held constant beyond its ends (no extrapolated trends). Across series, the values are
+    blended by inverse squared distance in log-key space; an exact key match is used alone.
+    """
+    series: dict[tuple, list[tuple[float, float]]] = {}
+    for *k, px, py in points:
+        series.setdefault(tuple(k), []).append((px, py))
+    if not series:
+        raise ValueError("no calibration points")
+    lx = math.log(max(x, 1e-30))
+    weights, values = [], []
+    for k, pts in series.items():
+        pts.sort()
+        xs = [math.log(p[0]) for p in pts]
+        ys = [p[1] for p in pts]
+        value = _interp(lx, xs, ys)
+        distance = sum((math.log(a) - math.log(b)) ** 2 for a, b in zip(k, key))
+        if distance < 1e-18:
+            return value
+        weights.append(1.0 / distance)
+        values.append(value)
+    return sum(w * v for w, v in zip(weights, values)) / sum(weights)
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x) - 1
+    lam = (x - xs[i]) / (xs[i + 1] - xs[i])
+    return ys[i] + lam * (ys[i + 1] - ys[i])
 
 
 class ProfileError(ValueError):

@@ -166,7 +166,7 @@ def _bottleneck(ops: pd.DataFrame, phase: str) -> str:
 def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float) -> Metrics:
     w, p = scenario.workload, scenario.parallel
     out = w.output_len_tokens
-    sampled = graph.graph.get("decode_steps", tuple(range(1, out)))
+    sampled = tuple(graph.graph.get("decode_steps", range(1, out)))
     weights = decode_step_weights(sampled, out - 1, graph.graph.get("warmup_steps", 0))
     ops = result.ops.assign(weighted_s=result.ops["duration_s"] * np.where(
         result.ops["phase"] == "decode", result.ops["step"].map(weights).fillna(1.0), 1.0))

@@ -14,9 +14,9 @@ import networkx as nx
 import pandas as pd
 
 from simulator import costs, engine
-from simulator.config import Scenario, gpus_per_node
+from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
 from simulator.graph import COMM, MARKER
-from simulator.hardware import HardwareProfile
+from simulator.hardware import Calibration, HardwareProfile, series_interpolate
 
 STREAMS = ("compute", "comm")
 
@@ -49,7 +49,7 @@ class Resources:
         return f"gpu{gpu}.{('compute', 'comm', 'tx', 'rx')[kind]}"
 
 
-def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool) -> tuple[float, str]:
+def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
     """Duration of one node on the profile, and what bounds it."""
     kind = attrs["kind"]
     if kind == MARKER:
@@ -70,6 +70,8 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool) -> tupl
         else:
             raise ValueError(f"unknown collective {coll!r}")
         return t, ("nvlink" if same_node else "network")
+    if hw.calibration is not None:
+        return calibrated_node_s(attrs, hw, hw.calibration, eager, gated)
     return costs.compute_op_s(
         attrs["flops"],
         attrs["bytes_read"] + attrs["bytes_written"],
@@ -79,6 +81,53 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool) -> tupl
         attrs["launches"],
         eager,
     )
+
+
+#: Which measured element-wise class times each memory-bound op (per output byte).
+ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
+
+
+def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager: bool, gated: bool) -> tuple[float, str]:
+    """Time of a compute node from the profile's measured tables (see hardware.Calibration)."""
+    op, dtype = attrs["op"], attrs["dtype"]
+    b = DTYPE_BYTES[dtype]
+    peak, hbm = hw.peak_for(dtype), hw.hbm_bytes_per_s
+    floors = cal.eager_floor_s
+    if "gemm" in attrs:
+        m, k, n = attrs["gemm"]
+        if "grouped" in attrs and attrs["grouped"][0] > 1:
+            experts, rows = attrs["grouped"]
+            frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
+            t, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, b, peak, hbm, frac)
+            floor = floors["grouped_gemm"]
+        else:
+            frac = series_interpolate(cal.gemm, (k, n), m)
+            t, bound = costs.calibrated_gemm_s(m, k, n, b, peak, hbm, frac)
+            floor = floors["gemm"]
+    elif attrs.get("fused") == "flash_attention":
+        if op == "attn_softmax":
+            return 0.0, "fused"  # inside the measured flash-attention rate
+        d, q_len = attrs["head_dim"], attrs["q_len"]
+        if q_len > 1:
+            frac = series_interpolate(cal.attention_prefill, (d,), attrs["batch_heads"] * q_len * attrs["kv_len"])
+        else:
+            frac = series_interpolate(cal.attention_decode, (d,), attrs["kv_bytes_total"])
+        t, bound = costs.calibrated_attention_s(attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len,
+                                                peak, hbm, frac)
+        floor = floors["attention"]
+    else:
+        per_byte = cal.elementwise_s_per_byte
+        if op == "topk":
+            rows = attrs["in_shape"][0]
+            t = rows * cal.topk_s_per_row + per_byte.get("softmax", 0.0) * attrs["bytes_read"]
+        elif op in ("expert_act", "ffn_act"):
+            t = per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_written"]
+        elif op in ELEMENTWISE_CLASS:
+            t = per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
+        else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move
+            t = per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
+        bound, floor = "memory", floors["elementwise"]
+    return costs.eager_time_s(t, bound, attrs["launches"], hw.kernel_overhead_s, floor, eager)
 
 
 def node_resources(attrs: dict, res: Resources) -> tuple[int, ...]:
@@ -113,6 +162,7 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     gpn = gpus_per_node(scenario, hw)
     prefill_eager = True  # prefill runs eagerly in both modes (vLLM captures decode only)
     decode_eager = scenario.runtime.mode == "eager"
+    gated = scenario.model.gated
 
     durations, bounds, resources, successors = [], [], [], []
     node_attrs = graph._node
@@ -120,7 +170,7 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     for n in nodes:
         a = node_attrs[n]
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
-        t, bound = node_time_s(a, hw, gpn, eager)
+        t, bound = node_time_s(a, hw, gpn, eager, gated)
         durations.append(t)
         bounds.append(bound)
         resources.append(node_resources(a, res))
@@ -140,6 +190,8 @@ def _trace_table(graph, nodes, durations, bounds, trace) -> pd.DataFrame:
     get = itemgetter(*_COLUMNS)
     frame = pd.DataFrame.from_records([get(attrs[n]) for n in nodes], columns=_COLUMNS)
     frame.insert(0, "node", nodes)
+    # ints, tuples and None: keep them as Python objects (a one-GPU run would otherwise turn to floats)
+    frame["gpu"] = pd.Series([attrs[n]["gpu"] for n in nodes], dtype=object)
     frame["stream"] = frame["kind"].map({COMM: "comm", MARKER: "none"}).fillna("compute")
     frame["start_s"] = trace.start_s
     frame["end_s"] = trace.end_s

@@ -140,7 +140,7 @@ def test_dot_shapes_follow_kind(dot_text):
 
 
 def test_dot_routing_edges_are_dashed(dot_text):
-    assert '"p.mb0.L0.g0.topk" -> "p.mb0.L0.s0r0.a2a_dispatch" [style=dashed];' in dot_text
+    assert '"p.mb0.L0.g0.moe_permute" -> "p.mb0.L0.s0r0.a2a_dispatch" [style=dashed];' in dot_text
     assert '"p.mb0.L0.g0.router" -> "p.mb0.L0.g0.topk";' in dot_text
     assert '"p.mb0.L0.g0.q_proj" -> "p.mb0.L0.g0.attn_scores";' in dot_text
 
@@ -203,6 +203,6 @@ def test_single_gpu_graph_renders(tmp_path):
     assert nx.is_directed_acyclic_graph(view)
     assert "p.mb0.L0.g0.topk" in view
     text = to_dot(view, "one GPU", notes)
-    assert '"p.mb0.L0.g0.topk" -> "p.mb0.L0.g0.expert_fc1" [style=dashed];' in text
+    assert '"p.mb0.L0.g0.moe_permute" -> "p.mb0.L0.g0.expert_fc1" [style=dashed];' in text
     paths = render_dag(g, tmp_path, "one GPU")
     assert paths["png"].stat().st_size > 0

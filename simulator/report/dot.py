@@ -35,7 +35,7 @@ COMM_FILL, COMM_BORDER, FOLDED_FILL = "#f2f2f2", "#505050", "#fff7dc"
 SHAPES = {"compute": "box", "communication": "ellipse", "routing": "parallelogram",
           FOLDED: "box3d", "marker": "plaintext"}
 TRANSFER_OPS = frozenset({"pp_send", "token_send"})
-ROUTING_SOURCE_OPS = frozenset({"topk", "router"})
+ROUTING_SOURCE_OPS = frozenset({"topk", "router", "moe_permute"})
 DOT_MISSING = "Graphviz 'dot' not found: install it (apt-get install graphviz)"
 DOT_TIMEOUT_S = 300
 MAX_SIZE_IN = (60, 166)  # larger drawings are scaled down: at 72 dpi the PNG stays within ~12k pixels
@@ -456,7 +456,7 @@ def _legend(gpus: list[int], notes: list[str]) -> list[str]:
         ("legend.routing", "routing\n(router, top-k, sample)", {"kind": "routing", "gpu": 0}),
         ("legend.folded", "folded repeats\n(layers, steps, microbatches)", {"kind": FOLDED}),
         ("legend.marker", "marker\n(phase start/end, token)", {"kind": "marker"}),
-        ("legend.edge", "solid arrow: dependency\ndashed arrow: routing decision\n(top-k -> dispatch)",
+        ("legend.edge", "solid arrow: dependency\ndashed arrow: routing decision\n(gate -> dispatch)",
          {"kind": "text"}),
     ]
     palette = len(GPU_PALETTE)

@@ -1,0 +1,47 @@
+"""Reports: predicted-vs-measured table and log-log plot of a validation run."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from simulator.report.output import write_atomic  # noqa: E402
+
+
+def write_validation(outcomes, out_dir: Path) -> None:
+    frame = pd.DataFrame([{"case": o.case, "metric": o.metric, "predicted": o.predicted, "measured": o.measured,
+                           "error": o.error} for o in outcomes])
+    write_atomic(out_dir / "validation.csv", frame.to_csv(index=False))
+    fig, ax = plt.subplots(figsize=(7, 6.5), dpi=110)
+    lo = min(frame["predicted"].min(), frame["measured"].min()) / 2
+    hi = max(frame["predicted"].max(), frame["measured"].max()) * 2
+    line = [lo, hi]
+    ax.plot(line, line, color="black", lw=1, label="predicted = measured")
+    ax.fill_between(line, [v * 0.9 for v in line], [v * 1.1 for v in line], color="tab:green", alpha=0.15,
+                    label="±10 %")
+    for metric, part in frame.groupby("metric"):
+        ax.scatter(part["measured"], part["predicted"], s=50, label=metric, zorder=3)
+    for row in frame.itertuples():
+        ax.annotate(f"{row.case.split(',')[0]} ({100 * row.error:+.0f}%)", (row.measured, row.predicted),
+                    textcoords="offset points", xytext=(6, -4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured (s)")
+    ax.set_ylabel("predicted by moesim (s)")
+    errors = frame["error"].abs()
+    ax.set_title(f"moesim vs measurement: median |error| {100 * errors.median():.1f}%, max {100 * errors.max():.1f}%")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(out_dir / "validation.png", buf.getvalue())

@@ -1,0 +1,109 @@
+"""Validation: predict measured runs and report moesim's error (`moesim validate CASES.yaml`)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError
+
+from simulator.config import ScenarioError, parse_scenario
+from simulator.pipeline import run_scenario
+
+HELP = "predict the measured runs of a cases file and report the error (median, max)"
+
+Metric = Literal["prefill_s", "decode_step_s", "ttft_mean_s", "tpot_s", "total_s", "output_tokens_per_ms_per_gpu"]
+
+
+class Case(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    source: str = ""
+    metric: Metric
+    measured: PositiveFloat
+    scenario: dict[str, Any]
+
+
+class CasesFile(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)  # extra keys hold YAML anchors (shared models)
+    cases: list[Case]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: str
+    metric: str
+    predicted: float
+    measured: float
+
+    @property
+    def error(self) -> float:
+        """Signed relative error of the prediction."""
+        return self.predicted / self.measured - 1.0
+
+
+def load_cases(path: Path) -> list[Case]:
+    if not Path(path).is_file():
+        raise ScenarioError(f"{path}: no such cases file")
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return CasesFile.model_validate(data).cases
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: YAML syntax error: {str(exc).splitlines()[0]}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ScenarioError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def predict(case: Case) -> Outcome:
+    """moesim's figure for one case (single steps are read off the simulated trace)."""
+    scenario = parse_scenario({"name": case.name.split(",")[0].replace(" ", "_"), **case.scenario}, f"case '{case.name}'")
+    m = run_scenario(scenario, verify=False).metrics
+    value = {
+        "prefill_s": m.prefill_s,
+        "decode_step_s": m.tpot_s,  # mean time between consecutive tokens of a sequence
+        "ttft_mean_s": m.ttft_s.mean,
+        "tpot_s": m.tpot_s,
+        "total_s": m.total_s,
+        "output_tokens_per_ms_per_gpu": m.throughput["output_tokens_per_ms_per_gpu"],
+    }[case.metric]
+    return Outcome(case.name, case.metric, value, case.measured)
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, float]:
+    errors = [abs(o.error) for o in outcomes]
+    return {"median_abs_error": statistics.median(errors), "max_abs_error": max(errors), "cases": len(errors)}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("cases", type=Path, help="cases YAML (see validation/dev_cases.yaml)")
+    parser.add_argument("--out", type=Path, help="write validation.csv and validation.png here")
+    parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
+
+
+def command(args, console) -> int:
+    from rich.table import Table
+
+    cases = load_cases(args.cases)
+    outcomes = [predict(c) for c in cases]
+    table = Table(title=f"Validation: {args.cases}")
+    for col in ("case", "metric", "predicted", "measured", "error"):
+        table.add_column(col, justify="left" if col in ("case", "metric") else "right")
+    for o in outcomes:
+        colour = "green" if abs(o.error) <= 0.10 else "yellow" if abs(o.error) <= 0.25 else "red"
+        table.add_row(o.case, o.metric, f"{o.predicted:.4g}", f"{o.measured:.4g}", f"[{colour}]{100 * o.error:+.1f}%[/]")
+    console.print(table)
+    s = summarize(outcomes)
+    console.print(f"median |error| {100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}% "
+                  f"over {s['cases']} cases")
+    if args.out:
+        from simulator.report.output import run_directory
+        from simulator.report.validation_plot import write_validation
+
+        with run_directory(args.out, args.force) as staging:
+            write_validation(outcomes, staging)
+        console.print(f"wrote {args.out}/validation.csv and validation.png")
+    return 0
