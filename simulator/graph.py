@@ -295,19 +295,7 @@ class _Builder:
             out_proj[g] = self.linear(f"{p}.o_proj", [cx], "o_proj", "attention", ctx, g, T, hl * hd, h,
                                       (Td, hl * hd), (Td, h))
 
-        after_attn: dict[int, str] = {}
-        for d in range(pl.dp):
-            group = pl.tp_group(stage, d)
-            if pl.tp > 1:
-                S = T * h * b
-                n = pl.tp
-                vol = 2.0 * (n - 1) / n * S
-                ar = self.collective(f"{L}.s{stage}d{d}.tp_allreduce", [out_proj[g] for g in group], "tp_allreduce",
-                                     "tp_comm", ctx, group, "all_reduce", [vol] * n, [vol] * n, S, (Td, h), "tp")
-                for g in group:
-                    after_attn[g] = ar
-            else:
-                after_attn[group[0]] = out_proj[group[0]]
+        after_attn = self._tp_allreduce(f"{L}.s{stage}", "tp_allreduce", out_proj, ctx, T)
 
         if not m.is_moe:
             return self._dense_ffn(L, ctx, after_attn, T)
@@ -432,19 +420,25 @@ class _Builder:
                              (Td, up), (Td, ffn))
             fc2[g] = self.linear(f"{p}.ffn_fc2", [a], "ffn_fc2", "ffn", ctx, g, T, ffn, h, (Td, ffn), (Td, h))
             resid[g] = r1
+        reduced = self._tp_allreduce(f"{L}.s{stage}", "tp_allreduce_ffn", fc2, ctx, T)
+        return {g: self.compute(f"{L}.g{g}.residual_ffn", [reduced[g]], "residual_add", "norm_residual", ctx, g,
+                                costs.elementwise_cost(2 * T * h, T * h, 1.0, b), (Td, h), (Td, h))
+                for g in pl.stage_gpus(stage)}
+
+    def _tp_allreduce(self, prefix: str, name: str, partial: dict[int, str], ctx: dict, T: float) -> dict[int, str]:
+        """Sum the row-parallel partial outputs [T, h] over each TP group (ring all-reduce); with
+        tp = 1 each GPU's output passes through."""
+        pl, h, b = self.pl, self.h, self.b
+        if pl.tp == 1:
+            return dict(partial)
         out: dict[int, str] = {}
+        S, n = T * h * b, pl.tp
+        vol = 2.0 * (n - 1) / n * S  # each rank sends (and receives) this much
         for d in range(pl.dp):
-            group = pl.tp_group(stage, d)
-            if pl.tp > 1:
-                S = T * h * b
-                n = pl.tp
-                vol = 2.0 * (n - 1) / n * S
-                red = self.collective(f"{L}.s{stage}d{d}.tp_allreduce_ffn", [fc2[g] for g in group], "tp_allreduce",
-                                      "tp_comm", ctx, group, "all_reduce", [vol] * n, [vol] * n, S, (Td, h), "tp")
-            for g in group:
-                dep = red if pl.tp > 1 else fc2[g]
-                out[g] = self.compute(f"{L}.g{g}.residual_ffn", [dep], "residual_add", "norm_residual", ctx, g,
-                                      costs.elementwise_cost(2 * T * h, T * h, 1.0, b), (Td, h), (Td, h))
+            group = pl.tp_group(ctx["stage"], d)
+            node = self.collective(f"{prefix}d{d}.{name}", [partial[g] for g in group], "tp_allreduce", "tp_comm",
+                                   ctx, group, "all_reduce", [vol] * n, [vol] * n, S, (_dim(T), h), "tp")
+            out.update({g: node for g in group})
         return out
 
 
