@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,11 +38,16 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a NaN or infinite figure would flow silently into every time and byte.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Divisors of n, for error messages; O(sqrt n), and only the small ones of an absurd n."""
+    small = [d for d in range(1, min(math.isqrt(n), 10**6) + 1) if n % d == 0]
+    if n > 10**12:
+        return small
+    return sorted(set(small) | {n // d for d in small})
 
 
 class ModelSpec(_Strict):
@@ -63,6 +69,21 @@ class ModelSpec(_Strict):
     fused_qkv: bool = False  # one Q/K/V GEMM (as most inference engines run it) instead of three
     moe_impl: Literal["grouped", "per_expert", "capacity"] = "grouped"
     capacity_factor: float = Field(default=1.25, gt=0.0)  # moe_impl capacity: slots per expert = ceil(copies / E * factor)
+    # Shared experts (DeepSeek, Qwen2-MoE): run on every token beside the routed ones, as one FFN of
+    # width num_shared_experts * shared_expert_ffn_size, replicated on every GPU of a stage (each
+    # GPU runs it on the tokens it routes, so it needs no communication).
+    num_shared_experts: int = Field(default=0, ge=0)
+    shared_expert_ffn_size: PositiveInt | None = None  # per shared expert; default expert_ffn_size
+    first_k_dense_layers: int = Field(default=0, ge=0)  # DeepSeek: layers 0..k-1 use a dense FFN of ffn_size
+    weight_dtype: DType | None = None  # default: dtype (e.g. fp8 weights with bf16 activations)
+    kv_cache_dtype: DType | None = None  # default: dtype
+    # Multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank is set: head_dim is then the
+    # non-rotary part of a query/key head (qk_nope_head_dim); the KV cache holds kv_lora_rank +
+    # qk_rope_head_dim values per token and layer, shared by all heads.
+    kv_lora_rank: PositiveInt | None = None
+    q_lora_rank: PositiveInt | None = None  # None: a plain [hidden, heads * (nope + rope)] query projection
+    qk_rope_head_dim: PositiveInt | None = None
+    v_head_dim: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -82,7 +103,37 @@ class ModelSpec(_Strict):
                 raise ValueError(f"top_k = {self.top_k} exceeds num_experts = {self.num_experts}")
         elif self.ffn_size is None:
             raise ValueError("a dense model (num_experts = 0) needs ffn_size")
+        if (self.num_shared_experts or self.first_k_dense_layers) and not self.is_moe:
+            raise ValueError("num_shared_experts and first_k_dense_layers apply to MoE models (num_experts > 0)")
+        if self.first_k_dense_layers:
+            if self.ffn_size is None:
+                raise ValueError(f"first_k_dense_layers = {self.first_k_dense_layers} needs ffn_size (the dense FFN width)")
+            if self.first_k_dense_layers > self.num_layers:
+                raise ValueError(f"first_k_dense_layers = {self.first_k_dense_layers} exceeds num_layers = {self.num_layers}")
+        mla = (self.kv_lora_rank, self.qk_rope_head_dim, self.v_head_dim)
+        if any(x is not None for x in mla + (self.q_lora_rank,)) and any(x is None for x in mla):
+            raise ValueError("multi-head latent attention needs kv_lora_rank, qk_rope_head_dim and v_head_dim together")
         return self
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.is_moe and layer >= self.first_k_dense_layers
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def shared_ffn_size(self) -> int:
+        """Width of the fused shared-expert FFN (0 without shared experts)."""
+        return self.num_shared_experts * (self.shared_expert_ffn_size or self.expert_ffn_size or 0)
+
+    @property
+    def weight_bytes(self) -> float:
+        return DTYPE_BYTES[self.weight_dtype or self.dtype]
+
+    @property
+    def kv_bytes(self) -> float:
+        return DTYPE_BYTES[self.kv_cache_dtype or self.dtype]
 
     @property
     def kv_heads(self) -> int:
@@ -142,10 +193,50 @@ class ParallelSpec(_Strict):
         return self.pp * self.dp * self.tp
 
 
+class RoutingSpec(_Strict):
+    """How the router spreads token copies over the experts (the same in every pass).
+
+    YAML: `uniform` (default), `{zipf: s}` (expert i, counted from 0, gets a share proportional to
+    1/(i+1)^s: the hottest experts sit on the first EP rank, the worst case), `{loads: [..]}`
+    (per-expert fractions, normalised), or `{sampled: seed}` (a multinomial draw, per layer, of the
+    prefill's token copies over uniform probabilities; deterministic for a seed). Any of them may
+    add `capacity_factor: c`: an expert keeps at most ceil(c * copies / num_experts) copies per
+    pass and its EP group; the rest are dropped (they skip the experts) and counted.
+    """
+
+    zipf: PositiveFloat | None = None
+    loads: tuple[float, ...] | None = None
+    sampled: int | None = Field(default=None, ge=0)
+    capacity_factor: PositiveFloat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_word(cls, value: Any) -> Any:
+        if value == "uniform" or value is None:
+            return {}
+        if isinstance(value, str):
+            raise ValueError(f"routing: unknown routing '{value}'; use uniform, {{zipf: s}}, {{loads: [...]}} or {{sampled: seed}}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "RoutingSpec":
+        given = [k for k in ("zipf", "loads", "sampled") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"routing: give one of zipf, loads, sampled (got {', '.join(given)})")
+        if self.loads is not None and (any(x < 0 for x in self.loads) or sum(self.loads) <= 0):
+            raise ValueError("routing.loads: fractions must be >= 0 with a positive sum")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next((k for k in ("zipf", "loads", "sampled") if getattr(self, k) is not None), "uniform")
+
+
 class WorkloadSpec(_Strict):
     batch_size: PositiveInt
     input_len_tokens: PositiveInt
     output_len_tokens: PositiveInt
+    routing: RoutingSpec = RoutingSpec()
 
 
 class RuntimeSpec(_Strict):
@@ -290,6 +381,10 @@ def _check_layout(s: Scenario) -> None:
         raise _LayoutError(
             "workload", f"batch_size * (input + output) = {total_tokens:.3g} tokens exceeds the supported {MAX_TOKENS:.0e}"
         )
+    loads = w.routing.loads
+    if loads is not None and len(loads) != m.num_experts:
+        raise _LayoutError("workload.routing.loads",
+                           f"routing.loads has {len(loads)} entries; it needs one per expert (model.num_experts = {m.num_experts})")
     if m.is_moe is False and p.ep > 1:
         raise _LayoutError("parallel.ep", "ep must be 1 for a dense model")
 
@@ -332,6 +427,11 @@ def _one_line(exc: ValidationError, model_cls: type[BaseModel] = Scenario) -> st
         return f"{path}: unknown key; {hint}"
     if kind == "missing":
         return f"{path}: required field is missing; add it"
+    if kind == "literal_error" and loc and loc[-1] == "[key]":  # a mapping key outside a fixed set
+        options = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        close = difflib.get_close_matches(str(err.get("input")), options, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
+        return f"{_format_loc(loc[:-1])}: unknown key; {hint}"
     if kind in ("greater_than", "greater_than_equal") and "input" in err:
         return f"{path} = {err['input']!r}: {msg.lower()}"
     if msg.startswith("Value error, "):
@@ -341,16 +441,82 @@ def _one_line(exc: ValidationError, model_cls: type[BaseModel] = Scenario) -> st
     return f"{prefix}{msg}{got}"
 
 
+#: Largest count accepted per field of the sections that size the operator graph: beyond these a
+#: figure is a typo (or a unit slip), and building a graph from it would hang or overflow.
+_MAX_COUNT = 10**9
+_MAX_COUNTS = {
+    "model.num_layers": 10**4,
+    "model.num_heads": 10**5,
+    "model.num_kv_heads": 10**5,
+    "model.num_experts": 10**5,
+    "model.top_k": 10**5,
+    "model.num_shared_experts": 10**4,
+    "model.first_k_dense_layers": 10**4,
+    "cluster.num_gpus": 10**5,
+    "cluster.gpus_per_node": 10**5,
+    **{f"parallel.{k}": 10**5 for k in ("tp", "pp", "dp", "ep", "etp", "microbatches")},
+    **{f"workload.{k}": MAX_TOKENS for k in ("batch_size", "input_len_tokens", "output_len_tokens")},
+}
+
+
+def _check_magnitudes(data: dict) -> None:
+    """Reject absurd numbers before validation, whose divisibility checks and messages loop over them."""
+    for section in ("model", "cluster", "parallel", "workload"):
+        fields = data.get(section)
+        if not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                continue
+            try:
+                number = float(value)
+            except (ValueError, OverflowError):
+                continue
+            path = f"{section}.{key}"
+            limit = _MAX_COUNTS.get(path, _MAX_COUNT)
+            if abs(number) > limit:  # NaN compares false: left to the finite-number check
+                raise ScenarioError(f"{path} = {number:.3g} is out of range (at most {limit:.0e}); check the figure and its unit")
+
+
+def _check_name(name: str) -> None:
+    """The name becomes the default output directory reports/<name>: keep it one path component."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ScenarioError(f"name = {name!r}: give a plain name (no '/', not empty); it names the output directory")
+
+
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     """Validate a scenario mapping; raise ScenarioError with one line."""
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: expected a YAML mapping with sections model, hardware, cluster, parallel, workload, targets")
     try:
+        _check_magnitudes(data)
         scenario = Scenario.model_validate(data)
+        _check_name(scenario.name)
     except ValidationError as exc:
         raise ScenarioError(f"{source}: {_one_line(exc)}") from None
+    except ScenarioError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
     resolve_hardware(scenario, source)  # fail now, not mid-run
     return scenario
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: the base constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
@@ -360,16 +526,25 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         raise ScenarioError(f"{path}: is a directory; give a scenario YAML file")
     if not path.is_file():
         raise ScenarioError(f"{path}: no such file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
     if b"\x00" in raw[:4096]:
         raise ScenarioError(f"{path}: binary file; give a scenario YAML file")
     try:
-        data = yaml.safe_load(raw.decode("utf-8", errors="replace"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save the scenario as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: YAML nested too deeply to be a scenario") from None
     if data is None:
         raise ScenarioError(f"{path}: empty file; a scenario needs model, hardware, cluster, parallel, workload")
     for item in overrides or []:

@@ -6,6 +6,7 @@ Conventions: a multiply-add is 2 FLOPs; `b` is bytes per element; token counts m
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from simulator.hardware import HardwareProfile, LinkSpec
@@ -20,12 +21,17 @@ class OpCost(NamedTuple):
     bytes_written: float
 
 
-def linear_cost(tokens: float, in_features: int, out_features: int, b: float) -> OpCost:
-    """y[T, N] = x[T, K] @ W[K, N]: 2TKN FLOPs (Kaplan et al. 2020, sec. 2.1); reads x and W, writes y."""
+def linear_cost(tokens: float, in_features: int, out_features: int, b: float, weight_b: float | None = None,
+                groups: int = 1) -> OpCost:
+    """y[T, N] = x[T, K] @ W[K, N]: 2TKN FLOPs (Kaplan et al. 2020, sec. 2.1); reads x and W, writes y.
+
+    `weight_b`: bytes per weight element when weights are stored in another dtype (default b).
+    `groups`: a batched GEMM of that many independent [K, N] weights, each over the same T rows."""
+    wb = b if weight_b is None else weight_b
     return OpCost(
-        2.0 * tokens * in_features * out_features,
-        (tokens * in_features + in_features * out_features) * b,
-        tokens * out_features * b,
+        2.0 * groups * tokens * in_features * out_features,
+        groups * (tokens * in_features * b + in_features * out_features * wb),
+        groups * tokens * out_features * b,
     )
 
 
@@ -38,14 +44,17 @@ def attention_pairs(q_len: int, kv_len: int, causal: bool = True) -> float:
 
 
 def attention_scores_cost(
-    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float
+    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float,
+    kv_b: float | None = None,
 ) -> OpCost:
     """QK^T inside a flash-attention kernel: 2 FLOPs per (query, key, dim); reads Q and K once
-    (Dao et al. 2022: scores stay on chip, so nothing is written to HBM)."""
+    (Dao et al. 2022: scores stay on chip, so nothing is written to HBM). `kv_b`: bytes per
+    element of the KV cache (default b)."""
     pairs = attention_pairs(q_len, kv_len)
+    kb = b if kv_b is None else kv_b
     return OpCost(
         2.0 * batch * heads * pairs * head_dim,
-        (batch * heads * q_len * head_dim + batch * kv_heads * kv_len * head_dim) * b,
+        batch * heads * q_len * head_dim * b + batch * kv_heads * kv_len * head_dim * kb,
         0.0,
     )
 
@@ -59,13 +68,15 @@ def attention_softmax_cost(batch: float, heads: int, q_len: int, kv_len: int) ->
 
 
 def attention_context_cost(
-    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float
+    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float,
+    kv_b: float | None = None,
 ) -> OpCost:
     """P @ V inside the flash kernel: 2 FLOPs per (query, key, dim); reads V, writes the output."""
     pairs = attention_pairs(q_len, kv_len)
+    kb = b if kv_b is None else kv_b
     return OpCost(
         2.0 * batch * heads * pairs * head_dim,
-        batch * kv_heads * kv_len * head_dim * b,
+        batch * kv_heads * kv_len * head_dim * kb,
         batch * heads * q_len * head_dim * b,
     )
 
@@ -81,20 +92,34 @@ NORM_FLOPS_PER_ELEMENT = 4.0
 
 
 def expert_ffn_costs(
-    expert_tokens: list[float], hidden: int, ffn: int, gated: bool, activation: str, b: float
+    expert_tokens: list[float], hidden: int, ffn: int, gated: bool, activation: str, b: float,
+    weight_b: float | None = None,
 ) -> tuple[OpCost, OpCost, OpCost]:
     """FC1, activation, FC2 of a group of experts on one GPU (grouped GEMM over their tokens).
 
     FC1: [T_e, h] x [h, f] (x2 when gated: gate and up); FC2: [T_e, f] x [f, h]. Each expert's
-    weights are read once if it receives any token (expected tokens > 0).
+    weights (`weight_b` bytes per element, default b) are read once if it receives any token.
     """
+    wb = b if weight_b is None else weight_b
     tokens = float(sum(expert_tokens))
     active = sum(1 for t in expert_tokens if t > 0)
     up = 2 * ffn if gated else ffn
-    fc1 = OpCost(2.0 * tokens * hidden * up, (tokens * hidden + active * hidden * up) * b, tokens * up * b)
+    fc1 = OpCost(2.0 * tokens * hidden * up, tokens * hidden * b + active * hidden * up * wb, tokens * up * b)
     act = elementwise_cost(tokens * up, tokens * ffn, ACTIVATION_FLOPS_PER_ELEMENT[activation], b)
-    fc2 = OpCost(2.0 * tokens * ffn * hidden, (tokens * ffn + active * ffn * hidden) * b, tokens * hidden * b)
+    fc2 = OpCost(2.0 * tokens * ffn * hidden, tokens * ffn * b + active * ffn * hidden * wb, tokens * hidden * b)
     return fc1, act, fc2
+
+
+def kept_copies(copies: float, loads: list[float], capacity_factor: float | None) -> tuple[list[float], float]:
+    """Token copies each expert processes out of `copies` routed with fractions `loads`, and the
+    copies dropped: with a capacity factor c an expert keeps at most ceil(c * copies / E)
+    (GShard, Lepikhin et al. 2020, sec. 2.2); without one it keeps all."""
+    wanted = [copies * f for f in loads]
+    if capacity_factor is None or not loads:
+        return wanted, 0.0
+    cap = math.ceil(capacity_factor * copies / len(loads))
+    kept = [min(x, cap) for x in wanted]
+    return kept, sum(wanted) - sum(kept)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +139,23 @@ def ffn_params(hidden: int, ffn: int, gated: bool) -> int:
 def kv_cache_bytes(sequences: float, tokens: int, layers: int, kv_heads: int, head_dim: int, b: float) -> float:
     """K and V for `tokens` positions of `sequences` sequences over `layers` layers."""
     return 2.0 * sequences * tokens * layers * kv_heads * head_dim * b
+
+
+def mla_attention_params(hidden: int, heads: int, nope_dim: int, rope_dim: int, v_dim: int, kv_lora_rank: int,
+                         q_lora_rank: int | None) -> int:
+    """Multi-head latent attention weights (DeepSeek-V2, Liu et al. 2024, sec. 2.1): query path
+    (W_DQ [h, q_lora] and W_UQ [q_lora, H(nope+rope)], or one [h, H(nope+rope)]), the joint KV
+    down-projection with the shared rotary key [h, kv_lora + rope], the KV up-projections
+    [kv_lora, H(nope + v)] and the output [H v, h]. The latent norms are counted with the norms."""
+    q_out = heads * (nope_dim + rope_dim)
+    q = hidden * q_lora_rank + q_lora_rank * q_out if q_lora_rank else hidden * q_out
+    return q + hidden * (kv_lora_rank + rope_dim) + kv_lora_rank * heads * (nope_dim + v_dim) + heads * v_dim * hidden
+
+
+def mla_kv_cache_bytes(sequences: float, tokens: int, layers: int, kv_lora_rank: int, rope_dim: int, b: float) -> float:
+    """MLA caches the compressed latent and the shared rotary key: kv_lora + rope values per token
+    and layer, for all heads together (DeepSeek-V2, sec. 2.1.2)."""
+    return sequences * tokens * layers * (kv_lora_rank + rope_dim) * b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,17 +238,20 @@ def _split_roofline(flops: float, bytes_moved: float, peak: float, hbm: float) -
     return (compute_s, "compute") if compute_s >= memory_s else (memory_s, "memory")
 
 
-def calibrated_gemm_s(m: float, k: float, n: float, b: float, peak: float, hbm: float, fraction: float) -> tuple[float, str]:
+def calibrated_gemm_s(m: float, k: float, n: float, b: float, peak: float, hbm: float, fraction: float,
+                      weight_b: float | None = None) -> tuple[float, str]:
     """GEMM [m,k] x [k,n]: its roofline time divided by the measured fraction for its shape."""
-    roof, bound = _split_roofline(2.0 * m * k * n, (m * k + k * n + m * n) * b, peak, hbm)
+    wb = b if weight_b is None else weight_b
+    roof, bound = _split_roofline(2.0 * m * k * n, (m * k + m * n) * b + k * n * wb, peak, hbm)
     return roof / fraction, bound
 
 
 def calibrated_grouped_gemm_s(experts: float, rows_per_expert: float, k: float, n: float, b: float, peak: float,
-                              hbm: float, fraction: float) -> tuple[float, str]:
+                              hbm: float, fraction: float, weight_b: float | None = None) -> tuple[float, str]:
     """One batched/grouped GEMM over `experts` weight matrices [k,n], each with its rows."""
     e, c = experts, rows_per_expert
-    roof, bound = _split_roofline(2.0 * e * c * k * n, e * (c * k + k * n + c * n) * b, peak, hbm)
+    wb = b if weight_b is None else weight_b
+    roof, bound = _split_roofline(2.0 * e * c * k * n, e * ((c * k + c * n) * b + k * n * wb), peak, hbm)
     return roof / fraction, bound
 
 

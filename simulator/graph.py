@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import networkx as nx
+import numpy as np
 
 from simulator import costs
 from simulator.config import Scenario
@@ -86,10 +87,52 @@ class Placement:
         return self.stage_layers[self.stage_of_gpu(gpu)]
 
 
-def routing_loads(scenario: Scenario) -> list[float]:
-    """Fraction of token copies sent to each expert. Uniform routing (expected values)."""
+def routing_loads(scenario: Scenario, layer: int = 0) -> list[float]:
+    """Fraction of token copies sent to each expert in `layer`, from workload.routing
+    (config.RoutingSpec): uniform (expected values), Zipf, a given vector, or a seeded draw."""
     n = scenario.model.num_experts
-    return [1.0 / n] * n if n else []
+    if not n:
+        return []
+    r = scenario.workload.routing
+    if r.zipf is not None:
+        weights = [1.0 / (i + 1) ** r.zipf for i in range(n)]
+    elif r.loads is not None:
+        weights = list(r.loads)
+    elif r.sampled is not None:
+        w = scenario.workload
+        copies = w.batch_size * w.input_len_tokens * scenario.model.top_k
+        rng = np.random.default_rng([r.sampled, layer])
+        weights = [float(x) for x in rng.multinomial(copies, [1.0 / n] * n)]
+    else:
+        return [1.0 / n] * n
+    total = sum(weights)
+    return [x / total for x in weights]
+
+
+def routing_summary(scenario: Scenario) -> dict:
+    """Routing imbalance of the MoE layers: tokens per EP rank (max / mean over ranks, the worst
+    layer and the mean over layers) and the token copies dropped at capacity per prefill."""
+    m, p, w = scenario.model, scenario.parallel, scenario.workload
+    out = {"routing": w.routing.kind, "max_over_mean_tokens_per_ep_rank": 1.0,
+           "mean_max_over_mean_tokens_per_ep_rank": 1.0, "dropped_copies_prefill": 0.0, "dropped_fraction": 0.0}
+    moe_layers = [layer for layer in range(m.num_layers) if m.is_moe_layer(layer)]
+    if not moe_layers:
+        return out
+    per_rank = m.num_experts // p.ep
+    groups = (p.dp * p.tp) // (p.ep * p.etp)  # EP groups per stage
+    # copies one EP group routes in one prefill pass of a microbatch (as _Builder._layer counts them)
+    copies = w.batch_size / (p.dp * p.microbatches) * w.input_len_tokens / p.tp * p.ep * p.etp * m.top_k
+    ratios, dropped = [], 0.0
+    for layer in moe_layers:
+        kept, lost = costs.kept_copies(copies, routing_loads(scenario, layer), w.routing.capacity_factor)
+        ranks = [sum(kept[r * per_rank:(r + 1) * per_rank]) for r in range(p.ep)]
+        mean = sum(ranks) / p.ep
+        ratios.append(max(ranks) / mean if mean else 1.0)
+        dropped += lost * groups * p.microbatches
+    total = w.batch_size * w.input_len_tokens * m.top_k * len(moe_layers)
+    out.update(max_over_mean_tokens_per_ep_rank=max(ratios), mean_max_over_mean_tokens_per_ep_rank=sum(ratios) / len(ratios),
+               dropped_copies_prefill=dropped, dropped_fraction=dropped / total)
+    return out
 
 
 def _dim(x: float) -> int | float:
@@ -104,7 +147,10 @@ class _Builder:
         self.m = scenario.model
         self.pl = Placement.of(scenario)
         self.b = self.m.dtype_bytes
-        self.loads = routing_loads(scenario)
+        self.wb = self.m.weight_bytes
+        self.kvb = self.m.kv_bytes
+        self._layer_loads: dict[int, list[float]] = {}
+        self._loads_cache: dict[tuple[int, float], tuple[list[float], float]] = {}
         self.nodes: list[tuple[str, dict]] = []
         self.edges: list[tuple[str, str]] = []
         m, tp = self.m, self.pl.tp
@@ -133,10 +179,13 @@ class _Builder:
             **ctx, **extra,
         )
 
-    def linear(self, nid, deps, op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind=COMPUTE) -> str:
-        """A GEMM against a [k, n] weight."""
-        return self.compute(nid, deps, op, category, ctx, gpu, costs.linear_cost(tokens, k, n, self.b), in_shape,
-                            out_shape, tensor_core=True, kind=kind, resident_bytes=k * n * self.b, gemm=(tokens, k, n))
+    def linear(self, nid, deps, op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind=COMPUTE,
+               groups: int = 1) -> str:
+        """A GEMM against a [k, n] weight (or a batch of `groups` of them over the same rows)."""
+        extra = {"grouped": (groups, tokens)} if groups > 1 else {}
+        return self.compute(nid, deps, op, category, ctx, gpu, costs.linear_cost(tokens, k, n, self.b, self.wb, groups),
+                            in_shape, out_shape, tensor_core=True, kind=kind, resident_bytes=groups * k * n * self.wb,
+                            gemm=(groups * tokens, k, n), weight_b=self.wb, **extra)
 
     def collective(self, nid, deps, op, category, ctx, gpus, collective, send_bytes, recv_bytes,
                    message_bytes, shape, group) -> str:
@@ -253,9 +302,8 @@ class _Builder:
 
     def _layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
         """One transformer layer on every GPU of its stage; returns each GPU's output node."""
-        pl, m, h, b, hd = self.pl, self.m, self.h, self.b, self.hd
+        pl, m, h, b = self.pl, self.m, self.h, self.b
         stage, layer = ctx["stage"], ctx["layer"]
-        hl, kvl = self.heads_local, self.kv_heads_local
         T = seqs * q_len
         Td = _dim(T)
         L = f"{tag}.L{layer}"
@@ -265,39 +313,16 @@ class _Builder:
             p = f"{L}.g{g}"
             n = self.compute(f"{p}.norm_attn", dep, "norm_attn", "norm_residual", ctx, g,
                              costs.elementwise_cost(T * h, T * h, costs.NORM_FLOPS_PER_ELEMENT, b), (Td, h), (Td, h))
-            if m.fused_qkv:  # one GEMM against the concatenated [h, (hl + 2 kvl) hd] weight
-                q = k = v = self.linear(f"{p}.qkv_proj", [n], "qkv_proj", "attention", ctx, g, T, h,
-                                        (hl + 2 * kvl) * hd, (Td, h), (Td, (hl + 2 * kvl) * hd))
+            if m.is_mla:
+                cx, o_in = self._mla(p, ctx, g, n, seqs, q_len, kv_len)
             else:
-                q = self.linear(f"{p}.q_proj", [n], "q_proj", "attention", ctx, g, T, h, hl * hd,
-                                (Td, h), (_dim(seqs), hl, q_len, hd))
-                k = self.linear(f"{p}.k_proj", [n], "k_proj", "attention", ctx, g, T, h, kvl * hd,
-                                (Td, h), (_dim(seqs), kvl, q_len, hd))
-                v = self.linear(f"{p}.v_proj", [n], "v_proj", "attention", ctx, g, T, h, kvl * hd,
-                                (Td, h), (_dim(seqs), kvl, q_len, hd))
-            qshape, kvshape = (_dim(seqs), hl, q_len, hd), (_dim(seqs), kvl, kv_len, hd)
-            kv_bytes = seqs * kvl * kv_len * hd * b  # K (or V) of the cache: resident, not transient
-            # One flash-attention kernel computes scores, softmax and context; these describe it.
-            attn = {"fused": "flash_attention", "kv_len": kv_len, "q_len": q_len, "head_dim": hd,
-                    "batch_heads": seqs * hl, "kv_bytes_total": 2 * kv_bytes}
-            sc = self.compute(f"{p}.attn_scores", sorted({q, k}), "attn_scores", "attention", ctx, g,
-                              costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, hd, b),
-                              (qshape, kvshape), (_dim(seqs), hl, q_len, kv_len), tensor_core=True,
-                              resident_bytes=kv_bytes, **attn)
-            sm = self.compute(f"{p}.attn_softmax", [sc], "attn_softmax", "attention", ctx, g,
-                              costs.attention_softmax_cost(seqs, hl, q_len, kv_len),
-                              (_dim(seqs), hl, q_len, kv_len), (_dim(seqs), hl, q_len, kv_len), launches=0,
-                              **attn)
-            cx = self.compute(f"{p}.attn_context", [sm, v] if v != q else [sm], "attn_context", "attention", ctx, g,
-                              costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, hd, b),
-                              ((_dim(seqs), hl, q_len, kv_len), kvshape), qshape, tensor_core=True, launches=0,
-                              resident_bytes=kv_bytes, **attn)
-            out_proj[g] = self.linear(f"{p}.o_proj", [cx], "o_proj", "attention", ctx, g, T, hl * hd, h,
-                                      (Td, hl * hd), (Td, h))
+                cx, o_in = self._mha(p, ctx, g, n, seqs, q_len, kv_len)
+            out_proj[g] = self.linear(f"{p}.o_proj", [cx], "o_proj", "attention", ctx, g, T, o_in, h,
+                                      (Td, o_in), (Td, h))
 
         after_attn = self._tp_allreduce(f"{L}.s{stage}", "tp_allreduce", out_proj, ctx, T)
 
-        if not m.is_moe:
+        if not m.is_moe_layer(layer):
             return self._dense_ffn(L, ctx, after_attn, T)
 
         # Each TP rank routes its own 1/tp slice of the tokens.
@@ -305,6 +330,7 @@ class _Builder:
         Tsd = _dim(Ts)
         E, k = m.num_experts, m.top_k
         routed: dict[int, str] = {}
+        shared: dict[int, str] = {}
         for g in pl.stage_gpus(stage):
             p = f"{L}.g{g}"
             r1 = self.compute(f"{p}.residual_attn", [after_attn[g]], "residual_add", "norm_residual", ctx, g,
@@ -316,6 +342,8 @@ class _Builder:
             top = self.compute(f"{p}.topk", [gate], "topk", "router", ctx, g,
                                costs.elementwise_cost(Ts * E, Ts * k * 2, costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k), b),
                                (Tsd, E), (Tsd, k), kind=ROUTING)
+            if m.num_shared_experts:
+                shared[g] = self._shared_experts(p, ctx, g, n2, Ts)
             # Gather every token copy into expert order (the send buffers of the dispatch).
             copies = Ts * k * pl.etp
             routed[g] = self.compute(f"{p}.moe_permute", [top], "moe_permute", "router", ctx, g,
@@ -325,7 +353,9 @@ class _Builder:
         moe_out: dict[int, str] = {}
         for group in pl.ep_groups(stage):
             experts_at = {g: pl.experts_of_gpu(g) for g in group}
-            share = {g: sum(self.loads[e] for e in experts_at[g]) for g in group}  # fraction of copies g receives
+            routed_copies = Ts * len(group) * k
+            loads, dropped = self._kept_loads(layer, routed_copies)
+            share = {g: sum(loads[e] for e in experts_at[g]) for g in group}  # fraction of copies g receives
             copy_bytes = Ts * k * h * b  # every GPU in the group routes Ts tokens
             send = [copy_bytes * (sum(share.values()) - share[g]) for g in group]
             recv = [copy_bytes * share[g] * (len(group) - 1) for g in group]
@@ -339,8 +369,9 @@ class _Builder:
                 deps_of = {g: [routed[g]] for g in group}
             fc2s = {}
             for g in group:
-                tokens_e = [Ts * n_ranks * k * self.loads[e] for e in experts_at[g]]
-                fc2s[g] = self._experts(f"{L}.g{g}", ctx, g, deps_of[g], experts_at[g], tokens_e)
+                tokens_e = [routed_copies * loads[e] for e in experts_at[g]]
+                fc2s[g] = self._experts(f"{L}.g{g}", ctx, g, deps_of[g], experts_at[g], tokens_e,
+                                        dropped if g == group[0] else 0.0)
             if n_ranks > 1:
                 comb = self.collective(f"{L}.s{stage}r{group[0]}.a2a_combine", [x for g in group for x in fc2s[g]],
                                        "a2a_combine", "ep_comm", ctx, group, "all_to_all", recv, send,
@@ -355,8 +386,11 @@ class _Builder:
         for g in pl.stage_gpus(stage):
             p = f"{L}.g{g}"
             copies = Ts * k * pl.etp
-            wc = self.compute(f"{p}.moe_combine", moe_out[g], "moe_combine", "experts", ctx, g,
-                              costs.elementwise_cost(copies * h, Ts * h, 2.0 * copies / Ts if Ts else 0.0, b),
+            extra_in = Ts if g in shared else 0.0  # the shared experts' output is added here too
+            wc = self.compute(f"{p}.moe_combine", moe_out[g] + ([shared[g]] if g in shared else []), "moe_combine",
+                              "experts", ctx, g,
+                              costs.elementwise_cost((copies + extra_in) * h, Ts * h,
+                                                     2.0 * copies / Ts + (1.0 if extra_in else 0.0) if Ts else 0.0, b),
                               (_dim(copies), h), (Tsd, h))
             out[g] = self.compute(f"{p}.residual_moe", [wc], "residual_add", "norm_residual", ctx, g,
                                   costs.elementwise_cost(2 * Ts * h, Ts * h, 1.0, b), (Tsd, h), (Tsd, h))
@@ -368,7 +402,105 @@ class _Builder:
                     out[g] = ag
         return out
 
-    def _experts(self, prefix, ctx, g, deps, experts, tokens_e) -> list[str]:
+    def _mha(self, p, ctx, g, n, seqs, q_len, kv_len) -> tuple[str, int]:
+        """Q/K/V projections and flash attention (MHA, GQA or MQA) on one GPU; returns the context
+        node and the output projection's input width."""
+        m, h, b, hd = self.m, self.h, self.b, self.hd
+        hl, kvl = self.heads_local, self.kv_heads_local
+        T = seqs * q_len
+        Td = _dim(T)
+        if m.fused_qkv:  # one GEMM against the concatenated [h, (hl + 2 kvl) hd] weight
+            q = k = v = self.linear(f"{p}.qkv_proj", [n], "qkv_proj", "attention", ctx, g, T, h,
+                                    (hl + 2 * kvl) * hd, (Td, h), (Td, (hl + 2 * kvl) * hd))
+        else:
+            q = self.linear(f"{p}.q_proj", [n], "q_proj", "attention", ctx, g, T, h, hl * hd,
+                            (Td, h), (_dim(seqs), hl, q_len, hd))
+            k = self.linear(f"{p}.k_proj", [n], "k_proj", "attention", ctx, g, T, h, kvl * hd,
+                            (Td, h), (_dim(seqs), kvl, q_len, hd))
+            v = self.linear(f"{p}.v_proj", [n], "v_proj", "attention", ctx, g, T, h, kvl * hd,
+                            (Td, h), (_dim(seqs), kvl, q_len, hd))
+        qshape, kvshape = (_dim(seqs), hl, q_len, hd), (_dim(seqs), kvl, kv_len, hd)
+        kv_bytes = seqs * kvl * kv_len * hd * self.kvb  # K (or V) of the cache: resident, not transient
+        # One flash-attention kernel computes scores, softmax and context; these describe it.
+        attn = {"fused": "flash_attention", "kv_len": kv_len, "q_len": q_len, "head_dim": hd,
+                "batch_heads": seqs * hl, "kv_bytes_total": 2 * kv_bytes}
+        sc = self.compute(f"{p}.attn_scores", sorted({q, k}), "attn_scores", "attention", ctx, g,
+                          costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, hd, b, self.kvb),
+                          (qshape, kvshape), (_dim(seqs), hl, q_len, kv_len), tensor_core=True,
+                          resident_bytes=kv_bytes, **attn)
+        sm = self.compute(f"{p}.attn_softmax", [sc], "attn_softmax", "attention", ctx, g,
+                          costs.attention_softmax_cost(seqs, hl, q_len, kv_len),
+                          (_dim(seqs), hl, q_len, kv_len), (_dim(seqs), hl, q_len, kv_len), launches=0,
+                          **attn)
+        cx = self.compute(f"{p}.attn_context", [sm, v] if v != q else [sm], "attn_context", "attention", ctx, g,
+                          costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, hd, b, self.kvb),
+                          ((_dim(seqs), hl, q_len, kv_len), kvshape), qshape, tensor_core=True, launches=0,
+                          resident_bytes=kv_bytes, **attn)
+        return cx, hl * hd
+
+    def _mla(self, p, ctx, g, n, seqs, q_len, kv_len) -> tuple[str, int]:
+        """Multi-head latent attention on one GPU, in its weight-absorbed form (as FlashMLA and
+        vLLM run decode; used for prefill too, so prefill FLOPs are an upper bound): the query and
+        latent down-projections are replicated over TP (vLLM's ReplicatedLinear), heads split over
+        TP; each head's nope query is mapped into the latent space (W_UK absorbed), attention is
+        MQA over the cached latent (kv_lora + rope dims for scores, kv_lora for values), and W_UV
+        maps each head's context back to v_head_dim."""
+        m, h, b = self.m, self.h, self.b
+        hl = self.heads_local
+        nope, rope, vd = self.hd, m.qk_rope_head_dim or 0, m.v_head_dim or 0
+        lora = m.kv_lora_rank or 0
+        T = seqs * q_len
+        Td = _dim(T)
+        qd = nope + rope
+        if m.q_lora_rank:
+            qa = self.linear(f"{p}.q_a_proj", [n], "q_a_proj", "attention", ctx, g, T, h, m.q_lora_rank,
+                             (Td, h), (Td, m.q_lora_rank))
+            q = self.linear(f"{p}.q_b_proj", [qa], "q_b_proj", "attention", ctx, g, T, m.q_lora_rank, hl * qd,
+                            (Td, m.q_lora_rank), (_dim(seqs), hl, q_len, qd))
+        else:
+            q = self.linear(f"{p}.q_proj", [n], "q_proj", "attention", ctx, g, T, h, hl * qd, (Td, h),
+                            (_dim(seqs), hl, q_len, qd))
+        # [T, kv_lora + rope]: the latent and the shared rotary key, appended to the cache
+        kv = self.linear(f"{p}.kv_a_proj", [n], "kv_a_proj", "attention", ctx, g, T, h, lora + rope, (Td, h),
+                         (Td, lora + rope))
+        # [T, hl, nope] x [hl, nope, kv_lora] -> [T, hl, kv_lora]
+        qa = self.linear(f"{p}.q_absorb", [q], "q_absorb", "attention", ctx, g, T, nope, lora,
+                         (Td, hl, nope), (Td, hl, lora), groups=hl)
+        dk, dv = lora + rope, lora
+        qshape, kvshape = (_dim(seqs), hl, q_len, dk), (_dim(seqs), 1, kv_len, dk)
+        lat_bytes = seqs * kv_len * dk * self.kvb  # the cached latent: resident, not transient
+        attn = {"fused": "flash_attention", "kv_len": kv_len, "q_len": q_len, "head_dim": dk,
+                "batch_heads": seqs * hl, "kv_bytes_total": lat_bytes}
+        sc = self.compute(f"{p}.attn_scores", sorted({qa, kv}), "attn_scores", "attention", ctx, g,
+                          costs.attention_scores_cost(seqs, hl, 1, q_len, kv_len, dk, b, self.kvb),
+                          (qshape, kvshape), (_dim(seqs), hl, q_len, kv_len), tensor_core=True,
+                          resident_bytes=lat_bytes, **attn)
+        sm = self.compute(f"{p}.attn_softmax", [sc], "attn_softmax", "attention", ctx, g,
+                          costs.attention_softmax_cost(seqs, hl, q_len, kv_len),
+                          (_dim(seqs), hl, q_len, kv_len), (_dim(seqs), hl, q_len, kv_len), launches=0, **attn)
+        # values are the latent itself, already on chip from the scores: no second read
+        ctx_cost = costs.attention_context_cost(seqs, hl, 1, q_len, kv_len, dv, b, self.kvb)
+        cx = self.compute(f"{p}.attn_context", [sm], "attn_context", "attention", ctx, g,
+                          costs.OpCost(ctx_cost.flops, 0.0, ctx_cost.bytes_written),
+                          ((_dim(seqs), hl, q_len, kv_len), kvshape), (_dim(seqs), hl, q_len, dv), tensor_core=True,
+                          launches=0, **attn)
+        # [T, hl, kv_lora] x [hl, kv_lora, v] -> [T, hl, v]
+        vu = self.linear(f"{p}.v_up", [cx], "v_up", "attention", ctx, g, T, lora, vd, (Td, hl, lora), (Td, hl, vd),
+                         groups=hl)
+        return vu, hl * vd
+
+    def _kept_loads(self, layer: int, copies: float) -> tuple[list[float], float]:
+        """Per-expert fractions of `copies` that the experts process (after capacity drops) and
+        the copies dropped."""
+        key = (layer, copies)
+        if key not in self._loads_cache:
+            if layer not in self._layer_loads:
+                self._layer_loads[layer] = routing_loads(self.s, layer)
+            kept, dropped = costs.kept_copies(copies, self._layer_loads[layer], self.s.workload.routing.capacity_factor)
+            self._loads_cache[key] = ([x / copies if copies else 0.0 for x in kept], dropped)
+        return self._loads_cache[key]
+
+    def _experts(self, prefix, ctx, g, deps, experts, tokens_e, dropped=0.0) -> list[str]:
         """FC1, activation, FC2 of this GPU's experts, as the model's moe_impl runs them:
         grouped (one grouped GEMM over exactly the routed tokens), per_expert (a GEMM pair per
         expert), or capacity (GShard: every expert padded to C slots, one batched GEMM over all)."""
@@ -385,19 +517,34 @@ class _Builder:
             batches = [(prefix, experts, tokens_e)]
         ends = []
         for p, ex, toks in batches:
-            fc1, act, fc2 = costs.expert_ffn_costs(toks, h, ffn, m.gated, m.activation, b)
+            fc1, act, fc2 = costs.expert_ffn_costs(toks, h, ffn, m.gated, m.activation, b, self.wb)
             rows = sum(toks)
             T = _dim(rows)
             active = sum(1 for t in toks if t > 0)
             per_expert = rows / active if active else 0.0
             extra = {"experts": tuple(ex), "expert_tokens": tuple(toks), "grouped": (active, per_expert)}
+            drops = {"dropped_copies": dropped} if dropped and p == batches[0][0] else {}  # counted once, on FC1
             a = self.compute(f"{p}.expert_fc1", deps, "expert_fc1", "experts", ctx, g, fc1, (T, h), (T, up),
-                             tensor_core=True, resident_bytes=active * h * up * b, gemm=(rows, h, up), **extra)
+                             tensor_core=True, resident_bytes=active * h * up * self.wb, gemm=(rows, h, up),
+                             weight_b=self.wb, **extra, **drops)
             a = self.compute(f"{p}.expert_act", [a], "expert_act", "experts", ctx, g, act, (T, up), (T, ffn), **extra)
             ends.append(self.compute(f"{p}.expert_fc2", [a], "expert_fc2", "experts", ctx, g, fc2, (T, ffn), (T, h),
-                                     tensor_core=True, resident_bytes=active * ffn * h * b, gemm=(rows, ffn, h),
+                                     tensor_core=True, resident_bytes=active * ffn * h * self.wb, gemm=(rows, ffn, h), weight_b=self.wb,
                                      **extra))
         return ends
+
+    def _shared_experts(self, p, ctx, g, dep, tokens) -> str:
+        """The shared experts on this GPU's routed slice: one FFN of width num_shared * shared_ffn,
+        weights replicated on every GPU of the stage (no communication)."""
+        m, h, b = self.m, self.h, self.b
+        ffn = m.shared_ffn_size
+        up = 2 * ffn if m.gated else ffn
+        Td = _dim(tokens)
+        f1 = self.linear(f"{p}.shared_fc1", [dep], "shared_fc1", "experts", ctx, g, tokens, h, up, (Td, h), (Td, up))
+        a = self.compute(f"{p}.shared_act", [f1], "shared_act", "experts", ctx, g,
+                         costs.elementwise_cost(tokens * up, tokens * ffn, costs.ACTIVATION_FLOPS_PER_ELEMENT[m.activation], b),
+                         (Td, up), (Td, ffn))
+        return self.linear(f"{p}.shared_fc2", [a], "shared_fc2", "experts", ctx, g, tokens, ffn, h, (Td, ffn), (Td, h))
 
     def _dense_ffn(self, L, ctx, after_attn, T) -> dict[int, str]:
         """Dense FFN: column-parallel FC1, row-parallel FC2, TP all-reduce (Megatron-LM)."""

@@ -34,66 +34,88 @@ class GpuMemory:
         return self.total_bytes <= self.capacity_bytes
 
 
+def _attention_params(m, tp: int = 1) -> float:
+    """Attention weights of one layer held by one of `tp` ranks (tp = 1: the whole layer). MLA's
+    down-projections are replicated over TP (graph._Builder._mla); its latent norms are included."""
+    hl = m.num_heads // tp
+    if m.is_mla:
+        return (costs.mla_attention_params(m.hidden_size, hl, m.head_size, m.qk_rope_head_dim, m.v_head_dim,
+                                           m.kv_lora_rank, m.q_lora_rank) + m.kv_lora_rank + (m.q_lora_rank or 0))
+    return costs.attention_params(m.hidden_size, hl, max(1, m.kv_heads // tp), m.head_size)
+
+
 def parameter_counts(scenario: Scenario) -> dict[str, float]:
-    """Total and active (per token) parameters of the model, by part."""
+    """Total and active (per token) parameters of the model, by part. Active: the top_k routed
+    experts and the shared experts of every MoE layer; embedding and LM head both count."""
     m = scenario.model
-    attn = costs.attention_params(m.hidden_size, m.num_heads, m.kv_heads, m.head_size)
-    norms = 2 * m.hidden_size
+    h = m.hidden_size
+    attn = _attention_params(m)
+    norms = 2 * h
+    dense = costs.ffn_params(h, m.ffn_size or 0, m.gated)
+    moe_layers = sum(1 for layer in range(m.num_layers) if m.is_moe_layer(layer))
+    dense_layers = m.num_layers - moe_layers
     if m.is_moe:
-        expert = costs.ffn_params(m.hidden_size, m.expert_ffn_size or 0, m.gated)
-        ffn_total, ffn_active = m.num_experts * expert, m.top_k * expert
-        router = m.hidden_size * m.num_experts
+        expert = costs.ffn_params(h, m.expert_ffn_size or 0, m.gated)
+        shared = costs.ffn_params(h, m.shared_ffn_size, m.gated)
+        ffn_total = moe_layers * (m.num_experts * expert + shared) + dense_layers * dense
+        ffn_active = moe_layers * (m.top_k * expert + shared) + dense_layers * dense
+        router = moe_layers * h * m.num_experts
     else:
-        ffn_total = ffn_active = costs.ffn_params(m.hidden_size, m.ffn_size or 0, m.gated)
+        ffn_total = ffn_active = m.num_layers * dense
         router = 0
-    per_layer_total = attn + ffn_total + router + norms
-    per_layer_active = attn + ffn_active + router + norms
-    embed = 2 * m.vocab_size * m.hidden_size  # input embedding + untied LM head
+    embed = 2 * m.vocab_size * h  # input embedding + untied LM head
+    final_norm = h if m.vocab_size else 0
+    common = m.num_layers * (attn + norms) + router + embed + final_norm
     return {
         "attention": float(m.num_layers * attn),
-        "ffn_or_experts": float(m.num_layers * ffn_total),
-        "router": float(m.num_layers * router),
-        "norms": float(m.num_layers * norms + (m.hidden_size if m.vocab_size else 0)),
+        "ffn_or_experts": float(ffn_total),
+        "router": float(router),
+        "norms": float(m.num_layers * norms + final_norm),
         "embedding_and_head": float(embed),
-        "total": float(m.num_layers * per_layer_total + embed + (m.hidden_size if m.vocab_size else 0)),
-        "active": float(m.num_layers * per_layer_active + embed + (m.hidden_size if m.vocab_size else 0)),
+        "total": float(common + ffn_total),
+        "active": float(common + ffn_active),
     }
 
 
 def weight_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
-    """Weights resident on one GPU: its attention shard, its experts (or FFN shard), the router and
-    norms of its stage's layers; embedding on the first stage, LM head on the last (split over tp)."""
+    """Weights resident on one GPU: its attention shard, its experts and the shared experts (or its
+    FFN shard in dense layers), the router and norms of its stage's layers; embedding on the first
+    stage, LM head on the last (split over tp). At the model's weight dtype."""
     m, p = scenario.model, scenario.parallel
     pl = Placement.of(scenario)
-    h, hd, b = m.hidden_size, m.head_size, m.dtype_bytes
-    hl, kvl = m.num_heads // p.tp, max(1, m.kv_heads // p.tp)
-    attn = h * hl * hd * 2 + 2 * h * kvl * hd
+    h = m.hidden_size
+    attn = _attention_params(m, p.tp)
+    dense = costs.ffn_params(h, (m.ffn_size or 0) // p.tp, m.gated)
     if m.is_moe:
-        ffn = len(pl.experts_of_gpu(gpu)) * costs.ffn_params(h, (m.expert_ffn_size or 0) // p.etp, m.gated)
-        router = h * m.num_experts
+        moe = len(pl.experts_of_gpu(gpu)) * costs.ffn_params(h, (m.expert_ffn_size or 0) // p.etp, m.gated)
+        moe += costs.ffn_params(h, m.shared_ffn_size, m.gated) + h * m.num_experts
     else:
-        ffn = costs.ffn_params(h, (m.ffn_size or 0) // p.tp, m.gated)
-        router = 0
-    layers = len(pl.layers_of_gpu(gpu))
-    params = layers * (attn + ffn + router + 2 * h)
+        moe = 0
+    params = 0.0
+    for layer in pl.layers_of_gpu(gpu):
+        params += attn + 2 * h + (moe if m.is_moe_layer(layer) else dense)
     stage = pl.stage_of_gpu(gpu)
     if m.vocab_size:
         if stage == 0:
             params += m.vocab_size * h / p.tp
         if stage == p.pp - 1:
             params += m.vocab_size * h / p.tp + h
-    return params * b
+    return params * m.weight_bytes
 
 
 def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     """Peak KV cache: every sequence of the GPU's dp rank, at its longest (input + output - 1
-    positions: the last token is never fed back), for the stage's layers and local KV heads."""
+    positions: the last token is never fed back), for the stage's layers and local KV heads
+    (MLA: the whole latent on every TP rank), at the KV cache dtype."""
     m, p, w = scenario.model, scenario.parallel, scenario.workload
     pl = Placement.of(scenario)
-    kvl = max(1, m.kv_heads // p.tp)
     positions = w.input_len_tokens + w.output_len_tokens - 1
-    return costs.kv_cache_bytes(w.batch_size / p.dp, positions, len(pl.layers_of_gpu(gpu)), kvl, m.head_size,
-                                m.dtype_bytes)
+    layers = len(pl.layers_of_gpu(gpu))
+    if m.is_mla:
+        return costs.mla_kv_cache_bytes(w.batch_size / p.dp, positions, layers, m.kv_lora_rank or 0,
+                                        m.qk_rope_head_dim or 0, m.kv_bytes)
+    kvl = max(1, m.kv_heads // p.tp)
+    return costs.kv_cache_bytes(w.batch_size / p.dp, positions, layers, kvl, m.head_size, m.kv_bytes)
 
 
 def activation_bytes_per_gpu(graph: nx.DiGraph, scenario: Scenario) -> dict[int, float]:

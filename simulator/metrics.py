@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.config import Scenario
-from simulator.graph import COMM, MARKER
+from simulator.graph import COMM, MARKER, routing_summary
 from simulator.memory import GpuMemory, memory_per_gpu
 from simulator.simulate import SimResult
 
@@ -55,6 +55,10 @@ class Metrics:
     busy_s: dict[int, dict[str, float]]  # gpu -> category -> seconds (plus "idle")
     bottleneck: dict[str, str]  # phase -> sentence
     targets: list[TargetResult] = field(default_factory=list)
+    # MoE routing (graph.routing_summary) plus, from the trace: straggler_s, the time the busiest
+    # rank's experts take beyond the mean rank's, summed over layers and passes; dropped_copies,
+    # token copies dropped at capacity over the whole run.
+    routing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -163,6 +167,30 @@ def _bottleneck(ops: pd.DataFrame, phase: str) -> str:
             f"compute-stream time; communication occupies {100 * comm_s / span:.0f}% of the phase's span on that GPU")
 
 
+EXPERT_OPS = ("expert_fc1", "expert_act", "expert_fc2")
+
+
+def straggler_s(ops: pd.DataFrame) -> float:
+    """Seconds the busiest GPU's routed-expert kernels take beyond the mean GPU's, per layer and
+    pass of every stage, summed (weighted by the decode steps each sampled step stands for)."""
+    frame = ops[ops["op"].isin(EXPERT_OPS)]
+    if frame.empty:
+        return 0.0
+    per_gpu = frame.groupby(["phase", "step", "microbatch", "layer", "gpu"])["weighted_s"].sum()
+    per_layer = per_gpu.groupby(level=[0, 1, 2, 3]).agg(["max", "mean"])
+    return float((per_layer["max"] - per_layer["mean"]).sum())
+
+
+def routing_metrics(graph: nx.DiGraph, scenario: Scenario, ops: pd.DataFrame, weights: dict[int, float]) -> dict:
+    """Imbalance (max / mean tokens per EP rank), its straggler cost and the capacity drops."""
+    summary = routing_summary(scenario)
+    dropped = 0.0
+    for _, a in graph.nodes(data=True):
+        if "dropped_copies" in a:
+            dropped += a["dropped_copies"] * (weights.get(a["step"], 1.0) if a["phase"] == "decode" else 1.0)
+    return {**summary, "straggler_s": straggler_s(ops), "dropped_copies": dropped}
+
+
 def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float) -> Metrics:
     w, p = scenario.workload, scenario.parallel
     out = w.output_len_tokens
@@ -193,6 +221,7 @@ def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, ca
         memory=memory_per_gpu(graph, scenario, capacity_bytes),
         busy_s=busy_time(ops, gpus, total_s),
         bottleneck={ph: _bottleneck(ops, ph) for ph in phases},
+        routing=routing_metrics(graph, scenario, ops, weights) if scenario.model.is_moe else {},
     )
     return _with_targets(metrics, scenario)
 

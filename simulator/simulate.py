@@ -98,11 +98,11 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
         if "grouped" in attrs and attrs["grouped"][0] > 1:
             experts, rows = attrs["grouped"]
             frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
-            t, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, b, peak, hbm, frac)
+            t, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, b, peak, hbm, frac, attrs.get("weight_b"))
             floor = floors["grouped_gemm"]
         else:
             frac = series_interpolate(cal.gemm, (k, n), m)
-            t, bound = costs.calibrated_gemm_s(m, k, n, b, peak, hbm, frac)
+            t, bound = costs.calibrated_gemm_s(m, k, n, b, peak, hbm, frac, attrs.get("weight_b"))
             floor = floors["gemm"]
     elif attrs.get("fused") == "flash_attention":
         if op == "attn_softmax":
@@ -120,7 +120,7 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
         if op == "topk":
             rows = attrs["in_shape"][0]
             t = rows * cal.topk_s_per_row + per_byte.get("softmax", 0.0) * attrs["bytes_read"]
-        elif op in ("expert_act", "ffn_act"):
+        elif op in ("expert_act", "ffn_act", "shared_act"):
             t = per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_written"]
         elif op in ELEMENTWISE_CLASS:
             t = per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]

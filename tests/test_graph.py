@@ -85,19 +85,30 @@ def _closed_form_matmul_flops(s) -> float:
     m, p, w = s.model, s.parallel, s.workload
     h, hd, H, kv, B = m.hidden_size, m.head_size, m.num_heads, m.kv_heads, w.batch_size
     kv_computed = max(kv, p.tp)  # KV heads replicated when fewer than TP ranks
-    up = (2 if m.gated else 1) * (m.expert_ffn_size or m.ffn_size)
+    g = 2 if m.gated else 1
     ffn = m.expert_ffn_size or m.ffn_size
     total = 0.0
     passes = [(w.input_len_tokens, w.input_len_tokens)] + [(1, w.input_len_tokens + t) for t in range(1, w.output_len_tokens)]
     for q_len, kv_len in passes:
         T = B * q_len
-        per_layer = 2 * T * h * H * hd + 2 * 2 * T * h * kv_computed * hd + 2 * T * H * hd * h
-        per_layer += 2 * 2 * B * H * attention_pairs(q_len, kv_len) * hd
-        if m.is_moe:
-            per_layer += 2 * T * h * m.num_experts + m.top_k * T * (2 * h * up + 2 * ffn * h)
+        pairs = attention_pairs(q_len, kv_len)
+        if m.kv_lora_rank:  # MLA, absorbed: down-projections replicated on each TP rank
+            nope, rope, vd, lora, ql = hd, m.qk_rope_head_dim, m.v_head_dim, m.kv_lora_rank, m.q_lora_rank
+            attn = (2 * T * h * ql * p.tp + 2 * T * ql * H * (nope + rope)) if ql else 2 * T * h * H * (nope + rope)
+            attn += 2 * T * h * (lora + rope) * p.tp + 2 * T * H * nope * lora
+            attn += 2 * B * H * pairs * (lora + rope) + 2 * B * H * pairs * lora
+            attn += 2 * T * H * lora * vd + 2 * T * H * vd * h
         else:
-            per_layer += T * (2 * h * up + 2 * ffn * h)
-        total += m.num_layers * per_layer
+            attn = 2 * T * h * H * hd + 2 * 2 * T * h * kv_computed * hd + 2 * T * H * hd * h
+            attn += 2 * 2 * B * H * pairs * hd
+        for layer in range(m.num_layers):
+            total += attn
+            if m.num_experts and layer >= m.first_k_dense_layers:
+                total += 2 * T * h * m.num_experts + m.top_k * T * (2 * h * g * ffn + 2 * ffn * h)
+                fs = m.num_shared_experts * (m.shared_expert_ffn_size or ffn)
+                total += T * (2 * h * g * fs + 2 * fs * h)
+            else:
+                total += T * (2 * h * g * m.ffn_size + 2 * m.ffn_size * h)
         if m.vocab_size:
             total += 2 * B * h * m.vocab_size
     return total
@@ -171,3 +182,113 @@ def test_fast_digraph_equals_networkx_build():
     assert nx.utils.graphs_equal(_digraph(nodes, edges), ref)
     with pytest.raises(KeyError):
         _digraph(nodes, [("a", "zz")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Uneven routing
+
+
+def test_loads_vector_sets_per_rank_dispatch_volumes():
+    s = make_scenario(TINY_MOE, workload={"routing": {"loads": [0.4, 0.3, 0.2, 0.1]}})
+    g = build_dag(s)
+    # 4 x 16 prefill tokens, each TP rank routes 32; top-2 copies of 64 x 2 bytes: 8192 bytes per rank.
+    # GPU 0 holds experts 0, 1 (0.7 of the copies), GPU 1 experts 2, 3 (0.3).
+    d = g.nodes["p.mb0.L0.s0r0.a2a_dispatch"]
+    assert d["send_bytes"] == pytest.approx((8192 * 0.3, 8192 * 0.7))
+    assert d["recv_bytes"] == pytest.approx((8192 * 0.7, 8192 * 0.3))
+    c = g.nodes["p.mb0.L0.s0r0.a2a_combine"]
+    assert c["send_bytes"] == d["recv_bytes"] and c["recv_bytes"] == d["send_bytes"]
+    # 128 copies in the EP group: expert 0 gets 0.4 of them
+    assert g.nodes["p.mb0.L0.g0.expert_fc1"]["expert_tokens"] == pytest.approx((51.2, 38.4))
+    assert g.nodes["p.mb0.L0.g1.expert_fc1"]["expert_tokens"] == pytest.approx((25.6, 12.8))
+
+
+def test_routing_spellings_and_checks():
+    from simulator.config import ScenarioError
+    from simulator.graph import routing_loads
+
+    assert routing_loads(make_scenario(TINY_MOE, workload={"routing": "uniform"})) == [0.25] * 4
+    z = routing_loads(make_scenario(TINY_MOE, workload={"routing": {"zipf": 1.0}}))
+    assert z == pytest.approx([x / (1 + 1 / 2 + 1 / 3 + 1 / 4) for x in (1, 1 / 2, 1 / 3, 1 / 4)])
+    a = make_scenario(TINY_MOE, workload={"routing": {"sampled": 3}})
+    assert routing_loads(a, 1) == routing_loads(make_scenario(TINY_MOE, workload={"routing": {"sampled": 3}}), 1)
+    assert routing_loads(a, 0) != routing_loads(a, 1)  # one draw per layer
+    assert sum(routing_loads(a, 0)) == pytest.approx(1.0)
+    with pytest.raises(ScenarioError, match="workload.routing.loads: routing.loads has 3 entries"):
+        make_scenario(TINY_MOE, workload={"routing": {"loads": [1, 1, 1]}})
+    with pytest.raises(ScenarioError, match="give one of zipf, loads, sampled"):
+        make_scenario(TINY_MOE, workload={"routing": {"zipf": 1.0, "sampled": 1}})
+
+
+def test_capacity_factor_drops_and_counts_copies():
+    from simulator.graph import routing_summary
+
+    s = make_scenario(TINY_MOE, workload={"routing": {"loads": [0.7, 0.1, 0.1, 0.1], "capacity_factor": 1.0}})
+    g = build_dag(s)
+    # 128 copies per EP group and layer; capacity ceil(128 / 4) = 32; expert 0 wants 89.6, keeps 32
+    assert g.nodes["p.mb0.L0.g0.expert_fc1"]["expert_tokens"] == pytest.approx((32.0, 12.8))
+    dropped = sum(a.get("dropped_copies", 0.0) for _, a in g.nodes(data=True) if a["phase"] == "prefill")
+    assert dropped == pytest.approx(57.6 * 4)
+    summary = routing_summary(s)
+    assert summary["dropped_copies_prefill"] == pytest.approx(57.6 * 4)
+    assert summary["max_over_mean_tokens_per_ep_rank"] == pytest.approx(44.8 / ((44.8 + 25.6) / 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# MoE variants: shared experts, leading dense layers, MLA, separate dtypes
+
+DEEPSEEK_TINY = {**TINY_MOE["model"], "activation": "swiglu", "num_shared_experts": 2, "shared_expert_ffn_size": 32,
+                 "first_k_dense_layers": 1, "ffn_size": 96, "kv_lora_rank": 24, "q_lora_rank": 40,
+                 "qk_rope_head_dim": 8, "v_head_dim": 12, "vocab_size": 100}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS[:4], ids=lambda l: "-".join(f"{k}{v}" for k, v in l.items()))
+def test_flops_conserved_deepseek_style(layout):
+    n = layout["tp"] * layout["pp"] * layout["dp"]
+    s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY, parallel=layout, cluster={"num_gpus": n, "gpus_per_node": 8})
+    g = build_dag(s)
+    dag = sum(a["flops"] for _, a in g.nodes(data=True) if a.get("tensor_core"))
+    assert dag == pytest.approx(_closed_form_matmul_flops(s), rel=1e-12)
+
+
+def test_flops_conserved_mla_without_q_lora():
+    s = make_scenario(TINY_MOE, model={**DEEPSEEK_TINY, "q_lora_rank": None})
+    g = build_dag(s)
+    dag = sum(a["flops"] for _, a in g.nodes(data=True) if a.get("tensor_core"))
+    assert dag == pytest.approx(_closed_form_matmul_flops(s), rel=1e-12)
+
+
+def test_dense_first_layer_and_shared_experts_in_dag():
+    s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
+    g = build_dag(s)
+    assert "p.mb0.L0.g0.ffn_fc1" in g and "p.mb0.L0.g0.router" not in g
+    assert "p.mb0.L1.g0.router" in g and "p.mb0.L1.g0.ffn_fc1" not in g
+    fc1 = g.nodes["p.mb0.L1.g0.shared_fc1"]  # 32 tokens of this TP rank's slice, 2 x 32 wide, gated
+    assert fc1["gemm"] == (32, 64, 2 * 2 * 32) and fc1["flops"] == 2 * 32 * 64 * 128
+    assert "p.mb0.L1.g0.shared_fc2" in set(g.predecessors("p.mb0.L1.g0.moe_combine"))
+
+
+def test_mla_nodes_by_hand():
+    s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
+    g = build_dag(s)
+    # tp = 2: 2 of 4 heads per rank; 64 prefill tokens
+    qa = g.nodes["p.mb0.L0.g0.q_absorb"]
+    assert qa["flops"] == 2 * 64 * 2 * 16 * 24 and qa["grouped"] == (2, 64)
+    sc = g.nodes["p.mb0.L0.g0.attn_scores"]
+    assert sc["flops"] == 2 * 4 * 2 * attention_pairs(16, 16) * (24 + 8)
+    # reads Q (2 heads x 32 dims) and the latent (one head of 32) for 4 sequences of 16
+    assert sc["bytes_read"] == (4 * 2 * 16 * 32 + 4 * 1 * 16 * 32) * 2
+    assert g.nodes["p.mb0.L0.g0.kv_a_proj"]["gemm"] == (64, 64, 32)
+    assert g.nodes["p.mb0.L0.g0.o_proj"]["gemm"] == (64, 2 * 12, 64)
+
+
+def test_weight_and_kv_dtypes_change_bytes_not_flops():
+    base = make_scenario(TINY_MOE, model={"dtype": "bf16"})
+    fp8 = make_scenario(TINY_MOE, model={"dtype": "bf16", "weight_dtype": "fp8", "kv_cache_dtype": "fp8"})
+    a, b = build_dag(base), build_dag(fp8)
+    q0, q1 = a.nodes["p.mb0.L0.g0.q_proj"], b.nodes["p.mb0.L0.g0.q_proj"]
+    assert q0["flops"] == q1["flops"]
+    assert q0["bytes_read"] - q1["bytes_read"] == 64 * 32 * 1  # [64, 2 heads x 16] weight: 2 -> 1 byte
+    s0, s1 = a.nodes["d1.mb0.L0.g0.attn_scores"], b.nodes["d1.mb0.L0.g0.attn_scores"]
+    assert s0["bytes_read"] - s1["bytes_read"] == 4 * 2 * 17 * 16 * 1  # K cache of 17 positions, 2 heads
+    assert b.nodes["p.mb0.L0.g0.expert_fc1"]["dtype"] == "bf16"

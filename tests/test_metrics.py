@@ -125,3 +125,52 @@ def test_sampled_decode_matches_full_simulation(parallel):
     assert sampled.ttft_s == full.ttft_s  # prefill is always simulated whole
     assert sampled.total_s == pytest.approx(full.total_s, rel=0.01)
     assert sampled.tpot_s == pytest.approx(full.tpot_s, rel=0.01)
+
+
+def test_zipf_routing_straggler_is_slower_than_uniform():
+    from conftest import seed_dict
+
+    from simulator.pipeline import run_scenario
+
+    runs = {}
+    for name, routing in (("uniform", "uniform"), ("zipf", {"zipf": 1.2})):
+        s = make_scenario(seed_dict(), workload={"output_len_tokens": 3, "routing": routing})
+        runs[name] = run_scenario(s, verify=False).metrics
+    assert runs["zipf"].ttft_s.max > runs["uniform"].ttft_s.max * 1.05
+    assert runs["zipf"].routing["max_over_mean_tokens_per_ep_rank"] > 1.5
+    assert runs["zipf"].routing["straggler_s"] > 0.0 == runs["uniform"].routing["straggler_s"]
+    assert "routing" in runs["zipf"].to_dict()
+
+
+def test_parameter_counts_deepseek_style_by_hand():
+    from test_graph import DEEPSEEK_TINY
+
+    s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
+    c = parameter_counts(s)
+    h = 64
+    # MLA: q_a [64, 40] + q_b [40, 4 x 24] + kv_a [64, 32] + kv_b [24, 4 x 28] + o [48, 64] + latent norms 24 + 40
+    attn = 64 * 40 + 40 * 96 + 64 * 32 + 24 * 112 + 48 * 64 + 24 + 40
+    assert c["attention"] == 4 * attn
+    expert, shared, dense = 3 * h * 128, 3 * h * 64, 3 * h * 96
+    assert c["ffn_or_experts"] == 3 * (4 * expert + shared) + dense
+    assert c["router"] == 3 * h * 4
+    common = 4 * (attn + 2 * h) + 3 * h * 4 + 2 * 100 * h + h
+    assert c["total"] == common + 3 * (4 * expert + shared) + dense
+    assert c["active"] == common + 3 * (2 * expert + shared) + dense
+
+
+def test_mla_kv_cache_and_fp8_memory_by_hand():
+    from test_graph import DEEPSEEK_TINY
+
+    s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
+    # 4 sequences x (16 + 3 - 1) positions x 2 layers per stage x (24 + 8) latent x 2 bytes, on every TP rank
+    assert kv_cache_bytes_per_gpu(s, 0) == kv_cache_bytes_per_gpu(s, 1) == 4 * 18 * 2 * 32 * 2
+    fp8 = make_scenario(TINY_MOE, model={**DEEPSEEK_TINY, "dtype": "bf16", "weight_dtype": "fp8", "kv_cache_dtype": "fp8"})
+    assert kv_cache_bytes_per_gpu(fp8, 0) * 2 == kv_cache_bytes_per_gpu(s, 0)
+    assert weight_bytes_per_gpu(fp8, 0) * 2 == weight_bytes_per_gpu(s, 0)
+    # GPU 0: stage 0 = layer 0 (dense, FFN split over tp 2) and layer 1 (MoE: experts 0-1, shared, router)
+    h = 64
+    attn = 64 * 40 + 40 * 48 + 64 * 32 + 24 * 56 + 24 * 64 + 24 + 40  # two of four heads
+    dense = 3 * h * 48
+    moe = 2 * 3 * h * 128 + 3 * h * 64 + h * 4
+    assert weight_bytes_per_gpu(s, 0) == (2 * (attn + 2 * h) + dense + moe + 100 * h / 2) * 2

@@ -53,6 +53,7 @@ def summary_dict(run: RunResult) -> dict:
         "memory": d["memory"],
         "busy_s": d["busy_s"],
         "bottleneck": m.bottleneck,
+        "routing": d["routing"],
         "targets": d["targets"],
         "all_targets_met": all(t.met for t in m.targets),
         "audit": [a.to_dict() for a in run.audit],
