@@ -23,7 +23,8 @@ PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an infinite bandwidth or NaN peak would make every op time 0 or NaN.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LinkSpec(_Strict):
@@ -86,6 +87,8 @@ class HardwareProfile(_Strict):
             raise ValueError("peak_flops_per_s.fp8 is below fp16: the figures look swapped")
         if self.inter_node.bytes_per_s > self.intra_node.bytes_per_s * 4:
             raise ValueError("inter_node.bytes_per_s is far above intra_node.bytes_per_s: check the units (bytes/s per direction)")
+        if self.vector_flops_per_s > self.peak_flops_per_s.fp16:
+            raise ValueError("vector_flops_per_s is above peak_flops_per_s.fp16: the vector units cannot outrun the tensor cores")
         return self
 
     def peak_for(self, dtype: DType) -> float:
@@ -103,24 +106,55 @@ def series_interpolate(points: list[tuple], key: tuple[float, ...], x: float) ->
     and held constant beyond its ends (no extrapolated trends). Across series, the values are
     blended by inverse squared distance in log-key space; an exact key match is used alone.
     """
-    series: dict[tuple, list[tuple[float, float]]] = {}
-    for *k, px, py in points:
-        series.setdefault(tuple(k), []).append((px, py))
-    if not series:
-        raise ValueError("no calibration points")
-    lx = math.log(max(x, 1e-30))
-    weights, values = [], []
-    for k, pts in series.items():
-        pts.sort()
-        xs = [math.log(p[0]) for p in pts]
-        ys = [p[1] for p in pts]
-        value = _interp(lx, xs, ys)
-        distance = sum((math.log(a) - math.log(b)) ** 2 for a, b in zip(k, key))
-        if distance < 1e-18:
-            return value
-        weights.append(1.0 / distance)
-        values.append(value)
-    return sum(w * v for w, v in zip(weights, values)) / sum(weights)
+    return _interpolator(points)(tuple(key), x)
+
+
+class _SeriesInterpolator:
+    """series_interpolate over one table, with the series grouped and logged once and every
+    answer memoised (a DAG asks for the same few shapes tens of thousands of times)."""
+
+    def __init__(self, points: list[tuple]):
+        grouped: dict[tuple, list[tuple[float, float]]] = {}
+        for *k, px, py in points:
+            grouped.setdefault(tuple(k), []).append((px, py))
+        if not grouped:
+            raise ValueError("no calibration points")
+        self.series = []
+        for k, pts in grouped.items():
+            pts.sort()
+            self.series.append((k, [math.log(k_i) for k_i in k], [math.log(p[0]) for p in pts], [p[1] for p in pts]))
+        self.memo: dict[tuple, float] = {}
+
+    def __call__(self, key: tuple, x: float) -> float:
+        memo_key = (key, x)
+        hit = self.memo.get(memo_key)
+        if hit is not None:
+            return hit
+        lx = math.log(max(x, 1e-30))
+        lkey = [math.log(k) for k in key]
+        weights, values, value = [], [], None
+        for k, logk, xs, ys in self.series:
+            distance = sum((a - b) ** 2 for a, b in zip(logk, lkey))
+            if distance < 1e-18:
+                value = _interp(lx, xs, ys)
+                break
+            weights.append(1.0 / distance)
+            values.append(_interp(lx, xs, ys))
+        if value is None:
+            value = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+        self.memo[memo_key] = value
+        return value
+
+
+_INTERPOLATORS: dict[int, tuple[list, _SeriesInterpolator]] = {}
+
+
+def _interpolator(points: list[tuple]) -> _SeriesInterpolator:
+    cached = _INTERPOLATORS.get(id(points))
+    if cached is None or cached[0] is not points:  # ids are reused once a table is freed
+        cached = (points, _SeriesInterpolator(points))
+        _INTERPOLATORS[id(points)] = cached
+    return cached[1]
 
 
 def _interp(x: float, xs: list[float], ys: list[float]) -> float:
@@ -155,9 +189,22 @@ def load_profile_dict(name_or_path: str, directory: Path | None = None) -> dict:
             names = ", ".join(available_profiles(directory)) or "(none found)"
             raise ProfileError(f"hardware profile '{name_or_path}' not found; available: {names}")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"hardware profile {path}: cannot read ({exc.strerror})") from None
+    if b"\x00" in raw[:4096]:
+        raise ProfileError(f"hardware profile {path}: binary file; give a profile YAML file")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"hardware profile {path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ProfileError(f"hardware profile {path}: YAML error: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ProfileError(f"hardware profile {path}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise ProfileError(f"hardware profile {path}: YAML nested too deeply to be a profile") from None
     if not isinstance(data, dict):
         raise ProfileError(f"hardware profile {path}: expected a mapping of fields")
     return data
