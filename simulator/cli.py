@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = {
     "plot": "simulator.report.plots",
     "validate": "simulator.validate",
     "calibrate": "simulator.calibrate",
+    "import-hf": "simulator.import_hf",
 }
 
 

@@ -79,6 +79,15 @@ class ModelSpec(_Strict):
     qk_rope_head_dim: PositiveInt | None = None
     v_head_dim: PositiveInt | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        """`{preset: NAME or path.yaml, field: override, ...}`: a model spec from scenarios/models/."""
+        if not isinstance(value, dict) or "preset" not in value:
+            return value
+        overrides = {k: v for k, v in value.items() if k != "preset"}
+        return {**load_model_preset(str(value["preset"])), **overrides}
+
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
         kv = self.kv_heads
@@ -149,6 +158,30 @@ class ModelSpec(_Strict):
     def gated(self) -> bool:
         """Gated activations (SwiGLU, GeGLU) have two up-projections."""
         return self.activation in ("swiglu", "geglu")
+
+
+#: Model presets: one model spec per YAML file (scenarios/models/NAME.yaml).
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "scenarios" / "models"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_model_preset(ref: str) -> dict:
+    """The mapping of a model preset, by name (scenarios/models/NAME.yaml) or YAML path."""
+    path = Path(ref)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PRESETS_DIR / f"{ref}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(ref, available_presets(), n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"model preset '{ref}' not found; {hint}available: {', '.join(available_presets())} "
+                         "(or give a path to a model YAML)")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"model preset {path}: expected a mapping of model fields")
+    return data
 
 
 class HardwareRef(_Strict):

@@ -1,0 +1,201 @@
+"""Config edge: turn a Hugging Face `config.json` into a moesim model spec (YAML), offline.
+
+Families: Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, OLMoE, GPT-OSS and Llama-style dense
+models (anything with the Llama field names). Every key of the file is accounted for: mapped to a
+model field, known to have no effect on the simulated cost (listed as ignored), understood but only
+approximated (a note says how), or not understood (reported, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from simulator.config import ModelSpec, ScenarioError, _one_line
+
+HELP = "write a model spec from a Hugging Face config.json (no network access)"
+
+#: HF key -> ModelSpec field, for keys whose meaning is the same in every family.
+COMMON = {
+    "num_hidden_layers": "num_layers",
+    "hidden_size": "hidden_size",
+    "num_attention_heads": "num_heads",
+    "num_key_value_heads": "num_kv_heads",
+    "head_dim": "head_dim",
+    "vocab_size": "vocab_size",
+}
+
+#: Keys that do not change FLOPs, bytes or communication (numerics, training, tokenizer, bookkeeping).
+IGNORED = {
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "hidden_act", "rms_norm_eps",
+    "layer_norm_eps", "rope_theta", "rope_scaling", "max_position_embeddings", "initializer_range",
+    "attention_dropout", "hidden_dropout", "bos_token_id", "eos_token_id", "pad_token_id", "use_cache",
+    "output_router_logits", "router_aux_loss_coef", "router_z_loss_coef", "norm_topk_prob", "router_jitter_noise",
+    "aux_loss_alpha", "seq_aux", "scoring_func", "topk_method", "routed_scaling_factor", "n_group", "topk_group",
+    "attention_bias", "mlp_bias", "pretraining_tp", "auto_map", "ep_size", "tie_word_embeddings", "qkv_bias",
+    "clip_qkv", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "_name_or_path",
+    "num_experts_per_tok", "experts_per_token", "num_local_experts", "num_experts", "n_routed_experts",
+    "n_shared_experts", "moe_intermediate_size", "intermediate_size", "shared_expert_intermediate_size",
+    "first_k_dense_replace", "moe_layer_freq", "decoder_sparse_step", "mlp_only_layers", "kv_lora_rank",
+    "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "quantization_config",
+    "num_nextn_predict_layers", "swiglu_limit", "rope_interleave", "initial_context_length", "tie_word_embedding",
+    "model_name", "qk_layernorm", "use_qk_norm", "rope_parameters", "partial_rotary_factor", "embedding_multiplier",
+}
+
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8"}
+
+
+def _family(cfg: dict) -> str:
+    mt = str(cfg.get("model_type", "")).lower()
+    for family in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "gpt_oss"):
+        if mt == family:
+            return family
+    if any(k in cfg for k in ("n_routed_experts", "num_local_experts", "num_experts")) and (
+            cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts")):
+        return "moe"
+    return "dense"
+
+
+def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list[str]]:
+    """(model spec mapping, source of each field, notes on approximations, keys not understood)."""
+    spec: dict[str, Any] = {"name": name}
+    src: dict[str, str] = {}
+    notes: list[str] = []
+
+    def put(field: str, value: Any, key: str) -> None:
+        spec[field] = value
+        src[field] = f"{key} = {json.dumps(cfg[key]) if key in cfg else value}"
+
+    for key, field in COMMON.items():
+        if cfg.get(key) is not None:
+            put(field, cfg[key], key)
+    family = _family(cfg)
+    act = str(cfg.get("hidden_act", cfg.get("activation", "silu"))).lower()
+    # every supported family runs a gated MLP (gate * act(up)); silu -> SwiGLU, gelu -> GeGLU
+    spec["activation"] = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu",
+                          "relu": "relu"}.get(act, "swiglu")
+    src["activation"] = f"hidden_act = {json.dumps(act)} (gated MLP)"
+    if family == "gpt_oss":
+        src["activation"] = "GPT-OSS experts: clamped SwiGLU"
+    dtype = cfg.get("torch_dtype", cfg.get("dtype"))
+    if dtype in _DTYPES:
+        put("dtype", _DTYPES[dtype], "torch_dtype" if "torch_dtype" in cfg else "dtype")
+    q = cfg.get("quantization_config") or {}
+    method = str(q.get("quant_method", "")).lower()
+    if method == "fp8" or "e4m3" in str(q.get("fmt", "")):
+        spec["weight_dtype"] = "fp8"
+        src["weight_dtype"] = f"quantization_config.quant_method = {json.dumps(method)}"
+    elif q:
+        notes.append(f"quantization_config ({method or 'unknown method'}): weights simulated at "
+                     f"{spec.get('dtype', 'fp16')}; moesim has no such format")
+
+    experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts") or 0
+    if experts:
+        key = next(k for k in ("n_routed_experts", "num_local_experts", "num_experts") if cfg.get(k))
+        put("num_experts", experts, key)
+        k_key = "num_experts_per_tok" if "num_experts_per_tok" in cfg else "experts_per_token"
+        if k_key in cfg:
+            put("top_k", cfg[k_key], k_key)
+        ffn_key = "moe_intermediate_size" if cfg.get("moe_intermediate_size") else "intermediate_size"
+        put("expert_ffn_size", cfg[ffn_key], ffn_key)
+        if cfg.get("n_shared_experts"):
+            put("num_shared_experts", cfg["n_shared_experts"], "n_shared_experts")
+        if cfg.get("shared_expert_intermediate_size"):
+            spec["num_shared_experts"] = 1
+            put("shared_expert_ffn_size", cfg["shared_expert_intermediate_size"], "shared_expert_intermediate_size")
+            src["num_shared_experts"] = "one shared expert (Qwen2-MoE)"
+            notes.append("Qwen2-MoE's sigmoid shared-expert gate ([hidden, 1] per layer) is not modelled")
+        if cfg.get("first_k_dense_replace"):
+            put("first_k_dense_layers", cfg["first_k_dense_replace"], "first_k_dense_replace")
+            put("ffn_size", cfg["intermediate_size"], "intermediate_size")
+        if cfg.get("moe_layer_freq", 1) != 1 or cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
+            notes.append("interleaved dense/MoE layers (moe_layer_freq, decoder_sparse_step, mlp_only_layers): "
+                         "simulated as MoE in every layer after first_k_dense_layers")
+    else:
+        put("ffn_size", cfg["intermediate_size"], "intermediate_size")
+
+    if cfg.get("kv_lora_rank"):
+        for key, field in (("kv_lora_rank", "kv_lora_rank"), ("q_lora_rank", "q_lora_rank"),
+                           ("qk_rope_head_dim", "qk_rope_head_dim"), ("v_head_dim", "v_head_dim"),
+                           ("qk_nope_head_dim", "head_dim")):
+            if cfg.get(key) is not None:
+                put(field, cfg[key], key)
+        spec.pop("num_kv_heads", None)
+        src.pop("num_kv_heads", None)
+    if cfg.get("num_nextn_predict_layers"):
+        notes.append(f"num_nextn_predict_layers = {cfg['num_nextn_predict_layers']}: the multi-token-prediction "
+                     "module (speculative decoding) is not simulated")
+    if cfg.get("tie_word_embeddings"):
+        notes.append("tie_word_embeddings = true: moesim counts the LM head as a separate matrix (memory and "
+                     "parameter counts overstate by vocab_size x hidden_size)")
+    window = cfg.get("sliding_window")
+    if window and (cfg.get("use_sliding_window", True) or family == "gpt_oss"):
+        notes.append(f"sliding_window = {window}: attention is simulated over the full context in every layer")
+    if family == "gpt_oss":
+        notes.append("GPT-OSS attention sinks and biases are not modelled")
+
+    unknown = sorted(k for k in cfg if k not in COMMON and k not in IGNORED)
+    return spec, src, notes, unknown
+
+
+def to_yaml(spec: dict, src: dict[str, str], source_path: str, notes: list[str], unknown: list[str]) -> str:
+    """The model spec with each value's source in a comment."""
+    lines = [f"# Model spec imported by `moesim import-hf {source_path}`.",
+             "# Each value's source is the Hugging Face config.json key named beside it."]
+    lines += [f"# NOTE: {n}" for n in notes]
+    if unknown:
+        lines.append(f"# NOT UNDERSTOOD (not simulated): {', '.join(unknown)}")
+    for field, value in spec.items():
+        text = yaml.safe_dump({field: value}, default_flow_style=True, width=1000).strip()[1:-1]
+        comment = f"  # {src[field]}" if field in src else ""
+        lines.append(f"{text}{comment}")
+    return "\n".join(lines) + "\n"
+
+
+def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, list[str], list[str]]:
+    """Read and convert one config.json; validate the result as a ModelSpec."""
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: not a JSON file ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ScenarioError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    default = path.parent.name if path.stem == "config" else path.stem  # models/<name>/config.json or <name>.json
+    model_name = name or str(cfg.get("_name_or_path") or default or "model").split("/")[-1].lower()
+    try:
+        spec, src, notes, unknown = convert(cfg, model_name)
+    except KeyError as exc:
+        raise ScenarioError(f"{path}: required key {exc} is missing") from None
+    try:
+        model = ModelSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise ScenarioError(f"{path}: the imported model is invalid: {_one_line(exc, ModelSpec)}") from None
+    return to_yaml(spec, src, str(path), notes, unknown), model, notes, unknown
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", type=Path, help="a Hugging Face config.json")
+    parser.add_argument("--out", type=Path, help="write the model spec here (default: print it)")
+    parser.add_argument("--name", help="model name (default: from the config or its folder)")
+
+
+def command(args, console) -> int:
+    text, model, notes, unknown = import_file(args.config, args.name)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        console.print(f"wrote {args.out} ({model.name}: {model.num_layers} layers, "
+                      f"{model.num_experts or 'dense'}{' experts' if model.num_experts else ''})")
+    else:
+        print(text, end="")
+    for n in notes:
+        console.print(f"[yellow]approximated[/yellow]: {n}", highlight=False)
+    if unknown:
+        console.print(f"[red]not understood[/red] (left out of the spec): {', '.join(unknown)}", highlight=False)
+    return 0
