@@ -188,6 +188,42 @@ def alltoall_s(send_bytes: list[float], recv_bytes: list[float], link: LinkSpec)
     return busiest / (link.bytes_per_s * link.efficiency) + (n - 1) * link.latency_s
 
 
+def hierarchical_allreduce_s(message_bytes: float, ranks_per_node: int, nodes: int, intra: LinkSpec,
+                             inter: LinkSpec) -> float:
+    """All-reduce over `nodes` nodes of `ranks_per_node` ranks: reduce-scatter inside each node, a
+    ring all-reduce of each 1/ranks_per_node shard across the nodes (every GPU on its own NIC, in
+    parallel), all-gather inside the node (NCCL's tree/ring hierarchy; Thakur et al. 2005)."""
+    if nodes <= 1:
+        return ring_allreduce_s(message_bytes, ranks_per_node, intra)
+    local = allgather_s(message_bytes, ranks_per_node, intra)  # reduce-scatter costs as an all-gather
+    return 2.0 * local + ring_allreduce_s(message_bytes / ranks_per_node, nodes, inter)
+
+
+def hierarchical_allgather_s(message_bytes: float, ranks_per_node: int, nodes: int, intra: LinkSpec,
+                             inter: LinkSpec) -> float:
+    """All-gather of S bytes in total: ranks with the same local index gather their S/ranks_per_node
+    across the nodes over their NICs, then each node all-gathers the whole S over NVLink."""
+    if nodes <= 1:
+        return allgather_s(message_bytes, ranks_per_node, intra)
+    return allgather_s(message_bytes / ranks_per_node, nodes, inter) + allgather_s(message_bytes, ranks_per_node, intra)
+
+
+def hierarchical_alltoall_s(send_bytes: list[float], recv_bytes: list[float], ranks_per_node: int, nodes: int,
+                            intra: LinkSpec, inter: LinkSpec) -> float:
+    """All-to-all across nodes: each rank's traffic splits over its peers in proportion to their
+    number (n - ranks_per_node of its n - 1 peers are off the node); the off-node part crosses the
+    GPU's NIC, the rest NVLink, concurrently. The slower of the two sets the pace: the NIC, unless
+    nearly all peers share the node."""
+    n = len(send_bytes)
+    if nodes <= 1 or n <= 1:
+        return alltoall_s(send_bytes, recv_bytes, intra)
+    busiest = max(max(send_bytes), max(recv_bytes))
+    off = (n - ranks_per_node) / (n - 1)
+    nic_s = busiest * off / (inter.bytes_per_s * inter.efficiency) + (n - ranks_per_node) * inter.latency_s
+    nvl_s = busiest * (1.0 - off) / (intra.bytes_per_s * intra.efficiency) + (ranks_per_node - 1) * intra.latency_s
+    return max(nic_s, nvl_s)
+
+
 def sendrecv_s(message_bytes: float, link: LinkSpec) -> float:
     """Point-to-point: S / bw + latency."""
     return message_bytes / (link.bytes_per_s * link.efficiency) + link.latency_s

@@ -135,6 +135,38 @@ def routing_summary(scenario: Scenario) -> dict:
     return out
 
 
+def placement_summary(scenario: Scenario, gpus_per_node: int) -> dict:
+    """Where the TP groups, EP groups and pipeline stages landed on the nodes (node = gpu // gpus_per_node).
+
+    The rank order (gpu = stage * dp * tp + dp_rank * tp + tp_rank) puts a TP group on consecutive
+    GPUs, so it stays inside one node whenever tp <= gpus_per_node and gpus_per_node % tp == 0."""
+    pl = Placement.of(scenario)
+    gpn = gpus_per_node
+
+    def nodes(gpus) -> list[int]:
+        return sorted({g // gpn for g in gpus})
+
+    tp_groups = [pl.tp_group(st, d) for st in range(pl.pp) for d in range(pl.dp)]
+    tp_split = [grp for grp in tp_groups if len(nodes(grp)) > 1]
+    ep_groups = [grp for st in range(pl.pp) for grp in pl.ep_groups(st)] if scenario.model.is_moe else []
+    ep_spread = max((len(nodes(grp)) for grp in ep_groups), default=1)
+    stage_nodes = [nodes(pl.stage_gpus(st)) for st in range(pl.pp)]
+    notes = []
+    if pl.tp > 1:
+        notes.append(f"{len(tp_groups)} TP group(s) of {pl.tp} GPUs: "
+                     + ("each inside one node (consecutive ranks)" if not tp_split else
+                        f"{len(tp_split)} span nodes (tp = {pl.tp} > gpus_per_node = {gpn} or not aligned): "
+                        "their all-reduces cross the NICs"))
+    if ep_groups and pl.ep * pl.etp > 1:
+        notes.append(f"{len(ep_groups)} EP group(s) of {pl.ep * pl.etp} GPUs, each over {ep_spread} node(s)"
+                     + (": all-to-all crosses the NICs (bound by the NIC)" if ep_spread > 1 else ": all-to-all on NVLink"))
+    if pl.pp > 1:
+        notes.append("pipeline stages on nodes " + "; ".join(f"stage {st}: {','.join(map(str, n))}"
+                                                            for st, n in enumerate(stage_nodes)))
+    return {"gpus_per_node": gpn, "nodes": -(-pl.num_gpus // gpn), "tp_groups_within_node": not tp_split,
+            "max_nodes_per_ep_group": ep_spread, "notes": notes}
+
+
 def _dim(x: float) -> int | float:
     return int(x) if float(x).is_integer() else round(float(x), 2)
 

@@ -15,8 +15,8 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from simulator.config import Scenario
-from simulator.graph import COMM, MARKER, routing_summary
+from simulator.config import Scenario, gpus_per_node, resolve_hardware
+from simulator.graph import COMM, MARKER, placement_summary, routing_summary
 from simulator.memory import GpuMemory, memory_per_gpu
 from simulator.simulate import SimResult
 
@@ -59,6 +59,7 @@ class Metrics:
     # rank's experts take beyond the mean rank's, summed over layers and passes; dropped_copies,
     # token copies dropped at capacity over the whole run.
     routing: dict = field(default_factory=dict)
+    placement: dict = field(default_factory=dict)  # graph.placement_summary: which nodes each group landed on
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -222,6 +223,7 @@ def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, ca
         busy_s=busy_time(ops, gpus, total_s),
         bottleneck={ph: _bottleneck(ops, ph) for ph in phases},
         routing=routing_metrics(graph, scenario, ops, weights) if scenario.model.is_moe else {},
+        placement=placement_summary(scenario, gpus_per_node(scenario, resolve_hardware(scenario))),
     )
     return _with_targets(metrics, scenario)
 

@@ -56,15 +56,22 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: 
         return 0.0, "none"
     if kind == COMM:
         gpus = attrs["gpu"]
-        same_node = len({g // gpn for g in gpus}) == 1
+        per_node: dict[int, int] = {}
+        for g in gpus:
+            per_node[g // gpn] = per_node.get(g // gpn, 0) + 1
+        same_node = len(per_node) == 1
         link = hw.intra_node if same_node else hw.inter_node
-        coll, n = attrs["collective"], len(gpus)
+        # collectives spanning nodes: hierarchical (NVLink inside each node, NICs between nodes)
+        local, nodes = max(per_node.values()), len(per_node)
+        intra, inter = hw.intra_node, hw.inter_node
+        coll = attrs["collective"]
         if coll == "all_reduce":
-            t = costs.ring_allreduce_s(attrs["message_bytes"], n, link)
+            t = costs.hierarchical_allreduce_s(attrs["message_bytes"], local, nodes, intra, inter)
         elif coll in ("all_gather", "reduce_scatter"):
-            t = costs.allgather_s(attrs["message_bytes"], n, link)
+            t = costs.hierarchical_allgather_s(attrs["message_bytes"], local, nodes, intra, inter)
         elif coll == "all_to_all":
-            t = costs.alltoall_s(list(attrs["send_bytes"]), list(attrs["recv_bytes"]), link)
+            t = costs.hierarchical_alltoall_s(list(attrs["send_bytes"]), list(attrs["recv_bytes"]), local, nodes,
+                                              intra, inter)
         elif coll == "send_recv":
             t = costs.sendrecv_s(attrs["message_bytes"], link)
         else:

@@ -91,3 +91,42 @@ def test_compute_op_eager_floor_and_overhead(h100):
     assert graph == pytest.approx(h100.kernel_overhead_s, rel=1e-3)
     fused, bound = costs.compute_op_s(0.0, 0.0, h100, "fp16", False, 0, eager=True)
     assert (fused, bound) == (0.0, "fused")
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-node (hierarchical) collectives
+
+NVL = LinkSpec(bytes_per_s=100.0, latency_s=0.0, efficiency=1.0)
+NIC = LinkSpec(bytes_per_s=10.0, latency_s=0.0, efficiency=1.0)
+
+
+def test_hierarchical_allreduce_by_hand():
+    # 2 nodes x 4 ranks, S = 1200: reduce-scatter and all-gather in the node (3/4 * 1200 / 100 = 9 each),
+    # ring all-reduce of the 300-byte shard across 2 nodes (2 * 1/2 * 300 / 10 = 30)
+    assert costs.hierarchical_allreduce_s(1200.0, 4, 2, NVL, NIC) == pytest.approx(48.0)
+    assert costs.hierarchical_allreduce_s(1200.0, 4, 1, NVL, NIC) == costs.ring_allreduce_s(1200.0, 4, NVL)
+    assert costs.hierarchical_allreduce_s(1200.0, 1, 8, NVL, NIC) == costs.ring_allreduce_s(1200.0, 8, NIC)
+
+
+def test_hierarchical_allgather_by_hand():
+    # across nodes: 1/2 * 300 / 10 = 15; inside: 3/4 * 1200 / 100 = 9
+    assert costs.hierarchical_allgather_s(1200.0, 4, 2, NVL, NIC) == pytest.approx(24.0)
+
+
+def test_cross_node_alltoall_is_bound_by_the_nic():
+    # 8 ranks, 4 per node: 4 of each rank's 7 peers are off the node; 800 * 4/7 bytes over the NIC
+    t = costs.hierarchical_alltoall_s([800.0] * 8, [800.0] * 8, 4, 2, NVL, NIC)
+    assert t == pytest.approx(800 * 4 / 7 / 10)
+    assert costs.hierarchical_alltoall_s([800.0] * 8, [800.0] * 8, 8, 1, NVL, NIC) == costs.alltoall_s(
+        [800.0] * 8, [800.0] * 8, NVL)
+
+
+def test_node_time_uses_hierarchy_for_collectives_spanning_nodes(h100):
+    from simulator.simulate import node_time_s
+
+    ar = {"kind": "communication", "gpu": tuple(range(16)), "collective": "all_reduce", "message_bytes": 1e8,
+          "send_bytes": (0.0,) * 16, "recv_bytes": (0.0,) * 16}
+    t, bound = node_time_s(ar, h100, 8, eager=False)
+    assert bound == "network"
+    assert t == pytest.approx(costs.hierarchical_allreduce_s(1e8, 8, 2, h100.intra_node, h100.inter_node))
+    assert t < costs.ring_allreduce_s(1e8, 16, h100.inter_node)  # the flat ring over NICs it replaces

@@ -292,3 +292,16 @@ def test_weight_and_kv_dtypes_change_bytes_not_flops():
     s0, s1 = a.nodes["d1.mb0.L0.g0.attn_scores"], b.nodes["d1.mb0.L0.g0.attn_scores"]
     assert s0["bytes_read"] - s1["bytes_read"] == 4 * 2 * 17 * 16 * 1  # K cache of 17 positions, 2 heads
     assert b.nodes["p.mb0.L0.g0.expert_fc1"]["dtype"] == "bf16"
+
+
+def test_placement_summary_says_where_groups_landed():
+    from simulator.graph import placement_summary
+
+    s = make_scenario(TINY_MOE, parallel={"tp": 2, "ep": 4, "pp": 2, "dp": 2}, cluster={"num_gpus": 8, "gpus_per_node": 4},
+                      workload={"batch_size": 4})
+    p = placement_summary(s, 4)
+    assert p["nodes"] == 2 and p["tp_groups_within_node"] and p["max_nodes_per_ep_group"] == 1
+    assert "pipeline stages on nodes stage 0: 0; stage 1: 1" in p["notes"]
+    wide = placement_summary(make_scenario(TINY_MOE, parallel={"tp": 4, "ep": 4, "pp": 1}), 2)
+    assert not wide["tp_groups_within_node"] and wide["max_nodes_per_ep_group"] == 2
+    assert "all-to-all crosses the NICs" in wide["notes"][1]
