@@ -84,6 +84,9 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
     dtype = cfg.get("torch_dtype", cfg.get("dtype"))
     if dtype in _DTYPES:
         put("dtype", _DTYPES[dtype], "torch_dtype" if "torch_dtype" in cfg else "dtype")
+    elif family == "gpt_oss":
+        spec["dtype"] = "bf16"
+        src["dtype"] = "GPT-OSS model card: bf16 outside the mxfp4 expert weights (no torch_dtype key)"
     q = cfg.get("quantization_config") or {}
     method = str(q.get("quant_method", "")).lower()
     if method == "fp8" or "e4m3" in str(q.get("fmt", "")):

@@ -101,7 +101,7 @@ def test_import_qwen2_shared_expert_and_gpt_oss_notes():
     _, q, notes, _ = import_file(FIXTURES / "qwen2-57b-a14b.json")
     assert (q.num_shared_experts, q.shared_expert_ffn_size, q.expert_ffn_size) == (1, 20480, 2560)
     _, g, notes, _ = import_file(FIXTURES / "gpt-oss-120b.json")
-    assert (g.num_experts, g.top_k, g.head_dim, g.num_kv_heads) == (128, 4, 64, 8)
+    assert (g.num_experts, g.top_k, g.head_dim, g.num_kv_heads, g.dtype) == (128, 4, 64, 8, "bf16")
     assert any("mxfp4" in n for n in notes) and any("sliding_window" in n for n in notes)
 
 
