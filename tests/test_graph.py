@@ -305,3 +305,14 @@ def test_placement_summary_says_where_groups_landed():
     wide = placement_summary(make_scenario(TINY_MOE, parallel={"tp": 4, "ep": 4, "pp": 1}), 2)
     assert not wide["tp_groups_within_node"] and wide["max_nodes_per_ep_group"] == 2
     assert "all-to-all crosses the NICs" in wide["notes"][1]
+
+
+def test_fp8_weights_speed_up_memory_bound_decode_gemms(h100):
+    from simulator.simulate import node_time_s
+
+    big = {**TINY_MOE["model"], "hidden_size": 4096, "num_heads": 32, "head_dim": 128, "dtype": "bf16"}
+    times = []
+    for extra in ({}, {"weight_dtype": "fp8"}):
+        g = build_dag(make_scenario(TINY_MOE, model={**big, **extra}, workload={"output_len_tokens": 2}))
+        times.append(node_time_s(g.nodes["d1.mb0.L0.g0.q_proj"], h100, 8, eager=False)[0])
+    assert times[1] < 0.75 * times[0]
