@@ -6,9 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from simulator import critical_path
 from simulator.audit import AuditLine
 from simulator.pipeline import DagResult, RunResult
 from simulator.report.output import write_atomic
@@ -35,10 +37,15 @@ def _layout(run: RunResult | DagResult) -> dict:
             "mode": s.runtime.mode}
 
 
-def summary_dict(run: RunResult) -> dict:
-    """Everything a pipeline needs, machine-readable; deterministic for a given scenario."""
+def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
+    """Everything a pipeline needs, machine-readable; deterministic for a given scenario.
+
+    `critical`: the critical-path summary if already computed (critical_path.analyse), else it is.
+    """
     m = run.metrics
     d = m.to_dict()
+    if critical is None:
+        critical, _ = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
     return {
         "scenario": run.scenario.name,
         "model": run.scenario.model.name,
@@ -54,6 +61,7 @@ def summary_dict(run: RunResult) -> dict:
         "busy_s": d["busy_s"],
         "bottleneck": m.bottleneck,
         "routing": d["routing"],
+        "critical_path": critical,
         "targets": d["targets"],
         "all_targets_met": all(t.met for t in m.targets),
         "audit": [a.to_dict() for a in run.audit],
@@ -63,7 +71,7 @@ def summary_dict(run: RunResult) -> dict:
     }
 
 
-def _target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
+def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     rows = []
     for t in summary["targets"]:
         op = ">=" if t["bound"] == "min" else "<="
@@ -100,7 +108,7 @@ def summary_markdown(summary: dict) -> str:
     for k, v in summary["throughput"].items():
         lines.append(f"| {k.replace('_', ' ')} | {v:.4g} |")
     lines += ["", "## Targets", "", "| target | limit | actual | verdict |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _target_rows(summary)]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in target_rows(summary)]
     lines += ["", "## Memory per GPU", "", "| GPU | weights | KV cache | activations | reserve | total | of capacity | fits |",
               "|---|---|---|---|---|---|---|---|"]
     for mem in summary["memory"]:
@@ -109,6 +117,7 @@ def summary_markdown(summary: dict) -> str:
             f"{fmt_bytes(mem['activation_bytes'])} | {fmt_bytes(mem['reserve_bytes'])} | {fmt_bytes(mem['total_bytes'])} | "
             f"{100 * mem['utilization']:.1f}% | {'yes' if mem['fits'] else 'NO: does not fit'} |")
     lines += ["", "## What bounds the run", ""] + [f"- {v}" for v in summary["bottleneck"].values()]
+    lines += _critical_path_markdown(summary.get("critical_path"))
     cats = sorted({c for per in summary["busy_s"].values() for c in per})
     lines += ["", "## Busy time per GPU (s)", "", "| GPU | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
     for g, per in summary["busy_s"].items():
@@ -122,13 +131,42 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _critical_path_markdown(cp: dict | None) -> list[str]:
+    if not cp:
+        return []
+    lines = ["", "## Critical path", "", "The chain of operations that sets the time (critical_path.csv lists it); "
+             "shares are of the path's length.", ""]
+    sentences = cp.get("sentences", {})
+    lines += [f"- {sentences[k]}" for k in ("ttft", "tpot") if k in sentences]
+    paths = [(name, cp[key]) for name, key in (("to the first token (TTFT)", "ttft"), ("whole run", "total"),
+                                               ("one decode step (mean)", "decode_step")) if key in cp]
+    last = paths[-1][1]["shares"] if paths else {}
+    cats = sorted({c for _, p in paths for c in p["shares"]}, key=lambda c: (-last.get(c, 0.0), c))
+    lines += ["", "| path | length | " + " | ".join(cats) + " |", "|---" * (len(cats) + 2) + "|"]
+    for name, p in paths:
+        length = p.get("length_s", p.get("step_s", 0.0))
+        lines.append(f"| {name} | {fmt_s(length)} | " + " | ".join(f"{100 * p['shares'].get(c, 0.0):.1f}%" for c in cats)
+                     + " |")
+    return lines
+
+
 def write_run_files(run: RunResult, out_dir: Path) -> dict:
-    summary = summary_dict(run)
+    """summary.json, summary.md, ops.csv and critical_path.csv (both paths, one row per node; `row`
+    is the node's row in ops.csv)."""
+    critical, paths = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
+    summary = summary_dict(run, critical)
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     write_atomic(out_dir / "summary.md", summary_markdown(summary))
     ops = run.sim.ops.copy()
     ops["gpu"] = [",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g)) for g in ops["gpu"]]
     write_atomic(out_dir / "ops.csv", ops.to_csv(index=False))
+    tables = []
+    for name, path in paths.items():
+        table = critical_path.path_table(run.sim.ops, path)
+        table.insert(0, "row", path.rows)
+        table.insert(0, "path", name)
+        tables.append(table)
+    write_atomic(out_dir / "critical_path.csv", pd.concat(tables, ignore_index=True).to_csv(index=False))
     return summary
 
 
@@ -193,9 +231,13 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
         tt = Table(title="Targets")
         for col in ("target", "limit", "actual", "verdict"):
             tt.add_column(col)
-        for a, b, c, d in _target_rows(summary):
+        for a, b, c, d in target_rows(summary):
             tt.add_row(a, b, c, f"[green]{d}[/green]" if d == "MET" else f"[red]{d}[/red]")
         console.print(tt)
     for sentence in summary["bottleneck"].values():
         console.print(f"- {sentence}")
+    sentences = summary.get("critical_path", {}).get("sentences", {})
+    for key in ("ttft", "tpot"):
+        if key in sentences:
+            console.print(f"- critical path: {sentences[key]}")
     print_audit(console, run.audit, (run.scenario.declared.source if run.scenario.declared else ""))
