@@ -1,0 +1,143 @@
+"""Reports stage: memory.png, the memory of each GPU over the run against its capacity.
+
+Derived from the trace (slices.Slices and the ops table), with these approximations:
+
+* weights and the runtime reserve are constant (summary.json's per-GPU figures);
+* KV cache: the K (or V) of a layer's new tokens exists once that pass's k_proj (v_proj) on the
+  GPU has ended, and stays to the end of the run (no eviction): the curve is the running sum of
+  the bytes those projections write. At the end it equals summary.json's kv_cache_bytes;
+* transient activations: the residual stream of every pass in flight on the GPU (from its first
+  to its last op there) plus the inputs and outputs of the kernels and receive buffers of the
+  collectives running at that instant. Its peak is close to summary.json's activation_bytes
+  (which counts one pass and the single largest op).
+
+Time is binned to the figure's resolution; a bin shows the highest activation level inside it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from simulator.report.slices import Slices  # noqa: E402
+from simulator.report.timeline import select_gpus  # noqa: E402
+
+KV_WRITE_OPS = ("k_proj", "v_proj")
+COLOURS = {"weights": "#4C72B0", "reserve": "#B0B0B0", "kv": "#DD8452", "activations": "#55A868"}
+_BINS = 1200
+
+
+def _binned_max(times: np.ndarray, deltas: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Highest level in each bin of the step function that starts at 0 and jumps by `deltas`
+    at `times`. Jumps at the same time are applied together."""
+    order = np.argsort(times, kind="stable")
+    times, level = times[order], np.cumsum(deltas[order])
+    # Only the last of several jumps at one instant is a level the function holds.
+    keep = np.ones(len(times), dtype=bool)
+    keep[:-1] = times[1:] != times[:-1]
+    times, values = times[keep], np.concatenate([[0.0], level[keep]])
+    first = np.searchsorted(times, edges[:-1], side="right")
+    return np.maximum.reduceat(values, first)
+
+
+def memory_curves(ops: pd.DataFrame, slices: Slices, gpu: int, edges_s: np.ndarray) -> dict[str, np.ndarray]:
+    """KV cache (at each bin's end) and peak transient activations (within each bin) of one GPU, bytes."""
+    start = ops["start_s"].to_numpy(dtype=float)
+    end = ops["end_s"].to_numpy(dtype=float)
+    op = ops["op"].to_numpy()
+    written = ops["bytes_written"].to_numpy(dtype=float)
+
+    on_gpu = (slices.gpu == gpu) & (slices.kind < 2)  # its compute and comm streams
+    rows = slices.row[on_gpu]
+    compute_rows = slices.row[on_gpu & (slices.kind == 0)]
+    kv_rows = compute_rows[np.isin(op[compute_rows], KV_WRITE_OPS)]
+    kv_times, kv_bytes = end[kv_rows], written[kv_rows]
+    order = np.argsort(kv_times, kind="stable")
+    kv_cum = np.cumsum(kv_bytes[order])
+    kv = np.concatenate([[0.0], kv_cum])[np.searchsorted(kv_times[order], edges_s[1:], side="right")]
+
+    act = slices.act_bytes[on_gpu]
+    times = [start[rows], end[rows]]
+    deltas = [act, -act]
+    # Residual stream of each pass (phase, step, microbatch) while it is on this GPU.
+    passes = pd.DataFrame({"phase": ops["phase"].to_numpy()[rows], "step": ops["step"].to_numpy()[rows],
+                           "mb": ops["microbatch"].to_numpy()[rows], "start": start[rows], "end": end[rows],
+                           "residual": slices.residual_bytes[rows]})
+    spans = passes.groupby(["phase", "step", "mb"], sort=False).agg(start=("start", "min"), end=("end", "max"),
+                                                                     residual=("residual", "max"))
+    times += [spans["start"].to_numpy(), spans["end"].to_numpy()]
+    deltas += [spans["residual"].to_numpy(), -spans["residual"].to_numpy()]
+    activations = _binned_max(np.concatenate(times), np.concatenate(deltas), edges_s)
+    return {"kv": kv, "activations": np.maximum(activations, 0.0)}
+
+
+def memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int = 110) -> bytes:
+    """memory.png as bytes: one panel per GPU shown (all up to 8, else those of the timeline)."""
+    layout = {**summary.get("layout", {}), "num_gpus": slices.num_gpus}
+    gpus, note = select_gpus(layout)
+    memory = {int(m["gpu"]): m for m in summary.get("memory", [])}
+    total_s = float(ops["end_s"].max())
+    edges_s = np.linspace(0.0, total_s, _BINS + 1)
+    mid_ms = 0.5 * (edges_s[1:] + edges_s[:-1]) * 1e3
+    first_tokens_ms = sorted(ops.loc[(ops["op"] == "token") & (ops["phase"] == "prefill"), "end_s"] * 1e3)
+
+    ncols = 2 if len(gpus) <= 4 else 4
+    nrows = math.ceil(len(gpus) / ncols)
+    # Fixed margins in inches (tight_layout costs more than the curves).
+    panel_w, panel_h, left, right, top, bottom, wgap, hgap = 4.4, 2.2, 0.6, 0.2, 1.1, 0.45, 0.35, 0.9
+    width_in = left + right + ncols * panel_w + (ncols - 1) * wgap
+    height_in = top + bottom + nrows * panel_h + (nrows - 1) * hgap
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width_in, height_in), squeeze=False, sharey=True, dpi=dpi)
+    fig.subplots_adjust(left=left / width_in, right=1 - right / width_in, top=1 - top / height_in,
+                        bottom=bottom / height_in, wspace=wgap / panel_w, hspace=hgap / panel_h)
+    capacity_gb = 0.0
+    for ax, g in zip(axes.ravel(), gpus):
+        m = memory.get(g, {})
+        curves = memory_curves(ops, slices, g, edges_s)
+        weights = np.full(_BINS, m.get("weight_bytes", 0.0))
+        reserve = np.full(_BINS, m.get("reserve_bytes", 0.0))
+        layers = [weights, reserve, curves["kv"], curves["activations"]]
+        labels = ["weights", "runtime reserve", "KV cache", "activations (peak in bin)"]
+        ax.stackplot(mid_ms, *[v / 1e9 for v in layers], labels=labels,
+                     colors=[COLOURS[k] for k in ("weights", "reserve", "kv", "activations")], linewidth=0)
+        cap = m.get("capacity_bytes", 0.0) / 1e9
+        capacity_gb = max(capacity_gb, cap)
+        if cap:
+            ax.axhline(cap, color="#C44E52", ls="--", lw=1.2, label="capacity")
+        peak_gb = float(np.max(sum(layers))) / 1e9
+        for t in first_tokens_ms:
+            ax.axvline(t, color="black", lw=0.6, ls=":")
+        pct = f" = {100 * peak_gb / cap:.1f} % of {cap:.0f} GB" if cap else ""
+        ax.set_title(f"GPU {g}: peak {peak_gb:.2f} GB{pct}\nweights {weights[0] / 1e9:.2f} · reserve "
+                     f"{reserve[0] / 1e9:.2f} · KV (end) {curves['kv'][-1] / 1e9:.2f} · activations "
+                     f"≤ {curves['activations'].max() / 1e9:.2f} GB", fontsize=8)
+        ax.set_xlabel("time (ms)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.set_xlim(0, total_s * 1e3)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("GB", fontsize=8)
+    for ax in axes.ravel()[len(gpus):]:
+        ax.axis("off")
+    top = max(capacity_gb, max(float(np.max(a.get_ylim())) for a in axes.ravel()[: len(gpus)]))
+    axes[0, 0].set_ylim(0, 1.08 * top)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="black", lw=0.6, ls=":"))
+    labels.append("first token")
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.32 / height_in))
+    title = f"Memory per GPU over time: {summary.get('scenario', 'run')}"
+    if note:
+        title += f" ({note})"
+    fig.suptitle(title, fontsize=10, x=0.01, ha="left", y=1 - 0.04 / height_in)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
