@@ -1,0 +1,121 @@
+"""Reports stage: the pictures of a run (timeline, memory, trace, page) and the `moesim plot` command.
+
+`moesim run` calls write_run_plots after the summary files; `moesim plot RUN_DIR` redraws them from
+what the run directory holds (ops.csv, slices.npz, critical_path.csv, summary.json), without
+simulating again. On a `moesim compare` directory (comparison.csv / comparison.md, no
+summary.json) it writes only index.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simulator.report.html import write_index
+from simulator.report.output import OutputError, write_atomic
+from simulator.report.slices import SLICES_FILE, Slices, load_slices, save_slices, slices_of_run
+
+HELP = "redraw timeline.png, memory.png, trace.json and index.html of an existing run directory"
+
+PATH_FILE = "critical_path.csv"
+
+_OPS_DTYPES = {"node": str, "op": str, "kind": str, "category": str, "phase": str, "bound": str, "step": np.int64,
+               "microbatch": np.int64, "layer": np.int64, "stage": np.int64, "flops": float, "bytes_read": float,
+               "bytes_written": float, "start_s": float, "end_s": float, "duration_s": float}
+
+
+def _path_rows(out_dir: Path, which: str = "total") -> np.ndarray | None:
+    """ops rows of the critical path stored in critical_path.csv (None when absent)."""
+    path = Path(out_dir) / PATH_FILE
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, usecols=["path", "row"])
+    return frame.loc[frame["path"] == which, "row"].to_numpy(dtype=np.int64)
+
+
+def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict) -> dict[str, float]:
+    """Write trace.json, timeline.png, memory.png and index.html; returns seconds spent on each."""
+    from simulator.report.memory_plot import memory_png
+    from simulator.report.timeline import timeline_png
+    from simulator.report.trace import write_trace
+
+    out_dir = Path(out_dir)
+    path_rows = _path_rows(out_dir)
+    seconds = {}
+    started = time.perf_counter()
+    write_trace(out_dir / "trace.json", ops, slices, path_rows,
+                {"scenario": summary.get("scenario"), "layout": dict(sorted(summary.get("layout", {}).items())),
+                 "made_by": "moesim"})
+    seconds["trace.json"] = time.perf_counter() - started
+    started = time.perf_counter()
+    write_atomic(out_dir / "timeline.png", timeline_png(ops, slices, summary, path_rows))
+    seconds["timeline.png"] = time.perf_counter() - started
+    started = time.perf_counter()
+    write_atomic(out_dir / "memory.png", memory_png(ops, slices, summary))
+    seconds["memory.png"] = time.perf_counter() - started
+    started = time.perf_counter()
+    write_index(out_dir, summary)
+    seconds["index.html"] = time.perf_counter() - started
+    return seconds
+
+
+def write_run_plots(result, out_dir: Path, summary: dict) -> dict[str, float]:
+    """Called by `moesim run` once summary.json, ops.csv and critical_path.csv are written."""
+    slices = slices_of_run(result)
+    save_slices(slices, Path(out_dir) / SLICES_FILE)
+    return draw_all(out_dir, result.sim.ops, slices, summary)
+
+
+def read_ops(path: Path) -> pd.DataFrame:
+    """ops.csv back as the trace table (the gpu column stays text: the slices carry placement)."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        missing = [c for c in _OPS_DTYPES if c not in header]
+        if missing:
+            raise OutputError(f"{path}: not a moesim ops table (no column {missing[0]!r})")
+        return pd.read_csv(path, usecols=list(_OPS_DTYPES), dtype=_OPS_DTYPES, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise OutputError(f"{path}: cannot read it ({exc})") from None
+
+
+def plot_directory(run_dir: Path) -> tuple[list[str], dict[str, float]]:
+    """Redraw everything the directory allows; returns the files written and seconds per file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise OutputError(f"{run_dir}: no such directory; pass a directory written by `moesim run`")
+    if not (run_dir / "summary.json").is_file():
+        if (run_dir / "comparison.csv").is_file() or (run_dir / "comparison.md").is_file():
+            started = time.perf_counter()
+            write_index(run_dir, None)
+            return ["index.html"], {"index.html": time.perf_counter() - started}
+        raise OutputError(f"{run_dir}: no summary.json; pass a directory written by `moesim run` or `moesim compare`")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{run_dir / 'summary.json'}: cannot read it ({exc}); rerun `moesim run`") from None
+    if not (run_dir / "ops.csv").is_file():
+        raise OutputError(f"{run_dir}: no ops.csv; rerun `moesim run` to write it")
+    if not (run_dir / SLICES_FILE).is_file():
+        raise OutputError(f"{run_dir}: no {SLICES_FILE} (written by `moesim run` since plots exist); rerun `moesim run`")
+    ops = read_ops(run_dir / "ops.csv")
+    slices = load_slices(run_dir / SLICES_FILE)
+    if len(slices.row) and int(slices.row.max()) >= len(ops) or len(slices.residual_bytes) != len(ops):
+        raise OutputError(f"{run_dir}: {SLICES_FILE} does not belong to ops.csv; rerun `moesim run`")
+    seconds = draw_all(run_dir, ops, slices, summary)
+    return list(seconds), seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="directory written by `moesim run` (or `moesim compare`)")
+
+
+def command(args: argparse.Namespace, console) -> int:
+    files, seconds = plot_directory(args.run_dir)
+    timing = ", ".join(f"{name} {seconds[name]:.1f} s" for name in files)
+    console.print(f"wrote {timing} to {args.run_dir}/")
+    return 0
