@@ -185,7 +185,12 @@ def _describe(frame: pd.DataFrame, span_s: float, what: str, per: str) -> str:
     else:
         gpus = main.groupby("gpu")["duration_s"].sum().sort_values(ascending=False, kind="stable")
         ids = sorted(int(g) for g, t in gpus.items() if t >= 0.2 * bound_s)
-        place = ("GPU " if len(ids) == 1 else "GPUs ") + ", ".join(map(str, ids))
+        if ids:
+            place = ("GPU " if len(ids) == 1 else "GPUs ") + ", ".join(map(str, ids))
+        else:  # spread thin, e.g. one GPU per pipeline stage
+            every = sorted(int(g) for g in gpus.index)
+            shown = ", ".join(map(str, every[:8])) + (", ..." if len(every) > 8 else "")
+            place = f"{len(every)} GPUs in turn ({shown})"
     share = f"{100 * cat_s / span_s:.0f} %"
     inner = f"{100 * bound_s / span_s:.0f} %"
     if cat == "attention" and bound == "memory" and set(top_ops) <= set(KV_READ_OPS):
