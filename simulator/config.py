@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,11 +38,16 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a NaN or infinite figure would flow silently into every time and byte.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Divisors of n, for error messages; O(sqrt n), and only the small ones of an absurd n."""
+    small = [d for d in range(1, min(math.isqrt(n), 10**6) + 1) if n % d == 0]
+    if n > 10**12:
+        return small
+    return sorted(set(small) | {n // d for d in small})
 
 
 class ModelSpec(_Strict):
@@ -421,7 +427,7 @@ def _check_layout(s: Scenario) -> None:
 
 
 def _format_loc(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc)
+    return ".".join(str(part) if str(part).isprintable() else repr(part) for part in loc)
 
 
 def _valid_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -454,6 +460,11 @@ def _one_line(exc: ValidationError, model_cls: type[BaseModel] = Scenario) -> st
         return f"{path}: unknown key; {hint}"
     if kind == "missing":
         return f"{path}: required field is missing; add it"
+    if kind == "literal_error" and loc and loc[-1] == "[key]":  # a mapping key outside a fixed set
+        options = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        close = difflib.get_close_matches(str(err.get("input")), options, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
+        return f"{_format_loc(loc[:-1])}: unknown key; {hint}"
     if kind in ("greater_than", "greater_than_equal") and "input" in err:
         return f"{path} = {err['input']!r}: {msg.lower()}"
     if msg.startswith("Value error, "):
@@ -463,35 +474,124 @@ def _one_line(exc: ValidationError, model_cls: type[BaseModel] = Scenario) -> st
     return f"{prefix}{msg}{got}"
 
 
+#: Largest count accepted per field of the sections that size the operator graph: beyond these a
+#: figure is a typo (or a unit slip), and building a graph from it would hang or overflow.
+_MAX_COUNT = 10**9
+_MAX_COUNTS = {
+    "model.num_layers": 10**4,
+    "model.num_heads": 10**5,
+    "model.num_kv_heads": 10**5,
+    "model.num_experts": 10**5,
+    "model.top_k": 10**5,
+    "model.num_shared_experts": 10**4,
+    "model.first_k_dense_layers": 10**4,
+    "cluster.num_gpus": 10**5,
+    "cluster.gpus_per_node": 10**5,
+    **{f"parallel.{k}": 10**5 for k in ("tp", "pp", "dp", "ep", "etp", "microbatches")},
+}
+
+
+def _check_magnitudes(data: dict) -> None:
+    """Reject absurd numbers before validation, whose divisibility checks and messages loop over them.
+    The workload's token counts are checked (as a product) by the layout check, MAX_TOKENS."""
+    for section in ("model", "cluster", "parallel"):
+        fields = data.get(section)
+        if not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                continue
+            try:
+                number = float(value)
+            except (ValueError, OverflowError):
+                continue
+            path = f"{section}.{key}"
+            limit = _MAX_COUNTS.get(path, _MAX_COUNT)
+            if abs(number) > limit:  # NaN compares false: left to the finite-number check
+                raise ScenarioError(f"{path} = {number:.3g} is out of range (at most {limit:.0e}); check the figure and its unit")
+
+
+def _printable(message: str) -> str:
+    """One line whatever the input held: control characters (a newline in a key) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def _check_name(name: str) -> None:
+    """The name becomes the default output directory reports/<name>: keep it one path component."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ScenarioError(f"name = {name!r}: give a plain name (no '/', not empty); it names the output directory")
+
+
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     """Validate a scenario mapping; raise ScenarioError with one line."""
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: expected a YAML mapping with sections model, hardware, cluster, parallel, workload, targets")
     try:
+        _check_magnitudes(data)
         scenario = Scenario.model_validate(data)
+        _check_name(scenario.name)
     except ValidationError as exc:
-        raise ScenarioError(f"{source}: {_one_line(exc)}") from None
-    resolve_hardware(scenario, source)  # fail now, not mid-run
+        raise ScenarioError(_printable(f"{source}: {_one_line(exc)}")) from None
+    except ScenarioError as exc:
+        raise ScenarioError(_printable(f"{source}: {exc}")) from None
+    try:
+        resolve_hardware(scenario, source)  # fail now, not mid-run
+    except ScenarioError as exc:
+        raise ScenarioError(_printable(str(exc))) from None
     return scenario
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: the base constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override (`key.path=value`) and validate a scenario file."""
-    path = Path(path)
+    try:
+        return _load_scenario(Path(path), overrides)
+    except ScenarioError as exc:
+        raise ScenarioError(_printable(str(exc))) from None
+
+
+def _load_scenario(path: Path, overrides: list[str] | None) -> Scenario:
     if path.is_dir():
         raise ScenarioError(f"{path}: is a directory; give a scenario YAML file")
     if not path.is_file():
         raise ScenarioError(f"{path}: no such file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
     if b"\x00" in raw[:4096]:
         raise ScenarioError(f"{path}: binary file; give a scenario YAML file")
     try:
-        data = yaml.safe_load(raw.decode("utf-8", errors="replace"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save the scenario as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: YAML nested too deeply to be a scenario") from None
     if data is None:
         raise ScenarioError(f"{path}: empty file; a scenario needs model, hardware, cluster, parallel, workload")
     for item in overrides or []:
