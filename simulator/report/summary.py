@@ -188,9 +188,9 @@ def print_audit(console: Console, lines: list[AuditLine], source: str = "") -> N
     if not lines:
         return
     table = Table(title=f"Claim audit{f' ({source})' if source else ''}")
-    for col in ("claim", "declared", "computed", "verdict"):
-        table.add_column(col, overflow="fold", max_width=28)
-    table.add_column("why", overflow="fold", ratio=1, min_width=60)
+    for col, width in (("claim", 20), ("declared", 18), ("computed", 22), ("verdict", 13)):
+        table.add_column(col, overflow="fold", max_width=width)
+    table.add_column("why", overflow="fold", ratio=1)
     colour = {"holds": "green", "does not hold": "red", "pending": "yellow"}
     for a in lines:
         table.add_row(a.claim, a.declared, a.computed, f"[{colour[a.verdict]}]{a.verdict}[/]", a.explanation)
