@@ -61,6 +61,7 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "busy_s": d["busy_s"],
         "bottleneck": m.bottleneck,
         "routing": d["routing"],
+        "placement": d["placement"],
         "critical_path": critical,
         "targets": d["targets"],
         "all_targets_met": all(t.met for t in m.targets),
@@ -234,6 +235,8 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
         for a, b, c, d in target_rows(summary):
             tt.add_row(a, b, c, f"[green]{d}[/green]" if d == "MET" else f"[red]{d}[/red]")
         console.print(tt)
+    for note in summary["placement"].get("notes", []):
+        console.print(f"- placement: {note}")
     for sentence in summary["bottleneck"].values():
         console.print(f"- {sentence}")
     sentences = summary.get("critical_path", {}).get("sentences", {})
