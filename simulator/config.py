@@ -494,12 +494,15 @@ _MAX_COUNTS = {
 def _check_magnitudes(data: dict) -> None:
     """Reject absurd numbers before validation, whose divisibility checks and messages loop over them.
     The workload's token counts are checked (as a product) by the layout check, MAX_TOKENS."""
-    for section in ("model", "cluster", "parallel"):
+    for section in ("model", "cluster", "parallel", "workload"):
         fields = data.get(section)
         if not isinstance(fields, dict):
             continue
         for key, value in fields.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            if isinstance(value, bool):
+                _check_not_bool(section, key, value)
+                continue
+            if section == "workload" or not isinstance(value, (int, float, str)):
                 continue
             try:
                 number = float(value)
@@ -509,6 +512,13 @@ def _check_magnitudes(data: dict) -> None:
             limit = _MAX_COUNTS.get(path, _MAX_COUNT)
             if abs(number) > limit:  # NaN compares false: left to the finite-number check
                 raise ScenarioError(f"{path} = {number:.3g} is out of range (at most {limit:.0e}); check the figure and its unit")
+
+
+def _check_not_bool(section: str, key: str, value: bool) -> None:
+    """pydantic reads `tp: true` as tp = 1; a yes/no where a number belongs is a slip, not a 1."""
+    field = getattr(Scenario.model_fields[section].annotation, "model_fields", {}).get(key)
+    if field is not None and "bool" not in str(field.annotation):
+        raise ScenarioError(f"{section}.{key} = {str(value).lower()}: expected a number, not true/false")
 
 
 def _printable(message: str) -> str:

@@ -117,15 +117,16 @@ def _faster(data: dict, factor: float, what: str) -> dict:
     if what == "flops":
         hw["peak_flops_per_s"] = {k: v * factor for k, v in base.peak_flops_per_s.model_dump().items()}
         hw["vector_flops_per_s"] = base.vector_flops_per_s * factor
-    else:
+    if what in ("hbm", "bandwidth"):
         hw["hbm_bytes_per_s"] = base.hbm_bytes_per_s * factor
+    if what in ("links", "bandwidth"):
         hw["intra_node"] = {**base.intra_node.model_dump(), "bytes_per_s": base.intra_node.bytes_per_s * factor}
         hw["inter_node"] = {**base.inter_node.model_dump(), "bytes_per_s": base.inter_node.bytes_per_s * factor}
     return {**data, "hardware": hw}
 
 
-@_settings(15)
-@given(small_scenarios(), st.sampled_from(["flops", "bandwidth"]), st.sampled_from([1.5, 2.0, 10.0]))
+@_settings(20)
+@given(small_scenarios(), st.sampled_from(["flops", "hbm", "links", "bandwidth"]), st.sampled_from([1.5, 2.0, 10.0]))
 def test_faster_hardware_is_never_slower(data, what, factor):
     base = run_scenario(_scenario(data), verify=False).metrics
     fast = run_scenario(_scenario(_faster(data, factor, what)), verify=False).metrics

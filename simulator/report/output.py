@@ -50,7 +50,9 @@ def run_directory(out: Path, force: bool = False) -> Iterator[Path]:
         staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.staging-"))
         staging.chmod(0o755)
     except OSError as exc:
-        raise OutputError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable directory") from None
+        blocker = next((p for p in parent.parents if p.is_file()), parent if parent.is_file() else None)
+        why = f"{blocker} is a file, not a directory" if blocker else exc.strerror
+        raise OutputError(f"--out {out}: cannot write there ({why}); choose a writable directory") from None
     try:
         (staging / MARKER_FILE).write_text("made by moesim\n")
         yield staging
