@@ -17,7 +17,6 @@ import yaml
 
 from simulator.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
 
-HELP = "fit a hardware profile from GPU micro-benchmarks (--from-json FILE, or --device cuda to measure)"
 
 FP16_BYTES = 2.0
 #: A call is launch-bound when its time is within this factor of its class's eager floor.

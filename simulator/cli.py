@@ -11,18 +11,24 @@ from rich.console import Console
 
 EXIT_OK, EXIT_TARGET_MISSED, EXIT_BAD_INPUT = 0, 1, 2
 
-#: Subcommands that live beside their stage: each module defines HELP, add_arguments(parser) and
-#: command(args, console) -> exit code. A module that is absent is simply not offered.
+#: Subcommands that live beside their stage: each module defines add_arguments(parser) and
+#: command(args, console) -> exit code. Only the module of the command being run is imported
+#: (they pull in pandas, matplotlib, Dask...), so the one-line help for the listing lives here.
 SUBCOMMAND_MODULES = {
-    "compare": "simulator.sweep",
-    "plot": "simulator.report.plots",
-    "validate": "simulator.validate",
-    "calibrate": "simulator.calibrate",
-    "import-hf": "simulator.import_hf",
+    "compare": ("simulator.sweep", "sweep every valid parallel layout, rank them, draw the Pareto front"),
+    "plot": ("simulator.report.plots", "redraw the timeline, memory plot, trace and report page of a run directory"),
+    "validate": ("simulator.validate", "predict the measured runs of a cases file and report the error"),
+    "calibrate": ("simulator.calibrate", "fit a hardware profile from GPU micro-benchmarks (--from-json, or --device cuda)"),
+    "import-hf": ("simulator.import_hf", "write a model spec from a Hugging Face config.json (no network)"),
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moesim", description="Analytical performance simulator for MoE serving.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,10 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--decode-sample", type=int, default=0, metavar="K",
                      help="simulate K decode steps (after the warm-up) and interpolate the rest; 0 = every step")
 
-    for name, module_name in SUBCOMMAND_MODULES.items():
-        module = _optional_module(module_name)
+    for name, (module_name, help_text) in SUBCOMMAND_MODULES.items():
+        module = _optional_module(module_name) if name == command else None
+        sub_parser = sub.add_parser(name, help=help_text)
         if module is not None:
-            module.add_arguments(sub.add_parser(name, help=module.HELP))
+            module.add_arguments(sub_parser)
     return parser
 
 
@@ -64,7 +71,8 @@ def _optional_module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(_command_of(argv)).parse_args(argv)
     console = Console(width=160)
     try:
         return _dispatch(args, console)
@@ -87,7 +95,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     if args.command == "profiles":
         return _profiles(console)
     if args.command in SUBCOMMAND_MODULES:
-        return _optional_module(SUBCOMMAND_MODULES[args.command]).command(args, console)
+        return _optional_module(SUBCOMMAND_MODULES[args.command][0]).command(args, console)
     from simulator.config import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)

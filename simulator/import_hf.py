@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from simulator.config import ModelSpec, ScenarioError, _one_line
 
-HELP = "write a model spec from a Hugging Face config.json (no network access)"
 
 #: HF key -> ModelSpec field, for keys whose meaning is the same in every family.
 COMMON = {

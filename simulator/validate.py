@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError
 from simulator.config import ScenarioError, parse_scenario
 from simulator.pipeline import run_scenario
 
-HELP = "predict the measured runs of a cases file and report the error (median, max)"
 
 Metric = Literal["prefill_s", "decode_step_s", "ttft_mean_s", "tpot_s", "total_s", "output_tokens_per_ms_per_gpu"]
 

@@ -20,7 +20,6 @@ from simulator.report.html import write_index
 from simulator.report.output import OutputError, write_atomic
 from simulator.report.slices import SLICES_FILE, Slices, load_slices, save_slices, slices_of_run
 
-HELP = "redraw timeline.png, memory.png, trace.json and index.html of an existing run directory"
 
 PATH_FILE = "critical_path.csv"
 
