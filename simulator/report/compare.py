@@ -1,0 +1,326 @@
+"""Reports of a layout sweep: the terminal table, comparison.csv / .md, pareto.png and best.yaml."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from simulator.config import Scenario
+from simulator.report.output import write_atomic
+from simulator.report.summary import fmt_bytes, fmt_s
+from simulator.sweep import COST_CLASSES, LayoutResult, layout_scenario
+
+THROUGHPUTS = ("output_tokens_per_ms_per_gpu", "prefill_tokens_per_ms_per_gpu", "total_tokens_per_ms_per_gpu")
+TERMINAL_ROWS = 15
+
+_OBJECTIVE_TEXT = {
+    "targets": "meets every target first, then highest output tokens/ms/GPU",
+    "throughput": "highest output tokens/ms/GPU",
+    "ttft": "lowest worst-case TTFT",
+    "tpot": "lowest TPOT",
+    "memory": "lowest peak memory per GPU",
+}
+_TARGET_TAG = {"output_tokens_per_ms_per_gpu": "out", "prefill_tokens_per_ms_per_gpu": "prefill",
+               "total_tokens_per_ms_per_gpu": "total", "ttft_s": "TTFT", "tpot_s": "TPOT", "total_s": "time",
+               "memory_bytes_per_gpu": "mem"}
+_SHORT = {"output_tokens_per_ms_per_gpu": "out tok/ms/GPU", "prefill_tokens_per_ms_per_gpu": "prefill tok/ms/GPU",
+          "total_tokens_per_ms_per_gpu": "total tok/ms/GPU", "ttft_s": "TTFT", "tpot_s": "TPOT",
+          "total_s": "total time", "memory_bytes_per_gpu": "memory/GPU"}
+
+
+def _fmt(x: float, kind: str) -> str:
+    if not math.isfinite(x):
+        return "-"
+    if kind == "s":
+        return fmt_s(x)
+    if kind == "bytes":
+        return fmt_bytes(x)
+    return f"{x:.4g}"
+
+
+def _verdicts(r: LayoutResult) -> str:
+    if r.status != "ok":
+        return "-"
+    return " ".join(f"{_TARGET_TAG.get(t[0], t[0])} {'✓' if t[4] else '✗'}" for t in r.targets) or "no targets"
+
+
+def _memory_text(r: LayoutResult) -> str:
+    text = _fmt(r.memory_bytes_per_gpu, "bytes")
+    if r.status == "screened":
+        return f">= {text} (does not fit)"
+    if r.status == "ok" and not r.fits:
+        return f"{text} (does not fit)"
+    return text
+
+
+def winner(results: Sequence[LayoutResult]) -> LayoutResult | None:
+    """The first ranked layout that was simulated and fits in memory."""
+    return next((r for r in results if r.rank is not None and r.fits), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal
+
+
+def print_table(console: Console, scenario: Scenario, results: Sequence[LayoutResult], objective: str) -> None:
+    """The best rows (and the scenario's own layout wherever it ranks); the files hold every row."""
+    shown = list(results[:TERMINAL_ROWS])
+    own = next((r for r in results if r.own), None)
+    if own is not None and own not in shown:
+        shown.append(own)
+    table = Table(title=f"{scenario.name}: layouts ranked by {_OBJECTIVE_TEXT[objective]}")
+    for col in ("rank", "layout", "TTFT mean", "TTFT max", "TPOT", "out tok/ms/GPU", "prefill tok/ms/GPU",
+                "total tok/ms/GPU", "memory/GPU", "targets", "dominant cost", "largest overhead"):
+        table.add_column(col, justify="left" if col in ("layout", "targets", "dominant cost", "largest overhead")
+                         else "right")
+    for r in shown:
+        name = f"{r.label} [bold](scenario)[/bold]" if r.own else r.label
+        if r.status != "ok":
+            table.add_row("-", name, "", "", "", "", "", "", _memory_text(r), r.status, r.error, "")
+            continue
+        table.add_row(str(r.rank), name, _fmt(r.ttft_mean_s, "s"), _fmt(r.ttft_max_s, "s"), _fmt(r.tpot_s, "s"),
+                      *(_fmt(r.throughput[k], "") for k in THROUGHPUTS), _memory_text(r),
+                      _verdicts(r), r.dominant, r.overhead, style="green" if r.all_met else None)
+    console.print(table)
+    best = winner(results)
+    if best is not None:
+        console.print(f"best: [bold]{best.label}[/bold] ({_OBJECTIVE_TEXT[objective]}); "
+                      f"{'meets every target' if best.all_met else 'misses a target'}; "
+                      f"dominant cost {best.dominant}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _row(r: LayoutResult, target_names: list[str]) -> dict:
+    row = {"rank": r.rank if r.rank is not None else "", "layout": r.label, "own": r.own, "status": r.status,
+           **r.layout.degrees(), "ttft_mean_s": r.ttft_mean_s, "ttft_max_s": r.ttft_max_s, "tpot_s": r.tpot_s}
+    for k in THROUGHPUTS:
+        row[k] = r.throughput.get(k, math.nan)
+    row.update(memory_bytes_per_gpu=r.memory_bytes_per_gpu, capacity_bytes=r.capacity_bytes,
+               fits=r.fits if math.isfinite(r.memory_bytes_per_gpu) else "")
+    met = {t[0]: t[4] for t in r.targets}
+    for name in target_names:
+        row[f"target_{name}"] = ("met" if met[name] else "missed") if name in met else ""
+    row["all_targets_met"] = r.all_met if r.status == "ok" else ""
+    row["dominant_cost"] = r.dominant
+    row["largest_overhead"] = r.overhead
+    for c in COST_CLASSES:
+        row[f"share_{c.replace(' ', '_').replace('-', '_')}"] = r.cost_shares.get(c, "")
+    row["error"] = r.error
+    return row
+
+
+def comparison_csv(results: Sequence[LayoutResult], target_names: list[str]) -> str:
+    rows = [_row(r, target_names) for r in results]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["layout"], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) and math.isfinite(v) else
+                             ("" if isinstance(v, float) else v)) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective: str) -> str:
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
+    lines = [f"# Layout comparison: {scenario.name}", "",
+             f"{len(results)} layouts on {results[0].layout.num_gpus if results else 0} GPUs: {counts['ok']} simulated, "
+             f"{counts['screened']} screened out (weights + KV cache do not fit), {counts['failed']} failed. "
+             f"Ranked by {_OBJECTIVE_TEXT[objective]}. Workload: batch {scenario.workload.batch_size}, "
+             f"input {scenario.workload.input_len_tokens}, output {scenario.workload.output_len_tokens} tokens.", ""]
+    best = winner(results)
+    if best is not None:
+        lines += [f"**Best: {best.label}** ({'meets every target' if best.all_met else 'misses a target'}; "
+                  f"dominant cost: {best.dominant}). `best.yaml` holds it as a scenario.", ""]
+    lines += ["| rank | layout | TTFT mean | TTFT max | TPOT | out tok/ms/GPU | prefill tok/ms/GPU | total tok/ms/GPU "
+              "| memory/GPU | targets | dominant cost | largest overhead |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in results:
+        name = f"**{r.label}** (scenario)" if r.own else r.label
+        if r.status != "ok":
+            lines.append(f"| - | {name} | | | | | | | {_memory_text(r)} | {r.status} | {r.error} | |")
+            continue
+        lines.append(f"| {r.rank} | {name} | {_fmt(r.ttft_mean_s, 's')} | {_fmt(r.ttft_max_s, 's')} | "
+                     f"{_fmt(r.tpot_s, 's')} | " + " | ".join(_fmt(r.throughput[k], "") for k in THROUGHPUTS) +
+                     f" | {_memory_text(r)} | {_verdicts(r)} | {r.dominant} | {r.overhead} |")
+    tags = ", ".join(f"{tag} = {metric}" for metric, tag in _TARGET_TAG.items() if metric in scenario.targets)
+    lines += ["", "Dominant cost: the largest share of GPU time (makespan x GPUs) among compute-bound kernels, "
+              "memory-bound kernels, kernel launches, exposed TP communication, exposed EP all-to-all, and "
+              "pipeline bubbles (compute streams idle waiting for other stages); largest overhead: the biggest of "
+              "the last four, with its share. Layout names list the degrees above 1 (PP, DP, TP, EP, ETP) and the "
+              f"microbatch count (mb). Targets: {tags}.", ""]
+    return "\n".join(lines)
+
+
+def best_yaml(scenario: Scenario, best: LayoutResult, objective: str) -> str:
+    """The winning layout as a scenario file `moesim run` accepts. The declared section is dropped:
+    it describes the original deployment's claims, not this layout."""
+    variant = layout_scenario(scenario, best.layout)
+    data = variant.model_dump(mode="json", exclude_none=True, exclude={"declared"})
+    data["description"] = f"{scenario.name} on its best layout by moesim compare: {best.label}"
+    tput = best.throughput.get("output_tokens_per_ms_per_gpu", math.nan)
+    header = (f"# Written by `moesim compare` (objective: {_OBJECTIVE_TEXT[objective]}).\n"
+              f"# Layout {best.label}: TTFT max {_fmt(best.ttft_max_s, 's')}, TPOT {_fmt(best.tpot_s, 's')}, "
+              f"{tput:.4g} output tokens/ms/GPU, {_fmt(best.memory_bytes_per_gpu, 'bytes')} per GPU.\n")
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def write_comparison(scenario: Scenario, results: Sequence[LayoutResult], out: Path, objective: str) -> list[Path]:
+    """comparison.csv, comparison.md, pareto.png and best.yaml (when a layout fits) into `out`."""
+    out = Path(out)
+    names = list(scenario.targets)
+    files = [out / "comparison.csv", out / "comparison.md", out / "pareto.png"]
+    write_atomic(files[0], comparison_csv(results, names))
+    write_atomic(files[1], comparison_md(scenario, results, objective))
+    write_atomic(files[2], pareto_png(scenario, results))
+    best = winner(results)
+    if best is not None:
+        files.append(out / "best.yaml")
+        write_atomic(files[-1], best_yaml(scenario, best, objective))
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto plot
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both lower x and higher y, by increasing x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], -math.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def pareto_png(scenario: Scenario, results: Sequence[LayoutResult]) -> bytes:
+    """Two panels: output tokens/ms/GPU against worst TTFT, and against TPOT (per-user speed).
+
+    Every simulated layout that fits is a point labelled with its rank (where the label has room);
+    Pareto-optimal ones are joined, highlighted and named; the scenario's own layout is circled;
+    targets are dashed lines, or a note when they lie far off the data."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in results if r.rank is not None and r.fits]
+    fig = Figure(figsize=(16, 7.5), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    panels = (("ttft_max_s", "ttft_s", "worst-case TTFT"), ("tpot_s", "tpot_s", "TPOT (time per output token, per user)"))
+    for ax, (attr, metric, title) in zip(axes, panels):
+        xs = [getattr(r, attr) * 1e3 for r in rows]
+        ys = [r.output_tput for r in rows]
+        front = sorted(pareto_front(list(zip(xs, ys))), key=lambda i: xs[i])
+        colors = ["tab:green" if r.all_met else "tab:gray" for r in rows]
+        ax.scatter(xs, ys, s=24, c=colors, alpha=0.6, zorder=2, linewidths=0)
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:red", lw=1.6, ms=7, zorder=3,
+                label="Pareto-optimal (named)")
+        own = [i for i, r in enumerate(rows) if r.own]
+        for i in own:
+            ax.scatter([xs[i]], [ys[i]], s=280, facecolors="none", edgecolors="tab:blue", linewidths=2, zorder=6,
+                       label=f"scenario's layout: {rows[i].label} (#{rows[i].rank})")
+        ax.scatter([], [], s=24, c="tab:green", label="meets every target")
+        ax.scatter([], [], s=24, c="tab:gray", label="misses a target")
+        _scale_axes(ax, xs, ys)
+        notes = _target_lines(ax, scenario, metric, xs, ys)
+        ax.set_xlabel(f"{title} [ms]  (lower is better)")
+        ax.set_ylabel("output tokens / ms / GPU  (higher is better)")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+        if notes:
+            ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom",
+                    bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+        labels = [(i, f"#{rows[i].rank} {rows[i].label}", True) for i in front]
+        labels += [(i, f"#{rows[i].rank} {rows[i].label}", True) for i in own if i not in front]
+        labels += [(i, str(r.rank), False) for i, r in enumerate(rows) if i not in front and not r.own]
+        _place_labels(fig, ax, xs, ys, labels)
+    w = scenario.workload
+    fig.suptitle(f"{scenario.name}: {len(rows)} layouts on {rows[0].layout.num_gpus if rows else 0} GPUs that fit "
+                 f"(batch {w.batch_size}, input {w.input_len_tokens}, output {w.output_len_tokens} tokens); "
+                 f"small numbers are ranks in comparison.md", fontsize=11)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _scale_axes(ax, xs: list[float], ys: list[float]) -> None:
+    """Log axes for data spanning more than 20x; limits hug the data (targets do not stretch them)."""
+    for values, set_scale, set_lim in ((xs, ax.set_xscale, ax.set_xlim), (ys, ax.set_yscale, ax.set_ylim)):
+        finite = [v for v in values if math.isfinite(v) and v > 0]
+        if not finite:
+            continue
+        lo, hi = min(finite), max(finite)
+        if hi / lo > 20:
+            set_scale("log")
+            set_lim(lo / 1.4, hi * 1.4)
+        else:
+            pad = (hi - lo) * 0.12 or hi * 0.1
+            set_lim(max(0.0, lo - pad), hi + pad)
+
+
+def _target_lines(ax, scenario: Scenario, metric: str, xs: list[float], ys: list[float]) -> list[str]:
+    """Dashed target lines inside the plotted range; a note for a target far outside it."""
+    notes = []
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    target = scenario.targets.get(metric)
+    if target is not None and target.max is not None:
+        limit_ms = target.max * 1e3
+        text = f"target {_SHORT[metric]} <= {_fmt(target.max, 's')}"
+        if limit_ms <= x1 * 1.5:
+            ax.axvline(limit_ms, color="tab:orange", ls="--", lw=1.4, label=text)
+            ax.set_xlim(x0, max(x1, limit_ms * 1.05))
+        else:
+            notes.append(f"{text}: every layout shown is well inside (line off the chart, right)")
+    tput = scenario.targets.get("output_tokens_per_ms_per_gpu")
+    if tput is not None and tput.min is not None:
+        text = f"target output >= {tput.min:.4g} tok/ms/GPU"
+        if tput.min <= y1 * 1.5:
+            ax.axhline(tput.min, color="tab:purple", ls="--", lw=1.4, label=text)
+            ax.set_ylim(y0, max(y1, tput.min * 1.05))
+        else:
+            best = max((y for y in ys if math.isfinite(y)), default=math.nan)
+            notes.append(f"{text}: out of reach (best {best:.3g}, {tput.min / best:.0f}x short; line off the chart, top)")
+    return notes
+
+
+_OFFSETS = [(6, 5), (6, -12), (-8, 6), (-8, -12), (10, -3), (-12, -3), (0, 10), (0, -15), (14, 10), (14, -18),
+            (-18, 10), (-18, -18), (22, 0), (-26, 0)]
+
+
+def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[tuple[int, str, bool]]) -> None:
+    """Greedy placement: each label takes the first offset where it overlaps no label placed
+    before it (and stays inside the axes); rank numbers with no room are left out."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed = []
+    for i, text, major in labels:
+        if not (math.isfinite(xs[i]) and math.isfinite(ys[i])):
+            continue
+        style = ({"fontsize": 8.5, "fontweight": "bold", "color": "tab:red"} if major
+                 else {"fontsize": 6.5, "color": "0.3"})
+        for dx, dy in _OFFSETS:
+            ann = ax.annotate(text, (xs[i], ys[i]), xytext=(dx, dy), textcoords="offset points", zorder=7, **style)
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            ann.remove()
+        else:
+            if major:  # a Pareto name is always shown, even where it must overlap
+                ann = ax.annotate(text, (xs[i], ys[i]), xytext=_OFFSETS[0], textcoords="offset points", zorder=7,
+                                  **style)
+                placed.append(ann.get_window_extent(renderer))
