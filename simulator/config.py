@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from simulator.hardware import DType, HardwareProfile, ProfileError, load_profile
+from simulator.yamlfile import read_yaml
 
 #: Bytes per element of each dtype.
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
@@ -551,25 +552,6 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     return scenario
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable key: the base constructor reports it
-                continue
-            if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override (`key.path=value`) and validate a scenario file."""
     try:
@@ -583,25 +565,7 @@ def _load_scenario(path: Path, overrides: list[str] | None) -> Scenario:
         raise ScenarioError(f"{path}: is a directory; give a scenario YAML file")
     if not path.is_file():
         raise ScenarioError(f"{path}: no such file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
-    if b"\x00" in raw[:4096]:
-        raise ScenarioError(f"{path}: binary file; give a scenario YAML file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save the scenario as UTF-8") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{path}: YAML syntax error{where}: {problem}") from None
-    except RecursionError:
-        raise ScenarioError(f"{path}: YAML nested too deeply to be a scenario") from None
+    data = read_yaml(path, str(path), "scenario", ScenarioError)
     if data is None:
         raise ScenarioError(f"{path}: empty file; a scenario needs model, hardware, cluster, parallel, workload")
     for item in overrides or []:

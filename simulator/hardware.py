@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from simulator.yamlfile import read_yaml
 
 DType = Literal["fp32", "fp16", "bf16", "fp8"]
 
@@ -188,23 +189,7 @@ def load_profile_dict(name_or_path: str, directory: Path | None = None) -> dict:
         if not path.is_file():
             names = ", ".join(available_profiles(directory)) or "(none found)"
             raise ProfileError(f"hardware profile '{name_or_path}' not found; available: {names}")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ProfileError(f"hardware profile {path}: cannot read ({exc.strerror})") from None
-    if b"\x00" in raw[:4096]:
-        raise ProfileError(f"hardware profile {path}: binary file; give a profile YAML file")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ProfileError(f"hardware profile {path}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ProfileError(f"hardware profile {path}: YAML syntax error{where}: {problem}") from None
-    except RecursionError:
-        raise ProfileError(f"hardware profile {path}: YAML nested too deeply to be a profile") from None
+    data = read_yaml(path, f"hardware profile {path}", "profile", ProfileError)
     if not isinstance(data, dict):
         raise ProfileError(f"hardware profile {path}: expected a mapping of fields")
     return data
