@@ -365,10 +365,7 @@ class _Builder:
         shared: dict[int, str] = {}
         for g in pl.stage_gpus(stage):
             p = f"{L}.g{g}"
-            r1 = self.compute(f"{p}.residual_attn", [after_attn[g]], "residual_add", "norm_residual", ctx, g,
-                              costs.elementwise_cost(2 * Ts * h, Ts * h, 1.0, b), (Tsd, h), (Tsd, h))
-            n2 = self.compute(f"{p}.norm_moe", [r1], "norm_moe", "norm_residual", ctx, g,
-                              costs.elementwise_cost(Ts * h, Ts * h, costs.NORM_FLOPS_PER_ELEMENT, b), (Tsd, h), (Tsd, h))
+            r1, n2 = self._residual_and_norm(p, after_attn[g], "norm_moe", ctx, g, Ts)
             gate = self.linear(f"{p}.router", [n2], "router", "router", ctx, g, Ts, h, E, (Tsd, h), (Tsd, E),
                                kind=ROUTING)
             top = self.compute(f"{p}.topk", [gate], "topk", "router", ctx, g,
@@ -589,10 +586,7 @@ class _Builder:
         resid: dict[int, str] = {}
         for g in pl.stage_gpus(stage):
             p = f"{L}.g{g}"
-            r1 = self.compute(f"{p}.residual_attn", [after_attn[g]], "residual_add", "norm_residual", ctx, g,
-                              costs.elementwise_cost(2 * T * h, T * h, 1.0, b), (Td, h), (Td, h))
-            n2 = self.compute(f"{p}.norm_ffn", [r1], "norm_ffn", "norm_residual", ctx, g,
-                              costs.elementwise_cost(T * h, T * h, costs.NORM_FLOPS_PER_ELEMENT, b), (Td, h), (Td, h))
+            r1, n2 = self._residual_and_norm(p, after_attn[g], "norm_ffn", ctx, g, T)
             f1 = self.linear(f"{p}.ffn_fc1", [n2], "ffn_fc1", "ffn", ctx, g, T, h, up, (Td, h), (Td, up))
             a = self.compute(f"{p}.ffn_act", [f1], "ffn_act", "ffn", ctx, g,
                              costs.elementwise_cost(T * up, T * ffn, costs.ACTIVATION_FLOPS_PER_ELEMENT[m.activation], b),
@@ -603,6 +597,15 @@ class _Builder:
         return {g: self.compute(f"{L}.g{g}.residual_ffn", [reduced[g]], "residual_add", "norm_residual", ctx, g,
                                 costs.elementwise_cost(2 * T * h, T * h, 1.0, b), (Td, h), (Td, h))
                 for g in pl.stage_gpus(stage)}
+
+    def _residual_and_norm(self, p: str, dep: str, norm_op: str, ctx: dict, g: int, tokens: float) -> tuple[str, str]:
+        """Add the attention output to the residual stream, then normalise it for the FFN/MoE."""
+        h, b, td = self.h, self.b, _dim(tokens)
+        r = self.compute(f"{p}.residual_attn", [dep], "residual_add", "norm_residual", ctx, g,
+                         costs.elementwise_cost(2 * tokens * h, tokens * h, 1.0, b), (td, h), (td, h))
+        n = self.compute(f"{p}.{norm_op}", [r], norm_op, "norm_residual", ctx, g,
+                         costs.elementwise_cost(tokens * h, tokens * h, costs.NORM_FLOPS_PER_ELEMENT, b), (td, h), (td, h))
+        return r, n
 
     def _tp_allreduce(self, prefix: str, name: str, partial: dict[int, str], ctx: dict, T: float) -> dict[int, str]:
         """Sum the row-parallel partial outputs [T, h] over each TP group (ring all-reduce); with
