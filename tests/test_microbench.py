@@ -13,7 +13,8 @@ import pytest
 from simulator import microbench, microbench_e2e
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-SHARED_MICRO = Path(__file__).resolve().parents[2] / "shared" / "calibration" / "h200_micro.json"
+# The repository's copy of ../shared/calibration/h200_micro.json (hardware_profiles/measurements/README.md)
+SHARED_MICRO = Path(__file__).resolve().parents[1] / "hardware_profiles" / "measurements" / "h200_micro.json"
 
 #: Entry fields of each section of h200_micro.json (e2e_dev holds two kinds of entry).
 FIELDS = {
@@ -39,7 +40,7 @@ def _field_sets(section: list[dict]) -> list[set]:
     return unique
 
 
-@pytest.mark.skipif(not SHARED_MICRO.exists(), reason="shared/calibration/h200_micro.json not beside the checkout")
+@pytest.mark.skipif(not SHARED_MICRO.exists(), reason="hardware_profiles/measurements/h200_micro.json missing")
 def test_expected_fields_are_those_of_the_shared_file():
     data = json.loads(SHARED_MICRO.read_text())
     assert set(data) == {"env", *FIELDS}
@@ -48,7 +49,7 @@ def test_expected_fields_are_those_of_the_shared_file():
         assert sorted(map(sorted, _field_sets(data[key]))) == sorted(map(sorted, fields)), key
 
 
-@pytest.mark.skipif(not SHARED_MICRO.exists(), reason="shared/calibration/h200_micro.json not beside the checkout")
+@pytest.mark.skipif(not SHARED_MICRO.exists(), reason="hardware_profiles/measurements/h200_micro.json missing")
 def test_default_grids_are_those_of_the_shared_file():
     data = json.loads(SHARED_MICRO.read_text())
     grids = microbench.GRIDS
