@@ -235,6 +235,13 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
         for a, b, c, d in target_rows(summary):
             tt.add_row(a, b, c, f"[green]{d}[/green]" if d == "MET" else f"[red]{d}[/red]")
         console.print(tt)
+    routing = summary.get("routing") or {}
+    if routing.get("routing", "uniform") != "uniform" or routing.get("max_over_mean_tokens_per_ep_rank", 1.0) > 1.0 + 1e-9:
+        console.print(f"- routing ({routing['routing']}): the busiest EP rank gets "
+                      f"{routing['max_over_mean_tokens_per_ep_rank']:.2f}x the mean tokens (worst layer); its experts take "
+                      f"{fmt_s(routing['straggler_s'])} longer than the mean rank's in all"
+                      + (f"; {100 * routing['dropped_fraction']:.1f}% of token copies dropped at capacity"
+                         if routing.get("dropped_fraction") else ""))
     for note in summary["placement"].get("notes", []):
         console.print(f"- placement: {note}")
     for sentence in summary["bottleneck"].values():
