@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from simulator.audit import AuditLine, audit
-from simulator.config import Scenario, resolve_hardware
+from simulator.config import Scenario, gpus_per_node, parse_scenario, resolve_hardware
 from simulator.graph import build_dag, sampled_decode_steps
 from simulator.hardware import HardwareProfile
 from simulator.memory import memory_per_gpu
@@ -74,3 +74,32 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
     checks = verify_dag(graph, scenario) if verify else []
     metrics = compute_metrics(graph, scenario, sim, hw.memory_bytes)
     return RunResult(scenario, hw, graph, checks, sim, metrics, audit(scenario, metrics.memory, metrics))
+
+
+def one_replica(scenario: Scenario) -> Scenario | None:
+    """The same deployment reduced to one of its dp replicas (dp = 1, batch / dp, GPUs / dp), when
+    the replicas are independent and identical, so that simulating one gives every figure of the
+    whole: TTFT, TPOT, throughput per GPU and memory per GPU are equal by symmetry. That holds when
+    no expert group spans two dp ranks (ep * etp divides tp), routing does not depend on the batch
+    (a sampled draw does), and replica 0's GPUs keep every same-node relation (so each transfer
+    uses the same link class). Returns None when any condition fails: simulate the whole then."""
+    p = scenario.parallel
+    if p.dp == 1 or scenario.workload.routing.sampled is not None:
+        return None
+    if scenario.model.is_moe and p.tp % (p.ep * p.etp):
+        return None
+    gpn = gpus_per_node(scenario, resolve_hardware(scenario))
+    if gpn % p.dp:
+        return None
+    gpn_one = gpn // p.dp
+    full = [s * p.dp * p.tp + t for s in range(p.pp) for t in range(p.tp)]  # replica 0, rank order
+    reduced = [s * p.tp + t for s in range(p.pp) for t in range(p.tp)]
+    for a in range(len(full)):
+        for b in range(a + 1, len(full)):
+            if (full[a] // gpn == full[b] // gpn) != (reduced[a] // gpn_one == reduced[b] // gpn_one):
+                return None
+    data = scenario.model_dump(exclude_none=True)
+    data["parallel"]["dp"] = 1
+    data["workload"]["batch_size"] = scenario.workload.batch_size // p.dp
+    data["cluster"] = {"num_gpus": scenario.num_gpus // p.dp, "gpus_per_node": gpn_one}
+    return parse_scenario(data, scenario.name)
