@@ -4,19 +4,22 @@ A layout is (pp, dp, tp, ep, etp, microbatches) with pp * dp * tp = N; the valid
 config stage's own (`config._check_layout`), applied to each candidate. Layouts whose weights and
 KV cache alone exceed a GPU's memory are screened out in closed form; the rest are simulated on any
 `concurrent.futures.Executor` (local processes by default, Dask distributed as an option) and
-come back in enumeration order, so a sweep gives the same table serial or parallel.
+come back in enumeration order, so a sweep gives the same table serial or parallel. Ctrl-C stops
+a sweep with its finished layouts handed on (`simulator.resume` keeps them for `--resume`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import queue
+import sys
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -220,7 +223,7 @@ def cost_shares(run) -> dict[str, float]:
     for per_cat in busy.values():
         idle = per_cat.get("idle", 0.0)
         compute_stream_s += sum(v for c, v in per_cat.items() if c not in comm_cats and c != "idle")
-        comm = {c: per_cat.get(c, 0.0) for c in comm_cats}
+        comm = {c: per_cat.get(c, 0.0) for c in sorted(comm_cats)}  # a set's order varies by process: sum in one
         comm_s = sum(comm.values())
         exposed = min(idle, comm_s)
         for c, v in comm.items():
@@ -301,8 +304,17 @@ def make_executor(spec: str | None = None, jobs: int | None = None) -> Iterator[
     if spec == "serial" or (spec == "process" and jobs == 1):
         yield SerialExecutor()
     elif spec == "process":
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs)
+        try:
             yield pool
+        except KeyboardInterrupt:
+            # Tasks already handed to a worker cannot be cancelled and would run to the end (a
+            # minute, for a large layout) before shutdown returned: stop the workers instead.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     elif spec == "dask-local" or spec.startswith("dask://"):
         try:
             from distributed import Client, LocalCluster
@@ -334,20 +346,41 @@ def estimated_cost(layout: Layout, decode_sample: int, decode_steps: int) -> flo
     return layout.microbatches * layout.num_gpus / layout.pp * (1 + steps)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: `finished` of `total` layouts had results when it stopped."""
+
+    def __init__(self, finished: int, total: int):
+        super().__init__(f"interrupted after {finished} of {total} layouts")
+        self.finished, self.total = finished, total
+
+
 def run_sweep(scenario: Scenario, layouts: Sequence[Layout], executor: Executor | None = None,
               decode_sample: int = DEFAULT_DECODE_SAMPLE, progress: Callable[[LayoutResult], None] | None = None,
-              simulate: Callable[..., LayoutResult] = simulate_layout) -> list[LayoutResult]:
+              simulate: Callable[..., LayoutResult] | None = None,
+              done: Mapping[Layout, LayoutResult] | None = None,
+              journal: Callable[[LayoutResult], None] | None = None) -> list[LayoutResult]:
     """Screen, then simulate every layout; results in `layouts` order whatever the executor.
 
-    `simulate(index, own, scenario, decode_sample)` must be picklable for process and Dask
-    executors. A task that raises (or whose worker dies) is recorded as 'failed'.
+    `simulate(index, own, scenario, decode_sample)` (default: simulate_layout) must be picklable
+    for process and Dask executors. A task that raises (or whose worker dies) is recorded as
+    'failed'. Layouts in `done` (results of an interrupted sweep) are taken as they are. `journal` gets each simulated
+    layout's result as it finishes (not screened ones, not a dead worker's), to keep it across an
+    interruption; `progress` gets every result. Ctrl-C cancels the tasks not yet started and
+    raises SweepInterrupted.
     """
     executor = executor or SerialExecutor()
+    simulate = simulate or simulate_layout
     capacity = resolve_hardware(scenario).memory_bytes
     own = Layout.of(scenario)
+    done = done or {}
     results: list[LayoutResult | None] = [None] * len(layouts)
     pending: list[tuple[int, Scenario]] = []
     for i, layout in enumerate(layouts):
+        if layout in done:
+            results[i] = replace(done[layout], index=i, own=layout == own)
+            if progress:
+                progress(results[i])
+            continue
         variant = layout_scenario(scenario, layout)
         need = screen_memory(variant, capacity)
         if need is None:
@@ -361,18 +394,38 @@ def run_sweep(scenario: Scenario, layouts: Sequence[Layout], executor: Executor 
     # Longest first: the pool's last tasks are short ones, so workers finish together.
     steps = scenario.workload.output_len_tokens - 1
     pending.sort(key=lambda item: (-estimated_cost(layouts[item[0]], decode_sample, steps), item[0]))
-    futures = {executor.submit(simulate, i, layouts[i] == own, variant, decode_sample): i for i, variant in pending}
-    for future in as_completed(futures):
-        i = futures[future]
+    # Finished futures queue up here as they complete (at once, for the serial executor), so each
+    # result is recorded before the next task is even submitted when tasks run in this process.
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
+    futures: dict[Future, int] = {}
+
+    def collect(future: Future) -> None:
+        i = futures.pop(future)
         try:
-            result = future.result()
+            result = replace(future.result(), index=i)
         except Exception as exc:  # the worker died, or the task could not be shipped
             result = _failed(i, layouts[i], layouts[i] == own, exc)
-        results[i] = replace(result, index=i)
+        else:
+            if journal:
+                journal(result)
+        results[i] = result
         if progress:
-            progress(results[i])
-    return [r for r in results if r is not None]
+            progress(result)
 
+    try:
+        for i, variant in pending:
+            future = executor.submit(simulate, i, layouts[i] == own, variant, decode_sample)
+            futures[future] = i
+            future.add_done_callback(finished.put)
+            while not finished.empty():
+                collect(finished.get())
+        while futures:  # every task is submitted; take the rest as they finish
+            collect(finished.get())
+    except KeyboardInterrupt:
+        for future in futures:  # those not yet started; running ones cannot be stopped
+            future.cancel()
+        raise SweepInterrupted(sum(r is not None for r in results), len(layouts)) from None
+    return [r for r in results if r is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,6 +489,8 @@ def add_arguments(parser) -> None:
                              f"(default {DEFAULT_DECODE_SAMPLE}; 0: every step)")
     parser.add_argument("--out", type=Path, help="output directory (default: reports/<scenario name>/compare)")
     parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted sweep from <out>.progress.jsonl (same scenario and options)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario field, e.g. --set workload.batch_size=64 (repeatable)")
 
@@ -455,6 +510,8 @@ def command(args, console) -> int:
 
     from simulator.report.compare import print_table, write_comparison
     from simulator.report.output import run_directory
+    from simulator.resume import Progress as SweepProgress
+    from simulator.resume import progress_path, sweep_inputs
 
     scenario = load_scenario(args.scenario, args.set)
     if args.gpus is not None and args.gpus < 1:
@@ -469,23 +526,33 @@ def command(args, console) -> int:
     if not layouts:
         raise ScenarioError(f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}")
     out = args.out or Path("reports") / scenario.name / "compare"
+    inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample)
+    journal = SweepProgress(progress_path(out), inputs, args.resume, layouts)
 
     started = time.perf_counter()
     columns = (TextColumn("[bold]sweep[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.description}"))
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("", total=len(layouts))
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("", total=len(layouts))
 
-        def tick(result: LayoutResult) -> None:
-            bar.update(task, advance=1, description=f"{result.label}: {result.status}")
+            def tick(result: LayoutResult) -> None:
+                bar.update(task, advance=1, description=f"{result.label}: {result.status}")
 
-        with make_executor(args.executor, args.jobs) as executor:
-            results = run_sweep(scenario, layouts, executor, args.decode_sample, tick)
+            with make_executor(args.executor, args.jobs) as executor:
+                results = run_sweep(scenario, layouts, executor, args.decode_sample, tick,
+                                    done=journal.done, journal=journal.append)
+    except SweepInterrupted as exc:  # the progress file keeps the finished layouts
+        print(f"moesim: {exc}; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        journal.close()
     elapsed = time.perf_counter() - started
     ranked = rank_results(results, args.objective)
 
     with run_directory(out, args.force) as staging:
         files = write_comparison(scenario, ranked, staging, args.objective)
+    journal.remove()
     print_table(console, scenario, ranked, args.objective)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
     console.print(f"{len(layouts)} layouts on {num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "

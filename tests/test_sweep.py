@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -286,3 +287,110 @@ def test_compare_bad_microbatches_is_exit_2(small_file, tmp_path, capsys):
     assert main(["compare", str(small_file), "--out", str(tmp_path / "x"), "--microbatches", "two"]) == 2
     assert "--microbatches" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C and --resume
+
+
+def _compare(small_file, out, *extra):
+    return main(["compare", str(small_file), "--out", str(out), "--jobs", "1", "--microbatches", "1", *extra])
+
+
+def _interrupt_after(monkeypatch, n):
+    """Make the per-layout simulation raise KeyboardInterrupt (as Ctrl-C would) after n layouts."""
+    import simulator.sweep as sweep
+
+    real, count = sweep.simulate_layout, [0]
+
+    def simulate(*args):
+        if count[0] == n:
+            raise KeyboardInterrupt
+        count[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(sweep, "simulate_layout", simulate)
+    return real
+
+
+@pytest.fixture
+def uninterrupted(small_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "cmp"
+    assert _compare(small_file, out) == 0
+    return out
+
+
+def _interrupted(small_file, out, monkeypatch, capsys, n=3):
+    real = _interrupt_after(monkeypatch, n)
+    assert _compare(small_file, out) == 130
+    err = capsys.readouterr().err.strip()
+    monkeypatch.setattr("simulator.sweep.simulate_layout", real)
+    return err
+
+
+def test_an_interrupted_sweep_keeps_its_layouts_and_resumes_to_the_same_files(
+        small_file, tmp_path, uninterrupted, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    err = _interrupted(small_file, out, monkeypatch, capsys, n=3)
+    assert err == "moesim: interrupted after 3 of 10 layouts; rerun with --resume to continue"
+    assert not out.exists()
+    journal = tmp_path / "cmp.progress.jsonl"
+    assert len(journal.read_text().splitlines()) == 1 + 3  # header + one line per finished layout
+    calls.clear()
+    real = simulate_layout
+    monkeypatch.setattr("simulator.sweep.simulate_layout", record_calls)
+    assert _compare(small_file, out, "--resume") == 0
+    monkeypatch.setattr("simulator.sweep.simulate_layout", real)
+    assert len(calls) == 10 - 3  # only the layouts the interrupted run had not finished
+    for name in ("comparison.csv", "comparison.md", "best.yaml"):
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+    assert not journal.exists()
+
+
+def test_resume_drops_a_truncated_last_line(small_file, tmp_path, uninterrupted, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    _interrupted(small_file, out, monkeypatch, capsys, n=4)
+    journal = tmp_path / "cmp.progress.jsonl"
+    text = journal.read_text()
+    journal.write_text(text[:-40])  # the last layout's line cut short, as a kill mid-write leaves it
+    assert _compare(small_file, out, "--resume") == 0
+    assert (out / "comparison.csv").read_bytes() == (uninterrupted / "comparison.csv").read_bytes()
+
+
+@pytest.mark.parametrize("change, names", [
+    (["--set", "workload.batch_size=8"], "different scenario"),
+    (["--decode-sample", "2"], "--decode-sample 8, not 2"),
+    (["--gpus", "2"], "--gpus 4, not 2"),
+])
+def test_resume_with_changed_inputs_is_refused_in_one_line(small_file, tmp_path, monkeypatch, capsys, change, names):
+    out = tmp_path / "cmp"
+    _interrupted(small_file, out, monkeypatch, capsys)
+    assert _compare(small_file, out, "--resume", *change) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and names in err and "rerun without --resume" in err
+    assert (tmp_path / "cmp.progress.jsonl").exists() and not out.exists()
+
+
+def test_a_sweep_without_resume_starts_afresh(small_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    _interrupted(small_file, out, monkeypatch, capsys)
+    calls.clear()
+    monkeypatch.setattr("simulator.sweep.simulate_layout", record_calls)
+    assert _compare(small_file, out) == 0
+    assert len(calls) == 10
+    assert not (tmp_path / "cmp.progress.jsonl").exists()
+
+
+def test_resume_without_a_progress_file_is_a_one_line_error(small_file, tmp_path, capsys):
+    assert _compare(small_file, tmp_path / "cmp", "--resume") == 2
+    assert "no progress file" in capsys.readouterr().err
+
+
+def test_progress_records_round_trip_exactly_with_nan_and_targets():
+    import json
+
+    from simulator.resume import from_record, to_record
+
+    for r in ROWS:
+        line = json.dumps(to_record(r), allow_nan=False)  # strict JSON: NaN is written as null
+        assert repr(from_record(json.loads(line))) == repr(replace(r, rank=None))
