@@ -17,7 +17,7 @@ class AuditLine:
     claim: str
     declared: str
     computed: str
-    verdict: str  # "holds", "does not hold", "pending" (needs a simulation)
+    verdict: str  # "holds", "holds only with EP folded", "does not hold", "pending" (needs a simulation)
     explanation: str
 
     def to_dict(self) -> dict:
@@ -67,7 +67,8 @@ def audit(scenario: Scenario, memory: list[GpuMemory] | None = None, metrics=Non
         else:
             expl = f"the scenario's layout is tp={p.tp} ep={p.ep} pp={p.pp} dp={p.dp} on {gpus} GPUs"
         lines.append(AuditLine("parallel layout", declared, f"TP={p.tp} x EP={p.ep} x PP={p.pp} x DP={p.dp} on {gpus} GPUs",
-                               "holds" if matches else "does not hold", expl))
+                               ("holds only with EP folded" if product != gpus else "holds") if matches else "does not hold",
+                               expl))
 
     if d.experts_per_gpu is not None and m.is_moe:
         counts = {len(pl.experts_of_gpu(g)) for g in range(pl.num_gpus)}

@@ -159,8 +159,11 @@ ROWS = [
 def answers(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """Run every row's command (each in its own directory, --out <dir>/out unless it sets one)."""
 
+    # pytest's temporary-directory factory is not thread-safe: make every directory here first.
+    dirs = {row.id: tmp_path_factory.mktemp(row.id) for row in ROWS}
+
     def run(row: Row) -> tuple[Path, subprocess.CompletedProcess]:
-        d = tmp_path_factory.mktemp(row.id)
+        d = dirs[row.id]
         args = row.make(d)
         if "--out" not in args:
             args += ["--out", str(d / "out")]

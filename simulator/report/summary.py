@@ -192,7 +192,7 @@ def print_audit(console: Console, lines: list[AuditLine], source: str = "") -> N
     for col, width in (("claim", 20), ("declared", 18), ("computed", 22), ("verdict", 13)):
         table.add_column(col, overflow="fold", max_width=width)
     table.add_column("why", overflow="fold", ratio=1)
-    colour = {"holds": "green", "does not hold": "red", "pending": "yellow"}
+    colour = {"holds": "green", "holds only with EP folded": "yellow", "does not hold": "red", "pending": "yellow"}
     for a in lines:
         table.add_row(a.claim, a.declared, a.computed, f"[{colour[a.verdict]}]{a.verdict}[/]", a.explanation)
     console.print(table)
