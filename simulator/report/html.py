@@ -171,7 +171,7 @@ def _critical_path(summary: dict) -> str:
 def _audit(summary: dict) -> str:
     if not summary.get("audit"):
         return ""
-    cls = {"holds": "holds", "does not hold": "fails", "pending": "pending"}
+    cls = {"holds": "holds", "holds only with EP folded": "pending", "does not hold": "fails", "pending": "pending"}
     rows = [[_e(a["claim"]), _e(a["declared"]), _e(a["computed"]),
              f'<span class="{cls.get(a["verdict"], "")}">{_e(a["verdict"])}</span>', _e(a["explanation"])]
             for a in summary["audit"]]
