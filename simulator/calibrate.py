@@ -165,6 +165,15 @@ def write_profile(base: str, calibration: Calibration, out: Path, name: str | No
               f"# fractions against the datasheet peaks of the measured GPU ({measured_on}), applied here\n"
               "# to this profile's own peaks. Refit with:\n"
               f"#   moesim calibrate --from-json {calibration.source} --measured-on {measured_on} --base {base} --out {out}\n")
+    base_path = Path(base)
+    if base_path.is_file():  # carry the base profile's own notes (its assumptions and sources)
+        leading = []
+        for line in base_path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            leading.append(line)
+        if leading:
+            header += f"# --- notes of the base profile ({base}); per-figure sources are there ---\n" + "\n".join(leading) + "\n"
     from simulator.report.output import write_atomic
 
     write_atomic(out, header + yaml.safe_dump(raw, sort_keys=False, width=120))
