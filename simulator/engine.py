@@ -263,6 +263,19 @@ def simulate(inp: EngineInput) -> EngineTrace:
         timeout(delay_s, entries).callbacks.append(on_tick)
         return entries
 
+    def busiest(res: tuple[int, ...]) -> int:
+        """The busy resource whose holder ends last, or -1 when all are free. A blocked class
+        parks there: by then the others have freed too, so it is rarely woken only to be
+        blocked again."""
+        wait_on = -1
+        latest_s = -1.0
+        for r in res:
+            held_until_s = busy_until_s[r]
+            if held_until_s > latest_s:
+                latest_s = held_until_s
+                wait_on = r
+        return wait_on
+
     def pull(r: int) -> None:
         """Moves the lowest class parked on freed resource r that could start into the candidates.
 
@@ -276,13 +289,7 @@ def simulate(inp: EngineInput) -> EngineTrace:
             c = task_class[head]
             if where[c] != r or class_tasks[c][0] != head:
                 continue
-            wait_on = -1
-            latest_s = -1.0
-            for s in class_res[c]:
-                held_until_s = busy_until_s[s]
-                if held_until_s > latest_s:
-                    latest_s = held_until_s
-                    wait_on = s
+            wait_on = busiest(class_res[c])
             if wait_on >= 0:
                 where[c] = wait_on
                 heappush(waiters[wait_on], head)
@@ -341,15 +348,7 @@ def simulate(inp: EngineInput) -> EngineTrace:
                 if where[c] != _CANDIDATE or queued[0] != head:
                     continue
                 res = class_res[c]
-                # Park on the busy resource whose holder ends last: by then the others have
-                # freed too, so the class is rarely woken only to be blocked again.
-                wait_on = -1
-                latest_s = -1.0
-                for r in res:
-                    held_until_s = busy_until_s[r]
-                    if held_until_s > latest_s:
-                        latest_s = held_until_s
-                        wait_on = r
+                wait_on = busiest(res)
                 if wait_on >= 0:
                     where[c] = wait_on
                     heappush(waiters[wait_on], head)
