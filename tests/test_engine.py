@@ -32,14 +32,19 @@ def make_input(
     )
 
 
+def _predecessors(inp: EngineInput) -> list[list[int]]:
+    preds: list[list[int]] = [[] for _ in inp.duration_s]
+    for i, succ in enumerate(inp.successors):
+        for j in succ:
+            preds[j].append(i)
+    return preds
+
+
 def reference_schedule(inp: EngineInput) -> tuple[list[float], list[float]]:
     """The scheduling rules written as plainly as possible: scan every task at every event time."""
     num_tasks = len(inp.duration_s)
     release_s = inp.release_s or [0.0] * num_tasks
-    preds: list[list[int]] = [[] for _ in range(num_tasks)]
-    for i, succ in enumerate(inp.successors):
-        for j in succ:
-            preds[j].append(i)
+    preds = _predecessors(inp)
     start_s = [math.nan] * num_tasks
     end_s = [math.nan] * num_tasks
     finished = [False] * num_tasks
@@ -271,10 +276,7 @@ def test_schedule_properties(inp):
     trace = simulate(inp)
     num_tasks = len(inp.duration_s)
     release_s = inp.release_s or [0.0] * num_tasks
-    preds: list[list[int]] = [[] for _ in range(num_tasks)]
-    for i, succ in enumerate(inp.successors):
-        for j in succ:
-            preds[j].append(i)
+    preds = _predecessors(inp)
     for i in range(num_tasks):
         assert trace.end_s[i] == trace.start_s[i] + inp.duration_s[i]
         assert trace.start_s[i] >= release_s[i]
