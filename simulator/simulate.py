@@ -18,7 +18,8 @@ from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
 from simulator.graph import COMM, MARKER
 from simulator.hardware import Calibration, HardwareProfile, series_interpolate
 
-STREAMS = ("compute", "comm")
+#: Resource kinds, in the order of the Resources numbering (kind * num_gpus + gpu).
+RESOURCE_KINDS = ("compute", "comm", "tx", "rx")
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,6 @@ class Resources:
     @property
     def count(self) -> int:
         return 4 * self.num_gpus
-
-    def name(self, index: int) -> str:
-        kind, gpu = divmod(index, self.num_gpus)
-        return f"gpu{gpu}.{('compute', 'comm', 'tx', 'rx')[kind]}"
 
 
 def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:

@@ -36,7 +36,6 @@ from simulator.config import (
 from simulator.graph import COMM, MARKER
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 
-HELP = "sweep every valid layout for N GPUs, rank them, draw the Pareto front, write best.yaml"
 
 DEFAULT_MICROBATCHES = (1, 2, 4, 8)
 DEFAULT_DECODE_SAMPLE = 8

@@ -19,13 +19,9 @@ import pandas as pd
 
 from simulator.graph import COMM, MARKER
 from simulator.report.output import OutputError, write_atomic
-from simulator.simulate import Resources, node_resources
+from simulator.simulate import RESOURCE_KINDS, Resources, node_resources
 
 SLICES_FILE = "slices.npz"
-
-#: Resource kinds in Resources numbering order.
-RESOURCE_KINDS = ("compute", "comm", "tx", "rx")
-
 
 @dataclass(frozen=True)
 class Slices:
