@@ -18,8 +18,6 @@ from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
 from simulator.graph import COMM, MARKER
 from simulator.hardware import Calibration, HardwareProfile, series_interpolate
 
-#: Resource kinds, in the order of the Resources numbering (kind * num_gpus + gpu).
-RESOURCE_KINDS = ("compute", "comm", "tx", "rx")
 
 
 @dataclass(frozen=True)

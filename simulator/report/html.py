@@ -239,7 +239,7 @@ def _comparison(directory: Path) -> str:
         if rows:
             parts.append(_table(rows[0], rows[1:]))
     if table.is_file():
-        parts.append(f'<p><a href="comparison.csv">comparison.csv</a></p>')
+        parts.append('<p><a href="comparison.csv">comparison.csv</a></p>')
     parts.append(_figure(directory, ("pareto.png",), "Pareto front of the layouts compared"))
     body = "\n".join(p for p in parts if p)
     return f"<h2 id='comparison'>Comparison</h2>\n{body}" if body else ""

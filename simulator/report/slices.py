@@ -19,7 +19,7 @@ import pandas as pd
 
 from simulator.graph import COMM, MARKER
 from simulator.report.output import OutputError, write_atomic
-from simulator.simulate import RESOURCE_KINDS, Resources, node_resources
+from simulator.simulate import Resources, node_resources
 
 SLICES_FILE = "slices.npz"
 
@@ -50,7 +50,7 @@ class Slices:
 
     @property
     def kind(self) -> np.ndarray:
-        """Index into RESOURCE_KINDS per slice."""
+        """Resource kind per slice: 0 compute stream, 1 comm stream, 2 link tx, 3 link rx (simulate.Resources)."""
         return self.resource // self.num_gpus
 
 
@@ -109,8 +109,3 @@ def load_slices(path: Path) -> Slices:
                           data["residual_bytes"], int(data["num_gpus"]))
     except (OSError, KeyError, ValueError) as exc:
         raise OutputError(f"{path}: cannot read the slices ({exc}); rerun `moesim run` to rewrite it") from None
-
-
-def resource_label(resource: int, num_gpus: int) -> str:
-    kind, gpu = divmod(int(resource), num_gpus)
-    return f"GPU {gpu} {RESOURCE_KINDS[kind]}" if kind < 2 else f"GPU {gpu} link {RESOURCE_KINDS[kind]}"
