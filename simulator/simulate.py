@@ -19,7 +19,6 @@ from simulator.graph import COMM, MARKER
 from simulator.hardware import Calibration, HardwareProfile, series_interpolate
 
 
-
 @dataclass(frozen=True)
 class Resources:
     """Engine resource numbering: per GPU a compute stream, a communication stream, and the two
