@@ -109,6 +109,55 @@ def routing_loads(scenario: Scenario, layer: int = 0) -> list[float]:
     return [x / total for x in weights]
 
 
+def symmetric_representatives(scenario: Scenario, gpus_per_node: int) -> frozenset[int] | None:
+    """One GPU per pipeline stage that stands for all of its stage, when they are exactly alike.
+
+    Every GPU of a stage then runs the same kernels at the same times: the stage is split evenly
+    (heads, KV heads, experts and expert shards divide), routing sends every expert the same share
+    with no capacity drops, and every GPU's TP group, EP group and pipeline peers span nodes the
+    same way (so each collective has the same link classes, member counts and duration on every
+    member). Simulating the representatives alone then gives every figure of the whole; the
+    others' per-GPU figures are copies (see expand_per_gpu). None when any condition fails."""
+    m, pl, r = scenario.model, Placement.of(scenario), scenario.workload.routing
+    if pl.dp * pl.tp == 1:
+        return None  # nothing to fold
+    if m.is_moe:
+        if r.zipf is not None or r.sampled is not None:
+            return None
+        if r.loads is not None and max(r.loads) != min(r.loads):
+            return None
+        if r.capacity_factor is not None and r.capacity_factor < 1.0:
+            return None
+
+    def span(gpus) -> tuple[int, int]:  # (most GPUs on one node, nodes): what the collective costs read
+        per_node: dict[int, int] = {}
+        for g in gpus:
+            per_node[g // gpus_per_node] = per_node.get(g // gpus_per_node, 0) + 1
+        return max(per_node.values()), len(per_node)
+
+    def signature(stage: int, d: int, t: int) -> tuple:
+        g = pl.gpu(stage, d, t)
+        ep = next(grp for grp in pl.ep_groups(stage) if g in grp)
+        peers = tuple(pl.gpu(s, d, t) // gpus_per_node == g // gpus_per_node for s in range(pl.pp))
+        return span(pl.tp_group(stage, d)), span(ep), peers
+
+    for stage in range(pl.pp):
+        first = signature(stage, 0, 0)
+        if any(signature(stage, d, t) != first for d in range(pl.dp) for t in range(pl.tp)):
+            return None
+    return frozenset(pl.gpu(stage, 0, 0) for stage in range(pl.pp))
+
+
+def expand_per_gpu(values: dict[int, object], graph: nx.DiGraph) -> dict[int, object]:
+    """Per-GPU figures of a folded graph (built for symmetric_representatives) for every GPU:
+    each GPU takes its stage representative's figure. An unfolded graph's figures pass through."""
+    keep = graph.graph.get("representatives")
+    if not keep:
+        return values
+    per_stage = graph.graph["num_gpus"] // len(keep)
+    return {g: values[g - g % per_stage] for g in sorted(values)}
+
+
 def routing_summary(scenario: Scenario) -> dict:
     """Routing imbalance of the MoE layers: tokens per EP rank (max / mean over ranks, the worst
     layer and the mean over layers) and the token copies dropped at capacity per prefill."""
@@ -174,8 +223,9 @@ def _dim(x: float) -> int | float:
 class _Builder:
     """Accumulates nodes and edges as plain lists, then makes one networkx graph."""
 
-    def __init__(self, scenario: Scenario):
+    def __init__(self, scenario: Scenario, keep: frozenset[int] | None = None):
         self.s = scenario
+        self.keep = keep  # GPUs whose nodes are built (None: all); see symmetric_representatives
         self.m = scenario.model
         self.pl = Placement.of(scenario)
         self.b = self.m.dtype_bytes
@@ -191,6 +241,10 @@ class _Builder:
         self.kv_heads_local = max(1, m.kv_heads // tp)
         self.hd = m.head_size
         self.h = m.hidden_size
+
+    def _on(self, gpus) -> list[int]:
+        """The GPUs of `gpus` whose nodes this builder materialises."""
+        return list(gpus) if self.keep is None else [g for g in gpus if g in self.keep]
 
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:
@@ -255,7 +309,7 @@ class _Builder:
         # The last stage produces the token.
         last_stage = pl.pp - 1
         finals = []
-        for g in pl.stage_gpus(last_stage):
+        for g in self._on(pl.stage_gpus(last_stage)):
             dep = ready[g]
             if self.m.vocab_size:
                 ctx = {**base_ctx, "layer": -1, "stage": last_stage}
@@ -276,7 +330,7 @@ class _Builder:
         token (decode). With pp > 1 a decode token travels back from the last stage: as token ids
         when the model has a vocabulary, else as hidden-state slices (all-gathered at stage 0)."""
         pl, h, b = self.pl, self.h, self.b
-        first = pl.stage_gpus(0)
+        first = self._on(pl.stage_gpus(0))
         if phase == "decode" and pl.pp > 1:
             if not self.m.vocab_size:
                 ready = {g: deps for g in pl.stage_gpus(pl.pp - 1)}
@@ -285,6 +339,8 @@ class _Builder:
             for d in range(pl.dp):
                 for t in range(pl.tp):
                     src, dst = pl.gpu(pl.pp - 1, d, t), pl.gpu(0, d, t)
+                    if not self._on((dst,)):
+                        continue
                     nbytes = tokens * 4.0  # int32 token ids
                     ctx = {**base_ctx, "layer": -1, "stage": pl.pp - 1}
                     sent[dst] = [self.collective(f"{tag}.g{src}-g{dst}.token_send", deps, "token_send", "pp_comm",
@@ -308,17 +364,21 @@ class _Builder:
         nbytes = slice_tokens * h * b
         for d in range(pl.dp):
             sent = []
+            group = pl.tp_group(dst_stage, d)
+            if not self._on(group):
+                continue
             for t in range(pl.tp):
                 src, dst = pl.gpu(src_stage, d, t), pl.gpu(dst_stage, d, t)
+                if not self._on((dst,)):
+                    continue
                 ctx = {**base_ctx, "layer": layer, "stage": src_stage}
                 sent.append(self.collective(f"{tag}.g{src}-g{dst}.{op}", _as_list(ready[src]), op, "pp_comm", ctx,
                                             (src, dst), "send_recv", (nbytes, 0.0), (0.0, nbytes), nbytes,
                                             (_dim(slice_tokens), h), "pp"))
-            group = pl.tp_group(dst_stage, d)
             if pl.tp > 1:
                 ctx = {**base_ctx, "layer": layer, "stage": dst_stage}
                 gathered = self._allgather(f"{tag}.s{dst_stage}d{d}.L{layer}.stage_allgather", sent, ctx, group, tokens)
-                for g in group:
+                for g in self._on(group):
                     out[g] = gathered
             else:
                 out[group[0]] = sent[0]
@@ -340,7 +400,7 @@ class _Builder:
         Td = _dim(T)
         L = f"{tag}.L{layer}"
         out_proj: dict[int, str] = {}
-        for g in pl.stage_gpus(stage):
+        for g in self._on(pl.stage_gpus(stage)):
             dep = _as_list(ready[g])
             p = f"{L}.g{g}"
             n = self.compute(f"{p}.norm_attn", dep, "norm_attn", "norm_residual", ctx, g,
@@ -363,7 +423,7 @@ class _Builder:
         E, k = m.num_experts, m.top_k
         routed: dict[int, str] = {}
         shared: dict[int, str] = {}
-        for g in pl.stage_gpus(stage):
+        for g in self._on(pl.stage_gpus(stage)):
             p = f"{L}.g{g}"
             r1, n2 = self._residual_and_norm(p, after_attn[g], "norm_moe", ctx, g, Ts)
             gate = self.linear(f"{p}.router", [n2], "router", "router", ctx, g, Ts, h, E, (Tsd, h), (Tsd, E),
@@ -381,6 +441,9 @@ class _Builder:
 
         moe_out: dict[int, str] = {}
         for group in pl.ep_groups(stage):
+            mine = self._on(group)
+            if not mine:
+                continue
             experts_at = {g: pl.experts_of_gpu(g) for g in group}
             routed_copies = Ts * len(group) * k
             loads, dropped = self._kept_loads(layer, routed_copies)
@@ -390,29 +453,29 @@ class _Builder:
             recv = [copy_bytes * share[g] * (len(group) - 1) for g in group]
             n_ranks = len(group)
             if n_ranks > 1:
-                disp = self.collective(f"{L}.s{stage}r{group[0]}.a2a_dispatch", [routed[g] for g in group],
+                disp = self.collective(f"{L}.s{stage}r{group[0]}.a2a_dispatch", [routed[g] for g in mine],
                                        "a2a_dispatch", "ep_comm", ctx, group, "all_to_all", send, recv,
                                        max(max(send), max(recv)), (Tsd * k if isinstance(Tsd, int) else Ts * k, h), "ep")
                 deps_of = {g: [disp] for g in group}
             else:
                 deps_of = {g: [routed[g]] for g in group}
             fc2s = {}
-            for g in group:
+            for g in mine:
                 tokens_e = [routed_copies * loads[e] for e in experts_at[g]]
                 fc2s[g] = self._experts(f"{L}.g{g}", ctx, g, deps_of[g], experts_at[g], tokens_e,
                                         dropped if g == group[0] else 0.0)
             if n_ranks > 1:
-                comb = self.collective(f"{L}.s{stage}r{group[0]}.a2a_combine", [x for g in group for x in fc2s[g]],
+                comb = self.collective(f"{L}.s{stage}r{group[0]}.a2a_combine", [x for g in mine for x in fc2s[g]],
                                        "a2a_combine", "ep_comm", ctx, group, "all_to_all", recv, send,
                                        max(max(send), max(recv)), (Tsd * k if isinstance(Tsd, int) else Ts * k, h), "ep")
-                for g in group:
+                for g in mine:
                     moe_out[g] = [comb]
             else:
-                for g in group:
+                for g in mine:
                     moe_out[g] = fc2s[g]
 
         out: dict[int, str] = {}
-        for g in pl.stage_gpus(stage):
+        for g in self._on(pl.stage_gpus(stage)):
             p = f"{L}.g{g}"
             copies = Ts * k * pl.etp
             extra_in = Ts if g in shared else 0.0  # the shared experts' output is added here too
@@ -426,8 +489,11 @@ class _Builder:
         if gather and pl.tp > 1:
             for d in range(pl.dp):
                 group = pl.tp_group(stage, d)
-                ag = self._allgather(f"{L}.s{stage}d{d}.tp_allgather", [out[g] for g in group], ctx, group, T)
-                for g in group:
+                mine = self._on(group)
+                if not mine:
+                    continue
+                ag = self._allgather(f"{L}.s{stage}d{d}.tp_allgather", [out[g] for g in mine], ctx, group, T)
+                for g in mine:
                     out[g] = ag
         return out
 
@@ -584,7 +650,7 @@ class _Builder:
         Td = _dim(T)
         fc2: dict[int, str] = {}
         resid: dict[int, str] = {}
-        for g in pl.stage_gpus(stage):
+        for g in self._on(pl.stage_gpus(stage)):
             p = f"{L}.g{g}"
             r1, n2 = self._residual_and_norm(p, after_attn[g], "norm_ffn", ctx, g, T)
             f1 = self.linear(f"{p}.ffn_fc1", [n2], "ffn_fc1", "ffn", ctx, g, T, h, up, (Td, h), (Td, up))
@@ -596,7 +662,7 @@ class _Builder:
         reduced = self._tp_allreduce(f"{L}.s{stage}", "tp_allreduce_ffn", fc2, ctx, T)
         return {g: self.compute(f"{L}.g{g}.residual_ffn", [reduced[g]], "residual_add", "norm_residual", ctx, g,
                                 costs.elementwise_cost(2 * T * h, T * h, 1.0, b), (Td, h), (Td, h))
-                for g in pl.stage_gpus(stage)}
+                for g in self._on(pl.stage_gpus(stage))}
 
     def _residual_and_norm(self, p: str, dep: str, norm_op: str, ctx: dict, g: int, tokens: float) -> tuple[str, str]:
         """Add the attention output to the residual stream, then normalise it for the FFN/MoE."""
@@ -618,9 +684,12 @@ class _Builder:
         vol = 2.0 * (n - 1) / n * S  # each rank sends (and receives) this much
         for d in range(pl.dp):
             group = pl.tp_group(ctx["stage"], d)
-            node = self.collective(f"{prefix}d{d}.{name}", [partial[g] for g in group], "tp_allreduce", "tp_comm",
+            mine = self._on(group)
+            if not mine:
+                continue
+            node = self.collective(f"{prefix}d{d}.{name}", [partial[g] for g in mine], "tp_allreduce", "tp_comm",
                                    ctx, group, "all_reduce", [vol] * n, [vol] * n, S, (_dim(T), h), "tp")
-            out.update({g: node for g in group})
+            out.update({g: node for g in mine})
         return out
 
 
@@ -643,15 +712,18 @@ def sampled_decode_steps(total_steps: int, samples: int, warmup_steps: int = 2) 
     return sorted(set(range(1, first)) | {round(first + i * (total_steps - first) / (spread - 1)) for i in range(spread)})
 
 
-def build_dag(scenario: Scenario, decode_steps: list[int] | None = None) -> nx.DiGraph:
+def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
+              keep: frozenset[int] | None = None) -> nx.DiGraph:
     """The operator DAG: prefill of every microbatch, then the decode steps.
 
     Prefill produces the first output token; decode steps t = 1 .. output_len-1 produce the rest,
     attending to input_len + t cached positions. Zero-cost marker nodes open and close each phase.
     `decode_steps` builds only those steps (chained in order; see sampled_decode_steps), for
     sweeps where the step time is interpolated between them; the graph records which steps it holds.
+    `keep` (symmetric_representatives) builds only those GPUs' nodes; collectives keep their
+    whole groups, so their costs are unchanged.
     """
-    bld = _Builder(scenario)
+    bld = _Builder(scenario, keep)
     m_count = scenario.parallel.microbatches
     marker = dict(kind=MARKER, category="marker", gpu=None, flops=0.0, bytes_read=0.0, bytes_written=0.0,
                   in_shape=(), out_shape=(), layer=-1, stage=-1, microbatch=-1)
@@ -670,7 +742,8 @@ def build_dag(scenario: Scenario, decode_steps: list[int] | None = None) -> nx.D
                 tokens[mb] = bld.build_pass("decode", step, mb, deps)
         bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
     return _digraph(bld.nodes, bld.edges, scenario=scenario.name, num_gpus=bld.pl.num_gpus,
-                    decode_steps=list(steps), total_decode_steps=total_steps)
+                    decode_steps=list(steps), total_decode_steps=total_steps,
+                    representatives=sorted(keep) if keep else None)
 
 
 def _digraph(nodes: list[tuple[str, dict]], edges: list[tuple[str, str]], **graph_attrs) -> nx.DiGraph:

@@ -9,7 +9,7 @@ import networkx as nx
 
 from simulator import costs
 from simulator.config import Scenario
-from simulator.graph import COMM, MARKER, Placement
+from simulator.graph import COMM, MARKER, Placement, expand_per_gpu
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def activation_bytes_per_gpu(graph: nx.DiGraph, scenario: Scenario) -> dict[int,
                 peak[g] = max(peak[g], r)
         elif a["act_bytes"] > peak[a["gpu"]]:
             peak[a["gpu"]] = a["act_bytes"]
-    return {g: residual + v for g, v in peak.items()}
+    return expand_per_gpu({g: residual + v for g, v in peak.items()}, graph)
 
 
 def memory_per_gpu(graph: nx.DiGraph, scenario: Scenario, capacity_bytes: float) -> list[GpuMemory]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.config import Scenario, gpus_per_node, resolve_hardware
-from simulator.graph import COMM, MARKER, placement_summary, routing_summary
+from simulator.graph import COMM, MARKER, expand_per_gpu, placement_summary, routing_summary
 from simulator.memory import GpuMemory, memory_per_gpu
 from simulator.simulate import SimResult
 
@@ -220,7 +220,7 @@ def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, ca
         total_s=total_s,
         throughput=throughput,
         memory=memory_per_gpu(graph, scenario, capacity_bytes),
-        busy_s=busy_time(ops, gpus, total_s),
+        busy_s=expand_per_gpu(busy_time(ops, gpus, total_s), graph),
         bottleneck={ph: _bottleneck(ops, ph) for ph in phases},
         routing=routing_metrics(graph, scenario, ops, weights) if scenario.model.is_moe else {},
         placement=placement_summary(scenario, gpus_per_node(scenario, resolve_hardware(scenario))),

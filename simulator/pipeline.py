@@ -10,7 +10,7 @@ import networkx as nx
 
 from simulator.audit import AuditLine, audit
 from simulator.config import Scenario, gpus_per_node, parse_scenario, resolve_hardware
-from simulator.graph import build_dag, sampled_decode_steps
+from simulator.graph import build_dag, sampled_decode_steps, symmetric_representatives
 from simulator.hardware import HardwareProfile
 from simulator.memory import memory_per_gpu
 from simulator.metrics import Metrics, compute_metrics
@@ -60,15 +60,20 @@ def dag_scenario(scenario: Scenario, verify: bool = True) -> DagResult:
     return DagResult(scenario, hw, graph, checks, audit(scenario, memory))
 
 
-def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | None = None) -> RunResult:
+def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | None = None,
+                 fold: bool = False) -> RunResult:
     """Simulate the scenario. `decode_sample=K` simulates only K decode steps (evenly spaced,
-    first and last included) and interpolates the others; None or 0 simulates every step."""
+    first and last included) and interpolates the others; None or 0 simulates every step.
+    `fold=True` simulates one GPU per pipeline stage when the stage's GPUs are exactly alike
+    (graph.symmetric_representatives): the same figures, a fraction of the work; the trace then
+    holds those GPUs' rows only (timelines want the whole, so `moesim run` does not fold)."""
     hw = resolve_hardware(scenario)
+    keep = symmetric_representatives(scenario, gpus_per_node(scenario, hw)) if fold else None
     total_steps = scenario.workload.output_len_tokens - 1
     warmup = scenario.parallel.pp + 1  # steps until the decode pipeline is in its steady state
     steps = sampled_decode_steps(total_steps, decode_sample, warmup) if decode_sample else None
     with _no_gc():
-        graph = build_dag(scenario, steps)
+        graph = build_dag(scenario, steps, keep)
         graph.graph["warmup_steps"] = warmup
         sim = simulate_dag(graph, scenario, hw)
     checks = verify_dag(graph, scenario) if verify else []

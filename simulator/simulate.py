@@ -131,15 +131,16 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
     return costs.eager_time_s(t, bound, attrs["launches"], hw.kernel_overhead_s, floor, eager)
 
 
-def node_resources(attrs: dict, res: Resources) -> tuple[int, ...]:
+def node_resources(attrs: dict, res: Resources, keep: frozenset[int] | None = None) -> tuple[int, ...]:
     """The engine resources a node holds while it runs: its GPU's compute stream; for a transfer,
-    the communication stream of every member and the link directions its bytes cross."""
+    the communication stream of every member and the link directions its bytes cross. In a folded
+    graph (`keep`: graph.symmetric_representatives) only the materialised members' resources."""
     kind = attrs["kind"]
     if kind == MARKER:
         return ()
     if kind != COMM:
         return (res.compute(attrs["gpu"]),)
-    gpus = attrs["gpu"]
+    gpus = attrs["gpu"] if keep is None else [g for g in attrs["gpu"] if g in keep]
     if attrs["collective"] == "send_recv":
         src, dst = gpus
         return (res.comm(src), res.comm(dst), res.tx(src), res.rx(dst))
@@ -164,6 +165,7 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     prefill_eager = True  # prefill runs eagerly in both modes (vLLM captures decode only)
     decode_eager = scenario.runtime.mode == "eager"
     gated = scenario.model.gated
+    keep = frozenset(graph.graph.get("representatives") or ()) or None
 
     durations, bounds, resources, successors = [], [], [], []
     node_attrs = graph._node
@@ -174,7 +176,7 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
         t, bound = node_time_s(a, hw, gpn, eager, gated)
         durations.append(t)
         bounds.append(bound)
-        resources.append(node_resources(a, res))
+        resources.append(node_resources(a, res, keep))
         successors.append([index[v] for v in succ[n]])
 
     trace = engine.simulate(engine.EngineInput(durations, resources, successors, res.count))

@@ -238,13 +238,15 @@ def cost_shares(run) -> dict[str, float]:
 def simulate_layout(index: int, own: bool, scenario: Scenario, decode_sample: int) -> LayoutResult:
     """Simulate one layout (runs in a worker); an error becomes a 'failed' row, not an exception.
     Layouts made of independent, identical dp replicas simulate one of them (pipeline.one_replica:
-    the same figures, dp times less work)."""
+    the same figures, dp times less work), and stages whose GPUs are exactly alike simulate one
+    GPU each (run_scenario's fold: graph.symmetric_representatives)."""
     from simulator.pipeline import one_replica, run_scenario
 
     layout = Layout.of(scenario)
     started = time.perf_counter()
     try:
-        run = run_scenario(one_replica(scenario) or scenario, verify=False, decode_sample=decode_sample or None)
+        run = run_scenario(one_replica(scenario) or scenario, verify=False, decode_sample=decode_sample or None,
+                           fold=True)
         m = run.metrics
         return LayoutResult(
             index=index, layout=layout, own=own, status="ok", ttft_mean_s=m.ttft_s.mean, ttft_max_s=m.ttft_s.max,

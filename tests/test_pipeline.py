@@ -39,3 +39,40 @@ def test_one_replica_refuses_coupled_or_relinked_layouts():
                              "gpus_per_node": 8}, workload={"batch_size": 8})
     assert one_replica(relinked) is None
     assert one_replica(make_scenario(TINY_MOE)) is None  # dp = 1 already
+
+
+def _figures(run):
+    m = run.metrics
+    return (m.ttft_s, m.tpot_s, m.throughput, [g.total_bytes for g in m.memory], m.busy_s, m.bottleneck)
+
+
+@pytest.mark.parametrize("parallel, cluster", [
+    ({"pp": 2, "tp": 2, "ep": 2, "dp": 1, "microbatches": 2}, {"num_gpus": 4, "gpus_per_node": 4}),
+    ({"pp": 1, "tp": 2, "ep": 1, "etp": 2, "dp": 2}, {"num_gpus": 4, "gpus_per_node": 4}),
+    ({"pp": 1, "tp": 1, "ep": 4, "dp": 4, "microbatches": 2}, {"num_gpus": 4, "gpus_per_node": 4}),
+    # TP groups of 2 inside nodes of 2, pipeline stages on different nodes (NIC transfers)
+    ({"pp": 2, "tp": 2, "ep": 2, "dp": 1}, {"num_gpus": 4, "gpus_per_node": 2}),
+    # EP groups of 4 over two nodes of 2: a hierarchical all-to-all on every member
+    ({"pp": 1, "tp": 2, "ep": 2, "etp": 2, "dp": 2}, {"num_gpus": 4, "gpus_per_node": 2}),
+])
+def test_folding_to_one_gpu_per_stage_gives_the_same_figures(parallel, cluster):
+    s = make_scenario(TINY_MOE, parallel=parallel, cluster=cluster, workload={"batch_size": 8})
+    full, folded = run_scenario(s, verify=False), run_scenario(s, verify=False, fold=True)
+    assert folded.graph.graph["representatives"] == [st * (s.num_gpus // parallel["pp"]) for st in range(parallel["pp"])]
+    assert folded.graph.number_of_nodes() < full.graph.number_of_nodes()
+    assert _figures(folded) == _figures(full)
+
+
+def test_folding_refuses_layouts_whose_gpus_differ():
+    from simulator.graph import symmetric_representatives
+    skewed = make_scenario(TINY_MOE, workload={"routing": {"zipf": 1.0}})
+    assert symmetric_representatives(skewed, 4) is None
+    dropping = make_scenario(TINY_MOE, workload={"routing": {"capacity_factor": 0.5}})
+    assert symmetric_representatives(dropping, 4) is None
+    # nodes of 3: the first TP pair sits in node 0, the second straddles nodes 0 and 1
+    straddle = make_scenario(TINY_MOE, parallel={"pp": 1, "tp": 2, "ep": 1, "dp": 3}, cluster={"num_gpus": 6,
+                             "gpus_per_node": 3}, workload={"batch_size": 6})
+    assert symmetric_representatives(straddle, 3) is None
+    assert symmetric_representatives(make_scenario(TINY_MOE, parallel={"pp": 4, "tp": 1, "ep": 1, "dp": 1}), 4) is None
+    run = run_scenario(skewed, verify=False, fold=True)
+    assert run.graph.graph["representatives"] is None

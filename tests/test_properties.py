@@ -162,6 +162,17 @@ def _summary_in_worker(data: dict) -> str:
     return _summary_json(run_scenario(make_scenario(data)))
 
 
+@_settings(25)
+@given(small_scenarios())
+def test_folding_symmetric_stages_changes_no_figure(data):
+    """Simulating one GPU per stage (sweeps) gives the figures of the whole, whenever it applies."""
+    s = _scenario(data)
+    full, folded = run_scenario(s, verify=False), run_scenario(s, verify=False, fold=True)
+    a, b = full.metrics, folded.metrics
+    assert (b.ttft_s, b.tpot_s, b.throughput, b.busy_s) == (a.ttft_s, a.tpot_s, a.throughput, a.busy_s)
+    assert [g.total_bytes for g in b.memory] == [g.total_bytes for g in a.memory]
+
+
 def test_summary_identical_serial_and_in_worker_processes():
     from conftest import TINY_MOE
 
