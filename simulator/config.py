@@ -274,9 +274,15 @@ class WorkloadSpec(_Strict):
 
 
 class RuntimeSpec(_Strict):
-    """How kernels are issued. cuda_graph: decode steps replay a captured graph; prefill runs eagerly."""
+    """How kernels are issued. cuda_graph: decode steps replay a captured graph; prefill runs eagerly.
+
+    framework: `fused` (serving engines: each operator of the DAG is one kernel) or `pytorch`
+    (plain PyTorch ops, as the reference implementation of simulator/microbench_e2e.py: operators
+    also launch the helper kernels such code issues, e.g. KV-cache writes, layout copies, routing
+    index arithmetic, dispatch buffers; see graph.PYTORCH_HELPER_KERNELS)."""
 
     mode: Literal["eager", "cuda_graph"] = "cuda_graph"
+    framework: Literal["fused", "pytorch"] = "fused"
     memory_reserve_bytes: float = Field(default=1.0e9, ge=0.0)  # CUDA context, NCCL buffers, allocator slack
 
 

@@ -302,13 +302,13 @@ def calibrated_attention_s(flops: float, bytes_moved: float, q_len: int, peak: f
 
 def eager_time_s(gpu_s: float, bound: str, launches: int, kernel_overhead_s: float, floor_s: float,
                  eager: bool) -> tuple[float, str]:
-    """A kernel takes at least the smallest kernel time on the GPU and, launched eagerly, at
-    least its class's eager floor (the host cannot issue it faster). Fused sub-ops (launches=0)
-    take only their share of the GPU time."""
+    """A node of `launches` kernels takes at least the smallest kernel time on the GPU for each
+    and, launched eagerly, at least its class's eager floor for each (the host cannot issue them
+    faster). Fused sub-ops (launches=0) take only their share of the GPU time."""
     if launches == 0:
         return gpu_s, bound
-    if gpu_s < kernel_overhead_s:
-        gpu_s, bound = kernel_overhead_s, "launch"
+    if gpu_s < launches * kernel_overhead_s:
+        gpu_s, bound = launches * kernel_overhead_s, "launch"
     if eager and gpu_s < launches * floor_s:
         return launches * floor_s, "launch"
     return gpu_s, bound

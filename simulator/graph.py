@@ -22,6 +22,33 @@ from simulator.config import Scenario
 
 COMPUTE, COMM, ROUTING, MARKER = "compute", "communication", "routing", "marker"
 
+#: Kernels a plain PyTorch implementation launches beyond the DAG's one-kernel operators
+#: (runtime.framework: pytorch), counted call by call in simulator/microbench_e2e.py, the reference
+#: implementation of the measured end-to-end cases. Views, splits and host arithmetic launch none.
+PYTORCH_HELPER_KERNELS = {
+    # softmax(fp32) 1, topk 2 (select + sort of the k winners), sum 1, divide 1: the router's top-k node
+    "topk": 5,
+    # prefill, GQA: K and V repeat_interleave'd to every query head before the flash kernel
+    "attn_gqa_expand": 2,
+    # prefill: the [B, H, S, D] context transposed back to [B, S, H*D] (a copy)
+    "attn_out_copy": 1,
+    # decode: the new K and V written into the cache's slot (two copies)
+    "kv_append": 2,
+    # sorted MoE: argsort of the expert ids (radix sort: histogram + 8 one-byte passes over int64
+    # keys + index init = 10), order // k 1, bincount 2, its copy to the host for the split sizes 1
+    "moe_sort": 14,
+    # capacity MoE: one-hot (arange, eq, cast) 3, slot positions (cumsum, sub, gather) 3, keep mask 1,
+    # slot index (mul, add, where) 3, token index (arange, repeat_interleave) 2, zeroed buffer,
+    # token gather, index_copy into it 3
+    "moe_dispatch_index": 15,
+    # sorted MoE: cat of the expert outputs, routing weights reordered and cast 2, scaled 1,
+    # zeroed output 1 (then the index_add is the combine node)
+    "moe_unsort": 5,
+    # capacity MoE: zero trash row 1, cat 1, gather by slot 1, weights masked 1, cast 1, scaled 1
+    # (then the sum over the k copies is the combine node)
+    "moe_undispatch": 6,
+}
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -226,6 +253,7 @@ class _Builder:
     def __init__(self, scenario: Scenario, keep: frozenset[int] | None = None):
         self.s = scenario
         self.keep = keep  # GPUs whose nodes are built (None: all); see symmetric_representatives
+        self.pytorch = scenario.runtime.framework == "pytorch"
         self.m = scenario.model
         self.pl = Placement.of(scenario)
         self.b = self.m.dtype_bytes
@@ -272,6 +300,13 @@ class _Builder:
         return self.compute(nid, deps, op, category, ctx, gpu, costs.linear_cost(tokens, k, n, self.b, self.wb, groups),
                             in_shape, out_shape, tensor_core=True, kind=kind, resident_bytes=groups * k * n * self.wb,
                             gemm=(groups * tokens, k, n), weight_b=self.wb, **extra)
+
+    def helper(self, nid, deps, op, category, ctx, gpu, bytes_read, bytes_written, shape,
+               resident_bytes=0.0) -> str:
+        """Memory-bound helper kernels of a plain PyTorch implementation (PYTORCH_HELPER_KERNELS[op] of
+        them): copies, index arithmetic, buffer fills, timed by the bytes they move."""
+        return self.compute(nid, deps, op, category, ctx, gpu, costs.OpCost(0.0, bytes_read, bytes_written), shape,
+                            shape, launches=PYTORCH_HELPER_KERNELS[op], kind=ROUTING, resident_bytes=resident_bytes)
 
     def collective(self, nid, deps, op, category, ctx, gpus, collective, send_bytes, recv_bytes,
                    message_bytes, shape, group) -> str:
@@ -430,12 +465,21 @@ class _Builder:
                                kind=ROUTING)
             top = self.compute(f"{p}.topk", [gate], "topk", "router", ctx, g,
                                costs.elementwise_cost(Ts * E, Ts * k * 2, costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k), b),
-                               (Tsd, E), (Tsd, k), kind=ROUTING)
+                               (Tsd, E), (Tsd, k), kind=ROUTING,
+                               launches=PYTORCH_HELPER_KERNELS["topk"] if self.pytorch else 1)
             if m.num_shared_experts:
                 shared[g] = self._shared_experts(p, ctx, g, n2, Ts)
             # Gather every token copy into expert order (the send buffers of the dispatch).
             copies = Ts * k * pl.etp
-            routed[g] = self.compute(f"{p}.moe_permute", [top], "moe_permute", "router", ctx, g,
+            before = [top]
+            if self.pytorch and m.moe_impl == "per_expert":  # 16 B per key and index, read + written per pass
+                before = [self.helper(f"{p}.moe_sort", [top], "moe_sort", "router", ctx, g, 8 * copies * 16,
+                                      8 * copies * 16, (_dim(copies),))]
+            elif self.pytorch and m.moe_impl == "capacity":  # int32 one-hot and positions, the zeroed buffer
+                before = [self.helper(f"{p}.moe_dispatch_index", [top], "moe_dispatch_index", "router", ctx, g,
+                                      3 * copies * E * 4, 3 * copies * E * 4 + copies * m.capacity_factor * h * b,
+                                      (_dim(copies), E))]
+            routed[g] = self.compute(f"{p}.moe_permute", before, "moe_permute", "router", ctx, g,
                                      costs.elementwise_cost(Ts * h, copies * h, 0.0, b), (Tsd, h), (_dim(copies), h),
                                      kind=ROUTING)
 
@@ -479,7 +523,15 @@ class _Builder:
             p = f"{L}.g{g}"
             copies = Ts * k * pl.etp
             extra_in = Ts if g in shared else 0.0  # the shared experts' output is added here too
-            wc = self.compute(f"{p}.moe_combine", moe_out[g] + ([shared[g]] if g in shared else []), "moe_combine",
+            partial = moe_out[g]
+            if self.pytorch and m.moe_impl == "per_expert":  # cat, then scale by the routing weights; zeroed output
+                partial = [self.helper(f"{p}.moe_unsort", partial, "moe_unsort", "experts", ctx, g, 2 * copies * h * b,
+                                       (2 * copies + Ts) * h * b, (_dim(copies), h))]
+            elif self.pytorch and m.moe_impl == "capacity":  # cat, gather by slot, scale by the routing weights
+                moved = (copies * m.capacity_factor + 2 * copies) * h * b
+                partial = [self.helper(f"{p}.moe_undispatch", partial, "moe_undispatch", "experts", ctx, g, moved,
+                                       moved, (_dim(copies), h))]
+            wc = self.compute(f"{p}.moe_combine", partial + ([shared[g]] if g in shared else []), "moe_combine",
                               "experts", ctx, g,
                               costs.elementwise_cost((copies + extra_in) * h, Ts * h,
                                                      2.0 * copies / Ts + (1.0 if extra_in else 0.0) if Ts else 0.0, b),
@@ -514,6 +566,14 @@ class _Builder:
                             (Td, h), (_dim(seqs), kvl, q_len, hd))
             v = self.linear(f"{p}.v_proj", [n], "v_proj", "attention", ctx, g, T, h, kvl * hd,
                             (Td, h), (_dim(seqs), kvl, q_len, hd))
+        if self.pytorch:
+            new_kv = 2 * T * kvl * hd  # elements of this pass's K and V
+            if q_len == 1:
+                k = v = self.helper(f"{p}.kv_append", sorted({k, v}), "kv_append", "attention", ctx, g, new_kv * b,
+                                    new_kv * self.kvb, (_dim(seqs), 2 * kvl, q_len, hd), resident_bytes=new_kv * self.kvb)
+            elif kvl < hl:
+                k = v = self.helper(f"{p}.attn_gqa_expand", sorted({k, v}), "attn_gqa_expand", "attention", ctx, g,
+                                    new_kv * b, 2 * T * hl * hd * b, (_dim(seqs), 2 * hl, q_len, hd))
         qshape, kvshape = (_dim(seqs), hl, q_len, hd), (_dim(seqs), kvl, kv_len, hd)
         kv_bytes = seqs * kvl * kv_len * hd * self.kvb  # K (or V) of the cache: resident, not transient
         # One flash-attention kernel computes scores, softmax and context; these describe it.
@@ -531,6 +591,9 @@ class _Builder:
                           costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, hd, b, self.kvb),
                           ((_dim(seqs), hl, q_len, kv_len), kvshape), qshape, tensor_core=True, launches=0,
                           resident_bytes=kv_bytes, **attn)
+        if self.pytorch and q_len > 1:
+            cx = self.helper(f"{p}.attn_out_copy", [cx], "attn_out_copy", "attention", ctx, g, T * hl * hd * b,
+                             T * hl * hd * b, (Td, hl * hd))
         return cx, hl * hd
 
     def _mla(self, p, ctx, g, n, seqs, q_len, kv_len) -> tuple[str, int]:
@@ -622,7 +685,8 @@ class _Builder:
             a = self.compute(f"{p}.expert_fc1", deps, "expert_fc1", "experts", ctx, g, fc1, (T, h), (T, up),
                              tensor_core=True, resident_bytes=active * h * up * self.wb, gemm=(rows, h, up),
                              weight_b=self.wb, **extra, **drops)
-            a = self.compute(f"{p}.expert_act", [a], "expert_act", "experts", ctx, g, act, (T, up), (T, ffn), **extra)
+            a = self.compute(f"{p}.expert_act", [a], "expert_act", "experts", ctx, g, act, (T, up), (T, ffn),
+                             launches=2 if self.pytorch and m.gated else 1, **extra)  # PyTorch: silu, then mul
             ends.append(self.compute(f"{p}.expert_fc2", [a], "expert_fc2", "experts", ctx, g, fc2, (T, ffn), (T, h),
                                      tensor_core=True, resident_bytes=active * ffn * h * self.wb, gemm=(rows, ffn, h), weight_b=self.wb,
                                      **extra))

@@ -122,7 +122,8 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
             rows = attrs["in_shape"][0]
             t = rows * cal.topk_s_per_row + per_byte.get("softmax", 0.0) * attrs["bytes_read"]
         elif op in ("expert_act", "ffn_act", "shared_act"):
-            t = per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_written"]
+            # measured per byte of input: SwiGLU reads gate and up (twice its output), GELU reads what it writes
+            t = per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
         elif op in ELEMENTWISE_CLASS:
             t = per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
         else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move

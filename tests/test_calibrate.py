@@ -76,6 +76,21 @@ def test_eager_floor_and_graph_mode():
     assert costs.eager_time_s(1e-6, "memory", 1, 2e-6, 12e-6, eager=False) == (2e-6, "launch")
     assert costs.eager_time_s(50e-6, "compute", 1, 2e-6, 12e-6, eager=True) == (50e-6, "compute")
     assert costs.eager_time_s(1e-6, "compute", 0, 2e-6, 12e-6, eager=True) == (1e-6, "compute")
+    # a node of 5 kernels: 5 floors eagerly, 5 smallest kernel times in a graph
+    assert costs.eager_time_s(1e-6, "memory", 5, 2e-6, 12e-6, eager=True) == (pytest.approx(60e-6), "launch")
+    assert costs.eager_time_s(1e-6, "memory", 5, 2e-6, 12e-6, eager=False) == (pytest.approx(10e-6), "launch")
+
+
+def test_gated_activation_is_timed_per_input_byte():
+    """silu_mul was measured on x [rows, 2f] (bytes_in): SwiGLU's time scales with what it reads."""
+    from simulator.simulate import calibrated_node_s
+    hw = load_profile("h200-sxm-141gb")
+    per_byte = hw.calibration.elementwise_s_per_byte["silu_mul"]
+    rows, f = 4096, 14336
+    act = {"op": "expert_act", "dtype": "fp16", "flops": 6.0 * rows * f, "bytes_read": rows * 2 * f * 2.0,
+           "bytes_written": rows * f * 2.0, "launches": 2}
+    t, bound = calibrated_node_s(act, hw, hw.calibration, eager=True, gated=True)
+    assert (t, bound) == (pytest.approx(per_byte * rows * 2 * f * 2.0), "memory")
 
 
 @pytest.mark.parametrize("name", ["h200-sxm-141gb", "h100-sxm-80gb", "generic-64gb"])

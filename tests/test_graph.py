@@ -316,3 +316,34 @@ def test_fp8_weights_speed_up_memory_bound_decode_gemms(h100):
         g = build_dag(make_scenario(TINY_MOE, model={**big, **extra}, workload={"output_len_tokens": 2}))
         times.append(node_time_s(g.nodes["d1.mb0.L0.g0.q_proj"], h100, 8, eager=False)[0])
     assert times[1] < 0.75 * times[0]
+
+
+def _launches_per_layer(graph, phase: str, layer: int = 0) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, a in graph.nodes(data=True):
+        if a["phase"] == phase and a.get("layer") == layer and a["kind"] not in ("marker", "communication") \
+                and (phase == "prefill" or a["step"] == 1):
+            out[a["op"]] = out.get(a["op"], 0) + a.get("launches", 1)
+    return out
+
+
+def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
+    """Decode with the capacity MoE on one GPU, kernel by kernel as simulator/microbench_e2e.py issues
+    them: norm, fused QKV, K and V written to the cache (2), flash attention, output projection,
+    residual; norm, router, softmax + top-k (2) + sum + divide, dispatch index arithmetic and
+    buffer (15), token gather, bmm, GELU, bmm, slot gather and scaling (6), sum over k, residual."""
+    one = {"parallel": {"tp": 1, "ep": 1, "pp": 1, "dp": 1}, "cluster": {"num_gpus": 1, "gpus_per_node": 1}}
+    model = {**tiny_moe.model.model_dump(exclude_none=True), "moe_impl": "capacity", "fused_qkv": True}
+    fused = build_dag(make_scenario(TINY_MOE, model=model, **one))
+    plain = build_dag(make_scenario(TINY_MOE, model=model, runtime={"framework": "pytorch"}, **one))
+    assert sum(_launches_per_layer(fused, "decode").values()) == 14
+    per_op = _launches_per_layer(plain, "decode")
+    assert per_op["kv_append"] == 2 and per_op["topk"] == 5
+    assert per_op["moe_dispatch_index"] == 15 and per_op["moe_undispatch"] == 6
+    assert sum(per_op.values()) == 41
+    # prefill with the sorted MoE: argsort etc. (14), the context copied back (1), cat/scale/zero (5)
+    model["moe_impl"] = "per_expert"
+    plain = build_dag(make_scenario(TINY_MOE, model=model, runtime={"framework": "pytorch"}, **one))
+    per_op = _launches_per_layer(plain, "prefill")
+    assert (per_op["moe_sort"], per_op["attn_out_copy"], per_op["moe_unsort"]) == (14, 1, 5)
+    assert "kv_append" not in per_op and "attn_gqa_expand" not in per_op  # MHA, no cache write in prefill
