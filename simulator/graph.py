@@ -535,7 +535,8 @@ class _Builder:
                               "experts", ctx, g,
                               costs.elementwise_cost((copies + extra_in) * h, Ts * h,
                                                      2.0 * copies / Ts + (1.0 if extra_in else 0.0) if Ts else 0.0, b),
-                              (_dim(copies), h), (Tsd, h))
+                              (_dim(copies), h), (Tsd, h),
+                              **({"scatter_add": True} if self.pytorch and m.moe_impl == "per_expert" else {}))
             out[g] = self.compute(f"{p}.residual_moe", [wc], "residual_add", "norm_residual", ctx, g,
                                   costs.elementwise_cost(2 * Ts * h, Ts * h, 1.0, b), (Tsd, h), (Tsd, h))
         if gather and pl.tp > 1:

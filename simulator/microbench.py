@@ -38,7 +38,8 @@ GRIDS = {
     "sdpa_decode": ((128, 16, 10240, 32), (32, 16, 4096, 32), (1, 16, 1024, 32), (64, 32, 2048, 128),
                     (64, 8, 2048, 128), (1, 32, 4096, 128)),  # B,H,L,D
     "elementwise": (("gelu", (1048576, 1024)), ("silu_mul", (1048576, 1024)), ("rmsnorm", (1048576, 512)),
-                    ("softmax16", (1048576, 16)), ("topk2_of16", (1048576, 16)), ("add", (1048576, 512))),
+                    ("softmax16", (1048576, 16)), ("topk2_of16", (1048576, 16)), ("add", (1048576, 512)),
+                    ("index_add", (1048576, 512))),
     "copy": (512 * 2**20,),  # bytes
     "launch": ("add_1elem_eager",),
 }
@@ -179,19 +180,24 @@ def rms_norm(torch, x, weight, eps: float = 1e-6):
 
 def bench_elementwise(torch, t: Timer, device: str, grid) -> list[dict]:
     """Memory-bound ops on x [rows, cols] fp16; bytes_in is the size of x. silu_mul is SwiGLU's
-    silu(x[:, :cols/2]) * x[:, cols/2:]; softmax16 returns fp32, as the router's; add is x + y."""
+    silu(x[:, :cols/2]) * x[:, cols/2:]; softmax16 returns fp32, as the router's; add is x + y;
+    index_add is the sorted MoE's combine: the rows of x summed in pairs into rows/2 rows (fp16 atomics)."""
     import torch.nn.functional as F
     out = []
     for op, shape in grid:
         x = rand_fp16(torch, shape, device)
         w = torch.ones(shape[-1], device=device, dtype=torch.float16)
         y = rand_fp16(torch, shape, device) if op == "add" else None
+        if op == "index_add":  # top-2: two rows per token, in random order
+            pairs = torch.randperm(shape[0], device=device) // 2
+            sums = torch.zeros(shape[0] // 2, shape[1], device=device, dtype=torch.float16)
         fn = {"gelu": lambda: F.gelu(x),
               "silu_mul": lambda: F.silu(x[:, : shape[1] // 2]) * x[:, shape[1] // 2:],
               "rmsnorm": lambda: rms_norm(torch, x, w),
               "softmax16": lambda: torch.softmax(x, -1, dtype=torch.float32),
               "topk2_of16": lambda: torch.topk(x, 2, dim=-1),
-              "add": lambda: x + y}[op]
+              "add": lambda: x + y,
+              "index_add": lambda: sums.index_add_(0, pairs, x)}[op]
         out.append({"op": op, "shape": list(shape), "s": t.per_call_s(fn), "bytes_in": x.numel() * FP16_BYTES})
     return out
 

@@ -126,6 +126,8 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
             t = per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
         elif op in ELEMENTWISE_CLASS:
             t = per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
+        elif attrs.get("scatter_add") and "index_add" in per_byte:  # measured atomics, per byte of input
+            t = per_byte["index_add"] * attrs["bytes_read"]
         else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move
             t = per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
         bound, floor = "memory", floors["elementwise"]

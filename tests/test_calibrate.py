@@ -137,3 +137,18 @@ def test_validate_runs_the_dev_cases(tmp_path, capsys):
     csv = (tmp_path / "v" / "validation.csv").read_text().splitlines()
     assert len(csv) == 1 + len(yaml.safe_load((ROOT / "validation" / "dev_cases.yaml").read_text())["cases"])
     assert (tmp_path / "v" / "validation.png").stat().st_size > 10_000
+
+
+def test_scatter_add_uses_its_measured_rate_once_a_profile_has_one():
+    """The sorted MoE's index_add combine: at copy speed until an index_add micro-benchmark exists."""
+    from simulator.simulate import calibrated_node_s
+    hw = load_profile("h200-sxm-141gb")
+    node = {"op": "moe_combine", "dtype": "fp16", "flops": 0.0, "bytes_read": 4e8, "bytes_written": 2e8,
+            "launches": 1, "scatter_add": True}
+    rates = hw.calibration.elementwise_s_per_byte
+    assert "index_add" not in rates  # the shared H200 file does not measure it
+    t, _ = calibrated_node_s(node, hw, hw.calibration, eager=True, gated=False)
+    assert t == pytest.approx(rates["copy"] * 3e8)
+    measured = hw.calibration.model_copy(update={"elementwise_s_per_byte": {**rates, "index_add": 4e-12}})
+    t, _ = calibrated_node_s(node, hw, measured, eager=True, gated=False)
+    assert t == pytest.approx(4e-12 * 4e8)

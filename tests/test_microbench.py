@@ -58,7 +58,9 @@ def test_default_grids_are_those_of_the_shared_file():
         (e, c, k, n) for e, k, n, capacities in grids["bmm"] for c in capacities]
     assert [(a["B"], a["H"], a["S"], a["D"]) for a in data["sdpa_prefill"]] == list(grids["sdpa_prefill"])
     assert [(a["B"], a["H"], a["L"], a["D"]) for a in data["sdpa_decode"]] == list(grids["sdpa_decode"])
-    assert [(e["op"], tuple(e["shape"])) for e in data["elementwise"]] == list(grids["elementwise"])
+    # plus index_add (the sorted MoE's combine), which the shared file does not measure
+    assert [(e["op"], tuple(e["shape"])) for e in data["elementwise"]] == [
+        x for x in grids["elementwise"] if x[0] != "index_add"]
     assert [c["bytes"] for c in data["copy"]] == list(grids["copy"])
     assert [e["op"] for e in data["launch"]] == list(grids["launch"])
     cases = [(m.name, "prefill", b, s, m.num_layers) for m, b, s in microbench_e2e.E2E_PREFILL]
