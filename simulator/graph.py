@@ -136,6 +136,14 @@ def routing_loads(scenario: Scenario, layer: int = 0) -> list[float]:
     return [x / total for x in weights]
 
 
+def evenly_routed(scenario: Scenario) -> bool:
+    """Every expert gets the same share of token copies and none is dropped (or the model is dense)."""
+    r = scenario.workload.routing
+    return not scenario.model.is_moe or (r.zipf is None and r.sampled is None
+                                         and (r.loads is None or max(r.loads) == min(r.loads))
+                                         and (r.capacity_factor is None or r.capacity_factor >= 1.0))
+
+
 def symmetric_representatives(scenario: Scenario, gpus_per_node: int) -> frozenset[int] | None:
     """One GPU per pipeline stage that stands for all of its stage, when they are exactly alike.
 
@@ -145,16 +153,9 @@ def symmetric_representatives(scenario: Scenario, gpus_per_node: int) -> frozens
     same way (so each collective has the same link classes, member counts and duration on every
     member). Simulating the representatives alone then gives every figure of the whole; the
     others' per-GPU figures are copies (see expand_per_gpu). None when any condition fails."""
-    m, pl, r = scenario.model, Placement.of(scenario), scenario.workload.routing
-    if pl.dp * pl.tp == 1:
-        return None  # nothing to fold
-    if m.is_moe:
-        if r.zipf is not None or r.sampled is not None:
-            return None
-        if r.loads is not None and max(r.loads) != min(r.loads):
-            return None
-        if r.capacity_factor is not None and r.capacity_factor < 1.0:
-            return None
+    pl = Placement.of(scenario)
+    if pl.dp * pl.tp == 1 or not evenly_routed(scenario):
+        return None  # nothing to fold, or GPUs whose experts get different loads
 
     def span(gpus) -> tuple[int, int]:  # (most GPUs on one node, nodes): what the collective costs read
         per_node: dict[int, int] = {}

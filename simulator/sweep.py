@@ -33,7 +33,7 @@ from simulator.config import (
     load_scenario,
     resolve_hardware,
 )
-from simulator.graph import COMM, MARKER
+from simulator.graph import COMM, MARKER, evenly_routed
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 
 
@@ -342,11 +342,13 @@ def make_executor(spec: str | None = None, jobs: int | None = None) -> Iterator[
         raise ScenarioError(f"--executor {spec}: expected process, serial, dask-local or dask://HOST:PORT")
 
 
-def estimated_cost(layout: Layout, decode_sample: int, decode_steps: int) -> float:
-    """Relative simulation cost, ~ DAG nodes: microbatches x GPUs per stage x passes (prefill,
-    then every decode step, or pp + 1 warm-up steps and the sampled ones)."""
+def estimated_cost(layout: Layout, decode_sample: int, decode_steps: int, folded: bool = True) -> float:
+    """Relative simulation cost, ~ DAG nodes: microbatches x passes (prefill, then every decode
+    step, or pp + 1 warm-up steps and the sampled ones), x GPUs per stage unless the stage folds
+    to one GPU (run_scenario's fold, which even routing allows on almost every layout)."""
     steps = min(decode_steps, decode_sample + layout.pp + 1) if decode_sample else decode_steps
-    return layout.microbatches * layout.num_gpus / layout.pp * (1 + steps)
+    per_stage = 1 if folded else layout.num_gpus / layout.pp
+    return layout.microbatches * per_stage * (1 + steps)
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -396,7 +398,8 @@ def run_sweep(scenario: Scenario, layouts: Sequence[Layout], executor: Executor 
                 progress(results[i])
     # Longest first: the pool's last tasks are short ones, so workers finish together.
     steps = scenario.workload.output_len_tokens - 1
-    pending.sort(key=lambda item: (-estimated_cost(layouts[item[0]], decode_sample, steps), item[0]))
+    folded = evenly_routed(scenario)
+    pending.sort(key=lambda item: (-estimated_cost(layouts[item[0]], decode_sample, steps, folded), item[0]))
     # Finished futures queue up here as they complete (at once, for the serial executor), so each
     # result is recorded before the next task is even submitted when tasks run in this process.
     finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
