@@ -275,6 +275,25 @@ class _Builder:
         """The GPUs of `gpus` whose nodes this builder materialises."""
         return list(gpus) if self.keep is None else [g for g in gpus if g in self.keep]
 
+    @cached_property
+    def _stage_on(self) -> list[list[int]]:
+        """Per stage, its materialised GPUs."""
+        return [self._on(self.pl.stage_gpus(st)) for st in range(self.pl.pp)]
+
+    @cached_property
+    def _tp_groups_on(self) -> list[list[tuple[int, list[int], list[int]]]]:
+        """Per stage, (dp rank, TP group, its materialised GPUs) for the groups with any."""
+        pl = self.pl
+        groups = [[(d, pl.tp_group(st, d)) for d in range(pl.dp)] for st in range(pl.pp)]
+        return [[(d, grp, self._on(grp)) for d, grp in per if self._on(grp)] for per in groups]
+
+    @cached_property
+    def _ep_groups_on(self) -> list[list[tuple[list[int], list[int], dict[int, list[int]]]]]:
+        """Per stage, (EP group, its materialised GPUs, each member's experts) for the groups with any."""
+        pl = self.pl
+        return [[(grp, self._on(grp), {g: pl.experts_of_gpu(g) for g in grp})
+                 for grp in pl.ep_groups(st) if self._on(grp)] for st in range(pl.pp)]
+
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:
         self.nodes.append((nid, attrs))
@@ -345,7 +364,7 @@ class _Builder:
         # The last stage produces the token.
         last_stage = pl.pp - 1
         finals = []
-        for g in self._on(pl.stage_gpus(last_stage)):
+        for g in self._stage_on[last_stage]:
             dep = ready[g]
             if self.m.vocab_size:
                 ctx = {**base_ctx, "layer": -1, "stage": last_stage}
@@ -366,17 +385,15 @@ class _Builder:
         token (decode). With pp > 1 a decode token travels back from the last stage: as token ids
         when the model has a vocabulary, else as hidden-state slices (all-gathered at stage 0)."""
         pl, h, b = self.pl, self.h, self.b
-        first = self._on(pl.stage_gpus(0))
+        first = self._stage_on[0]
         if phase == "decode" and pl.pp > 1:
             if not self.m.vocab_size:
                 ready = {g: deps for g in pl.stage_gpus(pl.pp - 1)}
                 return self._stage_transfer(tag, base_ctx, pl.pp - 1, 0, ready, tokens, -1, op="token_send")
             sent = {}
-            for d in range(pl.dp):
-                for t in range(pl.tp):
-                    src, dst = pl.gpu(pl.pp - 1, d, t), pl.gpu(0, d, t)
-                    if not self._on((dst,)):
-                        continue
+            for _, group, mine in self._tp_groups_on[0]:
+                for dst in mine:
+                    src = dst + (pl.pp - 1) * pl.dp * pl.tp  # the same rank of the last stage
                     nbytes = tokens * 4.0  # int32 token ids
                     ctx = {**base_ctx, "layer": -1, "stage": pl.pp - 1}
                     sent[dst] = [self.collective(f"{tag}.g{src}-g{dst}.token_send", deps, "token_send", "pp_comm",
@@ -398,15 +415,10 @@ class _Builder:
         out: dict[int, str] = {}
         slice_tokens = tokens / pl.tp
         nbytes = slice_tokens * h * b
-        for d in range(pl.dp):
+        for d, group, mine in self._tp_groups_on[dst_stage]:
             sent = []
-            group = pl.tp_group(dst_stage, d)
-            if not self._on(group):
-                continue
-            for t in range(pl.tp):
-                src, dst = pl.gpu(src_stage, d, t), pl.gpu(dst_stage, d, t)
-                if not self._on((dst,)):
-                    continue
+            for dst in mine:
+                src = dst + (src_stage - dst_stage) * pl.dp * pl.tp  # the same rank of the source stage
                 ctx = {**base_ctx, "layer": layer, "stage": src_stage}
                 sent.append(self.collective(f"{tag}.g{src}-g{dst}.{op}", _as_list(ready[src]), op, "pp_comm", ctx,
                                             (src, dst), "send_recv", (nbytes, 0.0), (0.0, nbytes), nbytes,
@@ -414,7 +426,7 @@ class _Builder:
             if pl.tp > 1:
                 ctx = {**base_ctx, "layer": layer, "stage": dst_stage}
                 gathered = self._allgather(f"{tag}.s{dst_stage}d{d}.L{layer}.stage_allgather", sent, ctx, group, tokens)
-                for g in self._on(group):
+                for g in mine:
                     out[g] = gathered
             else:
                 out[group[0]] = sent[0]
@@ -436,7 +448,7 @@ class _Builder:
         Td = _dim(T)
         L = f"{tag}.L{layer}"
         out_proj: dict[int, str] = {}
-        for g in self._on(pl.stage_gpus(stage)):
+        for g in self._stage_on[stage]:
             dep = _as_list(ready[g])
             p = f"{L}.g{g}"
             n = self.compute(f"{p}.norm_attn", dep, "norm_attn", "norm_residual", ctx, g,
@@ -459,7 +471,7 @@ class _Builder:
         E, k = m.num_experts, m.top_k
         routed: dict[int, str] = {}
         shared: dict[int, str] = {}
-        for g in self._on(pl.stage_gpus(stage)):
+        for g in self._stage_on[stage]:
             p = f"{L}.g{g}"
             r1, n2 = self._residual_and_norm(p, after_attn[g], "norm_moe", ctx, g, Ts)
             gate = self.linear(f"{p}.router", [n2], "router", "router", ctx, g, Ts, h, E, (Tsd, h), (Tsd, E),
@@ -485,11 +497,7 @@ class _Builder:
                                      kind=ROUTING)
 
         moe_out: dict[int, str] = {}
-        for group in pl.ep_groups(stage):
-            mine = self._on(group)
-            if not mine:
-                continue
-            experts_at = {g: pl.experts_of_gpu(g) for g in group}
+        for group, mine, experts_at in self._ep_groups_on[stage]:
             routed_copies = Ts * len(group) * k
             loads, dropped = self._kept_loads(layer, routed_copies)
             share = {g: sum(loads[e] for e in experts_at[g]) for g in group}  # fraction of copies g receives
@@ -520,7 +528,7 @@ class _Builder:
                     moe_out[g] = fc2s[g]
 
         out: dict[int, str] = {}
-        for g in self._on(pl.stage_gpus(stage)):
+        for g in self._stage_on[stage]:
             p = f"{L}.g{g}"
             copies = Ts * k * pl.etp
             extra_in = Ts if g in shared else 0.0  # the shared experts' output is added here too
@@ -541,11 +549,7 @@ class _Builder:
             out[g] = self.compute(f"{p}.residual_moe", [wc], "residual_add", "norm_residual", ctx, g,
                                   costs.elementwise_cost(2 * Ts * h, Ts * h, 1.0, b), (Tsd, h), (Tsd, h))
         if gather and pl.tp > 1:
-            for d in range(pl.dp):
-                group = pl.tp_group(stage, d)
-                mine = self._on(group)
-                if not mine:
-                    continue
+            for d, group, mine in self._tp_groups_on[stage]:
                 ag = self._allgather(f"{L}.s{stage}d{d}.tp_allgather", [out[g] for g in mine], ctx, group, T)
                 for g in mine:
                     out[g] = ag
@@ -716,7 +720,7 @@ class _Builder:
         Td = _dim(T)
         fc2: dict[int, str] = {}
         resid: dict[int, str] = {}
-        for g in self._on(pl.stage_gpus(stage)):
+        for g in self._stage_on[stage]:
             p = f"{L}.g{g}"
             r1, n2 = self._residual_and_norm(p, after_attn[g], "norm_ffn", ctx, g, T)
             f1 = self.linear(f"{p}.ffn_fc1", [n2], "ffn_fc1", "ffn", ctx, g, T, h, up, (Td, h), (Td, up))
@@ -728,7 +732,7 @@ class _Builder:
         reduced = self._tp_allreduce(f"{L}.s{stage}", "tp_allreduce_ffn", fc2, ctx, T)
         return {g: self.compute(f"{L}.g{g}.residual_ffn", [reduced[g]], "residual_add", "norm_residual", ctx, g,
                                 costs.elementwise_cost(2 * T * h, T * h, 1.0, b), (Td, h), (Td, h))
-                for g in self._on(pl.stage_gpus(stage))}
+                for g in self._stage_on[stage]}
 
     def _residual_and_norm(self, p: str, dep: str, norm_op: str, ctx: dict, g: int, tokens: float) -> tuple[str, str]:
         """Add the attention output to the residual stream, then normalise it for the FFN/MoE."""
@@ -748,11 +752,7 @@ class _Builder:
         out: dict[int, str] = {}
         S, n = T * h * b, pl.tp
         vol = 2.0 * (n - 1) / n * S  # each rank sends (and receives) this much
-        for d in range(pl.dp):
-            group = pl.tp_group(ctx["stage"], d)
-            mine = self._on(group)
-            if not mine:
-                continue
+        for d, group, mine in self._tp_groups_on[ctx["stage"]]:
             node = self.collective(f"{prefix}d{d}.{name}", [partial[g] for g in mine], "tp_allreduce", "tp_comm",
                                    ctx, group, "all_reduce", [vol] * n, [vol] * n, S, (_dim(T), h), "tp")
             out.update({g: node for g in mine})
