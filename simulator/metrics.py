@@ -135,7 +135,9 @@ def busy_time(ops: pd.DataFrame, num_gpus: int, makespan_s: float, phase: str | 
     busy: dict[int, dict[str, float]] = {g: {} for g in range(num_gpus)}
     compute_busy = [0.0] * num_gpus
     durations = frame["weighted_s"] if "weighted_s" in frame else frame["duration_s"]
-    for kind, gpu, cat, dur in zip(frame["kind"], frame["gpu"], frame["category"], durations):
+    # Plain lists: iterating a pandas string column goes through __getitem__ once per row.
+    columns = (frame["kind"].tolist(), frame["gpu"].tolist(), frame["category"].tolist(), durations.tolist())
+    for kind, gpu, cat, dur in zip(*columns):
         if kind == MARKER:
             continue
         members = gpu if kind == COMM else (gpu,)
