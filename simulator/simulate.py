@@ -191,6 +191,7 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     succ = graph._succ
     # Layers, microbatches and GPUs repeat the same kernels: cost each distinct one once.
     memo: dict[tuple, tuple[float, str]] = {}
+    held_of: dict[tuple, tuple[int, ...]] = {}  # and each GPU (set) holds the same resources throughout
     for n in nodes:
         a = node_attrs[n]
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
@@ -206,7 +207,11 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
         t, bound = cost
         durations.append(t)
         bounds.append(bound)
-        resources.append(node_resources(a, res))
+        held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads
+        held = held_of.get(held_key)
+        if held is None:
+            held = held_of[held_key] = node_resources(a, res)
+        resources.append(held)
         successors.append([index[v] for v in succ[n]])
 
     trace = engine.simulate(engine.EngineInput(durations, resources, successors, res.count))
