@@ -221,15 +221,17 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
 
 _COLUMNS = ("op", "kind", "category", "phase", "step", "microbatch", "layer", "stage", "gpu", "flops",
             "bytes_read", "bytes_written")
+_GPU = _COLUMNS.index("gpu")
 
 
 def _trace_table(graph, nodes, durations, bounds, trace) -> pd.DataFrame:
     attrs = graph._node
     get = itemgetter(*_COLUMNS)
-    frame = pd.DataFrame.from_records([get(attrs[n]) for n in nodes], columns=_COLUMNS)
+    records = [get(attrs[n]) for n in nodes]
+    frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
     frame.insert(0, "node", nodes)
     # ints, tuples and None: keep them as Python objects (a one-GPU run would otherwise turn to floats)
-    frame["gpu"] = pd.Series([attrs[n]["gpu"] for n in nodes], dtype=object)
+    frame["gpu"] = pd.Series([r[_GPU] for r in records], dtype=object)
     frame["stream"] = frame["kind"].map({COMM: "comm", MARKER: "none"}).fillna("compute")
     frame["start_s"] = trace.start_s
     frame["end_s"] = trace.end_s
