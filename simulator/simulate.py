@@ -143,13 +143,17 @@ _COMPUTE_ABSENT = (_ABSENT,) * len(COMPUTE_COST_ATTRS)
 
 def cost_key(attrs: dict, eager: bool) -> tuple:
     """What node_time_s's answer depends on for one node (the profile, GPUs per node and gating
-    being fixed for a run): two nodes with equal keys get the same duration and bound. Values
-    carry their types, so that 1, 1.0 and True (equal and equally hashed) stay apart."""
+    being fixed for a run): two nodes with equal keys get the same duration and bound. Values carry
+    their types, and so do the numbers inside the tuples the costs compute with, so that 1, 1.0 and
+    True (equal and equally hashed, but not always computing alike) stay apart."""
     if attrs["kind"] == COMM:
         values = tuple(map(attrs.get, COMM_COST_ATTRS, _COMM_ABSENT))
+        inner = (tuple(map(type, attrs.get("send_bytes", ()))), tuple(map(type, attrs.get("recv_bytes", ()))))
     else:
         values = tuple(map(attrs.get, COMPUTE_COST_ATTRS, _COMPUTE_ABSENT))
-    return eager, values, tuple(map(type, values))
+        inner = (tuple(map(type, attrs.get("gemm", ()))), tuple(map(type, attrs.get("grouped", ()))),
+                 tuple(map(type, attrs.get("in_shape", ()))))
+    return eager, values, tuple(map(type, values)), inner
 
 
 def node_resources(attrs: dict, res: Resources) -> tuple[int, ...]:
@@ -195,10 +199,10 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     for n in nodes:
         a = node_attrs[n]
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
-        key = cost_key(a, eager)
         try:
+            key = cost_key(a, eager)
             cost = memo.get(key)
-        except TypeError:  # an unhashable attribute value: cost it without the memo
+        except TypeError:  # an unhashable (or not iterable) attribute value: cost it without the memo
             cost, key = None, None
         if cost is None:
             cost = node_time_s(a, hw, gpn, eager, gated)
