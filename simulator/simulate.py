@@ -216,7 +216,7 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
         if held is None:
             held = held_of[held_key] = node_resources(a, res)
         resources.append(held)
-        successors.append([index[v] for v in succ[n]])
+        successors.append(list(map(index.__getitem__, succ[n])))
 
     trace = engine.simulate(engine.EngineInput(durations, resources, successors, res.count))
     ops = _trace_table(graph, nodes, durations, bounds, trace)
