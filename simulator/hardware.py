@@ -235,7 +235,7 @@ def load_profile(name_or_path: str, overrides: dict | None = None, directory: Pa
     return profile
 
 
-def _frozen(value):
+def _frozen(value) -> tuple:
     """A hashable image of an override value that tells 1, 1.0 and True apart (they hash equal)."""
     if isinstance(value, dict):
         return ("dict", tuple(sorted((str(k), type(k).__name__, _frozen(v)) for k, v in value.items())))
