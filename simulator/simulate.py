@@ -131,31 +131,6 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
     return costs.eager_time_s(t, bound, attrs["launches"], hw.kernel_overhead_s, floor, eager)
 
 
-#: Every attribute node_time_s and calibrated_node_s read, for a transfer and for any other node.
-COMM_COST_ATTRS = ("kind", "gpu", "collective", "message_bytes", "send_bytes", "recv_bytes")
-COMPUTE_COST_ATTRS = ("kind", "op", "dtype", "gemm", "grouped", "weight_b", "fused", "head_dim", "q_len",
-                      "batch_heads", "kv_len", "kv_bytes_total", "flops", "bytes_read", "bytes_written",
-                      "in_shape", "tensor_core", "launches")
-_ABSENT = object()  # an attribute a node lacks (node_time_s tells "gemm" absent from present)
-_COMM_ABSENT = (_ABSENT,) * len(COMM_COST_ATTRS)
-_COMPUTE_ABSENT = (_ABSENT,) * len(COMPUTE_COST_ATTRS)
-
-
-def cost_key(attrs: dict, eager: bool) -> tuple:
-    """What node_time_s's answer depends on for one node (the profile, GPUs per node and gating
-    being fixed for a run): two nodes with equal keys get the same duration and bound. Values carry
-    their types, and so do the numbers inside the tuples the costs compute with, so that 1, 1.0 and
-    True (equal and equally hashed, but not always computing alike) stay apart."""
-    if attrs["kind"] == COMM:
-        values = tuple(map(attrs.get, COMM_COST_ATTRS, _COMM_ABSENT))
-        inner = (tuple(map(type, attrs.get("send_bytes", ()))), tuple(map(type, attrs.get("recv_bytes", ()))))
-    else:
-        values = tuple(map(attrs.get, COMPUTE_COST_ATTRS, _COMPUTE_ABSENT))
-        inner = (tuple(map(type, attrs.get("gemm", ()))), tuple(map(type, attrs.get("grouped", ()))),
-                 tuple(map(type, attrs.get("in_shape", ()))))
-    return eager, values, tuple(map(type, values)), inner
-
-
 def node_resources(attrs: dict, res: Resources) -> tuple[int, ...]:
     """The engine resources a node holds while it runs: its GPU's compute stream; for a transfer,
     the communication stream of every member and the link directions its bytes cross."""
@@ -193,22 +168,11 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     durations, bounds, resources, successors = [], [], [], []
     node_attrs = graph._node
     succ = graph._succ
-    # Layers, microbatches and GPUs repeat the same kernels: cost each distinct one once.
-    memo: dict[tuple, tuple[float, str]] = {}
-    held_of: dict[tuple, tuple[int, ...]] = {}  # and each GPU (set) holds the same resources throughout
+    held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
     for n in nodes:
         a = node_attrs[n]
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
-        try:
-            key = cost_key(a, eager)
-            cost = memo.get(key)
-        except TypeError:  # an unhashable (or not iterable) attribute value: cost it without the memo
-            cost, key = None, None
-        if cost is None:
-            cost = node_time_s(a, hw, gpn, eager, gated)
-            if key is not None:
-                memo[key] = cost
-        t, bound = cost
+        t, bound = node_time_s(a, hw, gpn, eager, gated)
         durations.append(t)
         bounds.append(bound)
         held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads

@@ -39,22 +39,3 @@ def test_one_replica_refuses_coupled_or_relinked_layouts():
                              "gpus_per_node": 8}, workload={"batch_size": 8})
     assert one_replica(relinked) is None
     assert one_replica(make_scenario(TINY_MOE)) is None  # dp = 1 already
-
-
-@pytest.mark.parametrize("mode", ["eager", "cuda_graph"])
-def test_memoised_node_costs_equal_costing_every_node(seed, mode):
-    """simulate_dag costs each distinct kernel once (simulate.cost_key): every node's duration and
-    bound must be what node_time_s gives that node alone."""
-    from simulator.config import gpus_per_node, resolve_hardware
-    from simulator.simulate import node_time_s
-
-    s = make_scenario(seed.model_dump(exclude_none=True), parallel={"pp": 2, "tp": 2, "ep": 2, "microbatches": 2},
-                      runtime={"mode": mode})
-    run = run_scenario(s, verify=False, decode_sample=4)
-    hw = resolve_hardware(s)
-    gpn = gpus_per_node(s, hw)
-    ops = run.sim.ops
-    for node, duration_s, bound in zip(ops["node"], ops["duration_s"], ops["bound"]):
-        a = run.graph.nodes[node]
-        eager = a["phase"] == "prefill" or mode == "eager"
-        assert (duration_s, bound) == node_time_s(a, hw, gpn, eager, s.model.gated)
