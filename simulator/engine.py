@@ -401,7 +401,13 @@ def simulate(inp: EngineInput) -> EngineTrace:
                 entries = schedule_tick(task_release_s, task_release_s)
             entries.append(~i)
 
-    env.run()
+    try:
+        env.run()
+    finally:
+        # on_tick schedules itself, so it sits in a reference cycle with every list it closes
+        # over (the successor lists alone are one per task): unbound, they go back by reference
+        # counting at once instead of waiting for (and costing) a cyclic-GC pass.
+        on_tick = None  # noqa: F841
 
     if num_finished != num_tasks:
         raise _unfinished_error([i for i in range(num_tasks) if num_preds[i] > 0], num_tasks)

@@ -178,29 +178,70 @@ def available_profiles(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
-def load_profile_dict(name_or_path: str, directory: Path | None = None) -> dict:
-    """The raw mapping of a profile, by registry name or by path to a YAML file."""
+def profile_path(name_or_path: str, directory: Path | None = None) -> Path:
+    """The YAML file of a profile, by registry name or by path to a YAML file."""
     directory = directory or PROFILES_DIR
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
-        path = candidate
-    else:
-        path = directory / f"{name_or_path}.yaml"
-        if not path.is_file():
-            names = ", ".join(available_profiles(directory)) or "(none found)"
-            raise ProfileError(f"hardware profile '{name_or_path}' not found; available: {names}")
+        return candidate
+    path = directory / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = ", ".join(available_profiles(directory)) or "(none found)"
+        raise ProfileError(f"hardware profile '{name_or_path}' not found; available: {names}")
+    return path
+
+
+def load_profile_dict(name_or_path: str, directory: Path | None = None) -> dict:
+    """The raw mapping of a profile, by registry name or by path to a YAML file."""
+    return _read_profile_dict(profile_path(name_or_path, directory))
+
+
+def _read_profile_dict(path: Path) -> dict:
     data = read_yaml(path, f"hardware profile {path}", "profile", ProfileError)
     if not isinstance(data, dict):
         raise ProfileError(f"hardware profile {path}: expected a mapping of fields")
     return data
 
 
+#: Validated profiles by (resolved file, mtime, size, overrides). A sweep resolves the same profile
+#: a few times per layout; parsing the YAML (the calibration tables are long) cost more than some
+#: layouts' simulation. Sharing one object is safe: profiles are frozen and nothing mutates their
+#: tables; it also lets `series_interpolate` keep its memo across layouts.
+_PROFILES: dict[tuple, HardwareProfile] = {}
+_PROFILES_MAX = 64
+
+
 def load_profile(name_or_path: str, overrides: dict | None = None, directory: Path | None = None) -> HardwareProfile:
-    """Load and validate a profile, applying single-field overrides (nested keys as dicts)."""
-    data = load_profile_dict(name_or_path, directory)
+    """Load and validate a profile, applying single-field overrides (nested keys as dicts).
+    Cached per file version (path, mtime, size) and overrides; errors are not cached."""
+    path = profile_path(name_or_path, directory)
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, _frozen(overrides or {}))
+        hash(key)
+    except (OSError, TypeError):  # unreadable (read_yaml says why) or an unhashable override: no cache
+        key = None
+    cached = _PROFILES.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    data = _read_profile_dict(path)
     if overrides:
         data = _deep_merge(data, overrides)
-    return HardwareProfile.model_validate(data)
+    profile = HardwareProfile.model_validate(data)
+    if key is not None:
+        if len(_PROFILES) >= _PROFILES_MAX:
+            _PROFILES.clear()
+        _PROFILES[key] = profile
+    return profile
+
+
+def _frozen(value) -> tuple:
+    """A hashable image of an override value that tells 1, 1.0 and True apart (they hash equal)."""
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), type(k).__name__, _frozen(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_frozen(v) for v in value))
+    return (type(value).__name__, value)
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

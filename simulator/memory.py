@@ -125,7 +125,7 @@ def activation_bytes_per_gpu(graph: nx.DiGraph, scenario: Scenario) -> dict[int,
     seqs = w.batch_size / (p.dp * p.microbatches)
     residual = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes
     peak: dict[int, float] = {g: 0.0 for g in range(scenario.num_gpus)}
-    for _, a in graph.nodes(data=True):
+    for a in graph._node.values():  # the node dicts, without NodeDataView's tuple per node
         if a["kind"] == MARKER:
             continue
         if a["kind"] == COMM:

@@ -135,7 +135,9 @@ def busy_time(ops: pd.DataFrame, num_gpus: int, makespan_s: float, phase: str | 
     busy: dict[int, dict[str, float]] = {g: {} for g in range(num_gpus)}
     compute_busy = [0.0] * num_gpus
     durations = frame["weighted_s"] if "weighted_s" in frame else frame["duration_s"]
-    for kind, gpu, cat, dur in zip(frame["kind"], frame["gpu"], frame["category"], durations):
+    # Plain lists: iterating a pandas string column goes through __getitem__ once per row.
+    columns = (frame["kind"].tolist(), frame["gpu"].tolist(), frame["category"].tolist(), durations.tolist())
+    for kind, gpu, cat, dur in zip(*columns):
         if kind == MARKER:
             continue
         members = gpu if kind == COMM else (gpu,)
@@ -150,7 +152,10 @@ def busy_time(ops: pd.DataFrame, num_gpus: int, makespan_s: float, phase: str | 
 
 def _bottleneck(ops: pd.DataFrame, phase: str) -> str:
     """One sentence: what takes most of the busiest GPU's compute stream in this phase."""
-    frame = ops[(ops["phase"] == phase) & (ops["kind"] != MARKER) & (ops["kind"] != COMM)]
+    # Each mask once, and only the columns used: selecting rows of the string columns is most of the cost.
+    in_phase, kind = ops["phase"] == phase, ops["kind"]
+    frame = ops.loc[in_phase & (kind != MARKER) & (kind != COMM),
+                    ["gpu", "category", "bound", "weighted_s", "duration_s", "end_s"]]
     if frame.empty:
         return f"{phase}: no work"
     per_gpu = frame.groupby("gpu")["weighted_s"].sum()
@@ -158,9 +163,9 @@ def _bottleneck(ops: pd.DataFrame, phase: str) -> str:
     mine = frame[frame["gpu"] == gpu]
     by = mine.groupby(["category", "bound"])["weighted_s"].sum().sort_values(ascending=False)
     (cat, bound), top = by.index[0], by.iloc[0]
-    comm = ops[(ops["phase"] == phase) & (ops["kind"] == COMM)]
+    comm = ops.loc[in_phase & (kind == COMM), ["gpu", "weighted_s"]]
     comm_s = sum(d for g, d in zip(comm["gpu"], comm["weighted_s"]) if gpu in g)
-    span = frame["end_s"].max() - ops[ops["phase"] == phase]["start_s"].min()
+    span = frame["end_s"].max() - ops.loc[in_phase, "start_s"].min()
     span *= frame["weighted_s"].sum() / frame["duration_s"].sum() if frame["duration_s"].sum() else 1.0
     what = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
             "fused": "fused"}.get(bound, bound)
@@ -186,7 +191,7 @@ def routing_metrics(graph: nx.DiGraph, scenario: Scenario, ops: pd.DataFrame, we
     """Imbalance (max / mean tokens per EP rank), its straggler cost and the capacity drops."""
     summary = routing_summary(scenario)
     dropped = 0.0
-    for _, a in graph.nodes(data=True):
+    for a in graph._node.values():  # the node dicts, without NodeDataView's tuple per node
         if "dropped_copies" in a:
             dropped += a["dropped_copies"] * (weights.get(a["step"], 1.0) if a["phase"] == "decode" else 1.0)
     return {**summary, "straggler_s": straggler_s(ops), "dropped_copies": dropped}

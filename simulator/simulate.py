@@ -173,14 +173,19 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     durations, bounds, resources, successors = [], [], [], []
     node_attrs = graph._node
     succ = graph._succ
+    held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
     for n in nodes:
         a = node_attrs[n]
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
         t, bound = node_time_s(a, hw, gpn, eager, gated)
         durations.append(t)
         bounds.append(bound)
-        resources.append(node_resources(a, res, keep))
-        successors.append([index[v] for v in succ[n]])
+        held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads (keep is fixed)
+        held = held_of.get(held_key)
+        if held is None:
+            held = held_of[held_key] = node_resources(a, res, keep)
+        resources.append(held)
+        successors.append(list(map(index.__getitem__, succ[n])))
 
     trace = engine.simulate(engine.EngineInput(durations, resources, successors, res.count))
     ops = _trace_table(graph, nodes, durations, bounds, trace)
@@ -189,15 +194,17 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
 
 _COLUMNS = ("op", "kind", "category", "phase", "step", "microbatch", "layer", "stage", "gpu", "flops",
             "bytes_read", "bytes_written")
+_GPU = _COLUMNS.index("gpu")
 
 
 def _trace_table(graph, nodes, durations, bounds, trace) -> pd.DataFrame:
     attrs = graph._node
     get = itemgetter(*_COLUMNS)
-    frame = pd.DataFrame.from_records([get(attrs[n]) for n in nodes], columns=_COLUMNS)
+    records = [get(attrs[n]) for n in nodes]
+    frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
     frame.insert(0, "node", nodes)
     # ints, tuples and None: keep them as Python objects (a one-GPU run would otherwise turn to floats)
-    frame["gpu"] = pd.Series([attrs[n]["gpu"] for n in nodes], dtype=object)
+    frame["gpu"] = pd.Series([r[_GPU] for r in records], dtype=object)
     frame["stream"] = frame["kind"].map({COMM: "comm", MARKER: "none"}).fillna("compute")
     frame["start_s"] = trace.start_s
     frame["end_s"] = trace.end_s

@@ -1,0 +1,104 @@
+"""Benchmark of the per-layout cost of `moesim compare`, and its regression check.
+
+    python benchmarks/bench_layout.py                   # wall and CPU seconds per layout (best of --repeat), total
+    python benchmarks/bench_layout.py --dump FILE       # also write every result field (sim_s aside) as JSON
+    python benchmarks/bench_layout.py --deep --dump F   # and the whole Metrics plus a digest of each trace
+
+Runs `sweep.simulate_layout` serially on a fixed set of seed-sweep layouts (every parallel form, 1 to 8
+microbatches, pp = 1, 2, 4), as a sweep worker does. An optimisation that must not change any figure
+dumps before and after and diffs the files: floats are written with repr, so equal files mean
+bit-identical results. CPU seconds are the steadier figure on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simulator.config import load_scenario  # noqa: E402
+from simulator.sweep import (  # noqa: E402
+    DEFAULT_DECODE_SAMPLE,
+    DEFAULT_MICROBATCHES,
+    enumerate_layouts,
+    layout_scenario,
+    simulate_layout,
+)
+
+SCENARIO = ROOT / "scenarios" / "seed_moe_4gpu.yaml"
+#: Labels picked from the seed sweep: dp-replicated (simulated as one replica), tp, ep, etp, pp.
+LABELS = ("DP4", "DP4 mb8", "DP4 EP2 mb2", "DP2 TP2 mb4", "DP2 TP2 EP2 mb8", "TP4", "TP4 ETP4 mb8",
+          "TP4 EP2 ETP2 mb4", "PP2 DP2 mb2", "PP2 TP2 mb8", "PP2 TP2 EP2 mb4", "PP4 mb8")
+
+
+def _jsonable(value):
+    """Plain JSON types; floats stay floats (json writes them with repr: exact)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    return value
+
+
+def result_record(result) -> dict:
+    record = _jsonable(result)
+    record.pop("sim_s")
+    return record
+
+
+def deep_record(scenario) -> dict:
+    """Every Metrics field and a digest of the trace table of one run (the figures behind the row)."""
+    from simulator.pipeline import one_replica, run_scenario
+
+    run = run_scenario(one_replica(scenario) or scenario, verify=False, decode_sample=DEFAULT_DECODE_SAMPLE)
+    ops = run.sim.ops
+    trace = hashlib.sha256(ops.to_csv(float_format="%r").encode()).hexdigest()
+    return {"metrics": _jsonable(run.metrics.to_dict()), "trace_sha256": trace, "makespan_s": run.sim.makespan_s,
+            "num_events": run.sim.num_events, "columns": list(ops.columns)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dump", type=Path, help="write every result field (sim_s aside) as JSON")
+    parser.add_argument("--deep", action="store_true", help="dump the whole Metrics and a trace digest too")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per layout; the best is reported")
+    parser.add_argument("--only", help="comma-separated labels (default: the fixed set)")
+    args = parser.parse_args()
+
+    base = load_scenario(SCENARIO)
+    layouts = {lay.label: lay for lay in enumerate_layouts(base, microbatches=DEFAULT_MICROBATCHES)}
+    labels = args.only.split(",") if args.only else LABELS
+    dump, total_s, total_cpu_s = {}, 0.0, 0.0
+    for label in labels:
+        scenario = layout_scenario(base, layouts[label])
+        best_s = best_cpu_s = float("inf")
+        for _ in range(args.repeat):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            result = simulate_layout(0, False, scenario, DEFAULT_DECODE_SAMPLE)
+            best_s = min(best_s, time.perf_counter() - started)
+            best_cpu_s = min(best_cpu_s, time.process_time() - started_cpu)
+        assert result.status == "ok", (label, result.error)
+        total_s += best_s
+        total_cpu_s += best_cpu_s
+        print(f"{label:20s} {best_s:7.3f} s  cpu {best_cpu_s:7.3f} s", flush=True)
+        dump[label] = result_record(result)
+        if args.deep:
+            dump[label]["deep"] = deep_record(scenario)
+    print(f"{'total':20s} {total_s:7.3f} s  cpu {total_cpu_s:7.3f} s")
+    if args.dump:
+        args.dump.write_text(json.dumps(dump, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
