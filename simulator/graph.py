@@ -255,6 +255,8 @@ class _Builder:
         self.s = scenario
         self.keep = keep  # GPUs whose nodes are built (None: all); see symmetric_representatives
         self.pytorch = scenario.runtime.framework == "pytorch"
+        self._templates: dict[tuple, tuple] = {}  # see _layer_reused
+        self.twins: list[int] = []  # per node: the index of the node it copies, or -1
         self.m = scenario.model
         self.pl = Placement.of(scenario)
         self.b = self.m.dtype_bytes
@@ -297,6 +299,7 @@ class _Builder:
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:
         self.nodes.append((nid, attrs))
+        self.twins.append(-1)
         for d in deps:
             self.edges.append((d, nid))
         return nid
@@ -358,8 +361,8 @@ class _Builder:
             for layer in layers:
                 last = layer == layers[-1]
                 gather = not last or (stage == pl.pp - 1 and (self.m.vocab_size > 0 or pl.pp == 1))
-                ready = self._layer(tag, {**base_ctx, "layer": layer, "stage": stage}, ready, seqs, q_len,
-                                    kv_len, gather)
+                ready = self._layer_reused(tag, {**base_ctx, "layer": layer, "stage": stage}, ready, seqs, q_len,
+                                           kv_len, gather)
 
         # The last stage produces the token.
         last_stage = pl.pp - 1
@@ -439,6 +442,38 @@ class _Builder:
         return self.collective(nid, deps, "tp_allgather", "tp_comm", ctx, group, "all_gather",
                                [per_rank * (n - 1)] * n, [per_rank * (n - 1)] * n, total,
                                (_dim(tokens), self.h), "tp")
+
+    def _layer_reused(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict:
+        """_layer, or a copy of an identical layer built earlier: the same phase, stage, layer kind,
+        shapes, routing loads and inputs (wired alike) give the same nodes and edges but for the
+        names' prefix and the step, microbatch and layer fields. Copying is ~5x cheaper than
+        building, and `twins` tells the simulation that a copy costs what its original costs."""
+        layer = ctx["layer"]
+        inputs: dict[str, int] = {}  # this layer's input nodes, numbered in order of first use
+        wiring = tuple((g, tuple(inputs.setdefault(d, len(inputs)) for d in _as_list(v))) for g, v in ready.items())
+        per_layer = layer if self.s.workload.routing.sampled is not None else None  # a draw per layer
+        key = (ctx["phase"], ctx["stage"], self.m.is_moe_layer(layer), seqs, q_len, kv_len, gather, per_layer, wiring)
+        prefix = f"{tag}.L{layer}"
+        template = self._templates.get(key)
+        if template is None:
+            n0, e0 = len(self.nodes), len(self.edges)
+            out = self._layer(tag, ctx, ready, seqs, q_len, kv_len, gather)
+            own = prefix + "."
+            if all(n.startswith(own) for n, _ in self.nodes[n0:]) and all(
+                    u in inputs or u.startswith(own) for u, _ in self.edges[e0:]):
+                self._templates[key] = (len(prefix), list(inputs), n0, len(self.nodes), e0, len(self.edges), out)
+            return out
+        cut, old_inputs, n0, n1, e0, e1, out = template
+        renamed = dict(zip(old_inputs, inputs))  # the template's inputs -> this layer's, by position
+        fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
+        self.nodes.extend([(prefix + nid[cut:], {**attrs, **fields}) for nid, attrs in self.nodes[n0:n1]])
+        self.twins.extend(range(n0, n1))
+        self.edges.extend([(renamed[u] if u in renamed else prefix + u[cut:], prefix + v[cut:])
+                           for u, v in self.edges[e0:e1]])
+
+        def rename(x: str) -> str:
+            return renamed[x] if x in renamed else prefix + x[cut:]
+        return {g: rename(v) if isinstance(v, str) else [rename(x) for x in v] for g, v in out.items()}
 
     def _layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
         """One transformer layer on every GPU of its stage; returns each GPU's output node."""
@@ -807,9 +842,16 @@ def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
                 deps = [tokens[mb], "decode.start"] if i == 0 else [tokens[mb]]
                 tokens[mb] = bld.build_pass("decode", step, mb, deps)
         bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
-    return _digraph(bld.nodes, bld.edges, scenario=scenario.name, num_gpus=bld.pl.num_gpus,
-                    decode_steps=list(steps), total_decode_steps=total_steps,
-                    representatives=sorted(keep) if keep else None)
+    graph = _digraph(bld.nodes, bld.edges, scenario=scenario.name, num_gpus=bld.pl.num_gpus,
+                     decode_steps=list(steps), total_decode_steps=total_steps,
+                     representatives=sorted(keep) if keep else None)
+    setattr(graph, TWINS, bld.twins)
+    return graph
+
+
+#: Attribute of a built graph (not of the DAG, so not in graph.graph or any export): per node, the
+#: index of the node it copies (see _Builder._layer_reused), or -1. A copy of the graph drops it.
+TWINS = "moesim_twins"
 
 
 def _digraph(nodes: list[tuple[str, dict]], edges: list[tuple[str, str]], **graph_attrs) -> nx.DiGraph:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from simulator import costs, engine
 from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
-from simulator.graph import COMM, MARKER
+from simulator.graph import COMM, MARKER, TWINS
 from simulator.hardware import Calibration, HardwareProfile, series_interpolate
 
 
@@ -174,7 +174,16 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     node_attrs = graph._node
     succ = graph._succ
     held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
-    for n in nodes:
+    twins = getattr(graph, TWINS, None)
+    if twins is None or len(twins) != len(nodes):
+        twins = [-1] * len(nodes)
+    for n, twin in zip(nodes, twins):
+        if twin >= 0:  # a copy of an earlier node (graph._Builder._layer_reused): same cost, same resources
+            durations.append(durations[twin])
+            bounds.append(bounds[twin])
+            resources.append(resources[twin])
+            successors.append(list(map(index.__getitem__, succ[n])))
+            continue
         a = node_attrs[n]
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
         t, bound = node_time_s(a, hw, gpn, eager, gated)

@@ -347,3 +347,29 @@ def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
     per_op = _launches_per_layer(plain, "prefill")
     assert (per_op["moe_sort"], per_op["attn_out_copy"], per_op["moe_unsort"]) == (14, 1, 5)
     assert "kv_append" not in per_op and "attn_gqa_expand" not in per_op  # MHA, no cache write in prefill
+
+
+@pytest.mark.parametrize("sections", [
+    {"model": {**TINY_MOE["model"], "num_layers": 8}},
+    {"model": {**TINY_MOE["model"], "num_layers": 8}, "parallel": {"tp": 2, "ep": 2, "pp": 2, "dp": 1, "microbatches": 2}},
+    {"model": {**TINY_MOE["model"], "num_layers": 8}, "workload": {"routing": {"sampled": 7}}},
+    {"model": {**TINY_MOE["model"], "num_layers": 8, "first_k_dense_layers": 1, "ffn_size": 96},
+     "runtime": {"framework": "pytorch"}},
+])
+def test_reused_layers_equal_built_ones(monkeypatch, sections):
+    """Copies of identical layers (_Builder._layer_reused) give exactly the nodes, attributes and
+    edges that building every layer gives, and the simulation prices each copy as its original."""
+    from simulator import graph as graph_module
+    from simulator.config import resolve_hardware
+    from simulator.simulate import simulate_dag
+    s = make_scenario(TINY_MOE, **sections)
+    reused = build_dag(s)
+    copies = sum(t >= 0 for t in reused.moesim_twins)
+    assert copies > reused.number_of_nodes() / 5 or s.workload.routing.sampled is not None
+    monkeypatch.setattr(graph_module._Builder, "_layer_reused", graph_module._Builder._layer)
+    built = build_dag(s)
+    assert list(reused.nodes(data=True)) == list(built.nodes(data=True))
+    assert list(reused.edges) == list(built.edges)
+    hw = resolve_hardware(s)
+    a, b = simulate_dag(reused, s, hw).ops, simulate_dag(built, s, hw).ops
+    assert a["duration_s"].tolist() == b["duration_s"].tolist() and a["end_s"].tolist() == b["end_s"].tolist()
