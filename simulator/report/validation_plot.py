@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from simulator.report.output import write_atomic  # noqa: E402
@@ -34,6 +35,11 @@ def write_validation(outcomes, out_dir: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    seconds = ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 0.002, not 2x10^-3; no crowded minor labels
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(seconds)
+        axis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("measured (s)")
     ax.set_ylabel("predicted by moesim (s)")
     errors = frame["error"].abs()
