@@ -69,21 +69,22 @@ def projected_sweep(name: str, jobs: int, decode_sample: int, sample: int) -> No
     fits = [lay for lay in layouts if screen_memory(layout_scenario(scenario, lay), capacity) is None]
     prep = time.perf_counter() - started
     steps = scenario.workload.output_len_tokens - 1
-    by_cost = sorted(fits, key=lambda lay: estimated_cost(lay, decode_sample, steps, evenly_routed(scenario)))
+    folded = evenly_routed(scenario)
+    by_cost = sorted(fits, key=lambda lay: estimated_cost(lay, decode_sample, steps, folded))
     # the cheaper half of the range: the biggest layouts need several GB and minutes each
     pool = by_cost[: max(1, len(by_cost) // 2)]
     chosen = [pool[round(i * (len(pool) - 1) / max(1, sample - 1))] for i in range(min(sample, len(pool)))]
     with make_executor("serial") as executor:
         results = run_sweep(scenario, chosen, executor, decode_sample)
     seconds = sum(r.sim_s for r in results)
-    units = sum(estimated_cost(r.layout, decode_sample, steps, evenly_routed(scenario)) for r in results)
-    total_units = sum(estimated_cost(lay, decode_sample, steps, evenly_routed(scenario)) for lay in fits)
+    units = sum(estimated_cost(r.layout, decode_sample, steps, folded) for r in results)
+    total_units = sum(estimated_cost(lay, decode_sample, steps, folded) for lay in fits)
     projected = prep + seconds / units * total_units / jobs
     print(f"{name}: {len(layouts)} layouts on {scenario.num_gpus} GPUs, {len(layouts) - len(fits)} screened out, "
           f"{len(fits)} to simulate; enumeration + screening {prep:.1f} s")
     for r in results:
         print(f"  sampled {r.label:<24} {r.status:<6} {r.sim_s:6.1f} s  cost units "
-              f"{estimated_cost(r.layout, decode_sample, steps, evenly_routed(scenario)):8.0f}")
+              f"{estimated_cost(r.layout, decode_sample, steps, folded):8.0f}")
     print(f"{seconds / units * 1e3:.2f} ms per cost unit; the whole sweep is {total_units:.3g} units: projected wall "
           f"{projected:.0f} s ({projected / 60:.1f} min) on {jobs} jobs; target < {target_s:.0f} s: "
           f"{'met' if projected < target_s else 'MISSED'}")

@@ -85,6 +85,10 @@ class Placement:
     def stage_of_gpu(self, gpu: int) -> int:
         return gpu // (self.dp * self.tp)
 
+    def in_stage(self, gpu: int, stage: int) -> int:
+        """The GPU of the same dp and tp rank as `gpu` in another pipeline stage."""
+        return gpu + (stage - self.stage_of_gpu(gpu)) * self.dp * self.tp
+
     def stage_gpus(self, stage: int) -> list[int]:
         first = stage * self.dp * self.tp
         return list(range(first, first + self.dp * self.tp))
@@ -255,6 +259,8 @@ class _Builder:
         self.s = scenario
         self.keep = keep  # GPUs whose nodes are built (None: all); see symmetric_representatives
         self.pytorch = scenario.runtime.framework == "pytorch"
+        # the MoE algorithm whose PyTorch helper kernels the graph shows (None: fused, or grouped)
+        self.pytorch_moe = scenario.model.moe_impl if self.pytorch else None
         self._templates: dict[tuple, tuple] = {}  # see _layer_reused
         self.twins: list[int] = []  # per node: the index of the node it copies, or -1
         self.m = scenario.model
@@ -286,15 +292,15 @@ class _Builder:
     def _tp_groups_on(self) -> list[list[tuple[int, list[int], list[int]]]]:
         """Per stage, (dp rank, TP group, its materialised GPUs) for the groups with any."""
         pl = self.pl
-        groups = [[(d, pl.tp_group(st, d)) for d in range(pl.dp)] for st in range(pl.pp)]
-        return [[(d, grp, self._on(grp)) for d, grp in per if self._on(grp)] for per in groups]
+        return [[(d, grp, mine) for d in range(pl.dp) if (mine := self._on(grp := pl.tp_group(st, d)))]
+                for st in range(pl.pp)]
 
     @cached_property
     def _ep_groups_on(self) -> list[list[tuple[list[int], list[int], dict[int, list[int]]]]]:
         """Per stage, (EP group, its materialised GPUs, each member's experts) for the groups with any."""
         pl = self.pl
-        return [[(grp, self._on(grp), {g: pl.experts_of_gpu(g) for g in grp})
-                 for grp in pl.ep_groups(st) if self._on(grp)] for st in range(pl.pp)]
+        return [[(grp, mine, {g: pl.experts_of_gpu(g) for g in grp})
+                 for grp in pl.ep_groups(st) if (mine := self._on(grp))] for st in range(pl.pp)]
 
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:
@@ -396,7 +402,7 @@ class _Builder:
             sent = {}
             for _, group, mine in self._tp_groups_on[0]:
                 for dst in mine:
-                    src = dst + (pl.pp - 1) * pl.dp * pl.tp  # the same rank of the last stage
+                    src = pl.in_stage(dst, pl.pp - 1)
                     nbytes = tokens * 4.0  # int32 token ids
                     ctx = {**base_ctx, "layer": -1, "stage": pl.pp - 1}
                     sent[dst] = [self.collective(f"{tag}.g{src}-g{dst}.token_send", deps, "token_send", "pp_comm",
@@ -421,7 +427,7 @@ class _Builder:
         for d, group, mine in self._tp_groups_on[dst_stage]:
             sent = []
             for dst in mine:
-                src = dst + (src_stage - dst_stage) * pl.dp * pl.tp  # the same rank of the source stage
+                src = pl.in_stage(dst, src_stage)
                 ctx = {**base_ctx, "layer": layer, "stage": src_stage}
                 sent.append(self.collective(f"{tag}.g{src}-g{dst}.{op}", _as_list(ready[src]), op, "pp_comm", ctx,
                                             (src, dst), "send_recv", (nbytes, 0.0), (0.0, nbytes), nbytes,
@@ -465,14 +471,13 @@ class _Builder:
             return out
         cut, old_inputs, n0, n1, e0, e1, out = template
         renamed = dict(zip(old_inputs, inputs))  # the template's inputs -> this layer's, by position
-        fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
-        self.nodes.extend([(prefix + nid[cut:], {**attrs, **fields}) for nid, attrs in self.nodes[n0:n1]])
-        self.twins.extend(range(n0, n1))
-        self.edges.extend([(renamed[u] if u in renamed else prefix + u[cut:], prefix + v[cut:])
-                           for u, v in self.edges[e0:e1]])
 
         def rename(x: str) -> str:
             return renamed[x] if x in renamed else prefix + x[cut:]
+        fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
+        self.nodes.extend([(prefix + nid[cut:], {**attrs, **fields}) for nid, attrs in self.nodes[n0:n1]])
+        self.twins.extend(range(n0, n1))
+        self.edges.extend([(rename(u), prefix + v[cut:]) for u, v in self.edges[e0:e1]])
         return {g: rename(v) if isinstance(v, str) else [rename(x) for x in v] for g, v in out.items()}
 
     def _layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
@@ -520,10 +525,10 @@ class _Builder:
             # Gather every token copy into expert order (the send buffers of the dispatch).
             copies = Ts * k * pl.etp
             before = [top]
-            if self.pytorch and m.moe_impl == "per_expert":  # 16 B per key and index, read + written per pass
+            if self.pytorch_moe == "per_expert":  # 16 B per key and index, read + written per pass
                 before = [self.helper(f"{p}.moe_sort", [top], "moe_sort", "router", ctx, g, 8 * copies * 16,
                                       8 * copies * 16, (_dim(copies),))]
-            elif self.pytorch and m.moe_impl == "capacity":  # int32 one-hot and positions, the zeroed buffer
+            elif self.pytorch_moe == "capacity":  # int32 one-hot and positions, the zeroed buffer
                 before = [self.helper(f"{p}.moe_dispatch_index", [top], "moe_dispatch_index", "router", ctx, g,
                                       3 * copies * E * 4, 3 * copies * E * 4 + copies * m.capacity_factor * h * b,
                                       (_dim(copies), E))]
@@ -568,10 +573,10 @@ class _Builder:
             copies = Ts * k * pl.etp
             extra_in = Ts if g in shared else 0.0  # the shared experts' output is added here too
             partial = moe_out[g]
-            if self.pytorch and m.moe_impl == "per_expert":  # cat, then scale by the routing weights; zeroed output
+            if self.pytorch_moe == "per_expert":  # cat, then scale by the routing weights; zeroed output
                 partial = [self.helper(f"{p}.moe_unsort", partial, "moe_unsort", "experts", ctx, g, 2 * copies * h * b,
                                        (2 * copies + Ts) * h * b, (_dim(copies), h))]
-            elif self.pytorch and m.moe_impl == "capacity":  # cat, gather by slot, scale by the routing weights
+            elif self.pytorch_moe == "capacity":  # cat, gather by slot, scale by the routing weights
                 moved = (copies * m.capacity_factor + 2 * copies) * h * b
                 partial = [self.helper(f"{p}.moe_undispatch", partial, "moe_undispatch", "experts", ctx, g, moved,
                                        moved, (_dim(copies), h))]
@@ -580,7 +585,7 @@ class _Builder:
                               costs.elementwise_cost((copies + extra_in) * h, Ts * h,
                                                      2.0 * copies / Ts + (1.0 if extra_in else 0.0) if Ts else 0.0, b),
                               (_dim(copies), h), (Tsd, h),
-                              **({"scatter_add": True} if self.pytorch and m.moe_impl == "per_expert" else {}))
+                              **({"scatter_add": True} if self.pytorch_moe == "per_expert" else {}))
             out[g] = self.compute(f"{p}.residual_moe", [wc], "residual_add", "norm_residual", ctx, g,
                                   costs.elementwise_cost(2 * Ts * h, Ts * h, 1.0, b), (Tsd, h), (Tsd, h))
         if gather and pl.tp > 1:

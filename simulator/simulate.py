@@ -178,11 +178,11 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
     if twins is None or len(twins) != len(nodes):
         twins = [-1] * len(nodes)
     for n, twin in zip(nodes, twins):
+        successors.append(list(map(index.__getitem__, succ[n])))
         if twin >= 0:  # a copy of an earlier node (graph._Builder._layer_reused): same cost, same resources
             durations.append(durations[twin])
             bounds.append(bounds[twin])
             resources.append(resources[twin])
-            successors.append(list(map(index.__getitem__, succ[n])))
             continue
         a = node_attrs[n]
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
@@ -194,7 +194,6 @@ def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> 
         if held is None:
             held = held_of[held_key] = node_resources(a, res, keep)
         resources.append(held)
-        successors.append(list(map(index.__getitem__, succ[n])))
 
     trace = engine.simulate(engine.EngineInput(durations, resources, successors, res.count))
     ops = _trace_table(graph, nodes, durations, bounds, trace)
