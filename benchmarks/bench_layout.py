@@ -3,6 +3,8 @@
     python benchmarks/bench_layout.py                   # wall and CPU seconds per layout (best of --repeat), total
     python benchmarks/bench_layout.py --dump FILE       # also write every result field (sim_s aside) as JSON
     python benchmarks/bench_layout.py --deep --dump F   # and the whole Metrics plus a digest of each trace
+    python benchmarks/bench_layout.py --compare F       # differences from a dump (floats within --rel)
+    options: --scenario seed|mixtral (the layout set), --only LABELS, --repeat K
 
 Runs `sweep.simulate_layout` serially on a fixed set of seed-sweep layouts (every parallel form, 1 to 8
 microbatches, pp = 1, 2, 4), as a sweep worker does. An optimisation that must not change any figure
@@ -32,10 +34,17 @@ from simulator.sweep import (  # noqa: E402
     simulate_layout,
 )
 
-SCENARIO = ROOT / "scenarios" / "seed_moe_4gpu.yaml"
-#: Labels picked from the seed sweep: dp-replicated (simulated as one replica), tp, ep, etp, pp.
-LABELS = ("DP4", "DP4 mb8", "DP4 EP2 mb2", "DP2 TP2 mb4", "DP2 TP2 EP2 mb8", "TP4", "TP4 ETP4 mb8",
-          "TP4 EP2 ETP2 mb4", "PP2 DP2 mb2", "PP2 TP2 mb8", "PP2 TP2 EP2 mb4", "PP4 mb8")
+#: Per scenario, labels picked from its sweep. Seed: dp-replicated (simulated as one replica), tp, ep,
+#: etp, pp. Mixtral on 64 GPUs: TP and EP groups inside and across nodes, pp up to 32, 1 to 8 microbatches.
+SCENARIOS = {
+    "seed": (ROOT / "scenarios" / "seed_moe_4gpu.yaml",
+             ("DP4", "DP4 mb8", "DP4 EP2 mb2", "DP2 TP2 mb4", "DP2 TP2 EP2 mb8", "TP4", "TP4 ETP4 mb8",
+              "TP4 EP2 ETP2 mb4", "PP2 DP2 mb2", "PP2 TP2 mb8", "PP2 TP2 EP2 mb4", "PP4 mb8")),
+    "mixtral": (ROOT / "scenarios" / "mixtral_8x7b_64gpu.yaml",
+                ("DP64 ETP2", "DP4 TP16 EP8 ETP4", "PP2 DP2 TP16 EP2 ETP8", "PP2 DP8 TP4 EP4 mb8",
+                 "PP8 DP2 TP4 EP8 mb4", "DP16 TP4 EP8 ETP2 mb8", "PP4 DP16 EP8 mb2", "PP8 TP8 EP8 mb4",
+                 "PP32 DP2 mb2", "DP8 TP8 EP8 mb8")),
+}
 
 
 def _jsonable(value):
@@ -74,11 +83,15 @@ def main() -> None:
     parser.add_argument("--deep", action="store_true", help="dump the whole Metrics and a trace digest too")
     parser.add_argument("--repeat", type=int, default=1, help="runs per layout; the best is reported")
     parser.add_argument("--only", help="comma-separated labels (default: the fixed set)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed")
+    parser.add_argument("--compare", type=Path, help="a dump to compare with: floats within --rel, the rest equal")
+    parser.add_argument("--rel", type=float, default=1e-12, help="relative tolerance of --compare (0: bit-identical)")
     args = parser.parse_args()
 
-    base = load_scenario(SCENARIO)
+    path, fixed = SCENARIOS[args.scenario]
+    base = load_scenario(path)
     layouts = {lay.label: lay for lay in enumerate_layouts(base, microbatches=DEFAULT_MICROBATCHES)}
-    labels = args.only.split(",") if args.only else LABELS
+    labels = args.only.split(",") if args.only else fixed
     dump, total_s, total_cpu_s = {}, 0.0, 0.0
     for label in labels:
         scenario = layout_scenario(base, layouts[label])
@@ -98,6 +111,29 @@ def main() -> None:
     print(f"{'total':20s} {total_s:7.3f} s  cpu {total_cpu_s:7.3f} s")
     if args.dump:
         args.dump.write_text(json.dumps(dump, indent=1, sort_keys=True) + "\n")
+    if args.compare:
+        before = json.loads(args.compare.read_text())
+        now = json.loads(json.dumps(dump))
+        diffs = [d for label in labels for d in differences(before.get(label), now[label], label, args.rel)]
+        for d in diffs[:20]:
+            print("DIFFERS", d)
+        print(f"compared with {args.compare}: {len(diffs)} difference(s) beyond rel {args.rel:g}")
+        if diffs:
+            sys.exit(1)
+
+
+def differences(a, b, where: str, rel: float) -> list[str]:
+    """Paths where two dumps differ: floats by more than `rel` (relative), anything else at all."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(a.keys() ^ b.keys())}"]
+        return [d for k in a for d in differences(a[k], b[k], f"{where}.{k}", rel)]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]", rel)]
+    if isinstance(a, float) and isinstance(b, float):
+        same = a == b or (a != a and b != b) or abs(a - b) <= rel * max(abs(a), abs(b))
+        return [] if same else [f"{where}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
 if __name__ == "__main__":
