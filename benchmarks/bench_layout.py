@@ -85,7 +85,9 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated labels (default: the fixed set)")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed")
     parser.add_argument("--compare", type=Path, help="a dump to compare with: floats within --rel, the rest equal")
-    parser.add_argument("--rel", type=float, default=1e-12, help="relative tolerance of --compare (0: bit-identical)")
+    parser.add_argument("--rel", type=float, default=1e-9, help="relative tolerance of --compare (0: bit-identical)")
+    parser.add_argument("--abs", type=float, default=1e-12,
+                        help="absolute tolerance of --compare: idle times are differences of sums, near 0 mere noise")
     args = parser.parse_args()
 
     path, fixed = SCENARIOS[args.scenario]
@@ -114,24 +116,25 @@ def main() -> None:
     if args.compare:
         before = json.loads(args.compare.read_text())
         now = json.loads(json.dumps(dump))
-        diffs = [d for label in labels for d in differences(before.get(label), now[label], label, args.rel)]
+        diffs = [d for label in labels for d in differences(before.get(label), now[label], label, args.rel, args.abs)]
         for d in diffs[:20]:
             print("DIFFERS", d)
-        print(f"compared with {args.compare}: {len(diffs)} difference(s) beyond rel {args.rel:g}")
+        print(f"compared with {args.compare}: {len(diffs)} difference(s) beyond rel {args.rel:g} and abs {args.abs:g}")
         if diffs:
             sys.exit(1)
 
 
-def differences(a, b, where: str, rel: float) -> list[str]:
-    """Paths where two dumps differ: floats by more than `rel` (relative), anything else at all."""
+def differences(a, b, where: str, rel: float, tol: float = 0.0) -> list[str]:
+    """Paths where two dumps differ: floats by more than `rel` (relative) and `tol` (absolute),
+    anything else at all."""
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
             return [f"{where}: keys {sorted(a.keys() ^ b.keys())}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{where}.{k}", rel)]
+        return [d for k in a for d in differences(a[k], b[k], f"{where}.{k}", rel, tol)]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]", rel)]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]", rel, tol)]
     if isinstance(a, float) and isinstance(b, float):
-        same = a == b or (a != a and b != b) or abs(a - b) <= rel * max(abs(a), abs(b))
+        same = a == b or (a != a and b != b) or abs(a - b) <= max(rel * max(abs(a), abs(b)), tol)
         return [] if same else [f"{where}: {a!r} != {b!r}"]
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 

@@ -262,7 +262,16 @@ class _Builder:
         # the MoE algorithm whose PyTorch helper kernels the graph shows (None: fused, or grouped)
         self.pytorch_moe = scenario.model.moe_impl if self.pytorch else None
         self._templates: dict[tuple, tuple] = {}  # see _layer_reused
-        self.twins: list[int] = []  # per node: the index of the node it copies, or -1
+        # Per node, in creation order: name, attributes, the index of the node it copies (or -1).
+        # A copied layer's nodes have neither name nor attributes here (Dag makes them on request):
+        # `copies` says where each copied block comes from; `index` names the nodes deps refer to.
+        self.names: list[str | None] = []
+        self.attrs: list[dict | None] = []
+        self.twins: list[int] = []
+        self.copies: list[tuple[int, int, int, str, int, dict]] = []  # (first, n0, n1, prefix, cut, fields)
+        self.index: dict[str, int] = {}
+        self.src: list[int] = []  # edges, as node indices
+        self.dst: list[int] = []
         self.m = scenario.model
         self.pl = Placement.of(scenario)
         self.b = self.m.dtype_bytes
@@ -270,8 +279,6 @@ class _Builder:
         self.kvb = self.m.kv_bytes
         self._layer_loads: dict[int, list[float]] = {}
         self._loads_cache: dict[tuple[int, float], tuple[list[float], float]] = {}
-        self.nodes: list[tuple[str, dict]] = []
-        self.edges: list[tuple[str, str]] = []
         m, tp = self.m, self.pl.tp
         self.heads_local = m.num_heads // tp
         # KV heads split over tp, or replicated when there are fewer KV heads than TP ranks.
@@ -304,10 +311,19 @@ class _Builder:
 
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:
-        self.nodes.append((nid, attrs))
-        self.twins.append(-1)
+        i = len(self.attrs)
+        index = self.index
+        if nid in index:
+            raise ValueError(f"node {nid} is added twice")
         for d in deps:
-            self.edges.append((d, nid))
+            if d not in index:
+                raise KeyError(f"edge {d} -> {nid} names an unknown node")
+            self.src.append(index[d])
+            self.dst.append(i)
+        self.names.append(nid)
+        self.attrs.append(attrs)
+        self.twins.append(-1)
+        index[nid] = i
         return nid
 
     def compute(self, nid, deps, op, category, ctx, gpu, cost: costs.OpCost, in_shape, out_shape,
@@ -462,23 +478,36 @@ class _Builder:
         prefix = f"{tag}.L{layer}"
         template = self._templates.get(key)
         if template is None:
-            n0, e0 = len(self.nodes), len(self.edges)
+            n0, e0 = len(self.attrs), len(self.src)
             out = self._layer(tag, ctx, ready, seqs, q_len, kv_len, gather)
             own = prefix + "."
-            if all(n.startswith(own) for n, _ in self.nodes[n0:]) and all(
-                    u in inputs or u.startswith(own) for u, _ in self.edges[e0:]):
-                self._templates[key] = (len(prefix), list(inputs), n0, len(self.nodes), e0, len(self.edges), out)
+            in_idx = [self.index[x] for x in inputs]
+            if all(n.startswith(own) for n in self.names[n0:]) and all(u >= n0 or u in in_idx for u in self.src[e0:]):
+                self._templates[key] = (len(prefix), in_idx, n0, len(self.attrs), e0, len(self.src), out)
             return out
         cut, old_inputs, n0, n1, e0, e1, out = template
-        renamed = dict(zip(old_inputs, inputs))  # the template's inputs -> this layer's, by position
-
-        def rename(x: str) -> str:
-            return renamed[x] if x in renamed else prefix + x[cut:]
-        fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
-        self.nodes.extend([(prefix + nid[cut:], {**attrs, **fields}) for nid, attrs in self.nodes[n0:n1]])
+        first = len(self.attrs)
+        shift = first - n0
+        new_inputs = [self.index[x] for x in inputs]
+        renamed = dict(zip(old_inputs, new_inputs))  # the template's inputs -> this layer's, by position
+        input_name = dict(zip(old_inputs, inputs))
+        self.names.extend([None] * (n1 - n0))
+        self.attrs.extend([None] * (n1 - n0))
         self.twins.extend(range(n0, n1))
-        self.edges.extend([(rename(u), prefix + v[cut:]) for u, v in self.edges[e0:e1]])
-        return {g: rename(v) if isinstance(v, str) else [rename(x) for x in v] for g, v in out.items()}
+        self.copies.append((first, n0, n1, prefix, cut, {"step": ctx["step"], "microbatch": ctx["microbatch"],
+                                                         "layer": layer}))
+        self.src.extend([u + shift if u >= n0 else renamed[u] for u in self.src[e0:e1]])
+        self.dst.extend([v + shift for v in self.dst[e0:e1]])
+        index = self.index
+
+        def output(x: str) -> str:  # the copy's node for the template's output x, named so deps can use it
+            i = index[x]
+            if i < n0:  # an input passed through
+                return input_name[i]
+            name = prefix + x[cut:]
+            index[name] = i + shift
+            return name
+        return {g: output(v) if isinstance(v, str) else [output(x) for x in v] for g, v in out.items()}
 
     def _layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
         """One transformer layer on every GPU of its stage; returns each GPU's output node."""
@@ -818,8 +847,8 @@ def sampled_decode_steps(total_steps: int, samples: int, warmup_steps: int = 2) 
     return sorted(set(range(1, first)) | {round(first + i * (total_steps - first) / (spread - 1)) for i in range(spread)})
 
 
-def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
-              keep: frozenset[int] | None = None) -> nx.DiGraph:
+def build(scenario: Scenario, decode_steps: list[int] | None = None,
+          keep: frozenset[int] | None = None) -> "Dag":
     """The operator DAG: prefill of every microbatch, then the decode steps.
 
     Prefill produces the first output token; decode steps t = 1 .. output_len-1 produce the rest,
@@ -827,7 +856,7 @@ def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
     `decode_steps` builds only those steps (chained in order; see sampled_decode_steps), for
     sweeps where the step time is interpolated between them; the graph records which steps it holds.
     `keep` (symmetric_representatives) builds only those GPUs' nodes; collectives keep their
-    whole groups, so their costs are unchanged.
+    whole groups, so their costs are unchanged. `build_dag` gives the same as a networkx graph.
     """
     bld = _Builder(scenario, keep)
     m_count = scenario.parallel.microbatches
@@ -847,16 +876,118 @@ def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
                 deps = [tokens[mb], "decode.start"] if i == 0 else [tokens[mb]]
                 tokens[mb] = bld.build_pass("decode", step, mb, deps)
         bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
-    graph = _digraph(bld.nodes, bld.edges, scenario=scenario.name, num_gpus=bld.pl.num_gpus,
-                     decode_steps=list(steps), total_decode_steps=total_steps,
-                     representatives=sorted(keep) if keep else None)
-    setattr(graph, TWINS, bld.twins)
-    return graph
+    info = dict(scenario=scenario.name, num_gpus=bld.pl.num_gpus, decode_steps=list(steps),
+                total_decode_steps=total_steps, representatives=sorted(keep) if keep else None)
+    return Dag(bld.names, bld.attrs, bld.twins, bld.copies, bld.src, bld.dst, info)
 
 
-#: Attribute of a built graph (not of the DAG, so not in graph.graph or any export): per node, the
-#: index of the node it copies (see _Builder._layer_reused), or -1. A copy of the graph drops it.
+def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
+              keep: frozenset[int] | None = None) -> nx.DiGraph:
+    """`build` as a networkx DiGraph (node ids are the names, attributes the node dicts)."""
+    return build(scenario, decode_steps, keep).to_networkx()
+
+
+#: Attribute of a built networkx graph (not of the DAG, so not in graph.graph or any export): per
+#: node, the index of the node it copies (see _Builder._layer_reused), or -1. A copy of the graph drops it.
 TWINS = "moesim_twins"
+
+
+class Dag:
+    """The operator DAG in creation order, which is the engine's priority order.
+
+    Node i has a name, an attribute dict and successors (node indices). `twins[i]` is the index of
+    the node it copies (_Builder._layer_reused: same attributes but step, microbatch and layer, same
+    cost) or -1; a copy's name and attributes are only made when asked for (`names`, `attrs`,
+    `to_networkx`), so that simulating and measuring a sweep's layout never makes them: the
+    simulation prices a copy as its original, and aggregates over nodes (metrics) count each
+    original once per copy (`distinct`). `graph` holds the DAG's attributes, as networkx's does.
+    """
+
+    def __init__(self, names: list, attrs: list, twins: list[int], copies: list[tuple], src: list[int],
+                 dst: list[int], info: dict):
+        self._names, self._attrs, self.twins, self._copies = names, attrs, twins, copies
+        self.src, self.dst = src, dst
+        self.graph = info
+        self._distinct: list[tuple[int, dict, int]] | None = None
+
+    @classmethod
+    def from_networkx(cls, graph: nx.DiGraph) -> "Dag":
+        """A networkx graph (build_dag's, or any with its node attributes), in node order."""
+        names = list(graph.nodes)
+        index = {n: i for i, n in enumerate(names)}
+        src, dst = [], []
+        for n, succ in graph._succ.items():
+            i = index[n]
+            for v in succ:
+                src.append(i)
+                dst.append(index[v])
+        twins = getattr(graph, TWINS, None)
+        if twins is None or len(twins) != len(names):
+            twins = [-1] * len(names)
+        return cls(names, [graph._node[n] for n in names], list(twins), [], src, dst, graph.graph)
+
+    def __len__(self) -> int:
+        return len(self.twins)
+
+    def _materialise(self) -> None:
+        names, attrs = self._names, self._attrs
+        for first, n0, n1, prefix, cut, fields in self._copies:
+            names[first:first + n1 - n0] = [prefix + nid[cut:] for nid in names[n0:n1]]
+            attrs[first:first + n1 - n0] = [{**a, **fields} for a in attrs[n0:n1]]
+        self._copies = []
+
+    @property
+    def names(self) -> list[str]:
+        """Every node's name (copies named on first use)."""
+        self._materialise()
+        return self._names
+
+    @property
+    def attrs(self) -> list[dict]:
+        """Every node's attribute dict (copies made on first use)."""
+        self._materialise()
+        return self._attrs
+
+    def distinct(self) -> list[tuple[int, dict, int]]:
+        """(index, attributes, count) of every node that copies no other, count being 1 plus its
+        copies: sums and maxima of what copies share with their original (kind, GPU, category,
+        phase, step, duration, bytes) go over these alone."""
+        if self._distinct is None:
+            twins = self.twins
+            count = [1] * len(twins)
+            for t in twins:
+                if t >= 0:
+                    count[t] += 1
+            attrs = self._attrs
+            self._distinct = [(i, attrs[i], count[i]) for i, t in enumerate(twins) if t < 0]
+        return self._distinct
+
+    @cached_property
+    def original(self) -> list[int]:
+        """Per node, the index of the distinct node it is (itself) or copies (its twin)."""
+        return [i if t < 0 else t for i, t in enumerate(self.twins)]
+
+    def successors(self) -> list[list[int]]:
+        """Per node, the indices of its successors, in the order the edges were added."""
+        succ: list[list[int]] = [[] for _ in self.twins]
+        for u, v in zip(self.src, self.dst):
+            succ[u].append(v)
+        return succ
+
+    def to_networkx(self) -> nx.DiGraph:
+        names = self.names
+        graph = _digraph(list(zip(names, self.attrs)), [(names[u], names[v]) for u, v in zip(self.src, self.dst)],
+                         **self.graph)
+        setattr(graph, TWINS, self.twins)
+        return graph
+
+
+def node_dicts(graph: "Dag | nx.DiGraph") -> list[dict]:
+    """The attribute dicts of a graph's nodes; of a Dag, the distinct ones (a copy's equal its
+    original's but for step, microbatch and layer): enough for maxima over nodes."""
+    if isinstance(graph, Dag):
+        return [a for _, a, _ in graph.distinct()]
+    return list(graph._node.values())
 
 
 def _digraph(nodes: list[tuple[str, dict]], edges: list[tuple[str, str]], **graph_attrs) -> nx.DiGraph:

@@ -9,7 +9,7 @@ import networkx as nx
 
 from simulator import costs
 from simulator.config import Scenario
-from simulator.graph import COMM, MARKER, Placement, expand_per_gpu
+from simulator.graph import COMM, MARKER, Dag, Placement, expand_per_gpu, node_dicts
 
 
 @dataclass(frozen=True)
@@ -118,14 +118,14 @@ def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     return costs.kv_cache_bytes(w.batch_size / p.dp, positions, layers, kvl, m.head_size, m.kv_bytes)
 
 
-def activation_bytes_per_gpu(graph: nx.DiGraph, scenario: Scenario) -> dict[int, float]:
+def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dict[int, float]:
     """Peak transient activations: the residual stream of the largest pass plus the largest single
     op's input and output activations (weights and KV cache excluded) on that GPU."""
     m, p, w = scenario.model, scenario.parallel, scenario.workload
     seqs = w.batch_size / (p.dp * p.microbatches)
     residual = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes
     peak: dict[int, float] = {g: 0.0 for g in range(scenario.num_gpus)}
-    for a in graph._node.values():  # the node dicts, without NodeDataView's tuple per node
+    for a in node_dicts(graph):
         if a["kind"] == MARKER:
             continue
         if a["kind"] == COMM:
@@ -136,7 +136,7 @@ def activation_bytes_per_gpu(graph: nx.DiGraph, scenario: Scenario) -> dict[int,
     return expand_per_gpu({g: residual + v for g, v in peak.items()}, graph)
 
 
-def memory_per_gpu(graph: nx.DiGraph, scenario: Scenario, capacity_bytes: float) -> list[GpuMemory]:
+def memory_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario, capacity_bytes: float) -> list[GpuMemory]:
     acts = activation_bytes_per_gpu(graph, scenario)
     return [
         GpuMemory(

@@ -10,13 +10,13 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 
 import networkx as nx
 import numpy as np
-import pandas as pd
 
 from simulator.config import Scenario, gpus_per_node, resolve_hardware
-from simulator.graph import COMM, MARKER, expand_per_gpu, placement_summary, routing_summary
+from simulator.graph import COMM, MARKER, Dag, expand_per_gpu, placement_summary, routing_summary
 from simulator.memory import GpuMemory, memory_per_gpu
 from simulator.simulate import SimResult
 
@@ -106,20 +106,61 @@ def decode_step_weights(steps: tuple[int, ...], total_steps: int, warmup_steps: 
     return weights
 
 
-def token_times(ops: pd.DataFrame, microbatches: int, weights: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+#: weighted_nodes' rows: (index, attributes, count, weight, weighted seconds of one node)
+Weighted = list[tuple[int, dict, int, float, float]]
+
+
+class ExactSums(dict):
+    """Sums by key that keep every term (a node's figure once per node it stands for) and add
+    them with math.fsum: correctly rounded, so a sum depends neither on the order of its terms nor
+    on how nodes are grouped into originals and copies (a folded run sums to the same float as
+    the full one)."""
+
+    def add(self, key, value: float, count: int = 1) -> None:
+        terms = self.get(key)
+        if terms is None:
+            terms = self[key] = []
+        if count == 1:
+            terms.append(value)
+        else:
+            terms.extend(repeat(value, count))
+
+    def total(self, key) -> float:
+        return math.fsum(self.get(key, ()))
+
+    def totals(self) -> dict:
+        return {k: math.fsum(v) for k, v in self.items()}
+
+
+def weighted_nodes(sim: SimResult, weights: dict[int, float]) -> Weighted:
+    """Every distinct node of the trace (Dag.distinct) with the nodes it stands for (count: itself
+    and its copies), the decode steps its step stands for (weight: decode_step_weights; 1 in
+    prefill) and one node's duration times that weight (weighted seconds)."""
+    duration = sim.duration_s
+    out = []
+    for i, a, count in sim.dag.distinct():
+        weight = weights.get(a["step"], 1.0) if a["phase"] == "decode" else 1.0
+        out.append((i, a, count, weight, duration[i] * weight))
+    return out
+
+
+def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Time of the first and the last token of every microbatch.
 
     The last token time is the first plus the sum of every decode step's duration (the time
     between consecutive tokens of the microbatch), each weighted by the steps it stands for.
+    (Token markers are never copies: Dag.distinct holds them all.)
     """
-    tokens = ops[ops["op"] == "token"]
     first = np.zeros(microbatches)
     decode: dict[int, list[tuple[int, float]]] = {mb: [] for mb in range(microbatches)}
-    for phase, mb, step, end in zip(tokens["phase"], tokens["microbatch"], tokens["step"], tokens["end_s"]):
-        if phase == "prefill":
-            first[mb] = end
+    end_s = sim.end_s
+    for i, a, _ in sim.dag.distinct():
+        if a["op"] != "token":
+            continue
+        if a["phase"] == "prefill":
+            first[a["microbatch"]] = end_s[i]
         else:
-            decode[mb].append((step, end))
+            decode[a["microbatch"]].append((a["step"], end_s[i]))
     last = first.copy()
     for mb, chain in decode.items():
         previous = first[mb]
@@ -129,82 +170,123 @@ def token_times(ops: pd.DataFrame, microbatches: int, weights: dict[int, float] 
     return first, last
 
 
-def busy_time(ops: pd.DataFrame, num_gpus: int, makespan_s: float, phase: str | None = None) -> dict[int, dict[str, float]]:
-    """Seconds each GPU spends per category (collectives count on every member) and idle compute time."""
-    frame = ops if phase is None else ops[ops["phase"] == phase]
-    busy: dict[int, dict[str, float]] = {g: {} for g in range(num_gpus)}
-    compute_busy = [0.0] * num_gpus
-    durations = frame["weighted_s"] if "weighted_s" in frame else frame["duration_s"]
-    # Plain lists: iterating a pandas string column goes through __getitem__ once per row.
-    columns = (frame["kind"].tolist(), frame["gpu"].tolist(), frame["category"].tolist(), durations.tolist())
-    for kind, gpu, cat, dur in zip(*columns):
+def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, dict[str, float]]:
+    """Seconds each GPU spends per category (collectives count on every member) and idle compute
+    time, from weighted_nodes' weighted seconds."""
+    busy = ExactSums()
+    compute_busy = ExactSums()
+    for _, a, count, _, dur in nodes:
+        kind = a["kind"]
         if kind == MARKER:
             continue
-        members = gpu if kind == COMM else (gpu,)
-        for g in members:
-            busy[g][cat] = busy[g].get(cat, 0.0) + dur
-        if kind != COMM:
-            compute_busy[gpu] += dur
+        gpu, cat = a["gpu"], a["category"]
+        if kind == COMM:
+            for g in gpu:
+                busy.add((g, cat), dur, count)
+        else:
+            busy.add((gpu, cat), dur, count)
+            compute_busy.add(gpu, dur, count)
+    out: dict[int, dict[str, float]] = {g: {} for g in range(num_gpus)}
+    for (g, cat), total in busy.totals().items():
+        out[g][cat] = total
     for g in range(num_gpus):
-        busy[g]["idle"] = max(0.0, makespan_s - compute_busy[g])
-    return busy
+        out[g]["idle"] = max(0.0, makespan_s - compute_busy.total(g))
+    return out
 
 
-def _bottleneck(ops: pd.DataFrame, phase: str) -> str:
+def _bottleneck(sim: SimResult, nodes: Weighted, phase: str) -> str:
     """One sentence: what takes most of the busiest GPU's compute stream in this phase."""
-    # Each mask once, and only the columns used: selecting rows of the string columns is most of the cost.
-    in_phase, kind = ops["phase"] == phase, ops["kind"]
-    frame = ops.loc[in_phase & (kind != MARKER) & (kind != COMM),
-                    ["gpu", "category", "bound", "weighted_s", "duration_s", "end_s"]]
-    if frame.empty:
+    compute = [row for row in nodes if row[1]["phase"] == phase and row[1]["kind"] not in (MARKER, COMM)]
+    if not compute:
         return f"{phase}: no work"
-    per_gpu = frame.groupby("gpu")["weighted_s"].sum()
-    gpu = int(per_gpu.idxmax())
-    mine = frame[frame["gpu"] == gpu]
-    by = mine.groupby(["category", "bound"])["weighted_s"].sum().sort_values(ascending=False)
-    (cat, bound), top = by.index[0], by.iloc[0]
-    comm = ops.loc[in_phase & (kind == COMM), ["gpu", "weighted_s"]]
-    comm_s = sum(d for g, d in zip(comm["gpu"], comm["weighted_s"]) if gpu in g)
-    span = frame["end_s"].max() - ops.loc[in_phase, "start_s"].min()
-    span *= frame["weighted_s"].sum() / frame["duration_s"].sum() if frame["duration_s"].sum() else 1.0
+    sums = ExactSums()
+    for i, a, count, _, w in compute:
+        sums.add(("gpu", a["gpu"]), w, count)
+        sums.add("weighted", w, count)
+        sums.add("unweighted", sim.duration_s[i], count)
+    per_gpu = {key[1]: sums.total(key) for key in sums if key[0] == "gpu"}
+    gpu = max(sorted(per_gpu), key=per_gpu.__getitem__)  # the lowest of equals
+    by = ExactSums()
+    for i, a, count, _, w in compute:
+        if a["gpu"] == gpu:
+            by.add((a["category"], sim.bound[i]), w, count)
+    by_total = by.totals()
+    (cat, bound) = max(sorted(by_total), key=by_total.__getitem__)
+    comm = ExactSums()
+    for _, a, count, _, w in nodes:
+        if a["phase"] == phase and a["kind"] == COMM and gpu in a["gpu"]:
+            comm.add(0, w, count)
+    # the phase's span: its nodes' earliest start to its compute nodes' latest end, copies included
+    first, last = _phase_bounds(sim)[phase]
+    span = last - first
+    unweighted = sums.total("unweighted")
+    span *= sums.total("weighted") / unweighted if unweighted else 1.0
     what = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
             "fused": "fused"}.get(bound, bound)
-    return (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * top / mine['weighted_s'].sum():.0f}% of its "
-            f"compute-stream time; communication occupies {100 * comm_s / span:.0f}% of the phase's span on that GPU")
+    return (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * by_total[(cat, bound)] / per_gpu[gpu]:.0f}% "
+            f"of its compute-stream time; communication occupies {100 * comm.total(0) / span:.0f}% of the "
+            f"phase's span on that GPU")
+
+
+def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
+    """Per phase, the earliest start of its nodes and the latest end of its compute nodes (a copy
+    has its original's phase and kind, but times of its own)."""
+    dag = sim.dag
+    phases: dict[str, int] = {}
+    code = np.zeros(len(dag), dtype=np.int64)
+    on_compute = np.zeros(len(dag), dtype=bool)
+    for i, a, _ in dag.distinct():
+        code[i] = phases.setdefault(a["phase"], len(phases))
+        on_compute[i] = a["kind"] not in (MARKER, COMM)
+    original = np.asarray(dag.original)
+    code, on_compute = code[original], on_compute[original]
+    start, end = np.asarray(sim.start_s), np.asarray(sim.end_s)
+    out = {}
+    for phase, c in phases.items():
+        mine = code == c
+        ends = end[mine & on_compute]
+        out[phase] = (float(start[mine].min()), float(ends.max()) if ends.size else -math.inf)
+    return out
 
 
 EXPERT_OPS = ("expert_fc1", "expert_act", "expert_fc2")
 
 
-def straggler_s(ops: pd.DataFrame) -> float:
+def straggler_s(nodes: Weighted) -> float:
     """Seconds the busiest GPU's routed-expert kernels take beyond the mean GPU's, per layer and
-    pass of every stage, summed (weighted by the decode steps each sampled step stands for)."""
-    frame = ops[ops["op"].isin(EXPERT_OPS)]
-    if frame.empty:
-        return 0.0
-    per_gpu = frame.groupby(["phase", "step", "microbatch", "layer", "gpu"])["weighted_s"].sum()
-    per_layer = per_gpu.groupby(level=[0, 1, 2, 3]).agg(["max", "mean"])
-    return float((per_layer["max"] - per_layer["mean"]).sum())
+    pass of every stage, summed (weighted by the decode steps each sampled step stands for). A
+    layer's copies repeat its figure: each layer counts once per copy (weighted_nodes' counts)."""
+    per_layer: dict[tuple, tuple[ExactSums, int]] = {}
+    for _, a, count, _, w in nodes:
+        if a["op"] in EXPERT_OPS:
+            key = (a["phase"], a["step"], a["microbatch"], a["layer"])
+            if key not in per_layer:
+                per_layer[key] = (ExactSums(), count)
+            per_layer[key][0].add(a["gpu"], w)
+    total = ExactSums()
+    for gpus, count in per_layer.values():
+        per_gpu = list(gpus.totals().values())
+        total.add(0, max(per_gpu) - math.fsum(per_gpu) / len(per_gpu), count)
+    return total.total(0)
 
 
-def routing_metrics(graph: nx.DiGraph, scenario: Scenario, ops: pd.DataFrame, weights: dict[int, float]) -> dict:
+def routing_metrics(scenario: Scenario, nodes: Weighted) -> dict:
     """Imbalance (max / mean tokens per EP rank), its straggler cost and the capacity drops."""
     summary = routing_summary(scenario)
-    dropped = 0.0
-    for a in graph._node.values():  # the node dicts, without NodeDataView's tuple per node
+    dropped = ExactSums()
+    for _, a, count, weight, _ in nodes:
         if "dropped_copies" in a:
-            dropped += a["dropped_copies"] * (weights.get(a["step"], 1.0) if a["phase"] == "decode" else 1.0)
-    return {**summary, "straggler_s": straggler_s(ops), "dropped_copies": dropped}
+            dropped.add(0, a["dropped_copies"] * weight, count)
+    return {**summary, "straggler_s": straggler_s(nodes), "dropped_copies": dropped.total(0)}
 
 
-def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float) -> Metrics:
+def compute_metrics(graph: Dag | nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float) -> Metrics:
     w, p = scenario.workload, scenario.parallel
     out = w.output_len_tokens
     sampled = tuple(graph.graph.get("decode_steps", range(1, out)))
     weights = decode_step_weights(sampled, out - 1, graph.graph.get("warmup_steps", 0))
-    ops = result.ops.assign(weighted_s=result.ops["duration_s"] * np.where(
-        result.ops["phase"] == "decode", result.ops["step"].map(weights).fillna(1.0), 1.0))
-    first, last = token_times(ops, p.microbatches, weights)
+    nodes = weighted_nodes(result, weights)
+    first, last = token_times(result, p.microbatches, weights)
     per_mb = w.batch_size // p.microbatches
     ttft = np.repeat(first, per_mb)
     tpot = float(np.mean((last - first) / (out - 1))) if out > 1 else 0.0
@@ -225,9 +307,9 @@ def compute_metrics(graph: nx.DiGraph, scenario: Scenario, result: SimResult, ca
         total_s=total_s,
         throughput=throughput,
         memory=memory_per_gpu(graph, scenario, capacity_bytes),
-        busy_s=expand_per_gpu(busy_time(ops, gpus, total_s), graph),
-        bottleneck={ph: _bottleneck(ops, ph) for ph in phases},
-        routing=routing_metrics(graph, scenario, ops, weights) if scenario.model.is_moe else {},
+        busy_s=expand_per_gpu(busy_time(nodes, gpus, total_s), graph),
+        bottleneck={ph: _bottleneck(result, nodes, ph) for ph in phases},
+        routing=routing_metrics(scenario, nodes) if scenario.model.is_moe else {},
         placement=placement_summary(scenario, gpus_per_node(scenario, resolve_hardware(scenario))),
     )
     return _with_targets(metrics, scenario)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import networkx as nx
 
 from simulator.audit import AuditLine, audit
 from simulator.config import Scenario, gpus_per_node, parse_scenario, resolve_hardware
-from simulator.graph import build_dag, sampled_decode_steps, symmetric_representatives
+from simulator.graph import Dag, build, build_dag, sampled_decode_steps, symmetric_representatives
 from simulator.hardware import HardwareProfile
 from simulator.memory import memory_per_gpu
 from simulator.metrics import Metrics, compute_metrics
@@ -60,15 +61,20 @@ class DagResult:
     audit: list[AuditLine]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunResult:
     scenario: Scenario
     hardware: HardwareProfile
-    graph: nx.DiGraph
+    dag: Dag
     checks: list[Check]
     sim: SimResult
     metrics: Metrics
     audit: list[AuditLine]
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The DAG as a networkx graph (made on first use: a sweep never needs it)."""
+        return self.dag.to_networkx()
 
 
 def dag_scenario(scenario: Scenario, verify: bool = True) -> DagResult:
@@ -93,12 +99,14 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
     warmup = scenario.parallel.pp + 1  # steps until the decode pipeline is in its steady state
     steps = sampled_decode_steps(total_steps, decode_sample, warmup) if decode_sample else None
     with _no_gc():
-        graph = build_dag(scenario, steps, keep)
-        graph.graph["warmup_steps"] = warmup
-        sim = simulate_dag(graph, scenario, hw)
-    checks = verify_dag(graph, scenario) if verify else []
-    metrics = compute_metrics(graph, scenario, sim, hw.memory_bytes)
-    return RunResult(scenario, hw, graph, checks, sim, metrics, audit(scenario, metrics.memory, metrics))
+        dag = build(scenario, steps, keep)
+        dag.graph["warmup_steps"] = warmup
+        sim = simulate_dag(dag, scenario, hw)
+    metrics = compute_metrics(dag, scenario, sim, hw.memory_bytes)
+    run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
+    if verify:
+        run.checks.extend(verify_dag(run.graph, scenario))
+    return run
 
 
 def one_replica(scenario: Scenario) -> Scenario | None:

@@ -8,14 +8,16 @@ come back as a table (one row per node).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from operator import itemgetter
+from typing import Sequence
 
 import networkx as nx
 import pandas as pd
 
 from simulator import costs, engine
 from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
-from simulator.graph import COMM, MARKER, TWINS
+from simulator.graph import COMM, MARKER, Dag
 from simulator.hardware import Calibration, HardwareProfile, series_interpolate
 
 
@@ -150,72 +152,79 @@ def node_resources(attrs: dict, res: Resources, keep: frozenset[int] | None = No
     return tuple(res.comm(g) for g in gpus) + tuple(res.tx(g) for g in gpus) + tuple(res.rx(g) for g in gpus)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SimResult:
-    """The trace of one simulated run: one row per node, plus the engine's makespan."""
+    """The trace of one simulated run: per node of the DAG (in its order) the duration, what bounds
+    it, start and end; and the engine's makespan. `ops` is the same as a table, one row per node."""
 
-    ops: pd.DataFrame  # node, op, kind, category, phase, step, microbatch, layer, gpu, stream, start_s, end_s, ...
+    dag: Dag
+    duration_s: list[float]
+    bound: list[str]
+    start_s: Sequence[float]
+    end_s: Sequence[float]
     makespan_s: float
     num_events: int
 
+    @classmethod
+    def from_frame(cls, ops: pd.DataFrame, makespan_s: float, num_events: int = 0) -> "SimResult":
+        """A trace given as a table with `ops`'s columns (a hand-made one, in tests)."""
+        rows = ops.to_dict("records")
+        dag = Dag([r["node"] for r in rows], rows, [-1] * len(rows), [], [], [], {})
+        return cls(dag, ops["duration_s"].tolist(), ops["bound"].tolist(), ops["start_s"].tolist(),
+                   ops["end_s"].tolist(), makespan_s, num_events)
 
-def simulate_dag(graph: nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> SimResult:
+    @cached_property
+    def ops(self) -> pd.DataFrame:
+        """node, op, kind, category, phase, step, microbatch, layer, stage, gpu, flops, bytes_read,
+        bytes_written, stream, start_s, end_s, duration_s, bound: one row per node."""
+        get = itemgetter(*_COLUMNS)
+        records = [get(a) for a in self.dag.attrs]
+        frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
+        frame.insert(0, "node", self.dag.names)
+        # ints, tuples and None: keep them as Python objects (a one-GPU run would otherwise turn to floats)
+        frame["gpu"] = pd.Series([r[_GPU] for r in records], dtype=object)
+        frame["stream"] = frame["kind"].map({COMM: "comm", MARKER: "none"}).fillna("compute")
+        frame["start_s"] = self.start_s
+        frame["end_s"] = self.end_s
+        frame["duration_s"] = self.duration_s
+        frame["bound"] = self.bound
+        return frame
+
+
+def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> SimResult:
     """Cost every node, schedule the DAG on the engine and return the trace."""
-    nodes = list(graph.nodes)  # creation order = scheduling priority
-    index = {n: i for i, n in enumerate(nodes)}
+    dag = graph if isinstance(graph, Dag) else Dag.from_networkx(graph)
     res = Resources(scenario.num_gpus)
     gpn = gpus_per_node(scenario, hw)
     prefill_eager = True  # prefill runs eagerly in both modes (vLLM captures decode only)
     decode_eager = scenario.runtime.mode == "eager"
     gated = scenario.model.gated
-    keep = frozenset(graph.graph.get("representatives") or ()) or None
+    keep = frozenset(dag.graph.get("representatives") or ()) or None
 
-    durations, bounds, resources, successors = [], [], [], []
-    node_attrs = graph._node
-    succ = graph._succ
+    # Copies of an earlier node (graph._Builder._layer_reused) take its cost and resources: only
+    # the distinct nodes are priced, then every node looks up its original (itself, or its twin).
+    num = len(dag)
+    durations: list[float] = [0.0] * num
+    bounds: list[str] = [""] * num
+    resources: list[tuple[int, ...]] = [()] * num
     held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
-    twins = getattr(graph, TWINS, None)
-    if twins is None or len(twins) != len(nodes):
-        twins = [-1] * len(nodes)
-    for n, twin in zip(nodes, twins):
-        successors.append(list(map(index.__getitem__, succ[n])))
-        if twin >= 0:  # a copy of an earlier node (graph._Builder._layer_reused): same cost, same resources
-            durations.append(durations[twin])
-            bounds.append(bounds[twin])
-            resources.append(resources[twin])
-            continue
-        a = node_attrs[n]
+    for i, a, _ in dag.distinct():
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
-        t, bound = node_time_s(a, hw, gpn, eager, gated)
-        durations.append(t)
-        bounds.append(bound)
+        durations[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated)
         held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads (keep is fixed)
         held = held_of.get(held_key)
         if held is None:
             held = held_of[held_key] = node_resources(a, res, keep)
-        resources.append(held)
+        resources[i] = held
+    original = dag.original
+    durations = list(map(durations.__getitem__, original))
+    bounds = list(map(bounds.__getitem__, original))
+    resources = list(map(resources.__getitem__, original))
 
-    trace = engine.simulate(engine.EngineInput(durations, resources, successors, res.count))
-    ops = _trace_table(graph, nodes, durations, bounds, trace)
-    return SimResult(ops=ops, makespan_s=trace.makespan_s, num_events=trace.num_events)
+    trace = engine.simulate(engine.EngineInput(durations, resources, dag.successors(), res.count))
+    return SimResult(dag, durations, bounds, trace.start_s, trace.end_s, trace.makespan_s, trace.num_events)
 
 
 _COLUMNS = ("op", "kind", "category", "phase", "step", "microbatch", "layer", "stage", "gpu", "flops",
             "bytes_read", "bytes_written")
 _GPU = _COLUMNS.index("gpu")
-
-
-def _trace_table(graph, nodes, durations, bounds, trace) -> pd.DataFrame:
-    attrs = graph._node
-    get = itemgetter(*_COLUMNS)
-    records = [get(attrs[n]) for n in nodes]
-    frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
-    frame.insert(0, "node", nodes)
-    # ints, tuples and None: keep them as Python objects (a one-GPU run would otherwise turn to floats)
-    frame["gpu"] = pd.Series([r[_GPU] for r in records], dtype=object)
-    frame["stream"] = frame["kind"].map({COMM: "comm", MARKER: "none"}).fillna("compute")
-    frame["start_s"] = trace.start_s
-    frame["end_s"] = trace.end_s
-    frame["duration_s"] = durations
-    frame["bound"] = bounds
-    return frame

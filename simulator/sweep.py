@@ -203,19 +203,20 @@ def cost_shares(run) -> dict[str, float]:
     for as long as it lasted), by category; what is left waits on other pipeline stages: bubbles.
     Decode steps are weighted as the metrics weight them when decode steps are sampled.
     """
-    ops, busy = run.sim.ops, run.metrics.busy_s
-    comm_cats = set(ops.loc[ops["kind"] == COMM, "category"].unique())
-    on_compute = (ops["kind"] != COMM) & (ops["kind"] != MARKER)
-    weight = np.ones(len(ops))
-    steps, total = run.graph.graph.get("decode_steps"), run.scenario.workload.output_len_tokens - 1
-    if steps is not None and len(steps) < total:
-        from simulator.metrics import decode_step_weights
+    from simulator.metrics import ExactSums, decode_step_weights, weighted_nodes
 
-        weights = decode_step_weights(steps, total, run.graph.graph.get("warmup_steps", 0))
-        decode = (ops["phase"] == "decode").to_numpy()
-        weight[decode] = ops.loc[decode, "step"].map(weights).fillna(1.0).to_numpy()
-    by_bound = (ops["duration_s"] * weight)[on_compute].groupby(ops.loc[on_compute, "bound"]).sum()
-    bound_total = float(by_bound.sum()) or 1.0
+    busy, dag = run.metrics.busy_s, run.dag
+    weights = decode_step_weights(dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1,
+                                  dag.graph.get("warmup_steps", 0))
+    nodes = weighted_nodes(run.sim, weights)
+    comm_cats = {a["category"] for _, a, _, _, _ in nodes if a["kind"] == COMM}
+    sums = ExactSums()
+    bound = run.sim.bound
+    for i, a, count, _, w in nodes:
+        if a["kind"] != COMM and a["kind"] != MARKER:
+            sums.add(bound[i], w, count)
+    by_bound = sums.totals()
+    bound_total = math.fsum(by_bound.values()) or 1.0
 
     shares = dict.fromkeys(COST_CLASSES, 0.0)
     compute_stream_s = 0.0
@@ -229,8 +230,8 @@ def cost_shares(run) -> dict[str, float]:
             cls = _COMM_CLASS.get(c, "pipeline bubbles")
             shares[cls] += exposed * v / comm_s if comm_s else 0.0
         shares["pipeline bubbles"] += idle - exposed
-    for bound, s in by_bound.items():
-        shares[_BOUND_CLASS.get(bound, "compute")] += compute_stream_s * float(s) / bound_total
+    for b, s in sorted(by_bound.items()):
+        shares[_BOUND_CLASS.get(b, "compute")] += compute_stream_s * s / bound_total
     whole = sum(shares.values()) or 1.0
     return {c: v / whole for c, v in shares.items()}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ def test_metric_definitions_on_hand_built_trace():
     s = make_scenario(TINY_MOE, parallel={"microbatches": 2})
     ops = _token_rows({("prefill", 0, 0): 1.0, ("prefill", 0, 1): 2.0, ("decode", 1, 0): 1.5, ("decode", 1, 1): 2.5,
                        ("decode", 2, 0): 2.0, ("decode", 2, 1): 3.0})
-    m = compute_metrics(build_dag(s), s, SimResult(ops=ops, makespan_s=3.0, num_events=0), 80e9)
+    m = compute_metrics(build_dag(s), s, SimResult.from_frame(ops, makespan_s=3.0), 80e9)
     # 4 sequences: two first tokens at 1.0 s, two at 2.0 s
     assert (m.ttft_s.mean, m.ttft_s.p50, m.ttft_s.max) == (1.5, 1.5, 2.0)
     assert m.ttft_s.p99 == pytest.approx(np.percentile([1, 1, 2, 2], 99))
@@ -174,3 +175,19 @@ def test_mla_kv_cache_and_fp8_memory_by_hand():
     dense = 3 * h * 48
     moe = 2 * 3 * h * 128 + 3 * h * 64 + h * 4
     assert weight_bytes_per_gpu(s, 0) == (2 * (attn + 2 * h) + dense + moe + 100 * h / 2) * 2
+
+
+def test_exact_sums_do_not_depend_on_order_or_grouping():
+    from simulator.metrics import ExactSums
+
+    terms = [0.1, 1e16, 0.3, -1e16, 0.2, 1e-9]
+    a, b = ExactSums(), ExactSums()
+    for t in terms:
+        a.add("k", t)
+    for t in reversed(terms):
+        b.add("k", t)
+    assert a.total("k") == b.total("k") == pytest.approx(0.6 + 1e-9, rel=1e-15)
+    grouped = ExactSums()
+    grouped.add("k", 0.1, count=10)  # an original standing for itself and nine copies
+    assert grouped.total("k") == 1.0 != sum([0.1] * 10)  # correctly rounded; a running sum drifts
+    assert grouped.total("other") == 0.0 and grouped.totals() == {"k": 1.0}
