@@ -173,19 +173,19 @@ def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | N
 def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, dict[str, float]]:
     """Seconds each GPU spends per category (collectives count on every member) and idle compute
     time, from weighted_nodes' weighted seconds."""
-    busy = ExactSums()
-    compute_busy = ExactSums()
+    busy, compute_busy = ExactSums(), ExactSums()
     for _, a, count, _, dur in nodes:
         kind = a["kind"]
         if kind == MARKER:
             continue
+        terms = [dur] * count
         gpu, cat = a["gpu"], a["category"]
         if kind == COMM:
             for g in gpu:
-                busy.add((g, cat), dur, count)
+                busy.setdefault((g, cat), []).extend(terms)
         else:
-            busy.add((gpu, cat), dur, count)
-            compute_busy.add(gpu, dur, count)
+            busy.setdefault((gpu, cat), []).extend(terms)
+            compute_busy.setdefault(gpu, []).extend(terms)
     out: dict[int, dict[str, float]] = {g: {} for g in range(num_gpus)}
     for (g, cat), total in busy.totals().items():
         out[g][cat] = total
@@ -194,57 +194,65 @@ def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, di
     return out
 
 
-def _bottleneck(sim: SimResult, nodes: Weighted, phase: str) -> str:
-    """One sentence: what takes most of the busiest GPU's compute stream in this phase."""
-    compute = [row for row in nodes if row[1]["phase"] == phase and row[1]["kind"] not in (MARKER, COMM)]
-    if not compute:
-        return f"{phase}: no work"
-    sums = ExactSums()
-    for i, a, count, _, w in compute:
-        sums.add(("gpu", a["gpu"]), w, count)
-        sums.add("weighted", w, count)
-        sums.add("unweighted", sim.duration_s[i], count)
-    per_gpu = {key[1]: sums.total(key) for key in sums if key[0] == "gpu"}
-    gpu = max(sorted(per_gpu), key=per_gpu.__getitem__)  # the lowest of equals
-    by = ExactSums()
-    for i, a, count, _, w in compute:
-        if a["gpu"] == gpu:
-            by.add((a["category"], sim.bound[i]), w, count)
-    by_total = by.totals()
-    (cat, bound) = max(sorted(by_total), key=by_total.__getitem__)
-    comm = ExactSums()
-    for _, a, count, _, w in nodes:
-        if a["phase"] == phase and a["kind"] == COMM and gpu in a["gpu"]:
-            comm.add(0, w, count)
-    # the phase's span: its nodes' earliest start to its compute nodes' latest end, copies included
-    first, last = _phase_bounds(sim)[phase]
-    span = last - first
-    unweighted = sums.total("unweighted")
-    span *= sums.total("weighted") / unweighted if unweighted else 1.0
-    what = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
-            "fused": "fused"}.get(bound, bound)
-    return (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * by_total[(cat, bound)] / per_gpu[gpu]:.0f}% "
-            f"of its compute-stream time; communication occupies {100 * comm.total(0) / span:.0f}% of the "
-            f"phase's span on that GPU")
+def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str, str]:
+    """Per phase, one sentence: what takes most of the busiest GPU's compute stream."""
+    duration, bound = sim.duration_s, sim.bound
+    per_gpu, by, comm = ExactSums(), ExactSums(), ExactSums()
+    weighted, unweighted = ExactSums(), ExactSums()
+    for i, a, count, _, w in nodes:
+        kind = a["kind"]
+        if kind == MARKER:
+            continue
+        phase, terms = a["phase"], [w] * count
+        if kind == COMM:
+            for g in a["gpu"]:
+                comm.setdefault((phase, g), []).extend(terms)
+            continue
+        gpu = a["gpu"]
+        per_gpu.setdefault((phase, gpu), []).extend(terms)
+        by.setdefault((phase, gpu, a["category"], bound[i]), []).extend(terms)
+        weighted.setdefault(phase, []).extend(terms)
+        unweighted.setdefault(phase, []).extend([duration[i]] * count)
+    spans = _phase_bounds(sim)
+    gpu_s = per_gpu.totals()
+    out = {}
+    for phase in phases:
+        mine = {g: s for (ph, g), s in gpu_s.items() if ph == phase}
+        if not mine:
+            out[phase] = f"{phase}: no work"
+            continue
+        gpu = max(sorted(mine), key=mine.__getitem__)  # the lowest of equals
+        parts = {(c, b): math.fsum(terms) for (ph, g, c, b), terms in by.items() if ph == phase and g == gpu}
+        cat, kernel_bound = max(sorted(parts), key=parts.__getitem__)
+        first, last = spans[phase]  # the earliest start of the phase's nodes, the latest end of its kernels
+        span = last - first
+        plain = unweighted.total(phase)
+        span *= weighted.total(phase) / plain if plain else 1.0
+        what = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
+                "fused": "fused"}.get(kernel_bound, kernel_bound)
+        out[phase] = (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * parts[(cat, kernel_bound)] / mine[gpu]:.0f}% "
+                      f"of its compute-stream time; communication occupies {100 * comm.total((phase, gpu)) / span:.0f}% "
+                      f"of the phase's span on that GPU")
+    return out
 
 
 def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
     """Per phase, the earliest start of its nodes and the latest end of its compute nodes (a copy
     has its original's phase and kind, but times of its own)."""
     dag = sim.dag
+    n, distinct = len(dag), dag.distinct()
     phases: dict[str, int] = {}
-    code = np.zeros(len(dag), dtype=np.int64)
-    on_compute = np.zeros(len(dag), dtype=bool)
-    for i, a, _ in dag.distinct():
-        code[i] = phases.setdefault(a["phase"], len(phases))
-        on_compute[i] = a["kind"] not in (MARKER, COMM)
-    original = np.asarray(dag.original)
-    code, on_compute = code[original], on_compute[original]
-    start, end = np.asarray(sim.start_s), np.asarray(sim.end_s)
+    code = np.fromiter((phases.setdefault(a["phase"], len(phases)) for _, a, _ in distinct), np.int64, len(distinct))
+    kernel = np.fromiter((a["kind"] != MARKER and a["kind"] != COMM for _, a, _ in distinct), bool, len(distinct))
+    position = np.zeros(n, dtype=np.int64)  # of each distinct node in `distinct`
+    position[np.fromiter((i for i, _, _ in distinct), np.int64, len(distinct))] = np.arange(len(distinct))
+    of_node = position[np.fromiter(dag.original, np.int64, n)]
+    code, kernel = code[of_node], kernel[of_node]
+    start, end = np.fromiter(sim.start_s, float, n), np.fromiter(sim.end_s, float, n)
     out = {}
     for phase, c in phases.items():
         mine = code == c
-        ends = end[mine & on_compute]
+        ends = end[mine & kernel]
         out[phase] = (float(start[mine].min()), float(ends.max()) if ends.size else -math.inf)
     return out
 
@@ -308,7 +316,7 @@ def compute_metrics(graph: Dag | nx.DiGraph, scenario: Scenario, result: SimResu
         throughput=throughput,
         memory=memory_per_gpu(graph, scenario, capacity_bytes),
         busy_s=expand_per_gpu(busy_time(nodes, gpus, total_s), graph),
-        bottleneck={ph: _bottleneck(result, nodes, ph) for ph in phases},
+        bottleneck=bottlenecks(result, nodes, phases),
         routing=routing_metrics(scenario, nodes) if scenario.model.is_moe else {},
         placement=placement_summary(scenario, gpus_per_node(scenario, resolve_hardware(scenario))),
     )

@@ -102,7 +102,7 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
         dag = build(scenario, steps, keep)
         dag.graph["warmup_steps"] = warmup
         sim = simulate_dag(dag, scenario, hw)
-    metrics = compute_metrics(dag, scenario, sim, hw.memory_bytes)
+        metrics = compute_metrics(dag, scenario, sim, hw.memory_bytes)
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
     if verify:
         run.checks.extend(verify_dag(run.graph, scenario))

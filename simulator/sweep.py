@@ -241,20 +241,22 @@ def simulate_layout(index: int, own: bool, scenario: Scenario, decode_sample: in
     Layouts made of independent, identical dp replicas simulate one of them (pipeline.one_replica:
     the same figures, dp times less work), and stages whose GPUs are exactly alike simulate one
     GPU each (run_scenario's fold: graph.symmetric_representatives)."""
-    from simulator.pipeline import one_replica, run_scenario
+    from simulator.pipeline import _no_gc, one_replica, run_scenario
 
     layout = Layout.of(scenario)
     started = time.perf_counter()
     try:
-        run = run_scenario(one_replica(scenario) or scenario, verify=False, decode_sample=decode_sample or None,
-                           fold=True)
+        with _no_gc():
+            run = run_scenario(one_replica(scenario) or scenario, verify=False,
+                               decode_sample=decode_sample or None, fold=True)
+            shares = cost_shares(run)
         m = run.metrics
         return LayoutResult(
             index=index, layout=layout, own=own, status="ok", ttft_mean_s=m.ttft_s.mean, ttft_max_s=m.ttft_s.max,
             tpot_s=m.tpot_s, throughput=dict(m.throughput),
             memory_bytes_per_gpu=max(g.total_bytes for g in m.memory), capacity_bytes=run.hardware.memory_bytes,
             targets=tuple((t.metric, t.bound, t.limit, t.actual, t.met) for t in m.targets),
-            cost_shares=cost_shares(run), sim_s=time.perf_counter() - started)
+            cost_shares=shares, sim_s=time.perf_counter() - started)
     except Exception as exc:  # recorded in the table; the sweep goes on
         return _failed(index, layout, own, exc)
 
