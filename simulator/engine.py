@@ -89,10 +89,11 @@ class EngineTrace:
 
 def _first_bad_time(values: Sequence[float]) -> int | None:
     """Returns the index of the first value that is NaN, infinite or negative, else None."""
-    # Builtin min/max clear the common case quickly; NaN defeats comparisons, so check it apart.
+    # Builtin min/max and sum clear the common case quickly: NaN defeats comparisons but makes the
+    # sum NaN (an overflowing sum of finite values only sends it to the slow path).
     if len(values) == 0:
         return None
-    if min(values) >= 0.0 and max(values) < math.inf and not any(v != v for v in values):
+    if min(values) >= 0.0 and sum(values) < math.inf:
         return None
     for i, v in enumerate(values):
         if not (0.0 <= v < math.inf):
@@ -119,7 +120,11 @@ def _check_values(inp: EngineInput) -> None:
         if bad is not None:
             raise ValueError(
                 f"release_s[{bad}] = {inp.release_s[bad]!r} must be finite and >= 0")
-    flat_res = list(chain.from_iterable(inp.resources))
+    try:  # each distinct resource tuple once (callers repeat a few)
+        distinct_res = set(inp.resources)
+    except TypeError:  # lists
+        distinct_res = {tuple(res) for res in inp.resources}
+    flat_res = list(chain.from_iterable(distinct_res))
     if flat_res and (min(flat_res) < 0 or max(flat_res) >= inp.num_resources):
         for i, res in enumerate(inp.resources):
             for r in res:
@@ -231,6 +236,7 @@ def simulate(inp: EngineInput) -> EngineTrace:
     class_res, task_class = _resource_classes(inp.resources)
     task_res = [class_res[c] for c in task_class]
     num_classes = len(class_res)
+    solo = [res[0] if len(res) == 1 else -1 for res in class_res]  # a class's only resource, or -1
     # Per class: min-heap of its ready, unstarted tasks, and where the class waits: _IDLE (no
     # tasks), _CANDIDATE (in this pass's candidate heap) or r >= 0 (parked on busy resource r).
     class_tasks: list[list[int]] = [[] for _ in range(num_classes)]
@@ -289,7 +295,11 @@ def simulate(inp: EngineInput) -> EngineTrace:
             c = task_class[head]
             if where[c] != r or class_tasks[c][0] != head:
                 continue
-            wait_on = busiest(class_res[c])
+            r1 = solo[c]
+            if r1 >= 0:
+                wait_on = r1 if busy_until_s[r1] > -1.0 else -1
+            else:
+                wait_on = busiest(class_res[c])
             if wait_on >= 0:
                 where[c] = wait_on
                 heappush(waiters[wait_on], head)
@@ -348,7 +358,11 @@ def simulate(inp: EngineInput) -> EngineTrace:
                 if where[c] != _CANDIDATE or queued[0] != head:
                     continue
                 res = class_res[c]
-                wait_on = busiest(res)
+                r1 = solo[c]
+                if r1 >= 0:  # one resource (most tasks): busiest() inlined
+                    wait_on = r1 if busy_until_s[r1] > -1.0 else -1
+                else:
+                    wait_on = busiest(res)
                 if wait_on >= 0:
                     where[c] = wait_on
                     heappush(waiters[wait_on], head)

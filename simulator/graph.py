@@ -10,6 +10,7 @@ back; TP all-gather restores full activations for the next layer. No hardware fi
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -468,46 +469,73 @@ class _Builder:
     def _layer_reused(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict:
         """_layer, or a copy of an identical layer built earlier: the same phase, stage, layer kind,
         shapes, routing loads and inputs (wired alike) give the same nodes and edges but for the
-        names' prefix and the step, microbatch and layer fields. Copying is ~5x cheaper than
-        building, and `twins` tells the simulation that a copy costs what its original costs."""
+        names' prefix and the step, microbatch and layer fields (see _reused)."""
         layer = ctx["layer"]
         inputs: dict[str, int] = {}  # this layer's input nodes, numbered in order of first use
         wiring = tuple((g, tuple(inputs.setdefault(d, len(inputs)) for d in _as_list(v))) for g, v in ready.items())
         per_layer = layer if self.s.workload.routing.sampled is not None else None  # a draw per layer
-        key = (ctx["phase"], ctx["stage"], self.m.is_moe_layer(layer), seqs, q_len, kv_len, gather, per_layer, wiring)
-        prefix = f"{tag}.L{layer}"
+        key = ("layer", ctx["phase"], ctx["stage"], self.m.is_moe_layer(layer), seqs, q_len, kv_len, gather,
+               per_layer, wiring)
+        return self._reused(key, f"{tag}.L{layer}", list(inputs),
+                            {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer},
+                            lambda: self._layer(tag, ctx, ready, seqs, q_len, kv_len, gather))
+
+    def pass_reused(self, phase: str, step: int, mb: int, start_deps: list[str]) -> str:
+        """build_pass, or a copy of the same pass of an earlier microbatch: every microbatch's pass
+        of one step has the same nodes and edges but for the names' prefix, the microbatch field
+        and the node it waits for (the microbatch's previous token)."""
+        tag = f"{'p' if phase == 'prefill' else 'd' + str(step)}.mb{mb}"
+        return self._reused(("pass", phase, step, len(start_deps)), tag, list(start_deps), {"microbatch": mb},
+                            lambda: self.build_pass(phase, step, mb, start_deps))
+
+    def _reused(self, key: tuple, prefix: str, inputs: list[str], fields: dict, make):
+        """make(), or a copy of the block of nodes that make() added under the same key before.
+
+        A block is copyable when every node it added is named `prefix.` something and every edge
+        into it comes from its `inputs` (or from inside). A copy gets the template's nodes and
+        edges, shifted, with the inputs swapped by position; its nodes are named and given their
+        attributes (the template's, with `fields` changed) only when the Dag is asked for them.
+        Copying is several times cheaper than building, and `twins` tells the simulation that a
+        copy costs what its original costs. Returns make()'s outputs (node names, in a str, list
+        or dict) or the copy's.
+        """
         template = self._templates.get(key)
         if template is None:
             n0, e0 = len(self.attrs), len(self.src)
-            out = self._layer(tag, ctx, ready, seqs, q_len, kv_len, gather)
+            out = make()
             own = prefix + "."
             in_idx = [self.index[x] for x in inputs]
-            if all(n.startswith(own) for n in self.names[n0:]) and all(u >= n0 or u in in_idx for u in self.src[e0:]):
+            # a None name is a layer copied inside this block (a pass), named under its prefix
+            if all(n is None or n.startswith(own) for n in self.names[n0:]) and all(
+                    u >= n0 or u in in_idx for u in self.src[e0:]):
                 self._templates[key] = (len(prefix), in_idx, n0, len(self.attrs), e0, len(self.src), out)
             return out
         cut, old_inputs, n0, n1, e0, e1, out = template
         first = len(self.attrs)
         shift = first - n0
-        new_inputs = [self.index[x] for x in inputs]
-        renamed = dict(zip(old_inputs, new_inputs))  # the template's inputs -> this layer's, by position
+        renamed = dict(zip(old_inputs, [self.index[x] for x in inputs]))  # template inputs -> this block's
         input_name = dict(zip(old_inputs, inputs))
+        twins = self.twins
         self.names.extend([None] * (n1 - n0))
         self.attrs.extend([None] * (n1 - n0))
-        self.twins.extend(range(n0, n1))
-        self.copies.append((first, n0, n1, prefix, cut, {"step": ctx["step"], "microbatch": ctx["microbatch"],
-                                                         "layer": layer}))
+        twins.extend([t if t >= 0 else n for n, t in enumerate(twins[n0:n1], n0)])  # always an original
+        self.copies.append((first, n0, n1, prefix, cut, fields))
         self.src.extend([u + shift if u >= n0 else renamed[u] for u in self.src[e0:e1]])
         self.dst.extend([v + shift for v in self.dst[e0:e1]])
         index = self.index
 
-        def output(x: str) -> str:  # the copy's node for the template's output x, named so deps can use it
+        def output(x):  # the copy's node(s) for the template's output(s) x, named so that deps can use them
+            if isinstance(x, list):
+                return [output(v) for v in x]
+            if isinstance(x, dict):
+                return {g: output(v) for g, v in x.items()}
             i = index[x]
             if i < n0:  # an input passed through
                 return input_name[i]
             name = prefix + x[cut:]
             index[name] = i + shift
             return name
-        return {g: output(v) if isinstance(v, str) else [output(x) for x in v] for g, v in out.items()}
+        return output(out)
 
     def _layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
         """One transformer layer on every GPU of its stage; returns each GPU's output node."""
@@ -863,7 +891,7 @@ def build(scenario: Scenario, decode_steps: list[int] | None = None,
     marker = dict(kind=MARKER, category="marker", gpu=None, flops=0.0, bytes_read=0.0, bytes_written=0.0,
                   in_shape=(), out_shape=(), layer=-1, stage=-1, microbatch=-1)
     bld.add("prefill.start", [], op="phase_start", phase="prefill", step=0, **marker)
-    tokens = [bld.build_pass("prefill", 0, mb, ["prefill.start"]) for mb in range(m_count)]
+    tokens = [bld.pass_reused("prefill", 0, mb, ["prefill.start"]) for mb in range(m_count)]
     bld.add("prefill.end", tokens, op="phase_end", phase="prefill", step=0, **marker)
     total_steps = scenario.workload.output_len_tokens - 1
     steps = list(range(1, total_steps + 1)) if decode_steps is None else sorted(set(decode_steps))
@@ -874,7 +902,7 @@ def build(scenario: Scenario, decode_steps: list[int] | None = None,
         for i, step in enumerate(steps):
             for mb in range(m_count):
                 deps = [tokens[mb], "decode.start"] if i == 0 else [tokens[mb]]
-                tokens[mb] = bld.build_pass("decode", step, mb, deps)
+                tokens[mb] = bld.pass_reused("decode", step, mb, deps)
         bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
     info = dict(scenario=scenario.name, num_gpus=bld.pl.num_gpus, decode_steps=list(steps),
                 total_decode_steps=total_steps, representatives=sorted(keep) if keep else None)
@@ -909,6 +937,7 @@ class Dag:
         self.src, self.dst = src, dst
         self.graph = info
         self._distinct: list[tuple[int, dict, int]] | None = None
+        self._copy_starts = [c[0] for c in copies]
 
     @classmethod
     def from_networkx(cls, graph: nx.DiGraph) -> "Dag":
@@ -934,7 +963,7 @@ class Dag:
         for first, n0, n1, prefix, cut, fields in self._copies:
             names[first:first + n1 - n0] = [prefix + nid[cut:] for nid in names[n0:n1]]
             attrs[first:first + n1 - n0] = [{**a, **fields} for a in attrs[n0:n1]]
-        self._copies = []
+        self._copies, self._copy_starts = [], []
 
     @property
     def names(self) -> list[str]:
@@ -966,6 +995,20 @@ class Dag:
     def original(self) -> list[int]:
         """Per node, the index of the distinct node it is (itself) or copies (its twin)."""
         return [i if t < 0 else t for i, t in enumerate(self.twins)]
+
+    def instances(self, distinct: list[int]) -> list[int]:
+        """Every node that is, or copies, one of the given distinct nodes, in node order."""
+        original = np.fromiter(self.original, np.int64, len(self.twins))
+        return np.flatnonzero(np.isin(original, distinct)).tolist()
+
+    def node_attrs(self, i: int) -> dict:
+        """Node i's attributes, made for this node alone if it is a copy not made yet."""
+        a = self._attrs[i]
+        if a is not None:
+            return a
+        r = bisect.bisect_right(self._copy_starts, i) - 1
+        first, n0, _, _, _, fields = self._copies[r]
+        return {**self.node_attrs(n0 + i - first), **fields}
 
     def successors(self) -> list[list[int]]:
         """Per node, the indices of its successors, in the order the edges were added."""

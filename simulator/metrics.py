@@ -149,14 +149,12 @@ def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | N
 
     The last token time is the first plus the sum of every decode step's duration (the time
     between consecutive tokens of the microbatch), each weighted by the steps it stands for.
-    (Token markers are never copies: Dag.distinct holds them all.)
     """
     first = np.zeros(microbatches)
     decode: dict[int, list[tuple[int, float]]] = {mb: [] for mb in range(microbatches)}
-    end_s = sim.end_s
-    for i, a, _ in sim.dag.distinct():
-        if a["op"] != "token":
-            continue
+    end_s, dag = sim.end_s, sim.dag
+    for i in dag.instances([i for i, a, _ in dag.distinct() if a["op"] == "token"]):
+        a = dag.node_attrs(i)  # a copied pass's token: the microbatch is its own
         if a["phase"] == "prefill":
             first[a["microbatch"]] = end_s[i]
         else:

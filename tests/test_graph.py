@@ -367,6 +367,7 @@ def test_reused_layers_equal_built_ones(monkeypatch, sections):
     copies = sum(t >= 0 for t in reused.moesim_twins)
     assert copies > reused.number_of_nodes() / 5 or s.workload.routing.sampled is not None
     monkeypatch.setattr(graph_module._Builder, "_layer_reused", graph_module._Builder._layer)
+    monkeypatch.setattr(graph_module._Builder, "pass_reused", graph_module._Builder.build_pass)
     built = build_dag(s)
     assert list(reused.nodes(data=True)) == list(built.nodes(data=True))
     assert list(reused.edges) == list(built.edges)
