@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import asdict, dataclass, field
-from itertools import repeat
 
 import networkx as nx
 import numpy as np
@@ -110,20 +109,32 @@ def decode_step_weights(steps: tuple[int, ...], total_steps: int, warmup_steps: 
 Weighted = list[tuple[int, dict, int, float, float]]
 
 
+#: Veltkamp's splitter for doubles (2^27 + 1): splits a float into two halves of 26 bits.
+_SPLITTER = 134217729.0
+
+
+def repeated(value: float, count: int) -> tuple[float, ...]:
+    """Floats whose exact sum is count x value, exactly (count < 2^26): the 26-bit halves of
+    `value` (Veltkamp split) each times count, products that need no rounding. A sum of these
+    through math.fsum equals the sum of `count` copies of value, term for term."""
+    if count == 1:
+        return (value,)
+    c = _SPLITTER * value
+    high = c - (c - value)
+    return (count * high, count * (value - high))
+
+
 class ExactSums(dict):
-    """Sums by key that keep every term (a node's figure once per node it stands for) and add
-    them with math.fsum: correctly rounded, so a sum depends neither on the order of its terms nor
-    on how nodes are grouped into originals and copies (a folded run sums to the same float as
-    the full one)."""
+    """Sums by key whose terms are added exactly (math.fsum, a node's figure as repeated() for
+    the nodes it stands for) and rounded once: a sum depends neither on the order of its terms
+    nor on how nodes are grouped into originals and copies (a folded run sums to the same float
+    as the full one, a copied layer to the same float as a built one)."""
 
     def add(self, key, value: float, count: int = 1) -> None:
         terms = self.get(key)
         if terms is None:
             terms = self[key] = []
-        if count == 1:
-            terms.append(value)
-        else:
-            terms.extend(repeat(value, count))
+        terms.extend(repeated(value, count))
 
     def total(self, key) -> float:
         return math.fsum(self.get(key, ()))
@@ -176,7 +187,7 @@ def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, di
         kind = a["kind"]
         if kind == MARKER:
             continue
-        terms = [dur] * count
+        terms = repeated(dur, count)
         gpu, cat = a["gpu"], a["category"]
         if kind == COMM:
             for g in gpu:
@@ -201,7 +212,7 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
         kind = a["kind"]
         if kind == MARKER:
             continue
-        phase, terms = a["phase"], [w] * count
+        phase, terms = a["phase"], repeated(w, count)
         if kind == COMM:
             for g in a["gpu"]:
                 comm.setdefault((phase, g), []).extend(terms)
@@ -210,7 +221,7 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
         per_gpu.setdefault((phase, gpu), []).extend(terms)
         by.setdefault((phase, gpu, a["category"], bound[i]), []).extend(terms)
         weighted.setdefault(phase, []).extend(terms)
-        unweighted.setdefault(phase, []).extend([duration[i]] * count)
+        unweighted.setdefault(phase, []).extend(repeated(duration[i], count))
     spans = _phase_bounds(sim)
     gpu_s = per_gpu.totals()
     out = {}

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import TINY_MOE, make_scenario, seed_dict
 from simulator.graph import build_dag
@@ -191,3 +193,10 @@ def test_exact_sums_do_not_depend_on_order_or_grouping():
     grouped.add("k", 0.1, count=10)  # an original standing for itself and nine copies
     assert grouped.total("k") == 1.0 != sum([0.1] * 10)  # correctly rounded; a running sum drifts
     assert grouped.total("other") == 0.0 and grouped.totals() == {"k": 1.0}
+
+
+@given(st.floats(min_value=0.0, max_value=1e6, allow_nan=False), st.integers(min_value=1, max_value=10**6))
+def test_repeated_sums_exactly_to_count_copies(value, count):
+    from simulator.metrics import repeated
+
+    assert math.fsum(repeated(value, count)) == math.fsum([value] * count)
