@@ -138,11 +138,15 @@ def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dic
 
 def memory_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario, capacity_bytes: float) -> list[GpuMemory]:
     acts = activation_bytes_per_gpu(graph, scenario)
+    # Weights and KV cache are alike on the GPUs of a stage (its layers; num_experts / ep experts each).
+    per_stage = scenario.parallel.dp * scenario.parallel.tp
+    resident = {g: (weight_bytes_per_gpu(scenario, g), kv_cache_bytes_per_gpu(scenario, g))
+                for g in range(0, scenario.num_gpus, per_stage)}
     return [
         GpuMemory(
             gpu=g,
-            weight_bytes=weight_bytes_per_gpu(scenario, g),
-            kv_cache_bytes=kv_cache_bytes_per_gpu(scenario, g),
+            weight_bytes=resident[g - g % per_stage][0],
+            kv_cache_bytes=resident[g - g % per_stage][1],
             activation_bytes=acts[g],
             reserve_bytes=scenario.runtime.memory_reserve_bytes,
             capacity_bytes=capacity_bytes,

@@ -271,8 +271,10 @@ def screen_memory(scenario: Scenario, capacity_bytes: float) -> float | None:
     """Weights + peak KV cache + runtime reserve of the fullest GPU when that alone exceeds the
     capacity (the layout cannot run, whatever its activations); None when it may fit."""
     reserve = scenario.runtime.memory_reserve_bytes
+    # The GPUs of a stage hold alike (its layers; num_experts / ep experts each): one per stage.
+    per_stage = scenario.parallel.dp * scenario.parallel.tp
     need = max(weight_bytes_per_gpu(scenario, g) + kv_cache_bytes_per_gpu(scenario, g)
-               for g in range(scenario.num_gpus)) + reserve
+               for g in range(0, scenario.num_gpus, per_stage)) + reserve
     return need if need > capacity_bytes else None
 
 

@@ -25,6 +25,7 @@ from simulator.sweep import (
     make_executor,
     rank_results,
     run_sweep,
+    screen_memory,
     simulate_layout,
 )
 
@@ -394,3 +395,11 @@ def test_progress_records_round_trip_exactly_with_nan_and_targets():
     for r in ROWS:
         line = json.dumps(to_record(r), allow_nan=False)  # strict JSON: NaN is written as null
         assert repr(from_record(json.loads(line))) == repr(replace(r, rank=None))
+
+
+def test_screening_one_gpu_per_stage_equals_every_gpu(seed):
+    """screen_memory reads one GPU per stage: every layout of the seed agrees with all GPUs."""
+    for lay in enumerate_layouts(seed, microbatches=(1,)):
+        v = layout_scenario(seed, lay)
+        every = max(weight_bytes_per_gpu(v, g) + kv_cache_bytes_per_gpu(v, g) for g in range(v.num_gpus))
+        assert screen_memory(v, 0.0) == every + v.runtime.memory_reserve_bytes
