@@ -195,20 +195,28 @@ def _resource_classes(
     resource twice.
     """
     class_of_set: dict[tuple[int, ...], int] = {}
-    # Callers repeat the same few tuples, so look up the tuple as given before normalising it.
+    # Callers repeat the same few tuples, so look up the tuple as given before normalising it, and
+    # the very object before that (by id, no hashing of its items; `alive` holds every object
+    # whose id is a key, so that no other object can take that id).
     class_of_given: dict[tuple[int, ...], int] = {}
+    class_of_id: dict[int, int] = {}
+    alive: list = []
     class_res: list[tuple[int, ...]] = []
     task_class: list[int] = []
-    for res in resources:
-        res = tuple(res)
-        c = class_of_given.get(res)
+    for given in resources:
+        c = class_of_id.get(id(given))
         if c is None:
-            key = tuple(sorted(set(res)))
-            c = class_of_set.get(key)
+            res = tuple(given)
+            c = class_of_given.get(res)
             if c is None:
-                c = class_of_set[key] = len(class_res)
-                class_res.append(key)
-            class_of_given[res] = c
+                key = tuple(sorted(set(res)))
+                c = class_of_set.get(key)
+                if c is None:
+                    c = class_of_set[key] = len(class_res)
+                    class_res.append(key)
+                class_of_given[res] = c
+            class_of_id[id(given)] = c
+            alive.append(given)
         task_class.append(c)
     return class_res, task_class
 
@@ -282,7 +290,9 @@ def simulate(inp: EngineInput) -> EngineTrace:
                 wait_on = r
         return wait_on
 
-    def pull(r: int) -> None:
+    def pull(r: int, waiters=waiters, heappop=heappop, heappush=heappush, task_class=task_class, where=where,
+             class_tasks=class_tasks, solo=solo, busy_until_s=busy_until_s, class_res=class_res,
+             came_from=came_from, candidates=candidates) -> None:
         """Moves the lowest class parked on freed resource r that could start into the candidates.
 
         Classes found blocked on another resource are re-parked there on the way, which saves
@@ -309,12 +319,17 @@ def simulate(inp: EngineInput) -> EngineTrace:
                 heappush(candidates, head)
                 return
 
-    def on_tick(event: simpy.Event) -> None:
+    # The callback binds what it uses as default arguments: local lookups, the fastest kind (this
+    # runs once per event).
+    def on_tick(event: simpy.Event, env=env, ticks=ticks, task_res=task_res, busy_until_s=busy_until_s,
+                waiters=waiters, successors=successors, num_preds=num_preds, task_class=task_class,
+                class_tasks=class_tasks, where=where, came_from=came_from, candidates=candidates,
+                heappush=heappush, heappop=heappop, pull=pull, class_res=class_res, solo=solo,
+                busiest=busiest, duration_s=duration_s, start_s=start_s, end_s=end_s, timeout=timeout) -> None:
         nonlocal num_finished, num_events
         num_events += 1
         now_s = env.now
-        entries = event.value
-        del ticks[now_s]
+        entries = ticks.pop(now_s)
         while True:
             # Phase 1: every completion and release at now_s.
             freed = []
