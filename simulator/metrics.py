@@ -105,7 +105,7 @@ def decode_step_weights(steps: tuple[int, ...], total_steps: int, warmup_steps: 
     return weights
 
 
-#: weighted_nodes' rows: (index, attributes, count, weight, weighted seconds of one node)
+#: SimResult.weighted_nodes' rows: (index, attributes, count, weight, weighted seconds of one node)
 Weighted = list[tuple[int, dict, int, float, float]]
 
 
@@ -143,16 +143,6 @@ class ExactSums(dict):
         return {k: math.fsum(v) for k, v in self.items()}
 
 
-def weighted_nodes(sim: SimResult, weights: dict[int, float]) -> Weighted:
-    """Every distinct node of the trace (Dag.distinct) with the nodes it stands for (count: itself
-    and its copies), the decode steps its step stands for (weight: decode_step_weights; 1 in
-    prefill) and one node's duration times that weight (weighted seconds)."""
-    duration = sim.duration_s
-    out = []
-    for i, a, count in sim.dag.distinct():
-        weight = weights.get(a["step"], 1.0) if a["phase"] == "decode" else 1.0
-        out.append((i, a, count, weight, duration[i] * weight))
-    return out
 
 
 def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +171,7 @@ def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | N
 
 def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, dict[str, float]]:
     """Seconds each GPU spends per category (collectives count on every member) and idle compute
-    time, from weighted_nodes' weighted seconds."""
+    time, from SimResult.weighted_nodes' weighted seconds."""
     busy, compute_busy = ExactSums(), ExactSums()
     for _, a, count, _, dur in nodes:
         kind = a["kind"]
@@ -272,7 +262,7 @@ EXPERT_OPS = ("expert_fc1", "expert_act", "expert_fc2")
 def straggler_s(nodes: Weighted) -> float:
     """Seconds the busiest GPU's routed-expert kernels take beyond the mean GPU's, per layer and
     pass of every stage, summed (weighted by the decode steps each sampled step stands for). A
-    layer's copies repeat its figure: each layer counts once per copy (weighted_nodes' counts)."""
+    layer's copies repeat its figure: each layer counts once per copy (SimResult.weighted_nodes' counts)."""
     per_layer: dict[tuple, tuple[ExactSums, int]] = {}
     for _, a, count, _, w in nodes:
         if a["op"] in EXPERT_OPS:
@@ -297,12 +287,15 @@ def routing_metrics(scenario: Scenario, nodes: Weighted) -> dict:
     return {**summary, "straggler_s": straggler_s(nodes), "dropped_copies": dropped.total(0)}
 
 
-def compute_metrics(graph: Dag | nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float) -> Metrics:
+def compute_metrics(graph: Dag | nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float,
+                    explain: bool = True) -> Metrics:
+    """Every metric of a simulated run. `explain=False` leaves out the bottleneck sentences (a
+    sweep ranks layouts by the figures alone and never shows them)."""
     w, p = scenario.workload, scenario.parallel
     out = w.output_len_tokens
     sampled = tuple(graph.graph.get("decode_steps", range(1, out)))
     weights = decode_step_weights(sampled, out - 1, graph.graph.get("warmup_steps", 0))
-    nodes = weighted_nodes(result, weights)
+    nodes = result.weighted_nodes(weights)
     first, last = token_times(result, p.microbatches, weights)
     per_mb = w.batch_size // p.microbatches
     ttft = np.repeat(first, per_mb)
@@ -325,7 +318,7 @@ def compute_metrics(graph: Dag | nx.DiGraph, scenario: Scenario, result: SimResu
         throughput=throughput,
         memory=memory_per_gpu(graph, scenario, capacity_bytes),
         busy_s=expand_per_gpu(busy_time(nodes, gpus, total_s), graph),
-        bottleneck=bottlenecks(result, nodes, phases),
+        bottleneck=bottlenecks(result, nodes, phases) if explain else {},
         routing=routing_metrics(scenario, nodes) if scenario.model.is_moe else {},
         placement=placement_summary(scenario, gpus_per_node(scenario, resolve_hardware(scenario))),
     )

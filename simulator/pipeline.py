@@ -87,12 +87,13 @@ def dag_scenario(scenario: Scenario, verify: bool = True) -> DagResult:
 
 
 def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | None = None,
-                 fold: bool = False) -> RunResult:
+                 fold: bool = False, explain: bool = True) -> RunResult:
     """Simulate the scenario. `decode_sample=K` simulates only K decode steps (evenly spaced,
     first and last included) and interpolates the others; None or 0 simulates every step.
     `fold=True` simulates one GPU per pipeline stage when the stage's GPUs are exactly alike
     (graph.symmetric_representatives): the same figures, a fraction of the work; the trace then
-    holds those GPUs' rows only (timelines want the whole, so `moesim run` does not fold)."""
+    holds those GPUs' rows only (timelines want the whole, so `moesim run` does not fold).
+    `explain=False` skips the bottleneck sentences (metrics.compute_metrics)."""
     hw = resolve_hardware(scenario)
     keep = symmetric_representatives(scenario, gpus_per_node(scenario, hw)) if fold else None
     total_steps = scenario.workload.output_len_tokens - 1
@@ -102,7 +103,7 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
         dag = build(scenario, steps, keep)
         dag.graph["warmup_steps"] = warmup
         sim = simulate_dag(dag, scenario, hw)
-        metrics = compute_metrics(dag, scenario, sim, hw.memory_bytes)
+        metrics = compute_metrics(dag, scenario, sim, hw.memory_bytes, explain)
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
     if verify:
         run.checks.extend(verify_dag(run.graph, scenario))

@@ -203,12 +203,12 @@ def cost_shares(run) -> dict[str, float]:
     for as long as it lasted), by category; what is left waits on other pipeline stages: bubbles.
     Decode steps are weighted as the metrics weight them when decode steps are sampled.
     """
-    from simulator.metrics import ExactSums, decode_step_weights, weighted_nodes
+    from simulator.metrics import ExactSums, decode_step_weights
 
     busy, dag = run.metrics.busy_s, run.dag
     weights = decode_step_weights(dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1,
                                   dag.graph.get("warmup_steps", 0))
-    nodes = weighted_nodes(run.sim, weights)
+    nodes = run.sim.weighted_nodes(weights)
     comm_cats = {a["category"] for _, a, _, _, _ in nodes if a["kind"] == COMM}
     sums = ExactSums()
     bound = run.sim.bound
@@ -248,7 +248,7 @@ def simulate_layout(index: int, own: bool, scenario: Scenario, decode_sample: in
     try:
         with _no_gc():
             run = run_scenario(one_replica(scenario) or scenario, verify=False,
-                               decode_sample=decode_sample or None, fold=True)
+                               decode_sample=decode_sample or None, fold=True, explain=False)
             shares = cost_shares(run)
         m = run.metrics
         return LayoutResult(
