@@ -355,6 +355,9 @@ def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
     {"model": {**TINY_MOE["model"], "num_layers": 8}, "workload": {"routing": {"sampled": 7}}},
     {"model": {**TINY_MOE["model"], "num_layers": 8, "first_k_dense_layers": 1, "ffn_size": 96},
      "runtime": {"framework": "pytorch"}},
+    # four microbatches on a pipeline: passes copied from microbatch 0's, holding copied layers
+    {"model": {**TINY_MOE["model"], "num_layers": 8}, "parallel": {"tp": 1, "ep": 2, "pp": 2, "dp": 2, "microbatches": 4},
+     "workload": {"batch_size": 16}},
 ])
 def test_reused_layers_equal_built_ones(monkeypatch, sections):
     """Copies of identical layers (_Builder._layer_reused) give exactly the nodes, attributes and
