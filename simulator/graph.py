@@ -273,6 +273,9 @@ class _Builder:
         self.index: dict[str, int] = {}
         self.src: list[int] = []  # edges, as node indices
         self.dst: list[int] = []
+        self.node_step: list[int] = []  # per node, its step (a copy's may differ from its original's)
+        self._kv_nodes: list[int] = []  # decode attention nodes, whose attributes depend on the KV length
+        self._across_steps: dict[tuple, tuple] = {}  # see _layer_reused
         self.m = scenario.model
         self.pl = Placement.of(scenario)
         self.b = self.m.dtype_bytes
@@ -331,8 +334,13 @@ class _Builder:
                 tensor_core=False, launches=1, kind=COMPUTE, resident_bytes=0.0, **extra) -> str:
         """A kernel on one GPU. `resident_bytes`: what it reads from weights or the KV cache, so
         that act_bytes (transient activations in + out) excludes them."""
-        return self.add(
-            nid, deps, op=op, kind=kind, category=category, gpu=gpu, flops=cost.flops,
+        return self.add(nid, deps, **self._compute_attrs(op, category, ctx, gpu, cost, in_shape, out_shape,
+                                                         tensor_core, launches, kind, resident_bytes, **extra))
+
+    def _compute_attrs(self, op, category, ctx, gpu, cost: costs.OpCost, in_shape, out_shape,
+                       tensor_core=False, launches=1, kind=COMPUTE, resident_bytes=0.0, **extra) -> dict:
+        return dict(
+            op=op, kind=kind, category=category, gpu=gpu, flops=cost.flops,
             bytes_read=cost.bytes_read, bytes_written=cost.bytes_written,
             act_bytes=cost.bytes_read + cost.bytes_written - resident_bytes, in_shape=in_shape,
             out_shape=out_shape, tensor_core=tensor_core, launches=launches, dtype=self.m.dtype,
@@ -677,27 +685,56 @@ class _Builder:
             elif kvl < hl:
                 k = v = self.helper(f"{p}.attn_gqa_expand", sorted({k, v}), "attn_gqa_expand", "attention", ctx, g,
                                     new_kv * b, 2 * T * hl * hd * b, (_dim(seqs), 2 * hl, q_len, hd))
-        qshape, kvshape = (_dim(seqs), hl, q_len, hd), (_dim(seqs), kvl, kv_len, hd)
-        kv_bytes = seqs * kvl * kv_len * hd * self.kvb  # K (or V) of the cache: resident, not transient
-        # One flash-attention kernel computes scores, softmax and context; these describe it.
-        attn = {"fused": "flash_attention", "kv_len": kv_len, "q_len": q_len, "head_dim": hd,
-                "batch_heads": seqs * hl, "kv_bytes_total": 2 * kv_bytes}
-        sc = self.compute(f"{p}.attn_scores", sorted({q, k}), "attn_scores", "attention", ctx, g,
-                          costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, hd, b, self.kvb),
-                          (qshape, kvshape), (_dim(seqs), hl, q_len, kv_len), tensor_core=True,
-                          resident_bytes=kv_bytes, **attn)
-        sm = self.compute(f"{p}.attn_softmax", [sc], "attn_softmax", "attention", ctx, g,
-                          costs.attention_softmax_cost(seqs, hl, q_len, kv_len),
-                          (_dim(seqs), hl, q_len, kv_len), (_dim(seqs), hl, q_len, kv_len), launches=0,
-                          **attn)
-        cx = self.compute(f"{p}.attn_context", [sm, v] if v != q else [sm], "attn_context", "attention", ctx, g,
-                          costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, hd, b, self.kvb),
-                          ((_dim(seqs), hl, q_len, kv_len), kvshape), qshape, tensor_core=True, launches=0,
-                          resident_bytes=kv_bytes, **attn)
+        sc = self._attention(f"{p}.attn_scores", sorted({q, k}), "attn_scores", ctx, g, seqs, q_len, kv_len)
+        sm = self._attention(f"{p}.attn_softmax", [sc], "attn_softmax", ctx, g, seqs, q_len, kv_len)
+        cx = self._attention(f"{p}.attn_context", [sm, v] if v != q else [sm], "attn_context", ctx, g, seqs, q_len,
+                             kv_len)
         if self.pytorch and q_len > 1:
             cx = self.helper(f"{p}.attn_out_copy", [cx], "attn_out_copy", "attention", ctx, g, T * hl * hd * b,
                              T * hl * hd * b, (Td, hl * hd))
         return cx, hl * hd
+
+    def _attention(self, nid, deps, op, ctx, g, seqs, q_len, kv_len) -> str:
+        """One of the attention nodes (attn_scores, attn_softmax, attn_context: one flash-attention
+        kernel, described in three). A decode one is listed in `_kv_nodes`: its attributes are the
+        only ones of a layer that change with the KV length (see _layer_reused)."""
+        nid = self.add(nid, deps, **self._attention_attrs(op, ctx, g, seqs, q_len, kv_len))
+        if q_len == 1:
+            self._kv_nodes.append(self.index[nid])
+        return nid
+
+    def _attention_attrs(self, op, ctx, g, seqs, q_len, kv_len) -> dict:
+        """The attributes of an attention node (MHA/GQA/MQA, or MLA's absorbed form over the latent)."""
+        m, b = self.m, self.b
+        hl = self.heads_local
+        if m.is_mla:  # MQA over the cached latent: kv_lora + rope dims for scores, kv_lora for values
+            kvl, dk, dv = 1, (m.kv_lora_rank or 0) + (m.qk_rope_head_dim or 0), m.kv_lora_rank or 0
+            kv_bytes = seqs * kv_len * dk * self.kvb  # the cached latent: resident, not transient
+            kv_total = kv_bytes
+        else:
+            kvl, dk = self.kv_heads_local, self.hd
+            dv = dk
+            kv_bytes = seqs * kvl * kv_len * dk * self.kvb  # K (or V) of the cache: resident, not transient
+            kv_total = 2 * kv_bytes
+        qshape, kvshape = (_dim(seqs), hl, q_len, dk), (_dim(seqs), kvl, kv_len, dk)
+        probs = (_dim(seqs), hl, q_len, kv_len)
+        # One flash-attention kernel computes scores, softmax and context; these describe it.
+        attn = {"fused": "flash_attention", "kv_len": kv_len, "q_len": q_len, "head_dim": dk,
+                "batch_heads": seqs * hl, "kv_bytes_total": kv_total}
+        if op == "attn_scores":
+            return self._compute_attrs(op, "attention", ctx, g,
+                                       costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, dk, b, self.kvb),
+                                       (qshape, kvshape), probs, tensor_core=True, resident_bytes=kv_bytes, **attn)
+        if op == "attn_softmax":
+            return self._compute_attrs(op, "attention", ctx, g, costs.attention_softmax_cost(seqs, hl, q_len, kv_len),
+                                       probs, probs, launches=0, **attn)
+        cost = costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, dv, b, self.kvb)
+        if m.is_mla:  # values are the latent itself, already on chip from the scores: no second read
+            return self._compute_attrs(op, "attention", ctx, g, costs.OpCost(cost.flops, 0.0, cost.bytes_written),
+                                       (probs, kvshape), (_dim(seqs), hl, q_len, dv), tensor_core=True, launches=0,
+                                       **attn)
+        return self._compute_attrs(op, "attention", ctx, g, cost, (probs, kvshape), qshape, tensor_core=True,
+                                   launches=0, resident_bytes=kv_bytes, **attn)
 
     def _mla(self, p, ctx, g, n, seqs, q_len, kv_len) -> tuple[str, int]:
         """Multi-head latent attention on one GPU, in its weight-absorbed form (as FlashMLA and
@@ -727,24 +764,9 @@ class _Builder:
         # [T, hl, nope] x [hl, nope, kv_lora] -> [T, hl, kv_lora]
         qa = self.linear(f"{p}.q_absorb", [q], "q_absorb", "attention", ctx, g, T, nope, lora,
                          (Td, hl, nope), (Td, hl, lora), groups=hl)
-        dk, dv = lora + rope, lora
-        qshape, kvshape = (_dim(seqs), hl, q_len, dk), (_dim(seqs), 1, kv_len, dk)
-        lat_bytes = seqs * kv_len * dk * self.kvb  # the cached latent: resident, not transient
-        attn = {"fused": "flash_attention", "kv_len": kv_len, "q_len": q_len, "head_dim": dk,
-                "batch_heads": seqs * hl, "kv_bytes_total": lat_bytes}
-        sc = self.compute(f"{p}.attn_scores", sorted({qa, kv}), "attn_scores", "attention", ctx, g,
-                          costs.attention_scores_cost(seqs, hl, 1, q_len, kv_len, dk, b, self.kvb),
-                          (qshape, kvshape), (_dim(seqs), hl, q_len, kv_len), tensor_core=True,
-                          resident_bytes=lat_bytes, **attn)
-        sm = self.compute(f"{p}.attn_softmax", [sc], "attn_softmax", "attention", ctx, g,
-                          costs.attention_softmax_cost(seqs, hl, q_len, kv_len),
-                          (_dim(seqs), hl, q_len, kv_len), (_dim(seqs), hl, q_len, kv_len), launches=0, **attn)
-        # values are the latent itself, already on chip from the scores: no second read
-        ctx_cost = costs.attention_context_cost(seqs, hl, 1, q_len, kv_len, dv, b, self.kvb)
-        cx = self.compute(f"{p}.attn_context", [sm], "attn_context", "attention", ctx, g,
-                          costs.OpCost(ctx_cost.flops, 0.0, ctx_cost.bytes_written),
-                          ((_dim(seqs), hl, q_len, kv_len), kvshape), (_dim(seqs), hl, q_len, dv), tensor_core=True,
-                          launches=0, **attn)
+        sc = self._attention(f"{p}.attn_scores", sorted({qa, kv}), "attn_scores", ctx, g, seqs, q_len, kv_len)
+        sm = self._attention(f"{p}.attn_softmax", [sc], "attn_softmax", ctx, g, seqs, q_len, kv_len)
+        cx = self._attention(f"{p}.attn_context", [sm], "attn_context", ctx, g, seqs, q_len, kv_len)
         # [T, hl, kv_lora] x [hl, kv_lora, v] -> [T, hl, v]
         vu = self.linear(f"{p}.v_up", [cx], "v_up", "attention", ctx, g, T, lora, vd, (Td, hl, lora), (Td, hl, vd),
                          groups=hl)
