@@ -327,6 +327,7 @@ class _Builder:
         self.names.append(nid)
         self.attrs.append(attrs)
         self.twins.append(-1)
+        self.node_step.append(attrs["step"])
         index[nid] = i
         return nid
 
@@ -484,9 +485,29 @@ class _Builder:
         per_layer = layer if self.s.workload.routing.sampled is not None else None  # a draw per layer
         key = ("layer", ctx["phase"], ctx["stage"], self.m.is_moe_layer(layer), seqs, q_len, kv_len, gather,
                per_layer, wiring)
-        return self._reused(key, f"{tag}.L{layer}", list(inputs),
-                            {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer},
-                            lambda: self._layer(tag, ctx, ready, seqs, q_len, kv_len, gather))
+        fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
+        prefix = f"{tag}.L{layer}"
+        across = key[:6] + key[7:]  # the same but for the KV length
+        if q_len == 1 and key not in self._templates:
+            source = self._across_steps.get(across)
+            if source is not None:  # a decode layer of another step: a copy with attention nodes of its own
+                template, kv_positions = source
+                out, copy = self._copy(template, prefix, list(inputs), fields)
+                for pos in kv_positions:
+                    j = copy[2] + pos
+                    a = self.attrs[template[2] + pos]
+                    self.attrs[j] = self._attention_attrs(a["op"], ctx, a["gpu"], seqs, q_len, kv_len)
+                    self.twins[j] = -1
+                    self._kv_nodes.append(j)
+                self._templates[key] = copy  # the template of this step's other layers and microbatches
+                return out
+        n0, k0 = len(self.attrs), len(self._kv_nodes)
+        out = self._reused(key, prefix, list(inputs), fields,
+                           lambda: self._layer(tag, ctx, ready, seqs, q_len, kv_len, gather))
+        template = self._templates.get(key)
+        if q_len == 1 and template is not None and template[2] == n0 and across not in self._across_steps:
+            self._across_steps[across] = (template, [i - n0 for i in self._kv_nodes[k0:]])
+        return out
 
     def pass_reused(self, phase: str, step: int, mb: int, start_deps: list[str]) -> str:
         """build_pass, or a copy of the same pass of an earlier microbatch: every microbatch's pass
@@ -518,15 +539,22 @@ class _Builder:
                     u >= n0 or u in in_idx for u in self.src[e0:]):
                 self._templates[key] = (len(prefix), in_idx, n0, len(self.attrs), e0, len(self.src), out)
             return out
+        return self._copy(template, prefix, inputs, fields)[0]
+
+    def _copy(self, template: tuple, prefix: str, inputs: list[str], fields: dict) -> tuple[object, tuple]:
+        """A copy of a template block (see _reused) under `prefix`, fed by `inputs`: returns its
+        outputs and the copy itself as a template."""
         cut, old_inputs, n0, n1, e0, e1, out = template
-        first = len(self.attrs)
+        first, e_first = len(self.attrs), len(self.src)
         shift = first - n0
-        renamed = dict(zip(old_inputs, [self.index[x] for x in inputs]))  # template inputs -> this block's
+        new_inputs = [self.index[x] for x in inputs]
+        renamed = dict(zip(old_inputs, new_inputs))  # template inputs -> this block's
         input_name = dict(zip(old_inputs, inputs))
         twins = self.twins
         self.names.extend([None] * (n1 - n0))
         self.attrs.extend([None] * (n1 - n0))
         twins.extend([t if t >= 0 else n for n, t in enumerate(twins[n0:n1], n0)])  # always an original
+        self.node_step.extend([fields["step"]] * (n1 - n0) if "step" in fields else self.node_step[n0:n1])
         self.copies.append((first, n0, n1, prefix, cut, fields))
         self.src.extend([u + shift if u >= n0 else renamed[u] for u in self.src[e0:e1]])
         self.dst.extend([v + shift for v in self.dst[e0:e1]])
@@ -543,7 +571,8 @@ class _Builder:
             name = prefix + x[cut:]
             index[name] = i + shift
             return name
-        return output(out)
+        copied = output(out)
+        return copied, (len(prefix), new_inputs, first, len(self.attrs), e_first, len(self.src), copied)
 
     def _layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
         """One transformer layer on every GPU of its stage; returns each GPU's output node."""
@@ -928,7 +957,7 @@ def build(scenario: Scenario, decode_steps: list[int] | None = None,
         bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
     info = dict(scenario=scenario.name, num_gpus=bld.pl.num_gpus, decode_steps=list(steps),
                 total_decode_steps=total_steps, representatives=sorted(keep) if keep else None)
-    return Dag(bld.names, bld.attrs, bld.twins, bld.copies, bld.src, bld.dst, info)
+    return Dag(bld.names, bld.attrs, bld.twins, bld.copies, bld.src, bld.dst, info, bld.node_step)
 
 
 def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
@@ -954,11 +983,14 @@ class Dag:
     """
 
     def __init__(self, names: list, attrs: list, twins: list[int], copies: list[tuple], src: list[int],
-                 dst: list[int], info: dict):
+                 dst: list[int], info: dict, steps: list[int] | None = None):
         self._names, self._attrs, self.twins, self._copies = names, attrs, twins, copies
         self.src, self.dst = src, dst
         self.graph = info
+        # per node, its decode step (a layer copied from another step has its own); None: the originals'
+        self._steps = steps
         self._distinct: list[tuple[int, dict, int]] | None = None
+        self._counted: list[tuple[int, dict, int, int]] | None = None
         self._copy_starts = [c[0] for c in copies]
 
     @classmethod
@@ -984,7 +1016,9 @@ class Dag:
         names, attrs = self._names, self._attrs
         for first, n0, n1, prefix, cut, fields in self._copies:
             names[first:first + n1 - n0] = [prefix + nid[cut:] for nid in names[n0:n1]]
-            attrs[first:first + n1 - n0] = [{**a, **fields} for a in attrs[n0:n1]]
+            # a copied decode layer's attention nodes have their own attributes already
+            attrs[first:first + n1 - n0] = [{**a, **fields} if mine is None else mine
+                                           for a, mine in zip(attrs[n0:n1], attrs[first:first + n1 - n0])]
         self._copies, self._copy_starts = [], []
 
     @property
@@ -1012,6 +1046,26 @@ class Dag:
             attrs = self._attrs
             self._distinct = [(i, attrs[i], count[i]) for i, t in enumerate(twins) if t < 0]
         return self._distinct
+
+    def counted(self) -> list[tuple[int, dict, int, int]]:
+        """(index, attributes, count, step) per distinct node and decode step: a distinct node stands
+        for `count` nodes of that step (itself and its copies there). A decode layer copied from
+        another step shares all but its attention nodes with that step's, so its nodes count
+        under their own step: sums weighted by step (metrics) go over these rows."""
+        if self._counted is None:
+            distinct = self.distinct()
+            n = len(self.twins)
+            steps = None if self._steps is None else np.fromiter(self._steps, np.int64, n)
+            original = np.fromiter(self.original, np.int64, n)
+            if steps is None or (steps == steps[original]).all():  # every copy in its original's step
+                self._counted = [(i, a, c, a["step"]) for i, a, c in distinct]
+            else:
+                span = int(steps.max()) + 1
+                keys, counts = np.unique(original * span + steps, return_counts=True)
+                attrs = self._attrs
+                self._counted = [(int(k) // span, attrs[int(k) // span], int(c), int(k) % span)
+                                 for k, c in zip(keys, counts)]
+        return self._counted
 
     @cached_property
     def original(self) -> list[int]:

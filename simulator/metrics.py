@@ -105,8 +105,8 @@ def decode_step_weights(steps: tuple[int, ...], total_steps: int, warmup_steps: 
     return weights
 
 
-#: SimResult.weighted_nodes' rows: (index, attributes, count, weight, weighted seconds of one node)
-Weighted = list[tuple[int, dict, int, float, float]]
+#: SimResult.weighted_nodes' rows: (index, attributes, count, weight, weighted seconds of one node, step)
+Weighted = list[tuple[int, dict, int, float, float, int]]
 
 
 #: Veltkamp's splitter for doubles (2^27 + 1): splits a float into two halves of 26 bits.
@@ -173,7 +173,7 @@ def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, di
     """Seconds each GPU spends per category (collectives count on every member) and idle compute
     time, from SimResult.weighted_nodes' weighted seconds."""
     busy, compute_busy = ExactSums(), ExactSums()
-    for _, a, count, _, dur in nodes:
+    for _, a, count, _, dur, _ in nodes:
         kind = a["kind"]
         if kind == MARKER:
             continue
@@ -198,7 +198,7 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
     duration, bound = sim.duration_s, sim.bound
     per_gpu, by, comm = ExactSums(), ExactSums(), ExactSums()
     weighted, unweighted = ExactSums(), ExactSums()
-    for i, a, count, _, w in nodes:
+    for i, a, count, _, w, _ in nodes:
         kind = a["kind"]
         if kind == MARKER:
             continue
@@ -264,9 +264,9 @@ def straggler_s(nodes: Weighted) -> float:
     pass of every stage, summed (weighted by the decode steps each sampled step stands for). A
     layer's copies repeat its figure: each layer counts once per copy (SimResult.weighted_nodes' counts)."""
     per_layer: dict[tuple, tuple[ExactSums, int]] = {}
-    for _, a, count, _, w in nodes:
+    for _, a, count, _, w, step in nodes:
         if a["op"] in EXPERT_OPS:
-            key = (a["phase"], a["step"], a["microbatch"], a["layer"])
+            key = (a["phase"], step, a["microbatch"], a["layer"])
             if key not in per_layer:
                 per_layer[key] = (ExactSums(), count)
             per_layer[key][0].add(a["gpu"], w)
@@ -281,7 +281,7 @@ def routing_metrics(scenario: Scenario, nodes: Weighted) -> dict:
     """Imbalance (max / mean tokens per EP rank), its straggler cost and the capacity drops."""
     summary = routing_summary(scenario)
     dropped = ExactSums()
-    for _, a, count, weight, _ in nodes:
+    for _, a, count, weight, _, _ in nodes:
         if "dropped_copies" in a:
             dropped.add(0, a["dropped_copies"] * weight, count)
     return {**summary, "straggler_s": straggler_s(nodes), "dropped_copies": dropped.total(0)}

@@ -173,19 +173,20 @@ class SimResult:
         return cls(dag, ops["duration_s"].tolist(), ops["bound"].tolist(), ops["start_s"].tolist(),
                    ops["end_s"].tolist(), makespan_s, num_events)
 
-    def weighted_nodes(self, weights: dict[int, float]) -> list[tuple[int, dict, int, float, float]]:
-        """(index, attributes, count, weight, weighted seconds) of every distinct node (Dag.distinct):
-        the nodes it stands for (count: itself and its copies), the decode steps its step stands
-        for (weight, from metrics.decode_step_weights; 1 in prefill) and one node's duration times
-        that weight. Kept for the last `weights` asked for (metrics and cost shares ask alike)."""
+    def weighted_nodes(self, weights: dict[int, float]) -> list[tuple[int, dict, int, float, float, int]]:
+        """(index, attributes, count, weight, weighted seconds, step) per distinct node and step
+        (Dag.counted): the nodes of that step it stands for (count: itself and its copies), the
+        decode steps the step stands for (weight, from metrics.decode_step_weights; 1 in prefill)
+        and one node's duration times that weight. Kept for the last `weights` asked for (metrics
+        and cost shares ask alike)."""
         memo = self.__dict__.get("_weighted")
         if memo is not None and memo[0] == weights:
             return memo[1]
         duration = self.duration_s
         out = []
-        for i, a, count in self.dag.distinct():
-            weight = weights.get(a["step"], 1.0) if a["phase"] == "decode" else 1.0
-            out.append((i, a, count, weight, duration[i] * weight))
+        for i, a, count, step in self.dag.counted():
+            weight = weights.get(step, 1.0) if a["phase"] == "decode" else 1.0
+            out.append((i, a, count, weight, duration[i] * weight, step))
         self.__dict__["_weighted"] = (dict(weights), out)
         return out
 

@@ -209,10 +209,10 @@ def cost_shares(run) -> dict[str, float]:
     weights = decode_step_weights(dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1,
                                   dag.graph.get("warmup_steps", 0))
     nodes = run.sim.weighted_nodes(weights)
-    comm_cats = {a["category"] for _, a, _, _, _ in nodes if a["kind"] == COMM}
+    comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == COMM}
     sums = ExactSums()
     bound = run.sim.bound
-    for i, a, count, _, w in nodes:
+    for i, a, count, _, w, _ in nodes:
         if a["kind"] != COMM and a["kind"] != MARKER:
             sums.add(bound[i], w, count)
     by_bound = sums.totals()
