@@ -382,3 +382,21 @@ def test_reused_layers_equal_built_ones(monkeypatch, sections):
     from simulator.metrics import compute_metrics
     ma, mb = (compute_metrics(g, s, sim, hw.memory_bytes) for g, sim in ((reused, sim_a), (built, sim_b)))
     assert ma == mb
+
+
+def test_decode_layers_of_later_steps_are_copies_with_attention_of_their_own():
+    """A decode layer repeats the same layer of an earlier step but for its attention nodes (the
+    KV length): those are its own, everything else is a copy across steps."""
+    from simulator.graph import build
+
+    s = make_scenario(TINY_MOE, model={**TINY_MOE["model"], "num_layers": 8}, workload={"output_len_tokens": 6})
+    dag = build(s)
+    attrs, twins = dag.attrs, dag.twins
+    decode = [i for i, a in enumerate(attrs) if a["phase"] == "decode" and a["layer"] >= 0]
+    across = [i for i in decode if twins[i] >= 0 and attrs[twins[i]]["step"] != attrs[i]["step"]]
+    assert across and not [i for i in across if attrs[i]["op"].startswith("attn_")]
+    for i in decode:
+        if attrs[i]["op"].startswith("attn_") and twins[i] >= 0:
+            assert attrs[twins[i]]["kv_len"] == attrs[i]["kv_len"]
+    # one row per distinct node and step: the counts add up to every node
+    assert sum(count for _, _, count, _ in dag.counted()) == len(dag)
