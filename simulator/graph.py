@@ -254,7 +254,7 @@ def _dim(x: float) -> int | float:
 
 
 class _Builder:
-    """Accumulates nodes and edges as plain lists, then makes one networkx graph."""
+    """Accumulates nodes (attribute dicts, or copies of earlier blocks) and edges as plain lists, for a Dag."""
 
     def __init__(self, scenario: Scenario, keep: frozenset[int] | None = None):
         self.s = scenario
@@ -975,11 +975,12 @@ class Dag:
     """The operator DAG in creation order, which is the engine's priority order.
 
     Node i has a name, an attribute dict and successors (node indices). `twins[i]` is the index of
-    the node it copies (_Builder._layer_reused: same attributes but step, microbatch and layer, same
+    the node it copies (_Builder._reused: same attributes but step, microbatch and layer, same
     cost) or -1; a copy's name and attributes are only made when asked for (`names`, `attrs`,
     `to_networkx`), so that simulating and measuring a sweep's layout never makes them: the
     simulation prices a copy as its original, and aggregates over nodes (metrics) count each
-    original once per copy (`distinct`). `graph` holds the DAG's attributes, as networkx's does.
+    original once per copy (`distinct`), per step (`counted`: a decode layer may copy one of
+    another step). `graph` holds the DAG's attributes, as networkx's does.
     """
 
     def __init__(self, names: list, attrs: list, twins: list[int], copies: list[tuple], src: list[int],
