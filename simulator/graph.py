@@ -967,7 +967,7 @@ def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
 
 
 #: Attribute of a built networkx graph (not of the DAG, so not in graph.graph or any export): per
-#: node, the index of the node it copies (see _Builder._layer_reused), or -1. A copy of the graph drops it.
+#: node, the index of the node it copies (see _Builder._reused), or -1. A copy of the graph drops it.
 TWINS = "moesim_twins"
 
 
@@ -979,8 +979,8 @@ class Dag:
     cost) or -1; a copy's name and attributes are only made when asked for (`names`, `attrs`,
     `to_networkx`), so that simulating and measuring a sweep's layout never makes them: the
     simulation prices a copy as its original, and aggregates over nodes (metrics) count each
-    original once per copy (`distinct`), per step (`counted`: a decode layer may copy one of
-    another step). `graph` holds the DAG's attributes, as networkx's does.
+    original once per copy and step (`counted`: a decode layer may copy one of another step).
+    `graph` holds the DAG's attributes, as networkx's does.
     """
 
     def __init__(self, names: list, attrs: list, twins: list[int], copies: list[tuple], src: list[int],
@@ -990,7 +990,7 @@ class Dag:
         self.graph = info
         # per node, its decode step (a layer copied from another step has its own); None: the originals'
         self._steps = steps
-        self._distinct: list[tuple[int, dict, int]] | None = None
+        self._distinct: list[tuple[int, dict]] | None = None
         self._counted: list[tuple[int, dict, int, int]] | None = None
         self._copy_starts = [c[0] for c in copies]
 
@@ -1034,18 +1034,13 @@ class Dag:
         self._materialise()
         return self._attrs
 
-    def distinct(self) -> list[tuple[int, dict, int]]:
-        """(index, attributes, count) of every node that copies no other, count being 1 plus its
-        copies: sums and maxima of what copies share with their original (kind, GPU, category,
-        phase, step, duration, bytes) go over these alone."""
+    def distinct(self) -> list[tuple[int, dict]]:
+        """(index, attributes) of every node that copies no other: maxima of what copies share
+        with their original (kind, GPU, category, phase, duration, bytes) go over these alone;
+        sums go over `counted`."""
         if self._distinct is None:
-            twins = self.twins
-            count = [1] * len(twins)
-            for t in twins:
-                if t >= 0:
-                    count[t] += 1
             attrs = self._attrs
-            self._distinct = [(i, attrs[i], count[i]) for i, t in enumerate(twins) if t < 0]
+            self._distinct = [(i, attrs[i]) for i, t in enumerate(self.twins) if t < 0]
         return self._distinct
 
     def counted(self) -> list[tuple[int, dict, int, int]]:
@@ -1054,12 +1049,11 @@ class Dag:
         another step shares all but its attention nodes with that step's, so its nodes count
         under their own step: sums weighted by step (metrics) go over these rows."""
         if self._counted is None:
-            distinct = self.distinct()
-            n = len(self.twins)
-            steps = None if self._steps is None else np.fromiter(self._steps, np.int64, n)
-            original = np.fromiter(self.original, np.int64, n)
+            original = self.original_array
+            steps = None if self._steps is None else np.fromiter(self._steps, np.int64, len(original))
             if steps is None or (steps == steps[original]).all():  # every copy in its original's step
-                self._counted = [(i, a, c, a["step"]) for i, a, c in distinct]
+                counts = np.bincount(original, minlength=len(original))
+                self._counted = [(i, a, int(counts[i]), a["step"]) for i, a in self.distinct()]
             else:
                 span = int(steps.max()) + 1
                 keys, counts = np.unique(original * span + steps, return_counts=True)
@@ -1073,10 +1067,14 @@ class Dag:
         """Per node, the index of the distinct node it is (itself) or copies (its twin)."""
         return [i if t < 0 else t for i, t in enumerate(self.twins)]
 
+    @cached_property
+    def original_array(self) -> np.ndarray:
+        """`original` as a numpy array."""
+        return np.fromiter(self.original, np.int64, len(self.twins))
+
     def instances(self, distinct: list[int]) -> list[int]:
         """Every node that is, or copies, one of the given distinct nodes, in node order."""
-        original = np.fromiter(self.original, np.int64, len(self.twins))
-        return np.flatnonzero(np.isin(original, distinct)).tolist()
+        return np.flatnonzero(np.isin(self.original_array, distinct)).tolist()
 
     def node_attrs(self, i: int) -> dict:
         """Node i's attributes, made for this node alone if it is a copy not made yet."""
@@ -1106,7 +1104,7 @@ def node_dicts(graph: "Dag | nx.DiGraph") -> list[dict]:
     """The attribute dicts of a graph's nodes; of a Dag, the distinct ones (a copy's equal its
     original's but for step, microbatch and layer): enough for maxima over nodes."""
     if isinstance(graph, Dag):
-        return [a for _, a, _ in graph.distinct()]
+        return [a for _, a in graph.distinct()]
     return list(graph._node.values())
 
 

@@ -154,7 +154,7 @@ def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | N
     first = np.zeros(microbatches)
     decode: dict[int, list[tuple[int, float]]] = {mb: [] for mb in range(microbatches)}
     end_s, dag = sim.end_s, sim.dag
-    for i in dag.instances([i for i, a, _ in dag.distinct() if a["op"] == "token"]):
+    for i in dag.instances([i for i, a in dag.distinct() if a["op"] == "token"]):
         a = dag.node_attrs(i)  # a copied pass's token: the microbatch is its own
         if a["phase"] == "prefill":
             first[a["microbatch"]] = end_s[i]
@@ -241,11 +241,11 @@ def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
     dag = sim.dag
     n, distinct = len(dag), dag.distinct()
     phases: dict[str, int] = {}
-    code = np.fromiter((phases.setdefault(a["phase"], len(phases)) for _, a, _ in distinct), np.int64, len(distinct))
-    kernel = np.fromiter((a["kind"] != MARKER and a["kind"] != COMM for _, a, _ in distinct), bool, len(distinct))
+    code = np.fromiter((phases.setdefault(a["phase"], len(phases)) for _, a in distinct), np.int64, len(distinct))
+    kernel = np.fromiter((a["kind"] != MARKER and a["kind"] != COMM for _, a in distinct), bool, len(distinct))
     position = np.zeros(n, dtype=np.int64)  # of each distinct node in `distinct`
-    position[np.fromiter((i for i, _, _ in distinct), np.int64, len(distinct))] = np.arange(len(distinct))
-    of_node = position[np.fromiter(dag.original, np.int64, n)]
+    position[np.fromiter((i for i, _ in distinct), np.int64, len(distinct))] = np.arange(len(distinct))
+    of_node = position[dag.original_array]
     code, kernel = code[of_node], kernel[of_node]
     start, end = np.fromiter(sim.start_s, float, n), np.fromiter(sim.end_s, float, n)
     out = {}

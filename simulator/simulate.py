@@ -225,7 +225,7 @@ def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfil
     bounds: list[str] = [""] * num
     resources: list[tuple[int, ...]] = [()] * num
     held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
-    for i, a, _ in dag.distinct():
+    for i, a in dag.distinct():
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
         durations[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated)
         held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads (keep is fixed)
