@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         from simulator.config import ScenarioError
-        from simulator.report.output import OutputError
+        from simulator.files import OutputError
 
         known = isinstance(exc, (ScenarioError, OutputError, RuntimeError))
         message = str(exc) if known else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
@@ -125,7 +125,7 @@ def _profiles(console: Console) -> int:
 def _dag(scenario, out: Path, force: bool, console: Console) -> int:
     from simulator.pipeline import dag_scenario
     from simulator.report.dot import render_dag
-    from simulator.report.output import run_directory
+    from simulator.files import run_directory
     from simulator.report.summary import print_audit, print_checks, print_gpu_table
 
     started = time.perf_counter()
@@ -144,7 +144,7 @@ def _dag(scenario, out: Path, force: bool, console: Console) -> int:
 
 def _run(scenario, out: Path, args, console: Console) -> int:
     from simulator.pipeline import run_scenario
-    from simulator.report.output import run_directory
+    from simulator.files import run_directory
     from simulator.report.summary import print_run, write_run_files
 
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from simulator.hardware import DType, HardwareProfile, ProfileError, load_profile
-from simulator.yamlfile import read_yaml
+from simulator.files import read_yaml
 
 #: Bytes per element of each dtype.
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
-from simulator.yamlfile import read_yaml
+from simulator.files import read_yaml
 
 DType = Literal["fp32", "fp16", "bf16", "fp8"]
 

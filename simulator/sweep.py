@@ -520,7 +520,7 @@ def command(args, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from simulator.report.compare import print_table, write_comparison
-    from simulator.report.output import run_directory
+    from simulator.files import run_directory
     from simulator.resume import Progress as SweepProgress
     from simulator.resume import progress_path, sweep_inputs
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.graph import COMM, MARKER
-from simulator.report.output import OutputError, write_atomic
+from simulator.files import OutputError, write_atomic
 from simulator.simulate import Resources, node_resources
 
 SLICES_FILE = "slices.npz"
