@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
+from simulator.config.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
 
 
 FP16_BYTES = 2.0

@@ -19,7 +19,7 @@ SUBCOMMAND_MODULES = {
     "plot": ("simulator.report.plots", "redraw the timeline, memory plot, trace and report page of a run directory"),
     "validate": ("simulator.validate", "predict the measured runs of a cases file and report the error"),
     "calibrate": ("simulator.calibrate", "fit a hardware profile from GPU micro-benchmarks (--from-json, or --device cuda)"),
-    "import-hf": ("simulator.import_hf", "write a model spec from a Hugging Face config.json (no network)"),
+    "import-hf": ("simulator.config.import_hf", "write a model spec from a Hugging Face config.json (no network)"),
 }
 
 
@@ -108,7 +108,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 def _profiles(console: Console) -> int:
     from rich.table import Table
 
-    from simulator.hardware import available_profiles, load_profile
+    from simulator.config.hardware import available_profiles, load_profile
 
     table = Table(title="Hardware profiles (hardware_profiles/*.yaml)")
     for col in ("name", "memory", "fp16 peak", "HBM", "NVLink/dir", "NIC/dir", "description"):
