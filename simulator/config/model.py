@@ -103,11 +103,13 @@ class ModelSpec(StrictModel):
         return self.num_shared_experts * (self.shared_expert_ffn_size or self.expert_ffn_size or 0)
 
     @property
-    def weight_bytes(self) -> float:
+    def weight_bytes_per_element(self) -> float:
+        """Bytes of one weight (weight_dtype, default dtype)."""
         return DTYPE_BYTES[self.weight_dtype or self.dtype]
 
     @property
-    def kv_bytes(self) -> float:
+    def kv_bytes_per_element(self) -> float:
+        """Bytes of one KV-cache value (kv_cache_dtype, default dtype)."""
         return DTYPE_BYTES[self.kv_cache_dtype or self.dtype]
 
     @property
@@ -123,7 +125,8 @@ class ModelSpec(StrictModel):
         return self.num_experts > 0
 
     @property
-    def dtype_bytes(self) -> float:
+    def dtype_bytes_per_element(self) -> float:
+        """Bytes of one activation value (dtype)."""
         return DTYPE_BYTES[self.dtype]
 
     @property
