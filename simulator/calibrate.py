@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from simulator.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
+from simulator.config.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
 
 
 FP16_BYTES = 2.0
@@ -174,7 +174,7 @@ def write_profile(base: str, calibration: Calibration, out: Path, name: str | No
             leading.append(line)
         if leading:
             header += f"# --- notes of the base profile ({base}); per-figure sources are there ---\n" + "\n".join(leading) + "\n"
-    from simulator.report.output import write_atomic
+    from simulator.files import write_atomic
 
     write_atomic(out, header + yaml.safe_dump(raw, sort_keys=False, width=120))
     return profile
@@ -206,7 +206,7 @@ def command(args, console) -> int:
 
         data = microbench.run_microbenchmarks(device=args.device)
         source = str(args.raw_out or args.out.with_suffix(".raw.json"))
-        from simulator.report.output import write_atomic
+        from simulator.files import write_atomic
 
         write_atomic(Path(source), json.dumps(data, indent=1))
     else:

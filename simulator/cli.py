@@ -19,7 +19,7 @@ SUBCOMMAND_MODULES = {
     "plot": ("simulator.report.plots", "redraw the timeline, memory plot, trace and report page of a run directory"),
     "validate": ("simulator.validate", "predict the measured runs of a cases file and report the error"),
     "calibrate": ("simulator.calibrate", "fit a hardware profile from GPU micro-benchmarks (--from-json, or --device cuda)"),
-    "import-hf": ("simulator.import_hf", "write a model spec from a Hugging Face config.json (no network)"),
+    "import-hf": ("simulator.config.import_hf", "write a model spec from a Hugging Face config.json (no network)"),
 }
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         from simulator.config import ScenarioError
-        from simulator.report.output import OutputError
+        from simulator.files import OutputError
 
         known = isinstance(exc, (ScenarioError, OutputError, RuntimeError))
         message = str(exc) if known else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
@@ -108,7 +108,7 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
 def _profiles(console: Console) -> int:
     from rich.table import Table
 
-    from simulator.hardware import available_profiles, load_profile
+    from simulator.config.hardware import available_profiles, load_profile
 
     table = Table(title="Hardware profiles (hardware_profiles/*.yaml)")
     for col in ("name", "memory", "fp16 peak", "HBM", "NVLink/dir", "NIC/dir", "description"):
@@ -125,7 +125,7 @@ def _profiles(console: Console) -> int:
 def _dag(scenario, out: Path, force: bool, console: Console) -> int:
     from simulator.pipeline import dag_scenario
     from simulator.report.dot import render_dag
-    from simulator.report.output import run_directory
+    from simulator.files import run_directory
     from simulator.report.summary import print_audit, print_checks, print_gpu_table
 
     started = time.perf_counter()
@@ -144,7 +144,7 @@ def _dag(scenario, out: Path, force: bool, console: Console) -> int:
 
 def _run(scenario, out: Path, args, console: Console) -> int:
     from simulator.pipeline import run_scenario
-    from simulator.report.output import run_directory
+    from simulator.files import run_directory
     from simulator.report.summary import print_run, write_run_files
 
     started = time.perf_counter()

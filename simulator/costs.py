@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from simulator.hardware import HardwareProfile, LinkSpec
+from simulator.config.hardware import HardwareProfile, LinkSpec
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs and bytes of compute ops

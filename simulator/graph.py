@@ -278,9 +278,9 @@ class _Builder:
         self._across_steps: dict[tuple, tuple] = {}  # see _layer_reused
         self.m = scenario.model
         self.pl = Placement.of(scenario)
-        self.b = self.m.dtype_bytes
-        self.wb = self.m.weight_bytes
-        self.kvb = self.m.kv_bytes
+        self.b = self.m.dtype_bytes_per_element
+        self.wb = self.m.weight_bytes_per_element
+        self.kvb = self.m.kv_bytes_per_element
         self._layer_loads: dict[int, list[float]] = {}
         self._loads_cache: dict[tuple[int, float], tuple[list[float], float]] = {}
         m, tp = self.m, self.pl.tp

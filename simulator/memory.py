@@ -100,7 +100,7 @@ def weight_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
             params += m.vocab_size * h / p.tp
         if stage == p.pp - 1:
             params += m.vocab_size * h / p.tp + h
-    return params * m.weight_bytes
+    return params * m.weight_bytes_per_element
 
 
 def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
@@ -113,9 +113,9 @@ def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     layers = len(pl.layers_of_gpu(gpu))
     if m.is_mla:
         return costs.mla_kv_cache_bytes(w.batch_size / p.dp, positions, layers, m.kv_lora_rank or 0,
-                                        m.qk_rope_head_dim or 0, m.kv_bytes)
+                                        m.qk_rope_head_dim or 0, m.kv_bytes_per_element)
     kvl = max(1, m.kv_heads // p.tp)
-    return costs.kv_cache_bytes(w.batch_size / p.dp, positions, layers, kvl, m.head_size, m.kv_bytes)
+    return costs.kv_cache_bytes(w.batch_size / p.dp, positions, layers, kvl, m.head_size, m.kv_bytes_per_element)
 
 
 def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dict[int, float]:
@@ -123,7 +123,7 @@ def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dic
     op's input and output activations (weights and KV cache excluded) on that GPU."""
     m, p, w = scenario.model, scenario.parallel, scenario.workload
     seqs = w.batch_size / (p.dp * p.microbatches)
-    residual = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes
+    residual = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes_per_element
     peak: dict[int, float] = {g: 0.0 for g in range(scenario.num_gpus)}
     for a in node_dicts(graph):
         if a["kind"] == MARKER:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from simulator.config import Scenario, ScenarioError, resolve_hardware
-from simulator.report.output import OutputError, write_atomic
+from simulator.files import OutputError, write_atomic
 from simulator.sweep import Layout, LayoutResult
 
 FORMAT = "moesim-sweep-progress/1"

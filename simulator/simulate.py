@@ -18,7 +18,7 @@ import pandas as pd
 from simulator import costs, engine
 from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
 from simulator.graph import COMM, MARKER, Dag
-from simulator.hardware import Calibration, HardwareProfile, series_interpolate
+from simulator.config.hardware import Calibration, HardwareProfile, series_interpolate
 
 
 @dataclass(frozen=True)

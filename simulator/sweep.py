@@ -1,7 +1,7 @@
 """Sweep stage: every valid parallel layout of a scenario on N GPUs, simulated and ranked.
 
 A layout is (pp, dp, tp, ep, etp, microbatches) with pp * dp * tp = N; the validity rules are the
-config stage's own (`config._check_layout`), applied to each candidate. Layouts whose weights and
+config stage's own (`config.check_layout`), applied to each candidate. Layouts whose weights and
 KV cache alone exceed a GPU's memory are screened out in closed form; the rest are simulated on any
 `concurrent.futures.Executor` (local processes by default, Dask distributed as an option) and
 come back in enumeration order, so a sweep gives the same table serial or parallel. Ctrl-C stops
@@ -25,11 +25,11 @@ import numpy as np
 
 from simulator.config import (
     ClusterSpec,
+    LayoutError,
     ParallelSpec,
     Scenario,
     ScenarioError,
-    _check_layout,
-    _LayoutError,
+    check_layout,
     load_scenario,
     resolve_hardware,
 )
@@ -94,7 +94,7 @@ def layout_scenario(scenario: Scenario, layout: Layout) -> Scenario:
 
     Raises ScenarioError naming the rule a layout breaks. The scenario's own layout keeps its
     layer_split; any other gets the even split. (`config.with_layout` would re-read the hardware
-    profile for each of thousands of candidates; the rules are the same `_check_layout`.)
+    profile for each of thousands of candidates; the rules are the same `check_layout`.)
     """
     if layout == Layout.of(scenario):
         return scenario
@@ -106,8 +106,8 @@ def layout_scenario(scenario: Scenario, layout: Layout) -> Scenario:
                             f"gpus_per_node = {gpn}") from None
     candidate = scenario.model_copy(update={"parallel": ParallelSpec(**layout.degrees()), "cluster": cluster})
     try:
-        _check_layout(candidate)
-    except _LayoutError as exc:
+        check_layout(candidate)
+    except LayoutError as exc:
         raise ScenarioError(f"{exc.path}: {exc}") from None
     return candidate
 
@@ -520,7 +520,7 @@ def command(args, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from simulator.report.compare import print_table, write_comparison
-    from simulator.report.output import run_directory
+    from simulator.files import run_directory
     from simulator.resume import Progress as SweepProgress
     from simulator.resume import progress_path, sweep_inputs
 

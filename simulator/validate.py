@@ -99,7 +99,7 @@ def command(args, console) -> int:
     console.print(f"median |error| {100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}% "
                   f"over {s['cases']} cases")
     if args.out:
-        from simulator.report.output import run_directory
+        from simulator.files import run_directory
         from simulator.report.validation_plot import write_validation
 
         with run_directory(args.out, args.force) as staging:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from simulator.config import Scenario, parse_scenario
-from simulator.hardware import HardwareProfile, load_profile
+from simulator.config.hardware import HardwareProfile, load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_PATH = ROOT / "scenarios" / "seed_moe_4gpu.yaml"

@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT
 from simulator import costs
 from simulator.calibrate import eager_floors, fit_calibration, leave_one_out, measured_points
-from simulator.hardware import load_profile, series_interpolate
+from simulator.config.hardware import load_profile, series_interpolate
 
 MICRO = ROOT / "hardware_profiles" / "measurements" / "h200_micro.json"
 DATASHEET_H200 = ROOT / "hardware_profiles" / "datasheet" / "h200-sxm-141gb.yaml"

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import ROOT, SEED_PATH, TINY_MOE, make_scenario, seed_dict
 from simulator.config import ScenarioError, apply_override, load_scenario, parse_scenario
-from simulator.hardware import available_profiles, load_profile
+from simulator.config.hardware import available_profiles, load_profile
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (ROOT / "scenarios").rglob("*.yaml") if p.parent.name != "models"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from simulator import costs
-from simulator.hardware import LinkSpec
+from simulator.config.hardware import LinkSpec
 
 LINK = LinkSpec(bytes_per_s=100e9, latency_s=2e-6, efficiency=0.5)  # 50 GB/s effective
 

@@ -12,7 +12,8 @@ import yaml
 
 from conftest import TINY_MOE
 from simulator.cli import main
-from simulator.report import output, summary
+from simulator import files
+from simulator.report import summary
 
 
 @pytest.fixture
@@ -76,9 +77,9 @@ def test_write_atomic_interrupted_mid_write_leaves_no_file(tmp_path, monkeypatch
             self.handle.write(data[: len(data) // 2])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(output.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     with pytest.raises(KeyboardInterrupt):
-        output.write_atomic(target, '{"new": "a long enough document"}\n')
+        files.write_atomic(target, '{"new": "a long enough document"}\n')
     assert target.read_text() == '{"old": true}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 

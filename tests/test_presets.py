@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, TINY_MOE, make_scenario
 from simulator.config import ModelSpec, ScenarioError, available_presets, load_model_preset
-from simulator.import_hf import import_file
+from simulator.config.import_hf import import_file
 from simulator.memory import parameter_counts
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"

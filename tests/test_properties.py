@@ -110,7 +110,7 @@ def test_makespan_between_critical_path_and_sum_of_durations(data):
 
 def _faster(data: dict, factor: float, what: str) -> dict:
     """The scenario on a profile with `factor` x the FLOP/s or bandwidths (hardware overrides)."""
-    from simulator.hardware import load_profile
+    from simulator.config.hardware import load_profile
 
     base = load_profile("h100-sxm-80gb")
     hw: dict = {"profile": "h100-sxm-80gb"}

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.config import Scenario
-from simulator.report.output import write_atomic
+from simulator.files import write_atomic
 from simulator.report.summary import fmt_bytes, fmt_s
 from simulator.sweep import COST_CLASSES, LayoutResult, layout_scenario
 

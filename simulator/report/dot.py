@@ -19,7 +19,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from simulator.report.output import write_atomic
+from simulator.files import write_atomic
 
 try:  # orjson writes the seed graph ~3x faster than the json module; the output is the same JSON
     import orjson

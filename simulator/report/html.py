@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from simulator.report.output import write_atomic
+from simulator.files import write_atomic
 from simulator.report.summary import fmt_bytes, fmt_s, target_rows
 
 INDEX_FILE = "index.html"

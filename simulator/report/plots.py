@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.report.html import write_index
-from simulator.report.output import OutputError, write_atomic
+from simulator.files import OutputError, write_atomic
 from simulator.report.slices import SLICES_FILE, Slices, load_slices, save_slices, slices_of_run
 
 

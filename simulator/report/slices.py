@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.graph import COMM, MARKER
-from simulator.report.output import OutputError, write_atomic
+from simulator.files import OutputError, write_atomic
 from simulator.simulate import Resources, node_resources
 
 SLICES_FILE = "slices.npz"
@@ -90,7 +90,7 @@ def slices_of_run(run) -> Slices:
     s = run.scenario
     m, w, p = s.model, s.workload, s.parallel
     seqs = w.batch_size / (p.dp * p.microbatches)
-    return build_slices(run.graph, run.sim.ops, s.num_gpus, m.hidden_size * m.dtype_bytes,
+    return build_slices(run.graph, run.sim.ops, s.num_gpus, m.hidden_size * m.dtype_bytes_per_element,
                         {"prefill": seqs * w.input_len_tokens, "decode": seqs})
 
 

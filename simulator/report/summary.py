@@ -13,7 +13,7 @@ from rich.table import Table
 from simulator import critical_path
 from simulator.audit import AuditLine
 from simulator.pipeline import DagResult, RunResult
-from simulator.report.output import write_atomic
+from simulator.files import write_atomic
 from simulator.verify import Check, per_gpu_table
 
 

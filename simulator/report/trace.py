@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from simulator.report.output import write_atomic
+from simulator.files import write_atomic
 from simulator.report.slices import Slices
 
 #: pid of the run-wide process; GPU g is pid g + 1 and its link port pid LINK_PID0 + g.

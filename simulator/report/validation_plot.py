@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from simulator.report.output import write_atomic  # noqa: E402
+from simulator.files import write_atomic  # noqa: E402
 
 
 def write_validation(outcomes, out_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Config edge: turn a Hugging Face `config.json` into a moesim model spec (YAML), offline.
+"""Config stage, import: turn a Hugging Face `config.json` into a moesim model spec (YAML), offline.
 
 Families: Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, OLMoE, GPT-OSS and Llama-style dense
 models (anything with the Llama field names). Every key of the file is accounted for: mapped to a
@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from simulator.config import ModelSpec, ScenarioError, _one_line
+from simulator.config.errors import ScenarioError, one_line_error
+from simulator.config.model import ModelSpec
 
 
 #: HF key -> ModelSpec field, for keys whose meaning is the same in every family.
@@ -177,7 +178,7 @@ def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, li
     try:
         model = ModelSpec.model_validate(spec)
     except ValidationError as exc:
-        raise ScenarioError(f"{path}: the imported model is invalid: {_one_line(exc, ModelSpec)}") from None
+        raise ScenarioError(f"{path}: the imported model is invalid: {one_line_error(exc, ModelSpec)}") from None
     return to_yaml(spec, src, str(path), notes, unknown), model, notes, unknown
 
 

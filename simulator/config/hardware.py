@@ -1,4 +1,4 @@
-"""Hardware stage: typed GPU hardware profiles and the registry of `hardware_profiles/*.yaml`.
+"""Config stage, hardware: typed GPU hardware profiles and the registry of `hardware_profiles/*.yaml`.
 
 A profile holds datasheet figures (converted to SI units once, here) and the efficiency
 constants the cost model applies to them. Nothing in this module knows about models or layouts.
@@ -12,23 +12,19 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
-from simulator.yamlfile import read_yaml
+from simulator.config.errors import StrictModel
+from simulator.files import read_yaml
 
 DType = Literal["fp32", "fp16", "bf16", "fp8"]
 
 #: Where the bundled profiles live (repository root / hardware_profiles).
 #: `MOESIM_PROFILES_DIR` points elsewhere, e.g. for an installed (non-editable) package.
-PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent / "hardware_profiles"))
+PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "hardware_profiles"))
 
 
-class _Strict(BaseModel):
-    # allow_inf_nan=False: an infinite bandwidth or NaN peak would make every op time 0 or NaN.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class LinkSpec(_Strict):
+class LinkSpec(StrictModel):
     """One class of link as seen by one GPU."""
 
     bytes_per_s: PositiveFloat = Field(description="bandwidth per direction per GPU")
@@ -36,7 +32,7 @@ class LinkSpec(_Strict):
     efficiency: float = Field(gt=0.0, le=1.0, description="achieved / nominal bandwidth for large messages")
 
 
-class PeakFlops(_Strict):
+class PeakFlops(StrictModel):
     """Dense peak FLOP/s per dtype on the matrix (tensor-core) units."""
 
     fp32: PositiveFloat
@@ -45,7 +41,7 @@ class PeakFlops(_Strict):
     fp8: PositiveFloat
 
 
-class Calibration(_Strict):
+class Calibration(StrictModel):
     """Measured efficiency tables (written by `moesim calibrate`), used instead of the constants.
 
     Every "fraction" is GPU-side achieved time over the roofline time: roofline / measured, with
@@ -63,7 +59,7 @@ class Calibration(_Strict):
     topk_s_per_row: float = Field(ge=0.0)
 
 
-class HardwareProfile(_Strict):
+class HardwareProfile(StrictModel):
     """A GPU and its links. Figures are SI: bytes, seconds, FLOP/s, bytes/s."""
 
     name: str

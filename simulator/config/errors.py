@@ -1,0 +1,87 @@
+"""Config stage, errors: ScenarioError, the strict base model of every section, and one-line messages."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be simulated; the message is one line naming field and fix."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config section and hardware profile: unknown keys refused, frozen, finite figures."""
+
+    # allow_inf_nan=False: a NaN or infinite figure would flow silently into every time and byte
+    # (an infinite bandwidth or NaN peak would make every op time 0 or NaN).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def divisors(n: int) -> list[int]:
+    """Divisors of n, for error messages; O(sqrt n), and only the small ones of an absurd n."""
+    small = [d for d in range(1, min(math.isqrt(n), 10**6) + 1) if n % d == 0]
+    if n > 10**12:
+        return small
+    return sorted(set(small) | {n // d for d in small})
+
+
+class LayoutError(ValueError):
+    """A broken layout rule; `path` names the field (e.g. parallel.tp) the message is about."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(part) if str(part).isprintable() else repr(part) for part in loc)
+
+
+def _valid_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at the parent of `loc` (walks nested pydantic models)."""
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(cls, "model_fields", {})
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        cls = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")), annotation)
+    return list(getattr(cls, "model_fields", {}))
+
+
+def one_line_error(exc: ValidationError, model_cls: type[BaseModel]) -> str:
+    """One line for a validation error of `model_cls`: the field path, what is wrong and the fix."""
+    errors = exc.errors()
+    # A misspelt key shows up both as unknown and as a missing required field: name the typo.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc, msg, kind = err["loc"], err["msg"], err["type"]
+    path = _format_loc(loc)
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, LayoutError):
+        return f"{cause.path}: {cause}"
+    if kind == "extra_forbidden":
+        options = _valid_keys(model_cls, loc)
+        close = difflib.get_close_matches(str(loc[-1]), options, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
+        return f"{path}: unknown key; {hint}"
+    if kind == "missing":
+        return f"{path}: required field is missing; add it"
+    if kind == "literal_error" and loc and loc[-1] == "[key]":  # a mapping key outside a fixed set
+        options = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        close = difflib.get_close_matches(str(err.get("input")), options, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
+        return f"{_format_loc(loc[:-1])}: unknown key; {hint}"
+    if kind in ("greater_than", "greater_than_equal") and "input" in err:
+        return f"{path} = {err['input']!r}: {msg.lower()}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) and kind != "value_error" else ""
+    prefix = f"{path}: " if path else ""
+    return f"{prefix}{msg}{got}"

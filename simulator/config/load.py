@@ -1,0 +1,164 @@
+"""Config stage, loading: read, override (`--set`) and validate a scenario into one-line errors; resolve its hardware."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from simulator.config.errors import ScenarioError, one_line_error
+from simulator.config.hardware import HardwareProfile, ProfileError, load_profile
+from simulator.config.scenario import Scenario
+from simulator.files import read_yaml
+
+
+#: Largest count accepted per field of the sections that size the operator graph: beyond these a
+#: figure is a typo (or a unit slip), and building a graph from it would hang or overflow.
+_MAX_COUNT = 10**9
+_MAX_COUNTS = {
+    "model.num_layers": 10**4,
+    "model.num_heads": 10**5,
+    "model.num_kv_heads": 10**5,
+    "model.num_experts": 10**5,
+    "model.top_k": 10**5,
+    "model.num_shared_experts": 10**4,
+    "model.first_k_dense_layers": 10**4,
+    "cluster.num_gpus": 10**5,
+    "cluster.gpus_per_node": 10**5,
+    **{f"parallel.{k}": 10**5 for k in ("tp", "pp", "dp", "ep", "etp", "microbatches")},
+}
+
+
+def _check_magnitudes(data: dict) -> None:
+    """Reject absurd numbers before validation, whose divisibility checks and messages loop over them.
+    The workload's token counts are checked (as a product) by the layout check, MAX_TOKENS."""
+    for section in ("model", "cluster", "parallel", "workload"):
+        fields = data.get(section)
+        if not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            if isinstance(value, bool):
+                _check_not_bool(section, key, value)
+                continue
+            if section == "workload" or not isinstance(value, (int, float, str)):
+                continue
+            try:
+                number = float(value)
+            except (ValueError, OverflowError):
+                continue
+            path = f"{section}.{key}"
+            limit = _MAX_COUNTS.get(path, _MAX_COUNT)
+            if abs(number) > limit:  # NaN compares false: left to the finite-number check
+                raise ScenarioError(f"{path} = {number:.3g} is out of range (at most {limit:.0e}); check the figure and its unit")
+
+
+def _check_not_bool(section: str, key: str, value: bool) -> None:
+    """pydantic reads `tp: true` as tp = 1; a yes/no where a number belongs is a slip, not a 1."""
+    field = getattr(Scenario.model_fields[section].annotation, "model_fields", {}).get(key)
+    if field is not None and "bool" not in str(field.annotation):
+        raise ScenarioError(f"{section}.{key} = {str(value).lower()}: expected a number, not true/false")
+
+
+def _printable(message: str) -> str:
+    """One line whatever the input held: control characters (a newline in a key) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def _check_name(name: str) -> None:
+    """The name becomes the default output directory reports/<name>: keep it one path component."""
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ScenarioError(f"name = {name!r}: give a plain name (no '/', not empty); it names the output directory")
+
+
+def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
+    """Validate a scenario mapping; raise ScenarioError with one line."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a YAML mapping with sections model, hardware, cluster, parallel, workload, targets")
+    try:
+        _check_magnitudes(data)
+        scenario = Scenario.model_validate(data)
+        _check_name(scenario.name)
+    except ValidationError as exc:
+        raise ScenarioError(_printable(f"{source}: {one_line_error(exc, Scenario)}")) from None
+    except ScenarioError as exc:
+        raise ScenarioError(_printable(f"{source}: {exc}")) from None
+    try:
+        resolve_hardware(scenario, source)  # fail now, not mid-run
+    except ScenarioError as exc:
+        raise ScenarioError(_printable(str(exc))) from None
+    return scenario
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override (`key.path=value`) and validate a scenario file."""
+    try:
+        return _load_scenario(Path(path), overrides)
+    except ScenarioError as exc:
+        raise ScenarioError(_printable(str(exc))) from None
+
+
+def _load_scenario(path: Path, overrides: list[str] | None) -> Scenario:
+    if path.is_dir():
+        raise ScenarioError(f"{path}: is a directory; give a scenario YAML file")
+    if not path.is_file():
+        raise ScenarioError(f"{path}: no such file")
+    data = read_yaml(path, str(path), "scenario", ScenarioError)
+    if data is None:
+        raise ScenarioError(f"{path}: empty file; a scenario needs model, hardware, cluster, parallel, workload")
+    for item in overrides or []:
+        data = apply_override(data, item)
+    return parse_scenario(data, str(path))
+
+
+def apply_override(data: Any, item: str) -> dict:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a scenario mapping."""
+    if "=" not in item:
+        raise ScenarioError(f"--set {item}: expected key.path=value, e.g. parallel.tp=4")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if not isinstance(data, dict):
+        raise ScenarioError("--set: the scenario is not a mapping")
+    result = dict(data)
+    node = result
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif isinstance(child, str) and part == "hardware":
+            child = {"profile": child}
+        elif not isinstance(child, dict):
+            raise ScenarioError(f"--set {key}: '{part}' is not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return result
+
+
+def resolve_hardware(scenario: Scenario, source: str = "scenario") -> HardwareProfile:
+    """The scenario's hardware profile with its overrides applied."""
+    overrides = dict(scenario.hardware.model_extra or {})
+    try:
+        return load_profile(scenario.hardware.profile, overrides)
+    except ProfileError as exc:
+        raise ScenarioError(f"{source}: hardware.profile: {exc}") from None
+    except ValidationError as exc:
+        line = one_line_error(exc, HardwareProfile)
+        raise ScenarioError(f"{source}: hardware ({scenario.hardware.profile}): {line}") from None
+
+
+def gpus_per_node(scenario: Scenario, hw: HardwareProfile) -> int:
+    return scenario.cluster.gpus_per_node or min(hw.gpus_per_node, scenario.num_gpus)
+
+
+def with_layout(scenario: Scenario, **parallel: int) -> Scenario:
+    """A copy of the scenario with other parallel degrees (validated)."""
+    data = scenario.model_dump(exclude_none=True)
+    data["parallel"] = {**data["parallel"], **parallel}
+    data["cluster"]["num_gpus"] = data["parallel"].get("pp", 1) * data["parallel"].get("dp", 1) * data["parallel"].get("tp", 1)
+    return parse_scenario(data, scenario.name)

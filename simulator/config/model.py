@@ -1,0 +1,159 @@
+"""Config stage, model: the typed transformer architecture (ModelSpec), dtype sizes and model presets."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PositiveInt, model_validator
+
+from simulator.config.errors import StrictModel, divisors
+from simulator.config.hardware import DType
+
+#: Bytes per element of each dtype.
+DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
+
+
+class ModelSpec(StrictModel):
+    """Transformer architecture. Dense models have num_experts = 0 and an ffn_size."""
+
+    name: str = "model"
+    num_layers: PositiveInt
+    hidden_size: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt | None = None  # default: num_heads (multi-head attention)
+    head_dim: PositiveInt | None = None  # default: hidden_size / num_heads
+    num_experts: int = Field(default=0, ge=0)
+    top_k: PositiveInt = 1
+    expert_ffn_size: PositiveInt | None = None
+    ffn_size: PositiveInt | None = None  # dense FFN width (dense models)
+    activation: Literal["gelu", "relu", "swiglu", "geglu"] = "gelu"
+    dtype: DType = "fp16"
+    vocab_size: int = Field(default=0, ge=0)  # 0: no embedding / LM head in the simulated model
+    fused_qkv: bool = False  # one Q/K/V GEMM (as most inference engines run it) instead of three
+    moe_impl: Literal["grouped", "per_expert", "capacity"] = "grouped"
+    capacity_factor: float = Field(default=1.25, gt=0.0)  # moe_impl capacity: slots per expert = ceil(copies / E * factor)
+    # Shared experts (DeepSeek, Qwen2-MoE): run on every token beside the routed ones, as one FFN of
+    # width num_shared_experts * shared_expert_ffn_size, replicated on every GPU of a stage (each
+    # GPU runs it on the tokens it routes, so it needs no communication).
+    num_shared_experts: int = Field(default=0, ge=0)
+    shared_expert_ffn_size: PositiveInt | None = None  # per shared expert; default expert_ffn_size
+    first_k_dense_layers: int = Field(default=0, ge=0)  # DeepSeek: layers 0..k-1 use a dense FFN of ffn_size
+    weight_dtype: DType | None = None  # default: dtype (e.g. fp8 weights with bf16 activations)
+    kv_cache_dtype: DType | None = None  # default: dtype
+    # Multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank is set: head_dim is then the
+    # non-rotary part of a query/key head (qk_nope_head_dim); the KV cache holds kv_lora_rank +
+    # qk_rope_head_dim values per token and layer, shared by all heads.
+    kv_lora_rank: PositiveInt | None = None
+    q_lora_rank: PositiveInt | None = None  # None: a plain [hidden, heads * (nope + rope)] query projection
+    qk_rope_head_dim: PositiveInt | None = None
+    v_head_dim: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        """`{preset: NAME or path.yaml, field: override, ...}`: a model spec from scenarios/models/."""
+        if not isinstance(value, dict) or "preset" not in value:
+            return value
+        overrides = {k: v for k, v in value.items() if k != "preset"}
+        return {**load_model_preset(str(value["preset"])), **overrides}
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        kv = self.kv_heads
+        if self.num_heads % kv:
+            raise ValueError(
+                f"num_kv_heads = {kv} must divide num_heads = {self.num_heads} (try {divisors(self.num_heads)})"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size = {self.hidden_size} is not a multiple of num_heads = {self.num_heads}: set head_dim explicitly"
+            )
+        if self.num_experts > 0:
+            if self.expert_ffn_size is None:
+                raise ValueError("expert_ffn_size is required when num_experts > 0")
+            if self.top_k > self.num_experts:
+                raise ValueError(f"top_k = {self.top_k} exceeds num_experts = {self.num_experts}")
+        elif self.ffn_size is None:
+            raise ValueError("a dense model (num_experts = 0) needs ffn_size")
+        if (self.num_shared_experts or self.first_k_dense_layers) and not self.is_moe:
+            raise ValueError("num_shared_experts and first_k_dense_layers apply to MoE models (num_experts > 0)")
+        if self.first_k_dense_layers:
+            if self.ffn_size is None:
+                raise ValueError(f"first_k_dense_layers = {self.first_k_dense_layers} needs ffn_size (the dense FFN width)")
+            if self.first_k_dense_layers > self.num_layers:
+                raise ValueError(f"first_k_dense_layers = {self.first_k_dense_layers} exceeds num_layers = {self.num_layers}")
+        mla = (self.kv_lora_rank, self.qk_rope_head_dim, self.v_head_dim)
+        if any(x is not None for x in mla + (self.q_lora_rank,)) and any(x is None for x in mla):
+            raise ValueError("multi-head latent attention needs kv_lora_rank, qk_rope_head_dim and v_head_dim together")
+        return self
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.is_moe and layer >= self.first_k_dense_layers
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def shared_ffn_size(self) -> int:
+        """Width of the fused shared-expert FFN (0 without shared experts)."""
+        return self.num_shared_experts * (self.shared_expert_ffn_size or self.expert_ffn_size or 0)
+
+    @property
+    def weight_bytes_per_element(self) -> float:
+        """Bytes of one weight (weight_dtype, default dtype)."""
+        return DTYPE_BYTES[self.weight_dtype or self.dtype]
+
+    @property
+    def kv_bytes_per_element(self) -> float:
+        """Bytes of one KV-cache value (kv_cache_dtype, default dtype)."""
+        return DTYPE_BYTES[self.kv_cache_dtype or self.dtype]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def dtype_bytes_per_element(self) -> float:
+        """Bytes of one activation value (dtype)."""
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def gated(self) -> bool:
+        """Gated activations (SwiGLU, GeGLU) have two up-projections."""
+        return self.activation in ("swiglu", "geglu")
+
+
+#: Model presets: one model spec per YAML file (scenarios/models/NAME.yaml).
+PRESETS_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios" / "models"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_model_preset(ref: str) -> dict:
+    """The mapping of a model preset, by name (scenarios/models/NAME.yaml) or YAML path."""
+    path = Path(ref)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PRESETS_DIR / f"{ref}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(ref, available_presets(), n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"model preset '{ref}' not found; {hint}available: {', '.join(available_presets())} "
+                         "(or give a path to a model YAML)")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"model preset {path}: expected a mapping of model fields")
+    return data

@@ -1,0 +1,249 @@
+"""Config stage, scenario: the sections of a scenario (hardware, cluster, layout, workload, runtime,
+targets, declared figures), the Scenario itself, and the layout rules checked when it is built."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from simulator.config.errors import LayoutError, StrictModel, divisors
+from simulator.config.model import ModelSpec
+
+#: Guard against absurd magnitudes that would make the simulation hang or overflow.
+MAX_TOKENS = 10**9
+
+
+class HardwareRef(StrictModel):
+    """A profile name (or YAML path) plus single-field overrides."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    profile: str
+
+
+class ClusterSpec(StrictModel):
+    num_gpus: PositiveInt
+    gpus_per_node: PositiveInt | None = None  # default: the hardware profile's
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClusterSpec":
+        if self.gpus_per_node and self.num_gpus > self.gpus_per_node and self.num_gpus % self.gpus_per_node:
+            raise ValueError(
+                f"num_gpus = {self.num_gpus} is not a whole number of nodes of gpus_per_node = {self.gpus_per_node}"
+            )
+        return self
+
+
+class ParallelSpec(StrictModel):
+    """GPUs = pp * dp * tp; experts split over ep (x etp) folded onto each stage's dp*tp GPUs."""
+
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    dp: PositiveInt = 1
+    ep: PositiveInt = 1
+    etp: PositiveInt = 1
+    microbatches: PositiveInt = 1
+    layer_split: tuple[PositiveInt, ...] | None = None  # layers per stage; default even
+
+    @property
+    def num_gpus(self) -> int:
+        return self.pp * self.dp * self.tp
+
+
+class RoutingSpec(StrictModel):
+    """How the router spreads token copies over the experts (the same in every pass).
+
+    YAML: `uniform` (default), `{zipf: s}` (expert i, counted from 0, gets a share proportional to
+    1/(i+1)^s: the hottest experts sit on the first EP rank, the worst case), `{loads: [..]}`
+    (per-expert fractions, normalised), or `{sampled: seed}` (a multinomial draw, per layer, of the
+    prefill's token copies over uniform probabilities; deterministic for a seed). Any of them may
+    add `capacity_factor: c`: an expert keeps at most ceil(c * copies / num_experts) copies per
+    pass and its EP group; the rest are dropped (they skip the experts) and counted.
+    """
+
+    zipf: PositiveFloat | None = None
+    loads: tuple[float, ...] | None = None
+    sampled: int | None = Field(default=None, ge=0)
+    capacity_factor: PositiveFloat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_word(cls, value: Any) -> Any:
+        if value == "uniform" or value is None:
+            return {}
+        if isinstance(value, str):
+            raise ValueError(f"routing: unknown routing '{value}'; use uniform, {{zipf: s}}, {{loads: [...]}} or {{sampled: seed}}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "RoutingSpec":
+        given = [k for k in ("zipf", "loads", "sampled") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"routing: give one of zipf, loads, sampled (got {', '.join(given)})")
+        if self.loads is not None and (any(x < 0 for x in self.loads) or sum(self.loads) <= 0):
+            raise ValueError("routing.loads: fractions must be >= 0 with a positive sum")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next((k for k in ("zipf", "loads", "sampled") if getattr(self, k) is not None), "uniform")
+
+
+class WorkloadSpec(StrictModel):
+    batch_size: PositiveInt
+    input_len_tokens: PositiveInt
+    output_len_tokens: PositiveInt
+    routing: RoutingSpec = RoutingSpec()
+
+
+class RuntimeSpec(StrictModel):
+    """How kernels are issued. cuda_graph: decode steps replay a captured graph; prefill runs eagerly.
+
+    framework: `fused` (serving engines: each operator of the DAG is one kernel) or `pytorch`
+    (plain PyTorch ops, as the reference implementation of simulator/microbench_e2e.py: operators
+    also launch the helper kernels such code issues, e.g. KV-cache writes, layout copies, routing
+    index arithmetic, dispatch buffers; see graph.PYTORCH_HELPER_KERNELS)."""
+
+    mode: Literal["eager", "cuda_graph"] = "cuda_graph"
+    framework: Literal["fused", "pytorch"] = "fused"
+    memory_reserve_bytes: float = Field(default=1.0e9, ge=0.0)  # CUDA context, NCCL buffers, allocator slack
+
+
+TargetMetric = Literal[
+    "output_tokens_per_ms_per_gpu",
+    "prefill_tokens_per_ms_per_gpu",
+    "total_tokens_per_ms_per_gpu",
+    "ttft_s",
+    "tpot_s",
+    "total_s",
+    "memory_bytes_per_gpu",
+]
+
+
+class Target(StrictModel):
+    min: float | None = None
+    max: float | None = None
+    stat: Literal["mean", "p50", "p99", "max"] = "max"  # for ttft_s: which statistic is checked
+
+    @model_validator(mode="after")
+    def _check(self) -> "Target":
+        if (self.min is None) == (self.max is None):
+            raise ValueError("give exactly one of min or max")
+        for bound in (self.min, self.max):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError("bound must be a finite number")
+        return self
+
+
+class Declared(StrictModel):
+    """Figures a deployment claims (e.g. the origin document); audited against what moesim computes."""
+
+    source: str = ""
+    total_params: PositiveFloat | None = None
+    num_gpus: PositiveInt | None = None
+    parallel_degrees: dict[Literal["tp", "ep", "pp", "dp", "etp"], PositiveInt] | None = None
+    output_tokens_per_ms_per_gpu: PositiveFloat | None = None  # claimed "at least"
+    ttft_s: PositiveFloat | None = None  # claimed "at most"
+    memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)  # claimed fraction of capacity
+    experts_per_gpu: PositiveInt | None = None
+    layers_per_gpu: PositiveInt | None = None
+
+
+class Scenario(StrictModel):
+    name: str
+    description: str = ""
+    model: ModelSpec
+    hardware: HardwareRef
+    cluster: ClusterSpec
+    parallel: ParallelSpec = ParallelSpec()
+    workload: WorkloadSpec
+    runtime: RuntimeSpec = RuntimeSpec()
+    targets: dict[TargetMetric, Target] = {}
+    declared: Declared | None = None
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _hardware_name(cls, value: Any) -> Any:
+        return {"profile": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _layout(self) -> "Scenario":
+        check_layout(self)
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        return self.cluster.num_gpus
+
+    def stage_layers(self) -> list[list[int]]:
+        """Layer indices owned by each pipeline stage."""
+        split = self.parallel.layer_split or even_split(self.model.num_layers, self.parallel.pp)
+        layers, start = [], 0
+        for count in split:
+            layers.append(list(range(start, start + count)))
+            start += count
+        return layers
+
+
+def even_split(num_layers: int, pp: int) -> tuple[int, ...]:
+    """Layers per pipeline stage, as even as they go (the first stages take one more)."""
+    base, extra = divmod(num_layers, pp)
+    return tuple(base + (1 if s < extra else 0) for s in range(pp))
+
+
+def check_layout(s: Scenario) -> None:
+    """Raise LayoutError (naming its field) if the parallel layout does not fit the model, cluster and workload."""
+    m, p, w = s.model, s.parallel, s.workload
+    if m.num_heads % p.tp:
+        raise LayoutError("parallel.tp", f"tp = {p.tp} must divide model.num_heads = {m.num_heads} (try {divisors(m.num_heads)})")
+    if m.kv_heads > p.tp and m.kv_heads % p.tp:
+        raise LayoutError(
+            "parallel.tp", f"tp = {p.tp} must divide model.num_kv_heads = {m.kv_heads} (try {divisors(m.kv_heads)})"
+        )
+    if p.pp > m.num_layers:
+        raise LayoutError("parallel.pp", f"pp = {p.pp} exceeds model.num_layers = {m.num_layers}")
+    if p.layer_split is not None:
+        if len(p.layer_split) != p.pp or sum(p.layer_split) != m.num_layers:
+            raise LayoutError(
+                "parallel.layer_split",
+                f"layer_split needs {p.pp} entries (one per stage) summing to num_layers = {m.num_layers}",
+            )
+    if m.is_moe:
+        if m.num_experts % p.ep:
+            raise LayoutError(
+                "parallel.ep", f"ep = {p.ep} must divide model.num_experts = {m.num_experts} (try {divisors(m.num_experts)})"
+            )
+        ffn = m.expert_ffn_size or 0
+        if ffn % p.etp:
+            raise LayoutError("parallel.etp", f"etp = {p.etp} must divide model.expert_ffn_size = {ffn} (try {divisors(ffn)[:8]})")
+        stage_gpus = p.dp * p.tp
+        if stage_gpus % (p.ep * p.etp):
+            valid = [d for d in divisors(stage_gpus) if m.num_experts % d == 0]
+            raise LayoutError(
+                "parallel.ep",
+                f"ep * etp = {p.ep * p.etp} must divide dp * tp = {stage_gpus}, the GPUs of a stage it folds onto (valid ep with etp=1: {valid})",
+            )
+    elif p.ep != 1 or p.etp != 1:
+        raise LayoutError("parallel.ep", "ep and etp must be 1 for a dense model (num_experts = 0)")
+    if p.num_gpus != s.cluster.num_gpus:
+        raise LayoutError(
+            "cluster.num_gpus",
+            f"num_gpus = {s.cluster.num_gpus} must equal pp * dp * tp = {p.pp} * {p.dp} * {p.tp} = {p.num_gpus}",
+        )
+    if w.batch_size % (p.dp * p.microbatches):
+        raise LayoutError(
+            "workload.batch_size",
+            f"batch_size = {w.batch_size} must be a multiple of dp * microbatches = {p.dp * p.microbatches}",
+        )
+    total_tokens = w.batch_size * (w.input_len_tokens + w.output_len_tokens)
+    if total_tokens > MAX_TOKENS:
+        raise LayoutError(
+            "workload", f"batch_size * (input + output) = {total_tokens:.3g} tokens exceeds the supported {MAX_TOKENS:.0e}"
+        )
+    loads = w.routing.loads
+    if loads is not None and len(loads) != m.num_experts:
+        raise LayoutError("workload.routing.loads",
+                           f"routing.loads has {len(loads)} entries; it needs one per expert (model.num_experts = {m.num_experts})")
+    if m.is_moe is False and p.ep > 1:
+        raise LayoutError("parallel.ep", "ep must be 1 for a dense model")
