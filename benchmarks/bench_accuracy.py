@@ -14,9 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator.calibrate import leave_one_out  # noqa: E402
+from simulator.calibration.fit import leave_one_out  # noqa: E402
 from simulator.config.hardware import load_profile  # noqa: E402
-from simulator.validate import load_cases, predict, summarize  # noqa: E402
+from simulator.calibration.validate import load_cases, predict, summarize  # noqa: E402
 
 
 def main() -> None:

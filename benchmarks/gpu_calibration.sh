@@ -10,13 +10,13 @@ OUT=${OUT:-.}
 BUDGET_S=${BUDGET_S:-360}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-if ! "$PY" -c "import simulator.microbench" 2>/dev/null; then
+if ! "$PY" -c "import simulator.calibration.microbench" 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
     || echo "gpu_calibration: pip install -e . failed; running from the checkout" >&2
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader 2>/dev/null || true
 start=$(date +%s)
-timeout -k 10 "$BUDGET_S" "$PY" -m simulator.microbench --out "$OUT/raw_micro.json" "$@"
+timeout -k 10 "$BUDGET_S" "$PY" -m simulator.calibration.microbench --out "$OUT/raw_micro.json" "$@"
 rc=$?
 echo "gpu_calibration: microbench exit $rc after $(( $(date +%s) - start )) s (budget ${BUDGET_S} s)"
 [ -f "$OUT/raw_micro.json" ] || exit "$rc"

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import ROOT
 from simulator import costs
-from simulator.calibrate import eager_floors, fit_calibration, leave_one_out, measured_points
+from simulator.calibration.fit import eager_floors, fit_calibration, leave_one_out, measured_points
 from simulator.config.hardware import load_profile, series_interpolate
 
 MICRO = ROOT / "hardware_profiles" / "measurements" / "h200_micro.json"
@@ -98,7 +98,7 @@ def test_committed_profiles_match_a_refit(name, micro, tmp_path):
     """The calibrated profiles are what scripts/refit_profiles.sh writes from the measurements."""
     from rich.console import Console
 
-    from simulator.calibrate import add_arguments, command
+    from simulator.commands.calibrate import add_arguments, command
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -328,7 +328,7 @@ def _launches_per_layer(graph, phase: str, layer: int = 0) -> dict[str, int]:
 
 
 def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
-    """Decode with the capacity MoE on one GPU, kernel by kernel as simulator/microbench_e2e.py issues
+    """Decode with the capacity MoE on one GPU, kernel by kernel as simulator/calibration/e2e.py issues
     them: norm, fused QKV, K and V written to the cache (2), flash attention, output projection,
     residual; norm, router, softmax + top-k (2) + sum + divide, dispatch index arithmetic and
     buffer (15), token gather, bmm, GELU, bmm, slot gather and scaling (6), sum over k, residual."""

@@ -1,4 +1,4 @@
-"""simulator.microbench (and microbench_e2e): the grids and format of shared/calibration/h200_micro.json,
+"""simulator.calibration.microbench (and calibration.e2e): the grids and format of shared/calibration/h200_micro.json,
 the error messages without torch or a GPU, a CPU --quick smoke run, and the decode MoE dispatch."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from simulator import microbench, microbench_e2e
+from simulator.calibration import e2e as microbench_e2e
+from simulator.calibration import microbench
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 # The repository's copy of ../shared/calibration/h200_micro.json (hardware_profiles/measurements/README.md)
@@ -128,12 +129,12 @@ def test_capacity_decode_matches_the_sorted_moe(monkeypatch):
                     num_experts=4, expert_ffn_size=32)
     torch.manual_seed(0)
     with torch.inference_mode():
-        lw = {k: v.float() for k, v in microbench_e2e._layer_weights(torch, model, "cpu").items()}
+        lw = {k: v.float() for k, v in microbench_e2e.layer_weights(torch, model, "cpu").items()}
         x = torch.randn(8, 1, model.hidden_size)
         cache = tuple(torch.zeros(8, model.num_kv_heads, 1, model.head_dim) for _ in range(2))
         monkeypatch.setattr(microbench_e2e, "CAPACITY_FACTOR", float(model.num_experts))  # every token fits
-        decoded = microbench_e2e._decode_block(torch, model, lw, cache, x)
+        decoded = microbench_e2e.decode_block(torch, model, lw, cache, x)
         # One cached position, overwritten by the new token: attention is the token's own V, as in
         # a causal prefill of length 1 per sequence.
-        prefilled = microbench_e2e._prefill_block(torch, model, lw, x)
+        prefilled = microbench_e2e.prefill_block(torch, model, lw, x)
     torch.testing.assert_close(decoded, prefilled, rtol=1e-4, atol=1e-4)

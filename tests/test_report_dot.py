@@ -11,7 +11,9 @@ import pytest
 from simulator.config import load_scenario
 from simulator.graph import build_dag
 from simulator.report import dot as dotmod
-from simulator.report.dot import folded_view, render_dag, to_dot, write_graph_json
+from simulator.report.dot import render_dag, to_dot
+from simulator.report.folded import folded_view
+from simulator.report.graph_json import write_graph_json
 
 SEED = Path(__file__).resolve().parent.parent / "scenarios" / "seed_moe_4gpu.yaml"
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' binary not installed")

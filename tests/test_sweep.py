@@ -20,6 +20,7 @@ from simulator.sweep import (
     Layout,
     LayoutResult,
     SerialExecutor,
+    TargetVerdict,
     enumerate_layouts,
     layout_scenario,
     make_executor,
@@ -209,7 +210,7 @@ def _row(index, tput, ttft, tpot, mem, met=True, status="ok", cap=100.0):
     return LayoutResult(index=index, layout=Layout(1, 1, 4, 1, 1, index + 1), own=False, status=status,
                         ttft_mean_s=ttft, ttft_max_s=ttft, tpot_s=tpot,
                         throughput={"output_tokens_per_ms_per_gpu": tput}, memory_bytes_per_gpu=mem,
-                        capacity_bytes=cap, targets=(("ttft_s", "max", 1.0, ttft, met),) if status == "ok" else ())
+                        capacity_bytes=cap, targets=(TargetVerdict("ttft_s", "max", 1.0, ttft, met),) if status == "ok" else ())
 
 
 ROWS = [
@@ -300,9 +301,9 @@ def _compare(small_file, out, *extra):
 
 def _interrupt_after(monkeypatch, n):
     """Make the per-layout simulation raise KeyboardInterrupt (as Ctrl-C would) after n layouts."""
-    import simulator.sweep as sweep
+    import simulator.sweep.run as sweep_run
 
-    real, count = sweep.simulate_layout, [0]
+    real, count = sweep_run.simulate_layout, [0]
 
     def simulate(*args):
         if count[0] == n:
@@ -310,7 +311,7 @@ def _interrupt_after(monkeypatch, n):
         count[0] += 1
         return real(*args)
 
-    monkeypatch.setattr(sweep, "simulate_layout", simulate)
+    monkeypatch.setattr(sweep_run, "simulate_layout", simulate)
     return real
 
 
@@ -325,7 +326,7 @@ def _interrupted(small_file, out, monkeypatch, capsys, n=3):
     real = _interrupt_after(monkeypatch, n)
     assert _compare(small_file, out) == 130
     err = capsys.readouterr().err.strip()
-    monkeypatch.setattr("simulator.sweep.simulate_layout", real)
+    monkeypatch.setattr("simulator.sweep.run.simulate_layout", real)
     return err
 
 
@@ -339,9 +340,9 @@ def test_an_interrupted_sweep_keeps_its_layouts_and_resumes_to_the_same_files(
     assert len(journal.read_text().splitlines()) == 1 + 3  # header + one line per finished layout
     calls.clear()
     real = simulate_layout
-    monkeypatch.setattr("simulator.sweep.simulate_layout", record_calls)
+    monkeypatch.setattr("simulator.sweep.run.simulate_layout", record_calls)
     assert _compare(small_file, out, "--resume") == 0
-    monkeypatch.setattr("simulator.sweep.simulate_layout", real)
+    monkeypatch.setattr("simulator.sweep.run.simulate_layout", real)
     assert len(calls) == 10 - 3  # only the layouts the interrupted run had not finished
     for name in ("comparison.csv", "comparison.md", "best.yaml"):
         assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
@@ -376,7 +377,7 @@ def test_a_sweep_without_resume_starts_afresh(small_file, tmp_path, monkeypatch,
     out = tmp_path / "cmp"
     _interrupted(small_file, out, monkeypatch, capsys)
     calls.clear()
-    monkeypatch.setattr("simulator.sweep.simulate_layout", record_calls)
+    monkeypatch.setattr("simulator.sweep.run.simulate_layout", record_calls)
     assert _compare(small_file, out) == 0
     assert len(calls) == 10
     assert not (tmp_path / "cmp.progress.jsonl").exists()
@@ -390,7 +391,7 @@ def test_resume_without_a_progress_file_is_a_one_line_error(small_file, tmp_path
 def test_progress_records_round_trip_exactly_with_nan_and_targets():
     import json
 
-    from simulator.resume import from_record, to_record
+    from simulator.sweep.resume import from_record, to_record
 
     for r in ROWS:
         line = json.dumps(to_record(r), allow_nan=False)  # strict JSON: NaN is written as null

@@ -49,7 +49,7 @@ def _fmt(x: float, kind: str) -> str:
 def _verdicts(r: LayoutResult) -> str:
     if r.status != "ok":
         return "-"
-    return " ".join(f"{_TARGET_TAG.get(t[0], t[0])} {'✓' if t[4] else '✗'}" for t in r.targets) or "no targets"
+    return " ".join(f"{_TARGET_TAG.get(t.metric, t.metric)} {'✓' if t.met else '✗'}" for t in r.targets) or "no targets"
 
 
 def _memory_text(r: LayoutResult) -> str:
@@ -108,7 +108,7 @@ def _row(r: LayoutResult, target_names: list[str]) -> dict:
         row[k] = r.throughput.get(k, math.nan)
     row.update(memory_bytes_per_gpu=r.memory_bytes_per_gpu, capacity_bytes=r.capacity_bytes,
                fits=r.fits if math.isfinite(r.memory_bytes_per_gpu) else "")
-    met = {t[0]: t[4] for t in r.targets}
+    met = {t.metric: t.met for t in r.targets}
     for name in target_names:
         row[f"target_{name}"] = ("met" if met[name] else "missed") if name in met else ""
     row["all_targets_met"] = r.all_met if r.status == "ok" else ""

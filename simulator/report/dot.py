@@ -1,32 +1,24 @@
-"""Report stage: the operator DAG as node-link JSON, and as a folded Graphviz drawing (DOT, SVG, PNG).
+"""Report stage: the folded operator DAG as a Graphviz drawing (DOT text, styling, SVG and PNG).
 
-The full seed graph has ~78k operators; the drawing keeps one microbatch, the first and last layer of
-every pipeline stage and the first decode step, and folds the repeats into boxes whose edges stand for
-the dependencies of the operators they replace.
+The drawing is made from `simulator.report.folded.folded_view`; `render_dag` also writes the complete
+graph as node-link JSON (`simulator.report.graph_json`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
 import tempfile
 import textwrap
-from collections import defaultdict
 from pathlib import Path
 
 import networkx as nx
 
+from simulator.report.folded import FOLDED, TRANSFER_OPS, folded_view, gpu_list, pass_name, stage_layers_of
+from simulator.report.graph_json import write_graph_json
 from simulator.files import write_atomic
-
-try:  # orjson writes the seed graph ~3x faster than the json module; the output is the same JSON
-    import orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    orjson = None
-
-FOLDED = "folded"  # kind of the boxes that stand for folded operators
 
 # ColorBrewer Set3 (pastel, black text stays readable on every entry); cycles for more GPUs.
 GPU_PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3",
@@ -34,219 +26,12 @@ GPU_PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3",
 COMM_FILL, COMM_BORDER, FOLDED_FILL = "#f2f2f2", "#505050", "#fff7dc"
 SHAPES = {"compute": "box", "communication": "ellipse", "routing": "parallelogram",
           FOLDED: "box3d", "marker": "plaintext"}
-TRANSFER_OPS = frozenset({"pp_send", "token_send"})
 ROUTING_SOURCE_OPS = frozenset({"topk", "router", "moe_permute"})
 DOT_MISSING = "Graphviz 'dot' not found: install it (apt-get install graphviz)"
 DOT_TIMEOUT_S = 300
 MAX_SIZE_IN = (60, 166)  # larger drawings are scaled down: at 72 dpi the PNG stays within ~12k pixels
 
 
-# -- full graph as JSON ----------------------------------------------------------------------------
-def node_link(g: nx.DiGraph) -> dict:
-    """`nx.node_link_data(g, edges="edges")`, built straight from the adjacency (half the time)."""
-    return {
-        "directed": True,
-        "multigraph": False,
-        "graph": dict(g.graph),
-        "nodes": [{**attrs, "id": n} for n, attrs in g.nodes(data=True)],
-        "edges": [{**data, "source": u, "target": v} for u, v, data in g.edges(data=True)],
-    }
-
-
-def write_graph_json(g: nx.DiGraph, path: str | Path) -> Path:
-    """Write the complete DAG as compact node-link JSON (tuples become lists).
-
-    Load it back with `nx.node_link_graph(json.load(f), edges="edges")`.
-    """
-    data = node_link(g)
-    payload = None
-    if orjson is not None:
-        with contextlib.suppress(TypeError):  # e.g. an int beyond 64 bits: let json handle it
-            payload = orjson.dumps(data)
-    if payload is None:
-        payload = json.dumps(data, separators=(",", ":")).encode()
-    path = Path(path)
-    write_atomic(path, payload)
-    return path
-
-
-# -- folded view -------------------------------------------------------------------------------------
-def _span(values) -> str:
-    """'1-6' for a contiguous run, '3' for one value, '1, 3, 5' otherwise."""
-    v = sorted(set(values))
-    if not v:
-        return ""
-    if len(v) > 1 and v[-1] - v[0] == len(v) - 1:
-        return f"{v[0]}-{v[-1]}"
-    return ", ".join(str(x) for x in v)
-
-
-def _gpu_list(gpus) -> str:
-    v = sorted(set(gpus))
-    if len(v) >= 3 and v[-1] - v[0] == len(v) - 1:
-        return f"{v[0]}-{v[-1]}"
-    return ",".join(str(x) for x in v)
-
-
-def _pass_name(phase: str, step: int, mb: int) -> str:
-    return f"Prefill, microbatch {mb}" if phase == "prefill" else f"Decode step {step}, microbatch {mb}"
-
-
-def _stage_layers(g: nx.DiGraph) -> dict[int, list[int]]:
-    """Layers each pipeline stage computes, read from its compute and routing operators."""
-    layers: dict[int, set[int]] = defaultdict(set)
-    for _, a in g.nodes(data=True):
-        if a.get("kind") in ("compute", "routing") and a.get("layer", -1) >= 0:
-            layers[a["stage"]].add(a["layer"])
-    return {s: sorted(v) for s, v in sorted(layers.items())}
-
-
-def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, list[str]]:
-    """A small subgraph of `g` for drawing, and sentences saying what was folded.
-
-    Kept in full: the phase markers; prefill and the first `max_decode_steps` decode steps of the first
-    microbatch, each with the first and last layer of every pipeline stage, the stage transfers and
-    the token markers. Folded into one box each: the middle layers of a stage in a shown pass, the
-    remaining decode steps, and (per phase) the other microbatches. A box inherits every edge between
-    its operators and the rest of the graph, so the view keeps the dependency order of `g`.
-    Assumes the node attributes written by `simulator.graph.build_dag`.
-    """
-    stage_layers = _stage_layers(g)
-    middle = {s: set(ls[1:-1]) for s, ls in stage_layers.items()}
-    mbs = sorted({a["microbatch"] for _, a in g.nodes(data=True) if a.get("microbatch", -1) >= 0})
-    first_mb = mbs[0] if mbs else 0
-
-    key_of: dict[str, str] = {}
-    boxes: dict[str, dict] = {}
-    view = nx.DiGraph(**g.graph)
-    for n, a in g.nodes(data=True):
-        key = _fold_key(a, first_mb, max_decode_steps, middle)
-        if key is None:
-            view.add_node(n, **a)
-            key_of[n] = n
-            continue
-        key_of[n] = key
-        box = boxes.get(key)
-        if box is None:
-            box = boxes[key] = {"nodes": 0, "gpus": set(), "layers": set(), "steps": set(), "mbs": set(),
-                                "kv": set(), "phase": a["phase"], "stage": a["stage"]}
-            view.add_node(key)  # attributes filled in below; added now to keep the graph's order
-        box["nodes"] += 1
-        gpu = a.get("gpu")
-        box["gpus"].update(gpu if isinstance(gpu, tuple) else () if gpu is None else (gpu,))
-        if a.get("layer", -1) >= 0:
-            box["layers"].add(a["layer"])
-        box["steps"].add(a["step"])
-        box["mbs"].add(a["microbatch"])
-        if "kv_len" in a:
-            box["kv"].add(a["kv_len"])
-
-    edges: dict[tuple[str, str], None] = {}  # ordered set: the drawing follows the graph's order
-    for u, v in g.edges():
-        ku, kv = key_of[u], key_of[v]
-        if ku != kv:
-            edges[(ku, kv)] = None
-    view.add_edges_from(edges)
-
-    shown_steps = sorted({a["step"] for _, a in view.nodes(data=True)
-                          if a.get("phase") == "decode" and a.get("microbatch") == first_mb})
-    for key, box in boxes.items():
-        view.nodes[key].update(_box_attrs(key, box, stage_layers, first_mb, shown_steps))
-    notes = _notes(g, view, boxes, stage_layers, first_mb)
-    return view, notes
-
-
-def _fold_key(a: dict, first_mb: int, max_decode_steps: int, middle: dict[int, set[int]]) -> str | None:
-    """The box a node folds into, or None to keep it."""
-    mb, phase, step = a.get("microbatch", -1), a.get("phase"), a.get("step", 0)
-    if mb < 0:
-        return None  # phase markers
-    if mb != first_mb:
-        return f"fold.{phase}.microbatches"
-    if phase == "decode" and step > max_decode_steps:
-        return "fold.decode.steps"
-    stage, layer = a.get("stage", -1), a.get("layer", -1)
-    if a.get("op") not in TRANSFER_OPS and layer in middle.get(stage, ()):
-        tag = "p" if phase == "prefill" else f"d{step}"
-        return f"fold.{tag}.mb{mb}.s{stage}.layers"
-    return None
-
-
-def _plural(word: str, values) -> str:
-    """'layer 3' or 'layers 1-6'."""
-    n = len(set(values))
-    return f"{word}{'' if n == 1 else 'es' if word.endswith('h') else 's'} {_span(values)}"
-
-
-def _box_attrs(key: str, box: dict, stage_layers, first_mb: int, shown_steps: list[int]) -> dict:
-    gpus = tuple(sorted(box["gpus"]))
-    where = f"GPU {_gpu_list(gpus)}" if gpus else ""
-    if key.endswith(".layers"):
-        head = f"{_plural('layer', box['layers'])}: same as layer {stage_layers[box['stage']][0]}"
-        detail = [where]
-    elif key == "fold.decode.steps":
-        steps = _plural("decode step", box["steps"])
-        if shown_steps:
-            head = f"{steps}: same as step {shown_steps[-1]},\nKV length grows by one per step"
-        else:
-            head = f"{steps}: same layers as prefill,\none new token per sequence per step"
-        detail = [f"microbatch {first_mb}"]
-        if box["kv"]:
-            detail.append(f"KV length {_kv_range(box['kv'])}")
-    else:
-        head = f"{_plural('microbatch', box['mbs'])} ({box['phase']}): same as microbatch {first_mb}"
-        if box["phase"] == "decode":
-            head += f"\n{_plural('decode step', box['steps'])}"
-        detail = [where]
-    detail.append(f"{box['nodes']} operators folded")
-    return {
-        "op": FOLDED, "kind": FOLDED, "category": FOLDED, "phase": box["phase"],
-        "step": min(box["steps"]), "microbatch": min(box["mbs"]), "stage": box["stage"], "layer": -1,
-        "gpu": gpus, "in_shape": (), "out_shape": (), "folded_nodes": box["nodes"],
-        "label": "\n".join([head] + [d for d in detail if d]),
-    }
-
-
-def _kv_range(kv: set) -> str:
-    return f"{min(kv)}" if min(kv) == max(kv) else f"{min(kv)} -> {max(kv)}"
-
-
-def _and(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _notes(g, view, boxes, stage_layers, first_mb) -> list[str]:
-    notes = [f"The full graph has {g.number_of_nodes()} operators and {g.number_of_edges()} dependencies; "
-             f"this drawing shows {view.number_of_nodes()} nodes. Each box stands for the operators folded "
-             "into it and keeps their dependencies as edges."]
-    layer_boxes = defaultdict(list)
-    for key, box in boxes.items():
-        if key.endswith(".layers"):
-            layer_boxes[(box["phase"], min(box["steps"]))].append(box)
-    for (phase, step), bs in layer_boxes.items():
-        bs = sorted(bs, key=lambda b: b["stage"])
-        parts = [f"{_plural('layer', b['layers'])} of stage {b['stage']} (GPU {_gpu_list(b['gpus'])})" for b in bs]
-        per_layer = bs[0]["nodes"] // max(1, len(bs[0]["layers"]))
-        per = " per stage" if len(bs) > 1 else ""
-        notes.append(f"{_pass_name(phase, step, first_mb)}: {_and(parts)} folded into one box{per}; "
-                     f"each folded layer repeats the operators of its stage's first layer "
-                     f"({per_layer} operators per layer).")
-    if "fold.decode.steps" in boxes:
-        b = boxes["fold.decode.steps"]
-        kv = f" (KV length {_kv_range(b['kv'])})" if b["kv"] else ""
-        notes.append(f"{_plural('Decode step', b['steps'])} of microbatch {first_mb}: folded into one box "
-                     f"({b['nodes']} operators); each repeats the step shown with the KV length one longer "
-                     f"per step{kv}.")
-    other = [b for k, b in boxes.items() if k.endswith(".microbatches")]
-    if other:
-        mbs = set().union(*(b["mbs"] for b in other))
-        n = sum(b["nodes"] for b in other)
-        notes.append(f"{_plural('Microbatch', mbs)}: folded into one box per phase ({n} operators), the same "
-                     f"operators as microbatch {first_mb} on the same GPUs.")
-    return notes
-
-
-# -- drawing -----------------------------------------------------------------------------------------
 def _q(text: str, justify: str = "\\n") -> str:
     """A quoted DOT string; lines end with `justify` (\\n centred, \\l left)."""
     esc = str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\r", "")
@@ -277,7 +62,7 @@ def format_gpus(attrs: dict) -> str:
     if isinstance(gpu, (tuple, list)):
         if attrs.get("collective") == "send_recv" and len(gpu) == 2:
             return f"GPU {gpu[0]} -> {gpu[1]}"
-        return f"GPU {_gpu_list(gpu)}"
+        return f"GPU {gpu_list(gpu)}"
     return f"GPU {gpu}"
 
 
@@ -291,7 +76,7 @@ def _node_label(n: str, a: dict) -> str:
         return a.get("label", n)
     if kind == "marker":
         if a.get("op") == "token":
-            return f"token out\n({_pass_name(a['phase'], a['step'], a['microbatch']).lower()})"
+            return f"token out\n({pass_name(a['phase'], a['step'], a['microbatch']).lower()})"
         return n
     lines = [str(a.get("op", n)), format_gpus(a),
              f"{format_shape(a.get('in_shape'))} -> {format_shape(a.get('out_shape'))}"]
@@ -355,7 +140,7 @@ def to_dot(view: nx.DiGraph, title: str, notes: list[str]) -> str:
     name their GPU group. Nodes sit in clusters per phase, pass and pipeline stage; a legend and the
     fold notes head the drawing.
     """
-    stage_layers = _stage_layers(view)
+    stage_layers = stage_layers_of(view)
     tree: dict = {}
     for n, a in view.nodes(data=True):
         node = tree
@@ -410,12 +195,12 @@ def _cluster_caption(path: tuple, view: nx.DiGraph, members: list[str], stage_la
         return {"prefill": "PREFILL", "decode": "DECODE"}.get(path[0], str(path[0]).upper())
     if len(path) == 2:
         step, mb = path[1]
-        return _pass_name(path[0], step, mb)
+        return pass_name(path[0], step, mb)
     stage = path[2]
     gpus = {a["gpu"] for a in (view.nodes[n] for n in members) if isinstance(a.get("gpu"), int)}
     layers = stage_layers.get(stage, [])
     span = f", layers {layers[0]}-{layers[-1]}" if layers else ""
-    return f"Pipeline stage {stage}" + (f" (GPU {_gpu_list(gpus)}" + span + ")" if gpus else "")
+    return f"Pipeline stage {stage}" + (f" (GPU {gpu_list(gpus)}" + span + ")" if gpus else "")
 
 
 def _cluster(view, subtree: dict, path: tuple, stage_layers, depth: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""Reports stage: the pictures of a run (timeline, memory, trace, page) and the `moesim plot` command.
+"""Reports stage: the pictures of a run (timeline, memory, trace, page), drawn for `moesim run` and `moesim plot`.
 
 `moesim run` calls write_run_plots after the summary files; `moesim plot RUN_DIR` redraws them from
 what the run directory holds (ops.csv, slices.npz, critical_path.csv, summary.json), without
@@ -8,7 +8,6 @@ summary.json) it writes only index.html.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -107,14 +106,3 @@ def plot_directory(run_dir: Path) -> tuple[list[str], dict[str, float]]:
         raise OutputError(f"{run_dir}: {SLICES_FILE} does not belong to ops.csv; rerun `moesim run`")
     seconds = draw_all(run_dir, ops, slices, summary)
     return list(seconds), seconds
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="directory written by `moesim run` (or `moesim compare`)")
-
-
-def command(args: argparse.Namespace, console) -> int:
-    files, seconds = plot_directory(args.run_dir)
-    timing = ", ".join(f"{name} {seconds[name]:.1f} s" for name in files)
-    console.print(f"wrote {timing} to {args.run_dir}/")
-    return 0

@@ -1,7 +1,7 @@
-"""Calibration: fit a hardware profile's efficiency tables from GPU micro-benchmarks.
+"""Calibration stage: fit a hardware profile's efficiency tables from GPU micro-benchmarks.
 
 Input is the JSON of `../shared/calibration/h200_micro.json` (or what `moesim calibrate --device
-cuda` measures with simulator/microbench.py). Only micro-benchmarks are used; the end-to-end
+cuda` measures with simulator/calibration/microbench.py). Only micro-benchmarks are used; the end-to-end
 cases in the same file are left for `moesim validate`. The fit is a transformation, not a search:
 every table entry is one measurement turned into a roofline fraction.
 """
@@ -178,55 +178,3 @@ def write_profile(base: str, calibration: Calibration, out: Path, name: str | No
 
     write_atomic(out, header + yaml.safe_dump(raw, sort_keys=False, width=120))
     return profile
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--from-json", type=Path, help="micro-benchmark JSON (format of shared/calibration/h200_micro.json)")
-    parser.add_argument("--device", choices=["cuda", "cpu"], help="measure on this device with PyTorch instead")
-    parser.add_argument("--base", default="hardware_profiles/datasheet/h200-sxm-141gb.yaml",
-                        help="profile (name or YAML path) whose datasheet figures are kept")
-    parser.add_argument("--out", type=Path, required=True, help="profile YAML to write")
-    parser.add_argument("--name", help="profile name (default: the output file's stem)")
-    parser.add_argument("--measured-on", help="datasheet profile of the GPU that was measured (default: --base); "
-                        "fractions are taken against its peaks and applied to --base's")
-    parser.add_argument("--raw-out", type=Path, help="with --device: also keep the raw measurements here")
-
-
-def command(args, console) -> int:
-    from simulator.config import ScenarioError
-
-    if bool(args.from_json) == bool(args.device):
-        raise ScenarioError("calibrate: give exactly one of --from-json FILE or --device cuda")
-    if args.device:
-        from simulator import microbench
-
-        data = microbench.run_microbenchmarks(device=args.device)
-        source = str(args.raw_out or args.out.with_suffix(".raw.json"))
-        from simulator.files import write_atomic
-
-        write_atomic(Path(source), json.dumps(data, indent=1))
-    else:
-        if not args.from_json.is_file():
-            raise ScenarioError(f"--from-json {args.from_json}: no such file")
-        try:
-            data = json.loads(args.from_json.read_text())
-        except json.JSONDecodeError as exc:
-            raise ScenarioError(f"--from-json {args.from_json}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        source = str(args.from_json)
-    measured_on = args.measured_on or args.base
-    device = load_profile(measured_on)
-    calibration = fit_calibration(data, device, source)
-    profile = write_profile(args.base, calibration, args.out, args.name, data, measured_on)
-    loo = leave_one_out(data, device)
-    gemm = sorted(abs(r["error"]) for r in loo if r["table"] == "gemm")
-    console.print(f"wrote {args.out} ({profile.name}): {len(calibration.gemm)} GEMM, {len(calibration.grouped_gemm)} "
-                  f"batched-GEMM, {len(calibration.attention_prefill) + len(calibration.attention_decode)} attention "
-                  f"points; eager floors {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in calibration.eager_floor_s.items())}")
-    if gemm:
-        console.print(f"leave-one-out GEMM error: median {100 * statistics.median(gemm):.1f}%, max {100 * max(gemm):.1f}% "
-                      f"over {len(gemm)} shapes")
-    return 0

@@ -1,4 +1,4 @@
-"""Sweep progress file: each finished layout's result, kept across Ctrl-C for `moesim compare --resume`.
+"""Sweep stage, progress file: each finished layout's result, kept across Ctrl-C for `moesim compare --resume`.
 
 The file is JSON lines beside the output directory (`<out>.progress.jsonl`; the output directory
 itself is only made when the sweep is complete). Line 1 is a header holding the sweep's inputs;
@@ -18,7 +18,8 @@ from typing import Sequence
 
 from simulator.config import Scenario, ScenarioError, resolve_hardware
 from simulator.files import OutputError, write_atomic
-from simulator.sweep import Layout, LayoutResult
+from simulator.sweep.layouts import Layout
+from simulator.sweep.results import LayoutResult, TargetVerdict
 
 FORMAT = "moesim-sweep-progress/1"
 
@@ -53,14 +54,15 @@ def to_record(result: LayoutResult) -> dict:
     record = asdict(result)
     record.pop("rank")
     record["layout"] = result.layout.degrees()
-    record["targets"] = [[m, b, float(lim), float(act), bool(met)] for m, b, lim, act, met in result.targets]
+    record["targets"] = [[t.metric, t.bound, float(t.limit), float(t.actual), bool(t.met)] for t in result.targets]
     return _nan_to_null(record)
 
 
 def from_record(record: dict) -> LayoutResult:
     fields = dict(record)
     fields["layout"] = Layout(**fields["layout"])
-    fields["targets"] = tuple((m, b, _float(lim), _float(act), met) for m, b, lim, act, met in fields["targets"])
+    fields["targets"] = tuple(TargetVerdict(m, b, _float(lim), _float(act), met)
+                             for m, b, lim, act, met in fields["targets"])
     for key in ("ttft_mean_s", "ttft_max_s", "tpot_s", "memory_bytes_per_gpu", "capacity_bytes", "sim_s"):
         fields[key] = _float(fields[key])
     for key in ("throughput", "cost_shares"):

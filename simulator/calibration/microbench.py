@@ -6,25 +6,23 @@ show the host launch floor, as in the shared file). fp16 throughout. torch is op
 inside the functions, and `device="cpu"` runs the same code (perf_counter timing, no flash flags, no
 CUDA graphs) so it can be smoke-tested without a GPU.
 
-    python -m simulator.microbench --out raw_micro.json [--quick] [--no-e2e] [--device cpu]
+    python -m simulator.calibration.microbench --out raw_micro.json [--quick] [--no-e2e] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
+from simulator.calibration import e2e as e2e_mod
+from simulator.calibration.timing import Timer, flash_attention_only, rand_fp16, rms_norm
+
 FP16_BYTES = 2
-REPS, QUICK_REPS = 5, 3
-TARGET_REP_S, QUICK_TARGET_REP_S = 0.02, 0.002
-MAX_CALLS, QUICK_MAX_CALLS = 200, 10
 
 _M = (1, 16, 64, 256, 1024, 4096, 16384, 65536)
 #: The shared file's shape grids, section by section.
@@ -63,41 +61,6 @@ def _import_torch():
     return torch
 
 
-class Timer:
-    """Seconds per call of fn: median over reps of `calls` back-to-back calls, after warm-up."""
-
-    def __init__(self, torch, device: str, quick: bool):
-        self.torch, self.cuda = torch, device.startswith("cuda")
-        self.reps = QUICK_REPS if quick else REPS
-        self.target_s = QUICK_TARGET_REP_S if quick else TARGET_REP_S
-        self.max_calls = QUICK_MAX_CALLS if quick else MAX_CALLS
-
-    def sync(self) -> None:
-        (self.torch.cuda if self.cuda else self.torch.cpu).synchronize()
-
-    def _run(self, fn, calls: int) -> float:
-        if self.cuda:
-            start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
-            start.record()
-        else:
-            self.sync()
-            t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if self.cuda:
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        self.sync()
-        return time.perf_counter() - t0
-
-    def per_call_s(self, fn) -> float:
-        fn()
-        probe_s = self._run(fn, 1)
-        calls = max(1, min(self.max_calls, round(self.target_s / max(probe_s, 1e-7))))
-        return statistics.median(self._run(fn, calls) / calls for _ in range(self.reps))
-
-
 def _env(torch, device: str) -> dict:
     env = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
     if device.startswith("cuda"):
@@ -109,18 +72,6 @@ def _env(torch, device: str) -> dict:
         env.update(name=platform.processor() or platform.machine(), sm_count=None, mem_bytes=mem,
                    cuda=None, cudnn=None)
     return env
-
-
-def flash_attention_only(torch, device: str):
-    """Restrict SDPA to the flash-style kernels (cuDNN, FlashAttention) on CUDA; nothing on CPU."""
-    if not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
-
-
-def rand_fp16(torch, shape, device, scale: float = 1.0):
-    return torch.randn(shape, device=device, dtype=torch.float16) * scale
 
 
 def bench_gemm(torch, t: Timer, device: str, points) -> list[dict]:
@@ -169,13 +120,6 @@ def bench_sdpa_decode(torch, t: Timer, device: str, grid) -> list[dict]:
         s = t.per_call_s(lambda: F.scaled_dot_product_attention(q, k, v))
         out.append({"B": b, "H": h, "L": kv_len, "D": d, "s": s, "gbps": 2 * b * h * kv_len * d * FP16_BYTES / s / 1e9})
     return out
-
-
-def rms_norm(torch, x, weight, eps: float = 1e-6):
-    import torch.nn.functional as F
-    if hasattr(F, "rms_norm"):
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
 def bench_elementwise(torch, t: Timer, device: str, grid) -> list[dict]:
@@ -241,7 +185,6 @@ def iter_sections(device: str = "cuda", quick: bool = False, include_e2e: bool =
             torch.cuda.empty_cache()  # the next grid's tensors differ in size: start unfragmented
     e2e, breakdown = [], []
     if include_e2e:
-        from simulator import microbench_e2e as e2e_mod  # imports this module: keep the import here
         prefill = e2e_mod.QUICK_E2E_PREFILL if quick else e2e_mod.E2E_PREFILL
         decode = e2e_mod.QUICK_E2E_DECODE if quick else e2e_mod.E2E_DECODE
         with torch.inference_mode():
@@ -259,7 +202,7 @@ def run_microbenchmarks(device: str = "cuda", quick: bool = False, include_e2e: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulator.microbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m simulator.calibration.microbench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write (rewritten after each section)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--quick", action="store_true", help="a couple of small points per grid (smoke test)")

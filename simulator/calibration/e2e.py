@@ -11,7 +11,7 @@ import math
 import sys
 from dataclasses import dataclass, replace
 
-from simulator.microbench import Timer, flash_attention_only, rand_fp16, rms_norm
+from simulator.calibration.timing import Timer, flash_attention_only, rand_fp16, rms_norm
 
 TOP_KERNELS, KERNEL_NAME_CHARS = 25, 160
 CAPACITY_FACTOR = 1.25  # decode MoE: expert slots per evenly routed token (GShard style)
@@ -41,7 +41,7 @@ QUICK_E2E_PREFILL = ((replace(SEED, num_layers=2), 1, 16),)
 QUICK_E2E_DECODE = ((replace(SEED, num_layers=2), 2, 64),)
 
 
-def _layer_weights(torch, m: BlockModel, device: str) -> dict:
+def layer_weights(torch, m: BlockModel, device: str) -> dict:
     h, d, e, f = m.hidden_size, m.head_dim, m.num_experts, m.expert_ffn_size
     up = 2 * f if m.activation == "swiglu" else f
     ones = torch.ones(h, device=device, dtype=torch.float16)
@@ -72,7 +72,7 @@ def _attention_qkv(m: BlockModel, lw: dict, a, b: int, q_len: int):
             v.view(b, q_len, hkv, d).transpose(1, 2))  # [B, heads, q_len, D]
 
 
-def _prefill_block(torch, m: BlockModel, lw: dict, x):
+def prefill_block(torch, m: BlockModel, lw: dict, x):
     """Pre-RMSNorm block with flash attention and a sorted MoE (one GEMM pair per expert over exactly
     its routed tokens, weighted index_add combine). x [B,S,h]; needs one host sync for the split sizes."""
     import torch.nn.functional as F
@@ -92,7 +92,7 @@ def _prefill_block(torch, m: BlockModel, lw: dict, x):
     return x + torch.zeros_like(a).index_add_(0, token, ys).view(b, s_len, h)
 
 
-def _decode_block(torch, m: BlockModel, lw: dict, cache: tuple, x):
+def decode_block(torch, m: BlockModel, lw: dict, cache: tuple, x):
     """One decode step of a block with static shapes (CUDA-graph capturable): the new K/V overwrite the
     last cache slot, attention reads all L slots, and the MoE uses capacity dispatch: each expert gets
     C = ceil(T*k/E*1.25) slots, tokens are scattered into [E,C,h], one bmm pair runs over all experts,
@@ -147,13 +147,13 @@ def bench_e2e(torch, t: Timer, device: str, prefill_cases, decode_cases, progres
     breakdown) and decode steps (capacity MoE, eager and replayed from a CUDA graph on CUDA)."""
     e2e, breakdown = [], []
     for m, batch, seq in prefill_cases:
-        layers = [_layer_weights(torch, m, device) for _ in range(m.num_layers)]
+        layers = [layer_weights(torch, m, device) for _ in range(m.num_layers)]
         x = rand_fp16(torch, (batch, seq, m.hidden_size), device)
 
         def forward():
             y = x
             for lw in layers:
-                y = _prefill_block(torch, m, lw, y)
+                y = prefill_block(torch, m, lw, y)
             return y
         with flash_attention_only(torch, device):
             s = t.per_call_s(forward)
@@ -163,7 +163,7 @@ def bench_e2e(torch, t: Timer, device: str, prefill_cases, decode_cases, progres
         breakdown.append({**head, "wall_s": s, "kernel_total_s": kernel_s, "top_kernels": top})
         progress(f"e2e {m.name} prefill B={batch} S={seq}: {s * 1e3:.2f} ms")
     for m, batch, kv_len in decode_cases:
-        layers = [_layer_weights(torch, m, device) for _ in range(m.num_layers)]
+        layers = [layer_weights(torch, m, device) for _ in range(m.num_layers)]
         caches = [tuple(rand_fp16(torch, (batch, m.num_kv_heads, kv_len, m.head_dim), device) for _ in range(2))
                   for _ in layers]
         x = rand_fp16(torch, (batch, 1, m.hidden_size), device)
@@ -171,7 +171,7 @@ def bench_e2e(torch, t: Timer, device: str, prefill_cases, decode_cases, progres
         def step():
             y = x
             for lw, cache in zip(layers, caches):
-                y = _decode_block(torch, m, lw, cache, y)
+                y = decode_block(torch, m, lw, cache, y)
             return y
         entry = {"case": m.name, "phase": "decode_step", "layers": m.num_layers, "batch": batch, "kv_len": kv_len,
                  "s_eager": t.per_call_s(step), "s_cuda_graph": None}

@@ -1,0 +1,58 @@
+"""Command stage: `moesim calibrate`, fit a hardware profile from GPU micro-benchmarks and print the fit's error."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from simulator.calibration.fit import fit_calibration, leave_one_out, write_profile
+from simulator.config.hardware import load_profile
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--from-json", type=Path, help="micro-benchmark JSON (format of shared/calibration/h200_micro.json)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], help="measure on this device with PyTorch instead")
+    parser.add_argument("--base", default="hardware_profiles/datasheet/h200-sxm-141gb.yaml",
+                        help="profile (name or YAML path) whose datasheet figures are kept")
+    parser.add_argument("--out", type=Path, required=True, help="profile YAML to write")
+    parser.add_argument("--name", help="profile name (default: the output file's stem)")
+    parser.add_argument("--measured-on", help="datasheet profile of the GPU that was measured (default: --base); "
+                        "fractions are taken against its peaks and applied to --base's")
+    parser.add_argument("--raw-out", type=Path, help="with --device: also keep the raw measurements here")
+
+
+def command(args, console) -> int:
+    from simulator.config import ScenarioError
+
+    if bool(args.from_json) == bool(args.device):
+        raise ScenarioError("calibrate: give exactly one of --from-json FILE or --device cuda")
+    if args.device:
+        from simulator.calibration import microbench
+
+        data = microbench.run_microbenchmarks(device=args.device)
+        source = str(args.raw_out or args.out.with_suffix(".raw.json"))
+        from simulator.files import write_atomic
+
+        write_atomic(Path(source), json.dumps(data, indent=1))
+    else:
+        if not args.from_json.is_file():
+            raise ScenarioError(f"--from-json {args.from_json}: no such file")
+        try:
+            data = json.loads(args.from_json.read_text())
+        except json.JSONDecodeError as exc:
+            raise ScenarioError(f"--from-json {args.from_json}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        source = str(args.from_json)
+    measured_on = args.measured_on or args.base
+    device = load_profile(measured_on)
+    calibration = fit_calibration(data, device, source)
+    profile = write_profile(args.base, calibration, args.out, args.name, data, measured_on)
+    loo = leave_one_out(data, device)
+    gemm = sorted(abs(r["error"]) for r in loo if r["table"] == "gemm")
+    console.print(f"wrote {args.out} ({profile.name}): {len(calibration.gemm)} GEMM, {len(calibration.grouped_gemm)} "
+                  f"batched-GEMM, {len(calibration.attention_prefill) + len(calibration.attention_decode)} attention "
+                  f"points; eager floors {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in calibration.eager_floor_s.items())}")
+    if gemm:
+        console.print(f"leave-one-out GEMM error: median {100 * statistics.median(gemm):.1f}%, max {100 * max(gemm):.1f}% "
+                      f"over {len(gemm)} shapes")
+    return 0

@@ -1,0 +1,107 @@
+"""Command stage: `moesim compare`, sweep every valid parallel layout, rank them, write and print the comparison."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from simulator.config import ScenarioError, load_scenario
+from simulator.sweep import (
+    DEFAULT_DECODE_SAMPLE,
+    DEFAULT_MICROBATCHES,
+    OBJECTIVES,
+    LayoutResult,
+    SweepInterrupted,
+    enumerate_layouts,
+    make_executor,
+    rank_results,
+    run_sweep,
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("scenario", type=Path, help="scenario YAML file")
+    parser.add_argument("--gpus", type=int, help="number of GPUs to lay out (default: the scenario's)")
+    parser.add_argument("--microbatches", default=",".join(map(str, DEFAULT_MICROBATCHES)),
+                        help="microbatch counts to try, comma-separated (default: 1,2,4,8)")
+    parser.add_argument("--objective", default="targets", choices=OBJECTIVES,
+                        help="ranking: targets (meets every target, then output throughput; default), "
+                             "throughput, ttft, tpot or memory")
+    parser.add_argument("--jobs", type=int, help="local worker processes (default: all cores; 1: serial)")
+    parser.add_argument("--executor", help="process (default), serial, dask-local, or dask://HOST:PORT")
+    parser.add_argument("--decode-sample", type=int, default=DEFAULT_DECODE_SAMPLE, metavar="K",
+                        help=f"simulate K decode steps per layout and interpolate the rest "
+                             f"(default {DEFAULT_DECODE_SAMPLE}; 0: every step)")
+    parser.add_argument("--out", type=Path, help="output directory (default: reports/<scenario name>/compare)")
+    parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted sweep from <out>.progress.jsonl (same scenario and options)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a scenario field, e.g. --set workload.batch_size=64 (repeatable)")
+
+
+def parse_microbatches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ScenarioError(f"--microbatches {text}: expected positive integers separated by commas, e.g. 1,2,4,8")
+    return values
+
+
+def command(args, console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulator.report.compare import print_table, write_comparison
+    from simulator.files import run_directory
+    from simulator.sweep.resume import Progress as SweepProgress
+    from simulator.sweep.resume import progress_path, sweep_inputs
+
+    scenario = load_scenario(args.scenario, args.set)
+    if args.gpus is not None and args.gpus < 1:
+        raise ScenarioError(f"--gpus {args.gpus}: expected a positive number of GPUs")
+    if args.jobs is not None and args.jobs < 1:
+        raise ScenarioError(f"--jobs {args.jobs}: expected at least 1")
+    if args.decode_sample < 0:
+        raise ScenarioError(f"--decode-sample {args.decode_sample}: expected 0 (every step) or more")
+    microbatches = parse_microbatches(args.microbatches)
+    num_gpus = args.gpus or scenario.num_gpus
+    layouts = enumerate_layouts(scenario, num_gpus, microbatches)
+    if not layouts:
+        raise ScenarioError(f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}")
+    out = args.out or Path("reports") / scenario.name / "compare"
+    inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample)
+    journal = SweepProgress(progress_path(out), inputs, args.resume, layouts)
+
+    started = time.perf_counter()
+    columns = (TextColumn("[bold]sweep[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("", total=len(layouts))
+
+            def tick(result: LayoutResult) -> None:
+                bar.update(task, advance=1, description=f"{result.label}: {result.status}")
+
+            with make_executor(args.executor, args.jobs) as executor:
+                results = run_sweep(scenario, layouts, executor, args.decode_sample, tick,
+                                    done=journal.done, journal=journal.append)
+    except SweepInterrupted as exc:  # the progress file keeps the finished layouts
+        print(f"moesim: {exc}; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        journal.close()
+    elapsed = time.perf_counter() - started
+    ranked = rank_results(results, args.objective)
+
+    with run_directory(out, args.force) as staging:
+        files = write_comparison(scenario, ranked, staging, args.objective)
+    journal.remove()
+    print_table(console, scenario, ranked, args.objective)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
+    console.print(f"{len(layouts)} layouts on {num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "
+                  f"screened out (do not fit), {counts['failed']} failed, in {elapsed:.1f} s; "
+                  f"wrote {', '.join(sorted(Path(f).name for f in files))} to {out}/")
+    return 0 if counts["ok"] else 1

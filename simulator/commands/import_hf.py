@@ -1,0 +1,29 @@
+"""Command stage: `moesim import-hf`, write (or print) a model spec from a Hugging Face config.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simulator.config.import_hf import import_file
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", type=Path, help="a Hugging Face config.json")
+    parser.add_argument("--out", type=Path, help="write the model spec here (default: print it)")
+    parser.add_argument("--name", help="model name (default: from the config or its folder)")
+
+
+def command(args, console) -> int:
+    text, model, notes, unknown = import_file(args.config, args.name)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        console.print(f"wrote {args.out} ({model.name}: {model.num_layers} layers, "
+                      f"{model.num_experts or 'dense'}{' experts' if model.num_experts else ''})")
+    else:
+        print(text, end="")
+    for n in notes:
+        console.print(f"[yellow]approximated[/yellow]: {n}", highlight=False)
+    if unknown:
+        console.print(f"[red]not understood[/red] (left out of the spec): {', '.join(unknown)}", highlight=False)
+    return 0

@@ -1,0 +1,28 @@
+"""Command stage: `moesim profiles`, the table of hardware profiles."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from simulator.commands import EXIT_OK
+
+
+def add_arguments(parser) -> None:
+    """`moesim profiles` takes no arguments."""
+
+
+def command(args, console: Console) -> int:
+    from rich.table import Table
+
+    from simulator.config.hardware import available_profiles, load_profile
+
+    table = Table(title="Hardware profiles (hardware_profiles/*.yaml)")
+    for col in ("name", "memory", "fp16 peak", "HBM", "NVLink/dir", "NIC/dir", "description"):
+        table.add_column(col)
+    for name in available_profiles():
+        p = load_profile(name)
+        table.add_row(name, f"{p.memory_bytes / 1e9:.1f} GB", f"{p.peak_flops_per_s.fp16 / 1e12:.0f} TFLOP/s",
+                      f"{p.hbm_bytes_per_s / 1e12:.2f} TB/s", f"{p.intra_node.bytes_per_s / 1e9:.0f} GB/s",
+                      f"{p.inter_node.bytes_per_s / 1e9:.0f} GB/s", p.description)
+    console.print(table)
+    return EXIT_OK
