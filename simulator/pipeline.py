@@ -11,7 +11,8 @@ import networkx as nx
 
 from simulator.audit import AuditLine, audit
 from simulator.config import Scenario, gpus_per_node, parse_scenario, resolve_hardware
-from simulator.graph import Dag, build, build_dag, sampled_decode_steps, symmetric_representatives
+from simulator.graph import Dag, build, build_dag, sampled_decode_steps
+from simulator.placement import symmetric_representatives
 from simulator.hardware import HardwareProfile
 from simulator.memory import memory_per_gpu
 from simulator.metrics import Metrics, compute_metrics

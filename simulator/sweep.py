@@ -33,7 +33,8 @@ from simulator.config import (
     load_scenario,
     resolve_hardware,
 )
-from simulator.graph import COMM, MARKER, evenly_routed
+from simulator.graph import NodeKind
+from simulator.placement import evenly_routed
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 
 
@@ -209,11 +210,11 @@ def cost_shares(run) -> dict[str, float]:
     weights = decode_step_weights(dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1,
                                   dag.graph.get("warmup_steps", 0))
     nodes = run.sim.weighted_nodes(weights)
-    comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == COMM}
+    comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == NodeKind.COMM}
     sums = ExactSums()
     bound = run.sim.bound
     for i, a, count, _, w, _ in nodes:
-        if a["kind"] != COMM and a["kind"] != MARKER:
+        if a["kind"] != NodeKind.COMM and a["kind"] != NodeKind.MARKER:
             sums.add(bound[i], w, count)
     by_bound = sums.totals()
     bound_total = math.fsum(by_bound.values()) or 1.0
