@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simulator.config import load_scenario, resolve_hardware  # noqa: E402
-from simulator.graph import evenly_routed  # noqa: E402
+from simulator.placement import evenly_routed  # noqa: E402
 from simulator.sweep import (  # noqa: E402
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from simulator.config import Scenario
-from simulator.graph import Placement
+from simulator.placement import Placement
 from simulator.memory import GpuMemory, parameter_counts
 
 #: Relative tolerance for claims stated as a single figure ("10B", "23.4%").

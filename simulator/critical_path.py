@@ -25,7 +25,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from simulator.graph import COMM, MARKER
+from simulator.graph import NodeKind
 from simulator.simulate import Resources, node_resources
 
 #: Relative tolerance when matching an end time to a start time. The engine computes both with the
@@ -143,7 +143,7 @@ _COLUMNS = ["node", "op", "kind", "category", "phase", "step", "gpu", "start_s",
 def _breakdown(ops: pd.DataFrame, path: CriticalPath, span_s: float) -> dict:
     """Seconds and share of the span per category, per (category, bound) and per GPU."""
     frame = ops.iloc[path.rows][_COLUMNS]
-    frame = frame[frame["kind"] != MARKER]
+    frame = frame[frame["kind"] != NodeKind.MARKER]
     dur = frame["duration_s"].tolist()
     cats = frame["category"].tolist()
     seconds: dict[str, float] = defaultdict(float)
@@ -152,7 +152,7 @@ def _breakdown(ops: pd.DataFrame, path: CriticalPath, span_s: float) -> dict:
     seconds = dict(sorted(seconds.items(), key=lambda kv: (-kv[1], kv[0])))
     where: dict[str, float] = defaultdict(float)
     for kind, gpu, d in zip(frame["kind"].tolist(), frame["gpu"].tolist(), dur):
-        where["links" if kind == COMM else f"GPU {gpu}"] += d
+        where["links" if kind == NodeKind.COMM else f"GPU {gpu}"] += d
     waits = sum(1 for v in path.via if v == "resource")
     return {
         "length_s": span_s,
@@ -168,7 +168,7 @@ def _describe(frame: pd.DataFrame, span_s: float, what: str, per: str) -> str:
     """One sentence: the category with most time on the path, its main bound, ops and GPUs, and
     the next categories. Attention that is memory-bound in the flash-attention ops is named for
     what it does: reading the KV cache."""
-    frame = frame[frame["kind"] != MARKER]
+    frame = frame[frame["kind"] != NodeKind.MARKER]
     if frame.empty or span_s <= 0:
         return f"{what}: nothing on the critical path"
     per_cat = frame.groupby("category")["duration_s"].sum().sort_values(ascending=False, kind="stable")
@@ -236,7 +236,7 @@ def analyse(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int) -> tuple[dict, 
     is_prefill = (on_path["phase"] == "prefill").to_numpy()
     first = int(np.flatnonzero(is_prefill)[-1]) + 1 if is_prefill.any() else 0
     decode = on_path.iloc[first:]
-    steps = sorted(set(decode.loc[decode["kind"] != MARKER, "step"].tolist()))
+    steps = sorted(set(decode.loc[decode["kind"] != NodeKind.MARKER, "step"].tolist()))
     if steps:
         decode_start_s = float(decode["start_s"].iloc[0])
         decode_span_s = total_path.length_s - decode_start_s

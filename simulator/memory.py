@@ -9,7 +9,8 @@ import networkx as nx
 
 from simulator import costs
 from simulator.config import Scenario
-from simulator.graph import COMM, MARKER, Dag, Placement, expand_per_gpu, node_dicts
+from simulator.graph import Dag, NodeKind, node_dicts
+from simulator.placement import Placement, expand_per_gpu
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class GpuMemory:
 
 def _attention_params(m, tp: int = 1) -> float:
     """Attention weights of one layer held by one of `tp` ranks (tp = 1: the whole layer). MLA's
-    down-projections are replicated over TP (graph._Builder._mla); its latent norms are included."""
+    down-projections are replicated over TP (graph.layers.LayerBuilder.mla); its latent norms are included."""
     hl = m.num_heads // tp
     if m.is_mla:
         return (costs.mla_attention_params(m.hidden_size, hl, m.head_size, m.qk_rope_head_dim, m.v_head_dim,
@@ -126,9 +127,9 @@ def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dic
     residual = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes_per_element
     peak: dict[int, float] = {g: 0.0 for g in range(scenario.num_gpus)}
     for a in node_dicts(graph):
-        if a["kind"] == MARKER:
+        if a["kind"] == NodeKind.MARKER:
             continue
-        if a["kind"] == COMM:
+        if a["kind"] == NodeKind.COMM:
             for g, r in zip(a["gpu"], a["recv_bytes"]):
                 peak[g] = max(peak[g], r)
         elif a["act_bytes"] > peak[a["gpu"]]:

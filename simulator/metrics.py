@@ -15,7 +15,8 @@ import networkx as nx
 import numpy as np
 
 from simulator.config import Scenario, gpus_per_node, resolve_hardware
-from simulator.graph import COMM, MARKER, Dag, expand_per_gpu, placement_summary, routing_summary
+from simulator.graph import Dag, NodeKind
+from simulator.placement import expand_per_gpu, placement_summary, routing_summary
 from simulator.memory import GpuMemory, memory_per_gpu
 from simulator.simulate import SimResult
 
@@ -175,11 +176,11 @@ def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, di
     busy, compute_busy = ExactSums(), ExactSums()
     for _, a, count, _, dur, _ in nodes:
         kind = a["kind"]
-        if kind == MARKER:
+        if kind == NodeKind.MARKER:
             continue
         terms = repeated(dur, count)
         gpu, cat = a["gpu"], a["category"]
-        if kind == COMM:
+        if kind == NodeKind.COMM:
             for g in gpu:
                 busy.setdefault((g, cat), []).extend(terms)
         else:
@@ -200,10 +201,10 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
     weighted, unweighted = ExactSums(), ExactSums()
     for i, a, count, _, w, _ in nodes:
         kind = a["kind"]
-        if kind == MARKER:
+        if kind == NodeKind.MARKER:
             continue
         phase, terms = a["phase"], repeated(w, count)
-        if kind == COMM:
+        if kind == NodeKind.COMM:
             for g in a["gpu"]:
                 comm.setdefault((phase, g), []).extend(terms)
             continue
@@ -242,7 +243,7 @@ def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
     n, distinct = len(dag), dag.distinct()
     phases: dict[str, int] = {}
     code = np.fromiter((phases.setdefault(a["phase"], len(phases)) for _, a in distinct), np.int64, len(distinct))
-    kernel = np.fromiter((a["kind"] != MARKER and a["kind"] != COMM for _, a in distinct), bool, len(distinct))
+    kernel = np.fromiter((a["kind"] != NodeKind.MARKER and a["kind"] != NodeKind.COMM for _, a in distinct), bool, len(distinct))
     position = np.zeros(n, dtype=np.int64)  # of each distinct node in `distinct`
     position[np.fromiter((i for i, _ in distinct), np.int64, len(distinct))] = np.arange(len(distinct))
     of_node = position[dag.original_array]

@@ -11,8 +11,9 @@ import networkx as nx
 
 from simulator.audit import AuditLine, audit
 from simulator.config import Scenario, gpus_per_node, parse_scenario, resolve_hardware
-from simulator.graph import Dag, build, build_dag, sampled_decode_steps, symmetric_representatives
 from simulator.config.hardware import HardwareProfile
+from simulator.graph import Dag, build, build_dag, sampled_decode_steps
+from simulator.placement import symmetric_representatives
 from simulator.memory import memory_per_gpu
 from simulator.metrics import Metrics, compute_metrics
 from simulator.simulate import SimResult, simulate_dag

@@ -17,8 +17,8 @@ import pandas as pd
 
 from simulator import costs, engine
 from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
-from simulator.graph import COMM, MARKER, Dag
 from simulator.config.hardware import Calibration, HardwareProfile, series_interpolate
+from simulator.graph import Dag, NodeKind
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,9 @@ class Resources:
 def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
     """Duration of one node on the profile, and what bounds it."""
     kind = attrs["kind"]
-    if kind == MARKER:
+    if kind == NodeKind.MARKER:
         return 0.0, "none"
-    if kind == COMM:
+    if kind == NodeKind.COMM:
         gpus = attrs["gpu"]
         per_node: dict[int, int] = {}
         for g in gpus:
@@ -141,9 +141,9 @@ def node_resources(attrs: dict, res: Resources, keep: frozenset[int] | None = No
     the communication stream of every member and the link directions its bytes cross. In a folded
     graph (`keep`: graph.symmetric_representatives) only the materialised members' resources."""
     kind = attrs["kind"]
-    if kind == MARKER:
+    if kind == NodeKind.MARKER:
         return ()
-    if kind != COMM:
+    if kind != NodeKind.COMM:
         return (res.compute(attrs["gpu"]),)
     gpus = attrs["gpu"] if keep is None else [g for g in attrs["gpu"] if g in keep]
     if attrs["collective"] == "send_recv":
@@ -200,7 +200,7 @@ class SimResult:
         frame.insert(0, "node", self.dag.names)
         # ints, tuples and None: keep them as Python objects (a one-GPU run would otherwise turn to floats)
         frame["gpu"] = pd.Series([r[_GPU] for r in records], dtype=object)
-        frame["stream"] = frame["kind"].map({COMM: "comm", MARKER: "none"}).fillna("compute")
+        frame["stream"] = frame["kind"].map({NodeKind.COMM: "comm", NodeKind.MARKER: "none"}).fillna("compute")
         frame["start_s"] = self.start_s
         frame["end_s"] = self.end_s
         frame["duration_s"] = self.duration_s
@@ -218,7 +218,7 @@ def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfil
     gated = scenario.model.gated
     keep = frozenset(dag.graph.get("representatives") or ()) or None
 
-    # Copies of an earlier node (graph._Builder._layer_reused) take its cost and resources: only
+    # Copies of an earlier node (graph.blocks.BlockBuilder.layer_reused) take its cost and resources: only
     # the distinct nodes are priced, then every node looks up its original (itself, or its twin).
     num = len(dag)
     durations: list[float] = [0.0] * num

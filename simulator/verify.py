@@ -8,7 +8,8 @@ import networkx as nx
 import pandas as pd
 
 from simulator.config import Scenario
-from simulator.graph import COMM, MARKER, Placement
+from simulator.graph import NodeKind
+from simulator.placement import Placement
 from simulator.memory import weight_bytes_per_gpu
 
 
@@ -62,7 +63,7 @@ def _sources_and_sinks(graph: nx.DiGraph) -> Check:
 def _placement(graph: nx.DiGraph, pl: Placement) -> Check:
     bad = []
     for n, a in graph.nodes(data=True):
-        if a["kind"] in (COMM, MARKER) or a["layer"] < 0:
+        if a["kind"] in (NodeKind.COMM, NodeKind.MARKER) or a["layer"] < 0:
             continue
         gpu = a["gpu"]
         if not isinstance(gpu, int) or not 0 <= gpu < pl.num_gpus:
@@ -102,7 +103,7 @@ def _collective_groups(graph: nx.DiGraph, pl: Placement) -> Check:
     tp_groups = {tuple(pl.tp_group(s, d)) for s in range(pl.pp) for d in range(pl.dp)}
     ep_groups = {tuple(grp) for s in range(pl.pp) for grp in pl.ep_groups(s)}
     for n, a in graph.nodes(data=True):
-        if a["kind"] != COMM:
+        if a["kind"] != NodeKind.COMM:
             continue
         gpus, group = tuple(a["gpu"]), a["group"]
         if group == "tp" and gpus not in tp_groups:
@@ -138,9 +139,9 @@ def per_gpu_table(graph: nx.DiGraph, scenario: Scenario) -> pd.DataFrame:
     moved = [0.0] * pl.num_gpus
     sent = [0.0] * pl.num_gpus
     for _, a in graph.nodes(data=True):
-        if a["kind"] == MARKER:
+        if a["kind"] == NodeKind.MARKER:
             continue
-        if a["kind"] == COMM:
+        if a["kind"] == NodeKind.COMM:
             for g, s in zip(a["gpu"], a["send_bytes"]):
                 sent[g] += s
         else:

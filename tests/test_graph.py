@@ -7,7 +7,8 @@ import pytest
 
 from conftest import TINY_MOE, make_scenario
 from simulator.costs import attention_pairs
-from simulator.graph import COMM, Placement, _digraph, build_dag
+from simulator.graph import NodeKind, build_dag, digraph
+from simulator.placement import Placement
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_per_expert_impl_makes_one_kernel_per_expert(tiny_moe):
 def test_comm_nodes_carry_per_rank_volumes(tiny_moe):
     g = build_dag(tiny_moe)
     for _, a in g.nodes(data=True):
-        if a["kind"] == COMM:
+        if a["kind"] == NodeKind.COMM:
             assert len(a["send_bytes"]) == len(a["recv_bytes"]) == len(a["gpu"])
 
 
@@ -179,9 +180,9 @@ def test_fast_digraph_equals_networkx_build():
     ref = nx.DiGraph()
     ref.add_nodes_from(nodes)
     ref.add_edges_from(edges)
-    assert nx.utils.graphs_equal(_digraph(nodes, edges), ref)
+    assert nx.utils.graphs_equal(digraph(nodes, edges), ref)
     with pytest.raises(KeyError):
-        _digraph(nodes, [("a", "zz")])
+        digraph(nodes, [("a", "zz")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def test_loads_vector_sets_per_rank_dispatch_volumes():
 
 def test_routing_spellings_and_checks():
     from simulator.config import ScenarioError
-    from simulator.graph import routing_loads
+    from simulator.placement import routing_loads
 
     assert routing_loads(make_scenario(TINY_MOE, workload={"routing": "uniform"})) == [0.25] * 4
     z = routing_loads(make_scenario(TINY_MOE, workload={"routing": {"zipf": 1.0}}))
@@ -221,7 +222,7 @@ def test_routing_spellings_and_checks():
 
 
 def test_capacity_factor_drops_and_counts_copies():
-    from simulator.graph import routing_summary
+    from simulator.placement import routing_summary
 
     s = make_scenario(TINY_MOE, workload={"routing": {"loads": [0.7, 0.1, 0.1, 0.1], "capacity_factor": 1.0}})
     g = build_dag(s)
@@ -295,7 +296,7 @@ def test_weight_and_kv_dtypes_change_bytes_not_flops():
 
 
 def test_placement_summary_says_where_groups_landed():
-    from simulator.graph import placement_summary
+    from simulator.placement import placement_summary
 
     s = make_scenario(TINY_MOE, parallel={"tp": 2, "ep": 4, "pp": 2, "dp": 2}, cluster={"num_gpus": 8, "gpus_per_node": 4},
                       workload={"batch_size": 4})
@@ -321,7 +322,7 @@ def test_fp8_weights_speed_up_memory_bound_decode_gemms(h100):
 def _launches_per_layer(graph, phase: str, layer: int = 0) -> dict[str, int]:
     out: dict[str, int] = {}
     for _, a in graph.nodes(data=True):
-        if a["phase"] == phase and a.get("layer") == layer and a["kind"] not in ("marker", "communication") \
+        if a["phase"] == phase and a.get("layer") == layer and a["kind"] not in (NodeKind.MARKER, NodeKind.COMM) \
                 and (phase == "prefill" or a["step"] == 1):
             out[a["op"]] = out.get(a["op"], 0) + a.get("launches", 1)
     return out
@@ -360,17 +361,17 @@ def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
      "workload": {"batch_size": 16}},
 ])
 def test_reused_layers_equal_built_ones(monkeypatch, sections):
-    """Copies of identical layers (_Builder._layer_reused) give exactly the nodes, attributes and
+    """Copies of identical layers (BlockBuilder.layer_reused) give exactly the nodes, attributes and
     edges that building every layer gives, and the simulation prices each copy as its original."""
-    from simulator import graph as graph_module
+    from simulator.graph import PassBuilder
     from simulator.config import resolve_hardware
     from simulator.simulate import simulate_dag
     s = make_scenario(TINY_MOE, **sections)
     reused = build_dag(s)
     copies = sum(t >= 0 for t in reused.moesim_twins)
     assert copies > reused.number_of_nodes() / 5 or s.workload.routing.sampled is not None
-    monkeypatch.setattr(graph_module._Builder, "_layer_reused", graph_module._Builder._layer)
-    monkeypatch.setattr(graph_module._Builder, "pass_reused", graph_module._Builder.build_pass)
+    monkeypatch.setattr(PassBuilder, "layer_reused", PassBuilder.build_layer)
+    monkeypatch.setattr(PassBuilder, "pass_reused", PassBuilder.build_pass)
     built = build_dag(s)
     assert list(reused.nodes(data=True)) == list(built.nodes(data=True))
     assert list(reused.edges) == list(built.edges)

@@ -64,7 +64,7 @@ def test_folding_to_one_gpu_per_stage_gives_the_same_figures(parallel, cluster):
 
 
 def test_folding_refuses_layouts_whose_gpus_differ():
-    from simulator.graph import symmetric_representatives
+    from simulator.placement import symmetric_representatives
     skewed = make_scenario(TINY_MOE, workload={"routing": {"zipf": 1.0}})
     assert symmetric_representatives(skewed, 4) is None
     dropping = make_scenario(TINY_MOE, workload={"routing": {"capacity_factor": 0.5}})

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import TINY_MOE, make_scenario
 from simulator.critical_path import analyse
-from simulator.graph import COMM, MARKER
+from simulator.graph import NodeKind
 from simulator.pipeline import run_scenario
 from simulator.report.slices import load_slices, save_slices, slices_of_run
 from simulator.report.summary import summary_dict
@@ -55,9 +55,9 @@ def test_slices_are_the_resources_each_node_held(tiny_run):
     for row in range(len(ops)):
         kind, gpu = ops["kind"].iat[row], ops["gpu"].iat[row]
         held = sorted(s.resource[s.row == row].tolist())
-        if kind == MARKER:
+        if kind == NodeKind.MARKER:
             assert held == []
-        elif kind == COMM:
+        elif kind == NodeKind.COMM:
             assert sorted(r % n for r in held if r // n == 1) == sorted(gpu)  # every member's comm stream
         else:
             assert held == [gpu]  # its compute stream

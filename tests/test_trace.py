@@ -9,7 +9,7 @@ import pytest
 
 from conftest import TINY_MOE, make_scenario
 from simulator.critical_path import analyse
-from simulator.graph import COMM
+from simulator.graph import NodeKind
 from simulator.pipeline import run_scenario
 from simulator.report.slices import slices_of_run
 from simulator.report.trace import LINK_PID0, RUN_PID, gpu_pid, link_pid, write_trace
@@ -68,14 +68,14 @@ def test_each_kernel_once_on_its_stream_and_collectives_on_every_member(traced):
     for e in events:
         seen.setdefault(e["args"]["node"], []).append((e["pid"], e["tid"]))
     for node, kind, gpu in zip(run.sim.ops["node"], run.sim.ops["kind"], run.sim.ops["gpu"]):
-        if kind == "marker":
+        if kind == NodeKind.MARKER:
             assert node not in seen
-        elif kind == COMM:
+        elif kind == NodeKind.COMM:
             assert sorted(seen[node]) == sorted((gpu_pid(g), 1) for g in gpu)
         else:
             assert seen[node] == [(gpu_pid(gpu), 0)]
     links = _slices(doc, lambda pid: pid >= LINK_PID0)
-    assert links and all(run.sim.ops.set_index("node").loc[e["args"]["node"], "kind"] == COMM for e in links)
+    assert links and all(run.sim.ops.set_index("node").loc[e["args"]["node"], "kind"] == NodeKind.COMM for e in links)
 
 
 def test_run_process_holds_phases_and_the_critical_path(traced):

@@ -19,13 +19,14 @@ import networkx as nx
 from simulator.report.folded import FOLDED, TRANSFER_OPS, folded_view, gpu_list, pass_name, stage_layers_of
 from simulator.report.graph_json import write_graph_json
 from simulator.files import write_atomic
+from simulator.graph import NodeKind
 
 # ColorBrewer Set3 (pastel, black text stays readable on every entry); cycles for more GPUs.
 GPU_PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3",
                "#fdb462", "#b3de69", "#fccde5", "#bc80bd", "#ccebc5")
 COMM_FILL, COMM_BORDER, FOLDED_FILL = "#f2f2f2", "#505050", "#fff7dc"
-SHAPES = {"compute": "box", "communication": "ellipse", "routing": "parallelogram",
-          FOLDED: "box3d", "marker": "plaintext"}
+SHAPES = {NodeKind.COMPUTE: "box", NodeKind.COMM: "ellipse", NodeKind.ROUTING: "parallelogram",
+          FOLDED: "box3d", NodeKind.MARKER: "plaintext"}
 ROUTING_SOURCE_OPS = frozenset({"topk", "router", "moe_permute"})
 DOT_MISSING = "Graphviz 'dot' not found: install it (apt-get install graphviz)"
 DOT_TIMEOUT_S = 300
@@ -74,7 +75,7 @@ def _node_label(n: str, a: dict) -> str:
     kind = a.get("kind")
     if kind == FOLDED:
         return a.get("label", n)
-    if kind == "marker":
+    if kind == NodeKind.MARKER:
         if a.get("op") == "token":
             return f"token out\n({pass_name(a['phase'], a['step'], a['microbatch']).lower()})"
         return n
@@ -84,18 +85,18 @@ def _node_label(n: str, a: dict) -> str:
 
 
 def _node_style(a: dict, label: str) -> dict:
-    kind = a.get("kind", "compute")
+    kind = a.get("kind", NodeKind.COMPUTE)
     style = {"shape": SHAPES.get(kind, "box")}
-    if kind == "routing":
+    if kind == NodeKind.ROUTING:
         # Graphviz grows a parallelogram around its label's box, to ~3x a rectangle; size it by hand.
         chars = max(len(line) for line in label.split("\n"))
         style.update(fixedsize="true", width=f"{chars * 11 * 0.56 / 72 + 0.7:.2f}",
                      height=f"{0.2 + 0.19 * (label.count(chr(10)) + 1):.2f}")
-    if kind in ("compute", "routing"):
+    if kind in (NodeKind.COMPUTE, NodeKind.ROUTING):
         gpu = a.get("gpu")
         fill = gpu_colour(gpu) if isinstance(gpu, int) else COMM_FILL
-        style.update(style='"filled,rounded"' if kind == "compute" else "filled", fillcolor=_q(fill))
-    elif kind == "communication":
+        style.update(style='"filled,rounded"' if kind == NodeKind.COMPUTE else "filled", fillcolor=_q(fill))
+    elif kind == NodeKind.COMM:
         style.update(style="filled", fillcolor=_q(COMM_FILL), color=_q(COMM_BORDER), penwidth="1.5")
     elif kind == FOLDED:
         style.update(style="filled", fillcolor=_q(FOLDED_FILL), penwidth="1.5", fontsize="13", margin='"0.2,0.08"')
@@ -111,7 +112,7 @@ def _node_attrs(n: str, a: dict) -> str:
 
 def _edge_line(u: str, v: str, view: nx.DiGraph) -> str:
     su, sv = view.nodes[u], view.nodes[v]
-    routing = su.get("op") in ROUTING_SOURCE_OPS and sv.get("kind") != "routing"
+    routing = su.get("op") in ROUTING_SOURCE_OPS and sv.get("kind") != NodeKind.ROUTING
     return f"  {_q(u)} -> {_q(v)}{' [style=dashed]' if routing else ''};"
 
 
@@ -125,7 +126,7 @@ def _placement(n: str, a: dict, stage_layers: dict[int, list[int]]) -> tuple:
     pass_key = (a.get("step", 0), a.get("microbatch", 0))
     stage, layer = a.get("stage", -1), a.get("layer", -1)
     # Stage transfers (their layer lies outside the stage) sit between the stage clusters.
-    transfer = a.get("op") in TRANSFER_OPS or a.get("kind") == "marker" or (
+    transfer = a.get("op") in TRANSFER_OPS or a.get("kind") == NodeKind.MARKER or (
         layer >= 0 and layer not in stage_layers.get(stage, ()))
     if transfer or stage < 0:
         return (phase, pass_key)

@@ -11,6 +11,8 @@ from collections import defaultdict
 
 import networkx as nx
 
+from simulator.graph import NodeKind
+
 FOLDED = "folded"  # kind of the boxes that stand for folded operators
 TRANSFER_OPS = frozenset({"pp_send", "token_send"})
 
@@ -42,7 +44,7 @@ def stage_layers_of(g: nx.DiGraph) -> dict[int, list[int]]:
     """Layers each pipeline stage computes, read from its compute and routing operators."""
     layers: dict[int, set[int]] = defaultdict(set)
     for _, a in g.nodes(data=True):
-        if a.get("kind") in ("compute", "routing") and a.get("layer", -1) >= 0:
+        if a.get("kind") in (NodeKind.COMPUTE, NodeKind.ROUTING) and a.get("layer", -1) >= 0:
             layers[a["stage"]].add(a["layer"])
     return {s: sorted(v) for s, v in sorted(layers.items())}
 

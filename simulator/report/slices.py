@@ -17,8 +17,8 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from simulator.graph import COMM, MARKER
 from simulator.files import OutputError, write_atomic
+from simulator.graph import NodeKind
 from simulator.simulate import Resources, node_resources
 
 SLICES_FILE = "slices.npz"
@@ -63,10 +63,10 @@ def build_slices(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int, residual_b
     for i, n in enumerate(ops["node"].tolist()):
         a = attrs[n]
         kind = a["kind"]
-        if kind == MARKER:
+        if kind == NodeKind.MARKER:
             continue
         held = node_resources(a, res)
-        if kind == COMM:
+        if kind == NodeKind.COMM:
             recv = dict(zip(a["gpu"], a["recv_bytes"]))
             for r in held:
                 rows.append(i)

@@ -15,6 +15,7 @@ import orjson
 import pandas as pd
 
 from simulator.files import write_atomic
+from simulator.graph import NodeKind
 from simulator.report.slices import Slices
 
 #: pid of the run-wide process; GPU g is pid g + 1 and its link port pid LINK_PID0 + g.
@@ -79,7 +80,7 @@ def trace_events(ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None
     step = ops["step"].to_numpy()
     end_us = np.round(ops["end_s"].to_numpy(dtype=float) * 1e6, 3)
     start_arr = np.asarray(start_us)
-    work = (ops["kind"] != "marker").to_numpy()
+    work = (ops["kind"] != NodeKind.MARKER).to_numpy()
     for name, mask in [("prefill", (phase == "prefill") & work)] + [
             (f"decode step {k}", (phase == "decode") & (step == k) & work)
             for k in sorted(set(step[(phase == "decode") & work].tolist()))]:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from simulator.graph import COMM, MARKER
+from simulator.graph import NodeKind
 from simulator.sweep.layouts import Layout
 
 #: Classes of GPU time a layout spends, in the order ties are broken.
@@ -99,11 +99,11 @@ def cost_shares(run) -> dict[str, float]:
     weights = decode_step_weights(dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1,
                                   dag.graph.get("warmup_steps", 0))
     nodes = run.sim.weighted_nodes(weights)
-    comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == COMM}
+    comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == NodeKind.COMM}
     sums = ExactSums()
     bound = run.sim.bound
     for i, a, count, _, w, _ in nodes:
-        if a["kind"] != COMM and a["kind"] != MARKER:
+        if a["kind"] != NodeKind.COMM and a["kind"] != NodeKind.MARKER:
             sums.add(bound[i], w, count)
     by_bound = sums.totals()
     bound_total = math.fsum(by_bound.values()) or 1.0

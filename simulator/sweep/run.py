@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
 from simulator.config import Scenario, resolve_hardware
-from simulator.graph import evenly_routed
+from simulator.placement import evenly_routed
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.sweep.executors import SerialExecutor
 from simulator.sweep.layouts import Layout, layout_scenario

@@ -1,0 +1,306 @@
+"""Graph stage, builder primitives: nodes (kernels, PyTorch helper kernels, collectives) added to
+plain lists, and repeated blocks (layers, passes) copied instead of built again.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import NamedTuple
+
+from simulator import costs
+from simulator.config import Scenario
+from simulator.graph.dag import COMM, COMPUTE, ROUTING, CopiedBlock
+from simulator.placement import Placement
+
+#: Kernels a plain PyTorch implementation launches beyond the DAG's one-kernel operators
+#: (runtime.framework: pytorch), counted call by call in simulator/microbench_e2e.py, the reference
+#: implementation of the measured end-to-end cases. Views, splits and host arithmetic launch none.
+PYTORCH_HELPER_KERNELS = {
+    # softmax(fp32) 1, topk 2 (select + sort of the k winners), sum 1, divide 1: the router's top-k node
+    "topk": 5,
+    # prefill, GQA: K and V repeat_interleave'd to every query head before the flash kernel
+    "attn_gqa_expand": 2,
+    # prefill: the [B, H, S, D] context transposed back to [B, S, H*D] (a copy)
+    "attn_out_copy": 1,
+    # decode: the new K and V written into the cache's slot (two copies)
+    "kv_append": 2,
+    # sorted MoE: argsort of the expert ids (radix sort: histogram + 8 one-byte passes over int64
+    # keys + index init = 10), order // k 1, bincount 2, its copy to the host for the split sizes 1
+    "moe_sort": 14,
+    # capacity MoE: one-hot (arange, eq, cast) 3, slot positions (cumsum, sub, gather) 3, keep mask 1,
+    # slot index (mul, add, where) 3, token index (arange, repeat_interleave) 2, zeroed buffer,
+    # token gather, index_copy into it 3
+    "moe_dispatch_index": 15,
+    # sorted MoE: cat of the expert outputs, routing weights reordered and cast 2, scaled 1,
+    # zeroed output 1 (then the index_add is the combine node)
+    "moe_unsort": 5,
+    # capacity MoE: zero trash row 1, cat 1, gather by slot 1, weights masked 1, cast 1, scaled 1
+    # (then the sum over the k copies is the combine node)
+    "moe_undispatch": 6,
+}
+
+
+class Template(NamedTuple):
+    """A block of built (or copied) nodes that a later identical block copies (BlockBuilder.reused)."""
+
+    cut: int  # length of the block's name prefix
+    inputs: list[int]  # the nodes outside the block that feed it, by position
+    first: int  # the block's nodes: first .. end - 1
+    end: int
+    edge_first: int  # the block's edges: edge_first .. edge_end - 1 of the edge lists
+    edge_end: int
+    outputs: object  # what the block's maker returned (node names, in a str, list or dict)
+
+
+class StepTemplate(NamedTuple):
+    """A decode layer that layers of other steps copy, but for their attention nodes."""
+
+    template: Template
+    kv_positions: list[int]  # its attention nodes, as offsets from template.first
+
+
+def dim(x: float) -> int | float:
+    """A shape dimension as shown: an int when whole, else rounded to 2 decimals."""
+    return int(x) if float(x).is_integer() else round(float(x), 2)
+
+
+class BlockBuilder:
+    """Accumulates nodes (attribute dicts, or copies of earlier blocks) and edges as plain lists, for a Dag.
+
+    The primitives (add, compute, linear, helper, collective) and the copying of repeated blocks;
+    layers.LayerBuilder adds the transformer layers, passes.PassBuilder whole passes."""
+
+    def __init__(self, scenario: Scenario, keep: frozenset[int] | None = None):
+        self.scenario = scenario
+        self.keep = keep  # GPUs whose nodes are built (None: all); see symmetric_representatives
+        self.pytorch = scenario.runtime.framework == "pytorch"
+        # the MoE algorithm whose PyTorch helper kernels the graph shows (None: fused, or grouped)
+        self.pytorch_moe = scenario.model.moe_impl if self.pytorch else None
+        self.templates: dict[tuple, Template] = {}  # see layer_reused
+        # Per node, in creation order: name, attributes, the index of the node it copies (or -1).
+        # A copied layer's nodes have neither name nor attributes here (Dag makes them on request):
+        # `copies` says where each copied block comes from; `index` names the nodes deps refer to.
+        self.names: list[str | None] = []
+        self.attrs: list[dict | None] = []
+        self.twins: list[int] = []
+        self.copies: list[CopiedBlock] = []
+        self.index: dict[str, int] = {}
+        self.src: list[int] = []  # edges, as node indices
+        self.dst: list[int] = []
+        self.node_step: list[int] = []  # per node, its step (a copy's may differ from its original's)
+        self.kv_nodes: list[int] = []  # decode attention nodes, whose attributes depend on the KV length
+        self.across_steps: dict[tuple, StepTemplate] = {}  # see layer_reused
+        self.model = scenario.model
+        self.pl = Placement.of(scenario)
+        self.bytes_per_element = self.model.dtype_bytes_per_element  # of activations
+        self.weight_bytes_per_element = self.model.weight_bytes_per_element
+        self.kv_bytes_per_element = self.model.kv_bytes_per_element
+        self.layer_loads: dict[int, list[float]] = {}
+        self.loads_cache: dict[tuple[int, float], tuple[list[float], float]] = {}
+        model, tp = self.model, self.pl.tp
+        self.heads_local = model.num_heads // tp
+        # KV heads split over tp, or replicated when there are fewer KV heads than TP ranks.
+        self.kv_heads_local = max(1, model.kv_heads // tp)
+        self.head_dim = model.head_size
+        self.hidden = model.hidden_size
+
+    def on_gpus(self, gpus) -> list[int]:
+        """The GPUs of `gpus` whose nodes this builder materialises."""
+        return list(gpus) if self.keep is None else [g for g in gpus if g in self.keep]
+
+    @cached_property
+    def stage_on(self) -> list[list[int]]:
+        """Per stage, its materialised GPUs."""
+        return [self.on_gpus(self.pl.stage_gpus(st)) for st in range(self.pl.pp)]
+
+    @cached_property
+    def tp_groups_on(self) -> list[list[tuple[int, list[int], list[int]]]]:
+        """Per stage, (dp rank, TP group, its materialised GPUs) for the groups with any."""
+        pl = self.pl
+        return [[(d, grp, mine) for d in range(pl.dp) if (mine := self.on_gpus(grp := pl.tp_group(st, d)))]
+                for st in range(pl.pp)]
+
+    @cached_property
+    def ep_groups_on(self) -> list[list[tuple[list[int], list[int], dict[int, list[int]]]]]:
+        """Per stage, (EP group, its materialised GPUs, each member's experts) for the groups with any."""
+        pl = self.pl
+        return [[(grp, mine, {g: pl.experts_of_gpu(g) for g in grp})
+                 for grp in pl.ep_groups(st) if (mine := self.on_gpus(grp))] for st in range(pl.pp)]
+
+    # -- primitive adders ------------------------------------------------------------------
+    def add(self, nid: str, deps, **attrs) -> str:
+        i = len(self.attrs)
+        index = self.index
+        if nid in index:
+            raise ValueError(f"node {nid} is added twice")
+        for d in deps:
+            if d not in index:
+                raise KeyError(f"edge {d} -> {nid} names an unknown node")
+            self.src.append(index[d])
+            self.dst.append(i)
+        self.names.append(nid)
+        self.attrs.append(attrs)
+        self.twins.append(-1)
+        self.node_step.append(attrs["step"])
+        index[nid] = i
+        return nid
+
+    def compute(self, nid, deps, op, category, ctx, gpu, cost: costs.OpCost, in_shape, out_shape,
+                tensor_core=False, launches=1, kind=COMPUTE, resident_bytes=0.0, **extra) -> str:
+        """A kernel on one GPU. `resident_bytes`: what it reads from weights or the KV cache, so
+        that act_bytes (transient activations in + out) excludes them."""
+        return self.add(nid, deps, **self.compute_attrs(op, category, ctx, gpu, cost, in_shape, out_shape,
+                                                         tensor_core, launches, kind, resident_bytes, **extra))
+
+    def compute_attrs(self, op, category, ctx, gpu, cost: costs.OpCost, in_shape, out_shape,
+                       tensor_core=False, launches=1, kind=COMPUTE, resident_bytes=0.0, **extra) -> dict:
+        return dict(
+            op=op, kind=kind, category=category, gpu=gpu, flops=cost.flops,
+            bytes_read=cost.bytes_read, bytes_written=cost.bytes_written,
+            act_bytes=cost.bytes_read + cost.bytes_written - resident_bytes, in_shape=in_shape,
+            out_shape=out_shape, tensor_core=tensor_core, launches=launches, dtype=self.model.dtype,
+            **ctx, **extra,
+        )
+
+    def linear(self, nid, deps, op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind=COMPUTE,
+               groups: int = 1) -> str:
+        """A GEMM against a [k, n] weight (or a batch of `groups` of them over the same rows)."""
+        extra = {"grouped": (groups, tokens)} if groups > 1 else {}
+        return self.compute(nid, deps, op, category, ctx, gpu, costs.linear_cost(tokens, k, n, self.bytes_per_element, self.weight_bytes_per_element, groups),
+                            in_shape, out_shape, tensor_core=True, kind=kind, resident_bytes=groups * k * n * self.weight_bytes_per_element,
+                            gemm=(groups * tokens, k, n), weight_b=self.weight_bytes_per_element, **extra)
+
+    def helper(self, nid, deps, op, category, ctx, gpu, bytes_read, bytes_written, shape,
+               resident_bytes=0.0) -> str:
+        """Memory-bound helper kernels of a plain PyTorch implementation (PYTORCH_HELPER_KERNELS[op] of
+        them): copies, index arithmetic, buffer fills, timed by the bytes they move."""
+        return self.compute(nid, deps, op, category, ctx, gpu, costs.OpCost(0.0, bytes_read, bytes_written), shape,
+                            shape, launches=PYTORCH_HELPER_KERNELS[op], kind=ROUTING, resident_bytes=resident_bytes)
+
+    def collective(self, nid, deps, op, category, ctx, gpus, collective, send_bytes, recv_bytes,
+                   message_bytes, shape, group) -> str:
+        return self.add(
+            nid, deps, op=op, kind=COMM, category=category, gpu=tuple(gpus), collective=collective,
+            group=group, send_bytes=tuple(send_bytes), recv_bytes=tuple(recv_bytes),
+            message_bytes=message_bytes, flops=0.0, bytes_read=float(sum(send_bytes)),
+            bytes_written=float(sum(recv_bytes)), in_shape=shape, out_shape=shape, launches=1,
+            dtype=self.model.dtype, **ctx,
+        )
+
+
+    def layer_reused(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict:
+        """build_layer, or a copy of an identical layer built earlier: the same phase, stage, layer kind,
+        shapes, routing loads and inputs (wired alike) give the same nodes and edges but for the
+        names' prefix and the step, microbatch and layer fields (see reused)."""
+        layer = ctx["layer"]
+        inputs: dict[str, int] = {}  # this layer's input nodes, numbered in order of first use
+        wiring = tuple((g, tuple(inputs.setdefault(d, len(inputs)) for d in as_list(v))) for g, v in ready.items())
+        per_layer = layer if self.scenario.workload.routing.sampled is not None else None  # a draw per layer
+        key = ("layer", ctx["phase"], ctx["stage"], self.model.is_moe_layer(layer), seqs, q_len, kv_len, gather,
+               per_layer, wiring)
+        fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
+        prefix = f"{tag}.L{layer}"
+        across = key[:6] + key[7:]  # the same but for the KV length
+        if q_len == 1 and key not in self.templates:
+            source = self.across_steps.get(across)
+            if source is not None:  # a decode layer of another step: a copy with attention nodes of its own
+                template, kv_positions = source
+                out, copy = self.copy_block(template, prefix, list(inputs), fields)
+                for pos in kv_positions:
+                    j = copy.first + pos
+                    a = self.attrs[template.first + pos]
+                    self.attrs[j] = self.attention_attrs(a["op"], ctx, a["gpu"], seqs, q_len, kv_len)
+                    self.twins[j] = -1
+                    self.kv_nodes.append(j)
+                self.templates[key] = copy  # the template of this step's other layers and microbatches
+                return out
+        n0, k0 = len(self.attrs), len(self.kv_nodes)
+        out = self.reused(key, prefix, list(inputs), fields,
+                           lambda: self.build_layer(tag, ctx, ready, seqs, q_len, kv_len, gather))
+        template = self.templates.get(key)
+        if q_len == 1 and template is not None and template.first == n0 and across not in self.across_steps:
+            self.across_steps[across] = StepTemplate(template, [i - n0 for i in self.kv_nodes[k0:]])
+        return out
+
+    def pass_reused(self, phase: str, step: int, mb: int, start_deps: list[str]) -> str:
+        """build_pass, or a copy of the same pass of an earlier microbatch: every microbatch's pass
+        of one step has the same nodes and edges but for the names' prefix, the microbatch field
+        and the node it waits for (the microbatch's previous token)."""
+        tag = f"{'p' if phase == 'prefill' else 'd' + str(step)}.mb{mb}"
+        return self.reused(("pass", phase, step, len(start_deps)), tag, list(start_deps), {"microbatch": mb},
+                            lambda: self.build_pass(phase, step, mb, start_deps))
+
+    def reused(self, key: tuple, prefix: str, inputs: list[str], fields: dict, make):
+        """make(), or a copy of the block of nodes that make() added under the same key before.
+
+        A block is copyable when every node it added is named `prefix.` something and every edge
+        into it comes from its `inputs` (or from inside). A copy gets the template's nodes and
+        edges, shifted, with the inputs swapped by position; its nodes are named and given their
+        attributes (the template's, with `fields` changed) only when the Dag is asked for them.
+        Copying is several times cheaper than building, and `twins` tells the simulation that a
+        copy costs what its original costs. Returns make()'s outputs (node names, in a str, list
+        or dict) or the copy's.
+        """
+        template = self.templates.get(key)
+        if template is None:
+            n0, e0 = len(self.attrs), len(self.src)
+            out = make()
+            own = prefix + "."
+            in_idx = [self.index[x] for x in inputs]
+            # a None name is a layer copied inside this block (a pass), named under its prefix
+            if all(n is None or n.startswith(own) for n in self.names[n0:]) and all(
+                    u >= n0 or u in in_idx for u in self.src[e0:]):
+                self.templates[key] = Template(len(prefix), in_idx, n0, len(self.attrs), e0, len(self.src), out)
+            return out
+        return self.copy_block(template, prefix, inputs, fields)[0]
+
+    def copy_block(self, template: Template, prefix: str, inputs: list[str], fields: dict) -> tuple[object, Template]:
+        """A copy of a template block (see reused) under `prefix`, fed by `inputs`: returns its
+        outputs and the copy itself as a template."""
+        cut, old_inputs, n0, n1, e0, e1, out = template
+        first, e_first = len(self.attrs), len(self.src)
+        shift = first - n0
+        new_inputs = [self.index[x] for x in inputs]
+        renamed = dict(zip(old_inputs, new_inputs))  # template inputs -> this block's
+        input_name = dict(zip(old_inputs, inputs))
+        twins = self.twins
+        self.names.extend([None] * (n1 - n0))
+        self.attrs.extend([None] * (n1 - n0))
+        twins.extend([t if t >= 0 else n for n, t in enumerate(twins[n0:n1], n0)])  # always an original
+        self.node_step.extend([fields["step"]] * (n1 - n0) if "step" in fields else self.node_step[n0:n1])
+        self.copies.append(CopiedBlock(first, n0, n1, prefix, cut, fields))
+        self.src.extend([u + shift if u >= n0 else renamed[u] for u in self.src[e0:e1]])
+        self.dst.extend([v + shift for v in self.dst[e0:e1]])
+        index = self.index
+
+        def output(x):  # the copy's node(s) for the template's output(s) x, named so that deps can use them
+            if isinstance(x, list):
+                return [output(v) for v in x]
+            if isinstance(x, dict):
+                return {g: output(v) for g, v in x.items()}
+            i = index[x]
+            if i < n0:  # an input passed through
+                return input_name[i]
+            name = prefix + x[cut:]
+            index[name] = i + shift
+            return name
+        copied = output(out)
+        return copied, Template(len(prefix), new_inputs, first, len(self.attrs), e_first, len(self.src), copied)
+
+    # -- hooks of the subclasses -----------------------------------------------------------
+    def build_layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
+        raise NotImplementedError  # layers.LayerBuilder
+
+    def attention_attrs(self, op, ctx, g, seqs, q_len, kv_len) -> dict:
+        raise NotImplementedError  # layers.LayerBuilder
+
+    def build_pass(self, phase: str, step: int, mb: int, start_deps: list[str]) -> str:
+        raise NotImplementedError  # passes.PassBuilder
+
+
+def as_list(dep) -> list[str]:
+    """A dependency (None, a node name or a list of them) as a list of names."""
+    if dep is None:
+        return []
+    return list(dep) if isinstance(dep, list) else [dep]
+

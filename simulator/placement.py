@@ -1,0 +1,219 @@
+"""Placement stage: where every rank, layer and expert lives, and how routing loads the experts.
+
+Layout semantics (README, "Parallel semantics"): gpu = stage * (dp*tp) + dp_rank * tp + tp_rank;
+experts are split over ep ranks (x etp shards) folded onto the dp*tp GPUs of each stage, replicated
+over the quotient. No hardware figures here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from simulator import costs
+from simulator.config import Scenario
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where every rank, layer and expert lives."""
+
+    tp: int
+    dp: int
+    pp: int
+    ep: int
+    etp: int
+    num_experts: int
+    stage_layers: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> "Placement":
+        p = scenario.parallel
+        return cls(
+            tp=p.tp,
+            dp=p.dp,
+            pp=p.pp,
+            ep=p.ep,
+            etp=p.etp,
+            num_experts=scenario.model.num_experts,
+            stage_layers=tuple(tuple(s) for s in scenario.stage_layers()),
+        )
+
+    @property
+    def num_gpus(self) -> int:
+        return self.pp * self.dp * self.tp
+
+    def gpu(self, stage: int, dp_rank: int, tp_rank: int) -> int:
+        return stage * self.dp * self.tp + dp_rank * self.tp + tp_rank
+
+    def stage_of_gpu(self, gpu: int) -> int:
+        return gpu // (self.dp * self.tp)
+
+    def in_stage(self, gpu: int, stage: int) -> int:
+        """The GPU of the same dp and tp rank as `gpu` in another pipeline stage."""
+        return gpu + (stage - self.stage_of_gpu(gpu)) * self.dp * self.tp
+
+    def stage_gpus(self, stage: int) -> list[int]:
+        first = stage * self.dp * self.tp
+        return list(range(first, first + self.dp * self.tp))
+
+    def tp_group(self, stage: int, dp_rank: int) -> list[int]:
+        return [self.gpu(stage, dp_rank, t) for t in range(self.tp)]
+
+    def ep_groups(self, stage: int) -> list[list[int]]:
+        """Expert replicas of a stage: consecutive blocks of ep*etp GPUs, each holding all experts."""
+        gpus, size = self.stage_gpus(stage), self.ep * self.etp
+        return [gpus[i : i + size] for i in range(0, len(gpus), size)]
+
+    @cached_property
+    def _experts_per_rank(self) -> int:
+        return self.num_experts // self.ep if self.num_experts else 0
+
+    def experts_of_gpu(self, gpu: int) -> list[int]:
+        """Experts whose weights (or etp shard of them) this GPU holds."""
+        if not self.num_experts:
+            return []
+        local = gpu % (self.dp * self.tp) % (self.ep * self.etp)
+        ep_rank = local // self.etp
+        n = self._experts_per_rank
+        return list(range(ep_rank * n, (ep_rank + 1) * n))
+
+    def layers_of_gpu(self, gpu: int) -> tuple[int, ...]:
+        return self.stage_layers[self.stage_of_gpu(gpu)]
+
+
+def routing_loads(scenario: Scenario, layer: int = 0) -> list[float]:
+    """Fraction of token copies sent to each expert in `layer`, from workload.routing
+    (config.RoutingSpec): uniform (expected values), Zipf, a given vector, or a seeded draw."""
+    n = scenario.model.num_experts
+    if not n:
+        return []
+    r = scenario.workload.routing
+    if r.zipf is not None:
+        weights = [1.0 / (i + 1) ** r.zipf for i in range(n)]
+    elif r.loads is not None:
+        weights = list(r.loads)
+    elif r.sampled is not None:
+        w = scenario.workload
+        copies = w.batch_size * w.input_len_tokens * scenario.model.top_k
+        rng = np.random.default_rng([r.sampled, layer])
+        weights = [float(x) for x in rng.multinomial(copies, [1.0 / n] * n)]
+    else:
+        return [1.0 / n] * n
+    total = sum(weights)
+    return [x / total for x in weights]
+
+
+def evenly_routed(scenario: Scenario) -> bool:
+    """Every expert gets the same share of token copies and none is dropped (or the model is dense)."""
+    r = scenario.workload.routing
+    return not scenario.model.is_moe or (r.zipf is None and r.sampled is None
+                                         and (r.loads is None or max(r.loads) == min(r.loads))
+                                         and (r.capacity_factor is None or r.capacity_factor >= 1.0))
+
+
+def symmetric_representatives(scenario: Scenario, gpus_per_node: int) -> frozenset[int] | None:
+    """One GPU per pipeline stage that stands for all of its stage, when they are exactly alike.
+
+    Every GPU of a stage then runs the same kernels at the same times: the stage is split evenly
+    (heads, KV heads, experts and expert shards divide), routing sends every expert the same share
+    with no capacity drops, and every GPU's TP group, EP group and pipeline peers span nodes the
+    same way (so each collective has the same link classes, member counts and duration on every
+    member). Simulating the representatives alone then gives every figure of the whole; the
+    others' per-GPU figures are copies (see expand_per_gpu). None when any condition fails."""
+    pl = Placement.of(scenario)
+    if pl.dp * pl.tp == 1 or not evenly_routed(scenario):
+        return None  # nothing to fold, or GPUs whose experts get different loads
+
+    def span(gpus) -> tuple[int, int]:  # (most GPUs on one node, nodes): what the collective costs read
+        per_node: dict[int, int] = {}
+        for g in gpus:
+            per_node[g // gpus_per_node] = per_node.get(g // gpus_per_node, 0) + 1
+        return max(per_node.values()), len(per_node)
+
+    def signature(stage: int, d: int, t: int) -> tuple:
+        g = pl.gpu(stage, d, t)
+        ep = next(grp for grp in pl.ep_groups(stage) if g in grp)
+        peers = tuple(pl.gpu(s, d, t) // gpus_per_node == g // gpus_per_node for s in range(pl.pp))
+        return span(pl.tp_group(stage, d)), span(ep), peers
+
+    for stage in range(pl.pp):
+        first = signature(stage, 0, 0)
+        if any(signature(stage, d, t) != first for d in range(pl.dp) for t in range(pl.tp)):
+            return None
+    return frozenset(pl.gpu(stage, 0, 0) for stage in range(pl.pp))
+
+
+def expand_per_gpu(values: dict[int, object], graph: nx.DiGraph) -> dict[int, object]:
+    """Per-GPU figures of a folded graph (built for symmetric_representatives) for every GPU:
+    each GPU takes its stage representative's figure. An unfolded graph's figures pass through."""
+    keep = graph.graph.get("representatives")
+    if not keep:
+        return values
+    per_stage = graph.graph["num_gpus"] // len(keep)
+    return {g: values[g - g % per_stage] for g in sorted(values)}
+
+
+def routing_summary(scenario: Scenario) -> dict:
+    """Routing imbalance of the MoE layers: tokens per EP rank (max / mean over ranks, the worst
+    layer and the mean over layers) and the token copies dropped at capacity per prefill."""
+    m, p, w = scenario.model, scenario.parallel, scenario.workload
+    out = {"routing": w.routing.kind, "max_over_mean_tokens_per_ep_rank": 1.0,
+           "mean_max_over_mean_tokens_per_ep_rank": 1.0, "dropped_copies_prefill": 0.0, "dropped_fraction": 0.0}
+    moe_layers = [layer for layer in range(m.num_layers) if m.is_moe_layer(layer)]
+    if not moe_layers:
+        return out
+    per_rank = m.num_experts // p.ep
+    groups = (p.dp * p.tp) // (p.ep * p.etp)  # EP groups per stage
+    # copies one EP group routes in one prefill pass of a microbatch (as graph.layers.LayerBuilder.layer counts them)
+    copies = w.batch_size / (p.dp * p.microbatches) * w.input_len_tokens / p.tp * p.ep * p.etp * m.top_k
+    ratios, dropped = [], 0.0
+    for layer in moe_layers:
+        kept, lost = costs.kept_copies(copies, routing_loads(scenario, layer), w.routing.capacity_factor)
+        ranks = [sum(kept[r * per_rank:(r + 1) * per_rank]) for r in range(p.ep)]
+        mean = sum(ranks) / p.ep
+        ratios.append(max(ranks) / mean if mean else 1.0)
+        dropped += lost * groups * p.microbatches
+    total = w.batch_size * w.input_len_tokens * m.top_k * len(moe_layers)
+    out.update(max_over_mean_tokens_per_ep_rank=max(ratios), mean_max_over_mean_tokens_per_ep_rank=sum(ratios) / len(ratios),
+               dropped_copies_prefill=dropped, dropped_fraction=dropped / total)
+    return out
+
+
+def placement_summary(scenario: Scenario, gpus_per_node: int) -> dict:
+    """Where the TP groups, EP groups and pipeline stages landed on the nodes (node = gpu // gpus_per_node).
+
+    The rank order (gpu = stage * dp * tp + dp_rank * tp + tp_rank) puts a TP group on consecutive
+    GPUs, so it stays inside one node whenever tp <= gpus_per_node and gpus_per_node % tp == 0."""
+    pl = Placement.of(scenario)
+    gpn = gpus_per_node
+
+    def nodes(gpus) -> list[int]:
+        return sorted({g // gpn for g in gpus})
+
+    tp_groups = [pl.tp_group(st, d) for st in range(pl.pp) for d in range(pl.dp)]
+    tp_split = [grp for grp in tp_groups if len(nodes(grp)) > 1]
+    ep_groups = [grp for st in range(pl.pp) for grp in pl.ep_groups(st)] if scenario.model.is_moe else []
+    ep_spread = max((len(nodes(grp)) for grp in ep_groups), default=1)
+    stage_nodes = [nodes(pl.stage_gpus(st)) for st in range(pl.pp)]
+    notes = []
+    if pl.tp > 1:
+        notes.append(f"{len(tp_groups)} TP group(s) of {pl.tp} GPUs: "
+                     + ("each inside one node (consecutive ranks)" if not tp_split else
+                        f"{len(tp_split)} span nodes (tp = {pl.tp} > gpus_per_node = {gpn} or not aligned): "
+                        "their all-reduces cross the NICs"))
+    if ep_groups and pl.ep * pl.etp > 1:
+        notes.append(f"{len(ep_groups)} EP group(s) of {pl.ep * pl.etp} GPUs, each over {ep_spread} node(s)"
+                     + (": all-to-all crosses the NICs (bound by the NIC)" if ep_spread > 1 else ": all-to-all on NVLink"))
+    if pl.pp > 1:
+        notes.append("pipeline stages on nodes " + "; ".join(f"stage {st}: {','.join(map(str, n))}"
+                                                            for st, n in enumerate(stage_nodes)))
+    return {"gpus_per_node": gpn, "nodes": -(-pl.num_gpus // gpn), "tp_groups_within_node": not tp_split,
+            "max_nodes_per_ep_group": ep_spread, "notes": notes}
+
