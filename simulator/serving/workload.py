@@ -162,6 +162,8 @@ def read_trace(path: Path) -> list[tuple[int, float, int, int]]:
     """Rows (line number, arrival_s, input_tokens, output_tokens) of a CSV or JSON-lines trace, sorted by
     arrival (stably, so equal times keep file order). Raises ServingError naming the bad line."""
     text = _read_text(path, "trace")
+    if not text.strip():
+        raise ServingError(f"{path}: empty trace; add lines of {','.join(TRACE_COLUMNS)}")
     rows: list[tuple[int, float, int, int]] = []
     if path.suffix in (".jsonl", ".ndjson", ".json"):
         for line_no, line in enumerate(text.splitlines(), 1):
