@@ -1,0 +1,114 @@
+"""Serving capacity stage: the highest Poisson request rate at which every target holds, and the rate curve.
+
+Runs at different rates share their random numbers (common random numbers, see workload.py): request i
+has the same lengths at every rate and arrives at E_i / rate for the same unit-rate time E_i. Arrivals
+only move closer together as the rate rises, so latency percentiles do not fall with the rate (up to
+batching effects), and bisection on "every target holds" is well posed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from simulator.serving.pricing import IterationPricer
+from simulator.serving.simulate import simulate_serving
+from simulator.serving.spec import PoissonArrivals, ServingError, ServingSpec
+from simulator.serving.stats import ServingSummary, summarize
+
+#: progress(rate_per_s, summary) is called after each simulated rate.
+Progress = Callable[[float, ServingSummary], None]
+
+CURVE_COLUMNS = ("rate_per_s", "requests_per_s", "output_tokens_per_s_per_gpu", "total_tokens_per_s_per_gpu",
+                 "ttft_p99_s", "tpot_p99_s", "e2e_p99_s", "goodput_fraction", "all_targets_met")
+
+
+@dataclass(frozen=True)
+class MaxRate:
+    """rate_per_s: the highest rate found meeting every target, within rel_tol; None when even lo_per_s
+    misses one. capped: hi_per_s itself met them (the true maximum may be higher). curve: every rate tried."""
+
+    rate_per_s: float | None
+    capped: bool
+    curve: pd.DataFrame
+
+
+def at_rate(spec: ServingSpec, rate_per_s: float) -> ServingSpec:
+    """spec with Poisson arrivals at rate_per_s (everything else, the seed included, unchanged)."""
+    if spec.workload.arrivals.kind == "trace":
+        raise ServingError("workload.arrivals: a trace fixes its arrival times; give length distributions "
+                           "(input_len, output_len) to sweep the rate")
+    if not rate_per_s > 0:
+        raise ServingError(f"rate_per_s = {rate_per_s} must be > 0")
+    workload = spec.workload.model_copy(update={"arrivals": PoissonArrivals(rate_per_s=rate_per_s)})
+    return spec.model_copy(update={"workload": workload})
+
+
+def evaluate(spec: ServingSpec, pricer: IterationPricer, rate_per_s: float,
+             base_dir: str | Path | None = None) -> tuple[dict, ServingSummary]:
+    """Simulate at one rate; returns its curve row (CURVE_COLUMNS) and summary."""
+    summary = summarize(simulate_serving(at_rate(spec, rate_per_s), pricer, base_dir=base_dir))
+    f, lat = summary.figures, summary.latency
+    row = {"rate_per_s": rate_per_s, "requests_per_s": f["requests_per_s"],
+           "output_tokens_per_s_per_gpu": f["output_tokens_per_s_per_gpu"],
+           "total_tokens_per_s_per_gpu": f["total_tokens_per_s_per_gpu"],
+           "ttft_p99_s": lat.loc["ttft_s", "p99"], "tpot_p99_s": lat.loc["tpot_s", "p99"],
+           "e2e_p99_s": lat.loc["e2e_s", "p99"], "goodput_fraction": f["goodput_fraction"],
+           "all_targets_met": summary.all_targets_met}
+    return row, summary
+
+
+def rate_curve(spec: ServingSpec, pricer: IterationPricer, rates_per_s: Iterable[float],
+               progress: Progress | None = None, base_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per rate (CURVE_COLUMNS), in the order given."""
+    rows = []
+    for rate in rates_per_s:
+        row, summary = evaluate(spec, pricer, float(rate), base_dir)
+        rows.append(row)
+        if progress is not None:
+            progress(float(rate), summary)
+    return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
+
+
+def max_rate(spec: ServingSpec, pricer: IterationPricer, lo_per_s: float, hi_per_s: float,
+             rel_tol: float = 0.01, progress: Progress | None = None,
+             base_dir: str | Path | None = None) -> MaxRate:
+    """Bisect [lo_per_s, hi_per_s] for the highest Poisson rate meeting every target of spec.targets.
+
+    Assumes the targets, once missed, stay missed at higher rates (common random numbers make this hold
+    for FIFO queueing; batching can bend it slightly). Stops when (hi - lo) / lo <= rel_tol.
+    """
+    t = spec.targets
+    if all(v is None for v in (t.ttft_p99_s, t.tpot_p99_s, t.e2e_p99_s, t.min_goodput_fraction)):
+        raise ServingError("targets: none given; set ttft_p99_s, tpot_p99_s, e2e_p99_s or min_goodput_fraction")
+    if not 0 < lo_per_s < hi_per_s:
+        raise ServingError(f"lo_per_s = {lo_per_s}, hi_per_s = {hi_per_s}: need 0 < lo_per_s < hi_per_s")
+    if not rel_tol > 0:
+        raise ServingError(f"rel_tol = {rel_tol} must be > 0 (e.g. 0.01)")
+    rows = []
+
+    def met(rate: float) -> bool:
+        row, summary = evaluate(spec, pricer, rate, base_dir)
+        rows.append(row)
+        if progress is not None:
+            progress(rate, summary)
+        return bool(row["all_targets_met"])
+
+    def curve() -> pd.DataFrame:
+        return pd.DataFrame(rows, columns=list(CURVE_COLUMNS)).sort_values("rate_per_s", ignore_index=True)
+
+    if not met(lo_per_s):
+        return MaxRate(None, False, curve())
+    if met(hi_per_s):
+        return MaxRate(hi_per_s, True, curve())
+    lo, hi = lo_per_s, hi_per_s
+    while (hi - lo) / lo > rel_tol:
+        mid = 0.5 * (lo + hi)
+        if met(mid):
+            lo = mid
+        else:
+            hi = mid
+    return MaxRate(lo, False, curve())

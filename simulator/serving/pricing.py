@@ -1,0 +1,118 @@
+"""Serving cost stage: the interface that prices one scheduler iteration, an analytic pricer, and a cache.
+
+The serving simulation asks an `IterationPricer` how long one iteration of a ragged batch takes; the
+operator-level pricing through moesim's DAG plugs in here by implementing the same protocol.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import NamedTuple, Protocol
+
+
+class SeqWork(NamedTuple):
+    """One sequence's share of one scheduler iteration.
+
+    A NamedTuple rather than a frozen dataclass: it is made once per sequence per iteration (the hot loop),
+    and a tuple is built, hashed and sorted several times faster while staying immutable.
+    """
+
+    new_tokens: int      # tokens computed this iteration: a prefill chunk's length, or 1 for a decode step
+    context_tokens: int  # tokens already in this sequence's KV cache before this iteration
+
+
+Batch = tuple[SeqWork, ...]
+
+
+class IterationPricer(Protocol):
+    """Seconds one iteration of this ragged batch takes on one replica.
+
+    Contract: a pure function of the batch's multiset of (new_tokens, context_tokens) (the order of the
+    sequences does not matter); an empty batch is the dummy iteration an idle replica of a lockstep
+    expert-parallel group runs to join the group's collectives; the result is > 0.
+    """
+
+    def __call__(self, batch: Batch) -> float: ...
+
+
+class LinearPricer:
+    """Analytic test pricer: base_s + per_token_s * sum(new_tokens) + per_context_token_s * sum(context_tokens).
+
+    Every iteration pays base_s (launch, weights read); every computed token pays per_token_s (GEMMs);
+    every sequence reads its KV cache once (memory-bound attention). Prefill attention's quadratic term is
+    left out on purpose: times stay hand-computable. With dyadic figures (0.25, 2**-6, ...) times are exact.
+    """
+
+    def __init__(self, base_s: float, per_token_s: float, per_context_token_s: float = 0.0) -> None:
+        if not base_s > 0:
+            raise ValueError(f"base_s = {base_s} must be > 0 (an iteration always takes time)")
+        if per_token_s < 0 or per_context_token_s < 0:
+            raise ValueError("per_token_s and per_context_token_s must be >= 0")
+        self.base_s = base_s
+        self.per_token_s = per_token_s
+        self.per_context_token_s = per_context_token_s
+
+    def __call__(self, batch: Batch) -> float:
+        new_tokens = 0
+        context_tokens = 0
+        for work in batch:
+            new_tokens += work.new_tokens
+            context_tokens += work.context_tokens
+        return self.base_s + self.per_token_s * new_tokens + self.per_context_token_s * context_tokens
+
+    def __repr__(self) -> str:
+        return f"LinearPricer({self.base_s}, {self.per_token_s}, {self.per_context_token_s})"
+
+
+class CachedPricer:
+    """Prices each distinct batch shape once: the key is the sorted multiset of (new_tokens, context_tokens),
+    and the wrapped pricer sees that canonical (sorted) batch. Token counts must be < 2**32.
+
+    context_bucket_tokens > 1 rounds every context up to a multiple of it before pricing, so decode batches
+    whose contexts differ by a few tokens share one price (an approximation bounded by one bucket of KV
+    reads per sequence; 1 keeps prices exact). max_entries bounds memory: the cache is cleared when full.
+    """
+
+    def __init__(self, pricer: IterationPricer, context_bucket_tokens: int = 1, max_entries: int = 100_000) -> None:
+        if context_bucket_tokens < 1:
+            raise ValueError(f"context_bucket_tokens = {context_bucket_tokens} must be >= 1")
+        self.pricer = pricer
+        self.context_bucket_tokens = context_bucket_tokens
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._cache: dict[bytes, float] = {}
+
+    def key(self, batch: Batch) -> bytes:
+        """Canonical form: each (new_tokens, context_tokens rounded up to the bucket) packed into one int
+        (new << 32 | context: sorting these sorts the pairs), sorted, as 8 bytes each. Ints sort faster
+        than tuples, and bytes keep a cached key at 8 bytes per sequence."""
+        q = self.context_bucket_tokens
+        if q == 1:
+            packed = [n << 32 | c for n, c in batch]
+        else:
+            packed = [n << 32 | -(-c // q) * q for n, c in batch]
+        packed.sort()
+        return array("q", packed).tobytes()
+
+    def canonical(self, batch: Batch) -> Batch:
+        """The batch the wrapped pricer sees: sorted, contexts rounded up to the bucket."""
+        q = self.context_bucket_tokens
+        if q == 1:
+            return tuple(sorted(batch))
+        return tuple(sorted([_new(SeqWork, (n, -(-c // q) * q)) for n, c in batch]))
+
+    def __call__(self, batch: Batch) -> float:
+        key = self.key(batch)
+        price = self._cache.get(key)
+        if price is not None:
+            self.hits += 1
+            return price
+        self.misses += 1
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        price = self._cache[key] = float(self.pricer(self.canonical(batch)))
+        return price
+
+
+_new = tuple.__new__  # SeqWork without NamedTuple's Python-level __new__ (hot loop)

@@ -1,0 +1,240 @@
+"""Serving scheduling stage: one replica's iteration-level scheduler (static, continuous, chunked prefill).
+
+Each sequence tracks, as vLLM v1 does, `num_tokens` (prompt plus tokens generated so far) and
+`num_computed` (tokens whose KV is in the cache). An iteration computes some new tokens of each scheduled
+sequence; when a sequence's computed tokens reach its known tokens, it samples one output token. A prefill is
+then simply many new tokens, a decode step one, and a preempted sequence (recompute: its blocks are freed and
+num_computed reset to 0) re-prefills its prompt and its output so far, then goes on generating.
+
+Policies:
+    static           take up to max_num_seqs waiting requests whose whole KV (prompt + output) fits, prefill
+                     them in one iteration, decode until all have finished, then take the next batch
+                     (FasterTransformer-style; the token budget does not apply; never preempts).
+    continuous       vLLM's original prefill-first scheduler: admit waiting requests (FIFO) while they fit
+                     max_num_seqs, the token budget and the free KV blocks, and run a prefill-only iteration
+                     for them; with none admitted, a decode iteration of every running sequence.
+    chunked_prefill  Sarathi-Serve / vLLM's default: a token budget per iteration; decodes first (1 token
+                     each), then prefill chunks (<= chunk_size_tokens each) of partially prefilled running
+                     requests, then of waiting ones, while budget, max_num_seqs and KV blocks allow.
+
+A running sequence that needs a block when none is free preempts the newest running sequence (possibly
+itself); the victim goes back to the front of the waiting queue. Waiting requests are admitted only when
+their blocks fit, and not in an iteration that preempted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from simulator.serving.kvcache import PagedKVCache
+from simulator.serving.pricing import Batch, SeqWork
+from simulator.serving.spec import SchedulerSpec
+
+WAITING, RUNNING, FINISHED = 0, 1, 2
+
+
+class Sequence:
+    """Mutable serving state of one request on one replica."""
+
+    __slots__ = ("request_id", "arrival_s", "input_tokens", "output_tokens", "num_tokens", "num_computed",
+                 "generated", "state", "replica", "first_scheduled_s", "finish_s", "preemptions",
+                 "token_times_s", "kv_limit_tokens")
+
+    def __init__(self, request_id: int, arrival_s: float, input_tokens: int, output_tokens: int,
+                 replica: int = 0) -> None:
+        self.request_id = request_id
+        self.arrival_s = arrival_s
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.num_tokens = input_tokens
+        self.num_computed = 0
+        self.generated = 0
+        self.state = WAITING
+        self.replica = replica
+        self.first_scheduled_s = math.nan
+        self.finish_s = math.nan
+        self.preemptions = 0
+        self.token_times_s: list[float] = []
+        self.kv_limit_tokens = 0  # tokens its KV blocks hold; growing past it needs a block
+
+
+class Step:
+    """One iteration as scheduled: its sequences and, in the same order, the batch to price."""
+
+    __slots__ = ("seqs", "batch", "tokens_out")
+
+    def __init__(self, seqs: list[Sequence], batch: Batch) -> None:
+        self.seqs = seqs
+        self.batch = batch
+        self.tokens_out = 0  # output tokens sampled, set when the iteration is applied
+
+
+class Scheduler:
+    """Waiting queue, running batch and paged KV cache of one replica."""
+
+    def __init__(self, spec: SchedulerSpec, replica: int = 0) -> None:
+        self.spec = spec
+        self.replica = replica
+        self.kv = PagedKVCache(spec.kv_cache.capacity_blocks, spec.kv_cache.block_size_tokens)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+        self.now_s = 0.0
+        self._schedule = {"static": self._schedule_static, "continuous": self._schedule_continuous,
+                          "chunked_prefill": self._schedule_chunked}[spec.policy]
+
+    @property
+    def load(self) -> int:
+        """Requests on this replica (waiting + running), for the least-loaded router."""
+        return len(self.waiting) + len(self.running)
+
+    def add(self, seq: Sequence) -> None:
+        """Enqueue an arrived request."""
+        seq.replica = self.replica
+        self.waiting.append(seq)
+
+    def schedule(self, now_s: float) -> Step:
+        """Pick the next iteration's work (possibly none) at time now_s."""
+        self.now_s = now_s
+        seqs, batch = self._schedule()
+        return Step(seqs, tuple(batch))
+
+    def complete(self, step: Step, now_s: float) -> list[Sequence]:
+        """Apply a finished iteration at time now_s: advance KV, emit tokens, free finished sequences."""
+        finished = []
+        tokens_out = 0
+        for seq, work in zip(step.seqs, step.batch):
+            computed = seq.num_computed = seq.num_computed + work[0]
+            if computed == seq.num_tokens:
+                tokens_out += 1
+                seq.num_tokens = computed + 1
+                seq.token_times_s.append(now_s)
+                seq.generated += 1
+                if seq.generated == seq.output_tokens:
+                    seq.state = FINISHED
+                    seq.finish_s = now_s
+                    seq.kv_limit_tokens = 0
+                    self.kv.free(seq.request_id)
+                    finished.append(seq)
+        step.tokens_out = tokens_out
+        if finished:
+            self.running = [s for s in self.running if s.state == RUNNING]
+        return finished
+
+    # ---------------------------------------------------------------- building blocks
+
+    def _admit(self, seq: Sequence) -> None:
+        self.waiting.popleft()
+        seq.state = RUNNING
+        if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: scheduled for the first time
+            seq.first_scheduled_s = self.now_s
+        self.running.append(seq)
+
+    def _grow(self, seq: Sequence, kv_tokens: int) -> bool:
+        kv = self.kv
+        if not kv.grow(seq.request_id, kv_tokens):
+            return False
+        seq.kv_limit_tokens = kv.held(seq.request_id) * kv.block_size_tokens
+        return True
+
+    def _grow_or_preempt(self, seq: Sequence, kv_tokens: int, seqs: list[Sequence], batch: list[SeqWork]) -> bool:
+        """Grow seq's KV to kv_tokens, preempting the newest running sequences while blocks are short.
+        Returns False when seq itself was preempted. A victim already scheduled is taken out of the step."""
+        while not self._grow(seq, kv_tokens):
+            victim = self.running.pop()
+            self.kv.free(victim.request_id)
+            victim.kv_limit_tokens = 0
+            victim.num_computed = 0
+            victim.state = WAITING
+            victim.preemptions += 1
+            self.preemptions += 1
+            self.waiting.appendleft(victim)
+            if victim in seqs:  # scheduled already: rare (only a prefill chunk preempts a decode)
+                i = seqs.index(victim)
+                self._budget += batch[i][0]
+                del seqs[i], batch[i]
+            if victim is seq:
+                return False
+        return True
+
+    def _decodes(self, seqs: list[Sequence], batch: list[SeqWork], partial: list[Sequence]) -> None:
+        """Schedule one token of each running sequence in decode phase, in order; the others (partially
+        prefilled) go to `partial`. Preempts from the newest when blocks run out."""
+        append_seq, append_work = seqs.append, batch.append
+        # Iterating while _grow_or_preempt pops from the end is safe: the loop just ends sooner.
+        for seq in self.running:
+            computed = seq.num_computed
+            if seq.num_tokens - computed != 1:
+                partial.append(seq)
+            elif computed < seq.kv_limit_tokens or self._grow_or_preempt(seq, computed + 1, seqs, batch):
+                append_seq(seq)
+                append_work(_new(SeqWork, (1, computed)))
+        self._budget -= len(seqs)
+
+    # ---------------------------------------------------------------- policies
+
+    def _schedule_static(self) -> tuple[list[Sequence], list[SeqWork]]:
+        running = self.running
+        if running:
+            return list(running), [_new(SeqWork, (1, s.num_computed)) for s in running]
+        waiting, limit = self.waiting, self.spec.max_num_seqs
+        while waiting and len(running) < limit:
+            seq = waiting[0]
+            # Reserve the whole request's KV up front, so the batch never preempts.
+            if not self._grow(seq, seq.input_tokens + seq.output_tokens - 1):
+                break
+            self._admit(seq)
+        return list(running), [_new(SeqWork, (s.num_tokens, 0)) for s in running]
+
+    def _schedule_continuous(self) -> tuple[list[Sequence], list[SeqWork]]:
+        spec, waiting, running = self.spec, self.waiting, self.running
+        budget = spec.max_num_batched_tokens
+        seqs: list[Sequence] = []
+        batch: list[SeqWork] = []
+        while waiting and len(running) < spec.max_num_seqs:
+            seq = waiting[0]
+            n = seq.num_tokens
+            if n > budget or not self._grow(seq, n):
+                break
+            self._admit(seq)
+            seqs.append(seq)
+            batch.append(_new(SeqWork, (n, 0)))
+            budget -= n
+        if not seqs:
+            self._budget = budget
+            self._decodes(seqs, batch, [])
+        return seqs, batch
+
+    def _schedule_chunked(self) -> tuple[list[Sequence], list[SeqWork]]:
+        spec, waiting = self.spec, self.waiting
+        chunk = spec.chunk_tokens
+        self._budget = spec.max_num_batched_tokens
+        seqs: list[Sequence] = []
+        batch: list[SeqWork] = []
+        partial: list[Sequence] = []
+        preempted_before = self.preemptions
+        self._decodes(seqs, batch, partial)
+        for seq in partial:
+            if seq.state != RUNNING or self._budget <= 0:
+                continue
+            computed = seq.num_computed
+            n = min(seq.num_tokens - computed, chunk, self._budget)
+            if self._grow_or_preempt(seq, computed + n, seqs, batch):
+                seqs.append(seq)
+                batch.append(_new(SeqWork, (n, computed)))
+                self._budget -= n
+        if self.preemptions == preempted_before:
+            while waiting and self._budget > 0 and len(self.running) < spec.max_num_seqs:
+                seq = waiting[0]
+                n = min(seq.num_tokens, chunk, self._budget)
+                if not self._grow(seq, n):
+                    break
+                self._admit(seq)
+                seqs.append(seq)
+                batch.append(_new(SeqWork, (n, 0)))
+                self._budget -= n
+        return seqs, batch
+
+
+_new = tuple.__new__  # SeqWork without NamedTuple's Python-level __new__: this is the hot loop

@@ -1,0 +1,247 @@
+"""Serving engine stage: the SimPy process model of one deployment serving a stream of requests.
+
+Processes: the arrivals (open loop: one timeout per request; closed loop: each finish sends the next), a
+router onto the data-parallel replicas, and one scheduler loop per replica, or one loop for a lockstep
+expert-parallel group of replicas. Each loop asks its scheduler for an iteration, prices it with the
+`IterationPricer`, waits that long, and applies it. Events are O(iterations + requests), never O(tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence as Seq
+
+import numpy as np
+import simpy
+
+from simulator.serving.pricing import IterationPricer
+from simulator.serving.scheduler import Scheduler, Sequence, Step
+from simulator.serving.spec import ServingError, ServingSpec
+from simulator.serving.workload import Request, generate_requests
+
+#: Columns of ServingRun.timeseries, one row per replica per iteration.
+TIMESERIES_COLUMNS = ("start_s", "iteration_s", "replica", "waiting", "running", "batch_seqs", "new_tokens",
+                      "kv_blocks_used", "tokens_out")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """Timestamps of one served request. token_times_s[k] is when output token k+1 was sampled."""
+
+    request_id: int
+    replica: int
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    first_scheduled_s: float
+    finish_s: float
+    preemptions: int
+    warmup: bool
+    token_times_s: np.ndarray
+
+    @property
+    def first_token_s(self) -> float:
+        return float(self.token_times_s[0])
+
+
+@dataclass(frozen=True)
+class ServingRun:
+    """What one serving simulation returns; stats.py turns it into tables and a summary."""
+
+    spec: ServingSpec
+    records: tuple[RequestRecord, ...]  # by request_id
+    timeseries: dict[str, np.ndarray]   # TIMESERIES_COLUMNS
+    end_s: float                        # when the last request finished
+    num_iterations: int                 # iterations of all replicas (a lockstep group counts once per replica)
+    preemptions: int
+    peak_kv_blocks: tuple[int, ...]     # per replica
+    mean_in_system: float               # time average over [0, end_s] of requests arrived and not finished
+
+
+def simulate_serving(spec: ServingSpec, pricer: IterationPricer, requests: Seq[Request] | None = None,
+                     base_dir: str | Path | None = None) -> ServingRun:
+    """Serve spec's workload (or the given requests) on spec's replicas; iteration times come from pricer.
+
+    Requests are routed on arrival and served FIFO per replica by the scheduler policy. In a closed loop
+    (requests' arrival_s NaN) the first `concurrency` requests arrive at 0 and each finish sends the next
+    at once (no client think time).
+    """
+    if requests is None:
+        requests = generate_requests(spec, base_dir)
+    if not requests:
+        raise ServingError("requests: none to serve; give workload.num_requests >= 1")
+    _check_requests(spec, requests)
+    return _Model(spec, pricer, requests).run()
+
+
+class _Model:
+    def __init__(self, spec: ServingSpec, pricer: IterationPricer, requests: Seq[Request]) -> None:
+        self.spec = spec
+        self.pricer = pricer
+        self.requests = requests
+        self.env = simpy.Environment()
+        self.schedulers = [Scheduler(spec.scheduler, r) for r in range(spec.replicas.count)]
+        self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
+        self.seqs: list[Sequence | None] = [None] * len(requests)
+        self.rows: list[tuple] = []
+        self.num_finished = 0
+        self.next_closed = 0  # next request a closed loop sends
+        self.rr = 0
+        self.in_system = 0
+        self.area = 0.0
+        self.last_change_s = 0.0
+
+    def run(self) -> ServingRun:
+        env, spec = self.env, self.spec
+        arrivals = spec.workload.arrivals
+        if arrivals.kind == "closed_loop":
+            self.next_closed = min(arrivals.concurrency, len(self.requests))
+            for request in self.requests[: self.next_closed]:
+                self.route(request, 0.0)
+        else:
+            env.process(self.open_loop())
+        if spec.replicas.lockstep and len(self.schedulers) > 1:
+            env.process(self.lockstep_loop())
+        else:
+            for scheduler in self.schedulers:
+                env.process(self.replica_loop(scheduler))
+        env.run()
+        if self.num_finished != len(self.requests):
+            raise RuntimeError(f"serving simulation stopped with {len(self.requests) - self.num_finished} "
+                               f"requests unfinished (a scheduler bug)")
+        return self.result()
+
+    # ---------------------------------------------------------------- arrivals and routing
+
+    def open_loop(self):
+        env = self.env
+        for request in self.requests:
+            delay = request.arrival_s - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            self.route(request, request.arrival_s)
+
+    def route(self, request: Request, arrival_s: float) -> None:
+        schedulers = self.schedulers
+        if self.spec.replicas.router == "round_robin":
+            r = self.rr % len(schedulers)
+            self.rr += 1
+        else:
+            r = min(range(len(schedulers)), key=lambda i: schedulers[i].load)
+        seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
+        self.seqs[request.request_id] = seq
+        schedulers[r].add(seq)
+        self.count(+1)
+        key = 0 if self.spec.replicas.lockstep else r
+        wake = self.wake[key]
+        if wake is not None:
+            self.wake[key] = None
+            wake.succeed()
+
+    def count(self, delta: int) -> None:
+        now = self.env.now
+        self.area += self.in_system * (now - self.last_change_s)
+        self.last_change_s = now
+        self.in_system += delta
+
+    def finished(self, done: list[Sequence]) -> None:
+        self.num_finished += len(done)
+        for _ in done:
+            self.count(-1)
+            if self.next_closed < len(self.requests) and self.spec.workload.arrivals.kind == "closed_loop":
+                self.route(self.requests[self.next_closed], self.env.now)
+                self.next_closed += 1
+
+    def idle(self, key: int) -> simpy.Event:
+        wake = self.wake[key] = self.env.event()
+        return wake
+
+    # ---------------------------------------------------------------- scheduler loops
+
+    def replica_loop(self, scheduler: Scheduler):
+        env, pricer, rows, r = self.env, self.pricer, self.rows, scheduler.replica
+        while True:
+            now = env.now
+            step = scheduler.schedule(now)
+            if not step.seqs:
+                _check_stall(scheduler)
+                if self.num_finished == len(self.requests):
+                    return
+                yield self.idle(r)
+                continue
+            dt = pricer(step.batch)
+            before = _before(scheduler, step)
+            yield env.timeout(dt)
+            done = scheduler.complete(step, env.now)
+            rows.append((now, dt, r, *before, step.tokens_out))
+            self.finished(done)
+
+    def lockstep_loop(self):
+        env, pricer, rows, schedulers = self.env, self.pricer, self.rows, self.schedulers
+        while True:
+            now = env.now
+            steps = [s.schedule(now) for s in schedulers]
+            if not any(step.seqs for step in steps):
+                for s in schedulers:
+                    _check_stall(s)
+                if self.num_finished == len(self.requests):
+                    return
+                yield self.idle(0)
+                continue
+            # The group's iteration ends with its slowest replica's; an idle one prices an empty (dummy) batch.
+            dt = max(pricer(step.batch) for step in steps)
+            before = [_before(s, step) for s, step in zip(schedulers, steps)]
+            yield env.timeout(dt)
+            for s, step, pre in zip(schedulers, steps, before):
+                done = s.complete(step, env.now)
+                rows.append((now, dt, s.replica, *pre, step.tokens_out))
+                self.finished(done)
+
+    # ---------------------------------------------------------------- result
+
+    def result(self) -> ServingRun:
+        warmup = self.spec.workload.warmup_requests
+        records = []
+        for seq in self.seqs:
+            assert seq is not None
+            records.append(RequestRecord(
+                seq.request_id, seq.replica, seq.arrival_s, seq.input_tokens, seq.output_tokens,
+                seq.first_scheduled_s, seq.finish_s, seq.preemptions, seq.request_id < warmup,
+                np.array(seq.token_times_s)))
+        columns = list(zip(*self.rows)) if self.rows else [()] * len(TIMESERIES_COLUMNS)
+        timeseries = {name: np.array(col, dtype=float if name.endswith("_s") else np.int64)
+                      for name, col in zip(TIMESERIES_COLUMNS, columns)}
+        end_s = max(r.finish_s for r in records)
+        self.count(0)
+        return ServingRun(
+            spec=self.spec, records=tuple(records), timeseries=timeseries, end_s=end_s,
+            num_iterations=len(self.rows), preemptions=sum(s.preemptions for s in self.schedulers),
+            peak_kv_blocks=tuple(s.kv.peak_used_blocks for s in self.schedulers),
+            mean_in_system=self.area / end_s if end_s > 0 else math.nan)
+
+
+def _before(scheduler: Scheduler, step: Step) -> tuple[int, int, int, int, int]:
+    """State while an iteration runs: waiting, running, sequences and new tokens in it, KV blocks used."""
+    return (len(scheduler.waiting), len(scheduler.running), len(step.seqs), sum(w[0] for w in step.batch),
+            scheduler.kv.used_blocks)
+
+
+def _check_stall(scheduler: Scheduler) -> None:
+    if scheduler.waiting or scheduler.running:
+        raise RuntimeError(f"replica {scheduler.replica}: {len(scheduler.waiting)} waiting and "
+                           f"{len(scheduler.running)} running requests but nothing schedulable (a scheduler bug)")
+
+
+def _check_requests(spec: ServingSpec, requests: Seq[Request]) -> None:
+    closed = spec.workload.arrivals.kind == "closed_loop"
+    last_s = 0.0
+    for i, r in enumerate(requests):
+        if r.request_id != i:
+            raise ServingError(f"requests[{i}].request_id = {r.request_id}: number requests 0, 1, 2, ... in order")
+        if not closed:
+            if not r.arrival_s >= last_s:
+                raise ServingError(f"requests[{i}].arrival_s = {r.arrival_s} is before the previous request's "
+                                   f"{last_s}; sort requests by arrival")
+            last_s = r.arrival_s

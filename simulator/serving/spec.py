@@ -1,0 +1,326 @@
+"""Serving config stage: the typed, validated spec of one served deployment (workload, scheduler, replicas, targets).
+
+Everything is checked here, once; later stages trust the objects. `parse_serving_spec` turns a mapping into a
+`ServingSpec` or raises `ServingError` with one line naming the field path and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.config import ScenarioError
+
+
+class ServingError(ScenarioError):
+    """A serving spec, trace or run that cannot be simulated; the message is one line naming field and fix."""
+
+
+class _Strict(BaseModel):
+    # allow_inf_nan=False: a NaN rate or length would flow silently into every timestamp.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------- arrivals
+
+class PoissonArrivals(_Strict):
+    """Open loop, exponential inter-arrival times (what `bench_serving --request-rate` sends)."""
+    kind: Literal["poisson"] = "poisson"
+    rate_per_s: float = Field(gt=0)
+
+
+class GammaArrivals(_Strict):
+    """Open loop, gamma inter-arrival times: cv > 1 is burstier than Poisson (cv = 1), cv < 1 smoother."""
+    kind: Literal["gamma"] = "gamma"
+    rate_per_s: float = Field(gt=0)
+    cv: float = Field(gt=0)
+
+
+class ConstantArrivals(_Strict):
+    """Open loop, one request every 1 / rate_per_s seconds, the first at 0."""
+    kind: Literal["constant"] = "constant"
+    rate_per_s: float = Field(gt=0)
+
+
+class ClosedLoopArrivals(_Strict):
+    """Closed loop: `concurrency` requests start at 0; each finish sends the next (`--max-concurrency`)."""
+    kind: Literal["closed_loop"] = "closed_loop"
+    concurrency: int = Field(ge=1)
+
+
+class TraceArrivals(_Strict):
+    """Replay a CSV or JSON-lines file of (arrival_s, input_tokens, output_tokens); lengths come from it."""
+    kind: Literal["trace"] = "trace"
+    path: str = Field(min_length=1)
+
+
+Arrivals = Annotated[
+    Union[PoissonArrivals, GammaArrivals, ConstantArrivals, ClosedLoopArrivals, TraceArrivals],
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------- lengths
+
+class FixedLength(_Strict):
+    kind: Literal["fixed"] = "fixed"
+    tokens: int = Field(ge=1)
+
+    def max_tokens_bound(self) -> int | None:
+        return self.tokens
+
+
+class UniformLength(_Strict):
+    """Integers uniform on [min_tokens, max_tokens], both included."""
+    kind: Literal["uniform"] = "uniform"
+    min_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformLength:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens = {self.min_tokens} > max_tokens = {self.max_tokens}; swap them")
+        return self
+
+    def max_tokens_bound(self) -> int | None:
+        return self.max_tokens
+
+
+class NormalLength(_Strict):
+    """Normal(mean_tokens, std_tokens), rounded and clipped to [min_tokens, max_tokens]."""
+    kind: Literal["normal"] = "normal"
+    mean_tokens: float = Field(gt=0)
+    std_tokens: float = Field(ge=0)
+    min_tokens: int = Field(default=1, ge=1)
+    max_tokens: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NormalLength:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens = {self.min_tokens} > max_tokens = {self.max_tokens}; swap them")
+        return self
+
+    def max_tokens_bound(self) -> int | None:
+        return self.max_tokens
+
+
+class LognormalLength(_Strict):
+    """Lognormal with this mean and std of the lengths themselves (not of their log), rounded and clipped."""
+    kind: Literal["lognormal"] = "lognormal"
+    mean_tokens: float = Field(gt=0)
+    std_tokens: float = Field(ge=0)
+    min_tokens: int = Field(default=1, ge=1)
+    max_tokens: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LognormalLength:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens = {self.min_tokens} > max_tokens = {self.max_tokens}; swap them")
+        return self
+
+    def max_tokens_bound(self) -> int | None:
+        return self.max_tokens
+
+
+class EmpiricalLength(_Strict):
+    """Draw (with replacement) from a file of lengths: one positive integer per line, `#` comments allowed."""
+    kind: Literal["empirical"] = "empirical"
+    path: str = Field(min_length=1)
+
+    def max_tokens_bound(self) -> int | None:
+        return None  # known once the file is read; checked per request by the workload stage
+
+
+Length = Annotated[
+    Union[FixedLength, UniformLength, NormalLength, LognormalLength, EmpiricalLength],
+    Field(discriminator="kind"),
+]
+
+
+class WorkloadSpec(_Strict):
+    """Who sends what, when. Give num_requests or duration_s (a trace may give neither: all of its lines)."""
+    arrivals: Arrivals
+    input_len: Length | None = None
+    output_len: Length | None = None
+    num_requests: int | None = Field(default=None, ge=1)
+    duration_s: float | None = Field(default=None, gt=0)
+    warmup_requests: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkloadSpec:
+        is_trace = self.arrivals.kind == "trace"
+        if is_trace and (self.input_len is not None or self.output_len is not None):
+            raise ValueError("input_len/output_len: a trace carries its own lengths; remove them")
+        if not is_trace and (self.input_len is None or self.output_len is None):
+            missing = "input_len" if self.input_len is None else "output_len"
+            raise ValueError(f"{missing}: missing; give a length distribution, e.g. {{kind: fixed, tokens: 128}}")
+        if self.num_requests is not None and self.duration_s is not None:
+            raise ValueError("num_requests and duration_s: give one of them, not both")
+        if not is_trace and self.num_requests is None and self.duration_s is None:
+            raise ValueError("num_requests or duration_s: give one (how many requests, or how long to send them)")
+        if self.arrivals.kind == "closed_loop" and self.num_requests is None:
+            raise ValueError("num_requests: a closed loop needs a request count (duration_s is for open loops)")
+        if self.num_requests is not None and self.warmup_requests >= self.num_requests:
+            raise ValueError(f"warmup_requests = {self.warmup_requests} must be < num_requests = "
+                             f"{self.num_requests}; lower it so some requests are measured")
+        return self
+
+
+# ---------------------------------------------------------------- scheduler
+
+class KVCacheSpec(_Strict):
+    """Paged KV cache of one replica. capacity_blocks is given here; later it comes from the memory model."""
+    block_size_tokens: int = Field(default=16, ge=1)
+    capacity_blocks: int = Field(ge=1)
+
+
+class SchedulerSpec(_Strict):
+    """Per-replica batching policy, as in vLLM (continuous, chunked_prefill) and FasterTransformer (static)."""
+    policy: Literal["static", "continuous", "chunked_prefill"] = "chunked_prefill"
+    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    chunk_size_tokens: int | None = Field(default=None, ge=1)
+    kv_cache: KVCacheSpec
+    preemption: Literal["recompute"] = "recompute"
+
+    @model_validator(mode="after")
+    def _budget(self) -> SchedulerSpec:
+        if self.policy == "chunked_prefill":
+            if self.chunk_size_tokens is not None and self.chunk_size_tokens > self.max_num_batched_tokens:
+                raise ValueError(f"max_num_batched_tokens = {self.max_num_batched_tokens} is smaller than one chunk "
+                                 f"(chunk_size_tokens = {self.chunk_size_tokens}); raise it or lower the chunk")
+            if self.max_num_batched_tokens < self.max_num_seqs:
+                raise ValueError(f"max_num_batched_tokens = {self.max_num_batched_tokens} < max_num_seqs = "
+                                 f"{self.max_num_seqs}: the decodes alone could fill the budget; raise it")
+        return self
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Longest prefill chunk of one sequence in one iteration (default: the whole token budget)."""
+        return self.chunk_size_tokens if self.chunk_size_tokens is not None else self.max_num_batched_tokens
+
+
+class ReplicaSpec(_Strict):
+    """Data-parallel replicas of the deployment. lockstep: they form one expert-parallel group whose
+    iteration ends when the slowest replica's ends; an idle replica joins with an empty (dummy) batch."""
+    count: int = Field(default=1, ge=1)
+    router: Literal["round_robin", "least_loaded"] = "round_robin"
+    lockstep: bool = False
+    gpus_per_replica: int = Field(default=1, ge=1)
+
+
+class TargetsSpec(_Strict):
+    """Service-level targets; a request is 'good' when it meets every latency bound given."""
+    ttft_p99_s: float | None = Field(default=None, gt=0)
+    tpot_p99_s: float | None = Field(default=None, gt=0)
+    e2e_p99_s: float | None = Field(default=None, gt=0)
+    min_goodput_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+class ServingSpec(_Strict):
+    workload: WorkloadSpec
+    scheduler: SchedulerSpec
+    replicas: ReplicaSpec = ReplicaSpec()
+    targets: TargetsSpec = TargetsSpec()
+
+    @model_validator(mode="after")
+    def _admissible(self) -> ServingSpec:
+        w, s = self.workload, self.scheduler
+        if w.input_len is None or w.output_len is None:
+            return self
+        max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()
+        if max_in is not None and max_out is not None:
+            check_admissible(max_in, max_out, s, "the longest request of workload.input_len/output_len")
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        return self.replicas.count * self.replicas.gpus_per_replica
+
+
+def kv_blocks_needed(input_tokens: int, output_tokens: int, block_size_tokens: int) -> int:
+    """Blocks a request holds at its end: KV of the prompt and of every output token but the last
+    (the last token is sampled, never fed back)."""
+    return math.ceil((input_tokens + output_tokens - 1) / block_size_tokens)
+
+
+def check_admissible(input_tokens: int, output_tokens: int, scheduler: SchedulerSpec, what: str) -> None:
+    """Raise ValueError when a request of these lengths can never run to its end on one replica."""
+    kv = scheduler.kv_cache
+    blocks = kv_blocks_needed(input_tokens, output_tokens, kv.block_size_tokens)
+    if blocks > kv.capacity_blocks:
+        raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens = {blocks} blocks of "
+                         f"{kv.block_size_tokens}) can never be admitted: scheduler.kv_cache.capacity_blocks = "
+                         f"{kv.capacity_blocks}; raise it to >= {blocks} or shorten the requests")
+    if scheduler.policy == "continuous" and input_tokens + output_tokens - 1 > scheduler.max_num_batched_tokens:
+        # A recomputed (preempted) request re-prefills its prompt and all but its last output token at once.
+        raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens) can never be prefilled "
+                         f"in one iteration: scheduler.max_num_batched_tokens = {scheduler.max_num_batched_tokens}; "
+                         f"raise it to >= {input_tokens + output_tokens - 1} or use policy chunked_prefill")
+
+
+def parse_serving_spec(data: Any, source: str = "serving") -> ServingSpec:
+    """Validate a mapping (e.g. a YAML section); raise ServingError with one line naming field and fix."""
+    if not isinstance(data, dict):
+        raise ServingError(f"{source}: expected a mapping with workload, scheduler, replicas, targets")
+    try:
+        return ServingSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ServingError(f"{source}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    where = ".".join(loc) if loc else "spec"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        options = _fields_at(err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), options, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(options)}"
+        return f"{where}: unknown key{hint}"
+    if err["type"] == "union_tag_invalid":
+        return f"{where}: {msg}"
+    extra = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
+    return f"{where}: {msg}{extra}"
+
+
+_TAGS = {"poisson", "gamma", "constant", "closed_loop", "trace", "fixed", "uniform", "normal", "lognormal",
+         "empirical"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in _TAGS
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model at this location, for 'did you mean' hints."""
+    model: Any = ServingSpec
+    for part in loc:
+        if _is_union_tag(part):
+            model = _TAG_MODELS[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_TAG_MODELS = {m.model_fields["kind"].default: m for m in (
+    PoissonArrivals, GammaArrivals, ConstantArrivals, ClosedLoopArrivals, TraceArrivals,
+    FixedLength, UniformLength, NormalLength, LognormalLength, EmpiricalLength)}

@@ -1,0 +1,167 @@
+"""Serving metrics stage: a ServingRun -> per-request table, latency percentiles, throughput, goodput, verdicts.
+
+Definitions (as vLLM's `benchmark_serving.py`): TTFT = first token - arrival; TPOT = (finish - first token)
+/ (output_tokens - 1), undefined (NaN, left out of TPOT statistics, and counted as meeting a TPOT target)
+for a one-token output; ITL = gaps between consecutive tokens of a request, pooled over requests;
+e2e = finish - arrival; queueing = first scheduled - arrival. Warmup requests are left out of everything.
+Throughput counts the measured requests' tokens over the window from their first arrival to their last
+finish.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from simulator.serving.simulate import TIMESERIES_COLUMNS, ServingRun
+from simulator.serving.spec import TargetsSpec
+
+LATENCY_METRICS = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queueing_s")
+STATISTICS = ("mean", "p50", "p90", "p99", "max")
+
+
+def request_table(run: ServingRun) -> pd.DataFrame:
+    """One row per request (warmup ones included, flagged), by request_id."""
+    r = run.records
+    first_token_s = np.array([rec.token_times_s[0] for rec in r])
+    finish_s = np.array([rec.finish_s for rec in r])
+    arrival_s = np.array([rec.arrival_s for rec in r])
+    output_tokens = np.array([rec.output_tokens for rec in r], dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot_s = np.where(output_tokens > 1, (finish_s - first_token_s) / (output_tokens - 1), math.nan)
+    table = pd.DataFrame({
+        "request_id": np.array([rec.request_id for rec in r], dtype=np.int64),
+        "replica": np.array([rec.replica for rec in r], dtype=np.int64),
+        "warmup": np.array([rec.warmup for rec in r], dtype=bool),
+        "input_tokens": np.array([rec.input_tokens for rec in r], dtype=np.int64),
+        "output_tokens": output_tokens,
+        "arrival_s": arrival_s,
+        "first_scheduled_s": np.array([rec.first_scheduled_s for rec in r]),
+        "first_token_s": first_token_s,
+        "finish_s": finish_s,
+        "preemptions": np.array([rec.preemptions for rec in r], dtype=np.int64),
+    })
+    table["queueing_s"] = table["first_scheduled_s"] - arrival_s
+    table["ttft_s"] = first_token_s - arrival_s
+    table["tpot_s"] = tpot_s
+    table["e2e_s"] = finish_s - arrival_s
+    table["good"] = meets_targets(table, run.spec.targets)
+    return table
+
+
+def meets_targets(table: pd.DataFrame, targets: TargetsSpec) -> np.ndarray:
+    """Per request: True when it meets every latency bound given (a NaN TPOT meets its bound)."""
+    good = np.ones(len(table), dtype=bool)
+    if targets.ttft_p99_s is not None:
+        good &= table["ttft_s"].to_numpy() <= targets.ttft_p99_s
+    if targets.tpot_p99_s is not None:
+        tpot = table["tpot_s"].to_numpy()
+        good &= np.isnan(tpot) | (tpot <= targets.tpot_p99_s)
+    if targets.e2e_p99_s is not None:
+        good &= table["e2e_s"].to_numpy() <= targets.e2e_p99_s
+    return good
+
+
+def inter_token_latencies_s(run: ServingRun) -> np.ndarray:
+    """Gaps between consecutive output tokens, pooled over the measured requests."""
+    gaps = [np.diff(rec.token_times_s) for rec in run.records if not rec.warmup and rec.output_tokens > 1]
+    return np.concatenate(gaps) if gaps else np.empty(0)
+
+
+def describe(values: np.ndarray) -> dict[str, float]:
+    """mean, p50, p90, p99, max of the non-NaN values (all NaN when there are none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return {name: math.nan for name in STATISTICS}
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(v.max())}
+
+
+@dataclass(frozen=True)
+class ServingSummary:
+    """Latency statistics (rows LATENCY_METRICS, columns STATISTICS), throughput and goodput figures, and
+    one verdict per target given: (value, target, met)."""
+
+    latency: pd.DataFrame
+    figures: dict[str, float]
+    verdicts: dict[str, tuple[float, float, bool]]
+
+    @property
+    def all_targets_met(self) -> bool:
+        return all(met for _, _, met in self.verdicts.values())
+
+
+def summarize(run: ServingRun, table: pd.DataFrame | None = None) -> ServingSummary:
+    """Summary of the measured (non-warmup) requests of a run; GPUs from the spec's replicas."""
+    if table is None:
+        table = request_table(run)
+    measured = table[~table["warmup"]]
+    latency = pd.DataFrame({
+        "ttft_s": describe(measured["ttft_s"].to_numpy()),
+        "tpot_s": describe(measured["tpot_s"].to_numpy()),
+        "itl_s": describe(inter_token_latencies_s(run)),
+        "e2e_s": describe(measured["e2e_s"].to_numpy()),
+        "queueing_s": describe(measured["queueing_s"].to_numpy()),
+    }).T.loc[list(LATENCY_METRICS), list(STATISTICS)]
+    num_gpus = run.spec.num_gpus
+    window_s = float(measured["finish_s"].max() - measured["arrival_s"].min())
+    n = len(measured)
+    input_tokens = int(measured["input_tokens"].sum())
+    output_tokens = int(measured["output_tokens"].sum())
+    good = int(measured["good"].sum())
+    figures = {
+        "num_requests": float(n),
+        "num_gpus": float(num_gpus),
+        "duration_s": window_s,
+        "requests_per_s": n / window_s,
+        "input_tokens_per_s": input_tokens / window_s,
+        "output_tokens_per_s": output_tokens / window_s,
+        "total_tokens_per_s": (input_tokens + output_tokens) / window_s,
+        "output_tokens_per_s_per_gpu": output_tokens / window_s / num_gpus,
+        "total_tokens_per_s_per_gpu": (input_tokens + output_tokens) / window_s / num_gpus,
+        "output_tokens_per_ms_per_gpu": output_tokens / window_s / num_gpus / 1000.0,
+        "total_tokens_per_ms_per_gpu": (input_tokens + output_tokens) / window_s / num_gpus / 1000.0,
+        "goodput_requests_per_s": good / window_s,
+        "goodput_fraction": good / n,
+        "tpot_undefined_requests": float((measured["output_tokens"] == 1).sum()),
+        "preemptions": float(run.preemptions),
+        "mean_in_system": run.mean_in_system,
+    }
+    return ServingSummary(latency, figures, _verdicts(latency, figures, run.spec.targets))
+
+
+def _verdicts(latency: pd.DataFrame, figures: dict[str, float],
+              targets: TargetsSpec) -> dict[str, tuple[float, float, bool]]:
+    verdicts = {}
+    for name, metric in (("ttft_p99_s", "ttft_s"), ("tpot_p99_s", "tpot_s"), ("e2e_p99_s", "e2e_s")):
+        bound = getattr(targets, name)
+        if bound is not None:
+            value = float(latency.loc[metric, "p99"])
+            # A NaN p99 (every output one token long) has no TPOT to miss.
+            verdicts[name] = (value, bound, bool(math.isnan(value) or value <= bound))
+    if targets.min_goodput_fraction is not None:
+        value = figures["goodput_fraction"]
+        verdicts["min_goodput_fraction"] = (value, targets.min_goodput_fraction,
+                                            value >= targets.min_goodput_fraction)
+    return verdicts
+
+
+def timeseries_table(run: ServingRun) -> pd.DataFrame:
+    """One row per replica per iteration: TIMESERIES_COLUMNS (queue, running batch, KV blocks, tokens)."""
+    return pd.DataFrame({name: run.timeseries[name] for name in TIMESERIES_COLUMNS})
+
+
+def throughput_series(run: ServingRun, bin_s: float) -> pd.DataFrame:
+    """Output tokens per second in bins of bin_s (tokens counted when their iteration ends)."""
+    if not bin_s > 0:
+        raise ValueError(f"bin_s = {bin_s} must be > 0")
+    ts = run.timeseries
+    end_s = ts["start_s"] + ts["iteration_s"]
+    bins = np.floor(end_s / bin_s).astype(np.int64)
+    num_bins = int(bins.max()) + 1 if len(bins) else 0
+    tokens = np.bincount(bins, weights=ts["tokens_out"], minlength=num_bins)
+    return pd.DataFrame({"start_s": np.arange(num_bins) * bin_s, "output_tokens_per_s": tokens / bin_s})

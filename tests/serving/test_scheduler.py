@@ -1,0 +1,67 @@
+"""Scheduler policies: what each iteration batches."""
+
+from __future__ import annotations
+
+from simulator.serving.pricing import SeqWork
+from simulator.serving.simulate import simulate_serving
+from simulator.serving.workload import Request
+from tests.serving.conftest import RecordingPricer, make_spec
+
+OPEN = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0}}
+
+
+def test_chunked_prefill_splits_a_long_prompt_and_never_starves_decodes():
+    spec = make_spec(workload=OPEN, scheduler={"policy": "chunked_prefill", "max_num_batched_tokens": 32,
+                                               "chunk_size_tokens": 8})
+    pricer = RecordingPricer()
+    # Request 0 (8 + 10 tokens) is decoding when request 1's 40-token prompt arrives at 1.0.
+    run = simulate_serving(spec, pricer, [Request(0, 0.0, 8, 10), Request(1, 1.0, 40, 2)])
+    chunks = [[w for w in b if w.new_tokens > 1] for b in pricer.batches]
+    with_chunk = [(b, c) for b, c in zip(pricer.batches, chunks) if c]
+    # The prefill of request 0 (8 tokens), then 5 chunks of 8 for request 1, each with context 0, 8, ... 32.
+    assert [c[0] for _, c in with_chunk[1:]] == [SeqWork(8, k * 8) for k in range(5)]
+    # Every iteration that carries one of request 1's chunks also carries request 0's decode step.
+    assert all(any(w.new_tokens == 1 for w in b) for b, _ in with_chunk[1:])
+    assert run.records[1].first_token_s == run.timeseries["start_s"][6] + run.timeseries["iteration_s"][6]
+
+
+def test_chunked_prefill_puts_decodes_first_then_prefill_chunks():
+    spec = make_spec(workload=OPEN, scheduler={"policy": "chunked_prefill", "max_num_batched_tokens": 16})
+    pricer = RecordingPricer()
+    simulate_serving(spec, pricer, [Request(0, 0.0, 8, 5), Request(1, 0.8, 40, 2)])
+    # At 1.125 request 0 decodes (1 token) and request 1 takes the remaining budget: 15 tokens.
+    assert pricer.batches[2] == (SeqWork(1, 9), SeqWork(15, 0))
+
+
+def test_continuous_runs_prefill_only_iterations_first():
+    spec = make_spec(workload=OPEN, scheduler={"policy": "continuous"})
+    pricer = RecordingPricer()
+    simulate_serving(spec, pricer, [Request(0, 0.0, 8, 5), Request(1, 0.8, 40, 2)])
+    # Iteration 2 starts at 0.75 (before request 1): a decode; iteration 3 starts at 1.125: request 1's
+    # whole prompt alone, request 0's decode waits.
+    assert pricer.batches[:4] == [(SeqWork(8, 0),), (SeqWork(1, 8),), (SeqWork(40, 0),),
+                                  (SeqWork(1, 9), SeqWork(1, 40))]
+
+
+def test_continuous_admits_no_more_than_the_token_budget():
+    spec = make_spec(workload=OPEN, scheduler={"policy": "continuous", "max_num_batched_tokens": 20})
+    pricer = RecordingPricer()
+    simulate_serving(spec, pricer, [Request(i, 0.0, 8, 2) for i in range(3)])
+    assert pricer.batches[0] == (SeqWork(8, 0), SeqWork(8, 0))
+
+
+def test_max_num_seqs_bounds_the_running_batch():
+    spec = make_spec(workload=OPEN, scheduler={"policy": "chunked_prefill", "max_num_seqs": 2})
+    pricer = RecordingPricer()
+    run = simulate_serving(spec, pricer, [Request(i, 0.0, 8, 4) for i in range(5)])
+    assert max(len(b) for b in pricer.batches) == 2
+    assert run.timeseries["running"].max() == 2
+
+
+def test_admission_waits_for_free_blocks():
+    # 3 blocks of 16: each request holds 1 block at admission and grows to 2 (8 + 20 - 1 tokens).
+    spec = make_spec(workload=OPEN, scheduler={"policy": "chunked_prefill",
+                                               "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 3}})
+    run = simulate_serving(spec, RecordingPricer(), [Request(i, 0.0, 8, 20) for i in range(3)])
+    assert run.timeseries["kv_blocks_used"].max() <= 3
+    assert all(len(r.token_times_s) == 20 for r in run.records)
