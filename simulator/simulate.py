@@ -1,7 +1,7 @@
 """Timing stage: put a duration and a resource set on every DAG node, run the engine, return the trace.
 
-This is the only place where the graph meets the hardware: `costs` gives each node its time on
-the profile, streams and link ports become engine resources, and the engine's start/end times
+This is where the graph meets the hardware: `op_time` gives each node its time on the profile,
+streams and link ports become engine resources, and the engine's start/end times
 come back as a table (one row per node).
 """
 
@@ -15,10 +15,11 @@ from typing import Sequence
 import networkx as nx
 import pandas as pd
 
-from simulator import costs, engine
-from simulator.config import DTYPE_BYTES, Scenario, gpus_per_node
+from simulator import engine
+from simulator.config import Scenario, gpus_per_node
 from simulator.graph import COMM, MARKER, Dag
-from simulator.hardware import Calibration, HardwareProfile, series_interpolate
+from simulator.hardware import HardwareProfile
+from simulator.op_time import node_time_s
 
 
 @dataclass(frozen=True)
@@ -43,97 +44,6 @@ class Resources:
     @property
     def count(self) -> int:
         return 4 * self.num_gpus
-
-
-def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
-    """Duration of one node on the profile, and what bounds it."""
-    kind = attrs["kind"]
-    if kind == MARKER:
-        return 0.0, "none"
-    if kind == COMM:
-        gpus = attrs["gpu"]
-        per_node: dict[int, int] = {}
-        for g in gpus:
-            per_node[g // gpn] = per_node.get(g // gpn, 0) + 1
-        same_node = len(per_node) == 1
-        link = hw.intra_node if same_node else hw.inter_node
-        # collectives spanning nodes: hierarchical (NVLink inside each node, NICs between nodes)
-        local, nodes = max(per_node.values()), len(per_node)
-        intra, inter = hw.intra_node, hw.inter_node
-        coll = attrs["collective"]
-        if coll == "all_reduce":
-            t = costs.hierarchical_allreduce_s(attrs["message_bytes"], local, nodes, intra, inter)
-        elif coll in ("all_gather", "reduce_scatter"):
-            t = costs.hierarchical_allgather_s(attrs["message_bytes"], local, nodes, intra, inter)
-        elif coll == "all_to_all":
-            t = costs.hierarchical_alltoall_s(list(attrs["send_bytes"]), list(attrs["recv_bytes"]), local, nodes,
-                                              intra, inter)
-        elif coll == "send_recv":
-            t = costs.sendrecv_s(attrs["message_bytes"], link)
-        else:
-            raise ValueError(f"unknown collective {coll!r}")
-        return t, ("nvlink" if same_node else "network")
-    if hw.calibration is not None:
-        return calibrated_node_s(attrs, hw, hw.calibration, eager, gated)
-    return costs.compute_op_s(
-        attrs["flops"],
-        attrs["bytes_read"] + attrs["bytes_written"],
-        hw,
-        attrs["dtype"],
-        attrs["tensor_core"],
-        attrs["launches"],
-        eager,
-    )
-
-
-#: Which measured element-wise class times each memory-bound op (per output byte).
-ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
-
-
-def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager: bool, gated: bool) -> tuple[float, str]:
-    """Time of a compute node from the profile's measured tables (see hardware.Calibration)."""
-    op, dtype = attrs["op"], attrs["dtype"]
-    b = DTYPE_BYTES[dtype]
-    peak, hbm = hw.peak_for(dtype), hw.hbm_bytes_per_s
-    floors = cal.eager_floor_s
-    if "gemm" in attrs:
-        m, k, n = attrs["gemm"]
-        if "grouped" in attrs and attrs["grouped"][0] > 1:
-            experts, rows = attrs["grouped"]
-            frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
-            t, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, b, peak, hbm, frac, attrs.get("weight_b"))
-            floor = floors["grouped_gemm"]
-        else:
-            frac = series_interpolate(cal.gemm, (k, n), m)
-            t, bound = costs.calibrated_gemm_s(m, k, n, b, peak, hbm, frac, attrs.get("weight_b"))
-            floor = floors["gemm"]
-    elif attrs.get("fused") == "flash_attention":
-        if op == "attn_softmax":
-            return 0.0, "fused"  # inside the measured flash-attention rate
-        d, q_len = attrs["head_dim"], attrs["q_len"]
-        if q_len > 1:
-            frac = series_interpolate(cal.attention_prefill, (d,), attrs["batch_heads"] * q_len * attrs["kv_len"])
-        else:
-            frac = series_interpolate(cal.attention_decode, (d,), attrs["kv_bytes_total"])
-        t, bound = costs.calibrated_attention_s(attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len,
-                                                peak, hbm, frac)
-        floor = floors["attention"]
-    else:
-        per_byte = cal.elementwise_s_per_byte
-        if op == "topk":
-            rows = attrs["in_shape"][0]
-            t = rows * cal.topk_s_per_row + per_byte.get("softmax", 0.0) * attrs["bytes_read"]
-        elif op in ("expert_act", "ffn_act", "shared_act"):
-            # measured per byte of input: SwiGLU reads gate and up (twice its output), GELU reads what it writes
-            t = per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
-        elif op in ELEMENTWISE_CLASS:
-            t = per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
-        elif attrs.get("scatter_add") and "index_add" in per_byte:  # measured atomics, per byte of input
-            t = per_byte["index_add"] * attrs["bytes_read"]
-        else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move
-            t = per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
-        bound, floor = "memory", floors["elementwise"]
-    return costs.eager_time_s(t, bound, attrs["launches"], hw.kernel_overhead_s, floor, eager)
 
 
 def node_resources(attrs: dict, res: Resources, keep: frozenset[int] | None = None) -> tuple[int, ...]:

@@ -308,7 +308,7 @@ def test_placement_summary_says_where_groups_landed():
 
 
 def test_fp8_weights_speed_up_memory_bound_decode_gemms(h100):
-    from simulator.simulate import node_time_s
+    from simulator.op_time import node_time_s
 
     big = {**TINY_MOE["model"], "hidden_size": 4096, "num_heads": 32, "head_dim": 128, "dtype": "bf16"}
     times = []
