@@ -25,17 +25,17 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: 
         intra, inter = hw.intra_node, hw.inter_node
         coll = attrs["collective"]
         if coll == "all_reduce":
-            t = costs.hierarchical_allreduce_s(attrs["message_bytes"], local, nodes, intra, inter)
+            time_s = costs.hierarchical_allreduce_s(attrs["message_bytes"], local, nodes, intra, inter)
         elif coll in ("all_gather", "reduce_scatter"):
-            t = costs.hierarchical_allgather_s(attrs["message_bytes"], local, nodes, intra, inter)
+            time_s = costs.hierarchical_allgather_s(attrs["message_bytes"], local, nodes, intra, inter)
         elif coll == "all_to_all":
-            t = costs.hierarchical_alltoall_s(list(attrs["send_bytes"]), list(attrs["recv_bytes"]), local, nodes,
+            time_s = costs.hierarchical_alltoall_s(list(attrs["send_bytes"]), list(attrs["recv_bytes"]), local, nodes,
                                               intra, inter)
         elif coll == "send_recv":
-            t = costs.sendrecv_s(attrs["message_bytes"], link)
+            time_s = costs.sendrecv_s(attrs["message_bytes"], link)
         else:
             raise ValueError(f"unknown collective {coll!r}")
-        return t, ("nvlink" if same_node else "network")
+        return time_s, ("nvlink" if same_node else "network")
     if hw.calibration is not None:
         return calibrated_node_s(attrs, hw, hw.calibration, eager, gated)
     return costs.compute_op_s(
@@ -56,20 +56,22 @@ ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": 
 def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager: bool, gated: bool) -> tuple[float, str]:
     """Time of a compute node from the profile's measured tables (see hardware.Calibration)."""
     op, dtype = attrs["op"], attrs["dtype"]
-    b = DTYPE_BYTES[dtype]
-    peak, hbm = hw.peak_for(dtype), hw.hbm_bytes_per_s
-    floors = cal.eager_floor_s
+    element_bytes = DTYPE_BYTES[dtype]
+    peak_flops_per_s, hbm_bytes_per_s = hw.peak_for(dtype), hw.hbm_bytes_per_s
+    floors_s = cal.eager_floor_s
     if "gemm" in attrs:
         m, k, n = attrs["gemm"]
         if "grouped" in attrs and attrs["grouped"][0] > 1:
             experts, rows = attrs["grouped"]
             frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
-            t, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, b, peak, hbm, frac, attrs.get("weight_b"))
-            floor = floors["grouped_gemm"]
+            time_s, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, element_bytes, peak_flops_per_s,
+                                                            hbm_bytes_per_s, frac, attrs.get("weight_b"))
+            floor_s = floors_s["grouped_gemm"]
         else:
             frac = series_interpolate(cal.gemm, (k, n), m)
-            t, bound = costs.calibrated_gemm_s(m, k, n, b, peak, hbm, frac, attrs.get("weight_b"))
-            floor = floors["gemm"]
+            time_s, bound = costs.calibrated_gemm_s(m, k, n, element_bytes, peak_flops_per_s, hbm_bytes_per_s, frac,
+                                                    attrs.get("weight_b"))
+            floor_s = floors_s["gemm"]
     elif attrs.get("fused") == "flash_attention":
         if op == "attn_softmax":
             return 0.0, "fused"  # inside the measured flash-attention rate
@@ -78,22 +80,22 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
             frac = series_interpolate(cal.attention_prefill, (d,), attrs["batch_heads"] * q_len * attrs["kv_len"])
         else:
             frac = series_interpolate(cal.attention_decode, (d,), attrs["kv_bytes_total"])
-        t, bound = costs.calibrated_attention_s(attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len,
-                                                peak, hbm, frac)
-        floor = floors["attention"]
+        time_s, bound = costs.calibrated_attention_s(attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"],
+                                                     q_len, peak_flops_per_s, hbm_bytes_per_s, frac)
+        floor_s = floors_s["attention"]
     else:
-        per_byte = cal.elementwise_s_per_byte
+        s_per_byte = cal.elementwise_s_per_byte
         if op == "topk":
             rows = attrs["in_shape"][0]
-            t = rows * cal.topk_s_per_row + per_byte.get("softmax", 0.0) * attrs["bytes_read"]
+            time_s = rows * cal.topk_s_per_row + s_per_byte.get("softmax", 0.0) * attrs["bytes_read"]
         elif op in ("expert_act", "ffn_act", "shared_act"):
             # measured per byte of input: SwiGLU reads gate and up (twice its output), GELU reads what it writes
-            t = per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
+            time_s = s_per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
         elif op in ELEMENTWISE_CLASS:
-            t = per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
-        elif attrs.get("scatter_add") and "index_add" in per_byte:  # measured atomics, per byte of input
-            t = per_byte["index_add"] * attrs["bytes_read"]
+            time_s = s_per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
+        elif attrs.get("scatter_add") and "index_add" in s_per_byte:  # measured atomics, per byte of input
+            time_s = s_per_byte["index_add"] * attrs["bytes_read"]
         else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move
-            t = per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
-        bound, floor = "memory", floors["elementwise"]
-    return costs.eager_time_s(t, bound, attrs["launches"], hw.kernel_overhead_s, floor, eager)
+            time_s = s_per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
+        bound, floor_s = "memory", floors_s["elementwise"]
+    return costs.eager_time_s(time_s, bound, attrs["launches"], hw.kernel_overhead_s, floor_s, eager)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from operator import itemgetter
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import networkx as nx
 import pandas as pd
@@ -44,6 +44,17 @@ class Resources:
     @property
     def count(self) -> int:
         return 4 * self.num_gpus
+
+
+class WeightedNode(NamedTuple):
+    """One row of SimResult.weighted_nodes: a distinct node of one step and what it stands for."""
+
+    index: int  # position in the Dag
+    attrs: dict
+    count: int  # the nodes of that step it stands for: itself and its copies
+    weight: float  # the decode steps its step stands for (metrics.decode_step_weights; 1 in prefill)
+    weighted_s: float  # one node's duration times weight
+    step: int
 
 
 def node_resources(attrs: dict, res: Resources, keep: frozenset[int] | None = None) -> tuple[int, ...]:
@@ -83,22 +94,22 @@ class SimResult:
         return cls(dag, ops["duration_s"].tolist(), ops["bound"].tolist(), ops["start_s"].tolist(),
                    ops["end_s"].tolist(), makespan_s, num_events)
 
-    def weighted_nodes(self, weights: dict[int, float]) -> list[tuple[int, dict, int, float, float, int]]:
-        """(index, attributes, count, weight, weighted seconds, step) per distinct node and step
-        (Dag.counted): the nodes of that step it stands for (count: itself and its copies), the
-        decode steps the step stands for (weight, from metrics.decode_step_weights; 1 in prefill)
-        and one node's duration times that weight. Kept for the last `weights` asked for (metrics
+    def weighted_nodes(self, weights: dict[int, float]) -> list[WeightedNode]:
+        """One WeightedNode per distinct node and step (Dag.counted), its weight from `weights`
+        (decode step -> the steps it stands for). Kept for the last `weights` asked for (metrics
         and cost shares ask alike)."""
         memo = self.__dict__.get("_weighted")
-        if memo is not None and memo[0] == weights:
-            return memo[1]
-        duration = self.duration_s
-        out = []
+        if memo is not None:
+            asked, rows = memo
+            if asked == weights:
+                return rows
+        duration_s = self.duration_s
+        rows = []
         for i, a, count, step in self.dag.counted():
             weight = weights.get(step, 1.0) if a["phase"] == "decode" else 1.0
-            out.append((i, a, count, weight, duration[i] * weight, step))
-        self.__dict__["_weighted"] = (dict(weights), out)
-        return out
+            rows.append(WeightedNode(i, a, count, weight, duration_s[i] * weight, step))
+        self.__dict__["_weighted"] = (dict(weights), rows)
+        return rows
 
     @cached_property
     def ops(self) -> pd.DataFrame:
@@ -131,25 +142,25 @@ def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfil
     # Copies of an earlier node (graph._Builder._layer_reused) take its cost and resources: only
     # the distinct nodes are priced, then every node looks up its original (itself, or its twin).
     num = len(dag)
-    durations: list[float] = [0.0] * num
+    durations_s: list[float] = [0.0] * num
     bounds: list[str] = [""] * num
     resources: list[tuple[int, ...]] = [()] * num
     held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
     for i, a in dag.distinct():
         eager = prefill_eager if a["phase"] == "prefill" else decode_eager
-        durations[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated)
+        durations_s[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated)
         held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads (keep is fixed)
         held = held_of.get(held_key)
         if held is None:
             held = held_of[held_key] = node_resources(a, res, keep)
         resources[i] = held
     original = dag.original
-    durations = list(map(durations.__getitem__, original))
+    durations_s = list(map(durations_s.__getitem__, original))
     bounds = list(map(bounds.__getitem__, original))
     resources = list(map(resources.__getitem__, original))
 
-    trace = engine.simulate(engine.EngineInput(durations, resources, dag.successors(), res.count))
-    return SimResult(dag, durations, bounds, trace.start_s, trace.end_s, trace.makespan_s, trace.num_events)
+    trace = engine.simulate(engine.EngineInput(durations_s, resources, dag.successors(), res.count))
+    return SimResult(dag, durations_s, bounds, trace.start_s, trace.end_s, trace.makespan_s, trace.num_events)
 
 
 _COLUMNS = ("op", "kind", "category", "phase", "step", "microbatch", "layer", "stage", "gpu", "flops",

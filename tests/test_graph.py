@@ -380,7 +380,7 @@ def test_reused_layers_equal_built_ones(monkeypatch, sections):
     assert a["duration_s"].tolist() == b["duration_s"].tolist() and a["end_s"].tolist() == b["end_s"].tolist()
     # the metrics sum each original once per copy; the full graph sums every node: the same floats
     from simulator.metrics import compute_metrics
-    ma, mb = (compute_metrics(g, s, sim, hw.memory_bytes) for g, sim in ((reused, sim_a), (built, sim_b)))
+    ma, mb = (compute_metrics(sim, s, hw) for sim in (sim_a, sim_b))
     assert ma == mb
 
 
