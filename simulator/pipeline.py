@@ -97,11 +97,11 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
     hw = resolve_hardware(scenario)
     keep = symmetric_representatives(scenario, gpus_per_node(scenario, hw)) if fold else None
     total_steps = scenario.workload.output_len_tokens - 1
-    warmup = scenario.parallel.pp + 1  # steps until the decode pipeline is in its steady state
-    steps = sampled_decode_steps(total_steps, decode_sample, warmup) if decode_sample else None
+    warmup_steps = scenario.parallel.pp + 1  # until the decode pipeline is in its steady state
+    steps = sampled_decode_steps(total_steps, decode_sample, warmup_steps) if decode_sample else None
     with no_gc():
         dag = build(scenario, steps, keep)
-        dag.graph["warmup_steps"] = warmup
+        dag.graph["warmup_steps"] = warmup_steps
         sim = simulate_dag(dag, scenario, hw)
         metrics = compute_metrics(sim, scenario, hw, explain)
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
