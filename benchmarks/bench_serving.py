@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.serving.pricing import CachedPricer, LinearPricer  # noqa: E402
 from simulator.serving.simulate import simulate_serving  # noqa: E402
-from simulator.serving.spec import parse_serving_spec  # noqa: E402
+from simulator.config.serving import parse_serving_spec  # noqa: E402
 from simulator.serving.stats import summarize  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import simpy
 
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.scheduler import Scheduler, Sequence, Step
-from simulator.serving.spec import ServingError, ServingSpec
+from simulator.config.serving import ServingError, ServingSpec
 from simulator.serving.workload import Request, generate_requests
 
 #: Columns of ServingRun.timeseries, one row per replica per iteration.
@@ -68,6 +68,9 @@ def simulate_serving(spec: ServingSpec, pricer: IterationPricer, requests: Seq[R
     (requests' arrival_s NaN) the first `concurrency` requests arrive at 0 and each finish sends the next
     at once (no client think time).
     """
+    if spec.scheduler.kv_cache.capacity_blocks is None:
+        raise ServingError("scheduler.kv_cache.capacity_blocks: not set; give it, or take it from a scenario's "
+                           "memory model with simulator.serving.capacity.resolve_serving")
     if requests is None:
         requests = generate_requests(spec, base_dir)
     if not requests:
@@ -82,7 +85,7 @@ class _Model:
         self.pricer = pricer
         self.requests = requests
         self.env = simpy.Environment()
-        self.schedulers = [Scheduler(spec.scheduler, r) for r in range(spec.replicas.count)]
+        self.schedulers = [Scheduler(spec.scheduler, r) for r in range(spec.replicas.num_replicas)]
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
         self.seqs: list[Sequence | None] = [None] * len(requests)
         self.rows: list[tuple] = []
