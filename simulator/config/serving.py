@@ -185,6 +185,9 @@ class SchedulerSpec(StrictModel):
     chunk_size_tokens: int | None = Field(default=None, ge=1)
     kv_cache: KVCacheSpec
     preemption: Literal["recompute"] = "recompute"
+    # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
+    # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
+    pipeline_batches: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _budget(self) -> SchedulerSpec:
@@ -255,10 +258,12 @@ def check_admissible(input_tokens: int, output_tokens: int, scheduler: Scheduler
     """Raise ValueError when a request of these lengths can never run to its end on one replica."""
     kv = scheduler.kv_cache
     blocks = kv_blocks_needed(input_tokens, output_tokens, kv.block_size_tokens)
-    if kv.capacity_blocks is not None and blocks > kv.capacity_blocks:
+    batches = scheduler.pipeline_batches or 1
+    if kv.capacity_blocks is not None and blocks > kv.capacity_blocks // batches:
+        share = f" // pipeline_batches {batches} = {kv.capacity_blocks // batches}" if batches > 1 else ""
         raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens = {blocks} blocks of "
                          f"{kv.block_size_tokens}) can never be admitted: scheduler.kv_cache.capacity_blocks = "
-                         f"{kv.capacity_blocks}; raise it to >= {blocks} or shorten the requests")
+                         f"{kv.capacity_blocks}{share}; raise it to >= {blocks * batches} or shorten the requests")
     if scheduler.policy == "continuous" and input_tokens + output_tokens - 1 > scheduler.max_num_batched_tokens:
         # A recomputed (preempted) request re-prefills its prompt and all but its last output token at once.
         raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens) can never be prefilled "
