@@ -1,6 +1,14 @@
 """Benchmark of the serving simulation: requests simulated per second of wall time, 10,000 requests.
 
     python benchmarks/bench_serving.py [--requests N] [--policy chunked_prefill|continuous|static]
+    python benchmarks/bench_serving.py --scenario scenarios/seed_moe_4gpu_serving.yaml [--requests N] [--rate R]
+    python benchmarks/bench_serving.py --scenario scenarios/mixtral_8x7b_64gpu.yaml
+
+With --scenario the iterations are priced by the operator DAG (serving.dag_pricer.DagPricer) on the scenario's
+GPUs; a scenario without a serving section borrows the one of scenarios/mixtral_8x7b_8xh200_chunked.yaml. It
+prints the requests, iterations, wall seconds, exact DAG passes simulated, iterations priced from the grid of
+exact passes, and the largest relative error of the fast price against the exact DAG pass on 40 batches drawn
+from the run.
 
 The workload is ShareGPT-like in size (prompts uniform on 50..1000 tokens, outputs on 1..400: ~2 M output
 tokens), Poisson at 20 requests/s onto one replica of 128 sequences; the pricer is LinearPricer behind a
@@ -17,9 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import random  # noqa: E402
+
+import yaml  # noqa: E402
+
+from simulator.config import load_scenario, parse_scenario, resolve_hardware  # noqa: E402
+from simulator.serving.capacity import resolve_serving  # noqa: E402
+from simulator.serving.dag_pricer import DagPricer, price_error  # noqa: E402
 from simulator.serving.pricing import CachedPricer, LinearPricer  # noqa: E402
 from simulator.serving.simulate import simulate_serving  # noqa: E402
-from simulator.serving.spec import parse_serving_spec  # noqa: E402
+from simulator.config.serving import parse_serving_spec  # noqa: E402
 from simulator.serving.stats import summarize  # noqa: E402
 
 
@@ -27,7 +42,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--policy", default="chunked_prefill", choices=["static", "continuous", "chunked_prefill"])
+    parser.add_argument("--scenario", help="price iterations with DagPricer on this scenario")
+    parser.add_argument("--rate", type=float, help="Poisson rate (requests/s) instead of the scenario's")
     args = parser.parse_args()
+    if args.scenario:
+        return bench_scenario(args)
     spec = parse_serving_spec({
         "workload": {"arrivals": {"kind": "poisson", "rate_per_s": 20.0}, "num_requests": args.requests, "seed": 1,
                      "input_len": {"kind": "uniform", "min_tokens": 50, "max_tokens": 1000},
@@ -48,6 +67,57 @@ def main() -> None:
     summary = summarize(run)
     print(f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
           f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s")
+
+
+class Sampling:
+    """The pricer, keeping a uniform sample (reservoir) of the batches it priced."""
+
+    def __init__(self, pricer: DagPricer, size: int = 40) -> None:
+        self.pricer, self.size, self.seen, self.sample = pricer, size, 0, []
+        self.rng = random.Random(0)
+
+    def timing(self, batch):
+        self.seen += 1
+        if len(self.sample) < self.size:
+            self.sample.append(batch)
+        elif (j := self.rng.randrange(self.seen)) < self.size:
+            self.sample[j] = batch
+        return self.pricer.timing(batch)
+
+    def __call__(self, batch):
+        return self.timing(batch).latency_s
+
+
+def bench_scenario(args) -> None:
+    scenario = load_scenario(args.scenario)
+    if scenario.serving is None:
+        borrowed = yaml.safe_load((ROOT / "scenarios" / "mixtral_8x7b_8xh200_chunked.yaml").read_text())["serving"]
+        scenario = parse_scenario({**scenario.model_dump(exclude_none=True), "serving": borrowed}, args.scenario)
+    hw = resolve_hardware(scenario)
+    start = time.perf_counter()
+    spec = resolve_serving(scenario, hw)
+    workload = {"num_requests": args.requests, "duration_s": None}
+    if args.rate:
+        workload["arrivals"] = spec.workload.arrivals.model_copy(update={"rate_per_s": args.rate})
+    spec = spec.model_copy(update={"workload": spec.workload.model_copy(update=workload)})
+    pricer = DagPricer(scenario, hw)
+    setup_s = time.perf_counter() - start
+    sampling = Sampling(pricer)
+    start = time.perf_counter()
+    run = simulate_serving(spec, sampling, base_dir=ROOT / "scenarios")
+    wall_s = time.perf_counter() - start
+    error = price_error(pricer, sampling.sample)
+    summary = summarize(run)
+    print(f"{scenario.name} ({scenario.num_gpus} GPUs, {spec.replicas.count} replica(s) x {spec.scheduler.pipeline_batches} "
+          f"pipeline batch(es), {spec.scheduler.kv_cache.capacity_blocks} KV blocks): {len(run.records)} requests, "
+          f"{run.num_iterations} iterations in {wall_s:.2f} s (+{setup_s:.2f} s resolving the spec), "
+          f"{pricer.exact_passes} exact DAG passes, {pricer.grid_hits} iterations priced from the grid; "
+          f"max error of the fast price vs the exact DAG pass on {len(sampling.sample)} of its batches: {error:.3%}")
+    print(f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
+          f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s")
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 if __name__ == "__main__":

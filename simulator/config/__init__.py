@@ -4,7 +4,7 @@ Every constraint is checked here, once, when a scenario is loaded; later stages 
 Errors are `ScenarioError`s with one line that names the field path and the fix.
 
 Modules: `errors` (ScenarioError, the strict base model, one-line messages), `hardware` (profiles),
-`model` (ModelSpec, presets), `scenario` (the sections, Scenario, layout rules), `load` (reading,
+`model` (ModelSpec, presets), `scenario` (the sections, Scenario, layout rules), `serving` (the serving section), `load` (reading,
 `--set` overrides, validation), `import_hf` (Hugging Face configs). The names other stages use are
 re-exported here.
 """
@@ -25,6 +25,7 @@ from simulator.config.scenario import (
     WorkloadSpec,
     check_layout,
 )
+from simulator.config.serving import ServingError, ServingSpec, parse_serving_spec
 from simulator.config.load import (
     apply_override,
     gpus_per_node,
@@ -37,7 +38,7 @@ from simulator.config.load import (
 __all__ = [
     "DTYPE_BYTES", "MAX_TOKENS", "PRESETS_DIR",
     "ClusterSpec", "Declared", "HardwareRef", "LayoutError", "ModelSpec", "ParallelSpec", "RoutingSpec",
-    "RuntimeSpec", "Scenario", "ScenarioError", "StrictModel", "Target", "TargetMetric", "WorkloadSpec",
+    "RuntimeSpec", "Scenario", "ScenarioError", "ServingError", "ServingSpec", "StrictModel", "Target", "TargetMetric", "WorkloadSpec",
     "apply_override", "available_presets", "check_layout", "divisors", "gpus_per_node", "load_model_preset",
-    "load_scenario", "one_line_error", "parse_scenario", "resolve_hardware", "with_layout",
+    "load_scenario", "one_line_error", "parse_scenario", "parse_serving_spec", "resolve_hardware", "with_layout",
 ]

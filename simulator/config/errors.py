@@ -42,18 +42,41 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(str(part) if str(part).isprintable() else repr(part) for part in loc)
 
 
-def _valid_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names valid at the parent of `loc` (walks nested pydantic models)."""
-    cls: Any = model_cls
-    for part in loc[:-1]:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation may hold (a model, or the members of an Optional or a union of them)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def _tag_of(model: type[BaseModel]) -> Any:
+    """A tagged union member's tag: the default of its `kind` field (None when it has none)."""
+    field = model.model_fields.get("kind")
+    return field.default if field is not None else None
+
+
+def _walk(model_cls: type[BaseModel], loc: tuple) -> tuple[tuple, list[type[BaseModel]]]:
+    """`loc` without the tags pydantic inserts for a tagged union's member (`arrivals.poisson.rate_per_s`
+    is `arrivals.rate_per_s` in the YAML), and the models that may sit at its end."""
+    models: list[type[BaseModel]] = [model_cls]
+    path: list = []
+    for part in loc:
+        tagged = [m for m in models if len(models) > 1 and _tag_of(m) == part]
+        if tagged:
+            models = tagged
+            continue
+        path.append(part)
         if isinstance(part, int):
             continue
-        fields = getattr(cls, "model_fields", {})
-        if part not in fields:
-            return []
-        annotation = fields[part].annotation
-        cls = next((a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")), annotation)
-    return list(getattr(cls, "model_fields", {}))
+        field = next((m.model_fields[part] for m in models if part in m.model_fields), None)
+        models = _models_in(field.annotation) if field is not None else []
+    return tuple(path), models
+
+
+def _valid_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at the parent of `loc` (walks nested pydantic models)."""
+    models = _walk(model_cls, loc[:-1])[1]
+    return list(models[0].model_fields) if len(models) == 1 else []
 
 
 def one_line_error(exc: ValidationError, model_cls: type[BaseModel]) -> str:
@@ -62,7 +85,7 @@ def one_line_error(exc: ValidationError, model_cls: type[BaseModel]) -> str:
     # A misspelt key shows up both as unknown and as a missing required field: name the typo.
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc, msg, kind = err["loc"], err["msg"], err["type"]
-    path = _format_loc(loc)
+    path = _format_loc(_walk(model_cls, loc)[0])
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, LayoutError):
         return f"{cause.path}: {cause}"

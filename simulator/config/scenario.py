@@ -1,5 +1,5 @@
 """Config stage, scenario: the sections of a scenario (hardware, cluster, layout, workload, runtime,
-targets, declared figures), the Scenario itself, and the layout rules checked when it is built."""
+targets, declared figures, the optional serving section), the Scenario itself, and the layout rules checked when it is built."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, field_valida
 
 from simulator.config.errors import LayoutError, StrictModel, divisors
 from simulator.config.model import ModelSpec
+from simulator.config.serving import ServingSpec
 
 #: Guard against absurd magnitudes that would make the simulation hang or overflow.
 MAX_TOKENS = 10**9
@@ -190,6 +191,9 @@ class Scenario(StrictModel):
     runtime: RuntimeSpec = RuntimeSpec()
     targets: dict[TargetMetric, Target] = {}
     declared: Declared | None = None
+    # Request-level serving (arrivals, lengths, scheduler, KV cache, replicas, SLOs): `moesim serve` reads it;
+    # `moesim run` simulates `workload` alone and ignores it.
+    serving: ServingSpec | None = None
 
     @field_validator("hardware", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ import networkx as nx
 from simulator import costs
 from simulator.config import Scenario
 from simulator.graph.blocks import as_list, dim
-from simulator.graph.dag import MARKER, ROUTING, Dag
+from simulator.graph.dag import COMPUTE, MARKER, ROUTING, Dag
 from simulator.graph.layers import LayerBuilder
 
 
@@ -28,9 +28,15 @@ class PassBuilder(LayerBuilder):
         seqs = scenario.workload.batch_size / (pl.dp * scenario.parallel.microbatches)  # sequences per dp rank
         q_len = scenario.workload.input_len_tokens if phase == "prefill" else 1
         kv_len = scenario.workload.input_len_tokens + (0 if phase == "prefill" else step)
+        return self.assemble_pass(phase, step, mb, start_deps, seqs, q_len, kv_len, seqs)
+
+    def assemble_pass(self, phase: str, step: int, mb: int, start_deps: list[str], seqs: float, q_len: int,
+                      kv_len: float, sampled_seqs: float) -> str:
+        """One pass of `seqs` x `q_len` tokens per dp rank attending to `kv_len` positions, of which
+        `sampled_seqs` sequences get a token from the LM head; returns its token marker."""
+        pl = self.pl
         tag = f"{'p' if phase == 'prefill' else 'd' + str(step)}.mb{mb}"
         base_ctx = {"phase": phase, "step": step, "microbatch": mb}
-        hidden, bytes_per_element = self.hidden, self.bytes_per_element
         tokens = seqs * q_len
 
         ready = self.entry(tag, base_ctx, phase, start_deps, tokens if phase == "prefill" else seqs)
@@ -51,17 +57,28 @@ class PassBuilder(LayerBuilder):
             dep = ready[g]
             if self.model.vocab_size:
                 ctx = {**base_ctx, "layer": -1, "stage": last_stage}
-                v_local = self.model.vocab_size / pl.tp
-                # last position of each sequence only
-                head = self.linear(f"{tag}.g{g}.lm_head", as_list(dep), "lm_head", "embed_head", ctx, g, seqs, hidden,
-                                   v_local, (dim(seqs), hidden), (dim(seqs), dim(v_local)))
-                cost = costs.elementwise_cost(seqs * v_local, seqs, 2.0, bytes_per_element)
-                dep = self.compute(f"{tag}.g{g}.sample", [head], "sample", "embed_head", ctx, g, cost,
-                                   (dim(seqs), dim(v_local)), (dim(seqs),), kind=ROUTING)
+                lm_head, sample = self.head_attrs(ctx, g, sampled_seqs)
+                head = self.add(f"{tag}.g{g}.lm_head", as_list(dep), **lm_head)
+                dep = self.add(f"{tag}.g{g}.sample", [head], **sample)
             finals.extend(as_list(dep))
         return self.add(f"{tag}.token", finals, op="token", kind=MARKER, category="marker", gpu=None,
                         flops=0.0, bytes_read=0.0, bytes_written=0.0, in_shape=(), out_shape=(),
                         **base_ctx, layer=-1, stage=last_stage)
+
+    def head_attrs(self, ctx: dict, g: int, seqs: float) -> tuple[dict, dict]:
+        """The LM head and sampling nodes' attributes: the last position of each of `seqs` sequences
+        [seqs, hidden] x [hidden, vocab/tp], then sampling over [seqs, vocab/tp]."""
+        hidden, bytes_per_element = self.hidden, self.bytes_per_element
+        v_local = self.model.vocab_size / self.pl.tp
+        weight_b = self.weight_bytes_per_element
+        lm_head = self.compute_attrs("lm_head", "embed_head", ctx, g,
+                                     costs.linear_cost(seqs, hidden, v_local, bytes_per_element, weight_b, 1),
+                                     (dim(seqs), hidden), (dim(seqs), dim(v_local)), True, 1, COMPUTE,
+                                     hidden * v_local * weight_b, gemm=(seqs, hidden, v_local), weight_b=weight_b)
+        cost = costs.elementwise_cost(seqs * v_local, seqs, 2.0, bytes_per_element)
+        sample = self.compute_attrs("sample", "embed_head", ctx, g, cost, (dim(seqs), dim(v_local)), (dim(seqs),),
+                                    kind=ROUTING)
+        return lm_head, sample
 
     def entry(self, tag: str, base_ctx: dict, phase: str, deps: list[str], tokens: float) -> dict[int, list[str]]:
         """What each first-stage GPU waits for before layer 0: the input (prefill) or the previous

@@ -16,7 +16,7 @@ import pandas as pd
 
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.simulate import simulate_serving
-from simulator.serving.spec import PoissonArrivals, ServingError, ServingSpec
+from simulator.config.serving import PoissonArrivals, ServingError, ServingSpec
 from simulator.serving.stats import ServingSummary, summarize
 
 #: progress(rate_per_s, summary) is called after each simulated rate.

@@ -29,7 +29,7 @@ from collections import deque
 
 from simulator.serving.kvcache import PagedKVCache
 from simulator.serving.pricing import Batch, SeqWork
-from simulator.serving.spec import SchedulerSpec
+from simulator.config.serving import SchedulerSpec
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
 

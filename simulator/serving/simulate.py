@@ -4,6 +4,13 @@ Processes: the arrivals (open loop: one timeout per request; closed loop: each f
 router onto the data-parallel replicas, and one scheduler loop per replica, or one loop for a lockstep
 expert-parallel group of replicas. Each loop asks its scheduler for an iteration, prices it with the
 `IterationPricer`, waits that long, and applies it. Events are O(iterations + requests), never O(tokens).
+
+Pipeline parallelism (scheduler.pipeline_batches = B > 1, vLLM's virtual engines): each replica runs B
+schedulers, each with its own requests, max_num_seqs and 1/B of the KV blocks; a request goes to the replica's
+scheduler with the fewest requests. An iteration enters the replica's first stage when the previous one has
+left its slowest stage (`period_s`) and its tokens exist `latency_s` after it entered; its scheduler plans the
+next iteration only then. A pricer with a `timing(batch)` method (DagPricer) gives both; for any other the
+period is the latency (no overlap).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import simpy
 
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.scheduler import Scheduler, Sequence, Step
-from simulator.serving.spec import ServingError, ServingSpec
+from simulator.config.serving import ServingError, ServingSpec
 from simulator.serving.workload import Request, generate_requests
 
 #: Columns of ServingRun.timeseries, one row per replica per iteration.
@@ -68,6 +75,9 @@ def simulate_serving(spec: ServingSpec, pricer: IterationPricer, requests: Seq[R
     (requests' arrival_s NaN) the first `concurrency` requests arrive at 0 and each finish sends the next
     at once (no client think time).
     """
+    if spec.scheduler.kv_cache.capacity_blocks is None:
+        raise ServingError("scheduler.kv_cache.capacity_blocks: not set; give it, or take it from a scenario's "
+                           "memory model with simulator.serving.capacity.resolve_serving")
     if requests is None:
         requests = generate_requests(spec, base_dir)
     if not requests:
@@ -82,7 +92,16 @@ class _Model:
         self.pricer = pricer
         self.requests = requests
         self.env = simpy.Environment()
-        self.schedulers = [Scheduler(spec.scheduler, r) for r in range(spec.replicas.count)]
+        self.batches = spec.scheduler.pipeline_batches or 1
+        self.num_replicas = spec.replicas.num_replicas
+        per_batch = spec.scheduler
+        if self.batches > 1:
+            kv = per_batch.kv_cache
+            per_batch = per_batch.model_copy(update={"kv_cache": kv.model_copy(update={
+                "capacity_blocks": kv.capacity_blocks // self.batches})})
+        # scheduler index = replica * batches + pipeline batch
+        self.schedulers = [Scheduler(per_batch, r) for r in range(self.num_replicas) for _ in range(self.batches)]
+        self.timing = getattr(pricer, "timing", None)
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
         self.seqs: list[Sequence | None] = [None] * len(requests)
         self.rows: list[tuple] = []
@@ -102,11 +121,24 @@ class _Model:
                 self.route(request, 0.0)
         else:
             env.process(self.open_loop())
-        if spec.replicas.lockstep and len(self.schedulers) > 1:
-            env.process(self.lockstep_loop())
+        lockstep = bool(spec.replicas.lockstep) and self.num_replicas > 1
+        if self.batches == 1:
+            if lockstep:
+                env.process(self.lockstep_loop())
+            else:
+                for scheduler in self.schedulers:
+                    env.process(self.replica_loop(scheduler))
         else:
-            for scheduler in self.schedulers:
-                env.process(self.replica_loop(scheduler))
+            b = self.batches
+            if lockstep:  # pipeline batch v of every replica steps together; one first stage for the group
+                entry = simpy.Resource(env, 1)
+                for v in range(b):
+                    env.process(self.pipelined_loop(list(range(v, len(self.schedulers), b)), v, entry))
+            else:
+                for r in range(self.num_replicas):
+                    entry = simpy.Resource(env, 1)
+                    for v in range(b):
+                        env.process(self.pipelined_loop([r * b + v], r * b + v, entry))
         env.run()
         if self.num_finished != len(self.requests):
             raise RuntimeError(f"serving simulation stopped with {len(self.requests) - self.num_finished} "
@@ -124,17 +156,20 @@ class _Model:
             self.route(request, request.arrival_s)
 
     def route(self, request: Request, arrival_s: float) -> None:
-        schedulers = self.schedulers
+        schedulers, b = self.schedulers, self.batches
         if self.spec.replicas.router == "round_robin":
-            r = self.rr % len(schedulers)
+            r = self.rr % self.num_replicas
             self.rr += 1
         else:
-            r = min(range(len(schedulers)), key=lambda i: schedulers[i].load)
+            r = min(range(self.num_replicas), key=lambda i: sum(s.load for s in schedulers[i * b:(i + 1) * b]))
+        if b > 1:  # the replica's pipeline batch with the fewest requests (vLLM's virtual engines)
+            r = min(range(r * b, (r + 1) * b), key=lambda i: schedulers[i].load)
         seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
         self.seqs[request.request_id] = seq
         schedulers[r].add(seq)
         self.count(+1)
-        key = 0 if self.spec.replicas.lockstep else r
+        lockstep = self.spec.replicas.lockstep and self.num_replicas > 1
+        key = (r % b if b > 1 else 0) if lockstep else r
         wake = self.wake[key]
         if wake is not None:
             self.wake[key] = None
@@ -199,6 +234,40 @@ class _Model:
                 rows.append((now, dt, s.replica, *pre, step.tokens_out))
                 self.finished(done)
 
+    def pipelined_loop(self, group: list[int], key: int, entry: simpy.Resource):
+        """Pipeline batch loop: the schedulers in `group` (one, or one per replica of a lockstep group) plan an
+        iteration, wait for the first stage, hold it for the period, and apply the iteration at the latency."""
+        env, pricer, rows, timing = self.env, self.pricer, self.rows, self.timing
+        schedulers = [self.schedulers[i] for i in group]
+        while True:
+            now = env.now
+            steps = [s.schedule(now) for s in schedulers]
+            if not any(step.seqs for step in steps):
+                for s in schedulers:
+                    _check_stall(s)
+                if self.num_finished == len(self.requests):
+                    return
+                yield self.idle(key)
+                continue
+            period_s = latency_s = 0.0
+            for step in steps:
+                if timing is not None:
+                    p, lat = timing(step.batch)
+                else:
+                    p = lat = pricer(step.batch)
+                period_s, latency_s = max(period_s, p), max(latency_s, lat)
+            before = [_before(s, step) for s, step in zip(schedulers, steps)]
+            with entry.request() as slot:
+                yield slot
+                start = env.now
+                yield env.timeout(period_s)
+            if latency_s > period_s:
+                yield env.timeout(start + latency_s - env.now)
+            for s, step, pre in zip(schedulers, steps, before):
+                done = s.complete(step, env.now)
+                rows.append((start, latency_s, s.replica, *pre, step.tokens_out))
+                self.finished(done)
+
     # ---------------------------------------------------------------- result
 
     def result(self) -> ServingRun:
@@ -218,7 +287,8 @@ class _Model:
         return ServingRun(
             spec=self.spec, records=tuple(records), timeseries=timeseries, end_s=end_s,
             num_iterations=len(self.rows), preemptions=sum(s.preemptions for s in self.schedulers),
-            peak_kv_blocks=tuple(s.kv.peak_used_blocks for s in self.schedulers),
+            peak_kv_blocks=tuple(sum(s.kv.peak_used_blocks for s in self.schedulers[r * self.batches:(r + 1) * self.batches])
+                                 for r in range(self.num_replicas)),
             mean_in_system=self.area / end_s if end_s > 0 else math.nan)
 
 

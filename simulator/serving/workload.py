@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.serving.spec import (
+from simulator.config.serving import (
     ServingError,
     ServingSpec,
     WorkloadSpec,

@@ -35,7 +35,9 @@ def sweep_inputs(scenario: Scenario, num_gpus: int, microbatches: Sequence[int],
     The scenario and its resolved hardware profile are hashed: a profile file edited between the
     runs changes the results as surely as the scenario does.
     """
-    text = json.dumps({"scenario": scenario.model_dump(mode="json"),
+    # A scenario without a serving section hashes as before that section existed (old progress files resume).
+    unset = {"serving"} if scenario.serving is None else None
+    text = json.dumps({"scenario": scenario.model_dump(mode="json", exclude=unset),
                        "hardware": resolve_hardware(scenario).model_dump(mode="json")}, sort_keys=True)
     return {"scenario": hashlib.sha256(text.encode()).hexdigest(), "gpus": num_gpus,
             "microbatches": list(microbatches), "decode_sample": decode_sample}

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from simulator.serving.pricing import LinearPricer
-from simulator.serving.spec import ServingSpec, parse_serving_spec
+from simulator.config.serving import ServingSpec, parse_serving_spec
 
 BASE = {
     "workload": {"arrivals": {"kind": "closed_loop", "concurrency": 1},

@@ -7,7 +7,7 @@ import pytest
 
 from simulator.serving.maxrate import CURVE_COLUMNS, max_rate, rate_curve
 from simulator.serving.pricing import CachedPricer, LinearPricer
-from simulator.serving.spec import ServingError
+from simulator.config.serving import ServingError
 from tests.serving.conftest import make_spec
 
 WORKLOAD = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0}, "num_requests": 400, "seed": 5,

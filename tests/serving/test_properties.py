@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
-from simulator.serving.spec import kv_blocks_needed, parse_serving_spec
+from simulator.config.serving import kv_blocks_needed, parse_serving_spec
 from tests.serving.test_simulate import conservation_holds
 
 

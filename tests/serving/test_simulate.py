@@ -9,7 +9,7 @@ import pytest
 
 from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
-from simulator.serving.spec import ServingError
+from simulator.config.serving import ServingError
 from simulator.serving.stats import request_table
 from simulator.serving.workload import Request
 from tests.serving.conftest import RecordingPricer, make_spec

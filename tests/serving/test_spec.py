@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from simulator.config import ScenarioError
-from simulator.serving.spec import ServingError, kv_blocks_needed
+from simulator.config.serving import ServingError, kv_blocks_needed
 from tests.serving.conftest import make_spec
 
 
@@ -17,7 +17,7 @@ def test_base_spec_is_valid():
 
 @pytest.mark.parametrize("sections, message", [
     ({"workload": {"arrivals": {"kind": "poisson", "rate_per_s": 0}}},
-     r"workload\.arrivals\.rate_per_s: Input should be greater than 0 \(got 0\)"),
+     r"serving: workload\.arrivals\.rate_per_s = 0: input should be greater than 0"),
     ({"workload": {"arrivals": {"kind": "poisson", "rate_per_s": -1}}}, "rate_per_s"),
     ({"workload": {"arrivals": {"kind": "poison", "rate_per_s": 1}}}, "workload.arrivals"),
     ({"workload": {"num_request": 3}}, r"workload\.num_request: unknown key; did you mean 'num_requests'\?"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.serving.spec import ServingError
+from simulator.config.serving import ServingError
 from simulator.serving.workload import generate_requests, read_trace
 from tests.serving.conftest import make_spec
 

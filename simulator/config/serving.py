@@ -1,57 +1,54 @@
-"""Serving config stage: the typed, validated spec of one served deployment (workload, scheduler, replicas, targets).
+"""Config stage, serving: the typed, validated spec of one served deployment (request workload, scheduler,
+paged KV cache, replicas, targets): a scenario's optional `serving:` section.
 
 Everything is checked here, once; later stages trust the objects. `parse_serving_spec` turns a mapping into a
-`ServingSpec` or raises `ServingError` with one line naming the field path and the fix.
+`ServingSpec` or raises `ServingError` with one line naming the field path and the fix. Fields left None here
+(`scheduler.kv_cache.capacity_blocks`, `replicas.count`, `replicas.lockstep`) are derived from the scenario's
+memory model and layout by `simulator.serving.capacity.resolve_serving`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from simulator.config import ScenarioError
+from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
 class ServingError(ScenarioError):
     """A serving spec, trace or run that cannot be simulated; the message is one line naming field and fix."""
 
 
-class _Strict(BaseModel):
-    # allow_inf_nan=False: a NaN rate or length would flow silently into every timestamp.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 # ---------------------------------------------------------------- arrivals
 
-class PoissonArrivals(_Strict):
+class PoissonArrivals(StrictModel):
     """Open loop, exponential inter-arrival times (what `bench_serving --request-rate` sends)."""
     kind: Literal["poisson"] = "poisson"
     rate_per_s: float = Field(gt=0)
 
 
-class GammaArrivals(_Strict):
+class GammaArrivals(StrictModel):
     """Open loop, gamma inter-arrival times: cv > 1 is burstier than Poisson (cv = 1), cv < 1 smoother."""
     kind: Literal["gamma"] = "gamma"
     rate_per_s: float = Field(gt=0)
     cv: float = Field(gt=0)
 
 
-class ConstantArrivals(_Strict):
+class ConstantArrivals(StrictModel):
     """Open loop, one request every 1 / rate_per_s seconds, the first at 0."""
     kind: Literal["constant"] = "constant"
     rate_per_s: float = Field(gt=0)
 
 
-class ClosedLoopArrivals(_Strict):
+class ClosedLoopArrivals(StrictModel):
     """Closed loop: `concurrency` requests start at 0; each finish sends the next (`--max-concurrency`)."""
     kind: Literal["closed_loop"] = "closed_loop"
     concurrency: int = Field(ge=1)
 
 
-class TraceArrivals(_Strict):
+class TraceArrivals(StrictModel):
     """Replay a CSV or JSON-lines file of (arrival_s, input_tokens, output_tokens); lengths come from it."""
     kind: Literal["trace"] = "trace"
     path: str = Field(min_length=1)
@@ -65,7 +62,7 @@ Arrivals = Annotated[
 
 # ---------------------------------------------------------------- lengths
 
-class FixedLength(_Strict):
+class FixedLength(StrictModel):
     kind: Literal["fixed"] = "fixed"
     tokens: int = Field(ge=1)
 
@@ -73,7 +70,7 @@ class FixedLength(_Strict):
         return self.tokens
 
 
-class UniformLength(_Strict):
+class UniformLength(StrictModel):
     """Integers uniform on [min_tokens, max_tokens], both included."""
     kind: Literal["uniform"] = "uniform"
     min_tokens: int = Field(ge=1)
@@ -89,7 +86,7 @@ class UniformLength(_Strict):
         return self.max_tokens
 
 
-class NormalLength(_Strict):
+class NormalLength(StrictModel):
     """Normal(mean_tokens, std_tokens), rounded and clipped to [min_tokens, max_tokens]."""
     kind: Literal["normal"] = "normal"
     mean_tokens: float = Field(gt=0)
@@ -107,7 +104,7 @@ class NormalLength(_Strict):
         return self.max_tokens
 
 
-class LognormalLength(_Strict):
+class LognormalLength(StrictModel):
     """Lognormal with this mean and std of the lengths themselves (not of their log), rounded and clipped."""
     kind: Literal["lognormal"] = "lognormal"
     mean_tokens: float = Field(gt=0)
@@ -125,7 +122,7 @@ class LognormalLength(_Strict):
         return self.max_tokens
 
 
-class EmpiricalLength(_Strict):
+class EmpiricalLength(StrictModel):
     """Draw (with replacement) from a file of lengths: one positive integer per line, `#` comments allowed."""
     kind: Literal["empirical"] = "empirical"
     path: str = Field(min_length=1)
@@ -140,7 +137,7 @@ Length = Annotated[
 ]
 
 
-class WorkloadSpec(_Strict):
+class WorkloadSpec(StrictModel):
     """Who sends what, when. Give num_requests or duration_s (a trace may give neither: all of its lines)."""
     arrivals: Arrivals
     input_len: Length | None = None
@@ -172,13 +169,15 @@ class WorkloadSpec(_Strict):
 
 # ---------------------------------------------------------------- scheduler
 
-class KVCacheSpec(_Strict):
-    """Paged KV cache of one replica. capacity_blocks is given here; later it comes from the memory model."""
+class KVCacheSpec(StrictModel):
+    """Paged KV cache of one replica. capacity_blocks None: from the scenario's memory model (what is left of
+    capacity x gpu_memory_utilization, or of capacity less the reserve, after weights and activations)."""
     block_size_tokens: int = Field(default=16, ge=1)
-    capacity_blocks: int = Field(ge=1)
+    capacity_blocks: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
 
 
-class SchedulerSpec(_Strict):
+class SchedulerSpec(StrictModel):
     """Per-replica batching policy, as in vLLM (continuous, chunked_prefill) and FasterTransformer (static)."""
     policy: Literal["static", "continuous", "chunked_prefill"] = "chunked_prefill"
     max_num_seqs: int = Field(default=256, ge=1)
@@ -186,6 +185,9 @@ class SchedulerSpec(_Strict):
     chunk_size_tokens: int | None = Field(default=None, ge=1)
     kv_cache: KVCacheSpec
     preemption: Literal["recompute"] = "recompute"
+    # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
+    # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
+    pipeline_batches: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _budget(self) -> SchedulerSpec:
@@ -204,16 +206,20 @@ class SchedulerSpec(_Strict):
         return self.chunk_size_tokens if self.chunk_size_tokens is not None else self.max_num_batched_tokens
 
 
-class ReplicaSpec(_Strict):
+class ReplicaSpec(StrictModel):
     """Data-parallel replicas of the deployment. lockstep: they form one expert-parallel group whose
     iteration ends when the slowest replica's ends; an idle replica joins with an empty (dummy) batch."""
-    count: int = Field(default=1, ge=1)
+    count: int | None = Field(default=None, ge=1)  # None: 1, or parallel.dp in a scenario
     router: Literal["round_robin", "least_loaded"] = "round_robin"
-    lockstep: bool = False
-    gpus_per_replica: int = Field(default=1, ge=1)
+    lockstep: bool | None = None  # None: False, or in a scenario whether the dp replicas share EP groups
+    gpus_per_replica: int | None = Field(default=None, ge=1)  # None: 1, or pp * tp in a scenario
+
+    @property
+    def num_replicas(self) -> int:
+        return self.count if self.count is not None else 1
 
 
-class TargetsSpec(_Strict):
+class TargetsSpec(StrictModel):
     """Service-level targets; a request is 'good' when it meets every latency bound given."""
     ttft_p99_s: float | None = Field(default=None, gt=0)
     tpot_p99_s: float | None = Field(default=None, gt=0)
@@ -221,7 +227,7 @@ class TargetsSpec(_Strict):
     min_goodput_fraction: float | None = Field(default=None, gt=0, le=1)
 
 
-class ServingSpec(_Strict):
+class ServingSpec(StrictModel):
     workload: WorkloadSpec
     scheduler: SchedulerSpec
     replicas: ReplicaSpec = ReplicaSpec()
@@ -239,7 +245,7 @@ class ServingSpec(_Strict):
 
     @property
     def num_gpus(self) -> int:
-        return self.replicas.count * self.replicas.gpus_per_replica
+        return self.replicas.num_replicas * (self.replicas.gpus_per_replica or 1)
 
 
 def kv_blocks_needed(input_tokens: int, output_tokens: int, block_size_tokens: int) -> int:
@@ -252,10 +258,12 @@ def check_admissible(input_tokens: int, output_tokens: int, scheduler: Scheduler
     """Raise ValueError when a request of these lengths can never run to its end on one replica."""
     kv = scheduler.kv_cache
     blocks = kv_blocks_needed(input_tokens, output_tokens, kv.block_size_tokens)
-    if blocks > kv.capacity_blocks:
+    batches = scheduler.pipeline_batches or 1
+    if kv.capacity_blocks is not None and blocks > kv.capacity_blocks // batches:
+        share = f" // pipeline_batches {batches} = {kv.capacity_blocks // batches}" if batches > 1 else ""
         raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens = {blocks} blocks of "
                          f"{kv.block_size_tokens}) can never be admitted: scheduler.kv_cache.capacity_blocks = "
-                         f"{kv.capacity_blocks}; raise it to >= {blocks} or shorten the requests")
+                         f"{kv.capacity_blocks}{share}; raise it to >= {blocks * batches} or shorten the requests")
     if scheduler.policy == "continuous" and input_tokens + output_tokens - 1 > scheduler.max_num_batched_tokens:
         # A recomputed (preempted) request re-prefills its prompt and all but its last output token at once.
         raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens) can never be prefilled "
@@ -270,57 +278,4 @@ def parse_serving_spec(data: Any, source: str = "serving") -> ServingSpec:
     try:
         return ServingSpec.model_validate(data)
     except ValidationError as exc:
-        raise ServingError(f"{source}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
-    where = ".".join(loc) if loc else "spec"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        options = _fields_at(err["loc"][:-1])
-        close = difflib.get_close_matches(str(err["loc"][-1]), options, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(options)}"
-        return f"{where}: unknown key{hint}"
-    if err["type"] == "union_tag_invalid":
-        return f"{where}: {msg}"
-    extra = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
-    return f"{where}: {msg}{extra}"
-
-
-_TAGS = {"poisson", "gamma", "constant", "closed_loop", "trace", "fixed", "uniform", "normal", "lognormal",
-         "empirical"}
-
-
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and part in _TAGS
-
-
-def _fields_at(loc: tuple) -> list[str]:
-    """Field names of the model at this location, for 'did you mean' hints."""
-    model: Any = ServingSpec
-    for part in loc:
-        if _is_union_tag(part):
-            model = _TAG_MODELS[part]
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = _model_of(field.annotation)
-    return sorted(getattr(model, "model_fields", {}))
-
-
-def _model_of(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-_TAG_MODELS = {m.model_fields["kind"].default: m for m in (
-    PoissonArrivals, GammaArrivals, ConstantArrivals, ClosedLoopArrivals, TraceArrivals,
-    FixedLength, UniformLength, NormalLength, LognormalLength, EmpiricalLength)}
+        raise ServingError(f"{source}: {one_line_error(exc, ServingSpec)}") from None

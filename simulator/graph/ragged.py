@@ -1,0 +1,164 @@
+"""Graph stage, ragged batches: ONE forward pass of one replica over a serving iteration's ragged batch
+(prefill chunks with their cached context, decode sequences with their own KV lengths).
+
+Every GEMM, norm, the router, the MoE and every collective are built by the same layer code as `build`'s
+passes, over the iteration's total new tokens per dp rank (each dp rank of the replica's EP group is given
+the same batch). Attention is the only part that sees the sequences one by one: a layer runs at most two
+flash-attention kernels per GPU (as varlen serving kernels do), each described by the usual three nodes
+(scores, softmax, context):
+
+    prefill part  the sequences with new_tokens > 1, packed into one varlen kernel: FLOPs and bytes are the
+                  sums of each sequence's own (causal over its q_len new tokens, attending to context +
+                  q_len positions); its calibration size is their total work
+    decode part   the sequences with one new token: one kernel whose FLOPs and bytes are linear in the
+                  sum of their KV lengths, so (count, 1, mean KV length) gives them exactly
+
+A batch of identical sequences (a static batch) builds exactly the nodes `build` makes for that pass.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple
+
+from simulator.config import Scenario
+from simulator.graph.blocks import dim
+from simulator.graph.dag import MARKER, Dag
+from simulator.graph.passes import PassBuilder
+
+
+class RaggedShape(NamedTuple):
+    """What one iteration's batch means to the graph (per dp rank of the replica).
+
+    new_tokens: tokens computed (GEMM rows); sequences: sequences in it (rows of the LM head);
+    prefill: ((q_len, kv_len), ...) of the sequences with q_len > 1, sorted; decode_seqs and
+    decode_kv_tokens: the count of one-token sequences and the sum of their KV lengths."""
+
+    new_tokens: int
+    sequences: int
+    prefill: tuple[tuple[int, int], ...]
+    decode_seqs: int
+    decode_kv_tokens: int
+
+    @property
+    def phase(self) -> str:
+        """prefill when any sequence computes more than one token (runs eagerly), else decode."""
+        return "prefill" if self.prefill else "decode"
+
+
+def ragged_shape(batch: Iterable[tuple[int, int]]) -> RaggedShape:
+    """The shape of a batch of (new_tokens, context_tokens) pairs: each sequence computes new_tokens
+    tokens attending to context_tokens cached ones plus its new ones (causally)."""
+    prefill = []
+    new_tokens = sequences = decode_seqs = decode_kv = 0
+    for new, context in batch:
+        new_tokens += new
+        sequences += 1
+        if new == 1:
+            decode_seqs += 1
+            decode_kv += context + 1
+        else:
+            prefill.append((new, context + new))
+    return RaggedShape(new_tokens, sequences, tuple(sorted(prefill)), decode_seqs, decode_kv)
+
+
+class RaggedPassBuilder(PassBuilder):
+    """A PassBuilder whose attention nodes follow a RaggedShape (see the module docstring)."""
+
+    def __init__(self, scenario: Scenario, shape: RaggedShape, keep: frozenset[int] | None = None):
+        super().__init__(scenario, keep)
+        self.shape = shape
+
+    def uniform(self) -> tuple[float, int, float] | None:
+        """(seqs, q_len, kv_len) when every sequence is alike (build's passes), else None."""
+        s = self.shape
+        if s.prefill and not s.decode_seqs and s.prefill[0] == s.prefill[-1]:
+            return float(len(s.prefill)), s.prefill[0][0], s.prefill[0][1]
+        if not s.prefill and s.decode_kv_tokens % max(s.decode_seqs, 1) == 0:
+            # (an empty batch: the dummy iteration of an idle replica in a lockstep EP group, zero rows)
+            return float(s.decode_seqs), 1, s.decode_kv_tokens // max(s.decode_seqs, 1)
+        return None
+
+    def attention_node(self, nid, deps, op, ctx, g, seqs, q_len, kv_len) -> str:
+        if self.uniform() is not None:
+            return super().attention_node(nid, deps, op, ctx, g, seqs, q_len, kv_len)
+        parts = self.attention_part_attrs(op, ctx, g)
+        for i, attrs in enumerate(parts):
+            nid = self.add(nid if i == 0 else f"{nid}.decode", deps, **attrs)
+            deps = [nid]
+        return nid
+
+    def attention_part_attrs(self, op: str, ctx: dict, g: int) -> list[dict]:
+        """The attributes of one attention op's nodes: the prefill part's, then the decode part's."""
+        s = self.shape
+        out = []
+        if s.prefill:
+            out.append(self.packed_prefill_attrs(op, ctx, g, s.prefill))
+        if s.decode_seqs:
+            out.append(self.attention_attrs(op, ctx, g, float(s.decode_seqs), 1, s.decode_kv_tokens / s.decode_seqs))
+        return out
+
+    def packed_prefill_attrs(self, op: str, ctx: dict, g: int, parts: tuple[tuple[int, int], ...]) -> dict:
+        """One varlen kernel over several prefill chunks: each chunk's attributes summed (FLOPs, bytes,
+        KV bytes); shown as one packed sequence of all their queries (batch_heads = local heads) whose
+        kv_len makes batch_heads * q_len * kv_len the chunks' total work (the calibration's size)."""
+        summed: dict | None = None
+        work = 0.0
+        for q_len, kv_len in parts:
+            a = self.attention_attrs(op, ctx, g, 1.0, q_len, kv_len)
+            work += a["batch_heads"] * q_len * kv_len
+            if summed is None:
+                summed = dict(a)
+                continue
+            for key in ("flops", "bytes_read", "bytes_written", "act_bytes", "kv_bytes_total"):
+                summed[key] += a[key]
+        assert summed is not None
+        q_total = sum(q for q, _ in parts)
+        hl = self.heads_local
+        kv_mean = work / (hl * q_total)
+        summed.update(q_len=q_total, kv_len=kv_mean, batch_heads=float(hl))
+        summed["in_shape"] = summed["out_shape"] = (1, hl, q_total, dim(kv_mean))
+        return summed
+
+
+def build_forward(scenario: Scenario, shape: RaggedShape, keep: frozenset[int] | None = None) -> Dag:
+    """One forward pass of one replica (every dp rank given the same batch) over a ragged batch.
+
+    GEMMs, norms, the MoE and the collectives see `shape.new_tokens` tokens per dp rank; the LM head one
+    row per sequence; a decode pass (no prefill part) starts from the previous token, which with pp > 1
+    travels back from the last stage. A uniform batch gives `build`'s pass for it, node for node.
+    `keep` folds the graph onto symmetric representatives, as in `build`.
+    """
+    bld = RaggedPassBuilder(scenario, shape, keep)
+    phase = shape.phase
+    uniform = bld.uniform()
+    if uniform is not None:
+        seqs, q_len, kv_len = uniform
+    elif phase == "prefill":  # packed: one row of all new tokens, as varlen kernels see them
+        seqs, q_len, kv_len = 1.0, shape.new_tokens, 0
+    else:
+        seqs, q_len, kv_len = float(shape.decode_seqs), 1, 0
+    step = 0 if phase == "prefill" else 1
+    marker = dict(kind=MARKER, category="marker", gpu=None, flops=0.0, bytes_read=0.0, bytes_written=0.0,
+                  in_shape=(), out_shape=(), layer=-1, stage=-1, microbatch=-1)
+    bld.add(f"{phase}.start", [], op="phase_start", phase=phase, step=step, **marker)
+    token = bld.assemble_pass(phase, step, 0, [f"{phase}.start"], seqs, q_len, kv_len, float(shape.sequences))
+    bld.add(f"{phase}.end", [token], op="phase_end", phase=phase, step=step, **marker)
+    info = dict(scenario=scenario.name, num_gpus=bld.pl.num_gpus, decode_steps=[step] if step else [],
+                total_decode_steps=step, representatives=sorted(keep) if keep else None)
+    return Dag(bld.names, bld.attrs, bld.twins, bld.copies, bld.src, bld.dst, info, bld.node_step)
+
+
+def attention_nodes_attrs(builder: RaggedPassBuilder, ctx: dict, g: int) -> list[dict]:
+    """Every attention node one layer on GPU g holds for the builder's shape (scores, softmax, context of each
+    part), with the attributes `build_forward` gives them: what a pricer times without building the pass."""
+    uniform = builder.uniform()
+    out = []
+    for op in ("attn_scores", "attn_softmax", "attn_context"):
+        if uniform is not None:
+            out.append(builder.attention_attrs(op, ctx, g, *uniform))
+        else:
+            out.extend(builder.attention_part_attrs(op, ctx, g))
+    return out
+
+
+__all__ = ["RaggedPassBuilder", "RaggedShape", "attention_nodes_attrs", "build_forward", "ragged_shape"]

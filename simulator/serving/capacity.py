@@ -1,0 +1,139 @@
+"""Serving memory stage: a scenario's serving section made concrete from its memory model and layout (KV
+blocks per replica, replica count, lockstep, pipeline batches), and the KV capacity formula.
+
+KV blocks of one replica (vLLM's profile run: what is left after the weights and the largest iteration's
+activations, in blocks; Kwon et al. 2023, sec. 4.3):
+
+    blocks = min over the replica's GPUs of floor((usable_bytes - weight_bytes - activation_bytes)
+                                                   / (block_size_tokens x kv_bytes_per_token on that GPU))
+    usable_bytes = capacity_bytes x gpu_memory_utilization, or capacity_bytes - runtime.memory_reserve_bytes
+
+A GPU holds the K and V (or MLA's compressed latent) of its stage's layers and its KV heads (kv heads / tp,
+replicated when fewer than tp), so every GPU of the replica holds the same blocks: the tightest GPU decides.
+"""
+
+from __future__ import annotations
+
+import math
+
+from simulator import costs
+from simulator.config import Scenario, ServingError, ServingSpec, gpus_per_node
+from simulator.config.hardware import HardwareProfile
+from simulator.config.serving import check_admissible
+from simulator.graph import build
+from simulator.memory import activation_bytes_per_gpu, weight_bytes_per_gpu
+from simulator.placement import Placement, symmetric_representatives
+
+
+def kv_bytes_per_token(scenario: Scenario, gpu: int) -> float:
+    """KV cache bytes one token occupies on this GPU: its stage's layers, its KV heads, K and V (MLA: the
+    latent and the rotary key, whole on every TP rank), at the KV cache dtype."""
+    m, p = scenario.model, scenario.parallel
+    layers = len(Placement.of(scenario).layers_of_gpu(gpu))
+    if m.is_mla:
+        return costs.mla_kv_cache_bytes(1, 1, layers, m.kv_lora_rank or 0, m.qk_rope_head_dim or 0,
+                                        m.kv_bytes_per_element)
+    return costs.kv_cache_bytes(1, 1, layers, max(1, m.kv_heads // p.tp), m.head_size, m.kv_bytes_per_element)
+
+
+def largest_iteration_tokens(spec: ServingSpec) -> int:
+    """New tokens of the largest iteration one replica can schedule (per pipeline batch): the token budget,
+    or for the static policy max_num_seqs prompts of the longest input (the budget when lengths are unbounded)."""
+    s = spec.scheduler
+    if s.policy == "static":
+        longest = spec.workload.input_len.max_tokens_bound() if spec.workload.input_len is not None else None
+        return s.max_num_seqs * longest if longest is not None else s.max_num_batched_tokens
+    return s.max_num_batched_tokens
+
+
+def activation_bytes(scenario: Scenario, hw: HardwareProfile, tokens: int) -> dict[int, float]:
+    """Peak transient activations per GPU of a prefill pass of `tokens` tokens per dp rank (memory.py's rule:
+    the residual stream plus the largest op's activations), from that pass's DAG."""
+    data = scenario.model_dump(exclude_none=True, exclude={"serving"})
+    p = scenario.parallel
+    data["parallel"] = {**data["parallel"], "microbatches": 1}
+    data["workload"] = {**data["workload"], "batch_size": p.dp, "input_len_tokens": tokens, "output_len_tokens": 1}
+    probe = Scenario.model_validate(data)
+    keep = symmetric_representatives(probe, gpus_per_node(probe, hw))
+    return activation_bytes_per_gpu(build(probe, [], keep), probe)
+
+
+def serving_kv_capacity_blocks(scenario: Scenario, hw: HardwareProfile) -> int:
+    """KV blocks one replica holds (module docstring); raises ServingError naming the GPU when none fit."""
+    spec = scenario.serving
+    if spec is None:
+        raise ServingError("serving: the scenario has no serving section; add one (see scenarios/*_serving.yaml)")
+    kv = spec.scheduler.kv_cache
+    capacity = hw.memory_bytes
+    if kv.gpu_memory_utilization is not None:
+        usable, how = capacity * kv.gpu_memory_utilization, f"gpu_memory_utilization = {kv.gpu_memory_utilization}"
+    else:
+        usable, how = capacity - scenario.runtime.memory_reserve_bytes, "capacity less runtime.memory_reserve_bytes"
+    tokens = largest_iteration_tokens(spec)
+    acts = activation_bytes(scenario, hw, tokens)
+    p = scenario.parallel
+    best: tuple[int, int] | None = None
+    for stage in range(p.pp):
+        for gpu in Placement.of(scenario).stage_gpus(stage)[: p.tp]:  # the GPUs of replica 0 (all alike over dp)
+            free = usable - weight_bytes_per_gpu(scenario, gpu) - acts[gpu]
+            per_block = kv.block_size_tokens * kv_bytes_per_token(scenario, gpu)
+            blocks = math.floor(free / per_block) if free > 0 else 0
+            if best is None or blocks < best[0]:
+                best = (blocks, gpu)
+            if blocks < 1:
+                raise ServingError(
+                    f"serving.scheduler.kv_cache: no room for a KV block on GPU {gpu}: weights "
+                    f"{weight_bytes_per_gpu(scenario, gpu) / 1e9:.2f} GB + activations of a {tokens}-token iteration "
+                    f"{acts[gpu] / 1e9:.2f} GB leave {max(free, 0.0) / 1e9:.2f} GB of {usable / 1e9:.2f} GB ({how}); "
+                    f"lower max_num_batched_tokens, raise gpu_memory_utilization or use more GPUs")
+    assert best is not None
+    return best[0]
+
+
+def lockstep_layout(scenario: Scenario) -> bool:
+    """Whether the dp replicas must step together: an expert-parallel group spans several dp ranks."""
+    p = scenario.parallel
+    return p.dp > 1 and scenario.model.is_moe and p.tp % (p.ep * p.etp) != 0
+
+
+def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
+    """The scenario's serving section with what it left open filled in: KV blocks from the memory model,
+    replicas = parallel.dp of pp * tp GPUs each, lockstep when EP groups span dp ranks, one pipeline batch per
+    stage. Raises ServingError (one line) when the section contradicts the layout or a request cannot fit."""
+    spec = scenario.serving
+    if spec is None:
+        raise ServingError("serving: the scenario has no serving section; add one (see scenarios/*_serving.yaml)")
+    p = scenario.parallel
+    r, s = spec.replicas, spec.scheduler
+    if r.count is not None and r.count != p.dp:
+        raise ServingError(f"serving.replicas.count = {r.count} must equal parallel.dp = {p.dp} (each data-parallel "
+                           f"rank is one replica); remove it or change parallel.dp")
+    if r.gpus_per_replica is not None and r.gpus_per_replica != p.pp * p.tp:
+        raise ServingError(f"serving.replicas.gpus_per_replica = {r.gpus_per_replica} must equal pp * tp = "
+                           f"{p.pp * p.tp}; remove it")
+    lockstep = lockstep_layout(scenario)
+    if r.lockstep is False and lockstep:
+        raise ServingError(f"serving.replicas.lockstep = false, but ep * etp = {p.ep * p.etp} > tp = {p.tp}: an "
+                           f"expert-parallel group spans dp replicas, which must step together; remove it")
+    replicas = r.model_copy(update={"count": p.dp, "gpus_per_replica": p.pp * p.tp,
+                                    "lockstep": lockstep if r.lockstep is None else r.lockstep})
+    kv = s.kv_cache
+    if kv.capacity_blocks is None:
+        kv = kv.model_copy(update={"capacity_blocks": serving_kv_capacity_blocks(scenario, hw)})
+    batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
+    scheduler = s.model_copy(update={"kv_cache": kv, "pipeline_batches": batches})
+    resolved = spec.model_copy(update={"replicas": replicas, "scheduler": scheduler})
+    w = spec.workload
+    if w.input_len is not None and w.output_len is not None:
+        max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()
+        if max_in is not None and max_out is not None:
+            try:
+                check_admissible(max_in, max_out, scheduler, "the longest request of serving.workload")
+            except ValueError as exc:
+                derived = "" if s.kv_cache.capacity_blocks is not None else " (from the memory model)"
+                raise ServingError(f"serving: {exc}{derived}") from None
+    return resolved
+
+
+__all__ = ["activation_bytes", "kv_bytes_per_token", "largest_iteration_tokens", "lockstep_layout",
+           "resolve_serving", "serving_kv_capacity_blocks"]

@@ -1,0 +1,214 @@
+"""Serving cost stage, operator level: the time of one scheduler iteration from moesim's operator DAG, costs
+and SimPy engine, on the scenario's GPUs and links (the same as `moesim run`'s passes).
+
+`DagPricer.exact(batch)` builds ONE forward pass of one replica for the ragged batch (graph.ragged.build_forward:
+GEMMs, MoE and collectives over the iteration's new tokens, attention per sequence), folds it onto one GPU per
+stage when the stage's GPUs are alike (as sweeps do) and simulates it with simulate.simulate_dag.
+
+`DagPricer.timing(batch)` gives the same figures without building a pass per iteration. Every path of a pass
+runs through each layer's attention on its GPU (the layer's only entry is its norm, its only exit the
+collectives after the output projection; every GPU of a stage has the same heads), and through the LM head at
+its end, so a pass's time is exactly
+
+    trunk(phase, new_tokens) + layers x attention_per_layer(batch) + head(sequences)
+
+where attention and head are the DAG nodes' own times (graph.ragged builds their attributes; op_time prices
+them), and trunk, what the rest of the pass takes, depends on the phase and the new tokens alone. The trunk is
+taken from exact passes (a reference batch of that many tokens, less its attention and head) at a few token
+counts and interpolated linearly between them; a cell between two exact points is used only after the
+interpolation at its midpoint matched an exact pass within `tolerance` (else the cell is split), so exact
+points gather where the trunk bends (eager floors, roofline corners). Per pipeline stage the same holds with
+the stage's layers; the period of a replica (one batch in flight per stage) is its slowest stage's time, the
+latency (when the batch's tokens exist) the whole pass's.
+
+A batch with a prefill chunk runs eagerly (as vLLM runs mixed batches); a pure decode batch follows
+runtime.mode (CUDA graphs by default). Each dp rank of a lockstep EP group is priced as if it ran the same
+batch (the serving loop takes the slowest replica's price); an empty batch is the dummy pass of an idle one.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from simulator.config import Scenario, gpus_per_node, resolve_hardware
+from simulator.config.hardware import HardwareProfile
+from simulator.graph import NodeKind
+from simulator.graph.ragged import RaggedPassBuilder, RaggedShape, attention_nodes_attrs, build_forward, ragged_shape
+from simulator.placement import symmetric_representatives
+from simulator.serving.pricing import Batch
+from simulator.simulate import node_time_s, simulate_dag
+
+
+class IterationTiming(NamedTuple):
+    """period_s: how long the iteration holds the replica's slowest pipeline stage (the next batch may enter
+    then); latency_s: from its start until its tokens exist. Equal without pipeline parallelism."""
+
+    period_s: float
+    latency_s: float
+
+
+class DagPricer:
+    """IterationPricer from the operator DAG of `scenario` on `hw` (module docstring).
+
+    Calls return the latency; `timing` both figures. `exact_passes` counts the DAG passes simulated,
+    `grid_hits` the iterations whose trunk came from points already simulated."""
+
+    def __init__(self, scenario: Scenario, hw: HardwareProfile | None = None, tolerance: float = 1e-3) -> None:
+        self.scenario = scenario
+        self.hw = hw if hw is not None else resolve_hardware(scenario)
+        self.gpn = gpus_per_node(scenario, self.hw)
+        self.keep = symmetric_representatives(scenario, self.gpn)
+        self.tolerance = tolerance
+        self.gated = scenario.model.gated
+        self.decode_eager = scenario.runtime.mode == "eager"
+        self.stage_layers = [len(layers) for layers in scenario.stage_layers()]
+        self.pp = len(self.stage_layers)
+        self.builder = RaggedPassBuilder(scenario, ragged_shape(()), self.keep)
+        self.gpu = self.builder.stage_on[0][0]  # attention is alike on every GPU of every stage
+        self.last_gpu = self.builder.stage_on[-1][0]
+        self.trunks = {"prefill": _Trunk(self, "prefill"), "decode": _Trunk(self, "decode")}
+        self.exact_passes = 0
+        self.grid_hits = 0
+
+    # ---------------------------------------------------------------- exact: one DAG pass
+
+    def exact(self, batch: Batch) -> IterationTiming:
+        """Build and simulate the forward pass of this batch: the reference every other figure is tested against."""
+        return self.exact_shape(ragged_shape(batch))
+
+    def exact_shape(self, shape: RaggedShape) -> IterationTiming:
+        latency_s, spans = self.simulate(shape)
+        return IterationTiming(max(spans), latency_s)
+
+    def simulate(self, shape: RaggedShape) -> tuple[float, list[float]]:
+        """(makespan, per-stage busy span) of the pass; a stage's span runs from its first node's start to its
+        last node's end (its outgoing transfer included; the token sent back to stage 0 belongs to no stage)."""
+        self.exact_passes += 1
+        dag = build_forward(self.scenario, shape, self.keep)
+        sim = simulate_dag(dag, self.scenario, self.hw)
+        stage = np.full(len(dag), -1, dtype=np.int64)
+        for i, a in dag.distinct():
+            if a["kind"] != NodeKind.MARKER and a["op"] != "token_send":
+                stage[i] = a["stage"]
+        stage = stage[dag.original_array]
+        start, end = np.asarray(sim.start_s), np.asarray(sim.end_s)
+        spans = []
+        for s in range(self.pp):
+            mine = stage == s
+            spans.append(float(end[mine].max() - start[mine].min()))
+        return sim.makespan_s, spans
+
+    # ---------------------------------------------------------------- fast: trunk + attention + head
+
+    def node_parts(self, shape: RaggedShape) -> tuple[float, float]:
+        """(one layer's attention seconds on one GPU, the LM head's and sampling's seconds) of this shape."""
+        phase = shape.phase
+        eager = True if phase == "prefill" else self.decode_eager
+        bld = self.builder
+        bld.shape = shape
+        ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": 0, "stage": 0}
+        hw, gpn, gated = self.hw, self.gpn, self.gated
+        attention_s = 0.0
+        for a in attention_nodes_attrs(bld, ctx, self.gpu):
+            attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
+        head_s = 0.0
+        if self.scenario.model.vocab_size:
+            ctx = {**ctx, "layer": -1, "stage": self.pp - 1}
+            for a in bld.head_attrs(ctx, self.last_gpu, float(shape.sequences)):
+                head_s += node_time_s(a, hw, gpn, eager, gated)[0]
+        return attention_s, head_s
+
+    def parts_vector(self, shape: RaggedShape) -> np.ndarray:
+        """What attention and head add to [latency, stage 0, .., stage pp-1]."""
+        attention_s, head_s = self.node_parts(shape)
+        layers = self.stage_layers
+        vec = np.array([sum(layers) * attention_s] + [n * attention_s for n in layers])
+        vec[0] += head_s
+        vec[-1] += head_s
+        return vec
+
+    def timing(self, batch: Batch) -> IterationTiming:
+        shape = ragged_shape(batch)
+        vec = self.trunks[shape.phase].at(shape.new_tokens) + self.parts_vector(shape)
+        return IterationTiming(float(vec[1:].max()), float(vec[0]))
+
+    def __call__(self, batch: Batch) -> float:
+        return self.timing(batch).latency_s
+
+    def __repr__(self) -> str:
+        return f"DagPricer({self.scenario.name})"
+
+
+def reference_shape(phase: str, tokens: int) -> RaggedShape:
+    """The batch whose exact pass gives the trunk at `tokens`: one prompt of that many tokens (prefill), or
+    that many decode sequences at KV length 1 (decode)."""
+    if phase == "prefill":
+        return ragged_shape(((tokens, 0),))
+    return ragged_shape(((1, 0),) * tokens)
+
+
+class _Trunk:
+    """The trunk vector [latency, stage 0, ..] of one phase against new tokens: exact points, and cells between
+    consecutive points whose linear interpolation was checked at the midpoint (DagPricer docstring)."""
+
+    def __init__(self, pricer: DagPricer, phase: str) -> None:
+        self.pricer = pricer
+        self.phase = phase
+        self.low = 2 if phase == "prefill" else 0
+        self.points: list[int] = []
+        self.values: dict[int, np.ndarray] = {}
+        self.checked: set[int] = set()  # left ends of the cells whose interpolation was checked
+
+    def exact(self, tokens: int) -> np.ndarray:
+        value = self.values.get(tokens)
+        if value is None:
+            shape = reference_shape(self.phase, tokens)
+            latency_s, spans = self.pricer.simulate(shape)
+            value = self.values[tokens] = np.array([latency_s, *spans]) - self.pricer.parts_vector(shape)
+            bisect.insort(self.points, tokens)
+        return value
+
+    def at(self, tokens: int) -> np.ndarray:
+        value = self.values.get(tokens)
+        if value is not None:
+            self.pricer.grid_hits += 1
+            return value
+        if not self.points:
+            self.exact(self.low)
+        points = self.points
+        i = bisect.bisect_left(points, tokens)
+        if i == 0 or i == len(points):  # outside the points: grow them geometrically towards it
+            edge = points[0] if i == 0 else points[-1]
+            far = max(self.low, edge // 2) if i == 0 else max(2 * edge, edge + 1)
+            step = far if (tokens < far if i == 0 else tokens > far) else tokens
+            self.exact(step)
+            return self.at(tokens)
+        lo, hi = points[i - 1], points[i]
+        if lo in self.checked:
+            self.pricer.grid_hits += 1
+            return self.interpolate(lo, hi, tokens)
+        mid = (lo + hi) // 2
+        if mid == lo:
+            return self.exact(tokens)
+        guess = self.interpolate(lo, hi, mid)
+        truth = self.exact(mid)
+        if np.all(np.abs(guess - truth) <= self.pricer.tolerance * np.abs(truth)):
+            self.checked.update((lo, mid))
+        return self.at(tokens)
+
+    def interpolate(self, lo: int, hi: int, tokens: int) -> np.ndarray:
+        w = (tokens - lo) / (hi - lo)
+        return self.values[lo] * (1.0 - w) + self.values[hi] * w
+
+
+def price_error(pricer: DagPricer, batches: Sequence[Batch]) -> float:
+    """Largest relative difference of the fast price (period and latency) from the exact DAG pass's."""
+    worst = 0.0
+    for batch in batches:
+        fast, exact = pricer.timing(batch), pricer.exact(batch)
+        for f, e in zip(fast, exact):
+            worst = max(worst, abs(f - e) / e)
+    return worst
