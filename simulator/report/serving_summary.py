@@ -60,7 +60,8 @@ def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pr
     """summary.json: the latency statistics and figures of stats.summarize (NaN written as null), the
     KV-cache use, the verdicts and what was simulated."""
     spec = run.spec
-    figures = {**summary.figures, **kv_cache_figures(run), "num_iterations": float(run.num_iterations),
+    figures = {**summary.figures, **kv_cache_figures(run), "num_replicas": float(len(run.peak_kv_blocks)),
+               "num_iterations": float(run.num_iterations),
                "end_s": run.end_s}
     return {
         "scenario": name,
@@ -104,7 +105,7 @@ def _kv_text(f: dict) -> str:
 def headline(summary: dict) -> str:
     s, f = summary["serving"], summary["figures"]
     return (f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals), "
-            f"{s['scheduler']['policy']} scheduler, {s['replicas']['count']} replica(s), "
+            f"{s['scheduler']['policy']} scheduler, {f['num_replicas']:.0f} replica(s), "
             f"{f['num_gpus']:.0f} GPU(s); iterations priced by {summary['pricer']}")
 
 

@@ -1,7 +1,7 @@
 """Serving inputs of a scenario: its serving spec, the pricer of its iterations and its GPU count.
 
 The one place that connects a Scenario to the serving simulation. A scenario file carries an optional
-`serving:` section (workload, scheduler, replicas, targets; see serving/spec.py). When the config stage
+`serving:` section (workload, scheduler, replicas, targets; see config/serving.py, or serving/spec.py before it moved). When the config stage
 knows that section (`Scenario.serving`) and `serving.dag_pricer.DagPricer` exists, both are used;
 until then the section is read beside the scenario and iterations are priced by a roofline
 `LinearPricer` of the scenario's model, layout and hardware.
@@ -17,7 +17,13 @@ from typing import Any
 from simulator.config import Scenario, ScenarioError, apply_override, parse_scenario, resolve_hardware
 from simulator.files import read_yaml
 from simulator.serving.pricing import CachedPricer, IterationPricer, LinearPricer
-from simulator.serving.spec import ServingSpec, parse_serving_spec
+
+try:  # the serving section's models belong to the config stage once Scenario.serving exists
+    from simulator.config.serving import ServingSpec, parse_serving_spec
+except ModuleNotFoundError as exc:
+    if exc.name != "simulator.config.serving":
+        raise
+    from simulator.serving.spec import ServingSpec, parse_serving_spec
 
 #: What to add when a scenario has no serving section; printed by the commands that need one.
 SERVING_HINT = ("add a `serving:` section (workload: {arrivals, input_len, output_len, num_requests}, "
@@ -92,17 +98,21 @@ def serving_spec(scenario: Scenario, spec: ServingSpec | None = None) -> Serving
 
 
 def serving_inputs(scenario: Scenario, spec: ServingSpec | None = None) -> tuple[ServingSpec, IterationPricer, int]:
-    """(spec, pricer, num_gpus) of a scenario's serving simulation. Uses Scenario.serving and the DAG
-    pricer (with the memory model's KV capacity) when they exist; otherwise `spec` and a roofline
-    pricer. Raises ScenarioError when there is no serving section."""
+    """(spec, pricer, num_gpus) of a scenario's serving simulation. Uses Scenario.serving, completed by
+    the memory model and the layout (serving.capacity.resolve_serving: KV capacity, replicas = dp), and
+    the DAG pricer when they exist; otherwise `spec` and a roofline pricer. Raises ScenarioError when
+    there is no serving section."""
     spec = serving_spec(scenario, spec)
     if spec is None:
         raise ScenarioError(f"{scenario.name}: no serving section; {SERVING_HINT}")
     hw = resolve_hardware(scenario)
+    capacity = _optional("simulator.serving.capacity")
+    if capacity is not None and hasattr(capacity, "resolve_serving") and getattr(scenario, "serving", None):
+        spec = capacity.resolve_serving(scenario, hw)
     dag_pricer = _optional("simulator.serving.dag_pricer")
     pricer: IterationPricer
     if dag_pricer is not None and hasattr(dag_pricer, "DagPricer"):
-        pricer = dag_pricer.DagPricer(scenario, hw)
+        pricer = CachedPricer(dag_pricer.DagPricer(scenario, hw))
     else:
         pricer = CachedPricer(roofline_pricer(scenario, hw))
     return spec, pricer, spec.num_gpus

@@ -173,7 +173,7 @@ def kv_cache_figures(run: ServingRun) -> dict[str, float]:
     replicas' average."""
     ts = run.timeseries
     capacity = run.spec.scheduler.kv_cache.capacity_blocks
-    replicas = run.spec.replicas.count
+    replicas = len(run.peak_kv_blocks)
     area = float(np.dot(ts["kv_blocks_used"], ts["iteration_s"])) if len(ts["iteration_s"]) else 0.0
     mean = area / run.end_s / replicas if run.end_s > 0 else 0.0
     peak = float(max(run.peak_kv_blocks))

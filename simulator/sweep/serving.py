@@ -14,9 +14,8 @@ from pathlib import Path
 
 from simulator.config import Scenario
 from simulator.serving.maxrate import search_max_rate
-from simulator.serving.session import serving_inputs
+from simulator.serving.session import ServingSpec, serving_inputs
 from simulator.serving.simulate import simulate_serving
-from simulator.serving.spec import ServingSpec
 from simulator.serving.stats import summarize
 from simulator.sweep.rank import SERVING_OBJECTIVES
 from simulator.sweep.results import LayoutResult, failed_result

@@ -24,7 +24,6 @@ SERVING = {
                  "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
                  "num_requests": 120, "warmup_requests": 5, "seed": 3},
     "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
-    "replicas": {"count": 2, "gpus_per_replica": 2},
     "targets": {"ttft_p99_s": 10.0, "tpot_p99_s": 1.0},
 }
 FILES = ("requests.csv", "summary.json", "summary.md", "latency_cdf.png", "timeseries.png", "gantt.png",
@@ -79,7 +78,7 @@ def test_requests_csv_has_one_row_per_request(serve_file, tmp_path):
                    "output_tokens", "preemptions", "itl_mean_s", "itl_max_s"):
         assert column in table
     assert (table["e2e_s"] >= table["ttft_s"]).all() and (table["ttft_s"] >= table["queueing_s"]).all()
-    assert set(table["replica"]) == {0, 1}
+    assert set(table["replica"]) == {0}  # parallel.dp = 1: one replica
 
 
 def test_summary_json_figures_are_the_stats_stage_figures(serve_file, tmp_path):
