@@ -25,12 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator.config import load_scenario  # noqa: E402
+from simulator.config import ParallelSpec, load_scenario, with_layout  # noqa: E402
 from simulator.sweep import (  # noqa: E402
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,
     enumerate_layouts,
-    layout_scenario,
     simulate_layout,
 )
 
@@ -49,6 +48,8 @@ SCENARIOS = {
 
 def _jsonable(value):
     """Plain JSON types; floats stay floats (json writes them with repr: exact)."""
+    if isinstance(value, ParallelSpec):  # a layout: its degrees, as the dumps have always written them
+        return value.degrees()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -68,9 +69,11 @@ def result_record(result) -> dict:
 
 def deep_record(scenario) -> dict:
     """Every Metrics field and a digest of the trace table of one run (the figures behind the row)."""
+    from simulator.config import resolve_hardware
     from simulator.pipeline import one_replica, run_scenario
 
-    run = run_scenario(one_replica(scenario) or scenario, verify=False, decode_sample=DEFAULT_DECODE_SAMPLE)
+    run = run_scenario(one_replica(scenario, resolve_hardware(scenario)) or scenario, verify=False,
+                       decode_sample=DEFAULT_DECODE_SAMPLE)
     ops = run.sim.ops
     trace = hashlib.sha256(ops.to_csv(float_format="%r").encode()).hexdigest()
     return {"metrics": _jsonable(run.metrics.to_dict()), "trace_sha256": trace, "makespan_s": run.sim.makespan_s,
@@ -96,7 +99,7 @@ def main() -> None:
     labels = args.only.split(",") if args.only else fixed
     dump, total_s, total_cpu_s = {}, 0.0, 0.0
     for label in labels:
-        scenario = layout_scenario(base, layouts[label])
+        scenario = with_layout(base, layouts[label])
         best_s = best_cpu_s = float("inf")
         for _ in range(args.repeat):
             started, started_cpu = time.perf_counter(), time.process_time()

@@ -10,12 +10,13 @@ import yaml
 
 from conftest import TINY_MOE
 from simulator.cli import main
-from simulator.sweep import Layout, LayoutResult, rank_results
+from simulator.config import ParallelSpec
+from simulator.sweep import LayoutResult, rank_results
 from tests.serving.test_serve_cli import SERVING
 
 
 def _row(index: int, tput: float, serving: dict, status: str = "ok") -> LayoutResult:
-    return LayoutResult(index=index, layout=Layout(1, 1, 4, microbatches=index + 1), own=False, status=status,
+    return LayoutResult(index=index, layout=ParallelSpec.of_degrees(1, 1, 4, 1, 1, index + 1), own=False, status=status,
                         throughput={"output_tokens_per_ms_per_gpu": tput}, memory_bytes_per_gpu=1.0,
                         capacity_bytes=2.0, serving=serving)
 
