@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "profiles": ("simulator.commands.profiles", "list the hardware profiles"),
     "dag": ("simulator.commands.dag", "build, verify and draw the operator DAG; audit the declared figures"),
     "run": ("simulator.commands.run", "simulate the scenario: TTFT, TPOT, throughput, memory, target verdicts"),
+    "serve": ("simulator.commands.serve", "simulate serving a request stream: TTFT/TPOT percentiles, goodput, max rate"),
     "compare": ("simulator.commands.compare", "sweep every valid parallel layout, rank them, draw the Pareto front"),
     "plot": ("simulator.commands.plot", "redraw the timeline, memory plot, trace and report page of a run directory"),
     "validate": ("simulator.commands.validate", "predict the measured runs of a cases file and report the error"),

@@ -11,6 +11,7 @@ from simulator.sweep import (
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,
     OBJECTIVES,
+    SERVING_OBJECTIVES,
     LayoutResult,
     SweepInterrupted,
     enumerate_layouts,
@@ -27,7 +28,8 @@ def add_arguments(parser) -> None:
                         help="microbatch counts to try, comma-separated (default: 1,2,4,8)")
     parser.add_argument("--objective", default="targets", choices=OBJECTIVES,
                         help="ranking: targets (meets every target, then output throughput; default), "
-                             "throughput, ttft, tpot or memory")
+                             "throughput, ttft, tpot or memory; by the scenario's serving section: "
+                             "goodput_per_gpu or max_rate")
     parser.add_argument("--jobs", type=int, help="local worker processes (default: all cores; 1: serial)")
     parser.add_argument("--executor", help="process (default), serial, dask-local, or dask://HOST:PORT")
     parser.add_argument("--decode-sample", type=int, default=DEFAULT_DECODE_SAMPLE, metavar="K",
@@ -59,7 +61,21 @@ def command(args, console) -> int:
     from simulator.sweep.resume import Progress as SweepProgress
     from simulator.sweep.resume import progress_path, sweep_inputs
 
-    scenario = load_scenario(args.scenario, args.set)
+    serving = args.objective in SERVING_OBJECTIVES
+    simulate = None
+    if serving:
+        from functools import partial
+
+        from simulator.serving.session import load_serving_scenario, require_spec
+        from simulator.sweep.serving import simulate_serving_layout
+
+        loaded = load_serving_scenario(args.scenario, args.set)
+        require_spec(loaded, f"--objective {args.objective}")
+        scenario = loaded.scenario
+        simulate = partial(simulate_serving_layout, spec=loaded.spec, objective=args.objective,
+                           base_dir=str(loaded.base_dir))
+    else:
+        scenario = load_scenario(args.scenario, args.set)
     if args.gpus is not None and args.gpus < 1:
         raise ScenarioError(f"--gpus {args.gpus}: expected a positive number of GPUs")
     if args.jobs is not None and args.jobs < 1:
@@ -72,7 +88,8 @@ def command(args, console) -> int:
     if not layouts:
         raise ScenarioError(f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}")
     out = args.out or Path("reports") / scenario.name / "compare"
-    inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample)
+    inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample,
+                          args.objective if serving else None)
     journal = SweepProgress(progress_path(out), inputs, args.resume, layouts)
 
     started = time.perf_counter()
@@ -86,7 +103,7 @@ def command(args, console) -> int:
                 bar.update(task, advance=1, description=f"{result.label}: {result.status}")
 
             with make_executor(args.executor, args.jobs) as executor:
-                results = run_sweep(scenario, layouts, executor, args.decode_sample, tick,
+                results = run_sweep(scenario, layouts, executor, args.decode_sample, tick, simulate=simulate,
                                     done=journal.done, journal=journal.append)
     except SweepInterrupted as exc:  # the progress file keeps the finished layouts
         print(f"moesim: {exc}; rerun with --resume to continue", file=sys.stderr)

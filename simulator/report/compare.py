@@ -28,7 +28,15 @@ _OBJECTIVE_TEXT = {
     "ttft": "lowest worst-case TTFT",
     "tpot": "lowest TPOT",
     "memory": "lowest peak memory per GPU",
+    "goodput_per_gpu": "highest serving goodput per GPU (requests/s meeting every serving target)",
+    "max_rate": "highest Poisson arrival rate per GPU meeting every serving target",
 }
+#: Serving figures of LayoutResult.serving shown beside a serving objective's ranking: (key, header, kind).
+_SERVING_COLUMNS = (("goodput_requests_per_s_per_gpu", "goodput req/s/GPU", ""),
+                    ("max_rate_per_s", "max rate req/s", ""),
+                    ("output_tokens_per_s_per_gpu", "serving out tok/s/GPU", ""),
+                    ("ttft_p99_s", "TTFT p99", "s"), ("tpot_p99_s", "TPOT p99", "s"),
+                    ("goodput_fraction", "goodput fraction", ""))
 _TARGET_TAG = {"output_tokens_per_ms_per_gpu": "out", "prefill_tokens_per_ms_per_gpu": "prefill",
                "total_tokens_per_ms_per_gpu": "total", "ttft_s": "TTFT", "tpot_s": "TPOT", "total_s": "time",
                "memory_bytes_per_gpu": "mem"}
@@ -62,6 +70,12 @@ def _memory_text(r: LayoutResult) -> str:
     return text
 
 
+def _serving_columns(results: Sequence[LayoutResult]) -> list[tuple[str, str, str]]:
+    """The serving columns some row has figures for (none unless a serving objective ran)."""
+    keys = {k for r in results for k in r.serving}
+    return [c for c in _SERVING_COLUMNS if c[0] in keys]
+
+
 def winner(results: Sequence[LayoutResult]) -> LayoutResult | None:
     """The first ranked layout that was simulated and fits in memory."""
     return next((r for r in results if r.rank is not None and r.fits), None)
@@ -91,6 +105,15 @@ def print_table(console: Console, scenario: Scenario, results: Sequence[LayoutRe
                       *(_fmt(r.throughput[k], "") for k in THROUGHPUTS), _memory_text(r),
                       _verdicts(r), r.dominant, r.overhead, style="green" if r.all_met else None)
     console.print(table)
+    columns = _serving_columns(results)
+    if columns:
+        serving = Table(title=f"{scenario.name}: serving simulation per layout")
+        for col in ("rank", "layout", *(header for _, header, _ in columns)):
+            serving.add_column(col, justify="left" if col == "layout" else "right")
+        for r in shown:
+            if r.status == "ok":
+                serving.add_row(str(r.rank), r.label, *(_fmt(r.serving.get(k, math.nan), kind) for k, _, kind in columns))
+        console.print(serving)
     best = winner(results)
     if best is not None:
         console.print(f"best: [bold]{best.label}[/bold] ({_OBJECTIVE_TEXT[objective]}); "
@@ -123,6 +146,9 @@ def _row(r: LayoutResult, target_names: list[str]) -> dict:
 
 def comparison_csv(results: Sequence[LayoutResult], target_names: list[str]) -> str:
     rows = [_row(r, target_names) for r in results]
+    serving = sorted({k for r in results for k in r.serving})
+    for row, r in zip(rows, results):
+        row.update({f"serving_{k}": r.serving.get(k, math.nan) for k in serving})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["layout"], lineterminator="\n")
     writer.writeheader()
@@ -154,6 +180,14 @@ def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective
         lines.append(f"| {r.rank} | {name} | {_fmt(r.ttft_mean_s, 's')} | {_fmt(r.ttft_max_s, 's')} | "
                      f"{_fmt(r.tpot_s, 's')} | " + " | ".join(_fmt(r.throughput[k], "") for k in THROUGHPUTS) +
                      f" | {_memory_text(r)} | {_verdicts(r)} | {r.dominant} | {r.overhead} |")
+    columns = _serving_columns(results)
+    if columns:
+        lines += ["", "## Serving simulation per layout", "",
+                  "| rank | layout | " + " | ".join(header for _, header, _ in columns) + " |",
+                  "|---:|---|" + "---:|" * len(columns)]
+        lines += [f"| {r.rank} | {r.label} | " + " | ".join(_fmt(r.serving.get(k, math.nan), kind)
+                                                          for k, _, kind in columns) + " |"
+                  for r in results if r.status == "ok"]
     tags = ", ".join(f"{tag} = {metric}" for metric, tag in _TARGET_TAG.items() if metric in scenario.targets)
     lines += ["", "Dominant cost: the largest share of GPU time (makespan x GPUs) among compute-bound kernels, "
               "memory-bound kernels, kernel launches, exposed TP communication, exposed EP all-to-all, and "

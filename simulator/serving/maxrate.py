@@ -112,3 +112,58 @@ def max_rate(spec: ServingSpec, pricer: IterationPricer, lo_per_s: float, hi_per
         else:
             hi = mid
     return MaxRate(lo, False, curve())
+
+
+def search_max_rate(spec: ServingSpec, pricer: IterationPricer, start_per_s: float, rel_tol: float = 0.02,
+                    progress: Progress | None = None, base_dir: str | Path | None = None,
+                    max_doublings: int = 20) -> MaxRate:
+    """max_rate without bounds: bracket from start_per_s by doubling (while every target holds) or
+    halving (while one is missed), at most max_doublings times, then bisect the bracket. Every rate is
+    simulated once; the curve holds them all, by rate."""
+    t = spec.targets
+    if all(v is None for v in (t.ttft_p99_s, t.tpot_p99_s, t.e2e_p99_s, t.min_goodput_fraction)):
+        raise ServingError("targets: none given; set ttft_p99_s, tpot_p99_s, e2e_p99_s or min_goodput_fraction")
+    if not start_per_s > 0:
+        raise ServingError(f"start_per_s = {start_per_s} must be > 0")
+    if not rel_tol > 0:
+        raise ServingError(f"rel_tol = {rel_tol} must be > 0 (e.g. 0.02)")
+    verdicts: dict[float, bool] = {}
+    rows = []
+
+    def met(rate: float) -> bool:
+        if rate not in verdicts:
+            row, summary = evaluate(spec, pricer, rate, base_dir)
+            rows.append(row)
+            verdicts[rate] = bool(row["all_targets_met"])
+            if progress is not None:
+                progress(rate, summary)
+        return verdicts[rate]
+
+    def result(rate: float | None, capped: bool) -> MaxRate:
+        curve = pd.DataFrame(rows, columns=list(CURVE_COLUMNS)).sort_values("rate_per_s", ignore_index=True)
+        return MaxRate(rate, capped, curve)
+
+    lo = hi = float(start_per_s)
+    if met(lo):
+        for _ in range(max_doublings):
+            hi = 2.0 * lo
+            if not met(hi):
+                break
+            lo = hi
+        else:
+            return result(lo, True)
+    else:
+        for _ in range(max_doublings):
+            lo = 0.5 * hi
+            if met(lo):
+                break
+            hi = lo
+        else:
+            return result(None, False)
+    while (hi - lo) / lo > rel_tol:
+        mid = 0.5 * (lo + hi)
+        if met(mid):
+            lo = mid
+        else:
+            hi = mid
+    return result(lo, False)

@@ -165,3 +165,29 @@ def throughput_series(run: ServingRun, bin_s: float) -> pd.DataFrame:
     num_bins = int(bins.max()) + 1 if len(bins) else 0
     tokens = np.bincount(bins, weights=ts["tokens_out"], minlength=num_bins)
     return pd.DataFrame({"start_s": np.arange(num_bins) * bin_s, "output_tokens_per_s": tokens / bin_s})
+
+
+def kv_cache_figures(run: ServingRun) -> dict[str, float]:
+    """KV-cache use per replica: peak and time-averaged blocks (over [0, end_s]; an idle replica holds
+    none), and both as fractions of the capacity; the peak is the busiest replica's, the mean the
+    replicas' average."""
+    ts = run.timeseries
+    capacity = run.spec.scheduler.kv_cache.capacity_blocks
+    replicas = len(run.peak_kv_blocks)
+    area = float(np.dot(ts["kv_blocks_used"], ts["iteration_s"])) if len(ts["iteration_s"]) else 0.0
+    mean = area / run.end_s / replicas if run.end_s > 0 else 0.0
+    peak = float(max(run.peak_kv_blocks))
+    return {"kv_capacity_blocks": float(capacity), "kv_peak_blocks": peak, "kv_mean_blocks": mean,
+            "kv_peak_fraction": peak / capacity, "kv_mean_fraction": mean / capacity}
+
+
+def request_itl_table(run: ServingRun) -> pd.DataFrame:
+    """Per request: the mean, p99 and max of its inter-token latencies (NaN for a one-token output)."""
+    rows = []
+    for rec in run.records:
+        gaps = np.diff(rec.token_times_s)
+        if len(gaps):
+            rows.append((float(gaps.mean()), float(np.percentile(gaps, 99)), float(gaps.max())))
+        else:
+            rows.append((math.nan, math.nan, math.nan))
+    return pd.DataFrame(rows, columns=["itl_mean_s", "itl_p99_s", "itl_max_s"])

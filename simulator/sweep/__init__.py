@@ -7,7 +7,7 @@ progress file kept across Ctrl-C for `--resume`). The sweep never imports the re
 
 from simulator.sweep.executors import SerialExecutor, default_jobs, make_executor
 from simulator.sweep.layouts import DEFAULT_MICROBATCHES, enumerate_layouts
-from simulator.sweep.rank import OBJECTIVES, rank_results
+from simulator.sweep.rank import OBJECTIVES, SERVING_OBJECTIVES, rank_results
 from simulator.sweep.results import COST_CLASSES, OVERHEAD_CLASSES, LayoutResult, TargetVerdict, cost_shares
 from simulator.sweep.run import (
     DEFAULT_DECODE_SAMPLE,
@@ -20,7 +20,7 @@ from simulator.sweep.run import (
 
 __all__ = [
     "COST_CLASSES", "DEFAULT_DECODE_SAMPLE", "DEFAULT_MICROBATCHES", "OBJECTIVES", "OVERHEAD_CLASSES",
-    "LayoutResult", "SerialExecutor", "SweepInterrupted", "TargetVerdict", "cost_shares", "default_jobs",
+    "SERVING_OBJECTIVES", "LayoutResult", "SerialExecutor", "SweepInterrupted", "TargetVerdict", "cost_shares", "default_jobs",
     "enumerate_layouts", "estimated_cost", "make_executor", "rank_results", "run_sweep",
     "screen_memory", "simulate_layout",
 ]

@@ -9,7 +9,10 @@ from typing import Sequence
 from simulator.config import ScenarioError
 from simulator.sweep.results import LayoutResult
 
-OBJECTIVES = ("targets", "throughput", "ttft", "tpot", "memory")
+#: Objectives that rank by the serving simulation (sweep.serving): the figure of LayoutResult.serving each
+#: ranks by, highest first.
+SERVING_OBJECTIVES = {"goodput_per_gpu": "goodput_requests_per_s_per_gpu", "max_rate": "max_rate_per_s_per_gpu"}
+OBJECTIVES = ("targets", "throughput", "ttft", "tpot", "memory", *SERVING_OBJECTIVES)
 
 
 def rank_results(results: Sequence[LayoutResult], objective: str = "targets") -> list[LayoutResult]:
@@ -18,7 +21,9 @@ def rank_results(results: Sequence[LayoutResult], objective: str = "targets") ->
     Simulated layouts that fit come first, then simulated ones that do not fit, then screened
     and failed ones. Objectives: 'targets' (meets every target, then highest output tokens/ms/GPU),
     'throughput' (highest output tokens/ms/GPU), 'ttft' (lowest worst TTFT), 'tpot' (lowest TPOT),
-    'memory' (lowest peak memory per GPU). Ties: higher output throughput, then enumeration order.
+    'memory' (lowest peak memory per GPU); the serving ones: 'goodput_per_gpu' (highest goodput per GPU
+    of the serving workload), 'max_rate' (highest Poisson rate per GPU meeting every serving target).
+    Ties: higher output throughput, then enumeration order.
     """
     if objective not in OBJECTIVES:
         raise ScenarioError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
@@ -26,6 +31,9 @@ def rank_results(results: Sequence[LayoutResult], objective: str = "targets") ->
     def key(r: LayoutResult) -> tuple:
         group = {"ok": 0, "screened": 2, "failed": 3}[r.status] + (1 if r.status == "ok" and not r.fits else 0)
         tput = -_finite(r.output_tput, -math.inf)
+        if objective in SERVING_OBJECTIVES:
+            figure = r.serving.get(SERVING_OBJECTIVES[objective], math.nan)
+            return (group, -_finite(figure, -math.inf), tput, r.index)
         primary = {
             "targets": (0 if r.all_met else 1, tput),
             "throughput": (tput,),

@@ -51,6 +51,7 @@ class LayoutResult:
     targets: tuple[TargetVerdict, ...] = ()
     cost_shares: dict[str, float] = field(default_factory=dict)
     rank: int | None = None
+    serving: dict[str, float] = field(default_factory=dict)  # serving objectives' figures (sweep.serving)
     sim_s: float = field(default=0.0, compare=False)  # wall time of the simulation, not a result
 
     @property

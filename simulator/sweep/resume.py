@@ -29,8 +29,10 @@ def progress_path(out: Path) -> Path:
     return out.with_name(out.name + ".progress.jsonl")
 
 
-def sweep_inputs(scenario: Scenario, num_gpus: int, microbatches: Sequence[int], decode_sample: int) -> dict:
-    """What decides a sweep's results (not the objective, which only ranks them, nor the executor).
+def sweep_inputs(scenario: Scenario, num_gpus: int, microbatches: Sequence[int], decode_sample: int,
+                 serving_objective: str | None = None) -> dict:
+    """What decides a sweep's results (not the objective, which only ranks them, nor the executor;
+    but a serving objective, whose figures each layout's row holds, is one of them).
 
     The scenario and its resolved hardware profile are hashed: a profile file edited between the
     runs changes the results as surely as the scenario does.
@@ -39,11 +41,15 @@ def sweep_inputs(scenario: Scenario, num_gpus: int, microbatches: Sequence[int],
     unset = {"serving"} if scenario.serving is None else None
     text = json.dumps({"scenario": scenario.model_dump(mode="json", exclude=unset),
                        "hardware": resolve_hardware(scenario).model_dump(mode="json")}, sort_keys=True)
-    return {"scenario": hashlib.sha256(text.encode()).hexdigest(), "gpus": num_gpus,
-            "microbatches": list(microbatches), "decode_sample": decode_sample}
+    inputs = {"scenario": hashlib.sha256(text.encode()).hexdigest(), "gpus": num_gpus,
+              "microbatches": list(microbatches), "decode_sample": decode_sample}
+    if serving_objective is not None:
+        inputs["serving_objective"] = serving_objective
+    return inputs
 
 
-_OPTION_TEXT = {"gpus": "--gpus", "microbatches": "--microbatches", "decode_sample": "--decode-sample"}
+_OPTION_TEXT = {"gpus": "--gpus", "microbatches": "--microbatches", "decode_sample": "--decode-sample",
+                "serving_objective": "--objective"}
 
 
 def _show(key: str, value) -> str:
@@ -54,6 +60,8 @@ def to_record(result: LayoutResult) -> dict:
     """A result as one JSON-serialisable record, keyed by its layout (NaN is written as null)."""
     record = asdict(result)
     record.pop("rank")
+    if not record["serving"]:  # a sweep without a serving objective writes the lines it always wrote
+        record.pop("serving")
     record["layout"] = result.layout.degrees()
     record["targets"] = [[t.metric, t.bound, float(t.limit), float(t.actual), bool(t.met)] for t in result.targets]
     return _nan_to_null(record)
@@ -66,7 +74,8 @@ def from_record(record: dict) -> LayoutResult:
                              for m, b, lim, act, met in fields["targets"])
     for key in ("ttft_mean_s", "ttft_max_s", "tpot_s", "memory_bytes_per_gpu", "capacity_bytes", "sim_s"):
         fields[key] = _float(fields[key])
-    for key in ("throughput", "cost_shares"):
+    fields["serving"] = fields.get("serving") or {}
+    for key in ("throughput", "cost_shares", "serving"):
         fields[key] = {k: _float(v) for k, v in fields[key].items()}
     return LayoutResult(**fields)
 

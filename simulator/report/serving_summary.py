@@ -1,0 +1,195 @@
+"""Reports stage, serving: requests.csv, summary.json / summary.md of a serving run, rate_curve.csv, and the
+terminal tables of `moesim serve`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from simulator.files import write_atomic
+from simulator.report.summary import fmt_s
+from simulator.serving.simulate import ServingRun
+from simulator.serving.stats import (
+    LATENCY_METRICS,
+    STATISTICS,
+    ServingSummary,
+    kv_cache_figures,
+    request_itl_table,
+    request_table,
+)
+
+#: Columns of requests.csv, in order.
+REQUEST_COLUMNS = ("request_id", "replica", "warmup", "arrival_s", "queueing_s", "ttft_s", "tpot_s", "e2e_s",
+                   "input_tokens", "output_tokens", "preemptions", "itl_mean_s", "itl_p99_s", "itl_max_s",
+                   "first_scheduled_s", "first_token_s", "finish_s", "good")
+LATENCY_TEXT = {"ttft_s": "TTFT", "tpot_s": "TPOT", "itl_s": "ITL", "e2e_s": "end to end", "queueing_s": "queueing"}
+_TARGET_TEXT = {"ttft_p99_s": "TTFT p99", "tpot_p99_s": "TPOT p99", "e2e_p99_s": "e2e p99",
+                "min_goodput_fraction": "goodput fraction"}
+THROUGHPUT_ROWS = (
+    ("requests / s", "requests_per_s"),
+    ("output tokens / s", "output_tokens_per_s"),
+    ("input tokens / s", "input_tokens_per_s"),
+    ("total tokens / s", "total_tokens_per_s"),
+    ("output tokens / s / GPU", "output_tokens_per_s_per_gpu"),
+    ("total tokens / s / GPU", "total_tokens_per_s_per_gpu"),
+    ("output tokens / ms / GPU", "output_tokens_per_ms_per_gpu"),
+    ("total tokens / ms / GPU", "total_tokens_per_ms_per_gpu"),
+    ("goodput (requests / s)", "goodput_requests_per_s"),
+)
+
+
+def requests_frame(run: ServingRun, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per request (REQUEST_COLUMNS), warmup requests included and flagged."""
+    table = request_table(run) if table is None else table
+    frame = pd.concat([table.reset_index(drop=True), request_itl_table(run)], axis=1)
+    return frame[list(REQUEST_COLUMNS)]
+
+
+def _json_number(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pricer: str) -> dict:
+    """summary.json: the latency statistics and figures of stats.summarize (NaN written as null), the
+    KV-cache use, the verdicts and what was simulated."""
+    spec = run.spec
+    figures = {**summary.figures, **kv_cache_figures(run), "num_replicas": float(len(run.peak_kv_blocks)),
+               "num_iterations": float(run.num_iterations),
+               "end_s": run.end_s}
+    return {
+        "scenario": name,
+        "pricer": pricer,
+        "serving": spec.model_dump(mode="json"),
+        "latency": {m: {s: _json_number(float(summary.latency.loc[m, s])) for s in STATISTICS}
+                    for m in LATENCY_METRICS},
+        "figures": {k: _json_number(float(v)) for k, v in figures.items()},
+        "targets": [{"target": k, "limit": limit, "actual": _json_number(actual), "met": met}
+                    for k, (actual, limit, met) in summary.verdicts.items()],
+        "all_targets_met": summary.all_targets_met,
+    }
+
+
+def format_value(value, kind: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if kind == "s":
+        return fmt_s(value)
+    if kind == "%":
+        return f"{100 * value:.1f}%"
+    return f"{value:.4g}"
+
+
+def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
+    """(target, limit, actual, verdict) per target given."""
+    rows = []
+    for t in summary["targets"]:
+        kind = "%" if t["target"] == "min_goodput_fraction" else "s"
+        op = ">=" if t["target"] == "min_goodput_fraction" else "<="
+        rows.append((_TARGET_TEXT[t["target"]], f"{op} {format_value(t['limit'], kind)}", format_value(t["actual"], kind),
+                     "MET" if t["met"] else "MISSED"))
+    return rows
+
+
+def _kv_text(f: dict) -> str:
+    return (f"peak {f['kv_peak_blocks']:.0f} / mean {f['kv_mean_blocks']:.1f} of {f['kv_capacity_blocks']:.0f} "
+            f"blocks ({format_value(f['kv_peak_fraction'], '%')} / {format_value(f['kv_mean_fraction'], '%')})")
+
+
+def headline(summary: dict) -> str:
+    s, f = summary["serving"], summary["figures"]
+    return (f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals), "
+            f"{s['scheduler']['policy']} scheduler, {f['num_replicas']:.0f} replica(s), "
+            f"{f['num_gpus']:.0f} GPU(s); iterations priced by {summary['pricer']}")
+
+
+def serving_markdown(summary: dict) -> str:
+    f = summary["figures"]
+    lines = [f"# moesim serve: {summary['scenario']}", "", headline(summary) + ".", "",
+             "## Latency", "", "| metric | " + " | ".join(STATISTICS) + " |", "|---" * (len(STATISTICS) + 1) + "|"]
+    for m in LATENCY_METRICS:
+        row = summary["latency"][m]
+        lines.append(f"| {LATENCY_TEXT[m]} | " + " | ".join(format_value(row[s], "s") for s in STATISTICS) + " |")
+    lines += ["", "## Throughput", "", "| figure | value |", "|---|---|"]
+    lines += [f"| {text} | {format_value(f[key])} |" for text, key in THROUGHPUT_ROWS]
+    lines += [f"| goodput fraction | {format_value(f['goodput_fraction'], '%')} |",
+              f"| preemptions | {f['preemptions']:.0f} |",
+              f"| KV cache | {_kv_text(f)} |",
+              f"| measured window | {format_value(f['duration_s'], 's')} |"]
+    if "max_rate" in summary:
+        lines += ["", "## Max rate", "", max_rate_sentence(summary["max_rate"])]
+    if summary["targets"]:
+        lines += ["", "## Targets", "", "| target | limit | actual | verdict |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in target_rows(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def max_rate_sentence(max_rate: dict) -> str:
+    rate = max_rate["rate_per_s"]
+    if rate is None:
+        return "No arrival rate tried meets every target."
+    capped = " (the highest rate tried: the true maximum may be higher)" if max_rate["capped"] else ""
+    return (f"Highest Poisson arrival rate meeting every target: {format_value(rate)} requests/s{capped}, "
+            f"within {100 * max_rate['rel_tol']:.3g}%; {max_rate['rates_tried']} rates simulated (rate_curve.csv).")
+
+
+def write_serving_files(name: str, run: ServingRun, summary: ServingSummary, pricer: str, out_dir: Path,
+                        table: pd.DataFrame | None = None, max_rate: dict | None = None) -> dict:
+    """requests.csv, summary.json and summary.md (with the max-rate search's result when given);
+    returns the summary dict."""
+    doc = serving_summary_dict(name, run, summary, pricer)
+    if max_rate is not None:
+        doc["max_rate"] = max_rate
+    write_atomic(out_dir / "requests.csv", requests_frame(run, table).to_csv(index=False))
+    write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    write_atomic(out_dir / "summary.md", serving_markdown(doc))
+    return doc
+
+
+def write_rate_curve(curve: pd.DataFrame, out_dir: Path) -> Path:
+    path = out_dir / "rate_curve.csv"
+    write_atomic(path, curve.to_csv(index=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal
+
+
+def print_serving(console: Console, summary: dict) -> None:
+    console.print(f"[bold]{summary['scenario']}[/bold]: {headline(summary)}")
+    lat = Table(title="Serving latency")
+    lat.add_column("metric")
+    for s in STATISTICS:
+        lat.add_column(s, justify="right")
+    for m in LATENCY_METRICS:
+        lat.add_row(LATENCY_TEXT[m], *(format_value(summary["latency"][m][s], "s") for s in STATISTICS))
+    console.print(lat)
+    f = summary["figures"]
+    tput = Table(title="Serving throughput")
+    tput.add_column("figure")
+    tput.add_column("value", justify="right")
+    for text, key in THROUGHPUT_ROWS:
+        tput.add_row(text, format_value(f[key]))
+    tput.add_row("goodput fraction", format_value(f["goodput_fraction"], "%"))
+    tput.add_row("preemptions", f"{f['preemptions']:.0f}")
+    tput.add_row("KV cache", _kv_text(f))
+    console.print(tput)
+    print_targets(console, summary["targets"])
+
+
+def print_targets(console: Console, targets: list[dict]) -> None:
+    if not targets:
+        return
+    table = Table(title="Targets")
+    for col in ("target", "limit", "actual", "verdict"):
+        table.add_column(col)
+    for a, b, c, d in target_rows({"targets": targets}):
+        table.add_row(a, b, c, f"[green]{d}[/green]" if d == "MET" else f"[red]{d}[/red]")
+    console.print(table)
