@@ -12,8 +12,64 @@ from typing import Any, Iterator
 import yaml
 
 
+#: Largest YAML input read (bytes): every moesim input (scenario, preset, profile, cases file,
+#: progress header) is a few kB to a few hundred kB; tens of MB would be parsed for minutes.
+MAX_YAML_BYTES = 2 * 1024 * 1024
+#: Most values a YAML document may hold once its aliases are expanded: a few hundred bytes of
+#: nested anchors ("billion laughs") expand to billions, which anything walking the data would visit.
+MAX_YAML_VALUES = 200_000
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A document that is too large once expanded, or that refers to itself."""
+
+
+def expanded_size(root: yaml.Node, limit: int = MAX_YAML_VALUES) -> int:
+    """The number of values of a composed document with every alias expanded, without expanding it:
+    each node is counted once with its children's sizes (iteratively, no recursion); raises
+    YamlLimitError past `limit` or for a node that contains itself."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            active.discard(key)
+            children = _children(node)
+            size = 1 + sum(sizes[id(c)] for c in children)
+            if size > limit:
+                raise YamlLimitError(f"the document expands to more than {limit} values (nested aliases?)")
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise YamlLimitError("an alias refers to a value that contains it (a recursive document)")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)
+    and a document too large once its aliases are expanded (checked before anything is built)."""
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        expanded_size(node)
+        return self.construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -31,13 +87,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: Path, label: str, kind: str, error: type[Exception]) -> Any:
-    """The parsed document of `path`; any problem raises `error` with one line that starts with
-    `label` and says what to do (binary, not UTF-8, syntax with line and column, too deep)."""
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with moesim's loader: duplicate keys refused, aliases bounded (yaml.YAMLError,
+    YamlLimitError or RecursionError otherwise)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def read_bounded(path: Path, label: str, kind: str, error: type[Exception], limit: int = MAX_YAML_BYTES) -> bytes:
+    """The bytes of `path`, refusing a directory, a missing file and a file over `limit` bytes."""
     try:
-        raw = path.read_bytes()
+        if path.is_dir():
+            raise error(f"{label}: is a directory; give a {kind} file")
+        size = path.stat().st_size
+        if size > limit:
+            raise error(f"{label}: {size / 1e6:.1f} MB is too large for a {kind} (at most {limit / 1e6:.1f} MB)")
+        with path.open("rb") as handle:
+            raw = handle.read(limit + 1)
     except OSError as exc:
         raise error(f"{label}: cannot read ({exc.strerror})") from None
+    if len(raw) > limit:  # grew meanwhile, or a pipe
+        raise error(f"{label}: too large for a {kind} (at most {limit / 1e6:.1f} MB)")
+    return raw
+
+
+def read_yaml(path: Path, label: str, kind: str, error: type[Exception]) -> Any:
+    """The parsed document of `path`; any problem raises `error` with one line that starts with
+    `label` and says what to do (binary, not UTF-8, syntax with line and column, too deep, too
+    large: over MAX_YAML_BYTES, or over MAX_YAML_VALUES once its aliases are expanded)."""
+    raw = read_bounded(Path(path), label, kind, error)
     if b"\x00" in raw[:4096]:
         raise error(f"{label}: binary file; give a {kind} YAML file")
     try:
@@ -45,7 +122,9 @@ def read_yaml(path: Path, label: str, kind: str, error: type[Exception]) -> Any:
     except UnicodeDecodeError as exc:
         raise error(f"{label}: not UTF-8 text (bad byte at offset {exc.start}); save the {kind} as UTF-8") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return load_yaml_text(text)
+    except YamlLimitError as exc:
+        raise error(f"{label}: {exc}; a {kind} needs no such structure") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, ValidationError, model_validator
 
-from simulator.config.errors import StrictModel
+from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.files import read_yaml
 
 DType = Literal["fp32", "fp16", "bf16", "fp8"]
@@ -41,6 +41,14 @@ class PeakFlops(StrictModel):
     fp8: PositiveFloat
 
 
+#: What op_time looks up in a calibration: eager floors per op class, seconds per byte per element-wise class.
+EAGER_FLOOR_CLASSES = ("gemm", "grouped_gemm", "attention", "elementwise")
+ELEMENTWISE_RATES = ("gelu", "silu_mul", "rmsnorm", "add", "copy")
+CALIBRATION_TABLES = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode")
+#: A measured fraction of the roofline above this is a measurement error (slightly above 1 is timer noise).
+MAX_FRACTION = 1.5
+
+
 class Calibration(StrictModel):
     """Measured efficiency tables (written by `moesim calibrate`), used instead of the constants.
 
@@ -57,6 +65,36 @@ class Calibration(StrictModel):
     attention_decode: list[tuple[float, float, float]]  # head_dim, K+V bytes, fraction of HBM peak
     elementwise_s_per_byte: dict[str, float]  # op class -> seconds per byte of its output
     topk_s_per_row: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _usable(self) -> "Calibration":
+        """What the interpolation and the op-time model need: every floor and per-byte rate they
+        look up, non-empty tables of positive shapes (their logarithms are taken) and fractions in
+        (0, MAX_FRACTION], and at most one point per shape (a series needs distinct x)."""
+        for table, needed in (("eager_floor_s", EAGER_FLOOR_CLASSES), ("elementwise_s_per_byte", ELEMENTWISE_RATES)):
+            values = getattr(self, table)
+            missing = [k for k in needed if k not in values]
+            if missing:
+                raise ValueError(f"calibration.{table}: no entry for {missing[0]} (needs {', '.join(needed)})")
+            bad = next((k for k, v in values.items() if not v > 0.0), None)
+            if bad is not None:
+                raise ValueError(f"calibration.{table}.{bad} = {values[bad]!r}: must be a positive number of seconds")
+        for table in CALIBRATION_TABLES:
+            rows = getattr(self, table)
+            if not rows:
+                raise ValueError(f"calibration.{table}: empty table; refit with `moesim calibrate` or remove calibration:")
+            seen: set[tuple] = set()
+            for i, row in enumerate(rows):
+                *shape, fraction = row
+                if not all(x > 0.0 for x in shape):
+                    raise ValueError(f"calibration.{table}[{i}]: shape {list(shape)} must be positive")
+                if not 0.0 < fraction <= MAX_FRACTION:
+                    raise ValueError(f"calibration.{table}[{i}]: fraction {fraction!r} must be in (0, {MAX_FRACTION}] "
+                                     "(achieved over roofline time)")
+                if tuple(shape) in seen:
+                    raise ValueError(f"calibration.{table}[{i}]: shape {list(shape)} is given twice")
+                seen.add(tuple(shape))
+        return self
 
 
 class HardwareProfile(StrictModel):
@@ -164,8 +202,17 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     return ys[i] + lam * (ys[i + 1] - ys[i])
 
 
-class ProfileError(ValueError):
-    """A hardware profile could not be found or read."""
+class ProfileError(ScenarioError):
+    """A hardware profile could not be found, read or validated (one line)."""
+
+
+class ProfileInvalid(ProfileError):
+    """A profile that was read but breaks a rule; the message is `hardware (NAME): field: what is wrong`,
+    and `errors` holds pydantic's list of every error found."""
+
+    def __init__(self, message: str, errors: list | None = None):
+        super().__init__(message)
+        self.errors = errors or []
 
 
 def available_profiles(directory: Path | None = None) -> list[str]:
@@ -223,7 +270,10 @@ def load_profile(name_or_path: str, overrides: dict | None = None, directory: Pa
     data = _read_profile_dict(path)
     if overrides:
         data = _deep_merge(data, overrides)
-    profile = HardwareProfile.model_validate(data)
+    try:
+        profile = HardwareProfile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileInvalid(f"hardware ({name_or_path}): {one_line_error(exc, HardwareProfile)}", exc.errors()) from None
     if key is not None:
         if len(_PROFILES) >= _PROFILES_MAX:
             _PROFILES.clear()

@@ -9,25 +9,17 @@ import yaml
 from pydantic import ValidationError
 
 from simulator.config.errors import ScenarioError, one_line_error
-from simulator.config.hardware import HardwareProfile, ProfileError, load_profile
+from simulator.config.hardware import HardwareProfile, ProfileError, ProfileInvalid, load_profile
+from simulator.config.model import MAX_MODEL_COUNTS, magnitude_problem
 from simulator.config.scenario import Scenario
 from simulator.files import read_yaml
 
 
-#: Largest count accepted per field of the sections that size the operator graph: beyond these a
-#: figure is a typo (or a unit slip), and building a graph from it would hang or overflow.
-_MAX_COUNT = 10**9
+#: Largest count accepted per field of the cluster and layout sections (the model's: MAX_MODEL_COUNTS).
 _MAX_COUNTS = {
-    "model.num_layers": 10**4,
-    "model.num_heads": 10**5,
-    "model.num_kv_heads": 10**5,
-    "model.num_experts": 10**5,
-    "model.top_k": 10**5,
-    "model.num_shared_experts": 10**4,
-    "model.first_k_dense_layers": 10**4,
-    "cluster.num_gpus": 10**5,
-    "cluster.gpus_per_node": 10**5,
-    **{f"parallel.{k}": 10**5 for k in ("tp", "pp", "dp", "ep", "etp", "microbatches")},
+    "model": MAX_MODEL_COUNTS,
+    "cluster": {"num_gpus": 10**5, "gpus_per_node": 10**5},
+    "parallel": {k: 10**5 for k in ("tp", "pp", "dp", "ep", "etp", "microbatches")},
 }
 
 
@@ -41,17 +33,9 @@ def _check_magnitudes(data: dict) -> None:
         for key, value in fields.items():
             if isinstance(value, bool):
                 _check_not_bool(section, key, value)
-                continue
-            if section == "workload" or not isinstance(value, (int, float, str)):
-                continue
-            try:
-                number = float(value)
-            except (ValueError, OverflowError):
-                continue
-            path = f"{section}.{key}"
-            limit = _MAX_COUNTS.get(path, _MAX_COUNT)
-            if abs(number) > limit:  # NaN compares false: left to the finite-number check
-                raise ScenarioError(f"{path} = {number:.3g} is out of range (at most {limit:.0e}); check the figure and its unit")
+        problem = magnitude_problem(fields, f"{section}.", _MAX_COUNTS[section]) if section != "workload" else None
+        if problem:
+            raise ScenarioError(problem)
 
 
 def _check_not_bool(section: str, key: str, value: bool) -> None:
@@ -145,11 +129,10 @@ def resolve_hardware(scenario: Scenario, source: str = "scenario") -> HardwarePr
     overrides = dict(scenario.hardware.model_extra or {})
     try:
         return load_profile(scenario.hardware.profile, overrides)
+    except ProfileInvalid as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
     except ProfileError as exc:
         raise ScenarioError(f"{source}: hardware.profile: {exc}") from None
-    except ValidationError as exc:
-        line = one_line_error(exc, HardwareProfile)
-        raise ScenarioError(f"{source}: hardware ({scenario.hardware.profile}): {line}") from None
 
 
 def gpus_per_node(scenario: Scenario, hw: HardwareProfile) -> int:
