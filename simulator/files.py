@@ -145,52 +145,153 @@ class OutputError(RuntimeError):
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+    A failure to write (full disk, read-only directory) is an OutputError naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write it ({exc.strerror or exc}); choose a writable directory") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write it ({exc.strerror or exc}); free space or choose another directory") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _staging_prefix(out: Path, kind: str) -> str:
+    return f".{out.name}.{kind}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging and replaced-run directories an earlier run beside `out` left when it was
+    killed (kill -9, power loss): those whose process (named in the directory) is gone, and those
+    of moesim versions that did not name it. Returns what was removed."""
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    removed = []
+    for kind in ("staging", "old"):
+        for path in parent.glob(_staging_prefix(out, kind) + "*"):
+            pid_text = path.name[len(_staging_prefix(out, kind)):].split("-", 1)[0]
+            if pid_text.isdigit() and (int(pid_text) == os.getpid() or pid_alive(int(pid_text))):
+                continue  # a run in progress (or this one)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def output_target(out: Path) -> Path:
+    """The directory `--out` names: a symlink to a directory is followed (the link stays, the run
+    replaces its target); a dangling link, the current directory or one above it is refused."""
+    out = Path(out)
+    if out.is_symlink():
+        target = Path(os.path.realpath(out))
+        if not target.is_dir():
+            raise OutputError(f"--out {out}: a symbolic link to {target}, which is not a directory; choose another path")
+        out = target
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path(resolved.anchor):
+        raise OutputError(f"--out {out}: the current directory (or one above it) cannot be replaced; "
+                          "name a subdirectory, e.g. --out reports/run")
+    return out
+
+
+def check_output(out: Path, force: bool = False) -> Path:
+    """Everything run_directory needs, checked before any work starts: `out` may be replaced
+    (not a file, made by moesim or `force`) and its parent is writable (a staging directory is
+    made there and removed). Also removes stale staging directories of killed runs. Returns the
+    directory to write (output_target)."""
+    out = output_target(out)
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"--out {out}: exists and is not a directory; choose another path")
+        if not (out / MARKER_FILE).exists() and any(out.iterdir()) and not force:
+            raise OutputError(f"--out {out}: directory exists and was not made by moesim; pass --force to replace it")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OutputError(f"--out {out}: the directory is read-only, so it cannot be replaced; "
+                              "choose another path or make it writable")
+    parent = out.parent if str(out.parent) else Path(".")
+    clean_stale_staging(out) if parent.is_dir() else None
+    Path(_make_staging(out, parent, "staging")).rmdir()
+    return out
+
+
+def _make_staging(out: Path, parent: Path, kind: str) -> Path:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=parent, prefix=f"{_staging_prefix(out, kind)}{os.getpid()}-"))
+    except OSError as exc:
+        blocker = next((p for p in parent.parents if p.is_file()), parent if parent.is_file() else None)
+        why = f"{blocker} is a file, not a directory" if blocker else exc.strerror
+        raise OutputError(f"--out {out}: cannot write there ({why}); choose a writable directory") from None
 
 
 @contextmanager
 def run_directory(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a fresh staging directory; on success it replaces `out` in one rename.
 
-    `out` must not exist, or be a directory moesim made (it holds MARKER_FILE), unless `force`.
-    On any error the staging directory is removed and `out` is left as it was.
+    `out` must not exist, or be a directory moesim made (it holds MARKER_FILE), unless `force`
+    (check_output, which commands also call before they start working). On any error the staging
+    directory is removed and `out` is left as it was; a failure to move the old run aside or the
+    new one in is an OutputError naming the path.
     """
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise OutputError(f"--out {out}: exists and is not a directory; choose another path")
-        if not (out / MARKER_FILE).exists() and any(out.iterdir()) and not force:
-            raise OutputError(f"--out {out}: directory exists and was not made by moesim; pass --force to replace it")
+    out = check_output(out, force)
     parent = out.parent if str(out.parent) else Path(".")
+    staging = _make_staging(out, parent, "staging")
+    staging.chmod(0o755)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.staging-"))
-        staging.chmod(0o755)
-    except OSError as exc:
-        blocker = next((p for p in parent.parents if p.is_file()), parent if parent.is_file() else None)
-        why = f"{blocker} is a file, not a directory" if blocker else exc.strerror
-        raise OutputError(f"--out {out}: cannot write there ({why}); choose a writable directory") from None
-    try:
-        (staging / MARKER_FILE).write_text("made by moesim\n")
+        try:
+            (staging / MARKER_FILE).write_text("made by moesim\n")
+        except OSError as exc:
+            raise OutputError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable directory") from None
         yield staging
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "run")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        _swap_in(staging, out, parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, out: Path, parent: Path) -> None:
+    """Move `staging` to `out`, the old `out` (if any) aside first and removed after; if a rename
+    fails, the old run is put back."""
+    if not out.exists():
+        try:
+            os.replace(staging, out)
+        except OSError as exc:
+            raise OutputError(f"--out {out}: cannot move the new run into place ({exc.strerror}); "
+                              "choose another path") from None
+        return
+    # The old run is renamed within its parent (onto an empty directory, which rename(2) allows):
+    # moving a directory to another parent would need write permission on it.
+    old = Path(tempfile.mkdtemp(dir=parent, prefix=f"{_staging_prefix(out, 'old')}{os.getpid()}-"))
+    moved = False
+    try:
+        os.replace(out, old)
+        moved = True
+        os.replace(staging, out)
+    except OSError as exc:
+        if moved:
+            os.replace(old, out)
+        shutil.rmtree(old, ignore_errors=True)
+        raise OutputError(f"--out {out}: cannot replace it ({exc.strerror}); choose another path or make it writable") from None
+    shutil.rmtree(old, ignore_errors=True)

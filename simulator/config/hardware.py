@@ -24,21 +24,29 @@ DType = Literal["fp32", "fp16", "bf16", "fp8"]
 PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "hardware_profiles"))
 
 
+#: Plausible ranges of a profile's figures (SI units). Far outside them a figure is a unit slip, and
+#: the op times it gives overflow or vanish (a bandwidth of 1e-300 bytes/s makes every time infinite).
+MIN_BYTES_PER_S, MAX_BYTES_PER_S = 1e6, 1e16
+MIN_FLOPS_PER_S, MAX_FLOPS_PER_S = 1e6, 1e19
+MIN_MEMORY_BYTES, MAX_MEMORY_BYTES = 1e6, 1e15
+MAX_LATENCY_S = 1.0
+
+
 class LinkSpec(StrictModel):
     """One class of link as seen by one GPU."""
 
-    bytes_per_s: PositiveFloat = Field(description="bandwidth per direction per GPU")
-    latency_s: float = Field(ge=0.0, description="per-hop (per ring step) latency")
+    bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S, description="bandwidth per direction per GPU")
+    latency_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="per-hop (per ring step) latency")
     efficiency: float = Field(gt=0.0, le=1.0, description="achieved / nominal bandwidth for large messages")
 
 
 class PeakFlops(StrictModel):
     """Dense peak FLOP/s per dtype on the matrix (tensor-core) units."""
 
-    fp32: PositiveFloat
-    fp16: PositiveFloat
-    bf16: PositiveFloat
-    fp8: PositiveFloat
+    fp32: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+    fp16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+    bf16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+    fp8: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
 
 
 #: What op_time looks up in a calibration: eager floors per op class, seconds per byte per element-wise class.
@@ -102,16 +110,16 @@ class HardwareProfile(StrictModel):
 
     name: str
     description: str = ""
-    memory_bytes: PositiveFloat
+    memory_bytes: float = Field(ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES)
     peak_flops_per_s: PeakFlops
-    vector_flops_per_s: PositiveFloat = Field(description="non-tensor-core fp32 FLOP/s (element-wise ops)")
-    hbm_bytes_per_s: PositiveFloat
+    vector_flops_per_s: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="non-tensor-core fp32 FLOP/s (element-wise ops)")
+    hbm_bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S)
     compute_efficiency: float = Field(gt=0.0, le=1.0)
     memory_efficiency: float = Field(gt=0.0, le=1.0)
-    kernel_overhead_s: float = Field(ge=0.0, description="GPU-side fixed cost per kernel (ramp-up, tail)")
-    host_launch_s: float = Field(ge=0.0, description="host cost to launch one kernel eagerly")
-    graph_launch_s: float = Field(ge=0.0, description="host cost to launch one captured CUDA graph")
-    gpus_per_node: int = Field(ge=1)
+    kernel_overhead_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="GPU-side fixed cost per kernel (ramp-up, tail)")
+    host_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one kernel eagerly")
+    graph_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one captured CUDA graph")
+    gpus_per_node: int = Field(ge=1, le=10**5)
     intra_node: LinkSpec
     inter_node: LinkSpec
     calibration: Calibration | None = None

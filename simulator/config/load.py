@@ -12,7 +12,7 @@ from simulator.config.errors import ScenarioError, one_line_error
 from simulator.config.hardware import HardwareProfile, ProfileError, ProfileInvalid, load_profile
 from simulator.config.model import MAX_MODEL_COUNTS, magnitude_problem
 from simulator.config.scenario import Scenario
-from simulator.files import read_yaml
+from simulator.files import YamlLimitError, load_yaml_text, read_yaml
 
 
 #: Largest count accepted per field of the cluster and layout sections (the model's: MAX_MODEL_COUNTS).
@@ -91,9 +91,32 @@ def _load_scenario(path: Path, overrides: list[str] | None) -> Scenario:
     data = read_yaml(path, str(path), "scenario", ScenarioError)
     if data is None:
         raise ScenarioError(f"{path}: empty file; a scenario needs model, hardware, cluster, parallel, workload")
+    data = resolve_relative_paths(data, path.parent)
     for item in overrides or []:
         data = apply_override(data, item)
     return parse_scenario(data, str(path))
+
+
+def _is_path(ref: Any) -> bool:
+    return isinstance(ref, str) and Path(ref).suffix in (".yaml", ".yml") and not Path(ref).is_absolute()
+
+
+def resolve_relative_paths(data: Any, base: Path) -> Any:
+    """The scenario mapping with a relative hardware-profile or model-preset path made absolute,
+    relative to `base`: the directory of the file that names it (not the current directory), so
+    a scenario means the same wherever it is run from, and on every worker of a sweep."""
+    if not isinstance(data, dict):
+        return data
+    base = Path(base).absolute()
+    data = dict(data)
+    hardware, model = data.get("hardware"), data.get("model")
+    if _is_path(hardware):
+        data["hardware"] = str(base / hardware)
+    elif isinstance(hardware, dict) and _is_path(hardware.get("profile")):
+        data["hardware"] = {**hardware, "profile": str(base / hardware["profile"])}
+    if isinstance(model, dict) and _is_path(model.get("preset")):
+        data["model"] = {**model, "preset": str(base / model["preset"])}
+    return data
 
 
 def apply_override(data: Any, item: str) -> dict:
@@ -102,8 +125,10 @@ def apply_override(data: Any, item: str) -> dict:
         raise ScenarioError(f"--set {item}: expected key.path=value, e.g. parallel.tp=4")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml_text(text)
+    except YamlLimitError as exc:
+        raise ScenarioError(f"--set {key}: {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = text
     if not isinstance(data, dict):
         raise ScenarioError("--set: the scenario is not a mapping")
