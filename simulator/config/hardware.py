@@ -24,11 +24,12 @@ DType = Literal["fp32", "fp16", "bf16", "fp8"]
 PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "hardware_profiles"))
 
 
-#: Plausible ranges of a profile's figures (SI units). Far outside them a figure is a unit slip, and
-#: the op times it gives overflow or vanish (a bandwidth of 1e-300 bytes/s makes every time infinite).
-MIN_BYTES_PER_S, MAX_BYTES_PER_S = 1e6, 1e16
-MIN_FLOPS_PER_S, MAX_FLOPS_PER_S = 1e6, 1e19
-MIN_MEMORY_BYTES, MAX_MEMORY_BYTES = 1e6, 1e15
+#: Bounds of a profile's figures (SI units) that keep every op time a finite float: a bandwidth of
+#: 1e-300 bytes/s makes every time infinite, 1e300 FLOP/s makes them vanish. (A run that still
+#: simulates absurdly long is refused by pipeline.MAX_SIMULATED_S.)
+MIN_BYTES_PER_S, MAX_BYTES_PER_S = 1.0, 1e18
+MIN_FLOPS_PER_S, MAX_FLOPS_PER_S = 1.0, 1e21
+MIN_MEMORY_BYTES, MAX_MEMORY_BYTES = 1.0, 1e18
 MAX_LATENCY_S = 1.0
 
 
