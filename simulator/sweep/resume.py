@@ -17,9 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from simulator.config import Scenario, ScenarioError, resolve_hardware
+from simulator.config import ParallelSpec, Scenario, ScenarioError, resolve_hardware
 from simulator.files import OutputError, pid_alive, write_atomic
-from simulator.sweep.layouts import Layout
 from simulator.sweep.results import LayoutResult, TargetVerdict
 
 FORMAT = "moesim-sweep-progress/1"
@@ -69,7 +68,7 @@ def from_record(record: dict) -> LayoutResult:
     layout = fields["layout"]
     if not isinstance(layout, dict) or not all(_is_int(v) and v >= 1 for v in layout.values()):
         raise ValueError("layout: expected positive integer degrees")
-    fields["layout"] = Layout(**layout)
+    fields["layout"] = ParallelSpec(**layout)
     if not _is_int(fields["index"]) or not isinstance(fields["own"], bool):
         raise ValueError("index, own: wrong type")
     if fields["status"] not in ("ok", "screened", "failed") or not isinstance(fields.get("error", ""), str):
@@ -133,7 +132,7 @@ def _nan_to_null(x):
 class Progress:
     """The progress file of one sweep: open it (fresh or resumed), append results, remove it."""
 
-    def __init__(self, path: Path, inputs: dict, resume: bool, layouts: Sequence[Layout]):
+    def __init__(self, path: Path, inputs: dict, resume: bool, layouts: Sequence[ParallelSpec]):
         """Start a fresh file (replacing any), or with `resume` read the finished layouts of the
         existing one; its inputs must equal `inputs` (ScenarioError naming the one that differs)."""
         self.path = Path(path)
