@@ -132,6 +132,8 @@ def read_yaml(path: Path, label: str, kind: str, error: type[Exception]) -> Any:
         raise error(f"{label}: YAML syntax error{where}: {problem}") from None
     except RecursionError:
         raise error(f"{label}: YAML nested too deeply to be a {kind}") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more digits than Python converts
+        raise error(f"{label}: a value cannot be read ({str(exc)[:80]})") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def command(args, console) -> int:
             data = json.loads(raw.decode("utf-8"))
         except json.JSONDecodeError as exc:
             raise ScenarioError(f"--from-json {args.from_json}: not JSON ({exc.msg} at line {exc.lineno})") from None
-        except (UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not UTF-8, or a number of more digits than Python converts
             raise ScenarioError(f"--from-json {args.from_json}: not a JSON text file") from None
         source = str(args.from_json)
     measured_on = args.measured_on or args.base

@@ -174,7 +174,7 @@ def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, li
     raw = read_bounded(path, str(path), "Hugging Face config.json", ScenarioError)
     try:
         cfg = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or a number of more digits than Python converts
         raise ScenarioError(f"{path}: not a JSON file ({str(exc)[:100]})") from None
     except RecursionError:
         raise ScenarioError(f"{path}: JSON nested too deeply to be a config.json") from None
