@@ -138,7 +138,8 @@ def mutated_profiles(draw) -> dict:
         op = draw(st.sampled_from(["drop", "value", "row", "empty"]))
         if op == "drop":
             parent.pop(path[-1], None)
-        elif op == "row" and isinstance(parent.get(path[-1]), list) and parent[path[-1]]:
+        elif op == "row" and isinstance(parent.get(path[-1]), list) and parent[path[-1]] \
+                and isinstance(parent[path[-1]][0], list) and parent[path[-1]][0]:
             row = list(parent[path[-1]][0])
             row[draw(st.integers(0, len(row) - 1))] = draw(scalars)
             parent[path[-1]].append(row)
