@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 
 from rich.console import Console
 
@@ -42,25 +45,66 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `kill`): handled as Ctrl-C is, so staging directories are removed."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked sweep worker: die as SIGTERM means, quietly
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
+#: Longest error line printed: a message quotes only excerpts of values, this is the backstop.
+MAX_ERROR_CHARS = 1000
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(_command_of(argv)).parse_args(argv)
     console = Console(width=160)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         return importlib.import_module(SUBCOMMANDS[args.command][0]).command(args, console)
+    except Terminated:
+        print("moesim: terminated; no output was written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("moesim: interrupted; no output was written", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line unless --debug
         if args.debug:
             raise
-        from simulator.config import ScenarioError
-        from simulator.files import OutputError
+        code, message = _classify(exc)
+        line = message.splitlines()[0] if message else type(exc).__name__
+        print(f"moesim: {line[:MAX_ERROR_CHARS]}", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
-        known = isinstance(exc, (ScenarioError, OutputError, RuntimeError))
-        message = str(exc) if known else f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
-        print(f"moesim: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
-        return EXIT_BAD_INPUT if known else 3
+
+def _classify(exc: Exception) -> tuple[int, str]:
+    """(exit code, message): 2 for what the input or the environment caused (a validation error,
+    an unusable output path, a file that cannot be read or written), 3 for a bug in moesim."""
+    from simulator.config import ScenarioError
+    from simulator.files import OutputError
+
+    if isinstance(exc, (ScenarioError, OutputError, RuntimeError)):
+        return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, OSError):  # the environment: a full disk, a read-only or vanished path
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_BAD_INPUT, f"{where}{exc.strerror or exc}; check the path and free space"
+    if isinstance(exc, MemoryError):
+        return EXIT_BAD_INPUT, "out of memory; simulate a smaller scenario (fewer layers, GPUs or decode steps)"
+    return 3, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from functools import cached_property
 import networkx as nx
 
 from simulator.audit import AuditLine, audit
-from simulator.config import Scenario, gpus_per_node, parse_scenario, resolve_hardware
+from simulator.config import Scenario, ScenarioError, gpus_per_node, parse_scenario, resolve_hardware
 from simulator.config.hardware import HardwareProfile
 from simulator.graph import Dag, build, build_dag, sampled_decode_steps
 from simulator.placement import symmetric_representatives
@@ -24,6 +24,11 @@ from simulator.verify import Check, verify_dag
 #: promotion keeps (one SimPy environment, ~16 objects, per run) at a cost of ~10 ms per 16 runs.
 _RUNS_PER_FULL_COLLECTION = 16
 _promoted_runs = 0
+
+
+#: A run simulated longer than this (about 30 years) is a unit slip, not a deployment; past it the
+#: microsecond figures of the reports overflow.
+MAX_SIMULATED_S = 1e9
 
 
 @contextmanager
@@ -107,6 +112,9 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
         dag.graph["warmup_steps"] = warmup_steps
         sim = simulate_dag(dag, scenario, hw)
         metrics = compute_metrics(sim, scenario, hw, explain)
+    if not metrics.total_s < MAX_SIMULATED_S:  # also NaN
+        raise ScenarioError(f"{scenario.name}: the simulated time ({metrics.total_s:.3g} s) is beyond any deployment's; "
+                            "check the hardware figures and the workload for a unit slip")
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
     if verify:
         run.checks.extend(verify_dag(run.graph, scenario))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import replace
 
@@ -124,7 +125,8 @@ def test_a_fresh_file_holds_the_header_only(tmp_path):
     path = tmp_path / "p.jsonl"
     progress = Progress(path, INPUTS, resume=False, layouts=LAYOUTS)
     progress.close()
-    assert path.read_text().splitlines() == [json.dumps({"format": FORMAT, **INPUTS})]
+    # the header names the sweeping process: a second compare into the same --out is refused meanwhile
+    assert path.read_text().splitlines() == [json.dumps({"format": FORMAT, **INPUTS, "pid": os.getpid()})]
     assert progress.done == {}
 
 

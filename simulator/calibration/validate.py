@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError
 
 from simulator.config import ScenarioError, parse_scenario
+from simulator.config.errors import one_line_error
+from simulator.config.load import resolve_relative_paths
+from simulator.files import read_yaml
 from simulator.pipeline import run_scenario
 
 
@@ -45,16 +47,19 @@ class Outcome:
 
 
 def load_cases(path: Path) -> list[Case]:
-    if not Path(path).is_file():
+    """The cases of a cases file (read as every YAML input is: bounded, duplicate keys refused), with
+    relative profile and preset paths taken relative to the file; at least one case."""
+    path = Path(path)
+    if not path.is_file():
         raise ScenarioError(f"{path}: no such cases file")
+    data = read_yaml(path, str(path), "cases", ScenarioError)
     try:
-        data = yaml.safe_load(Path(path).read_text())
-        return CasesFile.model_validate(data).cases
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: YAML syntax error: {str(exc).splitlines()[0]}") from None
+        cases = CasesFile.model_validate(data).cases
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ScenarioError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise ScenarioError(f"{path}: {one_line_error(exc, CasesFile)}") from None
+    if not cases:
+        raise ScenarioError(f"{path}: cases: the list is empty; give at least one measured case")
+    return [case.model_copy(update={"scenario": resolve_relative_paths(case.scenario, path.parent)}) for case in cases]
 
 
 def predict(case: Case) -> Outcome:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from simulator.calibration.fit import fit_calibration, leave_one_out, write_profile
 from simulator.config.hardware import load_profile
+from simulator.files import read_bounded
 
 
 def add_arguments(parser) -> None:
@@ -20,6 +21,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--measured-on", help="datasheet profile of the GPU that was measured (default: --base); "
                         "fractions are taken against its peaks and applied to --base's")
     parser.add_argument("--raw-out", type=Path, help="with --device: also keep the raw measurements here")
+
+
+def fit_checked(data, device, source: str, label: str):
+    """fit_calibration, with data that is not micro-benchmark output (or gives no usable table)
+    answered by one ScenarioError line instead of whatever the fit tripped over."""
+    from pydantic import ValidationError
+
+    from simulator.config import ScenarioError, one_line_error
+    from simulator.config.hardware import Calibration
+
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{label}: expected a JSON object of micro-benchmark lists (gemm, bmm, sdpa_prefill, ...)")
+    try:
+        return fit_calibration(data, device, source)
+    except ValidationError as exc:
+        raise ScenarioError(f"{label}: the fitted calibration is unusable: {one_line_error(exc, Calibration)}") from None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as exc:
+        raise ScenarioError(f"{label}: not micro-benchmark data of the expected format "
+                            f"({type(exc).__name__}: {str(exc)[:60]})") from None
 
 
 def command(args, console) -> int:
@@ -38,14 +58,18 @@ def command(args, console) -> int:
     else:
         if not args.from_json.is_file():
             raise ScenarioError(f"--from-json {args.from_json}: no such file")
+        raw = read_bounded(args.from_json, f"--from-json {args.from_json}", "micro-benchmark JSON", ScenarioError,
+                           limit=64 * 1024 * 1024)
         try:
-            data = json.loads(args.from_json.read_text())
+            data = json.loads(raw.decode("utf-8"))
         except json.JSONDecodeError as exc:
             raise ScenarioError(f"--from-json {args.from_json}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        except (ValueError, RecursionError):  # not UTF-8, or a number of more digits than Python converts
+            raise ScenarioError(f"--from-json {args.from_json}: not a JSON text file") from None
         source = str(args.from_json)
     measured_on = args.measured_on or args.base
     device = load_profile(measured_on)
-    calibration = fit_calibration(data, device, source)
+    calibration = fit_checked(data, device, source, f"--from-json {args.from_json}" if args.from_json else "--device")
     profile = write_profile(args.base, calibration, args.out, args.name, data, measured_on)
     loo = leave_one_out(data, device)
     gemm = sorted(abs(r["error"]) for r in loo if r["table"] == "gemm")

@@ -21,6 +21,10 @@ from simulator.sweep import (
 )
 
 
+#: Most GPUs `--gpus` lays out (as cluster.num_gpus): the layout enumeration loops over divisors.
+MAX_GPUS = 10**5
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("scenario", type=Path, help="scenario YAML file")
     parser.add_argument("--gpus", type=int, help="number of GPUs to lay out (default: the scenario's)")
@@ -57,7 +61,7 @@ def command(args, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from simulator.report.compare import print_table, write_comparison
-    from simulator.files import run_directory
+    from simulator.files import check_output, run_directory
     from simulator.sweep.resume import Progress as SweepProgress
     from simulator.sweep.resume import progress_path, sweep_inputs
 
@@ -76,8 +80,8 @@ def command(args, console) -> int:
                            base_dir=str(loaded.base_dir))
     else:
         scenario = load_scenario(args.scenario, args.set)
-    if args.gpus is not None and args.gpus < 1:
-        raise ScenarioError(f"--gpus {args.gpus}: expected a positive number of GPUs")
+    if args.gpus is not None and not 1 <= args.gpus <= MAX_GPUS:
+        raise ScenarioError(f"--gpus {args.gpus}: expected a number of GPUs from 1 to {MAX_GPUS}")
     if args.jobs is not None and args.jobs < 1:
         raise ScenarioError(f"--jobs {args.jobs}: expected at least 1")
     if args.decode_sample < 0:
@@ -87,29 +91,31 @@ def command(args, console) -> int:
     layouts = enumerate_layouts(scenario, num_gpus, microbatches)
     if not layouts:
         raise ScenarioError(f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}")
-    out = args.out or Path("reports") / scenario.name / "compare"
+    out = check_output(args.out or Path("reports") / scenario.name / "compare", args.force)  # before the sweep
     inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample,
                           args.objective if serving else None)
-    journal = SweepProgress(progress_path(out), inputs, args.resume, layouts)
 
     started = time.perf_counter()
     columns = (TextColumn("[bold]sweep[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.description}"))
+    journal = None
     try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("", total=len(layouts))
+        with make_executor(args.executor, args.jobs) as executor:  # a bad --executor: before the progress file
+            journal = SweepProgress(progress_path(out), inputs, args.resume, layouts)
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("", total=len(layouts))
 
-            def tick(result: LayoutResult) -> None:
-                bar.update(task, advance=1, description=f"{result.label}: {result.status}")
+                def tick(result: LayoutResult) -> None:
+                    bar.update(task, advance=1, description=f"{result.label}: {result.status}")
 
-            with make_executor(args.executor, args.jobs) as executor:
                 results = run_sweep(scenario, layouts, executor, args.decode_sample, tick, simulate=simulate,
                                     done=journal.done, journal=journal.append)
     except SweepInterrupted as exc:  # the progress file keeps the finished layouts
         print(f"moesim: {exc}; rerun with --resume to continue", file=sys.stderr)
         return 130
     finally:
-        journal.close()
+        if journal is not None:
+            journal.close()
     elapsed = time.perf_counter() - started
     ranked = rank_results(results, args.objective)
 

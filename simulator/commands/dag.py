@@ -17,12 +17,13 @@ def add_arguments(parser) -> None:
 def command(args, console: Console) -> int:
     from simulator.config import load_scenario
     from simulator.pipeline import dag_scenario
-    from simulator.report.dot import render_dag
-    from simulator.files import run_directory
+    from simulator.files import check_output, run_directory
+    from simulator.report.dot import render_dag, require_graphviz
     from simulator.report.summary import print_audit, print_checks, print_gpu_table
 
     scenario = load_scenario(args.scenario, args.set)
-    out = args.out or Path("reports") / scenario.name
+    out = check_output(args.out or Path("reports") / scenario.name, args.force)  # before building
+    require_graphviz()
     started = time.perf_counter()
     result = dag_scenario(scenario)
     built = time.perf_counter() - started

@@ -16,8 +16,14 @@ def add_arguments(parser) -> None:
 def command(args, console) -> int:
     text, model, notes, unknown = import_file(args.config, args.name)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        from simulator.files import OutputError, write_atomic
+
+        if args.out.is_dir():
+            raise OutputError(f"--out {args.out}: is a directory; give the model YAML file to write")
+        try:
+            write_atomic(args.out, text)
+        except OutputError as exc:
+            raise OutputError(f"--out {exc}") from None
         console.print(f"wrote {args.out} ({model.name}: {model.num_layers} layers, "
                       f"{model.num_experts or 'dense'}{' experts' if model.num_experts else ''})")
     else:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 
-from simulator.commands import EXIT_OK
+from simulator.commands import EXIT_BAD_INPUT, EXIT_OK
 
 
 def add_arguments(parser) -> None:
@@ -14,15 +16,23 @@ def add_arguments(parser) -> None:
 def command(args, console: Console) -> int:
     from rich.table import Table
 
-    from simulator.config.hardware import available_profiles, load_profile
+    from simulator.config.hardware import ProfileError, available_profiles, load_profile
 
     table = Table(title="Hardware profiles (hardware_profiles/*.yaml)")
     for col in ("name", "memory", "fp16 peak", "HBM", "NVLink/dir", "NIC/dir", "description"):
         table.add_column(col)
+    broken = []
     for name in available_profiles():
-        p = load_profile(name)
+        try:
+            p = load_profile(name)
+        except ProfileError as exc:  # list the others; name this one below
+            broken.append(f"{name} ({exc})")
+            continue
         table.add_row(name, f"{p.memory_bytes / 1e9:.1f} GB", f"{p.peak_flops_per_s.fp16 / 1e12:.0f} TFLOP/s",
                       f"{p.hbm_bytes_per_s / 1e12:.2f} TB/s", f"{p.intra_node.bytes_per_s / 1e9:.0f} GB/s",
                       f"{p.inter_node.bytes_per_s / 1e9:.0f} GB/s", p.description)
     console.print(table)
+    if broken:
+        print(f"moesim: {len(broken)} profile(s) left out of the table: {'; '.join(broken)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK

@@ -19,13 +19,19 @@ def add_arguments(parser) -> None:
 
 
 def command(args, console: Console) -> int:
-    from simulator.config import load_scenario
+    from simulator.config import ScenarioError, load_scenario
+    from simulator.files import check_output, run_directory
     from simulator.pipeline import run_scenario
-    from simulator.files import run_directory
     from simulator.report.summary import print_run, write_run_files
 
+    if args.decode_sample < 0:
+        raise ScenarioError(f"--decode-sample {args.decode_sample}: expected 0 (every step) or more")
     scenario = load_scenario(args.scenario, args.set)
-    out = args.out or Path("reports") / scenario.name
+    out = check_output(args.out or Path("reports") / scenario.name, args.force)  # before simulating
+    if not args.no_dag:
+        from simulator.report.dot import require_graphviz
+
+        require_graphviz(", or pass --no-dag")
     started = time.perf_counter()
     result = run_scenario(scenario, decode_sample=args.decode_sample or None)
     elapsed = time.perf_counter() - started

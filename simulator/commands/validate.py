@@ -17,6 +17,10 @@ def command(args, console) -> int:
     from rich.table import Table
 
     cases = load_cases(args.cases)
+    if args.out:
+        from simulator.files import check_output
+
+        args.out = check_output(args.out, args.force)  # before predicting
     outcomes = [predict(c) for c in cases]
     table = Table(title=f"Validation: {args.cases}")
     for col in ("case", "metric", "predicted", "measured", "error"):

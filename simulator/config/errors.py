@@ -38,8 +38,49 @@ class LayoutError(ValueError):
         self.path = path
 
 
+#: Most characters of an input value (or key) quoted in an error message.
+EXCERPT_CHARS = 60
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """repr(value), cut to `limit` characters: an error names a value, it never prints a big one.
+    Containers are cut before their repr is built (a shared YAML alias can make it huge)."""
+    text = _short_repr(value, limit + 1)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short_repr(value: Any, budget: int) -> str:
+    if isinstance(value, (list, tuple)):
+        parts, used = [], 0
+        for item in value:
+            if used > budget:
+                parts.append("...")
+                break
+            part = _short_repr(item, budget - used)
+            parts.append(part)
+            used += len(part) + 2
+        text = ", ".join(parts)
+        return f"[{text}]" if isinstance(value, list) else f"({text})"
+    if isinstance(value, dict):
+        parts, used = [], 0
+        for key, item in value.items():
+            if used > budget:
+                parts.append("...")
+                break
+            part = f"{_short_repr(key, budget - used)}: {_short_repr(item, budget - used)}"
+            parts.append(part)
+            used += len(part) + 2
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(value, str) and len(value) > budget:
+        value = value[:budget]
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * budget:
+        return f"<{value.bit_length()}-bit integer>"
+    return repr(value)
+
+
 def _format_loc(loc: tuple) -> str:
-    return ".".join(str(part) if str(part).isprintable() else repr(part) for part in loc)
+    return ".".join(excerpt(part, 40)[1:-1] if isinstance(part, str) and (not part.isprintable() or len(part) > 40)
+                    else str(part) for part in loc)
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -91,20 +132,22 @@ def one_line_error(exc: ValidationError, model_cls: type[BaseModel]) -> str:
         return f"{cause.path}: {cause}"
     if kind == "extra_forbidden":
         options = _valid_keys(model_cls, loc)
-        close = difflib.get_close_matches(str(loc[-1]), options, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(str(loc[-1])[:100], options, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
         return f"{path}: unknown key; {hint}"
     if kind == "missing":
         return f"{path}: required field is missing; add it"
     if kind == "literal_error" and loc and loc[-1] == "[key]":  # a mapping key outside a fixed set
         options = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
-        close = difflib.get_close_matches(str(err.get("input")), options, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(str(err.get("input"))[:100], options, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(options)}"
         return f"{_format_loc(loc[:-1])}: unknown key; {hint}"
     if kind in ("greater_than", "greater_than_equal") and "input" in err:
-        return f"{path} = {err['input']!r}: {msg.lower()}"
+        return f"{path} = {excerpt(err['input'])}: {msg.lower()}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) and kind != "value_error" else ""
+    if len(msg) > 400:  # a message that quotes the input (pydantic's, or a validator's f-string)
+        msg = msg[:397] + "..."
+    got = f" (got {excerpt(err['input'])})" if "input" in err and not isinstance(err["input"], dict) and kind != "value_error" else ""
     prefix = f"{path}: " if path else ""
     return f"{prefix}{msg}{got}"

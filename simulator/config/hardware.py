@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, ValidationError, model_validator
 
-from simulator.config.errors import StrictModel
+from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.files import read_yaml
 
 DType = Literal["fp32", "fp16", "bf16", "fp8"]
@@ -24,21 +24,38 @@ DType = Literal["fp32", "fp16", "bf16", "fp8"]
 PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "hardware_profiles"))
 
 
+#: Bounds of a profile's figures (SI units) that keep every op time a finite float: a bandwidth of
+#: 1e-300 bytes/s makes every time infinite, 1e300 FLOP/s makes them vanish. (A run that still
+#: simulates absurdly long is refused by pipeline.MAX_SIMULATED_S.)
+MIN_BYTES_PER_S, MAX_BYTES_PER_S = 1.0, 1e18
+MIN_FLOPS_PER_S, MAX_FLOPS_PER_S = 1.0, 1e21
+MIN_MEMORY_BYTES, MAX_MEMORY_BYTES = 1.0, 1e18
+MAX_LATENCY_S = 1.0
+
+
 class LinkSpec(StrictModel):
     """One class of link as seen by one GPU."""
 
-    bytes_per_s: PositiveFloat = Field(description="bandwidth per direction per GPU")
-    latency_s: float = Field(ge=0.0, description="per-hop (per ring step) latency")
+    bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S, description="bandwidth per direction per GPU")
+    latency_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="per-hop (per ring step) latency")
     efficiency: float = Field(gt=0.0, le=1.0, description="achieved / nominal bandwidth for large messages")
 
 
 class PeakFlops(StrictModel):
     """Dense peak FLOP/s per dtype on the matrix (tensor-core) units."""
 
-    fp32: PositiveFloat
-    fp16: PositiveFloat
-    bf16: PositiveFloat
-    fp8: PositiveFloat
+    fp32: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+    fp16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+    bf16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+    fp8: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+
+
+#: What op_time looks up in a calibration: eager floors per op class, seconds per byte per element-wise class.
+EAGER_FLOOR_CLASSES = ("gemm", "grouped_gemm", "attention", "elementwise")
+ELEMENTWISE_RATES = ("gelu", "silu_mul", "rmsnorm", "add", "copy")
+CALIBRATION_TABLES = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode")
+#: A measured fraction of the roofline above this is a measurement error (slightly above 1 is timer noise).
+MAX_FRACTION = 1.5
 
 
 class Calibration(StrictModel):
@@ -58,22 +75,52 @@ class Calibration(StrictModel):
     elementwise_s_per_byte: dict[str, float]  # op class -> seconds per byte of its output
     topk_s_per_row: float = Field(ge=0.0)
 
+    @model_validator(mode="after")
+    def _usable(self) -> "Calibration":
+        """What the interpolation and the op-time model need: every floor and per-byte rate they
+        look up, non-empty tables of positive shapes (their logarithms are taken) and fractions in
+        (0, MAX_FRACTION], and at most one point per shape (a series needs distinct x)."""
+        for table, needed in (("eager_floor_s", EAGER_FLOOR_CLASSES), ("elementwise_s_per_byte", ELEMENTWISE_RATES)):
+            values = getattr(self, table)
+            missing = [k for k in needed if k not in values]
+            if missing:
+                raise ValueError(f"calibration.{table}: no entry for {missing[0]} (needs {', '.join(needed)})")
+            bad = next((k for k, v in values.items() if not v > 0.0), None)
+            if bad is not None:
+                raise ValueError(f"calibration.{table}.{bad} = {values[bad]!r}: must be a positive number of seconds")
+        for table in CALIBRATION_TABLES:
+            rows = getattr(self, table)
+            if not rows:
+                raise ValueError(f"calibration.{table}: empty table; refit with `moesim calibrate` or remove calibration:")
+            seen: set[tuple] = set()
+            for i, row in enumerate(rows):
+                *shape, fraction = row
+                if not all(x > 0.0 for x in shape):
+                    raise ValueError(f"calibration.{table}[{i}]: shape {list(shape)} must be positive")
+                if not 0.0 < fraction <= MAX_FRACTION:
+                    raise ValueError(f"calibration.{table}[{i}]: fraction {fraction!r} must be in (0, {MAX_FRACTION}] "
+                                     "(achieved over roofline time)")
+                if tuple(shape) in seen:
+                    raise ValueError(f"calibration.{table}[{i}]: shape {list(shape)} is given twice")
+                seen.add(tuple(shape))
+        return self
+
 
 class HardwareProfile(StrictModel):
     """A GPU and its links. Figures are SI: bytes, seconds, FLOP/s, bytes/s."""
 
     name: str
     description: str = ""
-    memory_bytes: PositiveFloat
+    memory_bytes: float = Field(ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES)
     peak_flops_per_s: PeakFlops
-    vector_flops_per_s: PositiveFloat = Field(description="non-tensor-core fp32 FLOP/s (element-wise ops)")
-    hbm_bytes_per_s: PositiveFloat
+    vector_flops_per_s: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="non-tensor-core fp32 FLOP/s (element-wise ops)")
+    hbm_bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S)
     compute_efficiency: float = Field(gt=0.0, le=1.0)
     memory_efficiency: float = Field(gt=0.0, le=1.0)
-    kernel_overhead_s: float = Field(ge=0.0, description="GPU-side fixed cost per kernel (ramp-up, tail)")
-    host_launch_s: float = Field(ge=0.0, description="host cost to launch one kernel eagerly")
-    graph_launch_s: float = Field(ge=0.0, description="host cost to launch one captured CUDA graph")
-    gpus_per_node: int = Field(ge=1)
+    kernel_overhead_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="GPU-side fixed cost per kernel (ramp-up, tail)")
+    host_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one kernel eagerly")
+    graph_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one captured CUDA graph")
+    gpus_per_node: int = Field(ge=1, le=10**5)
     intra_node: LinkSpec
     inter_node: LinkSpec
     calibration: Calibration | None = None
@@ -164,8 +211,17 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     return ys[i] + lam * (ys[i + 1] - ys[i])
 
 
-class ProfileError(ValueError):
-    """A hardware profile could not be found or read."""
+class ProfileError(ScenarioError):
+    """A hardware profile could not be found, read or validated (one line)."""
+
+
+class ProfileInvalid(ProfileError):
+    """A profile that was read but breaks a rule; the message is `hardware (NAME): field: what is wrong`,
+    and `errors` holds pydantic's list of every error found."""
+
+    def __init__(self, message: str, errors: list | None = None):
+        super().__init__(message)
+        self.errors = errors or []
 
 
 def available_profiles(directory: Path | None = None) -> list[str]:
@@ -223,7 +279,10 @@ def load_profile(name_or_path: str, overrides: dict | None = None, directory: Pa
     data = _read_profile_dict(path)
     if overrides:
         data = _deep_merge(data, overrides)
-    profile = HardwareProfile.model_validate(data)
+    try:
+        profile = HardwareProfile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileInvalid(f"hardware ({name_or_path}): {one_line_error(exc, HardwareProfile)}", exc.errors()) from None
     if key is not None:
         if len(_PROFILES) >= _PROFILES_MAX:
             _PROFILES.clear()

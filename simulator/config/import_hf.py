@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from simulator.config.errors import ScenarioError, one_line_error
 from simulator.config.model import ModelSpec
+from simulator.files import read_bounded
 
 
 #: HF key -> ModelSpec field, for keys whose meaning is the same in every family.
@@ -76,18 +77,25 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
     family = _family(cfg)
     act = str(cfg.get("hidden_act", cfg.get("activation", "silu"))).lower()
     # every supported family runs a gated MLP (gate * act(up)); silu -> SwiGLU, gelu -> GeGLU
-    spec["activation"] = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu",
-                          "relu": "relu"}.get(act, "swiglu")
-    src["activation"] = f"hidden_act = {json.dumps(act)} (gated MLP)"
+    known = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu", "relu": "relu"}
+    spec["activation"] = known.get(act, "swiglu")
+    src["activation"] = f"hidden_act = {json.dumps(act)[:40]} (gated MLP)"
+    if act not in known and family != "gpt_oss":
+        notes.append(f"hidden_act = {json.dumps(act)[:40]} is not one moesim knows: simulated as SwiGLU "
+                     "(the cost of any gated MLP)")
     if family == "gpt_oss":
         src["activation"] = "GPT-OSS experts: clamped SwiGLU"
     dtype = cfg.get("torch_dtype", cfg.get("dtype"))
+    if dtype is not None and not isinstance(dtype, str):
+        raise ScenarioError(f"torch_dtype = {json.dumps(dtype)[:40]}: expected a string such as \"bfloat16\"")
     if dtype in _DTYPES:
         put("dtype", _DTYPES[dtype], "torch_dtype" if "torch_dtype" in cfg else "dtype")
     elif family == "gpt_oss":
         spec["dtype"] = "bf16"
         src["dtype"] = "GPT-OSS model card: bf16 outside the mxfp4 expert weights (no torch_dtype key)"
     q = cfg.get("quantization_config") or {}
+    if not isinstance(q, dict):
+        raise ScenarioError(f"quantization_config = {json.dumps(q)[:40]}: expected an object")
     method = str(q.get("quant_method", "")).lower()
     if method == "fp8" or "e4m3" in str(q.get("fmt", "")):
         spec["weight_dtype"] = "fp8"
@@ -161,12 +169,15 @@ def to_yaml(spec: dict, src: dict[str, str], source_path: str, notes: list[str],
 
 def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, list[str], list[str]]:
     """Read and convert one config.json; validate the result as a ModelSpec."""
+    if not path.exists():
+        raise ScenarioError(f"{path}: no such file")
+    raw = read_bounded(path, str(path), "Hugging Face config.json", ScenarioError)
     try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: not a JSON file ({exc})") from None
+        cfg = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # not JSON, not UTF-8, or a number of more digits than Python converts
+        raise ScenarioError(f"{path}: not a JSON file ({str(exc)[:100]})") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: JSON nested too deeply to be a config.json") from None
     if not isinstance(cfg, dict):
         raise ScenarioError(f"{path}: expected a JSON object (a Hugging Face config.json)")
     default = path.parent.name if path.stem == "config" else path.stem  # models/<name>/config.json or <name>.json
@@ -175,6 +186,10 @@ def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, li
         spec, src, notes, unknown = convert(cfg, model_name)
     except KeyError as exc:
         raise ScenarioError(f"{path}: required key {exc} is missing") from None
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    except TypeError as exc:  # a value of the wrong JSON type where a number or object belongs
+        raise ScenarioError(f"{path}: a value has the wrong type ({str(exc)[:80]})") from None
     try:
         model = ModelSpec.model_validate(spec)
     except ValidationError as exc:

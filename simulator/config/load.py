@@ -9,25 +9,17 @@ import yaml
 from pydantic import ValidationError
 
 from simulator.config.errors import LayoutError, ScenarioError, one_line_error
-from simulator.config.hardware import HardwareProfile, ProfileError, load_profile
+from simulator.config.hardware import HardwareProfile, ProfileError, ProfileInvalid, load_profile
+from simulator.config.model import MAX_MODEL_COUNTS, magnitude_problem
 from simulator.config.scenario import ClusterSpec, ParallelSpec, Scenario, check_layout
-from simulator.files import read_yaml
+from simulator.files import YamlLimitError, load_yaml_text, read_yaml
 
 
-#: Largest count accepted per field of the sections that size the operator graph: beyond these a
-#: figure is a typo (or a unit slip), and building a graph from it would hang or overflow.
-_MAX_COUNT = 10**9
+#: Largest count accepted per field of the cluster and layout sections (the model's: MAX_MODEL_COUNTS).
 _MAX_COUNTS = {
-    "model.num_layers": 10**4,
-    "model.num_heads": 10**5,
-    "model.num_kv_heads": 10**5,
-    "model.num_experts": 10**5,
-    "model.top_k": 10**5,
-    "model.num_shared_experts": 10**4,
-    "model.first_k_dense_layers": 10**4,
-    "cluster.num_gpus": 10**5,
-    "cluster.gpus_per_node": 10**5,
-    **{f"parallel.{k}": 10**5 for k in ("tp", "pp", "dp", "ep", "etp", "microbatches")},
+    "model": MAX_MODEL_COUNTS,
+    "cluster": {"num_gpus": 10**5, "gpus_per_node": 10**5},
+    "parallel": {k: 10**5 for k in ("tp", "pp", "dp", "ep", "etp", "microbatches")},
 }
 
 
@@ -41,17 +33,9 @@ def _check_magnitudes(data: dict) -> None:
         for key, value in fields.items():
             if isinstance(value, bool):
                 _check_not_bool(section, key, value)
-                continue
-            if section == "workload" or not isinstance(value, (int, float, str)):
-                continue
-            try:
-                number = float(value)
-            except (ValueError, OverflowError):
-                continue
-            path = f"{section}.{key}"
-            limit = _MAX_COUNTS.get(path, _MAX_COUNT)
-            if abs(number) > limit:  # NaN compares false: left to the finite-number check
-                raise ScenarioError(f"{path} = {number:.3g} is out of range (at most {limit:.0e}); check the figure and its unit")
+        problem = magnitude_problem(fields, f"{section}.", _MAX_COUNTS[section]) if section != "workload" else None
+        if problem:
+            raise ScenarioError(problem)
 
 
 def _check_not_bool(section: str, key: str, value: bool) -> None:
@@ -107,9 +91,32 @@ def _load_scenario(path: Path, overrides: list[str] | None) -> Scenario:
     data = read_yaml(path, str(path), "scenario", ScenarioError)
     if data is None:
         raise ScenarioError(f"{path}: empty file; a scenario needs model, hardware, cluster, parallel, workload")
+    data = resolve_relative_paths(data, path.parent)
     for item in overrides or []:
         data = apply_override(data, item)
     return parse_scenario(data, str(path))
+
+
+def _is_path(ref: Any) -> bool:
+    return isinstance(ref, str) and Path(ref).suffix in (".yaml", ".yml") and not Path(ref).is_absolute()
+
+
+def resolve_relative_paths(data: Any, base: Path) -> Any:
+    """The scenario mapping with a relative hardware-profile or model-preset path made absolute,
+    relative to `base`: the directory of the file that names it (not the current directory), so
+    a scenario means the same wherever it is run from, and on every worker of a sweep."""
+    if not isinstance(data, dict):
+        return data
+    base = Path(base).absolute()
+    data = dict(data)
+    hardware, model = data.get("hardware"), data.get("model")
+    if _is_path(hardware):
+        data["hardware"] = str(base / hardware)
+    elif isinstance(hardware, dict) and _is_path(hardware.get("profile")):
+        data["hardware"] = {**hardware, "profile": str(base / hardware["profile"])}
+    if isinstance(model, dict) and _is_path(model.get("preset")):
+        data["model"] = {**model, "preset": str(base / model["preset"])}
+    return data
 
 
 def apply_override(data: Any, item: str) -> dict:
@@ -118,8 +125,10 @@ def apply_override(data: Any, item: str) -> dict:
         raise ScenarioError(f"--set {item}: expected key.path=value, e.g. parallel.tp=4")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml_text(text)
+    except YamlLimitError as exc:
+        raise ScenarioError(f"--set {key}: {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError):
         value = text
     if not isinstance(data, dict):
         raise ScenarioError("--set: the scenario is not a mapping")
@@ -145,11 +154,10 @@ def resolve_hardware(scenario: Scenario, source: str = "scenario") -> HardwarePr
     overrides = dict(scenario.hardware.model_extra or {})
     try:
         return load_profile(scenario.hardware.profile, overrides)
+    except ProfileInvalid as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
     except ProfileError as exc:
         raise ScenarioError(f"{source}: hardware.profile: {exc}") from None
-    except ValidationError as exc:
-        line = one_line_error(exc, HardwareProfile)
-        raise ScenarioError(f"{source}: hardware ({scenario.hardware.profile}): {line}") from None
 
 
 def gpus_per_node(scenario: Scenario, hw: HardwareProfile) -> int:

@@ -6,11 +6,45 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, PositiveInt, model_validator
 
 from simulator.config.errors import StrictModel, divisors
 from simulator.config.hardware import DType
+from simulator.files import read_yaml
+
+#: Largest value accepted per model field that sizes the operator graph (others: MAX_MODEL_FIGURE):
+#: beyond these a figure is a typo (or a unit slip), and building a graph from it would hang or overflow.
+MAX_MODEL_FIGURE = 10**9
+MAX_MODEL_COUNTS = {
+    "num_layers": 10**4,
+    "num_heads": 10**5,
+    "num_kv_heads": 10**5,
+    "num_experts": 10**5,
+    "top_k": 10**5,
+    "num_shared_experts": 10**4,
+    "first_k_dense_layers": 10**4,
+}
+
+
+def magnitude_problem(fields: dict, prefix: str = "", limits: dict[str, int] = MAX_MODEL_COUNTS) -> str | None:
+    """The first number of `fields` (a model, cluster or layout section) beyond its limit, as an
+    error line, else None. Runs before validation, whose divisibility checks and messages loop
+    over the numbers; a number too large for a float (10**400) is out of range too."""
+    for key, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        except OverflowError:
+            number = float("inf")
+        path = f"{prefix}{key}"
+        limit = limits.get(key, MAX_MODEL_FIGURE)
+        if abs(number) > limit:  # NaN compares false: left to the finite-number check
+            return f"{path} = {number:.3g} is out of range (at most {limit:.0e}); check the figure and its unit"
+    return None
+
 
 #: Bytes per element of each dtype.
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
@@ -55,10 +89,15 @@ class ModelSpec(StrictModel):
     @classmethod
     def _preset(cls, value: Any) -> Any:
         """`{preset: NAME or path.yaml, field: override, ...}`: a model spec from scenarios/models/."""
-        if not isinstance(value, dict) or "preset" not in value:
+        if not isinstance(value, dict):
             return value
-        overrides = {k: v for k, v in value.items() if k != "preset"}
-        return {**load_model_preset(str(value["preset"])), **overrides}
+        if "preset" in value:
+            overrides = {k: v for k, v in value.items() if k != "preset"}
+            value = {**load_model_preset(str(value["preset"])), **overrides}
+        problem = magnitude_problem(value)  # one path for a model from a scenario, a preset or import-hf
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -153,7 +192,7 @@ def load_model_preset(ref: str) -> dict:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ValueError(f"model preset '{ref}' not found; {hint}available: {', '.join(available_presets())} "
                          "(or give a path to a model YAML)")
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, f"model preset {path}", "model preset", ValueError)
     if not isinstance(data, dict):
         raise ValueError(f"model preset {path}: expected a mapping of model fields")
     return data

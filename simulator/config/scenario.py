@@ -14,6 +14,17 @@ from simulator.config.serving import ServingSpec
 
 #: Guard against absurd magnitudes that would make the simulation hang or overflow.
 MAX_TOKENS = 10**9
+#: Beyond this exponent every token already goes to expert 0 (2**-100 is below any float share
+#: that matters), and 1/(i+1)**s underflows.
+MAX_ZIPF = 100.0
+
+
+def big_number(n: int | float) -> str:
+    """`n` as 3 significant digits, also for an integer too large for a float (10**4000)."""
+    try:
+        return f"{n:.3g}"
+    except OverflowError:
+        return f"1e+{int(math.log10(n))}"
 
 
 class HardwareRef(StrictModel):
@@ -92,7 +103,7 @@ class RoutingSpec(StrictModel):
     pass and its EP group; the rest are dropped (they skip the experts) and counted.
     """
 
-    zipf: PositiveFloat | None = None
+    zipf: PositiveFloat | None = Field(default=None, le=MAX_ZIPF)
     loads: tuple[float, ...] | None = None
     sampled: int | None = Field(default=None, ge=0)
     capacity_factor: PositiveFloat | None = None
@@ -103,7 +114,7 @@ class RoutingSpec(StrictModel):
         if value == "uniform" or value is None:
             return {}
         if isinstance(value, str):
-            raise ValueError(f"routing: unknown routing '{value}'; use uniform, {{zipf: s}}, {{loads: [...]}} or {{sampled: seed}}")
+            raise ValueError(f"routing: unknown routing '{value[:40]}'; use uniform, {{zipf: s}}, {{loads: [...]}} or {{sampled: seed}}")
         return value
 
     @model_validator(mode="after")
@@ -113,6 +124,8 @@ class RoutingSpec(StrictModel):
             raise ValueError(f"routing: give one of zipf, loads, sampled (got {', '.join(given)})")
         if self.loads is not None and (any(x < 0 for x in self.loads) or sum(self.loads) <= 0):
             raise ValueError("routing.loads: fractions must be >= 0 with a positive sum")
+        if self.loads is not None and not math.isfinite(sum(self.loads)):
+            raise ValueError("routing.loads: the sum of the fractions overflows; give shares of a total (they are normalised)")
         return self
 
     @property
@@ -137,7 +150,7 @@ class RuntimeSpec(StrictModel):
 
     mode: Literal["eager", "cuda_graph"] = "cuda_graph"
     framework: Literal["fused", "pytorch"] = "fused"
-    memory_reserve_bytes: float = Field(default=1.0e9, ge=0.0)  # CUDA context, NCCL buffers, allocator slack
+    memory_reserve_bytes: float = Field(default=1.0e9, ge=0.0, le=1e15)  # CUDA context, NCCL buffers, allocator slack
 
 
 TargetMetric = Literal[
@@ -272,7 +285,7 @@ def check_layout(s: Scenario) -> None:
     total_tokens = w.batch_size * (w.input_len_tokens + w.output_len_tokens)
     if total_tokens > MAX_TOKENS:
         raise LayoutError(
-            "workload", f"batch_size * (input + output) = {total_tokens:.3g} tokens exceeds the supported {MAX_TOKENS:.0e}"
+            "workload", f"batch_size * (input + output) = {big_number(total_tokens)} tokens exceeds the supported {MAX_TOKENS:.0e}"
         )
     loads = w.routing.loads
     if loads is not None and len(loads) != m.num_experts:

@@ -267,6 +267,13 @@ def _legend(gpus: list[int], notes: list[str]) -> list[str]:
     return lines
 
 
+def require_graphviz(hint: str = "") -> None:
+    """Raise RuntimeError (DOT_MISSING, then `hint`) unless Graphviz's `dot` is on the PATH: a
+    command checks this before it simulates, not when it writes the drawing."""
+    if shutil.which("dot") is None:
+        raise RuntimeError(DOT_MISSING + hint)
+
+
 def render_dag(g: nx.DiGraph, out_dir: str | Path, title: str | None = None,
                max_decode_steps: int = 1) -> dict[str, Path]:
     """Write `dag.json` (the full graph) and the folded drawing as `dag.dot`, `dag.svg` and `dag.png`.

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from simulator.files import write_atomic
-from simulator.report.summary import fmt_bytes, fmt_s, target_rows
+from simulator.report.summary import fmt_bytes, fmt_s, fmt_tpot, target_rows
 
 INDEX_FILE = "index.html"
 
@@ -103,7 +103,7 @@ def _results(summary: dict) -> str:
     ttft = summary["ttft_s"]
     rows = [
         ["TTFT mean / p50 / p99 / max", " / ".join(fmt_s(ttft[k]) for k in ("mean", "p50", "p99", "max"))],
-        ["TPOT (time per output token)", fmt_s(summary["tpot_s"])],
+        ["TPOT (time per output token)", fmt_tpot(summary["tpot_s"])],
         ["prefill / decode / total", f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / "
                                      f"{fmt_s(summary['total_s'])}"],
     ]

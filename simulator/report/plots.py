@@ -9,6 +9,7 @@ summary.json) it writes only index.html.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -36,8 +37,9 @@ def _path_rows(out_dir: Path, which: str = "total") -> np.ndarray | None:
     return frame.loc[frame["path"] == which, "row"].to_numpy(dtype=np.int64)
 
 
-def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict) -> dict[str, float]:
-    """Write trace.json, timeline.png, memory.png and index.html; returns seconds spent on each."""
+def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, into: Path | None = None) -> dict[str, float]:
+    """Write trace.json, timeline.png, memory.png and index.html; returns seconds spent on each.
+    With `into`, the first three go there (and index.html is left to the caller)."""
     from simulator.report.memory_plot import memory_png
     from simulator.report.timeline import timeline_png
     from simulator.report.trace import write_trace
@@ -46,18 +48,20 @@ def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict) ->
     path_rows = _path_rows(out_dir)
     seconds = {}
     started = time.perf_counter()
-    write_trace(out_dir / "trace.json", ops, slices, path_rows,
+    target = Path(into) if into is not None else out_dir
+    write_trace(target / "trace.json", ops, slices, path_rows,
                 {"scenario": summary.get("scenario"), "layout": dict(sorted(summary.get("layout", {}).items())),
                  "made_by": "moesim"})
     seconds["trace.json"] = time.perf_counter() - started
     started = time.perf_counter()
-    write_atomic(out_dir / "timeline.png", timeline_png(ops, slices, summary, path_rows))
+    write_atomic(target / "timeline.png", timeline_png(ops, slices, summary, path_rows))
     seconds["timeline.png"] = time.perf_counter() - started
     started = time.perf_counter()
-    write_atomic(out_dir / "memory.png", memory_png(ops, slices, summary))
+    write_atomic(target / "memory.png", memory_png(ops, slices, summary))
     seconds["memory.png"] = time.perf_counter() - started
     started = time.perf_counter()
-    write_index(out_dir, summary)
+    if into is None:
+        write_index(out_dir, summary)
     seconds["index.html"] = time.perf_counter() - started
     return seconds
 
@@ -104,5 +108,51 @@ def plot_directory(run_dir: Path) -> tuple[list[str], dict[str, float]]:
     slices = load_slices(run_dir / SLICES_FILE)
     if len(slices.row) and int(slices.row.max()) >= len(ops) or len(slices.residual_bytes) != len(ops):
         raise OutputError(f"{run_dir}: {SLICES_FILE} does not belong to ops.csv; rerun `moesim run`")
-    seconds = draw_all(run_dir, ops, slices, summary)
+    check_summary(summary, run_dir / "summary.json")
+    return redraw(run_dir, ops, slices, summary)
+
+
+#: The top-level fields of summary.json the pictures and the page read, and their JSON types.
+SUMMARY_FIELDS = {"scenario": str, "model": str, "layout": dict, "workload": dict, "ttft_s": dict, "tpot_s": (int, float),
+                  "prefill_s": (int, float), "decode_s": (int, float), "total_s": (int, float), "throughput": dict,
+                  "memory": list, "targets": list, "audit": list, "verification": list}
+
+
+def check_summary(summary, path: Path) -> None:
+    """Refuse a summary.json that is JSON but not of the shape `moesim run` writes (OutputError)."""
+    if not isinstance(summary, dict):
+        raise OutputError(f"{path}: not a moesim run summary (expected a JSON object); rerun `moesim run`")
+    for key, kind in SUMMARY_FIELDS.items():
+        if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
+            raise OutputError(f"{path}: not a moesim run summary ({key} is missing or of the wrong type); "
+                              "rerun `moesim run`")
+    if not all(isinstance(m, dict) for m in summary["memory"]):
+        raise OutputError(f"{path}: not a moesim run summary (memory holds a non-object); rerun `moesim run`")
+
+
+def redraw(run_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict) -> tuple[list[str], dict[str, float]]:
+    """draw_all, all or nothing: the files are drawn into a staging directory inside `run_dir` and
+    moved over the old ones only when every one was drawn (a summary of the wrong shape that the
+    check let through ends in OutputError with the run directory as it was)."""
+    import shutil
+    import tempfile
+
+    from simulator.report.html import index_html
+
+    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".plot-staging-"))
+    try:
+        try:
+            seconds = draw_all(run_dir, ops, slices, summary, into=staging)
+            index_html(run_dir, summary)  # the page is written last, for real, below: fail now if it would
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise OutputError(f"{run_dir / 'summary.json'}: does not match the shape moesim writes "
+                              f"({type(exc).__name__}: {str(exc)[:80]}); rerun `moesim run`") from None
+        for name in seconds:
+            if name != "index.html":
+                os.replace(staging / name, run_dir / name)
+        started = time.perf_counter()
+        write_index(run_dir, summary)
+        seconds["index.html"] = time.perf_counter() - started
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return list(seconds), seconds

@@ -27,6 +27,12 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds * 1e6:.2f} us"
 
 
+def fmt_tpot(tpot_s: float) -> str:
+    """TPOT as fmt_s; 0 (metrics' figure for a single output token, where no token follows
+    another) is shown as undefined, not as a time."""
+    return "undefined (one output token)" if tpot_s == 0.0 else fmt_s(tpot_s)
+
+
 def fmt_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
@@ -103,7 +109,7 @@ def summary_markdown(summary: dict) -> str:
         "| metric | value |",
         "|---|---|",
         f"| TTFT mean / p50 / p99 / max | {' / '.join(fmt_s(summary['ttft_s'][k]) for k in ('mean', 'p50', 'p99', 'max'))} |",
-        f"| TPOT (time per output token) | {fmt_s(summary['tpot_s'])} |",
+        f"| TPOT (time per output token) | {fmt_tpot(summary['tpot_s'])} |",
         f"| prefill / decode / total | {fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / {fmt_s(summary['total_s'])} |",
     ]
     for k, v in summary["throughput"].items():
@@ -219,7 +225,7 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
     t.add_column("value", justify="right")
     ttft = summary["ttft_s"]
     t.add_row("TTFT mean / p99 / max", f"{fmt_s(ttft['mean'])} / {fmt_s(ttft['p99'])} / {fmt_s(ttft['max'])}")
-    t.add_row("TPOT", fmt_s(summary["tpot_s"]))
+    t.add_row("TPOT", fmt_tpot(summary["tpot_s"]))
     t.add_row("prefill / decode / total", f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / {fmt_s(summary['total_s'])}")
     for k, v in summary["throughput"].items():
         t.add_row(k, f"{v:.4g}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 from simulator.config import ParallelSpec, Scenario, ScenarioError, resolve_hardware
-from simulator.files import OutputError, write_atomic
+from simulator.files import OutputError, pid_alive, write_atomic
 from simulator.sweep.results import LayoutResult, TargetVerdict
 
 FORMAT = "moesim-sweep-progress/1"
@@ -57,7 +58,8 @@ def _show(key: str, value) -> str:
 
 
 def to_record(result: LayoutResult) -> dict:
-    """A result as one JSON-serialisable record, keyed by its layout (NaN is written as null)."""
+    """A result as one strict-JSON record, keyed by its layout (NaN is written as null, the
+    infinities as "inf" and "-inf")."""
     record = asdict(result)
     record.pop("rank")
     if not record["serving"]:  # a sweep without a serving objective writes the lines it always wrote
@@ -68,25 +70,69 @@ def to_record(result: LayoutResult) -> dict:
 
 
 def from_record(record: dict) -> LayoutResult:
+    """The result a record holds; ValueError when any field is missing or of the wrong type (a
+    damaged line must be reported as such, not break the ranking after the sweep)."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
     fields = dict(record)
-    fields["layout"] = ParallelSpec(**fields["layout"])
-    fields["targets"] = tuple(TargetVerdict(m, b, _float(lim), _float(act), met)
-                             for m, b, lim, act, met in fields["targets"])
+    layout = fields["layout"]
+    if not isinstance(layout, dict) or not all(_is_int(v) and v >= 1 for v in layout.values()):
+        raise ValueError("layout: expected positive integer degrees")
+    fields["layout"] = ParallelSpec(**layout)
+    if not _is_int(fields["index"]) or not isinstance(fields["own"], bool):
+        raise ValueError("index, own: wrong type")
+    if fields["status"] not in ("ok", "screened", "failed") or not isinstance(fields.get("error", ""), str):
+        raise ValueError("status, error: wrong value")
+    targets = fields["targets"]
+    if not isinstance(targets, list) or not all(isinstance(t, list) and len(t) == 5 for t in targets):
+        raise ValueError("targets: expected [metric, bound, limit, actual, met] lists")
+    fields["targets"] = tuple(TargetVerdict(_str(m), _str(b), _float(lim), _float(act), _bool(met))
+                             for m, b, lim, act, met in targets)
     for key in ("ttft_mean_s", "ttft_max_s", "tpot_s", "memory_bytes_per_gpu", "capacity_bytes", "sim_s"):
         fields[key] = _float(fields[key])
     fields["serving"] = fields.get("serving") or {}
     for key in ("throughput", "cost_shares", "serving"):
-        fields[key] = {k: _float(v) for k, v in fields[key].items()}
+        if not isinstance(fields[key], dict):
+            raise ValueError(f"{key}: expected an object")
+        fields[key] = {_str(k): _float(v) for k, v in fields[key].items()}
     return LayoutResult(**fields)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _str(x) -> str:
+    if not isinstance(x, str):
+        raise ValueError("expected a string")
+    return x
+
+
+def _bool(x) -> bool:
+    if not isinstance(x, bool):
+        raise ValueError("expected true or false")
+    return x
+
+
 def _float(x) -> float:
-    return math.nan if x is None else float(x)
+    """null is NaN; the strings "inf" and "-inf" are the infinities (strict JSON has neither)."""
+    if x is None:
+        return math.nan
+    if x in ("inf", "-inf"):
+        return float(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError("expected a number")
+    return float(x)
 
 
 def _nan_to_null(x):
+    """Strict JSON: NaN as null, the infinities as the strings "inf" and "-inf"."""
     if isinstance(x, float):
-        return None if math.isnan(x) else float(x)
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return float(x)
     if isinstance(x, dict):
         return {k: _nan_to_null(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -104,14 +150,28 @@ class Progress:
         self.done: dict[Layout, LayoutResult] = {}
         header = {"format": FORMAT, **inputs}
         lines: list[str] = []
+        self._refuse_if_in_use()
         if resume:
             self.done, lines = self._read(header, set(layouts))
         try:
-            write_atomic(self.path, "".join(line + "\n" for line in [json.dumps(header), *lines]))
+            write_atomic(self.path, "".join(line + "\n" for line in [json.dumps({**header, "pid": os.getpid()}), *lines]))
             self._handle = self.path.open("a", encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"--out: cannot write the progress file {self.path} ({exc.strerror}); "
                               f"choose a writable directory") from None
+
+    def _refuse_if_in_use(self) -> None:
+        """Two sweeps into one --out would share this file (one's end deletes the other's progress):
+        refuse while the process named in its header is still running."""
+        try:
+            with self.path.open("rb") as handle:
+                first = json.loads(handle.readline(4096) or b"null")
+        except (OSError, ValueError):
+            return
+        pid = first.get("pid") if isinstance(first, dict) else None
+        if _is_int(pid) and pid != os.getpid() and pid > 0 and pid_alive(pid):
+            raise OutputError(f"--out: another moesim compare (process {pid}) is sweeping into {self.path.name[:-15]}; "
+                              "wait for it to finish or choose another --out")
 
     def _read(self, header: dict, layouts: set[Layout]) -> tuple[dict[Layout, LayoutResult], list[str]]:
         if not self.path.is_file():
@@ -138,7 +198,7 @@ class Progress:
         for number, line in enumerate(lines[1:], start=2):
             try:
                 result = from_record(json.loads(line))
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, RecursionError):
                 if number == len(lines):  # cut short by the interruption: that layout runs again
                     break
                 raise ScenarioError(f"--resume: {self.path} line {number} is damaged; "
