@@ -80,12 +80,24 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
+def marker_kind(directory: Path) -> str | None:
+    """The command that made `directory` ('run', 'dag', 'compare'), as its MARKER_FILE says; None
+    when it has no marker or one from before markers named their command."""
+    try:
+        words = (Path(directory) / MARKER_FILE).read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return words[3] if len(words) > 3 and words[:3] == ["made", "by", "moesim"] else None
+
+
 @contextmanager
-def run_directory(out: Path, force: bool = False) -> Iterator[Path]:
+def run_directory(out: Path, force: bool = False, kind: str | None = None) -> Iterator[Path]:
     """Yield a fresh staging directory; on success it replaces `out` in one rename.
 
-    `out` must not exist, or be a directory moesim made (it holds MARKER_FILE), unless `force`.
-    On any error the staging directory is removed and `out` is left as it was.
+    `out` must not exist, be empty, or be a directory moesim made (it holds MARKER_FILE) for the
+    same `kind` of output (the command's name), unless `force`. Directories inside `out` that
+    moesim made for other outputs (`moesim dag`'s and `compare`'s under a run's) move into the
+    new `out`. On any error the staging directory is removed and `out` is left as it was.
     """
     out = Path(out)
     if out.exists():
@@ -93,6 +105,10 @@ def run_directory(out: Path, force: bool = False) -> Iterator[Path]:
             raise OutputError(f"--out {out}: exists and is not a directory; choose another path")
         if not (out / MARKER_FILE).exists() and any(out.iterdir()) and not force:
             raise OutputError(f"--out {out}: directory exists and was not made by moesim; pass --force to replace it")
+        theirs = marker_kind(out)
+        if kind and theirs and theirs != kind and not force:
+            raise OutputError(f"--out {out}: holds the output of `moesim {theirs}`; choose another --out "
+                              f"or pass --force to replace it")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -103,9 +119,12 @@ def run_directory(out: Path, force: bool = False) -> Iterator[Path]:
         why = f"{blocker} is a file, not a directory" if blocker else exc.strerror
         raise OutputError(f"--out {out}: cannot write there ({why}); choose a writable directory") from None
     try:
-        (staging / MARKER_FILE).write_text("made by moesim\n")
+        (staging / MARKER_FILE).write_text(f"made by moesim {kind}\n" if kind else "made by moesim\n")
         yield staging
         if out.exists():
+            for inner in sorted(out.iterdir()):
+                if inner.is_dir() and (inner / MARKER_FILE).exists() and not (staging / inner.name).exists():
+                    os.replace(inner, staging / inner.name)
             old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.old-"))
             os.replace(out, old / "run")
             os.replace(staging, out)
