@@ -69,7 +69,7 @@ def _results(summary: dict) -> list[list[str]]:
 
 
 def _targets(summary: dict) -> list[list]:
-    return [[a, b, c, Markup('<span class="{}">{}</span>').format("met" if d == "MET" else "missed", d)]
+    return [[a, b, c, Markup('<span class="{}">{}</span>').format("met" if d.startswith("MET") else "missed", d)]
             for a, b, c, d in target_rows(summary)]
 
 

@@ -75,6 +75,8 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
     }
     if run.sampling is not None:
         out["sampling"] = run.sampling
+    if run.scenario.model.weight_memory_approximation:
+        out["memory_approximate"] = run.scenario.model.weight_memory_approximation
     representatives = run.dag.graph.get("representatives")
     if representatives:
         groups = represented_gpus(representatives, run.scenario.num_gpus)
@@ -132,7 +134,10 @@ def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     for t in summary["targets"]:
         op = ">=" if t["bound"] == "min" else "<="
         unit = _fmt_metric(t["metric"], t["actual"]), _fmt_metric(t["metric"], t["limit"])
-        rows.append((t["metric"], f"{op} {unit[1]}", unit[0], "MET" if t["met"] else "MISSED"))
+        verdict = "MET" if t["met"] else "MISSED"
+        if t["metric"].startswith("memory") and summary.get("memory_approximate"):
+            verdict += " (approximate)"
+        rows.append((t["metric"], f"{op} {unit[1]}", unit[0], verdict))
     return rows
 
 
@@ -175,6 +180,8 @@ def summary_markdown(summary: dict) -> str:
             f"| {mem['gpu']} | {fmt_bytes(mem['weight_bytes'])} | {fmt_bytes(mem['kv_cache_bytes'])} | "
             f"{fmt_bytes(mem['activation_bytes'])} | {fmt_bytes(mem['reserve_bytes'])} | {fmt_bytes(mem['total_bytes'])} | "
             f"{100 * mem['utilization']:.1f}% | {'yes' if mem['fits'] else 'NO: does not fit'} |")
+    if summary.get("memory_approximate"):
+        lines += ["", f"**Memory is approximate**: {summary['memory_approximate']}."]
     lines += ["", "Activations here are a closed form (one pass's residual stream plus the largest kernel's inputs "
               "and outputs), the figure the memory target is checked against; memory.png follows memory over time, "
               "whose peak can be lower."]
@@ -302,7 +309,7 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
         for col in ("target", "limit", "actual", "verdict"):
             tt.add_column(col)
         for a, b, c, d in target_rows(summary):
-            tt.add_row(a, b, c, f"[green]{d}[/green]" if d == "MET" else f"[red]{d}[/red]")
+            tt.add_row(a, b, c, f"[green]{d}[/green]" if d.startswith("MET") else f"[red]{d}[/red]")
         console.print(tt)
     routing = summary.get("routing") or {}
     if routing.get("routing", "uniform") != "uniform" or routing.get("max_over_mean_tokens_per_ep_rank", 1.0) > 1.0 + 1e-9:
@@ -321,4 +328,6 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
             console.print(f"- critical path: {escape(sentences[key])}")
     if sampling_sentence(summary):
         console.print(f"- {escape(sampling_sentence(summary))}")
+    if summary.get("memory_approximate"):
+        console.print(f"- [yellow]memory is approximate[/yellow]: {escape(summary['memory_approximate'])}")
     print_audit(console, run.audit, (run.scenario.declared.source if run.scenario.declared else ""))
