@@ -256,3 +256,7 @@ def test_mxfp4_weights_make_the_memory_verdict_approximate(tmp_path):
     assert main(["run", str(path), "--out", str(out), "--no-dag", "--set", "parallel.ep=1"]) in (0, 1)
     md = (out / "summary.md").read_text()
     assert "MET (approximate)" in md and "Memory is approximate" in md
+
+
+def test_folded_dag_drawing_says_whom_the_simulated_gpus_stand_for(seed_run):
+    assert "GPU 0, standing for GPUs 0, 1" in (seed_run / "dag.dot").read_text()
