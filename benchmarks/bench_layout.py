@@ -25,12 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator.config import load_scenario  # noqa: E402
+from simulator.config import ParallelSpec, load_scenario, with_layout  # noqa: E402
 from simulator.sweep import (  # noqa: E402
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,
     enumerate_layouts,
-    layout_scenario,
     simulate_layout,
 )
 
@@ -49,6 +48,8 @@ SCENARIOS = {
 
 def _jsonable(value):
     """Plain JSON types; floats stay floats (json writes them with repr: exact)."""
+    if isinstance(value, ParallelSpec):  # a layout: its degrees, as the dumps have always written them
+        return value.degrees()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -96,7 +97,7 @@ def main() -> None:
     labels = args.only.split(",") if args.only else fixed
     dump, total_s, total_cpu_s = {}, 0.0, 0.0
     for label in labels:
-        scenario = layout_scenario(base, layouts[label])
+        scenario = with_layout(base, layouts[label])
         best_s = best_cpu_s = float("inf")
         for _ in range(args.repeat):
             started, started_cpu = time.perf_counter(), time.process_time()

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator.config import load_scenario, resolve_hardware  # noqa: E402
+from simulator.config import load_scenario, resolve_hardware, with_layout  # noqa: E402
 from simulator.placement import evenly_routed  # noqa: E402
 from simulator.sweep import (  # noqa: E402
     DEFAULT_DECODE_SAMPLE,
@@ -27,7 +27,6 @@ from simulator.sweep import (  # noqa: E402
     default_jobs,
     enumerate_layouts,
     estimated_cost,
-    layout_scenario,
     make_executor,
     rank_results,
     run_sweep,
@@ -66,7 +65,7 @@ def projected_sweep(name: str, jobs: int, decode_sample: int, sample: int) -> No
     started = time.perf_counter()
     layouts = enumerate_layouts(scenario, microbatches=DEFAULT_MICROBATCHES)
     capacity = resolve_hardware(scenario).memory_bytes
-    fits = [lay for lay in layouts if screen_memory(layout_scenario(scenario, lay), capacity) is None]
+    fits = [lay for lay in layouts if screen_memory(with_layout(scenario, lay), capacity) is None]
     prep = time.perf_counter() - started
     steps = scenario.workload.output_len_tokens - 1
     folded = evenly_routed(scenario)

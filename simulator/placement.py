@@ -7,14 +7,14 @@ over the quotient. No hardware figures here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from simulator import costs
-from simulator.config import Scenario
+from simulator.config import ParallelSpec, Scenario
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -22,28 +22,26 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where every rank, layer and expert lives."""
+    """Where every rank, layer and expert lives, given the layout's degrees (`config.ParallelSpec`)."""
 
-    tp: int
-    dp: int
-    pp: int
-    ep: int
-    etp: int
+    parallel: ParallelSpec
     num_experts: int
     stage_layers: tuple[tuple[int, ...], ...]
+    # The degrees, read on every rank computation: copied from `parallel` once (plain attributes).
+    tp: int = field(init=False)
+    dp: int = field(init=False)
+    pp: int = field(init=False)
+    ep: int = field(init=False)
+    etp: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "dp", "pp", "ep", "etp"):
+            object.__setattr__(self, name, getattr(self.parallel, name))
 
     @classmethod
-    def of(cls, scenario: Scenario) -> "Placement":
-        p = scenario.parallel
-        return cls(
-            tp=p.tp,
-            dp=p.dp,
-            pp=p.pp,
-            ep=p.ep,
-            etp=p.etp,
-            num_experts=scenario.model.num_experts,
-            stage_layers=tuple(tuple(s) for s in scenario.stage_layers()),
-        )
+    def of(cls, scenario: Scenario) -> Placement:
+        return cls(parallel=scenario.parallel, num_experts=scenario.model.num_experts,
+                   stage_layers=tuple(tuple(s) for s in scenario.stage_layers()))
 
     @property
     def num_gpus(self) -> int:

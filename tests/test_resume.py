@@ -11,13 +11,13 @@ import yaml
 from conftest import ROOT, TINY_MOE, make_scenario
 
 from simulator.config import ScenarioError
-from simulator.sweep.layouts import Layout
+from simulator.config import ParallelSpec
 from simulator.sweep.results import LayoutResult, TargetVerdict
 from simulator.sweep.resume import FORMAT, Progress, from_record, progress_path, sweep_inputs, to_record
 
-LAYOUT_A = Layout(pp=2, dp=1, tp=2, ep=2, etp=1, microbatches=1)
-LAYOUT_B = Layout(pp=1, dp=1, tp=4, ep=4, etp=1, microbatches=2)
-LAYOUT_C = Layout(pp=4, dp=1, tp=1)
+LAYOUT_A = ParallelSpec.of_degrees(pp=2, dp=1, tp=2, ep=2, etp=1, microbatches=1)
+LAYOUT_B = ParallelSpec.of_degrees(pp=1, dp=1, tp=4, ep=4, etp=1, microbatches=2)
+LAYOUT_C = ParallelSpec.of_degrees(pp=4, dp=1, tp=1)
 
 OK = LayoutResult(
     index=0,
@@ -86,7 +86,7 @@ def test_record_writes_nan_as_null_and_is_strict_json():
 def test_record_round_trips_through_json_without_the_rank(result):
     back = from_record(json.loads(json.dumps(to_record(result))))
     assert _same(back, replace(result, rank=None))
-    assert back.layout == result.layout and isinstance(back.layout, Layout)
+    assert back.layout == result.layout and isinstance(back.layout, ParallelSpec)
 
 
 def test_null_comes_back_as_nan():

@@ -12,17 +12,15 @@ import yaml
 
 from conftest import TINY_MOE, make_scenario
 from simulator.cli import main
-from simulator.config import ScenarioError, load_scenario, with_layout
+from simulator.config import ParallelSpec, ScenarioError, load_scenario, parse_scenario, with_layout
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.report.compare import pareto_front
 from simulator.sweep import (
     COST_CLASSES,
-    Layout,
     LayoutResult,
     SerialExecutor,
     TargetVerdict,
     enumerate_layouts,
-    layout_scenario,
     make_executor,
     rank_results,
     run_sweep,
@@ -35,12 +33,12 @@ from simulator.sweep import (
 _STAGE4 = [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (4, 1)]  # (ep, etp) on 4 GPUs per stage
 _STAGE2 = [(1, 1), (1, 2), (2, 1)]  # on 2 GPUs per stage
 TINY_LAYOUTS_MB12 = (
-    [Layout(1, 4, 1, ep, etp, 1) for ep, etp in _STAGE4]  # dp=4: batch 4 allows 1 microbatch only
-    + [Layout(1, 2, 2, ep, etp, mb) for ep, etp in _STAGE4 for mb in (1, 2)]
-    + [Layout(1, 1, 4, ep, etp, mb) for ep, etp in _STAGE4 for mb in (1, 2)]
-    + [Layout(2, 2, 1, ep, etp, mb) for ep, etp in _STAGE2 for mb in (1, 2)]
-    + [Layout(2, 1, 2, ep, etp, mb) for ep, etp in _STAGE2 for mb in (1, 2)]
-    + [Layout(4, 1, 1, 1, 1, mb) for mb in (1, 2)]
+    [ParallelSpec.of_degrees(1, 4, 1, ep, etp, 1) for ep, etp in _STAGE4]  # dp=4: batch 4 allows 1 microbatch only
+    + [ParallelSpec.of_degrees(1, 2, 2, ep, etp, mb) for ep, etp in _STAGE4 for mb in (1, 2)]
+    + [ParallelSpec.of_degrees(1, 1, 4, ep, etp, mb) for ep, etp in _STAGE4 for mb in (1, 2)]
+    + [ParallelSpec.of_degrees(2, 2, 1, ep, etp, mb) for ep, etp in _STAGE2 for mb in (1, 2)]
+    + [ParallelSpec.of_degrees(2, 1, 2, ep, etp, mb) for ep, etp in _STAGE2 for mb in (1, 2)]
+    + [ParallelSpec.of_degrees(4, 1, 1, 1, 1, mb) for mb in (1, 2)]
 )
 
 
@@ -53,7 +51,7 @@ def _small(**sections):
 
 def _few(s):
     """One layout per (pp, dp, tp) with ep = etp = 1, and the scenario's own: 6 for _small()."""
-    own = Layout.of(s)
+    own = s.parallel.without_split()
     return [lay for lay in enumerate_layouts(s, microbatches=(1,)) if (lay.ep == lay.etp == 1) or lay == own]
 
 
@@ -78,28 +76,31 @@ def test_enumeration_has_no_invalid_layout_and_misses_no_valid_one(tiny_moe):
         if pp * dp * tp != 4:
             continue
         try:
-            with_layout(tiny_moe, pp=pp, dp=dp, tp=tp, ep=ep, etp=etp, microbatches=mb)
+            data = tiny_moe.model_dump(exclude_none=True)  # parsed anew: the loader's path, not the sweep's
+            data["parallel"] = {"pp": pp, "dp": dp, "tp": tp, "ep": ep, "etp": etp, "microbatches": mb}
+            data["cluster"]["num_gpus"] = 4
+            parse_scenario(data, "test")
             valid = True
         except ScenarioError:
             valid = False
-        assert (Layout(pp, dp, tp, ep, etp, mb) in layouts) == valid, (pp, dp, tp, ep, etp, mb)
+        assert (ParallelSpec.of_degrees(pp, dp, tp, ep, etp, mb) in layouts) == valid, (pp, dp, tp, ep, etp, mb)
 
 
 def test_scenario_layout_is_always_included(tiny_moe):
-    assert Layout.of(tiny_moe) in enumerate_layouts(tiny_moe, microbatches=(2,))  # its microbatches: 1
+    assert tiny_moe.parallel.without_split() in enumerate_layouts(tiny_moe, microbatches=(2,))  # its microbatches: 1
     odd = make_scenario(TINY_MOE, parallel={"microbatches": 4})  # not among the options asked for
-    assert Layout.of(odd) in enumerate_layouts(odd, microbatches=(1,))
+    assert odd.parallel.without_split() in enumerate_layouts(odd, microbatches=(1,))
 
 
 def test_other_gpu_counts(tiny_moe):
     layouts = enumerate_layouts(tiny_moe, num_gpus=2, microbatches=(1,))
     assert layouts and all(layout.num_gpus == 2 for layout in layouts)
-    assert Layout.of(tiny_moe) not in layouts
+    assert tiny_moe.parallel.without_split() not in layouts
 
 
 def test_layout_scenario_names_the_broken_rule(tiny_moe):
     with pytest.raises(ScenarioError, match="parallel.tp"):
-        layout_scenario(tiny_moe, Layout(1, 1, 8, 1, 1, 1))
+        with_layout(tiny_moe, ParallelSpec.of_degrees(1, 1, 8, 1, 1, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,11 +165,11 @@ def test_unknown_executor_is_a_one_line_error():
             pass
 
 
-calls: list[Layout] = []
+calls: list[ParallelSpec] = []
 
 
 def record_calls(index, own, scenario, decode_sample):
-    calls.append(Layout.of(scenario))
+    calls.append(scenario.parallel.without_split())
     return simulate_layout(index, own, scenario, decode_sample)
 
 
@@ -176,7 +177,7 @@ def test_layouts_that_cannot_fit_are_screened_without_simulating():
     s = _small()
     layouts = _few(s)
     need = {lay: max(weight_bytes_per_gpu(v, g) + kv_cache_bytes_per_gpu(v, g) for g in range(4))
-            + v.runtime.memory_reserve_bytes for lay in layouts for v in [layout_scenario(s, lay)]}
+            + v.runtime.memory_reserve_bytes for lay in layouts for v in [with_layout(s, lay)]}
     capacity = sorted(set(need.values()))[-2]  # the most replicated layout no longer fits
     small = _small(hardware={"profile": "h100-sxm-80gb", "memory_bytes": capacity})
     calls.clear()
@@ -192,7 +193,7 @@ def test_layouts_that_cannot_fit_are_screened_without_simulating():
 
 def test_decode_sampling_keeps_the_ranking_and_figures_within_1_percent():
     s = _small(workload={"batch_size": 4, "input_len_tokens": 16, "output_len_tokens": 24})
-    layouts = [Layout.of(s), Layout(1, 2, 2, 2, 1, 1), Layout(2, 2, 1, 1, 1, 2), Layout(1, 1, 4, 4, 1, 1)]
+    layouts = [s.parallel.without_split(), ParallelSpec.of_degrees(1, 2, 2, 2, 1, 1), ParallelSpec.of_degrees(2, 2, 1, 1, 1, 2), ParallelSpec.of_degrees(1, 1, 4, 4, 1, 1)]
     full = rank_results(run_sweep(s, layouts, SerialExecutor(), decode_sample=0))
     sampled = rank_results(run_sweep(s, layouts, SerialExecutor(), decode_sample=4))
     own_full = next(r for r in full if r.own)
@@ -207,7 +208,7 @@ def test_decode_sampling_keeps_the_ranking_and_figures_within_1_percent():
 
 
 def _row(index, tput, ttft, tpot, mem, met=True, status="ok", cap=100.0):
-    return LayoutResult(index=index, layout=Layout(1, 1, 4, 1, 1, index + 1), own=False, status=status,
+    return LayoutResult(index=index, layout=ParallelSpec.of_degrees(1, 1, 4, 1, 1, index + 1), own=False, status=status,
                         ttft_mean_s=ttft, ttft_max_s=ttft, tpot_s=tpot,
                         throughput={"output_tokens_per_ms_per_gpu": tput}, memory_bytes_per_gpu=mem,
                         capacity_bytes=cap, targets=(TargetVerdict("ttft_s", "max", 1.0, ttft, met),) if status == "ok" else ())
@@ -242,7 +243,7 @@ def test_unknown_objective_is_rejected():
 
 
 def test_cost_shares_sum_to_one_and_pipeline_bubbles_dominate_a_deep_pipeline():
-    deep = simulate_layout(0, False, layout_scenario(make_scenario(TINY_MOE), Layout(4, 1, 1, 1, 1, 1)), 0)
+    deep = simulate_layout(0, False, with_layout(make_scenario(TINY_MOE), ParallelSpec.of_degrees(4, 1, 1, 1, 1, 1)), 0)
     assert set(deep.cost_shares) == set(COST_CLASSES)
     assert sum(deep.cost_shares.values()) == pytest.approx(1.0)
     assert deep.dominant == "pipeline bubbles"
@@ -401,6 +402,6 @@ def test_progress_records_round_trip_exactly_with_nan_and_targets():
 def test_screening_one_gpu_per_stage_equals_every_gpu(seed):
     """screen_memory reads one GPU per stage: every layout of the seed agrees with all GPUs."""
     for lay in enumerate_layouts(seed, microbatches=(1,)):
-        v = layout_scenario(seed, lay)
+        v = with_layout(seed, lay)
         every = max(weight_bytes_per_gpu(v, g) + kv_cache_bytes_per_gpu(v, g) for g in range(v.num_gpus))
         assert screen_memory(v, 0.0) == every + v.runtime.memory_reserve_bytes

@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from simulator.config.errors import ScenarioError, one_line_error
+from simulator.config.errors import LayoutError, ScenarioError, one_line_error
 from simulator.config.hardware import HardwareProfile, ProfileError, load_profile
-from simulator.config.scenario import Scenario
+from simulator.config.scenario import ClusterSpec, ParallelSpec, Scenario, check_layout
 from simulator.files import read_yaml
 
 
@@ -156,9 +156,26 @@ def gpus_per_node(scenario: Scenario, hw: HardwareProfile) -> int:
     return scenario.cluster.gpus_per_node or min(hw.gpus_per_node, scenario.num_gpus)
 
 
-def with_layout(scenario: Scenario, **parallel: int) -> Scenario:
-    """A copy of the scenario with other parallel degrees (validated)."""
-    data = scenario.model_dump(exclude_none=True)
-    data["parallel"] = {**data["parallel"], **parallel}
-    data["cluster"]["num_gpus"] = data["parallel"].get("pp", 1) * data["parallel"].get("dp", 1) * data["parallel"].get("tp", 1)
-    return parse_scenario(data, scenario.name)
+def with_layout(scenario: Scenario, parallel: ParallelSpec) -> Scenario:
+    """The scenario on another parallel layout, checked by the same rules as a loaded scenario.
+
+    The one way to move a scenario to other degrees (sweeps do it for thousands of candidates, so it
+    copies the validated scenario instead of parsing it again). The cluster gets `parallel.num_gpus`
+    GPUs. The scenario's own degrees return the scenario itself, with its layer_split; other degrees
+    take `parallel`'s split (the even split when it has none). Raises ScenarioError naming the rule a
+    layout breaks.
+    """
+    if parallel.degrees() == scenario.parallel.degrees():
+        return scenario
+    gpn = scenario.cluster.gpus_per_node
+    try:
+        cluster = ClusterSpec(num_gpus=parallel.num_gpus, gpus_per_node=gpn)
+    except ValueError:
+        raise ScenarioError(f"cluster.num_gpus = {parallel.num_gpus} is not a whole number of nodes of "
+                            f"gpus_per_node = {gpn}") from None
+    candidate = scenario.model_copy(update={"parallel": parallel, "cluster": cluster})
+    try:
+        check_layout(candidate)
+    except LayoutError as exc:
+        raise ScenarioError(f"{exc.path}: {exc}") from None
+    return candidate

@@ -46,9 +46,38 @@ class ParallelSpec(StrictModel):
     microbatches: PositiveInt = 1
     layer_split: tuple[PositiveInt, ...] | None = None  # layers per stage; default even
 
+    @classmethod
+    def of_degrees(cls, pp: int, dp: int, tp: int, ep: int = 1, etp: int = 1, microbatches: int = 1) -> ParallelSpec:
+        """A layout from its degrees in (pp, dp, tp, ep, etp, microbatches) order, with the even layer split."""
+        return cls(pp=pp, dp=dp, tp=tp, ep=ep, etp=etp, microbatches=microbatches)
+
     @property
     def num_gpus(self) -> int:
         return self.pp * self.dp * self.tp
+
+    def degrees(self) -> dict[str, int]:
+        """The degrees alone, in (pp, dp, tp, ep, etp, microbatches) order (the layer split aside)."""
+        return {"pp": self.pp, "dp": self.dp, "tp": self.tp, "ep": self.ep, "etp": self.etp,
+                "microbatches": self.microbatches}
+
+    def sort_key(self) -> tuple[int, ...]:
+        return (self.pp, self.dp, self.tp, self.ep, self.etp, self.microbatches)
+
+    def __lt__(self, other: ParallelSpec) -> bool:  # layouts sort by their degrees, pp first
+        return self.sort_key() < other.sort_key()
+
+    def without_split(self) -> ParallelSpec:
+        """The same degrees with the even layer split: how a sweep names a layout."""
+        return self if self.layer_split is None else self.model_copy(update={"layer_split": None})
+
+    @property
+    def label(self) -> str:
+        """Compact name: the degrees above 1, e.g. 'PP2 TP2 EP2 mb4'; 'single' when all are 1."""
+        parts = [f"{k.upper()}{v}" for k, v in (("pp", self.pp), ("dp", self.dp), ("tp", self.tp),
+                                                 ("ep", self.ep), ("etp", self.etp)) if v > 1]
+        if self.microbatches > 1:
+            parts.append(f"mb{self.microbatches}")
+        return " ".join(parts) or "single"
 
 
 class RoutingSpec(StrictModel):

@@ -16,7 +16,8 @@ from rich.table import Table
 from simulator.config import Scenario
 from simulator.files import write_atomic
 from simulator.report.summary import fmt_bytes, fmt_s
-from simulator.sweep import COST_CLASSES, LayoutResult, layout_scenario
+from simulator.config import with_layout
+from simulator.sweep import COST_CLASSES, LayoutResult
 
 THROUGHPUTS = ("output_tokens_per_ms_per_gpu", "prefill_tokens_per_ms_per_gpu", "total_tokens_per_ms_per_gpu")
 TERMINAL_ROWS = 15
@@ -165,7 +166,7 @@ def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective
 def best_yaml(scenario: Scenario, best: LayoutResult, objective: str) -> str:
     """The winning layout as a scenario file `moesim run` accepts. The declared section is dropped:
     it describes the original deployment's claims, not this layout."""
-    variant = layout_scenario(scenario, best.layout)
+    variant = with_layout(scenario, best.layout)
     data = variant.model_dump(mode="json", exclude_none=True, exclude={"declared"})
     data["description"] = f"{scenario.name} on its best layout by moesim compare: {best.label}"
     tput = best.throughput.get("output_tokens_per_ms_per_gpu", math.nan)

@@ -6,7 +6,7 @@ progress file kept across Ctrl-C for `--resume`). The sweep never imports the re
 """
 
 from simulator.sweep.executors import SerialExecutor, default_jobs, make_executor
-from simulator.sweep.layouts import DEFAULT_MICROBATCHES, Layout, divisors, enumerate_layouts, layout_scenario
+from simulator.sweep.layouts import DEFAULT_MICROBATCHES, enumerate_layouts
 from simulator.sweep.rank import OBJECTIVES, rank_results
 from simulator.sweep.results import COST_CLASSES, OVERHEAD_CLASSES, LayoutResult, TargetVerdict, cost_shares
 from simulator.sweep.run import (
@@ -19,8 +19,8 @@ from simulator.sweep.run import (
 )
 
 __all__ = [
-    "COST_CLASSES", "DEFAULT_DECODE_SAMPLE", "DEFAULT_MICROBATCHES", "OBJECTIVES", "OVERHEAD_CLASSES", "Layout",
-    "LayoutResult", "SerialExecutor", "SweepInterrupted", "TargetVerdict", "cost_shares", "default_jobs", "divisors",
-    "enumerate_layouts", "estimated_cost", "layout_scenario", "make_executor", "rank_results", "run_sweep",
+    "COST_CLASSES", "DEFAULT_DECODE_SAMPLE", "DEFAULT_MICROBATCHES", "OBJECTIVES", "OVERHEAD_CLASSES",
+    "LayoutResult", "SerialExecutor", "SweepInterrupted", "TargetVerdict", "cost_shares", "default_jobs",
+    "enumerate_layouts", "estimated_cost", "make_executor", "rank_results", "run_sweep",
     "screen_memory", "simulate_layout",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from simulator.graph import NodeKind
-from simulator.sweep.layouts import Layout
+from simulator.config import ParallelSpec
 
 #: Classes of GPU time a layout spends, in the order ties are broken.
 COST_CLASSES = ("compute", "memory-bound", "kernel launches", "TP comm", "EP all-to-all", "pipeline bubbles")
@@ -38,7 +38,7 @@ class LayoutResult:
     simulated; memory is the closed-form weights + KV cache + reserve) or 'failed' (error)."""
 
     index: int
-    layout: Layout
+    layout: ParallelSpec
     own: bool
     status: str
     error: str = ""
@@ -126,7 +126,7 @@ def cost_shares(run) -> dict[str, float]:
     return {c: v / whole for c, v in shares.items()}
 
 
-def failed_result(index: int, layout: Layout, own: bool, exc: BaseException) -> LayoutResult:
+def failed_result(index: int, layout: ParallelSpec, own: bool, exc: BaseException) -> LayoutResult:
     """The row of a layout whose simulation raised `exc`: its first line, after the exception's type."""
     message = str(exc).splitlines()[0] if str(exc) else ""
     return LayoutResult(index=index, layout=layout, own=own, status="failed",

@@ -16,9 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from simulator.config import Scenario, ScenarioError, resolve_hardware
+from simulator.config import ParallelSpec, Scenario, ScenarioError, resolve_hardware
 from simulator.files import OutputError, write_atomic
-from simulator.sweep.layouts import Layout
 from simulator.sweep.results import LayoutResult, TargetVerdict
 
 FORMAT = "moesim-sweep-progress/1"
@@ -60,7 +59,7 @@ def to_record(result: LayoutResult) -> dict:
 
 def from_record(record: dict) -> LayoutResult:
     fields = dict(record)
-    fields["layout"] = Layout(**fields["layout"])
+    fields["layout"] = ParallelSpec(**fields["layout"])
     fields["targets"] = tuple(TargetVerdict(m, b, _float(lim), _float(act), met)
                              for m, b, lim, act, met in fields["targets"])
     for key in ("ttft_mean_s", "ttft_max_s", "tpot_s", "memory_bytes_per_gpu", "capacity_bytes", "sim_s"):
@@ -87,7 +86,7 @@ def _nan_to_null(x):
 class Progress:
     """The progress file of one sweep: open it (fresh or resumed), append results, remove it."""
 
-    def __init__(self, path: Path, inputs: dict, resume: bool, layouts: Sequence[Layout]):
+    def __init__(self, path: Path, inputs: dict, resume: bool, layouts: Sequence[ParallelSpec]):
         """Start a fresh file (replacing any), or with `resume` read the finished layouts of the
         existing one; its inputs must equal `inputs` (ScenarioError naming the one that differs)."""
         self.path = Path(path)

@@ -14,11 +14,10 @@ from concurrent.futures import Executor, Future
 from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
-from simulator.config import Scenario, resolve_hardware
+from simulator.config import ParallelSpec, Scenario, resolve_hardware, with_layout
 from simulator.placement import evenly_routed
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.sweep.executors import SerialExecutor
-from simulator.sweep.layouts import Layout, layout_scenario
 from simulator.sweep.results import LayoutResult, TargetVerdict, cost_shares, failed_result
 
 DEFAULT_DECODE_SAMPLE = 8
@@ -31,7 +30,7 @@ def simulate_layout(index: int, own: bool, scenario: Scenario, decode_sample: in
     GPU each (run_scenario's fold: graph.symmetric_representatives)."""
     from simulator.pipeline import _no_gc, one_replica, run_scenario
 
-    layout = Layout.of(scenario)
+    layout = scenario.parallel.without_split()
     started = time.perf_counter()
     try:
         with _no_gc():
@@ -60,7 +59,7 @@ def screen_memory(scenario: Scenario, capacity_bytes: float) -> float | None:
     return need if need > capacity_bytes else None
 
 
-def estimated_cost(layout: Layout, decode_sample: int, decode_steps: int, folded: bool = True) -> float:
+def estimated_cost(layout: ParallelSpec, decode_sample: int, decode_steps: int, folded: bool = True) -> float:
     """Relative simulation cost, ~ DAG nodes: microbatches x passes (prefill, then every decode
     step, or pp + 1 warm-up steps and the sampled ones), x GPUs per stage unless the stage folds
     to one GPU (run_scenario's fold, which even routing allows on almost every layout)."""
@@ -77,7 +76,7 @@ class SweepInterrupted(KeyboardInterrupt):
         self.finished, self.total = finished, total
 
 
-def run_sweep(scenario: Scenario, layouts: Sequence[Layout], executor: Executor | None = None,
+def run_sweep(scenario: Scenario, layouts: Sequence[ParallelSpec], executor: Executor | None = None,
               decode_sample: int = DEFAULT_DECODE_SAMPLE, progress: Callable[[LayoutResult], None] | None = None,
               simulate: Callable[..., LayoutResult] | None = None,
               done: Mapping[Layout, LayoutResult] | None = None,
@@ -94,7 +93,7 @@ def run_sweep(scenario: Scenario, layouts: Sequence[Layout], executor: Executor 
     executor = executor or SerialExecutor()
     simulate = simulate or simulate_layout
     capacity = resolve_hardware(scenario).memory_bytes
-    own = Layout.of(scenario)
+    own = scenario.parallel.without_split()
     done = done or {}
     results: list[LayoutResult | None] = [None] * len(layouts)
     pending: list[tuple[int, Scenario]] = []
@@ -104,7 +103,7 @@ def run_sweep(scenario: Scenario, layouts: Sequence[Layout], executor: Executor 
             if progress:
                 progress(results[i])
             continue
-        variant = layout_scenario(scenario, layout)
+        variant = with_layout(scenario, layout)
         need = screen_memory(variant, capacity)
         if need is None:
             pending.append((i, variant))
