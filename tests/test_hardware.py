@@ -128,7 +128,7 @@ def test_overrides_do_not_leak_into_the_plain_profile():
 
 def test_load_profile_dict_is_the_raw_file_mapping():
     data = load_profile_dict("h100-sxm-80gb")
-    assert data["memory_bytes"] == 85500000000.0
+    assert data["memory_bytes"] == 80000000000.0
     assert data["intra_node"] == {"bytes_per_s": 450000000000.0, "latency_s": 3.0e-06, "efficiency": 0.82}
 
 
