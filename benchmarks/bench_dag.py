@@ -33,7 +33,7 @@ def main() -> None:
         builds_gc.append(time.perf_counter() - start)
         del graph
         gc.collect()
-        gc.disable()  # as moesim's pipeline builds it (simulator/pipeline.py: _no_gc)
+        gc.disable()  # as moesim's pipeline builds it (simulator/pipeline.py: no_gc)
         start = time.perf_counter()
         graph = build_dag(scenario)
         builds.append(time.perf_counter() - start)

@@ -69,9 +69,11 @@ def result_record(result) -> dict:
 
 def deep_record(scenario) -> dict:
     """Every Metrics field and a digest of the trace table of one run (the figures behind the row)."""
+    from simulator.config import resolve_hardware
     from simulator.pipeline import one_replica, run_scenario
 
-    run = run_scenario(one_replica(scenario) or scenario, verify=False, decode_sample=DEFAULT_DECODE_SAMPLE)
+    run = run_scenario(one_replica(scenario, resolve_hardware(scenario)) or scenario, verify=False,
+                       decode_sample=DEFAULT_DECODE_SAMPLE)
     ops = run.sim.ops
     trace = hashlib.sha256(ops.to_csv(float_format="%r").encode()).hexdigest()
     return {"metrics": _jsonable(run.metrics.to_dict()), "trace_sha256": trace, "makespan_s": run.sim.makespan_s,

@@ -78,7 +78,7 @@ class _Holders:
         self._nodes = nodes
         self._res = Resources(num_gpus)
         self._order = np.argsort(end_s, kind="stable")
-        self._ends = end_s[self._order]
+        self._ends_s = end_s[self._order]
         self._cache: dict[int, tuple[int, ...]] = {}
 
     def resources(self, i: int) -> tuple[int, ...]:
@@ -87,13 +87,14 @@ class _Holders:
             rs = self._cache[i] = node_resources(self._attrs[self._nodes[i]], self._res)
         return rs
 
-    def released_at(self, i: int, t: float) -> list[int]:
-        """Nodes other than i that ended at t holding a resource node i holds."""
+    def released_at(self, i: int, time_s: float) -> list[int]:
+        """Nodes other than i that ended at time_s holding a resource node i holds."""
         mine = set(self.resources(i))
         if not mine:
             return []
-        tol = TIME_RTOL * max(1.0, abs(t))
-        lo, hi = np.searchsorted(self._ends, t - tol, "left"), np.searchsorted(self._ends, t + tol, "right")
+        tol_s = TIME_RTOL * max(1.0, abs(time_s))
+        lo = np.searchsorted(self._ends_s, time_s - tol_s, "left")
+        hi = np.searchsorted(self._ends_s, time_s + tol_s, "right")
         return [j for j in self._order[lo:hi].tolist() if j != i and mine.intersection(self.resources(j))]
 
 
@@ -116,16 +117,17 @@ def walk_back(graph: nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: 
         seen = {sink}
         i = sink
         while start_s[i] > TIME_RTOL:
-            s = start_s[i]
-            tol = TIME_RTOL * max(1.0, s)
+            began_s = start_s[i]
+            tol_s = TIME_RTOL * max(1.0, began_s)
             best, how = -1, ""
             for p in pred[nodes[i]]:
                 j = index[p]
-                if j not in seen and abs(end_s[j] - s) <= tol and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best)):
+                if (j not in seen and abs(end_s[j] - began_s) <= tol_s
+                        and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best))):
                     best, how = j, "dependency"
             if best < 0:
-                for j in holders.released_at(i, s):
-                    if j not in seen and start_s[j] < s and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best)):
+                for j in holders.released_at(i, began_s):
+                    if j not in seen and start_s[j] < began_s and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best)):
                         best, how = j, "resource"
             if best < 0:  # nothing explains the start; cannot happen with the engine's rules
                 break
@@ -144,15 +146,15 @@ def _breakdown(ops: pd.DataFrame, path: CriticalPath, span_s: float) -> dict:
     """Seconds and share of the span per category, per (category, bound) and per GPU."""
     frame = ops.iloc[path.rows][_COLUMNS]
     frame = frame[frame["kind"] != NodeKind.MARKER]
-    dur = frame["duration_s"].tolist()
+    dur_s = frame["duration_s"].tolist()
     cats = frame["category"].tolist()
     seconds: dict[str, float] = defaultdict(float)
-    for c, d in zip(cats, dur):
-        seconds[c] += d
+    for c, d_s in zip(cats, dur_s):
+        seconds[c] += d_s
     seconds = dict(sorted(seconds.items(), key=lambda kv: (-kv[1], kv[0])))
-    where: dict[str, float] = defaultdict(float)
-    for kind, gpu, d in zip(frame["kind"].tolist(), frame["gpu"].tolist(), dur):
-        where["links" if kind == NodeKind.COMM else f"GPU {gpu}"] += d
+    where: dict[str, float] = defaultdict(float)  # seconds by place
+    for kind, gpu, d_s in zip(frame["kind"].tolist(), frame["gpu"].tolist(), dur_s):
+        where["links" if kind == NodeKind.COMM else f"GPU {gpu}"] += d_s
     waits = sum(1 for v in path.via if v == "resource")
     return {
         "length_s": span_s,

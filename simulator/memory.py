@@ -124,31 +124,33 @@ def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dic
     op's input and output activations (weights and KV cache excluded) on that GPU."""
     m, p, w = scenario.model, scenario.parallel, scenario.workload
     seqs = w.batch_size / (p.dp * p.microbatches)
-    residual = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes_per_element
-    peak: dict[int, float] = {g: 0.0 for g in range(scenario.num_gpus)}
+    residual_bytes = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes_per_element
+    peak_bytes: dict[int, float] = {g: 0.0 for g in range(scenario.num_gpus)}
     for a in node_dicts(graph):
         if a["kind"] == NodeKind.MARKER:
             continue
         if a["kind"] == NodeKind.COMM:
-            for g, r in zip(a["gpu"], a["recv_bytes"]):
-                peak[g] = max(peak[g], r)
-        elif a["act_bytes"] > peak[a["gpu"]]:
-            peak[a["gpu"]] = a["act_bytes"]
-    return expand_per_gpu({g: residual + v for g, v in peak.items()}, graph)
+            for g, recv_bytes in zip(a["gpu"], a["recv_bytes"]):
+                peak_bytes[g] = max(peak_bytes[g], recv_bytes)
+        elif a["act_bytes"] > peak_bytes[a["gpu"]]:
+            peak_bytes[a["gpu"]] = a["act_bytes"]
+    return expand_per_gpu({g: residual_bytes + v for g, v in peak_bytes.items()}, graph)
 
 
 def memory_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario, capacity_bytes: float) -> list[GpuMemory]:
-    acts = activation_bytes_per_gpu(graph, scenario)
-    # Weights and KV cache are alike on the GPUs of a stage (its layers; num_experts / ep experts each).
+    activation_bytes = activation_bytes_per_gpu(graph, scenario)
+    # Weights and KV cache are alike on the GPUs of a stage (its layers; num_experts / ep experts each):
+    # computed for each stage's first GPU.
     per_stage = scenario.parallel.dp * scenario.parallel.tp
-    resident = {g: (weight_bytes_per_gpu(scenario, g), kv_cache_bytes_per_gpu(scenario, g))
-                for g in range(0, scenario.num_gpus, per_stage)}
+    firsts = range(0, scenario.num_gpus, per_stage)
+    weight_bytes = {g: weight_bytes_per_gpu(scenario, g) for g in firsts}
+    kv_cache_bytes = {g: kv_cache_bytes_per_gpu(scenario, g) for g in firsts}
     return [
         GpuMemory(
             gpu=g,
-            weight_bytes=resident[g - g % per_stage][0],
-            kv_cache_bytes=resident[g - g % per_stage][1],
-            activation_bytes=acts[g],
+            weight_bytes=weight_bytes[g - g % per_stage],
+            kv_cache_bytes=kv_cache_bytes[g - g % per_stage],
+            activation_bytes=activation_bytes[g],
             reserve_bytes=scenario.runtime.memory_reserve_bytes,
             capacity_bytes=capacity_bytes,
         )

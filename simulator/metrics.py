@@ -10,15 +10,16 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
-import networkx as nx
 import numpy as np
 
-from simulator.config import Scenario, gpus_per_node, resolve_hardware
-from simulator.graph import Dag, NodeKind
+from simulator.config import Scenario, gpus_per_node
+from simulator.graph import NodeKind
 from simulator.placement import expand_per_gpu, placement_summary, routing_summary
+from simulator.config.hardware import HardwareProfile
 from simulator.memory import GpuMemory, memory_per_gpu
-from simulator.simulate import SimResult
+from simulator.simulate import SimResult, WeightedNode
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ def decode_step_weights(steps: tuple[int, ...], total_steps: int, warmup_steps: 
     return weights
 
 
-#: SimResult.weighted_nodes' rows: (index, attributes, count, weight, weighted seconds of one node, step)
-Weighted = list[tuple[int, dict, int, float, float, int]]
+#: SimResult.weighted_nodes' rows: per distinct node and step, its count, weight and weighted seconds
+Weighted = list[WeightedNode]
 
 
 #: Veltkamp's splitter for doubles (2^27 + 1): splits a float into two halves of 26 bits.
@@ -152,33 +153,33 @@ def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | N
     The last token time is the first plus the sum of every decode step's duration (the time
     between consecutive tokens of the microbatch), each weighted by the steps it stands for.
     """
-    first = np.zeros(microbatches)
-    decode: dict[int, list[tuple[int, float]]] = {mb: [] for mb in range(microbatches)}
+    first_s = np.zeros(microbatches)
+    decode: dict[int, list[tuple[int, float]]] = {mb: [] for mb in range(microbatches)}  # (step, token time)
     end_s, dag = sim.end_s, sim.dag
     for i in dag.instances([i for i, a in dag.distinct() if a["op"] == "token"]):
         a = dag.node_attrs(i)  # a copied pass's token: the microbatch is its own
         if a["phase"] == "prefill":
-            first[a["microbatch"]] = end_s[i]
+            first_s[a["microbatch"]] = end_s[i]
         else:
             decode[a["microbatch"]].append((a["step"], end_s[i]))
-    last = first.copy()
+    last_s = first_s.copy()
     for mb, chain in decode.items():
-        previous = first[mb]
-        for step, end in sorted(chain):
-            last[mb] += (weights or {}).get(step, 1.0) * (end - previous)
-            previous = end
-    return first, last
+        previous_s = first_s[mb]
+        for step, token_s in sorted(chain):
+            last_s[mb] += (weights or {}).get(step, 1.0) * (token_s - previous_s)
+            previous_s = token_s
+    return first_s, last_s
 
 
 def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, dict[str, float]]:
     """Seconds each GPU spends per category (collectives count on every member) and idle compute
     time, from SimResult.weighted_nodes' weighted seconds."""
     busy, compute_busy = ExactSums(), ExactSums()
-    for _, a, count, _, dur, _ in nodes:
+    for _, a, count, _, weighted_s, _ in nodes:
         kind = a["kind"]
         if kind == NodeKind.MARKER:
             continue
-        terms = repeated(dur, count)
+        terms = repeated(weighted_s, count)
         gpu, cat = a["gpu"], a["category"]
         if kind == NodeKind.COMM:
             for g in gpu:
@@ -196,14 +197,14 @@ def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, di
 
 def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str, str]:
     """Per phase, one sentence: what takes most of the busiest GPU's compute stream."""
-    duration, bound = sim.duration_s, sim.bound
+    duration_s, bound = sim.duration_s, sim.bound
     per_gpu, by, comm = ExactSums(), ExactSums(), ExactSums()
     weighted, unweighted = ExactSums(), ExactSums()
-    for i, a, count, _, w, _ in nodes:
+    for i, a, count, _, weighted_s, _ in nodes:
         kind = a["kind"]
         if kind == NodeKind.MARKER:
             continue
-        phase, terms = a["phase"], repeated(w, count)
+        phase, terms = a["phase"], repeated(weighted_s, count)
         if kind == NodeKind.COMM:
             for g in a["gpu"]:
                 comm.setdefault((phase, g), []).extend(terms)
@@ -212,7 +213,7 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
         per_gpu.setdefault((phase, gpu), []).extend(terms)
         by.setdefault((phase, gpu, a["category"], bound[i]), []).extend(terms)
         weighted.setdefault(phase, []).extend(terms)
-        unweighted.setdefault(phase, []).extend(repeated(duration[i], count))
+        unweighted.setdefault(phase, []).extend(repeated(duration_s[i], count))
     spans = _phase_bounds(sim)
     gpu_s = per_gpu.totals()
     out = {}
@@ -224,14 +225,14 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
         gpu = max(sorted(mine), key=mine.__getitem__)  # the lowest of equals
         parts = {(c, b): math.fsum(terms) for (ph, g, c, b), terms in by.items() if ph == phase and g == gpu}
         cat, kernel_bound = max(sorted(parts), key=parts.__getitem__)
-        first, last = spans[phase]  # the earliest start of the phase's nodes, the latest end of its kernels
-        span = last - first
-        plain = unweighted.total(phase)
-        span *= weighted.total(phase) / plain if plain else 1.0
+        first_s, last_s = spans[phase]  # the earliest start of the phase's nodes, the latest end of its kernels
+        span_s = last_s - first_s
+        plain_s = unweighted.total(phase)
+        span_s *= weighted.total(phase) / plain_s if plain_s else 1.0
         what = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
                 "fused": "fused"}.get(kernel_bound, kernel_bound)
         out[phase] = (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * parts[(cat, kernel_bound)] / mine[gpu]:.0f}% "
-                      f"of its compute-stream time; communication occupies {100 * comm.total((phase, gpu)) / span:.0f}% "
+                      f"of its compute-stream time; communication occupies {100 * comm.total((phase, gpu)) / span_s:.0f}% "
                       f"of the phase's span on that GPU")
     return out
 
@@ -260,21 +261,29 @@ def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
 EXPERT_OPS = ("expert_fc1", "expert_act", "expert_fc2")
 
 
+class _LayerExperts(NamedTuple):
+    """straggler_s' sums for one layer of one pass: expert seconds per GPU, and the layer's count."""
+
+    seconds_by_gpu: ExactSums
+    count: int
+
+
 def straggler_s(nodes: Weighted) -> float:
     """Seconds the busiest GPU's routed-expert kernels take beyond the mean GPU's, per layer and
     pass of every stage, summed (weighted by the decode steps each sampled step stands for). A
     layer's copies repeat its figure: each layer counts once per copy (SimResult.weighted_nodes' counts)."""
-    per_layer: dict[tuple, tuple[ExactSums, int]] = {}
-    for _, a, count, _, w, step in nodes:
+    per_layer: dict[tuple, _LayerExperts] = {}
+    for _, a, count, _, weighted_s, step in nodes:
         if a["op"] in EXPERT_OPS:
             key = (a["phase"], step, a["microbatch"], a["layer"])
-            if key not in per_layer:
-                per_layer[key] = (ExactSums(), count)
-            per_layer[key][0].add(a["gpu"], w)
+            layer = per_layer.get(key)
+            if layer is None:
+                layer = per_layer[key] = _LayerExperts(ExactSums(), count)
+            layer.seconds_by_gpu.add(a["gpu"], weighted_s)
     total = ExactSums()
-    for gpus, count in per_layer.values():
-        per_gpu = list(gpus.totals().values())
-        total.add(0, max(per_gpu) - math.fsum(per_gpu) / len(per_gpu), count)
+    for seconds_by_gpu, count in per_layer.values():
+        per_gpu_s = list(seconds_by_gpu.totals().values())
+        total.add(0, max(per_gpu_s) - math.fsum(per_gpu_s) / len(per_gpu_s), count)
     return total.total(0)
 
 
@@ -288,40 +297,41 @@ def routing_metrics(scenario: Scenario, nodes: Weighted) -> dict:
     return {**summary, "straggler_s": straggler_s(nodes), "dropped_copies": dropped.total(0)}
 
 
-def compute_metrics(graph: Dag | nx.DiGraph, scenario: Scenario, result: SimResult, capacity_bytes: float,
-                    explain: bool = True) -> Metrics:
-    """Every metric of a simulated run. `explain=False` leaves out the bottleneck sentences (a
-    sweep ranks layouts by the figures alone and never shows them)."""
+def compute_metrics(sim: SimResult, scenario: Scenario, hw: HardwareProfile, explain: bool = True) -> Metrics:
+    """Every metric of a simulated run (the DAG is the trace's: sim.dag) on the scenario's hardware
+    profile. `explain=False` leaves out the bottleneck sentences (a sweep ranks layouts by the
+    figures alone and never shows them)."""
     w, p = scenario.workload, scenario.parallel
-    out = w.output_len_tokens
-    sampled = tuple(graph.graph.get("decode_steps", range(1, out)))
-    weights = decode_step_weights(sampled, out - 1, graph.graph.get("warmup_steps", 0))
-    nodes = result.weighted_nodes(weights)
-    first, last = token_times(result, p.microbatches, weights)
-    per_mb = w.batch_size // p.microbatches
-    ttft = np.repeat(first, per_mb)
-    tpot = float(np.mean((last - first) / (out - 1))) if out > 1 else 0.0
-    total_s = float(max(last.max(), first.max()))
-    prefill_s = float(first.max())
+    dag = sim.dag
+    out_tokens = w.output_len_tokens
+    sampled = tuple(dag.graph.get("decode_steps", range(1, out_tokens)))
+    weights = decode_step_weights(sampled, out_tokens - 1, dag.graph.get("warmup_steps", 0))
+    nodes = sim.weighted_nodes(weights)
+    first_s, last_s = token_times(sim, p.microbatches, weights)
+    seqs_per_mb = w.batch_size // p.microbatches
+    ttft_s = np.repeat(first_s, seqs_per_mb)
+    tpot_s = float(np.mean((last_s - first_s) / (out_tokens - 1))) if out_tokens > 1 else 0.0
+    total_s = float(max(last_s.max(), first_s.max()))
+    prefill_s = float(first_s.max())
     gpus = scenario.num_gpus
     throughput = {
-        "output_tokens_per_ms_per_gpu": w.batch_size * out / (total_s * 1e3) / gpus,
+        "output_tokens_per_ms_per_gpu": w.batch_size * out_tokens / (total_s * 1e3) / gpus,
         "prefill_tokens_per_ms_per_gpu": w.batch_size * w.input_len_tokens / (prefill_s * 1e3) / gpus,
-        "total_tokens_per_ms_per_gpu": w.batch_size * (w.input_len_tokens + out) / (total_s * 1e3) / gpus,
+        "total_tokens_per_ms_per_gpu": w.batch_size * (w.input_len_tokens + out_tokens) / (total_s * 1e3) / gpus,
     }
-    phases = ["prefill"] + (["decode"] if out > 1 else [])
+    phases = ["prefill"] + (["decode"] if out_tokens > 1 else [])
     metrics = Metrics(
-        ttft_s=Stats.of(ttft),
-        tpot_s=tpot,
+        ttft_s=Stats.of(ttft_s),
+        tpot_s=tpot_s,
         prefill_s=prefill_s,
         decode_s=total_s - prefill_s,
         total_s=total_s,
         throughput=throughput,
-        memory=memory_per_gpu(graph, scenario, capacity_bytes),
-        busy_s=expand_per_gpu(busy_time(nodes, gpus, total_s), graph),
-        bottleneck=bottlenecks(result, nodes, phases) if explain else {},
+        memory=memory_per_gpu(dag, scenario, hw.memory_bytes),
+        busy_s=expand_per_gpu(busy_time(nodes, gpus, total_s), dag),
+        bottleneck=bottlenecks(sim, nodes, phases) if explain else {},
         routing=routing_metrics(scenario, nodes) if scenario.model.is_moe else {},
-        placement=placement_summary(scenario, gpus_per_node(scenario, resolve_hardware(scenario))),
+        placement=placement_summary(scenario, gpus_per_node(scenario, hw)),
     )
     return _with_targets(metrics, scenario)
 

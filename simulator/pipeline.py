@@ -20,14 +20,14 @@ from simulator.simulate import SimResult, simulate_dag
 from simulator.verify import Check, verify_dag
 
 
-#: Runs between full collections under `_no_gc` (see there): bounds the cyclic garbage that
+#: Runs between full collections under `no_gc` (see there): bounds the cyclic garbage that
 #: promotion keeps (one SimPy environment, ~16 objects, per run) at a cost of ~10 ms per 16 runs.
 _RUNS_PER_FULL_COLLECTION = 16
 _promoted_runs = 0
 
 
 @contextmanager
-def _no_gc():
+def no_gc():
     """Building and simulating allocate ~10^5 long-lived dicts; the cyclic collector would
     rescan them repeatedly for nothing (none of them form cycles).
 
@@ -81,9 +81,10 @@ class RunResult:
         return self.dag.to_networkx()
 
 
-def dag_scenario(scenario: Scenario, verify: bool = True) -> DagResult:
-    hw = resolve_hardware(scenario)
-    with _no_gc():
+def dag_scenario(scenario: Scenario, verify: bool = True, hw: HardwareProfile | None = None) -> DagResult:
+    """Build (and verify) the scenario's DAG; `hw` is its resolved profile, resolved here when not given."""
+    hw = hw or resolve_hardware(scenario)
+    with no_gc():
         graph = build_dag(scenario)
     checks = verify_dag(graph, scenario) if verify else []
     memory = memory_per_gpu(graph, scenario, hw.memory_bytes)
@@ -91,23 +92,25 @@ def dag_scenario(scenario: Scenario, verify: bool = True) -> DagResult:
 
 
 def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | None = None,
-                 fold: bool = False, explain: bool = True) -> RunResult:
+                 fold: bool = False, explain: bool = True, hw: HardwareProfile | None = None) -> RunResult:
     """Simulate the scenario. `decode_sample=K` simulates only K decode steps (evenly spaced,
     first and last included) and interpolates the others; None or 0 simulates every step.
     `fold=True` simulates one GPU per pipeline stage when the stage's GPUs are exactly alike
     (graph.symmetric_representatives): the same figures, a fraction of the work; the trace then
-    holds those GPUs' rows only (timelines want the whole, so `moesim run` does not fold).
-    `explain=False` skips the bottleneck sentences (metrics.compute_metrics)."""
-    hw = resolve_hardware(scenario)
+    holds those GPUs' rows only (the pictures of `moesim run`, which folds by default, show those
+    GPUs and name the GPUs each stands for).
+    `explain=False` skips the bottleneck sentences (metrics.compute_metrics). `hw` is the
+    scenario's resolved profile (resolved here when not given): every stage below receives it."""
+    hw = hw or resolve_hardware(scenario)
     keep = symmetric_representatives(scenario, gpus_per_node(scenario, hw)) if fold else None
     total_steps = scenario.workload.output_len_tokens - 1
-    warmup = scenario.parallel.pp + 1  # steps until the decode pipeline is in its steady state
-    steps = sampled_decode_steps(total_steps, decode_sample, warmup) if decode_sample else None
-    with _no_gc():
+    warmup_steps = scenario.parallel.pp + 1  # until the decode pipeline is in its steady state
+    steps = sampled_decode_steps(total_steps, decode_sample, warmup_steps) if decode_sample else None
+    with no_gc():
         dag = build(scenario, steps, keep)
-        dag.graph["warmup_steps"] = warmup
+        dag.graph["warmup_steps"] = warmup_steps
         sim = simulate_dag(dag, scenario, hw)
-        metrics = compute_metrics(dag, scenario, sim, hw.memory_bytes, explain)
+        metrics = compute_metrics(sim, scenario, hw, explain)
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
     if verify:
         run.checks.extend(verify_dag(run.graph, scenario))
@@ -135,7 +138,8 @@ def measure_sampling_error(run: RunResult, decode_sample: int) -> RunResult:
     if len(simulated) >= total_steps:
         return run
     folded = run.dag.graph.get("representatives") is not None
-    check = run_scenario(run.scenario, verify=False, decode_sample=2 * decode_sample - 1, fold=folded, explain=False)
+    check = run_scenario(run.scenario, verify=False, decode_sample=2 * decode_sample - 1, fold=folded,
+                         explain=False, hw=run.hardware)
     checked = list(check.dag.graph.get("decode_steps", []))
     ours, theirs = sampled_figures(run.metrics), sampled_figures(check.metrics)
     error = {k: abs(ours[k] - theirs[k]) / abs(theirs[k]) if theirs[k] else 0.0 for k in SAMPLED_FIGURES}
@@ -145,19 +149,20 @@ def measure_sampling_error(run: RunResult, decode_sample: int) -> RunResult:
     return replace(run, sampling=sampling)
 
 
-def one_replica(scenario: Scenario) -> Scenario | None:
+def one_replica(scenario: Scenario, hw: HardwareProfile) -> Scenario | None:
     """The same deployment reduced to one of its dp replicas (dp = 1, batch / dp, GPUs / dp), when
     the replicas are independent and identical, so that simulating one gives every figure of the
     whole: TTFT, TPOT, throughput per GPU and memory per GPU are equal by symmetry. That holds when
     no expert group spans two dp ranks (ep * etp divides tp), routing does not depend on the batch
     (a sampled draw does), and replica 0's GPUs keep every same-node relation (so each transfer
-    uses the same link class). Returns None when any condition fails: simulate the whole then."""
+    uses the same link class; `hw` is the scenario's profile, which the replica keeps). Returns None
+    when any condition fails: simulate the whole then."""
     p = scenario.parallel
     if p.dp == 1 or scenario.workload.routing.sampled is not None:
         return None
     if scenario.model.is_moe and p.tp % (p.ep * p.etp):
         return None
-    gpn = gpus_per_node(scenario, resolve_hardware(scenario))
+    gpn = gpus_per_node(scenario, hw)
     if gpn % p.dp:
         return None
     gpn_one = gpn // p.dp

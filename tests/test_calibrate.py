@@ -83,7 +83,7 @@ def test_eager_floor_and_graph_mode():
 
 def test_gated_activation_is_timed_per_input_byte():
     """silu_mul was measured on x [rows, 2f] (bytes_in): SwiGLU's time scales with what it reads."""
-    from simulator.simulate import calibrated_node_s
+    from simulator.op_time import calibrated_node_s
     hw = load_profile("h200-sxm-141gb")
     per_byte = hw.calibration.elementwise_s_per_byte["silu_mul"]
     rows, f = 4096, 14336
@@ -141,7 +141,7 @@ def test_validate_runs_the_dev_cases(tmp_path, capsys):
 
 def test_scatter_add_uses_its_measured_rate_once_a_profile_has_one():
     """The sorted MoE's index_add combine: at copy speed until an index_add micro-benchmark exists."""
-    from simulator.simulate import calibrated_node_s
+    from simulator.op_time import calibrated_node_s
     hw = load_profile("h200-sxm-141gb")
     node = {"op": "moe_combine", "dtype": "fp16", "flops": 0.0, "bytes_read": 4e8, "bytes_written": 2e8,
             "launches": 1, "scatter_add": True}

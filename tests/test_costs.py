@@ -122,7 +122,7 @@ def test_cross_node_alltoall_is_bound_by_the_nic():
 
 
 def test_node_time_uses_hierarchy_for_collectives_spanning_nodes(h100):
-    from simulator.simulate import node_time_s
+    from simulator.op_time import node_time_s
 
     ar = {"kind": "communication", "gpu": tuple(range(16)), "collective": "all_reduce", "message_bytes": 1e8,
           "send_bytes": (0.0,) * 16, "recv_bytes": (0.0,) * 16}

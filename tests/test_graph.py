@@ -309,7 +309,7 @@ def test_placement_summary_says_where_groups_landed():
 
 
 def test_fp8_weights_speed_up_memory_bound_decode_gemms(h100):
-    from simulator.simulate import node_time_s
+    from simulator.op_time import node_time_s
 
     big = {**TINY_MOE["model"], "hidden_size": 4096, "num_heads": 32, "head_dim": 128, "dtype": "bf16"}
     times = []
@@ -381,7 +381,7 @@ def test_reused_layers_equal_built_ones(monkeypatch, sections):
     assert a["duration_s"].tolist() == b["duration_s"].tolist() and a["end_s"].tolist() == b["end_s"].tolist()
     # the metrics sum each original once per copy; the full graph sums every node: the same floats
     from simulator.metrics import compute_metrics
-    ma, mb = (compute_metrics(g, s, sim, hw.memory_bytes) for g, sim in ((reused, sim_a), (built, sim_b)))
+    ma, mb = (compute_metrics(sim, s, hw) for sim in (sim_a, sim_b))
     assert ma == mb
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import TINY_MOE, make_scenario, seed_dict
-from simulator.graph import build_dag
+from simulator.config import resolve_hardware
 from simulator.memory import kv_cache_bytes_per_gpu, parameter_counts, weight_bytes_per_gpu
 from simulator.metrics import compute_metrics
 from simulator.pipeline import run_scenario
@@ -32,7 +32,7 @@ def test_metric_definitions_on_hand_built_trace():
     s = make_scenario(TINY_MOE, parallel={"microbatches": 2})
     ops = _token_rows({("prefill", 0, 0): 1.0, ("prefill", 0, 1): 2.0, ("decode", 1, 0): 1.5, ("decode", 1, 1): 2.5,
                        ("decode", 2, 0): 2.0, ("decode", 2, 1): 3.0})
-    m = compute_metrics(build_dag(s), s, SimResult.from_frame(ops, makespan_s=3.0), 80e9)
+    m = compute_metrics(SimResult.from_frame(ops, makespan_s=3.0), s, resolve_hardware(s))
     # 4 sequences: two first tokens at 1.0 s, two at 2.0 s
     assert (m.ttft_s.mean, m.ttft_s.p50, m.ttft_s.max) == (1.5, 1.5, 2.0)
     assert m.ttft_s.p99 == pytest.approx(np.percentile([1, 1, 2, 2], 99))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import TINY_MOE, make_scenario
+from simulator.config import resolve_hardware
 from simulator.pipeline import one_replica, run_scenario
 
 
@@ -17,7 +18,7 @@ def test_one_replica_gives_the_same_figures(parallel):
     n = parallel["pp"] * parallel["tp"] * parallel["dp"]
     s = make_scenario(TINY_MOE, parallel=parallel, cluster={"num_gpus": n, "gpus_per_node": n},
                       workload={"batch_size": 8})
-    one = one_replica(s)
+    one = one_replica(s, resolve_hardware(s))
     assert one is not None and one.parallel.dp == 1 and one.num_gpus == n // parallel["dp"]
     full, part = run_scenario(s, verify=False).metrics, run_scenario(one, verify=False).metrics
     assert part.ttft_s == full.ttft_s
@@ -29,16 +30,17 @@ def test_one_replica_gives_the_same_figures(parallel):
 def test_one_replica_refuses_coupled_or_relinked_layouts():
     # experts spread over two dp ranks: the replicas exchange tokens
     coupled = make_scenario(TINY_MOE, parallel={"pp": 1, "tp": 1, "ep": 2, "dp": 2}, cluster={"num_gpus": 2})
-    assert one_replica(coupled) is None
+    assert one_replica(coupled, resolve_hardware(coupled)) is None
     # a seeded routing draw depends on the batch
     sampled = make_scenario(TINY_MOE, parallel={"pp": 1, "tp": 1, "ep": 1, "dp": 2}, cluster={"num_gpus": 2},
                             workload={"routing": {"sampled": 3}})
-    assert one_replica(sampled) is None
+    assert one_replica(sampled, resolve_hardware(sampled)) is None
     # TP groups of 4 would straddle nodes of 2 in the reduced layout (they sit in one node of 8)
     relinked = make_scenario(TINY_MOE, parallel={"pp": 1, "tp": 4, "ep": 4, "dp": 4}, cluster={"num_gpus": 16,
                              "gpus_per_node": 8}, workload={"batch_size": 8})
-    assert one_replica(relinked) is None
-    assert one_replica(make_scenario(TINY_MOE)) is None  # dp = 1 already
+    assert one_replica(relinked, resolve_hardware(relinked)) is None
+    single = make_scenario(TINY_MOE)
+    assert one_replica(single, resolve_hardware(single)) is None  # dp = 1 already
 
 
 def _figures(run):

@@ -28,14 +28,15 @@ def simulate_layout(index: int, own: bool, scenario: Scenario, decode_sample: in
     Layouts made of independent, identical dp replicas simulate one of them (pipeline.one_replica:
     the same figures, dp times less work), and stages whose GPUs are exactly alike simulate one
     GPU each (run_scenario's fold: graph.symmetric_representatives)."""
-    from simulator.pipeline import _no_gc, one_replica, run_scenario
+    from simulator.pipeline import no_gc, one_replica, run_scenario
 
     layout = scenario.parallel.without_split()
     started = time.perf_counter()
     try:
-        with _no_gc():
-            run = run_scenario(one_replica(scenario) or scenario, verify=False,
-                               decode_sample=decode_sample or None, fold=True, explain=False)
+        hw = resolve_hardware(scenario)
+        with no_gc():
+            run = run_scenario(one_replica(scenario, hw) or scenario, verify=False,
+                               decode_sample=decode_sample or None, fold=True, explain=False, hw=hw)
             shares = cost_shares(run)
         m = run.metrics
         return LayoutResult(

@@ -1,0 +1,101 @@
+"""Op-time stage: one DAG node's seconds on a hardware profile, from the roofline or the profile's measured tables."""
+
+from __future__ import annotations
+
+from simulator import costs
+from simulator.config import DTYPE_BYTES
+from simulator.graph import NodeKind
+from simulator.config.hardware import Calibration, HardwareProfile, series_interpolate
+
+
+def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
+    """Duration of one node on the profile, and what bounds it."""
+    kind = attrs["kind"]
+    if kind == NodeKind.MARKER:
+        return 0.0, "none"
+    if kind == NodeKind.COMM:
+        gpus = attrs["gpu"]
+        per_node: dict[int, int] = {}
+        for g in gpus:
+            per_node[g // gpn] = per_node.get(g // gpn, 0) + 1
+        same_node = len(per_node) == 1
+        link = hw.intra_node if same_node else hw.inter_node
+        # collectives spanning nodes: hierarchical (NVLink inside each node, NICs between nodes)
+        local, nodes = max(per_node.values()), len(per_node)
+        intra, inter = hw.intra_node, hw.inter_node
+        coll = attrs["collective"]
+        if coll == "all_reduce":
+            time_s = costs.hierarchical_allreduce_s(attrs["message_bytes"], local, nodes, intra, inter)
+        elif coll in ("all_gather", "reduce_scatter"):
+            time_s = costs.hierarchical_allgather_s(attrs["message_bytes"], local, nodes, intra, inter)
+        elif coll == "all_to_all":
+            time_s = costs.hierarchical_alltoall_s(list(attrs["send_bytes"]), list(attrs["recv_bytes"]), local, nodes,
+                                              intra, inter)
+        elif coll == "send_recv":
+            time_s = costs.sendrecv_s(attrs["message_bytes"], link)
+        else:
+            raise ValueError(f"unknown collective {coll!r}")
+        return time_s, ("nvlink" if same_node else "network")
+    if hw.calibration is not None:
+        return calibrated_node_s(attrs, hw, hw.calibration, eager, gated)
+    return costs.compute_op_s(
+        attrs["flops"],
+        attrs["bytes_read"] + attrs["bytes_written"],
+        hw,
+        attrs["dtype"],
+        attrs["tensor_core"],
+        attrs["launches"],
+        eager,
+    )
+
+
+#: Which measured element-wise class times each memory-bound op (per output byte).
+ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
+
+
+def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager: bool, gated: bool) -> tuple[float, str]:
+    """Time of a compute node from the profile's measured tables (see hardware.Calibration)."""
+    op, dtype = attrs["op"], attrs["dtype"]
+    element_bytes = DTYPE_BYTES[dtype]
+    peak_flops_per_s, hbm_bytes_per_s = hw.peak_for(dtype), hw.hbm_bytes_per_s
+    floors_s = cal.eager_floor_s
+    if "gemm" in attrs:
+        m, k, n = attrs["gemm"]
+        if "grouped" in attrs and attrs["grouped"][0] > 1:
+            experts, rows = attrs["grouped"]
+            frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
+            time_s, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, element_bytes, peak_flops_per_s,
+                                                            hbm_bytes_per_s, frac, attrs.get("weight_b"))
+            floor_s = floors_s["grouped_gemm"]
+        else:
+            frac = series_interpolate(cal.gemm, (k, n), m)
+            time_s, bound = costs.calibrated_gemm_s(m, k, n, element_bytes, peak_flops_per_s, hbm_bytes_per_s, frac,
+                                                    attrs.get("weight_b"))
+            floor_s = floors_s["gemm"]
+    elif attrs.get("fused") == "flash_attention":
+        if op == "attn_softmax":
+            return 0.0, "fused"  # inside the measured flash-attention rate
+        d, q_len = attrs["head_dim"], attrs["q_len"]
+        if q_len > 1:
+            frac = series_interpolate(cal.attention_prefill, (d,), attrs["batch_heads"] * q_len * attrs["kv_len"])
+        else:
+            frac = series_interpolate(cal.attention_decode, (d,), attrs["kv_bytes_total"])
+        time_s, bound = costs.calibrated_attention_s(attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"],
+                                                     q_len, peak_flops_per_s, hbm_bytes_per_s, frac)
+        floor_s = floors_s["attention"]
+    else:
+        s_per_byte = cal.elementwise_s_per_byte
+        if op == "topk":
+            rows = attrs["in_shape"][0]
+            time_s = rows * cal.topk_s_per_row + s_per_byte.get("softmax", 0.0) * attrs["bytes_read"]
+        elif op in ("expert_act", "ffn_act", "shared_act"):
+            # measured per byte of input: SwiGLU reads gate and up (twice its output), GELU reads what it writes
+            time_s = s_per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
+        elif op in ELEMENTWISE_CLASS:
+            time_s = s_per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
+        elif attrs.get("scatter_add") and "index_add" in s_per_byte:  # measured atomics, per byte of input
+            time_s = s_per_byte["index_add"] * attrs["bytes_read"]
+        else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move
+            time_s = s_per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
+        bound, floor_s = "memory", floors_s["elementwise"]
+    return costs.eager_time_s(time_s, bound, attrs["launches"], hw.kernel_overhead_s, floor_s, eager)
