@@ -34,12 +34,26 @@ def _command_of(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), or 'unknown' outside an install."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("moesim")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moesim", description="Analytical performance simulator for MoE serving.")
+    parser.add_argument("--version", action="version", version=f"moesim {version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text)
+        # Also after the subcommand; SUPPRESS keeps a --debug given before it.
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if name == command:
             importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
@@ -64,12 +78,21 @@ def _terminate(signum, frame) -> None:
 MAX_ERROR_CHARS = 1000
 
 
+def make_console() -> Console:
+    """Rich console for stdout: a terminal's own width; 160 columns (or $COLUMNS) when piped, so
+    that saved output is not wrapped at 80."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
+
+
 def main(argv: list[str] | None = None) -> int:
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(_command_of(argv)).parse_args(argv)
-    console = Console(width=160)
+    console = make_console()
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     try:
         return importlib.import_module(SUBCOMMANDS[args.command][0]).command(args, console)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -168,6 +169,16 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
+def marker_kind(directory: Path) -> str | None:
+    """The command that made `directory` ('run', 'dag', 'compare'), as its MARKER_FILE says; None
+    when it has no marker or one from before markers named their command."""
+    try:
+        words = (Path(directory) / MARKER_FILE).read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return words[3] if len(words) > 3 and words[:3] == ["made", "by", "moesim"] else None
+
+
 def _staging_prefix(out: Path, kind: str) -> str:
     return f".{out.name}.{kind}-"
 
@@ -218,17 +229,21 @@ def output_target(out: Path) -> Path:
     return out
 
 
-def check_output(out: Path, force: bool = False) -> Path:
+def check_output(out: Path, force: bool = False, kind: str | None = None) -> Path:
     """Everything run_directory needs, checked before any work starts: `out` may be replaced
-    (not a file, made by moesim or `force`) and its parent is writable (a staging directory is
-    made there and removed). Also removes stale staging directories of killed runs. Returns the
-    directory to write (output_target)."""
+    (not a file; empty, or made by moesim for the same `kind` of output (the command's name), or
+    `force`) and its parent is writable (a staging directory is made there and removed). Also
+    removes stale staging directories of killed runs. Returns the directory to write (output_target)."""
     out = output_target(out)
     if out.exists():
         if not out.is_dir():
             raise OutputError(f"--out {out}: exists and is not a directory; choose another path")
         if not (out / MARKER_FILE).exists() and any(out.iterdir()) and not force:
             raise OutputError(f"--out {out}: directory exists and was not made by moesim; pass --force to replace it")
+        theirs = marker_kind(out)
+        if kind and theirs and theirs != kind and not force:
+            raise OutputError(f"--out {out}: holds the output of `moesim {theirs}`; choose another --out "
+                              f"or pass --force to replace it")
         if not os.access(out, os.W_OK | os.X_OK):
             raise OutputError(f"--out {out}: the directory is read-only, so it cannot be replaced; "
                               "choose another path or make it writable")
@@ -249,21 +264,23 @@ def _make_staging(out: Path, parent: Path, kind: str) -> Path:
 
 
 @contextmanager
-def run_directory(out: Path, force: bool = False) -> Iterator[Path]:
+def run_directory(out: Path, force: bool = False, kind: str | None = None) -> Iterator[Path]:
     """Yield a fresh staging directory; on success it replaces `out` in one rename.
 
-    `out` must not exist, or be a directory moesim made (it holds MARKER_FILE), unless `force`
-    (check_output, which commands also call before they start working). On any error the staging
-    directory is removed and `out` is left as it was; a failure to move the old run aside or the
-    new one in is an OutputError naming the path.
+    `out` must not exist, be empty, or be a directory moesim made (it holds MARKER_FILE) for the
+    same `kind` of output (the command's name), unless `force` (check_output, which commands also
+    call before they start working). Directories inside the old `out` that moesim made for other
+    outputs (`moesim dag`'s and `compare`'s under a run's) move into the new one. On any error the
+    staging directory is removed and `out` is left as it was; a failure to move the old run aside
+    or the new one in is an OutputError naming the path.
     """
-    out = check_output(out, force)
+    out = check_output(out, force, kind)
     parent = out.parent if str(out.parent) else Path(".")
     staging = _make_staging(out, parent, "staging")
     staging.chmod(0o755)
     try:
         try:
-            (staging / MARKER_FILE).write_text("made by moesim\n")
+            (staging / MARKER_FILE).write_text(f"made by moesim {kind}\n" if kind else "made by moesim\n")
         except OSError as exc:
             raise OutputError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable directory") from None
         yield staging
@@ -296,4 +313,8 @@ def _swap_in(staging: Path, out: Path, parent: Path) -> None:
             os.replace(old, out)
         shutil.rmtree(old, ignore_errors=True)
         raise OutputError(f"--out {out}: cannot replace it ({exc.strerror}); choose another path or make it writable") from None
+    for inner in sorted(old.iterdir()):  # other commands' outputs kept inside this one (dag/, compare/)
+        if inner.is_dir() and (inner / MARKER_FILE).exists() and not (out / inner.name).exists():
+            with contextlib.suppress(OSError):
+                os.replace(inner, out / inner.name)
     shutil.rmtree(old, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import networkx as nx
@@ -76,6 +76,9 @@ class RunResult:
     sim: SimResult
     metrics: Metrics
     audit: list[AuditLine]
+    #: How far the interpolated figures of a sampled run are from a denser sample's
+    #: (measure_sampling_error); None when every decode step was simulated.
+    sampling: dict | None = None
 
     @cached_property
     def graph(self) -> nx.DiGraph:
@@ -99,7 +102,8 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
     first and last included) and interpolates the others; None or 0 simulates every step.
     `fold=True` simulates one GPU per pipeline stage when the stage's GPUs are exactly alike
     (graph.symmetric_representatives): the same figures, a fraction of the work; the trace then
-    holds those GPUs' rows only (timelines want the whole, so `moesim run` does not fold).
+    holds those GPUs' rows only (the pictures of `moesim run`, which folds by default, show those
+    GPUs and name the GPUs each stands for).
     `explain=False` skips the bottleneck sentences (metrics.compute_metrics). `hw` is the
     scenario's resolved profile (resolved here when not given): every stage below receives it."""
     hw = hw or resolve_hardware(scenario)
@@ -119,6 +123,38 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
     if verify:
         run.checks.extend(verify_dag(run.graph, scenario))
     return run
+
+
+#: Figures that decode sampling interpolates (the others, TTFT, prefill and memory, are exact).
+SAMPLED_FIGURES = ("tpot_s", "decode_s", "total_s", "output_tokens_per_ms_per_gpu", "total_tokens_per_ms_per_gpu")
+
+
+def sampled_figures(metrics: Metrics) -> dict[str, float]:
+    """The values of SAMPLED_FIGURES in `metrics`."""
+    return {name: metrics.throughput[name] if name in metrics.throughput else float(getattr(metrics, name))
+            for name in SAMPLED_FIGURES}
+
+
+def measure_sampling_error(run: RunResult, decode_sample: int) -> RunResult:
+    """`run` (simulated with `decode_sample`) with its sampling error measured: the run is simulated
+    again with about twice the samples, the new ones halfway between the old (steps the first run
+    only interpolated), and each interpolated figure's relative difference from that run's is
+    recorded in `run.sampling`. When the denser sample holds every decode step, the comparison is
+    with the full simulation. A run that simulated every step is returned unchanged."""
+    simulated = list(run.dag.graph.get("decode_steps", []))
+    total_steps = run.scenario.workload.output_len_tokens - 1
+    if len(simulated) >= total_steps:
+        return run
+    folded = run.dag.graph.get("representatives") is not None
+    check = run_scenario(run.scenario, verify=False, decode_sample=2 * decode_sample - 1, fold=folded,
+                         explain=False, hw=run.hardware)
+    checked = list(check.dag.graph.get("decode_steps", []))
+    ours, theirs = sampled_figures(run.metrics), sampled_figures(check.metrics)
+    error = {k: abs(ours[k] - theirs[k]) / abs(theirs[k]) if theirs[k] else 0.0 for k in SAMPLED_FIGURES}
+    sampling = {"decode_steps": total_steps, "simulated_steps": simulated, "check_steps": len(checked),
+                "held_out_steps": sorted(set(checked) - set(simulated)), "relative_error": error,
+                "max_relative_error": max(error.values())}
+    return replace(run, sampling=sampling)
 
 
 def one_replica(scenario: Scenario, hw: HardwareProfile) -> Scenario | None:

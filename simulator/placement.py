@@ -148,6 +148,14 @@ def symmetric_representatives(scenario: Scenario, gpus_per_node: int) -> frozens
     return frozenset(pl.gpu(stage, 0, 0) for stage in range(pl.pp))
 
 
+def represented_gpus(representatives: list[int] | frozenset[int], num_gpus: int) -> dict[int, list[int]]:
+    """Each representative GPU of a folded graph (symmetric_representatives) and the GPUs it stands
+    for: its pipeline stage's, the representative first (the rule expand_per_gpu applies)."""
+    reps = sorted(representatives)
+    per_stage = num_gpus // len(reps)
+    return {r: list(range(r, r + per_stage)) for r in reps}
+
+
 def expand_per_gpu(values: dict[int, object], graph: nx.DiGraph) -> dict[int, object]:
     """Per-GPU figures of a folded graph (built for symmetric_representatives) for every GPU:
     each GPU takes its stage representative's figure. An unfolded graph's figures pass through."""

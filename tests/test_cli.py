@@ -23,7 +23,7 @@ def tiny_file(tmp_path) -> Path:
 
 def test_run_writes_summary_ops_and_dag(tiny_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", str(tiny_file), "--out", str(out)]) == 0
+    assert main(["run", str(tiny_file), "--out", str(out), "--artifacts", "all"]) == 0
     for name in ("summary.json", "summary.md", "ops.csv", "dag.dot", "dag.json"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
@@ -94,7 +94,7 @@ def test_unwritable_output_is_one_line(tiny_file, tmp_path, capsys):
 def test_dag_command_prints_checks_and_audit(tmp_path, capsys):
     out = tmp_path / "dag"
     code = main(["dag", str(ROOT / "scenarios" / "seed_moe_4gpu.yaml"), "--out", str(out),
-                 "--set", "workload.output_len_tokens=3"])
+                 "--set", "workload.output_len_tokens=3", "--full-dag"])
     assert code == 0
     text = capsys.readouterr().out
     assert "acyclic" in text and "total parameters" in text and "does not hold" in text

@@ -21,10 +21,13 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("full", [False, True], ids=["default", "full"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_run_writes_the_golden_summary(name, tmp_path):
+def test_run_writes_the_golden_summary(name, full, tmp_path):
+    """The default run (folded, decode sampled, its error stated) and `--full` (every step on every
+    GPU: the figures of the simulator before sampling became the default)."""
     out = tmp_path / name
-    assert main(["run", str(CASES[name]), "--out", str(out), "--no-dag"]) == 0
+    assert main(["run", str(CASES[name]), "--out", str(out), "--no-dag"] + (["--full"] if full else [])) == 0
     for suffix in ("summary.json", "summary.md"):
-        expected = (GOLDEN / f"{name}.{suffix}").read_text()
+        expected = (GOLDEN / f"{name}.{'full.' if full else ''}{suffix}").read_text()
         assert (out / suffix).read_text() == expected, f"{name} {suffix} differs from tests/golden (regenerate on purpose: bash scripts/regen_golden.sh)"

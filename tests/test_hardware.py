@@ -110,7 +110,7 @@ def test_overrides_deep_merge_nested_fields_and_keep_their_siblings():
     assert profile.intra_node.bytes_per_s == 450e9  # sibling kept from the file
     assert profile.intra_node.latency_s == 3e-6
     assert profile.hbm_bytes_per_s == 2.0e12
-    assert profile.memory_bytes == 85.5e9  # untouched field
+    assert profile.memory_bytes == 80.0e9  # untouched field
     assert profile.inter_node.efficiency == 0.85  # the other link untouched
 
 
@@ -128,7 +128,7 @@ def test_overrides_do_not_leak_into_the_plain_profile():
 
 def test_load_profile_dict_is_the_raw_file_mapping():
     data = load_profile_dict("h100-sxm-80gb")
-    assert data["memory_bytes"] == 85500000000.0
+    assert data["memory_bytes"] == 80000000000.0
     assert data["intra_node"] == {"bytes_per_s": 450000000000.0, "latency_s": 3.0e-06, "efficiency": 0.82}
 
 
@@ -222,7 +222,7 @@ def test_different_overrides_give_different_profiles():
 def test_an_edited_file_is_read_again(tmp_path):
     data = _datasheet_dict()
     path = _write(tmp_path, "gpu", data)
-    assert load_profile(str(path)).memory_bytes == 85.5e9
+    assert load_profile(str(path)).memory_bytes == 80.0e9
     _write(tmp_path, "gpu", {**data, "memory_bytes": 123.0e9})  # a different size: a new file version
     assert load_profile(str(path)).memory_bytes == 123.0e9
 

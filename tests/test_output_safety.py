@@ -52,7 +52,7 @@ def test_interrupted_rerun_keeps_the_previous_run_whole(tiny_file, tmp_path, mon
     out = tmp_path / "run"
     assert main(["run", str(tiny_file), "--out", str(out), "--no-dag"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    _interrupt_after(monkeypatch, "ops.csv")
+    _interrupt_after(monkeypatch, "ops.csv.gz")
     assert main(["run", str(tiny_file), "--out", str(out), "--no-dag", "--set", "workload.output_len_tokens=5"]) == 130
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _leftovers(tmp_path) == []

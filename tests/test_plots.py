@@ -20,14 +20,14 @@ def run_dir(tmp_path_factory):
 
 
 def test_plot_redraws_pictures_from_the_directory(run_dir, capsys):
-    before = (run_dir / "trace.json").read_bytes()
-    for name in ("timeline.png", "memory.png", "trace.json", "index.html"):
+    before = (run_dir / "trace.json.gz").read_bytes()
+    for name in ("timeline.png", "memory.png", "trace.json.gz", "index.html"):
         (run_dir / name).unlink()
     assert main(["plot", str(run_dir)]) == 0
-    for name in ("timeline.png", "memory.png", "trace.json", "index.html"):
+    for name in ("timeline.png", "memory.png", "trace.json.gz", "index.html"):
         assert (run_dir / name).is_file(), name
-    assert (run_dir / "trace.json").read_bytes() == before  # same trace from ops.csv as from the run
-    assert "wrote trace.json" in capsys.readouterr().out
+    assert (run_dir / "trace.json.gz").read_bytes() == before  # same trace from ops.csv.gz as from the run
+    assert "wrote trace.json.gz" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -197,4 +197,4 @@ def test_cli_run_twice_writes_byte_identical_summary(tmp_path):
         assert proc.returncode == 0, proc.stderr
     a, b = ((out / "summary.json").read_bytes() for out in outs)
     assert a == b
-    assert (outs[0] / "ops.csv").read_bytes() == (outs[1] / "ops.csv").read_bytes()
+    assert (outs[0] / "ops.csv.gz").read_bytes() == (outs[1] / "ops.csv.gz").read_bytes()

@@ -1,5 +1,5 @@
 """Calibration input, end-to-end part: random-weight MoE transformer blocks timed as whole forward passes,
-in the format of the `e2e_dev` and `kernel_breakdown` sections of shared/calibration/h200_micro.json.
+in the format of the `e2e_dev` and `kernel_breakdown` sections of hardware_profiles/measurements/h200_micro.json.
 
 Prefill uses a "sorted" MoE (tokens argsorted by expert, one GEMM pair per expert over exactly its tokens);
 decode steps use capacity dispatch (static shapes), timed eagerly and, on CUDA, replayed from a CUDA graph.

@@ -1,6 +1,6 @@
 """Calibration stage: fit a hardware profile's efficiency tables from GPU micro-benchmarks.
 
-Input is the JSON of `../shared/calibration/h200_micro.json` (or what `moesim calibrate --device
+Input is the JSON of `hardware_profiles/measurements/h200_micro.json` (or what `moesim calibrate --device
 cuda` measures with simulator/calibration/microbench.py). Only micro-benchmarks are used; the end-to-end
 cases in the same file are left for `moesim validate`. The fit is a transformation, not a search:
 every table entry is one measurement turned into a roofline fraction.

@@ -1,4 +1,4 @@
-"""Calibration input: PyTorch micro-benchmarks of one GPU, in the format of shared/calibration/h200_micro.json.
+"""Calibration input: PyTorch micro-benchmarks of one GPU, in the format of hardware_profiles/measurements/h200_micro.json.
 
 Every figure is seconds per call: the median of REPS repetitions of N back-to-back eager calls, timed
 with CUDA events after warm-up (N grows until a repetition lasts about TARGET_REP_S, so small calls

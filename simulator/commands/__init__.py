@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 EXIT_OK, EXIT_TARGET_MISSED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
+def add_scenario_arguments(parser: argparse.ArgumentParser, default_subdir: str = "") -> None:
     """The arguments of a command that reads one scenario file and writes an output directory."""
     parser.add_argument("scenario", type=Path, help="scenario YAML file")
-    parser.add_argument("--out", type=Path, help="output directory (default: reports/<scenario name>)")
+    parser.add_argument("--out", type=Path, help=f"output directory (default: reports/<scenario name>{default_subdir})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario field, e.g. --set parallel.tp=4 (repeatable)")
     parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
@@ -27,3 +30,34 @@ def optional_module(name: str):
         if exc.name == name:
             return None
         raise
+
+
+class Phases:
+    """Names the phase a command is in on a transient progress line (spinner, phase, elapsed time).
+
+    Call it with the next phase's name; `elapsed_s` is the time since the command's work began."""
+
+    def __init__(self, progress, task) -> None:
+        self._progress, self._task = progress, task
+        self._started = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=name)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self._started
+
+
+@contextmanager
+def phases(console) -> Iterator[Phases]:
+    """A Phases shown on `console` while the block runs, when the console is a terminal; silent otherwise."""
+    if not console.is_terminal:
+        yield Phases(None, None)
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        yield Phases(progress, progress.add_task("starting", total=None))

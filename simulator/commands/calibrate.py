@@ -12,7 +12,7 @@ from simulator.files import read_bounded
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--from-json", type=Path, help="micro-benchmark JSON (format of shared/calibration/h200_micro.json)")
+    parser.add_argument("--from-json", type=Path, help="micro-benchmark JSON (the format `moesim calibrate --device cuda` writes; an example ships as hardware_profiles/measurements/h200_micro.json in the moesim repository)")
     parser.add_argument("--device", choices=["cuda", "cpu"], help="measure on this device with PyTorch instead")
     parser.add_argument("--base", default="hardware_profiles/datasheet/h200-sxm-141gb.yaml",
                         help="profile (name or YAML path) whose datasheet figures are kept")

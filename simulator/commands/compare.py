@@ -58,10 +58,13 @@ def parse_microbatches(text: str) -> tuple[int, ...]:
 
 
 def command(args, console) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.markup import escape
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from simulator.report.compare import print_table, write_comparison
     from simulator.files import check_output, run_directory
+    from simulator.report.html import write_index
     from simulator.sweep.resume import Progress as SweepProgress
     from simulator.sweep.resume import progress_path, sweep_inputs
 
@@ -91,22 +94,22 @@ def command(args, console) -> int:
     layouts = enumerate_layouts(scenario, num_gpus, microbatches)
     if not layouts:
         raise ScenarioError(f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}")
-    out = check_output(args.out or Path("reports") / scenario.name / "compare", args.force)  # before the sweep
+    out = check_output(args.out or Path("reports") / scenario.name / "compare", args.force, kind="compare")  # before the sweep
     inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample,
                           args.objective if serving else None)
 
     started = time.perf_counter()
     columns = (TextColumn("[bold]sweep[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
+               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"))
     journal = None
     try:
         with make_executor(args.executor, args.jobs) as executor:  # a bad --executor: before the progress file
             journal = SweepProgress(progress_path(out), inputs, args.resume, layouts)
-            with Progress(*columns, console=console, transient=True) as bar:
+            with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
                 task = bar.add_task("", total=len(layouts))
 
                 def tick(result: LayoutResult) -> None:
-                    bar.update(task, advance=1, description=f"{result.label}: {result.status}")
+                    bar.update(task, advance=1, description=escape(f"{result.label}: {result.status}"))
 
                 results = run_sweep(scenario, layouts, executor, args.decode_sample, tick, simulate=simulate,
                                     done=journal.done, journal=journal.append)
@@ -119,12 +122,13 @@ def command(args, console) -> int:
     elapsed = time.perf_counter() - started
     ranked = rank_results(results, args.objective)
 
-    with run_directory(out, args.force) as staging:
+    with run_directory(out, args.force, kind="compare") as staging:
         files = write_comparison(scenario, ranked, staging, args.objective)
+        files.append(write_index(staging, None))
     journal.remove()
     print_table(console, scenario, ranked, args.objective)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
     console.print(f"{len(layouts)} layouts on {num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "
                   f"screened out (do not fit), {counts['failed']} failed, in {elapsed:.1f} s; "
-                  f"wrote {', '.join(sorted(Path(f).name for f in files))} to {out}/")
+                  f"wrote {', '.join(sorted(Path(f).name for f in files))} to {escape(str(out))}/")
     return 0 if counts["ok"] else 1

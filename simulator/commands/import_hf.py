@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from simulator.config.import_hf import import_file
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", type=Path, help="a Hugging Face config.json")
+    parser.add_argument("config", type=Path, help="a Hugging Face config.json, or the model directory that holds it")
     parser.add_argument("--out", type=Path, help="write the model spec here (default: print it)")
     parser.add_argument("--name", help="model name (default: from the config or its folder)")
 
@@ -29,7 +31,7 @@ def command(args, console) -> int:
     else:
         print(text, end="")
     for n in notes:
-        console.print(f"[yellow]approximated[/yellow]: {n}", highlight=False)
+        console.print(f"[yellow]approximated[/yellow]: {escape(n)}", highlight=False)
     if unknown:
-        console.print(f"[red]not understood[/red] (left out of the spec): {', '.join(unknown)}", highlight=False)
+        console.print(f"[red]not understood[/red] (left out of the spec): {escape(', '.join(unknown))}", highlight=False)
     return 0

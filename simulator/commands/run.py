@@ -2,53 +2,87 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
-from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, add_scenario_arguments, optional_module
+from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, add_scenario_arguments, optional_module, phases
+
+#: Decode steps simulated by default after the warm-up (the rest interpolated; the error is measured per run).
+DEFAULT_DECODE_SAMPLE = 8
 
 
 def add_arguments(parser) -> None:
     add_scenario_arguments(parser)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--no-dag", action="store_true", help="do not render the DAG files")
-    parser.add_argument("--decode-sample", type=int, default=0, metavar="K",
-                        help="simulate K decode steps (after the warm-up) and interpolate the rest; 0 = every step")
+    parser.add_argument("--full", action="store_true",
+                        help="simulate every decode step on every GPU (no sampling, no folding of alike GPUs)")
+    parser.add_argument("--decode-sample", type=int, default=None, metavar="K",
+                        help=f"simulate K decode steps after the warm-up and interpolate the rest, stating the "
+                             f"measured error (default {DEFAULT_DECODE_SAMPLE}; 0: every step)")
+    parser.add_argument("--no-dag", action="store_true", help="do not draw the DAG")
+    parser.add_argument("--full-dag", action="store_true",
+                        help="also write dag.json, the complete node-link DAG (large: tens of MB)")
+    parser.add_argument("--ops", action="store_true",
+                        help="also write ops.csv, one row per simulated operator (needed by `moesim plot`)")
+    parser.add_argument("--artifacts", choices=("light", "all"), default="light",
+                        help="light (default): summaries, pictures, page, gzip-compressed trace; "
+                             "all: also dag.json and ops.csv")
+
+
+def simulation_options(args) -> tuple[int | None, bool]:
+    """(decode_sample, fold) of the run: sampled and folded unless --full or --decode-sample 0."""
+    if args.full:
+        return None, False
+    sample = DEFAULT_DECODE_SAMPLE if args.decode_sample is None else args.decode_sample
+    if sample < 0:
+        from simulator.config import ScenarioError
+
+        raise ScenarioError(f"--decode-sample {sample}: expected 0 (every step) or more")
+    return sample or None, True
 
 
 def command(args, console: Console) -> int:
-    from simulator.config import ScenarioError, load_scenario
+    from simulator.config import load_scenario
     from simulator.files import check_output, run_directory
-    from simulator.pipeline import run_scenario
+    from simulator.pipeline import measure_sampling_error, run_scenario
     from simulator.report.summary import print_run, write_run_files
 
-    if args.decode_sample < 0:
-        raise ScenarioError(f"--decode-sample {args.decode_sample}: expected 0 (every step) or more")
+    decode_sample, fold = simulation_options(args)  # before loading: a bad option is one line at once
     scenario = load_scenario(args.scenario, args.set)
-    out = check_output(args.out or Path("reports") / scenario.name, args.force)  # before simulating
+    out = check_output(args.out or Path("reports") / scenario.name, args.force, kind="run")  # before simulating
     if not args.no_dag:
         from simulator.report.dot import require_graphviz
 
         require_graphviz(", or pass --no-dag")
-    started = time.perf_counter()
-    result = run_scenario(scenario, decode_sample=args.decode_sample or None)
-    elapsed = time.perf_counter() - started
-    with run_directory(out, args.force) as staging:
-        summary = write_run_files(result, staging)
-        if not args.no_dag:
-            from simulator.report.dot import render_dag
+    full_dag = args.full_dag or args.artifacts == "all"
+    ops = args.ops or args.artifacts == "all"
+    with phases(console) as phase:
+        phase("build and simulate")
+        result = run_scenario(scenario, decode_sample=decode_sample, fold=fold)
+        if decode_sample:
+            phase("measure the sampling error")
+            result = measure_sampling_error(result, decode_sample)
+        elapsed = phase.elapsed_s
+        with run_directory(out, args.force, kind="run") as staging:
+            phase("write summary files")
+            summary = write_run_files(result, staging, ops=ops)
+            if not args.no_dag or full_dag:
+                phase("draw the DAG")
+                from simulator.report.dot import render_dag
 
-            render_dag(result.graph, staging, scenario.name)
-        plots = optional_module("simulator.report.plots")
-        if plots is not None:
-            plots.write_run_plots(result, staging, summary)
+                render_dag(result.graph, staging, scenario.name, full_json=full_dag, draw=not args.no_dag,
+                           formats=("svg",))
+            plots = optional_module("simulator.report.plots")
+            if plots is not None:
+                phase("draw plots and the page")
+                plots.write_run_plots(result, staging, summary)
     print_run(console, result, summary)
     failed = [c for c in result.checks if not c.ok]
     for c in failed:
-        console.print(f"[red]DAG check failed[/red]: {c.name}: {c.detail}")
-    console.print(f"simulated {result.graph.number_of_nodes()} nodes in {elapsed:.2f} s; wrote {out}/")
+        console.print(f"[red]DAG check failed[/red]: {escape(c.name)}: {escape(c.detail)}")
+    console.print(f"simulated {result.graph.number_of_nodes()} nodes in {elapsed:.2f} s; wrote {escape(str(out))}/")
     if args.check and not summary["all_targets_met"]:
         return EXIT_TARGET_MISSED
     return EXIT_OK

@@ -101,8 +101,11 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
         spec["weight_dtype"] = "fp8"
         src["weight_dtype"] = f"quantization_config.quant_method = {json.dumps(method)}"
     elif q:
-        notes.append(f"quantization_config ({method or 'unknown method'}): weights simulated at "
-                     f"{spec.get('dtype', 'fp16')}; moesim has no such format")
+        why = (f"quantization_config ({method or 'unknown method'}): weights simulated at "
+               f"{spec.get('dtype', 'fp16')}; moesim has no such format")
+        notes.append(why + ", so memory figures and verdicts are approximate")
+        spec["weight_memory_approximation"] = why
+        src["weight_memory_approximation"] = f"quantization_config.quant_method = {json.dumps(method)}"
 
     experts = cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts") or 0
     if experts:
@@ -167,8 +170,32 @@ def to_yaml(spec: dict, src: dict[str, str], source_path: str, notes: list[str],
     return "\n".join(lines) + "\n"
 
 
+def unsupported_reason(cfg: dict) -> str | None:
+    """Why moesim cannot simulate this architecture faithfully enough to import it, or None."""
+    kinds = {str(k) for k in cfg.get("layer_types") or [] if k != "full_attention"}
+    if cfg.get("linear_conv_kernel_dim") or cfg.get("linear_num_value_heads") or kinds & {"linear_attention"}:
+        return ("linear-attention layers (Qwen3-Next's Gated DeltaNet) are not modelled; simulating them as full "
+                "attention would be wrong, so this model cannot be imported")
+    return None
+
+
+def text_config(cfg: dict) -> dict:
+    """The language model's fields: a multimodal config (Llama-4, Gemma-3, ...) keeps them under
+    `text_config`; the top level's name and dtype fill in what it lacks."""
+    inner = cfg.get("text_config")
+    if not isinstance(inner, dict):
+        return cfg
+    return {**{k: cfg[k] for k in ("_name_or_path", "torch_dtype", "dtype", "quantization_config") if k in cfg},
+            **inner}
+
+
 def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, list[str], list[str]]:
-    """Read and convert one config.json; validate the result as a ModelSpec."""
+    """Read and convert one config.json (or a model directory holding one); validate the result as a ModelSpec."""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ScenarioError(f"{path}: a directory without config.json; give a Hugging Face config.json "
+                                f"or the model directory that holds it")
+        path = path / "config.json"
     if not path.exists():
         raise ScenarioError(f"{path}: no such file")
     raw = read_bounded(path, str(path), "Hugging Face config.json", ScenarioError)
@@ -180,6 +207,10 @@ def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, li
         raise ScenarioError(f"{path}: JSON nested too deeply to be a config.json") from None
     if not isinstance(cfg, dict):
         raise ScenarioError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    cfg = text_config(cfg)
+    reason = unsupported_reason(cfg)
+    if reason:
+        raise ScenarioError(f"{path}: {reason}")
     default = path.parent.name if path.stem == "config" else path.stem  # models/<name>/config.json or <name>.json
     model_name = name or str(cfg.get("_name_or_path") or default or "model").split("/")[-1].lower()
     try:

@@ -76,6 +76,9 @@ class ModelSpec(StrictModel):
     shared_expert_ffn_size: PositiveInt | None = None  # per shared expert; default expert_ffn_size
     first_k_dense_layers: int = Field(default=0, ge=0)  # DeepSeek: layers 0..k-1 use a dense FFN of ffn_size
     weight_dtype: DType | None = None  # default: dtype (e.g. fp8 weights with bf16 activations)
+    # Why the weights' memory is only approximate (a format moesim cannot simulate, e.g. mxfp4 weights
+    # simulated at dtype); the memory verdicts then say so. None: exact.
+    weight_memory_approximation: str | None = None
     kv_cache_dtype: DType | None = None  # default: dtype
     # Multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank is set: head_dim is then the
     # non-rotary part of a query/key head (qk_nope_head_dim); the KV cache holds kv_lora_rank +

@@ -275,29 +275,34 @@ def require_graphviz(hint: str = "") -> None:
 
 
 def render_dag(g: nx.DiGraph, out_dir: str | Path, title: str | None = None,
-               max_decode_steps: int = 1) -> dict[str, Path]:
-    """Write `dag.json` (the full graph) and the folded drawing as `dag.dot`, `dag.svg` and `dag.png`.
+               max_decode_steps: int = 1, full_json: bool = True, draw: bool = True,
+               formats: tuple[str, ...] = ("svg", "png")) -> dict[str, Path]:
+    """Write the folded drawing as `dag.dot` and `dag.<format>` for each of `formats` (unless not
+    `draw`; Graphviz takes ~50 ms for the SVG, seconds for the PNG) and, when `full_json`,
+    `dag.json` (the complete graph, node-link JSON: large).
 
     Each file is written beside its final name and renamed into place, so no half-written file is
     left behind. Raises RuntimeError when Graphviz's `dot` is missing or fails.
     """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not draw:
+        return {"json": write_graph_json(g, out / "dag.json")} if full_json else {}
     dot = shutil.which("dot")
     if dot is None:
         raise RuntimeError(DOT_MISSING)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     view, notes = folded_view(g, max_decode_steps)
     title = title or f"Operator DAG: {g.graph.get('scenario', 'scenario')}"
-    paths = {"dot": out / "dag.dot", "svg": out / "dag.svg", "png": out / "dag.png", "json": out / "dag.json"}
+    paths = {"dot": out / "dag.dot", **{fmt: out / f"dag.{fmt}" for fmt in formats}, "json": out / "dag.json"}
     write_atomic(paths["dot"], to_dot(view, title, notes).encode())
 
     tmp = {}
     try:
-        for fmt in ("svg", "png"):
+        for fmt in formats:
             fd, tmp[fmt] = tempfile.mkstemp(dir=out, prefix=f".dag.{fmt}.", suffix=".tmp")
             os.close(fd)
-        # One dot run lays the graph out once and writes both formats.
-        cmd = [dot, "-Tsvg", "-o", tmp["svg"], "-Tpng", "-o", tmp["png"], str(paths["dot"])]
+        # One dot run lays the graph out once and writes every format.
+        cmd = [dot, *[arg for fmt in formats for arg in (f"-T{fmt}", "-o", tmp[fmt])], str(paths["dot"])]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=DOT_TIMEOUT_S)
         except subprocess.TimeoutExpired as e:
@@ -305,12 +310,15 @@ def render_dag(g: nx.DiGraph, out_dir: str | Path, title: str | None = None,
         if res.returncode != 0:
             first = (res.stderr.strip().splitlines() or ["no message"])[0]
             raise RuntimeError(f"Graphviz 'dot' failed on {paths['dot']}: {first}")
-        for fmt in ("svg", "png"):
+        for fmt in formats:
             os.chmod(tmp[fmt], 0o644)
             os.replace(tmp[fmt], paths[fmt])
     finally:
         for t in tmp.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(t)
-    write_graph_json(g, paths["json"])
+    if full_json:
+        write_graph_json(g, paths["json"])
+    else:
+        del paths["json"]
     return paths

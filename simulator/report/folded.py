@@ -12,6 +12,7 @@ from collections import defaultdict
 import networkx as nx
 
 from simulator.graph import NodeKind
+from simulator.placement import represented_gpus
 
 FOLDED = "folded"  # kind of the boxes that stand for folded operators
 TRANSFER_OPS = frozenset({"pp_send", "token_send"})
@@ -167,6 +168,12 @@ def _notes(g, view, boxes, stage_layers, first_mb) -> list[str]:
     notes = [f"The full graph has {g.number_of_nodes()} operators and {g.number_of_edges()} dependencies; "
              f"this drawing shows {view.number_of_nodes()} nodes. Each box stands for the operators folded "
              "into it and keeps their dependencies as edges."]
+    representatives = g.graph.get("representatives")
+    if representatives:
+        groups = represented_gpus(representatives, g.graph["num_gpus"])
+        notes.append("Symmetric GPUs folded (exact): only "
+                     + "; ".join(f"GPU {r}, standing for GPUs {', '.join(map(str, gpus))}" for r, gpus in groups.items())
+                     + ", were built and simulated.")
     layer_boxes = defaultdict(list)
     for key, box in boxes.items():
         if key.endswith(".layers"):

@@ -22,6 +22,13 @@ from simulator.report.slices import SLICES_FILE, Slices, load_slices, save_slice
 
 
 PATH_FILE = "critical_path.csv"
+TRACE_FILE = "trace.json.gz"
+
+
+def folded_groups(summary: dict) -> dict[int, list[int]] | None:
+    """Representative GPU -> the GPUs it stands for, of a folded run's summary; None when not folded."""
+    folded = summary.get("folded")
+    return {int(g): list(v) for g, v in folded["representatives"].items()} if folded else None
 
 _OPS_DTYPES = {"node": str, "op": str, "kind": str, "category": str, "phase": str, "bound": str, "step": np.int64,
                "microbatch": np.int64, "layer": np.int64, "stage": np.int64, "flops": float, "bytes_read": float,
@@ -38,7 +45,7 @@ def _path_rows(out_dir: Path, which: str = "total") -> np.ndarray | None:
 
 
 def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, into: Path | None = None) -> dict[str, float]:
-    """Write trace.json, timeline.png, memory.png and index.html; returns seconds spent on each.
+    """Write trace.json.gz, timeline.png, memory.png and index.html; returns seconds spent on each.
     With `into`, the first three go there (and index.html is left to the caller)."""
     from simulator.report.memory_plot import memory_png
     from simulator.report.timeline import timeline_png
@@ -49,10 +56,10 @@ def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, in
     seconds = {}
     started = time.perf_counter()
     target = Path(into) if into is not None else out_dir
-    write_trace(target / "trace.json", ops, slices, path_rows,
+    write_trace(target / TRACE_FILE, ops, slices, path_rows,
                 {"scenario": summary.get("scenario"), "layout": dict(sorted(summary.get("layout", {}).items())),
-                 "made_by": "moesim"})
-    seconds["trace.json"] = time.perf_counter() - started
+                 "made_by": "moesim"}, folded_groups(summary))
+    seconds[TRACE_FILE] = time.perf_counter() - started
     started = time.perf_counter()
     write_atomic(target / "timeline.png", timeline_png(ops, slices, summary, path_rows))
     seconds["timeline.png"] = time.perf_counter() - started
@@ -100,14 +107,15 @@ def plot_directory(run_dir: Path) -> tuple[list[str], dict[str, float]]:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError) as exc:
         raise OutputError(f"{run_dir / 'summary.json'}: cannot read it ({exc}); rerun `moesim run`") from None
-    if not (run_dir / "ops.csv").is_file():
-        raise OutputError(f"{run_dir}: no ops.csv; rerun `moesim run` to write it")
+    ops_path = next((run_dir / n for n in ("ops.csv", "ops.csv.gz") if (run_dir / n).is_file()), None)
+    if ops_path is None:
+        raise OutputError(f"{run_dir}: no ops.csv or ops.csv.gz; rerun `moesim run` to write it")
     if not (run_dir / SLICES_FILE).is_file():
         raise OutputError(f"{run_dir}: no {SLICES_FILE} (written by `moesim run` since plots exist); rerun `moesim run`")
-    ops = read_ops(run_dir / "ops.csv")
+    ops = read_ops(ops_path)
     slices = load_slices(run_dir / SLICES_FILE)
     if len(slices.row) and int(slices.row.max()) >= len(ops) or len(slices.residual_bytes) != len(ops):
-        raise OutputError(f"{run_dir}: {SLICES_FILE} does not belong to ops.csv; rerun `moesim run`")
+        raise OutputError(f"{run_dir}: {SLICES_FILE} does not belong to {ops_path.name}; rerun `moesim run`")
     check_summary(summary, run_dir / "summary.json")
     return redraw(run_dir, ops, slices, summary)
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from simulator import critical_path
 from simulator.audit import AuditLine
 from simulator.pipeline import DagResult, RunResult
+from simulator.placement import represented_gpus
 from simulator.files import write_atomic
 from simulator.verify import Check, per_gpu_table
 
@@ -52,7 +55,7 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
     d = m.to_dict()
     if critical is None:
         critical, _ = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
-    return {
+    out = {
         "scenario": run.scenario.name,
         "model": run.scenario.model.name,
         "layout": _layout(run),
@@ -76,6 +79,60 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "dag": {"nodes": run.graph.number_of_nodes(), "edges": run.graph.number_of_edges(),
                 "engine_events": run.sim.num_events},
     }
+    if run.sampling is not None:
+        out["sampling"] = run.sampling
+    if run.scenario.model.weight_memory_approximation:
+        out["memory_approximate"] = run.scenario.model.weight_memory_approximation
+    representatives = run.dag.graph.get("representatives")
+    if representatives:
+        groups = represented_gpus(representatives, run.scenario.num_gpus)
+        out["folded"] = {"representatives": {str(r): gpus for r, gpus in groups.items()}}
+    return out
+
+
+def sampled_note(summary: dict, figure: str) -> str:
+    """' (sampled: ±0.012 %)' after a figure that decode sampling interpolated, else ''."""
+    sampling = summary.get("sampling")
+    if not sampling or figure not in sampling["relative_error"]:
+        return ""
+    return f" (sampled: error {fmt_error(sampling['relative_error'][figure])})"
+
+
+def fmt_error(relative: float) -> str:
+    """A measured relative error as a percentage: '0.12 %', or '< 0.001 %'."""
+    return "< 0.001 %" if relative < 1e-5 else f"{100 * relative:.2g} %"
+
+
+def sampling_sentence(summary: dict) -> str:
+    """How the run was simulated: decode sampling with its measured error, and folding; '' for neither."""
+    parts = []
+    sampling = summary.get("sampling")
+    if sampling:
+        parts.append(
+            f"{len(sampling['simulated_steps'])} of {sampling['decode_steps']} decode steps simulated, the rest "
+            f"interpolated; figures marked 'sampled' differ by {fmt_error(sampling['max_relative_error'])} at most "
+            f"from a simulation of {sampling['check_steps']} steps ({len(sampling['held_out_steps'])} of them "
+            f"held out from the interpolation)")
+    folded = summary.get("folded")
+    if folded:
+        groups = "; ".join(f"GPU {r} for GPUs {gpu_ranges(g)}" for r, g in folded["representatives"].items())
+        parts.append(f"symmetric GPUs folded (exact): each simulated GPU stands for its pipeline stage ({groups})")
+    if not parts:
+        return ""
+    return "; ".join(parts) + ". `moesim run --full` simulates every step on every GPU."
+
+
+def gpu_ranges(values: list[int]) -> str:
+    """'0-3, 8, 12-13' for a sorted list of GPU numbers."""
+    parts, run = [], [values[0]]
+    for v in values[1:]:
+        if v == run[-1] + 1:
+            run.append(v)
+        else:
+            parts.append(run)
+            run = [v]
+    parts.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in parts)
 
 
 def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
@@ -83,7 +140,10 @@ def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     for t in summary["targets"]:
         op = ">=" if t["bound"] == "min" else "<="
         unit = _fmt_metric(t["metric"], t["actual"]), _fmt_metric(t["metric"], t["limit"])
-        rows.append((t["metric"], f"{op} {unit[1]}", unit[0], "MET" if t["met"] else "MISSED"))
+        verdict = "MET" if t["met"] else "MISSED"
+        if t["metric"].startswith("memory") and summary.get("memory_approximate"):
+            verdict += " (approximate)"
+        rows.append((t["metric"], f"{op} {unit[1]}", unit[0], verdict))
     return rows
 
 
@@ -109,11 +169,14 @@ def summary_markdown(summary: dict) -> str:
         "| metric | value |",
         "|---|---|",
         f"| TTFT mean / p50 / p99 / max | {' / '.join(fmt_s(summary['ttft_s'][k]) for k in ('mean', 'p50', 'p99', 'max'))} |",
-        f"| TPOT (time per output token) | {fmt_tpot(summary['tpot_s'])} |",
-        f"| prefill / decode / total | {fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / {fmt_s(summary['total_s'])} |",
+        f"| TPOT (time per output token) | {fmt_tpot(summary['tpot_s'])}{sampled_note(summary, 'tpot_s')} |",
+        f"| prefill / decode / total | {fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / {fmt_s(summary['total_s'])}"
+        f"{sampled_note(summary, 'total_s')} |",
     ]
     for k, v in summary["throughput"].items():
-        lines.append(f"| {k.replace('_', ' ')} | {v:.4g} |")
+        lines.append(f"| {k.replace('_', ' ')} | {v:.4g}{sampled_note(summary, k)} |")
+    if sampling_sentence(summary):
+        lines += ["", sampling_sentence(summary)]
     lines += ["", "## Targets", "", "| target | limit | actual | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in target_rows(summary)]
     lines += ["", "## Memory per GPU", "", "| GPU | weights | KV cache | activations | reserve | total | of capacity | fits |",
@@ -123,6 +186,11 @@ def summary_markdown(summary: dict) -> str:
             f"| {mem['gpu']} | {fmt_bytes(mem['weight_bytes'])} | {fmt_bytes(mem['kv_cache_bytes'])} | "
             f"{fmt_bytes(mem['activation_bytes'])} | {fmt_bytes(mem['reserve_bytes'])} | {fmt_bytes(mem['total_bytes'])} | "
             f"{100 * mem['utilization']:.1f}% | {'yes' if mem['fits'] else 'NO: does not fit'} |")
+    if summary.get("memory_approximate"):
+        lines += ["", f"**Memory is approximate**: {summary['memory_approximate']}."]
+    lines += ["", "Activations here are a closed form (one pass's residual stream plus the largest kernel's inputs "
+              "and outputs), the figure the memory target is checked against; memory.png follows memory over time, "
+              "whose peak can be lower."]
     lines += ["", "## What bounds the run", ""] + [f"- {v}" for v in summary["bottleneck"].values()]
     lines += _critical_path_markdown(summary.get("critical_path"))
     cats = sorted({c for per in summary["busy_s"].values() for c in per})
@@ -157,16 +225,22 @@ def _critical_path_markdown(cp: dict | None) -> list[str]:
     return lines
 
 
-def write_run_files(run: RunResult, out_dir: Path) -> dict:
-    """summary.json, summary.md, ops.csv and critical_path.csv (both paths, one row per node; `row`
-    is the node's row in ops.csv)."""
+def write_run_files(run: RunResult, out_dir: Path, ops: bool = True) -> dict:
+    """summary.json, summary.md, critical_path.csv (both paths, one row per node; `row` is the
+    node's row in the operator table) and that table: ops.csv when `ops`, else gzip-compressed
+    as ops.csv.gz (what `moesim plot` reads back)."""
     critical, paths = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
     summary = summary_dict(run, critical)
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     write_atomic(out_dir / "summary.md", summary_markdown(summary))
-    ops = run.sim.ops.copy()
-    ops["gpu"] = [",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g)) for g in ops["gpu"]]
-    write_atomic(out_dir / "ops.csv", ops.to_csv(index=False))
+    table = run.sim.ops.copy()
+    table["gpu"] = [",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g))
+                    for g in table["gpu"]]
+    text = table.to_csv(index=False)
+    if ops:
+        write_atomic(out_dir / "ops.csv", text)
+    else:  # level 1: a fifth of the size at a tenth of level 6's time; mtime 0 keeps the bytes reproducible
+        write_atomic(out_dir / "ops.csv.gz", gzip.compress(text.encode(), compresslevel=1, mtime=0))
     tables = []
     for name, path in paths.items():
         table = critical_path.path_table(run.sim.ops, path)
@@ -187,20 +261,21 @@ def print_checks(console: Console, checks: list[Check]) -> None:
     table.add_column("result")
     table.add_column("detail")
     for c in checks:
-        table.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]FAILED[/red]", c.detail)
+        table.add_row(escape(c.name), "[green]ok[/green]" if c.ok else "[red]FAILED[/red]", escape(c.detail))
     console.print(table)
 
 
 def print_audit(console: Console, lines: list[AuditLine], source: str = "") -> None:
     if not lines:
         return
-    table = Table(title=f"Claim audit{f' ({source})' if source else ''}")
+    table = Table(title=escape(f"Claim audit{f' ({source})' if source else ''}"))
     for col, width in (("claim", 20), ("declared", 18), ("computed", 22), ("verdict", 13)):
         table.add_column(col, overflow="fold", max_width=width)
     table.add_column("why", overflow="fold", ratio=1)
     colour = {"holds": "green", "holds only with EP folded": "yellow", "does not hold": "red", "pending": "yellow"}
     for a in lines:
-        table.add_row(a.claim, a.declared, a.computed, f"[{colour[a.verdict]}]{a.verdict}[/]", a.explanation)
+        table.add_row(escape(a.claim), escape(a.declared), escape(a.computed), f"[{colour[a.verdict]}]{a.verdict}[/]",
+                      escape(a.explanation))
     console.print(table)
 
 
@@ -210,14 +285,14 @@ def print_gpu_table(console: Console, result: DagResult | RunResult) -> None:
     for col in ("GPU", "stage", "layers", "experts", "weights", "FLOPs", "HBM bytes", "sent"):
         table.add_column(col, justify="right")
     for r in frame.itertuples():
-        table.add_row(str(r.gpu), str(r.stage), r.layers, r.experts, fmt_bytes(r.weight_bytes), f"{r.flops:.3e}",
+        table.add_row(str(r.gpu), str(r.stage), escape(r.layers), escape(r.experts), fmt_bytes(r.weight_bytes), f"{r.flops:.3e}",
                       fmt_bytes(r.hbm_bytes), fmt_bytes(r.sent_bytes))
     console.print(table)
 
 
 def print_run(console: Console, run: RunResult, summary: dict) -> None:
     lay = summary["layout"]
-    console.print(f"[bold]{summary['scenario']}[/bold]: {summary['model']} on {lay['num_gpus']} x {lay['hardware']}, "
+    console.print(f"[bold]{escape(summary['scenario'])}[/bold]: {escape(summary['model'])} on {lay['num_gpus']} x {lay['hardware']}, "
                   f"TP={lay['tp']} EP={lay['ep']} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
                   f"{lay['microbatches']} microbatch(es), {lay['mode']} decode")
     t = Table(title="Results")
@@ -225,10 +300,11 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
     t.add_column("value", justify="right")
     ttft = summary["ttft_s"]
     t.add_row("TTFT mean / p99 / max", f"{fmt_s(ttft['mean'])} / {fmt_s(ttft['p99'])} / {fmt_s(ttft['max'])}")
-    t.add_row("TPOT", fmt_tpot(summary["tpot_s"]))
-    t.add_row("prefill / decode / total", f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / {fmt_s(summary['total_s'])}")
+    t.add_row("TPOT", fmt_tpot(summary["tpot_s"]) + sampled_note(summary, "tpot_s"))
+    t.add_row("prefill / decode / total", f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / "
+              f"{fmt_s(summary['total_s'])}{sampled_note(summary, 'total_s')}")
     for k, v in summary["throughput"].items():
-        t.add_row(k, f"{v:.4g}")
+        t.add_row(k, f"{v:.4g}{sampled_note(summary, k)}")
     mem = max(summary["memory"], key=lambda m: m["total_bytes"])
     t.add_row("memory (busiest GPU)", f"{fmt_bytes(mem['total_bytes'])} = {100 * mem['utilization']:.1f}% of "
               f"{fmt_bytes(mem['capacity_bytes'])} (weights {fmt_bytes(mem['weight_bytes'])}, KV {fmt_bytes(mem['kv_cache_bytes'])}, "
@@ -239,7 +315,7 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
         for col in ("target", "limit", "actual", "verdict"):
             tt.add_column(col)
         for a, b, c, d in target_rows(summary):
-            tt.add_row(a, b, c, f"[green]{d}[/green]" if d == "MET" else f"[red]{d}[/red]")
+            tt.add_row(a, b, c, f"[green]{d}[/green]" if d.startswith("MET") else f"[red]{d}[/red]")
         console.print(tt)
     routing = summary.get("routing") or {}
     if routing.get("routing", "uniform") != "uniform" or routing.get("max_over_mean_tokens_per_ep_rank", 1.0) > 1.0 + 1e-9:
@@ -249,11 +325,15 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
                       + (f"; {100 * routing['dropped_fraction']:.1f}% of token copies dropped at capacity"
                          if routing.get("dropped_fraction") else ""))
     for note in summary["placement"].get("notes", []):
-        console.print(f"- placement: {note}")
+        console.print(f"- placement: {escape(note)}")
     for sentence in summary["bottleneck"].values():
-        console.print(f"- {sentence}")
+        console.print(f"- {escape(sentence)}")
     sentences = summary.get("critical_path", {}).get("sentences", {})
     for key in ("ttft", "tpot"):
         if key in sentences:
-            console.print(f"- critical path: {sentences[key]}")
+            console.print(f"- critical path: {escape(sentences[key])}")
+    if sampling_sentence(summary):
+        console.print(f"- {escape(sampling_sentence(summary))}")
+    if summary.get("memory_approximate"):
+        console.print(f"- [yellow]memory is approximate[/yellow]: {escape(summary['memory_approximate'])}")
     print_audit(console, run.audit, (run.scenario.declared.source if run.scenario.declared else ""))

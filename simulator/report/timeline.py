@@ -84,6 +84,20 @@ def select_gpus(layout: dict, max_gpus: int = MAX_GPUS_SHOWN) -> tuple[list[int]
     return gpus, f"showing tp rank 0 of dp replica 0 in stages {', '.join(map(str, stages))} of {pp} (GPUs {_ranges(gpus)})"
 
 
+def shown_gpus(summary: dict, num_gpus: int, max_gpus: int = MAX_GPUS_SHOWN) -> tuple[list[int], str]:
+    """GPUs to draw for a run and a note on the choice: select_gpus' choice, or for a folded run
+    (summary.json's "folded") its representative GPUs, each named with the GPUs it stands for."""
+    folded = summary.get("folded")
+    if not folded:
+        return select_gpus({**summary.get("layout", {}), "num_gpus": num_gpus}, max_gpus)
+    groups = {int(g): list(v) for g, v in folded["representatives"].items()}
+    reps = sorted(groups)
+    if len(reps) > max_gpus:
+        reps = sorted({reps[round(i * (len(reps) - 1) / (max_gpus - 1))] for i in range(max_gpus)})
+    stands = "; ".join(f"GPU {g} for GPUs {_ranges(groups[g])}" for g in reps)
+    return reps, f"symmetric GPUs folded, each GPU shown stands for its stage: {stands}"
+
+
 def _ranges(values: list[int]) -> str:
     """'0-3, 8, 12-13' for a sorted list of ints."""
     parts, run = [], [values[0]]
@@ -294,7 +308,7 @@ def timeline_png(ops: pd.DataFrame, slices: Slices, summary: dict, path_rows: np
         path_rows: ops rows of the critical path, earliest first; None draws no path row.
     """
     layout = {**summary.get("layout", {}), "num_gpus": slices.num_gpus}
-    gpus, note = select_gpus(layout)
+    gpus, note = shown_gpus(summary, slices.num_gpus)
     lane_of, lanes_y, lanes_h, ticks = _lanes(gpus, slices.num_gpus, layout, path_rows is not None)
     codes, categories = pd.factorize(ops["category"])
     names = categories.tolist()
@@ -326,12 +340,12 @@ def timeline_png(ops: pd.DataFrame, slices: Slices, summary: dict, path_rows: np
                bbox_to_anchor=(0.5, 1.0 - 0.3 / height_in))
     title = f"Timeline of {summary.get('scenario', 'run')}: {slices.num_gpus} GPUs"
     if note:
-        title += f"; {note}"
+        title += ";\n" + note if len(title) + len(note) > 150 else f"; {note}"
     fig.suptitle(title, fontsize=11, x=0.01, ha="left", y=1.0 - 0.05 / height_in)
     # Bars last: rasterised to each panel's width in pixels.
     for ax, window in zip(axes, windows):
         _bars(ax, window, data, slices, path_rows, max(1, int(round(ax.get_window_extent().width))))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})  # zlib level 1: a third of the time, files ~1.5x
     plt.close(fig)
     return buffer.getvalue()

@@ -1,13 +1,17 @@
-"""Reports stage: trace.json, the run in Chrome trace / Perfetto format (open it in ui.perfetto.dev).
+"""Reports stage: trace.json.gz, the run in Chrome trace / Perfetto format (open it in ui.perfetto.dev).
 
 Processes are GPUs (threads: compute and comm streams) and link ports (threads: tx and rx), plus
 one "run" process whose threads hold the phases and the critical path. Every busy interval of
 the engine (slices.Slices) is a complete ("X") event, timestamps in microseconds; its args carry
-the node, op, layer, step, microbatch, FLOPs, bytes and what bounds it.
+the node, op, layer, step, microbatch, FLOPs, bytes and what bounds it. Times are whole nanoseconds,
+start and end each rounded once (the duration is their difference), so slices that follow each
+other on a track never overlap. A folded run shows its representative GPUs, each named with the
+GPUs it stands for.
 """
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +50,27 @@ def _as_int(values) -> list:
     return [int(v) if v == v else -1 for v in values]
 
 
-def trace_events(ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None = None) -> list[dict]:
-    """The events of trace.json: metadata, then one "X" event per slice, the phases and the path."""
+def _ranges(values: list[int]) -> str:
+    return f"{values[0]}-{values[-1]}" if len(values) > 2 else ", ".join(map(str, values))
+
+
+def trace_events(ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None = None,
+                 folded: dict[int, list[int]] | None = None) -> list[dict]:
+    """The events of the trace: metadata, then one "X" event per slice, the phases and the path.
+
+    `folded`: representative GPU -> the GPUs it stands for (summary.json's "folded"), or None."""
     n = slices.num_gpus
     events = _meta(RUN_PID, "run", -1, {_PHASE_TID: "phases", _PATH_TID: "critical path"})
-    for g in range(n):
-        events += _meta(gpu_pid(g), f"GPU {g}", 2 * g, {0: "compute stream", 1: "comm stream"})
-        events += _meta(link_pid(g), f"GPU {g} link port", 2 * g + 1, {0: "tx", 1: "rx"})
+    for g in (sorted(folded) if folded else range(n)):
+        name = f"GPU {g}" + (f" (stands for GPUs {_ranges(folded[g])})" if folded else "")
+        events += _meta(gpu_pid(g), name, 2 * g, {0: "compute stream", 1: "comm stream"})
+        events += _meta(link_pid(g), f"{name} link port", 2 * g + 1, {0: "tx", 1: "rx"})
 
-    # Nanosecond resolution is plenty and keeps the file a third shorter than full doubles.
-    start_us = np.round(ops["start_s"].to_numpy(dtype=float) * 1e6, 3).tolist()
-    dur_us = np.round(ops["duration_s"].to_numpy(dtype=float) * 1e6, 3).tolist()
+    # Whole nanoseconds: plenty, a third shorter than full doubles; each end rounded once.
+    start_ns = np.round(ops["start_s"].to_numpy(dtype=float) * 1e9).astype(np.int64)
+    end_ns = np.maximum(np.round(ops["end_s"].to_numpy(dtype=float) * 1e9).astype(np.int64), start_ns)
+    start_us = (start_ns / 1e3).tolist()
+    dur_us = ((end_ns - start_ns) / 1e3).tolist()
     names = ops["op"].tolist()
     cats = ops["category"].tolist()
     args = [
@@ -78,15 +92,14 @@ def trace_events(ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None
 
     phase = ops["phase"].to_numpy()
     step = ops["step"].to_numpy()
-    end_us = np.round(ops["end_s"].to_numpy(dtype=float) * 1e6, 3)
-    start_arr = np.asarray(start_us)
+    start_arr, end_arr = start_ns, end_ns
     work = (ops["kind"] != NodeKind.MARKER).to_numpy()
     for name, mask in [("prefill", (phase == "prefill") & work)] + [
             (f"decode step {k}", (phase == "decode") & (step == k) & work)
             for k in sorted(set(step[(phase == "decode") & work].tolist()))]:
         if mask.any():
-            t0, t1 = float(start_arr[mask].min()), float(end_us[mask].max())
-            events.append({"name": name, "cat": "phase", "ph": "X", "ts": t0, "dur": round(t1 - t0, 3), "pid": RUN_PID,
+            t0, t1 = int(start_arr[mask].min()), int(end_arr[mask].max())
+            events.append({"name": name, "cat": "phase", "ph": "X", "ts": t0 / 1e3, "dur": (t1 - t0) / 1e3, "pid": RUN_PID,
                            "tid": _PHASE_TID, "args": {}})
     if path_rows is not None:
         positive = ops["duration_s"].to_numpy(dtype=float) > 0
@@ -98,8 +111,10 @@ def trace_events(ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None
 
 
 def write_trace(path: Path, ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None = None,
-                metadata: dict | None = None) -> None:
-    """Write trace.json (JSON object format: traceEvents, displayTimeUnit, otherData)."""
-    doc = {"traceEvents": trace_events(ops, slices, path_rows), "displayTimeUnit": "ms",
+                metadata: dict | None = None, folded: dict[int, list[int]] | None = None) -> None:
+    """Write the trace (JSON object format: traceEvents, displayTimeUnit, otherData), gzip-compressed
+    when `path` ends in .gz (Perfetto opens it as it is)."""
+    doc = {"traceEvents": trace_events(ops, slices, path_rows, folded), "displayTimeUnit": "ms",
            "otherData": metadata or {}}
-    write_atomic(path, orjson.dumps(doc))
+    data = orjson.dumps(doc)
+    write_atomic(path, gzip.compress(data, compresslevel=1, mtime=0) if str(path).endswith(".gz") else data)
