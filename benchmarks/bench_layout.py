@@ -89,6 +89,8 @@ def _jsonable(value):
 def result_record(result) -> dict:
     record = _jsonable(result)
     record.pop("sim_s")
+    if not record.get("serving"):  # serving figures exist only under a serving objective
+        record.pop("serving", None)
     return record
 
 
