@@ -98,7 +98,7 @@ def _write_pictures(out: Path, name: str, run, table, spec, found) -> None:
     write_atomic(out / "gantt.png", gantt_png(run, name))
     if found is not None:
         write_atomic(out / "rate_curve.png", rate_curve_png(found.curve, spec.targets, found.rate_per_s,
-                                                            f"{name}: throughput against p99 latency per arrival rate"))
+                                                            f"{name}: p99 latency and throughput against the arrival rate"))
     write_serving_trace(out / "serving_trace.json", run, {"scenario": name})
 
 
