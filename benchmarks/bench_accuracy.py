@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simulator.calibration.fit import leave_one_out  # noqa: E402
-from simulator.config.hardware import load_profile  # noqa: E402
 from simulator.calibration.validate import load_cases, predict, summarize  # noqa: E402
+from simulator.config.hardware import load_profile  # noqa: E402
 
 
 def main() -> None:
@@ -26,13 +26,17 @@ def main() -> None:
     print("leave-one-out (each call predicted from a table fitted without it), eager times:")
     for table in ("gemm", "grouped_gemm", "attention_prefill", "attention_decode"):
         errors = [abs(r["error"]) for r in rows if r["table"] == table]
-        print(f"  {table:18} {len(errors):3d} calls  median |error| {100 * statistics.median(errors):5.1f}%  "
-              f"max {100 * max(errors):5.1f}%")
+        print(
+            f"  {table:18} {len(errors):3d} calls  median |error| {100 * statistics.median(errors):5.1f}%  "
+            f"max {100 * max(errors):5.1f}%"
+        )
     print("end-to-end dev cases (validation/dev_cases.yaml):")
     outcomes = [predict(c) for c in load_cases(ROOT / "validation" / "dev_cases.yaml")]
     for o in outcomes:
-        print(f"  {o.case:70} predicted {o.predicted * 1e3:8.3f} ms  measured {o.measured * 1e3:8.3f} ms  "
-              f"{100 * o.error:+6.1f}%")
+        print(
+            f"  {o.case:70} predicted {o.predicted * 1e3:8.3f} ms  measured {o.measured * 1e3:8.3f} ms  "
+            f"{100 * o.error:+6.1f}%"
+        )
     s = summarize(outcomes)
     print(f"  median |error| {100 * s['median_abs_error']:.1f}%, max {100 * s['max_abs_error']:.1f}%")
 

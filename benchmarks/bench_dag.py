@@ -1,6 +1,6 @@
 """Benchmark of building the complete seed DAG (prefill + all decode steps) and verifying it.
 
-    python benchmarks/bench_dag.py [--repeats 5]
+python benchmarks/bench_dag.py [--repeats 5]
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def main() -> None:
         verifies.append(time.perf_counter() - start)
         assert all(c.ok for c in checks)
     print(f"seed DAG: {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
-    print(f"build:  median {statistics.median(builds):.2f} s, min {min(builds):.2f} s over {args.repeats} runs "
-          f"(as the pipeline runs it, cyclic GC paused); with GC on: median {statistics.median(builds_gc):.2f} s")
+    print(
+        f"build:  median {statistics.median(builds):.2f} s, min {min(builds):.2f} s over {args.repeats} runs "
+        f"(as the pipeline runs it, cyclic GC paused); with GC on: median {statistics.median(builds_gc):.2f} s"
+    )
     print(f"verify: median {statistics.median(verifies):.2f} s, min {min(verifies):.2f} s")
 
 

@@ -49,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"{'workload':36} {'nodes':>8} {'events':>8} {'build s':>8} {'sim s':>8} {'total s':>8} {'events/s':>10} {'us/node':>8}")
+    print(
+        f"{'workload':36} {'nodes':>8} {'events':>8} {'build s':>8} {'sim s':>8} {'total s':>8} {'events/s':>10} {'us/node':>8}"
+    )
     base = None
     for name, overrides in CASES.items():
         scenario = load_scenario(SEED, overrides)
@@ -60,8 +62,10 @@ def main() -> None:
         total = build_s + sim_s
         per_node = total / nodes * 1e6
         base = base or per_node
-        print(f"{name:36} {nodes:8d} {result.num_events:8d} {build_s:8.2f} {sim_s:8.2f} {total:8.2f} "
-              f"{result.num_events / sim_s:10.0f} {per_node:8.1f}")
+        print(
+            f"{name:36} {nodes:8d} {result.num_events:8d} {build_s:8.2f} {sim_s:8.2f} {total:8.2f} "
+            f"{result.num_events / sim_s:10.0f} {per_node:8.1f}"
+        )
     print("linear scaling means a constant us/node column")
 
 

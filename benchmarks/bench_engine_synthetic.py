@@ -43,14 +43,11 @@ def synthetic_input(num_tasks: int, seed: int = 0, connected: bool = True) -> En
     # Durations from a small set, as real op costs repeat: exercises shared end times too.
     duration_s = (rng.integers(1, 50, num_tasks) * 1e-6).tolist()
     num_res = rng.integers(1, 4, num_tasks)
-    resources = [
-        tuple(int(r) for r in rng.choice(NUM_RESOURCES, size=k, replace=False)) for k in num_res
-    ]
+    resources = [tuple(int(r) for r in rng.choice(NUM_RESOURCES, size=k, replace=False)) for k in num_res]
     num_succ = rng.integers(1, 4, num_tasks)
     offsets = rng.integers(1, SUCCESSOR_WINDOW + 1, (num_tasks, 3)).tolist()
     successors: list[list[int]] = [
-        sorted({i + o for o in offsets[i][: num_succ[i]] if i + o < num_tasks})
-        for i in range(num_tasks)
+        sorted({i + o for o in offsets[i][: num_succ[i]] if i + o < num_tasks}) for i in range(num_tasks)
     ]
     if connected:
         has_pred = [False] * num_tasks
@@ -71,8 +68,7 @@ def synthetic_input(num_tasks: int, seed: int = 0, connected: bool = True) -> En
 
 def run_sizes(sizes: list[int], repeats: int, connected: bool) -> None:
     """Prints one row per size: best wall time of `repeats` runs and the rates it implies."""
-    print(f"{'tasks':>8} {'events':>8} {'wall_s':>8} {'tasks/s':>10} {'events/s':>10} "
-          f"{'makespan_s':>11} {'x_prev':>7}")
+    print(f"{'tasks':>8} {'events':>8} {'wall_s':>8} {'tasks/s':>10} {'events/s':>10} {'makespan_s':>11} {'x_prev':>7}")
     previous_wall_s = None
     for num_tasks in sizes:
         inp = synthetic_input(num_tasks, connected=connected)
@@ -82,9 +78,11 @@ def run_sizes(sizes: list[int], repeats: int, connected: bool) -> None:
             trace = simulate(inp)
             best_wall_s = min(best_wall_s, time.perf_counter() - begin)
         ratio = "" if previous_wall_s is None else f"{best_wall_s / previous_wall_s:7.2f}"
-        print(f"{num_tasks:>8} {trace.num_events:>8} {best_wall_s:>8.3f} "
-              f"{num_tasks / best_wall_s:>10.0f} {trace.num_events / best_wall_s:>10.0f} "
-              f"{trace.makespan_s:>11.6f} {ratio}")
+        print(
+            f"{num_tasks:>8} {trace.num_events:>8} {best_wall_s:>8.3f} "
+            f"{num_tasks / best_wall_s:>10.0f} {trace.num_events / best_wall_s:>10.0f} "
+            f"{trace.makespan_s:>11.6f} {ratio}"
+        )
         previous_wall_s = best_wall_s
 
 
@@ -95,8 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the largest size")
     args = parser.parse_args(argv)
 
-    for connected, title in ((True, "layered DAG (every task has a predecessor)"),
-                             (False, "random DAG (~13% of tasks ready at time 0)")):
+    for connected, title in (
+        (True, "layered DAG (every task has a predecessor)"),
+        (False, "random DAG (~13% of tasks ready at time 0)"),
+    ):
         print(title)
         run_sizes(args.sizes, args.repeats, connected)
         if args.profile:

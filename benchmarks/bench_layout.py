@@ -36,13 +36,38 @@ from simulator.sweep import (  # noqa: E402
 #: Per scenario, labels picked from its sweep. Seed: dp-replicated (simulated as one replica), tp, ep,
 #: etp, pp. Mixtral on 64 GPUs: TP and EP groups inside and across nodes, pp up to 32, 1 to 8 microbatches.
 SCENARIOS = {
-    "seed": (ROOT / "scenarios" / "seed_moe_4gpu.yaml",
-             ("DP4", "DP4 mb8", "DP4 EP2 mb2", "DP2 TP2 mb4", "DP2 TP2 EP2 mb8", "TP4", "TP4 ETP4 mb8",
-              "TP4 EP2 ETP2 mb4", "PP2 DP2 mb2", "PP2 TP2 mb8", "PP2 TP2 EP2 mb4", "PP4 mb8")),
-    "mixtral": (ROOT / "scenarios" / "mixtral_8x7b_64gpu.yaml",
-                ("DP64 ETP2", "DP4 TP16 EP8 ETP4", "PP2 DP2 TP16 EP2 ETP8", "PP2 DP8 TP4 EP4 mb8",
-                 "PP8 DP2 TP4 EP8 mb4", "DP16 TP4 EP8 ETP2 mb8", "PP4 DP16 EP8 mb2", "PP8 TP8 EP8 mb4",
-                 "PP32 DP2 mb2", "DP8 TP8 EP8 mb8")),
+    "seed": (
+        ROOT / "scenarios" / "seed_moe_4gpu.yaml",
+        (
+            "DP4",
+            "DP4 mb8",
+            "DP4 EP2 mb2",
+            "DP2 TP2 mb4",
+            "DP2 TP2 EP2 mb8",
+            "TP4",
+            "TP4 ETP4 mb8",
+            "TP4 EP2 ETP2 mb4",
+            "PP2 DP2 mb2",
+            "PP2 TP2 mb8",
+            "PP2 TP2 EP2 mb4",
+            "PP4 mb8",
+        ),
+    ),
+    "mixtral": (
+        ROOT / "scenarios" / "mixtral_8x7b_64gpu.yaml",
+        (
+            "DP64 ETP2",
+            "DP4 TP16 EP8 ETP4",
+            "PP2 DP2 TP16 EP2 ETP8",
+            "PP2 DP8 TP4 EP4 mb8",
+            "PP8 DP2 TP4 EP8 mb4",
+            "DP16 TP4 EP8 ETP2 mb8",
+            "PP4 DP16 EP8 mb2",
+            "PP8 TP8 EP8 mb4",
+            "PP32 DP2 mb2",
+            "DP8 TP8 EP8 mb8",
+        ),
+    ),
 }
 
 
@@ -72,12 +97,18 @@ def deep_record(scenario) -> dict:
     from simulator.config import resolve_hardware
     from simulator.pipeline import one_replica, run_scenario
 
-    run = run_scenario(one_replica(scenario, resolve_hardware(scenario)) or scenario, verify=False,
-                       decode_sample=DEFAULT_DECODE_SAMPLE)
+    run = run_scenario(
+        one_replica(scenario, resolve_hardware(scenario)) or scenario, verify=False, decode_sample=DEFAULT_DECODE_SAMPLE
+    )
     ops = run.sim.ops
     trace = hashlib.sha256(ops.to_csv(float_format="%r").encode()).hexdigest()
-    return {"metrics": _jsonable(run.metrics.to_dict()), "trace_sha256": trace, "makespan_s": run.sim.makespan_s,
-            "num_events": run.sim.num_events, "columns": list(ops.columns)}
+    return {
+        "metrics": _jsonable(run.metrics.to_dict()),
+        "trace_sha256": trace,
+        "makespan_s": run.sim.makespan_s,
+        "num_events": run.sim.num_events,
+        "columns": list(ops.columns),
+    }
 
 
 def main() -> None:
@@ -89,8 +120,12 @@ def main() -> None:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed")
     parser.add_argument("--compare", type=Path, help="a dump to compare with: floats within --rel, the rest equal")
     parser.add_argument("--rel", type=float, default=1e-9, help="relative tolerance of --compare (0: bit-identical)")
-    parser.add_argument("--abs", type=float, default=1e-12,
-                        help="absolute tolerance of --compare: idle times are differences of sums, near 0 mere noise")
+    parser.add_argument(
+        "--abs",
+        type=float,
+        default=1e-12,
+        help="absolute tolerance of --compare: idle times are differences of sums, near 0 mere noise",
+    )
     args = parser.parse_args()
 
     path, fixed = SCENARIOS[args.scenario]

@@ -45,8 +45,12 @@ def time_run(scenario: Path, extra: list[str]) -> tuple[float, float, int, int]:
         out = Path(tmp) / "run"
         cpu = _children_cpu_s()
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "simulator.cli", "run", str(scenario), "--out", str(out), *extra],
-                              cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "simulator.cli", "run", str(scenario), "--out", str(out), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - started
         cpu = _children_cpu_s() - cpu
         if proc.returncode not in (0, 1):

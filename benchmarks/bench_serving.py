@@ -30,11 +30,11 @@ import random  # noqa: E402
 import yaml  # noqa: E402
 
 from simulator.config import load_scenario, parse_scenario, resolve_hardware  # noqa: E402
+from simulator.config.serving import parse_serving_spec  # noqa: E402
 from simulator.serving.capacity import resolve_serving  # noqa: E402
 from simulator.serving.dag_pricer import DagPricer, price_error  # noqa: E402
 from simulator.serving.pricing import CachedPricer, LinearPricer  # noqa: E402
 from simulator.serving.simulate import simulate_serving  # noqa: E402
-from simulator.config.serving import parse_serving_spec  # noqa: E402
 from simulator.serving.stats import summarize  # noqa: E402
 
 

@@ -47,14 +47,18 @@ def full_sweep(name: str, jobs: int, decode_sample: int) -> None:
     ranked = rank_results(results)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
     cpu = sum(r.sim_s for r in results)
-    print(f"{name}: {len(layouts)} layouts on {scenario.num_gpus} GPUs, {counts['ok']} simulated, "
-          f"{counts['screened']} screened out, {counts['failed']} failed; wall {wall:.1f} s with {jobs} jobs "
-          f"(simulation time summed over layouts {cpu:.1f} s; decode sample {decode_sample}); target < {target_s:.0f} s: "
-          f"{'met' if wall < target_s else 'MISSED'}")
+    print(
+        f"{name}: {len(layouts)} layouts on {scenario.num_gpus} GPUs, {counts['ok']} simulated, "
+        f"{counts['screened']} screened out, {counts['failed']} failed; wall {wall:.1f} s with {jobs} jobs "
+        f"(simulation time summed over layouts {cpu:.1f} s; decode sample {decode_sample}); target < {target_s:.0f} s: "
+        f"{'met' if wall < target_s else 'MISSED'}"
+    )
     best = next((r for r in ranked if r.rank == 1), None)
     if best is not None:
-        print(f"best: {best.label}: {best.output_tput:.4g} output tokens/ms/GPU, TTFT max {best.ttft_max_s:.3f} s, "
-              f"TPOT {best.tpot_s * 1e3:.2f} ms, dominant {best.dominant}")
+        print(
+            f"best: {best.label}: {best.output_tput:.4g} output tokens/ms/GPU, TTFT max {best.ttft_max_s:.3f} s, "
+            f"TPOT {best.tpot_s * 1e3:.2f} ms, dominant {best.dominant}"
+        )
 
 
 def projected_sweep(name: str, jobs: int, decode_sample: int, sample: int) -> None:
@@ -79,14 +83,20 @@ def projected_sweep(name: str, jobs: int, decode_sample: int, sample: int) -> No
     units = sum(estimated_cost(r.layout, decode_sample, steps, folded) for r in results)
     total_units = sum(estimated_cost(lay, decode_sample, steps, folded) for lay in fits)
     projected = prep + seconds / units * total_units / jobs
-    print(f"{name}: {len(layouts)} layouts on {scenario.num_gpus} GPUs, {len(layouts) - len(fits)} screened out, "
-          f"{len(fits)} to simulate; enumeration + screening {prep:.1f} s")
+    print(
+        f"{name}: {len(layouts)} layouts on {scenario.num_gpus} GPUs, {len(layouts) - len(fits)} screened out, "
+        f"{len(fits)} to simulate; enumeration + screening {prep:.1f} s"
+    )
     for r in results:
-        print(f"  sampled {r.label:<24} {r.status:<6} {r.sim_s:6.1f} s  cost units "
-              f"{estimated_cost(r.layout, decode_sample, steps, folded):8.0f}")
-    print(f"{seconds / units * 1e3:.2f} ms per cost unit; the whole sweep is {total_units:.3g} units: projected wall "
-          f"{projected:.0f} s ({projected / 60:.1f} min) on {jobs} jobs; target < {target_s:.0f} s: "
-          f"{'met' if projected < target_s else 'MISSED'}")
+        print(
+            f"  sampled {r.label:<24} {r.status:<6} {r.sim_s:6.1f} s  cost units "
+            f"{estimated_cost(r.layout, decode_sample, steps, folded):8.0f}"
+        )
+    print(
+        f"{seconds / units * 1e3:.2f} ms per cost unit; the whole sweep is {total_units:.3g} units: projected wall "
+        f"{projected:.0f} s ({projected / 60:.1f} min) on {jobs} jobs; target < {target_s:.0f} s: "
+        f"{'met' if projected < target_s else 'MISSED'}"
+    )
 
 
 def main() -> None:

@@ -20,11 +20,17 @@ SUBCOMMANDS = {
     "profiles": ("simulator.commands.profiles", "list the hardware profiles"),
     "dag": ("simulator.commands.dag", "build, verify and draw the operator DAG; audit the declared figures"),
     "run": ("simulator.commands.run", "simulate the scenario: TTFT, TPOT, throughput, memory, target verdicts"),
-    "serve": ("simulator.commands.serve", "simulate serving a request stream: TTFT/TPOT percentiles, goodput, max rate"),
+    "serve": (
+        "simulator.commands.serve",
+        "simulate serving a request stream: TTFT/TPOT percentiles, goodput, max rate",
+    ),
     "compare": ("simulator.commands.compare", "sweep every valid parallel layout, rank them, draw the Pareto front"),
     "plot": ("simulator.commands.plot", "redraw the timeline, memory plot, trace and report page of a run directory"),
     "validate": ("simulator.commands.validate", "predict the measured runs of a cases file and report the error"),
-    "calibrate": ("simulator.commands.calibrate", "fit a hardware profile from GPU micro-benchmarks (--from-json, or --device cuda)"),
+    "calibrate": (
+        "simulator.commands.calibrate",
+        "fit a hardware profile from GPU micro-benchmarks (--from-json, or --device cuda)",
+    ),
     "import-hf": ("simulator.commands.import_hf", "write a model spec from a Hugging Face config.json (no network)"),
 }
 
@@ -93,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(_command_of(argv)).parse_args(argv)
     console = make_console()
-    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return importlib.import_module(SUBCOMMANDS[args.command][0]).command(args, console)
     except Terminated:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from simulator.config.hardware import HardwareProfile, LinkSpec
+from simulator.config.hardware import DType, HardwareProfile, LinkSpec
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs and bytes of compute ops
@@ -21,8 +21,9 @@ class OpCost(NamedTuple):
     bytes_written: float
 
 
-def linear_cost(tokens: float, in_features: int, out_features: int, b: float, weight_b: float | None = None,
-                groups: int = 1) -> OpCost:
+def linear_cost(
+    tokens: float, in_features: float, out_features: float, b: float, weight_b: float | None = None, groups: int = 1
+) -> OpCost:
     """y[T, N] = x[T, K] @ W[K, N]: 2TKN FLOPs (Kaplan et al. 2020, sec. 2.1); reads x and W, writes y.
 
     `weight_b`: bytes per weight element when weights are stored in another dtype (default b).
@@ -44,7 +45,13 @@ def attention_pairs(q_len: int, kv_len: int, causal: bool = True) -> float:
 
 
 def attention_scores_cost(
-    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float,
+    batch: float,
+    heads: int,
+    kv_heads: int,
+    q_len: int,
+    kv_len: int,
+    head_dim: int,
+    b: float,
     kv_b: float | None = None,
 ) -> OpCost:
     """QK^T inside a flash-attention kernel: 2 FLOPs per (query, key, dim); reads Q and K once
@@ -68,7 +75,13 @@ def attention_softmax_cost(batch: float, heads: int, q_len: int, kv_len: int) ->
 
 
 def attention_context_cost(
-    batch: float, heads: int, kv_heads: int, q_len: int, kv_len: int, head_dim: int, b: float,
+    batch: float,
+    heads: int,
+    kv_heads: int,
+    q_len: int,
+    kv_len: int,
+    head_dim: int,
+    b: float,
     kv_b: float | None = None,
 ) -> OpCost:
     """P @ V inside the flash kernel: 2 FLOPs per (query, key, dim); reads V, writes the output."""
@@ -92,7 +105,12 @@ NORM_FLOPS_PER_ELEMENT = 4.0
 
 
 def expert_ffn_costs(
-    expert_tokens: list[float], hidden: int, ffn: int, gated: bool, activation: str, b: float,
+    expert_tokens: list[float],
+    hidden: int,
+    ffn: int,
+    gated: bool,
+    activation: str,
+    b: float,
     weight_b: float | None = None,
 ) -> tuple[OpCost, OpCost, OpCost]:
     """FC1, activation, FC2 of a group of experts on one GPU (grouped GEMM over their tokens).
@@ -141,8 +159,9 @@ def kv_cache_bytes(sequences: float, tokens: int, layers: int, kv_heads: int, he
     return 2.0 * sequences * tokens * layers * kv_heads * head_dim * b
 
 
-def mla_attention_params(hidden: int, heads: int, nope_dim: int, rope_dim: int, v_dim: int, kv_lora_rank: int,
-                         q_lora_rank: int | None) -> int:
+def mla_attention_params(
+    hidden: int, heads: int, nope_dim: int, rope_dim: int, v_dim: int, kv_lora_rank: int, q_lora_rank: int | None
+) -> int:
     """Multi-head latent attention weights (DeepSeek-V2, Liu et al. 2024, sec. 2.1): query path
     (W_DQ [h, q_lora] and W_UQ [q_lora, H(nope+rope)], or one [h, H(nope+rope)]), the joint KV
     down-projection with the shared rotary key [h, kv_lora + rope], the KV up-projections
@@ -188,8 +207,9 @@ def alltoall_s(send_bytes: list[float], recv_bytes: list[float], link: LinkSpec)
     return busiest / (link.bytes_per_s * link.efficiency) + (n - 1) * link.latency_s
 
 
-def hierarchical_allreduce_s(message_bytes: float, ranks_per_node: int, nodes: int, intra: LinkSpec,
-                             inter: LinkSpec) -> float:
+def hierarchical_allreduce_s(
+    message_bytes: float, ranks_per_node: int, nodes: int, intra: LinkSpec, inter: LinkSpec
+) -> float:
     """All-reduce over `nodes` nodes of `ranks_per_node` ranks: reduce-scatter inside each node, a
     ring all-reduce of each 1/ranks_per_node shard across the nodes (every GPU on its own NIC, in
     parallel), all-gather inside the node (NCCL's tree/ring hierarchy; Thakur et al. 2005)."""
@@ -199,8 +219,9 @@ def hierarchical_allreduce_s(message_bytes: float, ranks_per_node: int, nodes: i
     return 2.0 * local + ring_allreduce_s(message_bytes / ranks_per_node, nodes, inter)
 
 
-def hierarchical_allgather_s(message_bytes: float, ranks_per_node: int, nodes: int, intra: LinkSpec,
-                             inter: LinkSpec) -> float:
+def hierarchical_allgather_s(
+    message_bytes: float, ranks_per_node: int, nodes: int, intra: LinkSpec, inter: LinkSpec
+) -> float:
     """All-gather of S bytes in total: ranks with the same local index gather their S/ranks_per_node
     across the nodes over their NICs, then each node all-gathers the whole S over NVLink."""
     if nodes <= 1:
@@ -208,8 +229,9 @@ def hierarchical_allgather_s(message_bytes: float, ranks_per_node: int, nodes: i
     return allgather_s(message_bytes / ranks_per_node, nodes, inter) + allgather_s(message_bytes, ranks_per_node, intra)
 
 
-def hierarchical_alltoall_s(send_bytes: list[float], recv_bytes: list[float], ranks_per_node: int, nodes: int,
-                            intra: LinkSpec, inter: LinkSpec) -> float:
+def hierarchical_alltoall_s(
+    send_bytes: list[float], recv_bytes: list[float], ranks_per_node: int, nodes: int, intra: LinkSpec, inter: LinkSpec
+) -> float:
     """All-to-all across nodes: each rank's traffic splits over its peers in proportion to their
     number (n - ranks_per_node of its n - 1 peers are off the node); the off-node part crosses the
     GPU's NIC, the rest NVLink, concurrently. The slower of the two sets the pace: the NIC, unless
@@ -244,7 +266,7 @@ def compute_op_s(
     flops: float,
     bytes_moved: float,
     hw: HardwareProfile,
-    dtype: str,
+    dtype: DType,
     tensor_core: bool,
     launches: int,
     eager: bool,
@@ -274,16 +296,26 @@ def _split_roofline(flops: float, bytes_moved: float, peak: float, hbm: float) -
     return (compute_s, "compute") if compute_s >= memory_s else (memory_s, "memory")
 
 
-def calibrated_gemm_s(m: float, k: float, n: float, b: float, peak: float, hbm: float, fraction: float,
-                      weight_b: float | None = None) -> tuple[float, str]:
+def calibrated_gemm_s(
+    m: float, k: float, n: float, b: float, peak: float, hbm: float, fraction: float, weight_b: float | None = None
+) -> tuple[float, str]:
     """GEMM [m,k] x [k,n]: its roofline time divided by the measured fraction for its shape."""
     wb = b if weight_b is None else weight_b
     roof, bound = _split_roofline(2.0 * m * k * n, (m * k + m * n) * b + k * n * wb, peak, hbm)
     return roof / fraction, bound
 
 
-def calibrated_grouped_gemm_s(experts: float, rows_per_expert: float, k: float, n: float, b: float, peak: float,
-                              hbm: float, fraction: float, weight_b: float | None = None) -> tuple[float, str]:
+def calibrated_grouped_gemm_s(
+    experts: float,
+    rows_per_expert: float,
+    k: float,
+    n: float,
+    b: float,
+    peak: float,
+    hbm: float,
+    fraction: float,
+    weight_b: float | None = None,
+) -> tuple[float, str]:
     """One batched/grouped GEMM over `experts` weight matrices [k,n], each with its rows."""
     e, c = experts, rows_per_expert
     wb = b if weight_b is None else weight_b
@@ -291,8 +323,9 @@ def calibrated_grouped_gemm_s(experts: float, rows_per_expert: float, k: float, 
     return roof / fraction, bound
 
 
-def calibrated_attention_s(flops: float, bytes_moved: float, q_len: int, peak: float, hbm: float,
-                           fraction: float) -> tuple[float, str]:
+def calibrated_attention_s(
+    flops: float, bytes_moved: float, q_len: int, peak: float, hbm: float, fraction: float
+) -> tuple[float, str]:
     """A share of a flash-attention kernel: prefill at the measured fraction of tensor peak on its
     FLOPs, decode (one query) at the measured fraction of HBM bandwidth on its bytes."""
     if q_len > 1:
@@ -300,8 +333,9 @@ def calibrated_attention_s(flops: float, bytes_moved: float, q_len: int, peak: f
     return bytes_moved / (hbm * fraction), "memory"
 
 
-def eager_time_s(gpu_s: float, bound: str, launches: int, kernel_overhead_s: float, floor_s: float,
-                 eager: bool) -> tuple[float, str]:
+def eager_time_s(
+    gpu_s: float, bound: str, launches: int, kernel_overhead_s: float, floor_s: float, eager: bool
+) -> tuple[float, str]:
     """A node of `launches` kernels takes at least the smallest kernel time on the GPU for each
     and, launched eagerly, at least its class's eager floor for each (the host cannot issue them
     faster). Fused sub-ops (launches=0) take only their share of the GPU time."""

@@ -46,8 +46,13 @@ CATEGORY_WORDS = {
     "marker": "markers",
 }
 
-_BOUND_WORDS = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
-                "nvlink": "NVLink-bound", "network": "network-bound"}
+_BOUND_WORDS = {
+    "memory": "memory-bound",
+    "compute": "compute-bound",
+    "launch": "kernel-launch-bound",
+    "nvlink": "NVLink-bound",
+    "network": "network-bound",
+}
 
 #: Ops that stream the KV cache from HBM (the flash-attention pair of a decode step).
 KV_READ_OPS = ("attn_scores", "attn_context")
@@ -122,8 +127,11 @@ def walk_back(graph: nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: 
             best, how = -1, ""
             for p in pred[nodes[i]]:
                 j = index[p]
-                if (j not in seen and abs(end_s[j] - began_s) <= tol_s
-                        and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best))):
+                if (
+                    j not in seen
+                    and abs(end_s[j] - began_s) <= tol_s
+                    and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best))
+                ):
                     best, how = j, "dependency"
             if best < 0:
                 for j in holders.released_at(i, began_s):
@@ -196,13 +204,20 @@ def _describe(frame: pd.DataFrame, span_s: float, what: str, per: str) -> str:
     share = f"{100 * cat_s / span_s:.0f} %"
     inner = f"{100 * bound_s / span_s:.0f} %"
     if cat == "attention" and bound == "memory" and set(top_ops) <= set(KV_READ_OPS):
-        head = (f"{what} is bound by KV-cache reads on {place}: {inner} of {per} is memory-bound {ops_text} "
-                f"streaming the KV cache (attention in all: {share})")
+        head = (
+            f"{what} is bound by KV-cache reads on {place}: {inner} of {per} is memory-bound {ops_text} "
+            f"streaming the KV cache (attention in all: {share})"
+        )
     else:
-        head = (f"{what} is bound by {CATEGORY_WORDS.get(cat, cat)} on {place}: {share} of {per} "
-                f"({inner} {_BOUND_WORDS.get(bound, bound)} {ops_text})")
-    rest = [f"{CATEGORY_WORDS.get(c, c)} {100 * t / span_s:.0f} %" for c, t in per_cat.iloc[1:].items()
-            if t / span_s >= 0.05][:2]
+        head = (
+            f"{what} is bound by {CATEGORY_WORDS.get(cat, cat)} on {place}: {share} of {per} "
+            f"({inner} {_BOUND_WORDS.get(bound, bound)} {ops_text})"
+        )
+    rest = [
+        f"{CATEGORY_WORDS.get(c, c)} {100 * t / span_s:.0f} %"
+        for c, t in per_cat.iloc[1:].items()
+        if t / span_s >= 0.05
+    ][:2]
     return head + (f"; then {', '.join(rest)}" if rest else "")
 
 
@@ -229,8 +244,11 @@ def analyse(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int) -> tuple[dict, 
         "total": {"sink": ops["node"].iat[total_sink], **_breakdown(ops, total_path, total_path.length_s)},
     }
     frame = ops.iloc[ttft_path.rows][_COLUMNS]
-    sentences = {"ttft": _describe(frame, ttft_path.length_s, f"TTFT ({_fmt_ms(ttft_path.length_s)})",
-                                   "the critical path to the first token")}
+    sentences = {
+        "ttft": _describe(
+            frame, ttft_path.length_s, f"TTFT ({_fmt_ms(ttft_path.length_s)})", "the critical path to the first token"
+        )
+    }
 
     # The decode part: the path after its last prefill node (with several microbatches the path
     # can weave between one microbatch's prefill and another's decode before that).
@@ -252,17 +270,31 @@ def analyse(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int) -> tuple[dict, 
             "seconds": {c: t / len(steps) for c, t in per_step["seconds"].items()},
         }
         sentences["tpot"] = _describe(decode, decode_span_s, "TPOT", "each decode step's critical path") + (
-            f"; a step takes {_fmt_ms(step_s)} on the path (mean of {len(steps)})")
+            f"; a step takes {_fmt_ms(step_s)} on the path (mean of {len(steps)})"
+        )
     result["sentences"] = sentences
     return result, {"ttft": ttft_path, "total": total_path}
 
 
 def path_table(ops: pd.DataFrame, path: CriticalPath) -> pd.DataFrame:
     """The path as a table (for critical_path.csv): one row per node, earliest first."""
-    cols = ["node", "op", "category", "phase", "step", "microbatch", "layer", "gpu", "start_s", "end_s",
-            "duration_s", "bound"]
+    cols = [
+        "node",
+        "op",
+        "category",
+        "phase",
+        "step",
+        "microbatch",
+        "layer",
+        "gpu",
+        "start_s",
+        "end_s",
+        "duration_s",
+        "bound",
+    ]
     frame = ops.iloc[path.rows][cols].reset_index(drop=True)
-    frame["gpu"] = [",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g))
-                    for g in frame["gpu"]]
+    frame["gpu"] = [
+        ",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g)) for g in frame["gpu"]
+    ]
     frame["waited_via"] = path.via
     return frame

@@ -106,20 +106,16 @@ def _check_values(inp: EngineInput) -> None:
     num_tasks = len(inp.duration_s)
     if inp.num_resources < 0:
         raise ValueError(f"num_resources = {inp.num_resources} must be >= 0")
-    for name, seq in (("resources", inp.resources), ("successors", inp.successors),
-                      ("release_s", inp.release_s)):
+    for name, seq in (("resources", inp.resources), ("successors", inp.successors), ("release_s", inp.release_s)):
         if seq is not None and len(seq) != num_tasks:
-            raise ValueError(
-                f"len({name}) = {len(seq)} must equal len(duration_s) = {num_tasks}")
+            raise ValueError(f"len({name}) = {len(seq)} must equal len(duration_s) = {num_tasks}")
     bad = _first_bad_time(inp.duration_s)
     if bad is not None:
-        raise ValueError(
-            f"duration_s[{bad}] = {inp.duration_s[bad]!r} must be finite and >= 0")
+        raise ValueError(f"duration_s[{bad}] = {inp.duration_s[bad]!r} must be finite and >= 0")
     if inp.release_s is not None:
         bad = _first_bad_time(inp.release_s)
         if bad is not None:
-            raise ValueError(
-                f"release_s[{bad}] = {inp.release_s[bad]!r} must be finite and >= 0")
+            raise ValueError(f"release_s[{bad}] = {inp.release_s[bad]!r} must be finite and >= 0")
     try:  # each distinct resource tuple once (callers repeat a few)
         distinct_res = set(inp.resources)
     except TypeError:  # lists
@@ -129,16 +125,13 @@ def _check_values(inp: EngineInput) -> None:
         for i, res in enumerate(inp.resources):
             for r in res:
                 if not 0 <= r < inp.num_resources:
-                    raise ValueError(
-                        f"resources[{i}] contains {r}, outside [0, num_resources = "
-                        f"{inp.num_resources})")
+                    raise ValueError(f"resources[{i}] contains {r}, outside [0, num_resources = {inp.num_resources})")
     flat_succ = list(chain.from_iterable(inp.successors))
     if flat_succ and (min(flat_succ) < 0 or max(flat_succ) >= num_tasks):
         for i, succ in enumerate(inp.successors):
             for j in succ:
                 if not 0 <= j < num_tasks:
-                    raise ValueError(
-                        f"successors[{i}] contains {j}, outside [0, num_tasks = {num_tasks})")
+                    raise ValueError(f"successors[{i}] contains {j}, outside [0, num_tasks = {num_tasks})")
 
 
 def _unfinished_error(unfinished: list[int], num_tasks: int) -> ValueError:
@@ -146,8 +139,8 @@ def _unfinished_error(unfinished: list[int], num_tasks: int) -> ValueError:
     ids = ", ".join(str(i) for i in islice(unfinished, _MAX_IDS_IN_ERROR))
     more = ", ..." if len(unfinished) > _MAX_IDS_IN_ERROR else ""
     return ValueError(
-        f"{len(unfinished)} of {num_tasks} tasks can never run (dependency cycle); "
-        f"e.g. tasks {ids}{more}")
+        f"{len(unfinished)} of {num_tasks} tasks can never run (dependency cycle); e.g. tasks {ids}{more}"
+    )
 
 
 def validate_input(inp: EngineInput) -> None:
@@ -290,9 +283,20 @@ def simulate(inp: EngineInput) -> EngineTrace:
                 wait_on = r
         return wait_on
 
-    def pull(r: int, waiters=waiters, heappop=heappop, heappush=heappush, task_class=task_class, where=where,
-             class_tasks=class_tasks, solo=solo, busy_until_s=busy_until_s, class_res=class_res,
-             came_from=came_from, candidates=candidates) -> None:
+    def pull(
+        r: int,
+        waiters=waiters,
+        heappop=heappop,
+        heappush=heappush,
+        task_class=task_class,
+        where=where,
+        class_tasks=class_tasks,
+        solo=solo,
+        busy_until_s=busy_until_s,
+        class_res=class_res,
+        came_from=came_from,
+        candidates=candidates,
+    ) -> None:
         """Moves the lowest class parked on freed resource r that could start into the candidates.
 
         Classes found blocked on another resource are re-parked there on the way, which saves
@@ -321,11 +325,31 @@ def simulate(inp: EngineInput) -> EngineTrace:
 
     # The callback binds what it uses as default arguments: local lookups, the fastest kind (this
     # runs once per event).
-    def on_tick(event: simpy.Event, env=env, ticks=ticks, task_res=task_res, busy_until_s=busy_until_s,
-                waiters=waiters, successors=successors, num_preds=num_preds, task_class=task_class,
-                class_tasks=class_tasks, where=where, came_from=came_from, candidates=candidates,
-                heappush=heappush, heappop=heappop, pull=pull, class_res=class_res, solo=solo,
-                busiest=busiest, duration_s=duration_s, start_s=start_s, end_s=end_s, timeout=timeout) -> None:
+    def on_tick(
+        event: simpy.Event,
+        env=env,
+        ticks=ticks,
+        task_res=task_res,
+        busy_until_s=busy_until_s,
+        waiters=waiters,
+        successors=successors,
+        num_preds=num_preds,
+        task_class=task_class,
+        class_tasks=class_tasks,
+        where=where,
+        came_from=came_from,
+        candidates=candidates,
+        heappush=heappush,
+        heappop=heappop,
+        pull=pull,
+        class_res=class_res,
+        solo=solo,
+        busiest=busiest,
+        duration_s=duration_s,
+        start_s=start_s,
+        end_s=end_s,
+        timeout=timeout,
+    ) -> None:
         nonlocal num_finished, num_events
         num_events += 1
         now_s = env.now
@@ -436,7 +460,7 @@ def simulate(inp: EngineInput) -> EngineTrace:
         # on_tick schedules itself, so it sits in a reference cycle with every list it closes
         # over (the successor lists alone are one per task): unbound, they go back by reference
         # counting at once instead of waiting for (and costing) a cyclic-GC pass.
-        on_tick = None  # noqa: F841
+        on_tick = None  # type: ignore[assignment]  # noqa: F841
 
     if num_finished != num_tasks:
         raise _unfinished_error([i for i in range(num_tasks) if num_preds[i] > 0], num_tasks)

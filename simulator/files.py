@@ -6,12 +6,12 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
-
 
 #: Largest YAML input read (bytes): every moesim input (scenario, preset, profile, cases file,
 #: progress header) is a few kB to a few hundred kB; tens of MB would be parsed for minutes.
@@ -163,7 +163,9 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write it ({exc.strerror or exc}); free space or choose another directory") from None
+        raise OutputError(
+            f"{path}: cannot write it ({exc.strerror or exc}); free space or choose another directory"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -203,7 +205,7 @@ def clean_stale_staging(out: Path) -> list[Path]:
     removed = []
     for kind in ("staging", "old"):
         for path in parent.glob(_staging_prefix(out, kind) + "*"):
-            pid_text = path.name[len(_staging_prefix(out, kind)):].split("-", 1)[0]
+            pid_text = path.name[len(_staging_prefix(out, kind)) :].split("-", 1)[0]
             if pid_text.isdigit() and (int(pid_text) == os.getpid() or pid_alive(int(pid_text))):
                 continue  # a run in progress (or this one)
             if path.is_dir() and not path.is_symlink():
@@ -219,13 +221,17 @@ def output_target(out: Path) -> Path:
     if out.is_symlink():
         target = Path(os.path.realpath(out))
         if not target.is_dir():
-            raise OutputError(f"--out {out}: a symbolic link to {target}, which is not a directory; choose another path")
+            raise OutputError(
+                f"--out {out}: a symbolic link to {target}, which is not a directory; choose another path"
+            )
         out = target
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents or resolved == Path(resolved.anchor):
-        raise OutputError(f"--out {out}: the current directory (or one above it) cannot be replaced; "
-                          "name a subdirectory, e.g. --out reports/run")
+        raise OutputError(
+            f"--out {out}: the current directory (or one above it) cannot be replaced; "
+            "name a subdirectory, e.g. --out reports/run"
+        )
     return out
 
 
@@ -242,11 +248,15 @@ def check_output(out: Path, force: bool = False, kind: str | None = None) -> Pat
             raise OutputError(f"--out {out}: directory exists and was not made by moesim; pass --force to replace it")
         theirs = marker_kind(out)
         if kind and theirs and theirs != kind and not force:
-            raise OutputError(f"--out {out}: holds the output of `moesim {theirs}`; choose another --out "
-                              f"or pass --force to replace it")
+            raise OutputError(
+                f"--out {out}: holds the output of `moesim {theirs}`; choose another --out "
+                f"or pass --force to replace it"
+            )
         if not os.access(out, os.W_OK | os.X_OK):
-            raise OutputError(f"--out {out}: the directory is read-only, so it cannot be replaced; "
-                              "choose another path or make it writable")
+            raise OutputError(
+                f"--out {out}: the directory is read-only, so it cannot be replaced; "
+                "choose another path or make it writable"
+            )
     parent = out.parent if str(out.parent) else Path(".")
     clean_stale_staging(out) if parent.is_dir() else None
     Path(_make_staging(out, parent, "staging")).rmdir()
@@ -282,7 +292,9 @@ def run_directory(out: Path, force: bool = False, kind: str | None = None) -> It
         try:
             (staging / MARKER_FILE).write_text(f"made by moesim {kind}\n" if kind else "made by moesim\n")
         except OSError as exc:
-            raise OutputError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable directory") from None
+            raise OutputError(
+                f"--out {out}: cannot write there ({exc.strerror}); choose a writable directory"
+            ) from None
         yield staging
         _swap_in(staging, out, parent)
     except BaseException:
@@ -297,8 +309,9 @@ def _swap_in(staging: Path, out: Path, parent: Path) -> None:
         try:
             os.replace(staging, out)
         except OSError as exc:
-            raise OutputError(f"--out {out}: cannot move the new run into place ({exc.strerror}); "
-                              "choose another path") from None
+            raise OutputError(
+                f"--out {out}: cannot move the new run into place ({exc.strerror}); choose another path"
+            ) from None
         return
     # The old run is renamed within its parent (onto an empty directory, which rename(2) allows):
     # moving a directory to another parent would need write permission on it.
@@ -312,7 +325,9 @@ def _swap_in(staging: Path, out: Path, parent: Path) -> None:
         if moved:
             os.replace(old, out)
         shutil.rmtree(old, ignore_errors=True)
-        raise OutputError(f"--out {out}: cannot replace it ({exc.strerror}); choose another path or make it writable") from None
+        raise OutputError(
+            f"--out {out}: cannot replace it ({exc.strerror}); choose another path or make it writable"
+        ) from None
     for inner in sorted(old.iterdir()):  # other commands' outputs kept inside this one (dag/, compare/)
         if inner.is_dir() and (inner / MARKER_FILE).exists() and not (out / inner.name).exists():
             with contextlib.suppress(OSError):

@@ -40,8 +40,13 @@ def _attention_params(m, tp: int = 1) -> float:
     down-projections are replicated over TP (graph.layers.LayerBuilder.mla); its latent norms are included."""
     hl = m.num_heads // tp
     if m.is_mla:
-        return (costs.mla_attention_params(m.hidden_size, hl, m.head_size, m.qk_rope_head_dim, m.v_head_dim,
-                                           m.kv_lora_rank, m.q_lora_rank) + m.kv_lora_rank + (m.q_lora_rank or 0))
+        return (
+            costs.mla_attention_params(
+                m.hidden_size, hl, m.head_size, m.qk_rope_head_dim, m.v_head_dim, m.kv_lora_rank, m.q_lora_rank
+            )
+            + m.kv_lora_rank
+            + (m.q_lora_rank or 0)
+        )
     return costs.attention_params(m.hidden_size, hl, max(1, m.kv_heads // tp), m.head_size)
 
 
@@ -113,8 +118,9 @@ def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     positions = w.input_len_tokens + w.output_len_tokens - 1
     layers = len(pl.layers_of_gpu(gpu))
     if m.is_mla:
-        return costs.mla_kv_cache_bytes(w.batch_size / p.dp, positions, layers, m.kv_lora_rank or 0,
-                                        m.qk_rope_head_dim or 0, m.kv_bytes_per_element)
+        return costs.mla_kv_cache_bytes(
+            w.batch_size / p.dp, positions, layers, m.kv_lora_rank or 0, m.qk_rope_head_dim or 0, m.kv_bytes_per_element
+        )
     kvl = max(1, m.kv_heads // p.tp)
     return costs.kv_cache_bytes(w.batch_size / p.dp, positions, layers, kvl, m.head_size, m.kv_bytes_per_element)
 
@@ -156,5 +162,3 @@ def memory_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario, capacity_bytes: 
         )
         for g in range(scenario.num_gpus)
     ]
-
-

@@ -15,10 +15,10 @@ from typing import NamedTuple
 import numpy as np
 
 from simulator.config import Scenario, gpus_per_node
-from simulator.graph import NodeKind
-from simulator.placement import expand_per_gpu, placement_summary, routing_summary
 from simulator.config.hardware import HardwareProfile
+from simulator.graph import NodeKind
 from simulator.memory import GpuMemory, memory_per_gpu
+from simulator.placement import expand_per_gpu, placement_summary, routing_summary
 from simulator.simulate import SimResult, WeightedNode
 
 
@@ -30,9 +30,13 @@ class Stats:
     max: float
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "Stats":
-        return cls(float(np.mean(values)), float(np.percentile(values, 50)), float(np.percentile(values, 99)),
-                   float(np.max(values)))
+    def of(cls, values: np.ndarray) -> Stats:
+        return cls(
+            float(np.mean(values)),
+            float(np.percentile(values, 50)),
+            float(np.percentile(values, 99)),
+            float(np.max(values)),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def decode_step_weights(steps: tuple[int, ...], total_steps: int, warmup_steps: 
     warm = [s for s in steps if s <= warmup_steps]
     for s in warm:
         weights[s] = 1.0
-    rest = steps[len(warm):]
+    rest = steps[len(warm) :]
     for t in range(len(warm) + 1, total_steps + 1):
         j = bisect.bisect_right(rest, t) - 1
         if j < 0:
@@ -145,9 +149,9 @@ class ExactSums(dict):
         return {k: math.fsum(v) for k, v in self.items()}
 
 
-
-
-def token_times(sim: SimResult, microbatches: int, weights: dict[int, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def token_times(
+    sim: SimResult, microbatches: int, weights: dict[int, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Time of the first and the last token of every microbatch.
 
     The last token time is the first plus the sum of every decode step's duration (the time
@@ -229,11 +233,17 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
         span_s = last_s - first_s
         plain_s = unweighted.total(phase)
         span_s *= weighted.total(phase) / plain_s if plain_s else 1.0
-        what = {"memory": "memory-bound", "compute": "compute-bound", "launch": "kernel-launch-bound",
-                "fused": "fused"}.get(kernel_bound, kernel_bound)
-        out[phase] = (f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * parts[(cat, kernel_bound)] / mine[gpu]:.0f}% "
-                      f"of its compute-stream time; communication occupies {100 * comm.total((phase, gpu)) / span_s:.0f}% "
-                      f"of the phase's span on that GPU")
+        what = {
+            "memory": "memory-bound",
+            "compute": "compute-bound",
+            "launch": "kernel-launch-bound",
+            "fused": "fused",
+        }.get(kernel_bound, kernel_bound)
+        out[phase] = (
+            f"{phase} is bound by {cat} ({what}) on GPU {gpu}: {100 * parts[(cat, kernel_bound)] / mine[gpu]:.0f}% "
+            f"of its compute-stream time; communication occupies {100 * comm.total((phase, gpu)) / span_s:.0f}% "
+            f"of the phase's span on that GPU"
+        )
     return out
 
 
@@ -244,7 +254,9 @@ def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
     n, distinct = len(dag), dag.distinct()
     phases: dict[str, int] = {}
     code = np.fromiter((phases.setdefault(a["phase"], len(phases)) for _, a in distinct), np.int64, len(distinct))
-    kernel = np.fromiter((a["kind"] != NodeKind.MARKER and a["kind"] != NodeKind.COMM for _, a in distinct), bool, len(distinct))
+    kernel = np.fromiter(
+        (a["kind"] != NodeKind.MARKER and a["kind"] != NodeKind.COMM for _, a in distinct), bool, len(distinct)
+    )
     position = np.zeros(n, dtype=np.int64)  # of each distinct node in `distinct`
     position[np.fromiter((i for i, _ in distinct), np.int64, len(distinct))] = np.arange(len(distinct))
     of_node = position[dag.original_array]
@@ -265,7 +277,7 @@ class _LayerExperts(NamedTuple):
     """straggler_s' sums for one layer of one pass: expert seconds per GPU, and the layer's count."""
 
     seconds_by_gpu: ExactSums
-    count: int
+    copies: int
 
 
 def straggler_s(nodes: Weighted) -> float:
@@ -354,5 +366,7 @@ def _with_targets(metrics: Metrics, scenario: Scenario) -> Metrics:
             results.append(TargetResult(name, "min", target.min, actual, actual >= target.min))
         else:
             assert target.max is not None
-            results.append(TargetResult(name, "max", target.max, actual, actual <= target.max and math.isfinite(actual)))
+            results.append(
+                TargetResult(name, "max", target.max, actual, actual <= target.max and math.isfinite(actual))
+            )
     return Metrics(**{**metrics.__dict__, "targets": results})

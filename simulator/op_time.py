@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from simulator import costs
 from simulator.config import DTYPE_BYTES
-from simulator.graph import NodeKind
 from simulator.config.hardware import Calibration, HardwareProfile, series_interpolate
+from simulator.graph import NodeKind
 
 
 def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
@@ -29,8 +29,9 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: 
         elif coll in ("all_gather", "reduce_scatter"):
             time_s = costs.hierarchical_allgather_s(attrs["message_bytes"], local, nodes, intra, inter)
         elif coll == "all_to_all":
-            time_s = costs.hierarchical_alltoall_s(list(attrs["send_bytes"]), list(attrs["recv_bytes"]), local, nodes,
-                                              intra, inter)
+            time_s = costs.hierarchical_alltoall_s(
+                list(attrs["send_bytes"]), list(attrs["recv_bytes"]), local, nodes, intra, inter
+            )
         elif coll == "send_recv":
             time_s = costs.sendrecv_s(attrs["message_bytes"], link)
         else:
@@ -53,7 +54,9 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: 
 ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
 
 
-def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager: bool, gated: bool) -> tuple[float, str]:
+def calibrated_node_s(
+    attrs: dict, hw: HardwareProfile, cal: Calibration, eager: bool, gated: bool
+) -> tuple[float, str]:
     """Time of a compute node from the profile's measured tables (see hardware.Calibration)."""
     op, dtype = attrs["op"], attrs["dtype"]
     element_bytes = DTYPE_BYTES[dtype]
@@ -64,13 +67,15 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
         if "grouped" in attrs and attrs["grouped"][0] > 1:
             experts, rows = attrs["grouped"]
             frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
-            time_s, bound = costs.calibrated_grouped_gemm_s(experts, rows, k, n, element_bytes, peak_flops_per_s,
-                                                            hbm_bytes_per_s, frac, attrs.get("weight_b"))
+            time_s, bound = costs.calibrated_grouped_gemm_s(
+                experts, rows, k, n, element_bytes, peak_flops_per_s, hbm_bytes_per_s, frac, attrs.get("weight_b")
+            )
             floor_s = floors_s["grouped_gemm"]
         else:
             frac = series_interpolate(cal.gemm, (k, n), m)
-            time_s, bound = costs.calibrated_gemm_s(m, k, n, element_bytes, peak_flops_per_s, hbm_bytes_per_s, frac,
-                                                    attrs.get("weight_b"))
+            time_s, bound = costs.calibrated_gemm_s(
+                m, k, n, element_bytes, peak_flops_per_s, hbm_bytes_per_s, frac, attrs.get("weight_b")
+            )
             floor_s = floors_s["gemm"]
     elif attrs.get("fused") == "flash_attention":
         if op == "attn_softmax":
@@ -80,8 +85,9 @@ def calibrated_node_s(attrs: dict, hw: HardwareProfile, cal: Calibration, eager:
             frac = series_interpolate(cal.attention_prefill, (d,), attrs["batch_heads"] * q_len * attrs["kv_len"])
         else:
             frac = series_interpolate(cal.attention_decode, (d,), attrs["kv_bytes_total"])
-        time_s, bound = costs.calibrated_attention_s(attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"],
-                                                     q_len, peak_flops_per_s, hbm_bytes_per_s, frac)
+        time_s, bound = costs.calibrated_attention_s(
+            attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len, peak_flops_per_s, hbm_bytes_per_s, frac
+        )
         floor_s = floors_s["attention"]
     else:
         s_per_byte = cal.elementwise_s_per_byte

@@ -13,12 +13,11 @@ from simulator.audit import AuditLine, audit
 from simulator.config import Scenario, ScenarioError, gpus_per_node, parse_scenario, resolve_hardware
 from simulator.config.hardware import HardwareProfile
 from simulator.graph import Dag, build, build_dag, sampled_decode_steps
-from simulator.placement import symmetric_representatives
 from simulator.memory import memory_per_gpu
 from simulator.metrics import Metrics, compute_metrics
+from simulator.placement import symmetric_representatives
 from simulator.simulate import SimResult, simulate_dag
 from simulator.verify import Check, verify_dag
-
 
 #: Runs between full collections under `no_gc` (see there): bounds the cyclic garbage that
 #: promotion keeps (one SimPy environment, ~16 objects, per run) at a cost of ~10 ms per 16 runs.
@@ -96,8 +95,14 @@ def dag_scenario(scenario: Scenario, verify: bool = True, hw: HardwareProfile | 
     return DagResult(scenario, hw, graph, checks, audit(scenario, memory))
 
 
-def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | None = None,
-                 fold: bool = False, explain: bool = True, hw: HardwareProfile | None = None) -> RunResult:
+def run_scenario(
+    scenario: Scenario,
+    verify: bool = True,
+    decode_sample: int | None = None,
+    fold: bool = False,
+    explain: bool = True,
+    hw: HardwareProfile | None = None,
+) -> RunResult:
     """Simulate the scenario. `decode_sample=K` simulates only K decode steps (evenly spaced,
     first and last included) and interpolates the others; None or 0 simulates every step.
     `fold=True` simulates one GPU per pipeline stage when the stage's GPUs are exactly alike
@@ -117,8 +122,10 @@ def run_scenario(scenario: Scenario, verify: bool = True, decode_sample: int | N
         sim = simulate_dag(dag, scenario, hw)
         metrics = compute_metrics(sim, scenario, hw, explain)
     if not metrics.total_s < MAX_SIMULATED_S:  # also NaN
-        raise ScenarioError(f"{scenario.name}: the simulated time ({metrics.total_s:.3g} s) is beyond any deployment's; "
-                            "check the hardware figures and the workload for a unit slip")
+        raise ScenarioError(
+            f"{scenario.name}: the simulated time ({metrics.total_s:.3g} s) is beyond any deployment's; "
+            "check the hardware figures and the workload for a unit slip"
+        )
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
     if verify:
         run.checks.extend(verify_dag(run.graph, scenario))
@@ -131,8 +138,10 @@ SAMPLED_FIGURES = ("tpot_s", "decode_s", "total_s", "output_tokens_per_ms_per_gp
 
 def sampled_figures(metrics: Metrics) -> dict[str, float]:
     """The values of SAMPLED_FIGURES in `metrics`."""
-    return {name: metrics.throughput[name] if name in metrics.throughput else float(getattr(metrics, name))
-            for name in SAMPLED_FIGURES}
+    return {
+        name: metrics.throughput[name] if name in metrics.throughput else float(getattr(metrics, name))
+        for name in SAMPLED_FIGURES
+    }
 
 
 def measure_sampling_error(run: RunResult, decode_sample: int) -> RunResult:
@@ -146,14 +155,20 @@ def measure_sampling_error(run: RunResult, decode_sample: int) -> RunResult:
     if len(simulated) >= total_steps:
         return run
     folded = run.dag.graph.get("representatives") is not None
-    check = run_scenario(run.scenario, verify=False, decode_sample=2 * decode_sample - 1, fold=folded,
-                         explain=False, hw=run.hardware)
+    check = run_scenario(
+        run.scenario, verify=False, decode_sample=2 * decode_sample - 1, fold=folded, explain=False, hw=run.hardware
+    )
     checked = list(check.dag.graph.get("decode_steps", []))
     ours, theirs = sampled_figures(run.metrics), sampled_figures(check.metrics)
     error = {k: abs(ours[k] - theirs[k]) / abs(theirs[k]) if theirs[k] else 0.0 for k in SAMPLED_FIGURES}
-    sampling = {"decode_steps": total_steps, "simulated_steps": simulated, "check_steps": len(checked),
-                "held_out_steps": sorted(set(checked) - set(simulated)), "relative_error": error,
-                "max_relative_error": max(error.values())}
+    sampling = {
+        "decode_steps": total_steps,
+        "simulated_steps": simulated,
+        "check_steps": len(checked),
+        "held_out_steps": sorted(set(checked) - set(simulated)),
+        "relative_error": error,
+        "max_relative_error": max(error.values()),
+    }
     return replace(run, sampling=sampling)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from simulator.config import ParallelSpec, Scenario
 
 if TYPE_CHECKING:
     import networkx as nx
+
+
+V = TypeVar("V")  # a per-GPU figure
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,11 @@ class Placement:
 
     @classmethod
     def of(cls, scenario: Scenario) -> Placement:
-        return cls(parallel=scenario.parallel, num_experts=scenario.model.num_experts,
-                   stage_layers=tuple(tuple(s) for s in scenario.stage_layers()))
+        return cls(
+            parallel=scenario.parallel,
+            num_experts=scenario.model.num_experts,
+            stage_layers=tuple(tuple(s) for s in scenario.stage_layers()),
+        )
 
     @property
     def num_gpus(self) -> int:
@@ -111,9 +117,12 @@ def routing_loads(scenario: Scenario, layer: int = 0) -> list[float]:
 def evenly_routed(scenario: Scenario) -> bool:
     """Every expert gets the same share of token copies and none is dropped (or the model is dense)."""
     r = scenario.workload.routing
-    return not scenario.model.is_moe or (r.zipf is None and r.sampled is None
-                                         and (r.loads is None or max(r.loads) == min(r.loads))
-                                         and (r.capacity_factor is None or r.capacity_factor >= 1.0))
+    return not scenario.model.is_moe or (
+        r.zipf is None
+        and r.sampled is None
+        and (r.loads is None or max(r.loads) == min(r.loads))
+        and (r.capacity_factor is None or r.capacity_factor >= 1.0)
+    )
 
 
 def symmetric_representatives(scenario: Scenario, gpus_per_node: int) -> frozenset[int] | None:
@@ -156,7 +165,7 @@ def represented_gpus(representatives: list[int] | frozenset[int], num_gpus: int)
     return {r: list(range(r, r + per_stage)) for r in reps}
 
 
-def expand_per_gpu(values: dict[int, object], graph: nx.DiGraph) -> dict[int, object]:
+def expand_per_gpu(values: dict[int, V], graph: nx.DiGraph) -> dict[int, V]:
     """Per-GPU figures of a folded graph (built for symmetric_representatives) for every GPU:
     each GPU takes its stage representative's figure. An unfolded graph's figures pass through."""
     keep = graph.graph.get("representatives")
@@ -170,8 +179,13 @@ def routing_summary(scenario: Scenario) -> dict:
     """Routing imbalance of the MoE layers: tokens per EP rank (max / mean over ranks, the worst
     layer and the mean over layers) and the token copies dropped at capacity per prefill."""
     m, p, w = scenario.model, scenario.parallel, scenario.workload
-    out = {"routing": w.routing.kind, "max_over_mean_tokens_per_ep_rank": 1.0,
-           "mean_max_over_mean_tokens_per_ep_rank": 1.0, "dropped_copies_prefill": 0.0, "dropped_fraction": 0.0}
+    out = {
+        "routing": w.routing.kind,
+        "max_over_mean_tokens_per_ep_rank": 1.0,
+        "mean_max_over_mean_tokens_per_ep_rank": 1.0,
+        "dropped_copies_prefill": 0.0,
+        "dropped_fraction": 0.0,
+    }
     moe_layers = [layer for layer in range(m.num_layers) if m.is_moe_layer(layer)]
     if not moe_layers:
         return out
@@ -182,13 +196,17 @@ def routing_summary(scenario: Scenario) -> dict:
     ratios, dropped = [], 0.0
     for layer in moe_layers:
         kept, lost = costs.kept_copies(copies, routing_loads(scenario, layer), w.routing.capacity_factor)
-        ranks = [sum(kept[r * per_rank:(r + 1) * per_rank]) for r in range(p.ep)]
+        ranks = [sum(kept[r * per_rank : (r + 1) * per_rank]) for r in range(p.ep)]
         mean = sum(ranks) / p.ep
         ratios.append(max(ranks) / mean if mean else 1.0)
         dropped += lost * groups * p.microbatches
     total = w.batch_size * w.input_len_tokens * m.top_k * len(moe_layers)
-    out.update(max_over_mean_tokens_per_ep_rank=max(ratios), mean_max_over_mean_tokens_per_ep_rank=sum(ratios) / len(ratios),
-               dropped_copies_prefill=dropped, dropped_fraction=dropped / total)
+    out.update(
+        max_over_mean_tokens_per_ep_rank=max(ratios),
+        mean_max_over_mean_tokens_per_ep_rank=sum(ratios) / len(ratios),
+        dropped_copies_prefill=dropped,
+        dropped_fraction=dropped / total,
+    )
     return out
 
 
@@ -210,16 +228,29 @@ def placement_summary(scenario: Scenario, gpus_per_node: int) -> dict:
     stage_nodes = [nodes(pl.stage_gpus(st)) for st in range(pl.pp)]
     notes = []
     if pl.tp > 1:
-        notes.append(f"{len(tp_groups)} TP group(s) of {pl.tp} GPUs: "
-                     + ("each inside one node (consecutive ranks)" if not tp_split else
-                        f"{len(tp_split)} span nodes (tp = {pl.tp} > gpus_per_node = {gpn} or not aligned): "
-                        "their all-reduces cross the NICs"))
+        notes.append(
+            f"{len(tp_groups)} TP group(s) of {pl.tp} GPUs: "
+            + (
+                "each inside one node (consecutive ranks)"
+                if not tp_split
+                else f"{len(tp_split)} span nodes (tp = {pl.tp} > gpus_per_node = {gpn} or not aligned): "
+                "their all-reduces cross the NICs"
+            )
+        )
     if ep_groups and pl.ep * pl.etp > 1:
-        notes.append(f"{len(ep_groups)} EP group(s) of {pl.ep * pl.etp} GPUs, each over {ep_spread} node(s)"
-                     + (": all-to-all crosses the NICs (bound by the NIC)" if ep_spread > 1 else ": all-to-all on NVLink"))
+        notes.append(
+            f"{len(ep_groups)} EP group(s) of {pl.ep * pl.etp} GPUs, each over {ep_spread} node(s)"
+            + (": all-to-all crosses the NICs (bound by the NIC)" if ep_spread > 1 else ": all-to-all on NVLink")
+        )
     if pl.pp > 1:
-        notes.append("pipeline stages on nodes " + "; ".join(f"stage {st}: {','.join(map(str, n))}"
-                                                            for st, n in enumerate(stage_nodes)))
-    return {"gpus_per_node": gpn, "nodes": -(-pl.num_gpus // gpn), "tp_groups_within_node": not tp_split,
-            "max_nodes_per_ep_group": ep_spread, "notes": notes}
-
+        notes.append(
+            "pipeline stages on nodes "
+            + "; ".join(f"stage {st}: {','.join(map(str, n))}" for st, n in enumerate(stage_nodes))
+        )
+    return {
+        "gpus_per_node": gpn,
+        "nodes": -(-pl.num_gpus // gpn),
+        "tp_groups_within_node": not tp_split,
+        "max_nodes_per_ep_group": ep_spread,
+        "notes": notes,
+    }

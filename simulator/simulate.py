@@ -7,18 +7,19 @@ come back as a table (one row per node).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from operator import itemgetter
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import networkx as nx
 import pandas as pd
 
 from simulator import engine
 from simulator.config import Scenario, gpus_per_node
-from simulator.graph import Dag, NodeKind
 from simulator.config.hardware import HardwareProfile
+from simulator.graph import Dag, NodeKind
 from simulator.op_time import node_time_s
 
 
@@ -49,9 +50,9 @@ class Resources:
 class WeightedNode(NamedTuple):
     """One row of SimResult.weighted_nodes: a distinct node of one step and what it stands for."""
 
-    index: int  # position in the Dag
+    node: int  # position in the Dag
     attrs: dict
-    count: int  # the nodes of that step it stands for: itself and its copies
+    copies: int  # the nodes of that step it stands for: itself and its copies
     weight: float  # the decode steps its step stands for (metrics.decode_step_weights; 1 in prefill)
     weighted_s: float  # one node's duration times weight
     step: int
@@ -87,12 +88,19 @@ class SimResult:
     num_events: int
 
     @classmethod
-    def from_frame(cls, ops: pd.DataFrame, makespan_s: float, num_events: int = 0) -> "SimResult":
+    def from_frame(cls, ops: pd.DataFrame, makespan_s: float, num_events: int = 0) -> SimResult:
         """A trace given as a table with `ops`'s columns (a hand-made one, in tests)."""
         rows = ops.to_dict("records")
         dag = Dag([r["node"] for r in rows], rows, [-1] * len(rows), [], [], [], {})
-        return cls(dag, ops["duration_s"].tolist(), ops["bound"].tolist(), ops["start_s"].tolist(),
-                   ops["end_s"].tolist(), makespan_s, num_events)
+        return cls(
+            dag,
+            ops["duration_s"].tolist(),
+            ops["bound"].tolist(),
+            ops["start_s"].tolist(),
+            ops["end_s"].tolist(),
+            makespan_s,
+            num_events,
+        )
 
     def weighted_nodes(self, weights: dict[int, float]) -> list[WeightedNode]:
         """One WeightedNode per distinct node and step (Dag.counted), its weight from `weights`
@@ -163,6 +171,18 @@ def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfil
     return SimResult(dag, durations_s, bounds, trace.start_s, trace.end_s, trace.makespan_s, trace.num_events)
 
 
-_COLUMNS = ("op", "kind", "category", "phase", "step", "microbatch", "layer", "stage", "gpu", "flops",
-            "bytes_read", "bytes_written")
+_COLUMNS = (
+    "op",
+    "kind",
+    "category",
+    "phase",
+    "step",
+    "microbatch",
+    "layer",
+    "stage",
+    "gpu",
+    "flops",
+    "bytes_read",
+    "bytes_written",
+)
 _GPU = _COLUMNS.index("gpu")

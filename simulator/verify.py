@@ -9,8 +9,8 @@ import pandas as pd
 
 from simulator.config import Scenario
 from simulator.graph import NodeKind
-from simulator.placement import Placement
 from simulator.memory import weight_bytes_per_gpu
+from simulator.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,12 @@ def _sources_and_sinks(graph: nx.DiGraph) -> Check:
         sources = [n for n in nodes if not any(phase_of[u] == phase for u in graph._pred[n])]
         sinks = [n for n in nodes if not any(phase_of[v] == phase for v in graph._succ[n])]
         if len(sources) != 1 or len(sinks) != 1:
-            problems.append(f"{phase}: {len(sources)} sources ({', '.join(sources[:3])}), {len(sinks)} sinks ({', '.join(sinks[:3])})")
-    return Check("one source and one sink per phase", not problems, "; ".join(problems) or "prefill and decode each have one")
+            problems.append(
+                f"{phase}: {len(sources)} sources ({', '.join(sources[:3])}), {len(sinks)} sinks ({', '.join(sinks[:3])})"
+            )
+    return Check(
+        "one source and one sink per phase", not problems, "; ".join(problems) or "prefill and decode each have one"
+    )
 
 
 def _placement(graph: nx.DiGraph, pl: Placement) -> Check:
@@ -88,15 +92,23 @@ def _expert_ownership(graph: nx.DiGraph, pl: Placement) -> Check:
         owners = seen.setdefault((a["phase"], a["step"], a["microbatch"], a["layer"], replica_of[gpu]), {})
         for e in a["experts"]:
             if e not in held[gpu]:
-                return Check("each expert on exactly one EP rank per replica", False, f"{n}: expert {e} not held by GPU {gpu}")
+                return Check(
+                    "each expert on exactly one EP rank per replica", False, f"{n}: expert {e} not held by GPU {gpu}"
+                )
             owners.setdefault(e, set()).add(gpu)
     for key, owners in seen.items():
         for e, gpus in owners.items():
             if len(gpus) != pl.etp:
-                return Check("each expert on exactly one EP rank per replica", False,
-                             f"expert {e} runs on GPUs {sorted(gpus)} in {key} (expected {pl.etp} shard(s))")
-    return Check("each expert on exactly one EP rank per replica", True,
-                 f"{pl.num_experts} experts x {pl.dp * pl.tp // (pl.ep * pl.etp)} replica(s) per stage")
+                return Check(
+                    "each expert on exactly one EP rank per replica",
+                    False,
+                    f"expert {e} runs on GPUs {sorted(gpus)} in {key} (expected {pl.etp} shard(s))",
+                )
+    return Check(
+        "each expert on exactly one EP rank per replica",
+        True,
+        f"{pl.num_experts} experts x {pl.dp * pl.tp // (pl.ep * pl.etp)} replica(s) per stage",
+    )
 
 
 def _collective_groups(graph: nx.DiGraph, pl: Placement) -> Check:
@@ -113,7 +125,11 @@ def _collective_groups(graph: nx.DiGraph, pl: Placement) -> Check:
         if group == "pp":
             src, dst = gpus
             if pl.stage_of_gpu(src) == pl.stage_of_gpu(dst) or src % (pl.dp * pl.tp) != dst % (pl.dp * pl.tp):
-                return Check("collectives only within their group", False, f"{n} sends {src}->{dst}, not matching ranks of two stages")
+                return Check(
+                    "collectives only within their group",
+                    False,
+                    f"{n} sends {src}->{dst}, not matching ranks of two stages",
+                )
     return Check("collectives only within their group", True, "TP, EP and pipeline transfers stay in their groups")
 
 
@@ -126,8 +142,11 @@ def _decode_order(graph: nx.DiGraph) -> Check:
         chain.sort()
         for (prev_step, prev), (step, n) in zip(chain, chain[1:]):
             if not nx.has_path(graph, prev, n):
-                return Check("decode steps ordered", False,
-                             f"token of step {step} (microbatch {mb}) does not follow step {prev_step}")
+                return Check(
+                    "decode steps ordered",
+                    False,
+                    f"token of step {step} (microbatch {mb}) does not follow step {prev_step}",
+                )
     count = max((len(c) for c in chains.values()), default=0)
     return Check("decode steps ordered", True, f"{count} tokens per microbatch chain in order")
 
@@ -151,14 +170,16 @@ def per_gpu_table(graph: nx.DiGraph, scenario: Scenario) -> pd.DataFrame:
     for g in range(pl.num_gpus):
         layers = pl.layers_of_gpu(g)
         experts = pl.experts_of_gpu(g)
-        rows.append({
-            "gpu": g,
-            "stage": pl.stage_of_gpu(g),
-            "layers": f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0]),
-            "experts": f"{experts[0]}-{experts[-1]}" if experts else "-",
-            "weight_bytes": weight_bytes_per_gpu(scenario, g),
-            "flops": flops[g],
-            "hbm_bytes": moved[g],
-            "sent_bytes": sent[g],
-        })
+        rows.append(
+            {
+                "gpu": g,
+                "stage": pl.stage_of_gpu(g),
+                "layers": f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0]),
+                "experts": f"{experts[0]}-{experts[-1]}" if experts else "-",
+                "weight_bytes": weight_bytes_per_gpu(scenario, g),
+                "flops": flops[g],
+                "hbm_bytes": moved[g],
+                "sent_bytes": sent[g],
+            }
+        )
     return pd.DataFrame(rows)

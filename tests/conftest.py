@@ -16,9 +16,19 @@ SEED_PATH = ROOT / "scenarios" / "seed_moe_4gpu.yaml"
 
 TINY_MOE = {
     "name": "tiny_moe",
-    "model": {"name": "tiny", "num_layers": 4, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 4,
-              "head_dim": 16, "num_experts": 4, "top_k": 2, "expert_ffn_size": 128, "activation": "gelu",
-              "dtype": "fp16"},
+    "model": {
+        "name": "tiny",
+        "num_layers": 4,
+        "hidden_size": 64,
+        "num_heads": 4,
+        "num_kv_heads": 4,
+        "head_dim": 16,
+        "num_experts": 4,
+        "top_k": 2,
+        "expert_ffn_size": 128,
+        "activation": "gelu",
+        "dtype": "fp16",
+    },
     "hardware": "h100-sxm-80gb",
     "cluster": {"num_gpus": 4, "gpus_per_node": 4},
     "parallel": {"tp": 2, "ep": 2, "pp": 2, "dp": 1, "microbatches": 1},

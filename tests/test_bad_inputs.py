@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY_MOE
 
 
@@ -93,65 +92,164 @@ def _foreign_out(d: Path) -> list[str]:
 
 
 ROWS = [
-    Row("yaml-syntax", "YAML syntax error", "YAML syntax error at line 3, column 9: expected ',' or ']'",
-        _file("name: x\nmodel: [1, 2\nworkload: 3\n")),
-    Row("duplicate-key", "a key given twice", "YAML syntax error at line 2, column 1: duplicate key 'name'",
-        _file("name: x\nname: y\n")),
-    Row("unknown-key", "unknown key (typo)", "parallel.tpp: unknown key; did you mean 'tp'?",
-        _file(_scenario(parallel__tpp=2))),
-    Row("unknown-target", "unknown target metric", "targets.ttft: unknown key; did you mean 'ttft_s'?",
-        _file(_scenario(targets={"ttft": {"max": 1}}))),
-    Row("wrong-type", "wrong type", "model.num_layers: Input should be a valid integer",
-        _file(_scenario(model__num_layers="many"))),
-    Row("missing-field", "missing required field", "model.hidden_size: required field is missing; add it",
-        _file(_scenario(model__hidden_size=...))),
-    Row("zero-size", "zero size", "workload.batch_size = 0: input should be greater than 0",
-        _file(_scenario(workload__batch_size=0))),
-    Row("negative-size", "negative size", "model.hidden_size = -64: input should be greater than 0",
-        _file(_scenario(model__hidden_size=-64))),
-    Row("nan", "NaN", "model.capacity_factor: Input should be a finite number",
-        _file(_scenario(model__capacity_factor=float("nan")))),
-    Row("inf", "infinity (scenario or hardware override)",
+    Row(
+        "yaml-syntax",
+        "YAML syntax error",
+        "YAML syntax error at line 3, column 9: expected ',' or ']'",
+        _file("name: x\nmodel: [1, 2\nworkload: 3\n"),
+    ),
+    Row(
+        "duplicate-key",
+        "a key given twice",
+        "YAML syntax error at line 2, column 1: duplicate key 'name'",
+        _file("name: x\nname: y\n"),
+    ),
+    Row(
+        "unknown-key",
+        "unknown key (typo)",
+        "parallel.tpp: unknown key; did you mean 'tp'?",
+        _file(_scenario(parallel__tpp=2)),
+    ),
+    Row(
+        "unknown-target",
+        "unknown target metric",
+        "targets.ttft: unknown key; did you mean 'ttft_s'?",
+        _file(_scenario(targets={"ttft": {"max": 1}})),
+    ),
+    Row(
+        "wrong-type",
+        "wrong type",
+        "model.num_layers: Input should be a valid integer",
+        _file(_scenario(model__num_layers="many")),
+    ),
+    Row(
+        "missing-field",
+        "missing required field",
+        "model.hidden_size: required field is missing; add it",
+        _file(_scenario(model__hidden_size=...)),
+    ),
+    Row(
+        "zero-size",
+        "zero size",
+        "workload.batch_size = 0: input should be greater than 0",
+        _file(_scenario(workload__batch_size=0)),
+    ),
+    Row(
+        "negative-size",
+        "negative size",
+        "model.hidden_size = -64: input should be greater than 0",
+        _file(_scenario(model__hidden_size=-64)),
+    ),
+    Row(
+        "nan",
+        "NaN",
+        "model.capacity_factor: Input should be a finite number",
+        _file(_scenario(model__capacity_factor=float("nan"))),
+    ),
+    Row(
+        "inf",
+        "infinity (scenario or hardware override)",
         "hardware (h100-sxm-80gb): hbm_bytes_per_s: Input should be a finite number",
-        _file(_scenario(hardware={"profile": "h100-sxm-80gb", "hbm_bytes_per_s": float("inf")}))),
-    Row("huge-workload", "10^30-token workload", "workload: batch_size * (input + output) = 4e+30 tokens exceeds the supported 1e+09",
-        _file(_scenario(workload__input_len_tokens=10**30))),
-    Row("huge-model", "absurd model size (10^9 experts)", "model.num_experts = 1e+09 is out of range (at most 1e+05)",
-        _file(_scenario(model__num_experts=10**9))),
-    Row("non-dividing-tp", "non-dividing parallel degree",
+        _file(_scenario(hardware={"profile": "h100-sxm-80gb", "hbm_bytes_per_s": float("inf")})),
+    ),
+    Row(
+        "huge-workload",
+        "10^30-token workload",
+        "workload: batch_size * (input + output) = 4e+30 tokens exceeds the supported 1e+09",
+        _file(_scenario(workload__input_len_tokens=10**30)),
+    ),
+    Row(
+        "huge-model",
+        "absurd model size (10^9 experts)",
+        "model.num_experts = 1e+09 is out of range (at most 1e+05)",
+        _file(_scenario(model__num_experts=10**9)),
+    ),
+    Row(
+        "non-dividing-tp",
+        "non-dividing parallel degree",
         "parallel.tp: tp = 3 must divide model.num_heads = 4 (try [1, 2, 4])",
-        _file(_scenario(parallel__tp=3))),
-    Row("non-dividing-ep", "expert parallelism not dividing experts",
+        _file(_scenario(parallel__tp=3)),
+    ),
+    Row(
+        "non-dividing-ep",
+        "expert parallelism not dividing experts",
         "parallel.ep: ep = 3 must divide model.num_experts = 4 (try [1, 2, 4])",
-        _file(_scenario(parallel__ep=3))),
-    Row("gpu-count", "GPU count mismatch", "cluster.num_gpus: num_gpus = 8 must equal pp * dp * tp = 2 * 1 * 2 = 4",
-        _file(_scenario(cluster={"num_gpus": 8, "gpus_per_node": 8}))),
-    Row("missing-profile", "missing hardware profile",
+        _file(_scenario(parallel__ep=3)),
+    ),
+    Row(
+        "gpu-count",
+        "GPU count mismatch",
+        "cluster.num_gpus: num_gpus = 8 must equal pp * dp * tp = 2 * 1 * 2 = 4",
+        _file(_scenario(cluster={"num_gpus": 8, "gpus_per_node": 8})),
+    ),
+    Row(
+        "missing-profile",
+        "missing hardware profile",
         "hardware profile 'h999' not found; available: a100-sxm-80gb, generic-64gb, h100-sxm-80gb, h200-sxm-141gb",
-        _file(_scenario(hardware="h999"))),
-    Row("profile-missing-field", "profile with a missing field",
-        "hbm_bytes_per_s: required field is missing; add it", _with_profile(_profile(hbm_bytes_per_s=...))),
-    Row("profile-contradictory", "profile with contradictory fields",
+        _file(_scenario(hardware="h999")),
+    ),
+    Row(
+        "profile-missing-field",
+        "profile with a missing field",
+        "hbm_bytes_per_s: required field is missing; add it",
+        _with_profile(_profile(hbm_bytes_per_s=...)),
+    ),
+    Row(
+        "profile-contradictory",
+        "profile with contradictory fields",
         "peak_flops_per_s.fp8 is below fp16: the figures look swapped",
-        _with_profile(_profile(peak_flops_per_s={"fp32": 19.5e12, "fp16": 312e12, "bf16": 312e12, "fp8": 1e12}))),
-    Row("profile-binary", "binary profile file", "binary file; give a profile YAML file",
-        lambda d: (d / "gpu.yaml").write_bytes(b"\x00\x01\xff") and _file(_scenario(hardware=str(d / "gpu.yaml")))(d)),
+        _with_profile(_profile(peak_flops_per_s={"fp32": 19.5e12, "fp16": 312e12, "bf16": 312e12, "fp8": 1e12})),
+    ),
+    Row(
+        "profile-binary",
+        "binary profile file",
+        "binary file; give a profile YAML file",
+        lambda d: (d / "gpu.yaml").write_bytes(b"\x00\x01\xff") and _file(_scenario(hardware=str(d / "gpu.yaml")))(d),
+    ),
     Row("not-a-mapping", "a YAML list or scalar", "expected a YAML mapping with sections", _file("- 1\n- 2\n")),
     Row("empty-file", "empty file", "empty file; a scenario needs model, hardware", _file("")),
     Row("binary-file", "binary file", "binary file; give a scenario YAML file", _file(b"\x00\x01\x02\xff")),
     Row("not-utf8", "not UTF-8 text", "not UTF-8 text (bad byte at offset 6)", _file(b"name: \xff\xfe\n")),
-    Row("deep-nesting", "YAML nested thousands deep", "YAML nested too deeply", _file("a: " + "[" * 5000 + "]" * 5000 + "\n")),
+    Row(
+        "deep-nesting",
+        "YAML nested thousands deep",
+        "YAML nested too deeply",
+        _file("a: " + "[" * 5000 + "]" * 5000 + "\n"),
+    ),
     Row("directory", "a directory instead of a file", "is a directory; give a scenario YAML file", _directory),
-    Row("no-file", "a file that does not exist", "no-such.yaml: no such file", lambda d: ["run", str(d / "no-such.yaml")]),
-    Row("bad-name", "a name that is a path", "name = '../escape': give a plain name", _file(_scenario(name="../escape"))),
-    Row("bad-set", "a malformed --set", "--set parallel.tp: expected key.path=value",
-        lambda d: _file(TINY_MOE)(d) + ["--set", "parallel.tp"]),
-    Row("bool-size", "true/false where a number belongs", "parallel.tp = true: expected a number, not true/false",
-        _file(_scenario(parallel__tp=True))),
-    Row("unwritable-out", "an unwritable output directory", "blocker is a file, not a directory); choose a writable directory",
-        _unwritable_out),
-    Row("foreign-out", "an output directory moesim did not make", "was not made by moesim; pass --force to replace it",
-        _foreign_out),
+    Row(
+        "no-file",
+        "a file that does not exist",
+        "no-such.yaml: no such file",
+        lambda d: ["run", str(d / "no-such.yaml")],
+    ),
+    Row(
+        "bad-name", "a name that is a path", "name = '../escape': give a plain name", _file(_scenario(name="../escape"))
+    ),
+    Row(
+        "bad-set",
+        "a malformed --set",
+        "--set parallel.tp: expected key.path=value",
+        lambda d: _file(TINY_MOE)(d) + ["--set", "parallel.tp"],
+    ),
+    Row(
+        "bool-size",
+        "true/false where a number belongs",
+        "parallel.tp = true: expected a number, not true/false",
+        _file(_scenario(parallel__tp=True)),
+    ),
+    Row(
+        "unwritable-out",
+        "an unwritable output directory",
+        "blocker is a file, not a directory); choose a writable directory",
+        _unwritable_out,
+    ),
+    Row(
+        "foreign-out",
+        "an output directory moesim did not make",
+        "was not made by moesim; pass --force to replace it",
+        _foreign_out,
+    ),
 ]
 
 
@@ -168,8 +266,9 @@ def answers(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProce
         if "--out" not in args:
             args += ["--out", str(d / "out")]
         args.append("--no-dag")
-        proc = subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True, text=True,
-                              cwd=ROOT, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "simulator.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
         return d, proc
 
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from simulator import costs
 from simulator.calibration.fit import eager_floors, fit_calibration, leave_one_out, measured_points
 from simulator.config.hardware import load_profile, series_interpolate
@@ -84,11 +84,18 @@ def test_eager_floor_and_graph_mode():
 def test_gated_activation_is_timed_per_input_byte():
     """silu_mul was measured on x [rows, 2f] (bytes_in): SwiGLU's time scales with what it reads."""
     from simulator.op_time import calibrated_node_s
+
     hw = load_profile("h200-sxm-141gb")
     per_byte = hw.calibration.elementwise_s_per_byte["silu_mul"]
     rows, f = 4096, 14336
-    act = {"op": "expert_act", "dtype": "fp16", "flops": 6.0 * rows * f, "bytes_read": rows * 2 * f * 2.0,
-           "bytes_written": rows * f * 2.0, "launches": 2}
+    act = {
+        "op": "expert_act",
+        "dtype": "fp16",
+        "flops": 6.0 * rows * f,
+        "bytes_read": rows * 2 * f * 2.0,
+        "bytes_written": rows * f * 2.0,
+        "launches": 2,
+    }
     t, bound = calibrated_node_s(act, hw, hw.calibration, eager=True, gated=True)
     assert (t, bound) == (pytest.approx(per_byte * rows * 2 * f * 2.0), "memory")
 
@@ -96,17 +103,29 @@ def test_gated_activation_is_timed_per_input_byte():
 @pytest.mark.parametrize("name", ["h200-sxm-141gb", "h100-sxm-80gb", "generic-64gb"])
 def test_committed_profiles_match_a_refit(name, micro, tmp_path):
     """The calibrated profiles are what scripts/refit_profiles.sh writes from the measurements."""
+    import argparse
+
     from rich.console import Console
 
     from simulator.commands.calibrate import add_arguments, command
-    import argparse
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / f"{name}.yaml"
-    args = parser.parse_args(["--from-json", str(MICRO.relative_to(ROOT)), "--measured-on",
-                              "hardware_profiles/datasheet/h200-sxm-141gb.yaml", "--base",
-                              f"hardware_profiles/datasheet/{name}.yaml", "--out", str(out), "--name", name])
+    args = parser.parse_args(
+        [
+            "--from-json",
+            str(MICRO.relative_to(ROOT)),
+            "--measured-on",
+            "hardware_profiles/datasheet/h200-sxm-141gb.yaml",
+            "--base",
+            f"hardware_profiles/datasheet/{name}.yaml",
+            "--out",
+            str(out),
+            "--name",
+            name,
+        ]
+    )
     import os
 
     cwd = os.getcwd()
@@ -142,9 +161,17 @@ def test_validate_runs_the_dev_cases(tmp_path, capsys):
 def test_scatter_add_uses_its_measured_rate_once_a_profile_has_one():
     """The sorted MoE's index_add combine: at copy speed until an index_add micro-benchmark exists."""
     from simulator.op_time import calibrated_node_s
+
     hw = load_profile("h200-sxm-141gb")
-    node = {"op": "moe_combine", "dtype": "fp16", "flops": 0.0, "bytes_read": 4e8, "bytes_written": 2e8,
-            "launches": 1, "scatter_add": True}
+    node = {
+        "op": "moe_combine",
+        "dtype": "fp16",
+        "flops": 0.0,
+        "bytes_read": 4e8,
+        "bytes_written": 2e8,
+        "launches": 1,
+        "scatter_add": True,
+    }
     rates = hw.calibration.elementwise_s_per_byte
     assert "index_add" not in rates  # the shared H200 file does not measure it
     t, _ = calibrated_node_s(node, hw, hw.calibration, eager=True, gated=False)

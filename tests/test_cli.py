@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY_MOE
+
 from simulator.cli import main
 
 
@@ -37,14 +37,43 @@ def test_run_writes_summary_ops_and_dag(tiny_file, tmp_path, capsys):
 def test_check_exits_1_when_a_target_is_missed(tiny_file, tmp_path):
     # TINY_MOE asks for 1e6 output tokens per ms per GPU: missed
     assert main(["run", str(tiny_file), "--out", str(tmp_path / "r"), "--check", "--no-dag"]) == 1
-    assert main(["run", str(tiny_file), "--out", str(tmp_path / "r"), "--no-dag",
-                 "--set", "targets={ttft_s: {max: 100}}", "--check"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(tiny_file),
+                "--out",
+                str(tmp_path / "r"),
+                "--no-dag",
+                "--set",
+                "targets={ttft_s: {max: 100}}",
+                "--check",
+            ]
+        )
+        == 0
+    )
 
 
 def test_set_override_changes_layout(tiny_file, tmp_path):
     out = tmp_path / "r"
-    assert main(["run", str(tiny_file), "--out", str(out), "--no-dag", "--set", "parallel.pp=1",
-                 "--set", "parallel.tp=4", "--set", "parallel.ep=4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(tiny_file),
+                "--out",
+                str(out),
+                "--no-dag",
+                "--set",
+                "parallel.pp=1",
+                "--set",
+                "parallel.tp=4",
+                "--set",
+                "parallel.ep=4",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["layout"]["tp"] == 4
 
 
@@ -53,8 +82,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     out = tmp_path / "never"
-    proc = subprocess.run([sys.executable, "-m", "simulator.cli", "run", str(path), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "run", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "parallel.tpp: unknown key; did you mean 'tp'?" in lines[0]
@@ -65,8 +98,9 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
 def test_debug_shows_traceback(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: [unclosed\n")
-    proc = subprocess.run([sys.executable, "-m", "simulator.cli", "--debug", "run", str(path)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "--debug", "run", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -93,8 +127,17 @@ def test_unwritable_output_is_one_line(tiny_file, tmp_path, capsys):
 
 def test_dag_command_prints_checks_and_audit(tmp_path, capsys):
     out = tmp_path / "dag"
-    code = main(["dag", str(ROOT / "scenarios" / "seed_moe_4gpu.yaml"), "--out", str(out),
-                 "--set", "workload.output_len_tokens=3", "--full-dag"])
+    code = main(
+        [
+            "dag",
+            str(ROOT / "scenarios" / "seed_moe_4gpu.yaml"),
+            "--out",
+            str(out),
+            "--set",
+            "workload.output_len_tokens=3",
+            "--full-dag",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "acyclic" in text and "total parameters" in text and "does not hold" in text

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, SEED_PATH, TINY_MOE, make_scenario, seed_dict
+
 from simulator.config import ScenarioError, apply_override, load_scenario, parse_scenario
 from simulator.config.hardware import available_profiles, load_profile
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "scenarios").rglob("*.yaml") if p.parent.name != "models"),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (ROOT / "scenarios").rglob("*.yaml") if p.parent.name != "models"), ids=lambda p: p.name
+)
 def test_every_bundled_scenario_loads(path: Path):  # scenarios/models/ holds model presets (tests/test_presets.py)
     assert load_scenario(path).num_gpus >= 1
 
@@ -27,7 +28,14 @@ def test_every_bundled_profile_loads(name: str):
 
 def test_seed_matches_origin_document(seed):
     m, p, w = seed.model, seed.parallel, seed.workload
-    assert (m.num_layers, m.hidden_size, m.num_heads, m.head_size, m.num_experts, m.expert_ffn_size) == (16, 512, 16, 32, 16, 1024)
+    assert (m.num_layers, m.hidden_size, m.num_heads, m.head_size, m.num_experts, m.expert_ffn_size) == (
+        16,
+        512,
+        16,
+        32,
+        16,
+        1024,
+    )
     assert (p.tp, p.ep, p.pp, p.dp, seed.num_gpus) == (2, 2, 2, 1, 4)
     assert (w.batch_size, w.input_len_tokens, w.output_len_tokens) == (128, 10240, 128)
     assert seed.stage_layers() == [list(range(8)), list(range(8, 16))]
@@ -42,7 +50,9 @@ def _error(data: dict) -> str:
 
 
 def _with(path: str, value) -> dict:
-    return apply_override(seed_dict(), f"{path}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
+    return apply_override(
+        seed_dict(), f"{path}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+    )
 
 
 def test_unknown_key_suggests_nearest():
@@ -59,7 +69,9 @@ def test_wrong_type_names_field():
     assert "model.num_layers" in _error(_with("model.num_layers", "many"))
 
 
-@pytest.mark.parametrize("field", ["model.hidden_size", "workload.batch_size", "workload.input_len_tokens", "parallel.tp"])
+@pytest.mark.parametrize(
+    "field", ["model.hidden_size", "workload.batch_size", "workload.input_len_tokens", "parallel.tp"]
+)
 def test_non_positive_sizes_rejected(field):
     assert f"{field} = 0: input should be greater than 0" in _error(_with(field, 0))
 
@@ -109,7 +121,8 @@ def test_yaml_syntax_error_has_line_number(tmp_path):
 
 def test_batch_must_split_over_dp_and_microbatches():
     assert "workload.batch_size: batch_size = 128 must be a multiple of dp * microbatches = 3" in _error(
-        _with("parallel.microbatches", 3))
+        _with("parallel.microbatches", 3)
+    )
 
 
 def test_absurd_workload_is_an_error_not_a_hang():

@@ -53,7 +53,10 @@ def test_params_and_kv_bytes():
     assert costs.attention_params(4096, 32, 8, 128) == 4096 * 4096 * 2 + 2 * 4096 * 1024
     assert costs.ffn_params(512, 1024, gated=False) == 2 * 512 * 1024
     assert costs.ffn_params(4096, 14336, gated=True) == 3 * 4096 * 14336
-    assert costs.kv_cache_bytes(sequences=2, tokens=10, layers=3, kv_heads=4, head_dim=8, b=2) == 2 * 2 * 10 * 3 * 4 * 8 * 2
+    assert (
+        costs.kv_cache_bytes(sequences=2, tokens=10, layers=3, kv_heads=4, head_dim=8, b=2)
+        == 2 * 2 * 10 * 3 * 4 * 8 * 2
+    )
 
 
 def test_ring_allreduce():
@@ -118,14 +121,21 @@ def test_cross_node_alltoall_is_bound_by_the_nic():
     t = costs.hierarchical_alltoall_s([800.0] * 8, [800.0] * 8, 4, 2, NVL, NIC)
     assert t == pytest.approx(800 * 4 / 7 / 10)
     assert costs.hierarchical_alltoall_s([800.0] * 8, [800.0] * 8, 8, 1, NVL, NIC) == costs.alltoall_s(
-        [800.0] * 8, [800.0] * 8, NVL)
+        [800.0] * 8, [800.0] * 8, NVL
+    )
 
 
 def test_node_time_uses_hierarchy_for_collectives_spanning_nodes(h100):
     from simulator.op_time import node_time_s
 
-    ar = {"kind": "communication", "gpu": tuple(range(16)), "collective": "all_reduce", "message_bytes": 1e8,
-          "send_bytes": (0.0,) * 16, "recv_bytes": (0.0,) * 16}
+    ar = {
+        "kind": "communication",
+        "gpu": tuple(range(16)),
+        "collective": "all_reduce",
+        "message_bytes": 1e8,
+        "send_bytes": (0.0,) * 16,
+        "recv_bytes": (0.0,) * 16,
+    }
     t, bound = node_time_s(ar, h100, 8, eager=False)
     assert bound == "network"
     assert t == pytest.approx(costs.hierarchical_allreduce_s(1e8, 8, 2, h100.intra_node, h100.inter_node))

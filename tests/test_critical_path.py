@@ -16,8 +16,18 @@ NUM_GPUS = 2
 
 
 def _node(op, kind, category, gpu, duration_s, deps=(), phase="prefill", step=0, bound="memory", **extra):
-    return {"op": op, "kind": kind, "category": category, "gpu": gpu, "duration_s": duration_s, "deps": deps,
-            "phase": phase, "step": step, "bound": bound, **extra}
+    return {
+        "op": op,
+        "kind": kind,
+        "category": category,
+        "gpu": gpu,
+        "duration_s": duration_s,
+        "deps": deps,
+        "phase": phase,
+        "step": step,
+        "bound": bound,
+        **extra,
+    }
 
 
 def _traced(spec: dict[str, dict]) -> tuple[nx.DiGraph, pd.DataFrame]:
@@ -29,15 +39,31 @@ def _traced(spec: dict[str, dict]) -> tuple[nx.DiGraph, pd.DataFrame]:
             g.add_edge(d, name)
     names = list(spec)
     res = Resources(NUM_GPUS)
-    trace = engine.simulate(engine.EngineInput(
-        [spec[n]["duration_s"] for n in names], [node_resources(g.nodes[n], res) for n in names],
-        [[names.index(s) for s in g.successors(n)] for n in names], res.count))
-    ops = pd.DataFrame({
-        "node": names, "op": [spec[n]["op"] for n in names], "kind": [spec[n]["kind"] for n in names],
-        "category": [spec[n]["category"] for n in names], "phase": [spec[n]["phase"] for n in names],
-        "step": [spec[n]["step"] for n in names], "microbatch": 0, "layer": 0,
-        "gpu": [spec[n]["gpu"] for n in names], "start_s": trace.start_s, "end_s": trace.end_s,
-        "duration_s": [spec[n]["duration_s"] for n in names], "bound": [spec[n]["bound"] for n in names]})
+    trace = engine.simulate(
+        engine.EngineInput(
+            [spec[n]["duration_s"] for n in names],
+            [node_resources(g.nodes[n], res) for n in names],
+            [[names.index(s) for s in g.successors(n)] for n in names],
+            res.count,
+        )
+    )
+    ops = pd.DataFrame(
+        {
+            "node": names,
+            "op": [spec[n]["op"] for n in names],
+            "kind": [spec[n]["kind"] for n in names],
+            "category": [spec[n]["category"] for n in names],
+            "phase": [spec[n]["phase"] for n in names],
+            "step": [spec[n]["step"] for n in names],
+            "microbatch": 0,
+            "layer": 0,
+            "gpu": [spec[n]["gpu"] for n in names],
+            "start_s": trace.start_s,
+            "end_s": trace.end_s,
+            "duration_s": [spec[n]["duration_s"] for n in names],
+            "bound": [spec[n]["bound"] for n in names],
+        }
+    )
     return g, ops
 
 
@@ -48,8 +74,9 @@ def _hand_built() -> dict[str, dict]:
         "a": _node("q_proj", "compute", "attention", 0, 1.0),
         "b": _node("expert_fc1", "compute", "experts", 1, 2.0),
         "c": _node("attn_scores", "compute", "attention", 0, 2.0, bound="compute"),
-        "ar": _node("tp_allreduce", "communication", "tp_comm", (0, 1), 1.0, ("b", "c"), bound="nvlink",
-                    collective="all_reduce"),
+        "ar": _node(
+            "tp_allreduce", "communication", "tp_comm", (0, 1), 1.0, ("b", "c"), bound="nvlink", collective="all_reduce"
+        ),
         "d": _node("expert_fc2", "compute", "experts", 1, 1.0, ("ar",)),
         "token": _node("token", "marker", "marker", None, 0.0, ("d",), bound="none"),
     }
@@ -76,8 +103,10 @@ def test_path_is_gapless_from_zero_to_the_sink():
 def test_a_dependency_wins_over_a_stream_holder_ending_at_the_same_time():
     spec = _hand_built()
     # e depends on a and also needs GPU 0's stream, which a holds: both end at 1; the edge is the reason.
-    spec = {**{k: v for k, v in spec.items() if k != "c"},
-            "c": _node("attn_scores", "compute", "attention", 0, 2.0, ("a",), bound="compute")}
+    spec = {
+        **{k: v for k, v in spec.items() if k != "c"},
+        "c": _node("attn_scores", "compute", "attention", 0, 2.0, ("a",), bound="compute"),
+    }
     spec = {k: spec[k] for k in ("a", "b", "c", "ar", "d", "token")}
     g, ops = _traced(spec)
     (path,) = walk_back(g, ops, [5], NUM_GPUS)

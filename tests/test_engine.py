@@ -58,8 +58,7 @@ def reference_schedule(inp: EngineInput) -> tuple[list[float], list[float]]:
             for r in inp.resources[i]:
                 busy[r] = False
         for i in range(num_tasks):
-            ready = (math.isnan(start_s[i]) and release_s[i] <= now_s
-                     and all(finished[p] for p in preds[i]))
+            ready = math.isnan(start_s[i]) and release_s[i] <= now_s and all(finished[p] for p in preds[i])
             if ready and not any(busy[r] for r in inp.resources[i]):
                 start_s[i] = now_s
                 end_s[i] = now_s + inp.duration_s[i]
@@ -114,8 +113,7 @@ def test_multi_resource_task_waits_until_all_free():
 
 def test_lower_index_wins_when_resource_frees():
     # Both waiters become ready when task 0 ends and both need resource 0.
-    trace = simulate(make_input([1.0, 2.0, 2.0], resources=[(1,), (0,), (0,)],
-                                edges=[(0, 2), (0, 1)]))
+    trace = simulate(make_input([1.0, 2.0, 2.0], resources=[(1,), (0,), (0,)], edges=[(0, 2), (0, 1)]))
     assert trace.start_s == (0.0, 1.0, 3.0)
 
 
@@ -164,8 +162,7 @@ def test_release_earlier_than_predecessor_end_has_no_effect():
 
 def test_released_low_index_task_preempts_nothing_but_wins_next_free():
     # Task 0 is released at 1 while task 1 runs until 2 and task 2 waits: task 0 goes first.
-    trace = simulate(make_input([1.0, 2.0, 1.0], resources=[(0,), (0,), (0,)],
-                                release_s=[1.0, 0.0, 0.0]))
+    trace = simulate(make_input([1.0, 2.0, 1.0], resources=[(0,), (0,), (0,)], release_s=[1.0, 0.0, 0.0]))
     assert trace.start_s == (2.0, 0.0, 3.0)
 
 
@@ -226,14 +223,13 @@ def test_valid_input_passes_validation():
 # --- random graphs ---------------------------------------------------------------------------
 
 
-def random_input(rng: random.Random, num_tasks: int, num_resources: int,
-                 edge_probability: float = 0.15) -> EngineInput:
+def random_input(rng: random.Random, num_tasks: int, num_resources: int, edge_probability: float = 0.15) -> EngineInput:
     return make_input(
         duration_s=[rng.choice([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 0.1, 0.7]) for _ in range(num_tasks)],
-        resources=[tuple(rng.sample(range(num_resources), rng.randint(0, min(3, num_resources))))
-                   for _ in range(num_tasks)],
-        edges=[(i, j) for j in range(num_tasks) for i in range(max(0, j - 12), j)
-               if rng.random() < edge_probability],
+        resources=[
+            tuple(rng.sample(range(num_resources), rng.randint(0, min(3, num_resources)))) for _ in range(num_tasks)
+        ],
+        edges=[(i, j) for j in range(num_tasks) for i in range(max(0, j - 12), j) if rng.random() < edge_probability],
         num_resources=num_resources,
         release_s=[rng.choice([0.0, 0.0, 1.0, 2.5, 0.3]) for _ in range(num_tasks)],
     )
@@ -248,8 +244,7 @@ def test_matches_reference_on_many_random_graphs():
     # Sparse graphs with many ready tasks exercise waiting classes, re-keying and zero durations.
     rng = random.Random(1)
     for _ in range(200):
-        inp = random_input(rng, rng.randint(1, 60), rng.randint(1, 5),
-                           edge_probability=rng.choice([0.0, 0.03, 0.15]))
+        inp = random_input(rng, rng.randint(1, 60), rng.randint(1, 5), edge_probability=rng.choice([0.0, 0.03, 0.15]))
         trace = simulate(inp)
         assert (list(trace.start_s), list(trace.end_s)) == reference_schedule(inp)
 
@@ -259,14 +254,21 @@ def dags(draw):
     num_tasks = draw(st.integers(1, 10))
     num_resources = draw(st.integers(1, 4))
     duration_s = draw(st.lists(st.floats(0.0, 10.0), min_size=num_tasks, max_size=num_tasks))
-    resources = draw(st.lists(
-        st.sets(st.integers(0, num_resources - 1), max_size=3).map(lambda s: tuple(sorted(s))),
-        min_size=num_tasks, max_size=num_tasks))
-    edges = draw(st.lists(
-        st.tuples(st.integers(0, num_tasks - 1), st.integers(0, num_tasks - 1))
-        .filter(lambda e: e[0] < e[1]), max_size=15, unique=True))
-    release_s = draw(st.none() | st.lists(
-        st.sampled_from([0.0, 1.0, 2.5]), min_size=num_tasks, max_size=num_tasks))
+    resources = draw(
+        st.lists(
+            st.sets(st.integers(0, num_resources - 1), max_size=3).map(lambda s: tuple(sorted(s))),
+            min_size=num_tasks,
+            max_size=num_tasks,
+        )
+    )
+    edges = draw(
+        st.lists(
+            st.tuples(st.integers(0, num_tasks - 1), st.integers(0, num_tasks - 1)).filter(lambda e: e[0] < e[1]),
+            max_size=15,
+            unique=True,
+        )
+    )
+    release_s = draw(st.none() | st.lists(st.sampled_from([0.0, 1.0, 2.5]), min_size=num_tasks, max_size=num_tasks))
     return make_input(duration_s, resources, edges, num_resources, release_s)
 
 
@@ -281,12 +283,13 @@ def test_schedule_properties(inp):
         assert trace.end_s[i] == trace.start_s[i] + inp.duration_s[i]
         assert trace.start_s[i] >= release_s[i]
         assert all(trace.start_s[i] >= trace.end_s[p] for p in preds[i])
-        if not preds[i] and not any(r in inp.resources[j] for r in inp.resources[i]
-                                    for j in range(num_tasks) if j != i):
+        if not preds[i] and not any(
+            r in inp.resources[j] for r in inp.resources[i] for j in range(num_tasks) if j != i
+        ):
             assert trace.start_s[i] == release_s[i]
     for i in range(num_tasks):
         for j in range(i + 1, num_tasks):
-            overlap = (trace.start_s[i] < trace.end_s[j] and trace.start_s[j] < trace.end_s[i])
+            overlap = trace.start_s[i] < trace.end_s[j] and trace.start_s[j] < trace.end_s[i]
             if overlap:
                 assert not set(inp.resources[i]) & set(inp.resources[j])
     longest_s = [0.0] * num_tasks

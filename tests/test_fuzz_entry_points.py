@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import time
@@ -22,39 +21,67 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, TINY_MOE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, TINY_MOE
 from simulator.cli import main
 
 EXAMPLES = int(os.environ.get("MOESIM_FUZZ_EXAMPLES", "25"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 #: The `slow` tests simulate once per example: a smaller budget (MOESIM_FUZZ_SLOW_EXAMPLES, default 8).
 SLOW_FUZZ = settings(FUZZ, max_examples=int(os.environ.get("MOESIM_FUZZ_SLOW_EXAMPLES", "8")))
 #: Seconds one command may take on fuzzed input (a tiny scenario simulates in well under a second).
 TIME_LIMIT_S = 30
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=10),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=10),
     st.integers(min_value=-(10**40), max_value=10**40),
     st.sampled_from([0, -1, 1, 2, 7, 10**9, 10**4000, 1e-300, 1e300, 1.7e308]),
     st.floats(allow_nan=True, allow_infinity=True),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                        st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=10)
-RAW = st.one_of(st.binary(max_size=120), st.sampled_from([
-    b"a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n"
-    b"d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e]\n",
-    b"a: &r [*r]\n", b"a: 1\na: 2\n", b"\xff\xfe", b"\x00", b"[" * 3000, b"{}", b"[]", b"null", b"1" * 5000,
-]))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=10,
+)
+RAW = st.one_of(
+    st.binary(max_size=120),
+    st.sampled_from(
+        [
+            b"a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n"
+            b"d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e]\n",
+            b"a: &r [*r]\n",
+            b"a: 1\na: 2\n",
+            b"\xff\xfe",
+            b"\x00",
+            b"[" * 3000,
+            b"{}",
+            b"[]",
+            b"null",
+            b"1" * 5000,
+        ]
+    ),
+)
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
-            for p in sorted(directory.rglob("*"))} if directory.exists() else {}
+    return (
+        {
+            str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(directory.rglob("*"))
+        }
+        if directory.exists()
+        else {}
+    )
 
 
 def check_command(capsys, args: list, watch: Path | None = None, complete: tuple[str, ...] = ()) -> int:
@@ -108,9 +135,15 @@ def _scenario_file(d: Path, **sections) -> Path:
 
 
 @FUZZ
-@given(st.one_of(RAW, values.map(lambda v: yaml.safe_dump(v).encode()),
-                 st.dictionaries(st.sampled_from(sorted(TINY_MOE["model"])), scalars, max_size=4)
-                 .map(lambda d: yaml.safe_dump({**TINY_MOE["model"], **d}).encode())))
+@given(
+    st.one_of(
+        RAW,
+        values.map(lambda v: yaml.safe_dump(v).encode()),
+        st.dictionaries(st.sampled_from(sorted(TINY_MOE["model"])), scalars, max_size=4).map(
+            lambda d: yaml.safe_dump({**TINY_MOE["model"], **d}).encode()
+        ),
+    )
+)
 def test_fuzzed_presets(workdir, capsys, raw):
     d = _fresh(workdir)
     (d / "m.yaml").write_bytes(raw)
@@ -122,8 +155,19 @@ def test_fuzzed_presets(workdir, capsys, raw):
 
 
 PROFILE = yaml.safe_load((ROOT / "hardware_profiles" / "h200-sxm-141gb.yaml").read_text())
-CAL_PATHS = [("calibration", t) for t in ("gemm", "grouped_gemm", "attention_prefill", "attention_decode",
-                                          "eager_floor_s", "elementwise_s_per_byte", "topk_s_per_row", "source")]
+CAL_PATHS = [
+    ("calibration", t)
+    for t in (
+        "gemm",
+        "grouped_gemm",
+        "attention_prefill",
+        "attention_decode",
+        "eager_floor_s",
+        "elementwise_s_per_byte",
+        "topk_s_per_row",
+        "source",
+    )
+]
 PROFILE_PATHS = [(k,) for k in PROFILE if k != "calibration"] + CAL_PATHS
 
 
@@ -138,8 +182,13 @@ def mutated_profiles(draw) -> dict:
         op = draw(st.sampled_from(["drop", "value", "row", "empty"]))
         if op == "drop":
             parent.pop(path[-1], None)
-        elif op == "row" and isinstance(parent.get(path[-1]), list) and parent[path[-1]] \
-                and isinstance(parent[path[-1]][0], list) and parent[path[-1]][0]:
+        elif (
+            op == "row"
+            and isinstance(parent.get(path[-1]), list)
+            and parent[path[-1]]
+            and isinstance(parent[path[-1]][0], list)
+            and parent[path[-1]][0]
+        ):
             row = list(parent[path[-1]][0])
             row[draw(st.integers(0, len(row) - 1))] = draw(scalars)
             parent[path[-1]].append(row)
@@ -156,8 +205,18 @@ def test_fuzzed_profiles(workdir, capsys, raw):
     d = _fresh(workdir)
     (d / "gpu.yaml").write_bytes(raw)
     check_command(capsys, ["dag", _scenario_file(d, hardware="gpu.yaml"), "--out", d / "out"], d / "out")
-    check_command(capsys, ["calibrate", "--from-json", ROOT / "hardware_profiles/measurements/h200_micro.json",
-                           "--base", d / "gpu.yaml", "--out", d / "p.yaml"])
+    check_command(
+        capsys,
+        [
+            "calibrate",
+            "--from-json",
+            ROOT / "hardware_profiles/measurements/h200_micro.json",
+            "--base",
+            d / "gpu.yaml",
+            "--out",
+            d / "p.yaml",
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -166,14 +225,26 @@ def test_fuzzed_profiles(workdir, capsys, raw):
 def test_fuzzed_calibrated_profiles_simulate(workdir, capsys, profile):
     d = _fresh(workdir)
     (d / "gpu.yaml").write_text(yaml.safe_dump(profile))
-    check_command(capsys, ["run", _scenario_file(d, hardware="gpu.yaml"), "--out", d / "out", "--no-dag"], d / "out",
-                  ("summary.json", "ops.csv"))
+    check_command(
+        capsys,
+        ["run", _scenario_file(d, hardware="gpu.yaml"), "--out", d / "out", "--no-dag"],
+        d / "out",
+        ("summary.json", "ops.csv"),
+    )
 
 
 @FUZZ
-@given(st.one_of(RAW, values.map(lambda v: json.dumps(v, default=str).encode()),
-                 st.dictionaries(st.sampled_from(["gemm", "bmm", "sdpa_prefill", "sdpa_decode", "launch", "elementwise",
-                                                  "copy"]), values, max_size=4).map(lambda v: json.dumps(v).encode())))
+@given(
+    st.one_of(
+        RAW,
+        values.map(lambda v: json.dumps(v, default=str).encode()),
+        st.dictionaries(
+            st.sampled_from(["gemm", "bmm", "sdpa_prefill", "sdpa_decode", "launch", "elementwise", "copy"]),
+            values,
+            max_size=4,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_fuzzed_calibration_measurements(workdir, capsys, raw):
     d = _fresh(workdir)
     (d / "m.json").write_bytes(raw)
@@ -185,13 +256,24 @@ def test_fuzzed_calibration_measurements(workdir, capsys, raw):
 # Validation case files
 
 
-CASE = {"name": "c", "metric": "total_s", "measured": 1.0, "scenario": {k: v for k, v in TINY_MOE.items() if k != "name"}}
+CASE = {
+    "name": "c",
+    "metric": "total_s",
+    "measured": 1.0,
+    "scenario": {k: v for k, v in TINY_MOE.items() if k != "name"},
+}
 
 
 @FUZZ
-@given(st.one_of(RAW, values.map(lambda v: yaml.safe_dump({"cases": v}).encode()),
-                 st.dictionaries(st.sampled_from(sorted(CASE)), values, max_size=3)
-                 .map(lambda d: yaml.safe_dump({"cases": [{**CASE, **d}]}).encode())))
+@given(
+    st.one_of(
+        RAW,
+        values.map(lambda v: yaml.safe_dump({"cases": v}).encode()),
+        st.dictionaries(st.sampled_from(sorted(CASE)), values, max_size=3).map(
+            lambda d: yaml.safe_dump({"cases": [{**CASE, **d}]}).encode()
+        ),
+    )
+)
 def test_fuzzed_case_files(workdir, capsys, raw):
     d = _fresh(workdir)
     (d / "cases.yaml").write_bytes(raw)
@@ -202,16 +284,39 @@ def test_fuzzed_case_files(workdir, capsys, raw):
 # Hugging Face configs
 
 
-HF = {"model_type": "mixtral", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-      "num_key_value_heads": 4, "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 128,
-      "torch_dtype": "bfloat16", "hidden_act": "silu"}
-HF_KEYS = sorted(HF) + ["quantization_config", "kv_lora_rank", "n_routed_experts", "first_k_dense_replace",
-                        "moe_intermediate_size", "sliding_window", "n_shared_experts", "head_dim"]
+HF = {
+    "model_type": "mixtral",
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "intermediate_size": 128,
+    "torch_dtype": "bfloat16",
+    "hidden_act": "silu",
+}
+HF_KEYS = sorted(HF) + [
+    "quantization_config",
+    "kv_lora_rank",
+    "n_routed_experts",
+    "first_k_dense_replace",
+    "moe_intermediate_size",
+    "sliding_window",
+    "n_shared_experts",
+    "head_dim",
+]
 
 
 @FUZZ
-@given(st.one_of(RAW, st.dictionaries(st.sampled_from(HF_KEYS), values, max_size=4)
-                 .map(lambda d: json.dumps({**HF, **d}, default=str).encode())))
+@given(
+    st.one_of(
+        RAW,
+        st.dictionaries(st.sampled_from(HF_KEYS), values, max_size=4).map(
+            lambda d: json.dumps({**HF, **d}, default=str).encode()
+        ),
+    )
+)
 def test_fuzzed_hf_configs(workdir, capsys, raw):
     d = _fresh(workdir)
     (d / "config.json").write_bytes(raw)
@@ -301,21 +406,56 @@ def test_fuzzed_progress_files_for_resume(workdir, capsys, progress_lines, data)
     d = _fresh(workdir)
     raw = data.draw(st.one_of(RAW, mutated_progress(progress_lines)))
     progress_path(d / "cmp").write_bytes(raw)
-    check_command(capsys, ["compare", _scenario_file(d), "--executor", "serial", "--microbatches", "1",
-                           "--out", d / "cmp", "--resume"], d / "cmp", ("comparison.csv",))
+    check_command(
+        capsys,
+        ["compare", _scenario_file(d), "--executor", "serial", "--microbatches", "1", "--out", d / "cmp", "--resume"],
+        d / "cmp",
+        ("comparison.csv",),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Command lines of each subcommand
 
 
-WORDS = st.sampled_from(["-1", "0", "1", "3", "1000000000000", "x", "", ".", "..", "-3", "1,2", "0,1", "nan",
-                         "dask://nowhere:1", "serial", "bogus", "throughput", "/dev/null", "s.yaml"])
+WORDS = st.sampled_from(
+    [
+        "-1",
+        "0",
+        "1",
+        "3",
+        "1000000000000",
+        "x",
+        "",
+        ".",
+        "..",
+        "-3",
+        "1,2",
+        "0,1",
+        "nan",
+        "dask://nowhere:1",
+        "serial",
+        "bogus",
+        "throughput",
+        "/dev/null",
+        "s.yaml",
+    ]
+)
 OPTIONS = {
     "run": ["--out", "--set", "--decode-sample", "--check", "--no-dag", "--force"],
     "dag": ["--out", "--set", "--force"],
-    "compare": ["--gpus", "--microbatches", "--objective", "--jobs", "--executor", "--decode-sample", "--out",
-                "--force", "--resume", "--set"],
+    "compare": [
+        "--gpus",
+        "--microbatches",
+        "--objective",
+        "--jobs",
+        "--executor",
+        "--decode-sample",
+        "--out",
+        "--force",
+        "--resume",
+        "--set",
+    ],
     "plot": [],
     "validate": ["--out", "--force"],
     "import-hf": ["--out", "--name"],
@@ -345,8 +485,14 @@ def test_fuzzed_command_lines(workdir, capsys, monkeypatch, command, data):
     _scenario_file(d, workload={**TINY_MOE["workload"], "output_len_tokens": 2})
     monkeypatch.chdir(d)
     args = data.draw(command_lines(command))
-    positional = {"run": "s.yaml", "dag": "s.yaml", "compare": "s.yaml", "plot": ".", "validate": "s.yaml",
-                  "import-hf": "s.yaml"}.get(command)
+    positional = {
+        "run": "s.yaml",
+        "dag": "s.yaml",
+        "compare": "s.yaml",
+        "plot": ".",
+        "validate": "s.yaml",
+        "import-hf": "s.yaml",
+    }.get(command)
     if positional:
         args.insert(1, positional)
     if command == "compare" and "--executor" not in args:

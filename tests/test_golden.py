@@ -30,4 +30,6 @@ def test_run_writes_the_golden_summary(name, full, tmp_path):
     assert main(["run", str(CASES[name]), "--out", str(out), "--no-dag"] + (["--full"] if full else [])) == 0
     for suffix in ("summary.json", "summary.md"):
         expected = (GOLDEN / f"{name}.{'full.' if full else ''}{suffix}").read_text()
-        assert (out / suffix).read_text() == expected, f"{name} {suffix} differs from tests/golden (regenerate on purpose: bash scripts/regen_golden.sh)"
+        assert (out / suffix).read_text() == expected, (
+            f"{name} {suffix} differs from tests/golden (regenerate on purpose: bash scripts/regen_golden.sh)"
+        )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
-
 from conftest import TINY_MOE, make_scenario
+
 from simulator.costs import attention_pairs
 from simulator.graph import NodeKind, build_dag, digraph
 from simulator.placement import Placement
@@ -28,8 +28,12 @@ def test_seed_placement_matches_origin_document(seed):
 
 
 def test_rank_order_formula():
-    s = make_scenario(TINY_MOE, parallel={"tp": 2, "dp": 2, "pp": 2, "ep": 2}, cluster={"num_gpus": 8, "gpus_per_node": 8},
-                      workload={"batch_size": 4})
+    s = make_scenario(
+        TINY_MOE,
+        parallel={"tp": 2, "dp": 2, "pp": 2, "ep": 2},
+        cluster={"num_gpus": 8, "gpus_per_node": 8},
+        workload={"batch_size": 4},
+    )
     pl = Placement.of(s)
     assert pl.gpu(stage=1, dp_rank=1, tp_rank=0) == 1 * 4 + 1 * 2 + 0 == 6
     assert pl.ep_groups(1) == [[4, 5], [6, 7]]  # experts replicated over the two dp ranks
@@ -47,9 +51,30 @@ def test_seed_graph_nodes_on_their_gpus(seed_small_graph):
 
 def test_seed_every_operator_present(seed_small_graph):
     ops = {a["op"] for _, a in seed_small_graph.nodes(data=True)}
-    for op in ("q_proj", "k_proj", "v_proj", "attn_scores", "attn_softmax", "attn_context", "o_proj", "tp_allreduce",
-               "router", "topk", "a2a_dispatch", "expert_fc1", "expert_act", "expert_fc2", "a2a_combine",
-               "moe_combine", "tp_allgather", "pp_send", "token_send", "norm_attn", "norm_moe", "residual_add"):
+    for op in (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "attn_scores",
+        "attn_softmax",
+        "attn_context",
+        "o_proj",
+        "tp_allreduce",
+        "router",
+        "topk",
+        "a2a_dispatch",
+        "expert_fc1",
+        "expert_act",
+        "expert_fc2",
+        "a2a_combine",
+        "moe_combine",
+        "tp_allgather",
+        "pp_send",
+        "token_send",
+        "norm_attn",
+        "norm_moe",
+        "residual_add",
+    ):
         assert op in ops, op
 
 
@@ -89,7 +114,9 @@ def _closed_form_matmul_flops(s) -> float:
     g = 2 if m.gated else 1
     ffn = m.expert_ffn_size or m.ffn_size
     total = 0.0
-    passes = [(w.input_len_tokens, w.input_len_tokens)] + [(1, w.input_len_tokens + t) for t in range(1, w.output_len_tokens)]
+    passes = [(w.input_len_tokens, w.input_len_tokens)] + [
+        (1, w.input_len_tokens + t) for t in range(1, w.output_len_tokens)
+    ]
     for q_len, kv_len in passes:
         T = B * q_len
         pairs = attention_pairs(q_len, kv_len)
@@ -126,7 +153,7 @@ LAYOUTS = [
 ]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "-".join(f"{k}{v}" for k, v in l.items()))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: "-".join(f"{k}{v}" for k, v in lay.items()))
 def test_flops_conserved_against_closed_form(layout):
     n = layout["tp"] * layout["pp"] * layout["dp"]
     s = make_scenario(TINY_MOE, parallel=layout, cluster={"num_gpus": n, "gpus_per_node": 8})
@@ -136,8 +163,15 @@ def test_flops_conserved_against_closed_form(layout):
 
 
 def test_flops_conserved_dense_with_vocab_and_gqa():
-    dense = {**TINY_MOE["model"], "num_experts": 0, "expert_ffn_size": None, "ffn_size": 96, "activation": "swiglu",
-             "num_kv_heads": 1, "vocab_size": 1000}
+    dense = {
+        **TINY_MOE["model"],
+        "num_experts": 0,
+        "expert_ffn_size": None,
+        "ffn_size": 96,
+        "activation": "swiglu",
+        "num_kv_heads": 1,
+        "vocab_size": 1000,
+    }
     s = make_scenario(TINY_MOE, model=dense, parallel={"tp": 2, "ep": 1, "pp": 2})
     g = build_dag(s)
     dag = sum(a["flops"] for _, a in g.nodes(data=True) if a.get("tensor_core"))
@@ -151,8 +185,11 @@ def test_token_copies_never_double_counted(tiny_moe):
     m = tiny_moe.model
     T = tiny_moe.workload.batch_size * tiny_moe.workload.input_len_tokens
     d = g.nodes["p.mb0.L0.s0r0.a2a_dispatch"]
-    expert_tokens = sum(sum(a["expert_tokens"]) for n, a in g.nodes(data=True)
-                        if a["op"] == "expert_fc1" and a["layer"] == 0 and a["phase"] == "prefill")
+    expert_tokens = sum(
+        sum(a["expert_tokens"])
+        for n, a in g.nodes(data=True)
+        if a["op"] == "expert_fc1" and a["layer"] == 0 and a["phase"] == "prefill"
+    )
     assert expert_tokens == pytest.approx(T * m.top_k)
     assert sum(d["send_bytes"]) == pytest.approx(T * m.top_k / 2 * m.hidden_size * 2)
 
@@ -163,7 +200,10 @@ def test_per_expert_impl_makes_one_kernel_per_expert(tiny_moe):
     fc1 = [a for _, a in g.nodes(data=True) if a["op"] == "expert_fc1" and a["phase"] == "prefill" and a["layer"] == 0]
     assert len(fc1) == 4 and all(len(a["experts"]) == 1 for a in fc1)
     grouped = build_dag(tiny_moe)
-    total = lambda gr: sum(a["flops"] for _, a in gr.nodes(data=True) if a["op"] == "expert_fc1")
+
+    def total(gr):
+        return sum(a["flops"] for _, a in gr.nodes(data=True) if a["op"] == "expert_fc1")
+
     assert total(g) == pytest.approx(total(grouped))
 
 
@@ -238,12 +278,22 @@ def test_capacity_factor_drops_and_counts_copies():
 # ---------------------------------------------------------------------------------------------
 # MoE variants: shared experts, leading dense layers, MLA, separate dtypes
 
-DEEPSEEK_TINY = {**TINY_MOE["model"], "activation": "swiglu", "num_shared_experts": 2, "shared_expert_ffn_size": 32,
-                 "first_k_dense_layers": 1, "ffn_size": 96, "kv_lora_rank": 24, "q_lora_rank": 40,
-                 "qk_rope_head_dim": 8, "v_head_dim": 12, "vocab_size": 100}
+DEEPSEEK_TINY = {
+    **TINY_MOE["model"],
+    "activation": "swiglu",
+    "num_shared_experts": 2,
+    "shared_expert_ffn_size": 32,
+    "first_k_dense_layers": 1,
+    "ffn_size": 96,
+    "kv_lora_rank": 24,
+    "q_lora_rank": 40,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 12,
+    "vocab_size": 100,
+}
 
 
-@pytest.mark.parametrize("layout", LAYOUTS[:4], ids=lambda l: "-".join(f"{k}{v}" for k, v in l.items()))
+@pytest.mark.parametrize("layout", LAYOUTS[:4], ids=lambda lay: "-".join(f"{k}{v}" for k, v in lay.items()))
 def test_flops_conserved_deepseek_style(layout):
     n = layout["tp"] * layout["pp"] * layout["dp"]
     s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY, parallel=layout, cluster={"num_gpus": n, "gpus_per_node": 8})
@@ -298,8 +348,12 @@ def test_weight_and_kv_dtypes_change_bytes_not_flops():
 def test_placement_summary_says_where_groups_landed():
     from simulator.placement import placement_summary
 
-    s = make_scenario(TINY_MOE, parallel={"tp": 2, "ep": 4, "pp": 2, "dp": 2}, cluster={"num_gpus": 8, "gpus_per_node": 4},
-                      workload={"batch_size": 4})
+    s = make_scenario(
+        TINY_MOE,
+        parallel={"tp": 2, "ep": 4, "pp": 2, "dp": 2},
+        cluster={"num_gpus": 8, "gpus_per_node": 4},
+        workload={"batch_size": 4},
+    )
     p = placement_summary(s, 4)
     assert p["nodes"] == 2 and p["tp_groups_within_node"] and p["max_nodes_per_ep_group"] == 1
     assert "pipeline stages on nodes stage 0: 0; stage 1: 1" in p["notes"]
@@ -322,8 +376,12 @@ def test_fp8_weights_speed_up_memory_bound_decode_gemms(h100):
 def _launches_per_layer(graph, phase: str, layer: int = 0) -> dict[str, int]:
     out: dict[str, int] = {}
     for _, a in graph.nodes(data=True):
-        if a["phase"] == phase and a.get("layer") == layer and a["kind"] not in (NodeKind.MARKER, NodeKind.COMM) \
-                and (phase == "prefill" or a["step"] == 1):
+        if (
+            a["phase"] == phase
+            and a.get("layer") == layer
+            and a["kind"] not in (NodeKind.MARKER, NodeKind.COMM)
+            and (phase == "prefill" or a["step"] == 1)
+        ):
             out[a["op"]] = out.get(a["op"], 0) + a.get("launches", 1)
     return out
 
@@ -350,22 +408,34 @@ def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
     assert "kv_append" not in per_op and "attn_gqa_expand" not in per_op  # MHA, no cache write in prefill
 
 
-@pytest.mark.parametrize("sections", [
-    {"model": {**TINY_MOE["model"], "num_layers": 8}},
-    {"model": {**TINY_MOE["model"], "num_layers": 8}, "parallel": {"tp": 2, "ep": 2, "pp": 2, "dp": 1, "microbatches": 2}},
-    {"model": {**TINY_MOE["model"], "num_layers": 8}, "workload": {"routing": {"sampled": 7}}},
-    {"model": {**TINY_MOE["model"], "num_layers": 8, "first_k_dense_layers": 1, "ffn_size": 96},
-     "runtime": {"framework": "pytorch"}},
-    # four microbatches on a pipeline: passes copied from microbatch 0's, holding copied layers
-    {"model": {**TINY_MOE["model"], "num_layers": 8}, "parallel": {"tp": 1, "ep": 2, "pp": 2, "dp": 2, "microbatches": 4},
-     "workload": {"batch_size": 16}},
-])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"model": {**TINY_MOE["model"], "num_layers": 8}},
+        {
+            "model": {**TINY_MOE["model"], "num_layers": 8},
+            "parallel": {"tp": 2, "ep": 2, "pp": 2, "dp": 1, "microbatches": 2},
+        },
+        {"model": {**TINY_MOE["model"], "num_layers": 8}, "workload": {"routing": {"sampled": 7}}},
+        {
+            "model": {**TINY_MOE["model"], "num_layers": 8, "first_k_dense_layers": 1, "ffn_size": 96},
+            "runtime": {"framework": "pytorch"},
+        },
+        # four microbatches on a pipeline: passes copied from microbatch 0's, holding copied layers
+        {
+            "model": {**TINY_MOE["model"], "num_layers": 8},
+            "parallel": {"tp": 1, "ep": 2, "pp": 2, "dp": 2, "microbatches": 4},
+            "workload": {"batch_size": 16},
+        },
+    ],
+)
 def test_reused_layers_equal_built_ones(monkeypatch, sections):
     """Copies of identical layers (BlockBuilder.layer_reused) give exactly the nodes, attributes and
     edges that building every layer gives, and the simulation prices each copy as its original."""
-    from simulator.graph import PassBuilder
     from simulator.config import resolve_hardware
+    from simulator.graph import PassBuilder
     from simulator.simulate import simulate_dag
+
     s = make_scenario(TINY_MOE, **sections)
     reused = build_dag(s)
     copies = sum(t >= 0 for t in reused.moesim_twins)
@@ -381,6 +451,7 @@ def test_reused_layers_equal_built_ones(monkeypatch, sections):
     assert a["duration_s"].tolist() == b["duration_s"].tolist() and a["end_s"].tolist() == b["end_s"].tolist()
     # the metrics sum each original once per copy; the full graph sums every node: the same floats
     from simulator.metrics import compute_metrics
+
     ma, mb = (compute_metrics(sim, s, hw) for sim in (sim_a, sim_b))
     assert ma == mb
 

@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY_MOE
+
 from simulator import files
 from simulator.cli import main
 from simulator.config import ScenarioError, load_scenario, parse_scenario
 from simulator.report import summary as summary_module
 
-BOMB = ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
-        "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
-        "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n")
+BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+    "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+    "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n"
+)
 
 
 def cli(capsys, *args) -> tuple[int, str]:
@@ -78,9 +80,13 @@ def test_alias_bomb_is_refused_at_once(tmp_path, capsys, where):
 
 
 def test_alias_bomb_in_a_set_override_is_refused(tmp_path, capsys):
-    flow = "[&a [x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a], &c [*b, *b, *b, *b, *b, *b, *b, *b], " \
-           "&d [*c, *c, *c, *c, *c, *c, *c, *c], &e [*d, *d, *d, *d, *d, *d, *d, *d], &f [*e, *e, *e, *e, *e, *e, *e, *e], *f]"
-    code, err = cli(capsys, "run", tiny(tmp_path), "--set", f"hardware.junk={flow}", "--out", tmp_path / "o", "--no-dag")
+    flow = (
+        "[&a [x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a], &c [*b, *b, *b, *b, *b, *b, *b, *b], "
+        "&d [*c, *c, *c, *c, *c, *c, *c, *c], &e [*d, *d, *d, *d, *d, *d, *d, *d], &f [*e, *e, *e, *e, *e, *e, *e, *e], *f]"
+    )
+    code, err = cli(
+        capsys, "run", tiny(tmp_path), "--set", f"hardware.junk={flow}", "--out", tmp_path / "o", "--no-dag"
+    )
     assert code == 2 and "expands to more than" in one_line(err)
 
 
@@ -109,7 +115,9 @@ def test_a_preset_gets_the_model_size_limits(tmp_path, capsys):
 
 
 def test_a_preset_with_a_syntax_error_names_the_line(tmp_path, capsys):
-    code, err = cli(capsys, "run", _preset(tmp_path, "name: x\nnum_layers: [1, 2\nhidden: 3\n"), "--out", tmp_path / "o")
+    code, err = cli(
+        capsys, "run", _preset(tmp_path, "name: x\nnum_layers: [1, 2\nhidden: 3\n"), "--out", tmp_path / "o"
+    )
     assert code == 2 and "YAML syntax error at line 3" in one_line(err)
 
 
@@ -120,8 +128,15 @@ def test_a_preset_with_a_duplicate_key_is_refused(tmp_path, capsys):
 
 
 def test_import_hf_applies_the_model_size_limits(tmp_path, capsys):
-    cfg = {"model_type": "mixtral", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-           "num_local_experts": 10**9, "num_experts_per_tok": 2, "intermediate_size": 128}
+    cfg = {
+        "model_type": "mixtral",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_local_experts": 10**9,
+        "num_experts_per_tok": 2,
+        "intermediate_size": 128,
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     code, err = cli(capsys, "import-hf", tmp_path / "config.json", "--out", tmp_path / "m.yaml")
     assert code == 2 and "num_experts = 1e+09 is out of range" in one_line(err)
@@ -132,13 +147,16 @@ def test_import_hf_applies_the_model_size_limits(tmp_path, capsys):
 # 3. Calibration tables are validated
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda c: c["gemm"][0].__setitem__(3, -0.5), "fraction -0.5 must be in (0, 1.5]"),
-    (lambda c: c.__setitem__("gemm", []), "calibration.gemm: empty table"),
-    (lambda c: c["eager_floor_s"].__setitem__("gemm", 0.0), "calibration.eager_floor_s.gemm = 0.0"),
-    (lambda c: c["elementwise_s_per_byte"].pop("copy"), "elementwise_s_per_byte: no entry for copy"),
-    (lambda c: c["attention_decode"].append(list(c["attention_decode"][0])), "is given twice"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c["gemm"][0].__setitem__(3, -0.5), "fraction -0.5 must be in (0, 1.5]"),
+        (lambda c: c.__setitem__("gemm", []), "calibration.gemm: empty table"),
+        (lambda c: c["eager_floor_s"].__setitem__("gemm", 0.0), "calibration.eager_floor_s.gemm = 0.0"),
+        (lambda c: c["elementwise_s_per_byte"].pop("copy"), "elementwise_s_per_byte: no entry for copy"),
+        (lambda c: c["attention_decode"].append(list(c["attention_decode"][0])), "is given twice"),
+    ],
+)
 def test_a_bad_calibration_table_is_one_line(tmp_path, capsys, change, expected):
     data = profile_dict()
     change(data["calibration"])
@@ -161,16 +179,29 @@ def test_calibrate_from_malformed_json_is_one_line(tmp_path, capsys, junk):
     assert code == 2 and "--from-json" in one_line(err)
 
 
-@pytest.mark.parametrize("edit, expected", [({"drop": "hbm_bytes_per_s"}, "hbm_bytes_per_s: required field is missing"),
-                                            ({"add": "hbm_bytes_per_sec"}, "did you mean 'hbm_bytes_per_s'")])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        ({"drop": "hbm_bytes_per_s"}, "hbm_bytes_per_s: required field is missing"),
+        ({"add": "hbm_bytes_per_sec"}, "did you mean 'hbm_bytes_per_s'"),
+    ],
+)
 def test_calibrate_with_a_broken_base_profile_is_one_line(tmp_path, capsys, edit, expected):
     data = profile_dict("a100-sxm-80gb")
     data.pop(edit.get("drop"), None)
     if "add" in edit:
         data[edit["add"]] = 1.0
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
-    code, err = cli(capsys, "calibrate", "--from-json", ROOT / "hardware_profiles/measurements/h200_micro.json",
-                    "--base", tmp_path / "bad.yaml", "--out", tmp_path / "p.yaml")
+    code, err = cli(
+        capsys,
+        "calibrate",
+        "--from-json",
+        ROOT / "hardware_profiles/measurements/h200_micro.json",
+        "--base",
+        tmp_path / "bad.yaml",
+        "--out",
+        tmp_path / "p.yaml",
+    )
     assert code == 2 and expected in one_line(err)
 
 
@@ -195,8 +226,20 @@ def test_a_relative_profile_path_in_a_cases_file_is_relative_to_it(tmp_path, mon
 
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(profile_dict("a100-sxm-80gb")))
     scenario = {k: v for k, v in TINY_MOE.items() if k != "name"}
-    (tmp_path / "cases.yaml").write_text(yaml.safe_dump(
-        {"cases": [{"name": "c", "metric": "total_s", "measured": 1.0, "scenario": {**scenario, "hardware": "gpu.yaml"}}]}))
+    (tmp_path / "cases.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "cases": [
+                    {
+                        "name": "c",
+                        "metric": "total_s",
+                        "measured": 1.0,
+                        "scenario": {**scenario, "hardware": "gpu.yaml"},
+                    }
+                ]
+            }
+        )
+    )
     monkeypatch.chdir(tmp_path.parent)
     assert load_cases(tmp_path / "cases.yaml")[0].scenario["hardware"] == str(tmp_path / "gpu.yaml")
 
@@ -354,11 +397,13 @@ def test_a_progress_line_of_wrong_types_is_reported_as_damaged(tmp_path, capsys,
 
 
 def test_progress_records_are_strict_json():
-    from simulator.sweep.resume import from_record, to_record
-    from simulator.sweep.results import LayoutResult
     from simulator.config import ParallelSpec
+    from simulator.sweep.results import LayoutResult
+    from simulator.sweep.resume import from_record, to_record
 
-    result = LayoutResult(0, ParallelSpec(), True, "ok", ttft_mean_s=math.inf, tpot_s=-math.inf, throughput={"x": math.nan})
+    result = LayoutResult(
+        0, ParallelSpec(), True, "ok", ttft_mean_s=math.inf, tpot_s=-math.inf, throughput={"x": math.nan}
+    )
     text = json.dumps(to_record(result), allow_nan=False)  # raises on NaN or infinity
     back = from_record(json.loads(text))
     assert back.ttft_mean_s == math.inf and back.tpot_s == -math.inf and math.isnan(back.throughput["x"])
@@ -388,14 +433,20 @@ def test_plot_refuses_a_summary_of_the_wrong_shape_and_touches_nothing(tmp_path,
 # 8. Extreme but finite numbers
 
 
-@pytest.mark.parametrize("section, expected", [
-    ({"hardware": {"profile": "h100-sxm-80gb", "hbm_bytes_per_s": 1e-300}}, "hbm_bytes_per_s = 1e-300"),
-    ({"hardware": {"profile": "h100-sxm-80gb", "kernel_overhead_s": 1e300}}, "kernel_overhead_s"),
-    ({"workload": {**TINY_MOE["workload"], "routing": {"zipf": 1e300}}}, "workload.routing.zipf"),
-    ({"workload": {**TINY_MOE["workload"], "routing": {"loads": [1.7e308, 1.7e308, 1.0, 1.0]}}}, "sum of the fractions overflows"),
-    ({"workload": {**TINY_MOE["workload"], "input_len_tokens": 10**4000}}, "= 1e+4000 tokens exceeds"),
-    ({"model": {**TINY_MOE["model"], "num_layers": 10**4000}}, "model.num_layers = inf is out of range"),
-])
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ({"hardware": {"profile": "h100-sxm-80gb", "hbm_bytes_per_s": 1e-300}}, "hbm_bytes_per_s = 1e-300"),
+        ({"hardware": {"profile": "h100-sxm-80gb", "kernel_overhead_s": 1e300}}, "kernel_overhead_s"),
+        ({"workload": {**TINY_MOE["workload"], "routing": {"zipf": 1e300}}}, "workload.routing.zipf"),
+        (
+            {"workload": {**TINY_MOE["workload"], "routing": {"loads": [1.7e308, 1.7e308, 1.0, 1.0]}}},
+            "sum of the fractions overflows",
+        ),
+        ({"workload": {**TINY_MOE["workload"], "input_len_tokens": 10**4000}}, "= 1e+4000 tokens exceeds"),
+        ({"model": {**TINY_MOE["model"], "num_layers": 10**4000}}, "model.num_layers = inf is out of range"),
+    ],
+)
 def test_extreme_finite_numbers_are_one_line(tmp_path, section, expected):
     data = {**copy.deepcopy(TINY_MOE), **section}
     with pytest.raises(ScenarioError) as info:
@@ -431,12 +482,15 @@ def test_run_refuses_a_negative_decode_sample(tmp_path, capsys):
     assert code == 2 and "--decode-sample -3" in one_line(err)
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("cases: []\n", "the list is empty"),
-    (b"\x00\x01\x02", "binary file"),
-    (b"cases: \xff\xfe\n", "not UTF-8"),
-    ("cases: []\ncases: []\n", "duplicate key 'cases'"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("cases: []\n", "the list is empty"),
+        (b"\x00\x01\x02", "binary file"),
+        (b"cases: \xff\xfe\n", "not UTF-8"),
+        ("cases: []\ncases: []\n", "duplicate key 'cases'"),
+    ],
+)
 def test_validate_answers_bad_cases_files_with_one_line(tmp_path, capsys, content, expected):
     path = tmp_path / "cases.yaml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -444,13 +498,25 @@ def test_validate_answers_bad_cases_files_with_one_line(tmp_path, capsys, conten
     assert code == 2 and expected in one_line(err)
 
 
-HF = {"model_type": "mixtral", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-      "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 128}
+HF = {
+    "model_type": "mixtral",
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "intermediate_size": 128,
+}
 
 
-@pytest.mark.parametrize("change, expected", [({"torch_dtype": ["bf16"]}, "torch_dtype"),
-                                              ({"quantization_config": [1]}, "quantization_config"),
-                                              ({"num_hidden_layers": [2]}, "num_layers")])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"torch_dtype": ["bf16"]}, "torch_dtype"),
+        ({"quantization_config": [1]}, "quantization_config"),
+        ({"num_hidden_layers": [2]}, "num_layers"),
+    ],
+)
 def test_import_hf_answers_wrong_types_with_one_line(tmp_path, capsys, change, expected):
     (tmp_path / "config.json").write_text(json.dumps({**HF, **change}))
     code, err = cli(capsys, "import-hf", tmp_path / "config.json")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_MOE
+
 from simulator.cli import main
 from simulator.report.html import index_html, markdown_html, write_index
 
@@ -50,7 +50,9 @@ def test_page_shows_results_targets_audit_path_and_pictures(run_dir):
 def test_comparison_files_are_shown_when_present(run_dir, tmp_path):
     d = tmp_path / "with_comparison"
     shutil.copytree(run_dir, d)
-    (d / "comparison.md").write_text("# Layouts compared\n\n| rank | layout | TPOT |\n|---|---|---|\n| 1 | `tp2` | 3 ms |\n")
+    (d / "comparison.md").write_text(
+        "# Layouts compared\n\n| rank | layout | TPOT |\n|---|---|---|\n| 1 | `tp2` | 3 ms |\n"
+    )
     (d / "comparison.csv").write_text("rank,layout\n1,tp2\n")
     shutil.copy(d / "memory.png", d / "pareto.png")
     page = index_html(d, json.loads((d / "summary.json").read_text()))
@@ -99,9 +101,21 @@ def test_templates_ship_inside_the_package():
 
 
 def _dom(page: Path, tmp_path: Path) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout

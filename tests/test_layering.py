@@ -67,8 +67,12 @@ def imports_of(path: Path, module: str | None = None) -> list[tuple[str, list[st
             if target.startswith("simulator"):
                 names = [alias.name for alias in node.names]
                 # `from simulator import costs` names a module, not an attribute
-                submodules = [n for n in names if (PACKAGE.parent / (target + "." + n).replace(".", "/")).exists()
-                              or (PACKAGE.parent / ((target + "." + n).replace(".", "/") + ".py")).exists()]
+                submodules = [
+                    n
+                    for n in names
+                    if (PACKAGE.parent / (target + "." + n).replace(".", "/")).exists()
+                    or (PACKAGE.parent / ((target + "." + n).replace(".", "/") + ".py")).exists()
+                ]
                 for sub in submodules:
                     found.append((f"{target}.{sub}", [], node.lineno))
                 rest = [n for n in names if n not in submodules]
@@ -88,8 +92,11 @@ def test_every_module_has_a_layer():
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_run_downwards(module):
-    upward = [f"{module}:{line} imports {target} (layer {layer_of(target)} > {layer_of(module)})"
-              for m, target, _, line in EDGES if m == module and layer_of(target) > layer_of(module)]
+    upward = [
+        f"{module}:{line} imports {target} (layer {layer_of(target)} > {layer_of(module)})"
+        for m, target, _, line in EDGES
+        if m == module and layer_of(target) > layer_of(module)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -105,8 +112,12 @@ def test_no_import_cycles():
 
 
 def test_no_private_names_imported_across_modules():
-    private = [f"{module}:{line} imports {name} from {target}" for module, target, names, line in EDGES
-               for name in names if name.startswith("_") and target != module]
+    private = [
+        f"{module}:{line} imports {name} from {target}"
+        for module, target, names, line in EDGES
+        for name in names
+        if name.startswith("_") and target != module
+    ]
     assert not private, "\n".join(private)
 
 
@@ -117,8 +128,9 @@ SIMPY_MODULES = ("simulator.engine", "simulator.serving.simulate")
 def test_only_engines_import_simpy_and_only_reports_import_matplotlib():
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text())
-        roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
+        roots = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
         roots |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         if "simpy" in roots:
             assert module in SIMPY_MODULES, f"{module} imports simpy"
@@ -129,8 +141,10 @@ def test_only_engines_import_simpy_and_only_reports_import_matplotlib():
 def test_the_checker_sees_upward_private_and_relative_imports(tmp_path):
     """The rules above can fail: a config module importing the graph, a private name and a relative import."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from simulator.graph import build\nfrom simulator.pipeline import _no_gc\n"
-                     "def f():\n    from ..report import dot\n")
+    probe.write_text(
+        "from simulator.graph import build\nfrom simulator.pipeline import _no_gc\n"
+        "def f():\n    from ..report import dot\n"
+    )
     found = imports_of(probe, "simulator.config.probe")
     targets = {target for target, _, _ in found}
     assert targets == {"simulator.graph", "simulator.pipeline", "simulator.report.dot"}

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import TINY_MOE, make_scenario
 from PIL import Image
 
-from conftest import TINY_MOE, make_scenario
 from simulator.pipeline import run_scenario
 from simulator.report.memory_plot import _binned_max, memory_curves, memory_png
 from simulator.report.slices import slices_of_run

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_MOE, make_scenario, seed_dict
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import TINY_MOE, make_scenario, seed_dict
 from simulator.config import resolve_hardware
 from simulator.memory import kv_cache_bytes_per_gpu, parameter_counts, weight_bytes_per_gpu
 from simulator.metrics import compute_metrics
@@ -21,17 +21,44 @@ from simulator.simulate import SimResult
 
 
 def _token_rows(times: dict[tuple[str, int, int], float]) -> pd.DataFrame:
-    rows = [{"node": f"{ph}{st}.mb{mb}.token", "op": "token", "kind": "marker", "category": "marker", "phase": ph,
-             "step": st, "microbatch": mb, "layer": -1, "stage": 1, "gpu": None, "flops": 0.0, "bytes_read": 0.0,
-             "bytes_written": 0.0, "stream": "none", "start_s": t, "end_s": t, "duration_s": 0.0, "bound": "none"}
-            for (ph, st, mb), t in times.items()]
+    rows = [
+        {
+            "node": f"{ph}{st}.mb{mb}.token",
+            "op": "token",
+            "kind": "marker",
+            "category": "marker",
+            "phase": ph,
+            "step": st,
+            "microbatch": mb,
+            "layer": -1,
+            "stage": 1,
+            "gpu": None,
+            "flops": 0.0,
+            "bytes_read": 0.0,
+            "bytes_written": 0.0,
+            "stream": "none",
+            "start_s": t,
+            "end_s": t,
+            "duration_s": 0.0,
+            "bound": "none",
+        }
+        for (ph, st, mb), t in times.items()
+    ]
     return pd.DataFrame(rows)
 
 
 def test_metric_definitions_on_hand_built_trace():
     s = make_scenario(TINY_MOE, parallel={"microbatches": 2})
-    ops = _token_rows({("prefill", 0, 0): 1.0, ("prefill", 0, 1): 2.0, ("decode", 1, 0): 1.5, ("decode", 1, 1): 2.5,
-                       ("decode", 2, 0): 2.0, ("decode", 2, 1): 3.0})
+    ops = _token_rows(
+        {
+            ("prefill", 0, 0): 1.0,
+            ("prefill", 0, 1): 2.0,
+            ("decode", 1, 0): 1.5,
+            ("decode", 1, 1): 2.5,
+            ("decode", 2, 0): 2.0,
+            ("decode", 2, 1): 3.0,
+        }
+    )
     m = compute_metrics(SimResult.from_frame(ops, makespan_s=3.0), s, resolve_hardware(s))
     # 4 sequences: two first tokens at 1.0 s, two at 2.0 s
     assert (m.ttft_s.mean, m.ttft_s.p50, m.ttft_s.max) == (1.5, 1.5, 2.0)
@@ -103,8 +130,14 @@ def test_summary_is_deterministic(tiny_moe):
 
 def test_faster_hardware_is_never_slower(tiny_moe):
     base = run_scenario(tiny_moe).metrics.total_s
-    fast = make_scenario(TINY_MOE, hardware={"profile": "h100-sxm-80gb", "hbm_bytes_per_s": 6.7e12,
-                                             "intra_node": {"bytes_per_s": 900e9, "latency_s": 3e-6, "efficiency": 0.82}})
+    fast = make_scenario(
+        TINY_MOE,
+        hardware={
+            "profile": "h100-sxm-80gb",
+            "hbm_bytes_per_s": 6.7e12,
+            "intra_node": {"bytes_per_s": 900e9, "latency_s": 3e-6, "efficiency": 0.82},
+        },
+    )
     assert run_scenario(fast).metrics.total_s <= base
 
 
@@ -168,7 +201,9 @@ def test_mla_kv_cache_and_fp8_memory_by_hand():
     s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
     # 4 sequences x (16 + 3 - 1) positions x 2 layers per stage x (24 + 8) latent x 2 bytes, on every TP rank
     assert kv_cache_bytes_per_gpu(s, 0) == kv_cache_bytes_per_gpu(s, 1) == 4 * 18 * 2 * 32 * 2
-    fp8 = make_scenario(TINY_MOE, model={**DEEPSEEK_TINY, "dtype": "bf16", "weight_dtype": "fp8", "kv_cache_dtype": "fp8"})
+    fp8 = make_scenario(
+        TINY_MOE, model={**DEEPSEEK_TINY, "dtype": "bf16", "weight_dtype": "fp8", "kv_cache_dtype": "fp8"}
+    )
     assert kv_cache_bytes_per_gpu(fp8, 0) * 2 == kv_cache_bytes_per_gpu(s, 0)
     assert weight_bytes_per_gpu(fp8, 0) * 2 == weight_bytes_per_gpu(s, 0)
     # GPU 0: stage 0 = layer 0 (dense, FFN split over tp 2) and layer 1 (MoE: experts 0-1, shared, router)

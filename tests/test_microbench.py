@@ -26,9 +26,13 @@ FIELDS = {
     "elementwise": [{"op", "shape", "s", "bytes_in"}],
     "copy": [{"bytes", "s", "gbps_rw"}],
     "launch": [{"op", "s"}],
-    "e2e_dev": [{"case", "impl", "phase", "batch", "seq", "layers", "s"},
-                {"case", "phase", "layers", "batch", "kv_len", "s_eager", "s_cuda_graph"}],
-    "kernel_breakdown": [{"case", "impl", "phase", "batch", "seq", "layers", "wall_s", "kernel_total_s", "top_kernels"}],
+    "e2e_dev": [
+        {"case", "impl", "phase", "batch", "seq", "layers", "s"},
+        {"case", "phase", "layers", "batch", "kv_len", "s_eager", "s_cuda_graph"},
+    ],
+    "kernel_breakdown": [
+        {"case", "impl", "phase", "batch", "seq", "layers", "wall_s", "kernel_total_s", "top_kernels"}
+    ],
 }
 ENV_FIELDS = {"device", "torch", "python", "name", "sm_count", "mem_bytes", "cuda", "cudnn"}
 
@@ -56,23 +60,28 @@ def test_default_grids_are_those_of_the_shared_file():
     grids = microbench.GRIDS
     assert [(g["M"], g["K"], g["N"]) for g in data["gemm"]] == list(grids["gemm"])
     assert [(g["E"], g["C"], g["K"], g["N"]) for g in data["bmm"]] == [
-        (e, c, k, n) for e, k, n, capacities in grids["bmm"] for c in capacities]
+        (e, c, k, n) for e, k, n, capacities in grids["bmm"] for c in capacities
+    ]
     assert [(a["B"], a["H"], a["S"], a["D"]) for a in data["sdpa_prefill"]] == list(grids["sdpa_prefill"])
     assert [(a["B"], a["H"], a["L"], a["D"]) for a in data["sdpa_decode"]] == list(grids["sdpa_decode"])
     # plus index_add (the sorted MoE's combine), which the shared file does not measure
     assert [(e["op"], tuple(e["shape"])) for e in data["elementwise"]] == [
-        x for x in grids["elementwise"] if x[0] != "index_add"]
+        x for x in grids["elementwise"] if x[0] != "index_add"
+    ]
     assert [c["bytes"] for c in data["copy"]] == list(grids["copy"])
     assert [e["op"] for e in data["launch"]] == list(grids["launch"])
     cases = [(m.name, "prefill", b, s, m.num_layers) for m, b, s in microbench_e2e.E2E_PREFILL]
     cases += [(m.name, "decode_step", b, kv, m.num_layers) for m, b, kv in microbench_e2e.E2E_DECODE]
-    assert [(e["case"], e["phase"], e["batch"], e.get("seq", e.get("kv_len")), e["layers"])
-            for e in data["e2e_dev"]] == cases
+    assert [
+        (e["case"], e["phase"], e["batch"], e.get("seq", e.get("kv_len")), e["layers"]) for e in data["e2e_dev"]
+    ] == cases
 
 
 def test_missing_torch_is_one_clear_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    with pytest.raises(RuntimeError, match=r"^PyTorch is not installed: pip install 'moesim\[torch\]' \(needs a CUDA GPU\)$"):
+    with pytest.raises(
+        RuntimeError, match=r"^PyTorch is not installed: pip install 'moesim\[torch\]' \(needs a CUDA GPU\)$"
+    ):
         microbench.run_microbenchmarks(device="cpu", quick=True)
     assert microbench.main(["--out", str(tmp_path / "raw.json")]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
@@ -121,12 +130,20 @@ def test_cpu_quick_run_times_are_positive_and_rates_consistent(cpu_quick):
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
 def test_capacity_decode_matches_the_sorted_moe(monkeypatch):
     """With capacity large enough that no token is dropped, both dispatches compute the same block."""
-    import torch
-
     from dataclasses import replace
 
-    model = replace(microbench_e2e.SEED, num_layers=1, hidden_size=64, num_heads=4, head_dim=16, num_kv_heads=4,
-                    num_experts=4, expert_ffn_size=32)
+    import torch
+
+    model = replace(
+        microbench_e2e.SEED,
+        num_layers=1,
+        hidden_size=64,
+        num_heads=4,
+        head_dim=16,
+        num_kv_heads=4,
+        num_experts=4,
+        expert_ffn_size=32,
+    )
     torch.manual_seed(0)
     with torch.inference_mode():
         lw = {k: v.float() for k, v in microbench_e2e.layer_weights(torch, model, "cpu").items()}

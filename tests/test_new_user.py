@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from conftest import ROOT, TINY_MOE
 from rich.console import Console
 
-from conftest import ROOT, TINY_MOE
 from simulator.cli import main
 from simulator.config import load_scenario
 from simulator.config.hardware import available_profiles, load_profile
@@ -152,16 +152,28 @@ def test_debug_is_accepted_after_the_subcommand(tmp_path):
 
 def test_narrow_terminal_tables_fit(tmp_path):
     env = {**os.environ, "COLUMNS": "100"}
-    proc = subprocess.run([sys.executable, "-m", "simulator.cli", "run", str(SEED), "--out", str(tmp_path / "r"),
-                           "--no-dag", *SHORT], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "run", str(SEED), "--out", str(tmp_path / "r"), "--no-dag", *SHORT],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert max(len(line) for line in proc.stdout.splitlines()) <= 100
 
 
 def test_piped_output_is_quiet_and_wide(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([sys.executable, "-m", "simulator.cli", "run", str(SEED), "--out", str(tmp_path / "r"),
-                           "--no-dag", *SHORT], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "run", str(SEED), "--out", str(tmp_path / "r"), "--no-dag", *SHORT],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "build and simulate" not in proc.stdout + proc.stderr  # no progress line
     assert max(len(line) for line in proc.stdout.splitlines()) > 100  # 160 columns, not 80
 
@@ -186,8 +198,19 @@ def test_text_with_square_brackets_is_printed_literally():
 
 
 def test_memory_picture_names_the_peak_over_time_and_the_summary_figure():
-    title = panel_title(0, 18.59e9, {"capacity_bytes": 64e9, "total_bytes": 18.72e9, "weight_bytes": 1e8,
-                                     "reserve_bytes": 1e9, "activation_bytes": 6.71e9}, 10.87e9, 6.58e9)
+    title = panel_title(
+        0,
+        18.59e9,
+        {
+            "capacity_bytes": 64e9,
+            "total_bytes": 18.72e9,
+            "weight_bytes": 1e8,
+            "reserve_bytes": 1e9,
+            "activation_bytes": 6.71e9,
+        },
+        10.87e9,
+        6.58e9,
+    )
     assert "peak over time 18.59 GB" in title and "summary (closed form, as the target) 18.72 GB" in title
 
 
@@ -217,14 +240,27 @@ def _write(path: Path, cfg: dict) -> Path:
     return path
 
 
-_DENSE = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100,
-          "torch_dtype": "bfloat16"}
+_DENSE = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 100,
+    "torch_dtype": "bfloat16",
+}
 
 
 def test_import_hf_reads_text_config(tmp_path):
-    cfg = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "torch_dtype": "bfloat16",
-           "text_config": _DENSE, "vision_config": {"hidden_size": 8}}
+    cfg = {
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "model_type": "llama4",
+        "torch_dtype": "bfloat16",
+        "text_config": _DENSE,
+        "vision_config": {"hidden_size": 8},
+    }
     _, model, _, _ = import_file(_write(tmp_path / "l4" / "config.json", cfg))
     assert model.num_layers == 2 and model.hidden_size == 64
 

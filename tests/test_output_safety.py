@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_MOE
-from simulator.cli import main
+
 from simulator import files
+from simulator.cli import main
 from simulator.report import summary
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import TINY_MOE
+
 from simulator.cli import main
 
 
@@ -30,10 +30,13 @@ def test_plot_redraws_pictures_from_the_directory(run_dir, capsys):
     assert "wrote trace.json.gz" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: None, "no such directory"),
-    (lambda d: d.mkdir(), "no summary.json"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "no such directory"),
+        (lambda d: d.mkdir(), "no summary.json"),
+    ],
+)
 def test_plot_refuses_a_directory_that_is_not_a_run(tmp_path, capsys, setup, message):
     d = tmp_path / "x"
     setup(d)

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY_MOE, make_scenario
+
 from simulator.config import ModelSpec, ScenarioError, available_presets, load_model_preset
 from simulator.config.import_hf import import_file
 from simulator.memory import parameter_counts
@@ -123,8 +123,13 @@ def test_cli_import_writes_a_loadable_preset(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-NEW_SCENARIOS = ["mixtral_8x7b_2xh100_tp2", "mixtral_8x7b_8xh200_tp8", "mixtral_8x7b_8xh200_ep8",
-                 "deepseek_v3_4x8xh100_ep32", "llama_3_70b_4xh100_tp4"]
+NEW_SCENARIOS = [
+    "mixtral_8x7b_2xh100_tp2",
+    "mixtral_8x7b_8xh200_tp8",
+    "mixtral_8x7b_8xh200_ep8",
+    "deepseek_v3_4x8xh100_ep32",
+    "llama_3_70b_4xh100_tp4",
+]
 
 
 @pytest.mark.parametrize("name", NEW_SCENARIOS)
@@ -134,8 +139,14 @@ def test_shipped_real_model_scenario_runs(name):
     from simulator.pipeline import run_scenario
 
     s = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
-    small = load_scenario(ROOT / "scenarios" / f"{name}.yaml",
-                          ["model.num_layers=4", f"workload.batch_size={s.parallel.dp}", "workload.input_len_tokens=64",
-                           "workload.output_len_tokens=2"])
+    small = load_scenario(
+        ROOT / "scenarios" / f"{name}.yaml",
+        [
+            "model.num_layers=4",
+            f"workload.batch_size={s.parallel.dp}",
+            "workload.input_len_tokens=64",
+            "workload.output_len_tokens=2",
+        ],
+    )
     run = run_scenario(small)
     assert all(c.ok for c in run.checks) and run.metrics.total_s > 0

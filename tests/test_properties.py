@@ -15,20 +15,25 @@ from concurrent.futures import ProcessPoolExecutor
 
 import networkx as nx
 import pytest
+from conftest import ROOT, make_scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_graph import _closed_form_matmul_flops
 
-from conftest import ROOT, make_scenario
 from simulator.config import Scenario
 from simulator.graph import build_dag
 from simulator.pipeline import run_scenario
 from simulator.report.summary import summary_dict
-from test_graph import _closed_form_matmul_flops
 
 
 def _settings(n: int) -> settings:
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
 
 
 def _divisors(n: int) -> list[int]:
@@ -48,9 +53,15 @@ def small_scenarios(draw) -> dict:
     kv_heads = draw(st.sampled_from([k for k in _divisors(heads) if k <= tp or k % tp == 0]))
     experts = draw(st.sampled_from([0, 2, 4]))
     ffn = draw(st.sampled_from([64, 128]))
-    model = {"name": "prop", "num_layers": num_layers, "hidden_size": hidden, "num_heads": heads,
-             "num_kv_heads": kv_heads, "activation": draw(st.sampled_from(["gelu", "swiglu"])),
-             "dtype": draw(st.sampled_from(["fp16", "bf16"]))}
+    model = {
+        "name": "prop",
+        "num_layers": num_layers,
+        "hidden_size": hidden,
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "activation": draw(st.sampled_from(["gelu", "swiglu"])),
+        "dtype": draw(st.sampled_from(["fp16", "bf16"])),
+    }
     ep = etp = 1
     if experts:
         model.update(num_experts=experts, top_k=draw(st.integers(1, experts)), expert_ffn_size=ffn)
@@ -67,8 +78,11 @@ def small_scenarios(draw) -> dict:
         "hardware": "h100-sxm-80gb",
         "cluster": {"num_gpus": num_gpus, "gpus_per_node": gpus_per_node},
         "parallel": {"tp": tp, "pp": pp, "dp": dp, "ep": ep, "etp": etp, "microbatches": microbatches},
-        "workload": {"batch_size": batch, "input_len_tokens": draw(st.integers(1, 64)),
-                     "output_len_tokens": draw(st.integers(1, 6))},
+        "workload": {
+            "batch_size": batch,
+            "input_len_tokens": draw(st.integers(1, 64)),
+            "output_len_tokens": draw(st.integers(1, 6)),
+        },
         "runtime": {"mode": draw(st.sampled_from(["eager", "cuda_graph"]))},
     }
 
@@ -185,15 +199,19 @@ def test_summary_identical_serial_and_in_worker_processes():
 
 def test_cli_run_twice_writes_byte_identical_summary(tmp_path):
     import yaml
-
     from conftest import TINY_MOE
 
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text(yaml.safe_dump(TINY_MOE))
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        proc = subprocess.run([sys.executable, "-m", "simulator.cli", "run", str(scenario), "--out", str(out), "--no-dag"],
-                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "simulator.cli", "run", str(scenario), "--out", str(out), "--no-dag"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
     a, b = ((out / "summary.json").read_bytes() for out in outs)
     assert a == b

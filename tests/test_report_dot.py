@@ -61,8 +61,7 @@ def test_graph_json_round_trips(seed_small, tmp_path):
 
 
 def test_graph_json_matches_networkx_node_link(tmp_path):
-    g = _graph("parallel.pp=1", "parallel.tp=1", "parallel.ep=1", "cluster.num_gpus=1",
-               "workload.output_len_tokens=1")
+    g = _graph("parallel.pp=1", "parallel.tp=1", "parallel.ep=1", "cluster.num_gpus=1", "workload.output_len_tokens=1")
     reference = json.loads(json.dumps(nx.node_link_data(g, edges="edges")))
     assert json.loads(write_graph_json(g, tmp_path / "g.json").read_text()) == reference
 
@@ -80,10 +79,22 @@ def test_folded_view_is_a_small_dag(seed_small, folded):
 
 def test_folded_view_keeps_first_layer_markers_and_stage_transfer(folded):
     view, _ = folded
-    for n in ("p.mb0.L0.g0.q_proj", "p.mb0.L7.g1.o_proj", "p.mb0.L8.g2.q_proj", "p.mb0.L15.g3.expert_fc2",
-              "p.mb0.g0-g2.pp_send", "p.mb0.g1-g3.pp_send", "p.mb0.token", "d1.mb0.L0.g0.q_proj",
-              "d1.mb0.g2-g0.token_send", "d1.mb0.token",
-              "prefill.start", "prefill.end", "decode.start", "decode.end"):
+    for n in (
+        "p.mb0.L0.g0.q_proj",
+        "p.mb0.L7.g1.o_proj",
+        "p.mb0.L8.g2.q_proj",
+        "p.mb0.L15.g3.expert_fc2",
+        "p.mb0.g0-g2.pp_send",
+        "p.mb0.g1-g3.pp_send",
+        "p.mb0.token",
+        "d1.mb0.L0.g0.q_proj",
+        "d1.mb0.g2-g0.token_send",
+        "d1.mb0.token",
+        "prefill.start",
+        "prefill.end",
+        "decode.start",
+        "decode.end",
+    ):
         assert n in view, n
     assert "p.mb0.L3.g0.q_proj" not in view
     assert "d2.mb0.L0.g0.q_proj" not in view
@@ -151,8 +162,9 @@ def test_dot_labels_name_op_gpu_and_shapes(dot_text):
     assert 'label="router\\nGPU 0\\n[655360, 512] -> [655360, 16]"' in _node_line(dot_text, "p.mb0.L0.g0.router")
     assert "GPU 0,1" in _node_line(dot_text, "p.mb0.L0.s0d0.tp_allreduce")
     assert "GPU 0 -> 2" in _node_line(dot_text, "p.mb0.g0-g2.pp_send")
-    assert "[128, 8, 10240, 32]; [128, 8, 10240, 32] -> [128, 8, 10240, 10240]" in \
-        _node_line(dot_text, "p.mb0.L0.g0.attn_scores")
+    assert "[128, 8, 10240, 32]; [128, 8, 10240, 32] -> [128, 8, 10240, 10240]" in _node_line(
+        dot_text, "p.mb0.L0.g0.attn_scores"
+    )
 
 
 def test_dot_colours_one_fill_per_gpu(dot_text):
@@ -174,8 +186,19 @@ def test_dot_has_clusters_legend_and_notes(dot_text):
 
 def test_dot_escapes_quotes_and_backslashes():
     g = nx.DiGraph()
-    g.add_node('a"b\\c', op="x", kind="compute", gpu=0, in_shape=(1,), out_shape=(2,), phase="prefill",
-               step=0, microbatch=0, stage=0, layer=0)
+    g.add_node(
+        'a"b\\c',
+        op="x",
+        kind="compute",
+        gpu=0,
+        in_shape=(1,),
+        out_shape=(2,),
+        phase="prefill",
+        step=0,
+        microbatch=0,
+        stage=0,
+        layer=0,
+    )
     text = to_dot(g, 'title "quoted"', ['a note with "quotes"'])
     assert '"a\\"b\\\\c" [' in text
     assert 'label="title \\"quoted\\""' in text
@@ -199,8 +222,7 @@ def test_render_dag_writes_four_files(seed_small, tmp_path):
 
 @needs_dot
 def test_single_gpu_graph_renders(tmp_path):
-    g = _graph("parallel.pp=1", "parallel.tp=1", "parallel.ep=1", "cluster.num_gpus=1",
-               "workload.output_len_tokens=2")
+    g = _graph("parallel.pp=1", "parallel.tp=1", "parallel.ep=1", "cluster.num_gpus=1", "workload.output_len_tokens=2")
     view, notes = folded_view(g)
     assert nx.is_directed_acyclic_graph(view)
     assert "p.mb0.L0.g0.topk" in view

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import replace
 
 import pytest
 import yaml
 from conftest import ROOT, TINY_MOE, make_scenario
 
-from simulator.config import ScenarioError
-from simulator.config import ParallelSpec
+from simulator.config import ParallelSpec, ScenarioError
 from simulator.sweep.results import LayoutResult, TargetVerdict
 from simulator.sweep.resume import FORMAT, Progress, from_record, progress_path, sweep_inputs, to_record
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 import yaml
-
 from conftest import TINY_MOE, make_scenario
+
 from simulator.cli import main
 from simulator.config import ParallelSpec, ScenarioError, load_scenario, parse_scenario, with_layout
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
@@ -56,8 +56,10 @@ def _few(s):
 
 
 def _comparable(results):
-    return [(r.index, r.layout, r.status, r.error, r.ttft_max_s, r.tpot_s, r.throughput, r.targets, r.cost_shares)
-            for r in results]
+    return [
+        (r.index, r.layout, r.status, r.error, r.ttft_max_s, r.tpot_s, r.throughput, r.targets, r.cost_shares)
+        for r in results
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_a_failing_layout_is_recorded_and_the_sweep_goes_on(executor):
     assert all("RuntimeError: boom on tp=2" in r.error for r in failed)
     assert all(r.status == "ok" for r in results if r.layout.tp != 2)
     ranked = rank_results(results)
-    assert all(r.rank is None for r in ranked[-len(failed):])
+    assert all(r.rank is None for r in ranked[-len(failed) :])
 
 
 def test_an_error_inside_the_simulation_becomes_a_failed_row(tiny_moe):
@@ -151,8 +153,9 @@ def test_dask_cluster_gives_the_serial_results():
     s = _small()
     layouts = _few(s)[:4]
     serial = run_sweep(s, layouts, SerialExecutor(), decode_sample=0)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         address = cluster.scheduler_address.removeprefix("tcp://")
         with make_executor(f"dask://{address}") as executor:
             dask_results = run_sweep(s, layouts, executor, decode_sample=0)
@@ -176,8 +179,12 @@ def record_calls(index, own, scenario, decode_sample):
 def test_layouts_that_cannot_fit_are_screened_without_simulating():
     s = _small()
     layouts = _few(s)
-    need = {lay: max(weight_bytes_per_gpu(v, g) + kv_cache_bytes_per_gpu(v, g) for g in range(4))
-            + v.runtime.memory_reserve_bytes for lay in layouts for v in [with_layout(s, lay)]}
+    need = {
+        lay: max(weight_bytes_per_gpu(v, g) + kv_cache_bytes_per_gpu(v, g) for g in range(4))
+        + v.runtime.memory_reserve_bytes
+        for lay in layouts
+        for v in [with_layout(s, lay)]
+    }
     capacity = sorted(set(need.values()))[-2]  # the most replicated layout no longer fits
     small = _small(hardware={"profile": "h100-sxm-80gb", "memory_bytes": capacity})
     calls.clear()
@@ -193,7 +200,12 @@ def test_layouts_that_cannot_fit_are_screened_without_simulating():
 
 def test_decode_sampling_keeps_the_ranking_and_figures_within_1_percent():
     s = _small(workload={"batch_size": 4, "input_len_tokens": 16, "output_len_tokens": 24})
-    layouts = [s.parallel.without_split(), ParallelSpec.of_degrees(1, 2, 2, 2, 1, 1), ParallelSpec.of_degrees(2, 2, 1, 1, 1, 2), ParallelSpec.of_degrees(1, 1, 4, 4, 1, 1)]
+    layouts = [
+        s.parallel.without_split(),
+        ParallelSpec.of_degrees(1, 2, 2, 2, 1, 1),
+        ParallelSpec.of_degrees(2, 2, 1, 1, 1, 2),
+        ParallelSpec.of_degrees(1, 1, 4, 4, 1, 1),
+    ]
     full = rank_results(run_sweep(s, layouts, SerialExecutor(), decode_sample=0))
     sampled = rank_results(run_sweep(s, layouts, SerialExecutor(), decode_sample=4))
     own_full = next(r for r in full if r.own)
@@ -208,10 +220,19 @@ def test_decode_sampling_keeps_the_ranking_and_figures_within_1_percent():
 
 
 def _row(index, tput, ttft, tpot, mem, met=True, status="ok", cap=100.0):
-    return LayoutResult(index=index, layout=ParallelSpec.of_degrees(1, 1, 4, 1, 1, index + 1), own=False, status=status,
-                        ttft_mean_s=ttft, ttft_max_s=ttft, tpot_s=tpot,
-                        throughput={"output_tokens_per_ms_per_gpu": tput}, memory_bytes_per_gpu=mem,
-                        capacity_bytes=cap, targets=(TargetVerdict("ttft_s", "max", 1.0, ttft, met),) if status == "ok" else ())
+    return LayoutResult(
+        index=index,
+        layout=ParallelSpec.of_degrees(1, 1, 4, 1, 1, index + 1),
+        own=False,
+        status=status,
+        ttft_mean_s=ttft,
+        ttft_max_s=ttft,
+        tpot_s=tpot,
+        throughput={"output_tokens_per_ms_per_gpu": tput},
+        memory_bytes_per_gpu=mem,
+        capacity_bytes=cap,
+        targets=(TargetVerdict("ttft_s", "max", 1.0, ttft, met),) if status == "ok" else (),
+    )
 
 
 ROWS = [
@@ -224,13 +245,16 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("objective, order", [
-    ("targets", [2, 1, 0, 4, 3, 5]),
-    ("throughput", [0, 2, 1, 4, 3, 5]),
-    ("ttft", [1, 2, 0, 4, 3, 5]),
-    ("tpot", [2, 0, 1, 4, 3, 5]),
-    ("memory", [1, 0, 2, 4, 3, 5]),
-])
+@pytest.mark.parametrize(
+    "objective, order",
+    [
+        ("targets", [2, 1, 0, 4, 3, 5]),
+        ("throughput", [0, 2, 1, 4, 3, 5]),
+        ("ttft", [1, 2, 0, 4, 3, 5]),
+        ("tpot", [2, 0, 1, 4, 3, 5]),
+        ("memory", [1, 0, 2, 4, 3, 5]),
+    ],
+)
 def test_ranking_by_objective(objective, order):
     ranked = rank_results(ROWS, objective)
     assert [r.index for r in ranked] == order
@@ -269,8 +293,22 @@ def small_file(tmp_path):
 
 def test_compare_writes_every_file_and_best_yaml_loads(small_file, tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = main(["compare", str(small_file), "--out", str(out), "--jobs", "1", "--microbatches", "1",
-                 "--objective", "ttft", "--set", "targets={ttft_s: {max: 100}}"])
+    code = main(
+        [
+            "compare",
+            str(small_file),
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--microbatches",
+            "1",
+            "--objective",
+            "ttft",
+            "--set",
+            "targets={ttft_s: {max: 100}}",
+        ]
+    )
     assert code == 0
     for name in ("comparison.csv", "comparison.md", "pareto.png", "best.yaml"):
         assert (out / name).is_file(), name
@@ -332,7 +370,8 @@ def _interrupted(small_file, out, monkeypatch, capsys, n=3):
 
 
 def test_an_interrupted_sweep_keeps_its_layouts_and_resumes_to_the_same_files(
-        small_file, tmp_path, uninterrupted, monkeypatch, capsys):
+    small_file, tmp_path, uninterrupted, monkeypatch, capsys
+):
     out = tmp_path / "cmp"
     err = _interrupted(small_file, out, monkeypatch, capsys, n=3)
     assert err == "moesim: interrupted after 3 of 10 layouts; rerun with --resume to continue"
@@ -360,11 +399,14 @@ def test_resume_drops_a_truncated_last_line(small_file, tmp_path, uninterrupted,
     assert (out / "comparison.csv").read_bytes() == (uninterrupted / "comparison.csv").read_bytes()
 
 
-@pytest.mark.parametrize("change, names", [
-    (["--set", "workload.batch_size=8"], "different scenario"),
-    (["--decode-sample", "2"], "--decode-sample 8, not 2"),
-    (["--gpus", "2"], "--gpus 4, not 2"),
-])
+@pytest.mark.parametrize(
+    "change, names",
+    [
+        (["--set", "workload.batch_size=8"], "different scenario"),
+        (["--decode-sample", "2"], "--decode-sample 8, not 2"),
+        (["--gpus", "2"], "--gpus 4, not 2"),
+    ],
+)
 def test_resume_with_changed_inputs_is_refused_in_one_line(small_file, tmp_path, monkeypatch, capsys, change, names):
     out = tmp_path / "cmp"
     _interrupted(small_file, out, monkeypatch, capsys)

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import TINY_MOE, make_scenario
 from PIL import Image
 
-from conftest import TINY_MOE, make_scenario
 from simulator.critical_path import analyse
 from simulator.graph import NodeKind
 from simulator.pipeline import run_scenario

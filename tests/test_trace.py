@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TINY_MOE, make_scenario
+
 from simulator.critical_path import analyse
 from simulator.graph import NodeKind
 from simulator.pipeline import run_scenario
@@ -47,7 +47,9 @@ def test_every_slice_has_the_required_fields(traced):
     assert gpu_events
     for e in gpu_events:
         assert set(e) == {"name", "cat", "ph", "ts", "dur", "pid", "tid", "args"}
-        assert {"node", "op", "layer", "step", "microbatch", "flops", "bytes_read", "bytes_written", "bound"} <= set(e["args"])
+        assert {"node", "op", "layer", "step", "microbatch", "flops", "bytes_read", "bytes_written", "bound"} <= set(
+            e["args"]
+        )
         assert e["dur"] >= 0 and e["ts"] >= 0
 
 

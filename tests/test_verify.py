@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY_MOE, make_scenario
+
 from simulator.graph import build_dag
 from simulator.verify import per_gpu_table, verify_dag
 
@@ -13,8 +13,14 @@ def _failed(graph, scenario) -> dict[str, str]:
     return {c.name: c.detail for c in verify_dag(graph, scenario) if not c.ok}
 
 
-@pytest.mark.parametrize("layout", [dict(tp=2, ep=2, pp=2, dp=1, microbatches=2), dict(tp=1, ep=2, pp=2, dp=2, microbatches=1),
-                                    dict(tp=4, ep=2, etp=2, pp=1, dp=1, microbatches=1)])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(tp=2, ep=2, pp=2, dp=1, microbatches=2),
+        dict(tp=1, ep=2, pp=2, dp=2, microbatches=1),
+        dict(tp=4, ep=2, etp=2, pp=1, dp=1, microbatches=1),
+    ],
+)
 def test_built_graphs_pass_every_check(layout):
     n = layout["tp"] * layout["pp"] * layout["dp"]
     s = make_scenario(TINY_MOE, parallel=layout, cluster={"num_gpus": n})

@@ -45,10 +45,15 @@ def layer_weights(torch, m: BlockModel, device: str) -> dict:
     h, d, e, f = m.hidden_size, m.head_dim, m.num_experts, m.expert_ffn_size
     up = 2 * f if m.activation == "swiglu" else f
     ones = torch.ones(h, device=device, dtype=torch.float16)
-    return {"norm1": ones, "norm2": ones, "router": rand_fp16(torch, (h, e), device, h**-0.5),
-            "wqkv": rand_fp16(torch, (h, (m.num_heads + 2 * m.num_kv_heads) * d), device, h**-0.5),
-            "wo": rand_fp16(torch, (m.num_heads * d, h), device, (m.num_heads * d) ** -0.5),
-            "w1": rand_fp16(torch, (e, h, up), device, h**-0.5), "w2": rand_fp16(torch, (e, f, h), device, f**-0.5)}
+    return {
+        "norm1": ones,
+        "norm2": ones,
+        "router": rand_fp16(torch, (h, e), device, h**-0.5),
+        "wqkv": rand_fp16(torch, (h, (m.num_heads + 2 * m.num_kv_heads) * d), device, h**-0.5),
+        "wo": rand_fp16(torch, (m.num_heads * d, h), device, (m.num_heads * d) ** -0.5),
+        "w1": rand_fp16(torch, (e, h, up), device, h**-0.5),
+        "w2": rand_fp16(torch, (e, f, h), device, f**-0.5),
+    }
 
 
 def _act(F, m: BlockModel, x):
@@ -68,14 +73,18 @@ def _route(torch, m: BlockModel, lw: dict, a):
 def _attention_qkv(m: BlockModel, lw: dict, a, b: int, q_len: int):
     hq, hkv, d = m.num_heads, m.num_kv_heads, m.head_dim
     q, k, v = (a @ lw["wqkv"]).split([hq * d, hkv * d, hkv * d], dim=-1)  # fused QKV GEMM
-    return (q.view(b, q_len, hq, d).transpose(1, 2), k.view(b, q_len, hkv, d).transpose(1, 2),
-            v.view(b, q_len, hkv, d).transpose(1, 2))  # [B, heads, q_len, D]
+    return (
+        q.view(b, q_len, hq, d).transpose(1, 2),
+        k.view(b, q_len, hkv, d).transpose(1, 2),
+        v.view(b, q_len, hkv, d).transpose(1, 2),
+    )  # [B, heads, q_len, D]
 
 
 def prefill_block(torch, m: BlockModel, lw: dict, x):
     """Pre-RMSNorm block with flash attention and a sorted MoE (one GEMM pair per expert over exactly
     its routed tokens, weighted index_add combine). x [B,S,h]; needs one host sync for the split sizes."""
     import torch.nn.functional as F
+
     b, s_len, h = x.shape
     q, k, v = _attention_qkv(m, lw, rms_norm(torch, x, lw["norm1"]), b, s_len)
     if m.num_kv_heads != m.num_heads:  # GQA: expand K/V so the flash kernels apply
@@ -98,6 +107,7 @@ def decode_block(torch, m: BlockModel, lw: dict, cache: tuple, x):
     C = ceil(T*k/E*1.25) slots, tokens are scattered into [E,C,h], one bmm pair runs over all experts,
     results are gathered back; overflowing tokens go to a trash row. x [B,1,h]."""
     import torch.nn.functional as F
+
     b, _, h = x.shape
     e_num, k_top = m.num_experts, m.top_k
     q, k, v = _attention_qkv(m, lw, rms_norm(torch, x, lw["norm1"]), b, 1)
@@ -126,6 +136,7 @@ def _kernel_breakdown(torch, device: str, fn) -> tuple[float, list]:
     On CPU the 'kernels' are operators (self CPU time)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
+
     cuda = device.startswith("cuda")
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         fn()
@@ -155,17 +166,27 @@ def bench_e2e(torch, t: Timer, device: str, prefill_cases, decode_cases, progres
             for lw in layers:
                 y = prefill_block(torch, m, lw, y)
             return y
+
         with flash_attention_only(torch, device):
             s = t.per_call_s(forward)
             kernel_s, top = _kernel_breakdown(torch, device, forward)
-        head = {"case": m.name, "impl": "sorted", "phase": "prefill", "batch": batch, "seq": seq, "layers": m.num_layers}
+        head = {
+            "case": m.name,
+            "impl": "sorted",
+            "phase": "prefill",
+            "batch": batch,
+            "seq": seq,
+            "layers": m.num_layers,
+        }
         e2e.append({**head, "s": s})
         breakdown.append({**head, "wall_s": s, "kernel_total_s": kernel_s, "top_kernels": top})
         progress(f"e2e {m.name} prefill B={batch} S={seq}: {s * 1e3:.2f} ms")
     for m, batch, kv_len in decode_cases:
         layers = [layer_weights(torch, m, device) for _ in range(m.num_layers)]
-        caches = [tuple(rand_fp16(torch, (batch, m.num_kv_heads, kv_len, m.head_dim), device) for _ in range(2))
-                  for _ in layers]
+        caches = [
+            tuple(rand_fp16(torch, (batch, m.num_kv_heads, kv_len, m.head_dim), device) for _ in range(2))
+            for _ in layers
+        ]
         x = rand_fp16(torch, (batch, 1, m.hidden_size), device)
 
         def step():
@@ -173,8 +194,16 @@ def bench_e2e(torch, t: Timer, device: str, prefill_cases, decode_cases, progres
             for lw, cache in zip(layers, caches):
                 y = decode_block(torch, m, lw, cache, y)
             return y
-        entry = {"case": m.name, "phase": "decode_step", "layers": m.num_layers, "batch": batch, "kv_len": kv_len,
-                 "s_eager": t.per_call_s(step), "s_cuda_graph": None}
+
+        entry = {
+            "case": m.name,
+            "phase": "decode_step",
+            "layers": m.num_layers,
+            "batch": batch,
+            "kv_len": kv_len,
+            "s_eager": t.per_call_s(step),
+            "s_cuda_graph": None,
+        }
         if device.startswith("cuda"):
             entry["s_cuda_graph"] = _graph_replay_s(torch, t, step)
         e2e.append(entry)

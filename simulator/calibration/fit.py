@@ -17,7 +17,6 @@ import yaml
 
 from simulator.config.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
 
-
 FP16_BYTES = 2.0
 #: A call is launch-bound when its time is within this factor of its class's eager floor.
 FLOOR_MARGIN = 1.25
@@ -56,8 +55,8 @@ def measured_points(data: dict, peak: float, hbm: float) -> dict[str, list[Point
         flops = 4.0 * b * h * s * s * d / 2.0  # as the file counts it (causal)
         pts["attention_prefill"].append(Point("attention", (d,), b * h * s * s, flops / peak, a["s"]))
     for a in data.get("sdpa_decode", []):
-        b, h, l, d = a["B"], a["H"], a["L"], a["D"]
-        kv_bytes = 2.0 * b * h * l * d * FP16_BYTES
+        b, h, kv_len, d = a["B"], a["H"], a["L"], a["D"]
+        kv_bytes = 2.0 * b * h * kv_len * d * FP16_BYTES
         pts["attention_decode"].append(Point("attention", (d,), kv_bytes, kv_bytes / hbm, a["s"]))
     return pts
 
@@ -70,8 +69,11 @@ def eager_floors(points: dict[str, list[Point]], data: dict) -> dict[str, float]
     floors = {}
     launch = [e["s"] for e in data.get("launch", [])]
     floors["elementwise"] = statistics.median(launch) if launch else 9e-6
-    classes = {"gemm": points["gemm"], "grouped_gemm": points["grouped_gemm"],
-               "attention": points["attention_prefill"] + points["attention_decode"]}
+    classes = {
+        "gemm": points["gemm"],
+        "grouped_gemm": points["grouped_gemm"],
+        "attention": points["attention_prefill"] + points["attention_decode"],
+    }
     for name, pts in classes.items():
         tiny = [p.measured_s for p in pts if p.roofline_s < FLOOR_DEFINING_ROOFLINE_S]
         floor = statistics.median(tiny) if tiny else floors.get("gemm", floors["elementwise"])
@@ -128,8 +130,12 @@ def leave_one_out(data: dict, profile: HardwareProfile) -> list[dict]:
     pts = measured_points(data, peak, hbm)
     floors = eager_floors(pts, data)
     rows = []
-    for table_name, floor_name in (("gemm", "gemm"), ("grouped_gemm", "grouped_gemm"),
-                                   ("attention_prefill", "attention"), ("attention_decode", "attention")):
+    for table_name, floor_name in (
+        ("gemm", "gemm"),
+        ("grouped_gemm", "grouped_gemm"),
+        ("attention_prefill", "attention"),
+        ("attention_decode", "attention"),
+    ):
         floor_s = floors[floor_name]
         for i, p in enumerate(pts[table_name]):
             others = [q for j, q in enumerate(pts[table_name]) if j != i]
@@ -137,14 +143,21 @@ def leave_one_out(data: dict, profile: HardwareProfile) -> list[dict]:
             if not table:
                 continue
             predicted = predict_eager_s(p, table, floor_s)
-            rows.append({"table": table_name, "shape": "x".join(f"{v:g}" for v in (*p.key, p.x)),
-                         "measured_s": p.measured_s, "predicted_s": predicted,
-                         "error": predicted / p.measured_s - 1.0})
+            rows.append(
+                {
+                    "table": table_name,
+                    "shape": "x".join(f"{v:g}" for v in (*p.key, p.x)),
+                    "measured_s": p.measured_s,
+                    "predicted_s": predicted,
+                    "error": predicted / p.measured_s - 1.0,
+                }
+            )
     return rows
 
 
-def write_profile(base: str, calibration: Calibration, out: Path, name: str | None, data: dict,
-                  measured_on: str) -> HardwareProfile:
+def write_profile(
+    base: str, calibration: Calibration, out: Path, name: str | None, data: dict, measured_on: str
+) -> HardwareProfile:
     """The base profile with the calibration tables and measured constants, written as YAML."""
     raw = load_profile(base).model_dump(exclude={"calibration"})
     raw["name"] = name or out.stem
@@ -158,13 +171,15 @@ def write_profile(base: str, calibration: Calibration, out: Path, name: str | No
     env = data.get("env", {})
     raw["calibration"] = json.loads(calibration.model_dump_json())
     profile = HardwareProfile.model_validate(raw)
-    header = (f"# {raw['name']}: fitted by `moesim calibrate` from {calibration.source}\n"
-              f"# (device: {env.get('name', '?')}, torch {env.get('torch', '?')}, CUDA {env.get('cuda', '?')}).\n"
-              "# Datasheet figures (and memory_bytes) come from the base profile; compute_efficiency,\n"
-              "# memory_efficiency, host_launch_s and the calibration tables are measured: roofline\n"
-              f"# fractions against the datasheet peaks of the measured GPU ({measured_on}), applied here\n"
-              "# to this profile's own peaks. Refit with:\n"
-              f"#   moesim calibrate --from-json {calibration.source} --measured-on {measured_on} --base {base} --out {out}\n")
+    header = (
+        f"# {raw['name']}: fitted by `moesim calibrate` from {calibration.source}\n"
+        f"# (device: {env.get('name', '?')}, torch {env.get('torch', '?')}, CUDA {env.get('cuda', '?')}).\n"
+        "# Datasheet figures (and memory_bytes) come from the base profile; compute_efficiency,\n"
+        "# memory_efficiency, host_launch_s and the calibration tables are measured: roofline\n"
+        f"# fractions against the datasheet peaks of the measured GPU ({measured_on}), applied here\n"
+        "# to this profile's own peaks. Refit with:\n"
+        f"#   moesim calibrate --from-json {calibration.source} --measured-on {measured_on} --base {base} --out {out}\n"
+    )
     base_path = Path(base)
     if base_path.is_file():  # carry the base profile's own notes (its assumptions and sources)
         leading = []
@@ -173,7 +188,11 @@ def write_profile(base: str, calibration: Calibration, out: Path, name: str | No
                 break
             leading.append(line)
         if leading:
-            header += f"# --- notes of the base profile ({base}); per-figure sources are there ---\n" + "\n".join(leading) + "\n"
+            header += (
+                f"# --- notes of the base profile ({base}); per-figure sources are there ---\n"
+                + "\n".join(leading)
+                + "\n"
+            )
     from simulator.files import write_atomic
 
     write_atomic(out, header + yaml.safe_dump(raw, sort_keys=False, width=120))

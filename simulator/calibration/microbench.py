@@ -27,17 +27,52 @@ FP16_BYTES = 2
 _M = (1, 16, 64, 256, 1024, 4096, 16384, 65536)
 #: The shared file's shape grids, section by section.
 GRIDS = {
-    "gemm": tuple((m, k, n) for k, n in ((512, 512), (512, 1536), (512, 1024), (1024, 512), (512, 16), (4096, 4096),
-                                         (4096, 6144), (4096, 14336), (14336, 4096), (8192, 8192)) for m in _M),  # M,K,N
-    "bmm": ((16, 512, 1024, (1, 16, 128, 1024, 8192, 32768)), (16, 1024, 512, (1, 16, 128, 1024, 8192, 32768)),
-            (8, 4096, 14336, (1, 16, 128, 1024, 8192)), (8, 14336, 4096, (1, 16, 128, 1024, 8192))),  # E,K,N,(C...)
-    "sdpa_prefill": ((1, 16, 2048, 32), (8, 16, 4096, 32), (32, 16, 10240, 32), (1, 32, 4096, 128),
-                     (4, 32, 8192, 128)),  # B,H,S,D
-    "sdpa_decode": ((128, 16, 10240, 32), (32, 16, 4096, 32), (1, 16, 1024, 32), (64, 32, 2048, 128),
-                    (64, 8, 2048, 128), (1, 32, 4096, 128)),  # B,H,L,D
-    "elementwise": (("gelu", (1048576, 1024)), ("silu_mul", (1048576, 1024)), ("rmsnorm", (1048576, 512)),
-                    ("softmax16", (1048576, 16)), ("topk2_of16", (1048576, 16)), ("add", (1048576, 512)),
-                    ("index_add", (1048576, 512))),
+    "gemm": tuple(
+        (m, k, n)
+        for k, n in (
+            (512, 512),
+            (512, 1536),
+            (512, 1024),
+            (1024, 512),
+            (512, 16),
+            (4096, 4096),
+            (4096, 6144),
+            (4096, 14336),
+            (14336, 4096),
+            (8192, 8192),
+        )
+        for m in _M
+    ),  # M,K,N
+    "bmm": (
+        (16, 512, 1024, (1, 16, 128, 1024, 8192, 32768)),
+        (16, 1024, 512, (1, 16, 128, 1024, 8192, 32768)),
+        (8, 4096, 14336, (1, 16, 128, 1024, 8192)),
+        (8, 14336, 4096, (1, 16, 128, 1024, 8192)),
+    ),  # E,K,N,(C...)
+    "sdpa_prefill": (
+        (1, 16, 2048, 32),
+        (8, 16, 4096, 32),
+        (32, 16, 10240, 32),
+        (1, 32, 4096, 128),
+        (4, 32, 8192, 128),
+    ),  # B,H,S,D
+    "sdpa_decode": (
+        (128, 16, 10240, 32),
+        (32, 16, 4096, 32),
+        (1, 16, 1024, 32),
+        (64, 32, 2048, 128),
+        (64, 8, 2048, 128),
+        (1, 32, 4096, 128),
+    ),  # B,H,L,D
+    "elementwise": (
+        ("gelu", (1048576, 1024)),
+        ("silu_mul", (1048576, 1024)),
+        ("rmsnorm", (1048576, 512)),
+        ("softmax16", (1048576, 16)),
+        ("topk2_of16", (1048576, 16)),
+        ("add", (1048576, 512)),
+        ("index_add", (1048576, 512)),
+    ),
     "copy": (512 * 2**20,),  # bytes
     "launch": ("add_1elem_eager",),
 }
@@ -65,12 +100,16 @@ def _env(torch, device: str) -> dict:
     env = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
-        env.update(name=props.name, sm_count=props.multi_processor_count, mem_bytes=props.total_memory,
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        env.update(
+            name=props.name,
+            sm_count=props.multi_processor_count,
+            mem_bytes=props.total_memory,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     else:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-        env.update(name=platform.processor() or platform.machine(), sm_count=None, mem_bytes=mem,
-                   cuda=None, cudnn=None)
+        env.update(name=platform.processor() or platform.machine(), sm_count=None, mem_bytes=mem, cuda=None, cudnn=None)
     return env
 
 
@@ -80,8 +119,17 @@ def bench_gemm(torch, t: Timer, device: str, points) -> list[dict]:
     for m, k, n in points:
         x, w = rand_fp16(torch, (m, k), device), rand_fp16(torch, (k, n), device)
         s = t.per_call_s(lambda: x @ w)
-        out.append({"M": m, "K": k, "N": n, "dtype": "fp16", "s": s, "tflops": 2 * m * k * n / s / 1e12,
-                    "gbps": (m * k + k * n + m * n) * FP16_BYTES / s / 1e9})
+        out.append(
+            {
+                "M": m,
+                "K": k,
+                "N": n,
+                "dtype": "fp16",
+                "s": s,
+                "tflops": 2 * m * k * n / s / 1e12,
+                "gbps": (m * k + k * n + m * n) * FP16_BYTES / s / 1e9,
+            }
+        )
     return out
 
 
@@ -100,19 +148,30 @@ def bench_bmm(torch, t: Timer, device: str, grid) -> list[dict]:
 def bench_sdpa_prefill(torch, t: Timer, device: str, grid) -> list[dict]:
     """Causal flash SDPA on q, k, v [B,H,S,D]: tflops counts 4*B*H*S*S*D/2 (half the square is skipped)."""
     import torch.nn.functional as F
+
     out = []
     for b, h, s_len, d in grid:
         q, k, v = (rand_fp16(torch, (b, h, s_len, d), device) for _ in range(3))
         with flash_attention_only(torch, device):
             s = t.per_call_s(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        out.append({"B": b, "H": h, "S": s_len, "D": d, "causal": True, "s": s,
-                    "tflops": 4 * b * h * s_len * s_len * d / 2 / s / 1e12})
+        out.append(
+            {
+                "B": b,
+                "H": h,
+                "S": s_len,
+                "D": d,
+                "causal": True,
+                "s": s,
+                "tflops": 4 * b * h * s_len * s_len * d / 2 / s / 1e12,
+            }
+        )
     return out
 
 
 def bench_sdpa_decode(torch, t: Timer, device: str, grid) -> list[dict]:
     """One query per sequence against L cached keys/values, [B,H,1,D] vs [B,H,L,D]: gbps counts K+V read."""
     import torch.nn.functional as F
+
     out = []
     for b, h, kv_len, d in grid:
         q = rand_fp16(torch, (b, h, 1, d), device)
@@ -127,6 +186,7 @@ def bench_elementwise(torch, t: Timer, device: str, grid) -> list[dict]:
     silu(x[:, :cols/2]) * x[:, cols/2:]; softmax16 returns fp32, as the router's; add is x + y;
     index_add is the sorted MoE's combine: the rows of x summed in pairs into rows/2 rows (fp16 atomics)."""
     import torch.nn.functional as F
+
     out = []
     for op, shape in grid:
         x = rand_fp16(torch, shape, device)
@@ -135,13 +195,15 @@ def bench_elementwise(torch, t: Timer, device: str, grid) -> list[dict]:
         if op == "index_add":  # top-2: two rows per token, in random order
             pairs = torch.randperm(shape[0], device=device) // 2
             sums = torch.zeros(shape[0] // 2, shape[1], device=device, dtype=torch.float16)
-        fn = {"gelu": lambda: F.gelu(x),
-              "silu_mul": lambda: F.silu(x[:, : shape[1] // 2]) * x[:, shape[1] // 2:],
-              "rmsnorm": lambda: rms_norm(torch, x, w),
-              "softmax16": lambda: torch.softmax(x, -1, dtype=torch.float32),
-              "topk2_of16": lambda: torch.topk(x, 2, dim=-1),
-              "add": lambda: x + y,
-              "index_add": lambda: sums.index_add_(0, pairs, x)}[op]
+        fn = {
+            "gelu": lambda: F.gelu(x),
+            "silu_mul": lambda: F.silu(x[:, : shape[1] // 2]) * x[:, shape[1] // 2 :],
+            "rmsnorm": lambda: rms_norm(torch, x, w),
+            "softmax16": lambda: torch.softmax(x, -1, dtype=torch.float32),
+            "topk2_of16": lambda: torch.topk(x, 2, dim=-1),
+            "add": lambda: x + y,
+            "index_add": lambda: sums.index_add_(0, pairs, x),
+        }[op]
         out.append({"op": op, "shape": list(shape), "s": t.per_call_s(fn), "bytes_in": x.numel() * FP16_BYTES})
     return out
 
@@ -167,13 +229,21 @@ def iter_sections(device: str = "cuda", quick: bool = False, include_e2e: bool =
     """Yield (key, value) for each top-level key of the shared file's format, measuring as it goes."""
     torch = _import_torch()
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("no CUDA GPU visible: moesim calibrate --device cuda must run on a machine with an NVIDIA GPU")
+        raise RuntimeError(
+            "no CUDA GPU visible: moesim calibrate --device cuda must run on a machine with an NVIDIA GPU"
+        )
     progress = progress or (lambda message: None)
     t = Timer(torch, device, quick)
     grids = QUICK_GRIDS if quick else GRIDS
-    sections = (("gemm", bench_gemm), ("bmm", bench_bmm), ("sdpa_prefill", bench_sdpa_prefill),
-                ("sdpa_decode", bench_sdpa_decode), ("elementwise", bench_elementwise), ("copy", bench_copy),
-                ("launch", bench_launch))
+    sections = (
+        ("gemm", bench_gemm),
+        ("bmm", bench_bmm),
+        ("sdpa_prefill", bench_sdpa_prefill),
+        ("sdpa_decode", bench_sdpa_decode),
+        ("elementwise", bench_elementwise),
+        ("copy", bench_copy),
+        ("launch", bench_launch),
+    )
     yield "env", _env(torch, device)
     for key, bench in sections:
         start = time.perf_counter()
@@ -202,7 +272,9 @@ def run_microbenchmarks(device: str = "cuda", quick: bool = False, include_e2e: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulator.calibration.microbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m simulator.calibration.microbench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write (rewritten after each section)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--quick", action="store_true", help="a couple of small points per grid (smoke test)")
@@ -212,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
     data: dict = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:

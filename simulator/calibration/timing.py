@@ -55,6 +55,7 @@ def flash_attention_only(torch, device: str):
     if not device.startswith("cuda"):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
 
 
@@ -64,6 +65,7 @@ def rand_fp16(torch, shape, device, scale: float = 1.0):
 
 def rms_norm(torch, x, weight, eps: float = 1e-6):
     import torch.nn.functional as F
+
     if hasattr(F, "rms_norm"):
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight

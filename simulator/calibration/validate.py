@@ -15,7 +15,6 @@ from simulator.config.load import resolve_relative_paths
 from simulator.files import read_yaml
 from simulator.pipeline import run_scenario
 
-
 Metric = Literal["prefill_s", "decode_step_s", "ttft_mean_s", "tpot_s", "total_s", "output_tokens_per_ms_per_gpu"]
 
 
@@ -64,7 +63,9 @@ def load_cases(path: Path) -> list[Case]:
 
 def predict(case: Case) -> Outcome:
     """moesim's figure for one case (single steps are read off the simulated trace)."""
-    scenario = parse_scenario({"name": case.name.split(",")[0].replace(" ", "_"), **case.scenario}, f"case '{case.name}'")
+    scenario = parse_scenario(
+        {"name": case.name.split(",")[0].replace(" ", "_"), **case.scenario}, f"case '{case.name}'"
+    )
     m = run_scenario(scenario, verify=False).metrics
     value = {
         "prefill_s": m.prefill_s,

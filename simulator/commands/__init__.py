@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 EXIT_OK, EXIT_TARGET_MISSED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -17,8 +17,13 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, default_subdir: str 
     """The arguments of a command that reads one scenario file and writes an output directory."""
     parser.add_argument("scenario", type=Path, help="scenario YAML file")
     parser.add_argument("--out", type=Path, help=f"output directory (default: reports/<scenario name>{default_subdir})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a scenario field, e.g. --set parallel.tp=4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field, e.g. --set parallel.tp=4 (repeatable)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
 
 
@@ -58,6 +63,7 @@ def phases(console) -> Iterator[Phases]:
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True) as progress:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
         yield Phases(progress, progress.add_task("starting", total=None))

@@ -12,14 +12,24 @@ from simulator.files import read_bounded
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--from-json", type=Path, help="micro-benchmark JSON (the format `moesim calibrate --device cuda` writes; an example ships as hardware_profiles/measurements/h200_micro.json in the moesim repository)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="micro-benchmark JSON (the format `moesim calibrate --device cuda` writes; an example ships as hardware_profiles/measurements/h200_micro.json in the moesim repository)",
+    )
     parser.add_argument("--device", choices=["cuda", "cpu"], help="measure on this device with PyTorch instead")
-    parser.add_argument("--base", default="hardware_profiles/datasheet/h200-sxm-141gb.yaml",
-                        help="profile (name or YAML path) whose datasheet figures are kept")
+    parser.add_argument(
+        "--base",
+        default="hardware_profiles/datasheet/h200-sxm-141gb.yaml",
+        help="profile (name or YAML path) whose datasheet figures are kept",
+    )
     parser.add_argument("--out", type=Path, required=True, help="profile YAML to write")
     parser.add_argument("--name", help="profile name (default: the output file's stem)")
-    parser.add_argument("--measured-on", help="datasheet profile of the GPU that was measured (default: --base); "
-                        "fractions are taken against its peaks and applied to --base's")
+    parser.add_argument(
+        "--measured-on",
+        help="datasheet profile of the GPU that was measured (default: --base); "
+        "fractions are taken against its peaks and applied to --base's",
+    )
     parser.add_argument("--raw-out", type=Path, help="with --device: also keep the raw measurements here")
 
 
@@ -36,10 +46,13 @@ def fit_checked(data, device, source: str, label: str):
     try:
         return fit_calibration(data, device, source)
     except ValidationError as exc:
-        raise ScenarioError(f"{label}: the fitted calibration is unusable: {one_line_error(exc, Calibration)}") from None
+        raise ScenarioError(
+            f"{label}: the fitted calibration is unusable: {one_line_error(exc, Calibration)}"
+        ) from None
     except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError) as exc:
-        raise ScenarioError(f"{label}: not micro-benchmark data of the expected format "
-                            f"({type(exc).__name__}: {str(exc)[:60]})") from None
+        raise ScenarioError(
+            f"{label}: not micro-benchmark data of the expected format ({type(exc).__name__}: {str(exc)[:60]})"
+        ) from None
 
 
 def command(args, console) -> int:
@@ -58,8 +71,13 @@ def command(args, console) -> int:
     else:
         if not args.from_json.is_file():
             raise ScenarioError(f"--from-json {args.from_json}: no such file")
-        raw = read_bounded(args.from_json, f"--from-json {args.from_json}", "micro-benchmark JSON", ScenarioError,
-                           limit=64 * 1024 * 1024)
+        raw = read_bounded(
+            args.from_json,
+            f"--from-json {args.from_json}",
+            "micro-benchmark JSON",
+            ScenarioError,
+            limit=64 * 1024 * 1024,
+        )
         try:
             data = json.loads(raw.decode("utf-8"))
         except json.JSONDecodeError as exc:
@@ -73,10 +91,14 @@ def command(args, console) -> int:
     profile = write_profile(args.base, calibration, args.out, args.name, data, measured_on)
     loo = leave_one_out(data, device)
     gemm = sorted(abs(r["error"]) for r in loo if r["table"] == "gemm")
-    console.print(f"wrote {args.out} ({profile.name}): {len(calibration.gemm)} GEMM, {len(calibration.grouped_gemm)} "
-                  f"batched-GEMM, {len(calibration.attention_prefill) + len(calibration.attention_decode)} attention "
-                  f"points; eager floors {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in calibration.eager_floor_s.items())}")
+    console.print(
+        f"wrote {args.out} ({profile.name}): {len(calibration.gemm)} GEMM, {len(calibration.grouped_gemm)} "
+        f"batched-GEMM, {len(calibration.attention_prefill) + len(calibration.attention_decode)} attention "
+        f"points; eager floors {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in calibration.eager_floor_s.items())}"
+    )
     if gemm:
-        console.print(f"leave-one-out GEMM error: median {100 * statistics.median(gemm):.1f}%, max {100 * max(gemm):.1f}% "
-                      f"over {len(gemm)} shapes")
+        console.print(
+            f"leave-one-out GEMM error: median {100 * statistics.median(gemm):.1f}%, max {100 * max(gemm):.1f}% "
+            f"over {len(gemm)} shapes"
+        )
     return 0

@@ -20,7 +20,6 @@ from simulator.sweep import (
     run_sweep,
 )
 
-
 #: Most GPUs `--gpus` lays out (as cluster.num_gpus): the layout enumeration loops over divisors.
 MAX_GPUS = 10**5
 
@@ -59,11 +58,17 @@ def parse_microbatches(text: str) -> tuple[int, ...]:
 
 def command(args, console) -> int:
     from rich.markup import escape
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from simulator.report.compare import print_table, write_comparison
     from simulator.files import check_output, run_directory
+    from simulator.report.compare import print_table, write_comparison
     from simulator.report.html import write_index
     from simulator.sweep.resume import Progress as SweepProgress
     from simulator.sweep.resume import progress_path, sweep_inputs

@@ -12,14 +12,15 @@ from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, add_scenario_argumen
 
 def add_arguments(parser) -> None:
     add_scenario_arguments(parser, "/dag")
-    parser.add_argument("--full-dag", action="store_true",
-                        help="also write dag.json, the complete node-link DAG (large: tens of MB)")
+    parser.add_argument(
+        "--full-dag", action="store_true", help="also write dag.json, the complete node-link DAG (large: tens of MB)"
+    )
 
 
 def command(args, console: Console) -> int:
     from simulator.config import load_scenario
-    from simulator.pipeline import dag_scenario
     from simulator.files import check_output, run_directory
+    from simulator.pipeline import dag_scenario
     from simulator.report.dot import render_dag, require_graphviz
     from simulator.report.summary import print_audit, print_checks, print_gpu_table
 
@@ -30,8 +31,10 @@ def command(args, console: Console) -> int:
         phase("build and verify the DAG")
         result = dag_scenario(scenario)
         built = phase.elapsed_s
-    console.print(f"[bold]{escape(scenario.name)}[/bold]: {result.graph.number_of_nodes()} nodes, "
-                  f"{result.graph.number_of_edges()} edges (built and verified in {built:.2f} s)")
+    console.print(
+        f"[bold]{escape(scenario.name)}[/bold]: {result.graph.number_of_nodes()} nodes, "
+        f"{result.graph.number_of_edges()} edges (built and verified in {built:.2f} s)"
+    )
     print_checks(console, result.checks)
     print_gpu_table(console, result)
     print_audit(console, result.audit, scenario.declared.source if scenario.declared else "")

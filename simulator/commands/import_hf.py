@@ -26,12 +26,16 @@ def command(args, console) -> int:
             write_atomic(args.out, text)
         except OutputError as exc:
             raise OutputError(f"--out {exc}") from None
-        console.print(f"wrote {args.out} ({model.name}: {model.num_layers} layers, "
-                      f"{model.num_experts or 'dense'}{' experts' if model.num_experts else ''})")
+        console.print(
+            f"wrote {args.out} ({model.name}: {model.num_layers} layers, "
+            f"{model.num_experts or 'dense'}{' experts' if model.num_experts else ''})"
+        )
     else:
         print(text, end="")
     for n in notes:
         console.print(f"[yellow]approximated[/yellow]: {escape(n)}", highlight=False)
     if unknown:
-        console.print(f"[red]not understood[/red] (left out of the spec): {escape(', '.join(unknown))}", highlight=False)
+        console.print(
+            f"[red]not understood[/red] (left out of the spec): {escape(', '.join(unknown))}", highlight=False
+        )
     return 0

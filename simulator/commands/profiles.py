@@ -28,9 +28,15 @@ def command(args, console: Console) -> int:
         except ProfileError as exc:  # list the others; name this one below
             broken.append(f"{name} ({exc})")
             continue
-        table.add_row(name, f"{p.memory_bytes / 1e9:.1f} GB", f"{p.peak_flops_per_s.fp16 / 1e12:.0f} TFLOP/s",
-                      f"{p.hbm_bytes_per_s / 1e12:.2f} TB/s", f"{p.intra_node.bytes_per_s / 1e9:.0f} GB/s",
-                      f"{p.inter_node.bytes_per_s / 1e9:.0f} GB/s", p.description)
+        table.add_row(
+            name,
+            f"{p.memory_bytes / 1e9:.1f} GB",
+            f"{p.peak_flops_per_s.fp16 / 1e12:.0f} TFLOP/s",
+            f"{p.hbm_bytes_per_s / 1e12:.2f} TB/s",
+            f"{p.intra_node.bytes_per_s / 1e9:.0f} GB/s",
+            f"{p.inter_node.bytes_per_s / 1e9:.0f} GB/s",
+            p.description,
+        )
     console.print(table)
     if broken:
         print(f"moesim: {len(broken)} profile(s) left out of the table: {'; '.join(broken)}", file=sys.stderr)

@@ -16,19 +16,34 @@ DEFAULT_DECODE_SAMPLE = 8
 def add_arguments(parser) -> None:
     add_scenario_arguments(parser)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--full", action="store_true",
-                        help="simulate every decode step on every GPU (no sampling, no folding of alike GPUs)")
-    parser.add_argument("--decode-sample", type=int, default=None, metavar="K",
-                        help=f"simulate K decode steps after the warm-up and interpolate the rest, stating the "
-                             f"measured error (default {DEFAULT_DECODE_SAMPLE}; 0: every step)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="simulate every decode step on every GPU (no sampling, no folding of alike GPUs)",
+    )
+    parser.add_argument(
+        "--decode-sample",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"simulate K decode steps after the warm-up and interpolate the rest, stating the "
+        f"measured error (default {DEFAULT_DECODE_SAMPLE}; 0: every step)",
+    )
     parser.add_argument("--no-dag", action="store_true", help="do not draw the DAG")
-    parser.add_argument("--full-dag", action="store_true",
-                        help="also write dag.json, the complete node-link DAG (large: tens of MB)")
-    parser.add_argument("--ops", action="store_true",
-                        help="also write ops.csv, one row per simulated operator (needed by `moesim plot`)")
-    parser.add_argument("--artifacts", choices=("light", "all"), default="light",
-                        help="light (default): summaries, pictures, page, gzip-compressed trace; "
-                             "all: also dag.json and ops.csv")
+    parser.add_argument(
+        "--full-dag", action="store_true", help="also write dag.json, the complete node-link DAG (large: tens of MB)"
+    )
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="also write ops.csv, one row per simulated operator (needed by `moesim plot`)",
+    )
+    parser.add_argument(
+        "--artifacts",
+        choices=("light", "all"),
+        default="light",
+        help="light (default): summaries, pictures, page, gzip-compressed trace; all: also dag.json and ops.csv",
+    )
 
 
 def simulation_options(args) -> tuple[int | None, bool]:
@@ -72,8 +87,9 @@ def command(args, console: Console) -> int:
                 phase("draw the DAG")
                 from simulator.report.dot import render_dag
 
-                render_dag(result.graph, staging, scenario.name, full_json=full_dag, draw=not args.no_dag,
-                           formats=("svg",))
+                render_dag(
+                    result.graph, staging, scenario.name, full_json=full_dag, draw=not args.no_dag, formats=("svg",)
+                )
             plots = optional_module("simulator.report.plots")
             if plots is not None:
                 phase("draw plots and the page")

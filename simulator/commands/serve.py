@@ -24,8 +24,8 @@ def add_arguments(parser) -> None:
 def command(args, console: Console) -> int:
     from simulator.config import ScenarioError
     from simulator.files import run_directory
-    from simulator.report.serving_summary import print_serving, write_rate_curve, write_serving_files
     from simulator.report.serving_html import write_serving_index
+    from simulator.report.serving_summary import print_serving, write_rate_curve, write_serving_files
     from simulator.serving.session import load_serving_scenario, pricer_name, serving_inputs
     from simulator.serving.simulate import simulate_serving
     from simulator.serving.stats import request_table, summarize

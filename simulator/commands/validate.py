@@ -27,11 +27,15 @@ def command(args, console) -> int:
         table.add_column(col, justify="left" if col in ("case", "metric") else "right")
     for o in outcomes:
         colour = "green" if abs(o.error) <= 0.10 else "yellow" if abs(o.error) <= 0.25 else "red"
-        table.add_row(o.case, o.metric, f"{o.predicted:.4g}", f"{o.measured:.4g}", f"[{colour}]{100 * o.error:+.1f}%[/]")
+        table.add_row(
+            o.case, o.metric, f"{o.predicted:.4g}", f"{o.measured:.4g}", f"[{colour}]{100 * o.error:+.1f}%[/]"
+        )
     console.print(table)
     s = summarize(outcomes)
-    console.print(f"median |error| {100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}% "
-                  f"over {s['cases']} cases")
+    console.print(
+        f"median |error| {100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}% "
+        f"over {s['cases']} cases"
+    )
     if args.out:
         from simulator.files import run_directory
         from simulator.report.validation_plot import write_validation

@@ -10,6 +10,14 @@ re-exported here.
 """
 
 from simulator.config.errors import LayoutError, ScenarioError, StrictModel, divisors, one_line_error
+from simulator.config.load import (
+    apply_override,
+    gpus_per_node,
+    load_scenario,
+    parse_scenario,
+    resolve_hardware,
+    with_layout,
+)
 from simulator.config.model import DTYPE_BYTES, PRESETS_DIR, ModelSpec, available_presets, load_model_preset
 from simulator.config.scenario import (
     MAX_TOKENS,
@@ -26,19 +34,37 @@ from simulator.config.scenario import (
     check_layout,
 )
 from simulator.config.serving import ServingError, ServingSpec, parse_serving_spec
-from simulator.config.load import (
-    apply_override,
-    gpus_per_node,
-    load_scenario,
-    parse_scenario,
-    resolve_hardware,
-    with_layout,
-)
 
 __all__ = [
-    "DTYPE_BYTES", "MAX_TOKENS", "PRESETS_DIR",
-    "ClusterSpec", "Declared", "HardwareRef", "LayoutError", "ModelSpec", "ParallelSpec", "RoutingSpec",
-    "RuntimeSpec", "Scenario", "ScenarioError", "ServingError", "ServingSpec", "StrictModel", "Target", "TargetMetric", "WorkloadSpec",
-    "apply_override", "available_presets", "check_layout", "divisors", "gpus_per_node", "load_model_preset",
-    "load_scenario", "one_line_error", "parse_scenario", "parse_serving_spec", "resolve_hardware", "with_layout",
+    "DTYPE_BYTES",
+    "MAX_TOKENS",
+    "PRESETS_DIR",
+    "ClusterSpec",
+    "Declared",
+    "HardwareRef",
+    "LayoutError",
+    "ModelSpec",
+    "ParallelSpec",
+    "RoutingSpec",
+    "RuntimeSpec",
+    "Scenario",
+    "ScenarioError",
+    "ServingError",
+    "ServingSpec",
+    "StrictModel",
+    "Target",
+    "TargetMetric",
+    "WorkloadSpec",
+    "apply_override",
+    "available_presets",
+    "check_layout",
+    "divisors",
+    "gpus_per_node",
+    "load_model_preset",
+    "load_scenario",
+    "one_line_error",
+    "parse_scenario",
+    "parse_serving_spec",
+    "resolve_hardware",
+    "with_layout",
 ]

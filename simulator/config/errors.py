@@ -79,8 +79,10 @@ def _short_repr(value: Any, budget: int) -> str:
 
 
 def _format_loc(loc: tuple) -> str:
-    return ".".join(excerpt(part, 40)[1:-1] if isinstance(part, str) and (not part.isprintable() or len(part) > 40)
-                    else str(part) for part in loc)
+    return ".".join(
+        excerpt(part, 40)[1:-1] if isinstance(part, str) and (not part.isprintable() or len(part) > 40) else str(part)
+        for part in loc
+    )
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -148,6 +150,10 @@ def one_line_error(exc: ValidationError, model_cls: type[BaseModel]) -> str:
         msg = msg[len("Value error, ") :]
     if len(msg) > 400:  # a message that quotes the input (pydantic's, or a validator's f-string)
         msg = msg[:397] + "..."
-    got = f" (got {excerpt(err['input'])})" if "input" in err and not isinstance(err["input"], dict) and kind != "value_error" else ""
+    got = (
+        f" (got {excerpt(err['input'])})"
+        if "input" in err and not isinstance(err["input"], dict) and kind != "value_error"
+        else ""
+    )
     prefix = f"{path}: " if path else ""
     return f"{prefix}{msg}{got}"

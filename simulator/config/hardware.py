@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.files import read_yaml
@@ -21,7 +21,9 @@ DType = Literal["fp32", "fp16", "bf16", "fp8"]
 
 #: Where the bundled profiles live (repository root / hardware_profiles).
 #: `MOESIM_PROFILES_DIR` points elsewhere, e.g. for an installed (non-editable) package.
-PROFILES_DIR = Path(os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "hardware_profiles"))
+PROFILES_DIR = Path(
+    os.environ.get("MOESIM_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "hardware_profiles")
+)
 
 
 #: Bounds of a profile's figures (SI units) that keep every op time a finite float: a bandwidth of
@@ -76,7 +78,7 @@ class Calibration(StrictModel):
     topk_s_per_row: float = Field(ge=0.0)
 
     @model_validator(mode="after")
-    def _usable(self) -> "Calibration":
+    def _usable(self) -> Calibration:
         """What the interpolation and the op-time model need: every floor and per-byte rate they
         look up, non-empty tables of positive shapes (their logarithms are taken) and fractions in
         (0, MAX_FRACTION], and at most one point per shape (a series needs distinct x)."""
@@ -91,15 +93,19 @@ class Calibration(StrictModel):
         for table in CALIBRATION_TABLES:
             rows = getattr(self, table)
             if not rows:
-                raise ValueError(f"calibration.{table}: empty table; refit with `moesim calibrate` or remove calibration:")
+                raise ValueError(
+                    f"calibration.{table}: empty table; refit with `moesim calibrate` or remove calibration:"
+                )
             seen: set[tuple] = set()
             for i, row in enumerate(rows):
                 *shape, fraction = row
                 if not all(x > 0.0 for x in shape):
                     raise ValueError(f"calibration.{table}[{i}]: shape {list(shape)} must be positive")
                 if not 0.0 < fraction <= MAX_FRACTION:
-                    raise ValueError(f"calibration.{table}[{i}]: fraction {fraction!r} must be in (0, {MAX_FRACTION}] "
-                                     "(achieved over roofline time)")
+                    raise ValueError(
+                        f"calibration.{table}[{i}]: fraction {fraction!r} must be in (0, {MAX_FRACTION}] "
+                        "(achieved over roofline time)"
+                    )
                 if tuple(shape) in seen:
                     raise ValueError(f"calibration.{table}[{i}]: shape {list(shape)} is given twice")
                 seen.add(tuple(shape))
@@ -113,11 +119,15 @@ class HardwareProfile(StrictModel):
     description: str = ""
     memory_bytes: float = Field(ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES)
     peak_flops_per_s: PeakFlops
-    vector_flops_per_s: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="non-tensor-core fp32 FLOP/s (element-wise ops)")
+    vector_flops_per_s: float = Field(
+        ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="non-tensor-core fp32 FLOP/s (element-wise ops)"
+    )
     hbm_bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S)
     compute_efficiency: float = Field(gt=0.0, le=1.0)
     memory_efficiency: float = Field(gt=0.0, le=1.0)
-    kernel_overhead_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="GPU-side fixed cost per kernel (ramp-up, tail)")
+    kernel_overhead_s: float = Field(
+        ge=0.0, le=MAX_LATENCY_S, description="GPU-side fixed cost per kernel (ramp-up, tail)"
+    )
     host_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one kernel eagerly")
     graph_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one captured CUDA graph")
     gpus_per_node: int = Field(ge=1, le=10**5)
@@ -126,13 +136,17 @@ class HardwareProfile(StrictModel):
     calibration: Calibration | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "HardwareProfile":
+    def _consistent(self) -> HardwareProfile:
         if self.peak_flops_per_s.fp8 < self.peak_flops_per_s.fp16:
             raise ValueError("peak_flops_per_s.fp8 is below fp16: the figures look swapped")
         if self.inter_node.bytes_per_s > self.intra_node.bytes_per_s * 4:
-            raise ValueError("inter_node.bytes_per_s is far above intra_node.bytes_per_s: check the units (bytes/s per direction)")
+            raise ValueError(
+                "inter_node.bytes_per_s is far above intra_node.bytes_per_s: check the units (bytes/s per direction)"
+            )
         if self.vector_flops_per_s > self.peak_flops_per_s.fp16:
-            raise ValueError("vector_flops_per_s is above peak_flops_per_s.fp16: the vector units cannot outrun the tensor cores")
+            raise ValueError(
+                "vector_flops_per_s is above peak_flops_per_s.fp16: the vector units cannot outrun the tensor cores"
+            )
         return self
 
     def peak_for(self, dtype: DType) -> float:
@@ -164,9 +178,11 @@ class _SeriesInterpolator:
         if not grouped:
             raise ValueError("no calibration points")
         self.series = []
-        for k, pts in grouped.items():
+        for key, pts in grouped.items():
             pts.sort()
-            self.series.append((k, [math.log(k_i) for k_i in k], [math.log(p[0]) for p in pts], [p[1] for p in pts]))
+            self.series.append(
+                (key, [math.log(k_i) for k_i in key], [math.log(p[0]) for p in pts], [p[1] for p in pts])
+            )
         self.memo: dict[tuple, float] = {}
 
     def __call__(self, key: tuple, x: float) -> float:
@@ -177,7 +193,7 @@ class _SeriesInterpolator:
         lx = math.log(max(x, 1e-30))
         lkey = [math.log(k) for k in key]
         weights, values, value = [], [], None
-        for k, logk, xs, ys in self.series:
+        for _k, logk, xs, ys in self.series:
             distance = sum((a - b) ** 2 for a, b in zip(logk, lkey))
             if distance < 1e-18:
                 value = _interp(lx, xs, ys)
@@ -282,7 +298,9 @@ def load_profile(name_or_path: str, overrides: dict | None = None, directory: Pa
     try:
         profile = HardwareProfile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileInvalid(f"hardware ({name_or_path}): {one_line_error(exc, HardwareProfile)}", exc.errors()) from None
+        raise ProfileInvalid(
+            f"hardware ({name_or_path}): {one_line_error(exc, HardwareProfile)}", exc.errors()
+        ) from None
     if key is not None:
         if len(_PROFILES) >= _PROFILES_MAX:
             _PROFILES.clear()

@@ -19,7 +19,6 @@ from simulator.config.errors import ScenarioError, one_line_error
 from simulator.config.model import ModelSpec
 from simulator.files import read_bounded
 
-
 #: HF key -> ModelSpec field, for keys whose meaning is the same in every family.
 COMMON = {
     "num_hidden_layers": "num_layers",
@@ -32,19 +31,79 @@ COMMON = {
 
 #: Keys that do not change FLOPs, bytes or communication (numerics, training, tokenizer, bookkeeping).
 IGNORED = {
-    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "hidden_act", "rms_norm_eps",
-    "layer_norm_eps", "rope_theta", "rope_scaling", "max_position_embeddings", "initializer_range",
-    "attention_dropout", "hidden_dropout", "bos_token_id", "eos_token_id", "pad_token_id", "use_cache",
-    "output_router_logits", "router_aux_loss_coef", "router_z_loss_coef", "norm_topk_prob", "router_jitter_noise",
-    "aux_loss_alpha", "seq_aux", "scoring_func", "topk_method", "routed_scaling_factor", "n_group", "topk_group",
-    "attention_bias", "mlp_bias", "pretraining_tp", "auto_map", "ep_size", "tie_word_embeddings", "qkv_bias",
-    "clip_qkv", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "_name_or_path",
-    "num_experts_per_tok", "experts_per_token", "num_local_experts", "num_experts", "n_routed_experts",
-    "n_shared_experts", "moe_intermediate_size", "intermediate_size", "shared_expert_intermediate_size",
-    "first_k_dense_replace", "moe_layer_freq", "decoder_sparse_step", "mlp_only_layers", "kv_lora_rank",
-    "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "quantization_config",
-    "num_nextn_predict_layers", "swiglu_limit", "rope_interleave", "initial_context_length", "tie_word_embedding",
-    "model_name", "qk_layernorm", "use_qk_norm", "rope_parameters", "partial_rotary_factor", "embedding_multiplier",
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "hidden_act",
+    "rms_norm_eps",
+    "layer_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "max_position_embeddings",
+    "initializer_range",
+    "attention_dropout",
+    "hidden_dropout",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "use_cache",
+    "output_router_logits",
+    "router_aux_loss_coef",
+    "router_z_loss_coef",
+    "norm_topk_prob",
+    "router_jitter_noise",
+    "aux_loss_alpha",
+    "seq_aux",
+    "scoring_func",
+    "topk_method",
+    "routed_scaling_factor",
+    "n_group",
+    "topk_group",
+    "attention_bias",
+    "mlp_bias",
+    "pretraining_tp",
+    "auto_map",
+    "ep_size",
+    "tie_word_embeddings",
+    "qkv_bias",
+    "clip_qkv",
+    "use_sliding_window",
+    "sliding_window",
+    "max_window_layers",
+    "layer_types",
+    "_name_or_path",
+    "num_experts_per_tok",
+    "experts_per_token",
+    "num_local_experts",
+    "num_experts",
+    "n_routed_experts",
+    "n_shared_experts",
+    "moe_intermediate_size",
+    "intermediate_size",
+    "shared_expert_intermediate_size",
+    "first_k_dense_replace",
+    "moe_layer_freq",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_rope_head_dim",
+    "qk_nope_head_dim",
+    "v_head_dim",
+    "quantization_config",
+    "num_nextn_predict_layers",
+    "swiglu_limit",
+    "rope_interleave",
+    "initial_context_length",
+    "tie_word_embedding",
+    "model_name",
+    "qk_layernorm",
+    "use_qk_norm",
+    "rope_parameters",
+    "partial_rotary_factor",
+    "embedding_multiplier",
 }
 
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8"}
@@ -56,7 +115,8 @@ def _family(cfg: dict) -> str:
         if mt == family:
             return family
     if any(k in cfg for k in ("n_routed_experts", "num_local_experts", "num_experts")) and (
-            cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts")):
+        cfg.get("n_routed_experts") or cfg.get("num_local_experts") or cfg.get("num_experts")
+    ):
         return "moe"
     return "dense"
 
@@ -81,13 +141,15 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
     spec["activation"] = known.get(act, "swiglu")
     src["activation"] = f"hidden_act = {json.dumps(act)[:40]} (gated MLP)"
     if act not in known and family != "gpt_oss":
-        notes.append(f"hidden_act = {json.dumps(act)[:40]} is not one moesim knows: simulated as SwiGLU "
-                     "(the cost of any gated MLP)")
+        notes.append(
+            f"hidden_act = {json.dumps(act)[:40]} is not one moesim knows: simulated as SwiGLU "
+            "(the cost of any gated MLP)"
+        )
     if family == "gpt_oss":
         src["activation"] = "GPT-OSS experts: clamped SwiGLU"
     dtype = cfg.get("torch_dtype", cfg.get("dtype"))
     if dtype is not None and not isinstance(dtype, str):
-        raise ScenarioError(f"torch_dtype = {json.dumps(dtype)[:40]}: expected a string such as \"bfloat16\"")
+        raise ScenarioError(f'torch_dtype = {json.dumps(dtype)[:40]}: expected a string such as "bfloat16"')
     if dtype in _DTYPES:
         put("dtype", _DTYPES[dtype], "torch_dtype" if "torch_dtype" in cfg else "dtype")
     elif family == "gpt_oss":
@@ -101,8 +163,10 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
         spec["weight_dtype"] = "fp8"
         src["weight_dtype"] = f"quantization_config.quant_method = {json.dumps(method)}"
     elif q:
-        why = (f"quantization_config ({method or 'unknown method'}): weights simulated at "
-               f"{spec.get('dtype', 'fp16')}; moesim has no such format")
+        why = (
+            f"quantization_config ({method or 'unknown method'}): weights simulated at "
+            f"{spec.get('dtype', 'fp16')}; moesim has no such format"
+        )
         notes.append(why + ", so memory figures and verdicts are approximate")
         spec["weight_memory_approximation"] = why
         src["weight_memory_approximation"] = f"quantization_config.quant_method = {json.dumps(method)}"
@@ -127,25 +191,35 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
             put("first_k_dense_layers", cfg["first_k_dense_replace"], "first_k_dense_replace")
             put("ffn_size", cfg["intermediate_size"], "intermediate_size")
         if cfg.get("moe_layer_freq", 1) != 1 or cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
-            notes.append("interleaved dense/MoE layers (moe_layer_freq, decoder_sparse_step, mlp_only_layers): "
-                         "simulated as MoE in every layer after first_k_dense_layers")
+            notes.append(
+                "interleaved dense/MoE layers (moe_layer_freq, decoder_sparse_step, mlp_only_layers): "
+                "simulated as MoE in every layer after first_k_dense_layers"
+            )
     else:
         put("ffn_size", cfg["intermediate_size"], "intermediate_size")
 
     if cfg.get("kv_lora_rank"):
-        for key, field in (("kv_lora_rank", "kv_lora_rank"), ("q_lora_rank", "q_lora_rank"),
-                           ("qk_rope_head_dim", "qk_rope_head_dim"), ("v_head_dim", "v_head_dim"),
-                           ("qk_nope_head_dim", "head_dim")):
+        for key, field in (
+            ("kv_lora_rank", "kv_lora_rank"),
+            ("q_lora_rank", "q_lora_rank"),
+            ("qk_rope_head_dim", "qk_rope_head_dim"),
+            ("v_head_dim", "v_head_dim"),
+            ("qk_nope_head_dim", "head_dim"),
+        ):
             if cfg.get(key) is not None:
                 put(field, cfg[key], key)
         spec.pop("num_kv_heads", None)
         src.pop("num_kv_heads", None)
     if cfg.get("num_nextn_predict_layers"):
-        notes.append(f"num_nextn_predict_layers = {cfg['num_nextn_predict_layers']}: the multi-token-prediction "
-                     "module (speculative decoding) is not simulated")
+        notes.append(
+            f"num_nextn_predict_layers = {cfg['num_nextn_predict_layers']}: the multi-token-prediction "
+            "module (speculative decoding) is not simulated"
+        )
     if cfg.get("tie_word_embeddings"):
-        notes.append("tie_word_embeddings = true: moesim counts the LM head as a separate matrix (memory and "
-                     "parameter counts overstate by vocab_size x hidden_size)")
+        notes.append(
+            "tie_word_embeddings = true: moesim counts the LM head as a separate matrix (memory and "
+            "parameter counts overstate by vocab_size x hidden_size)"
+        )
     window = cfg.get("sliding_window")
     if window and (cfg.get("use_sliding_window", True) or family == "gpt_oss"):
         notes.append(f"sliding_window = {window}: attention is simulated over the full context in every layer")
@@ -158,8 +232,10 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
 
 def to_yaml(spec: dict, src: dict[str, str], source_path: str, notes: list[str], unknown: list[str]) -> str:
     """The model spec with each value's source in a comment."""
-    lines = [f"# Model spec imported by `moesim import-hf {source_path}`.",
-             "# Each value's source is the Hugging Face config.json key named beside it."]
+    lines = [
+        f"# Model spec imported by `moesim import-hf {source_path}`.",
+        "# Each value's source is the Hugging Face config.json key named beside it.",
+    ]
     lines += [f"# NOTE: {n}" for n in notes]
     if unknown:
         lines.append(f"# NOT UNDERSTOOD (not simulated): {', '.join(unknown)}")
@@ -174,8 +250,10 @@ def unsupported_reason(cfg: dict) -> str | None:
     """Why moesim cannot simulate this architecture faithfully enough to import it, or None."""
     kinds = {str(k) for k in cfg.get("layer_types") or [] if k != "full_attention"}
     if cfg.get("linear_conv_kernel_dim") or cfg.get("linear_num_value_heads") or kinds & {"linear_attention"}:
-        return ("linear-attention layers (Qwen3-Next's Gated DeltaNet) are not modelled; simulating them as full "
-                "attention would be wrong, so this model cannot be imported")
+        return (
+            "linear-attention layers (Qwen3-Next's Gated DeltaNet) are not modelled; simulating them as full "
+            "attention would be wrong, so this model cannot be imported"
+        )
     return None
 
 
@@ -185,16 +263,20 @@ def text_config(cfg: dict) -> dict:
     inner = cfg.get("text_config")
     if not isinstance(inner, dict):
         return cfg
-    return {**{k: cfg[k] for k in ("_name_or_path", "torch_dtype", "dtype", "quantization_config") if k in cfg},
-            **inner}
+    return {
+        **{k: cfg[k] for k in ("_name_or_path", "torch_dtype", "dtype", "quantization_config") if k in cfg},
+        **inner,
+    }
 
 
 def import_file(path: Path, name: str | None = None) -> tuple[str, ModelSpec, list[str], list[str]]:
     """Read and convert one config.json (or a model directory holding one); validate the result as a ModelSpec."""
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ScenarioError(f"{path}: a directory without config.json; give a Hugging Face config.json "
-                                f"or the model directory that holds it")
+            raise ScenarioError(
+                f"{path}: a directory without config.json; give a Hugging Face config.json "
+                f"or the model directory that holds it"
+            )
         path = path / "config.json"
     if not path.exists():
         raise ScenarioError(f"{path}: no such file")

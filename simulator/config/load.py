@@ -14,7 +14,6 @@ from simulator.config.model import MAX_MODEL_COUNTS, magnitude_problem
 from simulator.config.scenario import ClusterSpec, ParallelSpec, Scenario, check_layout
 from simulator.files import YamlLimitError, load_yaml_text, read_yaml
 
-
 #: Largest count accepted per field of the cluster and layout sections (the model's: MAX_MODEL_COUNTS).
 _MAX_COUNTS = {
     "model": MAX_MODEL_COUNTS,
@@ -59,7 +58,9 @@ def _check_name(name: str) -> None:
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     """Validate a scenario mapping; raise ScenarioError with one line."""
     if not isinstance(data, dict):
-        raise ScenarioError(f"{source}: expected a YAML mapping with sections model, hardware, cluster, parallel, workload, targets")
+        raise ScenarioError(
+            f"{source}: expected a YAML mapping with sections model, hardware, cluster, parallel, workload, targets"
+        )
     try:
         _check_magnitudes(data)
         scenario = Scenario.model_validate(data)
@@ -179,8 +180,9 @@ def with_layout(scenario: Scenario, parallel: ParallelSpec) -> Scenario:
     try:
         cluster = ClusterSpec(num_gpus=parallel.num_gpus, gpus_per_node=gpn)
     except ValueError:
-        raise ScenarioError(f"cluster.num_gpus = {parallel.num_gpus} is not a whole number of nodes of "
-                            f"gpus_per_node = {gpn}") from None
+        raise ScenarioError(
+            f"cluster.num_gpus = {parallel.num_gpus} is not a whole number of nodes of gpus_per_node = {gpn}"
+        ) from None
     candidate = scenario.model_copy(update={"parallel": parallel, "cluster": cluster})
     try:
         check_layout(candidate)

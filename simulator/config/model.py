@@ -68,7 +68,9 @@ class ModelSpec(StrictModel):
     vocab_size: int = Field(default=0, ge=0)  # 0: no embedding / LM head in the simulated model
     fused_qkv: bool = False  # one Q/K/V GEMM (as most inference engines run it) instead of three
     moe_impl: Literal["grouped", "per_expert", "capacity"] = "grouped"
-    capacity_factor: float = Field(default=1.25, gt=0.0)  # moe_impl capacity: slots per expert = ceil(copies / E * factor)
+    capacity_factor: float = Field(
+        default=1.25, gt=0.0
+    )  # moe_impl capacity: slots per expert = ceil(copies / E * factor)
     # Shared experts (DeepSeek, Qwen2-MoE): run on every token beside the routed ones, as one FFN of
     # width num_shared_experts * shared_expert_ffn_size, replicated on every GPU of a stage (each
     # GPU runs it on the tokens it routes, so it needs no communication).
@@ -103,7 +105,7 @@ class ModelSpec(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelSpec":
+    def _check(self) -> ModelSpec:
         kv = self.kv_heads
         if self.num_heads % kv:
             raise ValueError(
@@ -124,9 +126,13 @@ class ModelSpec(StrictModel):
             raise ValueError("num_shared_experts and first_k_dense_layers apply to MoE models (num_experts > 0)")
         if self.first_k_dense_layers:
             if self.ffn_size is None:
-                raise ValueError(f"first_k_dense_layers = {self.first_k_dense_layers} needs ffn_size (the dense FFN width)")
+                raise ValueError(
+                    f"first_k_dense_layers = {self.first_k_dense_layers} needs ffn_size (the dense FFN width)"
+                )
             if self.first_k_dense_layers > self.num_layers:
-                raise ValueError(f"first_k_dense_layers = {self.first_k_dense_layers} exceeds num_layers = {self.num_layers}")
+                raise ValueError(
+                    f"first_k_dense_layers = {self.first_k_dense_layers} exceeds num_layers = {self.num_layers}"
+                )
         mla = (self.kv_lora_rank, self.qk_rope_head_dim, self.v_head_dim)
         if any(x is not None for x in mla + (self.q_lora_rank,)) and any(x is None for x in mla):
             raise ValueError("multi-head latent attention needs kv_lora_rank, qk_rope_head_dim and v_head_dim together")
@@ -193,8 +199,10 @@ def load_model_preset(ref: str) -> dict:
     if not path.is_file():
         close = difflib.get_close_matches(ref, available_presets(), n=1, cutoff=0.4)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ValueError(f"model preset '{ref}' not found; {hint}available: {', '.join(available_presets())} "
-                         "(or give a path to a model YAML)")
+        raise ValueError(
+            f"model preset '{ref}' not found; {hint}available: {', '.join(available_presets())} "
+            "(or give a path to a model YAML)"
+        )
     data = read_yaml(path, f"model preset {path}", "model preset", ValueError)
     if not isinstance(data, dict):
         raise ValueError(f"model preset {path}: expected a mapping of model fields")

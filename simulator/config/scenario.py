@@ -39,7 +39,7 @@ class ClusterSpec(StrictModel):
     gpus_per_node: PositiveInt | None = None  # default: the hardware profile's
 
     @model_validator(mode="after")
-    def _check(self) -> "ClusterSpec":
+    def _check(self) -> ClusterSpec:
         if self.gpus_per_node and self.num_gpus > self.gpus_per_node and self.num_gpus % self.gpus_per_node:
             raise ValueError(
                 f"num_gpus = {self.num_gpus} is not a whole number of nodes of gpus_per_node = {self.gpus_per_node}"
@@ -69,8 +69,14 @@ class ParallelSpec(StrictModel):
 
     def degrees(self) -> dict[str, int]:
         """The degrees alone, in (pp, dp, tp, ep, etp, microbatches) order (the layer split aside)."""
-        return {"pp": self.pp, "dp": self.dp, "tp": self.tp, "ep": self.ep, "etp": self.etp,
-                "microbatches": self.microbatches}
+        return {
+            "pp": self.pp,
+            "dp": self.dp,
+            "tp": self.tp,
+            "ep": self.ep,
+            "etp": self.etp,
+            "microbatches": self.microbatches,
+        }
 
     def sort_key(self) -> tuple[int, ...]:
         return (self.pp, self.dp, self.tp, self.ep, self.etp, self.microbatches)
@@ -85,8 +91,11 @@ class ParallelSpec(StrictModel):
     @property
     def label(self) -> str:
         """Compact name: the degrees above 1, e.g. 'PP2 TP2 EP2 mb4'; 'single' when all are 1."""
-        parts = [f"{k.upper()}{v}" for k, v in (("pp", self.pp), ("dp", self.dp), ("tp", self.tp),
-                                                 ("ep", self.ep), ("etp", self.etp)) if v > 1]
+        parts = [
+            f"{k.upper()}{v}"
+            for k, v in (("pp", self.pp), ("dp", self.dp), ("tp", self.tp), ("ep", self.ep), ("etp", self.etp))
+            if v > 1
+        ]
         if self.microbatches > 1:
             parts.append(f"mb{self.microbatches}")
         return " ".join(parts) or "single"
@@ -114,18 +123,22 @@ class RoutingSpec(StrictModel):
         if value == "uniform" or value is None:
             return {}
         if isinstance(value, str):
-            raise ValueError(f"routing: unknown routing '{value[:40]}'; use uniform, {{zipf: s}}, {{loads: [...]}} or {{sampled: seed}}")
+            raise ValueError(
+                f"routing: unknown routing '{value[:40]}'; use uniform, {{zipf: s}}, {{loads: [...]}} or {{sampled: seed}}"
+            )
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "RoutingSpec":
+    def _check(self) -> RoutingSpec:
         given = [k for k in ("zipf", "loads", "sampled") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"routing: give one of zipf, loads, sampled (got {', '.join(given)})")
         if self.loads is not None and (any(x < 0 for x in self.loads) or sum(self.loads) <= 0):
             raise ValueError("routing.loads: fractions must be >= 0 with a positive sum")
         if self.loads is not None and not math.isfinite(sum(self.loads)):
-            raise ValueError("routing.loads: the sum of the fractions overflows; give shares of a total (they are normalised)")
+            raise ValueError(
+                "routing.loads: the sum of the fractions overflows; give shares of a total (they are normalised)"
+            )
         return self
 
     @property
@@ -170,7 +183,7 @@ class Target(StrictModel):
     stat: Literal["mean", "p50", "p99", "max"] = "max"  # for ttft_s: which statistic is checked
 
     @model_validator(mode="after")
-    def _check(self) -> "Target":
+    def _check(self) -> Target:
         if (self.min is None) == (self.max is None):
             raise ValueError("give exactly one of min or max")
         for bound in (self.min, self.max):
@@ -214,7 +227,7 @@ class Scenario(StrictModel):
         return {"profile": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _layout(self) -> "Scenario":
+    def _layout(self) -> Scenario:
         check_layout(self)
         return self
 
@@ -242,7 +255,9 @@ def check_layout(s: Scenario) -> None:
     """Raise LayoutError (naming its field) if the parallel layout does not fit the model, cluster and workload."""
     m, p, w = s.model, s.parallel, s.workload
     if m.num_heads % p.tp:
-        raise LayoutError("parallel.tp", f"tp = {p.tp} must divide model.num_heads = {m.num_heads} (try {divisors(m.num_heads)})")
+        raise LayoutError(
+            "parallel.tp", f"tp = {p.tp} must divide model.num_heads = {m.num_heads} (try {divisors(m.num_heads)})"
+        )
     if m.kv_heads > p.tp and m.kv_heads % p.tp:
         raise LayoutError(
             "parallel.tp", f"tp = {p.tp} must divide model.num_kv_heads = {m.kv_heads} (try {divisors(m.kv_heads)})"
@@ -258,11 +273,14 @@ def check_layout(s: Scenario) -> None:
     if m.is_moe:
         if m.num_experts % p.ep:
             raise LayoutError(
-                "parallel.ep", f"ep = {p.ep} must divide model.num_experts = {m.num_experts} (try {divisors(m.num_experts)})"
+                "parallel.ep",
+                f"ep = {p.ep} must divide model.num_experts = {m.num_experts} (try {divisors(m.num_experts)})",
             )
         ffn = m.expert_ffn_size or 0
         if ffn % p.etp:
-            raise LayoutError("parallel.etp", f"etp = {p.etp} must divide model.expert_ffn_size = {ffn} (try {divisors(ffn)[:8]})")
+            raise LayoutError(
+                "parallel.etp", f"etp = {p.etp} must divide model.expert_ffn_size = {ffn} (try {divisors(ffn)[:8]})"
+            )
         stage_gpus = p.dp * p.tp
         if stage_gpus % (p.ep * p.etp):
             valid = [d for d in divisors(stage_gpus) if m.num_experts % d == 0]
@@ -285,11 +303,14 @@ def check_layout(s: Scenario) -> None:
     total_tokens = w.batch_size * (w.input_len_tokens + w.output_len_tokens)
     if total_tokens > MAX_TOKENS:
         raise LayoutError(
-            "workload", f"batch_size * (input + output) = {big_number(total_tokens)} tokens exceeds the supported {MAX_TOKENS:.0e}"
+            "workload",
+            f"batch_size * (input + output) = {big_number(total_tokens)} tokens exceeds the supported {MAX_TOKENS:.0e}",
         )
     loads = w.routing.loads
     if loads is not None and len(loads) != m.num_experts:
-        raise LayoutError("workload.routing.loads",
-                           f"routing.loads has {len(loads)} entries; it needs one per expert (model.num_experts = {m.num_experts})")
+        raise LayoutError(
+            "workload.routing.loads",
+            f"routing.loads has {len(loads)} entries; it needs one per expert (model.num_experts = {m.num_experts})",
+        )
     if m.is_moe is False and p.ep > 1:
         raise LayoutError("parallel.ep", "ep must be 1 for a dense model")

@@ -10,7 +10,7 @@ memory model and layout by `simulator.serving.capacity.resolve_serving`.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -23,14 +23,17 @@ class ServingError(ScenarioError):
 
 # ---------------------------------------------------------------- arrivals
 
+
 class PoissonArrivals(StrictModel):
     """Open loop, exponential inter-arrival times (what `bench_serving --request-rate` sends)."""
+
     kind: Literal["poisson"] = "poisson"
     rate_per_s: float = Field(gt=0)
 
 
 class GammaArrivals(StrictModel):
     """Open loop, gamma inter-arrival times: cv > 1 is burstier than Poisson (cv = 1), cv < 1 smoother."""
+
     kind: Literal["gamma"] = "gamma"
     rate_per_s: float = Field(gt=0)
     cv: float = Field(gt=0)
@@ -38,29 +41,33 @@ class GammaArrivals(StrictModel):
 
 class ConstantArrivals(StrictModel):
     """Open loop, one request every 1 / rate_per_s seconds, the first at 0."""
+
     kind: Literal["constant"] = "constant"
     rate_per_s: float = Field(gt=0)
 
 
 class ClosedLoopArrivals(StrictModel):
     """Closed loop: `concurrency` requests start at 0; each finish sends the next (`--max-concurrency`)."""
+
     kind: Literal["closed_loop"] = "closed_loop"
     concurrency: int = Field(ge=1)
 
 
 class TraceArrivals(StrictModel):
     """Replay a CSV or JSON-lines file of (arrival_s, input_tokens, output_tokens); lengths come from it."""
+
     kind: Literal["trace"] = "trace"
     path: str = Field(min_length=1)
 
 
 Arrivals = Annotated[
-    Union[PoissonArrivals, GammaArrivals, ConstantArrivals, ClosedLoopArrivals, TraceArrivals],
+    PoissonArrivals | GammaArrivals | ConstantArrivals | ClosedLoopArrivals | TraceArrivals,
     Field(discriminator="kind"),
 ]
 
 
 # ---------------------------------------------------------------- lengths
+
 
 class FixedLength(StrictModel):
     kind: Literal["fixed"] = "fixed"
@@ -72,6 +79,7 @@ class FixedLength(StrictModel):
 
 class UniformLength(StrictModel):
     """Integers uniform on [min_tokens, max_tokens], both included."""
+
     kind: Literal["uniform"] = "uniform"
     min_tokens: int = Field(ge=1)
     max_tokens: int = Field(ge=1)
@@ -88,6 +96,7 @@ class UniformLength(StrictModel):
 
 class NormalLength(StrictModel):
     """Normal(mean_tokens, std_tokens), rounded and clipped to [min_tokens, max_tokens]."""
+
     kind: Literal["normal"] = "normal"
     mean_tokens: float = Field(gt=0)
     std_tokens: float = Field(ge=0)
@@ -106,6 +115,7 @@ class NormalLength(StrictModel):
 
 class LognormalLength(StrictModel):
     """Lognormal with this mean and std of the lengths themselves (not of their log), rounded and clipped."""
+
     kind: Literal["lognormal"] = "lognormal"
     mean_tokens: float = Field(gt=0)
     std_tokens: float = Field(ge=0)
@@ -124,6 +134,7 @@ class LognormalLength(StrictModel):
 
 class EmpiricalLength(StrictModel):
     """Draw (with replacement) from a file of lengths: one positive integer per line, `#` comments allowed."""
+
     kind: Literal["empirical"] = "empirical"
     path: str = Field(min_length=1)
 
@@ -132,13 +143,14 @@ class EmpiricalLength(StrictModel):
 
 
 Length = Annotated[
-    Union[FixedLength, UniformLength, NormalLength, LognormalLength, EmpiricalLength],
+    FixedLength | UniformLength | NormalLength | LognormalLength | EmpiricalLength,
     Field(discriminator="kind"),
 ]
 
 
 class WorkloadSpec(StrictModel):
     """Who sends what, when. Give num_requests or duration_s (a trace may give neither: all of its lines)."""
+
     arrivals: Arrivals
     input_len: Length | None = None
     output_len: Length | None = None
@@ -162,16 +174,20 @@ class WorkloadSpec(StrictModel):
         if self.arrivals.kind == "closed_loop" and self.num_requests is None:
             raise ValueError("num_requests: a closed loop needs a request count (duration_s is for open loops)")
         if self.num_requests is not None and self.warmup_requests >= self.num_requests:
-            raise ValueError(f"warmup_requests = {self.warmup_requests} must be < num_requests = "
-                             f"{self.num_requests}; lower it so some requests are measured")
+            raise ValueError(
+                f"warmup_requests = {self.warmup_requests} must be < num_requests = "
+                f"{self.num_requests}; lower it so some requests are measured"
+            )
         return self
 
 
 # ---------------------------------------------------------------- scheduler
 
+
 class KVCacheSpec(StrictModel):
     """Paged KV cache of one replica. capacity_blocks None: from the scenario's memory model (what is left of
     capacity x gpu_memory_utilization, or of capacity less the reserve, after weights and activations)."""
+
     block_size_tokens: int = Field(default=16, ge=1)
     capacity_blocks: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
@@ -179,6 +195,7 @@ class KVCacheSpec(StrictModel):
 
 class SchedulerSpec(StrictModel):
     """Per-replica batching policy, as in vLLM (continuous, chunked_prefill) and FasterTransformer (static)."""
+
     policy: Literal["static", "continuous", "chunked_prefill"] = "chunked_prefill"
     max_num_seqs: int = Field(default=256, ge=1)
     max_num_batched_tokens: int = Field(default=8192, ge=1)
@@ -193,11 +210,15 @@ class SchedulerSpec(StrictModel):
     def _budget(self) -> SchedulerSpec:
         if self.policy == "chunked_prefill":
             if self.chunk_size_tokens is not None and self.chunk_size_tokens > self.max_num_batched_tokens:
-                raise ValueError(f"max_num_batched_tokens = {self.max_num_batched_tokens} is smaller than one chunk "
-                                 f"(chunk_size_tokens = {self.chunk_size_tokens}); raise it or lower the chunk")
+                raise ValueError(
+                    f"max_num_batched_tokens = {self.max_num_batched_tokens} is smaller than one chunk "
+                    f"(chunk_size_tokens = {self.chunk_size_tokens}); raise it or lower the chunk"
+                )
             if self.max_num_batched_tokens < self.max_num_seqs:
-                raise ValueError(f"max_num_batched_tokens = {self.max_num_batched_tokens} < max_num_seqs = "
-                                 f"{self.max_num_seqs}: the decodes alone could fill the budget; raise it")
+                raise ValueError(
+                    f"max_num_batched_tokens = {self.max_num_batched_tokens} < max_num_seqs = "
+                    f"{self.max_num_seqs}: the decodes alone could fill the budget; raise it"
+                )
         return self
 
     @property
@@ -209,6 +230,7 @@ class SchedulerSpec(StrictModel):
 class ReplicaSpec(StrictModel):
     """Data-parallel replicas of the deployment. lockstep: they form one expert-parallel group whose
     iteration ends when the slowest replica's ends; an idle replica joins with an empty (dummy) batch."""
+
     count: int | None = Field(default=None, ge=1)  # None: 1, or parallel.dp in a scenario
     router: Literal["round_robin", "least_loaded"] = "round_robin"
     lockstep: bool | None = None  # None: False, or in a scenario whether the dp replicas share EP groups
@@ -221,6 +243,7 @@ class ReplicaSpec(StrictModel):
 
 class TargetsSpec(StrictModel):
     """Service-level targets; a request is 'good' when it meets every latency bound given."""
+
     ttft_p99_s: float | None = Field(default=None, gt=0)
     tpot_p99_s: float | None = Field(default=None, gt=0)
     e2e_p99_s: float | None = Field(default=None, gt=0)
@@ -261,14 +284,18 @@ def check_admissible(input_tokens: int, output_tokens: int, scheduler: Scheduler
     batches = scheduler.pipeline_batches or 1
     if kv.capacity_blocks is not None and blocks > kv.capacity_blocks // batches:
         share = f" // pipeline_batches {batches} = {kv.capacity_blocks // batches}" if batches > 1 else ""
-        raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens = {blocks} blocks of "
-                         f"{kv.block_size_tokens}) can never be admitted: scheduler.kv_cache.capacity_blocks = "
-                         f"{kv.capacity_blocks}{share}; raise it to >= {blocks * batches} or shorten the requests")
+        raise ValueError(
+            f"{what} (input {input_tokens} + output {output_tokens} tokens = {blocks} blocks of "
+            f"{kv.block_size_tokens}) can never be admitted: scheduler.kv_cache.capacity_blocks = "
+            f"{kv.capacity_blocks}{share}; raise it to >= {blocks * batches} or shorten the requests"
+        )
     if scheduler.policy == "continuous" and input_tokens + output_tokens - 1 > scheduler.max_num_batched_tokens:
         # A recomputed (preempted) request re-prefills its prompt and all but its last output token at once.
-        raise ValueError(f"{what} (input {input_tokens} + output {output_tokens} tokens) can never be prefilled "
-                         f"in one iteration: scheduler.max_num_batched_tokens = {scheduler.max_num_batched_tokens}; "
-                         f"raise it to >= {input_tokens + output_tokens - 1} or use policy chunked_prefill")
+        raise ValueError(
+            f"{what} (input {input_tokens} + output {output_tokens} tokens) can never be prefilled "
+            f"in one iteration: scheduler.max_num_batched_tokens = {scheduler.max_num_batched_tokens}; "
+            f"raise it to >= {input_tokens + output_tokens - 1} or use policy chunked_prefill"
+        )
 
 
 def parse_serving_spec(data: Any, source: str = "serving") -> ServingSpec:

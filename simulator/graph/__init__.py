@@ -8,5 +8,17 @@ from simulator.graph.blocks import PYTORCH_HELPER_KERNELS
 from simulator.graph.dag import TWINS, Counted, Dag, NodeAttrs, NodeKind, digraph, node_dicts
 from simulator.graph.passes import PassBuilder, build, build_dag, sampled_decode_steps
 
-__all__ = ["PYTORCH_HELPER_KERNELS", "TWINS", "Counted", "Dag", "NodeAttrs", "NodeKind", "PassBuilder", "build",
-           "build_dag", "digraph", "node_dicts", "sampled_decode_steps"]
+__all__ = [
+    "PYTORCH_HELPER_KERNELS",
+    "TWINS",
+    "Counted",
+    "Dag",
+    "NodeAttrs",
+    "NodeKind",
+    "PassBuilder",
+    "build",
+    "build_dag",
+    "digraph",
+    "node_dicts",
+    "sampled_decode_steps",
+]

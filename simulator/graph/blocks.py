@@ -5,7 +5,7 @@ plain lists, and repeated blocks (layers, passes) copied instead of built again.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from simulator import costs
 from simulator.config import Scenario
@@ -117,15 +117,23 @@ class BlockBuilder:
     def tp_groups_on(self) -> list[list[tuple[int, list[int], list[int]]]]:
         """Per stage, (dp rank, TP group, its materialised GPUs) for the groups with any."""
         pl = self.pl
-        return [[(d, grp, mine) for d in range(pl.dp) if (mine := self.on_gpus(grp := pl.tp_group(st, d)))]
-                for st in range(pl.pp)]
+        return [
+            [(d, grp, mine) for d in range(pl.dp) if (mine := self.on_gpus(grp := pl.tp_group(st, d)))]
+            for st in range(pl.pp)
+        ]
 
     @cached_property
     def ep_groups_on(self) -> list[list[tuple[list[int], list[int], dict[int, list[int]]]]]:
         """Per stage, (EP group, its materialised GPUs, each member's experts) for the groups with any."""
         pl = self.pl
-        return [[(grp, mine, {g: pl.experts_of_gpu(g) for g in grp})
-                 for grp in pl.ep_groups(st) if (mine := self.on_gpus(grp))] for st in range(pl.pp)]
+        return [
+            [
+                (grp, mine, {g: pl.experts_of_gpu(g) for g in grp})
+                for grp in pl.ep_groups(st)
+                if (mine := self.on_gpus(grp))
+            ]
+            for st in range(pl.pp)
+        ]
 
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:
@@ -145,48 +153,131 @@ class BlockBuilder:
         index[nid] = i
         return nid
 
-    def compute(self, nid, deps, op, category, ctx, gpu, cost: costs.OpCost, in_shape, out_shape,
-                tensor_core=False, launches=1, kind=COMPUTE, resident_bytes=0.0, **extra) -> str:
+    def compute(
+        self,
+        nid,
+        deps,
+        op,
+        category,
+        ctx,
+        gpu,
+        cost: costs.OpCost,
+        in_shape,
+        out_shape,
+        tensor_core=False,
+        launches=1,
+        kind=COMPUTE,
+        resident_bytes=0.0,
+        **extra,
+    ) -> str:
         """A kernel on one GPU. `resident_bytes`: what it reads from weights or the KV cache, so
         that act_bytes (transient activations in + out) excludes them."""
-        return self.add(nid, deps, **self.compute_attrs(op, category, ctx, gpu, cost, in_shape, out_shape,
-                                                         tensor_core, launches, kind, resident_bytes, **extra))
-
-    def compute_attrs(self, op, category, ctx, gpu, cost: costs.OpCost, in_shape, out_shape,
-                       tensor_core=False, launches=1, kind=COMPUTE, resident_bytes=0.0, **extra) -> dict:
-        return dict(
-            op=op, kind=kind, category=category, gpu=gpu, flops=cost.flops,
-            bytes_read=cost.bytes_read, bytes_written=cost.bytes_written,
-            act_bytes=cost.bytes_read + cost.bytes_written - resident_bytes, in_shape=in_shape,
-            out_shape=out_shape, tensor_core=tensor_core, launches=launches, dtype=self.model.dtype,
-            **ctx, **extra,
+        return self.add(
+            nid,
+            deps,
+            **self.compute_attrs(
+                op, category, ctx, gpu, cost, in_shape, out_shape, tensor_core, launches, kind, resident_bytes, **extra
+            ),
         )
 
-    def linear(self, nid, deps, op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind=COMPUTE,
-               groups: int = 1) -> str:
+    def compute_attrs(
+        self,
+        op,
+        category,
+        ctx,
+        gpu,
+        cost: costs.OpCost,
+        in_shape,
+        out_shape,
+        tensor_core=False,
+        launches=1,
+        kind=COMPUTE,
+        resident_bytes=0.0,
+        **extra,
+    ) -> dict:
+        return dict(
+            op=op,
+            kind=kind,
+            category=category,
+            gpu=gpu,
+            flops=cost.flops,
+            bytes_read=cost.bytes_read,
+            bytes_written=cost.bytes_written,
+            act_bytes=cost.bytes_read + cost.bytes_written - resident_bytes,
+            in_shape=in_shape,
+            out_shape=out_shape,
+            tensor_core=tensor_core,
+            launches=launches,
+            dtype=self.model.dtype,
+            **ctx,
+            **extra,
+        )
+
+    def linear(
+        self, nid, deps, op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind=COMPUTE, groups: int = 1
+    ) -> str:
         """A GEMM against a [k, n] weight (or a batch of `groups` of them over the same rows)."""
         extra = {"grouped": (groups, tokens)} if groups > 1 else {}
-        return self.compute(nid, deps, op, category, ctx, gpu, costs.linear_cost(tokens, k, n, self.bytes_per_element, self.weight_bytes_per_element, groups),
-                            in_shape, out_shape, tensor_core=True, kind=kind, resident_bytes=groups * k * n * self.weight_bytes_per_element,
-                            gemm=(groups * tokens, k, n), weight_b=self.weight_bytes_per_element, **extra)
-
-    def helper(self, nid, deps, op, category, ctx, gpu, bytes_read, bytes_written, shape,
-               resident_bytes=0.0) -> str:
-        """Memory-bound helper kernels of a plain PyTorch implementation (PYTORCH_HELPER_KERNELS[op] of
-        them): copies, index arithmetic, buffer fills, timed by the bytes they move."""
-        return self.compute(nid, deps, op, category, ctx, gpu, costs.OpCost(0.0, bytes_read, bytes_written), shape,
-                            shape, launches=PYTORCH_HELPER_KERNELS[op], kind=ROUTING, resident_bytes=resident_bytes)
-
-    def collective(self, nid, deps, op, category, ctx, gpus, collective, send_bytes, recv_bytes,
-                   message_bytes, shape, group) -> str:
-        return self.add(
-            nid, deps, op=op, kind=COMM, category=category, gpu=tuple(gpus), collective=collective,
-            group=group, send_bytes=tuple(send_bytes), recv_bytes=tuple(recv_bytes),
-            message_bytes=message_bytes, flops=0.0, bytes_read=float(sum(send_bytes)),
-            bytes_written=float(sum(recv_bytes)), in_shape=shape, out_shape=shape, launches=1,
-            dtype=self.model.dtype, **ctx,
+        return self.compute(
+            nid,
+            deps,
+            op,
+            category,
+            ctx,
+            gpu,
+            costs.linear_cost(tokens, k, n, self.bytes_per_element, self.weight_bytes_per_element, groups),
+            in_shape,
+            out_shape,
+            tensor_core=True,
+            kind=kind,
+            resident_bytes=groups * k * n * self.weight_bytes_per_element,
+            gemm=(groups * tokens, k, n),
+            weight_b=self.weight_bytes_per_element,
+            **extra,
         )
 
+    def helper(self, nid, deps, op, category, ctx, gpu, bytes_read, bytes_written, shape, resident_bytes=0.0) -> str:
+        """Memory-bound helper kernels of a plain PyTorch implementation (PYTORCH_HELPER_KERNELS[op] of
+        them): copies, index arithmetic, buffer fills, timed by the bytes they move."""
+        return self.compute(
+            nid,
+            deps,
+            op,
+            category,
+            ctx,
+            gpu,
+            costs.OpCost(0.0, bytes_read, bytes_written),
+            shape,
+            shape,
+            launches=PYTORCH_HELPER_KERNELS[op],
+            kind=ROUTING,
+            resident_bytes=resident_bytes,
+        )
+
+    def collective(
+        self, nid, deps, op, category, ctx, gpus, collective, send_bytes, recv_bytes, message_bytes, shape, group
+    ) -> str:
+        return self.add(
+            nid,
+            deps,
+            op=op,
+            kind=COMM,
+            category=category,
+            gpu=tuple(gpus),
+            collective=collective,
+            group=group,
+            send_bytes=tuple(send_bytes),
+            recv_bytes=tuple(recv_bytes),
+            message_bytes=message_bytes,
+            flops=0.0,
+            bytes_read=float(sum(send_bytes)),
+            bytes_written=float(sum(recv_bytes)),
+            in_shape=shape,
+            out_shape=shape,
+            launches=1,
+            dtype=self.model.dtype,
+            **ctx,
+        )
 
     def layer_reused(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict:
         """build_layer, or a copy of an identical layer built earlier: the same phase, stage, layer kind,
@@ -196,8 +287,18 @@ class BlockBuilder:
         inputs: dict[str, int] = {}  # this layer's input nodes, numbered in order of first use
         wiring = tuple((g, tuple(inputs.setdefault(d, len(inputs)) for d in as_list(v))) for g, v in ready.items())
         per_layer = layer if self.scenario.workload.routing.sampled is not None else None  # a draw per layer
-        key = ("layer", ctx["phase"], ctx["stage"], self.model.is_moe_layer(layer), seqs, q_len, kv_len, gather,
-               per_layer, wiring)
+        key = (
+            "layer",
+            ctx["phase"],
+            ctx["stage"],
+            self.model.is_moe_layer(layer),
+            seqs,
+            q_len,
+            kv_len,
+            gather,
+            per_layer,
+            wiring,
+        )
         fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
         prefix = f"{tag}.L{layer}"
         across = key[:6] + key[7:]  # the same but for the KV length
@@ -209,17 +310,19 @@ class BlockBuilder:
                 for pos in kv_positions:
                     j = copy.first + pos
                     a = self.attrs[template.first + pos]
+                    assert a is not None  # attention nodes are built, never lazy copies
                     self.attrs[j] = self.attention_attrs(a["op"], ctx, a["gpu"], seqs, q_len, kv_len)
                     self.twins[j] = -1
                     self.kv_nodes.append(j)
                 self.templates[key] = copy  # the template of this step's other layers and microbatches
                 return out
         n0, k0 = len(self.attrs), len(self.kv_nodes)
-        out = self.reused(key, prefix, list(inputs), fields,
-                           lambda: self.build_layer(tag, ctx, ready, seqs, q_len, kv_len, gather))
-        template = self.templates.get(key)
-        if q_len == 1 and template is not None and template.first == n0 and across not in self.across_steps:
-            self.across_steps[across] = StepTemplate(template, [i - n0 for i in self.kv_nodes[k0:]])
+        out = self.reused(
+            key, prefix, list(inputs), fields, lambda: self.build_layer(tag, ctx, ready, seqs, q_len, kv_len, gather)
+        )
+        made = self.templates.get(key)
+        if q_len == 1 and made is not None and made.first == n0 and across not in self.across_steps:
+            self.across_steps[across] = StepTemplate(made, [i - n0 for i in self.kv_nodes[k0:]])
         return out
 
     def pass_reused(self, phase: str, step: int, mb: int, start_deps: list[str]) -> str:
@@ -227,8 +330,13 @@ class BlockBuilder:
         of one step has the same nodes and edges but for the names' prefix, the microbatch field
         and the node it waits for (the microbatch's previous token)."""
         tag = f"{'p' if phase == 'prefill' else 'd' + str(step)}.mb{mb}"
-        return self.reused(("pass", phase, step, len(start_deps)), tag, list(start_deps), {"microbatch": mb},
-                            lambda: self.build_pass(phase, step, mb, start_deps))
+        return self.reused(
+            ("pass", phase, step, len(start_deps)),
+            tag,
+            list(start_deps),
+            {"microbatch": mb},
+            lambda: self.build_pass(phase, step, mb, start_deps),
+        )
 
     def reused(self, key: tuple, prefix: str, inputs: list[str], fields: dict, make):
         """make(), or a copy of the block of nodes that make() added under the same key before.
@@ -249,12 +357,13 @@ class BlockBuilder:
             in_idx = [self.index[x] for x in inputs]
             # a None name is a layer copied inside this block (a pass), named under its prefix
             if all(n is None or n.startswith(own) for n in self.names[n0:]) and all(
-                    u >= n0 or u in in_idx for u in self.src[e0:]):
+                u >= n0 or u in in_idx for u in self.src[e0:]
+            ):
                 self.templates[key] = Template(len(prefix), in_idx, n0, len(self.attrs), e0, len(self.src), out)
             return out
         return self.copy_block(template, prefix, inputs, fields)[0]
 
-    def copy_block(self, template: Template, prefix: str, inputs: list[str], fields: dict) -> tuple[object, Template]:
+    def copy_block(self, template: Template, prefix: str, inputs: list[str], fields: dict) -> tuple[Any, Template]:
         """A copy of a template block (see reused) under `prefix`, fed by `inputs`: returns its
         outputs and the copy itself as a template."""
         cut, old_inputs, n0, n1, e0, e1, out = template
@@ -284,6 +393,7 @@ class BlockBuilder:
             name = prefix + x[cut:]
             index[name] = i + shift
             return name
+
         copied = output(out)
         return copied, Template(len(prefix), new_inputs, first, len(self.attrs), e_first, len(self.src), copied)
 
@@ -303,4 +413,3 @@ def as_list(dep) -> list[str]:
     if dep is None:
         return []
     return list(dep) if isinstance(dep, list) else [dep]
-

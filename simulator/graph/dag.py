@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import bisect
 import enum
+import sys
 from functools import cached_property
 from typing import NamedTuple, TypedDict
 
 import networkx as nx
 import numpy as np
 
-if hasattr(enum, "StrEnum"):  # Python >= 3.11
-    StrEnum = enum.StrEnum
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
 else:  # pragma: no cover - Python 3.10
+
     class StrEnum(str, enum.Enum):
         """A str whose str() and format() are its plain value, as enum.StrEnum's are."""
 
@@ -94,9 +96,9 @@ class CopiedBlock(NamedTuple):
 class Counted(NamedTuple):
     """A distinct node in one decode step and the nodes it stands for there (Dag.counted)."""
 
-    index: int
+    node: int  # position in the Dag
     attrs: dict
-    count: int
+    copies: int  # the nodes of that step it stands for: itself and its copies
     step: int
 
 
@@ -117,8 +119,17 @@ class Dag:
     `graph` holds the DAG's attributes, as networkx's does.
     """
 
-    def __init__(self, names: list, attrs: list, twins: list[int], copies: list[CopiedBlock], src: list[int],
-                 dst: list[int], info: dict, steps: list[int] | None = None):
+    def __init__(
+        self,
+        names: list,
+        attrs: list,
+        twins: list[int],
+        copies: list[CopiedBlock],
+        src: list[int],
+        dst: list[int],
+        info: dict,
+        steps: list[int] | None = None,
+    ):
         self._names, self._attrs, self.twins, self._copies = names, attrs, twins, copies
         self.src, self.dst = src, dst
         self.graph = info
@@ -129,7 +140,7 @@ class Dag:
         self._copy_starts = [c.first for c in copies]
 
     @classmethod
-    def from_networkx(cls, graph: nx.DiGraph) -> "Dag":
+    def from_networkx(cls, graph: nx.DiGraph) -> Dag:
         """A networkx graph (build_dag's, or any with its node attributes), in node order."""
         names = list(graph.nodes)
         index = {n: i for i, n in enumerate(names)}
@@ -150,10 +161,12 @@ class Dag:
     def _materialise(self) -> None:
         names, attrs = self._names, self._attrs
         for first, n0, n1, prefix, cut, fields in self._copies:
-            names[first:first + n1 - n0] = [prefix + nid[cut:] for nid in names[n0:n1]]
+            names[first : first + n1 - n0] = [prefix + nid[cut:] for nid in names[n0:n1]]
             # a copied decode layer's attention nodes have their own attributes already
-            attrs[first:first + n1 - n0] = [{**a, **fields} if mine is None else mine
-                                           for a, mine in zip(attrs[n0:n1], attrs[first:first + n1 - n0])]
+            attrs[first : first + n1 - n0] = [
+                {**a, **fields} if mine is None else mine
+                for a, mine in zip(attrs[n0:n1], attrs[first : first + n1 - n0])
+            ]
         self._copies, self._copy_starts = [], []
 
     @property
@@ -192,8 +205,9 @@ class Dag:
                 span = int(steps.max()) + 1
                 keys, counts = np.unique(original * span + steps, return_counts=True)
                 attrs = self._attrs
-                self._counted = [Counted(int(k) // span, attrs[int(k) // span], int(c), int(k) % span)
-                                 for k, c in zip(keys, counts)]
+                self._counted = [
+                    Counted(int(k) // span, attrs[int(k) // span], int(c), int(k) % span) for k, c in zip(keys, counts)
+                ]
         return self._counted
 
     @cached_property
@@ -228,13 +242,14 @@ class Dag:
 
     def to_networkx(self) -> nx.DiGraph:
         names = self.names
-        graph = digraph(list(zip(names, self.attrs)), [(names[u], names[v]) for u, v in zip(self.src, self.dst)],
-                         **self.graph)
+        graph = digraph(
+            list(zip(names, self.attrs)), [(names[u], names[v]) for u, v in zip(self.src, self.dst)], **self.graph
+        )
         setattr(graph, TWINS, self.twins)
         return graph
 
 
-def node_dicts(graph: "Dag | nx.DiGraph") -> list[dict]:
+def node_dicts(graph: Dag | nx.DiGraph) -> list[dict]:
     """The attribute dicts of a graph's nodes; of a Dag, the distinct ones (a copy's equal its
     original's but for step, microbatch and layer): enough for maxima over nodes."""
     if isinstance(graph, Dag):

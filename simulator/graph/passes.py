@@ -30,8 +30,17 @@ class PassBuilder(LayerBuilder):
         kv_len = scenario.workload.input_len_tokens + (0 if phase == "prefill" else step)
         return self.assemble_pass(phase, step, mb, start_deps, seqs, q_len, kv_len, seqs)
 
-    def assemble_pass(self, phase: str, step: int, mb: int, start_deps: list[str], seqs: float, q_len: int,
-                      kv_len: float, sampled_seqs: float) -> str:
+    def assemble_pass(
+        self,
+        phase: str,
+        step: int,
+        mb: int,
+        start_deps: list[str],
+        seqs: float,
+        q_len: int,
+        kv_len: float,
+        sampled_seqs: float,
+    ) -> str:
         """One pass of `seqs` x `q_len` tokens per dp rank attending to `kv_len` positions, of which
         `sampled_seqs` sequences get a token from the LM head; returns its token marker."""
         pl = self.pl
@@ -47,23 +56,37 @@ class PassBuilder(LayerBuilder):
             for layer in layers:
                 last = layer == layers[-1]
                 gather = not last or (stage == pl.pp - 1 and (self.model.vocab_size > 0 or pl.pp == 1))
-                ready = self.layer_reused(tag, {**base_ctx, "layer": layer, "stage": stage}, ready, seqs, q_len,
-                                           kv_len, gather)
+                ready = self.layer_reused(
+                    tag, {**base_ctx, "layer": layer, "stage": stage}, ready, seqs, q_len, kv_len, gather
+                )
 
         # The last stage produces the token.
         last_stage = pl.pp - 1
         finals = []
         for g in self.stage_on[last_stage]:
-            dep = ready[g]
+            deps = as_list(ready[g])
             if self.model.vocab_size:
                 ctx = {**base_ctx, "layer": -1, "stage": last_stage}
                 lm_head, sample = self.head_attrs(ctx, g, sampled_seqs)
-                head = self.add(f"{tag}.g{g}.lm_head", as_list(dep), **lm_head)
-                dep = self.add(f"{tag}.g{g}.sample", [head], **sample)
-            finals.extend(as_list(dep))
-        return self.add(f"{tag}.token", finals, op="token", kind=MARKER, category="marker", gpu=None,
-                        flops=0.0, bytes_read=0.0, bytes_written=0.0, in_shape=(), out_shape=(),
-                        **base_ctx, layer=-1, stage=last_stage)
+                head = self.add(f"{tag}.g{g}.lm_head", deps, **lm_head)
+                deps = [self.add(f"{tag}.g{g}.sample", [head], **sample)]
+            finals.extend(deps)
+        return self.add(
+            f"{tag}.token",
+            finals,
+            op="token",
+            kind=MARKER,
+            category="marker",
+            gpu=None,
+            flops=0.0,
+            bytes_read=0.0,
+            bytes_written=0.0,
+            in_shape=(),
+            out_shape=(),
+            **base_ctx,
+            layer=-1,
+            stage=last_stage,
+        )
 
     def head_attrs(self, ctx: dict, g: int, seqs: float) -> tuple[dict, dict]:
         """The LM head and sampling nodes' attributes: the last position of each of `seqs` sequences
@@ -71,13 +94,25 @@ class PassBuilder(LayerBuilder):
         hidden, bytes_per_element = self.hidden, self.bytes_per_element
         v_local = self.model.vocab_size / self.pl.tp
         weight_b = self.weight_bytes_per_element
-        lm_head = self.compute_attrs("lm_head", "embed_head", ctx, g,
-                                     costs.linear_cost(seqs, hidden, v_local, bytes_per_element, weight_b, 1),
-                                     (dim(seqs), hidden), (dim(seqs), dim(v_local)), True, 1, COMPUTE,
-                                     hidden * v_local * weight_b, gemm=(seqs, hidden, v_local), weight_b=weight_b)
+        lm_head = self.compute_attrs(
+            "lm_head",
+            "embed_head",
+            ctx,
+            g,
+            costs.linear_cost(seqs, hidden, v_local, bytes_per_element, weight_b, 1),
+            (dim(seqs), hidden),
+            (dim(seqs), dim(v_local)),
+            True,
+            1,
+            COMPUTE,
+            hidden * v_local * weight_b,
+            gemm=(seqs, hidden, v_local),
+            weight_b=weight_b,
+        )
         cost = costs.elementwise_cost(seqs * v_local, seqs, 2.0, bytes_per_element)
-        sample = self.compute_attrs("sample", "embed_head", ctx, g, cost, (dim(seqs), dim(v_local)), (dim(seqs),),
-                                    kind=ROUTING)
+        sample = self.compute_attrs(
+            "sample", "embed_head", ctx, g, cost, (dim(seqs), dim(v_local)), (dim(seqs),), kind=ROUTING
+        )
         return lm_head, sample
 
     def entry(self, tag: str, base_ctx: dict, phase: str, deps: list[str], tokens: float) -> dict[int, list[str]]:
@@ -91,22 +126,51 @@ class PassBuilder(LayerBuilder):
                 ready = {g: deps for g in pl.stage_gpus(pl.pp - 1)}
                 return self.stage_transfer(tag, base_ctx, pl.pp - 1, 0, ready, tokens, -1, op="token_send")
             sent = {}
-            for _, group, mine in self.tp_groups_on[0]:
+            for _, _group, mine in self.tp_groups_on[0]:
                 for dst in mine:
                     src = pl.in_stage(dst, pl.pp - 1)
                     nbytes = tokens * 4.0  # int32 token ids
                     ctx = {**base_ctx, "layer": -1, "stage": pl.pp - 1}
-                    sent[dst] = [self.collective(f"{tag}.g{src}-g{dst}.token_send", deps, "token_send", "pp_comm",
-                                                 ctx, (src, dst), "send_recv", (nbytes, 0.0), (0.0, nbytes), nbytes,
-                                                 (dim(tokens),), "pp")]
+                    sent[dst] = [
+                        self.collective(
+                            f"{tag}.g{src}-g{dst}.token_send",
+                            deps,
+                            "token_send",
+                            "pp_comm",
+                            ctx,
+                            (src, dst),
+                            "send_recv",
+                            (nbytes, 0.0),
+                            (0.0, nbytes),
+                            nbytes,
+                            (dim(tokens),),
+                            "pp",
+                        )
+                    ]
         else:
             sent = {g: deps for g in first}
         if not self.model.vocab_size:
             return sent
         ctx = {**base_ctx, "layer": -1, "stage": 0}
-        cost = costs.elementwise_cost(tokens * hidden, tokens * hidden, 0.0, bytes_per_element)  # gather rows of the embedding table
-        return {g: [self.compute(f"{tag}.g{g}.embed", sent[g], "embed", "embed_head", ctx, g, cost,
-                                 (dim(tokens),), (dim(tokens), hidden))] for g in first}
+        cost = costs.elementwise_cost(
+            tokens * hidden, tokens * hidden, 0.0, bytes_per_element
+        )  # gather rows of the embedding table
+        return {
+            g: [
+                self.compute(
+                    f"{tag}.g{g}.embed",
+                    sent[g],
+                    "embed",
+                    "embed_head",
+                    ctx,
+                    g,
+                    cost,
+                    (dim(tokens),),
+                    (dim(tokens), hidden),
+                )
+            ]
+            for g in first
+        }
 
     def stage_transfer(self, tag, base_ctx, src_stage, dst_stage, ready, tokens, layer, op="pp_send"):
         """Each rank sends its 1/tp slice of the activations to the same rank of the next stage,
@@ -120,9 +184,22 @@ class PassBuilder(LayerBuilder):
             for dst in mine:
                 src = pl.in_stage(dst, src_stage)
                 ctx = {**base_ctx, "layer": layer, "stage": src_stage}
-                sent.append(self.collective(f"{tag}.g{src}-g{dst}.{op}", as_list(ready[src]), op, "pp_comm", ctx,
-                                            (src, dst), "send_recv", (nbytes, 0.0), (0.0, nbytes), nbytes,
-                                            (dim(slice_tokens), hidden), "pp"))
+                sent.append(
+                    self.collective(
+                        f"{tag}.g{src}-g{dst}.{op}",
+                        as_list(ready[src]),
+                        op,
+                        "pp_comm",
+                        ctx,
+                        (src, dst),
+                        "send_recv",
+                        (nbytes, 0.0),
+                        (0.0, nbytes),
+                        nbytes,
+                        (dim(slice_tokens), hidden),
+                        "pp",
+                    )
+                )
             if pl.tp > 1:
                 ctx = {**base_ctx, "layer": layer, "stage": dst_stage}
                 gathered = self.allgather(f"{tag}.s{dst_stage}d{d}.L{layer}.stage_allgather", sent, ctx, group, tokens)
@@ -131,7 +208,6 @@ class PassBuilder(LayerBuilder):
             else:
                 out[group[0]] = sent[0]
         return out
-
 
 
 def sampled_decode_steps(total_steps: int, samples: int, warmup_steps: int = 2) -> list[int]:
@@ -144,11 +220,12 @@ def sampled_decode_steps(total_steps: int, samples: int, warmup_steps: int = 2) 
         return list(range(1, total_steps + 1))
     first = warmup_steps + 1
     spread = max(samples, 2)
-    return sorted(set(range(1, first)) | {round(first + i * (total_steps - first) / (spread - 1)) for i in range(spread)})
+    return sorted(
+        set(range(1, first)) | {round(first + i * (total_steps - first) / (spread - 1)) for i in range(spread)}
+    )
 
 
-def build(scenario: Scenario, decode_steps: list[int] | None = None,
-          keep: frozenset[int] | None = None) -> "Dag":
+def build(scenario: Scenario, decode_steps: list[int] | None = None, keep: frozenset[int] | None = None) -> Dag:
     """The operator DAG: prefill of every microbatch, then the decode steps.
 
     Prefill produces the first output token; decode steps t = 1 .. output_len-1 produce the rest,
@@ -160,8 +237,19 @@ def build(scenario: Scenario, decode_steps: list[int] | None = None,
     """
     bld = PassBuilder(scenario, keep)
     m_count = scenario.parallel.microbatches
-    marker = dict(kind=MARKER, category="marker", gpu=None, flops=0.0, bytes_read=0.0, bytes_written=0.0,
-                  in_shape=(), out_shape=(), layer=-1, stage=-1, microbatch=-1)
+    marker = dict(
+        kind=MARKER,
+        category="marker",
+        gpu=None,
+        flops=0.0,
+        bytes_read=0.0,
+        bytes_written=0.0,
+        in_shape=(),
+        out_shape=(),
+        layer=-1,
+        stage=-1,
+        microbatch=-1,
+    )
     bld.add("prefill.start", [], op="phase_start", phase="prefill", step=0, **marker)
     tokens = [bld.pass_reused("prefill", 0, mb, ["prefill.start"]) for mb in range(m_count)]
     bld.add("prefill.end", tokens, op="phase_end", phase="prefill", step=0, **marker)
@@ -176,13 +264,18 @@ def build(scenario: Scenario, decode_steps: list[int] | None = None,
                 deps = [tokens[mb], "decode.start"] if i == 0 else [tokens[mb]]
                 tokens[mb] = bld.pass_reused("decode", step, mb, deps)
         bld.add("decode.end", tokens, op="phase_end", phase="decode", step=steps[-1], **marker)
-    info = dict(scenario=scenario.name, num_gpus=bld.pl.num_gpus, decode_steps=list(steps),
-                total_decode_steps=total_steps, representatives=sorted(keep) if keep else None)
+    info = dict(
+        scenario=scenario.name,
+        num_gpus=bld.pl.num_gpus,
+        decode_steps=list(steps),
+        total_decode_steps=total_steps,
+        representatives=sorted(keep) if keep else None,
+    )
     return Dag(bld.names, bld.attrs, bld.twins, bld.copies, bld.src, bld.dst, info, bld.node_step)
 
 
-def build_dag(scenario: Scenario, decode_steps: list[int] | None = None,
-              keep: frozenset[int] | None = None) -> nx.DiGraph:
+def build_dag(
+    scenario: Scenario, decode_steps: list[int] | None = None, keep: frozenset[int] | None = None
+) -> nx.DiGraph:
     """`build` as a networkx DiGraph (node ids are the names, attributes the node dicts)."""
     return build(scenario, decode_steps, keep).to_networkx()
-

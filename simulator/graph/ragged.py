@@ -18,7 +18,8 @@ A batch of identical sequences (a static batch) builds exactly the nodes `build`
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from simulator.config import Scenario
 from simulator.graph.blocks import dim
@@ -138,13 +139,29 @@ def build_forward(scenario: Scenario, shape: RaggedShape, keep: frozenset[int] |
     else:
         seqs, q_len, kv_len = float(shape.decode_seqs), 1, 0
     step = 0 if phase == "prefill" else 1
-    marker = dict(kind=MARKER, category="marker", gpu=None, flops=0.0, bytes_read=0.0, bytes_written=0.0,
-                  in_shape=(), out_shape=(), layer=-1, stage=-1, microbatch=-1)
+    marker = dict(
+        kind=MARKER,
+        category="marker",
+        gpu=None,
+        flops=0.0,
+        bytes_read=0.0,
+        bytes_written=0.0,
+        in_shape=(),
+        out_shape=(),
+        layer=-1,
+        stage=-1,
+        microbatch=-1,
+    )
     bld.add(f"{phase}.start", [], op="phase_start", phase=phase, step=step, **marker)
     token = bld.assemble_pass(phase, step, 0, [f"{phase}.start"], seqs, q_len, kv_len, float(shape.sequences))
     bld.add(f"{phase}.end", [token], op="phase_end", phase=phase, step=step, **marker)
-    info = dict(scenario=scenario.name, num_gpus=bld.pl.num_gpus, decode_steps=[step] if step else [],
-                total_decode_steps=step, representatives=sorted(keep) if keep else None)
+    info = dict(
+        scenario=scenario.name,
+        num_gpus=bld.pl.num_gpus,
+        decode_steps=[step] if step else [],
+        total_decode_steps=step,
+        representatives=sorted(keep) if keep else None,
+    )
     return Dag(bld.names, bld.attrs, bld.twins, bld.copies, bld.src, bld.dst, info, bld.node_step)
 
 

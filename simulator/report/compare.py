@@ -5,18 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from simulator.config import Scenario
+from simulator.config import Scenario, with_layout
 from simulator.files import write_atomic
 from simulator.report.summary import fmt_bytes, fmt_s
-from simulator.config import with_layout
 from simulator.sweep import COST_CLASSES, LayoutResult
 
 THROUGHPUTS = ("output_tokens_per_ms_per_gpu", "prefill_tokens_per_ms_per_gpu", "total_tokens_per_ms_per_gpu")
@@ -32,17 +31,32 @@ _OBJECTIVE_TEXT = {
     "max_rate": "highest Poisson arrival rate per GPU meeting every serving target",
 }
 #: Serving figures of LayoutResult.serving shown beside a serving objective's ranking: (key, header, kind).
-_SERVING_COLUMNS = (("goodput_requests_per_s_per_gpu", "goodput req/s/GPU", ""),
-                    ("max_rate_per_s", "max rate req/s", ""),
-                    ("output_tokens_per_s_per_gpu", "serving out tok/s/GPU", ""),
-                    ("ttft_p99_s", "TTFT p99", "s"), ("tpot_p99_s", "TPOT p99", "s"),
-                    ("goodput_fraction", "goodput fraction", ""))
-_TARGET_TAG = {"output_tokens_per_ms_per_gpu": "out", "prefill_tokens_per_ms_per_gpu": "prefill",
-               "total_tokens_per_ms_per_gpu": "total", "ttft_s": "TTFT", "tpot_s": "TPOT", "total_s": "time",
-               "memory_bytes_per_gpu": "mem"}
-_SHORT = {"output_tokens_per_ms_per_gpu": "out tok/ms/GPU", "prefill_tokens_per_ms_per_gpu": "prefill tok/ms/GPU",
-          "total_tokens_per_ms_per_gpu": "total tok/ms/GPU", "ttft_s": "TTFT", "tpot_s": "TPOT",
-          "total_s": "total time", "memory_bytes_per_gpu": "memory/GPU"}
+_SERVING_COLUMNS = (
+    ("goodput_requests_per_s_per_gpu", "goodput req/s/GPU", ""),
+    ("max_rate_per_s", "max rate req/s", ""),
+    ("output_tokens_per_s_per_gpu", "serving out tok/s/GPU", ""),
+    ("ttft_p99_s", "TTFT p99", "s"),
+    ("tpot_p99_s", "TPOT p99", "s"),
+    ("goodput_fraction", "goodput fraction", ""),
+)
+_TARGET_TAG = {
+    "output_tokens_per_ms_per_gpu": "out",
+    "prefill_tokens_per_ms_per_gpu": "prefill",
+    "total_tokens_per_ms_per_gpu": "total",
+    "ttft_s": "TTFT",
+    "tpot_s": "TPOT",
+    "total_s": "time",
+    "memory_bytes_per_gpu": "mem",
+}
+_SHORT = {
+    "output_tokens_per_ms_per_gpu": "out tok/ms/GPU",
+    "prefill_tokens_per_ms_per_gpu": "prefill tok/ms/GPU",
+    "total_tokens_per_ms_per_gpu": "total tok/ms/GPU",
+    "ttft_s": "TTFT",
+    "tpot_s": "TPOT",
+    "total_s": "total time",
+    "memory_bytes_per_gpu": "memory/GPU",
+}
 
 
 def _fmt(x: float, kind: str) -> str:
@@ -92,18 +106,41 @@ def print_table(console: Console, scenario: Scenario, results: Sequence[LayoutRe
     if own is not None and own not in shown:
         shown.append(own)
     table = Table(title=f"{scenario.name}: layouts ranked by {_OBJECTIVE_TEXT[objective]}")
-    for col in ("rank", "layout", "TTFT mean", "TTFT max", "TPOT", "out tok/ms/GPU", "prefill tok/ms/GPU",
-                "total tok/ms/GPU", "memory/GPU", "targets", "dominant cost", "largest overhead"):
-        table.add_column(col, justify="left" if col in ("layout", "targets", "dominant cost", "largest overhead")
-                         else "right")
+    for col in (
+        "rank",
+        "layout",
+        "TTFT mean",
+        "TTFT max",
+        "TPOT",
+        "out tok/ms/GPU",
+        "prefill tok/ms/GPU",
+        "total tok/ms/GPU",
+        "memory/GPU",
+        "targets",
+        "dominant cost",
+        "largest overhead",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("layout", "targets", "dominant cost", "largest overhead") else "right"
+        )
     for r in shown:
         name = f"{r.label} [bold](scenario)[/bold]" if r.own else r.label
         if r.status != "ok":
             table.add_row("-", name, "", "", "", "", "", "", _memory_text(r), r.status, r.error, "")
             continue
-        table.add_row(str(r.rank), name, _fmt(r.ttft_mean_s, "s"), _fmt(r.ttft_max_s, "s"), _fmt(r.tpot_s, "s"),
-                      *(_fmt(r.throughput[k], "") for k in THROUGHPUTS), _memory_text(r),
-                      _verdicts(r), r.dominant, r.overhead, style="green" if r.all_met else None)
+        table.add_row(
+            str(r.rank),
+            name,
+            _fmt(r.ttft_mean_s, "s"),
+            _fmt(r.ttft_max_s, "s"),
+            _fmt(r.tpot_s, "s"),
+            *(_fmt(r.throughput[k], "") for k in THROUGHPUTS),
+            _memory_text(r),
+            _verdicts(r),
+            r.dominant,
+            r.overhead,
+            style="green" if r.all_met else None,
+        )
     console.print(table)
     columns = _serving_columns(results)
     if columns:
@@ -112,13 +149,17 @@ def print_table(console: Console, scenario: Scenario, results: Sequence[LayoutRe
             serving.add_column(col, justify="left" if col == "layout" else "right")
         for r in shown:
             if r.status == "ok":
-                serving.add_row(str(r.rank), r.label, *(_fmt(r.serving.get(k, math.nan), kind) for k, _, kind in columns))
+                serving.add_row(
+                    str(r.rank), r.label, *(_fmt(r.serving.get(k, math.nan), kind) for k, _, kind in columns)
+                )
         console.print(serving)
     best = winner(results)
     if best is not None:
-        console.print(f"best: [bold]{best.label}[/bold] ({_OBJECTIVE_TEXT[objective]}); "
-                      f"{'meets every target' if best.all_met else 'misses a target'}; "
-                      f"dominant cost {best.dominant}")
+        console.print(
+            f"best: [bold]{best.label}[/bold] ({_OBJECTIVE_TEXT[objective]}); "
+            f"{'meets every target' if best.all_met else 'misses a target'}; "
+            f"dominant cost {best.dominant}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,12 +167,23 @@ def print_table(console: Console, scenario: Scenario, results: Sequence[LayoutRe
 
 
 def _row(r: LayoutResult, target_names: list[str]) -> dict:
-    row = {"rank": r.rank if r.rank is not None else "", "layout": r.label, "own": r.own, "status": r.status,
-           **r.layout.degrees(), "ttft_mean_s": r.ttft_mean_s, "ttft_max_s": r.ttft_max_s, "tpot_s": r.tpot_s}
+    row = {
+        "rank": r.rank if r.rank is not None else "",
+        "layout": r.label,
+        "own": r.own,
+        "status": r.status,
+        **r.layout.degrees(),
+        "ttft_mean_s": r.ttft_mean_s,
+        "ttft_max_s": r.ttft_max_s,
+        "tpot_s": r.tpot_s,
+    }
     for k in THROUGHPUTS:
         row[k] = r.throughput.get(k, math.nan)
-    row.update(memory_bytes_per_gpu=r.memory_bytes_per_gpu, capacity_bytes=r.capacity_bytes,
-               fits=r.fits if math.isfinite(r.memory_bytes_per_gpu) else "")
+    row.update(
+        memory_bytes_per_gpu=r.memory_bytes_per_gpu,
+        capacity_bytes=r.capacity_bytes,
+        fits=r.fits if math.isfinite(r.memory_bytes_per_gpu) else "",
+    )
     met = {t.metric: t.met for t in r.targets}
     for name in target_names:
         row[f"target_{name}"] = ("met" if met[name] else "missed") if name in met else ""
@@ -153,47 +205,75 @@ def comparison_csv(results: Sequence[LayoutResult], target_names: list[str]) -> 
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["layout"], lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (repr(v) if isinstance(v, float) and math.isfinite(v) else
-                             ("" if isinstance(v, float) else v)) for k, v in row.items()})
+        writer.writerow(
+            {
+                k: (repr(v) if isinstance(v, float) and math.isfinite(v) else ("" if isinstance(v, float) else v))
+                for k, v in row.items()
+            }
+        )
     return buffer.getvalue()
 
 
 def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective: str) -> str:
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
-    lines = [f"# Layout comparison: {scenario.name}", "",
-             f"{len(results)} layouts on {results[0].layout.num_gpus if results else 0} GPUs: {counts['ok']} simulated, "
-             f"{counts['screened']} screened out (weights + KV cache do not fit), {counts['failed']} failed. "
-             f"Ranked by {_OBJECTIVE_TEXT[objective]}. Workload: batch {scenario.workload.batch_size}, "
-             f"input {scenario.workload.input_len_tokens}, output {scenario.workload.output_len_tokens} tokens.", ""]
+    lines = [
+        f"# Layout comparison: {scenario.name}",
+        "",
+        f"{len(results)} layouts on {results[0].layout.num_gpus if results else 0} GPUs: {counts['ok']} simulated, "
+        f"{counts['screened']} screened out (weights + KV cache do not fit), {counts['failed']} failed. "
+        f"Ranked by {_OBJECTIVE_TEXT[objective]}. Workload: batch {scenario.workload.batch_size}, "
+        f"input {scenario.workload.input_len_tokens}, output {scenario.workload.output_len_tokens} tokens.",
+        "",
+    ]
     best = winner(results)
     if best is not None:
-        lines += [f"**Best: {best.label}** ({'meets every target' if best.all_met else 'misses a target'}; "
-                  f"dominant cost: {best.dominant}). `best.yaml` holds it as a scenario.", ""]
-    lines += ["| rank | layout | TTFT mean | TTFT max | TPOT | out tok/ms/GPU | prefill tok/ms/GPU | total tok/ms/GPU "
-              "| memory/GPU | targets | dominant cost | largest overhead |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+        lines += [
+            f"**Best: {best.label}** ({'meets every target' if best.all_met else 'misses a target'}; "
+            f"dominant cost: {best.dominant}). `best.yaml` holds it as a scenario.",
+            "",
+        ]
+    lines += [
+        "| rank | layout | TTFT mean | TTFT max | TPOT | out tok/ms/GPU | prefill tok/ms/GPU | total tok/ms/GPU "
+        "| memory/GPU | targets | dominant cost | largest overhead |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
     for r in results:
         name = f"**{r.label}** (scenario)" if r.own else r.label
         if r.status != "ok":
             lines.append(f"| - | {name} | | | | | | | {_memory_text(r)} | {r.status} | {r.error} | |")
             continue
-        lines.append(f"| {r.rank} | {name} | {_fmt(r.ttft_mean_s, 's')} | {_fmt(r.ttft_max_s, 's')} | "
-                     f"{_fmt(r.tpot_s, 's')} | " + " | ".join(_fmt(r.throughput[k], "") for k in THROUGHPUTS) +
-                     f" | {_memory_text(r)} | {_verdicts(r)} | {r.dominant} | {r.overhead} |")
+        lines.append(
+            f"| {r.rank} | {name} | {_fmt(r.ttft_mean_s, 's')} | {_fmt(r.ttft_max_s, 's')} | "
+            f"{_fmt(r.tpot_s, 's')} | "
+            + " | ".join(_fmt(r.throughput[k], "") for k in THROUGHPUTS)
+            + f" | {_memory_text(r)} | {_verdicts(r)} | {r.dominant} | {r.overhead} |"
+        )
     columns = _serving_columns(results)
     if columns:
-        lines += ["", "## Serving simulation per layout", "",
-                  "| rank | layout | " + " | ".join(header for _, header, _ in columns) + " |",
-                  "|---:|---|" + "---:|" * len(columns)]
-        lines += [f"| {r.rank} | {r.label} | " + " | ".join(_fmt(r.serving.get(k, math.nan), kind)
-                                                          for k, _, kind in columns) + " |"
-                  for r in results if r.status == "ok"]
+        lines += [
+            "",
+            "## Serving simulation per layout",
+            "",
+            "| rank | layout | " + " | ".join(header for _, header, _ in columns) + " |",
+            "|---:|---|" + "---:|" * len(columns),
+        ]
+        lines += [
+            f"| {r.rank} | {r.label} | "
+            + " | ".join(_fmt(r.serving.get(k, math.nan), kind) for k, _, kind in columns)
+            + " |"
+            for r in results
+            if r.status == "ok"
+        ]
     tags = ", ".join(f"{tag} = {metric}" for metric, tag in _TARGET_TAG.items() if metric in scenario.targets)
-    lines += ["", "Dominant cost: the largest share of GPU time (makespan x GPUs) among compute-bound kernels, "
-              "memory-bound kernels, kernel launches, exposed TP communication, exposed EP all-to-all, and "
-              "pipeline bubbles (compute streams idle waiting for other stages); largest overhead: the biggest of "
-              "the last four, with its share. Layout names list the degrees above 1 (PP, DP, TP, EP, ETP) and the "
-              f"microbatch count (mb). Targets: {tags}.", ""]
+    lines += [
+        "",
+        "Dominant cost: the largest share of GPU time (makespan x GPUs) among compute-bound kernels, "
+        "memory-bound kernels, kernel launches, exposed TP communication, exposed EP all-to-all, and "
+        "pipeline bubbles (compute streams idle waiting for other stages); largest overhead: the biggest of "
+        "the last four, with its share. Layout names list the degrees above 1 (PP, DP, TP, EP, ETP) and the "
+        f"microbatch count (mb). Targets: {tags}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -204,9 +284,11 @@ def best_yaml(scenario: Scenario, best: LayoutResult, objective: str) -> str:
     data = variant.model_dump(mode="json", exclude_none=True, exclude={"declared"})
     data["description"] = f"{scenario.name} on its best layout by moesim compare: {best.label}"
     tput = best.throughput.get("output_tokens_per_ms_per_gpu", math.nan)
-    header = (f"# Written by `moesim compare` (objective: {_OBJECTIVE_TEXT[objective]}).\n"
-              f"# Layout {best.label}: TTFT max {_fmt(best.ttft_max_s, 's')}, TPOT {_fmt(best.tpot_s, 's')}, "
-              f"{tput:.4g} output tokens/ms/GPU, {_fmt(best.memory_bytes_per_gpu, 'bytes')} per GPU.\n")
+    header = (
+        f"# Written by `moesim compare` (objective: {_OBJECTIVE_TEXT[objective]}).\n"
+        f"# Layout {best.label}: TTFT max {_fmt(best.ttft_max_s, 's')}, TPOT {_fmt(best.tpot_s, 's')}, "
+        f"{tput:.4g} output tokens/ms/GPU, {_fmt(best.memory_bytes_per_gpu, 'bytes')} per GPU.\n"
+    )
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
@@ -253,7 +335,10 @@ def pareto_png(scenario: Scenario, results: Sequence[LayoutResult]) -> bytes:
     fig = Figure(figsize=(16, 7.5), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    panels = (("ttft_max_s", "ttft_s", "worst-case TTFT"), ("tpot_s", "tpot_s", "TPOT (time per output token, per user)"))
+    panels = (
+        ("ttft_max_s", "ttft_s", "worst-case TTFT"),
+        ("tpot_s", "tpot_s", "TPOT (time per output token, per user)"),
+    )
     placements = []
     for ax, (attr, metric, title) in zip(axes, panels):
         xs = [getattr(r, attr) * 1e3 for r in rows]
@@ -261,12 +346,28 @@ def pareto_png(scenario: Scenario, results: Sequence[LayoutResult]) -> bytes:
         front = sorted(pareto_front(list(zip(xs, ys))), key=lambda i: xs[i])
         colors = ["tab:green" if r.all_met else "tab:gray" for r in rows]
         ax.scatter(xs, ys, s=24, c=colors, alpha=0.6, zorder=2, linewidths=0)
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:red", lw=1.6, ms=7, zorder=3,
-                label="Pareto-optimal (named)")
+        ax.plot(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            "-o",
+            color="tab:red",
+            lw=1.6,
+            ms=7,
+            zorder=3,
+            label="Pareto-optimal (named)",
+        )
         own = [i for i, r in enumerate(rows) if r.own]
         for i in own:
-            ax.scatter([xs[i]], [ys[i]], s=280, facecolors="none", edgecolors="tab:blue", linewidths=2, zorder=6,
-                       label=f"scenario's layout: {rows[i].label} (#{rows[i].rank})")
+            ax.scatter(
+                [xs[i]],
+                [ys[i]],
+                s=280,
+                facecolors="none",
+                edgecolors="tab:blue",
+                linewidths=2,
+                zorder=6,
+                label=f"scenario's layout: {rows[i].label} (#{rows[i].rank})",
+            )
         ax.scatter([], [], s=24, c="tab:green", label="meets every target")
         ax.scatter([], [], s=24, c="tab:gray", label="misses a target")
         _scale_axes(ax, xs, ys)
@@ -276,16 +377,26 @@ def pareto_png(scenario: Scenario, results: Sequence[LayoutResult]) -> bytes:
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
         if notes:
-            ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom",
-                    bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+            ax.text(
+                0.01,
+                0.01,
+                "\n".join(notes),
+                transform=ax.transAxes,
+                fontsize=8,
+                va="bottom",
+                bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
+            )
         labels = [(i, f"#{rows[i].rank} {rows[i].label}", True) for i in front]
         labels += [(i, f"#{rows[i].rank} {rows[i].label}", True) for i in own if i not in front]
         labels += [(i, str(r.rank), False) for i, r in enumerate(rows) if i not in front and not r.own]
         placements.append((ax, xs, ys, labels))
     w = scenario.workload
-    fig.suptitle(f"{scenario.name}: {len(rows)} layouts on {rows[0].layout.num_gpus if rows else 0} GPUs that fit "
-                 f"(batch {w.batch_size}, input {w.input_len_tokens}, output {w.output_len_tokens} tokens); "
-                 f"small numbers are ranks in comparison.md", fontsize=11)
+    fig.suptitle(
+        f"{scenario.name}: {len(rows)} layouts on {rows[0].layout.num_gpus if rows else 0} GPUs that fit "
+        f"(batch {w.batch_size}, input {w.input_len_tokens}, output {w.output_len_tokens} tokens); "
+        f"small numbers are ranks in comparison.md",
+        fontsize=11,
+    )
     fig.tight_layout()  # before the labels: they are placed where the axes end up, and kept inside them
     for ax, xs, ys, labels in placements:
         _place_labels(fig, ax, xs, ys, labels)
@@ -331,12 +442,28 @@ def _target_lines(ax, scenario: Scenario, metric: str, xs: list[float], ys: list
             ax.set_ylim(y0, max(y1, tput.min * 1.05))
         else:
             best = max((y for y in ys if math.isfinite(y)), default=math.nan)
-            notes.append(f"{text}: out of reach (best {best:.3g}, {tput.min / best:.0f}x short; line off the chart, top)")
+            notes.append(
+                f"{text}: out of reach (best {best:.3g}, {tput.min / best:.0f}x short; line off the chart, top)"
+            )
     return notes
 
 
-_OFFSETS = [(6, 5), (6, -12), (-8, 6), (-8, -12), (10, -3), (-12, -3), (0, 10), (0, -15), (14, 10), (14, -18),
-            (-18, 10), (-18, -18), (22, 0), (-26, 0)]
+_OFFSETS = [
+    (6, 5),
+    (6, -12),
+    (-8, 6),
+    (-8, -12),
+    (10, -3),
+    (-12, -3),
+    (0, 10),
+    (0, -15),
+    (14, 10),
+    (14, -18),
+    (-18, 10),
+    (-18, -18),
+    (22, 0),
+    (-26, 0),
+]
 
 
 def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[tuple[int, str, bool]]) -> None:
@@ -356,12 +483,15 @@ def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[tuple[
     grid = _BoxGrid(cell_px=40.0)
     fonts = {True: FontProperties(size=8.5, weight="bold"), False: FontProperties(size=6.5)}
     # a Text's box spans a whole line: at least the height and descent of "lp" (as matplotlib lays it out)
-    line = {major: renderer.get_text_width_height_descent("lp", font, ismath=False)[1:] for major, font in fonts.items()}
+    line = {
+        major: renderer.get_text_width_height_descent("lp", font, ismath=False)[1:] for major, font in fonts.items()
+    }
     for i, text, major in labels:
         if not (math.isfinite(xs[i]) and math.isfinite(ys[i])):
             continue
-        style = ({"fontsize": 8.5, "fontweight": "bold", "color": "tab:red"} if major
-                 else {"fontsize": 6.5, "color": "0.3"})
+        style = (
+            {"fontsize": 8.5, "fontweight": "bold", "color": "tab:red"} if major else {"fontsize": 6.5, "color": "0.3"}
+        )
         width, height, descent = renderer.get_text_width_height_descent(text, fonts[major], ismath=False)
         height, descent = max(height, line[major][0]), max(descent, line[major][1])
         chosen = None
@@ -377,11 +507,21 @@ def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[tuple[
             if not major:
                 continue
             chosen = _OFFSETS[0]  # a Pareto name is always shown, even where it must overlap
-            box = Bbox.from_bounds(anchors[i][0] + chosen[0] * px_per_point,
-                                   anchors[i][1] + chosen[1] * px_per_point - descent, width, height)
+            box = Bbox.from_bounds(
+                anchors[i][0] + chosen[0] * px_per_point,
+                anchors[i][1] + chosen[1] * px_per_point - descent,
+                width,
+                height,
+            )
         # a plain Text at the point, shifted by the offset in points (lighter than an Annotation)
-        ax.text(xs[i], ys[i], text, zorder=7, **style,
-                transform=offset_copy(ax.transData, fig=fig, x=chosen[0], y=chosen[1], units="points"))
+        ax.text(
+            xs[i],
+            ys[i],
+            text,
+            zorder=7,
+            **style,
+            transform=offset_copy(ax.transData, fig=fig, x=chosen[0], y=chosen[1], units="points"),
+        )
         grid.add(box)
 
 
@@ -394,8 +534,11 @@ class _BoxGrid:
 
     def _keys(self, box):
         c = self.cell
-        return [(gx, gy) for gx in range(math.floor(box.x0 / c), math.floor(box.x1 / c) + 1)
-                for gy in range(math.floor(box.y0 / c), math.floor(box.y1 / c) + 1)]
+        return [
+            (gx, gy)
+            for gx in range(math.floor(box.x0 / c), math.floor(box.x1 / c) + 1)
+            for gy in range(math.floor(box.y0 / c), math.floor(box.y1 / c) + 1)
+        ]
 
     def overlaps(self, box) -> bool:
         return any(box.overlaps(other) for key in self._keys(box) for other in self.cells.get(key, ()))

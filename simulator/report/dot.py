@@ -16,17 +16,32 @@ from pathlib import Path
 
 import networkx as nx
 
-from simulator.report.folded import FOLDED, TRANSFER_OPS, folded_view, gpu_list, pass_name, stage_layers_of
-from simulator.report.graph_json import write_graph_json
 from simulator.files import write_atomic
 from simulator.graph import NodeKind
+from simulator.report.folded import FOLDED, TRANSFER_OPS, folded_view, gpu_list, pass_name, stage_layers_of
+from simulator.report.graph_json import write_graph_json
 
 # ColorBrewer Set3 (pastel, black text stays readable on every entry); cycles for more GPUs.
-GPU_PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3",
-               "#fdb462", "#b3de69", "#fccde5", "#bc80bd", "#ccebc5")
+GPU_PALETTE = (
+    "#8dd3c7",
+    "#ffffb3",
+    "#bebada",
+    "#fb8072",
+    "#80b1d3",
+    "#fdb462",
+    "#b3de69",
+    "#fccde5",
+    "#bc80bd",
+    "#ccebc5",
+)
 COMM_FILL, COMM_BORDER, FOLDED_FILL = "#f2f2f2", "#505050", "#fff7dc"
-SHAPES = {NodeKind.COMPUTE: "box", NodeKind.COMM: "ellipse", NodeKind.ROUTING: "parallelogram",
-          FOLDED: "box3d", NodeKind.MARKER: "plaintext"}
+SHAPES = {
+    NodeKind.COMPUTE: "box",
+    NodeKind.COMM: "ellipse",
+    NodeKind.ROUTING: "parallelogram",
+    FOLDED: "box3d",
+    NodeKind.MARKER: "plaintext",
+}
 ROUTING_SOURCE_OPS = frozenset({"topk", "router", "moe_permute"})
 DOT_MISSING = "Graphviz 'dot' not found: install it (apt-get install graphviz)"
 DOT_TIMEOUT_S = 300
@@ -79,8 +94,11 @@ def _node_label(n: str, a: dict) -> str:
         if a.get("op") == "token":
             return f"token out\n({pass_name(a['phase'], a['step'], a['microbatch']).lower()})"
         return n
-    lines = [str(a.get("op", n)), format_gpus(a),
-             f"{format_shape(a.get('in_shape'))} -> {format_shape(a.get('out_shape'))}"]
+    lines = [
+        str(a.get("op", n)),
+        format_gpus(a),
+        f"{format_shape(a.get('in_shape'))} -> {format_shape(a.get('out_shape'))}",
+    ]
     return "\n".join(x for x in lines if x)
 
 
@@ -90,8 +108,11 @@ def _node_style(a: dict, label: str) -> dict:
     if kind == NodeKind.ROUTING:
         # Graphviz grows a parallelogram around its label's box, to ~3x a rectangle; size it by hand.
         chars = max(len(line) for line in label.split("\n"))
-        style.update(fixedsize="true", width=f"{chars * 11 * 0.56 / 72 + 0.7:.2f}",
-                     height=f"{0.2 + 0.19 * (label.count(chr(10)) + 1):.2f}")
+        style.update(
+            fixedsize="true",
+            width=f"{chars * 11 * 0.56 / 72 + 0.7:.2f}",
+            height=f"{0.2 + 0.19 * (label.count(chr(10)) + 1):.2f}",
+        )
     if kind in (NodeKind.COMPUTE, NodeKind.ROUTING):
         gpu = a.get("gpu")
         fill = gpu_colour(gpu) if isinstance(gpu, int) else COMM_FILL
@@ -126,8 +147,11 @@ def _placement(n: str, a: dict, stage_layers: dict[int, list[int]]) -> tuple:
     pass_key = (a.get("step", 0), a.get("microbatch", 0))
     stage, layer = a.get("stage", -1), a.get("layer", -1)
     # Stage transfers (their layer lies outside the stage) sit between the stage clusters.
-    transfer = a.get("op") in TRANSFER_OPS or a.get("kind") == NodeKind.MARKER or (
-        layer >= 0 and layer not in stage_layers.get(stage, ()))
+    transfer = (
+        a.get("op") in TRANSFER_OPS
+        or a.get("kind") == NodeKind.MARKER
+        or (layer >= 0 and layer not in stage_layers.get(stage, ()))
+    )
     if transfer or stage < 0:
         return (phase, pass_key)
     return (phase, pass_key, stage)
@@ -149,9 +173,16 @@ def to_dot(view: nx.DiGraph, title: str, notes: list[str]) -> str:
             node = node.setdefault(part, {})
         node.setdefault(None, []).append(n)
 
-    gpus = sorted({x for _, a in view.nodes(data=True) if a.get("kind") != FOLDED
-                   for x in (a["gpu"] if isinstance(a.get("gpu"), (tuple, list)) else
-                             () if a.get("gpu") is None else (a["gpu"],))})
+    gpus = sorted(
+        {
+            x
+            for _, a in view.nodes(data=True)
+            if a.get("kind") != FOLDED
+            for x in (
+                a["gpu"] if isinstance(a.get("gpu"), (tuple, list)) else () if a.get("gpu") is None else (a["gpu"],)
+            )
+        }
+    )
     out = [
         "digraph dag {",
         f"  graph [rankdir=TB, newrank=true, label={_q(title)}, labelloc=t, fontsize=26, "
@@ -163,8 +194,7 @@ def to_dot(view: nx.DiGraph, title: str, notes: list[str]) -> str:
     out += _legend(gpus, notes)
     for key in sorted((k for k in tree if k is not None), key=_phase_rank):
         out += _cluster(view, tree[key], (key,), stage_layers, depth=1)
-    out += [f"  {_q(n)} {_node_attrs(n, view.nodes[n])};"
-            for n in tree.get(None, [])]
+    out += [f"  {_q(n)} {_node_attrs(n, view.nodes[n])};" for n in tree.get(None, [])]
     out += [_edge_line(u, v, view) for u, v in view.edges()]
     out += _stacking_edges(view, bool(notes))
     out.append("}")
@@ -173,8 +203,11 @@ def to_dot(view: nx.DiGraph, title: str, notes: list[str]) -> str:
 
 def _stacking_edges(view: nx.DiGraph, has_notes: bool) -> list[str]:
     """Invisible edges that stack legend, prefill and decode vertically instead of side by side."""
-    marks = {(a.get("phase"), a.get("op")): n for n, a in view.nodes(data=True)
-             if a.get("op") in ("phase_start", "phase_end")}
+    marks = {
+        (a.get("phase"), a.get("op")): n
+        for n, a in view.nodes(data=True)
+        if a.get("op") in ("phase_start", "phase_end")
+    }
     phases = sorted({p for p, _ in marks}, key=_phase_rank)
     lines = []
     if phases and (phases[0], "phase_start") in marks:
@@ -209,10 +242,12 @@ def _cluster(view, subtree: dict, path: tuple, stage_layers, depth: int) -> list
     members = _members(subtree)
     name = "cluster_" + "_".join(str(p).replace(" ", "").replace(",", "_").strip("()") for p in path)
     fill = ("#fafafa", "#f3f6fb", "#ffffff")[min(depth - 1, 2)]
-    lines = [f"{pad}subgraph {_q(name)} {{",
-             f"{pad}  graph [label={_q(_cluster_caption(path, view, members, stage_layers))}, "
-             f"fontsize={max(14, 24 - 4 * depth)}, fontname=\"Helvetica-Bold\", labeljust=l, "
-             f"style=\"rounded,filled\", fillcolor={_q(fill)}, color=\"#9a9a9a\", margin=12];"]
+    lines = [
+        f"{pad}subgraph {_q(name)} {{",
+        f"{pad}  graph [label={_q(_cluster_caption(path, view, members, stage_layers))}, "
+        f'fontsize={max(14, 24 - 4 * depth)}, fontname="Helvetica-Bold", labeljust=l, '
+        f'style="rounded,filled", fillcolor={_q(fill)}, color="#9a9a9a", margin=12];',
+    ]
     for n in subtree.get(None, []):
         a = view.nodes[n]
         lines.append(f"{pad}  {_q(n)} {_node_attrs(n, a)};")
@@ -233,17 +268,22 @@ def _members(subtree: dict) -> list[str]:
 
 def _legend(gpus: list[int], notes: list[str]) -> list[str]:
     """A legend cluster (shapes, edge styles, GPU colours) and the fold notes, above the graph."""
-    lines = ['  subgraph "cluster_legend" {',
-             '    graph [label="Legend", fontsize=18, fontname="Helvetica-Bold", labeljust=l, style="rounded,filled", '
-             'fillcolor="#ffffff", color="#9a9a9a", margin=10];']
+    lines = [
+        '  subgraph "cluster_legend" {',
+        '    graph [label="Legend", fontsize=18, fontname="Helvetica-Bold", labeljust=l, style="rounded,filled", '
+        'fillcolor="#ffffff", color="#9a9a9a", margin=10];',
+    ]
     samples = [
         ("legend.compute", "computation\n(GPU colour)", {"kind": "compute", "gpu": 0}),
         ("legend.comm", "communication\n(GPU group named)", {"kind": "communication"}),
         ("legend.routing", "routing\n(router, top-k, sample)", {"kind": "routing", "gpu": 0}),
         ("legend.folded", "folded repeats\n(layers, steps, microbatches)", {"kind": FOLDED}),
         ("legend.marker", "marker\n(phase start/end, token)", {"kind": "marker"}),
-        ("legend.edge", "solid arrow: dependency\ndashed arrow: routing decision\n(gate -> dispatch)",
-         {"kind": "text"}),
+        (
+            "legend.edge",
+            "solid arrow: dependency\ndashed arrow: routing decision\n(gate -> dispatch)",
+            {"kind": "text"},
+        ),
     ]
     palette = len(GPU_PALETTE)
     for i, gpu in enumerate(gpus[:palette]):
@@ -259,11 +299,13 @@ def _legend(gpus: list[int], notes: list[str]) -> list[str]:
     if notes:
         wrapped = "\n".join("\n".join(textwrap.wrap("- " + s, 110, subsequent_indent="  ")) for s in notes)
         label = _q(wrapped, justify="\\l")
-        lines += ['  subgraph "cluster_notes" {',
-                  '    graph [label="What is folded", fontsize=18, fontname="Helvetica-Bold", labeljust=l, '
-                  'style="rounded,filled", fillcolor="#fffdf3", color="#9a9a9a", margin=10];',
-                  f"    \"notes\" [shape=plaintext, fontsize=13, label={label}];",
-                  "  }"]
+        lines += [
+            '  subgraph "cluster_notes" {',
+            '    graph [label="What is folded", fontsize=18, fontname="Helvetica-Bold", labeljust=l, '
+            'style="rounded,filled", fillcolor="#fffdf3", color="#9a9a9a", margin=10];',
+            f'    "notes" [shape=plaintext, fontsize=13, label={label}];',
+            "  }",
+        ]
     return lines
 
 
@@ -274,9 +316,15 @@ def require_graphviz(hint: str = "") -> None:
         raise RuntimeError(DOT_MISSING + hint)
 
 
-def render_dag(g: nx.DiGraph, out_dir: str | Path, title: str | None = None,
-               max_decode_steps: int = 1, full_json: bool = True, draw: bool = True,
-               formats: tuple[str, ...] = ("svg", "png")) -> dict[str, Path]:
+def render_dag(
+    g: nx.DiGraph,
+    out_dir: str | Path,
+    title: str | None = None,
+    max_decode_steps: int = 1,
+    full_json: bool = True,
+    draw: bool = True,
+    formats: tuple[str, ...] = ("svg", "png"),
+) -> dict[str, Path]:
     """Write the folded drawing as `dag.dot` and `dag.<format>` for each of `formats` (unless not
     `draw`; Graphviz takes ~50 ms for the SVG, seconds for the PNG) and, when `full_json`,
     `dag.json` (the complete graph, node-link JSON: large).

@@ -77,8 +77,16 @@ def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, l
         key_of[n] = key
         box = boxes.get(key)
         if box is None:
-            box = boxes[key] = {"nodes": 0, "gpus": set(), "layers": set(), "steps": set(), "mbs": set(),
-                                "kv": set(), "phase": a["phase"], "stage": a["stage"]}
+            box = boxes[key] = {
+                "nodes": 0,
+                "gpus": set(),
+                "layers": set(),
+                "steps": set(),
+                "mbs": set(),
+                "kv": set(),
+                "phase": a["phase"],
+                "stage": a["stage"],
+            }
             view.add_node(key)  # attributes filled in below; added now to keep the graph's order
         box["nodes"] += 1
         gpu = a.get("gpu")
@@ -97,8 +105,9 @@ def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, l
             edges[(ku, kv)] = None
     view.add_edges_from(edges)
 
-    shown_steps = sorted({a["step"] for _, a in view.nodes(data=True)
-                          if a.get("phase") == "decode" and a.get("microbatch") == first_mb})
+    shown_steps = sorted(
+        {a["step"] for _, a in view.nodes(data=True) if a.get("phase") == "decode" and a.get("microbatch") == first_mb}
+    )
     for key, box in boxes.items():
         view.nodes[key].update(_box_attrs(key, box, stage_layers, first_mb, shown_steps))
     notes = _notes(g, view, boxes, stage_layers, first_mb)
@@ -149,9 +158,18 @@ def _box_attrs(key: str, box: dict, stage_layers, first_mb: int, shown_steps: li
         detail = [where]
     detail.append(f"{box['nodes']} operators folded")
     return {
-        "op": FOLDED, "kind": FOLDED, "category": FOLDED, "phase": box["phase"],
-        "step": min(box["steps"]), "microbatch": min(box["mbs"]), "stage": box["stage"], "layer": -1,
-        "gpu": gpus, "in_shape": (), "out_shape": (), "folded_nodes": box["nodes"],
+        "op": FOLDED,
+        "kind": FOLDED,
+        "category": FOLDED,
+        "phase": box["phase"],
+        "step": min(box["steps"]),
+        "microbatch": min(box["mbs"]),
+        "stage": box["stage"],
+        "layer": -1,
+        "gpu": gpus,
+        "in_shape": (),
+        "out_shape": (),
+        "folded_nodes": box["nodes"],
         "label": "\n".join([head] + [d for d in detail if d]),
     }
 
@@ -165,15 +183,19 @@ def _and(parts: list[str]) -> str:
 
 
 def _notes(g, view, boxes, stage_layers, first_mb) -> list[str]:
-    notes = [f"The full graph has {g.number_of_nodes()} operators and {g.number_of_edges()} dependencies; "
-             f"this drawing shows {view.number_of_nodes()} nodes. Each box stands for the operators folded "
-             "into it and keeps their dependencies as edges."]
+    notes = [
+        f"The full graph has {g.number_of_nodes()} operators and {g.number_of_edges()} dependencies; "
+        f"this drawing shows {view.number_of_nodes()} nodes. Each box stands for the operators folded "
+        "into it and keeps their dependencies as edges."
+    ]
     representatives = g.graph.get("representatives")
     if representatives:
         groups = represented_gpus(representatives, g.graph["num_gpus"])
-        notes.append("Symmetric GPUs folded (exact): only "
-                     + "; ".join(f"GPU {r}, standing for GPUs {', '.join(map(str, gpus))}" for r, gpus in groups.items())
-                     + ", were built and simulated.")
+        notes.append(
+            "Symmetric GPUs folded (exact): only "
+            + "; ".join(f"GPU {r}, standing for GPUs {', '.join(map(str, gpus))}" for r, gpus in groups.items())
+            + ", were built and simulated."
+        )
     layer_boxes = defaultdict(list)
     for key, box in boxes.items():
         if key.endswith(".layers"):
@@ -183,19 +205,25 @@ def _notes(g, view, boxes, stage_layers, first_mb) -> list[str]:
         parts = [f"{_plural('layer', b['layers'])} of stage {b['stage']} (GPU {gpu_list(b['gpus'])})" for b in bs]
         per_layer = bs[0]["nodes"] // max(1, len(bs[0]["layers"]))
         per = " per stage" if len(bs) > 1 else ""
-        notes.append(f"{pass_name(phase, step, first_mb)}: {_and(parts)} folded into one box{per}; "
-                     f"each folded layer repeats the operators of its stage's first layer "
-                     f"({per_layer} operators per layer).")
+        notes.append(
+            f"{pass_name(phase, step, first_mb)}: {_and(parts)} folded into one box{per}; "
+            f"each folded layer repeats the operators of its stage's first layer "
+            f"({per_layer} operators per layer)."
+        )
     if "fold.decode.steps" in boxes:
         b = boxes["fold.decode.steps"]
         kv = f" (KV length {_kv_range(b['kv'])})" if b["kv"] else ""
-        notes.append(f"{_plural('Decode step', b['steps'])} of microbatch {first_mb}: folded into one box "
-                     f"({b['nodes']} operators); each repeats the step shown with the KV length one longer "
-                     f"per step{kv}.")
+        notes.append(
+            f"{_plural('Decode step', b['steps'])} of microbatch {first_mb}: folded into one box "
+            f"({b['nodes']} operators); each repeats the step shown with the KV length one longer "
+            f"per step{kv}."
+        )
     other = [b for k, b in boxes.items() if k.endswith(".microbatches")]
     if other:
         mbs = set().union(*(b["mbs"] for b in other))
         n = sum(b["nodes"] for b in other)
-        notes.append(f"{_plural('Microbatch', mbs)}: folded into one box per phase ({n} operators), the same "
-                     f"operators as microbatch {first_mb} on the same GPUs.")
+        notes.append(
+            f"{_plural('Microbatch', mbs)}: folded into one box per phase ({n} operators), the same "
+            f"operators as microbatch {first_mb} on the same GPUs."
+        )
     return notes

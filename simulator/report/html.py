@@ -26,17 +26,27 @@ INDEX_FILE = "index.html"
 
 #: Category colours for the share bars (same as the timeline's; kept here so the page needs no matplotlib).
 _SHARE_COLOURS = {
-    "attention": "#4C72B0", "experts": "#DD8452", "ffn": "#E5AE38", "router": "#937860",
-    "norm_residual": "#A5A5A5", "embed_head": "#64B5CD", "tp_comm": "#55A868", "ep_comm": "#C44E52",
+    "attention": "#4C72B0",
+    "experts": "#DD8452",
+    "ffn": "#E5AE38",
+    "router": "#937860",
+    "norm_residual": "#A5A5A5",
+    "embed_head": "#64B5CD",
+    "tp_comm": "#55A868",
+    "ep_comm": "#C44E52",
     "pp_comm": "#8172B3",
 }
 
 
 @lru_cache(maxsize=1)
 def _templates() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("simulator.report", "templates"),
-                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                              undefined=jinja2.StrictUndefined)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("simulator.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
 
 
 def _e(value) -> str:
@@ -57,26 +67,41 @@ def _results(summary: dict) -> list[list[str]]:
     rows = [
         ["TTFT mean / p50 / p99 / max", " / ".join(fmt_s(ttft[k]) for k in ("mean", "p50", "p99", "max"))],
         ["TPOT (time per output token)", fmt_tpot(summary["tpot_s"]) + sampled_note(summary, "tpot_s")],
-        ["prefill / decode / total", f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / "
-                                     f"{fmt_s(summary['total_s'])}{sampled_note(summary, 'total_s')}"],
+        [
+            "prefill / decode / total",
+            f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / "
+            f"{fmt_s(summary['total_s'])}{sampled_note(summary, 'total_s')}",
+        ],
     ]
     rows += [[k.replace("_", " "), f"{v:.4g}{sampled_note(summary, k)}"] for k, v in summary["throughput"].items()]
     if summary.get("memory"):
         mem = max(summary["memory"], key=lambda m: m["total_bytes"])
-        rows.append(["memory (busiest GPU)", f"{fmt_bytes(mem['total_bytes'])} = {100 * mem['utilization']:.1f}% of "
-                                             f"{fmt_bytes(mem['capacity_bytes'])} on GPU {mem['gpu']}"])
+        rows.append(
+            [
+                "memory (busiest GPU)",
+                f"{fmt_bytes(mem['total_bytes'])} = {100 * mem['utilization']:.1f}% of "
+                f"{fmt_bytes(mem['capacity_bytes'])} on GPU {mem['gpu']}",
+            ]
+        )
     return rows
 
 
 def _targets(summary: dict) -> list[list]:
-    return [[a, b, c, Markup('<span class="{}">{}</span>').format("met" if d.startswith("MET") else "missed", d)]
-            for a, b, c, d in target_rows(summary)]
+    return [
+        [a, b, c, Markup('<span class="{}">{}</span>').format("met" if d.startswith("MET") else "missed", d)]
+        for a, b, c, d in target_rows(summary)
+    ]
 
 
 def _share_bar(shares: dict) -> Markup:
     ordered = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))
-    parts = [Markup('<span title="{} {:.1f}%" style="width:{:.2f}%;background:{}"></span>').format(
-        cat, 100 * share, 100 * share, _SHARE_COLOURS.get(cat, "#333")) for cat, share in ordered if share > 0]
+    parts = [
+        Markup('<span title="{} {:.1f}%" style="width:{:.2f}%;background:{}"></span>').format(
+            cat, 100 * share, 100 * share, _SHARE_COLOURS.get(cat, "#333")
+        )
+        for cat, share in ordered
+        if share > 0
+    ]
     return Markup('<div class="bars">{}</div>').format(Markup("").join(parts))
 
 
@@ -98,35 +123,69 @@ def _critical_path(summary: dict) -> dict | None:
     if not cp:
         return None
     sentences = cp.get("sentences", {})
-    paths = [(name, cp[key]) for name, key in (("to the first token (TTFT)", "ttft"), ("whole run", "total"),
-                                               ("one decode step (mean)", "decode_step")) if key in cp]
+    paths = [
+        (name, cp[key])
+        for name, key in (
+            ("to the first token (TTFT)", "ttft"),
+            ("whole run", "total"),
+            ("one decode step (mean)", "decode_step"),
+        )
+        if key in cp
+    ]
     cats = _categories_by_share(paths)
     rows = []
     for name, p in paths:
         length = p.get("length_s", p.get("step_s", 0.0))
-        rows.append([name, fmt_s(length), _share_bar(p["shares"])]
-                    + [f"{100 * p['shares'].get(c, 0.0):.1f}%" for c in cats])
-    return {"sentences": [sentences[k] for k in ("ttft", "tpot") if k in sentences],
-            "header": ["path", "length", "composition"] + [_swatch(c) for c in cats], "rows": rows,
-            "classes": ["", "num", ""] + ["num"] * len(cats)}
+        rows.append(
+            [name, fmt_s(length), _share_bar(p["shares"])] + [f"{100 * p['shares'].get(c, 0.0):.1f}%" for c in cats]
+        )
+    return {
+        "sentences": [sentences[k] for k in ("ttft", "tpot") if k in sentences],
+        "header": ["path", "length", "composition"] + [_swatch(c) for c in cats],
+        "rows": rows,
+        "classes": ["", "num", ""] + ["num"] * len(cats),
+    }
 
 
 def _audit(summary: dict) -> list[list]:
     cls = {"holds": "holds", "holds only with EP folded": "pending", "does not hold": "fails", "pending": "pending"}
-    return [[a["claim"], a["declared"], a["computed"],
-             Markup('<span class="{}">{}</span>').format(cls.get(a["verdict"], ""), a["verdict"]), a["explanation"]]
-            for a in summary.get("audit", [])]
+    return [
+        [
+            a["claim"],
+            a["declared"],
+            a["computed"],
+            Markup('<span class="{}">{}</span>').format(cls.get(a["verdict"], ""), a["verdict"]),
+            a["explanation"],
+        ]
+        for a in summary.get("audit", [])
+    ]
 
 
 def _memory(summary: dict) -> list[list]:
-    return [[m["gpu"], fmt_bytes(m["weight_bytes"]), fmt_bytes(m["kv_cache_bytes"]), fmt_bytes(m["activation_bytes"]),
-             fmt_bytes(m["reserve_bytes"]), fmt_bytes(m["total_bytes"]), f"{100 * m['utilization']:.1f}%",
-             "yes" if m["fits"] else "NO"] for m in summary.get("memory", [])]
+    return [
+        [
+            m["gpu"],
+            fmt_bytes(m["weight_bytes"]),
+            fmt_bytes(m["kv_cache_bytes"]),
+            fmt_bytes(m["activation_bytes"]),
+            fmt_bytes(m["reserve_bytes"]),
+            fmt_bytes(m["total_bytes"]),
+            f"{100 * m['utilization']:.1f}%",
+            "yes" if m["fits"] else "NO",
+        ]
+        for m in summary.get("memory", [])
+    ]
 
 
 def _verification(summary: dict) -> list[list]:
-    return [[Markup('<span class="{0}">{1}</span>').format("ok" if c["ok"] else "failed", "ok" if c["ok"] else "FAILED"),
-             c["check"], c["detail"]] for c in summary.get("verification", [])]
+    return [
+        [
+            Markup('<span class="{0}">{1}</span>').format("ok" if c["ok"] else "failed", "ok" if c["ok"] else "FAILED"),
+            c["check"],
+            c["detail"],
+        ]
+        for c in summary.get("verification", [])
+    ]
 
 
 def markdown_html(text: str) -> Markup:
@@ -142,9 +201,13 @@ def _comparison_parts(directory: Path) -> dict:
     text = md.read_text(errors="replace") if md.is_file() else ""
     rows = [] if text or not table.is_file() else list(csv.reader(io.StringIO(table.read_text(errors="replace"))))
     heading = next((line.lstrip("#").strip() for line in text.splitlines() if line.startswith("# ")), None)
-    return {"body": markdown_html(text) if text else Markup(""), "csv_rows": rows, "has_csv": table.is_file(),
-            "pareto": _figure(directory, ("pareto.png",), "Pareto front of the layouts compared"),
-            "heading": heading}
+    return {
+        "body": markdown_html(text) if text else Markup(""),
+        "csv_rows": rows,
+        "has_csv": table.is_file(),
+        "pareto": _figure(directory, ("pareto.png",), "Pareto front of the layouts compared"),
+        "heading": heading,
+    }
 
 
 def _comparison_in_run(directory: Path) -> dict | None:
@@ -174,23 +237,47 @@ def index_html(directory: Path, summary: dict | None, title: str | None = None) 
     """The page for a run directory (summary given) or a comparison directory (summary None; its
     title is `title`, else comparison.md's heading, else the directory's name)."""
     directory = Path(directory)
-    files = [[Markup('<a href="{0}">{0}</a>').format(name), what] for name, what in _FILES
-             if (directory / name).is_file()]
+    files = [
+        [Markup('<a href="{0}">{0}</a>').format(name), what] for name, what in _FILES if (directory / name).is_file()
+    ]
     if summary is None:
         parts = _comparison_parts(directory)
         name = title or parts["heading"] or directory.resolve().name
         return _templates().get_template("compare.html.j2").render(c=parts, title=name)
-    dag = _figure(directory, ("dag.svg", "dag.png"), "Operator DAG (folded: one layer of each kind, one decode "
-                  "step), scaled to the page; click to open it full size", link="dag.svg")
-    return _templates().get_template("run.html.j2").render(
-        title=summary["scenario"], s=summary, lay=summary["layout"], results=_results(summary),
-        how=sampling_sentence(summary), targets=_targets(summary),
-        bottleneck=list(summary.get("bottleneck", {}).values()), critical=_critical_path(summary),
-        timeline=_figure(directory, ("timeline.png",), "Every GPU stream and link port over time, coloured by "
-                         "category; white is idle. Top: whole run; middle: prefill; bottom: one decode step."),
-        memory_figure=_figure(directory, ("memory.png",), "Memory per GPU over time against its capacity"),
-        memory=_memory(summary), audit=_audit(summary), compared=_comparison_in_run(directory), dag=dag,
-        verification=_verification(summary), files=files)
+    dag = _figure(
+        directory,
+        ("dag.svg", "dag.png"),
+        "Operator DAG (folded: one layer of each kind, one decode "
+        "step), scaled to the page; click to open it full size",
+        link="dag.svg",
+    )
+    return (
+        _templates()
+        .get_template("run.html.j2")
+        .render(
+            title=summary["scenario"],
+            s=summary,
+            lay=summary["layout"],
+            results=_results(summary),
+            how=sampling_sentence(summary),
+            targets=_targets(summary),
+            bottleneck=list(summary.get("bottleneck", {}).values()),
+            critical=_critical_path(summary),
+            timeline=_figure(
+                directory,
+                ("timeline.png",),
+                "Every GPU stream and link port over time, coloured by "
+                "category; white is idle. Top: whole run; middle: prefill; bottom: one decode step.",
+            ),
+            memory_figure=_figure(directory, ("memory.png",), "Memory per GPU over time against its capacity"),
+            memory=_memory(summary),
+            audit=_audit(summary),
+            compared=_comparison_in_run(directory),
+            dag=dag,
+            verification=_verification(summary),
+            files=files,
+        )
+    )
 
 
 def write_index(directory: Path, summary: dict | None = None, title: str | None = None) -> Path:

@@ -71,11 +71,19 @@ def memory_curves(ops: pd.DataFrame, slices: Slices, gpu: int, edges_s: np.ndarr
     times = [start[rows], end[rows]]
     deltas = [act, -act]
     # Residual stream of each pass (phase, step, microbatch) while it is on this GPU.
-    passes = pd.DataFrame({"phase": ops["phase"].to_numpy()[rows], "step": ops["step"].to_numpy()[rows],
-                           "mb": ops["microbatch"].to_numpy()[rows], "start": start[rows], "end": end[rows],
-                           "residual": slices.residual_bytes[rows]})
-    spans = passes.groupby(["phase", "step", "mb"], sort=False).agg(start=("start", "min"), end=("end", "max"),
-                                                                     residual=("residual", "max"))
+    passes = pd.DataFrame(
+        {
+            "phase": ops["phase"].to_numpy()[rows],
+            "step": ops["step"].to_numpy()[rows],
+            "mb": ops["microbatch"].to_numpy()[rows],
+            "start": start[rows],
+            "end": end[rows],
+            "residual": slices.residual_bytes[rows],
+        }
+    )
+    spans = passes.groupby(["phase", "step", "mb"], sort=False).agg(
+        start=("start", "min"), end=("end", "max"), residual=("residual", "max")
+    )
     times += [spans["start"].to_numpy(), spans["end"].to_numpy()]
     deltas += [spans["residual"].to_numpy(), -spans["residual"].to_numpy()]
     activations = _binned_max(np.concatenate(times), np.concatenate(deltas), edges_s)
@@ -88,11 +96,13 @@ def panel_title(gpu: int, peak_bytes: float, memory: dict, kv_end_bytes: float, 
     cap = memory.get("capacity_bytes", 0.0)
     pct = f" = {100 * peak_bytes / cap:.1f} % of {cap / 1e9:.0f} GB" if cap else ""
     total = memory.get("total_bytes")
-    summary = (f"; summary (closed form, as the target) {total / 1e9:.2f} GB" if total is not None else "")
-    return (f"GPU {gpu}: peak over time {peak_bytes / 1e9:.2f} GB{pct}{summary}\nweights "
-            f"{memory.get('weight_bytes', 0.0) / 1e9:.2f} · reserve {memory.get('reserve_bytes', 0.0) / 1e9:.2f} · "
-            f"KV (end) {kv_end_bytes / 1e9:.2f} · activations ≤ {activation_peak_bytes / 1e9:.2f} GB over time "
-            f"(summary: {memory.get('activation_bytes', 0.0) / 1e9:.2f})")
+    summary = f"; summary (closed form, as the target) {total / 1e9:.2f} GB" if total is not None else ""
+    return (
+        f"GPU {gpu}: peak over time {peak_bytes / 1e9:.2f} GB{pct}{summary}\nweights "
+        f"{memory.get('weight_bytes', 0.0) / 1e9:.2f} · reserve {memory.get('reserve_bytes', 0.0) / 1e9:.2f} · "
+        f"KV (end) {kv_end_bytes / 1e9:.2f} · activations ≤ {activation_peak_bytes / 1e9:.2f} GB over time "
+        f"(summary: {memory.get('activation_bytes', 0.0) / 1e9:.2f})"
+    )
 
 
 def memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int = 110) -> bytes:
@@ -111,8 +121,14 @@ def memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int = 110)
     width_in = left + right + ncols * panel_w + (ncols - 1) * wgap
     height_in = top + bottom + nrows * panel_h + (nrows - 1) * hgap
     fig, axes = plt.subplots(nrows, ncols, figsize=(width_in, height_in), squeeze=False, sharey=True, dpi=dpi)
-    fig.subplots_adjust(left=left / width_in, right=1 - right / width_in, top=1 - top / height_in,
-                        bottom=bottom / height_in, wspace=wgap / panel_w, hspace=hgap / panel_h)
+    fig.subplots_adjust(
+        left=left / width_in,
+        right=1 - right / width_in,
+        top=1 - top / height_in,
+        bottom=bottom / height_in,
+        wspace=wgap / panel_w,
+        hspace=hgap / panel_h,
+    )
     capacity_gb = 0.0
     for ax, g in zip(axes.ravel(), gpus):
         m = memory.get(g, {})
@@ -121,8 +137,13 @@ def memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int = 110)
         reserve = np.full(_BINS, m.get("reserve_bytes", 0.0))
         layers = [weights, reserve, curves["kv"], curves["activations"]]
         labels = ["weights", "runtime reserve", "KV cache", "activations (peak in bin)"]
-        ax.stackplot(mid_ms, *[v / 1e9 for v in layers], labels=labels,
-                     colors=[COLOURS[k] for k in ("weights", "reserve", "kv", "activations")], linewidth=0)
+        ax.stackplot(
+            mid_ms,
+            *[v / 1e9 for v in layers],
+            labels=labels,
+            colors=[COLOURS[k] for k in ("weights", "reserve", "kv", "activations")],
+            linewidth=0,
+        )
         cap = m.get("capacity_bytes", 0.0) / 1e9
         capacity_gb = max(capacity_gb, cap)
         if cap:
@@ -137,20 +158,29 @@ def memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int = 110)
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("GB", fontsize=8)
-    for ax in axes.ravel()[len(gpus):]:
+    for ax in axes.ravel()[len(gpus) :]:
         ax.axis("off")
     top = max(capacity_gb, max(float(np.max(a.get_ylim())) for a in axes.ravel()[: len(gpus)]))
     axes[0, 0].set_ylim(0, 1.08 * top)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="black", lw=0.6, ls=":"))
     labels.append("first token")
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 1 - 0.32 / height_in))
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=len(labels),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1 - 0.32 / height_in),
+    )
     title = f"Memory per GPU over time: {summary.get('scenario', 'run')}"
     if note:
         title += f" ({note})"
     fig.suptitle(title, fontsize=10, x=0.01, ha="left", y=1 - 0.04 / height_in)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})  # zlib level 1: a third of the time, files ~1.5x
+    fig.savefig(
+        buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1}
+    )  # zlib level 1: a third of the time, files ~1.5x
     plt.close(fig)
     return buffer.getvalue()

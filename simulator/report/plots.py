@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from simulator.report.html import write_index
 from simulator.files import OutputError, write_atomic
+from simulator.report.html import write_index
 from simulator.report.slices import SLICES_FILE, Slices, load_slices, save_slices, slices_of_run
-
 
 PATH_FILE = "critical_path.csv"
 TRACE_FILE = "trace.json.gz"
@@ -30,9 +29,25 @@ def folded_groups(summary: dict) -> dict[int, list[int]] | None:
     folded = summary.get("folded")
     return {int(g): list(v) for g, v in folded["representatives"].items()} if folded else None
 
-_OPS_DTYPES = {"node": str, "op": str, "kind": str, "category": str, "phase": str, "bound": str, "step": np.int64,
-               "microbatch": np.int64, "layer": np.int64, "stage": np.int64, "flops": float, "bytes_read": float,
-               "bytes_written": float, "start_s": float, "end_s": float, "duration_s": float}
+
+_OPS_DTYPES = {
+    "node": str,
+    "op": str,
+    "kind": str,
+    "category": str,
+    "phase": str,
+    "bound": str,
+    "step": np.int64,
+    "microbatch": np.int64,
+    "layer": np.int64,
+    "stage": np.int64,
+    "flops": float,
+    "bytes_read": float,
+    "bytes_written": float,
+    "start_s": float,
+    "end_s": float,
+    "duration_s": float,
+}
 
 
 def _path_rows(out_dir: Path, which: str = "total") -> np.ndarray | None:
@@ -44,7 +59,9 @@ def _path_rows(out_dir: Path, which: str = "total") -> np.ndarray | None:
     return frame.loc[frame["path"] == which, "row"].to_numpy(dtype=np.int64)
 
 
-def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, into: Path | None = None) -> dict[str, float]:
+def draw_all(
+    out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, into: Path | None = None
+) -> dict[str, float]:
     """Write trace.json.gz, timeline.png, memory.png and index.html; returns seconds spent on each.
     With `into`, the first three go there (and index.html is left to the caller)."""
     from simulator.report.memory_plot import memory_png
@@ -56,9 +73,18 @@ def draw_all(out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, in
     seconds = {}
     started = time.perf_counter()
     target = Path(into) if into is not None else out_dir
-    write_trace(target / TRACE_FILE, ops, slices, path_rows,
-                {"scenario": summary.get("scenario"), "layout": dict(sorted(summary.get("layout", {}).items())),
-                 "made_by": "moesim"}, folded_groups(summary))
+    write_trace(
+        target / TRACE_FILE,
+        ops,
+        slices,
+        path_rows,
+        {
+            "scenario": summary.get("scenario"),
+            "layout": dict(sorted(summary.get("layout", {}).items())),
+            "made_by": "moesim",
+        },
+        folded_groups(summary),
+    )
     seconds[TRACE_FILE] = time.perf_counter() - started
     started = time.perf_counter()
     write_atomic(target / "timeline.png", timeline_png(ops, slices, summary, path_rows))
@@ -111,7 +137,9 @@ def plot_directory(run_dir: Path) -> tuple[list[str], dict[str, float]]:
     if ops_path is None:
         raise OutputError(f"{run_dir}: no ops.csv or ops.csv.gz; rerun `moesim run` to write it")
     if not (run_dir / SLICES_FILE).is_file():
-        raise OutputError(f"{run_dir}: no {SLICES_FILE} (written by `moesim run` since plots exist); rerun `moesim run`")
+        raise OutputError(
+            f"{run_dir}: no {SLICES_FILE} (written by `moesim run` since plots exist); rerun `moesim run`"
+        )
     ops = read_ops(ops_path)
     slices = load_slices(run_dir / SLICES_FILE)
     if len(slices.row) and int(slices.row.max()) >= len(ops) or len(slices.residual_bytes) != len(ops):
@@ -121,9 +149,22 @@ def plot_directory(run_dir: Path) -> tuple[list[str], dict[str, float]]:
 
 
 #: The top-level fields of summary.json the pictures and the page read, and their JSON types.
-SUMMARY_FIELDS = {"scenario": str, "model": str, "layout": dict, "workload": dict, "ttft_s": dict, "tpot_s": (int, float),
-                  "prefill_s": (int, float), "decode_s": (int, float), "total_s": (int, float), "throughput": dict,
-                  "memory": list, "targets": list, "audit": list, "verification": list}
+SUMMARY_FIELDS = {
+    "scenario": str,
+    "model": str,
+    "layout": dict,
+    "workload": dict,
+    "ttft_s": dict,
+    "tpot_s": (int, float),
+    "prefill_s": (int, float),
+    "decode_s": (int, float),
+    "total_s": (int, float),
+    "throughput": dict,
+    "memory": list,
+    "targets": list,
+    "audit": list,
+    "verification": list,
+}
 
 
 def check_summary(summary, path: Path) -> None:
@@ -132,8 +173,9 @@ def check_summary(summary, path: Path) -> None:
         raise OutputError(f"{path}: not a moesim run summary (expected a JSON object); rerun `moesim run`")
     for key, kind in SUMMARY_FIELDS.items():
         if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
-            raise OutputError(f"{path}: not a moesim run summary ({key} is missing or of the wrong type); "
-                              "rerun `moesim run`")
+            raise OutputError(
+                f"{path}: not a moesim run summary ({key} is missing or of the wrong type); rerun `moesim run`"
+            )
     if not all(isinstance(m, dict) for m in summary["memory"]):
         raise OutputError(f"{path}: not a moesim run summary (memory holds a non-object); rerun `moesim run`")
 
@@ -153,8 +195,10 @@ def redraw(run_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict) -> t
             seconds = draw_all(run_dir, ops, slices, summary, into=staging)
             index_html(run_dir, summary)  # the page is written last, for real, below: fail now if it would
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise OutputError(f"{run_dir / 'summary.json'}: does not match the shape moesim writes "
-                              f"({type(exc).__name__}: {str(exc)[:80]}); rerun `moesim run`") from None
+            raise OutputError(
+                f"{run_dir / 'summary.json'}: does not match the shape moesim writes "
+                f"({type(exc).__name__}: {str(exc)[:80]}); rerun `moesim run`"
+            ) from None
         for name in seconds:
             if name != "index.html":
                 os.replace(staging / name, run_dir / name)

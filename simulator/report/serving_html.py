@@ -46,8 +46,9 @@ def _e(value) -> str:
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
     out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
-        cells = [f'<td class="num">{_e(v)}</td>' if i >= numeric_from else f"<td>{_e(v)}</td>"
-                 for i, v in enumerate(row)]
+        cells = [
+            f'<td class="num">{_e(v)}</td>' if i >= numeric_from else f"<td>{_e(v)}</td>" for i, v in enumerate(row)
+        ]
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join(out + ["</table>"])
 
@@ -59,8 +60,9 @@ def _targets(summary: dict) -> str:
     out = ["<table>", "<tr><th>target</th><th>limit</th><th>actual</th><th>verdict</th></tr>"]
     for a, b, c, d in rows:
         cls = "met" if d == "MET" else "missed"
-        out.append(f'<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class="num">{_e(c)}</td>'
-                   f'<td class="{cls}">{_e(d)}</td></tr>')
+        out.append(
+            f'<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class="num">{_e(c)}</td><td class="{cls}">{_e(d)}</td></tr>'
+        )
     return "\n".join(out + ["</table>"])
 
 
@@ -70,38 +72,67 @@ def _max_rate(directory: Path, max_rate: dict | None) -> str:
     curve = ""
     if (directory / "rate_curve.csv").is_file():
         frame = pd.read_csv(directory / "rate_curve.csv")
-        rows = [[format_value(r.rate_per_s), format_value(r.output_tokens_per_s_per_gpu),
-                 format_value(r.ttft_p99_s, "s"), format_value(r.tpot_p99_s, "s"),
-                 format_value(r.goodput_fraction, "%"), "yes" if r.all_targets_met else "no"]
-                for r in frame.itertuples()]
-        curve = _table(["rate / s", "output tokens / s / GPU", "TTFT p99", "TPOT p99", "goodput", "targets met"],
-                       rows)
+        rows = [
+            [
+                format_value(r.rate_per_s),
+                format_value(r.output_tokens_per_s_per_gpu),
+                format_value(r.ttft_p99_s, "s"),
+                format_value(r.tpot_p99_s, "s"),
+                format_value(r.goodput_fraction, "%"),
+                "yes" if r.all_targets_met else "no",
+            ]
+            for r in frame.itertuples()
+        ]
+        curve = _table(["rate / s", "output tokens / s / GPU", "TTFT p99", "TPOT p99", "goodput", "targets met"], rows)
     return f"<h2>Max rate</h2>\n<p>{_e(max_rate_sentence(max_rate))}</p>\n{curve}"
 
 
 def serving_index_html(directory: Path, summary: dict) -> str:
     f = summary["figures"]
-    latency = [[LATENCY_TEXT[m], *(format_value(summary["latency"][m][s], "s") for s in STATISTICS)]
-               for m in LATENCY_METRICS]
+    latency = [
+        [LATENCY_TEXT[m], *(format_value(summary["latency"][m][s], "s") for s in STATISTICS)] for m in LATENCY_METRICS
+    ]
     figures = [[text, format_value(f[key])] for text, key in THROUGHPUT_ROWS]
-    figures += [["goodput fraction", format_value(f["goodput_fraction"], "%")],
-                ["preemptions", f"{f['preemptions']:.0f}"],
-                ["KV cache peak / mean blocks", f"{f['kv_peak_blocks']:.0f} / {f['kv_mean_blocks']:.1f} of "
-                                                f"{f['kv_capacity_blocks']:.0f}"]]
-    pictures = [f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
-                for name, caption in PICTURES if (directory / name).is_file()]
-    files = [name for name in ("summary.md", "summary.json", "requests.csv", "rate_curve.csv", "serving_trace.json")
-             if (directory / name).is_file()]
+    figures += [
+        ["goodput fraction", format_value(f["goodput_fraction"], "%")],
+        ["preemptions", f"{f['preemptions']:.0f}"],
+        [
+            "KV cache peak / mean blocks",
+            f"{f['kv_peak_blocks']:.0f} / {f['kv_mean_blocks']:.1f} of {f['kv_capacity_blocks']:.0f}",
+        ],
+    ]
+    pictures = [
+        f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+        for name, caption in PICTURES
+        if (directory / name).is_file()
+    ]
+    files = [
+        name
+        for name in ("summary.md", "summary.json", "requests.csv", "rate_curve.csv", "serving_trace.json")
+        if (directory / name).is_file()
+    ]
     links = " ".join(f'<a href="{_e(n)}">{_e(n)}</a>' for n in files)
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>moesim serve: {_e(summary['scenario'])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>moesim serve: {_e(summary['scenario'])}</h1>", f'<p class="lead">{_e(headline(summary))}.</p>',
-        f"<p>Files: {links}. Open serving_trace.json in ui.perfetto.dev.</p>",
-        "<h2>Targets</h2>", _targets(summary), _max_rate(directory, summary.get("max_rate")),
-        "<h2>Latency</h2>", _table(["metric", *STATISTICS], latency),
-        "<h2>Throughput and cache</h2>", _table(["figure", "value"], figures),
-        "<h2>Pictures</h2>", *pictures, "</body></html>", ""])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>moesim serve: {_e(summary['scenario'])}</title><style>{_CSS}</style></head><body>",
+            f"<h1>moesim serve: {_e(summary['scenario'])}</h1>",
+            f'<p class="lead">{_e(headline(summary))}.</p>',
+            f"<p>Files: {links}. Open serving_trace.json in ui.perfetto.dev.</p>",
+            "<h2>Targets</h2>",
+            _targets(summary),
+            _max_rate(directory, summary.get("max_rate")),
+            "<h2>Latency</h2>",
+            _table(["metric", *STATISTICS], latency),
+            "<h2>Throughput and cache</h2>",
+            _table(["figure", "value"], figures),
+            "<h2>Pictures</h2>",
+            *pictures,
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def write_serving_index(directory: Path, summary: dict) -> Path:

@@ -42,8 +42,10 @@ def latency_cdf_png(table: pd.DataFrame, targets, title: str) -> bytes:
     and the 99th percentile a dotted horizontal one."""
     fig, axes = _figure(13, 4.8, 1, 2)
     measured = table[~table["warmup"]]
-    for ax, column, name, bound in ((axes[0, 0], "ttft_s", "TTFT", targets.ttft_p99_s),
-                                    (axes[0, 1], "tpot_s", "TPOT", targets.tpot_p99_s)):
+    for ax, column, name, bound in (
+        (axes[0, 0], "ttft_s", "TTFT", targets.ttft_p99_s),
+        (axes[0, 1], "tpot_s", "TPOT", targets.tpot_p99_s),
+    ):
         values = measured[column].to_numpy(dtype=float)
         values = np.sort(values[~np.isnan(values)])
         scale, unit = _ms_axis(np.append(values, bound if bound is not None else np.nan))
@@ -57,8 +59,13 @@ def latency_cdf_png(table: pd.DataFrame, targets, title: str) -> bytes:
         ax.axhline(0.99, color="0.5", ls=":", lw=0.8)
         if bound is not None:
             met = len(values) == 0 or float(np.percentile(values, 99)) <= bound
-            ax.axvline(bound * scale, color="tab:green" if met else "tab:red", ls="--", lw=1.8,
-                       label=f"target p99 <= {bound * scale:.4g} {unit} ({'met' if met else 'MISSED'})")
+            ax.axvline(
+                bound * scale,
+                color="tab:green" if met else "tab:red",
+                ls="--",
+                lw=1.8,
+                label=f"target p99 <= {bound * scale:.4g} {unit} ({'met' if met else 'MISSED'})",
+            )
         ax.set_xlabel(f"{name} [{unit}]")
         ax.set_ylabel("fraction of requests")
         ax.set_ylim(0, 1.02)
@@ -87,10 +94,8 @@ def timeseries_png(run: ServingRun, title: str) -> bytes:
     axes[2, 0].axhline(capacity, color="tab:red", ls="--", lw=1, label=f"capacity {capacity} blocks")
     bin_s = max(run.end_s / 100.0, 1e-6)
     tput = throughput_series(run, bin_s)
-    axes[3, 0].bar(tput["start_s"], tput["output_tokens_per_s"], width=bin_s, align="edge", color="tab:blue",
-                   alpha=0.7)
-    for ax, label in zip(axes[:, 0], ("waiting requests", "running requests", "KV blocks used",
-                                      "output tokens / s")):
+    axes[3, 0].bar(tput["start_s"], tput["output_tokens_per_s"], width=bin_s, align="edge", color="tab:blue", alpha=0.7)
+    for ax, label in zip(axes[:, 0], ("waiting requests", "running requests", "KV blocks used", "output tokens / s")):
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))

@@ -24,12 +24,33 @@ from simulator.serving.stats import (
 )
 
 #: Columns of requests.csv, in order.
-REQUEST_COLUMNS = ("request_id", "replica", "warmup", "arrival_s", "queueing_s", "ttft_s", "tpot_s", "e2e_s",
-                   "input_tokens", "output_tokens", "preemptions", "itl_mean_s", "itl_p99_s", "itl_max_s",
-                   "first_scheduled_s", "first_token_s", "finish_s", "good")
+REQUEST_COLUMNS = (
+    "request_id",
+    "replica",
+    "warmup",
+    "arrival_s",
+    "queueing_s",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "input_tokens",
+    "output_tokens",
+    "preemptions",
+    "itl_mean_s",
+    "itl_p99_s",
+    "itl_max_s",
+    "first_scheduled_s",
+    "first_token_s",
+    "finish_s",
+    "good",
+)
 LATENCY_TEXT = {"ttft_s": "TTFT", "tpot_s": "TPOT", "itl_s": "ITL", "e2e_s": "end to end", "queueing_s": "queueing"}
-_TARGET_TEXT = {"ttft_p99_s": "TTFT p99", "tpot_p99_s": "TPOT p99", "e2e_p99_s": "e2e p99",
-                "min_goodput_fraction": "goodput fraction"}
+_TARGET_TEXT = {
+    "ttft_p99_s": "TTFT p99",
+    "tpot_p99_s": "TPOT p99",
+    "e2e_p99_s": "e2e p99",
+    "min_goodput_fraction": "goodput fraction",
+}
 THROUGHPUT_ROWS = (
     ("requests / s", "requests_per_s"),
     ("output tokens / s", "output_tokens_per_s"),
@@ -60,18 +81,25 @@ def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pr
     """summary.json: the latency statistics and figures of stats.summarize (NaN written as null), the
     KV-cache use, the verdicts and what was simulated."""
     spec = run.spec
-    figures = {**summary.figures, **kv_cache_figures(run), "num_replicas": float(len(run.peak_kv_blocks)),
-               "num_iterations": float(run.num_iterations),
-               "end_s": run.end_s}
+    figures = {
+        **summary.figures,
+        **kv_cache_figures(run),
+        "num_replicas": float(len(run.peak_kv_blocks)),
+        "num_iterations": float(run.num_iterations),
+        "end_s": run.end_s,
+    }
     return {
         "scenario": name,
         "pricer": pricer,
         "serving": spec.model_dump(mode="json"),
-        "latency": {m: {s: _json_number(float(summary.latency.loc[m, s])) for s in STATISTICS}
-                    for m in LATENCY_METRICS},
+        "latency": {
+            m: {s: _json_number(float(summary.latency.loc[m, s])) for s in STATISTICS} for m in LATENCY_METRICS
+        },
         "figures": {k: _json_number(float(v)) for k, v in figures.items()},
-        "targets": [{"target": k, "limit": limit, "actual": _json_number(actual), "met": met}
-                    for k, (actual, limit, met) in summary.verdicts.items()],
+        "targets": [
+            {"target": k, "limit": limit, "actual": _json_number(actual), "met": met}
+            for k, (actual, limit, met) in summary.verdicts.items()
+        ],
         "all_targets_met": summary.all_targets_met,
     }
 
@@ -92,36 +120,56 @@ def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     for t in summary["targets"]:
         kind = "%" if t["target"] == "min_goodput_fraction" else "s"
         op = ">=" if t["target"] == "min_goodput_fraction" else "<="
-        rows.append((_TARGET_TEXT[t["target"]], f"{op} {format_value(t['limit'], kind)}", format_value(t["actual"], kind),
-                     "MET" if t["met"] else "MISSED"))
+        rows.append(
+            (
+                _TARGET_TEXT[t["target"]],
+                f"{op} {format_value(t['limit'], kind)}",
+                format_value(t["actual"], kind),
+                "MET" if t["met"] else "MISSED",
+            )
+        )
     return rows
 
 
 def _kv_text(f: dict) -> str:
-    return (f"peak {f['kv_peak_blocks']:.0f} / mean {f['kv_mean_blocks']:.1f} of {f['kv_capacity_blocks']:.0f} "
-            f"blocks ({format_value(f['kv_peak_fraction'], '%')} / {format_value(f['kv_mean_fraction'], '%')})")
+    return (
+        f"peak {f['kv_peak_blocks']:.0f} / mean {f['kv_mean_blocks']:.1f} of {f['kv_capacity_blocks']:.0f} "
+        f"blocks ({format_value(f['kv_peak_fraction'], '%')} / {format_value(f['kv_mean_fraction'], '%')})"
+    )
 
 
 def headline(summary: dict) -> str:
     s, f = summary["serving"], summary["figures"]
-    return (f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals), "
-            f"{s['scheduler']['policy']} scheduler, {f['num_replicas']:.0f} replica(s), "
-            f"{f['num_gpus']:.0f} GPU(s); iterations priced by {summary['pricer']}")
+    return (
+        f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals), "
+        f"{s['scheduler']['policy']} scheduler, {f['num_replicas']:.0f} replica(s), "
+        f"{f['num_gpus']:.0f} GPU(s); iterations priced by {summary['pricer']}"
+    )
 
 
 def serving_markdown(summary: dict) -> str:
     f = summary["figures"]
-    lines = [f"# moesim serve: {summary['scenario']}", "", headline(summary) + ".", "",
-             "## Latency", "", "| metric | " + " | ".join(STATISTICS) + " |", "|---" * (len(STATISTICS) + 1) + "|"]
+    lines = [
+        f"# moesim serve: {summary['scenario']}",
+        "",
+        headline(summary) + ".",
+        "",
+        "## Latency",
+        "",
+        "| metric | " + " | ".join(STATISTICS) + " |",
+        "|---" * (len(STATISTICS) + 1) + "|",
+    ]
     for m in LATENCY_METRICS:
         row = summary["latency"][m]
         lines.append(f"| {LATENCY_TEXT[m]} | " + " | ".join(format_value(row[s], "s") for s in STATISTICS) + " |")
     lines += ["", "## Throughput", "", "| figure | value |", "|---|---|"]
     lines += [f"| {text} | {format_value(f[key])} |" for text, key in THROUGHPUT_ROWS]
-    lines += [f"| goodput fraction | {format_value(f['goodput_fraction'], '%')} |",
-              f"| preemptions | {f['preemptions']:.0f} |",
-              f"| KV cache | {_kv_text(f)} |",
-              f"| measured window | {format_value(f['duration_s'], 's')} |"]
+    lines += [
+        f"| goodput fraction | {format_value(f['goodput_fraction'], '%')} |",
+        f"| preemptions | {f['preemptions']:.0f} |",
+        f"| KV cache | {_kv_text(f)} |",
+        f"| measured window | {format_value(f['duration_s'], 's')} |",
+    ]
     if "max_rate" in summary:
         lines += ["", "## Max rate", "", max_rate_sentence(summary["max_rate"])]
     if summary["targets"]:
@@ -135,12 +183,21 @@ def max_rate_sentence(max_rate: dict) -> str:
     if rate is None:
         return "No arrival rate tried meets every target."
     capped = " (the highest rate tried: the true maximum may be higher)" if max_rate["capped"] else ""
-    return (f"Highest Poisson arrival rate meeting every target: {format_value(rate)} requests/s{capped}, "
-            f"within {100 * max_rate['rel_tol']:.3g}%; {max_rate['rates_tried']} rates simulated (rate_curve.csv).")
+    return (
+        f"Highest Poisson arrival rate meeting every target: {format_value(rate)} requests/s{capped}, "
+        f"within {100 * max_rate['rel_tol']:.3g}%; {max_rate['rates_tried']} rates simulated (rate_curve.csv)."
+    )
 
 
-def write_serving_files(name: str, run: ServingRun, summary: ServingSummary, pricer: str, out_dir: Path,
-                        table: pd.DataFrame | None = None, max_rate: dict | None = None) -> dict:
+def write_serving_files(
+    name: str,
+    run: ServingRun,
+    summary: ServingSummary,
+    pricer: str,
+    out_dir: Path,
+    table: pd.DataFrame | None = None,
+    max_rate: dict | None = None,
+) -> dict:
     """requests.csv, summary.json and summary.md (with the max-rate search's result when given);
     returns the summary dict."""
     doc = serving_summary_dict(name, run, summary, pricer)

@@ -24,8 +24,10 @@ def _us(seconds: float) -> float:
 
 
 def _meta(pid: int, name: str, threads: dict[int, str]) -> list[dict]:
-    events = [{"ph": "M", "pid": pid, "tid": 0, "name": "process_name", "args": {"name": name}},
-              {"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": pid}}]
+    events = [
+        {"ph": "M", "pid": pid, "tid": 0, "name": "process_name", "args": {"name": name}},
+        {"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": pid}},
+    ]
     for tid, tname in threads.items():
         events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": tname}})
         events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
@@ -34,31 +36,74 @@ def _meta(pid: int, name: str, threads: dict[int, str]) -> list[dict]:
 
 def serving_trace_events(run: ServingRun, num_requests: int = TRACE_REQUESTS) -> list[dict]:
     records = run.records[:num_requests]
-    events = _meta(REQUESTS_PID, f"requests (first {len(records)} of {len(run.records)})",
-                   {rec.request_id: f"request {rec.request_id}" for rec in records})
+    events = _meta(
+        REQUESTS_PID,
+        f"requests (first {len(records)} of {len(run.records)})",
+        {rec.request_id: f"request {rec.request_id}" for rec in records},
+    )
     replicas = sorted(set(run.timeseries["replica"].tolist()))
     events += _meta(ITERATIONS_PID, "iterations", {r: f"replica {r}" for r in replicas})
     for rec in records:
-        args = {"replica": rec.replica, "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
-                "preemptions": rec.preemptions, "warmup": rec.warmup}
+        args = {
+            "replica": rec.replica,
+            "input_tokens": rec.input_tokens,
+            "output_tokens": rec.output_tokens,
+            "preemptions": rec.preemptions,
+            "warmup": rec.warmup,
+        }
         first = rec.first_token_s
-        for name, start, end in (("queued", rec.arrival_s, rec.first_scheduled_s),
-                                 ("prefill", rec.first_scheduled_s, first), ("decode", first, rec.finish_s)):
+        for name, start, end in (
+            ("queued", rec.arrival_s, rec.first_scheduled_s),
+            ("prefill", rec.first_scheduled_s, first),
+            ("decode", first, rec.finish_s),
+        ):
             if end > start:
-                events.append({"name": name, "cat": name, "ph": "X", "ts": _us(start), "dur": _us(end - start),
-                               "pid": REQUESTS_PID, "tid": rec.request_id, "args": args})
+                events.append(
+                    {
+                        "name": name,
+                        "cat": name,
+                        "ph": "X",
+                        "ts": _us(start),
+                        "dur": _us(end - start),
+                        "pid": REQUESTS_PID,
+                        "tid": rec.request_id,
+                        "args": args,
+                    }
+                )
     ts = run.timeseries
     columns = {name: ts[name].tolist() for name in ts}
     for i in np.argsort(ts["start_s"], kind="stable").tolist():
         r, start = columns["replica"][i], columns["start_s"][i]
-        events.append({"name": f"{columns['batch_seqs'][i]} seqs, {columns['new_tokens'][i]} tokens", "cat": "iteration",
-                       "ph": "X", "ts": _us(start), "dur": _us(columns["iteration_s"][i]), "pid": ITERATIONS_PID,
-                       "tid": r, "args": {"batch_seqs": columns["batch_seqs"][i],
-                                          "new_tokens": columns["new_tokens"][i],
-                                          "tokens_out": columns["tokens_out"][i]}})
-        events.append({"name": f"replica {r}", "ph": "C", "ts": _us(start), "pid": ITERATIONS_PID, "tid": r,
-                       "args": {"waiting": columns["waiting"][i], "running": columns["running"][i],
-                                "kv_blocks_used": columns["kv_blocks_used"][i]}})
+        events.append(
+            {
+                "name": f"{columns['batch_seqs'][i]} seqs, {columns['new_tokens'][i]} tokens",
+                "cat": "iteration",
+                "ph": "X",
+                "ts": _us(start),
+                "dur": _us(columns["iteration_s"][i]),
+                "pid": ITERATIONS_PID,
+                "tid": r,
+                "args": {
+                    "batch_seqs": columns["batch_seqs"][i],
+                    "new_tokens": columns["new_tokens"][i],
+                    "tokens_out": columns["tokens_out"][i],
+                },
+            }
+        )
+        events.append(
+            {
+                "name": f"replica {r}",
+                "ph": "C",
+                "ts": _us(start),
+                "pid": ITERATIONS_PID,
+                "tid": r,
+                "args": {
+                    "waiting": columns["waiting"][i],
+                    "running": columns["running"][i],
+                    "kv_blocks_used": columns["kv_blocks_used"][i],
+                },
+            }
+        )
     return events
 
 

@@ -23,6 +23,7 @@ from simulator.simulate import Resources, node_resources
 
 SLICES_FILE = "slices.npz"
 
+
 @dataclass(frozen=True)
 class Slices:
     """Busy intervals of a run, as parallel arrays (one entry per slice).
@@ -54,8 +55,13 @@ class Slices:
         return self.resource // self.num_gpus
 
 
-def build_slices(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int, residual_bytes_per_token: float,
-                 tokens_per_pass: dict[str, float]) -> Slices:
+def build_slices(
+    graph: nx.DiGraph,
+    ops: pd.DataFrame,
+    num_gpus: int,
+    residual_bytes_per_token: float,
+    tokens_per_pass: dict[str, float],
+) -> Slices:
     """Unroll the trace. `tokens_per_pass[phase]`: tokens of one microbatch's pass on one dp rank."""
     res = Resources(num_gpus)
     attrs = graph._node
@@ -81,8 +87,13 @@ def build_slices(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int, residual_b
     residual = np.zeros(len(ops))
     for name, tokens in tokens_per_pass.items():
         residual[phase == name] = tokens * residual_bytes_per_token
-    return Slices(np.asarray(rows, dtype=np.int64), np.asarray(resources, dtype=np.int64),
-                  np.asarray(acts, dtype=float), residual, num_gpus)
+    return Slices(
+        np.asarray(rows, dtype=np.int64),
+        np.asarray(resources, dtype=np.int64),
+        np.asarray(acts, dtype=float),
+        residual,
+        num_gpus,
+    )
 
 
 def slices_of_run(run) -> Slices:
@@ -90,22 +101,37 @@ def slices_of_run(run) -> Slices:
     s = run.scenario
     m, w, p = s.model, s.workload, s.parallel
     seqs = w.batch_size / (p.dp * p.microbatches)
-    return build_slices(run.graph, run.sim.ops, s.num_gpus, m.hidden_size * m.dtype_bytes_per_element,
-                        {"prefill": seqs * w.input_len_tokens, "decode": seqs})
+    return build_slices(
+        run.graph,
+        run.sim.ops,
+        s.num_gpus,
+        m.hidden_size * m.dtype_bytes_per_element,
+        {"prefill": seqs * w.input_len_tokens, "decode": seqs},
+    )
 
 
 def save_slices(slices: Slices, path: Path) -> None:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, row=slices.row.astype(np.int32), resource=slices.resource.astype(np.int32),
-                        act_bytes=slices.act_bytes, residual_bytes=slices.residual_bytes,
-                        num_gpus=np.int64(slices.num_gpus))
+    np.savez_compressed(
+        buffer,
+        row=slices.row.astype(np.int32),
+        resource=slices.resource.astype(np.int32),
+        act_bytes=slices.act_bytes,
+        residual_bytes=slices.residual_bytes,
+        num_gpus=np.int64(slices.num_gpus),
+    )
     write_atomic(path, buffer.getvalue())
 
 
 def load_slices(path: Path) -> Slices:
     try:
         with np.load(path) as data:
-            return Slices(data["row"].astype(np.int64), data["resource"].astype(np.int64), data["act_bytes"],
-                          data["residual_bytes"], int(data["num_gpus"]))
+            return Slices(
+                data["row"].astype(np.int64),
+                data["resource"].astype(np.int64),
+                data["act_bytes"],
+                data["residual_bytes"],
+                int(data["num_gpus"]),
+            )
     except (OSError, KeyError, ValueError) as exc:
         raise OutputError(f"{path}: cannot read the slices ({exc}); rerun `moesim run` to rewrite it") from None

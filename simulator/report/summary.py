@@ -14,9 +14,9 @@ from rich.table import Table
 
 from simulator import critical_path
 from simulator.audit import AuditLine
+from simulator.files import write_atomic
 from simulator.pipeline import DagResult, RunResult
 from simulator.placement import represented_gpus
-from simulator.files import write_atomic
 from simulator.verify import Check, per_gpu_table
 
 
@@ -42,8 +42,12 @@ def fmt_bytes(n: float) -> str:
 
 def _layout(run: RunResult | DagResult) -> dict:
     s = run.scenario
-    return {**s.parallel.model_dump(exclude_none=True), "num_gpus": s.num_gpus, "hardware": run.hardware.name,
-            "mode": s.runtime.mode}
+    return {
+        **s.parallel.model_dump(exclude_none=True),
+        "num_gpus": s.num_gpus,
+        "hardware": run.hardware.name,
+        "mode": s.runtime.mode,
+    }
 
 
 def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
@@ -76,8 +80,11 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "all_targets_met": all(t.met for t in m.targets),
         "audit": [a.to_dict() for a in run.audit],
         "verification": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in run.checks],
-        "dag": {"nodes": run.graph.number_of_nodes(), "edges": run.graph.number_of_edges(),
-                "engine_events": run.sim.num_events},
+        "dag": {
+            "nodes": run.graph.number_of_nodes(),
+            "edges": run.graph.number_of_edges(),
+            "engine_events": run.sim.num_events,
+        },
     }
     if run.sampling is not None:
         out["sampling"] = run.sampling
@@ -112,7 +119,8 @@ def sampling_sentence(summary: dict) -> str:
             f"{len(sampling['simulated_steps'])} of {sampling['decode_steps']} decode steps simulated, the rest "
             f"interpolated; figures marked 'sampled' differ by {fmt_error(sampling['max_relative_error'])} at most "
             f"from a simulation of {sampling['check_steps']} steps ({len(sampling['held_out_steps'])} of them "
-            f"held out from the interpolation)")
+            f"held out from the interpolation)"
+        )
     folded = summary.get("folded")
     if folded:
         groups = "; ".join(f"GPU {r} for GPUs {gpu_ranges(g)}" for r, g in folded["representatives"].items())
@@ -179,18 +187,27 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", sampling_sentence(summary)]
     lines += ["", "## Targets", "", "| target | limit | actual | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in target_rows(summary)]
-    lines += ["", "## Memory per GPU", "", "| GPU | weights | KV cache | activations | reserve | total | of capacity | fits |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Memory per GPU",
+        "",
+        "| GPU | weights | KV cache | activations | reserve | total | of capacity | fits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for mem in summary["memory"]:
         lines.append(
             f"| {mem['gpu']} | {fmt_bytes(mem['weight_bytes'])} | {fmt_bytes(mem['kv_cache_bytes'])} | "
             f"{fmt_bytes(mem['activation_bytes'])} | {fmt_bytes(mem['reserve_bytes'])} | {fmt_bytes(mem['total_bytes'])} | "
-            f"{100 * mem['utilization']:.1f}% | {'yes' if mem['fits'] else 'NO: does not fit'} |")
+            f"{100 * mem['utilization']:.1f}% | {'yes' if mem['fits'] else 'NO: does not fit'} |"
+        )
     if summary.get("memory_approximate"):
         lines += ["", f"**Memory is approximate**: {summary['memory_approximate']}."]
-    lines += ["", "Activations here are a closed form (one pass's residual stream plus the largest kernel's inputs "
-              "and outputs), the figure the memory target is checked against; memory.png follows memory over time, "
-              "whose peak can be lower."]
+    lines += [
+        "",
+        "Activations here are a closed form (one pass's residual stream plus the largest kernel's inputs "
+        "and outputs), the figure the memory target is checked against; memory.png follows memory over time, "
+        "whose peak can be lower.",
+    ]
     lines += ["", "## What bounds the run", ""] + [f"- {v}" for v in summary["bottleneck"].values()]
     lines += _critical_path_markdown(summary.get("critical_path"))
     cats = sorted({c for per in summary["busy_s"].values() for c in per})
@@ -199,8 +216,10 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {g} | " + " | ".join(f"{per.get(c, 0.0):.4g}" for c in cats) + " |")
     if summary["audit"]:
         lines += ["", "## Claim audit", "", "| claim | declared | computed | verdict | why |", "|---|---|---|---|---|"]
-        lines += [f"| {a['claim']} | {a['declared']} | {a['computed']} | {a['verdict']} | {a['explanation']} |"
-                  for a in summary["audit"]]
+        lines += [
+            f"| {a['claim']} | {a['declared']} | {a['computed']} | {a['verdict']} | {a['explanation']} |"
+            for a in summary["audit"]
+        ]
     lines += ["", "## DAG verification", ""]
     lines += [f"- {'ok' if c['ok'] else 'FAILED'}: {c['check']} ({c['detail']})" for c in summary["verification"]]
     return "\n".join(lines) + "\n"
@@ -209,19 +228,32 @@ def summary_markdown(summary: dict) -> str:
 def _critical_path_markdown(cp: dict | None) -> list[str]:
     if not cp:
         return []
-    lines = ["", "## Critical path", "", "The chain of operations that sets the time (critical_path.csv lists it); "
-             "shares are of the path's length.", ""]
+    lines = [
+        "",
+        "## Critical path",
+        "",
+        "The chain of operations that sets the time (critical_path.csv lists it); shares are of the path's length.",
+        "",
+    ]
     sentences = cp.get("sentences", {})
     lines += [f"- {sentences[k]}" for k in ("ttft", "tpot") if k in sentences]
-    paths = [(name, cp[key]) for name, key in (("to the first token (TTFT)", "ttft"), ("whole run", "total"),
-                                               ("one decode step (mean)", "decode_step")) if key in cp]
+    paths = [
+        (name, cp[key])
+        for name, key in (
+            ("to the first token (TTFT)", "ttft"),
+            ("whole run", "total"),
+            ("one decode step (mean)", "decode_step"),
+        )
+        if key in cp
+    ]
     last = paths[-1][1]["shares"] if paths else {}
     cats = sorted({c for _, p in paths for c in p["shares"]}, key=lambda c: (-last.get(c, 0.0), c))
     lines += ["", "| path | length | " + " | ".join(cats) + " |", "|---" * (len(cats) + 2) + "|"]
     for name, p in paths:
         length = p.get("length_s", p.get("step_s", 0.0))
-        lines.append(f"| {name} | {fmt_s(length)} | " + " | ".join(f"{100 * p['shares'].get(c, 0.0):.1f}%" for c in cats)
-                     + " |")
+        lines.append(
+            f"| {name} | {fmt_s(length)} | " + " | ".join(f"{100 * p['shares'].get(c, 0.0):.1f}%" for c in cats) + " |"
+        )
     return lines
 
 
@@ -234,8 +266,9 @@ def write_run_files(run: RunResult, out_dir: Path, ops: bool = True) -> dict:
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     write_atomic(out_dir / "summary.md", summary_markdown(summary))
     table = run.sim.ops.copy()
-    table["gpu"] = [",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g))
-                    for g in table["gpu"]]
+    table["gpu"] = [
+        ",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g)) for g in table["gpu"]
+    ]
     text = table.to_csv(index=False)
     if ops:
         write_atomic(out_dir / "ops.csv", text)
@@ -274,8 +307,13 @@ def print_audit(console: Console, lines: list[AuditLine], source: str = "") -> N
     table.add_column("why", overflow="fold", ratio=1)
     colour = {"holds": "green", "holds only with EP folded": "yellow", "does not hold": "red", "pending": "yellow"}
     for a in lines:
-        table.add_row(escape(a.claim), escape(a.declared), escape(a.computed), f"[{colour[a.verdict]}]{a.verdict}[/]",
-                      escape(a.explanation))
+        table.add_row(
+            escape(a.claim),
+            escape(a.declared),
+            escape(a.computed),
+            f"[{colour[a.verdict]}]{a.verdict}[/]",
+            escape(a.explanation),
+        )
     console.print(table)
 
 
@@ -285,30 +323,46 @@ def print_gpu_table(console: Console, result: DagResult | RunResult) -> None:
     for col in ("GPU", "stage", "layers", "experts", "weights", "FLOPs", "HBM bytes", "sent"):
         table.add_column(col, justify="right")
     for r in frame.itertuples():
-        table.add_row(str(r.gpu), str(r.stage), escape(r.layers), escape(r.experts), fmt_bytes(r.weight_bytes), f"{r.flops:.3e}",
-                      fmt_bytes(r.hbm_bytes), fmt_bytes(r.sent_bytes))
+        table.add_row(
+            str(r.gpu),
+            str(r.stage),
+            escape(r.layers),
+            escape(r.experts),
+            fmt_bytes(r.weight_bytes),
+            f"{r.flops:.3e}",
+            fmt_bytes(r.hbm_bytes),
+            fmt_bytes(r.sent_bytes),
+        )
     console.print(table)
 
 
 def print_run(console: Console, run: RunResult, summary: dict) -> None:
     lay = summary["layout"]
-    console.print(f"[bold]{escape(summary['scenario'])}[/bold]: {escape(summary['model'])} on {lay['num_gpus']} x {lay['hardware']}, "
-                  f"TP={lay['tp']} EP={lay['ep']} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
-                  f"{lay['microbatches']} microbatch(es), {lay['mode']} decode")
+    console.print(
+        f"[bold]{escape(summary['scenario'])}[/bold]: {escape(summary['model'])} on {lay['num_gpus']} x {lay['hardware']}, "
+        f"TP={lay['tp']} EP={lay['ep']} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
+        f"{lay['microbatches']} microbatch(es), {lay['mode']} decode"
+    )
     t = Table(title="Results")
     t.add_column("metric")
     t.add_column("value", justify="right")
     ttft = summary["ttft_s"]
     t.add_row("TTFT mean / p99 / max", f"{fmt_s(ttft['mean'])} / {fmt_s(ttft['p99'])} / {fmt_s(ttft['max'])}")
     t.add_row("TPOT", fmt_tpot(summary["tpot_s"]) + sampled_note(summary, "tpot_s"))
-    t.add_row("prefill / decode / total", f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / "
-              f"{fmt_s(summary['total_s'])}{sampled_note(summary, 'total_s')}")
+    t.add_row(
+        "prefill / decode / total",
+        f"{fmt_s(summary['prefill_s'])} / {fmt_s(summary['decode_s'])} / "
+        f"{fmt_s(summary['total_s'])}{sampled_note(summary, 'total_s')}",
+    )
     for k, v in summary["throughput"].items():
         t.add_row(k, f"{v:.4g}{sampled_note(summary, k)}")
     mem = max(summary["memory"], key=lambda m: m["total_bytes"])
-    t.add_row("memory (busiest GPU)", f"{fmt_bytes(mem['total_bytes'])} = {100 * mem['utilization']:.1f}% of "
-              f"{fmt_bytes(mem['capacity_bytes'])} (weights {fmt_bytes(mem['weight_bytes'])}, KV {fmt_bytes(mem['kv_cache_bytes'])}, "
-              f"activations {fmt_bytes(mem['activation_bytes'])})" + ("" if mem["fits"] else " [red]DOES NOT FIT[/red]"))
+    t.add_row(
+        "memory (busiest GPU)",
+        f"{fmt_bytes(mem['total_bytes'])} = {100 * mem['utilization']:.1f}% of "
+        f"{fmt_bytes(mem['capacity_bytes'])} (weights {fmt_bytes(mem['weight_bytes'])}, KV {fmt_bytes(mem['kv_cache_bytes'])}, "
+        f"activations {fmt_bytes(mem['activation_bytes'])})" + ("" if mem["fits"] else " [red]DOES NOT FIT[/red]"),
+    )
     console.print(t)
     if summary["targets"]:
         tt = Table(title="Targets")
@@ -318,12 +372,20 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
             tt.add_row(a, b, c, f"[green]{d}[/green]" if d.startswith("MET") else f"[red]{d}[/red]")
         console.print(tt)
     routing = summary.get("routing") or {}
-    if routing.get("routing", "uniform") != "uniform" or routing.get("max_over_mean_tokens_per_ep_rank", 1.0) > 1.0 + 1e-9:
-        console.print(f"- routing ({routing['routing']}): the busiest EP rank gets "
-                      f"{routing['max_over_mean_tokens_per_ep_rank']:.2f}x the mean tokens (worst layer); its experts take "
-                      f"{fmt_s(routing['straggler_s'])} longer than the mean rank's in all"
-                      + (f"; {100 * routing['dropped_fraction']:.1f}% of token copies dropped at capacity"
-                         if routing.get("dropped_fraction") else ""))
+    if (
+        routing.get("routing", "uniform") != "uniform"
+        or routing.get("max_over_mean_tokens_per_ep_rank", 1.0) > 1.0 + 1e-9
+    ):
+        console.print(
+            f"- routing ({routing['routing']}): the busiest EP rank gets "
+            f"{routing['max_over_mean_tokens_per_ep_rank']:.2f}x the mean tokens (worst layer); its experts take "
+            f"{fmt_s(routing['straggler_s'])} longer than the mean rank's in all"
+            + (
+                f"; {100 * routing['dropped_fraction']:.1f}% of token copies dropped at capacity"
+                if routing.get("dropped_fraction")
+                else ""
+            )
+        )
     for note in summary["placement"].get("notes", []):
         console.print(f"- placement: {escape(note)}")
     for sentence in summary["bottleneck"].values():

@@ -75,13 +75,20 @@ def select_gpus(layout: dict, max_gpus: int = MAX_GPUS_SHOWN) -> tuple[list[int]
         return gpus, f"showing dp replica 0 of {dp} (GPUs {_ranges(gpus)}); other replicas run the same schedule"
     if pp <= max_gpus:
         per_stage = max(1, max_gpus // pp)
-        ranks = sorted({round(i * (tp - 1) / max(1, per_stage - 1)) for i in range(per_stage)}) if per_stage > 1 else [0]
+        ranks = (
+            sorted({round(i * (tp - 1) / max(1, per_stage - 1)) for i in range(per_stage)}) if per_stage > 1 else [0]
+        )
         gpus = [s * dp * tp + t for s in range(pp) for t in ranks]
-        return gpus, (f"showing tp rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of dp replica 0 "
-                      f"in each of {pp} stages (GPUs {_ranges(gpus)}); the other {n - len(gpus)} GPUs mirror them")
+        return gpus, (
+            f"showing tp rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of dp replica 0 "
+            f"in each of {pp} stages (GPUs {_ranges(gpus)}); the other {n - len(gpus)} GPUs mirror them"
+        )
     stages = sorted({round(i * (pp - 1) / (max_gpus - 1)) for i in range(max_gpus)})
     gpus = [s * dp * tp for s in stages]
-    return gpus, f"showing tp rank 0 of dp replica 0 in stages {', '.join(map(str, stages))} of {pp} (GPUs {_ranges(gpus)})"
+    return (
+        gpus,
+        f"showing tp rank 0 of dp replica 0 in stages {', '.join(map(str, stages))} of {pp} (GPUs {_ranges(gpus)})",
+    )
 
 
 def shown_gpus(summary: dict, num_gpus: int, max_gpus: int = MAX_GPUS_SHOWN) -> tuple[list[int], str]:
@@ -135,20 +142,27 @@ def _windows(ops: pd.DataFrame, total_steps: int | None = None) -> list[_Window]
     marks = [(t, f"mb{i}" if many else "first token") for i, t in enumerate(first_tokens)]
     dashed = "; dashed: first token of each microbatch" if many else ""
     sampled = total_steps is not None and total_steps > len(steps)
-    counted = f"{len(steps)} of {total_steps} decode steps (a sample; the rest are interpolated)" if sampled else (
-        f"{len(steps)} decode step{'s' if len(steps) != 1 else ''}")
+    counted = (
+        f"{len(steps)} of {total_steps} decode steps (a sample; the rest are interpolated)"
+        if sampled
+        else (f"{len(steps)} decode step{'s' if len(steps) != 1 else ''}")
+    )
     whole = _Window(f"Whole run: prefill, then {counted}{dashed}", 0.0, total_s, None, marks)
     is_prefill = phase == "prefill"
     prefill_end_s = float(end[is_prefill].max())
-    windows = [whole, _Window(f"Prefill{dashed}; faded: decode work in the window", 0.0, prefill_end_s,
-                              is_prefill, marks)]
+    windows = [
+        whole,
+        _Window(f"Prefill{dashed}; faded: decode work in the window", 0.0, prefill_end_s, is_prefill, marks),
+    ]
     if steps:
         k = steps[len(steps) // 2]
         in_step = (phase == "decode") & (step == k)
         lo, hi = float(start[in_step & ~is_token].min()), float(end[in_step].max())
         tokens = sorted(end[is_token & (phase == "decode") & (step == k)])
         step_marks = [(t, f"mb{i}" if len(tokens) > 1 else f"token {k + 1}") for i, t in enumerate(tokens)]
-        title = f"Decode step {k} of {total_steps if sampled else len(steps)} (middle of decoding); dashed: token {k + 1}"
+        title = (
+            f"Decode step {k} of {total_steps if sampled else len(steps)} (middle of decoding); dashed: token {k + 1}"
+        )
         if len(tokens) > 1:
             title += " of each microbatch"
         windows.append(_Window(title + "; faded: other steps", lo, hi, in_step, step_marks))
@@ -171,8 +185,12 @@ def _lanes(gpus: list[int], num_gpus: int, layout: dict, with_path: bool):
         y += 1.3
     for g in gpus:
         stage = g // (dp * tp)
-        lanes = ((g, y, _BAR), (num_gpus + g, y + 1, _BAR), (2 * num_gpus + g, y + 2 - _LANE / 2 - 0.02, _LANE),
-                 (3 * num_gpus + g, y + 2 + _LANE / 2 + 0.02, _LANE))
+        lanes = (
+            (g, y, _BAR),
+            (num_gpus + g, y + 1, _BAR),
+            (2 * num_gpus + g, y + 2 - _LANE / 2 - 0.02, _LANE),
+            (3 * num_gpus + g, y + 2 + _LANE / 2 + 0.02, _LANE),
+        )
         for resource, lane_y, height in lanes:
             lane_of[resource] = len(lanes_y)
             lanes_y.append(lane_y)
@@ -241,16 +259,33 @@ def _frame(ax, window: _Window, d: _Data, total_s: float) -> None:
             alone = window.focus is None and len(window.marks) == 1
             ha = "right" if where > 0.95 or alone else "left" if where < 0.05 else "center"
             ax.axvline(t_s * 1e3, color="black", lw=0.8, ls="--", zorder=3)
-            ax.annotate(label, (t_s * 1e3, 1), xytext=(-2 if ha == "right" else 0, 2), textcoords="offset points",
-                        fontsize=7,
-                        va="bottom", ha=ha, annotation_clip=False, xycoords=("data", "axes fraction"))
+            ax.annotate(
+                label,
+                (t_s * 1e3, 1),
+                xytext=(-2 if ha == "right" else 0, 2),
+                textcoords="offset points",
+                fontsize=7,
+                va="bottom",
+                ha=ha,
+                annotation_clip=False,
+                xycoords=("data", "axes fraction"),
+            )
     if window.focus is None and len(window.marks) == 1:
         first_token_ms = window.marks[0][0] * 1e3
         for a_ms, b_ms, label in ((0.0, first_token_ms, "prefill"), (first_token_ms, total_s * 1e3, "decode")):
             if b_ms - a_ms > 0.1 * total_s * 1e3:
-                ax.annotate(label, ((a_ms + b_ms) / 2, 1), xytext=(0, 2), textcoords="offset points", fontsize=8,
-                            ha="center", va="bottom", xycoords=("data", "axes fraction"), fontweight="bold",
-                            color="#555555")
+                ax.annotate(
+                    label,
+                    ((a_ms + b_ms) / 2, 1),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    fontsize=8,
+                    ha="center",
+                    va="bottom",
+                    xycoords=("data", "axes fraction"),
+                    fontweight="bold",
+                    color="#555555",
+                )
     ys = [y for y, _ in d.ticks]
     ax.set_xlim(lo_s * 1e3, hi_s * 1e3)
     ax.set_ylim(max(ys) + 0.8, min(ys) - 0.8)
@@ -258,8 +293,13 @@ def _frame(ax, window: _Window, d: _Data, total_s: float) -> None:
     ax.tick_params(axis="y", length=0)
     ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel("time (ms)", fontsize=8)
-    ax.set_title(f"{window.title}: {1e3 * window.start_s:.4g} to {1e3 * window.end_s:.4g} ms "
-                 f"({_fmt_ms(window.end_s - window.start_s)})", fontsize=9, loc="left", pad=12)
+    ax.set_title(
+        f"{window.title}: {1e3 * window.start_s:.4g} to {1e3 * window.end_s:.4g} ms "
+        f"({_fmt_ms(window.end_s - window.start_s)})",
+        fontsize=9,
+        loc="left",
+        pad=12,
+    )
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
 
@@ -281,12 +321,22 @@ def _bars(ax, window: _Window, d: _Data, slices: Slices, path_rows, width_px: in
         lane = np.concatenate([lane, np.zeros(len(p), dtype=np.int64)])
         colour = np.concatenate([colour, d.colour[p]])
     scale = width_px / (hi_s - lo_s)
-    cov = coverage((start[rows] - lo_s) * scale, (end[rows] - lo_s) * scale, lane * ncolours + colour,
-                   len(d.lanes_y) * ncolours, width_px).reshape(len(d.lanes_y), ncolours, width_px)
+    cov = coverage(
+        (start[rows] - lo_s) * scale,
+        (end[rows] - lo_s) * scale,
+        lane * ncolours + colour,
+        len(d.lanes_y) * ncolours,
+        width_px,
+    ).reshape(len(d.lanes_y), ncolours, width_px)
     for k in np.unique(lane).tolist():
         y, h = d.lanes_y[k], d.lanes_h[k]
-        ax.imshow(_strip(cov[k], d.palette)[None], extent=(lo_s * 1e3, hi_s * 1e3, y + h / 2, y - h / 2),
-                  aspect="auto", interpolation="nearest", zorder=2)
+        ax.imshow(
+            _strip(cov[k], d.palette)[None],
+            extent=(lo_s * 1e3, hi_s * 1e3, y + h / 2, y - h / 2),
+            aspect="auto",
+            interpolation="nearest",
+            zorder=2,
+        )
     ax.set_xlim(lo_s * 1e3, hi_s * 1e3)
     ys = [y for y, _ in d.ticks]
     ax.set_ylim(max(ys) + 0.8, min(ys) - 0.8)
@@ -297,8 +347,9 @@ def _fmt_ms(seconds: float) -> str:
     return f"{ms:.3g} ms" if ms < 1000 else f"{seconds:.3g} s"
 
 
-def timeline_png(ops: pd.DataFrame, slices: Slices, summary: dict, path_rows: np.ndarray | None = None,
-                 dpi: int = 110) -> bytes:
+def timeline_png(
+    ops: pd.DataFrame, slices: Slices, summary: dict, path_rows: np.ndarray | None = None, dpi: int = 110
+) -> bytes:
     """The timeline figure as PNG bytes.
 
     Args:
@@ -315,8 +366,16 @@ def timeline_png(ops: pd.DataFrame, slices: Slices, summary: dict, path_rows: np
     palette = np.array([matplotlib.colors.to_rgba(colour_of(c)) for c in names])
     faded = palette.copy()
     faded[:, 3] = 0.3
-    data = _Data(ops["start_s"].to_numpy(dtype=float), ops["end_s"].to_numpy(dtype=float), codes.astype(np.int64),
-                 np.vstack([palette, faded]), lane_of, lanes_y, lanes_h, ticks)
+    data = _Data(
+        ops["start_s"].to_numpy(dtype=float),
+        ops["end_s"].to_numpy(dtype=float),
+        codes.astype(np.int64),
+        np.vstack([palette, faded]),
+        lane_of,
+        lanes_y,
+        lanes_h,
+        ticks,
+    )
     output_len = summary.get("workload", {}).get("output_len_tokens")
     windows = _windows(ops, output_len - 1 if output_len else None)
     total_s = windows[0].end_s
@@ -329,15 +388,27 @@ def timeline_png(ops: pd.DataFrame, slices: Slices, summary: dict, path_rows: np
     axes = []
     for i, window in enumerate(windows):
         top_in = header_in + i * (above_in + axes_in + below_in) + above_in
-        ax = fig.add_axes((left_in / width_in, 1 - (top_in + axes_in) / height_in,
-                           1 - (left_in + right_in) / width_in, axes_in / height_in))
+        ax = fig.add_axes(
+            (
+                left_in / width_in,
+                1 - (top_in + axes_in) / height_in,
+                1 - (left_in + right_in) / width_in,
+                axes_in / height_in,
+            )
+        )
         _frame(ax, window, data, total_s)
         axes.append(ax)
     present = [c for c in CATEGORY_COLOURS if c in names] + sorted(set(names) - set(CATEGORY_COLOURS) - {"marker"})
     handles = [Patch(color=colour_of(c), label=CATEGORY_LABELS.get(c, c)) for c in present]
     handles.append(Patch(facecolor="#f4f4f4", edgecolor="#cccccc", label="idle (empty row)"))
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 1.0 - 0.3 / height_in))
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=min(len(handles), 5),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0 - 0.3 / height_in),
+    )
     title = f"Timeline of {summary.get('scenario', 'run')}: {slices.num_gpus} GPUs"
     if note:
         title += ";\n" + note if len(title) + len(note) > 150 else f"; {note}"
@@ -346,6 +417,8 @@ def timeline_png(ops: pd.DataFrame, slices: Slices, summary: dict, path_rows: np
     for ax, window in zip(axes, windows):
         _bars(ax, window, data, slices, path_rows, max(1, int(round(ax.get_window_extent().width))))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})  # zlib level 1: a third of the time, files ~1.5x
+    fig.savefig(
+        buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1}
+    )  # zlib level 1: a third of the time, files ~1.5x
     plt.close(fig)
     return buffer.getvalue()

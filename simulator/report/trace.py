@@ -38,8 +38,10 @@ def link_pid(gpu: int) -> int:
 
 
 def _meta(pid: int, name: str, sort_index: int, threads: dict[int, str]) -> list[dict]:
-    events = [{"ph": "M", "pid": pid, "tid": 0, "name": "process_name", "args": {"name": name}},
-              {"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": sort_index}}]
+    events = [
+        {"ph": "M", "pid": pid, "tid": 0, "name": "process_name", "args": {"name": name}},
+        {"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": sort_index}},
+    ]
     for tid, tname in threads.items():
         events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": tname}})
         events.append({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
@@ -54,14 +56,15 @@ def _ranges(values: list[int]) -> str:
     return f"{values[0]}-{values[-1]}" if len(values) > 2 else ", ".join(map(str, values))
 
 
-def trace_events(ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None = None,
-                 folded: dict[int, list[int]] | None = None) -> list[dict]:
+def trace_events(
+    ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None = None, folded: dict[int, list[int]] | None = None
+) -> list[dict]:
     """The events of the trace: metadata, then one "X" event per slice, the phases and the path.
 
     `folded`: representative GPU -> the GPUs it stands for (summary.json's "folded"), or None."""
     n = slices.num_gpus
     events = _meta(RUN_PID, "run", -1, {_PHASE_TID: "phases", _PATH_TID: "critical path"})
-    for g in (sorted(folded) if folded else range(n)):
+    for g in sorted(folded) if folded else range(n):
         name = f"GPU {g}" + (f" (stands for GPUs {_ranges(folded[g])})" if folded else "")
         events += _meta(gpu_pid(g), name, 2 * g, {0: "compute stream", 1: "comm stream"})
         events += _meta(link_pid(g), f"{name} link port", 2 * g + 1, {0: "tx", 1: "rx"})
@@ -74,47 +77,115 @@ def trace_events(ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None
     names = ops["op"].tolist()
     cats = ops["category"].tolist()
     args = [
-        {"node": node, "op": op, "phase": phase, "layer": layer, "step": step, "microbatch": mb, "flops": flops,
-         "bytes_read": br, "bytes_written": bw, "bound": bound}
+        {
+            "node": node,
+            "op": op,
+            "phase": phase,
+            "layer": layer,
+            "step": step,
+            "microbatch": mb,
+            "flops": flops,
+            "bytes_read": br,
+            "bytes_written": bw,
+            "bound": bound,
+        }
         for node, op, phase, layer, step, mb, flops, br, bw, bound in zip(
-            ops["node"].tolist(), names, ops["phase"].tolist(), _as_int(ops["layer"].tolist()),
-            _as_int(ops["step"].tolist()), _as_int(ops["microbatch"].tolist()), ops["flops"].tolist(),
-            ops["bytes_read"].tolist(), ops["bytes_written"].tolist(), ops["bound"].tolist())
+            ops["node"].tolist(),
+            names,
+            ops["phase"].tolist(),
+            _as_int(ops["layer"].tolist()),
+            _as_int(ops["step"].tolist()),
+            _as_int(ops["microbatch"].tolist()),
+            ops["flops"].tolist(),
+            ops["bytes_read"].tolist(),
+            ops["bytes_written"].tolist(),
+            ops["bound"].tolist(),
+        )
     ]
     nodes = ops["node"].tolist()
     for row, kind, gpu in zip(slices.row.tolist(), slices.kind.tolist(), slices.gpu.tolist()):
         if kind < 2:
-            events.append({"name": names[row], "cat": cats[row], "ph": "X", "ts": start_us[row], "dur": dur_us[row],
-                           "pid": gpu_pid(gpu), "tid": kind, "args": args[row]})
+            events.append(
+                {
+                    "name": names[row],
+                    "cat": cats[row],
+                    "ph": "X",
+                    "ts": start_us[row],
+                    "dur": dur_us[row],
+                    "pid": gpu_pid(gpu),
+                    "tid": kind,
+                    "args": args[row],
+                }
+            )
         else:  # a link port repeats its collective's stream slice: name the node only
-            events.append({"name": names[row], "cat": cats[row], "ph": "X", "ts": start_us[row], "dur": dur_us[row],
-                           "pid": link_pid(gpu), "tid": kind - 2, "args": {"node": nodes[row]}})
+            events.append(
+                {
+                    "name": names[row],
+                    "cat": cats[row],
+                    "ph": "X",
+                    "ts": start_us[row],
+                    "dur": dur_us[row],
+                    "pid": link_pid(gpu),
+                    "tid": kind - 2,
+                    "args": {"node": nodes[row]},
+                }
+            )
 
     phase = ops["phase"].to_numpy()
     step = ops["step"].to_numpy()
     start_arr, end_arr = start_ns, end_ns
     work = (ops["kind"] != NodeKind.MARKER).to_numpy()
     for name, mask in [("prefill", (phase == "prefill") & work)] + [
-            (f"decode step {k}", (phase == "decode") & (step == k) & work)
-            for k in sorted(set(step[(phase == "decode") & work].tolist()))]:
+        (f"decode step {k}", (phase == "decode") & (step == k) & work)
+        for k in sorted(set(step[(phase == "decode") & work].tolist()))
+    ]:
         if mask.any():
             t0, t1 = int(start_arr[mask].min()), int(end_arr[mask].max())
-            events.append({"name": name, "cat": "phase", "ph": "X", "ts": t0 / 1e3, "dur": (t1 - t0) / 1e3, "pid": RUN_PID,
-                           "tid": _PHASE_TID, "args": {}})
+            events.append(
+                {
+                    "name": name,
+                    "cat": "phase",
+                    "ph": "X",
+                    "ts": t0 / 1e3,
+                    "dur": (t1 - t0) / 1e3,
+                    "pid": RUN_PID,
+                    "tid": _PHASE_TID,
+                    "args": {},
+                }
+            )
     if path_rows is not None:
         positive = ops["duration_s"].to_numpy(dtype=float) > 0
         for row in path_rows.tolist():
             if positive[row]:
-                events.append({"name": names[row], "cat": cats[row], "ph": "X", "ts": start_us[row],
-                               "dur": dur_us[row], "pid": RUN_PID, "tid": _PATH_TID, "args": {"node": nodes[row]}})
+                events.append(
+                    {
+                        "name": names[row],
+                        "cat": cats[row],
+                        "ph": "X",
+                        "ts": start_us[row],
+                        "dur": dur_us[row],
+                        "pid": RUN_PID,
+                        "tid": _PATH_TID,
+                        "args": {"node": nodes[row]},
+                    }
+                )
     return events
 
 
-def write_trace(path: Path, ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None = None,
-                metadata: dict | None = None, folded: dict[int, list[int]] | None = None) -> None:
+def write_trace(
+    path: Path,
+    ops: pd.DataFrame,
+    slices: Slices,
+    path_rows: np.ndarray | None = None,
+    metadata: dict | None = None,
+    folded: dict[int, list[int]] | None = None,
+) -> None:
     """Write the trace (JSON object format: traceEvents, displayTimeUnit, otherData), gzip-compressed
     when `path` ends in .gz (Perfetto opens it as it is)."""
-    doc = {"traceEvents": trace_events(ops, slices, path_rows, folded), "displayTimeUnit": "ms",
-           "otherData": metadata or {}}
+    doc = {
+        "traceEvents": trace_events(ops, slices, path_rows, folded),
+        "displayTimeUnit": "ms",
+        "otherData": metadata or {},
+    }
     data = orjson.dumps(doc)
     write_atomic(path, gzip.compress(data, compresslevel=1, mtime=0) if str(path).endswith(".gz") else data)

@@ -9,28 +9,38 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from simulator.files import write_atomic  # noqa: E402
 
 
 def write_validation(outcomes, out_dir: Path) -> None:
-    frame = pd.DataFrame([{"case": o.case, "metric": o.metric, "predicted": o.predicted, "measured": o.measured,
-                           "error": o.error} for o in outcomes])
+    frame = pd.DataFrame(
+        [
+            {"case": o.case, "metric": o.metric, "predicted": o.predicted, "measured": o.measured, "error": o.error}
+            for o in outcomes
+        ]
+    )
     write_atomic(out_dir / "validation.csv", frame.to_csv(index=False))
     fig, ax = plt.subplots(figsize=(7, 6.5), dpi=110)
     lo = min(frame["predicted"].min(), frame["measured"].min()) / 2
     hi = max(frame["predicted"].max(), frame["measured"].max()) * 2
     line = [lo, hi]
     ax.plot(line, line, color="black", lw=1, label="predicted = measured")
-    ax.fill_between(line, [v * 0.9 for v in line], [v * 1.1 for v in line], color="tab:green", alpha=0.15,
-                    label="±10 %")
+    ax.fill_between(
+        line, [v * 0.9 for v in line], [v * 1.1 for v in line], color="tab:green", alpha=0.15, label="±10 %"
+    )
     for metric, part in frame.groupby("metric"):
         ax.scatter(part["measured"], part["predicted"], s=50, label=metric, zorder=3)
     for row in frame.itertuples():
-        ax.annotate(f"{row.case.split(',')[0]} ({100 * row.error:+.0f}%)", (row.measured, row.predicted),
-                    textcoords="offset points", xytext=(6, -4), fontsize=7)
+        ax.annotate(
+            f"{row.case.split(',')[0]} ({100 * row.error:+.0f}%)",
+            (row.measured, row.predicted),
+            textcoords="offset points",
+            xytext=(6, -4),
+            fontsize=7,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)

@@ -29,7 +29,8 @@ batch (the serving loop takes the slowest replica's price); an empty batch is th
 from __future__ import annotations
 
 import bisect
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 

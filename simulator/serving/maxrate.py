@@ -16,15 +16,15 @@ overloaded one completes at its capacity, whatever the rate).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 
+from simulator.config.serving import PoissonArrivals, ServingError, ServingSpec
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.simulate import simulate_serving
-from simulator.config.serving import PoissonArrivals, ServingError, ServingSpec
 from simulator.serving.stats import ServingSummary, request_table, summarize
 
 #: progress(rate_per_s, summary) is called after each simulated rate.

@@ -27,9 +27,9 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from simulator.config.serving import SchedulerSpec
 from simulator.serving.kvcache import PagedKVCache
 from simulator.serving.pricing import Batch, SeqWork
-from simulator.config.serving import SchedulerSpec
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
 

@@ -16,16 +16,16 @@ period is the latency (no overlap).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence as Seq
 
 import numpy as np
 import simpy
 
+from simulator.config.serving import ServingError, ServingSpec
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.scheduler import Scheduler, Sequence, Step
-from simulator.config.serving import ServingError, ServingSpec
 from simulator.serving.workload import Request, generate_requests
 
 #: Columns of ServingRun.timeseries, one row per replica per iteration.

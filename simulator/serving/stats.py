@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from simulator.serving.simulate import TIMESERIES_COLUMNS, ServingRun
 from simulator.config.serving import TargetsSpec
+from simulator.serving.simulate import TIMESERIES_COLUMNS, ServingRun
 
 LATENCY_METRICS = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queueing_s")
 STATISTICS = ("mean", "p50", "p90", "p99", "max")

@@ -19,8 +19,23 @@ from simulator.sweep.run import (
 )
 
 __all__ = [
-    "COST_CLASSES", "DEFAULT_DECODE_SAMPLE", "DEFAULT_MICROBATCHES", "OBJECTIVES", "OVERHEAD_CLASSES",
-    "SERVING_OBJECTIVES", "LayoutResult", "SerialExecutor", "SweepInterrupted", "TargetVerdict", "cost_shares", "default_jobs",
-    "enumerate_layouts", "estimated_cost", "make_executor", "rank_results", "run_sweep",
-    "screen_memory", "simulate_layout",
+    "COST_CLASSES",
+    "DEFAULT_DECODE_SAMPLE",
+    "DEFAULT_MICROBATCHES",
+    "OBJECTIVES",
+    "OVERHEAD_CLASSES",
+    "SERVING_OBJECTIVES",
+    "LayoutResult",
+    "SerialExecutor",
+    "SweepInterrupted",
+    "TargetVerdict",
+    "cost_shares",
+    "default_jobs",
+    "enumerate_layouts",
+    "estimated_cost",
+    "make_executor",
+    "rank_results",
+    "run_sweep",
+    "screen_memory",
+    "simulate_layout",
 ]

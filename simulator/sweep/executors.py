@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
 
 from simulator.config import ScenarioError
 
@@ -63,7 +63,7 @@ def make_executor(spec: str | None = None, jobs: int | None = None) -> Iterator[
         else:
             cluster = None
             try:
-                client = Client("tcp://" + spec[len("dask://"):], timeout=10)
+                client = Client("tcp://" + spec[len("dask://") :], timeout=10)
             except OSError as exc:
                 raise ScenarioError(f"--executor {spec}: cannot reach the Dask scheduler ({exc})") from None
         try:

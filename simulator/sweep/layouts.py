@@ -6,15 +6,16 @@ validity rules are the config stage's own (`config.with_layout`), applied to eac
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from simulator.config import ParallelSpec, Scenario, ScenarioError, divisors, with_layout
 
 DEFAULT_MICROBATCHES = (1, 2, 4, 8)
 
 
-def enumerate_layouts(scenario: Scenario, num_gpus: int | None = None,
-                      microbatches: Sequence[int] = DEFAULT_MICROBATCHES) -> list[ParallelSpec]:
+def enumerate_layouts(
+    scenario: Scenario, num_gpus: int | None = None, microbatches: Sequence[int] = DEFAULT_MICROBATCHES
+) -> list[ParallelSpec]:
     """Every valid layout on `num_gpus` (default: the scenario's), in a fixed order; the scenario's
     own layout is always included when it has that many GPUs (with its microbatch count)."""
     n = num_gpus or scenario.num_gpus

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from simulator.config import ScenarioError
 from simulator.sweep.results import LayoutResult

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from simulator.graph import NodeKind
 from simulator.config import ParallelSpec
+from simulator.graph import NodeKind
 
 #: Classes of GPU time a layout spends, in the order ties are broken.
 COST_CLASSES = ("compute", "memory-bound", "kernel launches", "TP comm", "EP all-to-all", "pipeline bubbles")
@@ -27,7 +27,7 @@ class TargetVerdict(NamedTuple):
     met: bool
 
     @classmethod
-    def of(cls, target) -> "TargetVerdict":
+    def of(cls, target) -> TargetVerdict:
         """The verdict of a `metrics.TargetResult`."""
         return cls(target.metric, target.bound, target.limit, target.actual, target.met)
 
@@ -97,8 +97,9 @@ def cost_shares(run) -> dict[str, float]:
     from simulator.metrics import ExactSums, decode_step_weights
 
     busy, dag = run.metrics.busy_s, run.dag
-    weights = decode_step_weights(dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1,
-                                  dag.graph.get("warmup_steps", 0))
+    weights = decode_step_weights(
+        dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1, dag.graph.get("warmup_steps", 0)
+    )
     nodes = run.sim.weighted_nodes(weights)
     comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == NodeKind.COMM}
     sums = ExactSums()
@@ -130,5 +131,6 @@ def cost_shares(run) -> dict[str, float]:
 def failed_result(index: int, layout: ParallelSpec, own: bool, exc: BaseException) -> LayoutResult:
     """The row of a layout whose simulation raised `exc`: its first line, after the exception's type."""
     message = str(exc).splitlines()[0] if str(exc) else ""
-    return LayoutResult(index=index, layout=layout, own=own, status="failed",
-                        error=f"{type(exc).__name__}: {message}".rstrip(": "))
+    return LayoutResult(
+        index=index, layout=layout, own=own, status="failed", error=f"{type(exc).__name__}: {message}".rstrip(": ")
+    )

@@ -13,9 +13,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 from simulator.config import ParallelSpec, Scenario, ScenarioError, resolve_hardware
 from simulator.files import OutputError, pid_alive, write_atomic
@@ -30,8 +30,13 @@ def progress_path(out: Path) -> Path:
     return out.with_name(out.name + ".progress.jsonl")
 
 
-def sweep_inputs(scenario: Scenario, num_gpus: int, microbatches: Sequence[int], decode_sample: int,
-                 serving_objective: str | None = None) -> dict:
+def sweep_inputs(
+    scenario: Scenario,
+    num_gpus: int,
+    microbatches: Sequence[int],
+    decode_sample: int,
+    serving_objective: str | None = None,
+) -> dict:
     """What decides a sweep's results (not the objective, which only ranks them, nor the executor;
     but a serving objective, whose figures each layout's row holds, is one of them).
 
@@ -40,17 +45,30 @@ def sweep_inputs(scenario: Scenario, num_gpus: int, microbatches: Sequence[int],
     """
     # A scenario without a serving section hashes as before that section existed (old progress files resume).
     unset = {"serving"} if scenario.serving is None else None
-    text = json.dumps({"scenario": scenario.model_dump(mode="json", exclude=unset),
-                       "hardware": resolve_hardware(scenario).model_dump(mode="json")}, sort_keys=True)
-    inputs = {"scenario": hashlib.sha256(text.encode()).hexdigest(), "gpus": num_gpus,
-              "microbatches": list(microbatches), "decode_sample": decode_sample}
+    text = json.dumps(
+        {
+            "scenario": scenario.model_dump(mode="json", exclude=unset),
+            "hardware": resolve_hardware(scenario).model_dump(mode="json"),
+        },
+        sort_keys=True,
+    )
+    inputs = {
+        "scenario": hashlib.sha256(text.encode()).hexdigest(),
+        "gpus": num_gpus,
+        "microbatches": list(microbatches),
+        "decode_sample": decode_sample,
+    }
     if serving_objective is not None:
         inputs["serving_objective"] = serving_objective
     return inputs
 
 
-_OPTION_TEXT = {"gpus": "--gpus", "microbatches": "--microbatches", "decode_sample": "--decode-sample",
-                "serving_objective": "--objective"}
+_OPTION_TEXT = {
+    "gpus": "--gpus",
+    "microbatches": "--microbatches",
+    "decode_sample": "--decode-sample",
+    "serving_objective": "--objective",
+}
 
 
 def _show(key: str, value) -> str:
@@ -86,8 +104,9 @@ def from_record(record: dict) -> LayoutResult:
     targets = fields["targets"]
     if not isinstance(targets, list) or not all(isinstance(t, list) and len(t) == 5 for t in targets):
         raise ValueError("targets: expected [metric, bound, limit, actual, met] lists")
-    fields["targets"] = tuple(TargetVerdict(_str(m), _str(b), _float(lim), _float(act), _bool(met))
-                             for m, b, lim, act, met in targets)
+    fields["targets"] = tuple(
+        TargetVerdict(_str(m), _str(b), _float(lim), _float(act), _bool(met)) for m, b, lim, act, met in targets
+    )
     for key in ("ttft_mean_s", "ttft_max_s", "tpot_s", "memory_bytes_per_gpu", "capacity_bytes", "sim_s"):
         fields[key] = _float(fields[key])
     fields["serving"] = fields.get("serving") or {}
@@ -147,18 +166,21 @@ class Progress:
         """Start a fresh file (replacing any), or with `resume` read the finished layouts of the
         existing one; its inputs must equal `inputs` (ScenarioError naming the one that differs)."""
         self.path = Path(path)
-        self.done: dict[Layout, LayoutResult] = {}
+        self.done: dict[ParallelSpec, LayoutResult] = {}
         header = {"format": FORMAT, **inputs}
         lines: list[str] = []
         self._refuse_if_in_use()
         if resume:
             self.done, lines = self._read(header, set(layouts))
         try:
-            write_atomic(self.path, "".join(line + "\n" for line in [json.dumps({**header, "pid": os.getpid()}), *lines]))
+            write_atomic(
+                self.path, "".join(line + "\n" for line in [json.dumps({**header, "pid": os.getpid()}), *lines])
+            )
             self._handle = self.path.open("a", encoding="utf-8")
         except OSError as exc:
-            raise OutputError(f"--out: cannot write the progress file {self.path} ({exc.strerror}); "
-                              f"choose a writable directory") from None
+            raise OutputError(
+                f"--out: cannot write the progress file {self.path} ({exc.strerror}); choose a writable directory"
+            ) from None
 
     def _refuse_if_in_use(self) -> None:
         """Two sweeps into one --out would share this file (one's end deletes the other's progress):
@@ -170,10 +192,12 @@ class Progress:
             return
         pid = first.get("pid") if isinstance(first, dict) else None
         if _is_int(pid) and pid != os.getpid() and pid > 0 and pid_alive(pid):
-            raise OutputError(f"--out: another moesim compare (process {pid}) is sweeping into {self.path.name[:-15]}; "
-                              "wait for it to finish or choose another --out")
+            raise OutputError(
+                f"--out: another moesim compare (process {pid}) is sweeping into {self.path.name[:-15]}; "
+                "wait for it to finish or choose another --out"
+            )
 
-    def _read(self, header: dict, layouts: set[Layout]) -> tuple[dict[Layout, LayoutResult], list[str]]:
+    def _read(self, header: dict, layouts: set[ParallelSpec]) -> tuple[dict[ParallelSpec, LayoutResult], list[str]]:
         if not self.path.is_file():
             raise ScenarioError(f"--resume: no progress file {self.path}; run without --resume to start the sweep")
         text = self.path.read_bytes().decode("utf-8", errors="replace")
@@ -185,15 +209,19 @@ class Progress:
         except json.JSONDecodeError:
             theirs = None
         if not isinstance(theirs, dict) or theirs.get("format") != FORMAT:
-            raise ScenarioError(f"--resume: {self.path} is not a moesim sweep progress file; "
-                                f"rerun without --resume to start afresh")
+            raise ScenarioError(
+                f"--resume: {self.path} is not a moesim sweep progress file; rerun without --resume to start afresh"
+            )
         for key, value in header.items():
             if theirs.get(key) != value:
-                what = ("a different scenario (the file, a --set or the hardware profile changed)"
-                        if key == "scenario" else
-                        f"{_OPTION_TEXT[key]} {_show(key, theirs.get(key))}, not {_show(key, value)}")
-                raise ScenarioError(f"--resume: {self.path} was made with {what}; "
-                                    f"rerun without --resume to start afresh")
+                what = (
+                    "a different scenario (the file, a --set or the hardware profile changed)"
+                    if key == "scenario"
+                    else f"{_OPTION_TEXT[key]} {_show(key, theirs.get(key))}, not {_show(key, value)}"
+                )
+                raise ScenarioError(
+                    f"--resume: {self.path} was made with {what}; rerun without --resume to start afresh"
+                )
         done, kept = {}, []
         for number, line in enumerate(lines[1:], start=2):
             try:
@@ -201,8 +229,9 @@ class Progress:
             except (ValueError, TypeError, KeyError, RecursionError):
                 if number == len(lines):  # cut short by the interruption: that layout runs again
                     break
-                raise ScenarioError(f"--resume: {self.path} line {number} is damaged; "
-                                    f"rerun without --resume to start afresh") from None
+                raise ScenarioError(
+                    f"--resume: {self.path} line {number} is damaged; rerun without --resume to start afresh"
+                ) from None
             if result.layout in layouts:
                 done[result.layout] = result
                 kept.append(line)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import replace
-from typing import Callable, Mapping, Sequence
 
 from simulator.config import ParallelSpec, Scenario, resolve_hardware, with_layout
-from simulator.placement import evenly_routed
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
+from simulator.placement import evenly_routed
 from simulator.sweep.executors import SerialExecutor
 from simulator.sweep.results import LayoutResult, TargetVerdict, cost_shares, failed_result
 
@@ -35,16 +35,31 @@ def simulate_layout(index: int, own: bool, scenario: Scenario, decode_sample: in
     try:
         hw = resolve_hardware(scenario)
         with no_gc():
-            run = run_scenario(one_replica(scenario, hw) or scenario, verify=False,
-                               decode_sample=decode_sample or None, fold=True, explain=False, hw=hw)
+            run = run_scenario(
+                one_replica(scenario, hw) or scenario,
+                verify=False,
+                decode_sample=decode_sample or None,
+                fold=True,
+                explain=False,
+                hw=hw,
+            )
             shares = cost_shares(run)
         m = run.metrics
         return LayoutResult(
-            index=index, layout=layout, own=own, status="ok", ttft_mean_s=m.ttft_s.mean, ttft_max_s=m.ttft_s.max,
-            tpot_s=m.tpot_s, throughput=dict(m.throughput),
-            memory_bytes_per_gpu=max(g.total_bytes for g in m.memory), capacity_bytes=run.hardware.memory_bytes,
+            index=index,
+            layout=layout,
+            own=own,
+            status="ok",
+            ttft_mean_s=m.ttft_s.mean,
+            ttft_max_s=m.ttft_s.max,
+            tpot_s=m.tpot_s,
+            throughput=dict(m.throughput),
+            memory_bytes_per_gpu=max(g.total_bytes for g in m.memory),
+            capacity_bytes=run.hardware.memory_bytes,
             targets=tuple(TargetVerdict.of(t) for t in m.targets),
-            cost_shares=shares, sim_s=time.perf_counter() - started)
+            cost_shares=shares,
+            sim_s=time.perf_counter() - started,
+        )
     except Exception as exc:  # recorded in the table; the sweep goes on
         return failed_result(index, layout, own, exc)
 
@@ -55,8 +70,13 @@ def screen_memory(scenario: Scenario, capacity_bytes: float) -> float | None:
     reserve = scenario.runtime.memory_reserve_bytes
     # The GPUs of a stage hold alike (its layers; num_experts / ep experts each): one per stage.
     per_stage = scenario.parallel.dp * scenario.parallel.tp
-    need = max(weight_bytes_per_gpu(scenario, g) + kv_cache_bytes_per_gpu(scenario, g)
-               for g in range(0, scenario.num_gpus, per_stage)) + reserve
+    need = (
+        max(
+            weight_bytes_per_gpu(scenario, g) + kv_cache_bytes_per_gpu(scenario, g)
+            for g in range(0, scenario.num_gpus, per_stage)
+        )
+        + reserve
+    )
     return need if need > capacity_bytes else None
 
 
@@ -77,11 +97,16 @@ class SweepInterrupted(KeyboardInterrupt):
         self.finished, self.total = finished, total
 
 
-def run_sweep(scenario: Scenario, layouts: Sequence[ParallelSpec], executor: Executor | None = None,
-              decode_sample: int = DEFAULT_DECODE_SAMPLE, progress: Callable[[LayoutResult], None] | None = None,
-              simulate: Callable[..., LayoutResult] | None = None,
-              done: Mapping[Layout, LayoutResult] | None = None,
-              journal: Callable[[LayoutResult], None] | None = None) -> list[LayoutResult]:
+def run_sweep(
+    scenario: Scenario,
+    layouts: Sequence[ParallelSpec],
+    executor: Executor | None = None,
+    decode_sample: int = DEFAULT_DECODE_SAMPLE,
+    progress: Callable[[LayoutResult], None] | None = None,
+    simulate: Callable[..., LayoutResult] | None = None,
+    done: Mapping[ParallelSpec, LayoutResult] | None = None,
+    journal: Callable[[LayoutResult], None] | None = None,
+) -> list[LayoutResult]:
     """Screen, then simulate every layout; results in `layouts` order whatever the executor.
 
     `simulate(index, own, scenario, decode_sample)` (default: simulate_layout) must be picklable
@@ -109,9 +134,15 @@ def run_sweep(scenario: Scenario, layouts: Sequence[ParallelSpec], executor: Exe
         if need is None:
             pending.append((i, variant))
         else:
-            results[i] = LayoutResult(index=i, layout=layout, own=layout == own, status="screened",
-                                      error=f"weights + KV cache need {need / 1e9:.1f} GB of {capacity / 1e9:.1f} GB",
-                                      memory_bytes_per_gpu=need, capacity_bytes=capacity)
+            results[i] = LayoutResult(
+                index=i,
+                layout=layout,
+                own=layout == own,
+                status="screened",
+                error=f"weights + KV cache need {need / 1e9:.1f} GB of {capacity / 1e9:.1f} GB",
+                memory_bytes_per_gpu=need,
+                capacity_bytes=capacity,
+            )
             if progress:
                 progress(results[i])
     # Longest first: the pool's last tasks are short ones, so workers finish together.

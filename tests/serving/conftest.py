@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from simulator.serving.pricing import LinearPricer
 from simulator.config.serving import ServingSpec, parse_serving_spec
+from simulator.serving.pricing import LinearPricer
 
 BASE = {
     "workload": {"arrivals": {"kind": "closed_loop", "concurrency": 1},

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from simulator.config.serving import ServingError
 from simulator.serving.maxrate import CURVE_COLUMNS, max_rate, rate_curve
 from simulator.serving.pricing import CachedPricer, LinearPricer
-from simulator.config.serving import ServingError
 from tests.serving.conftest import make_spec
 
 WORKLOAD = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0}, "num_requests": 400, "seed": 5,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simulator.config.serving import kv_blocks_needed, parse_serving_spec
 from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
-from simulator.config.serving import kv_blocks_needed, parse_serving_spec
 from tests.serving.test_simulate import conservation_holds
 
 

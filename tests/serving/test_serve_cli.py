@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import TINY_MOE
+
 from simulator.cli import main
 from simulator.config import resolve_hardware
 from simulator.serving import session

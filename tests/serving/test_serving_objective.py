@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import TINY_MOE
+
 from simulator.cli import main
 from simulator.config import ParallelSpec
 from simulator.sweep import LayoutResult, rank_results

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from simulator.config.serving import ServingError
 from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
-from simulator.config.serving import ServingError
 from simulator.serving.stats import request_table
 from simulator.serving.workload import Request
 from tests.serving.conftest import RecordingPricer, make_spec
