@@ -78,14 +78,12 @@ def command(args, console) -> int:
     if serving:
         from functools import partial
 
-        from simulator.serving.session import load_serving_scenario, require_spec
+        from simulator.serving.session import load_serving_scenario
         from simulator.sweep.serving import simulate_serving_layout
 
-        loaded = load_serving_scenario(args.scenario, args.set)
-        require_spec(loaded, f"--objective {args.objective}")
+        loaded = load_serving_scenario(args.scenario, args.set, f"--objective {args.objective}")
         scenario = loaded.scenario
-        simulate = partial(simulate_serving_layout, spec=loaded.spec, objective=args.objective,
-                           base_dir=str(loaded.base_dir))
+        simulate = partial(simulate_serving_layout, objective=args.objective, base_dir=str(loaded.base_dir))
     else:
         scenario = load_scenario(args.scenario, args.set)
     if args.gpus is not None and not 1 <= args.gpus <= MAX_GPUS:

@@ -26,16 +26,14 @@ def command(args, console: Console) -> int:
     from simulator.files import run_directory
     from simulator.report.serving_html import write_serving_index
     from simulator.report.serving_summary import print_serving, write_rate_curve, write_serving_files
-    from simulator.serving.session import load_serving_scenario, pricer_name, require_spec, serving_inputs
+    from simulator.serving.session import load_serving_scenario, pricer_name, serving_inputs
     from simulator.serving.simulate import simulate_serving
     from simulator.serving.stats import request_table, summarize
 
     if not args.rel_tol > 0:
         raise ScenarioError(f"--rel-tol {args.rel_tol}: expected a positive fraction, e.g. 0.02")
-    loaded = load_serving_scenario(args.scenario, args.set)
-    what = "--max-rate" if args.max_rate else "moesim serve"
-    require_spec(loaded, what)
-    spec, pricer, _ = serving_inputs(loaded.scenario, loaded.spec)
+    loaded = load_serving_scenario(args.scenario, args.set, "--max-rate" if args.max_rate else "moesim serve")
+    spec, pricer, _ = serving_inputs(loaded.scenario)
     if args.max_rate and not _has_targets(spec):
         raise ScenarioError(f"{args.scenario}: --max-rate needs a target; set serving.targets.ttft_p99_s, "
                             f"tpot_p99_s, e2e_p99_s or min_goodput_fraction")
@@ -100,7 +98,7 @@ def _write_pictures(out: Path, name: str, run, table, spec, found) -> None:
     write_atomic(out / "gantt.png", gantt_png(run, name))
     if found is not None:
         write_atomic(out / "rate_curve.png", rate_curve_png(found.curve, spec.targets, found.rate_per_s,
-                                                            f"{name}: throughput against p99 latency per arrival rate"))
+                                                            f"{name}: p99 latency and throughput against the arrival rate"))
     write_serving_trace(out / "serving_trace.json", run, {"scenario": name})
 
 

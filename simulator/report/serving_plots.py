@@ -141,61 +141,40 @@ def gantt_png(run: ServingRun, title: str, num_requests: int = GANTT_REQUESTS) -
 
 
 def rate_curve_png(curve: pd.DataFrame, targets, max_rate_per_s: float | None, title: str) -> bytes:
-    """Throughput-latency curves, as serving benchmarks publish them: output tokens/s/GPU against p99
-    TTFT and against p99 TPOT, one point per rate tried (labelled with the rate); targets dashed,
-    the max rate ringed."""
-    fig, axes = _figure(13, 5.2, 1, 2)
+    """The rate sweep against the offered Poisson rate, as serving benchmarks publish it: p99 TTFT, p99 TPOT
+    and the output tokens/s/GPU delivered, one point per rate tried (green: every target met and the
+    deployment keeps up; red: not); targets dashed, the max rate a vertical line. Throughput that stops
+    rising with the rate is the deployment's capacity: rates beyond it only grow the queue."""
+    fig, axes = _figure(14, 4.4, 1, 3)
     curve = curve.sort_values("rate_per_s")
-    y = curve["output_tokens_per_s_per_gpu"].to_numpy(dtype=float)
-    met = curve["all_targets_met"].to_numpy(dtype=bool)
     rates = curve["rate_per_s"].to_numpy(dtype=float)
-    for ax, column, name, bound in (
-        (axes[0, 0], "ttft_p99_s", "TTFT p99", targets.ttft_p99_s),
-        (axes[0, 1], "tpot_p99_s", "TPOT p99", targets.tpot_p99_s),
-    ):
-        x_s = curve[column].to_numpy(dtype=float)
-        scale, unit = _ms_axis(np.append(x_s, bound if bound is not None else np.nan))
-        x = x_s * scale
-        ax.plot(x, y, "-", color="0.6", lw=1, zorder=1)
-        ax.scatter(x[met], y[met], c="tab:green", s=30, zorder=3, label="every target met")
-        ax.scatter(x[~met], y[~met], c="tab:red", s=30, zorder=3, label="a target missed")
+    met = curve["all_targets_met"].to_numpy(dtype=bool)
+    log_x = len(rates) > 1 and rates.max() > 8 * rates.min()
+    panels = ((axes[0, 0], "ttft_p99_s", "TTFT p99", targets.ttft_p99_s),
+              (axes[0, 1], "tpot_p99_s", "TPOT p99", targets.tpot_p99_s),
+              (axes[0, 2], "output_tokens_per_s_per_gpu", "output tokens / s / GPU", None))
+    for ax, column, name, bound in panels:
+        values = curve[column].to_numpy(dtype=float)
+        if column.endswith("_s"):
+            scale, unit = _ms_axis(np.append(values, bound if bound is not None else np.nan))
+            ax.set_ylabel(f"{name} [{unit}]")
+        else:
+            scale, unit = 1.0, ""
+            ax.set_ylabel(name)
+        y = values * scale
+        ax.plot(rates, y, "-", color="0.6", lw=1, zorder=1)
+        ax.scatter(rates[met], y[met], c="tab:green", s=25, zorder=3, label="targets met, keeps up")
+        ax.scatter(rates[~met], y[~met], c="tab:red", s=25, zorder=3, label="a target missed or overloaded")
         if bound is not None:
-            ax.axvline(bound * scale, color="tab:purple", ls="--", lw=1.5, label=f"target {bound * scale:.4g} {unit}")
+            ax.axhline(bound * scale, color="tab:purple", ls="--", lw=1.5, label=f"target {bound * scale:.4g} {unit}")
         if max_rate_per_s is not None:
-            at = np.flatnonzero(rates == max_rate_per_s)
-            if len(at):
-                i = int(at[0])
-                ax.scatter(
-                    [x[i]],
-                    [y[i]],
-                    s=260,
-                    facecolors="none",
-                    edgecolors="tab:blue",
-                    linewidths=2,
-                    zorder=4,
-                    label=f"max rate {max_rate_per_s:.4g} requests/s",
-                )
-        ax.set_xscale(
-            "log" if np.nanmax(x) > 20 * max(np.nanmin(x[x > 0]) if (x > 0).any() else 1, 1e-12) else "linear"
-        )
-        ax.set_xlabel(f"{name} [{unit}]  (lower is better)")
-        ax.set_ylabel("output tokens / s / GPU")
+            ax.axvline(max_rate_per_s, color="tab:blue", ls=":", lw=1.5, label=f"max rate {max_rate_per_s:.4g}/s")
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel("offered Poisson rate [requests/s]")
         ax.set_ylim(bottom=0)
-        _label_rates(ax, x, y, rates)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(name, fontsize=10)
+    axes[0, 0].legend(loc="upper left", fontsize=7)
     fig.suptitle(title, fontsize=11)
     return _png(fig)
-
-
-def _label_rates(ax, x: np.ndarray, y: np.ndarray, rates: np.ndarray, min_px: float = 40.0) -> None:
-    """Label points with their rate, skipping a point whose label would land within min_px of one
-    already placed (the bisection crowds points near the max rate)."""
-    ax.autoscale_view()
-    points = ax.transData.transform(np.column_stack([x, y]))
-    placed: list[np.ndarray] = []
-    for (xi, yi), p, rate in zip(zip(x, y), points, rates):
-        if not (np.isfinite(xi) and np.isfinite(yi)) or any(np.hypot(*(p - q)) < min_px for q in placed):
-            continue
-        placed.append(p)
-        ax.annotate(f"{rate:.3g}/s", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.35")

@@ -4,10 +4,18 @@ Runs at different rates share their random numbers (common random numbers, see w
 has the same lengths at every rate and arrives at E_i / rate for the same unit-rate time E_i. Arrivals
 only move closer together as the rate rises, so latency percentiles do not fall with the rate (up to
 batching effects), and bisection on "every target holds" is well posed.
+
+A rate also has to be sustainable: a finite run of N requests at a rate above what the deployment serves
+still ends, and its latencies stay bounded by the time to drain N requests, so an overloaded rate can meet
+a TTFT target only because the run is short. A rate counts as met only when the run meets every target AND
+the deployment keeps up (`keeps_up`): between the first measured completion and the last measured arrival,
+at least KEEP_UP_FRACTION as many requests complete as arrive (a stable queue passes on what arrives; an
+overloaded one completes at its capacity, whatever the rate).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +25,17 @@ import pandas as pd
 from simulator.config.serving import PoissonArrivals, ServingError, ServingSpec
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.simulate import simulate_serving
-from simulator.serving.stats import ServingSummary, summarize
+from simulator.serving.stats import ServingSummary, request_table, summarize
 
 #: progress(rate_per_s, summary) is called after each simulated rate.
 Progress = Callable[[float, ServingSummary], None]
 
 CURVE_COLUMNS = ("rate_per_s", "requests_per_s", "output_tokens_per_s_per_gpu", "total_tokens_per_s_per_gpu",
-                 "ttft_p99_s", "tpot_p99_s", "e2e_p99_s", "goodput_fraction", "all_targets_met")
+                 "ttft_p99_s", "tpot_p99_s", "e2e_p99_s", "goodput_fraction", "keep_up_ratio", "keeps_up",
+                 "all_targets_met")
+
+#: A rate is sustained when the completions during the arrivals reach this fraction of the arrivals then.
+KEEP_UP_FRACTION = 0.95
 
 
 @dataclass(frozen=True)
@@ -49,16 +61,34 @@ def at_rate(spec: ServingSpec, rate_per_s: float) -> ServingSpec:
 
 def evaluate(spec: ServingSpec, pricer: IterationPricer, rate_per_s: float,
              base_dir: str | Path | None = None) -> tuple[dict, ServingSummary]:
-    """Simulate at one rate; returns its curve row (CURVE_COLUMNS) and summary."""
-    summary = summarize(simulate_serving(at_rate(spec, rate_per_s), pricer, base_dir=base_dir))
+    """Simulate at one rate; returns its curve row (CURVE_COLUMNS) and summary. The row's all_targets_met:
+    the run met every target and the deployment keeps up with the rate (see the module's docstring)."""
+    run = simulate_serving(at_rate(spec, rate_per_s), pricer, base_dir=base_dir)
+    table = request_table(run)
+    summary = summarize(run, table)
+    ratio = keep_up_ratio(table)
+    keeps_up = ratio >= KEEP_UP_FRACTION
     f, lat = summary.figures, summary.latency
     row = {"rate_per_s": rate_per_s, "requests_per_s": f["requests_per_s"],
            "output_tokens_per_s_per_gpu": f["output_tokens_per_s_per_gpu"],
            "total_tokens_per_s_per_gpu": f["total_tokens_per_s_per_gpu"],
            "ttft_p99_s": lat.loc["ttft_s", "p99"], "tpot_p99_s": lat.loc["tpot_s", "p99"],
            "e2e_p99_s": lat.loc["e2e_s", "p99"], "goodput_fraction": f["goodput_fraction"],
-           "all_targets_met": summary.all_targets_met}
+           "keep_up_ratio": ratio, "keeps_up": keeps_up, "all_targets_met": summary.all_targets_met and keeps_up}
     return row, summary
+
+
+def keep_up_ratio(table: pd.DataFrame) -> float:
+    """Measured requests completed / measured requests arrived between the first measured completion and the
+    last measured arrival: ~1 in a stable queue (what arrives leaves), capacity / rate in an overloaded one;
+    0 when every request arrived before the first one finished, inf when no request arrived in between."""
+    measured = table[~table["warmup"]]
+    start, end = float(measured["finish_s"].min()), float(measured["arrival_s"].max())
+    if not end > start:
+        return 0.0
+    arrived = int(((measured["arrival_s"] > start) & (measured["arrival_s"] <= end)).sum())
+    done = int(((measured["finish_s"] > start) & (measured["finish_s"] <= end)).sum())
+    return done / arrived if arrived else math.inf
 
 
 def rate_curve(spec: ServingSpec, pricer: IterationPricer, rates_per_s: Iterable[float],

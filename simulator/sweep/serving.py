@@ -14,7 +14,7 @@ from pathlib import Path
 
 from simulator.config import Scenario
 from simulator.serving.maxrate import search_max_rate
-from simulator.serving.session import ServingSpec, serving_inputs
+from simulator.serving.session import serving_inputs
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
 from simulator.sweep.rank import SERVING_OBJECTIVES
@@ -26,11 +26,10 @@ MAX_RATE_REL_TOL = 0.02
 __all__ = ["MAX_RATE_REL_TOL", "SERVING_OBJECTIVES", "serving_figures", "simulate_serving_layout"]
 
 
-def serving_figures(scenario: Scenario, spec: ServingSpec | None, objective: str,
-                    base_dir: str | Path | None = None) -> dict[str, float]:
+def serving_figures(scenario: Scenario, objective: str, base_dir: str | Path | None = None) -> dict[str, float]:
     """The serving figures of one layout: goodput, throughput and p99 latencies at the workload's own
     arrivals, and with objective 'max_rate' the max rate (NaN when even the lowest rate tried misses)."""
-    spec, pricer, num_gpus = serving_inputs(scenario, spec)
+    spec, pricer, num_gpus = serving_inputs(scenario)
     summary = summarize(simulate_serving(spec, pricer, base_dir=base_dir))
     f, lat = summary.figures, summary.latency
     figures = {
@@ -50,14 +49,13 @@ def serving_figures(scenario: Scenario, spec: ServingSpec | None, objective: str
 
 
 def simulate_serving_layout(index: int, own: bool, scenario: Scenario, decode_sample: int,
-                            spec: ServingSpec | None = None, objective: str = "goodput_per_gpu",
-                            base_dir: str | None = None) -> LayoutResult:
-    """simulate_layout, then the serving figures of the layout (run_sweep's `simulate`; bind spec,
+                            objective: str = "goodput_per_gpu", base_dir: str | None = None) -> LayoutResult:
+    """simulate_layout, then the serving figures of the layout (run_sweep's `simulate`; bind
     objective and base_dir with functools.partial, which pickles). A serving error fails the row."""
     result = simulate_layout(index, own, scenario, decode_sample)
     if result.status != "ok":
         return result
     try:
-        return replace(result, serving=serving_figures(scenario, spec, objective, base_dir))
+        return replace(result, serving=serving_figures(scenario, objective, base_dir))
     except Exception as exc:  # recorded in the table; the sweep goes on
         return failed_result(index, result.layout, own, exc)

@@ -50,3 +50,16 @@ def test_max_rate_is_capped_when_the_highest_rate_meets_the_targets():
 def test_max_rate_needs_a_target():
     with pytest.raises(ServingError, match="targets: none given"):
         max_rate(make_spec(workload=WORKLOAD), PRICER, 1.0, 2.0)
+
+
+def test_an_overloaded_rate_does_not_count_even_when_a_short_run_meets_the_targets():
+    """400 requests drain in a few seconds however fast they arrive, so a loose TTFT target holds at any rate;
+    the max rate must still stop at what the deployment serves (it keeps up: completions ~ arrivals)."""
+    spec = make_spec(workload=WORKLOAD, scheduler={"max_num_seqs": 16}, targets={"ttft_p99_s": 1e6})
+    curve = rate_curve(spec, PRICER, [1.0, 1e4])
+    low, high = curve.iloc[0], curve.iloc[1]
+    assert low["keeps_up"] and low["all_targets_met"] and abs(low["keep_up_ratio"] - 1) < 0.05
+    assert not high["keeps_up"] and not high["all_targets_met"] and high["ttft_p99_s"] < 1e6
+    served = float(high["requests_per_s"])  # the capacity, roughly
+    result = max_rate(spec, PRICER, 1.0, 1e4, rel_tol=0.02)
+    assert result.rate_per_s is not None and result.rate_per_s <= 1.1 * served

@@ -13,7 +13,9 @@ import yaml
 from conftest import TINY_MOE
 
 from simulator.cli import main
+from simulator.config import resolve_hardware
 from simulator.serving import session
+from simulator.serving.capacity import resolve_serving
 from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import LATENCY_METRICS, STATISTICS, summarize
@@ -49,8 +51,8 @@ def serve_file(tmp_path):
 @pytest.fixture
 def linear_pricer(monkeypatch):
     """Price iterations with TEST_PRICER whatever pricer the scenario would get."""
-    def inputs(scenario, spec=None):
-        spec = session.serving_spec(scenario, spec)
+    def inputs(scenario):
+        spec = resolve_serving(scenario, resolve_hardware(scenario))
         return spec, TEST_PRICER, spec.num_gpus
 
     monkeypatch.setattr(session, "serving_inputs", inputs)
@@ -85,8 +87,8 @@ def test_summary_json_figures_are_the_stats_stage_figures(serve_file, tmp_path):
     out = tmp_path / "out"
     assert main(["serve", str(serve_file), "--out", str(out)]) == 0
     doc = json.loads((out / "summary.json").read_text())
-    loaded = session.load_serving_scenario(serve_file)
-    spec, pricer, _ = session.serving_inputs(loaded.scenario, loaded.spec)
+    loaded = session.load_serving_scenario(serve_file, None, "moesim serve")
+    spec, pricer, _ = session.serving_inputs(loaded.scenario)
     summary = summarize(simulate_serving(spec, pricer, base_dir=loaded.base_dir))
     for key, value in summary.figures.items():
         assert doc["figures"][key] == value, key
@@ -174,3 +176,13 @@ def test_trace_has_a_track_per_request_and_the_iterations(serve_file, tmp_path):
     assert request_tracks == set(range(100))
     iterations = [e for e in events if e.get("ph") == "X" and e["pid"] == 2]
     assert iterations and all(e["dur"] > 0 for e in iterations)
+
+
+@pytest.mark.parametrize("argv, what", [(["serve"], "moesim serve"), (["serve", "--max-rate"], "--max-rate"),
+                                        (["compare", "--objective", "max_rate"], "--objective max_rate")])
+def test_a_scenario_without_serving_section_is_a_one_line_error(tmp_path, capsys, argv, what):
+    path = write_scenario(tmp_path, serving=None)
+    assert main([argv[0], str(path), *argv[1:], "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{what} needs a serving workload" in err and "serving:" in err
+    assert not (tmp_path / "out").exists()
