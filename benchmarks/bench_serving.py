@@ -47,26 +47,39 @@ def main() -> None:
     args = parser.parse_args()
     if args.scenario:
         return bench_scenario(args)
-    spec = parse_serving_spec({
-        "workload": {"arrivals": {"kind": "poisson", "rate_per_s": 20.0}, "num_requests": args.requests, "seed": 1,
-                     "input_len": {"kind": "uniform", "min_tokens": 50, "max_tokens": 1000},
-                     "output_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": 400}},
-        "scheduler": {"policy": args.policy, "max_num_seqs": 128, "max_num_batched_tokens": 4096,
-                      "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 4000}},
-    })
+    spec = parse_serving_spec(
+        {
+            "workload": {
+                "arrivals": {"kind": "poisson", "rate_per_s": 20.0},
+                "num_requests": args.requests,
+                "seed": 1,
+                "input_len": {"kind": "uniform", "min_tokens": 50, "max_tokens": 1000},
+                "output_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": 400},
+            },
+            "scheduler": {
+                "policy": args.policy,
+                "max_num_seqs": 128,
+                "max_num_batched_tokens": 4096,
+                "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 4000},
+            },
+        }
+    )
     linear = LinearPricer(0.01, 1e-5, 1e-7)
-    for name, pricer in (("cached (exact keys)", CachedPricer(linear)),
-                         ("uncached", linear)):
+    for name, pricer in (("cached (exact keys)", CachedPricer(linear)), ("uncached", linear)):
         start = time.perf_counter()
         run = simulate_serving(spec, pricer)
         wall_s = time.perf_counter() - start
         tokens = sum(r.output_tokens for r in run.records)
         hits = f", cache hits {pricer.hits}/{pricer.hits + pricer.misses}" if isinstance(pricer, CachedPricer) else ""
-        print(f"{args.policy}, {name}: {args.requests} requests ({tokens} output tokens, {run.num_iterations} "
-              f"iterations) in {wall_s:.2f} s = {args.requests / wall_s:,.0f} requests/s simulated{hits}")
+        print(
+            f"{args.policy}, {name}: {args.requests} requests ({tokens} output tokens, {run.num_iterations} "
+            f"iterations) in {wall_s:.2f} s = {args.requests / wall_s:,.0f} requests/s simulated{hits}"
+        )
     summary = summarize(run)
-    print(f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
-          f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s")
+    print(
+        f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
+        f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s"
+    )
 
 
 class Sampling:
@@ -108,13 +121,17 @@ def bench_scenario(args) -> None:
     wall_s = time.perf_counter() - start
     error = price_error(pricer, sampling.sample)
     summary = summarize(run)
-    print(f"{scenario.name} ({scenario.num_gpus} GPUs, {spec.replicas.count} replica(s) x {spec.scheduler.pipeline_batches} "
-          f"pipeline batch(es), {spec.scheduler.kv_cache.capacity_blocks} KV blocks): {len(run.records)} requests, "
-          f"{run.num_iterations} iterations in {wall_s:.2f} s (+{setup_s:.2f} s resolving the spec), "
-          f"{pricer.exact_passes} exact DAG passes, {pricer.grid_hits} iterations priced from the grid; "
-          f"max error of the fast price vs the exact DAG pass on {len(sampling.sample)} of its batches: {error:.3%}")
-    print(f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
-          f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s")
+    print(
+        f"{scenario.name} ({scenario.num_gpus} GPUs, {spec.replicas.count} replica(s) x {spec.scheduler.pipeline_batches} "
+        f"pipeline batch(es), {spec.scheduler.kv_cache.capacity_blocks} KV blocks): {len(run.records)} requests, "
+        f"{run.num_iterations} iterations in {wall_s:.2f} s (+{setup_s:.2f} s resolving the spec), "
+        f"{pricer.exact_passes} exact DAG passes, {pricer.grid_hits} iterations priced from the grid; "
+        f"max error of the fast price vs the exact DAG pass on {len(sampling.sample)} of its batches: {error:.3%}"
+    )
+    print(
+        f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
+        f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s"
+    )
 
 
 ROOT = Path(__file__).resolve().parent.parent

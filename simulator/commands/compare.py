@@ -27,23 +27,43 @@ MAX_GPUS = 10**5
 def add_arguments(parser) -> None:
     parser.add_argument("scenario", type=Path, help="scenario YAML file")
     parser.add_argument("--gpus", type=int, help="number of GPUs to lay out (default: the scenario's)")
-    parser.add_argument("--microbatches", default=",".join(map(str, DEFAULT_MICROBATCHES)),
-                        help="microbatch counts to try, comma-separated (default: 1,2,4,8)")
-    parser.add_argument("--objective", default="targets", choices=OBJECTIVES,
-                        help="ranking: targets (meets every target, then output throughput; default), "
-                             "throughput, ttft, tpot or memory; by the scenario's serving section: "
-                             "goodput_per_gpu or max_rate")
+    parser.add_argument(
+        "--microbatches",
+        default=",".join(map(str, DEFAULT_MICROBATCHES)),
+        help="microbatch counts to try, comma-separated (default: 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--objective",
+        default="targets",
+        choices=OBJECTIVES,
+        help="ranking: targets (meets every target, then output throughput; default), "
+        "throughput, ttft, tpot or memory; by the scenario's serving section: "
+        "goodput_per_gpu or max_rate",
+    )
     parser.add_argument("--jobs", type=int, help="local worker processes (default: all cores; 1: serial)")
     parser.add_argument("--executor", help="process (default), serial, dask-local, or dask://HOST:PORT")
-    parser.add_argument("--decode-sample", type=int, default=DEFAULT_DECODE_SAMPLE, metavar="K",
-                        help=f"simulate K decode steps per layout and interpolate the rest "
-                             f"(default {DEFAULT_DECODE_SAMPLE}; 0: every step)")
+    parser.add_argument(
+        "--decode-sample",
+        type=int,
+        default=DEFAULT_DECODE_SAMPLE,
+        metavar="K",
+        help=f"simulate K decode steps per layout and interpolate the rest "
+        f"(default {DEFAULT_DECODE_SAMPLE}; 0: every step)",
+    )
     parser.add_argument("--out", type=Path, help="output directory (default: reports/<scenario name>/compare)")
     parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted sweep from <out>.progress.jsonl (same scenario and options)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a scenario field, e.g. --set workload.batch_size=64 (repeatable)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep from <out>.progress.jsonl (same scenario and options)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field, e.g. --set workload.batch_size=64 (repeatable)",
+    )
 
 
 def parse_microbatches(text: str) -> tuple[int, ...]:
@@ -96,14 +116,24 @@ def command(args, console) -> int:
     num_gpus = args.gpus or scenario.num_gpus
     layouts = enumerate_layouts(scenario, num_gpus, microbatches)
     if not layouts:
-        raise ScenarioError(f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}")
-    out = check_output(args.out or Path("reports") / scenario.name / "compare", args.force, kind="compare")  # before the sweep
-    inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample,
-                          args.objective if serving else None)
+        raise ScenarioError(
+            f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}"
+        )
+    out = check_output(
+        args.out or Path("reports") / scenario.name / "compare", args.force, kind="compare"
+    )  # before the sweep
+    inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample, args.objective if serving else None)
 
     started = time.perf_counter()
-    columns = (TextColumn("[bold]sweep[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("[bold]sweep[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
     journal = None
     try:
         with make_executor(args.executor, args.jobs) as executor:  # a bad --executor: before the progress file
@@ -114,8 +144,16 @@ def command(args, console) -> int:
                 def tick(result: LayoutResult) -> None:
                     bar.update(task, advance=1, description=escape(f"{result.label}: {result.status}"))
 
-                results = run_sweep(scenario, layouts, executor, args.decode_sample, tick, simulate=simulate,
-                                    done=journal.done, journal=journal.append)
+                results = run_sweep(
+                    scenario,
+                    layouts,
+                    executor,
+                    args.decode_sample,
+                    tick,
+                    simulate=simulate,
+                    done=journal.done,
+                    journal=journal.append,
+                )
     except SweepInterrupted as exc:  # the progress file keeps the finished layouts
         print(f"moesim: {exc}; rerun with --resume to continue", file=sys.stderr)
         return 130
@@ -131,7 +169,9 @@ def command(args, console) -> int:
     journal.remove()
     print_table(console, scenario, ranked, args.objective)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
-    console.print(f"{len(layouts)} layouts on {num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "
-                  f"screened out (do not fit), {counts['failed']} failed, in {elapsed:.1f} s; "
-                  f"wrote {', '.join(sorted(Path(f).name for f in files))} to {escape(str(out))}/")
+    console.print(
+        f"{len(layouts)} layouts on {num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "
+        f"screened out (do not fit), {counts['failed']} failed, in {elapsed:.1f} s; "
+        f"wrote {', '.join(sorted(Path(f).name for f in files))} to {escape(str(out))}/"
+    )
     return 0 if counts["ok"] else 1

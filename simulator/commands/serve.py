@@ -15,10 +15,14 @@ from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, add_scenario_argumen
 def add_arguments(parser) -> None:
     add_scenario_arguments(parser)
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--max-rate", action="store_true",
-                        help="also find the highest Poisson arrival rate meeting every target (rate_curve.csv/.png)")
-    parser.add_argument("--rel-tol", type=float, default=0.02, metavar="R",
-                        help="relative precision of --max-rate (default 0.02)")
+    parser.add_argument(
+        "--max-rate",
+        action="store_true",
+        help="also find the highest Poisson arrival rate meeting every target (rate_curve.csv/.png)",
+    )
+    parser.add_argument(
+        "--rel-tol", type=float, default=0.02, metavar="R", help="relative precision of --max-rate (default 0.02)"
+    )
 
 
 def command(args, console: Console) -> int:
@@ -35,8 +39,10 @@ def command(args, console: Console) -> int:
     loaded = load_serving_scenario(args.scenario, args.set, "--max-rate" if args.max_rate else "moesim serve")
     spec, pricer, _ = serving_inputs(loaded.scenario)
     if args.max_rate and not _has_targets(spec):
-        raise ScenarioError(f"{args.scenario}: --max-rate needs a target; set serving.targets.ttft_p99_s, "
-                            f"tpot_p99_s, e2e_p99_s or min_goodput_fraction")
+        raise ScenarioError(
+            f"{args.scenario}: --max-rate needs a target; set serving.targets.ttft_p99_s, "
+            f"tpot_p99_s, e2e_p99_s or min_goodput_fraction"
+        )
     name = loaded.scenario.name
     out = args.out or Path("reports") / name / "serve"
     started = time.perf_counter()
@@ -48,8 +54,12 @@ def command(args, console: Console) -> int:
 
     max_rate_doc = None
     if found is not None:
-        max_rate_doc = {"rate_per_s": found.rate_per_s, "capped": found.capped, "rel_tol": args.rel_tol,
-                        "rates_tried": len(found.curve)}
+        max_rate_doc = {
+            "rate_per_s": found.rate_per_s,
+            "capped": found.capped,
+            "rel_tol": args.rel_tol,
+            "rates_tried": len(found.curve),
+        }
     with run_directory(out, args.force) as staging:
         doc = write_serving_files(name, run, summary, pricer_name(pricer), staging, table, max_rate_doc)
         if found is not None:
@@ -59,8 +69,9 @@ def command(args, console: Console) -> int:
     print_serving(console, doc)
     if found is not None:
         _print_max_rate(console, found, spec)
-    console.print(f"simulated {len(run.records)} requests ({run.num_iterations} iterations) in {elapsed:.2f} s; "
-                  f"wrote {out}/")
+    console.print(
+        f"simulated {len(run.records)} requests ({run.num_iterations} iterations) in {elapsed:.2f} s; wrote {out}/"
+    )
     missed = not summary.all_targets_met or (found is not None and found.rate_per_s is None)
     return EXIT_TARGET_MISSED if args.check and missed else EXIT_OK
 
@@ -76,8 +87,12 @@ def _max_rate(console: Console, spec, pricer, summary, rel_tol: float, base_dir:
     from simulator.serving.maxrate import search_max_rate
 
     start = summary.figures["requests_per_s"]
-    columns = (SpinnerColumn(), TextColumn("[bold]max rate[/bold]"), TimeElapsedColumn(),
-               TextColumn("{task.completed} rates; {task.description}"))
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]max rate[/bold]"),
+        TimeElapsedColumn(),
+        TextColumn("{task.completed} rates; {task.description}"),
+    )
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("", total=None)
 
@@ -97,19 +112,30 @@ def _write_pictures(out: Path, name: str, run, table, spec, found) -> None:
     write_atomic(out / "timeseries.png", timeseries_png(run, f"{name}: serving over time"))
     write_atomic(out / "gantt.png", gantt_png(run, name))
     if found is not None:
-        write_atomic(out / "rate_curve.png", rate_curve_png(found.curve, spec.targets, found.rate_per_s,
-                                                            f"{name}: p99 latency and throughput against the arrival rate"))
+        write_atomic(
+            out / "rate_curve.png",
+            rate_curve_png(
+                found.curve,
+                spec.targets,
+                found.rate_per_s,
+                f"{name}: p99 latency and throughput against the arrival rate",
+            ),
+        )
     write_serving_trace(out / "serving_trace.json", run, {"scenario": name})
 
 
 def _print_max_rate(console: Console, found, spec) -> None:
     if found.rate_per_s is None:
-        console.print(f"[red]max rate[/red]: no rate tried (down to {found.curve['rate_per_s'].min():.4g} "
-                      f"requests/s) meets every target")
+        console.print(
+            f"[red]max rate[/red]: no rate tried (down to {found.curve['rate_per_s'].min():.4g} "
+            f"requests/s) meets every target"
+        )
         return
     note = " (the highest rate tried; the true maximum may be higher)" if found.capped else ""
     row = found.curve[found.curve["rate_per_s"] == found.rate_per_s].iloc[0]
-    console.print(f"[bold]max rate[/bold]: {found.rate_per_s:.4g} requests/s{note}, at "
-                  f"{row['output_tokens_per_s_per_gpu']:.4g} output tokens/s/GPU, TTFT p99 "
-                  f"{row['ttft_p99_s'] * 1e3:.4g} ms, TPOT p99 {row['tpot_p99_s'] * 1e3:.4g} ms; "
-                  f"{len(found.curve)} rates simulated (rate_curve.csv)")
+    console.print(
+        f"[bold]max rate[/bold]: {found.rate_per_s:.4g} requests/s{note}, at "
+        f"{row['output_tokens_per_s_per_gpu']:.4g} output tokens/s/GPU, TTFT p99 "
+        f"{row['ttft_p99_s'] * 1e3:.4g} ms, TPOT p99 {row['tpot_p99_s'] * 1e3:.4g} ms; "
+        f"{len(found.curve)} rates simulated (rate_curve.csv)"
+    )

@@ -150,9 +150,11 @@ def rate_curve_png(curve: pd.DataFrame, targets, max_rate_per_s: float | None, t
     rates = curve["rate_per_s"].to_numpy(dtype=float)
     met = curve["all_targets_met"].to_numpy(dtype=bool)
     log_x = len(rates) > 1 and rates.max() > 8 * rates.min()
-    panels = ((axes[0, 0], "ttft_p99_s", "TTFT p99", targets.ttft_p99_s),
-              (axes[0, 1], "tpot_p99_s", "TPOT p99", targets.tpot_p99_s),
-              (axes[0, 2], "output_tokens_per_s_per_gpu", "output tokens / s / GPU", None))
+    panels = (
+        (axes[0, 0], "ttft_p99_s", "TTFT p99", targets.ttft_p99_s),
+        (axes[0, 1], "tpot_p99_s", "TPOT p99", targets.tpot_p99_s),
+        (axes[0, 2], "output_tokens_per_s_per_gpu", "output tokens / s / GPU", None),
+    )
     for ax, column, name, bound in panels:
         values = curve[column].to_numpy(dtype=float)
         if column.endswith("_s"):

@@ -31,8 +31,9 @@ def kv_bytes_per_token(scenario: Scenario, gpu: int) -> float:
     m, p = scenario.model, scenario.parallel
     layers = len(Placement.of(scenario).layers_of_gpu(gpu))
     if m.is_mla:
-        return costs.mla_kv_cache_bytes(1, 1, layers, m.kv_lora_rank or 0, m.qk_rope_head_dim or 0,
-                                        m.kv_bytes_per_element)
+        return costs.mla_kv_cache_bytes(
+            1, 1, layers, m.kv_lora_rank or 0, m.qk_rope_head_dim or 0, m.kv_bytes_per_element
+        )
     return costs.kv_cache_bytes(1, 1, layers, max(1, m.kv_heads // p.tp), m.head_size, m.kv_bytes_per_element)
 
 
@@ -85,7 +86,8 @@ def serving_kv_capacity_blocks(scenario: Scenario, hw: HardwareProfile) -> int:
                     f"serving.scheduler.kv_cache: no room for a KV block on GPU {gpu}: weights "
                     f"{weight_bytes_per_gpu(scenario, gpu) / 1e9:.2f} GB + activations of a {tokens}-token iteration "
                     f"{acts[gpu] / 1e9:.2f} GB leave {max(free, 0.0) / 1e9:.2f} GB of {usable / 1e9:.2f} GB ({how}); "
-                    f"lower max_num_batched_tokens, raise gpu_memory_utilization or use more GPUs")
+                    f"lower max_num_batched_tokens, raise gpu_memory_utilization or use more GPUs"
+                )
     assert best is not None
     return best[0]
 
@@ -106,17 +108,27 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
     p = scenario.parallel
     r, s = spec.replicas, spec.scheduler
     if r.count is not None and r.count != p.dp:
-        raise ServingError(f"serving.replicas.count = {r.count} must equal parallel.dp = {p.dp} (each data-parallel "
-                           f"rank is one replica); remove it or change parallel.dp")
+        raise ServingError(
+            f"serving.replicas.count = {r.count} must equal parallel.dp = {p.dp} (each data-parallel "
+            f"rank is one replica); remove it or change parallel.dp"
+        )
     if r.gpus_per_replica is not None and r.gpus_per_replica != p.pp * p.tp:
-        raise ServingError(f"serving.replicas.gpus_per_replica = {r.gpus_per_replica} must equal pp * tp = "
-                           f"{p.pp * p.tp}; remove it")
+        raise ServingError(
+            f"serving.replicas.gpus_per_replica = {r.gpus_per_replica} must equal pp * tp = {p.pp * p.tp}; remove it"
+        )
     lockstep = lockstep_layout(scenario)
     if r.lockstep is False and lockstep:
-        raise ServingError(f"serving.replicas.lockstep = false, but ep * etp = {p.ep * p.etp} > tp = {p.tp}: an "
-                           f"expert-parallel group spans dp replicas, which must step together; remove it")
-    replicas = r.model_copy(update={"count": p.dp, "gpus_per_replica": p.pp * p.tp,
-                                    "lockstep": lockstep if r.lockstep is None else r.lockstep})
+        raise ServingError(
+            f"serving.replicas.lockstep = false, but ep * etp = {p.ep * p.etp} > tp = {p.tp}: an "
+            f"expert-parallel group spans dp replicas, which must step together; remove it"
+        )
+    replicas = r.model_copy(
+        update={
+            "count": p.dp,
+            "gpus_per_replica": p.pp * p.tp,
+            "lockstep": lockstep if r.lockstep is None else r.lockstep,
+        }
+    )
     kv = s.kv_cache
     if kv.capacity_blocks is None:
         kv = kv.model_copy(update={"capacity_blocks": serving_kv_capacity_blocks(scenario, hw)})
@@ -135,5 +147,11 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
     return resolved
 
 
-__all__ = ["activation_bytes", "kv_bytes_per_token", "largest_iteration_tokens", "lockstep_layout",
-           "resolve_serving", "serving_kv_capacity_blocks"]
+__all__ = [
+    "activation_bytes",
+    "kv_bytes_per_token",
+    "largest_iteration_tokens",
+    "lockstep_layout",
+    "resolve_serving",
+    "serving_kv_capacity_blocks",
+]

@@ -30,9 +30,19 @@ from simulator.serving.stats import ServingSummary, request_table, summarize
 #: progress(rate_per_s, summary) is called after each simulated rate.
 Progress = Callable[[float, ServingSummary], None]
 
-CURVE_COLUMNS = ("rate_per_s", "requests_per_s", "output_tokens_per_s_per_gpu", "total_tokens_per_s_per_gpu",
-                 "ttft_p99_s", "tpot_p99_s", "e2e_p99_s", "goodput_fraction", "keep_up_ratio", "keeps_up",
-                 "all_targets_met")
+CURVE_COLUMNS = (
+    "rate_per_s",
+    "requests_per_s",
+    "output_tokens_per_s_per_gpu",
+    "total_tokens_per_s_per_gpu",
+    "ttft_p99_s",
+    "tpot_p99_s",
+    "e2e_p99_s",
+    "goodput_fraction",
+    "keep_up_ratio",
+    "keeps_up",
+    "all_targets_met",
+)
 
 #: A rate is sustained when the completions during the arrivals reach this fraction of the arrivals then.
 KEEP_UP_FRACTION = 0.95
@@ -51,16 +61,19 @@ class MaxRate:
 def at_rate(spec: ServingSpec, rate_per_s: float) -> ServingSpec:
     """spec with Poisson arrivals at rate_per_s (everything else, the seed included, unchanged)."""
     if spec.workload.arrivals.kind == "trace":
-        raise ServingError("workload.arrivals: a trace fixes its arrival times; give length distributions "
-                           "(input_len, output_len) to sweep the rate")
+        raise ServingError(
+            "workload.arrivals: a trace fixes its arrival times; give length distributions "
+            "(input_len, output_len) to sweep the rate"
+        )
     if not rate_per_s > 0:
         raise ServingError(f"rate_per_s = {rate_per_s} must be > 0")
     workload = spec.workload.model_copy(update={"arrivals": PoissonArrivals(rate_per_s=rate_per_s)})
     return spec.model_copy(update={"workload": workload})
 
 
-def evaluate(spec: ServingSpec, pricer: IterationPricer, rate_per_s: float,
-             base_dir: str | Path | None = None) -> tuple[dict, ServingSummary]:
+def evaluate(
+    spec: ServingSpec, pricer: IterationPricer, rate_per_s: float, base_dir: str | Path | None = None
+) -> tuple[dict, ServingSummary]:
     """Simulate at one rate; returns its curve row (CURVE_COLUMNS) and summary. The row's all_targets_met:
     the run met every target and the deployment keeps up with the rate (see the module's docstring)."""
     run = simulate_serving(at_rate(spec, rate_per_s), pricer, base_dir=base_dir)
@@ -69,12 +82,19 @@ def evaluate(spec: ServingSpec, pricer: IterationPricer, rate_per_s: float,
     ratio = keep_up_ratio(table)
     keeps_up = ratio >= KEEP_UP_FRACTION
     f, lat = summary.figures, summary.latency
-    row = {"rate_per_s": rate_per_s, "requests_per_s": f["requests_per_s"],
-           "output_tokens_per_s_per_gpu": f["output_tokens_per_s_per_gpu"],
-           "total_tokens_per_s_per_gpu": f["total_tokens_per_s_per_gpu"],
-           "ttft_p99_s": lat.loc["ttft_s", "p99"], "tpot_p99_s": lat.loc["tpot_s", "p99"],
-           "e2e_p99_s": lat.loc["e2e_s", "p99"], "goodput_fraction": f["goodput_fraction"],
-           "keep_up_ratio": ratio, "keeps_up": keeps_up, "all_targets_met": summary.all_targets_met and keeps_up}
+    row = {
+        "rate_per_s": rate_per_s,
+        "requests_per_s": f["requests_per_s"],
+        "output_tokens_per_s_per_gpu": f["output_tokens_per_s_per_gpu"],
+        "total_tokens_per_s_per_gpu": f["total_tokens_per_s_per_gpu"],
+        "ttft_p99_s": lat.loc["ttft_s", "p99"],
+        "tpot_p99_s": lat.loc["tpot_s", "p99"],
+        "e2e_p99_s": lat.loc["e2e_s", "p99"],
+        "goodput_fraction": f["goodput_fraction"],
+        "keep_up_ratio": ratio,
+        "keeps_up": keeps_up,
+        "all_targets_met": summary.all_targets_met and keeps_up,
+    }
     return row, summary
 
 
@@ -91,8 +111,13 @@ def keep_up_ratio(table: pd.DataFrame) -> float:
     return done / arrived if arrived else math.inf
 
 
-def rate_curve(spec: ServingSpec, pricer: IterationPricer, rates_per_s: Iterable[float],
-               progress: Progress | None = None, base_dir: str | Path | None = None) -> pd.DataFrame:
+def rate_curve(
+    spec: ServingSpec,
+    pricer: IterationPricer,
+    rates_per_s: Iterable[float],
+    progress: Progress | None = None,
+    base_dir: str | Path | None = None,
+) -> pd.DataFrame:
     """One row per rate (CURVE_COLUMNS), in the order given."""
     rows = []
     for rate in rates_per_s:
@@ -103,9 +128,15 @@ def rate_curve(spec: ServingSpec, pricer: IterationPricer, rates_per_s: Iterable
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
 
 
-def max_rate(spec: ServingSpec, pricer: IterationPricer, lo_per_s: float, hi_per_s: float,
-             rel_tol: float = 0.01, progress: Progress | None = None,
-             base_dir: str | Path | None = None) -> MaxRate:
+def max_rate(
+    spec: ServingSpec,
+    pricer: IterationPricer,
+    lo_per_s: float,
+    hi_per_s: float,
+    rel_tol: float = 0.01,
+    progress: Progress | None = None,
+    base_dir: str | Path | None = None,
+) -> MaxRate:
     """Bisect [lo_per_s, hi_per_s] for the highest Poisson rate meeting every target of spec.targets.
 
     Assumes the targets, once missed, stay missed at higher rates (common random numbers make this hold
@@ -144,9 +175,15 @@ def max_rate(spec: ServingSpec, pricer: IterationPricer, lo_per_s: float, hi_per
     return MaxRate(lo, False, curve())
 
 
-def search_max_rate(spec: ServingSpec, pricer: IterationPricer, start_per_s: float, rel_tol: float = 0.02,
-                    progress: Progress | None = None, base_dir: str | Path | None = None,
-                    max_doublings: int = 20) -> MaxRate:
+def search_max_rate(
+    spec: ServingSpec,
+    pricer: IterationPricer,
+    start_per_s: float,
+    rel_tol: float = 0.02,
+    progress: Progress | None = None,
+    base_dir: str | Path | None = None,
+    max_doublings: int = 20,
+) -> MaxRate:
     """max_rate without bounds: bracket from start_per_s by doubling (while every target holds) or
     halving (while one is missed), at most max_doublings times, then bisect the bracket. Every rate is
     simulated once; the curve holds them all, by rate."""

@@ -17,7 +17,7 @@ class SeqWork(NamedTuple):
     and a tuple is built, hashed and sorted several times faster while staying immutable.
     """
 
-    new_tokens: int      # tokens computed this iteration: a prefill chunk's length, or 1 for a decode step
+    new_tokens: int  # tokens computed this iteration: a prefill chunk's length, or 1 for a decode step
     context_tokens: int  # tokens already in this sequence's KV cache before this iteration
 
 

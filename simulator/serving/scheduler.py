@@ -37,12 +37,26 @@ WAITING, RUNNING, FINISHED = 0, 1, 2
 class Sequence:
     """Mutable serving state of one request on one replica."""
 
-    __slots__ = ("request_id", "arrival_s", "input_tokens", "output_tokens", "num_tokens", "num_computed",
-                 "generated", "state", "replica", "first_scheduled_s", "finish_s", "preemptions",
-                 "token_times_s", "kv_limit_tokens")
+    __slots__ = (
+        "request_id",
+        "arrival_s",
+        "input_tokens",
+        "output_tokens",
+        "num_tokens",
+        "num_computed",
+        "generated",
+        "state",
+        "replica",
+        "first_scheduled_s",
+        "finish_s",
+        "preemptions",
+        "token_times_s",
+        "kv_limit_tokens",
+    )
 
-    def __init__(self, request_id: int, arrival_s: float, input_tokens: int, output_tokens: int,
-                 replica: int = 0) -> None:
+    def __init__(
+        self, request_id: int, arrival_s: float, input_tokens: int, output_tokens: int, replica: int = 0
+    ) -> None:
         self.request_id = request_id
         self.arrival_s = arrival_s
         self.input_tokens = input_tokens
@@ -81,8 +95,11 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.preemptions = 0
         self.now_s = 0.0
-        self._schedule = {"static": self._schedule_static, "continuous": self._schedule_continuous,
-                          "chunked_prefill": self._schedule_chunked}[spec.policy]
+        self._schedule = {
+            "static": self._schedule_static,
+            "continuous": self._schedule_continuous,
+            "chunked_prefill": self._schedule_chunked,
+        }[spec.policy]
 
     @property
     def load(self) -> int:

@@ -29,8 +29,17 @@ from simulator.serving.scheduler import Scheduler, Sequence, Step
 from simulator.serving.workload import Request, generate_requests
 
 #: Columns of ServingRun.timeseries, one row per replica per iteration.
-TIMESERIES_COLUMNS = ("start_s", "iteration_s", "replica", "waiting", "running", "batch_seqs", "new_tokens",
-                      "kv_blocks_used", "tokens_out")
+TIMESERIES_COLUMNS = (
+    "start_s",
+    "iteration_s",
+    "replica",
+    "waiting",
+    "running",
+    "batch_seqs",
+    "new_tokens",
+    "kv_blocks_used",
+    "tokens_out",
+)
 
 
 @dataclass(frozen=True)
@@ -59,16 +68,17 @@ class ServingRun:
 
     spec: ServingSpec
     records: tuple[RequestRecord, ...]  # by request_id
-    timeseries: dict[str, np.ndarray]   # TIMESERIES_COLUMNS
-    end_s: float                        # when the last request finished
-    num_iterations: int                 # iterations of all replicas (a lockstep group counts once per replica)
+    timeseries: dict[str, np.ndarray]  # TIMESERIES_COLUMNS
+    end_s: float  # when the last request finished
+    num_iterations: int  # iterations of all replicas (a lockstep group counts once per replica)
     preemptions: int
-    peak_kv_blocks: tuple[int, ...]     # per replica
-    mean_in_system: float               # time average over [0, end_s] of requests arrived and not finished
+    peak_kv_blocks: tuple[int, ...]  # per replica
+    mean_in_system: float  # time average over [0, end_s] of requests arrived and not finished
 
 
-def simulate_serving(spec: ServingSpec, pricer: IterationPricer, requests: Seq[Request] | None = None,
-                     base_dir: str | Path | None = None) -> ServingRun:
+def simulate_serving(
+    spec: ServingSpec, pricer: IterationPricer, requests: Seq[Request] | None = None, base_dir: str | Path | None = None
+) -> ServingRun:
     """Serve spec's workload (or the given requests) on spec's replicas; iteration times come from pricer.
 
     Requests are routed on arrival and served FIFO per replica by the scheduler policy. In a closed loop
@@ -76,8 +86,10 @@ def simulate_serving(spec: ServingSpec, pricer: IterationPricer, requests: Seq[R
     at once (no client think time).
     """
     if spec.scheduler.kv_cache.capacity_blocks is None:
-        raise ServingError("scheduler.kv_cache.capacity_blocks: not set; give it, or take it from a scenario's "
-                           "memory model with simulator.serving.capacity.resolve_serving")
+        raise ServingError(
+            "scheduler.kv_cache.capacity_blocks: not set; give it, or take it from a scenario's "
+            "memory model with simulator.serving.capacity.resolve_serving"
+        )
     if requests is None:
         requests = generate_requests(spec, base_dir)
     if not requests:
@@ -97,8 +109,9 @@ class _Model:
         per_batch = spec.scheduler
         if self.batches > 1:
             kv = per_batch.kv_cache
-            per_batch = per_batch.model_copy(update={"kv_cache": kv.model_copy(update={
-                "capacity_blocks": kv.capacity_blocks // self.batches})})
+            per_batch = per_batch.model_copy(
+                update={"kv_cache": kv.model_copy(update={"capacity_blocks": kv.capacity_blocks // self.batches})}
+            )
         # scheduler index = replica * batches + pipeline batch
         self.schedulers = [Scheduler(per_batch, r) for r in range(self.num_replicas) for _ in range(self.batches)]
         self.timing = getattr(pricer, "timing", None)
@@ -141,8 +154,10 @@ class _Model:
                         env.process(self.pipelined_loop([r * b + v], r * b + v, entry))
         env.run()
         if self.num_finished != len(self.requests):
-            raise RuntimeError(f"serving simulation stopped with {len(self.requests) - self.num_finished} "
-                               f"requests unfinished (a scheduler bug)")
+            raise RuntimeError(
+                f"serving simulation stopped with {len(self.requests) - self.num_finished} "
+                f"requests unfinished (a scheduler bug)"
+            )
         return self.result()
 
     # ---------------------------------------------------------------- arrivals and routing
@@ -161,7 +176,7 @@ class _Model:
             r = self.rr % self.num_replicas
             self.rr += 1
         else:
-            r = min(range(self.num_replicas), key=lambda i: sum(s.load for s in schedulers[i * b:(i + 1) * b]))
+            r = min(range(self.num_replicas), key=lambda i: sum(s.load for s in schedulers[i * b : (i + 1) * b]))
         if b > 1:  # the replica's pipeline batch with the fewest requests (vLLM's virtual engines)
             r = min(range(r * b, (r + 1) * b), key=lambda i: schedulers[i].load)
         seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
@@ -275,33 +290,59 @@ class _Model:
         records = []
         for seq in self.seqs:
             assert seq is not None
-            records.append(RequestRecord(
-                seq.request_id, seq.replica, seq.arrival_s, seq.input_tokens, seq.output_tokens,
-                seq.first_scheduled_s, seq.finish_s, seq.preemptions, seq.request_id < warmup,
-                np.array(seq.token_times_s)))
+            records.append(
+                RequestRecord(
+                    seq.request_id,
+                    seq.replica,
+                    seq.arrival_s,
+                    seq.input_tokens,
+                    seq.output_tokens,
+                    seq.first_scheduled_s,
+                    seq.finish_s,
+                    seq.preemptions,
+                    seq.request_id < warmup,
+                    np.array(seq.token_times_s),
+                )
+            )
         columns = list(zip(*self.rows)) if self.rows else [()] * len(TIMESERIES_COLUMNS)
-        timeseries = {name: np.array(col, dtype=float if name.endswith("_s") else np.int64)
-                      for name, col in zip(TIMESERIES_COLUMNS, columns)}
+        timeseries = {
+            name: np.array(col, dtype=float if name.endswith("_s") else np.int64)
+            for name, col in zip(TIMESERIES_COLUMNS, columns)
+        }
         end_s = max(r.finish_s for r in records)
         self.count(0)
         return ServingRun(
-            spec=self.spec, records=tuple(records), timeseries=timeseries, end_s=end_s,
-            num_iterations=len(self.rows), preemptions=sum(s.preemptions for s in self.schedulers),
-            peak_kv_blocks=tuple(sum(s.kv.peak_used_blocks for s in self.schedulers[r * self.batches:(r + 1) * self.batches])
-                                 for r in range(self.num_replicas)),
-            mean_in_system=self.area / end_s if end_s > 0 else math.nan)
+            spec=self.spec,
+            records=tuple(records),
+            timeseries=timeseries,
+            end_s=end_s,
+            num_iterations=len(self.rows),
+            preemptions=sum(s.preemptions for s in self.schedulers),
+            peak_kv_blocks=tuple(
+                sum(s.kv.peak_used_blocks for s in self.schedulers[r * self.batches : (r + 1) * self.batches])
+                for r in range(self.num_replicas)
+            ),
+            mean_in_system=self.area / end_s if end_s > 0 else math.nan,
+        )
 
 
 def _before(scheduler: Scheduler, step: Step) -> tuple[int, int, int, int, int]:
     """State while an iteration runs: waiting, running, sequences and new tokens in it, KV blocks used."""
-    return (len(scheduler.waiting), len(scheduler.running), len(step.seqs), sum(w[0] for w in step.batch),
-            scheduler.kv.used_blocks)
+    return (
+        len(scheduler.waiting),
+        len(scheduler.running),
+        len(step.seqs),
+        sum(w[0] for w in step.batch),
+        scheduler.kv.used_blocks,
+    )
 
 
 def _check_stall(scheduler: Scheduler) -> None:
     if scheduler.waiting or scheduler.running:
-        raise RuntimeError(f"replica {scheduler.replica}: {len(scheduler.waiting)} waiting and "
-                           f"{len(scheduler.running)} running requests but nothing schedulable (a scheduler bug)")
+        raise RuntimeError(
+            f"replica {scheduler.replica}: {len(scheduler.waiting)} waiting and "
+            f"{len(scheduler.running)} running requests but nothing schedulable (a scheduler bug)"
+        )
 
 
 def _check_requests(spec: ServingSpec, requests: Seq[Request]) -> None:
@@ -312,6 +353,8 @@ def _check_requests(spec: ServingSpec, requests: Seq[Request]) -> None:
             raise ServingError(f"requests[{i}].request_id = {r.request_id}: number requests 0, 1, 2, ... in order")
         if not closed:
             if not r.arrival_s >= last_s:
-                raise ServingError(f"requests[{i}].arrival_s = {r.arrival_s} is before the previous request's "
-                                   f"{last_s}; sort requests by arrival")
+                raise ServingError(
+                    f"requests[{i}].arrival_s = {r.arrival_s} is before the previous request's "
+                    f"{last_s}; sort requests by arrival"
+                )
             last_s = r.arrival_s

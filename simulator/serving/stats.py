@@ -32,18 +32,20 @@ def request_table(run: ServingRun) -> pd.DataFrame:
     output_tokens = np.array([rec.output_tokens for rec in r], dtype=np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot_s = np.where(output_tokens > 1, (finish_s - first_token_s) / (output_tokens - 1), math.nan)
-    table = pd.DataFrame({
-        "request_id": np.array([rec.request_id for rec in r], dtype=np.int64),
-        "replica": np.array([rec.replica for rec in r], dtype=np.int64),
-        "warmup": np.array([rec.warmup for rec in r], dtype=bool),
-        "input_tokens": np.array([rec.input_tokens for rec in r], dtype=np.int64),
-        "output_tokens": output_tokens,
-        "arrival_s": arrival_s,
-        "first_scheduled_s": np.array([rec.first_scheduled_s for rec in r]),
-        "first_token_s": first_token_s,
-        "finish_s": finish_s,
-        "preemptions": np.array([rec.preemptions for rec in r], dtype=np.int64),
-    })
+    table = pd.DataFrame(
+        {
+            "request_id": np.array([rec.request_id for rec in r], dtype=np.int64),
+            "replica": np.array([rec.replica for rec in r], dtype=np.int64),
+            "warmup": np.array([rec.warmup for rec in r], dtype=bool),
+            "input_tokens": np.array([rec.input_tokens for rec in r], dtype=np.int64),
+            "output_tokens": output_tokens,
+            "arrival_s": arrival_s,
+            "first_scheduled_s": np.array([rec.first_scheduled_s for rec in r]),
+            "first_token_s": first_token_s,
+            "finish_s": finish_s,
+            "preemptions": np.array([rec.preemptions for rec in r], dtype=np.int64),
+        }
+    )
     table["queueing_s"] = table["first_scheduled_s"] - arrival_s
     table["ttft_s"] = first_token_s - arrival_s
     table["tpot_s"] = tpot_s
@@ -100,13 +102,15 @@ def summarize(run: ServingRun, table: pd.DataFrame | None = None) -> ServingSumm
     if table is None:
         table = request_table(run)
     measured = table[~table["warmup"]]
-    latency = pd.DataFrame({
-        "ttft_s": describe(measured["ttft_s"].to_numpy()),
-        "tpot_s": describe(measured["tpot_s"].to_numpy()),
-        "itl_s": describe(inter_token_latencies_s(run)),
-        "e2e_s": describe(measured["e2e_s"].to_numpy()),
-        "queueing_s": describe(measured["queueing_s"].to_numpy()),
-    }).T.loc[list(LATENCY_METRICS), list(STATISTICS)]
+    latency = pd.DataFrame(
+        {
+            "ttft_s": describe(measured["ttft_s"].to_numpy()),
+            "tpot_s": describe(measured["tpot_s"].to_numpy()),
+            "itl_s": describe(inter_token_latencies_s(run)),
+            "e2e_s": describe(measured["e2e_s"].to_numpy()),
+            "queueing_s": describe(measured["queueing_s"].to_numpy()),
+        }
+    ).T.loc[list(LATENCY_METRICS), list(STATISTICS)]
     num_gpus = run.spec.num_gpus
     window_s = float(measured["finish_s"].max() - measured["arrival_s"].min())
     n = len(measured)
@@ -134,8 +138,9 @@ def summarize(run: ServingRun, table: pd.DataFrame | None = None) -> ServingSumm
     return ServingSummary(latency, figures, _verdicts(latency, figures, run.spec.targets))
 
 
-def _verdicts(latency: pd.DataFrame, figures: dict[str, float],
-              targets: TargetsSpec) -> dict[str, tuple[float, float, bool]]:
+def _verdicts(
+    latency: pd.DataFrame, figures: dict[str, float], targets: TargetsSpec
+) -> dict[str, tuple[float, float, bool]]:
     verdicts = {}
     for name, metric in (("ttft_p99_s", "ttft_s"), ("tpot_p99_s", "tpot_s"), ("e2e_p99_s", "e2e_s")):
         bound = getattr(targets, name)
@@ -145,8 +150,7 @@ def _verdicts(latency: pd.DataFrame, figures: dict[str, float],
             verdicts[name] = (value, bound, bool(math.isnan(value) or value <= bound))
     if targets.min_goodput_fraction is not None:
         value = figures["goodput_fraction"]
-        verdicts["min_goodput_fraction"] = (value, targets.min_goodput_fraction,
-                                            value >= targets.min_goodput_fraction)
+        verdicts["min_goodput_fraction"] = (value, targets.min_goodput_fraction, value >= targets.min_goodput_fraction)
     return verdicts
 
 
@@ -177,8 +181,13 @@ def kv_cache_figures(run: ServingRun) -> dict[str, float]:
     area = float(np.dot(ts["kv_blocks_used"], ts["iteration_s"])) if len(ts["iteration_s"]) else 0.0
     mean = area / run.end_s / replicas if run.end_s > 0 else 0.0
     peak = float(max(run.peak_kv_blocks))
-    return {"kv_capacity_blocks": float(capacity), "kv_peak_blocks": peak, "kv_mean_blocks": mean,
-            "kv_peak_fraction": peak / capacity, "kv_mean_fraction": mean / capacity}
+    return {
+        "kv_capacity_blocks": float(capacity),
+        "kv_peak_blocks": peak,
+        "kv_mean_blocks": mean,
+        "kv_peak_fraction": peak / capacity,
+        "kv_mean_fraction": mean / capacity,
+    }
 
 
 def request_itl_table(run: ServingRun) -> pd.DataFrame:

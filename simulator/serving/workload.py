@@ -64,16 +64,20 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
         elif w.duration_s is not None:
             rows = [r for r in rows if r[1] < w.duration_s]
         if len(rows) <= w.warmup_requests:
-            raise ServingError(f"workload.warmup_requests = {w.warmup_requests} leaves no measured request of "
-                               f"{len(rows)} in the trace; lower it")
+            raise ServingError(
+                f"workload.warmup_requests = {w.warmup_requests} leaves no measured request of "
+                f"{len(rows)} in the trace; lower it"
+            )
         for line_no, _, n_in, n_out in rows:
             _check(n_in, n_out, spec, f"trace {w.arrivals.path} line {line_no}")
         return tuple(Request(i, a, n_in, n_out) for i, (_, a, n_in, n_out) in enumerate(rows))
     arrivals_s = arrival_times_s(w)
     n = len(arrivals_s)
     if n <= w.warmup_requests:
-        raise ServingError(f"workload.duration_s = {w.duration_s} gives {n} requests, not more than "
-                           f"warmup_requests = {w.warmup_requests}; lengthen it or lower the warmup")
+        raise ServingError(
+            f"workload.duration_s = {w.duration_s} gives {n} requests, not more than "
+            f"warmup_requests = {w.warmup_requests}; lengthen it or lower the warmup"
+        )
     assert w.input_len is not None and w.output_len is not None
     inputs = draw_lengths(w.input_len, n, np.random.default_rng([w.seed, 1]), base)
     outputs = draw_lengths(w.output_len, n, np.random.default_rng([w.seed, 2]), base)
@@ -172,8 +176,10 @@ def read_trace(path: Path) -> list[tuple[int, float, int, int]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ServingError(f"{path} line {line_no}: not JSON ({exc.msg}); write one object a line "
-                                   f"with keys {', '.join(TRACE_COLUMNS)}") from None
+                raise ServingError(
+                    f"{path} line {line_no}: not JSON ({exc.msg}); write one object a line "
+                    f"with keys {', '.join(TRACE_COLUMNS)}"
+                ) from None
             if not isinstance(obj, dict):
                 raise ServingError(f"{path} line {line_no}: expected an object with keys {', '.join(TRACE_COLUMNS)}")
             rows.append(_trace_row(obj, path, line_no))
@@ -183,8 +189,10 @@ def read_trace(path: Path) -> list[tuple[int, float, int, int]]:
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in TRACE_COLUMNS if c not in header]
         if missing:
-            raise ServingError(f"{path} line 1: header lacks {', '.join(missing)}; the first line must name "
-                               f"the columns {','.join(TRACE_COLUMNS)}")
+            raise ServingError(
+                f"{path} line 1: header lacks {', '.join(missing)}; the first line must name "
+                f"the columns {','.join(TRACE_COLUMNS)}"
+            )
         reader.fieldnames = header
         for row in reader:
             line_no = reader.line_num

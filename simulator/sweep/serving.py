@@ -43,13 +43,18 @@ def serving_figures(scenario: Scenario, objective: str, base_dir: str | Path | N
     if objective == "max_rate":
         found = search_max_rate(spec, pricer, f["requests_per_s"], MAX_RATE_REL_TOL, base_dir=base_dir)
         rate = math.nan if found.rate_per_s is None else found.rate_per_s
-        figures.update(max_rate_per_s=rate, max_rate_per_s_per_gpu=rate / num_gpus,
-                       max_rate_capped=float(found.capped))
+        figures.update(max_rate_per_s=rate, max_rate_per_s_per_gpu=rate / num_gpus, max_rate_capped=float(found.capped))
     return figures
 
 
-def simulate_serving_layout(index: int, own: bool, scenario: Scenario, decode_sample: int,
-                            objective: str = "goodput_per_gpu", base_dir: str | None = None) -> LayoutResult:
+def simulate_serving_layout(
+    index: int,
+    own: bool,
+    scenario: Scenario,
+    decode_sample: int,
+    objective: str = "goodput_per_gpu",
+    base_dir: str | None = None,
+) -> LayoutResult:
     """simulate_layout, then the serving figures of the layout (run_sweep's `simulate`; bind
     objective and base_dir with functools.partial, which pickles). A serving error fails the row."""
     result = simulate_layout(index, own, scenario, decode_sample)

@@ -10,11 +10,19 @@ from simulator.config.serving import ServingSpec, parse_serving_spec
 from simulator.serving.pricing import LinearPricer
 
 BASE = {
-    "workload": {"arrivals": {"kind": "closed_loop", "concurrency": 1},
-                 "input_len": {"kind": "fixed", "tokens": 8}, "output_len": {"kind": "fixed", "tokens": 4},
-                 "num_requests": 3, "seed": 0},
-    "scheduler": {"policy": "chunked_prefill", "max_num_seqs": 4, "max_num_batched_tokens": 64,
-                  "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 64}},
+    "workload": {
+        "arrivals": {"kind": "closed_loop", "concurrency": 1},
+        "input_len": {"kind": "fixed", "tokens": 8},
+        "output_len": {"kind": "fixed", "tokens": 4},
+        "num_requests": 3,
+        "seed": 0,
+    },
+    "scheduler": {
+        "policy": "chunked_prefill",
+        "max_num_seqs": 4,
+        "max_num_batched_tokens": 64,
+        "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 64},
+    },
 }
 
 

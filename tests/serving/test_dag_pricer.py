@@ -18,10 +18,18 @@ from simulator.simulate import simulate_dag
 from tests.conftest import TINY_MOE, make_scenario, seed_dict
 
 SERVING = {
-    "workload": {"arrivals": {"kind": "closed_loop", "concurrency": 1}, "num_requests": 2,
-                 "input_len": {"kind": "fixed", "tokens": 1024}, "output_len": {"kind": "fixed", "tokens": 4}},
-    "scheduler": {"policy": "chunked_prefill", "max_num_seqs": 128, "max_num_batched_tokens": 2048,
-                  "kv_cache": {"block_size_tokens": 16}},
+    "workload": {
+        "arrivals": {"kind": "closed_loop", "concurrency": 1},
+        "num_requests": 2,
+        "input_len": {"kind": "fixed", "tokens": 1024},
+        "output_len": {"kind": "fixed", "tokens": 4},
+    },
+    "scheduler": {
+        "policy": "chunked_prefill",
+        "max_num_seqs": 128,
+        "max_num_batched_tokens": 2048,
+        "kv_cache": {"block_size_tokens": 16},
+    },
 }
 
 
@@ -85,9 +93,12 @@ def test_one_request_at_a_time_is_the_batch_one_dag_prices():
 
 def test_static_policy_reproduces_moesim_runs_ttft_and_tpot(seed):
     data = seed_serving(policy="static", pipeline_batches=1, max_num_batched_tokens=8192)
-    data["serving"]["workload"] = {"arrivals": {"kind": "closed_loop", "concurrency": 128}, "num_requests": 128,
-                                   "input_len": {"kind": "fixed", "tokens": 10240},
-                                   "output_len": {"kind": "fixed", "tokens": 128}}
+    data["serving"]["workload"] = {
+        "arrivals": {"kind": "closed_loop", "concurrency": 128},
+        "num_requests": 128,
+        "input_len": {"kind": "fixed", "tokens": 10240},
+        "output_len": {"kind": "fixed", "tokens": 128},
+    }
     scenario = parse_scenario(data, "seed")
     pricer = DagPricer(scenario)
     run = simulate_serving(resolve_serving(scenario, pricer.hw), pricer)
@@ -99,8 +110,17 @@ def test_static_policy_reproduces_moesim_runs_ttft_and_tpot(seed):
 
 
 def tiny(**kv) -> dict:
-    data = {**TINY_MOE, "serving": {**SERVING, "scheduler": {**SERVING["scheduler"], "max_num_batched_tokens": 256,
-                                                               "kv_cache": {"block_size_tokens": 16, **kv}}}}
+    data = {
+        **TINY_MOE,
+        "serving": {
+            **SERVING,
+            "scheduler": {
+                **SERVING["scheduler"],
+                "max_num_batched_tokens": 256,
+                "kv_cache": {"block_size_tokens": 16, **kv},
+            },
+        },
+    }
     data["serving"]["workload"] = {**SERVING["workload"], "input_len": {"kind": "fixed", "tokens": 64}}
     return data
 

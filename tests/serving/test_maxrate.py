@@ -10,9 +10,13 @@ from simulator.serving.maxrate import CURVE_COLUMNS, max_rate, rate_curve
 from simulator.serving.pricing import CachedPricer, LinearPricer
 from tests.serving.conftest import make_spec
 
-WORKLOAD = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0}, "num_requests": 400, "seed": 5,
-            "input_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": 64},
-            "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16}}
+WORKLOAD = {
+    "arrivals": {"kind": "poisson", "rate_per_s": 1.0},
+    "num_requests": 400,
+    "seed": 5,
+    "input_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": 64},
+    "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
+}
 PRICER = CachedPricer(LinearPricer(0.02, 1 / 1024, 1 / 8192))
 
 

@@ -19,21 +19,37 @@ def specs(draw):
     block = draw(st.sampled_from([1, 2, 4, 16]))
     need = kv_blocks_needed(max_in, max_out, block)
     max_num_seqs = draw(st.integers(1, 4))
-    arrivals = draw(st.sampled_from([
-        {"kind": "closed_loop", "concurrency": draw(st.integers(1, 5))},
-        {"kind": "poisson", "rate_per_s": draw(st.sampled_from([0.5, 2.0, 20.0]))},
-    ]))
-    return parse_serving_spec({
-        "workload": {"arrivals": arrivals, "num_requests": draw(st.integers(1, 12)), "seed": draw(st.integers(0, 9)),
-                     "input_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": max_in},
-                     "output_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": max_out}},
-        "scheduler": {"policy": policy, "max_num_seqs": max_num_seqs,
-                      "max_num_batched_tokens": max(max_num_seqs, max_in + max_out, draw(st.integers(1, 40))),
-                      "chunk_size_tokens": draw(st.integers(1, max(max_num_seqs, max_in + max_out))),
-                      "kv_cache": {"block_size_tokens": block, "capacity_blocks": need + draw(st.integers(0, 4))}},
-        "replicas": {"count": draw(st.integers(1, 3)), "lockstep": draw(st.booleans()),
-                     "router": draw(st.sampled_from(["round_robin", "least_loaded"]))},
-    })
+    arrivals = draw(
+        st.sampled_from(
+            [
+                {"kind": "closed_loop", "concurrency": draw(st.integers(1, 5))},
+                {"kind": "poisson", "rate_per_s": draw(st.sampled_from([0.5, 2.0, 20.0]))},
+            ]
+        )
+    )
+    return parse_serving_spec(
+        {
+            "workload": {
+                "arrivals": arrivals,
+                "num_requests": draw(st.integers(1, 12)),
+                "seed": draw(st.integers(0, 9)),
+                "input_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": max_in},
+                "output_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": max_out},
+            },
+            "scheduler": {
+                "policy": policy,
+                "max_num_seqs": max_num_seqs,
+                "max_num_batched_tokens": max(max_num_seqs, max_in + max_out, draw(st.integers(1, 40))),
+                "chunk_size_tokens": draw(st.integers(1, max(max_num_seqs, max_in + max_out))),
+                "kv_cache": {"block_size_tokens": block, "capacity_blocks": need + draw(st.integers(0, 4))},
+            },
+            "replicas": {
+                "count": draw(st.integers(1, 3)),
+                "lockstep": draw(st.booleans()),
+                "router": draw(st.sampled_from(["round_robin", "least_loaded"])),
+            },
+        }
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,8 +11,9 @@ OPEN = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0}}
 
 
 def test_chunked_prefill_splits_a_long_prompt_and_never_starves_decodes():
-    spec = make_spec(workload=OPEN, scheduler={"policy": "chunked_prefill", "max_num_batched_tokens": 32,
-                                               "chunk_size_tokens": 8})
+    spec = make_spec(
+        workload=OPEN, scheduler={"policy": "chunked_prefill", "max_num_batched_tokens": 32, "chunk_size_tokens": 8}
+    )
     pricer = RecordingPricer()
     # Request 0 (8 + 10 tokens) is decoding when request 1's 40-token prompt arrives at 1.0.
     run = simulate_serving(spec, pricer, [Request(0, 0.0, 8, 10), Request(1, 1.0, 40, 2)])
@@ -39,8 +40,12 @@ def test_continuous_runs_prefill_only_iterations_first():
     simulate_serving(spec, pricer, [Request(0, 0.0, 8, 5), Request(1, 0.8, 40, 2)])
     # Iteration 2 starts at 0.75 (before request 1): a decode; iteration 3 starts at 1.125: request 1's
     # whole prompt alone, request 0's decode waits.
-    assert pricer.batches[:4] == [(SeqWork(8, 0),), (SeqWork(1, 8),), (SeqWork(40, 0),),
-                                  (SeqWork(1, 9), SeqWork(1, 40))]
+    assert pricer.batches[:4] == [
+        (SeqWork(8, 0),),
+        (SeqWork(1, 8),),
+        (SeqWork(40, 0),),
+        (SeqWork(1, 9), SeqWork(1, 40)),
+    ]
 
 
 def test_continuous_admits_no_more_than_the_token_budget():
@@ -60,8 +65,10 @@ def test_max_num_seqs_bounds_the_running_batch():
 
 def test_admission_waits_for_free_blocks():
     # 3 blocks of 16: each request holds 1 block at admission and grows to 2 (8 + 20 - 1 tokens).
-    spec = make_spec(workload=OPEN, scheduler={"policy": "chunked_prefill",
-                                               "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 3}})
+    spec = make_spec(
+        workload=OPEN,
+        scheduler={"policy": "chunked_prefill", "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 3}},
+    )
     run = simulate_serving(spec, RecordingPricer(), [Request(i, 0.0, 8, 20) for i in range(3)])
     assert run.timeseries["kv_blocks_used"].max() <= 3
     assert all(len(r.token_times_s) == 20 for r in run.records)

@@ -21,15 +21,27 @@ from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import LATENCY_METRICS, STATISTICS, summarize
 
 SERVING = {
-    "workload": {"arrivals": {"kind": "poisson", "rate_per_s": 4.0},
-                 "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
-                 "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
-                 "num_requests": 120, "warmup_requests": 5, "seed": 3},
+    "workload": {
+        "arrivals": {"kind": "poisson", "rate_per_s": 4.0},
+        "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
+        "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
+        "num_requests": 120,
+        "warmup_requests": 5,
+        "seed": 3,
+    },
     "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
     "targets": {"ttft_p99_s": 10.0, "tpot_p99_s": 1.0},
 }
-FILES = ("requests.csv", "summary.json", "summary.md", "latency_cdf.png", "timeseries.png", "gantt.png",
-         "serving_trace.json", "index.html")
+FILES = (
+    "requests.csv",
+    "summary.json",
+    "summary.md",
+    "latency_cdf.png",
+    "timeseries.png",
+    "gantt.png",
+    "serving_trace.json",
+    "index.html",
+)
 #: Dyadic figures: an iteration of n new tokens and c context tokens takes 1/64 + n/1024 + c/8192 s.
 TEST_PRICER = LinearPricer(1 / 64, 1 / 1024, 1 / 8192)
 
@@ -51,6 +63,7 @@ def serve_file(tmp_path):
 @pytest.fixture
 def linear_pricer(monkeypatch):
     """Price iterations with TEST_PRICER whatever pricer the scenario would get."""
+
     def inputs(scenario):
         spec = resolve_serving(scenario, resolve_hardware(scenario))
         return spec, TEST_PRICER, spec.num_gpus
@@ -76,8 +89,19 @@ def test_requests_csv_has_one_row_per_request(serve_file, tmp_path):
     table = pd.read_csv(out / "requests.csv")
     assert table["request_id"].tolist() == list(range(120))
     assert table["warmup"].sum() == 5
-    for column in ("replica", "arrival_s", "queueing_s", "ttft_s", "tpot_s", "e2e_s", "input_tokens",
-                   "output_tokens", "preemptions", "itl_mean_s", "itl_max_s"):
+    for column in (
+        "replica",
+        "arrival_s",
+        "queueing_s",
+        "ttft_s",
+        "tpot_s",
+        "e2e_s",
+        "input_tokens",
+        "output_tokens",
+        "preemptions",
+        "itl_mean_s",
+        "itl_max_s",
+    ):
         assert column in table
     assert (table["e2e_s"] >= table["ttft_s"]).all() and (table["ttft_s"] >= table["queueing_s"]).all()
     assert set(table["replica"]) == {0}  # parallel.dp = 1: one replica
@@ -106,8 +130,7 @@ def test_check_exits_1_when_a_target_is_missed(tmp_path, linear_pricer):
     path = write_scenario(tmp_path, missed)
     assert main(["serve", str(path), "--out", str(tmp_path / "a"), "--check"]) == 1
     assert main(["serve", str(path), "--out", str(tmp_path / "b")]) == 0
-    assert main(["serve", str(write_scenario(tmp_path, name="met.yaml")), "--out", str(tmp_path / "c"),
-                 "--check"]) == 0
+    assert main(["serve", str(write_scenario(tmp_path, name="met.yaml")), "--out", str(tmp_path / "c"), "--check"]) == 0
 
 
 def test_max_rate_writes_the_curve_and_the_rate_just_above_misses(tmp_path, linear_pricer):
@@ -160,8 +183,18 @@ def test_pictures_are_valid_pngs(tmp_path, linear_pricer):
     from PIL import Image
 
     out = tmp_path / "out"
-    assert main(["serve", str(write_scenario(tmp_path, {**SERVING, "targets": {"ttft_p99_s": 0.25}})),
-                 "--out", str(out), "--max-rate"]) == 0
+    assert (
+        main(
+            [
+                "serve",
+                str(write_scenario(tmp_path, {**SERVING, "targets": {"ttft_p99_s": 0.25}})),
+                "--out",
+                str(out),
+                "--max-rate",
+            ]
+        )
+        == 0
+    )
     for name in ("latency_cdf.png", "timeseries.png", "gantt.png", "rate_curve.png"):
         with Image.open(out / name) as image:
             image.verify()
@@ -178,8 +211,14 @@ def test_trace_has_a_track_per_request_and_the_iterations(serve_file, tmp_path):
     assert iterations and all(e["dur"] > 0 for e in iterations)
 
 
-@pytest.mark.parametrize("argv, what", [(["serve"], "moesim serve"), (["serve", "--max-rate"], "--max-rate"),
-                                        (["compare", "--objective", "max_rate"], "--objective max_rate")])
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["serve"], "moesim serve"),
+        (["serve", "--max-rate"], "--max-rate"),
+        (["compare", "--objective", "max_rate"], "--objective max_rate"),
+    ],
+)
 def test_a_scenario_without_serving_section_is_a_one_line_error(tmp_path, capsys, argv, what):
     path = write_scenario(tmp_path, serving=None)
     assert main([argv[0], str(path), *argv[1:], "--out", str(tmp_path / "out")]) != 0

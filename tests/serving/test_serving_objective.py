@@ -16,9 +16,16 @@ from tests.serving.test_serve_cli import SERVING
 
 
 def _row(index: int, tput: float, serving: dict, status: str = "ok") -> LayoutResult:
-    return LayoutResult(index=index, layout=ParallelSpec.of_degrees(1, 1, 4, 1, 1, index + 1), own=False, status=status,
-                        throughput={"output_tokens_per_ms_per_gpu": tput}, memory_bytes_per_gpu=1.0,
-                        capacity_bytes=2.0, serving=serving)
+    return LayoutResult(
+        index=index,
+        layout=ParallelSpec.of_degrees(1, 1, 4, 1, 1, index + 1),
+        own=False,
+        status=status,
+        throughput={"output_tokens_per_ms_per_gpu": tput},
+        memory_bytes_per_gpu=1.0,
+        capacity_bytes=2.0,
+        serving=serving,
+    )
 
 
 ROWS = [
@@ -29,10 +36,13 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("objective, order", [
-    ("goodput_per_gpu", [2, 1, 0, 3]),  # the goodput tie goes to the higher throughput
-    ("max_rate", [0, 1, 2, 3]),         # no rate meeting the targets (NaN) ranks last
-])
+@pytest.mark.parametrize(
+    "objective, order",
+    [
+        ("goodput_per_gpu", [2, 1, 0, 3]),  # the goodput tie goes to the higher throughput
+        ("max_rate", [0, 1, 2, 3]),  # no rate meeting the targets (NaN) ranks last
+    ],
+)
 def test_serving_objectives_rank_by_their_figure(objective, order):
     ranked = rank_results(ROWS, objective)
     assert [r.index for r in ranked] == order
@@ -46,8 +56,11 @@ def test_existing_objectives_ignore_serving_figures():
 
 @pytest.fixture
 def small_serving_file(tmp_path):
-    data = {**TINY_MOE, "model": {**TINY_MOE["model"], "num_layers": 2, "num_experts": 2, "expert_ffn_size": 63},
-            "serving": {**SERVING, "workload": {**SERVING["workload"], "num_requests": 40}}}
+    data = {
+        **TINY_MOE,
+        "model": {**TINY_MOE["model"], "num_layers": 2, "num_experts": 2, "expert_ffn_size": 63},
+        "serving": {**SERVING, "workload": {**SERVING["workload"], "num_requests": 40}},
+    }
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -55,8 +68,23 @@ def small_serving_file(tmp_path):
 
 def test_compare_ranks_layouts_by_serving_goodput(small_serving_file, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", str(small_serving_file), "--out", str(out), "--jobs", "1", "--microbatches", "1",
-                 "--objective", "goodput_per_gpu"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(small_serving_file),
+                "--out",
+                str(out),
+                "--jobs",
+                "1",
+                "--microbatches",
+                "1",
+                "--objective",
+                "goodput_per_gpu",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "comparison.csv")
     ranked = table[table["rank"].notna()]
     assert len(ranked) > 1

@@ -58,8 +58,13 @@ def test_warmup_requests_are_left_out(pricer):
 
 
 def test_describe_gives_numpy_percentiles():
-    assert describe([1.0, 2.0, 3.0, 4.0, float("nan")]) == {"mean": 2.5, "p50": 2.5, "p90": pytest.approx(3.7),
-                                                            "p99": pytest.approx(3.97), "max": 4.0}
+    assert describe([1.0, 2.0, 3.0, 4.0, float("nan")]) == {
+        "mean": 2.5,
+        "p50": 2.5,
+        "p90": pytest.approx(3.7),
+        "p99": pytest.approx(3.97),
+        "max": 4.0,
+    }
 
 
 def test_throughput_series_bins_tokens_by_iteration_end(pricer):

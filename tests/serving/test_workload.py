@@ -13,9 +13,12 @@ from tests.serving.conftest import make_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TRACE = ROOT / "scenarios" / "traces" / "example_requests.csv"
-POISSON = {"arrivals": {"kind": "poisson", "rate_per_s": 2.0}, "num_requests": 200,
-           "input_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": 100},
-           "output_len": {"kind": "normal", "mean_tokens": 20, "std_tokens": 30, "min_tokens": 2, "max_tokens": 40}}
+POISSON = {
+    "arrivals": {"kind": "poisson", "rate_per_s": 2.0},
+    "num_requests": 200,
+    "input_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": 100},
+    "output_len": {"kind": "normal", "mean_tokens": 20, "std_tokens": 30, "min_tokens": 2, "max_tokens": 40},
+}
 
 
 def test_same_seed_gives_identical_requests():
@@ -23,7 +26,9 @@ def test_same_seed_gives_identical_requests():
 
 
 def test_another_seed_gives_other_requests():
-    assert generate_requests(make_spec(workload=POISSON)) != generate_requests(make_spec(workload={**POISSON, "seed": 1}))
+    assert generate_requests(make_spec(workload=POISSON)) != generate_requests(
+        make_spec(workload={**POISSON, "seed": 1})
+    )
 
 
 def test_rates_share_their_random_numbers():
@@ -48,14 +53,18 @@ def test_lengths_stay_within_their_clip():
 
 
 def test_constant_arrivals_are_evenly_spaced_from_zero():
-    requests = generate_requests(make_spec(workload={"arrivals": {"kind": "constant", "rate_per_s": 4.0},
-                                                     "num_requests": 4}))
+    requests = generate_requests(
+        make_spec(workload={"arrivals": {"kind": "constant", "rate_per_s": 4.0}, "num_requests": 4})
+    )
     assert [r.arrival_s for r in requests] == [0.0, 0.25, 0.5, 0.75]
 
 
 def test_gamma_arrivals_have_the_asked_mean_gap():
-    requests = generate_requests(make_spec(workload={**POISSON, "num_requests": 20000,
-                                                     "arrivals": {"kind": "gamma", "rate_per_s": 5.0, "cv": 3.0}}))
+    requests = generate_requests(
+        make_spec(
+            workload={**POISSON, "num_requests": 20000, "arrivals": {"kind": "gamma", "rate_per_s": 5.0, "cv": 3.0}}
+        )
+    )
     gaps = np.diff([r.arrival_s for r in requests])
     assert gaps.mean() == pytest.approx(0.2, rel=0.05)
     assert gaps.std() / gaps.mean() == pytest.approx(3.0, rel=0.1)
@@ -66,9 +75,15 @@ def test_closed_loop_requests_arrive_when_served():
 
 
 def test_example_trace_is_read_in_arrival_order():
-    spec = make_spec(workload={"arrivals": {"kind": "trace", "path": str(EXAMPLE_TRACE)}, "num_requests": None,
-                               "input_len": None, "output_len": None},
-                     scheduler={"max_num_batched_tokens": 4096, "kv_cache": {"capacity_blocks": 4096}})
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "trace", "path": str(EXAMPLE_TRACE)},
+            "num_requests": None,
+            "input_len": None,
+            "output_len": None,
+        },
+        scheduler={"max_num_batched_tokens": 4096, "kv_cache": {"capacity_blocks": 4096}},
+    )
     requests = generate_requests(spec)
     assert len(requests) == 36
     assert requests[0].arrival_s == 0.0 and (requests[0].input_tokens, requests[0].output_tokens) == (103, 134)
@@ -80,17 +95,24 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("t.csv", "", "empty trace"),
-    ("t.csv", "arrival_s,input_tokens,output_tokens\n", "empty trace"),
-    ("t.csv", "arrival,input_tokens,output_tokens\n0,1,1\n", r"line 1: header lacks arrival_s"),
-    ("t.csv", "arrival_s,input_tokens,output_tokens\n0,5,5\n1,x,5\n", r"line 3: input_tokens = 'x' is not an integer"),
-    ("t.csv", "arrival_s,input_tokens,output_tokens\n0,5,0\n", r"line 2: output_tokens = 0 must be >= 1"),
-    ("t.csv", "arrival_s,input_tokens,output_tokens\n-1,5,5\n", r"line 2: arrival_s = '-1' must be"),
-    ("t.csv", "arrival_s,input_tokens,output_tokens\n0,5\n", r"line 2: expected 3 comma-separated fields"),
-    ("t.jsonl", '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 5}\n{oops\n', r"line 2: not JSON"),
-    ("t.jsonl", '{"arrival_s": 0, "input_tokens": 5}\n', r"line 1: missing output_tokens"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("t.csv", "", "empty trace"),
+        ("t.csv", "arrival_s,input_tokens,output_tokens\n", "empty trace"),
+        ("t.csv", "arrival,input_tokens,output_tokens\n0,1,1\n", r"line 1: header lacks arrival_s"),
+        (
+            "t.csv",
+            "arrival_s,input_tokens,output_tokens\n0,5,5\n1,x,5\n",
+            r"line 3: input_tokens = 'x' is not an integer",
+        ),
+        ("t.csv", "arrival_s,input_tokens,output_tokens\n0,5,0\n", r"line 2: output_tokens = 0 must be >= 1"),
+        ("t.csv", "arrival_s,input_tokens,output_tokens\n-1,5,5\n", r"line 2: arrival_s = '-1' must be"),
+        ("t.csv", "arrival_s,input_tokens,output_tokens\n0,5\n", r"line 2: expected 3 comma-separated fields"),
+        ("t.jsonl", '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 5}\n{oops\n', r"line 2: not JSON"),
+        ("t.jsonl", '{"arrival_s": 0, "input_tokens": 5}\n', r"line 1: missing output_tokens"),
+    ],
+)
 def test_malformed_trace_names_the_line(tmp_path, name, text, message):
     with pytest.raises(ServingError, match=message):
         read_trace(write(tmp_path, name, text))
@@ -102,10 +124,20 @@ def test_missing_trace_file_is_a_clear_error(tmp_path):
 
 
 def test_trace_request_that_never_fits_names_its_line(tmp_path):
-    write(tmp_path, "t.jsonl", '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 5}\n'
-                               '{"arrival_s": 1, "input_tokens": 5000, "output_tokens": 5}\n')
-    spec = make_spec(workload={"arrivals": {"kind": "trace", "path": "t.jsonl"}, "num_requests": None,
-                               "input_len": None, "output_len": None})
+    write(
+        tmp_path,
+        "t.jsonl",
+        '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 5}\n'
+        '{"arrival_s": 1, "input_tokens": 5000, "output_tokens": 5}\n',
+    )
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "trace", "path": "t.jsonl"},
+            "num_requests": None,
+            "input_len": None,
+            "output_len": None,
+        }
+    )
     with pytest.raises(ServingError, match=r"trace t.jsonl line 2 .* can never be admitted"):
         generate_requests(spec, base_dir=tmp_path)
 
