@@ -14,7 +14,7 @@ from conftest import TINY_MOE, make_scenario
 from simulator.cli import main
 from simulator.config import ParallelSpec, ScenarioError, load_scenario, parse_scenario, with_layout
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
-from simulator.report.compare import pareto_front
+from simulator.report.pareto import pareto_front
 from simulator.sweep import (
     COST_CLASSES,
     LayoutResult,
