@@ -157,7 +157,7 @@ class RuntimeSpec(StrictModel):
     """How kernels are issued. cuda_graph: decode steps replay a captured graph; prefill runs eagerly.
 
     framework: `fused` (serving engines: each operator of the DAG is one kernel) or `pytorch`
-    (plain PyTorch ops, as the reference implementation of simulator/microbench_e2e.py: operators
+    (plain PyTorch ops, as the reference implementation of simulator/calibration/e2e.py: operators
     also launch the helper kernels such code issues, e.g. KV-cache writes, layout copies, routing
     index arithmetic, dispatch buffers; see graph.PYTORCH_HELPER_KERNELS)."""
 

@@ -13,7 +13,7 @@ from simulator.graph.dag import COMM, COMPUTE, ROUTING, CopiedBlock
 from simulator.placement import Placement
 
 #: Kernels a plain PyTorch implementation launches beyond the DAG's one-kernel operators
-#: (runtime.framework: pytorch), counted call by call in simulator/microbench_e2e.py, the reference
+#: (runtime.framework: pytorch), counted call by call in simulator/calibration/e2e.py, the reference
 #: implementation of the measured end-to-end cases. Views, splits and host arithmetic launch none.
 PYTORCH_HELPER_KERNELS = {
     # softmax(fp32) 1, topk 2 (select + sort of the k winners), sum 1, divide 1: the router's top-k node
