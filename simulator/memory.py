@@ -9,7 +9,8 @@ import networkx as nx
 
 from simulator import costs
 from simulator.config import Scenario
-from simulator.graph import Dag, NodeKind, node_dicts
+from simulator.graph import Dag, node_dicts
+from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
 from simulator.placement import Placement, expand_per_gpu
 
 
@@ -133,9 +134,9 @@ def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dic
     residual_bytes = seqs * w.input_len_tokens * m.hidden_size * m.dtype_bytes_per_element
     peak_bytes: dict[int, float] = {g: 0.0 for g in range(scenario.num_gpus)}
     for a in node_dicts(graph):
-        if a["kind"] == NodeKind.MARKER:
+        if a["kind"] == MARKER:
             continue
-        if a["kind"] == NodeKind.COMM:
+        if a["kind"] == COMM:
             for g, recv_bytes in zip(a["gpu"], a["recv_bytes"]):
                 peak_bytes[g] = max(peak_bytes[g], recv_bytes)
         elif a["act_bytes"] > peak_bytes[a["gpu"]]:

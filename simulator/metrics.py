@@ -16,7 +16,7 @@ import numpy as np
 
 from simulator.config import Scenario, gpus_per_node
 from simulator.config.hardware import HardwareProfile
-from simulator.graph import NodeKind
+from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
 from simulator.memory import GpuMemory, memory_per_gpu
 from simulator.placement import expand_per_gpu, placement_summary, routing_summary
 from simulator.simulate import SimResult, WeightedNode
@@ -181,11 +181,11 @@ def busy_time(nodes: Weighted, num_gpus: int, makespan_s: float) -> dict[int, di
     busy, compute_busy = ExactSums(), ExactSums()
     for _, a, count, _, weighted_s, _ in nodes:
         kind = a["kind"]
-        if kind == NodeKind.MARKER:
+        if kind == MARKER:
             continue
         terms = repeated(weighted_s, count)
         gpu, cat = a["gpu"], a["category"]
-        if kind == NodeKind.COMM:
+        if kind == COMM:
             for g in gpu:
                 busy.setdefault((g, cat), []).extend(terms)
         else:
@@ -206,10 +206,10 @@ def bottlenecks(sim: SimResult, nodes: Weighted, phases: list[str]) -> dict[str,
     weighted, unweighted = ExactSums(), ExactSums()
     for i, a, count, _, weighted_s, _ in nodes:
         kind = a["kind"]
-        if kind == NodeKind.MARKER:
+        if kind == MARKER:
             continue
         phase, terms = a["phase"], repeated(weighted_s, count)
-        if kind == NodeKind.COMM:
+        if kind == COMM:
             for g in a["gpu"]:
                 comm.setdefault((phase, g), []).extend(terms)
             continue
@@ -254,9 +254,7 @@ def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
     n, distinct = len(dag), dag.distinct()
     phases: dict[str, int] = {}
     code = np.fromiter((phases.setdefault(a["phase"], len(phases)) for _, a in distinct), np.int64, len(distinct))
-    kernel = np.fromiter(
-        (a["kind"] != NodeKind.MARKER and a["kind"] != NodeKind.COMM for _, a in distinct), bool, len(distinct)
-    )
+    kernel = np.fromiter((a["kind"] != MARKER and a["kind"] != COMM for _, a in distinct), bool, len(distinct))
     position = np.zeros(n, dtype=np.int64)  # of each distinct node in `distinct`
     position[np.fromiter((i for i, _ in distinct), np.int64, len(distinct))] = np.arange(len(distinct))
     of_node = position[dag.original_array]

@@ -5,15 +5,15 @@ from __future__ import annotations
 from simulator import costs
 from simulator.config import DTYPE_BYTES
 from simulator.config.hardware import Calibration, HardwareProfile, series_interpolate
-from simulator.graph import NodeKind
+from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
 
 
 def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
     """Duration of one node on the profile, and what bounds it."""
     kind = attrs["kind"]
-    if kind == NodeKind.MARKER:
+    if kind == MARKER:
         return 0.0, "none"
-    if kind == NodeKind.COMM:
+    if kind == COMM:
         gpus = attrs["gpu"]
         per_node: dict[int, int] = {}
         for g in gpus:

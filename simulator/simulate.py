@@ -19,7 +19,8 @@ import pandas as pd
 from simulator import engine
 from simulator.config import Scenario, gpus_per_node
 from simulator.config.hardware import HardwareProfile
-from simulator.graph import Dag, NodeKind
+from simulator.graph import Dag
+from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
 from simulator.op_time import node_time_s
 
 
@@ -63,9 +64,9 @@ def node_resources(attrs: dict, res: Resources, keep: frozenset[int] | None = No
     the communication stream of every member and the link directions its bytes cross. In a folded
     graph (`keep`: graph.symmetric_representatives) only the materialised members' resources."""
     kind = attrs["kind"]
-    if kind == NodeKind.MARKER:
+    if kind == MARKER:
         return ()
-    if kind != NodeKind.COMM:
+    if kind != COMM:
         return (res.compute(attrs["gpu"]),)
     gpus = attrs["gpu"] if keep is None else [g for g in attrs["gpu"] if g in keep]
     if attrs["collective"] == "send_recv":
@@ -129,7 +130,7 @@ class SimResult:
         frame.insert(0, "node", self.dag.names)
         # ints, tuples and None: keep them as Python objects (a one-GPU run would otherwise turn to floats)
         frame["gpu"] = pd.Series([r[_GPU] for r in records], dtype=object)
-        frame["stream"] = frame["kind"].map({NodeKind.COMM: "comm", NodeKind.MARKER: "none"}).fillna("compute")
+        frame["stream"] = frame["kind"].map({COMM: "comm", MARKER: "none"}).fillna("compute")
         frame["start_s"] = self.start_s
         frame["end_s"] = self.end_s
         frame["duration_s"] = self.duration_s

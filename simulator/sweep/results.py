@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from simulator.config import ParallelSpec
-from simulator.graph import NodeKind
+from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
 
 #: Classes of GPU time a layout spends, in the order ties are broken.
 COST_CLASSES = ("compute", "memory-bound", "kernel launches", "TP comm", "EP all-to-all", "pipeline bubbles")
@@ -101,11 +101,11 @@ def cost_shares(run) -> dict[str, float]:
         dag.graph["decode_steps"], run.scenario.workload.output_len_tokens - 1, dag.graph.get("warmup_steps", 0)
     )
     nodes = run.sim.weighted_nodes(weights)
-    comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == NodeKind.COMM}
+    comm_cats = {a["category"] for _, a, _, _, _, _ in nodes if a["kind"] == COMM}
     sums = ExactSums()
     bound = run.sim.bound
     for i, a, count, _, w, _ in nodes:
-        if a["kind"] != NodeKind.COMM and a["kind"] != NodeKind.MARKER:
+        if a["kind"] != COMM and a["kind"] != MARKER:
             sums.add(bound[i], w, count)
     by_bound = sums.totals()
     bound_total = math.fsum(by_bound.values()) or 1.0
