@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from simulator.calibration.fit import leave_one_out
+from simulator.calibration.validate import load_cases, predict, summarize
+from simulator.config.hardware import load_profile
 
-from simulator.calibration.fit import leave_one_out  # noqa: E402
-from simulator.calibration.validate import load_cases, predict, summarize  # noqa: E402
-from simulator.config.hardware import load_profile  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -8,16 +8,14 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from simulator.config import load_scenario
+from simulator.graph import build_dag
+from simulator.verify import verify_dag
 
-from simulator.config import load_scenario  # noqa: E402
-from simulator.graph import build_dag  # noqa: E402
-from simulator.verify import verify_dag  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from simulator.config import load_scenario, resolve_hardware
+from simulator.graph import build_dag
+from simulator.simulate import simulate_dag
 
-from simulator.config import load_scenario, resolve_hardware  # noqa: E402
-from simulator.graph import build_dag  # noqa: E402
-from simulator.simulate import simulate_dag  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SEED = ROOT / "scenarios" / "seed_moe_4gpu.yaml"
 CASES = {

@@ -13,15 +13,11 @@ import argparse
 import cProfile
 import math
 import pstats
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from simulator.engine import EngineInput, simulate  # noqa: E402
+from simulator.engine import EngineInput, simulate
 
 NUM_RESOURCES = 16
 SUCCESSOR_WINDOW = 20

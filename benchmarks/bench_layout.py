@@ -22,16 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from simulator.config import ParallelSpec, load_scenario, with_layout  # noqa: E402
-from simulator.sweep import (  # noqa: E402
+from simulator.config import ParallelSpec, load_scenario, with_layout
+from simulator.sweep import (
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,
     enumerate_layouts,
     simulate_layout,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Per scenario, labels picked from its sweep. Seed: dp-replicated (simulated as one replica), tp, ep,
 #: etp, pp. Mixtral on 64 GPUs: TP and EP groups inside and across nodes, pp up to 32, 1 to 8 microbatches.

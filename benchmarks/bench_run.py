@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 GOAL_S = {"deepseek_v3_4x8xh100_ep32": 10.0}
 DEFAULT_GOAL_S = 5.0

@@ -19,23 +19,19 @@ repeat, so the cache's hits are ~0 here: the figure shows its overhead (sorting 
 from __future__ import annotations
 
 import argparse
-import sys
+import random
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import yaml
 
-import random  # noqa: E402
-
-import yaml  # noqa: E402
-
-from simulator.config import load_scenario, parse_scenario, resolve_hardware  # noqa: E402
-from simulator.config.serving import parse_serving_spec  # noqa: E402
-from simulator.serving.capacity import resolve_serving  # noqa: E402
-from simulator.serving.dag_pricer import DagPricer, price_error  # noqa: E402
-from simulator.serving.pricing import CachedPricer, LinearPricer  # noqa: E402
-from simulator.serving.simulate import simulate_serving  # noqa: E402
-from simulator.serving.stats import summarize  # noqa: E402
+from simulator.config import load_scenario, parse_scenario, resolve_hardware
+from simulator.config.serving import parse_serving_spec
+from simulator.serving.capacity import resolve_serving
+from simulator.serving.dag_pricer import DagPricer, price_error
+from simulator.serving.pricing import CachedPricer, LinearPricer
+from simulator.serving.simulate import simulate_serving
+from simulator.serving.stats import summarize
 
 
 def main() -> None:

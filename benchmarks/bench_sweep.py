@@ -12,16 +12,12 @@ cost estimate (DAG nodes ~ microbatches x GPUs per stage x passes) fitted on the
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from simulator.config import load_scenario, resolve_hardware, with_layout  # noqa: E402
-from simulator.placement import evenly_routed  # noqa: E402
-from simulator.sweep import (  # noqa: E402
+from simulator.config import load_scenario, resolve_hardware, with_layout
+from simulator.placement import evenly_routed
+from simulator.sweep import (
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,
     default_jobs,
@@ -32,6 +28,8 @@ from simulator.sweep import (  # noqa: E402
     run_sweep,
     screen_memory,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SCENARIOS = {"seed": ("seed_moe_4gpu.yaml", 30.0), "mixtral": ("mixtral_8x7b_64gpu.yaml", 300.0)}
 
