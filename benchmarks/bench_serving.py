@@ -33,6 +33,8 @@ from simulator.serving.pricing import CachedPricer, LinearPricer
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -128,9 +130,6 @@ def bench_scenario(args) -> None:
         f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
         f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s"
     )
-
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 if __name__ == "__main__":
