@@ -447,3 +447,20 @@ def test_screening_one_gpu_per_stage_equals_every_gpu(seed):
         v = with_layout(seed, lay)
         every = max(weight_bytes_per_gpu(v, g) + kv_cache_bytes_per_gpu(v, g) for g in range(v.num_gpus))
         assert screen_memory(v, 0.0) == every + v.runtime.memory_reserve_bytes
+
+
+def test_a_sweep_whose_every_layout_failed_writes_nothing(small_file, tmp_path, monkeypatch, capsys):
+    """A sweep in which every layout failed (e.g. workers that cannot read the profile) is one line, exit 2,
+    with no table of failures and no progress file left behind."""
+    from simulator.sweep.results import failed_result
+
+    def fail(index, own, scenario, decode_sample):
+        return failed_result(index, scenario.parallel.without_split(), own, OSError("profile not found"))
+
+    monkeypatch.setattr("simulator.sweep.run.simulate_layout", fail)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(small_file), "--out", str(out), "--jobs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every layout failed" in err[0] and "OSError: profile not found" in err[0]
+    assert not out.exists()
+    assert not list(tmp_path.glob("*progress*")) and not list(out.parent.glob(".cmp*"))

@@ -161,6 +161,10 @@ def command(args, console) -> int:
         if journal is not None:
             journal.close()
     elapsed = time.perf_counter() - started
+    failed = [r for r in results if r.status == "failed"]
+    if results and len(failed) == len(results):  # nothing to compare: no table of failures
+        journal.remove()
+        raise RuntimeError(f"every layout failed, nothing written (e.g. {failed[0].label}: {failed[0].error})")
     ranked = rank_results(results, args.objective)
 
     with run_directory(out, args.force, kind="compare") as staging:
