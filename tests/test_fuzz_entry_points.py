@@ -505,3 +505,34 @@ def test_fuzzed_command_lines(workdir, capsys, monkeypatch, command, data):
         assert exc.code in (0, 2)
         capsys.readouterr()
     assert not [p for p in d.parent.rglob("*") if ".staging-" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving request traces (`serving.workload.arrivals: {kind: trace, path: ...}`)
+
+TRACE_SERVING = {
+    "workload": {"arrivals": {"kind": "trace", "path": "requests.csv"}, "num_requests": 20},
+    "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
+    "targets": {"ttft_p99_s": 10.0, "tpot_p99_s": 1.0},
+}
+trace_cells = st.one_of(
+    st.integers(min_value=-5, max_value=200).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", "x", "1e400", "10" * 300, "0.5", "-0.0", "nan"]),
+)
+trace_rows = st.lists(st.lists(trace_cells, min_size=0, max_size=4).map(",".join), max_size=12)
+
+
+@FUZZ
+@given(
+    st.one_of(
+        trace_rows.map(lambda rows: "\n".join(["arrival_s,input_tokens,output_tokens", *rows]).encode()),
+        trace_rows.map(lambda rows: "\n".join(rows).encode()),
+        RAW,
+    )
+)
+def test_fuzzed_serving_traces(workdir, capsys, raw):
+    d = _fresh(workdir)
+    (d / "requests.csv").write_bytes(raw)
+    scenario = _scenario_file(d, serving=TRACE_SERVING)
+    check_command(capsys, ["serve", scenario, "--out", d / "out"], d / "out", ("summary.json", "requests.csv"))

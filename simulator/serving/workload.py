@@ -35,6 +35,7 @@ from simulator.config.serving import (
     WorkloadSpec,
     check_admissible,
 )
+from simulator.files import read_bounded
 
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 _CHUNK = 4096  # arrivals drawn per round when sending for duration_s
@@ -231,7 +232,17 @@ def _positive_int(raw, path: Path, line_no: int, name: str) -> int:
     return value
 
 
+#: Largest trace or lengths file read (a million requests of three numbers fit in ~32 MB).
+MAX_TRACE_BYTES = 64 * 1024 * 1024
+
+
 def _read_text(path: Path, what: str) -> str:
-    if not path.is_file():
+    if not path.exists():
         raise ServingError(f"{path}: no such {what} file; check the path (relative paths are read from base_dir)")
-    return path.read_text(encoding="utf-8")
+    raw = read_bounded(path, str(path), what, ServingError, MAX_TRACE_BYTES)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ServingError(
+            f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save the {what} as UTF-8"
+        ) from None
