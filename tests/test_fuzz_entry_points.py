@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ FUZZ = settings(
 SLOW_FUZZ = settings(FUZZ, max_examples=int(os.environ.get("MOESIM_FUZZ_SLOW_EXAMPLES", "8")))
 #: Seconds one command may take on fuzzed input (a tiny scenario simulates in well under a second).
 TIME_LIMIT_S = 30
+#: Peak memory of the whole test process, every fuzzed command included (an unbounded input would pass it).
+MEMORY_LIMIT_BYTES = 3 * 1024**3
 
 scalars = st.one_of(
     st.none(),
@@ -98,6 +101,8 @@ def check_command(capsys, args: list, watch: Path | None = None, complete: tuple
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("moesim: "), err
     assert elapsed < TIME_LIMIT_S
+    # Bounded memory: the test process's peak resident size (Linux: KiB) never passes MEMORY_LIMIT_BYTES.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < MEMORY_LIMIT_BYTES
     if watch is not None:
         parent = watch.parent
         assert not [p.name for p in parent.iterdir() if ".staging-" in p.name or ".old-" in p.name]
