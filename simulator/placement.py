@@ -254,3 +254,16 @@ def placement_summary(scenario: Scenario, gpus_per_node: int) -> dict:
         "max_nodes_per_ep_group": ep_spread,
         "notes": notes,
     }
+
+
+def gpu_ranges(values: list[int]) -> str:
+    """'0-3, 8, 12-13' for a sorted list of GPU numbers."""
+    parts, run = [], [values[0]]
+    for v in values[1:]:
+        if v == run[-1] + 1:
+            run.append(v)
+        else:
+            parts.append(run)
+            run = [v]
+    parts.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in parts)

@@ -210,6 +210,22 @@ class PassBuilder(LayerBuilder):
         return out
 
 
+#: Attributes of the phase start/end markers (no GPU, no work); each marker adds op, phase and step.
+PHASE_MARKER_ATTRS = dict(
+    kind=MARKER,
+    category="marker",
+    gpu=None,
+    flops=0.0,
+    bytes_read=0.0,
+    bytes_written=0.0,
+    in_shape=(),
+    out_shape=(),
+    layer=-1,
+    stage=-1,
+    microbatch=-1,
+)
+
+
 def sampled_decode_steps(total_steps: int, samples: int, warmup_steps: int = 2) -> list[int]:
     """The first `warmup_steps` decode steps, then about `samples` more evenly spread, the last included.
 
@@ -237,19 +253,7 @@ def build(scenario: Scenario, decode_steps: list[int] | None = None, keep: froze
     """
     bld = PassBuilder(scenario, keep)
     m_count = scenario.parallel.microbatches
-    marker = dict(
-        kind=MARKER,
-        category="marker",
-        gpu=None,
-        flops=0.0,
-        bytes_read=0.0,
-        bytes_written=0.0,
-        in_shape=(),
-        out_shape=(),
-        layer=-1,
-        stage=-1,
-        microbatch=-1,
-    )
+    marker = PHASE_MARKER_ATTRS
     bld.add("prefill.start", [], op="phase_start", phase="prefill", step=0, **marker)
     tokens = [bld.pass_reused("prefill", 0, mb, ["prefill.start"]) for mb in range(m_count)]
     bld.add("prefill.end", tokens, op="phase_end", phase="prefill", step=0, **marker)

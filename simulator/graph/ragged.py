@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 from simulator.config import Scenario
 from simulator.graph.blocks import dim
-from simulator.graph.dag import MARKER, Dag
-from simulator.graph.passes import PassBuilder
+from simulator.graph.dag import Dag
+from simulator.graph.passes import PHASE_MARKER_ATTRS, PassBuilder
 
 
 class RaggedShape(NamedTuple):
@@ -139,19 +139,7 @@ def build_forward(scenario: Scenario, shape: RaggedShape, keep: frozenset[int] |
     else:
         seqs, q_len, kv_len = float(shape.decode_seqs), 1, 0
     step = 0 if phase == "prefill" else 1
-    marker = dict(
-        kind=MARKER,
-        category="marker",
-        gpu=None,
-        flops=0.0,
-        bytes_read=0.0,
-        bytes_written=0.0,
-        in_shape=(),
-        out_shape=(),
-        layer=-1,
-        stage=-1,
-        microbatch=-1,
-    )
+    marker = PHASE_MARKER_ATTRS
     bld.add(f"{phase}.start", [], op="phase_start", phase=phase, step=step, **marker)
     token = bld.assemble_pass(phase, step, 0, [f"{phase}.start"], seqs, q_len, kv_len, float(shape.sequences))
     bld.add(f"{phase}.end", [token], op="phase_end", phase=phase, step=step, **marker)

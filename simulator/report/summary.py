@@ -16,7 +16,7 @@ from simulator import critical_path
 from simulator.audit import AuditLine
 from simulator.files import write_atomic
 from simulator.pipeline import DagResult, RunResult
-from simulator.placement import represented_gpus
+from simulator.placement import gpu_ranges, represented_gpus
 from simulator.verify import Check, per_gpu_table
 
 
@@ -128,19 +128,6 @@ def sampling_sentence(summary: dict) -> str:
     if not parts:
         return ""
     return "; ".join(parts) + ". `moesim run --full` simulates every step on every GPU."
-
-
-def gpu_ranges(values: list[int]) -> str:
-    """'0-3, 8, 12-13' for a sorted list of GPU numbers."""
-    parts, run = [], [values[0]]
-    for v in values[1:]:
-        if v == run[-1] + 1:
-            run.append(v)
-        else:
-            parts.append(run)
-            run = [v]
-    parts.append(run)
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in parts)
 
 
 def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from simulator.placement import gpu_ranges  # noqa: E402
 from simulator.report.slices import Slices  # noqa: E402
 
 #: One colour per category, shared by every picture of a run.
@@ -72,7 +73,7 @@ def select_gpus(layout: dict, max_gpus: int = MAX_GPUS_SHOWN) -> tuple[list[int]
         return list(range(n)), ""
     if pp * tp <= max_gpus:
         gpus = [s * dp * tp + t for s in range(pp) for t in range(tp)]
-        return gpus, f"showing dp replica 0 of {dp} (GPUs {_ranges(gpus)}); other replicas run the same schedule"
+        return gpus, f"showing dp replica 0 of {dp} (GPUs {gpu_ranges(gpus)}); other replicas run the same schedule"
     if pp <= max_gpus:
         per_stage = max(1, max_gpus // pp)
         ranks = (
@@ -81,13 +82,13 @@ def select_gpus(layout: dict, max_gpus: int = MAX_GPUS_SHOWN) -> tuple[list[int]
         gpus = [s * dp * tp + t for s in range(pp) for t in ranks]
         return gpus, (
             f"showing tp rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of dp replica 0 "
-            f"in each of {pp} stages (GPUs {_ranges(gpus)}); the other {n - len(gpus)} GPUs mirror them"
+            f"in each of {pp} stages (GPUs {gpu_ranges(gpus)}); the other {n - len(gpus)} GPUs mirror them"
         )
     stages = sorted({round(i * (pp - 1) / (max_gpus - 1)) for i in range(max_gpus)})
     gpus = [s * dp * tp for s in stages]
     return (
         gpus,
-        f"showing tp rank 0 of dp replica 0 in stages {', '.join(map(str, stages))} of {pp} (GPUs {_ranges(gpus)})",
+        f"showing tp rank 0 of dp replica 0 in stages {', '.join(map(str, stages))} of {pp} (GPUs {gpu_ranges(gpus)})",
     )
 
 
@@ -101,21 +102,8 @@ def shown_gpus(summary: dict, num_gpus: int, max_gpus: int = MAX_GPUS_SHOWN) -> 
     reps = sorted(groups)
     if len(reps) > max_gpus:
         reps = sorted({reps[round(i * (len(reps) - 1) / (max_gpus - 1))] for i in range(max_gpus)})
-    stands = "; ".join(f"GPU {g} for GPUs {_ranges(groups[g])}" for g in reps)
+    stands = "; ".join(f"GPU {g} for GPUs {gpu_ranges(groups[g])}" for g in reps)
     return reps, f"symmetric GPUs folded, each GPU shown stands for its stage: {stands}"
-
-
-def _ranges(values: list[int]) -> str:
-    """'0-3, 8, 12-13' for a sorted list of ints."""
-    parts, run = [], [values[0]]
-    for v in values[1:]:
-        if v == run[-1] + 1:
-            run.append(v)
-        else:
-            parts.append(run)
-            run = [v]
-    parts.append(run)
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in parts)
 
 
 @dataclass(frozen=True)
