@@ -20,7 +20,7 @@ from simulator.serving.pricing import CachedPricer, IterationPricer
 #: What to add when a scenario has no serving section; printed by the commands that need one.
 SERVING_HINT = (
     "add a `serving:` section (workload: {arrivals, input_len, output_len, num_requests}, "
-    "scheduler: {kv_cache: {capacity_blocks}}, targets: {ttft_p99_s, tpot_p99_s})"
+    "scheduler: {policy, max_num_seqs}, targets: {ttft_p99_s, tpot_p99_s}); see the README, section Serving"
 )
 
 
