@@ -207,3 +207,47 @@ def test_ttft_claim_is_an_upper_bound_on_the_worst_sequence(ttft, verdict):
 def test_audit_line_to_dict_has_the_five_fields():
     line = AuditLine("c", "d", "e", "holds", "x")
     assert line.to_dict() == {"claim": "c", "declared": "d", "computed": "e", "verdict": "holds", "explanation": "x"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Wording edge cases (the layout line names what is folded, and only then)
+
+
+def test_a_gpu_count_alone_holds_without_a_folding_note():
+    line = _line(audit(_tiny_declaring(num_gpus=4)), "parallel layout")
+    assert (line.declared, line.verdict) == ("on 4 GPUs", "holds")
+
+
+def test_a_folded_etp_is_named_as_etp():
+    # TINY_MOE is tp=2 ep=2 pp=2 on 4 GPUs; with ep=1 and etp=2 the product tp x etp x pp = 8 is not 4 either.
+    s = make_scenario(
+        TINY_MOE, parallel={"ep": 1, "etp": 2}, declared={"parallel_degrees": {"tp": 2, "etp": 2, "pp": 2}}
+    )
+    line = _line(audit(s), "parallel layout")
+    assert line.verdict == "holds only with ETP folded"
+    assert "ETP=2 is folded onto the 2 GPUs of each stage (the EP pair is the TP pair)" in line.explanation
+
+
+def test_an_ep_group_smaller_than_the_tp_group_is_not_called_the_tp_pair():
+    s = make_scenario(
+        TINY_MOE,
+        cluster={"num_gpus": 8, "gpus_per_node": 8},
+        parallel={"tp": 4, "ep": 2, "pp": 2},
+        declared={"parallel_degrees": {"tp": 4, "ep": 2, "pp": 2}},
+    )
+    line = _line(audit(s), "parallel layout")
+    assert line.verdict == "holds only with EP folded"
+    assert "(each EP group spans 2 of them)" in line.explanation and "TP pair" not in line.explanation
+
+
+def test_expert_ffns_per_gpu_follow_an_uneven_layer_split():
+    s = make_scenario(TINY_MOE, parallel={"layer_split": [1, 3]}, declared={"experts_per_gpu": 2})
+    line = _line(audit(s), "experts per GPU")
+    assert line.explanation.endswith(
+        "2 to 6 expert FFNs in all per GPU, by pipeline stage"
+    )  # 2 experts x 1 or 3 layers
+
+
+def test_a_ttft_claim_of_less_than_x_fails_at_exactly_x():
+    line = _line(audit(_tiny_declaring(ttft_s=2.0), metrics=_metrics(900.0, 2.0)), "TTFT (s)")
+    assert line.verdict == "does not hold"
