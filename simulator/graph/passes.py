@@ -75,14 +75,7 @@ class PassBuilder(LayerBuilder):
             f"{tag}.token",
             finals,
             op="token",
-            kind=MARKER,
-            category="marker",
-            gpu=None,
-            flops=0.0,
-            bytes_read=0.0,
-            bytes_written=0.0,
-            in_shape=(),
-            out_shape=(),
+            **NO_WORK_ATTRS,
             **base_ctx,
             layer=-1,
             stage=last_stage,
@@ -210,8 +203,8 @@ class PassBuilder(LayerBuilder):
         return out
 
 
-#: Attributes of the phase start/end markers (no GPU, no work); each marker adds op, phase and step.
-PHASE_MARKER_ATTRS = dict(
+#: Attributes of the marker nodes: no GPU, no work (pass tokens, phase starts and ends).
+NO_WORK_ATTRS = dict(
     kind=MARKER,
     category="marker",
     gpu=None,
@@ -220,10 +213,9 @@ PHASE_MARKER_ATTRS = dict(
     bytes_written=0.0,
     in_shape=(),
     out_shape=(),
-    layer=-1,
-    stage=-1,
-    microbatch=-1,
 )
+#: A phase start/end marker's; each adds op, phase and step.
+PHASE_MARKER_ATTRS = dict(NO_WORK_ATTRS, layer=-1, stage=-1, microbatch=-1)
 
 
 def sampled_decode_steps(total_steps: int, samples: int, warmup_steps: int = 2) -> list[int]:
