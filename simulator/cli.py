@@ -32,6 +32,7 @@ SUBCOMMANDS = {
         "fit a hardware profile from GPU micro-benchmarks (--from-json, or --device cuda)",
     ),
     "import-hf": ("simulator.commands.import_hf", "write a model spec from a Hugging Face config.json (no network)"),
+    "schema": ("simulator.commands.schema", "print the JSON Schema of scenario, profile or model files (for editors)"),
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from simulator.config.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
+from simulator.config.schema import SCHEMA_COMMENT, schema_comment
 
 FP16_BYTES = 2.0
 #: A call is launch-bound when its time is within this factor of its class's eager floor.
@@ -172,7 +173,7 @@ def write_profile(
     raw["calibration"] = json.loads(calibration.model_dump_json())
     profile = HardwareProfile.model_validate(raw)
     header = (
-        f"# {raw['name']}: fitted by `moesim calibrate` from {calibration.source}\n"
+        schema_comment(out, "profile") + f"# {raw['name']}: fitted by `moesim calibrate` from {calibration.source}\n"
         f"# (device: {env.get('name', '?')}, torch {env.get('torch', '?')}, CUDA {env.get('cuda', '?')}).\n"
         "# Datasheet figures (and memory_bytes) come from the base profile; compute_efficiency,\n"
         "# memory_efficiency, host_launch_s and the calibration tables are measured: roofline\n"
@@ -186,7 +187,8 @@ def write_profile(
         for line in base_path.read_text().splitlines():
             if not line.startswith("#"):
                 break
-            leading.append(line)
+            if not line.startswith(SCHEMA_COMMENT):  # the header above has its own
+                leading.append(line)
         if leading:
             header += (
                 f"# --- notes of the base profile ({base}); per-figure sources are there ---\n"

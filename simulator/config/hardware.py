@@ -46,10 +46,10 @@ class LinkSpec(StrictModel):
 class PeakFlops(StrictModel):
     """Dense peak FLOP/s per dtype on the matrix (tensor-core) units."""
 
-    fp32: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
-    fp16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
-    bf16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
-    fp8: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S)
+    fp32: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense fp32 (TF32) peak")
+    fp16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense fp16 peak")
+    bf16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense bf16 peak")
+    fp8: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense fp8 peak (at least fp16's)")
 
 
 #: What op_time looks up in a calibration: eager floors per op class, seconds per byte per element-wise class.
@@ -68,14 +68,24 @@ class Calibration(StrictModel):
     are left out (their GPU time is hidden); the floors themselves are kept per op class.
     """
 
-    source: str
-    eager_floor_s: dict[str, float]  # per op class: gemm, grouped_gemm, attention, elementwise
-    gemm: list[tuple[float, float, float, float]]  # M, K, N, fraction
-    grouped_gemm: list[tuple[float, float, float, float, float]]  # experts, rows per expert, K, N, fraction
-    attention_prefill: list[tuple[float, float, float]]  # head_dim, batch*heads*seq^2, fraction of tensor peak
-    attention_decode: list[tuple[float, float, float]]  # head_dim, K+V bytes, fraction of HBM peak
-    elementwise_s_per_byte: dict[str, float]  # op class -> seconds per byte of its output
-    topk_s_per_row: float = Field(ge=0.0)
+    source: str = Field(description="what was measured, on which device and software")
+    eager_floor_s: dict[str, float] = Field(
+        description="shortest eager call per op class: gemm, grouped_gemm, attention, elementwise"
+    )
+    gemm: list[tuple[float, float, float, float]] = Field(description="rows [M, K, N, fraction of roofline]")
+    grouped_gemm: list[tuple[float, float, float, float, float]] = Field(
+        description="rows [experts, rows per expert, K, N, fraction of roofline]"
+    )
+    attention_prefill: list[tuple[float, float, float]] = Field(
+        description="rows [head_dim, batch * heads * seq^2, fraction of the tensor peak]"
+    )
+    attention_decode: list[tuple[float, float, float]] = Field(
+        description="rows [head_dim, K + V bytes, fraction of the HBM peak]"
+    )
+    elementwise_s_per_byte: dict[str, float] = Field(
+        description="seconds per byte of output per op class: gelu, silu_mul, rmsnorm, add, copy"
+    )
+    topk_s_per_row: float = Field(ge=0.0, description="seconds per row of a top-k")
 
     @model_validator(mode="after")
     def _usable(self) -> Calibration:
@@ -115,25 +125,33 @@ class Calibration(StrictModel):
 class HardwareProfile(StrictModel):
     """A GPU and its links. Figures are SI: bytes, seconds, FLOP/s, bytes/s."""
 
-    name: str
-    description: str = ""
-    memory_bytes: float = Field(ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES)
-    peak_flops_per_s: PeakFlops
+    name: str = Field(description="the name scenarios use (the file's stem)")
+    description: str = Field(default="", description="the GPU and its links, in words")
+    memory_bytes: float = Field(
+        ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES, description="memory per GPU (decimal bytes, as the datasheet)"
+    )
+    peak_flops_per_s: PeakFlops = Field(description="dense tensor-core peak per dtype")
     vector_flops_per_s: float = Field(
         ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="non-tensor-core fp32 FLOP/s (element-wise ops)"
     )
-    hbm_bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S)
-    compute_efficiency: float = Field(gt=0.0, le=1.0)
-    memory_efficiency: float = Field(gt=0.0, le=1.0)
+    hbm_bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S, description="peak memory bandwidth")
+    compute_efficiency: float = Field(
+        gt=0.0, le=1.0, description="achieved / peak FLOP/s of the roofline (without calibration tables)"
+    )
+    memory_efficiency: float = Field(
+        gt=0.0, le=1.0, description="achieved / peak memory bandwidth of the roofline (without calibration tables)"
+    )
     kernel_overhead_s: float = Field(
         ge=0.0, le=MAX_LATENCY_S, description="GPU-side fixed cost per kernel (ramp-up, tail)"
     )
     host_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one kernel eagerly")
     graph_launch_s: float = Field(ge=0.0, le=MAX_LATENCY_S, description="host cost to launch one captured CUDA graph")
-    gpus_per_node: int = Field(ge=1, le=10**5)
-    intra_node: LinkSpec
-    inter_node: LinkSpec
-    calibration: Calibration | None = None
+    gpus_per_node: int = Field(ge=1, le=10**5, description="GPUs sharing the intra-node fabric (NVLink)")
+    intra_node: LinkSpec = Field(description="the link between GPUs of a node (NVLink / NVSwitch)")
+    inter_node: LinkSpec = Field(description="the link across nodes (each GPU's NIC)")
+    calibration: Calibration | None = Field(
+        default=None, description="measured efficiency tables (`moesim calibrate`), used instead of the constants"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:

@@ -53,42 +53,82 @@ DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1
 class ModelSpec(StrictModel):
     """Transformer architecture. Dense models have num_experts = 0 and an ffn_size."""
 
-    name: str = "model"
-    num_layers: PositiveInt
-    hidden_size: PositiveInt
-    num_heads: PositiveInt
-    num_kv_heads: PositiveInt | None = None  # default: num_heads (multi-head attention)
-    head_dim: PositiveInt | None = None  # default: hidden_size / num_heads
-    num_experts: int = Field(default=0, ge=0)
-    top_k: PositiveInt = 1
-    expert_ffn_size: PositiveInt | None = None
-    ffn_size: PositiveInt | None = None  # dense FFN width (dense models)
-    activation: Literal["gelu", "relu", "swiglu", "geglu"] = "gelu"
-    dtype: DType = "fp16"
-    vocab_size: int = Field(default=0, ge=0)  # 0: no embedding / LM head in the simulated model
-    fused_qkv: bool = False  # one Q/K/V GEMM (as most inference engines run it) instead of three
-    moe_impl: Literal["grouped", "per_expert", "capacity"] = "grouped"
+    name: str = Field(default="model", description="a label for reports")
+    num_layers: PositiveInt = Field(description="transformer layers (blocks)")
+    hidden_size: PositiveInt = Field(description="width of the residual stream (d_model)")
+    num_heads: PositiveInt = Field(description="query heads per layer")
+    num_kv_heads: PositiveInt | None = Field(
+        default=None,
+        description="key/value heads (GQA, MQA); must divide num_heads; default: num_heads (multi-head attention)",
+    )
+    head_dim: PositiveInt | None = Field(
+        default=None,
+        description="width of one attention head (with MLA: the non-rotary part); default: hidden_size / num_heads",
+    )
+    num_experts: int = Field(default=0, ge=0, description="routed experts per MoE layer; 0: a dense model")
+    top_k: PositiveInt = Field(default=1, description="experts each token is routed to (at most num_experts)")
+    expert_ffn_size: PositiveInt | None = Field(
+        default=None, description="inner width of one routed expert's FFN; required when num_experts > 0"
+    )
+    ffn_size: PositiveInt | None = Field(
+        default=None,
+        description="inner width of the dense FFN (dense models, and the first_k_dense_layers of a MoE model)",
+    )
+    activation: Literal["gelu", "relu", "swiglu", "geglu"] = Field(
+        default="gelu", description="FFN activation: gated ones (swiglu, geglu) have three matrices, plain ones two"
+    )
+    dtype: DType = Field(default="fp16", description="activation dtype (and weights and KV cache unless set apart)")
+    vocab_size: int = Field(
+        default=0, ge=0, description="vocabulary; 0: no embedding, LM head or sampling in the simulated model"
+    )
+    fused_qkv: bool = Field(
+        default=False, description="one Q/K/V GEMM (as most inference engines run it) instead of three"
+    )
+    moe_impl: Literal["grouped", "per_expert", "capacity"] = Field(
+        default="grouped",
+        description="expert execution: one grouped GEMM over the routed tokens, a GEMM pair per expert, or "
+        "GShard capacity padding (every expert padded to capacity slots, all weights read)",
+    )
     capacity_factor: float = Field(
-        default=1.25, gt=0.0
-    )  # moe_impl capacity: slots per expert = ceil(copies / E * factor)
-    # Shared experts (DeepSeek, Qwen2-MoE): run on every token beside the routed ones, as one FFN of
-    # width num_shared_experts * shared_expert_ffn_size, replicated on every GPU of a stage (each
-    # GPU runs it on the tokens it routes, so it needs no communication).
-    num_shared_experts: int = Field(default=0, ge=0)
-    shared_expert_ffn_size: PositiveInt | None = None  # per shared expert; default expert_ffn_size
-    first_k_dense_layers: int = Field(default=0, ge=0)  # DeepSeek: layers 0..k-1 use a dense FFN of ffn_size
-    weight_dtype: DType | None = None  # default: dtype (e.g. fp8 weights with bf16 activations)
-    # Why the weights' memory is only approximate (a format moesim cannot simulate, e.g. mxfp4 weights
-    # simulated at dtype); the memory verdicts then say so. None: exact.
-    weight_memory_approximation: str | None = None
-    kv_cache_dtype: DType | None = None  # default: dtype
-    # Multi-head latent attention (DeepSeek-V2/V3) when kv_lora_rank is set: head_dim is then the
-    # non-rotary part of a query/key head (qk_nope_head_dim); the KV cache holds kv_lora_rank +
-    # qk_rope_head_dim values per token and layer, shared by all heads.
-    kv_lora_rank: PositiveInt | None = None
-    q_lora_rank: PositiveInt | None = None  # None: a plain [hidden, heads * (nope + rope)] query projection
-    qk_rope_head_dim: PositiveInt | None = None
-    v_head_dim: PositiveInt | None = None
+        default=1.25, gt=0.0, description="moe_impl capacity: slots per expert = ceil(copies / E * factor)"
+    )
+    num_shared_experts: int = Field(
+        default=0,
+        ge=0,
+        description="shared experts, run on every token beside the routed ones as one FFN replicated on every "
+        "GPU of a stage (no communication; DeepSeek, Qwen2-MoE)",
+    )
+    shared_expert_ffn_size: PositiveInt | None = Field(
+        default=None, description="inner width of one shared expert; default: expert_ffn_size"
+    )
+    first_k_dense_layers: int = Field(
+        default=0, ge=0, description="DeepSeek style: layers 0..k-1 use a dense FFN of ffn_size instead of experts"
+    )
+    weight_dtype: DType | None = Field(
+        default=None, description="weight dtype (e.g. fp8 weights with bf16 activations); default: dtype"
+    )
+    weight_memory_approximation: str | None = Field(
+        default=None,
+        description="why the weights' memory is only approximate (e.g. mxfp4 weights simulated at dtype); "
+        "the memory verdicts then say so; written by import-hf",
+    )
+    kv_cache_dtype: DType | None = Field(default=None, description="KV-cache dtype; default: dtype")
+    # Multi-head latent attention when kv_lora_rank is set: head_dim is then the non-rotary part of a
+    # query/key head (qk_nope_head_dim); the KV cache holds kv_lora_rank + qk_rope_head_dim values per
+    # token and layer, shared by all heads.
+    kv_lora_rank: PositiveInt | None = Field(
+        default=None,
+        description="multi-head latent attention (DeepSeek-V2/V3): rank of the compressed KV cache; "
+        "set with qk_rope_head_dim and v_head_dim",
+    )
+    q_lora_rank: PositiveInt | None = Field(
+        default=None,
+        description="MLA query compression rank; unset: a plain [hidden, heads * (nope + rope)] projection",
+    )
+    qk_rope_head_dim: PositiveInt | None = Field(
+        default=None, description="MLA: rotary part of a query/key head, cached beside kv_lora_rank"
+    )
+    v_head_dim: PositiveInt | None = Field(default=None, description="MLA: width of a value head")
 
     @model_validator(mode="before")
     @classmethod

@@ -31,12 +31,17 @@ class HardwareRef(StrictModel):
     """A profile name (or YAML path) plus single-field overrides."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    profile: str
+    profile: str = Field(description="a profile name (`moesim profiles`) or the path of a profile YAML file")
 
 
 class ClusterSpec(StrictModel):
-    num_gpus: PositiveInt
-    gpus_per_node: PositiveInt | None = None  # default: the hardware profile's
+    """The GPUs of the deployment."""
+
+    num_gpus: PositiveInt = Field(description="GPUs in the deployment; must equal pp * dp * tp")
+    gpus_per_node: PositiveInt | None = Field(
+        default=None,
+        description="GPUs per node (NVLink inside a node, the NIC across nodes); default: the hardware profile's",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
@@ -50,13 +55,19 @@ class ClusterSpec(StrictModel):
 class ParallelSpec(StrictModel):
     """GPUs = pp * dp * tp; experts split over ep (x etp) folded onto each stage's dp*tp GPUs."""
 
-    tp: PositiveInt = 1
-    pp: PositiveInt = 1
-    dp: PositiveInt = 1
-    ep: PositiveInt = 1
-    etp: PositiveInt = 1
-    microbatches: PositiveInt = 1
-    layer_split: tuple[PositiveInt, ...] | None = None  # layers per stage; default even
+    tp: PositiveInt = Field(default=1, description="tensor-parallel degree: attention heads split over tp GPUs")
+    pp: PositiveInt = Field(default=1, description="pipeline-parallel degree: layers split over pp stages")
+    dp: PositiveInt = Field(default=1, description="data-parallel degree: the batch split over dp replicas")
+    ep: PositiveInt = Field(
+        default=1, description="expert-parallel degree: experts split over ep ranks, folded onto a stage's dp * tp GPUs"
+    )
+    etp: PositiveInt = Field(default=1, description="expert tensor parallelism: each expert sharded over etp ranks")
+    microbatches: PositiveInt = Field(
+        default=1, description="microbatches each dp rank's batch is split into (both phases)"
+    )
+    layer_split: tuple[PositiveInt, ...] | None = Field(
+        default=None, description="layers per pipeline stage (pp entries summing to num_layers); default: even"
+    )
 
     @classmethod
     def of_degrees(cls, pp: int, dp: int, tp: int, ep: int = 1, etp: int = 1, microbatches: int = 1) -> ParallelSpec:
@@ -112,10 +123,20 @@ class RoutingSpec(StrictModel):
     pass and its EP group; the rest are dropped (they skip the experts) and counted.
     """
 
-    zipf: PositiveFloat | None = Field(default=None, le=MAX_ZIPF)
-    loads: tuple[float, ...] | None = None
-    sampled: int | None = Field(default=None, ge=0)
-    capacity_factor: PositiveFloat | None = None
+    zipf: PositiveFloat | None = Field(
+        default=None, le=MAX_ZIPF, description="Zipf exponent s: expert i gets a share proportional to 1/(i+1)^s"
+    )
+    loads: tuple[float, ...] | None = Field(
+        default=None, description="per-expert fractions of the token copies, one per expert (normalised)"
+    )
+    sampled: int | None = Field(
+        default=None, ge=0, description="seed of a multinomial draw of the prefill's token copies, per layer"
+    )
+    capacity_factor: PositiveFloat | None = Field(
+        default=None,
+        description="an expert keeps at most ceil(c * copies / num_experts) copies per pass and EP group; "
+        "the rest are dropped and counted",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -147,10 +168,18 @@ class RoutingSpec(StrictModel):
 
 
 class WorkloadSpec(StrictModel):
-    batch_size: PositiveInt
-    input_len_tokens: PositiveInt
-    output_len_tokens: PositiveInt
-    routing: RoutingSpec = RoutingSpec()
+    """One static batch, every sequence arriving at t = 0 (what `moesim run` simulates)."""
+
+    batch_size: PositiveInt = Field(description="sequences in the batch; a multiple of dp * microbatches")
+    input_len_tokens: PositiveInt = Field(description="prompt length of every sequence")
+    output_len_tokens: PositiveInt = Field(
+        description="tokens generated per sequence (1 from prefill, the rest decode)"
+    )
+    routing: RoutingSpec = Field(
+        default=RoutingSpec(),
+        description="how the router spreads token copies over the experts: uniform, {zipf: s}, {loads: [...]} "
+        "or {sampled: seed}",
+    )
 
 
 class RuntimeSpec(StrictModel):
@@ -161,9 +190,21 @@ class RuntimeSpec(StrictModel):
     also launch the helper kernels such code issues, e.g. KV-cache writes, layout copies, routing
     index arithmetic, dispatch buffers; see graph.PYTORCH_HELPER_KERNELS)."""
 
-    mode: Literal["eager", "cuda_graph"] = "cuda_graph"
-    framework: Literal["fused", "pytorch"] = "fused"
-    memory_reserve_bytes: float = Field(default=1.0e9, ge=0.0, le=1e15)  # CUDA context, NCCL buffers, allocator slack
+    mode: Literal["eager", "cuda_graph"] = Field(
+        default="cuda_graph",
+        description="eager: every kernel launched from the host; cuda_graph: decode steps replay a captured graph",
+    )
+    framework: Literal["fused", "pytorch"] = Field(
+        default="fused",
+        description="fused: one kernel per DAG operator (serving engines); pytorch: plain PyTorch ops with "
+        "their helper kernels",
+    )
+    memory_reserve_bytes: float = Field(
+        default=1.0e9,
+        ge=0.0,
+        le=1e15,
+        description="memory per GPU held back: CUDA context, NCCL buffers, allocator slack",
+    )
 
 
 TargetMetric = Literal[
@@ -178,9 +219,13 @@ TargetMetric = Literal[
 
 
 class Target(StrictModel):
-    min: float | None = None
-    max: float | None = None
-    stat: Literal["mean", "p50", "p99", "max"] = "max"  # for ttft_s: which statistic is checked
+    """A bound on one metric: exactly one of min or max."""
+
+    min: float | None = Field(default=None, description="the metric must be at least this (in the metric's unit)")
+    max: float | None = Field(default=None, description="the metric must be at most this (in the metric's unit)")
+    stat: Literal["mean", "p50", "p99", "max"] = Field(
+        default="max", description="for ttft_s: which statistic over the sequences is checked"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Target:
@@ -195,31 +240,45 @@ class Target(StrictModel):
 class Declared(StrictModel):
     """Figures a deployment claims (e.g. the origin document); audited against what moesim computes."""
 
-    source: str = ""
-    total_params: PositiveFloat | None = None
-    num_gpus: PositiveInt | None = None
-    parallel_degrees: dict[Literal["tp", "ep", "pp", "dp", "etp"], PositiveInt] | None = None
-    output_tokens_per_ms_per_gpu: PositiveFloat | None = None  # claimed "at least"
-    ttft_s: PositiveFloat | None = None  # claimed "at most"
-    memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)  # claimed fraction of capacity
-    experts_per_gpu: PositiveInt | None = None
-    layers_per_gpu: PositiveInt | None = None
+    source: str = Field(default="", description="where the claims come from")
+    total_params: PositiveFloat | None = Field(default=None, description="claimed parameter count")
+    num_gpus: PositiveInt | None = Field(default=None, description="claimed GPU count")
+    parallel_degrees: dict[Literal["tp", "ep", "pp", "dp", "etp"], PositiveInt] | None = Field(
+        default=None, description="claimed degrees, e.g. {tp: 2, ep: 2, pp: 2}"
+    )
+    output_tokens_per_ms_per_gpu: PositiveFloat | None = Field(
+        default=None, description='claimed output throughput ("at least")'
+    )
+    ttft_s: PositiveFloat | None = Field(default=None, description='claimed time to first token ("at most")')
+    memory_utilization: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="claimed fraction of each GPU's memory in use"
+    )
+    experts_per_gpu: PositiveInt | None = Field(default=None, description="claimed experts per GPU and layer")
+    layers_per_gpu: PositiveInt | None = Field(default=None, description="claimed layers per GPU")
 
 
 class Scenario(StrictModel):
-    name: str
-    description: str = ""
-    model: ModelSpec
-    hardware: HardwareRef
-    cluster: ClusterSpec
-    parallel: ParallelSpec = ParallelSpec()
-    workload: WorkloadSpec
-    runtime: RuntimeSpec = RuntimeSpec()
-    targets: dict[TargetMetric, Target] = {}
-    declared: Declared | None = None
-    # Request-level serving (arrivals, lengths, scheduler, KV cache, replicas, SLOs): `moesim serve` reads it;
+    """One deployment to simulate: a model on a cluster of GPUs with a parallel layout, a workload and targets."""
+
+    name: str = Field(description="names the output directory reports/<name> (a plain name, no '/')")
+    description: str = Field(default="", description="free text shown in the reports")
+    model: ModelSpec = Field(description="the transformer, inline or {preset: NAME, field: override, ...}")
+    hardware: HardwareRef = Field(
+        description="a profile name, or {profile: NAME, field: override, ...} to override profile fields"
+    )
+    cluster: ClusterSpec = Field(description="the GPUs")
+    parallel: ParallelSpec = Field(default=ParallelSpec(), description="the parallel layout")
+    workload: WorkloadSpec = Field(description="the static batch `moesim run` simulates")
+    runtime: RuntimeSpec = Field(default=RuntimeSpec(), description="how kernels are issued")
+    targets: dict[TargetMetric, Target] = Field(
+        default={}, description="bounds checked against the results, e.g. ttft_s: {max: 10}"
+    )
+    declared: Declared | None = Field(default=None, description="figures the deployment claims; audited line by line")
     # `moesim run` simulates `workload` alone and ignores it.
-    serving: ServingSpec | None = None
+    serving: ServingSpec | None = Field(
+        default=None,
+        description="request-level serving (arrivals, lengths, scheduler, KV cache, replicas, SLOs) for `moesim serve`",
+    )
 
     @field_validator("hardware", mode="before")
     @classmethod

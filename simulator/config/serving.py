@@ -28,36 +28,36 @@ class PoissonArrivals(StrictModel):
     """Open loop, exponential inter-arrival times (what `bench_serving --request-rate` sends)."""
 
     kind: Literal["poisson"] = "poisson"
-    rate_per_s: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, description="mean arrival rate (requests per second)")
 
 
 class GammaArrivals(StrictModel):
     """Open loop, gamma inter-arrival times: cv > 1 is burstier than Poisson (cv = 1), cv < 1 smoother."""
 
     kind: Literal["gamma"] = "gamma"
-    rate_per_s: float = Field(gt=0)
-    cv: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, description="mean arrival rate (requests per second)")
+    cv: float = Field(gt=0, description="coefficient of variation of the inter-arrival times")
 
 
 class ConstantArrivals(StrictModel):
     """Open loop, one request every 1 / rate_per_s seconds, the first at 0."""
 
     kind: Literal["constant"] = "constant"
-    rate_per_s: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, description="arrival rate (requests per second)")
 
 
 class ClosedLoopArrivals(StrictModel):
     """Closed loop: `concurrency` requests start at 0; each finish sends the next (`--max-concurrency`)."""
 
     kind: Literal["closed_loop"] = "closed_loop"
-    concurrency: int = Field(ge=1)
+    concurrency: int = Field(ge=1, description="requests in flight at any time")
 
 
 class TraceArrivals(StrictModel):
     """Replay a CSV or JSON-lines file of (arrival_s, input_tokens, output_tokens); lengths come from it."""
 
     kind: Literal["trace"] = "trace"
-    path: str = Field(min_length=1)
+    path: str = Field(min_length=1, description="CSV or JSON-lines file, relative to the scenario file")
 
 
 Arrivals = Annotated[
@@ -70,8 +70,10 @@ Arrivals = Annotated[
 
 
 class FixedLength(StrictModel):
+    """Every request has the same length."""
+
     kind: Literal["fixed"] = "fixed"
-    tokens: int = Field(ge=1)
+    tokens: int = Field(ge=1, description="the length")
 
     def max_tokens_bound(self) -> int | None:
         return self.tokens
@@ -81,8 +83,8 @@ class UniformLength(StrictModel):
     """Integers uniform on [min_tokens, max_tokens], both included."""
 
     kind: Literal["uniform"] = "uniform"
-    min_tokens: int = Field(ge=1)
-    max_tokens: int = Field(ge=1)
+    min_tokens: int = Field(ge=1, description="shortest length")
+    max_tokens: int = Field(ge=1, description="longest length")
 
     @model_validator(mode="after")
     def _ordered(self) -> UniformLength:
@@ -98,10 +100,10 @@ class NormalLength(StrictModel):
     """Normal(mean_tokens, std_tokens), rounded and clipped to [min_tokens, max_tokens]."""
 
     kind: Literal["normal"] = "normal"
-    mean_tokens: float = Field(gt=0)
-    std_tokens: float = Field(ge=0)
-    min_tokens: int = Field(default=1, ge=1)
-    max_tokens: int = Field(ge=1)
+    mean_tokens: float = Field(gt=0, description="mean length")
+    std_tokens: float = Field(ge=0, description="standard deviation of the length")
+    min_tokens: int = Field(default=1, ge=1, description="lengths are clipped to at least this")
+    max_tokens: int = Field(ge=1, description="lengths are clipped to at most this")
 
     @model_validator(mode="after")
     def _ordered(self) -> NormalLength:
@@ -117,10 +119,10 @@ class LognormalLength(StrictModel):
     """Lognormal with this mean and std of the lengths themselves (not of their log), rounded and clipped."""
 
     kind: Literal["lognormal"] = "lognormal"
-    mean_tokens: float = Field(gt=0)
-    std_tokens: float = Field(ge=0)
-    min_tokens: int = Field(default=1, ge=1)
-    max_tokens: int = Field(ge=1)
+    mean_tokens: float = Field(gt=0, description="mean length")
+    std_tokens: float = Field(ge=0, description="standard deviation of the length")
+    min_tokens: int = Field(default=1, ge=1, description="lengths are clipped to at least this")
+    max_tokens: int = Field(ge=1, description="lengths are clipped to at most this")
 
     @model_validator(mode="after")
     def _ordered(self) -> LognormalLength:
@@ -136,7 +138,7 @@ class EmpiricalLength(StrictModel):
     """Draw (with replacement) from a file of lengths: one positive integer per line, `#` comments allowed."""
 
     kind: Literal["empirical"] = "empirical"
-    path: str = Field(min_length=1)
+    path: str = Field(min_length=1, description="file of lengths, relative to the scenario file")
 
     def max_tokens_bound(self) -> int | None:
         return None  # known once the file is read; checked per request by the workload stage
@@ -151,13 +153,15 @@ Length = Annotated[
 class WorkloadSpec(StrictModel):
     """Who sends what, when. Give num_requests or duration_s (a trace may give neither: all of its lines)."""
 
-    arrivals: Arrivals
-    input_len: Length | None = None
-    output_len: Length | None = None
-    num_requests: int | None = Field(default=None, ge=1)
-    duration_s: float | None = Field(default=None, gt=0)
-    warmup_requests: int = Field(default=0, ge=0)
-    seed: int = Field(default=0, ge=0)
+    arrivals: Arrivals = Field(description="when requests arrive: poisson, gamma, constant, closed_loop or trace")
+    input_len: Length | None = Field(
+        default=None, description="prompt lengths: fixed, uniform, normal, lognormal or empirical (not with a trace)"
+    )
+    output_len: Length | None = Field(default=None, description="output lengths (as input_len)")
+    num_requests: int | None = Field(default=None, ge=1, description="requests to send")
+    duration_s: float | None = Field(default=None, gt=0, description="or: how long to send them (open loops)")
+    warmup_requests: int = Field(default=0, ge=0, description="first requests left out of the statistics")
+    seed: int = Field(default=0, ge=0, description="random seed: the same seed gives byte-identical results")
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadSpec:
@@ -188,23 +192,37 @@ class KVCacheSpec(StrictModel):
     """Paged KV cache of one replica. capacity_blocks None: from the scenario's memory model (what is left of
     capacity x gpu_memory_utilization, or of capacity less the reserve, after weights and activations)."""
 
-    block_size_tokens: int = Field(default=16, ge=1)
-    capacity_blocks: int | None = Field(default=None, ge=1)
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    block_size_tokens: int = Field(default=16, ge=1, description="tokens per KV-cache block")
+    capacity_blocks: int | None = Field(
+        default=None, ge=1, description="blocks per replica; default: from the memory model"
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="fraction of GPU memory the engine may use (as vLLM's flag)"
+    )
 
 
 class SchedulerSpec(StrictModel):
     """Per-replica batching policy, as in vLLM (continuous, chunked_prefill) and FasterTransformer (static)."""
 
-    policy: Literal["static", "continuous", "chunked_prefill"] = "chunked_prefill"
-    max_num_seqs: int = Field(default=256, ge=1)
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
-    chunk_size_tokens: int | None = Field(default=None, ge=1)
-    kv_cache: KVCacheSpec
-    preemption: Literal["recompute"] = "recompute"
+    policy: Literal["static", "continuous", "chunked_prefill"] = Field(
+        default="chunked_prefill",
+        description="static: one batch at a time; continuous: per-iteration batching, prefills first; "
+        "chunked_prefill: a token budget per iteration, decodes first, prefills cut into chunks",
+    )
+    max_num_seqs: int = Field(default=256, ge=1, description="sequences per iteration at most")
+    max_num_batched_tokens: int = Field(default=8192, ge=1, description="tokens per iteration at most")
+    chunk_size_tokens: int | None = Field(
+        default=None, ge=1, description="longest prefill chunk of one sequence; default: max_num_batched_tokens"
+    )
+    kv_cache: KVCacheSpec = Field(description="the paged KV cache")
+    preemption: Literal["recompute"] = Field(
+        default="recompute", description="what happens to a preempted request: it is recomputed later"
+    )
     # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
     # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
-    pipeline_batches: int | None = Field(default=None, ge=1)
+    pipeline_batches: int | None = Field(
+        default=None, ge=1, description="batches in flight per replica (one per pipeline stage); default: pp"
+    )
 
     @model_validator(mode="after")
     def _budget(self) -> SchedulerSpec:
@@ -231,10 +249,14 @@ class ReplicaSpec(StrictModel):
     """Data-parallel replicas of the deployment. lockstep: they form one expert-parallel group whose
     iteration ends when the slowest replica's ends; an idle replica joins with an empty (dummy) batch."""
 
-    count: int | None = Field(default=None, ge=1)  # None: 1, or parallel.dp in a scenario
-    router: Literal["round_robin", "least_loaded"] = "round_robin"
-    lockstep: bool | None = None  # None: False, or in a scenario whether the dp replicas share EP groups
-    gpus_per_replica: int | None = Field(default=None, ge=1)  # None: 1, or pp * tp in a scenario
+    count: int | None = Field(default=None, ge=1, description="replicas; default: parallel.dp")
+    router: Literal["round_robin", "least_loaded"] = Field(
+        default="round_robin", description="how requests are sent to the replicas"
+    )
+    lockstep: bool | None = Field(
+        default=None, description="replicas step together; default: whether the dp replicas share EP groups"
+    )
+    gpus_per_replica: int | None = Field(default=None, ge=1, description="default: pp * tp")
 
     @property
     def num_replicas(self) -> int:
@@ -244,17 +266,21 @@ class ReplicaSpec(StrictModel):
 class TargetsSpec(StrictModel):
     """Service-level targets; a request is 'good' when it meets every latency bound given."""
 
-    ttft_p99_s: float | None = Field(default=None, gt=0)
-    tpot_p99_s: float | None = Field(default=None, gt=0)
-    e2e_p99_s: float | None = Field(default=None, gt=0)
-    min_goodput_fraction: float | None = Field(default=None, gt=0, le=1)
+    ttft_p99_s: float | None = Field(default=None, gt=0, description="99th percentile of the time to first token")
+    tpot_p99_s: float | None = Field(default=None, gt=0, description="99th percentile of the time per output token")
+    e2e_p99_s: float | None = Field(default=None, gt=0, description="99th percentile of the end-to-end latency")
+    min_goodput_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="fraction of requests that must meet every latency bound"
+    )
 
 
 class ServingSpec(StrictModel):
-    workload: WorkloadSpec
-    scheduler: SchedulerSpec
-    replicas: ReplicaSpec = ReplicaSpec()
-    targets: TargetsSpec = TargetsSpec()
+    """A scenario's `serving:` section: the request stream `moesim serve` simulates."""
+
+    workload: WorkloadSpec = Field(description="who sends what, when")
+    scheduler: SchedulerSpec = Field(description="the per-replica batching policy and KV cache")
+    replicas: ReplicaSpec = Field(default=ReplicaSpec(), description="data-parallel replicas and the router")
+    targets: TargetsSpec = Field(default=TargetsSpec(), description="service-level targets")
 
     @model_validator(mode="after")
     def _admissible(self) -> ServingSpec:
