@@ -368,24 +368,24 @@ def test_fuzzed_summaries_for_plot(workdir, capsys, finished_run, raw):
 @pytest.fixture(scope="module")
 def progress_lines(tmp_path_factory) -> list[str]:
     """The progress file of an interrupted sweep of the tiny scenario (every layout finished)."""
-    import simulator.commands.compare as compare
+    import simulator.api as api
     from simulator.sweep import SweepInterrupted
     from simulator.sweep.resume import progress_path
 
     d = tmp_path_factory.mktemp("sweep")
     path = d / "s.yaml"
     path.write_text(yaml.safe_dump(TINY_MOE))
-    real = compare.run_sweep
+    real = api.run_sweep
 
     def then_interrupt(*args, **kwargs):
         real(*args, **kwargs)
         raise SweepInterrupted(1, 1)
 
-    compare.run_sweep = then_interrupt
+    api.run_sweep = then_interrupt
     try:
         main(["compare", str(path), "--executor", "serial", "--microbatches", "1", "--out", str(d / "cmp")])
     finally:
-        compare.run_sweep = real
+        api.run_sweep = real
     return progress_path(d / "cmp").read_text().splitlines()
 
 

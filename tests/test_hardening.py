@@ -338,9 +338,9 @@ def _compare(capsys, tmp_path, *extra):
 
 
 def test_compare_checks_out_before_the_sweep(tmp_path, capsys, monkeypatch):
-    import simulator.commands.compare as compare
+    import simulator.api as api
 
-    monkeypatch.setattr(compare, "run_sweep", lambda *a, **k: pytest.fail("swept first"))
+    monkeypatch.setattr(api, "run_sweep", lambda *a, **k: pytest.fail("swept first"))
     (tmp_path / "blocker").write_text("x")
     code, err = _compare(capsys, tmp_path, "--out", tmp_path / "blocker" / "cmp")
     assert code == 2 and "is a file, not a directory" in one_line(err)
@@ -373,25 +373,25 @@ def test_a_second_sweep_into_the_same_out_is_refused(tmp_path, capsys):
 
 
 def test_a_progress_line_of_wrong_types_is_reported_as_damaged(tmp_path, capsys, monkeypatch):
-    import simulator.commands.compare as compare
+    import simulator.api as api
     from simulator.sweep import SweepInterrupted
     from simulator.sweep.resume import progress_path
 
     out = tmp_path / "cmp"
-    real = compare.run_sweep
+    real = api.run_sweep
 
     def stop_after_all(*args, **kwargs):
         real(*args, **kwargs)
         raise SweepInterrupted(1, 1)
 
-    monkeypatch.setattr(compare, "run_sweep", stop_after_all)
+    monkeypatch.setattr(api, "run_sweep", stop_after_all)
     assert _compare(capsys, tmp_path, "--out", out)[0] == 130
     lines = progress_path(out).read_text().splitlines()
     record = json.loads(lines[1])
     record["ttft_mean_s"] = "fast"
     record["targets"] = [["ttft_s", "max", 1.0, 0.5, "yes"]]
     progress_path(out).write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
-    monkeypatch.setattr(compare, "run_sweep", real)
+    monkeypatch.setattr(api, "run_sweep", real)
     code, err = _compare(capsys, tmp_path, "--out", out, "--resume")
     assert code == 2 and "line 2 is damaged" in one_line(err)
 

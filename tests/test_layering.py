@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("simulator.serving",),
     ("simulator.sweep", "simulator.calibration"),
     ("simulator.report",),
+    ("simulator.api",),
     ("simulator.commands",),
     ("simulator.cli",),
 )

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-from simulator.config import ScenarioError, load_scenario
 from simulator.sweep import (
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,
@@ -14,14 +12,7 @@ from simulator.sweep import (
     SERVING_OBJECTIVES,
     LayoutResult,
     SweepInterrupted,
-    enumerate_layouts,
-    make_executor,
-    rank_results,
-    run_sweep,
 )
-
-#: Most GPUs `--gpus` lays out (as cluster.num_gpus): the layout enumeration loops over divisors.
-MAX_GPUS = 10**5
 
 
 def add_arguments(parser) -> None:
@@ -66,16 +57,6 @@ def add_arguments(parser) -> None:
     )
 
 
-def parse_microbatches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise ScenarioError(f"--microbatches {text}: expected positive integers separated by commas, e.g. 1,2,4,8")
-    return values
-
-
 def command(args, console) -> int:
     from rich.markup import escape
     from rich.progress import (
@@ -87,44 +68,20 @@ def command(args, console) -> int:
         TimeRemainingColumn,
     )
 
-    from simulator.files import check_output, run_directory
-    from simulator.report.compare import print_table, write_comparison
-    from simulator.report.html import write_index
-    from simulator.sweep.resume import Progress as SweepProgress
-    from simulator.sweep.resume import progress_path, sweep_inputs
+    from simulator import api
+    from simulator.files import check_output
+    from simulator.report.compare import print_table
+    from simulator.sweep.resume import progress_path
 
     serving = args.objective in SERVING_OBJECTIVES
-    simulate = None
+    scenario = api.load(args.scenario, args.set)
     if serving:
-        from functools import partial
+        from simulator.serving.session import require_serving
 
-        from simulator.serving.session import load_serving_scenario
-        from simulator.sweep.serving import simulate_serving_layout
-
-        loaded = load_serving_scenario(args.scenario, args.set, f"--objective {args.objective}")
-        scenario = loaded.scenario
-        simulate = partial(simulate_serving_layout, objective=args.objective, base_dir=str(loaded.base_dir))
-    else:
-        scenario = load_scenario(args.scenario, args.set)
-    if args.gpus is not None and not 1 <= args.gpus <= MAX_GPUS:
-        raise ScenarioError(f"--gpus {args.gpus}: expected a number of GPUs from 1 to {MAX_GPUS}")
-    if args.jobs is not None and args.jobs < 1:
-        raise ScenarioError(f"--jobs {args.jobs}: expected at least 1")
-    if args.decode_sample < 0:
-        raise ScenarioError(f"--decode-sample {args.decode_sample}: expected 0 (every step) or more")
-    microbatches = parse_microbatches(args.microbatches)
-    num_gpus = args.gpus or scenario.num_gpus
-    layouts = enumerate_layouts(scenario, num_gpus, microbatches)
-    if not layouts:
-        raise ScenarioError(
-            f"{args.scenario}: no valid layout on {num_gpus} GPUs with microbatches {args.microbatches}"
-        )
+        require_serving(scenario, f"--objective {args.objective}")
     out = check_output(
         args.out or Path("reports") / scenario.name / "compare", args.force, kind="compare"
     )  # before the sweep
-    inputs = sweep_inputs(scenario, num_gpus, microbatches, args.decode_sample, args.objective if serving else None)
-
-    started = time.perf_counter()
     columns = (
         TextColumn("[bold]sweep[/bold]"),
         BarColumn(),
@@ -134,48 +91,36 @@ def command(args, console) -> int:
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
     )
-    journal = None
     try:
-        with make_executor(args.executor, args.jobs) as executor:  # a bad --executor: before the progress file
-            journal = SweepProgress(progress_path(out), inputs, args.resume, layouts)
-            with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-                task = bar.add_task("", total=len(layouts))
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("", total=None)
 
-                def tick(result: LayoutResult) -> None:
-                    bar.update(task, advance=1, description=escape(f"{result.label}: {result.status}"))
+            def tick(result: LayoutResult) -> None:
+                bar.update(task, advance=1, description=escape(f"{result.label}: {result.status}"))
 
-                results = run_sweep(
-                    scenario,
-                    layouts,
-                    executor,
-                    args.decode_sample,
-                    tick,
-                    simulate=simulate,
-                    done=journal.done,
-                    journal=journal.append,
-                )
+            result = api.compare(
+                scenario,
+                base_dir=args.scenario.parent,
+                gpus=args.gpus,
+                microbatches=args.microbatches,
+                objective=args.objective,
+                decode_sample=args.decode_sample,
+                jobs=args.jobs,
+                executor=args.executor,
+                on_result=tick,
+                checkpoint=progress_path(out),
+                resume=args.resume,
+                on_layouts=lambda count: bar.update(task, total=count),
+            )
     except SweepInterrupted as exc:  # the progress file keeps the finished layouts
         print(f"moesim: {exc}; rerun with --resume to continue", file=sys.stderr)
         return 130
-    finally:
-        if journal is not None:
-            journal.close()
-    elapsed = time.perf_counter() - started
-    failed = [r for r in results if r.status == "failed"]
-    if results and len(failed) == len(results):  # nothing to compare: no table of failures
-        journal.remove()
-        raise RuntimeError(f"every layout failed, nothing written (e.g. {failed[0].label}: {failed[0].error})")
-    ranked = rank_results(results, args.objective)
-
-    with run_directory(out, args.force, kind="compare") as staging:
-        files = write_comparison(scenario, ranked, staging, args.objective)
-        files.append(write_index(staging, None))
-    journal.remove()
-    print_table(console, scenario, ranked, args.objective)
-    counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
+    files = result.write(out, force=args.force)
+    print_table(console, result.scenario, result.results, args.objective)
+    counts = result.counts
     console.print(
-        f"{len(layouts)} layouts on {num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "
-        f"screened out (do not fit), {counts['failed']} failed, in {elapsed:.1f} s; "
+        f"{len(result.results)} layouts on {result.num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "
+        f"screened out (do not fit), {counts['failed']} failed, in {result.elapsed_s:.1f} s; "
         f"wrote {', '.join(sorted(Path(f).name for f in files))} to {escape(str(out))}/"
     )
     return 0 if counts["ok"] else 1

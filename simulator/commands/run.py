@@ -7,10 +7,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, add_scenario_arguments, optional_module, phases
+from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, add_scenario_arguments, phases
 
 #: Decode steps simulated by default after the warm-up (the rest interpolated; the error is measured per run).
-DEFAULT_DECODE_SAMPLE = 8
+DEFAULT_DECODE_SAMPLE = 8  # = simulator.api.DEFAULT_DECODE_SAMPLE (the command's help must not import the API)
 
 
 def add_arguments(parser) -> None:
@@ -46,59 +46,42 @@ def add_arguments(parser) -> None:
     )
 
 
-def simulation_options(args) -> tuple[int | None, bool]:
-    """(decode_sample, fold) of the run: sampled and folded unless --full or --decode-sample 0."""
-    if args.full:
-        return None, False
+def simulation_options(args) -> tuple[int, bool]:
+    """(decode_sample, full) of the run: sampled and folded unless --full or --decode-sample 0."""
     sample = DEFAULT_DECODE_SAMPLE if args.decode_sample is None else args.decode_sample
-    if sample < 0:
+    if sample < 0 and not args.full:
         from simulator.config import ScenarioError
 
         raise ScenarioError(f"--decode-sample {sample}: expected 0 (every step) or more")
-    return sample or None, True
+    return sample, args.full
 
 
 def command(args, console: Console) -> int:
-    from simulator.config import load_scenario
-    from simulator.files import check_output, run_directory
-    from simulator.pipeline import measure_sampling_error, run_scenario
-    from simulator.report.summary import print_run, write_run_files
+    from simulator import api
+    from simulator.files import check_output
+    from simulator.report.summary import print_run
 
-    decode_sample, fold = simulation_options(args)  # before loading: a bad option is one line at once
-    scenario = load_scenario(args.scenario, args.set)
+    decode_sample, full = simulation_options(args)  # before loading: a bad option is one line at once
+    scenario = api.load(args.scenario, args.set)
     out = check_output(args.out or Path("reports") / scenario.name, args.force, kind="run")  # before simulating
     if not args.no_dag:
         from simulator.report.dot import require_graphviz
 
         require_graphviz(", or pass --no-dag")
     full_dag = args.full_dag or args.artifacts == "all"
-    ops = args.ops or args.artifacts == "all"
     with phases(console) as phase:
-        phase("build and simulate")
-        result = run_scenario(scenario, decode_sample=decode_sample, fold=fold)
-        if decode_sample:
-            phase("measure the sampling error")
-            result = measure_sampling_error(result, decode_sample)
-        elapsed = phase.elapsed_s
-        with run_directory(out, args.force, kind="run") as staging:
-            phase("write summary files")
-            summary = write_run_files(result, staging, ops=ops)
-            if not args.no_dag or full_dag:
-                phase("draw the DAG")
-                from simulator.report.dot import render_dag
-
-                render_dag(
-                    result.graph, staging, scenario.name, full_json=full_dag, draw=not args.no_dag, formats=("svg",)
-                )
-            plots = optional_module("simulator.report.plots")
-            if plots is not None:
-                phase("draw plots and the page")
-                plots.write_run_plots(result, staging, summary)
-    print_run(console, result, summary)
-    failed = [c for c in result.checks if not c.ok]
+        result = api.run(scenario, decode_sample=decode_sample, full=full, phase=phase)
+        result.write(
+            out, dag=not args.no_dag, full_dag=full_dag, ops_csv=args.ops or args.artifacts == "all", force=args.force,
+            phase=phase,
+        )  # fmt: skip
+    print_run(console, result.pipeline, result.summary)
+    failed = [c for c in result.pipeline.checks if not c.ok]
     for c in failed:
         console.print(f"[red]DAG check failed[/red]: {escape(c.name)}: {escape(c.detail)}")
-    console.print(f"simulated {result.graph.number_of_nodes()} nodes in {elapsed:.2f} s; wrote {escape(str(out))}/")
-    if args.check and not summary["all_targets_met"]:
+    console.print(
+        f"simulated {result.pipeline.graph.number_of_nodes()} nodes in {result.elapsed_s:.2f} s; wrote {escape(str(out))}/"
+    )
+    if args.check and not result.all_targets_met:
         return EXIT_TARGET_MISSED
     return EXIT_OK

@@ -176,11 +176,18 @@ def _row(r: LayoutResult, target_names: list[str]) -> dict:
     return row
 
 
-def comparison_csv(results: Sequence[LayoutResult], target_names: list[str]) -> str:
+def comparison_rows(results: Sequence[LayoutResult], target_names: list[str]) -> list[dict]:
+    """One row per layout, in `results` order: the columns of comparison.csv (`serving_*` ones when any
+    layout has serving figures)."""
     rows = [_row(r, target_names) for r in results]
     serving = sorted({k for r in results for k in r.serving})
     for row, r in zip(rows, results):
         row.update({f"serving_{k}": r.serving.get(k, math.nan) for k in serving})
+    return rows
+
+
+def comparison_csv(results: Sequence[LayoutResult], target_names: list[str]) -> str:
+    rows = comparison_rows(results, target_names)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["layout"], lineterminator="\n")
     writer.writeheader()

@@ -244,11 +244,12 @@ def _critical_path_markdown(cp: dict | None) -> list[str]:
     return lines
 
 
-def write_run_files(run: RunResult, out_dir: Path, ops: bool = True) -> dict:
+def write_run_files(run: RunResult, out_dir: Path, ops: bool = True, analysis: tuple | None = None) -> dict:
     """summary.json, summary.md, critical_path.csv (both paths, one row per node; `row` is the
     node's row in the operator table) and that table: ops.csv when `ops`, else gzip-compressed
-    as ops.csv.gz (what `moesim plot` reads back)."""
-    critical, paths = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
+    as ops.csv.gz (what `moesim plot` reads back). `analysis`: critical_path.analyse's answer when
+    already computed."""
+    critical, paths = analysis or critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
     summary = summary_dict(run, critical)
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     write_atomic(out_dir / "summary.md", summary_markdown(summary))

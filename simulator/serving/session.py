@@ -20,7 +20,7 @@ from simulator.serving.pricing import CachedPricer, IterationPricer
 #: What to add when a scenario has no serving section; printed by the commands that need one.
 SERVING_HINT = (
     "add a `serving:` section (workload: {arrivals, input_len, output_len, num_requests}, "
-    "scheduler: {policy, max_num_seqs}, targets: {ttft_p99_s, tpot_p99_s}); see the README, section Serving"
+    "scheduler: {policy, max_num_seqs}, targets: {ttft_p99_s, tpot_p99_s}); see docs/serving.md"
 )
 
 
@@ -37,9 +37,14 @@ def load_serving_scenario(path: str | Path, overrides: list[str] | None, what: s
     """Read a scenario file, apply `--set` overrides (serving.* ones included) and validate it; a one-line
     ScenarioError saying what to add when it has no serving section (`what` needs one)."""
     scenario = load_scenario(path, overrides)
+    require_serving(scenario, what)
+    return ServingScenario(scenario, Path(path).parent)
+
+
+def require_serving(scenario: Scenario, what: str) -> None:
+    """A one-line ScenarioError saying what to add when the scenario has no serving section (`what` needs one)."""
     if scenario.serving is None:
         raise ScenarioError(f"{scenario.name}: {what} needs a serving workload; {SERVING_HINT}")
-    return ServingScenario(scenario, Path(path).parent)
 
 
 def serving_inputs(scenario: Scenario) -> tuple[ServingSpec, IterationPricer, int]:
