@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Lint, format check and type check (CI runs this before the tests): ruff over the whole tree, mypy over the
+# Lint, format check, type check and docs build (CI runs this before the tests): ruff over the whole tree, mypy over the
 # core stages listed in pyproject.toml ([tool.mypy] files). Run `bash scripts/setup.sh` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# The generated reference pages and JSON Schemas are up to date, and the documentation site builds without a
+# warning (broken links and anchors included); no network needed.
+.venv/bin/python scripts/gen_docs.py --check
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet

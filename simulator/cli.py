@@ -66,6 +66,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand with all its arguments (what `moesim NAME --help` shows); the command
+    reference (docs/reference/cli.md) is generated from it."""
+    parser = _parser(name)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`timeout`, `kill`): handled as Ctrl-C is, so staging directories are removed."""
 

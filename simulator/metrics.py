@@ -1,6 +1,6 @@
 """Metrics stage: trace -> TTFT, TPOT, throughput, memory per GPU, busy time, target verdicts.
 
-Definitions (README, "Metrics"): all sequences arrive at t = 0; a sequence's first token exists
+Definitions (docs/concepts.md, "Metrics"): all sequences arrive at t = 0; a sequence's first token exists
 when the prefill pass of its microbatch ends; TPOT = (last token time - first token time) /
 (output_len - 1); throughputs are tokens per millisecond per GPU over the time they refer to.
 """

@@ -1,6 +1,6 @@
 """Placement stage: where every rank, layer and expert lives, and how routing loads the experts.
 
-Layout semantics (README, "Parallel semantics"): gpu = stage * (dp*tp) + dp_rank * tp + tp_rank;
+Layout semantics (docs/parallel.md): gpu = stage * (dp*tp) + dp_rank * tp + tp_rank;
 experts are split over ep ranks (x etp shards) folded onto the dp*tp GPUs of each stage, replicated
 over the quotient. No hardware figures here.
 """

@@ -1,4 +1,4 @@
-"""Every bad input of the README's table, through the real command line: one line on stderr naming
+"""Every bad input of the table in docs/bad-input.md, through the real command line: one line on stderr naming
 the field and the fix, exit code 2, no traceback, and nothing left in the output directory's place.
 
 The rows run as subprocesses (`python -m simulator.cli`), all started at once by a module fixture so
@@ -45,7 +45,7 @@ def _profile(**changes) -> dict:
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the table: the input, the answer's fragment, and its wording for the README."""
+    """One row of the table: the input, the answer's fragment, and its wording for docs/bad-input.md."""
 
     id: str
     bad_input: str
@@ -292,7 +292,7 @@ def test_bad_input_gets_one_line_exit_2_and_no_output(row: Row, answers):
 
 
 def table_markdown() -> str:
-    """The README's table, generated from the rows (so the table and the tests cannot drift)."""
+    """The table of docs/bad-input.md, generated from the rows (so the table and the tests cannot drift)."""
     lines = ["| Bad input | moesim's answer (one line on stderr, exit code 2) |", "|---|---|"]
     lines += [f"| {r.bad_input} | `moesim: ...{r.expected}` |" for r in ROWS]
     return "\n".join(lines)
