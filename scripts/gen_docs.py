@@ -123,7 +123,9 @@ def show(value: Any, limit: int = 60) -> str:
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for a table cell: pipes escaped, one line, and `<...>` outside code spans shown as text, not HTML."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(part if i % 2 else part.replace("<", "&lt;") for i, part in enumerate(parts))
 
 
 # ---------------------------------------------------------------------------------------------
