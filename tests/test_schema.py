@@ -155,3 +155,13 @@ def test_schema_files_are_package_data():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"schemas/*.json"' in pyproject
     assert Path(SCHEMA_DIR).parent.name == "simulator"
+
+
+def test_import_hf_writes_a_preset_that_names_and_meets_the_model_schema(tmp_path):
+    out = tmp_path / "models" / "mixtral.yaml"
+    assert main(["import-hf", str(ROOT / "tests" / "fixtures" / "hf" / "mixtral-8x7b.json"), "--out", str(out)]) == 0
+    text = out.read_text()
+    first = text.splitlines()[0]
+    assert first.startswith(SCHEMA_COMMENT)
+    assert (out.parent / first[len(SCHEMA_COMMENT) :]).resolve() == (SCHEMA_DIR / "model.schema.json").resolve()
+    assert problems("model", yaml.load(text, Loader=Yaml12Loader)) == []

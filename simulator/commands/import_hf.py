@@ -22,8 +22,10 @@ def command(args, console) -> int:
 
         if args.out.is_dir():
             raise OutputError(f"--out {args.out}: is a directory; give the model YAML file to write")
-        try:
-            write_atomic(args.out, text)
+        from simulator.config.schema import schema_comment
+
+        try:  # the first line names the model schema for editors (docs/scenarios.md, editor support)
+            write_atomic(args.out, schema_comment(args.out, "model") + text)
         except OutputError as exc:
             raise OutputError(f"--out {exc}") from None
         console.print(
