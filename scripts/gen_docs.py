@@ -5,6 +5,7 @@ cannot drift from it (tests/test_docs.py checks the checked-in files equal a fre
   profile, from the JSON Schema of the pydantic models (simulator/config/schema.py): type, unit, default,
   limits, meaning, and an example taken from the shipped scenarios, presets and profiles;
 - docs/reference/cli.md: every subcommand and argument, from the argparse parsers (simulator/cli.py);
+- docs/reference/formulas.md: every public function of the cost model with its formula and source (docstrings);
 - simulator/schemas/*.schema.json: what `moesim schema scenario|profile|model` prints.
 
     python scripts/gen_docs.py           # write them
@@ -348,6 +349,45 @@ def cli_page() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Formula index
+
+
+def formulas_page() -> str:
+    """Every public function of the cost stages (simulator/costs.py, simulator/op_time.py), in source order,
+    with its signature and docstring: the formula and its source as the code states them."""
+    import inspect
+
+    from simulator import costs, op_time
+
+    lines = [
+        GENERATED,
+        "# Formula index",
+        "",
+        "Every public function of the cost model, generated from the code: `simulator/costs.py` (pure FLOP, byte,",
+        "collective and roofline formulas, each citing its source) and `simulator/op_time.py` (one DAG node's",
+        "seconds on a hardware profile). How they fit together: [cost model](../cost-model.md); the profile",
+        "fields they read: [hardware profile reference](profile.md).",
+    ]
+    for module in (costs, op_time):
+        functions = [
+            f
+            for name, f in inspect.getmembers(module, inspect.isfunction)
+            if f.__module__ == module.__name__ and not name.startswith("_")
+        ]
+        functions.sort(key=lambda f: f.__code__.co_firstlineno)
+        lines += ["", f"## {module.__name__.replace('.', '/')}.py", ""]
+        first = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines += [first, ""]
+        for f in functions:
+            signature = str(inspect.signature(f)).replace("'", "")
+            doc = inspect.cleandoc(f.__doc__ or "(no docstring)")
+            # the docstring verbatim: its formulas hold '*', '[...]' and '_' that Markdown would read
+            lines += [f"### `{f.__name__}`", "", "```python", f"def {f.__name__}{signature}:", "```", ""]
+            lines += ["```text", doc, "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def generated() -> dict[Path, str]:
@@ -356,6 +396,7 @@ def generated() -> dict[Path, str]:
         ROOT / "docs" / "reference" / "scenario.md": scenario_page(),
         ROOT / "docs" / "reference" / "profile.md": profile_page(),
         ROOT / "docs" / "reference" / "cli.md": cli_page(),
+        ROOT / "docs" / "reference" / "formulas.md": formulas_page(),
     }
     files.update({SCHEMA_DIR / name: schema_text(kind) for kind, name in SCHEMA_FILES.items()})
     return files
