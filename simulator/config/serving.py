@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from simulator.config.engine import load_engine_profile
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
@@ -255,6 +256,19 @@ class ServingSpec(StrictModel):
     scheduler: SchedulerSpec
     replicas: ReplicaSpec = ReplicaSpec()
     targets: TargetsSpec = TargetsSpec()
+    # A serving engine profile (engine_profiles/NAME.yaml: CUDA-graph capture sizes, host time per iteration,
+    # kernels); None: iterations priced as the DAG alone (no padding, no host time).
+    engine: str | None = Field(default=None, min_length=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                load_engine_profile(name)
+            except ScenarioError as exc:
+                raise ValueError(str(exc)) from None
+        return name
 
     @model_validator(mode="after")
     def _admissible(self) -> ServingSpec:
