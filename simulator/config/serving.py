@@ -203,6 +203,11 @@ class SchedulerSpec(StrictModel):
     chunk_size_tokens: int | None = Field(default=None, ge=1)
     kv_cache: KVCacheSpec
     preemption: Literal["recompute"] = "recompute"
+    # KV blocks at admission. on_demand (vLLM): a request is admitted when its next chunk's blocks fit and grows
+    # block by block, preempting the newest when blocks run out. reserve (TensorRT-LLM's default capacity policy,
+    # GUARANTEED_NO_EVICT): admitted only when the blocks of its whole request (prompt + output - 1) are free,
+    # held from then on, so nothing is ever preempted. The static policy always reserves.
+    admission: Literal["on_demand", "reserve"] = "on_demand"
     # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
     # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
     pipeline_batches: int | None = Field(default=None, ge=1)
