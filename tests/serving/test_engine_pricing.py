@@ -4,6 +4,8 @@ iteration (hand-computed with dyadic figures, so every time is exact), and the w
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from simulator.config import ScenarioError, load_scenario
 from simulator.config.engine import (
@@ -184,3 +186,37 @@ def test_engine_kernels_fill_moe_impl_and_refuse_a_contradiction():
     )
     with pytest.raises(ScenarioError, match="model.moe_impl = per_expert contradicts serving.engine vllm"):
         serving_inputs(explicit)
+
+
+# ---------------------------------------------------------------- invariants
+
+
+@given(
+    sizes=st.lists(st.integers(1, 600), min_size=1, max_size=30, unique=True).map(lambda s: tuple(sorted(s))),
+    n=st.integers(1, 700),
+)
+def test_padding_picks_the_smallest_captured_size_that_holds_the_batch(sizes, n):
+    padded = padded_size(n, sizes)
+    if n > sizes[-1]:
+        assert padded is None
+    else:
+        assert padded in sizes and padded >= n
+        assert not [s for s in sizes if n <= s < padded]
+
+
+@given(
+    gpu_s=st.floats(1e-6, 10.0),
+    per_iteration_s=st.floats(0.0, 1.0),
+    per_sequence_s=st.floats(0.0, 1e-3),
+    n=st.integers(0, 1024),
+    overlapped=st.booleans(),
+)
+def test_an_iteration_takes_at_least_its_gpu_pass_and_its_host_work(
+    gpu_s, per_iteration_s, per_sequence_s, n, overlapped
+):
+    host = HostTimeSpec(
+        per_iteration_s=per_iteration_s, per_sequence_s=per_sequence_s, overlapped=overlapped, source="t"
+    )
+    t = iteration_s(gpu_s, host, n)
+    assert t >= gpu_s and t >= host.host_s(n)
+    assert t <= gpu_s + host.host_s(n)
