@@ -43,7 +43,9 @@ def decode_plan(batch: Batch, capture_sizes: tuple[int, ...], max_context_tokens
     """Whether this batch replays a graph (a pure decode batch within the captured sizes and the context
     limit) and how many rows the GPU computes."""
     n = len(batch)
-    if not capture_sizes or n == 0 or any(w.new_tokens != 1 for w in batch):
+    if n == 0:  # the dummy pass of an idle replica in a lockstep group: a graph replay, nothing padded
+        return DecodePlan(bool(capture_sizes), 0)
+    if not capture_sizes or any(w.new_tokens != 1 for w in batch):
         return DecodePlan(False, n)
     if max_context_tokens is not None and max(w.context_tokens for w in batch) + 1 > max_context_tokens:
         return DecodePlan(False, n)

@@ -140,6 +140,12 @@ def test_a_batch_beyond_the_graphs_runs_on_the_eager_pricer_unpadded():
     assert engine.padded_iterations == 0
 
 
+def test_the_empty_dummy_batch_of_an_idle_lockstep_replica_replays_a_graph_unpadded():
+    engine = EnginePricer(profile(True), GRAPH, lambda: EAGER, (1, 2, 4, 8))
+    assert engine(()) == 0.25
+    assert EnginePricer(profile(False), None, lambda: EAGER, ())(()) == 0.5
+
+
 def test_without_graphs_every_iteration_is_eager():
     engine = EnginePricer(profile(False), None, lambda: EAGER, ())
     assert engine((SeqWork(1, 0),) * 3) == 0.5 + 3 * 2**-6
