@@ -1,20 +1,33 @@
-"""Command stage: `moesim validate`, predict the measured runs of a cases file and print moesim's error."""
+"""Command stage: `moesim validate`, predict the measured runs of a cases file and print moesim's error.
+
+Two kinds of cases file: single passes (`cases:`, validation/dev_cases.yaml) and whole serving deployments
+(`serving_cases:`, validation/serving_cases.yaml), which run the serving simulation per case.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-
-from simulator.calibration.validate import load_cases, predict, summarize
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("cases", type=Path, help="cases YAML (see validation/dev_cases.yaml)")
-    parser.add_argument("--out", type=Path, help="write validation.csv and validation.png here")
+    parser.add_argument("cases", type=Path, help="cases YAML (validation/dev_cases.yaml or serving_cases.yaml)")
+    parser.add_argument("--out", type=Path, help="write validation.csv and validation.png (serving: .csv, .md) here")
     parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
 
 
+def _colour(error: float) -> str:
+    return "green" if abs(error) <= 0.10 else "yellow" if abs(error) <= 0.25 else "red"
+
+
 def command(args, console) -> int:
+    from simulator.calibration.serving_validate import is_serving_cases_file
+
+    if args.cases.is_file() and is_serving_cases_file(args.cases):
+        return serving_command(args, console)
     from rich.table import Table
+
+    from simulator.calibration.validate import load_cases, predict, summarize
 
     cases = load_cases(args.cases)
     if args.out:
@@ -26,9 +39,8 @@ def command(args, console) -> int:
     for col in ("case", "metric", "predicted", "measured", "error"):
         table.add_column(col, justify="left" if col in ("case", "metric") else "right")
     for o in outcomes:
-        colour = "green" if abs(o.error) <= 0.10 else "yellow" if abs(o.error) <= 0.25 else "red"
         table.add_row(
-            o.case, o.metric, f"{o.predicted:.4g}", f"{o.measured:.4g}", f"[{colour}]{100 * o.error:+.1f}%[/]"
+            o.case, o.metric, f"{o.predicted:.4g}", f"{o.measured:.4g}", f"[{_colour(o.error)}]{100 * o.error:+.1f}%[/]"
         )
     console.print(table)
     s = summarize(outcomes)
@@ -43,4 +55,50 @@ def command(args, console) -> int:
         with run_directory(args.out, args.force) as staging:
             write_validation(outcomes, staging)
         console.print(f"wrote {args.out}/validation.csv and validation.png")
+    return 0
+
+
+def serving_command(args, console) -> int:
+    """Predict every serving case (skipped ones listed with their reason) and print the per-case table."""
+    from rich.table import Table
+
+    from simulator.calibration.serving_validate import Skipped, load_serving_cases, predict_serving, summarize_serving
+
+    cases = load_serving_cases(args.cases)
+    if args.out:
+        from simulator.files import check_output
+
+        args.out = check_output(args.out, args.force)  # before predicting
+    outcomes, skipped = [], []
+    start = time.perf_counter()
+    for case in cases:
+        if case.skip is not None:
+            skipped.append(Skipped(case.id, case.skip))
+            continue
+        outcomes += predict_serving(case, args.cases.parent)
+    elapsed_s = time.perf_counter() - start
+    title = f"Serving validation: {args.cases}"
+    table = Table(title=title)
+    for col in ("case", "metric", "measured", "predicted", "error"):
+        table.add_column(col, justify="left" if col in ("case", "metric") else "right")
+    for o in outcomes:
+        table.add_row(
+            o.case, o.metric, f"{o.measured:.4g}", f"{o.predicted:.4g}", f"[{_colour(o.error)}]{100 * o.error:+.1f}%[/]"
+        )
+    console.print(table)
+    s = summarize_serving(outcomes)
+    if s["rows"]:
+        console.print(
+            f"median |error| {100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}% "
+            f"over {int(s['rows'])} rows of {len(cases) - len(skipped)} cases ({elapsed_s:.1f} s)"
+        )
+    for sk in skipped:
+        console.print(f"skipped {sk.case}: {sk.reason}", markup=False)
+    if args.out:
+        from simulator.files import run_directory
+        from simulator.report.validation_plot import write_serving_validation
+
+        with run_directory(args.out, args.force) as staging:
+            write_serving_validation(outcomes, skipped, s, staging, title)
+        console.print(f"wrote {args.out}/validation.csv and validation.md")
     return 0

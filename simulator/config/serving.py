@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from simulator.config.engine import load_engine_profile
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
@@ -218,6 +219,12 @@ class SchedulerSpec(StrictModel):
     preemption: Literal["recompute"] = Field(
         default="recompute", description="what happens to a preempted request: it is recomputed later"
     )
+    admission: Literal["on_demand", "reserve"] = Field(
+        default="on_demand",
+        description="KV blocks at admission: on_demand (vLLM: admitted when the next chunk's blocks fit, grows "
+        "block by block, the newest preempted when blocks run out) or reserve (TensorRT-LLM's "
+        "GUARANTEED_NO_EVICT: admitted only when its whole request's blocks are free; never preempted)",
+    )
     # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
     # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
     pipeline_batches: int | None = Field(
@@ -281,6 +288,22 @@ class ServingSpec(StrictModel):
     scheduler: SchedulerSpec = Field(description="the per-replica batching policy and KV cache")
     replicas: ReplicaSpec = Field(default=ReplicaSpec(), description="data-parallel replicas and the router")
     targets: TargetsSpec = Field(default=TargetsSpec(), description="service-level targets")
+    engine: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a serving engine profile (engine_profiles/NAME.yaml: CUDA-graph capture sizes, host time "
+        "per iteration, kernels); default: iterations priced as the DAG alone",
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                load_engine_profile(name)
+            except ScenarioError as exc:
+                raise ValueError(str(exc)) from None
+        return name
 
     @model_validator(mode="after")
     def _admissible(self) -> ServingSpec:

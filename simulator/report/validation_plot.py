@@ -61,3 +61,41 @@ def write_validation(outcomes, out_dir: Path) -> None:
     fig.savefig(buf, format="png")
     plt.close(fig)
     write_atomic(out_dir / "validation.png", buf.getvalue())
+
+
+def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], title: str) -> str:
+    """The serving validation table as Markdown: one row per (case, metric), the median and largest |error|,
+    and the skipped cases with their reasons."""
+    lines = [f"# {title}", "", "| case | metric | measured | predicted | error |", "|---|---|---|---|---|"]
+    for o in outcomes:
+        lines.append(f"| {o.case} | {o.metric} | {o.measured:.4g} | {o.predicted:.4g} | {100 * o.error:+.1f} % |")
+    lines.append("")
+    if summary["rows"]:
+        lines.append(
+            f"Median |error| **{100 * summary['median_abs_error']:.1f} %**, largest "
+            f"{100 * summary['max_abs_error']:.1f} %, over {int(summary['rows'])} rows."
+        )
+    for s in skipped:
+        lines.append(f"- skipped {s.case}: {s.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def write_serving_validation(outcomes, skipped, summary: dict[str, float], out_dir: Path, title: str) -> None:
+    """validation.csv (one row per case and metric; skipped cases with their reason) and validation.md."""
+    rows = [
+        {
+            "case": o.case,
+            "metric": o.metric,
+            "measured": o.measured,
+            "predicted": o.predicted,
+            "error": o.error,
+            "skipped": "",
+        }
+        for o in outcomes
+    ]
+    rows += [
+        {"case": s.case, "metric": "", "measured": "", "predicted": "", "error": "", "skipped": s.reason}
+        for s in skipped
+    ]
+    write_atomic(out_dir / "validation.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_atomic(out_dir / "validation.md", serving_validation_markdown(outcomes, skipped, summary, title))

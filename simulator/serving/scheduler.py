@@ -19,7 +19,8 @@ Policies:
 
 A running sequence that needs a block when none is free preempts the newest running sequence (possibly
 itself); the victim goes back to the front of the waiting queue. Waiting requests are admitted only when
-their blocks fit, and not in an iteration that preempted.
+their blocks fit, and not in an iteration that preempted. With scheduler.admission reserve a request is
+admitted only when the blocks of its whole request fit, and then never needs another (no preemption).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
+        self.reserve = spec.admission == "reserve"
         self.now_s = 0.0
         self._schedule = {
             "static": self._schedule_static,
@@ -147,6 +149,11 @@ class Scheduler:
         if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: scheduled for the first time
             seq.first_scheduled_s = self.now_s
         self.running.append(seq)
+
+    def _admit_tokens(self, seq: Sequence, n: int) -> int:
+        """KV tokens a waiting request must get to be admitted with n new tokens: n, or with admission reserve
+        its whole request (prompt + output - 1), so it never needs a block again."""
+        return seq.input_tokens + seq.output_tokens - 1 if self.reserve else n
 
     def _grow(self, seq: Sequence, kv_tokens: int) -> bool:
         kv = self.kv
@@ -212,7 +219,7 @@ class Scheduler:
         while waiting and len(running) < spec.max_num_seqs:
             seq = waiting[0]
             n = seq.num_tokens
-            if n > budget or not self._grow(seq, n):
+            if n > budget or not self._grow(seq, self._admit_tokens(seq, n)):
                 break
             self._admit(seq)
             seqs.append(seq)
@@ -245,7 +252,7 @@ class Scheduler:
             while waiting and self._budget > 0 and len(self.running) < spec.max_num_seqs:
                 seq = waiting[0]
                 n = min(seq.num_tokens, chunk, self._budget)
-                if not self._grow(seq, n):
+                if not self._grow(seq, self._admit_tokens(seq, n)):
                     break
                 self._admit(seq)
                 seqs.append(seq)

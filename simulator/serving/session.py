@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.config import Scenario, ScenarioError, ServingSpec, load_scenario, resolve_hardware
+from simulator.config.engine import EngineProfile, load_engine_profile
+from simulator.config.hardware import HardwareProfile
 from simulator.serving.capacity import resolve_serving
 from simulator.serving.dag_pricer import DagPricer
+from simulator.serving.engine_pricing import EnginePricer
 from simulator.serving.pricing import CachedPricer, IterationPricer
 
 #: What to add when a scenario has no serving section; printed by the commands that need one.
@@ -50,12 +53,54 @@ def require_serving(scenario: Scenario, what: str) -> None:
 def serving_inputs(scenario: Scenario) -> tuple[ServingSpec, IterationPricer, int]:
     """(spec, pricer, num_gpus) of a scenario's serving simulation: Scenario.serving completed by the memory
     model and the layout (capacity.resolve_serving), and the DAG pricer of the scenario's model, layout and
-    hardware behind a CachedPricer. Raises ScenarioError when there is no serving section."""
+    hardware behind a CachedPricer; with `serving.engine`, the DAG pricers inside an EnginePricer (CUDA-graph
+    padding, host time). Raises ScenarioError when there is no serving section."""
     if scenario.serving is None:
         raise ScenarioError(f"{scenario.name}: no serving section; {SERVING_HINT}")
     hw = resolve_hardware(scenario)
     spec = resolve_serving(scenario, hw)
-    return spec, CachedPricer(DagPricer(scenario, hw)), spec.num_gpus
+    if spec.engine is None:
+        return spec, CachedPricer(DagPricer(scenario, hw)), spec.num_gpus
+    return spec, CachedPricer(engine_pricer(scenario, hw, spec)), spec.num_gpus
+
+
+def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
+    """The scenario running the engine's kernels: model.moe_impl and runtime.framework from the profile unless
+    the scenario sets them; a ScenarioError (one line) when it sets them otherwise."""
+    k = profile.kernels
+    model, runtime = scenario.model, scenario.runtime
+    for section, field, mine, theirs in (
+        ("model", "moe_impl", model.moe_impl, k.moe_impl),
+        ("runtime", "framework", runtime.framework, k.framework),
+    ):
+        explicit = field in (model if section == "model" else runtime).model_fields_set
+        if explicit and mine != theirs:
+            raise ScenarioError(
+                f"{scenario.name}: {section}.{field} = {mine} contradicts serving.engine {profile.name}, which runs "
+                f"{field} {theirs} ({k.source}); remove {section}.{field} or serving.engine"
+            )
+    return scenario.model_copy(
+        update={
+            "model": model.model_copy(update={"moe_impl": k.moe_impl}),
+            "runtime": runtime.model_copy(update={"framework": k.framework}),
+        }
+    )
+
+
+def engine_pricer(scenario: Scenario, hw: HardwareProfile, spec: ServingSpec) -> EnginePricer:
+    """The EnginePricer of a scenario served by spec.engine: decode batches within the captured sizes priced
+    by a DAG pricer replaying CUDA graphs (padded), the rest by one running eagerly; runtime.mode eager
+    (vLLM's enforce_eager) turns the graphs off."""
+    assert spec.engine is not None
+    profile = load_engine_profile(spec.engine)
+    scenario = with_engine_kernels(scenario, profile)
+    graphs = profile.cuda_graph is not None and scenario.runtime.mode == "cuda_graph"
+    eager = scenario.model_copy(update={"runtime": scenario.runtime.model_copy(update={"mode": "eager"})})
+    if not graphs:
+        return EnginePricer(profile, None, lambda: DagPricer(eager, hw), ())
+    assert profile.cuda_graph is not None
+    sizes = profile.cuda_graph.capture_sizes(spec.scheduler.max_num_seqs)
+    return EnginePricer(profile, DagPricer(scenario, hw), lambda: DagPricer(eager, hw), sizes)
 
 
 def pricer_name(pricer: IterationPricer) -> str:

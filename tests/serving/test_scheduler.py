@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from simulator.serving.pricing import SeqWork
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.workload import Request
@@ -72,3 +74,30 @@ def test_admission_waits_for_free_blocks():
     run = simulate_serving(spec, RecordingPricer(), [Request(i, 0.0, 8, 20) for i in range(3)])
     assert run.timeseries["kv_blocks_used"].max() <= 3
     assert all(len(r.token_times_s) == 20 for r in run.records)
+
+
+def test_on_demand_admission_preempts_when_decodes_outgrow_the_cache():
+    # 2 blocks of 16 tokens; each request (8 in + 20 out) ends holding 27 tokens = 2 blocks.
+    spec = make_spec(workload=OPEN, scheduler={"kv_cache": {"block_size_tokens": 16, "capacity_blocks": 2}})
+    run = simulate_serving(spec, RecordingPricer(), [Request(0, 0.0, 8, 20), Request(1, 0.0, 8, 20)])
+    assert run.preemptions >= 1
+
+
+@pytest.mark.parametrize("policy", ["chunked_prefill", "continuous"])
+def test_reserve_admission_holds_the_whole_request_and_never_preempts(policy):
+    spec = make_spec(
+        workload=OPEN,
+        scheduler={
+            "policy": policy,
+            "admission": "reserve",
+            "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 2},
+        },
+    )
+    pricer = RecordingPricer()
+    run = simulate_serving(spec, pricer, [Request(0, 0.0, 8, 20), Request(1, 0.0, 8, 20)])
+    assert run.preemptions == 0
+    # request 0 takes both blocks at admission: request 1 waits until it finishes, then prefills alone
+    assert pricer.batches[0] == (SeqWork(8, 0),)
+    assert run.records[1].first_scheduled_s == run.records[0].finish_s
+    assert pricer.batches[20] == (SeqWork(8, 0),)
+    assert run.peak_kv_blocks == (2,)

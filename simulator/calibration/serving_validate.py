@@ -1,0 +1,219 @@
+"""Calibration stage, serving validation: predict published serving measurements (whole deployments under a
+request stream) with the serving simulation and measure moesim's error (`moesim validate
+validation/serving_cases.yaml`).
+
+A serving cases file holds `serving_cases:`, each a published point (its id and source), the measured figures
+(metric -> value, in the unit the metric's name carries), and either a scenario with a `serving:` section or
+`skip: <reason>` when the point needs something moesim does not model. Nothing here is fitted: a case states
+the deployment as its source describes it, and the prediction is what the simulation gives.
+
+Replica sampling (`simulate_replicas: 1`): a deployment of dp independent replicas (no lockstep) behind a
+round-robin router is simulated as its replica 0 alone, given exactly the requests the router would send it
+(every dp-th request of the whole stream; exact for open loops and for an offline batch, where every request
+is queued at t=0). Its latencies are a sample of the whole deployment's; system throughput is dp times
+replica 0's (the replicas differ only by the lengths their requests draw).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+
+from simulator.config import ScenarioError, ServingSpec, parse_scenario
+from simulator.config.errors import one_line_error
+from simulator.config.load import resolve_relative_paths
+from simulator.files import read_yaml
+from simulator.serving.session import serving_inputs
+from simulator.serving.simulate import simulate_serving
+from simulator.serving.stats import inter_token_latencies_s, request_table, summarize
+from simulator.serving.workload import Request, generate_requests
+
+#: What a serving case can compare, in the unit its name carries (system-wide unless the name says otherwise).
+ServingMetric = Literal[
+    "output_tokens_per_s",
+    "input_tokens_per_s",
+    "total_tokens_per_s",
+    "requests_per_s",
+    "ttft_mean_ms",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "tpot_mean_ms",
+    "tpot_p50_ms",
+    "tpot_p99_ms",
+    "itl_mean_ms",
+    "itl_p50_ms",
+]
+
+#: Throughput metrics scale with the replicas when only one is simulated; latencies do not.
+THROUGHPUT_METRICS = frozenset({"output_tokens_per_s", "input_tokens_per_s", "total_tokens_per_s", "requests_per_s"})
+
+
+class ServingCase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    measured: dict[ServingMetric, PositiveFloat] = Field(min_length=1)
+    scenario: dict[str, Any] | None = None
+    simulate_replicas: Literal[1] | None = None  # 1: replica sampling (module docstring); None: every replica
+    skip: str | None = Field(default=None, min_length=1)
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _scenario_or_skip(self) -> ServingCase:
+        if self.skip is None and self.scenario is None:
+            raise ValueError("give a scenario (with a serving section), or skip: <why moesim cannot model it>")
+        if self.scenario is not None and "serving" not in self.scenario:
+            raise ValueError("scenario.serving: missing; a serving case simulates a request stream")
+        return self
+
+
+class ServingCasesFile(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)  # extra keys hold YAML anchors (shared models)
+    serving_cases: list[ServingCase]
+
+
+@dataclass(frozen=True)
+class ServingOutcome:
+    """One row of the table: a case's metric, measured and predicted (in the metric's unit)."""
+
+    case: str
+    metric: str
+    measured: float
+    predicted: float
+
+    @property
+    def error(self) -> float:
+        """Signed relative error of the prediction: predicted / measured - 1."""
+        return self.predicted / self.measured - 1.0
+
+
+@dataclass(frozen=True)
+class Skipped:
+    case: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CasePrediction:
+    """What one simulated case gives: the figures of every ServingMetric, and how it was simulated."""
+
+    figures: dict[str, float]
+    simulated_requests: int
+    replicas_simulated: int
+    replicas: int
+
+
+def is_serving_cases_file(path: Path) -> bool:
+    """Whether a cases file holds serving cases (a top-level `serving_cases:` list)."""
+    data = read_yaml(Path(path), str(path), "cases", ScenarioError)
+    return isinstance(data, dict) and "serving_cases" in data
+
+
+def load_serving_cases(path: Path) -> list[ServingCase]:
+    """The serving cases of a file (read as every YAML input is), relative paths taken from its directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: no such cases file")
+    data = read_yaml(path, str(path), "cases", ScenarioError)
+    try:
+        cases = ServingCasesFile.model_validate(data).serving_cases
+    except ValidationError as exc:
+        raise ScenarioError(f"{path}: {one_line_error(exc, ServingCasesFile)}") from None
+    if not cases:
+        raise ScenarioError(f"{path}: serving_cases: the list is empty; give at least one published point")
+    return [
+        case.model_copy(update={"scenario": resolve_relative_paths(case.scenario, path.parent)})
+        if case.scenario is not None
+        else case
+        for case in cases
+    ]
+
+
+def case_scenario(case: ServingCase):
+    """The case's Scenario. A serving case needs no static `workload:`; when it gives none, a placeholder
+    (batch dp, 1 + 1 tokens) fills the required section: the serving simulation never reads it."""
+    assert case.scenario is not None
+    data = {"name": case.id.replace(" ", "_"), **case.scenario}
+    if "workload" not in data:
+        dp = int((data.get("parallel") or {}).get("dp", 1))
+        data["workload"] = {"batch_size": dp, "input_len_tokens": 1, "output_len_tokens": 1}
+    return parse_scenario(data, f"case '{case.id}'")
+
+
+def simulate_case(case: ServingCase, base_dir: Path | None = None) -> CasePrediction:
+    """Run the serving simulation of one case and read every metric off its summary."""
+    scenario = case_scenario(case)
+    spec, pricer, _ = serving_inputs(scenario)
+    requests = generate_requests(spec, base_dir)
+    replicas = spec.replicas.num_replicas
+    simulated = replicas
+    if case.simulate_replicas == 1 and replicas > 1:
+        try:
+            spec, requests = replica_zero(spec, requests)
+        except ValueError as exc:
+            raise ScenarioError(f"case '{case.id}': simulate_replicas: 1: {exc}; remove it") from None
+        simulated = 1
+    run = simulate_serving(spec, pricer, requests, base_dir)
+    table = request_table(run)
+    summary = summarize(run, table)
+    scale = replicas / simulated
+    lat = summary.latency
+    figures = {
+        "output_tokens_per_s": summary.figures["output_tokens_per_s"] * scale,
+        "input_tokens_per_s": summary.figures["input_tokens_per_s"] * scale,
+        "total_tokens_per_s": summary.figures["total_tokens_per_s"] * scale,
+        "requests_per_s": summary.figures["requests_per_s"] * scale,
+        "ttft_mean_ms": float(lat.loc["ttft_s", "mean"]) * 1e3,
+        "ttft_p50_ms": float(lat.loc["ttft_s", "p50"]) * 1e3,
+        "ttft_p99_ms": float(lat.loc["ttft_s", "p99"]) * 1e3,
+        "tpot_mean_ms": float(lat.loc["tpot_s", "mean"]) * 1e3,
+        "tpot_p50_ms": float(lat.loc["tpot_s", "p50"]) * 1e3,
+        "tpot_p99_ms": float(lat.loc["tpot_s", "p99"]) * 1e3,
+        "itl_mean_ms": float(inter_token_latencies_s(run).mean()) * 1e3,
+        "itl_p50_ms": float(lat.loc["itl_s", "p50"]) * 1e3,
+    }
+    return CasePrediction(figures, len(requests), simulated, replicas)
+
+
+def replica_zero(spec: ServingSpec, requests: tuple[Request, ...]) -> tuple[ServingSpec, tuple[Request, ...]]:
+    """Replica 0 of spec's independent round-robin replicas alone: one replica, every `replicas`-th request
+    (renumbered), the warm-up the requests of replica 0 among the first warmup_requests. ValueError when that is not what the router would send it:
+    lockstep replicas, another router, or a closed loop that refills as requests finish."""
+    n = spec.replicas.num_replicas
+    w = spec.workload
+    if spec.replicas.lockstep or spec.replicas.router != "round_robin":
+        raise ValueError(
+            f"needs independent replicas behind a round_robin router (lockstep = {spec.replicas.lockstep}, "
+            f"router = {spec.replicas.router})"
+        )
+    arrivals = w.arrivals
+    if arrivals.kind == "closed_loop" and arrivals.concurrency < len(requests):
+        raise ValueError("exact only for open loops and offline batches (closed_loop concurrency = num_requests)")
+    mine = tuple(dataclasses.replace(r, request_id=i) for i, r in enumerate(requests[0::n]))
+    if arrivals.kind == "closed_loop":
+        arrivals = arrivals.model_copy(update={"concurrency": len(mine)})
+    workload = w.model_copy(
+        update={"num_requests": len(mine), "warmup_requests": -(-w.warmup_requests // n), "arrivals": arrivals}
+    )
+    one = spec.replicas.model_copy(update={"count": 1, "lockstep": False})
+    return spec.model_copy(update={"workload": workload, "replicas": one}), mine
+
+
+def predict_serving(case: ServingCase, base_dir: Path | None = None) -> list[ServingOutcome]:
+    """One row per measured metric of a (not skipped) case."""
+    prediction = simulate_case(case, base_dir)
+    return [ServingOutcome(case.id, m, v, prediction.figures[m]) for m, v in case.measured.items()]
+
+
+def summarize_serving(outcomes: list[ServingOutcome]) -> dict[str, float]:
+    """Median and largest |error| over the rows (NaN with no rows), and the row count."""
+    errors = [abs(o.error) for o in outcomes]
+    if not errors:
+        return {"median_abs_error": math.nan, "max_abs_error": math.nan, "rows": 0.0}
+    return {"median_abs_error": statistics.median(errors), "max_abs_error": max(errors), "rows": float(len(errors))}

@@ -1,0 +1,146 @@
+"""Config stage, engine: what a serving engine does beyond the kernels (CUDA-graph capture sizes, host time per
+scheduler iteration, the MoE and attention kernels it runs), as typed profiles read from `engine_profiles/*.yaml`.
+
+A serving scenario names one with `serving.engine: vllm` (optional; without it serving is priced as before).
+Every figure of a profile carries its source (the engine's code or documentation, with its version); nothing in
+a profile is fitted to a measured case.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from simulator.config.errors import ScenarioError, StrictModel, one_line_error
+from simulator.files import read_yaml
+
+#: Where the bundled engine profiles live (repository root / engine_profiles).
+ENGINE_PROFILES_DIR = Path(
+    os.environ.get("MOESIM_ENGINE_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "engine_profiles")
+)
+
+#: Largest batch size a capture list may name (guards a typo such as 10**9 from building a huge list).
+MAX_CAPTURE_SIZE = 65536
+
+
+class SizeRange(StrictModel):
+    """Sizes from `from_` to `to` (both included when on the step), every `step`: `{from: 8, to: 512, step: 8}`."""
+
+    from_: int = Field(alias="from", ge=1, le=MAX_CAPTURE_SIZE)
+    to: int = Field(ge=1, le=MAX_CAPTURE_SIZE)
+    step: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SizeRange:
+        if self.from_ > self.to:
+            raise ValueError(f"from = {self.from_} > to = {self.to}; swap them")
+        return self
+
+    def sizes(self) -> list[int]:
+        return list(range(self.from_, self.to + 1, self.step))
+
+
+#: How the captured sizes are cut for a scheduler's max_num_seqs:
+#:   first_at_or_above_max_num_seqs  keep sizes up to the smallest one >= max_num_seqs (vLLM V0)
+#:   max_num_seqs_included           keep sizes <= max_num_seqs, adding max_num_seqs itself when a listed size
+#:                                   exceeds it (SGLang's req_to_token_pool.size rule)
+#:   max_num_seqs                    keep sizes <= max_num_seqs
+CaptureLimit = Literal["first_at_or_above_max_num_seqs", "max_num_seqs_included", "max_num_seqs"]
+
+
+class CudaGraphSpec(StrictModel):
+    """Decode batches replayed from CUDA graphs captured at fixed batch sizes: a decode batch of n sequences runs
+    the graph of the smallest captured size >= n, padded with dummy sequences; a larger batch, or one whose
+    longest context exceeds max_context_tokens, runs eagerly."""
+
+    sizes: tuple[int | SizeRange, ...] = Field(min_length=1)
+    limit: CaptureLimit = "max_num_seqs"
+    max_context_tokens: int | None = Field(default=None, ge=1)
+    source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> CudaGraphSpec:
+        for item in self.sizes:
+            if isinstance(item, int) and not 1 <= item <= MAX_CAPTURE_SIZE:
+                raise ValueError(f"sizes: {item} must be in [1, {MAX_CAPTURE_SIZE}]")
+        return self
+
+    def capture_sizes(self, max_num_seqs: int) -> tuple[int, ...]:
+        """The sorted batch sizes captured for a scheduler of this max_num_seqs (`limit` above)."""
+        sizes: set[int] = set()
+        for item in self.sizes:
+            sizes.update([item] if isinstance(item, int) else item.sizes())
+        ordered = sorted(sizes)
+        if self.limit == "first_at_or_above_max_num_seqs":
+            above = [s for s in ordered if s >= max_num_seqs]
+            top = above[0] if above else ordered[-1]
+            return tuple(s for s in ordered if s <= top)
+        kept = [s for s in ordered if s <= max_num_seqs]
+        if self.limit == "max_num_seqs_included" and ordered[-1] > max_num_seqs and max_num_seqs not in kept:
+            kept.append(max_num_seqs)
+        return tuple(kept)
+
+
+class HostTimeSpec(StrictModel):
+    """Host (CPU) time of one scheduler iteration: scheduling, input preparation, sampling bookkeeping.
+
+    host_s = per_iteration_s + per_sequence_s x sequences in the iteration. overlapped: the engine prepares the
+    next iteration while the GPU runs this one (SGLang's overlap scheduler), so an iteration takes
+    max(gpu_s, host_s); otherwise the host work sits between GPU passes and it takes gpu_s + host_s.
+    """
+
+    per_iteration_s: float = Field(default=0.0, ge=0.0, le=1.0)
+    per_sequence_s: float = Field(default=0.0, ge=0.0, le=1.0)
+    overlapped: bool = False
+    source: str = Field(min_length=1)
+
+    def host_s(self, sequences: int) -> float:
+        return self.per_iteration_s + self.per_sequence_s * sequences
+
+
+class KernelsSpec(StrictModel):
+    """The engine's kernels, mapped onto moesim's options: `moe_impl` (model.moe_impl), `attention` (moesim
+    prices every attention as a fused flash-attention kernel) and `framework` (runtime.framework)."""
+
+    moe_impl: Literal["grouped", "per_expert", "capacity"]
+    attention: Literal["flash_attention"] = "flash_attention"
+    framework: Literal["fused", "pytorch"] = "fused"
+    source: str = Field(min_length=1)
+
+
+class EngineProfile(StrictModel):
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    description: str = ""
+    cuda_graph: CudaGraphSpec | None = None  # None: the engine replays no graphs (every iteration eager)
+    host: HostTimeSpec
+    kernels: KernelsSpec
+
+
+def available_engines() -> list[str]:
+    return sorted(p.stem for p in ENGINE_PROFILES_DIR.glob("*.yaml"))
+
+
+def load_engine_profile(name: str) -> EngineProfile:
+    """The engine profile `engine_profiles/NAME.yaml`; ScenarioError (one line) when missing or invalid."""
+    path = ENGINE_PROFILES_DIR / f"{name}.yaml"
+    if "/" in name or not path.is_file():
+        close = difflib.get_close_matches(name, available_engines(), n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ScenarioError(f"engine '{name}' not found; {hint}available: {', '.join(available_engines())}")
+    data = read_yaml(path, f"engine profile {path.name}", "engine profile", ScenarioError)
+    if not isinstance(data, dict):
+        raise ScenarioError(
+            f"engine profile {path.name}: expected a mapping (name, version, cuda_graph, host, kernels)"
+        )
+    try:
+        profile = EngineProfile.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"engine profile {path.name}: {one_line_error(exc, EngineProfile)}") from None
+    if profile.name != name:
+        raise ScenarioError(f"engine profile {path.name}: name = '{profile.name}' must match the file name '{name}'")
+    return profile

@@ -1,0 +1,129 @@
+"""Serving cost stage, engine: one scheduler iteration as a serving engine runs it (config/engine.py's profile).
+
+Around the GPU pass of the operator DAG an engine adds two things:
+
+- CUDA-graph padding: a pure decode batch of n sequences replays the graph captured for the smallest size
+  c >= n, so the GPU computes c rows; the c - n dummy rows are decode sequences with an empty KV cache (the
+  engines point their slots at a dummy block: vLLM slot_mapping -1, SGLang seq_len fill value), priced here as
+  SeqWork(1, 0). A batch larger than the largest captured size, a batch whose longest context exceeds the
+  profile's max_context_tokens, and every batch with a prefill chunk run eagerly, unpadded.
+- Host time per iteration: host_s = per_iteration_s + per_sequence_s x n. Serial engines wait for it between
+  GPU passes (iteration = gpu_s + host_s); an overlapped scheduler prepares the next batch while the GPU runs
+  (iteration = max(gpu_s, host_s)).
+
+The GPU time comes from two pricers of the same deployment: one whose decode passes replay CUDA graphs and one
+that runs them eagerly (runtime.mode eager); prefill passes are eager in both.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import NamedTuple
+
+from simulator.config.engine import EngineProfile, HostTimeSpec
+from simulator.serving.dag_pricer import IterationTiming
+from simulator.serving.pricing import Batch, IterationPricer, SeqWork
+
+
+class DecodePlan(NamedTuple):
+    """How a batch runs: `graph` True when it replays a captured graph, with `padded_seqs` rows (n when eager)."""
+
+    graph: bool
+    padded_seqs: int
+
+
+def padded_size(sequences: int, capture_sizes: tuple[int, ...]) -> int | None:
+    """The smallest captured size >= sequences, or None when the batch is larger than every captured size."""
+    i = bisect.bisect_left(capture_sizes, sequences)
+    return capture_sizes[i] if i < len(capture_sizes) else None
+
+
+def decode_plan(batch: Batch, capture_sizes: tuple[int, ...], max_context_tokens: int | None) -> DecodePlan:
+    """Whether this batch replays a graph (a pure decode batch within the captured sizes and the context
+    limit) and how many rows the GPU computes."""
+    n = len(batch)
+    if n == 0:  # the dummy pass of an idle replica in a lockstep group: a graph replay, nothing padded
+        return DecodePlan(bool(capture_sizes), 0)
+    if not capture_sizes or any(w.new_tokens != 1 for w in batch):
+        return DecodePlan(False, n)
+    if max_context_tokens is not None and max(w.context_tokens for w in batch) + 1 > max_context_tokens:
+        return DecodePlan(False, n)
+    size = padded_size(n, capture_sizes)
+    return DecodePlan(False, n) if size is None else DecodePlan(True, size)
+
+
+def iteration_s(gpu_s: float, host: HostTimeSpec, sequences: int) -> float:
+    """Wall time of one iteration: GPU pass plus host work, or the larger of the two when overlapped."""
+    host_s = host.host_s(sequences)
+    return max(gpu_s, host_s) if host.overlapped else gpu_s + host_s
+
+
+_PAD = SeqWork(1, 0)  # a dummy decode row: one token, nothing cached
+
+
+class EnginePricer:
+    """IterationPricer of a deployment served by an engine profile (module docstring).
+
+    graph_pricer prices decode batches replayed from CUDA graphs, the pricer make_eager() builds (on first use:
+    a deployment whose decode batches all fit the graphs never needs it) everything else; both price prefill
+    eagerly, and either may offer `timing(batch)` (period, latency) as DagPricer does. capture_sizes: the sorted
+    sizes captured for the scheduler's max_num_seqs (empty: the engine replays no graphs)."""
+
+    def __init__(
+        self,
+        profile: EngineProfile,
+        graph_pricer: IterationPricer | None,
+        make_eager: Callable[[], IterationPricer],
+        capture_sizes: tuple[int, ...],
+    ) -> None:
+        if capture_sizes and graph_pricer is None:
+            raise ValueError("capture_sizes given but no graph_pricer to price the replayed graphs")
+        self.profile = profile
+        self.graph_pricer = graph_pricer
+        self.make_eager = make_eager
+        self._eager: IterationPricer | None = None
+        self.capture_sizes = tuple(sorted(capture_sizes))
+        self.max_context_tokens = profile.cuda_graph.max_context_tokens if profile.cuda_graph else None
+        self.padded_iterations = 0
+        self.padding_rows = 0
+
+    @property
+    def eager_pricer(self) -> IterationPricer:
+        if self._eager is None:
+            self._eager = self.make_eager()
+        return self._eager
+
+    def plan(self, batch: Batch) -> DecodePlan:
+        return decode_plan(batch, self.capture_sizes, self.max_context_tokens)
+
+    def gpu_timing(self, batch: Batch) -> IterationTiming:
+        """The GPU pass alone: padded and replayed, or eager."""
+        plan = self.plan(batch)
+        if plan.graph:
+            pad = plan.padded_seqs - len(batch)
+            if pad:
+                self.padded_iterations += 1
+                self.padding_rows += pad
+            pricer, priced = self.graph_pricer, batch + (_PAD,) * pad
+        else:
+            pricer, priced = self.eager_pricer, batch
+        assert pricer is not None
+        timing = getattr(pricer, "timing", None)
+        if timing is not None:
+            period_s, latency_s = timing(priced)
+            return IterationTiming(float(period_s), float(latency_s))
+        t = float(pricer(priced))
+        return IterationTiming(t, t)
+
+    def timing(self, batch: Batch) -> IterationTiming:
+        gpu = self.gpu_timing(batch)
+        host, n = self.profile.host, len(batch)
+        return IterationTiming(iteration_s(gpu.period_s, host, n), iteration_s(gpu.latency_s, host, n))
+
+    def __call__(self, batch: Batch) -> float:
+        return self.timing(batch).latency_s
+
+    def __repr__(self) -> str:
+        inner = self.graph_pricer if self.graph_pricer is not None else self.eager_pricer
+        return f"EnginePricer({self.profile.name} {self.profile.version}, {inner!r})"

@@ -1,0 +1,228 @@
+"""Engine profiles in the serving pricing: CUDA-graph capture sizes, padding of decode batches, host time per
+iteration (hand-computed with dyadic figures, so every time is exact), and the wiring through serving_inputs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from simulator.config import ScenarioError, load_scenario
+from simulator.config.engine import (
+    CudaGraphSpec,
+    EngineProfile,
+    HostTimeSpec,
+    available_engines,
+    load_engine_profile,
+)
+from simulator.config.serving import ServingError
+from simulator.serving.dag_pricer import DagPricer
+from simulator.serving.engine_pricing import EnginePricer, decode_plan, iteration_s, padded_size
+from simulator.serving.pricing import CachedPricer, LinearPricer, SeqWork
+from simulator.serving.session import serving_inputs, with_engine_kernels
+from tests.serving.conftest import BASE, merge
+
+VLLM_256 = load_engine_profile("vllm").cuda_graph.capture_sizes(256)  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- capture sizes
+
+
+def test_vllm_v0_captures_one_two_four_then_multiples_of_eight_up_to_max_num_seqs():
+    # vllm/config.py _set_cudagraph_sizes (V0): [1, 2, 4, 8, 16, ..., 256] for the default max_num_seqs 256
+    assert VLLM_256 == (1, 2, 4) + tuple(range(8, 257, 8))
+    assert len(VLLM_256) == 35
+
+
+def test_vllm_v0_keeps_sizes_up_to_the_first_at_or_above_max_num_seqs():
+    sizes = load_engine_profile("vllm").cuda_graph.capture_sizes(20)  # type: ignore[union-attr]
+    assert sizes == (1, 2, 4, 8, 16, 24)
+
+
+def test_sglang_adds_max_running_requests_only_below_its_largest_size():
+    graph = load_engine_profile("sglang").cuda_graph
+    assert graph is not None
+    assert graph.capture_sizes(100) == (1, 2, 4, 8) + tuple(range(16, 97, 8)) + (100,)
+    assert graph.capture_sizes(256)[-1] == 160  # 256 > 160: nothing added, larger batches run eagerly
+
+
+def test_trtllm_engine_flow_replays_no_graphs():
+    assert load_engine_profile("trtllm").cuda_graph is None
+
+
+@pytest.mark.parametrize("name", available_engines())
+def test_every_bundled_engine_profile_loads_and_cites_its_figures(name):
+    profile = load_engine_profile(name)
+    assert profile.name == name and profile.version
+    assert profile.host.source and profile.kernels.source
+    assert profile.cuda_graph is None or profile.cuda_graph.source
+
+
+def test_unknown_engine_names_the_available_ones():
+    with pytest.raises(ScenarioError, match="engine 'vlm' not found; did you mean 'vllm'"):
+        load_engine_profile("vlm")
+
+
+def test_serving_section_refuses_an_unknown_engine():
+    from simulator.config.serving import parse_serving_spec
+
+    with pytest.raises(ServingError, match="serving: engine: .*'sglng' not found"):
+        parse_serving_spec(merge(BASE, {"engine": "sglng"}))
+
+
+# ---------------------------------------------------------------- padding
+
+
+@pytest.mark.parametrize(("n", "padded"), [(1, 1), (3, 4), (5, 8), (9, 16), (17, 24), (255, 256), (256, 256)])
+def test_a_decode_batch_pads_up_to_the_next_captured_size(n, padded):
+    assert padded_size(n, VLLM_256) == padded
+
+
+def test_a_batch_above_the_largest_captured_size_is_not_padded():
+    assert padded_size(257, VLLM_256) is None
+    assert decode_plan((SeqWork(1, 5),) * 257, VLLM_256, None) == (False, 257)
+
+
+def test_a_batch_with_a_prefill_chunk_runs_eagerly_unpadded():
+    assert decode_plan((SeqWork(1, 5), SeqWork(7, 0), SeqWork(1, 9)), VLLM_256, None) == (False, 3)
+
+
+def test_a_context_beyond_max_context_tokens_runs_eagerly():
+    # vLLM max_seq_len_to_capture 8192: a sequence attending to 8193 positions falls back to eager mode
+    assert decode_plan((SeqWork(1, 8191),) * 3, VLLM_256, 8192) == (True, 4)
+    assert decode_plan((SeqWork(1, 8192),) * 3, VLLM_256, 8192) == (False, 3)
+
+
+# ---------------------------------------------------------------- iteration time
+
+
+def profile(graph: bool, per_iteration_s: float = 0.0, per_sequence_s: float = 0.0, overlapped: bool = False):
+    return EngineProfile(
+        name="test",
+        version="1",
+        cuda_graph=CudaGraphSpec(sizes=(1, 2, 4, 8), source="test") if graph else None,
+        host=HostTimeSpec(
+            per_iteration_s=per_iteration_s, per_sequence_s=per_sequence_s, overlapped=overlapped, source="test"
+        ),
+        kernels={"moe_impl": "grouped", "source": "test"},
+    )
+
+
+GRAPH = LinearPricer(0.25, 2**-6, 2**-10)
+EAGER = LinearPricer(0.5, 2**-6, 2**-10)
+
+
+def test_padded_decode_iteration_prices_the_dummy_rows_and_adds_serial_host_time():
+    engine = EnginePricer(profile(True, 2**-8, 2**-10), GRAPH, lambda: EAGER, (1, 2, 4, 8))
+    batch = (SeqWork(1, 10), SeqWork(1, 20), SeqWork(1, 30))
+    # padded to 4 rows: one dummy row (1 new token, 0 cached); GPU = 0.25 + 4 * 2^-6 + (10+20+30+0) * 2^-10
+    gpu_s = 0.25 + 4 * 2**-6 + 60 * 2**-10
+    host_s = 2**-8 + 3 * 2**-10  # per iteration + per real sequence
+    assert engine(batch) == gpu_s + host_s
+    assert (engine.padded_iterations, engine.padding_rows) == (1, 1)
+
+
+def test_overlapped_host_time_hides_behind_the_gpu_pass():
+    short = EnginePricer(profile(True, 2**-8, overlapped=True), GRAPH, lambda: EAGER, (1, 2, 4, 8))
+    batch = (SeqWork(1, 0), SeqWork(1, 0))
+    assert short(batch) == 0.25 + 2 * 2**-6  # host 2^-8 < GPU
+    long = EnginePricer(profile(True, 1.0, overlapped=True), GRAPH, lambda: EAGER, (1, 2, 4, 8))
+    assert long(batch) == 1.0  # the host is slower: it sets the pace
+    assert iteration_s(0.5, HostTimeSpec(per_iteration_s=0.25, source="t"), 3) == 0.75
+
+
+def test_a_batch_beyond_the_graphs_runs_on_the_eager_pricer_unpadded():
+    engine = EnginePricer(profile(True), GRAPH, lambda: EAGER, (1, 2, 4, 8))
+    batch = (SeqWork(1, 4),) * 9
+    assert engine(batch) == 0.5 + 9 * 2**-6 + 36 * 2**-10
+    prefill = (SeqWork(16, 0), SeqWork(1, 4))
+    assert engine(prefill) == 0.5 + 17 * 2**-6 + 4 * 2**-10
+    assert engine.padded_iterations == 0
+
+
+def test_the_empty_dummy_batch_of_an_idle_lockstep_replica_replays_a_graph_unpadded():
+    engine = EnginePricer(profile(True), GRAPH, lambda: EAGER, (1, 2, 4, 8))
+    assert engine(()) == 0.25
+    assert EnginePricer(profile(False), None, lambda: EAGER, ())(()) == 0.5
+
+
+def test_without_graphs_every_iteration_is_eager():
+    engine = EnginePricer(profile(False), None, lambda: EAGER, ())
+    assert engine((SeqWork(1, 0),) * 3) == 0.5 + 3 * 2**-6
+
+
+# ---------------------------------------------------------------- through serving_inputs
+
+
+def seed_serving(engine: str | None, mode: str = "cuda_graph"):
+    overrides = [f"runtime.mode={mode}"]
+    if engine is not None:
+        overrides.append(f"serving.engine={engine}")
+    return load_scenario("scenarios/seed_moe_4gpu_serving.yaml", overrides)
+
+
+def test_without_an_engine_the_pricer_is_the_plain_dag_pricer():
+    _, pricer, _ = serving_inputs(seed_serving(None))
+    assert isinstance(pricer, CachedPricer) and isinstance(pricer.pricer, DagPricer)
+
+
+def test_vllm_engine_prices_a_decode_batch_as_the_dag_pass_of_the_padded_batch():
+    scenario = seed_serving("vllm")
+    spec, pricer, _ = serving_inputs(scenario)
+    assert isinstance(pricer, CachedPricer)
+    engine = pricer.pricer
+    assert isinstance(engine, EnginePricer)
+    assert engine.capture_sizes == load_engine_profile("vllm").cuda_graph.capture_sizes(spec.scheduler.max_num_seqs)  # type: ignore[union-attr]
+    batch = tuple(SeqWork(1, 100 + i) for i in range(5))
+    dag = DagPricer(scenario)
+    assert engine(batch) == dag.timing(batch + (SeqWork(1, 0),) * 3).latency_s  # 5 -> 8 rows, host time 0
+
+
+def test_runtime_mode_eager_turns_the_engine_graphs_off():
+    _, pricer, _ = serving_inputs(seed_serving("vllm", mode="eager"))
+    engine = pricer.pricer  # type: ignore[attr-defined]
+    assert engine.capture_sizes == () and engine.graph_pricer is None
+
+
+def test_engine_kernels_fill_moe_impl_and_refuse_a_contradiction():
+    scenario = seed_serving("vllm")
+    assert with_engine_kernels(scenario, load_engine_profile("vllm")).model.moe_impl == "grouped"
+    explicit = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml", ["model.moe_impl=per_expert", "serving.engine=vllm"]
+    )
+    with pytest.raises(ScenarioError, match="model.moe_impl = per_expert contradicts serving.engine vllm"):
+        serving_inputs(explicit)
+
+
+# ---------------------------------------------------------------- invariants
+
+
+@given(
+    sizes=st.lists(st.integers(1, 600), min_size=1, max_size=30, unique=True).map(lambda s: tuple(sorted(s))),
+    n=st.integers(1, 700),
+)
+def test_padding_picks_the_smallest_captured_size_that_holds_the_batch(sizes, n):
+    padded = padded_size(n, sizes)
+    if n > sizes[-1]:
+        assert padded is None
+    else:
+        assert padded in sizes and padded >= n
+        assert not [s for s in sizes if n <= s < padded]
+
+
+@given(
+    gpu_s=st.floats(1e-6, 10.0),
+    per_iteration_s=st.floats(0.0, 1.0),
+    per_sequence_s=st.floats(0.0, 1e-3),
+    n=st.integers(0, 1024),
+    overlapped=st.booleans(),
+)
+def test_an_iteration_takes_at_least_its_gpu_pass_and_its_host_work(
+    gpu_s, per_iteration_s, per_sequence_s, n, overlapped
+):
+    host = HostTimeSpec(
+        per_iteration_s=per_iteration_s, per_sequence_s=per_sequence_s, overlapped=overlapped, source="t"
+    )
+    t = iteration_s(gpu_s, host, n)
+    assert t >= gpu_s and t >= host.host_s(n)
+    assert t <= gpu_s + host.host_s(n)

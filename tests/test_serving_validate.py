@@ -1,0 +1,161 @@
+"""`moesim validate` on serving cases: the case file, the error formula, replica sampling, and the command's
+table, median and skip reasons (run on a subset of validation/serving_cases.yaml: the two cheapest cases and
+the skipped one)."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from simulator.calibration.serving_validate import (
+    ServingOutcome,
+    case_scenario,
+    load_serving_cases,
+    replica_zero,
+    summarize_serving,
+)
+from simulator.config import ScenarioError
+from simulator.serving.pricing import LinearPricer
+from simulator.serving.simulate import simulate_serving
+from simulator.serving.workload import generate_requests
+from tests.serving.conftest import make_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "validation" / "serving_cases.yaml"
+PUBLIC_IDS = {
+    "MLP40-L2-H100-OFF",
+    "MLP41-MIX-H100-OFF",
+    "MLP41-MIX-H100-SRV",
+    "TRT17-MIX-H100-TP1-1000-1000",
+    "TRT17-MIX-H200-TP2-2048-2048",
+    "TRTON-L70-H100-TP4-QPS8",
+    "DST-VLLM-C16",
+    "SGLEP-DECODE-2K",
+}
+
+
+def test_error_is_predicted_over_measured_minus_one():
+    assert ServingOutcome("c", "output_tokens_per_s", 200.0, 250.0).error == 0.25
+    assert ServingOutcome("c", "tpot_mean_ms", 50.0, 45.0).error == pytest.approx(-0.10)
+
+
+def test_median_and_largest_absolute_error_over_rows():
+    rows = [
+        ServingOutcome("a", "output_tokens_per_s", 200.0, 250.0),  # +25 %
+        ServingOutcome("a", "ttft_mean_ms", 50.0, 45.0),  # -10 %
+        ServingOutcome("b", "output_tokens_per_s", 100.0, 150.0),  # +50 %
+    ]
+    s = summarize_serving(rows)
+    assert s["median_abs_error"] == 0.25 and s["max_abs_error"] == 0.5 and s["rows"] == 3
+
+
+def test_every_public_point_is_a_case_and_every_unskipped_one_parses():
+    cases = load_serving_cases(CASES)
+    assert {c.id for c in cases} == PUBLIC_IDS
+    for case in cases:
+        if case.skip is None:
+            scenario = case_scenario(case)
+            assert scenario.serving is not None
+    skipped = [c for c in cases if c.skip]
+    assert [c.id for c in skipped] == ["SGLEP-DECODE-2K"] and "disaggregated decode" in skipped[0].skip
+
+
+def test_a_case_needs_a_scenario_or_a_skip_reason(tmp_path):
+    bad = tmp_path / "cases.yaml"
+    bad.write_text("serving_cases:\n  - {id: X, source: s, measured: {output_tokens_per_s: 1.0}}\n")
+    with pytest.raises(ScenarioError, match="give a scenario .*or skip"):
+        load_serving_cases(bad)
+
+
+# ---------------------------------------------------------------- replica sampling
+
+
+@pytest.fixture
+def pricer() -> LinearPricer:
+    return LinearPricer(0.25, 1 / 16, 1 / 128)
+
+
+@pytest.mark.parametrize(
+    "arrivals",
+    [{"kind": "closed_loop", "concurrency": 12}, {"kind": "poisson", "rate_per_s": 2.0}],
+)
+def test_replica_zero_alone_serves_exactly_as_replica_zero_of_the_whole(pricer, arrivals):
+    spec = make_spec(
+        workload={
+            "arrivals": arrivals,
+            "input_len": {"kind": "uniform", "min_tokens": 4, "max_tokens": 24},
+            "num_requests": 12,
+            "warmup_requests": 3,
+        },
+        replicas={"count": 3, "router": "round_robin"},
+    )
+    requests = generate_requests(spec)
+    whole = simulate_serving(spec, pricer, requests)
+    one_spec, mine = replica_zero(spec, requests)
+    assert [r.input_tokens for r in mine] == [r.input_tokens for r in requests[0::3]]
+    assert one_spec.workload.warmup_requests == 1  # requests 0, 3, 6, 9 of the stream: only 0 is a warm-up one
+    alone = simulate_serving(one_spec, pricer, mine)
+    ours = [rec for rec in whole.records if rec.replica == 0]
+    assert len(ours) == len(alone.records) == 4
+    for a, b in zip(ours, alone.records):
+        np.testing.assert_array_equal(a.token_times_s, b.token_times_s)
+
+
+def test_replica_zero_refuses_a_closed_loop_that_refills(pricer):
+    spec = make_spec(replicas={"count": 2, "router": "round_robin"})  # concurrency 1 < 3 requests
+    with pytest.raises(ValueError, match="closed_loop concurrency = num_requests"):
+        replica_zero(spec, generate_requests(spec))
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_validate_prints_the_table_median_and_skip_reasons(tmp_path):
+    data = yaml.safe_load(CASES.read_text())
+    keep = {"TRTON-L70-H100-TP4-QPS8", "DST-VLLM-C16", "SGLEP-DECODE-2K"}
+    subset = tmp_path / "subset.yaml"
+    cases = [c for c in data["serving_cases"] if c["id"] in keep]
+    subset.write_text(yaml.safe_dump({"serving_cases": cases}, sort_keys=False))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "validate", str(subset), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for column in ("case", "metric", "measured", "predicted", "error"):
+        assert column in text
+    assert "skipped SGLEP-DECODE-2K: disaggregated decode measured in isolation" in text
+    with open(out / "validation.csv") as f:
+        rows = list(csv.DictReader(f))
+    measured_rows = [r for r in rows if not r["skipped"]]
+    assert [(r["case"], r["metric"]) for r in measured_rows] == [
+        ("TRTON-L70-H100-TP4-QPS8", "output_tokens_per_s"),
+        ("TRTON-L70-H100-TP4-QPS8", "ttft_mean_ms"),
+        ("TRTON-L70-H100-TP4-QPS8", "itl_mean_ms"),
+        ("DST-VLLM-C16", "output_tokens_per_s"),
+        ("DST-VLLM-C16", "ttft_mean_ms"),
+        ("DST-VLLM-C16", "tpot_mean_ms"),
+    ]
+    assert [float(r["measured"]) for r in measured_rows] == [1860, 92, 32, 294.0662875, 3368.61, 49.601]
+    errors = []
+    for r in measured_rows:
+        predicted, measured = float(r["predicted"]), float(r["measured"])
+        assert predicted > 0
+        assert float(r["error"]) == pytest.approx(predicted / measured - 1.0, rel=1e-12)
+        assert f"{100 * float(r['error']):+.1f}%" in text
+        errors.append(abs(float(r["error"])))
+    assert f"median |error| {100 * statistics.median(errors):.1f}%" in text
+    assert [r["case"] for r in rows if r["skipped"]] == ["SGLEP-DECODE-2K"]
+    md = (out / "validation.md").read_text()
+    assert "| DST-VLLM-C16 | tpot_mean_ms | 49.6 |" in md and "- skipped SGLEP-DECODE-2K:" in md
