@@ -10,6 +10,9 @@ import json
 import pytest
 import yaml
 from conftest import ROOT, TINY_MOE, make_scenario
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_properties import small_scenarios
 
 from simulator import costs
 from simulator.cli import main
@@ -378,3 +381,25 @@ def test_every_scenario_keeps_its_graph_under_the_legacy_mapping():
     s = parse_scenario(yaml.safe_load((ROOT / "scenarios" / "seed_moe_4gpu.yaml").read_text()), "seed")
     dag = build(s)
     assert all("out_b" not in a for _, a in dag.distinct())
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariant: fewer bytes or a faster peak never make an operator slower, nor a GPU's memory larger
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(small_scenarios(), st.sampled_from(["fp8-w8a16", "w4a16", "fp8-w8a8", "int8-w8a8", "mxfp4"]))
+def test_a_quantised_preset_never_slows_an_operator_nor_grows_memory(data, preset):
+    data = {**data, "hardware": {"profile": "h100-sxm-80gb", "calibration": None}}  # the roofline: monotone
+    base = make_scenario(data)
+    quant = make_scenario(data, model=dict(data["model"], precision=preset))
+    hw = resolve_hardware(base)
+    gpn = data["cluster"]["gpus_per_node"]
+    eager = data["runtime"]["mode"] == "eager"
+    before = dict(build_dag(base).nodes(data=True))
+    for name, attrs in build_dag(quant).nodes(data=True):
+        quant_s = node_time_s(attrs, hw, gpn, eager, True)[0]
+        assert quant_s <= node_time_s(before[name], hw, gpn, eager, True)[0] * (1 + 1e-12), name
+    for gpu in range(base.num_gpus):
+        assert weight_bytes_per_gpu(quant, gpu) <= weight_bytes_per_gpu(base, gpu)
+        assert kv_cache_bytes_per_gpu(quant, gpu) <= kv_cache_bytes_per_gpu(base, gpu)

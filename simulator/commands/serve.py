@@ -26,7 +26,9 @@ def add_arguments(parser) -> None:
 
 
 def command(args, console: Console) -> int:
-    from simulator.config import ScenarioError
+    from rich.markup import escape
+
+    from simulator.config import ScenarioError, precision_line, resolve_hardware
     from simulator.files import run_directory
     from simulator.report.serving_html import write_serving_index
     from simulator.report.serving_summary import print_serving, write_rate_curve, write_serving_files
@@ -67,6 +69,7 @@ def command(args, console: Console) -> int:
         _write_pictures(staging, name, run, table, spec, found)
         write_serving_index(staging, doc)
     print_serving(console, doc)
+    console.print(escape(precision_line(loaded.scenario.model.formats, resolve_hardware(loaded.scenario))))
     if found is not None:
         _print_max_rate(console, found, spec)
     console.print(
