@@ -403,3 +403,42 @@ def test_a_quantised_preset_never_slows_an_operator_nor_grows_memory(data, prese
     for gpu in range(base.num_gpus):
         assert weight_bytes_per_gpu(quant, gpu) <= weight_bytes_per_gpu(base, gpu)
         assert kv_cache_bytes_per_gpu(quant, gpu) <= kv_cache_bytes_per_gpu(base, gpu)
+
+
+def test_the_line_names_a_router_that_differs_and_an_explicit_uniform_precision_is_shown(tmp_path):
+    spec = PrecisionSpec.model_validate({"preset": "w4a16", "router": "fp8"})
+    line = resolve_precision("bf16", None, None, spec).describe()
+    assert line == (
+        "precision: w4a16 + overrides (weights int4, GEMMs bf16, LM head bf16, router fp8, attention bf16, "
+        "KV bf16, collectives bf16)"
+    )
+    tiny = copy.deepcopy(TINY_MOE)
+    tiny["model"]["precision"] = "fp16"  # the model's own dtype everywhere, but said explicitly
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--no-dag"]) == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["precision"].startswith("precision: fp16 (")
+
+
+def test_int8_w8a8_runs_at_the_int8_peak_on_an_a100():
+    data = dense("int8-w8a8")
+    data["hardware"] = "a100-sxm-80gb"  # no fp8 units, int8 ones: 624 TOPS dense (datasheet)
+    s = parse_scenario(data, "t")
+    hw = resolve_hardware(s)
+    assert hw.peak_for("int8") == 624.0e12
+    q = node(s, "ffn_fc1", "prefill")
+    tokens, k, n = 4096, 4096, 2 * 14336
+    assert (q["dtype"], q["weight_b"], q["out_b"]) == ("int8", 1.0, 2.0)
+    expected = 2.0 * tokens * k * n / (624.0e12 * hw.compute_efficiency) + hw.kernel_overhead_s
+    assert_time(_time(s, "ffn_fc1", "prefill"), expected, "compute")
+
+
+def test_mxfp4_experts_read_their_scales_and_compute_in_16_bits():
+    model = dict(TINY_MOE["model"], dtype="bf16", precision="mxfp4")
+    s = make_scenario(TINY_MOE, model=model, parallel={"tp": 1, "ep": 1, "pp": 1}, cluster={"num_gpus": 1})
+    fc1 = node(s, "expert_fc1", "decode")
+    q = node(s, "q_proj", "decode")
+    assert (fc1["dtype"], fc1["weight_b"], "out_b" in fc1) == ("bf16", 0.53125, False)
+    assert (q["dtype"], q["weight_b"]) == ("bf16", 2.0)
+    # 4 sequences x top-2 = 8 token copies over 4 experts (uniform), each [64, 128] expert read once
+    assert fc1["bytes_read"] == 8 * 64 * 2.0 + 4 * 64 * 128 * 0.53125

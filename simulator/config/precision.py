@@ -260,7 +260,8 @@ class Precision:
         return len(formats) == 1
 
     def describe(self, fallbacks: dict[str, str] | None = None) -> str:
-        """One line: 'precision: fp8-w8a8 (weights fp8, GEMMs fp8, KV fp8, attention bf16, all-reduce bf16)'.
+        """One line: 'precision: fp8-w8a8 (weights fp8, GEMMs fp8, LM head bf16, attention bf16, KV fp8,
+        collectives bf16)'; a class is named when it differs from the dense GEMMs (LM head, router).
 
         `fallbacks`: compute format -> the format whose peak it runs at (hardware without its units)."""
         d, e = self.dense_gemm, self.expert_gemm
@@ -269,9 +270,9 @@ class Precision:
         else:
             parts = [f"dense weights {d.storage}", f"dense GEMMs {d.compute}"]
             parts += [f"expert weights {e.storage}", f"expert GEMMs {e.compute}"]
-        head = self.lm_head
-        if head != d:
-            parts.append(f"LM head {head.storage}" + ("" if head.storage == head.compute else f"/{head.compute}"))
+        for label, g in (("LM head", self.lm_head), ("router", self.router)):
+            if g != d and (label == "LM head" or g != self.lm_head):
+                parts.append(f"{label} {g.storage}" + ("" if g.storage == g.compute else f"/{g.compute}"))
         parts += [f"attention {self.attention}", f"KV {self.kv_cache}", f"collectives {self.communication}"]
         if self.activations != self.communication:
             parts.append(f"activations {self.activations}")
@@ -330,10 +331,9 @@ def resolve_precision(
         if spec.preset is not None:
             values = _preset_values(spec.preset, dtype)
             name = spec.preset
-        overridden = False
-        for key in ("activations",):
-            if getattr(spec, key) is not None:
-                values[key], overridden = getattr(spec, key), True
+        overridden = spec.activations is not None
+        if spec.activations is not None:
+            values["activations"] = spec.activations
         for c in GEMM_CLASSES:
             g: GemmFormats = getattr(spec, c)
             storage, compute = values[c]

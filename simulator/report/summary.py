@@ -90,10 +90,11 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
     if run.sampling is not None:
         out["sampling"] = run.sampling
     formats = run.scenario.model.formats
-    if not formats.uniform or precision_line(formats, run.hardware) != formats.describe():
-        # a model in one format (its dtype) and computable as such needs no line (the summaries of
-        # such runs stay as they were); the terminal prints it always
-        out["precision"] = precision_line(formats, run.hardware)
+    line = precision_line(formats, run.hardware)
+    if formats.explicit or not formats.uniform or line != formats.describe():
+        # a plain `dtype` model, computable as such, needs no line (the summaries of such runs stay as
+        # they were); the terminal prints it always
+        out["precision"] = line
     if run.scenario.model.weight_memory_approximation:
         out["memory_approximate"] = run.scenario.model.weight_memory_approximation
     representatives = run.dag.graph.get("representatives")
