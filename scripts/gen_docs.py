@@ -194,6 +194,11 @@ def section_table(definition: dict, path: str, found: dict[str, tuple[Any, str]]
 SCENARIO_SECTIONS = (
     ("Scenario", ""),
     ("ModelSpec", "model"),
+    ("PrecisionSpec", "model.precision"),
+    ("GemmFormats", "model.precision.<dense_gemm, expert_gemm, lm_head, router>"),
+    ("AttentionFormats", "model.precision.attention"),
+    ("KvCacheFormats", "model.precision.kv_cache"),
+    ("CommunicationFormats", "model.precision.communication"),
     ("HardwareRef", "hardware"),
     ("ClusterSpec", "cluster"),
     ("ParallelSpec", "parallel"),

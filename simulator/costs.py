@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from simulator.config.hardware import DType, HardwareProfile, LinkSpec
+from simulator.config.hardware import HardwareProfile, LinkSpec
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs and bytes of compute ops
@@ -22,16 +22,26 @@ class OpCost(NamedTuple):
 
 
 def linear_cost(
-    tokens: float, in_features: float, out_features: float, b: float, weight_b: float | None = None, groups: int = 1
+    tokens: float,
+    in_features: float,
+    out_features: float,
+    b: float,
+    weight_b: float | None = None,
+    groups: int = 1,
+    in_b: float | None = None,
 ) -> OpCost:
     """y[T, N] = x[T, K] @ W[K, N]: 2TKN FLOPs (Kaplan et al. 2020, sec. 2.1); reads x and W, writes y.
 
-    `weight_b`: bytes per weight element when weights are stored in another dtype (default b).
+    `b`: bytes per element of y (the activations). `weight_b`: bytes per stored weight element, block
+    scales included (default b). `in_b`: bytes per element of x in the GEMM's compute format (fp8 in
+    a W8A8 GEMM; default b). Weights stored in another format than the compute format are converted
+    in the GEMM's main loop (mixed-input kernels: Marlin, Machete, CUTLASS), costing their load only.
     `groups`: a batched GEMM of that many independent [K, N] weights, each over the same T rows."""
     wb = b if weight_b is None else weight_b
+    ib = b if in_b is None else in_b
     return OpCost(
         2.0 * groups * tokens * in_features * out_features,
-        groups * (tokens * in_features * b + in_features * out_features * wb),
+        groups * (tokens * in_features * ib + in_features * out_features * wb),
         groups * tokens * out_features * b,
     )
 
@@ -112,19 +122,23 @@ def expert_ffn_costs(
     activation: str,
     b: float,
     weight_b: float | None = None,
+    in_b: float | None = None,
 ) -> tuple[OpCost, OpCost, OpCost]:
     """FC1, activation, FC2 of a group of experts on one GPU (grouped GEMM over their tokens).
 
     FC1: [T_e, h] x [h, f] (x2 when gated: gate and up); FC2: [T_e, f] x [f, h]. Each expert's
-    weights (`weight_b` bytes per element, default b) are read once if it receives any token.
+    weights (`weight_b` bytes per element with block scales, default b) are read once if it
+    receives any token. `b`: the activations' bytes per element (GEMM outputs, the activation
+    function); `in_b`: the GEMMs' inputs in their compute format (default b), as linear_cost.
     """
     wb = b if weight_b is None else weight_b
+    ib = b if in_b is None else in_b
     tokens = float(sum(expert_tokens))
     active = sum(1 for t in expert_tokens if t > 0)
     up = 2 * ffn if gated else ffn
-    fc1 = OpCost(2.0 * tokens * hidden * up, tokens * hidden * b + active * hidden * up * wb, tokens * up * b)
+    fc1 = OpCost(2.0 * tokens * hidden * up, tokens * hidden * ib + active * hidden * up * wb, tokens * up * b)
     act = elementwise_cost(tokens * up, tokens * ffn, ACTIVATION_FLOPS_PER_ELEMENT[activation], b)
-    fc2 = OpCost(2.0 * tokens * ffn * hidden, tokens * ffn * b + active * ffn * hidden * wb, tokens * hidden * b)
+    fc2 = OpCost(2.0 * tokens * ffn * hidden, tokens * ffn * ib + active * ffn * hidden * wb, tokens * hidden * b)
     return fc1, act, fc2
 
 
@@ -266,14 +280,16 @@ def compute_op_s(
     flops: float,
     bytes_moved: float,
     hw: HardwareProfile,
-    dtype: DType,
+    dtype: str,
     tensor_core: bool,
     launches: int,
     eager: bool,
 ) -> tuple[float, str]:
     """Time of one compute op on one GPU and its bound.
 
-    GPU time = roofline at the profile's efficiencies + kernel_overhead_s per launch. Eager
+    GPU time = roofline at the profile's efficiencies + kernel_overhead_s per launch; a tensor-core
+    op runs at the peak of its compute format `dtype` (hw.peak_for: the next format the GPU has
+    where it lacks that one). Eager
     execution: the host issues kernels one at a time, so a kernel cannot take less than
     host_launch_s (the GPU would wait for the next launch). A fused sub-op (launches = 0) adds none.
     """
@@ -297,11 +313,21 @@ def _split_roofline(flops: float, bytes_moved: float, peak: float, hbm: float) -
 
 
 def calibrated_gemm_s(
-    m: float, k: float, n: float, b: float, peak: float, hbm: float, fraction: float, weight_b: float | None = None
+    m: float,
+    k: float,
+    n: float,
+    b: float,
+    peak: float,
+    hbm: float,
+    fraction: float,
+    weight_b: float | None = None,
+    out_b: float | None = None,
 ) -> tuple[float, str]:
-    """GEMM [m,k] x [k,n]: its roofline time divided by the measured fraction for its shape."""
+    """GEMM [m,k] x [k,n]: its roofline time divided by the measured fraction for its shape. `b`:
+    bytes per input element (its compute format), `out_b`: per output element (default b)."""
     wb = b if weight_b is None else weight_b
-    roof, bound = _split_roofline(2.0 * m * k * n, (m * k + m * n) * b + k * n * wb, peak, hbm)
+    act_bytes = (m * k + m * n) * b if out_b is None else m * k * b + m * n * out_b
+    roof, bound = _split_roofline(2.0 * m * k * n, act_bytes + k * n * wb, peak, hbm)
     return roof / fraction, bound
 
 
@@ -315,11 +341,14 @@ def calibrated_grouped_gemm_s(
     hbm: float,
     fraction: float,
     weight_b: float | None = None,
+    out_b: float | None = None,
 ) -> tuple[float, str]:
-    """One batched/grouped GEMM over `experts` weight matrices [k,n], each with its rows."""
+    """One batched/grouped GEMM over `experts` weight matrices [k,n], each with its rows (bytes as
+    calibrated_gemm_s)."""
     e, c = experts, rows_per_expert
     wb = b if weight_b is None else weight_b
-    roof, bound = _split_roofline(2.0 * e * c * k * n, e * ((c * k + c * n) * b + k * n * wb), peak, hbm)
+    act_bytes = (c * k + c * n) * b if out_b is None else c * k * b + c * n * out_b
+    roof, bound = _split_roofline(2.0 * e * c * k * n, e * (act_bytes + k * n * wb), peak, hbm)
     return roof / fraction, bound
 
 

@@ -87,27 +87,32 @@ def parameter_counts(scenario: Scenario) -> dict[str, float]:
 def weight_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     """Weights resident on one GPU: its attention shard, its experts and the shared experts (or its
     FFN shard in dense layers), the router and norms of its stage's layers; embedding on the first
-    stage, LM head on the last (split over tp). At the model's weight dtype."""
+    stage, LM head on the last (split over tp). Each at its storage format (model.formats), block
+    scales included: attention and dense FFN at dense_gemm's, experts (routed and shared) at
+    expert_gemm's, router and norms at router's, embedding and LM head at lm_head's."""
     m, p = scenario.model, scenario.parallel
+    f = m.formats
+    dense_b, expert_b = f.dense_gemm.weight_bytes, f.expert_gemm.weight_bytes
+    small_b, head_b = f.router.weight_bytes, f.lm_head.weight_bytes  # router and norms; embedding and head
     pl = Placement.of(scenario)
     h = m.hidden_size
-    attn = _attention_params(m, p.tp)
-    dense = costs.ffn_params(h, (m.ffn_size or 0) // p.tp, m.gated)
+    attn = _attention_params(m, p.tp) * dense_b
+    dense = costs.ffn_params(h, (m.ffn_size or 0) // p.tp, m.gated) * dense_b
     if m.is_moe:
-        moe = len(pl.experts_of_gpu(gpu)) * costs.ffn_params(h, (m.expert_ffn_size or 0) // p.etp, m.gated)
-        moe += costs.ffn_params(h, m.shared_ffn_size, m.gated) + h * m.num_experts
+        moe = len(pl.experts_of_gpu(gpu)) * costs.ffn_params(h, (m.expert_ffn_size or 0) // p.etp, m.gated) * expert_b
+        moe += costs.ffn_params(h, m.shared_ffn_size, m.gated) * expert_b + h * m.num_experts * small_b
     else:
         moe = 0
-    params = 0.0
+    weight_bytes = 0.0
     for layer in pl.layers_of_gpu(gpu):
-        params += attn + 2 * h + (moe if m.is_moe_layer(layer) else dense)
+        weight_bytes += attn + 2 * h * small_b + (moe if m.is_moe_layer(layer) else dense)
     stage = pl.stage_of_gpu(gpu)
     if m.vocab_size:
         if stage == 0:
-            params += m.vocab_size * h / p.tp
+            weight_bytes += m.vocab_size * h / p.tp * head_b
         if stage == p.pp - 1:
-            params += m.vocab_size * h / p.tp + h
-    return params * m.weight_bytes_per_element
+            weight_bytes += m.vocab_size * h / p.tp * head_b + h * small_b
+    return weight_bytes
 
 
 def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:

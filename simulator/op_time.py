@@ -68,13 +68,30 @@ def calibrated_node_s(
             experts, rows = attrs["grouped"]
             frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
             time_s, bound = costs.calibrated_grouped_gemm_s(
-                experts, rows, k, n, element_bytes, peak_flops_per_s, hbm_bytes_per_s, frac, attrs.get("weight_b")
+                experts,
+                rows,
+                k,
+                n,
+                element_bytes,
+                peak_flops_per_s,
+                hbm_bytes_per_s,
+                frac,
+                attrs.get("weight_b"),
+                attrs.get("out_b"),
             )
             floor_s = floors_s["grouped_gemm"]
         else:
             frac = series_interpolate(cal.gemm, (k, n), m)
             time_s, bound = costs.calibrated_gemm_s(
-                m, k, n, element_bytes, peak_flops_per_s, hbm_bytes_per_s, frac, attrs.get("weight_b")
+                m,
+                k,
+                n,
+                element_bytes,
+                peak_flops_per_s,
+                hbm_bytes_per_s,
+                frac,
+                attrs.get("weight_b"),
+                attrs.get("out_b"),
             )
             floor_s = floors_s["gemm"]
     elif attrs.get("fused") == "flash_attention":

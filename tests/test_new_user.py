@@ -279,8 +279,15 @@ def test_import_hf_refuses_linear_attention_in_one_line(tmp_path, capsys):
     assert "linear-attention" in err and err.count("\n") == 1
 
 
-def test_mxfp4_weights_make_the_memory_verdict_approximate(tmp_path):
+def test_mxfp4_weights_are_the_mxfp4_precision_preset(tmp_path):
     cfg = {**_DENSE, "quantization_config": {"quant_method": "mxfp4"}}
+    _, model, _, _ = import_file(_write(tmp_path / "g.json", cfg))
+    assert model.precision is not None and model.precision.preset == "mxfp4"
+    assert model.weight_memory_approximation is None
+
+
+def test_unknown_quantisation_makes_the_memory_verdict_approximate(tmp_path):
+    cfg = {**_DENSE, "quantization_config": {"quant_method": "hqq"}}
     text, model, notes, _ = import_file(_write(tmp_path / "g.json", cfg))
     assert model.weight_memory_approximation and any("approximate" in n for n in notes)
     scenario = yaml.safe_load(yaml.safe_dump(TINY_MOE))

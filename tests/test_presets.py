@@ -102,7 +102,8 @@ def test_import_qwen2_shared_expert_and_gpt_oss_notes():
     assert (q.num_shared_experts, q.shared_expert_ffn_size, q.expert_ffn_size) == (1, 20480, 2560)
     _, g, notes, _ = import_file(FIXTURES / "gpt-oss-120b.json")
     assert (g.num_experts, g.top_k, g.head_dim, g.num_kv_heads, g.dtype) == (128, 4, 64, 8, "bf16")
-    assert any("mxfp4" in n for n in notes) and any("sliding_window" in n for n in notes)
+    assert g.formats.expert_gemm.storage == "mxfp4" and g.formats.dense_gemm.storage == "bf16"
+    assert g.weight_memory_approximation is None and any("sliding_window" in n for n in notes)
 
 
 def test_unknown_field_is_reported_not_dropped(tmp_path):

@@ -129,7 +129,7 @@ def _faster(data: dict, factor: float, what: str) -> dict:
     base = load_profile("h100-sxm-80gb")
     hw: dict = {"profile": "h100-sxm-80gb"}
     if what == "flops":
-        hw["peak_flops_per_s"] = {k: v * factor for k, v in base.peak_flops_per_s.model_dump().items()}
+        hw["peak_flops_per_s"] = {k: v * factor for k, v in base.peak_flops_per_s.model_dump(exclude_none=True).items()}
         hw["vector_flops_per_s"] = base.vector_flops_per_s * factor
     if what in ("hbm", "bandwidth"):
         hw["hbm_bytes_per_s"] = base.hbm_bytes_per_s * factor

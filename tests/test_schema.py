@@ -108,12 +108,20 @@ def test_the_forms_the_loader_accepts_validate():
         {"model": {"preset": "mixtral-8x7b", "num_layers": 2}},
         {"workload": {**data["workload"], "routing": "uniform"}},
         {"workload": {**data["workload"], "routing": {"zipf": 1.2}}},
+        {"model": {**data["model"], "precision": "fp8-w8a8"}},
+        {"model": {**data["model"], "precision": {"preset": "w4a16", "dense_gemm": "fp8", "kv_cache": "fp8"}}},
+        {"model": {**data["model"], "precision": {"expert_gemm": {"storage": "int4", "compute": "fp16"}}}},
     ]
     for form in forms:
         variant = {**data, **form}
         assert problems("scenario", variant) == [], form
         if "preset" not in str(form):
             parse_scenario(variant)
+    for precision in ("fp9-w9a9", {"dense_gemm": "fp9"}):
+        bad_precision = {**data, "model": {**data["model"], "precision": precision}}
+        assert problems("scenario", bad_precision), precision
+        with pytest.raises(ScenarioError):
+            parse_scenario(bad_precision)
     bad_preset = {**data, "model": {"preset": "mixtral-8x7b", "num_layerz": 2}}
     assert any("num_layerz" in m for _, m in problems("scenario", bad_preset))
 

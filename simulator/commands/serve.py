@@ -28,7 +28,10 @@ def add_arguments(parser) -> None:
 
 
 def command(args, console: Console) -> int:
+    from rich.markup import escape
+
     from simulator import api
+    from simulator.config import precision_line, resolve_hardware
     from simulator.report.serving_summary import print_serving
 
     with _rate_progress(console, args.max_rate) as tick:
@@ -38,6 +41,7 @@ def command(args, console: Console) -> int:
     out = args.out or Path("reports") / result.scenario.name / "serve"
     _, doc = result.write(out, force=args.force)
     print_serving(console, doc)
+    console.print(escape(precision_line(result.scenario.model.formats, resolve_hardware(result.scenario))))
     if result.found is not None:
         _print_max_rate(console, result.found, result.spec)
     console.print(

@@ -4,7 +4,7 @@ Every constraint is checked here, once, when a scenario is loaded; later stages 
 Errors are `ScenarioError`s with one line that names the field path and the fix.
 
 Modules: `errors` (ScenarioError, the strict base model, one-line messages), `hardware` (profiles),
-`model` (ModelSpec, presets), `scenario` (the sections, Scenario, layout rules), `serving` (the serving section), `load` (reading,
+`model` (ModelSpec, presets), `precision` (number formats, per-class formats, precision presets), `scenario` (the sections, Scenario, layout rules), `serving` (the serving section), `load` (reading,
 `--set` overrides, validation), `import_hf` (Hugging Face configs). The names other stages use are
 re-exported here.
 """
@@ -15,10 +15,12 @@ from simulator.config.load import (
     gpus_per_node,
     load_scenario,
     parse_scenario,
+    precision_line,
     resolve_hardware,
     with_layout,
 )
 from simulator.config.model import DTYPE_BYTES, PRESETS_DIR, ModelSpec, available_presets, load_model_preset
+from simulator.config.precision import FORMATS, PRESETS, Precision, PrecisionSpec
 from simulator.config.scenario import (
     MAX_TOKENS,
     ClusterSpec,
@@ -37,6 +39,10 @@ from simulator.config.serving import ServingError, ServingSpec, parse_serving_sp
 
 __all__ = [
     "DTYPE_BYTES",
+    "FORMATS",
+    "PRESETS",
+    "Precision",
+    "PrecisionSpec",
     "MAX_TOKENS",
     "PRESETS_DIR",
     "ClusterSpec",
@@ -65,6 +71,7 @@ __all__ = [
     "one_line_error",
     "parse_scenario",
     "parse_serving_spec",
+    "precision_line",
     "resolve_hardware",
     "with_layout",
 ]

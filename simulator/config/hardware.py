@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
+from simulator.config.precision import FORMATS, PEAK_FALLBACK
 from simulator.files import read_yaml
 
 DType = Literal["fp32", "fp16", "bf16", "fp8"]
@@ -44,12 +45,24 @@ class LinkSpec(StrictModel):
 
 
 class PeakFlops(StrictModel):
-    """Dense peak FLOP/s per dtype on the matrix (tensor-core) units."""
+    """Dense peak FLOP/s (int8: OP/s) per format on the matrix (tensor-core) units. A format the GPU
+    has no units for is left out (None): fp8 before Hopper/Ada, fp4 (NVFP4, MXFP4) before Blackwell."""
 
     fp32: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense fp32 (TF32) peak")
     fp16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense fp16 peak")
     bf16: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense bf16 peak")
-    fp8: float = Field(ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense fp8 peak (at least fp16's)")
+    fp8: float | None = Field(
+        default=None, ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense fp8 peak; absent: no fp8 units"
+    )
+    int8: float | None = Field(
+        default=None, ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="dense int8 peak (OP/s); absent: none"
+    )
+    fp4: float | None = Field(
+        default=None,
+        ge=MIN_FLOPS_PER_S,
+        le=MAX_FLOPS_PER_S,
+        description="dense fp4 (NVFP4, MXFP4) peak; absent: no fp4 units (before Blackwell)",
+    )
 
 
 #: What op_time looks up in a calibration: eager floors per op class, seconds per byte per element-wise class.
@@ -155,7 +168,8 @@ class HardwareProfile(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
-        if self.peak_flops_per_s.fp8 < self.peak_flops_per_s.fp16:
+        fp8 = self.peak_flops_per_s.fp8
+        if fp8 is not None and fp8 < self.peak_flops_per_s.fp16:
             raise ValueError("peak_flops_per_s.fp8 is below fp16: the figures look swapped")
         if self.inter_node.bytes_per_s > self.intra_node.bytes_per_s * 4:
             raise ValueError(
@@ -167,8 +181,23 @@ class HardwareProfile(StrictModel):
             )
         return self
 
-    def peak_for(self, dtype: DType) -> float:
-        return float(getattr(self.peak_flops_per_s, dtype))
+    def peak_for(self, fmt: str) -> float:
+        """Dense tensor-core peak of GEMMs computing in `fmt` (a dtype or precision format); where the
+        profile has no units for it, the peak of the next format it runs (peak_used)."""
+        return float(getattr(self.peak_flops_per_s, self.peak_used(fmt)))
+
+    def has_peak(self, fmt: str) -> bool:
+        """Whether the profile has tensor cores that compute in `fmt`."""
+        field = FORMATS[fmt].peak_field
+        return field is not None and getattr(self.peak_flops_per_s, field) is not None
+
+    def peak_used(self, fmt: str) -> str:
+        """The peak field GEMMs in `fmt` run at: the format's own, else the next one down the
+        fallback chain (fp4 -> fp8 -> fp16, int8 -> fp16) that the profile has."""
+        field = FORMATS[fmt].peak_field or "fp16"
+        while getattr(self.peak_flops_per_s, field) is None:
+            field = PEAK_FALLBACK[field]
+        return field
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,6 +162,9 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
     if method == "fp8" or "e4m3" in str(q.get("fmt", "")):
         spec["weight_dtype"] = "fp8"
         src["weight_dtype"] = f"quantization_config.quant_method = {json.dumps(method)}"
+    elif method == "mxfp4":  # gpt-oss: the experts in MXFP4, attention (modules_to_not_convert) and the rest bf16
+        spec["precision"] = "mxfp4"
+        src["precision"] = 'quantization_config.quant_method = "mxfp4" (MoE expert weights; docs/precision.md)'
     elif q:
         why = (
             f"quantization_config ({method or 'unknown method'}): weights simulated at "

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from simulator.config.errors import LayoutError, ScenarioError, one_line_error
 from simulator.config.hardware import HardwareProfile, ProfileError, ProfileInvalid, load_profile
 from simulator.config.model import MAX_MODEL_COUNTS, magnitude_problem
+from simulator.config.precision import FORMATS, Precision
 from simulator.config.scenario import ClusterSpec, ParallelSpec, Scenario, check_layout
 from simulator.files import YamlLimitError, load_yaml_text, read_yaml
 
@@ -70,10 +71,39 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     except ScenarioError as exc:
         raise ScenarioError(_printable(f"{source}: {exc}")) from None
     try:
-        resolve_hardware(scenario, source)  # fail now, not mid-run
+        hw = resolve_hardware(scenario, source)  # fail now, not mid-run
     except ScenarioError as exc:
         raise ScenarioError(_printable(str(exc))) from None
+    problem = precision_problem(scenario.model.formats, hw)
+    if problem:
+        raise ScenarioError(_printable(f"{source}: {problem}"))
     return scenario
+
+
+def precision_problem(formats: Precision, hw: HardwareProfile) -> str | None:
+    """A precision section's compute format the hardware has no tensor cores for, as an error line
+    (None: all computable). The legacy dtype fields are not refused: they fall back (precision_fallbacks)."""
+    if not formats.explicit:
+        return None
+    for path, fmt in formats.compute_formats().items():
+        if not hw.has_peak(fmt):
+            field = FORMATS[fmt].peak_field
+            return (
+                f"model.precision.{path} = {fmt}: {hw.name} has no {fmt} tensor cores (no peak_flops_per_s.{field}); "
+                f"compute in bf16 (e.g. precision: {'w4a16' if fmt in ('nvfp4', 'mxfp4') else 'fp8-w8a16'}) "
+                f"or use a profile with that peak"
+            )
+    return None
+
+
+def precision_fallbacks(formats: Precision, hw: HardwareProfile) -> dict[str, str]:
+    """Compute formats the hardware lacks, each with the peak it runs at instead (legacy dtype fields only)."""
+    return {fmt: hw.peak_used(fmt) for fmt in sorted(set(formats.compute_formats().values())) if not hw.has_peak(fmt)}
+
+
+def precision_line(formats: Precision, hw: HardwareProfile) -> str:
+    """The one line saying the precision a run uses, with any peak it falls back to."""
+    return formats.describe(precision_fallbacks(formats, hw))
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

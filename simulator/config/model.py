@@ -10,6 +10,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from simulator.config.errors import StrictModel, divisors
 from simulator.config.hardware import DType
+from simulator.config.precision import FORMAT_BYTES, Precision, PrecisionSpec, resolve_precision
 from simulator.files import read_yaml
 
 #: Largest value accepted per model field that sizes the operator graph (others: MAX_MODEL_FIGURE):
@@ -46,8 +47,9 @@ def magnitude_problem(fields: dict, prefix: str = "", limits: dict[str, int] = M
     return None
 
 
-#: Bytes per element of each dtype.
+#: Bytes per element of each dtype and precision format (block scales included: config.precision).
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
+DTYPE_BYTES.update({k: v for k, v in FORMAT_BYTES.items() if k not in DTYPE_BYTES})
 
 
 class ModelSpec(StrictModel):
@@ -113,6 +115,11 @@ class ModelSpec(StrictModel):
         "the memory verdicts then say so; written by import-hf",
     )
     kv_cache_dtype: DType | None = Field(default=None, description="KV-cache dtype; default: dtype")
+    precision: PrecisionSpec | None = Field(
+        default=None,
+        description="storage and compute formats per class of operation: a preset name (fp8-w8a8, w4a16, "
+        "nvfp4, ...), a preset plus overrides, or a mapping; default: the three dtype fields say it all",
+    )
     # Multi-head latent attention when kv_lora_rank is set: head_dim is then the non-rotary part of a
     # query/key head (qk_nope_head_dim); the KV cache holds kv_lora_rank + qk_rope_head_dim values per
     # token and layer, shared by all heads.
@@ -191,14 +198,19 @@ class ModelSpec(StrictModel):
         return self.num_shared_experts * (self.shared_expert_ffn_size or self.expert_ffn_size or 0)
 
     @property
+    def formats(self) -> Precision:
+        """The storage and compute format of every class of operation (precision, else the dtype fields)."""
+        return resolve_precision(self.dtype, self.weight_dtype, self.kv_cache_dtype, self.precision)
+
+    @property
     def weight_bytes_per_element(self) -> float:
-        """Bytes of one weight (weight_dtype, default dtype)."""
-        return DTYPE_BYTES[self.weight_dtype or self.dtype]
+        """Bytes of one dense-GEMM weight, with its block scales (weight_dtype, default dtype)."""
+        return self.formats.dense_gemm.weight_bytes
 
     @property
     def kv_bytes_per_element(self) -> float:
         """Bytes of one KV-cache value (kv_cache_dtype, default dtype)."""
-        return DTYPE_BYTES[self.kv_cache_dtype or self.dtype]
+        return self.formats.kv_bytes
 
     @property
     def kv_heads(self) -> int:
@@ -214,8 +226,8 @@ class ModelSpec(StrictModel):
 
     @property
     def dtype_bytes_per_element(self) -> float:
-        """Bytes of one activation value (dtype)."""
-        return DTYPE_BYTES[self.dtype]
+        """Bytes of one activation value (dtype, or precision.activations)."""
+        return self.formats.activation_bytes
 
     @property
     def gated(self) -> bool:

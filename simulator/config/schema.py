@@ -6,7 +6,9 @@ describe directly, so that the schema describes the YAML as written:
 - `hardware:` a profile name, or `{profile: NAME, field: override, ...}` with any profile field (nested
   sections merged field by field, so no override field is required);
 - `model:` a full model spec, or `{preset: NAME or path.yaml, field: override, ...}`;
-- `workload.routing:` `uniform`, or one of `{zipf: s}`, `{loads: [...]}`, `{sampled: seed}`.
+- `workload.routing:` `uniform`, or one of `{zipf: s}`, `{loads: [...]}`, `{sampled: seed}`;
+- `model.precision:` a preset name, or a mapping whose class entries may each be one format word
+  (`dense_gemm: fp8` sets storage and compute).
 
 Editors read the shipped files (`simulator/schemas/*.schema.json`) through the first line of a YAML file,
 `# yaml-language-server: $schema=<path>`; `moesim schema scenario|profile|model` prints them.
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, get_args
 
 from simulator.config.hardware import HardwareProfile
 from simulator.config.model import ModelSpec
+from simulator.config.precision import PRESETS, Format
 from simulator.config.scenario import Scenario
 
 #: Where the package ships the exported schemas.
@@ -35,6 +39,31 @@ _RENAMES = {
     "simulator__config__scenario__WorkloadSpec": "WorkloadSpec",
     "simulator__config__serving__WorkloadSpec": "ServingWorkloadSpec",
 }
+
+
+_FORMAT_WORD = {"type": "string", "enum": list(get_args(Format)), "description": "one format for the whole class"}
+#: Sections the loader also accepts as one word, and the word's schema.
+_WORD_FORMS = {
+    "PrecisionSpec": {"type": "string", "enum": list(PRESETS), "description": "a preset name"},
+    "GemmFormats": _FORMAT_WORD,
+    "AttentionFormats": _FORMAT_WORD,
+    "KvCacheFormats": _FORMAT_WORD,
+    "CommunicationFormats": _FORMAT_WORD,
+}
+
+
+def _with_word_forms(node: Any) -> Any:
+    """`node` with every reference to a section of _WORD_FORMS also accepting its one-word form."""
+    if isinstance(node, list):
+        return [_with_word_forms(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _with_word_forms(value) for key, value in node.items()}
+    name = out.get("$ref", "").rsplit("/", 1)[-1]
+    if name in _WORD_FORMS:
+        ref = out.pop("$ref")
+        out["anyOf"] = [{"$ref": ref}, _WORD_FORMS[name]]
+    return out
 
 
 def _renamed(schema: dict) -> dict:
@@ -83,7 +112,7 @@ def _model_form(defs: dict) -> dict:
 
 def model_schema() -> dict:
     """JSON Schema of a model spec file (a preset in scenarios/models/, or what `moesim import-hf` writes)."""
-    schema = ModelSpec.model_json_schema()
+    schema = _with_word_forms(ModelSpec.model_json_schema())
     return {"$schema": DRAFT, "title": "moesim model spec", **schema}
 
 
@@ -95,7 +124,7 @@ def profile_schema() -> dict:
 
 def scenario_schema() -> dict:
     """JSON Schema of a scenario file as users write it (see the module docstring for the forms added)."""
-    schema = _renamed(Scenario.model_json_schema())
+    schema = _with_word_forms(_renamed(Scenario.model_json_schema()))
     defs = schema["$defs"]
     profile = HardwareProfile.model_json_schema()
     profile_defs = profile.pop("$defs", {})

@@ -145,6 +145,7 @@ class AttentionBuilder(BlockBuilder):
         probs = (dim(seqs), hl, q_len, kv_len)
         # One flash-attention kernel computes scores, softmax and context; these describe it.
         attn = {
+            "dtype": self.formats.attention,  # the kernel's compute format (its peak)
             "fused": "flash_attention",
             "kv_len": kv_len,
             "q_len": q_len,
@@ -158,8 +159,8 @@ class AttentionBuilder(BlockBuilder):
                 "attention",
                 ctx,
                 g,
-                costs.attention_scores_cost(
-                    seqs, hl, kvl, q_len, kv_len, dk, bytes_per_element, self.kv_bytes_per_element
+                costs.attention_scores_cost(  # queries read in the attention's compute format
+                    seqs, hl, kvl, q_len, kv_len, dk, self.formats.attention_input_bytes, self.kv_bytes_per_element
                 ),
                 (qshape, kvshape),
                 probs,

@@ -92,9 +92,13 @@ class BlockBuilder:
         self.across_steps: dict[tuple, StepTemplate] = {}  # see layer_reused
         self.model = scenario.model
         self.pl = Placement.of(scenario)
-        self.bytes_per_element = self.model.dtype_bytes_per_element  # of activations
-        self.weight_bytes_per_element = self.model.weight_bytes_per_element
-        self.kv_bytes_per_element = self.model.kv_bytes_per_element
+        # Formats per class of operation (config.precision): activations between kernels, GEMM
+        # weights and compute per class, attention compute, KV cache, collective payloads.
+        self.formats = self.model.formats
+        self.bytes_per_element = self.formats.activation_bytes  # of activations
+        self.weight_bytes_per_element = self.formats.dense_gemm.weight_bytes
+        self.kv_bytes_per_element = self.formats.kv_bytes
+        self.payload_bytes_per_element = self.formats.payload_bytes  # of collectives
         self.layer_loads: dict[int, list[float]] = {}
         self.loads_cache: dict[tuple[int, float], tuple[list[float], float]] = {}
         model, tp = self.model, self.pl.tp
@@ -208,16 +212,42 @@ class BlockBuilder:
             out_shape=out_shape,
             tensor_core=tensor_core,
             launches=launches,
-            dtype=self.model.dtype,
+            dtype=extra.pop("dtype", self.formats.activations),  # a tensor-core op: its compute format
             **ctx,
             **extra,
         )
 
+    def gemm_attrs(self, gemm_class: str) -> dict:
+        """The attributes a GEMM of a precision class carries: its compute format (`dtype`, whose peak it
+        runs at), bytes per stored weight (`weight_b`) and, when its input is in another format than
+        its output (W8A8, W4A4), the output's bytes per element (`out_b`)."""
+        fmt = getattr(self.formats, gemm_class)
+        attrs = {"dtype": fmt.compute, "weight_b": fmt.weight_bytes}
+        if fmt.input_bytes != self.bytes_per_element:
+            attrs["out_b"] = self.bytes_per_element
+        return attrs
+
     def linear(
-        self, nid, deps, op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind=COMPUTE, groups: int = 1
+        self,
+        nid,
+        deps,
+        op,
+        category,
+        ctx,
+        gpu,
+        tokens,
+        k,
+        n,
+        in_shape,
+        out_shape,
+        kind=COMPUTE,
+        groups: int = 1,
+        gemm_class: str = "dense_gemm",
     ) -> str:
-        """A GEMM against a [k, n] weight (or a batch of `groups` of them over the same rows)."""
+        """A GEMM against a [k, n] weight (or a batch of `groups` of them over the same rows), in the
+        formats of its precision class (dense_gemm, expert_gemm, lm_head, router)."""
         extra = {"grouped": (groups, tokens)} if groups > 1 else {}
+        fmt = getattr(self.formats, gemm_class)
         return self.compute(
             nid,
             deps,
@@ -225,14 +255,14 @@ class BlockBuilder:
             category,
             ctx,
             gpu,
-            costs.linear_cost(tokens, k, n, self.bytes_per_element, self.weight_bytes_per_element, groups),
+            costs.linear_cost(tokens, k, n, self.bytes_per_element, fmt.weight_bytes, groups, fmt.input_bytes),
             in_shape,
             out_shape,
             tensor_core=True,
             kind=kind,
-            resident_bytes=groups * k * n * self.weight_bytes_per_element,
+            resident_bytes=groups * k * n * fmt.weight_bytes,
             gemm=(groups * tokens, k, n),
-            weight_b=self.weight_bytes_per_element,
+            **self.gemm_attrs(gemm_class),
             **extra,
         )
 
@@ -275,7 +305,7 @@ class BlockBuilder:
             in_shape=shape,
             out_shape=shape,
             launches=1,
-            dtype=self.model.dtype,
+            dtype=self.formats.communication,
             **ctx,
         )
 

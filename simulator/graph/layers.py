@@ -16,7 +16,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
     """Adds one transformer layer (build_layer) and its parts on every GPU of its stage."""
 
     def allgather(self, nid, deps, ctx, group, tokens):
-        total = tokens * self.hidden * self.bytes_per_element
+        total = tokens * self.hidden * self.payload_bytes_per_element
         per_rank = total / len(group)
         n = len(group)
         return self.collective(
@@ -103,6 +103,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 (slice_tokens_dim, hidden),
                 (slice_tokens_dim, E),
                 kind=ROUTING,
+                gemm_class="router",
             )
             top = self.compute(
                 f"{p}.topk",
@@ -174,7 +175,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             loads, dropped = self.kept_loads(layer, routed_copies)
             share = {g: sum(loads[e] for e in experts_at[g]) for g in group}  # fraction of copies g receives
             copy_bytes = (
-                slice_tokens * k * hidden * bytes_per_element
+                slice_tokens * k * hidden * self.payload_bytes_per_element
             )  # every GPU in the group routes slice_tokens tokens
             send = [copy_bytes * (sum(share.values()) - share[g]) for g in group]
             recv = [copy_bytes * share[g] * (len(group) - 1) for g in group]
@@ -392,11 +393,11 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
     def tp_allreduce(self, prefix: str, name: str, partial: dict[int, str], ctx: dict, tokens: float) -> dict[int, str]:
         """Sum the row-parallel partial outputs [tokens, hidden] over each TP group (ring all-reduce); with
         tp = 1 each GPU's output passes through."""
-        pl, hidden, bytes_per_element = self.pl, self.hidden, self.bytes_per_element
+        pl, hidden, payload_bytes = self.pl, self.hidden, self.payload_bytes_per_element
         if pl.tp == 1:
             return dict(partial)
         out: dict[int, str] = {}
-        S, n = tokens * hidden * bytes_per_element, pl.tp
+        S, n = tokens * hidden * payload_bytes, pl.tp
         vol = 2.0 * (n - 1) / n * S  # each rank sends (and receives) this much
         for d, group, mine in self.tp_groups_on[ctx["stage"]]:
             node = self.collective(

@@ -43,8 +43,10 @@ class ExpertBuilder(BlockBuilder):
             batches = [(prefix, experts, tokens_e)]
         ends = []
         for p, ex, toks in batches:
+            fmt = self.formats.expert_gemm
+            weight_b = fmt.weight_bytes
             fc1, act, fc2 = costs.expert_ffn_costs(
-                toks, hidden, ffn, model.gated, model.activation, bytes_per_element, self.weight_bytes_per_element
+                toks, hidden, ffn, model.gated, model.activation, bytes_per_element, weight_b, fmt.input_bytes
             )
             rows = sum(toks)
             rows_dim = dim(rows)
@@ -63,9 +65,9 @@ class ExpertBuilder(BlockBuilder):
                 (rows_dim, hidden),
                 (rows_dim, up),
                 tensor_core=True,
-                resident_bytes=active * hidden * up * self.weight_bytes_per_element,
+                resident_bytes=active * hidden * up * weight_b,
                 gemm=(rows, hidden, up),
-                weight_b=self.weight_bytes_per_element,
+                **self.gemm_attrs("expert_gemm"),
                 **extra,
                 **drops,
             )
@@ -94,9 +96,9 @@ class ExpertBuilder(BlockBuilder):
                     (rows_dim, ffn),
                     (rows_dim, hidden),
                     tensor_core=True,
-                    resident_bytes=active * ffn * hidden * self.weight_bytes_per_element,
+                    resident_bytes=active * ffn * hidden * weight_b,
                     gemm=(rows, ffn, hidden),
-                    weight_b=self.weight_bytes_per_element,
+                    **self.gemm_attrs("expert_gemm"),
                     **extra,
                 )
             )
@@ -121,6 +123,7 @@ class ExpertBuilder(BlockBuilder):
             up,
             (tokens_dim, hidden),
             (tokens_dim, up),
+            gemm_class="expert_gemm",
         )
         a = self.compute(
             f"{p}.shared_act",
@@ -147,4 +150,5 @@ class ExpertBuilder(BlockBuilder):
             hidden,
             (tokens_dim, ffn),
             (tokens_dim, hidden),
+            gemm_class="expert_gemm",
         )

@@ -86,13 +86,14 @@ class PassBuilder(LayerBuilder):
         [seqs, hidden] x [hidden, vocab/tp], then sampling over [seqs, vocab/tp]."""
         hidden, bytes_per_element = self.hidden, self.bytes_per_element
         v_local = self.model.vocab_size / self.pl.tp
-        weight_b = self.weight_bytes_per_element
+        fmt = self.formats.lm_head
+        weight_b = fmt.weight_bytes
         lm_head = self.compute_attrs(
             "lm_head",
             "embed_head",
             ctx,
             g,
-            costs.linear_cost(seqs, hidden, v_local, bytes_per_element, weight_b, 1),
+            costs.linear_cost(seqs, hidden, v_local, bytes_per_element, weight_b, 1, fmt.input_bytes),
             (dim(seqs), hidden),
             (dim(seqs), dim(v_local)),
             True,
@@ -100,7 +101,7 @@ class PassBuilder(LayerBuilder):
             COMPUTE,
             hidden * v_local * weight_b,
             gemm=(seqs, hidden, v_local),
-            weight_b=weight_b,
+            **self.gemm_attrs("lm_head"),
         )
         cost = costs.elementwise_cost(seqs * v_local, seqs, 2.0, bytes_per_element)
         sample = self.compute_attrs(
@@ -168,10 +169,10 @@ class PassBuilder(LayerBuilder):
     def stage_transfer(self, tag, base_ctx, src_stage, dst_stage, ready, tokens, layer, op="pp_send"):
         """Each rank sends its 1/tp slice of the activations to the same rank of the next stage,
         which all-gathers them over its TP group (no token is sent twice)."""
-        pl, hidden, bytes_per_element = self.pl, self.hidden, self.bytes_per_element
+        pl, hidden = self.pl, self.hidden
         out: dict[int, str] = {}
         slice_tokens = tokens / pl.tp
-        nbytes = slice_tokens * hidden * bytes_per_element
+        nbytes = slice_tokens * hidden * self.payload_bytes_per_element
         for d, group, mine in self.tp_groups_on[dst_stage]:
             sent = []
             for dst in mine:

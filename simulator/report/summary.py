@@ -14,6 +14,7 @@ from rich.table import Table
 
 from simulator import critical_path
 from simulator.audit import AuditLine
+from simulator.config import precision_line
 from simulator.files import write_atomic
 from simulator.pipeline import DagResult, RunResult
 from simulator.placement import gpu_ranges, represented_gpus
@@ -88,6 +89,12 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
     }
     if run.sampling is not None:
         out["sampling"] = run.sampling
+    formats = run.scenario.model.formats
+    line = precision_line(formats, run.hardware)
+    if formats.explicit or not formats.uniform or line != formats.describe():
+        # a plain `dtype` model, computable as such, needs no line (the summaries of such runs stay as
+        # they were); the terminal prints it always
+        out["precision"] = line
     if run.scenario.model.weight_memory_approximation:
         out["memory_approximate"] = run.scenario.model.weight_memory_approximation
     representatives = run.dag.graph.get("representatives")
@@ -161,6 +168,10 @@ def summary_markdown(summary: dict) -> str:
         f"batch {summary['workload']['batch_size']}, input {summary['workload']['input_len_tokens']}, "
         f"output {summary['workload']['output_len_tokens']} tokens.",
         "",
+    ]
+    if summary.get("precision"):
+        lines += [summary["precision"][0].upper() + summary["precision"][1:] + ".", ""]
+    lines += [
         "| metric | value |",
         "|---|---|",
         f"| TTFT mean / p50 / p99 / max | {' / '.join(fmt_s(summary['ttft_s'][k]) for k in ('mean', 'p50', 'p99', 'max'))} |",
@@ -331,6 +342,7 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
         f"TP={lay['tp']} EP={lay['ep']} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
         f"{lay['microbatches']} microbatch(es), {lay['mode']} decode"
     )
+    console.print(escape(precision_line(run.scenario.model.formats, run.hardware)))
     t = Table(title="Results")
     t.add_column("metric")
     t.add_column("value", justify="right")
