@@ -37,7 +37,17 @@ def command(args, console: Console) -> int:
     if not args.rel_tol > 0:
         raise ScenarioError(f"--rel-tol {args.rel_tol}: expected a positive fraction, e.g. 0.02")
     loaded = load_serving_scenario(args.scenario, args.set, "--max-rate" if args.max_rate else "moesim serve")
-    spec, pricer, _ = serving_inputs(loaded.scenario)
+    assert loaded.scenario.serving is not None
+    simulate = None
+    if loaded.scenario.serving.disaggregation is not None:
+        from simulator.serving.disagg import disaggregated_inputs
+
+        deployment = disaggregated_inputs(loaded.scenario)
+        spec, pricer, simulate = loaded.scenario.serving, None, deployment.simulate
+        priced_by = f"DagPricer per pool ({deployment.describe()})"
+    else:
+        spec, pricer, _ = serving_inputs(loaded.scenario)
+        priced_by = pricer_name(pricer)
     if args.max_rate and not _has_targets(spec):
         raise ScenarioError(
             f"{args.scenario}: --max-rate needs a target; set serving.targets.ttft_p99_s, "
@@ -46,11 +56,17 @@ def command(args, console: Console) -> int:
     name = loaded.scenario.name
     out = args.out or Path("reports") / name / "serve"
     started = time.perf_counter()
-    run = simulate_serving(spec, pricer, base_dir=loaded.base_dir)
+    if simulate is not None:
+        run = simulate(spec, loaded.base_dir)
+    else:
+        assert pricer is not None
+        run = simulate_serving(spec, pricer, base_dir=loaded.base_dir)
     table = request_table(run)
     summary = summarize(run, table)
     elapsed = time.perf_counter() - started
-    found = _max_rate(console, spec, pricer, summary, args.rel_tol, loaded.base_dir) if args.max_rate else None
+    found = (
+        _max_rate(console, spec, pricer, summary, args.rel_tol, loaded.base_dir, simulate) if args.max_rate else None
+    )
 
     max_rate_doc = None
     if found is not None:
@@ -61,7 +77,7 @@ def command(args, console: Console) -> int:
             "rates_tried": len(found.curve),
         }
     with run_directory(out, args.force) as staging:
-        doc = write_serving_files(name, run, summary, pricer_name(pricer), staging, table, max_rate_doc)
+        doc = write_serving_files(name, run, summary, priced_by, staging, table, max_rate_doc)
         if found is not None:
             write_rate_curve(found.curve, staging)
         _write_pictures(staging, name, run, table, spec, found)
@@ -81,7 +97,7 @@ def _has_targets(spec) -> bool:
     return any(v is not None for v in (t.ttft_p99_s, t.tpot_p99_s, t.e2e_p99_s, t.min_goodput_fraction))
 
 
-def _max_rate(console: Console, spec, pricer, summary, rel_tol: float, base_dir: Path):
+def _max_rate(console: Console, spec, pricer, summary, rel_tol: float, base_dir: Path, simulate=None):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from simulator.serving.maxrate import search_max_rate
@@ -100,7 +116,7 @@ def _max_rate(console: Console, spec, pricer, summary, rel_tol: float, base_dir:
             verdict = "targets met" if s.all_targets_met else "a target missed"
             bar.update(task, advance=1, description=f"{rate:.4g} requests/s: {verdict}")
 
-        return search_max_rate(spec, pricer, start, rel_tol, tick, base_dir)
+        return search_max_rate(spec, pricer, start, rel_tol, tick, base_dir, simulate=simulate)
 
 
 def _write_pictures(out: Path, name: str, run, table, spec, found) -> None:

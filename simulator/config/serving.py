@@ -250,11 +250,82 @@ class TargetsSpec(StrictModel):
     min_goodput_fraction: float | None = Field(default=None, gt=0, le=1)
 
 
+# ---------------------------------------------------------------- disaggregation
+
+
+class PoolParallelSpec(StrictModel):
+    """Layout of ONE instance of a pool: tp * pp GPUs; experts (ep x etp) folded onto its tp GPUs. Data
+    parallelism is the pool's `instances` (independent replicas), so there is no dp here."""
+
+    tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
+    ep: int = Field(default=1, ge=1)
+    etp: int = Field(default=1, ge=1)
+    layer_split: tuple[int, ...] | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+class PoolSchedulerSpec(StrictModel):
+    """A pool's scheduler: each field given replaces serving.scheduler's (the rest are inherited)."""
+
+    policy: Literal["static", "continuous", "chunked_prefill"] | None = None
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    chunk_size_tokens: int | None = Field(default=None, ge=1)
+    kv_cache: KVCacheSpec | None = None
+    pipeline_batches: int | None = Field(default=None, ge=1)
+
+
+class PoolSpec(StrictModel):
+    """One pool of a disaggregated deployment: `instances` identical instances of `parallel`'s layout."""
+
+    instances: int = Field(default=1, ge=1)
+    parallel: PoolParallelSpec = PoolParallelSpec()
+    scheduler: PoolSchedulerSpec = PoolSchedulerSpec()
+    router: Literal["round_robin", "least_loaded"] | None = None  # None: serving.replicas.router
+
+    @property
+    def num_gpus(self) -> int:
+        return self.instances * self.parallel.gpus
+
+
+class TransferLinkSpec(StrictModel):
+    """Replaces the hardware profile's link figures for KV transfers (both fields optional). bytes_per_s is
+    per GPU port and direction, already achieved (no efficiency factor applied to it)."""
+
+    bytes_per_s: float | None = Field(default=None, gt=0)
+    latency_s: float | None = Field(default=None, ge=0)
+
+
+class DisaggregationSpec(StrictModel):
+    """Prefill/decode disaggregation (xPyD): x prefill instances, y decode instances, each request's KV cache
+    moved from its prefill instance to its decode instance. placement: `packed` puts the prefill instances on
+    GPUs 0.., the decode ones right after; `separate_nodes` starts the decode pool on a fresh node, so every
+    transfer crosses the NIC. The transfer links default to the hardware profile's intra_node (NVLink) and
+    inter_node (NIC) figures; `intra_node` / `inter_node` replace them (an infinite link: a huge bytes_per_s
+    and latency 0)."""
+
+    prefill: PoolSpec
+    decode: PoolSpec
+    placement: Literal["packed", "separate_nodes"] = "packed"
+    intra_node: TransferLinkSpec | None = None
+    inter_node: TransferLinkSpec | None = None
+
+    @property
+    def num_gpus(self) -> int:
+        return self.prefill.num_gpus + self.decode.num_gpus
+
+
 class ServingSpec(StrictModel):
     workload: WorkloadSpec
     scheduler: SchedulerSpec
     replicas: ReplicaSpec = ReplicaSpec()
     targets: TargetsSpec = TargetsSpec()
+    # Prefill and decode on separate pools of GPUs (simulator.serving.disagg); None: aggregated replicas.
+    disaggregation: DisaggregationSpec | None = None
 
     @model_validator(mode="after")
     def _admissible(self) -> ServingSpec:
@@ -268,6 +339,9 @@ class ServingSpec(StrictModel):
 
     @property
     def num_gpus(self) -> int:
+        """GPUs of the deployment: both pools' when disaggregated, else replicas x GPUs per replica."""
+        if self.disaggregation is not None:
+            return self.disaggregation.num_gpus
         return self.replicas.num_replicas * (self.replicas.gpus_per_replica or 1)
 
 
