@@ -315,6 +315,26 @@ def test_a_scenario_runs_both_pools_and_counts_every_gpu():
     assert summary.figures["transfer_mean_s"] > 0 and 0 < summary.figures["link_utilisation_max"] < 1
 
 
+def test_a_pipelined_prefill_pool_sends_each_stage_its_layers():
+    # prefill PP2 (GPU 0: layers 0-1, GPU 1: layers 2-3) -> decode TP2 (GPUs 2-3, two KV heads each):
+    # 4 flows of 2 layers x 2 heads x 16 x 2 x 2 bytes = 256 bytes per token
+    data = _scenario_dict(prefill={"instances": 1, "parallel": {"pp": 2}})
+    scenario = parse_scenario(data, "t")
+    deployment = disaggregated_inputs(scenario)
+    names = deployment.fabric.link_names
+    flows = [(names[r.links[0]], names[r.links[1]], r.bytes_per_token) for r in deployment.fabric.routes[(0, 0)]]
+    assert flows == [
+        ("nvlink out gpu 0", "nvlink in gpu 2", 256.0),
+        ("nvlink out gpu 1", "nvlink in gpu 2", 256.0),
+        ("nvlink out gpu 0", "nvlink in gpu 3", 256.0),
+        ("nvlink out gpu 1", "nvlink in gpu 3", 256.0),
+    ]
+    assert deployment.prefill.spec.scheduler.pipeline_batches == 2
+    run = simulate_disaggregated(scenario)
+    assert len(run.disaggregation.transfers["request_id"]) == 60
+    assert all(len(r.token_times_s) == r.output_tokens for r in run.records)
+
+
 def test_separate_nodes_sends_kv_over_the_nic():
     data = _scenario_dict(
         placement="separate_nodes",
