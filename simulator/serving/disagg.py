@@ -151,7 +151,9 @@ def pool_scheduler(spec: ServingSpec, pool: PoolSpec, name: str) -> SchedulerSpe
         raise ServingError(f"serving.disaggregation.{name}.scheduler: {one_line_error(exc, SchedulerSpec)}") from None
 
 
-def _pool_plan(scenario: Scenario, hw: HardwareProfile, name: str, pool: PoolSpec, first: int) -> PoolPlan:
+def _pool_plan(
+    scenario: Scenario, hw: HardwareProfile, name: str, pool: PoolSpec, first_gpus: tuple[int, ...]
+) -> PoolPlan:
     assert scenario.serving is not None
     path = f"serving.disaggregation.{name}"
     try:
@@ -184,14 +186,13 @@ def _pool_plan(scenario: Scenario, hw: HardwareProfile, name: str, pool: PoolSpe
     resolved = resolved.model_copy(
         update={"replicas": resolved.replicas.model_copy(update={"count": pool.instances}), "workload": spec.workload}
     )
-    g = pool.parallel.gpus
     return PoolPlan(
         name,
         pool,
         pool_scenario.model_copy(update={"serving": resolved}),
         resolved,
         CachedPricer(DagPricer(pool_scenario, hw)),
-        tuple(first + i * g for i in range(pool.instances)),
+        first_gpus,
     )
 
 
@@ -273,10 +274,8 @@ def disaggregated_inputs(scenario: Scenario, hw: HardwareProfile | None = None) 
     d = scenario.serving.disaggregation
     gpn = gpus_per_node(scenario, hw)
     p_first, d_first = place(d, scenario.num_gpus, gpn)
-    prefill = _pool_plan(scenario, hw, "prefill", d.prefill, 0)
-    decode = _pool_plan(scenario, hw, "decode", d.decode, 0)
-    prefill = PoolPlan(prefill.name, prefill.pool, prefill.scenario, prefill.spec, prefill.pricer, p_first)
-    decode = PoolPlan(decode.name, decode.pool, decode.scenario, decode.spec, decode.pricer, d_first)
+    prefill = _pool_plan(scenario, hw, "prefill", d.prefill, p_first)
+    decode = _pool_plan(scenario, hw, "decode", d.decode, d_first)
     fabric = build_fabric(scenario, hw, prefill, decode, gpn)
     return DisaggregatedDeployment(scenario, hw, prefill, decode, fabric)
 

@@ -27,6 +27,7 @@ from simulator.serving.disagg_simulate import (
 from simulator.serving.kv_transfer import KVFlow, PoolLayout, kv_transfer_bytes, kv_transfer_flows
 from simulator.serving.maxrate import max_rate
 from simulator.serving.pricing import LinearPricer, SeqWork
+from simulator.serving.session import serving_inputs
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import request_table, summarize
 from simulator.serving.workload import Request, generate_requests
@@ -420,3 +421,11 @@ def test_serve_cli_writes_transfer_figures(tmp_path, capsys):
     assert "KV transfers" in (out / "summary.md").read_text() and (out / "rate_curve.csv").is_file()
     printed = capsys.readouterr().out
     assert "disaggregated 2P (1 GPU) + 1D (TP2 EP2), packed" in printed and "max rate" in printed
+
+
+def test_the_aggregated_inputs_of_a_disaggregated_scenario_are_its_aggregated_layout():
+    # pools of 1 + 2 GPUs; the scenario's own layout (PP2 TP2) uses all 4: that is what serving_inputs serves
+    scenario = parse_scenario(_scenario_dict(prefill={"instances": 1, "parallel": {"tp": 1}}), "t")
+    assert scenario.serving.num_gpus == 3
+    spec, _, num_gpus = serving_inputs(scenario)
+    assert spec.disaggregation is None and num_gpus == 4
