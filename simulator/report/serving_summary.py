@@ -244,12 +244,20 @@ def write_serving_files(
     table: pd.DataFrame | None = None,
     max_rate: dict | None = None,
 ) -> dict:
-    """requests.csv, summary.json and summary.md (with the max-rate search's result when given);
-    returns the summary dict."""
+    """requests.csv, summary.json and summary.md (with the max-rate search's result when given), and for a
+    disaggregated run transfers.csv and links.csv; returns the summary dict."""
     doc = serving_summary_dict(name, run, summary, pricer)
     if max_rate is not None:
         doc["max_rate"] = max_rate
     write_atomic(out_dir / "requests.csv", requests_frame(run, table).to_csv(index=False))
+    if run.disaggregation is not None:  # one row per KV transfer, one per link port that carried KV
+        transfers = pd.DataFrame(run.disaggregation.transfers)
+        transfers["transfer_s"] = transfers["end_s"] - transfers["start_s"]
+        transfers["wait_s"] = transfers["start_s"] - transfers["ready_s"]
+        write_atomic(out_dir / "transfers.csv", transfers.to_csv(index=False))
+        links = pd.DataFrame(run.disaggregation.links)
+        links["utilisation"] = links["carried_bytes"] / (links["bytes_per_s"] * run.end_s)
+        write_atomic(out_dir / "links.csv", links.to_csv(index=False))
     write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
     write_atomic(out_dir / "summary.md", serving_markdown(doc))
     return doc

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import simpy
 import yaml
@@ -419,6 +420,10 @@ def test_serve_cli_writes_transfer_figures(tmp_path, capsys):
     doc = json.loads((out / "summary.json").read_text())
     assert doc["figures"]["transfers"] == 55 and doc["figures"]["transfer_p99_s"] > 0
     assert "KV transfers" in (out / "summary.md").read_text() and (out / "rate_curve.csv").is_file()
+    transfers = pd.read_csv(out / "transfers.csv")
+    assert len(transfers) == 60 and (transfers["transfer_s"] > 0).all()
+    links = pd.read_csv(out / "links.csv")
+    assert set(links["link"]) == {"nvlink out gpu 0", "nvlink out gpu 1", "nvlink in gpu 2", "nvlink in gpu 3"}
     printed = capsys.readouterr().out
     assert "disaggregated 2P (1 GPU) + 1D (TP2 EP2), packed" in printed and "max rate" in printed
 
