@@ -13,6 +13,8 @@ import pytest
 import simpy
 import yaml
 from conftest import TINY_MOE
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator.cli import main
 from simulator.config import ModelSpec, ScenarioError, ServingError, load_model_preset, parse_scenario
@@ -94,6 +96,10 @@ def test_mla_latent_goes_whole_to_every_decode_rank():
 
 
 def _finish_times(starts: list[tuple[float, float, tuple[int, ...]]], capacity: list[float]) -> list[float]:
+    return _run_flows(starts, capacity)[0]
+
+
+def _run_flows(starts: list[tuple[float, float, tuple[int, ...]]], capacity: list[float]):
     env = simpy.Environment()
     net = LinkNetwork(env, capacity)
     ends = [math.nan] * len(starts)
@@ -106,7 +112,7 @@ def _finish_times(starts: list[tuple[float, float, tuple[int, ...]]], capacity: 
     for i, (at, num_bytes, links) in enumerate(starts):
         env.process(flow(i, at, num_bytes, links))
     env.run()
-    return ends
+    return ends, net
 
 
 def test_one_flow_takes_bytes_over_bandwidth():
@@ -434,3 +440,22 @@ def test_the_aggregated_inputs_of_a_disaggregated_scenario_are_its_aggregated_la
     assert scenario.serving.num_gpus == 3
     spec, _, num_gpus = serving_inputs(scenario)
     assert spec.disaggregation is None and num_gpus == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 64).map(lambda k: k / 16), st.integers(1, 256).map(float)), min_size=1, max_size=8
+    )
+)
+def test_one_port_is_work_conserving(flows):
+    """Whatever the flows' starts and sizes, a port never idles while a flow is on it: the last flow ends when
+    a single server of the port's bandwidth would end the same work, and every byte is carried once."""
+    capacity = 16.0
+    ends, net = _run_flows([(at, num_bytes, (0,)) for at, num_bytes in flows], [capacity])
+    t = 0.0
+    for at, num_bytes in sorted(flows):
+        t = max(t, at) + num_bytes / capacity
+    assert max(ends) == pytest.approx(t, rel=1e-9)
+    assert all(end >= at + num_bytes / capacity - 1e-9 for (at, num_bytes), end in zip(flows, ends))
+    assert net.carried_bytes[0] == pytest.approx(sum(b for _, b in flows), rel=1e-9)
