@@ -160,7 +160,7 @@ class LinkNetwork:
             best, bottleneck = math.inf, -1
             for link, fs in members.items():
                 n = sum(1 for f in fs if id(f) in active)
-                if n and residual[link] / n < best:
+                if n and (bottleneck < 0 or residual[link] / n < best):
                     best, bottleneck = residual[link] / n, link
             for f in members[bottleneck]:
                 if id(f) in active:

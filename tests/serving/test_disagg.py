@@ -134,6 +134,10 @@ def test_shares_are_max_min_fair_across_ports():
     assert ends == [4.0, 4.0]
 
 
+def test_a_flow_over_infinite_ports_ends_at_once():
+    assert _finish_times([(0.5, 1.0, (0,)), (0.0, 1.0, (1,))], [math.inf, 1.0]) == [0.5, 1.0]
+
+
 def test_flows_on_separate_ports_do_not_contend():
     assert _finish_times([(0.0, 1.0, (0, 1)), (0.0, 1.0, (2, 3))], [1.0] * 4) == [1.0, 1.0]
 
