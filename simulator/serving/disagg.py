@@ -39,13 +39,9 @@ from simulator.config.serving import (
 )
 from simulator.serving.capacity import resolve_serving
 from simulator.serving.dag_pricer import DagPricer
-from simulator.serving.disagg_simulate import (
-    DisaggregatedInputs,
-    Fabric,
-    TransferRoute,
-    simulate_disaggregated_requests,
-)
+from simulator.serving.disagg_simulate import DisaggregatedInputs, simulate_disaggregated_requests
 from simulator.serving.kv_transfer import PoolLayout, kv_transfer_flows
+from simulator.serving.link_network import Fabric, TransferRoute
 from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.simulate import ServingRun
 from simulator.serving.workload import Request, generate_requests

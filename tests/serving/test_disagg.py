@@ -20,14 +20,9 @@ from simulator.cli import main
 from simulator.config import ModelSpec, ScenarioError, ServingError, load_model_preset, parse_scenario
 from simulator.config.serving import ReplicaSpec
 from simulator.serving.disagg import disaggregated_inputs, simulate_disaggregated
-from simulator.serving.disagg_simulate import (
-    DisaggregatedInputs,
-    Fabric,
-    LinkNetwork,
-    TransferRoute,
-    simulate_disaggregated_requests,
-)
+from simulator.serving.disagg_simulate import DisaggregatedInputs, simulate_disaggregated_requests
 from simulator.serving.kv_transfer import KVFlow, PoolLayout, kv_transfer_bytes, kv_transfer_flows
+from simulator.serving.link_network import Fabric, LinkNetwork, TransferRoute
 from simulator.serving.maxrate import max_rate
 from simulator.serving.pricing import LinearPricer, SeqWork
 from simulator.serving.session import serving_inputs
