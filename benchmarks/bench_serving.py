@@ -3,6 +3,10 @@
     python benchmarks/bench_serving.py [--requests N] [--policy chunked_prefill|continuous|static]
     python benchmarks/bench_serving.py --scenario scenarios/seed_moe_4gpu_serving.yaml [--requests N] [--rate R]
     python benchmarks/bench_serving.py --scenario scenarios/mixtral_8x7b_64gpu.yaml
+    python benchmarks/bench_serving.py --scenario scenarios/seed_moe_4gpu_disagg.yaml [--requests N] [--rate R]
+
+A disaggregated scenario (serving.disaggregation) runs both pools and the KV transfers (serving.disagg); it
+prints the wall time, iterations of both pools, transfers and link flows, and each pool's exact DAG passes.
 
 With --scenario the iterations are priced by the operator DAG (serving.dag_pricer.DagPricer) on the scenario's
 GPUs; a scenario without a serving section borrows the one of scenarios/mixtral_8x7b_8xh200_chunked.yaml. It
@@ -29,6 +33,7 @@ from simulator.config import load_scenario, parse_scenario, resolve_hardware
 from simulator.config.serving import parse_serving_spec
 from simulator.serving.capacity import resolve_serving
 from simulator.serving.dag_pricer import DagPricer, price_error
+from simulator.serving.disagg import disaggregated_inputs
 from simulator.serving.pricing import CachedPricer, LinearPricer
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
@@ -99,8 +104,39 @@ class Sampling:
         return self.timing(batch).latency_s
 
 
+def bench_disaggregated(args, scenario) -> None:
+    start = time.perf_counter()
+    deployment = disaggregated_inputs(scenario)
+    setup_s = time.perf_counter() - start
+    spec = scenario.serving
+    workload = {"num_requests": args.requests, "duration_s": None}
+    if args.rate:
+        workload["arrivals"] = spec.workload.arrivals.model_copy(update={"rate_per_s": args.rate})
+    spec = spec.model_copy(update={"workload": spec.workload.model_copy(update=workload)})
+    start = time.perf_counter()
+    run = deployment.simulate(spec, ROOT / "scenarios")
+    wall_s = time.perf_counter() - start
+    summary = summarize(run)
+    f = summary.figures
+    flows = len(deployment.fabric.routes[(0, 0)])
+    passes = [pool.pricer.pricer.exact_passes for pool in (deployment.prefill, deployment.decode)]
+    print(
+        f"{scenario.name} ({deployment.describe()}, {deployment.num_gpus} GPUs): {len(run.records)} requests, "
+        f"{run.num_iterations} iterations of both pools, {len(run.disaggregation.transfers['request_id'])} KV "
+        f"transfers ({flows} flows each) in {wall_s:.2f} s (+{setup_s:.2f} s resolving both pools); exact DAG "
+        f"passes: prefill {passes[0]}, decode {passes[1]}"
+    )
+    print(
+        f"simulated: {f['output_tokens_per_s']:.0f} output tokens/s, TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, "
+        f"TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s, transfer p99 {f['transfer_p99_s'] * 1e3:.3f} ms, "
+        f"busiest port {f['link_utilisation_max']:.1%} utilised"
+    )
+
+
 def bench_scenario(args) -> None:
     scenario = load_scenario(args.scenario)
+    if scenario.serving is not None and scenario.serving.disaggregation is not None:
+        return bench_disaggregated(args, scenario)
     if scenario.serving is None:
         borrowed = yaml.safe_load((ROOT / "scenarios" / "mixtral_8x7b_8xh200_chunked.yaml").read_text())["serving"]
         scenario = parse_scenario({**scenario.model_dump(exclude_none=True), "serving": borrowed}, args.scenario)

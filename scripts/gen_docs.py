@@ -223,6 +223,11 @@ SCENARIO_SECTIONS = (
     ("KVCacheSpec", "serving.scheduler.kv_cache"),
     ("ReplicaSpec", "serving.replicas"),
     ("TargetsSpec", "serving.targets"),
+    ("DisaggregationSpec", "serving.disaggregation"),
+    ("PoolSpec", "serving.disaggregation.<prefill, decode>"),
+    ("PoolParallelSpec", "serving.disaggregation.<prefill, decode>.parallel"),
+    ("PoolSchedulerSpec", "serving.disaggregation.<prefill, decode>.scheduler"),
+    ("TransferLinkSpec", "serving.disaggregation.<intra_node, inter_node>"),
 )
 PROFILE_SECTIONS = (
     ("HardwareProfile", ""),

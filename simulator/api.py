@@ -462,6 +462,8 @@ class ServeResult:
     #: The serving simulation's own objects (spec, pricer, run, summary, max-rate search): not public.
     spec: Any = field(repr=False)
     pricer: Any = field(repr=False)
+    #: What priced the iterations (the pricer's name, or the pools of a disaggregated deployment).
+    priced_by: str = field(repr=False)
     sim: Any = field(repr=False)
     table: pd.DataFrame = field(repr=False)
     summary: Any = field(repr=False)
@@ -510,17 +512,11 @@ class ServeResult:
         return None if self.found is None else self.found.curve
 
     @cached_property
-    def _pricer_name(self) -> str:
-        from simulator.serving.session import pricer_name
-
-        return pricer_name(self.pricer)
-
-    @cached_property
     def stats(self) -> dict:
         """What summary.json holds (JSON types)."""
         from simulator.report.serving_summary import serving_summary_dict
 
-        doc = serving_summary_dict(self.scenario.name, self.sim, self.summary, self._pricer_name)
+        doc = serving_summary_dict(self.scenario.name, self.sim, self.summary, self.priced_by)
         if self.max_rate is not None:
             doc["max_rate"] = self.max_rate
         return json.loads(json.dumps(doc, sort_keys=True))
@@ -536,7 +532,7 @@ class ServeResult:
         target = Path(out) if out is not None else Path("reports") / self.scenario.name / "serve"
         with run_directory(target, force) as staging:
             doc = write_serving_files(
-                self.scenario.name, self.sim, self.summary, self._pricer_name, staging, self.table, self.max_rate
+                self.scenario.name, self.sim, self.summary, self.priced_by, staging, self.table, self.max_rate
             )
             if self.found is not None:
                 write_rate_curve(self.found.curve, staging)
@@ -590,7 +586,19 @@ def serve(
         raise ScenarioError(f"--rel-tol {rel_tol}: expected a positive fraction, e.g. 0.02")
     loaded, base = _loaded(scenario, _override_strings(overrides, keyword_overrides), base_dir)
     require_serving(loaded, "--max-rate" if max_rate else "moesim serve")
-    spec, pricer, _ = serving_inputs(loaded)
+    assert loaded.serving is not None
+    simulate = None
+    if loaded.serving.disaggregation is not None:
+        from simulator.serving.disagg import disaggregated_inputs
+
+        deployment = disaggregated_inputs(loaded)
+        spec, pricer, simulate = loaded.serving, None, deployment.simulate
+        priced_by = f"DagPricer per pool ({deployment.describe()})"
+    else:
+        from simulator.serving.session import pricer_name
+
+        spec, pricer, _ = serving_inputs(loaded)
+        priced_by = pricer_name(pricer)
     t = spec.targets
     if max_rate and all(v is None for v in (t.ttft_p99_s, t.tpot_p99_s, t.e2e_p99_s, t.min_goodput_fraction)):
         where = scenario if isinstance(scenario, (str, os.PathLike)) else loaded.name
@@ -599,7 +607,11 @@ def serve(
             f"tpot_p99_s, e2e_p99_s or min_goodput_fraction"
         )
     started = time.perf_counter()
-    sim = simulate_serving(spec, pricer, base_dir=base)
+    if simulate is not None:
+        sim = simulate(spec, base)
+    else:
+        assert pricer is not None
+        sim = simulate_serving(spec, pricer, base_dir=base)
     table = request_table(sim)
     summary = summarize(sim, table)
     elapsed = time.perf_counter() - started
@@ -607,5 +619,7 @@ def serve(
     if max_rate:
         from simulator.serving.maxrate import search_max_rate
 
-        found = search_max_rate(spec, pricer, summary.figures["requests_per_s"], rel_tol, on_rate, base)
-    return ServeResult(loaded, spec, pricer, sim, table, summary, found, rel_tol, base, elapsed)
+        found = search_max_rate(
+            spec, pricer, summary.figures["requests_per_s"], rel_tol, on_rate, base, simulate=simulate
+        )
+    return ServeResult(loaded, spec, pricer, priced_by, sim, table, summary, found, rel_tol, base, elapsed)

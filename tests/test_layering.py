@@ -122,8 +122,14 @@ def test_no_private_names_imported_across_modules():
     assert not private, "\n".join(private)
 
 
-#: The SimPy users: the operator engine, and the request-level serving model (a SimPy process model too).
-SIMPY_MODULES = ("simulator.engine", "simulator.serving.simulate")
+#: The SimPy users: the operator engine, the request-level serving model and its disaggregated variant
+#: (prefill and decode pools) and the link ports its KV transfers share: SimPy process models too.
+SIMPY_MODULES = (
+    "simulator.engine",
+    "simulator.serving.simulate",
+    "simulator.serving.disagg_simulate",
+    "simulator.serving.link_network",
+)
 
 
 def test_only_engines_import_simpy_and_only_reports_import_matplotlib():

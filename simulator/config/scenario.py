@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from simulator.config.errors import LayoutError, StrictModel, divisors
 from simulator.config.model import ModelSpec
-from simulator.config.serving import ServingSpec
+from simulator.config.serving import PoolParallelSpec, ServingSpec
 
 #: Guard against absurd magnitudes that would make the simulation hang or overflow.
 MAX_TOKENS = 10**9
@@ -288,6 +288,8 @@ class Scenario(StrictModel):
     @model_validator(mode="after")
     def _layout(self) -> Scenario:
         check_layout(self)
+        if self.serving is not None and self.serving.disaggregation is not None:
+            check_disaggregation(self)
         return self
 
     @property
@@ -373,3 +375,38 @@ def check_layout(s: Scenario) -> None:
         )
     if m.is_moe is False and p.ep > 1:
         raise LayoutError("parallel.ep", "ep must be 1 for a dense model")
+
+
+def pool_layout(s: Scenario, parallel: PoolParallelSpec, path: str) -> Scenario:
+    """The scenario on one instance of a disaggregated pool: `parallel`'s layout (dp 1) on its tp * pp GPUs, the
+    cluster's gpus_per_node kept. Raises LayoutError naming `path` + the field when the layout breaks a rule."""
+    try:
+        layout = ParallelSpec.model_validate({**parallel.model_dump(exclude_none=True), "dp": 1, "microbatches": 1})
+        cluster = ClusterSpec(num_gpus=parallel.gpus, gpus_per_node=s.cluster.gpus_per_node)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "parallel"
+        raise LayoutError(f"{path}.{field}", first["msg"].removeprefix("Value error, ")) from None
+    candidate = s.model_copy(update={"parallel": layout, "cluster": cluster})
+    try:
+        check_layout(candidate)
+    except LayoutError as exc:
+        field = exc.path.removeprefix("parallel.")
+        raise LayoutError(f"{path}.{field}" if exc.path.startswith("parallel") else f"{path}", str(exc)) from None
+    return candidate
+
+
+def check_disaggregation(s: Scenario) -> None:
+    """Each pool's layout fits the model (the rules of check_layout), and both pools fit the cluster."""
+    assert s.serving is not None and s.serving.disaggregation is not None
+    d = s.serving.disaggregation
+    for name, pool in (("prefill", d.prefill), ("decode", d.decode)):
+        pool_layout(s, pool.parallel, f"serving.disaggregation.{name}.parallel")
+    if d.num_gpus > s.cluster.num_gpus:
+        p, q = d.prefill, d.decode
+        raise LayoutError(
+            "serving.disaggregation",
+            f"{p.instances} prefill x {p.parallel.gpus} GPUs + {q.instances} decode x {q.parallel.gpus} GPUs = "
+            f"{d.num_gpus} GPUs do not fit cluster.num_gpus = {s.cluster.num_gpus}; lower the instances or "
+            f"the pools' tp/pp, or raise cluster.num_gpus",
+        )

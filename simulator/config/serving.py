@@ -281,6 +281,92 @@ class TargetsSpec(StrictModel):
     )
 
 
+# ---------------------------------------------------------------- disaggregation
+
+
+class PoolParallelSpec(StrictModel):
+    """Layout of ONE instance of a pool: tp * pp GPUs; experts (ep x etp) folded onto its tp GPUs. Data
+    parallelism is the pool's `instances` (independent replicas), so there is no dp here."""
+
+    tp: int = Field(default=1, ge=1, description="tensor-parallel GPUs of one instance")
+    pp: int = Field(default=1, ge=1, description="pipeline stages of one instance")
+    ep: int = Field(default=1, ge=1, description="expert-parallel degree (folded onto the tp GPUs)")
+    etp: int = Field(default=1, ge=1, description="expert tensor-parallel degree (folded onto the tp GPUs)")
+    layer_split: tuple[int, ...] | None = Field(
+        default=None, description="layers per pipeline stage (sums to num_layers); default: even"
+    )
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+class PoolSchedulerSpec(StrictModel):
+    """A pool's scheduler: each field given replaces serving.scheduler's (the rest are inherited)."""
+
+    policy: Literal["static", "continuous", "chunked_prefill"] | None = Field(
+        default=None, description="the pool's batching policy; default: serving.scheduler.policy"
+    )
+    max_num_seqs: int | None = Field(default=None, ge=1, description="default: serving.scheduler's")
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, description="default: serving.scheduler's")
+    chunk_size_tokens: int | None = Field(default=None, ge=1, description="default: serving.scheduler's")
+    kv_cache: KVCacheSpec | None = Field(default=None, description="default: serving.scheduler.kv_cache")
+    pipeline_batches: int | None = Field(default=None, ge=1, description="default: serving.scheduler's")
+
+
+class PoolSpec(StrictModel):
+    """One pool of a disaggregated deployment: `instances` identical instances of `parallel`'s layout."""
+
+    instances: int = Field(default=1, ge=1, description="identical instances in the pool (x or y of xPyD)")
+    parallel: PoolParallelSpec = Field(default=PoolParallelSpec(), description="the layout of one instance")
+    scheduler: PoolSchedulerSpec = Field(
+        default=PoolSchedulerSpec(), description="scheduler fields replacing serving.scheduler's for this pool"
+    )
+    router: Literal["round_robin", "least_loaded"] | None = Field(
+        default=None, description="how requests are spread over the instances; default: serving.replicas.router"
+    )
+
+    @property
+    def num_gpus(self) -> int:
+        return self.instances * self.parallel.gpus
+
+
+class TransferLinkSpec(StrictModel):
+    """Replaces the hardware profile's link figures for KV transfers (both fields optional). bytes_per_s is
+    per GPU port and direction, already achieved (no efficiency factor applied to it)."""
+
+    bytes_per_s: float | None = Field(
+        default=None, gt=0, description="achieved bytes/s per GPU port and direction; default: the profile's"
+    )
+    latency_s: float | None = Field(default=None, ge=0, description="per transfer; default: the profile's")
+
+
+class DisaggregationSpec(StrictModel):
+    """Prefill/decode disaggregation (xPyD): x prefill instances, y decode instances, each request's KV cache
+    moved from its prefill instance to its decode instance. placement: `packed` puts the prefill instances on
+    GPUs 0.., the decode ones right after; `separate_nodes` starts the decode pool on a fresh node, so every
+    transfer crosses the NIC. The transfer links default to the hardware profile's intra_node (NVLink) and
+    inter_node (NIC) figures; `intra_node` / `inter_node` replace them (an infinite link: a huge bytes_per_s
+    and latency 0)."""
+
+    prefill: PoolSpec = Field(description="the pool that runs prefills")
+    decode: PoolSpec = Field(description="the pool that runs decodes")
+    placement: Literal["packed", "separate_nodes"] = Field(
+        default="packed",
+        description="packed: decode GPUs right after the prefill ones; separate_nodes: decode on a fresh node",
+    )
+    intra_node: TransferLinkSpec | None = Field(
+        default=None, description="replaces the profile's NVLink figures for KV transfers"
+    )
+    inter_node: TransferLinkSpec | None = Field(
+        default=None, description="replaces the profile's NIC figures for KV transfers"
+    )
+
+    @property
+    def num_gpus(self) -> int:
+        return self.prefill.num_gpus + self.decode.num_gpus
+
+
 class ServingSpec(StrictModel):
     """A scenario's `serving:` section: the request stream `moesim serve` simulates."""
 
@@ -293,6 +379,12 @@ class ServingSpec(StrictModel):
         min_length=1,
         description="a serving engine profile (engine_profiles/NAME.yaml: CUDA-graph capture sizes, host time "
         "per iteration, kernels); default: iterations priced as the DAG alone",
+    )
+
+    disaggregation: DisaggregationSpec | None = Field(
+        default=None,
+        description="prefill and decode on separate pools of GPUs (xPyD), each request's KV cache moved between "
+        "them; default: aggregated replicas",
     )
 
     @field_validator("engine")
@@ -317,6 +409,9 @@ class ServingSpec(StrictModel):
 
     @property
     def num_gpus(self) -> int:
+        """GPUs of the deployment: both pools' when disaggregated, else replicas x GPUs per replica."""
+        if self.disaggregation is not None:
+            return self.disaggregation.num_gpus
         return self.replicas.num_replicas * (self.replicas.gpus_per_replica or 1)
 
 

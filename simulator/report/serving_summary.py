@@ -140,10 +140,52 @@ def _kv_text(f: dict) -> str:
 
 def headline(summary: dict) -> str:
     s, f = summary["serving"], summary["figures"]
+    if s.get("disaggregation"):
+        return (
+            f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals), "
+            f"disaggregated {pools_text(s['disaggregation'])}, {f['num_gpus']:.0f} GPU(s); iterations priced "
+            f"by {summary['pricer']}"
+        )
     return (
         f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals), "
         f"{s['scheduler']['policy']} scheduler, {f['num_replicas']:.0f} replica(s), "
         f"{f['num_gpus']:.0f} GPU(s); iterations priced by {summary['pricer']}"
+    )
+
+
+def pools_text(d: dict) -> str:
+    """'1P (TP4) + 1D (TP4 EP4), packed' from a dumped serving.disaggregation."""
+
+    def pool(p: dict) -> str:
+        degrees = [f"{k.upper()}{p['parallel'][k]}" for k in ("tp", "pp", "ep", "etp") if p["parallel"][k] > 1]
+        return " ".join(degrees) or "1 GPU"
+
+    return (
+        f"{d['prefill']['instances']}P ({pool(d['prefill'])}) + {d['decode']['instances']}D ({pool(d['decode'])}), "
+        f"{d['placement']}"
+    )
+
+
+#: (text, figure key, kind) rows of a disaggregated run's transfer table.
+TRANSFER_ROWS = (
+    ("KV transfers (measured)", "transfers", ""),
+    ("bytes per transfer", "transfer_bytes_mean", ""),
+    ("transfer time mean", "transfer_mean_s", "s"),
+    ("transfer time p50", "transfer_p50_s", "s"),
+    ("transfer time p99", "transfer_p99_s", "s"),
+    ("wait for a decode slot mean", "transfer_wait_mean_s", "s"),
+    ("wait for a decode slot p99", "transfer_wait_p99_s", "s"),
+    ("link utilisation, busiest port", "link_utilisation_max", "%"),
+    ("link utilisation, mean of ports used", "link_utilisation_mean", "%"),
+    ("link busy time, busiest port", "link_busy_fraction_max", "%"),
+)
+
+
+def _prefill_kv_text(f: dict) -> str:
+    return (
+        f"peak {f['prefill_kv_peak_blocks']:.0f} / mean {f['prefill_kv_mean_blocks']:.1f} of "
+        f"{f['prefill_kv_capacity_blocks']:.0f} blocks ({format_value(f['prefill_kv_peak_fraction'], '%')} / "
+        f"{format_value(f['prefill_kv_mean_fraction'], '%')})"
     )
 
 
@@ -167,9 +209,13 @@ def serving_markdown(summary: dict) -> str:
     lines += [
         f"| goodput fraction | {format_value(f['goodput_fraction'], '%')} |",
         f"| preemptions | {f['preemptions']:.0f} |",
-        f"| KV cache | {_kv_text(f)} |",
+        f"| KV cache{' (decode pool)' if 'transfer_mean_s' in f else ''} | {_kv_text(f)} |",
         f"| measured window | {format_value(f['duration_s'], 's')} |",
     ]
+    if "transfer_mean_s" in f:
+        lines += ["", "## KV transfers (disaggregated)", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {text} | {format_value(f[key], kind)} |" for text, key, kind in TRANSFER_ROWS]
+        lines.append(f"| KV cache (prefill pool) | {_prefill_kv_text(f)} |")
     if "max_rate" in summary:
         lines += ["", "## Max rate", "", max_rate_sentence(summary["max_rate"])]
     if summary["targets"]:
@@ -198,12 +244,20 @@ def write_serving_files(
     table: pd.DataFrame | None = None,
     max_rate: dict | None = None,
 ) -> dict:
-    """requests.csv, summary.json and summary.md (with the max-rate search's result when given);
-    returns the summary dict."""
+    """requests.csv, summary.json and summary.md (with the max-rate search's result when given), and for a
+    disaggregated run transfers.csv and links.csv; returns the summary dict."""
     doc = serving_summary_dict(name, run, summary, pricer)
     if max_rate is not None:
         doc["max_rate"] = max_rate
     write_atomic(out_dir / "requests.csv", requests_frame(run, table).to_csv(index=False))
+    if run.disaggregation is not None:  # one row per KV transfer, one per link port that carried KV
+        transfers = pd.DataFrame(run.disaggregation.transfers)
+        transfers["transfer_s"] = transfers["end_s"] - transfers["start_s"]
+        transfers["wait_s"] = transfers["start_s"] - transfers["ready_s"]
+        write_atomic(out_dir / "transfers.csv", transfers.to_csv(index=False))
+        links = pd.DataFrame(run.disaggregation.links)
+        links["utilisation"] = links["carried_bytes"] / (links["bytes_per_s"] * run.end_s)
+        write_atomic(out_dir / "links.csv", links.to_csv(index=False))
     write_atomic(out_dir / "summary.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
     write_atomic(out_dir / "summary.md", serving_markdown(doc))
     return doc
@@ -236,8 +290,16 @@ def print_serving(console: Console, summary: dict) -> None:
         tput.add_row(text, format_value(f[key]))
     tput.add_row("goodput fraction", format_value(f["goodput_fraction"], "%"))
     tput.add_row("preemptions", f"{f['preemptions']:.0f}")
-    tput.add_row("KV cache", _kv_text(f))
+    tput.add_row("KV cache (decode pool)" if "transfer_mean_s" in f else "KV cache", _kv_text(f))
     console.print(tput)
+    if "transfer_mean_s" in f:
+        moves = Table(title="KV transfers (disaggregated)")
+        moves.add_column("figure")
+        moves.add_column("value", justify="right")
+        for text, key, kind in TRANSFER_ROWS:
+            moves.add_row(text, format_value(f[key], kind))
+        moves.add_row("KV cache (prefill pool)", _prefill_kv_text(f))
+        console.print(moves)
     print_targets(console, summary["targets"])
 
 

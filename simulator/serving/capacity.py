@@ -134,7 +134,8 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
         kv = kv.model_copy(update={"capacity_blocks": serving_kv_capacity_blocks(scenario, hw)})
     batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
     scheduler = s.model_copy(update={"kv_cache": kv, "pipeline_batches": batches})
-    resolved = spec.model_copy(update={"replicas": replicas, "scheduler": scheduler})
+    # The aggregated deployment of the scenario's layout: a disaggregation section (serving.disagg) is not its.
+    resolved = spec.model_copy(update={"replicas": replicas, "scheduler": scheduler, "disaggregation": None})
     w = spec.workload
     if w.input_len is not None and w.output_len is not None:
         max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()

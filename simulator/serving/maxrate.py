@@ -24,11 +24,14 @@ import pandas as pd
 
 from simulator.config.serving import PoissonArrivals, ServingError, ServingSpec
 from simulator.serving.pricing import IterationPricer
-from simulator.serving.simulate import simulate_serving
+from simulator.serving.simulate import ServingRun, simulate_serving
 from simulator.serving.stats import ServingSummary, request_table, summarize
 
 #: progress(rate_per_s, summary) is called after each simulated rate.
 Progress = Callable[[float, ServingSummary], None]
+#: simulate(spec, base_dir) serves spec's workload on some deployment (e.g. a disaggregated one:
+#: serving.disagg.DisaggregatedDeployment.simulate); None: simulate_serving(spec, pricer).
+Simulate = Callable[[ServingSpec, "str | Path | None"], ServingRun]
 
 CURVE_COLUMNS = (
     "rate_per_s",
@@ -72,11 +75,20 @@ def at_rate(spec: ServingSpec, rate_per_s: float) -> ServingSpec:
 
 
 def evaluate(
-    spec: ServingSpec, pricer: IterationPricer, rate_per_s: float, base_dir: str | Path | None = None
+    spec: ServingSpec,
+    pricer: IterationPricer | None,
+    rate_per_s: float,
+    base_dir: str | Path | None = None,
+    simulate: Simulate | None = None,
 ) -> tuple[dict, ServingSummary]:
-    """Simulate at one rate; returns its curve row (CURVE_COLUMNS) and summary. The row's all_targets_met:
-    the run met every target and the deployment keeps up with the rate (see the module's docstring)."""
-    run = simulate_serving(at_rate(spec, rate_per_s), pricer, base_dir=base_dir)
+    """Simulate at one rate (with `simulate` when given, else simulate_serving with `pricer`); returns its
+    curve row (CURVE_COLUMNS) and summary. The row's all_targets_met: the run met every target and the
+    deployment keeps up with the rate (see the module's docstring)."""
+    if simulate is not None:
+        run = simulate(at_rate(spec, rate_per_s), base_dir)
+    else:
+        assert pricer is not None, "evaluate needs a pricer or a simulate function"
+        run = simulate_serving(at_rate(spec, rate_per_s), pricer, base_dir=base_dir)
     table = request_table(run)
     summary = summarize(run, table)
     ratio = keep_up_ratio(table)
@@ -113,15 +125,16 @@ def keep_up_ratio(table: pd.DataFrame) -> float:
 
 def rate_curve(
     spec: ServingSpec,
-    pricer: IterationPricer,
+    pricer: IterationPricer | None,
     rates_per_s: Iterable[float],
     progress: Progress | None = None,
     base_dir: str | Path | None = None,
+    simulate: Simulate | None = None,
 ) -> pd.DataFrame:
     """One row per rate (CURVE_COLUMNS), in the order given."""
     rows = []
     for rate in rates_per_s:
-        row, summary = evaluate(spec, pricer, float(rate), base_dir)
+        row, summary = evaluate(spec, pricer, float(rate), base_dir, simulate)
         rows.append(row)
         if progress is not None:
             progress(float(rate), summary)
@@ -130,12 +143,13 @@ def rate_curve(
 
 def max_rate(
     spec: ServingSpec,
-    pricer: IterationPricer,
+    pricer: IterationPricer | None,
     lo_per_s: float,
     hi_per_s: float,
     rel_tol: float = 0.01,
     progress: Progress | None = None,
     base_dir: str | Path | None = None,
+    simulate: Simulate | None = None,
 ) -> MaxRate:
     """Bisect [lo_per_s, hi_per_s] for the highest Poisson rate meeting every target of spec.targets.
 
@@ -152,7 +166,7 @@ def max_rate(
     rows = []
 
     def met(rate: float) -> bool:
-        row, summary = evaluate(spec, pricer, rate, base_dir)
+        row, summary = evaluate(spec, pricer, rate, base_dir, simulate)
         rows.append(row)
         if progress is not None:
             progress(rate, summary)
@@ -177,12 +191,13 @@ def max_rate(
 
 def search_max_rate(
     spec: ServingSpec,
-    pricer: IterationPricer,
+    pricer: IterationPricer | None,
     start_per_s: float,
     rel_tol: float = 0.02,
     progress: Progress | None = None,
     base_dir: str | Path | None = None,
     max_doublings: int = 20,
+    simulate: Simulate | None = None,
 ) -> MaxRate:
     """max_rate without bounds: bracket from start_per_s by doubling (while every target holds) or
     halving (while one is missed), at most max_doublings times, then bisect the bracket. Every rate is
@@ -199,7 +214,7 @@ def search_max_rate(
 
     def met(rate: float) -> bool:
         if rate not in verdicts:
-            row, summary = evaluate(spec, pricer, rate, base_dir)
+            row, summary = evaluate(spec, pricer, rate, base_dir, simulate)
             rows.append(row)
             verdicts[rate] = bool(row["all_targets_met"])
             if progress is not None:

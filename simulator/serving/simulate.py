@@ -62,6 +62,26 @@ class RequestRecord:
         return float(self.token_times_s[0])
 
 
+#: Columns of DisaggregatedRun.transfers, one row per KV transfer (a one-token request has none):
+#: ready_s when its prefill ended, start_s when its decode instance had reserved the blocks, end_s when the
+#: last byte arrived.
+TRANSFER_COLUMNS = ("request_id", "prefill_instance", "decode_instance", "ready_s", "start_s", "end_s", "num_bytes")
+#: Columns of DisaggregatedRun.links, one row per GPU port that carried KV (e.g. "nic out gpu 3").
+LINK_COLUMNS = ("link", "bytes_per_s", "carried_bytes", "busy_s")
+
+
+@dataclass(frozen=True)
+class DisaggregatedRun:
+    """What a disaggregated run adds: its pools (replicas 0 .. prefill_instances - 1 of the run are the
+    prefill instances, the next decode_instances the decode ones), the KV transfers and the links they used."""
+
+    prefill_instances: int
+    decode_instances: int
+    prefill_kv_capacity_blocks: int
+    transfers: dict[str, np.ndarray]  # TRANSFER_COLUMNS
+    links: dict[str, np.ndarray]  # LINK_COLUMNS
+
+
 @dataclass(frozen=True)
 class ServingRun:
     """What one serving simulation returns; stats.py turns it into tables and a summary."""
@@ -74,6 +94,8 @@ class ServingRun:
     preemptions: int
     peak_kv_blocks: tuple[int, ...]  # per replica
     mean_in_system: float  # time average over [0, end_s] of requests arrived and not finished
+    # Disaggregated runs only (serving.disagg_simulate); spec.scheduler is then the decode pool's.
+    disaggregation: DisaggregatedRun | None = None
 
 
 def simulate_serving(
@@ -95,15 +117,20 @@ def simulate_serving(
     if not requests:
         raise ServingError("requests: none to serve; give workload.num_requests >= 1")
     _check_requests(spec, requests)
-    return _Model(spec, pricer, requests).run()
+    return ServingModel(spec, pricer, requests).run()
 
 
-class _Model:
-    def __init__(self, spec: ServingSpec, pricer: IterationPricer, requests: Seq[Request]) -> None:
+class ServingModel:
+    """The processes of one deployment's replicas on a SimPy environment (its own, or a shared one when a
+    disaggregated deployment runs a prefill and a decode pool side by side: serving.disagg_simulate)."""
+
+    def __init__(
+        self, spec: ServingSpec, pricer: IterationPricer, requests: Seq[Request], env: simpy.Environment | None = None
+    ) -> None:
         self.spec = spec
         self.pricer = pricer
         self.requests = requests
-        self.env = simpy.Environment()
+        self.env = env if env is not None else simpy.Environment()
         self.batches = spec.scheduler.pipeline_batches or 1
         self.num_replicas = spec.replicas.num_replicas
         per_batch = spec.scheduler
@@ -117,6 +144,7 @@ class _Model:
         self.timing = getattr(pricer, "timing", None)
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
         self.seqs: list[Sequence | None] = [None] * len(requests)
+        self.scheduler_of = [0] * len(requests)  # request_id -> index of the scheduler it was routed to
         self.rows: list[tuple] = []
         self.num_finished = 0
         self.next_closed = 0  # next request a closed loop sends
@@ -181,6 +209,7 @@ class _Model:
             r = min(range(r * b, (r + 1) * b), key=lambda i: schedulers[i].load)
         seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
         self.seqs[request.request_id] = seq
+        self.scheduler_of[request.request_id] = r
         schedulers[r].add(seq)
         self.count(+1)
         lockstep = self.spec.replicas.lockstep and self.num_replicas > 1
@@ -204,6 +233,10 @@ class _Model:
                 self.route(self.requests[self.next_closed], self.env.now)
                 self.next_closed += 1
 
+    def check_stall(self, scheduler: Scheduler) -> None:
+        """Raise when a scheduler has requests but scheduled nothing (a pool waiting on transfers overrides it)."""
+        _check_stall(scheduler)
+
     def idle(self, key: int) -> simpy.Event:
         wake = self.wake[key] = self.env.event()
         return wake
@@ -216,7 +249,7 @@ class _Model:
             now = env.now
             step = scheduler.schedule(now)
             if not step.seqs:
-                _check_stall(scheduler)
+                self.check_stall(scheduler)
                 if self.num_finished == len(self.requests):
                     return
                 yield self.idle(r)
@@ -235,7 +268,7 @@ class _Model:
             steps = [s.schedule(now) for s in schedulers]
             if not any(step.seqs for step in steps):
                 for s in schedulers:
-                    _check_stall(s)
+                    self.check_stall(s)
                 if self.num_finished == len(self.requests):
                     return
                 yield self.idle(0)
@@ -259,7 +292,7 @@ class _Model:
             steps = [s.schedule(now) for s in schedulers]
             if not any(step.seqs for step in steps):
                 for s in schedulers:
-                    _check_stall(s)
+                    self.check_stall(s)
                 if self.num_finished == len(self.requests):
                     return
                 yield self.idle(key)

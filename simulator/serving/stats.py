@@ -135,7 +135,47 @@ def summarize(run: ServingRun, table: pd.DataFrame | None = None) -> ServingSumm
         "preemptions": float(run.preemptions),
         "mean_in_system": run.mean_in_system,
     }
+    if run.disaggregation is not None:
+        figures.update(transfer_figures(run, table))
     return ServingSummary(latency, figures, _verdicts(latency, figures, run.spec.targets))
+
+
+def transfer_figures(run: ServingRun, table: pd.DataFrame | None = None) -> dict[str, float]:
+    """A disaggregated run's KV transfers of the measured requests: time on the links (latency and
+    contention included; start to last byte) and time waiting for a decode slot before it (prefill end to
+    start), mean / p50 / p99, bytes per transfer; and per GPU port that carried KV, utilisation = bytes
+    carried / (bandwidth x end_s) and busy fraction = time with a flow / end_s (the busiest port and the
+    mean over those ports)."""
+    d = run.disaggregation
+    assert d is not None
+    if table is None:
+        table = request_table(run)
+    measured = set(table.loc[~table["warmup"], "request_id"].tolist())
+    t = d.transfers
+    keep = np.array([rid in measured for rid in t["request_id"].tolist()], dtype=bool)
+    on_link = (t["end_s"] - t["start_s"])[keep]
+    waiting = (t["start_s"] - t["ready_s"])[keep]
+    figures = {
+        "transfers": float(keep.sum()),
+        "transfer_bytes_mean": float(t["num_bytes"][keep].mean()) if keep.any() else math.nan,
+    }
+    for name, values in (("transfer", on_link), ("transfer_wait", waiting)):
+        stats = describe(values)
+        figures.update({f"{name}_{k}_s": stats[k] for k in ("mean", "p50", "p99", "max")})
+    links = d.links
+    if len(links["link"]) and run.end_s > 0:
+        utilisation = links["carried_bytes"] / (links["bytes_per_s"] * run.end_s)
+        busy = links["busy_s"] / run.end_s
+        figures.update(
+            {
+                "link_utilisation_max": float(utilisation.max()),
+                "link_utilisation_mean": float(utilisation.mean()),
+                "link_busy_fraction_max": float(busy.max()),
+            }
+        )
+    else:
+        figures.update({"link_utilisation_max": 0.0, "link_utilisation_mean": 0.0, "link_busy_fraction_max": 0.0})
+    return figures
 
 
 def _verdicts(
@@ -176,17 +216,37 @@ def kv_cache_figures(run: ServingRun) -> dict[str, float]:
     none), and both as fractions of the capacity; the peak is the busiest replica's, the mean the
     replicas' average."""
     ts = run.timeseries
-    capacity = run.spec.scheduler.kv_cache.capacity_blocks
-    replicas = len(run.peak_kv_blocks)
-    area = float(np.dot(ts["kv_blocks_used"], ts["iteration_s"])) if len(ts["iteration_s"]) else 0.0
-    mean = area / run.end_s / replicas if run.end_s > 0 else 0.0
-    peak = float(max(run.peak_kv_blocks))
+    d = run.disaggregation
+    if d is None:
+        return _kv_figures(run, ts["kv_blocks_used"], ts["iteration_s"], run.peak_kv_blocks, "kv")
+    # Disaggregated: the decode pool's (spec.scheduler is its), and the prefill pool's under prefill_kv_*.
+    x = d.prefill_instances
+    dec = ts["replica"] >= x
+    figures = _kv_figures(run, ts["kv_blocks_used"][dec], ts["iteration_s"][dec], run.peak_kv_blocks[x:], "kv")
+    pre = _kv_figures(
+        run,
+        ts["kv_blocks_used"][~dec],
+        ts["iteration_s"][~dec],
+        run.peak_kv_blocks[:x],
+        "prefill_kv",
+        d.prefill_kv_capacity_blocks,
+    )
+    return {**figures, **pre}
+
+
+def _kv_figures(run: ServingRun, used, seconds, peaks, prefix: str, capacity: int | None = None) -> dict[str, float]:
+    if capacity is None:
+        capacity = run.spec.scheduler.kv_cache.capacity_blocks
+    assert capacity is not None
+    area = float(np.dot(used, seconds)) if len(seconds) else 0.0
+    mean = area / run.end_s / len(peaks) if run.end_s > 0 else 0.0
+    peak = float(max(peaks))
     return {
-        "kv_capacity_blocks": float(capacity),
-        "kv_peak_blocks": peak,
-        "kv_mean_blocks": mean,
-        "kv_peak_fraction": peak / capacity,
-        "kv_mean_fraction": mean / capacity,
+        f"{prefix}_capacity_blocks": float(capacity),
+        f"{prefix}_peak_blocks": peak,
+        f"{prefix}_mean_blocks": mean,
+        f"{prefix}_peak_fraction": peak / capacity,
+        f"{prefix}_mean_fraction": mean / capacity,
     }
 
 
