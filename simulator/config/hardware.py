@@ -70,11 +70,18 @@ class Calibration(StrictModel):
 
     source: str
     eager_floor_s: dict[str, float]  # per op class: gemm, grouped_gemm, attention, elementwise
+    #: the host's dispatch floor per eager call: median time of the smallest calls (calibration.fit)
+    dispatch_floor_s: float | None = Field(default=None, gt=0.0, le=MAX_LATENCY_S)
     gemm: list[tuple[float, float, float, float]]  # M, K, N, fraction
     grouped_gemm: list[tuple[float, float, float, float, float]]  # experts, rows per expert, K, N, fraction
     attention_prefill: list[tuple[float, float, float]]  # head_dim, batch*heads*seq^2, fraction of tensor peak
     attention_decode: list[tuple[float, float, float]]  # head_dim, K+V bytes, fraction of HBM peak
-    elementwise_s_per_byte: dict[str, float]  # op class -> seconds per byte of its output
+    #: per table, the calls found host-bound (calibration.fit.host_bound): (*shape, x, measured_s), left
+    #: out of the table; their eager time is the host's, an upper bound on the GPU time of that shape
+    host_bound: dict[str, list[tuple[float, ...]]] = {}
+    elementwise_s_per_byte: dict[str, float]  # op class -> seconds per byte of its output (index_add: input)
+    #: where a kernel-level rate of elementwise_s_per_byte comes from, when not its micro-benchmark
+    rate_sources: dict[str, str] = {}
     topk_s_per_row: float = Field(ge=0.0)
 
     @model_validator(mode="after")
