@@ -266,8 +266,22 @@ def write_profile(
     base: str, calibration: Calibration, out: Path, name: str | None, data: dict, measured_on: str
 ) -> HardwareProfile:
     """The base profile with the calibration tables and measured constants, written as YAML."""
-    raw = load_profile(base).model_dump(exclude={"calibration"})
+    base_profile = load_profile(base)
+    raw = base_profile.model_dump(exclude={"calibration", "figure_sources"})
     raw["name"] = name or out.stem
+    same_gpu = Path(base).resolve() == Path(measured_on).resolve() or base == measured_on
+    kind = "measured" if same_gpu else "transferred"
+    where = "" if same_gpu else f", measured on the GPU of {measured_on} (same silicon assumed)"
+    sources = {k: v.model_dump(exclude_defaults=True) for k, v in base_profile.figure_sources.items()}
+    measured = {
+        "compute_efficiency": "median roofline fraction of the GEMMs with M >= 4096",
+        "memory_efficiency": "device-to-device copy rate over the HBM peak",
+        "host_launch_s": "eager floor of the GEMM calls (the host's dispatch per call)",
+    }
+    for figure, what in measured.items():
+        sources[figure] = {"kind": kind, "source": f"{calibration.source}: {what}{where}"}
+    if sources:
+        raw["figure_sources"] = sources
     large = [f for (*_, m, f) in calibration.gemm if m >= 4096]
     if large:
         raw["compute_efficiency"] = round(statistics.median(large), 4)

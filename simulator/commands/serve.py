@@ -26,10 +26,11 @@ def add_arguments(parser) -> None:
 
 
 def command(args, console: Console) -> int:
-    from simulator.config import ScenarioError
+    from simulator.config import ScenarioError, resolve_hardware
     from simulator.files import run_directory
     from simulator.report.serving_html import write_serving_index
     from simulator.report.serving_summary import print_serving, write_rate_curve, write_serving_files
+    from simulator.report.summary import calibration_dict
     from simulator.serving.session import load_serving_scenario, pricer_name, serving_inputs
     from simulator.serving.simulate import simulate_serving
     from simulator.serving.stats import request_table, summarize
@@ -38,6 +39,7 @@ def command(args, console: Console) -> int:
         raise ScenarioError(f"--rel-tol {args.rel_tol}: expected a positive fraction, e.g. 0.02")
     loaded = load_serving_scenario(args.scenario, args.set, "--max-rate" if args.max_rate else "moesim serve")
     spec, pricer, _ = serving_inputs(loaded.scenario)
+    hw = resolve_hardware(loaded.scenario)
     if args.max_rate and not _has_targets(spec):
         raise ScenarioError(
             f"{args.scenario}: --max-rate needs a target; set serving.targets.ttft_p99_s, "
@@ -61,7 +63,9 @@ def command(args, console: Console) -> int:
             "rates_tried": len(found.curve),
         }
     with run_directory(out, args.force) as staging:
-        doc = write_serving_files(name, run, summary, pricer_name(pricer), staging, table, max_rate_doc)
+        doc = write_serving_files(
+            name, run, summary, pricer_name(pricer), staging, table, max_rate_doc, calibration_dict(hw)
+        )
         if found is not None:
             write_rate_curve(found.curve, staging)
         _write_pictures(staging, name, run, table, spec, found)
