@@ -181,7 +181,8 @@ def _path_frame(ops: pd.DataFrame, path: CriticalPath) -> pd.DataFrame:
                     "category": "host",
                     "phase": waiting["phase"],
                     "step": waiting["step"],
-                    "gpu": waiting["gpu"],
+                    # a collective waits for its members' hosts: shown on its first member
+                    "gpu": waiting["gpu"][0] if isinstance(waiting["gpu"], tuple) else waiting["gpu"],
                     "start_s": float(end_s[before]),
                     "duration_s": gap_s,
                     "bound": "host",

@@ -87,6 +87,7 @@ class SimResult:
     end_s: Sequence[float]
     makespan_s: float
     num_events: int
+    host_busy_s: float = 0.0  # the hosts' launch threads' busy seconds, all GPUs together (host_tasks)
 
     @classmethod
     def from_frame(cls, ops: pd.DataFrame, makespan_s: float, num_events: int = 0) -> SimResult:
@@ -272,7 +273,9 @@ def simulate_dag(
         )
     )
     start_s, end_s = trace.start_s[:num], trace.end_s[:num]
-    return SimResult(dag, durations_s, bounds, start_s, end_s, max(end_s, default=0.0), trace.num_events)
+    return SimResult(
+        dag, durations_s, bounds, start_s, end_s, max(end_s, default=0.0), trace.num_events, sum(host.duration_s)
+    )
 
 
 _COLUMNS = (
