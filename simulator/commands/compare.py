@@ -172,6 +172,12 @@ def command(args, console) -> int:
         files.append(write_index(staging, None))
     journal.remove()
     print_table(console, scenario, ranked, args.objective)
+    from simulator.config import resolve_hardware
+    from simulator.config.hardware import calibration_note
+
+    note = calibration_note(resolve_hardware(scenario))
+    if note:
+        console.print(f"[yellow]Calibration: {escape(note)}.[/yellow]")
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
     console.print(
         f"{len(layouts)} layouts on {num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "
