@@ -4,10 +4,15 @@
 # a short summary. PyTorch must be installed already (this script never installs it).
 #   bash benchmarks/gpu_calibration.sh [--quick] [--no-e2e]
 # The JSON is rewritten after each section, so a run cut off by the budget keeps what it measured.
+# Then, within EXTRA_BUDGET_S more seconds, what the host/GPU model and the precision model need, into
+# $OUT/raw_extra.json (docs/calibration-status.md): device time per small kernel replayed inside a CUDA graph
+# (and the eager time of the same kernel, i.e. the host's dispatch), one graph launch, the fp16 scatter-add
+# (index_add_) of the sorted MoE combine, and fp8 GEMMs (torch._scaled_mm, per-tensor scales).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
 BUDGET_S=${BUDGET_S:-360}
+EXTRA_BUDGET_S=${EXTRA_BUDGET_S:-120}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 if ! "$PY" -c "import simulator.calibration.microbench" 2>/dev/null; then
@@ -37,4 +42,154 @@ for e in d.get("e2e_dev", []):
     times = ", ".join(f"{k} {e[k] * 1e3:.2f} ms" for k in ("s", "s_eager", "s_cuda_graph") if e.get(k) is not None)
     print(f"e2e {e['case']} {e['phase']} batch {e['batch']}: {times}")
 PY
+extra_start=$(date +%s)
+timeout -k 10 "$EXTRA_BUDGET_S" "$PY" - "$OUT/raw_extra.json" "$@" <<'PY'
+"""Extra micro-benchmarks (self-contained: torch only): small kernels in a CUDA graph, graph launch,
+scatter-add, fp8 GEMMs. Each section is written as soon as it is measured."""
+import json, os, statistics, sys, time
+import torch
+
+out_path, quick = sys.argv[1], "--quick" in sys.argv[2:]
+data = {}
+def save():
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, out_path)
+if not torch.cuda.is_available():
+    print("gpu_calibration extra: no CUDA GPU visible; nothing measured", file=sys.stderr)
+    sys.exit(0)
+dev = "cuda"
+props = torch.cuda.get_device_properties(0)
+data["env"] = {"name": props.name, "sm_count": props.multi_processor_count, "torch": torch.__version__, "cuda": torch.version.cuda}
+REPS = 3 if quick else 5
+def events_s(fn, calls):
+    """Median over REPS of the time of `calls` back-to-back calls, CUDA events, after warm-up."""
+    fn(); torch.cuda.synchronize()
+    times = []
+    for _ in range(REPS):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(calls):
+            fn()
+        b.record(); b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3 / calls)
+    return statistics.median(times)
+def capture(fn, copies):
+    """A CUDA graph of `copies` back-to-back calls of fn (after side-stream warm-up, as PyTorch requires)."""
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(copies):
+            fn()
+    return g
+
+# 1. Small kernels: eager per call (host dispatch when the kernel is tiny) and device time per kernel
+#    replayed inside a graph of COPIES copies (no per-kernel dispatch: what a captured decode step pays).
+COPIES = 20 if quick else 100
+with torch.inference_mode():
+    t, h, e = 64, 512, 16
+    x = torch.randn(t, h, device=dev, dtype=torch.float16)
+    y = torch.randn(t, h, device=dev, dtype=torch.float16)
+    one = torch.zeros(1, device=dev, dtype=torch.float16)
+    ids = torch.randint(0, e, (t * 2,), device=dev)
+    idx = torch.randint(0, t, (t * 2,), device=dev)
+    buf = torch.zeros(t * 2, h, device=dev, dtype=torch.float16)
+    logits = torch.randn(t, e, device=dev, dtype=torch.float32)
+    experts = torch.arange(e, device=dev)
+    slots = torch.arange(t * 2, device=dev)
+    small = {
+        "add_1elem": lambda: one + 1,
+        "add_64x512": lambda: x + y,
+        "copy_64x512": lambda: buf[:t].copy_(x),
+        "cumsum_128x16_int32": lambda: (ids.unsqueeze(1) == experts).to(torch.int32).cumsum(0),
+        "gather_rows_128x512": lambda: x.index_select(0, idx),
+        "index_copy_128x512": lambda: buf.index_copy_(0, slots, buf),
+        "where_128": lambda: torch.where(ids < 4, ids, ids + 1),
+        "softmax_64x16_fp32": lambda: torch.softmax(logits, -1),
+        "topk2_64x16": lambda: logits.topk(2, dim=-1),
+        "zeros_128x512": lambda: torch.zeros(t * 2, h, device=dev, dtype=torch.float16),
+    }
+    rows = []
+    for name, fn in small.items():
+        eager_s = events_s(fn, 200)
+        try:
+            g = capture(fn, COPIES)
+            graph_s = events_s(g.replay, 10) / COPIES
+        except RuntimeError as exc:
+            graph_s = None
+            print(f"gpu_calibration extra: {name} not capturable: {str(exc).splitlines()[0]}", file=sys.stderr)
+        rows.append({"op": name, "s_eager": eager_s, "s_graph_per_kernel": graph_s, "graph_copies": COPIES})
+    data["graph_kernels"] = rows
+    save()
+
+    # 2. One graph launch from the host: wall time of replaying a 1-kernel graph, synchronised each time.
+    g1 = capture(small["add_1elem"], 1)
+    walls = []
+    for _ in range(200):
+        torch.cuda.synchronize(); t0 = time.perf_counter(); g1.replay(); torch.cuda.synchronize()
+        walls.append(time.perf_counter() - t0)
+    sync_walls = []
+    for _ in range(200):
+        torch.cuda.synchronize(); t0 = time.perf_counter(); torch.cuda.synchronize()
+        sync_walls.append(time.perf_counter() - t0)
+    data["graph_launch"] = {"s_replay_1_kernel_synced": statistics.median(walls), "s_sync_only": statistics.median(sync_walls)}
+    save()
+
+    # 3. Scatter-add of the sorted MoE combine: top-2 copies of T tokens summed into T rows, fp16
+    #    (index_add_ with atomics), eager and in a graph; s_per_byte is per byte of input.
+    rows = []
+    for tokens, hidden in ((4096, 512), (32768, 512), (16384, 4096)) if not quick else ((1024, 512),):
+        src = torch.randn(tokens * 2, hidden, device=dev, dtype=torch.float16)
+        order = torch.randperm(tokens * 2, device=dev) // 2
+        dst = torch.zeros(tokens, hidden, device=dev, dtype=torch.float16)
+        fn = lambda: dst.index_add_(0, order, src)
+        eager_s = events_s(fn, 20)
+        g = capture(fn, 10)
+        graph_s = events_s(g.replay, 5) / 10
+        rows.append({"tokens": tokens, "top_k": 2, "hidden": hidden, "bytes_in": src.numel() * 2,
+                     "s": eager_s, "s_graph": graph_s, "s_per_byte": graph_s / (src.numel() * 2)})
+    data["scatter_add"] = rows
+    save()
+
+    # 4. fp8 GEMMs: torch._scaled_mm, e4m3 x e4m3 with per-tensor scales, bf16 out ([M,K] x [K,N]);
+    #    tflops = 2MKN/s. Skipped where the GPU or the torch build has no fp8 GEMM.
+    rows = []
+    shapes = [(m, k, n) for k, n in ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192))
+              for m in ((16, 256, 4096) if quick else (1, 16, 64, 256, 1024, 4096, 16384))]
+    fp8 = getattr(torch, "float8_e4m3fn", None)
+    if fp8 is None or not hasattr(torch, "_scaled_mm"):
+        print("gpu_calibration extra: this torch has no float8_e4m3fn/_scaled_mm; fp8 GEMMs skipped", file=sys.stderr)
+    else:
+        scale = torch.ones((), device=dev, dtype=torch.float32)
+        for m, k, n in shapes:
+            try:
+                a = torch.randn(m, k, device=dev, dtype=torch.float16).to(fp8)
+                b = torch.randn(n, k, device=dev, dtype=torch.float16).to(fp8).t()  # column-major, as _scaled_mm needs
+                fn = lambda: torch._scaled_mm(a, b, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16)
+                s = events_s(fn, 20)
+                rows.append({"M": m, "K": k, "N": n, "dtype": "fp8_e4m3", "s": s, "tflops": 2 * m * k * n / s / 1e12,
+                             "gbps": (m * k + k * n) / s / 1e9 + m * n * 2 / s / 1e9})
+            except (RuntimeError, TypeError) as exc:
+                print(f"gpu_calibration extra: fp8 GEMM {m}x{k}x{n} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+                break
+    data["gemm_fp8"] = rows
+    save()
+for r in data.get("graph_kernels", []):
+    g = "-" if r["s_graph_per_kernel"] is None else f"{r['s_graph_per_kernel'] * 1e6:.2f} us"
+    print(f"kernel {r['op']:22} eager {r['s_eager'] * 1e6:7.2f} us   in a graph {g}")
+gl = data.get("graph_launch", {})
+if gl:
+    print(f"graph launch (1 kernel, synced) {gl['s_replay_1_kernel_synced'] * 1e6:.1f} us; sync alone {gl['s_sync_only'] * 1e6:.1f} us")
+for r in data.get("scatter_add", []):
+    print(f"scatter-add {r['tokens']}x2 rows of {r['hidden']}: {r['s_graph'] * 1e6:.1f} us = {1 / r['s_per_byte'] / 1e9:.0f} GB/s of input")
+best = max((r["tflops"] for r in data.get("gemm_fp8", [])), default=float("nan"))
+print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} shapes")
+PY
+extra_rc=$?
+echo "gpu_calibration: extra benchmarks exit $extra_rc after $(( $(date +%s) - extra_start )) s (budget ${EXTRA_BUDGET_S} s)"
 exit "$rc"

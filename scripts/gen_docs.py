@@ -234,6 +234,7 @@ PROFILE_SECTIONS = (
     ("PeakFlops", "peak_flops_per_s"),
     ("LinkSpec", "intra_node"),
     ("Calibration", "calibration"),
+    ("FigureSource", "figure_sources.<figure>"),
 )
 
 

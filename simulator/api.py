@@ -512,11 +512,19 @@ class ServeResult:
         return None if self.found is None else self.found.curve
 
     @cached_property
+    def _calibration(self) -> dict:
+        from simulator.config import resolve_hardware
+        from simulator.report.summary import calibration_dict
+
+        return calibration_dict(resolve_hardware(self.scenario))
+
+    @cached_property
     def stats(self) -> dict:
         """What summary.json holds (JSON types)."""
         from simulator.report.serving_summary import serving_summary_dict
 
         doc = serving_summary_dict(self.scenario.name, self.sim, self.summary, self.priced_by)
+        doc["calibration"] = self._calibration
         if self.max_rate is not None:
             doc["max_rate"] = self.max_rate
         return json.loads(json.dumps(doc, sort_keys=True))
@@ -532,7 +540,14 @@ class ServeResult:
         target = Path(out) if out is not None else Path("reports") / self.scenario.name / "serve"
         with run_directory(target, force) as staging:
             doc = write_serving_files(
-                self.scenario.name, self.sim, self.summary, self.priced_by, staging, self.table, self.max_rate
+                self.scenario.name,
+                self.sim,
+                self.summary,
+                self.priced_by,
+                staging,
+                self.table,
+                self.max_rate,
+                self._calibration,
             )
             if self.found is not None:
                 write_rate_curve(self.found.curve, staging)

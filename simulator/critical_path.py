@@ -7,7 +7,9 @@ holds (stream, link port) is free, so a node's start time equals either
 
 * the end of one of its predecessors (it waited for data: a *dependency* hop), or
 * the end of a node that held one of its resources (it waited for a busy stream or link port:
-  a *resource* hop, e.g. k_proj waiting for q_proj on the same compute stream).
+  a *resource* hop, e.g. k_proj waiting for q_proj on the same compute stream), or
+* the end of its host launch task (simulate.host_tasks: the host had not issued it yet): a *host*
+  hop to its latest-ending predecessor, the gap between the two counted as host launch time.
 
 The walk takes, at each node, a predecessor that ended exactly at the node's start; failing that
 (the node was ready earlier), the resource holder that released at that instant. Ties go to the
@@ -44,6 +46,7 @@ CATEGORY_WORDS = {
     "ep_comm": "EP all-to-all",
     "pp_comm": "pipeline send/recv",
     "marker": "markers",
+    "host": "the host's kernel launches",
 }
 
 _BOUND_WORDS = {
@@ -52,6 +55,7 @@ _BOUND_WORDS = {
     "launch": "kernel-launch-bound",
     "nvlink": "NVLink-bound",
     "network": "network-bound",
+    "host": "host-bound",
 }
 
 #: Ops that stream the KV cache from HBM (the flash-attention pair of a decode step).
@@ -137,7 +141,12 @@ def walk_back(graph: nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: 
                 for j in holders.released_at(i, began_s):
                     if j not in seen and start_s[j] < began_s and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best)):
                         best, how = j, "resource"
-            if best < 0:  # nothing explains the start; cannot happen with the engine's rules
+            if best < 0:  # it waited for the host's launch thread (simulate.host_tasks): the gap is host time
+                for p in pred[nodes[i]]:
+                    j = index[p]
+                    if j not in seen and end_s[j] <= began_s + tol_s and (best < 0 or end_s[j] > end_s[best]):
+                        best, how = j, "host"
+            if best < 0:  # nothing explains the start
                 break
             rows.append(best)
             via.append(how)
@@ -150,9 +159,42 @@ def walk_back(graph: nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: 
 _COLUMNS = ["node", "op", "kind", "category", "phase", "step", "gpu", "start_s", "duration_s", "bound"]
 
 
-def _breakdown(ops: pd.DataFrame, path: CriticalPath, span_s: float) -> dict:
-    """Seconds and share of the span per category, per (category, bound) and per GPU."""
+def _path_frame(ops: pd.DataFrame, path: CriticalPath) -> pd.DataFrame:
+    """The path's rows, plus one row (category and bound "host") per host hop for the time the GPU
+    waited for the host to issue the next node."""
     frame = ops.iloc[path.rows][_COLUMNS]
+    hops = [k for k, v in enumerate(path.via) if v == "host"]
+    if not hops:
+        return frame
+    end_s, start_s = ops["end_s"].to_numpy(dtype=float), ops["start_s"].to_numpy(dtype=float)
+    extra = []
+    for k in hops:
+        before, after = int(path.rows[k]), int(path.rows[k + 1])
+        gap_s = float(start_s[after] - end_s[before])
+        if gap_s > 0.0:
+            waiting = ops.iloc[after]
+            extra.append(
+                {
+                    "node": f"host launch before {waiting['node']}",
+                    "op": "host_launch",
+                    "kind": NodeKind.COMPUTE,
+                    "category": "host",
+                    "phase": waiting["phase"],
+                    "step": waiting["step"],
+                    # a collective waits for its members' hosts: shown on its first member
+                    "gpu": waiting["gpu"][0] if isinstance(waiting["gpu"], tuple) else waiting["gpu"],
+                    "start_s": float(end_s[before]),
+                    "duration_s": gap_s,
+                    "bound": "host",
+                }
+            )
+    return pd.concat([frame, pd.DataFrame(extra, columns=_COLUMNS)], ignore_index=True) if extra else frame
+
+
+def _breakdown(ops: pd.DataFrame, path: CriticalPath, span_s: float) -> dict:
+    """Seconds and share of the span per category (the host's launch gaps as "host"), per (category,
+    bound) and per GPU."""
+    frame = _path_frame(ops, path)
     frame = frame[frame["kind"] != NodeKind.MARKER]
     dur_s = frame["duration_s"].tolist()
     cats = frame["category"].tolist()
@@ -243,7 +285,7 @@ def analyse(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int) -> tuple[dict, 
         "ttft": {"sink": ops["node"].iat[ttft_sink], **_breakdown(ops, ttft_path, ttft_path.length_s)},
         "total": {"sink": ops["node"].iat[total_sink], **_breakdown(ops, total_path, total_path.length_s)},
     }
-    frame = ops.iloc[ttft_path.rows][_COLUMNS]
+    frame = _path_frame(ops, ttft_path)
     sentences = {
         "ttft": _describe(
             frame, ttft_path.length_s, f"TTFT ({_fmt_ms(ttft_path.length_s)})", "the critical path to the first token"
@@ -269,9 +311,9 @@ def analyse(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int) -> tuple[dict, 
             "shares": per_step["shares"],
             "seconds": {c: t / len(steps) for c, t in per_step["seconds"].items()},
         }
-        sentences["tpot"] = _describe(decode, decode_span_s, "TPOT", "each decode step's critical path") + (
-            f"; a step takes {_fmt_ms(step_s)} on the path (mean of {len(steps)})"
-        )
+        sentences["tpot"] = _describe(
+            _path_frame(ops, part), decode_span_s, "TPOT", "each decode step's critical path"
+        ) + (f"; a step takes {_fmt_ms(step_s)} on the path (mean of {len(steps)})")
     result["sentences"] = sentences
     return result, {"ttft": ttft_path, "total": total_path}
 

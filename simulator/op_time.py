@@ -50,6 +50,29 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: 
     )
 
 
+def host_dispatch_s(attrs: dict, hw: HardwareProfile) -> float:
+    """Host time to issue one node's kernels eagerly (the launch thread's cost per node): per kernel,
+    its op class's eager floor when the profile is calibrated (calibration.fit: what one eager call
+    of negligible GPU work costs, so the host's dispatch time), else host_launch_s. A collective is
+    one launch per member's host; a marker or a fused sub-op (launches = 0) costs none."""
+    kind = attrs["kind"]
+    if kind == MARKER:
+        return 0.0
+    cal = hw.calibration
+    if kind == COMM:
+        return cal.eager_floor_s["elementwise"] if cal is not None else hw.host_launch_s
+    launches = attrs["launches"]
+    if cal is None or not launches:
+        return launches * hw.host_launch_s
+    if "gemm" in attrs:
+        op_class = "grouped_gemm" if "grouped" in attrs and attrs["grouped"][0] > 1 else "gemm"
+    elif attrs.get("fused") == "flash_attention":
+        op_class = "attention"
+    else:
+        op_class = "elementwise"
+    return launches * cal.eager_floor_s[op_class]
+
+
 #: Which measured element-wise class times each memory-bound op (per output byte).
 ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
 

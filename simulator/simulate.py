@@ -21,7 +21,7 @@ from simulator.config import Scenario, gpus_per_node
 from simulator.config.hardware import HardwareProfile
 from simulator.graph import Dag
 from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
-from simulator.op_time import node_time_s
+from simulator.op_time import host_dispatch_s, node_time_s
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class SimResult:
     end_s: Sequence[float]
     makespan_s: float
     num_events: int
+    host_busy_s: float = 0.0  # the hosts' launch threads' busy seconds, all GPUs together (host_tasks)
 
     @classmethod
     def from_frame(cls, ops: pd.DataFrame, makespan_s: float, num_events: int = 0) -> SimResult:
@@ -138,13 +139,97 @@ class SimResult:
         return frame
 
 
-def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfile) -> SimResult:
-    """Cost every node, schedule the DAG on the engine and return the trace."""
+class HostTasks(NamedTuple):
+    """The host launch threads as engine tasks (host_tasks): their durations and successors (numbered
+    after the DAG's nodes), and per DAG node the host tasks it must precede (synchronisations)."""
+
+    duration_s: list[float]
+    successors: list[list[int]]
+    sync_edges: list[tuple[int, int]]  # (DAG node, host task index) pairs
+
+
+def host_tasks(dag: Dag, dispatch_s: Sequence[float], eager_decode: bool, graph_launch_s: float) -> HostTasks:
+    """One launch thread per GPU (per process) that issues its kernels one after another in DAG order.
+
+    Eager (prefill always, decode when runtime.mode is eager): each node with kernels gets a host task
+    of `dispatch_s[node]` that the node waits for; the thread's tasks are chained, so the host runs
+    ahead of the GPU streams until it must wait: after a node marked `host_sync` (a `.tolist()` of
+    the sorted MoE's split sizes) its thread's next task waits for that node to end. CUDA graph
+    (decode in cuda_graph mode): one task of `graph_launch_s` per GPU, decode step and microbatch,
+    which every node of that step on that GPU waits for. Either way a pass of a decode step is issued
+    only once the host has its input token: the first host task of each GPU in a decode pass waits
+    for the token node of that microbatch's previous pass (the sampled tokens come to the host).
+    """
+    n = len(dag)
+    durations: list[float] = []
+    successors: list[list[int]] = []
+    sync_edges: list[tuple[int, int]] = []
+    last_task: dict[int, int] = {}  # per GPU: its thread's latest task (engine index)
+    pending_sync: dict[int, int] = {}  # per GPU: a host_sync node its next task waits for
+    open_pass: dict[int, tuple] = {}  # per GPU: the (phase, step, microbatch) its latest task belongs to
+    graph_task: dict[int, int] = {}  # per GPU: the graph launch of its open pass (cuda_graph decode)
+    last_token: dict[int, int] = {}  # per microbatch: its latest token node
+
+    def new_task(g: int, duration_s: float, pass_key: tuple, token: int | None) -> int:
+        t = n + len(durations)
+        durations.append(duration_s)
+        successors.append([])
+        prev = last_task.get(g)
+        if prev is not None:
+            successors[prev - n].append(t)
+        last_task[g] = t
+        sync = pending_sync.pop(g, None)
+        if sync is not None:
+            sync_edges.append((sync, t))
+        if open_pass.get(g) != pass_key:
+            open_pass[g] = pass_key
+            if token is not None:
+                sync_edges.append((token, t))
+        return t
+
+    keep = dag.graph.get("representatives")
+    kept = frozenset(keep) if keep else None
+    for i, a in enumerate(dag.attrs):
+        kind = a["kind"]
+        if kind == MARKER:
+            if a["op"] == "token":
+                last_token[a["microbatch"]] = i
+            continue
+        gpus = a["gpu"] if kind == COMM else (a["gpu"],)
+        if kind == COMM and kept is not None:
+            gpus = [g for g in gpus if g in kept]
+        phase, mb = a["phase"], a["microbatch"]
+        pass_key = (phase, a["step"], mb)
+        token = last_token.get(mb) if phase == "decode" else None
+        graph_mode = phase == "decode" and not eager_decode
+        for g in gpus:
+            if graph_mode:
+                t = graph_task.get(g) if open_pass.get(g) == pass_key else None
+                if t is None:
+                    t = graph_task[g] = new_task(g, graph_launch_s, pass_key, token)
+            elif dispatch_s[i] > 0.0 or kind == COMM:
+                t = new_task(g, dispatch_s[i], pass_key, token)
+            else:
+                continue  # a fused sub-op: issued with its kernel
+            successors[t - n].append(i)
+            if a.get("host_sync") and not graph_mode:
+                pending_sync[g] = i
+    return HostTasks(durations, successors, sync_edges)
+
+
+def simulate_dag(
+    graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfile, host_thread: bool = True
+) -> SimResult:
+    """Cost every node, schedule the DAG and the hosts' launch threads (host_tasks) on the engine and
+    return the trace. Node durations are GPU (device) time; what the host adds shows as later starts.
+
+    host_thread=False: no launch threads; an eagerly launched node instead takes at least its kernels'
+    eager floors (op_time: the host's dispatch as a per-kernel minimum), a pass whose time is then a sum
+    of node times (serving.dag_pricer decomposes passes so)."""
     dag = graph if isinstance(graph, Dag) else Dag.from_networkx(graph)
     res = Resources(scenario.num_gpus)
     gpn = gpus_per_node(scenario, hw)
-    prefill_eager = True  # prefill runs eagerly in both modes (vLLM captures decode only)
-    decode_eager = scenario.runtime.mode == "eager"
+    decode_eager = scenario.runtime.mode == "eager"  # prefill runs eagerly in both modes (vLLM captures decode only)
     gated = scenario.model.gated
     keep = frozenset(dag.graph.get("representatives") or ()) or None
 
@@ -152,12 +237,15 @@ def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfil
     # the distinct nodes are priced, then every node looks up its original (itself, or its twin).
     num = len(dag)
     durations_s: list[float] = [0.0] * num
+    dispatch_s: list[float] = [0.0] * num
     bounds: list[str] = [""] * num
     resources: list[tuple[int, ...]] = [()] * num
     held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
     for i, a in dag.distinct():
-        eager = prefill_eager if a["phase"] == "prefill" else decode_eager
+        # device time: the host's dispatch is its own task (host_tasks), not a floor on the kernel
+        eager = not host_thread and (a["phase"] == "prefill" or decode_eager)
         durations_s[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated)
+        dispatch_s[i] = host_dispatch_s(a, hw)
         held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads (keep is fixed)
         held = held_of.get(held_key)
         if held is None:
@@ -165,11 +253,29 @@ def simulate_dag(graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfil
         resources[i] = held
     original = dag.original
     durations_s = list(map(durations_s.__getitem__, original))
+    dispatch_s = list(map(dispatch_s.__getitem__, original))
     bounds = list(map(bounds.__getitem__, original))
     resources = list(map(resources.__getitem__, original))
 
-    trace = engine.simulate(engine.EngineInput(durations_s, resources, dag.successors(), res.count))
-    return SimResult(dag, durations_s, bounds, trace.start_s, trace.end_s, trace.makespan_s, trace.num_events)
+    if not host_thread:
+        trace = engine.simulate(engine.EngineInput(durations_s, resources, dag.successors(), res.count))
+        return SimResult(dag, durations_s, bounds, trace.start_s, trace.end_s, trace.makespan_s, trace.num_events)
+    host = host_tasks(dag, dispatch_s, decode_eager, hw.graph_launch_s)
+    successors = dag.successors()
+    for node, task in host.sync_edges:
+        successors[node].append(task)
+    trace = engine.simulate(
+        engine.EngineInput(
+            durations_s + host.duration_s,
+            resources + [()] * len(host.duration_s),
+            successors + host.successors,
+            res.count,
+        )
+    )
+    start_s, end_s = trace.start_s[:num], trace.end_s[:num]
+    return SimResult(
+        dag, durations_s, bounds, start_s, end_s, max(end_s, default=0.0), trace.num_events, sum(host.duration_s)
+    )
 
 
 _COLUMNS = (

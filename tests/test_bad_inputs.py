@@ -185,7 +185,7 @@ ROWS = [
     Row(
         "missing-profile",
         "missing hardware profile",
-        "hardware profile 'h999' not found; available: a100-sxm-80gb, generic-64gb, h100-sxm-80gb, h200-sxm-141gb",
+        "hardware profile 'h999' not found; available: a100-sxm-80gb, b200-sxm-180gb, gb200-nvl72-186gb, generic-64gb, h100-sxm-80gb, h20-96gb, h200-sxm-141gb, mi300x-192gb, mi325x-256gb",
         _file(_scenario(hardware="h999")),
     ),
     Row(

@@ -159,7 +159,8 @@ def test_validate_runs_the_dev_cases(tmp_path, capsys):
 
 
 def test_scatter_add_uses_its_measured_rate_once_a_profile_has_one():
-    """The sorted MoE's index_add combine: at copy speed until an index_add micro-benchmark exists."""
+    """The sorted MoE's index_add combine: at its fitted rate (from the kernel breakdown) when the
+    profile has one, at copy speed otherwise."""
     from simulator.op_time import calibrated_node_s
 
     hw = load_profile("h200-sxm-141gb")
@@ -173,9 +174,10 @@ def test_scatter_add_uses_its_measured_rate_once_a_profile_has_one():
         "scatter_add": True,
     }
     rates = hw.calibration.elementwise_s_per_byte
-    assert "index_add" not in rates  # the shared H200 file does not measure it
+    assert "index_add" in rates  # fitted from h200_micro.json's kernel_breakdown
     t, _ = calibrated_node_s(node, hw, hw.calibration, eager=True, gated=False)
+    assert t == pytest.approx(rates["index_add"] * 4e8)
+    without = {k: v for k, v in rates.items() if k != "index_add"}
+    copy_speed = hw.calibration.model_copy(update={"elementwise_s_per_byte": without})
+    t, _ = calibrated_node_s(node, hw, copy_speed, eager=True, gated=False)
     assert t == pytest.approx(rates["copy"] * 3e8)
-    measured = hw.calibration.model_copy(update={"elementwise_s_per_byte": {**rates, "index_add": 4e-12}})
-    t, _ = calibrated_node_s(node, hw, measured, eager=True, gated=False)
-    assert t == pytest.approx(4e-12 * 4e8)

@@ -142,11 +142,18 @@ def test_real_run_paths_end_at_the_first_and_the_last_token(tiny_run):
         start = ops["start_s"].to_numpy()[path.rows]
         end = ops["end_s"].to_numpy()[path.rows]
         assert start[0] == 0.0
-        np.testing.assert_allclose(end[:-1], start[1:], rtol=0, atol=1e-15)
+        host = np.array([how == "host" for how in path.via[:-1]])
+        # a hop joins an end to a start, but for the host's launch gaps (simulate.host_tasks)
+        np.testing.assert_allclose(end[:-1][~host], start[1:][~host], rtol=0, atol=1e-15)
+        assert (end[:-1][host] <= start[1:][host]).all() and host.any()
         # every hop is a graph edge or a shared resource
         for (u, v), how in zip(zip(path.rows[:-1], path.rows[1:]), path.via[:-1]):
-            if how == "dependency":
+            if how in ("dependency", "host"):
                 assert tiny_run.graph.has_edge(ops["node"].iat[u], ops["node"].iat[v])
+        # the gaps are the host's: the path's rows and host rows add up to its length
+        assert summary["total" if path is paths["total"] else "ttft"]["seconds"].get("host", 0.0) == pytest.approx(
+            float((start[1:][host] - end[:-1][host]).sum())
+        )
 
 
 def test_real_run_reports_decode_step_and_both_sentences(tiny_run):

@@ -52,7 +52,7 @@ def test_every_profile_file_loads_in_si_units_under_its_file_name(path: Path):
 
 
 def test_profile_files_were_found():
-    assert len(PROFILE_FILES) >= len(available_profiles()) == 4
+    assert len(PROFILE_FILES) >= len(available_profiles()) == 9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +60,17 @@ def test_profile_files_were_found():
 
 
 def test_available_profiles_are_the_sorted_yaml_stems_of_the_bundled_directory():
-    assert available_profiles() == ["a100-sxm-80gb", "generic-64gb", "h100-sxm-80gb", "h200-sxm-141gb"]
+    assert available_profiles() == [
+        "a100-sxm-80gb",
+        "b200-sxm-180gb",
+        "gb200-nvl72-186gb",
+        "generic-64gb",
+        "h100-sxm-80gb",
+        "h20-96gb",
+        "h200-sxm-141gb",
+        "mi300x-192gb",
+        "mi325x-256gb",
+    ]
 
 
 def test_available_profiles_of_another_directory_ignores_non_yaml_files(tmp_path):

@@ -82,6 +82,7 @@ SUMMARY_KEYS = {
     "total_s",
     "throughput",
     "memory",
+    "calibration",
     "busy_s",
     "bottleneck",
     "routing",

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from simulator.config.hardware import Calibration, HardwareProfile, load_profile, series_interpolate
+from simulator.calibration import e2e as e2e_mod
+from simulator.config.hardware import (
+    CALIBRATION_TABLES,
+    Calibration,
+    HardwareProfile,
+    load_profile,
+    series_interpolate,
+)
 from simulator.config.schema import SCHEMA_COMMENT, schema_comment
 
 FP16_BYTES = 2.0
@@ -23,6 +30,15 @@ FP16_BYTES = 2.0
 FLOOR_MARGIN = 1.25
 #: Calls whose roofline time is below this are certainly launch-bound: they define the floor.
 FLOOR_DEFINING_ROOFLINE_S = 1e-6
+#: The host-bound rule (host_bound): a call is host-bound, i.e. its eager time is the host's dispatch
+#: time and only an upper bound on its GPU time, when it sits at its class's eager floor (FLOOR_MARGIN),
+#: or when it takes at most HOST_BOUND_FLOOR_MULTIPLE dispatch floors (one eager call may launch a few
+#: kernels: SDPA's fallback paths launch 3-4) AND its roofline fraction is below HOST_BOUND_REGIME_RATIO
+#: of the median fraction of its neighbours (the other calls of its series, else of its class).
+HOST_BOUND_FLOOR_MULTIPLE = 4.0
+HOST_BOUND_REGIME_RATIO = 0.1
+#: The kernel of the sorted MoE's combine (`index_add_` with a sum) in a torch.profiler breakdown.
+SCATTER_ADD_KERNEL = ("indexFuncLargeIndex", "ReduceAdd")
 
 
 @dataclass(frozen=True)
@@ -83,8 +99,85 @@ def eager_floors(points: dict[str, list[Point]], data: dict) -> dict[str, float]
     return floors
 
 
-def _gpu_bound(points: list[Point], floor_s: float) -> list[Point]:
-    return [p for p in points if p.measured_s > FLOOR_MARGIN * floor_s]
+def dispatch_floor_s(points: dict[str, list[Point]], data: dict) -> float:
+    """The host's per-call dispatch floor, from the data: the median eager time of the smallest calls
+    of every table (roofline time < FLOOR_DEFINING_ROOFLINE_S, so their GPU work is negligible), else
+    the measured 1-element launch, else 9 us."""
+    tiny = [p.measured_s for pts in points.values() for p in pts if p.roofline_s < FLOOR_DEFINING_ROOFLINE_S]
+    if tiny:
+        return statistics.median(tiny)
+    launch = [e["s"] for e in data.get("launch", [])]
+    return statistics.median(launch) if launch else 9e-6
+
+
+def host_bound(points: list[Point], floor_s: float, dispatch_s: float) -> list[bool]:
+    """Per call of one table, whether it is host-bound (see HOST_BOUND_FLOOR_MULTIPLE for the rule):
+    at its class's eager floor, or within a few dispatch floors at an effective rate (roofline
+    fraction) far below its neighbours'."""
+    fractions = [p.roofline_s / p.measured_s for p in points]
+    flags = []
+    for i, p in enumerate(points):
+        if p.measured_s <= FLOOR_MARGIN * floor_s:
+            flags.append(True)
+            continue
+        series = [f for j, (q, f) in enumerate(zip(points, fractions)) if j != i and q.key == p.key]
+        regime = series or [f for j, f in enumerate(fractions) if j != i]
+        flags.append(
+            bool(regime)
+            and p.measured_s <= HOST_BOUND_FLOOR_MULTIPLE * dispatch_s
+            and fractions[i] < HOST_BOUND_REGIME_RATIO * statistics.median(regime)
+        )
+    return flags
+
+
+def _bounded_rows(points: list[Point], floor_s: float, dispatch_s: float) -> list[tuple]:
+    """The table of the GPU-bound calls, with the host-bound ones applied as upper bounds on GPU time:
+    where the table's interpolated time at a host-bound call's shape exceeds that call's measured
+    time, the call joins the table at its own fraction (its GPU time is at most its eager time)."""
+    flags = host_bound(points, floor_s, dispatch_s)
+    rows = _fraction_rows([p for p, bound in zip(points, flags) if not bound])
+    capped = sorted((p for p, bound in zip(points, flags) if bound), key=lambda p: (p.key, p.x))
+    for _ in range(len(capped)):  # each pass adds at least one row, or none is needed
+        added = [
+            p
+            for p in capped
+            if rows and p.roofline_s / series_interpolate(rows, p.key, p.x) > p.measured_s * (1 + 1e-9)
+        ]
+        if not added:
+            break
+        rows = rows + _fraction_rows(added[:1])
+    return rows
+
+
+def _host_bound_rows(points: list[Point], floor_s: float, dispatch_s: float) -> list[tuple]:
+    return [(*p.key, p.x, p.measured_s) for p, bound in zip(points, host_bound(points, floor_s, dispatch_s)) if bound]
+
+
+def scatter_add_s_per_byte(data: dict) -> tuple[float, str] | None:
+    """Seconds per input byte of the fp16 scatter-add (`index_add_`) of the sorted MoE's combine, and
+    where it comes from: a direct micro-benchmark (`elementwise` op index_add) when the file has one,
+    else the kernel-level times of the profiled prefill passes (`kernel_breakdown`): the index_add
+    kernel's total time over the bytes it read (every routed token copy, top_k x tokens rows of hidden
+    fp16 values), summed over the cases whose model simulator/calibration/e2e.py defines."""
+    for e in data.get("elementwise", []):
+        if e.get("op") == "index_add":
+            return e["s"] / e["bytes_in"], "elementwise index_add micro-benchmark"
+    models = {m.name: m for m, _, _ in e2e_mod.E2E_PREFILL}
+    total_s = total_bytes = 0.0
+    used = []
+    for case in data.get("kernel_breakdown", []):
+        m = models.get(case.get("case"))
+        if m is None:
+            continue
+        for name, calls, seconds in case.get("top_kernels", []):
+            if all(part in name for part in SCATTER_ADD_KERNEL):
+                tokens = case["batch"] * case["seq"]
+                total_s += seconds
+                total_bytes += calls * tokens * m.top_k * m.hidden_size * FP16_BYTES
+                used.append(f"{case['case']} ({calls} calls, {seconds * 1e3:.2f} ms)")
+    if not total_bytes:
+        return None
+    return total_s / total_bytes, "kernel_breakdown index_add kernel: " + ", ".join(used)
 
 
 def _fraction_rows(points: list[Point]) -> list[tuple]:
@@ -96,6 +189,7 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
     peak, hbm = profile.peak_flops_per_s.fp16, profile.hbm_bytes_per_s
     pts = measured_points(data, peak, hbm)
     floors = eager_floors(pts, data)
+    dispatch_s = dispatch_floor_s(pts, data)
     ew = {}
     for e in data.get("elementwise", []):
         numel = 1
@@ -107,14 +201,26 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
     for c in data.get("copy", []):
         ew["copy"] = c["s"] / c["bytes"]  # per byte copied (read once, written once)
     topk = [e for e in data.get("elementwise", []) if e["op"] == "topk2_of16"]
+    sources = {}
+    scatter = scatter_add_s_per_byte(data)
+    if scatter is not None:
+        ew["index_add"], sources["index_add"] = scatter
+    table_floor = {"gemm": "gemm", "grouped_gemm": "grouped_gemm"}
+    host_rows = {
+        table: _host_bound_rows(pts[table], floors[table_floor.get(table, "attention")], dispatch_s)
+        for table in CALIBRATION_TABLES
+    }
     return Calibration(
         source=source,
         eager_floor_s=floors,
-        gemm=_fraction_rows(_gpu_bound(pts["gemm"], floors["gemm"])),
-        grouped_gemm=_fraction_rows(_gpu_bound(pts["grouped_gemm"], floors["grouped_gemm"])),
-        attention_prefill=_fraction_rows(_gpu_bound(pts["attention_prefill"], floors["attention"])),
-        attention_decode=_fraction_rows(_gpu_bound(pts["attention_decode"], floors["attention"])),
+        dispatch_floor_s=dispatch_s,
+        gemm=_bounded_rows(pts["gemm"], floors["gemm"], dispatch_s),
+        grouped_gemm=_bounded_rows(pts["grouped_gemm"], floors["grouped_gemm"], dispatch_s),
+        attention_prefill=_bounded_rows(pts["attention_prefill"], floors["attention"], dispatch_s),
+        attention_decode=_bounded_rows(pts["attention_decode"], floors["attention"], dispatch_s),
+        host_bound={table: rows for table, rows in host_rows.items() if rows},
         elementwise_s_per_byte=ew,
+        rate_sources=sources,
         topk_s_per_row=topk[0]["s"] / topk[0]["shape"][0] if topk else 0.0,
     )
 
@@ -130,6 +236,7 @@ def leave_one_out(data: dict, profile: HardwareProfile) -> list[dict]:
     peak, hbm = profile.peak_flops_per_s.fp16, profile.hbm_bytes_per_s
     pts = measured_points(data, peak, hbm)
     floors = eager_floors(pts, data)
+    dispatch_s = dispatch_floor_s(pts, data)
     rows = []
     for table_name, floor_name in (
         ("gemm", "gemm"),
@@ -140,7 +247,7 @@ def leave_one_out(data: dict, profile: HardwareProfile) -> list[dict]:
         floor_s = floors[floor_name]
         for i, p in enumerate(pts[table_name]):
             others = [q for j, q in enumerate(pts[table_name]) if j != i]
-            table = _fraction_rows(_gpu_bound(others, floor_s))
+            table = _bounded_rows(others, floor_s, dispatch_s)
             if not table:
                 continue
             predicted = predict_eager_s(p, table, floor_s)
@@ -160,8 +267,24 @@ def write_profile(
     base: str, calibration: Calibration, out: Path, name: str | None, data: dict, measured_on: str
 ) -> HardwareProfile:
     """The base profile with the calibration tables and measured constants, written as YAML."""
-    raw = load_profile(base).model_dump(exclude={"calibration"}, exclude_none=True)  # absent peaks stay absent
+    base_profile = load_profile(base)
+    raw = base_profile.model_dump(
+        exclude={"calibration", "figure_sources"}, exclude_none=True
+    )  # absent peaks stay absent
     raw["name"] = name or out.stem
+    same_gpu = Path(base).resolve() == Path(measured_on).resolve() or base == measured_on
+    kind = "measured" if same_gpu else "transferred"
+    where = "" if same_gpu else f", measured on the GPU of {measured_on} (same silicon assumed)"
+    sources = {k: v.model_dump(exclude_defaults=True) for k, v in base_profile.figure_sources.items()}
+    measured = {
+        "compute_efficiency": "median roofline fraction of the GEMMs with M >= 4096",
+        "memory_efficiency": "device-to-device copy rate over the HBM peak",
+        "host_launch_s": "eager floor of the GEMM calls (the host's dispatch per call)",
+    }
+    for figure, what in measured.items():
+        sources[figure] = {"kind": kind, "source": f"{calibration.source}: {what}{where}"}
+    if sources:
+        raw["figure_sources"] = sources
     large = [f for (*_, m, f) in calibration.gemm if m >= 4096]
     if large:
         raw["compute_efficiency"] = round(statistics.median(large), 4)

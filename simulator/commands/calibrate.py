@@ -96,6 +96,14 @@ def command(args, console) -> int:
         f"batched-GEMM, {len(calibration.attention_prefill) + len(calibration.attention_decode)} attention "
         f"points; eager floors {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in calibration.eager_floor_s.items())}"
     )
+    bounds = sum(len(rows) for rows in calibration.host_bound.values())
+    console.print(
+        f"host-bound calls (eager time = host dispatch, kept as upper bounds on GPU time): {bounds}; "
+        f"dispatch floor {(calibration.dispatch_floor_s or 0.0) * 1e6:.1f} us per call"
+    )
+    for rate, source in calibration.rate_sources.items():
+        per_byte = calibration.elementwise_s_per_byte[rate]
+        console.print(f"{rate}: {1 / per_byte / 1e9:.0f} GB/s of input ({source})")
     if gemm:
         console.print(
             f"leave-one-out GEMM error: median {100 * statistics.median(gemm):.1f}%, max {100 * max(gemm):.1f}% "

@@ -117,6 +117,12 @@ def command(args, console) -> int:
         return 130
     files = result.write(out, force=args.force)
     print_table(console, result.scenario, result.results, args.objective)
+    from simulator.config import resolve_hardware
+    from simulator.config.hardware import calibration_note
+
+    note = calibration_note(resolve_hardware(result.scenario))
+    if note:
+        console.print(f"[yellow]Calibration: {escape(note)}.[/yellow]")
     counts = result.counts
     console.print(
         f"{len(result.results)} layouts on {result.num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "

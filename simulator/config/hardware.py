@@ -85,6 +85,12 @@ class Calibration(StrictModel):
     eager_floor_s: dict[str, float] = Field(
         description="shortest eager call per op class: gemm, grouped_gemm, attention, elementwise"
     )
+    dispatch_floor_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=MAX_LATENCY_S,
+        description="the host's dispatch floor per eager call: median time of the smallest calls (calibration.fit)",
+    )
     gemm: list[tuple[float, float, float, float]] = Field(description="rows [M, K, N, fraction of roofline]")
     grouped_gemm: list[tuple[float, float, float, float, float]] = Field(
         description="rows [experts, rows per expert, K, N, fraction of roofline]"
@@ -95,8 +101,17 @@ class Calibration(StrictModel):
     attention_decode: list[tuple[float, float, float]] = Field(
         description="rows [head_dim, K + V bytes, fraction of the HBM peak]"
     )
+    host_bound: dict[str, list[tuple[float, ...]]] = Field(
+        default={},
+        description="per table, the calls found host-bound (calibration.fit.host_bound): rows [*shape, x, "
+        "measured_s], left out of the table; an upper bound on the GPU time of that shape",
+    )
     elementwise_s_per_byte: dict[str, float] = Field(
-        description="seconds per byte of output per op class: gelu, silu_mul, rmsnorm, add, copy"
+        description="seconds per byte of output per op class: gelu, silu_mul, rmsnorm, add, copy (index_add: input)"
+    )
+    rate_sources: dict[str, str] = Field(
+        default={},
+        description="where a kernel-level rate of elementwise_s_per_byte comes from, when not its micro-benchmark",
     )
     topk_s_per_row: float = Field(ge=0.0, description="seconds per row of a top-k")
 
@@ -135,6 +150,73 @@ class Calibration(StrictModel):
         return self
 
 
+#: Every figure of a profile that the cost model reads (dotted paths), each of which a shipped profile
+#: sources in `figure_sources` when it has it (the OPTIONAL_FIGURES may be absent: no such units).
+PROFILE_FIGURES = (
+    "memory_bytes",
+    "peak_flops_per_s.fp32",
+    "peak_flops_per_s.fp16",
+    "peak_flops_per_s.bf16",
+    "peak_flops_per_s.fp8",
+    "peak_flops_per_s.int8",
+    "peak_flops_per_s.fp4",
+    "vector_flops_per_s",
+    "hbm_bytes_per_s",
+    "compute_efficiency",
+    "memory_efficiency",
+    "kernel_overhead_s",
+    "host_launch_s",
+    "graph_launch_s",
+    "gpus_per_node",
+    "intra_node.bytes_per_s",
+    "intra_node.latency_s",
+    "intra_node.efficiency",
+    "inter_node.bytes_per_s",
+    "inter_node.latency_s",
+    "inter_node.efficiency",
+)
+#: Peaks of formats a GPU may have no tensor cores for (left out of the profile then).
+OPTIONAL_FIGURES = ("peak_flops_per_s.fp8", "peak_flops_per_s.int8", "peak_flops_per_s.fp4")
+#: The figures that make a profile calibrated when measured: the efficiencies and the host's dispatch.
+EFFICIENCY_FIGURES = ("compute_efficiency", "memory_efficiency", "host_launch_s")
+
+#: What a result on an uncalibrated profile (datasheet peaks x assumed efficiencies) should expect, derived
+#: by simulator.calibration.status from the H200 measurements (tests/test_calibration_status.py recomputes
+#: them): the H200's micro-benchmarks priced by its datasheet profile without the calibration tables
+#: (113 GEMM, batched-GEMM and attention calls) and the dev cases (validation/dev_cases.yaml) run on it.
+UNCALIBRATED_KERNEL_MEDIAN_ERROR = 0.085
+UNCALIBRATED_KERNEL_P90_ERROR = 0.24
+UNCALIBRATED_E2E_MEDIAN_ERROR = 0.12
+UNCALIBRATED_E2E_MAX_ERROR = 0.45
+
+FigureKind = Literal["measured", "transferred", "datasheet", "assumed", "unknown"]
+CalibrationStatus = Literal["calibrated", "transferred", "uncalibrated"]
+
+
+class FigureSource(StrictModel):
+    """Where one figure of a profile comes from.
+
+    measured: on this GPU (source: the measurement file and what in it); transferred: measured on a
+    GPU of the same silicon (source names it); datasheet: a vendor figure (source: URL and document
+    name), used at `assumed_efficiency` of it where the model applies one; assumed: no source, the
+    reason in `note`; unknown: not published, the value is a stated stand-in (`note` says which)."""
+
+    kind: FigureKind = Field(description="measured, transferred, datasheet, assumed or unknown")
+    source: str = Field(default="", description="the measurement file, or the datasheet's URL and document")
+    assumed_efficiency: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="the fraction of a datasheet figure the model assumes reached"
+    )
+    note: str = Field(default="", description="what the figure is, or why it is assumed")
+
+    @model_validator(mode="after")
+    def _sourced(self) -> FigureSource:
+        if self.kind in ("measured", "transferred", "datasheet") and not self.source.strip():
+            raise ValueError(f"a {self.kind} figure needs its source (file and measurement, or URL and document)")
+        if self.kind in ("assumed", "unknown") and not self.note.strip():
+            raise ValueError(f"an {self.kind} figure needs a note saying what is assumed and why")
+        return self
+
+
 class HardwareProfile(StrictModel):
     """A GPU and its links. Figures are SI: bytes, seconds, FLOP/s, bytes/s."""
 
@@ -165,9 +247,19 @@ class HardwareProfile(StrictModel):
     calibration: Calibration | None = Field(
         default=None, description="measured efficiency tables (`moesim calibrate`), used instead of the constants"
     )
+    figure_sources: dict[str, FigureSource] = Field(
+        default={},
+        description="per figure of the profile, where it comes from (measured, transferred, datasheet with its "
+        "URL and assumed efficiency, assumed, unknown); shipped profiles source every figure",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
+        unknown = next((k for k in self.figure_sources if k not in PROFILE_FIGURES), None)
+        if unknown is not None:
+            raise ValueError(
+                f"figure_sources.{unknown}: not a figure of a profile (one of {', '.join(PROFILE_FIGURES)})"
+            )
         fp8 = self.peak_flops_per_s.fp8
         if fp8 is not None and fp8 < self.peak_flops_per_s.fp16:
             raise ValueError("peak_flops_per_s.fp8 is below fp16: the figures look swapped")
@@ -198,6 +290,52 @@ class HardwareProfile(StrictModel):
         while getattr(self.peak_flops_per_s, field) is None:
             field = PEAK_FALLBACK[field]
         return field
+
+    @property
+    def calibration_status(self) -> CalibrationStatus:
+        """calibrated: measured tables and efficiencies of this GPU; transferred: measured on a GPU of
+        the same silicon; uncalibrated: datasheet figures times assumed efficiencies."""
+        if self.calibration is None:
+            return "uncalibrated"
+        kinds = {self.figure_sources[f].kind for f in EFFICIENCY_FIGURES if f in self.figure_sources}
+        return "transferred" if "transferred" in kinds else "calibrated"
+
+    def figures(self) -> tuple[str, ...]:
+        """The figures of PROFILE_FIGURES this profile has (an optional peak it lacks is left out)."""
+        return tuple(
+            f
+            for f in PROFILE_FIGURES
+            if f not in OPTIONAL_FIGURES or getattr(self.peak_flops_per_s, f.rsplit(".", 1)[1]) is not None
+        )
+
+    def figures_by_kind(self) -> dict[str, list[str]]:
+        """The sourced figures grouped by kind (measured, transferred, datasheet, assumed, unknown)."""
+        grouped: dict[str, list[str]] = {}
+        for figure in self.figures():
+            source = self.figure_sources.get(figure)
+            grouped.setdefault(source.kind if source else "unsourced", []).append(figure)
+        return grouped
+
+
+def calibration_note(profile: HardwareProfile) -> str | None:
+    """One line for every output of a result on `profile`: None when it is calibrated, else what it
+    rests on and what error to expect (see UNCALIBRATED_KERNEL_MEDIAN_ERROR for how that is derived)."""
+    status = profile.calibration_status
+    if status == "calibrated":
+        return None
+    if status == "transferred":
+        return (
+            f"hardware {profile.name} is calibrated by transfer: its tables were measured on another GPU of the "
+            "same silicon (figure_sources says which), not on it; expect the calibrated error plus what differs "
+            "between the two (memory, clocks), which no measurement here bounds"
+        )
+    return (
+        f"hardware {profile.name} is uncalibrated (datasheet peaks x assumed efficiencies): expect errors of "
+        f"about {100 * UNCALIBRATED_KERNEL_P90_ERROR:.0f}% per kernel (90th percentile; median "
+        f"{100 * UNCALIBRATED_KERNEL_MEDIAN_ERROR:.1f}%) and {100 * UNCALIBRATED_E2E_MEDIAN_ERROR:.0f}% end to end "
+        f"(median; up to {100 * UNCALIBRATED_E2E_MAX_ERROR:.0f}%), as this model shows on the measured H200, "
+        "more where the assumed efficiencies do not hold (docs/calibration-status.md)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -266,7 +266,9 @@ class BlockBuilder:
             **extra,
         )
 
-    def helper(self, nid, deps, op, category, ctx, gpu, bytes_read, bytes_written, shape, resident_bytes=0.0) -> str:
+    def helper(
+        self, nid, deps, op, category, ctx, gpu, bytes_read, bytes_written, shape, resident_bytes=0.0, **extra
+    ) -> str:
         """Memory-bound helper kernels of a plain PyTorch implementation (PYTORCH_HELPER_KERNELS[op] of
         them): copies, index arithmetic, buffer fills, timed by the bytes they move."""
         return self.compute(
@@ -282,6 +284,7 @@ class BlockBuilder:
             launches=PYTORCH_HELPER_KERNELS[op],
             kind=ROUTING,
             resident_bytes=resident_bytes,
+            **extra,
         )
 
     def collective(

@@ -69,6 +69,7 @@ class NodeAttrs(TypedDict, total=False):
     expert_tokens: tuple  # token copies per expert of an expert node
     dropped_copies: float  # token copies dropped at capacity (on one FC1 per EP group)
     scatter_add: bool  # the combine is an index_add (PyTorch per_expert MoE)
+    host_sync: bool  # the host waits for this node to end before issuing more (a .tolist() of its result)
     collective: str  # all_reduce, all_gather, all_to_all, send_recv
     group: str  # tp, ep, pp
     send_bytes: tuple  # bytes each member sends

@@ -140,6 +140,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                         8 * copies * 16,
                         8 * copies * 16,
                         (dim(copies),),
+                        host_sync=True,  # the split sizes are copied to the host (bincount().tolist())
                     )
                 ]
             elif self.pytorch_moe == "capacity":  # int32 one-hot and positions, the zeroed buffer

@@ -201,6 +201,14 @@ def comparison_csv(results: Sequence[LayoutResult], target_names: list[str]) -> 
     return buffer.getvalue()
 
 
+def _calibration_note(scenario: Scenario) -> str | None:
+    """config.hardware.calibration_note of the scenario's profile (None when calibrated)."""
+    from simulator.config import resolve_hardware
+    from simulator.config.hardware import calibration_note
+
+    return calibration_note(resolve_hardware(scenario))
+
+
 def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective: str) -> str:
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "screened", "failed")}
     lines = [
@@ -212,6 +220,9 @@ def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective
         f"input {scenario.workload.input_len_tokens}, output {scenario.workload.output_len_tokens} tokens.",
         "",
     ]
+    note = _calibration_note(scenario)
+    if note:
+        lines += [f"Calibration: {note}.", ""]
     best = winner(results)
     if best is not None:
         lines += [

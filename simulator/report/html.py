@@ -20,7 +20,15 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 
 from simulator.files import write_atomic
-from simulator.report.summary import fmt_bytes, fmt_s, fmt_tpot, sampled_note, sampling_sentence, target_rows
+from simulator.report.summary import (
+    calibration_line,
+    fmt_bytes,
+    fmt_s,
+    fmt_tpot,
+    sampled_note,
+    sampling_sentence,
+    target_rows,
+)
 
 INDEX_FILE = "index.html"
 
@@ -260,6 +268,7 @@ def index_html(directory: Path, summary: dict | None, title: str | None = None) 
             lay=summary["layout"],
             results=_results(summary),
             how=sampling_sentence(summary),
+            calibration=calibration_line(summary),
             targets=_targets(summary),
             bottleneck=list(summary.get("bottleneck", {}).values()),
             critical=_critical_path(summary),

@@ -17,6 +17,7 @@ from simulator.report.serving_summary import (
     max_rate_sentence,
     target_rows,
 )
+from simulator.report.summary import calibration_line
 from simulator.serving.stats import LATENCY_METRICS, STATISTICS
 
 INDEX_FILE = "index.html"
@@ -119,6 +120,7 @@ def serving_index_html(directory: Path, summary: dict) -> str:
             f"<title>moesim serve: {_e(summary['scenario'])}</title><style>{_CSS}</style></head><body>",
             f"<h1>moesim serve: {_e(summary['scenario'])}</h1>",
             f'<p class="lead">{_e(headline(summary))}.</p>',
+            *([f'<p class="lead">{_e(calibration_line(summary))}</p>'] if calibration_line(summary) else []),
             f"<p>Files: {links}. Open serving_trace.json in ui.perfetto.dev.</p>",
             "<h2>Targets</h2>",
             _targets(summary),

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from simulator.files import write_atomic
-from simulator.report.summary import fmt_s
+from simulator.report.summary import calibration_line, fmt_s
 from simulator.serving.simulate import ServingRun
 from simulator.serving.stats import (
     LATENCY_METRICS,
@@ -196,6 +197,7 @@ def serving_markdown(summary: dict) -> str:
         "",
         headline(summary) + ".",
         "",
+        *([calibration_line(summary), ""] if calibration_line(summary) else []),
         "## Latency",
         "",
         "| metric | " + " | ".join(STATISTICS) + " |",
@@ -243,10 +245,14 @@ def write_serving_files(
     out_dir: Path,
     table: pd.DataFrame | None = None,
     max_rate: dict | None = None,
+    calibration: dict | None = None,
 ) -> dict:
-    """requests.csv, summary.json and summary.md (with the max-rate search's result when given), and for a
-    disaggregated run transfers.csv and links.csv; returns the summary dict."""
+    """requests.csv, summary.json and summary.md (with the max-rate search's result when given, and the
+    hardware profile's calibration status: summary.calibration_dict), and for a disaggregated run
+    transfers.csv and links.csv; returns the summary dict."""
     doc = serving_summary_dict(name, run, summary, pricer)
+    if calibration is not None:
+        doc["calibration"] = calibration
     if max_rate is not None:
         doc["max_rate"] = max_rate
     write_atomic(out_dir / "requests.csv", requests_frame(run, table).to_csv(index=False))
@@ -275,6 +281,8 @@ def write_rate_curve(curve: pd.DataFrame, out_dir: Path) -> Path:
 
 def print_serving(console: Console, summary: dict) -> None:
     console.print(f"[bold]{summary['scenario']}[/bold]: {headline(summary)}")
+    if calibration_line(summary):
+        console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")
     lat = Table(title="Serving latency")
     lat.add_column("metric")
     for s in STATISTICS:

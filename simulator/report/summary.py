@@ -79,6 +79,7 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "critical_path": critical,
         "targets": d["targets"],
         "all_targets_met": all(t.met for t in m.targets),
+        "calibration": calibration_dict(run.hardware),
         "audit": [a.to_dict() for a in run.audit],
         "verification": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in run.checks],
         "dag": {
@@ -102,6 +103,24 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         groups = represented_gpus(representatives, run.scenario.num_gpus)
         out["folded"] = {"representatives": {str(r): gpus for r, gpus in groups.items()}}
     return out
+
+
+def calibration_dict(hw) -> dict:
+    """The profile's calibration status and, unless calibrated, what the result rests on and what error to
+    expect (config.hardware.calibration_note)."""
+    from simulator.config.hardware import calibration_note
+
+    out = {"status": hw.calibration_status}
+    note = calibration_note(hw)
+    if note:
+        out["note"] = note
+    return out
+
+
+def calibration_line(summary: dict) -> str:
+    """One sentence for every output: empty on a calibrated profile."""
+    note = summary.get("calibration", {}).get("note")
+    return f"Calibration: {note}." if note else ""
 
 
 def sampled_note(summary: dict, figure: str) -> str:
@@ -183,6 +202,8 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {k.replace('_', ' ')} | {v:.4g}{sampled_note(summary, k)} |")
     if sampling_sentence(summary):
         lines += ["", sampling_sentence(summary)]
+    if calibration_line(summary):
+        lines += ["", calibration_line(summary)]
     lines += ["", "## Targets", "", "| target | limit | actual | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in target_rows(summary)]
     lines += [
@@ -343,6 +364,8 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
         f"{lay['microbatches']} microbatch(es), {lay['mode']} decode"
     )
     console.print(escape(precision_line(run.scenario.model.formats, run.hardware)))
+    if calibration_line(summary):
+        console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")
     t = Table(title="Results")
     t.add_column("metric")
     t.add_column("value", justify="right")

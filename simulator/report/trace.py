@@ -155,7 +155,22 @@ def trace_events(
             )
     if path_rows is not None:
         positive = ops["duration_s"].to_numpy(dtype=float) > 0
+        previous = None
         for row in path_rows.tolist():
+            if previous is not None and start_ns[row] > end_ns[previous]:  # the GPU waited for the host's launch
+                events.append(
+                    {
+                        "name": "host launch",
+                        "cat": "host",
+                        "ph": "X",
+                        "ts": int(end_ns[previous]) / 1e3,
+                        "dur": int(start_ns[row] - end_ns[previous]) / 1e3,
+                        "pid": RUN_PID,
+                        "tid": _PATH_TID,
+                        "args": {"before": nodes[row]},
+                    }
+                )
+            previous = row
             if positive[row]:
                 events.append(
                     {

@@ -24,6 +24,8 @@ latency (when the batch's tokens exist) the whole pass's.
 A batch with a prefill chunk runs eagerly (as vLLM runs mixed batches); a pure decode batch follows
 runtime.mode (CUDA graphs by default). Each dp rank of a lockstep EP group is priced as if it ran the same
 batch (the serving loop takes the slowest replica's price); an empty batch is the dummy pass of an idle one.
+The passes are simulated without the hosts' launch threads (simulate_dag(host_thread=False): an eager kernel
+takes at least its eager floor), which keeps a pass's time the sum above; `moesim run` models the launch thread.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class DagPricer:
         last node's end (its outgoing transfer included; the token sent back to stage 0 belongs to no stage)."""
         self.exact_passes += 1
         dag = build_forward(self.scenario, shape, self.keep)
-        sim = simulate_dag(dag, self.scenario, self.hw)
+        sim = simulate_dag(dag, self.scenario, self.hw, host_thread=False)  # additive passes (module docstring)
         stage = np.full(len(dag), -1, dtype=np.int64)
         for i, a in dag.distinct():
             if a["kind"] != NodeKind.MARKER and a["op"] != "token_send":
