@@ -99,6 +99,11 @@ def command(args, console: Console) -> int:
     for c in failed:
         console.print(f"[red]DAG check failed[/red]: {escape(c.name)}: {escape(c.detail)}")
     console.print(f"simulated {result.graph.number_of_nodes()} nodes in {elapsed:.2f} s; wrote {escape(str(out))}/")
+    if not summary["all_targets_met"]:
+        console.print(
+            f"a target is missed: `moesim whatif {escape(str(args.scenario))}` finds the smallest change of each "
+            "knob (batch, lengths, GPUs, layout, hardware, precision) that meets it"
+        )
     if args.check and not summary["all_targets_met"]:
         return EXIT_TARGET_MISSED
     return EXIT_OK
