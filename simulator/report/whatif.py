@@ -111,12 +111,12 @@ def markdown(w: WhatIf) -> str:
                 continue
             figure = fmt_figure(goal.metric, a.best.figure) if a.best is not None else "-"
             if a.status == "none":
-                figure = f"best {figure} at {a.best.label}" if a.best is not None else "-"
+                figure = f"best simulated {figure} at {a.best.label}" if a.best is not None else "-"
             why = a.reason if a.status != "found" else a.bound
             if a.status == "none" and a.bound:
                 why += f". At the best value: {a.bound}"
             if a.others:
-                why += f" (there it {a.others})"
+                why += f" (the change {a.others})"
             lines.append(f"| {KNOBS[a.knob].words} | {a.current} | {_change(a)} | {figure} | {a.method} | {_md(why)} |")
         lines += ["", f"![{goal.metric} against each knob](whatif_{goal.metric}.png)", ""]
     lines += [
@@ -164,7 +164,8 @@ def points_csv(w: WhatIf) -> str:
 def plot_png(w: WhatIf, goal: Goal) -> bytes:
     """One panel per knob: the target metric against the knob's value (ordered knobs on a log axis
     when their range is wide; discrete ones sorted by figure), the target dashed, the current value
-    grey, the answer a green star (or the best value an orange cross when none meets)."""
+    (or, for a discrete knob, its figure) dotted grey, the answer a green star (or the best value an
+    orange cross when none meets); log figures when the target lies far from them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -202,7 +203,12 @@ def plot_png(w: WhatIf, goal: Goal) -> bytes:
                 ax.set_xlabel(f"{len(points)} values, sorted by figure", fontsize=8)
             at = next((i for i, p in enumerate(points) if a.best is not None and p.label == a.best.label), None)
             mark = (at, a.best.figure * scale) if at is not None and a.best is not None else None
+        if not ordered:  # the current value is not among the alternatives: its figure as a level
+            ax.axhline(goal.actual * scale, color="0.6", lw=1, ls=":")
         ax.axhline(goal.limit * scale, color="#d62728", ls="--", lw=1.2, label="target")
+        shown = [p.figure for p in points if p.figure > 0] + [goal.limit, goal.actual]
+        if min(shown) > 0 and max(shown) / min(shown) > 20:  # a target far from the figures: keep both readable
+            ax.set_yscale("log")
         if mark is not None:
             style = ("*", "#2ca02c", 14) if a.status == "found" else ("X", "#ff7f0e", 9)
             ax.plot([mark[0]], [mark[1]], style[0], color=style[1], ms=style[2], zorder=5)
@@ -215,7 +221,7 @@ def plot_png(w: WhatIf, goal: Goal) -> bytes:
         ax.set_visible(False)
     fig.suptitle(
         f"{w.scenario.name}: {words} against each knob (target dashed red; star: smallest change that meets it; "
-        "cross: best when none does; dotted: now)",
+        "cross: best when none does; dotted grey: now)",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.96))
@@ -255,12 +261,12 @@ def print_whatif(console: Console, w: WhatIf) -> None:
                 continue
             figure = fmt_figure(goal.metric, a.best.figure) if a.best is not None else "-"
             if a.status == "none" and a.best is not None:
-                figure = f"best {figure} at {a.best.label}"
+                figure = f"best simulated {figure} at {a.best.label}"
             why = a.bound if a.status == "found" else a.reason
             if a.status == "none" and a.bound:
                 why += f". At the best value: {a.bound}"
             if a.others:
-                why += f" (there it {a.others})"
+                why += f" (the change {a.others})"
             table.add_row(
                 escape(a.knob),
                 escape(a.current),

@@ -67,14 +67,15 @@ def goals_of(scenario: Scenario, baseline: LayoutResult, target: str | None = No
     return [Goal(v.metric, v.bound, v.limit, v.actual) for v in chosen]
 
 
-def _others(goal: Goal, answer: Answer) -> str:
-    """Other targets that the answer's value misses."""
+def _others(goal: Goal, answer: Answer, baseline: LayoutResult) -> str:
+    """Targets the scenario meets that the answer's value would miss (what the change breaks)."""
     if answer.best is None or answer.best.result.status != "ok":
         return ""
+    met_now = {v.metric for v in baseline.targets if v.met}
     return "; ".join(
-        f"misses {METRIC_WORDS.get(v.metric, v.metric)} ({fmt_figure(v.metric, v.actual)})"
+        f"breaks {METRIC_WORDS.get(v.metric, v.metric)} ({fmt_figure(v.metric, v.actual)})"
         for v in answer.best.result.targets
-        if v.metric != goal.metric and not v.met
+        if v.metric != goal.metric and v.metric in met_now and not v.met
     )
 
 
@@ -97,7 +98,7 @@ def run_whatif(
     searches = {(g.metric, k): search(k, scenario, g) for g in goals for k in knobs}
     found = drive(searches, evaluator, progress)
     answers = [found[(g.metric, k)] for g in goals for k in knobs]
-    answers = [replace(a, others=_others(g, a)) for g in goals for a in answers if a.metric == g.metric]
+    answers = [replace(a, others=_others(g, a, baseline)) for g in goals for a in answers if a.metric == g.metric]
     # What bounds the deployment at each answer: one more run per distinct variant, on the executor.
     wanted: dict[tuple[str, str], Scenario] = {}
     for a in answers:

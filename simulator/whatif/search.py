@@ -187,7 +187,7 @@ class Answer:
     points: tuple[Point, ...] = ()
     reason: str = ""
     bound: str = ""  # what bounds the deployment at `best` (explain.bound_sentence)
-    others: str = ""  # other targets missed at `best`
+    others: str = ""  # targets the scenario meets that `best` would miss
     monotone: bool | None = None
     extra: dict = field(default_factory=dict)
 
@@ -354,8 +354,10 @@ def search_ordered(knob: Knob, scenario: Scenario, goal: Goal, space: Space) -> 
 
 
 def _best(goal: Goal, points: Sequence[Point]) -> Point | None:
+    """The point with the best figure, among those whose layout fits memory when any does."""
     best = None
-    for p in points:
+    fitting = [p for p in points if p.result.fits]
+    for p in fitting or points:
         if best is None or goal.better(p.figure, best.figure):
             best = p
     return best
