@@ -149,6 +149,11 @@ class Goal:
         verdict = self.verdict(result)
         return bool(verdict and verdict.met and result.fits)
 
+    def reached(self, result: LayoutResult) -> bool:
+        """The figure meets the target, whether or not the layout fits memory."""
+        verdict = self.verdict(result)
+        return bool(verdict and verdict.met)
+
     def better(self, a: float, b: float) -> bool:
         """a is a better figure than b (NaN is never better)."""
         if math.isnan(a):
@@ -164,9 +169,10 @@ class Point:
     value: Any
     label: str
     figure: float
-    met: bool
+    met: bool  # the figure meets the target and the layout fits memory
     result: LayoutResult
     scenario: Scenario
+    reached: bool = False  # the figure meets the target (memory aside): what a monotone search bisects on
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,11 @@ def _probe(knob: Knob, scenario: Scenario, goal: Goal, values: Sequence[Any]) ->
         for r in ranked[1:]:
             if r.status == "ok" and r.fits and goal.better(goal.figure(r), goal.figure(best)):
                 best = r
-        points.append(Point(v, knob.fmt(v), goal.figure(best), goal.met(best), part[best.index], g[best.index]))
+        points.append(
+            Point(
+                v, knob.fmt(v), goal.figure(best), goal.met(best), part[best.index], g[best.index], goal.reached(best)
+            )
+        )
     return points
 
 
@@ -285,7 +295,7 @@ def search_ordered(knob: Knob, scenario: Scenario, goal: Goal, space: Space) -> 
             yield from sample([mid])
             if not _monotone(ordered_points()):
                 return None
-            if known[mid].met:
+            if known[mid].reached:
                 hi = mid
             else:
                 lo = mid
@@ -299,7 +309,8 @@ def search_ordered(knob: Knob, scenario: Scenario, goal: Goal, space: Space) -> 
     if known[c].met:  # num_gpus: another layout of the same count already meets it
         return answer("found", "the current value, another layout", best=known[c])
     if _monotone(ordered_points()):
-        ends = [i for i in (0, n - 1) if i != c and known[i].met]
+        # the figure alone decides the side (memory grows along some knobs: checked at the answer)
+        ends = [i for i in (0, n - 1) if i != c and known[i].reached]
         if not ends:
             best = _best(goal, ordered_points())
             return answer(
@@ -311,11 +322,25 @@ def search_ordered(knob: Knob, scenario: Scenario, goal: Goal, space: Space) -> 
             )
         end = ends[0]
         # start from the known points closest to the crossing
-        lo = max((i for i in known if not known[i].met and (c <= i < end or end < i <= c)), key=lambda i: abs(i - c))
-        hi = min((i for i in known if known[i].met and (lo < i <= end or end <= i < lo)), key=lambda i: abs(i - lo))
+        lo = max(
+            (i for i in known if not known[i].reached and (c <= i < end or end < i <= c)), key=lambda i: abs(i - c)
+        )
+        hi = min((i for i in known if known[i].reached and (lo < i <= end or end <= i < lo)), key=lambda i: abs(i - lo))
         pair = yield from bisect(lo, hi)
         if pair is not None:
-            return answer("found", "bisection", best=known[pair[1]], below=known[pair[0]], monotone=True)
+            best, below = known[pair[1]], known[pair[0]]
+            if best.met:
+                return answer("found", "bisection", best=best, below=below, monotone=True)
+            memory = best.result.memory_bytes_per_gpu / 1e9
+            return answer(
+                "none",
+                "bisection",
+                best=best,
+                below=below,
+                monotone=True,
+                reason=f"the figure meets the target from {best.label} on, but there a GPU would need {memory:.4g} GB "
+                f"of its {best.result.capacity_bytes / 1e9:.4g} GB",
+            )
     # Not monotone: enumerate a coarse subgrid, then bisect the crossing nearest the current value.
     coarse = (
         set(_geometric_index(values, 0, n - 1, ENUMERATION_POINTS))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from simulator.sweep import LayoutResult, TargetVerdict
 from simulator.whatif.knobs import SCALE_STEP, Knob, Space
@@ -22,9 +24,9 @@ from tests.conftest import TINY_MOE, make_scenario
 class FormulaEvaluator(Evaluator):
     """Gives each variant the figure `formula(batch_size)` for `metric` (its verdict against `goal`)."""
 
-    def __init__(self, goal: Goal, formula):
+    def __init__(self, goal: Goal, formula, memory=lambda v: 1.0):
         super().__init__()
-        self.goal, self.formula, self.calls = goal, formula, []
+        self.goal, self.formula, self.memory, self.calls = goal, formula, memory, []
 
     def evaluate(self, scenarios):
         out = []
@@ -36,7 +38,13 @@ class FormulaEvaluator(Evaluator):
             verdict = TargetVerdict(self.goal.metric, self.goal.bound, self.goal.limit, figure, met)
             out.append(
                 LayoutResult(
-                    0, s.parallel, False, "ok", memory_bytes_per_gpu=1.0, capacity_bytes=2.0, targets=(verdict,)
+                    0,
+                    s.parallel,
+                    False,
+                    "ok",
+                    memory_bytes_per_gpu=self.memory(value),
+                    capacity_bytes=2.0,
+                    targets=(verdict,),
                 )
             )
         return out
@@ -58,9 +66,9 @@ KNOB = Knob("fake", "a fake knob", lambda s: None, _variants, str)
 SCALE_KNOB = Knob("fake_scale", "a fake scale", lambda s: None, _scaled_variants, lambda v: f"x{v:.4g}")
 
 
-def _run(knob, space, goal, formula, discrete=False):
+def _run(knob, space, goal, formula, discrete=False, memory=lambda v: 1.0):
     s = make_scenario(TINY_MOE)
-    evaluator = FormulaEvaluator(goal, formula)
+    evaluator = FormulaEvaluator(goal, formula, memory)
     make = search_discrete if discrete else search_ordered
     answer = drive({"k": make(knob, s, goal, space)}, evaluator)["k"]
     return answer, evaluator
@@ -94,6 +102,16 @@ def test_an_unreachable_target_is_reported_with_the_best_value():
     assert answer.best.value == 1000
     assert "neither end meets" in answer.reason
     assert len(set(evaluator.calls)) == 3  # current = first end, midpoint, last end: nothing more
+
+
+def test_a_threshold_past_the_memory_limit_is_no_answer_and_says_why():
+    # v / 100 reaches 5 at v = 500, but only v <= 300 fits (memory v / 150 against 2)
+    goal = Goal("output_tokens_per_ms_per_gpu", "min", 5.0, 0.01)
+    answer, _ = _run(
+        KNOB, Space(range(1, 1001), 1, True, "1..1000", "exact"), goal, lambda v: v / 100, memory=lambda v: v / 150
+    )
+    assert answer.status == "none" and answer.best.value == 500 and answer.below.value == 499
+    assert "meets the target from 500 on, but there a GPU would need 3.333e-09 GB of its 2e-09 GB" in answer.reason
 
 
 def test_a_non_monotone_knob_is_enumerated_not_bisected():
@@ -144,3 +162,37 @@ def test_goal_needs_the_verdict_and_a_fitting_layout():
     too_big = LayoutResult(0, s.parallel, False, "ok", memory_bytes_per_gpu=3, capacity_bytes=2, targets=(verdict,))
     assert goal.met(fits) and not goal.met(too_big)
     assert goal.better(0.5, 0.7) and not goal.better(math.nan, 0.7) and goal.better(0.7, math.nan)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    exponent=st.floats(-2.0, 2.0).filter(lambda p: abs(p) > 0.05),
+    size=st.integers(2, 3000),
+    current=st.integers(1, 3000),
+    quantile=st.floats(0.0, 1.2),
+    bound=st.sampled_from(["min", "max"]),
+)
+def test_bisection_answer_meets_and_its_neighbour_towards_the_current_value_does_not(
+    exponent, size, current, quantile, bound
+):
+    """For any monotone figure v^p and any limit: a found value meets the target, its neighbour towards the
+    current value does not, and 'none' means that no value of the grid meets it (checked one by one)."""
+    current = min(current, size)
+
+    def formula(v):
+        return float(v) ** exponent
+
+    lo_f, hi_f = sorted((formula(1), formula(size)))
+    limit = lo_f + quantile * (hi_f - lo_f)
+    meets = (lambda f: f >= limit) if bound == "min" else (lambda f: f <= limit)
+    assume(not meets(formula(current)))
+    goal = Goal("ttft_s" if bound == "max" else "output_tokens_per_ms_per_gpu", bound, limit, formula(current))
+    answer, _ = _run(KNOB, Space(range(1, size + 1), current, True, "", ""), goal, formula)
+    if answer.status == "found":
+        assert meets(formula(answer.best.value)) and not meets(formula(answer.below.value))
+        assert abs(answer.best.value - answer.below.value) == 1
+        assert abs(answer.below.value - current) < abs(answer.best.value - current)
+        between = range(min(current, answer.best.value) + 1, max(current, answer.best.value))
+        assert not any(meets(formula(v)) for v in between)  # nothing nearer the current value meets it
+    else:
+        assert answer.status == "none" and not any(meets(formula(v)) for v in range(1, size + 1))
