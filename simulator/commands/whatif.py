@@ -59,7 +59,10 @@ def command(args, console: Console) -> int:
     if marker_kind(run_dir) == "run" and (run_dir / "summary.json").is_file():  # the run page links the answers
         from simulator.report.html import write_index
 
-        write_index(run_dir)
+        try:
+            write_index(run_dir)
+        except (OSError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a damaged run
+            console.print(f"the run page {escape(str(run_dir))}/index.html was left as it was ({type(exc).__name__})")
     console.print(
         f"{len(knobs)} knobs x {len(result.goals)} target(s): {result.simulated} distinct runs simulated for "
         f"{result.requested} variants asked for (the rest from the cache) in {result.elapsed_s:.1f} s; "

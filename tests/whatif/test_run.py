@@ -43,8 +43,11 @@ def test_input_length_lands_on_the_longest_prompt_whose_ttft_is_the_target():
 
 def test_a_knob_that_cannot_move_the_target_says_so():
     s = make_scenario(TINY_MOE, workload=WORKLOAD, targets={"ttft_s": {"max": 1e-7}})
-    answers = run_whatif(s, ["output_len", "peak_flops"], target="ttft_s").answers
-    by_knob = {a.knob: a for a in answers}
+    w = run_whatif(s, ["output_len", "peak_flops"], target="ttft_s")
+    by_knob = {a.knob: a for a in w.answers}
+    # the scenario itself (each knob's current value) is simulated once. Asked: itself, output_len's current
+    # value, both ends and a midpoint (4), peak_flops' x1 (also its first end), midpoint and x100 (3)
+    assert (w.simulated, w.requested) == (1 + 3 + 2, 1 + 4 + 3)
     assert by_knob["output_len"].status == "none" and "neither end meets" in by_knob["output_len"].reason
     flops = by_knob["peak_flops"]
     assert flops.status == "none" and flops.best.value == pytest.approx(100, rel=0.01)
