@@ -10,9 +10,10 @@ from dataclasses import dataclass, replace
 
 from simulator.config import Scenario, ScenarioError
 from simulator.sweep import DEFAULT_DECODE_SAMPLE, LayoutResult, TargetVerdict
+from simulator.whatif.evaluate import Evaluator, drive, scenario_key
 from simulator.whatif.explain import METRIC_WORDS, bound_sentence, with_explanations
 from simulator.whatif.knobs import KNOBS
-from simulator.whatif.search import Answer, Evaluator, Goal, drive, scenario_key, search
+from simulator.whatif.search import Answer, Goal, search
 
 
 @dataclass(frozen=True)

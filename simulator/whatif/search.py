@@ -1,9 +1,6 @@
 """What-if stage, search: for one missed target and one knob, the smallest change that meets it.
 
-Every figure comes from a simulated run (sweep.simulate_layout: folded, decode sampled), cached by the
-variant's canonical content so that runs shared by several knobs or targets are simulated once. The
-searches of all knobs advance together, one round at a time; each round's new variants go to one
-`concurrent.futures.Executor` (the sweep's executors), so the cores stay busy.
+Each search is a generator that `evaluate.drive` feeds with simulated runs (whatif.evaluate).
 
 Ordered knobs: the two ends of the range and a midpoint are simulated first, with the current value.
 When the figure moves monotonically through them (non-strictly, in either direction), the target is
@@ -17,112 +14,19 @@ target and its grid neighbour towards the current value does not. Discrete knobs
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Executor
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from simulator.config import Scenario, resolve_hardware
-from simulator.sweep import (
-    DEFAULT_DECODE_SAMPLE,
-    LayoutResult,
-    SerialExecutor,
-    TargetVerdict,
-    rank_results,
-    screen_memory,
-    simulate_layout,
-)
-from simulator.sweep.results import failed_result
+from simulator.config import Scenario
+from simulator.sweep import LayoutResult, TargetVerdict, rank_results
+from simulator.whatif.evaluate import Request, Search
 from simulator.whatif.knobs import KNOBS, Knob, Space, dtype_bytes
 
 #: Points of the coarse subgrid a non-monotone ordered knob is enumerated on (plus the ends and the current value).
 ENUMERATION_POINTS = 24
 #: Two figures closer than this (relative) count as equal when the order is checked.
 MONOTONE_RTOL = 1e-9
-
-
-def scenario_key(scenario: Scenario) -> str:
-    """The canonical content of a scenario: what its simulation depends on (not its name or notes)."""
-    return scenario.model_dump_json(exclude={"name", "description", "declared", "serving"})
-
-
-class Evaluator:
-    """Simulates scenarios on an executor, each distinct one once (cached by scenario_key)."""
-
-    def __init__(self, executor: Executor | None = None, decode_sample: int = DEFAULT_DECODE_SAMPLE):
-        self.executor = executor or SerialExecutor()
-        self.decode_sample = decode_sample
-        self.cache: dict[str, LayoutResult] = {}
-        self.requested = 0  # variants asked for, cached or not
-
-    def evaluate(self, scenarios: Sequence[Scenario]) -> list[LayoutResult]:
-        keys = [scenario_key(s) for s in scenarios]
-        self.requested += len(keys)
-        todo: dict[str, Scenario] = {}
-        for k, s in zip(keys, scenarios):
-            if k not in self.cache:
-                todo.setdefault(k, s)
-        futures = {}
-        for k, s in todo.items():
-            capacity = resolve_hardware(s).memory_bytes
-            need = screen_memory(s, capacity)
-            if need is None:
-                futures[k] = self.executor.submit(simulate_layout, 0, False, s, self.decode_sample)
-            else:
-                self.cache[k] = LayoutResult(
-                    index=0,
-                    layout=s.parallel.without_split(),
-                    own=False,
-                    status="screened",
-                    error=f"weights + KV cache need {need / 1e9:.1f} GB of {capacity / 1e9:.1f} GB",
-                    memory_bytes_per_gpu=need,
-                    capacity_bytes=capacity,
-                )
-        for k, future in futures.items():
-            try:
-                self.cache[k] = future.result()
-            except Exception as exc:  # a dead worker: the point counts as failed, the search goes on
-                self.cache[k] = failed_result(0, todo[k].parallel.without_split(), False, exc)
-        return [self.cache[k] for k in keys]
-
-    @property
-    def simulated(self) -> int:
-        return sum(r.status != "screened" for r in self.cache.values())
-
-
-Request = list[Scenario]
-Search = Generator[Request, list[LayoutResult], Any]
-
-
-def drive(
-    searches: dict[Any, Search], evaluator: Evaluator, progress: Callable[[int, int], None] | None = None
-) -> dict:
-    """Run the searches together: each round, every search's next request is evaluated in one batch.
-    Returns each search's return value by its key; `progress(round, simulated so far)` after each round."""
-    requests: dict[Any, Request] = {}
-    done: dict[Any, Any] = {}
-    for key, search in searches.items():
-        try:
-            requests[key] = next(search)
-        except StopIteration as stop:
-            done[key] = stop.value
-    round_ = 0
-    while requests:
-        flat = [s for request in requests.values() for s in request]
-        results = evaluator.evaluate(flat)
-        following: dict[Any, Request] = {}
-        at = 0
-        for key, request in requests.items():
-            part, at = results[at : at + len(request)], at + len(request)
-            try:
-                following[key] = searches[key].send(part)
-            except StopIteration as stop:
-                done[key] = stop.value
-        requests = following
-        round_ += 1
-        if progress:
-            progress(round_, evaluator.simulated)
-    return done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +124,7 @@ def _probe(knob: Knob, scenario: Scenario, goal: Goal, values: Sequence[Any]) ->
     return points
 
 
-def _monotone(points: Sequence[Point]) -> bool:
+def is_monotone(points: Sequence[Point]) -> bool:
     """The figures, in the order of the knob's values, never go up and down (NaN breaks it)."""
     figures = [p.figure for p in points]
     if any(math.isnan(f) for f in figures):
@@ -239,14 +143,12 @@ def _geometric_index(values: Sequence[Any], lo: int, hi: int, count: int) -> lis
     out = set()
     for j in range(count + 1):
         target = a * (b / a) ** (j / count)
-        i = min(range(lo, hi + 1), key=lambda k: abs(math.log(float(values[k]) / target))) if hi - lo < 64 else None
-        if i is None:  # a long grid: binary search for the nearest value
-            i = _nearest(values, lo, hi, target)
-        out.add(i)
+        out.add(_nearest(values, lo, hi, target))
     return sorted(out)
 
 
 def _nearest(values: Sequence[Any], lo: int, hi: int, target: float) -> int:
+    """The index in [lo, hi] of the sorted values nearest `target` by ratio (binary search)."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if float(values[mid]) < target:
@@ -293,7 +195,7 @@ def search_ordered(knob: Knob, scenario: Scenario, goal: Goal, space: Space) -> 
         while abs(hi - lo) > 1:
             mid = (lo + hi) // 2
             yield from sample([mid])
-            if not _monotone(ordered_points()):
+            if not is_monotone(ordered_points()):
                 return None
             if known[mid].reached:
                 hi = mid
@@ -308,7 +210,7 @@ def search_ordered(knob: Knob, scenario: Scenario, goal: Goal, space: Space) -> 
     yield from sample([c, 0, mid, n - 1])
     if known[c].met:  # num_gpus: another layout of the same count already meets it
         return answer("found", "the current value, another layout", best=known[c])
-    if _monotone(ordered_points()):
+    if is_monotone(ordered_points()):
         # the figure alone decides the side (memory grows along some knobs: checked at the answer)
         ends = [i for i in (0, n - 1) if i != c and known[i].reached]
         if not ends:

@@ -9,15 +9,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from simulator.sweep import LayoutResult, TargetVerdict
+from simulator.whatif.evaluate import Evaluator, drive
 from simulator.whatif.knobs import SCALE_STEP, Knob, Space
-from simulator.whatif.search import (
-    Evaluator,
-    Goal,
-    _monotone,
-    drive,
-    search_discrete,
-    search_ordered,
-)
+from simulator.whatif.search import Goal, Point, is_monotone, search_discrete, search_ordered
 from tests.conftest import TINY_MOE, make_scenario
 
 
@@ -145,13 +139,11 @@ def test_a_discrete_knob_takes_the_best_option_that_meets():
 
 
 def test_monotone_accepts_plateaus_and_refuses_a_turn():
-    from simulator.whatif.search import Point
-
     def points(*figures):
         return [Point(i, str(i), f, False, None, None) for i, f in enumerate(figures)]
 
-    assert _monotone(points(1, 1, 2, 3)) and _monotone(points(3, 2, 2)) and not _monotone(points(1, 3, 2))
-    assert not _monotone(points(1, math.nan, 2))
+    assert is_monotone(points(1, 1, 2, 3)) and is_monotone(points(3, 2, 2)) and not is_monotone(points(1, 3, 2))
+    assert not is_monotone(points(1, math.nan, 2))
 
 
 def test_goal_needs_the_verdict_and_a_fitting_layout():
