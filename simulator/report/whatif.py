@@ -180,7 +180,7 @@ def plot_png(w: WhatIf, goal: Goal) -> bytes:
     unit = {1e-9: " (GB)", 1e3: " (ms)"}.get(scale, " (tokens/ms/GPU)" if "tokens" in goal.metric else "")
     for ax, a in zip(axes, answers):
         knob = KNOBS[a.knob]
-        ordered = knob.space is not None and a.knob not in ("layout", "hardware", "weight_dtype", "kv_cache_dtype")
+        ordered = a.ordered
         points = [p for p in a.points if not math.isnan(p.figure)]
         if ordered:
             points.sort(key=lambda p: float(p.value))

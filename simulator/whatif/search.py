@@ -100,6 +100,7 @@ class Answer:
     others: str = ""  # targets the scenario meets that `best` would miss
     monotone: bool | None = None
     extra: dict = field(default_factory=dict)
+    ordered: bool = True  # the knob's values are ordered (else enumerated options: layouts, profiles, dtypes)
 
 
 def _probe(knob: Knob, scenario: Scenario, goal: Goal, values: Sequence[Any]) -> Generator[Request, list, list[Point]]:
@@ -302,6 +303,7 @@ def search_discrete(knob: Knob, scenario: Scenario, goal: Goal, space: Space) ->
             space.range_text,
             space.tolerance,
             reason=f"no other {knob.words} to try",
+            ordered=False,
         )
     points = yield from _probe(knob, scenario, goal, options)
     met = [p for p in points if p.met]
@@ -318,10 +320,12 @@ def search_discrete(knob: Knob, scenario: Scenario, goal: Goal, space: Space) ->
             best=_best(goal, points),
             points=tuple(points),
             reason=f"none of the {len(points)} alternatives ({space.range_text}) meets the target",
+            ordered=False,
         )
     if knob.name in ("weight_dtype", "kv_cache_dtype"):  # the smallest change: the nearest size, then the best figure
         here = dtype_bytes(space.current)
-        met.sort(key=lambda p: abs(math.log(dtype_bytes(p.value) / here)))
+        sign = -1.0 if goal.bound == "min" else 1.0
+        met.sort(key=lambda p: (abs(math.log(dtype_bytes(p.value) / here)), sign * p.figure))
     best = met[0] if knob.name in ("weight_dtype", "kv_cache_dtype") else _best(goal, met)
     return Answer(
         goal.metric,
@@ -334,6 +338,7 @@ def search_discrete(knob: Knob, scenario: Scenario, goal: Goal, space: Space) ->
         best=best,
         points=tuple(points),
         extra={"meeting": len(met)},
+        ordered=False,
     )
 
 
