@@ -89,3 +89,12 @@ def test_run_names_whatif_and_the_run_page_shows_its_answers(tmp_path):
     # a new run keeps the answers beside it
     assert _cli("run", str(scenario), "--out", str(run_dir), "--no-dag").returncode == 0
     assert (run_dir / "whatif" / "whatif.md").is_file()
+
+
+def test_a_serving_scenario_says_in_one_line_that_rate_and_concurrency_are_not_searched(tmp_path):
+    scenario = ROOT / "scenarios" / "seed_moe_4gpu_serving.yaml"
+    result = _cli("whatif", str(scenario), "--out", str(tmp_path / "w"), "--knobs", "weight_dtype", "--jobs", "1")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.replace("\n", "").split("seed_moe_4gpu_serving: what meets")[0]
+    assert first.startswith("serving: the knobs move the static batch of `moesim run`; concurrency and request rate")
+    assert "moesim serve --max-rate" in first
