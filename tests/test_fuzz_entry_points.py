@@ -462,6 +462,7 @@ OPTIONS = {
         "--set",
     ],
     "plot": [],
+    "whatif": ["--target", "--knobs", "--jobs", "--out", "--set", "--force"],
     "validate": ["--out", "--force"],
     "import-hf": ["--out", "--name"],
     "calibrate": ["--from-json", "--device", "--base", "--out", "--name", "--measured-on"],
@@ -494,6 +495,7 @@ def test_fuzzed_command_lines(workdir, capsys, monkeypatch, command, data):
         "run": "s.yaml",
         "dag": "s.yaml",
         "compare": "s.yaml",
+        "whatif": "s.yaml",
         "plot": ".",
         "validate": "s.yaml",
         "import-hf": "s.yaml",
@@ -502,6 +504,10 @@ def test_fuzzed_command_lines(workdir, capsys, monkeypatch, command, data):
         args.insert(1, positional)
     if command == "compare" and "--executor" not in args:
         args += ["--executor", "serial", "--microbatches", "1"]
+    if command == "whatif" and "--knobs" not in args:  # one cheap knob: the property is about the input
+        args += ["--knobs", "kv_cache_dtype"]
+    if command == "whatif" and "--jobs" not in args:
+        args += ["--jobs", "1"]
     if command == "calibrate" and "--device" in args:
         return  # measures with PyTorch: not a property of the input
     try:

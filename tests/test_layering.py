@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("simulator.pipeline",),
     ("simulator.serving",),
     ("simulator.sweep", "simulator.calibration"),
+    ("simulator.whatif",),
     ("simulator.report",),
     ("simulator.api",),
     ("simulator.commands",),

@@ -82,6 +82,11 @@ def command(args, console: Console) -> int:
     console.print(
         f"simulated {result.pipeline.graph.number_of_nodes()} nodes in {result.elapsed_s:.2f} s; wrote {escape(str(out))}/"
     )
+    if not result.all_targets_met:
+        console.print(
+            f"a target is missed: `moesim whatif {escape(str(args.scenario))}` finds the smallest change of each "
+            "knob (batch, lengths, GPUs, layout, hardware, precision) that meets it"
+        )
     if args.check and not result.all_targets_met:
         return EXIT_TARGET_MISSED
     return EXIT_OK

@@ -227,6 +227,18 @@ def _comparison_in_run(directory: Path) -> dict | None:
     return parts
 
 
+def _whatif_in_run(directory: Path) -> Markup | None:
+    """The answers of `moesim whatif` kept in the run directory (whatif/whatif.md, rendered, with its plots),
+    headings two levels down; None when there are none."""
+    md = directory / "whatif" / "whatif.md"
+    if not md.is_file():
+        return None
+    html = str(markdown_html(md.read_text(errors="replace")))
+    for level in (2, 1):
+        html = html.replace(f"<h{level}>", f"<h{level + 2}>").replace(f"</h{level}>", f"</h{level + 2}>")
+    return Markup(html.replace('src="whatif_', 'src="whatif/whatif_'))
+
+
 _FILES = (
     ("summary.json", "all results, machine-readable"),
     ("summary.md", "the same as Markdown"),
@@ -282,6 +294,7 @@ def index_html(directory: Path, summary: dict | None, title: str | None = None) 
             memory=_memory(summary),
             audit=_audit(summary),
             compared=_comparison_in_run(directory),
+            whatif=_whatif_in_run(directory),
             dag=dag,
             verification=_verification(summary),
             files=files,
