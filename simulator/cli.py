@@ -25,6 +25,10 @@ SUBCOMMANDS = {
         "simulate serving a request stream: TTFT/TPOT percentiles, goodput, max rate",
     ),
     "compare": ("simulator.commands.compare", "sweep every valid parallel layout, rank them, draw the Pareto front"),
+    "launch": (
+        "simulator.commands.launch",
+        "write a scenario's launch settings for vLLM, SGLang and TensorRT-LLM",
+    ),
     "plot": ("simulator.commands.plot", "redraw the timeline, memory plot, trace and report page of a run directory"),
     "validate": ("simulator.commands.validate", "predict the measured runs of a cases file and report the error"),
     "calibrate": (

@@ -134,6 +134,9 @@ class HardwareProfile(StrictModel):
     intra_node: LinkSpec
     inter_node: LinkSpec
     calibration: Calibration | None = None
+    # On-demand price of one GPU-hour in US dollars, for the deployment search's cost objective (moesim
+    # compare --objective cost); None: give it with --price. A profile that sets it names the source and date.
+    price_per_gpu_hour_usd: float | None = Field(default=None, gt=0.0, le=1e6)
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
