@@ -246,14 +246,19 @@ def _product(base: Scenario, space: SearchSpace) -> Iterator[tuple]:
             for kvdt in space.kv_cache_dtypes:
                 for seqs in space.max_num_seqs:
                     for tokens in space.max_num_batched_tokens:
+                        budget = own["max_num_batched_tokens"] if tokens is None else tokens
                         for chunk in space.chunk_size_tokens:
+                            if chunk is None:  # the scenario's chunk, capped at a searched budget it exceeds
+                                chunk = own["chunk_size_tokens"]
+                                if chunk is not None and budget is not None and chunk > budget:
+                                    chunk = budget
                             yield (
                                 hardware,
                                 wdt,
                                 kvdt,
                                 own["max_num_seqs"] if seqs is None else seqs,
-                                own["max_num_batched_tokens"] if tokens is None else tokens,
-                                own["chunk_size_tokens"] if chunk is None else chunk,
+                                budget,
+                                chunk,
                             )
 
 

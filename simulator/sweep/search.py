@@ -127,10 +127,10 @@ def _static_figures(index: int, scenario: Scenario, settings: SearchSettings) ->
 
 
 def _serving_figures(scenario: Scenario, settings: SearchSettings) -> dict:
+    from simulator.serving.capacity import resolve_serving
     from simulator.serving.maxrate import evaluate, search_max_rate
-    from simulator.serving.session import serving_inputs
 
-    spec, pricer, _ = serving_inputs(scenario)
+    spec, pricer = resolve_serving(scenario, resolve_hardware(scenario)), _pricer(scenario)
     if settings.objective == "fewest_gpus":
         assert settings.rate_per_s is not None
         row, _summary = evaluate(spec, pricer, settings.rate_per_s, settings.base_dir)
@@ -150,6 +150,46 @@ def _serving_figures(scenario: Scenario, settings: SearchSettings) -> dict:
         "ttft_s": float(row["ttft_p99_s"]),
         "rate_per_s": float(row["rate_per_s"]),
     }
+
+
+def evaluate_many(
+    evaluate: Callable[..., SearchResult], items: Sequence[tuple[int, Candidate, Scenario]], settings: SearchSettings
+) -> list[SearchResult]:
+    """One task: evaluate candidates that share an iteration pricer, in order (picklable for the executors). The
+    task starts with no pricer, so a candidate's figures depend on its task alone, not on what the worker ran
+    before (the pricer's adaptive grid interpolates within 0.1 %: serving.dag_pricer)."""
+    _PRICERS.clear()
+    try:
+        return [evaluate(i, c, scenario, settings) for i, c, scenario in items]
+    finally:
+        _PRICERS.clear()
+
+
+def pricer_key(c: Candidate) -> tuple:
+    """What an iteration's price depends on: everything but the scheduler limits (sweep.search's tasks group by it)."""
+    return (c.kind, c.hardware, c.weight_dtype, c.kv_cache_dtype, c.layout.sort_key(), c.detail)
+
+
+#: Iteration pricers of the running task by scenario without its serving section: candidates that differ in
+#: scheduler limits price the same batches alike, so one pricer's cache serves them all (DagPricer reads no
+#: serving field). Cleared at each task's start and end (evaluate_many).
+_PRICERS: dict[str, object] = {}
+_PRICERS_MAX = 4
+
+
+def _pricer(scenario: Scenario):
+    import json
+
+    from simulator.serving.dag_pricer import DagPricer
+    from simulator.serving.pricing import CachedPricer
+
+    key = json.dumps(scenario.model_dump(mode="json", exclude={"serving", "name", "description"}), sort_keys=True)
+    hit = _PRICERS.get(key)
+    if hit is None:
+        if len(_PRICERS) >= _PRICERS_MAX:
+            _PRICERS.clear()
+        hit = _PRICERS[key] = CachedPricer(DagPricer(scenario, resolve_hardware(scenario)))
+    return hit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,78 +373,73 @@ def run_search(
             continue
         variants[i], bounds[i] = scenario, bound
         pending.append((bound_key(c, bound, price, settings.objective), i))
-    pending.sort()
+    # Best bound first; candidates that share an iteration pricer (they differ in scheduler limits only)
+    # next to each other, so that one task prices them all with one warm cache (pricer_key).
+    pending.sort(key=lambda item: (item[0], pricer_key(candidates[item[1]]), item[1]))
     best: tuple | None = None
 
-    def group(i: int) -> int:
+    def stage(i: int) -> int:
         return candidates[i].num_gpus if settings.objective == "fewest_gpus" else 0
 
+    def extra(i: int) -> dict:
+        price = prices.get(candidates[i].hardware_name, math.nan)
+        return {"bound_tokens_per_s_per_gpu": bounds[i].tokens_per_s_per_gpu, "price_per_gpu_hour_usd": price}
+
     finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
-    futures: dict[Future, int] = {}
+    futures: dict[Future, list[int]] = {}
     position = 0
     try:
         while position < len(pending):
-            batch: list[int] = []
-            first_group = group(pending[position][1])
-            while position < len(pending) and len(batch) < wave and group(pending[position][1]) == first_group:
+            # A wave: up to `wave` tasks, each the candidates of one pricer; fewest_gpus: one GPU count.
+            tasks: dict[tuple, list[int]] = {}
+            first_stage = stage(pending[position][1])
+            while position < len(pending) and stage(pending[position][1]) == first_stage:
                 key, i = pending[position]
-                position += 1
                 c = candidates[i]
+                task = pricer_key(c)
+                if task not in tasks and len(tasks) == wave:
+                    break
+                position += 1
                 if prune and best is not None and _dominated(key, best):
                     more = settings.objective == "fewest_gpus" and c.num_gpus > best[0]
-                    rule = "more_gpus" if more else "dominated_bound"
                     why = (
                         f"{best[0]} GPUs already meet the targets"
                         if more
                         else "its roofline bound cannot beat the best result found"
                     )
-                    finish(
-                        i,
-                        SearchResult(
-                            i,
-                            c,
-                            "pruned",
-                            rule,
-                            why,
-                            bound_tokens_per_s_per_gpu=bounds[i].tokens_per_s_per_gpu,
-                            price_per_gpu_hour_usd=prices.get(c.hardware_name, math.nan),
-                        ),
-                    )
+                    rule = "more_gpus" if more else "dominated_bound"
+                    finish(i, SearchResult(i, c, "pruned", rule, why, **extra(i)))
                     continue
-                batch.append(i)
-            for i in batch:
-                c = candidates[i]
-                price = prices.get(c.hardware_name, math.nan)
-                extra = {"bound_tokens_per_s_per_gpu": bounds[i].tokens_per_s_per_gpu, "price_per_gpu_hour_usd": price}
                 if c.key() in done:
-                    finish(i, replace(done[c.key()], index=i, rank=None, **extra))
+                    finish(i, replace(done[c.key()], index=i, rank=None, **extra(i)))
                     continue
-                future = executor.submit(evaluate, i, c, variants[i], settings)
-                futures[future] = i
+                tasks.setdefault(task, []).append(i)
+            for members in tasks.values():
+                items = [(i, candidates[i], variants[i]) for i in members]
+                future = executor.submit(evaluate_many, evaluate, items, settings)
+                futures[future] = members
                 future.add_done_callback(finished.put)
             while futures:
                 future = finished.get()
-                i = futures.pop(future)
-                c = candidates[i]
-                extra = {
-                    "bound_tokens_per_s_per_gpu": bounds[i].tokens_per_s_per_gpu,
-                    "price_per_gpu_hour_usd": prices.get(c.hardware_name, math.nan),
-                }
+                members = futures.pop(future)
                 try:
-                    result = replace(future.result(), index=i, **extra)
+                    returned = future.result()
                 except Exception as exc:  # the worker died, or the task could not be shipped
-                    result = SearchResult(
-                        i, c, "failed", reason=f"{type(exc).__name__}: {exc}".splitlines()[0], **extra
-                    )
-                else:
+                    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    for i in members:
+                        finish(i, SearchResult(i, candidates[i], "failed", reason=reason, **extra(i)))
+                    continue
+                for i, result in zip(members, returned):
+                    result = replace(result, index=i, **extra(i))
                     if journal:
                         journal(result)
-                finish(i, result)
-            for i in batch:
-                r = results[i]
-                if r is not None and r.status == "ok" and r.meets:
-                    key = result_key(r, settings.objective)
-                    best = key if best is None or key < best else best
+                    finish(i, result)
+            for members in tasks.values():
+                for i in members:
+                    r = results[i]
+                    if r is not None and r.status == "ok" and r.meets:
+                        key = result_key(r, settings.objective)
+                        best = key if best is None or key < best else best
     except KeyboardInterrupt:
         for future in futures:
             future.cancel()
