@@ -50,7 +50,9 @@ STUB_TPUT = {"h100-sxm-80gb": 1000.0, "h200-sxm-141gb": 1600.0}
 
 def stub_evaluate(index, candidate, scenario, settings):
     tput = STUB_TPUT[candidate.hardware_name] / candidate.layout.tp  # TP costs throughput in the stub
-    return SearchResult(index, candidate, "ok", meets=candidate.num_gpus >= 2, output_tokens_per_s_per_gpu=tput, tpot_s=0.01)
+    return SearchResult(
+        index, candidate, "ok", meets=candidate.num_gpus >= 2, output_tokens_per_s_per_gpu=tput, tpot_s=0.01
+    )
 
 
 def test_cost_objective_finds_the_hand_computed_optimum():

@@ -191,10 +191,28 @@ def search_command(args, console) -> int:
     out = check_output(args.out or Path("reports") / scenario.name / "compare", args.force, kind="compare")
     inputs = search_inputs(scenario, settings, hardware)
     keys = [c.key() for c in found.candidates]
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
     started = time.perf_counter()
     journal = None
+    columns = (
+        TextColumn("[bold]search[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     try:
-        with make_executor(args.executor, args.jobs) as executor:
+        with (
+            make_executor(args.executor, args.jobs) as executor,
+            Bar(*columns, console=console, transient=True, disable=not console.is_terminal) as bar,
+        ):
+            task = bar.add_task("", total=len(found.candidates))
+
+            def tick(result) -> None:
+                bar.update(task, advance=1, description=escape(f"{result.candidate.label}: {result.status}"))
+
             journal = Progress(
                 progress_path(out),
                 inputs,
@@ -212,6 +230,7 @@ def search_command(args, console) -> int:
                 executor,
                 wave=args.jobs or default_jobs(),
                 prune=not args.no_prune,
+                progress=tick,
                 done=journal.done,
                 journal=journal.append,
             )
