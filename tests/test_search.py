@@ -295,3 +295,19 @@ def test_bad_search_input_is_one_line(tmp_path, capsys, extra, message):
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_engine_filter_keeps_only_launchable_candidates(tmp_path):
+    import csv
+
+    import yaml
+
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(yaml.safe_dump(TINY_MOE | {"targets": {"ttft_s": {"max": 1.0}}}))
+    out = tmp_path / "out"
+    argv = ["compare", str(scenario), "--gpus", "4,4", "--microbatches", "1", "--jobs", "1", "--engine", "vllm"]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "search.csv").open()))
+    assert rows and all(not (int(r["ep"]) > 1 and int(r["etp"]) > 1) for r in rows)  # vLLM: EP or expert TP
+    assert all(int(r["ep"]) * int(r["etp"]) in (int(r["tp"]), int(r["tp"]) * int(r["dp"])) for r in rows)
+    assert "NOT EXPRESSIBLE" not in (out / "launch" / "vllm.sh").read_text()

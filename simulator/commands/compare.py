@@ -63,6 +63,12 @@ def add_arguments(parser) -> None:
     search.add_argument("--rel-tol", type=float, default=0.02, help="max-rate search tolerance (default 0.02)")
     search.add_argument("--no-prune", action="store_true", help="simulate every candidate that fits in memory")
     search.add_argument("--no-launch", action="store_true", help="do not write launch/ configs for the winner")
+    search.add_argument(
+        "--engine",
+        choices=("vllm", "sglang", "trtllm"),
+        action="append",
+        help="search only deployments this engine can launch (repeatable: every engine named)",
+    )
     parser.add_argument("--jobs", type=int, help="local worker processes (default: all cores; 1: serial)")
     parser.add_argument("--executor", help="process (default), serial, dask-local, or dask://HOST:PORT")
     parser.add_argument(
@@ -116,6 +122,7 @@ def wants_search(args) -> bool:
     return (
         any(getattr(args, f) is not None for f in SEARCH_FLAGS)
         or bool(args.price)
+        or bool(args.engine)
         or args.objective in ("cost", "fewest_gpus")
         or (args.gpus is not None and (".." in args.gpus or "," in args.gpus))
     )

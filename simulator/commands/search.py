@@ -177,8 +177,25 @@ def search_command(args, console) -> int:
         microbatches=microbatches,
     )
     found = enumerate_candidates(scenario, space)
+    not_launchable = 0
+    if args.engine:
+        from dataclasses import replace
+
+        from simulator.report.launch import not_expressible
+        from simulator.sweep.candidates import CandidateScenarios
+
+        scenarios = CandidateScenarios(scenario)
+        kept = [
+            c
+            for c in found.candidates
+            if all(not_expressible(scenarios.scenario(c), engine) is None for engine in args.engine)
+        ]
+        not_launchable = len(found.candidates) - len(kept)
+        found = replace(found, candidates=kept)
     if not found.candidates:
         why = f" (e.g. {found.invalid_example})" if found.invalid_example else ""
+        if not_launchable:
+            why = f" that {' and '.join(args.engine)} can launch ({not_launchable} candidates cannot be)"
         raise ScenarioError(f"{args.scenario}: no valid candidate in the search space{why}")
     settings = SearchSettings(
         objective=args.objective,
@@ -264,6 +281,8 @@ def search_command(args, console) -> int:
         skipped.append(f"{found.unsupported} fp8 combinations on hardware without FP8 units")
     if found.invalid:
         skipped.append(f"{found.invalid} scheduler-limit combinations the serving rules reject")
+    if not_launchable:
+        skipped.append(f"{not_launchable} candidates {' / '.join(args.engine)} cannot launch")
     console.print(
         f"{summary_line(ranked)}, in {elapsed:.1f} s"
         + (f"; skipped {', '.join(skipped)}" if skipped else "")

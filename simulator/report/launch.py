@@ -308,6 +308,16 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
     return {"trtllm.sh": "\n".join(script) + "\n", TRTLLM_OPTIONS_FILE: "\n".join(options) + "\n"}
 
 
+ENGINE_SCRIPTS = {"vllm": "vllm.sh", "sglang": "sglang.sh", "trtllm": "trtllm.sh"}
+
+
+def not_expressible(scenario: Scenario, engine: str) -> str | None:
+    """Why `engine` (vllm, sglang, trtllm) cannot launch this scenario's deployment; None when it can."""
+    script = launch_files(scenario)[ENGINE_SCRIPTS[engine]]
+    marker = "# NOT EXPRESSIBLE: "
+    return next((line[len(marker) :] for line in script.splitlines() if line.startswith(marker)), None)
+
+
 def launch_files(scenario: Scenario) -> dict[str, str]:
     """Every launch file of a scenario: vllm.sh, sglang.sh, trtllm.sh (+ its options YAML when expressible)."""
     return {"vllm.sh": vllm_script(scenario), "sglang.sh": sglang_script(scenario), **trtllm_files(scenario)}
