@@ -74,3 +74,18 @@ def test_expert_tp_and_ep_together_are_refused_by_vllm():
     assert "NOT EXPRESSIBLE: ep = 2 with etp = 2" in files["vllm.sh"]
     assert "--ep-size 2" in files["sglang.sh"]
     assert "--ep_size 2" in files["trtllm.sh"]
+
+
+def test_launch_command_writes_the_files(tmp_path, capsys):
+    from simulator.cli import main
+
+    out = tmp_path / "launch"
+    assert main(["launch", str(ROOT / "scenarios/seed_moe_4gpu.yaml"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "sglang.sh",
+        "trtllm.sh",
+        "trtllm_extra_llm_api_options.yaml",
+        "vllm.sh",
+    ]
+    assert main(["launch", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
