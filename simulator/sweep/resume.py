@@ -253,7 +253,7 @@ class Progress:
                 kept.append(line)
         return done, kept
 
-    def append(self, result: LayoutResult) -> None:
+    def append(self, result) -> None:
         """Record one finished layout: a whole line, flushed, before the next one is reported."""
         self._handle.write(json.dumps(self._encode(result)) + "\n")
         self._handle.flush()
@@ -325,7 +325,7 @@ def search_from_record(record: dict):
         raise ValueError("not a search record")
     if record["status"] not in ("ok", "failed") or not isinstance(record["meets"], bool):
         raise ValueError("status, meets: wrong value")
-    figures = {k: _float(v) for k, v in record["figures"].items()}
+    f = record["figures"]
     return SearchResult(
         index=0,
         candidate=Candidate.from_dims(record["candidate"]),
@@ -333,7 +333,12 @@ def search_from_record(record: dict):
         rule=_str(record["rule"]),
         reason=_str(record["reason"]),
         meets=record["meets"],
-        **figures,
+        output_tokens_per_s_per_gpu=_float(f["output_tokens_per_s_per_gpu"]),
+        tpot_s=_float(f["tpot_s"]),
+        ttft_s=_float(f["ttft_s"]),
+        rate_per_s=_float(f["rate_per_s"]),
+        memory_bytes_per_gpu=_float(f["memory_bytes_per_gpu"]),
+        sim_s=_float(f["sim_s"]),
     )
 
 

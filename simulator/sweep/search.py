@@ -210,10 +210,10 @@ def _lengths(scenario: Scenario, serving: bool) -> tuple[int | None, int | None,
         w = scenario.workload
         return w.input_len_tokens, w.output_len_tokens, w.input_len_tokens
     assert scenario.serving is not None
-    w = scenario.serving.workload
-    fixed_in = w.input_len.tokens if isinstance(w.input_len, FixedLength) else None
-    fixed_out = w.output_len.tokens if isinstance(w.output_len, FixedLength) else None
-    shortest = fixed_in or int(getattr(w.input_len, "min_tokens", 1) or 1)
+    sw = scenario.serving.workload
+    fixed_in = sw.input_len.tokens if isinstance(sw.input_len, FixedLength) else None
+    fixed_out = sw.output_len.tokens if isinstance(sw.output_len, FixedLength) else None
+    shortest = fixed_in or int(getattr(sw.input_len, "min_tokens", 1) or 1)
     return fixed_in, fixed_out, shortest
 
 
