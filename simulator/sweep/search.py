@@ -1,5 +1,5 @@
 """Sweep stage, the deployment search: candidates (sweep.candidates) pruned by cheap bounds (sweep.bounds), the
-rest simulated on an executor in waves, best bound first, and ranked by an objective.
+rest simulated on an executor best bound first, and ranked by an objective.
 
 Objectives: 'targets' (highest output tokens/s per GPU among the candidates meeting every target; a serving
 scenario: at the highest Poisson rate meeting its serving targets), 'max_rate' (the same for a serving
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field, replace
 from simulator.config import Scenario, ScenarioError, resolve_hardware
 from simulator.config.serving import FixedLength
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
-from simulator.placement import Placement
+from simulator.placement import Placement, evenly_routed
 from simulator.serving.capacity import kv_bytes_per_token
 from simulator.sweep.bounds import output_tput_upper_bound, tpot_lower_bound_s
 from simulator.sweep.candidates import Candidate, CandidateScenarios
 from simulator.sweep.executors import SerialExecutor
-from simulator.sweep.run import DEFAULT_DECODE_SAMPLE, SweepInterrupted, simulate_layout
+from simulator.sweep.run import DEFAULT_DECODE_SAMPLE, SweepInterrupted, estimated_cost, simulate_layout
 
 SEARCH_OBJECTIVES = ("targets", "max_rate", "cost", "fewest_gpus")
 PRUNE_RULES = ("memory", "tpot_bound", "target_bound", "more_gpus", "dominated_bound")
@@ -328,8 +328,10 @@ def run_search(
     journal: Callable[[SearchResult], None] | None = None,
     evaluate: Callable[..., SearchResult] | None = None,
 ) -> list[SearchResult]:
-    """Screen every candidate, then simulate the rest best bound first, `wave` at a time on the executor,
-    skipping those a result already found dominates. Results in `candidates` order.
+    """Screen every candidate, then simulate the rest best bound first, keeping `wave` tasks in flight on the
+    executor (a task: the candidates sharing one pricer), skipping those a result already found dominates when
+    their task is formed. Results in `candidates` order; which candidates a dominance rule prunes depends on
+    the order results arrive in (a parallel executor's), never whether the winner is found.
 
     prune=False simulates every candidate the memory screen lets through (the reference the tests compare
     with). `done` (candidate key -> result of an interrupted search) is taken as it is; `journal` gets each
@@ -373,9 +375,18 @@ def run_search(
             continue
         variants[i], bounds[i] = scenario, bound
         pending.append((bound_key(c, bound, price, settings.objective), i))
-    # Best bound first; candidates that share an iteration pricer (they differ in scheduler limits only)
-    # next to each other, so that one task prices them all with one warm cache (pricer_key).
-    pending.sort(key=lambda item: (item[0], pricer_key(candidates[item[1]]), item[1]))
+
+    # Best bound first; among equal bounds the costliest simulations first (static scenarios, run.estimated_cost:
+    # the last tasks are short ones, so workers finish together); candidates that share an iteration pricer
+    # (they differ in scheduler limits only) next to each other, one task for them all (pricer_key).
+    def order(item: tuple[tuple, int]) -> tuple:
+        c = candidates[item[1]]
+        cost = 0.0 if settings.serving else -estimated_cost(c.layout, settings.decode_sample, steps, folded)
+        return (item[0], cost, pricer_key(c), item[1])
+
+    steps = base.workload.output_len_tokens - 1
+    folded = evenly_routed(base)
+    pending.sort(key=order)
     best: tuple | None = None
 
     def stage(i: int) -> int:
@@ -387,59 +398,64 @@ def run_search(
 
     finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
     futures: dict[Future, list[int]] = {}
-    position = 0
+    position, current = 0, None
     try:
-        while position < len(pending):
-            # A wave: up to `wave` tasks, each the candidates of one pricer; fewest_gpus: one GPU count.
-            tasks: dict[tuple, list[int]] = {}
-            first_stage = stage(pending[position][1])
-            while position < len(pending) and stage(pending[position][1]) == first_stage:
-                key, i = pending[position]
-                c = candidates[i]
-                task = pricer_key(c)
-                if task not in tasks and len(tasks) == wave:
+        while position < len(pending) or futures:
+            # Keep `wave` tasks in flight, each the candidates of one pricer; a candidate is checked against the
+            # best result when its task is formed. fewest_gpus: a GPU count starts when the smaller one is done.
+            while len(futures) < wave and position < len(pending):
+                first = pending[position][1]
+                if futures and stage(first) != current:
                     break
-                position += 1
-                if prune and best is not None and _dominated(key, best):
-                    more = settings.objective == "fewest_gpus" and c.num_gpus > best[0]
-                    why = (
-                        f"{best[0]} GPUs already meet the targets"
-                        if more
-                        else "its roofline bound cannot beat the best result found"
-                    )
-                    rule = "more_gpus" if more else "dominated_bound"
-                    finish(i, SearchResult(i, c, "pruned", rule, why, **extra(i)))
-                    continue
-                if c.key() in done:
-                    finish(i, replace(done[c.key()], index=i, rank=None, **extra(i)))
-                    continue
-                tasks.setdefault(task, []).append(i)
-            for members in tasks.values():
-                items = [(i, candidates[i], variants[i]) for i in members]
-                future = executor.submit(evaluate_many, evaluate, items, settings)
-                futures[future] = members
-                future.add_done_callback(finished.put)
-            while futures:
-                future = finished.get()
-                members = futures.pop(future)
-                try:
-                    returned = future.result()
-                except Exception as exc:  # the worker died, or the task could not be shipped
-                    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    for i in members:
-                        finish(i, SearchResult(i, candidates[i], "failed", reason=reason, **extra(i)))
-                    continue
-                for i, result in zip(members, returned):
-                    result = replace(result, index=i, **extra(i))
-                    if journal:
-                        journal(result)
-                    finish(i, result)
-            for members in tasks.values():
-                for i in members:
-                    r = results[i]
-                    if r is not None and r.status == "ok" and r.meets:
-                        key = result_key(r, settings.objective)
-                        best = key if best is None or key < best else best
+                current, task, members = stage(first), pricer_key(candidates[first]), []
+                while position < len(pending):
+                    key, i = pending[position]
+                    c = candidates[i]
+                    if pricer_key(c) != task or stage(i) != current:
+                        break
+                    position += 1
+                    if prune and best is not None and _dominated(key, best):
+                        more = settings.objective == "fewest_gpus" and c.num_gpus > best[0]
+                        why = (
+                            f"{best[0]} GPUs already meet the targets"
+                            if more
+                            else "its roofline bound cannot beat the best result found"
+                        )
+                        rule = "more_gpus" if more else "dominated_bound"
+                        finish(i, SearchResult(i, c, "pruned", rule, why, **extra(i)))
+                    elif c.key() in done:  # a resumed search: counts towards the best as in the first run
+                        result = replace(done[c.key()], index=i, rank=None, **extra(i))
+                        finish(i, result)
+                        if result.status == "ok" and result.meets:
+                            key = result_key(result, settings.objective)
+                            best = key if best is None or key < best else best
+                    else:
+                        members.append(i)
+                if members:
+                    items = [(i, candidates[i], variants[i]) for i in members]
+                    future = executor.submit(evaluate_many, evaluate, items, settings)
+                    futures[future] = members
+                    future.add_done_callback(finished.put)
+            if not futures:
+                continue
+            future = finished.get()
+            members = futures.pop(future)
+            try:
+                returned = future.result()
+            except Exception as exc:  # the worker died, or the task could not be shipped
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                returned = [SearchResult(i, candidates[i], "failed", reason=reason) for i in members]
+                record = False
+            else:
+                record = True
+            for i, result in zip(members, returned):
+                result = replace(result, index=i, **extra(i))
+                if journal and record:
+                    journal(result)
+                finish(i, result)
+                if result.status == "ok" and result.meets:
+                    key = result_key(result, settings.objective)
+                    best = key if best is None or key < best else best
     except KeyboardInterrupt:
         for future in futures:
             future.cancel()
