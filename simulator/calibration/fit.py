@@ -159,7 +159,7 @@ def write_profile(
     base: str, calibration: Calibration, out: Path, name: str | None, data: dict, measured_on: str
 ) -> HardwareProfile:
     """The base profile with the calibration tables and measured constants, written as YAML."""
-    raw = load_profile(base).model_dump(exclude={"calibration"})
+    raw = load_profile(base).model_dump(exclude={"calibration"}, exclude_none=True)  # an unset price stays unset
     raw["name"] = name or out.stem
     large = [f for (*_, m, f) in calibration.gemm if m >= 4096]
     if large:
