@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from simulator.commands.search import parse_microbatches
 from simulator.config import ScenarioError, load_scenario
 from simulator.sweep import (
     DEFAULT_DECODE_SAMPLE,
@@ -93,16 +94,6 @@ def add_arguments(parser) -> None:
         metavar="KEY=VALUE",
         help="override a scenario field, e.g. --set workload.batch_size=64 (repeatable)",
     )
-
-
-def parse_microbatches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise ScenarioError(f"--microbatches {text}: expected positive integers separated by commas, e.g. 1,2,4,8")
-    return values
 
 
 SEARCH_FLAGS = (

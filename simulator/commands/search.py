@@ -47,6 +47,16 @@ def parse_gpu_counts(text: str | None, max_gpus: int | None, default: int, gpus_
     return fitting
 
 
+def parse_microbatches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ScenarioError(f"--microbatches {text}: expected positive integers separated by commas, e.g. 1,2,4,8")
+    return values
+
+
 def _ints(text: str | None, flag: str) -> tuple[int | None, ...]:
     if text is None:
         return (None,)
@@ -160,8 +170,6 @@ def search_command(args, console) -> int:
                 "or set price_per_gpu_hour_usd in its profile"
             )
     counts = parse_gpu_counts(args.gpus, args.max_gpus, scenario.num_gpus, node_size(scenario, hardware))
-    from simulator.commands.compare import parse_microbatches
-
     default_mb = "1" if serving else ",".join(map(str, DEFAULT_MICROBATCHES))
     microbatches = parse_microbatches(
         args.microbatches if args.microbatches != ",".join(map(str, DEFAULT_MICROBATCHES)) else default_mb
