@@ -29,6 +29,10 @@ SUBCOMMANDS = {
         "simulator.commands.whatif",
         "for every missed target, the smallest change of each knob (batch, lengths, GPUs, layout, hardware, precision) that meets it",
     ),
+    "launch": (
+        "simulator.commands.launch",
+        "write a scenario's launch settings for vLLM, SGLang and TensorRT-LLM",
+    ),
     "plot": ("simulator.commands.plot", "redraw the timeline, memory plot, trace and report page of a run directory"),
     "validate": ("simulator.commands.validate", "predict the measured runs of a cases file and report the error"),
     "calibrate": (

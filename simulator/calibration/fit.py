@@ -270,7 +270,7 @@ def write_profile(
     base_profile = load_profile(base)
     raw = base_profile.model_dump(
         exclude={"calibration", "figure_sources"}, exclude_none=True
-    )  # absent peaks stay absent
+    )  # absent peaks and an unset price stay absent
     raw["name"] = name or out.stem
     same_gpu = Path(base).resolve() == Path(measured_on).resolve() or base == measured_on
     kind = "measured" if same_gpu else "transferred"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from simulator.config import ScenarioError
 from simulator.sweep import (
     DEFAULT_DECODE_SAMPLE,
     DEFAULT_MICROBATCHES,
@@ -13,11 +14,16 @@ from simulator.sweep import (
     LayoutResult,
     SweepInterrupted,
 )
+from simulator.sweep.search import SEARCH_OBJECTIVES
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("scenario", type=Path, help="scenario YAML file")
-    parser.add_argument("--gpus", type=int, help="number of GPUs to lay out (default: the scenario's)")
+    parser.add_argument(
+        "--gpus",
+        help="GPUs to lay out: a count (default: the scenario's), or for the deployment search a range "
+        "1..64 or a list 1,2,4,8 (counts that are not whole nodes are skipped)",
+    )
     parser.add_argument(
         "--microbatches",
         default=",".join(map(str, DEFAULT_MICROBATCHES)),
@@ -26,10 +32,34 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--objective",
         default="targets",
-        choices=OBJECTIVES,
+        choices=sorted(set(OBJECTIVES) | set(SEARCH_OBJECTIVES), key=[*OBJECTIVES, *SEARCH_OBJECTIVES].index),
         help="ranking: targets (meets every target, then output throughput; default), "
         "throughput, ttft, tpot or memory; by the scenario's serving section: "
-        "goodput_per_gpu or max_rate",
+        "goodput_per_gpu or max_rate; deployment search: cost ($ per million output tokens at the "
+        "targets) or fewest_gpus (meeting the serving targets at --rate)",
+    )
+    search = parser.add_argument_group("deployment search (any of these searches beyond the layout)")
+    search.add_argument("--max-gpus", type=int, metavar="N", help="search every GPU count from 1 to N")
+    search.add_argument("--hardware", metavar="P1,P2", help="hardware profiles to search, comma-separated")
+    search.add_argument(
+        "--weight-dtype", metavar="D1,D2", help="weight precisions: fp16, bf16, fp8 (fp8 only on FP8 hardware)"
+    )
+    search.add_argument("--kv-dtype", metavar="D1,D2", help="KV cache precisions: fp16, bf16, fp8")
+    search.add_argument("--max-num-seqs", metavar="N1,N2", help="serving scheduler: running-request limits")
+    search.add_argument("--max-num-batched-tokens", metavar="N1,N2", help="serving scheduler: token budgets")
+    search.add_argument("--chunk-size", metavar="N1,N2", help="serving scheduler: prefill chunk sizes")
+    search.add_argument(
+        "--price", action="append", default=[], metavar="PROFILE=USD", help="price per GPU-hour (repeatable)"
+    )
+    search.add_argument("--rate", type=float, metavar="R", help="fewest_gpus: the Poisson request rate to serve")
+    search.add_argument("--rel-tol", type=float, default=0.02, help="max-rate search tolerance (default 0.02)")
+    search.add_argument("--no-prune", action="store_true", help="simulate every candidate that fits in memory")
+    search.add_argument("--no-launch", action="store_true", help="do not write launch/ configs for the winner")
+    search.add_argument(
+        "--engine",
+        choices=("vllm", "sglang", "trtllm"),
+        action="append",
+        help="search only deployments this engine can launch (repeatable: every engine named)",
     )
     parser.add_argument("--jobs", type=int, help="local worker processes (default: all cores; 1: serial)")
     parser.add_argument("--executor", help="process (default), serial, dask-local, or dask://HOST:PORT")
@@ -57,7 +87,45 @@ def add_arguments(parser) -> None:
     )
 
 
+SEARCH_FLAGS = (
+    "max_gpus",
+    "hardware",
+    "weight_dtype",
+    "kv_dtype",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "chunk_size",
+    "rate",
+)
+
+
+def wants_search(args) -> bool:
+    """The deployment search runs when a search dimension, a search objective or a GPU range is given."""
+    return (
+        any(getattr(args, f) is not None for f in SEARCH_FLAGS)
+        or bool(args.price)
+        or bool(args.engine)
+        or args.objective in ("cost", "fewest_gpus")
+        or (args.gpus is not None and (".." in args.gpus or "," in args.gpus))
+    )
+
+
 def command(args, console) -> int:
+    if wants_search(args):
+        from simulator.commands.search import search_command
+
+        return search_command(args, console)
+    if args.gpus is not None:
+        try:
+            args.gpus = int(args.gpus)
+        except ValueError:
+            raise ScenarioError(
+                f"--gpus {args.gpus}: expected a number of GPUs, a range such as 1..64 or a list such as 1,2,4"
+            ) from None
+    return layout_command(args, console)
+
+
+def layout_command(args, console) -> int:
     from rich.markup import escape
     from rich.progress import (
         BarColumn,

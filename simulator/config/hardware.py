@@ -252,6 +252,13 @@ class HardwareProfile(StrictModel):
         description="per figure of the profile, where it comes from (measured, transferred, datasheet with its "
         "URL and assumed efficiency, assumed, unknown); shipped profiles source every figure",
     )
+    price_per_gpu_hour_usd: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1e6,
+        description="on-demand US dollars per GPU-hour for the search's cost objective (moesim compare --objective "
+        "cost); a profile that sets it names the source and date; default: give it with --price",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:

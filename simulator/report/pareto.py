@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -269,3 +270,99 @@ class _BoxGrid:
     def add(self, box) -> None:
         for key in self._keys(box):
             self.cells.setdefault(key, []).append(box)
+
+
+# ---------------------------------------------------------------------------------------------
+# The serving benchmarks' Pareto plot: throughput per GPU against tokens/s per user
+
+#: Colour of each candidate kind (sweep.candidates.KINDS); a kind added there gets its colour here.
+KIND_COLOURS = {"aggregated": "tab:blue", "disaggregated": "tab:orange"}
+
+
+class UserSpeedPoint(NamedTuple):
+    """One simulated candidate on the plot: tokens/s per user (1 / TPOT), output tokens/s per GPU."""
+
+    tokens_per_s_per_user: float
+    tokens_per_s_per_gpu: float
+    kind: str
+    meets: bool
+    label: str
+
+
+def user_speed_front(points: Sequence[UserSpeedPoint]) -> list[int]:
+    """Indices of the points no other point beats on both a faster user and more throughput per GPU,
+    by increasing speed per user."""
+    pairs = [(-p.tokens_per_s_per_user, p.tokens_per_s_per_gpu) for p in points]
+    return sorted(pareto_front(pairs), key=lambda i: points[i].tokens_per_s_per_user)
+
+
+def user_speed_pareto_png(title: str, points: Sequence[UserSpeedPoint], tpot_target_s: float | None) -> bytes:
+    """Output tokens/s per GPU (y) against tokens/s per user (x = 1 / TPOT): every candidate a point coloured
+    by kind (filled: meets every target; hollow: misses one), each kind's Pareto front drawn in its colour and
+    the best-ranked points named, the TPOT target a vertical line at 1 / TPOT."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    finite = [p for p in points if math.isfinite(p.tokens_per_s_per_user) and math.isfinite(p.tokens_per_s_per_gpu)]
+    fig = Figure(figsize=(11, 7), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for kind in sorted({p.kind for p in finite}, key=lambda k: (k not in KIND_COLOURS, k)):
+        colour = KIND_COLOURS.get(kind, "tab:gray")
+        mine = [p for p in finite if p.kind == kind]
+        met = [p for p in mine if p.meets]
+        missed = [p for p in mine if not p.meets]
+        ax.scatter(
+            [p.tokens_per_s_per_user for p in met],
+            [p.tokens_per_s_per_gpu for p in met],
+            s=28,
+            color=colour,
+            alpha=0.7,
+            linewidths=0,
+            label=f"{kind}: meets the targets ({len(met)})",
+        )
+        ax.scatter(
+            [p.tokens_per_s_per_user for p in missed],
+            [p.tokens_per_s_per_gpu for p in missed],
+            s=28,
+            facecolors="none",
+            edgecolors=colour,
+            alpha=0.7,
+            label=f"{kind}: misses a target ({len(missed)})",
+        )
+        front = user_speed_front(mine)
+        ax.plot(
+            [mine[i].tokens_per_s_per_user for i in front],
+            [mine[i].tokens_per_s_per_gpu for i in front],
+            "-",
+            color=colour,
+            lw=1.6,
+            label=f"{kind}: Pareto front",
+        )
+        for i in front[:12]:
+            ax.annotate(
+                mine[i].label,
+                (mine[i].tokens_per_s_per_user, mine[i].tokens_per_s_per_gpu),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=7,
+                color=colour,
+            )
+    if tpot_target_s:
+        speed = 1.0 / tpot_target_s
+        ax.axvline(
+            speed,
+            color="tab:red",
+            ls="--",
+            lw=1.4,
+            label=f"TPOT target {fmt_s(tpot_target_s)} = {speed:.4g} tok/s/user",
+        )
+    ax.set_xlabel("tokens / s per user  (1 / TPOT; faster to the right)")
+    ax.set_ylabel("output tokens / s per GPU  (higher is better)")
+    ax.grid(True, alpha=0.25)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

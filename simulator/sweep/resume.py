@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,10 +68,14 @@ _OPTION_TEXT = {
     "microbatches": "--microbatches",
     "decode_sample": "--decode-sample",
     "serving_objective": "--objective",
+    "search_settings": "search settings (--objective, --rate, --rel-tol, --decode-sample)",
+    "profiles": "hardware profiles",
 }
 
 
 def _show(key: str, value) -> str:
+    if key in ("search_settings", "profiles"):
+        return "other values"
     return ",".join(map(str, value)) if key == "microbatches" else str(value)
 
 
@@ -162,11 +166,23 @@ def _nan_to_null(x):
 class Progress:
     """The progress file of one sweep: open it (fresh or resumed), append results, remove it."""
 
-    def __init__(self, path: Path, inputs: dict, resume: bool, layouts: Sequence[ParallelSpec]):
+    def __init__(
+        self,
+        path: Path,
+        inputs: dict,
+        resume: bool,
+        layouts: Sequence[Hashable],
+        key: Callable = lambda result: result.layout,
+        encode: Callable[..., dict] = to_record,
+        decode: Callable[[dict], object] = from_record,
+    ):
         """Start a fresh file (replacing any), or with `resume` read the finished layouts of the
-        existing one; its inputs must equal `inputs` (ScenarioError naming the one that differs)."""
+        existing one; its inputs must equal `inputs` (ScenarioError naming the one that differs).
+        `layouts` are the keys of what this run may reuse; key/encode/decode make the file hold other
+        results (the deployment search: keyed by candidate, sweep.search)."""
         self.path = Path(path)
-        self.done: dict[ParallelSpec, LayoutResult] = {}
+        self._key, self._encode, self._decode = key, encode, decode
+        self.done: dict = {}
         header = {"format": FORMAT, **inputs}
         lines: list[str] = []
         self._refuse_if_in_use()
@@ -197,7 +213,7 @@ class Progress:
                 "wait for it to finish or choose another --out"
             )
 
-    def _read(self, header: dict, layouts: set[ParallelSpec]) -> tuple[dict[ParallelSpec, LayoutResult], list[str]]:
+    def _read(self, header: dict, layouts: set) -> tuple[dict, list[str]]:
         if not self.path.is_file():
             raise ScenarioError(f"--resume: no progress file {self.path}; run without --resume to start the sweep")
         text = self.path.read_bytes().decode("utf-8", errors="replace")
@@ -225,21 +241,21 @@ class Progress:
         done, kept = {}, []
         for number, line in enumerate(lines[1:], start=2):
             try:
-                result = from_record(json.loads(line))
+                result = self._decode(json.loads(line))
             except (ValueError, TypeError, KeyError, RecursionError):
                 if number == len(lines):  # cut short by the interruption: that layout runs again
                     break
                 raise ScenarioError(
                     f"--resume: {self.path} line {number} is damaged; rerun without --resume to start afresh"
                 ) from None
-            if result.layout in layouts:
-                done[result.layout] = result
+            if self._key(result) in layouts:
+                done[self._key(result)] = result
                 kept.append(line)
         return done, kept
 
-    def append(self, result: LayoutResult) -> None:
+    def append(self, result) -> None:
         """Record one finished layout: a whole line, flushed, before the next one is reported."""
-        self._handle.write(json.dumps(to_record(result)) + "\n")
+        self._handle.write(json.dumps(self._encode(result)) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
@@ -249,3 +265,82 @@ class Progress:
         """The sweep's outputs are written: the progress file has served its purpose."""
         self._handle.close()
         self.path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployment search's progress file (sweep.search): the same file, keyed by candidate
+
+
+def search_inputs(scenario: Scenario, settings, profiles: Sequence[str]) -> dict:
+    """What decides a search's per-candidate figures: the scenario, every hardware profile searched (hashed:
+    an edited profile changes results) and the settings. Not the search space: a candidate keeps its result
+    whatever else the space holds (its key names every dimension), so a resumed search may widen the space."""
+    from simulator.config.hardware import load_profile
+
+    base = sweep_inputs(scenario, scenario.num_gpus, (), settings.decode_sample)
+    text = json.dumps({p: load_profile(p).model_dump(mode="json") for p in sorted(set(profiles))}, sort_keys=True)
+    return {
+        "scenario": base["scenario"],
+        "profiles": hashlib.sha256(text.encode()).hexdigest(),
+        "search_settings": {
+            "objective": settings.objective,
+            "serving": settings.serving,
+            "decode_sample": settings.decode_sample,
+            "rate_per_s": settings.rate_per_s,
+            "rel_tol": settings.rel_tol,
+        },
+    }
+
+
+def search_to_record(result) -> dict:
+    """A search result as one strict-JSON record, keyed by its candidate's dimensions."""
+    return _nan_to_null(
+        {
+            "candidate": result.candidate.dims(),
+            "status": result.status,
+            "rule": result.rule,
+            "reason": result.reason,
+            "meets": result.meets,
+            "figures": {
+                k: float(getattr(result, k))
+                for k in (
+                    "output_tokens_per_s_per_gpu",
+                    "tpot_s",
+                    "ttft_s",
+                    "rate_per_s",
+                    "memory_bytes_per_gpu",
+                    "sim_s",
+                )
+            },
+        }
+    )
+
+
+def search_from_record(record: dict):
+    """The search result a record holds; ValueError when a field is missing or of the wrong type."""
+    from simulator.sweep.candidates import Candidate
+    from simulator.sweep.search import SearchResult
+
+    if not isinstance(record, dict) or not isinstance(record.get("figures"), dict):
+        raise ValueError("not a search record")
+    if record["status"] not in ("ok", "failed") or not isinstance(record["meets"], bool):
+        raise ValueError("status, meets: wrong value")
+    f = record["figures"]
+    return SearchResult(
+        index=0,
+        candidate=Candidate.from_dims(record["candidate"]),
+        status=record["status"],
+        rule=_str(record["rule"]),
+        reason=_str(record["reason"]),
+        meets=record["meets"],
+        output_tokens_per_s_per_gpu=_float(f["output_tokens_per_s_per_gpu"]),
+        tpot_s=_float(f["tpot_s"]),
+        ttft_s=_float(f["ttft_s"]),
+        rate_per_s=_float(f["rate_per_s"]),
+        memory_bytes_per_gpu=_float(f["memory_bytes_per_gpu"]),
+        sim_s=_float(f["sim_s"]),
+    )
+
+
+def search_key(result) -> str:
+    return result.candidate.key()

@@ -1,0 +1,278 @@
+"""Sweep stage, deployment candidates: the search space beyond the parallel layout (GPU count, hardware profile,
+weight and KV precision, scheduler limits, candidate kind) and one validated scenario per candidate.
+
+A candidate's scenario is the base scenario with its non-layout dimensions changed in a validated copy
+(`config.parse_scenario`: every rule of a loaded scenario), then moved to its layout with `config.with_layout`
+(the one way to change a layout). Candidate kinds: "aggregated" (one pool of GPUs runs prefill and decode).
+A disaggregated kind (prefill and decode pools, xPyD) is one more entry of KINDS: its candidates carry their
+pools in `Candidate.detail` (part of the key), and sweep.search dispatches evaluation and bounds by kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulator.config import ParallelSpec, Scenario, ScenarioError, parse_scenario, resolve_hardware
+from simulator.config.hardware import HardwareProfile, load_profile
+from simulator.sweep.layouts import enumerate_layouts
+
+#: Candidate kinds the search can enumerate and evaluate. "disaggregated" (xPyD) plugs in here.
+KINDS = ("aggregated",)
+#: Precisions the model config can take for weights and the KV cache (config.hardware.DType).
+DTYPES = ("fp32", "fp16", "bf16", "fp8")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Every dimension the search spans; a dimension left at one value is not searched. Scheduler limits
+    are None for a scenario without a serving section (and for "the scenario's own")."""
+
+    gpu_counts: tuple[int, ...]
+    hardware: tuple[str, ...]
+    weight_dtypes: tuple[str, ...]
+    kv_cache_dtypes: tuple[str, ...]
+    max_num_seqs: tuple[int | None, ...] = (None,)
+    max_num_batched_tokens: tuple[int | None, ...] = (None,)
+    chunk_size_tokens: tuple[int | None, ...] = (None,)
+    microbatches: tuple[int, ...] = (1,)
+    kinds: tuple[str, ...] = ("aggregated",)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One deployment: its kind, hardware profile, precisions, scheduler limits (None: the scenario's) and
+    layout. `detail` holds kind-specific dimensions as sorted (name, value) pairs (e.g. a disaggregated
+    candidate's prefill and decode pools); it is part of the key."""
+
+    kind: str
+    hardware: str
+    weight_dtype: str
+    kv_cache_dtype: str
+    max_num_seqs: int | None
+    max_num_batched_tokens: int | None
+    chunk_size_tokens: int | None
+    layout: ParallelSpec
+    detail: tuple[tuple[str, str | int], ...] = field(default=())
+
+    @property
+    def num_gpus(self) -> int:
+        return self.layout.num_gpus
+
+    @property
+    def hardware_name(self) -> str:
+        """The profile's registry name (a path's file stem)."""
+        return Path(self.hardware).stem if self.hardware.endswith((".yaml", ".yml")) else self.hardware
+
+    def dims(self) -> dict:
+        """Every dimension as plain JSON values (the progress file's record of the candidate)."""
+        return {
+            "kind": self.kind,
+            "hardware": self.hardware,
+            "weight_dtype": self.weight_dtype,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "chunk_size_tokens": self.chunk_size_tokens,
+            "layout": self.layout.degrees(),
+            "detail": [list(pair) for pair in self.detail],
+        }
+
+    @classmethod
+    def from_dims(cls, dims: dict) -> Candidate:
+        """The candidate `dims()` wrote; ValueError when a field is missing or of the wrong type."""
+        if not isinstance(dims, dict):
+            raise ValueError("candidate: expected an object")
+        layout = dims["layout"]
+        if not isinstance(layout, dict) or not all(isinstance(v, int) and v >= 1 for v in layout.values()):
+            raise ValueError("candidate.layout: expected positive integer degrees")
+        for key in ("kind", "hardware", "weight_dtype", "kv_cache_dtype"):
+            if not isinstance(dims[key], str):
+                raise ValueError(f"candidate.{key}: expected a string")
+        for key in ("max_num_seqs", "max_num_batched_tokens", "chunk_size_tokens"):
+            if dims[key] is not None and not isinstance(dims[key], int):
+                raise ValueError(f"candidate.{key}: expected an integer or null")
+        detail = tuple((str(k), v) for k, v in dims.get("detail", []))
+        return cls(
+            kind=dims["kind"],
+            hardware=dims["hardware"],
+            weight_dtype=dims["weight_dtype"],
+            kv_cache_dtype=dims["kv_cache_dtype"],
+            max_num_seqs=dims["max_num_seqs"],
+            max_num_batched_tokens=dims["max_num_batched_tokens"],
+            chunk_size_tokens=dims["chunk_size_tokens"],
+            layout=ParallelSpec(**layout),
+            detail=detail,
+        )
+
+    def key(self) -> str:
+        """The candidate's identity across runs (the progress file's key): every dimension."""
+        return json.dumps(self.dims(), sort_keys=True)
+
+    @property
+    def label(self) -> str:
+        """e.g. 'h100-sxm-80gb 8 GPUs DP4 TP2 | w fp8 kv fp16 | seqs 128 tokens 8192 chunk 8192'."""
+        parts = [f"{self.hardware_name} {self.num_gpus} GPU{'s' if self.num_gpus > 1 else ''} {self.layout.label}"]
+        parts.append(f"w {self.weight_dtype} kv {self.kv_cache_dtype}")
+        limits = [
+            f"{name} {value}"
+            for name, value in (
+                ("seqs", self.max_num_seqs),
+                ("tokens", self.max_num_batched_tokens),
+                ("chunk", self.chunk_size_tokens),
+            )
+            if value is not None
+        ]
+        if limits:
+            parts.append(" ".join(limits))
+        if self.kind != "aggregated" or self.detail:
+            parts.append(self.kind + "".join(f" {k} {v}" for k, v in self.detail))
+        return " | ".join(parts)
+
+
+def supports_fp8(hw: HardwareProfile) -> bool:
+    """The profile has FP8 tensor cores (A100's has no fp8 peak: no fp8 candidates on it)."""
+    return hw.has_peak("fp8")
+
+
+def own_dims(scenario: Scenario) -> dict:
+    """The scenario's own value of every non-layout dimension."""
+    m = scenario.model
+    s = scenario.serving.scheduler if scenario.serving is not None else None
+    return {
+        "hardware": scenario.hardware.profile,
+        "weight_dtype": m.weight_dtype or m.dtype,
+        "kv_cache_dtype": m.kv_cache_dtype or m.dtype,
+        "max_num_seqs": s.max_num_seqs if s else None,
+        "max_num_batched_tokens": s.max_num_batched_tokens if s else None,
+        "chunk_size_tokens": s.chunk_size_tokens if s else None,
+    }
+
+
+class CandidateScenarios:
+    """Validated copies of a base scenario, one per combination of non-layout dimensions (cached: many layouts
+    share one), moved to each candidate's layout with with_layout."""
+
+    def __init__(self, base: Scenario):
+        self.base = base
+        self.own = own_dims(base)
+        self._variants: dict[tuple, Scenario] = {}
+
+    def variant(self, c: Candidate) -> Scenario:
+        """The base scenario with the candidate's hardware, precisions and scheduler limits (its own layout)."""
+        dims = (
+            c.hardware,
+            c.weight_dtype,
+            c.kv_cache_dtype,
+            c.max_num_seqs,
+            c.max_num_batched_tokens,
+            c.chunk_size_tokens,
+        )
+        hit = self._variants.get(dims)
+        if hit is not None:
+            return hit
+        own = self.own
+        if dims == tuple(own[k] for k in own):
+            scenario = self.base
+        else:
+            data = self.base.model_dump(mode="python", exclude_none=True)
+            if c.hardware != own["hardware"]:
+                data["hardware"] = {"profile": c.hardware}  # the scenario's hardware overrides apply to its own profile
+            model = data["model"]
+            model["weight_dtype"], model["kv_cache_dtype"] = c.weight_dtype, c.kv_cache_dtype
+            if self.base.serving is not None:
+                scheduler = data["serving"]["scheduler"]
+                for key in ("max_num_seqs", "max_num_batched_tokens", "chunk_size_tokens"):
+                    value = getattr(c, key)
+                    if value is not None:
+                        scheduler[key] = value
+            scenario = parse_scenario(data, f"candidate {c.label}")
+        self._variants[dims] = scenario
+        return scenario
+
+    def scenario(self, c: Candidate) -> Scenario:
+        """The candidate's scenario: its variant on its layout (config.with_layout)."""
+        from simulator.config import with_layout
+
+        return with_layout(self.variant(c), c.layout)
+
+
+@dataclass(frozen=True)
+class Enumeration:
+    """The candidates of a search space, and the combinations left out before any layout: fp8 on a profile
+    without FP8 units, scheduler limits the serving section's rules reject (with one reason each)."""
+
+    candidates: list[Candidate]
+    unsupported: int
+    invalid: int
+    invalid_example: str
+
+
+def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
+    """Every candidate of the space, in a fixed order (kind, hardware, precisions, limits, GPU count, layout);
+    layouts are those enumerate_layouts finds valid on each count (the config stage's rules, the cluster's
+    gpus_per_node included)."""
+    scenarios = CandidateScenarios(base)
+    candidates: list[Candidate] = []
+    unsupported = invalid = 0
+    example = ""
+    for kind in space.kinds:
+        if kind not in KINDS:
+            raise ScenarioError(f"candidate kind {kind!r}: this build searches {', '.join(KINDS)}")
+        for hardware, wdt, kvdt, seqs, tokens, chunk in _product(base, space):
+            probe = Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, base.parallel.without_split())
+            if "fp8" in (wdt, kvdt) and not supports_fp8(load_profile(hardware)):
+                unsupported += 1
+                continue
+            try:
+                variant = scenarios.variant(probe)
+            except ScenarioError as exc:
+                invalid += 1
+                example = example or str(exc)
+                continue
+            for n in space.gpu_counts:
+                for layout in enumerate_layouts(variant, n, space.microbatches):
+                    candidates.append(Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, layout))
+    return Enumeration(candidates, unsupported, invalid, example)
+
+
+def _product(base: Scenario, space: SearchSpace) -> Iterator[tuple]:
+    own = own_dims(base)
+    for hardware in space.hardware:
+        for wdt in space.weight_dtypes:
+            for kvdt in space.kv_cache_dtypes:
+                for seqs in space.max_num_seqs:
+                    for tokens in space.max_num_batched_tokens:
+                        budget = own["max_num_batched_tokens"] if tokens is None else tokens
+                        for chunk in space.chunk_size_tokens:
+                            if chunk is None:  # the scenario's chunk, capped at a searched budget it exceeds
+                                chunk = own["chunk_size_tokens"]
+                                if chunk is not None and budget is not None and chunk > budget:
+                                    chunk = budget
+                            yield (
+                                hardware,
+                                wdt,
+                                kvdt,
+                                own["max_num_seqs"] if seqs is None else seqs,
+                                budget,
+                                chunk,
+                            )
+
+
+def fits_cluster(n: int, gpus_per_node: int) -> bool:
+    """A GPU count the cluster shape allows: part of one node, or whole nodes."""
+    return n <= gpus_per_node or n % gpus_per_node == 0
+
+
+def node_size(base: Scenario, hardware: Sequence[str]) -> int:
+    """GPUs per node for the GPU counts: the scenario's cluster.gpus_per_node, else the smallest of the
+    profiles' (a count must fit every profile searched)."""
+    if base.cluster.gpus_per_node:
+        return base.cluster.gpus_per_node
+    sizes = [
+        resolve_hardware(base).gpus_per_node if h == base.hardware.profile else load_profile(h).gpus_per_node
+        for h in hardware
+    ]
+    return min(sizes)

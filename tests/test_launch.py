@@ -1,0 +1,91 @@
+"""Launch configs (report.launch): the scripts for the seed and Mixtral-8x7B against checked-in files, and the
+deployments an engine cannot express answered as such. Regenerate the files on purpose with
+`MOESIM_REGEN_LAUNCH=1 pytest tests/test_launch.py`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from simulator.config import load_scenario
+from simulator.report.launch import launch_files
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "launch"
+CASES = {
+    "seed_moe_4gpu": ("scenarios/seed_moe_4gpu.yaml", []),
+    "seed_moe_4gpu_serving": ("scenarios/seed_moe_4gpu_serving.yaml", []),
+    "mixtral_8x7b_8xh100_ep8": ("scenarios/mixtral_8x7b_8xh200_ep8.yaml", ["hardware=h100-sxm-80gb"]),
+    "mixtral_8x7b_8xh100_tp8": ("scenarios/mixtral_8x7b_8xh200_tp8.yaml", ["hardware=h100-sxm-80gb"]),
+    "mixtral_8x7b_8xh100_dp8_ep8_fp8": (
+        "scenarios/mixtral_8x7b_8xh200_ep8.yaml",
+        [
+            "hardware=h100-sxm-80gb",
+            "parallel.tp=1",
+            "parallel.dp=8",
+            "model.weight_dtype=fp8",
+            "model.kv_cache_dtype=fp8",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_launch_files_match_the_checked_in_files(case):
+    path, overrides = CASES[case]
+    files = launch_files(load_scenario(ROOT / path, overrides))
+    directory = FIXTURES / case
+    if os.environ.get("MOESIM_REGEN_LAUNCH"):
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (directory / name).write_text(text)
+    assert sorted(files) == sorted(p.name for p in directory.iterdir())
+    for name, text in files.items():
+        assert text == (directory / name).read_text(), f"{case}/{name} changed"
+
+
+def test_an_expert_group_between_tp_and_the_stage_is_refused_by_every_engine():
+    s = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu.yaml", ["parallel.pp=1", "parallel.tp=1", "parallel.dp=4", "parallel.ep=2"]
+    )
+    files = launch_files(s)
+    for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
+        assert "# NOT EXPRESSIBLE: experts over ep x etp = 2 GPUs" in files[name]
+        assert files[name].rstrip().endswith("exit 1")
+
+
+def test_attention_tp_with_attention_dp_is_refused_by_trtllm_only():
+    s = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu.yaml", ["parallel.pp=1", "parallel.tp=2", "parallel.dp=2", "parallel.ep=4"]
+    )
+    files = launch_files(s)
+    assert "--data-parallel-size 2" in files["vllm.sh"] and "--enable-expert-parallel" in files["vllm.sh"]
+    assert "--tp-size 4" in files["sglang.sh"] and "--enable-dp-attention" in files["sglang.sh"]
+    assert "# NOT EXPRESSIBLE: attention TP 2 with DP 2" in files["trtllm.sh"]
+
+
+def test_expert_tp_and_ep_together_are_refused_by_vllm():
+    s = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu.yaml", ["parallel.pp=1", "parallel.tp=4", "parallel.ep=2", "parallel.etp=2"]
+    )
+    files = launch_files(s)
+    assert "NOT EXPRESSIBLE: ep = 2 with etp = 2" in files["vllm.sh"]
+    assert "--ep-size 2" in files["sglang.sh"]
+    assert "--ep_size 2" in files["trtllm.sh"]
+
+
+def test_launch_command_writes_the_files(tmp_path, capsys):
+    from simulator.cli import main
+
+    out = tmp_path / "launch"
+    assert main(["launch", str(ROOT / "scenarios/seed_moe_4gpu.yaml"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "sglang.sh",
+        "trtllm.sh",
+        "trtllm_extra_llm_api_options.yaml",
+        "vllm.sh",
+    ]
+    assert main(["launch", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
