@@ -5,6 +5,7 @@ the skipped one)."""
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 import subprocess
 import sys
@@ -65,6 +66,46 @@ def test_every_public_point_is_a_case_and_every_unskipped_one_parses():
             assert scenario.serving is not None
     skipped = [c for c in cases if c.skip]
     assert [c.id for c in skipped] == ["SGLEP-DECODE-2K"] and "disaggregated decode" in skipped[0].skip
+
+
+#: Each case's formats as its source states them (public_serving_dev.yaml `precision`: weights / activations /
+#: kv_cache), "?" resolved to the engine's documented default: (weights, GEMM compute, KV cache). Collectives,
+#: attention math, the LM head and the router stay bf16 in every case (docs/precision.md, fp8-w8a8).
+SOURCE_PRECISION = {
+    "MLP40-L2-H100-OFF": ("fp8", "fp8", "fp8"),  # KV "?": TensorRT-LLM's FP8 default (KV set to FP8)
+    "MLP41-MIX-H100-OFF": ("fp8", "fp8", "fp8"),  # idem
+    "MLP41-MIX-H100-SRV": ("fp8", "fp8", "fp8"),  # idem
+    "TRT17-MIX-H100-TP1-1000-1000": ("fp8", "fp8", "fp8"),
+    "TRT17-MIX-H200-TP2-2048-2048": ("fp8", "fp8", "fp8"),
+    "TRTON-L70-H100-TP4-QPS8": ("bf16", "bf16", "bf16"),  # KV "?": the model's dtype without KV quantisation
+    "DST-VLLM-C16": ("fp8", "fp8", "bf16"),  # KV "auto (bf16)"
+}
+
+
+def test_every_case_runs_the_formats_its_source_states():
+    cases = {c.id: c for c in load_serving_cases(CASES) if c.skip is None}
+    assert set(cases) == set(SOURCE_PRECISION)
+    for case_id, (weights, compute, kv) in SOURCE_PRECISION.items():
+        model = case_scenario(cases[case_id]).model
+        f = model.formats
+        assert model.precision is not None and model.dtype == "bf16", case_id  # the precision model, not dtype: fp8
+        for gemm in (f.dense_gemm, f.expert_gemm):
+            assert (gemm.storage, gemm.compute) == (weights, compute), case_id
+        assert f.kv_cache == kv, case_id
+        assert f.communication == f.attention == f.activations == "bf16", case_id  # engines all-reduce in 16 bits
+        assert f.lm_head.compute == f.router.compute == "bf16", case_id
+
+
+def test_the_stated_formats_match_the_public_file_where_it_is_present():
+    public = ROOT.parent / "shared" / "calibration" / "public_serving_dev.yaml"
+    if not public.exists():
+        pytest.skip("../shared/calibration/public_serving_dev.yaml is not present in this checkout")
+    points = {p["id"]: p["precision"] for p in yaml.safe_load(public.read_text())["points"]}
+    for case_id, (weights, compute, kv) in SOURCE_PRECISION.items():
+        stated = points[case_id]
+        assert (stated["weights"], stated["activations"]) == (weights, compute), case_id
+        if stated["kv_cache"] != "?":
+            assert re.findall(r"\b(fp8|bf16|fp16)\b", str(stated["kv_cache"]))[0] == kv, case_id  # "auto (bf16)"
 
 
 def test_a_case_needs_a_scenario_or_a_skip_reason(tmp_path):
