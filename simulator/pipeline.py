@@ -128,7 +128,7 @@ def run_scenario(
         )
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
     if verify:
-        run.checks.extend(verify_dag(run.graph, scenario))
+        run.checks.extend(verify_dag(run.dag, scenario))
     return run
 
 

@@ -88,7 +88,7 @@ def command(args, console: Console) -> int:
                 from simulator.report.dot import render_dag
 
                 render_dag(
-                    result.graph, staging, scenario.name, full_json=full_dag, draw=not args.no_dag, formats=("svg",)
+                    result.dag, staging, scenario.name, full_json=full_dag, draw=not args.no_dag, formats=("svg",)
                 )
             plots = optional_module("simulator.report.plots")
             if plots is not None:
@@ -98,7 +98,7 @@ def command(args, console: Console) -> int:
     failed = [c for c in result.checks if not c.ok]
     for c in failed:
         console.print(f"[red]DAG check failed[/red]: {escape(c.name)}: {escape(c.detail)}")
-    console.print(f"simulated {result.graph.number_of_nodes()} nodes in {elapsed:.2f} s; wrote {escape(str(out))}/")
+    console.print(f"simulated {len(result.dag)} nodes in {elapsed:.2f} s; wrote {escape(str(out))}/")
     if args.check and not summary["all_targets_met"]:
         return EXIT_TARGET_MISSED
     return EXIT_OK

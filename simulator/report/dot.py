@@ -17,7 +17,7 @@ from pathlib import Path
 import networkx as nx
 
 from simulator.files import write_atomic
-from simulator.graph import NodeKind
+from simulator.graph import Dag, NodeKind
 from simulator.report.folded import FOLDED, TRANSFER_OPS, folded_view, gpu_list, pass_name, stage_layers_of
 from simulator.report.graph_json import write_graph_json
 
@@ -317,7 +317,7 @@ def require_graphviz(hint: str = "") -> None:
 
 
 def render_dag(
-    g: nx.DiGraph,
+    g: Dag | nx.DiGraph,
     out_dir: str | Path,
     title: str | None = None,
     max_decode_steps: int = 1,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.files import OutputError, write_atomic
-from simulator.graph import NodeKind
+from simulator.graph import Dag, NodeKind, row_attrs
 from simulator.simulate import Resources, node_resources
 
 SLICES_FILE = "slices.npz"
@@ -56,7 +56,7 @@ class Slices:
 
 
 def build_slices(
-    graph: nx.DiGraph,
+    graph: Dag | nx.DiGraph,
     ops: pd.DataFrame,
     num_gpus: int,
     residual_bytes_per_token: float,
@@ -64,10 +64,8 @@ def build_slices(
 ) -> Slices:
     """Unroll the trace. `tokens_per_pass[phase]`: tokens of one microbatch's pass on one dp rank."""
     res = Resources(num_gpus)
-    attrs = graph._node
     rows, resources, acts = [], [], []
-    for i, n in enumerate(ops["node"].tolist()):
-        a = attrs[n]
+    for i, a in enumerate(row_attrs(graph, ops["node"].tolist())):
         kind = a["kind"]
         if kind == NodeKind.MARKER:
             continue
@@ -102,7 +100,7 @@ def slices_of_run(run) -> Slices:
     m, w, p = s.model, s.workload, s.parallel
     seqs = w.batch_size / (p.dp * p.microbatches)
     return build_slices(
-        run.graph,
+        run.dag,
         run.sim.ops,
         s.num_gpus,
         m.hidden_size * m.dtype_bytes_per_element,

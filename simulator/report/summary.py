@@ -58,7 +58,7 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
     m = run.metrics
     d = m.to_dict()
     if critical is None:
-        critical, _ = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
+        critical, _ = critical_path.analyse(run.dag, run.sim.ops, run.scenario.num_gpus)
     out = {
         "scenario": run.scenario.name,
         "model": run.scenario.model.name,
@@ -81,8 +81,8 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "audit": [a.to_dict() for a in run.audit],
         "verification": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in run.checks],
         "dag": {
-            "nodes": run.graph.number_of_nodes(),
-            "edges": run.graph.number_of_edges(),
+            "nodes": len(run.dag),
+            "edges": len(run.dag.src),
             "engine_events": run.sim.num_events,
         },
     }
@@ -248,7 +248,7 @@ def write_run_files(run: RunResult, out_dir: Path, ops: bool = True) -> dict:
     """summary.json, summary.md, critical_path.csv (both paths, one row per node; `row` is the
     node's row in the operator table) and that table: ops.csv when `ops`, else gzip-compressed
     as ops.csv.gz (what `moesim plot` reads back)."""
-    critical, paths = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
+    critical, paths = critical_path.analyse(run.dag, run.sim.ops, run.scenario.num_gpus)
     summary = summary_dict(run, critical)
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     write_atomic(out_dir / "summary.md", summary_markdown(summary))
