@@ -17,6 +17,7 @@ from simulator.audit import AuditLine
 from simulator.files import write_atomic
 from simulator.pipeline import DagResult, RunResult
 from simulator.placement import gpu_ranges, represented_gpus
+from simulator.report.csv_text import csv_text
 from simulator.verify import Check, per_gpu_table
 
 
@@ -256,7 +257,7 @@ def write_run_files(run: RunResult, out_dir: Path, ops: bool = True) -> dict:
     table["gpu"] = [
         ",".join(map(str, g)) if isinstance(g, tuple) else ("" if g is None else str(g)) for g in table["gpu"]
     ]
-    text = table.to_csv(index=False)
+    text = csv_text(table)
     if ops:
         write_atomic(out_dir / "ops.csv", text)
     else:  # level 1: a fifth of the size at a tenth of level 6's time; mtime 0 keeps the bytes reproducible
@@ -267,7 +268,7 @@ def write_run_files(run: RunResult, out_dir: Path, ops: bool = True) -> dict:
         table.insert(0, "row", path.rows)
         table.insert(0, "path", name)
         tables.append(table)
-    write_atomic(out_dir / "critical_path.csv", pd.concat(tables, ignore_index=True).to_csv(index=False))
+    write_atomic(out_dir / "critical_path.csv", csv_text(pd.concat(tables, ignore_index=True)))
     return summary
 
 

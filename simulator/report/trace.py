@@ -56,120 +56,109 @@ def _ranges(values: list[int]) -> str:
     return f"{values[0]}-{values[-1]}" if len(values) > 2 else ", ".join(map(str, values))
 
 
-def trace_events(
-    ops: pd.DataFrame, slices: Slices, path_rows: np.ndarray | None = None, folded: dict[int, list[int]] | None = None
-) -> list[dict]:
-    """The events of the trace: metadata, then one "X" event per slice, the phases and the path.
+def _json_texts(values: list) -> np.ndarray:
+    """Each value's JSON text as orjson writes it, as an object array of bytes. Numbers are written
+    in one call and split at the commas (a number has none); strings one by one, each once."""
+    if not values:
+        return np.empty(0, dtype=object)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        texts = orjson.dumps(values)[1:-1].split(b",")
+    else:
+        memo: dict = {}
+        texts = [memo[v] if v in memo else memo.setdefault(v, orjson.dumps(v)) for v in values]
+    out = np.empty(len(texts), dtype=object)
+    out[:] = texts
+    return out
 
-    `folded`: representative GPU -> the GPUs it stands for (summary.json's "folded"), or None."""
+
+def trace_json(
+    ops: pd.DataFrame,
+    slices: Slices,
+    path_rows: np.ndarray | None = None,
+    metadata: dict | None = None,
+    folded: dict[int, list[int]] | None = None,
+) -> bytes:
+    """The trace as compact JSON (object format: traceEvents, displayTimeUnit, otherData): metadata
+    events, then one "X" event per slice, the phases and the path.
+
+    `folded`: representative GPU -> the GPUs it stands for (summary.json's "folded"), or None.
+    The bytes are those orjson writes for the document as a whole (tests check it), put together
+    column by column: each field of each operator is written once, and a slice's event is its
+    operator's text with the slice's pid and tid in between, so that the hundreds of thousands of
+    slices of a large run cost array operations, not a dict each."""
     n = slices.num_gpus
-    events = _meta(RUN_PID, "run", -1, {_PHASE_TID: "phases", _PATH_TID: "critical path"})
+    meta = _meta(RUN_PID, "run", -1, {_PHASE_TID: "phases", _PATH_TID: "critical path"})
     for g in sorted(folded) if folded else range(n):
         name = f"GPU {g}" + (f" (stands for GPUs {_ranges(folded[g])})" if folded else "")
-        events += _meta(gpu_pid(g), name, 2 * g, {0: "compute stream", 1: "comm stream"})
-        events += _meta(link_pid(g), f"{name} link port", 2 * g + 1, {0: "tx", 1: "rx"})
+        meta += _meta(gpu_pid(g), name, 2 * g, {0: "compute stream", 1: "comm stream"})
+        meta += _meta(link_pid(g), f"{name} link port", 2 * g + 1, {0: "tx", 1: "rx"})
+    events = [orjson.dumps(e) for e in meta]
 
     # Whole nanoseconds: plenty, a third shorter than full doubles; each end rounded once.
     start_ns = np.round(ops["start_s"].to_numpy(dtype=float) * 1e9).astype(np.int64)
     end_ns = np.maximum(np.round(ops["end_s"].to_numpy(dtype=float) * 1e9).astype(np.int64), start_ns)
-    start_us = (start_ns / 1e3).tolist()
-    dur_us = ((end_ns - start_ns) / 1e3).tolist()
-    names = ops["op"].tolist()
-    cats = ops["category"].tolist()
-    args = [
-        {
-            "node": node,
-            "op": op,
-            "phase": phase,
-            "layer": layer,
-            "step": step,
-            "microbatch": mb,
-            "flops": flops,
-            "bytes_read": br,
-            "bytes_written": bw,
-            "bound": bound,
-        }
-        for node, op, phase, layer, step, mb, flops, br, bw, bound in zip(
-            ops["node"].tolist(),
-            names,
-            ops["phase"].tolist(),
-            _as_int(ops["layer"].tolist()),
-            _as_int(ops["step"].tolist()),
-            _as_int(ops["microbatch"].tolist()),
-            ops["flops"].tolist(),
-            ops["bytes_read"].tolist(),
-            ops["bytes_written"].tolist(),
-            ops["bound"].tolist(),
-        )
-    ]
-    nodes = ops["node"].tolist()
-    for row, kind, gpu in zip(slices.row.tolist(), slices.kind.tolist(), slices.gpu.tolist()):
-        if kind < 2:
-            events.append(
-                {
-                    "name": names[row],
-                    "cat": cats[row],
-                    "ph": "X",
-                    "ts": start_us[row],
-                    "dur": dur_us[row],
-                    "pid": gpu_pid(gpu),
-                    "tid": kind,
-                    "args": args[row],
-                }
-            )
-        else:  # a link port repeats its collective's stream slice: name the node only
-            events.append(
-                {
-                    "name": names[row],
-                    "cat": cats[row],
-                    "ph": "X",
-                    "ts": start_us[row],
-                    "dur": dur_us[row],
-                    "pid": link_pid(gpu),
-                    "tid": kind - 2,
-                    "args": {"node": nodes[row]},
-                }
-            )
+    op = _json_texts(ops["op"].tolist())
+    node = _json_texts(ops["node"].tolist())
+    # per row: '{"name":..,"cat":..,"ph":"X","ts":..,"dur":..,"pid":', then the track, then the args
+    head = (
+        b'{"name":'
+        + op
+        + b',"cat":'
+        + _json_texts(ops["category"].tolist())
+        + b',"ph":"X","ts":'
+        + _json_texts((start_ns / 1e3).tolist())
+        + b',"dur":'
+        + _json_texts(((end_ns - start_ns) / 1e3).tolist())
+        + b',"pid":'
+    )
+    stream_args = b',"args":{"node":' + node + b',"op":' + op
+    for key, values in (
+        ("phase", ops["phase"].tolist()),
+        ("layer", _as_int(ops["layer"].tolist())),
+        ("step", _as_int(ops["step"].tolist())),
+        ("microbatch", _as_int(ops["microbatch"].tolist())),
+        ("flops", ops["flops"].tolist()),
+        ("bytes_read", ops["bytes_read"].tolist()),
+        ("bytes_written", ops["bytes_written"].tolist()),
+        ("bound", ops["bound"].tolist()),
+    ):
+        stream_args = stream_args + f',"{key}":'.encode() + _json_texts(values)
+    # a link port repeats its collective's stream slice: name the node only
+    args = np.concatenate([stream_args + b"}}", b',"args":{"node":' + node + b"}}"])
+    # per engine resource, the pid and tid of its track: streams on the GPU's process, ports on the link's
+    tracks = [b'%d,"tid":%d' % (gpu_pid(r % n), r // n) for r in range(2 * n)]
+    tracks += [b'%d,"tid":%d' % (link_pid(r % n), r // n - 2) for r in range(2 * n, 4 * n)]
+    track = np.empty(len(tracks), dtype=object)
+    track[:] = tracks
+    on_link = slices.resource >= 2 * n
+    events += (head[slices.row] + track[slices.resource] + args[slices.row + len(ops) * on_link]).tolist()
 
     phase = ops["phase"].to_numpy()
     step = ops["step"].to_numpy()
-    start_arr, end_arr = start_ns, end_ns
     work = (ops["kind"] != NodeKind.MARKER).to_numpy()
     for name, mask in [("prefill", (phase == "prefill") & work)] + [
         (f"decode step {k}", (phase == "decode") & (step == k) & work)
         for k in sorted(set(step[(phase == "decode") & work].tolist()))
     ]:
         if mask.any():
-            t0, t1 = int(start_arr[mask].min()), int(end_arr[mask].max())
-            events.append(
-                {
-                    "name": name,
-                    "cat": "phase",
-                    "ph": "X",
-                    "ts": t0 / 1e3,
-                    "dur": (t1 - t0) / 1e3,
-                    "pid": RUN_PID,
-                    "tid": _PHASE_TID,
-                    "args": {},
-                }
-            )
+            t0, t1 = int(start_ns[mask].min()), int(end_ns[mask].max())
+            event = {
+                "name": name,
+                "cat": "phase",
+                "ph": "X",
+                "ts": t0 / 1e3,
+                "dur": (t1 - t0) / 1e3,
+                "pid": RUN_PID,
+                "tid": _PHASE_TID,
+                "args": {},
+            }
+            events.append(orjson.dumps(event))
     if path_rows is not None:
-        positive = ops["duration_s"].to_numpy(dtype=float) > 0
-        for row in path_rows.tolist():
-            if positive[row]:
-                events.append(
-                    {
-                        "name": names[row],
-                        "cat": cats[row],
-                        "ph": "X",
-                        "ts": start_us[row],
-                        "dur": dur_us[row],
-                        "pid": RUN_PID,
-                        "tid": _PATH_TID,
-                        "args": {"node": nodes[row]},
-                    }
-                )
-    return events
+        rows = path_rows[ops["duration_s"].to_numpy(dtype=float)[path_rows] > 0]
+        path_track = b'%d,"tid":%d' % (RUN_PID, _PATH_TID)
+        events += (head[rows] + path_track + args[rows + len(ops)]).tolist()
+    tail = {"displayTimeUnit": "ms", "otherData": metadata or {}}
+    return b'{"traceEvents":[' + b",".join(events) + b"]," + orjson.dumps(tail)[1:]
 
 
 def write_trace(
@@ -180,12 +169,6 @@ def write_trace(
     metadata: dict | None = None,
     folded: dict[int, list[int]] | None = None,
 ) -> None:
-    """Write the trace (JSON object format: traceEvents, displayTimeUnit, otherData), gzip-compressed
-    when `path` ends in .gz (Perfetto opens it as it is)."""
-    doc = {
-        "traceEvents": trace_events(ops, slices, path_rows, folded),
-        "displayTimeUnit": "ms",
-        "otherData": metadata or {},
-    }
-    data = orjson.dumps(doc)
+    """Write the trace (trace_json), gzip-compressed when `path` ends in .gz (Perfetto opens it as it is)."""
+    data = trace_json(ops, slices, path_rows, metadata, folded)
     write_atomic(path, gzip.compress(data, compresslevel=1, mtime=0) if str(path).endswith(".gz") else data)
