@@ -130,13 +130,15 @@ def _sources_and_sinks(names: list[str], attrs: list[dict], src: np.ndarray, dst
 
 def _placement(names: list[str], attrs: list[dict], pl: Placement) -> Check:
     bad = []
+    layers_of = {g: frozenset(pl.layers_of_gpu(g)) for g in range(pl.num_gpus)}
     for n, a in zip(names, attrs):
         if a["kind"] in (NodeKind.COMM, NodeKind.MARKER) or a["layer"] < 0:
             continue
         gpu = a["gpu"]
-        if not isinstance(gpu, int) or not 0 <= gpu < pl.num_gpus:
+        layers = layers_of.get(gpu) if isinstance(gpu, int) else None
+        if layers is None:
             bad.append(f"{n} on invalid GPU {gpu!r}")
-        elif a["layer"] not in pl.layers_of_gpu(gpu):
+        elif a["layer"] not in layers:
             bad.append(f"{n}: layer {a['layer']} is not on GPU {gpu}'s stage {pl.stage_of_gpu(gpu)}")
         if len(bad) >= 3:
             break

@@ -30,9 +30,10 @@ def _quote(value: str) -> str:
     return f'"{value}"' if "," in value else value
 
 
-def _quoted(values: list[str]) -> list[str]:
-    """The fields as the csv module writes them: only those that need quotes change."""
-    joined = "".join(values)
+def _quoted(values: list[str], joined: str | None = None) -> list[str]:
+    """The fields as the csv module writes them: only those that need quotes change. `joined`:
+    the fields joined, when already made."""
+    joined = "".join(values) if joined is None else joined
     if not any(c in joined for c in _SPECIAL):
         return values
     memo: dict[str, str] = {}
@@ -63,7 +64,11 @@ def _column_texts(column: pd.Series) -> list[str] | None:
     if kind in "iub" and kind:
         return list(map(str, column.tolist()))
     if kind == "O" or isinstance(column.dtype, pd.StringDtype):
-        return _quoted(_object_texts(column.tolist()))
+        values = column.tolist()
+        try:  # all text (the usual case): nothing to convert
+            return _quoted(values, "".join(values))
+        except TypeError:
+            return _quoted(_object_texts(values))
     return None
 
 

@@ -12,6 +12,7 @@ GPUs it stands for.
 from __future__ import annotations
 
 import gzip
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -56,18 +57,26 @@ def _ranges(values: list[int]) -> str:
     return f"{values[0]}-{values[-1]}" if len(values) > 2 else ", ".join(map(str, values))
 
 
-def _json_texts(values: list) -> np.ndarray:
-    """Each value's JSON text as orjson writes it, as an object array of bytes. Numbers are written
-    in one call and split at the commas (a number has none); strings one by one, each once."""
-    if not values:
-        return np.empty(0, dtype=object)
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        texts = orjson.dumps(values)[1:-1].split(b",")
-    else:
-        memo: dict = {}
-        texts = [memo[v] if v in memo else memo.setdefault(v, orjson.dumps(v)) for v in values]
-    out = np.empty(len(texts), dtype=object)
-    out[:] = texts
+def _numbers(values: list) -> list[bytes]:
+    """Each number's JSON text as orjson writes it: the list in one call, split at the commas (a
+    number's text has none)."""
+    return orjson.dumps(values)[1:-1].split(b",") if values else []
+
+
+def _strings(values: list) -> list[bytes]:
+    """Each value's JSON text as orjson writes it, each distinct value written once."""
+    memo: dict = {}
+    return [memo[v] if v in memo else memo.setdefault(v, orjson.dumps(v)) for v in values]
+
+
+def _rows(*columns) -> list[bytes]:
+    """Per row, its pieces joined: each column is a list (one piece per row) or one bytes for all."""
+    return [b"".join(parts) for parts in zip(*(repeat(c) if isinstance(c, bytes) else c for c in columns))]
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
     return out
 
 
@@ -83,55 +92,68 @@ def trace_json(
 
     `folded`: representative GPU -> the GPUs it stands for (summary.json's "folded"), or None.
     The bytes are those orjson writes for the document as a whole (tests check it), put together
-    column by column: each field of each operator is written once, and a slice's event is its
-    operator's text with the slice's pid and tid in between, so that the hundreds of thousands of
-    slices of a large run cost array operations, not a dict each."""
+    from pieces: each field of each operator is written once, a slice's event is its operator's
+    text with the slice's pid and tid in between, and the hundreds of thousands of events of a
+    large run are gathered by array indexing and joined once."""
     n = slices.num_gpus
     meta = _meta(RUN_PID, "run", -1, {_PHASE_TID: "phases", _PATH_TID: "critical path"})
     for g in sorted(folded) if folded else range(n):
         name = f"GPU {g}" + (f" (stands for GPUs {_ranges(folded[g])})" if folded else "")
         meta += _meta(gpu_pid(g), name, 2 * g, {0: "compute stream", 1: "comm stream"})
         meta += _meta(link_pid(g), f"{name} link port", 2 * g + 1, {0: "tx", 1: "rx"})
-    events = [orjson.dumps(e) for e in meta]
+    pieces = [piece for e in meta for piece in (orjson.dumps(e), b",")]
 
     # Whole nanoseconds: plenty, a third shorter than full doubles; each end rounded once.
     start_ns = np.round(ops["start_s"].to_numpy(dtype=float) * 1e9).astype(np.int64)
     end_ns = np.maximum(np.round(ops["end_s"].to_numpy(dtype=float) * 1e9).astype(np.int64), start_ns)
-    op = _json_texts(ops["op"].tolist())
-    node = _json_texts(ops["node"].tolist())
+    op = _strings(ops["op"].tolist())
+    node = _strings(ops["node"].tolist())
     # per row: '{"name":..,"cat":..,"ph":"X","ts":..,"dur":..,"pid":', then the track, then the args
-    head = (
-        b'{"name":'
-        + op
-        + b',"cat":'
-        + _json_texts(ops["category"].tolist())
-        + b',"ph":"X","ts":'
-        + _json_texts((start_ns / 1e3).tolist())
-        + b',"dur":'
-        + _json_texts(((end_ns - start_ns) / 1e3).tolist())
-        + b',"pid":'
+    head = _rows(
+        b'{"name":',
+        op,
+        b',"cat":',
+        _strings(ops["category"].tolist()),
+        b',"ph":"X","ts":',
+        _numbers((start_ns / 1e3).tolist()),
+        b',"dur":',
+        _numbers(((end_ns - start_ns) / 1e3).tolist()),
+        b',"pid":',
     )
-    stream_args = b',"args":{"node":' + node + b',"op":' + op
-    for key, values in (
-        ("phase", ops["phase"].tolist()),
-        ("layer", _as_int(ops["layer"].tolist())),
-        ("step", _as_int(ops["step"].tolist())),
-        ("microbatch", _as_int(ops["microbatch"].tolist())),
-        ("flops", ops["flops"].tolist()),
-        ("bytes_read", ops["bytes_read"].tolist()),
-        ("bytes_written", ops["bytes_written"].tolist()),
-        ("bound", ops["bound"].tolist()),
-    ):
-        stream_args = stream_args + f',"{key}":'.encode() + _json_texts(values)
+    stream_args = _rows(
+        b',"args":{"node":',
+        node,
+        b',"op":',
+        op,
+        b',"phase":',
+        _strings(ops["phase"].tolist()),
+        b',"layer":',
+        _numbers(_as_int(ops["layer"].tolist())),
+        b',"step":',
+        _numbers(_as_int(ops["step"].tolist())),
+        b',"microbatch":',
+        _numbers(_as_int(ops["microbatch"].tolist())),
+        b',"flops":',
+        _numbers(ops["flops"].tolist()),
+        b',"bytes_read":',
+        _numbers(ops["bytes_read"].tolist()),
+        b',"bytes_written":',
+        _numbers(ops["bytes_written"].tolist()),
+        b',"bound":',
+        _strings(ops["bound"].tolist()),
+        b"}},",
+    )
     # a link port repeats its collective's stream slice: name the node only
-    args = np.concatenate([stream_args + b"}}", b',"args":{"node":' + node + b"}}"])
+    link_args = _rows(b',"args":{"node":', node, b"}},")
+    heads, args = _objects(head), _objects(stream_args + link_args)
     # per engine resource, the pid and tid of its track: streams on the GPU's process, ports on the link's
     tracks = [b'%d,"tid":%d' % (gpu_pid(r % n), r // n) for r in range(2 * n)]
     tracks += [b'%d,"tid":%d' % (link_pid(r % n), r // n - 2) for r in range(2 * n, 4 * n)]
-    track = np.empty(len(tracks), dtype=object)
-    track[:] = tracks
-    on_link = slices.resource >= 2 * n
-    events += (head[slices.row] + track[slices.resource] + args[slices.row + len(ops) * on_link]).tolist()
+    events = np.empty((len(slices.row), 3), dtype=object)
+    events[:, 0] = heads[slices.row]
+    events[:, 1] = _objects(tracks)[slices.resource]
+    events[:, 2] = args[slices.row + len(ops) * (slices.resource >= 2 * n)]
+    pieces += events.ravel().tolist()
 
     phase = ops["phase"].to_numpy()
     step = ops["step"].to_numpy()
@@ -152,13 +174,18 @@ def trace_json(
                 "tid": _PHASE_TID,
                 "args": {},
             }
-            events.append(orjson.dumps(event))
+            pieces += [orjson.dumps(event), b","]
     if path_rows is not None:
         rows = path_rows[ops["duration_s"].to_numpy(dtype=float)[path_rows] > 0]
         path_track = b'%d,"tid":%d' % (RUN_PID, _PATH_TID)
-        events += (head[rows] + path_track + args[rows + len(ops)]).tolist()
+        path = np.empty((len(rows), 3), dtype=object)
+        path[:, 0] = heads[rows]
+        path[:, 1] = path_track
+        path[:, 2] = args[rows + len(ops)]
+        pieces += path.ravel().tolist()
+    body = b"".join(pieces)[:-1]  # every event ends with a comma; the last one's goes
     tail = {"displayTimeUnit": "ms", "otherData": metadata or {}}
-    return b'{"traceEvents":[' + b",".join(events) + b"]," + orjson.dumps(tail)[1:]
+    return b'{"traceEvents":[' + body + b"]," + orjson.dumps(tail)[1:]
 
 
 def write_trace(
