@@ -83,17 +83,28 @@ def command(args, console: Console) -> int:
         with run_directory(out, args.force, kind="run") as staging:
             phase("write summary files")
             summary = write_run_files(result, staging, ops=ops)
+            drawing = None
             if not args.no_dag or full_dag:
                 phase("draw the DAG")
-                from simulator.report.dot import render_dag
+                from simulator.report.dot import start_render_dag
 
-                render_dag(
+                # Graphviz lays the drawing out in its own process while the plots are drawn here.
+                drawing = start_render_dag(
                     result.dag, staging, scenario.name, full_json=full_dag, draw=not args.no_dag, formats=("svg",)
                 )
-            plots = optional_module("simulator.report.plots")
-            if plots is not None:
-                phase("draw plots and the page")
-                plots.write_run_plots(result, staging, summary)
+            try:
+                plots = optional_module("simulator.report.plots")
+                if plots is not None:
+                    phase("draw plots")
+                    plots.write_run_plots(result, staging, summary, index=False)
+                if drawing is not None:
+                    drawing.wait()
+                if plots is not None:
+                    phase("write the page")
+                    plots.write_index(staging, summary)  # last: it links what was drawn
+            finally:
+                if drawing is not None:
+                    drawing.cancel()
     print_run(console, result, summary)
     failed = [c for c in result.checks if not c.ok]
     for c in failed:

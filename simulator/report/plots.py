@@ -60,10 +60,10 @@ def _path_rows(out_dir: Path, which: str = "total") -> np.ndarray | None:
 
 
 def draw_all(
-    out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, into: Path | None = None
+    out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, into: Path | None = None, index: bool = True
 ) -> dict[str, float]:
     """Write trace.json.gz, timeline.png, memory.png and index.html; returns seconds spent on each.
-    With `into`, the first three go there (and index.html is left to the caller)."""
+    With `into`, the first three go there; with `into` or not `index`, index.html is left to the caller."""
     from simulator.report.memory_plot import memory_png
     from simulator.report.timeline import timeline_png
     from simulator.report.trace import write_trace
@@ -93,17 +93,18 @@ def draw_all(
     write_atomic(target / "memory.png", memory_png(ops, slices, summary))
     seconds["memory.png"] = time.perf_counter() - started
     started = time.perf_counter()
-    if into is None:
+    if into is None and index:
         write_index(out_dir, summary)
-    seconds["index.html"] = time.perf_counter() - started
+        seconds["index.html"] = time.perf_counter() - started
     return seconds
 
 
-def write_run_plots(result, out_dir: Path, summary: dict) -> dict[str, float]:
-    """Called by `moesim run` once summary.json, ops.csv and critical_path.csv are written."""
+def write_run_plots(result, out_dir: Path, summary: dict, index: bool = True) -> dict[str, float]:
+    """Called by `moesim run` once summary.json, ops.csv and critical_path.csv are written (and,
+    unless `index`, before it writes index.html itself)."""
     slices = slices_of_run(result)
     save_slices(slices, Path(out_dir) / SLICES_FILE)
-    return draw_all(out_dir, result.sim.ops, slices, summary)
+    return draw_all(out_dir, result.sim.ops, slices, summary, index=index)
 
 
 def read_ops(path: Path) -> pd.DataFrame:
