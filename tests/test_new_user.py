@@ -296,3 +296,36 @@ def test_mxfp4_weights_make_the_memory_verdict_approximate(tmp_path):
 
 def test_folded_dag_drawing_says_whom_the_simulated_gpus_stand_for(seed_run):
     assert "GPU 0, standing for GPUs 0, 1" in (seed_run / "dag.dot").read_text()
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def _fail(x: int) -> int:
+    if os.getpid() != _PARENT_PID:  # fails in the child only: the parent computes it
+        raise RuntimeError("child failed")
+    return x
+
+
+_PARENT_PID = os.getpid()
+
+
+def test_a_value_computed_in_a_second_process_is_the_one_computed_here():
+    from simulator.commands import InChild
+
+    assert InChild(_double, 21).result() == 42
+    assert InChild(_fail, 7).result() == 7  # the child failed: computed here instead
+    pending = InChild(_double, 1)
+    pending.cancel()  # not wanted: the child is stopped and reaped
+    assert pending.result() == 2  # still answers, computed here
+
+
+def test_the_sampling_check_made_aside_equals_the_one_made_after_the_run():
+    from simulator.commands import InChild
+    from simulator.pipeline import sampling_check
+
+    scenario = load_scenario(SEED, ["workload.output_len_tokens=32"])
+    run = run_scenario(scenario, decode_sample=4, fold=True)
+    aside = measure_sampling_error(run, 4, InChild(sampling_check, scenario, 4, True, run.hardware).result())
+    assert aside.sampling == measure_sampling_error(run, 4).sampling

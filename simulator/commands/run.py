@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, add_scenario_arguments, optional_module, phases
+from simulator.commands import EXIT_OK, EXIT_TARGET_MISSED, InChild, add_scenario_arguments, optional_module, phases
 
 #: Decode steps simulated by default after the warm-up (the rest interpolated; the error is measured per run).
 DEFAULT_DECODE_SAMPLE = 8
@@ -58,10 +58,36 @@ def simulation_options(args) -> tuple[int | None, bool]:
     return sample or None, True
 
 
+def _draw(args, result, staging: Path, summary: dict, full_dag: bool, phase) -> None:
+    """The DAG drawing (and dag.json), the plots, the trace and the page, into `staging`."""
+    drawing = None
+    if not args.no_dag or full_dag:
+        phase("draw the DAG")
+        from simulator.report.dot import start_render_dag
+
+        # Graphviz lays the drawing out in its own process while the plots are drawn here.
+        drawing = start_render_dag(
+            result.dag, staging, result.scenario.name, full_json=full_dag, draw=not args.no_dag, formats=("svg",)
+        )
+    try:
+        plots = optional_module("simulator.report.plots")
+        if plots is not None:
+            phase("draw plots")
+            plots.write_run_plots(result, staging, summary, index=False)
+        if drawing is not None:
+            drawing.wait()
+        if plots is not None:
+            phase("write the page")
+            plots.write_index(staging, summary)  # last: it links what was drawn
+    finally:
+        if drawing is not None:
+            drawing.cancel()
+
+
 def command(args, console: Console) -> int:
-    from simulator.config import load_scenario
+    from simulator.config import load_scenario, resolve_hardware
     from simulator.files import check_output, run_directory
-    from simulator.pipeline import measure_sampling_error, run_scenario
+    from simulator.pipeline import measure_sampling_error, run_scenario, sampling_check
     from simulator.report.summary import print_run, write_run_files
 
     decode_sample, fold = simulation_options(args)  # before loading: a bad option is one line at once
@@ -73,38 +99,25 @@ def command(args, console: Console) -> int:
         require_graphviz(", or pass --no-dag")
     full_dag = args.full_dag or args.artifacts == "all"
     ops = args.ops or args.artifacts == "all"
-    with phases(console) as phase:
-        phase("build and simulate")
-        result = run_scenario(scenario, decode_sample=decode_sample, fold=fold)
-        if decode_sample:
-            phase("measure the sampling error")
-            result = measure_sampling_error(result, decode_sample)
-        elapsed = phase.elapsed_s
-        with run_directory(out, args.force, kind="run") as staging:
-            phase("write summary files")
-            summary = write_run_files(result, staging, ops=ops)
-            drawing = None
-            if not args.no_dag or full_dag:
-                phase("draw the DAG")
-                from simulator.report.dot import start_render_dag
-
-                # Graphviz lays the drawing out in its own process while the plots are drawn here.
-                drawing = start_render_dag(
-                    result.dag, staging, scenario.name, full_json=full_dag, draw=not args.no_dag, formats=("svg",)
-                )
-            try:
-                plots = optional_module("simulator.report.plots")
-                if plots is not None:
-                    phase("draw plots")
-                    plots.write_run_plots(result, staging, summary, index=False)
-                if drawing is not None:
-                    drawing.wait()
-                if plots is not None:
-                    phase("write the page")
-                    plots.write_index(staging, summary)  # last: it links what was drawn
-            finally:
-                if drawing is not None:
-                    drawing.cancel()
+    hw = resolve_hardware(scenario)
+    # The denser simulation that measures the sampling error needs only the scenario: a second
+    # process makes it while this one simulates the run (before any progress display starts a thread).
+    check = InChild(sampling_check, scenario, decode_sample, fold, hw) if decode_sample else None
+    try:
+        with phases(console) as phase:
+            phase("build and simulate")
+            result = run_scenario(scenario, decode_sample=decode_sample, fold=fold, hw=hw)
+            if check is not None:
+                phase("measure the sampling error")
+                result = measure_sampling_error(result, decode_sample, check.result())
+            elapsed = phase.elapsed_s
+            with run_directory(out, args.force, kind="run") as staging:
+                phase("write summary files")
+                summary = write_run_files(result, staging, ops=ops)
+                _draw(args, result, staging, summary, full_dag, phase)
+    finally:
+        if check is not None:
+            check.cancel()
     print_run(console, result, summary)
     failed = [c for c in result.checks if not c.ok]
     for c in failed:
