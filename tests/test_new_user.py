@@ -329,3 +329,16 @@ def test_the_sampling_check_made_aside_equals_the_one_made_after_the_run():
     run = run_scenario(scenario, decode_sample=4, fold=True)
     aside = measure_sampling_error(run, 4, InChild(sampling_check, scenario, 4, True, run.hardware).result())
     assert aside.sampling == measure_sampling_error(run, 4).sampling
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_second_process_is_forked_with_the_progress_line_paused():
+    import threading
+
+    from simulator.commands import phases
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with phases(console) as phase:
+        assert threading.active_count() > 1  # the progress line's refresh thread
+        assert phase.aside(os.getpid).result() != os.getpid()  # made in a child process
+        assert threading.active_count() > 1  # and the line goes on

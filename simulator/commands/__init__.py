@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import os
 import pickle
@@ -63,6 +64,7 @@ class InChild:
         if pid == 0:  # the child: compute, send, leave without running the parent's exit handlers
             code = 1
             try:
+                gc.freeze()  # the parent's objects stay out of the collector's way (and shared)
                 os.close(read)
                 data = pickle.dumps(fn(*args))
                 with os.fdopen(write, "wb") as pipe:
@@ -108,6 +110,20 @@ class Phases:
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self._started
+
+    def aside(self, fn, *args) -> InChild:
+        """InChild(fn, *args), the progress line's refresh thread stopped while the process forks
+        (a fork copies only the calling thread: none other may be running)."""
+        if self._progress is None:
+            return InChild(fn, *args)
+        self._progress.stop()  # tells the refresh thread to end; it ends within moments
+        try:
+            for thread in threading.enumerate():
+                if thread is not threading.current_thread():
+                    thread.join(timeout=0.5)  # one that does not end: InChild then computes here
+            return InChild(fn, *args)
+        finally:
+            self._progress.start()
 
 
 @contextmanager
