@@ -64,9 +64,17 @@ def _numbers(values: list) -> list[bytes]:
 
 
 def _strings(values: list) -> list[bytes]:
-    """Each value's JSON text as orjson writes it, each distinct value written once."""
-    memo: dict = {}
-    return [memo[v] if v in memo else memo.setdefault(v, orjson.dumps(v)) for v in values]
+    """Each value's JSON text as orjson writes it. Strings: the list in one call, split between
+    its items (inside a JSON string every quote is escaped, so '","' only ever separates two
+    items); anything else value by value, each distinct value once."""
+    if not values:
+        return []
+    try:
+        "".join(values)  # all strings?
+    except TypeError:
+        memo: dict = {}
+        return [memo[v] if v in memo else memo.setdefault(v, orjson.dumps(v)) for v in values]
+    return [b'"' + text + b'"' for text in orjson.dumps(values)[2:-2].split(b'","')]
 
 
 def _rows(*columns) -> list[bytes]:
