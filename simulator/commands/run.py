@@ -73,7 +73,7 @@ def _draw(args, result, staging: Path, summary: dict, full_dag: bool, phase) -> 
         plots = optional_module("simulator.report.plots")
         if plots is not None:
             phase("draw plots")
-            # memory.png is drawn by a second process while this one writes the trace and the timeline
+            # timeline.png and memory.png are drawn by two more processes while this one writes the trace
             plots.write_run_plots(result, staging, summary, index=False, aside=phase.aside)
         if drawing is not None:
             drawing.wait()
