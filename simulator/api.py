@@ -24,10 +24,11 @@ from typing import Any
 import pandas as pd
 
 from simulator import critical_path
-from simulator.config import Scenario, ScenarioError, apply_override, load_scenario, parse_scenario
+from simulator.config import Scenario, ScenarioError, apply_override, load_scenario, parse_scenario, resolve_hardware
 from simulator.config.load import resolve_relative_paths
+from simulator.forking import InChild
 from simulator.pipeline import RunResult as PipelineRun
-from simulator.pipeline import measure_sampling_error, run_scenario
+from simulator.pipeline import measure_sampling_error, run_scenario, sampling_check
 from simulator.sweep import (
     DEFAULT_MICROBATCHES,
     OBJECTIVES,
@@ -61,8 +62,16 @@ MAX_GPUS = 10**5
 Source = Scenario | str | os.PathLike | Mapping[str, Any]
 #: Overrides: `--set` strings (`"parallel.tp=4"`), or a mapping of dotted paths to values.
 Overrides = Sequence[str] | Mapping[str, Any] | None
-#: Called with the name of each phase as it starts (the command line shows it on a progress line).
+#: Called with the name of each phase as it starts (the command line shows it on a progress line). One with an
+#: `aside(fn, *args)` method (commands.Phases) is asked to start the work done in a second process (InChild).
 PhaseCallback = Callable[[str], None]
+
+
+def _aside(phase: PhaseCallback | None) -> Callable[..., InChild]:
+    """How to start `fn(*args)` in a forked second process: the phase callback's `aside` when it has one (it
+    pauses the progress line's thread while forking), else InChild (which computes in this process instead
+    where other threads run or there is no fork)."""
+    return getattr(phase, "aside", None) or InChild
 
 
 def _override_strings(overrides: Overrides, keywords: Mapping[str, Any] | None = None) -> list[str]:
@@ -126,7 +135,7 @@ class RunResult:
 
     @cached_property
     def _analysis(self) -> tuple:
-        return critical_path.analyse(self.pipeline.graph, self.pipeline.sim.ops, self.scenario.num_gpus)
+        return critical_path.analyse(self.pipeline.dag, self.pipeline.sim.ops, self.scenario.num_gpus)
 
     @cached_property
     def _summary(self) -> dict:
@@ -218,6 +227,7 @@ class RunResult:
         from simulator.files import check_output, run_directory
         from simulator.report.summary import write_run_files
 
+        aside = _aside(phase)
         phase = phase or (lambda name: None)
         target = check_output(Path(out) if out is not None else Path("reports") / self.scenario.name, force, "run")
         if dag:
@@ -227,18 +237,31 @@ class RunResult:
         with run_directory(target, force, kind="run") as staging:
             phase("write summary files")
             write_run_files(self.pipeline, staging, ops=ops_csv, analysis=self._analysis)
+            drawing = None
             if dag or full_dag:
                 phase("draw the DAG")
-                from simulator.report.dot import render_dag
+                from simulator.report.dot import start_render_dag
 
-                render_dag(
-                    self.pipeline.graph, staging, self.scenario.name, full_json=full_dag, draw=dag, formats=("svg",)
+                # Graphviz lays the drawing out in its own process while the plots are drawn here.
+                drawing = start_render_dag(
+                    self.pipeline.dag, staging, self.scenario.name, full_json=full_dag, draw=dag, formats=("svg",)
                 )
-            if plots:
-                phase("draw plots and the page")
-                from simulator.report.plots import write_run_plots
+            try:
+                if plots:
+                    phase("draw plots")
+                    from simulator.report.html import write_index
+                    from simulator.report.plots import write_run_plots
 
-                write_run_plots(self.pipeline, staging, self._summary)
+                    # timeline.png and memory.png are drawn by two more processes while this one writes the trace
+                    write_run_plots(self.pipeline, staging, self._summary, index=False, aside=aside)
+                if drawing is not None:
+                    drawing.wait()
+                if plots:
+                    phase("write the page")
+                    write_index(staging, self._summary)  # last: it links what was drawn
+            finally:
+                if drawing is not None:
+                    drawing.cancel()
         return target
 
 
@@ -264,13 +287,22 @@ def run(
             raise ScenarioError(f"--decode-sample {decode_sample}: expected 0 (every step) or more")
         sample, fold = decode_sample or None, True
     loaded = _loaded(scenario, _override_strings(overrides, keyword_overrides), None)[0]
+    aside = _aside(phase)
     phase = phase or (lambda name: None)
     started = time.perf_counter()
-    phase("build and simulate")
-    result = run_scenario(loaded, decode_sample=sample, fold=fold)
-    if sample:
-        phase("measure the sampling error")
-        result = measure_sampling_error(result, sample)
+    hw = resolve_hardware(loaded)
+    # The denser simulation that measures the sampling error needs only the scenario: a second process
+    # makes it while this one simulates the run (computed here, later, where a fork is unavailable).
+    check = aside(sampling_check, loaded, sample, fold, hw) if sample else None
+    try:
+        phase("build and simulate")
+        result = run_scenario(loaded, decode_sample=sample, fold=fold, hw=hw)
+        if check is not None:
+            phase("measure the sampling error")
+            result = measure_sampling_error(result, sample, check.result())
+    finally:
+        if check is not None:
+            check.cancel()
     return RunResult(loaded, result, time.perf_counter() - started)
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 
-from simulator.graph import NodeKind
+from simulator.graph import Dag, NodeKind, as_dag
 from simulator.simulate import Resources, node_resources
 
 #: Relative tolerance when matching an end time to a start time. The engine computes both with the
@@ -82,9 +83,8 @@ class _Holders:
     """Answers 'which node holding one of these resources ended at t' from one sort of all end times;
     resource sets are computed only for the few nodes that end at such instants."""
 
-    def __init__(self, graph: nx.DiGraph, nodes: list, end_s: np.ndarray, num_gpus: int):
-        self._attrs = graph._node
-        self._nodes = nodes
+    def __init__(self, attrs: list[dict], end_s: np.ndarray, num_gpus: int):
+        self._attrs = attrs
         self._res = Resources(num_gpus)
         self._order = np.argsort(end_s, kind="stable")
         self._ends_s = end_s[self._order]
@@ -93,7 +93,7 @@ class _Holders:
     def resources(self, i: int) -> tuple[int, ...]:
         rs = self._cache.get(i)
         if rs is None:
-            rs = self._cache[i] = node_resources(self._attrs[self._nodes[i]], self._res)
+            rs = self._cache[i] = node_resources(self._attrs[i], self._res)
         return rs
 
     def released_at(self, i: int, time_s: float) -> list[int]:
@@ -107,19 +107,48 @@ class _Holders:
         return [j for j in self._order[lo:hi].tolist() if j != i and mine.intersection(self.resources(j))]
 
 
-def walk_back(graph: nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: int) -> list[CriticalPath]:
+class _Rows(NamedTuple):
+    """The graph in the rows of an ops table: per row its attributes, and its predecessors' rows
+    (row i's are pred[first[i]:first[i + 1]])."""
+
+    attrs: list[dict]
+    pred: np.ndarray
+    first: np.ndarray
+
+    def predecessors(self, i: int) -> list[int]:
+        return self.pred[self.first[i] : self.first[i + 1]].tolist()
+
+
+def _rows(graph: Dag | nx.DiGraph, nodes: list[str]) -> _Rows:
+    """`graph` indexed by the rows of a table whose `node` column is `nodes` (the Dag's own order,
+    as simulate.simulate_dag makes it, needs no lookup)."""
+    dag = as_dag(graph)
+    src, dst = dag.edge_arrays()
+    attrs = dag.attrs
+    if dag.names != nodes:
+        index = {n: i for i, n in enumerate(nodes)}
+        row_of = np.fromiter((index[n] for n in dag.names), np.int64, len(dag))
+        src, dst = row_of[src], row_of[dst]
+        by_row: list[dict] = [{}] * len(nodes)
+        for r, a in zip(row_of.tolist(), attrs):
+            by_row[r] = a
+        attrs = by_row
+    order = np.argsort(dst, kind="stable")
+    first = np.searchsorted(dst[order], np.arange(len(nodes) + 1))
+    return _Rows(attrs, src[order], first)
+
+
+def walk_back(graph: Dag | nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: int) -> list[CriticalPath]:
     """The critical path to each sink row (see the module docstring for the rule).
 
     Assumes `ops` has one row per graph node in the order the engine received them (as
     simulate.simulate_dag returns it).
     """
-    nodes = ops["node"].tolist()
-    index = {n: i for i, n in enumerate(nodes)}
+    rows_of = _rows(graph, ops["node"].tolist())
     end_array = ops["end_s"].to_numpy(dtype=float)
     # Python lists: scalar indexing of numpy arrays in this loop would cost more than the walk.
     start_s, end_s, dur_s = ops["start_s"].tolist(), end_array.tolist(), ops["duration_s"].tolist()
-    pred = graph._pred
-    holders = _Holders(graph, nodes, end_array, num_gpus)
+    holders = _Holders(rows_of.attrs, end_array, num_gpus)
     paths = []
     for sink in sinks:
         rows, via = [sink], ["sink"]
@@ -129,8 +158,7 @@ def walk_back(graph: nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: 
             began_s = start_s[i]
             tol_s = TIME_RTOL * max(1.0, began_s)
             best, how = -1, ""
-            for p in pred[nodes[i]]:
-                j = index[p]
+            for j in rows_of.predecessors(i):
                 if (
                     j not in seen
                     and abs(end_s[j] - began_s) <= tol_s
@@ -142,8 +170,7 @@ def walk_back(graph: nx.DiGraph, ops: pd.DataFrame, sinks: list[int], num_gpus: 
                     if j not in seen and start_s[j] < began_s and (best < 0 or (dur_s[j], -j) > (dur_s[best], -best)):
                         best, how = j, "resource"
             if best < 0:  # it waited for the host's launch thread (simulate.host_tasks): the gap is host time
-                for p in pred[nodes[i]]:
-                    j = index[p]
+                for j in rows_of.predecessors(i):
                     if j not in seen and end_s[j] <= began_s + tol_s and (best < 0 or end_s[j] > end_s[best]):
                         best, how = j, "host"
             if best < 0:  # nothing explains the start
@@ -267,7 +294,7 @@ def _fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
-def analyse(graph: nx.DiGraph, ops: pd.DataFrame, num_gpus: int) -> tuple[dict, dict[str, CriticalPath]]:
+def analyse(graph: Dag | nx.DiGraph, ops: pd.DataFrame, num_gpus: int) -> tuple[dict, dict[str, CriticalPath]]:
     """Critical paths to the first token of the last microbatch (TTFT) and to the end of the run.
 
     Returns a JSON-ready summary (per path: length, node count, seconds and share per category and

@@ -6,6 +6,7 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import NamedTuple
 
 import networkx as nx
 
@@ -128,7 +129,7 @@ def run_scenario(
         )
     run = RunResult(scenario, hw, dag, [], sim, metrics, audit(scenario, metrics.memory, metrics))
     if verify:
-        run.checks.extend(verify_dag(run.graph, scenario))
+        run.checks.extend(verify_dag(run.dag, scenario))
     return run
 
 
@@ -144,28 +145,44 @@ def sampled_figures(metrics: Metrics) -> dict[str, float]:
     }
 
 
-def measure_sampling_error(run: RunResult, decode_sample: int) -> RunResult:
+class SamplingCheck(NamedTuple):
+    """The denser simulation measure_sampling_error compares a sampled run with."""
+
+    decode_steps: list[int]  # the decode steps it simulated
+    figures: dict[str, float]  # its SAMPLED_FIGURES
+
+
+def sampling_check(scenario: Scenario, decode_sample: int, fold: bool, hw: HardwareProfile) -> SamplingCheck:
+    """Simulate `scenario` with about twice the samples of a run sampled with `decode_sample`
+    (2 K - 1: the old samples and one halfway between each two) and the same folding. Depends on
+    the scenario alone, so it can run before, after or beside that run (`moesim run` does it in a
+    second process while the run simulates)."""
+    check = run_scenario(scenario, verify=False, decode_sample=2 * decode_sample - 1, fold=fold, explain=False, hw=hw)
+    return SamplingCheck(list(check.dag.graph.get("decode_steps", [])), sampled_figures(check.metrics))
+
+
+def measure_sampling_error(run: RunResult, decode_sample: int, check: SamplingCheck | None = None) -> RunResult:
     """`run` (simulated with `decode_sample`) with its sampling error measured: the run is simulated
     again with about twice the samples, the new ones halfway between the old (steps the first run
     only interpolated), and each interpolated figure's relative difference from that run's is
     recorded in `run.sampling`. When the denser sample holds every decode step, the comparison is
-    with the full simulation. A run that simulated every step is returned unchanged."""
+    with the full simulation. A run that simulated every step is returned unchanged. `check`:
+    that denser simulation (sampling_check with the run's scenario, sample, folding and profile)
+    when already made."""
     simulated = list(run.dag.graph.get("decode_steps", []))
     total_steps = run.scenario.workload.output_len_tokens - 1
     if len(simulated) >= total_steps:
         return run
-    folded = run.dag.graph.get("representatives") is not None
-    check = run_scenario(
-        run.scenario, verify=False, decode_sample=2 * decode_sample - 1, fold=folded, explain=False, hw=run.hardware
-    )
-    checked = list(check.dag.graph.get("decode_steps", []))
-    ours, theirs = sampled_figures(run.metrics), sampled_figures(check.metrics)
+    if check is None:
+        folded = run.dag.graph.get("representatives") is not None
+        check = sampling_check(run.scenario, decode_sample, folded, run.hardware)
+    ours, theirs = sampled_figures(run.metrics), check.figures
     error = {k: abs(ours[k] - theirs[k]) / abs(theirs[k]) if theirs[k] else 0.0 for k in SAMPLED_FIGURES}
     sampling = {
         "decode_steps": total_steps,
         "simulated_steps": simulated,
-        "check_steps": len(checked),
-        "held_out_steps": sorted(set(checked) - set(simulated)),
+        "check_steps": len(check.decode_steps),
+        "held_out_steps": sorted(set(check.decode_steps) - set(simulated)),
         "relative_error": error,
         "max_relative_error": max(error.values()),
     }

@@ -106,6 +106,39 @@ def test_run_write_writes_what_the_cli_writes(seed_pair, tmp_path):
     }
 
 
+class _Phases:
+    """A phase callback with `aside` (as commands.Phases has): records the phases and what was set aside."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.aside_calls: list[str] = []
+
+    def __call__(self, name: str) -> None:
+        self.names.append(name)
+
+    def aside(self, fn, *args):
+        from simulator.forking import InChild
+
+        self.aside_calls.append(fn.__name__)
+        return InChild(fn, *args)
+
+
+def test_a_phase_callback_s_aside_makes_the_sampling_check_and_the_pictures(seed_pair, tmp_path):
+    cli, _ = seed_pair
+    phases = _Phases()
+    result = simulator.run(SEED, overrides=SHORT, phase=phases)
+    assert phases.aside_calls == ["sampling_check"]
+    assert phases.names == ["build and simulate", "measure the sampling error"]
+    assert result.summary == cli  # the check made in a second process gives the same sampling error
+    out = result.write(tmp_path / "aside", dag=False, phase=phases)
+    assert phases.aside_calls == ["sampling_check", "timeline_png", "memory_png"]
+    assert phases.names[2:] == ["write summary files", "draw plots", "write the page"]
+    assert json.loads((out / "summary.json").read_text()) == cli
+    plain = seed_pair[1].write(tmp_path / "plain", dag=False)  # pictures drawn in process: the same bytes
+    for name in ("timeline.png", "memory.png", "index.html"):
+        assert (out / name).read_bytes() == (plain / name).read_bytes(), name
+
+
 def test_run_options_and_their_errors():
     full = simulator.run(TINY_MOE, full=True)
     sampled = simulator.run(TINY_MOE)

@@ -303,3 +303,26 @@ def test_unknown_quantisation_makes_the_memory_verdict_approximate(tmp_path):
 
 def test_folded_dag_drawing_says_whom_the_simulated_gpus_stand_for(seed_run):
     assert "GPU 0, standing for GPUs 0, 1" in (seed_run / "dag.dot").read_text()
+
+
+def test_the_sampling_check_made_aside_equals_the_one_made_after_the_run():
+    from simulator.forking import InChild
+    from simulator.pipeline import sampling_check
+
+    scenario = load_scenario(SEED, ["workload.output_len_tokens=32"])
+    run = run_scenario(scenario, decode_sample=4, fold=True)
+    aside = measure_sampling_error(run, 4, InChild(sampling_check, scenario, 4, True, run.hardware).result())
+    assert aside.sampling == measure_sampling_error(run, 4).sampling
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_second_process_is_forked_with_the_progress_line_paused():
+    import threading
+
+    from simulator.commands import phases
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with phases(console) as phase:
+        assert threading.active_count() > 1  # the progress line's refresh thread
+        assert phase.aside(os.getpid).result() != os.getpid()  # made in a child process
+        assert threading.active_count() > 1  # and the line goes on

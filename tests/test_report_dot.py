@@ -11,7 +11,7 @@ import pytest
 from simulator.config import load_scenario
 from simulator.graph import build_dag
 from simulator.report import dot as dotmod
-from simulator.report.dot import render_dag, to_dot
+from simulator.report.dot import render_dag, start_render_dag, to_dot
 from simulator.report.folded import folded_view
 from simulator.report.graph_json import write_graph_json
 
@@ -230,3 +230,22 @@ def test_single_gpu_graph_renders(tmp_path):
     assert '"p.mb0.L0.g0.moe_permute" -> "p.mb0.L0.g0.expert_fc1" [style=dashed];' in text
     paths = render_dag(g, tmp_path, "one GPU")
     assert paths["png"].stat().st_size > 0
+
+
+@needs_dot
+def test_a_started_drawing_is_finished_by_waiting(seed_small, tmp_path):
+    pending = start_render_dag(seed_small, tmp_path, "seed", full_json=False, formats=("svg",))
+    paths = pending.wait()
+    assert set(paths) == {"dot", "svg"}
+    assert "<svg" in paths["svg"].read_text()[:2000]
+    pending.cancel()  # after waiting: nothing happens
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dag.dot", "dag.svg"]
+
+
+@needs_dot
+def test_a_cancelled_drawing_leaves_no_partial_file(seed_small, tmp_path):
+    pending = start_render_dag(seed_small, tmp_path, "seed", full_json=False, formats=("svg", "png"))
+    pending.cancel()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dag.dot"]
+    with pytest.raises(RuntimeError, match="cancelled"):
+        pending.wait()

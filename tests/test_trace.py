@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import orjson
 import pytest
 from conftest import TINY_MOE, make_scenario
 
@@ -12,7 +13,7 @@ from simulator.critical_path import analyse
 from simulator.graph import NodeKind
 from simulator.pipeline import run_scenario
 from simulator.report.slices import slices_of_run
-from simulator.report.trace import LINK_PID0, RUN_PID, gpu_pid, link_pid, write_trace
+from simulator.report.trace import LINK_PID0, RUN_PID, gpu_pid, link_pid, trace_json, write_trace
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,18 @@ def test_run_process_holds_phases_and_the_critical_path(traced):
     durations = run.sim.ops["duration_s"].to_numpy()[path.rows]
     assert on_path == [run.sim.ops["node"].iat[i] for i, d in zip(path.rows, durations) if d > 0]
     assert np.isclose(sum(e["dur"] for e in run_events if e["tid"] == 1), path.length_s * 1e6, atol=1e-2)
+
+
+def test_the_bytes_are_orjsons_for_the_whole_document(traced):
+    """trace_json puts the document together from pieces; they join into exactly what orjson writes
+    for the parsed document (compact, same float text, same key order), with awkward names too."""
+    run, doc, path = traced
+    ops = run.sim.ops.copy()
+    slices = slices_of_run(run)
+    row = int(slices.row[slices.kind == 1][0])  # a collective: on streams and link ports
+    ops.loc[row, "node"] = 'a "quoted", \\ back\nslash é name'
+    data = trace_json(ops, slices, path.rows, {"scenario": "tiny", "layout": {"tp": 2}})
+    assert data == orjson.dumps(json.loads(data))
+    events = json.loads(data)["traceEvents"]
+    assert len(events) == len(doc["traceEvents"])
+    assert sum(e.get("args", {}).get("node") == ops["node"].iat[row] for e in events) > 2

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import networkx as nx
 import pytest
 from conftest import TINY_MOE, make_scenario
 
 from simulator.graph import build_dag
+from simulator.pipeline import run_scenario
 from simulator.verify import per_gpu_table, verify_dag
 
 
@@ -76,3 +78,30 @@ def test_per_gpu_table(seed):
     assert list(table["experts"]) == ["0-7", "8-15", "0-7", "8-15"]
     # 8 layers x (attention shard 4*512*256 + 8 experts x 2*512*1024 + router 512*16 + norms 2*512) x 2 bytes
     assert table["weight_bytes"][0] == 8 * (4 * 512 * 256 + 8 * 2 * 512 * 1024 + 512 * 16 + 2 * 512) * 2
+
+
+def _verdicts(graph, scenario) -> list[tuple[str, bool, str]]:
+    return [(c.name, c.ok, c.detail) for c in verify_dag(graph, scenario)]
+
+
+def test_the_dag_and_its_networkx_graph_get_the_same_verdicts(tiny_moe):
+    run = run_scenario(tiny_moe, decode_sample=3, fold=True, verify=False)
+    assert _verdicts(run.dag, tiny_moe) == _verdicts(run.dag.to_networkx(), tiny_moe)
+    assert all(ok for _, ok, _ in _verdicts(run.dag, tiny_moe))
+
+
+def _reversed(g: nx.DiGraph) -> nx.DiGraph:
+    """The same graph with its nodes in reverse order: every edge points to an earlier node."""
+    out = nx.DiGraph(**g.graph)
+    out.add_nodes_from(reversed(list(g.nodes(data=True))))
+    out.add_edges_from(g.edges)
+    return out
+
+
+def test_verdicts_do_not_depend_on_the_node_order(tiny_moe):
+    g = build_dag(tiny_moe)
+    assert _verdicts(_reversed(g), tiny_moe) == _verdicts(g, tiny_moe)
+    for succ in list(g.successors("d1.mb0.token")):  # as in test_decode_order_break_is_caught
+        g.remove_edge("d1.mb0.token", succ)
+        g.add_edge("decode.start", succ)
+    assert "decode steps ordered" in _failed(_reversed(g), tiny_moe)

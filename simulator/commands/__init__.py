@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from simulator.forking import InChild
 
 EXIT_OK, EXIT_TARGET_MISSED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -53,6 +56,20 @@ class Phases:
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self._started
+
+    def aside(self, fn, *args) -> InChild:
+        """InChild(fn, *args), the progress line's refresh thread stopped while the process forks
+        (a fork copies only the calling thread: none other may be running)."""
+        if self._progress is None:
+            return InChild(fn, *args)
+        self._progress.stop()  # tells the refresh thread to end; it ends within moments
+        try:
+            for thread in threading.enumerate():
+                if thread is not threading.current_thread():
+                    thread.join(timeout=0.5)  # one that does not end: InChild then computes here
+            return InChild(fn, *args)
+        finally:
+            self._progress.start()
 
 
 @contextmanager

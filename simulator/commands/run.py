@@ -79,9 +79,7 @@ def command(args, console: Console) -> int:
     failed = [c for c in result.pipeline.checks if not c.ok]
     for c in failed:
         console.print(f"[red]DAG check failed[/red]: {escape(c.name)}: {escape(c.detail)}")
-    console.print(
-        f"simulated {result.pipeline.graph.number_of_nodes()} nodes in {result.elapsed_s:.2f} s; wrote {escape(str(out))}/"
-    )
+    console.print(f"simulated {len(result.pipeline.dag)} nodes in {result.elapsed_s:.2f} s; wrote {escape(str(out))}/")
     if not result.all_targets_met:
         console.print(
             f"a target is missed: `moesim whatif {escape(str(args.scenario))}` finds the smallest change of each "

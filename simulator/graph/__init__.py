@@ -5,7 +5,7 @@ copies, layers.py the transformer layers, passes.py whole passes and `build`.
 """
 
 from simulator.graph.blocks import PYTORCH_HELPER_KERNELS
-from simulator.graph.dag import TWINS, Counted, Dag, NodeAttrs, NodeKind, digraph, node_dicts
+from simulator.graph.dag import TWINS, Counted, Dag, NodeAttrs, NodeKind, as_dag, digraph, node_dicts, row_attrs
 from simulator.graph.passes import PassBuilder, build, build_dag, sampled_decode_steps
 
 __all__ = [
@@ -16,9 +16,11 @@ __all__ = [
     "NodeAttrs",
     "NodeKind",
     "PassBuilder",
+    "as_dag",
     "build",
     "build_dag",
     "digraph",
     "node_dicts",
+    "row_attrs",
     "sampled_decode_steps",
 ]

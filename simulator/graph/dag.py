@@ -241,6 +241,17 @@ class Dag:
             succ[u].append(v)
         return succ
 
+    def edge_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(source, target) node indices of every edge, as int64 arrays in the order the edges were added."""
+        return (np.fromiter(self.src, np.int64, len(self.src)), np.fromiter(self.dst, np.int64, len(self.dst)))
+
+    def edges_by_source(self) -> tuple[np.ndarray, np.ndarray]:
+        """`edge_arrays` ordered as networkx lists the edges of `to_networkx()`: by source node, then
+        in the order they were added (the builder adds each dependency once)."""
+        src, dst = self.edge_arrays()
+        order = np.argsort(src, kind="stable")
+        return src[order], dst[order]
+
     def to_networkx(self) -> nx.DiGraph:
         names = self.names
         graph = digraph(
@@ -248,6 +259,22 @@ class Dag:
         )
         setattr(graph, TWINS, self.twins)
         return graph
+
+
+def as_dag(graph: Dag | nx.DiGraph) -> Dag:
+    """The graph as a Dag: itself, or a networkx graph's nodes in their order (attribute dicts shared)."""
+    return graph if isinstance(graph, Dag) else Dag.from_networkx(graph)
+
+
+def row_attrs(graph: Dag | nx.DiGraph, nodes: list[str]) -> list[dict]:
+    """The attribute dicts of the named nodes, in that order (a Dag in its own order: its list)."""
+    if isinstance(graph, Dag):
+        if graph.names == nodes:
+            return graph.attrs
+        by_name = dict(zip(graph.names, graph.attrs))
+    else:
+        by_name = graph._node
+    return [by_name[n] for n in nodes]
 
 
 def node_dicts(graph: Dag | nx.DiGraph) -> list[dict]:

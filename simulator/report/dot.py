@@ -12,12 +12,13 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import networkx as nx
 
 from simulator.files import write_atomic
-from simulator.graph import NodeKind
+from simulator.graph import Dag, NodeKind
 from simulator.report.folded import FOLDED, TRANSFER_OPS, folded_view, gpu_list, pass_name, stage_layers_of
 from simulator.report.graph_json import write_graph_json
 
@@ -317,7 +318,7 @@ def require_graphviz(hint: str = "") -> None:
 
 
 def render_dag(
-    g: nx.DiGraph,
+    g: Dag | nx.DiGraph,
     out_dir: str | Path,
     title: str | None = None,
     max_decode_steps: int = 1,
@@ -332,41 +333,100 @@ def render_dag(
     Each file is written beside its final name and renamed into place, so no half-written file is
     left behind. Raises RuntimeError when Graphviz's `dot` is missing or fails.
     """
+    return start_render_dag(g, out_dir, title, max_decode_steps, full_json, draw, formats).wait()
+
+
+class PendingDrawing:
+    """A Graphviz run started by start_render_dag: `wait()` for its files, or `cancel()` it.
+    Cancelling after `wait()` does nothing (so a `finally` can always cancel)."""
+
+    def __init__(self, proc: subprocess.Popen | None, tmp: dict[str, str], paths: dict[str, Path], started_s: float):
+        self._proc, self._tmp, self._paths, self._started_s = proc, tmp, paths, started_s
+        self._cancelled = False
+
+    def wait(self) -> dict[str, Path]:
+        """The files written, once Graphviz has finished (RuntimeError if it failed, ran too long
+        or was cancelled)."""
+        if self._cancelled:
+            raise RuntimeError(f"the drawing of {self._paths.get('dot', 'the DAG')} was cancelled")
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return self._paths
+        try:
+            left_s = max(0.0, DOT_TIMEOUT_S - (time.monotonic() - self._started_s))
+            try:
+                _, stderr = proc.communicate(timeout=left_s)
+            except subprocess.TimeoutExpired as e:
+                raise RuntimeError(f"Graphviz 'dot' took over {DOT_TIMEOUT_S} s on {self._paths['dot']}") from e
+            if proc.returncode != 0:
+                first = (stderr.strip().splitlines() or ["no message"])[0]
+                raise RuntimeError(f"Graphviz 'dot' failed on {self._paths['dot']}: {first}")
+            for fmt, tmp in self._tmp.items():
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self._paths[fmt])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            self._remove_temporary()
+        return self._paths
+
+    def cancel(self) -> None:
+        """Stop Graphviz (if still running) and remove what it was writing."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        self._cancelled = True
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._remove_temporary()
+
+    def _remove_temporary(self) -> None:
+        for t in self._tmp.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(t)
+        self._tmp = {}
+
+
+def start_render_dag(
+    g: Dag | nx.DiGraph,
+    out_dir: str | Path,
+    title: str | None = None,
+    max_decode_steps: int = 1,
+    full_json: bool = True,
+    draw: bool = True,
+    formats: tuple[str, ...] = ("svg", "png"),
+) -> PendingDrawing:
+    """render_dag, with Graphviz left running: `dag.dot` (and `dag.json`) are written before this
+    returns, the drawings when the returned PendingDrawing's `wait()` returns. The caller can do
+    other work meanwhile (`moesim run` draws its plots) and must wait for it or cancel it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not draw:
-        return {"json": write_graph_json(g, out / "dag.json")} if full_json else {}
+        return PendingDrawing(None, {}, {"json": write_graph_json(g, out / "dag.json")} if full_json else {}, 0.0)
     dot = shutil.which("dot")
     if dot is None:
         raise RuntimeError(DOT_MISSING)
     view, notes = folded_view(g, max_decode_steps)
     title = title or f"Operator DAG: {g.graph.get('scenario', 'scenario')}"
-    paths = {"dot": out / "dag.dot", **{fmt: out / f"dag.{fmt}" for fmt in formats}, "json": out / "dag.json"}
+    paths = {"dot": out / "dag.dot", **{fmt: out / f"dag.{fmt}" for fmt in formats}}
     write_atomic(paths["dot"], to_dot(view, title, notes).encode())
 
-    tmp = {}
+    tmp: dict[str, str] = {}
+    pending = PendingDrawing(None, tmp, paths, time.monotonic())
     try:
         for fmt in formats:
             fd, tmp[fmt] = tempfile.mkstemp(dir=out, prefix=f".dag.{fmt}.", suffix=".tmp")
             os.close(fd)
         # One dot run lays the graph out once and writes every format.
         cmd = [dot, *[arg for fmt in formats for arg in (f"-T{fmt}", "-o", tmp[fmt])], str(paths["dot"])]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=DOT_TIMEOUT_S)
-        except subprocess.TimeoutExpired as e:
-            raise RuntimeError(f"Graphviz 'dot' took over {DOT_TIMEOUT_S} s on {paths['dot']}") from e
-        if res.returncode != 0:
-            first = (res.stderr.strip().splitlines() or ["no message"])[0]
-            raise RuntimeError(f"Graphviz 'dot' failed on {paths['dot']}: {first}")
-        for fmt in formats:
-            os.chmod(tmp[fmt], 0o644)
-            os.replace(tmp[fmt], paths[fmt])
-    finally:
-        for t in tmp.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(t)
-    if full_json:
-        write_graph_json(g, paths["json"])
-    else:
-        del paths["json"]
-    return paths
+        pending._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        if full_json:  # written while Graphviz works
+            paths["json"] = write_graph_json(g, out / "dag.json")
+    except BaseException:
+        pending.cancel()
+        raise
+    return pending

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import networkx as nx
 
-from simulator.graph import NodeKind
+from simulator.graph import Dag, NodeKind, as_dag
 from simulator.placement import represented_gpus
 
 FOLDED = "folded"  # kind of the boxes that stand for folded operators
@@ -41,16 +41,16 @@ def pass_name(phase: str, step: int, mb: int) -> str:
     return f"Prefill, microbatch {mb}" if phase == "prefill" else f"Decode step {step}, microbatch {mb}"
 
 
-def stage_layers_of(g: nx.DiGraph) -> dict[int, list[int]]:
+def stage_layers_of(g: Dag | nx.DiGraph) -> dict[int, list[int]]:
     """Layers each pipeline stage computes, read from its compute and routing operators."""
     layers: dict[int, set[int]] = defaultdict(set)
-    for _, a in g.nodes(data=True):
+    for a in g.attrs if isinstance(g, Dag) else g._node.values():
         if a.get("kind") in (NodeKind.COMPUTE, NodeKind.ROUTING) and a.get("layer", -1) >= 0:
             layers[a["stage"]].add(a["layer"])
     return {s: sorted(v) for s, v in sorted(layers.items())}
 
 
-def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, list[str]]:
+def folded_view(g: Dag | nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, list[str]]:
     """A small subgraph of `g` for drawing, and sentences saying what was folded.
 
     Kept in full: the phase markers; prefill and the first `max_decode_steps` decode steps of the first
@@ -58,23 +58,26 @@ def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, l
     the token markers. Folded into one box each: the middle layers of a stage in a shown pass, the
     remaining decode steps, and (per phase) the other microbatches. A box inherits every edge between
     its operators and the rest of the graph, so the view keeps the dependency order of `g`.
-    Assumes the node attributes written by `simulator.graph.build_dag`.
+    Assumes the node attributes written by `simulator.graph.build_dag`. Reads a Dag's own lists
+    (a networkx graph is read as one, in its node order); only the view is a networkx graph.
     """
-    stage_layers = stage_layers_of(g)
+    dag = as_dag(g)
+    names, attrs = dag.names, dag.attrs
+    stage_layers = stage_layers_of(dag)
     middle = {s: set(ls[1:-1]) for s, ls in stage_layers.items()}
-    mbs = sorted({a["microbatch"] for _, a in g.nodes(data=True) if a.get("microbatch", -1) >= 0})
+    mbs = sorted({a["microbatch"] for a in attrs if a.get("microbatch", -1) >= 0})
     first_mb = mbs[0] if mbs else 0
 
-    key_of: dict[str, str] = {}
+    key_of: list[str] = []
     boxes: dict[str, dict] = {}
-    view = nx.DiGraph(**g.graph)
-    for n, a in g.nodes(data=True):
+    view = nx.DiGraph(**dag.graph)
+    for n, a in zip(names, attrs):
         key = _fold_key(a, first_mb, max_decode_steps, middle)
         if key is None:
             view.add_node(n, **a)
-            key_of[n] = n
+            key_of.append(n)
             continue
-        key_of[n] = key
+        key_of.append(key)
         box = boxes.get(key)
         if box is None:
             box = boxes[key] = {
@@ -99,7 +102,8 @@ def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, l
             box["kv"].add(a["kv_len"])
 
     edges: dict[tuple[str, str], None] = {}  # ordered set: the drawing follows the graph's order
-    for u, v in g.edges():
+    src, dst = dag.edges_by_source()  # networkx's edge order
+    for u, v in zip(src.tolist(), dst.tolist()):
         ku, kv = key_of[u], key_of[v]
         if ku != kv:
             edges[(ku, kv)] = None
@@ -110,7 +114,7 @@ def folded_view(g: nx.DiGraph, max_decode_steps: int = 1) -> tuple[nx.DiGraph, l
     )
     for key, box in boxes.items():
         view.nodes[key].update(_box_attrs(key, box, stage_layers, first_mb, shown_steps))
-    notes = _notes(g, view, boxes, stage_layers, first_mb)
+    notes = _notes(dag, view, boxes, stage_layers, first_mb)
     return view, notes
 
 
@@ -182,9 +186,9 @@ def _and(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _notes(g, view, boxes, stage_layers, first_mb) -> list[str]:
+def _notes(g: Dag, view, boxes, stage_layers, first_mb) -> list[str]:
     notes = [
-        f"The full graph has {g.number_of_nodes()} operators and {g.number_of_edges()} dependencies; "
+        f"The full graph has {len(g)} operators and {len(g.src)} dependencies; "
         f"this drawing shows {view.number_of_nodes()} nodes. Each box stands for the operators folded "
         "into it and keeps their dependencies as edges."
     ]

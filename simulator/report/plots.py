@@ -59,11 +59,31 @@ def _path_rows(out_dir: Path, which: str = "total") -> np.ndarray | None:
     return frame.loc[frame["path"] == which, "row"].to_numpy(dtype=np.int64)
 
 
+class _Here:
+    """A value computed at once, with the interface of simulator.forking.InChild."""
+
+    def __init__(self, fn, *args) -> None:
+        self._value = fn(*args)
+
+    def result(self):
+        return self._value
+
+
 def draw_all(
-    out_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict, into: Path | None = None
+    out_dir: Path,
+    ops: pd.DataFrame,
+    slices: Slices,
+    summary: dict,
+    into: Path | None = None,
+    index: bool = True,
+    aside=_Here,
 ) -> dict[str, float]:
     """Write trace.json.gz, timeline.png, memory.png and index.html; returns seconds spent on each.
-    With `into`, the first three go there (and index.html is left to the caller)."""
+    With `into`, the first three go there; with `into` or not `index`, index.html is left to the caller.
+    `aside(fn, *args)` starts drawing a picture and returns an object whose `result()` is its
+    bytes: simulator.forking.InChild draws timeline.png and memory.png in two more processes while this one
+    writes the trace; by default they are drawn first, here (their seconds then count the
+    drawing, else the wait)."""
     from simulator.report.memory_plot import memory_png
     from simulator.report.timeline import timeline_png
     from simulator.report.trace import write_trace
@@ -71,6 +91,12 @@ def draw_all(
     out_dir = Path(out_dir)
     path_rows = _path_rows(out_dir)
     seconds = {}
+    started = time.perf_counter()
+    timeline = aside(timeline_png, ops, slices, summary, path_rows)
+    timeline_s = time.perf_counter() - started
+    started = time.perf_counter()
+    memory = aside(memory_png, ops, slices, summary)
+    memory_s = time.perf_counter() - started
     started = time.perf_counter()
     target = Path(into) if into is not None else out_dir
     write_trace(
@@ -87,23 +113,24 @@ def draw_all(
     )
     seconds[TRACE_FILE] = time.perf_counter() - started
     started = time.perf_counter()
-    write_atomic(target / "timeline.png", timeline_png(ops, slices, summary, path_rows))
-    seconds["timeline.png"] = time.perf_counter() - started
+    write_atomic(target / "timeline.png", timeline.result())
+    seconds["timeline.png"] = timeline_s + time.perf_counter() - started
     started = time.perf_counter()
-    write_atomic(target / "memory.png", memory_png(ops, slices, summary))
-    seconds["memory.png"] = time.perf_counter() - started
+    write_atomic(target / "memory.png", memory.result())
+    seconds["memory.png"] = memory_s + time.perf_counter() - started
     started = time.perf_counter()
-    if into is None:
+    if into is None and index:
         write_index(out_dir, summary)
-    seconds["index.html"] = time.perf_counter() - started
+        seconds["index.html"] = time.perf_counter() - started
     return seconds
 
 
-def write_run_plots(result, out_dir: Path, summary: dict) -> dict[str, float]:
-    """Called by `moesim run` once summary.json, ops.csv and critical_path.csv are written."""
+def write_run_plots(result, out_dir: Path, summary: dict, index: bool = True, aside=_Here) -> dict[str, float]:
+    """Called by `moesim run` once summary.json, ops.csv and critical_path.csv are written (and,
+    unless `index`, before it writes index.html itself); `aside` as for draw_all."""
     slices = slices_of_run(result)
     save_slices(slices, Path(out_dir) / SLICES_FILE)
-    return draw_all(out_dir, result.sim.ops, slices, summary)
+    return draw_all(out_dir, result.sim.ops, slices, summary, index=index, aside=aside)
 
 
 def read_ops(path: Path) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.files import OutputError, write_atomic
-from simulator.graph import NodeKind
+from simulator.graph import Dag, NodeKind, row_attrs
 from simulator.simulate import Resources, node_resources
 
 SLICES_FILE = "slices.npz"
@@ -55,45 +55,75 @@ class Slices:
         return self.resource // self.num_gpus
 
 
+def _held(a: dict, res: Resources, num_gpus: int) -> tuple[list[int], list[float]]:
+    """The resources one node holds and the activation bytes of each of its slices."""
+    held = node_resources(a, res)
+    if a["kind"] == NodeKind.COMM:
+        recv = dict(zip(a["gpu"], a["recv_bytes"]))
+        return list(held), [recv[r - num_gpus] if num_gpus <= r < 2 * num_gpus else 0.0 for r in held]
+    return list(held), [a.get("act_bytes", 0.0)] * len(held)
+
+
+def _unrolled_copies(dag: Dag, num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, resource, act_bytes) per slice of a Dag in its own order: the slices of each distinct
+    node once, then every node takes those of the node it copies (a copy holds the same resources
+    and moves the same bytes; only its step, microbatch and layer differ)."""
+    res = Resources(num_gpus)
+    count = np.zeros(len(dag), dtype=np.int64)
+    first = np.zeros(len(dag), dtype=np.int64)
+    resources: list[int] = []
+    acts: list[float] = []
+    for i, a in dag.distinct():
+        if a["kind"] == NodeKind.MARKER:
+            continue
+        held, act = _held(a, res, num_gpus)
+        first[i], count[i] = len(resources), len(held)
+        resources += held
+        acts += act
+    original = dag.original_array
+    per_node = count[original]
+    total = int(per_node.sum())
+    # slice k of node i is entry first[original[i]] + k of the distinct nodes' lists
+    starts = np.cumsum(per_node) - per_node
+    index = np.repeat(first[original] - starts, per_node) + np.arange(total)
+    return (
+        np.repeat(np.arange(len(dag), dtype=np.int64), per_node),
+        np.asarray(resources, dtype=np.int64)[index],
+        np.asarray(acts, dtype=float)[index],
+    )
+
+
 def build_slices(
-    graph: nx.DiGraph,
+    graph: Dag | nx.DiGraph,
     ops: pd.DataFrame,
     num_gpus: int,
     residual_bytes_per_token: float,
     tokens_per_pass: dict[str, float],
 ) -> Slices:
     """Unroll the trace. `tokens_per_pass[phase]`: tokens of one microbatch's pass on one dp rank."""
-    res = Resources(num_gpus)
-    attrs = graph._node
-    rows, resources, acts = [], [], []
-    for i, n in enumerate(ops["node"].tolist()):
-        a = attrs[n]
-        kind = a["kind"]
-        if kind == NodeKind.MARKER:
-            continue
-        held = node_resources(a, res)
-        if kind == NodeKind.COMM:
-            recv = dict(zip(a["gpu"], a["recv_bytes"]))
-            for r in held:
-                rows.append(i)
-                resources.append(r)
-                acts.append(recv[r - num_gpus] if num_gpus <= r < 2 * num_gpus else 0.0)
-        else:
-            for r in held:
-                rows.append(i)
-                resources.append(r)
-                acts.append(a.get("act_bytes", 0.0))
+    nodes = ops["node"].tolist()
+    if isinstance(graph, Dag) and graph.names == nodes:
+        rows, resources, acts = _unrolled_copies(graph, num_gpus)
+    else:
+        res = Resources(num_gpus)
+        row_list: list[int] = []
+        resource_list: list[int] = []
+        act_list: list[float] = []
+        for i, a in enumerate(row_attrs(graph, nodes)):
+            if a["kind"] == NodeKind.MARKER:
+                continue
+            held, act = _held(a, res, num_gpus)
+            row_list += [i] * len(held)
+            resource_list += held
+            act_list += act
+        rows = np.asarray(row_list, dtype=np.int64)
+        resources = np.asarray(resource_list, dtype=np.int64)
+        acts = np.asarray(act_list, dtype=float)
     phase = ops["phase"].to_numpy()
     residual = np.zeros(len(ops))
     for name, tokens in tokens_per_pass.items():
         residual[phase == name] = tokens * residual_bytes_per_token
-    return Slices(
-        np.asarray(rows, dtype=np.int64),
-        np.asarray(resources, dtype=np.int64),
-        np.asarray(acts, dtype=float),
-        residual,
-        num_gpus,
-    )
+    return Slices(rows, resources, acts, residual, num_gpus)
 
 
 def slices_of_run(run) -> Slices:
@@ -102,7 +132,7 @@ def slices_of_run(run) -> Slices:
     m, w, p = s.model, s.workload, s.parallel
     seqs = w.batch_size / (p.dp * p.microbatches)
     return build_slices(
-        run.graph,
+        run.dag,
         run.sim.ops,
         s.num_gpus,
         m.hidden_size * m.dtype_bytes_per_element,

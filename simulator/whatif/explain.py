@@ -49,7 +49,7 @@ def bound_sentence(scenario: Scenario, metric: str, decode_sample: int = 8) -> s
         }
         what = max(parts, key=parts.__getitem__)
         return f"memory per GPU is mostly {what}: {parts[what] / 1e9:.3g} of {gpu.total_bytes / 1e9:.3g} GB on GPU {gpu.gpu}"
-    summary, _ = critical_path.analyse(run.graph, run.sim.ops, run.scenario.num_gpus)
+    summary, _ = critical_path.analyse(run.dag, run.sim.ops, run.scenario.num_gpus)
     sentences = summary["sentences"]
     if metric in ("ttft_s", "prefill_tokens_per_ms_per_gpu") or "tpot" not in sentences:
         return sentences["ttft"]
