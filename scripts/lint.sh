@@ -9,4 +9,8 @@ cd "$(dirname "$0")/.."
 # The generated reference pages and JSON Schemas are up to date, and the documentation site builds without a
 # warning (broken links and anchors included); no network needed.
 .venv/bin/python scripts/gen_docs.py --check
-NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+# (not --quiet: it hides the warnings from --strict too, so nothing would fail)
+if ! built=$(NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict 2>&1); then
+  printf '%s\n' "$built" | grep -v '^INFO' >&2
+  exit 1
+fi

@@ -83,6 +83,9 @@ def _partial(schema: dict, defs: dict) -> dict:
     for key in ("anyOf", "oneOf", "allOf"):
         if key in out:
             out[key] = [_partial(s, defs) for s in out[key]]
+    for key in ("additionalProperties", "items"):
+        if isinstance(out.get(key), dict):
+            out[key] = _partial(out[key], defs)
     return out
 
 
