@@ -242,7 +242,12 @@ def sglang_script(scenario: Scenario) -> str:
     if d.moe and d.ep > 1:
         argv += ["--ep-size", str(d.ep)]
         lines.append(f"# MoE: expert parallel {d.ep}, tensor parallel tp-size / ep-size = {d.etp} inside each expert.")
-    argv += ["--dtype", _TORCH_DTYPE[d.dtype]]
+    argv += _sglang_limits(d, mode, lines)
+    return "\n".join(lines + _command(argv)) + "\n"
+
+
+def _sglang_limits(d: Deployment, mode: str, lines: list[str]) -> list[str]:
+    argv = ["--dtype", _TORCH_DTYPE[d.dtype]]
     if d.weight_dtype == "fp8" and d.dtype != "fp8":
         argv += ["--quantization", "fp8"]
     if d.kv_cache_dtype == "fp8":
@@ -256,8 +261,10 @@ def sglang_script(scenario: Scenario) -> str:
         argv += ["--chunked-prefill-size", str(d.chunk_size_tokens or d.max_num_batched_tokens)]
     elif d.policy == "continuous":
         argv += ["--chunked-prefill-size", "-1"]
-        lines.append("# --chunked-prefill-size -1: no chunking (moesim's continuous policy).")
-    return "\n".join(lines + _command(argv)) + "\n"
+        note = "# --chunked-prefill-size -1: no chunking (moesim's continuous policy)."
+        if note not in lines:
+            lines.append(note)
+    return argv
 
 
 def trtllm_files(scenario: Scenario) -> dict[str, str]:
@@ -319,5 +326,10 @@ def not_expressible(scenario: Scenario, engine: str) -> str | None:
 
 
 def launch_files(scenario: Scenario) -> dict[str, str]:
-    """Every launch file of a scenario: vllm.sh, sglang.sh, trtllm.sh (+ its options YAML when expressible)."""
+    """Every launch file of a scenario: vllm.sh, sglang.sh, trtllm.sh (+ its options YAML when expressible);
+    a disaggregated scenario's are the prefill/decode pairs (launch_disagg)."""
+    if scenario.serving is not None and scenario.serving.disaggregation is not None:
+        from simulator.report.launch_disagg import disaggregated_launch_files
+
+        return disaggregated_launch_files(scenario)
     return {"vllm.sh": vllm_script(scenario), "sglang.sh": sglang_script(scenario), **trtllm_files(scenario)}
