@@ -19,7 +19,7 @@ CASES = {
     "seed_moe_4gpu_serving": ("scenarios/seed_moe_4gpu_serving.yaml", []),
     "mixtral_8x7b_8xh100_ep8": ("scenarios/mixtral_8x7b_8xh200_ep8.yaml", ["hardware=h100-sxm-80gb"]),
     "mixtral_8x7b_8xh100_tp8": ("scenarios/mixtral_8x7b_8xh200_tp8.yaml", ["hardware=h100-sxm-80gb"]),
-    # Disaggregated pairs (report.launch_disagg): Mixtral 1P (TP4) + 1D (TP4); the seed 2P (1 GPU) + 1D (TP2 EP2).
+    # Disaggregated pairs (report.launch, disaggregated_launch_files): Mixtral 1P (TP4) + 1D (TP4); the seed 2P (1 GPU) + 1D (TP2 EP2).
     "mixtral_8x7b_8xh100_disagg": ("scenarios/mixtral_8x7b_8xh100_disagg.yaml", []),
     "seed_moe_4gpu_serving_2p1d": (
         "scenarios/seed_moe_4gpu_serving.yaml",
