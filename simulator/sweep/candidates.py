@@ -23,7 +23,7 @@ from simulator.config import ParallelSpec, Scenario, ScenarioError, parse_scenar
 from simulator.config.hardware import HardwareProfile, load_profile
 from simulator.sweep.layouts import enumerate_layouts
 
-#: Candidate kinds the search can enumerate and evaluate. "disaggregated" (xPyD) plugs in here.
+#: Candidate kinds the search can enumerate and evaluate (module docstring).
 KINDS = ("aggregated", "disaggregated")
 #: Precisions the model config can take for weights and the KV cache (config.hardware.DType).
 DTYPES = ("fp32", "fp16", "bf16", "fp8")

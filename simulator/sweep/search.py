@@ -98,7 +98,7 @@ def _cost(price: float, tokens_per_s_per_gpu: float) -> float:
 
 def evaluate_candidate(index: int, candidate: Candidate, scenario: Scenario, settings: SearchSettings) -> SearchResult:
     """Simulate one candidate (its scenario already on its layout); an error becomes a 'failed' row.
-    Kinds dispatch here: a disaggregated kind adds its own branch (its pools' serving simulation)."""
+    Kinds dispatch here: a disaggregated candidate runs its pools' serving simulation (serving.disagg)."""
     started = time.perf_counter()
     try:
         if candidate.kind == "disaggregated":
