@@ -257,7 +257,16 @@ def _sections_page(
         ]
         lines += section_table(definition, path.replace(".<metric>", "").split(" ")[0], found)
         lines.append("")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    # A type documented on the other reference page (e.g. the profile's FigureSource in a scenario's hardware
+    # overrides) links there.
+    here = {name.lower() for name, _ in sections}
+    for name, _ in PROFILE_SECTIONS + SCENARIO_SECTIONS:
+        anchor = name.lower()
+        if anchor not in here:
+            page = "profile.md" if any(n == name for n, _ in PROFILE_SECTIONS) else "scenario.md"
+            text = text.replace(f"](#{anchor})", f"]({page}#{anchor})")
+    return text
 
 
 def scenario_page() -> str:

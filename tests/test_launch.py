@@ -19,6 +19,16 @@ CASES = {
     "seed_moe_4gpu_serving": ("scenarios/seed_moe_4gpu_serving.yaml", []),
     "mixtral_8x7b_8xh100_ep8": ("scenarios/mixtral_8x7b_8xh200_ep8.yaml", ["hardware=h100-sxm-80gb"]),
     "mixtral_8x7b_8xh100_tp8": ("scenarios/mixtral_8x7b_8xh200_tp8.yaml", ["hardware=h100-sxm-80gb"]),
+    # Disaggregated pairs (report.launch, disaggregated_launch_files): Mixtral 1P (TP4) + 1D (TP4); the seed 2P (1 GPU) + 1D (TP2 EP2).
+    "mixtral_8x7b_8xh100_disagg": ("scenarios/mixtral_8x7b_8xh100_disagg.yaml", []),
+    "seed_moe_4gpu_serving_2p1d": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        [
+            "serving.disaggregation.prefill.instances=2",
+            "serving.disaggregation.decode.parallel.tp=2",
+            "serving.disaggregation.decode.parallel.ep=2",
+        ],
+    ),
     "mixtral_8x7b_8xh100_dp8_ep8_fp8": (
         "scenarios/mixtral_8x7b_8xh200_ep8.yaml",
         [
@@ -89,3 +99,32 @@ def test_launch_command_writes_the_files(tmp_path, capsys):
     ]
     assert main(["launch", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_disaggregated_pair_across_nodes_is_refused_by_every_engine():
+    """Mixtral 1P (TP4) + 1D (TP4) on nodes of 4 GPUs: the decode instance is on the second node, and the
+    writer addresses one host."""
+    s = load_scenario(ROOT / "scenarios/mixtral_8x7b_8xh100_disagg.yaml", ["cluster.gpus_per_node=4"])
+    files = launch_files(s)
+    for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
+        assert "# NOT EXPRESSIBLE: the pools span GPUs 0..7 on nodes of 4 GPUs" in files[name]
+        assert files[name].rstrip().endswith("exit 1")
+    assert sorted(files) == ["sglang.sh", "trtllm.sh", "vllm.sh"]
+
+
+def test_a_pool_expert_group_smaller_than_its_tp_is_refused_by_every_engine():
+    s = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu_serving.yaml",
+        [
+            "serving.disaggregation.prefill.parallel.tp=2",
+            "serving.disaggregation.decode.parallel.tp=2",
+            "serving.disaggregation.decode.parallel.ep=1",
+            "serving.disaggregation.decode.parallel.etp=1",
+            "serving.disaggregation.prefill.parallel.ep=2",
+            "serving.disaggregation.prefill.parallel.etp=1",
+        ],
+    )
+    files = launch_files(s)
+    # decode: experts over ep x etp = 1 GPU of its 2: no engine holds it
+    for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
+        assert "NOT EXPRESSIBLE: the decode instance's experts over ep x etp = 1 GPUs" in files[name]

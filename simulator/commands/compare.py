@@ -51,6 +51,12 @@ def add_arguments(parser) -> None:
     search.add_argument(
         "--price", action="append", default=[], metavar="PROFILE=USD", help="price per GPU-hour (repeatable)"
     )
+    search.add_argument(
+        "--kinds",
+        metavar="K1,K2",
+        help="deployment kinds: aggregated (default), disaggregated (prefill and decode pools, every xPyD split "
+        "of the GPU count; a serving scenario), or both: aggregated,disaggregated",
+    )
     search.add_argument("--rate", type=float, metavar="R", help="fewest_gpus: the Poisson request rate to serve")
     search.add_argument("--rel-tol", type=float, default=0.02, help="max-rate search tolerance (default 0.02)")
     search.add_argument("--no-prune", action="store_true", help="simulate every candidate that fits in memory")
@@ -96,6 +102,7 @@ SEARCH_FLAGS = (
     "max_num_batched_tokens",
     "chunk_size",
     "rate",
+    "kinds",
 )
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from simulator.config import ScenarioError, load_scenario
 from simulator.config.hardware import ProfileError, available_profiles, load_profile
-from simulator.sweep.candidates import DTYPES, SearchSpace, enumerate_candidates, fits_cluster, node_size, own_dims
+from simulator.sweep.candidates import (
+    DTYPES,
+    KINDS,
+    SearchSpace,
+    enumerate_candidates,
+    fits_cluster,
+    node_size,
+    own_dims,
+)
 from simulator.sweep.layouts import DEFAULT_MICROBATCHES
 from simulator.sweep.search import SearchSettings, rank_search, run_search, winner
 
@@ -116,6 +124,19 @@ def parse_prices(items: list[str], profiles: tuple[str, ...]) -> dict[str, float
     return prices
 
 
+def _kinds(text: str | None) -> tuple[str, ...]:
+    """--kinds: aggregated and/or disaggregated, comma-separated (default: aggregated)."""
+    if text is None:
+        return ("aggregated",)
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in KINDS]
+    if not kinds or bad:
+        raise ScenarioError(
+            f"--kinds {text}: expected a comma-separated list of {', '.join(KINDS)}, e.g. aggregated,disaggregated"
+        )
+    return kinds
+
+
 def search_command(args, console) -> int:
     from rich.markup import escape
 
@@ -183,6 +204,7 @@ def search_command(args, console) -> int:
         max_num_batched_tokens=_ints(args.max_num_batched_tokens, "--max-num-batched-tokens"),
         chunk_size_tokens=_ints(args.chunk_size, "--chunk-size"),
         microbatches=microbatches,
+        kinds=_kinds(args.kinds),
     )
     found = enumerate_candidates(scenario, space)
     not_launchable = 0

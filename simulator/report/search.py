@@ -54,7 +54,7 @@ def _cells(r: SearchResult) -> list[str]:
         str(r.rank) if r.rank is not None else "-",
         c.hardware_name,
         str(c.num_gpus),
-        c.layout.label,
+        c.layout_label,
         c.weight_dtype,
         c.kv_cache_dtype,
         "" if c.max_num_seqs is None else str(c.max_num_seqs),
@@ -115,6 +115,7 @@ def search_csv(results: Sequence[SearchResult]) -> str:
         "ep",
         "etp",
         "microbatches",
+        "pools",
         "weight_dtype",
         "kv_cache_dtype",
         "max_num_seqs",
@@ -143,7 +144,12 @@ def search_csv(results: Sequence[SearchResult]) -> str:
             "kind": c.kind,
             "hardware": c.hardware_name,
             "num_gpus": c.num_gpus,
-            **c.layout.degrees(),
+            **(
+                c.layout.degrees()
+                if c.kind != "disaggregated"
+                else dict.fromkeys(("pp", "dp", "tp", "ep", "etp", "microbatches"), "")
+            ),
+            "pools": c.layout_label if c.kind == "disaggregated" else "",
             "weight_dtype": c.weight_dtype,
             "kv_cache_dtype": c.kv_cache_dtype,
             "max_num_seqs": c.max_num_seqs,
@@ -227,7 +233,7 @@ def pareto_points(results: Sequence[SearchResult]) -> list[UserSpeedPoint]:
             r.output_tokens_per_s_per_gpu,
             r.candidate.kind,
             r.meets,
-            f"#{r.rank} {r.candidate.hardware_name} {r.candidate.layout.label}",
+            f"#{r.rank} {r.candidate.hardware_name} {r.candidate.layout_label}",
         )
         for r in results
         if r.status == "ok"

@@ -4,8 +4,12 @@ weight and KV precision, scheduler limits, candidate kind) and one validated sce
 A candidate's scenario is the base scenario with its non-layout dimensions changed in a validated copy
 (`config.parse_scenario`: every rule of a loaded scenario), then moved to its layout with `config.with_layout`
 (the one way to change a layout). Candidate kinds: "aggregated" (one pool of GPUs runs prefill and decode).
-A disaggregated kind (prefill and decode pools, xPyD) is one more entry of KINDS: its candidates carry their
-pools in `Candidate.detail` (part of the key), and sweep.search dispatches evaluation and bounds by kind.
+"disaggregated" (xPyD: x prefill instances of one layout, y decode instances of another, x g_p + y g_d = N GPUs;
+a serving scenario only): its candidates carry their pools in `Candidate.detail` (part of the key), their
+`layout` is the placeholder DP N (the pools' layouts are in detail), and sweep.search dispatches screening,
+bounds and evaluation by kind. An instance layout is tp = g GPUs (g a divisor of N below N), pp 1, and its
+experts either all expert-parallel (ep = g) or all tensor-parallel (etp = g) over those GPUs, where the model's
+expert count and FFN size allow (config.scenario.pool_layout's rules); pp > 1 instances are not enumerated.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from simulator.config import ParallelSpec, Scenario, ScenarioError, parse_scenar
 from simulator.config.hardware import HardwareProfile, load_profile
 from simulator.sweep.layouts import enumerate_layouts
 
-#: Candidate kinds the search can enumerate and evaluate. "disaggregated" (xPyD) plugs in here.
-KINDS = ("aggregated",)
+#: Candidate kinds the search can enumerate and evaluate (module docstring).
+KINDS = ("aggregated", "disaggregated")
 #: Precisions the model config can take for weights and the KV cache (config.hardware.DType).
 DTYPES = ("fp32", "fp16", "bf16", "fp8")
 
@@ -112,9 +116,29 @@ class Candidate:
         return json.dumps(self.dims(), sort_keys=True)
 
     @property
+    def pools(self) -> dict[str, dict[str, int]]:
+        """A disaggregated candidate's pools: {'prefill': {instances, tp, ep, etp}, 'decode': {...}}."""
+        out: dict[str, dict[str, int]] = {"prefill": {}, "decode": {}}
+        for name, value in self.detail:
+            pool, _, key = name.partition("_")
+            if pool in out:
+                out[pool][key] = int(value)
+        return out
+
+    @property
+    def layout_label(self) -> str:
+        """The layout: aggregated 'DP4 TP2'; disaggregated '2P (TP1) + 1D (TP2 EP2)'."""
+        if self.kind != "disaggregated":
+            return self.layout.label
+        pools = self.pools
+        return " + ".join(
+            f"{pools[n]['instances']}{n[0].upper()} ({pool_label(pools[n])})" for n in ("prefill", "decode")
+        )
+
+    @property
     def label(self) -> str:
         """e.g. 'h100-sxm-80gb 8 GPUs DP4 TP2 | w fp8 kv fp16 | seqs 128 tokens 8192 chunk 8192'."""
-        parts = [f"{self.hardware_name} {self.num_gpus} GPU{'s' if self.num_gpus > 1 else ''} {self.layout.label}"]
+        parts = [f"{self.hardware_name} {self.num_gpus} GPU{'s' if self.num_gpus > 1 else ''} {self.layout_label}"]
         parts.append(f"w {self.weight_dtype} kv {self.kv_cache_dtype}")
         limits = [
             f"{name} {value}"
@@ -127,9 +151,25 @@ class Candidate:
         ]
         if limits:
             parts.append(" ".join(limits))
-        if self.kind != "aggregated" or self.detail:
+        if self.kind not in ("aggregated", "disaggregated") or (self.kind == "aggregated" and self.detail):
             parts.append(self.kind + "".join(f" {k} {v}" for k, v in self.detail))
         return " | ".join(parts)
+
+
+def pool_label(pool: dict[str, int]) -> str:
+    """e.g. 'TP2 EP2' for {tp 2, ep 2, etp 1}; '1 GPU' for tp 1."""
+    parts = [f"{k.upper()}{pool[k]}" for k in ("tp", "ep", "etp") if pool.get(k, 1) > 1]
+    return " ".join(parts) or "1 GPU"
+
+
+def pool_detail(
+    prefill: tuple[int, int, int, int], decode: tuple[int, int, int, int]
+) -> tuple[tuple[str, str | int], ...]:
+    """Candidate.detail of a disaggregated candidate from (instances, tp, ep, etp) of each pool, sorted."""
+    pairs: list[tuple[str, str | int]] = []
+    for name, pool in (("prefill", prefill), ("decode", decode)):
+        pairs += [(f"{name}_{k}", v) for k, v in zip(("instances", "tp", "ep", "etp"), pool)]
+    return tuple(sorted(pairs))
 
 
 def supports_fp8(hw: HardwareProfile) -> bool:
@@ -193,10 +233,19 @@ class CandidateScenarios:
         return scenario
 
     def scenario(self, c: Candidate) -> Scenario:
-        """The candidate's scenario: its variant on its layout (config.with_layout)."""
+        """The candidate's scenario: its variant on its layout (config.with_layout); a disaggregated candidate's
+        carries serving.disaggregation with its pools (packed placement; the transfer links the profile's),
+        checked by the config stage's rules (config.scenario.check_disaggregation); an aggregated one has none."""
         from simulator.config import with_layout
 
-        return with_layout(self.variant(c), c.layout)
+        scenario = with_layout(self.variant(c), c.layout)
+        if scenario.serving is None:
+            return scenario
+        if c.kind != "disaggregated":
+            if scenario.serving.disaggregation is None:
+                return scenario
+            return scenario.model_copy(update={"serving": scenario.serving.model_copy(update={"disaggregation": None})})
+        return with_pools(scenario, c.pools)
 
 
 @dataclass(frozen=True)
@@ -210,6 +259,80 @@ class Enumeration:
     invalid_example: str
 
 
+def with_pools(scenario: Scenario, pools: dict[str, dict[str, int]]) -> Scenario:
+    """The serving scenario with serving.disaggregation holding these pools (packed placement), validated by
+    the config stage's rules; ScenarioError (one line) when a pool's layout or the split breaks one."""
+    from simulator.config.errors import LayoutError
+    from simulator.config.scenario import check_disaggregation
+    from simulator.config.serving import DisaggregationSpec, PoolParallelSpec, PoolSpec
+
+    assert scenario.serving is not None
+    specs = {}
+    for name in ("prefill", "decode"):
+        p = pools[name]
+        specs[name] = PoolSpec(
+            instances=p["instances"], parallel=PoolParallelSpec(tp=p["tp"], pp=1, ep=p["ep"], etp=p["etp"])
+        )
+    d = DisaggregationSpec(prefill=specs["prefill"], decode=specs["decode"])
+    out = scenario.model_copy(update={"serving": scenario.serving.model_copy(update={"disaggregation": d})})
+    try:
+        check_disaggregation(out)
+    except LayoutError as exc:
+        raise ScenarioError(f"{exc.path}: {exc}") from None
+    return out
+
+
+def instance_layouts(scenario: Scenario, num_gpus: int) -> list[tuple[int, int, int]]:
+    """(tp, ep, etp) of every pool instance layout on fewer than num_gpus GPUs (module docstring): tp = g for
+    each divisor g < num_gpus, pp 1, experts all expert-parallel (ep = g) or all tensor-parallel (etp = g);
+    only those config.scenario.pool_layout accepts for the model."""
+    from simulator.config import divisors
+    from simulator.config.errors import LayoutError
+    from simulator.config.scenario import pool_layout
+    from simulator.config.serving import PoolParallelSpec
+
+    out: list[tuple[int, int, int]] = []
+    for g in divisors(num_gpus):
+        if g >= num_gpus:
+            continue
+        options = [(g, 1), (1, g)] if scenario.model.num_experts and g > 1 else [(1, 1)]
+        for ep, etp in options:
+            try:
+                pool_layout(scenario, PoolParallelSpec(tp=g, ep=ep, etp=etp), "pool")
+            except LayoutError:
+                continue
+            out.append((g, ep, etp))
+    return out
+
+
+def xpyd_splits(num_gpus: int, layouts: Sequence[tuple[int, int, int]]) -> list[tuple[tuple, tuple]]:
+    """Every (prefill, decode) pair of (instances, tp, ep, etp) with x, y >= 1 and x g_p + y g_d = num_gpus,
+    in order of the prefill layout, the decode layout, then x."""
+    out = []
+    for p in layouts:
+        for d in layouts:
+            gp, gd = p[0], d[0]
+            for x in range(1, num_gpus // gp + 1):
+                rest = num_gpus - x * gp
+                if rest >= gd and rest % gd == 0:
+                    out.append(((x, *p), (rest // gd, *d)))
+    return out
+
+
+def packs(prefill: tuple, decode: tuple, gpus_per_node: int) -> bool:
+    """The packed placement (serving.disagg.place) puts no instance across a node boundary: instance k of g GPUs
+    starts at GPU k g in its pool, the decode pool right after the prefill one."""
+    firsts = [(i * prefill[1], prefill[1]) for i in range(prefill[0])]
+    start = prefill[0] * prefill[1]
+    firsts += [(start + j * decode[1], decode[1]) for j in range(decode[0])]
+    for first, g in firsts:
+        if g > gpus_per_node and first % gpus_per_node:
+            return False
+        if g <= gpus_per_node and first // gpus_per_node != (first + g - 1) // gpus_per_node:
+            return False
+    return True
+
+
 def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
     """Every candidate of the space, in a fixed order (kind, hardware, precisions, limits, GPU count, layout);
     layouts are those enumerate_layouts finds valid on each count (the config stage's rules, the cluster's
@@ -220,7 +343,9 @@ def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
     example = ""
     for kind in space.kinds:
         if kind not in KINDS:
-            raise ScenarioError(f"candidate kind {kind!r}: this build searches {', '.join(KINDS)}")
+            raise ScenarioError(f"--kinds {kind}: the search knows {', '.join(KINDS)}")
+        if kind == "disaggregated" and base.serving is None:
+            raise ScenarioError("--kinds disaggregated: needs a serving section (a request stream) in the scenario")
         for hardware, wdt, kvdt, seqs, tokens, chunk in _product(base, space):
             probe = Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, base.parallel.without_split())
             if "fp8" in (wdt, kvdt) and not supports_fp8(load_profile(hardware)):
@@ -233,6 +358,17 @@ def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
                 example = example or str(exc)
                 continue
             for n in space.gpu_counts:
+                if kind == "disaggregated":
+                    placeholder = ParallelSpec.of_degrees(1, n, 1, 1, 1, 1)
+                    gpn = node_size(base, [hardware])
+                    for prefill, decode in xpyd_splits(n, instance_layouts(variant, n)):
+                        if not packs(prefill, decode, gpn):
+                            continue
+                        detail = pool_detail(prefill, decode)
+                        candidates.append(
+                            Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, placeholder, detail)
+                        )
+                    continue
                 for layout in enumerate_layouts(variant, n, space.microbatches):
                     candidates.append(Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, layout))
     return Enumeration(candidates, unsupported, invalid, example)

@@ -98,12 +98,18 @@ def _cost(price: float, tokens_per_s_per_gpu: float) -> float:
 
 def evaluate_candidate(index: int, candidate: Candidate, scenario: Scenario, settings: SearchSettings) -> SearchResult:
     """Simulate one candidate (its scenario already on its layout); an error becomes a 'failed' row.
-    Kinds dispatch here: a disaggregated kind adds its own branch (its pools' serving simulation)."""
+    Kinds dispatch here: a disaggregated candidate runs its pools' serving simulation (serving.disagg)."""
     started = time.perf_counter()
     try:
-        if candidate.kind != "aggregated":
+        if candidate.kind == "disaggregated":
+            if not settings.serving:
+                raise ScenarioError("a disaggregated candidate needs a serving section")
+            from simulator.serving.disagg import disaggregated_inputs
+
+            figures = _serving_figures(scenario, settings, disaggregated_inputs(scenario).simulate)
+        elif candidate.kind != "aggregated":
             raise ScenarioError(f"candidate kind {candidate.kind!r} has no evaluation in this build")
-        if settings.serving:
+        elif settings.serving:
             figures = _serving_figures(scenario, settings)
         else:
             figures = _static_figures(index, scenario, settings)
@@ -126,18 +132,24 @@ def _static_figures(index: int, scenario: Scenario, settings: SearchSettings) ->
     }
 
 
-def _serving_figures(scenario: Scenario, settings: SearchSettings) -> dict:
+def _serving_figures(scenario: Scenario, settings: SearchSettings, simulate=None) -> dict:
+    """The serving objectives' figures; `simulate` (a disaggregated deployment's, serving.maxrate.Simulate)
+    replaces the aggregated simulation and its pricer."""
     from simulator.serving.capacity import resolve_serving
     from simulator.serving.maxrate import evaluate, search_max_rate
 
-    spec, pricer = resolve_serving(scenario, resolve_hardware(scenario)), _pricer(scenario)
+    if simulate is not None:
+        assert scenario.serving is not None
+        spec, pricer = scenario.serving, None
+    else:
+        spec, pricer = resolve_serving(scenario, resolve_hardware(scenario)), _pricer(scenario)
     if settings.objective == "fewest_gpus":
         assert settings.rate_per_s is not None
-        row, _summary = evaluate(spec, pricer, settings.rate_per_s, settings.base_dir)
+        row, _summary = evaluate(spec, pricer, settings.rate_per_s, settings.base_dir, simulate)
         met = bool(row["all_targets_met"])
     else:
         start = getattr(spec.workload.arrivals, "rate_per_s", None) or 1.0
-        found = search_max_rate(spec, pricer, start, settings.rel_tol, base_dir=settings.base_dir)
+        found = search_max_rate(spec, pricer, start, settings.rel_tol, base_dir=settings.base_dir, simulate=simulate)
         curve = found.curve
         if found.rate_per_s is None:  # even the lowest rate tried misses: report that rate's figures
             row, met = curve.iloc[0].to_dict(), False
@@ -221,6 +233,32 @@ def candidate_bound(scenario: Scenario, serving: bool) -> Bound:
     hw = resolve_hardware(scenario)
     fixed_in, fixed_out, shortest = _lengths(scenario, serving)
     return Bound(output_tput_upper_bound(scenario, hw, fixed_in, fixed_out), tpot_lower_bound_s(scenario, hw, shortest))
+
+
+def disaggregated_bound(scenario: Scenario, serving: bool) -> Bound:
+    """A disaggregated candidate's bound: the throughput bound counts every request's GPU work whatever pool it
+    runs in (sweep.bounds: layout-free), the TPOT bound is that of one decode instance's layout."""
+    from simulator.config.scenario import pool_layout
+
+    assert scenario.serving is not None and scenario.serving.disaggregation is not None
+    decode = pool_layout(scenario, scenario.serving.disaggregation.decode.parallel, "serving.disaggregation.decode")
+    return candidate_bound(decode, serving)
+
+
+def screen_disaggregated(scenario: Scenario, bound: Bound) -> tuple[str, str] | None:
+    """(rule, why) for a disaggregated candidate: 'memory' when a pool cannot hold the model and one request
+    (the serving stage's own per-pool check, serving.disagg.disaggregated_inputs), 'tpot_bound' as screen."""
+    from simulator.serving.disagg import disaggregated_inputs
+
+    try:
+        disaggregated_inputs(scenario)
+    except ScenarioError as exc:
+        return "memory", str(exc).splitlines()[0]
+    assert scenario.serving is not None
+    tpot_max = scenario.serving.targets.tpot_p99_s
+    if tpot_max is not None and bound.tpot_s > tpot_max:
+        return "tpot_bound", f"TPOT >= {bound.tpot_s * 1e3:.4g} ms (roofline) > target {tpot_max * 1e3:.4g} ms"
+    return None
 
 
 def screen(scenario: Scenario, bound: Bound, serving: bool) -> tuple[str, str] | None:
@@ -357,8 +395,12 @@ def run_search(
     for i, c in enumerate(candidates):
         price = prices.get(c.hardware_name, math.nan)
         scenario = scenarios.scenario(c)
-        bound = candidate_bound(scenario, settings.serving)
-        verdict = screen(scenario, bound, settings.serving)
+        if c.kind == "disaggregated":
+            bound = disaggregated_bound(scenario, settings.serving)
+            verdict = screen_disaggregated(scenario, bound)
+        else:
+            bound = candidate_bound(scenario, settings.serving)
+            verdict = screen(scenario, bound, settings.serving)
         if verdict is not None and (prune or verdict[0] == "memory"):
             finish(
                 i,
