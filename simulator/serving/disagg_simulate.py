@@ -37,6 +37,7 @@ from simulator.serving.simulate import (
     TRANSFER_COLUMNS,
     DisaggregatedRun,
     RequestRecord,
+    RequestSource,
     ServingModel,
     ServingRun,
 )
@@ -196,7 +197,7 @@ def simulate_disaggregated_requests(inputs: DisaggregatedInputs, requests: Seq[R
     return _Disaggregated(inputs, requests).run()
 
 
-class _Disaggregated:
+class _Disaggregated(RequestSource):
     def __init__(self, inputs: DisaggregatedInputs, requests: Seq[Request]) -> None:
         self.inputs = inputs
         self.requests = requests
@@ -211,21 +212,13 @@ class _Disaggregated:
         self.decode.start_transfer = self.start_transfer
         self.done: list[Sequence | None] = [None] * len(requests)
         self.transfers: list[tuple] = []
-        self.num_finished = 0
-        self.next_closed = 0
-        self.in_system = 0
-        self.area = 0.0
-        self.last_change_s = 0.0
+        self.arrivals = inputs.spec.workload.arrivals
+        self.init_source()
         self.ready_s = [math.nan] * len(requests)
 
     def run(self) -> ServingRun:
-        env, arrivals = self.env, self.inputs.spec.workload.arrivals
-        if arrivals.kind == "closed_loop":
-            self.next_closed = min(arrivals.concurrency, len(self.requests))
-            for request in self.requests[: self.next_closed]:
-                self.send(request, 0.0)
-        else:
-            env.process(self.open_loop())
+        env = self.env
+        self.start_arrivals()
         for pool in (self.prefill, self.decode):
             for scheduler in pool.schedulers:  # pools run independent instances, one loop per scheduler
                 if pool.batches == 1:
@@ -236,33 +229,14 @@ class _Disaggregated:
                     entry = simpy.Resource(env, 1)
                     for v in range(b):
                         env.process(pool.pipelined_loop([r * b + v], r * b + v, entry))
-        env.run()
-        if self.num_finished != len(self.requests):
-            raise RuntimeError(
-                f"disaggregated serving stopped with {len(self.requests) - self.num_finished} requests unfinished "
-                f"(a scheduler bug)"
-            )
+        self.run_to_end("disaggregated serving")
         return self.result()
 
     # ---------------------------------------------------------------- arrivals, hand-over, finish
 
-    def open_loop(self):
-        env = self.env
-        for request in self.requests:
-            delay = request.arrival_s - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            self.send(request, request.arrival_s)
-
-    def send(self, request: Request, arrival_s: float) -> None:
+    def accept(self, request: Request, arrival_s: float) -> None:
         self.count(+1)
         self.prefill.route(Request(request.request_id, arrival_s, request.input_tokens, 1), arrival_s)
-
-    def count(self, delta: int) -> None:
-        now = self.env.now
-        self.area += self.in_system * (now - self.last_change_s)
-        self.last_change_s = now
-        self.in_system += delta
 
     def prefilled(self, seq: Sequence) -> None:
         self.ready_s[seq.request_id] = self.env.now
@@ -280,11 +254,7 @@ class _Disaggregated:
     def finish(self, done: list[Sequence]) -> None:
         for seq in done:
             self.done[seq.request_id] = seq
-            self.num_finished += 1
-            self.count(-1)
-            if self.next_closed < len(self.requests) and self.inputs.spec.workload.arrivals.kind == "closed_loop":
-                self.send(self.requests[self.next_closed], self.env.now)
-                self.next_closed += 1
+            self.left()
 
     # ---------------------------------------------------------------- transfers
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import simpy
 
-from simulator.config.serving import ServingError, ServingSpec
+from simulator.config.serving import Arrivals, ServingError, ServingSpec
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.scheduler import Scheduler, Sequence, Step
 from simulator.serving.workload import Request, generate_requests
@@ -120,7 +120,66 @@ def simulate_serving(
     return ServingModel(spec, pricer, requests).run()
 
 
-class ServingModel:
+class RequestSource:
+    """The arrivals side of a serving model, shared by the co-located `ServingModel` and the disaggregated one
+    (serving.disagg_simulate): the open loop (one timeout per request) or the closed loop (each finish sends the
+    next), the time-average count of requests in the system, and the run to the end. A subclass sets `env`,
+    `requests` and `arrivals`, calls `init_source`, and defines `accept` (where an arrived request goes)."""
+
+    env: simpy.Environment
+    requests: Seq[Request]
+    arrivals: Arrivals
+
+    def init_source(self) -> None:
+        self.num_finished = 0
+        self.next_closed = 0  # next request a closed loop sends
+        self.in_system = 0
+        self.area = 0.0
+        self.last_change_s = 0.0
+
+    def accept(self, request: Request, arrival_s: float) -> None:
+        raise NotImplementedError
+
+    def start_arrivals(self) -> None:
+        if self.arrivals.kind == "closed_loop":
+            self.next_closed = min(self.arrivals.concurrency, len(self.requests))
+            for request in self.requests[: self.next_closed]:
+                self.accept(request, 0.0)
+        else:
+            self.env.process(self.open_loop())
+
+    def open_loop(self):
+        env = self.env
+        for request in self.requests:
+            delay = request.arrival_s - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            self.accept(request, request.arrival_s)
+
+    def count(self, delta: int) -> None:
+        now = self.env.now
+        self.area += self.in_system * (now - self.last_change_s)
+        self.last_change_s = now
+        self.in_system += delta
+
+    def left(self) -> None:
+        """One request left the system: count it, and in a closed loop send the next."""
+        self.num_finished += 1
+        self.count(-1)
+        if self.next_closed < len(self.requests) and self.arrivals.kind == "closed_loop":
+            self.accept(self.requests[self.next_closed], self.env.now)
+            self.next_closed += 1
+
+    def run_to_end(self, what: str) -> None:
+        """Run the environment until no event is left; every request must have finished by then."""
+        self.env.run()
+        if self.num_finished != len(self.requests):
+            raise RuntimeError(
+                f"{what} stopped with {len(self.requests) - self.num_finished} requests unfinished (a scheduler bug)"
+            )
+
+
+class ServingModel(RequestSource):
     """The processes of one deployment's replicas on a SimPy environment (its own, or a shared one when a
     disaggregated deployment runs a prefill and a decode pool side by side: serving.disagg_simulate)."""
 
@@ -146,22 +205,13 @@ class ServingModel:
         self.seqs: list[Sequence | None] = [None] * len(requests)
         self.scheduler_of = [0] * len(requests)  # request_id -> index of the scheduler it was routed to
         self.rows: list[tuple] = []
-        self.num_finished = 0
-        self.next_closed = 0  # next request a closed loop sends
         self.rr = 0
-        self.in_system = 0
-        self.area = 0.0
-        self.last_change_s = 0.0
+        self.arrivals = spec.workload.arrivals
+        self.init_source()
 
     def run(self) -> ServingRun:
         env, spec = self.env, self.spec
-        arrivals = spec.workload.arrivals
-        if arrivals.kind == "closed_loop":
-            self.next_closed = min(arrivals.concurrency, len(self.requests))
-            for request in self.requests[: self.next_closed]:
-                self.route(request, 0.0)
-        else:
-            env.process(self.open_loop())
+        self.start_arrivals()
         lockstep = bool(spec.replicas.lockstep) and self.num_replicas > 1
         if self.batches == 1:
             if lockstep:
@@ -180,23 +230,13 @@ class ServingModel:
                     entry = simpy.Resource(env, 1)
                     for v in range(b):
                         env.process(self.pipelined_loop([r * b + v], r * b + v, entry))
-        env.run()
-        if self.num_finished != len(self.requests):
-            raise RuntimeError(
-                f"serving simulation stopped with {len(self.requests) - self.num_finished} "
-                f"requests unfinished (a scheduler bug)"
-            )
+        self.run_to_end("serving simulation")
         return self.result()
 
     # ---------------------------------------------------------------- arrivals and routing
 
-    def open_loop(self):
-        env = self.env
-        for request in self.requests:
-            delay = request.arrival_s - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            self.route(request, request.arrival_s)
+    def accept(self, request: Request, arrival_s: float) -> None:
+        self.route(request, arrival_s)
 
     def route(self, request: Request, arrival_s: float) -> None:
         schedulers, b = self.schedulers, self.batches
@@ -219,19 +259,9 @@ class ServingModel:
             self.wake[key] = None
             wake.succeed()
 
-    def count(self, delta: int) -> None:
-        now = self.env.now
-        self.area += self.in_system * (now - self.last_change_s)
-        self.last_change_s = now
-        self.in_system += delta
-
     def finished(self, done: list[Sequence]) -> None:
-        self.num_finished += len(done)
         for _ in done:
-            self.count(-1)
-            if self.next_closed < len(self.requests) and self.spec.workload.arrivals.kind == "closed_loop":
-                self.route(self.requests[self.next_closed], self.env.now)
-                self.next_closed += 1
+            self.left()
 
     def check_stall(self, scheduler: Scheduler) -> None:
         """Raise when a scheduler has requests but scheduled nothing (a pool waiting on transfers overrides it)."""
