@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
+from simulator.calibration.validate import read_case_list
 from simulator.config import ScenarioError, ServingSpec, parse_scenario
-from simulator.config.errors import one_line_error
 from simulator.config.load import resolve_relative_paths
 from simulator.files import read_yaml
 from simulator.serving.session import serving_inputs
@@ -118,15 +118,7 @@ def is_serving_cases_file(path: Path) -> bool:
 def load_serving_cases(path: Path) -> list[ServingCase]:
     """The serving cases of a file (read as every YAML input is), relative paths taken from its directory."""
     path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"{path}: no such cases file")
-    data = read_yaml(path, str(path), "cases", ScenarioError)
-    try:
-        cases = ServingCasesFile.model_validate(data).serving_cases
-    except ValidationError as exc:
-        raise ScenarioError(f"{path}: {one_line_error(exc, ServingCasesFile)}") from None
-    if not cases:
-        raise ScenarioError(f"{path}: serving_cases: the list is empty; give at least one published point")
+    cases: list[ServingCase] = read_case_list(path, ServingCasesFile, "serving_cases", "at least one published point")
     return [
         case.model_copy(update={"scenario": resolve_relative_paths(case.scenario, path.parent)})
         if case.scenario is not None

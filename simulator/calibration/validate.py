@@ -45,19 +45,27 @@ class Outcome:
         return self.predicted / self.measured - 1.0
 
 
-def load_cases(path: Path) -> list[Case]:
-    """The cases of a cases file (read as every YAML input is: bounded, duplicate keys refused), with
-    relative profile and preset paths taken relative to the file; at least one case."""
-    path = Path(path)
+def read_case_list(path: Path, file_model: type[BaseModel], field: str, give: str) -> list[Any]:
+    """The list `field` of a cases file validated as `file_model` (read as every YAML input is: bounded,
+    duplicate keys refused); ScenarioError, one line, when the file is missing, invalid or the list empty
+    (`give` says what to add)."""
     if not path.is_file():
         raise ScenarioError(f"{path}: no such cases file")
     data = read_yaml(path, str(path), "cases", ScenarioError)
     try:
-        cases = CasesFile.model_validate(data).cases
+        cases = getattr(file_model.model_validate(data), field)
     except ValidationError as exc:
-        raise ScenarioError(f"{path}: {one_line_error(exc, CasesFile)}") from None
+        raise ScenarioError(f"{path}: {one_line_error(exc, file_model)}") from None
     if not cases:
-        raise ScenarioError(f"{path}: cases: the list is empty; give at least one measured case")
+        raise ScenarioError(f"{path}: {field}: the list is empty; give {give}")
+    return cases
+
+
+def load_cases(path: Path) -> list[Case]:
+    """The cases of a cases file (read_case_list), with relative profile and preset paths taken relative to
+    the file; at least one case."""
+    path = Path(path)
+    cases = read_case_list(path, CasesFile, "cases", "at least one measured case")
     return [case.model_copy(update={"scenario": resolve_relative_paths(case.scenario, path.parent)}) for case in cases]
 
 
