@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: The public names, those of simulator.api.__all__ (tests/test_api.py checks they agree).
+#: The public names: the one list, which simulator.api takes as its __all__ (add a name here when the API gains one).
 __all__ = [
     "DEFAULT_DECODE_SAMPLE",
     "CompareResult",

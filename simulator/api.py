@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+import simulator
 from simulator import critical_path
 from simulator.config import Scenario, ScenarioError, apply_override, load_scenario, parse_scenario, resolve_hardware
 from simulator.config.load import resolve_relative_paths
@@ -40,18 +41,8 @@ from simulator.sweep import (
     run_sweep,
 )
 
-__all__ = [
-    "DEFAULT_DECODE_SAMPLE",
-    "CompareResult",
-    "RunResult",
-    "Scenario",
-    "ScenarioError",
-    "ServeResult",
-    "compare",
-    "load",
-    "run",
-    "serve",
-]
+#: The public names: one list, kept in the package root (simulator/__init__.py), which re-exports them lazily.
+__all__ = list(simulator.__all__)
 
 #: Decode steps simulated by default after the warm-up (the rest interpolated; the error is measured per run).
 DEFAULT_DECODE_SAMPLE = 8
