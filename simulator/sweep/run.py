@@ -23,26 +23,35 @@ from simulator.sweep.results import LayoutResult, TargetVerdict, cost_shares, fa
 DEFAULT_DECODE_SAMPLE = 8
 
 
+def run_folded(scenario: Scenario, decode_sample: int):
+    """The sweep's simulation of one scenario (call it inside pipeline.no_gc): no verification, no
+    critical-path explanation, `decode_sample` decode steps (0: all), one of its independent identical dp
+    replicas when it has them (pipeline.one_replica), and one GPU of each set of identical ones (fold)."""
+    from simulator.pipeline import one_replica, run_scenario
+
+    hw = resolve_hardware(scenario)
+    return run_scenario(
+        one_replica(scenario, hw) or scenario,
+        verify=False,
+        decode_sample=decode_sample or None,
+        fold=True,
+        explain=False,
+        hw=hw,
+    )
+
+
 def simulate_layout(index: int, own: bool, scenario: Scenario, decode_sample: int) -> LayoutResult:
     """Simulate one layout (runs in a worker); an error becomes a 'failed' row, not an exception.
     Layouts made of independent, identical dp replicas simulate one of them (pipeline.one_replica:
     the same figures, dp times less work), and stages whose GPUs are exactly alike simulate one
     GPU each (run_scenario's fold: graph.symmetric_representatives)."""
-    from simulator.pipeline import no_gc, one_replica, run_scenario
+    from simulator.pipeline import no_gc
 
     layout = scenario.parallel.without_split()
     started = time.perf_counter()
     try:
-        hw = resolve_hardware(scenario)
         with no_gc():
-            run = run_scenario(
-                one_replica(scenario, hw) or scenario,
-                verify=False,
-                decode_sample=decode_sample or None,
-                fold=True,
-                explain=False,
-                hw=hw,
-            )
+            run = run_folded(scenario, decode_sample)
             shares = cost_shares(run)
         m = run.metrics
         return LayoutResult(

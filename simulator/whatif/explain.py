@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from simulator.config import Scenario, resolve_hardware
+from simulator.config import Scenario
+from simulator.sweep.run import run_folded
 from simulator.whatif.knobs import KNOBS, RESOURCE_KNOBS
 from simulator.whatif.search import Answer
 
@@ -26,18 +27,10 @@ def bound_sentence(scenario: Scenario, metric: str, decode_sample: int = 8) -> s
     (critical_path.analyse on the folded, sampled run), or for memory the largest part of the fullest
     GPU. Runs in a worker: simulates once more with the critical path, which the sweep's runs skip."""
     from simulator import critical_path
-    from simulator.pipeline import no_gc, one_replica, run_scenario
+    from simulator.pipeline import no_gc
 
-    hw = resolve_hardware(scenario)
     with no_gc():
-        run = run_scenario(
-            one_replica(scenario, hw) or scenario,
-            verify=False,
-            decode_sample=decode_sample or None,
-            fold=True,
-            explain=False,
-            hw=hw,
-        )
+        run = run_folded(scenario, decode_sample)
     m = run.metrics
     if metric == "memory_bytes_per_gpu":
         gpu = max(m.memory, key=lambda g: g.total_bytes)
