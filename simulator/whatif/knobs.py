@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from simulator.config import (
@@ -120,31 +121,19 @@ def _int_space(scenario: Scenario, current: int, step: int, top: int, make) -> S
 def _batch_space(s: Scenario) -> Space:
     w, p = s.workload, s.parallel
     top = min(MAX_BATCH, MAX_TOKENS // (w.input_len_tokens + w.output_len_tokens))
-    return _int_space(s, w.batch_size, p.dp * p.microbatches, top, lambda v: _batch(s, v)[0])
+    return _int_space(s, w.batch_size, p.dp * p.microbatches, top, lambda v: _workload_int("batch_size", s, v)[0])
 
 
-def _batch(s: Scenario, value: int) -> list[Scenario]:
-    return [rebuilt(s, _set("workload", "batch_size", int(value)))]
-
-
-def _input_space(s: Scenario) -> Space:
+def _length_space(key: str, other: str, cap: int, s: Scenario) -> Space:
+    """Workload length `key` (input or output tokens) from 1 up to `cap`, and up to what MAX_TOKENS leaves
+    the batch once the `other` length is taken."""
     w = s.workload
-    top = min(MAX_INPUT_TOKENS, MAX_TOKENS // w.batch_size - w.output_len_tokens)
-    return _int_space(s, w.input_len_tokens, 1, top, lambda v: _input(s, v)[0])
+    top = min(cap, MAX_TOKENS // w.batch_size - getattr(w, other))
+    return _int_space(s, getattr(w, key), 1, top, lambda v: _workload_int(key, s, v)[0])
 
 
-def _input(s: Scenario, value: int) -> list[Scenario]:
-    return [rebuilt(s, _set("workload", "input_len_tokens", int(value)))]
-
-
-def _output_space(s: Scenario) -> Space:
-    w = s.workload
-    top = min(MAX_OUTPUT_TOKENS, MAX_TOKENS // w.batch_size - w.input_len_tokens)
-    return _int_space(s, w.output_len_tokens, 1, top, lambda v: _output(s, v)[0])
-
-
-def _output(s: Scenario, value: int) -> list[Scenario]:
-    return [rebuilt(s, _set("workload", "output_len_tokens", int(value)))]
+def _workload_int(key: str, s: Scenario, value: int) -> list[Scenario]:
+    return [rebuilt(s, _set("workload", key, int(value)))]
 
 
 def _microbatch_space(s: Scenario) -> Space:
@@ -299,9 +288,21 @@ def scale_fmt(v: Any) -> str:
 KNOBS: dict[str, Knob] = {
     k.name: k
     for k in (
-        Knob("batch_size", "batch size (sequences)", _batch_space, _batch, _int_fmt),
-        Knob("input_len", "input length (tokens)", _input_space, _input, _int_fmt),
-        Knob("output_len", "output length (tokens)", _output_space, _output, _int_fmt),
+        Knob("batch_size", "batch size (sequences)", _batch_space, partial(_workload_int, "batch_size"), _int_fmt),
+        Knob(
+            "input_len",
+            "input length (tokens)",
+            partial(_length_space, "input_len_tokens", "output_len_tokens", MAX_INPUT_TOKENS),
+            partial(_workload_int, "input_len_tokens"),
+            _int_fmt,
+        ),
+        Knob(
+            "output_len",
+            "output length (tokens)",
+            partial(_length_space, "output_len_tokens", "input_len_tokens", MAX_OUTPUT_TOKENS),
+            partial(_workload_int, "output_len_tokens"),
+            _int_fmt,
+        ),
         Knob("num_gpus", "number of GPUs (best layout for the count)", _gpu_space, _gpus, _int_fmt),
         Knob("layout", "parallel layout (same GPU count)", _layout_space, _layout, lambda v: v.label),
         Knob("microbatches", "microbatches (same layout)", _microbatch_space, _microbatches, _int_fmt),
