@@ -324,11 +324,9 @@ def calibrated_gemm_s(
     out_b: float | None = None,
 ) -> tuple[float, str]:
     """GEMM [m,k] x [k,n]: its roofline time divided by the measured fraction for its shape. `b`:
-    bytes per input element (its compute format), `out_b`: per output element (default b)."""
-    wb = b if weight_b is None else weight_b
-    act_bytes = (m * k + m * n) * b if out_b is None else m * k * b + m * n * out_b
-    roof, bound = _split_roofline(2.0 * m * k * n, act_bytes + k * n * wb, peak, hbm)
-    return roof / fraction, bound
+    bytes per input element (its compute format), `out_b`: per output element (default b). The grouped
+    GEMM of one matrix (the same FLOPs and bytes, to the bit)."""
+    return calibrated_grouped_gemm_s(1, m, k, n, b, peak, hbm, fraction, weight_b, out_b)
 
 
 def calibrated_grouped_gemm_s(
