@@ -8,12 +8,37 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("cases", type=Path, help="cases YAML (validation/dev_cases.yaml or serving_cases.yaml)")
     parser.add_argument("--out", type=Path, help="write validation.csv and validation.png (serving: .csv, .md) here")
     parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
+
+
+def _outcome_table(title: str, outcomes, figures: tuple[str, str]) -> Table:
+    """One row per outcome: case, metric, its two figures in the order `figures` names them, and the
+    signed error in colour."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = ("case", "metric", *figures, "error")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("case", "metric") else "right")
+    for o in outcomes:
+        cells = {
+            "case": o.case,
+            "metric": o.metric,
+            "predicted": f"{o.predicted:.4g}",
+            "measured": f"{o.measured:.4g}",
+            "error": f"[{_colour(o.error)}]{100 * o.error:+.1f}%[/]",
+        }
+        table.add_row(*(cells[c] for c in columns))
+    return table
 
 
 def _colour(error: float) -> str:
@@ -25,8 +50,6 @@ def command(args, console) -> int:
 
     if args.cases.is_file() and is_serving_cases_file(args.cases):
         return serving_command(args, console)
-    from rich.table import Table
-
     from simulator.calibration.validate import load_cases, predict, summarize
 
     cases = load_cases(args.cases)
@@ -35,14 +58,7 @@ def command(args, console) -> int:
 
         args.out = check_output(args.out, args.force)  # before predicting
     outcomes = [predict(c) for c in cases]
-    table = Table(title=f"Validation: {args.cases}")
-    for col in ("case", "metric", "predicted", "measured", "error"):
-        table.add_column(col, justify="left" if col in ("case", "metric") else "right")
-    for o in outcomes:
-        table.add_row(
-            o.case, o.metric, f"{o.predicted:.4g}", f"{o.measured:.4g}", f"[{_colour(o.error)}]{100 * o.error:+.1f}%[/]"
-        )
-    console.print(table)
+    console.print(_outcome_table(f"Validation: {args.cases}", outcomes, ("predicted", "measured")))
     s = summarize(outcomes)
     console.print(
         f"median |error| {100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}% "
@@ -60,8 +76,6 @@ def command(args, console) -> int:
 
 def serving_command(args, console) -> int:
     """Predict every serving case (skipped ones listed with their reason) and print the per-case table."""
-    from rich.table import Table
-
     from simulator.calibration.serving_validate import Skipped, load_serving_cases, predict_serving, summarize_serving
 
     cases = load_serving_cases(args.cases)
@@ -78,14 +92,7 @@ def serving_command(args, console) -> int:
         outcomes += predict_serving(case, args.cases.parent)
     elapsed_s = time.perf_counter() - start
     title = f"Serving validation: {args.cases}"
-    table = Table(title=title)
-    for col in ("case", "metric", "measured", "predicted", "error"):
-        table.add_column(col, justify="left" if col in ("case", "metric") else "right")
-    for o in outcomes:
-        table.add_row(
-            o.case, o.metric, f"{o.measured:.4g}", f"{o.predicted:.4g}", f"[{_colour(o.error)}]{100 * o.error:+.1f}%[/]"
-        )
-    console.print(table)
+    console.print(_outcome_table(title, outcomes, ("measured", "predicted")))
     s = summarize_serving(outcomes)
     if s["rows"]:
         console.print(
