@@ -217,18 +217,9 @@ class _Disaggregated(RequestSource):
         self.ready_s = [math.nan] * len(requests)
 
     def run(self) -> ServingRun:
-        env = self.env
         self.start_arrivals()
         for pool in (self.prefill, self.decode):
-            for scheduler in pool.schedulers:  # pools run independent instances, one loop per scheduler
-                if pool.batches == 1:
-                    env.process(pool.replica_loop(scheduler))
-            if pool.batches > 1:
-                b = pool.batches
-                for r in range(pool.num_replicas):
-                    entry = simpy.Resource(env, 1)
-                    for v in range(b):
-                        env.process(pool.pipelined_loop([r * b + v], r * b + v, entry))
+            pool.start_loops()  # pools run independent instances
         self.run_to_end("disaggregated serving")
         return self.result()
 

@@ -213,25 +213,30 @@ class ServingModel(RequestSource):
         env, spec = self.env, self.spec
         self.start_arrivals()
         lockstep = bool(spec.replicas.lockstep) and self.num_replicas > 1
-        if self.batches == 1:
-            if lockstep:
-                env.process(self.lockstep_loop())
-            else:
-                for scheduler in self.schedulers:
-                    env.process(self.replica_loop(scheduler))
-        else:
+        if not lockstep:
+            self.start_loops()
+        elif self.batches == 1:
+            env.process(self.lockstep_loop())
+        else:  # pipeline batch v of every replica steps together; one first stage for the group
             b = self.batches
-            if lockstep:  # pipeline batch v of every replica steps together; one first stage for the group
-                entry = simpy.Resource(env, 1)
-                for v in range(b):
-                    env.process(self.pipelined_loop(list(range(v, len(self.schedulers), b)), v, entry))
-            else:
-                for r in range(self.num_replicas):
-                    entry = simpy.Resource(env, 1)
-                    for v in range(b):
-                        env.process(self.pipelined_loop([r * b + v], r * b + v, entry))
+            entry = simpy.Resource(env, 1)
+            for v in range(b):
+                env.process(self.pipelined_loop(list(range(v, len(self.schedulers), b)), v, entry))
         self.run_to_end("serving simulation")
         return self.result()
+
+    def start_loops(self) -> None:
+        """The loops of independent replicas: one per scheduler, or with pipeline batches one per batch,
+        those of a replica sharing its first stage."""
+        env, b = self.env, self.batches
+        if b == 1:
+            for scheduler in self.schedulers:
+                env.process(self.replica_loop(scheduler))
+            return
+        for r in range(self.num_replicas):
+            entry = simpy.Resource(env, 1)
+            for v in range(b):
+                env.process(self.pipelined_loop([r * b + v], r * b + v, entry))
 
     # ---------------------------------------------------------------- arrivals and routing
 
