@@ -37,6 +37,7 @@ from simulator.sweep import (
     LayoutResult,
     enumerate_layouts,
     make_executor,
+    parse_microbatches,
     rank_results,
     run_sweep,
 )
@@ -356,17 +357,6 @@ class CompareResult:
         return [target / Path(f).name for f in files]
 
 
-def _microbatches(value: Sequence[int] | str) -> tuple[int, ...]:
-    text = value if isinstance(value, str) else ",".join(map(str, value))
-    try:
-        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise ScenarioError(f"--microbatches {text}: expected positive integers separated by commas, e.g. 1,2,4,8")
-    return values
-
-
 def compare(
     scenario: Source,
     *,
@@ -411,7 +401,7 @@ def compare(
         raise ScenarioError(f"--jobs {jobs}: expected at least 1")
     if decode_sample < 0:
         raise ScenarioError(f"--decode-sample {decode_sample}: expected 0 (every step) or more")
-    counts = _microbatches(microbatches)
+    counts = parse_microbatches(microbatches)
     num_gpus = gpus or loaded.num_gpus
     layouts = enumerate_layouts(loaded, num_gpus, counts)
     if not layouts:

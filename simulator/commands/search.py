@@ -19,7 +19,7 @@ from simulator.sweep.candidates import (
     node_size,
     own_dims,
 )
-from simulator.sweep.layouts import DEFAULT_MICROBATCHES
+from simulator.sweep.layouts import DEFAULT_MICROBATCHES, parse_microbatches
 from simulator.sweep.search import SearchSettings, rank_search, run_search, winner
 
 #: Most GPUs a search spans per count (as `moesim compare --gpus`).
@@ -53,16 +53,6 @@ def parse_gpu_counts(text: str | None, max_gpus: int | None, default: int, gpus_
             f"multiples of {gpus_per_node}); change the counts or cluster.gpus_per_node"
         )
     return fitting
-
-
-def parse_microbatches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise ScenarioError(f"--microbatches {text}: expected positive integers separated by commas, e.g. 1,2,4,8")
-    return values
 
 
 def _ints(text: str | None, flag: str) -> tuple[int | None, ...]:

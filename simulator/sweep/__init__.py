@@ -6,7 +6,7 @@ progress file kept across Ctrl-C for `--resume`). The sweep never imports the re
 """
 
 from simulator.sweep.executors import SerialExecutor, default_jobs, make_executor
-from simulator.sweep.layouts import DEFAULT_MICROBATCHES, enumerate_layouts
+from simulator.sweep.layouts import DEFAULT_MICROBATCHES, enumerate_layouts, parse_microbatches
 from simulator.sweep.rank import OBJECTIVES, SERVING_OBJECTIVES, rank_results
 from simulator.sweep.results import COST_CLASSES, OVERHEAD_CLASSES, LayoutResult, TargetVerdict, cost_shares
 from simulator.sweep.run import (
@@ -32,6 +32,7 @@ __all__ = [
     "cost_shares",
     "default_jobs",
     "enumerate_layouts",
+    "parse_microbatches",
     "estimated_cost",
     "make_executor",
     "rank_results",

@@ -38,3 +38,16 @@ def enumerate_layouts(
     if own.num_gpus == n and own not in layouts:  # e.g. a layer_split the even split would not give
         layouts.append(own)
     return layouts
+
+
+def parse_microbatches(value: Sequence[int] | str) -> tuple[int, ...]:
+    """Microbatch counts from `--microbatches 1,2,4` (or a sequence of ints): sorted, distinct, positive;
+    otherwise a one-line ScenarioError."""
+    text = value if isinstance(value, str) else ",".join(map(str, value))
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ScenarioError(f"--microbatches {text}: expected positive integers separated by commas, e.g. 1,2,4,8")
+    return values
