@@ -24,7 +24,11 @@ SUBCOMMANDS = {
         "simulator.commands.serve",
         "simulate serving a request stream: TTFT/TPOT percentiles, goodput, max rate",
     ),
-    "compare": ("simulator.commands.compare", "sweep every valid parallel layout, rank them, draw the Pareto front"),
+    "compare": (
+        "simulator.commands.compare",
+        "sweep every valid parallel layout, rank them, draw the Pareto front; with a search flag, search "
+        "deployments (GPU counts, hardware, precision, scheduler limits, aggregated or disaggregated)",
+    ),
     "whatif": (
         "simulator.commands.whatif",
         "for every missed target, the smallest change of each knob (batch, lengths, GPUs, layout, hardware, precision) that meets it",

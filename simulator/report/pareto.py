@@ -360,7 +360,8 @@ def user_speed_pareto_png(title: str, points: Sequence[UserSpeedPoint], tpot_tar
     ax.set_xlabel("tokens / s per user  (1 / TPOT; faster to the right)")
     ax.set_ylabel("output tokens / s per GPU  (higher is better)")
     ax.grid(True, alpha=0.25)
-    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    if ax.get_legend_handles_labels()[0]:  # nothing simulated and no target: no legend to draw
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     buffer = io.BytesIO()
