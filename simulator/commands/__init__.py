@@ -4,7 +4,6 @@ command(args, console) -> exit code; argument parsing and printing only, the wor
 from __future__ import annotations
 
 import argparse
-import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -28,16 +27,6 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, default_subdir: str 
         help="override a scenario field, e.g. --set parallel.tp=4 (repeatable)",
     )
     parser.add_argument("--force", action="store_true", help="replace an output directory moesim did not make")
-
-
-def optional_module(name: str):
-    """The module `name`, or None when that module itself is not there."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
 
 
 class Phases:
