@@ -39,7 +39,8 @@ def verify_dag(graph: Dag | nx.DiGraph, scenario: Scenario) -> list[Check]:
     checks.append(Check("connected", parts == 1, f"{parts} weakly connected component(s)"))
     checks.append(_sources_and_sinks(names, attrs, src, dst))
     checks.append(_placement(names, attrs, pl))
-    checks.append(_expert_ownership(names, attrs, pl))
+    kept = frozenset(dag.graph.get("representatives") or ()) or None
+    checks.append(_expert_ownership(names, attrs, pl, kept))
     checks.append(_collective_groups(names, attrs, pl))
     checks.append(
         _decode_order(dag, attrs, forward)
@@ -145,17 +146,22 @@ def _placement(names: list[str], attrs: list[dict], pl: Placement) -> Check:
     return Check("every compute node on a GPU of its layer's stage", not bad, "; ".join(bad) or "all placed")
 
 
-def _expert_ownership(names: list[str], attrs: list[dict], pl: Placement) -> Check:
+def _expert_ownership(names: list[str], attrs: list[dict], pl: Placement, kept: frozenset[int] | None) -> Check:
+    """Each expert runs on its etp shards in each replica: on every GPU of the replica that holds it, or, in a
+    DAG folded to representative GPUs (`kept`), on every one of those that is simulated."""
     if not pl.num_experts:
         return Check("each expert on exactly one EP rank per replica", True, "dense model: no experts")
     held = {g: set(pl.experts_of_gpu(g)) for g in range(pl.num_gpus)}
     replica_of = {g: i for s in range(pl.pp) for i, grp in enumerate(pl.ep_groups(s)) for g in grp}
+    members = {(s, i): grp for s in range(pl.pp) for i, grp in enumerate(pl.ep_groups(s))}
     seen: dict[tuple, dict[int, set[int]]] = {}
     for n, a in zip(names, attrs):
         if a["op"] != "expert_fc1":
             continue
         gpu = a["gpu"]
-        owners = seen.setdefault((a["phase"], a["step"], a["microbatch"], a["layer"], replica_of[gpu]), {})
+        owners = seen.setdefault(
+            (a["phase"], a["step"], a["microbatch"], a["layer"], pl.stage_of_gpu(gpu), replica_of[gpu]), {}
+        )
         for e in a["experts"]:
             if e not in held[gpu]:
                 return Check(
@@ -163,12 +169,14 @@ def _expert_ownership(names: list[str], attrs: list[dict], pl: Placement) -> Che
                 )
             owners.setdefault(e, set()).add(gpu)
     for key, owners in seen.items():
+        replica = members[key[4], key[5]]
         for e, gpus in owners.items():
-            if len(gpus) != pl.etp:
+            shards = [g for g in replica if e in held[g] and (kept is None or g in kept)]
+            if sorted(gpus) != shards:
                 return Check(
                     "each expert on exactly one EP rank per replica",
                     False,
-                    f"expert {e} runs on GPUs {sorted(gpus)} in {key} (expected {pl.etp} shard(s))",
+                    f"expert {e} runs on GPUs {sorted(gpus)} in {key[:5]} (expected its {len(shards)} shard(s) {shards})",
                 )
     return Check(
         "each expert on exactly one EP rank per replica",

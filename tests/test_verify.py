@@ -105,3 +105,53 @@ def test_verdicts_do_not_depend_on_the_node_order(tiny_moe):
         g.remove_edge("d1.mb0.token", succ)
         g.add_edge("decode.start", succ)
     assert "decode steps ordered" in _failed(_reversed(g), tiny_moe)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(tp=4, ep=1, etp=4, pp=1, dp=2, microbatches=1),  # the shipped Mixtral serving layout, folded
+        dict(tp=4, ep=2, etp=2, pp=1, dp=1, microbatches=1),
+        dict(tp=2, ep=2, etp=1, pp=2, dp=2, microbatches=1),
+    ],
+)
+def test_folded_graphs_pass_every_check(layout):
+    """A DAG folded onto its representative GPUs (moesim run's default) holds only their expert shards: the
+    ownership check expects the simulated shards of each replica, not all etp of them."""
+    from simulator.graph.passes import build
+    from simulator.placement import symmetric_representatives
+
+    n = layout["tp"] * layout["pp"] * layout["dp"]
+    s = make_scenario(TINY_MOE, parallel=layout, cluster={"num_gpus": n})
+    keep = symmetric_representatives(s, n)
+    dag = build(s, None, keep)
+    assert dag.graph["representatives"] is not None and len(dag.graph["representatives"]) < n
+    assert _failed(dag, s) == {}
+
+
+def test_missing_expert_shard_is_caught():
+    """etp 2: each expert runs on both GPUs of its shard pair; a node that drops one shard is caught."""
+    s = make_scenario(TINY_MOE, parallel=dict(tp=2, ep=1, etp=2, pp=1, dp=1, microbatches=1), cluster={"num_gpus": 2})
+    g = build_dag(s)
+    fc1 = [n for n, a in g.nodes(data=True) if a["op"] == "expert_fc1" and a["gpu"] == 1 and a["layer"] == 0]
+    g.nodes[fc1[0]]["experts"] = ()
+    failed = _failed(g, s)
+    assert "expected its 2 shard(s) [0, 1]" in failed["each expert on exactly one EP rank per replica"]
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_every_shipped_scenario_passes_every_check(fold):
+    """What a user runs first: no shipped scenario may print a failed DAG check, folded (moesim run's
+    default) or not (--full)."""
+    from pathlib import Path
+
+    from simulator.config import load_scenario
+
+    failed = {}
+    for path in sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml")):
+        s = load_scenario(path)
+        run = run_scenario(s, verify=True, decode_sample=3, fold=fold, explain=False)
+        bad = [f"{c.name}: {c.detail}" for c in run.checks if not c.ok]
+        if bad:
+            failed[path.name] = bad
+    assert failed == {}
