@@ -94,12 +94,12 @@ def panel_title(gpu: int, peak_bytes: float, memory: dict, kv_end_bytes: float, 
     cap = memory.get("capacity_bytes", 0.0)
     pct = f" = {100 * peak_bytes / cap:.1f} % of {cap / 1e9:.0f} GB" if cap else ""
     total = memory.get("total_bytes")
-    summary = f"; summary (closed form, as the target) {total / 1e9:.2f} GB" if total is not None else ""
+    summary = f"\nsummary (closed form, as the target) {total / 1e9:.2f} GB" if total is not None else ""
     return (
         f"GPU {gpu}: peak over time {peak_bytes / 1e9:.2f} GB{pct}{summary}\nweights "
         f"{memory.get('weight_bytes', 0.0) / 1e9:.2f} · reserve {memory.get('reserve_bytes', 0.0) / 1e9:.2f} · "
-        f"KV (end) {kv_end_bytes / 1e9:.2f} · activations ≤ {activation_peak_bytes / 1e9:.2f} GB over time "
-        f"(summary: {memory.get('activation_bytes', 0.0) / 1e9:.2f})"
+        f"KV (end) {kv_end_bytes / 1e9:.2f} · act. ≤ {activation_peak_bytes / 1e9:.2f} "
+        f"(summary {memory.get('activation_bytes', 0.0) / 1e9:.2f}) GB"
     )
 
 
@@ -120,7 +120,7 @@ def _memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int) -> b
     ncols = 2 if len(gpus) <= 4 else 4
     nrows = math.ceil(len(gpus) / ncols)
     # Fixed margins in inches (tight_layout costs more than the curves).
-    panel_w, panel_h, left, right, top, bottom, wgap, hgap = 4.4, 2.2, 0.6, 0.2, 1.1, 0.45, 0.35, 0.9
+    panel_w, panel_h, left, right, top, bottom, wgap, hgap = 4.4, 2.2, 0.6, 0.2, 1.25, 0.45, 0.35, 1.05
     width_in = left + right + ncols * panel_w + (ncols - 1) * wgap
     height_in = top + bottom + nrows * panel_h + (nrows - 1) * hgap
     fig = Figure(figsize=(width_in, height_in), dpi=dpi)
@@ -156,7 +156,7 @@ def _memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int) -> b
         for t in first_tokens_ms:
             ax.axvline(t, color="black", lw=0.6, ls=":")
         title = panel_title(g, peak_gb * 1e9, m, curves["kv"][-1], curves["activations"].max())
-        ax.set_title(title, fontsize=8, y=1.0)  # placed, not auto-positioned (that measures every tick label)
+        ax.set_title(title, fontsize=7.5, y=1.0)  # placed, not auto-positioned (that measures every tick label)
         ax.set_xlabel("time (ms)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.set_xlim(0, total_s * 1e3)
