@@ -2,7 +2,9 @@
 
 Process "requests": one thread per request (the first TRACE_REQUESTS), with its queued, prefill and
 decode spans. Process "iterations": one thread per replica, one span per scheduler iteration (its batch
-in the args), and counters of waiting and running requests and KV blocks used. Timestamps in microseconds.
+in the args; the first TRACE_ITERATIONS in time, so a long run's file stays a few MB), and counters of
+waiting and running requests and KV blocks used. Timestamps in microseconds. Both process names say how
+many of how many are shown; requests.csv and the time series keep every request and iteration.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from simulator.files import write_atomic
 from simulator.serving.simulate import ServingRun
 
 TRACE_REQUESTS = 100
+TRACE_ITERATIONS = 10_000
 REQUESTS_PID, ITERATIONS_PID = 1, 2
 
 
@@ -34,15 +37,21 @@ def _meta(pid: int, name: str, threads: dict[int, str]) -> list[dict]:
     return events
 
 
-def serving_trace_events(run: ServingRun, num_requests: int = TRACE_REQUESTS) -> list[dict]:
+def serving_trace_events(
+    run: ServingRun, num_requests: int = TRACE_REQUESTS, num_iterations: int = TRACE_ITERATIONS
+) -> list[dict]:
     records = run.records[:num_requests]
     events = _meta(
         REQUESTS_PID,
         f"requests (first {len(records)} of {len(run.records)})",
         {rec.request_id: f"request {rec.request_id}" for rec in records},
     )
-    replicas = sorted(set(run.timeseries["replica"].tolist()))
-    events += _meta(ITERATIONS_PID, "iterations", {r: f"replica {r}" for r in replicas})
+    ts = run.timeseries
+    replicas = sorted(set(ts["replica"].tolist()))
+    shown = np.argsort(ts["start_s"], kind="stable")[:num_iterations].tolist()
+    events += _meta(
+        ITERATIONS_PID, f"iterations (first {len(shown)} of {len(ts)})", {r: f"replica {r}" for r in replicas}
+    )
     for rec in records:
         args = {
             "replica": rec.replica,
@@ -70,9 +79,8 @@ def serving_trace_events(run: ServingRun, num_requests: int = TRACE_REQUESTS) ->
                         "args": args,
                     }
                 )
-    ts = run.timeseries
     columns = {name: ts[name].tolist() for name in ts}
-    for i in np.argsort(ts["start_s"], kind="stable").tolist():
+    for i in shown:
         r, start = columns["replica"][i], columns["start_s"][i]
         events.append(
             {

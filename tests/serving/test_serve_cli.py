@@ -225,3 +225,20 @@ def test_a_scenario_without_serving_section_is_a_one_line_error(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{what} needs a serving workload" in err and "serving:" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_trace_keeps_the_first_iterations_in_time_and_says_so(serve_file, tmp_path):
+    """serving_trace.json is capped (a long run stays a few MB): the first N iterations in time, named as such."""
+    from simulator.api import load, serve
+    from simulator.report.serving_trace import serving_trace_events
+
+    run = serve(load(serve_file)).sim
+    total = len(run.timeseries)
+    events = serving_trace_events(run, num_requests=3, num_iterations=5)
+    spans = [e for e in events if e.get("ph") == "X" and e["pid"] == 2]
+    counters = [e for e in events if e.get("ph") == "C"]
+    assert len(spans) == len(counters) == 5
+    first_five_us = sorted(run.timeseries["start_s"].tolist())[:5]
+    assert [e["ts"] for e in spans] == [round(t * 1e6, 3) for t in first_five_us]
+    names = [e["args"]["name"] for e in events if e.get("name") == "process_name"]
+    assert f"iterations (first 5 of {total})" in names and "requests (first 3 of" in names[0]
