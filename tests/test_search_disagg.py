@@ -55,9 +55,10 @@ def test_splits_that_straddle_a_node_are_not_enumerated():
 
 
 def test_instance_layouts_follow_the_models_expert_rules():
-    """Mixtral (8 experts, expert FFN 14336) on 8 GPUs: 1 GPU, TP2 and TP4, each all-EP or all-ETP."""
+    """Mixtral (8 experts, expert FFN 14336) on 8 GPUs: 1 GPU, TP2 and TP4, each all-EP or all-ETP; (tp, ep, etp,
+    pp), pp 1 unless the search asks for pipeline-parallel instances (tests/test_search_pools.py)."""
     s = load_scenario(MIXTRAL)
-    assert instance_layouts(s, 8) == [(1, 1, 1), (2, 2, 1), (2, 1, 2), (4, 4, 1), (4, 1, 4)]
+    assert instance_layouts(s, 8) == [(1, 1, 1, 1), (2, 2, 1, 1), (2, 1, 2, 1), (4, 4, 1, 1), (4, 1, 4, 1)]
 
 
 def _stub(index, candidate, scenario, settings):  # module level: picklable

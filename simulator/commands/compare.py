@@ -57,6 +57,13 @@ def add_arguments(parser) -> None:
         help="deployment kinds: aggregated (default), disaggregated (prefill and decode pools, every xPyD split "
         "of the GPU count; a serving scenario), or both: aggregated,disaggregated",
     )
+    search.add_argument(
+        "--disagg-pools",
+        metavar="O1,O2",
+        help="widen the disaggregated candidates: pp (pool instances with pipeline parallelism), separate_nodes "
+        "(the decode pool on a fresh node, where the cluster has more than one); off by default: each multiplies "
+        "the candidates",
+    )
     search.add_argument("--rate", type=float, metavar="R", help="fewest_gpus: the Poisson request rate to serve")
     search.add_argument("--rel-tol", type=float, default=0.02, help="max-rate search tolerance (default 0.02)")
     search.add_argument("--no-prune", action="store_true", help="simulate every candidate that fits in memory")
@@ -103,6 +110,7 @@ SEARCH_FLAGS = (
     "chunk_size",
     "rate",
     "kinds",
+    "disagg_pools",
 )
 
 

@@ -13,6 +13,7 @@ from simulator.config.hardware import ProfileError, available_profiles, load_pro
 from simulator.sweep.candidates import (
     DTYPES,
     KINDS,
+    POOL_OPTIONS,
     SearchSpace,
     enumerate_candidates,
     fits_cluster,
@@ -127,6 +128,23 @@ def _kinds(text: str | None) -> tuple[str, ...]:
     return kinds
 
 
+def _pool_options(text: str | None, kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """--disagg-pools: pp and/or separate_nodes, comma-separated (default: neither); needs --kinds disaggregated."""
+    if text is None:
+        return ()
+    options = tuple(dict.fromkeys(o.strip() for o in text.split(",") if o.strip()))
+    bad = [o for o in options if o not in POOL_OPTIONS]
+    if not options or bad:
+        raise ScenarioError(
+            f"--disagg-pools {text}: expected a comma-separated list of {', '.join(POOL_OPTIONS)}, e.g. pp,separate_nodes"
+        )
+    if "disaggregated" not in kinds:
+        raise ScenarioError(
+            f"--disagg-pools {text}: widens disaggregated candidates; add --kinds aggregated,disaggregated"
+        )
+    return options
+
+
 def search_command(args, console) -> int:
     from rich.markup import escape
 
@@ -195,6 +213,7 @@ def search_command(args, console) -> int:
         chunk_size_tokens=_ints(args.chunk_size, "--chunk-size"),
         microbatches=microbatches,
         kinds=_kinds(args.kinds),
+        pool_options=_pool_options(args.disagg_pools, _kinds(args.kinds)),
     )
     found = enumerate_candidates(scenario, space)
     not_launchable = 0

@@ -1,11 +1,13 @@
 """Reports stage, launch configs: a scenario's deployment as the launch settings of vLLM, SGLang and TensorRT-LLM.
 
-Pure text generation. Each engine's flags were checked against its documentation for the version named in
-ENGINE_VERSIONS. moesim's layout (pp, dp, tp, ep, etp; docs/deployment-search.md) maps onto an engine only
-where the engine's MoE parallelism can hold it: the engines split a stage's experts over exactly the GPUs of
-one replica's tensor-parallel group (ep x etp = tp) or, with data-parallel attention, over every GPU of the
-stage (ep x etp = dp x tp); anything else is written as a script that says why and exits 1. A disaggregated scenario's files are the
-prefill/decode pairs with their router or proxy (section "Disaggregated deployments" below).
+Pure text generation. Each engine's flags and config keys were checked against the engine's source for the version
+named in ENGINE_VERSIONS (the file and commit of each: tests/fixtures/launch/engine_flags.yaml). moesim's layout
+(pp, dp, tp, ep, etp; docs/deployment-search.md) maps onto an engine only where the engine's MoE parallelism can
+hold it: the engines split a stage's experts over exactly the GPUs of one replica's tensor-parallel group
+(ep x etp = tp) or, with data-parallel attention, over every GPU of the stage (ep x etp = dp x tp); anything else,
+and any scheduler limit the engine refuses at start-up, is written as a script that says why (NOT EXPRESSIBLE) and
+exits 1. A disaggregated scenario's files are the prefill/decode pairs with their router or proxy (section
+"Disaggregated deployments" below).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from simulator.config import Scenario
 from simulator.config.scenario import pool_layout
 from simulator.config.serving import PoolSpec
 
-#: The engine version each mapping was written against, and where its flags were checked.
+#: The engine version each mapping was written against, and the engine source its flags were checked in (each flag
+#: and key with its file and commit: tests/fixtures/launch/engine_flags.yaml; docs/deployment-search.md).
 ENGINE_VERSIONS = {
-    "vllm": "vLLM 0.11 (`vllm serve` engine arguments; docs.vllm.ai serving/data_parallel_deployment, "
-    "serving/expert_parallel_deployment)",
-    "sglang": "SGLang 0.5 (`python -m sglang.launch_server` server arguments; docs.sglang.io "
-    "advanced_features/server_arguments, expert_parallelism, dp_dpa_router_guide)",
-    "trtllm": "TensorRT-LLM 1.0 (`trtllm-serve` options and LLM API options; nvidia.github.io/TensorRT-LLM "
-    "commands/trtllm-serve)",
+    "vllm": "vLLM 0.11 (`vllm serve` engine arguments; checked in vllm/engine/arg_utils.py, vllm/config/*.py)",
+    "sglang": "SGLang 0.5 (`python -m sglang.launch_server` server arguments; checked in "
+    "python/sglang/srt/server_args.py)",
+    "trtllm": "TensorRT-LLM 1.0 (`trtllm-serve` options and LLM API options; checked in "
+    "tensorrt_llm/commands/serve.py, tensorrt_llm/llmapi/llm_args.py)",
 }
 _TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp8": "auto"}
 TRTLLM_OPTIONS_FILE = "trtllm_extra_llm_api_options.yaml"
@@ -191,11 +193,28 @@ def vllm_script(scenario: Scenario) -> str:
         argv.append("--enable-expert-parallel")
     elif d.moe and group > 1:
         lines.append(f"# Experts tensor-parallel over {group} GPUs (vLLM's default without --enable-expert-parallel).")
-    argv += _vllm_limits(d)
+    why = _vllm_limits_why_not(d)
+    if why:
+        return _refuse(lines, "vLLM", why)
+    argv += _vllm_limits(d, lines)
     return "\n".join(_replicas(lines, d, argv, "--port") if mode == "replicas" else lines + _command(argv)) + "\n"
 
 
-def _vllm_limits(d: Deployment) -> list[str]:
+def _vllm_limits_why_not(d: Deployment) -> str | None:
+    """Scheduler limits vLLM refuses at start-up (vllm/config/scheduler.py, SchedulerConfig.verify_max_model_len)."""
+    if (
+        d.max_num_seqs is not None
+        and d.max_num_batched_tokens is not None
+        and d.max_num_batched_tokens < d.max_num_seqs
+    ):
+        return (
+            f"max_num_batched_tokens = {d.max_num_batched_tokens} < max_num_seqs = {d.max_num_seqs}: vLLM refuses a "
+            "token budget below its sequence limit (SchedulerConfig.verify_max_model_len)"
+        )
+    return None
+
+
+def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
     argv = ["--dtype", _TORCH_DTYPE[d.dtype]]
     if d.weight_dtype == "fp8" and d.dtype != "fp8":
         argv += ["--quantization", "fp8"]
@@ -214,6 +233,16 @@ def _vllm_limits(d: Deployment) -> list[str]:
             argv += ["--long-prefill-token-threshold", str(d.chunk_size_tokens)]
     elif d.policy == "continuous":
         argv.append("--no-enable-chunked-prefill")
+        if d.max_num_batched_tokens is not None:
+            # Without chunked prefill vLLM refuses max_num_batched_tokens < max_model_len; moesim's continuous policy
+            # already holds every request to input + output - 1 <= max_num_batched_tokens (config.serving).
+            argv += ["--max-model-len", str(d.max_num_batched_tokens)]
+            note = (
+                "# --max-model-len = max-num-batched-tokens: vLLM without chunked prefill refuses a longer context "
+                "(SchedulerConfig.verify_max_model_len); every request must fit one iteration's token budget."
+            )
+            if note not in lines:
+                lines.append(note)
     return argv
 
 
@@ -261,8 +290,16 @@ def _sglang_limits(d: Deployment, mode: str, lines: list[str]) -> list[str]:
         argv += ["--max-running-requests", str(d.max_num_seqs * (d.dp if mode == "dp_attention" else 1))]
     if d.max_num_batched_tokens is not None:
         argv += ["--max-prefill-tokens", str(d.max_num_batched_tokens)]
-    if d.policy == "chunked_prefill":
-        argv += ["--chunked-prefill-size", str(d.chunk_size_tokens or d.max_num_batched_tokens)]
+    if d.policy == "chunked_prefill" and (d.chunk_size_tokens or d.max_num_batched_tokens):
+        chunk = d.chunk_size_tokens or d.max_num_batched_tokens or 0
+        if mode == "dp_attention":
+            # server_args._handle_data_parallelism divides --chunked-prefill-size by dp-size under DP attention.
+            lines.append(
+                f"# --chunked-prefill-size {chunk * d.dp} = {chunk} x dp-size {d.dp}: with --enable-dp-attention "
+                "SGLang divides it by dp-size (each DP rank's chunk)."
+            )
+            chunk *= d.dp
+        argv += ["--chunked-prefill-size", str(chunk)]
     elif d.policy == "continuous":
         argv += ["--chunked-prefill-size", "-1"]
         note = "# --chunked-prefill-size -1: no chunking (moesim's continuous policy)."
@@ -349,15 +386,18 @@ def launch_files(scenario: Scenario) -> dict[str, str]:
 #   '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'` and its own VLLM_NIXL_SIDE_CHANNEL_PORT; requests
 #   enter through the proxy of vLLM's NIXL integration (tests/v1/kv_connector/nixl_integration/
 #   toy_proxy_server.py in the vLLM repository, `--prefiller-hosts/--prefiller-ports/--decoder-hosts/
-#   --decoder-ports`; not part of the pip package, hence $VLLM_PROXY). docs.vllm.ai features/nixl_connector_usage.
+#   --decoder-ports`; not part of the pip package, hence $VLLM_PROXY). The NixlConnector needs the decode TP to be
+#   a multiple of the prefill TP.
 # - SGLang 0.5: `launch_server --disaggregation-mode prefill|decode --disaggregation-transfer-backend nixl`
-#   (prefill instances each with `--disaggregation-bootstrap-port`), and `python -m sglang_router.launch_router
-#   --pd-disaggregation --prefill URL BOOTSTRAP_PORT --decode URL`. docs.sglang.io advanced_features/
-#   pd_disaggregation.
+#   (prefill instances each with `--disaggregation-bootstrap-port`, and `--disaggregation-decode-tp` when the
+#   decode TP differs; decode instances `--disaggregation-prefill-pp` when the prefill PP is above 1), and
+#   `python -m sglang_router.launch_router --pd-disaggregation --prefill URL BOOTSTRAP_PORT --decode URL`.
 # - TensorRT-LLM 1.0: one `trtllm-serve` per instance with an extra-options YAML holding
-#   `cache_transceiver_config` (context servers also `disable_overlap_scheduler: true`), then `trtllm-serve
-#   disaggregated -c` a config listing `context_servers` and `generation_servers` (num_instances, urls).
-#   nvidia.github.io/TensorRT-LLM features/disagg-serving.
+#   `cache_transceiver_config: {backend: DEFAULT}` (context servers also `disable_overlap_scheduler: true`), then
+#   `trtllm-serve disaggregated -c` a config listing `context_servers` and `generation_servers` (num_instances,
+#   urls).
+#
+# The file and commit each flag and key was checked in: tests/fixtures/launch/engine_flags.yaml.
 #
 # Each instance gets its GPUs with CUDA_VISIBLE_DEVICES in the placement serving.disagg.place uses (prefill
 # instances first, decode after, packed or from the next node). A deployment whose instances span more than one
@@ -370,11 +410,11 @@ TRTLLM_CTX_OPTIONS = "trtllm_ctx_extra_llm_api_options.yaml"
 TRTLLM_GEN_OPTIONS = "trtllm_gen_extra_llm_api_options.yaml"
 #: First HTTP port of the prefill instances, of the decode instances; the router / proxy listens on 8000.
 PREFILL_PORT, DECODE_PORT, FRONT_PORT = 8100, 8200, 8000
-#: Where each engine's disaggregated flags were checked (module docstring).
+#: Where each engine's disaggregated flags were checked (module docstring; engine_flags.yaml).
 DISAGG_SOURCES = {
-    "vllm": "docs.vllm.ai features/nixl_connector_usage (NixlConnector, toy_proxy_server.py)",
-    "sglang": "docs.sglang.io advanced_features/pd_disaggregation (--disaggregation-mode, sglang_router)",
-    "trtllm": "nvidia.github.io/TensorRT-LLM features/disagg-serving (trtllm-serve disaggregated -c)",
+    "vllm": "vLLM's NixlConnector (vllm/config/kv_transfer.py, tests/v1/kv_connector/nixl_integration/toy_proxy_server.py)",
+    "sglang": "SGLang PD disaggregation (--disaggregation-mode in server_args.py; sgl-router router_args.py)",
+    "trtllm": "trtllm-serve disaggregated -c (tensorrt_llm/llmapi/disagg_utils.py, CacheTransceiverConfig in llm_args.py)",
 }
 BOOTSTRAP_PORT, NIXL_SIDE_PORT = 8998, 5600
 
@@ -424,6 +464,16 @@ class _Pools:
                 return (
                     f"the {name} instance's ep = {dep.ep} with etp = {dep.etp}: vLLM's MoE layers are all EP or all TP"
                 )
+            if engine == "vLLM":
+                why = _vllm_limits_why_not(dep)
+                if why:
+                    return f"the {name} instance's {why}"
+        if engine == "vLLM" and self.decode.tp % self.prefill.tp:
+            return (
+                f"decode tp = {self.decode.tp} is not a multiple of prefill tp = {self.prefill.tp}: vLLM's "
+                "NixlConnector reads a prefill worker's KV from decode tp / prefill tp workers and refuses any other "
+                "ratio (nixl_connector.py, 'Decode TP cannot be smaller than prefill TP')"
+            )
         return None
 
     def label(self) -> str:
@@ -484,7 +534,7 @@ def vllm_disagg_script(scenario: Scenario, pools: _Pools) -> str:
             argv += ["--tensor-parallel-size", str(dep.tp), "--pipeline-parallel-size", str(dep.pp)]
             if dep.moe and dep.ep == dep.tp and dep.tp > 1:
                 argv.append("--enable-expert-parallel")
-            argv += _vllm_limits(dep)
+            argv += _vllm_limits(dep, lines)
             argv += ["--kv-transfer-config", shlex.quote(NIXL_CONFIG)]
             env = (
                 f"CUDA_VISIBLE_DEVICES={_devices(first, dep.tp * dep.pp)} "
@@ -522,6 +572,12 @@ def sglang_disagg_script(scenario: Scenario, pools: _Pools) -> str:
                 argv += ["--pp-size", str(dep.pp)]
             if dep.moe and dep.ep > 1:
                 argv += ["--ep-size", str(dep.ep)]
+            # The prefill server assumes the decode server's TP equals its own, the decode server a prefill PP of 1,
+            # unless told (server_args: --disaggregation-decode-tp, --disaggregation-prefill-pp).
+            if name == "prefill" and pools.decode.tp != dep.tp:
+                argv += ["--disaggregation-decode-tp", str(pools.decode.tp)]
+            if name == "decode" and pools.prefill.pp > 1:
+                argv += ["--disaggregation-prefill-pp", str(pools.prefill.pp)]
             argv += _sglang_limits(dep, "replicas", lines)
             lines += _background(f"CUDA_VISIBLE_DEVICES={_devices(first, dep.tp * dep.pp)}", argv)
             url = f"http://127.0.0.1:{port0 + k}"
@@ -555,7 +611,7 @@ def trtllm_disagg_files(scenario: Scenario, pools: _Pools) -> dict[str, str]:
         extra.append(f"enable_chunked_prefill: {'true' if dep.policy == 'chunked_prefill' else 'false'}")
         extra.append("kv_cache_config:")
         extra.append(f"  dtype: {'fp8' if dep.kv_cache_dtype == 'fp8' else 'auto'}")
-        extra += ["cache_transceiver_config:", "  backend: default"]
+        extra += ["cache_transceiver_config:", "  backend: DEFAULT"]
         files[options] = "\n".join(extra) + "\n"
         urls = []
         for k, first in enumerate(firsts):

@@ -9,7 +9,13 @@ a serving scenario only): its candidates carry their pools in `Candidate.detail`
 `layout` is the placeholder DP N (the pools' layouts are in detail), and sweep.search dispatches screening,
 bounds and evaluation by kind. An instance layout is tp = g GPUs (g a divisor of N below N), pp 1, and its
 experts either all expert-parallel (ep = g) or all tensor-parallel (etp = g) over those GPUs, where the model's
-expert count and FFN size allow (config.scenario.pool_layout's rules); pp > 1 instances are not enumerated.
+expert count and FFN size allow (config.scenario.pool_layout's rules); the pools are placed packed. Two options
+widen the disaggregated space (SearchSpace.pool_options, `--disagg-pools`; off by default, each multiplies the
+candidates): "pp" adds instances of tp x pp = g GPUs with pp > 1 (experts folded onto the tp GPUs as above),
+"separate_nodes" adds the splits that start the decode pool on a fresh node (serving.disaggregation.placement)
+where the cluster has more than one node: x g_p GPUs of prefill rounded up to whole nodes, then y g_d of decode,
+N GPUs in all, the rest of the prefill pool's last node idle (and paid: the candidate's figures per GPU count
+all N; paid_gpu_share).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from simulator.config import ParallelSpec, Scenario, ScenarioError, parse_scenario, resolve_hardware
 from simulator.config.hardware import HardwareProfile, load_profile
@@ -27,6 +34,9 @@ from simulator.sweep.layouts import enumerate_layouts
 KINDS = ("aggregated", "disaggregated")
 #: Precisions the model config can take for weights and the KV cache (config.hardware.DType).
 DTYPES = ("fp32", "fp16", "bf16", "fp8")
+#: Options that widen the disaggregated candidates (module docstring): pipeline-parallel pool instances, and the
+#: separate_nodes placement.
+POOL_OPTIONS = ("pp", "separate_nodes")
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class SearchSpace:
     chunk_size_tokens: tuple[int | None, ...] = (None,)
     microbatches: tuple[int, ...] = (1,)
     kinds: tuple[str, ...] = ("aggregated",)
+    pool_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,8 +128,9 @@ class Candidate:
 
     @property
     def pools(self) -> dict[str, dict[str, int]]:
-        """A disaggregated candidate's pools: {'prefill': {instances, tp, ep, etp}, 'decode': {...}}."""
-        out: dict[str, dict[str, int]] = {"prefill": {}, "decode": {}}
+        """A disaggregated candidate's pools: {'prefill': {instances, tp, pp, ep, etp}, 'decode': {...}} (pp 1
+        when the detail has none)."""
+        out: dict[str, dict[str, int]] = {"prefill": {"pp": 1}, "decode": {"pp": 1}}
         for name, value in self.detail:
             pool, _, key = name.partition("_")
             if pool in out:
@@ -126,14 +138,20 @@ class Candidate:
         return out
 
     @property
+    def placement(self) -> str:
+        """A disaggregated candidate's serving.disaggregation.placement (packed unless its detail says)."""
+        return str(dict(self.detail).get("placement", "packed"))
+
+    @property
     def layout_label(self) -> str:
         """The layout: aggregated 'DP4 TP2'; disaggregated '2P (TP1) + 1D (TP2 EP2)'."""
         if self.kind != "disaggregated":
             return self.layout.label
         pools = self.pools
-        return " + ".join(
+        label = " + ".join(
             f"{pools[n]['instances']}{n[0].upper()} ({pool_label(pools[n])})" for n in ("prefill", "decode")
         )
+        return label + (", separate nodes" if self.placement == "separate_nodes" else "")
 
     @property
     def label(self) -> str:
@@ -157,19 +175,35 @@ class Candidate:
 
 
 def pool_label(pool: dict[str, int]) -> str:
-    """e.g. 'TP2 EP2' for {tp 2, ep 2, etp 1}; '1 GPU' for tp 1."""
-    parts = [f"{k.upper()}{pool[k]}" for k in ("tp", "ep", "etp") if pool.get(k, 1) > 1]
+    """e.g. 'TP2 EP2' for {tp 2, ep 2, etp 1}; 'TP2 PP2' for {tp 2, pp 2}; '1 GPU' for tp 1."""
+    parts = [f"{k.upper()}{pool[k]}" for k in ("tp", "pp", "ep", "etp") if pool.get(k, 1) > 1]
     return " ".join(parts) or "1 GPU"
 
 
 def pool_detail(
-    prefill: tuple[int, int, int, int], decode: tuple[int, int, int, int]
+    prefill: tuple[int, ...], decode: tuple[int, ...], placement: str = "packed"
 ) -> tuple[tuple[str, str | int], ...]:
-    """Candidate.detail of a disaggregated candidate from (instances, tp, ep, etp) of each pool, sorted."""
+    """Candidate.detail of a disaggregated candidate from (instances, tp, ep, etp[, pp]) of each pool, sorted. pp
+    and the placement appear only when they are not the default (pp 1, packed), so the keys of the default space
+    stay those of earlier runs (resume)."""
     pairs: list[tuple[str, str | int]] = []
     for name, pool in (("prefill", prefill), ("decode", decode)):
         pairs += [(f"{name}_{k}", v) for k, v in zip(("instances", "tp", "ep", "etp"), pool)]
+        if len(pool) > 4 and pool[4] > 1:
+            pairs.append((f"{name}_pp", pool[4]))
+    if placement != "packed":
+        pairs.append(("placement", placement))
     return tuple(sorted(pairs))
+
+
+def paid_gpu_share(c: Candidate) -> float:
+    """GPUs the candidate's pools run on / GPUs it pays for (num_gpus): 1, except a separate_nodes split whose
+    prefill pool leaves part of its last node idle. sweep.search scales a disaggregated candidate's output tokens
+    per GPU by it, so the idle GPUs count (the serving stage's figures are per pool GPU)."""
+    if c.kind != "disaggregated":
+        return 1.0
+    used = sum(p["instances"] * p["tp"] * p["pp"] for p in c.pools.values())
+    return used / c.num_gpus
 
 
 def supports_fp8(hw: HardwareProfile) -> bool:
@@ -245,7 +279,7 @@ class CandidateScenarios:
             if scenario.serving.disaggregation is None:
                 return scenario
             return scenario.model_copy(update={"serving": scenario.serving.model_copy(update={"disaggregation": None})})
-        return with_pools(scenario, c.pools)
+        return with_pools(scenario, c.pools, c.placement)
 
 
 @dataclass(frozen=True)
@@ -259,9 +293,9 @@ class Enumeration:
     invalid_example: str
 
 
-def with_pools(scenario: Scenario, pools: dict[str, dict[str, int]]) -> Scenario:
-    """The serving scenario with serving.disaggregation holding these pools (packed placement), validated by
-    the config stage's rules; ScenarioError (one line) when a pool's layout or the split breaks one."""
+def with_pools(scenario: Scenario, pools: dict[str, dict[str, int]], placement: str = "packed") -> Scenario:
+    """The serving scenario with serving.disaggregation holding these pools and placement, validated by the
+    config stage's rules; ScenarioError (one line) when a pool's layout or the split breaks one."""
     from simulator.config.errors import LayoutError
     from simulator.config.scenario import check_disaggregation
     from simulator.config.serving import DisaggregationSpec, PoolParallelSpec, PoolSpec
@@ -270,10 +304,9 @@ def with_pools(scenario: Scenario, pools: dict[str, dict[str, int]]) -> Scenario
     specs = {}
     for name in ("prefill", "decode"):
         p = pools[name]
-        specs[name] = PoolSpec(
-            instances=p["instances"], parallel=PoolParallelSpec(tp=p["tp"], pp=1, ep=p["ep"], etp=p["etp"])
-        )
-    d = DisaggregationSpec(prefill=specs["prefill"], decode=specs["decode"])
+        parallel = PoolParallelSpec(tp=p["tp"], pp=p.get("pp", 1), ep=p["ep"], etp=p["etp"])
+        specs[name] = PoolSpec(instances=p["instances"], parallel=parallel)
+    d = DisaggregationSpec(prefill=specs["prefill"], decode=specs["decode"], placement=placement)  # type: ignore[arg-type]
     out = scenario.model_copy(update={"serving": scenario.serving.model_copy(update={"disaggregation": d})})
     try:
         check_disaggregation(out)
@@ -282,36 +315,57 @@ def with_pools(scenario: Scenario, pools: dict[str, dict[str, int]]) -> Scenario
     return out
 
 
-def instance_layouts(scenario: Scenario, num_gpus: int) -> list[tuple[int, int, int]]:
-    """(tp, ep, etp) of every pool instance layout on fewer than num_gpus GPUs (module docstring): tp = g for
-    each divisor g < num_gpus, pp 1, experts all expert-parallel (ep = g) or all tensor-parallel (etp = g);
-    only those config.scenario.pool_layout accepts for the model."""
+class InstanceLayout(NamedTuple):
+    """One pool instance's layout: tp x pp GPUs, experts ep x etp folded onto the tp GPUs."""
+
+    tp: int
+    ep: int
+    etp: int
+    pp: int = 1
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+def instance_layouts(scenario: Scenario, num_gpus: int, pipeline: bool = False) -> list[InstanceLayout]:
+    """Every pool instance layout on g GPUs, g a divisor of num_gpus below it (module docstring): tp = g and pp 1,
+    or with `pipeline` also every tp x pp = g with pp > 1; experts all expert-parallel (ep = tp) or all
+    tensor-parallel (etp = tp) over the tp GPUs; only those config.scenario.pool_layout accepts for the model.
+    In order of g, then pp."""
     from simulator.config import divisors
     from simulator.config.errors import LayoutError
     from simulator.config.scenario import pool_layout
     from simulator.config.serving import PoolParallelSpec
 
-    out: list[tuple[int, int, int]] = []
+    out: list[InstanceLayout] = []
     for g in divisors(num_gpus):
         if g >= num_gpus:
             continue
-        options = [(g, 1), (1, g)] if scenario.model.num_experts and g > 1 else [(1, 1)]
-        for ep, etp in options:
-            try:
-                pool_layout(scenario, PoolParallelSpec(tp=g, ep=ep, etp=etp), "pool")
-            except LayoutError:
-                continue
-            out.append((g, ep, etp))
+        for pp in divisors(g) if pipeline else [1]:
+            tp = g // pp
+            options = [(tp, 1), (1, tp)] if scenario.model.num_experts and tp > 1 else [(1, 1)]
+            for ep, etp in options:
+                try:
+                    pool_layout(scenario, PoolParallelSpec(tp=tp, pp=pp, ep=ep, etp=etp), "pool")
+                except LayoutError:
+                    continue
+                out.append(InstanceLayout(tp, ep, etp, pp))
     return out
 
 
-def xpyd_splits(num_gpus: int, layouts: Sequence[tuple[int, int, int]]) -> list[tuple[tuple, tuple]]:
-    """Every (prefill, decode) pair of (instances, tp, ep, etp) with x, y >= 1 and x g_p + y g_d = num_gpus,
+def _gpus(layout: Sequence[int]) -> int:
+    """GPUs of one instance of (tp, ep, etp[, pp])."""
+    return layout[0] * (layout[3] if len(layout) > 3 else 1)
+
+
+def xpyd_splits(num_gpus: int, layouts: Sequence[Sequence[int]]) -> list[tuple[tuple, tuple]]:
+    """Every (prefill, decode) pair of (instances, tp, ep, etp[, pp]) with x, y >= 1 and x g_p + y g_d = num_gpus,
     in order of the prefill layout, the decode layout, then x."""
     out = []
     for p in layouts:
         for d in layouts:
-            gp, gd = p[0], d[0]
+            gp, gd = _gpus(p), _gpus(d)
             for x in range(1, num_gpus // gp + 1):
                 rest = num_gpus - x * gp
                 if rest >= gd and rest % gd == 0:
@@ -319,12 +373,36 @@ def xpyd_splits(num_gpus: int, layouts: Sequence[tuple[int, int, int]]) -> list[
     return out
 
 
-def packs(prefill: tuple, decode: tuple, gpus_per_node: int) -> bool:
-    """The packed placement (serving.disagg.place) puts no instance across a node boundary: instance k of g GPUs
-    starts at GPU k g in its pool, the decode pool right after the prefill one."""
-    firsts = [(i * prefill[1], prefill[1]) for i in range(prefill[0])]
-    start = prefill[0] * prefill[1]
-    firsts += [(start + j * decode[1], decode[1]) for j in range(decode[0])]
+def separate_node_splits(
+    num_gpus: int, layouts: Sequence[Sequence[int]], gpus_per_node: int
+) -> list[tuple[tuple, tuple]]:
+    """The separate_nodes placement's splits (module docstring): the prefill pool's x g_p GPUs rounded up to whole
+    nodes, then y g_d decode GPUs, num_gpus in all; only where x g_p ends inside a node (else the placement is
+    the packed one). Same order as xpyd_splits."""
+    out = []
+    for p in layouts:
+        for d in layouts:
+            gp, gd = _gpus(p), _gpus(d)
+            for x in range(1, num_gpus // gp + 1):
+                used = x * gp
+                if used % gpus_per_node == 0:
+                    continue
+                rest = num_gpus - -(-used // gpus_per_node) * gpus_per_node
+                if rest >= gd and rest % gd == 0:
+                    out.append(((x, *p), (rest // gd, *d)))
+    return out
+
+
+def packs(prefill: tuple, decode: tuple, gpus_per_node: int, placement: str = "packed") -> bool:
+    """The placement (serving.disagg.place) puts no instance across a node boundary: instance k of g GPUs starts
+    at GPU k g in its pool, the decode pool right after the prefill one (packed) or on the next node boundary
+    (separate_nodes). prefill and decode: (instances, tp, ep, etp[, pp])."""
+    gp, gd = _gpus(prefill[1:]), _gpus(decode[1:])
+    firsts = [(i * gp, gp) for i in range(prefill[0])]
+    start = prefill[0] * gp
+    if placement == "separate_nodes":
+        start = -(-start // gpus_per_node) * gpus_per_node
+    firsts += [(start + j * gd, gd) for j in range(decode[0])]
     for first, g in firsts:
         if g > gpus_per_node and first % gpus_per_node:
             return False
@@ -346,6 +424,9 @@ def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
             raise ScenarioError(f"--kinds {kind}: the search knows {', '.join(KINDS)}")
         if kind == "disaggregated" and base.serving is None:
             raise ScenarioError("--kinds disaggregated: needs a serving section (a request stream) in the scenario")
+        bad = [o for o in space.pool_options if o not in POOL_OPTIONS]
+        if bad:
+            raise ScenarioError(f"--disagg-pools {bad[0]}: the search knows {', '.join(POOL_OPTIONS)}")
         for hardware, wdt, kvdt, seqs, tokens, chunk in _product(base, space):
             probe = Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, base.parallel.without_split())
             if "fp8" in (wdt, kvdt) and not supports_fp8(load_profile(hardware)):
@@ -360,11 +441,10 @@ def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
             for n in space.gpu_counts:
                 if kind == "disaggregated":
                     placeholder = ParallelSpec.of_degrees(1, n, 1, 1, 1, 1)
-                    gpn = node_size(base, [hardware])
-                    for prefill, decode in xpyd_splits(n, instance_layouts(variant, n)):
-                        if not packs(prefill, decode, gpn):
-                            continue
-                        detail = pool_detail(prefill, decode)
+                    for prefill, decode, placement in disaggregated_splits(
+                        variant, n, node_size(base, [hardware]), space
+                    ):
+                        detail = pool_detail(prefill, decode, placement)
                         candidates.append(
                             Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, placeholder, detail)
                         )
@@ -372,6 +452,23 @@ def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
                 for layout in enumerate_layouts(variant, n, space.microbatches):
                     candidates.append(Candidate(kind, hardware, wdt, kvdt, seqs, tokens, chunk, layout))
     return Enumeration(candidates, unsupported, invalid, example)
+
+
+def disaggregated_splits(
+    variant: Scenario, num_gpus: int, gpus_per_node: int, space: SearchSpace
+) -> list[tuple[tuple, tuple, str]]:
+    """(prefill, decode, placement) of every disaggregated candidate on num_gpus GPUs (module docstring): the
+    packed splits whose instances sit inside nodes, then, with the "separate_nodes" option and more than one node,
+    the separate_nodes ones; instances with pp > 1 with the "pp" option."""
+    layouts = instance_layouts(variant, num_gpus, pipeline="pp" in space.pool_options)
+    out = [(p, d, "packed") for p, d in xpyd_splits(num_gpus, layouts) if packs(p, d, gpus_per_node)]
+    if "separate_nodes" in space.pool_options and num_gpus > gpus_per_node:
+        out += [
+            (p, d, "separate_nodes")
+            for p, d in separate_node_splits(num_gpus, layouts, gpus_per_node)
+            if packs(p, d, gpus_per_node, "separate_nodes")
+        ]
+    return out
 
 
 def _product(base: Scenario, space: SearchSpace) -> Iterator[tuple]:

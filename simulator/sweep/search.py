@@ -28,7 +28,7 @@ from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, evenly_routed
 from simulator.serving.capacity import kv_bytes_per_token
 from simulator.sweep.bounds import output_tput_upper_bound, tpot_lower_bound_s
-from simulator.sweep.candidates import Candidate, CandidateScenarios
+from simulator.sweep.candidates import Candidate, CandidateScenarios, paid_gpu_share
 from simulator.sweep.executors import SerialExecutor
 from simulator.sweep.run import DEFAULT_DECODE_SAMPLE, SweepInterrupted, estimated_cost, simulate_layout
 
@@ -107,6 +107,7 @@ def evaluate_candidate(index: int, candidate: Candidate, scenario: Scenario, set
             from simulator.serving.disagg import disaggregated_inputs
 
             figures = _serving_figures(scenario, settings, disaggregated_inputs(scenario).simulate)
+            figures["output_tokens_per_s_per_gpu"] *= paid_gpu_share(candidate)  # idle GPUs of separate_nodes
         elif candidate.kind != "aggregated":
             raise ScenarioError(f"candidate kind {candidate.kind!r} has no evaluation in this build")
         elif settings.serving:
