@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import TINY_MOE, make_scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator import engine
 from simulator.config import resolve_hardware
@@ -141,3 +143,36 @@ def test_eager_kernel_durations_are_device_time_and_the_host_only_delays_them():
     _, _, graph = _run({"runtime": {"mode": "cuda_graph"}})
     assert eager.duration_s == graph.duration_s
     assert eager.makespan_s >= graph.makespan_s
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 5),  # launches
+            st.floats(0.0, 20.0),  # device time
+            st.floats(0.5, 10.0),  # dispatch per kernel
+            st.booleans(),  # host_sync
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_starting_at_the_first_kernels_dispatch_never_delays_a_node(chain):
+    """A chain of nodes on one GPU: with the first-kernel rule every node starts no later than when it
+    waited for its whole dispatch, no earlier than the host issued its first kernel, and the host's
+    busy time is the same (the dispatch is split, not dropped)."""
+    attrs = [_node(f"n{i}", 0, launches=n, host_sync=sync) for i, (n, _, _, sync) in enumerate(chain)]
+    edges = [(i, i + 1) for i in range(len(chain) - 1)]
+    device = [g for _, g, _, _ in chain]
+    dispatch = [n * d for n, _, d, _ in chain]
+    host, start, _ = _schedule(attrs, edges, device, dispatch)
+    whole = [dict(a, launches=1) for a in attrs]  # one task per node: it waits for all its dispatch
+    host_whole, start_whole, _ = _schedule(whole, edges, device, dispatch)
+    assert sum(host.duration_s) == pytest.approx(sum(host_whole.duration_s))
+    first_issued = 0.0
+    for i, (n, _, d, _) in enumerate(chain):
+        assert start[i] <= start_whole[i] + 1e-9
+        first_issued += d  # at least every earlier kernel and this one's first were issued before
+        assert start[i] >= first_issued - 1e-9
+        first_issued += (n - 1) * d

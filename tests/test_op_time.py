@@ -35,14 +35,17 @@ def test_each_kernel_at_its_rate_or_its_measured_time_per_call():
         ("radix_sort_pass", 5000.0, 5000.0),  # 10 us of bytes -> 10 us
         ("to_host", 8.0, 8.0),  # unmeasured: the 2 us minimum
     )
-    assert helper_kernels_s(kernels, cal, 2e-6) == pytest.approx((5 + 4 + 1 + 6 + 10 + 2) * 1e-6)
+    time_s, bound = helper_kernels_s(kernels, cal, 2e-6)
+    assert time_s == pytest.approx((5 + 4 + 1 + 6 + 10 + 2) * 1e-6)
+    assert bound == "memory"  # the per-call minimums (1 + 6 + 2 us) are under half of the 28 us
 
 
 def test_without_a_measured_class_the_kernels_take_the_copy_rate_and_the_minimum():
     cal = _calibration(helper_kernel_s={})
     copy = cal.elementwise_s_per_byte["copy"]
     kernels = (("memset", 0.0, 0.0), ("copy", 1e9, 1e9))
-    assert helper_kernels_s(kernels, cal, 2e-6) == pytest.approx(2e-6 + copy * 1e9)
+    assert helper_kernels_s(kernels, cal, 2e-6) == (pytest.approx(2e-6 + copy * 1e9), "memory")
+    assert helper_kernels_s(kernels[:1], cal, 2e-6) == (2e-6, "launch")
 
 
 def test_sorted_moe_helpers_in_the_graph():
@@ -72,5 +75,5 @@ def test_sorted_moe_helpers_in_the_graph():
     cal = H200.calibration
     # a full reduction (measured per call) and a copy to the host (the assumed 2 us minimum)
     expected = cal.helper_kernel_s["reduce_all"] + H200.kernel_overhead_s
-    assert node_time_s(count_min, H200, 8, eager=False) == (pytest.approx(expected), "memory")
+    assert node_time_s(count_min, H200, 8, eager=False) == (pytest.approx(expected), "launch")
     assert attrs[i + 4]["helper_kernels"][0][0] == "gather"
