@@ -7,7 +7,8 @@
 # Then, within EXTRA_BUDGET_S more seconds, what the host/GPU model and the precision model need, into
 # $OUT/raw_extra.json (docs/calibration-status.md): device time per small kernel replayed inside a CUDA graph
 # (and the eager time of the same kernel, i.e. the host's dispatch), one graph launch, the fp16 scatter-add
-# (index_add_) of the sorted MoE combine, and fp8 GEMMs (torch._scaled_mm, per-tensor scales).
+# (index_add_) of the sorted MoE combine, fp8 GEMMs (torch._scaled_mm, per-tensor scales), and the host costs
+# of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -179,6 +180,25 @@ with torch.inference_mode():
                 break
     data["gemm_fp8"] = rows
     save()
+
+    # 5. Host costs of the sorted MoE that the micro-benchmarks above do not isolate (docs/calibration-status.md):
+    #    a read-back to the host with the GPU idle (bincount's min/max and .tolist() make three per layer), and
+    #    the per-expert Python loop of simulator/calibration/e2e.py prefill_block with tiny per-expert rows, so
+    #    that its eager time per iteration is the host's (indexing w[e], two matmuls, GELU).
+    ids = torch.randint(0, 16, (65536,), device=dev)
+    readback = {}
+    for name, fn in (("max_item", lambda: ids.max().item()), ("bincount_tolist", lambda: torch.bincount(ids, minlength=16).tolist())):
+        fn(); torch.cuda.synchronize()
+        walls = []
+        for _ in range(200):
+            torch.cuda.synchronize(); t0 = time.perf_counter(); fn(); walls.append(time.perf_counter() - t0)
+        readback[name] = statistics.median(walls)
+    w1 = torch.randn(16, 512, 1024, device=dev, dtype=torch.float16)
+    w2 = torch.randn(16, 1024, 512, device=dev, dtype=torch.float16)
+    xs = torch.randn(16 * 16, 512, device=dev, dtype=torch.float16).split([16] * 16)
+    loop = lambda: [torch.nn.functional.gelu(xe @ w1[e]) @ w2[e] for e, xe in enumerate(xs)]
+    data["host_costs"] = {"readback_s": readback, "expert_loop_s_per_expert": events_s(loop, 20) / 16}
+    save()
 for r in data.get("graph_kernels", []):
     g = "-" if r["s_graph_per_kernel"] is None else f"{r['s_graph_per_kernel'] * 1e6:.2f} us"
     print(f"kernel {r['op']:22} eager {r['s_eager'] * 1e6:7.2f} us   in a graph {g}")
@@ -187,6 +207,11 @@ if gl:
     print(f"graph launch (1 kernel, synced) {gl['s_replay_1_kernel_synced'] * 1e6:.1f} us; sync alone {gl['s_sync_only'] * 1e6:.1f} us")
 for r in data.get("scatter_add", []):
     print(f"scatter-add {r['tokens']}x2 rows of {r['hidden']}: {r['s_graph'] * 1e6:.1f} us = {1 / r['s_per_byte'] / 1e9:.0f} GB/s of input")
+hc = data.get("host_costs", {})
+for name, wall in hc.get("readback_s", {}).items():
+    print(f"read-back {name}: {wall * 1e6:.1f} us wall, GPU idle")
+if hc:
+    print(f"sorted-MoE expert loop, tiny rows: {hc['expert_loop_s_per_expert'] * 1e6:.1f} us per expert (host)")
 best = max((r["tflops"] for r in data.get("gemm_fp8", [])), default=float("nan"))
 print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} shapes")
 PY

@@ -73,6 +73,32 @@ def host_dispatch_s(attrs: dict, hw: HardwareProfile) -> float:
     return launches * cal.eager_floor_s[op_class]
 
 
+#: Helper kernel classes priced per byte written at a rate the kernel_breakdown measures
+#: (calibration.fit.HELPER_RATE_CLASSES); any other class moves its bytes at the copy rate.
+WRITE_RATE_CLASSES = frozenset(("gather", "cat", "broadcast_mul", "fill"))
+
+
+def helper_kernels_s(kernels: tuple, cal: Calibration, kernel_overhead_s: float) -> tuple[float, str]:
+    """Device time of a helper node's kernels ((class, bytes written, bytes read) each), summed, and what
+    bounds it. Per kernel: its class's measured rate on the bytes it writes (WRITE_RATE_CLASSES), else the
+    copy rate on (read + written) / 2; then at least its class's measured time per call
+    (calibration.helper_kernel_s: memset, radix_sort_pass, reduce_all) where the profile has one, else at
+    least kernel_overhead_s (the assumed GPU minimum per kernel). The same device time eagerly and inside
+    a CUDA graph. Bound: "launch" when the per-call minimums make most of the time, else "memory"."""
+    s_per_byte, per_call_s = cal.elementwise_s_per_byte, cal.helper_kernel_s
+    copy = s_per_byte["copy"]
+    total_s = per_call_part_s = 0.0
+    for cls, written, read in kernels:
+        rate = s_per_byte.get(cls) if cls in WRITE_RATE_CLASSES else None
+        time_s = rate * written if rate is not None else copy * (read + written) / 2.0
+        minimum_s = per_call_s.get(cls, kernel_overhead_s)
+        if minimum_s > time_s:
+            time_s = minimum_s
+            per_call_part_s += minimum_s
+        total_s += time_s
+    return total_s, ("launch" if per_call_part_s > total_s / 2.0 else "memory")
+
+
 #: Which measured element-wise class times each memory-bound op (per output byte).
 ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
 
@@ -129,6 +155,9 @@ def calibrated_node_s(
             attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len, peak_flops_per_s, hbm_bytes_per_s, frac
         )
         floor_s = floors_s["attention"]
+    elif "helper_kernels" in attrs:  # kernel by kernel: their floors are already in
+        time_s, bound = helper_kernels_s(attrs["helper_kernels"], cal, hw.kernel_overhead_s)
+        return costs.eager_time_s(time_s, bound, attrs["launches"], 0.0, floors_s["elementwise"], eager)
     else:
         s_per_byte = cal.elementwise_s_per_byte
         if op == "topk":

@@ -153,8 +153,13 @@ def host_tasks(dag: Dag, dispatch_s: Sequence[float], eager_decode: bool, graph_
 
     Eager (prefill always, decode when runtime.mode is eager): each node with kernels gets a host task
     of `dispatch_s[node]` that the node waits for; the thread's tasks are chained, so the host runs
-    ahead of the GPU streams until it must wait: after a node marked `host_sync` (a `.tolist()` of
-    the sorted MoE's split sizes) its thread's next task waits for that node to end. CUDA graph
+    ahead of the GPU streams until it must wait: after a node marked `host_sync` (a copy to the host,
+    as the sorted MoE's bincount and `.tolist()` make) its thread's next task waits for that node to end.
+    A node of n > 1 kernels waits only for the dispatch of its first kernel (a task of dispatch / n):
+    its GPU work starts then, while the host issues the other n - 1 (a second task, which the thread's
+    next task follows). The node's device time is then not stretched by its own later launches: exact
+    when the host is ahead, optimistic by at most what the node's later kernels would wait when the
+    GPU drains faster than the host issues them. CUDA graph
     (decode in cuda_graph mode): one task of `graph_launch_s` per GPU, decode step and microbatch,
     which every node of that step on that GPU waits for. Either way a pass of a decode step is issued
     only once the host has its input token: the first host task of each GPU in a decode pass waits
@@ -208,6 +213,15 @@ def host_tasks(dag: Dag, dispatch_s: Sequence[float], eager_decode: bool, graph_
                 if t is None:
                     t = graph_task[g] = new_task(g, graph_launch_s, pass_key, token)
             elif dispatch_s[i] > 0.0 or kind == COMM:
+                launches = a.get("launches", 1)
+                if launches > 1:  # the node starts once its first kernel is issued; the host issues the rest
+                    first_s = dispatch_s[i] / launches
+                    t = new_task(g, first_s, pass_key, token)
+                    successors[t - n].append(i)
+                    new_task(g, dispatch_s[i] - first_s, pass_key, token)
+                    if a.get("host_sync"):
+                        pending_sync[g] = i
+                    continue
                 t = new_task(g, dispatch_s[i], pass_key, token)
             else:
                 continue  # a fused sub-op: issued with its kernel

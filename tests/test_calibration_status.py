@@ -60,7 +60,7 @@ def test_status_of_each_profile(name):
     note = calibration_note(p)
     assert (note is None) == (STATUS[name] == "calibrated")
     if STATUS[name] == "uncalibrated":
-        assert "uncalibrated" in note and "24%" in note and "12%" in note
+        assert "uncalibrated" in note and "24%" in note and "13%" in note
 
 
 def test_the_a100_says_it_is_datasheet_times_assumed_efficiency():

@@ -390,7 +390,7 @@ def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
     """Decode with the capacity MoE on one GPU, kernel by kernel as simulator/calibration/e2e.py issues
     them: norm, fused QKV, K and V written to the cache (2), flash attention, output projection,
     residual; norm, router, softmax + top-k (2) + sum + divide, dispatch index arithmetic and
-    buffer (15), token gather, bmm, GELU, bmm, slot gather and scaling (6), sum over k, residual."""
+    buffer (14), token gather, bmm, GELU, bmm, slot gather and scaling (6), sum over k, residual."""
     one = {"parallel": {"tp": 1, "ep": 1, "pp": 1, "dp": 1}, "cluster": {"num_gpus": 1, "gpus_per_node": 1}}
     model = {**tiny_moe.model.model_dump(exclude_none=True), "moe_impl": "capacity", "fused_qkv": True}
     fused = build_dag(make_scenario(TINY_MOE, model=model, **one))
@@ -398,13 +398,17 @@ def test_pytorch_framework_adds_the_reference_helper_kernels(tiny_moe):
     assert sum(_launches_per_layer(fused, "decode").values()) == 14
     per_op = _launches_per_layer(plain, "decode")
     assert per_op["kv_append"] == 2 and per_op["topk"] == 5
-    assert per_op["moe_dispatch_index"] == 15 and per_op["moe_undispatch"] == 6
-    assert sum(per_op.values()) == 41
-    # prefill with the sorted MoE: argsort etc. (14), the context copied back (1), cat/scale/zero (5)
+    assert per_op["moe_dispatch_index"] == 14 and per_op["moe_undispatch"] == 6
+    assert per_op["moe_permute"] == 1  # the token gather a[token], counted once
+    assert sum(per_op.values()) == 40
+    # prefill with the sorted MoE: argsort and order // k (12), bincount's min and max each read back
+    # (2 + 2), its histogram and .tolist() (3), cat/scale/zero (5); the context is not copied (a view)
     model["moe_impl"] = "per_expert"
     plain = build_dag(make_scenario(TINY_MOE, model=model, runtime={"framework": "pytorch"}, **one))
     per_op = _launches_per_layer(plain, "prefill")
-    assert (per_op["moe_sort"], per_op["attn_out_copy"], per_op["moe_unsort"]) == (14, 1, 5)
+    counts = ("moe_sort", "moe_count_min", "moe_count_max", "moe_count", "moe_unsort")
+    assert tuple(per_op[op] for op in counts) == (12, 2, 2, 3, 5)
+    assert "attn_out_copy" not in per_op
     assert "kv_append" not in per_op and "attn_gqa_expand" not in per_op  # MHA, no cache write in prefill
 
 

@@ -16,6 +16,8 @@ from simulator.calibration.fit import (
     dispatch_floor_s,
     eager_floors,
     fit_calibration,
+    helper_kernel_s,
+    helper_rates_s_per_byte,
     host_bound,
     measured_points,
     scatter_add_s_per_byte,
@@ -129,3 +131,39 @@ def test_a_direct_index_add_measurement_wins(micro):
     data = {**micro, "elementwise": [*micro["elementwise"], {"op": "index_add", "s": 1e-3, "bytes_in": 1e9}]}
     assert scatter_add_s_per_byte(data) == (1e-12, "elementwise index_add micro-benchmark")
     assert scatter_add_s_per_byte({"kernel_breakdown": []}) is None
+
+
+def test_helper_kernel_times_per_call_from_the_kernel_breakdown(micro):
+    """Latency-bound helper kernels: total time over total calls, over the cases that list them."""
+    per_call_s, sources = helper_kernel_s(micro)
+    assert per_call_s["memset"] == pytest.approx((0.00019556099999999652 + 2.803199999999697e-05) / (212 + 29))
+    assert per_call_s["radix_sort_pass"] == pytest.approx((0.0007475829999999664 + 5.238500000000022e-05) / 136)
+    assert per_call_s["reduce_all"] == pytest.approx(0.00013708799999999973 / 16)  # bincount's min, seed only
+    assert per_call_s["memset"] * 1e6 == pytest.approx(0.928, abs=1e-3)
+    assert "seed_moe_16L (128 calls" in sources["radix_sort_pass"]
+
+
+def test_helper_rates_per_output_byte_from_the_kernel_breakdown(micro):
+    """Bandwidth-bound helpers of the sorted MoE: time over bytes written (fp16); the broadcast multiply
+    only from the GELU model (a SwiGLU model's silu * up runs through the same kernel)."""
+    rates, sources = helper_rates_s_per_byte(micro)
+    seed_copies = 16 * 8 * 4096 * 2 * 512 * 2  # 16 calls of [32768 x 2, 512] fp16
+    mixtral_copies = 8 * 2048 * 2 * 4096 * 2
+    assert rates["gather"] == pytest.approx(
+        (0.0006557440000000019 + 0.00014371199999999953) / (seed_copies + mixtral_copies)
+    )
+    assert rates["cat"] == pytest.approx(
+        (0.0006546549999999998 + 0.0001274880000000012) / (seed_copies + mixtral_copies)
+    )
+    assert rates["broadcast_mul"] == pytest.approx(0.0013885389999999834 / seed_copies)
+    assert "mixtral" not in sources["broadcast_mul"]
+    seed_rows, mixtral_rows = 16 * 8 * 4096 * 512 * 2, 8 * 2048 * 4096 * 2  # zeros_like(a): [tokens, hidden]
+    assert rates["fill"] == pytest.approx((0.000175295999999993 + 4.051199999999881e-05) / (seed_rows + mixtral_rows))
+    cal = fit_calibration(micro, load_profile(str(DATASHEET_H200)), "x")
+    assert cal.helper_kernel_s == helper_kernel_s(micro)[0]
+    assert all(cal.elementwise_s_per_byte[k] == v for k, v in rates.items())
+
+
+def test_no_breakdown_no_helper_figures():
+    assert helper_kernel_s({}) == ({}, {})
+    assert helper_rates_s_per_byte({"kernel_breakdown": [{"case": "unknown", "top_kernels": []}]}) == ({}, {})

@@ -82,7 +82,8 @@ def _attention_qkv(m: BlockModel, lw: dict, a, b: int, q_len: int):
 
 def prefill_block(torch, m: BlockModel, lw: dict, x):
     """Pre-RMSNorm block with flash attention and a sorted MoE (one GEMM pair per expert over exactly
-    its routed tokens, weighted index_add combine). x [B,S,h]; needs one host sync for the split sizes."""
+    its routed tokens, weighted index_add combine). x [B,S,h]; the split sizes need host syncs (on CUDA,
+    bincount reads min and max back before counting, then .tolist() copies the counts: three)."""
     import torch.nn.functional as F
 
     b, s_len, h = x.shape

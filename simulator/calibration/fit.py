@@ -39,6 +39,30 @@ HOST_BOUND_FLOOR_MULTIPLE = 4.0
 HOST_BOUND_REGIME_RATIO = 0.1
 #: The kernel of the sorted MoE's combine (`index_add_` with a sum) in a torch.profiler breakdown.
 SCATTER_ADD_KERNEL = ("indexFuncLargeIndex", "ReduceAdd")
+#: Latency-bound helper kernels whose device time per call the kernel_breakdown measures (name parts of
+#: the kernel): the async memsets (CUB's radix sort zeroes its counters with cudaMemsetAsync), one
+#: onesweep pass of CUB's radix sort (argsort), a full reduction to one value (bincount's min / max).
+#: At the profiled sizes (32k-64k keys) their time does not grow with the size: a time per call.
+HELPER_KERNEL_CLASSES = {
+    "memset": ("Memset",),
+    "radix_sort_pass": ("DeviceRadixSortOnesweepKernel",),
+    "reduce_all": ("reduce_kernel<512, 1, at::native::ReduceOp<long",),
+}
+#: Bandwidth-bound helper kernels of the sorted MoE measured in the kernel_breakdown, per byte of their
+#: output, with the output size per call in elements as a function of the case: (tokens, model) ->
+#: elements. The gather of the routed copies (index_select), the cat of the expert outputs, the
+#: broadcast scaling by the routing weights (a non-vectorised BinaryFunctor kernel; SwiGLU models run
+#: their silu(gate) * up through the same kernel, so only non-gated cases fit it), the zeroed output.
+HELPER_RATE_CLASSES = {
+    "gather": (("vectorized_gather_kernel",), lambda t, m: t * m.top_k * m.hidden_size, False),
+    "cat": (("CatArrayBatchedCopy",), lambda t, m: t * m.top_k * m.hidden_size, False),
+    "broadcast_mul": (
+        ("elementwise_kernel<128, 4", "BinaryFunctor<c10::Half"),
+        lambda t, m: t * m.top_k * m.hidden_size,
+        True,
+    ),
+    "fill": (("FillFunctor<c10::Half>",), lambda t, m: t * m.hidden_size, False),
+}
 
 
 @dataclass(frozen=True)
@@ -180,6 +204,58 @@ def scatter_add_s_per_byte(data: dict) -> tuple[float, str] | None:
     return total_s / total_bytes, "kernel_breakdown index_add kernel: " + ", ".join(used)
 
 
+def _breakdown_cases(data: dict):
+    """(case, model, tokens) of each kernel_breakdown entry whose model simulator/calibration/e2e.py defines."""
+    models = {m.name: m for m, _, _ in e2e_mod.E2E_PREFILL}
+    for case in data.get("kernel_breakdown", []):
+        m = models.get(case.get("case"))
+        if m is not None:
+            yield case, m, case["batch"] * case["seq"]
+
+
+def helper_kernel_s(data: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """Device time per call of the latency-bound helper kernel classes (HELPER_KERNEL_CLASSES), measured
+    in the kernel_breakdown: total time over total calls, over every case that lists the kernel; and
+    per class where it comes from."""
+    times: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for cls, parts in HELPER_KERNEL_CLASSES.items():
+        total_s, calls_n, used = 0.0, 0, []
+        for case, _, _ in _breakdown_cases(data):
+            for name, calls, seconds in case.get("top_kernels", []):
+                if all(part in name for part in parts):
+                    total_s += seconds
+                    calls_n += calls
+                    used.append(f"{case['case']} ({calls} calls, {seconds * 1e3:.3f} ms)")
+        if calls_n:
+            times[cls] = total_s / calls_n
+            sources[cls] = f"kernel_breakdown {parts[0]}: " + ", ".join(used)
+    return times, sources
+
+
+def helper_rates_s_per_byte(data: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """Seconds per output byte of the bandwidth-bound helper kernels of the sorted MoE
+    (HELPER_RATE_CLASSES), from the kernel_breakdown: total time over total bytes written (fp16),
+    over the cases that list the kernel; and per class where it comes from."""
+    rates: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for cls, (parts, elements, ungated_only) in HELPER_RATE_CLASSES.items():
+        total_s = total_bytes = 0.0
+        used = []
+        for case, m, tokens in _breakdown_cases(data):
+            if ungated_only and m.activation == "swiglu":
+                continue
+            for name, calls, seconds in case.get("top_kernels", []):
+                if all(part in name for part in parts):
+                    total_s += seconds
+                    total_bytes += calls * elements(tokens, m) * FP16_BYTES
+                    used.append(f"{case['case']} ({calls} calls, {seconds * 1e3:.3f} ms)")
+        if total_bytes:
+            rates[cls] = total_s / total_bytes
+            sources[cls] = f"kernel_breakdown {parts[0]}: " + ", ".join(used)
+    return rates, sources
+
+
 def _fraction_rows(points: list[Point]) -> list[tuple]:
     return [(*p.key, p.x, p.roofline_s / p.measured_s) for p in points]
 
@@ -205,6 +281,11 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
     scatter = scatter_add_s_per_byte(data)
     if scatter is not None:
         ew["index_add"], sources["index_add"] = scatter
+    rates, rate_sources = helper_rates_s_per_byte(data)
+    ew.update(rates)
+    sources.update(rate_sources)
+    per_call_s, per_call_sources = helper_kernel_s(data)
+    sources.update(per_call_sources)
     table_floor = {"gemm": "gemm", "grouped_gemm": "grouped_gemm"}
     host_rows = {
         table: _host_bound_rows(pts[table], floors[table_floor.get(table, "attention")], dispatch_s)
@@ -221,6 +302,7 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
         host_bound={table: rows for table, rows in host_rows.items() if rows},
         elementwise_s_per_byte=ew,
         rate_sources=sources,
+        helper_kernel_s=per_call_s,
         topk_s_per_row=topk[0]["s"] / topk[0]["shape"][0] if topk else 0.0,
     )
 

@@ -102,8 +102,12 @@ def command(args, console) -> int:
         f"dispatch floor {(calibration.dispatch_floor_s or 0.0) * 1e6:.1f} us per call"
     )
     for rate, source in calibration.rate_sources.items():
+        if rate in calibration.helper_kernel_s:
+            console.print(f"{rate}: {calibration.helper_kernel_s[rate] * 1e6:.2f} us per call ({source})")
+            continue
         per_byte = calibration.elementwise_s_per_byte[rate]
-        console.print(f"{rate}: {1 / per_byte / 1e9:.0f} GB/s of input ({source})")
+        side = "input" if rate == "index_add" else "output"
+        console.print(f"{rate}: {1 / per_byte / 1e9:.0f} GB/s of {side} ({source})")
     if gemm:
         console.print(
             f"leave-one-out GEMM error: median {100 * statistics.median(gemm):.1f}%, max {100 * max(gemm):.1f}% "

@@ -103,18 +103,9 @@ class AttentionBuilder(BlockBuilder):
         cx = self.attention_node(
             f"{p}.attn_context", [sm, v] if v != q else [sm], "attn_context", ctx, g, seqs, q_len, kv_len
         )
-        if self.pytorch and q_len > 1:
-            cx = self.helper(
-                f"{p}.attn_out_copy",
-                [cx],
-                "attn_out_copy",
-                "attention",
-                ctx,
-                g,
-                tokens * hl * head_dim * bytes_per_element,
-                tokens * hl * head_dim * bytes_per_element,
-                (tokens_dim, hl * head_dim),
-            )
+        # No copy of the context back to [B, S, H*D]: PyTorch's flash SDPA kernels (cuDNN, FlashAttention,
+        # memory-efficient) write their output in the query's memory layout, which here is the QKV GEMM's
+        # [B, S, H, D] (cuDNN: alloc_with_matching_layout(q, o, ...)), so transpose(1, 2).reshape is a view.
         return cx, hl * head_dim
 
     def attention_node(self, nid, deps, op, ctx, g, seqs, q_len, kv_len) -> str:

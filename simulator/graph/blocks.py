@@ -15,22 +15,28 @@ from simulator.placement import Placement
 #: Kernels a plain PyTorch implementation launches beyond the DAG's one-kernel operators
 #: (runtime.framework: pytorch), counted call by call in simulator/calibration/e2e.py, the reference
 #: implementation of the measured end-to-end cases. Views, splits and host arithmetic launch none.
+#: (CUB's cudaMemsetAsync calls are not kernel launches: see SORT_MEMSETS.)
 PYTORCH_HELPER_KERNELS = {
     # softmax(fp32) 1, topk 2 (select + sort of the k winners), sum 1, divide 1: the router's top-k node
     "topk": 5,
     # prefill, GQA: K and V repeat_interleave'd to every query head before the flash kernel
     "attn_gqa_expand": 2,
-    # prefill: the [B, H, S, D] context transposed back to [B, S, H*D] (a copy)
-    "attn_out_copy": 1,
     # decode: the new K and V written into the cache's slot (two copies)
     "kv_append": 2,
-    # sorted MoE: argsort of the expert ids (radix sort: histogram + 8 one-byte passes over int64
-    # keys + index init = 10), order // k 1, bincount 2, its copy to the host for the split sizes 1
-    "moe_sort": 14,
+    # sorted MoE: argsort of the expert ids (the int64 indices initialised 1, then CUB's onesweep radix
+    # sort, cub/device/dispatch/dispatch_radix_sort.cuh InvokeOnesweep: histogram 1, exclusive sum 1, one
+    # pass per byte of the int64 keys 8), order // k 1
+    "moe_sort": 12,
+    # sorted MoE, torch.bincount on CUDA (ATen SummaryOps.cu _bincount_cuda_template): self.min() then
+    # .cpu() (a host sync), self.max() then .item() (a host sync), zeros + histogram kernel; then
+    # .tolist() copies the counts to the host (a host sync). Three nodes, each ending in a copy to the host.
+    "moe_count_min": 2,
+    "moe_count_max": 2,
+    "moe_count": 3,
     # capacity MoE: one-hot (arange, eq, cast) 3, slot positions (cumsum, sub, gather) 3, keep mask 1,
-    # slot index (mul, add, where) 3, token index (arange, repeat_interleave) 2, zeroed buffer,
-    # token gather, index_copy into it 3
-    "moe_dispatch_index": 15,
+    # slot index (mul, add, where) 3, token index (arange, repeat_interleave) 2, zeroed buffer and the
+    # index_copy into it 2 (the token gather a[token] between them is the moe_permute node)
+    "moe_dispatch_index": 14,
     # sorted MoE: cat of the expert outputs, routing weights reordered and cast 2, scaled 1,
     # zeroed output 1 (then the index_add is the combine node)
     "moe_unsort": 5,
@@ -38,6 +44,10 @@ PYTORCH_HELPER_KERNELS = {
     # (then the sum over the k copies is the combine node)
     "moe_undispatch": 6,
 }
+#: CUB's onesweep radix sort of 8-byte keys (InvokeOnesweep) zeroes its pass counters and its
+#: histograms once and its look-back buffer before each of its 8 passes: 10 cudaMemsetAsync calls
+#: (device work, no kernel launch of their own).
+SORT_MEMSETS = 10
 
 
 class Template(NamedTuple):
@@ -270,7 +280,8 @@ class BlockBuilder:
         self, nid, deps, op, category, ctx, gpu, bytes_read, bytes_written, shape, resident_bytes=0.0, **extra
     ) -> str:
         """Memory-bound helper kernels of a plain PyTorch implementation (PYTORCH_HELPER_KERNELS[op] of
-        them): copies, index arithmetic, buffer fills, timed by the bytes they move."""
+        them): copies, index arithmetic, buffer fills, timed by the bytes they move, or kernel by kernel
+        when `helper_kernels` lists them ((class, bytes written) per kernel: op_time.helper_kernels_s)."""
         return self.compute(
             nid,
             deps,

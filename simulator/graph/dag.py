@@ -70,6 +70,7 @@ class NodeAttrs(TypedDict, total=False):
     dropped_copies: float  # token copies dropped at capacity (on one FC1 per EP group)
     scatter_add: bool  # the combine is an index_add (PyTorch per_expert MoE)
     host_sync: bool  # the host waits for this node to end before issuing more (a .tolist() of its result)
+    helper_kernels: tuple  # (kernel class, bytes written, bytes read) per kernel of a PyTorch helper node (op_time)
     collective: str  # all_reduce, all_gather, all_to_all, send_recv
     group: str  # tp, ep, pp
     send_bytes: tuple  # bytes each member sends

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from simulator import costs
 from simulator.graph.attention import AttentionBuilder
-from simulator.graph.blocks import PYTORCH_HELPER_KERNELS, as_list, dim
+from simulator.graph.blocks import PYTORCH_HELPER_KERNELS, SORT_MEMSETS, as_list, dim
 from simulator.graph.dag import ROUTING
 from simulator.graph.moe import ExpertBuilder
 
@@ -128,21 +128,8 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             # Gather every token copy into expert order (the send buffers of the dispatch).
             copies = slice_tokens * k * pl.etp
             before = [top]
-            if self.pytorch_moe == "per_expert":  # 16 B per key and index, read + written per pass
-                before = [
-                    self.helper(
-                        f"{p}.moe_sort",
-                        [top],
-                        "moe_sort",
-                        "router",
-                        ctx,
-                        g,
-                        8 * copies * 16,
-                        8 * copies * 16,
-                        (dim(copies),),
-                        host_sync=True,  # the split sizes are copied to the host (bincount().tolist())
-                    )
-                ]
+            if self.pytorch_moe == "per_expert":  # argsort, then bincount(...).tolist(): three host syncs
+                before = [self.sorted_moe_routing(p, top, ctx, g, copies)]
             elif self.pytorch_moe == "capacity":  # int32 one-hot and positions, the zeroed buffer
                 before = [
                     self.helper(
@@ -157,6 +144,9 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                         (dim(copies), E),
                     )
                 ]
+            index_select = {}  # (`gather` names build_layer's argument)
+            if self.pytorch_moe == "per_expert":  # index_select of every routed copy: a gather kernel
+                index_select = {"helper_kernels": (("gather", copies * hidden * bytes_per_element, 0.0),)}
             routed[g] = self.compute(
                 f"{p}.moe_permute",
                 before,
@@ -168,6 +158,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 (slice_tokens_dim, hidden),
                 (dim(copies), hidden),
                 kind=ROUTING,
+                **index_select,
             )
 
         moe_out: dict[int, list[str]] = {}
@@ -233,17 +224,17 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             extra_in = slice_tokens if g in shared else 0.0  # the shared experts' output is added here too
             partial = moe_out[g]
             if self.pytorch_moe == "per_expert":  # cat, then scale by the routing weights; zeroed output
+                act = copies * hidden * bytes_per_element  # [copies, hidden]
+                kernels = (
+                    ("cat", act, act),
+                    ("copy", 4 * copies, 12 * copies),  # top_w.view(-1)[order]: fp32 by int64 index
+                    ("copy", 2 * copies, 4 * copies),  # .to(fp16)
+                    ("broadcast_mul", act, act + 2 * copies),  # [copies, hidden] * [copies, 1]
+                    ("fill", slice_tokens * hidden * bytes_per_element, 0.0),  # zeros_like(a)
+                )
                 partial = [
-                    self.helper(
-                        f"{p}.moe_unsort",
-                        partial,
-                        "moe_unsort",
-                        "experts",
-                        ctx,
-                        g,
-                        2 * copies * hidden * bytes_per_element,
-                        (2 * copies + slice_tokens) * hidden * bytes_per_element,
-                        (dim(copies), hidden),
+                    self.kernel_helper(
+                        f"{p}.moe_unsort", partial, "moe_unsort", "experts", ctx, g, kernels, (dim(copies), hidden)
                     )
                 ]
             elif self.pytorch_moe == "capacity":  # cat, gather by slot, scale by the routing weights
@@ -295,6 +286,39 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 for g in mine:
                     out[g] = ag
         return out
+
+    def kernel_helper(self, nid, deps, op, category, ctx, g, kernels, shape, **extra) -> str:
+        """A helper node priced kernel by kernel (`kernels`: (class, bytes written, bytes read) each; see
+        op_time.helper_kernels_s); its bytes are their sums."""
+        read, written = sum(k[2] for k in kernels), sum(k[1] for k in kernels)
+        return self.helper(nid, deps, op, category, ctx, g, read, written, shape, helper_kernels=kernels, **extra)
+
+    def sorted_moe_routing(self, p: str, top: str, ctx: dict, g: int, copies: float) -> str:
+        """What the sorted MoE (simulator/calibration/e2e.py prefill_block) runs between the top-k and the
+        gather of the routed copies: `order = top_e.view(-1).argsort(); token = order // k` (moe_sort),
+        then `torch.bincount(top_e.view(-1), minlength=E).tolist()`, which on CUDA reads min and max back
+        to the host before counting (ATen SummaryOps.cu) and then copies the counts: three nodes, each
+        ending in a copy to the host that the host waits for (host_sync)."""
+        keys = 8 * copies  # int64 expert ids (and int64 indices)
+        bins = 8 * self.model.num_experts
+        sort = (
+            ("copy", keys, 0.0),  # indices 0..n-1
+            ("copy", 0.0, keys),  # histogram of the key digits (8 passes x 256 counters)
+            ("copy", 0.0, 0.0),  # exclusive sum of the histograms
+            *[("radix_sort_pass", 2 * keys, 2 * keys)] * 8,  # keys and indices, one byte per pass
+            *[("memset", 0.0, 0.0)] * SORT_MEMSETS,
+            ("copy", keys, keys),  # order // k
+        )
+        to_host = ("to_host", 8.0, 8.0)  # a few bytes device -> host, then the host waits
+        shape = (dim(copies),)
+        node = self.kernel_helper(f"{p}.moe_sort", [top], "moe_sort", "router", ctx, g, sort, shape)
+        for op, kernels in (
+            ("moe_count_min", (("reduce_all", 8.0, keys), to_host)),
+            ("moe_count_max", (("reduce_all", 8.0, keys), to_host)),
+            ("moe_count", (("copy", bins, 0.0), ("copy", bins, keys), ("to_host", bins, bins))),
+        ):
+            node = self.kernel_helper(f"{p}.{op}", [node], op, "router", ctx, g, kernels, shape, host_sync=True)
+        return node
 
     def dense_ffn(self, L, ctx, after_attn, tokens) -> dict[int, str]:
         """Dense FFN: column-parallel FC1, row-parallel FC2, TP all-reduce (Megatron-LM)."""

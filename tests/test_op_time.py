@@ -1,0 +1,79 @@
+"""Op time of PyTorch helper nodes priced kernel by kernel (op_time.helper_kernels_s)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TINY_MOE, make_scenario
+
+from simulator.config import resolve_hardware
+from simulator.graph import PYTORCH_HELPER_KERNELS, build
+from simulator.graph.blocks import SORT_MEMSETS
+from simulator.op_time import helper_kernels_s, node_time_s
+
+H200 = resolve_hardware(make_scenario(TINY_MOE, hardware="h200-sxm-141gb"))
+
+
+def _calibration(**update):
+    cal = H200.calibration
+    assert cal is not None
+    return cal.model_copy(update=update)
+
+
+def test_each_kernel_at_its_rate_or_its_measured_time_per_call():
+    """gather at its rate per byte written; a copy-class kernel at the copy rate on (read + written) / 2;
+    a memset at its measured 1 us, below the 2 us assumed minimum; a radix pass at its measured 6 us
+    unless its bytes take longer; an unmeasured small kernel at the 2 us minimum."""
+    cal = _calibration(
+        elementwise_s_per_byte={**H200.calibration.elementwise_s_per_byte, "gather": 1e-9, "copy": 2e-9},
+        helper_kernel_s={"memset": 1e-6, "radix_sort_pass": 6e-6},
+    )
+    kernels = (
+        ("gather", 5000.0, 0.0),  # 5 us
+        ("copy", 3000.0, 1000.0),  # 2e-9 x 2000 = 4 us
+        ("memset", 0.0, 0.0),  # 1 us measured (not the 2 us floor)
+        ("radix_sort_pass", 1000.0, 1000.0),  # 2 us of bytes -> its 6 us per call
+        ("radix_sort_pass", 5000.0, 5000.0),  # 10 us of bytes -> 10 us
+        ("to_host", 8.0, 8.0),  # unmeasured: the 2 us minimum
+    )
+    time_s, bound = helper_kernels_s(kernels, cal, 2e-6)
+    assert time_s == pytest.approx((5 + 4 + 1 + 6 + 10 + 2) * 1e-6)
+    assert bound == "memory"  # the per-call minimums (1 + 6 + 2 us) are under half of the 28 us
+
+
+def test_without_a_measured_class_the_kernels_take_the_copy_rate_and_the_minimum():
+    cal = _calibration(helper_kernel_s={})
+    copy = cal.elementwise_s_per_byte["copy"]
+    kernels = (("memset", 0.0, 0.0), ("copy", 1e9, 1e9))
+    assert helper_kernels_s(kernels, cal, 2e-6) == (pytest.approx(2e-6 + copy * 1e9), "memory")
+    assert helper_kernels_s(kernels[:1], cal, 2e-6) == (2e-6, "launch")
+
+
+def test_sorted_moe_helpers_in_the_graph():
+    """The sorted MoE's routing as the reference runs it: argsort (12 kernels + 10 CUB memsets), then the
+    three host reads of bincount and .tolist(); launches match PYTORCH_HELPER_KERNELS (memsets are not
+    launches); no copy of the attention context (a view); device time from the measured classes."""
+    scenario = make_scenario(
+        TINY_MOE,
+        hardware="h200-sxm-141gb",
+        cluster={"num_gpus": 1, "gpus_per_node": 1},
+        parallel={"tp": 1, "ep": 1, "pp": 1, "dp": 1},
+        runtime={"mode": "eager", "framework": "pytorch"},
+        model={"moe_impl": "per_expert"},
+    )
+    attrs = [a for a in build(scenario).attrs if a["phase"] == "prefill" and a["layer"] == 0]
+    ops = [a["op"] for a in attrs]
+    assert "attn_out_copy" not in ops
+    i = ops.index("moe_sort")
+    assert ops[i : i + 5] == ["moe_sort", "moe_count_min", "moe_count_max", "moe_count", "moe_permute"]
+    for a in attrs[i : i + 4]:
+        kernels = a["helper_kernels"]
+        assert a["launches"] == PYTORCH_HELPER_KERNELS[a["op"]] == sum(k[0] != "memset" for k in kernels)
+        assert a["bytes_written"] == sum(k[1] for k in kernels) and a["bytes_read"] == sum(k[2] for k in kernels)
+    sort = attrs[i]["helper_kernels"]
+    assert [k[0] for k in sort].count("radix_sort_pass") == 8 and [k[0] for k in sort].count("memset") == SORT_MEMSETS
+    count_min = attrs[i + 1]
+    cal = H200.calibration
+    # a full reduction (measured per call) and a copy to the host (the assumed 2 us minimum)
+    expected = cal.helper_kernel_s["reduce_all"] + H200.kernel_overhead_s
+    assert node_time_s(count_min, H200, 8, eager=False) == (pytest.approx(expected), "launch")
+    assert attrs[i + 4]["helper_kernels"][0][0] == "gather"
