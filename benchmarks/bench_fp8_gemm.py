@@ -126,7 +126,8 @@ def main() -> None:
             f"{a_tf:.0f} | {ea:+.1%} |"
         )
     print()
-    print("median |error| (signed) | points | same fraction | e_inf split | transfer |")
+    print("median |error| (median signed error) per source")
+    print("| source | points | same fraction | e_inf split | transfer |")
     print("|---|---|---|---|---|")
     groups = {src: {name: errs[name][src] for name in errs} for src in errs["transfer"]}
     groups["all"] = {name: [x for v in errs[name].values() for x in v] for name in errs}
