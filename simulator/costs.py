@@ -350,6 +350,54 @@ def calibrated_grouped_gemm_s(
     return roof / fraction, bound
 
 
+class GemmTransfer(NamedTuple):
+    """A GEMM's time in the calibrated table's format and what moves the time to another format.
+
+    table_s: the calibrated time of the shape computed in the table's format (roofline / measured
+    fraction, every operand and the output at the table format's bytes); operand bytes are the
+    streamed inputs (activations + weights), output bytes the result written once."""
+
+    table_s: float
+    flops: float
+    table_operand_bytes: float
+    operand_bytes: float
+    table_out_bytes: float
+    out_bytes: float
+
+
+def format_transfer_gemm_s(
+    g: GemmTransfer, table_peak: float, peak: float, hbm: float, fixed_s: float
+) -> tuple[float, str]:
+    """Time of a GEMM whose compute format differs from the format its calibration table was measured
+    in (e.g. an fp8 W8A8 GEMM on an fp16-measured table), and its bound.
+
+    The measured time of the shape in the table's format is split into a part that does not depend on
+    the compute format and a streaming part that does:
+
+        fixed    = min(t_table, fixed_s + out_bytes_table / hbm)
+        stream   = t_table - fixed
+        S(fmt)   = max(flops / peak(fmt), operand_bytes(fmt) / hbm)
+        t(fmt)   = fixed + (out_bytes(fmt) - out_bytes_table) / hbm + stream * S(fmt) / S(table)
+
+    `fixed_s` (the profile's kernel_overhead_s: launch on the GPU, pipeline fill and drain, the
+    last wave's tail) and the output write (the epilogue stores the result after the main loop; its
+    bytes are those of the output format, bf16 under fp8 GEMMs) do not shrink with a faster format.
+    The streaming part (the main loop: MMAs fed by the operand loads) scales with the roofline of the
+    operands: with the peak when compute-bound (fp8: x 1/2), with the operand bytes when memory-bound
+    (fp8 weights and activations: x 1/2), so the shape's measured inefficiency in the main loop (wave
+    quantisation, clocks under load) carries over in proportion. `hbm` is the sustained rate (peak x
+    memory_efficiency). Checked against public fp8 micro-benchmarks (H800 / H100: TileLang, DeepGEMM,
+    FBGEMM, vLLM, torch._scaled_mm) in docs/precision.md; `benchmarks/bench_fp8_gemm.py` prints it.
+    """
+    fixed = min(g.table_s, fixed_s + g.table_out_bytes / hbm)
+    stream = g.table_s - fixed
+    table_stream = max(g.flops / table_peak, g.table_operand_bytes / hbm)
+    compute_s, memory_s = g.flops / peak, g.operand_bytes / hbm
+    stream_s = max(compute_s, memory_s)
+    time_s = fixed + (g.out_bytes - g.table_out_bytes) / hbm + stream * stream_s / table_stream
+    return max(time_s, 0.0), ("compute" if compute_s >= memory_s else "memory")
+
+
 def calibrated_attention_s(
     flops: float, bytes_moved: float, q_len: int, peak: float, hbm: float, fraction: float
 ) -> tuple[float, str]:

@@ -113,9 +113,19 @@ def calibrated_node_s(
     floors_s = cal.eager_floor_s
     if "gemm" in attrs:
         m, k, n = attrs["gemm"]
-        if "grouped" in attrs and attrs["grouped"][0] > 1:
-            experts, rows = attrs["grouped"]
+        grouped = "grouped" in attrs and attrs["grouped"][0] > 1
+        experts, rows = attrs["grouped"] if grouped else (1, m)
+        if grouped:
             frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
+            floor_s = floors_s["grouped_gemm"]
+        else:
+            frac = series_interpolate(cal.gemm, (k, n), m)
+            floor_s = floors_s["gemm"]
+        if peak_flops_per_s != hw.peak_for(cal.gemm_format):  # another compute format than the table's
+            time_s, bound = transferred_gemm_s(
+                hw, cal.gemm_format, dtype, experts, rows, k, n, frac, attrs.get("weight_b"), attrs.get("out_b")
+            )
+        else:
             time_s, bound = costs.calibrated_grouped_gemm_s(
                 experts,
                 rows,
@@ -128,21 +138,6 @@ def calibrated_node_s(
                 attrs.get("weight_b"),
                 attrs.get("out_b"),
             )
-            floor_s = floors_s["grouped_gemm"]
-        else:
-            frac = series_interpolate(cal.gemm, (k, n), m)
-            time_s, bound = costs.calibrated_gemm_s(
-                m,
-                k,
-                n,
-                element_bytes,
-                peak_flops_per_s,
-                hbm_bytes_per_s,
-                frac,
-                attrs.get("weight_b"),
-                attrs.get("out_b"),
-            )
-            floor_s = floors_s["gemm"]
     elif attrs.get("fused") == "flash_attention":
         if op == "attn_softmax":
             return 0.0, "fused"  # inside the measured flash-attention rate
@@ -174,3 +169,38 @@ def calibrated_node_s(
             time_s = s_per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
         bound, floor_s = "memory", floors_s["elementwise"]
     return costs.eager_time_s(time_s, bound, attrs["launches"], hw.kernel_overhead_s, floor_s, eager)
+
+
+def transferred_gemm_s(
+    hw: HardwareProfile,
+    table_format: str,
+    compute_format: str,
+    experts: float,
+    rows_per_expert: float,
+    k: float,
+    n: float,
+    fraction: float,
+    weight_b: float | None,
+    out_b: float | None,
+) -> tuple[float, str]:
+    """A (grouped) GEMM computing in another format than the calibration table's: the table's time of
+    the shape (every operand in the table's format) moved to the compute format by
+    costs.format_transfer_gemm_s. Inputs in the compute format's bytes, weights in `weight_b`, the
+    output in `out_b` (defaults: the compute format's bytes)."""
+    e, c = experts, rows_per_expert
+    tb, b = DTYPE_BYTES[table_format], DTYPE_BYTES[compute_format]
+    wb = b if weight_b is None else weight_b
+    ob = b if out_b is None else out_b
+    table_peak, hbm = hw.peak_for(table_format), hw.hbm_bytes_per_s
+    table_s, _ = costs.calibrated_grouped_gemm_s(e, c, k, n, tb, table_peak, hbm, fraction)
+    g = costs.GemmTransfer(
+        table_s=table_s,
+        flops=2.0 * e * c * k * n,
+        table_operand_bytes=e * (c * k + k * n) * tb,
+        operand_bytes=e * (c * k * b + k * n * wb),
+        table_out_bytes=e * c * n * tb,
+        out_bytes=e * c * n * ob,
+    )
+    return costs.format_transfer_gemm_s(
+        g, table_peak, hw.peak_for(compute_format), hbm * hw.memory_efficiency, hw.kernel_overhead_s
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -181,3 +182,14 @@ def test_scatter_add_uses_its_measured_rate_once_a_profile_has_one():
     copy_speed = hw.calibration.model_copy(update={"elementwise_s_per_byte": without})
     t, _ = calibrated_node_s(node, hw, copy_speed, eager=True, gated=False)
     assert t == pytest.approx(rates["copy"] * 3e8)
+
+
+def test_the_table_records_the_format_its_gemms_were_measured_in(micro):
+    """The H200 file's GEMMs are fp16 (its `dtype`; the batched GEMMs say none: fp16); fp8 GEMMs are priced
+    from them by the format transfer. A file mixing formats, or measuring 8-bit GEMMs, is refused."""
+    profile = load_profile(str(DATASHEET_H200))
+    assert fit_calibration(micro, profile, "m").gemm_format == "fp16"
+    bad = copy.deepcopy(micro)
+    bad["gemm"][0]["dtype"] = "fp8"
+    with pytest.raises(ValueError, match="GEMM dtypes fp16/fp8: need one of fp16, bf16"):
+        fit_calibration(bad, profile, "m")

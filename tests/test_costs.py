@@ -140,3 +140,52 @@ def test_node_time_uses_hierarchy_for_collectives_spanning_nodes(h100):
     assert bound == "network"
     assert t == pytest.approx(costs.hierarchical_allreduce_s(1e8, 8, 2, h100.intra_node, h100.inter_node))
     assert t < costs.ring_allreduce_s(1e8, 16, h100.inter_node)  # the flat ring over NICs it replaces
+
+
+# ---------------------------------------------------------------------------------------------
+# A GEMM in another compute format than its calibration table (costs.format_transfer_gemm_s)
+
+# table at 1e15 FLOP/s (fp16), fp8 at 2e15, fp4 at 4e15; 1e12 B/s sustained HBM; 2 us fixed per kernel
+P16, P8, P4, HBM, FIXED = 1e15, 2e15, 4e15, 1e12, 2e-6
+
+
+def _square(table_s: float, in_b: float, w_b: float) -> costs.GemmTransfer:
+    """M = K = N = 4096 with a bf16 output: 2 * 4096^3 FLOPs, operands (M K + K N), output M N."""
+    return costs.GemmTransfer(
+        table_s=table_s,
+        flops=2.0 * 4096**3,
+        table_operand_bytes=2 * 4096 * 4096 * 2.0,
+        operand_bytes=4096 * 4096 * (in_b + w_b),
+        table_out_bytes=4096 * 4096 * 2.0,
+        out_bytes=4096 * 4096 * 2.0,
+    )
+
+
+def test_a_compute_bound_fp8_gemm_halves_its_streaming_part_only():
+    # fixed = 2 us + 33554432 B / 1e12 = 35.554432 us; stream = 200 - 35.554432 = 164.445568 us;
+    # S16 = 137.438953472 us (compute), S8 = 68.719476736 us: x 1/2 -> 35.554432 + 82.222784 us
+    t, bound = costs.format_transfer_gemm_s(_square(200e-6, 1.0, 1.0), P16, P8, HBM, FIXED)
+    assert t == pytest.approx(117.777216e-6, rel=1e-12) and bound == "compute"
+    # nvfp4 W4A4 (0.5625 B per element with its scales): S4 = 34.359738368 us (compute) -> x 1/4
+    t4, bound4 = costs.format_transfer_gemm_s(_square(200e-6, 0.5625, 0.5625), P16, P4, HBM, FIXED)
+    assert t4 == pytest.approx(35.554432e-6 + 164.445568e-6 / 4, rel=1e-12) and bound4 == "compute"
+
+
+def test_a_memory_bound_fp8_gemm_is_governed_by_its_bytes():
+    # M = 1, K = N = 4096: operands 33562624 B in fp16, 16781312 B in fp8 (S8 / S16 = 1/2); output 8192 B
+    g = costs.GemmTransfer(
+        table_s=50e-6,
+        flops=2.0 * 4096 * 4096,
+        table_operand_bytes=(4096 + 4096 * 4096) * 2.0,
+        operand_bytes=(4096 + 4096 * 4096) * 1.0,
+        table_out_bytes=4096 * 2.0,
+        out_bytes=4096 * 2.0,
+    )
+    t, bound = costs.format_transfer_gemm_s(g, P16, P8, HBM, FIXED)
+    # fixed = 2.008192 us, stream = 47.991808 us -> 2.008192 + 23.995904 us
+    assert t == pytest.approx(26.004096e-6, rel=1e-12) and bound == "memory"
+
+
+def test_a_gemm_shorter_than_its_fixed_part_keeps_its_time():
+    t, _ = costs.format_transfer_gemm_s(_square(1e-6, 1.0, 1.0), P16, P8, HBM, FIXED)
+    assert t == 1e-6  # all of it is fixed: a faster format saves nothing

@@ -22,7 +22,8 @@ from simulator.config.hardware import (
     series_interpolate,
 )
 
-PROFILE_FILES = sorted((ROOT / "hardware_profiles").rglob("*.yaml"))
+# every profile (the datasheet bases included); measurements/ holds data, not profiles
+PROFILE_FILES = sorted(p for p in (ROOT / "hardware_profiles").rglob("*.yaml") if "measurements" not in p.parts)
 
 
 def _datasheet_dict() -> dict:

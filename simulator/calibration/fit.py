@@ -260,6 +260,15 @@ def _fraction_rows(points: list[Point]) -> list[tuple]:
     return [(*p.key, p.x, p.roofline_s / p.measured_s) for p in points]
 
 
+def measured_gemm_format(data: dict) -> str:
+    """The number format the file's GEMMs and batched GEMMs were measured in (their `dtype`, fp16 when
+    unstated); the fit reads every one at 2 bytes per element, so a 16-bit format is required."""
+    formats = {g.get("dtype", "fp16") for g in data.get("gemm", []) + data.get("bmm", [])} or {"fp16"}
+    if len(formats) > 1 or not formats <= {"fp16", "bf16"}:
+        raise ValueError(f"GEMM dtypes {'/'.join(sorted(formats))}: need one of fp16, bf16")
+    return formats.pop()
+
+
 def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibration:
     """The efficiency tables of `profile` from micro-benchmark data (fp16 measurements)."""
     peak, hbm = profile.peak_flops_per_s.fp16, profile.hbm_bytes_per_s
@@ -293,6 +302,7 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
     }
     return Calibration(
         source=source,
+        gemm_format=measured_gemm_format(data),
         eager_floor_s=floors,
         dispatch_floor_s=dispatch_s,
         gemm=_bounded_rows(pts["gemm"], floors["gemm"], dispatch_s),

@@ -82,6 +82,11 @@ class Calibration(StrictModel):
     """
 
     source: str = Field(description="what was measured, on which device and software")
+    gemm_format: Literal["fp16", "bf16"] = Field(
+        default="fp16",
+        description="number format of the measured GEMMs and batched GEMMs; a GEMM computing in another "
+        "format (fp8, int8, fp4) is priced from them by costs.format_transfer_gemm_s",
+    )
     eager_floor_s: dict[str, float] = Field(
         description="shortest eager call per op class: gemm, grouped_gemm, attention, elementwise"
     )
