@@ -193,3 +193,17 @@ def test_the_table_records_the_format_its_gemms_were_measured_in(micro):
     bad["gemm"][0]["dtype"] = "fp8"
     with pytest.raises(ValueError, match="GEMM dtypes fp16/fp8: need one of fp16, bf16"):
         fit_calibration(bad, profile, "m")
+
+
+def test_a_transfer_keeps_bandwidth_figures_as_fractions_of_the_hbm_peak():
+    """H100 tables transferred from the H200: memory_efficiency is the H200's copy rate over the H200's own
+    peak (4.8 TB/s), not over the H100's (which capped it at 1.0); every per-byte time is the H200's scaled
+    by 4.8 / 3.35 (the H100 streams each byte slower); per-call latencies carry over unchanged."""
+    from simulator.config.hardware import load_profile
+
+    h200, h100 = load_profile("h200-sxm-141gb"), load_profile("h100-sxm-80gb")
+    assert h100.memory_efficiency == h200.memory_efficiency == pytest.approx(2.0 / (4.7883e-13 * 4.8e12), abs=1e-4)
+    for op, s_per_byte in h200.calibration.elementwise_s_per_byte.items():
+        assert h100.calibration.elementwise_s_per_byte[op] == pytest.approx(s_per_byte * 4.8 / 3.35, rel=1e-12)
+    assert h100.calibration.helper_kernel_s == h200.calibration.helper_kernel_s
+    assert h100.calibration.gemm == h200.calibration.gemm  # roofline fractions
