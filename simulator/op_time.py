@@ -99,7 +99,7 @@ def helper_kernels_s(kernels: tuple, cal: Calibration, kernel_overhead_s: float)
     return total_s, ("launch" if per_call_part_s > total_s / 2.0 else "memory")
 
 
-#: Which measured element-wise class times each memory-bound op (per output byte).
+#: Which measured element-wise class times each memory-bound op (per byte moved: calibrated_node_s).
 ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
 
 
@@ -162,7 +162,11 @@ def calibrated_node_s(
             # measured per byte of input: SwiGLU reads gate and up (twice its output), GELU reads what it writes
             time_s = s_per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
         elif op in ELEMENTWISE_CLASS:
-            time_s = s_per_byte[ELEMENTWISE_CLASS[op]] * attrs["bytes_written"]
+            # per byte moved: each class's micro-benchmark read one tensor and wrote one of its size, so its
+            # time per output byte is twice its time per byte moved (the "add" moved x and x + b: a second
+            # full operand would have needed 6.2 TB/s, above the H200's 4.8 TB/s; at that rate per byte moved a
+            # residual add, x + y, reading two, takes the 24.4 us per call the seed's kernel_breakdown shows)
+            time_s = s_per_byte[ELEMENTWISE_CLASS[op]] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
         elif attrs.get("scatter_add") and "index_add" in s_per_byte:  # measured atomics, per byte of input
             time_s = s_per_byte["index_add"] * attrs["bytes_read"]
         else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move
