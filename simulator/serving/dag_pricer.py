@@ -31,7 +31,10 @@ takes at least its eager floor), which keeps a pass's time the sum above; `moesi
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import numpy as np
@@ -39,7 +42,14 @@ import numpy as np
 from simulator.config import Scenario, gpus_per_node, resolve_hardware
 from simulator.config.hardware import HardwareProfile
 from simulator.graph import NodeKind
-from simulator.graph.ragged import RaggedPassBuilder, RaggedShape, attention_nodes_attrs, build_forward, ragged_shape
+from simulator.graph.ragged import (
+    ATTENTION_OPS,
+    RaggedPassBuilder,
+    RaggedShape,
+    attention_nodes_attrs,
+    build_forward,
+    ragged_shape,
+)
 from simulator.placement import symmetric_representatives
 from simulator.serving.pricing import Batch
 from simulator.simulate import node_time_s, simulate_dag
@@ -51,6 +61,28 @@ class IterationTiming(NamedTuple):
 
     period_s: float
     latency_s: float
+
+
+#: Exact trunk passes by (scenario without its serving section, profile) and then (phase, tokens), shared by
+#: the DagPricers made inside share_exact_passes (None outside).
+_SHARED: ContextVar[dict[str, dict[tuple[str, int], tuple[float, list[float]]]] | None] = ContextVar(
+    "dag_pricer_shared_passes", default=None
+)
+
+
+@contextmanager
+def share_exact_passes(store: dict | None = None) -> Iterator[None]:
+    """Inside, DagPricers of the same scenario (its serving section aside: a pricer reads none of it) and
+    profile reuse each other's exact trunk passes. A pass is a pure function of the scenario, the profile, the
+    phase and the token count, so this changes no price; each pricer still builds its own grid of points
+    (which points it checks depends on the batches it has seen: _Trunk), only the simulations are shared.
+    For a deployment search, whose candidates differing in scheduler limits or in an xPyD split share pools.
+    `store` keeps the passes beyond the block (a worker's, across its tasks); a fresh one by default."""
+    token = _SHARED.set({} if store is None else store)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 class DagPricer:
@@ -73,6 +105,17 @@ class DagPricer:
         self.gpu = self.builder.stage_on[0][0]  # attention is alike on every GPU of every stage
         self.last_gpu = self.builder.stage_on[-1][0]
         self.trunks = {"prefill": _Trunk(self, "prefill"), "decode": _Trunk(self, "decode")}
+        # A calibrated profile times the softmax node at 0 (inside the measured flash-attention rate: op_time),
+        # so its attributes need not be built for a price.
+        self.attention_ops = ATTENTION_OPS if self.hw.calibration is None else ("attn_scores", "attn_context")
+        shared = _SHARED.get()
+        self.passes: dict[tuple[str, int], tuple[float, list[float]]] | None = None
+        if shared is not None:
+            data = scenario.model_dump(mode="json", exclude={"serving", "name", "description"})
+            m = scenario.model  # precisions left unset mean the model's dtype: one key for both spellings
+            data["model"].update(weight_dtype=m.weight_dtype or m.dtype, kv_cache_dtype=m.kv_cache_dtype or m.dtype)
+            key = json.dumps([data, self.hw.model_dump(mode="json")], sort_keys=True)
+            self.passes = shared.setdefault(key, {})
         self.exact_passes = 0
         self.grid_hits = 0
 
@@ -115,7 +158,7 @@ class DagPricer:
         ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": 0, "stage": 0}
         hw, gpn, gated = self.hw, self.gpn, self.gated
         attention_s = 0.0
-        for a in attention_nodes_attrs(bld, ctx, self.gpu):
+        for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
             attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
         head_s = 0.0
         if self.scenario.model.vocab_size:
@@ -169,7 +212,13 @@ class _Trunk:
         value = self.values.get(tokens)
         if value is None:
             shape = reference_shape(self.phase, tokens)
-            latency_s, spans = self.pricer.simulate(shape)
+            passes = self.pricer.passes
+            found = passes.get((self.phase, tokens)) if passes is not None else None
+            if found is None:
+                found = self.pricer.simulate(shape)
+                if passes is not None:
+                    passes[(self.phase, tokens)] = found
+            latency_s, spans = found
             value = self.values[tokens] = np.array([latency_s, *spans]) - self.pricer.parts_vector(shape)
             bisect.insort(self.points, tokens)
         return value

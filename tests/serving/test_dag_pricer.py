@@ -178,3 +178,19 @@ def test_a_bad_serving_field_names_its_path():
     data["serving"]["workload"] = {**data["serving"]["workload"], "arrivals": {"kind": "poisson", "rate_per_s": -2}}
     with pytest.raises(Exception, match=r"^test: serving\.workload\.arrivals\.rate_per_s = -2: input should be"):
         make_scenario(data)
+
+
+def test_shared_exact_passes_change_no_price():
+    """Two pricers of the seed (scheduler limits differ: a pricer reads none) inside share_exact_passes: the
+    second simulates no pass the first simulated, and prices every batch as a pricer alone does."""
+    from simulator.serving.dag_pricer import share_exact_passes
+
+    batches = random_batches(40, seed=3)
+    alone = DagPricer(parse_scenario(seed_serving(), "seed"))
+    expected = [alone.timing(b) for b in batches]
+    with share_exact_passes():
+        first = DagPricer(parse_scenario(seed_serving(), "seed"))
+        assert [first.timing(b) for b in batches] == expected
+        second = DagPricer(parse_scenario(seed_serving(max_num_seqs=64), "seed"))
+        assert [second.timing(b) for b in batches] == expected
+    assert first.exact_passes == alone.exact_passes > 0 and second.exact_passes == 0
