@@ -39,8 +39,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from simulator import costs
 from simulator.config import Scenario, gpus_per_node, resolve_hardware
-from simulator.config.hardware import HardwareProfile
+from simulator.config.hardware import HardwareProfile, series_interpolate
 from simulator.graph import NodeKind
 from simulator.graph.ragged import (
     ATTENTION_OPS,
@@ -100,6 +101,7 @@ class DagPricer:
         self.gated = scenario.model.gated
         self.decode_eager = scenario.runtime.mode == "eager"
         self.stage_layers = [len(layers) for layers in scenario.stage_layers()]
+        self.total_layers = sum(self.stage_layers)
         self.pp = len(self.stage_layers)
         self.builder = RaggedPassBuilder(scenario, ragged_shape(()), self.keep)
         self.gpu = self.builder.stage_on[0][0]  # attention is alike on every GPU of every stage
@@ -108,6 +110,7 @@ class DagPricer:
         # A calibrated profile times the softmax node at 0 (inside the measured flash-attention rate: op_time),
         # so its attributes need not be built for a price.
         self.attention_ops = ATTENTION_OPS if self.hw.calibration is None else ("attn_scores", "attn_context")
+        self.fast = _CalibratedAttention.of(self.builder, self.hw)
         shared = _SHARED.get()
         self.passes: dict[tuple[str, int], tuple[float, list[float]]] | None = None
         if shared is not None:
@@ -158,8 +161,12 @@ class DagPricer:
         ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": 0, "stage": 0}
         hw, gpn, gated = self.hw, self.gpn, self.gated
         attention_s = 0.0
-        for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
-            attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
+        if self.fast is not None:
+            for t in self.fast.times(bld, eager):
+                attention_s += t
+        else:
+            for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
+                attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
         head_s = 0.0
         if self.scenario.model.vocab_size:
             ctx = {**ctx, "layer": -1, "stage": self.pp - 1}
@@ -167,25 +174,115 @@ class DagPricer:
                 head_s += node_time_s(a, hw, gpn, eager, gated)[0]
         return attention_s, head_s
 
-    def parts_vector(self, shape: RaggedShape) -> np.ndarray:
+    def parts_list(self, shape: RaggedShape) -> list[float]:
         """What attention and head add to [latency, stage 0, .., stage pp-1]."""
         attention_s, head_s = self.node_parts(shape)
-        layers = self.stage_layers
-        vec = np.array([sum(layers) * attention_s] + [n * attention_s for n in layers])
+        vec = [self.total_layers * attention_s] + [n * attention_s for n in self.stage_layers]
         vec[0] += head_s
         vec[-1] += head_s
         return vec
 
+    def parts_vector(self, shape: RaggedShape) -> np.ndarray:
+        return np.array(self.parts_list(shape))
+
     def timing(self, batch: Batch) -> IterationTiming:
         shape = ragged_shape(batch)
-        vec = self.trunks[shape.phase].at(shape.new_tokens) + self.parts_vector(shape)
-        return IterationTiming(float(vec[1:].max()), float(vec[0]))
+        trunk = self.trunks[shape.phase].at(shape.new_tokens).tolist()
+        parts = self.parts_list(shape)
+        # trunk + parts element by element, as floats (the same sums as numpy's, without its per-call cost)
+        period_s = max(t + p for t, p in zip(trunk[1:], parts[1:]))
+        return IterationTiming(period_s, trunk[0] + parts[0])
 
     def __call__(self, batch: Batch) -> float:
         return self.timing(batch).latency_s
 
     def __repr__(self) -> str:
         return f"DagPricer({self.scenario.name})"
+
+
+class _CalibratedAttention:
+    """The attention nodes' seconds node_parts sums, for a calibrated profile and a model without MLA, computed
+    from the same cost functions and the same steps as op_time.calibrated_node_s's flash-attention branch, in
+    the same order, without building the nodes' attributes (graph.ragged.attention_nodes_attrs): the same
+    floats (tests compare them with the attributes' path), several times faster. The softmax node is left out
+    (its calibrated time is 0: inside the measured flash-attention rate)."""
+
+    def __init__(self, builder: RaggedPassBuilder, hw: HardwareProfile) -> None:
+        assert hw.calibration is not None
+        f = builder.formats
+        self.hl, self.kvl, self.dk = builder.heads_local, builder.kv_heads_local, builder.head_dim
+        self.b_in, self.b, self.kv_b = f.attention_input_bytes, builder.bytes_per_element, builder.kv_bytes_per_element
+        self.peak, self.hbm = hw.peak_for(f.attention), hw.hbm_bytes_per_s
+        self.prefill_table, self.decode_table = hw.calibration.attention_prefill, hw.calibration.attention_decode
+        self.floor_s, self.overhead_s = hw.calibration.eager_floor_s["attention"], hw.kernel_overhead_s
+
+    @classmethod
+    def of(cls, builder: RaggedPassBuilder, hw: HardwareProfile) -> _CalibratedAttention | None:
+        if hw.calibration is None or builder.model.is_mla:
+            return None
+        return cls(builder, hw)
+
+    def times(self, bld: RaggedPassBuilder, eager: bool) -> list[float]:
+        """Node seconds in attention_nodes_attrs' order: scores (prefill part, decode part), then context."""
+        uniform = bld.uniform()
+        if uniform is not None:
+            scores, context = self.kernel(*uniform)
+            return [self.seconds(*scores, 1, eager), self.seconds(*context, 0, eager)]
+        s = bld.shape
+        parts = []
+        if s.prefill:
+            parts.append(self.packed(s.prefill))
+        if s.decode_seqs:
+            parts.append(self.kernel(float(s.decode_seqs), 1, s.decode_kv_tokens / s.decode_seqs))
+        return [self.seconds(*part[0], 1, eager) for part in parts] + [
+            self.seconds(*part[1], 0, eager) for part in parts
+        ]
+
+    def kernel(self, seqs: float, q_len: int, kv_len: float) -> tuple[tuple, tuple]:
+        """(flops, bytes moved, q_len, calibration size) of the scores and of the context node
+        (graph.attention.attention_attrs, non-MLA)."""
+        hl, kvl, dk = self.hl, self.kvl, self.dk
+        kv_bytes = seqs * kvl * kv_len * dk * self.kv_b
+        size = seqs * hl * q_len * kv_len if q_len > 1 else 2 * kv_bytes
+        sc = costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, dk, self.b_in, self.kv_b)
+        cx = costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, dk, self.b, self.kv_b)
+        return (
+            (sc.flops, sc.bytes_read + sc.bytes_written, q_len, size),
+            (cx.flops, cx.bytes_read + cx.bytes_written, q_len, size),
+        )
+
+    def packed(self, chunks: tuple[tuple[int, int], ...]) -> tuple[tuple, tuple]:
+        """graph.ragged.packed_prefill_attrs: each chunk's FLOPs and bytes summed in order; the calibration size
+        is the chunks' total work."""
+        hl, kvl, dk = self.hl, self.kvl, self.dk
+        work = 0.0
+        totals: list[list[float]] = []
+        for i, (q_len, kv_len) in enumerate(chunks):
+            work += 1.0 * hl * q_len * kv_len
+            sc = costs.attention_scores_cost(1.0, hl, kvl, q_len, kv_len, dk, self.b_in, self.kv_b)
+            cx = costs.attention_context_cost(1.0, hl, kvl, q_len, kv_len, dk, self.b, self.kv_b)
+            if i == 0:
+                totals = [[c.flops, c.bytes_read, c.bytes_written] for c in (sc, cx)]
+                continue
+            for total, c in zip(totals, (sc, cx)):
+                total[0] += c.flops
+                total[1] += c.bytes_read
+                total[2] += c.bytes_written
+        q_total = sum(q for q, _ in chunks)
+        size = float(hl) * q_total * (work / (hl * q_total))
+        return (
+            (totals[0][0], totals[0][1] + totals[0][2], q_total, size),
+            (totals[1][0], totals[1][1] + totals[1][2], q_total, size),
+        )
+
+    def seconds(self, flops: float, bytes_moved: float, q_len: int, size: float, launches: int, eager: bool) -> float:
+        """op_time.calibrated_node_s's flash-attention branch."""
+        if q_len > 1:
+            frac = series_interpolate(self.prefill_table, (self.dk,), size)
+        else:
+            frac = series_interpolate(self.decode_table, (self.dk,), size)
+        time_s, bound = costs.calibrated_attention_s(flops, bytes_moved, q_len, self.peak, self.hbm, frac)
+        return costs.eager_time_s(time_s, bound, launches, self.overhead_s, self.floor_s, eager)[0]
 
 
 def reference_shape(phase: str, tokens: int) -> RaggedShape:

@@ -237,9 +237,9 @@ def pricer_key(c: Candidate) -> tuple:
     return (c.kind, c.hardware, c.weight_dtype, c.kv_cache_dtype, c.layout.sort_key(), c.detail)
 
 
-#: Iteration pricers of the running task by scenario without its serving section: candidates that differ in
-#: scheduler limits price the same batches alike, so one pricer's cache serves them all (DagPricer reads no
-#: serving field). Cleared at each task's start and end (evaluate_many).
+#: The running candidate's iteration pricer by scenario without its serving section: its max-rate search's
+#: rates share one pricer's cache (DagPricer reads no serving field). Cleared before and after each candidate
+#: (evaluate_many), so a candidate's prices depend on its own batches alone.
 _PRICERS: dict[str, object] = {}
 _PRICERS_MAX = 4
 #: The worker's exact DAG passes by scenario (serving.dag_pricer.share_exact_passes), cleared past _PASSES_MAX
