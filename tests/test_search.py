@@ -150,10 +150,13 @@ def test_throughput_bound_is_the_hand_computed_roofline():
 @given(
     fractions=st.lists(st.floats(0.05, 1.0), min_size=16, max_size=16),
     meets=st.lists(st.booleans(), min_size=16, max_size=16),
+    margins=st.lists(st.floats(1.0, 1.5, exclude_min=True), min_size=16, max_size=16),
     objective=st.sampled_from(["targets", "cost", "fewest_gpus"]),
     wave=st.integers(1, 4),
 )
-def test_pruned_search_finds_the_unpruned_winner(fractions, meets, objective, wave):
+def test_pruned_search_finds_the_unpruned_winner(fractions, meets, margins, objective, wave):
+    """Stub figures below the bounds; each candidate also stops as a max-rate search does ('dominated_rate')
+    when the floor its task is given reaches a cap above its figure (margins: cap / figure)."""
     base = tiny()
     found = enumerate_candidates(base, TINY_SPACE)
     from simulator.sweep.candidates import CandidateScenarios
@@ -161,12 +164,14 @@ def test_pruned_search_finds_the_unpruned_winner(fractions, meets, objective, wa
     scenarios = CandidateScenarios(base)
     bounds = {c.key(): candidate_bound(scenarios.scenario(c), False) for c in found.candidates}
     table = {
-        c.key(): (fractions[i % 16] * bounds[c.key()].tokens_per_s_per_gpu, meets[i % 16])
+        c.key(): (fractions[i % 16] * bounds[c.key()].tokens_per_s_per_gpu, meets[i % 16], margins[i % 16])
         for i, c in enumerate(found.candidates)
     }
 
     def evaluate(index, candidate, scenario, settings):
-        tput, met = table[candidate.key()]
+        tput, met, margin = table[candidate.key()]
+        if tput * margin <= settings.floor_tokens_per_s_per_gpu:
+            return SearchResult(index, candidate, "pruned", "dominated_rate")
         return SearchResult(index, candidate, "ok", meets=met, output_tokens_per_s_per_gpu=tput, tpot_s=0.01)
 
     prices = {"h100-sxm-80gb": 2.0, "h200-sxm-141gb": 3.5}
@@ -311,3 +316,13 @@ def test_engine_filter_keeps_only_launchable_candidates(tmp_path):
     assert rows and all(not (int(r["ep"]) > 1 and int(r["etp"]) > 1) for r in rows)  # vLLM: EP or expert TP
     assert all(int(r["ep"]) * int(r["etp"]) in (int(r["tp"]), int(r["tp"]) * int(r["dp"])) for r in rows)
     assert "NOT EXPRESSIBLE" not in (out / "launch" / "vllm.sh").read_text()
+
+
+def test_the_floor_of_a_cost_search_is_the_throughput_that_ties_the_best_cost():
+    """Best $0.5 per million output tokens; at $3 per GPU-hour a candidate ties it at 3e6 / (3600 x 0.5) =
+    1666.67 output tokens/s/GPU. max_rate and targets: the best figure itself; fewest_gpus: none."""
+    from simulator.sweep.search import _floor
+
+    assert _floor((0.5,), 3.0, "cost") == 3.0e6 / (3600 * 0.5)
+    assert _floor((-1234.5,), math.nan, "max_rate") == _floor((-1234.5,), 2.0, "targets") == 1234.5
+    assert math.isnan(_floor((2, 0.5, -100.0), 3.0, "fewest_gpus")) and math.isnan(_floor(None, 3.0, "cost"))

@@ -128,3 +128,41 @@ def test_bad_kinds_are_one_line(tmp_path, capsys, scenario, extra, message):
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_max_rate_searches_stopped_by_a_missed_rate_cannot_change_the_winner():
+    """The seed on 1 and 3 GPUs, both kinds, two batch limits, 40 requests per rate: a pruned search stops the
+    max-rate searches whose missed rate caps them below the best found ('dominated_rate', and the 3-GPU
+    disaggregated candidates' placeholder layout is PP3: a static batch of 128 does not split over DP3); the
+    winner and every figure of a candidate simulated in both searches are those of the unpruned search."""
+    s = load_scenario(SEED, ["serving.workload.num_requests=40", "serving.workload.warmup_requests=4"])
+    space = SearchSpace(
+        gpu_counts=(1, 3),
+        hardware=(s.hardware.profile,),
+        weight_dtypes=("fp16",),
+        kv_cache_dtypes=("fp16",),
+        max_num_seqs=(16, 128),
+        microbatches=(1,),
+        kinds=("aggregated", "disaggregated"),
+    )
+    found = enumerate_candidates(s, space).candidates
+    assert {c.layout.label for c in found if c.kind == "disaggregated" and c.num_gpus == 3} == {"PP3"}
+    settings = SearchSettings(objective="max_rate", serving=True, base_dir=str(SEED.parent), rel_tol=0.05)
+    pruned = rank_search(run_search(s, found, settings, wave=2), "max_rate")
+    full = rank_search(run_search(s, found, settings, wave=2, prune=False), "max_rate")
+    assert all(r.status == "ok" for r in full)
+    stopped = [r for r in pruned if r.rule == "dominated_rate"]
+    assert stopped and all(r.status in ("ok", "pruned") for r in pruned)
+    best = next(r for r in full if r.rank == 1)
+    assert next(r for r in pruned if r.rank == 1).candidate == best.candidate
+    by_key = {r.candidate.key(): r for r in full}
+    for r in pruned:
+        twin = by_key[r.candidate.key()]
+        if r.status == "ok":
+            assert (r.output_tokens_per_s_per_gpu, r.rate_per_s, r.tpot_s) == (
+                twin.output_tokens_per_s_per_gpu,
+                twin.rate_per_s,
+                twin.tpot_s,
+            )
+        else:  # stopped: the full search's figure is below the best, as the cap said
+            assert twin.output_tokens_per_s_per_gpu < best.output_tokens_per_s_per_gpu or not twin.meets

@@ -153,12 +153,19 @@ def build_forward(scenario: Scenario, shape: RaggedShape, keep: frozenset[int] |
     return Dag(bld.names, bld.attrs, bld.twins, bld.copies, bld.src, bld.dst, info, bld.node_step)
 
 
-def attention_nodes_attrs(builder: RaggedPassBuilder, ctx: dict, g: int) -> list[dict]:
+#: The nodes one flash-attention kernel is described by.
+ATTENTION_OPS = ("attn_scores", "attn_softmax", "attn_context")
+
+
+def attention_nodes_attrs(
+    builder: RaggedPassBuilder, ctx: dict, g: int, ops: tuple[str, ...] = ATTENTION_OPS
+) -> list[dict]:
     """Every attention node one layer on GPU g holds for the builder's shape (scores, softmax, context of each
-    part), with the attributes `build_forward` gives them: what a pricer times without building the pass."""
+    part; `ops`: only those), with the attributes `build_forward` gives them: what a pricer times without
+    building the pass."""
     uniform = builder.uniform()
     out = []
-    for op in ("attn_scores", "attn_softmax", "attn_context"):
+    for op in ops:
         if uniform is not None:
             out.append(builder.attention_attrs(op, ctx, g, *uniform))
         else:
@@ -166,4 +173,11 @@ def attention_nodes_attrs(builder: RaggedPassBuilder, ctx: dict, g: int) -> list
     return out
 
 
-__all__ = ["RaggedPassBuilder", "RaggedShape", "attention_nodes_attrs", "build_forward", "ragged_shape"]
+__all__ = [
+    "ATTENTION_OPS",
+    "RaggedPassBuilder",
+    "RaggedShape",
+    "attention_nodes_attrs",
+    "build_forward",
+    "ragged_shape",
+]

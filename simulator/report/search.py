@@ -198,7 +198,8 @@ def search_md(scenario: Scenario, results: Sequence[SearchResult], objective: st
         "",
         "Pruning rules: memory (weights + KV cache cannot fit), tpot_bound (the roofline TPOT misses the target), "
         "target_bound (the roofline throughput misses a throughput target), more_gpus (fewer GPUs already meet "
-        "the targets), dominated_bound (the roofline bound cannot beat the best result found). Serving figures "
+        "the targets), dominated_bound (the roofline bound cannot beat the best result found), dominated_rate (a "
+        "rate its max-rate search missed caps its throughput below the best result found). Serving figures "
         "are p99 (TPOT, TTFT) at the rate shown. Cost: price per GPU-hour x GPUs / output tokens per hour, per "
         "million.",
         "",

@@ -31,15 +31,26 @@ takes at least its eager floor), which keeps a pass's time the sum above; `moesi
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import numpy as np
 
+from simulator import costs
 from simulator.config import Scenario, gpus_per_node, resolve_hardware
-from simulator.config.hardware import HardwareProfile
+from simulator.config.hardware import HardwareProfile, series_interpolate
 from simulator.graph import NodeKind
-from simulator.graph.ragged import RaggedPassBuilder, RaggedShape, attention_nodes_attrs, build_forward, ragged_shape
+from simulator.graph.ragged import (
+    ATTENTION_OPS,
+    RaggedPassBuilder,
+    RaggedShape,
+    attention_nodes_attrs,
+    build_forward,
+    ragged_shape,
+)
 from simulator.placement import symmetric_representatives
 from simulator.serving.pricing import Batch
 from simulator.simulate import node_time_s, simulate_dag
@@ -51,6 +62,28 @@ class IterationTiming(NamedTuple):
 
     period_s: float
     latency_s: float
+
+
+#: Exact trunk passes by (scenario without its serving section, profile) and then (phase, tokens), shared by
+#: the DagPricers made inside share_exact_passes (None outside).
+_SHARED: ContextVar[dict[str, dict[tuple[str, int], tuple[float, list[float]]]] | None] = ContextVar(
+    "dag_pricer_shared_passes", default=None
+)
+
+
+@contextmanager
+def share_exact_passes(store: dict | None = None) -> Iterator[None]:
+    """Inside, DagPricers of the same scenario (its serving section aside: a pricer reads none of it) and
+    profile reuse each other's exact trunk passes. A pass is a pure function of the scenario, the profile, the
+    phase and the token count, so this changes no price; each pricer still builds its own grid of points
+    (which points it checks depends on the batches it has seen: _Trunk), only the simulations are shared.
+    For a deployment search, whose candidates differing in scheduler limits or in an xPyD split share pools.
+    `store` keeps the passes beyond the block (a worker's, across its tasks); a fresh one by default."""
+    token = _SHARED.set({} if store is None else store)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 class DagPricer:
@@ -68,11 +101,24 @@ class DagPricer:
         self.gated = scenario.model.gated
         self.decode_eager = scenario.runtime.mode == "eager"
         self.stage_layers = [len(layers) for layers in scenario.stage_layers()]
+        self.total_layers = sum(self.stage_layers)
         self.pp = len(self.stage_layers)
         self.builder = RaggedPassBuilder(scenario, ragged_shape(()), self.keep)
         self.gpu = self.builder.stage_on[0][0]  # attention is alike on every GPU of every stage
         self.last_gpu = self.builder.stage_on[-1][0]
         self.trunks = {"prefill": _Trunk(self, "prefill"), "decode": _Trunk(self, "decode")}
+        # A calibrated profile times the softmax node at 0 (inside the measured flash-attention rate: op_time),
+        # so its attributes need not be built for a price.
+        self.attention_ops = ATTENTION_OPS if self.hw.calibration is None else ("attn_scores", "attn_context")
+        self.fast = _CalibratedAttention.of(self.builder, self.hw)
+        shared = _SHARED.get()
+        self.passes: dict[tuple[str, int], tuple[float, list[float]]] | None = None
+        if shared is not None:
+            data = scenario.model_dump(mode="json", exclude={"serving", "name", "description"})
+            m = scenario.model  # precisions left unset mean the model's dtype: one key for both spellings
+            data["model"].update(weight_dtype=m.weight_dtype or m.dtype, kv_cache_dtype=m.kv_cache_dtype or m.dtype)
+            key = json.dumps([data, self.hw.model_dump(mode="json")], sort_keys=True)
+            self.passes = shared.setdefault(key, {})
         self.exact_passes = 0
         self.grid_hits = 0
 
@@ -115,8 +161,12 @@ class DagPricer:
         ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": 0, "stage": 0}
         hw, gpn, gated = self.hw, self.gpn, self.gated
         attention_s = 0.0
-        for a in attention_nodes_attrs(bld, ctx, self.gpu):
-            attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
+        if self.fast is not None:
+            for t in self.fast.times(bld, eager):
+                attention_s += t
+        else:
+            for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
+                attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
         head_s = 0.0
         if self.scenario.model.vocab_size:
             ctx = {**ctx, "layer": -1, "stage": self.pp - 1}
@@ -124,25 +174,115 @@ class DagPricer:
                 head_s += node_time_s(a, hw, gpn, eager, gated)[0]
         return attention_s, head_s
 
-    def parts_vector(self, shape: RaggedShape) -> np.ndarray:
+    def parts_list(self, shape: RaggedShape) -> list[float]:
         """What attention and head add to [latency, stage 0, .., stage pp-1]."""
         attention_s, head_s = self.node_parts(shape)
-        layers = self.stage_layers
-        vec = np.array([sum(layers) * attention_s] + [n * attention_s for n in layers])
+        vec = [self.total_layers * attention_s] + [n * attention_s for n in self.stage_layers]
         vec[0] += head_s
         vec[-1] += head_s
         return vec
 
+    def parts_vector(self, shape: RaggedShape) -> np.ndarray:
+        return np.array(self.parts_list(shape))
+
     def timing(self, batch: Batch) -> IterationTiming:
         shape = ragged_shape(batch)
-        vec = self.trunks[shape.phase].at(shape.new_tokens) + self.parts_vector(shape)
-        return IterationTiming(float(vec[1:].max()), float(vec[0]))
+        trunk = self.trunks[shape.phase].at(shape.new_tokens).tolist()
+        parts = self.parts_list(shape)
+        # trunk + parts element by element, as floats (the same sums as numpy's, without its per-call cost)
+        period_s = max(t + p for t, p in zip(trunk[1:], parts[1:]))
+        return IterationTiming(period_s, trunk[0] + parts[0])
 
     def __call__(self, batch: Batch) -> float:
         return self.timing(batch).latency_s
 
     def __repr__(self) -> str:
         return f"DagPricer({self.scenario.name})"
+
+
+class _CalibratedAttention:
+    """The attention nodes' seconds node_parts sums, for a calibrated profile and a model without MLA, computed
+    from the same cost functions and the same steps as op_time.calibrated_node_s's flash-attention branch, in
+    the same order, without building the nodes' attributes (graph.ragged.attention_nodes_attrs): the same
+    floats (tests compare them with the attributes' path), several times faster. The softmax node is left out
+    (its calibrated time is 0: inside the measured flash-attention rate)."""
+
+    def __init__(self, builder: RaggedPassBuilder, hw: HardwareProfile) -> None:
+        assert hw.calibration is not None
+        f = builder.formats
+        self.hl, self.kvl, self.dk = builder.heads_local, builder.kv_heads_local, builder.head_dim
+        self.b_in, self.b, self.kv_b = f.attention_input_bytes, builder.bytes_per_element, builder.kv_bytes_per_element
+        self.peak, self.hbm = hw.peak_for(f.attention), hw.hbm_bytes_per_s
+        self.prefill_table, self.decode_table = hw.calibration.attention_prefill, hw.calibration.attention_decode
+        self.floor_s, self.overhead_s = hw.calibration.eager_floor_s["attention"], hw.kernel_overhead_s
+
+    @classmethod
+    def of(cls, builder: RaggedPassBuilder, hw: HardwareProfile) -> _CalibratedAttention | None:
+        if hw.calibration is None or builder.model.is_mla:
+            return None
+        return cls(builder, hw)
+
+    def times(self, bld: RaggedPassBuilder, eager: bool) -> list[float]:
+        """Node seconds in attention_nodes_attrs' order: scores (prefill part, decode part), then context."""
+        uniform = bld.uniform()
+        if uniform is not None:
+            scores, context = self.kernel(*uniform)
+            return [self.seconds(*scores, 1, eager), self.seconds(*context, 0, eager)]
+        s = bld.shape
+        parts = []
+        if s.prefill:
+            parts.append(self.packed(s.prefill))
+        if s.decode_seqs:
+            parts.append(self.kernel(float(s.decode_seqs), 1, s.decode_kv_tokens / s.decode_seqs))
+        return [self.seconds(*part[0], 1, eager) for part in parts] + [
+            self.seconds(*part[1], 0, eager) for part in parts
+        ]
+
+    def kernel(self, seqs: float, q_len: int, kv_len: float) -> tuple[tuple, tuple]:
+        """(flops, bytes moved, q_len, calibration size) of the scores and of the context node
+        (graph.attention.attention_attrs, non-MLA)."""
+        hl, kvl, dk = self.hl, self.kvl, self.dk
+        kv_bytes = seqs * kvl * kv_len * dk * self.kv_b
+        size = seqs * hl * q_len * kv_len if q_len > 1 else 2 * kv_bytes
+        sc = costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, dk, self.b_in, self.kv_b)
+        cx = costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, dk, self.b, self.kv_b)
+        return (
+            (sc.flops, sc.bytes_read + sc.bytes_written, q_len, size),
+            (cx.flops, cx.bytes_read + cx.bytes_written, q_len, size),
+        )
+
+    def packed(self, chunks: tuple[tuple[int, int], ...]) -> tuple[tuple, tuple]:
+        """graph.ragged.packed_prefill_attrs: each chunk's FLOPs and bytes summed in order; the calibration size
+        is the chunks' total work."""
+        hl, kvl, dk = self.hl, self.kvl, self.dk
+        work = 0.0
+        totals: list[list[float]] = []
+        for i, (q_len, kv_len) in enumerate(chunks):
+            work += 1.0 * hl * q_len * kv_len
+            sc = costs.attention_scores_cost(1.0, hl, kvl, q_len, kv_len, dk, self.b_in, self.kv_b)
+            cx = costs.attention_context_cost(1.0, hl, kvl, q_len, kv_len, dk, self.b, self.kv_b)
+            if i == 0:
+                totals = [[c.flops, c.bytes_read, c.bytes_written] for c in (sc, cx)]
+                continue
+            for total, c in zip(totals, (sc, cx)):
+                total[0] += c.flops
+                total[1] += c.bytes_read
+                total[2] += c.bytes_written
+        q_total = sum(q for q, _ in chunks)
+        size = float(hl) * q_total * (work / (hl * q_total))
+        return (
+            (totals[0][0], totals[0][1] + totals[0][2], q_total, size),
+            (totals[1][0], totals[1][1] + totals[1][2], q_total, size),
+        )
+
+    def seconds(self, flops: float, bytes_moved: float, q_len: int, size: float, launches: int, eager: bool) -> float:
+        """op_time.calibrated_node_s's flash-attention branch."""
+        if q_len > 1:
+            frac = series_interpolate(self.prefill_table, (self.dk,), size)
+        else:
+            frac = series_interpolate(self.decode_table, (self.dk,), size)
+        time_s, bound = costs.calibrated_attention_s(flops, bytes_moved, q_len, self.peak, self.hbm, frac)
+        return costs.eager_time_s(time_s, bound, launches, self.overhead_s, self.floor_s, eager)[0]
 
 
 def reference_shape(phase: str, tokens: int) -> RaggedShape:
@@ -169,7 +309,13 @@ class _Trunk:
         value = self.values.get(tokens)
         if value is None:
             shape = reference_shape(self.phase, tokens)
-            latency_s, spans = self.pricer.simulate(shape)
+            passes = self.pricer.passes
+            found = passes.get((self.phase, tokens)) if passes is not None else None
+            if found is None:
+                found = self.pricer.simulate(shape)
+                if passes is not None:
+                    passes[(self.phase, tokens)] = found
+            latency_s, spans = found
             value = self.values[tokens] = np.array([latency_s, *spans]) - self.pricer.parts_vector(shape)
             bisect.insort(self.points, tokens)
         return value

@@ -213,6 +213,7 @@ class _Disaggregated(RequestSource):
         self.done: list[Sequence | None] = [None] * len(requests)
         self.transfers: list[tuple] = []
         self.arrivals = inputs.spec.workload.arrivals
+        self.warmup_requests = inputs.spec.workload.warmup_requests
         self.init_source()
         self.ready_s = [math.nan] * len(requests)
 
@@ -245,7 +246,7 @@ class _Disaggregated(RequestSource):
     def finish(self, done: list[Sequence]) -> None:
         for seq in done:
             self.done[seq.request_id] = seq
-            self.left()
+            self.left(seq.request_id)
 
     # ---------------------------------------------------------------- transfers
 

@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from simulator.config.serving import PoissonArrivals, ServingError, ServingSpec
 from simulator.serving.pricing import IterationPricer
-from simulator.serving.simulate import ServingRun, simulate_serving
+from simulator.serving.simulate import ServingRun, StoppedEarly, simulate_serving, stop_when
 from simulator.serving.stats import ServingSummary, request_table, summarize
+from simulator.serving.workload import generate_requests
 
 #: progress(rate_per_s, summary) is called after each simulated rate.
 Progress = Callable[[float, ServingSummary], None]
@@ -59,6 +61,7 @@ class MaxRate:
     rate_per_s: float | None
     capped: bool
     curve: pd.DataFrame
+    given_up_at_per_s: float | None = None  # search_max_rate's give_up ended the search at this missed rate
 
 
 def at_rate(spec: ServingSpec, rate_per_s: float) -> ServingSpec:
@@ -110,17 +113,66 @@ def evaluate(
     return row, summary
 
 
+def evaluate_verdict(
+    spec: ServingSpec,
+    pricer: IterationPricer | None,
+    rate_per_s: float,
+    base_dir: str | Path | None = None,
+    simulate: Simulate | None = None,
+) -> dict:
+    """evaluate's curve row, or, when the deployment has fallen behind by the last measured arrival (the rate
+    misses, whatever the rest of the run gives), a row with that verdict only: the run stops there."""
+    try:
+        with stop_when(falls_behind):
+            return evaluate(spec, pricer, rate_per_s, base_dir, simulate)[0]
+    except StoppedEarly as stop:
+        row: dict = dict.fromkeys(CURVE_COLUMNS, math.nan)
+        ratio = keep_up_ratio_of(stop.arrival_s, stop.finish_s)
+        row.update(rate_per_s=rate_per_s, keep_up_ratio=ratio, keeps_up=False, all_targets_met=False)
+        return row
+
+
 def keep_up_ratio(table: pd.DataFrame) -> float:
     """Measured requests completed / measured requests arrived between the first measured completion and the
     last measured arrival: ~1 in a stable queue (what arrives leaves), capacity / rate in an overloaded one;
     0 when every request arrived before the first one finished, inf when no request arrived in between."""
     measured = table[~table["warmup"]]
-    start, end = float(measured["finish_s"].min()), float(measured["arrival_s"].max())
+    return keep_up_ratio_of(measured["arrival_s"].to_numpy(), measured["finish_s"].to_numpy())
+
+
+def keep_up_ratio_of(arrival_s: np.ndarray, finish_s: np.ndarray) -> float:
+    """keep_up_ratio of the measured requests' arrival and finish times. It reads no finish after the last
+    arrival, so a run stopped there (unfinished requests at inf) gives the ratio of the whole run."""
+    start, end = float(finish_s.min()), float(arrival_s.max())
     if not end > start:
         return 0.0
-    arrived = int(((measured["arrival_s"] > start) & (measured["arrival_s"] <= end)).sum())
-    done = int(((measured["finish_s"] > start) & (measured["finish_s"] <= end)).sum())
+    arrived = int(((arrival_s > start) & (arrival_s <= end)).sum())
+    done = int(((finish_s > start) & (finish_s <= end)).sum())
     return done / arrived if arrived else math.inf
+
+
+def falls_behind(arrival_s: np.ndarray, finish_s: np.ndarray) -> bool:
+    """The rate misses whatever the rest of the run gives: checked when the last measured request has arrived
+    (simulate.stop_when), with every measured request's arrival and finish so far (inf: not finished)."""
+    return keep_up_ratio_of(arrival_s, finish_s) < KEEP_UP_FRACTION
+
+
+def throughput_cap(spec: ServingSpec, rate_per_s: float, base_dir: str | Path | None = None) -> float:
+    """Output tokens/s per GPU that no run of spec's workload at a rate below rate_per_s reports: the measured
+    requests' output tokens over the span of their arrivals at rate_per_s, per GPU (stats.summarize divides by
+    the window from the first measured arrival to the last measured finish, never shorter than that span).
+    Runs share their random numbers (workload.py): at a lower rate the same requests arrive over a span longer
+    by rate_per_s / rate, so the cap falls in proportion, and a search's found rate, below every rate it saw
+    missed, reports less than the cap at any of them. inf where that does not hold: a workload that ends at
+    workload.duration_s (how many requests arrive depends on the rate), or one measured request."""
+    w = spec.workload
+    if w.num_requests is None:
+        return math.inf
+    requests = generate_requests(at_rate(spec, rate_per_s), base_dir)[w.warmup_requests :]
+    span_s = requests[-1].arrival_s - requests[0].arrival_s if requests else 0.0
+    if not span_s > 0:
+        return math.inf
+    return sum(r.output_tokens for r in requests) / span_s / spec.num_gpus
 
 
 def rate_curve(
@@ -198,10 +250,18 @@ def search_max_rate(
     base_dir: str | Path | None = None,
     max_doublings: int = 20,
     simulate: Simulate | None = None,
+    give_up: Callable[[float], bool] | None = None,
+    verdict_only: bool = False,
 ) -> MaxRate:
     """max_rate without bounds: bracket from start_per_s by doubling (while every target holds) or
     halving (while one is missed), at most max_doublings times, then bisect the bracket. Every rate is
-    simulated once; the curve holds them all, by rate."""
+    simulated once; the curve holds them all, by rate.
+
+    give_up(rate) is asked after each rate that misses (every rate found later is below it); True ends the
+    search there, with given_up_at_per_s set (a caller that knows the result cannot matter: sweep.search).
+    verdict_only: a rate whose deployment has fallen behind by its last measured arrival (falls_behind) stops
+    there (simulate.stop_when) and gives a curve row with its verdict only (figures NaN); the found rate is
+    the same. When even the lowest rate tried misses, that rate is simulated to the end for its figures."""
     t = spec.targets
     if all(v is None for v in (t.ttft_p99_s, t.tpot_p99_s, t.e2e_p99_s, t.min_goodput_fraction)):
         raise ServingError("targets: none given; set ttft_p99_s, tpot_p99_s, e2e_p99_s or min_goodput_fraction")
@@ -210,42 +270,55 @@ def search_max_rate(
     if not rel_tol > 0:
         raise ServingError(f"rel_tol = {rel_tol} must be > 0 (e.g. 0.02)")
     verdicts: dict[float, bool] = {}
-    rows = []
+    rows: dict[float, dict] = {}
+
+    class GaveUp(Exception):
+        pass
 
     def met(rate: float) -> bool:
         if rate not in verdicts:
-            row, summary = evaluate(spec, pricer, rate, base_dir, simulate)
-            rows.append(row)
+            if verdict_only and progress is None:
+                row = evaluate_verdict(spec, pricer, rate, base_dir, simulate)
+            else:
+                row, summary = evaluate(spec, pricer, rate, base_dir, simulate)
+                if progress is not None:
+                    progress(rate, summary)
+            rows[rate] = row
             verdicts[rate] = bool(row["all_targets_met"])
-            if progress is not None:
-                progress(rate, summary)
+            if not verdicts[rate] and give_up is not None and give_up(rate):
+                raise GaveUp(rate)
         return verdicts[rate]
 
-    def result(rate: float | None, capped: bool) -> MaxRate:
-        curve = pd.DataFrame(rows, columns=list(CURVE_COLUMNS)).sort_values("rate_per_s", ignore_index=True)
-        return MaxRate(rate, capped, curve)
+    def result(rate: float | None, capped: bool, given_up: float | None = None) -> MaxRate:
+        curve = pd.DataFrame(list(rows.values()), columns=list(CURVE_COLUMNS))
+        return MaxRate(rate, capped, curve.sort_values("rate_per_s", ignore_index=True), given_up)
 
     lo = hi = float(start_per_s)
-    if met(lo):
-        for _ in range(max_doublings):
-            hi = 2.0 * lo
-            if not met(hi):
-                break
-            lo = hi
+    try:
+        if met(lo):
+            for _ in range(max_doublings):
+                hi = 2.0 * lo
+                if not met(hi):
+                    break
+                lo = hi
+            else:
+                return result(lo, True)
         else:
-            return result(lo, True)
-    else:
-        for _ in range(max_doublings):
-            lo = 0.5 * hi
-            if met(lo):
-                break
-            hi = lo
-        else:
-            return result(None, False)
-    while (hi - lo) / lo > rel_tol:
-        mid = 0.5 * (lo + hi)
-        if met(mid):
-            lo = mid
-        else:
-            hi = mid
+            for _ in range(max_doublings):
+                lo = 0.5 * hi
+                if met(lo):
+                    break
+                hi = lo
+            else:
+                if verdict_only:  # the lowest rate's figures stand for the candidate: simulate it to the end
+                    rows[lo] = evaluate(spec, pricer, lo, base_dir, simulate)[0]
+                return result(None, False)
+        while (hi - lo) / lo > rel_tol:
+            mid = 0.5 * (lo + hi)
+            if met(mid):
+                lo = mid
+            else:
+                hi = mid
+    except GaveUp as stop:
+        return result(None, False, stop.args[0])
     return result(lo, False)

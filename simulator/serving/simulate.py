@@ -16,7 +16,10 @@ period is the latency (no overlap).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,15 +123,43 @@ def simulate_serving(
     return ServingModel(spec, pricer, requests).run()
 
 
+#: stop_when's check: (arrival_s, finish_s) of the measured requests -> True to stop the run.
+StopCheck = Callable[[np.ndarray, np.ndarray], bool]
+_STOP_CHECK: ContextVar[StopCheck | None] = ContextVar("serving_stop_check", default=None)
+
+
+class StoppedEarly(Exception):
+    """A run stop_when's check stopped at its last measured arrival: the measured requests' arrival and finish
+    times then (inf: not finished yet)."""
+
+    def __init__(self, arrival_s: np.ndarray, finish_s: np.ndarray) -> None:
+        super().__init__("stopped at the last measured arrival")
+        self.arrival_s, self.finish_s = arrival_s, finish_s
+
+
+@contextmanager
+def stop_when(check: StopCheck) -> Iterator[None]:
+    """Inside: every open-loop serving run (co-located or disaggregated) pauses once its last measured request
+    has arrived and calls check(arrival_s, finish_s) with the measured requests' arrival times and their finish
+    times so far (inf: not finished); True raises StoppedEarly, False runs it to the end, unchanged. For a
+    caller that needs only a verdict the rest of the run cannot change (maxrate.evaluate_verdict)."""
+    token = _STOP_CHECK.set(check)
+    try:
+        yield
+    finally:
+        _STOP_CHECK.reset(token)
+
+
 class RequestSource:
     """The arrivals side of a serving model, shared by the co-located `ServingModel` and the disaggregated one
     (serving.disagg_simulate): the open loop (one timeout per request) or the closed loop (each finish sends the
     next), the time-average count of requests in the system, and the run to the end. A subclass sets `env`,
-    `requests` and `arrivals`, calls `init_source`, and defines `accept` (where an arrived request goes)."""
+    `requests`, `arrivals` and `warmup_requests`, calls `init_source`, and defines `accept` (where an arrived request goes)."""
 
     env: simpy.Environment
     requests: Seq[Request]
     arrivals: Arrivals
+    warmup_requests: int
 
     def init_source(self) -> None:
         self.num_finished = 0
@@ -136,6 +167,7 @@ class RequestSource:
         self.in_system = 0
         self.area = 0.0
         self.last_change_s = 0.0
+        self.finish_s = np.full(len(self.requests), math.inf)
 
     def accept(self, request: Request, arrival_s: float) -> None:
         raise NotImplementedError
@@ -162,8 +194,9 @@ class RequestSource:
         self.last_change_s = now
         self.in_system += delta
 
-    def left(self) -> None:
-        """One request left the system: count it, and in a closed loop send the next."""
+    def left(self, request_id: int) -> None:
+        """Request request_id left the system: count it, and in a closed loop send the next."""
+        self.finish_s[request_id] = self.env.now
         self.num_finished += 1
         self.count(-1)
         if self.next_closed < len(self.requests) and self.arrivals.kind == "closed_loop":
@@ -171,7 +204,17 @@ class RequestSource:
             self.next_closed += 1
 
     def run_to_end(self, what: str) -> None:
-        """Run the environment until no event is left; every request must have finished by then."""
+        """Run the environment until no event is left; every request must have finished by then. Inside
+        stop_when, an open loop pauses after its last measured arrival for the check (StoppedEarly)."""
+        check = _STOP_CHECK.get()
+        warmup = self.warmup_requests
+        if check is not None and self.arrivals.kind != "closed_loop" and len(self.requests) > warmup:
+            arrival_s = np.array([r.arrival_s for r in self.requests[warmup:]])
+            # just past the last arrival: every event at that time (a finish at it) has run
+            self.env.run(until=math.nextafter(float(arrival_s.max()), math.inf))
+            finish_s = self.finish_s[warmup:].copy()
+            if check(arrival_s, finish_s):
+                raise StoppedEarly(arrival_s, finish_s)
         self.env.run()
         if self.num_finished != len(self.requests):
             raise RuntimeError(
@@ -207,6 +250,7 @@ class ServingModel(RequestSource):
         self.rows: list[tuple] = []
         self.rr = 0
         self.arrivals = spec.workload.arrivals
+        self.warmup_requests = spec.workload.warmup_requests
         self.init_source()
 
     def run(self) -> ServingRun:
@@ -265,8 +309,8 @@ class ServingModel(RequestSource):
             wake.succeed()
 
     def finished(self, done: list[Sequence]) -> None:
-        for _ in done:
-            self.left()
+        for seq in done:
+            self.left(seq.request_id)
 
     def check_stall(self, scheduler: Scheduler) -> None:
         """Raise when a scheduler has requests but scheduled nothing (a pool waiting on transfers overrides it)."""

@@ -6,7 +6,8 @@ A candidate's scenario is the base scenario with its non-layout dimensions chang
 (the one way to change a layout). Candidate kinds: "aggregated" (one pool of GPUs runs prefill and decode).
 "disaggregated" (xPyD: x prefill instances of one layout, y decode instances of another, x g_p + y g_d = N GPUs;
 a serving scenario only): its candidates carry their pools in `Candidate.detail` (part of the key), their
-`layout` is the placeholder DP N (the pools' layouts are in detail), and sweep.search dispatches screening,
+`layout` is a placeholder of N GPUs (DP N, or where the static workload's batch does not split N ways the
+first layout enumerate_layouts finds; the pools' layouts are in detail), and sweep.search dispatches screening,
 bounds and evaluation by kind. An instance layout is tp = g GPUs (g a divisor of N below N), pp 1, and its
 experts either all expert-parallel (ep = g) or all tensor-parallel (etp = g) over those GPUs, where the model's
 expert count and FFN size allow (config.scenario.pool_layout's rules); the pools are placed packed. Two options
@@ -440,7 +441,9 @@ def enumerate_candidates(base: Scenario, space: SearchSpace) -> Enumeration:
                 continue
             for n in space.gpu_counts:
                 if kind == "disaggregated":
-                    placeholder = ParallelSpec.of_degrees(1, n, 1, 1, 1, 1)
+                    placeholder = disaggregated_placeholder(variant, n)
+                    if placeholder is None:
+                        continue
                     for prefill, decode, placement in disaggregated_splits(
                         variant, n, node_size(base, [hardware]), space
                     ):
@@ -469,6 +472,20 @@ def disaggregated_splits(
             if packs(p, d, gpus_per_node, "separate_nodes")
         ]
     return out
+
+
+def disaggregated_placeholder(variant: Scenario, num_gpus: int) -> ParallelSpec | None:
+    """The layout a disaggregated candidate's scenario carries on num_gpus GPUs (its pools are in its detail):
+    DP N, or where the config rules reject it for this scenario (e.g. a static batch of 128 on DP 3) the first
+    layout enumerate_layouts finds; None when no layout of N GPUs is valid."""
+    from simulator.config import with_layout
+
+    dp = ParallelSpec.of_degrees(1, num_gpus, 1, 1, 1, 1)
+    try:
+        with_layout(variant, dp)
+    except ScenarioError:
+        return next(iter(enumerate_layouts(variant, num_gpus, (1,))), None)
+    return dp
 
 
 def _product(base: Scenario, space: SearchSpace) -> Iterator[tuple]:

@@ -9,8 +9,14 @@ scenario), 'cost' (lowest cost per million output tokens at the targets: GPU-hou
 Pruning rules, each counted (PRUNE_RULES): 'memory' (weights + KV cache cannot fit, closed form), 'tpot_bound'
 (the roofline TPOT already misses the TPOT target), 'target_bound' (the roofline throughput misses a static
 throughput target), 'more_gpus' (fewest_gpus: a smaller count already meets the targets), 'dominated_bound'
-(the candidate's bound cannot beat the best result found so far). A pruned candidate cannot win: every bound
-is one the simulation cannot beat (sweep.bounds); ties are never pruned.
+(the candidate's bound cannot beat the best result found so far), 'dominated_rate' (max_rate, targets and cost
+on a serving scenario: a rate the candidate's max-rate search missed caps what it can report below the best
+result found, serving.maxrate.throughput_cap; its search stops there). A pruned candidate cannot win: every
+bound is one the simulation cannot beat (sweep.bounds); ties are never pruned.
+
+A serving candidate's max-rate search stops a rate's run once the deployment has fallen behind by the last
+measured arrival (serving.maxrate.evaluate_verdict: the verdict the full run would give), and each candidate
+gets its own iteration pricer, so its figures do not depend on which other candidates ran or were pruned.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from simulator.sweep.executors import SerialExecutor
 from simulator.sweep.run import DEFAULT_DECODE_SAMPLE, SweepInterrupted, estimated_cost, simulate_layout
 
 SEARCH_OBJECTIVES = ("targets", "max_rate", "cost", "fewest_gpus")
-PRUNE_RULES = ("memory", "tpot_bound", "target_bound", "more_gpus", "dominated_bound")
+PRUNE_RULES = ("memory", "tpot_bound", "target_bound", "more_gpus", "dominated_bound", "dominated_rate")
 _HOUR_S = 3600.0
 
 
@@ -47,6 +53,9 @@ class SearchSettings:
     rate_per_s: float | None = None  # fewest_gpus: the request rate to serve
     rel_tol: float = 0.02  # max-rate search tolerance
     base_dir: str | None = None  # where a serving section's relative files live
+    # Output tokens/s per GPU a candidate of this task must exceed to beat the best result found when the task
+    # was formed (at the task's price; NaN: none yet): a max-rate search gives up below it ('dominated_rate').
+    floor_tokens_per_s_per_gpu: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -114,10 +123,16 @@ def evaluate_candidate(index: int, candidate: Candidate, scenario: Scenario, set
             figures = _serving_figures(scenario, settings)
         else:
             figures = _static_figures(index, scenario, settings)
+    except _Dominated as exc:
+        return SearchResult(index, candidate, "pruned", "dominated_rate", str(exc), sim_s=time.perf_counter() - started)
     except Exception as exc:  # recorded in the table; the search goes on
         message = str(exc).splitlines()[0] if str(exc) else ""
         return SearchResult(index, candidate, "failed", reason=f"{type(exc).__name__}: {message}".rstrip(": "))
     return SearchResult(index, candidate, "ok", sim_s=time.perf_counter() - started, **figures)
+
+
+class _Dominated(Exception):
+    """The candidate's max-rate search gave up: it cannot beat the best result found (the reason)."""
 
 
 def _static_figures(index: int, scenario: Scenario, settings: SearchSettings) -> dict:
@@ -137,7 +152,7 @@ def _serving_figures(scenario: Scenario, settings: SearchSettings, simulate=None
     """The serving objectives' figures; `simulate` (a disaggregated deployment's, serving.maxrate.Simulate)
     replaces the aggregated simulation and its pricer."""
     from simulator.serving.capacity import resolve_serving
-    from simulator.serving.maxrate import evaluate, search_max_rate
+    from simulator.serving.maxrate import evaluate, search_max_rate, throughput_cap
 
     if simulate is not None:
         assert scenario.serving is not None
@@ -150,7 +165,32 @@ def _serving_figures(scenario: Scenario, settings: SearchSettings, simulate=None
         met = bool(row["all_targets_met"])
     else:
         start = getattr(spec.workload.arrivals, "rate_per_s", None) or 1.0
-        found = search_max_rate(spec, pricer, start, settings.rel_tol, base_dir=settings.base_dir, simulate=simulate)
+        floor = settings.floor_tokens_per_s_per_gpu
+        caps: dict[float, float] = {}
+
+        def give_up(rate: float) -> bool:
+            """Every rate found later is below `rate` and reports less than its cap: no better than the floor."""
+            if not floor > 0:
+                return False
+            caps[rate] = throughput_cap(spec, rate, settings.base_dir)
+            return caps[rate] <= floor
+
+        found = search_max_rate(
+            spec,
+            pricer,
+            start,
+            settings.rel_tol,
+            base_dir=settings.base_dir,
+            simulate=simulate,
+            give_up=give_up,
+            verdict_only=True,
+        )
+        if found.given_up_at_per_s is not None:
+            rate = found.given_up_at_per_s
+            raise _Dominated(
+                f"misses the targets at {rate:.4g} requests/s, so reports under {caps[rate]:.4g} output tokens/s/GPU "
+                f"(the measured requests' output tokens over their arrival span), not above the best found {floor:.4g}"
+            )
         curve = found.curve
         if found.rate_per_s is None:  # even the lowest rate tried misses: report that rate's figures
             row, met = curve.iloc[0].to_dict(), False
@@ -168,14 +208,29 @@ def _serving_figures(scenario: Scenario, settings: SearchSettings, simulate=None
 def evaluate_many(
     evaluate: Callable[..., SearchResult], items: Sequence[tuple[int, Candidate, Scenario]], settings: SearchSettings
 ) -> list[SearchResult]:
-    """One task: evaluate candidates that share an iteration pricer, in order (picklable for the executors). The
-    task starts with no pricer, so a candidate's figures depend on its task alone, not on what the worker ran
-    before (the pricer's adaptive grid interpolates within 0.1 %: serving.dag_pricer)."""
-    _PRICERS.clear()
-    try:
-        return [evaluate(i, c, scenario, settings) for i, c, scenario in items]
-    finally:
-        _PRICERS.clear()
+    """One task: evaluate candidates that differ in scheduler limits only, in order (picklable for the
+    executors). Each candidate starts with no iteration pricer, so its figures depend on it alone, not on what
+    the worker ran before or on which candidates were pruned (the pricer's adaptive grid interpolates within
+    0.1 %: serving.dag_pricer). A candidate meeting the targets raises the task's floor for the next ones (they
+    share its price). DAG pricers share their exact passes across the worker's tasks (_PASSES,
+    serving.dag_pricer.share_exact_passes: pure functions of the scenario, so no price changes)."""
+    from simulator.serving.dag_pricer import share_exact_passes
+
+    if len(_PASSES) > _PASSES_MAX:
+        _PASSES.clear()
+    out = []
+    with share_exact_passes(_PASSES):
+        for i, c, scenario in items:
+            _PRICERS.clear()
+            try:
+                result = evaluate(i, c, scenario, settings)
+            finally:
+                _PRICERS.clear()
+            out.append(result)
+            tput = result.output_tokens_per_s_per_gpu
+            if result.status == "ok" and result.meets and not tput <= settings.floor_tokens_per_s_per_gpu:
+                settings = replace(settings, floor_tokens_per_s_per_gpu=tput)
+    return out
 
 
 def pricer_key(c: Candidate) -> tuple:
@@ -183,11 +238,15 @@ def pricer_key(c: Candidate) -> tuple:
     return (c.kind, c.hardware, c.weight_dtype, c.kv_cache_dtype, c.layout.sort_key(), c.detail)
 
 
-#: Iteration pricers of the running task by scenario without its serving section: candidates that differ in
-#: scheduler limits price the same batches alike, so one pricer's cache serves them all (DagPricer reads no
-#: serving field). Cleared at each task's start and end (evaluate_many).
+#: The running candidate's iteration pricer by scenario without its serving section: its max-rate search's
+#: rates share one pricer's cache (DagPricer reads no serving field). Cleared before and after each candidate
+#: (evaluate_many), so a candidate's prices depend on its own batches alone.
 _PRICERS: dict[str, object] = {}
 _PRICERS_MAX = 4
+#: The worker's exact DAG passes by scenario (serving.dag_pricer.share_exact_passes), cleared past _PASSES_MAX
+#: scenarios (a few hundred small arrays each).
+_PASSES: dict = {}
+_PASSES_MAX = 512
 
 
 def _pricer(scenario: Scenario):
@@ -337,6 +396,18 @@ def bound_key(c: Candidate, b: Bound, price: float, objective: str) -> tuple:
     return (-_nan_low(b.tokens_per_s_per_gpu),)
 
 
+def _floor(best: tuple | None, price: float, objective: str) -> float:
+    """Output tokens/s per GPU a candidate at `price` must exceed to beat the best key (NaN: no floor). max_rate
+    and targets rank by -tokens/s/GPU; cost by price / tokens (higher tokens: lower cost at one price)."""
+    if best is None:
+        return math.nan
+    if objective in ("max_rate", "targets"):
+        return -best[0]
+    if objective == "cost" and best[0] > 0 and math.isfinite(best[0]):
+        return price * 1e6 / (_HOUR_S * best[0])
+    return math.nan
+
+
 def _nan_high(x: float) -> float:
     return math.inf if math.isnan(x) else x
 
@@ -466,7 +537,8 @@ def run_search(
                         )
                         rule = "more_gpus" if more else "dominated_bound"
                         finish(i, SearchResult(i, c, "pruned", rule, why, **extra(i)))
-                    elif c.key() in done:  # a resumed search: counts towards the best as in the first run
+                    elif c.key() in done and (prune or done[c.key()].rule != "dominated_rate"):
+                        # a resumed search: counts towards the best as in the first run
                         result = replace(done[c.key()], index=i, rank=None, **extra(i))
                         finish(i, result)
                         if result.status == "ok" and result.meets:
@@ -476,7 +548,9 @@ def run_search(
                         members.append(i)
                 if members:
                     items = [(i, candidates[i], variants[i]) for i in members]
-                    future = executor.submit(evaluate_many, evaluate, items, settings)
+                    floor = _floor(best, prices.get(candidates[first].hardware_name, math.nan), settings.objective)
+                    task_settings = replace(settings, floor_tokens_per_s_per_gpu=floor) if prune else settings
+                    future = executor.submit(evaluate_many, evaluate, items, task_settings)
                     futures[future] = members
                     future.add_done_callback(finished.put)
             if not futures:

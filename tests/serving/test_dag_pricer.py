@@ -178,3 +178,48 @@ def test_a_bad_serving_field_names_its_path():
     data["serving"]["workload"] = {**data["serving"]["workload"], "arrivals": {"kind": "poisson", "rate_per_s": -2}}
     with pytest.raises(Exception, match=r"^test: serving\.workload\.arrivals\.rate_per_s = -2: input should be"):
         make_scenario(data)
+
+
+def test_shared_exact_passes_change_no_price():
+    """Two pricers of the seed (scheduler limits differ: a pricer reads none) inside share_exact_passes: the
+    second simulates no pass the first simulated, and prices every batch as a pricer alone does."""
+    from simulator.serving.dag_pricer import share_exact_passes
+
+    batches = random_batches(40, seed=3)
+    alone = DagPricer(parse_scenario(seed_serving(), "seed"))
+    expected = [alone.timing(b) for b in batches]
+    with share_exact_passes():
+        first = DagPricer(parse_scenario(seed_serving(), "seed"))
+        assert [first.timing(b) for b in batches] == expected
+        second = DagPricer(parse_scenario(seed_serving(max_num_seqs=64), "seed"))
+        assert [second.timing(b) for b in batches] == expected
+    assert first.exact_passes == alone.exact_passes > 0 and second.exact_passes == 0
+
+
+@pytest.mark.parametrize("which", ["seed", "mixtral_tp2", "seed_eager"])
+def test_calibrated_attention_times_are_the_node_attributes_times(which):
+    """node_parts' fast path (DagPricer.fast) gives the very floats of timing each attention node's attributes,
+    on random ragged batches, uniform ones (a static batch's) and the empty batch of an idle replica."""
+    if which == "mixtral_tp2":
+        scenario = parse_scenario(
+            {
+                **seed_serving(),
+                "model": {"preset": "mixtral-8x7b"},
+                "hardware": "h100-sxm-80gb",
+                "cluster": {"num_gpus": 2, "gpus_per_node": 8},
+                "parallel": {"tp": 2, "pp": 1, "dp": 1, "ep": 1, "etp": 2},
+                "declared": None,
+            },
+            "mixtral",
+        )
+    else:
+        data = seed_serving()
+        if which == "seed_eager":
+            data["runtime"] = {"mode": "eager"}
+        scenario = parse_scenario(data, "seed")
+    pricer = DagPricer(scenario)
+    assert pricer.fast is not None and pricer.hw.calibration is not None
+    batches = random_batches(150, seed=7) + [((1, 100),) * 8, ((512, 0),) * 3, ((700, 300),), ()]
+    fast = [pricer.node_parts(ragged_shape(b)) for b in batches]
+    pricer.fast = None
+    assert [pricer.node_parts(ragged_shape(b)) for b in batches] == fast
