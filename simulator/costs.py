@@ -123,23 +123,42 @@ def expert_ffn_costs(
     b: float,
     weight_b: float | None = None,
     in_b: float | None = None,
+    active_experts: float | None = None,
 ) -> tuple[OpCost, OpCost, OpCost]:
     """FC1, activation, FC2 of a group of experts on one GPU (grouped GEMM over their tokens).
 
     FC1: [T_e, h] x [h, f] (x2 when gated: gate and up); FC2: [T_e, f] x [f, h]. Each expert's
     weights (`weight_b` bytes per element with block scales, default b) are read once if it
-    receives any token. `b`: the activations' bytes per element (GEMM outputs, the activation
-    function); `in_b`: the GEMMs' inputs in their compute format (default b), as linear_cost.
+    receives any token: `active_experts` of them (default: those with expected tokens > 0; an expected
+    count such as expected_touched_experts gives). `b`: the activations' bytes per element (GEMM outputs,
+    the activation function); `in_b`: the GEMMs' inputs in their compute format (default b), as linear_cost.
     """
     wb = b if weight_b is None else weight_b
     ib = b if in_b is None else in_b
     tokens = float(sum(expert_tokens))
-    active = sum(1 for t in expert_tokens if t > 0)
+    active = sum(1 for t in expert_tokens if t > 0) if active_experts is None else active_experts
     up = 2 * ffn if gated else ffn
     fc1 = OpCost(2.0 * tokens * hidden * up, tokens * hidden * ib + active * hidden * up * wb, tokens * up * b)
     act = elementwise_cost(tokens * up, tokens * ffn, ACTIVATION_FLOPS_PER_ELEMENT[activation], b)
     fc2 = OpCost(2.0 * tokens * ffn * hidden, tokens * ffn * ib + active * ffn * hidden * wb, tokens * hidden * b)
     return fc1, act, fc2
+
+
+def expected_touched_experts(expert_tokens: list[float], routed_tokens: float) -> float:
+    """Expected number of experts that receive at least one token copy, when `routed_tokens` tokens are routed
+    independently and expert e expects expert_tokens[e] copies of them: each token picks e with probability
+    p = expert_tokens[e] / routed_tokens (at most once: top-k picks distinct experts), so e stays idle with
+    probability (1 - p)^routed_tokens (the occupancy problem). A grouped MoE kernel reads an expert's weights
+    only when it has a token, so this, not the count of experts with expected tokens > 0, is what a batch
+    reads on average: 16 tokens of top-8 routing over 256 experts touch 256 (1 - (1 - 1/32)^16) = 101.96
+    experts, not 256. Large batches touch every expert ((1 - p)^T vanishes)."""
+    if routed_tokens <= 0.0:
+        return 0.0
+    touched = 0.0
+    for t in expert_tokens:
+        if t > 0.0:
+            touched += 1.0 - (1.0 - min(t / routed_tokens, 1.0)) ** routed_tokens
+    return touched
 
 
 def kept_copies(copies: float, loads: list[float], capacity_factor: float | None) -> tuple[list[float], float]:

@@ -103,6 +103,21 @@ def helper_kernels_s(kernels: tuple, cal: Calibration, kernel_overhead_s: float)
 ELEMENTWISE_CLASS = {"norm_attn": "rmsnorm", "norm_moe": "rmsnorm", "norm_ffn": "rmsnorm", "residual_add": "add"}
 
 
+def activation_s(attrs: dict, s_per_byte: dict[str, float], gated: bool) -> float:
+    """Seconds of an FFN activation node from the measured element-wise rates.
+
+    The "silu_mul" class measured PyTorch's SwiGLU, F.silu(x[:, :f]) * x[:, f:] on x [rows, 2f]: two kernels
+    (silu, then mul) that move 5 f bytes-per-row units for the 3 of one pass (2 read, 1 written). It times a node
+    that launches those two kernels (runtime.framework pytorch: launches 2), per byte of input as measured. One
+    kernel (GELU, or a serving engine's fused SwiGLU: vLLM's silu_and_mul, TensorRT-LLM's gated activation)
+    reads its inputs and writes its output once: the "gelu" class's one-kernel activation rate (it read one
+    tensor and wrote one of its size, so per byte moved it is half its per-input-byte figure) on the bytes
+    it moves."""
+    if gated and attrs["launches"] >= 2:
+        return s_per_byte["silu_mul"] * attrs["bytes_read"]
+    return s_per_byte["gelu"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
+
+
 def calibrated_node_s(
     attrs: dict, hw: HardwareProfile, cal: Calibration, eager: bool, gated: bool
 ) -> tuple[float, str]:
@@ -159,8 +174,7 @@ def calibrated_node_s(
             rows = attrs["in_shape"][0]
             time_s = rows * cal.topk_s_per_row + s_per_byte.get("softmax", 0.0) * attrs["bytes_read"]
         elif op in ("expert_act", "ffn_act", "shared_act"):
-            # measured per byte of input: SwiGLU reads gate and up (twice its output), GELU reads what it writes
-            time_s = s_per_byte["silu_mul" if gated else "gelu"] * attrs["bytes_read"]
+            time_s = activation_s(attrs, s_per_byte, gated)
         elif op in ELEMENTWISE_CLASS:
             # per byte moved: each class's micro-benchmark read one tensor and wrote one of its size, so its
             # time per output byte is twice its time per byte moved (the "add" moved x and x + b: a second

@@ -48,6 +48,26 @@ def test_expert_ffn_costs_gelu_and_swiglu():
     assert gact.bytes_read == 4 * 32 * 2 and gact.bytes_written == 4 * 16 * 2
 
 
+def test_expected_touched_experts_is_the_occupancy_expectation():
+    """T tokens routed independently, expert e expecting t_e copies: P(e idle) = (1 - t_e / T)^T."""
+    # DeepSeek-V3 decode, 16 tokens top-8 over 256 experts: 0.5 copies each, 101.96 experts touched, not 256
+    assert costs.expected_touched_experts([0.5] * 256, 16) == pytest.approx(256 * (1 - (31 / 32) ** 16))
+    assert costs.expected_touched_experts([0.5] * 256, 16) == pytest.approx(101.96, abs=0.01)
+    # one token, top-2 of 4: exactly the 2 experts it picks
+    assert costs.expected_touched_experts([0.5] * 4, 1) == 2.0
+    # a large batch touches them all; an expert with no copies is never touched
+    assert costs.expected_touched_experts([193.5] * 8 + [0.0], 774) == pytest.approx(8.0)
+    assert costs.expected_touched_experts([2.0, 0.0], 2) == 1.0
+
+
+def test_expert_weights_read_for_the_touched_experts():
+    fc1, _, fc2 = costs.expert_ffn_costs(
+        [0.5] * 4, hidden=8, ffn=16, gated=False, activation="gelu", b=2, active_experts=2.0
+    )
+    assert fc1.bytes_read == (2 * 8 + 2.0 * 8 * 16) * 2  # 2 copies' activations, 2 experts' weights
+    assert fc2.bytes_read == (2 * 16 + 2.0 * 16 * 8) * 2
+
+
 def test_params_and_kv_bytes():
     assert costs.attention_params(512, 16, 16, 32) == 4 * 512 * 512
     assert costs.attention_params(4096, 32, 8, 128) == 4096 * 4096 * 2 + 2 * 4096 * 1024

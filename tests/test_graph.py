@@ -476,3 +476,20 @@ def test_decode_layers_of_later_steps_are_copies_with_attention_of_their_own():
             assert attrs[twins[i]]["kv_len"] == attrs[i]["kv_len"]
     # one row per distinct node and step: the counts add up to every node
     assert sum(count for _, _, count, _ in dag.counted()) == len(dag)
+
+
+def test_sparse_decode_reads_the_experts_it_touches():
+    """One decode token, top-2 of 4 experts on one GPU: each expert expects 0.5 copies, and the grouped GEMM
+    reads exactly the 2 it picks (costs.expected_touched_experts), each with 1 row; per_expert keeps one GEMM
+    pair per expert with tokens."""
+    from simulator.graph.ragged import build_forward, ragged_shape
+
+    one_gpu = {"cluster": {"num_gpus": 1, "gpus_per_node": 1}, "parallel": {"tp": 1, "ep": 1, "pp": 1, "dp": 1}}
+    scenario = make_scenario(TINY_MOE, **one_gpu)
+    fc1 = [a for a in build_forward(scenario, ragged_shape(((1, 10),))).attrs if a["op"] == "expert_fc1"]
+    assert len(fc1) == TINY_MOE["model"]["num_layers"]
+    a = fc1[0]
+    assert a["grouped"] == (2.0, 1.0)
+    # 2 copies of a 64-wide token in, 2 experts' [64, 128] fp16 weights
+    assert a["bytes_read"] == 2 * 64 * 2 + 2.0 * 64 * 128 * 2
+    assert a["act_bytes"] == a["bytes_read"] + a["bytes_written"] - 2.0 * 64 * 128 * 2

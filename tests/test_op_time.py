@@ -97,3 +97,48 @@ def test_residual_add_and_norm_at_their_rate_per_byte_moved():
     assert calibrated_node_s(norm, H200, cal, eager=False, gated=False)[0] == pytest.approx(
         cal.elementwise_s_per_byte["rmsnorm"] * (tensor + 512.0)
     )
+
+
+def test_fused_swiglu_is_one_kernel_at_the_activation_rate_per_byte_moved():
+    """An engine's fused SwiGLU (one kernel: reads gate and up, writes their product) moves 3 units per row;
+    the measured "silu_mul" class is PyTorch's pair (silu on a strided half, then mul), which moves 5. The
+    fused node takes the one-kernel "gelu" rate per byte moved: rows 4096, f 14336, bf16 -> reads 234.88 MB,
+    writes 117.44 MB; at the H200's gelu figure (1.3090 ms for 2 x 2 GiB moved) that is 107.4 us, where
+    the PyTorch pair at its measured 1.1825 ps per input byte takes 277.7 us."""
+    from simulator.op_time import calibrated_node_s
+
+    cal = H200.calibration
+    rows, f = 4096, 14336
+    read, written = rows * 2 * f * 2.0, rows * f * 2.0
+    fused = {"op": "ffn_act", "dtype": "bf16", "bytes_read": read, "bytes_written": written, "launches": 1}
+    fused |= {"kind": "compute", "flops": 6.0 * rows * f, "tensor_core": False}
+    time_s, bound = calibrated_node_s(fused, H200, cal, eager=False, gated=True)
+    assert time_s == pytest.approx(cal.elementwise_s_per_byte["gelu"] * (read + written) / 2.0)
+    assert time_s == pytest.approx(1.3090e-3 * (read + written) / (4 * 2**30), rel=1e-4)
+    assert time_s == pytest.approx(107.4e-6, rel=1e-3) and bound == "memory"
+    pair = fused | {"launches": 2}
+    assert calibrated_node_s(pair, H200, cal, eager=False, gated=True)[0] == pytest.approx(277.7e-6, rel=1e-3)
+
+
+@pytest.mark.parametrize("framework, launches", [("fused", 1), ("pytorch", 2)])
+def test_gated_activations_launch_what_the_framework_runs(framework, launches):
+    """PyTorch's SwiGLU is silu then mul (two kernels) in dense FFNs, shared and routed experts alike; an
+    engine's is one fused kernel."""
+    runtime = {"framework": framework}
+    moe = make_scenario(
+        TINY_MOE,
+        runtime=runtime,
+        model={"activation": "swiglu", "num_shared_experts": 1, "shared_expert_ffn_size": 64},
+    )
+    dense_model = {k: v for k, v in TINY_MOE["model"].items() if k not in ("num_experts", "top_k", "expert_ffn_size")}
+    dense = make_scenario(
+        {**TINY_MOE, "model": {**dense_model, "ffn_size": 128, "activation": "swiglu"}},
+        runtime=runtime,
+        parallel={"tp": 2, "ep": 1, "pp": 2, "dp": 1},
+    )
+    seen: dict[str, set[int]] = {}
+    for scenario in (moe, dense):
+        for a in build(scenario).attrs:
+            if a["op"] in ("ffn_act", "shared_act", "expert_act"):
+                seen.setdefault(a["op"], set()).add(a["launches"])
+    assert seen == {"ffn_act": {launches}, "shared_act": {launches}, "expert_act": {launches}}

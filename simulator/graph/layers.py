@@ -194,7 +194,14 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             for g in mine:
                 tokens_e = [routed_copies * loads[e] for e in experts_at[g]]
                 fc2s[g] = self.expert_ffns(
-                    f"{L}.g{g}", ctx, g, deps_of[g], experts_at[g], tokens_e, dropped if g == group[0] else 0.0
+                    f"{L}.g{g}",
+                    ctx,
+                    g,
+                    deps_of[g],
+                    experts_at[g],
+                    tokens_e,
+                    dropped if g == group[0] else 0.0,
+                    routed_copies / k,
                 )
             if n_ranks > 1:
                 comb = self.collective(
@@ -357,6 +364,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 ),
                 (tokens_dim, up),
                 (tokens_dim, ffn),
+                launches=2 if self.pytorch and model.gated else 1,  # PyTorch: silu, then mul
             )
             fc2[g] = self.linear(
                 f"{p}.ffn_fc2",

@@ -26,10 +26,14 @@ class ExpertBuilder(BlockBuilder):
             self.loads_cache[key] = ([x / copies if copies else 0.0 for x in kept], dropped)
         return self.loads_cache[key]
 
-    def expert_ffns(self, prefix, ctx, g, deps, experts, tokens_e, dropped=0.0) -> list[str]:
+    def expert_ffns(self, prefix, ctx, g, deps, experts, tokens_e, dropped=0.0, routed_tokens=None) -> list[str]:
         """FC1, activation, FC2 of this GPU's experts, as the model's moe_impl runs them:
         grouped (one grouped GEMM over exactly the routed tokens), per_expert (a GEMM pair per
-        expert), or capacity (GShard: every expert padded to C slots, one batched GEMM over all)."""
+        expert), or capacity (GShard: every expert padded to C slots, one batched GEMM over all).
+
+        tokens_e are expected copies; given the tokens routed in the layer (`routed_tokens`), a grouped
+        GEMM reads the weights of the experts expected to get at least one (costs.expected_touched_experts)
+        and gives each of them the rows of all, so a sparse decode batch reads what it touches."""
         model, hidden, bytes_per_element = self.model, self.hidden, self.bytes_per_element
         ffn = (model.expert_ffn_size or 0) // self.pl.etp
         up = 2 * ffn if model.gated else ffn
@@ -45,12 +49,14 @@ class ExpertBuilder(BlockBuilder):
         for p, ex, toks in batches:
             fmt = self.formats.expert_gemm
             weight_b = fmt.weight_bytes
+            present = sum(1 for t in toks if t > 0)
+            touched = model.moe_impl == "grouped" and routed_tokens is not None
+            active = costs.expected_touched_experts(toks, routed_tokens) if touched else present
             fc1, act, fc2 = costs.expert_ffn_costs(
-                toks, hidden, ffn, model.gated, model.activation, bytes_per_element, weight_b, fmt.input_bytes
+                toks, hidden, ffn, model.gated, model.activation, bytes_per_element, weight_b, fmt.input_bytes, active
             )
             rows = sum(toks)
             rows_dim = dim(rows)
-            active = sum(1 for t in toks if t > 0)
             per_expert = rows / active if active else 0.0
             extra = {"experts": tuple(ex), "expert_tokens": tuple(toks), "grouped": (active, per_expert)}
             drops = {"dropped_copies": dropped} if dropped and p == batches[0][0] else {}  # counted once, on FC1
@@ -137,6 +143,7 @@ class ExpertBuilder(BlockBuilder):
             ),
             (tokens_dim, up),
             (tokens_dim, ffn),
+            launches=2 if self.pytorch and model.gated else 1,  # PyTorch: silu, then mul
         )
         return self.linear(
             f"{p}.shared_fc2",
