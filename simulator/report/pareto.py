@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simulator.config import Scenario
+from simulator.config import Scenario, TargetMetric
 from simulator.report.summary import fmt_bytes, fmt_s
 from simulator.sweep import LayoutResult
 
@@ -59,7 +59,7 @@ def pareto_png(scenario: Scenario, results: Sequence[LayoutResult]) -> bytes:
     fig = Figure(figsize=(16, 7.5), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    panels = (
+    panels: tuple[tuple[str, TargetMetric, str], ...] = (
         ("ttft_max_s", "ttft_s", "worst-case TTFT"),
         ("tpot_s", "tpot_s", "TPOT (time per output token, per user)"),
     )
@@ -144,7 +144,7 @@ def _scale_axes(ax, xs: list[float], ys: list[float]) -> None:
             set_lim(max(0.0, lo - pad), hi + pad)
 
 
-def _target_lines(ax, scenario: Scenario, metric: str, xs: list[float], ys: list[float]) -> list[str]:
+def _target_lines(ax, scenario: Scenario, metric: TargetMetric, xs: list[float], ys: list[float]) -> list[str]:
     """Dashed target lines inside the plotted range; a note for a target far outside it."""
     notes = []
     x0, x1 = ax.get_xlim()
