@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lint, format check, type check and docs build (CI runs this before the tests): ruff over the whole tree, mypy over the
-# core stages listed in pyproject.toml ([tool.mypy] files). Run `bash scripts/setup.sh` first.
+# whole package (pyproject.toml [tool.mypy] files). Run `bash scripts/setup.sh` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .

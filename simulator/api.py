@@ -290,6 +290,7 @@ def run(
         phase("build and simulate")
         result = run_scenario(loaded, decode_sample=sample, fold=fold, hw=hw)
         if check is not None:
+            assert sample is not None  # the check exists only when decode steps are sampled
             phase("measure the sampling error")
             result = measure_sampling_error(result, sample, check.result())
     finally:

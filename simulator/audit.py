@@ -101,26 +101,26 @@ def audit(scenario: Scenario, memory: list[GpuMemory] | None = None, metrics=Non
         )
 
     if d.experts_per_gpu is not None and m.is_moe:
-        counts = {len(pl.experts_of_gpu(g)) for g in range(pl.num_gpus)}
-        ok = counts == {d.experts_per_gpu}
+        expert_counts = {len(pl.experts_of_gpu(g)) for g in range(pl.num_gpus)}
+        ok = expert_counts == {d.experts_per_gpu}
         lines.append(
             AuditLine(
                 "experts per GPU",
                 str(d.experts_per_gpu),
-                "/".join(str(c) for c in sorted(counts)) + " per layer",
+                "/".join(str(c) for c in sorted(expert_counts)) + " per layer",
                 "holds" if ok else "does not hold",
                 f"{m.num_experts} experts / ep={p.ep} per layer, replicated {p.dp * p.tp // (p.ep * p.etp)}x per stage; "
                 + _expert_ffns_text(sorted({m.num_experts // p.ep * len(layers) for layers in pl.stage_layers})),
             )
         )
     if d.layers_per_gpu is not None:
-        counts = {len(pl.layers_of_gpu(g)) for g in range(pl.num_gpus)}
-        ok = counts == {d.layers_per_gpu}
+        layer_counts = {len(pl.layers_of_gpu(g)) for g in range(pl.num_gpus)}
+        ok = layer_counts == {d.layers_per_gpu}
         lines.append(
             AuditLine(
                 "layers per GPU",
                 str(d.layers_per_gpu),
-                "/".join(str(c) for c in sorted(counts)),
+                "/".join(str(c) for c in sorted(layer_counts)),
                 "holds" if ok else "does not hold",
                 f"{m.num_layers} layers over pp={p.pp} stages",
             )

@@ -46,9 +46,12 @@ def linear_cost(
     )
 
 
-def attention_pairs(q_len: int, kv_len: int, causal: bool = True) -> float:
+def attention_pairs(q_len: int, kv_len: float, causal: bool = True) -> float:
     """(query, key) pairs scored per head. Causal: query i (of q_len, the last q_len positions of
-    kv_len) sees kv_len - q_len + i + 1 keys, summing to q_len*kv_len - q_len*(q_len-1)/2."""
+    kv_len) sees kv_len - q_len + i + 1 keys, summing to q_len*kv_len - q_len*(q_len-1)/2.
+
+    Linear in kv_len, as are the attention costs below: a batch of one-token (decode) sequences of
+    different KV lengths is priced exactly with their mean kv_len (a float)."""
     if not causal:
         return float(q_len * kv_len)
     return q_len * kv_len - q_len * (q_len - 1) / 2.0
@@ -59,7 +62,7 @@ def attention_scores_cost(
     heads: int,
     kv_heads: int,
     q_len: int,
-    kv_len: int,
+    kv_len: float,
     head_dim: int,
     b: float,
     kv_b: float | None = None,
@@ -79,7 +82,7 @@ def attention_scores_cost(
 SOFTMAX_FLOPS_PER_ELEMENT = 5.0  # max, subtract, exp, sum, divide (online softmax, Milakov & Gimelshein 2018)
 
 
-def attention_softmax_cost(batch: float, heads: int, q_len: int, kv_len: int) -> OpCost:
+def attention_softmax_cost(batch: float, heads: int, q_len: int, kv_len: float) -> OpCost:
     """Softmax of the scores, fused in the flash kernel: FLOPs on the vector units, no HBM traffic."""
     return OpCost(SOFTMAX_FLOPS_PER_ELEMENT * batch * heads * attention_pairs(q_len, kv_len), 0.0, 0.0)
 
@@ -89,7 +92,7 @@ def attention_context_cost(
     heads: int,
     kv_heads: int,
     q_len: int,
-    kv_len: int,
+    kv_len: float,
     head_dim: int,
     b: float,
     kv_b: float | None = None,

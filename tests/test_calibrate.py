@@ -11,7 +11,13 @@ import yaml
 from conftest import ROOT
 
 from simulator import costs
-from simulator.calibration.fit import eager_floors, fit_calibration, leave_one_out, measured_points
+from simulator.calibration.fit import (
+    eager_floors,
+    fit_calibration,
+    leave_one_out,
+    measured_gemm_format,
+    measured_points,
+)
 from simulator.config.hardware import load_profile, series_interpolate
 
 MICRO = ROOT / "hardware_profiles" / "measurements" / "h200_micro.json"
@@ -193,6 +199,16 @@ def test_the_table_records_the_format_its_gemms_were_measured_in(micro):
     bad["gemm"][0]["dtype"] = "fp8"
     with pytest.raises(ValueError, match="GEMM dtypes fp16/fp8: need one of fp16, bf16"):
         fit_calibration(bad, profile, "m")
+
+
+def test_a_file_measured_in_bf16_records_bf16():
+    """The format is read from the file (not fp16 by default): every GEMM and batched GEMM in bf16 gives bf16,
+    and no GEMM at all gives fp16."""
+    bf16 = {"gemm": [{"dtype": "bf16"}], "bmm": [{"dtype": "bf16"}]}
+    assert measured_gemm_format(bf16) == "bf16"
+    assert measured_gemm_format({}) == "fp16"
+    with pytest.raises(ValueError, match="GEMM dtypes bf16/fp16"):
+        measured_gemm_format({"gemm": [{"dtype": "bf16"}], "bmm": [{}]})
 
 
 def test_a_transfer_keeps_bandwidth_figures_as_fractions_of_the_hbm_peak():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from simulator import costs
 from simulator.config.hardware import LinkSpec
@@ -209,3 +211,16 @@ def test_a_memory_bound_fp8_gemm_is_governed_by_its_bytes():
 def test_a_gemm_shorter_than_its_fixed_part_keeps_its_time():
     t, _ = costs.format_transfer_gemm_s(_square(1e-6, 1.0, 1.0), P16, P8, HBM, FIXED)
     assert t == 1e-6  # all of it is fixed: a faster format saves nothing
+
+
+@given(st.lists(st.integers(min_value=1, max_value=100_000), min_size=1, max_size=32))
+def test_a_decode_batch_costs_the_same_priced_at_its_mean_kv_length(kv_lens):
+    """A ragged decode batch (graph.ragged, serving.dag_pricer) is priced as len(kv_lens) sequences at the
+    mean KV length, a float: the attention costs are linear in kv_len, so that equals the per-sequence sum."""
+    seqs, mean = len(kv_lens), sum(kv_lens) / len(kv_lens)
+    args = (8, 2)  # heads, kv_heads
+    for cost in (costs.attention_scores_cost, costs.attention_context_cost):
+        batched = cost(float(seqs), *args, 1, mean, 128, 2.0, 1.0)
+        one_by_one = [cost(1.0, *args, 1, kv, 128, 2.0, 1.0) for kv in kv_lens]
+        for field in ("flops", "bytes_read", "bytes_written"):
+            assert getattr(batched, field) == pytest.approx(sum(getattr(c, field) for c in one_by_one), rel=1e-12)

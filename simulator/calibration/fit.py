@@ -12,6 +12,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -260,13 +261,13 @@ def _fraction_rows(points: list[Point]) -> list[tuple]:
     return [(*p.key, p.x, p.roofline_s / p.measured_s) for p in points]
 
 
-def measured_gemm_format(data: dict) -> str:
+def measured_gemm_format(data: dict) -> Literal["fp16", "bf16"]:
     """The number format the file's GEMMs and batched GEMMs were measured in (their `dtype`, fp16 when
     unstated); the fit reads every one at 2 bytes per element, so a 16-bit format is required."""
     formats = {g.get("dtype", "fp16") for g in data.get("gemm", []) + data.get("bmm", [])} or {"fp16"}
     if len(formats) > 1 or not formats <= {"fp16", "bf16"}:
         raise ValueError(f"GEMM dtypes {'/'.join(sorted(formats))}: need one of fp16, bf16")
-    return formats.pop()
+    return "bf16" if formats == {"bf16"} else "fp16"
 
 
 def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibration:

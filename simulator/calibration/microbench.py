@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from simulator.calibration import e2e as e2e_mod
 from simulator.calibration.timing import Timer, flash_attention_only, rand_fp16, rms_norm
@@ -25,8 +26,8 @@ from simulator.calibration.timing import Timer, flash_attention_only, rand_fp16,
 FP16_BYTES = 2
 
 _M = (1, 16, 64, 256, 1024, 4096, 16384, 65536)
-#: The shared file's shape grids, section by section.
-GRIDS = {
+#: The shared file's shape grids, section by section (each benchmark reads its own section's shapes).
+GRIDS: dict[str, tuple[Any, ...]] = {
     "gemm": tuple(
         (m, k, n)
         for k, n in (
@@ -77,7 +78,7 @@ GRIDS = {
     "launch": ("add_1elem_eager",),
 }
 #: --quick: a couple of small points per grid, enough to exercise every code path.
-QUICK_GRIDS = {
+QUICK_GRIDS: dict[str, tuple[Any, ...]] = {
     "gemm": tuple((m, k, n) for k, n in ((512, 512), (512, 1024)) for m in (1, 16)),
     "bmm": ((16, 512, 1024, (1, 4)),),
     "sdpa_prefill": ((1, 4, 256, 32),),
@@ -253,7 +254,8 @@ def iter_sections(device: str = "cuda", quick: bool = False, include_e2e: bool =
         yield key, value
         if device.startswith("cuda"):
             torch.cuda.empty_cache()  # the next grid's tensors differ in size: start unfragmented
-    e2e, breakdown = [], []
+    e2e: list[dict] = []
+    breakdown: list[dict] = []
     if include_e2e:
         prefill = e2e_mod.QUICK_E2E_PREFILL if quick else e2e_mod.E2E_PREFILL
         decode = e2e_mod.QUICK_E2E_DECODE if quick else e2e_mod.E2E_DECODE

@@ -146,7 +146,7 @@ def print_table(console: Console, scenario: Scenario, results: Sequence[LayoutRe
 # Files
 
 
-def _row(r: LayoutResult, target_names: list[str]) -> dict:
+def _row(r: LayoutResult, target_names: Sequence[str]) -> dict:
     row = {
         "rank": r.rank if r.rank is not None else "",
         "layout": r.label,
@@ -176,7 +176,7 @@ def _row(r: LayoutResult, target_names: list[str]) -> dict:
     return row
 
 
-def comparison_rows(results: Sequence[LayoutResult], target_names: list[str]) -> list[dict]:
+def comparison_rows(results: Sequence[LayoutResult], target_names: Sequence[str]) -> list[dict]:
     """One row per layout, in `results` order: the columns of comparison.csv (`serving_*` ones when any
     layout has serving figures)."""
     rows = [_row(r, target_names) for r in results]
@@ -186,7 +186,7 @@ def comparison_rows(results: Sequence[LayoutResult], target_names: list[str]) ->
     return rows
 
 
-def comparison_csv(results: Sequence[LayoutResult], target_names: list[str]) -> str:
+def comparison_csv(results: Sequence[LayoutResult], target_names: Sequence[str]) -> str:
     rows = comparison_rows(results, target_names)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["layout"], lineterminator="\n")

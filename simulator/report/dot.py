@@ -274,7 +274,7 @@ def _legend(gpus: list[int], notes: list[str]) -> list[str]:
         '    graph [label="Legend", fontsize=18, fontname="Helvetica-Bold", labeljust=l, style="rounded,filled", '
         'fillcolor="#ffffff", color="#9a9a9a", margin=10];',
     ]
-    samples = [
+    samples: list[tuple[str, str, dict]] = [  # (node id, label, node attributes)
         ("legend.compute", "computation\n(GPU colour)", {"kind": "compute", "gpu": 0}),
         ("legend.comm", "communication\n(GPU group named)", {"kind": "communication"}),
         ("legend.routing", "routing\n(router, top-k, sample)", {"kind": "routing", "gpu": 0}),

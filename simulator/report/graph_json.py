@@ -14,7 +14,7 @@ from simulator.graph import Dag
 try:  # orjson writes the seed graph ~3x faster than the json module; the output is the same JSON
     import orjson
 except ImportError:  # pragma: no cover - depends on the environment
-    orjson = None
+    orjson = None  # type: ignore[assignment]  # optional: write_graph_json checks for None and falls back to json
 
 
 def node_link(g: Dag | nx.DiGraph) -> dict:

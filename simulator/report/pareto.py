@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simulator.config import Scenario
+from simulator.config import Scenario, TargetMetric
 from simulator.report.summary import fmt_bytes, fmt_s
 from simulator.sweep import LayoutResult
 
@@ -59,7 +59,7 @@ def pareto_png(scenario: Scenario, results: Sequence[LayoutResult]) -> bytes:
     fig = Figure(figsize=(16, 7.5), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    panels = (
+    panels: tuple[tuple[str, TargetMetric, str], ...] = (
         ("ttft_max_s", "ttft_s", "worst-case TTFT"),
         ("tpot_s", "tpot_s", "TPOT (time per output token, per user)"),
     )
@@ -144,7 +144,7 @@ def _scale_axes(ax, xs: list[float], ys: list[float]) -> None:
             set_lim(max(0.0, lo - pad), hi + pad)
 
 
-def _target_lines(ax, scenario: Scenario, metric: str, xs: list[float], ys: list[float]) -> list[str]:
+def _target_lines(ax, scenario: Scenario, metric: TargetMetric, xs: list[float], ys: list[float]) -> list[str]:
     """Dashed target lines inside the plotted range; a note for a target far outside it."""
     notes = []
     x0, x1 = ax.get_xlim()
@@ -190,9 +190,18 @@ _OFFSETS = [
 ]
 
 
-def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[tuple[int, str, bool]]) -> None:
+def _place_labels(
+    fig,
+    ax,
+    xs: list[float],
+    ys: list[float],
+    labels: list[tuple[int, str, bool]],
+    major_colour: str = "tab:red",
+    grid: _BoxGrid | None = None,
+) -> None:
     """Greedy placement: each label takes the first offset where it overlaps no label placed
-    before it (and stays inside the axes); rank numbers with no room are left out.
+    before it (and stays inside the axes); rank numbers with no room are left out. `grid`: the boxes
+    already placed by an earlier call on the same axes (labels of another series), filled in here.
 
     Candidate boxes are measured from the text's metrics, not drawn and removed (that took a
     minute for a 64-GPU sweep's ~1,500 points), and checked against the placed ones through a
@@ -204,7 +213,7 @@ def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[tuple[
     frame = ax.get_window_extent(renderer)
     px_per_point = fig.dpi / 72.0
     anchors = ax.transData.transform(np.column_stack([xs, ys]))
-    grid = _BoxGrid(cell_px=40.0)
+    grid = _BoxGrid(cell_px=40.0) if grid is None else grid
     fonts = {True: FontProperties(size=8.5, weight="bold"), False: FontProperties(size=6.5)}
     # a Text's box spans a whole line: at least the height and descent of "lp" (as matplotlib lays it out)
     line = {
@@ -214,35 +223,38 @@ def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[tuple[
         if not (math.isfinite(xs[i]) and math.isfinite(ys[i])):
             continue
         style = (
-            {"fontsize": 8.5, "fontweight": "bold", "color": "tab:red"} if major else {"fontsize": 6.5, "color": "0.3"}
+            {"fontsize": 8.5, "fontweight": "bold", "color": major_colour}
+            if major
+            else {"fontsize": 6.5, "color": "0.3"}
         )
         width, height, descent = renderer.get_text_width_height_descent(text, fonts[major], ismath=False)
         height, descent = max(height, line[major][0]), max(descent, line[major][1])
+
+        def box_at(dx: float, dy: float, ha: str) -> Bbox:
+            # the text's baseline starts (ha "left") or ends (ha "right") at the offset
+            x0 = anchors[i][0] + dx * px_per_point - (width if ha == "right" else 0.0)
+            return Bbox.from_bounds(x0, anchors[i][1] + dy * px_per_point - descent, width, height)
+
         chosen = None
-        for dx, dy in _OFFSETS:  # the text's baseline starts at the offset (left, baseline alignment)
-            x0 = anchors[i][0] + dx * px_per_point
-            y0 = anchors[i][1] + dy * px_per_point - descent
-            box = Bbox.from_bounds(x0, y0, width, height).expanded(1.05, 1.1)
+        # left-aligned to the right of the point first, then (a long name near the right edge) ending left of it
+        for dx, dy, ha in [(dx, dy, "left") for dx, dy in _OFFSETS] + [(-6, 5, "right"), (-6, -12, "right")]:
+            box = box_at(dx, dy, ha).expanded(1.05, 1.1)
             inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
             if inside and not grid.overlaps(box):
-                chosen = (dx, dy)
+                chosen = (dx, dy, ha)
                 break
         if chosen is None:
             if not major:
                 continue
-            chosen = _OFFSETS[0]  # a Pareto name is always shown, even where it must overlap
-            box = Bbox.from_bounds(
-                anchors[i][0] + chosen[0] * px_per_point,
-                anchors[i][1] + chosen[1] * px_per_point - descent,
-                width,
-                height,
-            )
+            chosen = (*_OFFSETS[0], "left")  # a Pareto name is always shown, even where it must overlap
+            box = box_at(*chosen)
         # a plain Text at the point, shifted by the offset in points (lighter than an Annotation)
         ax.text(
             xs[i],
             ys[i],
             text,
             zorder=7,
+            ha=chosen[2],
             **style,
             transform=offset_copy(ax.transData, fig=fig, x=chosen[0], y=chosen[1], units="points"),
         )
@@ -307,6 +319,7 @@ def user_speed_pareto_png(title: str, points: Sequence[UserSpeedPoint], tpot_tar
     fig = Figure(figsize=(11, 7), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    named: list[tuple[str, list[UserSpeedPoint], list[int]]] = []  # per kind: its colour, points, front to name
     for kind in sorted({p.kind for p in finite}, key=lambda k: (k not in KIND_COLOURS, k)):
         colour = KIND_COLOURS.get(kind, "tab:gray")
         mine = [p for p in finite if p.kind == kind]
@@ -339,15 +352,7 @@ def user_speed_pareto_png(title: str, points: Sequence[UserSpeedPoint], tpot_tar
             lw=1.6,
             label=f"{kind}: Pareto front",
         )
-        for i in front[:12]:
-            ax.annotate(
-                mine[i].label,
-                (mine[i].tokens_per_s_per_user, mine[i].tokens_per_s_per_gpu),
-                xytext=(4, 4),
-                textcoords="offset points",
-                fontsize=7,
-                color=colour,
-            )
+        named.append((colour, mine, front[:12]))
     if tpot_target_s:
         speed = 1.0 / tpot_target_s
         ax.axvline(
@@ -363,7 +368,12 @@ def user_speed_pareto_png(title: str, points: Sequence[UserSpeedPoint], tpot_tar
     if ax.get_legend_handles_labels()[0]:  # nothing simulated and no target: no legend to draw
         ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels: they are placed where the axes end up, and kept off each other
+    grid = _BoxGrid(cell_px=40.0)
+    for colour, mine, front in named:
+        xs = [p.tokens_per_s_per_user for p in mine]
+        ys = [p.tokens_per_s_per_gpu for p in mine]
+        _place_labels(fig, ax, xs, ys, [(i, mine[i].label, True) for i in front], major_colour=colour, grid=grid)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

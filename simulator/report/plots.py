@@ -176,7 +176,7 @@ def plot_directory(run_dir: Path) -> tuple[list[str], dict[str, float]]:
 
 
 #: The top-level fields of summary.json the pictures and the page read, and their JSON types.
-SUMMARY_FIELDS = {
+SUMMARY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "scenario": str,
     "model": str,
     "layout": dict,

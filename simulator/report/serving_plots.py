@@ -115,7 +115,7 @@ def gantt_png(run: ServingRun, title: str, num_requests: int = GANTT_REQUESTS) -
     fig, axes = _figure(13, max(3.0, 0.22 * len(records) + 1.5))
     ax = axes[0, 0]
     ys = np.arange(len(records))
-    spans = {"queued": [], "prefill": [], "decode": []}
+    spans: dict[str, list[tuple[float, float]]] = {"queued": [], "prefill": [], "decode": []}  # (start_s, length_s)
     for rec in records:
         first = rec.first_token_s
         spans["queued"].append((rec.arrival_s, rec.first_scheduled_s - rec.arrival_s))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import matplotlib.colors
@@ -24,6 +25,9 @@ from PIL import Image
 
 from simulator.placement import gpu_ranges
 from simulator.report.slices import Slices
+
+if TYPE_CHECKING:  # matplotlib.typing is newer than the oldest matplotlib supported (3.7): for the checker only
+    from matplotlib.typing import RcKeyType
 
 #: One colour per category, shared by every picture of a run.
 CATEGORY_COLOURS = {
@@ -53,7 +57,7 @@ _FALLBACK_COLOUR = "#333333"
 #: Text rendered without hinting, at whole pixels: glyphs as legible at these sizes, drawn in about
 #: half the time (matplotlib's default auto-hints every glyph at 8x the horizontal resolution;
 #: text is most of the time a figure of a run takes).
-FAST_TEXT = {"text.hinting": "no_hinting"}
+FAST_TEXT: dict[RcKeyType, Any] = {"text.hinting": "no_hinting"}
 
 #: Most GPUs drawn; larger runs show a representative subset and say which.
 MAX_GPUS_SHOWN = 8

@@ -200,6 +200,10 @@ class DagPricer:
         return f"DagPricer({self.scenario.name})"
 
 
+#: One attention node's (flops, bytes moved, q_len, calibration size), the arguments of _CalibratedAttention.seconds.
+_AttentionKernel = tuple[float, float, int, float]
+
+
 class _CalibratedAttention:
     """The attention nodes' seconds node_parts sums, for a calibrated profile and a model without MLA, computed
     from the same cost functions and the same steps as op_time.calibrated_node_s's flash-attention branch, in
@@ -238,7 +242,7 @@ class _CalibratedAttention:
             self.seconds(*part[1], 0, eager) for part in parts
         ]
 
-    def kernel(self, seqs: float, q_len: int, kv_len: float) -> tuple[tuple, tuple]:
+    def kernel(self, seqs: float, q_len: int, kv_len: float) -> tuple[_AttentionKernel, _AttentionKernel]:
         """(flops, bytes moved, q_len, calibration size) of the scores and of the context node
         (graph.attention.attention_attrs, non-MLA)."""
         hl, kvl, dk = self.hl, self.kvl, self.dk
@@ -251,7 +255,7 @@ class _CalibratedAttention:
             (cx.flops, cx.bytes_read + cx.bytes_written, q_len, size),
         )
 
-    def packed(self, chunks: tuple[tuple[int, int], ...]) -> tuple[tuple, tuple]:
+    def packed(self, chunks: tuple[tuple[int, int], ...]) -> tuple[_AttentionKernel, _AttentionKernel]:
         """graph.ragged.packed_prefill_attrs: each chunk's FLOPs and bytes summed in order; the calibration size
         is the chunks' total work."""
         hl, kvl, dk = self.hl, self.kvl, self.dk

@@ -91,7 +91,9 @@ class Scheduler:
     def __init__(self, spec: SchedulerSpec, replica: int = 0) -> None:
         self.spec = spec
         self.replica = replica
-        self.kv = PagedKVCache(spec.kv_cache.capacity_blocks, spec.kv_cache.block_size_tokens)
+        capacity = spec.kv_cache.capacity_blocks
+        assert capacity is not None, "kv_cache.capacity_blocks unresolved (serving.capacity.resolve_serving sets it)"
+        self.kv = PagedKVCache(capacity, spec.kv_cache.block_size_tokens)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0

@@ -238,6 +238,7 @@ class ServingModel(RequestSource):
         per_batch = spec.scheduler
         if self.batches > 1:
             kv = per_batch.kv_cache
+            assert kv.capacity_blocks is not None  # simulate_serving refuses None; disaggregated pools are resolved
             per_batch = per_batch.model_copy(
                 update={"kv_cache": kv.model_copy(update={"capacity_blocks": kv.capacity_blocks // self.batches})}
             )

@@ -102,6 +102,7 @@ def arrival_times_s(w: WorkloadSpec) -> np.ndarray:
     if a.kind == "closed_loop":
         assert w.num_requests is not None
         return np.full(w.num_requests, math.nan)
+    assert a.kind != "trace", "a trace's arrival times are read from its file (generate_requests)"
     rng = np.random.default_rng([w.seed, 0])
     if w.num_requests is not None:
         return _unit_gaps(w, rng, 0, w.num_requests).cumsum() / a.rate_per_s

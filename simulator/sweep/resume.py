@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeGuard
 
 from simulator.config import ParallelSpec, Scenario, ScenarioError, resolve_hardware
 from simulator.files import OutputError, pid_alive, write_atomic
@@ -121,7 +122,7 @@ def from_record(record: dict) -> LayoutResult:
     return LayoutResult(**fields)
 
 
-def _is_int(x) -> bool:
+def _is_int(x) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 

@@ -134,16 +134,17 @@ def run_sweep(
     pending: list[tuple[int, Scenario]] = []
     for i, layout in enumerate(layouts):
         if layout in done:
-            results[i] = replace(done[layout], index=i, own=layout == own)
+            kept = replace(done[layout], index=i, own=layout == own)
+            results[i] = kept
             if progress:
-                progress(results[i])
+                progress(kept)
             continue
         variant = with_layout(scenario, layout)
         need = screen_memory(variant, capacity)
         if need is None:
             pending.append((i, variant))
         else:
-            results[i] = LayoutResult(
+            screened = LayoutResult(
                 index=i,
                 layout=layout,
                 own=layout == own,
@@ -152,8 +153,9 @@ def run_sweep(
                 memory_bytes_per_gpu=need,
                 capacity_bytes=capacity,
             )
+            results[i] = screened
             if progress:
-                progress(results[i])
+                progress(screened)
     # Longest first: the pool's last tasks are short ones, so workers finish together.
     steps = scenario.workload.output_len_tokens - 1
     folded = evenly_routed(scenario)
