@@ -175,16 +175,17 @@ def calibrated_node_s(
             time_s = rows * cal.topk_s_per_row + s_per_byte.get("softmax", 0.0) * attrs["bytes_read"]
         elif op in ("expert_act", "ffn_act", "shared_act"):
             time_s = activation_s(attrs, s_per_byte, gated)
-        elif op in ELEMENTWISE_CLASS:
-            # per byte moved: each class's micro-benchmark read one tensor and wrote one of its size, so its
-            # time per output byte is twice its time per byte moved (the "add" moved x and x + b: a second
-            # full operand would have needed 6.2 TB/s, above the H200's 4.8 TB/s; at that rate per byte moved a
-            # residual add, x + y, reading two, takes the 24.4 us per call the seed's kernel_breakdown shows)
-            time_s = s_per_byte[ELEMENTWISE_CLASS[op]] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
         elif attrs.get("scatter_add") and "index_add" in s_per_byte:  # measured atomics, per byte of input
             time_s = s_per_byte["index_add"] * attrs["bytes_read"]
-        else:  # gathers, scatters, weighted sums: at the measured copy rate on the bytes they move
-            time_s = s_per_byte["copy"] * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
+        else:
+            # Norms and residual adds at their measured class's rate (ELEMENTWISE_CLASS), gathers, scatters and
+            # weighted sums at the copy rate, per byte moved: each class's micro-benchmark read one tensor and
+            # wrote one of its size, so its time per output byte is twice its time per byte moved (the "add"
+            # moved x and x + b: a second full operand would have needed 6.2 TB/s, above the H200's 4.8 TB/s; at
+            # that rate per byte moved a residual add, x + y, reading two, takes the 24.4 us per call the seed's
+            # kernel_breakdown shows)
+            rate = s_per_byte[ELEMENTWISE_CLASS.get(op, "copy")]
+            time_s = rate * (attrs["bytes_read"] + attrs["bytes_written"]) / 2.0
         bound, floor_s = "memory", floors_s["elementwise"]
     return costs.eager_time_s(time_s, bound, attrs["launches"], hw.kernel_overhead_s, floor_s, eager)
 

@@ -208,24 +208,21 @@ def host_tasks(dag: Dag, dispatch_s: Sequence[float], eager_decode: bool, graph_
         token = last_token.get(mb) if phase == "decode" else None
         graph_mode = phase == "decode" and not eager_decode
         for g in gpus:
+            rest_s = None  # the dispatch of a multi-kernel node's later kernels
             if graph_mode:
                 t = graph_task.get(g) if open_pass.get(g) == pass_key else None
                 if t is None:
                     t = graph_task[g] = new_task(g, graph_launch_s, pass_key, token)
             elif dispatch_s[i] > 0.0 or kind == COMM:
                 launches = a.get("launches", 1)
-                if launches > 1:  # the node starts once its first kernel is issued; the host issues the rest
-                    first_s = dispatch_s[i] / launches
-                    t = new_task(g, first_s, pass_key, token)
-                    successors[t - n].append(i)
-                    new_task(g, dispatch_s[i] - first_s, pass_key, token)
-                    if a.get("host_sync"):
-                        pending_sync[g] = i
-                    continue
-                t = new_task(g, dispatch_s[i], pass_key, token)
+                first_s = dispatch_s[i] / launches if launches > 1 else dispatch_s[i]
+                t = new_task(g, first_s, pass_key, token)  # the node starts once its first kernel is issued
+                rest_s = dispatch_s[i] - first_s if launches > 1 else None
             else:
                 continue  # a fused sub-op: issued with its kernel
             successors[t - n].append(i)
+            if rest_s is not None:  # the host issues the rest while the node runs
+                new_task(g, rest_s, pass_key, token)
             if a.get("host_sync") and not graph_mode:
                 pending_sync[g] = i
     return HostTasks(durations, successors, sync_edges)
