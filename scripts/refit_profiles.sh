@@ -10,5 +10,6 @@ DATA=hardware_profiles/measurements/h200_micro.json
 for name in h200-sxm-141gb h100-sxm-80gb generic-64gb; do
   "$MOESIM" calibrate --from-json "$DATA" --measured-on hardware_profiles/datasheet/h200-sxm-141gb.yaml \
     --base "hardware_profiles/datasheet/$name.yaml" \
+    --host-calls hardware_profiles/measurements/host_calls.json \
     --out "hardware_profiles/$name.yaml" --name "$name"
 done

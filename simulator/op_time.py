@@ -53,8 +53,9 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: 
 def host_dispatch_s(attrs: dict, hw: HardwareProfile) -> float:
     """Host time to issue one node's kernels eagerly (the launch thread's cost per node): per kernel,
     its op class's eager floor when the profile is calibrated (calibration.fit: what one eager call
-    of negligible GPU work costs, so the host's dispatch time), else host_launch_s. A collective is
-    one launch per member's host; a marker or a fused sub-op (launches = 0) costs none."""
+    of negligible GPU work costs, so the host's dispatch time), else host_launch_s; plus, on a calibrated
+    profile, the node's no-kernel PyTorch calls (host_calls_s), which the host makes before its kernels. A
+    collective is one launch per member's host; a marker or a fused sub-op (launches = 0) costs none."""
     kind = attrs["kind"]
     if kind == MARKER:
         return 0.0
@@ -64,13 +65,27 @@ def host_dispatch_s(attrs: dict, hw: HardwareProfile) -> float:
     launches = attrs["launches"]
     if cal is None or not launches:
         return launches * hw.host_launch_s
+    calls_s = host_calls_s(attrs["host_calls"], cal.host_call_s) if "host_calls" in attrs else 0.0
     if "gemm" in attrs:
         op_class = "grouped_gemm" if "grouped" in attrs and attrs["grouped"][0] > 1 else "gemm"
     elif attrs.get("fused") == "flash_attention":
         op_class = "attention"
     else:
         op_class = "elementwise"
-    return launches * cal.eager_floor_s[op_class]
+    return launches * cal.eager_floor_s[op_class] + calls_s
+
+
+def host_calls_s(calls, host_call_s: dict[str, float]) -> float:
+    """Host seconds of a node's no-kernel PyTorch calls (views, splits, basic indexing: graph.PYTORCH_HOST_CALLS)
+    as ((kind, count), ...) or, for a split, (kind, count, parts): count x the kind's measured time, plus
+    count x parts x its per-part time (calibration.host_calls fits split as a line in the part count). A kind
+    the profile has not timed costs nothing."""
+    total_s = 0.0
+    for kind, count, *parts in calls:
+        total_s += count * host_call_s.get(kind, 0.0)
+        if parts:
+            total_s += count * parts[0] * host_call_s.get(f"{kind}_per_part", 0.0)
+    return total_s
 
 
 #: Helper kernel classes priced per byte written at a rate the kernel_breakdown measures

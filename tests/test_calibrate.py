@@ -127,6 +127,8 @@ def test_committed_profiles_match_a_refit(name, micro, tmp_path):
             "hardware_profiles/datasheet/h200-sxm-141gb.yaml",
             "--base",
             f"hardware_profiles/datasheet/{name}.yaml",
+            "--host-calls",
+            "hardware_profiles/measurements/host_calls.json",
             "--out",
             str(out),
             "--name",

@@ -17,6 +17,7 @@ from typing import Literal
 import yaml
 
 from simulator.calibration import e2e as e2e_mod
+from simulator.calibration.host_calls import fit_host_call_s, source_note
 from simulator.config.hardware import (
     CALIBRATION_TABLES,
     Calibration,
@@ -296,6 +297,8 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
     sources.update(rate_sources)
     per_call_s, per_call_sources = helper_kernel_s(data)
     sources.update(per_call_sources)
+    if data.get("host_calls"):
+        sources["host_calls"] = data.get("host_calls_source") or source_note(data, source)
     table_floor = {"gemm": "gemm", "grouped_gemm": "grouped_gemm"}
     host_rows = {
         table: _host_bound_rows(pts[table], floors[table_floor.get(table, "attention")], dispatch_s)
@@ -315,6 +318,7 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
         rate_sources=sources,
         helper_kernel_s=per_call_s,
         topk_s_per_row=topk[0]["s"] / topk[0]["shape"][0] if topk else 0.0,
+        host_call_s=fit_host_call_s(data.get("host_calls", [])),
     )
 
 
@@ -403,7 +407,9 @@ def write_profile(
         "# memory_efficiency, host_launch_s and the calibration tables are measured: roofline\n"
         f"# fractions against the datasheet peaks of the measured GPU ({measured_on}), applied here\n"
         "# to this profile's own peaks. Refit with:\n"
-        f"#   moesim calibrate --from-json {calibration.source} --measured-on {measured_on} --base {base} --out {out}\n"
+        f"#   moesim calibrate --from-json {calibration.source} --measured-on {measured_on} --base {base}"
+        + (f" --host-calls {data['host_calls_path']}" if data.get("host_calls_path") else "")
+        + f" --out {out}\n"
     )
     base_path = Path(base)
     if base_path.is_file():  # carry the base profile's own notes (its assumptions and sources)

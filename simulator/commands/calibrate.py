@@ -31,6 +31,12 @@ def add_arguments(parser) -> None:
         "fractions are taken against its peaks and applied to --base's",
     )
     parser.add_argument("--raw-out", type=Path, help="with --device: also keep the raw measurements here")
+    parser.add_argument(
+        "--host-calls",
+        type=Path,
+        help="host times of no-kernel PyTorch calls (the JSON `python -m simulator.calibration.host_calls` writes; "
+        "hardware_profiles/measurements/host_calls.json in the moesim repository); with --device they are measured there",
+    )
 
 
 def fit_checked(data, device, source: str, label: str):
@@ -55,6 +61,25 @@ def fit_checked(data, device, source: str, label: str):
         ) from None
 
 
+def read_host_calls(path: Path) -> dict:
+    """The host_calls section of a host-calls JSON file and a note of where it was measured; one
+    ScenarioError line when the file is missing or not of that format."""
+    from simulator.calibration.host_calls import source_note
+    from simulator.config import ScenarioError
+
+    label = f"--host-calls {path}"
+    if not path.is_file():
+        raise ScenarioError(f"{label}: no such file")
+    try:
+        data = json.loads(read_bounded(path, label, "host-calls JSON", ScenarioError).decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ScenarioError(f"{label}: not JSON") from None
+    rows = data.get("host_calls") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "call" in r and "s" in r for r in rows):
+        raise ScenarioError(f'{label}: expected {{"host_calls": [{{"call": ..., "s": ...}}, ...]}}')
+    return {"host_calls": rows, "host_calls_source": source_note(data, str(path)), "host_calls_path": str(path)}
+
+
 def command(args, console) -> int:
     from simulator.config import ScenarioError
 
@@ -64,6 +89,10 @@ def command(args, console) -> int:
         from simulator.calibration import microbench
 
         data = microbench.run_microbenchmarks(device=args.device)
+        if args.host_calls is None:
+            from simulator.calibration.host_calls import bench_host_calls
+
+            data["host_calls"] = bench_host_calls(microbench._import_torch(), args.device)
         source = str(args.raw_out or args.out.with_suffix(".raw.json"))
         from simulator.files import write_atomic
 
@@ -85,6 +114,8 @@ def command(args, console) -> int:
         except (ValueError, RecursionError):  # not UTF-8, or a number of more digits than Python converts
             raise ScenarioError(f"--from-json {args.from_json}: not a JSON text file") from None
         source = str(args.from_json)
+    if args.host_calls is not None:
+        data = {**data, **read_host_calls(args.host_calls)}
     measured_on = args.measured_on or args.base
     device = load_profile(measured_on)
     calibration = fit_checked(data, device, source, f"--from-json {args.from_json}" if args.from_json else "--device")
@@ -102,6 +133,10 @@ def command(args, console) -> int:
         f"dispatch floor {(calibration.dispatch_floor_s or 0.0) * 1e6:.1f} us per call"
     )
     for rate, source in calibration.rate_sources.items():
+        if rate == "host_calls":
+            calls = ", ".join(f"{k} {v * 1e6:.2f} us" for k, v in calibration.host_call_s.items())
+            console.print(f"no-kernel host calls: {calls} ({source})")
+            continue
         if rate in calibration.helper_kernel_s:
             console.print(f"{rate}: {calibration.helper_kernel_s[rate] * 1e6:.2f} us per call ({source})")
             continue

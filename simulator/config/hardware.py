@@ -71,6 +71,20 @@ ELEMENTWISE_RATES = ("gelu", "silu_mul", "rmsnorm", "add", "copy")
 CALIBRATION_TABLES = ("gemm", "grouped_gemm", "attention_prefill", "attention_decode")
 #: A measured fraction of the roofline above this is a measurement error (slightly above 1 is timer noise).
 MAX_FRACTION = 1.5
+#: Kinds of no-kernel PyTorch calls a profile may time (calibration.host_calls; graph.PYTORCH_HOST_CALLS counts them).
+HOST_CALL_KINDS = (
+    "view",
+    "transpose",
+    "reshape",
+    "unsqueeze",
+    "squeeze",
+    "slice",
+    "slice_nd",
+    "select",
+    "chunk",
+    "split",
+    "split_per_part",
+)
 
 
 class Calibration(StrictModel):
@@ -126,6 +140,13 @@ class Calibration(StrictModel):
         "kernel_overhead_s for those kernels, eagerly and inside a CUDA graph",
     )
     topk_s_per_row: float = Field(ge=0.0, description="seconds per row of a top-k")
+    host_call_s: dict[str, float] = Field(
+        default={},
+        description="host seconds per PyTorch call that launches no kernel (views, transposes, splits, basic "
+        "indexing), by kind (HOST_CALL_KINDS; split: a fixed part plus split_per_part per output tensor), "
+        "from calibration.host_calls; eager runs of runtime.framework pytorch add them to the launch thread "
+        "(graph.PYTORCH_HOST_CALLS counts them per node); empty: not measured, none added",
+    )
 
     @model_validator(mode="after")
     def _usable(self) -> Calibration:
@@ -140,6 +161,11 @@ class Calibration(StrictModel):
             bad = next((k for k, v in values.items() if not v > 0.0), None)
             if bad is not None:
                 raise ValueError(f"calibration.{table}.{bad} = {values[bad]!r}: must be a positive number of seconds")
+        for kind, value in self.host_call_s.items():
+            if kind not in HOST_CALL_KINDS:
+                raise ValueError(f"calibration.host_call_s.{kind}: unknown kind (one of {', '.join(HOST_CALL_KINDS)})")
+            if not 0.0 <= value <= MAX_LATENCY_S:
+                raise ValueError(f"calibration.host_call_s.{kind} = {value!r}: must be seconds in [0, {MAX_LATENCY_S}]")
         for table in CALIBRATION_TABLES:
             rows = getattr(self, table)
             if not rows:

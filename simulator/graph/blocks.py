@@ -44,6 +44,39 @@ PYTORCH_HELPER_KERNELS = {
     # (then the sum over the k copies is the combine node)
     "moe_undispatch": 6,
 }
+#: Calls a plain PyTorch implementation makes that launch no kernel (views, transposes, splits, slice and
+#: integer indexing) but cost the launch thread host time (calibration.host_calls times each kind), counted
+#: call by call in simulator/calibration/e2e.py and charged to the node whose kernels they precede, as
+#: (kind, count) or, for a split, (kind, count, parts). By node name; "qkv_views" goes to the first node that
+#: reads q, k and v (kv_append in decode, attn_gqa_expand or attn_scores in prefill); "moe_split" is the sorted
+#: MoE's split of the gathered rows by expert (one part per local expert), before the first expert's GEMM.
+PYTORCH_HOST_CALLS = {
+    # the fused QKV output split in three, then q, k and v each viewed as heads and transposed
+    "qkv_views": (("split", 1, 3), ("view", 3), ("transpose", 3)),
+    "qkv_views_unfused": (("view", 3), ("transpose", 3)),
+    "kv_append": (("slice_nd", 2),),  # cache[0][:, :, -1:] = k (and v): basic indexing, then the copy
+    "o_proj": (("transpose", 1), ("reshape", 1)),  # o.transpose(1, 2).reshape(b, s, -1)
+    "router": (("view", 1),),  # rms_norm(x).view(-1, h)
+    "residual_moe": (("view", 1),),  # the MoE output viewed back as [b, s, h]
+    "gated_act": (("chunk", 1),),  # SwiGLU: x.chunk(2, dim=-1)
+    # sorted MoE (moe_impl per_expert)
+    "moe_sort": (("view", 1),),  # top_e.view(-1).argsort()
+    "moe_count_min": (("view", 1),),  # bincount(top_e.view(-1))
+    "expert_fc1": (("select", 1),),  # w1[e]
+    "expert_fc2": (("select", 1),),  # w2[e]
+    "moe_unsort": (("view", 1), ("unsqueeze", 1)),  # top_w.view(-1)[order].unsqueeze(1)
+    # capacity MoE (moe_impl capacity)
+    "moe_dispatch_index": (("view", 1), ("unsqueeze", 2), ("squeeze", 1)),
+    "capacity_fc1": (("slice", 1), ("view", 1)),  # buf[:-1].view(e, c, h)
+    "moe_undispatch": (
+        ("view", 2),
+        ("slice", 1),
+        ("unsqueeze", 1),
+    ),  # .view(e*c, h), buf[-1:], top_w.view(-1).unsqueeze(1)
+    "moe_combine": (("view", 1),),  # y.view(b, k, h) before the sum
+}
+SORTED_MOE_CALLS = frozenset(("moe_sort", "moe_count_min", "expert_fc1", "expert_fc2", "moe_unsort"))
+CAPACITY_MOE_CALLS = frozenset(("moe_dispatch_index", "moe_undispatch", "moe_combine"))
 #: CUB's onesweep radix sort of 8-byte keys (InvokeOnesweep) zeroes its pass counters and its
 #: histograms once and its look-back buffer before each of its 8 passes: 10 cudaMemsetAsync calls
 #: (device work, no kernel launch of their own).
@@ -118,6 +151,32 @@ class BlockBuilder:
         self.head_dim = model.head_size
         self.hidden = model.hidden_size
 
+    def pytorch_host_calls(self, nid: str, attrs: dict) -> tuple | None:
+        """The no-kernel calls (PYTORCH_HOST_CALLS) a plain PyTorch implementation makes before this node's
+        kernels; None when it makes none. MLA attention and grouped MoE have no such implementation here."""
+        name = nid.rsplit(".", 1)[-1]
+        model, moe = self.model, self.pytorch_moe
+        qkv = "qkv_views" if model.fused_qkv else "qkv_views_unfused"
+        if name == "kv_append":
+            return PYTORCH_HOST_CALLS[qkv] + PYTORCH_HOST_CALLS["kv_append"]
+        if name == "attn_gqa_expand" or (name == "attn_scores" and attrs["phase"] == "prefill"):
+            if model.is_mla or (name == "attn_scores" and self.kv_heads_local < self.heads_local):
+                return None  # MLA: no plain implementation; GQA: the views went to attn_gqa_expand
+            return PYTORCH_HOST_CALLS[qkv]
+        if name in ("o_proj", "router", "residual_moe"):
+            return PYTORCH_HOST_CALLS[name]
+        if attrs["op"] in ("expert_act", "ffn_act", "shared_act"):
+            return PYTORCH_HOST_CALLS["gated_act"] if model.gated and attrs["launches"] >= 2 else None
+        if moe == "per_expert":
+            if name == "moe_permute":
+                return (("split", 1, len(self.pl.experts_of_gpu(attrs["gpu"]))),)
+            return PYTORCH_HOST_CALLS.get(name) if name in SORTED_MOE_CALLS else None
+        if moe == "capacity":
+            if name == "expert_fc1":
+                return PYTORCH_HOST_CALLS["capacity_fc1"]
+            return PYTORCH_HOST_CALLS.get(name) if name in CAPACITY_MOE_CALLS else None
+        return None
+
     def on_gpus(self, gpus) -> list[int]:
         """The GPUs of `gpus` whose nodes this builder materialises."""
         return list(gpus) if self.keep is None else [g for g in gpus if g in self.keep]
@@ -151,6 +210,10 @@ class BlockBuilder:
 
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:
+        if self.pytorch and attrs.get("launches"):
+            calls = self.pytorch_host_calls(nid, attrs)
+            if calls:
+                attrs["host_calls"] = calls
         i = len(self.attrs)
         index = self.index
         if nid in index:
