@@ -18,6 +18,7 @@ timed for several part counts; the fit makes it a fixed part plus a part per out
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -67,8 +68,7 @@ def _calls(torch, device: str) -> dict:
         "chunk": lambda: rows.chunk(2, dim=-1),
     }
     for parts in SPLIT_PARTS:
-        sizes = [48 // parts] * parts
-        calls[f"split{parts}"] = lambda sizes=sizes: rows.split(sizes)
+        calls[f"split{parts}"] = functools.partial(rows.split, [48 // parts] * parts)
     return calls
 
 
