@@ -107,14 +107,17 @@ with torch.inference_mode():
     logits = torch.randn(t, e, device=dev, dtype=torch.float32)
     experts = torch.arange(e, device=dev)
     slots = torch.arange(t * 2, device=dev)
+    onehot = (ids.unsqueeze(1) == experts).to(torch.int32)  # made once: each row below is one PyTorch call
+    mask = ids < 4
+    ids1 = ids + 1
     small = {
         "add_1elem": lambda: one + 1,
         "add_64x512": lambda: x + y,
         "copy_64x512": lambda: buf[:t].copy_(x),
-        "cumsum_128x16_int32": lambda: (ids.unsqueeze(1) == experts).to(torch.int32).cumsum(0),
+        "cumsum_128x16_int32": lambda: onehot.cumsum(0),
         "gather_rows_128x512": lambda: x.index_select(0, idx),
         "index_copy_128x512": lambda: buf.index_copy_(0, slots, buf),
-        "where_128": lambda: torch.where(ids < 4, ids, ids + 1),
+        "where_128": lambda: torch.where(mask, ids, ids1),
         "softmax_64x16_fp32": lambda: torch.softmax(logits, -1),
         "topk2_64x16": lambda: logits.topk(2, dim=-1),
         "zeros_128x512": lambda: torch.zeros(t * 2, h, device=dev, dtype=torch.float16),
@@ -221,4 +224,6 @@ print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} sh
 PY
 extra_rc=$?
 echo "gpu_calibration: extra benchmarks exit $extra_rc after $(( $(date +%s) - extra_start )) s (budget ${EXTRA_BUDGET_S} s)"
+echo "gpu_calibration: refit the profiles from these files with:"
+echo "  DATA=$OUT/raw_micro.json HOST_CALLS=$OUT/raw_host_calls.json EXTRA=$OUT/raw_extra.json bash scripts/refit_profiles.sh"
 exit "$rc"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from simulator import costs
 from simulator.config import DTYPE_BYTES
 from simulator.config.hardware import Calibration, HardwareProfile, series_interpolate
-from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
+from simulator.graph.dag import COMM, MARKER, ROUTING  # NodeKind members, bound once (hot loops)
 
 
 def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
@@ -70,6 +70,8 @@ def host_dispatch_s(attrs: dict, hw: HardwareProfile) -> float:
         op_class = "grouped_gemm" if "grouped" in attrs and attrs["grouped"][0] > 1 else "gemm"
     elif attrs.get("fused") == "flash_attention":
         op_class = "attention"
+    elif kind == ROUTING and "helper" in cal.eager_floor_s:
+        op_class = "helper"  # index arithmetic, gathers, scatters, reductions: measured apart when a file has them
     else:
         op_class = "elementwise"
     return launches * cal.eager_floor_s[op_class] + calls_s

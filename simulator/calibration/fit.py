@@ -125,6 +125,41 @@ def eager_floors(points: dict[str, list[Point]], data: dict) -> dict[str, float]
     return floors
 
 
+#: gpu_calibration.sh's graph_kernels rows that time the 1-element add or plain copies: the point-wise
+#: dispatch the `launch` section already measures; every other row is a PyTorch helper op (cumsum,
+#: gather, index_copy_, where, softmax, top-k, zeros).
+POINTWISE_GRAPH_KERNELS = ("add_", "copy_")
+
+
+def helper_dispatch_s(data: dict) -> float | None:
+    """The host's dispatch of one PyTorch helper op (index arithmetic, gathers, scatters, reductions: what
+    the routing helper nodes launch), from gpu_calibration.sh's `graph_kernels`: the median eager time of
+    its helper rows (tiny tensors, so each eager call is its dispatch); None without such rows."""
+    rows = [
+        r["s_eager"]
+        for r in data.get("graph_kernels", [])
+        if r.get("s_eager") and not r["op"].startswith(POINTWISE_GRAPH_KERNELS)
+    ]
+    return statistics.median(rows) if rows else None
+
+
+def small_kernel_device_s(data: dict) -> float | None:
+    """Device time of one small kernel, from gpu_calibration.sh's `graph_kernels`: the median time per
+    kernel replayed inside a CUDA graph (no dispatch), over every row; None without such rows."""
+    rows = [r["s_graph_per_kernel"] for r in data.get("graph_kernels", []) if r.get("s_graph_per_kernel")]
+    return statistics.median(rows) if rows else None
+
+
+def graph_launch_s(data: dict) -> float | None:
+    """The host's cost of launching one captured graph, from gpu_calibration.sh's `graph_launch`: the wall
+    time of a synchronised replay of a 1-kernel graph less a bare synchronisation and that kernel's device
+    time (small_kernel_device_s); None without the section."""
+    g = data.get("graph_launch")
+    if not g:
+        return None
+    return max(0.0, g["s_replay_1_kernel_synced"] - g["s_sync_only"] - (small_kernel_device_s(data) or 0.0))
+
+
 def dispatch_floor_s(points: dict[str, list[Point]], data: dict) -> float:
     """The host's per-call dispatch floor, from the data: the median eager time of the smallest calls
     of every table (roofline time < FLOOR_DEFINING_ROOFLINE_S, so their GPU work is negligible), else
@@ -185,6 +220,9 @@ def scatter_add_s_per_byte(data: dict) -> tuple[float, str] | None:
     else the kernel-level times of the profiled prefill passes (`kernel_breakdown`): the index_add
     kernel's total time over the bytes it read (every routed token copy, top_k x tokens rows of hidden
     fp16 values), summed over the cases whose model simulator/calibration/e2e.py defines."""
+    graph_rates = [e["s_per_byte"] for e in data.get("scatter_add", []) if e.get("s_per_byte")]
+    if graph_rates:  # gpu_calibration.sh: index_add_ replayed in a CUDA graph, i.e. its device time
+        return statistics.median(graph_rates), f"scatter_add micro-benchmark in a CUDA graph ({len(graph_rates)} sizes)"
     for e in data.get("elementwise", []):
         if e.get("op") == "index_add":
             return e["s"] / e["bytes_in"], "elementwise index_add micro-benchmark"
@@ -276,6 +314,9 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
     peak, hbm = profile.peak_flops_per_s.fp16, profile.hbm_bytes_per_s
     pts = measured_points(data, peak, hbm)
     floors = eager_floors(pts, data)
+    helper_s = helper_dispatch_s(data)
+    if helper_s is not None:
+        floors["helper"] = helper_s
     dispatch_s = dispatch_floor_s(pts, data)
     ew = {}
     for e in data.get("elementwise", []):
@@ -397,6 +438,20 @@ def write_profile(
         rates = {k: v * hbm_ratio for k, v in calibration.elementwise_s_per_byte.items()}
         calibration = calibration.model_copy(update={"elementwise_s_per_byte": rates})
     raw["host_launch_s"] = round(calibration.eager_floor_s["gemm"], 9)
+    extra = data.get("extra_path", "the micro-benchmark file")
+    device_s, launch_s = small_kernel_device_s(data), graph_launch_s(data)
+    if device_s is not None:
+        raw["kernel_overhead_s"] = round(device_s, 9)
+        sources["kernel_overhead_s"] = {
+            "kind": kind,
+            "source": f"{extra}: median device time per small kernel replayed in a CUDA graph{where}",
+        }
+    if launch_s is not None:
+        raw["graph_launch_s"] = round(launch_s, 9)
+        sources["graph_launch_s"] = {
+            "kind": kind,
+            "source": f"{extra}: synchronised replay of a 1-kernel graph less a bare sync and the kernel{where}",
+        }  # sources is raw["figure_sources"] (set above)
     env = data.get("env", {})
     raw["calibration"] = json.loads(calibration.model_dump_json())
     profile = HardwareProfile.model_validate(raw)

@@ -32,6 +32,12 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--raw-out", type=Path, help="with --device: also keep the raw measurements here")
     parser.add_argument(
+        "--extra",
+        type=Path,
+        help="benchmarks/gpu_calibration.sh's raw_extra.json: small kernels' eager dispatch and device time in a "
+        "CUDA graph, one graph launch, the scatter-add in a graph (read: graph_kernels, graph_launch, scatter_add)",
+    )
+    parser.add_argument(
         "--host-calls",
         type=Path,
         help="host times of no-kernel PyTorch calls (the JSON `python -m simulator.calibration.host_calls` writes; "
@@ -80,6 +86,44 @@ def read_host_calls(path: Path) -> dict:
     return {"host_calls": rows, "host_calls_source": source_note(data, str(path)), "host_calls_path": str(path)}
 
 
+#: The sections of gpu_calibration.sh's raw_extra.json that the fit reads, with the fields each row needs.
+EXTRA_SECTIONS = {
+    "graph_kernels": ("op", "s_eager", "s_graph_per_kernel"),
+    "scatter_add": ("s_per_byte",),
+}
+
+
+def read_extra(path: Path) -> dict:
+    """The sections of a raw_extra.json the fit reads (EXTRA_SECTIONS, graph_launch) and its path; one
+    ScenarioError line when the file is missing, not JSON, or a section is not of its format."""
+    from simulator.config import ScenarioError
+
+    label = f"--extra {path}"
+    if not path.is_file():
+        raise ScenarioError(f"{label}: no such file")
+    try:
+        data = json.loads(read_bounded(path, label, "raw_extra JSON", ScenarioError).decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ScenarioError(f"{label}: not JSON") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{label}: expected the JSON object benchmarks/gpu_calibration.sh writes")
+    out: dict = {"extra_path": str(path)}
+    for section, fields in EXTRA_SECTIONS.items():
+        rows = data.get(section)
+        if rows is None:
+            continue
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and all(f in r for f in fields) for r in rows):
+            raise ScenarioError(f"{label}: {section}: expected a list of rows with {', '.join(fields)}")
+        out[section] = rows
+    launch = data.get("graph_launch")
+    if launch is not None:
+        keys = ("s_replay_1_kernel_synced", "s_sync_only")
+        if not isinstance(launch, dict) or not all(isinstance(launch.get(k), (int, float)) for k in keys):
+            raise ScenarioError(f"{label}: graph_launch: expected {{{', '.join(keys)}}} in seconds")
+        out["graph_launch"] = launch
+    return out
+
+
 def command(args, console) -> int:
     from simulator.config import ScenarioError
 
@@ -116,6 +160,8 @@ def command(args, console) -> int:
         source = str(args.from_json)
     if args.host_calls is not None:
         data = {**data, **read_host_calls(args.host_calls)}
+    if args.extra is not None:
+        data = {**data, **read_extra(args.extra)}
     measured_on = args.measured_on or args.base
     device = load_profile(measured_on)
     calibration = fit_checked(data, device, source, f"--from-json {args.from_json}" if args.from_json else "--device")
@@ -127,6 +173,11 @@ def command(args, console) -> int:
         f"batched-GEMM, {len(calibration.attention_prefill) + len(calibration.attention_decode)} attention "
         f"points; eager floors {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in calibration.eager_floor_s.items())}"
     )
+    if args.extra is not None:
+        console.print(
+            f"from {args.extra}: device time per small kernel in a CUDA graph {profile.kernel_overhead_s * 1e6:.2f} us, "
+            f"one graph launch {profile.graph_launch_s * 1e6:.2f} us"
+        )
     bounds = sum(len(rows) for rows in calibration.host_bound.values())
     console.print(
         f"host-bound calls (eager time = host dispatch, kept as upper bounds on GPU time): {bounds}; "

@@ -102,7 +102,9 @@ class Calibration(StrictModel):
         "format (fp8, int8, fp4) is priced from them by costs.format_transfer_gemm_s",
     )
     eager_floor_s: dict[str, float] = Field(
-        description="shortest eager call per op class: gemm, grouped_gemm, attention, elementwise"
+        description="shortest eager call per op class: gemm, grouped_gemm, attention, elementwise; and helper (the "
+        "dispatch of a PyTorch helper op: index arithmetic, gathers, scatters, reductions) when measured "
+        "(benchmarks/gpu_calibration.sh graph_kernels), else those take the elementwise floor"
     )
     dispatch_floor_s: float | None = Field(
         default=None,
