@@ -67,6 +67,19 @@ def fit_checked(data, device, source: str, label: str):
         ) from None
 
 
+def _read_json(path: Path, label: str, kind: str):
+    """The parsed JSON of a measurement file given by option `label`; one ScenarioError line when it is
+    missing, too large or not JSON."""
+    from simulator.config import ScenarioError
+
+    if not path.is_file():
+        raise ScenarioError(f"{label}: no such file")
+    try:
+        return json.loads(read_bounded(path, label, kind, ScenarioError).decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ScenarioError(f"{label}: not JSON") from None
+
+
 def read_host_calls(path: Path) -> dict:
     """The host_calls section of a host-calls JSON file and a note of where it was measured; one
     ScenarioError line when the file is missing or not of that format."""
@@ -74,12 +87,7 @@ def read_host_calls(path: Path) -> dict:
     from simulator.config import ScenarioError
 
     label = f"--host-calls {path}"
-    if not path.is_file():
-        raise ScenarioError(f"{label}: no such file")
-    try:
-        data = json.loads(read_bounded(path, label, "host-calls JSON", ScenarioError).decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise ScenarioError(f"{label}: not JSON") from None
+    data = _read_json(path, label, "host-calls JSON")
     rows = data.get("host_calls") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "call" in r and "s" in r for r in rows):
         raise ScenarioError(f'{label}: expected {{"host_calls": [{{"call": ..., "s": ...}}, ...]}}')
@@ -99,12 +107,7 @@ def read_extra(path: Path) -> dict:
     from simulator.config import ScenarioError
 
     label = f"--extra {path}"
-    if not path.is_file():
-        raise ScenarioError(f"{label}: no such file")
-    try:
-        data = json.loads(read_bounded(path, label, "raw_extra JSON", ScenarioError).decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise ScenarioError(f"{label}: not JSON") from None
+    data = _read_json(path, label, "raw_extra JSON")
     if not isinstance(data, dict):
         raise ScenarioError(f"{label}: expected the JSON object benchmarks/gpu_calibration.sh writes")
     out: dict = {"extra_path": str(path)}
