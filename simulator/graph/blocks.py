@@ -47,9 +47,10 @@ PYTORCH_HELPER_KERNELS = {
 #: Calls a plain PyTorch implementation makes that launch no kernel (views, transposes, splits, slice and
 #: integer indexing) but cost the launch thread host time (calibration.host_calls times each kind), counted
 #: call by call in simulator/calibration/e2e.py and charged to the node whose kernels they precede, as
-#: (kind, count) or, for a split, (kind, count, parts). By node name; "qkv_views" goes to the first node that
-#: reads q, k and v (kv_append in decode, attn_gqa_expand or attn_scores in prefill); "moe_split" is the sorted
-#: MoE's split of the gathered rows by expert (one part per local expert), before the first expert's GEMM.
+#: (kind, count) or, for a split, (kind, count, parts). By node name (BlockBuilder.pytorch_host_calls);
+#: "qkv_views" goes to the first node that reads q, k and v (kv_append in decode, attn_gqa_expand or
+#: attn_scores in prefill); the sorted MoE's split of the gathered rows by expert (one part per local
+#: expert) goes to moe_permute.
 PYTORCH_HOST_CALLS = {
     # the fused QKV output split in three, then q, k and v each viewed as heads and transposed
     "qkv_views": (("split", 1, 3), ("view", 3), ("transpose", 3)),
@@ -170,11 +171,11 @@ class BlockBuilder:
         if moe == "per_expert":
             if name == "moe_permute":
                 return (("split", 1, len(self.pl.experts_of_gpu(attrs["gpu"]))),)
-            return PYTORCH_HOST_CALLS.get(name) if name in SORTED_MOE_CALLS else None
+            return PYTORCH_HOST_CALLS[name] if name in SORTED_MOE_CALLS else None
         if moe == "capacity":
             if name == "expert_fc1":
                 return PYTORCH_HOST_CALLS["capacity_fc1"]
-            return PYTORCH_HOST_CALLS.get(name) if name in CAPACITY_MOE_CALLS else None
+            return PYTORCH_HOST_CALLS[name] if name in CAPACITY_MOE_CALLS else None
         return None
 
     def on_gpus(self, gpus) -> list[int]:
