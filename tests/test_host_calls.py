@@ -77,7 +77,7 @@ SEED_LIKE = {
 }
 
 
-def _seed_like(moe_impl: str, **workload):
+def _seed_like(moe_impl: str):
     model = {**SEED_LIKE, "moe_impl": moe_impl}
     if moe_impl == "capacity":
         model["capacity_factor"] = 1.25
@@ -85,7 +85,7 @@ def _seed_like(moe_impl: str, **workload):
         TINY_MOE,
         model=model,
         runtime=PYTORCH_EAGER,
-        workload={"batch_size": 4, "input_len_tokens": 16, "output_len_tokens": 2, **workload},
+        workload={"batch_size": 4, "input_len_tokens": 16, "output_len_tokens": 2},
         **ONE_GPU,
     )
 
@@ -201,8 +201,7 @@ def test_the_counts_are_those_the_reference_implementation_makes():
         with Count() as prefill:
             e2e.prefill_block(torch, m, lw, torch.randn(2, 64, 64, dtype=torch.float16))
     assert dict(decode.calls) == DECODE_CAPACITY
-    routed = {k: v for k, v in prefill.calls.items()}
-    assert routed == PREFILL_SORTED
+    assert dict(prefill.calls) == PREFILL_SORTED
 
 
 def test_a_bad_host_calls_file_is_one_line_naming_the_option(tmp_path):
