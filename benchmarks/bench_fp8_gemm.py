@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simulator import costs  # noqa: E402
-from simulator.config.hardware import load_profile, series_interpolate  # noqa: E402
+from simulator.config.hardware import load_profile  # noqa: E402
 from simulator.op_time import transferred_gemm_s  # noqa: E402
 
 DATA = ROOT / "hardware_profiles" / "measurements" / "public_fp8_gemm.yaml"
@@ -36,12 +36,6 @@ DATA = ROOT / "hardware_profiles" / "measurements" / "public_fp8_gemm.yaml"
 
 def shape(p: dict) -> tuple[int, int, int, int]:
     return p.get("groups", 1), p["m"], p["k"], p["n"]
-
-
-def table_fraction(cal, e: int, m: int, k: int, n: int) -> float:
-    if e > 1:
-        return series_interpolate(cal.grouped_gemm, (e, k, n), m)
-    return series_interpolate(cal.gemm, (k, n), m)
 
 
 def e_inf(hw) -> float:
@@ -58,7 +52,7 @@ def predictions(hw, p: dict, e_best: float) -> tuple[float, float, float]:
     """(same fraction, e_inf split, transfer) predicted seconds of an fp8 W8A8 GEMM with a bf16 output."""
     cal = hw.calibration
     e, m, k, n = shape(p)
-    frac = table_fraction(cal, e, m, k, n)
+    frac = hw.gemm_table_fraction(e, m, k, n)
     hbm, p16, p8 = hw.hbm_bytes_per_s, hw.peak_for("fp16"), hw.peak_for("fp8")
     before, _ = costs.calibrated_grouped_gemm_s(e, m, k, n, 1.0, p8, hbm, frac, 1.0, 2.0)
     t16, bound = costs.calibrated_grouped_gemm_s(e, m, k, n, 2.0, p16, hbm, frac)

@@ -147,12 +147,8 @@ def calibrated_node_s(
         m, k, n = attrs["gemm"]
         grouped = "grouped" in attrs and attrs["grouped"][0] > 1
         experts, rows = attrs["grouped"] if grouped else (1, m)
-        if grouped:
-            frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
-            floor_s = floors_s["grouped_gemm"]
-        else:
-            frac = series_interpolate(cal.gemm, (k, n), m)
-            floor_s = floors_s["gemm"]
+        frac = hw.gemm_table_fraction(experts, rows, k, n)
+        floor_s = floors_s["grouped_gemm" if grouped else "gemm"]
         if peak_flops_per_s != hw.peak_for(cal.gemm_format):  # another compute format than the table's
             time_s, bound = transferred_gemm_s(
                 hw, cal.gemm_format, dtype, experts, rows, k, n, frac, attrs.get("weight_b"), attrs.get("out_b")

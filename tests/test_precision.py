@@ -17,7 +17,7 @@ from test_properties import small_scenarios
 from simulator import costs
 from simulator.cli import main
 from simulator.config import ScenarioError, parse_scenario, precision_line, resolve_hardware
-from simulator.config.hardware import load_profile, series_interpolate
+from simulator.config.hardware import load_profile
 from simulator.config.precision import FORMAT_BYTES, PrecisionSpec, resolve_precision
 from simulator.graph import build, build_dag
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
@@ -286,10 +286,7 @@ def test_an_8_bit_gemm_takes_between_half_and_all_of_its_16_bit_time(experts, ro
     datasheet's fp8 peak is 1978.9 T, a hair under twice 989.4 T)."""
     hw = H200
     cal = hw.calibration
-    if experts > 1:
-        frac = series_interpolate(cal.grouped_gemm, (experts, k, n), rows)
-    else:
-        frac = series_interpolate(cal.gemm, (k, n), rows)
+    frac = hw.gemm_table_fraction(experts, rows, k, n)
     t16, _ = costs.calibrated_grouped_gemm_s(experts, rows, k, n, 2.0, hw.peak_for("fp16"), hw.hbm_bytes_per_s, frac)
     t8, _ = transferred_gemm_s(hw, cal.gemm_format, fmt, experts, rows, k, n, frac, 1.0, 2.0)
     assert t16 / 2 * (1 - 1e-12) <= t8 <= t16 * (1 + 1e-12)

@@ -22,6 +22,7 @@ from simulator.config.hardware import (
     CALIBRATION_TABLES,
     Calibration,
     HardwareProfile,
+    gemm_fraction,
     load_profile,
     series_interpolate,
 )
@@ -191,18 +192,27 @@ def host_bound(points: list[Point], floor_s: float, dispatch_s: float) -> list[b
     return flags
 
 
-def _bounded_rows(points: list[Point], floor_s: float, dispatch_s: float) -> list[tuple]:
+def table_fraction(rows: list[tuple], p: Point, roofline: tuple[float, float, float]) -> float:
+    """The fitted table's roofline fraction at p's shape: a GEMM table's with its fixed part below a
+    series' first point (hardware.gemm_fraction; roofline: the table format's peak, HBM rate and
+    element bytes), an attention table's as series_interpolate."""
+    if p.op_class in ("gemm", "grouped_gemm"):
+        return gemm_fraction(rows, p.key, p.x, *roofline)
+    return series_interpolate(rows, p.key, p.x)
+
+
+def _bounded_rows(
+    points: list[Point], floor_s: float, dispatch_s: float, roofline: tuple[float, float, float]
+) -> list[tuple]:
     """The table of the GPU-bound calls, with the host-bound ones applied as upper bounds on GPU time:
-    where the table's interpolated time at a host-bound call's shape exceeds that call's measured
+    where the table's time at a host-bound call's shape (table_fraction) exceeds that call's measured
     time, the call joins the table at its own fraction (its GPU time is at most its eager time)."""
     flags = host_bound(points, floor_s, dispatch_s)
     rows = _fraction_rows([p for p, bound in zip(points, flags) if not bound])
     capped = sorted((p for p, bound in zip(points, flags) if bound), key=lambda p: (p.key, p.x))
     for _ in range(len(capped)):  # each pass adds at least one row, or none is needed
         added = [
-            p
-            for p in capped
-            if rows and p.roofline_s / series_interpolate(rows, p.key, p.x) > p.measured_s * (1 + 1e-9)
+            p for p in capped if rows and p.roofline_s / table_fraction(rows, p, roofline) > p.measured_s * (1 + 1e-9)
         ]
         if not added:
             break
@@ -312,6 +322,7 @@ def measured_gemm_format(data: dict) -> Literal["fp16", "bf16"]:
 def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibration:
     """The efficiency tables of `profile` from micro-benchmark data (fp16 measurements)."""
     peak, hbm = profile.peak_flops_per_s.fp16, profile.hbm_bytes_per_s
+    roofline = (peak, hbm, FP16_BYTES)
     pts = measured_points(data, peak, hbm)
     floors = eager_floors(pts, data)
     helper_s = helper_dispatch_s(data)
@@ -350,10 +361,10 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
         gemm_format=measured_gemm_format(data),
         eager_floor_s=floors,
         dispatch_floor_s=dispatch_s,
-        gemm=_bounded_rows(pts["gemm"], floors["gemm"], dispatch_s),
-        grouped_gemm=_bounded_rows(pts["grouped_gemm"], floors["grouped_gemm"], dispatch_s),
-        attention_prefill=_bounded_rows(pts["attention_prefill"], floors["attention"], dispatch_s),
-        attention_decode=_bounded_rows(pts["attention_decode"], floors["attention"], dispatch_s),
+        gemm=_bounded_rows(pts["gemm"], floors["gemm"], dispatch_s, roofline),
+        grouped_gemm=_bounded_rows(pts["grouped_gemm"], floors["grouped_gemm"], dispatch_s, roofline),
+        attention_prefill=_bounded_rows(pts["attention_prefill"], floors["attention"], dispatch_s, roofline),
+        attention_decode=_bounded_rows(pts["attention_decode"], floors["attention"], dispatch_s, roofline),
         host_bound={table: rows for table, rows in host_rows.items() if rows},
         elementwise_s_per_byte=ew,
         rate_sources=sources,
@@ -363,15 +374,15 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
     )
 
 
-def predict_eager_s(point: Point, table: list[tuple], floor_s: float) -> float:
+def predict_eager_s(point: Point, table: list[tuple], floor_s: float, roofline: tuple[float, float, float]) -> float:
     """What the fitted model says one eager call of this shape takes."""
-    fraction = series_interpolate(table, point.key, point.x)
-    return max(floor_s, point.roofline_s / fraction)
+    return max(floor_s, point.roofline_s / table_fraction(table, point, roofline))
 
 
 def leave_one_out(data: dict, profile: HardwareProfile) -> list[dict]:
     """Predict every GEMM (and batched GEMM, attention) call from a table fitted without it."""
     peak, hbm = profile.peak_flops_per_s.fp16, profile.hbm_bytes_per_s
+    roofline = (peak, hbm, FP16_BYTES)
     pts = measured_points(data, peak, hbm)
     floors = eager_floors(pts, data)
     dispatch_s = dispatch_floor_s(pts, data)
@@ -385,10 +396,10 @@ def leave_one_out(data: dict, profile: HardwareProfile) -> list[dict]:
         floor_s = floors[floor_name]
         for i, p in enumerate(pts[table_name]):
             others = [q for j, q in enumerate(pts[table_name]) if j != i]
-            table = _bounded_rows(others, floor_s, dispatch_s)
+            table = _bounded_rows(others, floor_s, dispatch_s, roofline)
             if not table:
                 continue
-            predicted = predict_eager_s(p, table, floor_s)
+            predicted = predict_eager_s(p, table, floor_s, roofline)
             rows.append(
                 {
                     "table": table_name,
@@ -423,7 +434,8 @@ def write_profile(
         sources[figure] = {"kind": kind, "source": f"{calibration.source}: {what}{where}"}
     if sources:
         raw["figure_sources"] = sources
-    large = [f for (*_, m, f) in calibration.gemm if m >= 4096]
+    capped = {tuple(row[:-1]) for row in calibration.host_bound.get("gemm", [])}  # upper bounds, not rates
+    large = [f for (*key, m, f) in calibration.gemm if m >= 4096 and (*key, m) not in capped]
     if large:
         raw["compute_efficiency"] = round(statistics.median(large), 4)
     # Bandwidth-bound figures were measured as rates of the measured GPU's HBM: a transfer keeps them as

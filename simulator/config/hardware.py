@@ -325,6 +325,16 @@ class HardwareProfile(StrictModel):
         profile has no units for it, the peak of the next format it runs (peak_used)."""
         return float(getattr(self.peak_flops_per_s, self.peak_used(fmt)))
 
+    def gemm_table_fraction(self, experts: float, rows: float, k: float, n: float) -> float:
+        """The calibrated roofline fraction of a GEMM (`experts` > 1: a grouped GEMM of that many
+        matrices) of `rows` rows per matrix, from the profile's measured tables (gemm_fraction)."""
+        cal = self.calibration
+        assert cal is not None, "gemm_table_fraction needs a calibrated profile"
+        roofline = (self.peak_for(cal.gemm_format), self.hbm_bytes_per_s, FORMATS[cal.gemm_format].bytes_per_element)
+        if experts > 1:
+            return gemm_fraction(cal.grouped_gemm, (experts, k, n), rows, *roofline)
+        return gemm_fraction(cal.gemm, (k, n), rows, *roofline)
+
     def has_peak(self, fmt: str) -> bool:
         """Whether the profile has tensor cores that compute in `fmt`."""
         field = FORMATS[fmt].peak_field
@@ -399,6 +409,52 @@ def series_interpolate(points: list[tuple], key: tuple[float, ...], x: float) ->
     return _interpolator(points)(tuple(key), x)
 
 
+def gemm_roofline_s(
+    key: tuple[float, ...], rows: float, peak_flops_per_s: float, hbm_bytes_per_s: float, element_bytes: float
+) -> float:
+    """Roofline time of one calibration-table GEMM: key (K, N) or (E, K, N), `rows` rows per matrix,
+    every operand and the output at `element_bytes` (the table's format)."""
+    e, k, n = key if len(key) == 3 else (1.0, *key)
+    flops = 2.0 * e * rows * k * n
+    bytes_moved = e * (rows * k + k * n + rows * n) * element_bytes
+    return max(flops / peak_flops_per_s, bytes_moved / hbm_bytes_per_s)
+
+
+def gemm_fraction(
+    points: list[tuple],
+    key: tuple[float, ...],
+    rows: float,
+    peak_flops_per_s: float,
+    hbm_bytes_per_s: float,
+    element_bytes: float,
+) -> float:
+    """Roofline fraction of a GEMM table (`gemm` or `grouped_gemm` rows) at (key, rows): as
+    series_interpolate, except below a series' smallest measured row count. There a GEMM kernel does
+    not get faster in proportion to its work: it keeps a fixed part (device launch, prologue, the
+    last wave, the epilogue), so its time follows the line through the series' two smallest
+    measurements, t(x) = t0 + (x - x0) (t1 - t0) / (x1 - x0), times from the table's fractions and
+    the table format's roofline (gemm_roofline_s); never faster than the series' fraction at x0 (the
+    rule without a fixed part). A series of one point, or whose time does not grow from its first
+    point to its second, keeps its fraction. Example (H200, K 512,
+    N 1024): 31.2 us at 16,384 rows and 112.6 us at 65,536 give 4.09 us + 1.66 ns per row, 10.9 us
+    at 4,096 rows where a constant fraction gives 7.8 us."""
+    roofline = (peak_flops_per_s, hbm_bytes_per_s, element_bytes)
+    return _interpolator(points).lookup(tuple(key), rows, roofline)
+
+
+def _fixed_part_fraction(
+    key: tuple, x: float, pts: list[tuple[float, float]], roofline: tuple[float, float, float]
+) -> float:
+    """gemm_fraction's value for one series at x below its first point x0 (pts sorted by x)."""
+    (x0, f0), (x1, f1) = pts[0], pts[1]
+    t0 = gemm_roofline_s(key, x0, *roofline) / f0
+    t1 = gemm_roofline_s(key, x1, *roofline) / f1
+    line_s = t0 + (x - x0) * (t1 - t0) / (x1 - x0)
+    if t1 <= t0 or line_s <= 0.0:  # no fixed part to read off these two points
+        return f0
+    return min(f0, gemm_roofline_s(key, x, *roofline) / line_s)
+
+
 class _SeriesInterpolator:
     """series_interpolate over one table, with the series grouped and logged once and every
     answer memoised (a DAG asks for the same few shapes tens of thousands of times)."""
@@ -413,25 +469,34 @@ class _SeriesInterpolator:
         for key, pts in grouped.items():
             pts.sort()
             self.series.append(
-                (key, [math.log(k_i) for k_i in key], [math.log(p[0]) for p in pts], [p[1] for p in pts])
+                (key, [math.log(k_i) for k_i in key], [math.log(p[0]) for p in pts], [p[1] for p in pts], pts)
             )
         self.memo: dict[tuple, float] = {}
 
     def __call__(self, key: tuple, x: float) -> float:
-        memo_key = (key, x)
+        return self.lookup(key, x, None)
+
+    def lookup(self, key: tuple, x: float, roofline: tuple[float, float, float] | None) -> float:
+        """The interpolated value; with a roofline (gemm_fraction), the fixed part below each series'
+        first point."""
+        memo_key = (key, x, roofline)
         hit = self.memo.get(memo_key)
         if hit is not None:
             return hit
         lx = math.log(max(x, 1e-30))
         lkey = [math.log(k) for k in key]
         weights, values, value = [], [], None
-        for _k, logk, xs, ys in self.series:
+        for skey, logk, xs, ys, pts in self.series:
+            if roofline is not None and x < pts[0][0] and len(pts) >= 2:
+                series_value = _fixed_part_fraction(skey, x, pts, roofline)
+            else:
+                series_value = _interp(lx, xs, ys)
             distance = sum((a - b) ** 2 for a, b in zip(logk, lkey))
             if distance < 1e-18:
-                value = _interp(lx, xs, ys)
+                value = series_value
                 break
             weights.append(1.0 / distance)
-            values.append(_interp(lx, xs, ys))
+            values.append(series_value)
         if value is None:
             value = sum(w * v for w, v in zip(weights, values)) / sum(weights)
         self.memo[memo_key] = value
