@@ -34,8 +34,10 @@ def write_validation(outcomes, out_dir: Path) -> None:
     for metric, part in frame.groupby("metric"):
         ax.scatter(part["measured"], part["predicted"], s=50, label=metric, zorder=3)
     for row in frame.itertuples():
+        parts = [part.strip() for part in row.case.split(",")]
+        label = parts[0] if len(parts) == 1 else f"{parts[0]}, {parts[-1]}"  # the case and how it ran
         ax.annotate(
-            f"{row.case.split(',')[0]} ({100 * row.error:+.0f}%)",
+            f"{label} ({100 * row.error:+.1f}%)",
             (row.measured, row.predicted),
             textcoords="offset points",
             xytext=(6, -4),
