@@ -149,7 +149,13 @@ def calibrated_node_s(
         experts, rows = attrs["grouped"] if grouped else (1, m)
         frac = hw.gemm_table_fraction(experts, rows, k, n)
         floor_s = floors_s["grouped_gemm" if grouped else "gemm"]
-        if peak_flops_per_s != hw.peak_for(cal.gemm_format):  # another compute format than the table's
+        table_b = DTYPE_BYTES[cal.gemm_format]
+        if (
+            peak_flops_per_s != hw.peak_for(cal.gemm_format)  # another compute format than the table's
+            or element_bytes != table_b
+            or attrs.get("weight_b", table_b) != table_b  # weight-only formats: the fixed part does not shrink
+            or attrs.get("out_b", table_b) != table_b
+        ):
             time_s, bound = transferred_gemm_s(
                 hw, cal.gemm_format, dtype, experts, rows, k, n, frac, attrs.get("weight_b"), attrs.get("out_b")
             )

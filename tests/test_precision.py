@@ -224,7 +224,7 @@ def test_w8a8_on_the_measured_profile_halves_all_but_the_fixed_part_and_the_outp
         fixed = hw.kernel_overhead_s + out_elements * 2.0 / hbm
         assert t(w8a8, op, phase) == pytest.approx(fixed + (t16 - fixed) * ratio, rel=1e-12), (op, phase)
         assert t16 / 2 < t(w8a8, op, phase) < t16
-        assert t(w8a16, op, phase) <= t16  # weight-only: the 16-bit path, fewer weight bytes
+        assert t(w8a16, op, phase) <= t16  # weight-only: the 16-bit compute, fewer weight bytes
 
 
 def test_int8_w8a8_on_the_measured_h200_equals_fp8_w8a8():
@@ -254,7 +254,8 @@ def test_nvfp4_on_a_measured_profile_given_an_fp4_peak_quarters_the_streaming_pa
 
 
 def test_16_bit_gemms_never_take_the_format_transfer(monkeypatch):
-    """fp16, bf16 and weight-only GEMMs compute at the table's peak: their times are the table's, bit for bit."""
+    """fp16 and bf16 GEMMs compute at the table's peak on the table's bytes: their times are the
+    table's, bit for bit."""
     import simulator.op_time as op_time
 
     def refuse(*_args, **_kwargs):
@@ -262,11 +263,34 @@ def test_16_bit_gemms_never_take_the_format_transfer(monkeypatch):
 
     monkeypatch.setattr(op_time, "transferred_gemm_s", refuse)
     hw_ref = {"profile": "h200-sxm-141gb"}
-    for preset in ("bf16", "fp16", "w4a16", "fp8-w8a16", "mxfp4"):
+    for preset in ("bf16", "fp16"):
         s = parse_scenario({**dense(preset), "hardware": hw_ref}, "t")
         hw = resolve_hardware(s)
         for _, attrs in build_dag(s).nodes(data=True):
             node_time_s(attrs, hw, 1, False, True)
+
+
+def test_weight_only_gemms_keep_the_fixed_part_and_scale_the_streaming_part_by_the_operand_bytes():
+    """w4a16 on the H200 (fp16 tables): a compute-bound prefill GEMM takes the table's time; a decode
+    GEMM (one token, memory-bound) keeps the shape's fixed part (kernel_overhead_s and the 16-bit output
+    write) and scales the rest by its operands' bytes, int4 weights with their group scales against
+    16 bits: the fixed part of a kernel does not shrink with its weights."""
+    hw_ref = {"profile": "h200-sxm-141gb"}
+    bf16 = parse_scenario({**dense("bf16"), "hardware": hw_ref}, "t")
+    w4 = parse_scenario({**dense("w4a16"), "hardware": hw_ref}, "t")
+    hw = resolve_hardware(bf16)
+    hbm = hw.hbm_bytes_per_s * hw.memory_efficiency
+
+    def t(s, op, phase):
+        return node_time_s(node(s, op, phase), hw, 1, eager=False, gated=True)[0]
+
+    assert t(w4, "ffn_fc1", "prefill") == pytest.approx(t(bf16, "ffn_fc1", "prefill"), rel=1e-12)
+    k, n = 4096, 2 * 14336
+    w_b = 0.5 + 2.5 / 128  # int4 and its group-of-128 scales, as the node counts them
+    t16 = t(bf16, "ffn_fc1", "decode")
+    fixed = hw.kernel_overhead_s + n * 2.0 / hbm
+    ratio = (k * 2.0 + k * n * w_b) / (k * 2.0 + k * n * 2.0)
+    assert t(w4, "ffn_fc1", "decode") == pytest.approx(fixed + (t16 - fixed) * ratio, rel=1e-12)
 
 
 H200 = load_profile("h200-sxm-141gb")
