@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from simulator import costs
 from simulator.config import DTYPE_BYTES
-from simulator.config.hardware import Calibration, HardwareProfile, series_interpolate
+from simulator.config.hardware import Calibration, HardwareProfile, attention_fixed_part_s, series_interpolate
 from simulator.graph.dag import COMM, MARKER, ROUTING  # NodeKind members, bound once (hot loops)
 
 
@@ -176,13 +176,16 @@ def calibrated_node_s(
         if op == "attn_softmax":
             return 0.0, "fused"  # inside the measured flash-attention rate
         d, q_len = attrs["head_dim"], attrs["q_len"]
-        if q_len > 1:
-            frac = series_interpolate(cal.attention_prefill, (d,), attrs["batch_heads"] * q_len * attrs["kv_len"])
-        else:
-            frac = series_interpolate(cal.attention_decode, (d,), attrs["kv_bytes_total"])
+        table = cal.attention_prefill if q_len > 1 else cal.attention_decode
+        size = attrs["batch_heads"] * q_len * attrs["kv_len"] if q_len > 1 else attrs["kv_bytes_total"]
+        frac = series_interpolate(table, (d,), size)
         time_s, bound = costs.calibrated_attention_s(
             attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len, peak_flops_per_s, hbm_bytes_per_s, frac
         )
+        if attrs["launches"]:  # the kernel's fixed part, with the node that launches it (the scores)
+            time_s += attention_fixed_part_s(
+                table, (d,), size, q_len == 1, hw.peak_for(cal.gemm_format), hbm_bytes_per_s
+            )
         floor_s = floors_s["attention"]
     elif "helper_kernels" in attrs:  # kernel by kernel: their floors are already in
         time_s, bound = helper_kernels_s(attrs["helper_kernels"], cal, hw.kernel_overhead_s)

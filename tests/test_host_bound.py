@@ -21,7 +21,7 @@ from simulator.calibration.fit import (
     host_bound,
     measured_points,
     scatter_add_s_per_byte,
-    table_fraction,
+    table_time_s,
 )
 from simulator.config.hardware import load_profile
 
@@ -106,10 +106,8 @@ def test_host_bound_points_are_upper_bounds_of_the_fitted_device_time(micro):
         by_shape = {(*p.key, p.x): p for p in points[table]}
         for *shape, measured_s in rows:
             p = by_shape[tuple(shape)]
-            fraction = table_fraction(
-                getattr(cal, table), p, (device.peak_flops_per_s.fp16, device.hbm_bytes_per_s, 2.0)
-            )
-            assert p.roofline_s / fraction <= measured_s * (1 + 1e-9), (table, shape)
+            roofline = (device.peak_flops_per_s.fp16, device.hbm_bytes_per_s, 2.0)
+            assert table_time_s(getattr(cal, table), p, roofline) <= measured_s * (1 + 1e-9), (table, shape)
             checked += 1
     assert checked == sum(len(r) for r in cal.host_bound.values()) > 30
 

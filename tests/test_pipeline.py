@@ -25,7 +25,8 @@ def test_one_replica_gives_the_same_figures(parallel):
     one = one_replica(s, resolve_hardware(s))
     assert one is not None and one.parallel.dp == 1 and one.num_gpus == n // parallel["dp"]
     full, part = run_scenario(s, verify=False).metrics, run_scenario(one, verify=False).metrics
-    assert part.ttft_s == full.ttft_s
+    assert (part.ttft_s.p50, part.ttft_s.p99, part.ttft_s.max) == (full.ttft_s.p50, full.ttft_s.p99, full.ttft_s.max)
+    assert part.ttft_s.mean == pytest.approx(full.ttft_s.mean, rel=1e-12)  # a mean over 4 or 8 equal values
     assert part.tpot_s == pytest.approx(full.tpot_s, rel=1e-12)
     assert part.throughput == pytest.approx(full.throughput, rel=1e-12)
     assert max(m.total_bytes for m in part.memory) == max(m.total_bytes for m in full.memory)

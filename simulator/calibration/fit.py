@@ -22,6 +22,7 @@ from simulator.config.hardware import (
     CALIBRATION_TABLES,
     Calibration,
     HardwareProfile,
+    attention_fixed_part_s,
     gemm_fraction,
     load_profile,
     series_interpolate,
@@ -101,7 +102,7 @@ def measured_points(data: dict, peak: float, hbm: float) -> dict[str, list[Point
     for a in data.get("sdpa_decode", []):
         b, h, kv_len, d = a["B"], a["H"], a["L"], a["D"]
         kv_bytes = 2.0 * b * h * kv_len * d * FP16_BYTES
-        pts["attention_decode"].append(Point("attention", (d,), kv_bytes, kv_bytes / hbm, a["s"]))
+        pts["attention_decode"].append(Point("attention_decode", (d,), kv_bytes, kv_bytes / hbm, a["s"]))
     return pts
 
 
@@ -192,28 +193,28 @@ def host_bound(points: list[Point], floor_s: float, dispatch_s: float) -> list[b
     return flags
 
 
-def table_fraction(rows: list[tuple], p: Point, roofline: tuple[float, float, float]) -> float:
-    """The fitted table's roofline fraction at p's shape: a GEMM table's with its fixed part below a
-    series' first point (hardware.gemm_fraction; roofline: the table format's peak, HBM rate and
-    element bytes), an attention table's as series_interpolate."""
+def table_time_s(rows: list[tuple], p: Point, roofline: tuple[float, float, float]) -> float:
+    """The fitted table's device time at p's shape, with the kernel's fixed part below a series' first
+    point: a GEMM table's roofline over its fraction (hardware.gemm_fraction; roofline: the table format's
+    peak, HBM rate and element bytes), an attention table's roofline over series_interpolate's fraction
+    plus hardware.attention_fixed_part_s."""
     if p.op_class in ("gemm", "grouped_gemm"):
-        return gemm_fraction(rows, p.key, p.x, *roofline)
-    return series_interpolate(rows, p.key, p.x)
+        return p.roofline_s / gemm_fraction(rows, p.key, p.x, *roofline)
+    fixed_s = attention_fixed_part_s(rows, p.key, p.x, p.op_class == "attention_decode", roofline[0], roofline[1])
+    return p.roofline_s / series_interpolate(rows, p.key, p.x) + fixed_s
 
 
 def _bounded_rows(
     points: list[Point], floor_s: float, dispatch_s: float, roofline: tuple[float, float, float]
 ) -> list[tuple]:
     """The table of the GPU-bound calls, with the host-bound ones applied as upper bounds on GPU time:
-    where the table's time at a host-bound call's shape (table_fraction) exceeds that call's measured
+    where the table's time at a host-bound call's shape (table_time_s) exceeds that call's measured
     time, the call joins the table at its own fraction (its GPU time is at most its eager time)."""
     flags = host_bound(points, floor_s, dispatch_s)
     rows = _fraction_rows([p for p, bound in zip(points, flags) if not bound])
     capped = sorted((p for p, bound in zip(points, flags) if bound), key=lambda p: (p.key, p.x))
     for _ in range(len(capped)):  # each pass adds at least one row, or none is needed
-        added = [
-            p for p in capped if rows and p.roofline_s / table_fraction(rows, p, roofline) > p.measured_s * (1 + 1e-9)
-        ]
+        added = [p for p in capped if rows and table_time_s(rows, p, roofline) > p.measured_s * (1 + 1e-9)]
         if not added:
             break
         rows = rows + _fraction_rows(added[:1])
@@ -376,7 +377,7 @@ def fit_calibration(data: dict, profile: HardwareProfile, source: str) -> Calibr
 
 def predict_eager_s(point: Point, table: list[tuple], floor_s: float, roofline: tuple[float, float, float]) -> float:
     """What the fitted model says one eager call of this shape takes."""
-    return max(floor_s, point.roofline_s / table_fraction(table, point, roofline))
+    return max(floor_s, table_time_s(table, point, roofline))
 
 
 def leave_one_out(data: dict, profile: HardwareProfile) -> list[dict]:

@@ -442,6 +442,29 @@ def gemm_fraction(
     return _interpolator(points).lookup(tuple(key), rows, roofline)
 
 
+def attention_fixed_part_s(
+    points: list[tuple],
+    key: tuple[float, ...],
+    size: float,
+    decode: bool,
+    peak_flops_per_s: float,
+    hbm_bytes_per_s: float,
+) -> float:
+    """Seconds a flash-attention kernel of table size `size` (prefill: score elements, b h q kv; decode: the
+    K and V bytes read) takes beyond its constant-fraction time (size / measured fraction, at the table's
+    nearest measured size): below a series' smallest measured size x0 the kernel keeps a fixed part, as
+    gemm_fraction's GEMMs do. Its time follows the line through the series' two smallest measurements,
+    t(x) = a + (t0 - a) x / x0 with a the line's value at 0, which is the constant-fraction time t0 x / x0
+    plus a (1 - x / x0): that second term is returned (0 at and above x0, for a series of one point, or
+    when the line has no positive fixed part). Series times are the table format's rooflines over their
+    fractions: decode x / HBM rate, prefill 2 d x FLOPs (d the series' head_dim) over the peak. Across
+    series, the terms blend as series_interpolate blends values. Example (H200, decode, head_dim 128):
+    537 MB read at 0.887 of the HBM peak (126.1 us) and 2.15 GB at 0.931 (480.6 us) give a = 7.91 us;
+    16.8 MB (32 sequences of 1,024 tokens, one fp16 KV head) take 3.94 us + 7.91 x (1 - 16.8 / 537) us =
+    11.6 us."""
+    return _interpolator(points).fixed_part_s(tuple(key), size, decode, peak_flops_per_s, hbm_bytes_per_s)
+
+
 def _fixed_part_fraction(
     key: tuple, x: float, pts: list[tuple[float, float]], roofline: tuple[float, float, float]
 ) -> float:
@@ -475,6 +498,34 @@ class _SeriesInterpolator:
 
     def __call__(self, key: tuple, x: float) -> float:
         return self.lookup(key, x, None)
+
+    def fixed_part_s(self, key: tuple, x: float, decode: bool, peak: float, hbm: float) -> float:
+        """attention_fixed_part_s over this table."""
+        memo_key = (key, x, ("fixed_part", decode, peak, hbm))
+        hit = self.memo.get(memo_key)
+        if hit is not None:
+            return hit
+        lkey = [math.log(k) for k in key]
+        weights, values, value = [], [], None
+        for skey, logk, _xs, _ys, pts in self.series:
+            series_value = 0.0
+            if x < pts[0][0] and len(pts) >= 2:
+                unit_s = 1.0 / hbm if decode else 2.0 * skey[0] / peak  # roofline seconds per unit of size
+                (x0, f0), (x1, f1) = pts[0], pts[1]
+                t0, t1 = x0 * unit_s / f0, x1 * unit_s / f1
+                fixed_s = t0 - x0 * (t1 - t0) / (x1 - x0)
+                if t1 > t0 and fixed_s > 0.0:
+                    series_value = fixed_s * (1.0 - x / x0)
+            distance = sum((a - b) ** 2 for a, b in zip(logk, lkey))
+            if distance < 1e-18:
+                value = series_value
+                break
+            weights.append(1.0 / distance)
+            values.append(series_value)
+        if value is None:
+            value = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+        self.memo[memo_key] = value
+        return value
 
     def lookup(self, key: tuple, x: float, roofline: tuple[float, float, float] | None) -> float:
         """The interpolated value; with a roofline (gemm_fraction), the fixed part below each series'

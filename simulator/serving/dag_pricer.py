@@ -41,7 +41,7 @@ import numpy as np
 
 from simulator import costs
 from simulator.config import Scenario, gpus_per_node, resolve_hardware
-from simulator.config.hardware import HardwareProfile, series_interpolate
+from simulator.config.hardware import HardwareProfile, attention_fixed_part_s, series_interpolate
 from simulator.graph import NodeKind
 from simulator.graph.ragged import (
     ATTENTION_OPS,
@@ -219,6 +219,7 @@ class _CalibratedAttention:
         self.peak, self.hbm = hw.peak_for(f.attention), hw.hbm_bytes_per_s
         self.prefill_table, self.decode_table = hw.calibration.attention_prefill, hw.calibration.attention_decode
         self.floor_s, self.overhead_s = hw.calibration.eager_floor_s["attention"], hw.kernel_overhead_s
+        self.table_peak = hw.peak_for(hw.calibration.gemm_format)
 
     @classmethod
     def of(cls, builder: RaggedPassBuilder, hw: HardwareProfile) -> _CalibratedAttention | None:
@@ -281,11 +282,11 @@ class _CalibratedAttention:
 
     def seconds(self, flops: float, bytes_moved: float, q_len: int, size: float, launches: int, eager: bool) -> float:
         """op_time.calibrated_node_s's flash-attention branch."""
-        if q_len > 1:
-            frac = series_interpolate(self.prefill_table, (self.dk,), size)
-        else:
-            frac = series_interpolate(self.decode_table, (self.dk,), size)
+        table = self.prefill_table if q_len > 1 else self.decode_table
+        frac = series_interpolate(table, (self.dk,), size)
         time_s, bound = costs.calibrated_attention_s(flops, bytes_moved, q_len, self.peak, self.hbm, frac)
+        if launches:
+            time_s += attention_fixed_part_s(table, (self.dk,), size, q_len == 1, self.table_peak, self.hbm)
         return costs.eager_time_s(time_s, bound, launches, self.overhead_s, self.floor_s, eager)[0]
 
 

@@ -1,5 +1,6 @@
-"""hardware.gemm_fraction: below a series' smallest measured row count a GEMM keeps a fixed part,
-its time following the line through the series' two smallest measurements (hand-computed values)."""
+"""hardware.gemm_fraction and attention_fixed_part_s: below a series' smallest measurement a GEMM or a
+flash-attention kernel keeps a fixed part, its time following the line through the series' two smallest
+measurements (hand-computed values)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator import costs
-from simulator.config.hardware import gemm_fraction, gemm_roofline_s, load_profile, series_interpolate
+from simulator.config.hardware import (
+    attention_fixed_part_s,
+    gemm_fraction,
+    gemm_roofline_s,
+    load_profile,
+    series_interpolate,
+)
 
 # A made-up device of 1e12 flop/s and 1e12 B/s, 2-byte elements; one series, K = N = 100: the roofline
 # is 2e-8 s per row (compute-bound from 2 rows on).
@@ -120,3 +127,40 @@ def test_h200_table_time_never_falls_as_rows_grow_below_the_first_point(key, a, 
         return costs.calibrated_grouped_gemm_s(e, m, k, n, 2.0, H200.peak_for("fp16"), H200.hbm_bytes_per_s, frac)[0]
 
     assert t(hi) >= t(lo) * (1 - 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention_fixed_part_s: the same rule on the flash-attention tables, as seconds added to the
+# constant-fraction time (an attention node's time is priced per byte or FLOP of its own)
+
+# decode, head_dim 128, HBM 1e12 B/s: 1000 B at 0.5 -> 2 ns, 4000 B at 0.8 -> 5 ns: the line 1 ns + 1 ps / B
+ATTN = [(128.0, 1000.0, 0.5), (128.0, 4000.0, 0.8)]
+
+
+def test_attention_fixed_part_is_the_line_above_the_constant_fraction():
+    # x = 500 B: the line gives 1.5 ns, the constant fraction 500 / 1e12 / 0.5 = 1 ns: 0.5 ns more
+    assert attention_fixed_part_s(ATTN, (128.0,), 500.0, True, 1e15, 1e12) == pytest.approx(0.5e-9, rel=1e-12)
+    assert attention_fixed_part_s(ATTN, (128.0,), 0.0, True, 1e15, 1e12) == pytest.approx(1e-9, rel=1e-12)
+    for x in (1000.0, 2000.0, 1e6):  # at and above the first point: nothing
+        assert attention_fixed_part_s(ATTN, (128.0,), x, True, 1e15, 1e12) == 0.0
+    # prefill: a size unit is 2 d FLOPs: 1000 units = 256,000 FLOPs = 0.256 ns at 1e15 / 0.5 -> 0.512 ns;
+    # 4000 at 0.8 -> 1.28 ns; the line's value at 0: 0.512 - 1000 x 0.768 / 3000 = 0.256 ns
+    got = attention_fixed_part_s(ATTN, (128.0,), 500.0, False, 1e15, 1e12)
+    assert got == pytest.approx(0.256e-9 * 0.5, rel=1e-12)
+
+
+def test_attention_fixed_part_h200_decode_one_kv_head():
+    """head_dim 128: 126.1 us for 537 MB of K and V, 480.6 us for 2.15 GB: the line's value at 0 is
+    7.91 us, so 16.8 MB (32 sequences of 1,024 tokens, one fp16 KV head) take 11.6 us in all."""
+    rows = {(r[0], r[1]): r[2] for r in H200.calibration.attention_decode}
+    hbm, peak = H200.hbm_bytes_per_s, H200.peak_for("fp16")
+    x0, x1 = 536870912.0, 2147483648.0
+    t0, t1 = x0 / (hbm * rows[(128.0, x0)]), x1 / (hbm * rows[(128.0, x1)])
+    size = 32 * 1024 * 128 * 2 * 2.0
+    line_s = t0 + (size - x0) * (t1 - t0) / (x1 - x0)
+    assert line_s == pytest.approx(11.6e-6, abs=0.05e-6)
+    table = H200.calibration.attention_decode
+    constant_s = size / (hbm * series_interpolate(table, (128.0,), size))
+    assert constant_s + attention_fixed_part_s(table, (128.0,), size, True, peak, hbm) == pytest.approx(
+        line_s, rel=1e-12
+    )
