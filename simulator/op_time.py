@@ -172,6 +172,9 @@ def calibrated_node_s(
                 attrs.get("weight_b"),
                 attrs.get("out_b"),
             )
+        table, key = (cal.grouped_gemm, (experts, k, n)) if grouped else (cal.gemm, (k, n))
+        if frac < 0.5 * series_interpolate(table, key, rows):  # the kernel's fixed part is most of its time
+            bound = "launch"
     elif attrs.get("fused") == "flash_attention":
         if op == "attn_softmax":
             return 0.0, "fused"  # inside the measured flash-attention rate
@@ -183,9 +186,12 @@ def calibrated_node_s(
             attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len, peak_flops_per_s, hbm_bytes_per_s, frac
         )
         if attrs["launches"]:  # the kernel's fixed part, with the node that launches it (the scores)
-            time_s += attention_fixed_part_s(
+            fixed_s = attention_fixed_part_s(
                 table, (d,), size, q_len == 1, hw.peak_for(cal.gemm_format), hbm_bytes_per_s
             )
+            time_s += fixed_s
+            if fixed_s > time_s / 2.0:  # most of the kernel's time
+                bound = "launch"
         floor_s = floors_s["attention"]
     elif "helper_kernels" in attrs:  # kernel by kernel: their floors are already in
         time_s, bound = helper_kernels_s(attrs["helper_kernels"], cal, hw.kernel_overhead_s)

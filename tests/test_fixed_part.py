@@ -164,3 +164,18 @@ def test_attention_fixed_part_h200_decode_one_kv_head():
     assert constant_s + attention_fixed_part_s(table, (128.0,), size, True, peak, hbm) == pytest.approx(
         line_s, rel=1e-12
     )
+
+
+def test_a_gemm_whose_fixed_part_is_most_of_its_time_is_launch_bound():
+    """K 512, N 1024 on the H200: 32 rows take the line's 4.14 us, of which the constant fraction would
+    give 0.34 us: bound "launch"; at 4,096 rows (10.87 us, 7.8 at the constant fraction) it stays
+    compute-bound."""
+    from simulator.op_time import calibrated_node_s
+
+    def node(rows: int) -> dict:
+        return {"op": "expert_fc1", "dtype": "fp16", "gemm": (rows, 512, 1024), "launches": 1}
+
+    t32, bound32 = calibrated_node_s(node(32), H200, H200.calibration, eager=False, gated=False)
+    assert bound32 == "launch" and t32 == pytest.approx(4.14e-6, abs=0.01e-6)
+    t4096, bound4096 = calibrated_node_s(node(4096), H200, H200.calibration, eager=False, gated=False)
+    assert bound4096 == "compute" and t4096 == pytest.approx(10.87e-6, abs=0.01e-6)
