@@ -8,12 +8,13 @@
 # $OUT/raw_extra.json (docs/calibration-status.md): device time per small kernel replayed inside a CUDA graph
 # (and the eager time of the same kernel, i.e. the host's dispatch), one graph launch, the fp16 scatter-add
 # (index_add_) of the sorted MoE combine, fp8 GEMMs (torch._scaled_mm, per-tensor scales), and the host costs
-# of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert).
+# of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert), and small GEMMs and
+# decode attention calls in a CUDA graph (a check of the kernels' fixed part: simulator.calibration.small_kernels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
 BUDGET_S=${BUDGET_S:-360}
-EXTRA_BUDGET_S=${EXTRA_BUDGET_S:-120}
+EXTRA_BUDGET_S=${EXTRA_BUDGET_S:-180}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 if ! "$PY" -c "import simulator.calibration.microbench" 2>/dev/null; then
@@ -206,6 +207,36 @@ with torch.inference_mode():
     loop = lambda: [torch.nn.functional.gelu(xe @ w1[e]) @ w2[e] for e, xe in enumerate(xs)]
     data["host_costs"] = {"readback_s": readback, "expert_loop_s_per_expert": events_s(loop, 20) / 16}
     save()
+
+    # 6. Small GEMMs and decode attention below the calibration tables' first measured sizes, replayed in a
+    #    CUDA graph (device time, no dispatch): a check of the fixed part the model gives such kernels
+    #    (python -m simulator.calibration.small_kernels raw_extra.json prints model against measurement).
+    rows = []
+    for k, n in ((512, 1024), (1024, 512), (512, 1536), (4096, 4096)):
+        w = torch.randn(k, n, device=dev, dtype=torch.float16)
+        for m in ((32, 4096) if quick else (1, 32, 256, 1024, 4096, 16384)):
+            a = torch.randn(m, k, device=dev, dtype=torch.float16)
+            fn = lambda: a @ w
+            g = capture(fn, COPIES)
+            rows.append({"kind": "gemm", "M": m, "K": k, "N": n, "s_eager": events_s(fn, 50),
+                         "s_graph_per_kernel": events_s(g.replay, 5) / COPIES, "graph_copies": COPIES})
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for b, h, d in ((32, 16, 32), (32, 8, 128)):
+        for kv in ((64, 1024) if quick else (16, 64, 256, 1024, 4096)):
+            q = torch.randn(b, h, 1, d, device=dev, dtype=torch.float16)
+            kc = torch.randn(b, h, kv, d, device=dev, dtype=torch.float16)
+            vc = torch.randn(b, h, kv, d, device=dev, dtype=torch.float16)
+            fn = lambda: sdpa(q, kc, vc)
+            try:
+                g = capture(fn, COPIES)
+                graph_s = events_s(g.replay, 5) / COPIES
+            except RuntimeError as exc:
+                graph_s = None
+                print(f"gpu_calibration extra: sdpa B{b} H{h} L{kv} D{d} not capturable: {str(exc).splitlines()[0]}", file=sys.stderr)
+            rows.append({"kind": "decode_attention", "B": b, "H": h, "L": kv, "D": d, "s_eager": events_s(fn, 50),
+                         "s_graph_per_kernel": graph_s, "graph_copies": COPIES})
+    data["small_kernels"] = rows
+    save()
 for r in data.get("graph_kernels", []):
     g = "-" if r["s_graph_per_kernel"] is None else f"{r['s_graph_per_kernel'] * 1e6:.2f} us"
     print(f"kernel {r['op']:22} eager {r['s_eager'] * 1e6:7.2f} us   in a graph {g}")
@@ -224,6 +255,8 @@ print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} sh
 PY
 extra_rc=$?
 echo "gpu_calibration: extra benchmarks exit $extra_rc after $(( $(date +%s) - extra_start )) s (budget ${EXTRA_BUDGET_S} s)"
+# The kernels' fixed part (small GEMMs, decode attention) against their measured device time in a graph.
+[ -f "$OUT/raw_extra.json" ] && "$PY" -m simulator.calibration.small_kernels "$OUT/raw_extra.json" || true
 echo "gpu_calibration: refit the profiles from these files with:"
 echo "  DATA=$OUT/raw_micro.json HOST_CALLS=$OUT/raw_host_calls.json EXTRA=$OUT/raw_extra.json bash scripts/refit_profiles.sh"
 exit "$rc"

@@ -172,8 +172,8 @@ def calibrated_node_s(
                 attrs.get("weight_b"),
                 attrs.get("out_b"),
             )
-        table, key = (cal.grouped_gemm, (experts, k, n)) if grouped else (cal.gemm, (k, n))
-        if frac < 0.5 * series_interpolate(table, key, rows):  # the kernel's fixed part is most of its time
+        gemm_table, key = (cal.grouped_gemm, (experts, k, n)) if grouped else (cal.gemm, (k, n))
+        if frac < 0.5 * series_interpolate(gemm_table, key, rows):  # the kernel's fixed part is most of its time
             bound = "launch"
     elif attrs.get("fused") == "flash_attention":
         if op == "attn_softmax":
