@@ -179,3 +179,39 @@ def test_a_gemm_whose_fixed_part_is_most_of_its_time_is_launch_bound():
     assert bound32 == "launch" and t32 == pytest.approx(4.14e-6, abs=0.01e-6)
     t4096, bound4096 = calibrated_node_s(node(4096), H200, H200.calibration, eager=False, gated=False)
     assert bound4096 == "compute" and t4096 == pytest.approx(10.87e-6, abs=0.01e-6)
+
+
+def test_a_decode_attention_kernel_at_a_tiny_kv_cache_is_launch_bound_and_its_context_node_is_not():
+    """32 sequences x 8 heads x 16 cached tokens, head_dim 128: 2.1 MB of K and V. The scores node (which
+    launches the kernel) takes its bytes at the first point's fraction plus 7.88 us of fixed part; the
+    context node (launches 0) only its bytes."""
+    from simulator.op_time import calibrated_node_s
+
+    kv_bytes = 2.0 * 32 * 8 * 16 * 128 * 2
+    frac = series_interpolate(H200.calibration.attention_decode, (128.0,), kv_bytes)
+    fixed_s = attention_fixed_part_s(
+        H200.calibration.attention_decode, (128.0,), kv_bytes, True, H200.peak_for("fp16"), H200.hbm_bytes_per_s
+    )
+    assert fixed_s == pytest.approx(7.906e-6 * (1 - kv_bytes / 536870912.0), rel=1e-3)
+
+    def node(op: str, launches: int) -> dict:
+        return {
+            "op": op,
+            "dtype": "fp16",
+            "fused": "flash_attention",
+            "head_dim": 128,
+            "q_len": 1,
+            "batch_heads": 32 * 8,
+            "kv_len": 16,
+            "kv_bytes_total": kv_bytes,
+            "flops": 0.0,
+            "bytes_read": kv_bytes / 2,
+            "bytes_written": 0.0,
+            "launches": launches,
+        }
+
+    scores_s, scores_bound = calibrated_node_s(node("attn_scores", 1), H200, H200.calibration, False, False)
+    context_s, context_bound = calibrated_node_s(node("attn_context", 0), H200, H200.calibration, False, False)
+    stream_s = kv_bytes / 2 / (H200.hbm_bytes_per_s * frac)
+    assert scores_s == pytest.approx(stream_s + fixed_s, rel=1e-12) and scores_bound == "launch"
+    assert context_s == pytest.approx(stream_s, rel=1e-12) and context_bound == "memory"
