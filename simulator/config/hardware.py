@@ -501,53 +501,50 @@ class _SeriesInterpolator:
 
     def fixed_part_s(self, key: tuple, x: float, decode: bool, peak: float, hbm: float) -> float:
         """attention_fixed_part_s over this table."""
-        memo_key = (key, x, ("fixed_part", decode, peak, hbm))
-        hit = self.memo.get(memo_key)
-        if hit is not None:
-            return hit
-        lkey = [math.log(k) for k in key]
-        weights, values, value = [], [], None
-        for skey, logk, _xs, _ys, pts in self.series:
-            series_value = 0.0
-            if x < pts[0][0] and len(pts) >= 2:
-                unit_s = 1.0 / hbm if decode else 2.0 * skey[0] / peak  # roofline seconds per unit of size
-                (x0, f0), (x1, f1) = pts[0], pts[1]
-                t0, t1 = x0 * unit_s / f0, x1 * unit_s / f1
-                fixed_s = t0 - x0 * (t1 - t0) / (x1 - x0)
-                if t1 > t0 and fixed_s > 0.0:
-                    series_value = fixed_s * (1.0 - x / x0)
-            distance = sum((a - b) ** 2 for a, b in zip(logk, lkey))
-            if distance < 1e-18:
-                value = series_value
-                break
-            weights.append(1.0 / distance)
-            values.append(series_value)
-        if value is None:
-            value = sum(w * v for w, v in zip(weights, values)) / sum(weights)
-        self.memo[memo_key] = value
-        return value
+
+        def series_value(series: tuple) -> float:
+            skey, _logk, _xs, _ys, pts = series
+            if x >= pts[0][0] or len(pts) < 2:
+                return 0.0
+            unit_s = 1.0 / hbm if decode else 2.0 * skey[0] / peak  # roofline seconds per unit of size
+            (x0, f0), (x1, f1) = pts[0], pts[1]
+            t0, t1 = x0 * unit_s / f0, x1 * unit_s / f1
+            fixed_s = t0 - x0 * (t1 - t0) / (x1 - x0)
+            return fixed_s * (1.0 - x / x0) if t1 > t0 and fixed_s > 0.0 else 0.0
+
+        return self._blend(key, (key, x, ("fixed_part", decode, peak, hbm)), series_value)
 
     def lookup(self, key: tuple, x: float, roofline: tuple[float, float, float] | None) -> float:
         """The interpolated value; with a roofline (gemm_fraction), the fixed part below each series'
         first point."""
-        memo_key = (key, x, roofline)
-        hit = self.memo.get(memo_key)
+        hit = self.memo.get((key, x, roofline))  # the hot path: a DAG asks for the same shapes again and again
         if hit is not None:
             return hit
         lx = math.log(max(x, 1e-30))
+
+        def series_value(series: tuple) -> float:
+            skey, _logk, xs, ys, pts = series
+            if roofline is not None and x < pts[0][0] and len(pts) >= 2:
+                return _fixed_part_fraction(skey, x, pts, roofline)
+            return _interp(lx, xs, ys)
+
+        return self._blend(key, (key, x, roofline), series_value)
+
+    def _blend(self, key: tuple, memo_key: tuple, series_value) -> float:
+        """series_value of the series whose key is `key`, else the values of all series blended by inverse
+        squared distance in log-key space; memoised under memo_key."""
+        hit = self.memo.get(memo_key)
+        if hit is not None:
+            return hit
         lkey = [math.log(k) for k in key]
         weights, values, value = [], [], None
-        for skey, logk, xs, ys, pts in self.series:
-            if roofline is not None and x < pts[0][0] and len(pts) >= 2:
-                series_value = _fixed_part_fraction(skey, x, pts, roofline)
-            else:
-                series_value = _interp(lx, xs, ys)
-            distance = sum((a - b) ** 2 for a, b in zip(logk, lkey))
+        for series in self.series:
+            distance = sum((a - b) ** 2 for a, b in zip(series[1], lkey))
             if distance < 1e-18:
-                value = series_value
+                value = series_value(series)
                 break
             weights.append(1.0 / distance)
-            values.append(series_value)
+            values.append(series_value(series))
         if value is None:
             value = sum(w * v for w, v in zip(weights, values)) / sum(weights)
         self.memo[memo_key] = value
