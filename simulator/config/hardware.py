@@ -465,17 +465,29 @@ def attention_fixed_part_s(
     return _interpolator(points).fixed_part_s(tuple(key), size, decode, peak_flops_per_s, hbm_bytes_per_s)
 
 
+def _first_line(pts: list[tuple[float, float]], roofline_s) -> tuple[float, float, float] | None:
+    """The fixed-part rule's line for one series (pts sorted by x, at least two): through its two smallest
+    measurements, their times the roofline (roofline_s(x)) over their fractions, as (x0, t0, slope); None
+    when the time does not grow from the first point to the second (no fixed part to read off)."""
+    (x0, f0), (x1, f1) = pts[0], pts[1]
+    t0, t1 = roofline_s(x0) / f0, roofline_s(x1) / f1
+    return (x0, t0, (t1 - t0) / (x1 - x0)) if t1 > t0 else None
+
+
 def _fixed_part_fraction(
     key: tuple, x: float, pts: list[tuple[float, float]], roofline: tuple[float, float, float]
 ) -> float:
     """gemm_fraction's value for one series at x below its first point x0 (pts sorted by x)."""
-    (x0, f0), (x1, f1) = pts[0], pts[1]
-    t0 = gemm_roofline_s(key, x0, *roofline) / f0
-    t1 = gemm_roofline_s(key, x1, *roofline) / f1
-    line_s = t0 + (x - x0) * (t1 - t0) / (x1 - x0)
-    if t1 <= t0 or line_s <= 0.0:  # no fixed part to read off these two points
+
+    def roofline_s(rows: float) -> float:
+        return gemm_roofline_s(key, rows, *roofline)
+
+    f0, line = pts[0][1], _first_line(pts, roofline_s)
+    if line is None:
         return f0
-    return min(f0, gemm_roofline_s(key, x, *roofline) / line_s)
+    x0, t0, slope = line
+    line_s = t0 + (x - x0) * slope
+    return f0 if line_s <= 0.0 else min(f0, roofline_s(x) / line_s)
 
 
 class _SeriesInterpolator:
@@ -507,10 +519,12 @@ class _SeriesInterpolator:
             if x >= pts[0][0] or len(pts) < 2:
                 return 0.0
             unit_s = 1.0 / hbm if decode else 2.0 * skey[0] / peak  # roofline seconds per unit of size
-            (x0, f0), (x1, f1) = pts[0], pts[1]
-            t0, t1 = x0 * unit_s / f0, x1 * unit_s / f1
-            fixed_s = t0 - x0 * (t1 - t0) / (x1 - x0)
-            return fixed_s * (1.0 - x / x0) if t1 > t0 and fixed_s > 0.0 else 0.0
+            line = _first_line(pts, lambda size: size * unit_s)
+            if line is None:
+                return 0.0
+            x0, t0, slope = line
+            fixed_s = t0 - x0 * slope  # the line's value at size 0
+            return fixed_s * (1.0 - x / x0) if fixed_s > 0.0 else 0.0
 
         return self._blend(key, (key, x, ("fixed_part", decode, peak, hbm)), series_value)
 
