@@ -105,6 +105,7 @@ with torch.inference_mode():
     ids = torch.randint(0, e, (t * 2,), device=dev)
     idx = torch.randint(0, t, (t * 2,), device=dev)
     buf = torch.zeros(t * 2, h, device=dev, dtype=torch.float16)
+    rows_in = torch.randn(t * 2, h, device=dev, dtype=torch.float16)  # index_copy_ refuses a source overlapping buf
     logits = torch.randn(t, e, device=dev, dtype=torch.float32)
     experts = torch.arange(e, device=dev)
     slots = torch.arange(t * 2, device=dev)
@@ -117,7 +118,7 @@ with torch.inference_mode():
         "copy_64x512": lambda: buf[:t].copy_(x),
         "cumsum_128x16_int32": lambda: onehot.cumsum(0),
         "gather_rows_128x512": lambda: x.index_select(0, idx),
-        "index_copy_128x512": lambda: buf.index_copy_(0, slots, buf),
+        "index_copy_128x512": lambda: buf.index_copy_(0, slots, rows_in),
         "where_128": lambda: torch.where(mask, ids, ids1),
         "softmax_64x16_fp32": lambda: torch.softmax(logits, -1),
         "topk2_64x16": lambda: logits.topk(2, dim=-1),
