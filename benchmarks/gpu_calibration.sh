@@ -93,6 +93,15 @@ def capture(fn, copies):
         for _ in range(copies):
             fn()
     return g
+def graph_per_kernel_s(fn, what, replays=10):
+    """Device seconds per call of fn replayed in a CUDA graph of COPIES copies; None (said on stderr) when
+    fn cannot be captured."""
+    try:
+        g = capture(fn, COPIES)
+    except RuntimeError as exc:
+        print(f"gpu_calibration extra: {what} not capturable: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+    return events_s(g.replay, replays) / COPIES
 
 # 1. Small kernels: eager per call (host dispatch when the kernel is tiny) and device time per kernel
 #    replayed inside a graph of COPIES copies (no per-kernel dispatch: what a captured decode step pays).
@@ -127,12 +136,7 @@ with torch.inference_mode():
     rows = []
     for name, fn in small.items():
         eager_s = events_s(fn, 200)
-        try:
-            g = capture(fn, COPIES)
-            graph_s = events_s(g.replay, 10) / COPIES
-        except RuntimeError as exc:
-            graph_s = None
-            print(f"gpu_calibration extra: {name} not capturable: {str(exc).splitlines()[0]}", file=sys.stderr)
+        graph_s = graph_per_kernel_s(fn, name)
         rows.append({"op": name, "s_eager": eager_s, "s_graph_per_kernel": graph_s, "graph_copies": COPIES})
     data["graph_kernels"] = rows
     save()
@@ -218,9 +222,8 @@ with torch.inference_mode():
         for m in ((32, 4096) if quick else (1, 32, 256, 1024, 4096, 16384)):
             a = torch.randn(m, k, device=dev, dtype=torch.float16)
             fn = lambda: a @ w
-            g = capture(fn, COPIES)
             rows.append({"kind": "gemm", "M": m, "K": k, "N": n, "s_eager": events_s(fn, 50),
-                         "s_graph_per_kernel": events_s(g.replay, 5) / COPIES, "graph_copies": COPIES})
+                         "s_graph_per_kernel": graph_per_kernel_s(fn, f"gemm {m}x{k}x{n}", 5), "graph_copies": COPIES})
     sdpa = torch.nn.functional.scaled_dot_product_attention
     for b, h, d in ((32, 16, 32), (32, 8, 128)):
         for kv in ((64, 1024) if quick else (16, 64, 256, 1024, 4096)):
@@ -228,14 +231,9 @@ with torch.inference_mode():
             kc = torch.randn(b, h, kv, d, device=dev, dtype=torch.float16)
             vc = torch.randn(b, h, kv, d, device=dev, dtype=torch.float16)
             fn = lambda: sdpa(q, kc, vc)
-            try:
-                g = capture(fn, COPIES)
-                graph_s = events_s(g.replay, 5) / COPIES
-            except RuntimeError as exc:
-                graph_s = None
-                print(f"gpu_calibration extra: sdpa B{b} H{h} L{kv} D{d} not capturable: {str(exc).splitlines()[0]}", file=sys.stderr)
             rows.append({"kind": "decode_attention", "B": b, "H": h, "L": kv, "D": d, "s_eager": events_s(fn, 50),
-                         "s_graph_per_kernel": graph_s, "graph_copies": COPIES})
+                         "s_graph_per_kernel": graph_per_kernel_s(fn, f"sdpa B{b} H{h} L{kv} D{d}", 5),
+                         "graph_copies": COPIES})
     data["small_kernels"] = rows
     save()
 for r in data.get("graph_kernels", []):
