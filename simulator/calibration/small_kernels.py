@@ -18,7 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-from simulator import costs
 from simulator.config.hardware import (
     HardwareProfile,
     ProfileError,
@@ -26,17 +25,17 @@ from simulator.config.hardware import (
     load_profile,
     series_interpolate,
 )
+from simulator.op_time import calibrated_node_s
 
 FP16_BYTES = 2.0
 
 
 def gemm_device_s(hw: HardwareProfile, m: float, k: float, n: float) -> float:
-    """The model's device time of one fp16 GEMM [m, k] @ [k, n] (a CUDA graph's kernel: no dispatch
-    floor, at least the profile's kernel_overhead_s)."""
-    frac = hw.gemm_table_fraction(1, m, k, n)
-    peak = hw.peak_for("fp16")
-    time_s, _ = costs.calibrated_grouped_gemm_s(1, m, k, n, FP16_BYTES, peak, hw.hbm_bytes_per_s, frac)
-    return max(time_s, hw.kernel_overhead_s)
+    """The model's device time of one fp16 GEMM [m, k] @ [k, n]: op_time's price of a GEMM node replayed in
+    a CUDA graph (no dispatch floor, at least the profile's kernel_overhead_s)."""
+    assert hw.calibration is not None
+    node = {"op": "gemm", "dtype": "fp16", "gemm": (m, k, n), "launches": 1}
+    return calibrated_node_s(node, hw, hw.calibration, eager=False, gated=False)[0]
 
 
 def decode_attention_device_s(hw: HardwareProfile, batch: float, heads: float, kv_len: float, head_dim: float) -> float:
