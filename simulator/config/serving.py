@@ -159,6 +159,12 @@ class WorkloadSpec(StrictModel):
         default=None, description="prompt lengths: fixed, uniform, normal, lognormal or empirical (not with a trace)"
     )
     output_len: Length | None = Field(default=None, description="output lengths (as input_len)")
+    max_new_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="generation cap every request asks for (max_new_tokens / max_tokens): a longer output is cut "
+        "to it; scheduler.admission reserve reserves the KV of prompt + cap; default: each request's own output",
+    )
     num_requests: int | None = Field(default=None, ge=1, description="requests to send")
     duration_s: float | None = Field(default=None, gt=0, description="or: how long to send them (open loops)")
     warmup_requests: int = Field(default=0, ge=0, description="first requests left out of the statistics")
@@ -200,6 +206,22 @@ class KVCacheSpec(StrictModel):
     gpu_memory_utilization: float | None = Field(
         default=None, gt=0, le=1, description="fraction of GPU memory the engine may use (as vLLM's flag)"
     )
+    free_memory_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="fraction of the memory left after weights and activations that the KV cache takes "
+        "(TensorRT-LLM's kv_cache_free_gpu_mem_fraction); default: all of it",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> KVCacheSpec:
+        if self.gpu_memory_utilization is not None and self.free_memory_fraction is not None:
+            raise ValueError(
+                "gpu_memory_utilization and free_memory_fraction: give one (vLLM's share of the whole GPU, or "
+                "TensorRT-LLM's share of the memory left after the weights), not both"
+            )
+        return self
 
 
 class SchedulerSpec(StrictModel):
@@ -403,8 +425,14 @@ class ServingSpec(StrictModel):
         if w.input_len is None or w.output_len is None:
             return self
         max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()
+        if max_out is None:  # unbounded lengths: the cap bounds them
+            max_out = w.max_new_tokens
         if max_in is not None and max_out is not None:
-            check_admissible(max_in, max_out, s, "the longest request of workload.input_len/output_len")
+            held = kv_output_tokens(max_out, w.max_new_tokens, s.admission)
+            what = "the longest request of workload.input_len/output_len"
+            if held == w.max_new_tokens and s.admission == "reserve":
+                what += " (reserving workload.max_new_tokens)"
+            check_admissible(max_in, held, s, what)
         return self
 
     @property
@@ -413,6 +441,15 @@ class ServingSpec(StrictModel):
         if self.disaggregation is not None:
             return self.disaggregation.num_gpus
         return self.replicas.num_replicas * (self.replicas.gpus_per_replica or 1)
+
+
+def kv_output_tokens(output_tokens: int, max_new_tokens: int | None, admission: str) -> int:
+    """Output tokens whose KV a request holds at most: its output (cut to the cap), or under admission reserve
+    the whole cap, which the engine reserves before it knows where the output ends (TensorRT-LLM
+    GUARANTEED_NO_EVICT: KVCacheManager::getRemainingBlocksToCompletion counts promptLen + maxNewTokens)."""
+    if max_new_tokens is None:
+        return output_tokens
+    return max_new_tokens if admission == "reserve" else min(output_tokens, max_new_tokens)
 
 
 def kv_blocks_needed(input_tokens: int, output_tokens: int, block_size_tokens: int) -> int:

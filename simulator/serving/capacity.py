@@ -4,9 +4,11 @@ blocks per replica, replica count, lockstep, pipeline batches), and the KV capac
 KV blocks of one replica (vLLM's profile run: what is left after the weights and the largest iteration's
 activations, in blocks; Kwon et al. 2023, sec. 4.3):
 
-    blocks = min over the replica's GPUs of floor((usable_bytes - weight_bytes - activation_bytes)
+    blocks = min over the replica's GPUs of floor(share x (usable_bytes - weight_bytes - activation_bytes)
                                                    / (block_size_tokens x kv_bytes_per_token on that GPU))
     usable_bytes = capacity_bytes x gpu_memory_utilization, or capacity_bytes - runtime.memory_reserve_bytes
+    share = kv_cache.free_memory_fraction (TensorRT-LLM's kv_cache_free_gpu_mem_fraction: its KV pool is that
+            fraction of the memory free once the engine's weights and runtime buffers are allocated), else 1
 
 A GPU holds the K and V (or MLA's compressed latent) of its stage's layers and its KV heads (kv heads / tp,
 replicated when fewer than tp), so every GPU of the replica holds the same blocks: the tightest GPU decides.
@@ -73,19 +75,21 @@ def serving_kv_capacity_blocks(scenario: Scenario, hw: HardwareProfile) -> int:
     tokens = largest_iteration_tokens(spec)
     acts = activation_bytes(scenario, hw, tokens)
     p = scenario.parallel
+    share = kv.free_memory_fraction if kv.free_memory_fraction is not None else 1.0
     best: tuple[int, int] | None = None
     for stage in range(p.pp):
         for gpu in Placement.of(scenario).stage_gpus(stage)[: p.tp]:  # the GPUs of replica 0 (all alike over dp)
             free = usable - weight_bytes_per_gpu(scenario, gpu) - acts[gpu]
             per_block = kv.block_size_tokens * kv_bytes_per_token(scenario, gpu)
-            blocks = math.floor(free / per_block) if free > 0 else 0
+            blocks = math.floor(share * free / per_block) if free > 0 else 0
             if best is None or blocks < best[0]:
                 best = (blocks, gpu)
             if blocks < 1:
                 raise ServingError(
                     f"serving.scheduler.kv_cache: no room for a KV block on GPU {gpu}: weights "
                     f"{weight_bytes_per_gpu(scenario, gpu) / 1e9:.2f} GB + activations of a {tokens}-token iteration "
-                    f"{acts[gpu] / 1e9:.2f} GB leave {max(free, 0.0) / 1e9:.2f} GB of {usable / 1e9:.2f} GB ({how}); "
+                    f"{acts[gpu] / 1e9:.2f} GB leave {max(free, 0.0) / 1e9:.2f} GB of {usable / 1e9:.2f} GB ({how})"
+                    f"{f', of which free_memory_fraction = {share} goes to the KV cache' if share < 1 else ''}; "
                     f"lower max_num_batched_tokens, raise gpu_memory_utilization or use more GPUs"
                 )
     assert best is not None

@@ -60,6 +60,8 @@ class PrefillPool(ServingModel):
         hold_kv: bool,
     ) -> None:
         super().__init__(spec, pricer, [Request(r.request_id, r.arrival_s, r.input_tokens, 1) for r in requests], env)
+        for scheduler in self.schedulers:  # a prefill instance's request generates one token: nothing to reserve
+            scheduler.max_new_tokens = None
         self.on_prefilled = on_prefilled
         self.hold_kv = hold_kv
         self.held = [0] * len(self.schedulers)  # KV of finished prefills still being sent, per scheduler

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from simulator.config.serving import SchedulerSpec
+from simulator.config.serving import SchedulerSpec, kv_output_tokens
 from simulator.serving.kvcache import PagedKVCache
 from simulator.serving.pricing import Batch, SeqWork
 
@@ -88,8 +88,9 @@ class Step:
 class Scheduler:
     """Waiting queue, running batch and paged KV cache of one replica."""
 
-    def __init__(self, spec: SchedulerSpec, replica: int = 0) -> None:
+    def __init__(self, spec: SchedulerSpec, replica: int = 0, max_new_tokens: int | None = None) -> None:
         self.spec = spec
+        self.max_new_tokens = max_new_tokens  # the requests' generation cap (workload.max_new_tokens)
         self.replica = replica
         capacity = spec.kv_cache.capacity_blocks
         assert capacity is not None, "kv_cache.capacity_blocks unresolved (serving.capacity.resolve_serving sets it)"
@@ -154,8 +155,11 @@ class Scheduler:
 
     def _admit_tokens(self, seq: Sequence, n: int) -> int:
         """KV tokens a waiting request must get to be admitted with n new tokens: n, or with admission reserve
-        its whole request (prompt + output - 1), so it never needs a block again."""
-        return seq.input_tokens + seq.output_tokens - 1 if self.reserve else n
+        its whole request (prompt + output - 1, the output being the generation cap when the requests carry
+        one: the engine cannot know where an output ends), so it never needs a block again."""
+        if not self.reserve:
+            return n
+        return seq.input_tokens + kv_output_tokens(seq.output_tokens, self.max_new_tokens, "reserve") - 1
 
     def _grow(self, seq: Sequence, kv_tokens: int) -> bool:
         kv = self.kv

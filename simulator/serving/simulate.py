@@ -243,7 +243,8 @@ class ServingModel(RequestSource):
                 update={"kv_cache": kv.model_copy(update={"capacity_blocks": kv.capacity_blocks // self.batches})}
             )
         # scheduler index = replica * batches + pipeline batch
-        self.schedulers = [Scheduler(per_batch, r) for r in range(self.num_replicas) for _ in range(self.batches)]
+        cap = spec.workload.max_new_tokens
+        self.schedulers = [Scheduler(per_batch, r, cap) for r in range(self.num_replicas) for _ in range(self.batches)]
         self.timing = getattr(pricer, "timing", None)
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
         self.seqs: list[Sequence | None] = [None] * len(requests)

@@ -34,6 +34,7 @@ from simulator.config.serving import (
     ServingSpec,
     WorkloadSpec,
     check_admissible,
+    kv_output_tokens,
 )
 from simulator.files import read_bounded
 
@@ -69,6 +70,9 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
                 f"workload.warmup_requests = {w.warmup_requests} leaves no measured request of "
                 f"{len(rows)} in the trace; lower it"
             )
+        cap = w.max_new_tokens
+        if cap is not None:  # the engine stops a request at its cap
+            rows = [(line_no, a, n_in, min(n_out, cap)) for line_no, a, n_in, n_out in rows]
         for line_no, _, n_in, n_out in rows:
             _check(n_in, n_out, spec, f"trace {w.arrivals.path} line {line_no}")
         return tuple(Request(i, a, n_in, n_out) for i, (_, a, n_in, n_out) in enumerate(rows))
@@ -82,16 +86,20 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
     assert w.input_len is not None and w.output_len is not None
     inputs = draw_lengths(w.input_len, n, np.random.default_rng([w.seed, 1]), base)
     outputs = draw_lengths(w.output_len, n, np.random.default_rng([w.seed, 2]), base)
+    if w.max_new_tokens is not None:  # the engine stops a request at its cap
+        outputs = np.minimum(outputs, w.max_new_tokens)
     requests = tuple(Request(i, float(arrivals_s[i]), int(inputs[i]), int(outputs[i])) for i in range(n))
     if w.input_len.kind == "empirical" or w.output_len.kind == "empirical":
-        longest = max(requests, key=lambda r: r.input_tokens + r.output_tokens)
+        cap, admission = w.max_new_tokens, spec.scheduler.admission
+        longest = max(requests, key=lambda r: r.input_tokens + kv_output_tokens(r.output_tokens, cap, admission))
         _check(longest.input_tokens, longest.output_tokens, spec, f"request {longest.request_id}")
     return requests
 
 
 def _check(input_tokens: int, output_tokens: int, spec: ServingSpec, what: str) -> None:
+    held = kv_output_tokens(output_tokens, spec.workload.max_new_tokens, spec.scheduler.admission)
     try:
-        check_admissible(input_tokens, output_tokens, spec.scheduler, what)
+        check_admissible(input_tokens, held, spec.scheduler, what)
     except ValueError as exc:
         raise ServingError(str(exc)) from None
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from simulator.config import ServingError, parse_scenario, resolve_hardware
+from simulator.config import ScenarioError, ServingError, parse_scenario, resolve_hardware
 from simulator.graph.ragged import build_forward, ragged_shape
 from simulator.pipeline import run_scenario
 from simulator.serving.capacity import activation_bytes, resolve_serving, serving_kv_capacity_blocks
@@ -144,6 +144,21 @@ def test_capacity_without_utilisation_keeps_the_reserve():
     hw = resolve_hardware(scenario)
     acts = max(activation_bytes(scenario, hw, 256).values())
     assert serving_kv_capacity_blocks(scenario, hw) == int((hw.memory_bytes - 1e9 - 165376 - acts) // 4096)
+
+
+def test_free_memory_fraction_takes_its_share_of_what_is_left():
+    # TensorRT-LLM's kv_cache_free_gpu_mem_fraction: the share of the memory left after the weights and the
+    # runtime buffers (here: capacity less the 1 GB reserve, 165376 B of weights, the activations).
+    scenario = make_scenario(tiny(free_memory_fraction=0.9))
+    hw = resolve_hardware(scenario)
+    acts = max(activation_bytes(scenario, hw, 256).values())
+    assert serving_kv_capacity_blocks(scenario, hw) == int(0.9 * (hw.memory_bytes - 1e9 - 165376 - acts) // 4096)
+
+
+def test_free_memory_fraction_and_utilisation_together_is_one_clear_line():
+    with pytest.raises(ScenarioError, match=r"gpu_memory_utilization and free_memory_fraction: give one") as info:
+        make_scenario(tiny(free_memory_fraction=0.9, gpu_memory_utilization=0.9))
+    assert "\n" not in str(info.value)
 
 
 def test_a_request_that_can_never_fit_is_one_clear_line():

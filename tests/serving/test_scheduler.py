@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from simulator.config.serving import ServingError
 from simulator.serving.pricing import SeqWork
 from simulator.serving.simulate import simulate_serving
-from simulator.serving.workload import Request
+from simulator.serving.workload import Request, generate_requests
 from tests.serving.conftest import RecordingPricer, make_spec
 
 OPEN = {"arrivals": {"kind": "poisson", "rate_per_s": 1.0}}
@@ -101,3 +102,79 @@ def test_reserve_admission_holds_the_whole_request_and_never_preempts(policy):
     assert run.records[1].first_scheduled_s == run.records[0].finish_s
     assert pricer.batches[20] == (SeqWork(8, 0),)
     assert run.peak_kv_blocks == (2,)
+
+
+def reserve_spec(**workload) -> object:
+    return make_spec(
+        workload={**OPEN, **workload},
+        scheduler={"admission": "reserve", "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 3}},
+    )
+
+
+def test_reserve_admission_reserves_the_generation_cap_not_the_output():
+    # 8 + 4 tokens hold 11 = 1 block: both requests fit 3 blocks at once. With a cap of 24 new tokens each
+    # reserves 8 + 24 - 1 = 31 tokens = 2 blocks (TensorRT-LLM's promptLen + maxNewTokens), so the second
+    # waits for the first to finish although its real output needs no second block.
+    requests = [Request(0, 0.0, 8, 4), Request(1, 0.0, 8, 4)]
+    pricer = RecordingPricer()
+    run = simulate_serving(reserve_spec(), pricer, requests)
+    assert pricer.batches[0] == (SeqWork(8, 0), SeqWork(8, 0))
+    assert run.peak_kv_blocks == (2,)
+    pricer = RecordingPricer()
+    run = simulate_serving(reserve_spec(max_new_tokens=24), pricer, requests)
+    assert pricer.batches[0] == (SeqWork(8, 0),)
+    assert run.records[1].first_scheduled_s == run.records[0].finish_s
+    assert run.peak_kv_blocks == (2,)
+    assert all(len(r.token_times_s) == 4 for r in run.records)  # the outputs themselves are unchanged
+
+
+def test_on_demand_admission_ignores_the_cap():
+    spec = make_spec(
+        workload={**OPEN, "max_new_tokens": 24},
+        scheduler={"kv_cache": {"block_size_tokens": 16, "capacity_blocks": 3}},
+    )
+    pricer = RecordingPricer()
+    simulate_serving(spec, pricer, [Request(0, 0.0, 8, 4), Request(1, 0.0, 8, 4)])
+    assert pricer.batches[0] == (SeqWork(8, 0), SeqWork(8, 0))
+
+
+def test_a_cap_the_reserve_can_never_hold_is_one_clear_line():
+    # 8 + 40 - 1 = 47 tokens = 3 blocks of 16 > 2
+    with pytest.raises(ServingError, match=r"reserving workload.max_new_tokens\) .* can never be admitted") as info:
+        make_spec(
+            workload={"max_new_tokens": 40},
+            scheduler={"admission": "reserve", "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 2}},
+        )
+    assert "\n" not in str(info.value)
+    make_spec(  # on demand, only the 4 output tokens are ever held
+        workload={"max_new_tokens": 40}, scheduler={"kv_cache": {"block_size_tokens": 16, "capacity_blocks": 2}}
+    )
+
+
+def test_the_cap_cuts_longer_outputs():
+    spec = make_spec(
+        workload={"output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 12}, "max_new_tokens": 6}
+    )
+    outputs = [r.output_tokens for r in generate_requests(spec)]
+    uncapped = [
+        r.output_tokens
+        for r in generate_requests(
+            make_spec(workload={"output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 12}})
+        )
+    ]
+    assert outputs == [min(n, 6) for n in uncapped]
+    assert max(uncapped) > 6
+
+
+def test_the_cap_cuts_a_traces_outputs(tmp_path):
+    (tmp_path / "t.csv").write_text("arrival_s,input_tokens,output_tokens\n0.0,8,3\n0.5,8,9\n")
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "trace", "path": "t.csv"},
+            "input_len": None,
+            "output_len": None,
+            "num_requests": None,
+            "max_new_tokens": 5,
+        }
+    )
+    assert [r.output_tokens for r in generate_requests(spec, tmp_path)] == [3, 5]
