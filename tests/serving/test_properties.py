@@ -1,11 +1,12 @@
-"""Property: over random small specs, every request finishes once with all its tokens, within KV capacity."""
+"""Property: over random small specs, every request finishes once with all its tokens, within KV capacity; with
+admission reserve (a generation cap or not), no request is ever preempted."""
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.config.serving import kv_blocks_needed, parse_serving_spec
+from simulator.config.serving import kv_blocks_needed, kv_output_tokens, parse_serving_spec
 from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
 from tests.serving.test_simulate import conservation_holds
@@ -17,7 +18,11 @@ def specs(draw):
     max_in = draw(st.integers(1, 24))
     max_out = draw(st.integers(1, 12))
     block = draw(st.sampled_from([1, 2, 4, 16]))
-    need = kv_blocks_needed(max_in, max_out, block)
+    admission = draw(st.sampled_from(["on_demand", "reserve"]))
+    cap = draw(st.none() | st.integers(1, 16))
+    need = kv_blocks_needed(
+        max_in, kv_output_tokens(max_out if cap is None else min(max_out, cap), cap, admission), block
+    )
     max_num_seqs = draw(st.integers(1, 4))
     arrivals = draw(
         st.sampled_from(
@@ -35,6 +40,7 @@ def specs(draw):
                 "seed": draw(st.integers(0, 9)),
                 "input_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": max_in},
                 "output_len": {"kind": "uniform", "min_tokens": 1, "max_tokens": max_out},
+                "max_new_tokens": cap,
             },
             "scheduler": {
                 "policy": policy,
@@ -42,6 +48,7 @@ def specs(draw):
                 "max_num_batched_tokens": max(max_num_seqs, max_in + max_out, draw(st.integers(1, 40))),
                 "chunk_size_tokens": draw(st.integers(1, max(max_num_seqs, max_in + max_out))),
                 "kv_cache": {"block_size_tokens": block, "capacity_blocks": need + draw(st.integers(0, 4))},
+                "admission": admission,
             },
             "replicas": {
                 "count": draw(st.integers(1, 3)),
@@ -55,4 +62,7 @@ def specs(draw):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs())
 def test_every_request_finishes_once_with_all_its_tokens(spec):
-    conservation_holds(simulate_serving(spec, LinearPricer(0.25, 1 / 16, 1 / 128)))
+    run = simulate_serving(spec, LinearPricer(0.25, 1 / 16, 1 / 128))
+    conservation_holds(run)
+    if spec.scheduler.admission == "reserve":
+        assert run.preemptions == 0
