@@ -428,11 +428,8 @@ class ServingSpec(StrictModel):
         if max_out is None:  # unbounded lengths: the cap bounds them
             max_out = w.max_new_tokens
         if max_in is not None and max_out is not None:
-            held = kv_output_tokens(max_out, w.max_new_tokens, s.admission)
             what = "the longest request of workload.input_len/output_len"
-            if held == w.max_new_tokens and s.admission == "reserve":
-                what += " (reserving workload.max_new_tokens)"
-            check_admissible(max_in, held, s, what)
+            check_admissible(max_in, max_out, s, what, w.max_new_tokens)
         return self
 
     @property
@@ -458,15 +455,22 @@ def kv_blocks_needed(input_tokens: int, output_tokens: int, block_size_tokens: i
     return math.ceil((input_tokens + output_tokens - 1) / block_size_tokens)
 
 
-def check_admissible(input_tokens: int, output_tokens: int, scheduler: SchedulerSpec, what: str) -> None:
-    """Raise ValueError when a request of these lengths can never run to its end on one replica."""
+def check_admissible(
+    input_tokens: int, output_tokens: int, scheduler: SchedulerSpec, what: str, max_new_tokens: int | None = None
+) -> None:
+    """Raise ValueError when a request of these lengths (its output cut to max_new_tokens, which admission reserve
+    reserves whole) can never run to its end on one replica."""
     kv = scheduler.kv_cache
-    blocks = kv_blocks_needed(input_tokens, output_tokens, kv.block_size_tokens)
+    held = kv_output_tokens(output_tokens, max_new_tokens, scheduler.admission)
+    if max_new_tokens is not None:
+        output_tokens = min(output_tokens, max_new_tokens)
+    blocks = kv_blocks_needed(input_tokens, held, kv.block_size_tokens)
     batches = scheduler.pipeline_batches or 1
     if kv.capacity_blocks is not None and blocks > kv.capacity_blocks // batches:
         share = f" // pipeline_batches {batches} = {kv.capacity_blocks // batches}" if batches > 1 else ""
+        tokens = f"output {held}" if held == output_tokens else f"workload.max_new_tokens {held} reserved"
         raise ValueError(
-            f"{what} (input {input_tokens} + output {output_tokens} tokens = {blocks} blocks of "
+            f"{what} (input {input_tokens} + {tokens} tokens = {blocks} blocks of "
             f"{kv.block_size_tokens}) can never be admitted: scheduler.kv_cache.capacity_blocks = "
             f"{kv.capacity_blocks}{share}; raise it to >= {blocks * batches} or shorten the requests"
         )

@@ -143,9 +143,13 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
     w = spec.workload
     if w.input_len is not None and w.output_len is not None:
         max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()
+        if max_out is None:  # unbounded lengths: the cap bounds them
+            max_out = w.max_new_tokens
         if max_in is not None and max_out is not None:
             try:
-                check_admissible(max_in, max_out, scheduler, "the longest request of serving.workload")
+                check_admissible(
+                    max_in, max_out, scheduler, "the longest request of serving.workload", w.max_new_tokens
+                )
             except ValueError as exc:
                 derived = "" if s.kv_cache.capacity_blocks is not None else " (from the memory model)"
                 raise ServingError(f"serving: {exc}{derived}") from None

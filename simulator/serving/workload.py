@@ -97,9 +97,8 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
 
 
 def _check(input_tokens: int, output_tokens: int, spec: ServingSpec, what: str) -> None:
-    held = kv_output_tokens(output_tokens, spec.workload.max_new_tokens, spec.scheduler.admission)
     try:
-        check_admissible(input_tokens, held, spec.scheduler, what)
+        check_admissible(input_tokens, output_tokens, spec.scheduler, what, spec.workload.max_new_tokens)
     except ValueError as exc:
         raise ServingError(str(exc)) from None
 

@@ -140,7 +140,10 @@ def test_on_demand_admission_ignores_the_cap():
 
 def test_a_cap_the_reserve_can_never_hold_is_one_clear_line():
     # 8 + 40 - 1 = 47 tokens = 3 blocks of 16 > 2
-    with pytest.raises(ServingError, match=r"reserving workload.max_new_tokens\) .* can never be admitted") as info:
+    with pytest.raises(
+        ServingError,
+        match=r"input 8 \+ workload.max_new_tokens 40 reserved tokens = 3 blocks of 16\) can never be admitted",
+    ) as info:
         make_spec(
             workload={"max_new_tokens": 40},
             scheduler={"admission": "reserve", "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 2}},
@@ -178,3 +181,18 @@ def test_the_cap_cuts_a_traces_outputs(tmp_path):
         }
     )
     assert [r.output_tokens for r in generate_requests(spec, tmp_path)] == [3, 5]
+
+
+def test_a_cap_above_the_output_does_not_tighten_the_continuous_prefill_bound():
+    # Found by the property test: the reservation (1 + 3 - 1 = 3 tokens) is KV, not prefill work; the longest
+    # re-prefill is the prompt and the real output, 1 + 2 - 1 = 2 tokens, within a 2-token budget.
+    spec = make_spec(
+        workload={
+            "input_len": {"kind": "fixed", "tokens": 1},
+            "output_len": {"kind": "fixed", "tokens": 2},
+            "max_new_tokens": 3,
+        },
+        scheduler={"policy": "continuous", "max_num_seqs": 1, "max_num_batched_tokens": 2, "admission": "reserve"},
+    )
+    run = simulate_serving(spec, RecordingPricer())
+    assert run.preemptions == 0 and all(len(r.token_times_s) == 2 for r in run.records)
