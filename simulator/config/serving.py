@@ -421,15 +421,7 @@ class ServingSpec(StrictModel):
 
     @model_validator(mode="after")
     def _admissible(self) -> ServingSpec:
-        w, s = self.workload, self.scheduler
-        if w.input_len is None or w.output_len is None:
-            return self
-        max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()
-        if max_out is None:  # unbounded lengths: the cap bounds them
-            max_out = w.max_new_tokens
-        if max_in is not None and max_out is not None:
-            what = "the longest request of workload.input_len/output_len"
-            check_admissible(max_in, max_out, s, what, w.max_new_tokens)
+        check_longest_admissible(self.workload, self.scheduler, "the longest request of workload.input_len/output_len")
         return self
 
     @property
@@ -461,9 +453,9 @@ def check_admissible(
     """Raise ValueError when a request of these lengths (its output cut to max_new_tokens, which admission reserve
     reserves whole) can never run to its end on one replica."""
     kv = scheduler.kv_cache
-    held = kv_output_tokens(output_tokens, max_new_tokens, scheduler.admission)
-    if max_new_tokens is not None:
+    if max_new_tokens is not None:  # the engine stops a request at its cap
         output_tokens = min(output_tokens, max_new_tokens)
+    held = kv_output_tokens(output_tokens, max_new_tokens, scheduler.admission)
     blocks = kv_blocks_needed(input_tokens, held, kv.block_size_tokens)
     batches = scheduler.pipeline_batches or 1
     if kv.capacity_blocks is not None and blocks > kv.capacity_blocks // batches:
@@ -481,6 +473,18 @@ def check_admissible(
             f"in one iteration: scheduler.max_num_batched_tokens = {scheduler.max_num_batched_tokens}; "
             f"raise it to >= {input_tokens + output_tokens - 1} or use policy chunked_prefill"
         )
+
+
+def check_longest_admissible(w: WorkloadSpec, scheduler: SchedulerSpec, what: str) -> None:
+    """check_admissible for the longest request the workload's length distributions allow (outputs bounded by
+    max_new_tokens when unbounded); nothing when a trace or an unbounded distribution leaves it unknown."""
+    if w.input_len is None or w.output_len is None:
+        return
+    max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()
+    if max_out is None:  # unbounded lengths: the cap bounds them
+        max_out = w.max_new_tokens
+    if max_in is not None and max_out is not None:
+        check_admissible(max_in, max_out, scheduler, what, w.max_new_tokens)
 
 
 def parse_serving_spec(data: Any, source: str = "serving") -> ServingSpec:

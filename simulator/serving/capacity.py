@@ -21,7 +21,7 @@ import math
 from simulator import costs
 from simulator.config import Scenario, ServingError, ServingSpec, gpus_per_node
 from simulator.config.hardware import HardwareProfile
-from simulator.config.serving import check_admissible
+from simulator.config.serving import check_longest_admissible
 from simulator.graph import build
 from simulator.memory import activation_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, symmetric_representatives
@@ -140,19 +140,11 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
     scheduler = s.model_copy(update={"kv_cache": kv, "pipeline_batches": batches})
     # The aggregated deployment of the scenario's layout: a disaggregation section (serving.disagg) is not its.
     resolved = spec.model_copy(update={"replicas": replicas, "scheduler": scheduler, "disaggregation": None})
-    w = spec.workload
-    if w.input_len is not None and w.output_len is not None:
-        max_in, max_out = w.input_len.max_tokens_bound(), w.output_len.max_tokens_bound()
-        if max_out is None:  # unbounded lengths: the cap bounds them
-            max_out = w.max_new_tokens
-        if max_in is not None and max_out is not None:
-            try:
-                check_admissible(
-                    max_in, max_out, scheduler, "the longest request of serving.workload", w.max_new_tokens
-                )
-            except ValueError as exc:
-                derived = "" if s.kv_cache.capacity_blocks is not None else " (from the memory model)"
-                raise ServingError(f"serving: {exc}{derived}") from None
+    try:
+        check_longest_admissible(spec.workload, scheduler, "the longest request of serving.workload")
+    except ValueError as exc:
+        derived = "" if s.kv_cache.capacity_blocks is not None else " (from the memory model)"
+        raise ServingError(f"serving: {exc}{derived}") from None
     return resolved
 
 
