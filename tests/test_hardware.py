@@ -234,8 +234,28 @@ def test_an_edited_file_is_read_again(tmp_path):
     data = _datasheet_dict()
     path = _write(tmp_path, "gpu", data)
     assert load_profile(str(path)).memory_bytes == 80.0e9
-    _write(tmp_path, "gpu", {**data, "memory_bytes": 123.0e9})  # a different size: a new file version
-    assert load_profile(str(path)).memory_bytes == 123.0e9
+    _write(tmp_path, "gpu", {**data, "memory_bytes": 82.0e9})  # a different size: a new file version
+    assert load_profile(str(path)).memory_bytes == 82.0e9
+
+
+def test_device_memory_is_what_engines_share_and_an_override_of_memory_drops_it(tmp_path):
+    """The serving KV pool is sized from the driver's total (device_memory_bytes) where the profile has it; a
+    scenario that gives another memory_bytes describes another device, so the base GPU's total no longer holds."""
+    h100 = load_profile("h100-sxm-80gb")
+    assert (h100.memory_bytes, h100.device_memory_bytes, h100.engine_memory_bytes) == (80.0e9, 85.03e9, 85.03e9)
+    assert "device_memory_bytes" in h100.figures()
+    smaller = load_profile("h100-sxm-80gb", {"memory_bytes": 64.0e9})
+    assert (smaller.device_memory_bytes, smaller.engine_memory_bytes) == (None, 64.0e9)
+    assert "device_memory_bytes" not in smaller.figures() and "device_memory_bytes" not in smaller.figure_sources
+    both = load_profile("h100-sxm-80gb", {"memory_bytes": 64.0e9, "device_memory_bytes": 68.0e9})
+    assert both.engine_memory_bytes == 68.0e9
+    assert load_profile("a100-sxm-80gb").engine_memory_bytes == load_profile("a100-sxm-80gb").memory_bytes
+    data = _datasheet_dict()
+    path = _write(tmp_path, "gpu", {**data, "memory_bytes": 123.0e9, "device_memory_bytes": 85.0e9})
+    with pytest.raises(
+        ProfileInvalid, match=r"device_memory_bytes = 8.5e\+10 is not within -10 % / \+20 % of memory_bytes"
+    ):
+        load_profile(str(path))
 
 
 def test_errors_are_not_cached(tmp_path):

@@ -85,6 +85,34 @@ HOST_CALL_KINDS = (
     "split",
     "split_per_part",
 )
+#: Kernel-launching PyTorch ops whose host dispatch beyond the 1-element add's a profile may time
+#: (calibration.host_calls KERNEL_OP_FORMS; graph.PYTORCH_KERNEL_OPS counts them per node).
+KERNEL_OP_KINDS = (
+    "rms_norm",
+    "softmax",
+    "topk",
+    "sum",
+    "arange",
+    "eq",
+    "to",
+    "cumsum",
+    "sub_scalar",
+    "gather",
+    "lt_scalar",
+    "mul_scalar",
+    "mul_bool",
+    "where",
+    "repeat_interleave",
+    "zeros",
+    "zeros_like",
+    "index",
+    "index_select",
+    "index_copy",
+    "index_add",
+    "cat",
+    "argsort",
+    "floordiv_scalar",
+)
 
 
 class Calibration(StrictModel):
@@ -144,10 +172,12 @@ class Calibration(StrictModel):
     topk_s_per_row: float = Field(ge=0.0, description="seconds per row of a top-k")
     host_call_s: dict[str, float] = Field(
         default={},
-        description="host seconds per PyTorch call that launches no kernel (views, transposes, splits, basic "
-        "indexing), by kind (HOST_CALL_KINDS; split: a fixed part plus split_per_part per output tensor), "
-        "from calibration.host_calls; eager runs of runtime.framework pytorch add them to the launch thread "
-        "(graph.PYTORCH_HOST_CALLS counts them per node); empty: not measured, none added",
+        description="host seconds per PyTorch call beyond the eager floor of the kernels it launches: a call that "
+        "launches none (views, transposes, splits, basic indexing: HOST_CALL_KINDS; split: a fixed part plus "
+        "split_per_part per output tensor) costs its whole time; a kernel op (KERNEL_OP_KINDS: index, scan and "
+        "reduction ops) its dispatch beyond the 1-element add's; from calibration.host_calls; eager runs of "
+        "runtime.framework pytorch add them to the launch thread (graph.PYTORCH_HOST_CALLS and PYTORCH_KERNEL_OPS "
+        "count them per node); empty: not measured, none added",
     )
 
     @model_validator(mode="after")
@@ -164,8 +194,10 @@ class Calibration(StrictModel):
             if bad is not None:
                 raise ValueError(f"calibration.{table}.{bad} = {values[bad]!r}: must be a positive number of seconds")
         for kind, value in self.host_call_s.items():
-            if kind not in HOST_CALL_KINDS:
-                raise ValueError(f"calibration.host_call_s.{kind}: unknown kind (one of {', '.join(HOST_CALL_KINDS)})")
+            if kind not in HOST_CALL_KINDS and kind not in KERNEL_OP_KINDS:
+                raise ValueError(
+                    f"calibration.host_call_s.{kind}: unknown kind (one of {', '.join(HOST_CALL_KINDS + KERNEL_OP_KINDS)})"
+                )
             if not 0.0 <= value <= MAX_LATENCY_S:
                 raise ValueError(f"calibration.host_call_s.{kind} = {value!r}: must be seconds in [0, {MAX_LATENCY_S}]")
         for table in CALIBRATION_TABLES:
@@ -194,6 +226,7 @@ class Calibration(StrictModel):
 #: sources in `figure_sources` when it has it (the OPTIONAL_FIGURES may be absent: no such units).
 PROFILE_FIGURES = (
     "memory_bytes",
+    "device_memory_bytes",
     "peak_flops_per_s.fp32",
     "peak_flops_per_s.fp16",
     "peak_flops_per_s.bf16",
@@ -215,8 +248,9 @@ PROFILE_FIGURES = (
     "inter_node.latency_s",
     "inter_node.efficiency",
 )
-#: Peaks of formats a GPU may have no tensor cores for (left out of the profile then).
-OPTIONAL_FIGURES = ("peak_flops_per_s.fp8", "peak_flops_per_s.int8", "peak_flops_per_s.fp4")
+#: Peaks of formats a GPU may have no tensor cores for (left out of the profile then), and the device total the
+#: driver reports, where no source gives it (memory_bytes stands in: HardwareProfile.engine_memory_bytes).
+OPTIONAL_FIGURES = ("peak_flops_per_s.fp8", "peak_flops_per_s.int8", "peak_flops_per_s.fp4", "device_memory_bytes")
 #: The figures that make a profile calibrated when measured: the efficiencies and the host's dispatch.
 EFFICIENCY_FIGURES = ("compute_efficiency", "memory_efficiency", "host_launch_s")
 
@@ -265,6 +299,15 @@ class HardwareProfile(StrictModel):
     memory_bytes: float = Field(
         ge=MIN_MEMORY_BYTES, le=MAX_MEMORY_BYTES, description="memory per GPU (decimal bytes, as the datasheet)"
     )
+    device_memory_bytes: float | None = Field(
+        default=None,
+        ge=MIN_MEMORY_BYTES,
+        le=MAX_MEMORY_BYTES,
+        description="the device's total as the CUDA driver reports it (cudaMemGetInfo, torch.cuda.mem_get_info()[1]), "
+        "which serving engines take their memory shares of (vLLM gpu_memory_utilization, SGLang mem_fraction_static, "
+        "TensorRT-LLM's KV fraction of free memory): the serving KV pool is sized from it; absent: memory_bytes. "
+        "A scenario that overrides memory_bytes alone drops it",
+    )
     peak_flops_per_s: PeakFlops = Field(description="dense tensor-core peak per dtype")
     vector_flops_per_s: float = Field(
         ge=MIN_FLOPS_PER_S, le=MAX_FLOPS_PER_S, description="non-tensor-core fp32 FLOP/s (element-wise ops)"
@@ -306,6 +349,12 @@ class HardwareProfile(StrictModel):
         if unknown is not None:
             raise ValueError(
                 f"figure_sources.{unknown}: not a figure of a profile (one of {', '.join(PROFILE_FIGURES)})"
+            )
+        device = self.device_memory_bytes
+        if device is not None and not self.memory_bytes * 0.9 <= device <= self.memory_bytes * 1.2:
+            raise ValueError(
+                f"device_memory_bytes = {device:.4g} is not within -10 % / +20 % of memory_bytes = "
+                f"{self.memory_bytes:.4g}: give the driver's total for this GPU in bytes, or remove it"
             )
         fp8 = self.peak_flops_per_s.fp8
         if fp8 is not None and fp8 < self.peak_flops_per_s.fp16:
@@ -357,13 +406,20 @@ class HardwareProfile(StrictModel):
         kinds = {self.figure_sources[f].kind for f in EFFICIENCY_FIGURES if f in self.figure_sources}
         return "transferred" if "transferred" in kinds else "calibrated"
 
+    @property
+    def engine_memory_bytes(self) -> float:
+        """The memory a serving engine sizes its KV pool from: the driver's total (device_memory_bytes) where the
+        profile has it, else memory_bytes."""
+        return self.device_memory_bytes if self.device_memory_bytes is not None else self.memory_bytes
+
     def figures(self) -> tuple[str, ...]:
-        """The figures of PROFILE_FIGURES this profile has (an optional peak it lacks is left out)."""
-        return tuple(
-            f
-            for f in PROFILE_FIGURES
-            if f not in OPTIONAL_FIGURES or getattr(self.peak_flops_per_s, f.rsplit(".", 1)[1]) is not None
-        )
+        """The figures of PROFILE_FIGURES this profile has (an optional one it lacks is left out)."""
+        return tuple(f for f in PROFILE_FIGURES if f not in OPTIONAL_FIGURES or self._has_figure(f))
+
+    def _has_figure(self, figure: str) -> bool:
+        if figure == "device_memory_bytes":
+            return self.device_memory_bytes is not None
+        return getattr(self.peak_flops_per_s, figure.rsplit(".", 1)[1]) is not None
 
     def figures_by_kind(self) -> dict[str, list[str]]:
         """The sourced figures grouped by kind (measured, transferred, datasheet, assumed, unknown)."""
@@ -654,6 +710,11 @@ def load_profile(name_or_path: str, overrides: dict | None = None, directory: Pa
     data = _read_profile_dict(path)
     if overrides:
         data = _deep_merge(data, overrides)
+        if "memory_bytes" in overrides and "device_memory_bytes" not in overrides:
+            # another memory size is another device: the base GPU's driver total no longer applies
+            data.pop("device_memory_bytes", None)
+            if isinstance(data.get("figure_sources"), dict):
+                data["figure_sources"] = {k: v for k, v in data["figure_sources"].items() if k != "device_memory_bytes"}
     try:
         profile = HardwareProfile.model_validate(data)
     except ValidationError as exc:

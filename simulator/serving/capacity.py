@@ -7,6 +7,8 @@ activations, in blocks; Kwon et al. 2023, sec. 4.3):
     blocks = min over the replica's GPUs of floor(share x (usable_bytes - weight_bytes - activation_bytes)
                                                    / (block_size_tokens x kv_bytes_per_token on that GPU))
     usable_bytes = capacity_bytes x gpu_memory_utilization, or capacity_bytes - runtime.memory_reserve_bytes
+    capacity_bytes = the device's total as the driver reports it (profile device_memory_bytes: what vLLM's
+            total_gpu_memory, SGLang's and TensorRT-LLM's free-memory queries see), else memory_bytes
     share = kv_cache.free_memory_fraction (TensorRT-LLM's kv_cache_free_gpu_mem_fraction: its KV pool is that
             fraction of the memory free once the engine's weights and runtime buffers are allocated), else 1
 
@@ -67,11 +69,15 @@ def serving_kv_capacity_blocks(scenario: Scenario, hw: HardwareProfile) -> int:
     if spec is None:
         raise ServingError("serving: the scenario has no serving section; add one (see scenarios/*_serving.yaml)")
     kv = spec.scheduler.kv_cache
-    capacity = hw.memory_bytes
+    capacity = hw.engine_memory_bytes  # what the driver reports, which the engines take their shares of
+    of = f"{capacity / 1e9:.2f} GB" + (" as the driver reports it" if hw.device_memory_bytes is not None else "")
     if kv.gpu_memory_utilization is not None:
-        usable, how = capacity * kv.gpu_memory_utilization, f"gpu_memory_utilization = {kv.gpu_memory_utilization}"
+        usable, how = (
+            capacity * kv.gpu_memory_utilization,
+            f"gpu_memory_utilization = {kv.gpu_memory_utilization} of {of}",
+        )
     else:
-        usable, how = capacity - scenario.runtime.memory_reserve_bytes, "capacity less runtime.memory_reserve_bytes"
+        usable, how = capacity - scenario.runtime.memory_reserve_bytes, f"{of} less runtime.memory_reserve_bytes"
     tokens = largest_iteration_tokens(spec)
     acts = activation_bytes(scenario, hw, tokens)
     p = scenario.parallel

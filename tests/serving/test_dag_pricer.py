@@ -136,14 +136,23 @@ def test_kv_capacity_is_what_weights_and_activations_leave_in_blocks():
     # 64 x 128 x 2 = 32768, router 256: 41344 parameters, x 2 layers x 2 bytes = 165376 B.
     acts = activation_bytes(scenario, hw, 256)
     worst = max(acts[g] for g in range(4))
-    assert serving_kv_capacity_blocks(scenario, hw) == int((0.5 * hw.memory_bytes - 165376 - worst) // 4096)
+    # gpu_memory_utilization is a share of what the driver reports: the H100's 85.03e9 bytes, not its 80 GB label
+    assert serving_kv_capacity_blocks(scenario, hw) == int((0.5 * 85.03e9 - 165376 - worst) // 4096)
+
+
+def test_kv_capacity_of_a_profile_without_the_driver_total_takes_memory_bytes():
+    scenario = make_scenario(tiny(gpu_memory_utilization=0.5), hardware={"profile": "a100-sxm-80gb"})
+    hw = resolve_hardware(scenario)
+    assert hw.device_memory_bytes is None
+    worst = max(activation_bytes(scenario, hw, 256).values())
+    assert serving_kv_capacity_blocks(scenario, hw) == int((0.5 * 80e9 - 165376 - worst) // 4096)
 
 
 def test_capacity_without_utilisation_keeps_the_reserve():
     scenario = make_scenario(tiny())
     hw = resolve_hardware(scenario)
     acts = max(activation_bytes(scenario, hw, 256).values())
-    assert serving_kv_capacity_blocks(scenario, hw) == int((hw.memory_bytes - 1e9 - 165376 - acts) // 4096)
+    assert serving_kv_capacity_blocks(scenario, hw) == int((85.03e9 - 1e9 - 165376 - acts) // 4096)
 
 
 def test_free_memory_fraction_takes_its_share_of_what_is_left():
@@ -152,7 +161,7 @@ def test_free_memory_fraction_takes_its_share_of_what_is_left():
     scenario = make_scenario(tiny(free_memory_fraction=0.9))
     hw = resolve_hardware(scenario)
     acts = max(activation_bytes(scenario, hw, 256).values())
-    assert serving_kv_capacity_blocks(scenario, hw) == int(0.9 * (hw.memory_bytes - 1e9 - 165376 - acts) // 4096)
+    assert serving_kv_capacity_blocks(scenario, hw) == int(0.9 * (85.03e9 - 1e9 - 165376 - acts) // 4096)
 
 
 def test_free_memory_fraction_and_utilisation_together_is_one_clear_line():
@@ -166,7 +175,7 @@ def test_a_request_that_can_never_fit_is_one_clear_line():
     hw = resolve_hardware(probe)
     acts = max(activation_bytes(probe, hw, 256).values())
     # room for 3.5 blocks; a request of 64 + 4 tokens needs ceil(67 / 16) = 5
-    scenario = make_scenario(tiny(gpu_memory_utilization=(165376 + acts + 3.5 * 4096) / hw.memory_bytes))
+    scenario = make_scenario(tiny(gpu_memory_utilization=(165376 + acts + 3.5 * 4096) / hw.engine_memory_bytes))
     assert serving_kv_capacity_blocks(scenario, hw) == 3
     with pytest.raises(ServingError, match=r"^serving: the longest request .* can never be admitted") as info:
         resolve_serving(scenario, resolve_hardware(scenario))
@@ -175,8 +184,10 @@ def test_a_request_that_can_never_fit_is_one_clear_line():
 
 def test_no_room_for_any_block_names_the_gpu():
     scenario = make_scenario(tiny(gpu_memory_utilization=1e-6))
-    with pytest.raises(ServingError, match=r"serving.scheduler.kv_cache: no room for a KV block on GPU 0"):
+    with pytest.raises(ServingError, match=r"serving.scheduler.kv_cache: no room for a KV block on GPU 0") as info:
         resolve_serving(scenario, resolve_hardware(scenario))
+    # the share is of the memory the driver reports, and the line says so
+    assert "(gpu_memory_utilization = 1e-06 of 85.03 GB as the driver reports it)" in str(info.value)
 
 
 def test_replicas_and_lockstep_come_from_the_layout():
