@@ -1,6 +1,7 @@
-"""No-kernel PyTorch calls on the launch thread: their measured times (calibration.host_calls), their count per
-node (graph.PYTORCH_HOST_CALLS, checked against the reference implementation simulator/calibration/e2e.py) and
-their share of a node's host dispatch (op_time.host_dispatch_s)."""
+"""PyTorch calls on the launch thread beyond one eager floor per kernel: no-kernel calls and the dispatch of
+costlier kernel ops; their measured times (calibration.host_calls), their count per node (graph.PYTORCH_HOST_CALLS
+and PYTORCH_KERNEL_OPS, checked against the reference implementation simulator/calibration/e2e.py) and their
+share of a node's host dispatch (op_time.host_dispatch_s)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from simulator.calibration.host_calls import bench_host_calls, fit_host_call_s
 from simulator.config import resolve_hardware
-from simulator.config.hardware import Calibration
+from simulator.config.hardware import HOST_CALL_KINDS, KERNEL_OP_KINDS, Calibration
 from simulator.graph import build
 from simulator.op_time import host_calls_s, host_dispatch_s
 
@@ -38,6 +39,15 @@ def test_split_is_fitted_as_a_line_in_its_part_count_and_other_kinds_kept():
     assert fit_host_call_s([]) == {}
 
 
+def test_a_kernel_op_is_fitted_as_its_paired_time_beyond_the_add():
+    rows = [
+        {"call": "op:index", "s": 3.6e-6, "s_add": 1.2e-6, "beyond_add_s": 2.3e-6},  # the paired median is kept
+        {"call": "op:cat", "s": 1.0e-6, "s_add": 1.2e-6, "beyond_add_s": -0.2e-6},  # no cheaper than the add
+        {"call": "op:where", "s": 3.0e-6, "s_add": 1.0e-6},  # only the two times: their difference
+    ]
+    assert fit_host_call_s(rows) == pytest.approx({"index": 2.3e-6, "cat": 0.0, "where": 2.0e-6})
+
+
 def test_a_nodes_calls_cost_count_times_kind_plus_parts_times_per_part():
     times = {"split": 3e-6, "split_per_part": 0.5e-6, "view": 0.6e-6, "transpose": 0.8e-6}
     calls = (("split", 1, 3), ("view", 3), ("transpose", 3))
@@ -55,14 +65,16 @@ def test_the_profile_refuses_an_unknown_kind_or_a_negative_time():
         Calibration.model_validate({**raw, "host_call_s": {"view": -1e-6}})
 
 
-def _layer_calls(scenario, phase: str, layer: int = 1) -> Counter:
-    """Per kind, the no-kernel calls of one layer of one pass (a split counts once per part too)."""
+def _layer_calls(scenario, phase: str, layer: int = 1, kinds=HOST_CALL_KINDS) -> Counter:
+    """Per kind of `kinds`, the calls of one layer of one pass (a split counts once per part too)."""
     dag = build(scenario)
     total: Counter = Counter()
     step = 0 if phase == "prefill" else 1
     for a in dag.attrs:
         if a.get("phase") == phase and a.get("layer") == layer and a.get("step") == step:
             for kind, count, *parts in a.get("host_calls", ()):
+                if kind not in kinds:
+                    continue
                 total[kind] += count
                 if parts:
                     total[f"{kind}_parts"] += count * parts[0]
@@ -120,6 +132,65 @@ PREFILL_SORTED = {
 }
 
 
+#: decode_block's kernel ops that cost the host more than the add: F.rms_norm twice; softmax, topk, sum(keepdim);
+#: arange twice, ==, .to(int32), cumsum, - 1, gather, < cap, flat_e * cap, where, repeat_interleave, zeros,
+#: index_copy_; a[token]; buf[-1:] * 0, cat, [slot], top_w.view(-1) * kept, .to(dtype); .sum(1).
+DECODE_CAPACITY_OPS = {
+    "rms_norm": 2,
+    "softmax": 1,
+    "topk": 1,
+    "sum": 2,
+    "arange": 2,
+    "eq": 1,
+    "to": 2,
+    "cumsum": 1,
+    "sub_scalar": 1,
+    "gather": 1,
+    "lt_scalar": 1,
+    "mul_scalar": 2,
+    "mul_bool": 1,
+    "where": 1,
+    "repeat_interleave": 1,
+    "zeros": 1,
+    "index_copy": 1,
+    "index": 2,
+    "cat": 1,
+}
+#: prefill_block's: F.rms_norm twice; softmax, topk, sum; argsort, // k; index_select; cat, [order], .to(dtype),
+#: zeros_like, index_add_ (MHA: no repeat_interleave of K and V).
+PREFILL_SORTED_OPS = {
+    "rms_norm": 2,
+    "softmax": 1,
+    "topk": 1,
+    "sum": 1,
+    "argsort": 1,
+    "floordiv_scalar": 1,
+    "index_select": 1,
+    "cat": 1,
+    "index": 1,
+    "to": 1,
+    "zeros_like": 1,
+    "index_add": 1,
+}
+
+
+def test_a_layer_charges_the_reference_implementations_costlier_kernel_ops():
+    assert dict(_layer_calls(_seed_like("capacity"), "decode", kinds=KERNEL_OP_KINDS)) == DECODE_CAPACITY_OPS
+    assert dict(_layer_calls(_seed_like("per_expert"), "prefill", kinds=KERNEL_OP_KINDS)) == PREFILL_SORTED_OPS
+
+
+def test_a_kernel_ops_dispatch_is_added_to_its_nodes_floors():
+    scenario = _seed_like("capacity")
+    hw = resolve_hardware(scenario)
+    cal = hw.calibration
+    node = next(a for a in build(scenario).attrs if a["op"] == "topk" and a["phase"] == "decode")
+    t = cal.host_call_s
+    # 5 kernels (softmax, topk's two, sum, divide) at the floor, then softmax's, topk's and sum's dispatch beyond it
+    expected = 5 * cal.eager_floor_s["elementwise"] + t["softmax"] + t["topk"] + t["sum"]
+    assert host_dispatch_s(node, hw) == pytest.approx(expected)
+    assert t["topk"] > 0.0 and t["index"] > 0.0  # the shipped profile has them measured
+
+
 def test_a_capacity_decode_layer_makes_the_reference_implementations_calls():
     assert dict(_layer_calls(_seed_like("capacity"), "decode")) == DECODE_CAPACITY
 
@@ -154,11 +225,13 @@ def test_the_calls_are_added_to_the_nodes_host_dispatch():
 def test_quick_cpu_measurement_gives_every_kind_a_positive_time():
     import torch
 
-    fitted = fit_host_call_s(bench_host_calls(torch, "cpu", quick=True))
-    from simulator.config.hardware import HOST_CALL_KINDS
+    from simulator.calibration.host_calls import CUDA_ONLY_OPS, KERNEL_OP_FORMS
 
-    assert set(fitted) == set(HOST_CALL_KINDS)
+    fitted = fit_host_call_s(bench_host_calls(torch, "cpu", quick=True))
+    assert set(fitted) == set(HOST_CALL_KINDS) | (set(KERNEL_OP_KINDS) - CUDA_ONLY_OPS)
+    assert set(KERNEL_OP_FORMS) == {"add", *KERNEL_OP_KINDS}
     assert all(fitted[k] > 0 for k in HOST_CALL_KINDS if k != "split_per_part")
+    assert all(fitted[k] >= 0 for k in KERNEL_OP_KINDS if k in fitted)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
@@ -170,10 +243,21 @@ def test_the_counts_are_those_the_reference_implementation_makes():
 
     from simulator.calibration import e2e
 
+    #: kernel ops by the name __torch_function__ sees; the operators are classified by their operands below
+    plain = {"rms_norm", "softmax", "topk", "sum", "arange", "to", "cumsum", "gather", "where", "repeat_interleave"}
+    plain |= {"zeros", "zeros_like", "index_select", "cat", "argsort"}
+    renamed = {
+        "index_copy_": "index_copy",
+        "index_add_": "index_add",
+        "__eq__": "eq",
+        "__floordiv__": "floordiv_scalar",
+    }
+
     class Count(TorchFunctionMode):
         def __init__(self):
             super().__init__()
             self.calls: Counter = Counter()
+            self.ops: Counter = Counter()
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
@@ -189,6 +273,18 @@ def test_the_counts_are_those_the_reference_implementation_makes():
                     self.calls["slice_nd" if len(index) > 1 else "slice"] += 1
                 elif all(isinstance(i, int) for i in index):
                     self.calls["select"] += 1
+                elif name == "__getitem__" and all(isinstance(i, torch.Tensor) for i in index):
+                    self.ops["index"] += 1
+            elif name in plain:
+                self.ops[name] += 1
+            elif name in renamed:
+                self.ops[renamed[name]] += 1
+            elif name.strip("_") in ("mul", "sub", "lt"):  # Tensor.__mul__ reaches the mode as "mul"
+                name, other = name.strip("_"), args[1]
+                if not isinstance(other, torch.Tensor):
+                    self.ops[f"{name}_scalar"] += 1
+                elif name == "mul" and (other.dtype == torch.bool) != (args[0].dtype == torch.bool):
+                    self.ops["mul_bool"] += 1
             return func(*args, **kwargs)
 
     m = e2e.BlockModel("seed_like", 1, 64, 4, 4, 16, 16, 2, 128, "gelu")
@@ -202,6 +298,8 @@ def test_the_counts_are_those_the_reference_implementation_makes():
             e2e.prefill_block(torch, m, lw, torch.randn(2, 64, 64, dtype=torch.float16))
     assert dict(decode.calls) == DECODE_CAPACITY
     assert dict(prefill.calls) == PREFILL_SORTED
+    assert dict(decode.ops) == DECODE_CAPACITY_OPS
+    assert dict(prefill.ops) == PREFILL_SORTED_OPS
 
 
 def test_a_bad_host_calls_file_is_one_line_naming_the_option(tmp_path):

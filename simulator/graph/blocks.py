@@ -76,6 +76,43 @@ PYTORCH_HOST_CALLS = {
     ),  # .view(e*c, h), buf[-1:], top_w.view(-1).unsqueeze(1)
     "moe_combine": (("view", 1),),  # y.view(b, k, h) before the sum
 }
+#: Kernel-launching calls of the same reference implementation whose host dispatch costs more than the
+#: 1-element add each kernel launch is priced at (calibration.host_calls times each kind against that add),
+#: counted call by call in simulator/calibration/e2e.py and charged to the node whose kernels they launch, as
+#: (kind, count). Calls that cost the host no more than the add (same-dtype tensor add, mul, div; GELU) and
+#: calls whose host time the eager floors measured whole (matmul, bmm, scaled_dot_product_attention) are
+#: not listed; nor is bincount, whose three host syncs are nodes of their own.
+PYTORCH_KERNEL_OPS = {
+    "norm": (("rms_norm", 1),),  # F.rms_norm (norm_attn, norm_moe, norm_ffn)
+    "attn_gqa_expand": (("repeat_interleave", 2),),  # prefill, GQA: K and V expanded to every query head
+    "topk": (("softmax", 1), ("topk", 1), ("sum", 1)),  # softmax(fp32), topk, sum(-1, keepdim); the divide: none
+    # sorted MoE: argsort of the expert ids, order // k
+    "moe_sort": (("argsort", 1), ("floordiv_scalar", 1)),
+    "moe_permute_sorted": (("index_select", 1),),  # a.index_select(0, token)
+    # cat of the expert outputs, top_w.view(-1)[order], .to(fp16), zeros_like(a) (the scale by weights: a mul)
+    "moe_unsort": (("cat", 1), ("index", 1), ("to", 1), ("zeros_like", 1)),
+    "moe_combine_sorted": (("index_add", 1),),  # zeros_like(a).index_add_(0, token, ys)
+    # capacity MoE: arange, == (one-hot), .to(int32), cumsum, - 1, gather, < cap, flat_e * cap (+ pos: an add),
+    # where(kept, slot, E*C), arange, repeat_interleave, zeros, index_copy_
+    "moe_dispatch_index": (
+        ("arange", 2),
+        ("eq", 1),
+        ("to", 1),
+        ("cumsum", 1),
+        ("sub_scalar", 1),
+        ("gather", 1),
+        ("lt_scalar", 1),
+        ("mul_scalar", 1),
+        ("where", 1),
+        ("repeat_interleave", 1),
+        ("zeros", 1),
+        ("index_copy", 1),
+    ),
+    "moe_permute_capacity": (("index", 1),),  # a[token]
+    # buf[-1:] * 0, cat, [slot], top_w.view(-1) * kept, .to(fp16) (then y * ...: a mul)
+    "moe_undispatch": (("mul_scalar", 1), ("cat", 1), ("index", 1), ("mul_bool", 1), ("to", 1)),
+    "moe_combine_capacity": (("sum", 1),),  # y.view(b, k, h).sum(1)
+}
 SORTED_MOE_CALLS = frozenset(("moe_sort", "moe_count_min", "expert_fc1", "expert_fc2", "moe_unsort"))
 CAPACITY_MOE_CALLS = frozenset(("moe_dispatch_index", "moe_undispatch", "moe_combine"))
 #: CUB's onesweep radix sort of 8-byte keys (InvokeOnesweep) zeroes its pass counters and its
@@ -153,6 +190,30 @@ class BlockBuilder:
         self.hidden = model.hidden_size
 
     def pytorch_host_calls(self, nid: str, attrs: dict) -> tuple | None:
+        """What a plain PyTorch implementation's calls for this node cost the host beyond one eager floor per
+        kernel: its no-kernel calls (PYTORCH_HOST_CALLS) and its costlier kernel ops (PYTORCH_KERNEL_OPS), as
+        ((kind, count[, parts]), ...); None when there are none."""
+        calls = (self._no_kernel_calls(nid, attrs) or ()) + self._kernel_ops(nid, attrs)
+        return calls or None
+
+    def _kernel_ops(self, nid: str, attrs: dict) -> tuple:
+        """The node's PYTORCH_KERNEL_OPS entries (MLA attention and grouped MoE have no plain implementation)."""
+        name, op, moe = nid.rsplit(".", 1)[-1], attrs["op"], self.pytorch_moe
+        if op in ("norm_attn", "norm_moe", "norm_ffn"):
+            return PYTORCH_KERNEL_OPS["norm"]
+        if name in ("attn_gqa_expand", "topk"):
+            return PYTORCH_KERNEL_OPS[name]
+        if moe == "per_expert":
+            if name in ("moe_permute", "moe_combine"):
+                return PYTORCH_KERNEL_OPS[f"{name}_sorted"]
+            return PYTORCH_KERNEL_OPS.get(name, ()) if name in ("moe_sort", "moe_unsort") else ()
+        if moe == "capacity":
+            if name in ("moe_permute", "moe_combine"):
+                return PYTORCH_KERNEL_OPS[f"{name}_capacity"]
+            return PYTORCH_KERNEL_OPS.get(name, ()) if name in ("moe_dispatch_index", "moe_undispatch") else ()
+        return ()
+
+    def _no_kernel_calls(self, nid: str, attrs: dict) -> tuple | None:
         """The no-kernel calls (PYTORCH_HOST_CALLS) a plain PyTorch implementation makes before this node's
         kernels; None when it makes none. MLA attention and grouped MoE have no such implementation here."""
         name = nid.rsplit(".", 1)[-1]
