@@ -112,6 +112,48 @@ class KernelsSpec(StrictModel):
     source: str = Field(min_length=1)
 
 
+class SchedulerDefaultsSpec(StrictModel):
+    """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batch
+    limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV memory rule
+    (gpu_memory_utilization or free_memory_fraction) applies only when the scenario gives neither rule nor
+    capacity_blocks."""
+
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    admission: Literal["on_demand", "reserve"] | None = None
+    block_size_tokens: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+    source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SchedulerDefaultsSpec:
+        if self.gpu_memory_utilization is not None and self.free_memory_fraction is not None:
+            raise ValueError("gpu_memory_utilization and free_memory_fraction: an engine has one KV memory rule")
+        return self
+
+    def fill(self, scheduler: dict) -> dict:
+        """`scheduler` (a scenario's raw serving.scheduler mapping) with this engine's defaults where it is
+        silent (see the class docstring)."""
+        out = dict(scheduler)
+        for key in ("max_num_seqs", "max_num_batched_tokens", "admission"):
+            value = getattr(self, key)
+            if value is not None and key not in out:
+                out[key] = value
+        kv = out.get("kv_cache")
+        kv = dict(kv) if isinstance(kv, dict) else {} if kv is None else kv
+        if not isinstance(kv, dict):  # not a mapping: the scenario's own validation says so
+            return out
+        if self.block_size_tokens is not None and "block_size_tokens" not in kv:
+            kv["block_size_tokens"] = self.block_size_tokens
+        if not any(k in kv for k in ("gpu_memory_utilization", "free_memory_fraction", "capacity_blocks")):
+            for key in ("gpu_memory_utilization", "free_memory_fraction"):
+                if getattr(self, key) is not None:
+                    kv[key] = getattr(self, key)
+        out["kv_cache"] = kv
+        return out
+
+
 class EngineProfile(StrictModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
@@ -119,6 +161,7 @@ class EngineProfile(StrictModel):
     cuda_graph: CudaGraphSpec | None = None  # None: the engine replays no graphs (every iteration eager)
     host: HostTimeSpec
     kernels: KernelsSpec
+    scheduler_defaults: SchedulerDefaultsSpec | None = None  # None: moesim's own scheduler defaults
 
 
 def available_engines() -> list[str]:

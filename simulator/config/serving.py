@@ -409,6 +409,24 @@ class ServingSpec(StrictModel):
         "them; default: aggregated replicas",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_defaults(cls, data):
+        """The named engine's scheduler defaults where serving.scheduler is silent (EngineProfile
+        scheduler_defaults); an unknown engine is left to the field's own check."""
+        if not isinstance(data, dict) or not isinstance(data.get("engine"), str):
+            return data
+        scheduler = data.get("scheduler", {})  # an engine's defaults can stand for a whole scheduler section
+        if isinstance(scheduler, SchedulerSpec):
+            scheduler = scheduler.model_dump(exclude_unset=True)
+        if not isinstance(scheduler, dict):
+            return data
+        try:
+            defaults = load_engine_profile(data["engine"]).scheduler_defaults
+        except ScenarioError:
+            return data
+        return data if defaults is None else {**data, "scheduler": defaults.fill(scheduler)}
+
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, name: str | None) -> str | None:

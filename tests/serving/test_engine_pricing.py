@@ -56,6 +56,55 @@ def test_every_bundled_engine_profile_loads_and_cites_its_figures(name):
     assert profile.name == name and profile.version
     assert profile.host.source and profile.kernels.source
     assert profile.cuda_graph is None or profile.cuda_graph.source
+    assert profile.scheduler_defaults is None or profile.scheduler_defaults.source
+
+
+# ---------------------------------------------------------------- scheduler defaults
+
+
+def _silent(**kv) -> dict:
+    """BASE with a scheduler that says nothing but its policy and the KV fields given."""
+    return merge(BASE, {}) | {"scheduler": {"policy": "chunked_prefill", "kv_cache": kv}}
+
+
+def test_trtllm_fills_what_the_scheduler_leaves_out_with_its_own_defaults():
+    from simulator.config.serving import parse_serving_spec
+
+    s = parse_serving_spec({**_silent(), "engine": "trtllm"}).scheduler
+    # GUARANTEED_NO_EVICT, KvCacheConfig's 0.9 of free memory and 32-token blocks, BuildConfig's 2048 / 8192
+    assert (s.admission, s.max_num_seqs, s.max_num_batched_tokens) == ("reserve", 2048, 8192)
+    assert (s.kv_cache.free_memory_fraction, s.kv_cache.gpu_memory_utilization) == (0.9, None)
+    assert s.kv_cache.block_size_tokens == 32
+    # with an engine, the scheduler section itself may be left out
+    bare = {k: v for k, v in BASE.items() if k != "scheduler"}
+    assert parse_serving_spec({**bare, "engine": "trtllm"}).scheduler.admission == "reserve"
+    with pytest.raises(ServingError, match="scheduler"):
+        parse_serving_spec(bare)
+
+
+def test_vllm_fills_its_share_of_the_gpu_and_what_the_scenario_gives_wins():
+    from simulator.config.serving import parse_serving_spec
+
+    s = parse_serving_spec({**_silent(), "engine": "vllm"}).scheduler
+    assert (s.kv_cache.gpu_memory_utilization, s.kv_cache.block_size_tokens, s.admission) == (0.9, 16, "on_demand")
+    given = _silent(block_size_tokens=64, free_memory_fraction=0.5)
+    given["scheduler"] |= {"admission": "reserve", "max_num_seqs": 8}
+    s = parse_serving_spec({**given, "engine": "vllm"}).scheduler
+    assert (s.kv_cache.block_size_tokens, s.admission, s.max_num_seqs) == (64, "reserve", 8)
+    # the scenario's own KV rule stands: the engine's is not added beside it
+    assert (s.kv_cache.free_memory_fraction, s.kv_cache.gpu_memory_utilization) == (0.5, None)
+    fixed = parse_serving_spec({**_silent(capacity_blocks=100), "engine": "trtllm"}).scheduler.kv_cache
+    assert (fixed.capacity_blocks, fixed.free_memory_fraction) == (100, None)
+
+
+def test_without_an_engine_or_with_sglang_moesims_own_defaults_stay():
+    from simulator.config.serving import parse_serving_spec
+
+    for extra in ({}, {"engine": "sglang"}):
+        s = parse_serving_spec({**_silent(), **extra}).scheduler
+        assert (s.admission, s.max_num_seqs, s.max_num_batched_tokens) == ("on_demand", 256, 8192)
+        assert (s.kv_cache.block_size_tokens, s.kv_cache.gpu_memory_utilization) == (16, None)
+        assert s.kv_cache.free_memory_fraction is None
 
 
 def test_unknown_engine_names_the_available_ones():
