@@ -128,3 +128,40 @@ def test_a_pool_expert_group_smaller_than_its_tp_is_refused_by_every_engine():
     # decode: experts over ep x etp = 1 GPU of its 2: no engine holds it
     for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
         assert "NOT EXPRESSIBLE: the decode instance's experts over ep x etp = 1 GPUs" in files[name]
+
+
+def _serving(*overrides: str) -> dict[str, str]:
+    return launch_files(load_scenario(ROOT / "scenarios/seed_moe_4gpu_serving.yaml", list(overrides)))
+
+
+def test_the_kv_cache_as_simulated_reaches_each_engine_where_it_has_a_setting():
+    # TensorRT-LLM's KV fraction and GUARANTEED_NO_EVICT: its own options; vLLM and SGLang have neither, and say so
+    files = _serving("serving.scheduler.kv_cache.free_memory_fraction=0.85", "serving.scheduler.admission=reserve")
+    options = files["trtllm_extra_llm_api_options.yaml"]
+    assert "kv_cache_config:\n  free_gpu_memory_fraction: 0.85\n" in options
+    assert "scheduler_config:\n  capacity_scheduler_policy: GUARANTEED_NO_EVICT\n" in options
+    vllm = files["vllm.sh"]
+    assert "  --gpu-memory-utilization" not in vllm and "free_memory_fraction = 0.85" in vllm
+    assert "vLLM allocates blocks on demand" in vllm and "--block-size 16" in vllm
+    assert "  --mem-fraction-static" not in files["sglang.sh"] and "--page-size 16" in files["sglang.sh"]
+    # vLLM's share of the GPU: vLLM's flag, SGLang's static share; TensorRT-LLM has none, and says so
+    files = _serving("serving.scheduler.kv_cache.gpu_memory_utilization=0.85")
+    assert "--gpu-memory-utilization 0.85" in files["vllm.sh"]
+    assert "--mem-fraction-static 0.85" in files["sglang.sh"]
+    assert "free_gpu_memory_fraction" not in files["trtllm_extra_llm_api_options.yaml"]
+    assert "gpu_memory_utilization = 0.85 (vLLM's share" in files["trtllm.sh"]
+    assert "capacity_scheduler_policy: MAX_UTILIZATION" in files["trtllm_extra_llm_api_options.yaml"]
+
+
+def test_a_block_an_engine_cannot_take_is_left_to_its_default_with_a_note():
+    files = _serving("serving.scheduler.kv_cache.block_size_tokens=64")
+    assert "--block-size" not in files["vllm.sh"] and "above the 32 vLLM takes on CUDA" in files["vllm.sh"]
+    assert "--page-size 64" in files["sglang.sh"]  # 8192-token chunks: a multiple of 64
+    files = _serving("serving.scheduler.kv_cache.block_size_tokens=64", "serving.scheduler.chunk_size_tokens=1000")
+    assert "--page-size" not in files["sglang.sh"] and "do not divide --chunked-prefill-size 1000" in files["sglang.sh"]
+
+
+def test_a_static_batch_writes_no_kv_settings():
+    files = launch_files(load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml"))
+    text = "".join(files.values())
+    assert not any(k in text for k in ("--block-size", "--page-size", "capacity_scheduler_policy", "KV memory"))

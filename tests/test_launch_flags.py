@@ -31,6 +31,10 @@ DEPLOYMENTS: dict[str, tuple[str, list[str]]] = {
         ["serving.scheduler.policy=continuous", "serving.scheduler.max_num_batched_tokens=16384"],
     ),
     "chunk_below_budget": ("scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.chunk_size_tokens=2048"]),
+    "trtllm_kv_rule_reserve": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.scheduler.kv_cache.free_memory_fraction=0.9", "serving.scheduler.admission=reserve"],
+    ),
     "tp8_expert_tp": ("scenarios/mixtral_8x7b_8xh200_tp8.yaml", ["hardware=h100-sxm-80gb"]),
     "tp8_ep8": ("scenarios/mixtral_8x7b_8xh200_ep8.yaml", ["hardware=h100-sxm-80gb"]),
     "dp8_ep8_fp8_dp_attention": (

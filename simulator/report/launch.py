@@ -53,6 +53,11 @@ class Deployment:
     chunk_size_tokens: int | None
     microbatches: int
     uneven_split: bool
+    # the KV cache as simulated (serving scenarios; None for a static batch): its memory rule, block and admission
+    gpu_memory_utilization: float | None = None
+    free_memory_fraction: float | None = None
+    block_size_tokens: int | None = None
+    admission: str | None = None
 
     @property
     def expert_group(self) -> int:
@@ -72,9 +77,16 @@ class Deployment:
 
 def deployment_of(scenario: Scenario) -> Deployment:
     m, p = scenario.model, scenario.parallel
+    kv: dict = {}
     if scenario.serving is not None:
         s = scenario.serving.scheduler
         policy, seqs, tokens, chunk = s.policy, s.max_num_seqs, s.max_num_batched_tokens, s.chunk_size_tokens
+        kv = {
+            "gpu_memory_utilization": s.kv_cache.gpu_memory_utilization,
+            "free_memory_fraction": s.kv_cache.free_memory_fraction,
+            "block_size_tokens": s.kv_cache.block_size_tokens,
+            "admission": s.admission,
+        }
     else:
         w = scenario.workload
         policy, seqs, tokens, chunk = "static", w.batch_size // p.dp, None, None
@@ -95,6 +107,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         chunk_size_tokens=chunk,
         microbatches=p.microbatches,
         uneven_split=p.layer_split is not None,
+        **kv,
     )
 
 
@@ -243,6 +256,98 @@ def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
             )
             if note not in lines:
                 lines.append(note)
+    return argv + _vllm_kv(d, lines)
+
+
+#: Block sizes vLLM takes on CUDA (vllm/config/cache.py CacheConfig.block_size: "On CUDA devices, only block
+#: sizes up to 32 are supported", of BlockSize 1, 8, 16, 32, ...).
+VLLM_CUDA_BLOCK_SIZES = (1, 8, 16, 32)
+
+
+def _note(lines: list[str], note: str) -> None:
+    if note not in lines:
+        lines.append(note)
+
+
+def _no_kv_share(d: Deployment, lines: list[str], engine_default: str) -> bool:
+    """Whether the scenario gives no KV memory share (its pool: the memory model's capacity less the reserve, or
+    capacity_blocks); if so, a note that the engine's own default share applies."""
+    if d.block_size_tokens is None or d.gpu_memory_utilization is not None or d.free_memory_fraction is not None:
+        return False
+    _note(
+        lines,
+        "# KV memory: the scenario gives no gpu_memory_utilization or free_memory_fraction (moesim sized its KV pool as "
+        f"the GPU's memory less runtime.memory_reserve_bytes, or capacity_blocks); {engine_default} applies here.",
+    )
+    return True
+
+
+def _vllm_kv(d: Deployment, lines: list[str]) -> list[str]:
+    """The KV cache as simulated: vLLM's share of the GPU and its block size, or a note where vLLM has no flag."""
+    argv = []
+    if _no_kv_share(d, lines, "vLLM's --gpu-memory-utilization default (0.9 of the GPU)"):
+        pass
+    elif d.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", f"{d.gpu_memory_utilization:g}"]
+    elif d.free_memory_fraction is not None:
+        _note(
+            lines,
+            f"# KV memory: the scenario's free_memory_fraction = {d.free_memory_fraction:g} (TensorRT-LLM's share of the "
+            "memory the weights leave) has no vLLM flag; vLLM's --gpu-memory-utilization (0.9 of the GPU) applies.",
+        )
+    if d.block_size_tokens in VLLM_CUDA_BLOCK_SIZES:
+        argv += ["--block-size", str(d.block_size_tokens)]
+    elif d.block_size_tokens is not None:
+        _note(
+            lines,
+            f"# KV blocks: the scenario's {d.block_size_tokens}-token blocks are above the 32 vLLM takes on CUDA; "
+            "vLLM's default block size applies.",
+        )
+    if d.admission == "reserve":
+        _note(
+            lines,
+            "# Admission: the scenario reserves each request's whole KV at admission (TensorRT-LLM's "
+            "GUARANTEED_NO_EVICT); vLLM allocates blocks on demand and preempts the newest request instead.",
+        )
+    return argv
+
+
+def _sglang_kv(d: Deployment, lines: list[str], chunk: int) -> list[str]:
+    """The KV cache as simulated: SGLang's static memory share and page size, or a note where it has no flag.
+    `chunk`: the --chunked-prefill-size written (-1: none), which SGLang requires to be a multiple of the page size
+    (server_args.py check_server_args)."""
+    argv = []
+    if _no_kv_share(d, lines, "SGLang's own --mem-fraction-static"):
+        pass
+    elif d.gpu_memory_utilization is not None:
+        argv += ["--mem-fraction-static", f"{d.gpu_memory_utilization:g}"]
+        _note(
+            lines,
+            "# --mem-fraction-static = the scenario's gpu_memory_utilization: SGLang's share holds the weights and the KV "
+            "pool, with the activations outside it (moesim's, as vLLM's, holds the activations too).",
+        )
+    elif d.free_memory_fraction is not None:
+        _note(
+            lines,
+            f"# KV memory: the scenario's free_memory_fraction = {d.free_memory_fraction:g} (TensorRT-LLM's share of the "
+            "memory the weights leave) has no SGLang flag; SGLang's own --mem-fraction-static applies.",
+        )
+    if d.block_size_tokens is not None:
+        if chunk > 0 and chunk % d.block_size_tokens:
+            _note(
+                lines,
+                f"# KV pages: the scenario's {d.block_size_tokens}-token blocks do not divide --chunked-prefill-size "
+                f"{chunk}, which SGLang requires (check_server_args); SGLang's default page size applies.",
+            )
+        else:
+            argv += ["--page-size", str(d.block_size_tokens)]
+    if d.admission == "reserve":
+        _note(
+            lines,
+            "# Admission: the scenario reserves each request's whole KV at admission (TensorRT-LLM's "
+            "GUARANTEED_NO_EVICT); SGLang admits against its own estimate of the decode tokens to come and retracts "
+            "requests when the pool runs out.",
+        )
     return argv
 
 
@@ -305,7 +410,8 @@ def _sglang_limits(d: Deployment, mode: str, lines: list[str]) -> list[str]:
         note = "# --chunked-prefill-size -1: no chunking (moesim's continuous policy)."
         if note not in lines:
             lines.append(note)
-    return argv
+    chunk = int(argv[argv.index("--chunked-prefill-size") + 1]) if "--chunked-prefill-size" in argv else -1
+    return argv + _sglang_kv(d, lines, chunk)
 
 
 def trtllm_files(scenario: Scenario) -> dict[str, str]:
@@ -332,8 +438,31 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
     options = ["# TensorRT-LLM LLM API options (trtllm-serve --extra_llm_api_options), written by moesim."]
     options.append(f"enable_attention_dp: {'true' if mode == 'dp_attention' else 'false'}")
     options.append(f"enable_chunked_prefill: {'true' if d.policy == 'chunked_prefill' else 'false'}")
-    if d.kv_cache_dtype == "fp8":
-        options += ["kv_cache_config:", "  dtype: fp8"]
+    kv_options = ["  dtype: fp8"] if d.kv_cache_dtype == "fp8" else []
+    if _no_kv_share(
+        d, lines, "kv_cache_config.free_gpu_memory_fraction's default (0.9 of the memory the weights leave)"
+    ):
+        pass
+    elif d.free_memory_fraction is not None:
+        kv_options.append(f"  free_gpu_memory_fraction: {d.free_memory_fraction:g}")
+    elif d.gpu_memory_utilization is not None:
+        _note(
+            lines,
+            f"# KV memory: the scenario's gpu_memory_utilization = {d.gpu_memory_utilization:g} (vLLM's share of the "
+            "whole GPU) has no TensorRT-LLM option; kv_cache_config.free_gpu_memory_fraction (0.9 of the memory the "
+            "weights leave) applies.",
+        )
+    if kv_options:
+        options += ["kv_cache_config:", *kv_options]
+    if d.admission is not None:
+        policy = "GUARANTEED_NO_EVICT" if d.admission == "reserve" else "MAX_UTILIZATION"
+        options += ["scheduler_config:", f"  capacity_scheduler_policy: {policy}"]
+    if d.block_size_tokens is not None:
+        _note(
+            lines,
+            f"# KV blocks: the scenario simulates {d.block_size_tokens}-token blocks; the LLM API options read have no "
+            "block-size key for trtllm-serve, so TensorRT-LLM's own applies.",
+        )
     tp_size = d.dp * d.tp if mode == "dp_attention" else d.tp
     argv = ["trtllm-serve", '"$MODEL"', "--backend", "pytorch", "--tp_size", str(tp_size), "--pp_size", str(d.pp)]
     if d.moe:
