@@ -211,7 +211,19 @@ with torch.inference_mode():
     w2 = torch.randn(16, 1024, 512, device=dev, dtype=torch.float16)
     xs = torch.randn(16 * 16, 512, device=dev, dtype=torch.float16).split([16] * 16)
     loop = lambda: [torch.nn.functional.gelu(xe @ w1[e]) @ w2[e] for e, xe in enumerate(xs)]
-    data["host_costs"] = {"readback_s": readback, "expert_loop_s_per_expert": events_s(loop, 20) / 16}
+    # The same loop with the row counts a real routing gives: different per expert and per call (a GEMM shape cuBLAS
+    # has not just seen), as in the seed prefill, whose per-expert loop leaves the GPU idle longer than modelled.
+    gen = torch.Generator().manual_seed(0)
+    varied = []
+    for _ in range(8):
+        counts = torch.multinomial(torch.ones(16), 256, replacement=True, generator=gen).bincount(minlength=16).tolist()
+        varied.append(torch.randn(256, 512, device=dev, dtype=torch.float16).split(counts))
+    turn = [0]
+    def loop_varied():
+        turn[0] = (turn[0] + 1) % len(varied)
+        return [torch.nn.functional.gelu(xe @ w1[e]) @ w2[e] for e, xe in enumerate(varied[turn[0]])]
+    data["host_costs"] = {"readback_s": readback, "expert_loop_s_per_expert": events_s(loop, 20) / 16,
+                          "expert_loop_varied_rows_s_per_expert": events_s(loop_varied, 24) / 16}
     save()
 
     # 6. Small GEMMs and decode attention below the calibration tables' first measured sizes, replayed in a
@@ -250,6 +262,8 @@ for name, wall in hc.get("readback_s", {}).items():
     print(f"read-back {name}: {wall * 1e6:.1f} us wall, GPU idle")
 if hc:
     print(f"sorted-MoE expert loop, tiny rows: {hc['expert_loop_s_per_expert'] * 1e6:.1f} us per expert (host)")
+    if "expert_loop_varied_rows_s_per_expert" in hc:
+        print(f"  with routed row counts (new shapes): {hc['expert_loop_varied_rows_s_per_expert'] * 1e6:.1f} us per expert")
 best = max((r["tflops"] for r in data.get("gemm_fp8", [])), default=float("nan"))
 print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} shapes")
 PY
