@@ -65,7 +65,7 @@ def test_every_public_point_is_a_case_and_every_unskipped_one_parses():
             scenario = case_scenario(case)
             assert scenario.serving is not None
     skipped = [c for c in cases if c.skip]
-    assert [c.id for c in skipped] == ["SGLEP-DECODE-2K"] and "disaggregated decode" in skipped[0].skip
+    assert [c.id for c in skipped] == ["SGLEP-DECODE-2K"] and "redundant expert copies" in skipped[0].skip
 
 
 #: Each case's formats as its source states them (public_serving_dev.yaml `precision`: weights / activations /
@@ -176,7 +176,7 @@ def test_validate_prints_the_table_median_and_skip_reasons(tmp_path):
     text = proc.stdout
     for column in ("case", "metric", "measured", "predicted", "error"):
         assert column in text
-    assert "skipped SGLEP-DECODE-2K: disaggregated decode measured in isolation" in text
+    assert "skipped SGLEP-DECODE-2K: EP72 over DeepSeek-V3" in text
     with open(out / "validation.csv") as f:
         rows = list(csv.DictReader(f))
     measured_rows = [r for r in rows if not r["skipped"]]
