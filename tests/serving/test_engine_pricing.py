@@ -275,3 +275,42 @@ def test_an_iteration_takes_at_least_its_gpu_pass_and_its_host_work(
     t = iteration_s(gpu_s, host, n)
     assert t >= gpu_s and t >= host.host_s(n)
     assert t <= gpu_s + host.host_s(n)
+
+
+@given(
+    seqs=st.one_of(st.none(), st.integers(1, 4)),
+    tokens=st.one_of(st.none(), st.integers(2048, 8192)),  # at least every default max_num_seqs
+    admission=st.sampled_from([None, "on_demand", "reserve"]),
+    block=st.one_of(st.none(), st.sampled_from([1, 16, 64])),
+    rule=st.sampled_from(
+        [None, ("gpu_memory_utilization", 0.5), ("free_memory_fraction", 0.5), ("capacity_blocks", 99)]
+    ),
+    engine=st.sampled_from(["vllm", "sglang", "trtllm"]),
+)
+def test_engine_defaults_fill_only_what_the_scenario_leaves_out(seqs, tokens, admission, block, rule, engine):
+    from simulator.config.serving import parse_serving_spec
+
+    given_fields = {"max_num_seqs": seqs, "max_num_batched_tokens": tokens, "admission": admission}
+    scheduler: dict = {"policy": "chunked_prefill", **{k: v for k, v in given_fields.items() if v is not None}}
+    kv: dict = {} if block is None else {"block_size_tokens": block}
+    if rule is not None:
+        kv[rule[0]] = rule[1]
+    data = {**{k: v for k, v in BASE.items() if k != "scheduler"}, "scheduler": {**scheduler, "kv_cache": kv}}
+    s = parse_serving_spec({**data, "engine": engine}).scheduler
+    defaults = load_engine_profile(engine).scheduler_defaults
+    for key, value in given_fields.items():
+        expected = value if value is not None else getattr(defaults, key, None) if defaults else None
+        assert getattr(s, key) == (
+            expected if expected is not None else getattr(parse_serving_spec(data).scheduler, key)
+        )
+    engine_block = defaults.block_size_tokens if defaults is not None else None
+    assert s.kv_cache.block_size_tokens == (block or engine_block or 16)  # 16: moesim's own default
+    # never two share rules: the scenario's own, or else the engine's default (if it has one)
+    assert s.kv_cache.gpu_memory_utilization is None or s.kv_cache.free_memory_fraction is None
+    if rule is not None:  # the scenario's own rule stands alone
+        assert getattr(s.kv_cache, rule[0]) == rule[1]
+        assert [
+            r
+            for r in ("gpu_memory_utilization", "free_memory_fraction", "capacity_blocks")
+            if getattr(s.kv_cache, r) is not None
+        ] == [rule[0]]
