@@ -237,7 +237,7 @@ class SchedulerSpec(StrictModel):
     chunk_size_tokens: int | None = Field(
         default=None, ge=1, description="longest prefill chunk of one sequence; default: max_num_batched_tokens"
     )
-    kv_cache: KVCacheSpec = Field(description="the paged KV cache")
+    kv_cache: KVCacheSpec = Field(default_factory=KVCacheSpec, description="the paged KV cache")
     preemption: Literal["recompute"] = Field(
         default="recompute", description="what happens to a preempted request: it is recomputed later"
     )
@@ -393,7 +393,11 @@ class ServingSpec(StrictModel):
     """A scenario's `serving:` section: the request stream `moesim serve` simulates."""
 
     workload: WorkloadSpec = Field(description="who sends what, when")
-    scheduler: SchedulerSpec = Field(description="the per-replica batching policy and KV cache")
+    scheduler: SchedulerSpec = Field(
+        default_factory=SchedulerSpec,
+        description="the per-replica batching policy and KV cache; default: the engine's defaults (engine profile "
+        "scheduler_defaults), else moesim's",
+    )
     replicas: ReplicaSpec = Field(default=ReplicaSpec(), description="data-parallel replicas and the router")
     targets: TargetsSpec = Field(default=TargetsSpec(), description="service-level targets")
     engine: str | None = Field(

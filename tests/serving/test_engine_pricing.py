@@ -75,11 +75,16 @@ def test_trtllm_fills_what_the_scheduler_leaves_out_with_its_own_defaults():
     assert (s.admission, s.max_num_seqs, s.max_num_batched_tokens) == ("reserve", 2048, 8192)
     assert (s.kv_cache.free_memory_fraction, s.kv_cache.gpu_memory_utilization) == (0.9, None)
     assert s.kv_cache.block_size_tokens == 32
-    # with an engine, the scheduler section itself may be left out
+    # the scheduler section itself may be left out: the engine's defaults, else moesim's
     bare = {k: v for k, v in BASE.items() if k != "scheduler"}
     assert parse_serving_spec({**bare, "engine": "trtllm"}).scheduler.admission == "reserve"
-    with pytest.raises(ServingError, match="scheduler"):
-        parse_serving_spec(bare)
+    own = parse_serving_spec(bare).scheduler
+    assert (own.policy, own.admission, own.max_num_seqs, own.kv_cache.block_size_tokens) == (
+        "chunked_prefill",
+        "on_demand",
+        256,
+        16,
+    )
 
 
 def test_vllm_fills_its_share_of_the_gpu_and_what_the_scenario_gives_wins():
