@@ -154,6 +154,28 @@ def headline(summary: dict) -> str:
     )
 
 
+def scheduler_line(summary: dict) -> str | None:
+    """The scheduler as simulated, and where the fields the scenario leaves out come from: 'scheduler: at most 2048
+    sequences and 8192 tokens an iteration, admission reserve; KV 51704 blocks of 32 tokens (free_memory_fraction
+    0.9 of what the weights leave); ...'. None for a disaggregated run (its pools have schedulers of their own)."""
+    s = summary["serving"]
+    if s.get("disaggregation"):
+        return None
+    sch, kv = s["scheduler"], s["scheduler"]["kv_cache"]
+    if kv.get("gpu_memory_utilization") is not None:
+        rule = f"gpu_memory_utilization {kv['gpu_memory_utilization']:g} of the GPU"
+    elif kv.get("free_memory_fraction") is not None:
+        rule = f"free_memory_fraction {kv['free_memory_fraction']:g} of what the weights leave"
+    else:
+        rule = "the memory model: the GPU's memory less the reserve, weights and activations, or capacity_blocks"
+    source = f"engine {s['engine']}'s defaults, else moesim's" if s.get("engine") else "moesim's defaults"
+    return (
+        f"scheduler: at most {sch['max_num_seqs']} sequences and {sch['max_num_batched_tokens']} tokens an iteration, "
+        f"admission {sch['admission']}; KV {summary['figures']['kv_capacity_blocks']:.0f} blocks of "
+        f"{kv['block_size_tokens']} tokens ({rule}); fields the scenario leaves out: {source}"
+    )
+
+
 def pools_text(d: dict) -> str:
     """'1P (TP4) + 1D (TP4 EP4), packed' from a dumped serving.disaggregation."""
 
@@ -197,6 +219,7 @@ def serving_markdown(summary: dict) -> str:
         "",
         headline(summary) + ".",
         "",
+        *([f"{scheduler_line(summary)}.", ""] if scheduler_line(summary) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
         "## Latency",
         "",
@@ -281,6 +304,8 @@ def write_rate_curve(curve: pd.DataFrame, out_dir: Path) -> Path:
 
 def print_serving(console: Console, summary: dict) -> None:
     console.print(f"[bold]{summary['scenario']}[/bold]: {headline(summary)}")
+    if scheduler_line(summary):
+        console.print(escape(scheduler_line(summary) or ""))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")
     lat = Table(title="Serving latency")

@@ -242,3 +242,23 @@ def test_trace_keeps_the_first_iterations_in_time_and_says_so(serve_file, tmp_pa
     assert [e["ts"] for e in spans] == [round(t * 1e6, 3) for t in first_five_us]
     names = [e["args"]["name"] for e in events if e.get("name") == "process_name"]
     assert f"iterations (first 5 of {total})" in names and "requests (first 3 of" in names[0]
+
+
+def test_the_summary_says_the_scheduler_as_simulated_and_where_its_defaults_came_from(tmp_path, linear_pricer, capsys):
+    own = write_scenario(tmp_path, name="own.yaml")
+    assert main(["serve", str(own), "--out", str(tmp_path / "own")]) == 0
+    line = (
+        "scheduler: at most 8 sequences and 128 tokens an iteration, admission on_demand; KV 64 blocks of 16 tokens "
+        "(the memory model: the GPU's memory less the reserve, weights and activations, or capacity_blocks); fields "
+        "the scenario leaves out: moesim's defaults."
+    )
+    assert line in (tmp_path / "own" / "summary.md").read_text()
+    assert "admission on_demand; KV 64 blocks of 16 tokens" in capsys.readouterr().out
+    # with an engine and no scheduler section: the engine's defaults, named as such
+    serving = {k: v for k, v in SERVING.items() if k != "scheduler"} | {"engine": "trtllm"}
+    trt = write_scenario(tmp_path, serving, name="trt.yaml")
+    assert main(["serve", str(trt), "--out", str(tmp_path / "trt")]) == 0
+    text = (tmp_path / "trt" / "summary.md").read_text()
+    assert "at most 2048 sequences and 8192 tokens an iteration, admission reserve; KV " in text
+    assert "blocks of 32 tokens (free_memory_fraction 0.9 of what the weights leave)" in text
+    assert "fields the scenario leaves out: engine trtllm's defaults, else moesim's." in text
