@@ -203,14 +203,11 @@ class BlockBuilder:
             return PYTORCH_KERNEL_OPS["norm"]
         if name in ("attn_gqa_expand", "topk"):
             return PYTORCH_KERNEL_OPS[name]
-        if moe == "per_expert":
-            if name in ("moe_permute", "moe_combine"):
-                return PYTORCH_KERNEL_OPS[f"{name}_sorted"]
-            return PYTORCH_KERNEL_OPS.get(name, ()) if name in ("moe_sort", "moe_unsort") else ()
-        if moe == "capacity":
-            if name in ("moe_permute", "moe_combine"):
-                return PYTORCH_KERNEL_OPS[f"{name}_capacity"]
-            return PYTORCH_KERNEL_OPS.get(name, ()) if name in ("moe_dispatch_index", "moe_undispatch") else ()
+        own = {"per_expert": ("moe_sort", "moe_unsort"), "capacity": ("moe_dispatch_index", "moe_undispatch")}
+        if moe in own and name in own[moe]:
+            return PYTORCH_KERNEL_OPS[name]
+        if moe in own and name in ("moe_permute", "moe_combine"):
+            return PYTORCH_KERNEL_OPS[f"{name}_{'sorted' if moe == 'per_expert' else 'capacity'}"]
         return ()
 
     def _no_kernel_calls(self, nid: str, attrs: dict) -> tuple | None:

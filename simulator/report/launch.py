@@ -286,7 +286,7 @@ def _vllm_kv(d: Deployment, lines: list[str]) -> list[str]:
     """The KV cache as simulated: vLLM's share of the GPU and its block size, or a note where vLLM has no flag."""
     argv = []
     if _no_kv_share(d, lines, "vLLM's --gpu-memory-utilization default (0.9 of the GPU)"):
-        pass
+        pass  # the note says which share applies
     elif d.gpu_memory_utilization is not None:
         argv += ["--gpu-memory-utilization", f"{d.gpu_memory_utilization:g}"]
     elif d.free_memory_fraction is not None:
