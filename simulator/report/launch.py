@@ -269,32 +269,54 @@ def _note(lines: list[str], note: str) -> None:
         lines.append(note)
 
 
-def _no_kv_share(d: Deployment, lines: list[str], engine_default: str) -> bool:
-    """Whether the scenario gives no KV memory share (its pool: the memory model's capacity less the reserve, or
-    capacity_blocks); if so, a note that the engine's own default share applies."""
-    if d.block_size_tokens is None or d.gpu_memory_utilization is not None or d.free_memory_fraction is not None:
-        return False
+#: What each KV memory rule of a scenario means; the engine whose own setting it is takes it, the others a note.
+KV_RULES = {
+    "gpu_memory_utilization": "vLLM's share of the whole GPU",
+    "free_memory_fraction": "TensorRT-LLM's share of the memory the weights leave",
+}
+
+
+def _kv_share(d: Deployment, lines: list[str], engine: str, native: str, default: str) -> float | None:
+    """The scenario's KV memory share when its rule is this engine's own (`native`); else None, with a note saying
+    that the engine's `default` share applies (the scenario's rule being another engine's, or none)."""
+    if d.block_size_tokens is None:  # a static batch: no KV pool simulated
+        return None
+    given = [(rule, getattr(d, rule)) for rule in KV_RULES if getattr(d, rule) is not None]
+    if not given:
+        _note(
+            lines,
+            "# KV memory: the scenario gives no gpu_memory_utilization or free_memory_fraction (moesim sized its KV "
+            f"pool as the GPU's memory less runtime.memory_reserve_bytes, or capacity_blocks); {default} applies here.",
+        )
+        return None
+    rule, value = given[0]
+    if rule == native:
+        return value
     _note(
         lines,
-        "# KV memory: the scenario gives no gpu_memory_utilization or free_memory_fraction (moesim sized its KV pool as "
-        f"the GPU's memory less runtime.memory_reserve_bytes, or capacity_blocks); {engine_default} applies here.",
+        f"# KV memory: the scenario's {rule} = {value:g} ({KV_RULES[rule]}) has no {engine} setting; {default} applies.",
     )
-    return True
+    return None
+
+
+def _reserve_note(d: Deployment, lines: list[str], how_engine_admits: str) -> None:
+    """A note when the scenario reserves each request's whole KV at admission, which the engine does not do."""
+    if d.admission == "reserve":
+        _note(
+            lines,
+            "# Admission: the scenario reserves each request's whole KV at admission (TensorRT-LLM's "
+            f"GUARANTEED_NO_EVICT); {how_engine_admits}",
+        )
 
 
 def _vllm_kv(d: Deployment, lines: list[str]) -> list[str]:
     """The KV cache as simulated: vLLM's share of the GPU and its block size, or a note where vLLM has no flag."""
     argv = []
-    if _no_kv_share(d, lines, "vLLM's --gpu-memory-utilization default (0.9 of the GPU)"):
-        pass  # the note says which share applies
-    elif d.gpu_memory_utilization is not None:
-        argv += ["--gpu-memory-utilization", f"{d.gpu_memory_utilization:g}"]
-    elif d.free_memory_fraction is not None:
-        _note(
-            lines,
-            f"# KV memory: the scenario's free_memory_fraction = {d.free_memory_fraction:g} (TensorRT-LLM's share of the "
-            "memory the weights leave) has no vLLM flag; vLLM's --gpu-memory-utilization (0.9 of the GPU) applies.",
-        )
+    share = _kv_share(
+        d, lines, "vLLM", "gpu_memory_utilization", "vLLM's default --gpu-memory-utilization (0.9 of the GPU)"
+    )
+    if share is not None:
+        argv += ["--gpu-memory-utilization", f"{share:g}"]
     if d.block_size_tokens in VLLM_CUDA_BLOCK_SIZES:
         argv += ["--block-size", str(d.block_size_tokens)]
     elif d.block_size_tokens is not None:
@@ -303,12 +325,7 @@ def _vllm_kv(d: Deployment, lines: list[str]) -> list[str]:
             f"# KV blocks: the scenario's {d.block_size_tokens}-token blocks are above the 32 vLLM takes on CUDA; "
             "vLLM's default block size applies.",
         )
-    if d.admission == "reserve":
-        _note(
-            lines,
-            "# Admission: the scenario reserves each request's whole KV at admission (TensorRT-LLM's "
-            "GUARANTEED_NO_EVICT); vLLM allocates blocks on demand and preempts the newest request instead.",
-        )
+    _reserve_note(d, lines, "vLLM allocates blocks on demand and preempts the newest request instead.")
     return argv
 
 
@@ -317,20 +334,13 @@ def _sglang_kv(d: Deployment, lines: list[str], chunk: int) -> list[str]:
     `chunk`: the --chunked-prefill-size written (-1: none), which SGLang requires to be a multiple of the page size
     (server_args.py check_server_args)."""
     argv = []
-    if _no_kv_share(d, lines, "SGLang's own --mem-fraction-static"):
-        pass
-    elif d.gpu_memory_utilization is not None:
-        argv += ["--mem-fraction-static", f"{d.gpu_memory_utilization:g}"]
+    share = _kv_share(d, lines, "SGLang", "gpu_memory_utilization", "SGLang's own --mem-fraction-static")
+    if share is not None:
+        argv += ["--mem-fraction-static", f"{share:g}"]
         _note(
             lines,
             "# --mem-fraction-static = the scenario's gpu_memory_utilization: SGLang's share holds the weights and the KV "
             "pool, with the activations outside it (moesim's, as vLLM's, holds the activations too).",
-        )
-    elif d.free_memory_fraction is not None:
-        _note(
-            lines,
-            f"# KV memory: the scenario's free_memory_fraction = {d.free_memory_fraction:g} (TensorRT-LLM's share of the "
-            "memory the weights leave) has no SGLang flag; SGLang's own --mem-fraction-static applies.",
         )
     if d.block_size_tokens is not None:
         if chunk > 0 and chunk % d.block_size_tokens:
@@ -341,13 +351,12 @@ def _sglang_kv(d: Deployment, lines: list[str], chunk: int) -> list[str]:
             )
         else:
             argv += ["--page-size", str(d.block_size_tokens)]
-    if d.admission == "reserve":
-        _note(
-            lines,
-            "# Admission: the scenario reserves each request's whole KV at admission (TensorRT-LLM's "
-            "GUARANTEED_NO_EVICT); SGLang admits against its own estimate of the decode tokens to come and retracts "
-            "requests when the pool runs out.",
-        )
+    _reserve_note(
+        d,
+        lines,
+        "SGLang admits against its own estimate of the decode tokens to come and retracts requests when the pool "
+        "runs out.",
+    )
     return argv
 
 
@@ -439,19 +448,10 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
     options.append(f"enable_attention_dp: {'true' if mode == 'dp_attention' else 'false'}")
     options.append(f"enable_chunked_prefill: {'true' if d.policy == 'chunked_prefill' else 'false'}")
     kv_options = ["  dtype: fp8"] if d.kv_cache_dtype == "fp8" else []
-    if _no_kv_share(
-        d, lines, "kv_cache_config.free_gpu_memory_fraction's default (0.9 of the memory the weights leave)"
-    ):
-        pass
-    elif d.free_memory_fraction is not None:
-        kv_options.append(f"  free_gpu_memory_fraction: {d.free_memory_fraction:g}")
-    elif d.gpu_memory_utilization is not None:
-        _note(
-            lines,
-            f"# KV memory: the scenario's gpu_memory_utilization = {d.gpu_memory_utilization:g} (vLLM's share of the "
-            "whole GPU) has no TensorRT-LLM option; kv_cache_config.free_gpu_memory_fraction (0.9 of the memory the "
-            "weights leave) applies.",
-        )
+    default = "kv_cache_config.free_gpu_memory_fraction's default (0.9 of the memory the weights leave)"
+    share = _kv_share(d, lines, "TensorRT-LLM", "free_memory_fraction", default)
+    if share is not None:
+        kv_options.append(f"  free_gpu_memory_fraction: {share:g}")
     if kv_options:
         options += ["kv_cache_config:", *kv_options]
     if d.admission is not None:
