@@ -19,9 +19,10 @@ PyTorch's index, scan and reduction ops cost the host more than that add before 
 (argument parsing, type promotion, output shape and allocation, index checks). Each is timed here on tiny
 tensors (its compute negligible) in the form simulator/calibration/e2e.py calls it, with the add timed the
 same way in the same repetitions (paired: a slow spell of a shared host moves both); the fit keeps the median
-difference, at least 0, which the launch thread pays on top of the floor. Measured on CPU tensors it is the dispatcher's share only (CPU and CUDA share the dispatcher and
-the op's shape logic; a CUDA op's launch is what the floor already prices); on CUDA tensors
-(benchmarks/gpu_calibration.sh) the difference includes any CUDA-side dispatch an op adds.
+difference, at least 0, which the launch thread pays on top of the floor. Measured on CPU tensors it is the
+dispatcher's share only (CPU and CUDA share the dispatcher and the op's shape logic; a CUDA op's launch is what
+the floor already prices); on CUDA tensors (benchmarks/gpu_calibration.sh) the difference includes any CUDA-side
+dispatch an op adds.
 
     python -m simulator.calibration.host_calls --device cpu --out host_calls.json
 """

@@ -219,7 +219,7 @@ def serving_markdown(summary: dict) -> str:
         "",
         headline(summary) + ".",
         "",
-        *([f"{scheduler_line(summary)}.", ""] if scheduler_line(summary) else []),
+        *([f"{line}.", ""] if (line := scheduler_line(summary)) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
         "## Latency",
         "",
@@ -304,8 +304,8 @@ def write_rate_curve(curve: pd.DataFrame, out_dir: Path) -> Path:
 
 def print_serving(console: Console, summary: dict) -> None:
     console.print(f"[bold]{summary['scenario']}[/bold]: {headline(summary)}")
-    if scheduler_line(summary):
-        console.print(escape(scheduler_line(summary) or ""))
+    if line := scheduler_line(summary):
+        console.print(escape(line))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")
     lat = Table(title="Serving latency")
