@@ -101,7 +101,7 @@ def audit(scenario: Scenario, memory: list[GpuMemory] | None = None, metrics=Non
         )
 
     if d.experts_per_gpu is not None and m.is_moe:
-        expert_counts = {len(pl.experts_of_gpu(g)) for g in range(pl.num_gpus)}
+        expert_counts = {pl.slots_per_rank}  # weight slots per GPU and layer (redundant copies included)
         ok = expert_counts == {d.experts_per_gpu}
         lines.append(
             AuditLine(
@@ -110,7 +110,7 @@ def audit(scenario: Scenario, memory: list[GpuMemory] | None = None, metrics=Non
                 "/".join(str(c) for c in sorted(expert_counts)) + " per layer",
                 "holds" if ok else "does not hold",
                 f"{m.num_experts} experts / ep={p.ep} per layer, replicated {p.dp * p.tp // (p.ep * p.etp)}x per stage; "
-                + _expert_ffns_text(sorted({m.num_experts // p.ep * len(layers) for layers in pl.stage_layers})),
+                + _expert_ffns_text(sorted({pl.slots_per_rank * len(layers) for layers in pl.stage_layers})),
             )
         )
     if d.layers_per_gpu is not None:

@@ -99,7 +99,7 @@ def weight_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     attn = _attention_params(m, p.tp) * dense_b
     dense = costs.ffn_params(h, (m.ffn_size or 0) // p.tp, m.gated) * dense_b
     if m.is_moe:
-        moe = len(pl.experts_of_gpu(gpu)) * costs.ffn_params(h, (m.expert_ffn_size or 0) // p.etp, m.gated) * expert_b
+        moe = pl.slots_per_rank * costs.ffn_params(h, (m.expert_ffn_size or 0) // p.etp, m.gated) * expert_b
         moe += costs.ffn_params(h, m.shared_ffn_size, m.gated) * expert_b + h * m.num_experts * small_b
     else:
         moe = 0

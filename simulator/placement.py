@@ -7,6 +7,7 @@ over the quotient. No hardware figures here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
@@ -37,9 +38,12 @@ class Placement:
     ep: int = field(init=False)
     etp: int = field(init=False)
 
+    redundant: int = field(init=False)  # extra expert copies per EP group (parallel.redundant_experts)
+
     def __post_init__(self) -> None:
         for name in ("tp", "dp", "pp", "ep", "etp"):
             object.__setattr__(self, name, getattr(self.parallel, name))
+        object.__setattr__(self, "redundant", self.parallel.redundant_experts)
 
     @classmethod
     def of(cls, scenario: Scenario) -> Placement:
@@ -76,20 +80,64 @@ class Placement:
         return [gpus[i : i + size] for i in range(0, len(gpus), size)]
 
     @cached_property
-    def _experts_per_rank(self) -> int:
-        return self.num_experts // self.ep if self.num_experts else 0
+    def slots_per_rank(self) -> int:
+        """Expert weight slots each EP rank holds: (num_experts + redundant copies) / ep."""
+        return (self.num_experts + self.redundant) // self.ep if self.num_experts else 0
+
+    def ep_rank_of(self, gpu: int) -> int:
+        """The EP rank of `gpu` within its expert replica."""
+        return gpu % (self.dp * self.tp) % (self.ep * self.etp) // self.etp
+
+    def rank_slots(self, loads: tuple[float, ...]) -> tuple[tuple[tuple[int, float], ...], ...]:
+        """Per EP rank, its (expert, share of that expert's token copies) pairs when routing sends expert e the
+        fraction loads[e]: without redundant copies the contiguous blocks (rank r holds experts r*n .. r*n+n-1, each
+        whole); with them, EPLB's placement of those loads (eplb_slots)."""
+        if not self.redundant:
+            n = self.slots_per_rank
+            return tuple(tuple((e, 1.0) for e in range(r * n, (r + 1) * n)) for r in range(self.ep))
+        return eplb_slots(loads, self.ep, self.redundant)
 
     def experts_of_gpu(self, gpu: int) -> list[int]:
-        """Experts whose weights (or etp shard of them) this GPU holds."""
+        """Experts whose weights (or etp shard of them) this GPU holds; with redundant copies, as placed for
+        even routing (each layer's own placement follows its loads: rank_slots)."""
         if not self.num_experts:
             return []
-        local = gpu % (self.dp * self.tp) % (self.ep * self.etp)
-        ep_rank = local // self.etp
-        n = self._experts_per_rank
-        return list(range(ep_rank * n, (ep_rank + 1) * n))
+        uniform = (1.0 / self.num_experts,) * self.num_experts
+        return [e for e, _ in self.rank_slots(uniform)[self.ep_rank_of(gpu)]]
 
     def layers_of_gpu(self, gpu: int) -> tuple[int, ...]:
         return self.stage_layers[self.stage_of_gpu(gpu)]
+
+
+@functools.lru_cache(maxsize=256)
+def eplb_slots(loads: tuple[float, ...], ep: int, redundant: int) -> tuple[tuple[tuple[int, float], ...], ...]:
+    """Expert placement with `redundant` extra copies over `ep` ranks of (len(loads) + redundant) / ep slots each,
+    as DeepSeek's EPLB places them (its global policy, written here from its description): each extra copy
+    goes to the expert with the most load per copy, a copy takes an equal share of its expert's tokens, and
+    copies are packed heaviest first onto the least-loaded rank that has a free slot (and, where one can,
+    does not hold that expert already; ties to the lowest index). Per rank: (expert, share of its copies)
+    pairs, a rank's copies of one expert merged.
+
+    Even routing over 256 experts with 32 copies on 72 ranks of 4 slots: experts 0-31 get two copies;
+    8 ranks hold 4 whole experts (4/256 of the copies), 64 hold 3 and half of one (3.5/256)."""
+    n = len(loads)
+    per_rank = (n + redundant) // ep
+    copies = [1] * n
+    for _ in range(redundant):
+        busiest = max(range(n), key=lambda e: (loads[e] / copies[e], -e))
+        copies[busiest] += 1
+    replicas = sorted(
+        ((loads[e] / copies[e], e) for e in range(n) for _ in range(copies[e])), key=lambda x: (-x[0], x[1])
+    )
+    rank_load = [0.0] * ep
+    held: list[list[int]] = [[] for _ in range(ep)]
+    for load, e in replicas:
+        free = [r for r in range(ep) if len(held[r]) < per_rank]
+        apart = [r for r in free if e not in held[r]] or free
+        r = min(apart, key=lambda r: (rank_load[r], r))
+        held[r].append(e)
+        rank_load[r] += load
+    return tuple(tuple((e, held[r].count(e) / copies[e]) for e in sorted(set(held[r]))) for r in range(ep))
 
 
 def routing_loads(scenario: Scenario, layer: int = 0) -> list[float]:
@@ -135,8 +183,8 @@ def symmetric_representatives(scenario: Scenario, gpus_per_node: int) -> frozens
     member). Simulating the representatives alone then gives every figure of the whole; the
     others' per-GPU figures are copies (see expand_per_gpu). None when any condition fails."""
     pl = Placement.of(scenario)
-    if pl.dp * pl.tp == 1 or not evenly_routed(scenario):
-        return None  # nothing to fold, or GPUs whose experts get different loads
+    if pl.dp * pl.tp == 1 or not evenly_routed(scenario) or pl.redundant:
+        return None  # nothing to fold, or GPUs whose experts get different loads (redundant copies: shares)
 
     def span(gpus) -> tuple[int, int]:  # (most GPUs on one node, nodes): what the collective costs read
         per_node: dict[int, int] = {}
@@ -189,14 +237,15 @@ def routing_summary(scenario: Scenario) -> dict:
     moe_layers = [layer for layer in range(m.num_layers) if m.is_moe_layer(layer)]
     if not moe_layers:
         return out
-    per_rank = m.num_experts // p.ep
+    pl = Placement.of(scenario)
     groups = (p.dp * p.tp) // (p.ep * p.etp)  # EP groups per stage
     # copies one EP group routes in one prefill pass of a microbatch (as graph.layers.LayerBuilder.layer counts them)
     copies = w.batch_size / (p.dp * p.microbatches) * w.input_len_tokens / p.tp * p.ep * p.etp * m.top_k
     ratios, dropped = [], 0.0
     for layer in moe_layers:
-        kept, lost = costs.kept_copies(copies, routing_loads(scenario, layer), w.routing.capacity_factor)
-        ranks = [sum(kept[r * per_rank : (r + 1) * per_rank]) for r in range(p.ep)]
+        loads = routing_loads(scenario, layer)
+        kept, lost = costs.kept_copies(copies, loads, w.routing.capacity_factor)
+        ranks = [sum(kept[e] * share for e, share in slots) for slots in pl.rank_slots(tuple(loads))]
         mean = sum(ranks) / p.ep
         ratios.append(max(ranks) / mean if mean else 1.0)
         dropped += lost * groups * p.microbatches

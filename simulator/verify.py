@@ -11,7 +11,7 @@ import pandas as pd
 from simulator.config import Scenario
 from simulator.graph import Dag, NodeKind, as_dag
 from simulator.memory import weight_bytes_per_gpu
-from simulator.placement import Placement
+from simulator.placement import Placement, gpu_ranges, routing_loads
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def verify_dag(graph: Dag | nx.DiGraph, scenario: Scenario) -> list[Check]:
     checks.append(_sources_and_sinks(names, attrs, src, dst))
     checks.append(_placement(names, attrs, pl))
     kept = frozenset(dag.graph.get("representatives") or ()) or None
-    checks.append(_expert_ownership(names, attrs, pl, kept))
+    checks.append(_expert_ownership(names, attrs, pl, kept, scenario))
     checks.append(_collective_groups(names, attrs, pl))
     checks.append(
         _decode_order(dag, attrs, forward)
@@ -146,12 +146,22 @@ def _placement(names: list[str], attrs: list[dict], pl: Placement) -> Check:
     return Check("every compute node on a GPU of its layer's stage", not bad, "; ".join(bad) or "all placed")
 
 
-def _expert_ownership(names: list[str], attrs: list[dict], pl: Placement, kept: frozenset[int] | None) -> Check:
-    """Each expert runs on its etp shards in each replica: on every GPU of the replica that holds it, or, in a
-    DAG folded to representative GPUs (`kept`), on every one of those that is simulated."""
+def _expert_ownership(
+    names: list[str], attrs: list[dict], pl: Placement, kept: frozenset[int] | None, scenario: Scenario
+) -> Check:
+    """Each expert runs on its etp shards in each replica: on every GPU of the replica that holds it (with
+    redundant copies, every GPU holding a copy in that layer's placement), or, in a DAG folded to representative
+    GPUs (`kept`), on every one of those that is simulated."""
     if not pl.num_experts:
         return Check("each expert on exactly one EP rank per replica", True, "dense model: no experts")
-    held = {g: set(pl.experts_of_gpu(g)) for g in range(pl.num_gpus)}
+    held_in: dict[int, dict[int, set[int]]] = {}  # layer -> gpu -> experts held
+
+    def held(layer: int) -> dict[int, set[int]]:
+        if layer not in held_in:
+            slots = pl.rank_slots(tuple(routing_loads(scenario, layer)))
+            held_in[layer] = {g: {e for e, _ in slots[pl.ep_rank_of(g)]} for g in range(pl.num_gpus)}
+        return held_in[layer]
+
     replica_of = {g: i for s in range(pl.pp) for i, grp in enumerate(pl.ep_groups(s)) for g in grp}
     members = {(s, i): grp for s in range(pl.pp) for i, grp in enumerate(pl.ep_groups(s))}
     seen: dict[tuple, dict[int, set[int]]] = {}
@@ -163,7 +173,7 @@ def _expert_ownership(names: list[str], attrs: list[dict], pl: Placement, kept: 
             (a["phase"], a["step"], a["microbatch"], a["layer"], pl.stage_of_gpu(gpu), replica_of[gpu]), {}
         )
         for e in a["experts"]:
-            if e not in held[gpu]:
+            if e not in held(a["layer"])[gpu]:
                 return Check(
                     "each expert on exactly one EP rank per replica", False, f"{n}: expert {e} not held by GPU {gpu}"
                 )
@@ -171,7 +181,7 @@ def _expert_ownership(names: list[str], attrs: list[dict], pl: Placement, kept: 
     for key, owners in seen.items():
         replica = members[key[4], key[5]]
         for e, gpus in owners.items():
-            shards = [g for g in replica if e in held[g] and (kept is None or g in kept)]
+            shards = [g for g in replica if e in held(key[3])[g] and (kept is None or g in kept)]
             if sorted(gpus) != shards:
                 return Check(
                     "each expert on exactly one EP rank per replica",
@@ -181,7 +191,8 @@ def _expert_ownership(names: list[str], attrs: list[dict], pl: Placement, kept: 
     return Check(
         "each expert on exactly one EP rank per replica",
         True,
-        f"{pl.num_experts} experts x {pl.dp * pl.tp // (pl.ep * pl.etp)} replica(s) per stage",
+        f"{pl.num_experts} experts x {pl.dp * pl.tp // (pl.ep * pl.etp)} replica(s) per stage"
+        + (f", {pl.redundant} redundant copies each" if pl.redundant else ""),
     )
 
 
@@ -295,7 +306,7 @@ def per_gpu_table(graph: nx.DiGraph, scenario: Scenario) -> pd.DataFrame:
                 "gpu": g,
                 "stage": pl.stage_of_gpu(g),
                 "layers": f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0]),
-                "experts": f"{experts[0]}-{experts[-1]}" if experts else "-",
+                "experts": (gpu_ranges(experts) if pl.redundant else f"{experts[0]}-{experts[-1]}") if experts else "-",
                 "weight_bytes": weight_bytes_per_gpu(scenario, g),
                 "flops": flops[g],
                 "hbm_bytes": moved[g],

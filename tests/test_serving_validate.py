@@ -4,6 +4,7 @@ the skipped one)."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import re
 import statistics
@@ -16,16 +17,20 @@ import pytest
 import yaml
 
 from simulator.calibration.serving_validate import (
+    ServingCase,
     ServingOutcome,
     case_scenario,
     load_serving_cases,
     replica_zero,
+    simulate_case,
     summarize_serving,
 )
 from simulator.config import ScenarioError
+from simulator.pipeline import run_scenario
 from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.workload import generate_requests
+from tests.conftest import TINY_MOE
 from tests.serving.conftest import make_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,14 +68,15 @@ def test_every_public_point_is_a_case_and_every_unskipped_one_parses():
     for case in cases:
         if case.skip is None:
             scenario = case_scenario(case)
-            assert scenario.serving is not None
-    skipped = [c for c in cases if c.skip]
-    assert [c.id for c in skipped] == ["SGLEP-DECODE-2K"] and "redundant expert copies" in skipped[0].skip
+            assert (scenario.serving is None) == (case.phase == "decode"), case.id
+    assert [c.id for c in cases if c.skip] == []  # SGLEP-DECODE-2K runs since redundant experts are modelled
+    assert [c.id for c in cases if c.phase == "decode"] == ["SGLEP-DECODE-2K"]
 
 
 #: Each case's formats as its source states them (public_serving_dev.yaml `precision`: weights / activations /
 #: kv_cache), "?" resolved to the engine's documented default: (weights, GEMM compute, KV cache). Collectives,
-#: attention math, the LM head and the router stay bf16 in every case (docs/precision.md, fp8-w8a8).
+#: the LM head and the router stay bf16 in every case (docs/precision.md, fp8-w8a8); attention math too, except in
+#: the trtllm-bench runs (TRT17), whose FP8 build turns on fp8 context attention.
 SOURCE_PRECISION = {
     "MLP40-L2-H100-OFF": ("fp8", "fp8", "fp8"),  # KV "?": TensorRT-LLM's FP8 default (KV set to FP8)
     "MLP41-MIX-H100-OFF": ("fp8", "fp8", "fp8"),  # idem
@@ -79,6 +85,7 @@ SOURCE_PRECISION = {
     "TRT17-MIX-H200-TP2-2048-2048": ("fp8", "fp8", "fp8"),
     "TRTON-L70-H100-TP4-QPS8": ("bf16", "bf16", "bf16"),  # KV "?": the model's dtype without KV quantisation
     "DST-VLLM-C16": ("fp8", "fp8", "bf16"),  # KV "auto (bf16)"
+    "SGLEP-DECODE-2K": ("fp8", "fp8", "bf16"),  # KV "?": SGLang's "auto", the model's bf16
 }
 
 
@@ -92,7 +99,9 @@ def test_every_case_runs_the_formats_its_source_states():
         for gemm in (f.dense_gemm, f.expert_gemm):
             assert (gemm.storage, gemm.compute) == (weights, compute), case_id
         assert f.kv_cache == kv, case_id
-        assert f.communication == f.attention == f.activations == "bf16", case_id  # engines all-reduce in 16 bits
+        assert f.communication == f.activations == "bf16", case_id  # engines all-reduce in 16 bits
+        # trtllm-bench build --quantization FP8 sets use_fp8_context_fmha (tensorrt_llm/bench/build/build.py)
+        assert f.attention == ("fp8" if case_id.startswith("TRT17-") else "bf16"), case_id
         assert f.lm_head.compute == f.router.compute == "bf16", case_id
 
 
@@ -103,7 +112,8 @@ def test_the_stated_formats_match_the_public_file_where_it_is_present():
     points = {p["id"]: p["precision"] for p in yaml.safe_load(public.read_text())["points"]}
     for case_id, (weights, compute, kv) in SOURCE_PRECISION.items():
         stated = points[case_id]
-        assert (stated["weights"], stated["activations"]) == (weights, compute), case_id
+        formats = [re.findall(r"\b(fp8|bf16|fp16)\b", str(stated[k]))[0] for k in ("weights", "activations")]
+        assert tuple(formats) == (weights, compute), case_id  # "fp8 [inferred]"
         if stated["kv_cache"] != "?":
             assert re.findall(r"\b(fp8|bf16|fp16)\b", str(stated["kv_cache"]))[0] == kv, case_id  # "auto (bf16)"
 
@@ -163,6 +173,8 @@ def test_validate_prints_the_table_median_and_skip_reasons(tmp_path):
     keep = {"TRTON-L70-H100-TP4-QPS8", "DST-VLLM-C16", "SGLEP-DECODE-2K"}
     subset = tmp_path / "subset.yaml"
     cases = [c for c in data["serving_cases"] if c["id"] in keep]
+    skip = "needs what moesim does not model"  # every point of the file runs; a skipped case is made here
+    cases.append({"id": "SKIPPED-X", "source": "test", "measured": {"output_tokens_per_s": 1.0}, "skip": skip})
     subset.write_text(yaml.safe_dump({"serving_cases": cases}, sort_keys=False))
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -176,7 +188,7 @@ def test_validate_prints_the_table_median_and_skip_reasons(tmp_path):
     text = proc.stdout
     for column in ("case", "metric", "measured", "predicted", "error"):
         assert column in text
-    assert "skipped SGLEP-DECODE-2K: EP72 over DeepSeek-V3" in text
+    assert f"skipped SKIPPED-X: {skip}" in text
     with open(out / "validation.csv") as f:
         rows = list(csv.DictReader(f))
     measured_rows = [r for r in rows if not r["skipped"]]
@@ -187,8 +199,9 @@ def test_validate_prints_the_table_median_and_skip_reasons(tmp_path):
         ("DST-VLLM-C16", "output_tokens_per_s"),
         ("DST-VLLM-C16", "ttft_mean_ms"),
         ("DST-VLLM-C16", "tpot_mean_ms"),
+        ("SGLEP-DECODE-2K", "output_tokens_per_s"),
     ]
-    assert [float(r["measured"]) for r in measured_rows] == [1860, 92, 32, 294.0662875, 3368.61, 49.601]
+    assert [float(r["measured"]) for r in measured_rows] == [1860, 92, 32, 294.0662875, 3368.61, 49.601, 200538]
     errors = []
     for r in measured_rows:
         predicted, measured = float(r["predicted"]), float(r["measured"])
@@ -197,6 +210,26 @@ def test_validate_prints_the_table_median_and_skip_reasons(tmp_path):
         assert f"{100 * float(r['error']):+.1f}%" in text
         errors.append(abs(float(r["error"])))
     assert f"median |error| {100 * statistics.median(errors):.1f}%" in text
-    assert [r["case"] for r in rows if r["skipped"]] == ["SGLEP-DECODE-2K"]
+    assert [r["case"] for r in rows if r["skipped"]] == ["SKIPPED-X"]
     md = (out / "validation.md").read_text()
-    assert "| DST-VLLM-C16 | tpot_mean_ms | 49.6 |" in md and "- skipped SGLEP-DECODE-2K:" in md
+    assert "| DST-VLLM-C16 | tpot_mean_ms | 49.6 |" in md and "- skipped SKIPPED-X:" in md
+
+
+def test_a_decode_phase_case_is_a_static_scenario_giving_output_tokens_per_s():
+    base = {"id": "x", "source": "y", "measured": {"output_tokens_per_s": 1.0}, "phase": "decode"}
+    with pytest.raises(ValueError, match="phase: decode: give a static scenario"):
+        ServingCase.model_validate({**base, "scenario": {"serving": {}, "workload": {}}})
+    with pytest.raises(ValueError, match="phase: decode: a decode phase alone gives output_tokens_per_s only"):
+        ServingCase.model_validate({**base, "measured": {"tpot_mean_ms": 1.0}, "scenario": {"workload": {}}})
+
+
+def test_a_decode_phase_is_the_batch_over_the_steady_decode_step():
+    # one microbatch, one stage: the steady step is the mean time between tokens (the KV grows by one per step)
+    data = {**copy.deepcopy(TINY_MOE), "workload": {"batch_size": 4, "input_len_tokens": 16, "output_len_tokens": 6}}
+    data.pop("name")
+    case = ServingCase.model_validate(
+        {"id": "tiny", "source": "test", "measured": {"output_tokens_per_s": 1.0}, "phase": "decode", "scenario": data}
+    )
+    predicted = simulate_case(case).figures["output_tokens_per_s"]
+    tpot_s = run_scenario(case_scenario(case), verify=False).metrics.tpot_s
+    assert predicted == pytest.approx(4 / tpot_s, rel=2e-3)

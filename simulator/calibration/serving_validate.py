@@ -29,6 +29,7 @@ from simulator.calibration.validate import read_case_list
 from simulator.config import ScenarioError, ServingSpec, parse_scenario
 from simulator.config.load import resolve_relative_paths
 from simulator.files import read_yaml
+from simulator.pipeline import RunResult, run_scenario
 from simulator.serving.session import serving_inputs
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import inter_token_latencies_s, request_table, summarize
@@ -61,6 +62,9 @@ class ServingCase(BaseModel):
     measured: dict[ServingMetric, PositiveFloat] = Field(min_length=1)
     scenario: dict[str, Any] | None = None
     simulate_replicas: Literal[1] | None = None  # 1: replica sampling (module docstring); None: every replica
+    #: "decode": a decode phase measured alone at a fixed batch and KV length (a disaggregated decode pool fed
+    #: by a synthetic prefill): a static scenario whose steady decode step gives output_tokens_per_s.
+    phase: Literal["decode"] | None = None
     skip: str | None = Field(default=None, min_length=1)
     notes: str = ""
 
@@ -68,7 +72,12 @@ class ServingCase(BaseModel):
     def _scenario_or_skip(self) -> ServingCase:
         if self.skip is None and self.scenario is None:
             raise ValueError("give a scenario (with a serving section), or skip: <why moesim cannot model it>")
-        if self.scenario is not None and "serving" not in self.scenario:
+        if self.phase == "decode":
+            if self.scenario is not None and ("serving" in self.scenario or "workload" not in self.scenario):
+                raise ValueError("phase: decode: give a static scenario (a workload: section, no serving: section)")
+            if set(self.measured) != {"output_tokens_per_s"}:
+                raise ValueError("phase: decode: a decode phase alone gives output_tokens_per_s only")
+        elif self.scenario is not None and "serving" not in self.scenario:
             raise ValueError("scenario.serving: missing; a serving case simulates a request stream")
         return self
 
@@ -138,8 +147,35 @@ def case_scenario(case: ServingCase):
     return parse_scenario(data, f"case '{case.id}'")
 
 
+def steady_decode_step_s(run: RunResult) -> float:
+    """Seconds between consecutive tokens of microbatch 0 once every prefill is done: the median gap between its
+    decode steps' token nodes from the second decode step on (the first also waits for the other microbatches'
+    prefills). ScenarioError when the run has fewer than three decode steps."""
+    ends = {}
+    for attrs, end in zip(run.dag.attrs, run.sim.end_s):
+        if attrs["op"] == "token" and attrs["phase"] == "decode" and attrs["microbatch"] == 0:
+            ends[attrs["step"]] = end
+    steps = sorted(ends)
+    if len(steps) < 3:
+        raise ScenarioError(
+            f"{run.scenario.name}: phase: decode needs at least 3 decode steps (workload.output_len_tokens >= 4)"
+        )
+    return statistics.median(ends[b] - ends[a] for a, b in zip(steps[1:], steps[2:]))
+
+
+def simulate_decode_phase(case: ServingCase) -> CasePrediction:
+    """A decode phase alone (phase: decode): the static scenario's batch over its steady decode step, every decode
+    step and every GPU simulated."""
+    scenario = case_scenario(case)
+    run = run_scenario(scenario, verify=False, explain=False)
+    figures = {"output_tokens_per_s": scenario.workload.batch_size / steady_decode_step_s(run)}
+    return CasePrediction(figures, scenario.workload.batch_size, 1, 1)
+
+
 def simulate_case(case: ServingCase, base_dir: Path | None = None) -> CasePrediction:
     """Run the serving simulation of one case and read every metric off its summary."""
+    if case.phase == "decode":
+        return simulate_decode_phase(case)
     scenario = case_scenario(case)
     spec, pricer, _ = serving_inputs(scenario)
     requests = generate_requests(spec, base_dir)

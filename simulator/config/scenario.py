@@ -6,7 +6,16 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from simulator.config.errors import LayoutError, StrictModel, divisors
 from simulator.config.model import ModelSpec
@@ -62,6 +71,11 @@ class ParallelSpec(StrictModel):
         default=1, description="expert-parallel degree: experts split over ep ranks, folded onto a stage's dp * tp GPUs"
     )
     etp: PositiveInt = Field(default=1, description="expert tensor parallelism: each expert sharded over etp ranks")
+    redundant_experts: NonNegativeInt = Field(
+        default=0,
+        description="extra expert copies per EP group, placed as EPLB places them (the busiest experts copied, "
+        "copies packed onto the least-loaded ranks); num_experts + redundant_experts must divide by ep",
+    )
     microbatches: PositiveInt = Field(
         default=1, description="microbatches each dp rank's batch is split into (both phases)"
     )
@@ -107,6 +121,8 @@ class ParallelSpec(StrictModel):
             for k, v in (("pp", self.pp), ("dp", self.dp), ("tp", self.tp), ("ep", self.ep), ("etp", self.etp))
             if v > 1
         ]
+        if self.redundant_experts:
+            parts = [f"{x}+{self.redundant_experts}" if x.startswith("EP") else x for x in parts]
         if self.microbatches > 1:
             parts.append(f"mb{self.microbatches}")
         return " ".join(parts) or "single"
@@ -332,10 +348,21 @@ def check_layout(s: Scenario) -> None:
                 f"layer_split needs {p.pp} entries (one per stage) summing to num_layers = {m.num_layers}",
             )
     if m.is_moe:
-        if m.num_experts % p.ep:
+        slots = m.num_experts + p.redundant_experts
+        if slots % p.ep:
+            given = f" + parallel.redundant_experts = {p.redundant_experts}" if p.redundant_experts else ""
+            fill = -m.num_experts % p.ep  # the fewest copies that make ep divide the slots
+            copies = f", or parallel.redundant_experts = {fill}: copies of the busiest experts, as EPLB places them"
             raise LayoutError(
                 "parallel.ep",
-                f"ep = {p.ep} must divide model.num_experts = {m.num_experts} (try {divisors(m.num_experts)})",
+                f"ep = {p.ep} must divide model.num_experts = {m.num_experts}{given} "
+                f"(try ep in {divisors(m.num_experts)}{copies})",
+            )
+        if p.redundant_experts and m.moe_impl == "capacity":
+            raise LayoutError(
+                "parallel.redundant_experts",
+                "redundant expert copies need a routed MoE (model.moe_impl: grouped or per_expert); the capacity "
+                "MoE pads every expert to the same slots",
             )
         ffn = m.expert_ffn_size or 0
         if ffn % p.etp:
@@ -349,8 +376,10 @@ def check_layout(s: Scenario) -> None:
                 "parallel.ep",
                 f"ep * etp = {p.ep * p.etp} must divide dp * tp = {stage_gpus}, the GPUs of a stage it folds onto (valid ep with etp=1: {valid})",
             )
-    elif p.ep != 1 or p.etp != 1:
-        raise LayoutError("parallel.ep", "ep and etp must be 1 for a dense model (num_experts = 0)")
+    elif p.ep != 1 or p.etp != 1 or p.redundant_experts:
+        raise LayoutError(
+            "parallel.ep", "ep and etp must be 1 and redundant_experts 0 for a dense model (num_experts = 0)"
+        )
     if p.num_gpus != s.cluster.num_gpus:
         raise LayoutError(
             "cluster.num_gpus",

@@ -165,7 +165,12 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
         for group, mine, experts_at in self.ep_groups_on[stage]:
             routed_copies = slice_tokens * len(group) * k
             loads, dropped = self.kept_loads(layer, routed_copies)
-            share = {g: sum(loads[e] for e in experts_at[g]) for g in group}  # fraction of copies g receives
+            # (expert, share of its copies) per member: whole experts, or EPLB's copies of this layer's loads
+            slots_at = {g: self.slots_of(layer, g) for g in group} if pl.redundant else None
+            if slots_at is not None:
+                experts_at = {g: [e for e, _ in slots_at[g]] for g in group}
+            part = {g: [f for _, f in slots_at[g]] if slots_at else [1.0] * len(experts_at[g]) for g in group}
+            share = {g: sum(loads[e] * f for e, f in zip(experts_at[g], part[g])) for g in group}  # of all copies
             copy_bytes = (
                 slice_tokens * k * hidden * self.payload_bytes_per_element
             )  # every GPU in the group routes slice_tokens tokens
@@ -192,7 +197,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 deps_of = {g: [routed[g]] for g in group}
             fc2s: dict[int, list[str]] = {}
             for g in mine:
-                tokens_e = [routed_copies * loads[e] for e in experts_at[g]]
+                tokens_e = [routed_copies * loads[e] * f for e, f in zip(experts_at[g], part[g])]
                 fc2s[g] = self.expert_ffns(
                     f"{L}.g{g}",
                     ctx,

@@ -26,6 +26,13 @@ class ExpertBuilder(BlockBuilder):
             self.loads_cache[key] = ([x / copies if copies else 0.0 for x in kept], dropped)
         return self.loads_cache[key]
 
+    def slots_of(self, layer: int, g: int) -> tuple[tuple[int, float], ...]:
+        """GPU g's (expert, share of its copies) pairs in `layer`: its EP rank's slots as EPLB places this layer's
+        routing loads (placement.Placement.rank_slots)."""
+        if layer not in self.layer_loads:
+            self.layer_loads[layer] = routing_loads(self.scenario, layer)
+        return self.pl.rank_slots(tuple(self.layer_loads[layer]))[self.pl.ep_rank_of(g)]
+
     def expert_ffns(self, prefix, ctx, g, deps, experts, tokens_e, dropped=0.0, routed_tokens=None) -> list[str]:
         """FC1, activation, FC2 of this GPU's experts, as the model's moe_impl runs them:
         grouped (one grouped GEMM over exactly the routed tokens), per_expert (a GEMM pair per

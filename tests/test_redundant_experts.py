@@ -1,0 +1,109 @@
+"""Redundant expert copies (parallel.redundant_experts): EPLB's placement by hand, the layout rules, weights per
+GPU, and the token copies each GPU's experts receive in the DAG."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TINY_MOE, make_scenario
+
+from simulator.config import ScenarioError
+from simulator.graph import build_dag
+from simulator.memory import weight_bytes_per_gpu
+from simulator.placement import Placement, eplb_slots, routing_summary
+from simulator.verify import verify_dag
+
+# TINY_MOE (4 experts, top-2, hidden 64, expert FFN 128, gelu, fp16) on 3 GPUs: attention DP3, EP3 with 2 copies:
+# 6 slots, 2 per GPU. Batch 6: 2 sequences of 16 tokens per GPU.
+EP3 = {"tp": 1, "dp": 3, "ep": 3, "pp": 1, "redundant_experts": 2}
+
+
+def _ep3(**parallel):
+    return make_scenario(
+        TINY_MOE,
+        parallel={**EP3, **parallel},
+        cluster={"num_gpus": 3},
+        workload={"batch_size": 6, "input_len_tokens": 16, "output_len_tokens": 3},
+    )
+
+
+def test_skewed_loads_by_hand():
+    # copies: e0 (0.4) then e1 (0.3 > 0.2 = e0's 0.4 / 2); replicas 0.2 e0, 0.2 e0, 0.2 e2, 0.15 e1, 0.15 e1, 0.1 e3
+    # packed heaviest first onto the least-loaded rank with room that lacks the expert: rank 0 gets e0, e2, e1
+    # (0.55), rank 1 e0, e1, e3 (0.45)
+    slots = eplb_slots((0.4, 0.3, 0.2, 0.1), 2, 2)
+    assert slots == (((0, 0.5), (1, 0.5), (2, 1.0)), ((0, 0.5), (1, 0.5), (3, 1.0)))
+
+
+def test_even_routing_over_256_experts_on_72_ranks():
+    slots = eplb_slots((1 / 256,) * 256, 72, 32)
+    assert all(len(rank) == 4 for rank in slots)
+    # whole experts 32..255 dealt round-robin (the 4th round reaches ranks 0-7), then the halves of 0..31 go two by
+    # two to ranks 8..71
+    for r in range(72):
+        whole = [32 + r, 104 + r, 176 + r] + ([248 + r] if r < 8 else [])
+        halves = [] if r < 8 else [(r - 8) // 2]
+        assert slots[r] == tuple(sorted([(e, 1.0) for e in whole] + [(e, 0.5) for e in halves]))
+    loads = [sum(share / 256 for _, share in rank) for rank in slots]
+    assert max(loads) / (sum(loads) / 72) == pytest.approx(1.125)  # 4 / (256 / 72)
+
+
+def test_every_copy_of_every_expert_is_placed_once():
+    loads = (0.05, 0.3, 0.02, 0.13, 0.2, 0.1, 0.15, 0.05)
+    slots = eplb_slots(loads, 4, 4)
+    shares: dict[int, float] = {}
+    for rank in slots:
+        assert len(rank) == 3
+        for e, share in rank:
+            shares[e] = shares.get(e, 0.0) + share
+    assert shares == pytest.approx({e: 1.0 for e in range(8)})
+
+
+def test_without_copies_the_blocks_are_contiguous():
+    pl = Placement.of(make_scenario(TINY_MOE))
+    assert pl.rank_slots((0.25,) * 4) == (((0, 1.0), (1, 1.0)), ((2, 1.0), (3, 1.0)))
+    assert [pl.experts_of_gpu(g) for g in range(4)] == [[0, 1], [2, 3], [0, 1], [2, 3]]
+
+
+def test_copies_make_a_non_dividing_ep_valid():
+    pl = Placement.of(_ep3())
+    assert pl.slots_per_rank == 2
+    # copies: e0, then e1 (ties to the lower index); e2 -> r0, e3 -> r1, e0 -> r2, e0 -> r0, e1 -> r2, e1 -> r1
+    assert [pl.experts_of_gpu(g) for g in range(3)] == [[0, 2], [1, 3], [0, 1]]
+    assert _ep3().parallel.label == "DP3 EP3+2"
+
+
+def test_layout_errors_name_the_field_and_the_fix():
+    with pytest.raises(
+        ScenarioError,
+        match=r"parallel.ep: ep = 3 must divide model.num_experts = 4 \+ "
+        r"parallel.redundant_experts = 1 \(try ep in \[1, 2, 4\], or parallel.redundant_experts = 2",
+    ):
+        _ep3(redundant_experts=1)
+    with pytest.raises(ScenarioError, match="parallel.redundant_experts: redundant expert copies need a routed MoE"):
+        make_scenario(
+            TINY_MOE,
+            model={**TINY_MOE["model"], "moe_impl": "capacity"},
+            parallel={**EP3},
+            cluster={"num_gpus": 3},
+            workload={"batch_size": 6, "input_len_tokens": 16, "output_len_tokens": 3},
+        )
+
+
+def test_weights_count_every_slot():
+    # per layer: attention 16384 + 2 slots x 16384 + router 256 + norms 128 parameters, 4 layers, fp16
+    for g in range(3):
+        assert weight_bytes_per_gpu(_ep3(), g) == 4 * (16384 + 2 * 16384 + 256 + 128) * 2 == 396288
+
+
+def test_each_gpu_gets_its_copies_share_of_the_tokens():
+    s = _ep3()
+    dag = build_dag(s)
+    assert all(c.ok for c in verify_dag(dag, s)), [c for c in verify_dag(dag, s) if not c.ok]
+    # a prefill layer: 32 tokens x top-2 = 64 copies per GPU, 192 per EP group, 48 per expert; GPU 0 holds half of
+    # e0 and all of e2 (24 + 48 = 72 rows), GPU 1 half of e1 and all of e3 (72), GPU 2 halves of e0 and e1 (48)
+    rows = {}
+    for _, a in dag.nodes(data=True):
+        if a["op"] == "expert_fc1" and a["phase"] == "prefill" and a["layer"] == 0:
+            rows[a["gpu"]] = dict(zip(a["experts"], a["expert_tokens"]))
+    assert rows == {0: {0: 24.0, 2: 48.0}, 1: {1: 24.0, 3: 48.0}, 2: {0: 24.0, 1: 24.0}}
+    assert routing_summary(s)["max_over_mean_tokens_per_ep_rank"] == pytest.approx(72 / 64)
