@@ -47,6 +47,10 @@ DEPLOYMENTS: dict[str, tuple[str, list[str]]] = {
             "model.kv_cache_dtype=fp8",
         ],
     ),
+    "dp4_ep4_redundant_experts": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["parallel.pp=1", "parallel.tp=1", "parallel.dp=4", "parallel.ep=4", "parallel.redundant_experts=4"],
+    ),
     "dp2_tp2_ep4_dp_attention_chunked": (
         "scenarios/seed_moe_4gpu_serving.yaml",
         ["parallel.pp=1", "parallel.tp=2", "parallel.dp=2", "parallel.ep=4"],

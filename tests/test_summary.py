@@ -121,6 +121,7 @@ def test_summary_names_the_scenario_layout_and_workload(tiny_summary):
         "dp": 1,
         "ep": 2,
         "etp": 1,
+        "redundant_experts": 0,
         "microbatches": 1,
         "num_gpus": 4,
         "hardware": "h100-sxm-80gb",

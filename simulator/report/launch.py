@@ -58,6 +58,7 @@ class Deployment:
     free_memory_fraction: float | None = None
     block_size_tokens: int | None = None
     admission: str | None = None
+    redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
 
     @property
     def expert_group(self) -> int:
@@ -107,6 +108,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         chunk_size_tokens=chunk,
         microbatches=p.microbatches,
         uneven_split=p.layer_split is not None,
+        redundant_experts=p.redundant_experts,
         **kv,
     )
 
@@ -204,6 +206,12 @@ def vllm_script(scenario: Scenario) -> str:
         )
     if d.moe and d.ep == group and group > 1:
         argv.append("--enable-expert-parallel")
+        if d.redundant_experts:
+            argv += ["--enable-eplb", "--num-redundant-experts", str(d.redundant_experts)]
+            lines.append(
+                f"# EPLB with {d.redundant_experts} redundant expert copies (vLLM 0.11 marks --num-redundant-experts "
+                "deprecated for --eplb-config; both set EPLBConfig.num_redundant_experts)."
+            )
     elif d.moe and group > 1:
         lines.append(f"# Experts tensor-parallel over {group} GPUs (vLLM's default without --enable-expert-parallel).")
     why = _vllm_limits_why_not(d)
@@ -389,6 +397,12 @@ def sglang_script(scenario: Scenario) -> str:
     if d.moe and d.ep > 1:
         argv += ["--ep-size", str(d.ep)]
         lines.append(f"# MoE: expert parallel {d.ep}, tensor parallel tp-size / ep-size = {d.etp} inside each expert.")
+    if d.redundant_experts:
+        argv += ["--ep-num-redundant-experts", str(d.redundant_experts), "--enable-eplb"]
+        lines.append(
+            f"# {d.redundant_experts} redundant expert copies placed by EPLB (without --enable-eplb or "
+            "--init-expert-location SGLang places them trivially: physical expert i holds logical i mod num_experts)."
+        )
     argv += _sglang_limits(d, mode, lines)
     return "\n".join(lines + _command(argv)) + "\n"
 
@@ -468,6 +482,11 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
     if d.moe:
         argv += ["--ep_size", str(d.ep)]
         lines.append(f"# MoE: expert parallel {d.ep}, expert tensor parallel tp_size / ep_size = {d.etp}.")
+        if d.redundant_experts:
+            lines.append(
+                f"# {d.redundant_experts} redundant expert copies: TensorRT-LLM places copies with its MoE load "
+                "balancer (moe_config.load_balancer), whose options were not checked here; set them by hand."
+            )
     if d.max_num_seqs is not None:
         argv += ["--max_batch_size", str(d.max_num_seqs)]  # per rank; with attention DP each rank batches its own
     if d.max_num_batched_tokens is not None:
