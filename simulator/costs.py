@@ -271,13 +271,16 @@ def hierarchical_alltoall_s(
     """All-to-all across nodes: each rank's traffic splits over its peers in proportion to their
     number (n - ranks_per_node of its n - 1 peers are off the node); the off-node part crosses the
     GPU's NIC, the rest NVLink, concurrently. The slower of the two sets the pace: the NIC, unless
-    nearly all peers share the node."""
+    nearly all peers share the node. The NIC's transfers to its off-node peers are issued at once (DeepEP's
+    GPU-initiated RDMA writes, NCCL's grouped send/receive), so they pay one latency, not one per peer: DeepEP's
+    published low-latency dispatch takes 173 us on EP64 and 194 us on EP256 for the same bytes per rank (about
+    0.1 us per added peer; hardware_profiles/measurements/public_alltoall.yaml, benchmarks/bench_alltoall.py)."""
     n = len(send_bytes)
     if nodes <= 1 or n <= 1:
         return alltoall_s(send_bytes, recv_bytes, intra)
     busiest = max(max(send_bytes), max(recv_bytes))
     off = (n - ranks_per_node) / (n - 1)
-    nic_s = busiest * off / (inter.bytes_per_s * inter.efficiency) + (n - ranks_per_node) * inter.latency_s
+    nic_s = busiest * off / (inter.bytes_per_s * inter.efficiency) + inter.latency_s
     nvl_s = busiest * (1.0 - off) / (intra.bytes_per_s * intra.efficiency) + (ranks_per_node - 1) * intra.latency_s
     return max(nic_s, nvl_s)
 
