@@ -337,6 +337,23 @@ def test_collectives_stay_16_bit_under_fp8_gemms_unless_configured():
     assert node(parse_scenario(data, "t"), "tp_allreduce", "prefill")["message_bytes"] == 4096 * 4096 * 1.0
 
 
+def test_the_ep_dispatch_can_move_another_format_than_the_combine():
+    # TINY_MOE (hidden 64, top-2, 4 experts) on EP2 (tp 2, ep 2): each TP rank routes its half of the 4 x 16
+    # tokens, 32 tokens x 2 copies, and sends the copies for the other rank's 2 experts (half): 32 copies x 64
+    data = {
+        **copy.deepcopy(TINY_MOE),
+        "model": {**TINY_MOE["model"], "precision": {"communication": {"dispatch": "fp8"}}},
+    }
+    s = parse_scenario(data, "t")
+    dispatch, combine = node(s, "a2a_dispatch", "prefill"), node(s, "a2a_combine", "prefill")
+    assert list(dispatch["send_bytes"]) == [32 * 64 * 1.0] * 2  # fp8
+    assert list(combine["send_bytes"]) == [32 * 64 * 2.0] * 2  # the model's fp16
+    assert s.model.formats.dispatch_bytes == 1.0 and s.model.formats.payload_bytes == 2.0
+    assert "EP dispatch fp8" in s.model.formats.describe()
+    plain = node(make_scenario(TINY_MOE), "a2a_dispatch", "prefill")
+    assert list(plain["send_bytes"]) == [32 * 64 * 2.0] * 2
+
+
 def test_nvfp4_runs_at_the_fp4_peak_where_the_profile_has_one():
     data = dense("nvfp4")
     data["hardware"] = {"profile": "h100-sxm-80gb", "calibration": None, "peak_flops_per_s": {"fp4": 4.0e15}}

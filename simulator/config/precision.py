@@ -156,6 +156,11 @@ class CommunicationFormats(StrictModel):
     """The payload of collectives (TP all-reduce / all-gather, EP all-to-all, pipeline sends)."""
 
     payload: Format | None = Field(default=None, description="format of the bytes collectives move")
+    dispatch: Format | None = Field(
+        default=None,
+        description="the EP all-to-all dispatch's payload, where it differs from `payload` (DeepEP's low-latency "
+        "mode sends fp8 and combines in bf16); default: `payload`",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -241,6 +246,7 @@ class Precision:
     attention: str
     kv_cache: str
     communication: str
+    dispatch: str = ""  # the EP dispatch's payload; "" = communication's
 
     @property
     def activation_bytes(self) -> float:
@@ -253,6 +259,11 @@ class Precision:
     @property
     def payload_bytes(self) -> float:
         return FORMAT_BYTES[self.communication]
+
+    @property
+    def dispatch_bytes(self) -> float:
+        """Bytes per element the EP all-to-all dispatch moves (the combine moves payload_bytes)."""
+        return FORMAT_BYTES[self.dispatch or self.communication]
 
     @property
     def attention_input_bytes(self) -> float:
@@ -288,6 +299,8 @@ class Precision:
             if g != d and (label == "LM head" or g != self.lm_head):
                 parts.append(f"{label} {g.storage}" + ("" if g.storage == g.compute else f"/{g.compute}"))
         parts += [f"attention {self.attention}", f"KV {self.kv_cache}", f"collectives {self.communication}"]
+        if self.dispatch and self.dispatch != self.communication:
+            parts.append(f"EP dispatch {self.dispatch}")
         if self.activations != self.communication:
             parts.append(f"activations {self.activations}")
         line = f"precision: {self.name} ({', '.join(parts)})"
@@ -360,6 +373,7 @@ def resolve_precision(
         ):
             if given is not None:
                 values[key], overridden = given, True
+        overridden = overridden or spec.communication.dispatch is not None
         if spec.preset is not None and overridden:
             name = f"{spec.preset} + overrides"
     return Precision(
@@ -369,5 +383,6 @@ def resolve_precision(
         attention=values["attention"],
         kv_cache=values["kv_cache"],
         communication=values["communication"],
+        dispatch=(spec.communication.dispatch or "") if spec is not None else "",
         **{c: GemmPrecision(*values[c]) for c in GEMM_CLASSES},
     )

@@ -180,6 +180,7 @@ class BlockBuilder:
         self.weight_bytes_per_element = self.formats.dense_gemm.weight_bytes
         self.kv_bytes_per_element = self.formats.kv_bytes
         self.payload_bytes_per_element = self.formats.payload_bytes  # of collectives
+        self.dispatch_bytes_per_element = self.formats.dispatch_bytes  # of the EP dispatch (the combine: payload)
         self.layer_loads: dict[int, list[float]] = {}
         self.loads_cache: dict[tuple[int, float], tuple[list[float], float]] = {}
         model, tp = self.model, self.pl.tp

@@ -171,11 +171,13 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 experts_at = {g: [e for e, _ in slots_at[g]] for g in group}
             part = {g: [f for _, f in slots_at[g]] if slots_at else [1.0] * len(experts_at[g]) for g in group}
             share = {g: sum(loads[e] * f for e, f in zip(experts_at[g], part[g])) for g in group}  # of all copies
-            copy_bytes = (
-                slice_tokens * k * hidden * self.payload_bytes_per_element
-            )  # every GPU in the group routes slice_tokens tokens
+            # every GPU in the group routes slice_tokens tokens; the dispatch may move another format than the combine
+            copy_bytes = slice_tokens * k * hidden * self.dispatch_bytes_per_element
             send = [copy_bytes * (sum(share.values()) - share[g]) for g in group]
             recv = [copy_bytes * share[g] * (len(group) - 1) for g in group]
+            copy_bytes = slice_tokens * k * hidden * self.payload_bytes_per_element  # the combine returns them
+            back_send = [copy_bytes * share[g] * (len(group) - 1) for g in group]
+            back_recv = [copy_bytes * (sum(share.values()) - share[g]) for g in group]
             n_ranks = len(group)
             if n_ranks > 1:
                 disp = self.collective(
@@ -217,9 +219,9 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                     ctx,
                     group,
                     "all_to_all",
-                    recv,
-                    send,
-                    max(max(send), max(recv)),
+                    back_send,
+                    back_recv,
+                    max(max(back_send), max(back_recv)),
                     (slice_tokens_dim * k if isinstance(slice_tokens_dim, int) else slice_tokens * k, hidden),
                     "ep",
                 )
