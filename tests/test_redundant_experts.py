@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from conftest import TINY_MOE, make_scenario
 
-from simulator.config import ScenarioError
+from simulator.config import ParallelSpec, ScenarioError, with_layout
 from simulator.graph import build_dag
 from simulator.memory import weight_bytes_per_gpu
 from simulator.placement import Placement, eplb_slots, routing_summary
+from simulator.sweep.layouts import enumerate_layouts
 from simulator.verify import verify_dag
 
 # TINY_MOE (4 experts, top-2, hidden 64, expert FFN 128, gelu, fp16) on 3 GPUs: attention DP3, EP3 with 2 copies:
@@ -107,3 +108,25 @@ def test_each_gpu_gets_its_copies_share_of_the_tokens():
             rows[a["gpu"]] = dict(zip(a["experts"], a["expert_tokens"]))
     assert rows == {0: {0: 24.0, 2: 48.0}, 1: {1: 24.0, 3: 48.0}, 2: {0: 24.0, 1: 24.0}}
     assert routing_summary(s)["max_over_mean_tokens_per_ep_rank"] == pytest.approx(72 / 64)
+
+
+def test_a_sweep_keeps_the_scenarios_copies_to_its_own_layout():
+    s = _ep3()
+    layouts = enumerate_layouts(s, microbatches=(1,))
+    own = [p for p in layouts if p.redundant_experts]
+    assert own == [s.parallel]  # the scenario's layout, with its copies, once
+    plain = ParallelSpec.of_degrees(1, 3, 1, 1, 1, 1)
+    assert with_layout(s, plain).parallel.redundant_experts == 0
+    same_degrees = s.parallel.model_copy(update={"redundant_experts": 0})
+    with pytest.raises(ScenarioError, match="ep = 3 must divide"):  # checked, not the scenario returned as is
+        with_layout(s, same_degrees)
+    assert s.parallel.degrees() == {
+        "pp": 1,
+        "dp": 3,
+        "tp": 1,
+        "ep": 3,
+        "etp": 1,
+        "microbatches": 1,
+        "redundant_experts": 2,
+    }
+    assert ParallelSpec(**s.parallel.degrees()) == s.parallel

@@ -93,8 +93,9 @@ class ParallelSpec(StrictModel):
         return self.pp * self.dp * self.tp
 
     def degrees(self) -> dict[str, int]:
-        """The degrees alone, in (pp, dp, tp, ep, etp, microbatches) order (the layer split aside)."""
-        return {
+        """The degrees alone, in (pp, dp, tp, ep, etp, microbatches) order (the layer split aside), then
+        redundant_experts when there are any: what tells two layouts apart and rebuilds one (ParallelSpec(**d))."""
+        out = {
             "pp": self.pp,
             "dp": self.dp,
             "tp": self.tp,
@@ -102,9 +103,12 @@ class ParallelSpec(StrictModel):
             "etp": self.etp,
             "microbatches": self.microbatches,
         }
+        if self.redundant_experts:
+            out["redundant_experts"] = self.redundant_experts
+        return out
 
     def sort_key(self) -> tuple[int, ...]:
-        return (self.pp, self.dp, self.tp, self.ep, self.etp, self.microbatches)
+        return (self.pp, self.dp, self.tp, self.ep, self.etp, self.microbatches, self.redundant_experts)
 
     def __lt__(self, other: ParallelSpec) -> bool:  # layouts sort by their degrees, pp first
         return self.sort_key() < other.sort_key()

@@ -180,10 +180,23 @@ def comparison_rows(results: Sequence[LayoutResult], target_names: Sequence[str]
     """One row per layout, in `results` order: the columns of comparison.csv (`serving_*` ones when any
     layout has serving figures)."""
     rows = [_row(r, target_names) for r in results]
+    if any(r.layout.redundant_experts for r in results):  # the column, after microbatches, for every row
+        rows = [with_redundant_experts(row, r.layout.redundant_experts) for row, r in zip(rows, results)]
     serving = sorted({k for r in results for k in r.serving})
     for row, r in zip(rows, results):
         row.update({f"serving_{k}": r.serving.get(k, math.nan) for k in serving})
     return rows
+
+
+def with_redundant_experts(row: dict, redundant_experts: int) -> dict:
+    """`row` with a redundant_experts column right after its microbatches column."""
+    out = {}
+    for k, v in row.items():
+        if k != "redundant_experts":
+            out[k] = v
+        if k == "microbatches":
+            out["redundant_experts"] = redundant_experts
+    return out
 
 
 def comparison_csv(results: Sequence[LayoutResult], target_names: Sequence[str]) -> str:

@@ -115,6 +115,7 @@ def search_csv(results: Sequence[SearchResult]) -> str:
         "ep",
         "etp",
         "microbatches",
+        *(["redundant_experts"] if any(r.candidate.layout.redundant_experts for r in results) else []),
         "pools",
         "weight_dtype",
         "kv_cache_dtype",
@@ -166,6 +167,8 @@ def search_csv(results: Sequence[SearchResult]) -> str:
             "price_per_gpu_hour_usd": r.price_per_gpu_hour_usd,
             "cost_per_million_output_tokens_usd": r.cost_per_million_output_tokens_usd,
         }
+        if "redundant_experts" in fields and c.kind != "disaggregated":
+            row.setdefault("redundant_experts", 0)
         writer.writerow({k: _text(v) for k, v in row.items()})
     return buffer.getvalue()
 
