@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from simulator.config import load_scenario
-from simulator.report.launch import launch_files
+from simulator.report.launch import launch_files, sglang_script, trtllm_files, vllm_script
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "launch"
@@ -165,3 +165,29 @@ def test_a_static_batch_writes_no_kv_settings():
     files = launch_files(load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml"))
     text = "".join(files.values())
     assert not any(k in text for k in ("--block-size", "--page-size", "capacity_scheduler_policy", "KV memory"))
+
+
+def test_two_microbatches_on_one_expert_parallel_stage_are_named_two_batch_overlap():
+    s = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu.yaml",
+        ["parallel.pp=1", "parallel.tp=1", "parallel.dp=4", "parallel.ep=4", "parallel.microbatches=2"],
+    )
+    for text in (vllm_script(s), sglang_script(s)):
+        assert "SGLang's --enable-two-batch-overlap, vLLM's --enable-dbo. Not written" in text
+        assert "--enable-two-batch-overlap \\" not in text and "--enable-dbo \\" not in text
+        assert "has no engine flag" not in text
+    pp2 = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml", ["parallel.microbatches=2"])
+    assert "has no engine flag" in vllm_script(pp2)  # microbatches over pipeline stages
+
+
+def test_redundant_experts_become_each_engines_eplb_settings():
+    s = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu.yaml",
+        ["parallel.pp=1", "parallel.tp=1", "parallel.dp=4", "parallel.ep=4", "parallel.redundant_experts=4"],
+    )
+    assert "--enable-eplb \\\n  --num-redundant-experts 4" in vllm_script(s)
+    assert "--ep-num-redundant-experts 4 \\\n  --enable-eplb" in sglang_script(s)
+    assert (
+        "4 redundant expert copies: TensorRT-LLM places copies with its MoE load balancer"
+        in trtllm_files(s)["trtllm.sh"]
+    )

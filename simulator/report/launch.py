@@ -61,6 +61,11 @@ class Deployment:
     redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
 
     @property
+    def two_batch_overlap(self) -> bool:
+        """Two microbatches on a single stage of an expert-parallel MoE: the engines' two-batch overlap."""
+        return self.microbatches == 2 and self.pp == 1 and self.moe and self.ep > 1
+
+    @property
     def expert_group(self) -> int:
         return self.ep * self.etp
 
@@ -131,7 +136,14 @@ def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
             "# Note: the scenario simulates one static batch; the engines batch continuously. The per-replica "
             "batch is written as the running-request limit."
         )
-    if d.microbatches > 1:
+    if d.two_batch_overlap:
+        lines.append(
+            "# Note: moesim's 2 microbatches on one stage with expert parallelism overlap one half-batch's all-to-all "
+            "with the other's compute: SGLang's --enable-two-batch-overlap, vLLM's --enable-dbo. Not written: both "
+            "need a DeepEP-class all-to-all backend (SGLang --moe-a2a-backend deepep, vLLM --all2all-backend), "
+            "whose setup this writer does not check."
+        )
+    elif d.microbatches > 1:
         lines.append(
             f"# Note: moesim's microbatches = {d.microbatches} (static batch split) has no engine flag; the engines "
             "keep one batch in flight per pipeline stage."
