@@ -9,7 +9,9 @@ from conftest import TINY_MOE, make_scenario
 from simulator.config import ParallelSpec, ScenarioError, with_layout
 from simulator.graph import build_dag
 from simulator.memory import weight_bytes_per_gpu
+from simulator.pipeline import run_scenario
 from simulator.placement import Placement, eplb_slots, routing_summary
+from simulator.report.summary import summary_dict, summary_markdown
 from simulator.sweep.layouts import enumerate_layouts
 from simulator.verify import verify_dag
 
@@ -130,3 +132,9 @@ def test_a_sweep_keeps_the_scenarios_copies_to_its_own_layout():
         "redundant_experts": 2,
     }
     assert ParallelSpec(**s.parallel.degrees()) == s.parallel
+
+
+def test_the_summary_names_the_copies():
+    summary = summary_dict(run_scenario(_ep3(), verify=False))
+    assert summary["layout"]["redundant_experts"] == 2
+    assert "TP=1 EP=3 (+2 redundant experts) ETP=1 PP=1 DP=3" in summary_markdown(summary)

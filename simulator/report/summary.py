@@ -177,13 +177,19 @@ def _fmt_metric(metric: str, value: float) -> str:
     return f"{value:.4g}"
 
 
+def _copies(layout: dict) -> str:
+    """' (+32 redundant experts)' after the EP degree when the layout has copies, else ''."""
+    n = layout.get("redundant_experts", 0)
+    return f" (+{n} redundant experts)" if n else ""
+
+
 def summary_markdown(summary: dict) -> str:
     lay = summary["layout"]
     lines = [
         f"# moesim run: {summary['scenario']}",
         "",
         f"Model `{summary['model']}` on {lay['num_gpus']} x `{lay['hardware']}`, "
-        f"TP={lay['tp']} EP={lay['ep']} ETP={lay['etp']} PP={lay['pp']} DP={lay['dp']}, "
+        f"TP={lay['tp']} EP={lay['ep']}{_copies(lay)} ETP={lay['etp']} PP={lay['pp']} DP={lay['dp']}, "
         f"{lay['microbatches']} microbatch(es), {lay['mode']} decode. Workload: "
         f"batch {summary['workload']['batch_size']}, input {summary['workload']['input_len_tokens']}, "
         f"output {summary['workload']['output_len_tokens']} tokens.",
@@ -361,7 +367,7 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
     lay = summary["layout"]
     console.print(
         f"[bold]{escape(summary['scenario'])}[/bold]: {escape(summary['model'])} on {lay['num_gpus']} x {lay['hardware']}, "
-        f"TP={lay['tp']} EP={lay['ep']} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
+        f"TP={lay['tp']} EP={lay['ep']}{_copies(lay)} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
         f"{lay['microbatches']} microbatch(es), {lay['mode']} decode"
     )
     console.print(escape(precision_line(run.scenario.model.formats, run.hardware)))
