@@ -138,3 +138,25 @@ def test_the_summary_names_the_copies():
     summary = summary_dict(run_scenario(_ep3(), verify=False))
     assert summary["layout"]["redundant_experts"] == 2
     assert "TP=1 EP=3 (+2 redundant experts) ETP=1 PP=1 DP=3" in summary_markdown(summary)
+
+
+def test_a_scenario_with_copies_sweeps_every_ep_of_a_stage_with_the_fewest_copies():
+    six = make_scenario(
+        TINY_MOE,
+        parallel={"tp": 1, "dp": 6, "ep": 6, "pp": 1, "redundant_experts": 2},
+        cluster={"num_gpus": 6, "gpus_per_node": 6},
+        workload={"batch_size": 6, "input_len_tokens": 16, "output_len_tokens": 3},
+    )
+    found = {(p.ep, p.redundant_experts) for p in enumerate_layouts(six, microbatches=(1,)) if p.pp == 1 and p.tp == 1}
+    # 4 experts: ep 1, 2 need no copies; 3 needs 2 (6 slots), 6 needs 2 (1 slot per rank)
+    assert found == {(1, 0), (2, 0), (3, 2), (6, 2)}
+    plain = make_scenario(
+        TINY_MOE,
+        parallel={"tp": 1, "dp": 6, "ep": 2, "pp": 1},
+        cluster={"num_gpus": 6, "gpus_per_node": 6},
+        workload={"batch_size": 6, "input_len_tokens": 16, "output_len_tokens": 3},
+    )
+    found = {
+        (p.ep, p.redundant_experts) for p in enumerate_layouts(plain, microbatches=(1,)) if p.pp == 1 and p.tp == 1
+    }
+    assert found == {(1, 0), (2, 0)}  # 4 does not divide 6 GPUs; without copies ep divides the experts

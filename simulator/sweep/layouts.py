@@ -17,19 +17,31 @@ def enumerate_layouts(
     scenario: Scenario, num_gpus: int | None = None, microbatches: Sequence[int] = DEFAULT_MICROBATCHES
 ) -> list[ParallelSpec]:
     """Every valid layout on `num_gpus` (default: the scenario's), in a fixed order; the scenario's
-    own layout is always included when it has that many GPUs (with its microbatch count)."""
+    own layout is always included when it has that many GPUs (with its microbatch count).
+
+    Expert parallelism takes the divisors of the experts. A scenario that uses redundant expert copies
+    (parallel.redundant_experts > 0) opts into EPLB: its sweep also takes every ep that divides a stage's GPUs,
+    each with the fewest copies that fill its ranks ((-num_experts) mod ep; none where ep divides the experts)."""
     n = num_gpus or scenario.num_gpus
     own = scenario.parallel.without_split()
     options = sorted(set(microbatches) | ({own.microbatches} if own.num_gpus == n else set()))
     experts = scenario.model.num_experts
+    eplb = bool(experts and own.redundant_experts)
     layouts = []
     for pp in divisors(n):
         for tp in divisors(n // pp):
             dp = n // (pp * tp)
-            for ep in divisors(experts) if experts else [1]:
+            if not experts:
+                eps = [1]
+            else:
+                eps = sorted(set(divisors(experts)) | set(divisors(dp * tp))) if eplb else divisors(experts)
+            for ep in eps:
+                copies = -experts % ep if eplb else 0
                 for etp in divisors(dp * tp) if experts else [1]:
                     for mb in options:
-                        layout = ParallelSpec.of_degrees(pp, dp, tp, ep, etp, mb)
+                        layout = ParallelSpec(
+                            pp=pp, dp=dp, tp=tp, ep=ep, etp=etp, microbatches=mb, redundant_experts=copies
+                        )
                         try:
                             with_layout(scenario, layout)
                         except ScenarioError:
