@@ -93,9 +93,13 @@ class Placement:
         fraction loads[e]: without redundant copies the contiguous blocks (rank r holds experts r*n .. r*n+n-1, each
         whole); with them, EPLB's placement of those loads (eplb_slots)."""
         if not self.redundant:
-            n = self.slots_per_rank
-            return tuple(tuple((e, 1.0) for e in range(r * n, (r + 1) * n)) for r in range(self.ep))
+            return self._contiguous_slots
         return eplb_slots(loads, self.ep, self.redundant)
+
+    @cached_property
+    def _contiguous_slots(self) -> tuple[tuple[tuple[int, float], ...], ...]:
+        n = self.slots_per_rank
+        return tuple(tuple((e, 1.0) for e in range(r * n, (r + 1) * n)) for r in range(self.ep))
 
     def experts_of_gpu(self, gpu: int) -> list[int]:
         """Experts whose weights (or etp shard of them) this GPU holds; with redundant copies, as placed for

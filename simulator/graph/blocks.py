@@ -182,6 +182,7 @@ class BlockBuilder:
         self.payload_bytes_per_element = self.formats.payload_bytes  # of collectives
         self.dispatch_bytes_per_element = self.formats.dispatch_bytes  # of the EP dispatch (the combine: payload)
         self.layer_loads: dict[int, list[float]] = {}
+        self.slots_cache: dict[int, tuple[tuple[tuple[int, float], ...], ...]] = {}  # per layer, per EP rank
         self.loads_cache: dict[tuple[int, float], tuple[list[float], float]] = {}
         model, tp = self.model, self.pl.tp
         self.heads_local = model.num_heads // tp
@@ -256,17 +257,10 @@ class BlockBuilder:
         ]
 
     @cached_property
-    def ep_groups_on(self) -> list[list[tuple[list[int], list[int], dict[int, list[int]]]]]:
-        """Per stage, (EP group, its materialised GPUs, each member's experts) for the groups with any."""
+    def ep_groups_on(self) -> list[list[tuple[list[int], list[int]]]]:
+        """Per stage, (EP group, its materialised GPUs) for the groups with any."""
         pl = self.pl
-        return [
-            [
-                (grp, mine, {g: pl.experts_of_gpu(g) for g in grp})
-                for grp in pl.ep_groups(st)
-                if (mine := self.on_gpus(grp))
-            ]
-            for st in range(pl.pp)
-        ]
+        return [[(grp, mine) for grp in pl.ep_groups(st) if (mine := self.on_gpus(grp))] for st in range(pl.pp)]
 
     # -- primitive adders ------------------------------------------------------------------
     def add(self, nid: str, deps, **attrs) -> str:

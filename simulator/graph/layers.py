@@ -162,15 +162,12 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             )
 
         moe_out: dict[int, list[str]] = {}
-        for group, mine, experts_at in self.ep_groups_on[stage]:
+        for group, mine in self.ep_groups_on[stage]:
             routed_copies = slice_tokens * len(group) * k
             loads, dropped = self.kept_loads(layer, routed_copies)
             # (expert, share of its copies) per member: whole experts, or EPLB's copies of this layer's loads
-            slots_at = {g: self.slots_of(layer, g) for g in group} if pl.redundant else None
-            if slots_at is not None:
-                experts_at = {g: [e for e, _ in slots_at[g]] for g in group}
-            part = {g: [f for _, f in slots_at[g]] if slots_at else [1.0] * len(experts_at[g]) for g in group}
-            share = {g: sum(loads[e] * f for e, f in zip(experts_at[g], part[g])) for g in group}  # of all copies
+            slots_at = {g: self.slots_of(layer, g) for g in group}
+            share = {g: sum(loads[e] * f for e, f in slots_at[g]) for g in group}  # of all copies
             # every GPU in the group routes slice_tokens tokens; the dispatch may move another format than the combine
             copy_bytes = slice_tokens * k * hidden * self.dispatch_bytes_per_element
             send = [copy_bytes * (sum(share.values()) - share[g]) for g in group]
@@ -199,13 +196,13 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 deps_of = {g: [routed[g]] for g in group}
             fc2s: dict[int, list[str]] = {}
             for g in mine:
-                tokens_e = [routed_copies * loads[e] * f for e, f in zip(experts_at[g], part[g])]
+                tokens_e = [routed_copies * loads[e] * f for e, f in slots_at[g]]
                 fc2s[g] = self.expert_ffns(
                     f"{L}.g{g}",
                     ctx,
                     g,
                     deps_of[g],
-                    experts_at[g],
+                    [e for e, _ in slots_at[g]],
                     tokens_e,
                     dropped if g == group[0] else 0.0,
                     routed_copies / k,

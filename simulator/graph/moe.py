@@ -27,11 +27,13 @@ class ExpertBuilder(BlockBuilder):
         return self.loads_cache[key]
 
     def slots_of(self, layer: int, g: int) -> tuple[tuple[int, float], ...]:
-        """GPU g's (expert, share of its copies) pairs in `layer`: its EP rank's slots as EPLB places this layer's
-        routing loads (placement.Placement.rank_slots)."""
-        if layer not in self.layer_loads:
-            self.layer_loads[layer] = routing_loads(self.scenario, layer)
-        return self.pl.rank_slots(tuple(self.layer_loads[layer]))[self.pl.ep_rank_of(g)]
+        """GPU g's (expert, share of its copies) pairs in `layer` (placement.Placement.rank_slots: the contiguous
+        blocks, or EPLB's placement of this layer's routing loads when there are redundant copies)."""
+        if layer not in self.slots_cache:
+            if layer not in self.layer_loads:
+                self.layer_loads[layer] = routing_loads(self.scenario, layer)
+            self.slots_cache[layer] = self.pl.rank_slots(tuple(self.layer_loads[layer]))
+        return self.slots_cache[layer][self.pl.ep_rank_of(g)]
 
     def expert_ffns(self, prefix, ctx, g, deps, experts, tokens_e, dropped=0.0, routed_tokens=None) -> list[str]:
         """FC1, activation, FC2 of this GPU's experts, as the model's moe_impl runs them:
