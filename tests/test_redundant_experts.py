@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import TINY_MOE, make_scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator.config import ParallelSpec, ScenarioError, with_layout
 from simulator.graph import build_dag
@@ -160,3 +162,32 @@ def test_a_scenario_with_copies_sweeps_every_ep_of_a_stage_with_the_fewest_copie
         (p.ep, p.redundant_experts) for p in enumerate_layouts(plain, microbatches=(1,)) if p.pp == 1 and p.tp == 1
     }
     assert found == {(1, 0), (2, 0)}  # 4 does not divide 6 GPUs; without copies ep divides the experts
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 24).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=n, max_size=n).filter(lambda w: sum(w) > 0),
+            st.integers(1, 12),
+            st.integers(0, 30),
+        )
+    )
+)
+def test_eplb_places_every_copy_of_every_expert_and_fills_every_rank(case):
+    weights, ep, extra = case
+    n = len(weights)
+    redundant = extra + (-n - extra) % ep  # a copy count that fills the ranks
+    loads = tuple(w / sum(weights) for w in weights)
+    slots = eplb_slots(loads, ep, redundant)
+    assert len(slots) == ep
+    shares: dict[int, float] = {}
+    for rank in slots:
+        assert len({e for e, _ in rank}) == len(rank)  # a rank lists an expert once (its copies merged)
+        for e, share in rank:
+            assert 0.0 < share <= 1.0
+            shares[e] = shares.get(e, 0.0) + share
+    assert shares == pytest.approx(dict.fromkeys(range(n), 1.0))  # every expert's tokens, all of them, placed
+    # every rank lists at most its slots (copies of one expert on one rank are merged into one entry)
+    assert all(len(rank) <= (n + redundant) // ep for rank in slots)
+    assert n <= sum(len(rank) for rank in slots) <= n + redundant
