@@ -188,6 +188,6 @@ def test_redundant_experts_become_each_engines_eplb_settings():
     assert "--enable-eplb \\\n  --num-redundant-experts 4" in vllm_script(s)
     assert "--ep-num-redundant-experts 4 \\\n  --enable-eplb" in sglang_script(s)
     assert (
-        "4 redundant expert copies: TensorRT-LLM places copies with its MoE load balancer"
+        "moe_config.load_balancer.num_slots = 20 (MoeLoadBalancerConfig)"
         in trtllm_files(s)["trtllm.sh"]
     )

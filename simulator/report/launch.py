@@ -59,6 +59,7 @@ class Deployment:
     block_size_tokens: int | None = None
     admission: str | None = None
     redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
+    num_experts: int = 0
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -114,6 +115,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         microbatches=p.microbatches,
         uneven_split=p.layer_split is not None,
         redundant_experts=p.redundant_experts,
+        num_experts=m.num_experts,
         **kv,
     )
 
@@ -496,8 +498,9 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
         lines.append(f"# MoE: expert parallel {d.ep}, expert tensor parallel tp_size / ep_size = {d.etp}.")
         if d.redundant_experts:
             lines.append(
-                f"# {d.redundant_experts} redundant expert copies: TensorRT-LLM places copies with its MoE load "
-                "balancer (moe_config.load_balancer), whose options were not checked here; set them by hand."
+                f"# {d.redundant_experts} redundant expert copies: TensorRT-LLM's MoE load balancer takes them as "
+                f"moe_config.load_balancer.num_slots = {d.num_experts + d.redundant_experts} (MoeLoadBalancerConfig); "
+                "not written: which MoE backends accept it was not checked here."
             )
     if d.max_num_seqs is not None:
         argv += ["--max_batch_size", str(d.max_num_seqs)]  # per rank; with attention DP each rank batches its own
