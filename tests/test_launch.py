@@ -187,7 +187,4 @@ def test_redundant_experts_become_each_engines_eplb_settings():
     )
     assert "--enable-eplb \\\n  --num-redundant-experts 4" in vllm_script(s)
     assert "--ep-num-redundant-experts 4 \\\n  --enable-eplb" in sglang_script(s)
-    assert (
-        "moe_config.load_balancer.num_slots = 20 (MoeLoadBalancerConfig)"
-        in trtllm_files(s)["trtllm.sh"]
-    )
+    assert "moe_config.load_balancer.num_slots = 20 (MoeLoadBalancerConfig)" in trtllm_files(s)["trtllm.sh"]
