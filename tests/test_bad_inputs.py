@@ -173,8 +173,8 @@ ROWS = [
     Row(
         "non-dividing-ep",
         "expert parallelism not dividing experts",
-        "parallel.ep: ep = 3 must divide model.num_experts = 4 (try ep in [1, 2, 4], or parallel.redundant_experts = 2: "
-        "copies of the busiest experts, as EPLB places them)",
+        "parallel.ep: ep = 3 must divide model.num_experts = 4 (try ep in [1, 2, 4], or parallel.redundant_experts = 2 "
+        "plus any multiple of 3: copies of the busiest experts, as EPLB places them)",
         _file(_scenario(parallel__ep=3)),
     ),
     Row(

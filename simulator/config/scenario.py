@@ -356,7 +356,10 @@ def check_layout(s: Scenario) -> None:
         if slots % p.ep:
             given = f" + parallel.redundant_experts = {p.redundant_experts}" if p.redundant_experts else ""
             fill = -m.num_experts % p.ep  # the fewest copies that make ep divide the slots
-            copies = f", or parallel.redundant_experts = {fill}: copies of the busiest experts, as EPLB places them"
+            copies = (
+                f", or parallel.redundant_experts = {fill} plus any multiple of {p.ep}: copies of the busiest experts, "
+                "as EPLB places them"
+            )
             raise LayoutError(
                 "parallel.ep",
                 f"ep = {p.ep} must divide model.num_experts = {m.num_experts}{given} "
