@@ -225,6 +225,38 @@ def ring_allreduce_s(message_bytes: float, n: int, link: LinkSpec) -> float:
     return 2.0 * (n - 1) / n * message_bytes / bw + 2.0 * (n - 1) * link.latency_s
 
 
+def oneshot_allreduce_s(message_bytes: float, n: int, link: LinkSpec) -> float:
+    """One-shot all-reduce over peer memory (an engine's custom all-reduce inside one NVLink node): after a
+    barrier every rank reads the whole S from each of its n - 1 peers at once and sums; a second barrier ends
+    it. (n-1) * S / bw + 2 * latency."""
+    if n <= 1:
+        return 0.0
+    bw = link.bytes_per_s * link.efficiency
+    return (n - 1) * message_bytes / bw + 2.0 * link.latency_s
+
+
+def twoshot_allreduce_s(message_bytes: float, n: int, link: LinkSpec) -> float:
+    """Two-shot all-reduce over peer memory: a reduce-scatter (each rank reads its 1/n of S from the n - 1
+    peers and sums it), then an all-gather (each reads the other ranks' reduced 1/n), with a barrier before,
+    between and after. 2(n-1)/n * S / bw + 3 * latency."""
+    if n <= 1:
+        return 0.0
+    bw = link.bytes_per_s * link.efficiency
+    return 2.0 * (n - 1) / n * message_bytes / bw + 3.0 * link.latency_s
+
+
+def custom_allreduce_s(message_bytes: float, n: int, link: LinkSpec, max_bytes: float) -> float:
+    """An engine's custom all-reduce inside one NVLink node (vLLM's and SGLang's custom_all_reduce, TensorRT-LLM's
+    AUTO strategy): the fastest of one-shot, two-shot and NCCL's ring for a message that fits the engine's
+    buffer (S < max_bytes, as the engines test it), NCCL's ring from there on. One-shot wins small messages (2 latencies instead of the
+    ring's 2(n-1)), two-shot the middle; on two GPUs all three move the same bytes. Checked on published
+    micro-benchmarks: hardware_profiles/measurements/public_allreduce.yaml, benchmarks/bench_allreduce.py."""
+    ring = ring_allreduce_s(message_bytes, n, link)
+    if message_bytes >= max_bytes:
+        return ring
+    return min(oneshot_allreduce_s(message_bytes, n, link), twoshot_allreduce_s(message_bytes, n, link), ring)
+
+
 def allgather_s(message_bytes: float, n: int, link: LinkSpec) -> float:
     """Ring all-gather (or reduce-scatter) of a total of S bytes: (n-1)/n * S / bw + (n-1) * latency."""
     if n <= 1:

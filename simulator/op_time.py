@@ -8,8 +8,16 @@ from simulator.config.hardware import Calibration, HardwareProfile, attention_fi
 from simulator.graph.dag import COMM, MARKER, ROUTING  # NodeKind members, bound once (hot loops)
 
 
-def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: bool = False) -> tuple[float, str]:
-    """Duration of one node on the profile, and what bounds it."""
+def node_time_s(
+    attrs: dict,
+    hw: HardwareProfile,
+    gpn: int,
+    eager: bool,
+    gated: bool = False,
+    custom_allreduce_max_bytes: float | None = None,
+) -> tuple[float, str]:
+    """Duration of one node on the profile, and what bounds it. custom_allreduce_max_bytes: the engine's custom
+    all-reduce buffer (runtime.allreduce custom), used by an all-reduce inside one node; None: NCCL's ring."""
     kind = attrs["kind"]
     if kind == MARKER:
         return 0.0, "none"
@@ -25,7 +33,10 @@ def node_time_s(attrs: dict, hw: HardwareProfile, gpn: int, eager: bool, gated: 
         intra, inter = hw.intra_node, hw.inter_node
         coll = attrs["collective"]
         if coll == "all_reduce":
-            time_s = costs.hierarchical_allreduce_s(attrs["message_bytes"], local, nodes, intra, inter)
+            if same_node and custom_allreduce_max_bytes is not None:
+                time_s = costs.custom_allreduce_s(attrs["message_bytes"], local, intra, custom_allreduce_max_bytes)
+            else:
+                time_s = costs.hierarchical_allreduce_s(attrs["message_bytes"], local, nodes, intra, inter)
         elif coll in ("all_gather", "reduce_scatter"):
             time_s = costs.hierarchical_allgather_s(attrs["message_bytes"], local, nodes, intra, inter)
         elif coll == "all_to_all":

@@ -242,6 +242,7 @@ def simulate_dag(
     gpn = gpus_per_node(scenario, hw)
     decode_eager = scenario.runtime.mode == "eager"  # prefill runs eagerly in both modes (vLLM captures decode only)
     gated = scenario.model.gated
+    custom_ar = scenario.runtime.custom_allreduce_max_bytes if scenario.runtime.allreduce == "custom" else None
     keep = frozenset(dag.graph.get("representatives") or ()) or None
 
     # Copies of an earlier node (graph.blocks.BlockBuilder.layer_reused) take its cost and resources: only
@@ -255,7 +256,7 @@ def simulate_dag(
     for i, a in dag.distinct():
         # device time: the host's dispatch is its own task (host_tasks), not a floor on the kernel
         eager = not host_thread and (a["phase"] == "prefill" or decode_eager)
-        durations_s[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated)
+        durations_s[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated, custom_ar)
         dispatch_s[i] = host_dispatch_s(a, hw)
         held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads (keep is fixed)
         held = held_of.get(held_key)

@@ -112,6 +112,21 @@ class KernelsSpec(StrictModel):
     source: str = Field(min_length=1)
 
 
+class AllReduceSpec(StrictModel):
+    """The engine's tensor-parallel all-reduce (runtime.allreduce): `custom` runs its own one-shot / two-shot
+    kernels over peer memory inside one NVLink node for messages up to `max_bytes` (its buffer), NCCL beyond."""
+
+    algorithm: Literal["nccl", "custom"]
+    max_bytes: float | None = Field(default=None, ge=1.0, le=1e12)
+    source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sized(self) -> AllReduceSpec:
+        if self.algorithm == "custom" and self.max_bytes is None:
+            raise ValueError("max_bytes: a custom all-reduce needs its buffer size (the largest message it takes)")
+        return self
+
+
 class SchedulerDefaultsSpec(StrictModel):
     """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batch
     limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV memory rule
@@ -161,6 +176,7 @@ class EngineProfile(StrictModel):
     cuda_graph: CudaGraphSpec | None = None  # None: the engine replays no graphs (every iteration eager)
     host: HostTimeSpec
     kernels: KernelsSpec
+    allreduce: AllReduceSpec | None = None  # None: NCCL (runtime.allreduce nccl)
     scheduler_defaults: SchedulerDefaultsSpec | None = None  # None: moesim's own scheduler defaults
 
 

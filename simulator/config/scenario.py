@@ -219,12 +219,33 @@ class RuntimeSpec(StrictModel):
         description="fused: one kernel per DAG operator (serving engines); pytorch: plain PyTorch ops with "
         "their helper kernels",
     )
+    allreduce: Literal["nccl", "custom"] = Field(
+        default="custom",
+        description="custom (the default with framework fused): the serving engines' custom all-reduce inside one "
+        "NVLink node (vLLM, SGLang, TensorRT-LLM: the fastest of one-shot, two-shot and NCCL's ring for a message "
+        "below custom_allreduce_max_bytes, the ring above); nccl (the default with framework pytorch, as "
+        "torch.distributed): every all-reduce as NCCL's ring",
+    )
+    custom_allreduce_max_bytes: float = Field(
+        default=8 * 1024 * 1024,
+        ge=1.0,
+        le=1e12,
+        description="the custom all-reduce's buffer: messages of this size or more go to NCCL (vLLM's max_size, 8 MiB)",
+    )
     memory_reserve_bytes: float = Field(
         default=1.0e9,
         ge=0.0,
         le=1e15,
         description="memory per GPU held back: CUDA context, NCCL buffers, allocator slack",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _allreduce_of_the_framework(cls, data):
+        """Plain PyTorch all-reduces through NCCL (torch.distributed) unless the scenario says otherwise."""
+        if isinstance(data, dict) and data.get("framework") == "pytorch" and "allreduce" not in data:
+            return {**data, "allreduce": "nccl"}
+        return data
 
 
 TargetMetric = Literal[

@@ -66,7 +66,9 @@ def serving_inputs(scenario: Scenario) -> tuple[ServingSpec, IterationPricer, in
 
 def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
     """The scenario running the engine's kernels: model.moe_impl and runtime.framework from the profile unless
-    the scenario sets them; a ScenarioError (one line) when it sets them otherwise."""
+    the scenario sets them, a ScenarioError (one line) when it sets them otherwise; runtime.allreduce and
+    custom_allreduce_max_bytes from the profile's all-reduce unless the scenario sets them (an engine's custom
+    all-reduce can be turned off, e.g. vLLM's --disable-custom-all-reduce)."""
     k = profile.kernels
     model, runtime = scenario.model, scenario.runtime
     for section, field, mine, theirs in (
@@ -79,10 +81,17 @@ def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
                 f"{scenario.name}: {section}.{field} = {mine} contradicts serving.engine {profile.name}, which runs "
                 f"{field} {theirs} ({k.source}); remove {section}.{field} or serving.engine"
             )
+    runtime_update: dict = {"framework": k.framework}
+    ar = profile.allreduce
+    if ar is not None:  # the scenario's own all-reduce wins (e.g. vLLM's --disable-custom-all-reduce)
+        if "allreduce" not in runtime.model_fields_set:
+            runtime_update["allreduce"] = ar.algorithm
+        if ar.max_bytes is not None and "custom_allreduce_max_bytes" not in runtime.model_fields_set:
+            runtime_update["custom_allreduce_max_bytes"] = ar.max_bytes
     return scenario.model_copy(
         update={
             "model": model.model_copy(update={"moe_impl": k.moe_impl}),
-            "runtime": runtime.model_copy(update={"framework": k.framework}),
+            "runtime": runtime.model_copy(update=runtime_update),
         }
     )
 

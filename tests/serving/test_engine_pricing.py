@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from simulator.config import ScenarioError, load_scenario
 from simulator.config.engine import (
+    AllReduceSpec,
     CudaGraphSpec,
     EngineProfile,
     HostTimeSpec,
@@ -57,6 +58,7 @@ def test_every_bundled_engine_profile_loads_and_cites_its_figures(name):
     assert profile.host.source and profile.kernels.source
     assert profile.cuda_graph is None or profile.cuda_graph.source
     assert profile.scheduler_defaults is None or profile.scheduler_defaults.source
+    assert profile.allreduce is None or profile.allreduce.source
 
 
 # ---------------------------------------------------------------- scheduler defaults
@@ -246,6 +248,29 @@ def test_engine_kernels_fill_moe_impl_and_refuse_a_contradiction():
     )
     with pytest.raises(ScenarioError, match="model.moe_impl = per_expert contradicts serving.engine vllm"):
         serving_inputs(explicit)
+
+
+def test_engines_run_their_custom_allreduce_unless_the_scenario_turns_it_off():
+    # vLLM's max_size 8 MiB; SGLang's and TensorRT-LLM's 8,000,000-byte workspace (engine_profiles/*.yaml)
+    for engine, cap in (("vllm", 8 * 2**20), ("sglang", 8e6), ("trtllm", 8e6)):
+        runtime = with_engine_kernels(seed_serving(engine), load_engine_profile(engine)).runtime
+        assert (runtime.allreduce, runtime.custom_allreduce_max_bytes) == ("custom", cap)
+    # vLLM's --disable-custom-all-reduce: the scenario's own choice wins, and its own buffer size
+    off = load_scenario("scenarios/seed_moe_4gpu_serving.yaml", ["runtime.allreduce=nccl", "serving.engine=vllm"])
+    assert with_engine_kernels(off, load_engine_profile("vllm")).runtime.allreduce == "nccl"
+    small = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml", ["runtime.custom_allreduce_max_bytes=1024", "serving.engine=vllm"]
+    )
+    assert with_engine_kernels(small, load_engine_profile("vllm")).runtime.custom_allreduce_max_bytes == 1024
+    # without an engine: the custom all-reduce of the fused framework, NCCL under plain PyTorch
+    assert seed_serving(None).runtime.allreduce == "custom"
+    plain = load_scenario("scenarios/seed_moe_4gpu_serving.yaml", ["runtime.framework=pytorch"])
+    assert plain.runtime.allreduce == "nccl"
+
+
+def test_a_custom_allreduce_without_its_buffer_size_is_refused():
+    with pytest.raises(ValueError, match="max_bytes: a custom all-reduce needs its buffer size"):
+        AllReduceSpec(algorithm="custom", source="x")
 
 
 # ---------------------------------------------------------------- invariants
