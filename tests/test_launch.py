@@ -188,3 +188,20 @@ def test_redundant_experts_become_each_engines_eplb_settings():
     assert "--enable-eplb \\\n  --num-redundant-experts 4" in vllm_script(s)
     assert "--ep-num-redundant-experts 4 \\\n  --enable-eplb" in sglang_script(s)
     assert "moe_config.load_balancer.num_slots = 20 (MoeLoadBalancerConfig)" in trtllm_files(s)["trtllm.sh"]
+
+
+def test_an_nccl_allreduce_turns_each_engines_custom_allreduce_off():
+    tp4 = ["parallel.pp=1", "parallel.tp=4", "parallel.ep=4"]
+    nccl = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml", [*tp4, "runtime.allreduce=nccl"])
+    assert "--disable-custom-all-reduce" in vllm_script(nccl)
+    assert "--disable-custom-all-reduce" in sglang_script(nccl)
+    assert "allreduce_strategy: NCCL" in trtllm_files(nccl)["trtllm_extra_llm_api_options.yaml"]
+    # the default (custom, what the engines run) writes nothing; nor does a layout without tensor parallelism
+    custom = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml", tp4)
+    dp4 = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu.yaml",
+        ["parallel.pp=1", "parallel.tp=1", "parallel.dp=4", "parallel.ep=1", "runtime.allreduce=nccl"],
+    )
+    for s in (custom, dp4):
+        assert "--disable-custom-all-reduce" not in vllm_script(s) + sglang_script(s)
+        assert "allreduce_strategy" not in trtllm_files(s)["trtllm_extra_llm_api_options.yaml"]

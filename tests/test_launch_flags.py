@@ -59,6 +59,10 @@ DEPLOYMENTS: dict[str, tuple[str, list[str]]] = {
         "scenarios/seed_moe_4gpu_serving.yaml",
         ["parallel.pp=1", "parallel.tp=2", "parallel.dp=2", "parallel.ep=2"],
     ),
+    "tp4_nccl_allreduce": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["parallel.pp=1", "parallel.tp=4", "parallel.ep=4", "runtime.allreduce=nccl"],
+    ),
     "disagg_1p1d_tp4": ("scenarios/mixtral_8x7b_8xh100_disagg.yaml", []),
     "disagg_2p1d_tp1_to_tp2": (
         "scenarios/seed_moe_4gpu_serving.yaml",

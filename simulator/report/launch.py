@@ -60,6 +60,7 @@ class Deployment:
     admission: str | None = None
     redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
     num_experts: int = 0
+    nccl_allreduce: bool = False  # runtime.allreduce nccl with tensor-parallel all-reduces: the custom one turned off
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -116,6 +117,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         uneven_split=p.layer_split is not None,
         redundant_experts=p.redundant_experts,
         num_experts=m.num_experts,
+        nccl_allreduce=scenario.runtime.allreduce == "nccl" and (p.tp > 1 or p.etp > 1),
         **kv,
     )
 
@@ -249,8 +251,16 @@ def _vllm_limits_why_not(d: Deployment) -> str | None:
     return None
 
 
+_NCCL_NOTE = (
+    "# All-reduces through NCCL (the scenario's runtime.allreduce nccl): the engine's custom all-reduce turned off."
+)
+
+
 def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
     argv = ["--dtype", _TORCH_DTYPE[d.dtype]]
+    if d.nccl_allreduce:
+        argv.append("--disable-custom-all-reduce")
+        _note(lines, _NCCL_NOTE)
     if d.weight_dtype == "fp8" and d.dtype != "fp8":
         argv += ["--quantization", "fp8"]
     argv += ["--kv-cache-dtype", "fp8" if d.kv_cache_dtype == "fp8" else "auto"]
@@ -423,6 +433,9 @@ def sglang_script(scenario: Scenario) -> str:
 
 def _sglang_limits(d: Deployment, mode: str, lines: list[str]) -> list[str]:
     argv = ["--dtype", _TORCH_DTYPE[d.dtype]]
+    if d.nccl_allreduce:
+        argv.append("--disable-custom-all-reduce")
+        _note(lines, _NCCL_NOTE)
     if d.weight_dtype == "fp8" and d.dtype != "fp8":
         argv += ["--quantization", "fp8"]
     if d.kv_cache_dtype == "fp8":
@@ -475,6 +488,9 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
     options = ["# TensorRT-LLM LLM API options (trtllm-serve --extra_llm_api_options), written by moesim."]
     options.append(f"enable_attention_dp: {'true' if mode == 'dp_attention' else 'false'}")
     options.append(f"enable_chunked_prefill: {'true' if d.policy == 'chunked_prefill' else 'false'}")
+    if d.nccl_allreduce:
+        options.append("allreduce_strategy: NCCL")
+        _note(lines, _NCCL_NOTE)
     kv_options = ["  dtype: fp8"] if d.kv_cache_dtype == "fp8" else []
     default = "kv_cache_config.free_gpu_memory_fraction's default (0.9 of the memory the weights leave)"
     share = _kv_share(d, lines, "TensorRT-LLM", "free_memory_fraction", default)
@@ -772,6 +788,9 @@ def trtllm_disagg_files(scenario: Scenario, pools: _Pools) -> dict[str, str]:
         if name == "prefill":
             extra.append("disable_overlap_scheduler: true")
         extra.append(f"enable_chunked_prefill: {'true' if dep.policy == 'chunked_prefill' else 'false'}")
+        if dep.nccl_allreduce:
+            extra.append("allreduce_strategy: NCCL")
+            _note(lines, _NCCL_NOTE)
         extra.append("kv_cache_config:")
         extra.append(f"  dtype: {'fp8' if dep.kv_cache_dtype == 'fp8' else 'auto'}")
         extra += ["cache_transceiver_config:", "  backend: DEFAULT"]
