@@ -100,7 +100,8 @@ def weight_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     dense = costs.ffn_params(h, (m.ffn_size or 0) // p.tp, m.gated) * dense_b
     if m.is_moe:
         moe = pl.slots_per_rank * costs.ffn_params(h, (m.expert_ffn_size or 0) // p.etp, m.gated) * expert_b
-        moe += costs.ffn_params(h, m.shared_ffn_size, m.gated) * expert_b + h * m.num_experts * small_b
+        shards = p.tp if scenario.moe_allreduce else 1  # the engines' TP MoE shards the shared experts over tp
+        moe += costs.ffn_params(h, m.shared_ffn_size, m.gated) / shards * expert_b + h * m.num_experts * small_b
     else:
         moe = 0
     weight_bytes = 0.0

@@ -132,7 +132,9 @@ def _closed_form_matmul_flops(s) -> float:
         for layer in range(m.num_layers):
             total += attn
             if m.num_experts and layer >= m.first_k_dense_layers:
-                total += 2 * T * h * m.num_experts + m.top_k * T * (2 * h * g * ffn + 2 * ffn * h)
+                # the router runs on every TP rank over all tokens in the engines' TP MoE (moe_dispatch allreduce)
+                routers = p.tp if s.moe_allreduce else 1
+                total += routers * 2 * T * h * m.num_experts + m.top_k * T * (2 * h * g * ffn + 2 * ffn * h)
                 fs = m.num_shared_experts * (m.shared_expert_ffn_size or ffn)
                 total += T * (2 * h * g * fs + 2 * fs * h)
             else:

@@ -205,3 +205,15 @@ def test_an_nccl_allreduce_turns_each_engines_custom_allreduce_off():
     for s in (custom, dp4):
         assert "--disable-custom-all-reduce" not in vllm_script(s) + sglang_script(s)
         assert "allreduce_strategy" not in trtllm_files(s)["trtllm_extra_llm_api_options.yaml"]
+
+
+def test_a_tp_groups_experts_priced_with_the_all_to_all_flow_say_so():
+    note = "moesim priced this layout's MoE layers with its all-to-all flow"
+    seed = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml")  # TP2 x EP2 on the same pair, all_to_all
+    assert note in vllm_script(seed) and note in sglang_script(seed) and note in trtllm_files(seed)["trtllm.sh"]
+    engines = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml", ["runtime.moe_dispatch=allreduce"])
+    assert note not in vllm_script(engines)
+    dp_attention = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu.yaml", ["parallel.pp=1", "parallel.tp=1", "parallel.dp=4", "parallel.ep=4"]
+    )
+    assert note not in vllm_script(dp_attention)  # experts over the DP ranks: the engines all-to-all too

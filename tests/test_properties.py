@@ -83,7 +83,11 @@ def small_scenarios(draw) -> dict:
             "input_len_tokens": draw(st.integers(1, 64)),
             "output_len_tokens": draw(st.integers(1, 6)),
         },
-        "runtime": {"mode": draw(st.sampled_from(["eager", "cuda_graph"]))},
+        "runtime": {
+            "mode": draw(st.sampled_from(["eager", "cuda_graph"])),
+            "moe_dispatch": draw(st.sampled_from(["all_to_all", "allreduce"])),
+            "allreduce": draw(st.sampled_from(["nccl", "custom"])),
+        },
     }
 
 

@@ -104,11 +104,13 @@ class HostTimeSpec(StrictModel):
 
 class KernelsSpec(StrictModel):
     """The engine's kernels, mapped onto moesim's options: `moe_impl` (model.moe_impl), `attention` (moesim
-    prices every attention as a fused flash-attention kernel) and `framework` (runtime.framework)."""
+    prices every attention as a fused flash-attention kernel), `framework` (runtime.framework) and
+    `moe_dispatch` (runtime.moe_dispatch: how a TP group reaches the experts that live in it)."""
 
     moe_impl: Literal["grouped", "per_expert", "capacity"]
     attention: Literal["flash_attention"] = "flash_attention"
     framework: Literal["fused", "pytorch"] = "fused"
+    moe_dispatch: Literal["all_to_all", "allreduce"] = "all_to_all"  # runtime.moe_dispatch
     source: str = Field(min_length=1)
 
 

@@ -226,6 +226,14 @@ class RuntimeSpec(StrictModel):
         "below custom_allreduce_max_bytes, the ring above); nccl (the default with framework pytorch, as "
         "torch.distributed): every all-reduce as NCCL's ring",
     )
+    moe_dispatch: Literal["all_to_all", "allreduce"] = Field(
+        default="all_to_all",
+        description="how a TP group reaches experts that live inside it (ep x etp = tp): all_to_all (each TP rank "
+        "routes its 1/tp slice of the tokens, all-to-alls the copies to the experts, all-gathers after; the "
+        "origin's DAG) or allreduce (every TP rank holds all tokens after the attention all-reduce, runs its own "
+        "experts on the copies routed to them, shared experts TP-sharded, one TP all-reduce after: vLLM, SGLang "
+        "and TensorRT-LLM's TP / EP MoE; a serving engine sets it); experts spanning dp ranks always all-to-all",
+    )
     custom_allreduce_max_bytes: float = Field(
         default=8 * 1024 * 1024,
         ge=1.0,
@@ -238,6 +246,15 @@ class RuntimeSpec(StrictModel):
         le=1e15,
         description="memory per GPU held back: CUDA context, NCCL buffers, allocator slack",
     )
+
+    @model_validator(mode="after")
+    def _dispatch_of_the_framework(self) -> RuntimeSpec:
+        if self.moe_dispatch == "allreduce" and self.framework == "pytorch":
+            raise ValueError(
+                "moe_dispatch: allreduce is how the serving engines run a TP group's experts (framework fused); "
+                "plain PyTorch (framework pytorch) is modelled with all_to_all"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +353,13 @@ class Scenario(StrictModel):
     @property
     def num_gpus(self) -> int:
         return self.cluster.num_gpus
+
+    @property
+    def moe_allreduce(self) -> bool:
+        """The MoE layers run as the engines run a TP group's experts (runtime.moe_dispatch allreduce, the expert
+        group being the TP group): every TP rank holds all tokens and one TP all-reduce sums the experts."""
+        p = self.parallel
+        return self.runtime.moe_dispatch == "allreduce" and self.model.is_moe and p.tp > 1 and p.ep * p.etp == p.tp
 
     def stage_layers(self) -> list[list[int]]:
         """Layer indices owned by each pipeline stage."""

@@ -80,6 +80,8 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
 
         if not model.is_moe_layer(layer):
             return self.dense_ffn(L, ctx, after_attn, tokens)
+        if self.moe_allreduce:
+            return self.moe_over_tp(L, ctx, after_attn, tokens)
 
         # Each TP rank routes its own 1/tp slice of the tokens.
         slice_tokens = tokens / pl.tp
@@ -297,6 +299,110 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 for g in mine:
                     out[g] = ag
         return out
+
+    def moe_over_tp(self, L, ctx, after_attn, tokens) -> dict[int, str]:
+        """A MoE layer whose experts live in the TP group, as the serving engines run it (runtime.moe_dispatch
+        allreduce; vLLM's, SGLang's and TensorRT-LLM's TP / EP MoE): every TP rank holds all `tokens` after the
+        attention all-reduce and routes them all, gathers the copies routed to its own expert slots, runs those
+        experts (its 1/etp shard of each), adds its 1/tp shard of the shared experts, and one TP all-reduce sums
+        the ranks' partial outputs. No all-to-all and no all-gather: the output is whole on every rank."""
+        model, hidden, bytes_per_element = self.model, self.hidden, self.bytes_per_element
+        stage, layer = ctx["stage"], ctx["layer"]
+        E, k = model.num_experts, model.top_k
+        tokens_dim = dim(tokens)
+        loads, dropped = self.kept_loads(layer, tokens * k)
+        first_of_group = {group[0] for _, group, _ in self.tp_groups_on[stage]}
+        partial: dict[int, str] = {}
+        for g in self.stage_on[stage]:
+            p = f"{L}.g{g}"
+            _, n2 = self.residual_and_norm(p, after_attn[g], "norm_moe", ctx, g, tokens)
+            gate = self.linear(
+                f"{p}.router",
+                [n2],
+                "router",
+                "router",
+                ctx,
+                g,
+                tokens,
+                hidden,
+                E,
+                (tokens_dim, hidden),
+                (tokens_dim, E),
+                kind=ROUTING,
+                gemm_class="router",
+            )
+            top = self.compute(
+                f"{p}.topk",
+                [gate],
+                "topk",
+                "router",
+                ctx,
+                g,
+                costs.elementwise_cost(
+                    tokens * E, tokens * k * 2, costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k), bytes_per_element
+                ),
+                (tokens_dim, E),
+                (tokens_dim, k),
+                kind=ROUTING,
+            )
+            slots = self.slots_of(layer, g)
+            tokens_e = [tokens * k * loads[e] * f for e, f in slots]
+            mine = sum(tokens_e)  # the copies routed to this rank's slots
+            routed = self.compute(
+                f"{p}.moe_permute",
+                [top],
+                "moe_permute",
+                "router",
+                ctx,
+                g,
+                costs.elementwise_cost(tokens * hidden, mine * hidden, 0.0, bytes_per_element),
+                (tokens_dim, hidden),
+                (dim(mine), hidden),
+                kind=ROUTING,
+            )
+            ends = self.expert_ffns(
+                p,
+                ctx,
+                g,
+                [routed],
+                [e for e, _ in slots],
+                tokens_e,
+                dropped if g in first_of_group else 0.0,
+                tokens,
+            )
+            shared = [self.shared_experts(p, ctx, g, n2, tokens, self.pl.tp)] if model.num_shared_experts else []
+            extra_in = tokens if shared else 0.0
+            partial[g] = self.compute(
+                f"{p}.moe_combine",
+                ends + shared,
+                "moe_combine",
+                "experts",
+                ctx,
+                g,
+                costs.elementwise_cost(
+                    (mine + extra_in) * hidden,
+                    tokens * hidden,
+                    2.0 * mine / tokens + (1.0 if shared else 0.0) if tokens else 0.0,
+                    bytes_per_element,
+                ),
+                (dim(mine), hidden),
+                (tokens_dim, hidden),
+            )
+        reduced = self.tp_allreduce(f"{L}.s{stage}", "tp_allreduce_moe", partial, ctx, tokens)
+        return {
+            g: self.compute(
+                f"{L}.g{g}.residual_moe",
+                [reduced[g]],
+                "residual_add",
+                "norm_residual",
+                ctx,
+                g,
+                costs.elementwise_cost(2 * tokens * hidden, tokens * hidden, 1.0, bytes_per_element),
+                (tokens_dim, hidden),
+                (tokens_dim, hidden),
+            )
+            for g in self.stage_on[stage]
+        }
 
     def kernel_helper(self, nid, deps, op, category, ctx, g, kernels, shape, **extra) -> str:
         """A helper node priced kernel by kernel (`kernels`: (class, bytes written, bytes read) each; see

@@ -119,11 +119,14 @@ class ExpertBuilder(BlockBuilder):
             )
         return ends
 
-    def shared_experts(self, p, ctx, g, dep, tokens) -> str:
+    def shared_experts(self, p, ctx, g, dep, tokens, shards: int = 1) -> str:
         """The shared experts on this GPU's routed slice: one FFN of width num_shared * shared_ffn,
-        weights replicated on every GPU of the stage (no communication)."""
+        weights replicated on every GPU of the stage (no communication); or, with `shards` > 1 (the engines' TP
+        MoE, runtime.moe_dispatch allreduce), this GPU's 1/shards of its width on all the tokens, summed by
+        the TP all-reduce after the MoE."""
         model, hidden, bytes_per_element = self.model, self.hidden, self.bytes_per_element
-        ffn = model.shared_ffn_size
+        size = model.shared_ffn_size
+        ffn = size // shards if size % shards == 0 else size / shards
         up = 2 * ffn if model.gated else ffn
         tokens_dim = dim(tokens)
         f1 = self.linear(

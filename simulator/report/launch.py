@@ -61,6 +61,7 @@ class Deployment:
     redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
     num_experts: int = 0
     nccl_allreduce: bool = False  # runtime.allreduce nccl with tensor-parallel all-reduces: the custom one turned off
+    moe_all_to_all_in_tp: bool = False  # priced with the all-to-all flow where the engines all-reduce (moe_dispatch)
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -118,6 +119,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         redundant_experts=p.redundant_experts,
         num_experts=m.num_experts,
         nccl_allreduce=scenario.runtime.allreduce == "nccl" and (p.tp > 1 or p.etp > 1),
+        moe_all_to_all_in_tp=m.is_moe and p.tp > 1 and p.ep * p.etp == p.tp and not scenario.moe_allreduce,
         **kv,
     )
 
@@ -154,6 +156,12 @@ def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
         )
     if d.uneven_split:
         lines.append("# Note: the scenario's layer_split is not written; the engines split layers evenly by default.")
+    if d.moe_all_to_all_in_tp:
+        lines.append(
+            "# Note: moesim priced this layout's MoE layers with its all-to-all flow (runtime.moe_dispatch all_to_all: "
+            "each TP rank routes 1/tp of the tokens, all-to-all, all-gather); the engines run a TP group's experts on "
+            "all tokens with one all-reduce, which runtime.moe_dispatch: allreduce prices."
+        )
     return lines
 
 

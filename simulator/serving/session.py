@@ -66,8 +66,8 @@ def serving_inputs(scenario: Scenario) -> tuple[ServingSpec, IterationPricer, in
 
 def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
     """The scenario running the engine's kernels: model.moe_impl and runtime.framework from the profile unless
-    the scenario sets them, a ScenarioError (one line) when it sets them otherwise; runtime.allreduce and
-    custom_allreduce_max_bytes from the profile's all-reduce unless the scenario sets them (an engine's custom
+    the scenario sets them, a ScenarioError (one line) when it sets them otherwise; runtime.moe_dispatch,
+    allreduce and custom_allreduce_max_bytes from the profile unless the scenario sets them (an engine's custom
     all-reduce can be turned off, e.g. vLLM's --disable-custom-all-reduce)."""
     k = profile.kernels
     model, runtime = scenario.model, scenario.runtime
@@ -82,6 +82,8 @@ def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
                 f"{field} {theirs} ({k.source}); remove {section}.{field} or serving.engine"
             )
     runtime_update: dict = {"framework": k.framework}
+    if "moe_dispatch" not in runtime.model_fields_set:  # the scenario's own wins, as for the all-reduce
+        runtime_update["moe_dispatch"] = k.moe_dispatch
     ar = profile.allreduce
     if ar is not None:  # the scenario's own all-reduce wins (e.g. vLLM's --disable-custom-all-reduce)
         if "allreduce" not in runtime.model_fields_set:

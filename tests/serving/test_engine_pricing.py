@@ -230,7 +230,7 @@ def test_vllm_engine_prices_a_decode_batch_as_the_dag_pass_of_the_padded_batch()
     assert isinstance(engine, EnginePricer)
     assert engine.capture_sizes == load_engine_profile("vllm").cuda_graph.capture_sizes(spec.scheduler.max_num_seqs)  # type: ignore[union-attr]
     batch = tuple(SeqWork(1, 100 + i) for i in range(5))
-    dag = DagPricer(scenario)
+    dag = DagPricer(with_engine_kernels(scenario, load_engine_profile("vllm")))  # the engine's MoE and all-reduce
     assert engine(batch) == dag.timing(batch + (SeqWork(1, 0),) * 3).latency_s  # 5 -> 8 rows, host time 0
 
 
