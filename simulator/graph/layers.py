@@ -92,39 +92,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
         for g in self.stage_on[stage]:
             p = f"{L}.g{g}"
             r1, n2 = self.residual_and_norm(p, after_attn[g], "norm_moe", ctx, g, slice_tokens)
-            gate = self.linear(
-                f"{p}.router",
-                [n2],
-                "router",
-                "router",
-                ctx,
-                g,
-                slice_tokens,
-                hidden,
-                E,
-                (slice_tokens_dim, hidden),
-                (slice_tokens_dim, E),
-                kind=ROUTING,
-                gemm_class="router",
-            )
-            top = self.compute(
-                f"{p}.topk",
-                [gate],
-                "topk",
-                "router",
-                ctx,
-                g,
-                costs.elementwise_cost(
-                    slice_tokens * E,
-                    slice_tokens * k * 2,
-                    costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k),
-                    bytes_per_element,
-                ),
-                (slice_tokens_dim, E),
-                (slice_tokens_dim, k),
-                kind=ROUTING,
-                launches=PYTORCH_HELPER_KERNELS["topk"] if self.pytorch else 1,
-            )
+            top = self.route(p, n2, ctx, g, slice_tokens)
             if model.num_shared_experts:
                 shared[g] = self.shared_experts(p, ctx, g, n2, slice_tokens)
             # Gather every token copy into expert order (the send buffers of the dispatch).
@@ -308,7 +276,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
         the ranks' partial outputs. No all-to-all and no all-gather: the output is whole on every rank."""
         model, hidden, bytes_per_element = self.model, self.hidden, self.bytes_per_element
         stage, layer = ctx["stage"], ctx["layer"]
-        E, k = model.num_experts, model.top_k
+        k = model.top_k
         tokens_dim = dim(tokens)
         loads, dropped = self.kept_loads(layer, tokens * k)
         first_of_group = {group[0] for _, group, _ in self.tp_groups_on[stage]}
@@ -316,35 +284,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
         for g in self.stage_on[stage]:
             p = f"{L}.g{g}"
             _, n2 = self.residual_and_norm(p, after_attn[g], "norm_moe", ctx, g, tokens)
-            gate = self.linear(
-                f"{p}.router",
-                [n2],
-                "router",
-                "router",
-                ctx,
-                g,
-                tokens,
-                hidden,
-                E,
-                (tokens_dim, hidden),
-                (tokens_dim, E),
-                kind=ROUTING,
-                gemm_class="router",
-            )
-            top = self.compute(
-                f"{p}.topk",
-                [gate],
-                "topk",
-                "router",
-                ctx,
-                g,
-                costs.elementwise_cost(
-                    tokens * E, tokens * k * 2, costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k), bytes_per_element
-                ),
-                (tokens_dim, E),
-                (tokens_dim, k),
-                kind=ROUTING,
-            )
+            top = self.route(p, n2, ctx, g, tokens)
             slots = self.slots_of(layer, g)
             tokens_e = [tokens * k * loads[e] * f for e, f in slots]
             mine = sum(tokens_e)  # the copies routed to this rank's slots
@@ -389,19 +329,59 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 (tokens_dim, hidden),
             )
         reduced = self.tp_allreduce(f"{L}.s{stage}", "tp_allreduce_moe", partial, ctx, tokens)
+        return self.residual_out(L, "residual_moe", reduced, ctx, tokens)
+
+    def route(self, p: str, normed: str, ctx: dict, g: int, tokens: float) -> str:
+        """The router GEMM and the top-k over `tokens` on GPU g (after the norm `normed`); the top-k node."""
+        model, hidden, bytes_per_element = self.model, self.hidden, self.bytes_per_element
+        E, k, td = model.num_experts, model.top_k, dim(tokens)
+        gate = self.linear(
+            f"{p}.router",
+            [normed],
+            "router",
+            "router",
+            ctx,
+            g,
+            tokens,
+            hidden,
+            E,
+            (td, hidden),
+            (td, E),
+            kind=ROUTING,
+            gemm_class="router",
+        )
+        return self.compute(
+            f"{p}.topk",
+            [gate],
+            "topk",
+            "router",
+            ctx,
+            g,
+            costs.elementwise_cost(
+                tokens * E, tokens * k * 2, costs.SOFTMAX_FLOPS_PER_ELEMENT * E / (2 * k), bytes_per_element
+            ),
+            (td, E),
+            (td, k),
+            kind=ROUTING,
+            launches=PYTORCH_HELPER_KERNELS["topk"] if self.pytorch else 1,
+        )
+
+    def residual_out(self, L: str, name: str, reduced: dict[int, str], ctx: dict, tokens: float) -> dict[int, str]:
+        """Each GPU of the stage adds the all-reduced [tokens, hidden] output to the residual stream."""
+        hidden, bytes_per_element, td = self.hidden, self.bytes_per_element, dim(tokens)
         return {
             g: self.compute(
-                f"{L}.g{g}.residual_moe",
+                f"{L}.g{g}.{name}",
                 [reduced[g]],
                 "residual_add",
                 "norm_residual",
                 ctx,
                 g,
                 costs.elementwise_cost(2 * tokens * hidden, tokens * hidden, 1.0, bytes_per_element),
-                (tokens_dim, hidden),
-                (tokens_dim, hidden),
+                (td, hidden),
+                (td, hidden),
             )
-            for g in self.stage_on[stage]
+            for g in self.stage_on[ctx["stage"]]
         }
 
     def kernel_helper(self, nid, deps, op, category, ctx, g, kernels, shape, **extra) -> str:
@@ -491,20 +471,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             )
             resid[g] = r1
         reduced = self.tp_allreduce(f"{L}.s{stage}", "tp_allreduce_ffn", fc2, ctx, tokens)
-        return {
-            g: self.compute(
-                f"{L}.g{g}.residual_ffn",
-                [reduced[g]],
-                "residual_add",
-                "norm_residual",
-                ctx,
-                g,
-                costs.elementwise_cost(2 * tokens * hidden, tokens * hidden, 1.0, bytes_per_element),
-                (tokens_dim, hidden),
-                (tokens_dim, hidden),
-            )
-            for g in self.stage_on[stage]
-        }
+        return self.residual_out(L, "residual_ffn", reduced, ctx, tokens)
 
     def residual_and_norm(self, p: str, dep: str, norm_op: str, ctx: dict, g: int, tokens: float) -> tuple[str, str]:
         """Add the attention output to the residual stream, then normalise it for the FFN/MoE."""
