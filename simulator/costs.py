@@ -248,9 +248,10 @@ def twoshot_allreduce_s(message_bytes: float, n: int, link: LinkSpec) -> float:
 def custom_allreduce_s(message_bytes: float, n: int, link: LinkSpec, max_bytes: float) -> float:
     """An engine's custom all-reduce inside one NVLink node (vLLM's and SGLang's custom_all_reduce, TensorRT-LLM's
     AUTO strategy): the fastest of one-shot, two-shot and NCCL's ring for a message that fits the engine's
-    buffer (S < max_bytes, as the engines test it), NCCL's ring from there on. One-shot wins small messages (2 latencies instead of the
-    ring's 2(n-1)), two-shot the middle; on two GPUs all three move the same bytes. Checked on published
-    micro-benchmarks: hardware_profiles/measurements/public_allreduce.yaml, benchmarks/bench_allreduce.py."""
+    buffer (S < max_bytes, as the engines test it), NCCL's ring from there on. One-shot wins small messages
+    (2 latencies instead of the ring's 2(n-1)), two-shot the middle; on two GPUs all three move the same bytes.
+    Checked on published micro-benchmarks: hardware_profiles/measurements/public_allreduce.yaml,
+    benchmarks/bench_allreduce.py."""
     ring = ring_allreduce_s(message_bytes, n, link)
     if message_bytes >= max_bytes:
         return ring

@@ -11,6 +11,9 @@ from simulator.graph.blocks import PYTORCH_HELPER_KERNELS, SORT_MEMSETS, as_list
 from simulator.graph.dag import ROUTING
 from simulator.graph.moe import ExpertBuilder
 
+#: Bytes of one expert id or sorted index in the engines' routing kernels (int32).
+INDEX_BYTES = 4
+
 
 class LayerBuilder(AttentionBuilder, ExpertBuilder):
     """Adds one transformer layer (build_layer) and its parts on every GPU of its stage."""
@@ -288,16 +291,19 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             slots = self.slots_of(layer, g)
             tokens_e = [tokens * k * loads[e] * f for e, f in slots]
             mine = sum(tokens_e)  # the copies routed to this rank's slots
+            # The engines' fused MoE sorts the copies' int32 expert ids into per-expert blocks (vLLM's
+            # moe_align_block_size) and its grouped GEMM gathers the token rows itself: no permuted copy of them.
+            copies_dim = dim(tokens * k)
             routed = self.compute(
-                f"{p}.moe_permute",
+                f"{p}.moe_align",
                 [top],
-                "moe_permute",
+                "moe_align",
                 "router",
                 ctx,
                 g,
-                costs.elementwise_cost(tokens * hidden, mine * hidden, 0.0, bytes_per_element),
-                (tokens_dim, hidden),
-                (dim(mine), hidden),
+                costs.elementwise_cost(tokens * k, tokens * k, 0.0, INDEX_BYTES),
+                (copies_dim,),
+                (copies_dim,),
                 kind=ROUTING,
             )
             ends = self.expert_ffns(

@@ -43,7 +43,7 @@ SHAPES = {
     FOLDED: "box3d",
     NodeKind.MARKER: "plaintext",
 }
-ROUTING_SOURCE_OPS = frozenset({"topk", "router", "moe_permute"})
+ROUTING_SOURCE_OPS = frozenset({"topk", "router", "moe_permute", "moe_align"})
 DOT_MISSING = "Graphviz 'dot' not found: install it (apt-get install graphviz)"
 DOT_TIMEOUT_S = 300
 MAX_SIZE_IN = (60, 166)  # larger drawings are scaled down: at 72 dpi the PNG stays within ~12k pixels
