@@ -126,6 +126,9 @@ def test_summary_names_the_scenario_layout_and_workload(tiny_summary):
         "num_gpus": 4,
         "hardware": "h100-sxm-80gb",
         "mode": "cuda_graph",
+        "allreduce": "custom",
+        "custom_allreduce_max_bytes": 8 * 2**20,
+        "moe_over_tp_allreduce": False,
     }
     assert (
         tiny_summary["workload"]["batch_size"],
@@ -200,8 +203,17 @@ def test_markdown_heading_and_layout_line(tiny_summary):
     assert lines[0] == "# moesim run: tiny_moe"
     assert lines[2] == (
         "Model `tiny` on 4 x `h100-sxm-80gb`, TP=2 EP=2 ETP=1 PP=2 DP=1, 1 microbatch(es), "
-        "cuda_graph decode. Workload: batch 4, input 16, output 3 tokens."
+        "cuda_graph decode, custom all-reduce below 8.39 MB. Workload: batch 4, input 16, output 3 tokens."
     )
+
+
+def test_layout_line_names_how_the_tp_collectives_were_priced():
+    from simulator.report.summary import _collectives
+
+    base = {"tp": 4, "etp": 1, "allreduce": "custom", "custom_allreduce_max_bytes": 8e6, "moe_over_tp_allreduce": True}
+    assert _collectives(base) == ", custom all-reduce below 8.00 MB, MoE over TP by one all-reduce"
+    assert _collectives({**base, "allreduce": "nccl", "moe_over_tp_allreduce": False}) == ", NCCL ring all-reduce"
+    assert _collectives({**base, "tp": 1}) == ""  # no TP collective to price
 
 
 def test_markdown_memory_row_per_gpu(tiny_summary):

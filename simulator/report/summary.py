@@ -44,12 +44,28 @@ def fmt_bytes(n: float) -> str:
 
 def _layout(run: RunResult | DagResult) -> dict:
     s = run.scenario
+    rt = s.runtime
     return {
         **s.parallel.model_dump(exclude_none=True),
         "num_gpus": s.num_gpus,
         "hardware": run.hardware.name,
-        "mode": s.runtime.mode,
+        "mode": rt.mode,
+        "allreduce": rt.allreduce,
+        "custom_allreduce_max_bytes": rt.custom_allreduce_max_bytes,
+        "moe_over_tp_allreduce": s.moe_allreduce,
     }
+
+
+def _collectives(layout: dict) -> str:
+    """How the layout's TP collectives were priced, after the decode mode: ', custom all-reduce below 8.39 MB'
+    (or ', NCCL ring all-reduce') when there is TP, and ', MoE over TP by one all-reduce' for the engines' TP MoE."""
+    if layout["tp"] == 1 and layout["etp"] == 1:
+        return ""
+    if layout["allreduce"] == "custom":
+        text = f", custom all-reduce below {fmt_bytes(layout['custom_allreduce_max_bytes'])}"
+    else:
+        text = ", NCCL ring all-reduce"
+    return text + (", MoE over TP by one all-reduce" if layout["moe_over_tp_allreduce"] else "")
 
 
 def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
@@ -190,7 +206,7 @@ def summary_markdown(summary: dict) -> str:
         "",
         f"Model `{summary['model']}` on {lay['num_gpus']} x `{lay['hardware']}`, "
         f"TP={lay['tp']} EP={lay['ep']}{_copies(lay)} ETP={lay['etp']} PP={lay['pp']} DP={lay['dp']}, "
-        f"{lay['microbatches']} microbatch(es), {lay['mode']} decode. Workload: "
+        f"{lay['microbatches']} microbatch(es), {lay['mode']} decode{_collectives(lay)}. Workload: "
         f"batch {summary['workload']['batch_size']}, input {summary['workload']['input_len_tokens']}, "
         f"output {summary['workload']['output_len_tokens']} tokens.",
         "",
@@ -368,7 +384,7 @@ def print_run(console: Console, run: RunResult, summary: dict) -> None:
     console.print(
         f"[bold]{escape(summary['scenario'])}[/bold]: {escape(summary['model'])} on {lay['num_gpus']} x {lay['hardware']}, "
         f"TP={lay['tp']} EP={lay['ep']}{_copies(lay)} PP={lay['pp']} DP={lay['dp']} ETP={lay['etp']}, "
-        f"{lay['microbatches']} microbatch(es), {lay['mode']} decode"
+        f"{lay['microbatches']} microbatch(es), {lay['mode']} decode{escape(_collectives(lay))}"
     )
     console.print(escape(precision_line(run.scenario.model.formats, run.hardware)))
     if calibration_line(summary):
