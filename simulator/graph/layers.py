@@ -205,7 +205,6 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
         for g in self.stage_on[stage]:
             p = f"{L}.g{g}"
             copies = slice_tokens * k * pl.etp
-            extra_in = slice_tokens if g in shared else 0.0  # the shared experts' output is added here too
             partial = moe_out[g]
             if self.pytorch_moe == "per_expert":  # cat, then scale by the routing weights; zeroed output
                 act = copies * hidden * bytes_per_element  # [copies, hidden]
@@ -236,21 +235,14 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                         (dim(copies), hidden),
                     )
                 ]
-            wc = self.compute(
-                f"{p}.moe_combine",
+            wc = self.moe_combine(
+                p,
                 partial + ([shared[g]] if g in shared else []),
-                "moe_combine",
-                "experts",
                 ctx,
                 g,
-                costs.elementwise_cost(
-                    (copies + extra_in) * hidden,
-                    slice_tokens * hidden,
-                    2.0 * copies / slice_tokens + (1.0 if extra_in else 0.0) if slice_tokens else 0.0,
-                    bytes_per_element,
-                ),
-                (dim(copies), hidden),
-                (slice_tokens_dim, hidden),
+                copies,
+                slice_tokens,
+                g in shared,
                 **({"scatter_add": True} if self.pytorch_moe == "per_expert" else {}),
             )
             out[g] = self.compute(
@@ -277,10 +269,9 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
         attention all-reduce and routes them all, gathers the copies routed to its own expert slots, runs those
         experts (its 1/etp shard of each), adds its 1/tp shard of the shared experts, and one TP all-reduce sums
         the ranks' partial outputs. No all-to-all and no all-gather: the output is whole on every rank."""
-        model, hidden, bytes_per_element = self.model, self.hidden, self.bytes_per_element
+        model = self.model
         stage, layer = ctx["stage"], ctx["layer"]
         k = model.top_k
-        tokens_dim = dim(tokens)
         loads, dropped = self.kept_loads(layer, tokens * k)
         first_of_group = {group[0] for _, group, _ in self.tp_groups_on[stage]}
         partial: dict[int, str] = {}
@@ -317,25 +308,32 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 tokens,
             )
             shared = [self.shared_experts(p, ctx, g, n2, tokens, self.pl.tp)] if model.num_shared_experts else []
-            extra_in = tokens if shared else 0.0
-            partial[g] = self.compute(
-                f"{p}.moe_combine",
-                ends + shared,
-                "moe_combine",
-                "experts",
-                ctx,
-                g,
-                costs.elementwise_cost(
-                    (mine + extra_in) * hidden,
-                    tokens * hidden,
-                    2.0 * mine / tokens + (1.0 if shared else 0.0) if tokens else 0.0,
-                    bytes_per_element,
-                ),
-                (dim(mine), hidden),
-                (tokens_dim, hidden),
-            )
+            partial[g] = self.moe_combine(p, ends + shared, ctx, g, mine, tokens, bool(shared))
         reduced = self.tp_allreduce(f"{L}.s{stage}", "tp_allreduce_moe", partial, ctx, tokens)
         return self.residual_out(L, "residual_moe", reduced, ctx, tokens)
+
+    def moe_combine(self, p, deps, ctx, g, copies: float, tokens: float, with_shared: bool, **extra) -> str:
+        """GPU g's weighted sum of its `copies` expert outputs (plus the shared experts' output when `with_shared`)
+        into [tokens, hidden]."""
+        hidden, bytes_per_element = self.hidden, self.bytes_per_element
+        extra_in = tokens if with_shared else 0.0
+        return self.compute(
+            f"{p}.moe_combine",
+            deps,
+            "moe_combine",
+            "experts",
+            ctx,
+            g,
+            costs.elementwise_cost(
+                (copies + extra_in) * hidden,
+                tokens * hidden,
+                2.0 * copies / tokens + (1.0 if with_shared else 0.0) if tokens else 0.0,
+                bytes_per_element,
+            ),
+            (dim(copies), hidden),
+            (dim(tokens), hidden),
+            **extra,
+        )
 
     def route(self, p: str, normed: str, ctx: dict, g: int, tokens: float) -> str:
         """The router GEMM and the top-k over `tokens` on GPU g (after the norm `normed`); the top-k node."""
