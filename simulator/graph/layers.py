@@ -245,17 +245,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                 g in shared,
                 **({"scatter_add": True} if self.pytorch_moe == "per_expert" else {}),
             )
-            out[g] = self.compute(
-                f"{p}.residual_moe",
-                [wc],
-                "residual_add",
-                "norm_residual",
-                ctx,
-                g,
-                costs.elementwise_cost(2 * slice_tokens * hidden, slice_tokens * hidden, 1.0, bytes_per_element),
-                (slice_tokens_dim, hidden),
-                (slice_tokens_dim, hidden),
-            )
+            out[g] = self.residual_add(f"{p}.residual_moe", wc, ctx, g, slice_tokens)
         if gather and pl.tp > 1:
             for d, group, mine in self.tp_groups_on[stage]:
                 ag = self.allgather(f"{L}.s{stage}d{d}.tp_allgather", [out[g] for g in mine], ctx, group, tokens)
@@ -372,21 +362,24 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
 
     def residual_out(self, L: str, name: str, reduced: dict[int, str], ctx: dict, tokens: float) -> dict[int, str]:
         """Each GPU of the stage adds the all-reduced [tokens, hidden] output to the residual stream."""
-        hidden, bytes_per_element, td = self.hidden, self.bytes_per_element, dim(tokens)
         return {
-            g: self.compute(
-                f"{L}.g{g}.{name}",
-                [reduced[g]],
-                "residual_add",
-                "norm_residual",
-                ctx,
-                g,
-                costs.elementwise_cost(2 * tokens * hidden, tokens * hidden, 1.0, bytes_per_element),
-                (td, hidden),
-                (td, hidden),
-            )
-            for g in self.stage_on[ctx["stage"]]
+            g: self.residual_add(f"{L}.g{g}.{name}", reduced[g], ctx, g, tokens) for g in self.stage_on[ctx["stage"]]
         }
+
+    def residual_add(self, nid: str, dep: str, ctx: dict, g: int, tokens: float) -> str:
+        """A [tokens, hidden] output added to the residual stream on GPU g (reads both, writes one)."""
+        hidden, td = self.hidden, dim(tokens)
+        return self.compute(
+            nid,
+            [dep],
+            "residual_add",
+            "norm_residual",
+            ctx,
+            g,
+            costs.elementwise_cost(2 * tokens * hidden, tokens * hidden, 1.0, self.bytes_per_element),
+            (td, hidden),
+            (td, hidden),
+        )
 
     def kernel_helper(self, nid, deps, op, category, ctx, g, kernels, shape, **extra) -> str:
         """A helper node priced kernel by kernel (`kernels`: (class, bytes written, bytes read) each; see
@@ -480,17 +473,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
     def residual_and_norm(self, p: str, dep: str, norm_op: str, ctx: dict, g: int, tokens: float) -> tuple[str, str]:
         """Add the attention output to the residual stream, then normalise it for the FFN/MoE."""
         hidden, bytes_per_element, td = self.hidden, self.bytes_per_element, dim(tokens)
-        r = self.compute(
-            f"{p}.residual_attn",
-            [dep],
-            "residual_add",
-            "norm_residual",
-            ctx,
-            g,
-            costs.elementwise_cost(2 * tokens * hidden, tokens * hidden, 1.0, bytes_per_element),
-            (td, hidden),
-            (td, hidden),
-        )
+        r = self.residual_add(f"{p}.residual_attn", dep, ctx, g, tokens)
         n = self.compute(
             f"{p}.{norm_op}",
             [r],
