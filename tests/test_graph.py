@@ -120,12 +120,16 @@ def _closed_form_matmul_flops(s) -> float:
     for q_len, kv_len in passes:
         T = B * q_len
         pairs = attention_pairs(q_len, kv_len)
-        if m.kv_lora_rank:  # MLA, absorbed: down-projections replicated on each TP rank
+        if m.kv_lora_rank:  # MLA: down-projections replicated on each TP rank
             nope, rope, vd, lora, ql = hd, m.qk_rope_head_dim, m.v_head_dim, m.kv_lora_rank, m.q_lora_rank
             attn = (2 * T * h * ql * p.tp + 2 * T * ql * H * (nope + rope)) if ql else 2 * T * h * H * (nope + rope)
-            attn += 2 * T * h * (lora + rope) * p.tp + 2 * T * H * nope * lora
-            attn += 2 * B * H * pairs * (lora + rope) + 2 * B * H * pairs * lora
-            attn += 2 * T * H * lora * vd + 2 * T * H * vd * h
+            attn += 2 * T * h * (lora + rope) * p.tp + 2 * T * H * vd * h
+            if q_len > 1 and s.runtime.mla_prefill == "decompressed":  # every position up-projected, then MHA
+                attn += 2 * B * kv_len * lora * H * (nope + vd)
+                attn += 2 * B * H * pairs * (nope + rope) + 2 * B * H * pairs * vd
+            else:  # absorbed: W_UK into the query, MQA over the latent, W_UV after
+                attn += 2 * T * H * nope * lora + 2 * B * H * pairs * (lora + rope) + 2 * B * H * pairs * lora
+                attn += 2 * T * H * lora * vd
         else:
             attn = 2 * T * h * H * hd + 2 * 2 * T * h * kv_computed * hd + 2 * T * H * hd * h
             attn += 2 * 2 * B * H * pairs * hd
@@ -304,8 +308,9 @@ def test_flops_conserved_deepseek_style(layout):
     assert dag == pytest.approx(_closed_form_matmul_flops(s), rel=1e-12)
 
 
-def test_flops_conserved_mla_without_q_lora():
-    s = make_scenario(TINY_MOE, model={**DEEPSEEK_TINY, "q_lora_rank": None})
+@pytest.mark.parametrize("mla_prefill", ["decompressed", "absorbed"])
+def test_flops_conserved_mla_without_q_lora(mla_prefill):
+    s = make_scenario(TINY_MOE, model={**DEEPSEEK_TINY, "q_lora_rank": None}, runtime={"mla_prefill": mla_prefill})
     g = build_dag(s)
     dag = sum(a["flops"] for _, a in g.nodes(data=True) if a.get("tensor_core"))
     assert dag == pytest.approx(_closed_form_matmul_flops(s), rel=1e-12)
@@ -324,15 +329,77 @@ def test_dense_first_layer_and_shared_experts_in_dag():
 def test_mla_nodes_by_hand():
     s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
     g = build_dag(s)
-    # tp = 2: 2 of 4 heads per rank; 64 prefill tokens
+    # tp = 2: 2 of 4 heads per rank (nope 16, rope 8, v 12, latent 24); 4 sequences of 16 prefill tokens
+    assert g.nodes["p.mb0.L0.g0.kv_a_proj"]["gemm"] == (64, 64, 32)
+    assert g.nodes["p.mb0.L0.g0.o_proj"]["gemm"] == (64, 2 * 12, 64)
+    # the prefill runs decompressed: kv_b_proj up-projects the 64 positions' latent to 2 heads x (16 + 12)
+    kvb = g.nodes["p.mb0.L0.g0.kv_b_proj"]
+    assert kvb["gemm"] == (64, 24, 56) and kvb["flops"] == 2 * 64 * 24 * 56
+    assert kvb["bytes_read"] == (64 * 24 + 24 * 56) * 2 and kvb["bytes_written"] == 64 * 56 * 2
+    cat = g.nodes["p.mb0.L0.g0.k_rope_concat"]  # reads k_nope (2 x 16) and the shared rope key (8), writes 2 x 24
+    assert cat["flops"] == 0 and cat["bytes_read"] == 64 * (2 * 16 + 8) * 2 and cat["bytes_written"] == 64 * 48 * 2
+    sc = g.nodes["p.mb0.L0.g0.attn_scores"]  # MHA, q/k head dim 16 + 8
+    assert sc["flops"] == 2 * 4 * 2 * attention_pairs(16, 16) * 24 and sc["head_dim"] == 24
+    assert sc["bytes_read"] == (4 * 2 * 16 * 24 + 4 * 2 * 16 * 24) * 2  # Q and K, 2 heads each
+    cx = g.nodes["p.mb0.L0.g0.attn_context"]  # reads V (2 heads x 12), writes 2 heads x 12
+    assert cx["flops"] == 2 * 4 * 2 * attention_pairs(16, 16) * 12
+    assert cx["bytes_read"] == 4 * 2 * 16 * 12 * 2 and cx["bytes_written"] == 4 * 2 * 16 * 12 * 2
+    assert "p.mb0.L0.g0.q_absorb" not in g and "p.mb0.L0.g0.v_up" not in g
+    assert set(g.predecessors("p.mb0.L0.g0.attn_scores")) == {"p.mb0.L0.g0.q_b_proj", "p.mb0.L0.g0.k_rope_concat"}
+    # decode runs absorbed: 4 tokens mapped into the latent, MQA over the cached latent of 17 positions
+    qa = g.nodes["d1.mb0.L0.g0.q_absorb"]
+    assert qa["flops"] == 2 * 4 * 2 * 16 * 24 and qa["grouped"] == (2, 4)
+    sc = g.nodes["d1.mb0.L0.g0.attn_scores"]
+    assert sc["flops"] == 2 * 4 * 2 * 17 * (24 + 8)
+    # reads Q (2 heads x 32 dims) and the latent (one head of 32) for 4 sequences, 17 positions
+    assert sc["bytes_read"] == (4 * 2 * 1 * 32 + 4 * 1 * 17 * 32) * 2
+    assert g.nodes["d1.mb0.L0.g0.v_up"]["gemm"] == (2 * 4, 24, 12) and "d1.mb0.L0.g0.kv_b_proj" not in g
+
+
+def test_mla_absorbed_prefill_by_hand():
+    s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY, runtime={"mla_prefill": "absorbed"})
+    g = build_dag(s)
     qa = g.nodes["p.mb0.L0.g0.q_absorb"]
     assert qa["flops"] == 2 * 64 * 2 * 16 * 24 and qa["grouped"] == (2, 64)
     sc = g.nodes["p.mb0.L0.g0.attn_scores"]
     assert sc["flops"] == 2 * 4 * 2 * attention_pairs(16, 16) * (24 + 8)
-    # reads Q (2 heads x 32 dims) and the latent (one head of 32) for 4 sequences of 16
     assert sc["bytes_read"] == (4 * 2 * 16 * 32 + 4 * 1 * 16 * 32) * 2
-    assert g.nodes["p.mb0.L0.g0.kv_a_proj"]["gemm"] == (64, 64, 32)
-    assert g.nodes["p.mb0.L0.g0.o_proj"]["gemm"] == (64, 2 * 12, 64)
+    assert "p.mb0.L0.g0.kv_b_proj" not in g
+
+
+def test_mla_decompressed_prefill_has_fewer_attention_flops_at_long_context():
+    """DeepSeek-V3's shapes (128 heads, nope 128, rope 64, v 128, latent 512): per position pair the absorbed form
+    computes 2 x (576 + 512) FLOPs per head, the decompressed 2 x (192 + 128), 3.4x fewer; kv_b_proj adds
+    2 x 512 x 128 x 256 per position."""
+    v3 = {
+        **DEEPSEEK_TINY,
+        "hidden_size": 7168,
+        "num_heads": 128,
+        "head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "kv_lora_rank": 512,
+        "q_lora_rank": 1536,
+        "num_layers": 1,
+        "first_k_dense_layers": 1,
+    }
+    flops = {}
+    for form in ("decompressed", "absorbed"):
+        s = make_scenario(
+            TINY_MOE,
+            model=v3,
+            parallel={"tp": 1, "ep": 1, "pp": 1, "dp": 1},
+            cluster={"num_gpus": 1, "gpus_per_node": 1},
+            workload={"batch_size": 1, "input_len_tokens": 4096, "output_len_tokens": 1},
+            runtime={"mla_prefill": form},
+        )
+        g = build_dag(s)
+        attn_ops = ("attn_scores", "attn_context", "kv_b_proj", "q_absorb", "v_up")
+        flops[form] = sum(a["flops"] for _, a in g.nodes(data=True) if a["op"] in attn_ops)
+    pairs = attention_pairs(4096, 4096)
+    assert flops["decompressed"] == 2 * 128 * pairs * (192 + 128) + 2 * 4096 * 512 * 128 * 256
+    assert flops["absorbed"] == 2 * 128 * pairs * (576 + 512) + 2 * 4096 * 128 * (128 * 512 + 512 * 128)
+    assert flops["absorbed"] / flops["decompressed"] > 2.5
 
 
 def test_weight_and_kv_dtypes_change_bytes_not_flops():

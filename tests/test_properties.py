@@ -62,6 +62,14 @@ def small_scenarios(draw) -> dict:
         "activation": draw(st.sampled_from(["gelu", "swiglu"])),
         "dtype": draw(st.sampled_from(["fp16", "bf16"])),
     }
+    if draw(st.booleans()):  # multi-head latent attention (DeepSeek style): one latent shared by all heads
+        model.pop("num_kv_heads")
+        model.update(
+            kv_lora_rank=draw(st.sampled_from([8, 24])),
+            q_lora_rank=draw(st.sampled_from([None, 16])),
+            qk_rope_head_dim=draw(st.sampled_from([4, 8])),
+            v_head_dim=draw(st.sampled_from([8, 12])),
+        )
     ep = etp = 1
     if experts:
         model.update(num_experts=experts, top_k=draw(st.integers(1, experts)), expert_ffn_size=ffn)
@@ -87,6 +95,7 @@ def small_scenarios(draw) -> dict:
             "mode": draw(st.sampled_from(["eager", "cuda_graph"])),
             "moe_dispatch": draw(st.sampled_from(["all_to_all", "allreduce"])),
             "allreduce": draw(st.sampled_from(["nccl", "custom"])),
+            "mla_prefill": draw(st.sampled_from(["decompressed", "absorbed"])),
         },
     }
 

@@ -234,6 +234,14 @@ class RuntimeSpec(StrictModel):
         "experts on the copies routed to them, shared experts TP-sharded, one TP all-reduce after: vLLM, SGLang "
         "and TensorRT-LLM's TP / EP MoE; a serving engine sets it); experts spanning dp ranks always all-to-all",
     )
+    mla_prefill: Literal["decompressed", "absorbed"] = Field(
+        default="decompressed",
+        description="how MLA attention runs a prefill (sequences computing more than one token): decompressed (vLLM, "
+        "SGLang, TensorRT-LLM and Hugging Face: kv_b_proj up-projects the cached latent of every context token into "
+        "per-head K and V, then flash attention over q/k head dim nope + rope and v head dim v_head_dim) or absorbed "
+        "(as decode: W_UK and W_UV absorbed into the query and the output, MQA over the latent; ~3x the attention "
+        "FLOPs of decompressed). Decode is always absorbed",
+    )
     custom_allreduce_max_bytes: float = Field(
         default=8 * 1024 * 1024,
         ge=1.0,

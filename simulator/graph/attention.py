@@ -117,21 +117,34 @@ class AttentionBuilder(BlockBuilder):
             self.kv_nodes.append(self.index[nid])
         return nid
 
+    def mla_decompressed(self, q_len) -> bool:
+        """Whether MLA attention over `q_len` new tokens per sequence runs decompressed (runtime.mla_prefill)."""
+        return q_len > 1 and self.scenario.runtime.mla_prefill == "decompressed"
+
     def attention_attrs(self, op, ctx, g, seqs, q_len, kv_len) -> dict:
-        """The attributes of an attention node (MHA/GQA/MQA, or MLA's absorbed form over the latent)."""
+        """The attributes of an attention node: MHA/GQA/MQA over the KV cache; MLA's absorbed form, MQA over the
+        cached latent; or MLA's decompressed prefill, MHA over the K and V kv_b_proj wrote (transient)."""
         model, bytes_per_element = self.model, self.bytes_per_element
         hl = self.heads_local
-        if model.is_mla:  # MQA over the cached latent: kv_lora + rope dims for scores, kv_lora for values
+        kv_b = self.kv_bytes_per_element
+        if model.is_mla and self.mla_decompressed(q_len):  # MHA: q/k head dim nope + rope, v head dim v_head_dim
+            kvl, dk, dv, kv_b = (
+                hl,
+                self.head_dim + (model.qk_rope_head_dim or 0),
+                model.v_head_dim or 0,
+                bytes_per_element,
+            )
+            k_bytes = seqs * kvl * kv_len * dk * kv_b  # K and V: activations kv_b_proj wrote, not the cache
+            kv_total, resident_k, resident_v = k_bytes + seqs * kvl * kv_len * dv * kv_b, 0.0, 0.0
+        elif model.is_mla:  # MQA over the cached latent: kv_lora + rope dims for scores, kv_lora for values
             kvl, dk, dv = 1, (model.kv_lora_rank or 0) + (model.qk_rope_head_dim or 0), model.kv_lora_rank or 0
-            kv_bytes = seqs * kv_len * dk * self.kv_bytes_per_element  # the cached latent: resident, not transient
-            kv_total = kv_bytes
+            resident_k = kv_total = seqs * kv_len * dk * kv_b  # the cached latent: resident, not transient
+            resident_v = 0.0  # values are the latent itself, already on chip from the scores: no second read
         else:
             kvl, dk = self.kv_heads_local, self.head_dim
             dv = dk
-            kv_bytes = (
-                seqs * kvl * kv_len * dk * self.kv_bytes_per_element
-            )  # K (or V) of the cache: resident, not transient
-            kv_total = 2 * kv_bytes
+            resident_k = resident_v = seqs * kvl * kv_len * dk * kv_b  # K (or V) of the cache: resident
+            kv_total = 2 * resident_k
         qshape, kvshape = (dim(seqs), hl, q_len, dk), (dim(seqs), kvl, kv_len, dk)
         probs = (dim(seqs), hl, q_len, kv_len)
         # One flash-attention kernel computes scores, softmax and context; these describe it.
@@ -151,12 +164,12 @@ class AttentionBuilder(BlockBuilder):
                 ctx,
                 g,
                 costs.attention_scores_cost(  # queries read in the attention's compute format
-                    seqs, hl, kvl, q_len, kv_len, dk, self.formats.attention_input_bytes, self.kv_bytes_per_element
+                    seqs, hl, kvl, q_len, kv_len, dk, self.formats.attention_input_bytes, kv_b
                 ),
                 (qshape, kvshape),
                 probs,
                 tensor_core=True,
-                resident_bytes=kv_bytes,
+                resident_bytes=resident_k,
                 **attn,
             )
         if op == "attn_softmax":
@@ -171,43 +184,77 @@ class AttentionBuilder(BlockBuilder):
                 launches=0,
                 **attn,
             )
-        cost = costs.attention_context_cost(
-            seqs, hl, kvl, q_len, kv_len, dv, bytes_per_element, self.kv_bytes_per_element
-        )
-        if model.is_mla:  # values are the latent itself, already on chip from the scores: no second read
-            return self.compute_attrs(
-                op,
-                "attention",
-                ctx,
-                g,
-                costs.OpCost(cost.flops, 0.0, cost.bytes_written),
-                (probs, kvshape),
-                (dim(seqs), hl, q_len, dv),
-                tensor_core=True,
-                launches=0,
-                **attn,
-            )
+        cost = costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, dv, bytes_per_element, kv_b)
+        if model.is_mla and not self.mla_decompressed(q_len):  # the latent is on chip already: no second read
+            cost = costs.OpCost(cost.flops, 0.0, cost.bytes_written)
         return self.compute_attrs(
             op,
             "attention",
             ctx,
             g,
             cost,
-            (probs, kvshape),
-            qshape,
+            (probs, (dim(seqs), kvl, kv_len, dv) if model.is_mla and self.mla_decompressed(q_len) else kvshape),
+            (dim(seqs), hl, q_len, dv),
             tensor_core=True,
             launches=0,
-            resident_bytes=kv_bytes,
+            resident_bytes=resident_v,
             **attn,
         )
 
+    def mla_rows(self, seqs, q_len, kv_len) -> tuple[float, float]:
+        """(context rows kv_b_proj up-projects, query rows that run absorbed) of MLA attention over `seqs`
+        sequences of `q_len` new tokens attending to `kv_len` positions: a decompressed prefill up-projects
+        every position it attends to (vLLM's _forward_prefill: the new tokens' latent and the cached
+        context's), an absorbed pass maps each new token's query into the latent and its context back."""
+        if self.mla_decompressed(q_len):
+            return seqs * kv_len, 0.0
+        return 0.0, seqs * q_len
+
+    def mla_part_attrs(self, op, ctx, g, rows) -> dict:
+        """The attributes of one of the MLA nodes whose rows depend on the batch's split (mla_rows): kv_b_proj
+        and k_rope_concat over context rows, q_absorb and v_up over absorbed rows."""
+        model, b = self.model, self.bytes_per_element
+        hl, nope, rope, vd = self.heads_local, self.head_dim, model.qk_rope_head_dim or 0, model.v_head_dim or 0
+        lora, rows_dim = model.kv_lora_rank or 0, dim(rows)
+        if op == "kv_b_proj":  # [rows, kv_lora] x [kv_lora, hl (nope + v)]: W_UK and W_UV of this rank's heads
+            return self.linear_attrs(
+                op, "attention", ctx, g, rows, lora, hl * (nope + vd), (rows_dim, lora), (rows_dim, hl, nope + vd)
+            )
+        if op == "k_rope_concat":  # torch.cat([k_nope, k_pe expanded over the heads], -1): one copy kernel
+            return self.compute_attrs(
+                op,
+                "attention",
+                ctx,
+                g,
+                costs.OpCost(0.0, rows * (hl * nope + rope) * b, rows * hl * (nope + rope) * b),
+                (rows_dim, hl, nope),
+                (rows_dim, hl, nope + rope),
+            )
+        if op == "q_absorb":  # [rows, hl, nope] x [hl, nope, kv_lora] -> [rows, hl, kv_lora]
+            return self.linear_attrs(
+                op, "attention", ctx, g, rows, nope, lora, (rows_dim, hl, nope), (rows_dim, hl, lora), groups=hl
+            )
+        assert op == "v_up"  # [rows, hl, kv_lora] x [hl, kv_lora, v] -> [rows, hl, v]
+        return self.linear_attrs(
+            op, "attention", ctx, g, rows, lora, vd, (rows_dim, hl, lora), (rows_dim, hl, vd), groups=hl
+        )
+
+    def mla_parts_attrs(self, ctx, g, seqs, q_len, kv_len) -> list[dict]:
+        """The attributes of the MLA nodes mla_part_attrs describes that this batch runs (rows > 0)."""
+        kv_rows, absorbed_rows = self.mla_rows(seqs, q_len, kv_len)
+        ops = (("kv_b_proj", kv_rows), ("k_rope_concat", kv_rows), ("q_absorb", absorbed_rows), ("v_up", absorbed_rows))
+        return [self.mla_part_attrs(op, ctx, g, rows) for op, rows in ops if rows > 0]
+
     def mla(self, p, ctx, g, n, seqs, q_len, kv_len) -> tuple[str, int]:
-        """Multi-head latent attention on one GPU, in its weight-absorbed form (as FlashMLA and
-        vLLM run decode; used for prefill too, so prefill FLOPs are an upper bound): the query and
-        latent down-projections are replicated over TP (vLLM's ReplicatedLinear), heads split over
-        TP; each head's nope query is mapped into the latent space (W_UK absorbed), attention is
-        MQA over the cached latent (kv_lora + rope dims for scores, kv_lora for values), and W_UV
-        maps each head's context back to v_head_dim."""
+        """Multi-head latent attention on one GPU, as vLLM's MLA backends run it (vllm/v1/attention/backends/mla/
+        common.py): the query and latent down-projections are replicated over TP (vLLM's ReplicatedLinear), heads
+        split over TP. Decode runs the weight-absorbed form (FlashMLA): each head's nope query is mapped into the
+        latent space (W_UK absorbed, q_absorb), attention is MQA over the cached latent (kv_lora + rope dims for
+        scores, kv_lora for values) and W_UV maps each head's context back to v_head_dim (v_up). A prefill runs
+        decompressed (runtime.mla_prefill): kv_b_proj up-projects the latent of every position attended to into
+        per-head k_nope and v, the shared rotary key is concatenated to k_nope, and flash attention runs as MHA
+        (q/k head dim nope + rope, v head dim v_head_dim). A ragged batch runs both: its prefill chunks
+        decompressed, its decode sequences absorbed (mla_rows)."""
         model, hidden = self.model, self.hidden
         hl = self.heads_local
         nope, rope, vd = self.head_dim, model.qk_rope_head_dim or 0, model.v_head_dim or 0
@@ -270,37 +317,15 @@ class AttentionBuilder(BlockBuilder):
             (tokens_dim, hidden),
             (tokens_dim, lora + rope),
         )
-        # [tokens, hl, nope] x [hl, nope, kv_lora] -> [tokens, hl, kv_lora]
-        qa = self.linear(
-            f"{p}.q_absorb",
-            [q],
-            "q_absorb",
-            "attention",
-            ctx,
-            g,
-            tokens,
-            nope,
-            lora,
-            (tokens_dim, hl, nope),
-            (tokens_dim, hl, lora),
-            groups=hl,
-        )
-        sc = self.attention_node(f"{p}.attn_scores", sorted({qa, kv}), "attn_scores", ctx, g, seqs, q_len, kv_len)
+        kv_rows, absorbed_rows = self.mla_rows(seqs, q_len, kv_len)
+        if absorbed_rows:
+            q = self.add(f"{p}.q_absorb", [q], **self.mla_part_attrs("q_absorb", ctx, g, absorbed_rows))
+        if kv_rows:
+            kv = self.add(f"{p}.kv_b_proj", [kv], **self.mla_part_attrs("kv_b_proj", ctx, g, kv_rows))
+            kv = self.add(f"{p}.k_rope_concat", [kv], **self.mla_part_attrs("k_rope_concat", ctx, g, kv_rows))
+        sc = self.attention_node(f"{p}.attn_scores", sorted({q, kv}), "attn_scores", ctx, g, seqs, q_len, kv_len)
         sm = self.attention_node(f"{p}.attn_softmax", [sc], "attn_softmax", ctx, g, seqs, q_len, kv_len)
         cx = self.attention_node(f"{p}.attn_context", [sm], "attn_context", ctx, g, seqs, q_len, kv_len)
-        # [tokens, hl, kv_lora] x [hl, kv_lora, v] -> [tokens, hl, v]
-        vu = self.linear(
-            f"{p}.v_up",
-            [cx],
-            "v_up",
-            "attention",
-            ctx,
-            g,
-            tokens,
-            lora,
-            vd,
-            (tokens_dim, hl, lora),
-            (tokens_dim, hl, vd),
-            groups=hl,
-        )
-        return vu, hl * vd
+        if absorbed_rows:
+            cx = self.add(f"{p}.v_up", [cx], **self.mla_part_attrs("v_up", ctx, g, absorbed_rows))
+        return cx, hl * vd

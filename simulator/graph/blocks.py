@@ -374,11 +374,28 @@ class BlockBuilder:
     ) -> str:
         """A GEMM against a [k, n] weight (or a batch of `groups` of them over the same rows), in the
         formats of its precision class (dense_gemm, expert_gemm, lm_head, router)."""
+        attrs = self.linear_attrs(op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind, groups, gemm_class)
+        return self.add(nid, deps, **attrs)
+
+    def linear_attrs(
+        self,
+        op,
+        category,
+        ctx,
+        gpu,
+        tokens,
+        k,
+        n,
+        in_shape,
+        out_shape,
+        kind=COMPUTE,
+        groups: int = 1,
+        gemm_class: str = "dense_gemm",
+    ) -> dict:
+        """The attributes of `linear`'s node."""
         extra = {"grouped": (groups, tokens)} if groups > 1 else {}
         fmt = getattr(self.formats, gemm_class)
-        return self.compute(
-            nid,
-            deps,
+        return self.compute_attrs(
             op,
             category,
             ctx,

@@ -79,6 +79,16 @@ class RaggedPassBuilder(PassBuilder):
             return float(s.decode_seqs), 1, s.decode_kv_tokens // max(s.decode_seqs, 1)
         return None
 
+    def mla_rows(self, seqs, q_len, kv_len) -> tuple[float, float]:
+        """A ragged batch's MLA split: its prefill chunks up-project every position they attend to (when
+        decompressed), its decode sequences (and absorbed prefill chunks) run absorbed."""
+        if self.uniform() is not None:
+            return super().mla_rows(seqs, q_len, kv_len)
+        s = self.shape
+        decompressed = self.scenario.runtime.mla_prefill == "decompressed"
+        prefill_rows = float(sum(kv for _, kv in s.prefill) if decompressed else sum(q for q, _ in s.prefill))
+        return (prefill_rows, float(s.decode_seqs)) if decompressed else (0.0, prefill_rows + s.decode_seqs)
+
     def attention_node(self, nid, deps, op, ctx, g, seqs, q_len, kv_len) -> str:
         if self.uniform() is not None:
             return super().attention_node(nid, deps, op, ctx, g, seqs, q_len, kv_len)
@@ -161,8 +171,9 @@ def attention_nodes_attrs(
     builder: RaggedPassBuilder, ctx: dict, g: int, ops: tuple[str, ...] = ATTENTION_OPS
 ) -> list[dict]:
     """Every attention node one layer on GPU g holds for the builder's shape (scores, softmax, context of each
-    part; `ops`: only those), with the attributes `build_forward` gives them: what a pricer times without
-    building the pass."""
+    part; `ops`: only those), and with MLA the nodes whose rows depend on the batch's split of prefill and decode
+    (kv_b_proj, k_rope_concat, q_absorb, v_up), with the attributes `build_forward` gives them: what a pricer times
+    without building the pass."""
     uniform = builder.uniform()
     out = []
     for op in ops:
@@ -170,6 +181,8 @@ def attention_nodes_attrs(
             out.append(builder.attention_attrs(op, ctx, g, *uniform))
         else:
             out.extend(builder.attention_part_attrs(op, ctx, g))
+    if builder.model.is_mla:  # (a ragged batch's split ignores the arguments: RaggedPassBuilder.mla_rows)
+        out.extend(builder.mla_parts_attrs(ctx, g, *(uniform if uniform is not None else (1.0, 2, 0))))
     return out
 
 

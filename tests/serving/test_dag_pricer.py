@@ -61,6 +61,21 @@ def test_fast_price_is_within_a_tenth_of_a_percent_of_the_exact_dag_pass(seed_pr
     assert price_error(seed_pricer, random_batches(30)) < 1e-3
 
 
+@pytest.mark.parametrize("mla_prefill", ["decompressed", "absorbed"])
+def test_fast_price_matches_the_exact_pass_with_mla(mla_prefill):
+    """MLA's kv_b_proj (over every position a prefill chunk attends to), q_absorb and v_up (over the decode rows)
+    depend on the batch's split, not on its new tokens alone: the fast price counts them with the attention."""
+    from tests.test_graph import DEEPSEEK_TINY
+
+    data = seed_serving()
+    data["model"] = {**DEEPSEEK_TINY, "num_layers": 4, "hidden_size": 256, "num_heads": 8}
+    data["runtime"] = {"mla_prefill": mla_prefill}
+    pricer = DagPricer(parse_scenario(data, "seed-mla"))
+    assert price_error(pricer, random_batches(12, seed=1)) < 1e-3
+    kv_b = pricer.exact(((512, 3000),)).latency_s - pricer.exact(((512, 0),)).latency_s
+    assert kv_b > 0  # cached context is up-projected (decompressed) or read as the latent (absorbed)
+
+
 def test_a_uniform_batch_builds_run_scenarios_prefill_pass(seed):
     hw = resolve_hardware(seed)
     run = run_scenario(seed, verify=False)
