@@ -227,12 +227,13 @@ class RuntimeSpec(StrictModel):
         "torch.distributed): every all-reduce as NCCL's ring",
     )
     moe_dispatch: Literal["all_to_all", "allreduce"] = Field(
-        default="all_to_all",
-        description="how a TP group reaches experts that live inside it (ep x etp = tp): all_to_all (each TP rank "
-        "routes its 1/tp slice of the tokens, all-to-alls the copies to the experts, all-gathers after; the "
-        "origin's DAG) or allreduce (every TP rank holds all tokens after the attention all-reduce, runs its own "
-        "experts on the copies routed to them, shared experts TP-sharded, one TP all-reduce after: vLLM, SGLang "
-        "and TensorRT-LLM's TP / EP MoE; a serving engine sets it); experts spanning dp ranks always all-to-all",
+        default="allreduce",
+        description="how a TP group reaches experts that live inside it (ep x etp = tp): allreduce (the default "
+        "with framework fused: every TP rank holds all tokens after the attention all-reduce, runs its own experts "
+        "on the copies routed to them, shared experts TP-sharded, one TP all-reduce after: vLLM, SGLang and "
+        "TensorRT-LLM's TP / EP MoE) or all_to_all (the default with framework pytorch: each TP rank routes its "
+        "1/tp slice of the tokens, all-to-alls the copies to the experts, all-gathers after; the origin's DAG); "
+        "experts spanning dp ranks always all-to-all",
     )
     mla_prefill: Literal["decompressed", "absorbed"] = Field(
         default="decompressed",
@@ -266,10 +267,11 @@ class RuntimeSpec(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _allreduce_of_the_framework(cls, data):
-        """Plain PyTorch all-reduces through NCCL (torch.distributed) unless the scenario says otherwise."""
-        if isinstance(data, dict) and data.get("framework") == "pytorch" and "allreduce" not in data:
-            return {**data, "allreduce": "nccl"}
+    def _defaults_of_the_framework(cls, data):
+        """Plain PyTorch all-reduces through NCCL (torch.distributed) and reaches a TP group's experts by
+        all-to-all, unless the scenario says otherwise."""
+        if isinstance(data, dict) and data.get("framework") == "pytorch":
+            return {"allreduce": "nccl", "moe_dispatch": "all_to_all", **data}
         return data
 
 
