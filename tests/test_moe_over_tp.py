@@ -119,3 +119,17 @@ def test_a_decode_step_without_the_all_to_all_is_faster():
 def test_plain_pytorch_refuses_the_engines_dispatch():
     with pytest.raises(ScenarioError, match="moe_dispatch: allreduce is how the serving engines run"):
         make_scenario(TINY_MOE, runtime={"moe_dispatch": "allreduce", "framework": "pytorch"})
+
+
+def test_the_default_follows_the_framework():
+    """Unset, moe_dispatch is the engines' allreduce with framework fused and the all-to-all with plain PyTorch;
+    a scenario's own choice wins (the seed declares the origin's all_to_all)."""
+    bare = {k: v for k, v in TINY_MOE.items() if k != "runtime"}
+    assert make_scenario(bare).runtime.moe_dispatch == "allreduce"
+    assert make_scenario(bare, parallel=TP4).moe_allreduce
+    plain = make_scenario(bare, runtime={"framework": "pytorch"})
+    assert plain.runtime.moe_dispatch == "all_to_all" and plain.runtime.allreduce == "nccl"
+    assert make_scenario(bare, runtime={"moe_dispatch": "all_to_all"}).runtime.moe_dispatch == "all_to_all"
+    from tests.conftest import seed_dict
+
+    assert seed_dict()["runtime"]["moe_dispatch"] == "all_to_all"

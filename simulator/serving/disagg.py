@@ -1,5 +1,5 @@
 """Serving inputs, disaggregated: a scenario's `serving.disaggregation` made concrete (each pool's layout,
-memory model, KV capacity, scheduler and DAG pricer; where its instances sit; the link ports KV transfers
+memory model, KV capacity, scheduler and iteration pricer, the engine's with `serving.engine`; where its instances sit; the link ports KV transfers
 cross), and the entry points that simulate it.
 
 `simulate_disaggregated(scenario)` returns the same ServingRun an aggregated `simulate_serving` returns, so
@@ -43,6 +43,7 @@ from simulator.serving.disagg_simulate import DisaggregatedInputs, simulate_disa
 from simulator.serving.kv_transfer import PoolLayout, kv_transfer_flows
 from simulator.serving.link_network import Fabric, TransferRoute
 from simulator.serving.pricing import CachedPricer, IterationPricer
+from simulator.serving.session import engine_pricer
 from simulator.serving.simulate import ServingRun
 from simulator.serving.workload import Request, generate_requests
 
@@ -170,7 +171,12 @@ def _pool_plan(
         update={"count": 1, "gpus_per_replica": None, "lockstep": None, "router": pool.router or spec.replicas.router}
     )
     pool_spec = ServingSpec.model_construct(
-        workload=workload, scheduler=scheduler, replicas=replicas, targets=spec.targets, disaggregation=None
+        workload=workload,
+        scheduler=scheduler,
+        replicas=replicas,
+        targets=spec.targets,
+        engine=spec.engine,
+        disaggregation=None,
     )
     pool_scenario = base.model_copy(update={"serving": pool_spec})
     try:
@@ -182,13 +188,10 @@ def _pool_plan(
     resolved = resolved.model_copy(
         update={"replicas": resolved.replicas.model_copy(update={"count": pool.instances}), "workload": spec.workload}
     )
+    # each instance runs the engine as an aggregated replica does: its kernels, CUDA graphs and host time
+    pricer = engine_pricer(pool_scenario, hw, resolved) if spec.engine else DagPricer(pool_scenario, hw)
     return PoolPlan(
-        name,
-        pool,
-        pool_scenario.model_copy(update={"serving": resolved}),
-        resolved,
-        CachedPricer(DagPricer(pool_scenario, hw)),
-        first_gpus,
+        name, pool, pool_scenario.model_copy(update={"serving": resolved}), resolved, CachedPricer(pricer), first_gpus
     )
 
 

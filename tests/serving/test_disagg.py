@@ -322,6 +322,27 @@ def test_a_scenario_runs_both_pools_and_counts_every_gpu():
     assert summary.figures["transfer_mean_s"] > 0 and 0 < summary.figures["link_utilisation_max"] < 1
 
 
+def test_pools_run_the_engine_as_an_aggregated_replica_of_their_layout_does():
+    """With serving.engine, each instance is priced as the engine runs it (its kernels, CUDA-graph sizes, host
+    time): a decode pool's iteration costs what an aggregated replica of the same layout and engine costs."""
+    from simulator.serving.engine_pricing import EnginePricer
+
+    data = _scenario_dict()
+    data["serving"]["engine"] = "vllm"
+    deployment = disaggregated_inputs(parse_scenario(data, "t"))
+    for plan in (deployment.prefill, deployment.decode):
+        assert isinstance(plan.pricer.pricer, EnginePricer)
+    agg = copy.deepcopy(data)
+    del agg["serving"]["disaggregation"]
+    agg.update(parallel={"tp": 2, "ep": 2, "pp": 1, "dp": 1}, cluster={"num_gpus": 2, "gpus_per_node": 4})
+    _, pricer, _ = serving_inputs(parse_scenario(agg, "agg"))
+    two, five = (SeqWork(1, 30), SeqWork(1, 50)), (SeqWork(1, 7),) * 5
+    for batch in (two, five):
+        assert deployment.decode.pricer(batch) == pricer(batch)
+    plain = disaggregated_inputs(parse_scenario(_scenario_dict(), "t"))
+    assert plain.decode.pricer(five) < pricer(five)  # vLLM replays the CUDA graph captured for 8 sequences
+
+
 def test_a_pipelined_prefill_pool_sends_each_stage_its_layers():
     # prefill PP2 (GPU 0: layers 0-1, GPU 1: layers 2-3) -> decode TP2 (GPUs 2-3, two KV heads each):
     # 4 flows of 2 layers x 2 heads x 16 x 2 x 2 bytes = 256 bytes per token
