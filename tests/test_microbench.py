@@ -62,7 +62,10 @@ def test_default_grids_are_those_of_the_shared_file():
     assert [(g["E"], g["C"], g["K"], g["N"]) for g in data["bmm"]] == [
         (e, c, k, n) for e, k, n, capacities in grids["bmm"] for c in capacities
     ]
-    assert [(a["B"], a["H"], a["S"], a["D"]) for a in data["sdpa_prefill"]] == list(grids["sdpa_prefill"])
+    # plus MLA's decompressed prefill at head dim 192, which the shared file does not measure
+    assert [(a["B"], a["H"], a["S"], a["D"]) for a in data["sdpa_prefill"]] == [
+        x for x in grids["sdpa_prefill"] if x[3] != 192
+    ]
     assert [(a["B"], a["H"], a["L"], a["D"]) for a in data["sdpa_decode"]] == list(grids["sdpa_decode"])
     # plus index_add (the sorted MoE's combine), which the shared file does not measure
     assert [(e["op"], tuple(e["shape"])) for e in data["elementwise"]] == [

@@ -56,6 +56,8 @@ GRIDS: dict[str, tuple[Any, ...]] = {
         (32, 16, 10240, 32),
         (1, 32, 4096, 128),
         (4, 32, 8192, 128),
+        (1, 16, 4096, 192),  # MLA's decompressed prefill: q/k head dim nope + rope (DeepSeek-V3 on TP8: 16 heads)
+        (4, 16, 8192, 192),
     ),  # B,H,S,D
     "sdpa_decode": (
         (128, 16, 10240, 32),
