@@ -39,6 +39,22 @@ TINY_MOE = {
 }
 
 
+# A DeepSeek-style variant: MLA, shared experts, a leading dense layer, a vocabulary
+DEEPSEEK_TINY = {
+    **TINY_MOE["model"],
+    "activation": "swiglu",
+    "num_shared_experts": 2,
+    "shared_expert_ffn_size": 32,
+    "first_k_dense_layers": 1,
+    "ffn_size": 96,
+    "kv_lora_rank": 24,
+    "q_lora_rank": 40,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 12,
+    "vocab_size": 100,
+}
+
+
 def seed_dict() -> dict:
     return yaml.safe_load(SEED_PATH.read_text())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
-from conftest import TINY_MOE, make_scenario
+from conftest import DEEPSEEK_TINY, TINY_MOE, make_scenario
 
 from simulator.costs import attention_pairs
 from simulator.graph import NodeKind, build_dag, digraph
@@ -283,20 +283,6 @@ def test_capacity_factor_drops_and_counts_copies():
 
 # ---------------------------------------------------------------------------------------------
 # MoE variants: shared experts, leading dense layers, MLA, separate dtypes
-
-DEEPSEEK_TINY = {
-    **TINY_MOE["model"],
-    "activation": "swiglu",
-    "num_shared_experts": 2,
-    "shared_expert_ffn_size": 32,
-    "first_k_dense_layers": 1,
-    "ffn_size": 96,
-    "kv_lora_rank": 24,
-    "q_lora_rank": 40,
-    "qk_rope_head_dim": 8,
-    "v_head_dim": 12,
-    "vocab_size": 100,
-}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS[:4], ids=lambda lay: "-".join(f"{k}{v}" for k, v in lay.items()))

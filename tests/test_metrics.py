@@ -181,7 +181,7 @@ def test_zipf_routing_straggler_is_slower_than_uniform():
 
 
 def test_parameter_counts_deepseek_style_by_hand():
-    from test_graph import DEEPSEEK_TINY
+    from conftest import DEEPSEEK_TINY
 
     s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
     c = parameter_counts(s)
@@ -198,7 +198,7 @@ def test_parameter_counts_deepseek_style_by_hand():
 
 
 def test_mla_kv_cache_and_fp8_memory_by_hand():
-    from test_graph import DEEPSEEK_TINY
+    from conftest import DEEPSEEK_TINY
 
     s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY)
     # 4 sequences x (16 + 3 - 1) positions x 2 layers per stage x (24 + 8) latent x 2 bytes, on every TP rank

@@ -214,6 +214,17 @@ def test_layout_line_names_how_the_tp_collectives_were_priced():
     assert _collectives(base) == ", custom all-reduce below 8.00 MB, MoE over TP by one all-reduce"
     assert _collectives({**base, "allreduce": "nccl", "moe_over_tp_allreduce": False}) == ", NCCL ring all-reduce"
     assert _collectives({**base, "tp": 1}) == ""  # no TP collective to price
+    # an MLA model also says how its prefill ran (runtime.mla_prefill); the key is there only with MLA
+    assert _collectives({**base, "tp": 1, "mla_prefill": "decompressed"}) == ", MLA prefill decompressed"
+    assert _collectives({**base, "mla_prefill": "absorbed"}).endswith("one all-reduce, MLA prefill absorbed")
+
+
+def test_summary_names_the_mla_prefill_only_for_mla_models(tiny_summary):
+    from tests.conftest import DEEPSEEK_TINY
+
+    assert "mla_prefill" not in tiny_summary["layout"]
+    s = make_scenario(TINY_MOE, model=DEEPSEEK_TINY, runtime={"mla_prefill": "absorbed"})
+    assert summary_dict(run_scenario(s, verify=False))["layout"]["mla_prefill"] == "absorbed"
 
 
 def test_markdown_memory_row_per_gpu(tiny_summary):

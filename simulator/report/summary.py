@@ -53,19 +53,22 @@ def _layout(run: RunResult | DagResult) -> dict:
         "allreduce": rt.allreduce,
         "custom_allreduce_max_bytes": rt.custom_allreduce_max_bytes,
         "moe_over_tp_allreduce": s.moe_allreduce,
+        **({"mla_prefill": rt.mla_prefill} if s.model.is_mla else {}),
     }
 
 
 def _collectives(layout: dict) -> str:
     """How the layout's TP collectives were priced, after the decode mode: ', custom all-reduce below 8.39 MB'
-    (or ', NCCL ring all-reduce') when there is TP, and ', MoE over TP by one all-reduce' for the engines' TP MoE."""
+    (or ', NCCL ring all-reduce') when there is TP, and ', MoE over TP by one all-reduce' for the engines' TP MoE;
+    with MLA, how its prefill ran (', MLA prefill decompressed')."""
+    mla = f", MLA prefill {layout['mla_prefill']}" if "mla_prefill" in layout else ""
     if layout["tp"] == 1 and layout["etp"] == 1:
-        return ""
+        return mla
     if layout["allreduce"] == "custom":
         text = f", custom all-reduce below {fmt_bytes(layout['custom_allreduce_max_bytes'])}"
     else:
         text = ", NCCL ring all-reduce"
-    return text + (", MoE over TP by one all-reduce" if layout["moe_over_tp_allreduce"] else "")
+    return text + (", MoE over TP by one all-reduce" if layout["moe_over_tp_allreduce"] else "") + mla
 
 
 def summary_dict(run: RunResult, critical: dict | None = None) -> dict:

@@ -65,7 +65,7 @@ def test_fast_price_is_within_a_tenth_of_a_percent_of_the_exact_dag_pass(seed_pr
 def test_fast_price_matches_the_exact_pass_with_mla(mla_prefill):
     """MLA's kv_b_proj (over every position a prefill chunk attends to), q_absorb and v_up (over the decode rows)
     depend on the batch's split, not on its new tokens alone: the fast price counts them with the attention."""
-    from tests.test_graph import DEEPSEEK_TINY
+    from tests.conftest import DEEPSEEK_TINY
 
     data = seed_serving()
     data["model"] = {**DEEPSEEK_TINY, "num_layers": 4, "hidden_size": 256, "num_heads": 8}
