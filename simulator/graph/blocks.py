@@ -355,27 +355,10 @@ class BlockBuilder:
             attrs["out_b"] = self.bytes_per_element
         return attrs
 
-    def linear(
-        self,
-        nid,
-        deps,
-        op,
-        category,
-        ctx,
-        gpu,
-        tokens,
-        k,
-        n,
-        in_shape,
-        out_shape,
-        kind=COMPUTE,
-        groups: int = 1,
-        gemm_class: str = "dense_gemm",
-    ) -> str:
+    def linear(self, nid, deps, *args, **kwargs) -> str:
         """A GEMM against a [k, n] weight (or a batch of `groups` of them over the same rows), in the
-        formats of its precision class (dense_gemm, expert_gemm, lm_head, router)."""
-        attrs = self.linear_attrs(op, category, ctx, gpu, tokens, k, n, in_shape, out_shape, kind, groups, gemm_class)
-        return self.add(nid, deps, **attrs)
+        formats of its precision class (dense_gemm, expert_gemm, lm_head, router): linear_attrs's node."""
+        return self.add(nid, deps, **self.linear_attrs(*args, **kwargs))
 
     def linear_attrs(
         self,
@@ -392,7 +375,7 @@ class BlockBuilder:
         groups: int = 1,
         gemm_class: str = "dense_gemm",
     ) -> dict:
-        """The attributes of `linear`'s node."""
+        """The attributes of a GEMM node (`linear`)."""
         extra = {"grouped": (groups, tokens)} if groups > 1 else {}
         fmt = getattr(self.formats, gemm_class)
         return self.compute_attrs(

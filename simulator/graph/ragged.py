@@ -79,6 +79,17 @@ class RaggedPassBuilder(PassBuilder):
             return float(s.decode_seqs), 1, s.decode_kv_tokens // max(s.decode_seqs, 1)
         return None
 
+    def pass_dims(self) -> tuple[float, int, float]:
+        """(seqs, q_len, kv_len) the layers are built with: the uniform batch's own, else the packed prefill's
+        one row of all new tokens (as varlen kernels see them) or the decode sequences (attention and the MLA
+        split follow the shape itself)."""
+        uniform = self.uniform()
+        if uniform is not None:
+            return uniform
+        if self.shape.phase == "prefill":
+            return 1.0, self.shape.new_tokens, 0
+        return float(self.shape.decode_seqs), 1, 0
+
     def mla_rows(self, seqs, q_len, kv_len) -> tuple[float, float]:
         """A ragged batch's MLA split: its prefill chunks up-project every position they attend to (when
         decompressed), its decode sequences (and absorbed prefill chunks) run absorbed."""
@@ -141,13 +152,7 @@ def build_forward(scenario: Scenario, shape: RaggedShape, keep: frozenset[int] |
     """
     bld = RaggedPassBuilder(scenario, shape, keep)
     phase = shape.phase
-    uniform = bld.uniform()
-    if uniform is not None:
-        seqs, q_len, kv_len = uniform
-    elif phase == "prefill":  # packed: one row of all new tokens, as varlen kernels see them
-        seqs, q_len, kv_len = 1.0, shape.new_tokens, 0
-    else:
-        seqs, q_len, kv_len = float(shape.decode_seqs), 1, 0
+    seqs, q_len, kv_len = bld.pass_dims()
     step = 0 if phase == "prefill" else 1
     marker = PHASE_MARKER_ATTRS
     bld.add(f"{phase}.start", [], op="phase_start", phase=phase, step=step, **marker)
@@ -181,8 +186,8 @@ def attention_nodes_attrs(
             out.append(builder.attention_attrs(op, ctx, g, *uniform))
         else:
             out.extend(builder.attention_part_attrs(op, ctx, g))
-    if builder.model.is_mla:  # (a ragged batch's split ignores the arguments: RaggedPassBuilder.mla_rows)
-        out.extend(builder.mla_parts_attrs(ctx, g, *(uniform if uniform is not None else (1.0, 2, 0))))
+    if builder.model.is_mla:
+        out.extend(builder.mla_parts_attrs(ctx, g, *builder.pass_dims()))
     return out
 
 
