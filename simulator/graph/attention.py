@@ -127,7 +127,8 @@ class AttentionBuilder(BlockBuilder):
         model, bytes_per_element = self.model, self.bytes_per_element
         hl = self.heads_local
         kv_b = self.kv_bytes_per_element
-        if model.is_mla and self.mla_decompressed(q_len):  # MHA: q/k head dim nope + rope, v head dim v_head_dim
+        decompressed = model.is_mla and self.mla_decompressed(q_len)
+        if decompressed:  # MHA: q/k head dim nope + rope, v head dim v_head_dim
             kvl, dk, dv, kv_b = (
                 hl,
                 self.head_dim + (model.qk_rope_head_dim or 0),
@@ -185,7 +186,7 @@ class AttentionBuilder(BlockBuilder):
                 **attn,
             )
         cost = costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, dv, bytes_per_element, kv_b)
-        if model.is_mla and not self.mla_decompressed(q_len):  # the latent is on chip already: no second read
+        if model.is_mla and not decompressed:  # the latent is on chip already: no second read
             cost = costs.OpCost(cost.flops, 0.0, cost.bytes_written)
         return self.compute_attrs(
             op,
@@ -193,7 +194,7 @@ class AttentionBuilder(BlockBuilder):
             ctx,
             g,
             cost,
-            (probs, (dim(seqs), kvl, kv_len, dv) if model.is_mla and self.mla_decompressed(q_len) else kvshape),
+            (probs, (dim(seqs), kvl, kv_len, dv) if decompressed else kvshape),
             (dim(seqs), hl, q_len, dv),
             tensor_core=True,
             launches=0,
