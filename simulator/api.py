@@ -616,16 +616,16 @@ def serve(
     loaded, base = _loaded(scenario, _override_strings(overrides, keyword_overrides), base_dir)
     require_serving(loaded, "--max-rate" if max_rate else "moesim serve")
     assert loaded.serving is not None
+    from simulator.serving.session import pricer_name
+
     simulate = None
     if loaded.serving.disaggregation is not None:
         from simulator.serving.disagg import disaggregated_inputs
 
         deployment = disaggregated_inputs(loaded)
         spec, pricer, simulate = loaded.serving, None, deployment.simulate
-        priced_by = f"DagPricer per pool ({deployment.describe()})"
+        priced_by = f"{pricer_name(deployment.decode.pricer)} per pool ({deployment.describe()})"
     else:
-        from simulator.serving.session import pricer_name
-
         spec, pricer, _ = serving_inputs(loaded)
         priced_by = pricer_name(pricer)
     t = spec.targets

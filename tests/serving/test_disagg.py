@@ -341,6 +341,9 @@ def test_pools_run_the_engine_as_an_aggregated_replica_of_their_layout_does():
         assert deployment.decode.pricer(batch) == pricer(batch)
     plain = disaggregated_inputs(parse_scenario(_scenario_dict(), "t"))
     assert plain.decode.pricer(five) < pricer(five)  # vLLM replays the CUDA graph captured for 8 sequences
+    import simulator
+
+    assert simulator.serve(data).priced_by.startswith("EnginePricer(vllm ")  # and the report says so
 
 
 def test_a_pipelined_prefill_pool_sends_each_stage_its_layers():
