@@ -8,8 +8,9 @@
 # $OUT/raw_extra.json (docs/calibration-status.md): device time per small kernel replayed inside a CUDA graph
 # (and the eager time of the same kernel, i.e. the host's dispatch), one graph launch, the fp16 scatter-add
 # (index_add_) of the sorted MoE combine, fp8 GEMMs (torch._scaled_mm, per-tensor scales), and the host costs
-# of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert), and small GEMMs and
-# decode attention calls in a CUDA graph (a check of the kernels' fixed part: simulator.calibration.small_kernels).
+# of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert), small GEMMs and
+# decode attention calls in a CUDA graph (a check of the kernels' fixed part: simulator.calibration.small_kernels),
+# and the sustained rate of the largest bf16 and fp8 GEMM over SUSTAIN_S (10) seconds with the SM clock and power.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -249,6 +250,59 @@ with torch.inference_mode():
                          "graph_copies": COPIES})
     data["small_kernels"] = rows
     save()
+
+    # 7. Sustained GEMM rate: the largest GEMM back to back for SUSTAIN_S seconds per format (bf16, then fp8), its
+    #    rate per ~0.5 s window, with the SM clock and board power sampled by nvidia-smi from a side thread (the GPU
+    #    never waits for it). The micro-benchmarks above time 20 calls after warm-up; a serving engine's
+    #    compute-bound iterations run for minutes. Whether the clock falls under a sustained fp8 load is what the
+    #    offline fp8 cases' gap (docs/serving-validation.md, ~1.4x) needs to know; nothing reads this yet.
+    import subprocess, threading
+    def smi_samples(stop, samples, t0):
+        while not stop.is_set():
+            try:
+                got = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                                      "-i", str(torch.cuda.current_device())], capture_output=True, text=True, timeout=5)
+                clock, power = (float(x) for x in got.stdout.strip().splitlines()[0].split(","))
+                samples.append({"t_s": time.perf_counter() - t0, "sm_clock_mhz": clock, "power_w": power})
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                return
+            stop.wait(0.5)
+    sustain_s = float(os.environ.get("SUSTAIN_S", "3" if quick else "10"))
+    mats = {"bf16": lambda m: torch.randn(m, m, device=dev, dtype=torch.bfloat16)}
+    if fp8 is not None and hasattr(torch, "_scaled_mm"):
+        mats["fp8_e4m3"] = lambda m: torch.randn(m, m, device=dev, dtype=torch.float16).to(fp8)
+    sustained = []
+    for fmt, make in mats.items():
+        m = 8192
+        a, b = make(m), make(m)
+        if fmt == "bf16":
+            fn = lambda: a @ b
+        else:
+            bt = b.t()
+            fn = lambda: torch._scaled_mm(a, bt, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16)
+        try:
+            per_call = events_s(fn, 5)
+        except (RuntimeError, TypeError) as exc:
+            print(f"gpu_calibration extra: sustained {fmt} GEMM failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+            continue
+        calls = max(1, int(0.5 / per_call))
+        windows, samples, stop = [], [], threading.Event()
+        t0 = time.perf_counter()
+        sampler = threading.Thread(target=smi_samples, args=(stop, samples, t0), daemon=True)
+        sampler.start()
+        while time.perf_counter() - t0 < sustain_s:
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            for _ in range(calls):
+                fn()
+            e1.record(); e1.synchronize()
+            windows.append({"t_s": time.perf_counter() - t0,
+                            "tflops": 2 * m ** 3 * calls / (e0.elapsed_time(e1) / 1e3) / 1e12})
+        stop.set(); sampler.join(timeout=10)
+        sustained.append({"format": fmt, "M": m, "K": m, "N": m, "calls_per_window": calls, "windows": windows,
+                          "smi": list(samples)})
+        data["sustained_gemm"] = sustained
+        save()
 for r in data.get("graph_kernels", []):
     g = "-" if r["s_graph_per_kernel"] is None else f"{r['s_graph_per_kernel'] * 1e6:.2f} us"
     print(f"kernel {r['op']:22} eager {r['s_eager'] * 1e6:7.2f} us   in a graph {g}")
@@ -266,6 +320,12 @@ if hc:
         print(f"  with routed row counts (new shapes): {hc['expert_loop_varied_rows_s_per_expert'] * 1e6:.1f} us per expert")
 best = max((r["tflops"] for r in data.get("gemm_fp8", [])), default=float("nan"))
 print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} shapes")
+for r in data.get("sustained_gemm", []):
+    w, smi = r["windows"], r["smi"]
+    clocks = f", SM clock {smi[0]['sm_clock_mhz']:.0f} -> {smi[-1]['sm_clock_mhz']:.0f} MHz, " \
+             f"power {smi[0]['power_w']:.0f} -> {smi[-1]['power_w']:.0f} W" if smi else " (no nvidia-smi samples)"
+    print(f"sustained {r['format']} 8192^3: {w[0]['tflops']:.0f} -> {w[-1]['tflops']:.0f} TFLOP/s over "
+          f"{w[-1]['t_s']:.1f} s{clocks}")
 PY
 extra_rc=$?
 echo "gpu_calibration: extra benchmarks exit $extra_rc after $(( $(date +%s) - extra_start )) s (budget ${EXTRA_BUDGET_S} s)"
