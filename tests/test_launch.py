@@ -216,4 +216,8 @@ def test_a_tp_groups_experts_priced_with_the_all_to_all_flow_say_so():
     dp_attention = load_scenario(
         ROOT / "scenarios/seed_moe_4gpu.yaml", ["parallel.pp=1", "parallel.tp=1", "parallel.dp=4", "parallel.ep=4"]
     )
-    assert note not in vllm_script(dp_attention)  # experts over the DP ranks: the engines all-to-all too
+    assert note not in vllm_script(dp_attention)  # experts over the DP ranks: priced as all-to-alls (DeepEP)
+    # ... which the engines run with a DeepEP backend, not by default: the files say which setting does
+    assert "VLLM_ALL2ALL_BACKEND=deepep_high_throughput" in vllm_script(dp_attention)
+    assert "--moe-a2a-backend deepep" in sglang_script(dp_attention)
+    assert "VLLM_ALL2ALL_BACKEND" not in vllm_script(seed) and "--moe-a2a-backend" not in sglang_script(seed)

@@ -228,6 +228,13 @@ def vllm_script(scenario: Scenario) -> str:
         lines.append(
             f"# Data-parallel attention: the {d.dp} DP ranks step together; their expert layers form one group of {group} GPUs."
         )
+        lines.append(
+            "# Note: moesim priced the expert group's dispatch and combine as all-to-alls of each token's routed copies "
+            "(DeepEP-class kernels). vLLM's default backend, VLLM_ALL2ALL_BACKEND=allgather_reducescatter (vllm/envs.py), "
+            "gathers every token to every rank of the group and reduce-scatters after, which moves more bytes when "
+            "top_k is below the group's size; VLLM_ALL2ALL_BACKEND=deepep_high_throughput (deepep_low_latency for "
+            "decode), with DeepEP installed, runs what moesim priced."
+        )
     if d.moe and d.ep == group and group > 1:
         argv.append("--enable-expert-parallel")
         if d.redundant_experts:
@@ -416,6 +423,12 @@ def sglang_script(scenario: Scenario) -> str:
         argv += ["--tp-size", str(d.dp * d.tp), "--dp-size", str(d.dp), "--enable-dp-attention"]
         lines.append(
             f"# --enable-dp-attention: attention TP = tp-size / dp-size = {d.tp}; MoE over all {d.dp * d.tp} GPUs."
+        )
+        lines.append(
+            "# Note: moesim priced the expert group's dispatch and combine as all-to-alls of each token's routed copies "
+            "(DeepEP-class kernels). With --moe-a2a-backend none (SGLang's default, server_args.py) the DP ranks' "
+            "tokens are gathered for the MoE layers and scattered after, which moves more bytes when top_k is below "
+            "the group's size; --moe-a2a-backend deepep, with DeepEP installed, runs what moesim priced."
         )
     else:
         argv += ["--tp-size", str(d.tp)]
