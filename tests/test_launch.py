@@ -221,3 +221,8 @@ def test_a_tp_groups_experts_priced_with_the_all_to_all_flow_say_so():
     assert "VLLM_ALL2ALL_BACKEND=deepep_high_throughput" in vllm_script(dp_attention)
     assert "--moe-a2a-backend deepep" in sglang_script(dp_attention)
     assert "VLLM_ALL2ALL_BACKEND" not in vllm_script(seed) and "--moe-a2a-backend" not in sglang_script(seed)
+    gathered = dp_attention.model_copy(
+        update={"runtime": dp_attention.runtime.model_copy(update={"ep_dispatch": "allgather"})}
+    )
+    assert "exchange as an all-gather and a reduce-scatter: vLLM's default" in vllm_script(gathered)
+    assert "deepep" not in vllm_script(gathered) + sglang_script(gathered)

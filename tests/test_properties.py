@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 import networkx as nx
 import pytest
 from conftest import ROOT, make_scenario
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_graph import _closed_form_matmul_flops
 
@@ -96,6 +96,7 @@ def small_scenarios(draw) -> dict:
             "moe_dispatch": draw(st.sampled_from(["all_to_all", "allreduce"])),
             "allreduce": draw(st.sampled_from(["nccl", "custom"])),
             "mla_prefill": draw(st.sampled_from(["decompressed", "absorbed"])),
+            "ep_dispatch": draw(st.sampled_from(["all_to_all", "allgather"])),
         },
     }
 
@@ -152,13 +153,39 @@ def _faster(data: dict, factor: float, what: str) -> dict:
     return {**data, "hardware": hw}
 
 
+#: Found by this test: faster FLOPs end the prefill sooner, so microbatch 1's token crosses GPUs 0-1's ports just
+#: before microbatch 0's TP all-reduce, which then waits for it (a list-scheduling anomaly, Graham 1969: greedy
+#: schedules are not monotone in task times). The whole run is 0.8 % slower; TTFT and the prefill are faster.
+ANOMALY = {
+    "name": "prop",
+    "model": {
+        "name": "prop",
+        "num_layers": 2,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "num_kv_heads": 1,
+        "activation": "gelu",
+        "dtype": "fp16",
+        "ffn_size": 64,
+    },
+    "hardware": "h100-sxm-80gb",
+    "cluster": {"num_gpus": 4, "gpus_per_node": 2},
+    "parallel": {"tp": 2, "pp": 2, "dp": 1, "ep": 1, "etp": 1, "microbatches": 2},
+    "workload": {"batch_size": 2, "input_len_tokens": 2, "output_len_tokens": 2},
+    "runtime": {"mode": "cuda_graph", "allreduce": "nccl"},
+}
+
+
 @_settings(20)
 @given(small_scenarios(), st.sampled_from(["flops", "hbm", "links", "bandwidth"]), st.sampled_from([1.5, 2.0, 10.0]))
+@example(ANOMALY, "flops", 1.5)
 def test_faster_hardware_is_never_slower(data, what, factor):
+    """TTFT and the prefill never get slower on faster hardware; the whole run may, by a list-scheduling anomaly
+    (ANOMALY), but by no more than 2 %."""
     base = run_scenario(_scenario(data), verify=False).metrics
     fast = run_scenario(_scenario(_faster(data, factor, what)), verify=False).metrics
     tol = 1e-9
-    assert fast.total_s <= base.total_s * (1 + tol)
+    assert fast.total_s <= base.total_s * 1.02
     assert fast.ttft_s.max <= base.ttft_s.max * (1 + tol)
     assert fast.prefill_s <= base.prefill_s * (1 + tol)
 

@@ -217,6 +217,9 @@ def test_layout_line_names_how_the_tp_collectives_were_priced():
     # an MLA model also says how its prefill ran (runtime.mla_prefill); the key is there only with MLA
     assert _collectives({**base, "tp": 1, "mla_prefill": "decompressed"}) == ", MLA prefill decompressed"
     assert _collectives({**base, "mla_prefill": "absorbed"}).endswith("one all-reduce, MLA prefill absorbed")
+    # an expert group exchanging by all-gather (runtime.ep_dispatch allgather); the default all-to-all is not named
+    gathered = {**base, "tp": 1, "ep_dispatch": "allgather"}
+    assert _collectives(gathered) == ", experts reached by all-gather and reduce-scatter"
 
 
 def test_summary_names_the_mla_prefill_only_for_mla_models(tiny_summary):

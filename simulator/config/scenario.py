@@ -235,6 +235,15 @@ class RuntimeSpec(StrictModel):
         "1/tp slice of the tokens, all-to-alls the copies to the experts, all-gathers after; the origin's DAG); "
         "experts spanning dp ranks always all-to-all",
     )
+    ep_dispatch: Literal["all_to_all", "allgather"] = Field(
+        default="all_to_all",
+        description="how the all-to-all flow's expert group exchanges tokens (experts over several TP or DP ranks, "
+        "moe_dispatch all_to_all or experts spanning dp ranks): all_to_all (each token's routed copies to the ranks "
+        "holding their experts and back: DeepEP-class kernels, the origin's DAG) or allgather (every rank gathers all "
+        "the group's tokens, runs its experts on the copies routed to them, and a reduce-scatter returns each rank's "
+        "tokens: vLLM's default VLLM_ALL2ALL_BACKEND allgather_reducescatter, SGLang's DP attention without "
+        "--moe-a2a-backend deepep)",
+    )
     mla_prefill: Literal["decompressed", "absorbed"] = Field(
         default="decompressed",
         description="how MLA attention runs a prefill (sequences computing more than one token): decompressed (vLLM, "

@@ -156,6 +156,9 @@ class BlockBuilder:
         self.keep = keep  # GPUs whose nodes are built (None: all); see symmetric_representatives
         self.pytorch = scenario.runtime.framework == "pytorch"
         self.moe_allreduce = scenario.moe_allreduce  # MoE layers as the engines run a TP group's experts
+        self.ep_allgather = (
+            scenario.runtime.ep_dispatch == "allgather"
+        )  # the expert group gathers, then reduce-scatters
         # the MoE algorithm whose PyTorch helper kernels the graph shows (None: fused, or grouped)
         self.pytorch_moe = scenario.model.moe_impl if self.pytorch else None
         self.templates: dict[tuple, Template] = {}  # see layer_reused

@@ -37,6 +37,50 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             "tp",
         )
 
+    def ep_allgather_pair(self, L, stage, group, deps, ctx, slice_tokens):
+        """The expert group's exchange as vLLM's allgather_reducescatter backend runs it (runtime.ep_dispatch
+        allgather): an all-gather of every rank's tokens (hidden states in the dispatch format, with their top-k
+        ids and weights) to every rank of the group; the returned function adds the reduce-scatter that sums the
+        ranks' expert outputs and returns each rank its own tokens (in the payload format). The permute before and
+        the weighted sum after stay where the all-to-all flow has them."""
+        n, hidden, k = len(group), self.hidden, self.model.top_k
+        per_token = hidden * self.dispatch_bytes_per_element + k * (INDEX_BYTES + 4)  # ids int32, weights fp32
+        rank_bytes = slice_tokens * per_token
+        shape = (dim(slice_tokens * n), hidden)
+        disp = self.collective(
+            f"{L}.s{stage}r{group[0]}.ep_allgather",
+            deps,
+            "ep_allgather",
+            "ep_comm",
+            ctx,
+            group,
+            "all_gather",
+            [rank_bytes * (n - 1)] * n,
+            [rank_bytes * (n - 1)] * n,
+            rank_bytes * n,
+            shape,
+            "ep",
+        )
+        back_bytes = slice_tokens * hidden * self.payload_bytes_per_element
+
+        def combine(fc2_deps: list[str]) -> str:
+            return self.collective(
+                f"{L}.s{stage}r{group[0]}.ep_reducescatter",
+                fc2_deps,
+                "ep_reducescatter",
+                "ep_comm",
+                ctx,
+                group,
+                "reduce_scatter",
+                [back_bytes * (n - 1)] * n,
+                [back_bytes * (n - 1)] * n,
+                back_bytes * n,
+                shape,
+                "ep",
+            )
+
+        return disp, combine
+
     def build_layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
         """One transformer layer on every GPU of its stage; returns each GPU's output node."""
         pl, model, hidden, bytes_per_element = self.pl, self.model, self.hidden, self.bytes_per_element
@@ -149,7 +193,11 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             back_send = [copy_bytes * share[g] * (len(group) - 1) for g in group]
             back_recv = [copy_bytes * (sum(share.values()) - share[g]) for g in group]
             n_ranks = len(group)
-            if n_ranks > 1:
+            copies_shape = (slice_tokens_dim * k if isinstance(slice_tokens_dim, int) else slice_tokens * k, hidden)
+            if n_ranks > 1 and self.ep_allgather:
+                disp, comb_of = self.ep_allgather_pair(L, stage, group, [routed[g] for g in mine], ctx, slice_tokens)
+                deps_of = {g: [disp] for g in group}
+            elif n_ranks > 1:
                 disp = self.collective(
                     f"{L}.s{stage}r{group[0]}.a2a_dispatch",
                     [routed[g] for g in mine],
@@ -161,7 +209,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                     send,
                     recv,
                     max(max(send), max(recv)),
-                    (slice_tokens_dim * k if isinstance(slice_tokens_dim, int) else slice_tokens * k, hidden),
+                    copies_shape,
                     "ep",
                 )
                 deps_of = {g: [disp] for g in group}
@@ -180,7 +228,11 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                     dropped if g == group[0] else 0.0,
                     routed_copies / k,
                 )
-            if n_ranks > 1:
+            if n_ranks > 1 and self.ep_allgather:
+                comb = comb_of([x for g in mine for x in fc2s[g]])
+                for g in mine:
+                    moe_out[g] = [comb]
+            elif n_ranks > 1:
                 comb = self.collective(
                     f"{L}.s{stage}r{group[0]}.a2a_combine",
                     [x for g in mine for x in fc2s[g]],
@@ -192,7 +244,7 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                     back_send,
                     back_recv,
                     max(max(back_send), max(back_recv)),
-                    (slice_tokens_dim * k if isinstance(slice_tokens_dim, int) else slice_tokens * k, hidden),
+                    copies_shape,
                     "ep",
                 )
                 for g in mine:

@@ -62,6 +62,7 @@ class Deployment:
     num_experts: int = 0
     nccl_allreduce: bool = False  # runtime.allreduce nccl with tensor-parallel all-reduces: the custom one turned off
     moe_all_to_all_in_tp: bool = False  # priced with the all-to-all flow where the engines all-reduce (moe_dispatch)
+    ep_allgather: bool = False  # the expert group's exchange priced as all-gather + reduce-scatter (ep_dispatch)
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -120,6 +121,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         num_experts=m.num_experts,
         nccl_allreduce=scenario.runtime.allreduce == "nccl" and (p.tp > 1 or p.etp > 1),
         moe_all_to_all_in_tp=m.is_moe and p.tp > 1 and p.ep * p.etp == p.tp and not scenario.moe_allreduce,
+        ep_allgather=scenario.runtime.ep_dispatch == "allgather",
         **kv,
     )
 
@@ -228,13 +230,20 @@ def vllm_script(scenario: Scenario) -> str:
         lines.append(
             f"# Data-parallel attention: the {d.dp} DP ranks step together; their expert layers form one group of {group} GPUs."
         )
-        lines.append(
-            "# Note: moesim priced the expert group's dispatch and combine as all-to-alls of each token's routed copies "
-            "(DeepEP-class kernels). vLLM's default backend, VLLM_ALL2ALL_BACKEND=allgather_reducescatter (vllm/envs.py), "
-            "gathers every token to every rank of the group and reduce-scatters after, which moves more bytes when "
-            "top_k is below the group's size; VLLM_ALL2ALL_BACKEND=deepep_high_throughput (deepep_low_latency for "
-            "decode), with DeepEP installed, runs what moesim priced."
-        )
+        if d.ep_allgather:
+            lines.append(
+                "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter: vLLM's default "
+                "backend, VLLM_ALL2ALL_BACKEND=allgather_reducescatter (vllm/envs.py)."
+            )
+        else:
+            lines.append(
+                "# Note: moesim priced the expert group's dispatch and combine as all-to-alls of each token's routed "
+                "copies (DeepEP-class kernels). vLLM's default backend, VLLM_ALL2ALL_BACKEND=allgather_reducescatter "
+                "(vllm/envs.py), gathers every token to every rank of the group and reduce-scatters after, which moves "
+                "more bytes when top_k is below the group's size (runtime.ep_dispatch: allgather prices it); "
+                "VLLM_ALL2ALL_BACKEND=deepep_high_throughput (deepep_low_latency for decode), with DeepEP installed, "
+                "runs what moesim priced."
+            )
     if d.moe and d.ep == group and group > 1:
         argv.append("--enable-expert-parallel")
         if d.redundant_experts:
@@ -424,12 +433,19 @@ def sglang_script(scenario: Scenario) -> str:
         lines.append(
             f"# --enable-dp-attention: attention TP = tp-size / dp-size = {d.tp}; MoE over all {d.dp * d.tp} GPUs."
         )
-        lines.append(
-            "# Note: moesim priced the expert group's dispatch and combine as all-to-alls of each token's routed copies "
-            "(DeepEP-class kernels). With --moe-a2a-backend none (SGLang's default, server_args.py) the DP ranks' "
-            "tokens are gathered for the MoE layers and scattered after, which moves more bytes when top_k is below "
-            "the group's size; --moe-a2a-backend deepep, with DeepEP installed, runs what moesim priced."
-        )
+        if d.ep_allgather:
+            lines.append(
+                "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter, as SGLang's DP "
+                "attention gathers the DP ranks' tokens for the MoE layers with --moe-a2a-backend none (its default)."
+            )
+        else:
+            lines.append(
+                "# Note: moesim priced the expert group's dispatch and combine as all-to-alls of each token's routed "
+                "copies (DeepEP-class kernels). With --moe-a2a-backend none (SGLang's default, server_args.py) the DP "
+                "ranks' tokens are gathered for the MoE layers and scattered after, which moves more bytes when top_k "
+                "is below the group's size (runtime.ep_dispatch: allgather prices it); --moe-a2a-backend deepep, with "
+                "DeepEP installed, runs what moesim priced."
+            )
     else:
         argv += ["--tp-size", str(d.tp)]
         if d.dp > 1:

@@ -54,21 +54,31 @@ def _layout(run: RunResult | DagResult) -> dict:
         "custom_allreduce_max_bytes": rt.custom_allreduce_max_bytes,
         "moe_over_tp_allreduce": s.moe_allreduce,
         **({"mla_prefill": rt.mla_prefill} if s.model.is_mla else {}),
+        **({"ep_dispatch": rt.ep_dispatch} if rt.ep_dispatch != "all_to_all" and _has_ep_exchange(s) else {}),
     }
+
+
+def _has_ep_exchange(s) -> bool:
+    """Whether the MoE layers exchange tokens across an expert group (the all-to-all flow over several ranks)."""
+    p = s.parallel
+    return s.model.is_moe and not s.moe_allreduce and p.ep * p.etp > 1
 
 
 def _collectives(layout: dict) -> str:
     """How the layout's TP collectives were priced, after the decode mode: ', custom all-reduce below 8.39 MB'
     (or ', NCCL ring all-reduce') when there is TP, and ', MoE over TP by one all-reduce' for the engines' TP MoE;
-    with MLA, how its prefill ran (', MLA prefill decompressed')."""
-    mla = f", MLA prefill {layout['mla_prefill']}" if "mla_prefill" in layout else ""
+    an expert group's all-gather exchange (runtime.ep_dispatch allgather); with MLA, how its prefill ran
+    (', MLA prefill decompressed')."""
+    tail = f", MLA prefill {layout['mla_prefill']}" if "mla_prefill" in layout else ""
+    if "ep_dispatch" in layout:  # (only an allgather exchange is named: all-to-all is the default)
+        tail = ", experts reached by all-gather and reduce-scatter" + tail
     if layout["tp"] == 1 and layout["etp"] == 1:
-        return mla
+        return tail
     if layout["allreduce"] == "custom":
         text = f", custom all-reduce below {fmt_bytes(layout['custom_allreduce_max_bytes'])}"
     else:
         text = ", NCCL ring all-reduce"
-    return text + (", MoE over TP by one all-reduce" if layout["moe_over_tp_allreduce"] else "") + mla
+    return text + (", MoE over TP by one all-reduce" if layout["moe_over_tp_allreduce"] else "") + tail
 
 
 def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
