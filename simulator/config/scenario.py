@@ -241,8 +241,8 @@ class RuntimeSpec(StrictModel):
         "moe_dispatch all_to_all or experts spanning dp ranks): all_to_all (each token's routed copies to the ranks "
         "holding their experts and back: DeepEP-class kernels, the origin's DAG) or allgather (every rank gathers all "
         "the group's tokens, runs its experts on the copies routed to them, and a reduce-scatter returns each rank's "
-        "tokens: vLLM's default VLLM_ALL2ALL_BACKEND allgather_reducescatter, SGLang's DP attention without "
-        "--moe-a2a-backend deepep)",
+        "tokens: vLLM's default VLLM_ALL2ALL_BACKEND allgather_reducescatter; the least that SGLang's DP attention "
+        "without --moe-a2a-backend deepep moves)",
     )
     mla_prefill: Literal["decompressed", "absorbed"] = Field(
         default="decompressed",

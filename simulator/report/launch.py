@@ -435,16 +435,18 @@ def sglang_script(scenario: Scenario) -> str:
         )
         if d.ep_allgather:
             lines.append(
-                "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter, as SGLang's DP "
-                "attention gathers the DP ranks' tokens for the MoE layers with --moe-a2a-backend none (its default)."
+                "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter. SGLang's DP "
+                "attention with --moe-a2a-backend none (its default) gathers the DP ranks' tokens into one buffer of "
+                "the group's tokens (python/sglang/srt/layers/dp_attention.py; 0.4.x fills it by an all-reduce) and "
+                "all-reduces the experts' outputs over the group: at least those bytes, up to twice."
             )
         else:
             lines.append(
                 "# Note: moesim priced the expert group's dispatch and combine as all-to-alls of each token's routed "
                 "copies (DeepEP-class kernels). With --moe-a2a-backend none (SGLang's default, server_args.py) the DP "
-                "ranks' tokens are gathered for the MoE layers and scattered after, which moves more bytes when top_k "
-                "is below the group's size (runtime.ep_dispatch: allgather prices it); --moe-a2a-backend deepep, with "
-                "DeepEP installed, runs what moesim priced."
+                "ranks' tokens are gathered for the MoE layers and the outputs reduced over the group, which moves "
+                "more bytes when top_k is below the group's size (runtime.ep_dispatch: allgather prices the least of "
+                "it); --moe-a2a-backend deepep, with DeepEP installed, runs what moesim priced."
             )
     else:
         argv += ["--tp-size", str(d.tp)]
