@@ -1,7 +1,7 @@
 """The expert group's exchange as vLLM's allgather_reducescatter backend runs it (runtime.ep_dispatch allgather,
-graph.layers.LayerBuilder.ep_allgather_pair): an all-gather of every rank's tokens to the whole group, the experts on
-the copies routed to each rank, a reduce-scatter back. Hand-computed bytes, the same expert work as the all-to-all
-flow, and its cost against the all-to-all when top_k is below the group's size."""
+graph.layers.LayerBuilder.build_layer with ring_collective): an all-gather of every rank's tokens to the whole group,
+the experts on the copies routed to each rank, a reduce-scatter back. Hand-computed bytes, the same expert work as the
+all-to-all flow, and its cost against the all-to-all when top_k is below the group's size."""
 
 from __future__ import annotations
 

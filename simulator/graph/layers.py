@@ -20,66 +20,17 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
 
     def allgather(self, nid, deps, ctx, group, tokens):
         total = tokens * self.hidden * self.payload_bytes_per_element
-        per_rank = total / len(group)
+        return self.ring_collective(
+            nid, deps, "tp_allgather", "tp_comm", ctx, group, "all_gather", total, (dim(tokens), self.hidden), "tp"
+        )
+
+    def ring_collective(self, nid, deps, op, category, ctx, group, collective, total, shape, kind):
+        """An all-gather or reduce-scatter of `total` bytes over `group`: each rank sends and receives the
+        other ranks' shares, (n - 1) / n of it."""
         n = len(group)
-        return self.collective(
-            nid,
-            deps,
-            "tp_allgather",
-            "tp_comm",
-            ctx,
-            group,
-            "all_gather",
-            [per_rank * (n - 1)] * n,
-            [per_rank * (n - 1)] * n,
-            total,
-            (dim(tokens), self.hidden),
-            "tp",
-        )
-
-    def ep_allgather_pair(self, L, stage, group, deps, ctx, slice_tokens):
-        """The expert group's exchange as vLLM's allgather_reducescatter backend runs it (runtime.ep_dispatch
-        allgather): an all-gather of every rank's tokens (hidden states in the dispatch format, with their top-k
-        ids and weights) to every rank of the group; the returned function adds the reduce-scatter that sums the
-        ranks' expert outputs and returns each rank its own tokens (in the payload format). The permute before and
-        the weighted sum after stay where the all-to-all flow has them."""
-        n, hidden, k = len(group), self.hidden, self.model.top_k
-        per_token = hidden * self.dispatch_bytes_per_element + k * (INDEX_BYTES + 4)  # ids int32, weights fp32
-        rank_bytes = slice_tokens * per_token
-        shape = (dim(slice_tokens * n), hidden)
-        disp = self.collective(
-            f"{L}.s{stage}r{group[0]}.ep_allgather",
-            deps,
-            "ep_allgather",
-            "ep_comm",
-            ctx,
-            group,
-            "all_gather",
-            [rank_bytes * (n - 1)] * n,
-            [rank_bytes * (n - 1)] * n,
-            rank_bytes * n,
-            shape,
-            "ep",
-        )
-        back_bytes = slice_tokens * hidden * self.payload_bytes_per_element
-
-        def combine(fc2_deps: list[str]) -> str:
-            return self.collective(
-                f"{L}.s{stage}r{group[0]}.ep_reducescatter",
-                fc2_deps,
-                "ep_reducescatter",
-                "ep_comm",
-                ctx,
-                group,
-                "reduce_scatter",
-                [back_bytes * (n - 1)] * n,
-                [back_bytes * (n - 1)] * n,
-                back_bytes * n,
-                shape,
-                "ep",
-            )
-
-        return disp, combine
+        per_rank = total / n
+        moved = [per_rank * (n - 1)] * n
+        return self.collective(nid, deps, op, category, ctx, group, collective, moved, moved, total, shape, kind)
 
     def build_layer(self, tag, ctx, ready, seqs, q_len, kv_len, gather) -> dict[int, str]:
         """One transformer layer on every GPU of its stage; returns each GPU's output node."""
@@ -194,8 +145,24 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
             back_recv = [copy_bytes * (sum(share.values()) - share[g]) for g in group]
             n_ranks = len(group)
             copies_shape = (slice_tokens_dim * k if isinstance(slice_tokens_dim, int) else slice_tokens * k, hidden)
+            # runtime.ep_dispatch allgather (vLLM's allgather_reducescatter backend): every rank gathers the group's
+            # tokens (hidden states in the dispatch format, top-k ids int32 and weights fp32), a reduce-scatter
+            # (payload format) returns each rank its own; the permute and the weighted sum stay where they are
+            gathered_shape = (dim(slice_tokens * n_ranks), hidden)
             if n_ranks > 1 and self.ep_allgather:
-                disp, comb_of = self.ep_allgather_pair(L, stage, group, [routed[g] for g in mine], ctx, slice_tokens)
+                per_token = hidden * self.dispatch_bytes_per_element + k * (INDEX_BYTES + 4)
+                disp = self.ring_collective(
+                    f"{L}.s{stage}r{group[0]}.ep_allgather",
+                    [routed[g] for g in mine],
+                    "ep_allgather",
+                    "ep_comm",
+                    ctx,
+                    group,
+                    "all_gather",
+                    slice_tokens * per_token * n_ranks,
+                    gathered_shape,
+                    "ep",
+                )
                 deps_of = {g: [disp] for g in group}
             elif n_ranks > 1:
                 disp = self.collective(
@@ -229,7 +196,18 @@ class LayerBuilder(AttentionBuilder, ExpertBuilder):
                     routed_copies / k,
                 )
             if n_ranks > 1 and self.ep_allgather:
-                comb = comb_of([x for g in mine for x in fc2s[g]])
+                comb = self.ring_collective(
+                    f"{L}.s{stage}r{group[0]}.ep_reducescatter",
+                    [x for g in mine for x in fc2s[g]],
+                    "ep_reducescatter",
+                    "ep_comm",
+                    ctx,
+                    group,
+                    "reduce_scatter",
+                    slice_tokens * hidden * self.payload_bytes_per_element * n_ranks,
+                    gathered_shape,
+                    "ep",
+                )
                 for g in mine:
                     moe_out[g] = [comb]
             elif n_ranks > 1:
