@@ -21,6 +21,7 @@ from simulator.config import Scenario, gpus_per_node
 from simulator.config.hardware import HardwareProfile
 from simulator.graph import Dag
 from simulator.graph.dag import COMM, MARKER  # NodeKind members, bound once (hot loops)
+from simulator.graph.ragged import PIECEWISE_EAGER_OPS
 from simulator.op_time import host_dispatch_s, node_time_s
 
 
@@ -229,14 +230,21 @@ def host_tasks(dag: Dag, dispatch_s: Sequence[float], eager_decode: bool, graph_
 
 
 def simulate_dag(
-    graph: Dag | nx.DiGraph, scenario: Scenario, hw: HardwareProfile, host_thread: bool = True
+    graph: Dag | nx.DiGraph,
+    scenario: Scenario,
+    hw: HardwareProfile,
+    host_thread: bool = True,
+    piecewise: bool = False,
 ) -> SimResult:
     """Cost every node, schedule the DAG and the hosts' launch threads (host_tasks) on the engine and
     return the trace. Node durations are GPU (device) time; what the host adds shows as later starts.
 
     host_thread=False: no launch threads; an eagerly launched node instead takes at least its kernels'
     eager floors (op_time: the host's dispatch as a per-kernel minimum), a pass whose time is then a sum
-    of node times (serving.dag_pricer decomposes passes so)."""
+    of node times (serving.dag_pricer decomposes passes so). piecewise (with host_thread False): prefill
+    nodes replay piecewise CUDA graphs, only graph.ragged.PIECEWISE_EAGER_OPS launched eagerly."""
+    if piecewise and host_thread:
+        raise ValueError("piecewise graphs are priced without launch threads (host_thread=False)")
     dag = graph if isinstance(graph, Dag) else Dag.from_networkx(graph)
     res = Resources(scenario.num_gpus)
     gpn = gpus_per_node(scenario, hw)
@@ -255,7 +263,9 @@ def simulate_dag(
     held_of: dict[tuple, tuple[int, ...]] = {}  # each GPU (set) holds the same resources throughout
     for i, a in dag.distinct():
         # device time: the host's dispatch is its own task (host_tasks), not a floor on the kernel
-        eager = not host_thread and (a["phase"] == "prefill" or decode_eager)
+        eager = not host_thread and (
+            (a["phase"] == "prefill" and (not piecewise or a.get("op") in PIECEWISE_EAGER_OPS)) or decode_eager
+        )
         durations_s[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated, custom_ar)
         dispatch_s[i] = host_dispatch_s(a, hw)
         held_key = (a["kind"], a.get("gpu"), a.get("collective"))  # all node_resources reads (keep is fixed)

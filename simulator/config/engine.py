@@ -49,17 +49,26 @@ class SizeRange(StrictModel):
 #:   max_num_seqs_included           keep sizes <= max_num_seqs, adding max_num_seqs itself when a listed size
 #:                                   exceeds it (SGLang's req_to_token_pool.size rule)
 #:   max_num_seqs                    keep sizes <= max_num_seqs
-CaptureLimit = Literal["first_at_or_above_max_num_seqs", "max_num_seqs_included", "max_num_seqs"]
+#:   twice_max_num_seqs              keep sizes <= min(2 x max_num_seqs, max_num_batched_tokens) (vLLM V1's
+#:                                   max_cudagraph_capture_size; the listed sizes carry its cap of 512)
+CaptureLimit = Literal["first_at_or_above_max_num_seqs", "max_num_seqs_included", "max_num_seqs", "twice_max_num_seqs"]
 
 
 class CudaGraphSpec(StrictModel):
     """Decode batches replayed from CUDA graphs captured at fixed batch sizes: a decode batch of n sequences runs
     the graph of the smallest captured size >= n, padded with dummy sequences; a larger batch, or one whose
-    longest context exceeds max_context_tokens, runs eagerly."""
+    longest context exceeds max_context_tokens, runs eagerly.
+
+    mixed: how a batch with a prefill chunk runs. `eager` (vLLM V0, SGLang, TensorRT-LLM's default): every
+    kernel launched by the host. `piecewise` (vLLM V1's FULL_AND_PIECEWISE): a batch of at most the largest
+    captured size in tokens is padded up to the next captured size and replays the graphs captured between
+    the attention layers; attention (the engine's attention op, which the graphs are split at), the LM head
+    and sampling run eagerly. A larger batch runs eagerly."""
 
     sizes: tuple[int | SizeRange, ...] = Field(min_length=1)
     limit: CaptureLimit = "max_num_seqs"
     max_context_tokens: int | None = Field(default=None, ge=1)
+    mixed: Literal["eager", "piecewise"] = "eager"
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -69,12 +78,18 @@ class CudaGraphSpec(StrictModel):
                 raise ValueError(f"sizes: {item} must be in [1, {MAX_CAPTURE_SIZE}]")
         return self
 
-    def capture_sizes(self, max_num_seqs: int) -> tuple[int, ...]:
-        """The sorted batch sizes captured for a scheduler of this max_num_seqs (`limit` above)."""
+    def capture_sizes(self, max_num_seqs: int, max_num_batched_tokens: int | None = None) -> tuple[int, ...]:
+        """The sorted batch sizes captured for a scheduler of this max_num_seqs (`limit` above; the token budget
+        matters to twice_max_num_seqs alone)."""
         sizes: set[int] = set()
         for item in self.sizes:
             sizes.update([item] if isinstance(item, int) else item.sizes())
         ordered = sorted(sizes)
+        if self.limit == "twice_max_num_seqs":
+            top = 2 * max_num_seqs
+            if max_num_batched_tokens is not None:
+                top = min(top, max_num_batched_tokens)
+            return tuple(s for s in ordered if s <= top)
         if self.limit == "first_at_or_above_max_num_seqs":
             above = [s for s in ordered if s >= max_num_seqs]
             top = above[0] if above else ordered[-1]
@@ -111,6 +126,7 @@ class KernelsSpec(StrictModel):
     attention: Literal["flash_attention"] = "flash_attention"
     framework: Literal["fused", "pytorch"] = "fused"
     moe_dispatch: Literal["all_to_all", "allreduce"] = "all_to_all"  # runtime.moe_dispatch
+    ep_dispatch: Literal["all_to_all", "allgather"] | None = None  # runtime.ep_dispatch; None: the scenario's
     source: str = Field(min_length=1)
 
 
@@ -129,18 +145,51 @@ class AllReduceSpec(StrictModel):
         return self
 
 
-class SchedulerDefaultsSpec(StrictModel):
-    """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batch
-    limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV memory rule
-    (gpu_memory_utilization or free_memory_fraction) applies only when the scenario gives neither rule nor
-    capacity_blocks."""
+class DeviceDefaultsSpec(StrictModel):
+    """Batch limits an engine picks by GPU (vLLM V1's EngineArgs._set_default_args): on a device with at least
+    `min_device_memory_bytes` of memory (the profile's device_memory_bytes, what the driver reports) whose
+    profile name contains none of `exclude_names`, these replace the engine's general defaults."""
 
+    min_device_memory_bytes: float = Field(gt=0)
+    exclude_names: tuple[str, ...] = ()
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    source: str = Field(min_length=1)
+
+    def applies(self, device_name: str, device_memory_bytes: float) -> bool:
+        name = device_name.lower()
+        return device_memory_bytes >= self.min_device_memory_bytes and not any(
+            x.lower() in name for x in self.exclude_names
+        )
+
+
+def large_device_limits(large: DeviceDefaultsSpec, scheduler: dict, device: tuple[str, float]) -> dict:
+    """`scheduler` (a raw serving.scheduler mapping) with `large`'s batch limits where it is silent, when they
+    apply to `device` (profile name, device memory in bytes); `scheduler` itself when nothing changes."""
+    if not large.applies(*device):
+        return scheduler
+    add = {
+        key: getattr(large, key)
+        for key in ("max_num_seqs", "max_num_batched_tokens")
+        if getattr(large, key) is not None and key not in scheduler
+    }
+    return {**scheduler, **add} if add else scheduler
+
+
+class SchedulerDefaultsSpec(StrictModel):
+    """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batching
+    policy, the batch limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV
+    memory rule (gpu_memory_utilization or free_memory_fraction) applies only when the scenario gives neither
+    rule nor capacity_blocks. `large_devices`: other batch limits on large GPUs (DeviceDefaultsSpec)."""
+
+    policy: Literal["static", "continuous", "chunked_prefill"] | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     admission: Literal["on_demand", "reserve"] | None = None
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+    large_devices: DeviceDefaultsSpec | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -150,10 +199,10 @@ class SchedulerDefaultsSpec(StrictModel):
         return self
 
     def fill(self, scheduler: dict) -> dict:
-        """`scheduler` (a scenario's raw serving.scheduler mapping) with this engine's defaults where it is
-        silent (see the class docstring)."""
+        """`scheduler` (a scenario's raw serving.scheduler mapping) with this engine's general defaults where it
+        is silent (see the class docstring; large_device_limits fills the device's first)."""
         out = dict(scheduler)
-        for key in ("max_num_seqs", "max_num_batched_tokens", "admission"):
+        for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission"):
             value = getattr(self, key)
             if value is not None and key not in out:
                 out[key] = value

@@ -6,6 +6,11 @@ from __future__ import annotations
 from simulator import costs
 from simulator.graph.blocks import BlockBuilder, dim
 
+#: The MLA nodes whose rows depend on a batch's split of prefill and decode (AttentionBuilder.mla_rows), in the
+#: order mla_parts_attrs gives them: kv_b_proj and k_rope_concat over context rows, q_absorb and v_up over
+#: absorbed rows.
+MLA_SPLIT_OPS = ("kv_b_proj", "k_rope_concat", "q_absorb", "v_up")
+
 
 class AttentionBuilder(BlockBuilder):
     """Adds a layer's attention on one GPU (mha or mla) and prices its attention kernels."""
@@ -243,8 +248,8 @@ class AttentionBuilder(BlockBuilder):
     def mla_parts_attrs(self, ctx, g, seqs, q_len, kv_len) -> list[dict]:
         """The attributes of the MLA nodes mla_part_attrs describes that this batch runs (rows > 0)."""
         kv_rows, absorbed_rows = self.mla_rows(seqs, q_len, kv_len)
-        ops = (("kv_b_proj", kv_rows), ("k_rope_concat", kv_rows), ("q_absorb", absorbed_rows), ("v_up", absorbed_rows))
-        return [self.mla_part_attrs(op, ctx, g, rows) for op, rows in ops if rows > 0]
+        rows_of = (kv_rows, kv_rows, absorbed_rows, absorbed_rows)
+        return [self.mla_part_attrs(op, ctx, g, rows) for op, rows in zip(MLA_SPLIT_OPS, rows_of) if rows > 0]
 
     def mla(self, p, ctx, g, n, seqs, q_len, kv_len) -> tuple[str, int]:
         """Multi-head latent attention on one GPU, as vLLM's MLA backends run it (vllm/v1/attention/backends/mla/

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from simulator.config import Scenario
+from simulator.graph.attention import MLA_SPLIT_OPS
 from simulator.graph.blocks import dim
 from simulator.graph.dag import Dag
 from simulator.graph.passes import PHASE_MARKER_ATTRS, PassBuilder
@@ -171,6 +172,12 @@ def build_forward(scenario: Scenario, shape: RaggedShape, keep: frozenset[int] |
 #: The nodes one flash-attention kernel is described by.
 ATTENTION_OPS = ("attn_scores", "attn_softmax", "attn_context")
 
+#: The nodes a piecewise CUDA-graph pass launches eagerly (vLLM V1's PIECEWISE mode): what runs inside the
+#: engine's attention op, which torch.compile splits the graphs at (vLLM's unified_attention: the attention
+#: kernel and, with MLA, the up-projections inside MLACommonImpl.forward), and the LM head and sampling, which
+#: the model runner calls outside the captured forward. Exactly the nodes DagPricer.node_parts prices apart.
+PIECEWISE_EAGER_OPS = frozenset(ATTENTION_OPS + MLA_SPLIT_OPS + ("lm_head", "sample"))
+
 
 def attention_nodes_attrs(
     builder: RaggedPassBuilder, ctx: dict, g: int, ops: tuple[str, ...] = ATTENTION_OPS
@@ -193,6 +200,7 @@ def attention_nodes_attrs(
 
 __all__ = [
     "ATTENTION_OPS",
+    "PIECEWISE_EAGER_OPS",
     "RaggedPassBuilder",
     "RaggedShape",
     "attention_nodes_attrs",

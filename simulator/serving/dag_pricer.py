@@ -21,7 +21,9 @@ points gather where the trunk bends (eager floors, roofline corners). Per pipeli
 the stage's layers; the period of a replica (one batch in flight per stage) is its slowest stage's time, the
 latency (when the batch's tokens exist) the whole pass's.
 
-A batch with a prefill chunk runs eagerly (as vLLM runs mixed batches); a pure decode batch follows
+A batch with a prefill chunk runs eagerly (as vLLM V0 runs mixed batches), or with `piecewise` from piecewise
+CUDA graphs (vLLM V1: only attention, the LM head and sampling launched eagerly, graph.ragged.PIECEWISE_EAGER_OPS,
+which are the nodes node_parts prices apart, so the decomposition holds); a pure decode batch follows
 runtime.mode (CUDA graphs by default). Each dp rank of a lockstep EP group is priced as if it ran the same
 batch (the serving loop takes the slowest replica's price); an empty batch is the dummy pass of an idle one.
 The passes are simulated without the hosts' launch threads (simulate_dag(host_thread=False): an eager kernel
@@ -87,13 +89,17 @@ def share_exact_passes(store: dict | None = None) -> Iterator[None]:
 
 
 class DagPricer:
-    """IterationPricer from the operator DAG of `scenario` on `hw` (module docstring).
+    """IterationPricer from the operator DAG of `scenario` on `hw` (module docstring); piecewise: batches with a
+    prefill chunk replay piecewise CUDA graphs.
 
     Calls return the latency; `timing` both figures. `exact_passes` counts the DAG passes simulated,
     `grid_hits` the iterations whose trunk came from points already simulated."""
 
-    def __init__(self, scenario: Scenario, hw: HardwareProfile | None = None, tolerance: float = 1e-3) -> None:
+    def __init__(
+        self, scenario: Scenario, hw: HardwareProfile | None = None, tolerance: float = 1e-3, piecewise: bool = False
+    ) -> None:
         self.scenario = scenario
+        self.piecewise = piecewise
         self.hw = hw if hw is not None else resolve_hardware(scenario)
         self.gpn = gpus_per_node(scenario, self.hw)
         self.keep = symmetric_representatives(scenario, self.gpn)
@@ -117,7 +123,7 @@ class DagPricer:
             data = scenario.model_dump(mode="json", exclude={"serving", "name", "description"})
             m = scenario.model  # precisions left unset mean the model's dtype: one key for both spellings
             data["model"].update(weight_dtype=m.weight_dtype or m.dtype, kv_cache_dtype=m.kv_cache_dtype or m.dtype)
-            key = json.dumps([data, self.hw.model_dump(mode="json")], sort_keys=True)
+            key = json.dumps([data, self.hw.model_dump(mode="json"), piecewise], sort_keys=True)
             self.passes = shared.setdefault(key, {})
         self.exact_passes = 0
         self.grid_hits = 0
@@ -137,7 +143,8 @@ class DagPricer:
         last node's end (its outgoing transfer included; the token sent back to stage 0 belongs to no stage)."""
         self.exact_passes += 1
         dag = build_forward(self.scenario, shape, self.keep)
-        sim = simulate_dag(dag, self.scenario, self.hw, host_thread=False)  # additive passes (module docstring)
+        # additive passes (module docstring)
+        sim = simulate_dag(dag, self.scenario, self.hw, host_thread=False, piecewise=self.piecewise)
         stage = np.full(len(dag), -1, dtype=np.int64)
         for i, a in dag.distinct():
             if a["kind"] != NodeKind.MARKER and a["op"] != "token_send":
@@ -197,7 +204,7 @@ class DagPricer:
         return self.timing(batch).latency_s
 
     def __repr__(self) -> str:
-        return f"DagPricer({self.scenario.name})"
+        return f"DagPricer({self.scenario.name}{', piecewise' if self.piecewise else ''})"
 
 
 #: One attention node's (flops, bytes moved, q_len, calibration size), the arguments of _CalibratedAttention.seconds.

@@ -6,13 +6,17 @@ Around the GPU pass of the operator DAG an engine adds two things:
   c >= n, so the GPU computes c rows; the c - n dummy rows are decode sequences with an empty KV cache (the
   engines point their slots at a dummy block: vLLM slot_mapping -1, SGLang seq_len fill value), priced here as
   SeqWork(1, 0). A batch larger than the largest captured size, a batch whose longest context exceeds the
-  profile's max_context_tokens, and every batch with a prefill chunk run eagerly, unpadded.
+  profile's max_context_tokens, and a batch with a prefill chunk run eagerly, unpadded; except that an engine
+  capturing piecewise graphs (cuda_graph.mixed piecewise, vLLM V1) runs a batch with a prefill chunk of at most
+  the largest captured size in tokens from them: its tokens padded up to the next captured size (the padding
+  again as dummy rows SeqWork(1, 0)), attention, the LM head and sampling launched eagerly between the graphs.
 - Host time per iteration: host_s = per_iteration_s + per_sequence_s x n. Serial engines wait for it between
   GPU passes (iteration = gpu_s + host_s); an overlapped scheduler prepares the next batch while the GPU runs
   (iteration = max(gpu_s, host_s)).
 
-The GPU time comes from two pricers of the same deployment: one whose decode passes replay CUDA graphs and one
-that runs them eagerly (runtime.mode eager); prefill passes are eager in both.
+The GPU time comes from pricers of the same deployment: one whose decode passes replay CUDA graphs, one that
+runs them eagerly (runtime.mode eager), both pricing prefill passes eagerly, and for a piecewise engine one
+whose prefill passes replay all but attention, the LM head and sampling (DagPricer piecewise).
 """
 
 from __future__ import annotations
@@ -53,6 +57,15 @@ def decode_plan(batch: Batch, capture_sizes: tuple[int, ...], max_context_tokens
     return DecodePlan(False, n) if size is None else DecodePlan(True, size)
 
 
+def mixed_plan(batch: Batch, capture_sizes: tuple[int, ...]) -> int | None:
+    """The tokens a batch with a prefill chunk is padded to when it replays piecewise graphs (the smallest
+    captured size >= its new tokens), or None when it runs eagerly (no prefill chunk, or more tokens than the
+    largest captured size)."""
+    if not batch or all(w.new_tokens == 1 for w in batch):
+        return None
+    return padded_size(sum(w.new_tokens for w in batch), capture_sizes)
+
+
 def iteration_s(gpu_s: float, host: HostTimeSpec, sequences: int) -> float:
     """Wall time of one iteration: GPU pass plus host work, or the larger of the two when overlapped."""
     host_s = host.host_s(sequences)
@@ -68,7 +81,8 @@ class EnginePricer:
     graph_pricer prices decode batches replayed from CUDA graphs, the pricer make_eager() builds (on first use:
     a deployment whose decode batches all fit the graphs never needs it) everything else; both price prefill
     eagerly, and either may offer `timing(batch)` (period, latency) as DagPricer does. capture_sizes: the sorted
-    sizes captured for the scheduler's max_num_seqs (empty: the engine replays no graphs)."""
+    sizes captured for the scheduler (empty: the engine replays no graphs). make_piecewise (a piecewise engine
+    only) builds, on first use, the pricer of batches with a prefill chunk within the captured sizes."""
 
     def __init__(
         self,
@@ -76,6 +90,7 @@ class EnginePricer:
         graph_pricer: IterationPricer | None,
         make_eager: Callable[[], IterationPricer],
         capture_sizes: tuple[int, ...],
+        make_piecewise: Callable[[], IterationPricer] | None = None,
     ) -> None:
         if capture_sizes and graph_pricer is None:
             raise ValueError("capture_sizes given but no graph_pricer to price the replayed graphs")
@@ -83,6 +98,9 @@ class EnginePricer:
         self.graph_pricer = graph_pricer
         self.make_eager = make_eager
         self._eager: IterationPricer | None = None
+        self.make_piecewise = make_piecewise
+        self._piecewise: IterationPricer | None = None
+        self.piecewise_iterations = 0
         self.capture_sizes = tuple(sorted(capture_sizes))
         self.max_context_tokens = profile.cuda_graph.max_context_tokens if profile.cuda_graph else None
         self.padded_iterations = 0
@@ -97,15 +115,30 @@ class EnginePricer:
     def plan(self, batch: Batch) -> DecodePlan:
         return decode_plan(batch, self.capture_sizes, self.max_context_tokens)
 
+    @property
+    def piecewise_pricer(self) -> IterationPricer:
+        assert self.make_piecewise is not None
+        if self._piecewise is None:
+            self._piecewise = self.make_piecewise()
+        return self._piecewise
+
     def gpu_timing(self, batch: Batch) -> IterationTiming:
-        """The GPU pass alone: padded and replayed, or eager."""
+        """The GPU pass alone: padded and replayed (whole, or piecewise), or eager."""
         plan = self.plan(batch)
+        tokens = mixed_plan(batch, self.capture_sizes) if self.make_piecewise is not None else None
         if plan.graph:
             pad = plan.padded_seqs - len(batch)
             if pad:
                 self.padded_iterations += 1
                 self.padding_rows += pad
             pricer, priced = self.graph_pricer, batch + (_PAD,) * pad
+        elif tokens is not None:
+            pad = tokens - sum(w.new_tokens for w in batch)
+            self.piecewise_iterations += 1
+            if pad:
+                self.padded_iterations += 1
+                self.padding_rows += pad
+            pricer, priced = self.piecewise_pricer, batch + (_PAD,) * pad
         else:
             pricer, priced = self.eager_pricer, batch
         assert pricer is not None

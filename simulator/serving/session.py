@@ -67,7 +67,8 @@ def serving_inputs(scenario: Scenario) -> tuple[ServingSpec, IterationPricer, in
 def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
     """The scenario running the engine's kernels: model.moe_impl and runtime.framework from the profile unless
     the scenario sets them, a ScenarioError (one line) when it sets them otherwise; runtime.moe_dispatch,
-    allreduce and custom_allreduce_max_bytes from the profile unless the scenario sets them (an engine's custom
+    ep_dispatch (where the profile names one), allreduce and custom_allreduce_max_bytes from the profile unless
+    the scenario sets them (an engine's custom
     all-reduce can be turned off, e.g. vLLM's --disable-custom-all-reduce)."""
     k = profile.kernels
     model, runtime = scenario.model, scenario.runtime
@@ -84,6 +85,8 @@ def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
     runtime_update: dict = {"framework": k.framework}
     if "moe_dispatch" not in runtime.model_fields_set:  # the scenario's own wins, as for the all-reduce
         runtime_update["moe_dispatch"] = k.moe_dispatch
+    if k.ep_dispatch is not None and "ep_dispatch" not in runtime.model_fields_set:
+        runtime_update["ep_dispatch"] = k.ep_dispatch
     ar = profile.allreduce
     if ar is not None:  # the scenario's own all-reduce wins (e.g. vLLM's --disable-custom-all-reduce)
         if "allreduce" not in runtime.model_fields_set:
@@ -100,8 +103,9 @@ def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
 
 def engine_pricer(scenario: Scenario, hw: HardwareProfile, spec: ServingSpec) -> EnginePricer:
     """The EnginePricer of a scenario served by spec.engine: decode batches within the captured sizes priced
-    by a DAG pricer replaying CUDA graphs (padded), the rest by one running eagerly; runtime.mode eager
-    (vLLM's enforce_eager) turns the graphs off."""
+    by a DAG pricer replaying CUDA graphs (padded), mixed batches within them by one replaying the piecewise
+    graphs where the engine captures them (cuda_graph.mixed piecewise), the rest by one running eagerly;
+    runtime.mode eager (vLLM's enforce_eager) turns the graphs off."""
     assert spec.engine is not None
     profile = load_engine_profile(spec.engine)
     scenario = with_engine_kernels(scenario, profile)
@@ -110,8 +114,11 @@ def engine_pricer(scenario: Scenario, hw: HardwareProfile, spec: ServingSpec) ->
     if not graphs:
         return EnginePricer(profile, None, lambda: DagPricer(eager, hw), ())
     assert profile.cuda_graph is not None
-    sizes = profile.cuda_graph.capture_sizes(spec.scheduler.max_num_seqs)
-    return EnginePricer(profile, DagPricer(scenario, hw), lambda: DagPricer(eager, hw), sizes)
+    sizes = profile.cuda_graph.capture_sizes(spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens)
+    piecewise = None
+    if profile.cuda_graph.mixed == "piecewise":
+        piecewise = lambda: DagPricer(scenario, hw, piecewise=True)  # noqa: E731
+    return EnginePricer(profile, DagPricer(scenario, hw), lambda: DagPricer(eager, hw), sizes, piecewise)
 
 
 def pricer_name(pricer: IterationPricer) -> str:

@@ -1,0 +1,207 @@
+"""The vLLM V1 engine profile (engine_profiles/vllm-v1.yaml): capture sizes counted in tokens up to twice
+max_num_seqs, piecewise CUDA graphs for batches with a prefill chunk (attention, LM head and sampling eager),
+batch limits chosen by GPU, and its expert-parallel exchange."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+
+from simulator.config import gpus_per_node, load_scenario, parse_scenario
+from simulator.config.engine import DeviceDefaultsSpec, large_device_limits, load_engine_profile
+from simulator.graph.ragged import PIECEWISE_EAGER_OPS, build_forward, ragged_shape
+from simulator.serving.dag_pricer import DagPricer, price_error
+from simulator.serving.engine_pricing import EnginePricer, mixed_plan
+from simulator.serving.pricing import LinearPricer, SeqWork
+from simulator.serving.session import serving_inputs, with_engine_kernels
+from simulator.simulate import node_time_s, simulate_dag
+from tests.conftest import DEEPSEEK_TINY, seed_dict
+
+V1 = load_engine_profile("vllm-v1")
+V1_GRAPH = V1.cuda_graph
+assert V1_GRAPH is not None
+
+
+# ---------------------------------------------------------------- capture sizes
+
+
+def test_v1_captures_steps_of_eight_then_sixteen_up_to_512_tokens():
+    # [1, 2, 4] + range(8, 256, 8) + range(256, max + 1, 16), max = min(2 x 1024, 512): 3 + 31 + 17 sizes
+    sizes = V1_GRAPH.capture_sizes(1024, 8192)
+    assert sizes == (1, 2, 4) + tuple(range(8, 256, 8)) + tuple(range(256, 513, 16))
+    assert len(sizes) == 51
+
+
+def test_v1_caps_the_sizes_at_twice_max_num_seqs_and_at_the_token_budget():
+    assert V1_GRAPH.capture_sizes(100, 8192)[-1] == 200  # min(2 x 100, 512)
+    assert V1_GRAPH.capture_sizes(150, 8192)[-1] == 288  # max 300 is off the 16-step grid: 288
+    assert V1_GRAPH.capture_sizes(256, 300)[-1] == 288  # min(512, 300)
+    assert V1_GRAPH.capture_sizes(2, 8192) == (1, 2, 4)
+
+
+# ---------------------------------------------------------------- piecewise plan
+
+
+def test_a_mixed_batch_is_padded_to_the_next_size_in_tokens_and_a_large_one_runs_eagerly():
+    sizes = V1_GRAPH.capture_sizes(1024, 8192)
+    assert mixed_plan((SeqWork(100, 0), SeqWork(1, 50), SeqWork(1, 9), SeqWork(1, 3)), sizes) == 104
+    assert mixed_plan((SeqWork(512, 0),), sizes) == 512
+    assert mixed_plan((SeqWork(500, 0), SeqWork(13, 0)), sizes) is None  # 513 tokens: beyond every graph
+    assert mixed_plan((SeqWork(1, 5),) * 3, sizes) is None  # decode only: a full graph (decode_plan)
+    assert mixed_plan((), sizes) is None
+
+
+GRAPH = LinearPricer(0.25, 2**-6, 2**-10)
+PIECEWISE = LinearPricer(0.375, 2**-6, 2**-10)
+EAGER = LinearPricer(0.5, 2**-6, 2**-10)
+
+
+def test_engine_pricer_sends_mixed_batches_to_the_piecewise_pricer_padded_with_dummy_rows():
+    engine = EnginePricer(V1, GRAPH, lambda: EAGER, (1, 2, 4, 8, 16), lambda: PIECEWISE)
+    batch = (SeqWork(10, 0), SeqWork(1, 40))  # 11 tokens -> 16: five dummy rows of (1, 0)
+    assert engine(batch) == 0.375 + 16 * 2**-6 + 40 * 2**-10
+    assert (engine.piecewise_iterations, engine.padded_iterations, engine.padding_rows) == (1, 1, 5)
+    assert engine((SeqWork(17, 0),)) == 0.5 + 17 * 2**-6  # beyond the graphs: eager, unpadded
+    assert engine((SeqWork(1, 8),) * 3) == 0.25 + 4 * 2**-6 + 24 * 2**-10  # decode: the full graph, 4 rows
+    eager_only = EnginePricer(V1, GRAPH, lambda: EAGER, (1, 2, 4, 8, 16))  # no piecewise pricer: as V0
+    assert eager_only(batch) == 0.5 + 11 * 2**-6 + 40 * 2**-10
+
+
+# ---------------------------------------------------------------- the piecewise DAG pass
+
+
+def seed_serving(engine: str, *overrides: str):
+    return load_scenario("scenarios/seed_moe_4gpu_serving.yaml", [f"serving.engine={engine}", *overrides])
+
+
+def test_piecewise_pass_launches_only_attention_head_and_sampling_eagerly():
+    scenario = with_engine_kernels(seed_serving("vllm-v1"), V1)
+    hw = DagPricer(scenario).hw
+    gpn = gpus_per_node(scenario, hw)
+    custom_ar = scenario.runtime.custom_allreduce_max_bytes
+    dag = build_forward(scenario, ragged_shape(((40, 0), (1, 200), (1, 300))))
+    eager = simulate_dag(dag, scenario, hw, host_thread=False)
+    piece = simulate_dag(dag, scenario, hw, host_thread=False, piecewise=True)
+    floors_dropped = 0
+    for i, a in dag.distinct():
+        if a.get("op") in PIECEWISE_EAGER_OPS:
+            assert piece.duration_s[i] == eager.duration_s[i]
+        else:  # replayed: its device time, no eager floor
+            replayed = node_time_s(a, hw, gpn, False, scenario.model.gated, custom_ar)[0]
+            assert piece.duration_s[i] == replayed
+            floors_dropped += replayed < eager.duration_s[i]
+    assert floors_dropped > 0
+    assert piece.makespan_s < eager.makespan_s
+
+
+def test_piecewise_needs_the_additive_passes():
+    scenario = seed_serving("vllm-v1")
+    dag = build_forward(scenario, ragged_shape(((4, 0),)))
+    with pytest.raises(ValueError, match="host_thread=False"):
+        simulate_dag(dag, scenario, DagPricer(scenario).hw, piecewise=True)
+
+
+@pytest.mark.parametrize("mla", [False, True])
+def test_piecewise_fast_price_matches_its_exact_pass(mla):
+    """The eager nodes of a piecewise pass are exactly the ones node_parts prices apart (attention with MLA's
+    split-dependent up-projections, LM head, sampling), so the trunk decomposition holds as in an eager pass."""
+    data = copy.deepcopy(seed_dict())
+    data["serving"] = {
+        "workload": {
+            "arrivals": {"kind": "closed_loop", "concurrency": 1},
+            "num_requests": 1,
+            "input_len": {"kind": "fixed", "tokens": 64},
+            "output_len": {"kind": "fixed", "tokens": 2},
+        },
+    }
+    if mla:
+        data["model"] = {**DEEPSEEK_TINY, "num_layers": 4, "hidden_size": 256, "num_heads": 8}
+    pricer = DagPricer(parse_scenario(data, "piecewise"), piecewise=True)
+    rng = random.Random(3)
+    batches = [
+        tuple([(rng.randint(2, 300), rng.randint(0, 4000))] + [(1, rng.randint(1, 6000))] * rng.randint(0, 60))
+        for _ in range(10)
+    ]
+    assert price_error(pricer, batches) < 1e-3
+
+
+# ---------------------------------------------------------------- through serving_inputs
+
+
+def test_v1_engine_prices_a_small_mixed_batch_piecewise_and_below_the_eager_price():
+    scenario = seed_serving("vllm-v1")
+    spec, pricer, _ = serving_inputs(scenario)
+    engine = pricer.pricer  # type: ignore[attr-defined]
+    assert isinstance(engine, EnginePricer) and engine.make_piecewise is not None
+    assert engine.capture_sizes == V1_GRAPH.capture_sizes(
+        spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens
+    )
+    batch = (SeqWork(30, 0), SeqWork(1, 100))  # 31 tokens -> 32
+    with_kernels = with_engine_kernels(scenario, V1)
+    piecewise = DagPricer(with_kernels, piecewise=True)
+    assert engine(batch) == piecewise.timing(batch + (SeqWork(1, 0),)).latency_s
+    eager_mode = with_kernels.model_copy(update={"runtime": with_kernels.runtime.model_copy(update={"mode": "eager"})})
+    assert engine(batch) < DagPricer(eager_mode).timing(batch).latency_s
+
+
+def test_v1_engine_sets_the_expert_exchange_unless_the_scenario_does():
+    assert with_engine_kernels(seed_serving("vllm-v1"), V1).runtime.ep_dispatch == "allgather"
+    own = seed_serving("vllm-v1", "runtime.ep_dispatch=all_to_all")
+    assert with_engine_kernels(own, V1).runtime.ep_dispatch == "all_to_all"
+    # the V0 profile names no exchange: the scenario's (default all_to_all) stays
+    assert with_engine_kernels(seed_serving("vllm"), load_engine_profile("vllm")).runtime.ep_dispatch == "all_to_all"
+
+
+# ---------------------------------------------------------------- batch limits by GPU
+
+
+def without_scheduler(hardware: str, *overrides: str):
+    data = copy.deepcopy(seed_dict())
+    data["hardware"] = hardware
+    data["serving"] = {
+        "engine": "vllm-v1",
+        "workload": {
+            "arrivals": {"kind": "closed_loop", "concurrency": 1},
+            "num_requests": 1,
+            "input_len": {"kind": "fixed", "tokens": 64},
+            "output_len": {"kind": "fixed", "tokens": 2},
+        },
+    }
+    for item in overrides:
+        key, value = item.split("=")
+        data["serving"].setdefault("scheduler", {})[key] = int(value)
+    return parse_scenario(data, "v1-defaults").serving
+
+
+@pytest.mark.parametrize(
+    ("hardware", "seqs", "tokens"),
+    [
+        ("h100-sxm-80gb", 1024, 8192),  # 85.03e9 bytes = 79.2 GiB >= 70 GiB, not an A100
+        ("h200-sxm-141gb", 1024, 8192),
+        ("a100-sxm-80gb", 256, 2048),  # large, but an A100 (vLLM PR 17885)
+        ("generic-64gb", 256, 2048),  # 64 GB < 70 GiB
+    ],
+)
+def test_v1_batch_limits_follow_the_gpu(hardware, seqs, tokens):
+    spec = without_scheduler(hardware)
+    assert spec is not None
+    assert (spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens) == (seqs, tokens)
+    assert spec.scheduler.policy == "chunked_prefill" and spec.scheduler.admission == "on_demand"
+    assert spec.scheduler.kv_cache.block_size_tokens == 16
+
+
+def test_a_scenarios_own_limits_win_over_the_gpus():
+    spec = without_scheduler("h100-sxm-80gb", "max_num_seqs=64")
+    assert spec is not None
+    assert (spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens) == (64, 8192)
+
+
+def test_large_device_rule_reads_memory_in_bytes_and_names_case_blind():
+    rule = DeviceDefaultsSpec(min_device_memory_bytes=70 * 2**30, exclude_names=("a100",), max_num_seqs=8, source="t")
+    assert large_device_limits(rule, {}, ("h100", 70 * 2**30)) == {"max_num_seqs": 8}
+    assert large_device_limits(rule, {}, ("h100", 70 * 2**30 - 1)) == {}
+    assert large_device_limits(rule, {}, ("NVIDIA-A100-80GB", 90e9)) == {}
+    same = {"max_num_seqs": 3}
+    assert large_device_limits(rule, same, ("h100", 90e9)) is same
