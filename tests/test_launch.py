@@ -226,3 +226,16 @@ def test_a_tp_groups_experts_priced_with_the_all_to_all_flow_say_so():
     )
     assert "exchange as an all-gather and a reduce-scatter: vLLM's default" in vllm_script(gathered)
     assert "deepep" not in vllm_script(gathered) + sglang_script(gathered)
+
+
+def test_a_vllm_file_says_whether_moesim_priced_it_as_the_vllm_version_it_is_written_for():
+    serving = ROOT / "scenarios/seed_moe_4gpu_serving.yaml"
+    plain = vllm_script(load_scenario(serving))
+    assert "moesim priced it without an engine profile" in plain and "--set serving.engine=vllm-v1" in plain
+    v0 = vllm_script(load_scenario(serving, ["serving.engine=vllm"]))
+    assert "moesim priced it with serving.engine vllm; `--set serving.engine=vllm-v1`" in v0
+    v1 = vllm_script(load_scenario(serving, ["serving.engine=vllm-v1"]))
+    assert "moesim priced it as this version runs it (serving.engine vllm-v1" in v1
+    # a static batch (no serving section) and the other engines' files carry no such line
+    seed = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml")
+    assert "moesim priced it" not in vllm_script(seed) + sglang_script(load_scenario(serving))

@@ -126,11 +126,30 @@ def deployment_of(scenario: Scenario) -> Deployment:
     )
 
 
+#: The engine profile (engine_profiles/) that prices a deployment as the version of ENGINE_VERSIONS runs it.
+PRICING_PROFILES = {"vllm": "vllm-v1"}
+
+
+def _pricing_note(engine: str, scenario: Scenario) -> list[str]:
+    """For a serving scenario, whether moesim priced it as the engine version the file is written for."""
+    profile = PRICING_PROFILES.get(engine)
+    if scenario.serving is None or profile is None:
+        return []
+    priced = scenario.serving.engine
+    if priced == profile:
+        return [
+            f"# moesim priced it as this version runs it (serving.engine {profile}: engine_profiles/{profile}.yaml)."
+        ]
+    how = f"with serving.engine {priced}" if priced else "without an engine profile (the operator DAG alone)"
+    return [f"# moesim priced it {how}; `--set serving.engine={profile}` prices it as this version runs it."]
+
+
 def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
     lines = [
         "#!/usr/bin/env bash",
         f"# Launch settings written by moesim for scenario {scenario.name!r}.",
         f"# Mapping written against {ENGINE_VERSIONS[engine]}.",
+        *_pricing_note(engine, scenario),
         f"# moesim layout: PP {d.pp} x DP {d.dp} x TP {d.tp} = {d.pp * d.dp * d.tp} GPUs; experts EP {d.ep} x ETP {d.etp}"
         + ("" if d.moe else " (dense model)")
         + f"; weights {d.weight_dtype}, KV cache {d.kv_cache_dtype}, activations {d.dtype}.",
@@ -708,6 +727,7 @@ def _disagg_header(engine: str, scenario: Scenario, pools: _Pools) -> list[str]:
         "#!/usr/bin/env bash",
         f"# Disaggregated launch settings written by moesim for scenario {scenario.name!r}.",
         f"# Mapping written against {ENGINE_VERSIONS[engine]}.",
+        *_pricing_note(engine, scenario),
         f"# Disaggregated serving as in {DISAGG_SOURCES[engine]}.",
         f"# moesim deployment: {pools.label()}; weights {dep.weight_dtype}, KV cache {dep.kv_cache_dtype}, "
         f"activations {dep.dtype}.",
