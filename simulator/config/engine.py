@@ -235,13 +235,24 @@ def available_engines() -> list[str]:
     return sorted(p.stem for p in ENGINE_PROFILES_DIR.glob("*.yaml"))
 
 
+#: Loaded engine profiles by file version (path, mtime, size): a scenario's validation reads its engine's profile
+#: several times, a search thousands of times. Profiles are frozen models, safe to share.
+_LOADED: dict[tuple[str, int, int], EngineProfile] = {}
+
+
 def load_engine_profile(name: str) -> EngineProfile:
-    """The engine profile `engine_profiles/NAME.yaml`; ScenarioError (one line) when missing or invalid."""
+    """The engine profile `engine_profiles/NAME.yaml`; ScenarioError (one line) when missing or invalid. Cached
+    per file version; errors are not cached."""
     path = ENGINE_PROFILES_DIR / f"{name}.yaml"
     if "/" in name or not path.is_file():
         close = difflib.get_close_matches(name, available_engines(), n=1, cutoff=0.4)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ScenarioError(f"engine '{name}' not found; {hint}available: {', '.join(available_engines())}")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    cached = _LOADED.get(key)
+    if cached is not None:
+        return cached
     data = read_yaml(path, f"engine profile {path.name}", "engine profile", ScenarioError)
     if not isinstance(data, dict):
         raise ScenarioError(
@@ -253,4 +264,5 @@ def load_engine_profile(name: str) -> EngineProfile:
         raise ScenarioError(f"engine profile {path.name}: {one_line_error(exc, EngineProfile)}") from None
     if profile.name != name:
         raise ScenarioError(f"engine profile {path.name}: name = '{profile.name}' must match the file name '{name}'")
+    _LOADED[key] = profile
     return profile

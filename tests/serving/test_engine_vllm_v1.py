@@ -5,10 +5,14 @@ batch limits chosen by GPU, and its expert-parallel exchange."""
 from __future__ import annotations
 
 import copy
+import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 
+from simulator.config import engine as engine_config
 from simulator.config import gpus_per_node, load_scenario, parse_scenario
 from simulator.config.engine import DeviceDefaultsSpec, large_device_limits, load_engine_profile
 from simulator.graph.ragged import PIECEWISE_EAGER_OPS, build_forward, ragged_shape
@@ -205,3 +209,14 @@ def test_large_device_rule_reads_memory_in_bytes_and_names_case_blind():
     assert large_device_limits(rule, {}, ("NVIDIA-A100-80GB", 90e9)) == {}
     same = {"max_num_seqs": 3}
     assert large_device_limits(rule, same, ("h100", 90e9)) is same
+
+
+def test_engine_profiles_are_read_once_per_file_version(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_config, "ENGINE_PROFILES_DIR", tmp_path)
+    path = tmp_path / "vllm-v1.yaml"
+    shutil.copy(Path(__file__).resolve().parents[2] / "engine_profiles" / "vllm-v1.yaml", path)
+    first = load_engine_profile("vllm-v1")
+    assert load_engine_profile("vllm-v1") is first  # the same file: no second read
+    path.write_text(path.read_text().replace('version: "0.11.x (V1 engine)"', 'version: "edited"'))
+    os.utime(path, ns=(1, 1))  # another file version even within the clock's resolution
+    assert load_engine_profile("vllm-v1").version == "edited"
