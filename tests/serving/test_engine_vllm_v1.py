@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from simulator.config import engine as engine_config
 from simulator.config import gpus_per_node, load_scenario, parse_scenario
@@ -220,3 +222,22 @@ def test_engine_profiles_are_read_once_per_file_version(tmp_path, monkeypatch):
     path.write_text(path.read_text().replace('version: "0.11.x (V1 engine)"', 'version: "edited"'))
     os.utime(path, ns=(1, 1))  # another file version even within the clock's resolution
     assert load_engine_profile("vllm-v1").version == "edited"
+
+
+@pytest.fixture(scope="module")
+def seed_passes():
+    scenario = with_engine_kernels(seed_serving("vllm-v1"), V1)
+    return DagPricer(scenario), DagPricer(scenario, piecewise=True)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    chunks=st.lists(st.tuples(st.integers(2, 600), st.integers(0, 4000)), min_size=1, max_size=3),
+    decodes=st.lists(st.integers(1, 6000), max_size=40),
+)
+def test_a_piecewise_pass_is_never_slower_than_the_same_pass_launched_eagerly(seed_passes, chunks, decodes):
+    """Replaying a node drops its eager floor and changes nothing else (same nodes, same device times below the
+    floor's max), so no pass can get slower; the padding to a captured size is the EnginePricer's, not this."""
+    eager, piecewise = seed_passes
+    batch = tuple(chunks) + tuple((1, c) for c in decodes)
+    assert piecewise.exact(batch).latency_s <= eager.exact(batch).latency_s * (1 + 1e-12)
