@@ -239,3 +239,19 @@ def test_a_vllm_file_says_whether_moesim_priced_it_as_the_vllm_version_it_is_wri
     # a static batch (no serving section) and the other engines' files carry no such line
     seed = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml")
     assert "moesim priced it" not in vllm_script(seed) + sglang_script(load_scenario(serving))
+
+
+def test_sglang_mixes_decodes_into_prefill_chunks_only_when_moesim_priced_it_so():
+    serving = ROOT / "scenarios/seed_moe_4gpu_serving.yaml"  # policy chunked_prefill: decodes in the chunks' iterations
+    mixed = load_scenario(serving)
+    assert "--enable-mixed-chunk" in sglang_script(mixed)
+    unmixed = load_scenario(serving, ["serving.scheduler.policy=prefill_first_chunked"])
+    script = sglang_script(unmixed)
+    assert "--enable-mixed-chunk" not in script and "--chunked-prefill-size 8192" in script
+    # vLLM and TensorRT-LLM always mix: they run the chunks, and say that moesim priced them apart
+    assert "--enable-chunked-prefill" in vllm_script(unmixed)
+    assert "vLLM runs the decodes in the same iterations" in vllm_script(unmixed)
+    trt = trtllm_files(unmixed)
+    assert "enable_chunked_prefill: true" in trt["trtllm_extra_llm_api_options.yaml"]
+    assert "TensorRT-LLM runs the decodes in the same iterations" in trt["trtllm.sh"]
+    assert "runs the decodes in the same iterations" not in vllm_script(mixed) + trtllm_files(mixed)["trtllm.sh"]

@@ -23,6 +23,10 @@ ENGINE_PROFILES_DIR = Path(
     os.environ.get("MOESIM_ENGINE_PROFILES_DIR", Path(__file__).resolve().parent.parent.parent / "engine_profiles")
 )
 
+#: A replica's batching policy (serving.scheduler.policy; the scheduler stage describes each): here so that an
+#: engine profile's defaults and the serving section name the same ones.
+Policy = Literal["static", "continuous", "chunked_prefill", "prefill_first_chunked"]
+
 #: Largest batch size a capture list may name (guards a typo such as 10**9 from building a huge list).
 MAX_CAPTURE_SIZE = 65536
 
@@ -146,11 +150,13 @@ class AllReduceSpec(StrictModel):
 
 
 class DeviceDefaultsSpec(StrictModel):
-    """Batch limits an engine picks by GPU (vLLM V1's EngineArgs._set_default_args): on a device with at least
-    `min_device_memory_bytes` of memory (the profile's device_memory_bytes, what the driver reports) whose
-    profile name contains none of `exclude_names`, these replace the engine's general defaults."""
+    """Batch limits an engine picks by GPU (vLLM V1's EngineArgs._set_default_args, SGLang's chunked_prefill_size):
+    on a device whose memory (the profile's device_memory_bytes, what the driver reports) is at least
+    `min_device_memory_bytes` and below `below_device_memory_bytes`, and whose profile name contains none of
+    `exclude_names`, these replace the engine's general defaults."""
 
-    min_device_memory_bytes: float = Field(gt=0)
+    min_device_memory_bytes: float = Field(default=0.0, ge=0)
+    below_device_memory_bytes: float | None = Field(default=None, gt=0)
     exclude_names: tuple[str, ...] = ()
     max_num_seqs: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
@@ -158,20 +164,23 @@ class DeviceDefaultsSpec(StrictModel):
 
     def applies(self, device_name: str, device_memory_bytes: float) -> bool:
         name = device_name.lower()
-        return device_memory_bytes >= self.min_device_memory_bytes and not any(
-            x.lower() in name for x in self.exclude_names
+        below = self.below_device_memory_bytes
+        return (
+            device_memory_bytes >= self.min_device_memory_bytes
+            and (below is None or device_memory_bytes < below)
+            and not any(x.lower() in name for x in self.exclude_names)
         )
 
 
-def large_device_limits(large: DeviceDefaultsSpec, scheduler: dict, device: tuple[str, float]) -> dict:
-    """`scheduler` (a raw serving.scheduler mapping) with `large`'s batch limits where it is silent, when they
+def device_limits(rule: DeviceDefaultsSpec, scheduler: dict, device: tuple[str, float]) -> dict:
+    """`scheduler` (a raw serving.scheduler mapping) with `rule`'s batch limits where it is silent, when they
     apply to `device` (profile name, device memory in bytes); `scheduler` itself when nothing changes."""
-    if not large.applies(*device):
+    if not rule.applies(*device):
         return scheduler
     add = {
-        key: getattr(large, key)
+        key: getattr(rule, key)
         for key in ("max_num_seqs", "max_num_batched_tokens")
-        if getattr(large, key) is not None and key not in scheduler
+        if getattr(rule, key) is not None and key not in scheduler
     }
     return {**scheduler, **add} if add else scheduler
 
@@ -180,16 +189,16 @@ class SchedulerDefaultsSpec(StrictModel):
     """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batching
     policy, the batch limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV
     memory rule (gpu_memory_utilization or free_memory_fraction) applies only when the scenario gives neither
-    rule nor capacity_blocks. `large_devices`: other batch limits on large GPUs (DeviceDefaultsSpec)."""
+    rule nor capacity_blocks. `by_device`: other batch limits on some GPUs (DeviceDefaultsSpec)."""
 
-    policy: Literal["static", "continuous", "chunked_prefill"] | None = None
+    policy: Policy | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     admission: Literal["on_demand", "reserve"] | None = None
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
-    large_devices: DeviceDefaultsSpec | None = None
+    by_device: DeviceDefaultsSpec | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -200,7 +209,7 @@ class SchedulerDefaultsSpec(StrictModel):
 
     def fill(self, scheduler: dict) -> dict:
         """`scheduler` (a scenario's raw serving.scheduler mapping) with this engine's general defaults where it
-        is silent (see the class docstring; large_device_limits fills the device's first)."""
+        is silent (see the class docstring; device_limits fills the device's first)."""
         out = dict(scheduler)
         for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission"):
             value = getattr(self, key)

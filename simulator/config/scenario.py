@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.config.engine import large_device_limits, load_engine_profile
+from simulator.config.engine import device_limits, load_engine_profile
 from simulator.config.errors import LayoutError, ScenarioError, StrictModel, divisors
 from simulator.config.hardware import ProfileError, ProfileInvalid, load_profile
 from simulator.config.model import ModelSpec
@@ -368,7 +368,7 @@ class Scenario(StrictModel):
     @classmethod
     def _engine_device_defaults(cls, data: Any) -> Any:
         """The named engine's batch limits for this GPU where serving.scheduler is silent (engine profile
-        scheduler_defaults.large_devices; the general defaults follow in ServingSpec). Left alone when the engine
+        scheduler_defaults.by_device; the general defaults follow in ServingSpec). Left alone when the engine
         or the hardware profile does not load: their own fields say why."""
         if not isinstance(data, dict) or not isinstance(data.get("serving"), dict):
             return data
@@ -382,14 +382,14 @@ class Scenario(StrictModel):
             return data
         try:
             defaults = load_engine_profile(serving["engine"]).scheduler_defaults
-            large = defaults.large_devices if defaults is not None else None
-            if large is None:
+            rule = defaults.by_device if defaults is not None else None
+            if rule is None:
                 return data
             hw = load_profile(ref["profile"], {k: v for k, v in ref.items() if k != "profile"})
         except (ScenarioError, ProfileError, ProfileInvalid):
             return data
         device = (hw.name, hw.device_memory_bytes or hw.memory_bytes)
-        filled = large_device_limits(large, scheduler, device)
+        filled = device_limits(rule, scheduler, device)
         return data if filled is scheduler else {**data, "serving": {**serving, "scheduler": filled}}
 
     @model_validator(mode="after")

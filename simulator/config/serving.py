@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulator.config.engine import load_engine_profile
+from simulator.config.engine import Policy, load_engine_profile
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
@@ -227,10 +227,12 @@ class KVCacheSpec(StrictModel):
 class SchedulerSpec(StrictModel):
     """Per-replica batching policy, as in vLLM (continuous, chunked_prefill) and FasterTransformer (static)."""
 
-    policy: Literal["static", "continuous", "chunked_prefill"] = Field(
+    policy: Policy = Field(
         default="chunked_prefill",
         description="static: one batch at a time; continuous: per-iteration batching, prefills first; "
-        "chunked_prefill: a token budget per iteration, decodes first, prefills cut into chunks",
+        "chunked_prefill: a token budget per iteration, decodes first, prefills cut into chunks (vLLM, "
+        "TensorRT-LLM); prefill_first_chunked: prefill-only iterations of chunks first, decode iterations when "
+        "no prefill is pending (SGLang without --enable-mixed-chunk)",
     )
     max_num_seqs: int = Field(default=256, ge=1, description="sequences per iteration at most")
     max_num_batched_tokens: int = Field(default=8192, ge=1, description="tokens per iteration at most")
@@ -255,12 +257,13 @@ class SchedulerSpec(StrictModel):
 
     @model_validator(mode="after")
     def _budget(self) -> SchedulerSpec:
-        if self.policy == "chunked_prefill":
+        if self.policy in ("chunked_prefill", "prefill_first_chunked"):
             if self.chunk_size_tokens is not None and self.chunk_size_tokens > self.max_num_batched_tokens:
                 raise ValueError(
                     f"max_num_batched_tokens = {self.max_num_batched_tokens} is smaller than one chunk "
                     f"(chunk_size_tokens = {self.chunk_size_tokens}); raise it or lower the chunk"
                 )
+        if self.policy == "chunked_prefill":  # decodes share the budget with the chunks
             if self.max_num_batched_tokens < self.max_num_seqs:
                 raise ValueError(
                     f"max_num_batched_tokens = {self.max_num_batched_tokens} < max_num_seqs = "
@@ -326,7 +329,7 @@ class PoolParallelSpec(StrictModel):
 class PoolSchedulerSpec(StrictModel):
     """A pool's scheduler: each field given replaces serving.scheduler's (the rest are inherited)."""
 
-    policy: Literal["static", "continuous", "chunked_prefill"] | None = Field(
+    policy: Policy | None = Field(
         default=None, description="the pool's batching policy; default: serving.scheduler.policy"
     )
     max_num_seqs: int | None = Field(default=None, ge=1, description="default: serving.scheduler's")

@@ -311,8 +311,10 @@ def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
         argv += ["--max-num-seqs", str(d.max_num_seqs)]
     if d.max_num_batched_tokens is not None:
         argv += ["--max-num-batched-tokens", str(d.max_num_batched_tokens)]
-    if d.policy == "chunked_prefill":
+    if d.policy in _CHUNKED:
         argv.append("--enable-chunked-prefill")
+        if d.policy == "prefill_first_chunked":
+            _note(lines, _MIXED_NOTE.format(engine="vLLM"))
         if (
             d.chunk_size_tokens is not None
             and d.max_num_batched_tokens
@@ -337,6 +339,19 @@ def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
 #: Block sizes vLLM takes on CUDA (vllm/config/cache.py CacheConfig.block_size: "On CUDA devices, only block
 #: sizes up to 32 are supported", of BlockSize 1, 8, 16, 32, ...).
 VLLM_CUDA_BLOCK_SIZES = (1, 8, 16, 32)
+
+
+#: The policies that cut prompts into chunks (config.serving.SchedulerSpec.policy).
+_CHUNKED = ("chunked_prefill", "prefill_first_chunked")
+_SGLANG_MIXED_NOTE = (
+    "# Note: moesim's chunked_prefill runs the decodes in the same iterations as the prefill chunks; SGLang does so "
+    "only with --enable-mixed-chunk (server_args.py, off by default: prefill-only batches first, moesim's "
+    "prefill_first_chunked)."
+)
+_MIXED_NOTE = (
+    "# Note: moesim priced prefill_first_chunked (SGLang's default: prefill-only iterations, decodes held meanwhile); "
+    "{engine} runs the decodes in the same iterations as the prefill chunks (moesim's chunked_prefill)."
+)
 
 
 def _note(lines: list[str], note: str) -> None:
@@ -489,7 +504,9 @@ def sglang_script(scenario: Scenario) -> str:
     return "\n".join(lines + _command(argv)) + "\n"
 
 
-def _sglang_limits(d: Deployment, mode: str, lines: list[str]) -> list[str]:
+def _sglang_limits(d: Deployment, mode: str, lines: list[str], disaggregated: bool = False) -> list[str]:
+    """Precision, batch limits, chunking and KV flags of one SGLang server; a disaggregated instance runs one
+    phase, so whether decodes join the prefill chunks (--enable-mixed-chunk) does not arise."""
     argv = ["--dtype", _TORCH_DTYPE[d.dtype]]
     if d.nccl_allreduce:
         argv.append("--disable-custom-all-reduce")
@@ -503,7 +520,11 @@ def _sglang_limits(d: Deployment, mode: str, lines: list[str]) -> list[str]:
         argv += ["--max-running-requests", str(d.max_num_seqs * (d.dp if mode == "dp_attention" else 1))]
     if d.max_num_batched_tokens is not None:
         argv += ["--max-prefill-tokens", str(d.max_num_batched_tokens)]
-    if d.policy == "chunked_prefill" and (d.chunk_size_tokens or d.max_num_batched_tokens):
+    if d.policy == "chunked_prefill" and not disaggregated:
+        # moesim's chunked_prefill puts the decodes in the chunks' iterations; SGLang does so only with this flag
+        argv.append("--enable-mixed-chunk")
+        _note(lines, _SGLANG_MIXED_NOTE)
+    if d.policy in _CHUNKED and (d.chunk_size_tokens or d.max_num_batched_tokens):
         chunk = d.chunk_size_tokens or d.max_num_batched_tokens or 0
         if mode == "dp_attention":
             # server_args._handle_data_parallelism divides --chunked-prefill-size by dp-size under DP attention.
@@ -545,7 +566,9 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
         }
     options = ["# TensorRT-LLM LLM API options (trtllm-serve --extra_llm_api_options), written by moesim."]
     options.append(f"enable_attention_dp: {'true' if mode == 'dp_attention' else 'false'}")
-    options.append(f"enable_chunked_prefill: {'true' if d.policy == 'chunked_prefill' else 'false'}")
+    options.append(f"enable_chunked_prefill: {'true' if d.policy in _CHUNKED else 'false'}")
+    if d.policy == "prefill_first_chunked":
+        _note(lines, _MIXED_NOTE.format(engine="TensorRT-LLM"))
     if d.nccl_allreduce:
         options.append("allreduce_strategy: NCCL")
         _note(lines, _NCCL_NOTE)
@@ -816,7 +839,7 @@ def sglang_disagg_script(scenario: Scenario, pools: _Pools) -> str:
                 argv += ["--disaggregation-decode-tp", str(pools.decode.tp)]
             if name == "decode" and pools.prefill.pp > 1:
                 argv += ["--disaggregation-prefill-pp", str(pools.prefill.pp)]
-            argv += _sglang_limits(dep, "replicas", lines)
+            argv += _sglang_limits(dep, "replicas", lines, disaggregated=True)
             lines += _background(f"CUDA_VISIBLE_DEVICES={_devices(first, dep.tp * dep.pp)}", argv)
             url = f"http://127.0.0.1:{port0 + k}"
             router += ["--prefill", f"{url} {BOOTSTRAP_PORT + k}"] if name == "prefill" else ["--decode", url]
@@ -846,7 +869,9 @@ def trtllm_disagg_files(scenario: Scenario, pools: _Pools) -> dict[str, str]:
         extra = [f"# TensorRT-LLM LLM API options of the {name} instances, written by moesim."]
         if name == "prefill":
             extra.append("disable_overlap_scheduler: true")
-        extra.append(f"enable_chunked_prefill: {'true' if dep.policy == 'chunked_prefill' else 'false'}")
+        extra.append(f"enable_chunked_prefill: {'true' if dep.policy in _CHUNKED else 'false'}")
+        if dep.policy == "prefill_first_chunked":
+            _note(lines, _MIXED_NOTE.format(engine="TensorRT-LLM"))
         if dep.nccl_allreduce:
             extra.append("allreduce_strategy: NCCL")
             _note(lines, _NCCL_NOTE)

@@ -1,4 +1,5 @@
-"""Serving scheduling stage: one replica's iteration-level scheduler (static, continuous, chunked prefill).
+"""Serving scheduling stage: one replica's iteration-level scheduler (static, continuous, chunked prefill mixed
+with decodes or in prefill-only iterations).
 
 Each sequence tracks, as vLLM v1 does, `num_tokens` (prompt plus tokens generated so far) and
 `num_computed` (tokens whose KV is in the cache). An iteration computes some new tokens of each scheduled
@@ -16,6 +17,12 @@ Policies:
     chunked_prefill  Sarathi-Serve / vLLM's default: a token budget per iteration; decodes first (1 token
                      each), then prefill chunks (<= chunk_size_tokens each) of partially prefilled running
                      requests, then of waiting ones, while budget, max_num_seqs and KV blocks allow.
+    prefill_first_chunked
+                     SGLang's default (no --enable-mixed-chunk): prefill and decode never share an iteration.
+                     While a prompt is partly prefilled or a waiting request can be admitted, the iteration is
+                     prefill-only: the pending chunk first, then waiting requests, within the token budget,
+                     each prompt cut into chunks of <= chunk_size_tokens; otherwise a decode iteration of every
+                     running sequence.
 
 A running sequence that needs a block when none is free preempts the newest running sequence (possibly
 itself); the victim goes back to the front of the waiting queue. Waiting requests are admitted only when
@@ -104,6 +111,7 @@ class Scheduler:
             "static": self._schedule_static,
             "continuous": self._schedule_continuous,
             "chunked_prefill": self._schedule_chunked,
+            "prefill_first_chunked": self._schedule_prefill_first,
         }[spec.policy]
 
     @property
@@ -237,9 +245,8 @@ class Scheduler:
         return seqs, batch
 
     def _schedule_chunked(self) -> tuple[list[Sequence], list[SeqWork]]:
-        spec, waiting = self.spec, self.waiting
-        chunk = spec.chunk_tokens
-        self._budget = spec.max_num_batched_tokens
+        chunk = self.spec.chunk_tokens
+        self._budget = self.spec.max_num_batched_tokens
         seqs: list[Sequence] = []
         batch: list[SeqWork] = []
         partial: list[Sequence] = []
@@ -255,15 +262,41 @@ class Scheduler:
                 batch.append(_new(SeqWork, (n, computed)))
                 self._budget -= n
         if self.preemptions == preempted_before:
-            while waiting and self._budget > 0 and len(self.running) < spec.max_num_seqs:
-                seq = waiting[0]
-                n = min(seq.num_tokens, chunk, self._budget)
-                if not self._grow(seq, self._admit_tokens(seq, n)):
-                    break
-                self._admit(seq)
+            self._admit_chunks(seqs, batch)
+        return seqs, batch
+
+    def _admit_chunks(self, seqs: list[Sequence], batch: list[SeqWork]) -> None:
+        """Admit waiting requests (FIFO) with their first chunk while the budget, max_num_seqs and KV allow."""
+        waiting, chunk, limit = self.waiting, self.spec.chunk_tokens, self.spec.max_num_seqs
+        while waiting and self._budget > 0 and len(self.running) < limit:
+            seq = waiting[0]
+            n = min(seq.num_tokens, chunk, self._budget)
+            if not self._grow(seq, self._admit_tokens(seq, n)):
+                break
+            self._admit(seq)
+            seqs.append(seq)
+            batch.append(_new(SeqWork, (n, 0)))
+            self._budget -= n
+
+    def _schedule_prefill_first(self) -> tuple[list[Sequence], list[SeqWork]]:
+        chunk = self.spec.chunk_tokens
+        self._budget = self.spec.max_num_batched_tokens
+        seqs: list[Sequence] = []
+        batch: list[SeqWork] = []
+        preempted_before = self.preemptions
+        for seq in list(self.running):  # a copy: growing a chunk may preempt (pop) from the end
+            computed = seq.num_computed
+            if seq.state != RUNNING or seq.num_tokens - computed == 1 or self._budget <= 0:
+                continue  # decode phase (one token to compute), preempted meanwhile, or no budget left
+            n = min(seq.num_tokens - computed, chunk, self._budget)
+            if self._grow_or_preempt(seq, computed + n, seqs, batch):
                 seqs.append(seq)
-                batch.append(_new(SeqWork, (n, 0)))
+                batch.append(_new(SeqWork, (n, computed)))
                 self._budget -= n
+        if self.preemptions == preempted_before:
+            self._admit_chunks(seqs, batch)
+        if not seqs:
+            self._decodes(seqs, batch, [])
         return seqs, batch
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from simulator.config import ScenarioError, load_scenario
+from simulator.config import ScenarioError, load_scenario, parse_scenario
 from simulator.config.engine import (
     AllReduceSpec,
     CudaGraphSpec,
@@ -104,7 +104,7 @@ def test_vllm_fills_its_share_of_the_gpu_and_what_the_scenario_gives_wins():
     assert (fixed.capacity_blocks, fixed.free_memory_fraction) == (100, None)
 
 
-def test_without_an_engine_or_with_sglang_moesims_own_defaults_stay():
+def test_without_an_engine_or_with_sglang_moesims_own_kv_and_admission_defaults_stay():
     from simulator.config.serving import parse_serving_spec
 
     for extra in ({}, {"engine": "sglang"}):
@@ -112,6 +112,28 @@ def test_without_an_engine_or_with_sglang_moesims_own_defaults_stay():
         assert (s.admission, s.max_num_seqs, s.max_num_batched_tokens) == ("on_demand", 256, 8192)
         assert (s.kv_cache.block_size_tokens, s.kv_cache.gpu_memory_utilization) == (16, None)
         assert s.kv_cache.free_memory_fraction is None
+
+
+def test_sglang_runs_prefill_only_iterations_first_with_its_chunk_by_gpu():
+    # scheduler.py get_next_batch_to_run ("Run prefill first if possible"), enable_mixed_chunk False;
+    # chunked_prefill_size 8192, 2048 below 25,000 MiB (server_args.py)
+    bare = {
+        "name": "s",
+        "model": {"preset": "mixtral-8x7b"},
+        "cluster": {"num_gpus": 2},
+        "parallel": {"tp": 2},
+        "workload": {"batch_size": 1, "input_len_tokens": 8, "output_len_tokens": 2},
+        "serving": {**{k: v for k, v in BASE.items() if k != "scheduler"}, "engine": "sglang"},
+    }
+    h100 = parse_scenario({**bare, "hardware": "h100-sxm-80gb"}, "s").serving.scheduler  # type: ignore[union-attr]
+    assert (h100.policy, h100.max_num_batched_tokens) == ("prefill_first_chunked", 8192)
+    small = {"profile": "h100-sxm-80gb", "memory_bytes": 24e9}  # a 24 GB card: below SGLang's 25,000 MiB
+    l4 = parse_scenario({**bare, "hardware": small}, "s").serving.scheduler  # type: ignore[union-attr]
+    assert (l4.policy, l4.max_num_batched_tokens) == ("prefill_first_chunked", 2048)
+    own = parse_scenario(
+        {**bare, "hardware": small, "serving": {**bare["serving"], "scheduler": {"policy": "chunked_prefill"}}}, "s"
+    ).serving.scheduler  # type: ignore[union-attr]
+    assert (own.policy, own.max_num_batched_tokens) == ("chunked_prefill", 2048)
 
 
 def test_unknown_engine_names_the_available_ones():

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from simulator.config import engine as engine_config
 from simulator.config import gpus_per_node, load_scenario, parse_scenario
-from simulator.config.engine import DeviceDefaultsSpec, large_device_limits, load_engine_profile
+from simulator.config.engine import DeviceDefaultsSpec, device_limits, load_engine_profile
 from simulator.graph.ragged import PIECEWISE_EAGER_OPS, build_forward, ragged_shape
 from simulator.serving.dag_pricer import DagPricer, price_error
 from simulator.serving.engine_pricing import EnginePricer, mixed_plan
@@ -204,13 +204,13 @@ def test_a_scenarios_own_limits_win_over_the_gpus():
     assert (spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens) == (64, 8192)
 
 
-def test_large_device_rule_reads_memory_in_bytes_and_names_case_blind():
+def test_device_rule_reads_memory_in_bytes_and_names_case_blind():
     rule = DeviceDefaultsSpec(min_device_memory_bytes=70 * 2**30, exclude_names=("a100",), max_num_seqs=8, source="t")
-    assert large_device_limits(rule, {}, ("h100", 70 * 2**30)) == {"max_num_seqs": 8}
-    assert large_device_limits(rule, {}, ("h100", 70 * 2**30 - 1)) == {}
-    assert large_device_limits(rule, {}, ("NVIDIA-A100-80GB", 90e9)) == {}
+    assert device_limits(rule, {}, ("h100", 70 * 2**30)) == {"max_num_seqs": 8}
+    assert device_limits(rule, {}, ("h100", 70 * 2**30 - 1)) == {}
+    assert device_limits(rule, {}, ("NVIDIA-A100-80GB", 90e9)) == {}
     same = {"max_num_seqs": 3}
-    assert large_device_limits(rule, same, ("h100", 90e9)) is same
+    assert device_limits(rule, same, ("h100", 90e9)) is same
 
 
 def test_engine_profiles_are_read_once_per_file_version(tmp_path, monkeypatch):
@@ -241,3 +241,6 @@ def test_a_piecewise_pass_is_never_slower_than_the_same_pass_launched_eagerly(se
     eager, piecewise = seed_passes
     batch = tuple(chunks) + tuple((1, c) for c in decodes)
     assert piecewise.exact(batch).latency_s <= eager.exact(batch).latency_s * (1 + 1e-12)
+    small = DeviceDefaultsSpec(below_device_memory_bytes=25_000 * 2**20, max_num_batched_tokens=2048, source="t")
+    assert device_limits(small, {}, ("l4", 24e9)) == {"max_num_batched_tokens": 2048}
+    assert device_limits(small, {}, ("h100", 85.03e9)) == {}

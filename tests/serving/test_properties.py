@@ -14,7 +14,7 @@ from tests.serving.test_simulate import conservation_holds
 
 @st.composite
 def specs(draw):
-    policy = draw(st.sampled_from(["static", "continuous", "chunked_prefill"]))
+    policy = draw(st.sampled_from(["static", "continuous", "chunked_prefill", "prefill_first_chunked"]))
     max_in = draw(st.integers(1, 24))
     max_out = draw(st.integers(1, 12))
     block = draw(st.sampled_from([1, 2, 4, 16]))

@@ -37,6 +37,48 @@ def test_chunked_prefill_puts_decodes_first_then_prefill_chunks():
     assert pricer.batches[2] == (SeqWork(1, 9), SeqWork(15, 0))
 
 
+def test_prefill_first_chunked_runs_each_chunk_alone_and_holds_the_decodes():
+    # SGLang without --enable-mixed-chunk: prefill and decode never share an iteration
+    spec = make_spec(
+        workload=OPEN,
+        scheduler={"policy": "prefill_first_chunked", "max_num_batched_tokens": 32, "chunk_size_tokens": 8},
+    )
+    pricer = RecordingPricer()
+    # Request 0 (8 + 10 tokens) prefills (0.75 s) and decodes once (0.375 s); request 1's 40-token prompt has
+    # arrived by 1.125: its five chunks run alone, request 0 waits, then both decode together.
+    run = simulate_serving(spec, pricer, [Request(0, 0.0, 8, 10), Request(1, 1.0, 40, 2)])
+    assert pricer.batches[:2] == [(SeqWork(8, 0),), (SeqWork(1, 8),)]
+    assert pricer.batches[2:7] == [(SeqWork(8, k * 8),) for k in range(5)]
+    assert pricer.batches[7] == (SeqWork(1, 9), SeqWork(1, 40))
+    ts = run.timeseries
+    assert run.records[1].first_token_s == ts["start_s"][6] + ts["iteration_s"][6]
+    # request 0's next token waits for request 1's five chunks: the gap spans iterations 2 to 7
+    gap = run.records[0].token_times_s[2] - run.records[0].token_times_s[1]
+    assert gap == sum(ts["iteration_s"][2:8])
+
+
+def test_prefill_first_chunked_fills_the_budget_with_waiting_prompts_and_cuts_the_last():
+    spec = make_spec(workload=OPEN, scheduler={"policy": "prefill_first_chunked", "max_num_batched_tokens": 16})
+    pricer = RecordingPricer()
+    simulate_serving(spec, pricer, [Request(0, 0.0, 10, 3), Request(1, 0.0, 10, 3)])
+    # both admitted into one prefill-only iteration, request 1 cut at the budget; its rest runs alone next
+    # (request 0, in decode phase already, waits); then the two decode together
+    assert pricer.batches[:3] == [
+        (SeqWork(10, 0), SeqWork(6, 0)),
+        (SeqWork(4, 6),),
+        (SeqWork(1, 10), SeqWork(1, 10)),
+    ]
+
+
+def test_only_a_mixed_policy_needs_a_budget_for_every_running_sequence():
+    # chunked_prefill spends one token of the budget per decode; prefill_first_chunked decodes apart from it
+    assert make_spec(scheduler={"policy": "prefill_first_chunked", "max_num_seqs": 128, "max_num_batched_tokens": 64})
+    with pytest.raises(ServingError, match="max_num_batched_tokens = 64 < max_num_seqs = 128"):
+        make_spec(scheduler={"policy": "chunked_prefill", "max_num_seqs": 128, "max_num_batched_tokens": 64})
+    with pytest.raises(ServingError, match="smaller than one chunk"):
+        make_spec(scheduler={"policy": "prefill_first_chunked", "max_num_batched_tokens": 8, "chunk_size_tokens": 16})
+
+
 def test_continuous_runs_prefill_only_iterations_first():
     spec = make_spec(workload=OPEN, scheduler={"policy": "continuous"})
     pricer = RecordingPricer()
@@ -84,7 +126,7 @@ def test_on_demand_admission_preempts_when_decodes_outgrow_the_cache():
     assert run.preemptions >= 1
 
 
-@pytest.mark.parametrize("policy", ["chunked_prefill", "continuous"])
+@pytest.mark.parametrize("policy", ["chunked_prefill", "continuous", "prefill_first_chunked"])
 def test_reserve_admission_holds_the_whole_request_and_never_preempts(policy):
     spec = make_spec(
         workload=OPEN,
