@@ -157,6 +157,19 @@ class EnginePricer:
     def __call__(self, batch: Batch) -> float:
         return self.timing(batch).latency_s
 
+    def launches_text(self) -> str:
+        """How iterations are launched, for reports: 'decode batches replayed from CUDA graphs at 51 sizes (1 to
+        512), batches with a prefill chunk of up to 512 tokens from piecewise graphs, the rest eager'."""
+        sizes = self.capture_sizes
+        if not sizes:
+            return "every iteration launched eagerly"
+        text = f"decode batches replayed from CUDA graphs at {len(sizes)} sizes ({sizes[0]} to {sizes[-1]})"
+        if self.max_context_tokens is not None:
+            text += f" up to {self.max_context_tokens} tokens of context"
+        if self.make_piecewise is not None:
+            text += f", batches with a prefill chunk of up to {sizes[-1]} tokens from piecewise graphs"
+        return text + ", the rest eager"
+
     def __repr__(self) -> str:
         inner = self.graph_pricer if self.graph_pricer is not None else self.eager_pricer
-        return f"EnginePricer({self.profile.name} {self.profile.version}, {inner!r})"
+        return f"EnginePricer({self.profile.name} {self.profile.version}: {self.launches_text()}; {inner!r})"
