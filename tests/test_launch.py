@@ -255,3 +255,12 @@ def test_sglang_mixes_decodes_into_prefill_chunks_only_when_moesim_priced_it_so(
     assert "enable_chunked_prefill: true" in trt["trtllm_extra_llm_api_options.yaml"]
     assert "TensorRT-LLM runs the decodes in the same iterations" in trt["trtllm.sh"]
     assert "runs the decodes in the same iterations" not in vllm_script(mixed) + trtllm_files(mixed)["trtllm.sh"]
+
+
+def test_sglangs_estimate_admission_is_noted_where_an_engine_admits_otherwise():
+    est = load_scenario(ROOT / "scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.admission=estimate"])
+    assert (
+        "SGLang's new_token_ratio" in vllm_script(est) and "SGLang's new_token_ratio" in trtllm_files(est)["trtllm.sh"]
+    )
+    assert "capacity_scheduler_policy: MAX_UTILIZATION" in trtllm_files(est)["trtllm_extra_llm_api_options.yaml"]
+    assert "new_token_ratio" not in sglang_script(est)  # SGLang admits so itself

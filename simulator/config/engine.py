@@ -194,7 +194,7 @@ class SchedulerDefaultsSpec(StrictModel):
     policy: Policy | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
-    admission: Literal["on_demand", "reserve"] | None = None
+    admission: Literal["on_demand", "reserve", "estimate"] | None = None
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)

@@ -243,11 +243,13 @@ class SchedulerSpec(StrictModel):
     preemption: Literal["recompute"] = Field(
         default="recompute", description="what happens to a preempted request: it is recomputed later"
     )
-    admission: Literal["on_demand", "reserve"] = Field(
+    admission: Literal["on_demand", "reserve", "estimate"] = Field(
         default="on_demand",
         description="KV blocks at admission: on_demand (vLLM: admitted when the next chunk's blocks fit, grows "
-        "block by block, the newest preempted when blocks run out) or reserve (TensorRT-LLM's "
-        "GUARANTEED_NO_EVICT: admitted only when its whole request's blocks are free; never preempted)",
+        "block by block, the newest preempted when blocks run out), reserve (TensorRT-LLM's "
+        "GUARANTEED_NO_EVICT: admitted only when its whole request's blocks are free; never preempted) or "
+        "estimate (SGLang: admitted when its prompt and output fit the free KV less the running requests' "
+        "remaining outputs times a decaying new_token_ratio; grows on demand, preempted when blocks run out)",
     )
     # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
     # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
@@ -457,6 +459,19 @@ class ServingSpec(StrictModel):
         return self.replicas.num_replicas * (self.replicas.gpus_per_replica or 1)
 
 
+#: SGLang's admission estimate (python/sglang/srt/managers/schedule_policy.py, PrefillAdder; the constants of
+#: global_config.py / environ.py): a request's output counts at most this many tokens
+#: (CLIP_MAX_NEW_TOKENS_ESTIMATION), the running requests' remaining outputs times new_token_ratio, which starts
+#: at SGLANG_INIT_NEW_TOKEN_RATIO 0.7, decays to 0.7 x SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR 0.14 over
+#: SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS 600 decode steps, and after a retraction is re-estimated as (decoded +
+#: SGLANG_RETRACT_DECODE_STEPS 20 x requests) / their max_new_tokens, at most 1.
+ESTIMATE_CLIP_TOKENS = 4096
+ESTIMATE_INIT_RATIO = 0.7
+ESTIMATE_MIN_RATIO = ESTIMATE_INIT_RATIO * 0.14
+ESTIMATE_DECAY_STEPS = 600
+ESTIMATE_RETRACT_STEPS = 20
+
+
 def kv_output_tokens(output_tokens: int, max_new_tokens: int | None, admission: str) -> int:
     """Output tokens whose KV a request holds at most: its output (cut to the cap), or under admission reserve
     the whole cap, which the engine reserves before it knows where the output ends (TensorRT-LLM
@@ -491,6 +506,16 @@ def check_admissible(
             f"{kv.block_size_tokens}) can never be admitted: scheduler.kv_cache.capacity_blocks = "
             f"{kv.capacity_blocks}{share}; raise it to >= {blocks * batches} or shorten the requests"
         )
+    if scheduler.admission == "estimate" and kv.capacity_blocks is not None:
+        # SGLang admits a request only while prompt + min(max_new_tokens, 4096) < the free KV tokens
+        need = input_tokens + min(kv_output_tokens(output_tokens, max_new_tokens, "reserve"), ESTIMATE_CLIP_TOKENS)
+        room = kv.capacity_blocks // batches * kv.block_size_tokens
+        if need >= room:
+            raise ValueError(
+                f"{what} (input {input_tokens} + output {need - input_tokens} tokens) can never be admitted under "
+                f"admission estimate: it needs fewer tokens than the {room} the KV cache holds "
+                f"(scheduler.kv_cache.capacity_blocks x block_size_tokens); raise it or shorten the requests"
+            )
     if scheduler.policy == "continuous" and input_tokens + output_tokens - 1 > scheduler.max_num_batched_tokens:
         # A recomputed (preempted) request re-prefills its prompt and all but its last output token at once.
         raise ValueError(

@@ -389,13 +389,20 @@ def _kv_share(d: Deployment, lines: list[str], engine: str, native: str, default
     return None
 
 
-def _reserve_note(d: Deployment, lines: list[str], how_engine_admits: str) -> None:
-    """A note when the scenario reserves each request's whole KV at admission, which the engine does not do."""
+def _reserve_note(d: Deployment, lines: list[str], how_engine_admits: str, estimates: bool = False) -> None:
+    """A note when the scenario admits requests as the engine does not: reserving each request's whole KV, or (for
+    an engine that does not estimate, `estimates` False) by SGLang's estimate of the decode tokens to come."""
     if d.admission == "reserve":
         _note(
             lines,
             "# Admission: the scenario reserves each request's whole KV at admission (TensorRT-LLM's "
             f"GUARANTEED_NO_EVICT); {how_engine_admits}",
+        )
+    elif d.admission == "estimate" and not estimates:
+        _note(
+            lines,
+            "# Admission: the scenario admits a request only while its prompt and output fit the free KV less the "
+            f"running requests' estimated outputs (SGLang's new_token_ratio); {how_engine_admits}",
         )
 
 
@@ -446,6 +453,7 @@ def _sglang_kv(d: Deployment, lines: list[str], chunk: int) -> list[str]:
         lines,
         "SGLang admits against its own estimate of the decode tokens to come and retracts requests when the pool "
         "runs out.",
+        estimates=True,
     )
     return argv
 
@@ -582,6 +590,12 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
     if d.admission is not None:
         policy = "GUARANTEED_NO_EVICT" if d.admission == "reserve" else "MAX_UTILIZATION"
         options += ["scheduler_config:", f"  capacity_scheduler_policy: {policy}"]
+        if d.admission == "estimate":
+            _reserve_note(
+                d,
+                lines,
+                "TensorRT-LLM's MAX_UTILIZATION admits while blocks are free and pauses requests when they run out.",
+            )
     if d.block_size_tokens is not None:
         _note(
             lines,

@@ -27,7 +27,12 @@ Policies:
 A running sequence that needs a block when none is free preempts the newest running sequence (possibly
 itself); the victim goes back to the front of the waiting queue. Waiting requests are admitted only when
 their blocks fit, and not in an iteration that preempted. With scheduler.admission reserve a request is
-admitted only when the blocks of its whole request fit, and then never needs another (no preemption).
+admitted only when the blocks of its whole request fit, and then never needs another (no preemption). With
+admission estimate (SGLang's PrefillAdder) a waiting request is admitted only while its remaining prompt plus
+its remaining output (at most 4096) is below the free KV tokens less the running sequences' remaining outputs
+times new_token_ratio and less what this iteration admitted before it (a chunk, or a whole prompt with its
+output); the ratio decays with each iteration that decodes, is re-estimated after a preemption and resets when
+the replica idles (config.serving's ESTIMATE_* constants).
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from simulator.config.serving import SchedulerSpec, kv_output_tokens
+from simulator.config.serving import (
+    ESTIMATE_CLIP_TOKENS,
+    ESTIMATE_DECAY_STEPS,
+    ESTIMATE_INIT_RATIO,
+    ESTIMATE_MIN_RATIO,
+    ESTIMATE_RETRACT_STEPS,
+    SchedulerSpec,
+    kv_output_tokens,
+)
 from simulator.serving.kvcache import PagedKVCache
 from simulator.serving.pricing import Batch, SeqWork
 
@@ -106,6 +119,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.preemptions = 0
         self.reserve = spec.admission == "reserve"
+        self.estimate = spec.admission == "estimate"
+        self.new_token_ratio = ESTIMATE_INIT_RATIO
         self.now_s = 0.0
         self._schedule = {
             "static": self._schedule_static,
@@ -128,6 +143,8 @@ class Scheduler:
         """Pick the next iteration's work (possibly none) at time now_s."""
         self.now_s = now_s
         seqs, batch = self._schedule()
+        if not seqs:  # idle: SGLang resets its estimate (event loop, no batch to run)
+            self.new_token_ratio = ESTIMATE_INIT_RATIO
         return Step(seqs, tuple(batch))
 
     def complete(self, step: Step, now_s: float) -> list[Sequence]:
@@ -176,9 +193,32 @@ class Scheduler:
         seq.kv_limit_tokens = kv.held(seq.request_id) * kv.block_size_tokens
         return True
 
+    def _max_new(self, seq: Sequence) -> int:
+        """The output the engine knows a request may generate: its cap (workload.max_new_tokens), else its own
+        length (the benchmark clients ask for exactly the tokens they expect)."""
+        return kv_output_tokens(seq.output_tokens, self.max_new_tokens, "reserve")
+
+    def _remaining_out(self, seq: Sequence) -> int:
+        return min(max(self._max_new(seq) - seq.generated, 0), ESTIMATE_CLIP_TOKENS)
+
+    def _estimate_room(self) -> float:
+        """SGLang's rem_total_tokens when a prefill batch starts: the free KV tokens less the running sequences'
+        remaining outputs times new_token_ratio."""
+        kv = self.kv
+        offset = sum(self._remaining_out(s) for s in self.running) * self.new_token_ratio
+        return kv.free_blocks * kv.block_size_tokens - offset
+
+    def _reestimate(self) -> None:
+        """After a preemption (SGLang's retract_decode): (decoded + 20 x running) / their max new tokens, <= 1."""
+        running = self.running
+        decoded = sum(s.generated for s in running)
+        max_new = sum(self._max_new(s) for s in running)
+        self.new_token_ratio = min(1.0, (decoded + ESTIMATE_RETRACT_STEPS * len(running)) / (max_new + 1))
+
     def _grow_or_preempt(self, seq: Sequence, kv_tokens: int, seqs: list[Sequence], batch: list[SeqWork]) -> bool:
         """Grow seq's KV to kv_tokens, preempting the newest running sequences while blocks are short.
         Returns False when seq itself was preempted. A victim already scheduled is taken out of the step."""
+        preempted, grown = False, True
         while not self._grow(seq, kv_tokens):
             victim = self.running.pop()
             self.kv.free(victim.request_id)
@@ -188,13 +228,17 @@ class Scheduler:
             victim.preemptions += 1
             self.preemptions += 1
             self.waiting.appendleft(victim)
+            preempted = True
             if victim in seqs:  # scheduled already: rare (only a prefill chunk preempts a decode)
                 i = seqs.index(victim)
                 self._budget += batch[i][0]
                 del seqs[i], batch[i]
             if victim is seq:
-                return False
-        return True
+                grown = False
+                break
+        if preempted and self.estimate:
+            self._reestimate()
+        return grown
 
     def _decodes(self, seqs: list[Sequence], batch: list[SeqWork], partial: list[Sequence]) -> None:
         """Schedule one token of each running sequence in decode phase, in order; the others (partially
@@ -209,6 +253,11 @@ class Scheduler:
                 append_seq(seq)
                 append_work(_new(SeqWork, (1, computed)))
         self._budget -= len(seqs)
+        if self.estimate and seqs:  # SGLang's update_running_batch decays the estimate every decode step
+            self.new_token_ratio = max(
+                self.new_token_ratio - (ESTIMATE_INIT_RATIO - ESTIMATE_MIN_RATIO) / ESTIMATE_DECAY_STEPS,
+                ESTIMATE_MIN_RATIO,
+            )
 
     # ---------------------------------------------------------------- policies
 
@@ -230,9 +279,15 @@ class Scheduler:
         budget = spec.max_num_batched_tokens
         seqs: list[Sequence] = []
         batch: list[SeqWork] = []
+        room = self._estimate_room() if self.estimate else math.inf
         while waiting and len(running) < spec.max_num_seqs:
             seq = waiting[0]
             n = seq.num_tokens
+            if self.estimate:
+                out = self._remaining_out(seq)
+                if n + out >= room:
+                    break
+                room -= n + out
             if n > budget or not self._grow(seq, self._admit_tokens(seq, n)):
                 break
             self._admit(seq)
@@ -268,9 +323,15 @@ class Scheduler:
     def _admit_chunks(self, seqs: list[Sequence], batch: list[SeqWork]) -> None:
         """Admit waiting requests (FIFO) with their first chunk while the budget, max_num_seqs and KV allow."""
         waiting, chunk, limit = self.waiting, self.spec.chunk_tokens, self.spec.max_num_seqs
+        room = self._estimate_room() if self.estimate else math.inf
         while waiting and self._budget > 0 and len(self.running) < limit:
             seq = waiting[0]
             n = min(seq.num_tokens, chunk, self._budget)
+            if self.estimate:
+                out = self._remaining_out(seq)
+                if seq.num_tokens + out >= room:  # PrefillAdder.add_one_req: AddReqResult.NO_TOKEN
+                    break
+                room -= n + (out if n == seq.num_tokens else 0)  # a cut prompt adds only its chunk
             if not self._grow(seq, self._admit_tokens(seq, n)):
                 break
             self._admit(seq)

@@ -107,9 +107,9 @@ def test_vllm_fills_its_share_of_the_gpu_and_what_the_scenario_gives_wins():
 def test_without_an_engine_or_with_sglang_moesims_own_kv_and_admission_defaults_stay():
     from simulator.config.serving import parse_serving_spec
 
-    for extra in ({}, {"engine": "sglang"}):
+    for extra, admission in (({}, "on_demand"), ({"engine": "sglang"}, "estimate")):
         s = parse_serving_spec({**_silent(), **extra}).scheduler
-        assert (s.admission, s.max_num_seqs, s.max_num_batched_tokens) == ("on_demand", 256, 8192)
+        assert (s.admission, s.max_num_seqs, s.max_num_batched_tokens) == (admission, 256, 8192)
         assert (s.kv_cache.block_size_tokens, s.kv_cache.gpu_memory_utilization) == (16, None)
         assert s.kv_cache.free_memory_fraction is None
 
@@ -127,6 +127,7 @@ def test_sglang_runs_prefill_only_iterations_first_with_its_chunk_by_gpu():
     }
     h100 = parse_scenario({**bare, "hardware": "h100-sxm-80gb"}, "s").serving.scheduler  # type: ignore[union-attr]
     assert (h100.policy, h100.max_num_batched_tokens) == ("prefill_first_chunked", 8192)
+    assert h100.admission == "estimate"  # PrefillAdder's new_token_ratio
     small = {"profile": "h100-sxm-80gb", "memory_bytes": 24e9}  # a 24 GB card: below SGLang's 25,000 MiB
     l4 = parse_scenario({**bare, "hardware": small}, "s").serving.scheduler  # type: ignore[union-attr]
     assert (l4.policy, l4.max_num_batched_tokens) == ("prefill_first_chunked", 2048)

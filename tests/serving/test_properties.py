@@ -1,5 +1,5 @@
 """Property: over random small specs, every request finishes once with all its tokens, within KV capacity; with
-admission reserve (a generation cap or not), no request is ever preempted."""
+admission reserve (a generation cap or not), no request is ever preempted; the three admission rules included."""
 
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ def specs(draw):
     max_in = draw(st.integers(1, 24))
     max_out = draw(st.integers(1, 12))
     block = draw(st.sampled_from([1, 2, 4, 16]))
-    admission = draw(st.sampled_from(["on_demand", "reserve"]))
+    admission = draw(st.sampled_from(["on_demand", "reserve", "estimate"]))
     cap = draw(st.none() | st.integers(1, 16))
     need = kv_blocks_needed(
         max_in, kv_output_tokens(max_out if cap is None else min(max_out, cap), cap, admission), block
     )
+    if admission == "estimate":  # admitted only while prompt + output < the free KV tokens
+        known_out = kv_output_tokens(max_out if cap is None else min(max_out, cap), cap, "reserve")
+        need = max(need, (max_in + known_out) // block + 1)
     max_num_seqs = draw(st.integers(1, 4))
     arrivals = draw(
         st.sampled_from(

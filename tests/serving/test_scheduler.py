@@ -6,6 +6,7 @@ import pytest
 
 from simulator.config.serving import ServingError
 from simulator.serving.pricing import SeqWork
+from simulator.serving.scheduler import Scheduler, Sequence
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.workload import Request, generate_requests
 from tests.serving.conftest import RecordingPricer, make_spec
@@ -238,3 +239,74 @@ def test_a_cap_above_the_output_does_not_tighten_the_continuous_prefill_bound():
     )
     run = simulate_serving(spec, RecordingPricer())
     assert run.preemptions == 0 and all(len(r.token_times_s) == 2 for r in run.records)
+
+
+def estimate_spec(policy: str = "chunked_prefill", **kv):
+    return make_spec(
+        workload=OPEN,
+        scheduler={
+            "policy": policy,
+            "admission": "estimate",
+            "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 4, **kv},
+        },
+    )
+
+
+@pytest.mark.parametrize("policy", ["chunked_prefill", "prefill_first_chunked", "continuous"])
+def test_estimate_admission_holds_back_a_request_whose_output_would_not_fit(policy):
+    # 64 KV tokens. Request 0 (8 + 40) is admitted: 48 < 64, and takes 48 of the estimate. Request 1 needs
+    # 8 + 40 = 48 >= the 16 left, and while request 0 runs the free tokens (48, then 32) less its remaining output
+    # x ~0.7 stay below 48: it waits for request 0 to finish, as under reserve, where on_demand admits both at once.
+    pricer = RecordingPricer()
+    run = simulate_serving(estimate_spec(policy), pricer, [Request(0, 0.0, 8, 40), Request(1, 0.0, 8, 40)])
+    assert pricer.batches[0] == (SeqWork(8, 0),)
+    assert run.records[1].first_scheduled_s == run.records[0].finish_s
+    assert pricer.batches[40] == (SeqWork(8, 0),) and run.preemptions == 0
+    on_demand = RecordingPricer()
+    spec = make_spec(
+        workload=OPEN, scheduler={"policy": policy, "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 4}}
+    )
+    simulate_serving(spec, on_demand, [Request(0, 0.0, 8, 40), Request(1, 0.0, 8, 40)])
+    assert on_demand.batches[0] == (SeqWork(8, 0), SeqWork(8, 0))
+
+
+def test_estimate_ratio_decays_each_decode_step_and_resets_when_idle():
+    sched = Scheduler(estimate_spec().scheduler)
+    sched.add(Sequence(0, 0.0, 8, 3))
+    step = sched.schedule(0.0)  # the prefill: no decode, no decay
+    assert step.batch == (SeqWork(8, 0),) and sched.new_token_ratio == 0.7
+    sched.complete(step, 1.0)
+    decay = (0.7 - 0.7 * 0.14) / 600
+    for k in (1, 2):
+        step = sched.schedule(float(k))
+        assert step.batch == (SeqWork(1, 7 + k),)
+        assert sched.new_token_ratio == pytest.approx(0.7 - k * decay, rel=1e-12)
+        sched.complete(step, k + 1.0)
+    assert not sched.running  # 3 tokens out: finished
+    assert not sched.schedule(4.0).seqs and sched.new_token_ratio == 0.7  # idle: back to the start
+
+
+def test_estimate_is_re_estimated_after_a_preemption():
+    # SGLang's retract_decode: (decoded + 20 x running) / (their max new tokens + 1), at most 1
+    sched = Scheduler(estimate_spec(capacity_blocks=2).scheduler)
+    a, b = Sequence(0, 0.0, 8, 100), Sequence(1, 0.0, 8, 200)
+    for seq in (a, b):
+        sched.add(seq)
+        sched._admit(seq)
+        assert sched._grow(seq, 16)  # one block each: the cache is full
+    a.generated, b.generated = 10, 30
+    sched._reestimate()
+    assert sched.new_token_ratio == pytest.approx((10 + 30 + 20 * 2) / (100 + 200 + 1), rel=1e-12)
+    # a needs a second block: b (the newest) is preempted, and the estimate is made again over a alone
+    assert sched._grow_or_preempt(a, 17, [], [])
+    assert b.state == 0 and b.preemptions == 1 and sched.running == [a]
+    assert sched.new_token_ratio == pytest.approx((10 + 20) / (100 + 1), rel=1e-12)
+
+
+def test_estimate_admission_refuses_a_request_longer_than_the_whole_cache_in_one_line():
+    # 4 blocks of 16 = 64 tokens: 8 + 56 = 64 blocks fine on demand (63 tokens held), never admitted by estimate
+    base = {"policy": "chunked_prefill", "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 4}}
+    long = {"input_len": {"kind": "fixed", "tokens": 8}, "output_len": {"kind": "fixed", "tokens": 56}}
+    assert make_spec(workload=long, scheduler=base)
+    with pytest.raises(ServingError, match="can never be admitted under admission estimate"):
+        make_spec(workload=long, scheduler={**base, "admission": "estimate"})
