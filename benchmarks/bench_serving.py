@@ -1,6 +1,6 @@
 """Benchmark of the serving simulation: requests simulated per second of wall time, 10,000 requests.
 
-    python benchmarks/bench_serving.py [--requests N] [--policy chunked_prefill|continuous|static]
+    python benchmarks/bench_serving.py [--requests N] [--policy chunked_prefill|prefill_first_chunked|continuous|static]
     python benchmarks/bench_serving.py --scenario scenarios/seed_moe_4gpu_serving.yaml [--requests N] [--rate R]
     python benchmarks/bench_serving.py --scenario scenarios/mixtral_8x7b_64gpu.yaml
     python benchmarks/bench_serving.py --scenario scenarios/seed_moe_4gpu_disagg.yaml [--requests N] [--rate R]
@@ -44,7 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
-    parser.add_argument("--policy", default="chunked_prefill", choices=["static", "continuous", "chunked_prefill"])
+    parser.add_argument(
+        "--policy",
+        default="chunked_prefill",
+        choices=["static", "continuous", "chunked_prefill", "prefill_first_chunked"],
+    )
     parser.add_argument("--scenario", help="price iterations with DagPricer on this scenario")
     parser.add_argument("--rate", type=float, help="Poisson rate (requests/s) instead of the scenario's")
     args = parser.parse_args()
