@@ -125,14 +125,13 @@ class EnginePricer:
     def gpu_timing(self, batch: Batch) -> IterationTiming:
         """The GPU pass alone: padded and replayed (whole, or piecewise), or eager."""
         plan = self.plan(batch)
-        tokens = mixed_plan(batch, self.capture_sizes) if self.make_piecewise is not None else None
         if plan.graph:
             pad = plan.padded_seqs - len(batch)
             if pad:
                 self.padded_iterations += 1
                 self.padding_rows += pad
             pricer, priced = self.graph_pricer, batch + (_PAD,) * pad
-        elif tokens is not None:
+        elif self.make_piecewise is not None and (tokens := mixed_plan(batch, self.capture_sizes)) is not None:
             pad = tokens - sum(w.new_tokens for w in batch)
             self.piecewise_iterations += 1
             if pad:

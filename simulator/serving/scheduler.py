@@ -42,7 +42,7 @@ from collections import deque
 
 from simulator.config.serving import (
     ESTIMATE_CLIP_TOKENS,
-    ESTIMATE_DECAY_STEPS,
+    ESTIMATE_DECAY,
     ESTIMATE_INIT_RATIO,
     ESTIMATE_MIN_RATIO,
     ESTIMATE_RETRACT_STEPS,
@@ -254,10 +254,7 @@ class Scheduler:
                 append_work(_new(SeqWork, (1, computed)))
         self._budget -= len(seqs)
         if self.estimate and seqs:  # SGLang's update_running_batch decays the estimate every decode step
-            self.new_token_ratio = max(
-                self.new_token_ratio - (ESTIMATE_INIT_RATIO - ESTIMATE_MIN_RATIO) / ESTIMATE_DECAY_STEPS,
-                ESTIMATE_MIN_RATIO,
-            )
+            self.new_token_ratio = max(self.new_token_ratio - ESTIMATE_DECAY, ESTIMATE_MIN_RATIO)
 
     # ---------------------------------------------------------------- policies
 
