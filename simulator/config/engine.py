@@ -26,6 +26,8 @@ ENGINE_PROFILES_DIR = Path(
 #: A replica's batching policy (serving.scheduler.policy; the scheduler stage describes each): here so that an
 #: engine profile's defaults and the serving section name the same ones.
 Policy = Literal["static", "continuous", "chunked_prefill", "prefill_first_chunked"]
+#: How a replica admits requests against its KV cache (serving.scheduler.admission), likewise shared.
+Admission = Literal["on_demand", "reserve", "estimate"]
 
 #: Largest batch size a capture list may name (guards a typo such as 10**9 from building a huge list).
 MAX_CAPTURE_SIZE = 65536
@@ -194,7 +196,7 @@ class SchedulerDefaultsSpec(StrictModel):
     policy: Policy | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
-    admission: Literal["on_demand", "reserve", "estimate"] | None = None
+    admission: Admission | None = None
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)

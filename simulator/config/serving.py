@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulator.config.engine import Policy, load_engine_profile
+from simulator.config.engine import Admission, Policy, load_engine_profile
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
@@ -243,7 +243,7 @@ class SchedulerSpec(StrictModel):
     preemption: Literal["recompute"] = Field(
         default="recompute", description="what happens to a preempted request: it is recomputed later"
     )
-    admission: Literal["on_demand", "reserve", "estimate"] = Field(
+    admission: Admission = Field(
         default="on_demand",
         description="KV blocks at admission: on_demand (vLLM: admitted when the next chunk's blocks fit, grows "
         "block by block, the newest preempted when blocks run out), reserve (TensorRT-LLM's "
