@@ -174,17 +174,35 @@ class DeviceDefaultsSpec(StrictModel):
         )
 
 
+DEVICE_LIMIT_KEYS = ("max_num_seqs", "max_num_batched_tokens")
+
+
+def forget_engine_limits(scheduler: dict) -> dict:
+    """`scheduler` (a raw serving.scheduler mapping) without the batch limits an engine profile filled for the
+    GPU it was written for (its by-device rule, else its general defaults): its `engine_defaults` record and each
+    limit still at its recorded value (a limit edited since is the scenario's own). `scheduler` itself when
+    there is no record."""
+    recorded = scheduler.get("engine_defaults")
+    if recorded is None:
+        return scheduler
+    out = {k: v for k, v in scheduler.items() if k != "engine_defaults"}
+    if isinstance(recorded, dict):
+        for key, value in recorded.items():
+            if key in out and out[key] == value:
+                del out[key]
+    return out
+
+
 def device_limits(rule: DeviceDefaultsSpec, scheduler: dict, device: tuple[str, float]) -> dict:
     """`scheduler` (a raw serving.scheduler mapping) with `rule`'s batch limits where it is silent, when they
-    apply to `device` (profile name, device memory in bytes); `scheduler` itself when nothing changes."""
+    apply to `device` (profile name, device memory in bytes), recorded in its `engine_defaults` so that another
+    GPU re-derives them (forget_engine_limits); `scheduler` itself when nothing changes."""
     if not rule.applies(*device):
         return scheduler
     add = {
-        key: getattr(rule, key)
-        for key in ("max_num_seqs", "max_num_batched_tokens")
-        if getattr(rule, key) is not None and key not in scheduler
+        key: getattr(rule, key) for key in DEVICE_LIMIT_KEYS if getattr(rule, key) is not None and key not in scheduler
     }
-    return {**scheduler, **add} if add else scheduler
+    return {**scheduler, **add, "engine_defaults": add} if add else scheduler
 
 
 class SchedulerDefaultsSpec(StrictModel):
@@ -213,10 +231,16 @@ class SchedulerDefaultsSpec(StrictModel):
         """`scheduler` (a scenario's raw serving.scheduler mapping) with this engine's general defaults where it
         is silent (see the class docstring; device_limits fills the device's first)."""
         out = dict(scheduler)
+        recorded = out.get("engine_defaults")
+        recorded = dict(recorded) if isinstance(recorded, dict) else {}
         for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission"):
             value = getattr(self, key)
             if value is not None and key not in out:
                 out[key] = value
+                if key in DEVICE_LIMIT_KEYS:  # recorded: another GPU's by-device rule may set it otherwise
+                    recorded[key] = value
+        if recorded:
+            out["engine_defaults"] = recorded
         kv = out.get("kv_cache")
         kv = dict(kv) if isinstance(kv, dict) else {} if kv is None else kv
         if not isinstance(kv, dict):  # not a mapping: the scenario's own validation says so

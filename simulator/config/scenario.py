@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.config.engine import device_limits, load_engine_profile
+from simulator.config.engine import device_limits, forget_engine_limits, load_engine_profile
 from simulator.config.errors import LayoutError, ScenarioError, StrictModel, divisors
 from simulator.config.hardware import ProfileError, ProfileInvalid, load_profile
 from simulator.config.model import ModelSpec
@@ -366,7 +366,7 @@ class Scenario(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _engine_device_defaults(cls, data: Any) -> Any:
+    def _engine_engine_defaults(cls, data: Any) -> Any:
         """The named engine's batch limits for this GPU where serving.scheduler is silent (engine profile
         scheduler_defaults.by_device; the general defaults follow in ServingSpec). Left alone when the engine
         or the hardware profile does not load: their own fields say why."""
@@ -374,22 +374,21 @@ class Scenario(StrictModel):
             return data
         serving = data["serving"]
         scheduler = serving.get("scheduler", {})
-        if not isinstance(serving.get("engine"), str) or not isinstance(scheduler, dict):
+        if not isinstance(scheduler, dict):
             return data
+        own = forget_engine_limits(scheduler)  # limits filled for the GPU a dumped scenario was written for
+        filled = own
         hardware = data.get("hardware")
         ref = {"profile": hardware} if isinstance(hardware, str) else hardware
-        if not isinstance(ref, dict) or not isinstance(ref.get("profile"), str):
-            return data
-        try:
-            defaults = load_engine_profile(serving["engine"]).scheduler_defaults
-            rule = defaults.by_device if defaults is not None else None
-            if rule is None:
-                return data
-            hw = load_profile(ref["profile"], {k: v for k, v in ref.items() if k != "profile"})
-        except (ScenarioError, ProfileError, ProfileInvalid):
-            return data
-        device = (hw.name, hw.device_memory_bytes or hw.memory_bytes)
-        filled = device_limits(rule, scheduler, device)
+        if isinstance(serving.get("engine"), str) and isinstance(ref, dict) and isinstance(ref.get("profile"), str):
+            try:
+                defaults = load_engine_profile(serving["engine"]).scheduler_defaults
+                rule = defaults.by_device if defaults is not None else None
+                if rule is not None:
+                    hw = load_profile(ref["profile"], {k: v for k, v in ref.items() if k != "profile"})
+                    filled = device_limits(rule, own, (hw.name, hw.device_memory_bytes or hw.memory_bytes))
+            except (ScenarioError, ProfileError, ProfileInvalid):
+                pass
         return data if filled is scheduler else {**data, "serving": {**serving, "scheduler": filled}}
 
     @model_validator(mode="after")

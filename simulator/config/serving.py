@@ -251,6 +251,12 @@ class SchedulerSpec(StrictModel):
         "estimate (SGLang: admitted when its prompt and output fit the free KV less the running requests' "
         "remaining outputs times a decaying new_token_ratio; grows on demand, preempted when blocks run out)",
     )
+    engine_defaults: dict[Literal["max_num_seqs", "max_num_batched_tokens"], int] | None = Field(
+        default=None,
+        description="the batch limits serving.engine's profile set where the scenario gave none (its rule for "
+        "this GPU, else its general defaults), written by moesim; a limit still at its recorded value is "
+        "derived again for another GPU (a search over hardware, a changed hardware.profile)",
+    )
     # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
     # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
     pipeline_batches: int | None = Field(

@@ -254,7 +254,8 @@ class CandidateScenarios:
         else:
             data = self.base.model_dump(mode="python", exclude_none=True)
             if c.hardware != own["hardware"]:
-                data["hardware"] = {"profile": c.hardware}  # the scenario's hardware overrides apply to its own profile
+                # the base's hardware overrides apply to its own profile; its engine limits are derived anew
+                data["hardware"] = {"profile": c.hardware}
             model = data["model"]
             model["weight_dtype"], model["kv_cache_dtype"] = c.weight_dtype, c.kv_cache_dtype
             if self.base.serving is not None:
@@ -488,9 +489,24 @@ def disaggregated_placeholder(variant: Scenario, num_gpus: int) -> ParallelSpec 
     return dp
 
 
+def on_hardware(base: Scenario, hardware: str) -> Scenario:
+    """The base scenario on another hardware profile (the base's hardware overrides apply to its own profile
+    only), parsed again: the engine profile's batch limits the base took for its GPU are derived for this one
+    (SchedulerSpec.engine_defaults). The base itself on its own profile, or where the other one rejects it (a
+    candidate's own parse then says why)."""
+    if hardware == base.hardware.profile:
+        return base
+    data = base.model_dump(mode="python", exclude_none=True)
+    data["hardware"] = {"profile": hardware}
+    try:
+        return parse_scenario(data, f"{base.name} on {hardware}")
+    except ScenarioError:
+        return base
+
+
 def _product(base: Scenario, space: SearchSpace) -> Iterator[tuple]:
-    own = own_dims(base)
     for hardware in space.hardware:
+        own = own_dims(on_hardware(base, hardware))  # the scheduler limits the engine sets on this GPU
         for wdt in space.weight_dtypes:
             for kvdt in space.kv_cache_dtypes:
                 for seqs in space.max_num_seqs:

@@ -206,11 +206,84 @@ def test_a_scenarios_own_limits_win_over_the_gpus():
 
 def test_device_rule_reads_memory_in_bytes_and_names_case_blind():
     rule = DeviceDefaultsSpec(min_device_memory_bytes=70 * 2**30, exclude_names=("a100",), max_num_seqs=8, source="t")
-    assert device_limits(rule, {}, ("h100", 70 * 2**30)) == {"max_num_seqs": 8}
+    assert device_limits(rule, {}, ("h100", 70 * 2**30)) == {"max_num_seqs": 8, "engine_defaults": {"max_num_seqs": 8}}
     assert device_limits(rule, {}, ("h100", 70 * 2**30 - 1)) == {}
     assert device_limits(rule, {}, ("NVIDIA-A100-80GB", 90e9)) == {}
     same = {"max_num_seqs": 3}
     assert device_limits(rule, same, ("h100", 90e9)) is same
+    small = DeviceDefaultsSpec(below_device_memory_bytes=25_000 * 2**20, max_num_batched_tokens=2048, source="t")
+    record = {"max_num_batched_tokens": 2048}
+    assert device_limits(small, {}, ("l4", 24e9)) == {**record, "engine_defaults": record}
+    assert device_limits(small, {}, ("h100", 85.03e9)) == {}
+
+
+def test_the_gpus_limits_are_recorded_and_derived_again_on_another_gpu():
+    # A scenario written on an H100 (a search's chosen scenario, an API override) keeps the limits vLLM sets
+    # there only while it stays there: on an A100 they are 256 / 2,048, back on an H200 1,024 / 8,192.
+    spec = without_scheduler("h100-sxm-80gb")
+    assert spec is not None and spec.scheduler.engine_defaults == {"max_num_seqs": 1024, "max_num_batched_tokens": 8192}
+    data = copy.deepcopy(seed_dict())
+    data["serving"] = spec.model_dump(mode="json", exclude_none=True)
+    limits = []
+    for hardware in ("a100-sxm-80gb", "h200-sxm-141gb", "generic-64gb"):
+        data["hardware"] = hardware
+        scenario = parse_scenario(data, "moved")
+        assert scenario.serving is not None
+        s = scenario.serving.scheduler
+        limits.append((s.max_num_seqs, s.max_num_batched_tokens, s.engine_defaults))
+        data["serving"] = scenario.serving.model_dump(mode="json", exclude_none=True)
+    both = ("max_num_seqs", "max_num_batched_tokens")
+    assert limits == [
+        (256, 2048, dict(zip(both, (256, 2048)))),  # the profile's general defaults, recorded too
+        (1024, 8192, dict(zip(both, (1024, 8192)))),
+        (256, 2048, dict(zip(both, (256, 2048)))),
+    ]
+
+
+def test_a_limit_edited_since_it_was_recorded_is_the_scenarios_own():
+    scheduler = {
+        "max_num_seqs": 512,
+        "max_num_batched_tokens": 8192,
+        "engine_defaults": {"max_num_seqs": 1024, "max_num_batched_tokens": 8192},
+    }
+    assert engine_config.forget_engine_limits(scheduler) == {"max_num_seqs": 512}
+    same = {"max_num_seqs": 3}
+    assert engine_config.forget_engine_limits(same) is same
+    data = copy.deepcopy(seed_dict())
+    data["hardware"] = "a100-sxm-80gb"
+    data["serving"] = without_scheduler("h100-sxm-80gb").model_dump(mode="json", exclude_none=True)
+    data["serving"]["scheduler"]["max_num_seqs"] = 512
+    s = parse_scenario(data, "edited").serving.scheduler
+    assert (s.max_num_seqs, s.max_num_batched_tokens, s.engine_defaults) == (
+        512,
+        2048,
+        {"max_num_batched_tokens": 2048},
+    )
+
+
+def test_a_search_over_gpus_takes_each_gpus_engine_limits():
+    from simulator.sweep.candidates import SearchSpace, enumerate_candidates
+
+    data = copy.deepcopy(seed_dict())
+    data["serving"] = without_scheduler("h100-sxm-80gb").model_dump(mode="json", exclude_none=True)
+    data["hardware"] = "h100-sxm-80gb"
+    base = parse_scenario(data, "search")
+    space = SearchSpace(
+        gpu_counts=(4,),
+        hardware=("h100-sxm-80gb", "a100-sxm-80gb"),
+        weight_dtypes=("fp16",),
+        kv_cache_dtypes=("fp16",),
+        microbatches=(1,),
+    )
+    found = enumerate_candidates(base, space)
+    limits = {(c.hardware_name, c.max_num_seqs, c.max_num_batched_tokens) for c in found.candidates}
+    assert limits == {("h100-sxm-80gb", 1024, 8192), ("a100-sxm-80gb", 256, 2048)}
+    from simulator.sweep.candidates import CandidateScenarios
+
+    scenarios = CandidateScenarios(base)
+    a100 = next(c for c in found.candidates if c.hardware_name == "a100-sxm-80gb")
+    s = scenarios.variant(a100).serving.scheduler
+    assert (s.max_num_seqs, s.max_num_batched_tokens) == (256, 2048)
 
 
 def test_engine_profiles_are_read_once_per_file_version(tmp_path, monkeypatch):
@@ -241,6 +314,3 @@ def test_a_piecewise_pass_is_never_slower_than_the_same_pass_launched_eagerly(se
     eager, piecewise = seed_passes
     batch = tuple(chunks) + tuple((1, c) for c in decodes)
     assert piecewise.exact(batch).latency_s <= eager.exact(batch).latency_s * (1 + 1e-12)
-    small = DeviceDefaultsSpec(below_device_memory_bytes=25_000 * 2**20, max_num_batched_tokens=2048, source="t")
-    assert device_limits(small, {}, ("l4", 24e9)) == {"max_num_batched_tokens": 2048}
-    assert device_limits(small, {}, ("h100", 85.03e9)) == {}
