@@ -264,3 +264,15 @@ def test_sglangs_estimate_admission_is_noted_where_an_engine_admits_otherwise():
     )
     assert "capacity_scheduler_policy: MAX_UTILIZATION" in trtllm_files(est)["trtllm_extra_llm_api_options.yaml"]
     assert "new_token_ratio" not in sglang_script(est)  # SGLang admits so itself
+
+
+def test_sglangs_retraction_order_is_noted_where_an_engine_preempts_the_newest():
+    path = ROOT / "scenarios/seed_moe_4gpu_serving.yaml"
+    retract = load_scenario(path, ["serving.scheduler.preempt=fewest_decoded"])
+    note = "# Preemption: the scenario retracts the requests with the fewest output tokens"
+    assert note in vllm_script(retract) and note in trtllm_files(retract)["trtllm.sh"]
+    assert "Preemption:" not in sglang_script(retract)  # SGLang retracts so itself
+    reserve = load_scenario(path, ["serving.scheduler.preempt=fewest_decoded", "serving.scheduler.admission=reserve"])
+    assert "Preemption:" not in trtllm_files(reserve)["trtllm.sh"]  # GUARANTEED_NO_EVICT takes nothing back
+    newest = load_scenario(path)
+    assert "Preemption:" not in vllm_script(newest) + trtllm_files(newest)["trtllm.sh"] + sglang_script(newest)

@@ -28,6 +28,8 @@ ENGINE_PROFILES_DIR = Path(
 Policy = Literal["static", "continuous", "chunked_prefill", "prefill_first_chunked"]
 #: How a replica admits requests against its KV cache (serving.scheduler.admission), likewise shared.
 Admission = Literal["on_demand", "reserve", "estimate"]
+#: Which running requests give their KV back when blocks run out (serving.scheduler.preempt), likewise shared.
+Preempt = Literal["newest", "fewest_decoded"]
 
 #: Largest batch size a capture list may name (guards a typo such as 10**9 from building a huge list).
 MAX_CAPTURE_SIZE = 65536
@@ -215,6 +217,7 @@ class SchedulerDefaultsSpec(StrictModel):
     max_num_seqs: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     admission: Admission | None = None
+    preempt: Preempt | None = None
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
@@ -233,7 +236,7 @@ class SchedulerDefaultsSpec(StrictModel):
         out = dict(scheduler)
         recorded = out.get("engine_defaults")
         recorded = dict(recorded) if isinstance(recorded, dict) else {}
-        for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission"):
+        for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission", "preempt"):
             value = getattr(self, key)
             if value is not None and key not in out:
                 out[key] = value

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulator.config.engine import Admission, Policy, load_engine_profile
+from simulator.config.engine import Admission, Policy, Preempt, load_engine_profile
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
@@ -242,6 +242,15 @@ class SchedulerSpec(StrictModel):
     kv_cache: KVCacheSpec = Field(default_factory=KVCacheSpec, description="the paged KV cache")
     preemption: Literal["recompute"] = Field(
         default="recompute", description="what happens to a preempted request: it is recomputed later"
+    )
+    preempt: Preempt = Field(
+        default="newest",
+        description="which running requests give their KV blocks back when they run out: newest (vLLM, "
+        "TensorRT-LLM: the sequence that needs a block preempts the newest running one, which goes back to the "
+        "front of the queue) or fewest_decoded (SGLang's retract_decode: before a decode iteration whose new "
+        "tokens' blocks are not free, the decoding requests with the fewest output tokens, longest prompt on "
+        "ties, are retracted, at least one, until the free KV holds 20 decode steps of those left; they go to "
+        "the back of the queue)",
     )
     admission: Admission = Field(
         default="on_demand",

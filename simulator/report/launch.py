@@ -58,6 +58,7 @@ class Deployment:
     free_memory_fraction: float | None = None
     block_size_tokens: int | None = None
     admission: str | None = None
+    preempt: str | None = None
     redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
     num_experts: int = 0
     nccl_allreduce: bool = False  # runtime.allreduce nccl with tensor-parallel all-reduces: the custom one turned off
@@ -96,6 +97,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "free_memory_fraction": s.kv_cache.free_memory_fraction,
             "block_size_tokens": s.kv_cache.block_size_tokens,
             "admission": s.admission,
+            "preempt": s.preempt,
         }
     else:
         w = scenario.workload
@@ -406,6 +408,23 @@ def _reserve_note(d: Deployment, lines: list[str], how_engine_admits: str, estim
         )
 
 
+PREEMPT_ORDERS = {
+    "newest": "preempts the newest running request when blocks run out, first in the queue again",
+    "fewest_decoded": "retracts the requests with the fewest output tokens before a decode step whose blocks are "
+    "not free (SGLang's retract_decode), last in the queue",
+}
+
+
+def _preempt_note(d: Deployment, lines: list[str], engine: str, engine_order: str) -> None:
+    """A note when the scenario takes KV back from running requests in SGLang's order on an engine that does not
+    (the default order, newest, is noted nowhere, as the default admission is not)."""
+    if d.preempt == "fewest_decoded" and engine_order != "fewest_decoded":
+        _note(
+            lines,
+            f"# Preemption: the scenario {PREEMPT_ORDERS[d.preempt]}; {engine} {PREEMPT_ORDERS[engine_order]}.",
+        )
+
+
 def _vllm_kv(d: Deployment, lines: list[str]) -> list[str]:
     """The KV cache as simulated: vLLM's share of the GPU and its block size, or a note where vLLM has no flag."""
     argv = []
@@ -423,6 +442,7 @@ def _vllm_kv(d: Deployment, lines: list[str]) -> list[str]:
             "vLLM's default block size applies.",
         )
     _reserve_note(d, lines, "vLLM allocates blocks on demand and preempts the newest request instead.")
+    _preempt_note(d, lines, "vLLM", "newest")
     return argv
 
 
@@ -596,6 +616,8 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
                 lines,
                 "TensorRT-LLM's MAX_UTILIZATION admits while blocks are free and pauses requests when they run out.",
             )
+        if d.admission != "reserve":  # GUARANTEED_NO_EVICT never takes KV back
+            _preempt_note(d, lines, "TensorRT-LLM's MAX_UTILIZATION", "newest")
     if d.block_size_tokens is not None:
         _note(
             lines,

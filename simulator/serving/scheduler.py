@@ -25,7 +25,12 @@ Policies:
                      running sequence.
 
 A running sequence that needs a block when none is free preempts the newest running sequence (possibly
-itself); the victim goes back to the front of the waiting queue. Waiting requests are admitted only when
+itself); the victim goes back to the front of the waiting queue. With scheduler.preempt fewest_decoded
+(SGLang's retract_decode) a decode iteration whose new tokens' blocks are not all free first retracts the
+decoding sequences with the fewest output tokens (longest prompt on ties, the newest among equals), at least
+one and while more than one is left, until the free KV tokens hold ESTIMATE_RETRACT_STEPS decode steps of
+those left; they go to the back of the waiting queue, and a preemption that still happens takes its victim in
+the same order. Waiting requests are admitted only when
 their blocks fit, and not in an iteration that preempted. With scheduler.admission reserve a request is
 admitted only when the blocks of its whole request fit, and then never needs another (no preemption). With
 admission estimate (SGLang's PrefillAdder) a waiting request is admitted only while its remaining prompt plus
@@ -120,6 +125,7 @@ class Scheduler:
         self.preemptions = 0
         self.reserve = spec.admission == "reserve"
         self.estimate = spec.admission == "estimate"
+        self.retract = spec.preempt == "fewest_decoded"
         self.new_token_ratio = ESTIMATE_INIT_RATIO
         self.now_s = 0.0
         self._schedule = {
@@ -215,19 +221,64 @@ class Scheduler:
         max_new = sum(self._max_new(s) for s in running)
         self.new_token_ratio = min(1.0, (decoded + ESTIMATE_RETRACT_STEPS * len(running)) / (max_new + 1))
 
+    def _preempt(self, victim: Sequence) -> None:
+        """Free a running sequence's blocks and queue it again to be recomputed: at the front (vLLM), or at
+        the back when retracted (SGLang's _extend_requests_to_queue)."""
+        running = self.running
+        if running[-1] is victim:
+            running.pop()
+        else:
+            running.remove(victim)
+        self.kv.free(victim.request_id)
+        victim.kv_limit_tokens = 0
+        victim.num_computed = 0
+        victim.state = WAITING
+        victim.preemptions += 1
+        self.preemptions += 1
+        if self.retract:
+            self.waiting.append(victim)
+        else:
+            self.waiting.appendleft(victim)
+
+    def _victim(self, among: list[Sequence]) -> Sequence:
+        """The sequence to preempt: the newest, or with preempt fewest_decoded the one retract_decode pops: the
+        fewest output tokens, then the longest prompt, then the newest (its sort is stable)."""
+        if not self.retract:
+            return among[-1]
+        best, best_key = among[0], (among[0].generated, -among[0].input_tokens)
+        for seq in among:  # <=: among equal keys the newest (last) is the victim
+            key = (seq.generated, -seq.input_tokens)
+            if key <= best_key:
+                best, best_key = seq, key
+        return best
+
+    def _retract(self) -> bool:
+        """SGLang's update_running_batch before a decode iteration (preempt fewest_decoded): when the blocks
+        of the decoding sequences' next tokens are not all free (check_decode_mem), retract sequences (at least
+        one, while more than one is left) until the free KV tokens hold ESTIMATE_RETRACT_STEPS decode steps of
+        those left. True when it retracted."""
+        kv = self.kv
+        decoding = [s for s in self.running if s.num_tokens - s.num_computed == 1]
+        need = sum(1 for s in decoding if s.num_computed >= s.kv_limit_tokens)
+        if len(decoding) <= 1 or kv.free_blocks >= need:
+            return False
+        while len(decoding) > 1:
+            victim = self._victim(decoding)
+            decoding.remove(victim)
+            self._preempt(victim)
+            if kv.free_blocks * kv.block_size_tokens >= ESTIMATE_RETRACT_STEPS * len(decoding):
+                break
+        if self.estimate:
+            self._reestimate()
+        return True
+
     def _grow_or_preempt(self, seq: Sequence, kv_tokens: int, seqs: list[Sequence], batch: list[SeqWork]) -> bool:
-        """Grow seq's KV to kv_tokens, preempting the newest running sequences while blocks are short.
+        """Grow seq's KV to kv_tokens, preempting running sequences (_victim's order) while blocks are short.
         Returns False when seq itself was preempted. A victim already scheduled is taken out of the step."""
         preempted, grown = False, True
         while not self._grow(seq, kv_tokens):
-            victim = self.running.pop()
-            self.kv.free(victim.request_id)
-            victim.kv_limit_tokens = 0
-            victim.num_computed = 0
-            victim.state = WAITING
-            victim.preemptions += 1
-            self.preemptions += 1
-            self.waiting.appendleft(victim)
+            victim = self._victim(self.running)
+            self._preempt(victim)
             preempted = True
             if victim in seqs:  # scheduled already: rare (only a prefill chunk preempts a decode)
                 i = seqs.index(victim)
@@ -242,18 +293,27 @@ class Scheduler:
 
     def _decodes(self, seqs: list[Sequence], batch: list[SeqWork], partial: list[Sequence]) -> None:
         """Schedule one token of each running sequence in decode phase, in order; the others (partially
-        prefilled) go to `partial`. Preempts from the newest when blocks run out."""
+        prefilled) go to `partial`. Preempts (_victim's order) when blocks run out; with preempt fewest_decoded
+        retracts first (_retract)."""
         append_seq, append_work = seqs.append, batch.append
-        # Iterating while _grow_or_preempt pops from the end is safe: the loop just ends sooner.
-        for seq in self.running:
+        preempted_before = self.preemptions
+        if self.retract:
+            self._retract()
+        # Newest first, iterating while _grow_or_preempt pops from the end is safe: the loop just ends sooner.
+        # Retraction order may take any sequence: iterate a copy and skip the ones it took.
+        for seq in list(self.running) if self.retract else self.running:
             computed = seq.num_computed
+            if seq.state != RUNNING:
+                continue
             if seq.num_tokens - computed != 1:
                 partial.append(seq)
             elif computed < seq.kv_limit_tokens or self._grow_or_preempt(seq, computed + 1, seqs, batch):
                 append_seq(seq)
                 append_work(_new(SeqWork, (1, computed)))
         self._budget -= len(seqs)
-        if self.estimate and seqs:  # SGLang's update_running_batch decays the estimate every decode step
+        # SGLang's update_running_batch decays the estimate with each decode step that retracted nothing (a
+        # retraction sets it anew).
+        if self.estimate and seqs and self.preemptions == preempted_before:
             self.new_token_ratio = max(self.new_token_ratio - ESTIMATE_DECAY, ESTIMATE_MIN_RATIO)
 
     # ---------------------------------------------------------------- policies

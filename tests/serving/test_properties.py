@@ -1,5 +1,5 @@
 """Property: over random small specs, every request finishes once with all its tokens, within KV capacity; with
-admission reserve (a generation cap or not), no request is ever preempted; the three admission rules included."""
+admission reserve (a generation cap or not), no request is ever preempted; the three admission rules and both preemption orders included."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def specs(draw):
                 "chunk_size_tokens": draw(st.integers(1, max(max_num_seqs, max_in + max_out))),
                 "kv_cache": {"block_size_tokens": block, "capacity_blocks": need + draw(st.integers(0, 4))},
                 "admission": admission,
+                "preempt": draw(st.sampled_from(["newest", "fewest_decoded"])),
             },
             "replicas": {
                 "count": draw(st.integers(1, 3)),

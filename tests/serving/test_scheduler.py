@@ -310,3 +310,67 @@ def test_estimate_admission_refuses_a_request_longer_than_the_whole_cache_in_one
     assert make_spec(workload=long, scheduler=base)
     with pytest.raises(ServingError, match="can never be admitted under admission estimate"):
         make_spec(workload=long, scheduler={**base, "admission": "estimate"})
+
+
+def decoding_at_a_block_edge(preempt: str, admission: str = "on_demand") -> tuple[Scheduler, list[Sequence]]:
+    """Three running sequences holding one 16-token block each, all of a full cache, each about to decode its
+    17th token (a second block): a = 8 in + 9 out, b = 12 + 5, c = 4 + 13; admitted a, b, c (c the newest)."""
+    spec = make_spec(
+        workload=OPEN,
+        scheduler={
+            "preempt": preempt,
+            "admission": admission,
+            "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 3},
+        },
+    )
+    sched = Scheduler(spec.scheduler)
+    seqs = [Sequence(0, 0.0, 8, 100), Sequence(1, 0.0, 12, 100), Sequence(2, 0.0, 4, 100)]
+    for seq, out in zip(seqs, (9, 5, 13)):
+        sched.add(seq)
+        sched._admit(seq)
+        assert sched._grow(seq, 16)
+        seq.num_tokens, seq.num_computed, seq.generated = seq.input_tokens + out, 16, out
+    return sched, seqs
+
+
+def test_fewest_decoded_retracts_before_the_decode_step_until_twenty_steps_fit():
+    # No free block for 3 new tokens: retract b (5 decoded, the fewest); 16 free tokens < 20 x 2 left: retract a
+    # (9 < c's 13); c alone is never retracted and decodes into a freed block. b then a go to the back.
+    sched, (a, b, c) = decoding_at_a_block_edge("fewest_decoded", "estimate")
+    waiting = Sequence(3, 0.0, 8, 8)
+    sched.add(waiting)
+    step = sched.schedule(1.0)
+    assert step.seqs == [c] and step.batch == (SeqWork(1, 16),)
+    assert list(sched.waiting) == [waiting, b, a] and sched.preemptions == 2
+    assert (a.num_computed, b.num_computed, a.kv_limit_tokens) == (0, 0, 0)
+    assert sched.kv.free_blocks == 1  # c holds 2 of the 3 blocks
+    # the estimate is made again over c alone (retract_decode), not decayed as well
+    assert sched.new_token_ratio == pytest.approx((13 + 20) / (100 + 1), rel=1e-12)
+
+
+def test_newest_preempts_as_each_sequence_needs_a_block():
+    # vLLM's order on the same batch: a needs a block and preempts c (the newest), b needs one and preempts
+    # itself; both go to the front of the queue, the older first.
+    sched, (a, b, c) = decoding_at_a_block_edge("newest")
+    step = sched.schedule(1.0)
+    assert step.seqs == [a] and step.batch == (SeqWork(1, 16),)
+    assert list(sched.waiting) == [b, c] and sched.preemptions == 2
+
+
+def test_fewest_decoded_breaks_ties_by_the_longest_prompt_then_the_newest():
+    sched, (a, b, c) = decoding_at_a_block_edge("fewest_decoded")
+    for seq in (a, b, c):
+        seq.generated = 5
+    assert sched._victim([a, b, c]) is b  # 12 prompt tokens, the longest
+    b.input_tokens = 8
+    assert sched._victim([a, b, c]) is b  # a and b tie (5, 8): the newer of the two
+    assert sched._victim([b, a]) is a
+
+
+def test_fewest_decoded_leaves_a_batch_alone_when_its_blocks_are_free():
+    sched, (a, b, c) = decoding_at_a_block_edge("fewest_decoded")
+    for seq in (a, b, c):
+        seq.num_computed = 15  # the 16th token still fits the block each holds
+        seq.num_tokens = 16
+    step = sched.schedule(1.0)
+    assert step.seqs == [a, b, c] and sched.preemptions == 0
