@@ -485,6 +485,11 @@ ESTIMATE_INIT_RATIO = 0.7
 ESTIMATE_MIN_RATIO = ESTIMATE_INIT_RATIO * 0.14
 ESTIMATE_DECAY = (ESTIMATE_INIT_RATIO - ESTIMATE_MIN_RATIO) / 600  # per decode step
 ESTIMATE_RETRACT_STEPS = 20
+#: SGLang's disaggregated decode instance (python/sglang/srt/disaggregation/decode.py, DecodePreallocQueue
+#: pop_preallocated / _allocatable_tokens): a transferred request's KV is allocated only while its prompt plus
+#: this many tokens fits the free KV less this many for every request running, waiting or being transferred
+#: (SGLANG_NUM_RESERVED_DECODE_TOKENS, default 512).
+ESTIMATE_RESERVED_DECODE_TOKENS = 512
 
 
 def kv_output_tokens(output_tokens: int, max_new_tokens: int | None, admission: str) -> int:

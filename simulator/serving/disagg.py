@@ -31,11 +31,13 @@ from simulator.config.errors import LayoutError, one_line_error
 from simulator.config.hardware import HardwareProfile
 from simulator.config.scenario import pool_layout
 from simulator.config.serving import (
+    ESTIMATE_RESERVED_DECODE_TOKENS,
     DisaggregationSpec,
     FixedLength,
     PoolSpec,
     SchedulerSpec,
     TransferLinkSpec,
+    WorkloadSpec,
 )
 from simulator.serving.capacity import resolve_serving
 from simulator.serving.dag_pricer import DagPricer
@@ -138,6 +140,22 @@ def _check_prefill_fits(request: Request, spec: ServingSpec) -> None:
         )
 
 
+def _check_decode_prealloc(scheduler: SchedulerSpec, workload: WorkloadSpec, path: str) -> None:
+    """ServingError (one line) when a decode instance admitting by estimate (SGLang's DecodePreallocQueue) can
+    never take the longest prompt: it needs the prompt plus ESTIMATE_RESERVED_DECODE_TOKENS free."""
+    kv = scheduler.kv_cache
+    longest = workload.input_len.max_tokens_bound() if workload.input_len is not None else None
+    if scheduler.admission != "estimate" or kv.capacity_blocks is None or longest is None:
+        return
+    room = kv.capacity_blocks // (scheduler.pipeline_batches or 1) * kv.block_size_tokens
+    if longest + ESTIMATE_RESERVED_DECODE_TOKENS > room:
+        raise ServingError(
+            f"{path}: the longest prompt ({longest} tokens) + {ESTIMATE_RESERVED_DECODE_TOKENS} reserved decode "
+            f"tokens never fit a decode instance's {room} KV tokens under admission estimate (SGLang's "
+            f"DecodePreallocQueue); give {path}.parallel more GPUs or shorten the prompts"
+        )
+
+
 def pool_scheduler(spec: ServingSpec, pool: PoolSpec, name: str) -> SchedulerSpec:
     """serving.scheduler with the pool's fields replacing it; ServingError (one line) when they clash."""
     data = spec.scheduler.model_dump()
@@ -185,6 +203,8 @@ def _pool_plan(
         message = str(exc).replace("serving.scheduler", f"{path}.scheduler").removeprefix("serving: ")
         message = message.replace("or use more GPUs", f"or give {path}.parallel more GPUs (tp or pp)")
         raise ServingError(f"{path}: {message}" if not message.startswith(path) else message) from None
+    if name == "decode":
+        _check_decode_prealloc(resolved.scheduler, spec.workload, path)
     resolved = resolved.model_copy(
         update={"replicas": resolved.replicas.model_copy(update={"count": pool.instances}), "workload": spec.workload}
     )

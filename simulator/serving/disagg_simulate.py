@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from simulator.config.serving import ServingSpec
+from simulator.config.serving import ESTIMATE_RESERVED_DECODE_TOKENS, ServingSpec
 from simulator.serving.link_network import Fabric, LinkNetwork
 from simulator.serving.pricing import IterationPricer
 from simulator.serving.scheduler import RUNNING, Scheduler, Sequence
@@ -142,14 +142,26 @@ class DecodePool(ServingModel):
         self.admit(index)
 
     def admit(self, index: int) -> None:
-        """Start the transfers of the queued sequences that now fit, in order (after any preempted ones)."""
+        """Start the transfers of the queued sequences that now fit, in order (after any preempted ones). What
+        fits follows the pool's admission: on_demand the prompt's blocks; reserve the blocks of the whole request
+        (prompt and output, TensorRT-LLM's GUARANTEED_NO_EVICT), which then never needs another; estimate
+        (SGLang's decode instance, DecodePreallocQueue) the prompt's blocks, only while the prompt plus
+        ESTIMATE_RESERVED_DECODE_TOKENS fits the free KV tokens less as many for every request running, waiting
+        or arriving there."""
         scheduler, queue = self.schedulers[index], self.pending[index]
         limit = scheduler.spec.max_num_seqs
+        kv = scheduler.kv
+        estimate = scheduler.spec.admission == "estimate"
+        reserved = ESTIMATE_RESERVED_DECODE_TOKENS
         while queue and not scheduler.waiting:
             seq = queue[0]
             if len(scheduler.running) + self.arriving[index] >= limit:
                 return
-            if not scheduler.kv.grow(seq.request_id, seq.num_computed):
+            if estimate:
+                held = len(scheduler.running) + len(scheduler.waiting) + self.arriving[index]
+                if seq.num_computed + reserved > kv.free_blocks * kv.block_size_tokens - reserved * held:
+                    return
+            if not kv.grow(seq.request_id, scheduler.admission_kv_tokens(seq, seq.num_computed)):
                 return
             queue.popleft()
             self.arriving[index] += 1

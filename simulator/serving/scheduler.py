@@ -184,7 +184,7 @@ class Scheduler:
             seq.first_scheduled_s = self.now_s
         self.running.append(seq)
 
-    def _admit_tokens(self, seq: Sequence, n: int) -> int:
+    def admission_kv_tokens(self, seq: Sequence, n: int) -> int:
         """KV tokens a waiting request must get to be admitted with n new tokens: n, or with admission reserve
         its whole request (prompt + output - 1, the output being the generation cap when the requests carry
         one: the engine cannot know where an output ends), so it never needs a block again."""
@@ -345,7 +345,7 @@ class Scheduler:
                 if n + out >= room:
                     break
                 room -= n + out
-            if n > budget or not self._grow(seq, self._admit_tokens(seq, n)):
+            if n > budget or not self._grow(seq, self.admission_kv_tokens(seq, n)):
                 break
             self._admit(seq)
             seqs.append(seq)
@@ -389,7 +389,7 @@ class Scheduler:
                 if seq.num_tokens + out >= room:  # PrefillAdder.add_one_req: AddReqResult.NO_TOKEN
                     break
                 room -= n + (out if n == seq.num_tokens else 0)  # a cut prompt adds only its chunk
-            if not self._grow(seq, self._admit_tokens(seq, n)):
+            if not self._grow(seq, self.admission_kv_tokens(seq, n)):
                 break
             self._admit(seq)
             seqs.append(seq)

@@ -482,3 +482,63 @@ def test_one_port_is_work_conserving(flows):
     assert max(ends) == pytest.approx(t, rel=1e-9)
     assert all(end >= at + num_bytes / capacity - 1e-9 for (at, num_bytes), end in zip(flows, ends))
     assert net.carried_bytes[0] == pytest.approx(sum(b for _, b in flows), rel=1e-9)
+
+
+def _decode_admission_run(admission: str, capacity_blocks: int, input_tokens: int, output_tokens: int):
+    """Three requests prefilled together, sent over a free link to one decode instance of `capacity_blocks`
+    16-token blocks admitting by `admission`."""
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "closed_loop", "concurrency": 3},
+            "num_requests": 3,
+            "input_len": {"kind": "fixed", "tokens": input_tokens},
+            "output_len": {"kind": "fixed", "tokens": output_tokens},
+        },
+        scheduler={"max_num_batched_tokens": 4096, "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 512}},
+    )
+    kv = spec.scheduler.kv_cache.model_copy(update={"capacity_blocks": capacity_blocks})
+    scheduler = spec.scheduler.model_copy(update={"admission": admission, "kv_cache": kv})
+    inputs = _inputs(spec)
+    inputs = DisaggregatedInputs(
+        spec,
+        inputs.prefill_spec,
+        inputs.decode_spec.model_copy(update={"scheduler": scheduler}),
+        PRICER,
+        PRICER,
+        INSTANT,
+    )
+    return simulate_disaggregated_requests(inputs, generate_requests(spec))
+
+
+def test_a_reserving_decode_pool_takes_a_request_only_with_its_whole_kv():
+    # 4 blocks; 12 + 30 tokens reserve 41 tokens = 3 blocks: one request at a time, never preempted. On demand
+    # all three take their prompt's block at once and preempt as they grow.
+    reserve = _decode_admission_run("reserve", 4, 12, 30)
+    starts, finishes = reserve.disaggregation.transfers["start_s"], [r.finish_s for r in reserve.records]
+    assert reserve.preemptions == 0
+    assert starts[1] == finishes[0] and starts[2] == finishes[1]
+    on_demand = _decode_admission_run("on_demand", 4, 12, 30)
+    assert len(set(on_demand.disaggregation.transfers["start_s"])) == 1 and on_demand.preemptions > 0
+
+
+def test_an_estimating_decode_pool_keeps_512_tokens_free_for_every_request_it_holds():
+    # 80 blocks = 1,280 tokens; a 100-token prompt takes 7 blocks. The first fits (100 + 512 <= 1,280), the second
+    # too (612 <= 1,168 - 512 x 1), the third not (612 > 1,056 - 512 x 2): it starts when one of the two ends.
+    est = _decode_admission_run("estimate", 80, 100, 5)
+    starts = est.disaggregation.transfers["start_s"]
+    assert starts[0] == starts[1] < starts[2] == min(r.finish_s for r in est.records[:2])
+    on_demand = _decode_admission_run("on_demand", 80, 100, 5)
+    assert len(set(on_demand.disaggregation.transfers["start_s"])) == 1
+
+
+def test_a_prompt_an_estimating_decode_pool_can_never_hold_is_one_line():
+    from simulator.serving.disagg import _check_decode_prealloc
+
+    spec = make_spec(
+        workload={"input_len": {"kind": "fixed", "tokens": 769}},
+        scheduler={"admission": "estimate", "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 80}},
+    )
+    with pytest.raises(ServingError, match=r"the longest prompt \(769 tokens\) \+ 512 reserved decode tokens never"):
+        _check_decode_prealloc(spec.scheduler, spec.workload, "serving.disaggregation.decode")
+    fits = spec.workload.model_copy(update={"input_len": spec.workload.input_len.model_copy(update={"tokens": 768})})
+    _check_decode_prealloc(spec.scheduler, fits, "serving.disaggregation.decode")
