@@ -14,6 +14,7 @@ from simulator.report.serving_summary import (
     THROUGHPUT_ROWS,
     format_value,
     headline,
+    launches_line,
     max_rate_sentence,
     target_rows,
 )
@@ -121,6 +122,7 @@ def serving_index_html(directory: Path, summary: dict) -> str:
             f"<h1>moesim serve: {_e(summary['scenario'])}</h1>",
             f'<p class="lead">{_e(headline(summary))}.</p>',
             *([f'<p class="lead">{_e(calibration_line(summary))}</p>'] if calibration_line(summary) else []),
+            *([f"<p>{_e(line)}.</p>"] if (line := launches_line(summary)) else []),
             f"<p>Files: {links}. Open serving_trace.json in ui.perfetto.dev.</p>",
             "<h2>Targets</h2>",
             _targets(summary),

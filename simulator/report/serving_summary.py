@@ -89,7 +89,17 @@ def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pr
         "num_iterations": float(run.num_iterations),
         "end_s": run.end_s,
     }
+    launches = {}
+    if run.launches is not None:
+        units = {"graph": "sequences"}
+        launches = {
+            "launches": {
+                kind: {"iterations": n, units.get(kind, "new_tokens"): u, "padding": p}
+                for kind, (n, u, p) in run.launches.items()
+            }
+        }
     return {
+        **launches,
         "scenario": name,
         "pricer": pricer,
         "serving": spec.model_dump(mode="json"),
@@ -176,6 +186,30 @@ def scheduler_line(summary: dict) -> str | None:
     )
 
 
+def launches_line(summary: dict) -> str | None:
+    """How the engine launched the run's iterations (every replica's batch, both pools when disaggregated):
+    'iterations launched: 9,512 replayed from CUDA graphs (2.1 % padding rows), 320 from piecewise graphs
+    (6.0 % padding tokens), 48 eagerly'; None without an engine."""
+    launches = summary.get("launches")
+    if not launches:
+        return None
+    parts = []
+    for kind, text, unit, what in (
+        ("graph", "replayed from CUDA graphs", "sequences", "rows"),
+        ("piecewise", "from piecewise graphs", "new_tokens", "tokens"),
+        ("eager", "eagerly", "new_tokens", ""),
+    ):
+        if kind not in launches:
+            continue
+        row = launches[kind]
+        part = f"{row['iterations']:,} {text}"
+        total = row[unit] + row["padding"]
+        if what and total:
+            part += f" ({100 * row['padding'] / total:.1f} % padding {what})"
+        parts.append(part)
+    return "iterations launched: " + ", ".join(parts)
+
+
 def pools_text(d: dict) -> str:
     """'1P (TP4) + 1D (TP4 EP4), packed' from a dumped serving.disaggregation."""
 
@@ -220,6 +254,7 @@ def serving_markdown(summary: dict) -> str:
         headline(summary) + ".",
         "",
         *([f"{line}.", ""] if (line := scheduler_line(summary)) else []),
+        *([f"{line}.", ""] if (line := launches_line(summary)) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
         "## Latency",
         "",
@@ -305,6 +340,8 @@ def write_rate_curve(curve: pd.DataFrame, out_dir: Path) -> Path:
 def print_serving(console: Console, summary: dict) -> None:
     console.print(f"[bold]{summary['scenario']}[/bold]: {headline(summary)}")
     if line := scheduler_line(summary):
+        console.print(escape(line))
+    if line := launches_line(summary):
         console.print(escape(line))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")

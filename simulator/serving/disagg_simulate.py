@@ -359,4 +359,18 @@ class _Disaggregated(RequestSource):
                 transfers=transfer_table,
                 links=self.network.link_table(self.fabric.link_names),
             ),
+            launches=_merged(self.prefill.launch_tally(), self.decode.launch_tally()),
         )
+
+
+def _merged(*tallies: dict[str, tuple[int, int, int]] | None) -> dict[str, tuple[int, int, int]] | None:
+    """Both pools' launch tallies summed kind by kind; None when neither pool has an engine's launch rule."""
+    given = [t for t in tallies if t is not None]
+    if not given:
+        return None
+    out: dict[str, tuple[int, int, int]] = {}
+    for tally in given:
+        for kind, counts in tally.items():
+            old = out.get(kind, (0, 0, 0))
+            out[kind] = (old[0] + counts[0], old[1] + counts[1], old[2] + counts[2])
+    return dict(sorted(out.items()))

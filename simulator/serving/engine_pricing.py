@@ -37,6 +37,16 @@ class DecodePlan(NamedTuple):
     padded_seqs: int
 
 
+class Launch(NamedTuple):
+    """How one iteration launches: kind 'graph' (a whole captured graph replayed; units: sequences), 'piecewise'
+    (piecewise graphs with attention eager; units: new tokens) or 'eager' (units: new tokens), and the padding
+    rows or tokens the GPU computes beyond the batch's own units."""
+
+    kind: str
+    units: int
+    padding: int
+
+
 def padded_size(sequences: int, capture_sizes: tuple[int, ...]) -> int | None:
     """The smallest captured size >= sequences, or None when the batch is larger than every captured size."""
     i = bisect.bisect_left(capture_sizes, sequences)
@@ -100,11 +110,8 @@ class EnginePricer:
         self._eager: IterationPricer | None = None
         self.make_piecewise = make_piecewise
         self._piecewise: IterationPricer | None = None
-        self.piecewise_iterations = 0
         self.capture_sizes = tuple(sorted(capture_sizes))
         self.max_context_tokens = profile.cuda_graph.max_context_tokens if profile.cuda_graph else None
-        self.padded_iterations = 0
-        self.padding_rows = 0
 
     @property
     def eager_pricer(self) -> IterationPricer:
@@ -122,21 +129,22 @@ class EnginePricer:
             self._piecewise = self.make_piecewise()
         return self._piecewise
 
-    def gpu_timing(self, batch: Batch) -> IterationTiming:
-        """The GPU pass alone: padded and replayed (whole, or piecewise), or eager."""
+    def launch(self, batch: Batch) -> Launch:
+        """How the engine launches this batch (decode_plan, then mixed_plan for a piecewise engine)."""
         plan = self.plan(batch)
         if plan.graph:
-            pad = plan.padded_seqs - len(batch)
-            if pad:
-                self.padded_iterations += 1
-                self.padding_rows += pad
+            return Launch("graph", len(batch), plan.padded_seqs - len(batch))
+        tokens = sum(w.new_tokens for w in batch)
+        if self.make_piecewise is not None and (padded := mixed_plan(batch, self.capture_sizes)) is not None:
+            return Launch("piecewise", tokens, padded - tokens)
+        return Launch("eager", tokens, 0)
+
+    def gpu_timing(self, batch: Batch) -> IterationTiming:
+        """The GPU pass alone: padded and replayed (whole, or piecewise), or eager."""
+        kind, _, pad = self.launch(batch)
+        if kind == "graph":
             pricer, priced = self.graph_pricer, batch + (_PAD,) * pad
-        elif self.make_piecewise is not None and (tokens := mixed_plan(batch, self.capture_sizes)) is not None:
-            pad = tokens - sum(w.new_tokens for w in batch)
-            self.piecewise_iterations += 1
-            if pad:
-                self.padded_iterations += 1
-                self.padding_rows += pad
+        elif kind == "piecewise":
             pricer, priced = self.piecewise_pricer, batch + (_PAD,) * pad
         else:
             pricer, priced = self.eager_pricer, batch

@@ -27,7 +27,7 @@ import numpy as np
 import simpy
 
 from simulator.config.serving import Arrivals, ServingError, ServingSpec
-from simulator.serving.pricing import IterationPricer
+from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.scheduler import Scheduler, Sequence, Step
 from simulator.serving.workload import Request, generate_requests
 
@@ -99,6 +99,9 @@ class ServingRun:
     mean_in_system: float  # time average over [0, end_s] of requests arrived and not finished
     # Disaggregated runs only (serving.disagg_simulate); spec.scheduler is then the decode pool's.
     disaggregation: DisaggregatedRun | None = None
+    # With an engine profile (a pricer with launch(): serving.engine_pricing.EnginePricer): per launch kind
+    # (graph, piecewise, eager) the iterations, their units (sequences for graph, else new tokens) and padding.
+    launches: dict[str, tuple[int, int, int]] | None = None
 
 
 def simulate_serving(
@@ -246,6 +249,9 @@ class ServingModel(RequestSource):
         cap = spec.workload.max_new_tokens
         self.schedulers = [Scheduler(per_batch, r, cap) for r in range(self.num_replicas) for _ in range(self.batches)]
         self.timing = getattr(pricer, "timing", None)
+        inner = pricer.pricer if isinstance(pricer, CachedPricer) else pricer
+        self.launch = getattr(inner, "launch", None)  # how an engine launches each iteration (EnginePricer)
+        self.launches: dict[str, list[int]] = {}
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
         self.seqs: list[Sequence | None] = [None] * len(requests)
         self.scheduler_of = [0] * len(requests)  # request_id -> index of the scheduler it was routed to
@@ -336,6 +342,8 @@ class ServingModel(RequestSource):
                 yield self.idle(r)
                 continue
             dt = pricer(step.batch)
+            if self.launch is not None:
+                self.count_launch(step.batch)
             before = _before(scheduler, step)
             yield env.timeout(dt)
             done = scheduler.complete(step, env.now)
@@ -356,6 +364,9 @@ class ServingModel(RequestSource):
                 continue
             # The group's iteration ends with its slowest replica's; an idle one prices an empty (dummy) batch.
             dt = max(pricer(step.batch) for step in steps)
+            if self.launch is not None:
+                for step in steps:
+                    self.count_launch(step.batch)
             before = [_before(s, step) for s, step in zip(schedulers, steps)]
             yield env.timeout(dt)
             for s, step, pre in zip(schedulers, steps, before):
@@ -385,6 +396,8 @@ class ServingModel(RequestSource):
                 else:
                     p = lat = pricer(step.batch)
                 period_s, latency_s = max(period_s, p), max(latency_s, lat)
+                if self.launch is not None:
+                    self.count_launch(step.batch)
             before = [_before(s, step) for s, step in zip(schedulers, steps)]
             with entry.request() as slot:
                 yield slot
@@ -396,6 +409,21 @@ class ServingModel(RequestSource):
                 done = s.complete(step, env.now)
                 rows.append((start, latency_s, s.replica, *pre, step.tokens_out))
                 self.finished(done)
+
+    def count_launch(self, batch) -> None:
+        """Count one iteration (one replica's batch) by how the engine launches it."""
+        assert self.launch is not None
+        kind, units, padding = self.launch(batch)
+        tally = self.launches.get(kind)
+        if tally is None:
+            tally = self.launches[kind] = [0, 0, 0]
+        tally[0] += 1
+        tally[1] += units
+        tally[2] += padding
+
+    def launch_tally(self) -> dict[str, tuple[int, int, int]] | None:
+        """ServingRun.launches: None without an engine's launch rule."""
+        return None if self.launch is None else {k: (v[0], v[1], v[2]) for k, v in sorted(self.launches.items())}
 
     # ---------------------------------------------------------------- result
 
@@ -437,6 +465,7 @@ class ServingModel(RequestSource):
                 for r in range(self.num_replicas)
             ),
             mean_in_system=self.area / end_s if end_s > 0 else math.nan,
+            launches=self.launch_tally(),
         )
 
 

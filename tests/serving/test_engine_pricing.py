@@ -198,7 +198,7 @@ def test_padded_decode_iteration_prices_the_dummy_rows_and_adds_serial_host_time
     gpu_s = 0.25 + 4 * 2**-6 + 60 * 2**-10
     host_s = 2**-8 + 3 * 2**-10  # per iteration + per real sequence
     assert engine(batch) == gpu_s + host_s
-    assert (engine.padded_iterations, engine.padding_rows) == (1, 1)
+    assert engine.launch(batch) == ("graph", 3, 1)
 
 
 def test_overlapped_host_time_hides_behind_the_gpu_pass():
@@ -216,7 +216,7 @@ def test_a_batch_beyond_the_graphs_runs_on_the_eager_pricer_unpadded():
     assert engine(batch) == 0.5 + 9 * 2**-6 + 36 * 2**-10
     prefill = (SeqWork(16, 0), SeqWork(1, 4))
     assert engine(prefill) == 0.5 + 17 * 2**-6 + 4 * 2**-10
-    assert engine.padded_iterations == 0
+    assert engine.launch(batch) == ("eager", 9, 0) and engine.launch(prefill) == ("eager", 17, 0)
 
 
 def test_the_empty_dummy_batch_of_an_idle_lockstep_replica_replays_a_graph_unpadded():
@@ -367,3 +367,32 @@ def test_engine_defaults_fill_only_what_the_scenario_leaves_out(seqs, tokens, ad
             for r in ("gpu_memory_utilization", "free_memory_fraction", "capacity_blocks")
             if getattr(s.kv_cache, r) is not None
         ] == [rule[0]]
+
+
+def test_a_run_counts_every_iteration_by_how_the_engine_launches_it():
+    # 3 requests of 8 + 4 at once, continuous batching: one prefill of 24 tokens (eager), then 3 decode steps of
+    # 3 sequences, each replayed from the graph of 4 (one padding row). The cache in front does not hide repeats.
+    from simulator.report.serving_summary import launches_line, serving_summary_dict
+    from simulator.serving.simulate import simulate_serving
+    from simulator.serving.stats import summarize
+    from tests.serving.conftest import make_spec
+
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "closed_loop", "concurrency": 3},
+            "num_requests": 3,
+            "input_len": {"kind": "fixed", "tokens": 8},
+            "output_len": {"kind": "fixed", "tokens": 4},
+        },
+        scheduler={"policy": "continuous"},
+    )
+    engine = EnginePricer(profile(True), GRAPH, lambda: EAGER, (1, 2, 4))
+    run = simulate_serving(spec, CachedPricer(engine))
+    assert run.launches == {"eager": (1, 24, 0), "graph": (3, 9, 3)}
+    doc = serving_summary_dict("t", run, summarize(run), "p")
+    assert doc["launches"]["graph"] == {"iterations": 3, "sequences": 9, "padding": 3}
+    assert launches_line(doc) == "iterations launched: 3 replayed from CUDA graphs (25.0 % padding rows), 1 eagerly"
+    plain = simulate_serving(spec, CachedPricer(EAGER))
+    assert plain.launches is None and "launches" not in serving_summary_dict("t", plain, summarize(plain), "p")
+    piecewise = {"launches": {"piecewise": {"iterations": 2, "new_tokens": 30, "padding": 2}}}
+    assert launches_line(piecewise) == "iterations launched: 2 from piecewise graphs (6.2 % padding tokens)"

@@ -68,7 +68,7 @@ def test_engine_pricer_sends_mixed_batches_to_the_piecewise_pricer_padded_with_d
     engine = EnginePricer(V1, GRAPH, lambda: EAGER, (1, 2, 4, 8, 16), lambda: PIECEWISE)
     batch = (SeqWork(10, 0), SeqWork(1, 40))  # 11 tokens -> 16: five dummy rows of (1, 0)
     assert engine(batch) == 0.375 + 16 * 2**-6 + 40 * 2**-10
-    assert (engine.piecewise_iterations, engine.padded_iterations, engine.padding_rows) == (1, 1, 5)
+    assert engine.launch(batch) == ("piecewise", 11, 5)
     assert engine((SeqWork(17, 0),)) == 0.5 + 17 * 2**-6  # beyond the graphs: eager, unpadded
     assert engine((SeqWork(1, 8),) * 3) == 0.25 + 4 * 2**-6 + 24 * 2**-10  # decode: the full graph, 4 rows
     eager_only = EnginePricer(V1, GRAPH, lambda: EAGER, (1, 2, 4, 8, 16))  # no piecewise pricer: as V0
