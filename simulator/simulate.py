@@ -235,6 +235,7 @@ def simulate_dag(
     hw: HardwareProfile,
     host_thread: bool = True,
     piecewise: bool = False,
+    graph_outside_ops: frozenset[str] = frozenset(),
 ) -> SimResult:
     """Cost every node, schedule the DAG and the hosts' launch threads (host_tasks) on the engine and
     return the trace. Node durations are GPU (device) time; what the host adds shows as later starts.
@@ -242,8 +243,10 @@ def simulate_dag(
     host_thread=False: no launch threads; an eagerly launched node instead takes at least its kernels'
     eager floors (op_time: the host's dispatch as a per-kernel minimum), a pass whose time is then a sum
     of node times (serving.dag_pricer decomposes passes so). piecewise (with host_thread False): prefill
-    nodes replay piecewise CUDA graphs, only graph.ragged.PIECEWISE_EAGER_OPS launched eagerly."""
-    if piecewise and host_thread:
+    nodes replay piecewise CUDA graphs, only graph.ragged.PIECEWISE_EAGER_OPS launched eagerly.
+    graph_outside_ops (with host_thread False): the decode nodes of these ops ('lm_head', 'sample') launched
+    eagerly after a replayed decode graph (engine_profiles' cuda_graph.outside)."""
+    if (piecewise or graph_outside_ops) and host_thread:
         raise ValueError("piecewise graphs are priced without launch threads (host_thread=False)")
     dag = graph if isinstance(graph, Dag) else Dag.from_networkx(graph)
     res = Resources(scenario.num_gpus)
@@ -264,7 +267,9 @@ def simulate_dag(
     for i, a in dag.distinct():
         # device time: the host's dispatch is its own task (host_tasks), not a floor on the kernel
         eager = not host_thread and (
-            (a["phase"] == "prefill" and (not piecewise or a.get("op") in PIECEWISE_EAGER_OPS)) or decode_eager
+            (a["phase"] == "prefill" and (not piecewise or a.get("op") in PIECEWISE_EAGER_OPS))
+            or decode_eager
+            or (a["phase"] == "decode" and a.get("op") in graph_outside_ops)
         )
         durations_s[i], bounds[i] = node_time_s(a, hw, gpn, eager, gated, custom_ar)
         dispatch_s[i] = host_dispatch_s(a, hw)

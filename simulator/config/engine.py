@@ -71,12 +71,16 @@ class CudaGraphSpec(StrictModel):
     kernel launched by the host. `piecewise` (vLLM V1's FULL_AND_PIECEWISE): a batch of at most the largest
     captured size in tokens is padded up to the next captured size and replays the graphs captured between
     the attention layers; attention (the engine's attention op, which the graphs are split at), the LM head
-    and sampling run eagerly. A larger batch runs eagerly."""
+    and sampling run eagerly. A larger batch runs eagerly. outside: the LM head and / or sampling, launched
+    eagerly after a replayed decode graph (the model runner calls them outside the captured forward)."""
 
     sizes: tuple[int | SizeRange, ...] = Field(min_length=1)
     limit: CaptureLimit = "max_num_seqs"
     max_context_tokens: int | None = Field(default=None, ge=1)
     mixed: Literal["eager", "piecewise"] = "eager"
+    # The pass's final nodes the engine calls after the replayed decode graph, each kernel launched by the host:
+    # vLLM's compute_logits and sampler (both), SGLang's sampling (its graph holds the logits processor).
+    outside: tuple[Literal["lm_head", "sample"], ...] = ()
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -24,7 +24,8 @@ latency (when the batch's tokens exist) the whole pass's.
 A batch with a prefill chunk runs eagerly (as vLLM V0 runs mixed batches), or with `piecewise` from piecewise
 CUDA graphs (vLLM V1: only attention, the LM head and sampling launched eagerly, graph.ragged.PIECEWISE_EAGER_OPS,
 which are the nodes node_parts prices apart, so the decomposition holds); a pure decode batch follows
-runtime.mode (CUDA graphs by default). Each dp rank of a lockstep EP group is priced as if it ran the same
+runtime.mode (CUDA graphs by default), with the head nodes in `graph_outside_ops` launched eagerly after the
+graph (the LM head and sampling, priced apart too). Each dp rank of a lockstep EP group is priced as if it ran the same
 batch (the serving loop takes the slowest replica's price); an empty batch is the dummy pass of an idle one.
 The passes are simulated without the hosts' launch threads (simulate_dag(host_thread=False): an eager kernel
 takes at least its eager floor), which keeps a pass's time the sum above; `moesim run` models the launch thread.
@@ -96,10 +97,16 @@ class DagPricer:
     `grid_hits` the iterations whose trunk came from points already simulated."""
 
     def __init__(
-        self, scenario: Scenario, hw: HardwareProfile | None = None, tolerance: float = 1e-3, piecewise: bool = False
+        self,
+        scenario: Scenario,
+        hw: HardwareProfile | None = None,
+        tolerance: float = 1e-3,
+        piecewise: bool = False,
+        graph_outside_ops: frozenset[str] = frozenset(),
     ) -> None:
         self.scenario = scenario
         self.piecewise = piecewise
+        self.graph_outside_ops = frozenset(graph_outside_ops)
         self.hw = hw if hw is not None else resolve_hardware(scenario)
         self.gpn = gpus_per_node(scenario, self.hw)
         self.keep = symmetric_representatives(scenario, self.gpn)
@@ -123,7 +130,9 @@ class DagPricer:
             data = scenario.model_dump(mode="json", exclude={"serving", "name", "description"})
             m = scenario.model  # precisions left unset mean the model's dtype: one key for both spellings
             data["model"].update(weight_dtype=m.weight_dtype or m.dtype, kv_cache_dtype=m.kv_cache_dtype or m.dtype)
-            key = json.dumps([data, self.hw.model_dump(mode="json"), piecewise], sort_keys=True)
+            key = json.dumps(
+                [data, self.hw.model_dump(mode="json"), piecewise, sorted(self.graph_outside_ops)], sort_keys=True
+            )
             self.passes = shared.setdefault(key, {})
         self.exact_passes = 0
         self.grid_hits = 0
@@ -144,7 +153,14 @@ class DagPricer:
         self.exact_passes += 1
         dag = build_forward(self.scenario, shape, self.keep)
         # additive passes (module docstring)
-        sim = simulate_dag(dag, self.scenario, self.hw, host_thread=False, piecewise=self.piecewise)
+        sim = simulate_dag(
+            dag,
+            self.scenario,
+            self.hw,
+            host_thread=False,
+            piecewise=self.piecewise,
+            graph_outside_ops=self.graph_outside_ops,
+        )
         stage = np.full(len(dag), -1, dtype=np.int64)
         for i, a in dag.distinct():
             if a["kind"] != NodeKind.MARKER and a["op"] != "token_send":
@@ -177,8 +193,9 @@ class DagPricer:
         head_s = 0.0
         if self.scenario.model.vocab_size:
             ctx = {**ctx, "layer": -1, "stage": self.pp - 1}
+            outside = self.graph_outside_ops
             for a in bld.head_attrs(ctx, self.last_gpu, float(shape.sequences)):
-                head_s += node_time_s(a, hw, gpn, eager, gated)[0]
+                head_s += node_time_s(a, hw, gpn, eager or a["op"] in outside, gated)[0]
         return attention_s, head_s
 
     def parts_list(self, shape: RaggedShape) -> list[float]:
@@ -204,7 +221,10 @@ class DagPricer:
         return self.timing(batch).latency_s
 
     def __repr__(self) -> str:
-        return f"DagPricer({self.scenario.name}{', piecewise' if self.piecewise else ''})"
+        outside = (
+            f", {' and '.join(sorted(self.graph_outside_ops))} outside the graph" if self.graph_outside_ops else ""
+        )
+        return f"DagPricer({self.scenario.name}{', piecewise' if self.piecewise else ''}{outside})"
 
 
 #: One attention node's (flops, bytes moved, q_len, calibration size), the arguments of _CalibratedAttention.seconds.

@@ -118,7 +118,8 @@ def engine_pricer(scenario: Scenario, hw: HardwareProfile, spec: ServingSpec) ->
     piecewise = None
     if profile.cuda_graph.mixed == "piecewise":
         piecewise = lambda: DagPricer(scenario, hw, piecewise=True)  # noqa: E731
-    return EnginePricer(profile, DagPricer(scenario, hw), lambda: DagPricer(eager, hw), sizes, piecewise)
+    replayed = DagPricer(scenario, hw, graph_outside_ops=frozenset(profile.cuda_graph.outside))
+    return EnginePricer(profile, replayed, lambda: DagPricer(eager, hw), sizes, piecewise)
 
 
 def pricer_name(pricer: IterationPricer) -> str:

@@ -314,3 +314,44 @@ def test_a_piecewise_pass_is_never_slower_than_the_same_pass_launched_eagerly(se
     eager, piecewise = seed_passes
     batch = tuple(chunks) + tuple((1, c) for c in decodes)
     assert piecewise.exact(batch).latency_s <= eager.exact(batch).latency_s * (1 + 1e-12)
+
+
+# ---------------------------------------------------------------- the head outside the decode graph
+
+
+@pytest.mark.parametrize("outside", [("lm_head", "sample"), ("sample",)])
+def test_the_head_outside_the_graph_adds_its_eager_floors_and_the_fast_price_still_matches(outside):
+    """vLLM calls compute_logits and the sampler after the replayed decode graph, SGLang the sampler: those
+    nodes take their eager time (at least their floor), everything else its replayed time; they are nodes the
+    fast price prices apart, so it still matches the exact pass."""
+    scenario = seed_serving("vllm-v1", "model.vocab_size=32000")  # the seed model has no LM head of its own
+    hw = DagPricer(scenario).hw
+    batch = ((1, 300), (1, 1200), (1, 40))
+    dag = build_forward(scenario, ragged_shape(batch))
+    replayed = simulate_dag(dag, scenario, hw, host_thread=False)
+    mixed = simulate_dag(dag, scenario, hw, host_thread=False, graph_outside_ops=frozenset(outside))
+    gpn = gpus_per_node(scenario, hw)
+    seen = set()
+    for i, a in dag.distinct():
+        if a["op"] in outside:
+            seen.add(a["op"])
+            eager_s = node_time_s(a, hw, gpn, True, scenario.model.gated)[0]
+            assert mixed.duration_s[i] == eager_s >= replayed.duration_s[i]
+        else:
+            assert mixed.duration_s[i] == replayed.duration_s[i]
+    assert seen == set(outside) and mixed.makespan_s > replayed.makespan_s
+    pricer = DagPricer(scenario, graph_outside_ops=frozenset(outside))
+    rng = random.Random(5)
+    batches = [tuple((1, rng.randint(1, 6000)) for _ in range(rng.randint(1, 60))) for _ in range(8)]
+    assert price_error(pricer, batches) < 1e-3
+    plain = DagPricer(scenario)
+    assert pricer.timing(batch).latency_s > plain.timing(batch).latency_s
+
+
+def test_each_engine_says_which_head_nodes_run_outside_its_decode_graph():
+    assert V1_GRAPH.outside == ("lm_head", "sample")
+    assert load_engine_profile("vllm").cuda_graph.outside == ("lm_head", "sample")  # type: ignore[union-attr]
+    assert load_engine_profile("sglang").cuda_graph.outside == ("sample",)  # type: ignore[union-attr]
+    _, pricer, _ = serving_inputs(seed_serving("vllm-v1"))
+    assert "lm_head and sample outside the graph" in repr(pricer.pricer.graph_pricer)  # type: ignore[attr-defined]
+    assert pricer.pricer.graph_pricer.graph_outside_ops == {"lm_head", "sample"}  # type: ignore[attr-defined]
