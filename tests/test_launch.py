@@ -228,7 +228,7 @@ def test_a_tp_groups_experts_priced_with_the_all_to_all_flow_say_so():
     assert "deepep" not in vllm_script(gathered) + sglang_script(gathered)
 
 
-def test_a_vllm_file_says_whether_moesim_priced_it_as_the_vllm_version_it_is_written_for():
+def test_a_launch_file_says_whether_moesim_priced_it_as_the_engine_version_it_is_written_for():
     serving = ROOT / "scenarios/seed_moe_4gpu_serving.yaml"
     plain = vllm_script(load_scenario(serving))
     assert "moesim priced it without an engine profile" in plain and "--set serving.engine=vllm-v1" in plain
@@ -236,9 +236,28 @@ def test_a_vllm_file_says_whether_moesim_priced_it_as_the_vllm_version_it_is_wri
     assert "moesim priced it with serving.engine vllm; `--set serving.engine=vllm-v1`" in v0
     v1 = vllm_script(load_scenario(serving, ["serving.engine=vllm-v1"]))
     assert "moesim priced it as this version runs it (serving.engine vllm-v1" in v1
-    # a static batch (no serving section) and the other engines' files carry no such line
+    sglang = sglang_script(load_scenario(serving))
+    assert "moesim priced it without an engine profile" in sglang and "--set serving.engine=sglang-0.5" in sglang
+    old = sglang_script(load_scenario(serving, ["serving.engine=sglang"]))
+    assert "moesim priced it with serving.engine sglang; `--set serving.engine=sglang-0.5`" in old
+    new = sglang_script(load_scenario(serving, ["serving.engine=sglang-0.5"]))
+    assert "moesim priced it as this version runs it (serving.engine sglang-0.5" in new
+    # a static batch (no serving section) and TensorRT-LLM's files (no profile of its 1.0) carry no such line
     seed = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml")
-    assert "moesim priced it" not in vllm_script(seed) + sglang_script(load_scenario(serving))
+    assert "moesim priced it" not in vllm_script(seed) + trtllm_files(load_scenario(serving))["trtllm.sh"]
+
+
+def test_sglangs_static_memory_share_is_written_as_its_flag_and_noted_elsewhere():
+    scenario = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu_serving.yaml",
+        [
+            "serving.scheduler.kv_cache.gpu_memory_utilization=null",
+            "serving.scheduler.kv_cache.mem_fraction_static=0.8",
+        ],
+    )
+    assert "--mem-fraction-static 0.8 " in sglang_script(scenario) + " "
+    note = "the scenario's mem_fraction_static = 0.8 (SGLang's share of the GPU for the weights and the KV pool)"
+    assert note in vllm_script(scenario) and note in trtllm_files(scenario)["trtllm.sh"]
 
 
 def test_sglang_mixes_decodes_into_prefill_chunks_only_when_moesim_priced_it_so():

@@ -62,6 +62,19 @@ class SizeRange(StrictModel):
 CaptureLimit = Literal["first_at_or_above_max_num_seqs", "max_num_seqs_included", "max_num_seqs", "twice_max_num_seqs"]
 
 
+class GraphMaxRule(StrictModel):
+    """The largest CUDA-graph batch an engine sets by GPU and TP size (SGLang's cuda_graph_max_bs): on a device
+    below `below_device_memory_bytes` (None: any) with tp >= min_tp. A list of them: the first that applies."""
+
+    below_device_memory_bytes: float | None = Field(default=None, gt=0)
+    min_tp: int = Field(default=1, ge=1)
+    max_size: int = Field(ge=1)
+
+    def applies(self, device_memory_bytes: float, tp: int) -> bool:
+        below = self.below_device_memory_bytes
+        return (below is None or device_memory_bytes < below) and tp >= self.min_tp
+
+
 class CudaGraphSpec(StrictModel):
     """Decode batches replayed from CUDA graphs captured at fixed batch sizes: a decode batch of n sequences runs
     the graph of the smallest captured size >= n, padded with dummy sequences; a larger batch, or one whose
@@ -81,6 +94,9 @@ class CudaGraphSpec(StrictModel):
     # The pass's final nodes the engine calls after the replayed decode graph, each kernel launched by the host:
     # vLLM's compute_logits and sampler (both), SGLang's sampling (its graph holds the logits processor).
     outside: tuple[Literal["lm_head", "sample"], ...] = ()
+    # The largest batch captured, by GPU and TP size (SGLang 0.5's cuda_graph_max_bs): sizes above it are dropped
+    # before `limit` applies; empty: none but the listed sizes.
+    max_size: tuple[GraphMaxRule, ...] = ()
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -90,13 +106,29 @@ class CudaGraphSpec(StrictModel):
                 raise ValueError(f"sizes: {item} must be in [1, {MAX_CAPTURE_SIZE}]")
         return self
 
-    def capture_sizes(self, max_num_seqs: int, max_num_batched_tokens: int | None = None) -> tuple[int, ...]:
+    def graph_max(self, device_memory_bytes: float | None = None, tp: int = 1) -> int:
+        """The largest batch the engine captures on this device and TP size before the scheduler's limit: the
+        first max_size rule that applies, else the largest listed size."""
+        listed = max(item if isinstance(item, int) else max(item.sizes()) for item in self.sizes)
+        if device_memory_bytes is None:
+            return listed
+        rule = next((r for r in self.max_size if r.applies(device_memory_bytes, tp)), None)
+        return listed if rule is None else min(rule.max_size, listed)
+
+    def capture_sizes(
+        self,
+        max_num_seqs: int,
+        max_num_batched_tokens: int | None = None,
+        device_memory_bytes: float | None = None,
+        tp: int = 1,
+    ) -> tuple[int, ...]:
         """The sorted batch sizes captured for a scheduler of this max_num_seqs (`limit` above; the token budget
-        matters to twice_max_num_seqs alone)."""
+        matters to twice_max_num_seqs alone), on a device of this memory and TP size (max_size rules)."""
         sizes: set[int] = set()
         for item in self.sizes:
             sizes.update([item] if isinstance(item, int) else item.sizes())
-        ordered = sorted(sizes)
+        top = self.graph_max(device_memory_bytes, tp)
+        ordered = sorted(s for s in sizes if s <= top)
         if self.limit == "twice_max_num_seqs":
             top = 2 * max_num_seqs
             if max_num_batched_tokens is not None:
@@ -199,11 +231,14 @@ def forget_engine_limits(scheduler: dict) -> dict:
     return out
 
 
-def device_limits(rule: DeviceDefaultsSpec, scheduler: dict, device: tuple[str, float]) -> dict:
-    """`scheduler` (a raw serving.scheduler mapping) with `rule`'s batch limits where it is silent, when they
-    apply to `device` (profile name, device memory in bytes), recorded in its `engine_defaults` so that another
-    GPU re-derives them (forget_engine_limits); `scheduler` itself when nothing changes."""
-    if not rule.applies(*device):
+def device_limits(
+    rules: DeviceDefaultsSpec | tuple[DeviceDefaultsSpec, ...], scheduler: dict, device: tuple[str, float]
+) -> dict:
+    """`scheduler` (a raw serving.scheduler mapping) with the batch limits of the first of `rules` that applies
+    to `device` (profile name, device memory in bytes) where it is silent, recorded in its `engine_defaults` so
+    that another GPU re-derives them (forget_engine_limits); `scheduler` itself when nothing changes."""
+    rule = next((r for r in (rules if isinstance(rules, tuple) else (rules,)) if r.applies(*device)), None)
+    if rule is None:
         return scheduler
     add = {
         key: getattr(rule, key) for key in DEVICE_LIMIT_KEYS if getattr(rule, key) is not None and key not in scheduler
@@ -211,11 +246,65 @@ def device_limits(rule: DeviceDefaultsSpec, scheduler: dict, device: tuple[str, 
     return {**scheduler, **add, "engine_defaults": add} if add else scheduler
 
 
+class StaticMemorySpec(StrictModel):
+    """SGLang's mem_fraction_static where the server is given none (ServerArgs._handle_gpu_memory_settings): the
+    share of the device's memory (MiB) for the weights and the KV pool, the rest reserved for activations and CUDA
+    graphs:
+
+        reserved = base + per_chunk_token x max(chunk, min_chunk_tokens) + per_graph_seq x graph_max
+                   + per_tp_pp_gpu x tp x pp
+                   [+ dp_attention_per_graph_seq x graph_max x dp
+                    + dp_attention_large_per_graph_seq x graph_max x dp when graph_max > dp_attention_large_above]
+        reserved = max(reserved, floor) on a device of more than floor_above
+        mem_fraction_static = round((device - reserved) / device, 3)
+
+    in MiB (graph_max: the largest CUDA-graph batch the engine sets, cuda_graph.max_size)."""
+
+    base_mib: float = Field(ge=0)
+    per_chunk_token_mib: float = Field(ge=0)
+    min_chunk_tokens: int = Field(ge=0)
+    per_graph_seq_mib: float = Field(ge=0)
+    per_tp_pp_gpu_mib: float = Field(ge=0)
+    dp_attention_per_graph_seq_mib: float = Field(default=0.0, ge=0)
+    dp_attention_large_above: int = Field(default=0, ge=0)
+    dp_attention_large_per_graph_seq_mib: float = Field(default=0.0, ge=0)
+    floor_mib: float = Field(default=0.0, ge=0)
+    floor_above_mib: float = Field(default=0.0, ge=0)
+    source: str = Field(min_length=1)
+
+    def reserved_mib(
+        self, device_mib: float, chunk_tokens: int, graph_max: int, tp: int, pp: int, dp_attention: int = 0
+    ) -> float:
+        """The memory kept outside the static share (class docstring); dp_attention: the dp size when the
+        deployment runs SGLang's data-parallel attention, else 0."""
+        reserved = (
+            self.base_mib
+            + self.per_chunk_token_mib * max(chunk_tokens, self.min_chunk_tokens)
+            + self.per_graph_seq_mib * graph_max
+            + self.per_tp_pp_gpu_mib * tp * pp
+        )
+        if dp_attention:
+            reserved += self.dp_attention_per_graph_seq_mib * graph_max * dp_attention
+            if graph_max > self.dp_attention_large_above:
+                reserved += self.dp_attention_large_per_graph_seq_mib * graph_max * dp_attention
+        if device_mib > self.floor_above_mib:
+            reserved = max(reserved, self.floor_mib)
+        return reserved
+
+    def fraction(
+        self, device_mib: float, chunk_tokens: int, graph_max: int, tp: int, pp: int, dp_attention: int = 0
+    ) -> float:
+        reserved = self.reserved_mib(device_mib, chunk_tokens, graph_max, tp, pp, dp_attention)
+        return round((device_mib - reserved) / device_mib, 3)
+
+
 class SchedulerDefaultsSpec(StrictModel):
     """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batching
     policy, the batch limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV
     memory rule (gpu_memory_utilization or free_memory_fraction) applies only when the scenario gives neither
-    rule nor capacity_blocks. `by_device`: other batch limits on some GPUs (DeviceDefaultsSpec)."""
+    rule nor capacity_blocks. `by_device`: other batch limits on some GPUs (DeviceDefaultsSpec; a list: the first
+    that applies). `static_memory`: the KV rule the engine derives from the deployment (SGLang's
+    mem_fraction_static), applied where the scenario gives no KV rule (serving.capacity)."""
 
     policy: Policy | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
@@ -225,7 +314,8 @@ class SchedulerDefaultsSpec(StrictModel):
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
-    by_device: DeviceDefaultsSpec | None = None
+    by_device: DeviceDefaultsSpec | tuple[DeviceDefaultsSpec, ...] | None = None
+    static_memory: StaticMemorySpec | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -254,7 +344,10 @@ class SchedulerDefaultsSpec(StrictModel):
             return out
         if self.block_size_tokens is not None and "block_size_tokens" not in kv:
             kv["block_size_tokens"] = self.block_size_tokens
-        if not any(k in kv for k in ("gpu_memory_utilization", "free_memory_fraction", "capacity_blocks")):
+        if not any(
+            k in kv
+            for k in ("gpu_memory_utilization", "free_memory_fraction", "mem_fraction_static", "capacity_blocks")
+        ):
             for key in ("gpu_memory_utilization", "free_memory_fraction"):
                 if getattr(self, key) is not None:
                     kv[key] = getattr(self, key)

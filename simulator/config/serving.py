@@ -213,15 +213,27 @@ class KVCacheSpec(StrictModel):
         description="fraction of the memory left after weights and activations that the KV cache takes "
         "(TensorRT-LLM's kv_cache_free_gpu_mem_fraction); default: all of it",
     )
+    mem_fraction_static: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="fraction of GPU memory for the weights and the KV cache, the activations outside it "
+        "(SGLang's --mem-fraction-static)",
+    )
 
     @model_validator(mode="after")
     def _one_rule(self) -> KVCacheSpec:
-        if self.gpu_memory_utilization is not None and self.free_memory_fraction is not None:
+        given = [k for k in KV_RULES if getattr(self, k) is not None]
+        if len(given) > 1:
             raise ValueError(
-                "gpu_memory_utilization and free_memory_fraction: give one (vLLM's share of the whole GPU, or "
-                "TensorRT-LLM's share of the memory left after the weights), not both"
+                f"{' and '.join(given)}: give one (vLLM's share of the whole GPU, TensorRT-LLM's share of the memory "
+                "left after the weights, or SGLang's share for the weights and the KV cache), not several"
             )
         return self
+
+
+#: The KV memory rules of KVCacheSpec, one at most.
+KV_RULES = ("gpu_memory_utilization", "free_memory_fraction", "mem_fraction_static")
 
 
 class SchedulerSpec(StrictModel):

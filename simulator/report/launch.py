@@ -56,6 +56,7 @@ class Deployment:
     # the KV cache as simulated (serving scenarios; None for a static batch): its memory rule, block and admission
     gpu_memory_utilization: float | None = None
     free_memory_fraction: float | None = None
+    mem_fraction_static: float | None = None
     block_size_tokens: int | None = None
     admission: str | None = None
     preempt: str | None = None
@@ -95,6 +96,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         kv = {
             "gpu_memory_utilization": s.kv_cache.gpu_memory_utilization,
             "free_memory_fraction": s.kv_cache.free_memory_fraction,
+            "mem_fraction_static": s.kv_cache.mem_fraction_static,
             "block_size_tokens": s.kv_cache.block_size_tokens,
             "admission": s.admission,
             "preempt": s.preempt,
@@ -129,7 +131,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
 
 
 #: The engine profile (engine_profiles/) that prices a deployment as the version of ENGINE_VERSIONS runs it.
-PRICING_PROFILES = {"vllm": "vllm-v1"}
+PRICING_PROFILES = {"vllm": "vllm-v1", "sglang": "sglang-0.5"}
 
 
 def _pricing_note(engine: str, scenario: Scenario) -> list[str]:
@@ -365,6 +367,7 @@ def _note(lines: list[str], note: str) -> None:
 KV_RULES = {
     "gpu_memory_utilization": "vLLM's share of the whole GPU",
     "free_memory_fraction": "TensorRT-LLM's share of the memory the weights leave",
+    "mem_fraction_static": "SGLang's share of the GPU for the weights and the KV pool",
 }
 
 
@@ -377,8 +380,9 @@ def _kv_share(d: Deployment, lines: list[str], engine: str, native: str, default
     if not given:
         _note(
             lines,
-            "# KV memory: the scenario gives no gpu_memory_utilization or free_memory_fraction (moesim sized its KV "
-            f"pool as the GPU's memory less runtime.memory_reserve_bytes, or capacity_blocks); {default} applies here.",
+            "# KV memory: the scenario gives no gpu_memory_utilization, free_memory_fraction or mem_fraction_static "
+            "(moesim sized its KV pool as its engine profile derives it, else as the GPU's memory less "
+            f"runtime.memory_reserve_bytes, or from capacity_blocks); {default} applies here.",
         )
         return None
     rule, value = given[0]
@@ -451,8 +455,11 @@ def _sglang_kv(d: Deployment, lines: list[str], chunk: int) -> list[str]:
     `chunk`: the --chunked-prefill-size written (-1: none), which SGLang requires to be a multiple of the page size
     (server_args.py check_server_args)."""
     argv = []
-    share = _kv_share(d, lines, "SGLang", "gpu_memory_utilization", "SGLang's own --mem-fraction-static")
-    if share is not None:
+    native = "mem_fraction_static" if d.mem_fraction_static is not None else "gpu_memory_utilization"
+    share = _kv_share(d, lines, "SGLang", native, "SGLang's own --mem-fraction-static")
+    if share is not None and native == "mem_fraction_static":
+        argv += ["--mem-fraction-static", f"{share:g}"]
+    elif share is not None:
         argv += ["--mem-fraction-static", f"{share:g}"]
         _note(
             lines,

@@ -6,7 +6,8 @@ activations, in blocks; Kwon et al. 2023, sec. 4.3):
 
     blocks = min over the replica's GPUs of floor(share x (usable_bytes - weight_bytes - activation_bytes)
                                                    / (block_size_tokens x kv_bytes_per_token on that GPU))
-    usable_bytes = capacity_bytes x gpu_memory_utilization, or capacity_bytes - runtime.memory_reserve_bytes
+    usable_bytes = capacity_bytes x gpu_memory_utilization, or capacity_bytes - runtime.memory_reserve_bytes,
+            or capacity_bytes x mem_fraction_static (SGLang: the activations outside it, activation_bytes 0)
     capacity_bytes = the device's total as the driver reports it (profile device_memory_bytes: what vLLM's
             total_gpu_memory, SGLang's and TensorRT-LLM's free-memory queries see), else memory_bytes
     share = kv_cache.free_memory_fraction (TensorRT-LLM's kv_cache_free_gpu_mem_fraction: its KV pool is that
@@ -22,8 +23,9 @@ import math
 
 from simulator import costs
 from simulator.config import Scenario, ServingError, ServingSpec, gpus_per_node
+from simulator.config.engine import load_engine_profile
 from simulator.config.hardware import HardwareProfile
-from simulator.config.serving import check_longest_admissible
+from simulator.config.serving import KV_RULES, check_longest_admissible
 from simulator.graph import build
 from simulator.memory import activation_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, symmetric_representatives
@@ -71,21 +73,28 @@ def serving_kv_capacity_blocks(scenario: Scenario, hw: HardwareProfile) -> int:
     kv = spec.scheduler.kv_cache
     capacity = hw.engine_memory_bytes  # what the driver reports, which the engines take their shares of
     of = f"{capacity / 1e9:.2f} GB" + (" as the driver reports it" if hw.device_memory_bytes is not None else "")
+    static = kv.mem_fraction_static is not None
     if kv.gpu_memory_utilization is not None:
         usable, how = (
             capacity * kv.gpu_memory_utilization,
             f"gpu_memory_utilization = {kv.gpu_memory_utilization} of {of}",
         )
+    elif kv.mem_fraction_static is not None:
+        usable, how = (
+            capacity * kv.mem_fraction_static,
+            f"mem_fraction_static = {kv.mem_fraction_static} of {of}, the activations outside it",
+        )
     else:
         usable, how = capacity - scenario.runtime.memory_reserve_bytes, f"{of} less runtime.memory_reserve_bytes"
     tokens = largest_iteration_tokens(spec)
-    acts = activation_bytes(scenario, hw, tokens)
+    acts = activation_bytes(scenario, hw, tokens) if not static else None
     p = scenario.parallel
     share = kv.free_memory_fraction if kv.free_memory_fraction is not None else 1.0
     best: tuple[int, int] | None = None
     for stage in range(p.pp):
         for gpu in Placement.of(scenario).stage_gpus(stage)[: p.tp]:  # the GPUs of replica 0 (all alike over dp)
-            free = usable - weight_bytes_per_gpu(scenario, gpu) - acts[gpu]
+            act = acts[gpu] if acts is not None else 0.0
+            free = usable - weight_bytes_per_gpu(scenario, gpu) - act
             per_block = kv.block_size_tokens * kv_bytes_per_token(scenario, gpu)
             blocks = math.floor(share * free / per_block) if free > 0 else 0
             if best is None or blocks < best[0]:
@@ -94,12 +103,30 @@ def serving_kv_capacity_blocks(scenario: Scenario, hw: HardwareProfile) -> int:
                 raise ServingError(
                     f"serving.scheduler.kv_cache: no room for a KV block on GPU {gpu}: weights "
                     f"{weight_bytes_per_gpu(scenario, gpu) / 1e9:.2f} GB + activations of a {tokens}-token iteration "
-                    f"{acts[gpu] / 1e9:.2f} GB leave {max(free, 0.0) / 1e9:.2f} GB of {usable / 1e9:.2f} GB ({how})"
+                    f"{act / 1e9:.2f} GB leave {max(free, 0.0) / 1e9:.2f} GB of {usable / 1e9:.2f} GB ({how})"
                     f"{f', of which free_memory_fraction = {share} goes to the KV cache' if share < 1 else ''}; "
                     f"lower max_num_batched_tokens, raise gpu_memory_utilization or use more GPUs"
                 )
     assert best is not None
     return best[0]
+
+
+def engine_static_fraction(scenario: Scenario, hw: HardwareProfile) -> float | None:
+    """The KV share serving.engine derives for this deployment (its profile's scheduler_defaults.static_memory:
+    SGLang's mem_fraction_static from the device's memory in MiB, the chunk, the largest CUDA graph, tp, pp and
+    data-parallel attention), or None when the engine has no such rule."""
+    spec = scenario.serving
+    if spec is None or spec.engine is None:
+        return None
+    profile = load_engine_profile(spec.engine)
+    rule = profile.scheduler_defaults.static_memory if profile.scheduler_defaults is not None else None
+    if rule is None:
+        return None
+    p = scenario.parallel
+    device = hw.engine_memory_bytes
+    graph_max = profile.cuda_graph.graph_max(device, p.tp) if profile.cuda_graph is not None else 0
+    dp_attention = p.dp if scenario.model.is_moe and p.dp > 1 and p.ep * p.etp == p.dp * p.tp else 0
+    return rule.fraction(device / 2**20, spec.scheduler.chunk_tokens, graph_max, p.tp, p.pp, dp_attention)
 
 
 def lockstep_layout(scenario: Scenario) -> bool:
@@ -140,6 +167,13 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
         }
     )
     kv = s.kv_cache
+    if kv.capacity_blocks is None and not any(getattr(kv, k) is not None for k in KV_RULES):
+        fraction = engine_static_fraction(scenario, hw)
+        if fraction is not None:  # the engine derives its KV share from the deployment (SGLang)
+            kv = kv.model_copy(update={"mem_fraction_static": fraction})
+            scenario = scenario.model_copy(
+                update={"serving": spec.model_copy(update={"scheduler": s.model_copy(update={"kv_cache": kv})})}
+            )
     if kv.capacity_blocks is None:
         kv = kv.model_copy(update={"capacity_blocks": serving_kv_capacity_blocks(scenario, hw)})
     batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
@@ -161,4 +195,5 @@ __all__ = [
     "lockstep_layout",
     "resolve_serving",
     "serving_kv_capacity_blocks",
+    "engine_static_fraction",
 ]

@@ -114,7 +114,9 @@ def engine_pricer(scenario: Scenario, hw: HardwareProfile, spec: ServingSpec) ->
     if not graphs:
         return EnginePricer(profile, None, lambda: DagPricer(eager, hw), ())
     assert profile.cuda_graph is not None
-    sizes = profile.cuda_graph.capture_sizes(spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens)
+    sizes = profile.cuda_graph.capture_sizes(
+        spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens, hw.engine_memory_bytes, scenario.parallel.tp
+    )
     piecewise = None
     if profile.cuda_graph.mixed == "piecewise":
         piecewise = lambda: DagPricer(scenario, hw, piecewise=True)  # noqa: E731
