@@ -252,16 +252,16 @@ class Scheduler:
                 best, best_key = seq, key
         return best
 
-    def _retract(self) -> bool:
+    def _retract(self) -> None:
         """SGLang's update_running_batch before a decode iteration (preempt fewest_decoded): when the blocks
         of the decoding sequences' next tokens are not all free (check_decode_mem), retract sequences (at least
         one, while more than one is left) until the free KV tokens hold ESTIMATE_RETRACT_STEPS decode steps of
-        those left. True when it retracted."""
+        those left."""
         kv = self.kv
         decoding = [s for s in self.running if s.num_tokens - s.num_computed == 1]
         need = sum(1 for s in decoding if s.num_computed >= s.kv_limit_tokens)
         if len(decoding) <= 1 or kv.free_blocks >= need:
-            return False
+            return
         while len(decoding) > 1:
             victim = self._victim(decoding)
             decoding.remove(victim)
@@ -270,7 +270,6 @@ class Scheduler:
                 break
         if self.estimate:
             self._reestimate()
-        return True
 
     def _grow_or_preempt(self, seq: Sequence, kv_tokens: int, seqs: list[Sequence], batch: list[SeqWork]) -> bool:
         """Grow seq's KV to kv_tokens, preempting running sequences (_victim's order) while blocks are short.
