@@ -221,13 +221,12 @@ def forget_engine_limits(scheduler: dict) -> dict:
     limit still at its recorded value (a limit edited since is the scenario's own). `scheduler` itself when
     there is no record."""
     recorded = scheduler.get("engine_defaults")
-    if recorded is None:
-        return scheduler
+    if recorded is None or not (isinstance(recorded, dict) and set(recorded) <= set(DEVICE_LIMIT_KEYS)):
+        return scheduler  # nothing recorded, or not a record: the field's own validation says why
     out = {k: v for k, v in scheduler.items() if k != "engine_defaults"}
-    if isinstance(recorded, dict):
-        for key, value in recorded.items():
-            if key in out and out[key] == value:
-                del out[key]
+    for key, value in recorded.items():
+        if key in out and out[key] == value:
+            del out[key]
     return out
 
 
@@ -328,15 +327,15 @@ class SchedulerDefaultsSpec(StrictModel):
         """`scheduler` (a scenario's raw serving.scheduler mapping) with this engine's general defaults where it
         is silent (see the class docstring; device_limits fills the device's first)."""
         out = dict(scheduler)
-        recorded = out.get("engine_defaults")
-        recorded = dict(recorded) if isinstance(recorded, dict) else {}
+        given = out.get("engine_defaults")
+        recorded = dict(given) if isinstance(given, dict) else {}
         for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission", "preempt"):
             value = getattr(self, key)
             if value is not None and key not in out:
                 out[key] = value
                 if key in DEVICE_LIMIT_KEYS:  # recorded: another GPU's by-device rule may set it otherwise
                     recorded[key] = value
-        if recorded:
+        if recorded and (given is None or isinstance(given, dict)):  # a malformed record stays, to be refused
             out["engine_defaults"] = recorded
         kv = out.get("kv_cache")
         kv = dict(kv) if isinstance(kv, dict) else {} if kv is None else kv

@@ -377,6 +377,8 @@ class Scenario(StrictModel):
         if not isinstance(scheduler, dict):
             return data
         own = forget_engine_limits(scheduler)  # limits filled for the GPU a dumped scenario was written for
+        if own is scheduler and "engine_defaults" in scheduler:
+            return data  # a malformed record: serving.scheduler.engine_defaults's validation says why
         filled = own
         hardware = data.get("hardware")
         ref = {"profile": hardware} if isinstance(hardware, str) else hardware

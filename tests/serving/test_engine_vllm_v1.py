@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simulator.config import ScenarioError, gpus_per_node, load_scenario, parse_scenario
 from simulator.config import engine as engine_config
-from simulator.config import gpus_per_node, load_scenario, parse_scenario
 from simulator.config.engine import DeviceDefaultsSpec, device_limits, load_engine_profile
 from simulator.graph.ragged import PIECEWISE_EAGER_OPS, build_forward, ragged_shape
 from simulator.serving.dag_pricer import DagPricer, price_error
@@ -355,3 +355,18 @@ def test_each_engine_says_which_head_nodes_run_outside_its_decode_graph():
     _, pricer, _ = serving_inputs(seed_serving("vllm-v1"))
     assert "lm_head and sample outside the graph" in repr(pricer.pricer.graph_pricer)  # type: ignore[attr-defined]
     assert pricer.pricer.graph_pricer.graph_outside_ops == {"lm_head", "sample"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"foo": 3}, "serving.scheduler.engine_defaults.foo: unknown key; valid keys: max_num_seqs"),
+        (5, "serving.scheduler.engine_defaults: Input should be a valid dictionary"),
+    ],
+)
+def test_a_malformed_record_of_the_engines_limits_is_refused_in_one_line(record, message):
+    data = copy.deepcopy(seed_dict())
+    data["serving"] = without_scheduler("h100-sxm-80gb").model_dump(mode="json", exclude_none=True)
+    data["serving"]["scheduler"]["engine_defaults"] = record
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario(data, "bad")
