@@ -176,6 +176,8 @@ def scheduler_line(summary: dict) -> str | None:
         rule = f"gpu_memory_utilization {kv['gpu_memory_utilization']:g} of the GPU"
     elif kv.get("free_memory_fraction") is not None:
         rule = f"free_memory_fraction {kv['free_memory_fraction']:g} of what the weights leave"
+    elif kv.get("mem_fraction_static") is not None:
+        rule = f"mem_fraction_static {kv['mem_fraction_static']:g} of the GPU for the weights and the KV cache"
     else:
         rule = "the memory model: the GPU's memory less the reserve, weights and activations, or capacity_blocks"
     source = f"engine {s['engine']}'s defaults, else moesim's" if s.get("engine") else "moesim's defaults"

@@ -262,3 +262,11 @@ def test_the_summary_says_the_scheduler_as_simulated_and_where_its_defaults_came
     assert "at most 2048 sequences and 8192 tokens an iteration, admission reserve; KV " in text
     assert "blocks of 32 tokens (free_memory_fraction 0.9 of what the weights leave)" in text
     assert "fields the scenario leaves out: engine trtllm's defaults, else moesim's." in text
+    # SGLang 0.5 derives its static share (the test's tiny model on the scenario's GPU and layout)
+    sg = write_scenario(
+        tmp_path, {k: v for k, v in SERVING.items() if k != "scheduler"} | {"engine": "sglang-0.5"}, name="sg.yaml"
+    )
+    assert main(["serve", str(sg), "--out", str(tmp_path / "sg")]) == 0
+    text = (tmp_path / "sg" / "summary.md").read_text()
+    assert "at most 2048 sequences and" in text and "of the GPU for the weights and the KV cache)" in text
+    assert "(mem_fraction_static 0." in text
