@@ -9,7 +9,9 @@ Prints, for every point of hardware_profiles/measurements/public_allreduce.yaml 
 - nccl: costs.ring_allreduce_s, 2(n-1) latencies + 2(n-1)/n S / bw (what moesim prices every all-reduce as
   under runtime.allreduce nccl);
 - engine / best: costs.custom_allreduce_s, the fastest of the three (runtime.allreduce custom, which the engine
-  profiles set).
+  profiles set);
+- multimem: PyTorch's symmetric-memory all-reduce (vLLM 0.11 on 6 and 8 Hopper GPUs), priced as the custom
+  all-reduce, which is how the vllm-v1 profile prices it.
 
 Run: python benchmarks/bench_allreduce.py
 """

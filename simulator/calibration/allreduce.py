@@ -2,8 +2,9 @@
 twoshot_allreduce_s, ring_allreduce_s, and an engine's choice among them, costs.custom_allreduce_s) on the public
 micro-benchmarks of hardware_profiles/measurements/public_allreduce.yaml.
 
-A point's `kernel` names what was timed: one_shot, two_shot or nccl (one kernel, priced by its own model), or
-engine (the engine's own choice of kernel, priced as the fastest of the three). `best_points` adds, per table row
+A point's `kernel` names what was timed: one_shot, two_shot or nccl (one kernel, priced by its own model), engine
+(the engine's own choice of kernel, priced as the fastest of the three) or multimem (PyTorch's symmetric-memory
+all-reduce, which the vllm-v1 profile prices as its custom all-reduce, the fastest of the three). `best_points` adds, per table row
 that has all three kernels, the fastest of them: what an engine picking the fastest kernel would get.
 `python benchmarks/bench_allreduce.py` prints the table; tests/test_costs.py bounds its error.
 """
@@ -20,7 +21,7 @@ from simulator import costs
 from simulator.config.hardware import HardwareProfile
 
 DATA = Path(__file__).resolve().parents[2] / "hardware_profiles" / "measurements" / "public_allreduce.yaml"
-KERNELS = ("one_shot", "two_shot", "nccl", "engine", "best")
+KERNELS = ("one_shot", "two_shot", "nccl", "multimem", "engine", "best")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,6 @@ def predicted_s(point: AllReducePoint, hw: HardwareProfile) -> float:
         return costs.twoshot_allreduce_s(size, n, link)
     if point.kernel == "nccl":
         return costs.ring_allreduce_s(size, n, link)
-    if point.kernel in ("engine", "best"):
+    if point.kernel in ("engine", "best", "multimem"):  # multimem: what the engine profiles price it as
         return costs.custom_allreduce_s(size, n, link, float("inf"))
     raise ValueError(f"unknown kernel {point.kernel!r}; expected one of {', '.join(KERNELS)}")

@@ -174,12 +174,23 @@ class KernelsSpec(StrictModel):
     source: str = Field(min_length=1)
 
 
+class AllReduceSizeRule(StrictModel):
+    """The largest message an engine's own all-reduce kernels take on some GPUs and group sizes: on a device whose
+    profile name contains one of `names` (case-blind), in a group of `gpus` ranks."""
+
+    names: tuple[str, ...] = Field(min_length=1)
+    gpus: int = Field(ge=2)
+    max_bytes: float = Field(ge=1.0, le=1e12)
+
+
 class AllReduceSpec(StrictModel):
     """The engine's tensor-parallel all-reduce (runtime.allreduce): `custom` runs its own one-shot / two-shot
-    kernels over peer memory inside one NVLink node for messages up to `max_bytes` (its buffer), NCCL beyond."""
+    kernels over peer memory inside one NVLink node for messages up to `max_bytes` (its buffer), NCCL beyond.
+    `by_device`: other limits on some GPUs and group sizes (the first rule that applies)."""
 
     algorithm: Literal["nccl", "custom"]
     max_bytes: float | None = Field(default=None, ge=1.0, le=1e12)
+    by_device: tuple[AllReduceSizeRule, ...] = ()
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -187,6 +198,14 @@ class AllReduceSpec(StrictModel):
         if self.algorithm == "custom" and self.max_bytes is None:
             raise ValueError("max_bytes: a custom all-reduce needs its buffer size (the largest message it takes)")
         return self
+
+    def max_bytes_for(self, device_name: str, gpus: int) -> float | None:
+        """The largest message the engine's own kernels take on this device in a group of this many ranks."""
+        name = device_name.lower()
+        for rule in self.by_device:
+            if rule.gpus == gpus and any(n.lower() in name for n in rule.names):
+                return rule.max_bytes
+        return self.max_bytes
 
 
 class DeviceDefaultsSpec(StrictModel):

@@ -91,8 +91,9 @@ def with_engine_kernels(scenario: Scenario, profile: EngineProfile) -> Scenario:
     if ar is not None:  # the scenario's own all-reduce wins (e.g. vLLM's --disable-custom-all-reduce)
         if "allreduce" not in runtime.model_fields_set:
             runtime_update["allreduce"] = ar.algorithm
-        if ar.max_bytes is not None and "custom_allreduce_max_bytes" not in runtime.model_fields_set:
-            runtime_update["custom_allreduce_max_bytes"] = ar.max_bytes
+        max_bytes = ar.max_bytes_for(scenario.hardware.profile, scenario.parallel.tp)  # a TP group's all-reduce
+        if max_bytes is not None and "custom_allreduce_max_bytes" not in runtime.model_fields_set:
+            runtime_update["custom_allreduce_max_bytes"] = max_bytes
     return scenario.model_copy(
         update={
             "model": model.model_copy(update={"moe_impl": k.moe_impl}),

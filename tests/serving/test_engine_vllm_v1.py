@@ -370,3 +370,30 @@ def test_a_malformed_record_of_the_engines_limits_is_refused_in_one_line(record,
     data["serving"]["scheduler"]["engine_defaults"] = record
     with pytest.raises(ScenarioError, match=message):
         parse_scenario(data, "bad")
+
+
+@pytest.mark.parametrize(
+    ("hardware", "tp", "max_mib"),
+    [
+        ("h100-sxm-80gb", 8, 64),  # symmetric memory (multimem) up to 64 MiB beyond the custom 256 KiB
+        ("h100-sxm-80gb", 4, 32),  # the custom all-reduce up to 32 MiB
+        ("h200-sxm-141gb", 2, 64),
+        ("b200-sxm-180gb", 2, 8),  # Blackwell: symmetric memory (two-shot) up to 8 MiB
+        ("b200-sxm-180gb", 8, 128),
+        ("a100-sxm-80gb", 8, 8),  # no symmetric memory: the custom all-reduce's own buffer
+    ],
+)
+def test_v1_all_reduce_limit_follows_the_gpu_and_the_tp_size(hardware, tp, max_mib):
+    def on(engine: str):  # only the GPU's name and the TP group's size matter to the limit
+        s = seed_serving(engine)
+        return s.model_copy(
+            update={
+                "hardware": s.hardware.model_copy(update={"profile": hardware}),
+                "parallel": s.parallel.model_copy(update={"tp": tp}),
+            }
+        )
+
+    assert with_engine_kernels(on("vllm-v1"), V1).runtime.custom_allreduce_max_bytes == max_mib * 2**20
+    # the V0 profile keeps its 8 MiB on every GPU
+    v0 = with_engine_kernels(on("vllm"), load_engine_profile("vllm"))
+    assert v0.runtime.custom_allreduce_max_bytes == 8 * 2**20
