@@ -78,6 +78,15 @@ def _json_number(x):
     return x
 
 
+def _launch_dict(tally: dict[str, tuple[int, int, int]]) -> dict:
+    """A launch tally (ServingRun.launches) as summary.json writes it: per kind the iterations, their sequences
+    (graph) or new tokens, and the padding."""
+    return {
+        kind: {"iterations": n, "sequences" if kind == "graph" else "new_tokens": u, "padding": p}
+        for kind, (n, u, p) in tally.items()
+    }
+
+
 def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pricer: str) -> dict:
     """summary.json: the latency statistics and figures of stats.summarize (NaN written as null), the
     KV-cache use, the verdicts and what was simulated."""
@@ -89,15 +98,15 @@ def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pr
         "num_iterations": float(run.num_iterations),
         "end_s": run.end_s,
     }
-    launches = {}
+    launches: dict = {}
     if run.launches is not None:
-        units = {"graph": "sequences"}
-        launches = {
-            "launches": {
-                kind: {"iterations": n, units.get(kind, "new_tokens"): u, "padding": p}
-                for kind, (n, u, p) in run.launches.items()
+        launches["launches"] = _launch_dict(run.launches)
+        d = run.disaggregation
+        if d is not None and d.prefill_launches is not None and d.decode_launches is not None:
+            launches["launches_by_pool"] = {
+                "prefill": _launch_dict(d.prefill_launches),
+                "decode": _launch_dict(d.decode_launches),
             }
-        }
     return {
         **launches,
         "scenario": name,
@@ -189,12 +198,21 @@ def scheduler_line(summary: dict) -> str | None:
 
 
 def launches_line(summary: dict) -> str | None:
-    """How the engine launched the run's iterations (every replica's batch, both pools when disaggregated):
+    """How the engine launched the run's iterations (every replica's batch; each pool's when disaggregated):
     'iterations launched: 9,512 replayed from CUDA graphs (2.1 % padding rows), 320 from piecewise graphs
     (6.0 % padding tokens), 48 eagerly'; None without an engine."""
+    by_pool = summary.get("launches_by_pool")
+    if by_pool:
+        return "iterations launched: " + "; ".join(
+            f"{pool} pool {_launch_parts(by_pool[pool])}" for pool in ("prefill", "decode")
+        )
     launches = summary.get("launches")
     if not launches:
         return None
+    return "iterations launched: " + _launch_parts(launches)
+
+
+def _launch_parts(launches: dict) -> str:
     parts = []
     for kind, text, unit, what in (
         ("graph", "replayed from CUDA graphs", "sequences", "rows"),
@@ -209,7 +227,7 @@ def launches_line(summary: dict) -> str | None:
         if what and total:
             part += f" ({100 * row['padding'] / total:.1f} % padding {what})"
         parts.append(part)
-    return "iterations launched: " + ", ".join(parts)
+    return ", ".join(parts)
 
 
 def pools_text(d: dict) -> str:

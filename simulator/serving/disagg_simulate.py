@@ -358,6 +358,8 @@ class _Disaggregated(RequestSource):
                 prefill_kv_capacity_blocks=p_cap,
                 transfers=transfer_table,
                 links=self.network.link_table(self.fabric.link_names),
+                prefill_launches=self.prefill.launch_tally(),
+                decode_launches=self.decode.launch_tally(),
             ),
             launches=_merged(self.prefill.launch_tally(), self.decode.launch_tally()),
         )

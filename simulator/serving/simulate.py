@@ -83,6 +83,9 @@ class DisaggregatedRun:
     prefill_kv_capacity_blocks: int
     transfers: dict[str, np.ndarray]  # TRANSFER_COLUMNS
     links: dict[str, np.ndarray]  # LINK_COLUMNS
+    # each pool's launch tally (ServingRun.launches; the run's own sums both), None without an engine
+    prefill_launches: dict[str, tuple[int, int, int]] | None = None
+    decode_launches: dict[str, tuple[int, int, int]] | None = None
 
 
 @dataclass(frozen=True)

@@ -542,3 +542,38 @@ def test_a_prompt_an_estimating_decode_pool_can_never_hold_is_one_line():
         _check_decode_prealloc(spec.scheduler, spec.workload, "serving.disaggregation.decode")
     fits = spec.workload.model_copy(update={"input_len": spec.workload.input_len.model_copy(update={"tokens": 768})})
     _check_decode_prealloc(spec.scheduler, fits, "serving.disaggregation.decode")
+
+
+def test_a_disaggregated_run_counts_each_pools_launches():
+    from simulator.config.engine import CudaGraphSpec, EngineProfile, HostTimeSpec
+    from simulator.report.serving_summary import launches_line, serving_summary_dict
+    from simulator.serving.engine_pricing import EnginePricer
+    from simulator.serving.pricing import CachedPricer
+
+    profile = EngineProfile(
+        name="test",
+        version="1",
+        cuda_graph=CudaGraphSpec(sizes=(1, 2, 4), source="test"),
+        host=HostTimeSpec(source="test"),
+        kernels={"moe_impl": "grouped", "source": "test"},
+    )
+    engine = CachedPricer(EnginePricer(profile, PRICER, lambda: PRICER, (1, 2, 4)))
+    # one request of 8 + 4 at a time: the prefill pool runs one eager prefill of 8 tokens per request, the decode
+    # pool 3 decode steps of one sequence per request, each replayed from the graph of 1
+    spec = make_spec(workload={"arrivals": {"kind": "constant", "rate_per_s": 0.01}, "num_requests": 3})
+    inputs = DisaggregatedInputs(
+        spec,
+        spec.model_copy(update={"replicas": ReplicaSpec(count=1, gpus_per_replica=1)}),
+        spec.model_copy(update={"replicas": ReplicaSpec(count=1, gpus_per_replica=1)}),
+        engine,
+        engine,
+        INSTANT,
+    )
+    run = simulate_disaggregated_requests(inputs, generate_requests(spec))
+    d = run.disaggregation
+    assert d.prefill_launches == {"eager": (3, 24, 0)} and d.decode_launches == {"graph": (9, 9, 0)}
+    assert run.launches == {"eager": (3, 24, 0), "graph": (9, 9, 0)}
+    doc = serving_summary_dict("t", run, summarize(run), "p")
+    assert launches_line(doc) == (
+        "iterations launched: prefill pool 3 eagerly; decode pool 9 replayed from CUDA graphs (0.0 % padding rows)"
+    )
