@@ -242,9 +242,13 @@ def test_a_launch_file_says_whether_moesim_priced_it_as_the_engine_version_it_is
     assert "moesim priced it with serving.engine sglang; `--set serving.engine=sglang-0.5`" in old
     new = sglang_script(load_scenario(serving, ["serving.engine=sglang-0.5"]))
     assert "moesim priced it as this version runs it (serving.engine sglang-0.5" in new
-    # a static batch (no serving section) and TensorRT-LLM's files (no profile of its 1.0) carry no such line
+    trt = trtllm_files(load_scenario(serving, ["serving.engine=trtllm"]))["trtllm.sh"]
+    assert "moesim priced it with serving.engine trtllm; `--set serving.engine=trtllm-1.0`" in trt
+    trt1 = trtllm_files(load_scenario(serving, ["serving.engine=trtllm-1.0"]))["trtllm.sh"]
+    assert "moesim priced it as this version runs it (serving.engine trtllm-1.0" in trt1
+    # a static batch (no serving section) carries no such line
     seed = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml")
-    assert "moesim priced it" not in vllm_script(seed) + trtllm_files(load_scenario(serving))["trtllm.sh"]
+    assert "moesim priced it" not in vllm_script(seed) + sglang_script(seed) + trtllm_files(seed)["trtllm.sh"]
 
 
 def test_sglangs_static_memory_share_is_written_as_its_flag_and_noted_elsewhere():

@@ -94,6 +94,9 @@ class CudaGraphSpec(StrictModel):
     # The pass's final nodes the engine calls after the replayed decode graph, each kernel launched by the host:
     # vLLM's compute_logits and sampler (both), SGLang's sampling (its graph holds the logits processor).
     outside: tuple[Literal["lm_head", "sample"], ...] = ()
+    # False: a decode batch replays a graph only when it has exactly a captured size (TensorRT-LLM's PyTorch
+    # backend, cuda_graph_config.enable_padding False by default); else it runs eagerly.
+    padding: bool = True
     # The largest batch captured, by GPU and TP size (SGLang 0.5's cuda_graph_max_bs): sizes above it are dropped
     # before `limit` applies; empty: none but the listed sizes.
     max_size: tuple[GraphMaxRule, ...] = ()

@@ -131,7 +131,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
 
 
 #: The engine profile (engine_profiles/) that prices a deployment as the version of ENGINE_VERSIONS runs it.
-PRICING_PROFILES = {"vllm": "vllm-v1", "sglang": "sglang-0.5"}
+PRICING_PROFILES = {"vllm": "vllm-v1", "sglang": "sglang-0.5", "trtllm": "trtllm-1.0"}
 
 
 def _pricing_note(engine: str, scenario: Scenario) -> list[str]:

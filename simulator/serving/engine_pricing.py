@@ -10,6 +10,8 @@ Around the GPU pass of the operator DAG an engine adds two things:
   capturing piecewise graphs (cuda_graph.mixed piecewise, vLLM V1) runs a batch with a prefill chunk of at most
   the largest captured size in tokens from them: its tokens padded up to the next captured size (the padding
   again as dummy rows SeqWork(1, 0)), attention, the LM head and sampling launched eagerly between the graphs.
+  An engine that does not pad (cuda_graph.padding false: TensorRT-LLM's PyTorch backend by default) replays a
+  decode batch only when its size is exactly a captured one, and runs the others eagerly.
 - Host time per iteration: host_s = per_iteration_s + per_sequence_s x n. Serial engines wait for it between
   GPU passes (iteration = gpu_s + host_s); an overlapped scheduler prepares the next batch while the GPU runs
   (iteration = max(gpu_s, host_s)).
@@ -53,9 +55,11 @@ def padded_size(sequences: int, capture_sizes: tuple[int, ...]) -> int | None:
     return capture_sizes[i] if i < len(capture_sizes) else None
 
 
-def decode_plan(batch: Batch, capture_sizes: tuple[int, ...], max_context_tokens: int | None) -> DecodePlan:
+def decode_plan(
+    batch: Batch, capture_sizes: tuple[int, ...], max_context_tokens: int | None, padding: bool = True
+) -> DecodePlan:
     """Whether this batch replays a graph (a pure decode batch within the captured sizes and the context
-    limit) and how many rows the GPU computes."""
+    limit; without `padding`, only of exactly a captured size) and how many rows the GPU computes."""
     n = len(batch)
     if n == 0:  # the dummy pass of an idle replica in a lockstep group: a graph replay, nothing padded
         return DecodePlan(bool(capture_sizes), 0)
@@ -64,7 +68,9 @@ def decode_plan(batch: Batch, capture_sizes: tuple[int, ...], max_context_tokens
     if max_context_tokens is not None and max(w.context_tokens for w in batch) + 1 > max_context_tokens:
         return DecodePlan(False, n)
     size = padded_size(n, capture_sizes)
-    return DecodePlan(False, n) if size is None else DecodePlan(True, size)
+    if size is None or (size != n and not padding):
+        return DecodePlan(False, n)
+    return DecodePlan(True, size)
 
 
 def mixed_plan(batch: Batch, capture_sizes: tuple[int, ...]) -> int | None:
@@ -112,6 +118,7 @@ class EnginePricer:
         self._piecewise: IterationPricer | None = None
         self.capture_sizes = tuple(sorted(capture_sizes))
         self.max_context_tokens = profile.cuda_graph.max_context_tokens if profile.cuda_graph else None
+        self.padding = profile.cuda_graph.padding if profile.cuda_graph else True
 
     @property
     def eager_pricer(self) -> IterationPricer:
@@ -120,7 +127,7 @@ class EnginePricer:
         return self._eager
 
     def plan(self, batch: Batch) -> DecodePlan:
-        return decode_plan(batch, self.capture_sizes, self.max_context_tokens)
+        return decode_plan(batch, self.capture_sizes, self.max_context_tokens, self.padding)
 
     @property
     def piecewise_pricer(self) -> IterationPricer:
@@ -171,6 +178,8 @@ class EnginePricer:
         if not sizes:
             return "every iteration launched eagerly"
         text = f"decode batches replayed from CUDA graphs at {len(sizes)} sizes ({sizes[0]} to {sizes[-1]})"
+        if not self.padding:
+            text += " when of exactly such a size (no padding)"
         if self.max_context_tokens is not None:
             text += f" up to {self.max_context_tokens} tokens of context"
         if self.make_piecewise is not None:

@@ -396,3 +396,20 @@ def test_a_run_counts_every_iteration_by_how_the_engine_launches_it():
     assert plain.launches is None and "launches" not in serving_summary_dict("t", plain, summarize(plain), "p")
     piecewise = {"launches": {"piecewise": {"iterations": 2, "new_tokens": 30, "padding": 2}}}
     assert launches_line(piecewise) == "iterations launched: 2 from piecewise graphs (6.2 % padding tokens)"
+
+
+def test_an_engine_without_padding_replays_only_batches_of_a_captured_size():
+    # TensorRT-LLM's PyTorch backend: sizes 1-32, 64, 128, enable_padding False (a batch of 33 runs eagerly)
+    sizes = load_engine_profile("trtllm-1.0").cuda_graph.capture_sizes(2048, 8192)  # type: ignore[union-attr]
+    assert sizes == (*range(1, 33), 64, 128)
+    assert decode_plan((SeqWork(1, 5),) * 32, sizes, None, padding=False) == (True, 32)
+    assert decode_plan((SeqWork(1, 5),) * 33, sizes, None, padding=False) == (False, 33)
+    assert decode_plan((SeqWork(1, 5),) * 33, sizes, None) == (True, 64)  # with padding: the graph of 64
+    unpadded = profile(True).model_copy(
+        update={"cuda_graph": CudaGraphSpec(sizes=(1, 2, 4, 8), padding=False, source="test")}
+    )
+    engine = EnginePricer(unpadded, GRAPH, lambda: EAGER, (1, 2, 4, 8))
+    assert engine.launch((SeqWork(1, 4),) * 3) == ("eager", 3, 0)
+    assert engine((SeqWork(1, 4),) * 3) == 0.5 + 3 * 2**-6 + 12 * 2**-10
+    assert engine.launch((SeqWork(1, 4),) * 4) == ("graph", 4, 0)
+    assert "when of exactly such a size (no padding)" in engine.launches_text()
