@@ -337,6 +337,9 @@ class SchedulerDefaultsSpec(StrictModel):
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
     by_device: DeviceDefaultsSpec | tuple[DeviceDefaultsSpec, ...] | None = None
     static_memory: StaticMemorySpec | None = None
+    # Under data-parallel attention the engine divides its token budget by dp, each rank taking budget // dp
+    # (SGLang's _handle_data_parallelism); applied where the budget is the engine's default (serving.capacity).
+    budget_per_dp_attention_rank: bool = False
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")

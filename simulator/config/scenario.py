@@ -411,6 +411,13 @@ class Scenario(StrictModel):
         p = self.parallel
         return self.runtime.moe_dispatch == "allreduce" and self.model.is_moe and p.tp > 1 and p.ep * p.etp == p.tp
 
+    @property
+    def dp_attention(self) -> bool:
+        """The layout the engines run with data-parallel attention (SGLang's --enable-dp-attention, vLLM's and
+        TensorRT-LLM's attention DP): a MoE whose experts span every GPU of a stage, ep x etp = dp x tp, dp > 1."""
+        p = self.parallel
+        return self.model.is_moe and p.dp > 1 and p.ep * p.etp == p.dp * p.tp
+
     def stage_layers(self) -> list[list[int]]:
         """Layer indices owned by each pipeline stage."""
         split = self.parallel.layer_split or even_split(self.model.num_layers, self.parallel.pp)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from simulator.config import Scenario
 from simulator.config.scenario import pool_layout
 from simulator.config.serving import PoolSpec
+from simulator.serving.capacity import engine_rank_budget_tokens
 
 #: The engine version each mapping was written against, and the engine source its flags were checked in (each flag
 #: and key with its file and commit: tests/fixtures/launch/engine_flags.yaml; docs/deployment-search.md).
@@ -93,6 +94,9 @@ def deployment_of(scenario: Scenario) -> Deployment:
     if scenario.serving is not None:
         s = scenario.serving.scheduler
         policy, seqs, tokens, chunk = s.policy, s.max_num_seqs, s.max_num_batched_tokens, s.chunk_size_tokens
+        rank_budget = engine_rank_budget_tokens(scenario)  # the engine's budget per DP-attention rank, as priced
+        if rank_budget is not None:
+            tokens, chunk = rank_budget, None if chunk is None else min(chunk, rank_budget)
         kv = {
             "gpu_memory_utilization": s.kv_cache.gpu_memory_utilization,
             "free_memory_fraction": s.kv_cache.free_memory_fraction,

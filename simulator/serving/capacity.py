@@ -125,8 +125,25 @@ def engine_static_fraction(scenario: Scenario, hw: HardwareProfile) -> float | N
     p = scenario.parallel
     device = hw.engine_memory_bytes
     graph_max = profile.cuda_graph.graph_max(device, p.tp) if profile.cuda_graph is not None else 0
-    dp_attention = p.dp if scenario.model.is_moe and p.dp > 1 and p.ep * p.etp == p.dp * p.tp else 0
+    dp_attention = p.dp if scenario.dp_attention else 0
     return rule.fraction(device / 2**20, spec.scheduler.chunk_tokens, graph_max, p.tp, p.pp, dp_attention)
+
+
+def engine_rank_budget_tokens(scenario: Scenario) -> int | None:
+    """Each replica's token budget where serving.engine divides its default one by dp under data-parallel
+    attention (scheduler_defaults.budget_per_dp_attention_rank: SGLang's chunked_prefill_size // dp_size): the
+    engine's budget // dp, at least 1; None where the rule does not apply (no such engine, no DP attention, or a
+    budget the scenario gave itself)."""
+    spec = scenario.serving
+    if spec is None or spec.engine is None or not scenario.dp_attention:
+        return None
+    defaults = load_engine_profile(spec.engine).scheduler_defaults
+    if defaults is None or not defaults.budget_per_dp_attention_rank:
+        return None
+    s = spec.scheduler
+    if (s.engine_defaults or {}).get("max_num_batched_tokens") != s.max_num_batched_tokens:
+        return None
+    return max(1, s.max_num_batched_tokens // scenario.parallel.dp)
 
 
 def lockstep_layout(scenario: Scenario) -> bool:
@@ -171,9 +188,18 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
         fraction = engine_static_fraction(scenario, hw)
         if fraction is not None:  # the engine derives its KV share from the deployment (SGLang)
             kv = kv.model_copy(update={"mem_fraction_static": fraction})
-            scenario = scenario.model_copy(
-                update={"serving": spec.model_copy(update={"scheduler": s.model_copy(update={"kv_cache": kv})})}
-            )
+            s = s.model_copy(update={"kv_cache": kv})
+            scenario = scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": s})})
+    budget = engine_rank_budget_tokens(scenario)  # SGLang's chunk per DP-attention rank (after its KV share)
+    if budget is not None:
+        chunk = s.chunk_size_tokens
+        s = s.model_copy(
+            update={
+                "max_num_batched_tokens": budget,
+                "chunk_size_tokens": None if chunk is None else min(chunk, budget),
+            }
+        )
+        scenario = scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": s})})
     if kv.capacity_blocks is None:
         kv = kv.model_copy(update={"capacity_blocks": serving_kv_capacity_blocks(scenario, hw)})
     batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
@@ -196,4 +222,5 @@ __all__ = [
     "resolve_serving",
     "serving_kv_capacity_blocks",
     "engine_static_fraction",
+    "engine_rank_budget_tokens",
 ]

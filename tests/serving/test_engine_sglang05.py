@@ -107,3 +107,29 @@ def test_two_kv_rules_are_one_line():
     bad = _mixtral("sglang-0.5", kv_cache={"mem_fraction_static": 0.7, "gpu_memory_utilization": 0.9})
     with pytest.raises(ScenarioError, match="gpu_memory_utilization and mem_fraction_static: give one"):
         parse_scenario(bad, "x")
+
+
+DP_ATTENTION = ["parallel.dp=4", "parallel.tp=1", "parallel.pp=1", "parallel.ep=4", "parallel.etp=1"]
+
+
+@pytest.mark.parametrize(("engine", "budget"), [("sglang", 8192), ("sglang-0.5", 4096)])
+def test_dp_attention_divides_the_engines_chunk_by_dp(engine, budget):
+    # ServerArgs._handle_data_parallelism: chunked_prefill_size // dp_size per DP-attention rank; the seed's GPU
+    # (64 GB) takes 8,192 from 0.4.6 and 4,096 from 0.5; the launch file writes the engine's global figure back
+    from simulator.config import load_scenario
+    from simulator.report.launch import sglang_script
+
+    path = ROOT / "scenarios/seed_moe_4gpu_serving.yaml"
+    scenario = load_scenario(path, [f"serving.engine={engine}", *DP_ATTENTION, "serving.scheduler={}"])
+    assert scenario.dp_attention and scenario.serving.scheduler.max_num_batched_tokens == budget
+    spec, _, _ = serving_inputs(scenario)
+    assert spec.scheduler.max_num_batched_tokens == budget // 4
+    assert f"--chunked-prefill-size {budget} " in sglang_script(scenario).replace("\\\n", "\n") + " "
+    # a budget the scenario gives is its own: not divided; nor under a layout without DP attention
+    own = load_scenario(
+        path, [f"serving.engine={engine}", *DP_ATTENTION, "serving.scheduler={max_num_batched_tokens: 2048}"]
+    )
+    assert serving_inputs(own)[0].scheduler.max_num_batched_tokens == 2048
+    replicas = load_scenario(path, [f"serving.engine={engine}", "serving.scheduler={}"])
+    assert not replicas.dp_attention
+    assert serving_inputs(replicas)[0].scheduler.max_num_batched_tokens == budget
