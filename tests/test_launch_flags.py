@@ -55,6 +55,17 @@ DEPLOYMENTS: dict[str, tuple[str, list[str]]] = {
         "scenarios/seed_moe_4gpu_serving.yaml",
         ["parallel.pp=1", "parallel.tp=2", "parallel.dp=2", "parallel.ep=4"],
     ),
+    "dp2_tp2_ep4_dp_attention_estimate_conservative": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        [
+            "parallel.pp=1",
+            "parallel.tp=2",
+            "parallel.dp=2",
+            "parallel.ep=4",
+            "serving.scheduler.admission=estimate",
+            "serving.scheduler.schedule_conservativeness=2",
+        ],
+    ),
     "dp2_replicas_tp2_ep2": (
         "scenarios/seed_moe_4gpu_serving.yaml",
         ["parallel.pp=1", "parallel.tp=2", "parallel.dp=2", "parallel.ep=2"],

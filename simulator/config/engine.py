@@ -319,6 +319,16 @@ class StaticMemorySpec(StrictModel):
         return round((device_mib - reserved) / device_mib, 3)
 
 
+class DpAttentionRuleSpec(StrictModel):
+    """What the engine changes under data-parallel attention (SGLang's ServerArgs._handle_data_parallelism),
+    applied by serving.capacity: `budget_per_rank` divides the engine's own token budget by dp (each rank's
+    chunked_prefill_size); `conservativeness_factor` multiplies scheduler.schedule_conservativeness."""
+
+    budget_per_rank: bool = False
+    conservativeness_factor: float = Field(default=1.0, gt=0, le=100)
+    source: str = Field(min_length=1)
+
+
 class SchedulerDefaultsSpec(StrictModel):
     """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batching
     policy, the batch limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV
@@ -337,9 +347,7 @@ class SchedulerDefaultsSpec(StrictModel):
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
     by_device: DeviceDefaultsSpec | tuple[DeviceDefaultsSpec, ...] | None = None
     static_memory: StaticMemorySpec | None = None
-    # Under data-parallel attention the engine divides its token budget by dp, each rank taking budget // dp
-    # (SGLang's _handle_data_parallelism); applied where the budget is the engine's default (serving.capacity).
-    budget_per_dp_attention_rank: bool = False
+    dp_attention: DpAttentionRuleSpec | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")

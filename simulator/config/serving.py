@@ -272,6 +272,13 @@ class SchedulerSpec(StrictModel):
         "estimate (SGLang: admitted when its prompt and output fit the free KV less the running requests' "
         "remaining outputs times a decaying new_token_ratio; grows on demand, preempted when blocks run out)",
     )
+    schedule_conservativeness: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="admission estimate's scale on new_token_ratio (SGLang's --schedule-conservativeness: the "
+        "ratio starts at min(0.7 x it, 1)); SGLang multiplies it by 0.3 under data-parallel attention",
+    )
     engine_defaults: dict[Literal["max_num_seqs", "max_num_batched_tokens"], int] | None = Field(
         default=None,
         description="the batch limits serving.engine's profile set where the scenario gave none (its rule for "
@@ -494,8 +501,19 @@ class ServingSpec(StrictModel):
 #: SGLANG_RETRACT_DECODE_STEPS 20 x requests) / their max_new_tokens, at most 1.
 ESTIMATE_CLIP_TOKENS = 4096
 ESTIMATE_INIT_RATIO = 0.7
-ESTIMATE_MIN_RATIO = ESTIMATE_INIT_RATIO * 0.14
-ESTIMATE_DECAY = (ESTIMATE_INIT_RATIO - ESTIMATE_MIN_RATIO) / 600  # per decode step
+ESTIMATE_MIN_RATIO_FACTOR = 0.14
+ESTIMATE_DECAY_STEPS = 600
+
+
+def estimate_ratios(conservativeness: float = 1.0) -> tuple[float, float, float]:
+    """SGLang's (init, min, decay per decode step) of new_token_ratio for a schedule_conservativeness
+    (Scheduler.__init__): init = min(0.7 x conservativeness, 1), min = min(init x 0.14, 1),
+    decay = (init - min) / 600."""
+    init = min(ESTIMATE_INIT_RATIO * conservativeness, 1.0)
+    low = min(init * ESTIMATE_MIN_RATIO_FACTOR, 1.0)
+    return init, low, (init - low) / ESTIMATE_DECAY_STEPS
+
+
 ESTIMATE_RETRACT_STEPS = 20
 #: SGLang's disaggregated decode instance (python/sglang/srt/disaggregation/decode.py, DecodePreallocQueue
 #: pop_preallocated / _allocatable_tokens): a transferred request's KV is allocated only while its prompt plus

@@ -61,6 +61,7 @@ class Deployment:
     block_size_tokens: int | None = None
     admission: str | None = None
     preempt: str | None = None
+    schedule_conservativeness: float = 1.0
     redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
     num_experts: int = 0
     nccl_allreduce: bool = False  # runtime.allreduce nccl with tensor-parallel all-reduces: the custom one turned off
@@ -104,6 +105,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "block_size_tokens": s.kv_cache.block_size_tokens,
             "admission": s.admission,
             "preempt": s.preempt,
+            "schedule_conservativeness": s.schedule_conservativeness,
         }
     else:
         w = scenario.workload
@@ -486,6 +488,8 @@ def _sglang_kv(d: Deployment, lines: list[str], chunk: int) -> list[str]:
         "runs out.",
         estimates=True,
     )
+    if d.schedule_conservativeness != 1.0:  # SGLang multiplies it by 0.3 under DP attention, as moesim priced it
+        argv += ["--schedule-conservativeness", f"{d.schedule_conservativeness:g}"]
     return argv
 
 

@@ -23,7 +23,7 @@ import math
 
 from simulator import costs
 from simulator.config import Scenario, ServingError, ServingSpec, gpus_per_node
-from simulator.config.engine import load_engine_profile
+from simulator.config.engine import DpAttentionRuleSpec, load_engine_profile
 from simulator.config.hardware import HardwareProfile
 from simulator.config.serving import KV_RULES, check_longest_admissible
 from simulator.graph import build
@@ -129,18 +129,25 @@ def engine_static_fraction(scenario: Scenario, hw: HardwareProfile) -> float | N
     return rule.fraction(device / 2**20, spec.scheduler.chunk_tokens, graph_max, p.tp, p.pp, dp_attention)
 
 
+def _dp_attention_rule(scenario: Scenario) -> DpAttentionRuleSpec | None:
+    """serving.engine's rule for data-parallel attention, when the scenario's layout runs it."""
+    spec = scenario.serving
+    if spec is None or spec.engine is None or not scenario.dp_attention:
+        return None
+    defaults = load_engine_profile(spec.engine).scheduler_defaults
+    return defaults.dp_attention if defaults is not None else None
+
+
 def engine_rank_budget_tokens(scenario: Scenario) -> int | None:
     """Each replica's token budget where serving.engine divides its default one by dp under data-parallel
     attention (scheduler_defaults.budget_per_dp_attention_rank: SGLang's chunked_prefill_size // dp_size): the
     engine's budget // dp, at least 1; None where the rule does not apply (no such engine, no DP attention, or a
     budget the scenario gave itself)."""
-    spec = scenario.serving
-    if spec is None or spec.engine is None or not scenario.dp_attention:
+    rule = _dp_attention_rule(scenario)
+    if rule is None or not rule.budget_per_rank:
         return None
-    defaults = load_engine_profile(spec.engine).scheduler_defaults
-    if defaults is None or not defaults.budget_per_dp_attention_rank:
-        return None
-    s = spec.scheduler
+    assert scenario.serving is not None
+    s = scenario.serving.scheduler
     if (s.engine_defaults or {}).get("max_num_batched_tokens") != s.max_num_batched_tokens:
         return None
     return max(1, s.max_num_batched_tokens // scenario.parallel.dp)
@@ -190,6 +197,12 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
             kv = kv.model_copy(update={"mem_fraction_static": fraction})
             s = s.model_copy(update={"kv_cache": kv})
             scenario = scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": s})})
+    dpa = _dp_attention_rule(scenario)
+    if dpa is not None and dpa.conservativeness_factor != 1.0:  # SGLang: the user's value too
+        s = s.model_copy(
+            update={"schedule_conservativeness": s.schedule_conservativeness * dpa.conservativeness_factor}
+        )
+        scenario = scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": s})})
     budget = engine_rank_budget_tokens(scenario)  # SGLang's chunk per DP-attention rank (after its KV share)
     if budget is not None:
         chunk = s.chunk_size_tokens

@@ -37,7 +37,7 @@ admission estimate (SGLang's PrefillAdder) a waiting request is admitted only wh
 its remaining output (at most 4096) is below the free KV tokens less the running sequences' remaining outputs
 times new_token_ratio and less what this iteration admitted before it (a chunk, or a whole prompt with its
 output); the ratio decays with each iteration that decodes, is re-estimated after a preemption and resets when
-the replica idles (config.serving's ESTIMATE_* constants).
+the replica idles (config.serving's ESTIMATE_* constants, scaled by scheduler.schedule_conservativeness).
 """
 
 from __future__ import annotations
@@ -47,11 +47,9 @@ from collections import deque
 
 from simulator.config.serving import (
     ESTIMATE_CLIP_TOKENS,
-    ESTIMATE_DECAY,
-    ESTIMATE_INIT_RATIO,
-    ESTIMATE_MIN_RATIO,
     ESTIMATE_RETRACT_STEPS,
     SchedulerSpec,
+    estimate_ratios,
     kv_output_tokens,
 )
 from simulator.serving.kvcache import PagedKVCache
@@ -126,7 +124,8 @@ class Scheduler:
         self.reserve = spec.admission == "reserve"
         self.estimate = spec.admission == "estimate"
         self.retract = spec.preempt == "fewest_decoded"
-        self.new_token_ratio = ESTIMATE_INIT_RATIO
+        self.init_ratio, self.min_ratio, self.ratio_decay = estimate_ratios(spec.schedule_conservativeness)
+        self.new_token_ratio = self.init_ratio
         self.now_s = 0.0
         self._schedule = {
             "static": self._schedule_static,
@@ -150,7 +149,7 @@ class Scheduler:
         self.now_s = now_s
         seqs, batch = self._schedule()
         if not seqs:  # idle: SGLang resets its estimate (event loop, no batch to run)
-            self.new_token_ratio = ESTIMATE_INIT_RATIO
+            self.new_token_ratio = self.init_ratio
         return Step(seqs, tuple(batch))
 
     def complete(self, step: Step, now_s: float) -> list[Sequence]:
@@ -313,7 +312,7 @@ class Scheduler:
         # SGLang's update_running_batch decays the estimate with each decode step that retracted nothing (a
         # retraction sets it anew).
         if self.estimate and seqs and self.preemptions == preempted_before:
-            self.new_token_ratio = max(self.new_token_ratio - ESTIMATE_DECAY, ESTIMATE_MIN_RATIO)
+            self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_ratio)
 
     # ---------------------------------------------------------------- policies
 

@@ -133,3 +133,16 @@ def test_dp_attention_divides_the_engines_chunk_by_dp(engine, budget):
     replicas = load_scenario(path, [f"serving.engine={engine}", "serving.scheduler={}"])
     assert not replicas.dp_attention
     assert serving_inputs(replicas)[0].scheduler.max_num_batched_tokens == budget
+
+
+@pytest.mark.parametrize(
+    ("engine", "given", "priced"), [("sglang-0.5", None, 0.3), ("sglang", 2.0, 0.6), ("vllm-v1", 2.0, 2.0)]
+)
+def test_dp_attention_scales_sglangs_conservativeness_by_0_3(engine, given, priced):
+    from simulator.config import load_scenario
+
+    extra = [] if given is None else [f"serving.scheduler.schedule_conservativeness={given}"]
+    scenario = load_scenario(
+        ROOT / "scenarios/seed_moe_4gpu_serving.yaml", [f"serving.engine={engine}", *DP_ATTENTION, *extra]
+    )
+    assert serving_inputs(scenario)[0].scheduler.schedule_conservativeness == pytest.approx(priced, rel=1e-12)

@@ -374,3 +374,26 @@ def test_fewest_decoded_leaves_a_batch_alone_when_its_blocks_are_free():
         seq.num_tokens = 16
     step = sched.schedule(1.0)
     assert step.seqs == [a, b, c] and sched.preemptions == 0
+
+
+def test_schedule_conservativeness_scales_the_estimate_as_sglang_does():
+    from simulator.config.serving import estimate_ratios
+
+    # Scheduler.__init__: init = min(0.7 x c, 1), min = min(init x 0.14, 1), decay = (init - min) / 600
+    assert estimate_ratios(1.0) == pytest.approx((0.7, 0.098, 0.602 / 600), rel=1e-12)
+    assert estimate_ratios(0.3) == pytest.approx((0.21, 0.0294, 0.1806 / 600), rel=1e-12)
+    assert estimate_ratios(2.0) == pytest.approx((1.0, 0.14, 0.86 / 600), rel=1e-12)
+    spec = make_spec(
+        workload=OPEN,
+        scheduler={
+            "admission": "estimate",
+            "schedule_conservativeness": 0.3,
+            "kv_cache": {"block_size_tokens": 16, "capacity_blocks": 4},
+        },
+    )
+    sched = Scheduler(spec.scheduler)
+    sched.add(Sequence(0, 0.0, 8, 3))
+    sched.complete(sched.schedule(0.0), 1.0)  # the prefill
+    assert sched.new_token_ratio == pytest.approx(0.21, rel=1e-12)
+    sched.schedule(1.0)  # a decode step
+    assert sched.new_token_ratio == pytest.approx(0.21 - 0.1806 / 600, rel=1e-12)
