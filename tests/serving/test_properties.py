@@ -53,6 +53,7 @@ def specs(draw):
                 "kv_cache": {"block_size_tokens": block, "capacity_blocks": need + draw(st.integers(0, 4))},
                 "admission": admission,
                 "preempt": draw(st.sampled_from(["newest", "fewest_decoded"])),
+                "schedule_conservativeness": draw(st.sampled_from([0.3, 1.0, 2.0])),
             },
             "replicas": {
                 "count": draw(st.integers(1, 3)),
