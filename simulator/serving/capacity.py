@@ -140,7 +140,7 @@ def _dp_attention_rule(scenario: Scenario) -> DpAttentionRuleSpec | None:
 
 def engine_rank_budget_tokens(scenario: Scenario) -> int | None:
     """Each replica's token budget where serving.engine divides its default one by dp under data-parallel
-    attention (scheduler_defaults.budget_per_dp_attention_rank: SGLang's chunked_prefill_size // dp_size): the
+    attention (scheduler_defaults.dp_attention.budget_per_rank: SGLang's chunked_prefill_size // dp_size): the
     engine's budget // dp, at least 1; None where the rule does not apply (no such engine, no DP attention, or a
     budget the scenario gave itself)."""
     rule = _dp_attention_rule(scenario)
