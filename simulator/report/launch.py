@@ -62,6 +62,7 @@ class Deployment:
     admission: str | None = None
     preempt: str | None = None
     schedule_conservativeness: float = 1.0
+    dp_attention: bool = False  # Scenario.dp_attention: experts over every GPU of a stage
     redundant_experts: int = 0  # extra expert copies per expert group (EPLB)
     num_experts: int = 0
     nccl_allreduce: bool = False  # runtime.allreduce nccl with tensor-parallel all-reduces: the custom one turned off
@@ -84,7 +85,7 @@ class Deployment:
         'unsupported' (an expert group between the two)."""
         if not self.moe or self.expert_group == self.tp:
             return "replicas"
-        if self.dp > 1 and self.expert_group == self.dp * self.tp:
+        if self.dp_attention:
             return "dp_attention"
         return "unsupported"
 
@@ -118,6 +119,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
         ep=p.ep,
         etp=p.etp,
         moe=m.is_moe,
+        dp_attention=scenario.dp_attention,
         dtype=m.dtype,
         weight_dtype=m.weight_dtype or m.dtype,
         kv_cache_dtype=m.kv_cache_dtype or m.dtype,

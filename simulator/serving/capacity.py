@@ -190,19 +190,23 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
             "lockstep": lockstep if r.lockstep is None else r.lockstep,
         }
     )
+
+    def with_scheduler(sch):  # the scenario as the engine's rules below leave its scheduler
+        return scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": sch})})
+
     kv = s.kv_cache
     if kv.capacity_blocks is None and not any(getattr(kv, k) is not None for k in KV_RULES):
         fraction = engine_static_fraction(scenario, hw)
         if fraction is not None:  # the engine derives its KV share from the deployment (SGLang)
             kv = kv.model_copy(update={"mem_fraction_static": fraction})
             s = s.model_copy(update={"kv_cache": kv})
-            scenario = scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": s})})
+            scenario = with_scheduler(s)
     dpa = _dp_attention_rule(scenario)
     if dpa is not None and dpa.conservativeness_factor != 1.0:  # SGLang: the user's value too
         s = s.model_copy(
             update={"schedule_conservativeness": s.schedule_conservativeness * dpa.conservativeness_factor}
         )
-        scenario = scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": s})})
+        scenario = with_scheduler(s)
     budget = engine_rank_budget_tokens(scenario)  # SGLang's chunk per DP-attention rank (after its KV share)
     if budget is not None:
         chunk = s.chunk_size_tokens
@@ -212,7 +216,7 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
                 "chunk_size_tokens": None if chunk is None else min(chunk, budget),
             }
         )
-        scenario = scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": s})})
+        scenario = with_scheduler(s)
     if kv.capacity_blocks is None:
         kv = kv.model_copy(update={"capacity_blocks": serving_kv_capacity_blocks(scenario, hw)})
     batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
