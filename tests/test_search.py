@@ -318,6 +318,53 @@ def test_engine_filter_keeps_only_launchable_candidates(tmp_path):
     assert "NOT EXPRESSIBLE" not in (out / "launch" / "vllm.sh").read_text()
 
 
+TINY_SERVING = {
+    "workload": {
+        "arrivals": {"kind": "poisson", "rate_per_s": 4.0},
+        "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
+        "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
+        "num_requests": 30,
+        "seed": 3,
+    },
+    "targets": {"ttft_p99_s": 10.0},
+}
+
+
+@pytest.mark.parametrize(
+    ("engines", "own", "profile", "line"),
+    [
+        (["sglang"], None, "sglang-0.5", "priced as sglang runs it: serving.engine sglang-0.5 (--engine sglang)"),
+        (["trtllm", "trtllm"], None, "trtllm-1.0", "priced as trtllm runs it: serving.engine trtllm-1.0"),
+        (["vllm"], "vllm", None, ""),  # the scenario's own profile of the same engine wins, silently
+        (["vllm"], "sglang", None, "priced with the scenario's serving.engine sglang, not vllm's; --set serving"),
+        (["vllm", "sglang"], None, None, ""),  # two engines: no one profile to price with
+        ([], None, None, ""),
+    ],
+)
+def test_one_engine_named_prices_a_serving_search_as_that_engine_runs_it(engines, own, profile, line):
+    from simulator.commands.search import engine_pricing
+
+    serving = TINY_SERVING | ({"engine": own} if own else {})
+    pricing = engine_pricing(make_scenario(TINY_MOE, serving=serving), engines)
+    assert pricing.profile == profile
+    assert pricing.line.startswith(line) and bool(pricing.line) == bool(line)
+    assert engine_pricing(make_scenario(TINY_MOE), ["sglang"]).profile is None  # a static batch has no engine
+
+
+def test_an_engine_search_writes_the_profile_it_priced_with(tmp_path, capsys):
+    import yaml
+
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(yaml.safe_dump(TINY_MOE | {"serving": TINY_SERVING}))
+    out = tmp_path / "out"
+    argv = ["compare", str(scenario), "--gpus", "4", "--microbatches", "1", "--jobs", "1", "--engine", "sglang"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "priced as sglang runs it: serving.engine sglang-0.5" in capsys.readouterr().out
+    assert "Priced with engine profile sglang-0.5" in (out / "search.md").read_text()
+    assert yaml.safe_load((out / "best.yaml").read_text())["serving"]["engine"] == "sglang-0.5"
+    assert "# moesim priced it as this version runs it" in (out / "launch" / "sglang.sh").read_text()
+
+
 def test_the_floor_of_a_cost_search_is_the_throughput_that_ties_the_best_cost():
     """Best $0.5 per million output tokens; at $3 per GPU-hour a candidate ties it at 3e6 / (3600 x 0.5) =
     1666.67 output tokens/s/GPU. max_rate and targets: the best figure itself; fewest_gpus: none."""

@@ -72,7 +72,7 @@ def add_arguments(parser) -> None:
         "--engine",
         choices=("vllm", "sglang", "trtllm"),
         action="append",
-        help="search only deployments this engine can launch (repeatable: every engine named)",
+        help="search only deployments this engine can launch (repeatable: every engine named); one engine named prices a serving search with its engine profile where the scenario names none",
     )
     parser.add_argument("--jobs", type=int, help="local worker processes (default: all cores; 1: serial)")
     parser.add_argument("--executor", help="process (default), serial, dask-local, or dask://HOST:PORT")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.config import ScenarioError, load_scenario
@@ -145,6 +146,37 @@ def _pool_options(text: str | None, kinds: tuple[str, ...]) -> tuple[str, ...]:
     return options
 
 
+@dataclass(frozen=True)
+class EnginePricing:
+    """How `--engine` bears on the pricing: `profile`, the engine profile to price with (set where the scenario
+    named none); `line`, what the search says about it (empty where there is nothing to say)."""
+
+    profile: str | None
+    line: str
+
+
+def engine_pricing(scenario, engines) -> EnginePricing:
+    """One engine named for a serving search prices the candidates as that engine's version runs them
+    (PRICING_PROFILES, the version its launch files are written for) where the scenario names no engine
+    profile; a scenario's own profile wins, and the search says when it belongs to another engine."""
+    from simulator.report.launch import PRICING_PROFILES
+
+    named = sorted(set(engines))
+    if scenario.serving is None or len(named) != 1:
+        return EnginePricing(None, "")
+    engine, own = named[0], scenario.serving.engine
+    profile = PRICING_PROFILES[engine]
+    if own is None:
+        return EnginePricing(profile, f"priced as {engine} runs it: serving.engine {profile} (--engine {engine})")
+    if own.split("-", 1)[0] != engine:
+        return EnginePricing(
+            None,
+            f"priced with the scenario's serving.engine {own}, not {engine}'s; "
+            f"--set serving.engine={profile} prices the candidates as {engine} runs them",
+        )
+    return EnginePricing(None, "")
+
+
 def search_command(args, console) -> int:
     from rich.markup import escape
 
@@ -168,6 +200,9 @@ def search_command(args, console) -> int:
         )
     scenario = load_scenario(args.scenario, args.set)
     serving = scenario.serving is not None
+    pricing = engine_pricing(scenario, args.engine or [])
+    if pricing.profile is not None:
+        scenario = load_scenario(args.scenario, [*args.set, f"serving.engine={pricing.profile}"])
     if args.objective in ("max_rate", "fewest_gpus") and not serving:
         raise ScenarioError(
             f"--objective {args.objective}: needs a serving section in {args.scenario} (a request stream)"
@@ -322,6 +357,8 @@ def search_command(args, console) -> int:
         skipped.append(f"{found.invalid} scheduler-limit combinations the serving rules reject")
     if not_launchable:
         skipped.append(f"{not_launchable} candidates {' / '.join(args.engine)} cannot launch")
+    if pricing.line:
+        console.print(pricing.line)
     console.print(
         f"{summary_line(ranked)}, in {elapsed:.1f} s"
         + (f"; skipped {', '.join(skipped)}" if skipped else "")

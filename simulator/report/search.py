@@ -185,7 +185,12 @@ def search_md(scenario: Scenario, results: Sequence[SearchResult], objective: st
     lines = [
         f"# Deployment search: {scenario.name}",
         "",
-        f"{summary_line(results)}; {elapsed_s:.1f} s. Ranked by {OBJECTIVE_TEXT[objective]}.",
+        f"{summary_line(results)}; {elapsed_s:.1f} s. Ranked by {OBJECTIVE_TEXT[objective]}."
+        + (
+            f" Priced with engine profile {scenario.serving.engine} (engine_profiles/{scenario.serving.engine}.yaml)."
+            if scenario.serving is not None and scenario.serving.engine
+            else ""
+        ),
         "",
     ]
     best = winner(results)
