@@ -223,6 +223,7 @@ SCENARIO_SECTIONS = (
     ("KVCacheSpec", "serving.scheduler.kv_cache"),
     ("ReplicaSpec", "serving.replicas"),
     ("TargetsSpec", "serving.targets"),
+    ("CudaGraphOverride", "serving.cuda_graph"),
     ("DisaggregationSpec", "serving.disaggregation"),
     ("PoolSpec", "serving.disaggregation.<prefill, decode>"),
     ("PoolParallelSpec", "serving.disaggregation.<prefill, decode>.parallel"),

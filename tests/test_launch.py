@@ -299,3 +299,16 @@ def test_sglangs_retraction_order_is_noted_where_an_engine_preempts_the_newest()
     assert "Preemption:" not in trtllm_files(reserve)["trtllm.sh"]  # GUARANTEED_NO_EVICT takes nothing back
     newest = load_scenario(path)
     assert "Preemption:" not in vllm_script(newest) + trtllm_files(newest)["trtllm.sh"] + sglang_script(newest)
+
+
+def test_a_scenarios_own_cuda_graph_capture_is_noted_in_every_file():
+    base = ["serving.engine=trtllm-1.0"]
+    plain = launch_files(load_scenario(ROOT / "scenarios/seed_moe_4gpu_serving.yaml", base))
+    own = launch_files(
+        load_scenario(
+            ROOT / "scenarios/seed_moe_4gpu_serving.yaml", [*base, "serving.cuda_graph={sizes: [8, 1], padding: false}"]
+        )
+    )
+    note = "# Note: moesim priced the scenario's own CUDA-graph capture (sizes 1, 8; exact sizes only, no padding)"
+    for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
+        assert note in own[name] and "CUDA-graph capture" not in plain[name]

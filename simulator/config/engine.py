@@ -11,9 +11,9 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.files import read_yaml
@@ -396,6 +396,39 @@ class EngineProfile(StrictModel):
     kernels: KernelsSpec
     allreduce: AllReduceSpec | None = None  # None: NCCL (runtime.allreduce nccl)
     scheduler_defaults: SchedulerDefaultsSpec | None = None  # None: moesim's own scheduler defaults
+
+
+class CudaGraphOverride(StrictModel):
+    """A scenario's own CUDA-graph capture settings for serving.engine (serving.cuda_graph), as a deployment sets
+    them: vLLM's --cuda-graph-sizes, SGLang's --cuda-graph-bs, TensorRT-LLM's cuda_graph_config (batch_sizes,
+    enable_padding). Each field given replaces the profile's; the profile's capture limit (the scheduler's batch
+    limit) and the nodes it runs outside the graph stay."""
+
+    sizes: tuple[Annotated[int, Field(ge=1, le=MAX_CAPTURE_SIZE)], ...] | None = Field(
+        default=None, min_length=1, description="the batch sizes captured (sequences; tokens for vLLM V1)"
+    )
+    padding: bool | None = Field(
+        default=None,
+        description="true: a decode batch between captured sizes is padded up to the next one; false: only a batch "
+        "of exactly a captured size replays a graph",
+    )
+
+    @field_validator("sizes")
+    @classmethod
+    def _sorted(cls, sizes: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return None if sizes is None else tuple(sorted(set(sizes)))
+
+    def apply(self, profile: EngineProfile) -> EngineProfile:
+        """The profile with these capture settings; a profile without graphs gains none (refused at parse time)."""
+        graph = profile.cuda_graph
+        if graph is None:
+            return profile
+        update: dict = {}
+        if self.sizes is not None:
+            update |= {"sizes": self.sizes, "max_size": ()}
+        if self.padding is not None:
+            update["padding"] = self.padding
+        return profile.model_copy(update={"cuda_graph": graph.model_copy(update=update)})
 
 
 def available_engines() -> list[str]:

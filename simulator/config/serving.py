@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulator.config.engine import Admission, Policy, Preempt, load_engine_profile
+from simulator.config.engine import Admission, CudaGraphOverride, EngineProfile, Policy, Preempt, load_engine_profile
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
@@ -445,6 +445,11 @@ class ServingSpec(StrictModel):
         description="a serving engine profile (engine_profiles/NAME.yaml: CUDA-graph capture sizes, host time "
         "per iteration, kernels); default: iterations priced as the DAG alone",
     )
+    cuda_graph: CudaGraphOverride | None = Field(
+        default=None,
+        description="the deployment's own CUDA-graph capture sizes and padding for serving.engine (vLLM "
+        "--cuda-graph-sizes, SGLang --cuda-graph-bs, TensorRT-LLM cuda_graph_config); default: the engine's",
+    )
 
     disaggregation: DisaggregationSpec | None = Field(
         default=None,
@@ -484,6 +489,24 @@ class ServingSpec(StrictModel):
     def _admissible(self) -> ServingSpec:
         check_longest_admissible(self.workload, self.scheduler, "the longest request of workload.input_len/output_len")
         return self
+
+    @model_validator(mode="after")
+    def _graphs_of_an_engine(self) -> ServingSpec:
+        if self.cuda_graph is None:
+            return self
+        if self.engine is None:
+            raise ValueError("cuda_graph: sets an engine's CUDA-graph capture; name the engine in serving.engine")
+        if load_engine_profile(self.engine).cuda_graph is None:
+            raise ValueError(
+                f"cuda_graph: engine profile {self.engine} captures no CUDA graphs; remove serving.cuda_graph"
+            )
+        return self
+
+    def engine_profile(self) -> EngineProfile:
+        """serving.engine's profile with the scenario's own CUDA-graph settings (serving.cuda_graph) applied."""
+        assert self.engine is not None
+        profile = load_engine_profile(self.engine)
+        return profile if self.cuda_graph is None else self.cuda_graph.apply(profile)
 
     @property
     def num_gpus(self) -> int:

@@ -156,6 +156,10 @@ def _pricing_note(engine: str, scenario: Scenario) -> list[str]:
     return [f"# moesim priced it {how}; `--set serving.engine={profile}` prices it as this version runs it."]
 
 
+def _padding_text(padding: bool | None) -> str:
+    return "" if padding is None else ("padded to the next size" if padding else "exact sizes only, no padding")
+
+
 def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
     lines = [
         "#!/usr/bin/env bash",
@@ -189,6 +193,13 @@ def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
         )
     if d.uneven_split:
         lines.append("# Note: the scenario's layer_split is not written; the engines split layers evenly by default.")
+    graphs = scenario.serving.cuda_graph if scenario.serving is not None else None
+    if graphs is not None:
+        own = [f"sizes {', '.join(map(str, graphs.sizes))}" if graphs.sizes else "", _padding_text(graphs.padding)]
+        lines.append(
+            f"# Note: moesim priced the scenario's own CUDA-graph capture ({'; '.join(t for t in own if t)}); not "
+            "written here: set it with the engine's capture-size option, or the engine captures its default sizes."
+        )
     if d.moe_all_to_all_in_tp:
         lines.append(
             "# Note: moesim priced this layout's MoE layers with its all-to-all flow (runtime.moe_dispatch all_to_all: "

@@ -118,7 +118,7 @@ def engine_static_fraction(scenario: Scenario, hw: HardwareProfile) -> float | N
     spec = scenario.serving
     if spec is None or spec.engine is None:
         return None
-    profile = load_engine_profile(spec.engine)
+    profile = spec.engine_profile()
     rule = profile.scheduler_defaults.static_memory if profile.scheduler_defaults is not None else None
     if rule is None:
         return None

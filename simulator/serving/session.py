@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.config import Scenario, ScenarioError, ServingSpec, load_scenario, resolve_hardware
-from simulator.config.engine import EngineProfile, load_engine_profile
+from simulator.config.engine import EngineProfile
 from simulator.config.hardware import HardwareProfile
 from simulator.serving.capacity import resolve_serving
 from simulator.serving.dag_pricer import DagPricer
@@ -108,7 +108,7 @@ def engine_pricer(scenario: Scenario, hw: HardwareProfile, spec: ServingSpec) ->
     graphs where the engine captures them (cuda_graph.mixed piecewise), the rest by one running eagerly;
     runtime.mode eager (vLLM's enforce_eager) turns the graphs off."""
     assert spec.engine is not None
-    profile = load_engine_profile(spec.engine)
+    profile = spec.engine_profile()
     scenario = with_engine_kernels(scenario, profile)
     graphs = profile.cuda_graph is not None and scenario.runtime.mode == "cuda_graph"
     eager = scenario.model_copy(update={"runtime": scenario.runtime.model_copy(update={"mode": "eager"})})

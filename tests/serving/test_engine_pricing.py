@@ -413,3 +413,45 @@ def test_an_engine_without_padding_replays_only_batches_of_a_captured_size():
     assert engine((SeqWork(1, 4),) * 3) == 0.5 + 3 * 2**-6 + 12 * 2**-10
     assert engine.launch((SeqWork(1, 4),) * 4) == ("graph", 4, 0)
     assert "when of exactly such a size (no padding)" in engine.launches_text()
+
+
+def test_a_scenarios_own_cuda_graph_sizes_and_padding_replace_the_engines():
+    # trtllm-bench's llm_options (TensorRT-LLM 1.0 perf overview): batch_sizes [1, 2, 4, ..., 8192], enable_padding
+    # true; the seed's scheduler limit (max_num_seqs 128) still caps what is captured.
+    own = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.engine=trtllm-1.0", "serving.cuda_graph={sizes: [1, 2, 4, 64, 8, 256, 16, 32, 128], padding: true}"],
+    )
+    spec, pricer, _ = serving_inputs(own)
+    engine = pricer.pricer  # type: ignore[attr-defined]
+    assert spec.scheduler.max_num_seqs == 128
+    assert engine.capture_sizes == (1, 2, 4, 8, 16, 32, 64, 128) and engine.padding
+    assert engine.launch((SeqWork(1, 5),) * 33) == ("graph", 33, 31)  # 33 rows padded to 64 (TensorRT-LLM's own: eager)
+    profile = spec.engine_profile()
+    assert profile.cuda_graph.outside == ("sample",) and profile.cuda_graph.limit == "max_num_seqs"  # type: ignore[union-attr]
+    # padding alone keeps the engine's sizes; sizes alone keep its padding
+    padded = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.engine=trtllm-1.0", "serving.cuda_graph.padding=true"]
+    )
+    graphs = padded.serving.engine_profile().cuda_graph  # type: ignore[union-attr]
+    assert graphs.padding and graphs.capture_sizes(128) == (*range(1, 33), 64, 128)  # type: ignore[union-attr]
+    # explicit sizes drop SGLang 0.5's largest-graph rule (as --cuda-graph-bs sets cuda_graph_max_bs)
+    sglang = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.engine=sglang-0.5", "serving.cuda_graph.sizes=[1, 600]"]
+    )
+    assert sglang.serving.engine_profile().cuda_graph.capture_sizes(2048, None, 85.03e9, 1) == (1, 600)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["serving.cuda_graph.padding=true"], "cuda_graph: sets an engine's CUDA-graph capture; name the engine"),
+        (["serving.engine=trtllm", "serving.cuda_graph.padding=true"], "engine profile trtllm captures no CUDA graphs"),
+        (["serving.engine=vllm", "serving.cuda_graph.sizes=[0, 8]"], "cuda_graph.sizes"),
+        (["serving.engine=vllm", "serving.cuda_graph.sizes=[]"], "cuda_graph.sizes"),
+    ],
+)
+def test_a_bad_cuda_graph_section_is_one_line(overrides, message):
+    with pytest.raises(ScenarioError, match=message) as err:
+        load_scenario("scenarios/seed_moe_4gpu_serving.yaml", overrides)
+    assert "\n" not in str(err.value)
