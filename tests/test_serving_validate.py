@@ -243,31 +243,40 @@ def _trtllm_bench_limits(nvml_gib: float, gpus: int, params: float, layers: int,
     """trtllm-bench 1.0's heuristic as the case file's header states it (tuning.py calc_engine_setting and
     finetune_setting with fp8 weights and an fp8 KV cache of 8 heads x 128, 0.95; general.py get_settings)."""
     gib_per_token = 2 * layers * 8 * 128 * 1 / 2**30
-    requests = (nvml_gib * gpus - params / 2**30) * 0.95 / (gib_per_token * (isl + osl))
-    raw_token = requests * (1 + isl / osl)
+    requests = min((nvml_gib * gpus - params / 2**30) * 0.95 / (gib_per_token * (isl + osl)), 4096)
+    raw_token = min(requests * (1 + isl / osl), 32768)
     if requests < 256:
         bs = max(64, 32 * math.ceil(requests / 32))
     else:
-        bs = (128 if requests < 1024 else 256) * math.ceil(requests / (128 if requests < 1024 else 256))
-    tokens = max(2048, 256 * math.ceil(raw_token / 256)) if raw_token < 4096 else 512 * math.ceil(raw_token / 512)
+        step = 128 if requests < 1024 else 256
+        bs = step * math.ceil(requests / step)
+    if raw_token < 4096:
+        tokens = max(2048, 256 * math.ceil(raw_token / 256))
+    else:
+        step = 512 if raw_token < 8192 else 1024
+        tokens = step * math.ceil(raw_token / step)
     return bs, max(tokens, isl + bs)  # chunked context off: a whole prompt beside a full batch
 
 
 def test_the_trtllm_1_0_cases_take_trtllm_bench_limits_and_graphs():
     cases = {c.id: case_scenario(c) for c in load_serving_cases(TRT10)}
     h100, h200 = 81559 / 1024, 143771 / 1024  # nvml totals, GiB
-    expected = {
-        "TRT10-L8-H100-TP1-1000-1000": (h100, 1, 8.03e9, 32),
-        "TRT10-L8-H200-TP1-1000-1000": (h200, 1, 8.03e9, 32),
-        "TRT10-L70-H100-TP2-1000-1000": (h100, 2, 70.6e9, 80),
-        "TRT10-L70-H200-TP1-1000-1000": (h200, 1, 70.6e9, 80),
+    setups = {
+        "L8-H100-TP1": (h100, 1, 8.03e9, 32),
+        "L8-H200-TP1": (h200, 1, 8.03e9, 32),
+        "L70-H100-TP2": (h100, 2, 70.6e9, 80),
+        "L70-H200-TP1": (h200, 1, 70.6e9, 80),
     }
-    assert set(cases) == set(expected)
-    for case_id, (gib, gpus, params, layers) in expected.items():
-        s = cases[case_id]
+    lengths = {(1000, 1000): 3000, (128, 2048): 3000, (2048, 128): 3000, (5000, 500): 1500, (20000, 2000): 1000}
+    assert set(cases) == {f"TRT10-{k}-{i}-{o}" for k in setups for i, o in lengths}
+    for case_id, s in cases.items():
+        setup, isl, osl = case_id[len("TRT10-") :].rsplit("-", 2)
+        gib, gpus, params, layers = setups[setup]
         spec = s.serving
+        assert (spec.workload.input_len.tokens, spec.workload.output_len.tokens) == (int(isl), int(osl)), case_id
+        assert spec.workload.num_requests == lengths[int(isl), int(osl)], case_id
         assert (spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens) == _trtllm_bench_limits(
-            gib, gpus, params, layers, 1000, 1000
+            gib, gpus, params, layers, int(isl), int(osl)
         ), case_id
         assert s.num_gpus == gpus and s.model.num_layers == layers and spec.engine == "trtllm-1.0"
         graphs = spec.engine_profile().cuda_graph
@@ -275,4 +284,5 @@ def test_the_trtllm_1_0_cases_take_trtllm_bench_limits_and_graphs():
         f = s.model.formats
         assert (f.dense_gemm.storage, f.dense_gemm.compute, f.kv_cache) == ("fp8", "fp8", "fp8"), case_id
         assert f.attention == f.lm_head.compute == "bf16", case_id
-    assert _trtllm_bench_limits(h200, 1, 8.03e9, 32, 1000, 1000) == (1280, 2304)  # by hand: 1,034.4 requests
+    # by hand: 1,034.4 requests -> 256 x 5; 2,068.8 tokens -> 256 x 9 = 2,304 (above 1,000 + 1,280)
+    assert _trtllm_bench_limits(h200, 1, 8.03e9, 32, 1000, 1000) == (1280, 2304)
