@@ -188,13 +188,9 @@ def _pool_plan(
     replicas = spec.replicas.model_copy(
         update={"count": 1, "gpus_per_replica": None, "lockstep": None, "router": pool.router or spec.replicas.router}
     )
-    pool_spec = ServingSpec.model_construct(
-        workload=workload,
-        scheduler=scheduler,
-        replicas=replicas,
-        targets=spec.targets,
-        engine=spec.engine,
-        disaggregation=None,
+    # the whole serving section but the pool's own parts (its engine, CUDA graphs and targets are the deployment's)
+    pool_spec = spec.model_copy(
+        update={"workload": workload, "scheduler": scheduler, "replicas": replicas, "disaggregation": None}
     )
     pool_scenario = base.model_copy(update={"serving": pool_spec})
     try:

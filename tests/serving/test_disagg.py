@@ -577,3 +577,18 @@ def test_a_disaggregated_run_counts_each_pools_launches():
     assert launches_line(doc) == (
         "iterations launched: prefill pool 3 eagerly; decode pool 9 replayed from CUDA graphs (0.0 % padding rows)"
     )
+
+
+def test_each_pool_runs_the_deployments_own_cuda_graphs():
+    # serving.cuda_graph reaches both pools' engine pricers (as serving.engine does): TensorRT-LLM 1.0 without
+    # padding replays only 1-32, 64, 128; with it a decode batch of 33 replays the graph of 64
+    base = ["serving.engine=trtllm-1.0"]
+    path = Path(__file__).resolve().parents[2] / "scenarios/mixtral_8x7b_8xh100_disagg.yaml"
+    from simulator.config import load_scenario
+
+    plain = disaggregated_inputs(load_scenario(path, base))
+    padded = disaggregated_inputs(load_scenario(path, [*base, "serving.cuda_graph.padding=true"]))
+    batch = (SeqWork(1, 100),) * 33
+    assert plain.decode.pricer.pricer.launch(batch).kind == "eager"  # type: ignore[attr-defined]
+    assert padded.decode.pricer.pricer.launch(batch) == ("graph", 33, 31)  # type: ignore[attr-defined]
+    assert padded.prefill.spec.cuda_graph == padded.decode.spec.cuda_graph == padded.scenario.serving.cuda_graph
