@@ -18,6 +18,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 
 #: Published (total, active) parameters and the figure's rounding step. Tolerance: 1 %, or half the
 #: rounding step of the published figure when that is coarser (OLMoE's "1.3B" cannot be checked to 1 %).
+#: Llama 3.1 405B: published as "405B" (its model card) and "406B" (the Hub's safetensors count), checked to 1e9.
 #: DeepSeek counts activated parameters without the input embedding (a gather, no FLOPs): moesim's
 #: count with it is 37.55B, without it 36.63B; "37B" fits the latter.
 PUBLISHED = {
@@ -28,6 +29,7 @@ PUBLISHED = {
     "olmoe-1b-7b": ((6.9e9, 0.1e9), (1.3e9, 0.1e9)),
     "llama-3-70b": ((70.6e9, 0.1e9), (70.6e9, 0.1e9)),
     "llama-3-8b": ((8.03e9, 0.01e9), (8.03e9, 0.01e9)),
+    "llama-3.1-405b": ((405.5e9, 1e9), (405.5e9, 1e9)),
 }
 
 

@@ -261,13 +261,25 @@ def _trtllm_bench_limits(nvml_gib: float, gpus: int, params: float, layers: int,
 def test_the_trtllm_1_0_cases_take_trtllm_bench_limits_and_graphs():
     cases = {c.id: case_scenario(c) for c in load_serving_cases(TRT10)}
     h100, h200 = 81559 / 1024, 143771 / 1024  # nvml totals, GiB
-    setups = {
+    setups = {  # the page's columns: GPU count and parallelism per model and GPU
         "L8-H100-TP1": (h100, 1, 8.03e9, 32),
         "L8-H200-TP1": (h200, 1, 8.03e9, 32),
         "L70-H100-TP2": (h100, 2, 70.6e9, 80),
         "L70-H200-TP1": (h200, 1, 70.6e9, 80),
+        "L405-H100-TP8": (h100, 8, 405.85e9, 126),
+        "L405-H200-TP8": (h200, 8, 405.85e9, 126),
     }
-    lengths = {(1000, 1000): 3000, (128, 2048): 3000, (2048, 128): 3000, (5000, 500): 1500, (20000, 2000): 1000}
+    lengths = {  # the page's request count for each length
+        (128, 2048): 3000,
+        (128, 4096): 1500,
+        (500, 2000): 3000,
+        (1000, 1000): 3000,
+        (1000, 2000): 1500,
+        (2048, 128): 3000,
+        (2048, 2048): 1500,
+        (5000, 500): 1500,
+        (20000, 2000): 1000,
+    }
     assert set(cases) == {f"TRT10-{k}-{i}-{o}" for k in setups for i, o in lengths}
     for case_id, s in cases.items():
         setup, isl, osl = case_id[len("TRT10-") :].rsplit("-", 2)
