@@ -39,6 +39,19 @@ TINY_MOE = {
 }
 
 
+# A small request stream for TINY_MOE (its `serving:` section): 40 requests of 8-64 prompt and 2-16 output tokens
+TINY_SERVING = {
+    "workload": {
+        "arrivals": {"kind": "poisson", "rate_per_s": 4.0},
+        "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
+        "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
+        "num_requests": 40,
+        "seed": 3,
+    },
+    "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
+    "targets": {"ttft_p99_s": 10.0},
+}
+
 # A DeepSeek-style variant: MLA, shared experts, a leading dense layer, a vocabulary
 DEEPSEEK_TINY = {
     **TINY_MOE["model"],

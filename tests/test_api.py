@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, TINY_MOE
+from conftest import ROOT, TINY_MOE, TINY_SERVING
 
 import simulator
 from simulator import api
@@ -174,22 +174,9 @@ def test_compare_refuses_an_unknown_objective():
         simulator.compare(TINY_MOE, objective="fastest")
 
 
-SERVING = {
-    "workload": {
-        "arrivals": {"kind": "poisson", "rate_per_s": 4.0},
-        "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
-        "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
-        "num_requests": 40,
-        "seed": 3,
-    },
-    "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
-    "targets": {"ttft_p99_s": 10.0},
-}
-
-
 def test_serve_through_the_api_equals_the_cli_summary(tmp_path):
     path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump({**TINY_MOE, "serving": SERVING}))
+    path.write_text(yaml.safe_dump({**TINY_MOE, "serving": TINY_SERVING}))
     out = tmp_path / "out"
     assert main(["serve", str(path), "--out", str(out)]) == 0
     cli = json.loads((out / "summary.json").read_text())

@@ -25,7 +25,7 @@ from simulator.sweep.search import (
     run_search,
     winner,
 )
-from tests.conftest import TINY_MOE, make_scenario
+from tests.conftest import TINY_MOE, TINY_SERVING, make_scenario
 
 TINY_SPACE = SearchSpace(
     gpu_counts=(1, 2),
@@ -316,18 +316,6 @@ def test_engine_filter_keeps_only_launchable_candidates(tmp_path):
     assert rows and all(not (int(r["ep"]) > 1 and int(r["etp"]) > 1) for r in rows)  # vLLM: EP or expert TP
     assert all(int(r["ep"]) * int(r["etp"]) in (int(r["tp"]), int(r["tp"]) * int(r["dp"])) for r in rows)
     assert "NOT EXPRESSIBLE" not in (out / "launch" / "vllm.sh").read_text()
-
-
-TINY_SERVING = {
-    "workload": {
-        "arrivals": {"kind": "poisson", "rate_per_s": 4.0},
-        "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
-        "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
-        "num_requests": 30,
-        "seed": 3,
-    },
-    "targets": {"ttft_p99_s": 10.0},
-}
 
 
 @pytest.mark.parametrize(
