@@ -298,3 +298,86 @@ def test_the_trtllm_1_0_cases_take_trtllm_bench_limits_and_graphs():
         assert f.attention == f.lm_head.compute == "bf16", case_id
     # by hand: 1,034.4 requests -> 256 x 5; 2,068.8 tokens -> 256 x 9 = 2,304 (above 1,000 + 1,280)
     assert _trtllm_bench_limits(h200, 1, 8.03e9, 32, 1000, 1000) == (1280, 2304)
+
+
+# ---------------------------------------------------------------- engine profiles' recorded checks
+
+
+def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
+    """EngineProfile.checked.rows = the measured figures of the cases that price with the profile (no simulation);
+    a profile that records none has no case naming it, except the SGLang ones (SGLEP runs as a static decode)."""
+    from simulator.config.engine import ENGINE_PROFILES_DIR, available_engines, load_engine_profile
+
+    root = ENGINE_PROFILES_DIR.parent
+    named: dict[tuple[str, str], int] = {}
+    for path in (CASES, TRT10):
+        for case in load_serving_cases(path):
+            serving = case_scenario(case).serving
+            if serving is not None and serving.engine is not None:
+                key = (str(path.relative_to(root)), serving.engine)
+                named[key] = named.get(key, 0) + len(case.measured)
+    recorded = {(c.cases, name): c.rows for name in available_engines() for c in load_engine_profile(name).checked}
+    assert (
+        recorded
+        == named
+        == {
+            ("validation/serving_cases.yaml", "trtllm"): 12,
+            ("validation/serving_cases.yaml", "vllm"): 3,
+            ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0"): 54,
+        }
+    )
+
+
+def test_the_engine_check_line_compares_a_run_with_what_the_profile_records():
+    from simulator.calibration.serving_validate import EngineCheck
+
+    recorded = {"rows": 3.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764}
+    same = EngineCheck("vllm", {"rows": 3.0, "median_abs_error": 0.64224, "max_abs_error": 1.77638}, recorded)
+    assert same.matches
+    assert same.line() == (
+        "engine profile vllm: 3 rows, median |error| 64.2 %, largest 177.6 %, as engine_profiles/vllm.yaml records"
+    )
+    moved = EngineCheck("vllm", {"rows": 3.0, "median_abs_error": 0.60, "max_abs_error": 1.7764}, recorded)
+    assert not moved.matches and moved.line().endswith("records 3 rows, 64.2 / 177.6 %: update its `checked`")
+    fewer = EngineCheck("vllm", {"rows": 2.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764}, recorded)
+    assert not fewer.matches
+    none = EngineCheck("sglang", {"rows": 1.0, "median_abs_error": 0.2, "max_abs_error": 0.2}, None)
+    assert none.line().endswith("engine_profiles/sglang.yaml records no check on this file")
+
+
+def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
+    from simulator.calibration.serving_validate import engine_checks
+
+    cases = [c for c in load_serving_cases(CASES) if c.id in ("TRT17-MIX-H100-TP1-1000-1000", "DST-VLLM-C16")]
+    outcomes = [
+        ServingOutcome("TRT17-MIX-H100-TP1-1000-1000", "output_tokens_per_s", 100.0, 110.0),
+        ServingOutcome("DST-VLLM-C16", "output_tokens_per_s", 100.0, 50.0),
+        ServingOutcome("DST-VLLM-C16", "ttft_mean_ms", 100.0, 120.0),
+    ]
+    checks = {c.engine: c for c in engine_checks(cases, outcomes, CASES)}
+    assert set(checks) == {"trtllm", "vllm"}
+    assert checks["trtllm"].measured == {
+        "median_abs_error": pytest.approx(0.1),
+        "max_abs_error": pytest.approx(0.1),
+        "rows": 1.0,
+    }
+    assert checks["vllm"].measured["median_abs_error"] == pytest.approx(0.35)  # median of 0.5 and 0.2
+    assert checks["vllm"].recorded is not None and not checks["vllm"].matches  # the file records 3 rows
+    elsewhere = engine_checks(cases, outcomes, tmp_path / "serving_cases.yaml")  # another file: nothing recorded
+    assert all(c.recorded is None for c in elsewhere)
+
+
+def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
+    from simulator.config.engine import CheckedSpec, load_engine_profile
+
+    assert load_engine_profile("trtllm-1.0").check_note() == (
+        "profile trtllm-1.0 checked against 54 published figures (validation/serving_cases_trtllm10.yaml): "
+        "median |error| 4.3 %, largest 16.2 %"
+    )
+    assert (
+        load_engine_profile("vllm-v1")
+        .check_note()
+        .startswith("profile vllm-v1 has not been checked against a published run of its engine")
+    )
+    with pytest.raises(ValueError, match="max_abs_error must be at least median_abs_error"):
+        CheckedSpec(cases="x.yaml", rows=1, median_abs_error=0.2, max_abs_error=0.1, source="s")

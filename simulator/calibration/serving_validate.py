@@ -239,6 +239,71 @@ def predict_serving(case: ServingCase, base_dir: Path | None = None) -> list[Ser
     return [ServingOutcome(case.id, m, v, prediction.figures[m]) for m, v in case.measured.items()]
 
 
+@dataclass(frozen=True)
+class EngineCheck:
+    """One engine profile's rows in a validation run against what the profile records for this case file
+    (EngineProfile.checked); recorded is None where it records none."""
+
+    engine: str
+    measured: dict[str, float]  # summarize_serving of the profile's rows in this run
+    recorded: dict[str, float] | None
+
+    @property
+    def matches(self) -> bool:
+        """The same rows and the same errors to the 0.05 % the profile states them to."""
+        r, m = self.recorded, self.measured
+        return (
+            r is not None
+            and r["rows"] == m["rows"]
+            and all(abs(r[k] - m[k]) <= 5e-4 for k in ("median_abs_error", "max_abs_error"))
+        )
+
+    def line(self) -> str:
+        m = self.measured
+        run = (
+            f"{int(m['rows'])} rows, median |error| {100 * m['median_abs_error']:.1f} %, largest "
+            f"{100 * m['max_abs_error']:.1f} %"
+        )
+        where = f"engine_profiles/{self.engine}.yaml"
+        if self.recorded is None:
+            return f"engine profile {self.engine}: {run}; {where} records no check on this file"
+        if self.matches:
+            return f"engine profile {self.engine}: {run}, as {where} records"
+        r = self.recorded
+        return (
+            f"engine profile {self.engine}: {run}; {where} records {int(r['rows'])} rows, "
+            f"{100 * r['median_abs_error']:.1f} / {100 * r['max_abs_error']:.1f} %: update its `checked`"
+        )
+
+
+def engine_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cases_path: Path) -> list[EngineCheck]:
+    """Per engine profile the cases price with (serving.engine), its rows' errors in this run and what the
+    profile records for `cases_path`."""
+    from simulator.config.engine import ENGINE_PROFILES_DIR, load_engine_profile
+
+    engine_of = {}
+    for case in cases:
+        if case.skip is None and case.scenario is not None:
+            serving = case_scenario(case).serving
+            if serving is not None and serving.engine is not None:
+                engine_of[case.id] = serving.engine
+    checks = []
+    for engine in sorted(set(engine_of.values())):
+        rows = [o for o in outcomes if engine_of.get(o.case) == engine]
+        if not rows:
+            continue
+        recorded = next(
+            (
+                c.model_dump()
+                for c in load_engine_profile(engine).checked
+                if (ENGINE_PROFILES_DIR.parent / c.cases).resolve() == Path(cases_path).resolve()
+            ),
+            None,
+        )
+        checks.append(EngineCheck(engine, summarize_serving(rows), recorded))
+    return checks
+
+
 def summarize_serving(outcomes: list[ServingOutcome]) -> dict[str, float]:
     """Median and largest |error| over the rows (NaN with no rows), and the row count."""
     errors = [abs(o.error) for o in outcomes]

@@ -12,6 +12,7 @@ from simulator.files import write_atomic
 from simulator.report.serving_summary import (
     LATENCY_TEXT,
     THROUGHPUT_ROWS,
+    engine_check_line,
     format_value,
     headline,
     launches_line,
@@ -122,6 +123,7 @@ def serving_index_html(directory: Path, summary: dict) -> str:
             f"<h1>moesim serve: {_e(summary['scenario'])}</h1>",
             f'<p class="lead">{_e(headline(summary))}.</p>',
             *([f'<p class="lead">{_e(calibration_line(summary))}</p>'] if calibration_line(summary) else []),
+            *([f"<p>{_e(engine_check_line(summary))}</p>"] if engine_check_line(summary) else []),
             *([f"<p>{_e(line)}.</p>"] if (line := launches_line(summary)) else []),
             f"<p>Files: {links}. Open serving_trace.json in ui.perfetto.dev.</p>",
             "<h2>Targets</h2>",

@@ -107,6 +107,8 @@ def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pr
                 "prefill": _launch_dict(d.prefill_launches),
                 "decode": _launch_dict(d.decode_launches),
             }
+    if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
+        launches["engine_check"] = spec.engine_profile().check_note()
     return {
         **launches,
         "scenario": name,
@@ -197,6 +199,12 @@ def scheduler_line(summary: dict) -> str | None:
     )
 
 
+def engine_check_line(summary: dict) -> str:
+    """One sentence on the engine profile's end-to-end check; empty without an engine."""
+    note = summary.get("engine_check")
+    return f"Engine: {note}." if note else ""
+
+
 def launches_line(summary: dict) -> str | None:
     """How the engine launched the run's iterations (every replica's batch; each pool's when disaggregated):
     'iterations launched: 9,512 replayed from CUDA graphs (2.1 % padding rows), 320 from piecewise graphs
@@ -276,6 +284,7 @@ def serving_markdown(summary: dict) -> str:
         *([f"{line}.", ""] if (line := scheduler_line(summary)) else []),
         *([f"{line}.", ""] if (line := launches_line(summary)) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
+        *([engine_check_line(summary), ""] if engine_check_line(summary) else []),
         "## Latency",
         "",
         "| metric | " + " | ".join(STATISTICS) + " |",
@@ -365,6 +374,8 @@ def print_serving(console: Console, summary: dict) -> None:
         console.print(escape(line))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")
+    if engine_check_line(summary):
+        console.print(escape(engine_check_line(summary)))
     lat = Table(title="Serving latency")
     lat.add_column("metric")
     for s in STATISTICS:

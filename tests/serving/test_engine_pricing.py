@@ -455,3 +455,22 @@ def test_a_bad_cuda_graph_section_is_one_line(overrides, message):
     with pytest.raises(ScenarioError, match=message) as err:
         load_scenario("scenarios/seed_moe_4gpu_serving.yaml", overrides)
     assert "\n" not in str(err.value)
+
+
+def test_every_serving_output_states_how_close_its_engine_profile_came_to_published_runs():
+    from simulator.report.serving_summary import engine_check_line, serving_markdown, serving_summary_dict
+    from simulator.serving.simulate import simulate_serving
+    from simulator.serving.stats import summarize
+    from tests.serving.conftest import make_spec
+
+    for engine, text in (
+        ("trtllm-1.0", "Engine: profile trtllm-1.0 checked against 54 published figures"),
+        ("sglang-0.5", "Engine: profile sglang-0.5 has not been checked against a published run of its engine"),
+    ):
+        spec = make_spec(engine=engine)
+        run = simulate_serving(spec, CachedPricer(EAGER))
+        doc = serving_summary_dict("t", run, summarize(run), "p")
+        assert engine_check_line(doc).startswith(text) and engine_check_line(doc) in serving_markdown(doc)
+    plain = make_spec()
+    run = simulate_serving(plain, CachedPricer(EAGER))
+    assert engine_check_line(serving_summary_dict("t", run, summarize(run), "p")) == ""  # no engine, no line
