@@ -301,14 +301,26 @@ def test_sglangs_retraction_order_is_noted_where_an_engine_preempts_the_newest()
     assert "Preemption:" not in vllm_script(newest) + trtllm_files(newest)["trtllm.sh"] + sglang_script(newest)
 
 
-def test_a_scenarios_own_cuda_graph_capture_is_noted_in_every_file():
+def test_a_scenarios_own_cuda_graph_capture_is_written_for_every_engine():
+    # vLLM 0.11: --compilation-config cudagraph_capture_sizes (it always pads: a note where the scenario does not);
+    # SGLang 0.5: --cuda-graph-bs and --disable-cuda-graph-padding; TensorRT-LLM 1.0: cuda_graph_config
     base = ["serving.engine=trtllm-1.0"]
     plain = launch_files(load_scenario(ROOT / "scenarios/seed_moe_4gpu_serving.yaml", base))
-    own = launch_files(
+    exact = launch_files(
         load_scenario(
             ROOT / "scenarios/seed_moe_4gpu_serving.yaml", [*base, "serving.cuda_graph={sizes: [8, 1], padding: false}"]
         )
     )
-    note = "# Note: moesim priced the scenario's own CUDA-graph capture (sizes 1, 8; exact sizes only, no padding)"
-    for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
-        assert note in own[name] and "CUDA-graph capture" not in plain[name]
+    padded = launch_files(
+        load_scenario(ROOT / "scenarios/seed_moe_4gpu_serving.yaml", [*base, "serving.cuda_graph.padding=true"])
+    )
+    assert "  --compilation-config '{\"cudagraph_capture_sizes\": [1, 8]}' \\" in exact["vllm.sh"]
+    assert "vLLM pads every batch up to the next captured size" in exact["vllm.sh"]
+    assert "--cuda-graph-bs 1 8 \\" in exact["sglang.sh"] and "--disable-cuda-graph-padding" in exact["sglang.sh"]
+    options = exact["trtllm_extra_llm_api_options.yaml"]
+    assert "cuda_graph_config:\n  batch_sizes: [1, 8]\n  enable_padding: false\n" in options
+    assert "cuda_graph_config:\n  enable_padding: true\n" in padded["trtllm_extra_llm_api_options.yaml"]
+    assert "compilation-config" not in padded["vllm.sh"] and "pads every batch" not in padded["vllm.sh"]
+    assert "cuda-graph" not in padded["sglang.sh"]
+    for name, text in plain.items():  # the engine's own capture: nothing written
+        assert "cuda_graph" not in text and "cuda-graph" not in text and "compilation-config" not in text, name

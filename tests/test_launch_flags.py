@@ -74,6 +74,14 @@ DEPLOYMENTS: dict[str, tuple[str, list[str]]] = {
         "scenarios/seed_moe_4gpu_serving.yaml",
         ["parallel.pp=1", "parallel.tp=4", "parallel.ep=4", "runtime.allreduce=nccl"],
     ),
+    "own_cuda_graphs_exact_sizes": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.engine=trtllm-1.0", "serving.cuda_graph={sizes: [1, 2, 4, 8], padding: false}"],
+    ),
+    "own_cuda_graphs_padded": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.engine=sglang-0.5", "serving.cuda_graph={sizes: [1, 8, 16], padding: true}"],
+    ),
     "disagg_1p1d_tp4": ("scenarios/mixtral_8x7b_8xh100_disagg.yaml", []),
     "disagg_2p1d_tp1_to_tp2": (
         "scenarios/seed_moe_4gpu_serving.yaml",
@@ -154,7 +162,7 @@ def script_uses(engine: str, script: str) -> Iterator[Use]:
             if FLAG.match(token):
                 if flag is not None:
                     yield Use(engine, command, "flags", flag, tuple(values))
-                    if flag == "--kv-transfer-config":
+                    if flag in ("--kv-transfer-config", "--compilation-config"):
                         for key, value in json.loads(values[0]).items():
                             yield Use(engine, f"json {flag}", "json", key, (value,))
                 flag, values = token, []

@@ -68,6 +68,8 @@ class Deployment:
     nccl_allreduce: bool = False  # runtime.allreduce nccl with tensor-parallel all-reduces: the custom one turned off
     moe_all_to_all_in_tp: bool = False  # priced with the all-to-all flow where the engines all-reduce (moe_dispatch)
     ep_allgather: bool = False  # the expert group's exchange priced as all-gather + reduce-scatter (ep_dispatch)
+    graph_sizes: tuple[int, ...] | None = None  # serving.cuda_graph.sizes: the deployment's own capture sizes
+    graph_padding: bool | None = None  # serving.cuda_graph.padding
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -108,6 +110,11 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "preempt": s.preempt,
             "schedule_conservativeness": s.schedule_conservativeness,
         }
+        if scenario.serving.cuda_graph is not None:
+            kv |= {
+                "graph_sizes": scenario.serving.cuda_graph.sizes,
+                "graph_padding": scenario.serving.cuda_graph.padding,
+            }
     else:
         w = scenario.workload
         policy, seqs, tokens, chunk = "static", w.batch_size // p.dp, None, None
@@ -156,10 +163,6 @@ def _pricing_note(engine: str, scenario: Scenario) -> list[str]:
     return [f"# moesim priced it {how}; `--set serving.engine={profile}` prices it as this version runs it."]
 
 
-def _padding_text(padding: bool | None) -> str:
-    return "" if padding is None else ("padded to the next size" if padding else "exact sizes only, no padding")
-
-
 def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
     lines = [
         "#!/usr/bin/env bash",
@@ -193,13 +196,6 @@ def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
         )
     if d.uneven_split:
         lines.append("# Note: the scenario's layer_split is not written; the engines split layers evenly by default.")
-    graphs = scenario.serving.cuda_graph if scenario.serving is not None else None
-    if graphs is not None:
-        own = [f"sizes {', '.join(map(str, graphs.sizes))}" if graphs.sizes else "", _padding_text(graphs.padding)]
-        lines.append(
-            f"# Note: moesim priced the scenario's own CUDA-graph capture ({'; '.join(t for t in own if t)}); not "
-            "written here: set it with the engine's capture-size option, or the engine captures its default sizes."
-        )
     if d.moe_all_to_all_in_tp:
         lines.append(
             "# Note: moesim priced this layout's MoE layers with its all-to-all flow (runtime.moe_dispatch all_to_all: "
@@ -219,15 +215,15 @@ def _refuse(lines: list[str], engine: str, why: str) -> str:
 
 
 def _command(argv: list[str]) -> list[str]:
-    """One command, one flag per line."""
+    """One command, one flag per line, with all its values (a list flag takes several)."""
     out, i = [argv[0]], 1
     while i < len(argv):
-        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            out.append(f"{argv[i]} {argv[i + 1]}")
-            i += 2
-        else:
-            out.append(argv[i])
-            i += 1
+        part, i = [argv[i]], i + 1
+        if part[0].startswith("-"):
+            while i < len(argv) and not argv[i].startswith("--"):
+                part.append(argv[i])
+                i += 1
+        out.append(" ".join(part))
     return [out[0] + " \\"] + [f"  {part} \\" for part in out[1:-1]] + [f"  {out[-1]}"]
 
 
@@ -330,6 +326,14 @@ def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
     if d.weight_dtype == "fp8" and d.dtype != "fp8":
         argv += ["--quantization", "fp8"]
     argv += ["--kv-cache-dtype", "fp8" if d.kv_cache_dtype == "fp8" else "auto"]
+    if d.graph_sizes is not None:
+        argv += ["--compilation-config", shlex.quote(json.dumps({"cudagraph_capture_sizes": list(d.graph_sizes)}))]
+    if d.graph_padding is False:
+        _note(
+            lines,
+            "# Note: the scenario replays CUDA graphs only for batches of exactly a captured size; vLLM pads every "
+            "batch up to the next captured size (no option turns that off).",
+        )
     if d.max_num_seqs is not None:
         argv += ["--max-num-seqs", str(d.max_num_seqs)]
     if d.max_num_batched_tokens is not None:
@@ -571,6 +575,10 @@ def _sglang_limits(d: Deployment, mode: str, lines: list[str], disaggregated: bo
         argv += ["--quantization", "fp8"]
     if d.kv_cache_dtype == "fp8":
         argv += ["--kv-cache-dtype", "fp8_e4m3"]
+    if d.graph_sizes is not None:
+        argv += ["--cuda-graph-bs", *map(str, d.graph_sizes)]
+    if d.graph_padding is False:
+        argv.append("--disable-cuda-graph-padding")
     if d.max_num_seqs is not None:
         # With --enable-dp-attention the limit covers the dp ranks together (each rank takes its share).
         argv += ["--max-running-requests", str(d.max_num_seqs * (d.dp if mode == "dp_attention" else 1))]
@@ -635,6 +643,11 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
         kv_options.append(f"  free_gpu_memory_fraction: {share:g}")
     if kv_options:
         options += ["kv_cache_config:", *kv_options]
+    graph_options = [f"  batch_sizes: [{', '.join(map(str, d.graph_sizes))}]"] if d.graph_sizes is not None else []
+    if d.graph_padding is not None:
+        graph_options.append(f"  enable_padding: {'true' if d.graph_padding else 'false'}")
+    if graph_options:
+        options += ["cuda_graph_config:", *graph_options]
     if d.admission is not None:
         policy = "GUARANTEED_NO_EVICT" if d.admission == "reserve" else "MAX_UTILIZATION"
         options += ["scheduler_config:", f"  capacity_scheduler_policy: {policy}"]
