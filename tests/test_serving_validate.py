@@ -239,11 +239,14 @@ def test_a_decode_phase_is_the_batch_over_the_steady_decode_step():
 TRT10 = ROOT / "validation" / "serving_cases_trtllm10.yaml"
 
 
-def _trtllm_bench_limits(nvml_gib: float, gpus: int, params: float, layers: int, isl: int, osl: int) -> tuple:
+def _trtllm_bench_limits(
+    nvml_gib: float, gpus: int, params: float, layers: int, isl: int, osl: int, weight_bytes: float = 1.0
+) -> tuple:
     """trtllm-bench 1.0's heuristic as the case file's header states it (tuning.py calc_engine_setting and
-    finetune_setting with fp8 weights and an fp8 KV cache of 8 heads x 128, 0.95; general.py get_settings)."""
+    finetune_setting with fp8 (1 byte) or NVFP4 (0.5) weights and an fp8 KV cache of 8 heads x 128, 0.95;
+    general.py get_settings)."""
     gib_per_token = 2 * layers * 8 * 128 * 1 / 2**30
-    requests = min((nvml_gib * gpus - params / 2**30) * 0.95 / (gib_per_token * (isl + osl)), 4096)
+    requests = min((nvml_gib * gpus - params * weight_bytes / 2**30) * 0.95 / (gib_per_token * (isl + osl)), 4096)
     raw_token = min(requests * (1 + isl / osl), 32768)
     if requests < 256:
         bs = max(64, 32 * math.ceil(requests / 32))
@@ -381,3 +384,22 @@ def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
     )
     with pytest.raises(ValueError, match="max_abs_error must be at least median_abs_error"):
         CheckedSpec(cases="x.yaml", rows=1, median_abs_error=0.2, max_abs_error=0.1, source="s")
+
+
+def test_the_b200_cases_take_trtllm_bench_limits_for_nvfp4_weights():
+    cases = {
+        c.id: case_scenario(c) for c in load_serving_cases(ROOT / "validation" / "serving_cases_trtllm10_b200.yaml")
+    }
+    setups = {"L70-B200-TP1": (1, 70.6e9, 80), "L405-B200-TP4": (4, 405.85e9, 126)}
+    lengths = [(128, 2048), (128, 4096), (500, 2000), (1000, 1000), (1000, 2000), (2048, 128), (2048, 2048)]
+    lengths += [(5000, 500), (20000, 2000)]
+    assert set(cases) == {f"TRT10-{k}-{i}-{o}" for k in setups for i, o in lengths}
+    for case_id, s in cases.items():
+        setup, isl, osl = case_id[len("TRT10-") :].rsplit("-", 2)
+        gpus, params, layers = setups[setup]
+        limits = _trtllm_bench_limits(179.0, gpus, params, layers, int(isl), int(osl), weight_bytes=0.5)
+        assert (s.serving.scheduler.max_num_seqs, s.serving.scheduler.max_num_batched_tokens) == limits, case_id
+        f = s.model.formats
+        assert (f.dense_gemm.storage, f.dense_gemm.compute, f.kv_cache) == ("nvfp4", "nvfp4", "fp8"), case_id
+        assert s.hardware.profile == "b200-sxm-180gb" and s.num_gpus == gpus and s.serving.engine == "trtllm-1.0"
+    assert _trtllm_bench_limits(179.0, 4, 405.85e9, 126, 1000, 1000, weight_bytes=0.5) == (1280, 2304)
