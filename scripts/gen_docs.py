@@ -236,6 +236,7 @@ PROFILE_SECTIONS = (
     ("LinkSpec", "intra_node"),
     ("Calibration", "calibration"),
     ("FigureSource", "figure_sources.<figure>"),
+    ("CheckedSpec", "checked[]"),
 )
 
 

@@ -332,24 +332,26 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
 
 
 def test_the_engine_check_line_compares_a_run_with_what_the_profile_records():
-    from simulator.calibration.serving_validate import EngineCheck
+    from simulator.calibration.serving_validate import ProfileCheck
 
     recorded = {"rows": 3.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764}
-    same = EngineCheck("vllm", {"rows": 3.0, "median_abs_error": 0.64224, "max_abs_error": 1.77638}, recorded)
+    same = ProfileCheck(
+        "engine", "vllm", {"rows": 3.0, "median_abs_error": 0.64224, "max_abs_error": 1.77638}, recorded
+    )
     assert same.matches
     assert same.line() == (
         "engine profile vllm: 3 rows, median |error| 64.2 %, largest 177.6 %, as engine_profiles/vllm.yaml records"
     )
-    moved = EngineCheck("vllm", {"rows": 3.0, "median_abs_error": 0.60, "max_abs_error": 1.7764}, recorded)
+    moved = ProfileCheck("engine", "vllm", {"rows": 3.0, "median_abs_error": 0.60, "max_abs_error": 1.7764}, recorded)
     assert not moved.matches and moved.line().endswith("records 3 rows, 64.2 / 177.6 %: update its `checked`")
-    fewer = EngineCheck("vllm", {"rows": 2.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764}, recorded)
+    fewer = ProfileCheck("engine", "vllm", {"rows": 2.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764}, recorded)
     assert not fewer.matches
-    none = EngineCheck("sglang", {"rows": 1.0, "median_abs_error": 0.2, "max_abs_error": 0.2}, None)
+    none = ProfileCheck("engine", "sglang", {"rows": 1.0, "median_abs_error": 0.2, "max_abs_error": 0.2}, None)
     assert none.line().endswith("engine_profiles/sglang.yaml records no check on this file")
 
 
 def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
-    from simulator.calibration.serving_validate import engine_checks
+    from simulator.calibration.serving_validate import profile_checks
 
     cases = [c for c in load_serving_cases(CASES) if c.id in ("TRT17-MIX-H100-TP1-1000-1000", "DST-VLLM-C16")]
     outcomes = [
@@ -357,7 +359,7 @@ def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
         ServingOutcome("DST-VLLM-C16", "output_tokens_per_s", 100.0, 50.0),
         ServingOutcome("DST-VLLM-C16", "ttft_mean_ms", 100.0, 120.0),
     ]
-    checks = {c.engine: c for c in engine_checks(cases, outcomes, CASES)}
+    checks = {c.name: c for c in profile_checks(cases, outcomes, CASES)}
     assert set(checks) == {"trtllm", "vllm"}
     assert checks["trtllm"].measured == {
         "median_abs_error": pytest.approx(0.1),
@@ -366,7 +368,7 @@ def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
     }
     assert checks["vllm"].measured["median_abs_error"] == pytest.approx(0.35)  # median of 0.5 and 0.2
     assert checks["vllm"].recorded is not None and not checks["vllm"].matches  # the file records 3 rows
-    elsewhere = engine_checks(cases, outcomes, tmp_path / "serving_cases.yaml")  # another file: nothing recorded
+    elsewhere = profile_checks(cases, outcomes, tmp_path / "serving_cases.yaml")  # another file: nothing recorded
     assert all(c.recorded is None for c in elsewhere)
 
 
@@ -403,3 +405,23 @@ def test_the_b200_cases_take_trtllm_bench_limits_for_nvfp4_weights():
         assert (f.dense_gemm.storage, f.dense_gemm.compute, f.kv_cache) == ("nvfp4", "nvfp4", "fp8"), case_id
         assert s.hardware.profile == "b200-sxm-180gb" and s.num_gpus == gpus and s.serving.engine == "trtllm-1.0"
     assert _trtllm_bench_limits(179.0, 4, 405.85e9, 126, 1000, 1000, weight_bytes=0.5) == (1280, 2304)
+
+
+def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note():
+    """HardwareProfile.checked as for engines: the B200's NVFP4 cases (18 rows); every output's calibration note
+    on the profile states it (config.hardware.calibration_note)."""
+    from simulator.config.hardware import available_profiles, calibration_note, load_profile
+
+    path = ROOT / "validation" / "serving_cases_trtllm10_b200.yaml"
+    rows: dict[str, int] = {}
+    for case in load_serving_cases(path):
+        profile = case_scenario(case).hardware.profile
+        rows[profile] = rows.get(profile, 0) + len(case.measured)
+    recorded = {(c.cases, name): c.rows for name in available_profiles() for c in load_profile(name).checked}
+    assert recorded == {("validation/serving_cases_trtllm10_b200.yaml", "b200-sxm-180gb"): rows["b200-sxm-180gb"]}
+    note = calibration_note(load_profile("b200-sxm-180gb"))
+    assert note is not None and note.endswith(
+        "; checked on it end to end against 18 published figures (validation/serving_cases_trtllm10_b200.yaml): "
+        "median |error| 33.9 %, largest 58.8 %"
+    )
+    assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")

@@ -419,7 +419,9 @@ def write_profile(
     """The base profile with the calibration tables and measured constants, written as YAML."""
     base_profile = load_profile(base)
     raw = base_profile.model_dump(
-        exclude={"calibration", "figure_sources"}, exclude_none=True
+        # a refit's checks are its own: the base's end-to-end checks (`checked`) do not carry over
+        exclude={"calibration", "figure_sources", "checked"},
+        exclude_none=True,
     )  # absent peaks and an unset price stay absent
     raw["name"] = name or out.stem
     same_gpu = Path(base).resolve() == Path(measured_on).resolve() or base == measured_on

@@ -240,11 +240,12 @@ def predict_serving(case: ServingCase, base_dir: Path | None = None) -> list[Ser
 
 
 @dataclass(frozen=True)
-class EngineCheck:
-    """One engine profile's rows in a validation run against what the profile records for this case file
-    (EngineProfile.checked); recorded is None where it records none."""
+class ProfileCheck:
+    """One profile's rows in a validation run (an engine profile, or a hardware profile that records checks)
+    against what the profile records for this case file (its `checked`); recorded is None where it records none."""
 
-    engine: str
+    kind: Literal["engine", "hardware"]
+    name: str
     measured: dict[str, float]  # summarize_serving of the profile's rows in this run
     recorded: dict[str, float] | None
 
@@ -264,43 +265,49 @@ class EngineCheck:
             f"{int(m['rows'])} rows, median |error| {100 * m['median_abs_error']:.1f} %, largest "
             f"{100 * m['max_abs_error']:.1f} %"
         )
-        where = f"engine_profiles/{self.engine}.yaml"
+        where = f"{self.kind}_profiles/{self.name}.yaml"
+        head = f"{self.kind} profile {self.name}"
         if self.recorded is None:
-            return f"engine profile {self.engine}: {run}; {where} records no check on this file"
+            return f"{head}: {run}; {where} records no check on this file"
         if self.matches:
-            return f"engine profile {self.engine}: {run}, as {where} records"
+            return f"{head}: {run}, as {where} records"
         r = self.recorded
         return (
-            f"engine profile {self.engine}: {run}; {where} records {int(r['rows'])} rows, "
+            f"{head}: {run}; {where} records {int(r['rows'])} rows, "
             f"{100 * r['median_abs_error']:.1f} / {100 * r['max_abs_error']:.1f} %: update its `checked`"
         )
 
 
-def engine_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cases_path: Path) -> list[EngineCheck]:
-    """Per engine profile the cases price with (serving.engine), its rows' errors in this run and what the
-    profile records for `cases_path`."""
+def profile_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cases_path: Path) -> list[ProfileCheck]:
+    """Per engine profile the cases price with (serving.engine), and per hardware profile that records checks,
+    its rows' errors in this run against what the profile records for `cases_path`."""
     from simulator.config.engine import ENGINE_PROFILES_DIR, load_engine_profile
+    from simulator.config.hardware import load_profile
 
-    engine_of = {}
+    root = ENGINE_PROFILES_DIR.parent
+    engine_of, hardware_of = {}, {}
     for case in cases:
         if case.skip is None and case.scenario is not None:
-            serving = case_scenario(case).serving
-            if serving is not None and serving.engine is not None:
-                engine_of[case.id] = serving.engine
+            scenario = case_scenario(case)
+            hardware_of[case.id] = scenario.hardware.profile
+            if scenario.serving is not None and scenario.serving.engine is not None:
+                engine_of[case.id] = scenario.serving.engine
     checks = []
-    for engine in sorted(set(engine_of.values())):
-        rows = [o for o in outcomes if engine_of.get(o.case) == engine]
-        if not rows:
-            continue
-        recorded = next(
-            (
-                c.model_dump()
-                for c in load_engine_profile(engine).checked
-                if (ENGINE_PROFILES_DIR.parent / c.cases).resolve() == Path(cases_path).resolve()
-            ),
-            None,
-        )
-        checks.append(EngineCheck(engine, summarize_serving(rows), recorded))
+    kinds: tuple[tuple[Literal["engine", "hardware"], dict[str, str], Any], ...] = (
+        ("engine", engine_of, load_engine_profile),
+        ("hardware", hardware_of, load_profile),
+    )
+    for kind, of, load in kinds:
+        for name in sorted(set(of.values())):
+            rows = [o for o in outcomes if of.get(o.case) == name]
+            recorded_checks = load(name).checked
+            if not rows or (kind == "hardware" and not recorded_checks):
+                continue
+            recorded = next(
+                (c.model_dump() for c in recorded_checks if (root / c.cases).resolve() == Path(cases_path).resolve()),
+                None,
+            )
+            checks.append(ProfileCheck(kind, name, summarize_serving(rows), recorded))
     return checks
 
 

@@ -78,9 +78,9 @@ def serving_command(args, console) -> int:
     """Predict every serving case (skipped ones listed with their reason) and print the per-case table."""
     from simulator.calibration.serving_validate import (
         Skipped,
-        engine_checks,
         load_serving_cases,
         predict_serving,
+        profile_checks,
         summarize_serving,
     )
 
@@ -105,7 +105,7 @@ def serving_command(args, console) -> int:
             f"median |error| {100 * s['median_abs_error']:.1f}%, max |error| {100 * s['max_abs_error']:.1f}% "
             f"over {int(s['rows'])} rows of {len(cases) - len(skipped)} cases ({elapsed_s:.1f} s)"
         )
-    for check in engine_checks(cases, outcomes, args.cases):
+    for check in profile_checks(cases, outcomes, args.cases):
         console.print(check.line(), markup=False)
     for sk in skipped:
         console.print(f"skipped {sk.case}: {sk.reason}", markup=False)

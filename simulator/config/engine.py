@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from simulator.config.checked import CheckedSpec
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.files import read_yaml
 
@@ -387,24 +388,6 @@ class SchedulerDefaultsSpec(StrictModel):
         return out
 
 
-class CheckedSpec(StrictModel):
-    """How the profile's predictions compared with published runs of the engine, as `moesim validate CASES`
-    last reported them for the cases that name this profile (rows: the measured figures; errors |predicted /
-    measured - 1|). `moesim validate` says whether a run still gives these figures."""
-
-    cases: str = Field(min_length=1, description="the case file, relative to the repository")
-    rows: int = Field(ge=1)
-    median_abs_error: float = Field(ge=0)
-    max_abs_error: float = Field(ge=0)
-    source: str = Field(min_length=1, description="when and where the figures were measured")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> CheckedSpec:
-        if self.max_abs_error < self.median_abs_error:
-            raise ValueError("checked: max_abs_error must be at least median_abs_error")
-        return self
-
-
 class EngineProfile(StrictModel):
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
@@ -424,12 +407,7 @@ class EngineProfile(StrictModel):
                 f"profile {self.name} has not been checked against a published run of its engine: its "
                 "end-to-end error is unknown (docs/serving-validation.md has the profiles that were)"
             )
-        parts = [
-            f"{c.rows} published figures ({c.cases}): median |error| {100 * c.median_abs_error:.1f} %, largest "
-            f"{100 * c.max_abs_error:.1f} %"
-            for c in self.checked
-        ]
-        return f"profile {self.name} checked against {'; '.join(parts)}"
+        return f"profile {self.name} checked against {'; '.join(c.text() for c in self.checked)}"
 
 
 class CudaGraphOverride(StrictModel):

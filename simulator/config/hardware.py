@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from simulator.config.checked import CheckedSpec
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.config.precision import FORMATS, PEAK_FALLBACK
 from simulator.files import read_yaml
@@ -335,6 +336,10 @@ class HardwareProfile(StrictModel):
         description="per figure of the profile, where it comes from (measured, transferred, datasheet with its "
         "URL and assumed efficiency, assumed, unknown); shipped profiles source every figure",
     )
+    checked: tuple[CheckedSpec, ...] = Field(
+        default=(),
+        description="published runs the profile was checked on end to end (`moesim validate`); empty: none",
+    )
     price_per_gpu_hour_usd: float | None = Field(
         default=None,
         gt=0.0,
@@ -436,18 +441,21 @@ def calibration_note(profile: HardwareProfile) -> str | None:
     status = profile.calibration_status
     if status == "calibrated":
         return None
+    checked = (
+        f"; checked on it end to end against {'; '.join(c.text() for c in profile.checked)}" if profile.checked else ""
+    )
     if status == "transferred":
         return (
             f"hardware {profile.name} is calibrated by transfer: its tables were measured on another GPU of the "
             "same silicon (figure_sources says which), not on it; expect the calibrated error plus what differs "
-            "between the two (memory, clocks), which no measurement here bounds"
+            f"between the two (memory, clocks), which no measurement here bounds{checked}"
         )
     return (
         f"hardware {profile.name} is uncalibrated (datasheet peaks x assumed efficiencies): expect errors of "
         f"about {100 * UNCALIBRATED_KERNEL_P90_ERROR:.0f}% per kernel (90th percentile; median "
         f"{100 * UNCALIBRATED_KERNEL_MEDIAN_ERROR:.1f}%) and {100 * UNCALIBRATED_E2E_MEDIAN_ERROR:.0f}% end to end "
         f"(median; up to {100 * UNCALIBRATED_E2E_MAX_ERROR:.0f}%), as this model shows on the measured H200, "
-        "more where the assumed efficiencies do not hold (docs/calibration-status.md)"
+        f"more where the assumed efficiencies do not hold (docs/calibration-status.md){checked}"
     )
 
 

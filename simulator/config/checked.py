@@ -1,0 +1,32 @@
+"""Configuration stage: a profile's end-to-end check, how its predictions compared with published runs as
+`moesim validate CASES` last reported them (engine profiles and hardware profiles record them alike)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from simulator.config.errors import StrictModel
+
+
+class CheckedSpec(StrictModel):
+    """The rows of a case file that a profile priced (the measured figures; errors |predicted / measured - 1|),
+    as `moesim validate` last reported them. `moesim validate` says whether a run still gives these figures."""
+
+    cases: str = Field(min_length=1, description="the case file, relative to the repository")
+    rows: int = Field(ge=1, description="the measured figures of its cases that the profile priced")
+    median_abs_error: float = Field(ge=0, description="median |predicted / measured - 1| over those rows")
+    max_abs_error: float = Field(ge=0, description="the largest |predicted / measured - 1| over those rows")
+    source: str = Field(min_length=1, description="when and where the figures were measured")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CheckedSpec:
+        if self.max_abs_error < self.median_abs_error:
+            raise ValueError("checked: max_abs_error must be at least median_abs_error")
+        return self
+
+    def text(self) -> str:
+        """'54 published figures (FILE): median |error| 4.3 %, largest 16.2 %'."""
+        return (
+            f"{self.rows} published figures ({self.cases}): median |error| {100 * self.median_abs_error:.1f} %, "
+            f"largest {100 * self.max_abs_error:.1f} %"
+        )
