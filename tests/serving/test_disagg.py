@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import simpy
 import yaml
-from conftest import TINY_MOE
+from conftest import TINY_MOE, TINY_SERVING
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -285,10 +285,10 @@ def test_max_rate_search_runs_on_a_disaggregated_deployment():
 # ---------------------------------------------------------------- scenarios
 
 DISAGG = {
+    **TINY_SERVING,
     "workload": {
+        **{k: v for k, v in TINY_SERVING["workload"].items() if k != "seed"},
         "arrivals": {"kind": "poisson", "rate_per_s": 20.0},
-        "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
-        "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
         "num_requests": 60,
         "warmup_requests": 5,
     },

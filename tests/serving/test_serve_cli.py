@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_MOE
+from conftest import TINY_MOE, TINY_SERVING
 
 from simulator.cli import main
 from simulator.config import resolve_hardware
@@ -20,17 +20,11 @@ from simulator.serving.pricing import LinearPricer
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import LATENCY_METRICS, STATISTICS, summarize
 
+# the tiny request stream, 120 requests with 5 warming up, and a TPOT target beside the TTFT one
 SERVING = {
-    "workload": {
-        "arrivals": {"kind": "poisson", "rate_per_s": 4.0},
-        "input_len": {"kind": "uniform", "min_tokens": 8, "max_tokens": 64},
-        "output_len": {"kind": "uniform", "min_tokens": 2, "max_tokens": 16},
-        "num_requests": 120,
-        "warmup_requests": 5,
-        "seed": 3,
-    },
-    "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
-    "targets": {"ttft_p99_s": 10.0, "tpot_p99_s": 1.0},
+    **TINY_SERVING,
+    "workload": {**TINY_SERVING["workload"], "num_requests": 120, "warmup_requests": 5},
+    "targets": {**TINY_SERVING["targets"], "tpot_p99_s": 1.0},
 }
 FILES = (
     "requests.csv",
