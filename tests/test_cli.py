@@ -144,8 +144,20 @@ def test_dag_command_prints_checks_and_audit(tmp_path, capsys):
     assert (out / "dag.json").is_file() and (out / "dag.dot").is_file()
 
 
-def test_profiles_lists_bundled_profiles(capsys):
+def test_profiles_lists_bundled_profiles(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # one line per row: the cells are checked whole
     assert main(["profiles"]) == 0
     out = capsys.readouterr().out
-    for name in ("generic-64gb", "h100-sxm-80gb", "h200-sxm-141gb", "a100-sxm-80gb"):
+    for name in ("generic-64gb", "h100-sxm-80gb", "h200-sxm-141gb", "a100-sxm-80gb", "trtllm-1.0", "sglang-0.5"):
         assert name in out
+    assert "Engine profiles" in out and "18 figures: 33.9 % median, 58.8 % max" in out  # the B200's check
+
+
+def test_a_checked_cell_lists_every_recorded_check():
+    from simulator.commands.profiles import checked_cell
+    from simulator.config.checked import CheckedSpec
+
+    a = CheckedSpec(cases="a.yaml", rows=12, median_abs_error=0.3441, max_abs_error=0.8392, source="s")
+    b = CheckedSpec(cases="b.yaml", rows=3, median_abs_error=0.05, max_abs_error=0.1, source="s")
+    assert checked_cell((a, b)) == "12 figures: 34.4 % median, 83.9 % max; 3 figures: 5.0 % median, 10.0 % max"
+    assert checked_cell(()) == "-"
