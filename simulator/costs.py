@@ -342,16 +342,19 @@ def compute_op_s(
     tensor_core: bool,
     launches: int,
     eager: bool,
+    gemm: bool = False,
 ) -> tuple[float, str]:
     """Time of one compute op on one GPU and its bound.
 
     GPU time = roofline at the profile's efficiencies + kernel_overhead_s per launch; a tensor-core
     op runs at the peak of its compute format `dtype` (hw.peak_for: the next format the GPU has
-    where it lacks that one). Eager
+    where it lacks that one), a GEMM at the profile's GEMM efficiency for that format where it has one
+    (hw.gemm_efficiency_for: public GEMM micro-benchmarks), else compute_efficiency. Eager
     execution: the host issues kernels one at a time, so a kernel cannot take less than
     host_launch_s (the GPU would wait for the next launch). A fused sub-op (launches = 0) adds none.
     """
-    peak = (hw.peak_for(dtype) if tensor_core else hw.vector_flops_per_s) * hw.compute_efficiency
+    efficiency = hw.gemm_efficiency_for(dtype) if gemm and tensor_core else hw.compute_efficiency
+    peak = (hw.peak_for(dtype) if tensor_core else hw.vector_flops_per_s) * efficiency
     gpu_s, bound = roofline_s(flops, bytes_moved, peak, hw.hbm_bytes_per_s * hw.memory_efficiency)
     if launches == 0:
         return gpu_s, ("fused" if gpu_s == 0.0 else bound)

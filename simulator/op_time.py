@@ -58,6 +58,7 @@ def node_time_s(
         attrs["tensor_core"],
         attrs["launches"],
         eager,
+        gemm="gemm" in attrs,
     )
 
 

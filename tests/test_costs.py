@@ -12,6 +12,7 @@ from simulator import costs
 from simulator.calibration import allreduce as ar_check
 from simulator.calibration.alltoall import load_points, predicted_s
 from simulator.config.hardware import LinkSpec
+from tests.conftest import ROOT
 
 LINK = LinkSpec(bytes_per_s=100e9, latency_s=2e-6, efficiency=0.5)  # 50 GB/s effective
 
@@ -120,6 +121,40 @@ def test_compute_op_eager_floor_and_overhead(h100):
     assert graph == pytest.approx(h100.kernel_overhead_s, rel=1e-3)
     fused, bound = costs.compute_op_s(0.0, 0.0, h100, "fp16", False, 0, eager=True)
     assert (fused, bound) == (0.0, "fused")
+
+
+def test_a_gemm_runs_at_its_formats_gemm_efficiency_where_the_profile_has_one():
+    """B200 (uncalibrated): 1 PFLOP of NVFP4 GEMM at 0.4125 x 9 PFLOP/s; bf16 at 0.6056 x 2.25 (fp16 takes bf16's);
+    attention (not a GEMM) keeps compute_efficiency 0.72; a profile without gemm_efficiency, compute_efficiency."""
+    from simulator.config.hardware import load_profile
+
+    b200 = load_profile("b200-sxm-180gb")
+    fp4, _ = costs.compute_op_s(1e15, 0.0, b200, "nvfp4", True, 1, eager=False, gemm=True)
+    assert fp4 == pytest.approx(1e15 / (9.0e15 * 0.4125) + 2e-6)
+    for fmt in ("bf16", "fp16"):
+        t, _ = costs.compute_op_s(1e15, 0.0, b200, fmt, True, 1, eager=False, gemm=True)
+        assert t == pytest.approx(1e15 / (2.25e15 * 0.6056) + 2e-6)
+    attention, _ = costs.compute_op_s(1e15, 0.0, b200, "bf16", True, 1, eager=False)
+    assert attention == pytest.approx(1e15 / (2.25e15 * 0.72) + 2e-6)
+    a100 = load_profile("a100-sxm-80gb")
+    assert a100.gemm_efficiency == {} and a100.gemm_efficiency_for("bf16") == a100.compute_efficiency
+
+
+def test_the_b200_gemm_efficiencies_are_the_public_micro_benchmarks_medians():
+    """gemm_efficiency = median achieved / dense peak over public_b200_gemm.yaml's points of >= 2,048 rows."""
+    import yaml
+
+    from simulator.config.hardware import load_profile
+
+    data = yaml.safe_load((ROOT / "hardware_profiles/measurements/public_b200_gemm.yaml").read_text())
+    b200 = load_profile("b200-sxm-180gb")
+    peak = {"bf16": 2.25e15, "fp8": 4.5e15, "fp4": 9.0e15}
+    field = {"bf16": "bf16", "fp8": "fp8", "nvfp4": "fp4"}
+    for fmt, key in field.items():
+        tflops = [p["tflops"] for p in data["points"] if p["format"] == fmt and p["m"] >= 2048]
+        assert tflops and all(data["sources"][p["source"]] for p in data["points"])
+        assert b200.gemm_efficiency[key] == pytest.approx(statistics.median(tflops) * 1e12 / peak[key], abs=5e-5)
+        assert getattr(b200.peak_flops_per_s, key) == peak[key]
 
 
 # ---------------------------------------------------------------------------------------------

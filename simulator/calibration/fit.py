@@ -420,7 +420,8 @@ def write_profile(
     base_profile = load_profile(base)
     raw = base_profile.model_dump(
         # a refit's checks are its own: the base's end-to-end checks (`checked`) do not carry over
-        exclude={"calibration", "figure_sources", "checked"},
+        # nor do its GEMM efficiencies from public micro-benchmarks (the fitted tables price GEMMs)
+        exclude={"calibration", "figure_sources", "checked", "gemm_efficiency"},
         exclude_none=True,
     )  # absent peaks and an unset price stay absent
     raw["name"] = name or out.stem

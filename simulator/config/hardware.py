@@ -10,7 +10,7 @@ import bisect
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -237,6 +237,9 @@ PROFILE_FIGURES = (
     "vector_flops_per_s",
     "hbm_bytes_per_s",
     "compute_efficiency",
+    "gemm_efficiency.bf16",
+    "gemm_efficiency.fp8",
+    "gemm_efficiency.fp4",
     "memory_efficiency",
     "kernel_overhead_s",
     "host_launch_s",
@@ -251,7 +254,15 @@ PROFILE_FIGURES = (
 )
 #: Peaks of formats a GPU may have no tensor cores for (left out of the profile then), and the device total the
 #: driver reports, where no source gives it (memory_bytes stands in: HardwareProfile.engine_memory_bytes).
-OPTIONAL_FIGURES = ("peak_flops_per_s.fp8", "peak_flops_per_s.int8", "peak_flops_per_s.fp4", "device_memory_bytes")
+OPTIONAL_FIGURES = (
+    "peak_flops_per_s.fp8",
+    "peak_flops_per_s.int8",
+    "peak_flops_per_s.fp4",
+    "device_memory_bytes",
+    "gemm_efficiency.bf16",
+    "gemm_efficiency.fp8",
+    "gemm_efficiency.fp4",
+)
 #: The figures that make a profile calibrated when measured: the efficiencies and the host's dispatch.
 EFFICIENCY_FIGURES = ("compute_efficiency", "memory_efficiency", "host_launch_s")
 
@@ -316,6 +327,12 @@ class HardwareProfile(StrictModel):
     hbm_bytes_per_s: float = Field(ge=MIN_BYTES_PER_S, le=MAX_BYTES_PER_S, description="peak memory bandwidth")
     compute_efficiency: float = Field(
         gt=0.0, le=1.0, description="achieved / peak FLOP/s of the roofline (without calibration tables)"
+    )
+    gemm_efficiency: dict[Literal["bf16", "fp8", "fp4"], Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default={},
+        description="achieved / peak FLOP/s of compute-bound GEMMs computing in a format, from public GEMM "
+        "micro-benchmarks of this GPU (without calibration tables; fp16 GEMMs take bf16's); a format not given: "
+        "compute_efficiency",
     )
     memory_efficiency: float = Field(
         gt=0.0, le=1.0, description="achieved / peak memory bandwidth of the roofline (without calibration tables)"
@@ -389,6 +406,15 @@ class HardwareProfile(StrictModel):
             return gemm_fraction(cal.grouped_gemm, (experts, k, n), rows, *roofline)
         return gemm_fraction(cal.gemm, (k, n), rows, *roofline)
 
+    def gemm_efficiency_for(self, fmt: str) -> float:
+        """The roofline fraction a GEMM computing in `fmt` reaches without calibration tables: the profile's
+        gemm_efficiency for the peak it runs at (fp16 takes bf16's), else compute_efficiency."""
+        field = self.peak_used(fmt)
+        for key, value in self.gemm_efficiency.items():
+            if key == field or (key == "bf16" and field == "fp16"):
+                return value
+        return self.compute_efficiency
+
     def has_peak(self, fmt: str) -> bool:
         """Whether the profile has tensor cores that compute in `fmt`."""
         field = FORMATS[fmt].peak_field
@@ -424,6 +450,8 @@ class HardwareProfile(StrictModel):
     def _has_figure(self, figure: str) -> bool:
         if figure == "device_memory_bytes":
             return self.device_memory_bytes is not None
+        if figure.startswith("gemm_efficiency."):
+            return figure.split(".", 1)[1] in self.gemm_efficiency
         return getattr(self.peak_flops_per_s, figure.rsplit(".", 1)[1]) is not None
 
     def figures_by_kind(self) -> dict[str, list[str]]:
