@@ -412,7 +412,7 @@ class EngineProfile(StrictModel):
 
 class CudaGraphOverride(StrictModel):
     """A scenario's own CUDA-graph capture settings for serving.engine (serving.cuda_graph), as a deployment sets
-    them: vLLM's --cuda-graph-sizes, SGLang's --cuda-graph-bs, TensorRT-LLM's cuda_graph_config (batch_sizes,
+    them: vLLM's compilation_config cudagraph_capture_sizes, SGLang's --cuda-graph-bs, TensorRT-LLM's cuda_graph_config (batch_sizes,
     enable_padding). Each field given replaces the profile's; the profile's capture limit (the scheduler's batch
     limit) and the nodes it runs outside the graph stay."""
 

@@ -448,7 +448,7 @@ class ServingSpec(StrictModel):
     cuda_graph: CudaGraphOverride | None = Field(
         default=None,
         description="the deployment's own CUDA-graph capture sizes and padding for serving.engine (vLLM "
-        "--cuda-graph-sizes, SGLang --cuda-graph-bs, TensorRT-LLM cuda_graph_config); default: the engine's",
+        "cudagraph_capture_sizes, SGLang --cuda-graph-bs, TensorRT-LLM cuda_graph_config); default: the engine's",
     )
 
     disaggregation: DisaggregationSpec | None = Field(
