@@ -10,7 +10,7 @@ import bisect
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -410,10 +410,8 @@ class HardwareProfile(StrictModel):
         """The roofline fraction a GEMM computing in `fmt` reaches without calibration tables: the profile's
         gemm_efficiency for the peak it runs at (fp16 takes bf16's), else compute_efficiency."""
         field = self.peak_used(fmt)
-        for key, value in self.gemm_efficiency.items():
-            if key == field or (key == "bf16" and field == "fp16"):
-                return value
-        return self.compute_efficiency
+        by_field = cast(dict[str, float], self.gemm_efficiency)  # keyed by peak field
+        return by_field.get("bf16" if field == "fp16" else field, self.compute_efficiency)
 
     def has_peak(self, fmt: str) -> bool:
         """Whether the profile has tensor cores that compute in `fmt`."""

@@ -98,19 +98,19 @@ def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pr
         "num_iterations": float(run.num_iterations),
         "end_s": run.end_s,
     }
-    launches: dict = {}
+    extra: dict = {}  # what only some runs have: the engine's launches and end-to-end check
     if run.launches is not None:
-        launches["launches"] = _launch_dict(run.launches)
+        extra["launches"] = _launch_dict(run.launches)
         d = run.disaggregation
         if d is not None and d.prefill_launches is not None and d.decode_launches is not None:
-            launches["launches_by_pool"] = {
+            extra["launches_by_pool"] = {
                 "prefill": _launch_dict(d.prefill_launches),
                 "decode": _launch_dict(d.decode_launches),
             }
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
-        launches["engine_check"] = spec.engine_profile().check_note()
+        extra["engine_check"] = spec.engine_profile().check_note()
     return {
-        **launches,
+        **extra,
         "scenario": name,
         "pricer": pricer,
         "serving": spec.model_dump(mode="json"),
