@@ -460,13 +460,28 @@ def format_transfer_gemm_s(
 
 
 def calibrated_attention_s(
-    flops: float, bytes_moved: float, q_len: int, peak: float, hbm: float, fraction: float
+    flops: float,
+    bytes_moved: float,
+    q_len: int,
+    peak: float,
+    hbm: float,
+    fraction: float,
+    compute_fraction: float | None = None,
 ) -> tuple[float, str]:
     """A share of a flash-attention kernel: prefill at the measured fraction of tensor peak on its
-    FLOPs, decode (one query) at the measured fraction of HBM bandwidth on its bytes."""
+    FLOPs; decode (one query) at the measured fraction of HBM bandwidth on its bytes, or, when longer, its
+    FLOPs at `compute_fraction` of the tensor peak (the measured flash-attention compute rate at the same
+    work): a decode kernel whose query heads share few KV heads is compute-bound (MLA's absorbed decode, 128
+    heads over one latent: 2 x 128 x (576 + 512) FLOPs per 576 cached bytes; GQA's groups of 4-16 stay far
+    below the ridge)."""
     if q_len > 1:
         return flops / (peak * fraction), "compute"
-    return bytes_moved / (hbm * fraction), "memory"
+    memory_s = bytes_moved / (hbm * fraction)
+    if compute_fraction is not None:
+        compute_s = flops / (peak * compute_fraction)
+        if compute_s > memory_s:
+            return compute_s, "compute"
+    return memory_s, "memory"
 
 
 def eager_time_s(

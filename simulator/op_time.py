@@ -194,8 +194,19 @@ def calibrated_node_s(
         table = cal.attention_prefill if q_len > 1 else cal.attention_decode
         size = attrs["batch_heads"] * q_len * attrs["kv_len"] if q_len > 1 else attrs["kv_bytes_total"]
         frac = series_interpolate(table, (d,), size)
+        compute_frac = (
+            None
+            if q_len > 1
+            else series_interpolate(cal.attention_prefill, (d,), attrs["batch_heads"] * attrs["kv_len"])
+        )
         time_s, bound = costs.calibrated_attention_s(
-            attrs["flops"], attrs["bytes_read"] + attrs["bytes_written"], q_len, peak_flops_per_s, hbm_bytes_per_s, frac
+            attrs["flops"],
+            attrs["bytes_read"] + attrs["bytes_written"],
+            q_len,
+            peak_flops_per_s,
+            hbm_bytes_per_s,
+            frac,
+            compute_frac,
         )
         if attrs["launches"]:  # the kernel's fixed part, with the node that launches it (the scores)
             fixed_s = attention_fixed_part_s(

@@ -386,3 +386,15 @@ def test_runtime_custom_allreduce_reaches_the_simulated_tp_allreduces():
                     assert expected < costs.ring_allreduce_s(size, 4, hw.intra_node) / 2
             assert duration == pytest.approx(expected)
         assert {a["phase"] for a in dag.attrs if a["op"] == "tp_allreduce"} == {"prefill", "decode"}
+
+
+def test_decode_attention_takes_the_longer_of_its_bytes_and_its_flops():
+    """One query per sequence: the bytes at the decode fraction of HBM, or the FLOPs at the compute fraction of
+    the tensor peak when that is longer. 4.8 GB at 0.9 of 4.8 TB/s = 1.1111 ms; 500 GFLOP at 0.5 of 1 PFLOP/s
+    = 1.0 ms (memory), 600 GFLOP = 1.2 ms (compute). Without a compute fraction, the bytes alone; a prefill
+    (q_len > 1) is its FLOPs at its own fraction."""
+    f = costs.calibrated_attention_s
+    assert f(5e11, 4.8e9, 1, 1e15, 4.8e12, 0.9, 0.5) == (pytest.approx(1.1111111e-3), "memory")
+    assert f(6e11, 4.8e9, 1, 1e15, 4.8e12, 0.9, 0.5) == (pytest.approx(1.2e-3), "compute")
+    assert f(6e11, 4.8e9, 1, 1e15, 4.8e12, 0.9) == (pytest.approx(1.1111111e-3), "memory")
+    assert f(6e11, 4.8e9, 8, 1e15, 4.8e12, 0.6, 0.5) == (pytest.approx(1e-3), "compute")

@@ -142,3 +142,44 @@ def test_gated_activations_launch_what_the_framework_runs(framework, launches):
             if a["op"] in ("ffn_act", "shared_act", "expert_act"):
                 seen.setdefault(a["op"], set()).add(a["launches"])
     assert seen == {"ffn_act": {launches}, "shared_act": {launches}, "expert_act": {launches}}
+
+
+def test_mla_decode_attention_is_compute_bound_and_gqa_decode_memory_bound():
+    """MLA's absorbed decode is MQA of 128 heads over one 576-wide latent: the scores make 2 x 128 x 576 FLOPs per
+    576 cached bytes (fp8), 256 FLOP/B, and the context 2 x 128 x 512 more over the latent already on chip, so
+    on an H200 (989 TFLOP/s bf16 at the measured flash-attention fraction, 4.8 TB/s) the kernel is compute-bound:
+    each node takes its FLOPs at the prefill table's fraction for its work (batch heads x KV length). Llama 3
+    8B's groups of 4 query heads per KV head make 2 x 4 FLOPs per cached byte: memory-bound as before."""
+    from simulator.config.hardware import series_interpolate
+    from simulator.op_time import calibrated_node_s
+
+    cal = H200.calibration
+    seqs, kv_len = 38, 17_400
+    ds = make_scenario(
+        {"name": "ds", "model": {"preset": "deepseek-v3", "precision": {"preset": "fp8-w8a8", "kv_cache": "fp8"}}},
+        hardware="h200-sxm-141gb",
+        cluster={"num_gpus": 1},
+        workload={"batch_size": seqs, "input_len_tokens": kv_len, "output_len_tokens": 2},
+    )
+    nodes = {a["op"]: a for a in build(ds).attrs if a.get("phase") == "decode" and a.get("layer") == 0}
+    scores, context = nodes["attn_scores"], nodes["attn_context"]
+    assert scores["kv_len"] == kv_len + 1  # the first decode step attends to the prompt and its first token
+    kv_len += 1
+    assert scores["flops"] == 2 * seqs * 128 * kv_len * 576 and context["flops"] == 2 * seqs * 128 * kv_len * 512
+    assert scores["bytes_read"] - 2 * seqs * 128 * 576 == seqs * kv_len * 576  # the fp8 latent, queries in bf16
+    frac = series_interpolate(cal.attention_prefill, (576,), seqs * 128 * kv_len)
+    assert 0.40 < frac < 0.45  # d = 576 lies beyond the table's head dims: blended from its 32 and 128 series
+    time_s, bound = calibrated_node_s(context, H200, cal, eager=False, gated=True)
+    assert bound == "compute" and time_s == pytest.approx(context["flops"] / (H200.peak_for("bf16") * frac))
+    assert calibrated_node_s(scores, H200, cal, eager=False, gated=True)[1] == "compute"
+    llama = make_scenario(
+        {"name": "l8", "model": {"preset": "llama-3-8b", "precision": {"preset": "fp8-w8a8", "kv_cache": "fp8"}}},
+        hardware="h200-sxm-141gb",
+        cluster={"num_gpus": 1},
+        workload={"batch_size": seqs, "input_len_tokens": kv_len - 1, "output_len_tokens": 2},
+    )
+    gqa = {a["op"]: a for a in build(llama).attrs if a.get("phase") == "decode" and a.get("layer") == 0}
+    assert gqa["attn_scores"]["kv_len"] == kv_len
+    assert gqa["attn_scores"]["flops"] == 2 * seqs * 32 * kv_len * 128
+    assert calibrated_node_s(gqa["attn_scores"], H200, cal, eager=False, gated=True)[1] == "memory"
+    assert calibrated_node_s(gqa["attn_context"], H200, cal, eager=False, gated=True)[1] == "memory"

@@ -227,8 +227,9 @@ class DagPricer:
         return f"DagPricer({self.scenario.name}{', piecewise' if self.piecewise else ''}{outside})"
 
 
-#: One attention node's (flops, bytes moved, q_len, calibration size), the arguments of _CalibratedAttention.seconds.
-_AttentionKernel = tuple[float, float, int, float]
+#: One attention node's (flops, bytes moved, q_len, calibration size, batch heads x KV length), the arguments of
+#: _CalibratedAttention.seconds.
+_AttentionKernel = tuple[float, float, int, float, float]
 
 
 class _CalibratedAttention:
@@ -276,11 +277,12 @@ class _CalibratedAttention:
         hl, kvl, dk = self.hl, self.kvl, self.dk
         kv_bytes = seqs * kvl * kv_len * dk * self.kv_b
         size = seqs * hl * q_len * kv_len if q_len > 1 else 2 * kv_bytes
+        work = seqs * hl * kv_len
         sc = costs.attention_scores_cost(seqs, hl, kvl, q_len, kv_len, dk, self.b_in, self.kv_b)
         cx = costs.attention_context_cost(seqs, hl, kvl, q_len, kv_len, dk, self.b, self.kv_b)
         return (
-            (sc.flops, sc.bytes_read + sc.bytes_written, q_len, size),
-            (cx.flops, cx.bytes_read + cx.bytes_written, q_len, size),
+            (sc.flops, sc.bytes_read + sc.bytes_written, q_len, size, work),
+            (cx.flops, cx.bytes_read + cx.bytes_written, q_len, size, work),
         )
 
     def packed(self, chunks: tuple[tuple[int, int], ...]) -> tuple[_AttentionKernel, _AttentionKernel]:
@@ -303,15 +305,19 @@ class _CalibratedAttention:
         q_total = sum(q for q, _ in chunks)
         size = float(hl) * q_total * (work / (hl * q_total))
         return (
-            (totals[0][0], totals[0][1] + totals[0][2], q_total, size),
-            (totals[1][0], totals[1][1] + totals[1][2], q_total, size),
+            (totals[0][0], totals[0][1] + totals[0][2], q_total, size, work),
+            (totals[1][0], totals[1][1] + totals[1][2], q_total, size, work),
         )
 
-    def seconds(self, flops: float, bytes_moved: float, q_len: int, size: float, launches: int, eager: bool) -> float:
-        """op_time.calibrated_node_s's flash-attention branch."""
+    def seconds(
+        self, flops: float, bytes_moved: float, q_len: int, size: float, work: float, launches: int, eager: bool
+    ) -> float:
+        """op_time.calibrated_node_s's flash-attention branch (`work`: batch heads x KV length, a decode kernel's
+        size in the prefill table)."""
         table = self.prefill_table if q_len > 1 else self.decode_table
         frac = series_interpolate(table, (self.dk,), size)
-        time_s, bound = costs.calibrated_attention_s(flops, bytes_moved, q_len, self.peak, self.hbm, frac)
+        compute_frac = None if q_len > 1 else series_interpolate(self.prefill_table, (self.dk,), work)
+        time_s, bound = costs.calibrated_attention_s(flops, bytes_moved, q_len, self.peak, self.hbm, frac, compute_frac)
         if launches:
             time_s += attention_fixed_part_s(table, (self.dk,), size, q_len == 1, self.table_peak, self.hbm)
         return costs.eager_time_s(time_s, bound, launches, self.overhead_s, self.floor_s, eager)[0]

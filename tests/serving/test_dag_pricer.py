@@ -237,10 +237,11 @@ def test_shared_exact_passes_change_no_price():
     assert first.exact_passes == alone.exact_passes > 0 and second.exact_passes == 0
 
 
-@pytest.mark.parametrize("which", ["seed", "mixtral_tp2", "seed_eager"])
+@pytest.mark.parametrize("which", ["seed", "mixtral_tp2", "seed_eager", "mqa_fp8"])
 def test_calibrated_attention_times_are_the_node_attributes_times(which):
     """node_parts' fast path (DagPricer.fast) gives the very floats of timing each attention node's attributes,
-    on random ragged batches, uniform ones (a static batch's) and the empty batch of an idle replica."""
+    on random ragged batches, uniform ones (a static batch's) and the empty batch of an idle replica. mqa_fp8:
+    64 query heads over one fp8 KV head, whose decode context kernels are compute-bound."""
     if which == "mixtral_tp2":
         scenario = parse_scenario(
             {
@@ -257,6 +258,8 @@ def test_calibrated_attention_times_are_the_node_attributes_times(which):
         data = seed_serving()
         if which == "seed_eager":
             data["runtime"] = {"mode": "eager"}
+        if which == "mqa_fp8":
+            data["model"] = {**data["model"], "num_heads": 64, "num_kv_heads": 1, "precision": {"kv_cache": "fp8"}}
         scenario = parse_scenario(data, "seed")
     pricer = DagPricer(scenario)
     assert pricer.fast is not None and pricer.hw.calibration is not None
