@@ -240,12 +240,21 @@ TRT10 = ROOT / "validation" / "serving_cases_trtllm10.yaml"
 
 
 def _trtllm_bench_limits(
-    nvml_gib: float, gpus: int, params: float, layers: int, isl: int, osl: int, weight_bytes: float = 1.0
+    nvml_gib: float,
+    gpus: int,
+    params: float,
+    layers: int,
+    isl: int,
+    osl: int,
+    weight_bytes: float = 1.0,
+    kv_heads: int = 8,
+    head_size: int = 128,
 ) -> tuple:
     """trtllm-bench 1.0's heuristic as the case file's header states it (tuning.py calc_engine_setting and
-    finetune_setting with fp8 (1 byte) or NVFP4 (0.5) weights and an fp8 KV cache of 8 heads x 128, 0.95;
-    general.py get_settings)."""
-    gib_per_token = 2 * layers * 8 * 128 * 1 / 2**30
+    finetune_setting with fp8 (1 byte) or NVFP4 (0.5) weights and an fp8 KV cache of max(tp, kv heads) heads x
+    head size, 0.95; general.py get_settings). Every case's tp (--tp, attention DP included) is at most 8."""
+    assert gpus <= 8
+    gib_per_token = 2 * layers * max(gpus, kv_heads) * head_size * 1 / 2**30
     requests = min((nvml_gib * gpus - params * weight_bytes / 2**30) * 0.95 / (gib_per_token * (isl + osl)), 4096)
     raw_token = min(requests * (1 + isl / osl), 32768)
     if requests < 256:
@@ -313,7 +322,7 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
 
     root = ENGINE_PROFILES_DIR.parent
     named: dict[tuple[str, str], int] = {}
-    for path in (CASES, TRT10):
+    for path in (CASES, TRT10, ROOT / "validation" / "serving_cases_trtllm_moe.yaml"):
         for case in load_serving_cases(path):
             serving = case_scenario(case).serving
             if serving is not None and serving.engine is not None:
@@ -327,6 +336,7 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
             ("validation/serving_cases.yaml", "trtllm"): 12,
             ("validation/serving_cases.yaml", "vllm"): 3,
             ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0"): 54,
+            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0"): 20,
         }
     )
 
@@ -377,7 +387,8 @@ def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
 
     assert load_engine_profile("trtllm-1.0").check_note() == (
         "profile trtllm-1.0 checked against 54 published figures (validation/serving_cases_trtllm10.yaml): "
-        "median |error| 4.3 %, largest 16.2 %"
+        "median |error| 4.3 %, largest 16.2 %; 20 published figures (validation/serving_cases_trtllm_moe.yaml): "
+        "median |error| 31.9 %, largest 87.7 %"
     )
     assert (
         load_engine_profile("vllm-v1")
@@ -405,6 +416,50 @@ def test_the_b200_cases_take_trtllm_bench_limits_for_nvfp4_weights():
         assert (f.dense_gemm.storage, f.dense_gemm.compute, f.kv_cache) == ("nvfp4", "nvfp4", "fp8"), case_id
         assert s.hardware.profile == "b200-sxm-180gb" and s.num_gpus == gpus and s.serving.engine == "trtllm-1.0"
     assert _trtllm_bench_limits(179.0, 4, 405.85e9, 126, 1000, 1000, weight_bytes=0.5) == (1280, 2304)
+
+
+def test_the_moe_cases_take_trtllm_bench_limits_per_rank_and_the_dep_layout():
+    """validation/serving_cases_trtllm_moe.yaml: the page's DEP columns are attention DP over every GPU with the
+    experts split over them and reached by all-gather / reduce-scatter (the all-gather in fp8 where the checkpoint
+    quantises per tensor, in bf16 for DeepSeek's block scales); its Llama 3.3 70B columns TP2. Each rank takes
+    trtllm-bench's limits computed over all the GPUs."""
+    from simulator.serving.capacity import lockstep_layout
+
+    moe = ROOT / "validation" / "serving_cases_trtllm_moe.yaml"
+    cases = {c.id: case_scenario(c) for c in load_serving_cases(moe)}
+    h100, h200 = 81559 / 1024, 143771 / 1024
+    setups = {  # GPU total GiB, GPUs, parameters, layers, KV heads (the HF config's), head size, lengths
+        "Q235-H200-DEP4": (h200, 4, 235.09e9, 94, 4, 128, "1000-1000 1024-1024 1024-8192 8192-1024 32768-1024"),
+        "Q235-H100-DEP8": (h100, 8, 235.09e9, 94, 4, 128, "1000-1000 1024-1024 1024-8192"),
+        "DSR1-H200-DEP8": (h200, 8, 684.53e9, 61, 128, 56, "1000-1000 1024-1024 1024-8192 1024-32768"),
+        "L70-H200-TP2": (h200, 2, 70.6e9, 80, 8, 128, "1000-1000 1024-1024 1024-8192 8192-1024 32768-1024"),
+        "L70-H100-TP2": (h100, 2, 70.6e9, 80, 8, 128, "1000-1000 8192-1024"),
+    }
+    count = {"1000-1000": 3000, "1024-1024": 3000, "1024-8192": 1500, "8192-1024": 1500, "32768-1024": 1000}
+    count["1024-32768"] = 1000
+    expected = {f"TRTMOE-{k}-{length}" for k, v in setups.items() for length in v[-1].split()}
+    assert set(cases) == expected | {"TRTMOE-BLOG-DSR1-H200-DEP8-1024-2048"}
+    for case_id in sorted(expected):
+        s = cases[case_id]
+        setup, isl, osl = case_id[len("TRTMOE-") :].rsplit("-", 2)
+        gib, gpus, params, layers, kv_heads, head, _ = setups[setup]
+        spec, p = s.serving, s.parallel
+        assert (spec.workload.input_len.tokens, spec.workload.output_len.tokens) == (int(isl), int(osl)), case_id
+        assert spec.workload.num_requests == count[f"{isl}-{osl}"], case_id
+        limits = _trtllm_bench_limits(gib, gpus, params, layers, int(isl), int(osl), 1.0, kv_heads, head)
+        assert (spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens) == limits, case_id
+        assert s.num_gpus == gpus and s.model.num_layers == layers and spec.engine == "trtllm-1.0", case_id
+        f = s.model.formats
+        assert f.dense_gemm.compute == f.expert_gemm.compute == f.kv_cache == "fp8" and f.attention == "bf16"
+        if "DEP" in setup:
+            assert (p.tp, p.dp, p.ep) == (1, gpus, gpus) and s.runtime.ep_dispatch == "allgather", case_id
+            assert (f.dispatch or f.communication) == ("bf16" if setup.startswith("DSR1") else "fp8"), case_id
+            assert lockstep_layout(s), case_id  # the ranks step together
+        else:
+            assert (p.tp, p.dp, p.ep) == (gpus, 1, 1), case_id
+    # by hand: DeepSeek R1 at 1000/1000 on 8 H200s: (1,123.2 - 637.5 GiB) x 0.95 / (2 x 61 x 128 x 56 B x 2,000)
+    # = 283.3 requests -> 128 x 3 = 384 a rank; 566.6 tokens -> 2,048
+    assert _trtllm_bench_limits(h200, 8, 684.53e9, 61, 1000, 1000, 1.0, 128, 56) == (384, 2048)
 
 
 def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note():
