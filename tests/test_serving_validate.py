@@ -322,7 +322,8 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
 
     root = ENGINE_PROFILES_DIR.parent
     named: dict[tuple[str, str], int] = {}
-    for path in (CASES, TRT10, ROOT / "validation" / "serving_cases_trtllm_moe.yaml"):
+    moe = ("serving_cases_trtllm_moe.yaml", "serving_cases_trtllm_moe_b200.yaml")
+    for path in (CASES, TRT10, *(ROOT / "validation" / name for name in moe)):
         for case in load_serving_cases(path):
             serving = case_scenario(case).serving
             if serving is not None and serving.engine is not None:
@@ -337,6 +338,7 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
             ("validation/serving_cases.yaml", "vllm"): 3,
             ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0"): 54,
             ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0"): 20,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0"): 17,
         }
     )
 
@@ -388,7 +390,8 @@ def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
     assert load_engine_profile("trtllm-1.0").check_note() == (
         "profile trtllm-1.0 checked against 54 published figures (validation/serving_cases_trtllm10.yaml): "
         "median |error| 4.3 %, largest 16.2 %; 20 published figures (validation/serving_cases_trtllm_moe.yaml): "
-        "median |error| 31.9 %, largest 87.7 %"
+        "median |error| 31.9 %, largest 87.7 %; 17 published figures (validation/serving_cases_trtllm_moe_b200.yaml): "
+        "median |error| 31.4 %, largest 88.7 %"
     )
     assert (
         load_engine_profile("vllm-v1")
@@ -476,21 +479,67 @@ def test_the_moe_cases_take_trtllm_bench_limits_per_rank_and_the_dep_layout():
     assert _trtllm_bench_limits(h200, 8, 684.53e9, 61, 1000, 1000, 1.0, 128, 56) == (384, 2048)
 
 
+def test_the_b200_moe_cases_take_the_packed_nvfp4_counts_and_the_dep_layout():
+    """validation/serving_cases_trtllm_moe_b200.yaml: Qwen3 30B A3B alone on one B200 (no DP, no EP), Qwen3 235B DEP4
+    with an NVFP4 all-gather, the dense 70B TP1; limits from the NVFP4 checkpoints' safetensors counts."""
+    from simulator.serving.capacity import lockstep_layout
+
+    path = ROOT / "validation" / "serving_cases_trtllm_moe_b200.yaml"
+    cases = {c.id: case_scenario(c) for c in load_serving_cases(path)}
+    qwen_lengths = "1000-1000 1024-1024 1024-8192 1024-32768 8192-1024 32768-1024"
+    setups = {  # GPUs, safetensors count, layers, KV heads, lengths
+        "Q30-B200-TP1": (1, _nvfp4_safetensors_count(30.532e9, 0.6223e9 + 0.0126e9), 48, 4, qwen_lengths),
+        "Q235-B200-DEP4": (4, _nvfp4_safetensors_count(235.09e9, 1.2447e9 + 0.0493e9), 94, 4, qwen_lengths),
+        "L70-B200-TP1": (
+            1,
+            _nvfp4_safetensors_count(70.6e9, 2 * 128256 * 8192),
+            80,
+            8,
+            "1000-1000 1024-1024 1024-8192 8192-1024 32768-1024",
+        ),
+    }
+    assert set(cases) == {f"TRTMOE-{k}-{length}" for k, v in setups.items() for length in v[-1].split()}
+    for case_id, s in cases.items():
+        setup, isl, osl = case_id[len("TRTMOE-") :].rsplit("-", 2)
+        gpus, count, layers, kv_heads, _ = setups[setup]
+        limits = _trtllm_bench_limits(179.0, gpus, count, layers, int(isl), int(osl), 0.5, kv_heads, 128)
+        assert (s.serving.scheduler.max_num_seqs, s.serving.scheduler.max_num_batched_tokens) == limits, case_id
+        f = s.model.formats
+        assert (f.dense_gemm.compute, f.expert_gemm.compute, f.kv_cache) == ("nvfp4", "nvfp4", "fp8"), case_id
+        assert s.hardware.profile == "b200-sxm-180gb" and s.num_gpus == gpus and s.model.num_layers == layers
+        if setup.startswith("Q235"):
+            assert (s.parallel.dp, s.parallel.ep, s.runtime.ep_dispatch, f.dispatch) == (4, 4, "allgather", "nvfp4")
+            assert lockstep_layout(s)
+        else:
+            assert s.parallel.dp == s.parallel.ep == s.parallel.tp == 1, case_id
+    # by hand: Qwen3 30B A3B at 1000/1000: 29.897e9 x 9/16 + 0.6349e9 = 17.45e9; (179 - 8.126 GiB) x 0.95 /
+    # (2 x 48 x 4 x 128 B x 2,000 / 2^30) = 1,773 requests -> 256 x 7 = 1,792; 3,546 tokens -> 256 x 14 = 3,584
+    assert _trtllm_bench_limits(179.0, 1, 17.452e9, 48, 1000, 1000, 0.5, 4, 128) == (1792, 3584)
+
+
 def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note():
-    """HardwareProfile.checked as for engines: the B200's NVFP4 cases (18 rows); every output's calibration note
-    on the profile states it (config.hardware.calibration_note)."""
+    """HardwareProfile.checked as for engines: the B200's dense NVFP4 cases (18 rows) and its MoE ones (17); every
+    output's calibration note on the profile states them (config.hardware.calibration_note)."""
     from simulator.config.hardware import available_profiles, calibration_note, load_profile
 
-    path = ROOT / "validation" / "serving_cases_trtllm10_b200.yaml"
-    rows: dict[str, int] = {}
-    for case in load_serving_cases(path):
-        profile = case_scenario(case).hardware.profile
-        rows[profile] = rows.get(profile, 0) + len(case.measured)
+    rows: dict[tuple[str, str], int] = {}
+    for name in ("serving_cases_trtllm10_b200.yaml", "serving_cases_trtllm_moe_b200.yaml"):
+        for case in load_serving_cases(ROOT / "validation" / name):
+            key = (f"validation/{name}", case_scenario(case).hardware.profile)
+            rows[key] = rows.get(key, 0) + len(case.measured)
     recorded = {(c.cases, name): c.rows for name in available_profiles() for c in load_profile(name).checked}
-    assert recorded == {("validation/serving_cases_trtllm10_b200.yaml", "b200-sxm-180gb"): rows["b200-sxm-180gb"]}
+    assert (
+        recorded
+        == rows
+        == {
+            ("validation/serving_cases_trtllm10_b200.yaml", "b200-sxm-180gb"): 18,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb"): 17,
+        }
+    )
     note = calibration_note(load_profile("b200-sxm-180gb"))
     assert note is not None and note.endswith(
         "; checked on it end to end against 18 published figures (validation/serving_cases_trtllm10_b200.yaml): "
-        "median |error| 7.8 %, largest 24.7 %"
+        "median |error| 7.8 %, largest 24.7 %; 17 published figures (validation/serving_cases_trtllm_moe_b200.yaml): "
+        "median |error| 31.4 %, largest 88.7 %"
     )
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")
