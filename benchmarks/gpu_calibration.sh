@@ -10,7 +10,8 @@
 # (index_add_) of the sorted MoE combine, fp8 GEMMs (torch._scaled_mm, per-tensor scales), and the host costs
 # of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert), small GEMMs and
 # decode attention calls in a CUDA graph (a check of the kernels' fixed part: simulator.calibration.small_kernels),
-# and the sustained rate of the largest bf16 and fp8 GEMM over SUSTAIN_S (10) seconds with the SM clock and power.
+# MLA-shaped decode attention (128 heads over one 576-wide latent: compute-bound, docs/cost-model.md), and the
+# sustained rate of the largest bf16 and fp8 GEMM over SUSTAIN_S (10) seconds with the SM clock and power.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -251,6 +252,29 @@ with torch.inference_mode():
     data["small_kernels"] = rows
     save()
 
+    # 8. Decode attention whose query heads share one KV head (MLA's absorbed decode: 128 heads over a 576-wide
+    #    latent, values its first 512), the case the model prices on its FLOPs rather than its KV bytes
+    #    (costs.calibrated_attention_s, at the prefill table's fraction). The heads fold into the query length of one
+    #    non-causal attention, as FlashMLA and FlashInfer run it; bf16, whatever kernel SDPA picks for d = 576.
+    #    TFLOP/s and GB/s of the latent per shape; nothing reads this yet (docs/cost-model.md).
+    mla = []
+    for b in ((16,) if quick else (16, 64)):
+        for kv in ((1024,) if quick else (1024, 4096)):
+            q = torch.randn(b, 1, 128, 576, device=dev, dtype=torch.bfloat16)
+            lat = torch.randn(b, 1, kv, 576, device=dev, dtype=torch.bfloat16)
+            fn = lambda: sdpa(q, lat, lat[..., :512])
+            try:
+                t = events_s(fn, 10)
+            except RuntimeError as exc:
+                print(f"gpu_calibration extra: MLA-shaped decode attention failed: {str(exc).splitlines()[0]}",
+                      file=sys.stderr)
+                break
+            flops = 2.0 * b * 128 * kv * (576 + 512)
+            mla.append({"B": b, "heads": 128, "L": kv, "d_qk": 576, "d_v": 512, "s": t, "tflops": flops / t / 1e12,
+                        "gbps_latent": b * kv * 576 * 2 / t / 1e9})
+    data["mla_decode_attention"] = mla
+    save()
+
     # 7. Sustained GEMM rate: the largest GEMM back to back for SUSTAIN_S seconds per format (bf16, then fp8), its
     #    rate per ~0.5 s window, with the SM clock and board power sampled by nvidia-smi from a side thread (the GPU
     #    never waits for it). The micro-benchmarks above time 20 calls after warm-up; a serving engine's
@@ -318,6 +342,9 @@ if hc:
     print(f"sorted-MoE expert loop, tiny rows: {hc['expert_loop_s_per_expert'] * 1e6:.1f} us per expert (host)")
     if "expert_loop_varied_rows_s_per_expert" in hc:
         print(f"  with routed row counts (new shapes): {hc['expert_loop_varied_rows_s_per_expert'] * 1e6:.1f} us per expert")
+for r in data.get("mla_decode_attention", []):
+    print(f"MLA-shaped decode attention B{r['B']} L{r['L']}: {r['s'] * 1e6:.1f} us, {r['tflops']:.0f} TFLOP/s, "
+          f"{r['gbps_latent']:.0f} GB/s of latent")
 best = max((r["tflops"] for r in data.get("gemm_fp8", [])), default=float("nan"))
 print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} shapes")
 for r in data.get("sustained_gemm", []):
