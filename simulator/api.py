@@ -530,14 +530,16 @@ class ServeResult:
         from simulator.config import resolve_hardware
         from simulator.report.summary import calibration_dict
 
-        return calibration_dict(resolve_hardware(self.scenario))
+        return calibration_dict(resolve_hardware(self.scenario), self.scenario.model.is_moe)
 
     @cached_property
     def stats(self) -> dict:
         """What summary.json holds (JSON types)."""
         from simulator.report.serving_summary import serving_summary_dict
 
-        doc = serving_summary_dict(self.scenario.name, self.sim, self.summary, self.priced_by)
+        doc = serving_summary_dict(
+            self.scenario.name, self.sim, self.summary, self.priced_by, self.scenario.model.is_moe
+        )
         doc["calibration"] = self._calibration
         if self.max_rate is not None:
             doc["max_rate"] = self.max_rate
@@ -562,6 +564,7 @@ class ServeResult:
                 self.table,
                 self.max_rate,
                 self._calibration,
+                self.scenario.model.is_moe,
             )
             if self.found is not None:
                 write_rate_curve(self.found.curve, staging)

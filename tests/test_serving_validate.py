@@ -316,29 +316,36 @@ def test_the_trtllm_1_0_cases_take_trtllm_bench_limits_and_graphs():
 
 
 def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
-    """EngineProfile.checked.rows = the measured figures of the cases that price with the profile (no simulation);
-    a profile that records none has no case naming it, except the SGLang ones (SGLEP runs as a static decode)."""
+    """EngineProfile.checked.rows = the measured figures of the cases that price with the profile, of the model
+    class the check names (no simulation); a profile that records none has no case naming it, except the SGLang
+    ones (SGLEP runs as a static decode)."""
+    from simulator.config.checked import MODEL_CLASS
     from simulator.config.engine import ENGINE_PROFILES_DIR, available_engines, load_engine_profile
 
     root = ENGINE_PROFILES_DIR.parent
-    named: dict[tuple[str, str], int] = {}
+    named: dict[tuple[str, str, str], int] = {}
     moe = ("serving_cases_trtllm_moe.yaml", "serving_cases_trtllm_moe_b200.yaml")
     for path in (CASES, TRT10, *(ROOT / "validation" / name for name in moe)):
         for case in load_serving_cases(path):
-            serving = case_scenario(case).serving
-            if serving is not None and serving.engine is not None:
-                key = (str(path.relative_to(root)), serving.engine)
+            scenario = case_scenario(case)
+            if scenario.serving is not None and scenario.serving.engine is not None:
+                key = (str(path.relative_to(root)), scenario.serving.engine, MODEL_CLASS[scenario.model.is_moe])
                 named[key] = named.get(key, 0) + len(case.measured)
-    recorded = {(c.cases, name): c.rows for name in available_engines() for c in load_engine_profile(name).checked}
+    recorded = {
+        (c.cases, name, c.models): c.rows for name in available_engines() for c in load_engine_profile(name).checked
+    }
     assert (
         recorded
         == named
         == {
-            ("validation/serving_cases.yaml", "trtllm"): 12,
-            ("validation/serving_cases.yaml", "vllm"): 3,
-            ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0"): 54,
-            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0"): 20,
-            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0"): 17,
+            ("validation/serving_cases.yaml", "trtllm", "moe"): 8,
+            ("validation/serving_cases.yaml", "trtllm", "dense"): 4,
+            ("validation/serving_cases.yaml", "vllm", "moe"): 3,
+            ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0", "dense"): 54,
+            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "moe"): 13,
+            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "dense"): 7,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "moe"): 12,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "dense"): 5,
         }
     )
 
@@ -373,6 +380,7 @@ def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
     ]
     checks = {c.name: c for c in profile_checks(cases, outcomes, CASES)}
     assert set(checks) == {"trtllm", "vllm"}
+    assert checks["trtllm"].models == "moe"  # Mixtral's rows; the dense check has none in this run: left out
     assert checks["trtllm"].measured == {
         "median_abs_error": pytest.approx(0.1),
         "max_abs_error": pytest.approx(0.1),
@@ -387,11 +395,22 @@ def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
 def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
     from simulator.config.engine import CheckedSpec, load_engine_profile
 
-    assert load_engine_profile("trtllm-1.0").check_note() == (
-        "profile trtllm-1.0 checked against 54 published figures (validation/serving_cases_trtllm10.yaml): "
-        "median |error| 4.3 %, largest 16.2 %; 20 published figures (validation/serving_cases_trtllm_moe.yaml): "
-        "median |error| 31.9 %, largest 87.7 %; 17 published figures (validation/serving_cases_trtllm_moe_b200.yaml): "
-        "median |error| 31.4 %, largest 88.7 %"
+    trt = load_engine_profile("trtllm-1.0")
+    assert trt.check_note(moe=False) == (
+        "profile trtllm-1.0 checked against 54 published figures of dense models (validation/serving_cases_trtllm10.yaml): "
+        "median |error| 4.3 %, largest 16.2 %; 7 published figures of dense models "
+        "(validation/serving_cases_trtllm_moe.yaml): median |error| 5.5 %, largest 12.5 %; 5 published figures of "
+        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.5 %, largest 29.3 %"
+    )
+    assert trt.check_note(moe=True) == (
+        "profile trtllm-1.0 checked against 13 published figures of MoE models (validation/serving_cases_trtllm_moe.yaml): "
+        "median |error| 59.2 %, largest 87.7 %; 12 published figures of MoE models "
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 49.9 %, largest 88.7 %"
+    )
+    assert trt.check_note().count("published figures") == 5  # no model class given: every check
+    vllm = load_engine_profile("vllm")  # checked on DeepSeek-R1 only
+    assert vllm.check_note(moe=False).startswith(
+        "profile vllm has not been checked against a published run of a dense model on its engine"
     )
     assert (
         load_engine_profile("vllm-v1")
@@ -518,28 +537,37 @@ def test_the_b200_moe_cases_take_the_packed_nvfp4_counts_and_the_dep_layout():
 
 
 def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note():
-    """HardwareProfile.checked as for engines: the B200's dense NVFP4 cases (18 rows) and its MoE ones (17); every
-    output's calibration note on the profile states them (config.hardware.calibration_note)."""
+    """HardwareProfile.checked as for engines, by model class: the B200's dense NVFP4 cases (18 rows) and the MoE
+    file's MoE (12) and dense (5) rows; every output's calibration note on the profile states those of its model's
+    class (config.hardware.calibration_note)."""
+    from simulator.config.checked import MODEL_CLASS
     from simulator.config.hardware import available_profiles, calibration_note, load_profile
 
-    rows: dict[tuple[str, str], int] = {}
+    rows: dict[tuple[str, str, str], int] = {}
     for name in ("serving_cases_trtllm10_b200.yaml", "serving_cases_trtllm_moe_b200.yaml"):
         for case in load_serving_cases(ROOT / "validation" / name):
-            key = (f"validation/{name}", case_scenario(case).hardware.profile)
+            s = case_scenario(case)
+            key = (f"validation/{name}", s.hardware.profile, MODEL_CLASS[s.model.is_moe])
             rows[key] = rows.get(key, 0) + len(case.measured)
-    recorded = {(c.cases, name): c.rows for name in available_profiles() for c in load_profile(name).checked}
+    recorded = {(c.cases, name, c.models): c.rows for name in available_profiles() for c in load_profile(name).checked}
     assert (
         recorded
         == rows
         == {
-            ("validation/serving_cases_trtllm10_b200.yaml", "b200-sxm-180gb"): 18,
-            ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb"): 17,
+            ("validation/serving_cases_trtllm10_b200.yaml", "b200-sxm-180gb", "dense"): 18,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "moe"): 12,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "dense"): 5,
         }
     )
-    note = calibration_note(load_profile("b200-sxm-180gb"))
-    assert note is not None and note.endswith(
-        "; checked on it end to end against 18 published figures (validation/serving_cases_trtllm10_b200.yaml): "
-        "median |error| 7.8 %, largest 24.7 %; 17 published figures (validation/serving_cases_trtllm_moe_b200.yaml): "
-        "median |error| 31.4 %, largest 88.7 %"
+    b200 = load_profile("b200-sxm-180gb")
+    dense, moe = calibration_note(b200, moe=False), calibration_note(b200, moe=True)
+    assert dense is not None and dense.endswith(
+        "; checked on it end to end against 18 published figures of dense models "
+        "(validation/serving_cases_trtllm10_b200.yaml): median |error| 7.8 %, largest 24.7 %; 5 published figures of "
+        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.5 %, largest 29.3 %"
+    )
+    assert moe is not None and moe.endswith(
+        "; checked on it end to end against 12 published figures of MoE models "
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 49.9 %, largest 88.7 %"
     )
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")

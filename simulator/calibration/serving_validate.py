@@ -248,6 +248,7 @@ class ProfileCheck:
     name: str
     measured: dict[str, float]  # summarize_serving of the profile's rows in this run
     recorded: dict[str, float] | None
+    models: Literal["all", "dense", "moe"] = "all"  # the rows: all, or those of one model class (CheckedSpec.models)
 
     @property
     def matches(self) -> bool:
@@ -266,7 +267,8 @@ class ProfileCheck:
             f"{100 * m['max_abs_error']:.1f} %"
         )
         where = f"{self.kind}_profiles/{self.name}.yaml"
-        head = f"{self.kind} profile {self.name}"
+        of = {"all": "", "dense": " (dense models)", "moe": " (MoE models)"}[self.models]
+        head = f"{self.kind} profile {self.name}{of}"
         if self.recorded is None:
             return f"{head}: {run}; {where} records no check on this file"
         if self.matches:
@@ -280,15 +282,19 @@ class ProfileCheck:
 
 def profile_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cases_path: Path) -> list[ProfileCheck]:
     """Per engine profile the cases price with (serving.engine), and per hardware profile that records checks,
-    its rows' errors in this run against what the profile records for `cases_path`."""
+    its rows' errors in this run against each check the profile records for `cases_path` (on the rows of the
+    model class the check names, CheckedSpec.models; a class none of this run's rows is of is left out), or all
+    its rows where it records none."""
+    from simulator.config.checked import MODEL_CLASS
     from simulator.config.engine import ENGINE_PROFILES_DIR, load_engine_profile
     from simulator.config.hardware import load_profile
 
     root = ENGINE_PROFILES_DIR.parent
-    engine_of, hardware_of = {}, {}
+    engine_of, hardware_of, class_of = {}, {}, {}
     for case in cases:
         if case.skip is None and case.scenario is not None:
             scenario = case_scenario(case)
+            class_of[case.id] = MODEL_CLASS[scenario.model.is_moe]
             hardware_of[case.id] = scenario.hardware.profile
             if scenario.serving is not None and scenario.serving.engine is not None:
                 engine_of[case.id] = scenario.serving.engine
@@ -303,11 +309,14 @@ def profile_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cas
             recorded_checks = load(name).checked
             if not rows or (kind == "hardware" and not recorded_checks):
                 continue
-            recorded = next(
-                (c.model_dump() for c in recorded_checks if (root / c.cases).resolve() == Path(cases_path).resolve()),
-                None,
-            )
-            checks.append(ProfileCheck(kind, name, summarize_serving(rows), recorded))
+            here = [c for c in recorded_checks if (root / c.cases).resolve() == Path(cases_path).resolve()]
+            if not here:
+                checks.append(ProfileCheck(kind, name, summarize_serving(rows), None))
+            for c in here:
+                mine = [o for o in rows if c.models in ("all", class_of.get(o.case))]
+                if not mine:  # a run of part of the file, none of this class: it says nothing of the check
+                    continue
+                checks.append(ProfileCheck(kind, name, summarize_serving(mine), c.model_dump(), c.models))
     return checks
 
 

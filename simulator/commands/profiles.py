@@ -57,10 +57,12 @@ def command(args, console: Console) -> int:
 
 
 def checked_cell(checked) -> str:
-    """'54 runs: 4.3 % (16.2 % max)' per recorded check (EngineProfile / HardwareProfile.checked); '-': none."""
+    """'54 dense figures: 4.3 % median, 16.2 % max' per recorded check (EngineProfile / HardwareProfile.checked;
+    'dense' / 'MoE' where the check is of one model class); '-': none."""
+    of = {"all": "", "dense": " dense", "moe": " MoE"}
     return (
         "; ".join(
-            f"{c.rows} figures: {100 * c.median_abs_error:.1f} % median, {100 * c.max_abs_error:.1f} % max"
+            f"{c.rows}{of[c.models]} figures: {100 * c.median_abs_error:.1f} % median, {100 * c.max_abs_error:.1f} % max"
             for c in checked
         )
         or "-"

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from simulator.config.errors import StrictModel
+
+#: What a check's `models` says of the model a result is for (a scenario's model.is_moe).
+MODEL_CLASS = {True: "moe", False: "dense"}
 
 
 class CheckedSpec(StrictModel):
@@ -13,6 +18,11 @@ class CheckedSpec(StrictModel):
     as `moesim validate` last reported them. `moesim validate` says whether a run still gives these figures."""
 
     cases: str = Field(min_length=1, description="the case file, relative to the repository")
+    models: Literal["all", "dense", "moe"] = Field(
+        default="all",
+        description="which of the file's cases the rows are: all, or those of dense or of MoE models (a result for "
+        "a model of the other class does not repeat this check)",
+    )
     rows: int = Field(ge=1, description="the measured figures of its cases that the profile priced")
     median_abs_error: float = Field(ge=0, description="median |predicted / measured - 1| over those rows")
     max_abs_error: float = Field(ge=0, description="the largest |predicted / measured - 1| over those rows")
@@ -25,8 +35,19 @@ class CheckedSpec(StrictModel):
         return self
 
     def text(self) -> str:
-        """'54 published figures (FILE): median |error| 4.3 %, largest 16.2 %'."""
+        """'54 published figures (FILE): median |error| 4.3 %, largest 16.2 %'; '... figures of MoE models (FILE) ...'
+        for a check of one model class."""
+        of = {"all": "", "dense": " of dense models", "moe": " of MoE models"}[self.models]
         return (
-            f"{self.rows} published figures ({self.cases}): median |error| {100 * self.median_abs_error:.1f} %, "
+            f"{self.rows} published figures{of} ({self.cases}): median |error| {100 * self.median_abs_error:.1f} %, "
             f"largest {100 * self.max_abs_error:.1f} %"
         )
+
+    def covers(self, moe: bool | None) -> bool:
+        """Whether this check speaks for a result on a model of that class (None: any class)."""
+        return moe is None or self.models in ("all", MODEL_CLASS[moe])
+
+
+def checks_for(checks: tuple[CheckedSpec, ...], moe: bool | None) -> tuple[CheckedSpec, ...]:
+    """The checks that speak for a result on a dense (moe False) or MoE (True) model; all of them for None."""
+    return tuple(c for c in checks if c.covers(moe))

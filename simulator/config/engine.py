@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulator.config.checked import CheckedSpec
+from simulator.config.checked import CheckedSpec, checks_for
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.files import read_yaml
 
@@ -399,15 +399,23 @@ class EngineProfile(StrictModel):
     scheduler_defaults: SchedulerDefaultsSpec | None = None  # None: moesim's own scheduler defaults
     checked: tuple[CheckedSpec, ...] = ()  # published runs it was checked on; empty: none
 
-    def check_note(self) -> str:
+    def check_note(self, moe: bool | None = None) -> str:
         """One sentence for every serving output priced with this profile: how close it came to published runs
-        of the engine, or that it was never checked against one."""
+        of the engine on models of the result's class (moe: the scenario's model.is_moe; None: every check), or
+        that it was never checked against one."""
         if not self.checked:
             return (
                 f"profile {self.name} has not been checked against a published run of its engine: its "
                 "end-to-end error is unknown (docs/serving-validation.md has the profiles that were)"
             )
-        return f"profile {self.name} checked against {'; '.join(c.text() for c in self.checked)}"
+        checks = checks_for(self.checked, moe)
+        if not checks:
+            kind = "an MoE" if moe else "a dense"
+            return (
+                f"profile {self.name} has not been checked against a published run of {kind} model on its engine: "
+                "its end-to-end error on this model is unknown (docs/serving-validation.md has the checks it has)"
+            )
+        return f"profile {self.name} checked against {'; '.join(c.text() for c in checks)}"
 
 
 class CudaGraphOverride(StrictModel):

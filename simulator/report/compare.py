@@ -219,7 +219,7 @@ def _calibration_note(scenario: Scenario) -> str | None:
     from simulator.config import resolve_hardware
     from simulator.config.hardware import calibration_note
 
-    return calibration_note(resolve_hardware(scenario))
+    return calibration_note(resolve_hardware(scenario), scenario.model.is_moe)
 
 
 def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective: str) -> str:

@@ -87,9 +87,11 @@ def _launch_dict(tally: dict[str, tuple[int, int, int]]) -> dict:
     }
 
 
-def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pricer: str) -> dict:
+def serving_summary_dict(
+    name: str, run: ServingRun, summary: ServingSummary, pricer: str, moe: bool | None = None
+) -> dict:
     """summary.json: the latency statistics and figures of stats.summarize (NaN written as null), the
-    KV-cache use, the verdicts and what was simulated."""
+    KV-cache use, the verdicts and what was simulated (moe: the model's class, for the engine profile's checks)."""
     spec = run.spec
     figures = {
         **summary.figures,
@@ -108,7 +110,7 @@ def serving_summary_dict(name: str, run: ServingRun, summary: ServingSummary, pr
                 "decode": _launch_dict(d.decode_launches),
             }
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
-        extra["engine_check"] = spec.engine_profile().check_note()
+        extra["engine_check"] = spec.engine_profile().check_note(moe)
     return {
         **extra,
         "scenario": name,
@@ -333,11 +335,12 @@ def write_serving_files(
     table: pd.DataFrame | None = None,
     max_rate: dict | None = None,
     calibration: dict | None = None,
+    moe: bool | None = None,
 ) -> dict:
     """requests.csv, summary.json and summary.md (with the max-rate search's result when given, and the
     hardware profile's calibration status: summary.calibration_dict), and for a disaggregated run
     transfers.csv and links.csv; returns the summary dict."""
-    doc = serving_summary_dict(name, run, summary, pricer)
+    doc = serving_summary_dict(name, run, summary, pricer, moe)
     if calibration is not None:
         doc["calibration"] = calibration
     if max_rate is not None:

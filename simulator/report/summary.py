@@ -109,7 +109,7 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "critical_path": critical,
         "targets": d["targets"],
         "all_targets_met": all(t.met for t in m.targets),
-        "calibration": calibration_dict(run.hardware),
+        "calibration": calibration_dict(run.hardware, run.scenario.model.is_moe),
         "audit": [a.to_dict() for a in run.audit],
         "verification": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in run.checks],
         "dag": {
@@ -135,13 +135,13 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
     return out
 
 
-def calibration_dict(hw) -> dict:
+def calibration_dict(hw, moe: bool | None = None) -> dict:
     """The profile's calibration status and, unless calibrated, what the result rests on and what error to
-    expect (config.hardware.calibration_note)."""
+    expect (config.hardware.calibration_note; moe: the result's model class, for the profile's checks)."""
     from simulator.config.hardware import calibration_note
 
     out = {"status": hw.calibration_status}
-    note = calibration_note(hw)
+    note = calibration_note(hw, moe)
     if note:
         out["note"] = note
     return out
