@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validato
 
 from simulator.calibration.validate import read_case_list
 from simulator.config import ScenarioError, ServingSpec, parse_scenario
+from simulator.config.checked import MODEL_CLASS, MODEL_CLASS_NAME
 from simulator.config.load import resolve_relative_paths
 from simulator.files import read_yaml
 from simulator.pipeline import RunResult, run_scenario
@@ -267,7 +268,7 @@ class ProfileCheck:
             f"{100 * m['max_abs_error']:.1f} %"
         )
         where = f"{self.kind}_profiles/{self.name}.yaml"
-        of = {"all": "", "dense": " (dense models)", "moe": " (MoE models)"}[self.models]
+        of = f" ({MODEL_CLASS_NAME[self.models]} models)" if self.models != "all" else ""
         head = f"{self.kind} profile {self.name}{of}"
         if self.recorded is None:
             return f"{head}: {run}; {where} records no check on this file"
@@ -285,7 +286,6 @@ def profile_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cas
     its rows' errors in this run against each check the profile records for `cases_path` (on the rows of the
     model class the check names, CheckedSpec.models; a class none of this run's rows is of is left out), or all
     its rows where it records none."""
-    from simulator.config.checked import MODEL_CLASS
     from simulator.config.engine import ENGINE_PROFILES_DIR, load_engine_profile
     from simulator.config.hardware import load_profile
 

@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 
 from simulator.commands import EXIT_BAD_INPUT, EXIT_OK
+from simulator.config.checked import MODEL_CLASS_NAME
 
 
 def add_arguments(parser) -> None:
@@ -59,10 +60,9 @@ def command(args, console: Console) -> int:
 def checked_cell(checked) -> str:
     """'54 dense figures: 4.3 % median, 16.2 % max' per recorded check (EngineProfile / HardwareProfile.checked;
     'dense' / 'MoE' where the check is of one model class); '-': none."""
-    of = {"all": "", "dense": " dense", "moe": " MoE"}
     return (
         "; ".join(
-            f"{c.rows}{of[c.models]} figures: {100 * c.median_abs_error:.1f} % median, {100 * c.max_abs_error:.1f} % max"
+            f"{c.rows}{' ' + MODEL_CLASS_NAME[c.models] if c.models != 'all' else ''} figures: {100 * c.median_abs_error:.1f} % median, {100 * c.max_abs_error:.1f} % max"
             for c in checked
         )
         or "-"

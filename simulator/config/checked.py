@@ -12,6 +12,9 @@ from simulator.config.errors import StrictModel
 #: What a check's `models` says of the model a result is for (a scenario's model.is_moe).
 MODEL_CLASS = {True: "moe", False: "dense"}
 
+#: How outputs name a check's model class ("" for a check of every case of its file).
+MODEL_CLASS_NAME = {"all": "", "dense": "dense", "moe": "MoE"}
+
 
 class CheckedSpec(StrictModel):
     """The rows of a case file that a profile priced (the measured figures; errors |predicted / measured - 1|),
@@ -37,7 +40,7 @@ class CheckedSpec(StrictModel):
     def text(self) -> str:
         """'54 published figures (FILE): median |error| 4.3 %, largest 16.2 %'; '... figures of MoE models (FILE) ...'
         for a check of one model class."""
-        of = {"all": "", "dense": " of dense models", "moe": " of MoE models"}[self.models]
+        of = f" of {MODEL_CLASS_NAME[self.models]} models" if self.models != "all" else ""
         return (
             f"{self.rows} published figures{of} ({self.cases}): median |error| {100 * self.median_abs_error:.1f} %, "
             f"largest {100 * self.max_abs_error:.1f} %"
