@@ -58,7 +58,7 @@ def command(args, console: Console) -> int:
 
 
 def checked_cell(checked) -> str:
-    """'54 dense figures: 4.3 % median, 16.2 % max' per recorded check (EngineProfile / HardwareProfile.checked;
+    """'54 dense figures: 4.3 % median, 15.7 % max' per recorded check (EngineProfile / HardwareProfile.checked;
     'dense' / 'MoE' where the check is of one model class); '-': none."""
     return (
         "; ".join(

@@ -38,7 +38,7 @@ class CheckedSpec(StrictModel):
         return self
 
     def text(self) -> str:
-        """'54 published figures (FILE): median |error| 4.3 %, largest 16.2 %'; '... figures of MoE models (FILE) ...'
+        """'54 published figures (FILE): median |error| 4.3 %, largest 15.7 %'; '... figures of MoE models (FILE) ...'
         for a check of one model class."""
         of = f" of {MODEL_CLASS_NAME[self.models]} models" if self.models != "all" else ""
         return (

@@ -109,6 +109,16 @@ def serving_summary_dict(
                 "prefill": _launch_dict(d.prefill_launches),
                 "decode": _launch_dict(d.decode_launches),
             }
+    if run.host is not None and run.host.seconds > 0.0:  # the engine's host work, where its profile has any
+        h = run.host
+        extra["host"] = {
+            "iterations": h.iterations,
+            "host_bound_iterations": h.host_bound,
+            "host_seconds": h.seconds,
+            "per_iteration_s": h.per_iteration_s,
+            "per_sequence_s": h.per_sequence_s,
+            "overlapped": h.overlapped,
+        }
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
         extra["engine_check"] = spec.engine_profile().check_note(moe)
     return {
@@ -222,6 +232,30 @@ def launches_line(summary: dict) -> str | None:
     return "iterations launched: " + _launch_parts(launches)
 
 
+def host_line(summary: dict) -> str | None:
+    """What the engine's host work did to the run's iterations: 'host work (29.37 us a sequence, overlapped with
+    the GPU pass) outlasted the GPU pass in 4,120 of 6,011 iterations, which took it instead'; None where the
+    engine profile has no host time."""
+    host = summary.get("host")
+    if not host:
+        return None
+    rate = " + ".join(
+        part
+        for part in (
+            f"{1e3 * host['per_iteration_s']:.3g} ms an iteration" if host["per_iteration_s"] else "",
+            f"{1e6 * host['per_sequence_s']:.4g} us a sequence" if host["per_sequence_s"] else "",
+        )
+        if part
+    )
+    n, bound = host["iterations"], host["host_bound_iterations"]
+    if host["overlapped"]:
+        return (
+            f"host work ({rate}, overlapped with the GPU pass) outlasted the GPU pass in {bound:,} of {n:,} "
+            "iterations, which took it instead"
+        )
+    return f"host work ({rate}, between GPU passes) added {host['host_seconds']:.3g} s over {n:,} iterations"
+
+
 def _launch_parts(launches: dict) -> str:
     parts = []
     for kind, text, unit, what in (
@@ -285,6 +319,7 @@ def serving_markdown(summary: dict) -> str:
         "",
         *([f"{line}.", ""] if (line := scheduler_line(summary)) else []),
         *([f"{line}.", ""] if (line := launches_line(summary)) else []),
+        *([f"{line}.", ""] if (line := host_line(summary)) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
         *([engine_check_line(summary), ""] if engine_check_line(summary) else []),
         "## Latency",
@@ -374,6 +409,8 @@ def print_serving(console: Console, summary: dict) -> None:
     if line := scheduler_line(summary):
         console.print(escape(line))
     if line := launches_line(summary):
+        console.print(escape(line))
+    if line := host_line(summary):
         console.print(escape(line))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")

@@ -36,6 +36,7 @@ from simulator.serving.simulate import (
     TIMESERIES_COLUMNS,
     TRANSFER_COLUMNS,
     DisaggregatedRun,
+    HostTally,
     RequestRecord,
     RequestSource,
     ServingModel,
@@ -362,7 +363,22 @@ class _Disaggregated(RequestSource):
                 decode_launches=self.decode.launch_tally(),
             ),
             launches=_merged(self.prefill.launch_tally(), self.decode.launch_tally()),
+            host=_summed(self.prefill.host_tally(), self.decode.host_tally()),
         )
+
+
+def _summed(*tallies: HostTally | None) -> HostTally | None:
+    """Both pools' host tallies (ServingRun.host) summed, with the decode pool's rate (the pools share the
+    engine); None when neither pool has an engine's host rule."""
+    given = [t for t in tallies if t is not None]
+    if not given:
+        return None
+    last = given[-1]
+    return last._replace(
+        iterations=sum(t.iterations for t in given),
+        host_bound=sum(t.host_bound for t in given),
+        seconds=sum(t.seconds for t in given),
+    )
 
 
 def _merged(*tallies: dict[str, tuple[int, int, int]] | None) -> dict[str, tuple[int, int, int]] | None:

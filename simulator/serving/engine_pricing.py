@@ -88,6 +88,13 @@ def iteration_s(gpu_s: float, host: HostTimeSpec, sequences: int) -> float:
     return max(gpu_s, host_s) if host.overlapped else gpu_s + host_s
 
 
+def host_set_iteration(host: HostTimeSpec, sequences: int, iteration_s: float) -> bool:
+    """Whether the host's work set (overlapped: it outlasted the GPU pass, so the iteration took it) or
+    lengthened (serial: any host work) an iteration of `sequences` sequences that took `iteration_s`."""
+    host_s = host.host_s(sequences)
+    return host_s > 0.0 and (not host.overlapped or host_s >= iteration_s)
+
+
 _PAD = SeqWork(1, 0)  # a dummy decode row: one token, nothing cached
 
 
@@ -170,6 +177,11 @@ class EnginePricer:
 
     def __call__(self, batch: Batch) -> float:
         return self.timing(batch).latency_s
+
+    @property
+    def host_spec(self) -> HostTimeSpec:
+        """The engine's host time per iteration (its profile's)."""
+        return self.profile.host
 
     def launches_text(self) -> str:
         """How iterations are launched, for reports: 'decode batches replayed from CUDA graphs at 51 sizes (1 to

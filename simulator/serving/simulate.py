@@ -22,11 +22,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import simpy
 
+from simulator.config.engine import HostTimeSpec
 from simulator.config.serving import Arrivals, ServingError, ServingSpec
+from simulator.serving.engine_pricing import host_set_iteration
 from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.scheduler import Scheduler, Sequence, Step
 from simulator.serving.workload import Request, generate_requests
@@ -88,6 +91,19 @@ class DisaggregatedRun:
     decode_launches: dict[str, tuple[int, int, int]] | None = None
 
 
+class HostTally(NamedTuple):
+    """An engine's host work over a run: the iterations counted (every replica's), those whose host work set
+    them (overlapped: it outlasted the GPU pass) or lengthened them (serial), the host seconds in all, and the
+    profile's rate (engine HostTimeSpec)."""
+
+    iterations: int
+    host_bound: int
+    seconds: float
+    per_iteration_s: float
+    per_sequence_s: float
+    overlapped: bool
+
+
 @dataclass(frozen=True)
 class ServingRun:
     """What one serving simulation returns; stats.py turns it into tables and a summary."""
@@ -105,6 +121,8 @@ class ServingRun:
     # With an engine profile (a pricer with launch(): serving.engine_pricing.EnginePricer): per launch kind
     # (graph, piecewise, eager) the iterations, their units (sequences for graph, else new tokens) and padding.
     launches: dict[str, tuple[int, int, int]] | None = None
+    # With an engine profile: its host work over the run's iterations (HostTally).
+    host: HostTally | None = None
 
 
 def simulate_serving(
@@ -255,6 +273,8 @@ class ServingModel(RequestSource):
         inner = pricer.pricer if isinstance(pricer, CachedPricer) else pricer
         self.launch = getattr(inner, "launch", None)  # how an engine launches each iteration (EnginePricer)
         self.launches: dict[str, list[int]] = {}
+        self.host: HostTimeSpec | None = getattr(inner, "host_spec", None)  # the engine's host time (EnginePricer)
+        self.host_counts = [0, 0, 0.0]  # ServingRun.host
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
         self.seqs: list[Sequence | None] = [None] * len(requests)
         self.scheduler_of = [0] * len(requests)  # request_id -> index of the scheduler it was routed to
@@ -346,7 +366,7 @@ class ServingModel(RequestSource):
                 continue
             dt = pricer(step.batch)
             if self.launch is not None:
-                self.count_launch(step.batch)
+                self.count_launch(step.batch, dt)
             before = _before(scheduler, step)
             yield env.timeout(dt)
             done = scheduler.complete(step, env.now)
@@ -366,10 +386,11 @@ class ServingModel(RequestSource):
                 yield self.idle(0)
                 continue
             # The group's iteration ends with its slowest replica's; an idle one prices an empty (dummy) batch.
-            dt = max(pricer(step.batch) for step in steps)
+            own = [pricer(step.batch) for step in steps]
+            dt = max(own)
             if self.launch is not None:
-                for step in steps:
-                    self.count_launch(step.batch)
+                for step, own_s in zip(steps, own):
+                    self.count_launch(step.batch, own_s)
             before = [_before(s, step) for s, step in zip(schedulers, steps)]
             yield env.timeout(dt)
             for s, step, pre in zip(schedulers, steps, before):
@@ -400,7 +421,7 @@ class ServingModel(RequestSource):
                     p = lat = pricer(step.batch)
                 period_s, latency_s = max(period_s, p), max(latency_s, lat)
                 if self.launch is not None:
-                    self.count_launch(step.batch)
+                    self.count_launch(step.batch, p)
             before = [_before(s, step) for s, step in zip(schedulers, steps)]
             with entry.request() as slot:
                 yield slot
@@ -413,8 +434,9 @@ class ServingModel(RequestSource):
                 rows.append((start, latency_s, s.replica, *pre, step.tokens_out))
                 self.finished(done)
 
-    def count_launch(self, batch) -> None:
-        """Count one iteration (one replica's batch) by how the engine launches it."""
+    def count_launch(self, batch, iteration_s: float) -> None:
+        """Count one iteration (one replica's batch, `iteration_s` its own time) by how the engine launches it and
+        whether the engine's host work set it."""
         assert self.launch is not None
         kind, units, padding = self.launch(batch)
         tally = self.launches.get(kind)
@@ -423,6 +445,19 @@ class ServingModel(RequestSource):
         tally[0] += 1
         tally[1] += units
         tally[2] += padding
+        if self.host is not None:
+            counts = self.host_counts
+            counts[0] += 1
+            counts[1] += int(host_set_iteration(self.host, len(batch), iteration_s))
+            counts[2] += self.host.host_s(len(batch))
+
+    def host_tally(self) -> HostTally | None:
+        """ServingRun.host: None without an engine's host rule."""
+        if self.host is None:
+            return None
+        n, bound, seconds = self.host_counts
+        h = self.host
+        return HostTally(int(n), int(bound), float(seconds), h.per_iteration_s, h.per_sequence_s, h.overlapped)
 
     def launch_tally(self) -> dict[str, tuple[int, int, int]] | None:
         """ServingRun.launches: None without an engine's launch rule."""
@@ -469,6 +504,7 @@ class ServingModel(RequestSource):
             ),
             mean_in_system=self.area / end_s if end_s > 0 else math.nan,
             launches=self.launch_tally(),
+            host=self.host_tally(),
         )
 
 

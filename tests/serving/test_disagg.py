@@ -573,6 +573,7 @@ def test_a_disaggregated_run_counts_each_pools_launches():
     d = run.disaggregation
     assert d.prefill_launches == {"eager": (3, 24, 0)} and d.decode_launches == {"graph": (9, 9, 0)}
     assert run.launches == {"eager": (3, 24, 0), "graph": (9, 9, 0)}
+    assert run.host is not None and run.host[:3] == (12, 0, 0.0)  # both pools' iterations; no host time
     doc = serving_summary_dict("t", run, summarize(run), "p")
     assert launches_line(doc) == (
         "iterations launched: prefill pool 3 eagerly; decode pool 9 replayed from CUDA graphs (0.0 % padding rows)"

@@ -312,6 +312,17 @@ def test_padding_picks_the_smallest_captured_size_that_holds_the_batch(sizes, n)
         assert not [s for s in sizes if n <= s < padded]
 
 
+def test_trtllm_1_0_host_time_is_the_published_host_step_over_its_requests():
+    # TensorRT-LLM PR 10273: host_step_time 45.11 ms an iteration at 1,536 requests a rank (C++ scheduler)
+    host = load_engine_profile("trtllm-1.0").host
+    assert host.overlapped and host.per_iteration_s == 0.0
+    assert host.per_sequence_s == pytest.approx(45.11e-3 / 1536, rel=1e-3)
+    assert iteration_s(0.010, host, 1536) == pytest.approx(45.11e-3, rel=1e-3)  # host-bound: the host's 45 ms
+    assert iteration_s(0.030, host, 512) == 0.030  # 15.0 ms of host work hidden behind a 30 ms pass
+    for name in ("vllm", "vllm-v1", "sglang", "sglang-0.5", "trtllm"):  # unpublished for these: 0
+        assert load_engine_profile(name).host.host_s(1024) == 0.0
+
+
 @given(
     gpu_s=st.floats(1e-6, 10.0),
     per_iteration_s=st.floats(0.0, 1.0),
@@ -396,6 +407,58 @@ def test_a_run_counts_every_iteration_by_how_the_engine_launches_it():
     assert plain.launches is None and "launches" not in serving_summary_dict("t", plain, summarize(plain), "p")
     piecewise = {"launches": {"piecewise": {"iterations": 2, "new_tokens": 30, "padding": 2}}}
     assert launches_line(piecewise) == "iterations launched: 2 from piecewise graphs (6.2 % padding tokens)"
+
+
+def test_a_run_counts_the_iterations_the_engines_host_work_set():
+    # The run above (one prefill of 3 sequences, 3 decode steps of 3): host work of 0.5 s a sequence, overlapped,
+    # outlasts every GPU pass (at most 0.5 + 3 x 2^-6 + 24 x 2^-10 s), so each iteration takes the host's 1.5 s;
+    # 2^-20 s a sequence hides behind every pass; a serial 2^-4 s an iteration lengthens all four.
+    from simulator.report.serving_summary import host_line, serving_summary_dict
+    from simulator.serving.simulate import simulate_serving
+    from simulator.serving.stats import summarize
+    from tests.serving.conftest import make_spec
+
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "closed_loop", "concurrency": 3},
+            "num_requests": 3,
+            "input_len": {"kind": "fixed", "tokens": 8},
+            "output_len": {"kind": "fixed", "tokens": 4},
+        },
+        scheduler={"policy": "continuous"},
+    )
+
+    def run_with(host_profile):
+        return simulate_serving(spec, CachedPricer(EnginePricer(host_profile, GRAPH, lambda: EAGER, (1, 2, 4))))
+
+    slow = run_with(profile(True, per_sequence_s=0.5, overlapped=True))
+    assert slow.host is not None and slow.host[:3] == (4, 4, 6.0) and slow.end_s == 6.0
+    doc = serving_summary_dict("t", slow, summarize(slow), "p")
+    assert doc["host"] == {
+        "iterations": 4,
+        "host_bound_iterations": 4,
+        "host_seconds": 6.0,
+        "per_iteration_s": 0.0,
+        "per_sequence_s": 0.5,
+        "overlapped": True,
+    }
+    assert host_line(doc) == (
+        "host work (5e+05 us a sequence, overlapped with the GPU pass) outlasted the GPU pass in 4 of 4 "
+        "iterations, which took it instead"
+    )
+    hidden = run_with(profile(True, per_sequence_s=2**-20, overlapped=True))
+    assert hidden.host is not None and hidden.host[:3] == (4, 0, 12 * 2**-20)
+    serial = run_with(profile(True, per_iteration_s=2**-4))
+    assert serial.host is not None and serial.host[:3] == (4, 4, 0.25) and not serial.host.overlapped
+    assert host_line(serving_summary_dict("t", serial, summarize(serial), "p")) == (
+        "host work (62.5 ms an iteration, between GPU passes) added 0.25 s over 4 iterations"
+    )
+    none = run_with(profile(True))  # no host time: no line, nothing in summary.json
+    assert (
+        none.host is not None
+        and none.host[:3] == (4, 0, 0.0)
+        and "host" not in serving_summary_dict("t", none, summarize(none), "p")
+    )
 
 
 def test_an_engine_without_padding_replays_only_batches_of_a_captured_size():
