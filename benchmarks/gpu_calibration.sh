@@ -10,8 +10,9 @@
 # (index_add_) of the sorted MoE combine, fp8 GEMMs (torch._scaled_mm, per-tensor scales), and the host costs
 # of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert), small GEMMs and
 # decode attention calls in a CUDA graph (a check of the kernels' fixed part: simulator.calibration.small_kernels),
-# MLA-shaped decode attention (128 heads over one 576-wide latent: compute-bound, docs/cost-model.md), and the
-# sustained rate of the largest bf16 and fp8 GEMM over SUSTAIN_S (10) seconds with the SM clock and power.
+# MLA-shaped decode attention (128 heads over one 576-wide latent: compute-bound, docs/cost-model.md), MoE expert
+# GEMMs at decode shapes (bmm against PyTorch's grouped GEMMs with routed rows), and the sustained rate of the
+# largest bf16 and fp8 GEMM over SUSTAIN_S (10) seconds with the SM clock and power.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -275,6 +276,62 @@ with torch.inference_mode():
     data["mla_decode_attention"] = mla
     save()
 
+    # 9. MoE expert GEMMs at the decode shapes of the validation cases, 8-128 rows per expert: the calibration's
+    #    kernel (torch.bmm, equal rows, what the profiles' grouped table measured) against PyTorch's grouped GEMM
+    #    (torch._grouped_mm, bf16, rows routed unevenly: a multinomial draw of the tokens' top-k picks) and, where
+    #    torch has it, its fp8 row-wise one (torch._scaled_grouped_mm); per shape the seconds, TFLOP/s and GB/s of
+    #    weights. Whether a grouped MoE kernel at these rows streams its weights as fast as bmm is the first
+    #    candidate for TensorRT-LLM's MoE runs being ~1.6x slower than priced (docs/serving-validation.md);
+    #    nothing reads this yet.
+    moe = []
+    shapes = (  # experts a rank holds, K, N: Qwen3 235B under EP4 (fc1, fc2), DeepSeek V3 under EP8, Qwen3 30B
+        (32, 4096, 3072), (32, 1536, 4096), (32, 7168, 4096), (32, 2048, 7168), (128, 2048, 1536))
+    grouped = getattr(torch, "_grouped_mm", None)
+    scaled_grouped = getattr(torch, "_scaled_grouped_mm", None)
+    for e, k, n in (shapes[:1] if quick else shapes):
+        w = torch.randn(e, k, n, device=dev, dtype=torch.bfloat16)
+        w_t = w.transpose(1, 2).contiguous().transpose(1, 2)  # column-major per expert, as _grouped_mm wants
+        for rows in ((32,) if quick else (8, 32, 64, 128)):
+            x = torch.randn(e, rows, k, device=dev, dtype=torch.bfloat16)
+            rec = {"experts": e, "K": k, "N": n, "rows_per_expert": rows}
+            try:
+                rec["s_bmm"] = events_s(lambda: torch.bmm(x, w), 20)
+            except RuntimeError as exc:
+                print(f"gpu_calibration extra: bmm {e}x{rows}x{k}x{n} failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+            # uneven rows: each of the e * rows token copies picks an expert uniformly (the routing of many tokens),
+            # counts rounded up to 16 (the grouped kernels' alignment), the same total within 16 per expert
+            counts = torch.bincount(torch.randint(0, e, (e * rows,), device=dev), minlength=e)
+            counts = ((counts + 15) // 16) * 16
+            offs = torch.cumsum(counts, 0).to(torch.int32)
+            xa = torch.randn(int(offs[-1].item()), k, device=dev, dtype=torch.bfloat16)
+            rec["rows_routed_max"] = int(counts.max().item())
+            rec["rows_routed_total"] = int(offs[-1].item())
+            if grouped is not None:
+                try:
+                    rec["s_grouped_bf16"] = events_s(lambda: grouped(xa, w_t, offs=offs, out_dtype=torch.bfloat16), 20)
+                except (RuntimeError, TypeError) as exc:
+                    print(f"gpu_calibration extra: _grouped_mm failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+            if scaled_grouped is not None and hasattr(torch, "float8_e4m3fn"):
+                try:
+                    xq = xa.to(torch.float8_e4m3fn)
+                    wq = w_t.to(torch.float8_e4m3fn).transpose(1, 2).contiguous().transpose(1, 2)
+                    sa = torch.ones(xq.shape[0], device=dev, dtype=torch.float32)
+                    sb = torch.ones(e, n, device=dev, dtype=torch.float32)
+                    fn = lambda: scaled_grouped(xq, wq, sa, sb, offs=offs, out_dtype=torch.bfloat16)
+                    rec["s_grouped_fp8"] = events_s(fn, 20)
+                except (RuntimeError, TypeError) as exc:
+                    print(f"gpu_calibration extra: _scaled_grouped_mm failed: {str(exc).splitlines()[0]}",
+                          file=sys.stderr)
+            flops = 2.0 * e * rows * k * n
+            for key, wbytes in (("bmm", 2), ("grouped_bf16", 2), ("grouped_fp8", 1)):
+                t = rec.get(f"s_{key}")
+                if t:
+                    rec[f"tflops_{key}"] = flops / t / 1e12
+                    rec[f"gbps_weights_{key}"] = e * k * n * wbytes / t / 1e9
+            moe.append(rec)
+            data["moe_grouped_gemm"] = moe
+            save()
+
     # 7. Sustained GEMM rate: the largest GEMM back to back for SUSTAIN_S seconds per format (bf16, then fp8), its
     #    rate per ~0.5 s window, with the SM clock and board power sampled by nvidia-smi from a side thread (the GPU
     #    never waits for it). The micro-benchmarks above time 20 calls after warm-up; a serving engine's
@@ -345,6 +402,11 @@ if hc:
 for r in data.get("mla_decode_attention", []):
     print(f"MLA-shaped decode attention B{r['B']} L{r['L']}: {r['s'] * 1e6:.1f} us, {r['tflops']:.0f} TFLOP/s, "
           f"{r['gbps_latent']:.0f} GB/s of latent")
+for r in data.get("moe_grouped_gemm", []):
+    parts = [f"{key} {r['gbps_weights_' + key]:.0f} GB/s" for key in ("bmm", "grouped_bf16", "grouped_fp8")
+             if "gbps_weights_" + key in r]
+    print(f"MoE GEMM {r['experts']}x[{r['K']}x{r['N']}] at {r['rows_per_expert']} rows an expert: "
+          + (", ".join(parts) or "not measured") + " of weights")
 best = max((r["tflops"] for r in data.get("gemm_fp8", [])), default=float("nan"))
 print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} shapes")
 for r in data.get("sustained_gemm", []):
