@@ -151,6 +151,20 @@ def test_profiles_lists_bundled_profiles(capsys, monkeypatch):
     for name in ("generic-64gb", "h100-sxm-80gb", "h200-sxm-141gb", "a100-sxm-80gb", "trtllm-1.0", "sglang-0.5"):
         assert name in out
     assert "Engine profiles" in out and "18 dense figures: 7.8 % median, 24.7 % max" in out  # the B200's check
+    assert "29.37 us a sequence, overlapped" in out  # trtllm-1.0's host time
+
+
+def test_a_host_cell_states_the_engines_host_time_and_whether_the_gpu_hides_it():
+    from simulator.commands.profiles import host_cell
+    from simulator.config.engine import HostTimeSpec
+
+    assert host_cell(HostTimeSpec(per_sequence_s=2.937e-05, overlapped=True, source="s")) == (
+        "29.37 us a sequence, overlapped"
+    )
+    assert host_cell(HostTimeSpec(per_iteration_s=0.003, per_sequence_s=1e-5, source="s")) == (
+        "3 ms an iteration + 10 us a sequence, serial"
+    )
+    assert host_cell(HostTimeSpec(source="s")) == "0, serial"
 
 
 def test_a_checked_cell_lists_every_recorded_check():

@@ -69,6 +69,11 @@ def checked_cell(checked) -> str:
     )
 
 
+def host_cell(host) -> str:
+    """An engine's host time per iteration (HostTimeSpec): '29.37 us a sequence, overlapped'; '0, serial'."""
+    return f"{host.rate_text}, {'overlapped' if host.overlapped else 'serial'}"
+
+
 def _engine_table(console: Console) -> list[str]:
     """The engine profiles (engine_profiles/*.yaml) and how each was checked; the ones that do not load, named."""
     from rich.table import Table
@@ -77,7 +82,7 @@ def _engine_table(console: Console) -> list[str]:
     from simulator.config.engine import available_engines, load_engine_profile
 
     table = Table(title="Engine profiles (engine_profiles/*.yaml; serving.engine)")
-    for col in ("name", "version", "checked end to end", "description"):
+    for col in ("name", "version", "host time", "checked end to end", "description"):
         table.add_column(col)
     broken = []
     for name in available_engines():
@@ -86,10 +91,11 @@ def _engine_table(console: Console) -> list[str]:
         except ScenarioError as exc:
             broken.append(f"{name} ({exc})")
             continue
-        table.add_row(name, e.version, checked_cell(e.checked), e.description)
+        table.add_row(name, e.version, host_cell(e.host), checked_cell(e.checked), e.description)
     console.print(table)
     console.print(
-        "checked end to end: published runs the profile priced (`checked:` in its YAML; `moesim validate` re-measures "
-        "them), |error| over their figures; '-': never checked, its end-to-end error is unknown"
+        "host time: the host's work per iteration, hidden behind the GPU pass when overlapped (0 where no figure is "
+        "published); checked end to end: published runs the profile priced (`checked:` in its YAML; `moesim "
+        "validate` re-measures them), |error| over their figures; '-': never checked, its end-to-end error is unknown"
     )
     return broken

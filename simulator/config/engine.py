@@ -164,6 +164,20 @@ class HostTimeSpec(StrictModel):
     def host_s(self, sequences: int) -> float:
         return self.per_iteration_s + self.per_sequence_s * sequences
 
+    @property
+    def rate_text(self) -> str:
+        """'29.37 us a sequence', '3 ms an iteration + 10 us a sequence'; '0' without host time."""
+        return host_rate_text(self.per_iteration_s, self.per_sequence_s)
+
+
+def host_rate_text(per_iteration_s: float, per_sequence_s: float) -> str:
+    """A host time per iteration as reports write it (HostTimeSpec.rate_text)."""
+    parts = (
+        f"{1e3 * per_iteration_s:.3g} ms an iteration" if per_iteration_s else "",
+        f"{1e6 * per_sequence_s:.4g} us a sequence" if per_sequence_s else "",
+    )
+    return " + ".join(p for p in parts if p) or "0"
+
 
 class KernelsSpec(StrictModel):
     """The engine's kernels, mapped onto moesim's options: `moe_impl` (model.moe_impl), `attention` (moesim

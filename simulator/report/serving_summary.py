@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from simulator.config.engine import host_rate_text
 from simulator.files import write_atomic
 from simulator.report.summary import calibration_line, fmt_s
 from simulator.serving.simulate import ServingRun
@@ -239,14 +240,7 @@ def host_line(summary: dict) -> str | None:
     host = summary.get("host")
     if not host:
         return None
-    rate = " + ".join(
-        part
-        for part in (
-            f"{1e3 * host['per_iteration_s']:.3g} ms an iteration" if host["per_iteration_s"] else "",
-            f"{1e6 * host['per_sequence_s']:.4g} us a sequence" if host["per_sequence_s"] else "",
-        )
-        if part
-    )
+    rate = host_rate_text(host["per_iteration_s"], host["per_sequence_s"])
     n, bound = host["iterations"], host["host_bound_iterations"]
     if host["overlapped"]:
         return (
