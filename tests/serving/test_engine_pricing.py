@@ -461,6 +461,39 @@ def test_a_run_counts_the_iterations_the_engines_host_work_set():
     )
 
 
+@given(
+    per_iteration_s=st.sampled_from([0.0, 2**-6, 2**-2]),
+    per_sequence_s=st.sampled_from([0.0, 2**-10, 2**-4]),
+    overlapped=st.booleans(),
+    concurrency=st.integers(1, 6),
+)
+def test_a_runs_host_tally_adds_up_its_iterations_host_work(per_iteration_s, per_sequence_s, overlapped, concurrency):
+    # every iteration counted once; the host seconds the profile's rate over the sequences each iteration ran;
+    # overlapped, the host sets an iteration exactly when its work is the iteration's time
+    from simulator.serving.simulate import simulate_serving
+    from tests.serving.conftest import make_spec
+
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "closed_loop", "concurrency": concurrency},
+            "num_requests": 6,
+            "input_len": {"kind": "fixed", "tokens": 8},
+            "output_len": {"kind": "fixed", "tokens": 3},
+        },
+        scheduler={"policy": "continuous"},
+    )
+    host = profile(True, per_iteration_s, per_sequence_s, overlapped)
+    run = simulate_serving(spec, CachedPricer(EnginePricer(host, GRAPH, lambda: EAGER, (1, 2, 4))))
+    tally = run.host
+    assert tally is not None and tally.iterations == run.num_iterations
+    seqs = run.timeseries["batch_seqs"]
+    assert tally.seconds == pytest.approx(per_iteration_s * len(seqs) + per_sequence_s * float(seqs.sum()))
+    host_s = per_iteration_s + per_sequence_s * seqs
+    dt = run.timeseries["iteration_s"]
+    expected = (host_s > 0) & ((host_s >= dt) if overlapped else True)
+    assert tally.host_bound == int(expected.sum())
+
+
 def test_an_engine_without_padding_replays_only_batches_of_a_captured_size():
     # TensorRT-LLM's PyTorch backend: sizes 1-32, 64, 128, enable_padding False (a batch of 33 runs eagerly)
     sizes = load_engine_profile("trtllm-1.0").cuda_graph.capture_sizes(2048, 8192)  # type: ignore[union-attr]
