@@ -380,23 +380,29 @@ def test_engine_defaults_fill_only_what_the_scenario_leaves_out(seqs, tokens, ad
         ] == [rule[0]]
 
 
+def closed_loop_spec(concurrency: int, requests: int, output_tokens: int):
+    """`requests` requests of 8 prompt tokens + `output_tokens`, `concurrency` at a time, continuous batching."""
+    from tests.serving.conftest import make_spec
+
+    return make_spec(
+        workload={
+            "arrivals": {"kind": "closed_loop", "concurrency": concurrency},
+            "num_requests": requests,
+            "input_len": {"kind": "fixed", "tokens": 8},
+            "output_len": {"kind": "fixed", "tokens": output_tokens},
+        },
+        scheduler={"policy": "continuous"},
+    )
+
+
 def test_a_run_counts_every_iteration_by_how_the_engine_launches_it():
     # 3 requests of 8 + 4 at once, continuous batching: one prefill of 24 tokens (eager), then 3 decode steps of
     # 3 sequences, each replayed from the graph of 4 (one padding row). The cache in front does not hide repeats.
     from simulator.report.serving_summary import launches_line, serving_summary_dict
     from simulator.serving.simulate import simulate_serving
     from simulator.serving.stats import summarize
-    from tests.serving.conftest import make_spec
 
-    spec = make_spec(
-        workload={
-            "arrivals": {"kind": "closed_loop", "concurrency": 3},
-            "num_requests": 3,
-            "input_len": {"kind": "fixed", "tokens": 8},
-            "output_len": {"kind": "fixed", "tokens": 4},
-        },
-        scheduler={"policy": "continuous"},
-    )
+    spec = closed_loop_spec(concurrency=3, requests=3, output_tokens=4)
     engine = EnginePricer(profile(True), GRAPH, lambda: EAGER, (1, 2, 4))
     run = simulate_serving(spec, CachedPricer(engine))
     assert run.launches == {"eager": (1, 24, 0), "graph": (3, 9, 3)}
@@ -416,17 +422,8 @@ def test_a_run_counts_the_iterations_the_engines_host_work_set():
     from simulator.report.serving_summary import host_line, serving_summary_dict
     from simulator.serving.simulate import simulate_serving
     from simulator.serving.stats import summarize
-    from tests.serving.conftest import make_spec
 
-    spec = make_spec(
-        workload={
-            "arrivals": {"kind": "closed_loop", "concurrency": 3},
-            "num_requests": 3,
-            "input_len": {"kind": "fixed", "tokens": 8},
-            "output_len": {"kind": "fixed", "tokens": 4},
-        },
-        scheduler={"policy": "continuous"},
-    )
+    spec = closed_loop_spec(concurrency=3, requests=3, output_tokens=4)
 
     def run_with(host_profile):
         return simulate_serving(spec, CachedPricer(EnginePricer(host_profile, GRAPH, lambda: EAGER, (1, 2, 4))))
@@ -471,17 +468,8 @@ def test_a_runs_host_tally_adds_up_its_iterations_host_work(per_iteration_s, per
     # every iteration counted once; the host seconds the profile's rate over the sequences each iteration ran;
     # overlapped, the host sets an iteration exactly when its work is the iteration's time
     from simulator.serving.simulate import simulate_serving
-    from tests.serving.conftest import make_spec
 
-    spec = make_spec(
-        workload={
-            "arrivals": {"kind": "closed_loop", "concurrency": concurrency},
-            "num_requests": 6,
-            "input_len": {"kind": "fixed", "tokens": 8},
-            "output_len": {"kind": "fixed", "tokens": 3},
-        },
-        scheduler={"policy": "continuous"},
-    )
+    spec = closed_loop_spec(concurrency=concurrency, requests=6, output_tokens=3)
     host = profile(True, per_iteration_s, per_sequence_s, overlapped)
     run = simulate_serving(spec, CachedPricer(EnginePricer(host, GRAPH, lambda: EAGER, (1, 2, 4))))
     tally = run.host
