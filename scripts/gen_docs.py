@@ -224,6 +224,7 @@ SCENARIO_SECTIONS = (
     ("ReplicaSpec", "serving.replicas"),
     ("TargetsSpec", "serving.targets"),
     ("CudaGraphOverride", "serving.cuda_graph"),
+    ("HostOverride", "serving.host"),
     ("DisaggregationSpec", "serving.disaggregation"),
     ("PoolSpec", "serving.disaggregation.<prefill, decode>"),
     ("PoolParallelSpec", "serving.disaggregation.<prefill, decode>.parallel"),

@@ -465,6 +465,32 @@ class CudaGraphOverride(StrictModel):
         return profile.model_copy(update={"cuda_graph": graph.model_copy(update=update)})
 
 
+#: HostTimeSpec.source of a host time the scenario sets (serving.host) in place of its engine profile's.
+SCENARIO_HOST_SOURCE = "the scenario's serving.host"
+
+
+class HostOverride(StrictModel):
+    """A scenario's own host time per iteration for serving.engine (serving.host), e.g. what the deployment's own
+    iteration log shows (TensorRT-LLM's print_iter_log host_step_time, vLLM's and SGLang's scheduler timings).
+    Each field given replaces the profile's (HostTimeSpec); the others stay."""
+
+    per_iteration_s: float | None = Field(default=None, ge=0.0, le=1.0, description="host seconds per iteration")
+    per_sequence_s: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="host seconds per sequence in the iteration"
+    )
+    overlapped: bool | None = Field(
+        default=None,
+        description="true: the host prepares the next iteration while the GPU runs this one (an iteration takes "
+        "the longer of the two); false: the host's work sits between GPU passes",
+    )
+
+    def apply(self, profile: EngineProfile) -> EngineProfile:
+        """The profile with this host time (its source: the scenario's)."""
+        update = {k: v for k, v in self.model_dump().items() if v is not None}
+        host = profile.host.model_copy(update={**update, "source": SCENARIO_HOST_SOURCE})
+        return profile.model_copy(update={"host": host})
+
+
 def available_engines() -> list[str]:
     return sorted(p.stem for p in ENGINE_PROFILES_DIR.glob("*.yaml"))
 

@@ -14,7 +14,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulator.config.engine import Admission, CudaGraphOverride, EngineProfile, Policy, Preempt, load_engine_profile
+from simulator.config.engine import (
+    Admission,
+    CudaGraphOverride,
+    EngineProfile,
+    HostOverride,
+    Policy,
+    Preempt,
+    load_engine_profile,
+)
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 
 
@@ -451,6 +459,12 @@ class ServingSpec(StrictModel):
         "cudagraph_capture_sizes, SGLang --cuda-graph-bs, TensorRT-LLM cuda_graph_config); default: the engine's",
     )
 
+    host: HostOverride | None = Field(
+        default=None,
+        description="the deployment's own host time per iteration for serving.engine (per_iteration_s, "
+        "per_sequence_s, overlapped), e.g. from its iteration log; default: the engine's",
+    )
+
     disaggregation: DisaggregationSpec | None = Field(
         default=None,
         description="prefill and decode on separate pools of GPUs (xPyD), each request's KV cache moved between "
@@ -502,11 +516,20 @@ class ServingSpec(StrictModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _host_of_an_engine(self) -> ServingSpec:
+        if self.host is not None and self.engine is None:
+            raise ValueError("host: sets an engine's host time per iteration; name the engine in serving.engine")
+        return self
+
     def engine_profile(self) -> EngineProfile:
-        """serving.engine's profile with the scenario's own CUDA-graph settings (serving.cuda_graph) applied."""
+        """serving.engine's profile with the scenario's own CUDA-graph settings (serving.cuda_graph) and host time
+        (serving.host) applied."""
         assert self.engine is not None
         profile = load_engine_profile(self.engine)
-        return profile if self.cuda_graph is None else self.cuda_graph.apply(profile)
+        if self.cuda_graph is not None:
+            profile = self.cuda_graph.apply(profile)
+        return profile if self.host is None else self.host.apply(profile)
 
     @property
     def num_gpus(self) -> int:

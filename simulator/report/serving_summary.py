@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from simulator.config.engine import host_rate_text
+from simulator.config.engine import SCENARIO_HOST_SOURCE, host_rate_text
 from simulator.files import write_atomic
 from simulator.report.summary import calibration_line, fmt_s
 from simulator.serving.simulate import ServingRun
@@ -119,6 +119,7 @@ def serving_summary_dict(
             "per_iteration_s": h.per_iteration_s,
             "per_sequence_s": h.per_sequence_s,
             "overlapped": h.overlapped,
+            "from_scenario": h.source == SCENARIO_HOST_SOURCE,
         }
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
         extra["engine_check"] = spec.engine_profile().check_note(moe)
@@ -241,6 +242,8 @@ def host_line(summary: dict) -> str | None:
     if not host:
         return None
     rate = host_rate_text(host["per_iteration_s"], host["per_sequence_s"])
+    if host.get("from_scenario"):
+        rate += ", the scenario's serving.host"
     n, bound = host["iterations"], host["host_bound_iterations"]
     if host["overlapped"]:
         return (

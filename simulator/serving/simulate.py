@@ -102,6 +102,7 @@ class HostTally(NamedTuple):
     per_iteration_s: float
     per_sequence_s: float
     overlapped: bool
+    source: str  # where the rate comes from (HostTimeSpec.source)
 
 
 @dataclass(frozen=True)
@@ -457,7 +458,9 @@ class ServingModel(RequestSource):
             return None
         n, bound, seconds = self.host_counts
         h = self.host
-        return HostTally(int(n), int(bound), float(seconds), h.per_iteration_s, h.per_sequence_s, h.overlapped)
+        return HostTally(
+            int(n), int(bound), float(seconds), h.per_iteration_s, h.per_sequence_s, h.overlapped, h.source
+        )
 
     def launch_tally(self) -> dict[str, tuple[int, int, int]] | None:
         """ServingRun.launches: None without an engine's launch rule."""

@@ -438,6 +438,7 @@ def test_a_run_counts_the_iterations_the_engines_host_work_set():
         "per_iteration_s": 0.0,
         "per_sequence_s": 0.5,
         "overlapped": True,
+        "from_scenario": False,
     }
     assert host_line(doc) == (
         "host work (5e+05 us a sequence, overlapped with the GPU pass) outlasted the GPU pass in 4 of 4 "
@@ -536,6 +537,45 @@ def test_a_scenarios_own_cuda_graph_sizes_and_padding_replace_the_engines():
     ],
 )
 def test_a_bad_cuda_graph_section_is_one_line(overrides, message):
+    with pytest.raises(ScenarioError, match=message) as err:
+        load_scenario("scenarios/seed_moe_4gpu_serving.yaml", overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_a_scenarios_own_host_time_replaces_the_engines():
+    # e.g. a deployment's own TensorRT-LLM iteration log (print_iter_log's host_step_time): 10 us a sequence, the
+    # profile's overlap kept; the iteration priced takes the longer of its GPU pass and the scenario's host work
+    from simulator.config.engine import SCENARIO_HOST_SOURCE
+
+    own = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.engine=trtllm-1.0", "serving.host.per_sequence_s=1e-5"]
+    )
+    host = own.serving.engine_profile().host
+    assert (host.per_iteration_s, host.per_sequence_s, host.overlapped) == (0.0, 1e-5, True)
+    assert host.source == SCENARIO_HOST_SOURCE
+    spec, pricer, _ = serving_inputs(own)
+    engine = pricer.pricer  # type: ignore[attr-defined]
+    batch = (SeqWork(1, 5),) * 4
+    assert engine(batch) == max(engine.gpu_timing(batch).latency_s, 4e-5)
+    serial = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.engine=trtllm-1.0", "serving.host={per_iteration_s: 0.002, overlapped: false}"],
+    )
+    _, serial_pricer, _ = serving_inputs(serial)
+    serial_engine = serial_pricer.pricer  # type: ignore[attr-defined]
+    gpu_s = serial_engine.gpu_timing(batch).latency_s
+    assert serial_engine(batch) == gpu_s + 0.002 + 4 * 2.937e-05  # the profile's per-sequence figure stays
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["serving.host.per_sequence_s=1e-5"], "host: sets an engine's host time per iteration; name the engine"),
+        (["serving.engine=vllm", "serving.host.per_iteration_s=-1"], "host.per_iteration_s"),
+        (["serving.engine=vllm", "serving.host.overlaped=true"], "host.overlaped"),
+    ],
+)
+def test_a_bad_host_section_is_one_line(overrides, message):
     with pytest.raises(ScenarioError, match=message) as err:
         load_scenario("scenarios/seed_moe_4gpu_serving.yaml", overrides)
     assert "\n" not in str(err.value)
