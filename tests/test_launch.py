@@ -251,6 +251,22 @@ def test_a_launch_file_says_whether_moesim_priced_it_as_the_engine_version_it_is
     assert "moesim priced it" not in vllm_script(seed) + sglang_script(seed) + trtllm_files(seed)["trtllm.sh"]
 
 
+def test_a_scenarios_own_host_time_is_noted_in_every_launch_file():
+
+    scenario = load_scenario(
+        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.engine=trtllm-1.0", "serving.host.per_iteration_s=0.002"]
+    )
+    note = (
+        "# Note: moesim priced the host's work per iteration at the scenario's serving.host (2 ms an iteration + "
+        "29.37 us a sequence, overlapped); no engine option sets it"
+    )
+    files = launch_files(scenario)
+    for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
+        assert note in files[name], name
+    plain = launch_files(load_scenario("scenarios/seed_moe_4gpu_serving.yaml", ["serving.engine=trtllm-1.0"]))
+    assert "serving.host" not in plain["trtllm.sh"]
+
+
 def test_sglangs_static_memory_share_is_written_as_its_flag_and_noted_elsewhere():
     scenario = load_scenario(
         ROOT / "scenarios/seed_moe_4gpu_serving.yaml",

@@ -71,7 +71,7 @@ def checked_cell(checked) -> str:
 
 def host_cell(host) -> str:
     """An engine's host time per iteration (HostTimeSpec): '29.37 us a sequence, overlapped'; '0, serial'."""
-    return f"{host.rate_text}, {'overlapped' if host.overlapped else 'serial'}"
+    return host.text
 
 
 def _engine_table(console: Console) -> list[str]:

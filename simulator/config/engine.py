@@ -169,6 +169,11 @@ class HostTimeSpec(StrictModel):
         """'29.37 us a sequence', '3 ms an iteration + 10 us a sequence'; '0' without host time."""
         return host_rate_text(self.per_iteration_s, self.per_sequence_s)
 
+    @property
+    def text(self) -> str:
+        """'29.37 us a sequence, overlapped'; '0, serial'."""
+        return f"{self.rate_text}, {'overlapped' if self.overlapped else 'serial'}"
+
 
 def host_rate_text(per_iteration_s: float, per_sequence_s: float) -> str:
     """A host time per iteration as reports write it (HostTimeSpec.rate_text)."""

@@ -196,6 +196,13 @@ def _header(engine: str, scenario: Scenario, d: Deployment) -> list[str]:
         )
     if d.uneven_split:
         lines.append("# Note: the scenario's layer_split is not written; the engines split layers evenly by default.")
+    if scenario.serving is not None and scenario.serving.host is not None and scenario.serving.engine is not None:
+        host = scenario.serving.engine_profile().host
+        lines.append(
+            f"# Note: moesim priced the host's work per iteration at the scenario's serving.host ({host.text}); no "
+            "engine option sets it: it is what the host measures (TensorRT-LLM logs it per iteration as "
+            "host_step_time with print_iter_log: true)."
+        )
     if d.moe_all_to_all_in_tp:
         lines.append(
             "# Note: moesim priced this layout's MoE layers with its all-to-all flow (runtime.moe_dispatch all_to_all: "
