@@ -534,9 +534,12 @@ def test_a_scenarios_own_cuda_graph_sizes_and_padding_replace_the_engines():
         (["serving.engine=trtllm", "serving.cuda_graph.padding=true"], "engine profile trtllm captures no CUDA graphs"),
         (["serving.engine=vllm", "serving.cuda_graph.sizes=[0, 8]"], "cuda_graph.sizes"),
         (["serving.engine=vllm", "serving.cuda_graph.sizes=[]"], "cuda_graph.sizes"),
+        (["serving.host.per_sequence_s=1e-5"], "host: sets an engine's host time per iteration; name the engine"),
+        (["serving.engine=vllm", "serving.host.per_iteration_s=-1"], "host.per_iteration_s"),
+        (["serving.engine=vllm", "serving.host.overlaped=true"], "host.overlaped"),
     ],
 )
-def test_a_bad_cuda_graph_section_is_one_line(overrides, message):
+def test_a_bad_cuda_graph_or_host_section_is_one_line(overrides, message):
     with pytest.raises(ScenarioError, match=message) as err:
         load_scenario("scenarios/seed_moe_4gpu_serving.yaml", overrides)
     assert "\n" not in str(err.value)
@@ -565,20 +568,6 @@ def test_a_scenarios_own_host_time_replaces_the_engines():
     serial_engine = serial_pricer.pricer  # type: ignore[attr-defined]
     gpu_s = serial_engine.gpu_timing(batch).latency_s
     assert serial_engine(batch) == gpu_s + 0.002 + 4 * 2.937e-05  # the profile's per-sequence figure stays
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["serving.host.per_sequence_s=1e-5"], "host: sets an engine's host time per iteration; name the engine"),
-        (["serving.engine=vllm", "serving.host.per_iteration_s=-1"], "host.per_iteration_s"),
-        (["serving.engine=vllm", "serving.host.overlaped=true"], "host.overlaped"),
-    ],
-)
-def test_a_bad_host_section_is_one_line(overrides, message):
-    with pytest.raises(ScenarioError, match=message) as err:
-        load_scenario("scenarios/seed_moe_4gpu_serving.yaml", overrides)
-    assert "\n" not in str(err.value)
 
 
 def test_every_serving_output_states_how_close_its_engine_profile_came_to_published_runs():
