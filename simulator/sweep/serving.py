@@ -28,9 +28,11 @@ __all__ = ["MAX_RATE_REL_TOL", "SERVING_OBJECTIVES", "serving_figures", "simulat
 
 def serving_figures(scenario: Scenario, objective: str, base_dir: str | Path | None = None) -> dict[str, float]:
     """The serving figures of one layout: goodput, throughput and p99 latencies at the workload's own
-    arrivals, and with objective 'max_rate' the max rate (NaN when even the lowest rate tried misses)."""
+    arrivals, the share of iterations the engine's host work set (where its profile has host time), and with
+    objective 'max_rate' the max rate (NaN when even the lowest rate tried misses)."""
     spec, pricer, num_gpus = serving_inputs(scenario)
-    summary = summarize(simulate_serving(spec, pricer, base_dir=base_dir))
+    run = simulate_serving(spec, pricer, base_dir=base_dir)
+    summary = summarize(run)
     f, lat = summary.figures, summary.latency
     figures = {
         "goodput_requests_per_s_per_gpu": f["goodput_requests_per_s"] / num_gpus,
@@ -40,6 +42,9 @@ def serving_figures(scenario: Scenario, objective: str, base_dir: str | Path | N
         "tpot_p99_s": float(lat.loc["tpot_s", "p99"]),
         "targets_met": float(summary.all_targets_met),
     }
+    host = run.host
+    if host is not None and host.seconds > 0.0 and host.iterations:  # an engine with host time: its share
+        figures["host_bound_share"] = host.host_bound / host.iterations
     if objective == "max_rate":
         found = search_max_rate(spec, pricer, f["requests_per_s"], MAX_RATE_REL_TOL, base_dir=base_dir)
         rate = math.nan if found.rate_per_s is None else found.rate_per_s

@@ -101,3 +101,16 @@ def test_compare_serving_objective_needs_a_serving_section(tmp_path, capsys):
     assert main(["compare", str(path), "--out", str(tmp_path / "x"), "--objective", "max_rate"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "serving:" in err and "--objective max_rate" in err
+
+
+def test_a_layouts_serving_figures_give_the_share_of_iterations_its_engines_host_set(small_serving_file):
+    # an overlapped host of 1 s an iteration outlasts every GPU pass of the tiny model: every iteration is the host's;
+    # without an engine (no host time) the figure is absent
+    from simulator.config import load_scenario
+    from simulator.sweep.serving import serving_figures
+
+    slow = load_scenario(
+        small_serving_file, ["serving.engine=trtllm-1.0", "serving.host={per_iteration_s: 1.0, overlapped: true}"]
+    )
+    assert serving_figures(slow, "goodput_per_gpu")["host_bound_share"] == 1.0
+    assert "host_bound_share" not in serving_figures(load_scenario(small_serving_file), "goodput_per_gpu")
