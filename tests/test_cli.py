@@ -154,17 +154,14 @@ def test_profiles_lists_bundled_profiles(capsys, monkeypatch):
     assert "29.37 us a sequence, overlapped" in out  # trtllm-1.0's host time
 
 
-def test_a_host_cell_states_the_engines_host_time_and_whether_the_gpu_hides_it():
-    from simulator.commands.profiles import host_cell
+def test_an_engines_host_time_text_states_it_and_whether_the_gpu_hides_it():
     from simulator.config.engine import HostTimeSpec
 
-    assert host_cell(HostTimeSpec(per_sequence_s=2.937e-05, overlapped=True, source="s")) == (
-        "29.37 us a sequence, overlapped"
-    )
-    assert host_cell(HostTimeSpec(per_iteration_s=0.003, per_sequence_s=1e-5, source="s")) == (
+    assert HostTimeSpec(per_sequence_s=2.937e-05, overlapped=True, source="s").text == "29.37 us a sequence, overlapped"
+    assert HostTimeSpec(per_iteration_s=0.003, per_sequence_s=1e-5, source="s").text == (
         "3 ms an iteration + 10 us a sequence, serial"
     )
-    assert host_cell(HostTimeSpec(source="s")) == "0, serial"
+    assert HostTimeSpec(source="s").text == "0, serial"
 
 
 def test_a_checked_cell_lists_every_recorded_check():

@@ -69,11 +69,6 @@ def checked_cell(checked) -> str:
     )
 
 
-def host_cell(host) -> str:
-    """An engine's host time per iteration (HostTimeSpec): '29.37 us a sequence, overlapped'; '0, serial'."""
-    return host.text
-
-
 def _engine_table(console: Console) -> list[str]:
     """The engine profiles (engine_profiles/*.yaml) and how each was checked; the ones that do not load, named."""
     from rich.table import Table
@@ -91,7 +86,7 @@ def _engine_table(console: Console) -> list[str]:
         except ScenarioError as exc:
             broken.append(f"{name} ({exc})")
             continue
-        table.add_row(name, e.version, host_cell(e.host), checked_cell(e.checked), e.description)
+        table.add_row(name, e.version, e.host.text, checked_cell(e.checked), e.description)
     console.print(table)
     console.print(
         "host time: the host's work per iteration, hidden behind the GPU pass when overlapped (0 where no figure is "

@@ -37,7 +37,7 @@ _SERVING_COLUMNS = (
     ("ttft_p99_s", "TTFT p99", "s"),
     ("tpot_p99_s", "TPOT p99", "s"),
     ("goodput_fraction", "goodput fraction", ""),
-    ("host_bound_share", "host-set iterations", ""),  # the share the engine's host work set (serving.host)
+    ("host_bound_share", "host-set iterations", ""),  # the share its engine's host work set (ServingRun.host)
 )
 _TARGET_TAG = {
     "output_tokens_per_ms_per_gpu": "out",
