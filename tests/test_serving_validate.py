@@ -214,6 +214,9 @@ def test_validate_prints_the_table_median_and_skip_reasons(tmp_path):
     assert [r["case"] for r in rows if r["skipped"]] == ["SKIPPED-X"]
     md = (out / "validation.md").read_text()
     assert "| DST-VLLM-C16 | tpot_mean_ms | 49.6 |" in md and "- skipped SKIPPED-X:" in md
+    # no engine here has host time: no host-set column, empty cells
+    assert "host-set" not in md and "host-set" not in text
+    assert all(r["host_bound_share"] == "" for r in rows)
 
 
 def test_a_decode_phase_case_is_a_static_scenario_giving_output_tokens_per_s():
@@ -571,3 +574,39 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
         "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %"
     )
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")
+
+
+def test_a_cases_host_set_share_reaches_the_table_the_markdown_and_the_csv(tmp_path):
+    # a seed-model case served by trtllm-1.0 with the scenario's host time at 1 s an iteration, overlapped: every
+    # iteration is the host's (100 %); a case without host time shows '-' and an empty CSV cell
+    from simulator.calibration.serving_validate import ServingOutcome, Skipped, load_serving_cases, predict_serving
+    from simulator.commands.validate import host_share_text
+    from simulator.report.validation_plot import serving_validation_markdown, write_serving_validation
+
+    seed = yaml.safe_load((ROOT / "scenarios/seed_moe_4gpu_serving.yaml").read_text())
+    scenario = {k: seed[k] for k in ("model", "hardware", "cluster", "parallel", "runtime")}
+    scenario["serving"] = {
+        "engine": "trtllm-1.0",
+        "host": {"per_iteration_s": 1.0, "overlapped": True},
+        "workload": {
+            "arrivals": {"kind": "closed_loop", "concurrency": 4},
+            "num_requests": 4,
+            "input_len": {"kind": "fixed", "tokens": 64},
+            "output_len": {"kind": "fixed", "tokens": 4},
+        },
+    }
+    path = tmp_path / "cases.yaml"
+    case = {"id": "HOST", "source": "test", "measured": {"output_tokens_per_s": 1.0}, "scenario": scenario}
+    path.write_text(yaml.safe_dump({"serving_cases": [case]}))
+    (outcome,) = predict_serving(load_serving_cases(path)[0], tmp_path)
+    assert outcome.host_bound_share == 1.0 and host_share_text(outcome.host_bound_share) == "100 %"
+    plain = ServingOutcome("PLAIN", "output_tokens_per_s", 2.0, 3.0)
+    summary = {"rows": 2.0, "median_abs_error": 0.5, "max_abs_error": 0.5}
+    md = serving_validation_markdown([outcome, plain], [], summary, "t")
+    assert "| error | host-set iterations |" in md
+    assert md.splitlines()[4].endswith(" 100 % |") and md.splitlines()[5].endswith(" - |")
+    assert "host-set" not in serving_validation_markdown([plain], [], summary, "t")
+    write_serving_validation([outcome, plain], [Skipped("S", "why")], summary, tmp_path, "t")
+    with open(tmp_path / "validation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["host_bound_share"] for r in rows] == ["1.0", "", ""]

@@ -96,6 +96,7 @@ class ServingOutcome:
     metric: str
     measured: float
     predicted: float
+    host_bound_share: float | None = None  # of the case's iterations, those its engine's host work set (or None)
 
     @property
     def error(self) -> float:
@@ -117,6 +118,7 @@ class CasePrediction:
     simulated_requests: int
     replicas_simulated: int
     replicas: int
+    host_bound_share: float | None = None  # where the engine has host time: the share of iterations it set
 
 
 def is_serving_cases_file(path: Path) -> bool:
@@ -207,7 +209,9 @@ def simulate_case(case: ServingCase, base_dir: Path | None = None) -> CasePredic
         "itl_mean_ms": float(inter_token_latencies_s(run).mean()) * 1e3,
         "itl_p50_ms": float(lat.loc["itl_s", "p50"]) * 1e3,
     }
-    return CasePrediction(figures, len(requests), simulated, replicas)
+    host = run.host
+    share = host.host_bound / host.iterations if host is not None and host.seconds > 0.0 and host.iterations else None
+    return CasePrediction(figures, len(requests), simulated, replicas, share)
 
 
 def replica_zero(spec: ServingSpec, requests: tuple[Request, ...]) -> tuple[ServingSpec, tuple[Request, ...]]:
@@ -237,7 +241,10 @@ def replica_zero(spec: ServingSpec, requests: tuple[Request, ...]) -> tuple[Serv
 def predict_serving(case: ServingCase, base_dir: Path | None = None) -> list[ServingOutcome]:
     """One row per measured metric of a (not skipped) case."""
     prediction = simulate_case(case, base_dir)
-    return [ServingOutcome(case.id, m, v, prediction.figures[m]) for m, v in case.measured.items()]
+    return [
+        ServingOutcome(case.id, m, v, prediction.figures[m], prediction.host_bound_share)
+        for m, v in case.measured.items()
+    ]
 
 
 @dataclass(frozen=True)

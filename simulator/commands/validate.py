@@ -21,12 +21,13 @@ def add_arguments(parser) -> None:
 
 
 def _outcome_table(title: str, outcomes, figures: tuple[str, str]) -> Table:
-    """One row per outcome: case, metric, its two figures in the order `figures` names them, and the
-    signed error in colour."""
+    """One row per outcome: case, metric, its two figures in the order `figures` names them, the signed error in
+    colour, and where any case's engine has host time the share of its iterations the host set ("host-set")."""
     from rich.table import Table
 
     table = Table(title=title)
-    columns = ("case", "metric", *figures, "error")
+    host = any(getattr(o, "host_bound_share", None) is not None for o in outcomes)
+    columns = ("case", "metric", *figures, "error", *(("host-set",) if host else ()))
     for col in columns:
         table.add_column(col, justify="left" if col in ("case", "metric") else "right")
     for o in outcomes:
@@ -36,9 +37,15 @@ def _outcome_table(title: str, outcomes, figures: tuple[str, str]) -> Table:
             "predicted": f"{o.predicted:.4g}",
             "measured": f"{o.measured:.4g}",
             "error": f"[{_colour(o.error)}]{100 * o.error:+.1f}%[/]",
+            "host-set": host_share_text(getattr(o, "host_bound_share", None)),
         }
         table.add_row(*(cells[c] for c in columns))
     return table
+
+
+def host_share_text(share: float | None) -> str:
+    """The share of a case's iterations its engine's host work set: '62 %'; '-' without host time."""
+    return "-" if share is None else f"{100 * share:.0f} %"
 
 
 def _colour(error: float) -> str:

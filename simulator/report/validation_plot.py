@@ -68,9 +68,15 @@ def write_validation(outcomes, out_dir: Path) -> None:
 def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], title: str) -> str:
     """The serving validation table as Markdown: one row per (case, metric), the median and largest |error|,
     and the skipped cases with their reasons."""
-    lines = [f"# {title}", "", "| case | metric | measured | predicted | error |", "|---|---|---|---|---|"]
+    host = any(o.host_bound_share is not None for o in outcomes)
+    head = "| case | metric | measured | predicted | error |" + (" host-set iterations |" if host else "")
+    lines = [f"# {title}", "", head, "|---|---|---|---|---|" + ("---|" if host else "")]
     for o in outcomes:
-        lines.append(f"| {o.case} | {o.metric} | {o.measured:.4g} | {o.predicted:.4g} | {100 * o.error:+.1f} % |")
+        share = ("-" if o.host_bound_share is None else f"{100 * o.host_bound_share:.0f} %") if host else None
+        lines.append(
+            f"| {o.case} | {o.metric} | {o.measured:.4g} | {o.predicted:.4g} | {100 * o.error:+.1f} % |"
+            + (f" {share} |" if host else "")
+        )
     lines.append("")
     if summary["rows"]:
         lines.append(
@@ -91,12 +97,21 @@ def write_serving_validation(outcomes, skipped, summary: dict[str, float], out_d
             "measured": o.measured,
             "predicted": o.predicted,
             "error": o.error,
+            "host_bound_share": "" if o.host_bound_share is None else o.host_bound_share,
             "skipped": "",
         }
         for o in outcomes
     ]
     rows += [
-        {"case": s.case, "metric": "", "measured": "", "predicted": "", "error": "", "skipped": s.reason}
+        {
+            "case": s.case,
+            "metric": "",
+            "measured": "",
+            "predicted": "",
+            "error": "",
+            "host_bound_share": "",
+            "skipped": s.reason,
+        }
         for s in skipped
     ]
     write_atomic(out_dir / "validation.csv", pd.DataFrame(rows).to_csv(index=False))
