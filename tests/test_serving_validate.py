@@ -580,8 +580,7 @@ def test_a_cases_host_set_share_reaches_the_table_the_markdown_and_the_csv(tmp_p
     # a seed-model case served by trtllm-1.0 with the scenario's host time at 1 s an iteration, overlapped: every
     # iteration is the host's (100 %); a case without host time shows '-' and an empty CSV cell
     from simulator.calibration.serving_validate import ServingOutcome, Skipped, load_serving_cases, predict_serving
-    from simulator.commands.validate import host_share_text
-    from simulator.report.validation_plot import serving_validation_markdown, write_serving_validation
+    from simulator.report.validation_plot import host_share_text, serving_validation_markdown, write_serving_validation
 
     seed = yaml.safe_load((ROOT / "scenarios/seed_moe_4gpu_serving.yaml").read_text())
     scenario = {k: seed[k] for k in ("model", "hardware", "cluster", "parallel", "runtime")}

@@ -25,6 +25,8 @@ def _outcome_table(title: str, outcomes, figures: tuple[str, str]) -> Table:
     colour, and where any case's engine has host time the share of its iterations the host set ("host-set")."""
     from rich.table import Table
 
+    from simulator.report.validation_plot import host_share_text
+
     table = Table(title=title)
     host = any(getattr(o, "host_bound_share", None) is not None for o in outcomes)
     columns = ("case", "metric", *figures, "error", *(("host-set",) if host else ()))
@@ -41,11 +43,6 @@ def _outcome_table(title: str, outcomes, figures: tuple[str, str]) -> Table:
         }
         table.add_row(*(cells[c] for c in columns))
     return table
-
-
-def host_share_text(share: float | None) -> str:
-    """The share of a case's iterations its engine's host work set: '62 %'; '-' without host time."""
-    return "-" if share is None else f"{100 * share:.0f} %"
 
 
 def _colour(error: float) -> str:

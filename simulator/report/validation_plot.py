@@ -65,6 +65,11 @@ def write_validation(outcomes, out_dir: Path) -> None:
     write_atomic(out_dir / "validation.png", buf.getvalue())
 
 
+def host_share_text(share: float | None) -> str:
+    """The share of a case's iterations its engine's host work set: '62 %'; '-' without host time."""
+    return "-" if share is None else f"{100 * share:.0f} %"
+
+
 def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], title: str) -> str:
     """The serving validation table as Markdown: one row per (case, metric), the median and largest |error|,
     and the skipped cases with their reasons."""
@@ -72,10 +77,9 @@ def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], ti
     head = "| case | metric | measured | predicted | error |" + (" host-set iterations |" if host else "")
     lines = [f"# {title}", "", head, "|---|---|---|---|---|" + ("---|" if host else "")]
     for o in outcomes:
-        share = ("-" if o.host_bound_share is None else f"{100 * o.host_bound_share:.0f} %") if host else None
         lines.append(
             f"| {o.case} | {o.metric} | {o.measured:.4g} | {o.predicted:.4g} | {100 * o.error:+.1f} % |"
-            + (f" {share} |" if host else "")
+            + (f" {host_share_text(o.host_bound_share)} |" if host else "")
         )
     lines.append("")
     if summary["rows"]:
