@@ -318,22 +318,33 @@ def test_the_trtllm_1_0_cases_take_trtllm_bench_limits_and_graphs():
 # ---------------------------------------------------------------- engine profiles' recorded checks
 
 
+def _rows_by_profile(paths, profile_of) -> dict[tuple[str, str, str], int]:
+    """Measured figures per (case file from the repository root, profile, model class) of the cases of `paths`
+    whose scenario `profile_of` names a profile for (None: it names none)."""
+    from simulator.config.checked import MODEL_CLASS
+
+    rows: dict[tuple[str, str, str], int] = {}
+    for path in paths:
+        for case in load_serving_cases(path):
+            scenario = case_scenario(case)
+            name = profile_of(scenario)
+            if name is not None:
+                key = (str(path.relative_to(ROOT)), name, MODEL_CLASS[scenario.model.is_moe])
+                rows[key] = rows.get(key, 0) + len(case.measured)
+    return rows
+
+
 def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
     """EngineProfile.checked.rows = the measured figures of the cases that price with the profile, of the model
     class the check names (no simulation); a profile that records none has no case naming it, except the SGLang
     ones (SGLEP runs as a static decode)."""
-    from simulator.config.checked import MODEL_CLASS
-    from simulator.config.engine import ENGINE_PROFILES_DIR, available_engines, load_engine_profile
+    from simulator.config.engine import available_engines, load_engine_profile
 
-    root = ENGINE_PROFILES_DIR.parent
-    named: dict[tuple[str, str, str], int] = {}
     moe = ("serving_cases_trtllm_moe.yaml", "serving_cases_trtllm_moe_b200.yaml")
-    for path in (CASES, TRT10, *(ROOT / "validation" / name for name in moe)):
-        for case in load_serving_cases(path):
-            scenario = case_scenario(case)
-            if scenario.serving is not None and scenario.serving.engine is not None:
-                key = (str(path.relative_to(root)), scenario.serving.engine, MODEL_CLASS[scenario.model.is_moe])
-                named[key] = named.get(key, 0) + len(case.measured)
+    named = _rows_by_profile(
+        (CASES, TRT10, *(ROOT / "validation" / name for name in moe)),
+        lambda s: s.serving.engine if s.serving is not None else None,
+    )
     recorded = {
         (c.cases, name, c.models): c.rows for name in available_engines() for c in load_engine_profile(name).checked
     }
@@ -543,15 +554,10 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
     """HardwareProfile.checked as for engines, by model class: the B200's dense NVFP4 cases (18 rows) and the MoE
     file's MoE (12) and dense (5) rows; every output's calibration note on the profile states those of its model's
     class (config.hardware.calibration_note)."""
-    from simulator.config.checked import MODEL_CLASS
     from simulator.config.hardware import available_profiles, calibration_note, load_profile
 
-    rows: dict[tuple[str, str, str], int] = {}
-    for name in ("serving_cases_trtllm10_b200.yaml", "serving_cases_trtllm_moe_b200.yaml"):
-        for case in load_serving_cases(ROOT / "validation" / name):
-            s = case_scenario(case)
-            key = (f"validation/{name}", s.hardware.profile, MODEL_CLASS[s.model.is_moe])
-            rows[key] = rows.get(key, 0) + len(case.measured)
+    files = ("serving_cases_trtllm10_b200.yaml", "serving_cases_trtllm_moe_b200.yaml")
+    rows = _rows_by_profile((ROOT / "validation" / name for name in files), lambda s: s.hardware.profile)
     recorded = {(c.cases, name, c.models): c.rows for name in available_profiles() for c in load_profile(name).checked}
     assert (
         recorded
