@@ -221,6 +221,7 @@ SCENARIO_SECTIONS = (
     ("EmpiricalLength", "serving.workload.input_len"),
     ("SchedulerSpec", "serving.scheduler"),
     ("KVCacheSpec", "serving.scheduler.kv_cache"),
+    ("SlidingKVSpec", "serving.scheduler.kv_cache.sliding"),
     ("ReplicaSpec", "serving.replicas"),
     ("TargetsSpec", "serving.targets"),
     ("CudaGraphOverride", "serving.cuda_graph"),

@@ -57,6 +57,29 @@ def attention_pairs(q_len: int, kv_len: float, causal: bool = True) -> float:
     return q_len * kv_len - q_len * (q_len - 1) / 2.0
 
 
+def windowed_kv_len(q_len: int, kv_len: float, window: int | None) -> float:
+    """The KV length a causal chunk over every position would need to score as many (query, key) pairs as
+    `q_len` queries (the last q_len of `kv_len` positions) that each attend only to the last `window`
+    positions (sliding-window attention, Beltagy et al. 2020; their own included). Query p (0-based) scores
+    min(p + 1, window) keys, so the chunk scores sum_{x=a}^{b} min(x, window) with a = kv_len - q_len + 1 and
+    b = kv_len, and attention_pairs(q_len, k) = that sum at k = sum / q_len + (q_len - 1) / 2. A decode token
+    (q_len 1) gives min(kv_len, window): the positions it reads. None (no window): kv_len.
+
+    Every attention cost above is linear in kv_len, so the window enters as this equivalent length: FLOPs
+    exact; K and V bytes as kv_len positions read once, which for a decode token is exact and for a prefill
+    chunk (which reads up to q_len + window - 1 positions) a lower figure, where the kernel is compute-bound."""
+    if window is None or kv_len <= window:
+        return kv_len
+    if q_len == 1:
+        return float(window)
+    a, b, w = kv_len - q_len + 1, kv_len, window
+    if a >= w:
+        pairs = w * (b - a + 1)
+    else:
+        pairs = (a + w) * (w - a + 1) / 2.0 + w * (b - w)
+    return pairs / q_len + (q_len - 1) / 2.0
+
+
 def attention_scores_cost(
     batch: float,
     heads: int,

@@ -119,17 +119,24 @@ def weight_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
 def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     """Peak KV cache: every sequence of the GPU's dp rank, at its longest (input + output - 1
     positions: the last token is never fed back), for the stage's layers and local KV heads
-    (MLA: the whole latent on every TP rank), at the KV cache dtype."""
+    (MLA: the whole latent on every TP rank), at the KV cache dtype. A sliding-window layer keeps
+    its window's last positions (the engines free what falls out of it)."""
     m, p, w = scenario.model, scenario.parallel, scenario.workload
     pl = Placement.of(scenario)
     positions = w.input_len_tokens + w.output_len_tokens - 1
-    layers = len(pl.layers_of_gpu(gpu))
+    layers = pl.layers_of_gpu(gpu)
     if m.is_mla:
         return costs.mla_kv_cache_bytes(
-            w.batch_size / p.dp, positions, layers, m.kv_lora_rank or 0, m.qk_rope_head_dim or 0, m.kv_bytes_per_element
+            w.batch_size / p.dp,
+            positions,
+            len(layers),
+            m.kv_lora_rank or 0,
+            m.qk_rope_head_dim or 0,
+            m.kv_bytes_per_element,
         )
     kvl = max(1, m.kv_heads // p.tp)
-    return costs.kv_cache_bytes(w.batch_size / p.dp, positions, layers, kvl, m.head_size, m.kv_bytes_per_element)
+    kept = m.kept_positions(layers, positions)
+    return costs.kv_cache_bytes(w.batch_size / p.dp, kept, 1, kvl, m.head_size, m.kv_bytes_per_element)
 
 
 def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dict[int, float]:

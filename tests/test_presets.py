@@ -22,7 +22,12 @@ FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 #: DeepSeek counts activated parameters without the input embedding (a gather, no FLOPs): moesim's
 #: count with it is 37.55B, without it 36.63B; "37B" fits the latter. Qwen3-30B-A3B: "30.5B in total" (its model
 #: card) and "3B" activated (the technical report's Table 2, the name's A3B); moesim counts 3.35B with the
-#: embedding and LM head, 1.6 % above the card's "3.3B activated".
+#: embedding and LM head, 1.6 % above the card's "3.3B activated". gpt-oss (OpenAI's model card, 2025-08-05): 116.83B
+#: total / 5.13B active (120b) and 20.91B / 3.61B (20b); the active figures leave out the input embedding as
+#: DeepSeek's do (moesim: 5.131B and 3.607B without it); moesim's totals lack the attention, router and expert
+#: biases and the attention sinks (0.04B and 0.01B).
+#: Names whose published active count leaves out the input embedding (a gather, no FLOPs).
+ACTIVE_WITHOUT_EMBEDDING = ("deepseek-v3", "gpt-oss-120b", "gpt-oss-20b")
 PUBLISHED = {
     "mixtral-8x7b": ((46.7e9, 0.1e9), (12.9e9, 0.1e9)),
     "mixtral-8x22b": ((141e9, 1e9), (39e9, 1e9)),
@@ -33,6 +38,8 @@ PUBLISHED = {
     "llama-3-70b": ((70.6e9, 0.1e9), (70.6e9, 0.1e9)),
     "llama-3-8b": ((8.03e9, 0.01e9), (8.03e9, 0.01e9)),
     "llama-3.1-405b": ((405.5e9, 1e9), (405.5e9, 1e9)),
+    "gpt-oss-120b": ((116.83e9, 0.01e9), (5.13e9, 0.01e9)),
+    "gpt-oss-20b": ((20.91e9, 0.01e9), (3.61e9, 0.01e9)),
 }
 
 
@@ -51,7 +58,7 @@ def test_preset_parameter_counts_match_published(name):
     counts = parameter_counts(SimpleNamespace(model=model))
     total, active = PUBLISHED[name]
     assert _close(counts["total"], total), counts["total"]
-    act = counts["active"] - (model.vocab_size * model.hidden_size if name == "deepseek-v3" else 0)
+    act = counts["active"] - (model.vocab_size * model.hidden_size if name in ACTIVE_WITHOUT_EMBEDDING else 0)
     assert _close(act, active), act
 
 
@@ -108,7 +115,11 @@ def test_import_qwen2_shared_expert_and_gpt_oss_notes():
     _, g, notes, _ = import_file(FIXTURES / "gpt-oss-120b.json")
     assert (g.num_experts, g.top_k, g.head_dim, g.num_kv_heads, g.dtype) == (128, 4, 64, 8, "bf16")
     assert g.formats.expert_gemm.storage == "mxfp4" and g.formats.dense_gemm.storage == "bf16"
-    assert g.weight_memory_approximation is None and any("sliding_window" in n for n in notes)
+    assert g.weight_memory_approximation is None and (g.sliding_window, g.attention_pattern) == (
+        128,
+        ["sliding", "full"],
+    )
+    assert not any("sliding_window" in n for n in notes)  # simulated now, not an approximation
 
 
 def test_unknown_field_is_reported_not_dropped(tmp_path):

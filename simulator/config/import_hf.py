@@ -225,7 +225,13 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
         )
     window = cfg.get("sliding_window")
     if window and (cfg.get("use_sliding_window", True) or family == "gpt_oss"):
-        notes.append(f"sliding_window = {window}: attention is simulated over the full context in every layer")
+        put("sliding_window", int(window), "sliding_window")
+        pattern, how = attention_pattern(cfg)
+        if pattern is not None and "sliding" not in pattern:  # no layer slides after all
+            del spec["sliding_window"], src["sliding_window"]
+        elif pattern is not None:
+            spec["attention_pattern"] = pattern
+            src["attention_pattern"] = how
     if family == "gpt_oss":
         notes.append("GPT-OSS attention sinks and biases are not modelled")
 
@@ -247,6 +253,37 @@ def to_yaml(spec: dict, src: dict[str, str], source_path: str, notes: list[str],
         comment = f"  # {src[field]}" if field in src else ""
         lines.append(f"{text}{comment}")
     return "\n".join(lines) + "\n"
+
+
+def attention_pattern(cfg: dict) -> tuple[list[str] | None, str]:
+    """A config's sliding and full layers as ModelSpec.attention_pattern (the shortest cycle that repeats
+    over the layers) and its source; (None, "") when every layer slides (Mistral: no layer_types)."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        kinds = ["sliding" if str(t) == "sliding_attention" else "full" for t in types]
+        period = next(p for p in range(1, len(kinds) + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
+        cycle = kinds[:period]
+        if cycle == ["sliding"]:
+            return None, ""
+        runs: list[list] = []  # the cycle run-length encoded: 5 x sliding_attention, full_attention
+        for t in types[:period]:
+            if runs and runs[-1][1] == t:
+                runs[-1][0] += 1
+            else:
+                runs.append([1, t])
+        text = ", ".join(f"{n} x {t}" if n > 1 else str(t) for n, t in runs)
+        return cycle, f"layer_types ({len(types)} entries) = [{text}], repeated"
+    every = cfg.get("sliding_window_pattern")
+    if isinstance(every, int) and every > 1:  # Gemma 3: every n-th layer is global
+        return ["sliding"] * (every - 1) + ["full"], f"sliding_window_pattern = {every}: every {every}th layer global"
+    if str(cfg.get("model_type", "")).lower() == "gemma2":  # Gemma 2 alternates, local first
+        return ["sliding", "full"], "Gemma 2 alternates local (sliding) and global layers"
+    full, layers = cfg.get("max_window_layers"), cfg.get("num_hidden_layers")
+    if cfg.get("use_sliding_window") and isinstance(full, int) and isinstance(layers, int) and full > 0:
+        # Qwen2: the first max_window_layers layers attend fully, the rest slide
+        kinds = ["full"] * min(full, layers) + ["sliding"] * max(layers - full, 0)
+        return kinds, f"max_window_layers = {full}: the first {min(full, layers)} layers full, the rest sliding"
+    return None, ""
 
 
 def unsupported_reason(cfg: dict) -> str | None:

@@ -136,6 +136,20 @@ class ModelSpec(StrictModel):
         default=None, description="MLA: rotary part of a query/key head, cached beside kv_lora_rank"
     )
     v_head_dim: PositiveInt | None = Field(default=None, description="MLA: width of a value head")
+    # Sliding-window (local) attention: a sliding layer's query attends to the last sliding_window positions
+    # (itself included), so its attention work and the KV it must keep stop growing with the context.
+    sliding_window: PositiveInt | None = Field(
+        default=None,
+        description="positions a sliding-window layer attends to (its own included; Mistral, Gemma 2/3, "
+        "GPT-OSS); the layers attention_pattern marks sliding; unset: every layer attends to the whole context",
+    )
+    attention_pattern: list[Literal["full", "sliding"]] | None = Field(
+        default=None,
+        min_length=1,
+        description="each layer's attention, a cycle repeated over the layers (layer i: entry i mod length), as "
+        "Hugging Face's layer_types: [sliding, full] (GPT-OSS, Gemma 2), [sliding x 5, full] (Gemma 3); "
+        "default with sliding_window: every layer slides",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -180,6 +194,18 @@ class ModelSpec(StrictModel):
                 raise ValueError(
                     f"first_k_dense_layers = {self.first_k_dense_layers} exceeds num_layers = {self.num_layers}"
                 )
+        if self.attention_pattern is not None:
+            if "sliding" in self.attention_pattern and self.sliding_window is None:
+                raise ValueError(
+                    "attention_pattern has sliding layers but no sliding_window: set sliding_window (positions)"
+                )
+            if self.sliding_window is not None and "sliding" not in self.attention_pattern:
+                raise ValueError(
+                    f"sliding_window = {self.sliding_window} but attention_pattern has no sliding layer: "
+                    "add one or drop sliding_window"
+                )
+        if self.sliding_window is not None and self.is_mla:
+            raise ValueError("sliding_window with multi-head latent attention is not supported: drop one")
         mla = (self.kv_lora_rank, self.qk_rope_head_dim, self.v_head_dim)
         if any(x is not None for x in mla + (self.q_lora_rank,)) and any(x is None for x in mla):
             raise ValueError("multi-head latent attention needs kv_lora_rank, qk_rope_head_dim and v_head_dim together")
@@ -187,6 +213,29 @@ class ModelSpec(StrictModel):
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.is_moe and layer >= self.first_k_dense_layers
+
+    def attention_window(self, layer: int) -> int | None:
+        """Positions layer `layer` attends to when it slides (sliding_window), None when it sees the whole
+        context (every layer without sliding_window; attention_pattern's full entries)."""
+        window = self.sliding_window
+        if window is None:
+            return None
+        pattern = self.attention_pattern
+        if pattern is None or pattern[layer % len(pattern)] == "sliding":
+            return window
+        return None
+
+    def sliding_layers(self, layers) -> int:
+        """How many of `layers` (layer indices) slide."""
+        if self.sliding_window is None:
+            return 0
+        return sum(1 for layer in layers if self.attention_window(layer) is not None)
+
+    def kept_positions(self, layers, positions: int) -> int:
+        """Layer positions of KV one sequence of `positions` positions keeps over `layers` (layer indices): every
+        position in a full layer, the last sliding_window in a sliding one (engines free what the window left)."""
+        sliding = self.sliding_layers(layers)
+        return (len(layers) - sliding) * positions + sliding * min(positions, self.sliding_window or 0)
 
     @property
     def is_mla(self) -> bool:

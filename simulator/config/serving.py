@@ -9,7 +9,6 @@ memory model and layout by `simulator.serving.capacity.resolve_serving`.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -203,6 +202,37 @@ class WorkloadSpec(StrictModel):
 # ---------------------------------------------------------------- scheduler
 
 
+class SlidingKVSpec(StrictModel):
+    """The layers of a model with sliding-window attention, for its KV blocks: a sliding layer keeps only the
+    blocks its window still reaches (vLLM's hybrid KV cache manager, TensorRT-LLM's variable attention window,
+    SGLang's SWA pool); a full layer keeps every block."""
+
+    window_tokens: int = Field(ge=1, description="positions a sliding layer attends to (model.sliding_window)")
+    full_layers: int = Field(ge=0, description="layers attending to the whole context")
+    sliding_layers: int = Field(ge=1, description="sliding-window layers")
+
+    def window_blocks(self, block_size_tokens: int) -> int:
+        """Blocks a sliding layer holds at most: the window's last window_tokens - 1 cached positions and the
+        new one straddle ceil((window - 1) / block) + 1 blocks (vLLM's SlidingWindowManager frees the blocks
+        before the first position the window reaches)."""
+        return -(-(self.window_tokens - 1) // block_size_tokens) + 1
+
+
+def kv_layer_blocks(kv_tokens: int, block_size_tokens: int, sliding: SlidingKVSpec | None) -> int:
+    """What a sequence of kv_tokens positions holds: blocks (each block every layer's), or for a model with
+    sliding-window layers, layer blocks (one layer's block each): full_layers x blocks + sliding_layers x
+    min(blocks, window_blocks)."""
+    blocks = -(-kv_tokens // block_size_tokens)
+    if sliding is None:
+        return blocks
+    return sliding.full_layers * blocks + sliding.sliding_layers * min(blocks, sliding.window_blocks(block_size_tokens))
+
+
+def layers_per_block(sliding: SlidingKVSpec | None) -> int:
+    """Layer blocks per block of every layer: 1 without sliding layers (the cache counts whole blocks)."""
+    return 1 if sliding is None else sliding.full_layers + sliding.sliding_layers
+
+
 class KVCacheSpec(StrictModel):
     """Paged KV cache of one replica. capacity_blocks None: from the scenario's memory model (what is left of
     capacity x gpu_memory_utilization, or of capacity less the reserve, after weights and activations)."""
@@ -227,6 +257,11 @@ class KVCacheSpec(StrictModel):
         le=1,
         description="fraction of GPU memory for the weights and the KV cache, the activations outside it "
         "(SGLang's --mem-fraction-static)",
+    )
+    sliding: SlidingKVSpec | None = Field(
+        default=None,
+        description="the model's sliding-window layers, whose blocks beyond the window are freed; derived from "
+        "the model (sliding_window, attention_pattern) when the scenario is resolved",
     )
 
     @model_validator(mode="after")
@@ -577,10 +612,14 @@ def kv_output_tokens(output_tokens: int, max_new_tokens: int | None, admission: 
     return max_new_tokens if admission == "reserve" else min(output_tokens, max_new_tokens)
 
 
-def kv_blocks_needed(input_tokens: int, output_tokens: int, block_size_tokens: int) -> int:
+def kv_blocks_needed(
+    input_tokens: int, output_tokens: int, block_size_tokens: int, sliding: SlidingKVSpec | None = None
+) -> int:
     """Blocks a request holds at its end: KV of the prompt and of every output token but the last
-    (the last token is sampled, never fed back)."""
-    return math.ceil((input_tokens + output_tokens - 1) / block_size_tokens)
+    (the last token is sampled, never fed back); with sliding-window layers the whole blocks its layer
+    blocks (kv_layer_blocks) fill, rounded up."""
+    units = kv_layer_blocks(input_tokens + output_tokens - 1, block_size_tokens, sliding)
+    return -(-units // layers_per_block(sliding))
 
 
 def check_admissible(
@@ -592,7 +631,7 @@ def check_admissible(
     if max_new_tokens is not None:  # the engine stops a request at its cap
         output_tokens = min(output_tokens, max_new_tokens)
     held = kv_output_tokens(output_tokens, max_new_tokens, scheduler.admission)
-    blocks = kv_blocks_needed(input_tokens, held, kv.block_size_tokens)
+    blocks = kv_blocks_needed(input_tokens, held, kv.block_size_tokens, kv.sliding)
     batches = scheduler.pipeline_batches or 1
     if kv.capacity_blocks is not None and blocks > kv.capacity_blocks // batches:
         share = f" // pipeline_batches {batches} = {kv.capacity_blocks // batches}" if batches > 1 else ""

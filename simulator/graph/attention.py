@@ -128,8 +128,10 @@ class AttentionBuilder(BlockBuilder):
 
     def attention_attrs(self, op, ctx, g, seqs, q_len, kv_len) -> dict:
         """The attributes of an attention node: MHA/GQA/MQA over the KV cache; MLA's absorbed form, MQA over the
-        cached latent; or MLA's decompressed prefill, MHA over the K and V kv_b_proj wrote (transient)."""
+        cached latent; or MLA's decompressed prefill, MHA over the K and V kv_b_proj wrote (transient). A
+        sliding-window layer (model.attention_window) attends over costs.windowed_kv_len's equivalent length."""
         model, bytes_per_element = self.model, self.bytes_per_element
+        kv_len = costs.windowed_kv_len(q_len, kv_len, model.attention_window(ctx["layer"]))
         hl = self.heads_local
         kv_b = self.kv_bytes_per_element
         decompressed = model.is_mla and self.mla_decompressed(q_len)

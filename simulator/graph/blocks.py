@@ -463,6 +463,7 @@ class BlockBuilder:
             gather,
             per_layer,
             wiring,
+            self.model.attention_window(layer),  # sliding-window layers have attention nodes of their own
         )
         fields = {"step": ctx["step"], "microbatch": ctx["microbatch"], "layer": layer}
         prefix = f"{tag}.L{layer}"

@@ -11,7 +11,8 @@ flash-attention kernels per GPU (as varlen serving kernels do), each described b
                   sums of each sequence's own (causal over its q_len new tokens, attending to context +
                   q_len positions); its calibration size is their total work
     decode part   the sequences with one new token: one kernel whose FLOPs and bytes are linear in the
-                  sum of their KV lengths, so (count, 1, mean KV length) gives them exactly
+                  sum of their KV lengths, so (count, 1, mean KV length) gives them exactly; in a
+                  sliding-window layer the sum of each one's min(KV length, window) (the shape's window sum)
 
 A batch of identical sequences (a static batch) builds exactly the nodes `build` makes for that pass.
 """
@@ -33,13 +34,17 @@ class RaggedShape(NamedTuple):
 
     new_tokens: tokens computed (GEMM rows); sequences: sequences in it (rows of the LM head);
     prefill: ((q_len, kv_len), ...) of the sequences with q_len > 1, sorted; decode_seqs and
-    decode_kv_tokens: the count of one-token sequences and the sum of their KV lengths."""
+    decode_kv_tokens: the count of one-token sequences and the sum of their KV lengths; window: the model's
+    sliding window the shape was made for (None: none) and decode_window_kv_tokens the sum of the one-token
+    sequences' min(KV length, window), what a sliding-window layer's decode kernel reads."""
 
     new_tokens: int
     sequences: int
     prefill: tuple[tuple[int, int], ...]
     decode_seqs: int
     decode_kv_tokens: int
+    window: int | None = None
+    decode_window_kv_tokens: int = 0
 
     @property
     def phase(self) -> str:
@@ -47,20 +52,25 @@ class RaggedShape(NamedTuple):
         return "prefill" if self.prefill else "decode"
 
 
-def ragged_shape(batch: Iterable[tuple[int, int]]) -> RaggedShape:
+def ragged_shape(batch: Iterable[tuple[int, int]], window: int | None = None) -> RaggedShape:
     """The shape of a batch of (new_tokens, context_tokens) pairs: each sequence computes new_tokens
-    tokens attending to context_tokens cached ones plus its new ones (causally)."""
+    tokens attending to context_tokens cached ones plus its new ones (causally). `window`: the model's
+    sliding window (ModelSpec.sliding_window), whose decode sum the shape then carries."""
     prefill = []
-    new_tokens = sequences = decode_seqs = decode_kv = 0
+    new_tokens = sequences = decode_seqs = decode_kv = decode_window_kv = 0
     for new, context in batch:
         new_tokens += new
         sequences += 1
         if new == 1:
             decode_seqs += 1
             decode_kv += context + 1
+            if window is not None:
+                decode_window_kv += min(context + 1, window)
         else:
             prefill.append((new, context + new))
-    return RaggedShape(new_tokens, sequences, tuple(sorted(prefill)), decode_seqs, decode_kv)
+    if window is None:
+        decode_window_kv = decode_kv
+    return RaggedShape(new_tokens, sequences, tuple(sorted(prefill)), decode_seqs, decode_kv, window, decode_window_kv)
 
 
 class RaggedPassBuilder(PassBuilder):
@@ -70,14 +80,34 @@ class RaggedPassBuilder(PassBuilder):
         super().__init__(scenario, keep)
         self.shape = shape
 
+    @property
+    def shape(self) -> RaggedShape:
+        return self._shape
+
+    @shape.setter
+    def shape(self, shape: RaggedShape) -> None:
+        window = self.model.sliding_window
+        if shape.decode_seqs and shape.window != window:  # its window sum would be another window's
+            raise ValueError(
+                f"a ragged shape made for sliding window {shape.window} given to a model whose window is {window}: "
+                "make it with ragged_shape(batch, model.sliding_window)"
+            )
+        self._shape = shape
+
     def uniform(self) -> tuple[float, int, float] | None:
-        """(seqs, q_len, kv_len) when every sequence is alike (build's passes), else None."""
+        """(seqs, q_len, kv_len) when every sequence is alike (build's passes), else None. A decode batch whose
+        KV lengths sum to a multiple of its count counts as alike when the mean gives every layer's kernel
+        exactly: full layers are linear in the sum, and sliding ones need the window sum to be count x
+        min(mean, window)."""
         s = self.shape
         if s.prefill and not s.decode_seqs and s.prefill[0] == s.prefill[-1]:
             return float(len(s.prefill)), s.prefill[0][0], s.prefill[0][1]
-        if not s.prefill and s.decode_kv_tokens % max(s.decode_seqs, 1) == 0:
+        n = max(s.decode_seqs, 1)
+        if not s.prefill and s.decode_kv_tokens % n == 0:
             # (an empty batch: the dummy iteration of an idle replica in a lockstep EP group, zero rows)
-            return float(s.decode_seqs), 1, s.decode_kv_tokens // max(s.decode_seqs, 1)
+            mean = s.decode_kv_tokens // n
+            if s.window is None or s.decode_window_kv_tokens == s.decode_seqs * min(mean, s.window):
+                return float(s.decode_seqs), 1, mean
         return None
 
     def pass_dims(self) -> tuple[float, int, float]:
@@ -117,7 +147,11 @@ class RaggedPassBuilder(PassBuilder):
         if s.prefill:
             out.append(self.packed_prefill_attrs(op, ctx, g, s.prefill))
         if s.decode_seqs:
-            out.append(self.attention_attrs(op, ctx, g, float(s.decode_seqs), 1, s.decode_kv_tokens / s.decode_seqs))
+            # a sliding layer's mean of min(KV, window), which attention_attrs' own min leaves as it is
+            kv_tokens = (
+                s.decode_kv_tokens if self.model.attention_window(ctx["layer"]) is None else s.decode_window_kv_tokens
+            )
+            out.append(self.attention_attrs(op, ctx, g, float(s.decode_seqs), 1, kv_tokens / s.decode_seqs))
         return out
 
     def packed_prefill_attrs(self, op: str, ctx: dict, g: int, parts: tuple[tuple[int, int], ...]) -> dict:
@@ -128,7 +162,7 @@ class RaggedPassBuilder(PassBuilder):
         work = 0.0
         for q_len, kv_len in parts:
             a = self.attention_attrs(op, ctx, g, 1.0, q_len, kv_len)
-            work += a["batch_heads"] * q_len * kv_len
+            work += a["batch_heads"] * q_len * a["kv_len"]  # a sliding layer's equivalent length
             if summed is None:
                 summed = dict(a)
                 continue

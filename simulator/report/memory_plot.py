@@ -5,7 +5,9 @@ Derived from the trace (slices.Slices and the ops table), with these approximati
 * weights and the runtime reserve are constant (summary.json's per-GPU figures);
 * KV cache: the K (or V) of a layer's new tokens exists once that pass's k_proj (v_proj) on the
   GPU has ended, and stays to the end of the run (no eviction): the curve is the running sum of
-  the bytes those projections write. At the end it equals summary.json's kv_cache_bytes;
+  the bytes those projections write. A sliding-window layer (summary.json's sliding_window) keeps
+  only its window's last positions: a pass adds what it writes within the window's reach and the
+  positions that fall out of the window leave. At the end it equals summary.json's kv_cache_bytes;
 * transient activations: the residual stream of every pass in flight on the GPU (from its first
   to its last op there) plus the inputs and outputs of the kernels and receive buffers of the
   collectives running at that instant. Its peak is close to summary.json's activation_bytes
@@ -49,18 +51,43 @@ def _binned_max(times: np.ndarray, deltas: np.ndarray, edges: np.ndarray) -> np.
     return np.maximum.reduceat(values, first)
 
 
-def memory_curves(ops: pd.DataFrame, slices: Slices, gpu: int, edges_s: np.ndarray) -> dict[str, np.ndarray]:
-    """KV cache (at each bin's end) and peak transient activations (within each bin) of one GPU, bytes."""
+def kept_kv_bytes(ops: pd.DataFrame, rows: np.ndarray, input_len_tokens: int, sliding: dict | None) -> np.ndarray:
+    """The KV bytes each k_proj / v_proj row in `rows` adds to what its layer keeps: all it writes, or in a
+    sliding-window layer (sliding: summary.json's {"window_tokens", "layers"}) its net change, the bytes of
+    min(positions after, window) - min(positions before, window) (a prefill goes from 0 to the prompt's
+    positions, decode step s from input + s - 1 to input + s)."""
+    written = ops["bytes_written"].to_numpy(dtype=float)[rows]
+    if not sliding:
+        return written
+    window = int(sliding["window_tokens"])
+    slides = np.isin(ops["layer"].to_numpy()[rows], list(sliding["layers"]))
+    prefill = ops["phase"].to_numpy()[rows] == "prefill"
+    step = ops["step"].to_numpy()[rows].astype(float)
+    after = np.where(prefill, float(input_len_tokens), input_len_tokens + step)
+    before = np.where(prefill, 0.0, after - 1.0)
+    kept = np.minimum(after, window) - np.minimum(before, window)
+    return np.where(slides, written * kept / np.maximum(after - before, 1.0), written)
+
+
+def memory_curves(
+    ops: pd.DataFrame,
+    slices: Slices,
+    gpu: int,
+    edges_s: np.ndarray,
+    input_len_tokens: int = 0,
+    sliding: dict | None = None,
+) -> dict[str, np.ndarray]:
+    """KV cache (at each bin's end) and peak transient activations (within each bin) of one GPU, bytes;
+    `sliding` and `input_len_tokens` for a model with sliding-window layers (kept_kv_bytes)."""
     start = ops["start_s"].to_numpy(dtype=float)
     end = ops["end_s"].to_numpy(dtype=float)
     op = ops["op"].to_numpy()
-    written = ops["bytes_written"].to_numpy(dtype=float)
 
     on_gpu = (slices.gpu == gpu) & (slices.kind < 2)  # its compute and comm streams
     rows = slices.row[on_gpu]
     compute_rows = slices.row[on_gpu & (slices.kind == 0)]
     kv_rows = compute_rows[np.isin(op[compute_rows], KV_WRITE_OPS)]
-    kv_times, kv_bytes = end[kv_rows], written[kv_rows]
+    kv_times, kv_bytes = end[kv_rows], kept_kv_bytes(ops, kv_rows, input_len_tokens, sliding)
     order = np.argsort(kv_times, kind="stable")
     kv_cum = np.cumsum(kv_bytes[order])
     kv = np.concatenate([[0.0], kv_cum])[np.searchsorted(kv_times[order], edges_s[1:], side="right")]
@@ -136,7 +163,14 @@ def _memory_png(ops: pd.DataFrame, slices: Slices, summary: dict, dpi: int) -> b
     capacity_gb = 0.0
     for ax, g in zip(axes.ravel(), gpus):
         m = memory.get(g, {})
-        curves = memory_curves(ops, slices, g, edges_s)
+        curves = memory_curves(
+            ops,
+            slices,
+            g,
+            edges_s,
+            summary.get("workload", {}).get("input_len_tokens", 0),
+            summary.get("sliding_window"),
+        )
         weights = np.full(_BINS, m.get("weight_bytes", 0.0))
         reserve = np.full(_BINS, m.get("reserve_bytes", 0.0))
         layers = [weights, reserve, curves["kv"], curves["activations"]]

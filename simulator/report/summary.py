@@ -42,6 +42,14 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
+def _sliding_window(model) -> dict:
+    """summary.json's sliding_window (only for a model with one): the window and the layers that slide."""
+    if model.sliding_window is None:
+        return {}
+    layers = [i for i in range(model.num_layers) if model.attention_window(i) is not None]
+    return {"sliding_window": {"window_tokens": model.sliding_window, "layers": layers}}
+
+
 def _layout(run: RunResult | DagResult) -> dict:
     s = run.scenario
     rt = s.runtime
@@ -95,6 +103,7 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "model": run.scenario.model.name,
         "layout": _layout(run),
         "workload": run.scenario.workload.model_dump(),
+        **_sliding_window(run.scenario.model),
         "ttft_s": d["ttft_s"],
         "tpot_s": m.tpot_s,
         "prefill_s": m.prefill_s,

@@ -25,7 +25,7 @@ from simulator import costs
 from simulator.config import Scenario, ServingError, ServingSpec, gpus_per_node
 from simulator.config.engine import DpAttentionRuleSpec, load_engine_profile
 from simulator.config.hardware import HardwareProfile
-from simulator.config.serving import KV_RULES, check_longest_admissible
+from simulator.config.serving import KV_RULES, SlidingKVSpec, check_longest_admissible
 from simulator.graph import build
 from simulator.memory import activation_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, symmetric_representatives
@@ -41,6 +41,26 @@ def kv_bytes_per_token(scenario: Scenario, gpu: int) -> float:
             1, 1, layers, m.kv_lora_rank or 0, m.qk_rope_head_dim or 0, m.kv_bytes_per_element
         )
     return costs.kv_cache_bytes(1, 1, layers, max(1, m.kv_heads // p.tp), m.head_size, m.kv_bytes_per_element)
+
+
+def kv_bytes_kept(scenario: Scenario, gpu: int, positions: int) -> float:
+    """KV bytes one sequence of `positions` positions keeps on this GPU: kv_bytes_per_token's layers and heads,
+    a sliding-window layer only its window's last positions (ModelSpec.kept_positions)."""
+    m, p = scenario.model, scenario.parallel
+    layers = Placement.of(scenario).layers_of_gpu(gpu)
+    if m.is_mla:
+        return positions * kv_bytes_per_token(scenario, gpu)
+    kept = m.kept_positions(layers, positions)
+    return costs.kv_cache_bytes(1, kept, 1, max(1, m.kv_heads // p.tp), m.head_size, m.kv_bytes_per_element)
+
+
+def sliding_kv(scenario: Scenario) -> SlidingKVSpec | None:
+    """The model's sliding-window layers for the paged KV cache (kvcache.PagedKVCache), None without."""
+    m = scenario.model
+    if m.sliding_window is None:
+        return None
+    sliding = m.sliding_layers(range(m.num_layers))
+    return SlidingKVSpec(window_tokens=m.sliding_window, full_layers=m.num_layers - sliding, sliding_layers=sliding)
 
 
 def largest_iteration_tokens(spec: ServingSpec) -> int:
@@ -219,6 +239,8 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
         scenario = with_scheduler(s)
     if kv.capacity_blocks is None:
         kv = kv.model_copy(update={"capacity_blocks": serving_kv_capacity_blocks(scenario, hw)})
+    if kv.sliding is None:
+        kv = kv.model_copy(update={"sliding": sliding_kv(scenario)})
     batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
     scheduler = s.model_copy(update={"kv_cache": kv, "pipeline_batches": batches})
     # The aggregated deployment of the scenario's layout: a disaggregation section (serving.disagg) is not its.
@@ -233,11 +255,13 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
 
 __all__ = [
     "activation_bytes",
+    "kv_bytes_kept",
     "kv_bytes_per_token",
     "largest_iteration_tokens",
     "lockstep_layout",
     "resolve_serving",
     "serving_kv_capacity_blocks",
+    "sliding_kv",
     "engine_static_fraction",
     "engine_rank_budget_tokens",
 ]

@@ -113,10 +113,21 @@ class DagPricer:
         self.tolerance = tolerance
         self.gated = scenario.model.gated
         self.decode_eager = scenario.runtime.mode == "eager"
+        model = scenario.model
         self.stage_layers = [len(layers) for layers in scenario.stage_layers()]
         self.total_layers = sum(self.stage_layers)
+        self.stage_sliding = [model.sliding_layers(layers) for layers in scenario.stage_layers()]
+        self.total_sliding = sum(self.stage_sliding)
+        self.window = model.sliding_window
+        # a full-attention layer and a sliding-window one (None where the model has none), whose attention
+        # stands for every layer of its kind
+        every = range(model.num_layers)
+        self.kind_layers = (
+            next((i for i in every if model.attention_window(i) is None), None),
+            next((i for i in every if model.attention_window(i) is not None), None),
+        )
         self.pp = len(self.stage_layers)
-        self.builder = RaggedPassBuilder(scenario, ragged_shape(()), self.keep)
+        self.builder = RaggedPassBuilder(scenario, ragged_shape((), self.window), self.keep)
         self.gpu = self.builder.stage_on[0][0]  # attention is alike on every GPU of every stage
         self.last_gpu = self.builder.stage_on[-1][0]
         self.trunks = {"prefill": _Trunk(self, "prefill"), "decode": _Trunk(self, "decode")}
@@ -141,7 +152,7 @@ class DagPricer:
 
     def exact(self, batch: Batch) -> IterationTiming:
         """Build and simulate the forward pass of this batch: the reference every other figure is tested against."""
-        return self.exact_shape(ragged_shape(batch))
+        return self.exact_shape(ragged_shape(batch, self.window))
 
     def exact_shape(self, shape: RaggedShape) -> IterationTiming:
         latency_s, spans = self.simulate(shape)
@@ -175,33 +186,42 @@ class DagPricer:
 
     # ---------------------------------------------------------------- fast: trunk + attention + head
 
-    def node_parts(self, shape: RaggedShape) -> tuple[float, float]:
-        """(one layer's attention seconds on one GPU, the LM head's and sampling's seconds) of this shape."""
+    def node_parts(self, shape: RaggedShape) -> tuple[float, float, float]:
+        """(one full-attention layer's attention seconds on one GPU, one sliding-window layer's (0 when the model
+        has none), the LM head's and sampling's seconds) of this shape."""
         phase = shape.phase
         eager = True if phase == "prefill" else self.decode_eager
         bld = self.builder
         bld.shape = shape
-        ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": 0, "stage": 0}
         hw, gpn, gated = self.hw, self.gpn, self.gated
-        attention_s = 0.0
-        if self.fast is not None:
-            for t in self.fast.times(bld, eager):
-                attention_s += t
-        else:
-            for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
-                attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
+        layer_s = [0.0, 0.0]
+        for i, layer in enumerate(self.kind_layers):
+            if layer is None:
+                continue
+            ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": layer, "stage": 0}
+            attention_s = 0.0
+            if self.fast is not None:
+                for t in self.fast.times(bld, eager, self.scenario.model.attention_window(layer)):
+                    attention_s += t
+            else:
+                for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
+                    attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
+            layer_s[i] = attention_s
         head_s = 0.0
         if self.scenario.model.vocab_size:
-            ctx = {**ctx, "layer": -1, "stage": self.pp - 1}
+            ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": -1}
+            ctx["stage"] = self.pp - 1
             outside = self.graph_outside_ops
             for a in bld.head_attrs(ctx, self.last_gpu, float(shape.sequences)):
                 head_s += node_time_s(a, hw, gpn, eager or a["op"] in outside, gated)[0]
-        return attention_s, head_s
+        return layer_s[0], layer_s[1], head_s
 
     def parts_list(self, shape: RaggedShape) -> list[float]:
         """What attention and head add to [latency, stage 0, .., stage pp-1]."""
-        attention_s, head_s = self.node_parts(shape)
-        vec = [self.total_layers * attention_s] + [n * attention_s for n in self.stage_layers]
+        full_s, sliding_s, head_s = self.node_parts(shape)
+        vec = [(self.total_layers - self.total_sliding) * full_s + self.total_sliding * sliding_s] + [
+            (n - k) * full_s + k * sliding_s for n, k in zip(self.stage_layers, self.stage_sliding)
+        ]
         vec[0] += head_s
         vec[-1] += head_s
         return vec
@@ -210,7 +230,7 @@ class DagPricer:
         return np.array(self.parts_list(shape))
 
     def timing(self, batch: Batch) -> IterationTiming:
-        shape = ragged_shape(batch)
+        shape = ragged_shape(batch, self.window)
         trunk = self.trunks[shape.phase].at(shape.new_tokens).tolist()
         parts = self.parts_list(shape)
         # trunk + parts element by element, as floats (the same sums as numpy's, without its per-call cost)
@@ -255,26 +275,31 @@ class _CalibratedAttention:
             return None
         return cls(builder, hw)
 
-    def times(self, bld: RaggedPassBuilder, eager: bool) -> list[float]:
-        """Node seconds in attention_nodes_attrs' order: scores (prefill part, decode part), then context."""
+    def times(self, bld: RaggedPassBuilder, eager: bool, window: int | None = None) -> list[float]:
+        """Node seconds in attention_nodes_attrs' order: scores (prefill part, decode part), then context, of a
+        layer that attends to the last `window` positions (None: a full-attention layer)."""
         uniform = bld.uniform()
         if uniform is not None:
-            scores, context = self.kernel(*uniform)
+            scores, context = self.kernel(*uniform, window)
             return [self.seconds(*scores, 1, eager), self.seconds(*context, 0, eager)]
         s = bld.shape
         parts = []
         if s.prefill:
-            parts.append(self.packed(s.prefill))
+            parts.append(self.packed(s.prefill, window))
         if s.decode_seqs:
-            parts.append(self.kernel(float(s.decode_seqs), 1, s.decode_kv_tokens / s.decode_seqs))
+            kv_tokens = s.decode_kv_tokens if window is None else s.decode_window_kv_tokens
+            parts.append(self.kernel(float(s.decode_seqs), 1, kv_tokens / s.decode_seqs, window))
         return [self.seconds(*part[0], 1, eager) for part in parts] + [
             self.seconds(*part[1], 0, eager) for part in parts
         ]
 
-    def kernel(self, seqs: float, q_len: int, kv_len: float) -> tuple[_AttentionKernel, _AttentionKernel]:
+    def kernel(
+        self, seqs: float, q_len: int, kv_len: float, window: int | None = None
+    ) -> tuple[_AttentionKernel, _AttentionKernel]:
         """(flops, bytes moved, q_len, calibration size) of the scores and of the context node
-        (graph.attention.attention_attrs, non-MLA)."""
+        (graph.attention.attention_attrs, non-MLA; a sliding layer at costs.windowed_kv_len)."""
         hl, kvl, dk = self.hl, self.kvl, self.dk
+        kv_len = costs.windowed_kv_len(q_len, kv_len, window)
         kv_bytes = seqs * kvl * kv_len * dk * self.kv_b
         size = seqs * hl * q_len * kv_len if q_len > 1 else 2 * kv_bytes
         work = seqs * hl * kv_len
@@ -285,13 +310,16 @@ class _CalibratedAttention:
             (cx.flops, cx.bytes_read + cx.bytes_written, q_len, size, work),
         )
 
-    def packed(self, chunks: tuple[tuple[int, int], ...]) -> tuple[_AttentionKernel, _AttentionKernel]:
+    def packed(
+        self, chunks: tuple[tuple[int, int], ...], window: int | None = None
+    ) -> tuple[_AttentionKernel, _AttentionKernel]:
         """graph.ragged.packed_prefill_attrs: each chunk's FLOPs and bytes summed in order; the calibration size
         is the chunks' total work."""
         hl, kvl, dk = self.hl, self.kvl, self.dk
         work = 0.0
         totals: list[list[float]] = []
-        for i, (q_len, kv_len) in enumerate(chunks):
+        for i, (q_len, full_kv_len) in enumerate(chunks):
+            kv_len = costs.windowed_kv_len(q_len, full_kv_len, window)
             work += 1.0 * hl * q_len * kv_len
             sc = costs.attention_scores_cost(1.0, hl, kvl, q_len, kv_len, dk, self.b_in, self.kv_b)
             cx = costs.attention_context_cost(1.0, hl, kvl, q_len, kv_len, dk, self.b, self.kv_b)
@@ -323,12 +351,12 @@ class _CalibratedAttention:
         return costs.eager_time_s(time_s, bound, launches, self.overhead_s, self.floor_s, eager)[0]
 
 
-def reference_shape(phase: str, tokens: int) -> RaggedShape:
+def reference_shape(phase: str, tokens: int, window: int | None = None) -> RaggedShape:
     """The batch whose exact pass gives the trunk at `tokens`: one prompt of that many tokens (prefill), or
-    that many decode sequences at KV length 1 (decode)."""
+    that many decode sequences at KV length 1 (decode); `window`: the model's sliding window."""
     if phase == "prefill":
-        return ragged_shape(((tokens, 0),))
-    return ragged_shape(((1, 0),) * tokens)
+        return ragged_shape(((tokens, 0),), window)
+    return ragged_shape(((1, 0),) * tokens, window)
 
 
 class _Trunk:
@@ -346,7 +374,7 @@ class _Trunk:
     def exact(self, tokens: int) -> np.ndarray:
         value = self.values.get(tokens)
         if value is None:
-            shape = reference_shape(self.phase, tokens)
+            shape = reference_shape(self.phase, tokens, self.pricer.window)
             passes = self.pricer.passes
             found = passes.get((self.phase, tokens)) if passes is not None else None
             if found is None:

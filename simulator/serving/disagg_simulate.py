@@ -175,7 +175,7 @@ class DecodePool(ServingModel):
         self.arriving[index] -= 1
         seq.token_times_s.append(first_token_s)
         seq.state = RUNNING
-        seq.kv_limit_tokens = scheduler.kv.held(seq.request_id) * scheduler.kv.block_size_tokens
+        seq.kv_limit_tokens = scheduler.kv.tokens_held(seq.request_id)
         scheduler.running.append(seq)
         wake = self.wake[index]
         if wake is not None:

@@ -13,7 +13,8 @@ and for MLA tokens x shared layers x (kv_lora_rank + qk_rope_head_dim) x b. A (l
 prefill ranks hold (replicated heads, or MLA's latent) is taken from holder number (dst rank mod holders), so
 the decode ranks spread over the prefill ranks. A TP4 prefill feeding a TP8 decode thus sends each decode rank
 its own head(s) from the one prefill rank that holds them; TP8 -> TP4 gathers two ranks' heads on each decode
-rank; PP2 -> PP1 sends each stage's layers from that stage.
+rank; PP2 -> PP1 sends each stage's layers from that stage. A sliding-window layer holds, and sends, only its
+window's last min(tokens, sliding_window) positions.
 """
 
 from __future__ import annotations
@@ -69,11 +70,13 @@ def kv_transfer_flows(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens
     else:
         per_unit = 2 * model.head_size
         heads = model.kv_heads
-    units: dict[tuple[int, int], int] = {}  # (src gpu, dst gpu) -> (layer, head) units
+    units: dict[tuple[int, int], int] = {}  # (src gpu, dst gpu) -> (layer, head) units x positions moved
     for d_rank in range(dst.tp):
         d_heads = range(heads) if model.is_mla else heads_of_rank(heads, dst.tp, d_rank)
         for layer in range(layers):
             d_gpu = dst.local_gpu(dst_stage[layer], d_rank)
+            window = model.attention_window(layer)  # a sliding layer keeps (and sends) its window's positions
+            kept = tokens if window is None else min(tokens, window)
             for head in d_heads:
                 if model.is_mla:
                     holders = list(range(src.tp))
@@ -81,11 +84,8 @@ def kv_transfer_flows(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens
                     holders = [r for r in range(src.tp) if head in heads_of_rank(heads, src.tp, r)]
                 s_rank = holders[d_rank % len(holders)]
                 key = (src.local_gpu(src_stage[layer], s_rank), d_gpu)
-                units[key] = units.get(key, 0) + 1
-    return [
-        KVFlow(s, d, float(tokens) * n * per_unit * b)
-        for (s, d), n in sorted(units.items(), key=lambda kv: kv[0][::-1])
-    ]
+                units[key] = units.get(key, 0) + kept
+    return [KVFlow(s, d, float(n) * per_unit * b) for (s, d), n in sorted(units.items(), key=lambda kv: kv[0][::-1])]
 
 
 def kv_transfer_bytes(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens: int) -> float:

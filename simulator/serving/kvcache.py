@@ -3,55 +3,95 @@
 A sequence holds ceil(kv_tokens / block_size_tokens) blocks; it grows block by block and frees all of
 them when it finishes or is preempted. Used blocks never exceed the capacity: a request that does not fit
 is refused (the scheduler then waits or preempts).
+
+A model with sliding-window layers (config.serving.SlidingKVSpec) is counted in layer blocks, one layer's
+block each (a block of every layer is full_layers + sliding_layers of them): a full layer holds a block per
+block_size_tokens positions, a sliding layer at most the blocks its window reaches (kv_layer_blocks), as
+vLLM's hybrid KV cache manager keeps one block pool for its full and sliding-window groups. Capacity, free
+and used figures are still told in blocks of every layer.
 """
 
 from __future__ import annotations
+
+import math
+
+from simulator.config.serving import SlidingKVSpec, kv_layer_blocks, layers_per_block
 
 
 class PagedKVCache:
     """Block accounting for one replica's KV cache."""
 
-    def __init__(self, capacity_blocks: int, block_size_tokens: int) -> None:
+    def __init__(self, capacity_blocks: int, block_size_tokens: int, sliding: SlidingKVSpec | None = None) -> None:
         if capacity_blocks < 1 or block_size_tokens < 1:
             raise ValueError("capacity_blocks and block_size_tokens must be >= 1")
         self.capacity_blocks = capacity_blocks
         self.block_size_tokens = block_size_tokens
-        self.used_blocks = 0
-        self.peak_used_blocks = 0
-        self._held: dict[int, int] = {}  # sequence id -> blocks held
+        self.sliding = sliding
+        self.per_block = layers_per_block(sliding)  # units (layer blocks) per block of every layer
+        self.capacity_units = capacity_blocks * self.per_block
+        self.used_units = 0
+        self.peak_used_units = 0
+        self._held: dict[int, int] = {}  # sequence id -> units held
 
     def blocks_for(self, kv_tokens: int) -> int:
-        """Blocks that hold kv_tokens tokens."""
-        return -(-kv_tokens // self.block_size_tokens)
+        """Units (blocks, or layer blocks with sliding layers) that hold kv_tokens tokens."""
+        return kv_layer_blocks(kv_tokens, self.block_size_tokens, self.sliding)
+
+    @property
+    def used_blocks(self) -> int:
+        """Blocks of every layer in use (their layer blocks, rounded up)."""
+        return -(-self.used_units // self.per_block)
+
+    @property
+    def peak_used_blocks(self) -> int:
+        return -(-self.peak_used_units // self.per_block)
 
     @property
     def free_blocks(self) -> int:
-        return self.capacity_blocks - self.used_blocks
+        """Whole blocks of every layer free."""
+        return (self.capacity_units - self.used_units) // self.per_block
 
     def held(self, seq_id: int) -> int:
-        """Blocks sequence seq_id holds (0 when none)."""
+        """Units sequence seq_id holds (0 when none)."""
         return self._held.get(seq_id, 0)
 
+    def tokens_held(self, seq_id: int) -> int | float:
+        """Positions seq_id's units hold: growing past them needs a unit (inf when it never will: every layer
+        slides and its window's blocks are held)."""
+        held, size = self._held.get(seq_id, 0), self.block_size_tokens
+        s = self.sliding
+        if s is None:
+            return held * size
+        window = s.window_blocks(size)
+        if not s.full_layers and held >= self.per_block * window:  # every layer slides and holds its window
+            return math.inf
+        if held <= self.per_block * window:  # every layer still grows a block per block_size_tokens
+            return held // self.per_block * size
+        return (held - s.sliding_layers * window) // s.full_layers * size
+
     def extra_blocks(self, seq_id: int, kv_tokens: int) -> int:
-        """Blocks seq_id still needs to hold kv_tokens tokens."""
+        """Units seq_id still needs to hold kv_tokens tokens."""
         return max(0, self.blocks_for(kv_tokens) - self._held.get(seq_id, 0))
 
     def grow(self, seq_id: int, kv_tokens: int) -> bool:
-        """Make seq_id hold kv_tokens tokens; False (and nothing allocated) when the free blocks do not suffice."""
+        """Make seq_id hold kv_tokens tokens; False (and nothing allocated) when the free units do not suffice."""
         held = self._held.get(seq_id, 0)
-        extra = -(-kv_tokens // self.block_size_tokens) - held
+        if self.sliding is None:
+            extra = -(-kv_tokens // self.block_size_tokens) - held
+        else:
+            extra = self.blocks_for(kv_tokens) - held
         if extra <= 0:
             return True
-        if extra > self.capacity_blocks - self.used_blocks:
+        if extra > self.capacity_units - self.used_units:
             return False
         self._held[seq_id] = held + extra
-        self.used_blocks += extra
-        if self.used_blocks > self.peak_used_blocks:
-            self.peak_used_blocks = self.used_blocks
+        self.used_units += extra
+        if self.used_units > self.peak_used_units:
+            self.peak_used_units = self.used_units
         return True
 
     def free(self, seq_id: int) -> int:
-        """Release every block of seq_id; returns how many."""
-        blocks = self._held.pop(seq_id, 0)
-        self.used_blocks -= blocks
-        return blocks
+        """Release every unit of seq_id; returns how many."""
+        units = self._held.pop(seq_id, 0)
+        self.used_units -= units
+        return units

@@ -94,7 +94,7 @@ class Sequence:
         self.finish_s = math.nan
         self.preemptions = 0
         self.token_times_s: list[float] = []
-        self.kv_limit_tokens = 0  # tokens its KV blocks hold; growing past it needs a block
+        self.kv_limit_tokens: float = 0  # tokens its KV blocks hold; growing past it needs a block (inf: never)
 
 
 class Step:
@@ -117,7 +117,7 @@ class Scheduler:
         self.replica = replica
         capacity = spec.kv_cache.capacity_blocks
         assert capacity is not None, "kv_cache.capacity_blocks unresolved (serving.capacity.resolve_serving sets it)"
-        self.kv = PagedKVCache(capacity, spec.kv_cache.block_size_tokens)
+        self.kv = PagedKVCache(capacity, spec.kv_cache.block_size_tokens, spec.kv_cache.sliding)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.preemptions = 0
@@ -195,7 +195,7 @@ class Scheduler:
         kv = self.kv
         if not kv.grow(seq.request_id, kv_tokens):
             return False
-        seq.kv_limit_tokens = kv.held(seq.request_id) * kv.block_size_tokens
+        seq.kv_limit_tokens = kv.tokens_held(seq.request_id)
         return True
 
     def _max_new(self, seq: Sequence) -> int:

@@ -24,7 +24,7 @@ from simulator.config import Scenario
 from simulator.config.hardware import CALIBRATION_TABLES, HardwareProfile
 from simulator.memory import parameter_counts
 from simulator.placement import Placement
-from simulator.serving.capacity import kv_bytes_per_token
+from simulator.serving.capacity import kv_bytes_kept
 
 
 def peak_fraction(hw: HardwareProfile) -> float:
@@ -50,13 +50,15 @@ def gemm_flops_per_token(scenario: Scenario) -> float:
 
 def kv_read_bytes(scenario: Scenario, context_tokens: int) -> float:
     """K and V (or MLA's latent) of one sequence of `context_tokens`, all layers and KV heads, at the KV
-    cache dtype: what one decode step of that sequence reads at the least (costs.kv_cache_bytes)."""
+    cache dtype: what one decode step of that sequence reads at the least (costs.kv_cache_bytes; a
+    sliding-window layer its window's last positions)."""
     m = scenario.model
     if m.is_mla:
         return costs.mla_kv_cache_bytes(
             1, context_tokens, m.num_layers, m.kv_lora_rank or 0, m.qk_rope_head_dim or 0, m.kv_bytes_per_element
         )
-    return costs.kv_cache_bytes(1, context_tokens, m.num_layers, m.kv_heads, m.head_size, m.kv_bytes_per_element)
+    kept = m.kept_positions(range(m.num_layers), context_tokens)
+    return costs.kv_cache_bytes(1, kept, 1, m.kv_heads, m.head_size, m.kv_bytes_per_element)
 
 
 def _peaks(scenario: Scenario, hw: HardwareProfile) -> tuple[float, float]:
@@ -101,5 +103,5 @@ def tpot_lower_bound_s(scenario: Scenario, hw: HardwareProfile, context_tokens: 
     for stage in range(p.pp):
         gpu = placement.stage_gpus(stage)[0]
         layers = len(placement.layers_of_gpu(gpu))
-        total += layers * attention * m.weight_bytes_per_element + context_tokens * kv_bytes_per_token(scenario, gpu)
+        total += layers * attention * m.weight_bytes_per_element + kv_bytes_kept(scenario, gpu, context_tokens)
     return total / hbm

@@ -32,7 +32,7 @@ from simulator.config import Scenario, ScenarioError, resolve_hardware
 from simulator.config.serving import FixedLength
 from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, evenly_routed
-from simulator.serving.capacity import kv_bytes_per_token
+from simulator.serving.capacity import kv_bytes_kept
 from simulator.sweep.bounds import output_tput_upper_bound, tpot_lower_bound_s
 from simulator.sweep.candidates import Candidate, CandidateScenarios, paid_gpu_share
 from simulator.sweep.executors import SerialExecutor
@@ -357,7 +357,7 @@ def _memory_need(scenario: Scenario, serving: bool) -> float:
     placement = Placement.of(scenario)
     need = max(
         weight_bytes_per_gpu(scenario, placement.stage_gpus(stage)[0])
-        + longest * kv_bytes_per_token(scenario, placement.stage_gpus(stage)[0])
+        + kv_bytes_kept(scenario, placement.stage_gpus(stage)[0], longest)
         for stage in range(p.pp)
     )
     return need + scenario.runtime.memory_reserve_bytes
