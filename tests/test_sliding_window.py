@@ -241,3 +241,23 @@ def test_import_reads_layer_types_and_the_window():
     assert "sliding_window" not in convert(whole, "w")[0]  # no layer slides
     assert attention_pattern({"sliding_window_pattern": 6})[0] == ["sliding"] * 5 + ["full"]
     assert attention_pattern({"model_type": "gemma2"})[0] == ["sliding", "full"]
+
+
+def test_an_engine_that_keeps_the_window_blocks_counts_every_layer_whole():
+    """TensorRT-LLM 1.0 sizes every layer's cache for the whole sequence (no max_attention_window): no sliding KV
+    spec, blocks as for full attention; vLLM V1's hybrid manager frees them; a scenario's own value wins."""
+    for engine, kept in (("trtllm-1.0", "kept"), ("vllm-v1", "freed")):
+        data = sliding_seed(seed_serving(), 256)
+        data["serving"]["engine"] = engine
+        scenario = parse_scenario(data, "seed-swa")
+        assert scenario.serving.scheduler.kv_cache.sliding_window_kv == kept
+        resolved = resolve_serving(scenario, resolve_hardware(scenario))
+        assert (resolved.scheduler.kv_cache.sliding is None) == (kept == "kept")
+    data = sliding_seed(seed_serving(), 256)
+    data["serving"]["engine"] = "trtllm-1.0"
+    data["serving"]["scheduler"]["kv_cache"]["sliding_window_kv"] = "freed"
+    scenario = parse_scenario(data, "seed-swa")
+    assert sliding_kv(scenario) == SlidingKVSpec(window_tokens=256, full_layers=8, sliding_layers=8)
+    data["serving"]["scheduler"]["kv_cache"]["sliding_window_kv"] = "gone"
+    with pytest.raises(Exception, match="sliding_window_kv"):
+        parse_scenario(data, "seed-swa")

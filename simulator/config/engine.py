@@ -349,6 +349,10 @@ class DpAttentionRuleSpec(StrictModel):
     source: str = Field(min_length=1)
 
 
+#: What an engine does with the KV blocks a sliding-window layer's window has left (KVCacheSpec.sliding_window_kv).
+SlidingWindowKV = Literal["freed", "kept"]
+
+
 class SchedulerDefaultsSpec(StrictModel):
     """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batching
     policy, the batch limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV
@@ -365,6 +369,7 @@ class SchedulerDefaultsSpec(StrictModel):
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
+    sliding_window_kv: SlidingWindowKV | None = None
     by_device: DeviceDefaultsSpec | tuple[DeviceDefaultsSpec, ...] | None = None
     static_memory: StaticMemorySpec | None = None
     dp_attention: DpAttentionRuleSpec | None = None
@@ -396,6 +401,8 @@ class SchedulerDefaultsSpec(StrictModel):
             return out
         if self.block_size_tokens is not None and "block_size_tokens" not in kv:
             kv["block_size_tokens"] = self.block_size_tokens
+        if self.sliding_window_kv is not None and "sliding_window_kv" not in kv:
+            kv["sliding_window_kv"] = self.sliding_window_kv
         if not any(
             k in kv
             for k in ("gpu_memory_utilization", "free_memory_fraction", "mem_fraction_static", "capacity_blocks")

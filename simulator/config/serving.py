@@ -20,6 +20,7 @@ from simulator.config.engine import (
     HostOverride,
     Policy,
     Preempt,
+    SlidingWindowKV,
     load_engine_profile,
 )
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
@@ -258,10 +259,16 @@ class KVCacheSpec(StrictModel):
         description="fraction of GPU memory for the weights and the KV cache, the activations outside it "
         "(SGLang's --mem-fraction-static)",
     )
+    sliding_window_kv: SlidingWindowKV = Field(
+        default="freed",
+        description="what the engine does with the blocks a sliding-window layer's window has left: freed (vLLM's "
+        "hybrid KV cache manager, SGLang's SWA pool) or kept (every layer's cache sized for the whole sequence: "
+        "TensorRT-LLM without kv_cache_config.max_attention_window); default: the engine profile's, else freed",
+    )
     sliding: SlidingKVSpec | None = Field(
         default=None,
         description="the model's sliding-window layers, whose blocks beyond the window are freed; derived from "
-        "the model (sliding_window, attention_pattern) when the scenario is resolved",
+        "the model (sliding_window, attention_pattern) when the scenario is resolved, None when kept",
     )
 
     @model_validator(mode="after")

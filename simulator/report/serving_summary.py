@@ -206,10 +206,18 @@ def scheduler_line(summary: dict) -> str | None:
     else:
         rule = "the memory model: the GPU's memory less the reserve, weights and activations, or capacity_blocks"
     source = f"engine {s['engine']}'s defaults, else moesim's" if s.get("engine") else "moesim's defaults"
+    sliding = kv.get("sliding")
+    if sliding:
+        window = (
+            f"; {sliding['sliding_layers']} sliding-window layers keep their last {sliding['window_tokens']} "
+            f"positions' blocks, {sliding['full_layers']} full layers all"
+        )
+    else:
+        window = ""
     return (
         f"scheduler: at most {sch['max_num_seqs']} sequences and {sch['max_num_batched_tokens']} tokens an iteration, "
         f"admission {sch['admission']}; KV {summary['figures']['kv_capacity_blocks']:.0f} blocks of "
-        f"{kv['block_size_tokens']} tokens ({rule}); fields the scenario leaves out: {source}"
+        f"{kv['block_size_tokens']} tokens ({rule}){window}; fields the scenario leaves out: {source}"
     )
 
 

@@ -55,9 +55,11 @@ def kv_bytes_kept(scenario: Scenario, gpu: int, positions: int) -> float:
 
 
 def sliding_kv(scenario: Scenario) -> SlidingKVSpec | None:
-    """The model's sliding-window layers for the paged KV cache (kvcache.PagedKVCache), None without."""
+    """The model's sliding-window layers for the paged KV cache (kvcache.PagedKVCache), None without, or when the
+    engine keeps their blocks (serving.scheduler.kv_cache.sliding_window_kv kept: every layer holds every block)."""
     m = scenario.model
-    if m.sliding_window is None:
+    serving = scenario.serving
+    if m.sliding_window is None or (serving is not None and serving.scheduler.kv_cache.sliding_window_kv == "kept"):
         return None
     sliding = m.sliding_layers(range(m.num_layers))
     return SlidingKVSpec(window_tokens=m.sliding_window, full_layers=m.num_layers - sliding, sliding_layers=sliding)
