@@ -252,12 +252,14 @@ def _trtllm_bench_limits(
     weight_bytes: float = 1.0,
     kv_heads: int = 8,
     head_size: int = 128,
+    kv_bytes: float = 1.0,
 ) -> tuple:
     """trtllm-bench 1.0's heuristic as the case file's header states it (tuning.py calc_engine_setting and
-    finetune_setting with fp8 (1 byte) or NVFP4 (0.5) weights and an fp8 KV cache of max(tp, kv heads) heads x
-    head size, 0.95; general.py get_settings). Every case's tp (--tp, attention DP included) is at most 8."""
+    finetune_setting with fp8 (1 byte), NVFP4 (0.5) or unlisted (MXFP4: 2) weights and an fp8 (1 byte) or 16-bit (2)
+    KV cache of max(tp, kv heads) heads x head size, 0.95; general.py get_settings). Every case's tp (--tp, attention
+    DP included) is at most 8."""
     assert gpus <= 8
-    gib_per_token = 2 * layers * max(gpus, kv_heads) * head_size * 1 / 2**30
+    gib_per_token = 2 * layers * max(gpus, kv_heads) * head_size * kv_bytes / 2**30
     requests = min((nvml_gib * gpus - params * weight_bytes / 2**30) * 0.95 / (gib_per_token * (isl + osl)), 4096)
     raw_token = min(requests * (1 + isl / osl), 32768)
     if requests < 256:
@@ -340,7 +342,7 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
     ones (SGLEP runs as a static decode)."""
     from simulator.config.engine import available_engines, load_engine_profile
 
-    moe = ("serving_cases_trtllm_moe.yaml", "serving_cases_trtllm_moe_b200.yaml")
+    moe = ("serving_cases_trtllm_moe.yaml", "serving_cases_trtllm_moe_b200.yaml", "serving_cases_trtllm_gptoss.yaml")
     named = _rows_by_profile(
         (CASES, TRT10, *(ROOT / "validation" / name for name in moe)),
         lambda s: s.serving.engine if s.serving is not None else None,
@@ -356,6 +358,7 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
             ("validation/serving_cases.yaml", "trtllm", "dense"): 4,
             ("validation/serving_cases.yaml", "vllm", "moe"): 3,
             ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0", "dense"): 54,
+            ("validation/serving_cases_trtllm_gptoss.yaml", "trtllm-1.0", "moe"): 32,
             ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "moe"): 13,
             ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "dense"): 7,
             ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "moe"): 12,
@@ -419,9 +422,10 @@ def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
     assert trt.check_note(moe=True) == (
         "profile trtllm-1.0 checked against 13 published figures of MoE models (validation/serving_cases_trtllm_moe.yaml): "
         "median |error| 59.2 %, largest 87.7 %; 12 published figures of MoE models "
-        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %"
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %; 32 published figures "
+        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 34.2 %, largest 165.1 %"
     )
-    assert trt.check_note().count("published figures") == 5  # no model class given: every check
+    assert trt.check_note().count("published figures") == 6  # no model class given: every check
     vllm = load_engine_profile("vllm")  # checked on DeepSeek-R1 only
     assert vllm.check_note(moe=False).startswith(
         "profile vllm has not been checked against a published run of a dense model on its engine"
@@ -550,14 +554,87 @@ def test_the_b200_moe_cases_take_the_packed_nvfp4_counts_and_the_dep_layout():
     assert _trtllm_bench_limits(179.0, 1, 17.452e9, 48, 1000, 1000, 0.5, 4, 128) == (1792, 3584)
 
 
+def _mxfp4_safetensors_count(layers: int, experts: int, hidden: int = 2880, inter: int = 2880) -> int:
+    """The safetensors element count of OpenAI's gpt-oss checkpoints (what trtllm-bench's get_param_count sums): each
+    expert matrix as uint8 blocks [E, out, in / 32, 16] and uint8 scales [E, out, in / 32], 17/32 of an element a
+    weight; everything else bf16 at one element a weight (64 heads and 8 KV heads of 64, biases, sinks, untied
+    embeddings of 201,088)."""
+    heads, kv, head, vocab = 64, 8, 64, 201088
+    attention = 2 * hidden * heads * head + 2 * hidden * kv * head + heads * head + 2 * kv * head + hidden + heads
+    router = hidden * experts + experts
+    expert_weights = experts * 3 * hidden * inter  # gate_up [2 I, H] and down [H, I]
+    expert_biases = experts * (2 * inter + hidden)
+    per_layer = attention + 2 * hidden + router + expert_weights * 17 // 32 + expert_biases
+    return layers * per_layer + 2 * vocab * hidden + hidden
+
+
+def test_the_gptoss_cases_take_trtllm_bench_limits_for_mxfp4_and_the_dep_layout():
+    """validation/serving_cases_trtllm_gptoss.yaml: GPT-OSS 120B and 20B, Hopper with bf16-activation MXFP4 experts
+    and a bf16 KV cache, B200 with MXFP8 activations (the fp8 peak) and an fp8 KV cache; the DEP columns attention DP
+    with an all-gather (fp8 on B200). trtllm-bench counts MXFP4 weights at 2 bytes (no BYTES_PER_ELEM entry) over
+    the checkpoint's safetensors elements, and every layer's KV at full length."""
+    from simulator.serving.capacity import lockstep_layout
+
+    path = ROOT / "validation" / "serving_cases_trtllm_gptoss.yaml"
+    cases = {c.id: case_scenario(c) for c in load_serving_cases(path)}
+    # the gpt-oss-20b index's total_size checks the shapes: bf16 elements twice, uint8 once
+    p120, p20 = _mxfp4_safetensors_count(36, 128), _mxfp4_safetensors_count(24, 32)
+    assert (p120, p20) == (63_081_444_672, 11_956_805_184)
+    assert 2 * p20 - (24 * 32 * 3 * 2880 * 2880 * 17 // 32) == 13_761_264_768
+    h100, h200 = 81559 / 1024, 143771 / 1024
+    short = "1000-1000 1024-1024 8192-1024 32768-1024"
+    setups = {  # nvml GiB, GPUs, safetensors count, layers, KV bytes, lengths
+        "G120-H200-TP1": (h200, 1, p120, 36, 2.0, short + " 1024-8192"),
+        "G120-H100-DEP4": (h100, 4, p120, 36, 2.0, short + " 1024-32768"),
+        "G120-B200-DEP2": (179.0, 2, p120, 36, 1.0, short + " 1024-8192 1024-32768"),
+        "G20-H200-TP1": (h200, 1, p20, 24, 2.0, short + " 1024-8192"),
+        "G20-H100-TP1": (h100, 1, p20, 24, 2.0, short + " 1024-8192"),
+        "G20-B200-TP1": (179.0, 1, p20, 24, 1.0, short + " 1024-8192 1024-32768"),
+    }
+    count = {"1000-1000": 3000, "1024-1024": 3000, "1024-8192": 1500, "8192-1024": 1500, "32768-1024": 1000}
+    count["1024-32768"] = 1000
+    assert set(cases) == {f"TRTOSS-{k}-{length}" for k, v in setups.items() for length in v[-1].split()}
+    for case_id, s in cases.items():
+        setup, isl, osl = case_id[len("TRTOSS-") :].rsplit("-", 2)
+        gib, gpus, params, layers, kv_bytes, _ = setups[setup]
+        spec, p, f = s.serving, s.parallel, s.model.formats
+        assert (spec.workload.input_len.tokens, spec.workload.output_len.tokens) == (int(isl), int(osl)), case_id
+        assert spec.workload.num_requests == count[f"{isl}-{osl}"] and spec.engine == "trtllm-1.0", case_id
+        limits = _trtllm_bench_limits(gib, gpus, params, layers, int(isl), int(osl), 2.0, 8, 64, kv_bytes)
+        assert (spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens) == limits, case_id
+        assert s.num_gpus == gpus and s.model.num_layers == layers, case_id
+        assert (s.model.sliding_window, s.model.attention_pattern) == (128, ["sliding", "full"]), case_id
+        gpu = setup.split("-")[1]
+        blackwell = gpu == "B200"
+        assert s.hardware.profile == {"H100": "h100-sxm-80gb", "H200": "h200-sxm-141gb", "B200": "b200-sxm-180gb"}[gpu]
+        assert f.expert_gemm.storage == "mxfp4" and f.dense_gemm.storage == f.dense_gemm.compute == "bf16", case_id
+        assert (f.expert_gemm.compute, f.kv_cache) == (("fp8", "fp8") if blackwell else ("bf16", "bf16")), case_id
+        assert f.attention == f.lm_head.compute == "bf16", case_id
+        if "DEP" in setup:
+            assert (p.tp, p.dp, p.ep) == (1, gpus, gpus) and s.runtime.ep_dispatch == "allgather", case_id
+            assert (f.dispatch or f.communication) == ("fp8" if blackwell else "bf16"), case_id
+            assert lockstep_layout(s), case_id
+        else:
+            assert p.tp == p.dp == p.ep == 1, case_id
+    # by hand: 120B at 1000/1000 on one H200: (140.40 - 63.08e9 x 2 / 2^30 = 117.50 GiB) x 0.95 /
+    # (2 x 36 x 8 x 64 x 2 B x 2,000 / 2^30) = 158.4 requests -> 32 x 5 = 160; 316.8 tokens -> 2,048
+    assert _trtllm_bench_limits(h200, 1, p120, 36, 1000, 1000, 2.0, 8, 64, 2.0) == (160, 2048)
+
+
 def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note():
-    """HardwareProfile.checked as for engines, by model class: the B200's dense NVFP4 cases (18 rows) and the MoE
-    file's MoE (12) and dense (5) rows; every output's calibration note on the profile states those of its model's
-    class (config.hardware.calibration_note)."""
+    """HardwareProfile.checked as for engines, by model class, on the uncalibrated profile (the calibrated ones
+    record none: their figures are measured): the B200's dense NVFP4 cases (18 rows), the MoE file's MoE (12) and
+    dense (5) rows and the GPT-OSS file's B200 rows (12); every output's calibration note on the profile states
+    those of its model's class (config.hardware.calibration_note)."""
     from simulator.config.hardware import available_profiles, calibration_note, load_profile
 
-    files = ("serving_cases_trtllm10_b200.yaml", "serving_cases_trtllm_moe_b200.yaml")
+    files = (
+        "serving_cases_trtllm10_b200.yaml",
+        "serving_cases_trtllm_moe_b200.yaml",
+        "serving_cases_trtllm_gptoss.yaml",
+    )
     rows = _rows_by_profile((ROOT / "validation" / name for name in files), lambda s: s.hardware.profile)
+    rows = {key: n for key, n in rows.items() if load_profile(key[1]).calibration is None}
     recorded = {(c.cases, name, c.models): c.rows for name in available_profiles() for c in load_profile(name).checked}
     assert (
         recorded
@@ -566,6 +643,7 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
             ("validation/serving_cases_trtllm10_b200.yaml", "b200-sxm-180gb", "dense"): 18,
             ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "moe"): 12,
             ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "dense"): 5,
+            ("validation/serving_cases_trtllm_gptoss.yaml", "b200-sxm-180gb", "moe"): 12,
         }
     )
     b200 = load_profile("b200-sxm-180gb")
@@ -577,7 +655,8 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
     )
     assert moe is not None and moe.endswith(
         "; checked on it end to end against 12 published figures of MoE models "
-        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %"
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %; 12 published figures "
+        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 35.3 %, largest 60.7 %"
     )
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")
 

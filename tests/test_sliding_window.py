@@ -261,3 +261,16 @@ def test_an_engine_that_keeps_the_window_blocks_counts_every_layer_whole():
     data["serving"]["scheduler"]["kv_cache"]["sliding_window_kv"] = "gone"
     with pytest.raises(Exception, match="sliding_window_kv"):
         parse_scenario(data, "seed-swa")
+
+
+def test_the_scheduler_line_names_the_sliding_layers_blocks():
+    from simulator.report.serving_summary import scheduler_line
+
+    scenario = parse_scenario(sliding_seed(seed_serving(), 256), "seed-swa")
+    spec = resolve_serving(scenario, resolve_hardware(scenario))
+    summary = {"serving": spec.model_dump(mode="json"), "figures": {"kv_capacity_blocks": 1000.0}}
+    line = scheduler_line(summary)
+    assert "; 8 sliding-window layers keep their last 256 positions' blocks, 8 full layers all;" in line
+    plain = parse_scenario(seed_serving(), "seed")
+    summary["serving"] = resolve_serving(plain, resolve_hardware(plain)).model_dump(mode="json")
+    assert "sliding" not in scheduler_line(summary)
