@@ -11,8 +11,9 @@
 # of the sorted MoE (a read-back to the host; the per-expert loop's host time per expert), small GEMMs and
 # decode attention calls in a CUDA graph (a check of the kernels' fixed part: simulator.calibration.small_kernels),
 # MLA-shaped decode attention (128 heads over one 576-wide latent: compute-bound, docs/cost-model.md), MoE expert
-# GEMMs at decode shapes (bmm against PyTorch's grouped GEMMs with routed rows), and the sustained rate of the
-# largest bf16 and fp8 GEMM over SUSTAIN_S (10) seconds with the SM clock and power.
+# GEMMs at decode shapes (bmm against PyTorch's grouped GEMMs with routed rows), sliding-window prefill attention
+# against causal (FlexAttention), and the sustained rate of the largest bf16 and fp8 GEMM over SUSTAIN_S (10)
+# seconds with the SM clock and power.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.}
@@ -332,6 +333,44 @@ with torch.inference_mode():
             data["moe_grouped_gemm"] = moe
             save()
 
+    # 10. Sliding-window attention (GPT-OSS: 64 query heads over 8 KV heads of 64, window 128): a prefill of L
+    #     tokens with the window against the full causal prefill, both through FlexAttention (one kernel family,
+    #     a block mask that skips the tiles outside the mask), bf16. moesim prices a windowed chunk as a causal one
+    #     with as many (query, key) pairs (costs.windowed_kv_len) at the same fraction of the peak; a narrow window
+    #     wastes part of every tile it touches, which this measures as TFLOP/s over the pairs each scores.
+    #     Nothing reads this yet (docs/cost-model.md).
+    swa = []
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex = torch.compile(flex_attention, dynamic=False)
+    except Exception as exc:  # an older torch: no FlexAttention
+        print(f"gpu_calibration extra: FlexAttention unavailable: {str(exc).splitlines()[0]}", file=sys.stderr)
+        flex = None
+    window = 128
+    for length in (() if flex is None else ((4096,) if quick else (2048, 8192))):
+        q = torch.randn(1, 64, length, 64, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, 8, length, 64, device=dev, dtype=torch.bfloat16)
+        v = torch.randn(1, 8, length, 64, device=dev, dtype=torch.bfloat16)
+        rec = {"L": length, "window": window, "heads": 64, "kv_heads": 8, "head_dim": 64}
+        masks = {
+            "causal": lambda b, h, qi, ki: qi >= ki,
+            "window": lambda b, h, qi, ki: (qi >= ki) & (qi - ki < window),
+        }
+        pairs = {"causal": length * (length + 1) / 2,
+                 "window": sum(min(p + 1, window) for p in range(length))}
+        try:
+            for name, mod in masks.items():
+                mask = create_block_mask(mod, B=None, H=None, Q_LEN=length, KV_LEN=length, device=dev)
+                t = events_s(lambda: flex(q, k, v, block_mask=mask, enable_gqa=True), 10)
+                rec[f"s_{name}"] = t
+                rec[f"tflops_{name}"] = 4.0 * 64 * pairs[name] * 64 / t / 1e12  # QK^T and PV, 2 FLOPs each
+        except Exception as exc:
+            print(f"gpu_calibration extra: sliding-window attention L{length} failed: {str(exc).splitlines()[0]}",
+                  file=sys.stderr)
+        swa.append(rec)
+        data["sliding_window_attention"] = swa
+        save()
+
     # 7. Sustained GEMM rate: the largest GEMM back to back for SUSTAIN_S seconds per format (bf16, then fp8), its
     #    rate per ~0.5 s window, with the SM clock and board power sampled by nvidia-smi from a side thread (the GPU
     #    never waits for it). The micro-benchmarks above time 20 calls after warm-up; a serving engine's
@@ -407,6 +446,10 @@ for r in data.get("moe_grouped_gemm", []):
              if "gbps_weights_" + key in r]
     print(f"MoE GEMM {r['experts']}x[{r['K']}x{r['N']}] at {r['rows_per_expert']} rows an expert: "
           + (", ".join(parts) or "not measured") + " of weights")
+for r in data.get("sliding_window_attention", []):
+    if "tflops_window" in r and "tflops_causal" in r:
+        print(f"sliding-window prefill L{r['L']} window {r['window']}: {r['tflops_window']:.0f} TFLOP/s over its pairs "
+              f"against {r['tflops_causal']:.0f} causal ({r['tflops_window'] / r['tflops_causal']:.2f}x)")
 best = max((r["tflops"] for r in data.get("gemm_fp8", [])), default=float("nan"))
 print(f"fp8 GEMM best {best:.0f} TFLOP/s over {len(data.get('gemm_fp8', []))} shapes")
 for r in data.get("sustained_gemm", []):
