@@ -274,3 +274,33 @@ def test_the_scheduler_line_names_the_sliding_layers_blocks():
     plain = parse_scenario(seed_serving(), "seed")
     summary["serving"] = resolve_serving(plain, resolve_hardware(plain)).model_dump(mode="json")
     assert "sliding" not in scheduler_line(summary)
+
+
+@given(st.integers(1, 40), st.integers(1, 300), st.integers(1, 300), st.integers(1, 64))
+def test_windowed_kv_len_grows_with_the_window_and_the_context(q_len, cached, window, more):
+    kv_len = cached + q_len
+    eq = costs.windowed_kv_len(q_len, kv_len, window)
+    assert eq <= costs.windowed_kv_len(q_len, kv_len, window + more) + 1e-9
+    assert eq <= costs.windowed_kv_len(q_len, kv_len + more, window) + 1e-9
+
+
+@given(
+    st.integers(0, 6),
+    st.integers(1, 6),
+    st.integers(1, 300),
+    st.sampled_from([1, 16, 32]),
+    st.integers(1, 2000),
+)
+def test_tokens_held_is_the_last_position_the_held_blocks_cover(full, sliding, window, block, kv_tokens):
+    """After growing a sequence to kv_tokens, its units cover tokens_held positions (>= kv_tokens) and one more
+    position needs a unit, unless every layer slides and holds its window (then never)."""
+    spec = SlidingKVSpec(window_tokens=window, full_layers=full, sliding_layers=sliding)
+    kv = PagedKVCache(10**6, block, spec)
+    assert kv.grow(0, kv_tokens)
+    held, covered = kv.held(0), kv.tokens_held(0)
+    assert held == kv_layer_blocks(kv_tokens, block, spec) == kv.used_units
+    assert covered >= kv_tokens
+    if covered == float("inf"):
+        assert full == 0 and kv_layer_blocks(10**7, block, spec) == held
+    else:
+        assert kv_layer_blocks(int(covered), block, spec) == held < kv_layer_blocks(int(covered) + 1, block, spec)
