@@ -22,7 +22,7 @@ from simulator.serving.capacity import kv_bytes_kept, resolve_serving, sliding_k
 from simulator.serving.dag_pricer import DagPricer, price_error
 from simulator.serving.kv_transfer import PoolLayout, kv_transfer_bytes
 from simulator.serving.kvcache import PagedKVCache
-from tests.conftest import seed_dict
+from tests.conftest import ROOT, seed_dict
 from tests.serving.test_dag_pricer import random_batches, seed_serving
 
 BASE = {"name": "m", "num_layers": 4, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "ffn_size": 128}
@@ -304,3 +304,23 @@ def test_tokens_held_is_the_last_position_the_held_blocks_cover(full, sliding, w
         assert full == 0 and kv_layer_blocks(10**7, block, spec) == held
     else:
         assert kv_layer_blocks(int(covered), block, spec) == held < kv_layer_blocks(int(covered) + 1, block, spec)
+
+
+def test_launch_files_say_what_the_engines_do_with_the_window_blocks():
+    from simulator.config import load_scenario
+    from simulator.report.launch import launch_files
+
+    path = ROOT / "scenarios" / "gpt_oss_20b_1xh200_vllm.yaml"
+    freed = launch_files(load_scenario(path))  # vLLM V1's default: freed
+    assert "--disable-hybrid-kv-cache-manager" not in freed["vllm.sh"]
+    assert "--disable-hybrid-swa-memory" not in freed["sglang.sh"]
+    assert "# Sliding-window KV: SGLang keeps the sliding layers in a pool of their own" in freed["sglang.sh"]
+    assert "TensorRT-LLM 1.0 sizes every layer's cache for the whole sequence" in freed["trtllm.sh"]
+    data = load_scenario(path).model_dump(mode="json", exclude_none=True)
+    data["serving"]["scheduler"]["kv_cache"]["sliding_window_kv"] = "kept"
+    kept = launch_files(parse_scenario(data, "kept"))
+    assert "  --disable-hybrid-kv-cache-manager" in kept["vllm.sh"]
+    assert "  --disable-hybrid-swa-memory" in kept["sglang.sh"]
+    assert "Sliding-window KV" not in kept["trtllm.sh"] + kept["sglang.sh"]
+    plain = launch_files(load_scenario(ROOT / "scenarios" / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"))
+    assert "hybrid" not in plain["vllm.sh"] + plain["sglang.sh"] and "Sliding" not in plain["trtllm.sh"]

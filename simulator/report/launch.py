@@ -70,6 +70,7 @@ class Deployment:
     ep_allgather: bool = False  # the expert group's exchange priced as all-gather + reduce-scatter (ep_dispatch)
     graph_sizes: tuple[int, ...] | None = None  # serving.cuda_graph.sizes: the deployment's own capture sizes
     graph_padding: bool | None = None  # serving.cuda_graph.padding
+    sliding_window_kv: str | None = None  # freed / kept for a model with sliding-window layers (serving), else None
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -110,6 +111,8 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "preempt": s.preempt,
             "schedule_conservativeness": s.schedule_conservativeness,
         }
+        if m.sliding_window is not None:
+            kv["sliding_window_kv"] = s.kv_cache.sliding_window_kv
         if scenario.serving.cuda_graph is not None:
             kv |= {
                 "graph_sizes": scenario.serving.cuda_graph.sizes,
@@ -475,6 +478,8 @@ def _vllm_kv(d: Deployment, lines: list[str]) -> list[str]:
             f"# KV blocks: the scenario's {d.block_size_tokens}-token blocks are above the 32 vLLM takes on CUDA; "
             "vLLM's default block size applies.",
         )
+    if d.sliding_window_kv == "kept":  # the hybrid KV cache manager frees them by default
+        argv.append("--disable-hybrid-kv-cache-manager")
     _reserve_note(d, lines, "vLLM allocates blocks on demand and preempts the newest request instead.")
     _preempt_note(d, lines, "vLLM", "newest")
     return argv
@@ -514,6 +519,14 @@ def _sglang_kv(d: Deployment, lines: list[str], chunk: int) -> list[str]:
     )
     if d.schedule_conservativeness != 1.0:  # SGLang multiplies it by 0.3 under DP attention, as moesim priced it
         argv += ["--schedule-conservativeness", f"{d.schedule_conservativeness:g}"]
+    if d.sliding_window_kv == "kept":
+        argv.append("--disable-hybrid-swa-memory")
+    elif d.sliding_window_kv == "freed":
+        _note(
+            lines,
+            "# Sliding-window KV: SGLang keeps the sliding layers in a pool of their own, --swa-full-tokens-ratio (0.8) "
+            "of the full layers' tokens; moesim priced one pool whose sliding layers free the blocks their window left.",
+        )
     return argv
 
 
@@ -671,6 +684,13 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
             lines,
             f"# KV blocks: the scenario simulates {d.block_size_tokens}-token blocks; the LLM API options read have no "
             "block-size key for trtllm-serve, so TensorRT-LLM's own applies.",
+        )
+    if d.sliding_window_kv == "freed":
+        _note(
+            lines,
+            "# Sliding-window KV: the scenario frees the blocks a sliding layer's window left; TensorRT-LLM 1.0 sizes "
+            "every layer's cache for the whole sequence (kv_cache_config.max_attention_window sets each layer's "
+            "window, the memory still the largest's), so it holds fewer sequences than moesim priced.",
         )
     tp_size = d.dp * d.tp if mode == "dp_attention" else d.tp
     argv = ["trtllm-serve", '"$MODEL"', "--backend", "pytorch", "--tp_size", str(tp_size), "--pp_size", str(d.pp)]
