@@ -554,6 +554,40 @@ def test_the_b200_moe_cases_take_the_packed_nvfp4_counts_and_the_dep_layout():
     assert _trtllm_bench_limits(179.0, 1, 17.452e9, 48, 1000, 1000, 0.5, 4, 128) == (1792, 3584)
 
 
+def test_the_deepseek_guide_b200_cases_take_their_command_lines_and_the_dep_layout():
+    """validation/serving_cases_trtllm_dsr1_b200.yaml: the DeepSeek-R1 guide's two B200 DEP8 max-throughput runs take
+    their command lines' limits (per rank), requests, CUDA graphs and KV fractions, bf16 attention projections and
+    NVFP4 experts and all-gather."""
+    from simulator.serving.capacity import lockstep_layout
+
+    path = ROOT / "validation" / "serving_cases_trtllm_dsr1_b200.yaml"
+    cases = {c.id: case_scenario(c) for c in load_serving_cases(path)}
+    # the lengths: 1,024 / 2,048 (the R1 run's dataset), 1,042 / 2,048 (the R1-0528 run's figures: 65,100.6376 /
+    # 21.0675 total tokens a request less 43,146.2042 / 21.0675 out)
+    powers = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    guide = {  # max_batch_size, max_num_tokens, KV fraction, concurrency, requests, graph sizes, KV / attention
+        "TRTMOE-BLOG-DSR1-0528-B200-DEP8-1042-2048": (896, 2048, 0.93, 7168, 114688, [*powers, 896], "fp8"),
+        "TRTMOE-BLOG-DSR1-B200-DEP8-1024-2048": (384, 1536, 0.85, 3072, 49152, [*powers[:-1], 384], "bf16"),
+    }
+    assert round(65100.6376 / 21.0675 - 43146.2042 / 21.0675) == 1042 and round(43146.2042 / 21.0675) == 2048
+    assert set(cases) == set(guide)
+    for case_id, (seqs, tokens, fraction, concurrency, requests, graphs, kv) in guide.items():
+        s = cases.pop(case_id)
+        spec, p, f = s.serving, s.parallel, s.model.formats
+        isl, osl = case_id.rsplit("-", 2)[1:]
+        assert (spec.workload.input_len.tokens, spec.workload.output_len.tokens) == (int(isl), int(osl)), case_id
+        assert (spec.workload.arrivals.concurrency, spec.workload.num_requests) == (concurrency, requests), case_id
+        assert (spec.scheduler.max_num_seqs, spec.scheduler.max_num_batched_tokens) == (seqs, tokens), case_id
+        assert spec.scheduler.kv_cache.free_memory_fraction == fraction and spec.engine == "trtllm-1.0", case_id
+        assert spec.cuda_graph.padding and sorted(spec.cuda_graph.sizes) == graphs, case_id
+        assert s.hardware.profile == "b200-sxm-180gb" and s.num_gpus == 8 and s.model.num_layers == 61, case_id
+        assert (p.tp, p.dp, p.ep) == (1, 8, 8) and s.runtime.ep_dispatch == "allgather" and lockstep_layout(s)
+        # experts NVFP4 W4A4, the attention projections bf16 (the checkpoint excludes self_attn), FP4 all-gather
+        assert (f.expert_gemm.storage, f.expert_gemm.compute, f.dispatch) == ("nvfp4", "nvfp4", "nvfp4"), case_id
+        assert (f.dense_gemm.storage, f.dense_gemm.compute, f.lm_head.compute) == ("bf16", "bf16", "bf16"), case_id
+        assert (f.kv_cache, f.attention) == (kv, kv), case_id
+
+
 def _mxfp4_safetensors_count(layers: int, experts: int, hidden: int = 2880, inter: int = 2880) -> int:
     """The safetensors element count of OpenAI's gpt-oss checkpoints (what trtllm-bench's get_param_count sums): each
     expert matrix as uint8 blocks [E, out, in / 32, 16] and uint8 scales [E, out, in / 32], 17/32 of an element a
