@@ -194,11 +194,12 @@ class DagPricer:
         bld = self.builder
         bld.shape = shape
         hw, gpn, gated = self.hw, self.gpn, self.gated
+        base = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0}
         layer_s = [0.0, 0.0]
         for i, layer in enumerate(self.kind_layers):
             if layer is None:
                 continue
-            ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": layer, "stage": 0}
+            ctx = {**base, "layer": layer, "stage": 0}
             attention_s = 0.0
             if self.fast is not None:
                 for t in self.fast.times(bld, eager, self.scenario.model.attention_window(layer)):
@@ -209,8 +210,7 @@ class DagPricer:
             layer_s[i] = attention_s
         head_s = 0.0
         if self.scenario.model.vocab_size:
-            ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": -1}
-            ctx["stage"] = self.pp - 1
+            ctx = {**base, "layer": -1, "stage": self.pp - 1}
             outside = self.graph_outside_ops
             for a in bld.head_attrs(ctx, self.last_gpu, float(shape.sequences)):
                 head_s += node_time_s(a, hw, gpn, eager or a["op"] in outside, gated)[0]

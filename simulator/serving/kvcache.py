@@ -76,7 +76,7 @@ class PagedKVCache:
     def grow(self, seq_id: int, kv_tokens: int) -> bool:
         """Make seq_id hold kv_tokens tokens; False (and nothing allocated) when the free units do not suffice."""
         held = self._held.get(seq_id, 0)
-        if self.sliding is None:
+        if self.sliding is None:  # blocks_for's arithmetic inline: the scheduler's hot path
             extra = -(-kv_tokens // self.block_size_tokens) - held
         else:
             extra = self.blocks_for(kv_tokens) - held
