@@ -324,3 +324,26 @@ def test_launch_files_say_what_the_engines_do_with_the_window_blocks():
     assert "Sliding-window KV" not in kept["trtllm.sh"] + kept["sglang.sh"]
     plain = launch_files(load_scenario(ROOT / "scenarios" / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"))
     assert "hybrid" not in plain["vllm.sh"] + plain["sglang.sh"] and "Sliding" not in plain["trtllm.sh"]
+
+
+def test_a_disaggregated_fabric_sends_the_sliding_layers_window_only():
+    """The transfer fabric's routes carry the full layers' bytes a prompt token and the sliding layers' up to the
+    window: a 10,240-token prompt of the seed with a 1,024 window on every second layer moves (10,240 + 1,024) /
+    (2 x 10,240) of what it moves without."""
+    from simulator.config import load_scenario
+    from simulator.serving.disagg import disaggregated_inputs
+    from simulator.serving.link_network import TransferRoute
+
+    route = TransferRoute(100.0, (0, 1), 40.0, 128)
+    assert (route.num_bytes(1000), route.num_bytes(50)) == (100.0 * 1000 + 40.0 * 128, 140.0 * 50)
+    path = ROOT / "scenarios" / "seed_moe_4gpu_disagg.yaml"
+    plain = load_scenario(path)
+    data = sliding_seed(plain.model_dump(mode="json", exclude_none=True), 1024)
+    swa = parse_scenario(data, "seed-disagg-swa")
+
+    def moved(scenario, tokens):
+        fabric = disaggregated_inputs(scenario).fabric
+        return sum(r.num_bytes(tokens) for r in fabric.routes[(0, 0)])
+
+    assert moved(swa, 10240) == pytest.approx(moved(plain, 10240) * (10240 + 1024) / (2 * 10240), rel=1e-12)
+    assert moved(swa, 1000) == moved(plain, 1000)  # inside the window: every position

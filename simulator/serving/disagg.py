@@ -42,7 +42,7 @@ from simulator.config.serving import (
 from simulator.serving.capacity import resolve_serving
 from simulator.serving.dag_pricer import DagPricer
 from simulator.serving.disagg_simulate import DisaggregatedInputs, simulate_disaggregated_requests
-from simulator.serving.kv_transfer import PoolLayout, kv_transfer_flows
+from simulator.serving.kv_transfer import PoolLayout, kv_transfer_rates
 from simulator.serving.link_network import Fabric, TransferRoute
 from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.session import engine_pricer
@@ -270,10 +270,12 @@ def build_fabric(scenario: Scenario, hw: HardwareProfile, prefill: PoolPlan, dec
     for i, p_first in enumerate(prefill.first_gpus):
         for j, d_first in enumerate(decode.first_gpus):
             flows, lat = [], 0.0
-            for f in kv_transfer_flows(model, prefill.layout, decode.layout, 1):
+            for f in kv_transfer_rates(model, prefill.layout, decode.layout):
                 a, b = p_first + f.src_gpu, d_first + f.dst_gpu
                 kind, (bw, link_lat) = ("nvlink", nvl) if a // gpn == b // gpn else ("nic", nic)
-                flows.append(TransferRoute(f.num_bytes, (port(kind, "out", a, bw), port(kind, "in", b, bw))))
+                links = (port(kind, "out", a, bw), port(kind, "in", b, bw))
+                window = model.sliding_window or 0
+                flows.append(TransferRoute(f.full_bytes_per_token, links, f.window_bytes_per_token, window))
                 lat = max(lat, link_lat)
             routes[(i, j)] = tuple(flows)
             latency[(i, j)] = lat

@@ -281,10 +281,11 @@ class _Disaggregated(RequestSource):
             yield env.timeout(latency_s)
         tokens = seq.num_computed
         routes = self.fabric.routes[key]
-        events = [self.network.send(r.bytes_per_token * tokens, r.links) for r in routes]
+        sizes = [r.num_bytes(tokens) for r in routes]
+        events = [self.network.send(size, r.links) for size, r in zip(sizes, routes)]
         yield env.all_of(events)
         self.prefill.release(seq.request_id)
-        self.transferred(seq, p_instance, d_instance, start_s, sum(r.bytes_per_token for r in routes) * tokens)
+        self.transferred(seq, p_instance, d_instance, start_s, sum(sizes))
 
     def transferred(self, seq: Sequence, p_instance: int, d_instance: int, start_s: float, num_bytes: float) -> None:
         rid = seq.request_id

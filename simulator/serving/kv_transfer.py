@@ -58,9 +58,19 @@ def heads_of_rank(kv_heads: int, tp: int, rank: int) -> range:
     return range(head, head + 1)
 
 
-def kv_transfer_flows(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens: int) -> list[KVFlow]:
-    """The flows that move `tokens` tokens of KV from one prefill instance (src) to one decode instance
-    (dst), one per (src GPU, dst GPU) pair that shares data, in (dst, src) order (module docstring)."""
+class KVFlowRate(NamedTuple):
+    """One point-to-point piece of a request's KV transfer per prompt token: the full layers' bytes a token, and the
+    sliding-window layers' bytes a token up to the window (the positions they keep)."""
+
+    src_gpu: int
+    dst_gpu: int
+    full_bytes_per_token: float
+    window_bytes_per_token: float
+
+
+def kv_transfer_rates(model: ModelSpec, src: PoolLayout, dst: PoolLayout) -> list[KVFlowRate]:
+    """The flows of one request's transfer from one prefill instance (src) to one decode instance (dst), one per
+    (src GPU, dst GPU) pair that shares data, in (dst, src) order, per token (module docstring)."""
     layers = model.num_layers
     src_stage, dst_stage = src.stage_of_layer(layers), dst.stage_of_layer(layers)
     b = model.kv_bytes_per_element
@@ -70,13 +80,12 @@ def kv_transfer_flows(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens
     else:
         per_unit = 2 * model.head_size
         heads = model.kv_heads
-    units: dict[tuple[int, int], int] = {}  # (src gpu, dst gpu) -> (layer, head) units x positions moved
+    units: dict[tuple[int, int], list[int]] = {}  # (src gpu, dst gpu) -> [full, sliding] (layer, head) units
     for d_rank in range(dst.tp):
         d_heads = range(heads) if model.is_mla else heads_of_rank(heads, dst.tp, d_rank)
         for layer in range(layers):
             d_gpu = dst.local_gpu(dst_stage[layer], d_rank)
-            window = model.attention_window(layer)  # a sliding layer keeps (and sends) its window's positions
-            kept = tokens if window is None else min(tokens, window)
+            slides = int(model.attention_window(layer) is not None)  # a sliding layer sends its window's positions
             for head in d_heads:
                 if model.is_mla:
                     holders = list(range(src.tp))
@@ -84,8 +93,21 @@ def kv_transfer_flows(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens
                     holders = [r for r in range(src.tp) if head in heads_of_rank(heads, src.tp, r)]
                 s_rank = holders[d_rank % len(holders)]
                 key = (src.local_gpu(src_stage[layer], s_rank), d_gpu)
-                units[key] = units.get(key, 0) + kept
-    return [KVFlow(s, d, float(n) * per_unit * b) for (s, d), n in sorted(units.items(), key=lambda kv: kv[0][::-1])]
+                units.setdefault(key, [0, 0])[slides] += 1
+    return [
+        KVFlowRate(s, d, float(n[0] * per_unit) * b, float(n[1] * per_unit) * b)
+        for (s, d), n in sorted(units.items(), key=lambda kv: kv[0][::-1])
+    ]
+
+
+def kv_transfer_flows(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens: int) -> list[KVFlow]:
+    """The flows that move `tokens` tokens of KV from one prefill instance (src) to one decode instance
+    (dst) (kv_transfer_rates at `tokens`: a sliding layer's at min(tokens, sliding_window))."""
+    kept = min(tokens, model.sliding_window or 0)
+    return [
+        KVFlow(r.src_gpu, r.dst_gpu, float(tokens) * r.full_bytes_per_token + kept * r.window_bytes_per_token)
+        for r in kv_transfer_rates(model, src, dst)
+    ]
 
 
 def kv_transfer_bytes(model: ModelSpec, src: PoolLayout, dst: PoolLayout, tokens: int) -> float:

@@ -21,10 +21,17 @@ from simulator.serving.simulate import LINK_COLUMNS
 @dataclass(frozen=True)
 class TransferRoute:
     """One flow of a transfer between a prefill and a decode instance: bytes per prompt token, and the link
-    ports (indices into Fabric.link_names) it crosses."""
+    ports (indices into Fabric.link_names) it crosses; with sliding-window layers, their bytes per token, sent
+    for at most window_tokens of the prompt (the positions they keep)."""
 
     bytes_per_token: float
     links: tuple[int, ...]
+    window_bytes_per_token: float = 0.0
+    window_tokens: int = 0
+
+    def num_bytes(self, tokens: int) -> float:
+        """Bytes this flow moves for a prompt of `tokens` tokens."""
+        return self.bytes_per_token * tokens + self.window_bytes_per_token * min(tokens, self.window_tokens)
 
 
 @dataclass(frozen=True)
