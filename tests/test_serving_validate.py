@@ -342,7 +342,12 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
     ones (SGLEP runs as a static decode)."""
     from simulator.config.engine import available_engines, load_engine_profile
 
-    moe = ("serving_cases_trtllm_moe.yaml", "serving_cases_trtllm_moe_b200.yaml", "serving_cases_trtllm_gptoss.yaml")
+    moe = (
+        "serving_cases_trtllm_moe.yaml",
+        "serving_cases_trtllm_moe_b200.yaml",
+        "serving_cases_trtllm_gptoss.yaml",
+        "serving_cases_trtllm_dsr1_b200.yaml",
+    )
     named = _rows_by_profile(
         (CASES, TRT10, *(ROOT / "validation" / name for name in moe)),
         lambda s: s.serving.engine if s.serving is not None else None,
@@ -359,6 +364,7 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
             ("validation/serving_cases.yaml", "vllm", "moe"): 3,
             ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0", "dense"): 54,
             ("validation/serving_cases_trtllm_gptoss.yaml", "trtllm-1.0", "moe"): 32,
+            ("validation/serving_cases_trtllm_dsr1_b200.yaml", "trtllm-1.0", "moe"): 2,
             ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "moe"): 13,
             ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "dense"): 7,
             ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "moe"): 12,
@@ -423,9 +429,11 @@ def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
         "profile trtllm-1.0 checked against 13 published figures of MoE models (validation/serving_cases_trtllm_moe.yaml): "
         "median |error| 59.2 %, largest 87.7 %; 12 published figures of MoE models "
         "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %; 32 published figures "
-        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 34.2 %, largest 165.1 %"
+        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 34.2 %, largest 165.1 %; 2 "
+        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 76.5 %, "
+        "largest 86.0 %"
     )
-    assert trt.check_note().count("published figures") == 6  # no model class given: every check
+    assert trt.check_note().count("published figures") == 7  # no model class given: every check
     vllm = load_engine_profile("vllm")  # checked on DeepSeek-R1 only
     assert vllm.check_note(moe=False).startswith(
         "profile vllm has not been checked against a published run of a dense model on its engine"
@@ -658,7 +666,7 @@ def test_the_gptoss_cases_take_trtllm_bench_limits_for_mxfp4_and_the_dep_layout(
 def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note():
     """HardwareProfile.checked as for engines, by model class, on the uncalibrated profile (the calibrated ones
     record none: their figures are measured): the B200's dense NVFP4 cases (18 rows), the MoE file's MoE (12) and
-    dense (5) rows and the GPT-OSS file's B200 rows (12); every output's calibration note on the profile states
+    dense (5) rows, the GPT-OSS file's B200 rows (12) and the DeepSeek guide's (2); every output's calibration note on the profile states
     those of its model's class (config.hardware.calibration_note)."""
     from simulator.config.hardware import available_profiles, calibration_note, load_profile
 
@@ -666,6 +674,7 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
         "serving_cases_trtllm10_b200.yaml",
         "serving_cases_trtllm_moe_b200.yaml",
         "serving_cases_trtllm_gptoss.yaml",
+        "serving_cases_trtllm_dsr1_b200.yaml",
     )
     rows = _rows_by_profile((ROOT / "validation" / name for name in files), lambda s: s.hardware.profile)
     rows = {key: n for key, n in rows.items() if load_profile(key[1]).calibration is None}
@@ -678,6 +687,7 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
             ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "moe"): 12,
             ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "dense"): 5,
             ("validation/serving_cases_trtllm_gptoss.yaml", "b200-sxm-180gb", "moe"): 12,
+            ("validation/serving_cases_trtllm_dsr1_b200.yaml", "b200-sxm-180gb", "moe"): 2,
         }
     )
     b200 = load_profile("b200-sxm-180gb")
@@ -690,7 +700,9 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
     assert moe is not None and moe.endswith(
         "; checked on it end to end against 12 published figures of MoE models "
         "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %; 12 published figures "
-        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 35.3 %, largest 60.7 %"
+        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 35.3 %, largest 60.7 %; 2 "
+        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 76.5 %, "
+        "largest 86.0 %"
     )
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")
 
