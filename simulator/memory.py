@@ -116,27 +116,29 @@ def weight_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
     return weight_bytes
 
 
-def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
-    """Peak KV cache: every sequence of the GPU's dp rank, at its longest (input + output - 1
-    positions: the last token is never fed back), for the stage's layers and local KV heads
-    (MLA: the whole latent on every TP rank), at the KV cache dtype. A sliding-window layer keeps
-    its window's last positions (the engines free what falls out of it)."""
-    m, p, w = scenario.model, scenario.parallel, scenario.workload
-    pl = Placement.of(scenario)
-    positions = w.input_len_tokens + w.output_len_tokens - 1
-    layers = pl.layers_of_gpu(gpu)
+def kv_bytes_kept(scenario: Scenario, gpu: int, positions: int, sequences: float = 1.0) -> float:
+    """KV cache bytes `sequences` sequences of `positions` positions keep on this GPU: its stage's layers and local
+    KV heads (MLA: the whole latent on every TP rank), at the KV cache dtype; a sliding-window layer keeps only its
+    window's last positions (ModelSpec.kept_positions: the engines free what falls out of it)."""
+    m, p = scenario.model, scenario.parallel
+    layers = Placement.of(scenario).layers_of_gpu(gpu)
     if m.is_mla:
         return costs.mla_kv_cache_bytes(
-            w.batch_size / p.dp,
-            positions,
-            len(layers),
-            m.kv_lora_rank or 0,
-            m.qk_rope_head_dim or 0,
-            m.kv_bytes_per_element,
+            sequences, positions, len(layers), m.kv_lora_rank or 0, m.qk_rope_head_dim or 0, m.kv_bytes_per_element
         )
     kvl = max(1, m.kv_heads // p.tp)
-    kept = m.kept_positions(layers, positions)
-    return costs.kv_cache_bytes(w.batch_size / p.dp, kept, 1, kvl, m.head_size, m.kv_bytes_per_element)
+    return costs.kv_cache_bytes(
+        sequences, m.kept_positions(layers, positions), 1, kvl, m.head_size, m.kv_bytes_per_element
+    )
+
+
+def kv_cache_bytes_per_gpu(scenario: Scenario, gpu: int) -> float:
+    """Peak KV cache: every sequence of the GPU's dp rank, at its longest (input + output - 1 positions: the last
+    token is never fed back), as kv_bytes_kept keeps it."""
+    w = scenario.workload
+    return kv_bytes_kept(
+        scenario, gpu, w.input_len_tokens + w.output_len_tokens - 1, w.batch_size / scenario.parallel.dp
+    )
 
 
 def activation_bytes_per_gpu(graph: Dag | nx.DiGraph, scenario: Scenario) -> dict[int, float]:

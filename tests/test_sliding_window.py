@@ -17,8 +17,8 @@ from simulator.config.model import ModelSpec
 from simulator.config.serving import SlidingKVSpec, kv_blocks_needed, kv_layer_blocks
 from simulator.graph import build
 from simulator.graph.ragged import build_forward, ragged_shape
-from simulator.memory import kv_cache_bytes_per_gpu
-from simulator.serving.capacity import kv_bytes_kept, resolve_serving, sliding_kv
+from simulator.memory import kv_bytes_kept, kv_cache_bytes_per_gpu
+from simulator.serving.capacity import resolve_serving, sliding_kv
 from simulator.serving.dag_pricer import DagPricer, price_error
 from simulator.serving.kv_transfer import PoolLayout, kv_transfer_bytes
 from simulator.serving.kvcache import PagedKVCache

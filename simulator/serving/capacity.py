@@ -43,17 +43,6 @@ def kv_bytes_per_token(scenario: Scenario, gpu: int) -> float:
     return costs.kv_cache_bytes(1, 1, layers, max(1, m.kv_heads // p.tp), m.head_size, m.kv_bytes_per_element)
 
 
-def kv_bytes_kept(scenario: Scenario, gpu: int, positions: int) -> float:
-    """KV bytes one sequence of `positions` positions keeps on this GPU: kv_bytes_per_token's layers and heads,
-    a sliding-window layer only its window's last positions (ModelSpec.kept_positions)."""
-    m, p = scenario.model, scenario.parallel
-    layers = Placement.of(scenario).layers_of_gpu(gpu)
-    if m.is_mla:
-        return positions * kv_bytes_per_token(scenario, gpu)
-    kept = m.kept_positions(layers, positions)
-    return costs.kv_cache_bytes(1, kept, 1, max(1, m.kv_heads // p.tp), m.head_size, m.kv_bytes_per_element)
-
-
 def sliding_kv(scenario: Scenario) -> SlidingKVSpec | None:
     """The model's sliding-window layers for the paged KV cache (kvcache.PagedKVCache), None without, or when the
     engine keeps their blocks (serving.scheduler.kv_cache.sliding_window_kv kept: every layer holds every block)."""
@@ -257,7 +246,6 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
 
 __all__ = [
     "activation_bytes",
-    "kv_bytes_kept",
     "kv_bytes_per_token",
     "largest_iteration_tokens",
     "lockstep_layout",

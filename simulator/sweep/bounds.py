@@ -22,9 +22,8 @@ from __future__ import annotations
 from simulator import costs
 from simulator.config import Scenario
 from simulator.config.hardware import CALIBRATION_TABLES, HardwareProfile
-from simulator.memory import parameter_counts
+from simulator.memory import kv_bytes_kept, parameter_counts
 from simulator.placement import Placement
-from simulator.serving.capacity import kv_bytes_kept
 
 
 def peak_fraction(hw: HardwareProfile) -> float:

@@ -30,9 +30,8 @@ from dataclasses import dataclass, field, replace
 
 from simulator.config import Scenario, ScenarioError, resolve_hardware
 from simulator.config.serving import FixedLength
-from simulator.memory import kv_cache_bytes_per_gpu, weight_bytes_per_gpu
+from simulator.memory import kv_bytes_kept, kv_cache_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, evenly_routed
-from simulator.serving.capacity import kv_bytes_kept
 from simulator.sweep.bounds import output_tput_upper_bound, tpot_lower_bound_s
 from simulator.sweep.candidates import Candidate, CandidateScenarios, paid_gpu_share
 from simulator.sweep.executors import SerialExecutor
