@@ -60,7 +60,13 @@ class PrefillPool(ServingModel):
         on_prefilled: Callable[[Sequence], None],
         hold_kv: bool,
     ) -> None:
-        super().__init__(spec, pricer, [Request(r.request_id, r.arrival_s, r.input_tokens, 1) for r in requests], env)
+        super().__init__(
+            spec,
+            pricer,
+            [Request(r.request_id, r.arrival_s, r.input_tokens, 1) for r in requests],
+            env,
+            fast_forward=False,
+        )
         for scheduler in self.schedulers:  # a prefill instance's request generates one token: nothing to reserve
             scheduler.max_new_tokens = None
         self.on_prefilled = on_prefilled
@@ -107,7 +113,7 @@ class DecodePool(ServingModel):
         env: simpy.Environment,
         on_finished: Callable[[list[Sequence]], None],
     ) -> None:
-        super().__init__(spec, pricer, requests, env)
+        super().__init__(spec, pricer, requests, env, fast_forward=False)  # transfers add sequences and take blocks
         self.on_finished = on_finished
         self.start_transfer: Callable[[Sequence, int], None] = lambda seq, index: None
         self.pending: list[deque[Sequence]] = [deque() for _ in self.schedulers]

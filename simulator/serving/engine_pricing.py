@@ -63,9 +63,10 @@ def decode_plan(
     n = len(batch)
     if n == 0:  # the dummy pass of an idle replica in a lockstep group: a graph replay, nothing padded
         return DecodePlan(bool(capture_sizes), 0)
-    if not capture_sizes or any(w.new_tokens != 1 for w in batch):
+    top = max(batch)  # the most new tokens, then the longest context among those: one pass, no generator
+    if not capture_sizes or top[0] != 1:
         return DecodePlan(False, n)
-    if max_context_tokens is not None and max(w.context_tokens for w in batch) + 1 > max_context_tokens:
+    if max_context_tokens is not None and top[1] + 1 > max_context_tokens:
         return DecodePlan(False, n)
     size = padded_size(n, capture_sizes)
     if size is None or (size != n and not padding):

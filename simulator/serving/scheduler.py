@@ -45,6 +45,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import numpy as np
+
 from simulator.config.serving import (
     ESTIMATE_CLIP_TOKENS,
     ESTIMATE_RETRACT_STEPS,
@@ -108,6 +110,45 @@ class Step:
         self.tokens_out = 0  # output tokens sampled, set when the iteration is applied
 
 
+class DecodeRun:
+    """Iterations that repeat one scheduler's pure decode step: iteration j (0 = the step scheduled) computes one
+    token of each of `seqs` over `contexts[i] + j` cached tokens, for at most `iterations` iterations, unless a
+    request arrives first. Made by `Scheduler.decode_run`, applied by `Scheduler.finish_run`; an idle scheduler
+    of a lockstep group has an empty run of unbounded length."""
+
+    __slots__ = ("seqs", "contexts", "iterations", "last", "waiting", "running", "blocks_used", "first_block")
+
+    def __init__(
+        self,
+        seqs: list[Sequence],
+        first_batch: Batch,
+        iterations: float,
+        waiting: int,
+        blocks_used: np.ndarray | int,
+        first_block: np.ndarray | None,
+    ) -> None:
+        self.seqs = seqs
+        self.last = (0, first_batch)  # the last batch made, by iteration
+        self.contexts = [w[1] for w in first_batch]
+        self.iterations = iterations
+        self.waiting = waiting
+        self.running = len(seqs)
+        self.blocks_used = blocks_used  # KV blocks in use while iteration j runs: an array by j, or one figure
+        self.first_block = first_block  # by sequence, the iteration it takes its next block (None: none does)
+
+    def batch(self, j: int) -> Batch:
+        """The batch iteration j prices (the same sequences, each j tokens further)."""
+        made, batch = self.last
+        if made != j:
+            batch = tuple([_new(SeqWork, (1, c + j)) for c in self.contexts])
+            self.last = (j, batch)
+        return batch
+
+    def used_blocks(self, j: int) -> int:
+        used = self.blocks_used
+        return used if isinstance(used, int) else int(used[j])
+
+
 class Scheduler:
     """Waiting queue, running batch and paged KV cache of one replica."""
 
@@ -127,6 +168,7 @@ class Scheduler:
         self.init_ratio, self.min_ratio, self.ratio_decay = estimate_ratios(spec.schedule_conservativeness)
         self.new_token_ratio = self.init_ratio
         self.now_s = 0.0
+        self.arrived = 0  # requests added so far (a decode run ends when one arrives)
         self._schedule = {
             "static": self._schedule_static,
             "continuous": self._schedule_continuous,
@@ -143,6 +185,7 @@ class Scheduler:
         """Enqueue an arrived request."""
         seq.replica = self.replica
         self.waiting.append(seq)
+        self.arrived += 1
 
     def schedule(self, now_s: float) -> Step:
         """Pick the next iteration's work (possibly none) at time now_s."""
@@ -173,6 +216,102 @@ class Scheduler:
         if finished:
             self.running = [s for s in self.running if s.state == RUNNING]
         return finished
+
+    # ---------------------------------------------------------------- runs of pure decode steps
+
+    def decode_run(self, step: Step, preemptions_before: int, waiting_before: int) -> DecodeRun | None:
+        """The run of iterations that would schedule `step` again, each one token further, until one of its
+        sequences finishes, or None when the next schedule may differ otherwise (nothing to gain below 2).
+
+        The step (just scheduled; preemptions_before and waiting_before: the counts before it was) qualifies
+        when it preempted and admitted nothing and computes the last token of every running sequence. With no
+        arrival, each later schedule then takes the same sequences: their decodes come first in every policy,
+        and a waiting request refused now is refused later, since the token budget and max_num_seqs do not
+        change and the free KV blocks only shrink (admission estimate, whose room grows as its ratio decays,
+        qualifies only with nobody waiting). The run ends before the first iteration whose new blocks would
+        not all be free (the scheduler would preempt or retract there). Iteration j's KV blocks in use are
+        counted from the blocks each sequence takes."""
+        seqs = step.seqs
+        if self.preemptions != preemptions_before or len(self.waiting) != waiting_before:
+            return None
+        if not seqs:  # an idle replica of a lockstep group: idle again until a request arrives
+            return None if self.waiting or self.running else DecodeRun([], (), math.inf, 0, self.kv.used_blocks, None)
+        batch = step.batch
+        if len(seqs) != len(self.running) or (self.waiting and self.estimate) or max(batch)[0] != 1:
+            return None
+        iterations = min([s.output_tokens - s.generated for s in seqs])
+        if iterations < 2:
+            return None
+        for s in seqs:
+            if s.num_tokens - s.num_computed != 1:  # a prefill chunk of one token samples nothing
+                return None
+        kv = self.kv
+        run = DecodeRun(seqs, batch, iterations, waiting_before, kv.used_blocks, None)
+        limits = np.array([s.kv_limit_tokens for s in seqs], dtype=float)
+        first = limits - np.array(run.contexts)  # iterations until each needs its next block
+        if float(first.min()) >= iterations:
+            return run
+        # Sequence i takes blocks at iterations first[i], first[i] + block_size_tokens, ... (kv_limit_tokens is
+        # its whole blocks); each takes a unit per layer that still grows (with sliding-window layers, those
+        # whose window its blocks do not yet fill). The run ends before the first iteration whose units are
+        # not all free, or, retracting (preempt fewest_decoded), whose growing sequences outnumber the free
+        # whole blocks (_retract would take some).
+        size, sliding = kv.block_size_tokens, kv.sliding
+        grows = first < iterations
+        k = np.arange(-(-iterations // size))  # the k-th block each takes
+        at = first[grows].astype(np.int64)[:, None] + size * k  # when
+        keep = at < iterations
+        count = np.bincount(at[keep], minlength=iterations)
+        units = count
+        if sliding is not None:
+            new_blocks = (limits[grows].astype(np.int64) // size)[:, None] + k + 1  # blocks held after it
+            per = sliding.full_layers + sliding.sliding_layers * (new_blocks <= sliding.window_blocks(size))
+            keep &= per > 0  # every layer slides and the window is full: it never takes another
+            count = np.bincount(at[keep], minlength=iterations)
+            units = np.bincount(at[keep], weights=per[keep], minlength=iterations).astype(np.int64)
+        taken = np.cumsum(units)
+        free = kv.capacity_units - kv.used_units
+        short = taken > free
+        if self.retract:
+            short |= (free - (taken - units)) // kv.per_block < count
+        stop = np.flatnonzero(short)
+        if stop.size:
+            iterations = int(stop[0])
+            if iterations < 2:
+                return None
+            taken = taken[:iterations]
+        run.iterations = iterations
+        run.blocks_used = -(-(kv.used_units + taken) // kv.per_block)
+        run.first_block = first
+        return run
+
+    def finish_run(self, run: DecodeRun, ends_s: list[float]) -> Step:
+        """Apply the first len(ends_s) - 1 iterations of `run` (they ended at ends_s) as `complete` would have
+        one by one, and schedule the last as `schedule` would have (its blocks taken); returns the last step,
+        for `complete`."""
+        m = len(ends_s)
+        seqs = run.seqs
+        if m > 1 and seqs:
+            k = m - 1
+            head = ends_s[:-1]
+            for seq in seqs:
+                seq.num_computed += k
+                seq.num_tokens += k
+                seq.generated += k
+                seq.token_times_s.extend(head)
+            if run.first_block is not None:  # the blocks through iteration m - 1: context + m tokens each
+                kv, contexts = self.kv, run.contexts
+                for i in np.flatnonzero(run.first_block < m).tolist():
+                    seq = seqs[i]
+                    grown = kv.grow(seq.request_id, contexts[i] + m)
+                    assert grown, "a decode run took a block that was not free"
+                    seq.kv_limit_tokens = kv.tokens_held(seq.request_id)
+            if self.estimate and self.spec.policy != "static":  # _decodes' decay, once per iteration
+                for _ in range(k):
+                    self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_ratio)
+        if not seqs:
+            self.new_token_ratio = self.init_ratio  # schedule() found nothing to run
+        return Step(seqs, run.batch(m - 1))
 
     # ---------------------------------------------------------------- building blocks
 

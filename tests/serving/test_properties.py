@@ -13,10 +13,10 @@ from tests.serving.test_simulate import conservation_holds
 
 
 @st.composite
-def specs(draw):
+def specs(draw, max_output_tokens: int = 12):
     policy = draw(st.sampled_from(["static", "continuous", "chunked_prefill", "prefill_first_chunked"]))
     max_in = draw(st.integers(1, 24))
-    max_out = draw(st.integers(1, 12))
+    max_out = draw(st.integers(1, max_output_tokens))
     block = draw(st.sampled_from([1, 2, 4, 16]))
     admission = draw(st.sampled_from(["on_demand", "reserve", "estimate"]))
     cap = draw(st.none() | st.integers(1, 16))
