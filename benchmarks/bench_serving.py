@@ -4,6 +4,11 @@
     python benchmarks/bench_serving.py --scenario scenarios/seed_moe_4gpu_serving.yaml [--requests N] [--rate R]
     python benchmarks/bench_serving.py --scenario scenarios/mixtral_8x7b_64gpu.yaml
     python benchmarks/bench_serving.py --scenario scenarios/seed_moe_4gpu_disagg.yaml [--requests N] [--rate R]
+    python benchmarks/bench_serving.py --case validation/serving_cases_trtllm_dsr1_b200.yaml:ID [--requests N] [--step-by-step]
+
+With --case a validation case runs as `moesim validate` runs it (its engine profile and pricer), its own requests
+or the first N; --step-by-step runs it again scheduling and completing every sequence every iteration
+(simulate_serving(fast_forward=False)) and says whether both runs agree in every row and token time.
 
 A disaggregated scenario (serving.disaggregation) runs both pools and the KV transfers (serving.disagg); it
 prints the wall time, iterations of both pools, transfers and link flows, and each pool's exact DAG passes.
@@ -43,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, help="requests to simulate (10,000; with --case: the case's own)")
     parser.add_argument(
         "--policy",
         default="chunked_prefill",
@@ -51,7 +56,12 @@ def main() -> None:
     )
     parser.add_argument("--scenario", help="price iterations with DagPricer on this scenario")
     parser.add_argument("--rate", type=float, help="Poisson rate (requests/s) instead of the scenario's")
+    parser.add_argument("--case", help="FILE:ID, a serving validation case")
+    parser.add_argument("--step-by-step", action="store_true", help="with --case: also without decode runs")
     args = parser.parse_args()
+    if args.case:
+        return bench_case(args)
+    args.requests = args.requests or 10_000
     if args.scenario:
         return bench_scenario(args)
     spec = parse_serving_spec(
@@ -170,6 +180,42 @@ def bench_scenario(args) -> None:
         f"simulated: {summary.figures['output_tokens_per_s']:.0f} output tokens/s, "
         f"TTFT p99 {summary.latency.loc['ttft_s', 'p99']:.3f} s, TPOT p99 {summary.latency.loc['tpot_s', 'p99']:.4f} s"
     )
+
+
+def bench_case(args) -> None:
+    import numpy as np
+
+    from simulator.calibration.serving_validate import case_scenario, load_serving_cases
+    from simulator.serving.session import serving_inputs
+    from simulator.serving.workload import generate_requests
+
+    path, _, case_id = args.case.rpartition(":")
+    case = next((c for c in load_serving_cases(Path(path)) if c.id == case_id), None)
+    if case is None:
+        raise SystemExit(f"--case: no case {case_id!r} in {path}")
+    spec, pricer, _ = serving_inputs(case_scenario(case))
+    requests = generate_requests(spec)
+    if args.requests and args.requests < len(requests):
+        requests = requests[: args.requests]
+        spec = spec.model_copy(update={"workload": spec.workload.model_copy(update={"num_requests": len(requests)})})
+    runs = []
+    for fast in (True, False) if args.step_by_step else (True,):
+        start = time.perf_counter()
+        run = simulate_serving(spec, pricer, requests, fast_forward=fast)
+        wall_s = time.perf_counter() - start
+        steps = int(run.timeseries["batch_seqs"].sum())
+        how = "decode runs at once" if fast else "step by step"
+        print(
+            f"{case_id}, {how}: {len(requests)} requests, {run.num_iterations} replica iterations, "
+            f"{steps:,} sequence-steps in {wall_s:.2f} s "
+            f"({summarize(run).figures['output_tokens_per_s']:.1f} output tokens/s simulated)"
+        )
+        runs.append(run)
+    if len(runs) == 2:
+        a, b = runs
+        same = a.end_s == b.end_s and all(np.array_equal(a.timeseries[k], b.timeseries[k]) for k in a.timeseries)
+        same = same and all(np.array_equal(x.token_times_s, y.token_times_s) for x, y in zip(a.records, b.records))
+        print(f"the two runs agree in every row and token time: {same}")
 
 
 if __name__ == "__main__":
