@@ -242,9 +242,9 @@ def test_a_launch_file_says_whether_moesim_priced_it_as_the_engine_version_it_is
     assert "moesim priced it with serving.engine sglang; `--set serving.engine=sglang-0.5`" in old
     new = sglang_script(load_scenario(serving, ["serving.engine=sglang-0.5"]))
     assert "moesim priced it as this version runs it (serving.engine sglang-0.5" in new
-    trt = trtllm_files(load_scenario(serving, ["serving.engine=trtllm"]))["trtllm.sh"]
+    trt = trtllm_files(load_scenario(serving, ["serving.scheduler.split_prompts=true", "serving.engine=trtllm"]))["trtllm.sh"]
     assert "moesim priced it with serving.engine trtllm; `--set serving.engine=trtllm-1.0`" in trt
-    trt1 = trtllm_files(load_scenario(serving, ["serving.engine=trtllm-1.0"]))["trtllm.sh"]
+    trt1 = trtllm_files(load_scenario(serving, ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0"]))["trtllm.sh"]
     assert "moesim priced it as this version runs it (serving.engine trtllm-1.0" in trt1
     # a static batch (no serving section) carries no such line
     seed = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml")
@@ -254,7 +254,7 @@ def test_a_launch_file_says_whether_moesim_priced_it_as_the_engine_version_it_is
 def test_a_scenarios_own_host_time_is_noted_in_every_launch_file():
 
     scenario = load_scenario(
-        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.engine=trtllm-1.0", "serving.host.per_iteration_s=0.002"]
+        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.host.per_iteration_s=0.002"]
     )
     note = (
         "# Note: moesim priced the host's work per iteration at the scenario's serving.host (2 ms an iteration + "
@@ -263,7 +263,7 @@ def test_a_scenarios_own_host_time_is_noted_in_every_launch_file():
     files = launch_files(scenario)
     for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
         assert note in files[name], name
-    plain = launch_files(load_scenario("scenarios/seed_moe_4gpu_serving.yaml", ["serving.engine=trtllm-1.0"]))
+    plain = launch_files(load_scenario("scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0"]))
     assert "serving.host" not in plain["trtllm.sh"]
 
 
@@ -320,7 +320,7 @@ def test_sglangs_retraction_order_is_noted_where_an_engine_preempts_the_newest()
 def test_a_scenarios_own_cuda_graph_capture_is_written_for_every_engine():
     # vLLM 0.11: --compilation-config cudagraph_capture_sizes (it always pads: a note where the scenario does not);
     # SGLang 0.5: --cuda-graph-bs and --disable-cuda-graph-padding; TensorRT-LLM 1.0: cuda_graph_config
-    base = ["serving.engine=trtllm-1.0"]
+    base = ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0"]
     plain = launch_files(load_scenario(ROOT / "scenarios/seed_moe_4gpu_serving.yaml", base))
     exact = launch_files(
         load_scenario(

@@ -366,6 +366,7 @@ class SchedulerDefaultsSpec(StrictModel):
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     admission: Admission | None = None
     preempt: Preempt | None = None
+    split_prompts: bool | None = None
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
@@ -387,7 +388,7 @@ class SchedulerDefaultsSpec(StrictModel):
         out = dict(scheduler)
         given = out.get("engine_defaults")
         recorded = dict(given) if isinstance(given, dict) else {}
-        for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission", "preempt"):
+        for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission", "preempt", "split_prompts"):
             value = getattr(self, key)
             if value is not None and key not in out:
                 out[key] = value

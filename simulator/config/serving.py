@@ -301,6 +301,13 @@ class SchedulerSpec(StrictModel):
     chunk_size_tokens: int | None = Field(
         default=None, ge=1, description="longest prefill chunk of one sequence; default: max_num_batched_tokens"
     )
+    split_prompts: bool = Field(
+        default=True,
+        description="chunked_prefill and prefill_first_chunked: whether a waiting prompt may be cut to fill what "
+        "an iteration's token budget leaves (vLLM, SGLang, TensorRT-LLM with enable_chunked_prefill); false: it "
+        "joins an iteration only whole, and the first that does not fit waits (TensorRT-LLM's default, its "
+        "micro-batch scheduler without chunked context); max_num_batched_tokens must then hold the longest prompt",
+    )
     kv_cache: KVCacheSpec = Field(default_factory=KVCacheSpec, description="the paged KV cache")
     preemption: Literal["recompute"] = Field(
         default="recompute", description="what happens to a preempted request: it is recomputed later"
@@ -658,6 +665,16 @@ def check_admissible(
                 f"admission estimate: it needs fewer tokens than the {room} the KV cache holds "
                 f"(scheduler.kv_cache.capacity_blocks x block_size_tokens); raise it or shorten the requests"
             )
+    if (
+        not scheduler.split_prompts
+        and scheduler.policy in ("chunked_prefill", "prefill_first_chunked")
+        and input_tokens > scheduler.max_num_batched_tokens
+    ):
+        raise ValueError(
+            f"{what} (input {input_tokens} tokens) can never join an iteration whole: "
+            f"scheduler.max_num_batched_tokens = {scheduler.max_num_batched_tokens} with split_prompts false; "
+            f"raise it to >= {input_tokens} or set scheduler.split_prompts: true (TensorRT-LLM's enable_chunked_prefill)"
+        )
     if scheduler.policy == "continuous" and input_tokens + output_tokens - 1 > scheduler.max_num_batched_tokens:
         # A recomputed (preempted) request re-prefills its prompt and all but its last output token at once.
         raise ValueError(

@@ -71,6 +71,7 @@ class Deployment:
     graph_sizes: tuple[int, ...] | None = None  # serving.cuda_graph.sizes: the deployment's own capture sizes
     graph_padding: bool | None = None  # serving.cuda_graph.padding
     sliding_window_kv: str | None = None  # freed / kept for a model with sliding-window layers (serving), else None
+    split_prompts: bool = True  # serving.scheduler.split_prompts: prompts cut to fill the token budget
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -110,6 +111,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "admission": s.admission,
             "preempt": s.preempt,
             "schedule_conservativeness": s.schedule_conservativeness,
+            "split_prompts": s.split_prompts,
         }
         if m.sliding_window is not None:
             kv["sliding_window_kv"] = s.kv_cache.sliding_window_kv
@@ -350,6 +352,7 @@ def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
         argv += ["--max-num-batched-tokens", str(d.max_num_batched_tokens)]
     if d.policy in _CHUNKED:
         argv.append("--enable-chunked-prefill")
+        _chunked(d, "vLLM", lines)
         if d.policy == "prefill_first_chunked":
             _note(lines, _MIXED_NOTE.format(engine="vLLM"))
         if (
@@ -389,6 +392,18 @@ _MIXED_NOTE = (
     "# Note: moesim priced prefill_first_chunked (SGLang's default: prefill-only iterations, decodes held meanwhile); "
     "{engine} runs the decodes in the same iterations as the prefill chunks (moesim's chunked_prefill)."
 )
+_WHOLE_NOTE = (
+    "# Note: moesim priced whole prompts (scheduler.split_prompts false, TensorRT-LLM's default); {engine} cuts a "
+    "prompt to fill what an iteration's token budget leaves."
+)
+
+
+def _chunked(d: Deployment, engine: str, lines: list[str]) -> bool:
+    """Whether the engine is to cut prompts into chunks (TensorRT-LLM's enable_chunked_prefill), noting where moesim
+    priced whole prompts for an engine that always cuts them."""
+    if d.policy in _CHUNKED and not d.split_prompts and engine != "TensorRT-LLM":
+        _note(lines, _WHOLE_NOTE.format(engine=engine))
+    return d.policy in _CHUNKED and d.split_prompts
 
 
 def _note(lines: list[str], note: str) -> None:
@@ -609,6 +624,7 @@ def _sglang_limits(d: Deployment, mode: str, lines: list[str], disaggregated: bo
         argv.append("--enable-mixed-chunk")
         _note(lines, _SGLANG_MIXED_NOTE)
     if d.policy in _CHUNKED and (d.chunk_size_tokens or d.max_num_batched_tokens):
+        _chunked(d, "SGLang", lines)
         chunk = d.chunk_size_tokens or d.max_num_batched_tokens or 0
         if mode == "dp_attention":
             # server_args._handle_data_parallelism divides --chunked-prefill-size by dp-size under DP attention.
@@ -650,7 +666,7 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
         }
     options = ["# TensorRT-LLM LLM API options (trtllm-serve --extra_llm_api_options), written by moesim."]
     options.append(f"enable_attention_dp: {'true' if mode == 'dp_attention' else 'false'}")
-    options.append(f"enable_chunked_prefill: {'true' if d.policy in _CHUNKED else 'false'}")
+    options.append(f"enable_chunked_prefill: {'true' if _chunked(d, 'TensorRT-LLM', lines) else 'false'}")
     if d.policy == "prefill_first_chunked":
         _note(lines, _MIXED_NOTE.format(engine="TensorRT-LLM"))
     if d.nccl_allreduce:
@@ -973,7 +989,7 @@ def trtllm_disagg_files(scenario: Scenario, pools: _Pools) -> dict[str, str]:
         extra = [f"# TensorRT-LLM LLM API options of the {name} instances, written by moesim."]
         if name == "prefill":
             extra.append("disable_overlap_scheduler: true")
-        extra.append(f"enable_chunked_prefill: {'true' if dep.policy in _CHUNKED else 'false'}")
+        extra.append(f"enable_chunked_prefill: {'true' if _chunked(dep, 'TensorRT-LLM', lines) else 'false'}")
         if dep.policy == "prefill_first_chunked":
             _note(lines, _MIXED_NOTE.format(engine="TensorRT-LLM"))
         if dep.nccl_allreduce:

@@ -24,6 +24,10 @@ Policies:
                      each prompt cut into chunks of <= chunk_size_tokens; otherwise a decode iteration of every
                      running sequence.
 
+With scheduler.split_prompts false (TensorRT-LLM without chunked context) chunked_prefill and
+prefill_first_chunked take a waiting prompt only whole: the first that does not fit what the budget leaves
+waits, and the ones behind it too (a recompute longer than the whole budget is still cut, or it could never run).
+
 A running sequence that needs a block when none is free preempts the newest running sequence (possibly
 itself); the victim goes back to the front of the waiting queue. With scheduler.preempt fewest_decoded
 (SGLang's retract_decode) a decode iteration whose new tokens' blocks are not all free first retracts the
@@ -516,11 +520,17 @@ class Scheduler:
 
     def _admit_chunks(self, seqs: list[Sequence], batch: list[SeqWork]) -> None:
         """Admit waiting requests (FIFO) with their first chunk while the budget, max_num_seqs and KV allow."""
-        waiting, chunk, limit = self.waiting, self.spec.chunk_tokens, self.spec.max_num_seqs
+        spec = self.spec
+        waiting, chunk, limit = self.waiting, spec.chunk_tokens, spec.max_num_seqs
         room = self._estimate_room() if self.estimate else math.inf
         while waiting and self._budget > 0 and len(self.running) < limit:
             seq = waiting[0]
-            n = min(seq.num_tokens, chunk, self._budget)
+            if not spec.split_prompts and seq.num_tokens <= spec.max_num_batched_tokens:
+                if seq.num_tokens > self._budget:  # whole or not at all; FIFO: the rest wait behind it
+                    break
+                n = seq.num_tokens
+            else:  # a recompute longer than the whole budget is still cut, or it could never run
+                n = min(seq.num_tokens, chunk, self._budget)
             if self.estimate:
                 out = self._remaining_out(seq)
                 if seq.num_tokens + out >= room:  # PrefillAdder.add_one_req: AddReqResult.NO_TOKEN

@@ -397,3 +397,60 @@ def test_schedule_conservativeness_scales_the_estimate_as_sglang_does():
     assert sched.new_token_ratio == pytest.approx(0.21, rel=1e-12)
     sched.schedule(1.0)  # a decode step
     assert sched.new_token_ratio == pytest.approx(0.21 - 0.1806 / 600, rel=1e-12)
+
+
+def test_whole_prompts_wait_for_a_budget_that_holds_them():
+    # TensorRT-LLM without chunked context (split_prompts false): at 1.125 request 0 decodes (1 token) and request
+    # 1's 16-token prompt does not fit the 15 tokens left, so it waits, and request 2 behind it too (FIFO), until
+    # request 0 has finished; then request 1's prompt fills the budget alone and request 2's runs whole beside its
+    # first decode.
+    spec = make_spec(
+        workload=OPEN, scheduler={"policy": "chunked_prefill", "max_num_batched_tokens": 16, "split_prompts": False}
+    )
+    pricer = RecordingPricer()
+    run = simulate_serving(spec, pricer, [Request(0, 0.0, 8, 5), Request(1, 0.8, 16, 2), Request(2, 0.9, 8, 2)])
+    assert pricer.batches[:6] == [(SeqWork(8, 0),)] + [(SeqWork(1, 8 + k),) for k in range(4)] + [(SeqWork(16, 0),)]
+    assert pricer.batches[6] == (SeqWork(1, 16), SeqWork(8, 0))
+    assert run.records[1].first_scheduled_s == run.records[0].finish_s
+    # split (the default), the same requests: request 1 takes the 15 tokens left at once, cut
+    split = RecordingPricer()
+    simulate_serving(
+        make_spec(workload=OPEN, scheduler={"policy": "chunked_prefill", "max_num_batched_tokens": 16}),
+        split,
+        [Request(0, 0.0, 8, 5), Request(1, 0.8, 16, 2), Request(2, 0.9, 8, 2)],
+    )
+    assert split.batches[2] == (SeqWork(1, 9), SeqWork(15, 0))
+
+
+def test_whole_prompts_refuse_a_prompt_longer_than_the_budget():
+    with pytest.raises(ServingError, match=r"can never join an iteration whole: scheduler.max_num_batched_tokens = 32"):
+        make_spec(
+            workload={**OPEN, "input_len": {"kind": "fixed", "tokens": 40}},
+            scheduler={"policy": "chunked_prefill", "max_num_batched_tokens": 32, "split_prompts": False},
+        )
+
+
+def test_tensorrt_llm_profiles_run_prompts_whole_and_launch_files_say_so():
+    """trtllm and trtllm-1.0 fill split_prompts false (chunked context off by default); a scenario's own value wins;
+    TensorRT-LLM's options turn enable_chunked_prefill on only for split prompts, and vLLM's file notes whole ones."""
+    from pathlib import Path
+
+    import yaml
+
+    from simulator.config import parse_scenario
+    from simulator.report.launch import launch_files
+
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"
+    data = yaml.safe_load(path.read_text())
+    assert parse_scenario(data, "vllm").serving.scheduler.split_prompts
+    for engine in ("trtllm", "trtllm-1.0"):
+        data["serving"]["engine"] = engine
+        assert not parse_scenario(data, engine).serving.scheduler.split_prompts
+    whole = launch_files(parse_scenario(data, "whole"))
+    assert "enable_chunked_prefill: false" in whole["trtllm_extra_llm_api_options.yaml"]
+    assert "# Note: moesim priced whole prompts (scheduler.split_prompts false" in whole["vllm.sh"]
+    data["serving"]["scheduler"] = {"split_prompts": True}
+    split = launch_files(parse_scenario(data, "split"))
+    assert parse_scenario(data, "split").serving.scheduler.split_prompts
+    assert "enable_chunked_prefill: true" in split["trtllm_extra_llm_api_options.yaml"]
+    assert "whole prompts" not in split["vllm.sh"]
