@@ -242,9 +242,13 @@ def test_a_launch_file_says_whether_moesim_priced_it_as_the_engine_version_it_is
     assert "moesim priced it with serving.engine sglang; `--set serving.engine=sglang-0.5`" in old
     new = sglang_script(load_scenario(serving, ["serving.engine=sglang-0.5"]))
     assert "moesim priced it as this version runs it (serving.engine sglang-0.5" in new
-    trt = trtllm_files(load_scenario(serving, ["serving.scheduler.split_prompts=true", "serving.engine=trtllm"]))["trtllm.sh"]
+    trt = trtllm_files(load_scenario(serving, ["serving.scheduler.split_prompts=true", "serving.engine=trtllm"]))[
+        "trtllm.sh"
+    ]
     assert "moesim priced it with serving.engine trtllm; `--set serving.engine=trtllm-1.0`" in trt
-    trt1 = trtllm_files(load_scenario(serving, ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0"]))["trtllm.sh"]
+    trt1 = trtllm_files(load_scenario(serving, ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0"]))[
+        "trtllm.sh"
+    ]
     assert "moesim priced it as this version runs it (serving.engine trtllm-1.0" in trt1
     # a static batch (no serving section) carries no such line
     seed = load_scenario(ROOT / "scenarios/seed_moe_4gpu.yaml")
@@ -254,7 +258,8 @@ def test_a_launch_file_says_whether_moesim_priced_it_as_the_engine_version_it_is
 def test_a_scenarios_own_host_time_is_noted_in_every_launch_file():
 
     scenario = load_scenario(
-        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.host.per_iteration_s=0.002"]
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.host.per_iteration_s=0.002"],
     )
     note = (
         "# Note: moesim priced the host's work per iteration at the scenario's serving.host (2 ms an iteration + "
@@ -263,7 +268,12 @@ def test_a_scenarios_own_host_time_is_noted_in_every_launch_file():
     files = launch_files(scenario)
     for name in ("vllm.sh", "sglang.sh", "trtllm.sh"):
         assert note in files[name], name
-    plain = launch_files(load_scenario("scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0"]))
+    plain = launch_files(
+        load_scenario(
+            "scenarios/seed_moe_4gpu_serving.yaml",
+            ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0"],
+        )
+    )
     assert "serving.host" not in plain["trtllm.sh"]
 
 

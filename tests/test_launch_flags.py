@@ -76,7 +76,11 @@ DEPLOYMENTS: dict[str, tuple[str, list[str]]] = {
     ),
     "own_cuda_graphs_exact_sizes": (
         "scenarios/seed_moe_4gpu_serving.yaml",
-        ["serving.engine=trtllm-1.0", "serving.cuda_graph={sizes: [1, 2, 4, 8], padding: false}"],
+        [
+            "serving.scheduler.split_prompts=true",
+            "serving.engine=trtllm-1.0",
+            "serving.cuda_graph={sizes: [1, 2, 4, 8], padding: false}",
+        ],
     ),
     "own_cuda_graphs_padded": (
         "scenarios/seed_moe_4gpu_serving.yaml",

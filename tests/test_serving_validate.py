@@ -421,17 +421,17 @@ def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
     trt = load_engine_profile("trtllm-1.0")
     assert trt.check_note(moe=False) == (
         "profile trtllm-1.0 checked against 54 published figures of dense models (validation/serving_cases_trtllm10.yaml): "
-        "median |error| 4.3 %, largest 15.7 %; 7 published figures of dense models "
-        "(validation/serving_cases_trtllm_moe.yaml): median |error| 5.5 %, largest 12.5 %; 5 published figures of "
-        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.5 %, largest 29.3 %"
+        "median |error| 4.3 %, largest 15.8 %; 7 published figures of dense models "
+        "(validation/serving_cases_trtllm_moe.yaml): median |error| 5.5 %, largest 12.3 %; 5 published figures of "
+        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.7 %, largest 29.3 %"
     )
     assert trt.check_note(moe=True) == (
         "profile trtllm-1.0 checked against 13 published figures of MoE models (validation/serving_cases_trtllm_moe.yaml): "
-        "median |error| 59.2 %, largest 87.7 %; 12 published figures of MoE models "
-        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %; 32 published figures "
-        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 34.2 %, largest 165.1 %; 2 "
-        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 76.5 %, "
-        "largest 86.0 %"
+        "median |error| 59.3 %, largest 85.1 %; 12 published figures of MoE models "
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.3 %, largest 88.7 %; 32 published figures "
+        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 34.2 %, largest 166.1 %; 2 "
+        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 77.2 %, "
+        "largest 86.9 %"
     )
     assert trt.check_note().count("published figures") == 7  # no model class given: every check
     vllm = load_engine_profile("vllm")  # checked on DeepSeek-R1 only
@@ -694,15 +694,15 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
     dense, moe = calibration_note(b200, moe=False), calibration_note(b200, moe=True)
     assert dense is not None and dense.endswith(
         "; checked on it end to end against 18 published figures of dense models "
-        "(validation/serving_cases_trtllm10_b200.yaml): median |error| 7.8 %, largest 24.7 %; 5 published figures of "
-        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.5 %, largest 29.3 %"
+        "(validation/serving_cases_trtllm10_b200.yaml): median |error| 7.8 %, largest 24.4 %; 5 published figures of "
+        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.7 %, largest 29.3 %"
     )
     assert moe is not None and moe.endswith(
         "; checked on it end to end against 12 published figures of MoE models "
-        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.5 %, largest 88.7 %; 12 published figures "
-        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 35.3 %, largest 60.7 %; 2 "
-        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 76.5 %, "
-        "largest 86.0 %"
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.3 %, largest 88.7 %; 12 published figures "
+        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 35.4 %, largest 60.8 %; 2 "
+        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 77.2 %, "
+        "largest 86.9 %"
     )
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")
 

@@ -507,7 +507,11 @@ def test_a_scenarios_own_cuda_graph_sizes_and_padding_replace_the_engines():
     # true; the seed's scheduler limit (max_num_seqs 128) still caps what is captured.
     own = load_scenario(
         "scenarios/seed_moe_4gpu_serving.yaml",
-        ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.cuda_graph={sizes: [1, 2, 4, 64, 8, 256, 16, 32, 128], padding: true}"],
+        [
+            "serving.scheduler.split_prompts=true",
+            "serving.engine=trtllm-1.0",
+            "serving.cuda_graph={sizes: [1, 2, 4, 64, 8, 256, 16, 32, 128], padding: true}",
+        ],
     )
     spec, pricer, _ = serving_inputs(own)
     engine = pricer.pricer  # type: ignore[attr-defined]
@@ -518,7 +522,8 @@ def test_a_scenarios_own_cuda_graph_sizes_and_padding_replace_the_engines():
     assert profile.cuda_graph.outside == ("sample",) and profile.cuda_graph.limit == "max_num_seqs"  # type: ignore[union-attr]
     # padding alone keeps the engine's sizes; sizes alone keep its padding
     padded = load_scenario(
-        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.cuda_graph.padding=true"]
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.cuda_graph.padding=true"],
     )
     graphs = padded.serving.engine_profile().cuda_graph  # type: ignore[union-attr]
     assert graphs.padding and graphs.capture_sizes(128) == (*range(1, 33), 64, 128)  # type: ignore[union-attr]
@@ -533,7 +538,10 @@ def test_a_scenarios_own_cuda_graph_sizes_and_padding_replace_the_engines():
     ("overrides", "message"),
     [
         (["serving.cuda_graph.padding=true"], "cuda_graph: sets an engine's CUDA-graph capture; name the engine"),
-        (["serving.scheduler.split_prompts=true", "serving.engine=trtllm", "serving.cuda_graph.padding=true"], "engine profile trtllm captures no CUDA graphs"),
+        (
+            ["serving.scheduler.split_prompts=true", "serving.engine=trtllm", "serving.cuda_graph.padding=true"],
+            "engine profile trtllm captures no CUDA graphs",
+        ),
         (["serving.engine=vllm", "serving.cuda_graph.sizes=[0, 8]"], "cuda_graph.sizes"),
         (["serving.engine=vllm", "serving.cuda_graph.sizes=[]"], "cuda_graph.sizes"),
         (["serving.host.per_sequence_s=1e-5"], "host: sets an engine's host time per iteration; name the engine"),
@@ -553,7 +561,8 @@ def test_a_scenarios_own_host_time_replaces_the_engines():
     from simulator.config.engine import SCENARIO_HOST_SOURCE
 
     own = load_scenario(
-        "scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.host.per_sequence_s=1e-5"]
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.host.per_sequence_s=1e-5"],
     )
     host = own.serving.engine_profile().host
     assert (host.per_iteration_s, host.per_sequence_s, host.overlapped) == (0.0, 1e-5, True)
@@ -564,7 +573,11 @@ def test_a_scenarios_own_host_time_replaces_the_engines():
     assert engine(batch) == max(engine.gpu_timing(batch).latency_s, 4e-5)
     serial = load_scenario(
         "scenarios/seed_moe_4gpu_serving.yaml",
-        ["serving.scheduler.split_prompts=true", "serving.engine=trtllm-1.0", "serving.host={per_iteration_s: 0.002, overlapped: false}"],
+        [
+            "serving.scheduler.split_prompts=true",
+            "serving.engine=trtllm-1.0",
+            "serving.host={per_iteration_s: 0.002, overlapped: false}",
+        ],
     )
     _, serial_pricer, _ = serving_inputs(serial)
     serial_engine = serial_pricer.pricer  # type: ignore[attr-defined]

@@ -46,9 +46,11 @@ def both(spec, make_pricer, requests=None):
 
 @st.composite
 def with_layers(draw):
-    """specs() with outputs up to 60 tokens, a third of them with sliding-window layers (every layer sliding in
-    some: a sequence stops taking blocks once its window's are held)."""
+    """specs() with outputs up to 60 tokens, half with whole prompts, a third with sliding-window layers (every
+    layer sliding in some: a sequence stops taking blocks once its window's are held)."""
     spec = draw(specs(max_output_tokens=60))
+    if draw(st.booleans()):  # TensorRT-LLM's whole prompts (the budget holds every prompt: specs() sees to it)
+        spec = spec.model_copy(update={"scheduler": spec.scheduler.model_copy(update={"split_prompts": False})})
     if draw(st.integers(0, 2)):
         return spec
     sliding = SlidingKVSpec(
