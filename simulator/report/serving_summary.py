@@ -214,9 +214,12 @@ def scheduler_line(summary: dict) -> str | None:
         )
     else:
         window = ""
+    whole = ""
+    if sch.get("split_prompts") is False and sch["policy"] in ("chunked_prefill", "prefill_first_chunked"):
+        whole = ", prompts whole (split_prompts false)"
     return (
         f"scheduler: at most {sch['max_num_seqs']} sequences and {sch['max_num_batched_tokens']} tokens an iteration, "
-        f"admission {sch['admission']}; KV {summary['figures']['kv_capacity_blocks']:.0f} blocks of "
+        f"admission {sch['admission']}{whole}; KV {summary['figures']['kv_capacity_blocks']:.0f} blocks of "
         f"{kv['block_size_tokens']} tokens ({rule}){window}; fields the scenario leaves out: {source}"
     )
 

@@ -446,6 +446,15 @@ def test_tensorrt_llm_profiles_run_prompts_whole_and_launch_files_say_so():
     for engine in ("trtllm", "trtllm-1.0"):
         data["serving"]["engine"] = engine
         assert not parse_scenario(data, engine).serving.scheduler.split_prompts
+    from simulator.report.serving_summary import scheduler_line
+
+    scheduler = parse_scenario(data, "whole").serving.scheduler.model_dump(mode="json")
+    line = scheduler_line(
+        {"serving": {"scheduler": scheduler, "engine": "trtllm-1.0"}, "figures": {"kv_capacity_blocks": 9}}
+    )
+    assert (
+        line is not None and "tokens an iteration, admission reserve, prompts whole (split_prompts false); KV 9" in line
+    )
     whole = launch_files(parse_scenario(data, "whole"))
     assert "enable_chunked_prefill: false" in whole["trtllm_extra_llm_api_options.yaml"]
     assert "# Note: moesim priced whole prompts (scheduler.split_prompts false" in whole["vllm.sh"]
