@@ -253,7 +253,10 @@ def test_the_summary_says_the_scheduler_as_simulated_and_where_its_defaults_came
     trt = write_scenario(tmp_path, serving, name="trt.yaml")
     assert main(["serve", str(trt), "--out", str(tmp_path / "trt")]) == 0
     text = (tmp_path / "trt" / "summary.md").read_text()
-    assert "at most 2048 sequences and 8192 tokens an iteration, admission reserve; KV " in text
+    assert (
+        "at most 2048 sequences and 8192 tokens an iteration, admission reserve, prompts whole (split_prompts false); KV "
+        in text
+    )
     assert "blocks of 32 tokens (free_memory_fraction 0.9 of what the weights leave)" in text
     assert "fields the scenario leaves out: engine trtllm's defaults, else moesim's." in text
     # SGLang 0.5 derives its static share (the test's tiny model on the scenario's GPU and layout)
