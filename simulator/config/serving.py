@@ -282,6 +282,9 @@ class KVCacheSpec(StrictModel):
         return self
 
 
+#: The policies that cut prompts into chunks within a token budget (and so honour SchedulerSpec.split_prompts).
+CHUNKED_POLICIES = ("chunked_prefill", "prefill_first_chunked")
+
 #: The KV memory rules of KVCacheSpec, one at most.
 KV_RULES = ("gpu_memory_utilization", "free_memory_fraction", "mem_fraction_static")
 
@@ -350,7 +353,7 @@ class SchedulerSpec(StrictModel):
 
     @model_validator(mode="after")
     def _budget(self) -> SchedulerSpec:
-        if self.policy in ("chunked_prefill", "prefill_first_chunked"):
+        if self.policy in CHUNKED_POLICIES:
             if self.chunk_size_tokens is not None and self.chunk_size_tokens > self.max_num_batched_tokens:
                 raise ValueError(
                     f"max_num_batched_tokens = {self.max_num_batched_tokens} is smaller than one chunk "
@@ -667,7 +670,7 @@ def check_admissible(
             )
     if (
         not scheduler.split_prompts
-        and scheduler.policy in ("chunked_prefill", "prefill_first_chunked")
+        and scheduler.policy in CHUNKED_POLICIES
         and input_tokens > scheduler.max_num_batched_tokens
     ):
         raise ValueError(

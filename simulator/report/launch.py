@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from simulator.config import Scenario
 from simulator.config.scenario import pool_layout
-from simulator.config.serving import PoolSpec
+from simulator.config.serving import CHUNKED_POLICIES, PoolSpec
 from simulator.serving.capacity import engine_rank_budget_tokens
 
 #: The engine version each mapping was written against, and the engine source its flags were checked in (each flag
@@ -381,8 +381,7 @@ def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
 VLLM_CUDA_BLOCK_SIZES = (1, 8, 16, 32)
 
 
-#: The policies that cut prompts into chunks (config.serving.SchedulerSpec.policy).
-_CHUNKED = ("chunked_prefill", "prefill_first_chunked")
+_CHUNKED = CHUNKED_POLICIES
 _SGLANG_MIXED_NOTE = (
     "# Note: moesim's chunked_prefill runs the decodes in the same iterations as the prefill chunks; SGLang does so "
     "only with --enable-mixed-chunk (server_args.py, off by default: prefill-only batches first, moesim's "

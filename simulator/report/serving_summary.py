@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from simulator.config.engine import SCENARIO_HOST_SOURCE, host_rate_text
+from simulator.config.serving import CHUNKED_POLICIES
 from simulator.files import write_atomic
 from simulator.report.summary import calibration_line, fmt_s
 from simulator.serving.simulate import ServingRun
@@ -215,7 +216,7 @@ def scheduler_line(summary: dict) -> str | None:
     else:
         window = ""
     whole = ""
-    if sch.get("split_prompts") is False and sch["policy"] in ("chunked_prefill", "prefill_first_chunked"):
+    if sch.get("split_prompts") is False and sch["policy"] in CHUNKED_POLICIES:
         whole = ", prompts whole (split_prompts false)"
     return (
         f"scheduler: at most {sch['max_num_seqs']} sequences and {sch['max_num_batched_tokens']} tokens an iteration, "
