@@ -530,7 +530,7 @@ class ServeResult:
         from simulator.config import resolve_hardware
         from simulator.report.summary import calibration_dict
 
-        return calibration_dict(resolve_hardware(self.scenario), self.scenario.model.is_moe)
+        return calibration_dict(resolve_hardware(self.scenario), self.scenario.result_class)
 
     @cached_property
     def stats(self) -> dict:
@@ -538,7 +538,7 @@ class ServeResult:
         from simulator.report.serving_summary import serving_summary_dict
 
         doc = serving_summary_dict(
-            self.scenario.name, self.sim, self.summary, self.priced_by, self.scenario.model.is_moe
+            self.scenario.name, self.sim, self.summary, self.priced_by, self.scenario.result_class
         )
         doc["calibration"] = self._calibration
         if self.max_rate is not None:
@@ -564,7 +564,7 @@ class ServeResult:
                 self.table,
                 self.max_rate,
                 self._calibration,
-                self.scenario.model.is_moe,
+                self.scenario.result_class,
             )
             if self.found is not None:
                 write_rate_curve(self.found.curve, staging)

@@ -61,6 +61,15 @@ def test_median_and_largest_absolute_error_over_rows():
     ]
     s = summarize_serving(rows)
     assert s["median_abs_error"] == 0.25 and s["max_abs_error"] == 0.5 and s["rows"] == 3
+    assert s["faster_rows"] == 3  # more throughput twice, less latency once
+
+
+def test_faster_means_more_throughput_or_less_latency():
+    assert ServingOutcome("c", "output_tokens_per_s", 100.0, 101.0).faster
+    assert not ServingOutcome("c", "requests_per_s", 100.0, 99.0).faster
+    assert ServingOutcome("c", "ttft_p99_ms", 100.0, 99.0).faster
+    assert not ServingOutcome("c", "tpot_mean_ms", 100.0, 101.0).faster
+    assert not ServingOutcome("c", "itl_mean_ms", 100.0, 100.0).faster  # exact: neither
 
 
 def test_every_public_point_is_a_case_and_every_unskipped_one_parses():
@@ -320,19 +329,28 @@ def test_the_trtllm_1_0_cases_take_trtllm_bench_limits_and_graphs():
 # ---------------------------------------------------------------- engine profiles' recorded checks
 
 
-def _rows_by_profile(paths, profile_of) -> dict[tuple[str, str, str], int]:
-    """Measured figures per (case file from the repository root, profile, model class) of the cases of `paths`
-    whose scenario `profile_of` names a profile for (None: it names none)."""
-    from simulator.config.checked import MODEL_CLASS
-
-    rows: dict[tuple[str, str, str], int] = {}
+def _rows_by_check(paths, profile_of, checks_of) -> dict[tuple[str, str, str, str], int]:
+    """Measured figures per check (case file from the repository root, profile, its models, its layouts) of the
+    cases of `paths` whose scenario `profile_of` names a profile for (None: it names none), each row counted for
+    the checks `checks_of(profile)` records for its file and class (CheckedSpec.covers); asserts that every such
+    row has exactly one check (or, where the profile records none on the file, none), so that a check's rows
+    are the rows its profile prices and no row counts twice."""
+    rows: dict[tuple[str, str, str, str], int] = {}
     for path in paths:
+        file = str(path.relative_to(ROOT))
         for case in load_serving_cases(path):
             scenario = case_scenario(case)
             name = profile_of(scenario)
-            if name is not None:
-                key = (str(path.relative_to(ROOT)), name, MODEL_CLASS[scenario.model.is_moe])
-                rows[key] = rows.get(key, 0) + len(case.measured)
+            if name is None:
+                continue
+            on_file = [c for c in checks_of(name) if c.cases == file]
+            mine = [c for c in on_file if c.covers(scenario.result_class)]
+            assert len(mine) == (1 if on_file else 0), (case.id, name, mine)
+            # a check of MoE deployments names its layout class: moesim's errors with and without attention DP + EP
+            # differ by far, so a check of one says nothing of the other
+            assert not (mine and scenario.model.is_moe and mine[0].layouts == "all"), (case.id, name)
+            key = (file, name, mine[0].models, mine[0].layouts) if mine else (file, name, "unrecorded", "")
+            rows[key] = rows.get(key, 0) + len(case.measured)
     return rows
 
 
@@ -348,27 +366,33 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
         "serving_cases_trtllm_gptoss.yaml",
         "serving_cases_trtllm_dsr1_b200.yaml",
     )
-    named = _rows_by_profile(
+    named = _rows_by_check(
         (CASES, TRT10, *(ROOT / "validation" / name for name in moe)),
         lambda s: s.serving.engine if s.serving is not None else None,
+        lambda name: load_engine_profile(name).checked,
     )
     recorded = {
-        (c.cases, name, c.models): c.rows for name in available_engines() for c in load_engine_profile(name).checked
+        (c.cases, name, c.models, c.layouts): c.rows
+        for name in available_engines()
+        for c in load_engine_profile(name).checked
     }
+    dep = "experts_across_dp"
     assert (
         recorded
         == named
         == {
-            ("validation/serving_cases.yaml", "trtllm", "moe"): 8,
-            ("validation/serving_cases.yaml", "trtllm", "dense"): 4,
-            ("validation/serving_cases.yaml", "vllm", "moe"): 3,
-            ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0", "dense"): 54,
-            ("validation/serving_cases_trtllm_gptoss.yaml", "trtllm-1.0", "moe"): 32,
-            ("validation/serving_cases_trtllm_dsr1_b200.yaml", "trtllm-1.0", "moe"): 2,
-            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "moe"): 13,
-            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "dense"): 7,
-            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "moe"): 12,
-            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "dense"): 5,
+            ("validation/serving_cases.yaml", "trtllm", "moe", "other"): 8,
+            ("validation/serving_cases.yaml", "trtllm", "dense", "all"): 4,
+            ("validation/serving_cases.yaml", "vllm", "moe", "other"): 3,
+            ("validation/serving_cases_trtllm10.yaml", "trtllm-1.0", "dense", "all"): 54,
+            ("validation/serving_cases_trtllm_gptoss.yaml", "trtllm-1.0", "moe", dep): 11,  # H100 DEP4, B200 DEP2
+            ("validation/serving_cases_trtllm_gptoss.yaml", "trtllm-1.0", "moe", "other"): 21,
+            ("validation/serving_cases_trtllm_dsr1_b200.yaml", "trtllm-1.0", "moe", dep): 2,
+            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "moe", dep): 13,
+            ("validation/serving_cases_trtllm_moe.yaml", "trtllm-1.0", "dense", "all"): 7,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "moe", dep): 6,  # Qwen3 235B DEP4
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "moe", "other"): 6,  # Qwen3 30B, 1 GPU
+            ("validation/serving_cases_trtllm_moe_b200.yaml", "trtllm-1.0", "dense", "all"): 5,
         }
     )
 
@@ -376,20 +400,27 @@ def test_every_recorded_check_counts_the_rows_its_case_file_gives_the_profile():
 def test_the_engine_check_line_compares_a_run_with_what_the_profile_records():
     from simulator.calibration.serving_validate import ProfileCheck
 
-    recorded = {"rows": 3.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764}
-    same = ProfileCheck(
-        "engine", "vllm", {"rows": 3.0, "median_abs_error": 0.64224, "max_abs_error": 1.77638}, recorded
-    )
+    recorded = {"rows": 3.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764, "faster_rows": 2}
+    run = {"rows": 3.0, "median_abs_error": 0.64224, "max_abs_error": 1.77638, "faster_rows": 2.0}
+    same = ProfileCheck("engine", "vllm", run, recorded)
     assert same.matches
     assert same.line() == (
-        "engine profile vllm: 3 rows, median |error| 64.2 %, largest 177.6 %, as engine_profiles/vllm.yaml records"
+        "engine profile vllm: 3 rows, median |error| 64.2 %, largest 177.6 %, moesim faster than measured in 2, "
+        "as engine_profiles/vllm.yaml records"
     )
-    moved = ProfileCheck("engine", "vllm", {"rows": 3.0, "median_abs_error": 0.60, "max_abs_error": 1.7764}, recorded)
-    assert not moved.matches and moved.line().endswith("records 3 rows, 64.2 / 177.6 %: update its `checked`")
-    fewer = ProfileCheck("engine", "vllm", {"rows": 2.0, "median_abs_error": 0.6422, "max_abs_error": 1.7764}, recorded)
+    moved = ProfileCheck("engine", "vllm", {**run, "median_abs_error": 0.60}, recorded)
+    assert not moved.matches
+    assert moved.line().endswith("records 3 rows, 64.2 / 177.6 %, faster than measured in 2: update its `checked`")
+    fewer = ProfileCheck("engine", "vllm", {**run, "rows": 2.0}, recorded)
     assert not fewer.matches
-    none = ProfileCheck("engine", "sglang", {"rows": 1.0, "median_abs_error": 0.2, "max_abs_error": 0.2}, None)
+    turned = ProfileCheck("engine", "vllm", {**run, "faster_rows": 3.0}, recorded)  # same errors, other signs
+    assert not turned.matches
+    unrecorded = ProfileCheck("engine", "vllm", {**run, "faster_rows": 3.0}, {**recorded, "faster_rows": None})
+    assert unrecorded.matches  # a record without the count checks the errors alone
+    none = ProfileCheck("engine", "sglang", {**run, "rows": 1.0}, None)
     assert none.line().endswith("engine_profiles/sglang.yaml records no check on this file")
+    classed = ProfileCheck("engine", "trtllm-1.0", run, recorded, "moe", "experts_across_dp")
+    assert classed.line().startswith("engine profile trtllm-1.0 (MoE models, with attention DP + EP): 3 rows")
 
 
 def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
@@ -408,35 +439,50 @@ def test_engine_checks_group_the_rows_by_the_profile_each_case_names(tmp_path):
         "median_abs_error": pytest.approx(0.1),
         "max_abs_error": pytest.approx(0.1),
         "rows": 1.0,
+        "faster_rows": 1.0,  # 110 predicted against 100 measured
     }
     assert checks["vllm"].measured["median_abs_error"] == pytest.approx(0.35)  # median of 0.5 and 0.2
+    assert checks["vllm"].measured["faster_rows"] == 0.0  # half the throughput, a longer TTFT
     assert checks["vllm"].recorded is not None and not checks["vllm"].matches  # the file records 3 rows
     elsewhere = profile_checks(cases, outcomes, tmp_path / "serving_cases.yaml")  # another file: nothing recorded
     assert all(c.recorded is None for c in elsewhere)
 
 
 def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
+    from simulator.config.checked import ResultClass
     from simulator.config.engine import CheckedSpec, load_engine_profile
 
     trt = load_engine_profile("trtllm-1.0")
-    assert trt.check_note(moe=False) == (
+    assert trt.check_note(ResultClass(moe=False)) == (
         "profile trtllm-1.0 checked against 54 published figures of dense models (validation/serving_cases_trtllm10.yaml): "
-        "median |error| 4.3 %, largest 15.8 %; 7 published figures of dense models "
-        "(validation/serving_cases_trtllm_moe.yaml): median |error| 5.5 %, largest 12.3 %; 5 published figures of "
-        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.7 %, largest 29.3 %"
+        "median |error| 4.3 %, largest 15.8 %, moesim faster than measured in 34; 7 published figures of dense models "
+        "(validation/serving_cases_trtllm_moe.yaml): median |error| 5.5 %, largest 12.3 %, moesim faster than measured in 5; 5 "
+        "published figures of dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.7 %, "
+        "largest 29.3 %, moesim faster than measured in 5"
     )
-    assert trt.check_note(moe=True) == (
-        "profile trtllm-1.0 checked against 13 published figures of MoE models (validation/serving_cases_trtllm_moe.yaml): "
-        "median |error| 59.3 %, largest 85.1 %; 12 published figures of MoE models "
-        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.3 %, largest 88.7 %; 32 published figures "
-        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 34.2 %, largest 166.1 %; 2 "
-        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 77.2 %, "
-        "largest 86.9 %"
+    assert trt.check_note(ResultClass(moe=True, experts_across_dp=True)) == (
+        "profile trtllm-1.0 checked against 13 published figures of MoE models with attention DP + EP "
+        "(validation/serving_cases_trtllm_moe.yaml): median |error| 59.3 %, largest 85.1 %, moesim faster than measured in 13; 6 "
+        "published figures of MoE models with attention DP + EP (validation/serving_cases_trtllm_moe_b200.yaml): "
+        "median |error| 55.5 %, largest 88.7 %, moesim faster than measured in 6; 11 published figures of MoE models with attention "
+        "DP + EP (validation/serving_cases_trtllm_gptoss.yaml): median |error| 50.8 %, largest 166.1 %, moesim faster than measured "
+        "in 11; 2 published figures of MoE models with attention DP + EP "
+        "(validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 77.2 %, largest 86.9 %, moesim faster than measured in 2"
     )
-    assert trt.check_note().count("published figures") == 7  # no model class given: every check
+    assert trt.check_note(ResultClass(moe=True)) == (
+        "profile trtllm-1.0 checked against 6 published figures of MoE models without attention DP + EP "
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 24.1 %, largest 40.5 %, moesim faster than measured in 6; "
+        "21 published figures of MoE models without attention DP + EP (validation/serving_cases_trtllm_gptoss.yaml): "
+        "median |error| 21.5 %, largest 105.9 %, moesim faster than measured in 15"
+    )
+    assert trt.check_note().count("published figures") == 9  # no class given: every check
     vllm = load_engine_profile("vllm")  # checked on DeepSeek-R1 only
-    assert vllm.check_note(moe=False).startswith(
+    assert vllm.check_note(ResultClass(moe=False)).startswith(
         "profile vllm has not been checked against a published run of a dense model on its engine"
+    )
+    assert vllm.check_note(ResultClass(moe=True, experts_across_dp=True)).startswith(
+        "profile vllm has not been checked against a published run of an MoE model with attention DP + EP on its "
+        "engine: its end-to-end error on this deployment is unknown"
     )
     assert (
         load_engine_profile("vllm-v1")
@@ -445,6 +491,8 @@ def test_a_profiles_check_note_states_its_figures_or_that_there_are_none():
     )
     with pytest.raises(ValueError, match="max_abs_error must be at least median_abs_error"):
         CheckedSpec(cases="x.yaml", rows=1, median_abs_error=0.2, max_abs_error=0.1, source="s")
+    with pytest.raises(ValueError, match="faster_rows = 3 is more than rows = 2"):
+        CheckedSpec(cases="x.yaml", rows=2, median_abs_error=0.1, max_abs_error=0.2, faster_rows=3, source="s")
 
 
 def _nvfp4_safetensors_count(parameters: float, unquantized: float) -> float:
@@ -485,7 +533,6 @@ def test_the_moe_cases_take_trtllm_bench_limits_per_rank_and_the_dep_layout():
     experts split over them and reached by all-gather / reduce-scatter (the all-gather in fp8 where the checkpoint
     quantises per tensor, in bf16 for DeepSeek's block scales); its Llama 3.3 70B columns TP2. Each rank takes
     trtllm-bench's limits computed over all the GPUs."""
-    from simulator.serving.capacity import lockstep_layout
 
     moe = ROOT / "validation" / "serving_cases_trtllm_moe.yaml"
     cases = {c.id: case_scenario(c) for c in load_serving_cases(moe)}
@@ -516,7 +563,7 @@ def test_the_moe_cases_take_trtllm_bench_limits_per_rank_and_the_dep_layout():
         if "DEP" in setup:
             assert (p.tp, p.dp, p.ep) == (1, gpus, gpus) and s.runtime.ep_dispatch == "allgather", case_id
             assert (f.dispatch or f.communication) == ("bf16" if setup.startswith("DSR1") else "fp8"), case_id
-            assert lockstep_layout(s), case_id  # the ranks step together
+            assert s.experts_across_dp, case_id  # the ranks step together
         else:
             assert (p.tp, p.dp, p.ep) == (gpus, 1, 1), case_id
     # by hand: DeepSeek R1 at 1000/1000 on 8 H200s: (1,123.2 - 637.5 GiB) x 0.95 / (2 x 61 x 128 x 56 B x 2,000)
@@ -527,7 +574,6 @@ def test_the_moe_cases_take_trtllm_bench_limits_per_rank_and_the_dep_layout():
 def test_the_b200_moe_cases_take_the_packed_nvfp4_counts_and_the_dep_layout():
     """validation/serving_cases_trtllm_moe_b200.yaml: Qwen3 30B A3B alone on one B200 (no DP, no EP), Qwen3 235B DEP4
     with an NVFP4 all-gather, the dense 70B TP1; limits from the NVFP4 checkpoints' safetensors counts."""
-    from simulator.serving.capacity import lockstep_layout
 
     path = ROOT / "validation" / "serving_cases_trtllm_moe_b200.yaml"
     cases = {c.id: case_scenario(c) for c in load_serving_cases(path)}
@@ -554,7 +600,7 @@ def test_the_b200_moe_cases_take_the_packed_nvfp4_counts_and_the_dep_layout():
         assert s.hardware.profile == "b200-sxm-180gb" and s.num_gpus == gpus and s.model.num_layers == layers
         if setup.startswith("Q235"):
             assert (s.parallel.dp, s.parallel.ep, s.runtime.ep_dispatch, f.dispatch) == (4, 4, "allgather", "nvfp4")
-            assert lockstep_layout(s)
+            assert s.experts_across_dp
         else:
             assert s.parallel.dp == s.parallel.ep == s.parallel.tp == 1, case_id
     # by hand: Qwen3 30B A3B at 1000/1000: 29.897e9 x 9/16 + 0.6349e9 = 17.45e9; (179 - 8.126 GiB) x 0.95 /
@@ -566,7 +612,6 @@ def test_the_deepseek_guide_b200_cases_take_their_command_lines_and_the_dep_layo
     """validation/serving_cases_trtllm_dsr1_b200.yaml: the DeepSeek-R1 guide's two B200 DEP8 max-throughput runs take
     their command lines' limits (per rank), requests, CUDA graphs and KV fractions, bf16 attention projections and
     NVFP4 experts and all-gather."""
-    from simulator.serving.capacity import lockstep_layout
 
     path = ROOT / "validation" / "serving_cases_trtllm_dsr1_b200.yaml"
     cases = {c.id: case_scenario(c) for c in load_serving_cases(path)}
@@ -589,7 +634,7 @@ def test_the_deepseek_guide_b200_cases_take_their_command_lines_and_the_dep_layo
         assert spec.scheduler.kv_cache.free_memory_fraction == fraction and spec.engine == "trtllm-1.0", case_id
         assert spec.cuda_graph.padding and sorted(spec.cuda_graph.sizes) == graphs, case_id
         assert s.hardware.profile == "b200-sxm-180gb" and s.num_gpus == 8 and s.model.num_layers == 61, case_id
-        assert (p.tp, p.dp, p.ep) == (1, 8, 8) and s.runtime.ep_dispatch == "allgather" and lockstep_layout(s)
+        assert (p.tp, p.dp, p.ep) == (1, 8, 8) and s.runtime.ep_dispatch == "allgather" and s.experts_across_dp
         # experts NVFP4 W4A4, the attention projections bf16 (the checkpoint excludes self_attn), FP4 all-gather
         assert (f.expert_gemm.storage, f.expert_gemm.compute, f.dispatch) == ("nvfp4", "nvfp4", "nvfp4"), case_id
         assert (f.dense_gemm.storage, f.dense_gemm.compute, f.lm_head.compute) == ("bf16", "bf16", "bf16"), case_id
@@ -615,7 +660,6 @@ def test_the_gptoss_cases_take_trtllm_bench_limits_for_mxfp4_and_the_dep_layout(
     and a bf16 KV cache, B200 with MXFP8 activations (the fp8 peak) and an fp8 KV cache; the DEP columns attention DP
     with an all-gather (fp8 on B200). trtllm-bench counts MXFP4 weights at 2 bytes (no BYTES_PER_ELEM entry) over
     the checkpoint's safetensors elements, and every layer's KV at full length."""
-    from simulator.serving.capacity import lockstep_layout
 
     path = ROOT / "validation" / "serving_cases_trtllm_gptoss.yaml"
     cases = {c.id: case_scenario(c) for c in load_serving_cases(path)}
@@ -655,7 +699,7 @@ def test_the_gptoss_cases_take_trtllm_bench_limits_for_mxfp4_and_the_dep_layout(
         if "DEP" in setup:
             assert (p.tp, p.dp, p.ep) == (1, gpus, gpus) and s.runtime.ep_dispatch == "allgather", case_id
             assert (f.dispatch or f.communication) == ("fp8" if blackwell else "bf16"), case_id
-            assert lockstep_layout(s), case_id
+            assert s.experts_across_dp, case_id
         else:
             assert p.tp == p.dp == p.ep == 1, case_id
     # by hand: 120B at 1000/1000 on one H200: (140.40 - 63.08e9 x 2 / 2^30 = 117.50 GiB) x 0.95 /
@@ -676,34 +720,60 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
         "serving_cases_trtllm_gptoss.yaml",
         "serving_cases_trtllm_dsr1_b200.yaml",
     )
-    rows = _rows_by_profile((ROOT / "validation" / name for name in files), lambda s: s.hardware.profile)
+    rows = _rows_by_check(
+        (ROOT / "validation" / name for name in files),
+        lambda s: s.hardware.profile,
+        lambda name: load_profile(name).checked,
+    )
     rows = {key: n for key, n in rows.items() if load_profile(key[1]).calibration is None}
-    recorded = {(c.cases, name, c.models): c.rows for name in available_profiles() for c in load_profile(name).checked}
+    recorded = {
+        (c.cases, name, c.models, c.layouts): c.rows
+        for name in available_profiles()
+        for c in load_profile(name).checked
+    }
+    dep, b200 = "experts_across_dp", "b200-sxm-180gb"
     assert (
         recorded
         == rows
         == {
-            ("validation/serving_cases_trtllm10_b200.yaml", "b200-sxm-180gb", "dense"): 18,
-            ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "moe"): 12,
-            ("validation/serving_cases_trtllm_moe_b200.yaml", "b200-sxm-180gb", "dense"): 5,
-            ("validation/serving_cases_trtllm_gptoss.yaml", "b200-sxm-180gb", "moe"): 12,
-            ("validation/serving_cases_trtllm_dsr1_b200.yaml", "b200-sxm-180gb", "moe"): 2,
+            ("validation/serving_cases_trtllm10_b200.yaml", b200, "dense", "all"): 18,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", b200, "moe", dep): 6,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", b200, "moe", "other"): 6,
+            ("validation/serving_cases_trtllm_moe_b200.yaml", b200, "dense", "all"): 5,
+            ("validation/serving_cases_trtllm_gptoss.yaml", b200, "moe", dep): 6,
+            ("validation/serving_cases_trtllm_gptoss.yaml", b200, "moe", "other"): 6,
+            ("validation/serving_cases_trtllm_dsr1_b200.yaml", b200, "moe", dep): 2,
         }
     )
-    b200 = load_profile("b200-sxm-180gb")
-    dense, moe = calibration_note(b200, moe=False), calibration_note(b200, moe=True)
+    from simulator.config.checked import ResultClass
+
+    profile = load_profile(b200)
+    dense, one, dep = (
+        calibration_note(profile, ResultClass(False)),
+        calibration_note(profile, ResultClass(True)),
+        calibration_note(profile, ResultClass(True, experts_across_dp=True)),
+    )
     assert dense is not None and dense.endswith(
         "; checked on it end to end against 18 published figures of dense models "
-        "(validation/serving_cases_trtllm10_b200.yaml): median |error| 7.8 %, largest 24.4 %; 5 published figures of "
-        "dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.7 %, largest 29.3 %"
+        "(validation/serving_cases_trtllm10_b200.yaml): median |error| 7.8 %, largest 24.4 %, moesim faster than measured in 14; 5 "
+        "published figures of dense models (validation/serving_cases_trtllm_moe_b200.yaml): median |error| 5.7 %, "
+        "largest 29.3 %, moesim faster than measured in 5"
     )
-    assert moe is not None and moe.endswith(
-        "; checked on it end to end against 12 published figures of MoE models "
-        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 35.3 %, largest 88.7 %; 12 published figures "
-        "of MoE models (validation/serving_cases_trtllm_gptoss.yaml): median |error| 35.4 %, largest 60.8 %; 2 "
-        "published figures of MoE models (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 77.2 %, "
-        "largest 86.9 %"
+    assert one is not None and one.endswith(
+        "; checked on it end to end against 6 published figures of MoE models without attention DP + EP "
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 24.1 %, largest 40.5 %, moesim faster than measured in 6; "
+        "6 published figures of MoE models without attention DP + EP (validation/serving_cases_trtllm_gptoss.yaml): "
+        "median |error| 29.5 %, largest 38.0 %, moesim faster than measured in 3"
     )
+    assert dep is not None and dep.endswith(
+        "; checked on it end to end against 6 published figures of MoE models with attention DP + EP "
+        "(validation/serving_cases_trtllm_moe_b200.yaml): median |error| 55.5 %, largest 88.7 %, moesim faster than measured in 6; "
+        "6 published figures of MoE models with attention DP + EP (validation/serving_cases_trtllm_gptoss.yaml): "
+        "median |error| 39.5 %, largest 60.8 %, moesim faster than measured in 6; 2 published figures of MoE models with attention "
+        "DP + EP (validation/serving_cases_trtllm_dsr1_b200.yaml): median |error| 77.2 %, largest 86.9 %, moesim "
+        "faster than measured in 2"
+    )
+    assert calibration_note(profile).count("published figures") == 7  # no class given: every check
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")
 
 
@@ -731,12 +801,60 @@ def test_a_cases_host_set_share_reaches_the_table_the_markdown_and_the_csv(tmp_p
     (outcome,) = predict_serving(load_serving_cases(path)[0], tmp_path)
     assert outcome.host_bound_share == 1.0 and host_share_text(outcome.host_bound_share) == "100 %"
     plain = ServingOutcome("PLAIN", "output_tokens_per_s", 2.0, 3.0)
-    summary = {"rows": 2.0, "median_abs_error": 0.5, "max_abs_error": 0.5}
+    summary = summarize_serving([outcome, plain])
     md = serving_validation_markdown([outcome, plain], [], summary, "t")
     assert "| error | host-set iterations |" in md
+    assert f"rows; moesim faster than measured in {int(summary['faster_rows'])}." in md
     assert md.splitlines()[4].endswith(" 100 % |") and md.splitlines()[5].endswith(" - |")
     assert "host-set" not in serving_validation_markdown([plain], [], summary, "t")
     write_serving_validation([outcome, plain], [Skipped("S", "why")], summary, tmp_path, "t")
     with open(tmp_path / "validation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["host_bound_share"] for r in rows] == ["1.0", "", ""]
+
+
+@pytest.mark.parametrize(
+    "model, parallel, across",
+    [
+        ("qwen3-30b-a3b", {}, False),  # one GPU
+        ("qwen3-30b-a3b", {"dp": 2}, False),  # two replicas, each with every expert
+        ("qwen3-30b-a3b", {"tp": 2, "ep": 2, "dp": 2}, False),  # experts within each TP group
+        ("qwen3-30b-a3b", {"tp": 1, "ep": 2, "dp": 2}, True),  # attention DP + EP (DEP2)
+        ("qwen3-30b-a3b", {"tp": 2, "ep": 4, "dp": 2}, True),  # an EP group over two TP pairs
+        ("llama-3-8b", {"dp": 2}, False),  # dense
+    ],
+)
+def test_a_scenarios_result_class_says_whether_its_experts_span_dp_ranks(model, parallel, across):
+    from simulator.config import parse_scenario
+    from simulator.config.checked import ResultClass
+
+    p = {"tp": 1, "dp": 1, "ep": 1, **parallel}
+    s = parse_scenario(
+        {
+            "name": "c",
+            "model": {"preset": model},
+            "hardware": "h200-sxm-141gb",
+            "cluster": {"num_gpus": p["tp"] * p["dp"]},
+            "parallel": p,
+            "workload": {"batch_size": p["dp"], "input_len_tokens": 8, "output_len_tokens": 2},
+        }
+    )
+    assert s.result_class == ResultClass(model != "llama-3-8b", across)
+
+
+def test_a_serving_output_states_the_checks_of_its_deployments_class():
+    """The DEP case of the MoE file prints trtllm-1.0's checks with attention DP + EP only; the same model on
+    one replica (no expert parallelism) prints those without; a dense model those of dense models."""
+    from simulator.config.engine import load_engine_profile
+
+    cases = {c.id: case_scenario(c) for c in load_serving_cases(ROOT / "validation" / "serving_cases_trtllm_moe.yaml")}
+    trt = load_engine_profile("trtllm-1.0")
+    dep = trt.check_note(cases["TRTMOE-Q235-H200-DEP4-1000-1000"].result_class)
+    assert dep.count("with attention DP + EP") == 4 and "without" not in dep and "dense" not in dep
+    alone = cases["TRTMOE-Q235-H200-DEP4-1000-1000"].model_copy(
+        update={"parallel": cases["TRTMOE-Q235-H200-DEP4-1000-1000"].parallel.model_copy(update={"dp": 1, "ep": 1})}
+    )
+    single = trt.check_note(alone.result_class)
+    assert single.count("without attention DP + EP") == 2 and "with attention" not in single
+    dense = [s for s in cases.values() if not s.model.is_moe][0]
+    assert trt.check_note(dense.result_class).count("of dense models") == 3

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validato
 
 from simulator.calibration.validate import read_case_list
 from simulator.config import ScenarioError, ServingSpec, parse_scenario
-from simulator.config.checked import MODEL_CLASS, MODEL_CLASS_NAME
+from simulator.config.checked import LAYOUT_CLASS, LAYOUT_CLASS_NAME, MODEL_CLASS, MODEL_CLASS_NAME
 from simulator.config.load import resolve_relative_paths
 from simulator.files import read_yaml
 from simulator.pipeline import RunResult, run_scenario
@@ -102,6 +102,13 @@ class ServingOutcome:
     def error(self) -> float:
         """Signed relative error of the prediction: predicted / measured - 1."""
         return self.predicted / self.measured - 1.0
+
+    @property
+    def faster(self) -> bool:
+        """Whether moesim was faster than measured: more throughput, or less latency."""
+        if self.metric in THROUGHPUT_METRICS:
+            return self.predicted > self.measured
+        return self.predicted < self.measured
 
 
 @dataclass(frozen=True)
@@ -257,51 +264,58 @@ class ProfileCheck:
     measured: dict[str, float]  # summarize_serving of the profile's rows in this run
     recorded: dict[str, float] | None
     models: Literal["all", "dense", "moe"] = "all"  # the rows: all, or those of one model class (CheckedSpec.models)
+    layouts: Literal["all", "experts_across_dp", "other"] = "all"  # and of one layout class (CheckedSpec.layouts)
 
     @property
     def matches(self) -> bool:
-        """The same rows and the same errors to the 0.05 % the profile states them to."""
+        """The same rows and the same errors to the 0.05 % the profile states them to, and the same count of
+        rows where moesim was faster where the profile records one."""
         r, m = self.recorded, self.measured
         return (
             r is not None
             and r["rows"] == m["rows"]
             and all(abs(r[k] - m[k]) <= 5e-4 for k in ("median_abs_error", "max_abs_error"))
+            and (r.get("faster_rows") is None or r["faster_rows"] == m["faster_rows"])
         )
 
     def line(self) -> str:
         m = self.measured
         run = (
             f"{int(m['rows'])} rows, median |error| {100 * m['median_abs_error']:.1f} %, largest "
-            f"{100 * m['max_abs_error']:.1f} %"
+            f"{100 * m['max_abs_error']:.1f} %, moesim faster than measured in {int(m['faster_rows'])}"
         )
         where = f"{self.kind}_profiles/{self.name}.yaml"
-        of = f" ({MODEL_CLASS_NAME[self.models]} models)" if self.models != "all" else ""
+        classes = [MODEL_CLASS_NAME[self.models] + " models"] if self.models != "all" else []
+        classes += [LAYOUT_CLASS_NAME[self.layouts]] if self.layouts != "all" else []
+        of = f" ({', '.join(classes)})" if classes else ""
         head = f"{self.kind} profile {self.name}{of}"
         if self.recorded is None:
             return f"{head}: {run}; {where} records no check on this file"
         if self.matches:
             return f"{head}: {run}, as {where} records"
         r = self.recorded
+        faster = f", faster than measured in {r['faster_rows']}" if r.get("faster_rows") is not None else ""
         return (
             f"{head}: {run}; {where} records {int(r['rows'])} rows, "
-            f"{100 * r['median_abs_error']:.1f} / {100 * r['max_abs_error']:.1f} %: update its `checked`"
+            f"{100 * r['median_abs_error']:.1f} / {100 * r['max_abs_error']:.1f} %{faster}: update its `checked`"
         )
 
 
 def profile_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cases_path: Path) -> list[ProfileCheck]:
     """Per engine profile the cases price with (serving.engine), and per hardware profile that records checks,
     its rows' errors in this run against each check the profile records for `cases_path` (on the rows of the
-    model class the check names, CheckedSpec.models; a class none of this run's rows is of is left out), or all
-    its rows where it records none."""
+    model and layout class the check names, CheckedSpec.models and .layouts; a class none of this run's rows is
+    of is left out), or all its rows where it records none."""
     from simulator.config.engine import ENGINE_PROFILES_DIR, load_engine_profile
     from simulator.config.hardware import load_profile
 
     root = ENGINE_PROFILES_DIR.parent
-    engine_of, hardware_of, class_of = {}, {}, {}
+    engine_of, hardware_of, class_of, layout_of = {}, {}, {}, {}
     for case in cases:
         if case.skip is None and case.scenario is not None:
             scenario = case_scenario(case)
             class_of[case.id] = MODEL_CLASS[scenario.model.is_moe]
+            layout_of[case.id] = LAYOUT_CLASS[scenario.experts_across_dp]
             hardware_of[case.id] = scenario.hardware.profile
             if scenario.serving is not None and scenario.serving.engine is not None:
                 engine_of[case.id] = scenario.serving.engine
@@ -320,16 +334,27 @@ def profile_checks(cases: list[ServingCase], outcomes: list[ServingOutcome], cas
             if not here:
                 checks.append(ProfileCheck(kind, name, summarize_serving(rows), None))
             for c in here:
-                mine = [o for o in rows if c.models in ("all", class_of.get(o.case))]
+                mine = [
+                    o
+                    for o in rows
+                    if c.models in ("all", class_of.get(o.case)) and c.layouts in ("all", layout_of.get(o.case))
+                ]
                 if not mine:  # a run of part of the file, none of this class: it says nothing of the check
                     continue
-                checks.append(ProfileCheck(kind, name, summarize_serving(mine), c.model_dump(), c.models))
+                checks.append(ProfileCheck(kind, name, summarize_serving(mine), c.model_dump(), c.models, c.layouts))
     return checks
 
 
 def summarize_serving(outcomes: list[ServingOutcome]) -> dict[str, float]:
-    """Median and largest |error| over the rows (NaN with no rows), and the row count."""
+    """Median and largest |error| over the rows (NaN with no rows), the row count and the rows where moesim was
+    faster than measured (ServingOutcome.faster)."""
     errors = [abs(o.error) for o in outcomes]
+    faster = float(sum(o.faster for o in outcomes))
     if not errors:
-        return {"median_abs_error": math.nan, "max_abs_error": math.nan, "rows": 0.0}
-    return {"median_abs_error": statistics.median(errors), "max_abs_error": max(errors), "rows": float(len(errors))}
+        return {"median_abs_error": math.nan, "max_abs_error": math.nan, "rows": 0.0, "faster_rows": 0.0}
+    return {
+        "median_abs_error": statistics.median(errors),
+        "max_abs_error": max(errors),
+        "rows": float(len(errors)),
+        "faster_rows": faster,
+    }

@@ -203,7 +203,7 @@ def layout_command(args, console) -> int:
     from simulator.config import resolve_hardware
     from simulator.config.hardware import calibration_note
 
-    note = calibration_note(resolve_hardware(result.scenario), result.scenario.model.is_moe)
+    note = calibration_note(resolve_hardware(result.scenario), result.scenario.result_class)
     if note:
         console.print(f"[yellow]Calibration: {escape(note)}.[/yellow]")
     counts = result.counts

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from simulator.config.checked import CheckedSpec, checks_for
+from simulator.config.checked import CheckedSpec, ResultClass, checks_for
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.files import read_yaml
 
@@ -426,21 +426,24 @@ class EngineProfile(StrictModel):
     scheduler_defaults: SchedulerDefaultsSpec | None = None  # None: moesim's own scheduler defaults
     checked: tuple[CheckedSpec, ...] = ()  # published runs it was checked on; empty: none
 
-    def check_note(self, moe: bool | None = None) -> str:
+    def check_note(self, result: ResultClass | None = None) -> str:
         """One sentence for every serving output priced with this profile: how close it came to published runs
-        of the engine on models of the result's class (moe: the scenario's model.is_moe; None: every check), or
-        that it was never checked against one."""
+        of the engine on deployments of the result's class (the scenario's result_class: its model's class and
+        whether it runs attention DP + EP; None: every check), or that it was never checked against one."""
         if not self.checked:
             return (
                 f"profile {self.name} has not been checked against a published run of its engine: its "
                 "end-to-end error is unknown (docs/serving-validation.md has the profiles that were)"
             )
-        checks = checks_for(self.checked, moe)
+        checks = checks_for(self.checked, result)
         if not checks:
-            kind = "an MoE" if moe else "a dense"
+            assert result is not None
+            kind = "an MoE" if result.moe else "a dense"
+            layout = " with attention DP + EP" if result.experts_across_dp else ""
             return (
-                f"profile {self.name} has not been checked against a published run of {kind} model on its engine: "
-                "its end-to-end error on this model is unknown (docs/serving-validation.md has the checks it has)"
+                f"profile {self.name} has not been checked against a published run of {kind} model{layout} on its "
+                "engine: its end-to-end error on this deployment is unknown (docs/serving-validation.md has the "
+                "checks it has)"
             )
         return f"profile {self.name} checked against {'; '.join(c.text() for c in checks)}"
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, cast
 
 from pydantic import Field, ValidationError, model_validator
 
-from simulator.config.checked import CheckedSpec, checks_for
+from simulator.config.checked import CheckedSpec, ResultClass, checks_for
 from simulator.config.errors import ScenarioError, StrictModel, one_line_error
 from simulator.config.precision import FORMATS, PEAK_FALLBACK
 from simulator.files import read_yaml
@@ -461,14 +461,14 @@ class HardwareProfile(StrictModel):
         return grouped
 
 
-def calibration_note(profile: HardwareProfile, moe: bool | None = None) -> str | None:
+def calibration_note(profile: HardwareProfile, result: ResultClass | None = None) -> str | None:
     """One line for every output of a result on `profile`: None when it is calibrated, else what it
     rests on and what error to expect (see UNCALIBRATED_KERNEL_MEDIAN_ERROR for how that is derived), with the
-    profile's end-to-end checks on models of the result's class (moe: the scenario's model.is_moe; None: all)."""
+    profile's end-to-end checks on deployments of the result's class (the scenario's result_class; None: all)."""
     status = profile.calibration_status
     if status == "calibrated":
         return None
-    checks = checks_for(profile.checked, moe)
+    checks = checks_for(profile.checked, result)
     checked = f"; checked on it end to end against {'; '.join(c.text() for c in checks)}" if checks else ""
     if status == "transferred":
         return (

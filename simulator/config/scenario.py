@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from simulator.config.checked import ResultClass
 from simulator.config.engine import device_limits, forget_engine_limits, load_engine_profile
 from simulator.config.errors import LayoutError, ScenarioError, StrictModel, divisors
 from simulator.config.hardware import ProfileError, ProfileInvalid, load_profile
@@ -417,6 +418,18 @@ class Scenario(StrictModel):
         TensorRT-LLM's attention DP): a MoE whose experts span every GPU of a stage, ep x etp = dp x tp, dp > 1."""
         p = self.parallel
         return self.model.is_moe and p.dp > 1 and p.ep * p.etp == p.dp * p.tp
+
+    @property
+    def experts_across_dp(self) -> bool:
+        """Whether an expert-parallel group spans several data-parallel ranks (attention DP + EP, dp_attention
+        included), so that the dp replicas must step together."""
+        p = self.parallel
+        return p.dp > 1 and self.model.is_moe and p.tp % (p.ep * p.etp) != 0
+
+    @property
+    def result_class(self) -> ResultClass:
+        """What a profile's end-to-end checks are matched on (config.checked.checks_for)."""
+        return ResultClass(self.model.is_moe, self.experts_across_dp)
 
     def stage_layers(self) -> list[list[int]]:
         """Layer indices owned by each pipeline stage."""

@@ -220,7 +220,7 @@ def _calibration_note(scenario: Scenario) -> str | None:
     from simulator.config import resolve_hardware
     from simulator.config.hardware import calibration_note
 
-    return calibration_note(resolve_hardware(scenario), scenario.model.is_moe)
+    return calibration_note(resolve_hardware(scenario), scenario.result_class)
 
 
 def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective: str) -> str:

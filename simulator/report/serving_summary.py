@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from simulator.config.checked import ResultClass
 from simulator.config.engine import SCENARIO_HOST_SOURCE, host_rate_text
 from simulator.config.serving import CHUNKED_POLICIES
 from simulator.files import write_atomic
@@ -90,10 +91,11 @@ def _launch_dict(tally: dict[str, tuple[int, int, int]]) -> dict:
 
 
 def serving_summary_dict(
-    name: str, run: ServingRun, summary: ServingSummary, pricer: str, moe: bool | None = None
+    name: str, run: ServingRun, summary: ServingSummary, pricer: str, result: ResultClass | None = None
 ) -> dict:
     """summary.json: the latency statistics and figures of stats.summarize (NaN written as null), the
-    KV-cache use, the verdicts and what was simulated (moe: the model's class, for the engine profile's checks)."""
+    KV-cache use, the verdicts and what was simulated (result: the scenario's result_class, for the engine
+    profile's checks)."""
     spec = run.spec
     figures = {
         **summary.figures,
@@ -123,7 +125,7 @@ def serving_summary_dict(
             "from_scenario": h.source == SCENARIO_HOST_SOURCE,
         }
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
-        extra["engine_check"] = spec.engine_profile().check_note(moe)
+        extra["engine_check"] = spec.engine_profile().check_note(result)
     return {
         **extra,
         "scenario": name,
@@ -379,12 +381,12 @@ def write_serving_files(
     table: pd.DataFrame | None = None,
     max_rate: dict | None = None,
     calibration: dict | None = None,
-    moe: bool | None = None,
+    result: ResultClass | None = None,
 ) -> dict:
     """requests.csv, summary.json and summary.md (with the max-rate search's result when given, and the
     hardware profile's calibration status: summary.calibration_dict), and for a disaggregated run
     transfers.csv and links.csv; returns the summary dict."""
-    doc = serving_summary_dict(name, run, summary, pricer, moe)
+    doc = serving_summary_dict(name, run, summary, pricer, result)
     if calibration is not None:
         doc["calibration"] = calibration
     if max_rate is not None:

@@ -15,6 +15,7 @@ from rich.table import Table
 from simulator import critical_path
 from simulator.audit import AuditLine
 from simulator.config import precision_line
+from simulator.config.checked import ResultClass
 from simulator.files import write_atomic
 from simulator.pipeline import DagResult, RunResult
 from simulator.placement import gpu_ranges, represented_gpus
@@ -118,7 +119,7 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
         "critical_path": critical,
         "targets": d["targets"],
         "all_targets_met": all(t.met for t in m.targets),
-        "calibration": calibration_dict(run.hardware, run.scenario.model.is_moe),
+        "calibration": calibration_dict(run.hardware, run.scenario.result_class),
         "audit": [a.to_dict() for a in run.audit],
         "verification": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in run.checks],
         "dag": {
@@ -144,13 +145,13 @@ def summary_dict(run: RunResult, critical: dict | None = None) -> dict:
     return out
 
 
-def calibration_dict(hw, moe: bool | None = None) -> dict:
+def calibration_dict(hw, result: ResultClass | None = None) -> dict:
     """The profile's calibration status and, unless calibrated, what the result rests on and what error to
-    expect (config.hardware.calibration_note; moe: the result's model class, for the profile's checks)."""
+    expect (config.hardware.calibration_note; result: the scenario's result_class, for the profile's checks)."""
     from simulator.config.hardware import calibration_note
 
     out = {"status": hw.calibration_status}
-    note = calibration_note(hw, moe)
+    note = calibration_note(hw, result)
     if note:
         out["note"] = note
     return out

@@ -85,7 +85,8 @@ def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], ti
     if summary["rows"]:
         lines.append(
             f"Median |error| **{100 * summary['median_abs_error']:.1f} %**, largest "
-            f"{100 * summary['max_abs_error']:.1f} %, over {int(summary['rows'])} rows."
+            f"{100 * summary['max_abs_error']:.1f} %, over {int(summary['rows'])} rows; moesim faster than "
+            f"measured in {int(summary['faster_rows'])}."
         )
     for s in skipped:
         lines.append(f"- skipped {s.case}: {s.reason}")

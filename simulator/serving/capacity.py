@@ -164,12 +164,6 @@ def engine_rank_budget_tokens(scenario: Scenario) -> int | None:
     return max(1, s.max_num_batched_tokens // scenario.parallel.dp)
 
 
-def lockstep_layout(scenario: Scenario) -> bool:
-    """Whether the dp replicas must step together: an expert-parallel group spans several dp ranks."""
-    p = scenario.parallel
-    return p.dp > 1 and scenario.model.is_moe and p.tp % (p.ep * p.etp) != 0
-
-
 def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
     """The scenario's serving section with what it left open filled in: KV blocks from the memory model,
     replicas = parallel.dp of pp * tp GPUs each, lockstep when EP groups span dp ranks, one pipeline batch per
@@ -188,7 +182,7 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
         raise ServingError(
             f"serving.replicas.gpus_per_replica = {r.gpus_per_replica} must equal pp * tp = {p.pp * p.tp}; remove it"
         )
-    lockstep = lockstep_layout(scenario)
+    lockstep = scenario.experts_across_dp  # an expert-parallel group spans dp ranks: they step together
     if r.lockstep is False and lockstep:
         raise ServingError(
             f"serving.replicas.lockstep = false, but ep * etp = {p.ep * p.etp} > tp = {p.tp}: an "
@@ -248,7 +242,6 @@ __all__ = [
     "activation_bytes",
     "kv_bytes_per_token",
     "largest_iteration_tokens",
-    "lockstep_layout",
     "resolve_serving",
     "serving_kv_capacity_blocks",
     "sliding_kv",
