@@ -200,12 +200,10 @@ def layout_command(args, console) -> int:
         return 130
     files = result.write(out, force=args.force)
     print_table(console, result.scenario, result.results, args.objective)
-    from simulator.config import resolve_hardware
-    from simulator.config.hardware import calibration_note
+    from simulator.report.compare import compare_check_lines
 
-    note = calibration_note(resolve_hardware(result.scenario), result.scenario.result_class)
-    if note:
-        console.print(f"[yellow]Calibration: {escape(note)}.[/yellow]")
+    for line in compare_check_lines(result.scenario, result.results):
+        console.print(f"[yellow]{escape(line)}[/yellow]")
     counts = result.counts
     console.print(
         f"{len(result.results)} layouts on {result.num_gpus} GPUs: {counts['ok']} simulated, {counts['screened']} "

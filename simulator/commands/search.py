@@ -182,7 +182,7 @@ def search_command(args, console) -> int:
 
     from simulator.files import check_output, run_directory, write_atomic
     from simulator.report.launch import launch_files
-    from simulator.report.search import print_search_table, summary_line, write_search
+    from simulator.report.search import print_search_table, search_check_lines, summary_line, write_search
     from simulator.sweep.executors import default_jobs, make_executor
     from simulator.sweep.resume import (
         Progress,
@@ -350,6 +350,8 @@ def search_command(args, console) -> int:
                 write_atomic(files[-1], text)
     journal.remove()
     print_search_table(console, scenario, ranked, args.objective)
+    for line in search_check_lines(scenario, ranked):
+        console.print(f"[yellow]{escape(line)}[/yellow]")
     skipped = []
     if found.unsupported:
         skipped.append(f"{found.unsupported} fp8 combinations on hardware without FP8 units")

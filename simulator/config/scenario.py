@@ -95,6 +95,11 @@ class ParallelSpec(StrictModel):
     def num_gpus(self) -> int:
         return self.pp * self.dp * self.tp
 
+    @property
+    def experts_span_dp(self) -> bool:
+        """Whether an expert-parallel group (ep x etp GPUs) spans several of the dp replicas of tp GPUs."""
+        return self.dp > 1 and self.tp % (self.ep * self.etp) != 0
+
     def degrees(self) -> dict[str, int]:
         """The degrees alone, in (pp, dp, tp, ep, etp, microbatches) order (the layer split aside), then
         redundant_experts when there are any: what tells two layouts apart and rebuilds one (ParallelSpec(**d))."""
@@ -337,6 +342,11 @@ class Declared(StrictModel):
     layers_per_gpu: PositiveInt | None = Field(default=None, description="claimed layers per GPU")
 
 
+def layout_result_class(moe: bool, parallel: ParallelSpec) -> ResultClass:
+    """The class of a deployment of a dense (moe False) or MoE model on `parallel` (Scenario.result_class)."""
+    return ResultClass(moe, moe and parallel.experts_span_dp)
+
+
 class Scenario(StrictModel):
     """One deployment to simulate: a model on a cluster of GPUs with a parallel layout, a workload and targets."""
 
@@ -423,13 +433,12 @@ class Scenario(StrictModel):
     def experts_across_dp(self) -> bool:
         """Whether an expert-parallel group spans several data-parallel ranks (attention DP + EP, dp_attention
         included), so that the dp replicas must step together."""
-        p = self.parallel
-        return p.dp > 1 and self.model.is_moe and p.tp % (p.ep * p.etp) != 0
+        return self.model.is_moe and self.parallel.experts_span_dp
 
     @property
     def result_class(self) -> ResultClass:
         """What a profile's end-to-end checks are matched on (config.checked.checks_for)."""
-        return ResultClass(self.model.is_moe, self.experts_across_dp)
+        return layout_result_class(self.model.is_moe, self.parallel)
 
     def stage_layers(self) -> list[list[int]]:
         """Layer indices owned by each pipeline stage."""

@@ -215,12 +215,21 @@ def comparison_csv(results: Sequence[LayoutResult], target_names: Sequence[str])
     return buffer.getvalue()
 
 
-def _calibration_note(scenario: Scenario) -> str | None:
-    """config.hardware.calibration_note of the scenario's profile (None when calibrated)."""
+def compare_check_lines(scenario: Scenario, results: Sequence[LayoutResult]) -> list[str]:
+    """report.checks.check_lines of the simulated layouts: the profile's calibration note and, where they were
+    served with an engine profile, its end-to-end checks, per deployment class the layouts span (attention DP
+    + EP apart)."""
     from simulator.config import resolve_hardware
-    from simulator.config.hardware import calibration_note
+    from simulator.config.scenario import layout_result_class
+    from simulator.report.checks import check_lines
 
-    return calibration_note(resolve_hardware(scenario), scenario.result_class)
+    ok = [r for r in results if r.status == "ok"]
+    moe = scenario.model.is_moe
+    classes = {layout_result_class(moe, r.layout) for r in ok} or {scenario.result_class}
+    serving = scenario.serving
+    engine = serving.engine_profile() if serving is not None and serving.engine and any(r.serving for r in ok) else None
+    hw = resolve_hardware(scenario)
+    return check_lines(((hw, c) for c in classes), engine)
 
 
 def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective: str) -> str:
@@ -234,9 +243,9 @@ def comparison_md(scenario: Scenario, results: Sequence[LayoutResult], objective
         f"input {scenario.workload.input_len_tokens}, output {scenario.workload.output_len_tokens} tokens.",
         "",
     ]
-    note = _calibration_note(scenario)
-    if note:
-        lines += [f"Calibration: {note}.", ""]
+    notes = compare_check_lines(scenario, results)
+    if notes:
+        lines += [*notes, ""]
     best = winner(results)
     if best is not None:
         lines += [

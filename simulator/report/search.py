@@ -15,7 +15,7 @@ from rich.table import Table
 from simulator.config import Scenario
 from simulator.files import write_atomic
 from simulator.report.pareto import UserSpeedPoint, fmt_figure, user_speed_pareto_png
-from simulator.sweep.candidates import CandidateScenarios
+from simulator.sweep.candidates import Candidate, CandidateScenarios
 from simulator.sweep.search import PRUNE_RULES, SearchResult, prune_counts, winner
 
 TERMINAL_ROWS = 15
@@ -181,6 +181,30 @@ def _text(v) -> str:
     return str(v)
 
 
+def search_check_lines(scenario: Scenario, results: Sequence[SearchResult]) -> list[str]:
+    """report.checks.check_lines of the simulated candidates: per hardware profile and deployment class among
+    them (a disaggregated candidate's pools have no DP ranks: never attention DP + EP), the profile's
+    calibration note and the engine profile's end-to-end checks."""
+    from simulator.config import resolve_hardware
+    from simulator.config.checked import ResultClass
+    from simulator.report.checks import check_lines
+
+    scenarios = CandidateScenarios(scenario)
+    seen: dict[tuple, Candidate] = {}
+    for r in results:
+        if r.status == "ok":
+            c = r.candidate
+            across = c.kind == "aggregated" and scenario.model.is_moe and c.layout.experts_span_dp
+            seen.setdefault((c.hardware, across), c)
+    pairs = []
+    for (_, across), c in sorted(seen.items()):
+        chosen = scenarios.scenario(c)
+        pairs.append((resolve_hardware(chosen), ResultClass(chosen.model.is_moe, across)))
+    serving = scenario.serving
+    engine = serving.engine_profile() if serving is not None and serving.engine else None
+    return check_lines(pairs, engine)
+
+
 def search_md(scenario: Scenario, results: Sequence[SearchResult], objective: str, elapsed_s: float) -> str:
     lines = [
         f"# Deployment search: {scenario.name}",
@@ -193,6 +217,9 @@ def search_md(scenario: Scenario, results: Sequence[SearchResult], objective: st
         ),
         "",
     ]
+    notes = search_check_lines(scenario, results)
+    if notes:
+        lines += [*notes, ""]
     best = winner(results)
     lines += [
         f"**Best: {best.candidate.label}**. `best.yaml` holds it as a scenario."
