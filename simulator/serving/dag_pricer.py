@@ -147,6 +147,9 @@ class DagPricer:
             self.passes = shared.setdefault(key, {})
         self.exact_passes = 0
         self.grid_hits = 0
+        # The LM head's and sampling's seconds by (phase, sequences): they price the last position of each
+        # sequence, whatever its context, so a run of decode steps of n sequences computes them once.
+        self.heads: dict[tuple[str, int], float] = {}
 
     # ---------------------------------------------------------------- exact: one DAG pass
 
@@ -208,13 +211,25 @@ class DagPricer:
                 for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
                     attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
             layer_s[i] = attention_s
-        head_s = 0.0
-        if self.scenario.model.vocab_size:
-            ctx = {**base, "layer": -1, "stage": self.pp - 1}
-            outside = self.graph_outside_ops
-            for a in bld.head_attrs(ctx, self.last_gpu, float(shape.sequences)):
-                head_s += node_time_s(a, hw, gpn, eager or a["op"] in outside, gated)[0]
-        return layer_s[0], layer_s[1], head_s
+        return layer_s[0], layer_s[1], self.head_s(shape)
+
+    def head_s(self, shape: RaggedShape) -> float:
+        """The LM head's and sampling's seconds of this shape (0 without a vocabulary), computed once per
+        (phase, sequences): their nodes read nothing else of the shape."""
+        key = (shape.phase, shape.sequences)
+        head_s = self.heads.get(key)
+        if head_s is None:
+            head_s = 0.0
+            if self.scenario.model.vocab_size:
+                phase = shape.phase
+                eager = True if phase == "prefill" else self.decode_eager
+                ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": -1}
+                ctx["stage"] = self.pp - 1
+                outside = self.graph_outside_ops
+                for a in self.builder.head_attrs(ctx, self.last_gpu, float(shape.sequences)):
+                    head_s += node_time_s(a, self.hw, self.gpn, eager or a["op"] in outside, self.gated)[0]
+            self.heads[key] = head_s
+        return head_s
 
     def parts_list(self, shape: RaggedShape) -> list[float]:
         """What attention and head add to [latency, stage 0, .., stage pp-1]."""

@@ -64,9 +64,18 @@ def decode_plan(
     if n == 0:  # the dummy pass of an idle replica in a lockstep group: a graph replay, nothing padded
         return DecodePlan(bool(capture_sizes), 0)
     top = max(batch)  # the most new tokens, then the longest context among those: one pass, no generator
-    if not capture_sizes or top[0] != 1:
+    if top[0] != 1:
         return DecodePlan(False, n)
-    if max_context_tokens is not None and top[1] + 1 > max_context_tokens:
+    return pure_decode_plan(n, top[1], capture_sizes, max_context_tokens, padding)
+
+
+def pure_decode_plan(
+    n: int, max_context: int, capture_sizes: tuple[int, ...], max_context_tokens: int | None, padding: bool = True
+) -> DecodePlan:
+    """decode_plan of a batch of n >= 1 decode sequences whose longest context is max_context."""
+    if not capture_sizes:
+        return DecodePlan(False, n)
+    if max_context_tokens is not None and max_context + 1 > max_context_tokens:
         return DecodePlan(False, n)
     size = padded_size(n, capture_sizes)
     if size is None or (size != n and not padding):
@@ -127,6 +136,7 @@ class EnginePricer:
         self.capture_sizes = tuple(sorted(capture_sizes))
         self.max_context_tokens = profile.cuda_graph.max_context_tokens if profile.cuda_graph else None
         self.padding = profile.cuda_graph.padding if profile.cuda_graph else True
+        self._decode_launches: dict[tuple[int, bool], Launch] = {}  # launch_decode's, by (size, beyond the limit)
 
     @property
     def eager_pricer(self) -> IterationPricer:
@@ -143,6 +153,21 @@ class EnginePricer:
         if self._piecewise is None:
             self._piecewise = self.make_piecewise()
         return self._piecewise
+
+    def launch_decode(self, n: int, max_context: int) -> Launch:
+        """launch() of a batch of n decode sequences (n = 0: an idle replica's dummy pass) whose longest context
+        is max_context, without the batch: a decode run's iteration (no prefill chunk: never piecewise)."""
+        limit = self.max_context_tokens
+        key = (n, limit is not None and max_context + 1 > limit)  # all the plan reads of the contexts
+        launch = self._decode_launches.get(key)
+        if launch is None:
+            if n == 0:
+                launch = Launch("graph", 0, 0) if self.capture_sizes else Launch("eager", 0, 0)
+            else:
+                plan = pure_decode_plan(n, max_context, self.capture_sizes, limit, self.padding)
+                launch = Launch("graph", n, plan.padded_seqs - n) if plan.graph else Launch("eager", n, 0)
+            self._decode_launches[key] = launch
+        return launch
 
     def launch(self, batch: Batch) -> Launch:
         """How the engine launches this batch (decode_plan, then mixed_plan for a piecewise engine)."""

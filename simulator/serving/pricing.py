@@ -7,7 +7,10 @@ operator-level pricing through moesim's DAG plugs in here by implementing the sa
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
+
+import numpy as np
 
 
 class SeqWork(NamedTuple):
@@ -95,6 +98,28 @@ class CachedPricer:
         packed.sort()
         return array("q", packed).tobytes()
 
+    def run_key(self, sorted_contexts: np.ndarray, j: int) -> bytes:
+        """key() of a pure decode batch whose contexts are `sorted_contexts` + j (a decode run's iteration j,
+        Scheduler.DecodeRun), computed on the array: adding j and rounding up keep the order, so the packed
+        values are already sorted; the same bytes as key() of that batch."""
+        q = self.context_bucket_tokens
+        contexts = sorted_contexts + j if q == 1 else -(-(sorted_contexts + j) // q) * q
+        return (contexts + _DECODE_ROW).tobytes()
+
+    def price_run(self, sorted_contexts: np.ndarray, j: int, make_batch: Callable[[int], Batch]) -> float:
+        """__call__ of a decode run's iteration j (contexts `sorted_contexts` + j), without building the batch
+        unless it is priced for the first time (make_batch(j) builds it)."""
+        key = self.run_key(sorted_contexts, j)
+        price = self._cache.get(key)
+        if price is not None:
+            self.hits += 1
+            return price
+        self.misses += 1
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        price = self._cache[key] = float(self.pricer(self.canonical(make_batch(j))))
+        return price
+
     def canonical(self, batch: Batch) -> Batch:
         """The batch the wrapped pricer sees: sorted, contexts rounded up to the bucket."""
         q = self.context_bucket_tokens
@@ -116,3 +141,4 @@ class CachedPricer:
 
 
 _new = tuple.__new__  # SeqWork without NamedTuple's Python-level __new__ (hot loop)
+_DECODE_ROW = np.int64(1 << 32)  # a decode row's new_tokens (1) in CachedPricer's packed key

@@ -120,7 +120,17 @@ class DecodeRun:
     request arrives first. Made by `Scheduler.decode_run`, applied by `Scheduler.finish_run`; an idle scheduler
     of a lockstep group has an empty run of unbounded length."""
 
-    __slots__ = ("seqs", "contexts", "iterations", "last", "waiting", "running", "blocks_used", "first_block")
+    __slots__ = (
+        "seqs",
+        "contexts",
+        "iterations",
+        "last",
+        "waiting",
+        "running",
+        "blocks_used",
+        "first_block",
+        "_sorted",
+    )
 
     def __init__(
         self,
@@ -139,6 +149,20 @@ class DecodeRun:
         self.running = len(seqs)
         self.blocks_used = blocks_used  # KV blocks in use while iteration j runs: an array by j, or one figure
         self.first_block = first_block  # by sequence, the iteration it takes its next block (None: none does)
+        self._sorted: np.ndarray | None = None
+
+    @property
+    def sorted_contexts(self) -> np.ndarray:
+        """The contexts of iteration 0, sorted (int64): iteration j's are these + j, in the same order."""
+        if self._sorted is None:
+            self._sorted = np.sort(np.asarray(self.contexts, dtype=np.int64))
+        return self._sorted
+
+    @property
+    def max_context(self) -> int:
+        """The longest context of iteration 0 (-1 for an empty run): iteration j's is this + j."""
+        ctx = self.sorted_contexts
+        return int(ctx[-1]) if len(ctx) else -1
 
     def batch(self, j: int) -> Batch:
         """The batch iteration j prices (the same sequences, each j tokens further)."""

@@ -314,6 +314,8 @@ class ServingModel(RequestSource):
         self.fast_forward = fast_forward
         inner = pricer.pricer if isinstance(pricer, CachedPricer) else pricer
         self.launch = getattr(inner, "launch", None)  # how an engine launches each iteration (EnginePricer)
+        # The same for a decode run's iteration, from its size and longest context (EnginePricer.launch_decode).
+        self.launch_decode = getattr(inner, "launch_decode", None)
         self.launches: dict[str, list[int]] = {}
         self.host: HostTimeSpec | None = getattr(inner, "host_spec", None)  # the engine's host time (EnginePricer)
         self.host_counts = [0, 0, 0.0]  # ServingRun.host
@@ -475,15 +477,24 @@ class ServingModel(RequestSource):
         length = min(run.iterations for run in runs)
         arrived = [s.arrived for s in schedulers]
         ends_s: list[float] = []
+        # A cached pricer prices iteration j from the run's sorted contexts + j, building the batch only for a
+        # price not seen before; the launch count needs only the batch's size and longest context.
+        price_run = pricer.price_run if isinstance(pricer, CachedPricer) else None
+        count_run = launch is not None and self.launch_decode is not None
         j = 0
         while True:
             now = env.now
-            batches = [run.batch(j) for run in runs]
-            own = [pricer(batch) for batch in batches]
+            if price_run is not None:
+                own = [price_run(run.sorted_contexts, j, run.batch) for run in runs]
+            else:
+                own = [pricer(run.batch(j)) for run in runs]
             dt = max(own)
-            if launch is not None:
-                for batch, own_s in zip(batches, own):
-                    self.count_launch(batch, own_s)
+            if count_run:
+                for run, own_s in zip(runs, own):
+                    self.count_launch_decode(run.running, run.max_context + j, own_s)
+            elif launch is not None:
+                for run, own_s in zip(runs, own):
+                    self.count_launch(run.batch(j), own_s)
             yield env.timeout(dt)
             ends_s.append(env.now)
             j += 1
@@ -541,7 +552,15 @@ class ServingModel(RequestSource):
         """Count one iteration (one replica's batch, `iteration_s` its own time) by how the engine launches it and
         whether the engine's host work set it."""
         assert self.launch is not None
-        kind, units, padding = self.launch(batch)
+        self.tally_launch(self.launch(batch), len(batch), iteration_s)
+
+    def count_launch_decode(self, n: int, max_context: int, iteration_s: float) -> None:
+        """count_launch of a decode run's iteration: n decode sequences, the longest over max_context tokens."""
+        assert self.launch_decode is not None
+        self.tally_launch(self.launch_decode(n, max_context), n, iteration_s)
+
+    def tally_launch(self, launch: tuple[str, int, int], sequences: int, iteration_s: float) -> None:
+        kind, units, padding = launch
         tally = self.launches.get(kind)
         if tally is None:
             tally = self.launches[kind] = [0, 0, 0]
@@ -551,8 +570,8 @@ class ServingModel(RequestSource):
         if self.host is not None:
             counts = self.host_counts
             counts[0] += 1
-            counts[1] += int(host_set_iteration(self.host, len(batch), iteration_s))
-            counts[2] += self.host.host_s(len(batch))
+            counts[1] += int(host_set_iteration(self.host, sequences, iteration_s))
+            counts[2] += self.host.host_s(sequences)
 
     def host_tally(self) -> HostTally | None:
         """ServingRun.host: None without an engine's host rule."""

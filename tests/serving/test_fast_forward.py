@@ -163,3 +163,75 @@ def test_the_fast_path_skips_the_per_sequence_work(monkeypatch):
     assert calls == [3] * 40
     assert_same_run(fast, slow)
     assert fast.num_iterations == 40
+
+
+# ---------------------------------------------------------------- a cached pricer inside decode runs
+
+
+@st.composite
+def cached_pricers(draw):
+    """A factory of the pricers a serving run is given: a cached recording pricer (exact, or with contexts
+    rounded up to a bucket of 2-5 tokens) or a cached engine pricer (CUDA graphs with and without padding, a
+    context limit, serial or overlapped host time)."""
+    kind = draw(st.sampled_from(["cached", "bucketed", "engine"]))
+    if kind == "cached":
+        return lambda: CachedPricer(RecordingPricer())
+    if kind == "bucketed":
+        q = draw(st.integers(2, 5))
+        return lambda: CachedPricer(RecordingPricer(), context_bucket_tokens=q)
+    engine = profile(True, 2**-8, 2**-10, draw(st.booleans()))
+    graphs = engine.cuda_graph.model_copy(
+        update={"padding": draw(st.booleans()), "max_context_tokens": draw(st.sampled_from([None, 24, 60]))}
+    )
+    engine = engine.model_copy(update={"cuda_graph": graphs})
+    sizes = draw(st.sampled_from([(1, 2, 4), (1, 2, 3, 4, 8), ()]))
+    return lambda: CachedPricer(EnginePricer(engine, GRAPH if sizes else None, lambda: EAGER, sizes))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(with_layers(), cached_pricers())
+def test_a_cached_pricer_prices_decode_runs_from_their_contexts_exactly(spec, make_pricer):
+    """CachedPricer.price_run (a decode run's key from its sorted contexts, the batch built only for a new price)
+    and the engine's launch_decode give what pricing and counting every iteration's batch gives: the same run,
+    the same prices looked up, the same batches priced for the first time, in the same order."""
+    fast, slow, fp, sp = both(spec, make_pricer)
+    assert_same_run(fast, slow)
+    assert (fp.hits, fp.misses) == (sp.hits, sp.misses)
+    if isinstance(fp.pricer, RecordingPricer):
+        assert fp.pricer.batches == sp.pricer.batches
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 3_000), min_size=1, max_size=40),
+    st.integers(0, 500),
+    st.integers(1, 64),
+)
+def test_a_runs_key_is_the_key_of_its_batch(contexts, j, bucket):
+    from simulator.serving.pricing import SeqWork
+    from simulator.serving.scheduler import DecodeRun
+
+    run = DecodeRun([], tuple(SeqWork(1, c) for c in contexts), 10, 0, 0, None)
+    for q in (1, bucket):
+        cached = CachedPricer(LinearPricer(1.0, 1.0, 1.0), context_bucket_tokens=q)
+        assert cached.run_key(run.sorted_contexts, j) == cached.key(run.batch(j))
+    assert run.max_context + j == max(c + j for c in contexts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 100), max_size=12),
+    st.sampled_from([(), (1, 2, 4), (1, 2, 3, 4, 8), (4, 16)]),
+    st.booleans(),
+    st.sampled_from([None, 16, 64]),
+)
+def test_launch_decode_is_launch_of_a_decode_batch(contexts, sizes, padding, limit):
+    from simulator.serving.pricing import SeqWork
+
+    engine = profile(True)
+    engine = engine.model_copy(
+        update={"cuda_graph": engine.cuda_graph.model_copy(update={"padding": padding, "max_context_tokens": limit})}
+    )
+    pricer = EnginePricer(engine, GRAPH if sizes else None, lambda: EAGER, sizes)
+    batch = tuple(SeqWork(1, c) for c in contexts)
+    assert pricer.launch_decode(len(batch), max(contexts, default=-1)) == pricer.launch(batch)
