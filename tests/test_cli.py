@@ -145,13 +145,17 @@ def test_dag_command_prints_checks_and_audit(tmp_path, capsys):
 
 
 def test_profiles_lists_bundled_profiles(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "300")  # one line per row: the cells are checked whole
+    monkeypatch.setenv("COLUMNS", "1200")  # one line per row: the cells are checked whole
     assert main(["profiles"]) == 0
     out = capsys.readouterr().out
     for name in ("generic-64gb", "h100-sxm-80gb", "h200-sxm-141gb", "a100-sxm-80gb", "trtllm-1.0", "sglang-0.5"):
         assert name in out
-    assert "Engine profiles" in out and "18 dense figures: 7.8 % median, 24.4 % max" in out  # the B200's check
+    assert (
+        "Engine profiles" in out and "18 dense figures: 7.8 % median, 24.4 % max, 14 faster" in out
+    )  # the B200's check
     assert "29.37 us a sequence, overlapped" in out  # trtllm-1.0's host time
+    assert "13 MoE (attention DP + EP) figures: 59.3 % median, 85.1 % max, 13 faster" in out  # by layout class
+    assert "6 MoE (no attention DP + EP) figures: 24.1 % median, 40.5 % max, 6 faster" in out
 
 
 def test_an_engines_host_time_text_states_it_and_whether_the_gpu_hides_it():

@@ -57,16 +57,23 @@ def command(args, console: Console) -> int:
     return EXIT_OK
 
 
+#: How the profiles table names a check's layout class (CheckedSpec.layouts).
+_LAYOUT_CELL = {"all": "", "experts_across_dp": " (attention DP + EP)", "other": " (no attention DP + EP)"}
+
+
 def checked_cell(checked) -> str:
-    """'54 dense figures: 4.3 % median, 15.7 % max' per recorded check (EngineProfile / HardwareProfile.checked;
-    'dense' / 'MoE' where the check is of one model class); '-': none."""
-    return (
-        "; ".join(
-            f"{c.rows}{' ' + MODEL_CLASS_NAME[c.models] if c.models != 'all' else ''} figures: {100 * c.median_abs_error:.1f} % median, {100 * c.max_abs_error:.1f} % max"
-            for c in checked
+    """'54 dense figures: 4.3 % median, 15.7 % max, 34 faster' per recorded check (EngineProfile /
+    HardwareProfile.checked; 'dense' / 'MoE' where the check is of one model class, '(attention DP + EP)' /
+    '(no attention DP + EP)' where of one layout class; 'N faster': the rows where moesim was faster than
+    measured, where recorded); '-': none."""
+    cells = []
+    for c in checked:
+        of = (" " + MODEL_CLASS_NAME[c.models] if c.models != "all" else "") + _LAYOUT_CELL[c.layouts]
+        faster = f", {c.faster_rows} faster" if c.faster_rows is not None else ""
+        cells.append(
+            f"{c.rows}{of} figures: {100 * c.median_abs_error:.1f} % median, {100 * c.max_abs_error:.1f} % max{faster}"
         )
-        or "-"
-    )
+    return "; ".join(cells) or "-"
 
 
 def _engine_table(console: Console) -> list[str]:
