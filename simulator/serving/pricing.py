@@ -110,14 +110,21 @@ class CachedPricer:
         """__call__ of a decode run's iteration j (contexts `sorted_contexts` + j), without building the batch
         unless it is priced for the first time (make_batch(j) builds it)."""
         key = self.run_key(sorted_contexts, j)
+        price = self._hit(key)
+        return price if price is not None else self._miss(key, make_batch(j))
+
+    def _hit(self, key: bytes) -> float | None:
         price = self._cache.get(key)
         if price is not None:
             self.hits += 1
-            return price
+        return price
+
+    def _miss(self, key: bytes, batch: Batch) -> float:
+        """Price the batch (canonical) and keep it under key, clearing the cache when full."""
         self.misses += 1
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
-        price = self._cache[key] = float(self.pricer(self.canonical(make_batch(j))))
+        price = self._cache[key] = float(self.pricer(self.canonical(batch)))
         return price
 
     def canonical(self, batch: Batch) -> Batch:
@@ -129,15 +136,8 @@ class CachedPricer:
 
     def __call__(self, batch: Batch) -> float:
         key = self.key(batch)
-        price = self._cache.get(key)
-        if price is not None:
-            self.hits += 1
-            return price
-        self.misses += 1
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        price = self._cache[key] = float(self.pricer(self.canonical(batch)))
-        return price
+        price = self._hit(key)
+        return price if price is not None else self._miss(key, batch)
 
 
 _new = tuple.__new__  # SeqWork without NamedTuple's Python-level __new__ (hot loop)
