@@ -69,16 +69,17 @@ class CheckedSpec(StrictModel):
         return self
 
     def text(self) -> str:
-        """'54 published figures (FILE): median |error| 4.3 %, largest 15.7 %, moesim faster than measured in 30'; '... figures of
-        MoE models with attention DP + EP (FILE) ...' for a check of one class (attention DP + EP: expert groups
-        across data-parallel ranks)."""
-        of = f" of {MODEL_CLASS_NAME[self.models]} models" if self.models != "all" else " of models"
-        where = f" {LAYOUT_CLASS_NAME[self.layouts]}" if self.layouts != "all" else ""
+        """'54 published figures (FILE): median |error| 4.3 %, largest 15.7 %, moesim faster than measured in
+        30'; '... figures of MoE models with attention DP + EP (FILE) ...' for a check of one class (attention
+        DP + EP: expert groups across data-parallel ranks)."""
+        of = ""
+        if self.models != "all" or self.layouts != "all":
+            model = f"{MODEL_CLASS_NAME[self.models]} " if self.models != "all" else ""
+            layout = f" {LAYOUT_CLASS_NAME[self.layouts]}" if self.layouts != "all" else ""
+            of = f" of {model}models{layout}"
         faster = f", moesim faster than measured in {self.faster_rows}" if self.faster_rows is not None else ""
-        if self.models == "all" and self.layouts == "all":
-            of = ""
         return (
-            f"{self.rows} published figures{of}{where} ({self.cases}): median |error| "
+            f"{self.rows} published figures{of} ({self.cases}): median |error| "
             f"{100 * self.median_abs_error:.1f} %, largest {100 * self.max_abs_error:.1f} %{faster}"
         )
 

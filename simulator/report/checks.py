@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from simulator.config.checked import ResultClass
+from simulator.config.checked import LAYOUT_CLASS, LAYOUT_CLASS_NAME, ResultClass
 from simulator.config.engine import EngineProfile
 from simulator.config.hardware import HardwareProfile, calibration_note
 
@@ -19,7 +19,7 @@ def class_name(result: ResultClass) -> str:
     """'dense models', 'MoE with attention DP + EP' or 'MoE without attention DP + EP'."""
     if not result.moe:
         return "dense models"
-    return f"MoE {'with' if result.experts_across_dp else 'without'} attention DP + EP"
+    return f"MoE {LAYOUT_CLASS_NAME[LAYOUT_CLASS[result.experts_across_dp]]}"
 
 
 def check_lines(results: Iterable[tuple[HardwareProfile, ResultClass]], engine: EngineProfile | None) -> list[str]:
