@@ -187,19 +187,18 @@ def search_check_lines(scenario: Scenario, results: Sequence[SearchResult]) -> l
     calibration note and the engine profile's end-to-end checks."""
     from simulator.config import resolve_hardware
     from simulator.config.checked import ResultClass
+    from simulator.config.scenario import layout_result_class
     from simulator.report.checks import check_lines
 
-    scenarios = CandidateScenarios(scenario)
-    seen: dict[tuple, Candidate] = {}
+    moe = scenario.model.is_moe
+    seen: dict[tuple[str, ResultClass], Candidate] = {}
     for r in results:
         if r.status == "ok":
             c = r.candidate
-            across = c.kind == "aggregated" and scenario.model.is_moe and c.layout.experts_span_dp
-            seen.setdefault((c.hardware, across), c)
-    pairs = []
-    for (_, across), c in sorted(seen.items()):
-        chosen = scenarios.scenario(c)
-        pairs.append((resolve_hardware(chosen), ResultClass(chosen.model.is_moe, across)))
+            cls = layout_result_class(moe, c.layout) if c.kind == "aggregated" else ResultClass(moe)
+            seen.setdefault((c.hardware, cls), c)
+    scenarios = CandidateScenarios(scenario)  # each profile with the scenario's overrides, as the search ran it
+    pairs = [(resolve_hardware(scenarios.scenario(c)), cls) for (_, cls), c in sorted(seen.items())]
     serving = scenario.serving
     engine = serving.engine_profile() if serving is not None and serving.engine else None
     return check_lines(pairs, engine)

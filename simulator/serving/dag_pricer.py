@@ -211,20 +211,18 @@ class DagPricer:
                 for a in attention_nodes_attrs(bld, ctx, self.gpu, self.attention_ops):
                     attention_s += node_time_s(a, hw, gpn, eager, gated)[0]
             layer_s[i] = attention_s
-        return layer_s[0], layer_s[1], self.head_s(shape)
+        return layer_s[0], layer_s[1], self.head_s(shape, base, eager)
 
-    def head_s(self, shape: RaggedShape) -> float:
-        """The LM head's and sampling's seconds of this shape (0 without a vocabulary), computed once per
-        (phase, sequences): their nodes read nothing else of the shape."""
+    def head_s(self, shape: RaggedShape, base: dict, eager: bool) -> float:
+        """The LM head's and sampling's seconds of this shape (0 without a vocabulary; base and eager: node_parts'
+        context and launch mode, which follow from the phase), computed once per (phase, sequences): their nodes
+        read nothing else of the shape."""
         key = (shape.phase, shape.sequences)
         head_s = self.heads.get(key)
         if head_s is None:
             head_s = 0.0
             if self.scenario.model.vocab_size:
-                phase = shape.phase
-                eager = True if phase == "prefill" else self.decode_eager
-                ctx = {"phase": phase, "step": 0 if phase == "prefill" else 1, "microbatch": 0, "layer": -1}
-                ctx["stage"] = self.pp - 1
+                ctx = {**base, "layer": -1, "stage": self.pp - 1}
                 outside = self.graph_outside_ops
                 for a in self.builder.head_attrs(ctx, self.last_gpu, float(shape.sequences)):
                     head_s += node_time_s(a, self.hw, self.gpn, eager or a["op"] in outside, self.gated)[0]
