@@ -811,6 +811,13 @@ def test_a_cases_host_set_share_reaches_the_table_the_markdown_and_the_csv(tmp_p
     with open(tmp_path / "validation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["host_bound_share"] for r in rows] == ["1.0", "", ""]
+    # the case's iterations on replica 0 reach the CSV (empty for a row without them) and the Markdown
+    p = outcome.iterations
+    assert p is not None and p.iterations > 0
+    assert [r["iterations"] for r in rows] == [str(p.iterations), "", ""]
+    assert float(rows[0]["iteration_ms_mean"]) == pytest.approx(1e3 * p.mean_s)
+    assert f"| HOST | {p.iterations} | {1e3 * p.mean_s:.2f} ms |" in md
+    assert "## Iterations" not in serving_validation_markdown([plain], [], summary, "t")
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,13 @@ from simulator.files import read_yaml
 from simulator.pipeline import RunResult, run_scenario
 from simulator.serving.session import serving_inputs
 from simulator.serving.simulate import simulate_serving
-from simulator.serving.stats import inter_token_latencies_s, request_table, summarize
+from simulator.serving.stats import (
+    IterationProfile,
+    inter_token_latencies_s,
+    iteration_profile,
+    request_table,
+    summarize,
+)
 from simulator.serving.workload import Request, generate_requests
 
 #: What a serving case can compare, in the unit its name carries (system-wide unless the name says otherwise).
@@ -97,6 +103,7 @@ class ServingOutcome:
     measured: float
     predicted: float
     host_bound_share: float | None = None  # of the case's iterations, those its engine's host work set (or None)
+    iterations: IterationProfile | None = None  # the case's iterations on replica 0 (None: a static decode phase)
 
     @property
     def error(self) -> float:
@@ -126,6 +133,7 @@ class CasePrediction:
     replicas_simulated: int
     replicas: int
     host_bound_share: float | None = None  # where the engine has host time: the share of iterations it set
+    iterations: IterationProfile | None = None  # replica 0's iterations (stats.iteration_profile)
 
 
 def is_serving_cases_file(path: Path) -> bool:
@@ -218,7 +226,7 @@ def simulate_case(case: ServingCase, base_dir: Path | None = None) -> CasePredic
     }
     host = run.host
     share = host.host_bound / host.iterations if host is not None and host.seconds > 0.0 and host.iterations else None
-    return CasePrediction(figures, len(requests), simulated, replicas, share)
+    return CasePrediction(figures, len(requests), simulated, replicas, share, iteration_profile(run))
 
 
 def replica_zero(spec: ServingSpec, requests: tuple[Request, ...]) -> tuple[ServingSpec, tuple[Request, ...]]:
@@ -249,7 +257,7 @@ def predict_serving(case: ServingCase, base_dir: Path | None = None) -> list[Ser
     """One row per measured metric of a (not skipped) case."""
     prediction = simulate_case(case, base_dir)
     return [
-        ServingOutcome(case.id, m, v, prediction.figures[m], prediction.host_bound_share)
+        ServingOutcome(case.id, m, v, prediction.figures[m], prediction.host_bound_share, prediction.iterations)
         for m, v in case.measured.items()
     ]
 

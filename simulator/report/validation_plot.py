@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
@@ -90,7 +91,52 @@ def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], ti
         )
     for s in skipped:
         lines.append(f"- skipped {s.case}: {s.reason}")
+    profiles = {o.case: o.iterations for o in outcomes if getattr(o, "iterations", None) is not None}
+    if profiles:
+        lines += [
+            "",
+            "## Iterations (replica 0, as an engine's iteration log shows them)",
+            "",
+            "| case | iterations | mean | decode only | decode: median | decode: median batch | with a prefill "
+            "chunk: median | its median new tokens |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for case, p in profiles.items():
+            lines.append(
+                f"| {case} | {p.iterations} | {_ms(p.mean_s)} | {100 * p.decode_share:.0f} % | {_ms(p.decode_p50_s)} "
+                f"| {_figure(p.decode_batch_p50)} | {_ms(p.mixed_p50_s)} | {_figure(p.mixed_new_tokens_p50)} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{1e3 * seconds:.2f} ms"
+
+
+def _figure(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:g}"
+
+
+#: validation.csv's iteration columns (stats.IterationProfile's fields, lengths in ms).
+ITERATION_COLUMNS = (
+    ("iterations", "iterations", 1),
+    ("iteration_ms_mean", "mean_s", 1e3),
+    ("decode_share", "decode_share", 1),
+    ("decode_iteration_ms_p50", "decode_p50_s", 1e3),
+    ("decode_batch_p50", "decode_batch_p50", 1),
+    ("mixed_iteration_ms_p50", "mixed_p50_s", 1e3),
+    ("mixed_new_tokens_p50", "mixed_new_tokens_p50", 1),
+)
+
+
+def _iteration_cells(profile) -> dict:
+    """validation.csv's ITERATION_COLUMNS of one row: empty without a profile (a decode phase, a skipped case)
+    or where the figure is NaN."""
+    cells = {}
+    for column, field, scale in ITERATION_COLUMNS:
+        value = None if profile is None else getattr(profile, field)
+        cells[column] = "" if value is None or (isinstance(value, float) and math.isnan(value)) else value * scale
+    return cells
 
 
 def write_serving_validation(outcomes, skipped, summary: dict[str, float], out_dir: Path, title: str) -> None:
@@ -103,6 +149,7 @@ def write_serving_validation(outcomes, skipped, summary: dict[str, float], out_d
             "predicted": o.predicted,
             "error": o.error,
             "host_bound_share": "" if o.host_bound_share is None else o.host_bound_share,
+            **_iteration_cells(o.iterations),
             "skipped": "",
         }
         for o in outcomes
@@ -115,6 +162,7 @@ def write_serving_validation(outcomes, skipped, summary: dict[str, float], out_d
             "predicted": "",
             "error": "",
             "host_bound_share": "",
+            **_iteration_cells(None),
             "skipped": s.reason,
         }
         for s in skipped

@@ -194,6 +194,46 @@ def _verdicts(
     return verdicts
 
 
+@dataclass(frozen=True)
+class IterationProfile:
+    """One replica's iterations (a lockstep group's replicas share each iteration's length), as an engine's
+    iteration log would show them, to compare with one: the iterations that ran something, their mean length,
+    the share that only decoded, with those iterations' median length and batch, and the median length and new
+    tokens of those with a prefill chunk (NaN where there is none)."""
+
+    iterations: int
+    mean_s: float
+    decode_share: float
+    decode_p50_s: float
+    decode_batch_p50: float
+    mixed_p50_s: float
+    mixed_new_tokens_p50: float
+
+
+def iteration_profile(run: ServingRun, replica: int = 0) -> IterationProfile | None:
+    """The IterationProfile of `replica`'s rows of the run's time series (None when it ran nothing). An
+    iteration only decodes when each of its sequences computes one token (new tokens = batch size)."""
+    ts = run.timeseries
+    mine = (ts["replica"] == replica) & (ts["batch_seqs"] > 0)
+    if not mine.any():
+        return None
+    length, batch, new = ts["iteration_s"][mine], ts["batch_seqs"][mine], ts["new_tokens"][mine]
+    decode = new == batch
+
+    def median(values: np.ndarray) -> float:
+        return float(np.median(values)) if len(values) else math.nan
+
+    return IterationProfile(
+        iterations=int(mine.sum()),
+        mean_s=float(length.mean()),
+        decode_share=float(decode.mean()),
+        decode_p50_s=median(length[decode]),
+        decode_batch_p50=median(batch[decode]),
+        mixed_p50_s=median(length[~decode]),
+        mixed_new_tokens_p50=median(new[~decode]),
+    )
+
+
 def timeseries_table(run: ServingRun) -> pd.DataFrame:
     """One row per replica per iteration: TIMESERIES_COLUMNS (queue, running batch, KV blocks, tokens)."""
     return pd.DataFrame({name: run.timeseries[name] for name in TIMESERIES_COLUMNS})

@@ -72,3 +72,37 @@ def test_throughput_series_bins_tokens_by_iteration_end(pricer):
     # Tokens at 0.75, 1.125, 1.5078125, 1.8984375: bins of 1 s hold 1 and 3.
     assert throughput_series(run, 1.0)["output_tokens_per_s"].tolist() == [1.0, 3.0]
     assert len(timeseries_table(run)) == 4
+
+
+def test_the_iteration_profile_of_two_requests_is_exact(pricer):
+    """Two requests of 8 + 3 tokens at once (LinearPricer(0.25, 1/16, 1/128)): one iteration prefills both
+    (16 new tokens: 0.25 + 16/16 = 1.25 s), then two decode both (contexts 8 and 9: 0.25 + 2/16 + 16/128 = 0.5 s,
+    0.25 + 2/16 + 18/128 = 0.515625 s)."""
+    from simulator.serving.stats import iteration_profile
+
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "closed_loop", "concurrency": 2},
+            "num_requests": 2,
+            "output_len": {"kind": "fixed", "tokens": 3},
+        }
+    )
+    p = iteration_profile(simulate_serving(spec, pricer))
+    assert p is not None and p.iterations == 3
+    assert p.mean_s == (1.25 + 0.5 + 0.515625) / 3
+    assert p.decode_share == 2 / 3
+    assert (p.decode_p50_s, p.decode_batch_p50) == ((0.5 + 0.515625) / 2, 2.0)
+    assert (p.mixed_p50_s, p.mixed_new_tokens_p50) == (1.25, 16.0)
+    assert iteration_profile(simulate_serving(spec, pricer), replica=1) is None  # no such replica ran
+
+
+def test_an_iteration_profile_without_decode_only_iterations_has_no_decode_figures(pricer):
+    from simulator.serving.stats import iteration_profile
+
+    spec = make_spec(
+        workload={"num_requests": 2, "output_len": {"kind": "fixed", "tokens": 1}}
+    )  # one token each: the prefill gives it
+    p = iteration_profile(simulate_serving(spec, pricer))
+    assert p is not None and p.decode_share == 0.0
+    assert math.isnan(p.decode_p50_s) and math.isnan(p.decode_batch_p50)
+    assert p.mixed_new_tokens_p50 == 8.0
