@@ -234,7 +234,7 @@ def test_fuzzed_calibrated_profiles_simulate(workdir, capsys, profile):
         capsys,
         ["run", _scenario_file(d, hardware="gpu.yaml"), "--out", d / "out", "--no-dag"],
         d / "out",
-        ("summary.json", "ops.csv"),
+        ("summary.json", "ops.csv.gz"),
     )
 
 

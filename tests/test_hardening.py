@@ -372,6 +372,19 @@ def test_a_second_sweep_into_the_same_out_is_refused(tmp_path, capsys):
     assert code == 2 and f"another moesim compare (process {os.getppid()})" in one_line(err)
 
 
+@pytest.mark.parametrize("header", ['{"format": "moesim-sweep-progress/1", "n": ' + "9" * 5000 + "}", "[" * 100_000])
+def test_a_progress_header_json_cannot_hold_is_not_a_progress_file(tmp_path, capsys, header):
+    """An integer past Python's digit limit (found by the long fuzz run) or nesting past the recursion limit:
+    json.loads raises ValueError / RecursionError, a one-line answer, not an internal error."""
+    from simulator.sweep.resume import progress_path
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    progress_path(out).write_text(header + "\n")
+    code, err = _compare(capsys, tmp_path, "--out", out, "--resume")
+    assert code == 2 and "is not a moesim sweep progress file" in one_line(err)
+
+
 def test_a_progress_line_of_wrong_types_is_reported_as_damaged(tmp_path, capsys, monkeypatch):
     import simulator.api as api
     from simulator.sweep import SweepInterrupted
@@ -413,13 +426,16 @@ def test_progress_records_are_strict_json():
 # 7. plot
 
 
-@pytest.mark.parametrize("bad", [[1, 2], {"scenario": "x"}, "SHAPE"])
+@pytest.mark.parametrize("bad", [[1, 2], {"scenario": "x"}, "SHAPE", "PAGE"])
 def test_plot_refuses_a_summary_of_the_wrong_shape_and_touches_nothing(tmp_path, capsys, bad):
     out = tmp_path / "out"
     assert cli(capsys, "run", tiny(tmp_path), "--out", out, "--no-dag")[0] == 0
     summary = json.loads((out / "summary.json").read_text())
     if bad == "SHAPE":  # the top-level fields right, a nested one wrong
         summary["memory"] = [{"gpu": "zero"}]
+        bad = summary
+    if bad == "PAGE":  # a nested field only the page's template reads (found by the long fuzz run)
+        summary["workload"] = {}
         bad = summary
     (out / "summary.json").write_text(json.dumps(bad))
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

@@ -214,6 +214,8 @@ def redraw(run_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict) -> t
     import shutil
     import tempfile
 
+    from jinja2 import TemplateError  # the page's template meeting a field of the wrong shape (UndefinedError)
+
     from simulator.report.html import index_html
 
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".plot-staging-"))
@@ -221,7 +223,7 @@ def redraw(run_dir: Path, ops: pd.DataFrame, slices: Slices, summary: dict) -> t
         try:
             seconds = draw_all(run_dir, ops, slices, summary, into=staging)
             index_html(run_dir, summary)  # the page is written last, for real, below: fail now if it would
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, TemplateError) as exc:
             raise OutputError(
                 f"{run_dir / 'summary.json'}: does not match the shape moesim writes "
                 f"({type(exc).__name__}: {str(exc)[:80]}); rerun `moesim run`"

@@ -205,7 +205,7 @@ class Progress:
         try:
             with self.path.open("rb") as handle:
                 first = json.loads(handle.readline(4096) or b"null")
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return
         pid = first.get("pid") if isinstance(first, dict) else None
         if _is_int(pid) and pid != os.getpid() and pid > 0 and pid_alive(pid):
@@ -223,7 +223,7 @@ class Progress:
             lines.pop()
         try:
             theirs = json.loads(lines[0]) if lines else None
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer past Python's digit limit, nesting too deep
             theirs = None
         if not isinstance(theirs, dict) or theirs.get("format") != FORMAT:
             raise ScenarioError(
