@@ -270,6 +270,9 @@ def _phase_bounds(sim: SimResult) -> dict[str, tuple[float, float]]:
 
 EXPERT_OPS = ("expert_fc1", "expert_act", "expert_fc2")
 
+#: The throughput figures of a run (Metrics.throughput's keys), in the order reports show them.
+THROUGHPUTS = ("output_tokens_per_ms_per_gpu", "prefill_tokens_per_ms_per_gpu", "total_tokens_per_ms_per_gpu")
+
 
 class _LayerExperts(NamedTuple):
     """straggler_s' sums for one layer of one pass: expert seconds per GPU, and the layer's count."""

@@ -407,16 +407,23 @@ def test_a_progress_line_of_wrong_types_is_reported_as_damaged(tmp_path, capsys,
     monkeypatch.setattr(api, "run_sweep", real)
     code, err = _compare(capsys, tmp_path, "--out", out, "--resume")
     assert code == 2 and "line 2 is damaged" in one_line(err)
+    # a simulated layout without the figures the ranking reads (found by the long fuzz run: an internal KeyError)
+    record = json.loads(lines[1])
+    assert record["status"] == "ok"
+    record["throughput"] = {}
+    progress_path(out).write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
+    code, err = _compare(capsys, tmp_path, "--out", out, "--resume")
+    assert code == 2 and "line 2 is damaged" in one_line(err)
 
 
 def test_progress_records_are_strict_json():
     from simulator.config import ParallelSpec
+    from simulator.metrics import THROUGHPUTS
     from simulator.sweep.results import LayoutResult
     from simulator.sweep.resume import from_record, to_record
 
-    result = LayoutResult(
-        0, ParallelSpec(), True, "ok", ttft_mean_s=math.inf, tpot_s=-math.inf, throughput={"x": math.nan}
-    )
+    figures = {**dict.fromkeys(THROUGHPUTS, 1.0), "x": math.nan}
+    result = LayoutResult(0, ParallelSpec(), True, "ok", ttft_mean_s=math.inf, tpot_s=-math.inf, throughput=figures)
     text = json.dumps(to_record(result), allow_nan=False)  # raises on NaN or infinity
     back = from_record(json.loads(text))
     assert back.ttft_mean_s == math.inf and back.tpot_s == -math.inf and math.isnan(back.throughput["x"])

@@ -53,7 +53,7 @@ def test_an_uncalibrated_profile_states_each_classes_checks_once_and_a_transferr
 
 
 def _ok(layout, serving=True) -> LayoutResult:
-    from simulator.report.compare import THROUGHPUTS
+    from simulator.metrics import THROUGHPUTS
 
     return LayoutResult(
         0,

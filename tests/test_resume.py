@@ -27,7 +27,11 @@ OK = LayoutResult(
     ttft_mean_s=0.25,
     ttft_max_s=0.5,
     tpot_s=0.0125,
-    throughput={"output_tokens_per_ms_per_gpu": 3.5, "total_tokens_per_ms_per_gpu": 21.0},
+    throughput={
+        "output_tokens_per_ms_per_gpu": 3.5,
+        "prefill_tokens_per_ms_per_gpu": 17.5,
+        "total_tokens_per_ms_per_gpu": 21.0,
+    },
     memory_bytes_per_gpu=2.0e9,
     capacity_bytes=80.0e9,
     targets=(
@@ -100,7 +104,7 @@ def test_sim_time_survives_the_round_trip():
 
 
 def test_infinity_survives_the_round_trip_through_python_json():
-    result = replace(OK, ttft_max_s=math.inf, throughput={"output_tokens_per_ms_per_gpu": -math.inf})
+    result = replace(OK, ttft_max_s=math.inf, throughput={**OK.throughput, "output_tokens_per_ms_per_gpu": -math.inf})
     back = from_record(json.loads(json.dumps(to_record(result))))
     assert back.ttft_max_s == math.inf
     assert back.throughput["output_tokens_per_ms_per_gpu"] == -math.inf

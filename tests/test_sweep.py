@@ -228,7 +228,11 @@ def _row(index, tput, ttft, tpot, mem, met=True, status="ok", cap=100.0):
         ttft_mean_s=ttft,
         ttft_max_s=ttft,
         tpot_s=tpot,
-        throughput={"output_tokens_per_ms_per_gpu": tput},
+        throughput={  # every figure a simulated layout has (resume refuses a record without one)
+            "output_tokens_per_ms_per_gpu": tput,
+            "prefill_tokens_per_ms_per_gpu": 8 * tput,
+            "total_tokens_per_ms_per_gpu": 9 * tput,
+        },
         memory_bytes_per_gpu=mem,
         capacity_bytes=cap,
         targets=(TargetVerdict("ttft_s", "max", 1.0, ttft, met),) if status == "ok" else (),

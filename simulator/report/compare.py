@@ -14,10 +14,10 @@ from rich.table import Table
 
 from simulator.config import Scenario, with_layout
 from simulator.files import write_atomic
+from simulator.metrics import THROUGHPUTS
 from simulator.report.pareto import fmt_figure, pareto_png
 from simulator.sweep import COST_CLASSES, LayoutResult
 
-THROUGHPUTS = ("output_tokens_per_ms_per_gpu", "prefill_tokens_per_ms_per_gpu", "total_tokens_per_ms_per_gpu")
 TERMINAL_ROWS = 15
 
 _OBJECTIVE_TEXT = {

@@ -20,6 +20,7 @@ from typing import TypeGuard
 
 from simulator.config import ParallelSpec, Scenario, ScenarioError, resolve_hardware
 from simulator.files import OutputError, pid_alive, write_atomic
+from simulator.metrics import THROUGHPUTS
 from simulator.sweep.results import LayoutResult, TargetVerdict
 
 FORMAT = "moesim-sweep-progress/1"
@@ -119,6 +120,9 @@ def from_record(record: dict) -> LayoutResult:
         if not isinstance(fields[key], dict):
             raise ValueError(f"{key}: expected an object")
         fields[key] = {_str(k): _float(v) for k, v in fields[key].items()}
+    missing = [k for k in THROUGHPUTS if k not in fields["throughput"]]
+    if fields["status"] == "ok" and missing:  # a simulated layout has every figure the ranking reads
+        raise ValueError(f"throughput: no {missing[0]}")
     return LayoutResult(**fields)
 
 
