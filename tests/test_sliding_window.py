@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simulator import costs
-from simulator.config import parse_scenario, resolve_hardware
+from simulator.config import ScenarioError, parse_scenario, resolve_hardware
 from simulator.config.import_hf import attention_pattern, convert
 from simulator.config.model import ModelSpec
 from simulator.config.serving import SlidingKVSpec, kv_blocks_needed, kv_layer_blocks
@@ -241,6 +241,15 @@ def test_import_reads_layer_types_and_the_window():
     assert "sliding_window" not in convert(whole, "w")[0]  # no layer slides
     assert attention_pattern({"sliding_window_pattern": 6})[0] == ["sliding"] * 5 + ["full"]
     assert attention_pattern({"model_type": "gemma2"})[0] == ["sliding", "full"]
+    assert convert({**mistral, "sliding_window": 128.0}, "f")[0]["sliding_window"] == 128  # a whole float
+
+
+@pytest.mark.parametrize("window", [":", "128", 12.5, [128], {"w": 1}, float("inf")])
+def test_import_refuses_a_window_that_is_not_a_whole_number(window):
+    """Found by the long fuzz run (sliding_window ':' ended in an internal int() error)."""
+    cfg = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
+    with pytest.raises(ScenarioError, match=r"sliding_window = .*: expected a whole number of positions"):
+        convert({**cfg, "sliding_window": window}, "x")
 
 
 def test_an_engine_that_keeps_the_window_blocks_counts_every_layer_whole():

@@ -225,7 +225,11 @@ def convert(cfg: dict, name: str) -> tuple[dict, dict[str, str], list[str], list
         )
     window = cfg.get("sliding_window")
     if window and (cfg.get("use_sliding_window", True) or family == "gpt_oss"):
-        put("sliding_window", int(window), "sliding_window")
+        if isinstance(window, float) and window.is_integer():
+            window = int(window)
+        if isinstance(window, bool) or not isinstance(window, int):
+            raise ScenarioError(f"sliding_window = {json.dumps(window)[:40]}: expected a whole number of positions")
+        put("sliding_window", window, "sliding_window")
         pattern, how = attention_pattern(cfg)
         if pattern is not None and "sliding" not in pattern:  # no layer slides after all
             del spec["sliding_window"], src["sliding_window"]
