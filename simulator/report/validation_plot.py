@@ -91,7 +91,7 @@ def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], ti
         )
     for s in skipped:
         lines.append(f"- skipped {s.case}: {s.reason}")
-    profiles = {o.case: o.iterations for o in outcomes if getattr(o, "iterations", None) is not None}
+    profiles = {o.case: o.iterations for o in outcomes if o.iterations is not None}
     if profiles:
         lines += [
             "",
@@ -132,11 +132,10 @@ ITERATION_COLUMNS = (
 def _iteration_cells(profile) -> dict:
     """validation.csv's ITERATION_COLUMNS of one row: empty without a profile (a decode phase, a skipped case)
     or where the figure is NaN."""
-    cells = {}
-    for column, field, scale in ITERATION_COLUMNS:
-        value = None if profile is None else getattr(profile, field)
-        cells[column] = "" if value is None or (isinstance(value, float) and math.isnan(value)) else value * scale
-    return cells
+    if profile is None:
+        return dict.fromkeys((column for column, _, _ in ITERATION_COLUMNS), "")
+    values = {column: getattr(profile, field) * scale for column, field, scale in ITERATION_COLUMNS}
+    return {column: "" if math.isnan(value) else value for column, value in values.items()}
 
 
 def write_serving_validation(outcomes, skipped, summary: dict[str, float], out_dir: Path, title: str) -> None:
