@@ -41,6 +41,7 @@ from simulator.sweep import (
     rank_results,
     run_sweep,
 )
+from simulator.sweep.executors import check_jobs
 
 #: The public names: one list, kept in the package root (simulator/__init__.py), which re-exports them lazily.
 __all__ = list(simulator.__all__)
@@ -398,8 +399,7 @@ def compare(
         simulate = partial(simulate_serving_layout, objective=objective, base_dir=str(base))
     if gpus is not None and not 1 <= gpus <= MAX_GPUS:
         raise ScenarioError(f"--gpus {gpus}: expected a number of GPUs from 1 to {MAX_GPUS}")
-    if jobs is not None and jobs < 1:
-        raise ScenarioError(f"--jobs {jobs}: expected at least 1")
+    check_jobs(jobs)
     if decode_sample < 0:
         raise ScenarioError(f"--decode-sample {decode_sample}: expected 0 (every step) or more")
     counts = parse_microbatches(microbatches)

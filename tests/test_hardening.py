@@ -609,3 +609,48 @@ def test_tpot_of_a_single_output_token_is_undefined(tmp_path, capsys):
     path = tiny(tmp_path, workload={**TINY_MOE["workload"], "output_len_tokens": 1})
     assert cli(capsys, "run", path, "--out", tmp_path / "o", "--no-dag")[0] == 0
     assert "undefined (one output token)" in (tmp_path / "o" / "summary.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by the long fuzz run at 1,500 examples (benchmarks/fuzz_long.py)
+
+
+@pytest.mark.parametrize("command", ["compare", "whatif"])
+@pytest.mark.parametrize("jobs", ["0", "1025", "1000000000000"])
+def test_jobs_past_what_a_process_pool_takes_is_one_line(tmp_path, capsys, command, jobs):
+    # 10**12 workers ended in an internal OverflowError (the pool's semaphore takes a C int)
+    code, err = cli(capsys, command, tiny(tmp_path), "--jobs", jobs, "--out", tmp_path / "o")
+    assert code == 2 and f"--jobs {jobs}: expected 1 to 1024 worker processes" in one_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+TRACE = {
+    "workload": {"arrivals": {"kind": "trace", "path": "requests.csv"}, "num_requests": 20},
+    "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
+}
+
+
+def test_a_trace_arriving_past_the_clocks_resolution_is_refused(tmp_path, capsys):
+    # at 2**42 s a one-token request finished at its arrival (the iteration rounded away): a division by zero
+    (tmp_path / "requests.csv").write_text("arrival_s,input_tokens,output_tokens\n4398046511104.0,1,1\n")
+    code, err = cli(capsys, "serve", tiny(tmp_path, serving=TRACE), "--out", tmp_path / "o")
+    assert code == 2
+    assert "requests.csv line 2: arrival_s = '4398046511104.0' is past 8.59e+09 s" in one_line(err)
+    (tmp_path / "requests.csv").write_text("arrival_s,input_tokens,output_tokens\n1764806400.0,1,1\n")  # a Unix time
+    assert cli(capsys, "serve", tiny(tmp_path, serving=TRACE), "--out", tmp_path / "o")[0] in (0, 1)
+
+
+def test_a_rate_so_low_the_arrivals_pass_the_clocks_resolution_is_refused(tmp_path, capsys):
+    # rate 1e-12 / s: arrivals at ~1e12 s, where TTFTs rounded to 0 and 15.6 ms (printed as if measured)
+    serving = {
+        "workload": {
+            "arrivals": {"kind": "poisson", "rate_per_s": 1e-12},
+            "num_requests": 20,
+            "input_len": {"kind": "fixed", "tokens": 8},
+            "output_len": {"kind": "fixed", "tokens": 4},
+        },
+        "scheduler": {"max_num_seqs": 8, "max_num_batched_tokens": 128, "kv_cache": {"capacity_blocks": 64}},
+    }
+    code, err = cli(capsys, "serve", tiny(tmp_path, serving=serving), "--out", tmp_path / "o")
+    assert code == 2 and "workload.arrivals: the requests arrive until" in one_line(err)
+    assert "raise the rate or send fewer requests" in err

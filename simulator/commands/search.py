@@ -183,7 +183,7 @@ def search_command(args, console) -> int:
     from simulator.files import check_output, run_directory, write_atomic
     from simulator.report.launch import launch_files
     from simulator.report.search import print_search_table, search_check_lines, summary_line, write_search
-    from simulator.sweep.executors import default_jobs, make_executor
+    from simulator.sweep.executors import check_jobs, default_jobs, make_executor
     from simulator.sweep.resume import (
         Progress,
         progress_path,
@@ -217,8 +217,7 @@ def search_command(args, console) -> int:
         raise ScenarioError(
             "--max-num-seqs/--max-num-batched-tokens/--chunk-size: scheduler limits need a serving section"
         )
-    if args.jobs is not None and args.jobs < 1:
-        raise ScenarioError(f"--jobs {args.jobs}: expected at least 1")
+    check_jobs(args.jobs)
     if args.decode_sample < 0:
         raise ScenarioError(f"--decode-sample {args.decode_sample}: expected 0 (every step) or more")
     if not (args.rel_tol > 0):

@@ -28,12 +28,11 @@ def command(args, console: Console) -> int:
     from simulator.config import ScenarioError, load_scenario
     from simulator.files import check_output, marker_kind, run_directory
     from simulator.report.whatif import print_whatif, write_whatif
-    from simulator.sweep import make_executor
+    from simulator.sweep.executors import check_jobs, make_executor
     from simulator.whatif import parse_knobs, run_whatif
 
     knobs = parse_knobs(args.knobs)  # bad input first: one line, nothing simulated
-    if args.jobs is not None and args.jobs < 1:
-        raise ScenarioError(f"--jobs {args.jobs}: expected at least 1")
+    check_jobs(args.jobs)
     scenario = load_scenario(args.scenario, args.set)
     if args.target is not None and args.target not in scenario.targets:
         known = ", ".join(scenario.targets) or "none (add a targets: section)"

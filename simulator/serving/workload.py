@@ -39,6 +39,9 @@ from simulator.config.serving import (
 from simulator.files import read_bounded
 
 TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+#: The latest arrival a trace may give: 2**33 s (272 years; Unix times, ~1.7e9 s, pass), where a double still
+#: resolves 2**-19 s (1.9 us). Later, an iteration's end could round to its start.
+MAX_ARRIVAL_S = float(2**33)
 _CHUNK = 4096  # arrivals drawn per round when sending for duration_s
 
 
@@ -78,6 +81,12 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
         return tuple(Request(i, a, n_in, n_out) for i, (_, a, n_in, n_out) in enumerate(rows))
     arrivals_s = arrival_times_s(w)
     n = len(arrivals_s)
+    last_s = float(np.nanmax(arrivals_s)) if n and not np.isnan(arrivals_s).all() else 0.0
+    if last_s > MAX_ARRIVAL_S:
+        raise ServingError(
+            f"workload.arrivals: the requests arrive until {last_s:.3g} s, past {MAX_ARRIVAL_S:.3g} s (272 years), "
+            "where the simulation's clock cannot tell a microsecond apart; raise the rate or send fewer requests"
+        )
     if n <= w.warmup_requests:
         raise ServingError(
             f"workload.duration_s = {w.duration_s} gives {n} requests, not more than "
@@ -225,6 +234,11 @@ def _trace_row(row: dict, path: Path, line_no: int) -> tuple[int, float, int, in
         raise ServingError(f"{path} line {line_no}: arrival_s = {raw!r} is not a number") from None
     if not (math.isfinite(arrival_s) and arrival_s >= 0):
         raise ServingError(f"{path} line {line_no}: arrival_s = {raw!r} must be a finite number >= 0")
+    if arrival_s > MAX_ARRIVAL_S:
+        raise ServingError(
+            f"{path} line {line_no}: arrival_s = {raw!r} is past {MAX_ARRIVAL_S:.3g} s (272 years), where the "
+            "simulation's clock cannot tell a microsecond apart; give times from the trace's start (subtract the first)"
+        )
     n_in = _positive_int(row["input_tokens"], path, line_no, "input_tokens")
     n_out = _positive_int(row["output_tokens"], path, line_no, "output_tokens")
     return line_no, arrival_s, n_in, n_out

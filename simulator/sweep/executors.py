@@ -31,11 +31,23 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
+#: The most local worker processes --jobs may ask for: more than a host has cores only queue for them, and the
+#: process pool's semaphore takes a C int.
+MAX_JOBS = 1024
+
+
+def check_jobs(jobs: int | None) -> None:
+    """Raise ScenarioError (one line) unless --jobs is None (every core) or 1 to MAX_JOBS."""
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise ScenarioError(f"--jobs {jobs}: expected 1 to {MAX_JOBS} worker processes (default: every core)")
+
+
 @contextmanager
 def make_executor(spec: str | None = None, jobs: int | None = None) -> Iterator[Executor]:
     """An executor for `--executor`: None/'process' (local processes, `jobs` of them, default all
     cores; serial when jobs == 1), 'serial', 'dask-local' (a local Dask cluster) or
     'dask://HOST:PORT' (a running Dask scheduler)."""
+    check_jobs(jobs)
     jobs = jobs or default_jobs()
     spec = spec or "process"
     if spec == "serial" or (spec == "process" and jobs == 1):
