@@ -223,6 +223,7 @@ SCENARIO_SECTIONS = (
     ("KVCacheSpec", "serving.scheduler.kv_cache"),
     ("SlidingKVSpec", "serving.scheduler.kv_cache.sliding"),
     ("ReplicaSpec", "serving.replicas"),
+    ("AttentionDpBalanceSpec", "serving.replicas.attention_dp_balance"),
     ("TargetsSpec", "serving.targets"),
     ("CudaGraphOverride", "serving.cuda_graph"),
     ("HostOverride", "serving.host"),

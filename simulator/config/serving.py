@@ -373,6 +373,21 @@ class SchedulerSpec(StrictModel):
         return self.chunk_size_tokens if self.chunk_size_tokens is not None else self.max_num_batched_tokens
 
 
+class AttentionDpBalanceSpec(StrictModel):
+    """TensorRT-LLM's attention-DP balance (`attention_dp_config: {enable_balance: true, timeout_iters,
+    batching_wait_iters}`, PyExecutor._balance_adp_requests): each iteration of a lockstep group the ranks'
+    scheduled context and generation request counts are gathered, and the context requests of every rank are
+    held back (they run a later iteration) until every rank has one, for at most timeout_iters iterations, then
+    for batching_wait_iters more while every rank also generates. The defaults are TensorRT-LLM's."""
+
+    timeout_iters: int = Field(
+        default=50, ge=0, description="iterations to wait for every rank to have a context request"
+    )
+    batching_wait_iters: int = Field(
+        default=10, ge=0, description="iterations to hold contexts once every rank has one, while all generate"
+    )
+
+
 class ReplicaSpec(StrictModel):
     """Data-parallel replicas of the deployment. lockstep: they form one expert-parallel group whose
     iteration ends when the slowest replica's ends; an idle replica joins with an empty (dummy) batch."""
@@ -385,6 +400,11 @@ class ReplicaSpec(StrictModel):
         default=None, description="replicas step together; default: whether the dp replicas share EP groups"
     )
     gpus_per_replica: int | None = Field(default=None, ge=1, description="default: pp * tp")
+    attention_dp_balance: AttentionDpBalanceSpec | None = Field(
+        default=None,
+        description="a lockstep group's context requests held until every rank has one (TensorRT-LLM's "
+        "attention_dp_config enable_balance); default: off, as in TensorRT-LLM",
+    )
 
     @property
     def num_replicas(self) -> int:

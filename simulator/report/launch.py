@@ -72,6 +72,8 @@ class Deployment:
     graph_padding: bool | None = None  # serving.cuda_graph.padding
     sliding_window_kv: str | None = None  # freed / kept for a model with sliding-window layers (serving), else None
     split_prompts: bool = True  # serving.scheduler.split_prompts: prompts cut to fill the token budget
+    # serving.replicas.attention_dp_balance: (timeout_iters, batching_wait_iters), None when off
+    attention_dp_balance: tuple[int, int] | None = None
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -113,6 +115,9 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "schedule_conservativeness": s.schedule_conservativeness,
             "split_prompts": s.split_prompts,
         }
+        adp = scenario.serving.replicas.attention_dp_balance
+        if adp is not None:
+            kv["attention_dp_balance"] = (adp.timeout_iters, adp.batching_wait_iters)
         if m.sliding_window is not None:
             kv["sliding_window_kv"] = s.kv_cache.sliding_window_kv
         if scenario.serving.cuda_graph is not None:
@@ -280,6 +285,7 @@ def vllm_script(scenario: Scenario) -> str:
         lines.append(
             f"# Data-parallel attention: the {d.dp} DP ranks step together; their expert layers form one group of {group} GPUs."
         )
+        _balance_note(d, lines, "vLLM")
         if d.ep_allgather:
             lines.append(
                 "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter: vLLM's default "
@@ -408,6 +414,17 @@ def _chunked(d: Deployment, engine: str, lines: list[str]) -> bool:
 def _note(lines: list[str], note: str) -> None:
     if note not in lines:
         lines.append(note)
+
+
+def _balance_note(d: Deployment, lines: list[str], engine: str) -> None:
+    """Where the scenario holds context requests for balance (TensorRT-LLM's attention_dp_config), a note that
+    `engine` has no such setting, so its figures will differ from the simulated run."""
+    if d.attention_dp_balance is not None:
+        _note(
+            lines,
+            f"# serving.replicas.attention_dp_balance is TensorRT-LLM's attention_dp_config (enable_balance); {engine} "
+            "has no such setting and schedules each rank's prompts at once: not written, so its figures differ.",
+        )
 
 
 #: What each KV memory rule of a scenario means; the engine whose own setting it is takes it, the others a note.
@@ -561,6 +578,7 @@ def sglang_script(scenario: Scenario) -> str:
         lines.append(
             f"# --enable-dp-attention: attention TP = tp-size / dp-size = {d.tp}; MoE over all {d.dp * d.tp} GPUs."
         )
+        _balance_note(d, lines, "SGLang")
         if d.ep_allgather:
             lines.append(
                 "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter. SGLang's DP "
@@ -665,6 +683,14 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
         }
     options = ["# TensorRT-LLM LLM API options (trtllm-serve --extra_llm_api_options), written by moesim."]
     options.append(f"enable_attention_dp: {'true' if mode == 'dp_attention' else 'false'}")
+    if d.attention_dp_balance is not None and mode == "dp_attention":
+        timeout, wait = d.attention_dp_balance
+        options += [
+            "attention_dp_config:",
+            "  enable_balance: true",
+            f"  timeout_iters: {timeout}",
+            f"  batching_wait_iters: {wait}",
+        ]
     options.append(f"enable_chunked_prefill: {'true' if _chunked(d, 'TensorRT-LLM', lines) else 'false'}")
     if d.policy == "prefill_first_chunked":
         _note(lines, _MIXED_NOTE.format(engine="TensorRT-LLM"))

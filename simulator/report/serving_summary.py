@@ -22,6 +22,7 @@ from simulator.serving.stats import (
     LATENCY_METRICS,
     STATISTICS,
     ServingSummary,
+    group_balance_ratio,
     kv_cache_figures,
     request_itl_table,
     request_table,
@@ -123,6 +124,15 @@ def serving_summary_dict(
             "per_sequence_s": h.per_sequence_s,
             "overlapped": h.overlapped,
             "from_scenario": h.source == SCENARIO_HOST_SOURCE,
+        }
+    ratio = group_balance_ratio(run)
+    if not math.isnan(ratio):  # a lockstep group: how evenly its ranks shared the iterations' work
+        adp = spec.replicas.attention_dp_balance
+        extra["lockstep"] = {
+            "ranks": len(run.peak_kv_blocks),
+            "balance_ratio": ratio,
+            "attention_dp_balance": None if adp is None else adp.model_dump(),
+            "held_iterations": run.balance_held,
         }
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
         extra["engine_check"] = spec.engine_profile().check_note(result)
@@ -267,6 +277,26 @@ def host_line(summary: dict) -> str | None:
     return f"host work ({rate}, between GPU passes) added {host['host_seconds']:.3g} s over {n:,} iterations"
 
 
+def lockstep_line(summary: dict) -> str | None:
+    """How evenly a lockstep group's ranks shared its iterations, and what the attention-DP balance held:
+    '4 ranks stepping together: rank balance 0.62 (...); attention_dp_balance off'; None without a group."""
+    group = summary.get("lockstep")
+    if not group:
+        return None
+    adp = group["attention_dp_balance"]
+    if adp is None:
+        held = "attention_dp_balance off (TensorRT-LLM's default)"
+    else:
+        held = (
+            f"attention_dp_balance (timeout_iters {adp['timeout_iters']}, batching_wait_iters "
+            f"{adp['batching_wait_iters']}) held the context requests of {group['held_iterations']:,} iterations"
+        )
+    return (
+        f"{group['ranks']} ranks stepping together: rank balance {group['balance_ratio']:.2f} (the ranks' mean new "
+        f"tokens an iteration over the largest, averaged); {held}"
+    )
+
+
 def _launch_parts(launches: dict) -> str:
     parts = []
     for kind, text, unit, what in (
@@ -331,6 +361,7 @@ def serving_markdown(summary: dict) -> str:
         *([f"{line}.", ""] if (line := scheduler_line(summary)) else []),
         *([f"{line}.", ""] if (line := launches_line(summary)) else []),
         *([f"{line}.", ""] if (line := host_line(summary)) else []),
+        *([f"{line}.", ""] if (line := lockstep_line(summary)) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
         *([engine_check_line(summary), ""] if engine_check_line(summary) else []),
         "## Latency",
@@ -422,6 +453,8 @@ def print_serving(console: Console, summary: dict) -> None:
     if line := launches_line(summary):
         console.print(escape(line))
     if line := host_line(summary):
+        console.print(escape(line))
+    if line := lockstep_line(summary):
         console.print(escape(line))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")

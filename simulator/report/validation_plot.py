@@ -98,14 +98,22 @@ def serving_validation_markdown(outcomes, skipped, summary: dict[str, float], ti
             "## Iterations (replica 0, as an engine's iteration log shows them)",
             "",
             "| case | iterations | mean | decode only | decode: median | decode: median batch | with a prefill "
-            "chunk: median | its median new tokens |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "chunk: median | its median new tokens | rank balance |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for case, p in profiles.items():
+            balance = "-" if math.isnan(p.balance_ratio) else f"{p.balance_ratio:.2f}"
             lines.append(
                 f"| {case} | {p.iterations} | {_ms(p.mean_s)} | {100 * p.decode_share:.0f} % | {_ms(p.decode_p50_s)} "
-                f"| {_figure(p.decode_batch_p50)} | {_ms(p.mixed_p50_s)} | {_figure(p.mixed_new_tokens_p50)} |"
+                f"| {_figure(p.decode_batch_p50)} | {_ms(p.mixed_p50_s)} | {_figure(p.mixed_new_tokens_p50)} "
+                f"| {balance} |"
             )
+        if any(not math.isnan(p.balance_ratio) for p in profiles.values()):
+            lines += [
+                "",
+                "Rank balance: a lockstep group's mean over its iterations of the ranks' mean new tokens over the "
+                "largest (TensorRT-LLM's attention-DP balance ratio; 1 = every rank computes as many).",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +134,7 @@ ITERATION_COLUMNS = (
     ("decode_batch_p50", "decode_batch_p50", 1),
     ("mixed_iteration_ms_p50", "mixed_p50_s", 1e3),
     ("mixed_new_tokens_p50", "mixed_new_tokens_p50", 1),
+    ("balance_ratio", "balance_ratio", 1),
 )
 
 

@@ -29,6 +29,7 @@ from simulator.config.serving import KV_RULES, SlidingKVSpec, check_longest_admi
 from simulator.graph import build
 from simulator.memory import activation_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, symmetric_representatives
+from simulator.serving.adp_balance import check_attention_dp_balance
 
 
 def kv_bytes_per_token(scenario: Scenario, gpu: int) -> float:
@@ -228,6 +229,8 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
         kv = kv.model_copy(update={"sliding": sliding_kv(scenario)})
     batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
     scheduler = s.model_copy(update={"kv_cache": kv, "pipeline_batches": batches})
+    if r.attention_dp_balance is not None:
+        check_attention_dp_balance(replicas, scheduler)
     # The aggregated deployment of the scenario's layout: a disaggregation section (serving.disagg) is not its.
     resolved = spec.model_copy(update={"replicas": replicas, "scheduler": scheduler, "disaggregation": None})
     try:

@@ -106,12 +106,13 @@ class Sequence:
 class Step:
     """One iteration as scheduled: its sequences and, in the same order, the batch to price."""
 
-    __slots__ = ("seqs", "batch", "tokens_out")
+    __slots__ = ("seqs", "batch", "tokens_out", "decodes")
 
-    def __init__(self, seqs: list[Sequence], batch: Batch) -> None:
+    def __init__(self, seqs: list[Sequence], batch: Batch, decodes: int = 0) -> None:
         self.seqs = seqs
         self.batch = batch
         self.tokens_out = 0  # output tokens sampled, set when the iteration is applied
+        self.decodes = decodes  # sequences in it that generate (a token each after their prompt), the rest prefill
 
 
 class DecodeRun:
@@ -197,6 +198,9 @@ class Scheduler:
         self.new_token_ratio = self.init_ratio
         self.now_s = 0.0
         self.arrived = 0  # requests added so far (a decode run ends when one arrives)
+        self._decoding = 0  # decodes the schedule being made took (_decodes)
+        self._admitted: list[tuple[Sequence, bool]] = []  # (admitted, first time) by the schedule being made
+        self._peak_before = 0  # the KV cache's peak before the schedule being made
         self._schedule = {
             "static": self._schedule_static,
             "continuous": self._schedule_continuous,
@@ -218,10 +222,35 @@ class Scheduler:
     def schedule(self, now_s: float) -> Step:
         """Pick the next iteration's work (possibly none) at time now_s."""
         self.now_s = now_s
+        self._decoding = 0
+        self._admitted = []
+        self._peak_before = self.kv.peak_used_units
         seqs, batch = self._schedule()
         if not seqs:  # idle: SGLang resets its estimate (event loop, no batch to run)
             self.new_token_ratio = self.init_ratio
-        return Step(seqs, tuple(batch))
+        return Step(seqs, tuple(batch), self._decoding)
+
+    def hold_contexts(self, step: Step) -> Step:
+        """The step just scheduled without its context work (prefill chunks, admissions), as TensorRT-LLM's
+        attention-DP balance holds a rank's context requests for an iteration: the requests it admitted go
+        back to the front of the queue in order, their blocks freed (the KV peak as before), so that the next
+        schedule takes them as it would have. Needs policy chunked_prefill (decodes first) and admission
+        reserve (a chunk of a running request takes no block, nothing is preempted:
+        serving.capacity.check_attention_dp_balance)."""
+        kv, running = self.kv, self.running
+        for seq, first in reversed(self._admitted):
+            assert running[-1] is seq, "admitted sequences run last"
+            running.pop()
+            kv.free(seq.request_id)
+            seq.kv_limit_tokens = 0
+            seq.state = WAITING
+            if first:
+                seq.first_scheduled_s = math.nan
+            self.waiting.appendleft(seq)
+        kv.peak_used_units = max(self._peak_before, kv.used_units)
+        self._admitted = []
+        n = step.decodes
+        return Step(step.seqs[:n], step.batch[:n], n)
 
     def complete(self, step: Step, now_s: float) -> list[Sequence]:
         """Apply a finished iteration at time now_s: advance KV, emit tokens, free finished sequences."""
@@ -339,16 +368,18 @@ class Scheduler:
                     self.new_token_ratio = max(self.new_token_ratio - self.ratio_decay, self.min_ratio)
         if not seqs:
             self.new_token_ratio = self.init_ratio  # schedule() found nothing to run
-        return Step(seqs, run.batch(m - 1))
+        return Step(seqs, run.batch(m - 1), len(seqs))
 
     # ---------------------------------------------------------------- building blocks
 
     def _admit(self, seq: Sequence) -> None:
         self.waiting.popleft()
         seq.state = RUNNING
-        if seq.first_scheduled_s != seq.first_scheduled_s:  # NaN: scheduled for the first time
+        first = seq.first_scheduled_s != seq.first_scheduled_s  # NaN: scheduled for the first time
+        if first:
             seq.first_scheduled_s = self.now_s
         self.running.append(seq)
+        self._admitted.append((seq, first))
 
     def admission_kv_tokens(self, seq: Sequence, n: int) -> int:
         """KV tokens a waiting request must get to be admitted with n new tokens: n, or with admission reserve
@@ -475,6 +506,7 @@ class Scheduler:
             elif computed < seq.kv_limit_tokens or self._grow_or_preempt(seq, computed + 1, seqs, batch):
                 append_seq(seq)
                 append_work(_new(SeqWork, (1, computed)))
+        self._decoding = len(seqs)
         self._budget -= len(seqs)
         # SGLang's update_running_batch decays the estimate with each decode step that retracted nothing (a
         # retraction sets it anew).
@@ -486,6 +518,7 @@ class Scheduler:
     def _schedule_static(self) -> tuple[list[Sequence], list[SeqWork]]:
         running = self.running
         if running:
+            self._decoding = len(running)
             return list(running), [_new(SeqWork, (1, s.num_computed)) for s in running]
         waiting, limit = self.waiting, self.spec.max_num_seqs
         while waiting and len(running) < limit:

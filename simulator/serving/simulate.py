@@ -30,6 +30,7 @@ import simpy
 
 from simulator.config.engine import HostTimeSpec
 from simulator.config.serving import Arrivals, ServingError, ServingSpec
+from simulator.serving.adp_balance import AttentionDpBalance, check_attention_dp_balance
 from simulator.serving.engine_pricing import host_set_iteration
 from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.scheduler import DecodeRun, Scheduler, Sequence, Step
@@ -125,6 +126,8 @@ class ServingRun:
     launches: dict[str, tuple[int, int, int]] | None = None
     # With an engine profile: its host work over the run's iterations (HostTally).
     host: HostTally | None = None
+    # With serving.replicas.attention_dp_balance: the group's iterations whose context requests it held.
+    balance_held: int | None = None
 
 
 def simulate_serving(
@@ -317,6 +320,10 @@ class ServingModel(RequestSource):
         # The same for a decode run's iteration, from its size and longest context (EnginePricer.launch_decode).
         self.launch_decode = getattr(inner, "launch_decode", None)
         self.launches: dict[str, list[int]] = {}
+        adp = spec.replicas.attention_dp_balance
+        if adp is not None:  # TensorRT-LLM's attention-DP balance of a lockstep group
+            check_attention_dp_balance(spec.replicas.model_copy(update={"count": self.num_replicas}), per_batch)
+        self.balance = None if adp is None else AttentionDpBalance(adp, spec.scheduler.max_num_seqs)
         self.host: HostTimeSpec | None = getattr(inner, "host_spec", None)  # the engine's host time (EnginePricer)
         self.host_counts = [0, 0, 0.0]  # ServingRun.host
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
@@ -443,7 +450,8 @@ class ServingModel(RequestSource):
                     return
                 yield self.idle(0)
                 continue
-            if self.worth_a_run(now, dt):
+            held = self.balance is not None and self.balance_steps(steps)
+            if not held and self.worth_a_run(now, dt):
                 runs = []
                 for s, step, mark in zip(schedulers, steps, marks):
                     run = s.decode_run(step, *mark)
@@ -465,6 +473,24 @@ class ServingModel(RequestSource):
                 done = s.complete(step, env.now)
                 rows.append((now, dt, s.replica, *pre, step.tokens_out))
                 self.finished(done)
+
+    def balance_steps(self, steps: list[Step]) -> bool:
+        """Apply the attention-DP balance (serving.adp_balance) to a lockstep group's steps just scheduled: when
+        it holds the contexts, each rank's step loses its context work (Scheduler.hold_contexts, in place).
+        Returns whether they were held (a held step starts no decode run: its requests are admitted later)."""
+        schedulers, balance = self.schedulers, self.balance
+        assert balance is not None
+        contexts = [len(step.seqs) - step.decodes for step in steps]
+        generations = [
+            step.decodes if (s.running or s.waiting) else 1  # a rank without requests runs a dummy generation
+            for s, step in zip(schedulers, steps)
+        ]
+        if not balance.hold(contexts, generations):
+            return False
+        for i, (s, n) in enumerate(zip(schedulers, contexts)):
+            if n:
+                steps[i] = s.hold_contexts(steps[i])
+        return True
 
     def decode_runs(self, schedulers: list[Scheduler], runs: list[DecodeRun]):
         """Run the decode runs just scheduled (one per scheduler of the loop: `replica_loop`'s one, or every one
@@ -504,6 +530,8 @@ class ServingModel(RequestSource):
             for s, run in zip(schedulers, runs):
                 n = run.running
                 rows.append((now, dt, s.replica, run.waiting, n, n, n, run.used_blocks(j - 1), n))
+        if self.balance is not None:  # the run's later iterations, each with no context request anywhere
+            self.balance.pass_decodes(len(ends_s) - 1)
         for s, run in zip(schedulers, runs):
             step = s.finish_run(run, ends_s)
             done = s.complete(step, env.now)
@@ -629,6 +657,7 @@ class ServingModel(RequestSource):
             mean_in_system=self.area / end_s if end_s > 0 else math.nan,
             launches=self.launch_tally(),
             host=self.host_tally(),
+            balance_held=None if self.balance is None else self.balance.held,
         )
 
 

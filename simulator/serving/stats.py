@@ -208,6 +208,29 @@ class IterationProfile:
     decode_batch_p50: float
     mixed_p50_s: float
     mixed_new_tokens_p50: float
+    balance_ratio: float = math.nan  # a lockstep group's (group_balance_ratio), NaN for independent replicas
+
+
+def group_balance_ratio(run: ServingRun) -> float:
+    """How evenly a lockstep group's ranks share its iterations' work, as TensorRT-LLM's attention-DP balance
+    blog measures it: each iteration's mean over the ranks of the new tokens it computes divided by the largest
+    (1: every rank computes as many; an idle rank's dummy pass counts 0), averaged over the iterations in which
+    a rank computes any. NaN for independent replicas, one replica, or pipeline batches."""
+    spec = run.spec
+    if not spec.replicas.lockstep or len(run.peak_kv_blocks) < 2 or (spec.scheduler.pipeline_batches or 1) > 1:
+        return math.nan
+    ts = run.timeseries
+    # A group's rows of one iteration share its start (they are written together, one per rank).
+    _, group = np.unique(ts["start_s"], return_inverse=True)
+    new = ts["new_tokens"].astype(float)
+    largest = np.zeros(group.max() + 1 if len(group) else 0)
+    np.maximum.at(largest, group, new)
+    total = np.bincount(group, weights=new, minlength=len(largest))
+    ranks = np.bincount(group, minlength=len(largest))
+    busy = largest > 0
+    if not busy.any():
+        return math.nan
+    return float(np.mean(total[busy] / ranks[busy] / largest[busy]))
 
 
 def iteration_profile(run: ServingRun, replica: int = 0) -> IterationProfile | None:
@@ -231,6 +254,7 @@ def iteration_profile(run: ServingRun, replica: int = 0) -> IterationProfile | N
         decode_batch_p50=median(batch[decode]),
         mixed_p50_s=median(length[~decode]),
         mixed_new_tokens_p50=median(new[~decode]),
+        balance_ratio=group_balance_ratio(run),
     )
 
 
