@@ -350,3 +350,26 @@ def test_a_scenarios_own_cuda_graph_capture_is_written_for_every_engine():
     assert "cuda-graph" not in padded["sglang.sh"]
     for name, text in plain.items():  # the engine's own capture: nothing written
         assert "cuda_graph" not in text and "cuda-graph" not in text and "compilation-config" not in text, name
+
+
+def test_the_attention_dp_balance_is_written_for_tensorrt_llm_and_noted_for_the_others():
+    s = load_scenario(
+        ROOT / "scenarios/qwen3_30b_a3b_fp8_1xh100_vllm.yaml",
+        [
+            "serving.engine=trtllm-1.0",
+            "cluster.num_gpus=2",
+            "parallel.dp=2",
+            "parallel.ep=2",
+            "serving.replicas.attention_dp_balance.timeout_iters=20",
+        ],
+    )
+    files = launch_files(s)
+    options = files["trtllm_extra_llm_api_options.yaml"]
+    assert (
+        "enable_attention_dp: true\nattention_dp_config:\n  enable_balance: true\n  timeout_iters: 20\n"
+        "  batching_wait_iters: 10\n" in options
+    )
+    for name, engine in (("vllm.sh", "vLLM"), ("sglang.sh", "SGLang")):
+        assert f"TensorRT-LLM's attention_dp_config (enable_balance); {engine} has no such setting" in files[name]
+    plain = launch_files(load_scenario(ROOT / "scenarios/qwen3_30b_a3b_fp8_1xh100_vllm.yaml", ["parallel.dp=1"]))
+    assert "attention_dp_config" not in plain["trtllm_extra_llm_api_options.yaml"]

@@ -287,6 +287,11 @@ def disaggregated_inputs(scenario: Scenario, hw: HardwareProfile | None = None) 
     blocks; ServingError naming the pool when one cannot hold the model), placement and transfer fabric."""
     if scenario.serving is None or scenario.serving.disaggregation is None:
         raise ServingError("serving.disaggregation: missing; add prefill and decode pools (see docs/disaggregation.md)")
+    if scenario.serving.replicas.attention_dp_balance is not None:
+        raise ServingError(
+            "serving.replicas.attention_dp_balance: balances a co-located lockstep group; a disaggregated pool's "
+            "instances are independent; remove it"
+        )
     hw = hw if hw is not None else resolve_hardware(scenario)
     d = scenario.serving.disaggregation
     gpn = gpus_per_node(scenario, hw)

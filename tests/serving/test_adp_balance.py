@@ -4,6 +4,7 @@ lockstep group with it, and the refusals."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -196,3 +197,27 @@ def test_with_the_balance_every_request_finishes_and_decode_runs_change_nothing(
     assert fp.batches == sp.batches
     assert_same_run(fast, slow)
     assert fast.balance_held == slow.balance_held
+
+
+@pytest.mark.parametrize(
+    ("scenario", "overrides", "message"),
+    [
+        ("qwen3_30b_a3b_fp8_1xh100_vllm.yaml", ["serving.engine=trtllm-1.0"], "needs a lockstep group of dp ranks"),
+        (
+            "qwen3_30b_a3b_fp8_1xh100_vllm.yaml",
+            ["cluster.num_gpus=2", "parallel.dp=2", "parallel.ep=2"],  # vLLM's scheduler: on-demand blocks
+            "needs TensorRT-LLM's scheduler (scheduler.policy chunked_prefill, admission reserve; got chunked_prefill, "
+            "on_demand)",
+        ),
+        ("seed_moe_4gpu_disagg.yaml", [], "balances a co-located lockstep group; a disaggregated pool's"),
+    ],
+)
+def test_serve_refuses_the_balance_where_it_cannot_apply_in_one_line(tmp_path, capsys, scenario, overrides, message):
+    from simulator.cli import main
+
+    sets = [a for o in [*overrides, "serving.replicas.attention_dp_balance.timeout_iters=20"] for a in ("--set", o)]
+    path = Path(__file__).resolve().parents[2] / "scenarios" / scenario
+    code = main(["serve", str(path), *sets, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "o").exists()
