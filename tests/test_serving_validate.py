@@ -566,6 +566,12 @@ def test_the_moe_cases_take_trtllm_bench_limits_per_rank_and_the_dep_layout():
             assert s.experts_across_dp, case_id  # the ranks step together
         else:
             assert (p.tp, p.dp, p.ep) == (gpus, 1, 1), case_id
+        # the page's DeepSeek R1 llm_options hold prompts for balance (attention_dp_config); Qwen3's do not
+        adp = spec.replicas.attention_dp_balance
+        if setup.startswith("DSR1"):
+            assert adp is not None and (adp.timeout_iters, adp.batching_wait_iters) == (60, 0), case_id
+        else:
+            assert adp is None, case_id
     # by hand: DeepSeek R1 at 1000/1000 on 8 H200s: (1,123.2 - 637.5 GiB) x 0.95 / (2 x 61 x 128 x 56 B x 2,000)
     # = 283.3 requests -> 128 x 3 = 384 a rank; 566.6 tokens -> 2,048
     assert _trtllm_bench_limits(h200, 8, 684.53e9, 61, 1000, 1000, 1.0, 128, 56) == (384, 2048)
