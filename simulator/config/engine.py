@@ -374,6 +374,9 @@ class SchedulerDefaultsSpec(StrictModel):
     by_device: DeviceDefaultsSpec | tuple[DeviceDefaultsSpec, ...] | None = None
     static_memory: StaticMemorySpec | None = None
     dp_attention: DpAttentionRuleSpec | None = None
+    # The router of a lockstep group (attention DP with the experts across the ranks) where the scenario names
+    # none (serving.replicas.router): TensorRT-LLM's one request queue for its attention-DP ranks (attention_dp).
+    lockstep_router: Literal["round_robin", "least_loaded", "attention_dp"] | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")

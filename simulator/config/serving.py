@@ -393,8 +393,12 @@ class ReplicaSpec(StrictModel):
     iteration ends when the slowest replica's ends; an idle replica joins with an empty (dummy) batch."""
 
     count: int | None = Field(default=None, ge=1, description="replicas; default: parallel.dp")
-    router: Literal["round_robin", "least_loaded"] = Field(
-        default="round_robin", description="how requests are sent to the replicas"
+    router: Literal["round_robin", "least_loaded", "attention_dp"] = Field(
+        default="round_robin",
+        description="how requests are sent to the replicas: round_robin or least_loaded on arrival, or "
+        "attention_dp (TensorRT-LLM's attention-DP request queue, a lockstep group only: requests wait in one "
+        "queue and go, when ranks have room, to those with the fewest prompt tokens; the default of an engine "
+        "whose profile says so)",
     )
     lockstep: bool | None = Field(
         default=None, description="replicas step together; default: whether the dp replicas share EP groups"

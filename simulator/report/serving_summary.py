@@ -130,6 +130,7 @@ def serving_summary_dict(
         adp = spec.replicas.attention_dp_balance
         extra["lockstep"] = {
             "ranks": len(run.peak_kv_blocks),
+            "router": spec.replicas.router,
             "balance_ratio": ratio,
             "attention_dp_balance": None if adp is None else adp.model_dump(),
             "held_iterations": run.balance_held,
@@ -283,18 +284,28 @@ def lockstep_line(summary: dict) -> str | None:
     group = summary.get("lockstep")
     if not group:
         return None
-    adp = group["attention_dp_balance"]
+    adp, held_n = group["attention_dp_balance"], group["held_iterations"]
     if adp is None:
         held = "attention_dp_balance off (TensorRT-LLM's default)"
     else:
         held = (
             f"attention_dp_balance (timeout_iters {adp['timeout_iters']}, batching_wait_iters "
-            f"{adp['batching_wait_iters']}) held the context requests of {group['held_iterations']:,} iterations"
+            f"{adp['batching_wait_iters']}) held the context requests of {held_n:,} "
+            f"iteration{'' if held_n == 1 else 's'}"
         )
+    router = ROUTER_TEXT.get(group.get("router"), group.get("router"))
     return (
-        f"{group['ranks']} ranks stepping together: rank balance {group['balance_ratio']:.2f} (the ranks' mean new "
-        f"tokens an iteration over the largest, averaged); {held}"
+        f"{group['ranks']} ranks stepping together, {router}: rank balance {group['balance_ratio']:.2f} (the ranks' "
+        f"mean new tokens an iteration over the largest, averaged); {held}"
     )
+
+
+#: How serving.replicas.router sends requests, for the lockstep line.
+ROUTER_TEXT = {
+    "round_robin": "requests sent round robin on arrival",
+    "least_loaded": "requests sent on arrival to the rank with the fewest",
+    "attention_dp": "requests queued and bound to a rank when the ranks have room (TensorRT-LLM's attention-DP queue)",
+}
 
 
 def _launch_parts(launches: dict) -> str:

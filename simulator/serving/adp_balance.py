@@ -71,21 +71,29 @@ class AttentionDpBalance:
         self.waiting_iters = (self.waiting_iters + iterations) % t if t > 0 else 0
 
 
-def check_attention_dp_balance(replicas: ReplicaSpec, scheduler: SchedulerSpec) -> None:
-    """Raise ServingError (one line) unless serving.replicas.attention_dp_balance can apply: a lockstep group
-    of more than one replica, one batch in flight each, TensorRT-LLM's scheduler (chunked_prefill: decodes
-    first) with its GUARANTEED_NO_EVICT admission (admission reserve: a held context request takes no block
-    and preempts nothing, so holding it changes nothing else)."""
-    field = "serving.replicas.attention_dp_balance"
-    if not replicas.lockstep or replicas.num_replicas < 2:
+def check_attention_dp_options(replicas: ReplicaSpec, scheduler: SchedulerSpec) -> None:
+    """Raise ServingError (one line) unless TensorRT-LLM's attention-DP options of serving.replicas can apply:
+    router attention_dp and attention_dp_balance need a lockstep group of more than one replica, one batch in
+    flight each; the balance also TensorRT-LLM's scheduler (chunked_prefill: decodes first) with its
+    GUARANTEED_NO_EVICT admission (admission reserve: a held context request takes no block and preempts
+    nothing, so holding it changes nothing else)."""
+    for field, given in (
+        ("serving.replicas.router = attention_dp", replicas.router == "attention_dp"),
+        ("serving.replicas.attention_dp_balance", replicas.attention_dp_balance is not None),
+    ):
+        if not given:
+            continue
+        if not replicas.lockstep or replicas.num_replicas < 2:
+            raise ServingError(
+                f"{field}: needs a lockstep group of dp ranks (attention DP with the experts across the ranks: "
+                f"parallel.dp > 1 and ep * etp > tp); remove it or change the layout"
+            )
+        if (scheduler.pipeline_batches or 1) != 1:
+            raise ServingError(f"{field}: needs one batch in flight per rank (pipeline_batches 1); remove it")
+    if replicas.attention_dp_balance is not None and (
+        scheduler.policy != "chunked_prefill" or scheduler.admission != "reserve"
+    ):
         raise ServingError(
-            f"{field}: needs a lockstep group of dp ranks (attention DP with the experts across the ranks: "
-            f"parallel.dp > 1 and ep * etp > tp); remove it or change the layout"
-        )
-    if (scheduler.pipeline_batches or 1) != 1:
-        raise ServingError(f"{field}: needs one batch in flight per rank (pipeline_batches 1); remove it")
-    if scheduler.policy != "chunked_prefill" or scheduler.admission != "reserve":
-        raise ServingError(
-            f"{field}: needs TensorRT-LLM's scheduler (scheduler.policy chunked_prefill, admission reserve; got "
-            f"{scheduler.policy}, {scheduler.admission}); set them or remove it"
+            "serving.replicas.attention_dp_balance: needs TensorRT-LLM's scheduler (scheduler.policy chunked_prefill, "
+            f"admission reserve; got {scheduler.policy}, {scheduler.admission}); set them or remove it"
         )

@@ -29,7 +29,7 @@ from simulator.config.serving import KV_RULES, SlidingKVSpec, check_longest_admi
 from simulator.graph import build
 from simulator.memory import activation_bytes_per_gpu, weight_bytes_per_gpu
 from simulator.placement import Placement, symmetric_representatives
-from simulator.serving.adp_balance import check_attention_dp_balance
+from simulator.serving.adp_balance import check_attention_dp_options
 
 
 def kv_bytes_per_token(scenario: Scenario, gpu: int) -> float:
@@ -196,6 +196,10 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
             "lockstep": lockstep if r.lockstep is None else r.lockstep,
         }
     )
+    if replicas.lockstep and p.dp > 1 and "router" not in r.model_fields_set and spec.engine is not None:
+        defaults = load_engine_profile(spec.engine).scheduler_defaults
+        if defaults is not None and defaults.lockstep_router is not None:  # the engine's own group router
+            replicas = replicas.model_copy(update={"router": defaults.lockstep_router})
 
     def with_scheduler(sch):  # the scenario as the engine's rules below leave its scheduler
         return scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": sch})})
@@ -229,8 +233,7 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
         kv = kv.model_copy(update={"sliding": sliding_kv(scenario)})
     batches = s.pipeline_batches if s.pipeline_batches is not None else p.pp
     scheduler = s.model_copy(update={"kv_cache": kv, "pipeline_batches": batches})
-    if r.attention_dp_balance is not None:
-        check_attention_dp_balance(replicas, scheduler)
+    check_attention_dp_options(replicas, scheduler)
     # The aggregated deployment of the scenario's layout: a disaggregation section (serving.disagg) is not its.
     resolved = spec.model_copy(update={"replicas": replicas, "scheduler": scheduler, "disaggregation": None})
     try:

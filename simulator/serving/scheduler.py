@@ -198,6 +198,7 @@ class Scheduler:
         self.new_token_ratio = self.init_ratio
         self.now_s = 0.0
         self.arrived = 0  # requests added so far (a decode run ends when one arrives)
+        self.active_prompt_tokens = 0  # prompt tokens of its requests not finished (TensorRT-LLM's attention DP)
         self._decoding = 0  # decodes the schedule being made took (_decodes)
         self._admitted: list[tuple[Sequence, bool]] = []  # (admitted, first time) by the schedule being made
         self._peak_before = 0  # the KV cache's peak before the schedule being made
@@ -218,6 +219,7 @@ class Scheduler:
         seq.replica = self.replica
         self.waiting.append(seq)
         self.arrived += 1
+        self.active_prompt_tokens += seq.input_tokens
 
     def schedule(self, now_s: float) -> Step:
         """Pick the next iteration's work (possibly none) at time now_s."""
@@ -268,6 +270,7 @@ class Scheduler:
                     seq.finish_s = now_s
                     seq.kv_limit_tokens = 0
                     self.kv.free(seq.request_id)
+                    self.active_prompt_tokens -= seq.input_tokens
                     finished.append(seq)
         step.tokens_out = tokens_out
         if finished:

@@ -16,7 +16,9 @@ period is the latency (no overlap).
 from __future__ import annotations
 
 import gc
+import heapq
 import math
+from collections import deque
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from contextlib import contextmanager
@@ -30,7 +32,7 @@ import simpy
 
 from simulator.config.engine import HostTimeSpec
 from simulator.config.serving import Arrivals, ServingError, ServingSpec
-from simulator.serving.adp_balance import AttentionDpBalance, check_attention_dp_balance
+from simulator.serving.adp_balance import AttentionDpBalance, check_attention_dp_options
 from simulator.serving.engine_pricing import host_set_iteration
 from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.scheduler import DecodeRun, Scheduler, Sequence, Step
@@ -320,10 +322,12 @@ class ServingModel(RequestSource):
         # The same for a decode run's iteration, from its size and longest context (EnginePricer.launch_decode).
         self.launch_decode = getattr(inner, "launch_decode", None)
         self.launches: dict[str, list[int]] = {}
+        # TensorRT-LLM's attention-DP request queue and balance of a lockstep group
+        check_attention_dp_options(spec.replicas.model_copy(update={"count": self.num_replicas}), per_batch)
         adp = spec.replicas.attention_dp_balance
-        if adp is not None:  # TensorRT-LLM's attention-DP balance of a lockstep group
-            check_attention_dp_balance(spec.replicas.model_copy(update={"count": self.num_replicas}), per_batch)
         self.balance = None if adp is None else AttentionDpBalance(adp, spec.scheduler.max_num_seqs)
+        self.group_queue: deque[Sequence] | None = deque() if spec.replicas.router == "attention_dp" else None
+        self.group_arrived = 0  # requests that entered the group queue (a decode run ends when one does)
         self.host: HostTimeSpec | None = getattr(inner, "host_spec", None)  # the engine's host time (EnginePricer)
         self.host_counts = [0, 0, 0.0]  # ServingRun.host
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
@@ -371,6 +375,17 @@ class ServingModel(RequestSource):
 
     def route(self, request: Request, arrival_s: float) -> None:
         schedulers, b = self.schedulers, self.batches
+        if self.group_queue is not None:  # TensorRT-LLM's attention-DP queue: a rank is chosen when it has room
+            seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
+            self.seqs[request.request_id] = seq
+            self.group_queue.append(seq)
+            self.group_arrived += 1
+            self.count(+1)
+            wake = self.wake[0]
+            if wake is not None:
+                self.wake[0] = None
+                wake.succeed()
+            return
         if self.spec.replicas.router == "round_robin":
             r = self.rr % self.num_replicas
             self.rr += 1
@@ -436,11 +451,38 @@ class ServingModel(RequestSource):
             rows.append((now, dt, r, *before, step.tokens_out))
             self.finished(done)
 
+    def assign_group_queue(self) -> None:
+        """TensorRT-LLM's attention-DP request queue (executor_request_queue.py, _fetch_new_requests_attention_dp):
+        take from the group's queue what the ranks have room for (max_num_seqs active requests, waiting or
+        running, a rank), then give each, longest prompt first, to the rank with the fewest active prompt tokens
+        (then requests, then index) among those below the even share, max(ceil(active and new / ranks), the
+        most any rank has)."""
+        queue, schedulers = self.group_queue, self.schedulers
+        if not queue:
+            return
+        active = [s.load for s in schedulers]
+        n, limit = len(schedulers), self.spec.scheduler.max_num_seqs
+        take = min(len(queue), n * limit - sum(active))
+        if take <= 0:
+            return
+        new = sorted((queue.popleft() for _ in range(take)), key=lambda seq: seq.input_tokens, reverse=True)
+        share = max(-(-(sum(active) + take) // n), max(active))
+        ranks = [(s.active_prompt_tokens, a, r) for r, (s, a) in enumerate(zip(schedulers, active)) if a < share]
+        heapq.heapify(ranks)
+        for seq in new:
+            tokens, a, r = heapq.heappop(ranks)
+            self.scheduler_of[seq.request_id] = r
+            schedulers[r].add(seq)
+            if a + 1 < share:
+                heapq.heappush(ranks, (tokens + seq.input_tokens, a + 1, r))
+
     def lockstep_loop(self):
         env, pricer, rows, schedulers = self.env, self.pricer, self.rows, self.schedulers
         dt = 0.0
         while True:
             now = env.now
+            if self.group_queue is not None:
+                self.assign_group_queue()
             marks = [(s.preemptions, len(s.waiting)) for s in schedulers]
             steps = [s.schedule(now) for s in schedulers]
             if not any(step.seqs for step in steps):
@@ -502,6 +544,7 @@ class ServingModel(RequestSource):
         env, pricer, rows, launch = self.env, self.pricer, self.rows, self.launch
         length = min(run.iterations for run in runs)
         arrived = [s.arrived for s in schedulers]
+        group_arrived = self.group_arrived  # a request entering the attention-DP queue ends the run too
         ends_s: list[float] = []
         # A cached pricer prices iteration j from the run's sorted contexts + j, building the batch only for a
         # price not seen before; the launch count needs only the batch's size and longest context.
@@ -524,7 +567,11 @@ class ServingModel(RequestSource):
             yield env.timeout(dt)
             ends_s.append(env.now)
             j += 1
-            last = j == length or any(s.arrived != a for s, a in zip(schedulers, arrived))
+            last = (
+                j == length
+                or any(s.arrived != a for s, a in zip(schedulers, arrived))
+                or self.group_arrived != group_arrived
+            )
             if last:
                 break
             for s, run in zip(schedulers, runs):

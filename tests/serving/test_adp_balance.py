@@ -114,14 +114,15 @@ def test_the_serve_summary_tells_the_groups_balance_and_what_it_held(pricer):
     doc = serving_summary_dict("t", held, summarize(held), "p")
     assert doc["lockstep"] == {
         "ranks": 2,
+        "router": "round_robin",
         "balance_ratio": (2.5 + 5 / 9) / 4,
         "attention_dp_balance": {"timeout_iters": 2, "batching_wait_iters": 0},
         "held_iterations": 1,
     }
     assert lockstep_line(doc) == (
-        "2 ranks stepping together: rank balance 0.76 (the ranks' mean new tokens an iteration over the largest, "
-        "averaged); attention_dp_balance (timeout_iters 2, batching_wait_iters 0) held the context requests of 1 "
-        "iterations"
+        "2 ranks stepping together, requests sent round robin on arrival: rank balance 0.76 (the ranks' mean new "
+        "tokens an iteration over the largest, averaged); attention_dp_balance (timeout_iters 2, batching_wait_iters "
+        "0) held the context requests of 1 iteration"
     )
     plain = simulate_serving(lockstep_spec(None), pricer, requests)
     line = lockstep_line(serving_summary_dict("t", plain, summarize(plain), "p"))
@@ -167,7 +168,8 @@ def test_the_balance_needs_a_lockstep_group_and_tensorrt_llms_scheduler(pricer):
 
 @st.composite
 def balanced_specs(draw):
-    """specs() as a lockstep group of 2-3 replicas with TensorRT-LLM's scheduler and the balance on."""
+    """specs() as a lockstep group of 2-3 replicas with TensorRT-LLM's scheduler, the balance on (mostly) and
+    its attention-DP queue or round robin."""
     spec = draw(specs(max_output_tokens=40))
     w, kv = spec.workload, spec.scheduler.kv_cache
     cap = w.max_new_tokens
@@ -183,7 +185,12 @@ def balanced_specs(draw):
     )
     adp = AttentionDpBalanceSpec(timeout_iters=draw(st.integers(0, 6)), batching_wait_iters=draw(st.integers(0, 3)))
     replicas = spec.replicas.model_copy(
-        update={"count": draw(st.integers(2, 3)), "lockstep": True, "attention_dp_balance": adp}
+        update={
+            "count": draw(st.integers(2, 3)),
+            "lockstep": True,
+            "attention_dp_balance": adp if draw(st.integers(0, 3)) else None,
+            "router": draw(st.sampled_from(["round_robin", "attention_dp"])),
+        }
     )
     return spec.model_copy(update={"scheduler": scheduler, "replicas": replicas})
 
@@ -221,3 +228,68 @@ def test_serve_refuses_the_balance_where_it_cannot_apply_in_one_line(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- TensorRT-LLM's attention-DP request queue
+
+
+def queue_spec(max_num_seqs: int = 2, **replicas) -> dict:
+    return make_spec(
+        replicas={"count": 2, "lockstep": True, "router": "attention_dp", **replicas},
+        workload={"arrivals": {"kind": "poisson", "rate_per_s": 1.0}},
+        scheduler={"admission": "reserve", "max_num_seqs": max_num_seqs},
+    )
+
+
+def test_the_queue_gives_each_rank_its_share_longest_prompt_first_to_the_fewest_prompt_tokens(pricer):
+    # 5 requests at 0, 2 ranks of max_num_seqs 2: 4 taken (share 2 a rank), longest first: 40 -> rank 0 (0
+    # tokens, index 0), 30 -> rank 1, 20 -> rank 1 (30 < 40 tokens), 10 -> rank 0 (rank 1 is full); 8 waits.
+    requests = [Request(i, 0.0, n, 2) for i, n in enumerate((10, 20, 30, 40, 8))]
+    run = simulate_serving(queue_spec(), pricer, requests)
+    assert [r.replica for r in run.records[:4]] == [0, 1, 1, 0]
+    # Both ranks prefill 50 tokens (0.25 + 50/16 = 3.375), then decode at contexts summing to 50 (0.25 + 2/16 +
+    # 50/128 = 0.765625): all four finish at 4.140625, when R4 goes to rank 0 (both empty: the lower index).
+    assert all(r.first_scheduled_s == 0.0 and r.finish_s == 4.140625 for r in run.records[:4])
+    assert (run.records[4].replica, run.records[4].first_scheduled_s) == (0, 4.140625)
+
+
+def test_the_queue_binds_a_request_when_a_rank_has_room_not_on_arrival(pricer):
+    # Round robin binds R2 to rank 0 on arrival, behind R0's long output; the queue gives it to rank 1, free first.
+    requests = [Request(0, 0.0, 8, 6), Request(1, 0.0, 8, 2), Request(2, 0.0, 8, 2)]
+    robin = simulate_serving(
+        make_spec(
+            replicas={"count": 2, "lockstep": True},
+            workload={"arrivals": {"kind": "poisson", "rate_per_s": 1.0}},
+            scheduler={"admission": "reserve", "max_num_seqs": 1},
+        ),
+        pricer,
+        requests,
+    )
+    queued = simulate_serving(queue_spec(max_num_seqs=1), pricer, requests)
+    assert [r.replica for r in robin.records] == [0, 1, 0]
+    assert [r.replica for r in queued.records] == [0, 1, 1]
+    assert queued.records[2].finish_s < robin.records[2].finish_s
+    assert queued.end_s < robin.end_s
+
+
+def test_the_engines_default_router_of_a_lockstep_group():
+    from simulator.config import load_scenario, resolve_hardware
+    from simulator.serving.capacity import resolve_serving
+
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"
+    dep = ["serving.engine=trtllm-1.0", "cluster.num_gpus=2", "parallel.dp=2", "parallel.ep=2"]
+
+    def router(overrides):
+        s = load_scenario(path, overrides)
+        return resolve_serving(s, resolve_hardware(s)).replicas.router
+
+    assert router(dep) == "attention_dp"  # TensorRT-LLM 1.0's attention-DP queue
+    assert router([*dep, "serving.replicas.router=least_loaded"]) == "least_loaded"  # the scenario's own
+    assert router(["serving.engine=trtllm-1.0", "cluster.num_gpus=2", "parallel.dp=2"]) == "round_robin"  # no group
+    assert router(dep[1:]) == "round_robin"  # vLLM's profile names none
+
+
+def test_the_queue_needs_a_lockstep_group(pricer):
+    spec = make_spec(replicas={"count": 2, "router": "attention_dp"})
+    with pytest.raises(ServingError, match=r"router = attention_dp: needs a lockstep group of dp ranks"):
+        simulate_serving(spec, pricer, [Request(0, 0.0, 8, 2)])
