@@ -3,13 +3,15 @@ three ways, as TensorRT-LLM's ADP balance blog (docs/source/blogs/tech_blog/blog
 serves DeepSeek V3 on 8 GB200s: balance off, "context wait" (timeout_iters 50, batching_wait_iters 0) and the
 full strategy (timeout_iters 50, batching_wait_iters 10).
 
-    python benchmarks/bench_adp_balance.py [--requests N] [--input-std T] [--output-std T]
+    python benchmarks/bench_adp_balance.py [--requests N] [--input-std T] [--output-std T] [--router R]
 
 The blog publishes its means only (16,000 requests, 803 tokens in and 3,653 out on average, long-tailed; no
 batch limits, precision or engine version), so the deployment here is an assumption stated in full: DeepSeek R1
 as the NVFP4 checkpoint of TensorRT-LLM's B200 guide runs (validation/serving_cases_trtllm_dsr1_b200.yaml) on
-the uncalibrated gb200-nvl72-186gb profile, 384 sequences and 1,536 tokens an iteration a rank, lognormal
-lengths with those means (standard deviations as given), every request queued at once. What compares with the
+the uncalibrated gb200-nvl72-186gb profile, 384 sequences a rank, lognormal lengths with those means (standard
+deviations as given; prompts up to 4,096 tokens, outputs up to 32,768), 4,096 + 384 tokens an iteration (whole
+prompts, as TensorRT-LLM runs them without chunked context: the longest beside a full batch's decodes, as
+trtllm-bench sizes it), every request queued at once. What compares with the
 blog is the direction and the rough size of the gains and of the balance ratio, not the tokens per second. It
 prints, per setting: output tokens/s, the rank balance (the blog's "balance ratio"), the iterations whose
 prompts were held, and the wall time.
@@ -39,8 +41,12 @@ BLOG = {  # the blog's table: output tokens/s, mean balance ratio
 }
 
 
-def scenario(requests: int, input_std: float, output_std: float, balance: dict | None) -> dict:
+def scenario(
+    requests: int, input_std: float, output_std: float, balance: dict | None, router: str | None = None
+) -> dict:
     replicas = {} if balance is None else {"attention_dp_balance": balance}
+    if router is not None:
+        replicas["router"] = router
     return {
         "name": "dsr1_gb200_dep8_adp_balance",
         "model": {
@@ -63,7 +69,7 @@ def scenario(requests: int, input_std: float, output_std: float, balance: dict |
             "replicas": replicas,
             "workload": {
                 "arrivals": {"kind": "closed_loop", "concurrency": requests},
-                "input_len": {"kind": "lognormal", "mean_tokens": 803, "std_tokens": input_std, "max_tokens": 1536},
+                "input_len": {"kind": "lognormal", "mean_tokens": 803, "std_tokens": input_std, "max_tokens": 4096},
                 "output_len": {"kind": "lognormal", "mean_tokens": 3653, "std_tokens": output_std, "max_tokens": 32768},
                 "num_requests": requests,
                 "seed": 0,
@@ -71,7 +77,7 @@ def scenario(requests: int, input_std: float, output_std: float, balance: dict |
             "scheduler": {
                 "policy": "chunked_prefill",
                 "max_num_seqs": 384,
-                "max_num_batched_tokens": 1536,
+                "max_num_batched_tokens": 4096 + 384,  # the longest prompt beside a full batch's decodes
                 "admission": "reserve",
                 "kv_cache": {"block_size_tokens": 32, "free_memory_fraction": 0.85},
             },
@@ -84,10 +90,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16_000, help="requests (the blog's 16,000)")
     parser.add_argument("--input-std", type=float, default=400.0, help="std of the prompt lengths (assumed)")
     parser.add_argument("--output-std", type=float, default=3000.0, help="std of the output lengths (assumed)")
+    parser.add_argument(
+        "--router",
+        choices=["round_robin", "least_loaded", "attention_dp"],
+        help="the group's router (default: the engine's, TensorRT-LLM's attention-DP queue)",
+    )
     args = parser.parse_args()
     base_s = None
     for label, balance in SETTINGS:
-        s = parse_scenario(scenario(args.requests, args.input_std, args.output_std, balance), "bench_adp_balance")
+        data = scenario(args.requests, args.input_std, args.output_std, balance, args.router)
+        s = parse_scenario(data, "bench_adp_balance")
         hw = resolve_hardware(s)
         spec = resolve_serving(s, hw)
         started = time.perf_counter()
