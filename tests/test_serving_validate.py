@@ -871,3 +871,43 @@ def test_a_serving_output_states_the_checks_of_its_deployments_class():
     assert single.count("without attention DP + EP") == 2 and "with attention" not in single
     dense = [s for s in cases.values() if not s.model.is_moe][0]
     assert trt.check_note(dense.result_class).count("of dense models") == 3
+
+
+def test_a_lockstep_cases_rank_balance_reaches_the_table_the_markdown_and_the_csv(tmp_path):
+    # the seed model as DEP2 (attention DP 2, experts over both) under trtllm-1.0: one lockstep group, 4 equal
+    # requests, 2 a rank, every iteration the same on both: rank balance 1
+    from rich.console import Console
+
+    from simulator.calibration.serving_validate import ServingOutcome, load_serving_cases, predict_serving
+    from simulator.commands.validate import _outcome_table
+    from simulator.report.validation_plot import serving_validation_markdown, write_serving_validation
+
+    seed = yaml.safe_load((ROOT / "scenarios/seed_moe_4gpu_serving.yaml").read_text())
+    scenario = {k: seed[k] for k in ("model", "hardware", "runtime")}
+    scenario |= {"cluster": {"num_gpus": 2, "gpus_per_node": 8}, "parallel": {"tp": 1, "dp": 2, "ep": 2, "pp": 1}}
+    scenario["serving"] = {
+        "engine": "trtllm-1.0",
+        "workload": {
+            "arrivals": {"kind": "closed_loop", "concurrency": 4},
+            "num_requests": 4,
+            "input_len": {"kind": "fixed", "tokens": 64},
+            "output_len": {"kind": "fixed", "tokens": 4},
+        },
+    }
+    path = tmp_path / "cases.yaml"
+    case = {"id": "DEP2", "source": "test", "measured": {"output_tokens_per_s": 1.0}, "scenario": scenario}
+    path.write_text(yaml.safe_dump({"serving_cases": [case]}))
+    (outcome,) = predict_serving(load_serving_cases(path)[0], tmp_path)
+    assert outcome.iterations is not None and outcome.iterations.balance_ratio == 1.0
+    plain = ServingOutcome("PLAIN", "output_tokens_per_s", 2.0, 3.0)
+    console = Console(width=200, record=True)
+    console.print(_outcome_table("t", [outcome, plain], ("measured", "predicted")))
+    lines = console.export_text().splitlines()
+    assert "rank balance" in lines[2] and [line.split()[-2] for line in lines[4:6]] == ["1.00", "-"]
+    summary = summarize_serving([outcome, plain])
+    md = serving_validation_markdown([outcome, plain], [], summary, "t")
+    assert "| its median new tokens | rank balance |" in md and " | 1.00 |" in md
+    assert "Rank balance: a lockstep group's mean" in md
+    write_serving_validation([outcome, plain], [], summary, tmp_path, "t")
+    with open(tmp_path / "validation.csv") as f:
+        assert [r["balance_ratio"] for r in csv.DictReader(f)] == ["1.0", ""]

@@ -6,6 +6,7 @@ Two kinds of cases file: single passes (`cases:`, validation/dev_cases.yaml) and
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,14 +23,22 @@ def add_arguments(parser) -> None:
 
 def _outcome_table(title: str, outcomes, figures: tuple[str, str]) -> Table:
     """One row per outcome: case, metric, its two figures in the order `figures` names them, the signed error in
-    colour, and where any case's engine has host time the share of its iterations the host set ("host-set")."""
+    colour, where any case's engine has host time the share of its iterations the host set ("host-set"), and
+    where any case is a lockstep group its ranks' balance ("rank balance": stats.group_balance_ratio)."""
     from rich.table import Table
 
     from simulator.report.validation_plot import host_share_text
 
     table = Table(title=title)
     host = any(getattr(o, "host_bound_share", None) is not None for o in outcomes)
-    columns = ("case", "metric", *figures, "error", *(("host-set",) if host else ()))
+
+    def balance(o) -> float:
+        profile = getattr(o, "iterations", None)
+        return math.nan if profile is None else profile.balance_ratio
+
+    grouped = any(not math.isnan(balance(o)) for o in outcomes)
+    extra = (*(("host-set",) if host else ()), *(("rank balance",) if grouped else ()))
+    columns = ("case", "metric", *figures, "error", *extra)
     for col in columns:
         table.add_column(col, justify="left" if col in ("case", "metric") else "right")
     for o in outcomes:
@@ -40,6 +49,7 @@ def _outcome_table(title: str, outcomes, figures: tuple[str, str]) -> Table:
             "measured": f"{o.measured:.4g}",
             "error": f"[{_colour(o.error)}]{100 * o.error:+.1f}%[/]",
             "host-set": host_share_text(getattr(o, "host_bound_share", None)),
+            "rank balance": "-" if math.isnan(balance(o)) else f"{balance(o):.2f}",
         }
         table.add_row(*(cells[c] for c in columns))
     return table
