@@ -783,17 +783,16 @@ def test_a_hardware_profiles_recorded_check_counts_its_rows_and_reaches_its_note
     assert "checked on it" not in (calibration_note(load_profile("h100-sxm-80gb")) or "")
 
 
-def test_a_cases_host_set_share_reaches_the_table_the_markdown_and_the_csv(tmp_path):
-    # a seed-model case served by trtllm-1.0 with the scenario's host time at 1 s an iteration, overlapped: every
-    # iteration is the host's (100 %); a case without host time shows '-' and an empty CSV cell
-    from simulator.calibration.serving_validate import ServingOutcome, Skipped, load_serving_cases, predict_serving
-    from simulator.report.validation_plot import host_share_text, serving_validation_markdown, write_serving_validation
+def _seed_case_outcome(tmp_path, case_id: str, serving: dict, layout: dict | None = None):
+    """The one outcome of a serving case of the seed model (its layout, or `layout`) served by trtllm-1.0 with
+    `serving` added: 4 requests of 64 + 4 tokens at once, written to a cases file and predicted."""
+    from simulator.calibration.serving_validate import load_serving_cases, predict_serving
 
     seed = yaml.safe_load((ROOT / "scenarios/seed_moe_4gpu_serving.yaml").read_text())
-    scenario = {k: seed[k] for k in ("model", "hardware", "cluster", "parallel", "runtime")}
+    scenario = {k: seed[k] for k in ("model", "hardware", "cluster", "parallel", "runtime")} | (layout or {})
     scenario["serving"] = {
         "engine": "trtllm-1.0",
-        "host": {"per_iteration_s": 1.0, "overlapped": True},
+        **serving,
         "workload": {
             "arrivals": {"kind": "closed_loop", "concurrency": 4},
             "num_requests": 4,
@@ -802,9 +801,19 @@ def test_a_cases_host_set_share_reaches_the_table_the_markdown_and_the_csv(tmp_p
         },
     }
     path = tmp_path / "cases.yaml"
-    case = {"id": "HOST", "source": "test", "measured": {"output_tokens_per_s": 1.0}, "scenario": scenario}
+    case = {"id": case_id, "source": "test", "measured": {"output_tokens_per_s": 1.0}, "scenario": scenario}
     path.write_text(yaml.safe_dump({"serving_cases": [case]}))
     (outcome,) = predict_serving(load_serving_cases(path)[0], tmp_path)
+    return outcome
+
+
+def test_a_cases_host_set_share_reaches_the_table_the_markdown_and_the_csv(tmp_path):
+    # a seed-model case served by trtllm-1.0 with the scenario's host time at 1 s an iteration, overlapped: every
+    # iteration is the host's (100 %); a case without host time shows '-' and an empty CSV cell
+    from simulator.calibration.serving_validate import ServingOutcome, Skipped
+    from simulator.report.validation_plot import host_share_text, serving_validation_markdown, write_serving_validation
+
+    outcome = _seed_case_outcome(tmp_path, "HOST", {"host": {"per_iteration_s": 1.0, "overlapped": True}})
     assert outcome.host_bound_share == 1.0 and host_share_text(outcome.host_bound_share) == "100 %"
     plain = ServingOutcome("PLAIN", "output_tokens_per_s", 2.0, 3.0)
     summary = summarize_serving([outcome, plain])
@@ -878,26 +887,12 @@ def test_a_lockstep_cases_rank_balance_reaches_the_table_the_markdown_and_the_cs
     # requests, 2 a rank, every iteration the same on both: rank balance 1
     from rich.console import Console
 
-    from simulator.calibration.serving_validate import ServingOutcome, load_serving_cases, predict_serving
+    from simulator.calibration.serving_validate import ServingOutcome
     from simulator.commands.validate import _outcome_table
     from simulator.report.validation_plot import serving_validation_markdown, write_serving_validation
 
-    seed = yaml.safe_load((ROOT / "scenarios/seed_moe_4gpu_serving.yaml").read_text())
-    scenario = {k: seed[k] for k in ("model", "hardware", "runtime")}
-    scenario |= {"cluster": {"num_gpus": 2, "gpus_per_node": 8}, "parallel": {"tp": 1, "dp": 2, "ep": 2, "pp": 1}}
-    scenario["serving"] = {
-        "engine": "trtllm-1.0",
-        "workload": {
-            "arrivals": {"kind": "closed_loop", "concurrency": 4},
-            "num_requests": 4,
-            "input_len": {"kind": "fixed", "tokens": 64},
-            "output_len": {"kind": "fixed", "tokens": 4},
-        },
-    }
-    path = tmp_path / "cases.yaml"
-    case = {"id": "DEP2", "source": "test", "measured": {"output_tokens_per_s": 1.0}, "scenario": scenario}
-    path.write_text(yaml.safe_dump({"serving_cases": [case]}))
-    (outcome,) = predict_serving(load_serving_cases(path)[0], tmp_path)
+    layout = {"cluster": {"num_gpus": 2, "gpus_per_node": 8}, "parallel": {"tp": 1, "dp": 2, "ep": 2, "pp": 1}}
+    outcome = _seed_case_outcome(tmp_path, "DEP2", {}, layout)
     assert outcome.iterations is not None and outcome.iterations.balance_ratio == 1.0
     plain = ServingOutcome("PLAIN", "output_tokens_per_s", 2.0, 3.0)
     console = Console(width=200, record=True)

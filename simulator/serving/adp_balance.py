@@ -15,7 +15,8 @@ rank's scheduled context and generation request counts each iteration and decide
 A rank with no request at all runs a dummy generation request (`_pad_attention_dp_dummy_request`), so it
 counts as generating. Written here from TensorRT-LLM's code; the figures a user may compare with are the
 balance ratio of its ADP balance blog (tech blog 10: mean over iterations of the ranks' mean / largest tokens)
-that serving.stats.iteration_profile reports.
+that serving.stats.group_balance_ratio reports. TensorRT-LLM's attention-DP request queue (router attention_dp)
+is ServingModel.assign_group_queue; check_attention_dp_options says where either applies.
 """
 
 from __future__ import annotations

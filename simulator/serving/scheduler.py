@@ -238,7 +238,7 @@ class Scheduler:
         back to the front of the queue in order, their blocks freed (the KV peak as before), so that the next
         schedule takes them as it would have. Needs policy chunked_prefill (decodes first) and admission
         reserve (a chunk of a running request takes no block, nothing is preempted:
-        serving.capacity.check_attention_dp_balance)."""
+        serving.adp_balance.check_attention_dp_options)."""
         kv, running = self.kv, self.running
         for seq, first in reversed(self._admitted):
             assert running[-1] is seq, "admitted sequences run last"

@@ -375,31 +375,25 @@ class ServingModel(RequestSource):
 
     def route(self, request: Request, arrival_s: float) -> None:
         schedulers, b = self.schedulers, self.batches
-        if self.group_queue is not None:  # TensorRT-LLM's attention-DP queue: a rank is chosen when it has room
-            seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
-            self.seqs[request.request_id] = seq
-            self.group_queue.append(seq)
-            self.group_arrived += 1
-            self.count(+1)
-            wake = self.wake[0]
-            if wake is not None:
-                self.wake[0] = None
-                wake.succeed()
-            return
-        if self.spec.replicas.router == "round_robin":
-            r = self.rr % self.num_replicas
-            self.rr += 1
-        else:
-            r = min(range(self.num_replicas), key=lambda i: sum(s.load for s in schedulers[i * b : (i + 1) * b]))
-        if b > 1:  # the replica's pipeline batch with the fewest requests (vLLM's virtual engines)
-            r = min(range(r * b, (r + 1) * b), key=lambda i: schedulers[i].load)
         seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
         self.seqs[request.request_id] = seq
-        self.scheduler_of[request.request_id] = r
-        schedulers[r].add(seq)
         self.count(+1)
-        lockstep = self.spec.replicas.lockstep and self.num_replicas > 1
-        key = (r % b if b > 1 else 0) if lockstep else r
+        if self.group_queue is not None:  # TensorRT-LLM's attention-DP queue: a rank is chosen when one has room
+            self.group_queue.append(seq)
+            self.group_arrived += 1
+            key = 0
+        else:
+            if self.spec.replicas.router == "round_robin":
+                r = self.rr % self.num_replicas
+                self.rr += 1
+            else:
+                r = min(range(self.num_replicas), key=lambda i: sum(s.load for s in schedulers[i * b : (i + 1) * b]))
+            if b > 1:  # the replica's pipeline batch with the fewest requests (vLLM's virtual engines)
+                r = min(range(r * b, (r + 1) * b), key=lambda i: schedulers[i].load)
+            self.scheduler_of[request.request_id] = r
+            schedulers[r].add(seq)
+            lockstep = self.spec.replicas.lockstep and self.num_replicas > 1
+            key = (r % b if b > 1 else 0) if lockstep else r
         wake = self.wake[key]
         if wake is not None:
             self.wake[key] = None
