@@ -96,3 +96,16 @@ def seed() -> Scenario:
 @pytest.fixture
 def h100() -> HardwareProfile:
     return load_profile("h100-sxm-80gb")
+
+
+def run_engine_search(tmp_path: Path, engine: str) -> Path:
+    """`moesim compare` of the tiny MoE serving scenario on 4 GPUs, one microbatch, one job, priced as `engine`
+    runs it (--engine); asserts exit 0 and returns the output directory."""
+    from simulator.cli import main
+
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(yaml.safe_dump(TINY_MOE | {"serving": TINY_SERVING}))
+    out = tmp_path / "out"
+    argv = ["compare", str(scenario), "--gpus", "4", "--microbatches", "1", "--jobs", "1", "--engine", engine]
+    assert main([*argv, "--out", str(out)]) == 0
+    return out

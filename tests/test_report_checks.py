@@ -3,16 +3,13 @@ comparison, a deployment search), one per profile and class present, each quotin
 
 from __future__ import annotations
 
-import yaml
-
-from simulator.cli import main
 from simulator.config.checked import ResultClass
 from simulator.config.engine import load_engine_profile
 from simulator.config.hardware import calibration_note, load_profile
 from simulator.report.checks import check_lines, class_name
 from simulator.report.compare import comparison_md
 from simulator.sweep.results import LayoutResult
-from tests.conftest import TINY_MOE, TINY_SERVING, make_scenario
+from tests.conftest import TINY_MOE, TINY_SERVING, make_scenario, run_engine_search
 
 DEP, ALONE, DENSE = ResultClass(True, True), ResultClass(True, False), ResultClass(False, False)
 
@@ -83,11 +80,7 @@ def test_a_comparison_of_dep_and_tp_layouts_quotes_the_engines_checks_of_both():
 
 
 def test_a_search_names_the_engine_checks_of_its_simulated_candidates(tmp_path, capsys):
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(yaml.safe_dump(TINY_MOE | {"serving": TINY_SERVING}))
-    out = tmp_path / "out"
-    argv = ["compare", str(scenario), "--gpus", "4", "--microbatches", "1", "--jobs", "1", "--engine", "trtllm"]
-    assert main([*argv, "--out", str(out)]) == 0
+    out = run_engine_search(tmp_path, "trtllm")
     note = load_engine_profile("trtllm-1.0").check_note(ALONE)
     assert f"Engine: {note}." in (out / "search.md").read_text()  # every simulated candidate: no DEP
     assert "Engine: profile trtllm-1.0 checked against 6 published figures of MoE models without attention DP" in (

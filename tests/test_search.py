@@ -25,7 +25,7 @@ from simulator.sweep.search import (
     run_search,
     winner,
 )
-from tests.conftest import TINY_MOE, TINY_SERVING, make_scenario
+from tests.conftest import TINY_MOE, TINY_SERVING, make_scenario, run_engine_search
 
 TINY_SPACE = SearchSpace(
     gpu_counts=(1, 2),
@@ -342,11 +342,7 @@ def test_one_engine_named_prices_a_serving_search_as_that_engine_runs_it(engines
 def test_an_engine_search_writes_the_profile_it_priced_with(tmp_path, capsys):
     import yaml
 
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(yaml.safe_dump(TINY_MOE | {"serving": TINY_SERVING}))
-    out = tmp_path / "out"
-    argv = ["compare", str(scenario), "--gpus", "4", "--microbatches", "1", "--jobs", "1", "--engine", "sglang"]
-    assert main([*argv, "--out", str(out)]) == 0
+    out = run_engine_search(tmp_path, "sglang")
     assert "priced as sglang runs it: serving.engine sglang-0.5" in capsys.readouterr().out
     assert "Priced with engine profile sglang-0.5" in (out / "search.md").read_text()
     assert yaml.safe_load((out / "best.yaml").read_text())["serving"]["engine"] == "sglang-0.5"

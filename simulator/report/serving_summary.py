@@ -280,7 +280,8 @@ def host_line(summary: dict) -> str | None:
 
 def lockstep_line(summary: dict) -> str | None:
     """How evenly a lockstep group's ranks shared its iterations, and what the attention-DP balance held:
-    '4 ranks stepping together: rank balance 0.62 (...); attention_dp_balance off'; None without a group."""
+    '4 ranks stepping together, requests sent round robin on arrival: rank balance 0.62 (...); attention_dp_balance
+    off (...)'; None without a group."""
     group = summary.get("lockstep")
     if not group:
         return None

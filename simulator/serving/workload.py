@@ -42,6 +42,7 @@ TRACE_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
 #: The latest arrival a trace may give: 2**33 s (272 years; Unix times, ~1.7e9 s, pass), where a double still
 #: resolves 2**-19 s (1.9 us). Later, an iteration's end could round to its start.
 MAX_ARRIVAL_S = float(2**33)
+_PAST_CLOCK = f"past {MAX_ARRIVAL_S:.3g} s (272 years), where the simulation's clock cannot tell a microsecond apart"
 _CHUNK = 4096  # arrivals drawn per round when sending for duration_s
 
 
@@ -84,8 +85,8 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
     last_s = float(np.nanmax(arrivals_s)) if n and not np.isnan(arrivals_s).all() else 0.0
     if last_s > MAX_ARRIVAL_S:
         raise ServingError(
-            f"workload.arrivals: the requests arrive until {last_s:.3g} s, past {MAX_ARRIVAL_S:.3g} s (272 years), "
-            "where the simulation's clock cannot tell a microsecond apart; raise the rate or send fewer requests"
+            f"workload.arrivals: the requests arrive until {last_s:.3g} s, {_PAST_CLOCK}; raise the rate or send "
+            "fewer requests"
         )
     if n <= w.warmup_requests:
         raise ServingError(
@@ -236,8 +237,8 @@ def _trace_row(row: dict, path: Path, line_no: int) -> tuple[int, float, int, in
         raise ServingError(f"{path} line {line_no}: arrival_s = {raw!r} must be a finite number >= 0")
     if arrival_s > MAX_ARRIVAL_S:
         raise ServingError(
-            f"{path} line {line_no}: arrival_s = {raw!r} is past {MAX_ARRIVAL_S:.3g} s (272 years), where the "
-            "simulation's clock cannot tell a microsecond apart; give times from the trace's start (subtract the first)"
+            f"{path} line {line_no}: arrival_s = {raw!r} is {_PAST_CLOCK}; give times from the trace's start "
+            "(subtract the first)"
         )
     n_in = _positive_int(row["input_tokens"], path, line_no, "input_tokens")
     n_out = _positive_int(row["output_tokens"], path, line_no, "output_tokens")
