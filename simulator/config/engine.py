@@ -353,6 +353,10 @@ class DpAttentionRuleSpec(StrictModel):
 SlidingWindowKV = Literal["freed", "kept"]
 
 
+#: How requests are sent to data-parallel replicas (config.serving.ReplicaSpec.router).
+Router = Literal["round_robin", "least_loaded", "vllm_dp", "attention_dp"]
+
+
 class SchedulerDefaultsSpec(StrictModel):
     """What the engine does where a scenario's `serving.scheduler` is silent: its own defaults for the batching
     policy, the batch limits, the capacity policy and the KV cache. A field the scenario gives wins; the KV
@@ -375,8 +379,9 @@ class SchedulerDefaultsSpec(StrictModel):
     static_memory: StaticMemorySpec | None = None
     dp_attention: DpAttentionRuleSpec | None = None
     # The router of a lockstep group (attention DP with the experts across the ranks) where the scenario names
-    # none (serving.replicas.router): TensorRT-LLM's one request queue for its attention-DP ranks (attention_dp).
-    lockstep_router: Literal["round_robin", "least_loaded", "attention_dp"] | None = None
+    # none (serving.replicas.router): TensorRT-LLM's one request queue for its attention-DP ranks (attention_dp),
+    # vLLM's data-parallel load balancer (vllm_dp).
+    lockstep_router: Router | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")

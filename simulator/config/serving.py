@@ -20,6 +20,7 @@ from simulator.config.engine import (
     HostOverride,
     Policy,
     Preempt,
+    Router,
     SlidingWindowKV,
     load_engine_profile,
 )
@@ -393,12 +394,14 @@ class ReplicaSpec(StrictModel):
     iteration ends when the slowest replica's ends; an idle replica joins with an empty (dummy) batch."""
 
     count: int | None = Field(default=None, ge=1, description="replicas; default: parallel.dp")
-    router: Literal["round_robin", "least_loaded", "attention_dp"] = Field(
+    router: Router = Field(
         default="round_robin",
-        description="how requests are sent to the replicas: round_robin or least_loaded on arrival, or "
-        "attention_dp (TensorRT-LLM's attention-DP request queue, a lockstep group only: requests wait in one "
-        "queue and go, when ranks have room, to those with the fewest prompt tokens; the default of an engine "
-        "whose profile says so)",
+        description="how requests are sent to the replicas: round_robin or least_loaded on arrival; vllm_dp "
+        "(vLLM's data-parallel load balancer: on arrival, to the lowest waiting x 4 + running among counts "
+        "published every 100 ms, plus those it sent since); or attention_dp (TensorRT-LLM's attention-DP request "
+        "queue, a lockstep group only: requests wait in one queue and go, when ranks have room, to those with the "
+        "fewest prompt tokens). Default: round_robin, or for a lockstep group the engine's own where its profile "
+        "names one",
     )
     lockstep: bool | None = Field(
         default=None, description="replicas step together; default: whether the dp replicas share EP groups"

@@ -33,6 +33,7 @@ import simpy
 from simulator.config.engine import HostTimeSpec
 from simulator.config.serving import Arrivals, ServingError, ServingSpec
 from simulator.serving.adp_balance import AttentionDpBalance, check_attention_dp_options
+from simulator.serving.dp_router import VllmDpRouter
 from simulator.serving.engine_pricing import host_set_iteration
 from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.scheduler import DecodeRun, Scheduler, Sequence, Step
@@ -328,6 +329,8 @@ class ServingModel(RequestSource):
         self.balance = None if adp is None else AttentionDpBalance(adp, spec.scheduler.max_num_seqs)
         self.group_queue: deque[Sequence] | None = deque() if spec.replicas.router == "attention_dp" else None
         self.group_arrived = 0  # requests that entered the group queue (a decode run ends when one does)
+        # vLLM's data-parallel load balancer: counts reported after each step, seen by the router at its ticks
+        self.dp_router = VllmDpRouter(self.num_replicas) if spec.replicas.router == "vllm_dp" else None
         self.host: HostTimeSpec | None = getattr(inner, "host_spec", None)  # the engine's host time (EnginePricer)
         self.host_counts = [0, 0, 0.0]  # ServingRun.host
         self.wake: list[simpy.Event | None] = [None] * len(self.schedulers)
@@ -386,6 +389,8 @@ class ServingModel(RequestSource):
             if self.spec.replicas.router == "round_robin":
                 r = self.rr % self.num_replicas
                 self.rr += 1
+            elif self.dp_router is not None:
+                r = self.dp_router.choose(arrival_s)
             else:
                 r = min(range(self.num_replicas), key=lambda i: sum(s.load for s in schedulers[i * b : (i + 1) * b]))
             if b > 1:  # the replica's pipeline batch with the fewest requests (vLLM's virtual engines)
@@ -444,6 +449,17 @@ class ServingModel(RequestSource):
             done = scheduler.complete(step, env.now)
             rows.append((now, dt, r, *before, step.tokens_out))
             self.finished(done)
+            if self.dp_router is not None:
+                self.report_counts([scheduler])
+
+    def report_counts(self, schedulers: list[Scheduler]) -> None:
+        """The counts each replica of these schedulers reports after a step (router vllm_dp: serving.dp_router):
+        its requests waiting and running, over its pipeline batches."""
+        assert self.dp_router is not None
+        b, now = self.batches, self.env.now
+        for r in sorted({s.replica for s in schedulers}):
+            mine = self.schedulers[r * b : (r + 1) * b]
+            self.dp_router.publish(r, now, sum(len(s.waiting) for s in mine), sum(len(s.running) for s in mine))
 
     def assign_group_queue(self) -> None:
         """TensorRT-LLM's attention-DP request queue (executor_request_queue.py, _fetch_new_requests_attention_dp):
@@ -509,6 +525,8 @@ class ServingModel(RequestSource):
                 done = s.complete(step, env.now)
                 rows.append((now, dt, s.replica, *pre, step.tokens_out))
                 self.finished(done)
+            if self.dp_router is not None:
+                self.report_counts(schedulers)
 
     def balance_steps(self, steps: list[Step]) -> bool:
         """Apply the attention-DP balance (serving.adp_balance) to a lockstep group's steps just scheduled: when
@@ -579,6 +597,8 @@ class ServingModel(RequestSource):
             n = run.running
             rows.append((now, dt, s.replica, run.waiting, n, n, n, run.used_blocks(j - 1), step.tokens_out))
             self.finished(done)
+        if self.dp_router is not None:
+            self.report_counts(schedulers)
         return dt
 
     def pipelined_loop(self, group: list[int], key: int, entry: simpy.Resource):
@@ -616,6 +636,8 @@ class ServingModel(RequestSource):
                 done = s.complete(step, env.now)
                 rows.append((start, latency_s, s.replica, *pre, step.tokens_out))
                 self.finished(done)
+            if self.dp_router is not None:
+                self.report_counts(schedulers)
 
     def count_launch(self, batch, iteration_s: float) -> None:
         """Count one iteration (one replica's batch, `iteration_s` its own time) by how the engine launches it and

@@ -286,7 +286,8 @@ def test_the_engines_default_router_of_a_lockstep_group():
     assert router(dep) == "attention_dp"  # TensorRT-LLM 1.0's attention-DP queue
     assert router([*dep, "serving.replicas.router=least_loaded"]) == "least_loaded"  # the scenario's own
     assert router(["serving.engine=trtllm-1.0", "cluster.num_gpus=2", "parallel.dp=2"]) == "round_robin"  # no group
-    assert router(dep[1:]) == "round_robin"  # vLLM's profile names none
+    assert router(dep[1:]) == "vllm_dp"  # vLLM V1's data-parallel load balancer (serving.dp_router)
+    assert router(["cluster.num_gpus=2", "parallel.dp=2"]) == "round_robin"  # vLLM's independent dense ranks
 
 
 def test_the_queue_needs_a_lockstep_group(pricer):
