@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import numpy as np
+
 from simulator.config import Scenario
 from simulator.graph.attention import MLA_SPLIT_OPS
 from simulator.graph.blocks import dim
@@ -71,6 +73,17 @@ def ragged_shape(batch: Iterable[tuple[int, int]], window: int | None = None) ->
     if window is None:
         decode_window_kv = decode_kv
     return RaggedShape(new_tokens, sequences, tuple(sorted(prefill)), decode_seqs, decode_kv, window, decode_window_kv)
+
+
+def decode_shape(contexts: np.ndarray, window: int | None = None, pad_rows: int = 0) -> RaggedShape:
+    """ragged_shape of a pure decode batch given as its contexts (an int64 array), plus `pad_rows` dummy rows
+    (1, 0): a CUDA graph's padding. The same shape, from array sums instead of a loop over the sequences."""
+    rows = len(contexts) + pad_rows
+    decode_kv = int(contexts.sum()) + rows  # each row attends to its context plus its new token
+    window_kv = decode_kv
+    if window is not None:
+        window_kv = int(np.minimum(contexts + 1, window).sum()) + pad_rows * min(1, window)
+    return RaggedShape(rows, rows, (), rows, decode_kv, window, window_kv)
 
 
 class RaggedPassBuilder(PassBuilder):

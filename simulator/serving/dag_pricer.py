@@ -52,6 +52,7 @@ from simulator.graph.ragged import (
     RaggedShape,
     attention_nodes_attrs,
     build_forward,
+    decode_shape,
     ragged_shape,
 )
 from simulator.placement import symmetric_representatives
@@ -243,7 +244,17 @@ class DagPricer:
         return np.array(self.parts_list(shape))
 
     def timing(self, batch: Batch) -> IterationTiming:
-        shape = ragged_shape(batch, self.window)
+        return self.shape_timing(ragged_shape(batch, self.window))
+
+    def decode_timing(self, contexts: np.ndarray, pad_rows: int = 0) -> IterationTiming:
+        """timing() of a pure decode batch given as its contexts (int64), plus pad_rows dummy rows (1, 0)."""
+        return self.shape_timing(decode_shape(contexts, self.window, pad_rows))
+
+    def decode_latency(self, contexts: np.ndarray) -> float:
+        """__call__ of a pure decode batch given as its contexts (CachedPricer.price_run)."""
+        return self.decode_timing(contexts).latency_s
+
+    def shape_timing(self, shape: RaggedShape) -> IterationTiming:
         trunk = self.trunks[shape.phase].at(shape.new_tokens).tolist()
         parts = self.parts_list(shape)
         # trunk + parts element by element, as floats (the same sums as numpy's, without its per-call cost)

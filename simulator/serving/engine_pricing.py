@@ -27,6 +27,8 @@ import bisect
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
+
 from simulator.config.engine import EngineProfile, HostTimeSpec
 from simulator.serving.dag_pricer import IterationTiming
 from simulator.serving.pricing import Batch, IterationPricer, SeqWork
@@ -195,6 +197,32 @@ class EnginePricer:
             return IterationTiming(float(period_s), float(latency_s))
         t = float(pricer(priced))
         return IterationTiming(t, t)
+
+    def decode_timing(self, contexts: np.ndarray) -> IterationTiming:
+        """timing() of a pure decode batch given as its contexts (int64; empty: an idle replica's dummy pass),
+        without building it where the pricers take contexts (DagPricer.decode_timing)."""
+        n = len(contexts)
+        kind, _, pad = self.launch_decode(n, int(contexts.max()) if n else -1)
+        pricer = self.graph_pricer if kind == "graph" else self.eager_pricer
+        assert pricer is not None
+        decode = getattr(pricer, "decode_timing", None)
+        if decode is not None:
+            gpu = decode(contexts, pad)
+        else:
+            batch = tuple(SeqWork(1, c) for c in contexts.tolist()) + (_PAD,) * pad
+            timing = getattr(pricer, "timing", None)
+            if timing is not None:
+                period_s, latency_s = timing(batch)
+                gpu = IterationTiming(float(period_s), float(latency_s))
+            else:
+                t = float(pricer(batch))
+                gpu = IterationTiming(t, t)
+        host = self.profile.host
+        return IterationTiming(iteration_s(gpu.period_s, host, n), iteration_s(gpu.latency_s, host, n))
+
+    def decode_latency(self, contexts: np.ndarray) -> float:
+        """__call__ of a pure decode batch given as its contexts (CachedPricer.price_run)."""
+        return self.decode_timing(contexts).latency_s
 
     def timing(self, batch: Batch) -> IterationTiming:
         gpu = self.gpu_timing(batch)

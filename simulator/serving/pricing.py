@@ -102,16 +102,26 @@ class CachedPricer:
         """key() of a pure decode batch whose contexts are `sorted_contexts` + j (a decode run's iteration j,
         Scheduler.DecodeRun), computed on the array: adding j and rounding up keep the order, so the packed
         values are already sorted; the same bytes as key() of that batch."""
+        return (self.run_contexts(sorted_contexts, j) + _DECODE_ROW).tobytes()
+
+    def run_contexts(self, sorted_contexts: np.ndarray, j: int) -> np.ndarray:
+        """A decode run's iteration-j contexts as the wrapped pricer sees them (rounded up to the bucket)."""
         q = self.context_bucket_tokens
-        contexts = sorted_contexts + j if q == 1 else -(-(sorted_contexts + j) // q) * q
-        return (contexts + _DECODE_ROW).tobytes()
+        return sorted_contexts + j if q == 1 else -(-(sorted_contexts + j) // q) * q
 
     def price_run(self, sorted_contexts: np.ndarray, j: int, make_batch: Callable[[int], Batch]) -> float:
-        """__call__ of a decode run's iteration j (contexts `sorted_contexts` + j), without building the batch
-        unless it is priced for the first time (make_batch(j) builds it)."""
-        key = self.run_key(sorted_contexts, j)
+        """__call__ of a decode run's iteration j (contexts `sorted_contexts` + j), without building the batch:
+        a price not seen before comes from the wrapped pricer's decode_latency(contexts) where it has one (the
+        same figure as pricing the batch: DagPricer, EnginePricer), else from the batch make_batch(j) builds."""
+        contexts = self.run_contexts(sorted_contexts, j)
+        key = (contexts + _DECODE_ROW).tobytes()  # run_key
         price = self._hit(key)
-        return price if price is not None else self._miss(key, make_batch(j))
+        if price is not None:
+            return price
+        decode = getattr(self.pricer, "decode_latency", None)
+        if decode is None:
+            return self._miss(key, make_batch(j))
+        return self._keep(key, float(decode(contexts)))
 
     def _hit(self, key: bytes) -> float | None:
         price = self._cache.get(key)
@@ -120,11 +130,15 @@ class CachedPricer:
         return price
 
     def _miss(self, key: bytes, batch: Batch) -> float:
-        """Price the batch (canonical) and keep it under key, clearing the cache when full."""
+        """Price the batch (canonical) and keep it under key."""
+        return self._keep(key, float(self.pricer(self.canonical(batch))))
+
+    def _keep(self, key: bytes, price: float) -> float:
+        """Keep a price just computed under key, clearing the cache when full."""
         self.misses += 1
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
-        price = self._cache[key] = float(self.pricer(self.canonical(batch)))
+        self._cache[key] = price
         return price
 
     def canonical(self, batch: Batch) -> Batch:

@@ -4,19 +4,25 @@ model, the static policy against `moesim run`, and one request at a time."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from simulator.config import ScenarioError, ServingError, parse_scenario, resolve_hardware
-from simulator.graph.ragged import build_forward, ragged_shape
+from simulator.config import ScenarioError, ServingError, load_scenario, parse_scenario, resolve_hardware
+from simulator.graph.ragged import build_forward, decode_shape, ragged_shape
 from simulator.pipeline import run_scenario
 from simulator.serving.capacity import activation_bytes, resolve_serving, serving_kv_capacity_blocks
 from simulator.serving.dag_pricer import DagPricer, price_error
+from simulator.serving.pricing import SeqWork
+from simulator.serving.session import engine_pricer
 from simulator.serving.simulate import simulate_serving
 from simulator.simulate import simulate_dag
 from tests.conftest import TINY_MOE, make_scenario, seed_dict
 
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SERVING = {
     "workload": {
         "arrivals": {"kind": "closed_loop", "concurrency": 1},
@@ -267,3 +273,39 @@ def test_calibrated_attention_times_are_the_node_attributes_times(which):
     fast = [pricer.node_parts(ragged_shape(b)) for b in batches]
     pricer.fast = None
     assert [pricer.node_parts(ragged_shape(b)) for b in batches] == fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 20_000), max_size=60),
+    st.integers(0, 9),
+    st.sampled_from([None, 1, 128, 4096]),
+)
+def test_a_decode_shape_from_contexts_is_the_shape_of_its_batch(contexts, pad_rows, window):
+    batch = tuple((1, c) for c in contexts) + ((1, 0),) * pad_rows
+    assert decode_shape(np.array(contexts, dtype=np.int64), window, pad_rows) == ragged_shape(batch, window)
+
+
+@pytest.mark.parametrize("which", ["seed", "gpt_oss_sliding"])
+def test_a_decode_batch_priced_from_its_contexts_is_priced_as_the_batch(which):
+    """DagPricer.decode_timing (a decode run's price not seen before, CachedPricer.price_run) and EnginePricer's,
+    padding to the captured sizes or eager past them, give the very floats of pricing the batch."""
+    if which == "seed":
+        scenario = parse_scenario({**seed_serving(), "serving": {**SERVING, "engine": "vllm-v1"}}, "seed")
+    else:
+        scenario = load_scenario(SCENARIOS / "gpt_oss_20b_1xh200_vllm.yaml")
+    hw = resolve_hardware(scenario)
+    spec = resolve_serving(scenario, hw)
+    engine = engine_pricer(scenario, hw, spec)
+    dag = DagPricer(scenario, hw)
+    rng = random.Random(3)
+    top = engine.capture_sizes[-1] if engine.capture_sizes else 64
+    for n in [0, 1, 3, 7, 8, top, top + 1, *(rng.randint(1, top + 40) for _ in range(12))]:
+        contexts = sorted(rng.randint(0, 9000) for _ in range(n))
+        array = np.array(contexts, dtype=np.int64)
+        batch = tuple(SeqWork(1, c) for c in contexts)
+        assert engine.decode_latency(array) == engine(batch)
+        assert engine.decode_timing(array) == engine.timing(batch)
+        for pad in (0, 5):
+            assert dag.decode_timing(array, pad) == dag.timing(batch + (SeqWork(1, 0),) * pad)
+        assert dag.decode_latency(array) == dag(batch)
