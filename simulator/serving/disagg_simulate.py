@@ -41,6 +41,7 @@ from simulator.serving.simulate import (
     RequestSource,
     ServingModel,
     ServingRun,
+    token_time_arrays,
 )
 from simulator.serving.workload import Request
 
@@ -304,8 +305,9 @@ class _Disaggregated(RequestSource):
         inputs, x = self.inputs, self.prefill.num_replicas
         warmup = inputs.spec.workload.warmup_requests
         records = []
-        for seq in self.done:
-            assert seq is not None
+        done = [seq for seq in self.done if seq is not None]
+        assert len(done) == len(self.done)
+        for seq, times_s in zip(done, token_time_arrays([seq.token_times_s for seq in done])):
             prefilled = self.prefill.seqs[seq.request_id]
             assert prefilled is not None
             on_decode = seq is not prefilled
@@ -320,7 +322,7 @@ class _Disaggregated(RequestSource):
                     seq.finish_s,
                     seq.preemptions,  # a decode sequence starts with its prefill's count
                     seq.request_id < warmup,
-                    np.array(seq.token_times_s),
+                    times_s,
                 )
             )
         rows = list(self.prefill.rows)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -89,9 +90,18 @@ def mixed_plan(batch: Batch, capture_sizes: tuple[int, ...]) -> int | None:
     """The tokens a batch with a prefill chunk is padded to when it replays piecewise graphs (the smallest
     captured size >= its new tokens), or None when it runs eagerly (no prefill chunk, or more tokens than the
     largest captured size)."""
-    if not batch or all(w.new_tokens == 1 for w in batch):
-        return None
-    return padded_size(sum(w.new_tokens for w in batch), capture_sizes)
+    return mixed_padded_size(batch_tokens(batch), len(batch), capture_sizes)
+
+
+def mixed_padded_size(tokens: int, sequences: int, capture_sizes: tuple[int, ...]) -> int | None:
+    """mixed_plan of a batch of `sequences` sequences computing `tokens` tokens (each computes at least one, so
+    tokens > sequences exactly when one is a prefill chunk)."""
+    return padded_size(tokens, capture_sizes) if tokens > sequences else None
+
+
+def batch_tokens(batch: Batch) -> int:
+    """The tokens a batch computes (its sequences' new_tokens summed, at C speed: the hot loop)."""
+    return sum(map(_NEW_TOKENS, batch))
 
 
 def iteration_s(gpu_s: float, host: HostTimeSpec, sequences: int) -> float:
@@ -108,6 +118,7 @@ def host_set_iteration(host: HostTimeSpec, sequences: int, iteration_s: float) -
 
 
 _PAD = SeqWork(1, 0)  # a dummy decode row: one token, nothing cached
+_NEW_TOKENS = itemgetter(0)  # SeqWork.new_tokens
 
 
 class EnginePricer:
@@ -176,8 +187,10 @@ class EnginePricer:
         plan = self.plan(batch)
         if plan.graph:
             return Launch("graph", len(batch), plan.padded_seqs - len(batch))
-        tokens = sum(w.new_tokens for w in batch)
-        if self.make_piecewise is not None and (padded := mixed_plan(batch, self.capture_sizes)) is not None:
+        tokens = batch_tokens(batch)
+        if self.make_piecewise is not None and (
+            (padded := mixed_padded_size(tokens, len(batch), self.capture_sizes)) is not None
+        ):
             return Launch("piecewise", tokens, padded - tokens)
         return Launch("eager", tokens, 0)
 

@@ -90,13 +90,17 @@ class CachedPricer:
         """Canonical form: each (new_tokens, context_tokens rounded up to the bucket) packed into one int
         (new << 32 | context: sorting these sorts the pairs), sorted, as 8 bytes each. Ints sort faster
         than tuples, and bytes keep a cached key at 8 bytes per sequence."""
+        return array("q", self.packed(batch)).tobytes()
+
+    def packed(self, batch: Batch) -> list[int]:
+        """key()'s sorted packed ints."""
         q = self.context_bucket_tokens
         if q == 1:
             packed = [n << 32 | c for n, c in batch]
         else:
             packed = [n << 32 | -(-c // q) * q for n, c in batch]
         packed.sort()
-        return array("q", packed).tobytes()
+        return packed
 
     def run_key(self, sorted_contexts: np.ndarray, j: int) -> bytes:
         """key() of a pure decode batch whose contexts are `sorted_contexts` + j (a decode run's iteration j,
@@ -149,10 +153,16 @@ class CachedPricer:
         return tuple(sorted([_new(SeqWork, (n, -(-c // q) * q)) for n, c in batch]))
 
     def __call__(self, batch: Batch) -> float:
-        key = self.key(batch)
+        packed = self.packed(batch)
+        key = array("q", packed).tobytes()
         price = self._hit(key)
-        return price if price is not None else self._miss(key, batch)
+        if price is not None:
+            return price
+        # canonical(batch), unpacked from the sorted key: the same tuples in the same order, without a sort
+        canonical = tuple([_new(SeqWork, (p >> 32, p & _LOW_32)) for p in packed])
+        return self._keep(key, float(self.pricer(canonical)))
 
 
 _new = tuple.__new__  # SeqWork without NamedTuple's Python-level __new__ (hot loop)
+_LOW_32 = (1 << 32) - 1  # a packed key's context_tokens
 _DECODE_ROW = np.int64(1 << 32)  # a decode row's new_tokens (1) in CachedPricer's packed key

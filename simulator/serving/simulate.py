@@ -24,6 +24,7 @@ from collections.abc import Sequence as Seq
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
@@ -683,8 +684,9 @@ class ServingModel(RequestSource):
     def result(self) -> ServingRun:
         warmup = self.spec.workload.warmup_requests
         records = []
-        for seq in self.seqs:
-            assert seq is not None
+        seqs = [seq for seq in self.seqs if seq is not None]
+        assert len(seqs) == len(self.seqs)
+        for seq, times_s in zip(seqs, token_time_arrays([seq.token_times_s for seq in seqs])):
             records.append(
                 RequestRecord(
                     seq.request_id,
@@ -696,7 +698,7 @@ class ServingModel(RequestSource):
                     seq.finish_s,
                     seq.preemptions,
                     seq.request_id < warmup,
-                    np.array(seq.token_times_s),
+                    times_s,
                 )
             )
         columns = list(zip(*self.rows)) if self.rows else [()] * len(TIMESERIES_COLUMNS)
@@ -722,6 +724,14 @@ class ServingModel(RequestSource):
             host=self.host_tally(),
             balance_held=None if self.balance is None else self.balance.held,
         )
+
+
+def token_time_arrays(times: list[list[float]]) -> list[np.ndarray]:
+    """Each request's token times as an array: views of one array converted at once (a conversion per request
+    costs several times more on a long run)."""
+    lengths = np.fromiter(map(len, times), np.int64, len(times))
+    flat = np.fromiter(chain.from_iterable(times), float, int(lengths.sum()))
+    return np.split(flat, np.cumsum(lengths)[:-1]) if times else []
 
 
 def _before(scheduler: Scheduler, step: Step) -> tuple[int, int, int, int, int]:

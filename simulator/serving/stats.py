@@ -69,8 +69,12 @@ def meets_targets(table: pd.DataFrame, targets: TargetsSpec) -> np.ndarray:
 
 def inter_token_latencies_s(run: ServingRun) -> np.ndarray:
     """Gaps between consecutive output tokens, pooled over the measured requests."""
-    gaps = [np.diff(rec.token_times_s) for rec in run.records if not rec.warmup and rec.output_tokens > 1]
-    return np.concatenate(gaps) if gaps else np.empty(0)
+    times = [rec.token_times_s for rec in run.records if not rec.warmup and rec.output_tokens > 1]
+    if not times:
+        return np.empty(0)
+    gaps = np.diff(np.concatenate(times))  # every request's gaps, and one between each request and the next
+    ends = np.cumsum(np.fromiter(map(len, times), np.int64, len(times)))[:-1]
+    return np.delete(gaps, ends - 1)
 
 
 def describe(values: np.ndarray) -> dict[str, float]:
