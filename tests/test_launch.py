@@ -373,3 +373,30 @@ def test_the_attention_dp_balance_is_written_for_tensorrt_llm_and_noted_for_the_
         assert f"TensorRT-LLM's attention_dp_config (enable_balance); {engine} has no such setting" in files[name]
     plain = launch_files(load_scenario(ROOT / "scenarios/qwen3_30b_a3b_fp8_1xh100_vllm.yaml", ["parallel.dp=1"]))
     assert "attention_dp_config" not in plain["trtllm_extra_llm_api_options.yaml"]
+
+
+def test_a_router_other_than_the_engines_own_is_noted_for_that_engine():
+    dep = ["cluster.num_gpus=2", "parallel.dp=2", "parallel.ep=2"]
+    path = ROOT / "scenarios/qwen3_30b_a3b_fp8_1xh100_vllm.yaml"
+    note = "simulate with that router to compare like with like"
+    # vLLM V1's profile routes a lockstep group by its DP load balancer: vLLM's script says nothing, the others do
+    # where their rule differs (SGLang's default is round robin, TensorRT-LLM queues)
+    files = launch_files(load_scenario(path, dep))
+    assert note not in files["vllm.sh"]
+    assert "serving.replicas.router = vllm_dp; SGLang routes by round robin" in files["sglang.sh"]
+    assert "router = vllm_dp; TensorRT-LLM routes by one queue" in files["trtllm.sh"]
+    files = launch_files(load_scenario(path, [*dep, "serving.replicas.router=round_robin"]))
+    assert (
+        "router = round_robin; vLLM routes by its DP load balancer: the lowest waiting x 4 + running"
+        in files["vllm.sh"]
+    )
+    assert note not in files["sglang.sh"]
+    files = launch_files(load_scenario(path, [*dep, "serving.engine=trtllm-1.0"]))
+    assert note not in files["trtllm.sh"]  # its own attention-DP queue
+    # independent replicas (experts inside each): no group, no note
+    files = launch_files(load_scenario(path, ["cluster.num_gpus=2", "parallel.dp=2"]))
+    assert all(note not in text for text in files.values())
+    # a static batch (no serving section) is split evenly over the ranks: nothing routed, nothing to note
+    static = load_scenario(ROOT / "scenarios/mixtral_8x7b_8xh200_ep8.yaml", ["parallel.tp=1", "parallel.dp=8"])
+    assert static.serving is None
+    assert all(note not in text for text in launch_files(static).values())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from simulator.config import Scenario
 from simulator.config.scenario import pool_layout
 from simulator.config.serving import CHUNKED_POLICIES, PoolSpec
-from simulator.serving.capacity import engine_rank_budget_tokens
+from simulator.serving.capacity import engine_rank_budget_tokens, resolved_router
 
 #: The engine version each mapping was written against, and the engine source its flags were checked in (each flag
 #: and key with its file and commit: tests/fixtures/launch/engine_flags.yaml; docs/deployment-search.md).
@@ -74,6 +74,7 @@ class Deployment:
     split_prompts: bool = True  # serving.scheduler.split_prompts: prompts cut to fill the token budget
     # serving.replicas.attention_dp_balance: (timeout_iters, batching_wait_iters), None when off
     attention_dp_balance: tuple[int, int] | None = None
+    router: str | None = None  # serving.replicas.router as the simulation resolves it; None for a static batch
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -115,6 +116,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "schedule_conservativeness": s.schedule_conservativeness,
             "split_prompts": s.split_prompts,
         }
+        kv["router"] = resolved_router(scenario)
         adp = scenario.serving.replicas.attention_dp_balance
         if adp is not None:
             kv["attention_dp_balance"] = (adp.timeout_iters, adp.batching_wait_iters)
@@ -286,6 +288,7 @@ def vllm_script(scenario: Scenario) -> str:
             f"# Data-parallel attention: the {d.dp} DP ranks step together; their expert layers form one group of {group} GPUs."
         )
         _balance_note(d, lines, "vLLM")
+        _router_note(d, lines, "vLLM")
         if d.ep_allgather:
             lines.append(
                 "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter: vLLM's default "
@@ -424,6 +427,26 @@ def _balance_note(d: Deployment, lines: list[str], engine: str) -> None:
             lines,
             f"# serving.replicas.attention_dp_balance is TensorRT-LLM's attention_dp_config (enable_balance); {engine} "
             "has no such setting and schedules each rank's prompts at once: not written, so its figures differ.",
+        )
+
+
+#: Each engine's own way of sending requests to its attention-DP ranks (serving.replicas.router) and what it is.
+ENGINE_ROUTERS = {
+    "vLLM": ("vllm_dp", "its DP load balancer: the lowest waiting x 4 + running, from counts published every 100 ms"),
+    "SGLang": ("round_robin", "round robin (--load-balance-method round_robin, its default)"),
+    "TensorRT-LLM": ("attention_dp", "one queue, each request bound to a rank when the ranks have room"),
+}
+
+
+def _router_note(d: Deployment, lines: list[str], engine: str) -> None:
+    """Where the scenario routes requests to the attention-DP ranks otherwise than `engine` does, a note saying
+    so (the engine's rule is not a setting moesim writes)."""
+    own, text = ENGINE_ROUTERS[engine]
+    if d.router is not None and d.router != own:
+        _note(
+            lines,
+            f"# moesim sent requests to the DP ranks by serving.replicas.router = {d.router}; {engine} routes by "
+            f"{text}, moesim's router {own}: simulate with that router to compare like with like.",
         )
 
 
@@ -579,6 +602,7 @@ def sglang_script(scenario: Scenario) -> str:
             f"# --enable-dp-attention: attention TP = tp-size / dp-size = {d.tp}; MoE over all {d.dp * d.tp} GPUs."
         )
         _balance_note(d, lines, "SGLang")
+        _router_note(d, lines, "SGLang")
         if d.ep_allgather:
             lines.append(
                 "# moesim priced the expert group's exchange as an all-gather and a reduce-scatter. SGLang's DP "
@@ -683,6 +707,8 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
         }
     options = ["# TensorRT-LLM LLM API options (trtllm-serve --extra_llm_api_options), written by moesim."]
     options.append(f"enable_attention_dp: {'true' if mode == 'dp_attention' else 'false'}")
+    if mode == "dp_attention":
+        _router_note(d, lines, "TensorRT-LLM")
     if d.attention_dp_balance is not None and mode == "dp_attention":
         timeout, wait = d.attention_dp_balance
         options += [

@@ -165,6 +165,22 @@ def engine_rank_budget_tokens(scenario: Scenario) -> int | None:
     return max(1, s.max_num_batched_tokens // scenario.parallel.dp)
 
 
+def resolved_router(scenario: Scenario, lockstep: bool | None = None) -> str:
+    """serving.replicas.router as the simulation runs it: the scenario's own, or for a lockstep group of dp ranks
+    (`lockstep`, default: whether the experts span the dp ranks) the engine's where its profile names one
+    (scheduler_defaults.lockstep_router)."""
+    spec, p = scenario.serving, scenario.parallel
+    assert spec is not None
+    r = spec.replicas
+    if lockstep is None:
+        lockstep = scenario.experts_across_dp if r.lockstep is None else r.lockstep
+    if lockstep and p.dp > 1 and "router" not in r.model_fields_set and spec.engine is not None:
+        defaults = load_engine_profile(spec.engine).scheduler_defaults
+        if defaults is not None and defaults.lockstep_router is not None:  # the engine's own group router
+            return defaults.lockstep_router
+    return r.router
+
+
 def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
     """The scenario's serving section with what it left open filled in: KV blocks from the memory model,
     replicas = parallel.dp of pp * tp GPUs each, lockstep when EP groups span dp ranks, one pipeline batch per
@@ -196,10 +212,7 @@ def resolve_serving(scenario: Scenario, hw: HardwareProfile) -> ServingSpec:
             "lockstep": lockstep if r.lockstep is None else r.lockstep,
         }
     )
-    if replicas.lockstep and p.dp > 1 and "router" not in r.model_fields_set and spec.engine is not None:
-        defaults = load_engine_profile(spec.engine).scheduler_defaults
-        if defaults is not None and defaults.lockstep_router is not None:  # the engine's own group router
-            replicas = replicas.model_copy(update={"router": defaults.lockstep_router})
+    replicas = replicas.model_copy(update={"router": resolved_router(scenario, bool(replicas.lockstep))})
 
     def with_scheduler(sch):  # the scenario as the engine's rules below leave its scheduler
         return scenario.model_copy(update={"serving": spec.model_copy(update={"scheduler": sch})})
