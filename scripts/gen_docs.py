@@ -219,6 +219,7 @@ SCENARIO_SECTIONS = (
     ("NormalLength", "serving.workload.input_len"),
     ("LognormalLength", "serving.workload.input_len"),
     ("EmpiricalLength", "serving.workload.input_len"),
+    ("SharedPrefixSpec", "serving.workload.shared_prefix"),
     ("SchedulerSpec", "serving.scheduler"),
     ("KVCacheSpec", "serving.scheduler.kv_cache"),
     ("SlidingKVSpec", "serving.scheduler.kv_cache.sliding"),

@@ -400,3 +400,17 @@ def test_a_router_other_than_the_engines_own_is_noted_for_that_engine():
     static = load_scenario(ROOT / "scenarios/mixtral_8x7b_8xh200_ep8.yaml", ["parallel.tp=1", "parallel.dp=8"])
     assert static.serving is None
     assert all(note not in text for text in launch_files(static).values())
+
+
+def test_a_shared_prefix_simulated_without_prefix_caching_turns_each_engines_cache_off():
+    path = ROOT / "scenarios/seed_moe_4gpu_serving.yaml"
+    prefix = "serving.workload.shared_prefix={tokens: 256}"
+    off = launch_files(load_scenario(path, [prefix, "serving.scheduler.prefix_caching=false"]))
+    assert "--no-enable-prefix-caching" in off["vllm.sh"]
+    assert "--disable-radix-cache" in off["sglang.sh"]
+    assert "enable_block_reuse: false" in off["trtllm_extra_llm_api_options.yaml"]
+    # cached as the engines cache by default, or no shared prefix to cache: nothing written
+    for overrides in ([prefix, "serving.scheduler.prefix_caching=true"], ["serving.scheduler.prefix_caching=false"]):
+        files = launch_files(load_scenario(path, overrides))
+        assert "prefix-caching" not in files["vllm.sh"] and "radix" not in files["sglang.sh"]
+        assert "enable_block_reuse" not in files["trtllm_extra_llm_api_options.yaml"]

@@ -31,6 +31,10 @@ DEPLOYMENTS: dict[str, tuple[str, list[str]]] = {
         ["serving.scheduler.policy=continuous", "serving.scheduler.max_num_batched_tokens=16384"],
     ),
     "chunk_below_budget": ("scenarios/seed_moe_4gpu_serving.yaml", ["serving.scheduler.chunk_size_tokens=2048"]),
+    "shared_prefix_without_prefix_caching": (
+        "scenarios/seed_moe_4gpu_serving.yaml",
+        ["serving.workload.shared_prefix={tokens: 256}", "serving.scheduler.prefix_caching=false"],
+    ),
     "trtllm_kv_rule_reserve": (
         "scenarios/seed_moe_4gpu_serving.yaml",
         ["serving.scheduler.kv_cache.free_memory_fraction=0.9", "serving.scheduler.admission=reserve"],

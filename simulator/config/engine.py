@@ -371,6 +371,7 @@ class SchedulerDefaultsSpec(StrictModel):
     admission: Admission | None = None
     preempt: Preempt | None = None
     split_prompts: bool | None = None
+    prefix_caching: bool | None = None
     block_size_tokens: int | None = Field(default=None, ge=1)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     free_memory_fraction: float | None = Field(default=None, gt=0, le=1)
@@ -396,8 +397,18 @@ class SchedulerDefaultsSpec(StrictModel):
         out = dict(scheduler)
         given = out.get("engine_defaults")
         recorded = dict(given) if isinstance(given, dict) else {}
-        for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "admission", "preempt", "split_prompts"):
+        for key in (
+            "policy",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "admission",
+            "preempt",
+            "split_prompts",
+            "prefix_caching",
+        ):
             value = getattr(self, key)
+            if key == "prefix_caching" and out.get("policy") == "static":  # a static batch caches nothing
+                continue
             if value is not None and key not in out:
                 out[key] = value
                 if key in DEVICE_LIMIT_KEYS:  # recorded: another GPU's by-device rule may set it otherwise

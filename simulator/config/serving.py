@@ -160,6 +160,16 @@ Length = Annotated[
 ]
 
 
+class SharedPrefixSpec(StrictModel):
+    """Prompts that begin alike: each request's first `tokens` prompt tokens (all of a shorter prompt) are the
+    prefix of its group, request i's group being i mod `groups` (a system prompt shared by every request:
+    groups 1, as `vllm bench serve --random-prefix-len`; SGLang's generated-shared-prefix dataset: one group per
+    system prompt). What an engine's prefix cache can skip (scheduler.prefix_caching)."""
+
+    tokens: int = Field(ge=1, description="shared tokens at the start of every prompt")
+    groups: int = Field(default=1, ge=1, description="distinct prefixes, taken in turn by the requests")
+
+
 class WorkloadSpec(StrictModel):
     """Who sends what, when. Give num_requests or duration_s (a trace may give neither: all of its lines)."""
 
@@ -178,6 +188,9 @@ class WorkloadSpec(StrictModel):
     duration_s: float | None = Field(default=None, gt=0, description="or: how long to send them (open loops)")
     warmup_requests: int = Field(default=0, ge=0, description="first requests left out of the statistics")
     seed: int = Field(default=0, ge=0, description="random seed: the same seed gives byte-identical results")
+    shared_prefix: SharedPrefixSpec | None = Field(
+        default=None, description="prompts beginning with a shared prefix (a system prompt); default: none"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadSpec:
@@ -346,6 +359,13 @@ class SchedulerSpec(StrictModel):
         "this GPU, else its general defaults), written by moesim; a limit still at its recorded value is "
         "derived again for another GPU (a search over hardware, a changed hardware.profile)",
     )
+    prefix_caching: bool | None = Field(
+        default=None,
+        description="reuse the KV blocks of a prompt prefix already computed (vLLM's automatic prefix caching, "
+        "SGLang's radix cache, TensorRT-LLM's KV block reuse): a request whose workload.shared_prefix has been "
+        "computed skips its whole blocks (not the prompt's last token); a cached prefix stays resident, its "
+        "blocks counted as used. Default: the engine's (on for vllm-v1, sglang, trtllm-1.0), else off",
+    )
     # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own
     # scheduler, max_num_seqs and capacity_blocks // pipeline_batches of the KV cache. None: 1, or pp in a scenario.
     pipeline_batches: int | None = Field(
@@ -360,6 +380,11 @@ class SchedulerSpec(StrictModel):
                     f"max_num_batched_tokens = {self.max_num_batched_tokens} is smaller than one chunk "
                     f"(chunk_size_tokens = {self.chunk_size_tokens}); raise it or lower the chunk"
                 )
+        if self.prefix_caching and self.policy == "static":
+            raise ValueError(
+                "prefix_caching: a static batch computes every prompt whole; use policy continuous or "
+                "chunked_prefill, or turn prefix_caching off"
+            )
         if self.policy == "chunked_prefill":  # decodes share the budget with the chunks
             if self.max_num_batched_tokens < self.max_num_seqs:
                 raise ValueError(

@@ -75,6 +75,8 @@ class Deployment:
     # serving.replicas.attention_dp_balance: (timeout_iters, batching_wait_iters), None when off
     attention_dp_balance: tuple[int, int] | None = None
     router: str | None = None  # serving.replicas.router as the simulation resolves it; None for a static batch
+    # workload.shared_prefix simulated without prefix caching: the engines' own (on by default) turned off
+    prefix_caching_off: bool = False
 
     @property
     def two_batch_overlap(self) -> bool:
@@ -117,6 +119,7 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "split_prompts": s.split_prompts,
         }
         kv["router"] = resolved_router(scenario)
+        kv["prefix_caching_off"] = scenario.serving.workload.shared_prefix is not None and not s.prefix_caching
         adp = scenario.serving.replicas.attention_dp_balance
         if adp is not None:
             kv["attention_dp_balance"] = (adp.timeout_iters, adp.batching_wait_iters)
@@ -347,6 +350,8 @@ def _vllm_limits(d: Deployment, lines: list[str]) -> list[str]:
     if d.weight_dtype == "fp8" and d.dtype != "fp8":
         argv += ["--quantization", "fp8"]
     argv += ["--kv-cache-dtype", "fp8" if d.kv_cache_dtype == "fp8" else "auto"]
+    if d.prefix_caching_off:  # V1 turns automatic prefix caching on by default
+        argv.append("--no-enable-prefix-caching")
     if d.graph_sizes is not None:
         argv += ["--compilation-config", shlex.quote(json.dumps({"cudagraph_capture_sizes": list(d.graph_sizes)}))]
     if d.graph_padding is False:
@@ -651,6 +656,8 @@ def _sglang_limits(d: Deployment, mode: str, lines: list[str], disaggregated: bo
         argv += ["--quantization", "fp8"]
     if d.kv_cache_dtype == "fp8":
         argv += ["--kv-cache-dtype", "fp8_e4m3"]
+    if d.prefix_caching_off:  # the radix cache is on by default
+        argv.append("--disable-radix-cache")
     if d.graph_sizes is not None:
         argv += ["--cuda-graph-bs", *map(str, d.graph_sizes)]
     if d.graph_padding is False:
@@ -728,6 +735,8 @@ def trtllm_files(scenario: Scenario) -> dict[str, str]:
     share = _kv_share(d, lines, "TensorRT-LLM", "free_memory_fraction", default)
     if share is not None:
         kv_options.append(f"  free_gpu_memory_fraction: {share:g}")
+    if d.prefix_caching_off:  # KV block reuse is on by default
+        kv_options.append("  enable_block_reuse: false")
     if kv_options:
         options += ["kv_cache_config:", *kv_options]
     graph_options = [f"  batch_sizes: [{', '.join(map(str, d.graph_sizes))}]"] if d.graph_sizes is not None else []

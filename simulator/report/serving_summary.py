@@ -135,6 +135,17 @@ def serving_summary_dict(
             "attention_dp_balance": None if adp is None else adp.model_dump(),
             "held_iterations": run.balance_held,
         }
+    if run.prefix_cache is not None:  # prefix caching of a shared prefix: what the cache saved
+        hit, admitted = run.prefix_cache
+        prefix = spec.workload.shared_prefix
+        assert prefix is not None
+        extra["prefix_cache"] = {
+            "shared_prefix_tokens": prefix.tokens,
+            "groups": prefix.groups,
+            "prompt_tokens_admitted": admitted,
+            "prompt_tokens_from_cache": hit,
+            "hit_fraction": hit / admitted if admitted else 0.0,
+        }
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
         extra["engine_check"] = spec.engine_profile().check_note(result)
     return {
@@ -301,6 +312,20 @@ def lockstep_line(summary: dict) -> str | None:
     )
 
 
+def prefix_cache_line(summary: dict) -> str | None:
+    """'prefix cache: 9,600 of 24,000 prompt tokens read from the cache (40.0 %), a shared prefix of 512 tokens in
+    1 group', or None without prefix caching of a shared prefix."""
+    p = summary.get("prefix_cache")
+    if not p:
+        return None
+    groups = p["groups"]
+    return (
+        f"prefix cache: {p['prompt_tokens_from_cache']:,} of {p['prompt_tokens_admitted']:,} prompt tokens read from "
+        f"the cache ({100 * p['hit_fraction']:.1f} %), a shared prefix of {p['shared_prefix_tokens']:,} tokens in "
+        f"{groups:,} group{'' if groups == 1 else 's'}"
+    )
+
+
 #: How serving.replicas.router sends requests, for the lockstep line.
 ROUTER_TEXT = {
     "round_robin": "requests sent round robin on arrival",
@@ -376,6 +401,7 @@ def serving_markdown(summary: dict) -> str:
         *([f"{line}.", ""] if (line := launches_line(summary)) else []),
         *([f"{line}.", ""] if (line := host_line(summary)) else []),
         *([f"{line}.", ""] if (line := lockstep_line(summary)) else []),
+        *([f"{line[0].upper()}{line[1:]}.", ""] if (line := prefix_cache_line(summary)) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
         *([engine_check_line(summary), ""] if engine_check_line(summary) else []),
         "## Latency",
@@ -469,6 +495,8 @@ def print_serving(console: Console, summary: dict) -> None:
     if line := host_line(summary):
         console.print(escape(line))
     if line := lockstep_line(summary):
+        console.print(escape(line))
+    if line := prefix_cache_line(summary):
         console.print(escape(line))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")

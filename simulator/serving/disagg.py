@@ -183,6 +183,11 @@ def _pool_plan(
             f"pool; use continuous or chunked_prefill"
         )
     workload = spec.workload
+    if workload.shared_prefix is not None and scheduler.prefix_caching:
+        raise ServingError(
+            f"{path}.scheduler.prefix_caching: not modelled for disaggregated pools (the transfers of cached "
+            f"blocks); set serving.scheduler.prefix_caching: false or remove serving.workload.shared_prefix"
+        )
     if name == "prefill" and workload.output_len is not None:  # a prefill instance samples one token
         workload = workload.model_copy(update={"output_len": FixedLength(tokens=1)})
     replicas = spec.replicas.model_copy(

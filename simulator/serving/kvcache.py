@@ -9,6 +9,10 @@ block each (a block of every layer is full_layers + sliding_layers of them): a f
 block_size_tokens positions, a sliding layer at most the blocks its window reaches (kv_layer_blocks), as
 vLLM's hybrid KV cache manager keeps one block pool for its full and sliding-window groups. Capacity, free
 and used figures are still told in blocks of every layer.
+
+With prefix caching (scheduler.prefix_caching) a sequence may also refer to shared blocks: those of a cached
+prompt prefix (`pinned`: held by the cache, not by any sequence, and never freed), which count towards what
+the sequence holds but not towards what it frees. Full-attention models only.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class PagedKVCache:
         self.used_units = 0
         self.peak_used_units = 0
         self._held: dict[int, int] = {}  # sequence id -> units held
+        self._shared: dict[int, int] = {}  # sequence id -> pinned units it refers to (prefix caching)
+        self.pinned_units = 0  # units of cached prefixes
 
     def blocks_for(self, kv_tokens: int) -> int:
         """Units (blocks, or layer blocks with sliding layers) that hold kv_tokens tokens."""
@@ -61,7 +67,7 @@ class PagedKVCache:
         held, size = self._held.get(seq_id, 0), self.block_size_tokens
         s = self.sliding
         if s is None:
-            return held * size
+            return (held + self._shared.get(seq_id, 0)) * size
         window = s.window_blocks(size)
         if not s.full_layers and held >= self.per_block * window:  # every layer slides and holds its window
             return math.inf
@@ -71,13 +77,15 @@ class PagedKVCache:
 
     def extra_blocks(self, seq_id: int, kv_tokens: int) -> int:
         """Units seq_id still needs to hold kv_tokens tokens."""
-        return max(0, self.blocks_for(kv_tokens) - self._held.get(seq_id, 0))
+        return max(0, self.blocks_for(kv_tokens) - self._held.get(seq_id, 0) - self._shared.get(seq_id, 0))
 
     def grow(self, seq_id: int, kv_tokens: int) -> bool:
         """Make seq_id hold kv_tokens tokens; False (and nothing allocated) when the free units do not suffice."""
         held = self._held.get(seq_id, 0)
         if self.sliding is None:  # blocks_for's arithmetic inline: the scheduler's hot path
             extra = -(-kv_tokens // self.block_size_tokens) - held
+            if self._shared:
+                extra -= self._shared.get(seq_id, 0)
         else:
             extra = self.blocks_for(kv_tokens) - held
         if extra <= 0:
@@ -91,7 +99,41 @@ class PagedKVCache:
         return True
 
     def free(self, seq_id: int) -> int:
-        """Release every unit of seq_id; returns how many."""
+        """Release every unit of seq_id (not the pinned ones it refers to); returns how many."""
         units = self._held.pop(seq_id, 0)
         self.used_units -= units
+        if self._shared:
+            self._shared.pop(seq_id, None)
         return units
+
+    def shared(self, seq_id: int) -> int:
+        """Pinned units seq_id refers to."""
+        return self._shared.get(seq_id, 0)
+
+    def share(self, seq_id: int, units: int) -> None:
+        """Make seq_id (holding nothing yet) refer to `units` pinned units: a cached prefix's blocks."""
+        assert self.sliding is None and units <= self.pinned_units and not self._held.get(seq_id)
+        if units:
+            self._shared[seq_id] = units
+        else:
+            self._shared.pop(seq_id, None)
+
+    def keep(self, units: int) -> None:
+        """Pin `units` just freed (by a sequence that finished in the iteration that computed them)."""
+        assert self.sliding is None and units <= self.capacity_units - self.used_units
+        self.used_units += units
+        self.pinned_units += units
+
+    def unpin(self, units: int) -> None:
+        """Evict `units` pinned units no sequence refers to."""
+        assert units <= self.pinned_units
+        self.pinned_units -= units
+        self.used_units -= units
+
+    def pin(self, seq_id: int, units: int) -> None:
+        """Hand `units` of seq_id's own units to the prefix cache: they stay in use when it frees its own, and
+        it refers to them as shared ones."""
+        assert self.sliding is None and 0 < units <= self._held.get(seq_id, 0)
+        self._held[seq_id] -= units
+        self._shared[seq_id] = self._shared.get(seq_id, 0) + units
+        self.pinned_units += units

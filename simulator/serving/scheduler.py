@@ -82,6 +82,8 @@ class Sequence:
         "preemptions",
         "token_times_s",
         "kv_limit_tokens",
+        "prefix_group",
+        "prefix_tokens",
     )
 
     def __init__(
@@ -101,6 +103,8 @@ class Sequence:
         self.preemptions = 0
         self.token_times_s: list[float] = []
         self.kv_limit_tokens: float = 0  # tokens its KV blocks hold; growing past it needs a block (inf: never)
+        self.prefix_group = -1  # its shared prefix's group (workload.shared_prefix), -1: none
+        self.prefix_tokens = 0  # the prompt tokens that prefix covers
 
 
 class Step:
@@ -199,6 +203,14 @@ class Scheduler:
         self.now_s = 0.0
         self.arrived = 0  # requests added so far (a decode run ends when one arrives)
         self.active_prompt_tokens = 0  # prompt tokens of its requests not finished (TensorRT-LLM's attention DP)
+        # Prefix caching: per group, the prompt tokens of its prefix whose blocks are cached (whole blocks), and
+        # over the run the prompt tokens admitted and those read from the cache instead of computed.
+        self.prefix = bool(spec.prefix_caching)
+        self.cached: dict[int, int] = {}
+        self.sharing: dict[int, int] = {}  # request id -> the group whose cached blocks it refers to
+        self.last_used: dict[int, float] = {}  # per group, when a sequence last took or left its blocks
+        self.prompt_tokens_admitted = 0
+        self.prefix_hit_tokens = 0
         self._decoding = 0  # decodes the schedule being made took (_decodes)
         self._admitted: list[tuple[Sequence, bool]] = []  # (admitted, first time) by the schedule being made
         self._peak_before = 0  # the KV cache's peak before the schedule being made
@@ -243,7 +255,12 @@ class Scheduler:
         for seq, first in reversed(self._admitted):
             assert running[-1] is seq, "admitted sequences run last"
             running.pop()
+            if self.prefix:  # admitted again later, and counted then
+                self.prompt_tokens_admitted -= seq.num_tokens
+                self.prefix_hit_tokens -= seq.num_computed
             kv.free(seq.request_id)
+            if self.prefix:
+                self._unshare(seq)
             seq.kv_limit_tokens = 0
             seq.state = WAITING
             if first:
@@ -270,12 +287,35 @@ class Scheduler:
                     seq.finish_s = now_s
                     seq.kv_limit_tokens = 0
                     self.kv.free(seq.request_id)
+                    if self.prefix:
+                        self._unshare(seq)
                     self.active_prompt_tokens -= seq.input_tokens
                     finished.append(seq)
         step.tokens_out = tokens_out
+        if self.prefix:
+            self._cache_prefixes(step.seqs)
         if finished:
             self.running = [s for s in self.running if s.state == RUNNING]
         return finished
+
+    def _cache_prefixes(self, seqs: list[Sequence]) -> None:
+        """Prefix caching: the whole blocks of a shared prefix a sequence has just computed, beyond what its group
+        has cached, go to the cache (its own blocks, handed over: PagedKVCache.pin)."""
+        size = self.kv.block_size_tokens
+        for seq in seqs:
+            group = seq.prefix_group
+            if group < 0:
+                continue
+            full = min(seq.num_computed, seq.prefix_tokens) // size * size
+            cached = self.cached.get(group, 0)
+            if full > cached:
+                if seq.state != FINISHED:
+                    self.kv.pin(seq.request_id, (full - cached) // size)
+                    self._share(seq)
+                else:  # its blocks were freed as it finished, this iteration: the cache keeps them
+                    self.kv.keep((full - cached) // size)
+                    self.last_used[group] = self.now_s
+                self.cached[group] = full
 
     # ---------------------------------------------------------------- runs of pure decode steps
 
@@ -290,7 +330,8 @@ class Scheduler:
         change and the free KV blocks only shrink (admission estimate, whose room grows as its ratio decays,
         qualifies only with nobody waiting). The run ends before the first iteration whose new blocks would
         not all be free (the scheduler would preempt or retract there). Iteration j's KV blocks in use are
-        counted from the blocks each sequence takes."""
+        counted from the blocks each sequence takes. With prefix caching and a request waiting, a step that caches
+        more of a prefix when done starts no run (the waiting request may then start from it)."""
         seqs = step.seqs
         if self.preemptions != preemptions_before or len(self.waiting) != waiting_before:
             return None
@@ -305,6 +346,8 @@ class Scheduler:
         for s in seqs:
             if s.num_tokens - s.num_computed != 1:  # a prefill chunk of one token samples nothing
                 return None
+        if self.prefix and self.waiting and self._caches_more(seqs):  # a waiting request may start from it
+            return None
         kv = self.kv
         run = DecodeRun(seqs, batch, iterations, waiting_before, kv.used_blocks, None)
         limits = np.array([s.kv_limit_tokens for s in seqs], dtype=float)
@@ -375,8 +418,84 @@ class Scheduler:
 
     # ---------------------------------------------------------------- building blocks
 
+    def _share(self, seq: Sequence) -> None:
+        """seq refers to its group's cached blocks (its first PagedKVCache.shared units of them)."""
+        self.sharing[seq.request_id] = seq.prefix_group
+        self.last_used[seq.prefix_group] = self.now_s
+
+    def _unshare(self, seq: Sequence) -> None:
+        """seq's blocks were freed: it no longer refers to its group's cached blocks."""
+        group = self.sharing.pop(seq.request_id, None)
+        if group is not None:
+            self.last_used[group] = self.now_s
+
+    def _evictable(self, growing: Sequence | None = None) -> dict[int, int]:
+        """Per group, the units of its cached prefix no sequence refers to (vLLM's free cached blocks, SGLang's
+        evictable radix nodes): those past the most any sequence sharing them (or `growing`, about to) refers to."""
+        kv, size = self.kv, self.kv.block_size_tokens
+        in_use: dict[int, int] = {}
+        for request_id, group in self.sharing.items():
+            in_use[group] = max(in_use.get(group, 0), kv.shared(request_id))
+        if growing is not None and growing.prefix_group >= 0:
+            group = growing.prefix_group
+            in_use[group] = max(in_use.get(group, 0), kv.shared(growing.request_id))
+        out = {}
+        for group, tokens in self.cached.items():
+            free = tokens // size - in_use.get(group, 0)
+            if free > 0:
+                out[group] = free
+        return out
+
+    def _evict(self, units: int, growing: Sequence) -> bool:
+        """Evict cached blocks no sequence refers to, the least recently used group's first and each group's from
+        its end, until `units` more units are free for `growing`; False (and nothing evicted) when evicting all of
+        them would not do."""
+        kv = self.kv
+        need = units - (kv.capacity_units - kv.used_units)
+        evictable = self._evictable(growing)
+        if need <= 0 or sum(evictable.values()) < need:
+            return False
+        size = kv.block_size_tokens
+        for group in sorted(evictable, key=lambda g: (self.last_used[g], g)):
+            taken = min(evictable[group], need)
+            kv.unpin(taken)
+            left = self.cached[group] - taken * size
+            if left:
+                self.cached[group] = left
+            else:
+                del self.cached[group]
+            need -= taken
+            if need <= 0:
+                break
+        return True
+
+    def _caches_more(self, seqs: list[Sequence]) -> bool:
+        """Whether the step just scheduled (one token each of `seqs`) will cache more of a prefix when done."""
+        size = self.kv.block_size_tokens
+        return any(
+            s.prefix_group >= 0
+            and min(s.num_computed + 1, s.prefix_tokens) // size * size > self.cached.get(s.prefix_group, 0)
+            for s in seqs
+        )
+
+    def _cached_start(self, seq: Sequence) -> int:
+        """Prefix caching: a waiting sequence starts at its group's cached prefix (whole blocks, short of its last
+        prompt token, which is computed to sample), referring to those blocks. Returns the tokens it computes
+        first: its whole prompt (or recompute) without them."""
+        if self.prefix and seq.prefix_group >= 0:
+            size = self.kv.block_size_tokens
+            hit = min(self.cached.get(seq.prefix_group, 0), (seq.num_tokens - 1) // size * size)
+            seq.num_computed = hit
+            self.kv.share(seq.request_id, hit // size)
+        return seq.num_tokens - seq.num_computed
+
     def _admit(self, seq: Sequence) -> None:
         self.waiting.popleft()
+        if self.prefix:
+            self.prompt_tokens_admitted += seq.num_tokens
+            self.prefix_hit_tokens += seq.num_computed
+            if seq.num_computed:
+                self._share(seq)
         seq.state = RUNNING
         first = seq.first_scheduled_s != seq.first_scheduled_s  # NaN: scheduled for the first time
         if first:
@@ -395,7 +514,10 @@ class Scheduler:
     def _grow(self, seq: Sequence, kv_tokens: int) -> bool:
         kv = self.kv
         if not kv.grow(seq.request_id, kv_tokens):
-            return False
+            if not (self.prefix and self._evict(kv.extra_blocks(seq.request_id, kv_tokens), seq)):
+                return False
+            grown = kv.grow(seq.request_id, kv_tokens)
+            assert grown, "eviction freed too little"
         seq.kv_limit_tokens = kv.tokens_held(seq.request_id)
         return True
 
@@ -412,7 +534,14 @@ class Scheduler:
         remaining outputs times new_token_ratio."""
         kv = self.kv
         offset = sum(self._remaining_out(s) for s in self.running) * self.new_token_ratio
-        return kv.free_blocks * kv.block_size_tokens - offset
+        return self._free_blocks() * kv.block_size_tokens - offset
+
+    def _free_blocks(self) -> int:
+        """Whole blocks free, with those of cached prefixes no sequence refers to (they are evicted on demand)."""
+        kv = self.kv
+        if not self.prefix:
+            return kv.free_blocks
+        return (kv.capacity_units - kv.used_units + sum(self._evictable().values())) // kv.per_block
 
     def _reestimate(self) -> None:
         """After a preemption (SGLang's retract_decode): (decoded + 20 x running) / their max new tokens, <= 1."""
@@ -430,6 +559,8 @@ class Scheduler:
         else:
             running.remove(victim)
         self.kv.free(victim.request_id)
+        if self.prefix:
+            self._unshare(victim)
         victim.kv_limit_tokens = 0
         victim.num_computed = 0
         victim.state = WAITING
@@ -460,13 +591,13 @@ class Scheduler:
         kv = self.kv
         decoding = [s for s in self.running if s.num_tokens - s.num_computed == 1]
         need = sum(1 for s in decoding if s.num_computed >= s.kv_limit_tokens)
-        if len(decoding) <= 1 or kv.free_blocks >= need:
+        if len(decoding) <= 1 or self._free_blocks() >= need:
             return
         while len(decoding) > 1:
             victim = self._victim(decoding)
             decoding.remove(victim)
             self._preempt(victim)
-            if kv.free_blocks * kv.block_size_tokens >= ESTIMATE_RETRACT_STEPS * len(decoding):
+            if self._free_blocks() * kv.block_size_tokens >= ESTIMATE_RETRACT_STEPS * len(decoding):
                 break
         if self.estimate:
             self._reestimate()
@@ -540,17 +671,18 @@ class Scheduler:
         room = self._estimate_room() if self.estimate else math.inf
         while waiting and len(running) < spec.max_num_seqs:
             seq = waiting[0]
-            n = seq.num_tokens
+            n = self._cached_start(seq)
+            computed = seq.num_computed
             if self.estimate:
                 out = self._remaining_out(seq)
                 if n + out >= room:
                     break
                 room -= n + out
-            if n > budget or not self._grow(seq, self.admission_kv_tokens(seq, n)):
+            if n > budget or not self._grow(seq, self.admission_kv_tokens(seq, computed + n)):
                 break
             self._admit(seq)
             seqs.append(seq)
-            batch.append(_new(SeqWork, (n, 0)))
+            batch.append(_new(SeqWork, (n, computed)))
             budget -= n
         if not seqs:
             self._budget = budget
@@ -585,22 +717,24 @@ class Scheduler:
         room = self._estimate_room() if self.estimate else math.inf
         while waiting and self._budget > 0 and len(self.running) < limit:
             seq = waiting[0]
-            if not spec.split_prompts and seq.num_tokens <= spec.max_num_batched_tokens:
-                if seq.num_tokens > self._budget:  # whole or not at all; FIFO: the rest wait behind it
+            todo = self._cached_start(seq)  # the prompt (or recompute) less a cached prefix
+            computed = seq.num_computed
+            if not spec.split_prompts and todo <= spec.max_num_batched_tokens:
+                if todo > self._budget:  # whole or not at all; FIFO: the rest wait behind it
                     break
-                n = seq.num_tokens
+                n = todo
             else:  # a recompute longer than the whole budget is still cut, or it could never run
-                n = min(seq.num_tokens, chunk, self._budget)
+                n = min(todo, chunk, self._budget)
             if self.estimate:
                 out = self._remaining_out(seq)
-                if seq.num_tokens + out >= room:  # PrefillAdder.add_one_req: AddReqResult.NO_TOKEN
+                if todo + out >= room:  # PrefillAdder.add_one_req: AddReqResult.NO_TOKEN
                     break
-                room -= n + (out if n == seq.num_tokens else 0)  # a cut prompt adds only its chunk
-            if not self._grow(seq, self.admission_kv_tokens(seq, n)):
+                room -= n + (out if n == todo else 0)  # a cut prompt adds only its chunk
+            if not self._grow(seq, self.admission_kv_tokens(seq, computed + n)):
                 break
             self._admit(seq)
             seqs.append(seq)
-            batch.append(_new(SeqWork, (n, 0)))
+            batch.append(_new(SeqWork, (n, computed)))
             self._budget -= n
 
     def _schedule_prefill_first(self) -> tuple[list[Sequence], list[SeqWork]]:

@@ -132,6 +132,9 @@ class ServingRun:
     host: HostTally | None = None
     # With serving.replicas.attention_dp_balance: the group's iterations whose context requests it held.
     balance_held: int | None = None
+    # With prefix caching of a shared prefix: (prompt tokens read from the cache, prompt tokens admitted), every
+    # admission counted (a recompute after a preemption too).
+    prefix_cache: tuple[int, int] | None = None
 
 
 def simulate_serving(
@@ -330,6 +333,13 @@ class ServingModel(RequestSource):
         self.balance = None if adp is None else AttentionDpBalance(adp, spec.scheduler.max_num_seqs)
         self.group_queue: deque[Sequence] | None = deque() if spec.replicas.router == "attention_dp" else None
         self.group_arrived = 0  # requests that entered the group queue (a decode run ends when one does)
+        # Prefix caching of a shared prompt prefix (workload.shared_prefix, scheduler.prefix_caching)
+        self.shared_prefix = spec.workload.shared_prefix if per_batch.prefix_caching else None
+        if self.shared_prefix is not None and per_batch.kv_cache.sliding is not None:
+            raise ServingError(
+                "serving.scheduler.prefix_caching: not modelled for a model with sliding-window layers (their "
+                "blocks leave the window); turn it off or remove workload.shared_prefix"
+            )
         # vLLM's data-parallel load balancer: counts reported after each step, seen by the router at its ticks
         self.dp_router = VllmDpRouter(self.num_replicas) if spec.replicas.router == "vllm_dp" else None
         self.host: HostTimeSpec | None = getattr(inner, "host_spec", None)  # the engine's host time (EnginePricer)
@@ -380,6 +390,10 @@ class ServingModel(RequestSource):
     def route(self, request: Request, arrival_s: float) -> None:
         schedulers, b = self.schedulers, self.batches
         seq = Sequence(request.request_id, arrival_s, request.input_tokens, request.output_tokens)
+        prefix = self.shared_prefix
+        if prefix is not None:
+            seq.prefix_group = request.request_id % prefix.groups
+            seq.prefix_tokens = min(prefix.tokens, request.input_tokens)
         self.seqs[request.request_id] = seq
         self.count(+1)
         if self.group_queue is not None:  # TensorRT-LLM's attention-DP queue: a rank is chosen when one has room
@@ -723,6 +737,12 @@ class ServingModel(RequestSource):
             launches=self.launch_tally(),
             host=self.host_tally(),
             balance_held=None if self.balance is None else self.balance.held,
+            prefix_cache=None
+            if self.shared_prefix is None
+            else (
+                sum(s.prefix_hit_tokens for s in self.schedulers),
+                sum(s.prompt_tokens_admitted for s in self.schedulers),
+            ),
         )
 
 
