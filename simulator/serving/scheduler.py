@@ -185,7 +185,9 @@ class DecodeRun:
 class Scheduler:
     """Waiting queue, running batch and paged KV cache of one replica."""
 
-    def __init__(self, spec: SchedulerSpec, replica: int = 0, max_new_tokens: int | None = None) -> None:
+    def __init__(
+        self, spec: SchedulerSpec, replica: int = 0, max_new_tokens: int | None = None, shared_prefixes: bool = False
+    ) -> None:
         self.spec = spec
         self.max_new_tokens = max_new_tokens  # the requests' generation cap (workload.max_new_tokens)
         self.replica = replica
@@ -205,7 +207,7 @@ class Scheduler:
         self.active_prompt_tokens = 0  # prompt tokens of its requests not finished (TensorRT-LLM's attention DP)
         # Prefix caching: per group, the prompt tokens of its prefix whose blocks are cached (whole blocks), and
         # over the run the prompt tokens admitted and those read from the cache instead of computed.
-        self.prefix = bool(spec.prefix_caching)
+        self.prefix = bool(spec.prefix_caching) and shared_prefixes  # nothing to cache without shared prefixes
         self.cached: dict[int, int] = {}
         self.sharing: dict[int, int] = {}  # request id -> the group whose cached blocks it refers to
         self.last_used: dict[int, float] = {}  # per group, when a sequence last took or left its blocks

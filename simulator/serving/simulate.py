@@ -317,7 +317,10 @@ class ServingModel(RequestSource):
             )
         # scheduler index = replica * batches + pipeline batch
         cap = spec.workload.max_new_tokens
-        self.schedulers = [Scheduler(per_batch, r, cap) for r in range(self.num_replicas) for _ in range(self.batches)]
+        shared = spec.workload.shared_prefix is not None
+        self.schedulers = [
+            Scheduler(per_batch, r, cap, shared) for r in range(self.num_replicas) for _ in range(self.batches)
+        ]
         self.timing = getattr(pricer, "timing", None)
         # Runs of pure decode steps applied at once (ServingModel.decode_runs); off where something outside the
         # scheduler changes its sequences or blocks between iterations (a disaggregated pool's transfers).

@@ -17,6 +17,7 @@ from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
 from simulator.serving.workload import Request
 from tests.serving.conftest import RecordingPricer, make_spec
+from tests.serving.test_adp_balance import balanced_specs
 from tests.serving.test_fast_forward import assert_same_run, both
 from tests.serving.test_properties import specs
 from tests.serving.test_simulate import conservation_holds
@@ -182,3 +183,26 @@ def test_serve_tells_what_the_cache_read(pricer):
     )
     cold = simulate_serving(cached_spec(False), pricer, [Request(0, 0.0, 40, 2)])
     assert "prefix_cache" not in serving_summary_dict("t", cold, summarize(cold), "p")
+
+
+@st.composite
+def balanced_cached_specs(draw):
+    """test_adp_balance's lockstep groups (TensorRT-LLM's scheduler, its balance and queue) with cached prefixes."""
+    spec = draw(balanced_specs())
+    prefix = SharedPrefixSpec(tokens=draw(st.integers(1, 24)), groups=draw(st.integers(1, 3)))
+    return spec.model_copy(
+        update={
+            "workload": spec.workload.model_copy(update={"shared_prefix": prefix}),
+            "scheduler": spec.scheduler.model_copy(update={"prefix_caching": True}),
+        }
+    )
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(balanced_cached_specs())
+def test_a_balanced_lockstep_group_with_the_cache_finishes_everything_alike_step_by_step(spec):
+    fast, slow, fp, sp = both(spec, RecordingPricer)
+    conservation_holds(slow)
+    assert fast.preemptions == 0  # admission reserve, as TensorRT-LLM's scheduler
+    assert fp.batches == sp.batches
+    assert_same_run(fast, slow)
