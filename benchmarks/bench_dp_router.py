@@ -23,12 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
-from simulator.config import load_scenario, resolve_hardware
-from simulator.serving.capacity import resolve_serving
-from simulator.serving.pricing import CachedPricer
-from simulator.serving.session import engine_pricer
-from simulator.serving.simulate import simulate_serving
-from simulator.serving.stats import group_balance_ratio, summarize
+import simulator
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"
 ROUTERS = ("vllm_dp", "least_loaded", "round_robin")
@@ -56,19 +51,16 @@ def main() -> None:
     args = parser.parse_args()
     for rate in (float(r) for r in args.rates.split(",")):
         for router in ROUTERS:
-            s = load_scenario(SCENARIO, overrides(args.gpus, rate, args.requests, router))
-            hw = resolve_hardware(s)
-            spec = resolve_serving(s, hw)
+            scenario = simulator.load(SCENARIO, overrides(args.gpus, rate, args.requests, router))
             started = time.perf_counter()
-            run = simulate_serving(spec, CachedPricer(engine_pricer(s, hw, spec)))
+            served = simulator.serve(scenario)
             wall_s = time.perf_counter() - started
-            summary = summarize(run)
-            lat, fig = summary.latency, summary.figures
+            lat, fig = served.latency, served.figures
             print(
                 f"rate {rate:g}/s {router:12s}: TTFT p50 {lat.loc['ttft_s', 'p50'] * 1e3:8.1f} ms, p99 "
                 f"{lat.loc['ttft_s', 'p99'] * 1e3:8.1f} ms; TPOT p99 {lat.loc['tpot_s', 'p99'] * 1e3:6.2f} ms; "
-                f"rank balance {group_balance_ratio(run):.3f}; {fig['output_tokens_per_s']:,.0f} output tokens/s; "
-                f"{wall_s:.1f} s",
+                f"rank balance {served.stats['lockstep']['balance_ratio']:.3f}; {fig['output_tokens_per_s']:,.0f} "
+                f"output tokens/s; {wall_s:.1f} s",
                 flush=True,
             )
 

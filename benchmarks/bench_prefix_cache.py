@@ -17,12 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from simulator.config import load_scenario, resolve_hardware
-from simulator.serving.capacity import resolve_serving
-from simulator.serving.pricing import CachedPricer
-from simulator.serving.session import engine_pricer
-from simulator.serving.simulate import simulate_serving
-from simulator.serving.stats import summarize
+import simulator
 
 SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"
 
@@ -37,7 +32,7 @@ def main() -> None:
     for prefix in (int(p) for p in args.prefixes.split(",")):
         for rate in (float(r) for r in args.rates.split(",")):
             for caching in (False, True):
-                s = load_scenario(
+                scenario = simulator.load(
                     SCENARIO,
                     [
                         f"serving.workload.arrivals={{kind: poisson, rate_per_s: {rate}}}",
@@ -48,20 +43,17 @@ def main() -> None:
                         f"serving.scheduler.prefix_caching={str(caching).lower()}",
                     ],
                 )
-                hw = resolve_hardware(s)
-                spec = resolve_serving(s, hw)
                 started = time.perf_counter()
-                run = simulate_serving(spec, CachedPricer(engine_pricer(s, hw, spec)))
+                served = simulator.serve(scenario)
                 wall_s = time.perf_counter() - started
-                summary = summarize(run)
-                lat, fig = summary.latency, summary.figures
-                hit, admitted = run.prefix_cache or (0, 1)
+                lat, fig, stats = served.latency, served.figures, served.stats
+                cached = stats.get("prefix_cache", {}).get("hit_fraction", 0.0)
                 print(
                     f"prefix {prefix} x{args.groups}, rate {rate:g}/s, cache {'on ' if caching else 'off'}: "
-                    f"{100 * hit / admitted:4.1f} % of prompt tokens from the cache; TTFT p50 "
+                    f"{100 * cached:4.1f} % of prompt tokens from the cache; TTFT p50 "
                     f"{lat.loc['ttft_s', 'p50'] * 1e3:7.1f} ms, p99 {lat.loc['ttft_s', 'p99'] * 1e3:7.1f} ms; TPOT p50 "
                     f"{lat.loc['tpot_s', 'p50'] * 1e3:5.2f} ms; {fig['output_tokens_per_s']:,.0f} output tokens/s; KV "
-                    f"peak {max(run.peak_kv_blocks):,} blocks; {wall_s:.1f} s",
+                    f"peak {stats['figures']['kv_peak_blocks']:,.0f} blocks; {wall_s:.1f} s",
                     flush=True,
                 )
 

@@ -12,8 +12,8 @@ from simulator.serving.dp_router import VllmDpRouter
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
 from simulator.serving.workload import Request
-from tests.serving.conftest import RecordingPricer, make_spec
-from tests.serving.test_fast_forward import assert_same_run, both
+from tests.serving.conftest import make_spec
+from tests.serving.test_fast_forward import same_either_way
 from tests.serving.test_properties import specs
 from tests.serving.test_simulate import conservation_holds
 
@@ -119,7 +119,5 @@ def routed_specs(draw):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(routed_specs())
 def test_routed_by_it_every_request_finishes_and_decode_runs_change_nothing(spec):
-    fast, slow, fp, sp = both(spec, RecordingPricer)
+    _, slow = same_either_way(spec)
     conservation_holds(slow)
-    assert fp.batches == sp.batches
-    assert_same_run(fast, slow)

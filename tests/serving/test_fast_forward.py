@@ -37,6 +37,15 @@ def assert_same_run(fast, slow) -> None:
             assert np.array_equal(x, y, equal_nan=True) if field.name != "token_times_s" else np.array_equal(x, y)
 
 
+def same_either_way(spec):
+    """Serve spec with decode runs applied at once and step by step (RecordingPricer): the same batches priced
+    in the same order and the same run; returns (fast, slow)."""
+    fast, slow, fp, sp = both(spec, RecordingPricer)
+    assert fp.batches == sp.batches  # the same batches, in the same order
+    assert_same_run(fast, slow)
+    return fast, slow
+
+
 def both(spec, make_pricer, requests=None):
     fast_pricer, slow_pricer = make_pricer(), make_pricer()
     fast = simulate_serving(spec, fast_pricer, requests)
@@ -65,9 +74,7 @@ def with_layers(draw):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(with_layers())
 def test_fast_forward_changes_nothing_on_random_specs(spec):
-    fast, slow, fp, sp = both(spec, RecordingPricer)
-    assert fp.batches == sp.batches  # the same batches, in the same order
-    assert_same_run(fast, slow)
+    same_either_way(spec)
 
 
 def long_decodes(**scheduler):

@@ -16,9 +16,9 @@ from simulator.serving.kvcache import PagedKVCache
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
 from simulator.serving.workload import Request
-from tests.serving.conftest import RecordingPricer, make_spec
+from tests.serving.conftest import make_spec
 from tests.serving.test_adp_balance import balanced_specs
-from tests.serving.test_fast_forward import assert_same_run, both
+from tests.serving.test_fast_forward import same_either_way
 from tests.serving.test_properties import specs
 from tests.serving.test_simulate import conservation_holds
 
@@ -107,6 +107,11 @@ def cached_specs(draw):
     spec = draw(specs(max_output_tokens=20))
     if spec.scheduler.policy == "static":
         spec = spec.model_copy(update={"scheduler": spec.scheduler.model_copy(update={"policy": "continuous"})})
+    return with_cached_prefixes(draw, spec)
+
+
+def with_cached_prefixes(draw, spec):
+    """spec with shared prefixes of 1-24 tokens in 1-3 groups and prefix caching on."""
     prefix = SharedPrefixSpec(tokens=draw(st.integers(1, 24)), groups=draw(st.integers(1, 3)))
     return spec.model_copy(
         update={
@@ -119,10 +124,8 @@ def cached_specs(draw):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cached_specs())
 def test_with_the_cache_every_request_finishes_and_decode_runs_change_nothing(spec):
-    fast, slow, fp, sp = both(spec, RecordingPricer)
+    fast, slow = same_either_way(spec)
     conservation_holds(slow)
-    assert fp.batches == sp.batches
-    assert_same_run(fast, slow)
     hit, admitted = fast.prefix_cache
     assert 0 <= hit < admitted or admitted == 0
 
@@ -188,21 +191,12 @@ def test_serve_tells_what_the_cache_read(pricer):
 @st.composite
 def balanced_cached_specs(draw):
     """test_adp_balance's lockstep groups (TensorRT-LLM's scheduler, its balance and queue) with cached prefixes."""
-    spec = draw(balanced_specs())
-    prefix = SharedPrefixSpec(tokens=draw(st.integers(1, 24)), groups=draw(st.integers(1, 3)))
-    return spec.model_copy(
-        update={
-            "workload": spec.workload.model_copy(update={"shared_prefix": prefix}),
-            "scheduler": spec.scheduler.model_copy(update={"prefix_caching": True}),
-        }
-    )
+    return with_cached_prefixes(draw, draw(balanced_specs()))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(balanced_cached_specs())
 def test_a_balanced_lockstep_group_with_the_cache_finishes_everything_alike_step_by_step(spec):
-    fast, slow, fp, sp = both(spec, RecordingPricer)
+    fast, slow = same_either_way(spec)
     conservation_holds(slow)
     assert fast.preemptions == 0  # admission reserve, as TensorRT-LLM's scheduler
-    assert fp.batches == sp.batches
-    assert_same_run(fast, slow)
