@@ -17,7 +17,9 @@ from simulator.report.serving_summary import (
     headline,
     host_line,
     launches_line,
+    lockstep_line,
     max_rate_sentence,
+    prefix_cache_line,
     target_rows,
 )
 from simulator.report.summary import calibration_line
@@ -127,6 +129,8 @@ def serving_index_html(directory: Path, summary: dict) -> str:
             *([f"<p>{_e(engine_check_line(summary))}</p>"] if engine_check_line(summary) else []),
             *([f"<p>{_e(line)}.</p>"] if (line := launches_line(summary)) else []),
             *([f"<p>{_e(line)}.</p>"] if (line := host_line(summary)) else []),
+            *([f"<p>{_e(line)}.</p>"] if (line := lockstep_line(summary)) else []),
+            *([f"<p>{_e(line[0].upper() + line[1:])}.</p>"] if (line := prefix_cache_line(summary)) else []),
             f"<p>Files: {links}. Open serving_trace.json in ui.perfetto.dev.</p>",
             "<h2>Targets</h2>",
             _targets(summary),

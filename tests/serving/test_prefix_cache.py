@@ -200,3 +200,20 @@ def test_a_balanced_lockstep_group_with_the_cache_finishes_everything_alike_step
     fast, slow = same_either_way(spec)
     conservation_holds(slow)
     assert fast.preemptions == 0  # admission reserve, as TensorRT-LLM's scheduler
+
+
+def test_serve_prints_and_writes_the_prefix_cache_line(tmp_path, capsys):
+    from simulator.cli import main
+
+    out = tmp_path / "out"
+    sets = [
+        "serving.workload.shared_prefix={tokens: 512}",
+        "serving.workload.num_requests=20",
+        "serving.workload.arrivals={kind: poisson, rate_per_s: 10}",
+    ]
+    argv = ["serve", str(SCENARIOS / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"), "--out", str(out)]
+    assert main([*argv, *(a for o in sets for a in ("--set", o))]) == 0
+    line = "of 20,480 prompt tokens read from the cache"
+    assert f"prefix cache: 9,728 {line}" in capsys.readouterr().out  # 19 requests x 512 (the first computes it)
+    assert f"Prefix cache: 9,728 {line}" in (out / "summary.md").read_text()
+    assert f"Prefix cache: 9,728 {line}" in (out / "index.html").read_text()
