@@ -35,7 +35,7 @@ from simulator.config.engine import HostTimeSpec
 from simulator.config.serving import Arrivals, ServingError, ServingSpec
 from simulator.serving.adp_balance import AttentionDpBalance, check_attention_dp_options
 from simulator.serving.dp_router import VllmDpRouter
-from simulator.serving.engine_pricing import host_set_iteration
+from simulator.serving.engine_pricing import batch_tokens, host_set_iteration
 from simulator.serving.pricing import CachedPricer, IterationPricer
 from simulator.serving.scheduler import DecodeRun, Scheduler, Sequence, Step
 from simulator.serving.workload import Request, generate_requests
@@ -763,7 +763,7 @@ def _before(scheduler: Scheduler, step: Step) -> tuple[int, int, int, int, int]:
         len(scheduler.waiting),
         len(scheduler.running),
         len(step.seqs),
-        sum(w[0] for w in step.batch),
+        batch_tokens(step.batch),
         scheduler.kv.used_blocks,
     )
 
