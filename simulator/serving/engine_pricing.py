@@ -117,6 +117,16 @@ def host_set_iteration(host: HostTimeSpec, sequences: int, iteration_s: float) -
     return host_s > 0.0 and (not host.overlapped or host_s >= iteration_s)
 
 
+def _pass_timing(pricer: IterationPricer, batch: Batch) -> IterationTiming:
+    """(period, latency) of one pass of `batch` by `pricer`: its timing() where it has one, else its one figure."""
+    timing = getattr(pricer, "timing", None)
+    if timing is not None:
+        period_s, latency_s = timing(batch)
+        return IterationTiming(float(period_s), float(latency_s))
+    t = float(pricer(batch))
+    return IterationTiming(t, t)
+
+
 _PAD = SeqWork(1, 0)  # a dummy decode row: one token, nothing cached
 _NEW_TOKENS = itemgetter(0)  # SeqWork.new_tokens
 
@@ -204,12 +214,7 @@ class EnginePricer:
         else:
             pricer, priced = self.eager_pricer, batch
         assert pricer is not None
-        timing = getattr(pricer, "timing", None)
-        if timing is not None:
-            period_s, latency_s = timing(priced)
-            return IterationTiming(float(period_s), float(latency_s))
-        t = float(pricer(priced))
-        return IterationTiming(t, t)
+        return _pass_timing(pricer, priced)
 
     def decode_timing(self, contexts: np.ndarray) -> IterationTiming:
         """timing() of a pure decode batch given as its contexts (int64; empty: an idle replica's dummy pass),
@@ -222,25 +227,20 @@ class EnginePricer:
         if decode is not None:
             gpu = decode(contexts, pad)
         else:
-            batch = tuple(SeqWork(1, c) for c in contexts.tolist()) + (_PAD,) * pad
-            timing = getattr(pricer, "timing", None)
-            if timing is not None:
-                period_s, latency_s = timing(batch)
-                gpu = IterationTiming(float(period_s), float(latency_s))
-            else:
-                t = float(pricer(batch))
-                gpu = IterationTiming(t, t)
-        host = self.profile.host
-        return IterationTiming(iteration_s(gpu.period_s, host, n), iteration_s(gpu.latency_s, host, n))
+            gpu = _pass_timing(pricer, tuple(SeqWork(1, c) for c in contexts.tolist()) + (_PAD,) * pad)
+        return self.with_host(gpu, n)
 
     def decode_latency(self, contexts: np.ndarray) -> float:
         """__call__ of a pure decode batch given as its contexts (CachedPricer.price_run)."""
         return self.decode_timing(contexts).latency_s
 
     def timing(self, batch: Batch) -> IterationTiming:
-        gpu = self.gpu_timing(batch)
-        host, n = self.profile.host, len(batch)
-        return IterationTiming(iteration_s(gpu.period_s, host, n), iteration_s(gpu.latency_s, host, n))
+        return self.with_host(self.gpu_timing(batch), len(batch))
+
+    def with_host(self, gpu: IterationTiming, sequences: int) -> IterationTiming:
+        """An iteration of `sequences` sequences whose GPU pass takes `gpu`, with the engine's host work."""
+        host = self.profile.host
+        return IterationTiming(iteration_s(gpu.period_s, host, sequences), iteration_s(gpu.latency_s, host, sequences))
 
     def __call__(self, batch: Batch) -> float:
         return self.timing(batch).latency_s
