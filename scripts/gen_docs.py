@@ -220,6 +220,7 @@ SCENARIO_SECTIONS = (
     ("LognormalLength", "serving.workload.input_len"),
     ("EmpiricalLength", "serving.workload.input_len"),
     ("SharedPrefixSpec", "serving.workload.shared_prefix"),
+    ("ConversationSpec", "serving.workload.conversation"),
     ("SchedulerSpec", "serving.scheduler"),
     ("KVCacheSpec", "serving.scheduler.kv_cache"),
     ("SlidingKVSpec", "serving.scheduler.kv_cache.sliding"),

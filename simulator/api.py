@@ -518,6 +518,7 @@ class ServeResult:
             "capped": self.found.capped,
             "rel_tol": self.rel_tol,
             "rates_tried": len(self.found.curve),
+            "unit": self.spec.workload.rate_unit,
         }
 
     @property
@@ -591,6 +592,7 @@ class ServeResult:
                     self.spec.targets,
                     found.rate_per_s,
                     f"{name}: p99 latency and throughput against the arrival rate",
+                    self.spec.workload.rate_unit,
                 ),
             )
         write_serving_trace(out / "serving_trace.json", self.sim, {"scenario": name})

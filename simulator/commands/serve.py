@@ -67,7 +67,7 @@ def _rate_progress(console: Console, shown: bool) -> Iterator[Callable[[float, A
 
         def tick(rate: float, s) -> None:
             verdict = "targets met" if s.all_targets_met else "a target missed"
-            bar.update(task, advance=1, description=f"{rate:.4g} requests/s: {verdict}")
+            bar.update(task, advance=1, description=f"{rate:.4g}/s: {verdict}")
 
         yield tick
 
@@ -76,13 +76,13 @@ def _print_max_rate(console: Console, found, spec) -> None:
     if found.rate_per_s is None:
         console.print(
             f"[red]max rate[/red]: no rate tried (down to {found.curve['rate_per_s'].min():.4g} "
-            f"requests/s) meets every target"
+            f"{spec.workload.rate_unit}) meets every target"
         )
         return
     note = " (the highest rate tried; the true maximum may be higher)" if found.capped else ""
     row = found.curve[found.curve["rate_per_s"] == found.rate_per_s].iloc[0]
     console.print(
-        f"[bold]max rate[/bold]: {found.rate_per_s:.4g} requests/s{note}, at "
+        f"[bold]max rate[/bold]: {found.rate_per_s:.4g} {spec.workload.rate_unit}{note}, at "
         f"{row['output_tokens_per_s_per_gpu']:.4g} output tokens/s/GPU, TTFT p99 "
         f"{row['ttft_p99_s'] * 1e3:.4g} ms, TPOT p99 {row['tpot_p99_s'] * 1e3:.4g} ms; "
         f"{len(found.curve)} rates simulated (rate_curve.csv)"

@@ -170,6 +170,19 @@ class SharedPrefixSpec(StrictModel):
     groups: int = Field(default=1, ge=1, description="distinct prefixes, taken in turn by the requests")
 
 
+class ConversationSpec(StrictModel):
+    """Multi-turn conversations (SGLang's bench_multiturn, vLLM's benchmarks/multi_turn): request i is turn
+    i mod `turns` of conversation i // `turns`. A turn's prompt is the conversation so far (every earlier prompt
+    and reply) followed by a new message of input_len tokens; its reply has output_len tokens. The next turn is
+    sent `think_time_s` after a reply ends. The arrivals start the conversations: an open loop's rate is
+    conversations per second, a closed loop's concurrency the conversations in flight. With prefix caching
+    (scheduler.prefix_caching) a turn reads the conversation's earlier blocks from the cache where they are
+    still resident on its replica."""
+
+    turns: int = Field(ge=2, description="turns of each conversation (the last one may have fewer)")
+    think_time_s: float = Field(default=0.0, ge=0, description="time between a reply's end and the next turn")
+
+
 class WorkloadSpec(StrictModel):
     """Who sends what, when. Give num_requests or duration_s (a trace may give neither: all of its lines)."""
 
@@ -191,6 +204,11 @@ class WorkloadSpec(StrictModel):
     shared_prefix: SharedPrefixSpec | None = Field(
         default=None, description="prompts beginning with a shared prefix (a system prompt); default: none"
     )
+    conversation: ConversationSpec | None = Field(
+        default=None,
+        description="multi-turn conversations: each turn's prompt is the conversation so far plus a new message "
+        "of input_len tokens; default: none (every request stands alone)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadSpec:
@@ -206,12 +224,24 @@ class WorkloadSpec(StrictModel):
             raise ValueError("num_requests or duration_s: give one (how many requests, or how long to send them)")
         if self.arrivals.kind == "closed_loop" and self.num_requests is None:
             raise ValueError("num_requests: a closed loop needs a request count (duration_s is for open loops)")
+        if self.conversation is not None:
+            if is_trace:
+                raise ValueError("conversation: a trace carries its own prompts; remove workload.conversation")
+            if self.num_requests is None:
+                raise ValueError("conversation: give num_requests (the turns of all conversations), not duration_s")
+            if self.shared_prefix is not None:
+                raise ValueError("conversation and shared_prefix: give one of them, not both")
         if self.num_requests is not None and self.warmup_requests >= self.num_requests:
             raise ValueError(
                 f"warmup_requests = {self.warmup_requests} must be < num_requests = "
                 f"{self.num_requests}; lower it so some requests are measured"
             )
         return self
+
+    @property
+    def rate_unit(self) -> str:
+        """What an open loop's rate counts: requests, or with conversations the conversations started."""
+        return "requests/s" if self.conversation is None else "conversations/s"
 
 
 # ---------------------------------------------------------------- scheduler
@@ -362,8 +392,8 @@ class SchedulerSpec(StrictModel):
     prefix_caching: bool | None = Field(
         default=None,
         description="reuse the KV blocks of a prompt prefix already computed (vLLM's automatic prefix caching, "
-        "SGLang's radix cache, TensorRT-LLM's KV block reuse): a request whose workload.shared_prefix has been "
-        "computed skips its whole blocks (not the prompt's last token); a cached prefix stays resident, its "
+        "SGLang's radix cache, TensorRT-LLM's KV block reuse): a request whose workload.shared_prefix (or earlier "
+        "turns of its workload.conversation) has been computed skips its whole blocks (not the prompt's last token); a cached prefix stays resident, its "
         "blocks counted as used. Default: the engine's (on for vllm-v1, sglang, trtllm-1.0), else off",
     )
     # Batches in flight per replica (vLLM's virtual engines, one per pipeline stage): each has its own

@@ -75,7 +75,7 @@ class Deployment:
     # serving.replicas.attention_dp_balance: (timeout_iters, batching_wait_iters), None when off
     attention_dp_balance: tuple[int, int] | None = None
     router: str | None = None  # serving.replicas.router as the simulation resolves it; None for a static batch
-    # workload.shared_prefix simulated without prefix caching: the engines' own (on by default) turned off
+    # workload.shared_prefix or .conversation simulated without prefix caching: the engines' own (on by default) off
     prefix_caching_off: bool = False
 
     @property
@@ -119,7 +119,8 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "split_prompts": s.split_prompts,
         }
         kv["router"] = resolved_router(scenario)
-        kv["prefix_caching_off"] = scenario.serving.workload.shared_prefix is not None and not s.prefix_caching
+        w = scenario.serving.workload
+        kv["prefix_caching_off"] = (w.shared_prefix is not None or w.conversation is not None) and not s.prefix_caching
         adp = scenario.serving.replicas.attention_dp_balance
         if adp is not None:
             kv["attention_dp_balance"] = (adp.timeout_iters, adp.batching_wait_iters)

@@ -141,7 +141,9 @@ def gantt_png(run: ServingRun, title: str, num_requests: int = GANTT_REQUESTS) -
     return _png(fig)
 
 
-def rate_curve_png(curve: pd.DataFrame, targets, max_rate_per_s: float | None, title: str) -> bytes:
+def rate_curve_png(
+    curve: pd.DataFrame, targets, max_rate_per_s: float | None, title: str, rate_unit: str = "requests/s"
+) -> bytes:
     """The rate sweep against the offered Poisson rate, as serving benchmarks publish it: p99 TTFT, p99 TPOT
     and the output tokens/s/GPU delivered, one point per rate tried (green: every target met and the
     deployment keeps up; red: not); targets dashed, the max rate a vertical line. Throughput that stops
@@ -174,7 +176,7 @@ def rate_curve_png(curve: pd.DataFrame, targets, max_rate_per_s: float | None, t
             ax.axvline(max_rate_per_s, color="tab:blue", ls=":", lw=1.5, label=f"max rate {max_rate_per_s:.4g}/s")
         if log_x:
             ax.set_xscale("log")
-        ax.set_xlabel("offered Poisson rate [requests/s]")
+        ax.set_xlabel(f"offered Poisson rate [{rate_unit}]")
         ax.set_ylim(bottom=0)
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(name, fontsize=10)

@@ -135,13 +135,16 @@ def serving_summary_dict(
             "attention_dp_balance": None if adp is None else adp.model_dump(),
             "held_iterations": run.balance_held,
         }
-    if run.prefix_cache is not None:  # prefix caching of a shared prefix: what the cache saved
+    if run.prefix_cache is not None:  # prefix caching of a shared prefix or of conversations: what the cache saved
         hit, admitted = run.prefix_cache
-        prefix = spec.workload.shared_prefix
-        assert prefix is not None
+        prefix, conversation = spec.workload.shared_prefix, spec.workload.conversation
+        assert prefix is not None or conversation is not None
         extra["prefix_cache"] = {
-            "shared_prefix_tokens": prefix.tokens,
-            "groups": prefix.groups,
+            **(
+                {"shared_prefix_tokens": prefix.tokens, "groups": prefix.groups}
+                if prefix is not None
+                else {"conversation_turns": conversation.turns, "think_time_s": conversation.think_time_s}
+            ),
             "prompt_tokens_admitted": admitted,
             "prompt_tokens_from_cache": hit,
             "hit_fraction": hit / admitted if admitted else 0.0,
@@ -192,10 +195,12 @@ def target_rows(summary: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _kv_text(f: dict) -> str:
+def _kv_text(summary: dict) -> str:
+    f = summary["figures"]
+    cached = " with cached prefixes (evicted when a request needs their room)" if summary.get("prefix_cache") else ""
     return (
         f"peak {f['kv_peak_blocks']:.0f} / mean {f['kv_mean_blocks']:.1f} of {f['kv_capacity_blocks']:.0f} "
-        f"blocks ({format_value(f['kv_peak_fraction'], '%')} / {format_value(f['kv_mean_fraction'], '%')})"
+        f"blocks ({format_value(f['kv_peak_fraction'], '%')} / {format_value(f['kv_mean_fraction'], '%')}){cached}"
     )
 
 
@@ -207,8 +212,14 @@ def headline(summary: dict) -> str:
             f"disaggregated {pools_text(s['disaggregation'])}, {f['num_gpus']:.0f} GPU(s); iterations priced "
             f"by {summary['pricer']}"
         )
+    conversation = s["workload"].get("conversation")
+    turns = (
+        ""
+        if not conversation
+        else f" in conversations of {conversation['turns']} turns ({conversation['think_time_s']:g} s between them)"
+    )
     return (
-        f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals), "
+        f"{f['num_requests']:.0f} measured requests{turns} ({s['workload']['arrivals']['kind']} arrivals), "
         f"{s['scheduler']['policy']} scheduler, {f['num_replicas']:.0f} replica(s), "
         f"{f['num_gpus']:.0f} GPU(s); iterations priced by {summary['pricer']}"
     )
@@ -314,16 +325,18 @@ def lockstep_line(summary: dict) -> str | None:
 
 def prefix_cache_line(summary: dict) -> str | None:
     """'prefix cache: 9,600 of 24,000 prompt tokens read from the cache (40.0 %), a shared prefix of 512 tokens in
-    1 group', or None without prefix caching of a shared prefix."""
+    1 group' (or '..., conversations of 4 turns'), or None without prefix caching."""
     p = summary.get("prefix_cache")
     if not p:
         return None
-    groups = p["groups"]
-    return (
+    head = (
         f"prefix cache: {p['prompt_tokens_from_cache']:,} of {p['prompt_tokens_admitted']:,} prompt tokens read from "
-        f"the cache ({100 * p['hit_fraction']:.1f} %), a shared prefix of {p['shared_prefix_tokens']:,} tokens in "
-        f"{groups:,} group{'' if groups == 1 else 's'}"
+        f"the cache ({100 * p['hit_fraction']:.1f} %), "
     )
+    if "conversation_turns" in p:
+        return head + f"conversations of {p['conversation_turns']:,} turns"
+    groups = p["groups"]
+    return head + f"a shared prefix of {p['shared_prefix_tokens']:,} tokens in {groups:,} group{'' if groups == 1 else 's'}"
 
 
 #: How serving.replicas.router sends requests, for the lockstep line.
@@ -417,7 +430,7 @@ def serving_markdown(summary: dict) -> str:
     lines += [
         f"| goodput fraction | {format_value(f['goodput_fraction'], '%')} |",
         f"| preemptions | {f['preemptions']:.0f} |",
-        f"| KV cache{' (decode pool)' if 'transfer_mean_s' in f else ''} | {_kv_text(f)} |",
+        f"| KV cache{' (decode pool)' if 'transfer_mean_s' in f else ''} | {_kv_text(summary)} |",
         f"| measured window | {format_value(f['duration_s'], 's')} |",
     ]
     if "transfer_mean_s" in f:
@@ -438,7 +451,8 @@ def max_rate_sentence(max_rate: dict) -> str:
         return "No arrival rate tried meets every target."
     capped = " (the highest rate tried: the true maximum may be higher)" if max_rate["capped"] else ""
     return (
-        f"Highest Poisson arrival rate meeting every target: {format_value(rate)} requests/s{capped}, "
+        f"Highest Poisson arrival rate meeting every target: {format_value(rate)} "
+        f"{max_rate.get('unit', 'requests/s')}{capped}, "
         f"within {100 * max_rate['rel_tol']:.3g}%; {max_rate['rates_tried']} rates simulated (rate_curve.csv)."
     )
 
@@ -517,7 +531,7 @@ def print_serving(console: Console, summary: dict) -> None:
         tput.add_row(text, format_value(f[key]))
     tput.add_row("goodput fraction", format_value(f["goodput_fraction"], "%"))
     tput.add_row("preemptions", f"{f['preemptions']:.0f}")
-    tput.add_row("KV cache (decode pool)" if "transfer_mean_s" in f else "KV cache", _kv_text(f))
+    tput.add_row("KV cache (decode pool)" if "transfer_mean_s" in f else "KV cache", _kv_text(summary))
     console.print(tput)
     if "transfer_mean_s" in f:
         moves = Table(title="KV transfers (disaggregated)")

@@ -183,6 +183,11 @@ def _pool_plan(
             f"pool; use continuous or chunked_prefill"
         )
     workload = spec.workload
+    if workload.conversation is not None:
+        raise ServingError(
+            "serving.workload.conversation: not modelled for disaggregated deployments (a turn's history and its "
+            "transfers); remove it or serve the deployment aggregated"
+        )
     if workload.shared_prefix is not None and scheduler.prefix_caching:
         raise ServingError(
             f"{path}.scheduler.prefix_caching: not modelled for disaggregated pools (the transfers of cached "

@@ -84,6 +84,7 @@ class Sequence:
         "kv_limit_tokens",
         "prefix_group",
         "prefix_tokens",
+        "cache_tokens",
     )
 
     def __init__(
@@ -103,8 +104,9 @@ class Sequence:
         self.preemptions = 0
         self.token_times_s: list[float] = []
         self.kv_limit_tokens: float = 0  # tokens its KV blocks hold; growing past it needs a block (inf: never)
-        self.prefix_group = -1  # its shared prefix's group (workload.shared_prefix), -1: none
+        self.prefix_group = -1  # its shared prefix's group (workload.shared_prefix) or conversation, -1: none
         self.prefix_tokens = 0  # the prompt tokens that prefix covers
+        self.cache_tokens = 0  # its first tokens whose blocks go to its group's cache once computed
 
 
 class Step:
@@ -301,14 +303,15 @@ class Scheduler:
         return finished
 
     def _cache_prefixes(self, seqs: list[Sequence]) -> None:
-        """Prefix caching: the whole blocks of a shared prefix a sequence has just computed, beyond what its group
-        has cached, go to the cache (its own blocks, handed over: PagedKVCache.pin)."""
+        """Prefix caching: the whole blocks of its cache_tokens (a shared prefix; a conversation's turn followed by
+        another: all of it) a sequence has just computed, beyond what its group has cached, go to the cache (its
+        own blocks, handed over: PagedKVCache.pin)."""
         size = self.kv.block_size_tokens
         for seq in seqs:
             group = seq.prefix_group
             if group < 0:
                 continue
-            full = min(seq.num_computed, seq.prefix_tokens) // size * size
+            full = min(seq.num_computed, seq.cache_tokens) // size * size
             cached = self.cached.get(group, 0)
             if full > cached:
                 if seq.state != FINISHED:
@@ -472,11 +475,13 @@ class Scheduler:
         return True
 
     def _caches_more(self, seqs: list[Sequence]) -> bool:
-        """Whether the step just scheduled (one token each of `seqs`) will cache more of a prefix when done."""
+        """Whether the step just scheduled (one token each of `seqs`) will cache more of a prefix that a waiting
+        request shares (it may then start from it) when done."""
         size = self.kv.block_size_tokens
+        waiting = {s.prefix_group for s in self.waiting}
         return any(
-            s.prefix_group >= 0
-            and min(s.num_computed + 1, s.prefix_tokens) // size * size > self.cached.get(s.prefix_group, 0)
+            s.prefix_group in waiting
+            and min(s.num_computed + 1, s.cache_tokens) // size * size > self.cached.get(s.prefix_group, 0)
             for s in seqs
         )
 

@@ -32,7 +32,7 @@ import numpy as np
 import simpy
 
 from simulator.config.engine import HostTimeSpec
-from simulator.config.serving import Arrivals, ServingError, ServingSpec
+from simulator.config.serving import Arrivals, ConversationSpec, ServingError, ServingSpec
 from simulator.serving.adp_balance import AttentionDpBalance, check_attention_dp_options
 from simulator.serving.dp_router import VllmDpRouter
 from simulator.serving.engine_pricing import batch_tokens, host_set_iteration
@@ -214,37 +214,42 @@ def _few_collections() -> Iterator[None]:
 class RequestSource:
     """The arrivals side of a serving model, shared by the co-located `ServingModel` and the disaggregated one
     (serving.disagg_simulate): the open loop (one timeout per request) or the closed loop (each finish sends the
-    next), the time-average count of requests in the system, and the run to the end. A subclass sets `env`,
-    `requests`, `arrivals` and `warmup_requests`, calls `init_source`, and defines `accept` (where an arrived request goes)."""
+    next), a conversation's later turns (each sent think_time_s after the turn before ends), the time-average
+    count of requests in the system, and the run to the end. A subclass sets `env`, `requests`, `arrivals`,
+    `warmup_requests` (and `conversation` where it has one), calls `init_source`, and defines `accept` (where an
+    arrived request goes)."""
 
     env: simpy.Environment
     requests: Seq[Request]
     arrivals: Arrivals
     warmup_requests: int
+    conversation: ConversationSpec | None = None
 
     def init_source(self) -> None:
         self.num_finished = 0
-        self.next_closed = 0  # next request a closed loop sends
+        self.next_closed = 0  # next request (or conversation) a closed loop sends
         self.in_system = 0
         self.area = 0.0
         self.last_change_s = 0.0
         self.finish_s = np.full(len(self.requests), math.inf)
         self.next_arrival_s = math.inf  # an open loop's next arrival (a closed loop's come with finishes)
+        # what the arrival process sends: every request, or each conversation's first turn
+        self.starts = self.requests if self.conversation is None else [r for r in self.requests if r.turn == 0]
 
     def accept(self, request: Request, arrival_s: float) -> None:
         raise NotImplementedError
 
     def start_arrivals(self) -> None:
         if self.arrivals.kind == "closed_loop":
-            self.next_closed = min(self.arrivals.concurrency, len(self.requests))
-            for request in self.requests[: self.next_closed]:
+            self.next_closed = min(self.arrivals.concurrency, len(self.starts))
+            for request in self.starts[: self.next_closed]:
                 self.accept(request, 0.0)
         else:
             self.env.process(self.open_loop())
 
     def open_loop(self):
         env = self.env
-        for request in self.requests:
+        for request in self.starts:
             self.next_arrival_s = request.arrival_s
             delay = request.arrival_s - env.now
             if delay > 0:
@@ -259,13 +264,34 @@ class RequestSource:
         self.in_system += delta
 
     def left(self, request_id: int) -> None:
-        """Request request_id left the system: count it, and in a closed loop send the next."""
+        """Request request_id left the system: count it; send its conversation's next turn, or in a closed loop
+        the next request (conversation)."""
         self.finish_s[request_id] = self.env.now
         self.num_finished += 1
         self.count(-1)
-        if self.next_closed < len(self.requests) and self.arrivals.kind == "closed_loop":
-            self.accept(self.requests[self.next_closed], self.env.now)
+        following = self.next_turn(request_id)
+        if following is not None:
+            assert self.conversation is not None
+            think_s = self.conversation.think_time_s
+            if think_s > 0:
+                self.env.process(self._send_later(following, think_s))
+            else:
+                self.accept(following, self.env.now)
+            return
+        if self.next_closed < len(self.starts) and self.arrivals.kind == "closed_loop":
+            self.accept(self.starts[self.next_closed], self.env.now)
             self.next_closed += 1
+
+    def next_turn(self, request_id: int) -> Request | None:
+        """The turn of request_id's conversation that follows it (None: the last turn, or no conversation)."""
+        following = request_id + 1
+        if self.conversation is None or following == len(self.requests) or not self.requests[following].turn:
+            return None
+        return self.requests[following]
+
+    def _send_later(self, request: Request, delay_s: float):
+        yield self.env.timeout(delay_s)
+        self.accept(request, self.env.now)
 
     def run_to_end(self, what: str) -> None:
         """Run the environment until no event is left; every request must have finished by then. Inside
@@ -276,7 +302,12 @@ class RequestSource:
     def _run_to_end(self, what: str) -> None:
         check = _STOP_CHECK.get()
         warmup = self.warmup_requests
-        if check is not None and self.arrivals.kind != "closed_loop" and len(self.requests) > warmup:
+        if (
+            check is not None
+            and self.arrivals.kind != "closed_loop"
+            and self.conversation is None  # later turns' arrivals are not known beforehand
+            and len(self.requests) > warmup
+        ):
             arrival_s = np.array([r.arrival_s for r in self.requests[warmup:]])
             # just past the last arrival: every event at that time (a finish at it) has run
             self.env.run(until=math.nextafter(float(arrival_s.max()), math.inf))
@@ -317,7 +348,8 @@ class ServingModel(RequestSource):
             )
         # scheduler index = replica * batches + pipeline batch
         cap = spec.workload.max_new_tokens
-        shared = spec.workload.shared_prefix is not None
+        self.conversation = spec.workload.conversation
+        shared = spec.workload.shared_prefix is not None or self.conversation is not None
         self.schedulers = [
             Scheduler(per_batch, r, cap, shared) for r in range(self.num_replicas) for _ in range(self.batches)
         ]
@@ -336,12 +368,15 @@ class ServingModel(RequestSource):
         self.balance = None if adp is None else AttentionDpBalance(adp, spec.scheduler.max_num_seqs)
         self.group_queue: deque[Sequence] | None = deque() if spec.replicas.router == "attention_dp" else None
         self.group_arrived = 0  # requests that entered the group queue (a decode run ends when one does)
-        # Prefix caching of a shared prompt prefix (workload.shared_prefix, scheduler.prefix_caching)
+        # Prefix caching of a shared prompt prefix or of a conversation's earlier turns (workload.shared_prefix,
+        # workload.conversation, scheduler.prefix_caching)
         self.shared_prefix = spec.workload.shared_prefix if per_batch.prefix_caching else None
-        if self.shared_prefix is not None and per_batch.kv_cache.sliding is not None:
+        self.cache_prefixes = bool(per_batch.prefix_caching) and shared
+        if self.cache_prefixes and per_batch.kv_cache.sliding is not None:
+            what = "workload.shared_prefix" if self.shared_prefix is not None else "workload.conversation"
             raise ServingError(
                 "serving.scheduler.prefix_caching: not modelled for a model with sliding-window layers (their "
-                "blocks leave the window); turn it off or remove workload.shared_prefix"
+                f"blocks leave the window); turn it off or remove {what}"
             )
         # vLLM's data-parallel load balancer: counts reported after each step, seen by the router at its ticks
         self.dp_router = VllmDpRouter(self.num_replicas) if spec.replicas.router == "vllm_dp" else None
@@ -396,7 +431,12 @@ class ServingModel(RequestSource):
         prefix = self.shared_prefix
         if prefix is not None:
             seq.prefix_group = request.request_id % prefix.groups
-            seq.prefix_tokens = min(prefix.tokens, request.input_tokens)
+            seq.prefix_tokens = seq.cache_tokens = min(prefix.tokens, request.input_tokens)
+        elif self.cache_prefixes:  # a conversation: its earlier turns, and for the next turn all of this one
+            seq.prefix_group = request.conversation
+            seq.prefix_tokens = request.history_tokens
+            last = self.next_turn(request.request_id) is None
+            seq.cache_tokens = request.history_tokens if last else request.input_tokens + request.output_tokens
         self.seqs[request.request_id] = seq
         self.count(+1)
         if self.group_queue is not None:  # TensorRT-LLM's attention-DP queue: a rank is chosen when one has room
@@ -741,7 +781,7 @@ class ServingModel(RequestSource):
             host=self.host_tally(),
             balance_held=None if self.balance is None else self.balance.held,
             prefix_cache=None
-            if self.shared_prefix is None
+            if not self.cache_prefixes
             else (
                 sum(s.prefix_hit_tokens for s in self.schedulers),
                 sum(s.prompt_tokens_admitted for s in self.schedulers),
@@ -782,7 +822,7 @@ def _check_requests(spec: ServingSpec, requests: Seq[Request]) -> None:
     for i, r in enumerate(requests):
         if r.request_id != i:
             raise ServingError(f"requests[{i}].request_id = {r.request_id}: number requests 0, 1, 2, ... in order")
-        if not closed:
+        if not closed and not r.turn:  # a conversation's later turns are sent when the turn before ends
             if not r.arrival_s >= last_s:
                 raise ServingError(
                     f"requests[{i}].arrival_s = {r.arrival_s} is before the previous request's "

@@ -48,12 +48,18 @@ _CHUNK = 4096  # arrivals drawn per round when sending for duration_s
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One request. arrival_s is NaN in a closed loop: it arrives when an earlier request finishes."""
+    """One request. arrival_s is NaN in a closed loop (it arrives when an earlier request finishes) and for a
+    conversation's later turns (sent think_time_s after the turn before ends). conversation: its conversation
+    (workload.conversation; -1: none), turn: its turn there, history_tokens: the prompt tokens of the
+    conversation's earlier turns (prompts and replies) at the start of its prompt."""
 
     request_id: int
     arrival_s: float
     input_tokens: int
     output_tokens: int
+    conversation: int = -1
+    turn: int = 0
+    history_tokens: int = 0
 
 
 def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> tuple[Request, ...]:
@@ -80,6 +86,8 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
         for line_no, _, n_in, n_out in rows:
             _check(n_in, n_out, spec, f"trace {w.arrivals.path} line {line_no}")
         return tuple(Request(i, a, n_in, n_out) for i, (_, a, n_in, n_out) in enumerate(rows))
+    if w.conversation is not None:
+        return _conversations(spec, base)
     arrivals_s = arrival_times_s(w)
     n = len(arrivals_s)
     last_s = float(np.nanmax(arrivals_s)) if n and not np.isnan(arrivals_s).all() else 0.0
@@ -104,6 +112,37 @@ def generate_requests(spec: ServingSpec, base_dir: str | Path | None = None) -> 
         longest = max(requests, key=lambda r: r.input_tokens + kv_output_tokens(r.output_tokens, cap, admission))
         _check(longest.input_tokens, longest.output_tokens, spec, f"request {longest.request_id}")
     return requests
+
+
+def _conversations(spec: ServingSpec, base: Path) -> tuple[Request, ...]:
+    """workload.conversation's requests: num_requests turns, request i turn i mod T of conversation i // T. Turn
+    t's prompt is turn t - 1's prompt and reply followed by a new message (input_len); its reply is output_len
+    (both drawn per request from the streams of independent requests: the same seed gives the same messages and
+    replies with or without conversations). The conversations start at the arrival process's times (NaN in a
+    closed loop); a later turn's arrival is NaN (sent when the turn before has ended)."""
+    w = spec.workload
+    assert w.conversation is not None and w.num_requests is not None
+    assert w.input_len is not None and w.output_len is not None
+    n, turns = w.num_requests, w.conversation.turns
+    starts_s = arrival_times_s(w.model_copy(update={"num_requests": -(-n // turns)}))
+    messages = draw_lengths(w.input_len, n, np.random.default_rng([w.seed, 1]), base)
+    outputs = draw_lengths(w.output_len, n, np.random.default_rng([w.seed, 2]), base)
+    if w.max_new_tokens is not None:  # the engine stops a request at its cap
+        outputs = np.minimum(outputs, w.max_new_tokens)
+    requests = []
+    history = 0
+    for i in range(n):
+        c, t = divmod(i, turns)
+        if t == 0:
+            history = 0
+        prompt = history + int(messages[i])
+        arrival_s = float(starts_s[c]) if t == 0 else math.nan
+        requests.append(Request(i, arrival_s, prompt, int(outputs[i]), c, t, history))
+        history = prompt + int(outputs[i])
+    cap, admission = w.max_new_tokens, spec.scheduler.admission
+    longest = max(requests, key=lambda r: r.input_tokens + kv_output_tokens(r.output_tokens, cap, admission))
+    _check(longest.input_tokens, longest.output_tokens, spec, f"request {longest.request_id} (turn {longest.turn + 1})")
+    return tuple(requests)
 
 
 def _check(input_tokens: int, output_tokens: int, spec: ServingSpec, what: str) -> None:
