@@ -11,7 +11,8 @@ bench_multiturn, vLLM's benchmarks/multi_turn). Turn t's prompt is the conversat
 Per setting it prints the prompt tokens read from the cache, TTFT p50 / p99, TPOT p50, output tokens/s, the KV
 cache's peak and the wall time. On two data-parallel replicas (two H100s, independent engines), round robin sends
 a conversation's turns to either replica, so a turn finds its blocks only where the turn before it ran; the
-least-loaded router does no better, since neither routes by conversation.
+least-loaded router does no better, since neither routes by conversation; the session router (every turn of a
+conversation to one replica) finds them all, as one GPU does.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
         ("1 GPU", [], 1),
         ("DP2 round robin", ["cluster.num_gpus=2", "parallel.dp=2", "serving.replicas.router=round_robin"], 2),
         ("DP2 least loaded", ["cluster.num_gpus=2", "parallel.dp=2", "serving.replicas.router=least_loaded"], 2),
+        ("DP2 session", ["cluster.num_gpus=2", "parallel.dp=2", "serving.replicas.router=session"], 2),
     ]
     for name, layout, gpus in layouts:
         for rate in (float(r) for r in args.rates.split(",")):

@@ -354,7 +354,7 @@ SlidingWindowKV = Literal["freed", "kept"]
 
 
 #: How requests are sent to data-parallel replicas (config.serving.ReplicaSpec.router).
-Router = Literal["round_robin", "least_loaded", "vllm_dp", "attention_dp"]
+Router = Literal["round_robin", "least_loaded", "session", "vllm_dp", "attention_dp"]
 
 
 class SchedulerDefaultsSpec(StrictModel):

@@ -451,7 +451,9 @@ class ReplicaSpec(StrictModel):
     count: int | None = Field(default=None, ge=1, description="replicas; default: parallel.dp")
     router: Router = Field(
         default="round_robin",
-        description="how requests are sent to the replicas: round_robin or least_loaded on arrival; vllm_dp "
+        description="how requests are sent to the replicas: round_robin or least_loaded on arrival; session (every "
+        "turn of a workload.conversation to one replica, conversation c to replica c mod replicas: a session-affinity "
+        "front end; other requests round robin); vllm_dp "
         "(vLLM's data-parallel load balancer: on arrival, to the lowest waiting x 4 + running among counts "
         "published every 100 ms, plus those it sent since); or attention_dp (TensorRT-LLM's attention-DP request "
         "queue, a lockstep group only: requests wait in one queue and go, when ranks have room, to those with the "

@@ -258,6 +258,15 @@ def _replicas(lines: list[str], d: Deployment, argv: list[str], port_flag: str) 
     lines += [
         f"# {d.dp} independent replicas of {per} GPU{'s' if per > 1 else ''} each, one server per replica on ports "
         "8000.. (put a load balancer in front).",
+        *(
+            [
+                "# moesim sent every turn of a conversation to one replica (serving.replicas.router = session): the "
+                "load balancer must route by session too (vLLM production-stack's --routing-logic session; SGLang's "
+                "router --policy cache_aware routes by prefix match)."
+            ]
+            if d.router == "session"
+            else []
+        ),
         f"for r in $(seq 0 {d.dp - 1}); do",
         f"  first=$((r * {per}))",
         f"  CUDA_VISIBLE_DEVICES=$(seq -s, $first $((first + {per - 1}))) \\",
@@ -631,6 +640,14 @@ def sglang_script(scenario: Scenario) -> str:
             lines.append(
                 f"# --dp-size without --enable-dp-attention: {d.dp} independent replicas behind SGLang's DP controller."
             )
+            if d.router == "session":
+                _note(
+                    lines,
+                    "# moesim sent every turn of a conversation to one replica (serving.replicas.router = session); "
+                    "SGLang's DP controller sends round robin unless a request names its data_parallel_rank: pin each "
+                    "conversation to a rank that way, or run one server per replica behind sgl-router "
+                    "(--policy cache_aware routes by prefix match).",
+                )
     if d.pp > 1:
         argv += ["--pp-size", str(d.pp)]
     if d.moe and d.ep > 1:

@@ -343,6 +343,7 @@ def prefix_cache_line(summary: dict) -> str | None:
 ROUTER_TEXT = {
     "round_robin": "requests sent round robin on arrival",
     "least_loaded": "requests sent on arrival to the rank with the fewest",
+    "session": "every turn of a conversation sent to one rank (session affinity)",
     "vllm_dp": "requests sent on arrival to the rank with the lowest waiting x 4 + running as last published "
     "(vLLM's data-parallel load balancer)",
     "attention_dp": "requests queued and bound to a rank when the ranks have room (TensorRT-LLM's attention-DP queue)",

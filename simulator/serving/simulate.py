@@ -447,6 +447,8 @@ class ServingModel(RequestSource):
             if self.spec.replicas.router == "round_robin":
                 r = self.rr % self.num_replicas
                 self.rr += 1
+            elif self.spec.replicas.router == "session":  # a conversation's turns to one replica
+                r = (request.conversation if request.conversation >= 0 else request.request_id) % self.num_replicas
             elif self.dp_router is not None:
                 r = self.dp_router.choose(arrival_s)
             else:

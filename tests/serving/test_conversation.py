@@ -232,7 +232,7 @@ def replicated_conversation_specs(draw):
     if draw(st.booleans()):
         return with_conversations(draw, draw(balanced_specs()), True)
     spec = draw(specs(max_output_tokens=8))
-    router = draw(st.sampled_from(["round_robin", "least_loaded", "vllm_dp"]))
+    router = draw(st.sampled_from(["round_robin", "least_loaded", "session", "vllm_dp"]))
     replicas = spec.replicas.model_copy(update={"count": draw(st.integers(2, 3)), "router": router})
     spec = spec.model_copy(update={"replicas": replicas})
     return with_conversations(draw, spec, spec.scheduler.policy != "static")
@@ -243,6 +243,45 @@ def replicated_conversation_specs(draw):
 def test_conversations_on_replicas_finish_alike_step_by_step(spec):
     fast, slow = same_either_way(spec)
     conservation_holds(slow)
+
+
+def test_the_session_router_keeps_a_conversation_on_one_replica(pricer):
+    # 4 conversations of 3 turns (16 + 2, then 18 + 16 = 34 + 2, then 52 + 2) on two replicas, 4 in flight
+    spec = make_spec(
+        workload={
+            "arrivals": {"kind": "closed_loop", "concurrency": 4},
+            "num_requests": 12,
+            "input_len": {"kind": "fixed", "tokens": 16},
+            "output_len": {"kind": "fixed", "tokens": 2},
+            "conversation": {"turns": 3},
+        },
+        scheduler={"prefix_caching": True},
+        replicas={"count": 2, "router": "session"},
+    )
+    run = simulate_serving(spec, pricer)
+    requests = generate_requests(spec)
+    assert [rec.replica for rec in run.records] == [r.conversation % 2 for r in requests]
+    # each later turn reads the whole 16-token blocks of the turn before (its 17 computed tokens: 16; its 35: 32)
+    assert run.prefix_cache == (4 * (16 + 32), 4 * (16 + 34 + 52))
+    # round robin sends turns to either replica: what a turn finds is what ran there
+    rr = simulate_serving(spec.model_copy(update={"replicas": spec.replicas.model_copy(update={"router": "round_robin"})}), pricer)
+    assert rr.prefix_cache[0] < run.prefix_cache[0]
+
+
+def test_launch_says_how_to_route_by_session(tmp_path):
+    from simulator.cli import main
+
+    out = tmp_path / "launch"
+    sets = [
+        "serving.workload.conversation={turns: 2}",
+        "serving.replicas.router=session",
+        "cluster.num_gpus=2",
+        "parallel.dp=2",
+    ]
+    argv = ["launch", str(SCENARIOS / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"), "--out", str(out)]
+    assert main([*argv, *(a for o in sets for a in ("--set", o))]) == 0
+    assert "vLLM production-stack's --routing-logic session" in (out / "vllm.sh").read_text()
+    assert "unless a request names its data_parallel_rank" in (out / "sglang.sh").read_text()
 
 
 def test_serve_prints_the_conversations_and_what_the_cache_read(tmp_path, capsys):
