@@ -18,8 +18,9 @@ conversation to one replica) finds them all, as one GPU does.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
+
+from bench_prefix_cache import served_figures
 
 import simulator
 
@@ -54,20 +55,8 @@ def main() -> None:
                         f"serving.scheduler.prefix_caching={str(caching).lower()}",
                     ],
                 )
-                started = time.perf_counter()
-                served = simulator.serve(scenario)
-                wall_s = time.perf_counter() - started
-                lat, fig, stats = served.latency, served.figures, served.stats
-                cached = stats.get("prefix_cache", {}).get("hit_fraction", 0.0)
-                print(
-                    f"{name}, {rate * gpus:g} conversations/s, cache {'on ' if caching else 'off'}: "
-                    f"{100 * cached:4.1f} % of prompt tokens from the cache; TTFT p50 "
-                    f"{lat.loc['ttft_s', 'p50'] * 1e3:7.1f} ms, p99 {lat.loc['ttft_s', 'p99'] * 1e3:7.1f} ms; TPOT p50 "
-                    f"{lat.loc['tpot_s', 'p50'] * 1e3:5.2f} ms; {fig['output_tokens_per_s']:,.0f} output tokens/s; KV "
-                    f"peak {stats['figures']['kv_peak_blocks']:,.0f} blocks; {wall_s:.1f} s",
-                    flush=True,
-                )
-
+                label = f"{name}, {rate * gpus:g} conversations/s, cache {'on ' if caching else 'off'}"
+                print(f"{label}: {served_figures(scenario)}", flush=True)
 
 if __name__ == "__main__":
     main()

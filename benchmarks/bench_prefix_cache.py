@@ -43,20 +43,24 @@ def main() -> None:
                         f"serving.scheduler.prefix_caching={str(caching).lower()}",
                     ],
                 )
-                started = time.perf_counter()
-                served = simulator.serve(scenario)
-                wall_s = time.perf_counter() - started
-                lat, fig, stats = served.latency, served.figures, served.stats
-                cached = stats.get("prefix_cache", {}).get("hit_fraction", 0.0)
-                print(
-                    f"prefix {prefix} x{args.groups}, rate {rate:g}/s, cache {'on ' if caching else 'off'}: "
-                    f"{100 * cached:4.1f} % of prompt tokens from the cache; TTFT p50 "
-                    f"{lat.loc['ttft_s', 'p50'] * 1e3:7.1f} ms, p99 {lat.loc['ttft_s', 'p99'] * 1e3:7.1f} ms; TPOT p50 "
-                    f"{lat.loc['tpot_s', 'p50'] * 1e3:5.2f} ms; {fig['output_tokens_per_s']:,.0f} output tokens/s; KV "
-                    f"peak {stats['figures']['kv_peak_blocks']:,.0f} blocks; {wall_s:.1f} s",
-                    flush=True,
-                )
+                label = f"prefix {prefix} x{args.groups}, rate {rate:g}/s, cache {'on ' if caching else 'off'}"
+                print(f"{label}: {served_figures(scenario)}", flush=True)
 
+
+def served_figures(scenario) -> str:
+    """Serve `scenario` and tell what the prefix cache read, TTFT p50 / p99, TPOT p50, output tokens/s, the KV
+    cache's peak and the wall time (shared with bench_conversation.py)."""
+    started = time.perf_counter()
+    served = simulator.serve(scenario)
+    wall_s = time.perf_counter() - started
+    lat, fig, stats = served.latency, served.figures, served.stats
+    cached = stats.get("prefix_cache", {}).get("hit_fraction", 0.0)
+    return (
+        f"{100 * cached:4.1f} % of prompt tokens from the cache; TTFT p50 {lat.loc['ttft_s', 'p50'] * 1e3:7.1f} ms, "
+        f"p99 {lat.loc['ttft_s', 'p99'] * 1e3:7.1f} ms; TPOT p50 {lat.loc['tpot_s', 'p50'] * 1e3:5.2f} ms; "
+        f"{fig['output_tokens_per_s']:,.0f} output tokens/s; KV peak {stats['figures']['kv_peak_blocks']:,.0f} "
+        f"blocks; {wall_s:.1f} s"
+    )
 
 if __name__ == "__main__":
     main()
