@@ -58,5 +58,6 @@ def main() -> None:
                 label = f"{name}, {rate * gpus:g} conversations/s, cache {'on ' if caching else 'off'}"
                 print(f"{label}: {served_figures(scenario)}", flush=True)
 
+
 if __name__ == "__main__":
     main()

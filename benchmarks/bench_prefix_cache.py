@@ -62,5 +62,6 @@ def served_figures(scenario) -> str:
         f"blocks; {wall_s:.1f} s"
     )
 
+
 if __name__ == "__main__":
     main()

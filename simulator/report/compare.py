@@ -27,12 +27,13 @@ _OBJECTIVE_TEXT = {
     "tpot": "lowest TPOT",
     "memory": "lowest peak memory per GPU",
     "goodput_per_gpu": "highest serving goodput per GPU (requests/s meeting every serving target)",
-    "max_rate": "highest Poisson arrival rate per GPU meeting every serving target",
+    "max_rate": "highest Poisson arrival rate per GPU meeting every serving target (requests/s; conversations/s "
+    "with workload.conversation)",
 }
 #: Serving figures of LayoutResult.serving shown beside a serving objective's ranking: (key, header, kind).
 _SERVING_COLUMNS = (
     ("goodput_requests_per_s_per_gpu", "goodput req/s/GPU", ""),
-    ("max_rate_per_s", "max rate req/s", ""),
+    ("max_rate_per_s", "max rate /s", ""),
     ("output_tokens_per_s_per_gpu", "serving out tok/s/GPU", ""),
     ("ttft_p99_s", "TTFT p99", "s"),
     ("tpot_p99_s", "TPOT p99", "s"),

@@ -119,8 +119,10 @@ def deployment_of(scenario: Scenario) -> Deployment:
             "split_prompts": s.split_prompts,
         }
         kv["router"] = resolved_router(scenario)
-        w = scenario.serving.workload
-        kv["prefix_caching_off"] = (w.shared_prefix is not None or w.conversation is not None) and not s.prefix_caching
+        sw = scenario.serving.workload
+        kv["prefix_caching_off"] = (
+            sw.shared_prefix is not None or sw.conversation is not None
+        ) and not s.prefix_caching
         adp = scenario.serving.replicas.attention_dp_balance
         if adp is not None:
             kv["attention_dp_balance"] = (adp.timeout_iters, adp.batching_wait_iters)

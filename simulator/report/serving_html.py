@@ -105,7 +105,9 @@ def serving_index_html(directory: Path, summary: dict) -> str:
         [
             "KV cache peak / mean blocks",
             f"{f['kv_peak_blocks']:.0f} / {f['kv_mean_blocks']:.1f} of {f['kv_capacity_blocks']:.0f}"
-            + (" with cached prefixes (evicted when a request needs their room)" if summary.get("prefix_cache") else ""),
+            + (
+                " with cached prefixes (evicted when a request needs their room)" if summary.get("prefix_cache") else ""
+            ),
         ],
     ]
     pictures = [

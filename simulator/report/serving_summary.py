@@ -138,13 +138,13 @@ def serving_summary_dict(
     if run.prefix_cache is not None:  # prefix caching of a shared prefix or of conversations: what the cache saved
         hit, admitted = run.prefix_cache
         prefix, conversation = spec.workload.shared_prefix, spec.workload.conversation
-        assert prefix is not None or conversation is not None
+        if prefix is not None:
+            source: dict = {"shared_prefix_tokens": prefix.tokens, "groups": prefix.groups}
+        else:
+            assert conversation is not None
+            source = {"conversation_turns": conversation.turns, "think_time_s": conversation.think_time_s}
         extra["prefix_cache"] = {
-            **(
-                {"shared_prefix_tokens": prefix.tokens, "groups": prefix.groups}
-                if prefix is not None
-                else {"conversation_turns": conversation.turns, "think_time_s": conversation.think_time_s}
-            ),
+            **source,
             "prompt_tokens_admitted": admitted,
             "prompt_tokens_from_cache": hit,
             "hit_fraction": hit / admitted if admitted else 0.0,
@@ -336,7 +336,10 @@ def prefix_cache_line(summary: dict) -> str | None:
     if "conversation_turns" in p:
         return head + f"conversations of {p['conversation_turns']:,} turns"
     groups = p["groups"]
-    return head + f"a shared prefix of {p['shared_prefix_tokens']:,} tokens in {groups:,} group{'' if groups == 1 else 's'}"
+    return (
+        head
+        + f"a shared prefix of {p['shared_prefix_tokens']:,} tokens in {groups:,} group{'' if groups == 1 else 's'}"
+    )
 
 
 #: How serving.replicas.router sends requests, for the lockstep line.

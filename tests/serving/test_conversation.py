@@ -60,7 +60,9 @@ def test_a_turns_prompt_is_the_conversation_so_far_and_a_new_message():
     ]
     assert all(r.output_tokens == 3 for r in requests)
     # the conversations start at the arrival process's first three times; later turns are sent when one ends
-    plain = generate_requests(spec.model_copy(update={"workload": spec.workload.model_copy(update={"conversation": None})}))
+    plain = generate_requests(
+        spec.model_copy(update={"workload": spec.workload.model_copy(update={"conversation": None})})
+    )
     assert [requests[i].arrival_s for i in (0, 3, 6)] == [plain[i].arrival_s for i in range(3)]
     assert all(math.isnan(r.arrival_s) for r in requests if r.turn)
 
@@ -73,7 +75,9 @@ def test_the_same_seed_draws_the_same_messages_and_replies():
     talk = generate_requests(make_spec(workload={**workload, "conversation": {"turns": 2}}))
     assert [r.output_tokens for r in talk] == [r.output_tokens for r in plain]
     assert [r.input_tokens - r.history_tokens for r in talk] == [r.input_tokens for r in plain]
-    assert [talk[i].history_tokens for i in (1, 3, 5)] == [plain[i].input_tokens + plain[i].output_tokens for i in (0, 2, 4)]
+    assert [talk[i].history_tokens for i in (1, 3, 5)] == [
+        plain[i].input_tokens + plain[i].output_tokens for i in (0, 2, 4)
+    ]
 
 
 # LinearPricer(0.25, 1/16, 1/128): an iteration costs 0.25 + new tokens / 16 + context tokens / 128.
@@ -118,7 +122,9 @@ def test_a_closed_loop_starts_a_new_conversation_when_one_ends(pricer):
 )
 def test_a_conversation_refuses_what_it_cannot_mean(workload, message):
     with pytest.raises(ServingError, match=message):
-        make_spec(workload={"arrivals": {"kind": "poisson", "rate_per_s": 1.0}, "conversation": {"turns": 2}, **workload})
+        make_spec(
+            workload={"arrivals": {"kind": "poisson", "rate_per_s": 1.0}, "conversation": {"turns": 2}, **workload}
+        )
 
 
 def test_a_trace_carries_its_own_prompts(tmp_path):
@@ -156,7 +162,11 @@ def test_a_conversation_longer_than_the_cache_is_refused_by_its_turn():
     [
         (
             "mixtral_8x7b_8xh100_disagg.yaml",
-            ["serving.workload.conversation={turns: 2}", "serving.workload.duration_s=null", "serving.workload.num_requests=400"],
+            [
+                "serving.workload.conversation={turns: 2}",
+                "serving.workload.duration_s=null",
+                "serving.workload.num_requests=400",
+            ],
             "serving.workload.conversation: not modelled for disaggregated deployments",
         ),
         (
@@ -203,7 +213,9 @@ def with_conversations(draw, spec, caching: bool):
         }
     )
     conversation = ConversationSpec(turns=turns, think_time_s=draw(st.sampled_from([0.0, 0.5])))
-    return spec.model_copy(update={"workload": w.model_copy(update={"conversation": conversation}), "scheduler": scheduler})
+    return spec.model_copy(
+        update={"workload": w.model_copy(update={"conversation": conversation}), "scheduler": scheduler}
+    )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -264,7 +276,9 @@ def test_the_session_router_keeps_a_conversation_on_one_replica(pricer):
     # each later turn reads the whole 16-token blocks of the turn before (its 17 computed tokens: 16; its 35: 32)
     assert run.prefix_cache == (4 * (16 + 32), 4 * (16 + 34 + 52))
     # round robin sends turns to either replica: what a turn finds is what ran there
-    rr = simulate_serving(spec.model_copy(update={"replicas": spec.replicas.model_copy(update={"router": "round_robin"})}), pricer)
+    rr = simulate_serving(
+        spec.model_copy(update={"replicas": spec.replicas.model_copy(update={"router": "round_robin"})}), pricer
+    )
     assert rr.prefix_cache[0] < run.prefix_cache[0]
 
 
