@@ -398,3 +398,23 @@ def test_decode_attention_takes_the_longer_of_its_bytes_and_its_flops():
     assert f(6e11, 4.8e9, 1, 1e15, 4.8e12, 0.9, 0.5) == (pytest.approx(1.2e-3), "compute")
     assert f(6e11, 4.8e9, 1, 1e15, 4.8e12, 0.9) == (pytest.approx(1.1111111e-3), "memory")
     assert f(6e11, 4.8e9, 8, 1e15, 4.8e12, 0.6, 0.5) == (pytest.approx(1e-3), "compute")
+
+
+def test_moe_layer_against_published_b200_kernel_times():
+    # hardware_profiles/measurements/public_moe_kernels.yaml (TensorRT-LLM's fused MoE as FlashInfer benchmarks it:
+    # DeepSeek-V3, one rank of EP8 on a B200), as benchmarks/bench_moe_kernel.py prints them; the profile is
+    # uncalibrated and nothing is fitted to these points
+    from simulator.calibration.moe_kernels import load_points, predicted_s
+
+    errors = {(p.format, p.tokens): predicted_s(p) / p.measured_s - 1 for p in load_points()}
+    assert len(errors) == 14
+    # bf16 from 16 tokens on: the experts' weights streamed at the profile's 0.85 of HBM, within -5 .. +11 %
+    bf16 = [e for (fmt, tokens), e in errors.items() if fmt == "bf16" and tokens >= 16]
+    assert all(-0.05 < e < 0.11 for e in bf16)
+    # NVFP4 is 7-20 % faster in moesim than the kernel: 4-bit weights streamed at the same 0.85, which the kernel
+    # does not reach (~0.63 at 512 tokens)
+    nvfp4 = [e for (fmt, tokens), e in errors.items() if fmt == "nvfp4" and tokens >= 16]
+    assert all(-0.20 < e < -0.07 for e in nvfp4)
+    # at 8 tokens (a few of the 32 experts touched) both are 30-40 % fast: the kernels' fixed part is larger than the
+    # profile's 2 us a kernel
+    assert errors[("bf16", 8)] < -0.3 and errors[("nvfp4", 8)] < -0.35
