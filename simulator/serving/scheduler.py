@@ -184,8 +184,25 @@ class DecodeRun:
         return used if isinstance(used, int) else int(used[j])
 
 
+class Unreferenced:
+    """The cached prefixes' units no sequence refers to (Scheduler._unreferenced_units): per group the most units
+    its sharers refer to (in_use) and those past them (free, groups with some), the groups with some from the least
+    recently used (order), and their sum (total)."""
+
+    __slots__ = ("in_use", "free", "order", "total")
+
+    def __init__(self, in_use: dict[int, int], free: dict[int, int], order: list[int], total: int) -> None:
+        self.in_use = in_use
+        self.free = free
+        self.order = order
+        self.total = total
+
+
 class Scheduler:
     """Waiting queue, running batch and paged KV cache of one replica."""
+
+    #: Recount the unreferenced units at every use and assert the kept state equals them (tests)
+    CHECK_UNREFERENCED = False
 
     def __init__(
         self, spec: SchedulerSpec, replica: int = 0, max_new_tokens: int | None = None, shared_prefixes: bool = False
@@ -213,6 +230,7 @@ class Scheduler:
         self.cached: dict[int, int] = {}
         self.sharing: dict[int, int] = {}  # request id -> the group whose cached blocks it refers to
         self.last_used: dict[int, float] = {}  # per group, when a sequence last took or left its blocks
+        self._unreferenced: Unreferenced | None = None  # _unreferenced_units, while it holds
         self.prompt_tokens_admitted = 0
         self.prefix_hit_tokens = 0
         self._decoding = 0  # decodes the schedule being made took (_decodes)
@@ -321,6 +339,7 @@ class Scheduler:
                     self.kv.keep((full - cached) // size)
                     self.last_used[group] = self.now_s
                 self.cached[group] = full
+                self._unreferenced = None
 
     # ---------------------------------------------------------------- runs of pure decode steps
 
@@ -427,29 +446,57 @@ class Scheduler:
         """seq refers to its group's cached blocks (its first PagedKVCache.shared units of them)."""
         self.sharing[seq.request_id] = seq.prefix_group
         self.last_used[seq.prefix_group] = self.now_s
+        self._unreferenced = None
 
     def _unshare(self, seq: Sequence) -> None:
         """seq's blocks were freed: it no longer refers to its group's cached blocks."""
         group = self.sharing.pop(seq.request_id, None)
         if group is not None:
             self.last_used[group] = self.now_s
+            self._unreferenced = None
+
+    def _unreferenced_units(self) -> Unreferenced:
+        """Per group, the units of its cached prefix no sequence refers to (vLLM's free cached blocks, SGLang's
+        evictable radix nodes): those past the most any sequence sharing them refers to; kept between the changes
+        of who shares what and what is cached (_share, _unshare, _cache_prefixes drop it) and updated in place by
+        _evict, so that a schedule's many block allocations with a full cache do not recount every group."""
+        state = self._unreferenced
+        if state is None or self.CHECK_UNREFERENCED:
+            kv, size = self.kv, self.kv.block_size_tokens
+            in_use: dict[int, int] = {}
+            for request_id, group in self.sharing.items():
+                in_use[group] = max(in_use.get(group, 0), kv.shared(request_id))
+            free = {}
+            for group, tokens in self.cached.items():
+                units = tokens // size - in_use.get(group, 0)
+                if units > 0:
+                    free[group] = units
+            order = sorted(free, key=lambda g: (self.last_used[g], g))
+            fresh = Unreferenced(in_use, free, order, sum(free.values()))
+            if state is not None:  # CHECK_UNREFERENCED: the kept state must be what counting again gives
+                assert (state.in_use, state.free, state.order, state.total) == (in_use, free, order, fresh.total)
+            state = self._unreferenced = fresh
+        return state
 
     def _evictable(self, growing: Sequence | None = None) -> dict[int, int]:
-        """Per group, the units of its cached prefix no sequence refers to (vLLM's free cached blocks, SGLang's
-        evictable radix nodes): those past the most any sequence sharing them (or `growing`, about to) refers to."""
-        kv, size = self.kv, self.kv.block_size_tokens
-        in_use: dict[int, int] = {}
-        for request_id, group in self.sharing.items():
-            in_use[group] = max(in_use.get(group, 0), kv.shared(request_id))
-        if growing is not None and growing.prefix_group >= 0:
-            group = growing.prefix_group
-            in_use[group] = max(in_use.get(group, 0), kv.shared(growing.request_id))
-        out = {}
-        for group, tokens in self.cached.items():
-            free = tokens // size - in_use.get(group, 0)
-            if free > 0:
-                out[group] = free
+        """_unreferenced_units' per group, with `growing` (about to take blocks) counted among its group's sharers."""
+        state = self._unreferenced_units()
+        group = -1 if growing is None else growing.prefix_group
+        if group < 0 or group not in self.cached:
+            return state.free
+        units = self._own_units(state, growing)
+        out = dict(state.free)
+        if units > 0:
+            out[group] = units
+        else:
+            out.pop(group, None)
         return out
+
+    def _own_units(self, state: Unreferenced, growing: Sequence) -> int:
+        """The unreferenced units of growing's (cached) group with growing counted among its sharers."""
+        group = growing.prefix_group
+        used = max(state.in_use.get(group, 0), self.kv.shared(growing.request_id))
+        return self.cached[group] // self.kv.block_size_tokens - used
 
     def _evict(self, units: int, growing: Sequence) -> bool:
         """Evict cached blocks no sequence refers to, the least recently used group's first and each group's from
@@ -457,12 +504,27 @@ class Scheduler:
         them would not do."""
         kv = self.kv
         need = units - (kv.capacity_units - kv.used_units)
-        evictable = self._evictable(growing)
-        if need <= 0 or sum(evictable.values()) < need:
+        if need <= 0:
             return False
-        size = kv.block_size_tokens
-        for group in sorted(evictable, key=lambda g: (self.last_used[g], g)):
-            taken = min(evictable[group], need)
+        state = self._unreferenced_units()
+        own = growing.prefix_group
+        own_units = None  # growing's group's units with growing among its sharers, where that differs
+        if own >= 0 and own in self.cached:
+            units_left = max(self._own_units(state, growing), 0)
+            if units_left != state.free.get(own, 0):
+                own_units = units_left
+        total = state.total if own_units is None else state.total - state.free.get(own, 0) + own_units
+        if total < need:
+            return False
+        size, free, order = kv.block_size_tokens, state.free, state.order
+        i = 0
+        while need > 0:
+            group = order[i]
+            available = free[group] if own_units is None or group != own else own_units
+            if available <= 0:
+                i += 1
+                continue
+            taken = min(available, need)
             kv.unpin(taken)
             left = self.cached[group] - taken * size
             if left:
@@ -470,8 +532,13 @@ class Scheduler:
             else:
                 del self.cached[group]
             need -= taken
-            if need <= 0:
-                break
+            state.total -= taken
+            free[group] -= taken
+            if free[group]:
+                i += 1
+            else:
+                del free[group]
+                order.pop(i)
         return True
 
     def _caches_more(self, seqs: list[Sequence]) -> bool:
@@ -548,7 +615,7 @@ class Scheduler:
         kv = self.kv
         if not self.prefix:
             return kv.free_blocks
-        return (kv.capacity_units - kv.used_units + sum(self._evictable().values())) // kv.per_block
+        return (kv.capacity_units - kv.used_units + self._unreferenced_units().total) // kv.per_block
 
     def _reestimate(self) -> None:
         """After a preemption (SGLang's retract_decode): (decoded + 20 x running) / their max new tokens, <= 1."""

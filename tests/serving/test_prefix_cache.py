@@ -13,6 +13,7 @@ from simulator.config import load_scenario
 from simulator.config.serving import ServingError, SharedPrefixSpec
 from simulator.report.serving_summary import prefix_cache_line, serving_summary_dict
 from simulator.serving.kvcache import PagedKVCache
+from simulator.serving.scheduler import Scheduler
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
 from simulator.serving.workload import Request
@@ -23,6 +24,14 @@ from tests.serving.test_properties import specs
 from tests.serving.test_simulate import conservation_holds
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _recount_unreferenced():
+    """Every use of the scheduler's kept count of unreferenced cached units checks it against a recount."""
+    Scheduler.CHECK_UNREFERENCED = True
+    yield
+    Scheduler.CHECK_UNREFERENCED = False
 
 
 def cached_spec(caching: bool, tokens: int = 32, groups: int = 1, **scheduler):
