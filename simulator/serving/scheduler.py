@@ -481,9 +481,9 @@ class Scheduler:
     def _evictable(self, growing: Sequence | None = None) -> dict[int, int]:
         """_unreferenced_units' per group, with `growing` (about to take blocks) counted among its group's sharers."""
         state = self._unreferenced_units()
-        group = -1 if growing is None else growing.prefix_group
-        if group < 0 or group not in self.cached:
+        if growing is None or growing.prefix_group not in self.cached:
             return state.free
+        group = growing.prefix_group
         units = self._own_units(state, growing)
         out = dict(state.free)
         if units > 0:
