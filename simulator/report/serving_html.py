@@ -21,6 +21,7 @@ from simulator.report.serving_summary import (
     max_rate_sentence,
     prefix_cache_line,
     target_rows,
+    turns_line,
 )
 from simulator.report.summary import calibration_line
 from simulator.serving.stats import LATENCY_METRICS, STATISTICS
@@ -134,6 +135,7 @@ def serving_index_html(directory: Path, summary: dict) -> str:
             *([f"<p>{_e(line)}.</p>"] if (line := host_line(summary)) else []),
             *([f"<p>{_e(line)}.</p>"] if (line := lockstep_line(summary)) else []),
             *([f"<p>{_e(line[0].upper() + line[1:])}.</p>"] if (line := prefix_cache_line(summary)) else []),
+            *([f"<p>{_e(line[0].upper() + line[1:])}.</p>"] if (line := turns_line(summary)) else []),
             f"<p>Files: {links}. Open serving_trace.json in ui.perfetto.dev.</p>",
             "<h2>Targets</h2>",
             _targets(summary),

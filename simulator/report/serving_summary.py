@@ -26,6 +26,7 @@ from simulator.serving.stats import (
     kv_cache_figures,
     request_itl_table,
     request_table,
+    turn_rows,
 )
 
 #: Columns of requests.csv, in order.
@@ -73,7 +74,9 @@ def requests_frame(run: ServingRun, table: pd.DataFrame | None = None) -> pd.Dat
     """One row per request (REQUEST_COLUMNS), warmup requests included and flagged."""
     table = request_table(run) if table is None else table
     frame = pd.concat([table.reset_index(drop=True), request_itl_table(run)], axis=1)
-    return frame[list(REQUEST_COLUMNS)]
+    # prefix caching and conversations add what only they have: prompt tokens read from the cache, conversation, turn
+    extra = [c for c in ("cached_tokens", "conversation", "turn") if c in frame.columns]
+    return frame[list(REQUEST_COLUMNS) + extra]
 
 
 def _json_number(x):
@@ -149,6 +152,8 @@ def serving_summary_dict(
             "prompt_tokens_from_cache": hit,
             "hit_fraction": hit / admitted if admitted else 0.0,
         }
+    if spec.workload.conversation is not None and run.disaggregation is None:  # conversations: by turn
+        extra["turns"] = turn_rows(request_table(run))
     if spec.engine is not None:  # how close the engine profile came to published runs (EngineProfile.checked)
         extra["engine_check"] = spec.engine_profile().check_note(result)
     return {
@@ -216,10 +221,10 @@ def headline(summary: dict) -> str:
     turns = (
         ""
         if not conversation
-        else f" in conversations of {conversation['turns']} turns ({conversation['think_time_s']:g} s between them)"
+        else f" in conversations of {conversation['turns']} turns {conversation['think_time_s']:g} s apart"
     )
     return (
-        f"{f['num_requests']:.0f} measured requests{turns} ({s['workload']['arrivals']['kind']} arrivals), "
+        f"{f['num_requests']:.0f} measured requests ({s['workload']['arrivals']['kind']} arrivals){turns}, "
         f"{s['scheduler']['policy']} scheduler, {f['num_replicas']:.0f} replica(s), "
         f"{f['num_gpus']:.0f} GPU(s); iterations priced by {summary['pricer']}"
     )
@@ -342,6 +347,22 @@ def prefix_cache_line(summary: dict) -> str | None:
     )
 
 
+def turns_line(summary: dict) -> str | None:
+    """'by turn: TTFT p50 43.8 / 40.1 ms over prompts of 1,024 / 2,176 tokens, 0.0 / 52.2 % of them from the
+    cache' for a conversation workload, else None."""
+    rows = summary.get("turns")
+    if not rows:
+        return None
+    ttft = " / ".join(f"{1e3 * r['ttft_p50_s']:.1f}" for r in rows)
+    p99 = " / ".join(f"{1e3 * r['ttft_p99_s']:.1f}" for r in rows)
+    prompts = " / ".join(f"{r['prompt_tokens_mean']:,.0f}" for r in rows)
+    line = f"by turn: TTFT p50 {ttft} ms (p99 {p99}) over prompts of {prompts} tokens"
+    cached = [r["cached_fraction"] for r in rows]
+    if not any(c is None or math.isnan(c) for c in cached):
+        line += ", " + " / ".join(f"{100 * c:.1f}" for c in cached) + " % of them from the cache"
+    return line
+
+
 #: How serving.replicas.router sends requests, for the lockstep line.
 ROUTER_TEXT = {
     "round_robin": "requests sent round robin on arrival",
@@ -419,6 +440,7 @@ def serving_markdown(summary: dict) -> str:
         *([f"{line}.", ""] if (line := host_line(summary)) else []),
         *([f"{line}.", ""] if (line := lockstep_line(summary)) else []),
         *([f"{line[0].upper()}{line[1:]}.", ""] if (line := prefix_cache_line(summary)) else []),
+        *([f"{line[0].upper()}{line[1:]}.", ""] if (line := turns_line(summary)) else []),
         *([calibration_line(summary), ""] if calibration_line(summary) else []),
         *([engine_check_line(summary), ""] if engine_check_line(summary) else []),
         "## Latency",
@@ -515,6 +537,8 @@ def print_serving(console: Console, summary: dict) -> None:
     if line := lockstep_line(summary):
         console.print(escape(line))
     if line := prefix_cache_line(summary):
+        console.print(escape(line))
+    if line := turns_line(summary):
         console.print(escape(line))
     if calibration_line(summary):
         console.print(f"[yellow]{escape(calibration_line(summary))}[/yellow]")

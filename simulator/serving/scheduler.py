@@ -85,6 +85,7 @@ class Sequence:
         "prefix_group",
         "prefix_tokens",
         "cache_tokens",
+        "cached_tokens",
     )
 
     def __init__(
@@ -107,6 +108,7 @@ class Sequence:
         self.prefix_group = -1  # its shared prefix's group (workload.shared_prefix) or conversation, -1: none
         self.prefix_tokens = 0  # the prompt tokens that prefix covers
         self.cache_tokens = 0  # its first tokens whose blocks go to its group's cache once computed
+        self.cached_tokens = 0  # prompt tokens it read from the cache (over its admissions)
 
 
 class Step:
@@ -568,6 +570,7 @@ class Scheduler:
         if self.prefix:
             self.prompt_tokens_admitted += seq.num_tokens
             self.prefix_hit_tokens += seq.num_computed
+            seq.cached_tokens += seq.num_computed
             if seq.num_computed:
                 self._share(seq)
         seq.state = RUNNING

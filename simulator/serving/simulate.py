@@ -68,6 +68,9 @@ class RequestRecord:
     preemptions: int
     warmup: bool
     token_times_s: np.ndarray
+    cached_tokens: int = 0  # prompt tokens read from the prefix cache instead of computed (over its admissions)
+    conversation: int = -1  # its workload.conversation (-1: none) and its turn there
+    turn: int = 0
 
     @property
     def first_token_s(self) -> float:
@@ -758,6 +761,9 @@ class ServingModel(RequestSource):
                     seq.preemptions,
                     seq.request_id < warmup,
                     times_s,
+                    seq.cached_tokens,
+                    self.requests[seq.request_id].conversation,
+                    self.requests[seq.request_id].turn,
                 )
             )
         columns = list(zip(*self.rows)) if self.rows else [()] * len(TIMESERIES_COLUMNS)

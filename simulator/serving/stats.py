@@ -46,6 +46,11 @@ def request_table(run: ServingRun) -> pd.DataFrame:
             "preemptions": np.array([rec.preemptions for rec in r], dtype=np.int64),
         }
     )
+    if run.prefix_cache is not None:  # prefix caching: the prompt tokens each read from the cache
+        table["cached_tokens"] = np.array([rec.cached_tokens for rec in r], dtype=np.int64)
+    if run.spec.workload.conversation is not None:  # conversations: each request's and its turn (1 = the first)
+        table["conversation"] = np.array([rec.conversation for rec in r], dtype=np.int64)
+        table["turn"] = np.array([rec.turn for rec in r], dtype=np.int64) + 1
     table["queueing_s"] = table["first_scheduled_s"] - arrival_s
     table["ttft_s"] = first_token_s - arrival_s
     table["tpot_s"] = tpot_s
@@ -99,6 +104,28 @@ class ServingSummary:
     @property
     def all_targets_met(self) -> bool:
         return all(met for _, _, met in self.verdicts.values())
+
+
+def turn_rows(table: pd.DataFrame) -> list[dict]:
+    """Per turn of a conversation workload (request_table's `turn` column), over the measured requests: how many,
+    their mean prompt, the share of it read from the cache (NaN without prefix caching) and TTFT p50 / p99."""
+    measured = table[~table["warmup"]]
+    rows = []
+    for turn, group in measured.groupby("turn"):
+        prompt = int(group["input_tokens"].sum())
+        cached = int(group["cached_tokens"].sum()) if "cached_tokens" in group else None
+        ttft = group["ttft_s"].to_numpy()
+        rows.append(
+            {
+                "turn": int(turn),
+                "requests": len(group),
+                "prompt_tokens_mean": prompt / len(group),
+                "cached_fraction": math.nan if cached is None else cached / prompt,
+                "ttft_p50_s": float(np.percentile(ttft, 50)),
+                "ttft_p99_s": float(np.percentile(ttft, 99)),
+            }
+        )
+    return rows
 
 
 def summarize(run: ServingRun, table: pd.DataFrame | None = None) -> ServingSummary:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -319,12 +320,17 @@ def test_serve_prints_the_conversations_and_what_the_cache_read(tmp_path, capsys
     argv = ["serve", str(SCENARIOS / "qwen3_30b_a3b_fp8_1xh100_vllm.yaml"), "--out", str(out)]
     assert main([*argv, *(a for o in sets for a in ("--set", o))]) == 0
     printed = capsys.readouterr().out
-    assert "20 measured requests in conversations of 2 turns (1 s between them)" in printed
+    assert "20 measured requests (poisson arrivals) in conversations of 2 turns 1 s apart, chunked_prefill" in printed
     # 10 conversations of 1,024 + 128 and 2,176 + 128: each second turn reads turn 1's whole 16-token blocks,
     # (1,024 + 128 - 1) // 16 x 16 = 1,136 tokens, of 10 x (1,024 + 2,176) = 32,000 prompt tokens admitted
     line = "prefix cache: 11,360 of 32,000 prompt tokens read from the cache (35.5 %), conversations of 2 turns"
     assert line in printed
     assert line.replace("prefix", "Prefix", 1) in (out / "summary.md").read_text()
+    # by turn: the second turn's prompts of 2,176 tokens, 1,136 of them from the cache (52.2 %)
+    assert "over prompts of 1,024 / 2,176 tokens, 0.0 / 52.2 % of them from the cache" in printed
+    table = pd.read_csv(out / "requests.csv")
+    assert table["turn"].tolist() == [1, 2] * 10 and table["conversation"].tolist() == [i // 2 for i in range(20)]
+    assert table["cached_tokens"].tolist() == [0, 1136] * 10
 
 
 def test_launch_turns_the_cache_off_where_conversations_were_simulated_without_it(tmp_path):
