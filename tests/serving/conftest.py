@@ -8,6 +8,7 @@ import pytest
 
 from simulator.config.serving import ServingSpec, parse_serving_spec
 from simulator.serving.pricing import LinearPricer
+from simulator.serving.scheduler import Scheduler
 
 BASE = {
     "workload": {
@@ -56,3 +57,12 @@ class RecordingPricer:
 @pytest.fixture
 def pricer() -> LinearPricer:
     return LinearPricer(0.25, 1 / 16, 1 / 128)
+
+
+@pytest.fixture(scope="module")
+def recount_unreferenced():
+    """Scheduler.CHECK_UNREFERENCED for a module: every use of the kept count of unreferenced cached units is
+    checked against a recount (the prefix-cache and conversation tests)."""
+    Scheduler.CHECK_UNREFERENCED = True
+    yield
+    Scheduler.CHECK_UNREFERENCED = False

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator.config.serving import ConversationSpec, ServingError
-from simulator.serving.scheduler import Scheduler
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.workload import Request, generate_requests
 from tests.serving.conftest import make_spec
@@ -25,13 +24,8 @@ from tests.serving.test_simulate import conservation_holds
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _recount_unreferenced():
-    """Every use of the scheduler's kept count of unreferenced cached units checks it against a recount."""
-    Scheduler.CHECK_UNREFERENCED = True
-    yield
-    Scheduler.CHECK_UNREFERENCED = False
+# Every use of the scheduler's kept count of unreferenced cached units checks it against a recount (conftest).
+pytestmark = pytest.mark.usefixtures("recount_unreferenced")
 
 
 def conversation_spec(caching: bool, turns: int = 2, think_time_s: float = 1.0, **workload):

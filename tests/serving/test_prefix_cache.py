@@ -13,7 +13,6 @@ from simulator.config import load_scenario
 from simulator.config.serving import ServingError, SharedPrefixSpec
 from simulator.report.serving_summary import prefix_cache_line, serving_summary_dict
 from simulator.serving.kvcache import PagedKVCache
-from simulator.serving.scheduler import Scheduler
 from simulator.serving.simulate import simulate_serving
 from simulator.serving.stats import summarize
 from simulator.serving.workload import Request
@@ -25,13 +24,8 @@ from tests.serving.test_simulate import conservation_holds
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _recount_unreferenced():
-    """Every use of the scheduler's kept count of unreferenced cached units checks it against a recount."""
-    Scheduler.CHECK_UNREFERENCED = True
-    yield
-    Scheduler.CHECK_UNREFERENCED = False
+# Every use of the scheduler's kept count of unreferenced cached units checks it against a recount (conftest).
+pytestmark = pytest.mark.usefixtures("recount_unreferenced")
 
 
 def cached_spec(caching: bool, tokens: int = 32, groups: int = 1, **scheduler):
