@@ -83,7 +83,6 @@ class Sequence:
         "token_times_s",
         "kv_limit_tokens",
         "prefix_group",
-        "prefix_tokens",
         "cache_tokens",
         "cached_tokens",
     )
@@ -106,8 +105,8 @@ class Sequence:
         self.token_times_s: list[float] = []
         self.kv_limit_tokens: float = 0  # tokens its KV blocks hold; growing past it needs a block (inf: never)
         self.prefix_group = -1  # its shared prefix's group (workload.shared_prefix) or conversation, -1: none
-        self.prefix_tokens = 0  # the prompt tokens that prefix covers
-        self.cache_tokens = 0  # its first tokens whose blocks go to its group's cache once computed
+        self.cache_tokens = 0  # its first tokens whose blocks go to its group's cache once computed (its shared
+        # prefix; a conversation's turn followed by another: all of it)
         self.cached_tokens = 0  # prompt tokens it read from the cache (over its admissions)
 
 
@@ -479,20 +478,6 @@ class Scheduler:
                 assert (state.in_use, state.free, state.order, state.total) == (in_use, free, order, fresh.total)
             state = self._unreferenced = fresh
         return state
-
-    def _evictable(self, growing: Sequence | None = None) -> dict[int, int]:
-        """_unreferenced_units' per group, with `growing` (about to take blocks) counted among its group's sharers."""
-        state = self._unreferenced_units()
-        if growing is None or growing.prefix_group not in self.cached:
-            return state.free
-        group = growing.prefix_group
-        units = self._own_units(state, growing)
-        out = dict(state.free)
-        if units > 0:
-            out[group] = units
-        else:
-            out.pop(group, None)
-        return out
 
     def _own_units(self, state: Unreferenced, growing: Sequence) -> int:
         """The unreferenced units of growing's (cached) group with growing counted among its sharers."""

@@ -434,10 +434,9 @@ class ServingModel(RequestSource):
         prefix = self.shared_prefix
         if prefix is not None:
             seq.prefix_group = request.request_id % prefix.groups
-            seq.prefix_tokens = seq.cache_tokens = min(prefix.tokens, request.input_tokens)
+            seq.cache_tokens = min(prefix.tokens, request.input_tokens)
         elif self.cache_prefixes:  # a conversation: its earlier turns, and for the next turn all of this one
             seq.prefix_group = request.conversation
-            seq.prefix_tokens = request.history_tokens
             last = self.next_turn(request.request_id) is None
             seq.cache_tokens = request.history_tokens if last else request.input_tokens + request.output_tokens
         self.seqs[request.request_id] = seq
